@@ -1,0 +1,298 @@
+//! Global row locks: the [`LockKey`] encoding and the in-memory [`LockTable`].
+//!
+//! Owns: which transaction holds which key. Never does I/O and never decides *when*
+//! locks are released (that is `txn`'s status rule, `GlobalStatus::holds_locks`).
+//! Invariant: acquisition is all or nothing — after [`LockTable::acquire`] either every
+//! key of the request is held by the caller's xid or the table is unchanged.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::Arc;
+
+use super::txn::Xid;
+
+/// Largest encoded lock key accepted, in bytes. Longer keys are refused with
+/// `Error::InvalidArgument` before anything is stored.
+pub const MAX_LOCK_KEY_BYTES: usize = 4096;
+
+/// One global row lock: (resource, table, primary-key tuple).
+///
+/// The canonical encoding is a sequence of length-prefixed fields,
+/// `<len>:<bytes>` with `<len>` the field's byte length in decimal (no leading zeros):
+/// resource, then table, then each primary-key column's value in text form.
+/// `LockKey::new("pg://h/db", "public.t", ["1", "a"])` encodes as
+/// `9:pg://h/db8:public.t1:11:a`. Length prefixes make the encoding unambiguous for
+/// any bytes in any field, so two different rows never share a key.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LockKey(Arc<str>);
+
+/// Why a string is not a canonical lock key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed lock key at byte {at}: {why}")]
+pub struct KeyError {
+    /// Byte offset where decoding failed.
+    pub at: usize,
+    /// What was wrong.
+    pub why: &'static str,
+}
+
+impl LockKey {
+    /// Builds the key of one row. `pk` holds the primary-key column values as text,
+    /// in the table's key-column order.
+    pub fn new<I, S>(resource: &str, table: &str, pk: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut s = String::with_capacity(resource.len() + table.len() + 16);
+        push_field(&mut s, resource);
+        push_field(&mut s, table);
+        for v in pk {
+            push_field(&mut s, v.as_ref());
+        }
+        Self(s.into())
+    }
+
+    /// Parses a canonical encoding, as sent over the wire.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        if s.len() > MAX_LOCK_KEY_BYTES {
+            return Err(KeyError { at: 0, why: "key too long" });
+        }
+        let fields = split_fields(s)?;
+        if fields.len() < 3 {
+            return Err(KeyError { at: s.len(), why: "need resource, table and at least one key column" });
+        }
+        Ok(Self(s.into()))
+    }
+
+    /// The canonical encoding.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The resource (database) this key belongs to.
+    pub fn resource(&self) -> &str {
+        self.fields()[0]
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        self.fields()[1]
+    }
+
+    /// The primary-key column values.
+    pub fn pk(&self) -> Vec<&str> {
+        self.fields()[2..].to_vec()
+    }
+
+    fn fields(&self) -> Vec<&str> {
+        // A LockKey is only built by `new` or a successful `parse`, so it splits;
+        // an empty list would only come from a bug, and then yields empty fields.
+        let mut f = split_fields(&self.0).unwrap_or_default();
+        f.resize(f.len().max(3), "");
+        f
+    }
+}
+
+fn push_field(s: &mut String, f: &str) {
+    use fmt::Write;
+    let _ = write!(s, "{}:", f.len());
+    s.push_str(f);
+}
+
+fn split_fields(s: &str) -> Result<Vec<&str>, KeyError> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || i >= b.len() || b[i] != b':' {
+            return Err(KeyError { at: start, why: "expected <decimal length>:" });
+        }
+        if b[start] == b'0' && i - start > 1 {
+            return Err(KeyError { at: start, why: "length has a leading zero" });
+        }
+        let len: usize = s[start..i].parse().map_err(|_| KeyError { at: start, why: "length overflows" })?;
+        i += 1;
+        let end = i.checked_add(len).filter(|e| *e <= b.len()).ok_or(KeyError { at: i, why: "field runs past the end" })?;
+        let field = s.get(i..end).ok_or(KeyError { at: i, why: "field splits a UTF-8 character" })?;
+        out.push(field);
+        i = end;
+    }
+    Ok(out)
+}
+
+impl fmt::Display for LockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for LockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockKey({:?})", &*self.0)
+    }
+}
+
+impl serde::Serialize for LockKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LockKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        LockKey::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A refused acquisition: the first requested key held by another transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The contested key.
+    pub key: LockKey,
+    /// The transaction holding it.
+    pub holder: Xid,
+}
+
+/// Which xid holds which key. Keys of one xid are held as a set (reentrant).
+#[derive(Debug, Default)]
+pub struct LockTable {
+    holders: HashMap<LockKey, Xid>,
+    by_xid: HashMap<Xid, Vec<LockKey>>,
+}
+
+impl LockTable {
+    /// The first key of `keys` held by a transaction other than `xid`.
+    pub fn check(&self, xid: &Xid, keys: &[LockKey]) -> Result<(), Conflict> {
+        for k in keys {
+            if let Some(h) = self.holders.get(k)
+                && h != xid
+            {
+                return Err(Conflict { key: k.clone(), holder: h.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every key for `xid`, or none of them. Keys `xid` already holds are
+    /// fine (reentrant). Returns how many keys were newly taken.
+    pub fn acquire(&mut self, xid: &Xid, keys: &[LockKey]) -> Result<usize, Conflict> {
+        self.check(xid, keys)?;
+        Ok(self.force(xid, keys))
+    }
+
+    /// Takes the keys without checking; for replaying a log that was checked when
+    /// written. A key held by another xid moves to `xid`.
+    pub fn force(&mut self, xid: &Xid, keys: &[LockKey]) -> usize {
+        let mut added = 0;
+        for k in keys {
+            match self.holders.entry(k.clone()) {
+                Entry::Occupied(mut e) => {
+                    if e.get() != xid {
+                        let old = e.insert(xid.clone());
+                        if let Some(v) = self.by_xid.get_mut(&old) {
+                            v.retain(|x| x != k);
+                        }
+                        self.by_xid.entry(xid.clone()).or_default().push(k.clone());
+                    }
+                }
+                Entry::Vacant(e) => {
+                    e.insert(xid.clone());
+                    self.by_xid.entry(xid.clone()).or_default().push(k.clone());
+                    added += 1;
+                }
+            }
+        }
+        added
+    }
+
+    /// Releases every key of `xid`; returns how many.
+    pub fn release_all(&mut self, xid: &Xid) -> usize {
+        let keys = self.by_xid.remove(xid).unwrap_or_default();
+        for k in &keys {
+            self.holders.remove(k);
+        }
+        keys.len()
+    }
+
+    /// Who holds `key`, if anyone.
+    pub fn holder(&self, key: &LockKey) -> Option<&Xid> {
+        self.holders.get(key)
+    }
+
+    /// Number of held keys.
+    pub fn len(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
+
+    /// Every held key with its holder, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&LockKey, &Xid)> {
+        self.holders.iter()
+    }
+
+    /// Keys held by `xid`.
+    pub fn held_by(&self, xid: &Xid) -> &[LockKey] {
+        self.by_xid.get(xid).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(s: &str) -> Xid {
+        Xid::parse(s).unwrap()
+    }
+
+    #[test]
+    fn encoding_is_unambiguous() {
+        let a = LockKey::new("r", "t", ["1:2"]);
+        let b = LockKey::new("r", "t", ["1", "2"]);
+        let c = LockKey::new("r", "t1", ["2"]);
+        let d = LockKey::new("r:t", "", ["2"]);
+        assert_ne!(a, b);
+        assert_ne!(b, c);
+        assert_ne!(c, d);
+        assert_eq!(LockKey::new("pg://h/db", "public.t", ["1", "a"]).as_str(), "9:pg://h/db8:public.t1:11:a");
+        for k in [a, b, c, d, LockKey::new("é", "ü", ["", "ß"])] {
+            let p = LockKey::parse(k.as_str()).unwrap();
+            assert_eq!(p, k);
+            assert_eq!(p.resource(), k.resource());
+            assert_eq!(p.pk(), k.pk());
+        }
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        for s in ["", "1:a1:b", "x", "2:a", "01:a1:b1:c", "1:a1:b1", "99999999999999999999999:a", "1:é1:b1:c"] {
+            assert!(LockKey::parse(s).is_err(), "{s:?} accepted");
+        }
+        assert!(LockKey::parse(&"9".repeat(MAX_LOCK_KEY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn all_or_nothing_and_reentrant() {
+        let mut t = LockTable::default();
+        let k = |i: u32| LockKey::new("r", "t", [i.to_string()]);
+        assert_eq!(t.acquire(&x("a"), &[k(1), k(2)]), Ok(2));
+        assert_eq!(t.acquire(&x("a"), &[k(2), k(3)]), Ok(1), "reentrant");
+        let err = t.acquire(&x("b"), &[k(4), k(3), k(5)]).unwrap_err();
+        assert_eq!(err, Conflict { key: k(3), holder: x("a") });
+        assert_eq!(t.holder(&k(4)), None, "nothing taken on conflict");
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.release_all(&x("a")), 3);
+        assert!(t.is_empty());
+        assert_eq!(t.acquire(&x("b"), &[k(3)]), Ok(1));
+    }
+}

@@ -1,0 +1,181 @@
+//! The crate's one error type, with the classifiers callers branch on.
+//!
+//! Owns: every failure the lockserver and its client can report. Never maps itself to
+//! a wire status (that is `api::grpc::to_status` and `api::http`'s `IntoResponse`,
+//! one place each). Invariant: client mistakes leave state unchanged.
+
+use std::path::PathBuf;
+
+use crate::core::locks::{KeyError, LockKey};
+use crate::core::txn::{GlobalStatus, Xid};
+
+/// Everything that can go wrong in the lockserver or its client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed or out of range.
+    #[error("invalid request: {what}")]
+    InvalidArgument {
+        /// Which rule the request broke.
+        what: &'static str,
+    },
+    /// A lock key is not in the canonical encoding.
+    #[error("invalid lock key: {0}")]
+    BadLockKey(#[from] KeyError),
+    /// No such transaction (never existed, or finished and forgotten).
+    #[error("unknown transaction {xid}")]
+    UnknownXid {
+        /// The xid asked for.
+        xid: Xid,
+    },
+    /// No such branch in the transaction.
+    #[error("transaction {xid} has no branch {branch_id}")]
+    UnknownBranch {
+        /// Transaction.
+        xid: Xid,
+        /// Branch asked for.
+        branch_id: u64,
+    },
+    /// An xid was begun twice.
+    #[error("transaction {xid} already exists")]
+    DuplicateXid {
+        /// Transaction.
+        xid: Xid,
+    },
+    /// The operation is not allowed in the transaction's current status
+    /// (duplicate commit, commit after a timeout rollback, registration after the end...).
+    #[error("cannot {op}: transaction {xid} is {status}")]
+    InvalidState {
+        /// Transaction.
+        xid: Xid,
+        /// Its status, unchanged.
+        status: GlobalStatus,
+        /// What was attempted.
+        op: &'static str,
+    },
+    /// The transaction is past its timeout; the lockserver is rolling it back.
+    #[error("transaction {xid} has timed out and is being rolled back")]
+    Expired {
+        /// Transaction.
+        xid: Xid,
+    },
+    /// A lock key is held by another global transaction.
+    #[error("lock {key} is held by {holder}{}", if *holder_rolling_back { " (rolling back)" } else { "" })]
+    LockConflict {
+        /// The contested key.
+        key: LockKey,
+        /// Who holds it.
+        holder: Xid,
+        /// The holder is rolling back: waiting is pointless, fail fast.
+        holder_rolling_back: bool,
+    },
+    /// A configured bound was hit.
+    #[error("limit exceeded: {what} (at most {limit})")]
+    LimitExceeded {
+        /// Which bound.
+        what: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+    /// Too many requests in flight; try again.
+    #[error("lockserver overloaded")]
+    Overloaded,
+    /// The server is shutting down.
+    #[error("lockserver shutting down")]
+    ShuttingDown,
+    /// An operation took longer than its bound.
+    #[error("timed out: {op}")]
+    Timeout {
+        /// What timed out.
+        op: &'static str,
+    },
+    /// Concurrent updates to one transaction kept colliding (Redis store).
+    #[error("too much contention on transaction {xid}")]
+    Contention {
+        /// Transaction.
+        xid: Xid,
+    },
+    /// Disk I/O failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A stored record could not be decoded.
+    #[error("corrupt store data: {what}")]
+    Corrupt {
+        /// What was corrupt.
+        what: &'static str,
+    },
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The configuration is invalid; every problem found.
+    #[error("invalid configuration: {}", problems.join("; "))]
+    Config {
+        /// One line per problem.
+        problems: Vec<String>,
+    },
+    /// The client could not reach the lockserver.
+    #[error("lockserver unreachable: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The lockserver answered with an error status (client side).
+    #[error("lockserver: {code:?}: {message}")]
+    Rpc {
+        /// gRPC code.
+        code: tonic::Code,
+        /// Server's message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Trying the same request again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::LockConflict { holder_rolling_back, .. } => !holder_rolling_back,
+            Error::Overloaded | Error::Timeout { .. } | Error::Contention { .. } | Error::Transport(_) | Error::Redis(_) => true,
+            Error::Rpc { code, .. } => {
+                matches!(code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::Aborted | tonic::Code::DeadlineExceeded)
+            }
+            _ => false,
+        }
+    }
+
+    /// The caller sent something wrong; not the server's fault, not logged as an error.
+    pub fn is_client_fault(&self) -> bool {
+        match self {
+            Error::InvalidArgument { .. }
+            | Error::BadLockKey(_)
+            | Error::UnknownXid { .. }
+            | Error::UnknownBranch { .. }
+            | Error::DuplicateXid { .. }
+            | Error::InvalidState { .. }
+            | Error::Expired { .. }
+            | Error::LockConflict { .. }
+            | Error::LimitExceeded { .. }
+            | Error::Config { .. } => true,
+            Error::Rpc { code, .. } => matches!(
+                code,
+                tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition
+            ),
+            _ => false,
+        }
+    }
+
+    /// The connection this happened on should be dropped and made again.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Error::ShuttingDown | Error::Transport(_)) || matches!(self, Error::Rpc { code: tonic::Code::Unavailable, .. })
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
