@@ -1,0 +1,257 @@
+//! The proxy's configuration: one TOML file, every value defaulted.
+//!
+//! Owns parsing and validation. Never reads the environment or opens sockets. Invariant:
+//! a `Config` that passed `validate()` can be served as is.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole process: its admin endpoint and every front end it serves.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP endpoint for `/metrics` and `/ready`. Default `127.0.0.1:7433`.
+    pub admin: AdminConfig,
+    /// PostgreSQL front ends. Default: one, `127.0.0.1:6433` in front of `127.0.0.1:5432`.
+    pub postgres: Vec<PgFrontend>,
+    /// How the process stops.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin: AdminConfig::default(),
+            postgres: vec![PgFrontend::default()],
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address of the admin HTTP endpoint. Default `127.0.0.1:7433`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7433)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long sessions get to reach their next sync point once shutdown begins, in
+    /// milliseconds. Default 10000. Sessions still busy then are closed mid-request.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+}
+
+/// One PostgreSQL listener and the server it relays to. The client's startup packet
+/// picks the database, so one front end serves every database of its server.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgFrontend {
+    /// Where clients connect. Default `127.0.0.1:6433`.
+    pub listen: SocketAddr,
+    /// The PostgreSQL server, as `host:port`. Default `127.0.0.1:5432`.
+    pub upstream: String,
+    /// Certificate and key for TLS to clients. Default: none, and SSLRequest is
+    /// answered `N` so that clients continue in plain text.
+    pub tls: Option<TlsConfig>,
+    /// Credentials for tandem's own side connections (health checks now; undo replay and
+    /// phase 2 later). Default user `postgres`, no password.
+    pub service: ServiceCredentials,
+    /// Client connections served at once. Default 10000. The next one is answered with
+    /// SQLSTATE 53300 too_many_connections and closed.
+    pub max_client_connections: usize,
+    /// The largest message accepted from either side, in bytes. Default 1 GiB (the
+    /// server's own limit for most messages). A larger one is answered with SQLSTATE
+    /// 54000 and the session is closed.
+    pub max_message_bytes: usize,
+    /// Timeout for opening an upstream connection, in milliseconds. Default 5000. The
+    /// client then gets SQLSTATE 08001.
+    pub connect_timeout_ms: u64,
+    /// Connections per database in the side pool. Default 4.
+    pub side_pool_size: usize,
+}
+
+impl Default for PgFrontend {
+    fn default() -> Self {
+        PgFrontend {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6433)),
+            upstream: "127.0.0.1:5432".to_owned(),
+            tls: None,
+            service: ServiceCredentials::default(),
+            max_client_connections: 10_000,
+            max_message_bytes: 1 << 30,
+            connect_timeout_ms: 5_000,
+            side_pool_size: 4,
+        }
+    }
+}
+
+impl PgFrontend {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceCredentials {
+    /// Default `postgres`.
+    pub user: String,
+    /// Default empty (trust or peer authentication).
+    pub password: String,
+}
+
+impl Default for ServiceCredentials {
+    fn default() -> Self {
+        ServiceCredentials {
+            user: "postgres".to_owned(),
+            password: String::new(),
+        }
+    }
+}
+
+/// Everything wrong with a configuration file, reported at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+    Invalid { problems: Vec<String> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut listens = vec![self.admin.listen];
+        for (i, pg) in self.postgres.iter().enumerate() {
+            let at = format!("postgres[{i}]");
+            if listens.contains(&pg.listen) && pg.listen.port() != 0 {
+                problems.push(format!("{at}.listen {} is used twice", pg.listen));
+            }
+            listens.push(pg.listen);
+            if pg.upstream.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+                problems.push(format!("{at}.upstream {:?} is not host:port", pg.upstream));
+            }
+            if pg.max_client_connections == 0 {
+                problems.push(format!("{at}.max_client_connections must be at least 1"));
+            }
+            if pg.max_message_bytes < 1024 {
+                problems.push(format!("{at}.max_message_bytes must be at least 1024"));
+            }
+            if pg.connect_timeout_ms == 0 {
+                problems.push(format!("{at}.connect_timeout_ms must be at least 1"));
+            }
+            if pg.side_pool_size == 0 {
+                problems.push(format!("{at}.side_pool_size must be at least 1"));
+            }
+            if let Some(tls) = &pg.tls {
+                for (what, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                    if !path.exists() {
+                        problems.push(format!("{at}.tls.{what} {} does not exist", path.display()));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../../tandem.example.toml");
+        let config = Config::parse(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.postgres[0].listen.port(), 6433);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(Config::parse("[admin]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config = Config::parse(
+            "[[postgres]]\nupstream = \"nowhere\"\nmax_client_connections = 0\nmax_message_bytes = 1\n",
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid { problems }) = config.validate() else {
+            panic!("expected an invalid config");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

@@ -1,0 +1,193 @@
+//! `proxy::Error`: every way a proxy session or process can fail, with the classifiers
+//! callers branch on. SQLSTATEs and MySQL codes are assigned here and only here.
+
+use crate::wire::pg::FrameError;
+use crate::wire::pg::sqlstate::SqlState;
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+
+    #[error("malformed {what} message")]
+    Malformed { what: &'static str },
+
+    #[error("unexpected message type {tag:#04x} {context}")]
+    UnexpectedMessage { tag: u8, context: &'static str },
+
+    #[error("unsupported startup request code {0}")]
+    UnsupportedStartup(i32),
+
+    #[error("{what} is not supported through tandem")]
+    Unsupported { what: &'static str },
+
+    #[error("could not connect to the database at {addr}: {source}")]
+    UpstreamConnect { addr: String, source: io::Error },
+
+    #[error("connecting to the database at {addr} timed out")]
+    UpstreamConnectTimeout { addr: String },
+
+    #[error("lost the connection to the database: {0}")]
+    UpstreamIo(io::Error),
+
+    #[error("the database closed the connection")]
+    UpstreamClosed,
+
+    #[error("the database sent an invalid message: {0}")]
+    UpstreamProtocol(&'static str),
+
+    #[error("client connection: {0}")]
+    ClientIo(io::Error),
+
+    #[error("TLS handshake with the client failed: {0}")]
+    TlsHandshake(io::Error),
+
+    #[error("too many client connections (the limit is {limit})")]
+    TooManyConnections { limit: usize },
+
+    #[error("tandem is shutting down")]
+    ShuttingDown,
+
+    #[error("side connection: {0}")]
+    SidePool(#[from] deadpool_postgres::PoolError),
+
+    #[error("side connection: {0}")]
+    SideQuery(#[from] tokio_postgres::Error),
+
+    #[error("side pool for {database}: {reason}")]
+    SidePoolBuild {
+        database: String,
+        reason: &'static str,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The SQLSTATE a PostgreSQL client sees for this error.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            Error::Frame(FrameError::TooLarge { .. }) => SqlState::ProgramLimitExceeded,
+            Error::Frame(_)
+            | Error::Malformed { .. }
+            | Error::UnexpectedMessage { .. }
+            | Error::UnsupportedStartup(_)
+            | Error::UpstreamProtocol(_) => SqlState::ProtocolViolation,
+            Error::Unsupported { .. } => SqlState::FeatureNotSupported,
+            Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
+                SqlState::UnableToConnect
+            }
+            Error::UpstreamIo(_) | Error::UpstreamClosed | Error::ClientIo(_) => {
+                SqlState::ConnectionFailure
+            }
+            Error::TlsHandshake(_) => SqlState::ProtocolViolation,
+            Error::TooManyConnections { .. } => SqlState::TooManyConnections,
+            Error::ShuttingDown => SqlState::AdminShutdown,
+            Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => {
+                SqlState::InternalError
+            }
+        }
+    }
+
+    /// Whether the session must end after reporting this error. Protocol-level faults
+    /// leave the stream at an unknown message boundary, so nothing after them is safe.
+    pub fn closes_connection(&self) -> bool {
+        !matches!(
+            self,
+            Error::Unsupported { .. } | Error::SidePool(_) | Error::SideQuery(_)
+        )
+    }
+
+    /// Whether the client caused it (logged at debug, not as an error).
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            Error::Frame(_)
+                | Error::Malformed { .. }
+                | Error::UnexpectedMessage { .. }
+                | Error::UnsupportedStartup(_)
+                | Error::Unsupported { .. }
+                | Error::ClientIo(_)
+                | Error::TlsHandshake(_)
+        )
+    }
+
+    /// Whether the same request may succeed if the client retries it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::UpstreamConnect { .. }
+                | Error::UpstreamConnectTimeout { .. }
+                | Error::UpstreamIo(_)
+                | Error::UpstreamClosed
+                | Error::TooManyConnections { .. }
+                | Error::ShuttingDown
+        )
+    }
+
+    /// The metrics label of this error's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Frame(_)
+            | Error::Malformed { .. }
+            | Error::UnexpectedMessage { .. }
+            | Error::UnsupportedStartup(_) => "client_protocol",
+            Error::Unsupported { .. } => "unsupported",
+            Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
+                "upstream_connect"
+            }
+            Error::UpstreamIo(_) | Error::UpstreamClosed => "upstream_lost",
+            Error::UpstreamProtocol(_) => "upstream_protocol",
+            Error::ClientIo(_) => "client_io",
+            Error::TlsHandshake(_) => "tls",
+            Error::TooManyConnections { .. } => "too_many_connections",
+            Error::ShuttingDown => "shutdown",
+            Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => "side",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_variant() -> Vec<Error> {
+        vec![
+            Error::Frame(FrameError::BadLength { tag: b'Q', declared: 1 }),
+            Error::Frame(FrameError::TooLarge { tag: b'Q', declared: 9, max: 1 }),
+            Error::Malformed { what: "Bind" },
+            Error::UnexpectedMessage { tag: b'?', context: "after startup" },
+            Error::UnsupportedStartup(1234),
+            Error::Unsupported { what: "replication" },
+            Error::UpstreamConnect { addr: "a".into(), source: io::ErrorKind::ConnectionRefused.into() },
+            Error::UpstreamConnectTimeout { addr: "a".into() },
+            Error::UpstreamIo(io::ErrorKind::BrokenPipe.into()),
+            Error::UpstreamClosed,
+            Error::UpstreamProtocol("bad ReadyForQuery"),
+            Error::ClientIo(io::ErrorKind::BrokenPipe.into()),
+            Error::TlsHandshake(io::ErrorKind::InvalidData.into()),
+            Error::TooManyConnections { limit: 1 },
+            Error::ShuttingDown,
+            Error::SidePoolBuild { database: "d".into(), reason: "r" },
+        ]
+    }
+
+    #[test]
+    fn every_variant_maps_to_the_intended_sqlstate() {
+        let expected = [
+            "08P01", "54000", "08P01", "08P01", "08P01", "0A000", "08001", "08001", "08006",
+            "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000",
+        ];
+        let got: Vec<_> = every_variant().iter().map(|e| e.sqlstate().code()).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn protocol_faults_close_and_unsupported_does_not() {
+        assert!(Error::Malformed { what: "Bind" }.closes_connection());
+        assert!(!Error::Unsupported { what: "x" }.closes_connection());
+        assert!(Error::UpstreamClosed.is_retryable());
+        assert!(!Error::Malformed { what: "Bind" }.is_retryable());
+    }
+}

@@ -1,0 +1,28 @@
+//! tandem-proxy: the wire proxies, their sessions, and the `tandem` command line.
+//!
+//! Module map:
+//! - `config`: the TOML configuration and its validation.
+//! - `error`: `proxy::Error`, its classifiers and its SQLSTATE mapping.
+//! - `server`: binding, accepting within limits, the admin endpoint (`/metrics`, `/ready`).
+//! - `shutdown`: the shutdown order and the signals sessions watch.
+//! - `session`: one state machine per protocol (`session::pg`).
+//! - `wire`: codecs, free of I/O and session state (`wire::pg`).
+//! - `upstream`: backend connections, cancel delivery, side pools.
+//! - `cancel`: the BackendKeyData tandem hands out, and what each key cancels.
+//! - `tls`: TLS towards clients.
+//! - `metrics`: Prometheus instruments.
+#![forbid(unsafe_code)]
+
+pub mod cancel;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,218 @@
+//! The proxy process: binding, accepting within limits, and the admin endpoint.
+//!
+//! Owns listeners and the task tracker. Never parses protocol bytes: each accepted
+//! connection goes to its session. Invariant: every task it spawns is tracked, so
+//! shutdown knows when the last session is gone.
+
+use crate::cancel::CancelRegistry;
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::session::pg::{self, PgFrontendContext};
+use crate::shutdown::Signals;
+use crate::upstream::SidePools;
+use crate::wire::pg::messages::response::{Severity, put_error};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use bytes::BytesMut;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// The bound sockets of a proxy process, in the order of the configuration.
+pub struct Listeners {
+    pub postgres: Vec<TcpListener>,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let mut postgres = Vec::with_capacity(config.postgres.len());
+        for frontend in &config.postgres {
+            postgres.push(bind(frontend.listen).await?);
+        }
+        Ok(Listeners {
+            postgres,
+            admin: bind(config.admin.listen).await?,
+        })
+    }
+
+    pub fn postgres_addrs(&self) -> Vec<SocketAddr> {
+        self.postgres
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))
+}
+
+/// Serves until `shutdown` resolves, then shuts down in the order `shutdown.rs` gives.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let signals = Signals::default();
+    let tracker = TaskTracker::new();
+    let metrics = Arc::new(Metrics::new());
+    let cancels = Arc::new(CancelRegistry::default());
+    let session_ids = Arc::new(AtomicU64::new(1));
+    let mut frontends = Vec::new();
+
+    for (frontend, listener) in config.postgres.iter().zip(listeners.postgres) {
+        let tls = match &frontend.tls {
+            Some(tls) => Some(crate::tls::acceptor(tls).map_err(Error::TlsHandshake)?),
+            None => None,
+        };
+        let ctx = Arc::new(PgFrontendContext {
+            config: frontend.clone(),
+            upstream: frontend.upstream.as_str().into(),
+            metrics: Arc::clone(&metrics),
+            cancels: Arc::clone(&cancels),
+            tls,
+            side: SidePools::new(frontend),
+            signals: signals.clone(),
+        });
+        tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "postgres front end");
+        frontends.push(Arc::clone(&ctx));
+        tracker.spawn(accept_loop(
+            listener,
+            ctx,
+            tracker.clone(),
+            Arc::clone(&session_ids),
+        ));
+    }
+
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin = tokio::spawn({
+        let app = admin_router(AdminState {
+            metrics: Arc::clone(&metrics),
+            frontends,
+        });
+        let stop = admin_stop.clone();
+        async move {
+            axum::serve(listeners.admin, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: draining sessions");
+    signals.drain.cancel();
+    tracker.close();
+    let drain = config.shutdown.drain_timeout();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            open = tracker.len(),
+            "sessions still busy after the drain timeout; closing them"
+        );
+        signals.abort.cancel();
+        tracker.wait().await;
+    }
+    admin_stop.cancel();
+    if let Ok(Err(e)) = admin.await {
+        tracing::warn!(error = %e, "admin endpoint");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<PgFrontendContext>,
+    tracker: TaskTracker,
+    session_ids: Arc<AtomicU64>,
+) {
+    let limit = ctx.config.max_client_connections;
+    let permits = Arc::new(Semaphore::new(limit));
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.signals.drain.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let socket = match accepted {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                // Out of file descriptors, mostly: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        // The permit is taken after accept, not before, so that a client over the limit
+        // hears 53300 too_many_connections instead of waiting in the backlog.
+        match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => {
+                let id = session_ids.fetch_add(1, Ordering::Relaxed);
+                let ctx = Arc::clone(&ctx);
+                tracker.spawn(async move {
+                    pg::serve(ctx, socket, id).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                ctx.metrics.count_error("too_many_connections");
+                tracker.spawn(refuse_over_limit(socket, limit));
+            }
+        }
+    }
+}
+
+async fn refuse_over_limit(mut socket: TcpStream, limit: usize) {
+    let e = Error::TooManyConnections { limit };
+    let mut out = BytesMut::new();
+    put_error(&mut out, Severity::Fatal, e.sqlstate().code(), &e.to_string());
+    // The client's StartupMessage is not read: the error is the whole answer, and the
+    // protocol lets the server send it at any point of the startup.
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&out)).await;
+}
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Arc<Metrics>,
+    frontends: Vec<Arc<PgFrontendContext>>,
+}
+
+fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/ready", get(ready))
+        .with_state(state)
+}
+
+async fn metrics_page(State(state): State<AdminState>) -> String {
+    state.metrics.render()
+}
+
+/// 200 when every upstream answers a side connection, 503 naming the one that does not.
+async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
+    for frontend in &state.frontends {
+        if let Err(e) = frontend.side.ping("postgres").await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}: {e}\n", frontend.upstream),
+            );
+        }
+    }
+    (StatusCode::OK, "ready\n".to_owned())
+}

@@ -1,0 +1,270 @@
+//! The server-side objects a PostgreSQL session has created through the extended
+//! protocol: prepared statements by name, portals with their Bind parameters, and the
+//! queue of requests whose completion is still outstanding.
+//!
+//! Owns that bookkeeping only: never touches a socket, never decides what to relay.
+//! Invariant: a statement or portal is recorded only once the server confirmed it
+//! (ParseComplete / BindComplete), and forgotten once CloseComplete or the end of the
+//! transaction destroyed it, so the map equals the server's view at every sync point.
+//!
+//! Protocol rules (PostgreSQL docs, "Extended Query"): replies come in request order;
+//! after an error the server discards messages until Sync, so requests still queued
+//! when ReadyForQuery arrives were never executed.
+
+use crate::wire::pg::messages::extended::{Bind, Close, Parse, Target};
+use crate::wire::pg::reader::Truncated;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+
+/// A prepared statement as the client parsed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: Bytes,
+    pub param_types: Vec<u32>,
+}
+
+/// A portal: the statement it was bound from and the Bind body, kept whole so that the
+/// parameters can be decoded in either format when they are needed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Portal {
+    pub statement: Bytes,
+    bind: Bytes,
+}
+
+impl Portal {
+    /// The Bind message this portal came from.
+    pub fn bind(&self) -> Result<Bind<'_>, Truncated> {
+        Bind::decode(&self.bind)
+    }
+}
+
+/// A request whose reply is still outstanding.
+#[derive(Debug)]
+enum Outstanding {
+    Parse { name: Bytes, statement: Statement },
+    Bind { name: Bytes, portal: Portal },
+    Close { target: Target, name: Bytes },
+    /// Sync, Query or FunctionCall: each ends with ReadyForQuery.
+    SyncPoint,
+}
+
+/// A reply did not match the request at the head of the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OutOfOrder(pub &'static str);
+
+#[derive(Debug, Default)]
+pub struct Tracked {
+    statements: HashMap<Bytes, Statement>,
+    portals: HashMap<Bytes, Portal>,
+    outstanding: VecDeque<Outstanding>,
+}
+
+impl Tracked {
+    pub fn statement(&self, name: &[u8]) -> Option<&Statement> {
+        self.statements.get(name)
+    }
+
+    pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
+        self.portals.get(name)
+    }
+
+    pub fn statement_count(&self) -> usize {
+        self.statements.len()
+    }
+
+    pub fn portal_count(&self) -> usize {
+        self.portals.len()
+    }
+
+    /// Whether any request still awaits its reply.
+    pub fn has_outstanding(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+
+    pub fn on_parse(&mut self, body: &[u8]) -> Result<(), Truncated> {
+        let parse = Parse::decode(body)?;
+        self.outstanding.push_back(Outstanding::Parse {
+            name: Bytes::copy_from_slice(parse.name),
+            statement: Statement {
+                sql: Bytes::copy_from_slice(parse.sql),
+                param_types: parse.param_types,
+            },
+        });
+        Ok(())
+    }
+
+    pub fn on_bind(&mut self, body: &[u8]) -> Result<(), Truncated> {
+        let bind = Bind::decode(body)?;
+        let name = Bytes::copy_from_slice(bind.portal);
+        let statement = Bytes::copy_from_slice(bind.statement);
+        self.outstanding.push_back(Outstanding::Bind {
+            name,
+            portal: Portal {
+                statement,
+                bind: Bytes::copy_from_slice(body),
+            },
+        });
+        Ok(())
+    }
+
+    pub fn on_close(&mut self, body: &[u8]) -> Result<(), Truncated> {
+        if let Some(close) = Close::decode(body)? {
+            self.outstanding.push_back(Outstanding::Close {
+                target: close.target,
+                name: Bytes::copy_from_slice(close.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sync, Query or FunctionCall was sent.
+    pub fn on_sync_point_request(&mut self) {
+        self.outstanding.push_back(Outstanding::SyncPoint);
+    }
+
+    pub fn on_parse_complete(&mut self) -> Result<(), OutOfOrder> {
+        match self.outstanding.pop_front() {
+            Some(Outstanding::Parse { name, statement }) => {
+                self.statements.insert(name, statement);
+                Ok(())
+            }
+            _ => Err(OutOfOrder("ParseComplete without an outstanding Parse")),
+        }
+    }
+
+    pub fn on_bind_complete(&mut self) -> Result<(), OutOfOrder> {
+        match self.outstanding.pop_front() {
+            Some(Outstanding::Bind { name, portal }) => {
+                self.portals.insert(name, portal);
+                Ok(())
+            }
+            _ => Err(OutOfOrder("BindComplete without an outstanding Bind")),
+        }
+    }
+
+    pub fn on_close_complete(&mut self) -> Result<(), OutOfOrder> {
+        match self.outstanding.pop_front() {
+            Some(Outstanding::Close { target, name }) => {
+                match target {
+                    Target::Statement => {
+                        self.statements.remove(&name);
+                    }
+                    Target::Portal => {
+                        self.portals.remove(&name);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(OutOfOrder("CloseComplete without an outstanding Close")),
+        }
+    }
+
+    /// ReadyForQuery arrived: requests queued before the sync point that were never
+    /// answered were skipped after an error. Portals do not outlive their transaction.
+    pub fn on_ready_for_query(&mut self, transaction_ended: bool) -> Result<(), OutOfOrder> {
+        loop {
+            match self.outstanding.pop_front() {
+                Some(Outstanding::SyncPoint) => break,
+                Some(_) => continue,
+                None => return Err(OutOfOrder("ReadyForQuery without a Sync or Query")),
+            }
+        }
+        if transaction_ended {
+            self.portals.clear();
+        }
+        Ok(())
+    }
+
+    /// `DISCARD ALL` or `DEALLOCATE ALL` completed.
+    pub fn forget_all_statements(&mut self) {
+        self.statements.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_body(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = format!("{name}\0{sql}\0").into_bytes();
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    }
+
+    fn bind_body(portal: &str, stmt: &str, value: &[u8]) -> Vec<u8> {
+        let mut b = format!("{portal}\0{stmt}\0").into_bytes();
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        b.extend_from_slice(value);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn statement_is_recorded_on_parse_complete_only() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("s1", "select $1")).unwrap();
+        assert!(t.statement(b"s1").is_none());
+        t.on_sync_point_request();
+        t.on_parse_complete().unwrap();
+        assert_eq!(&t.statement(b"s1").unwrap().sql[..], b"select $1");
+        t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn requests_skipped_after_an_error_leave_no_trace() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("bad", "selec")).unwrap();
+        t.on_bind(&bind_body("", "bad", b"1")).unwrap();
+        t.on_sync_point_request();
+        // ErrorResponse, then ReadyForQuery: neither Parse nor Bind completed.
+        t.on_ready_for_query(true).unwrap();
+        assert!(t.statement(b"bad").is_none());
+        assert_eq!(t.portal_count(), 0);
+        assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn portals_keep_their_parameters_until_the_transaction_ends() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("s", "update t set v = $1")).unwrap();
+        t.on_bind(&bind_body("p", "s", b"42")).unwrap();
+        t.on_sync_point_request();
+        t.on_parse_complete().unwrap();
+        t.on_bind_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        let portal = t.portal(b"p").unwrap();
+        assert_eq!(&portal.statement[..], b"s");
+        assert_eq!(portal.bind().unwrap().params, vec![Some(&b"42"[..])]);
+        t.on_sync_point_request();
+        t.on_ready_for_query(true).unwrap();
+        assert!(t.portal(b"p").is_none());
+        assert!(t.statement(b"s").is_some());
+    }
+
+    #[test]
+    fn close_removes_after_close_complete() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("s", "select 1")).unwrap();
+        t.on_sync_point_request();
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(true).unwrap();
+        t.on_close(b"Ss\0").unwrap();
+        t.on_sync_point_request();
+        assert!(t.statement(b"s").is_some());
+        t.on_close_complete().unwrap();
+        assert!(t.statement(b"s").is_none());
+        t.on_ready_for_query(true).unwrap();
+    }
+
+    #[test]
+    fn a_reply_out_of_order_is_reported() {
+        let mut t = Tracked::default();
+        t.on_sync_point_request();
+        assert!(t.on_parse_complete().is_err());
+        let mut t = Tracked::default();
+        assert!(t.on_ready_for_query(true).is_err());
+    }
+}

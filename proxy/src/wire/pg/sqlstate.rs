@@ -1,0 +1,77 @@
+//! The SQLSTATEs that tandem itself reports to PostgreSQL clients.
+//!
+//! This is the one place where proxy errors become SQLSTATEs: `proxy::Error::sqlstate`
+//! calls into it, and nothing else writes a code literal.
+//! Reference: PostgreSQL docs, Appendix A "PostgreSQL Error Codes".
+
+/// A SQLSTATE that tandem may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SqlState {
+    /// 08006 connection_failure: the database connection broke.
+    ConnectionFailure,
+    /// 08001 sqlclient_unable_to_establish_sqlconnection: the database could not be reached.
+    UnableToConnect,
+    /// 08P01 protocol_violation: malformed or unexpected message.
+    ProtocolViolation,
+    /// 0A000 feature_not_supported.
+    FeatureNotSupported,
+    /// 40001 serialization_failure: retry the transaction.
+    SerializationFailure,
+    /// 40P01 deadlock_detected.
+    DeadlockDetected,
+    /// 55P03 lock_not_available.
+    LockNotAvailable,
+    /// 57P01 admin_shutdown: tandem is shutting down.
+    AdminShutdown,
+    /// 53300 too_many_connections.
+    TooManyConnections,
+    /// 54000 program_limit_exceeded: a message over the configured size cap.
+    ProgramLimitExceeded,
+    /// XX000 internal_error.
+    InternalError,
+}
+
+impl SqlState {
+    pub fn code(self) -> &'static str {
+        match self {
+            SqlState::ConnectionFailure => "08006",
+            SqlState::UnableToConnect => "08001",
+            SqlState::ProtocolViolation => "08P01",
+            SqlState::FeatureNotSupported => "0A000",
+            SqlState::SerializationFailure => "40001",
+            SqlState::DeadlockDetected => "40P01",
+            SqlState::LockNotAvailable => "55P03",
+            SqlState::AdminShutdown => "57P01",
+            SqlState::TooManyConnections => "53300",
+            SqlState::ProgramLimitExceeded => "54000",
+            SqlState::InternalError => "XX000",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqlState::*;
+
+    #[test]
+    fn every_code_is_five_chars_and_distinct() {
+        let all = [
+            ConnectionFailure,
+            UnableToConnect,
+            ProtocolViolation,
+            FeatureNotSupported,
+            SerializationFailure,
+            DeadlockDetected,
+            LockNotAvailable,
+            AdminShutdown,
+            TooManyConnections,
+            ProgramLimitExceeded,
+            InternalError,
+        ];
+        let mut codes: Vec<_> = all.iter().map(|s| s.code()).collect();
+        assert!(codes.iter().all(|c| c.len() == 5));
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+}
