@@ -12,5 +12,6 @@
 
 pub mod core;
 pub mod error;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -51,19 +51,37 @@ pub struct Output {
     pub reply: Reply,
 }
 
-/// The effects of a change of `xid` from status `before` to `after`, given that
-/// `changed` says whether any record was written. Shared by every store.
-pub fn effects_of(xid: &Xid, before: Option<GlobalStatus>, after: Option<&Global>, changed: bool) -> Vec<Effect> {
+/// What `xid` was before a command: its status and the phase-2 work it owed.
+#[derive(Debug, Clone, Default)]
+pub struct Before {
+    status: Option<GlobalStatus>,
+    work: Vec<(u64, bool)>,
+}
+
+impl Before {
+    /// Captures `g` before a command runs.
+    pub fn of(g: Option<&Global>) -> Self {
+        let work = g.map(|g| g.pending_work().iter().map(|w| (w.branch_id, w.commit)).collect()).unwrap_or_default();
+        Before { status: g.map(|g| g.status), work }
+    }
+}
+
+/// The effects of a change of `xid` from `before` to `after`, given that `changed`
+/// says whether any record was written. Shared by every store. `Phase2Due` is only
+/// emitted for work that is new, so answers for one branch do not re-send the others.
+pub fn effects_of(xid: &Xid, before: &Before, after: Option<&Global>, changed: bool) -> Vec<Effect> {
     let mut out = Vec::new();
     if !changed {
         return out;
     }
+    let was = before;
+    let before = before.status;
     let after_status = after.map(|g| g.status);
     if before.is_some_and(|s| s.holds_locks()) && !after_status.is_some_and(|s| s.holds_locks()) {
         out.push(Effect::LocksReleased { xid: xid.clone() });
     }
     if let Some(g) = after {
-        if !g.pending_work().is_empty() {
+        if g.pending_work().iter().any(|w| !was.work.contains(&(w.branch_id, w.commit))) {
             out.push(Effect::Phase2Due { xid: xid.clone() });
         }
         let ends = g.status.is_finished() || matches!(g.status, GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed);
@@ -96,7 +114,7 @@ impl Core {
     pub fn apply(&mut self, cmd: &Command, now: Millis) -> Result<Output, Error> {
         let xid = cmd.xid();
         let before = self.globals.get(xid);
-        let before_status = before.map(|g| g.status);
+        let before_state = Before::of(before);
         let (records, reply) = txn::plan(before, cmd, now, &self.limits)?;
         if let Command::Register { keys, .. } = cmd {
             self.locks.check(xid, keys).map_err(|c| self.conflict_error(c))?;
@@ -104,7 +122,7 @@ impl Core {
         for r in &records {
             self.replay(r);
         }
-        let effects = effects_of(xid, before_status, self.globals.get(xid), !records.is_empty());
+        let effects = effects_of(xid, &before_state, self.globals.get(xid), !records.is_empty());
         Ok(Output { records, effects, reply })
     }
 

@@ -1,0 +1,206 @@
+//! The embedded store: the [`Core`] in memory, every record appended to a local log
+//! with group commit, and snapshots that compact the log. See `store/README.md`.
+//!
+//! Owns: the log directory. Never replies before the records of a command are on
+//! disk. Invariant: the in-memory core equals the replay of the log's clean prefix
+//! plus records whose fsync is still in flight (those replies are still waiting).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::log::{self, Writer};
+use super::{Applied, Counts, Store};
+use crate::core::clock::Millis;
+use crate::core::locks::LockKey;
+use crate::core::txn::{Command, Global, Limits, Record, Work, Xid};
+use crate::core::{Core, Effect};
+use crate::error::{Error, Result};
+
+/// In-memory state, behind a std `Mutex`: it is held only for in-memory work and
+/// queueing bytes to the writer, never across an `.await`.
+struct State {
+    core: Core,
+    /// Phase-2 schedule: when each transaction's work is next due.
+    p2: BTreeSet<(Millis, Xid)>,
+    p2_at: HashMap<Xid, Millis>,
+}
+
+impl State {
+    fn schedule(&mut self, xid: &Xid, at: Millis) {
+        if let Some(old) = self.p2_at.insert(xid.clone(), at) {
+            self.p2.remove(&(old, xid.clone()));
+        }
+        self.p2.insert((at, xid.clone()));
+    }
+    fn unschedule(&mut self, xid: &Xid) {
+        if let Some(old) = self.p2_at.remove(xid) {
+            self.p2.remove(&(old, xid.clone()));
+        }
+    }
+}
+
+/// The default store: a local, fsynced, checksummed log.
+pub struct EmbeddedStore {
+    state: Mutex<State>,
+    writer: Writer,
+    dir: PathBuf,
+    compact_bytes: u64,
+}
+
+fn encode(records: &[Record], buf: &mut Vec<u8>) -> Result<()> {
+    for r in records {
+        let p = serde_json::to_vec(r).map_err(|_| Error::Corrupt { what: "record does not serialize" })?;
+        if p.len() > log::MAX_RECORD_BYTES {
+            return Err(Error::LimitExceeded { what: "bytes per log record", limit: log::MAX_RECORD_BYTES });
+        }
+        log::frame(buf, &p);
+    }
+    Ok(())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, recovering the newest log generation
+    /// to its clean prefix. Compacts once the log passes `compact_bytes`.
+    pub fn open(dir: &Path, limits: Limits, compact_bytes: u64) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        let mut core = Core::new(limits);
+        let (generation, size) = match log::newest_generation(dir)? {
+            None => (1, 0),
+            Some(g) => {
+                let payloads = log::recover_file(&log::log_path(dir, g))?;
+                let size = payloads.iter().map(|p| p.len() as u64 + 8).sum();
+                for p in payloads {
+                    let rec: Record = serde_json::from_slice(&p).map_err(|_| Error::Corrupt { what: "log record with a valid checksum does not decode" })?;
+                    core.replay(&rec);
+                }
+                (g, size)
+            }
+        };
+        // A fresh generation holding the recovered state: drops leftovers of an
+        // interrupted compaction and starts appends from a clean file.
+        let mut snap = Vec::new();
+        encode(&core.snapshot(), &mut snap)?;
+        let file = log::write_generation(dir, generation + 1, &snap)?;
+        for e in fs::read_dir(dir).map_err(Error::io("list", dir))?.flatten() {
+            let p = e.path();
+            if p != log::log_path(dir, generation + 1) && e.file_name().to_str().is_some_and(|n| n.starts_with("log.")) {
+                let _ = fs::remove_file(&p);
+            }
+        }
+        let mut state = State { core, p2: BTreeSet::new(), p2_at: HashMap::new() };
+        let due: Vec<Xid> = state.core.all_pending().into_iter().map(|w| w.xid).collect();
+        for x in due {
+            state.schedule(&x, 0);
+        }
+        tracing::info!(dir = %dir.display(), recovered_bytes = size, active = state.core.active(), locks = state.core.locks().len(), "embedded store opened");
+        let writer = Writer::start(dir.to_path_buf(), generation + 1, file, snap.len() as u64);
+        Ok(EmbeddedStore { state: Mutex::new(state), writer, dir: dir.to_path_buf(), compact_bytes })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn maybe_compact(&self) -> Result<()> {
+        let (bytes, pending) = self.writer.size();
+        if pending || bytes < self.compact_bytes {
+            return Ok(());
+        }
+        let st = self.state();
+        let mut snap = Vec::new();
+        encode(&st.core.snapshot(), &mut snap)?;
+        // Queued under the state lock, so the snapshot sits exactly after every
+        // record appended so far and before every later one.
+        self.writer.rotate(snap);
+        Ok(())
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn apply(&self, cmd: Command, now: Millis) -> Result<Applied> {
+        let (applied, durable) = {
+            let mut st = self.state();
+            let out = st.core.apply(&cmd, now)?;
+            if out.records.is_empty() {
+                return Ok(out.into());
+            }
+            let mut buf = Vec::with_capacity(out.records.len() * 256);
+            encode(&out.records, &mut buf)?;
+            let durable = self.writer.append(&buf)?;
+            for e in &out.effects {
+                if let Effect::Phase2Due { xid } = e {
+                    st.schedule(xid, now);
+                }
+            }
+            (Applied::from(out), durable)
+        };
+        match durable.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Io { op: "append to log", path: self.dir.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }),
+            Err(_) => return Err(Error::ShuttingDown),
+        }
+        self.maybe_compact()?;
+        Ok(applied)
+    }
+
+    async fn global(&self, xid: &Xid) -> Result<Option<Global>> {
+        Ok(self.state().core.global(xid).cloned())
+    }
+
+    async fn globals(&self, limit: usize) -> Result<Vec<Global>> {
+        let mut v: Vec<Global> = self.state().core.globals().take(limit).cloned().collect();
+        v.sort_by(|a, b| (a.begun_at, &a.xid).cmp(&(b.begun_at, &b.xid)));
+        Ok(v)
+    }
+
+    async fn locks(&self, limit: usize) -> Result<Vec<(LockKey, Xid)>> {
+        let mut v: Vec<(LockKey, Xid)> = self.state().core.locks().iter().take(limit).map(|(k, x)| (k.clone(), x.clone())).collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn first_held(&self, keys: &[LockKey]) -> Result<Option<(LockKey, Xid)>> {
+        let st = self.state();
+        Ok(keys.iter().find_map(|k| st.core.locks().holder(k).map(|x| (k.clone(), x.clone()))))
+    }
+
+    async fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> Result<Vec<Command>> {
+        Ok(self.state().core.due(now, retention_ms, limit))
+    }
+
+    async fn claim_phase2(&self, now: Millis, lease_ms: u64, limit: usize) -> Result<Vec<Work>> {
+        let mut st = self.state();
+        let due: Vec<Xid> = st.p2.iter().take_while(|(at, _)| *at <= now).take(limit).map(|(_, x)| x.clone()).collect();
+        let mut out = Vec::new();
+        for x in due {
+            let work = st.core.global(&x).map(Global::pending_work).unwrap_or_default();
+            if work.is_empty() {
+                st.unschedule(&x);
+            } else {
+                st.schedule(&x, now.saturating_add(lease_ms));
+                out.extend(work);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn schedule_phase2(&self, xid: &Xid, at: Millis) -> Result<()> {
+        let mut st = self.state();
+        if st.core.global(xid).is_some_and(|g| !g.pending_work().is_empty()) {
+            st.schedule(xid, at);
+        }
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let st = self.state();
+        Ok(Counts { active: st.core.active() as u64, locks: st.core.locks().len() as u64 })
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.writer.close();
+        Ok(())
+    }
+}

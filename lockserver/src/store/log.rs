@@ -1,0 +1,292 @@
+//! The embedded store's log files: record framing, recovery to a clean prefix, and
+//! the group-commit writer thread.
+//!
+//! Owns: bytes on disk. Never interprets records beyond their frame (the caller
+//! decodes payloads) and never acknowledges an append before its `fdatasync`.
+//! Invariant: a log file is always a clean prefix of frames once recovery has run,
+//! and every acknowledged append is in it.
+//!
+//! Frame: `len: u32 LE | crc32(payload): u32 LE | payload[len]`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// Largest payload accepted in a frame. A larger declared length ends recovery
+/// (it can only come from corruption), and an append that large is refused.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+const HEADER: usize = 8;
+
+/// Appends one frame around `payload` to `buf`.
+pub fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// Splits `data` into payloads up to the first damaged or incomplete frame; returns
+/// them with the length of the clean prefix.
+pub fn parse_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while data.len() - at >= HEADER {
+        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        let start = at + HEADER;
+        if len > MAX_RECORD_BYTES || data.len() - start < len {
+            break;
+        }
+        let payload = &data[start..start + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        out.push(payload);
+        at = start + len;
+    }
+    (out, at)
+}
+
+/// `dir/log.<generation>`.
+pub fn log_path(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("log.{generation:020}"))
+}
+
+/// The newest complete log generation in `dir`, if any. Older generations are
+/// leftovers of a compaction that crashed before deleting them.
+pub fn newest_generation(dir: &Path) -> Result<Option<u64>> {
+    let mut best = None;
+    for e in fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let e = e.map_err(Error::io("list", dir))?;
+        let name = e.file_name();
+        let Some(g) = name.to_str().and_then(|n| n.strip_prefix("log.")).and_then(|n| n.parse::<u64>().ok()) else { continue };
+        best = best.max(Some(g));
+    }
+    Ok(best)
+}
+
+/// Reads a log file and cuts it back to its clean prefix; returns the payloads.
+pub fn recover_file(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut data = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(Error::io("read", path))?;
+    let (frames, clean) = parse_frames(&data);
+    let out = frames.into_iter().map(<[u8]>::to_vec).collect();
+    if clean < data.len() {
+        tracing::warn!(path = %path.display(), clean, len = data.len(), "log has a damaged tail; truncating to its clean prefix");
+        let f = OpenOptions::new().write(true).open(path).map_err(Error::io("open", path))?;
+        f.set_len(clean as u64).map_err(Error::io("truncate", path))?;
+        f.sync_all().map_err(Error::io("fsync", path))?;
+    }
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", dir))
+}
+
+/// Writes `frames` as generation `g` atomically (tmp file, fsync, rename, fsync dir).
+pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<File> {
+    let tmp = dir.join(format!("log.tmp.{g}"));
+    let path = log_path(dir, g);
+    let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
+    f.write_all(frames).map_err(Error::io("write", &tmp))?;
+    f.sync_all().map_err(Error::io("fsync", &tmp))?;
+    fs::rename(&tmp, &path).map_err(Error::io("rename", &path))?;
+    sync_dir(dir)?;
+    OpenOptions::new().append(true).open(&path).map_err(Error::io("open", &path))
+}
+
+type Waiter = oneshot::Sender<std::result::Result<(), Arc<std::io::Error>>>;
+
+/// What the writer thread has queued.
+#[derive(Default)]
+struct Queue {
+    bytes: Vec<u8>,
+    waiters: Vec<Waiter>,
+    /// A compaction: the snapshot's frames, to become the next generation. Appends
+    /// queued before it are written to the old file first.
+    rotate: Option<Vec<u8>>,
+    closed: bool,
+    /// Set after a failed write or fsync: what is on disk is unknown, refuse all.
+    failed: Option<Arc<std::io::Error>>,
+    /// Bytes written to the current generation (drives compaction).
+    file_bytes: u64,
+}
+
+/// The group-commit writer: appends queue up while one `fdatasync` runs, and the
+/// next write takes all of them, so one fsync covers many appends.
+pub struct Writer {
+    shared: Arc<(Mutex<Queue>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Starts the writer thread appending to `file` (generation `g` in `dir`).
+    pub fn start(dir: PathBuf, g: u64, file: File, file_bytes: u64) -> Self {
+        let shared = Arc::new((Mutex::new(Queue { file_bytes, ..Default::default() }), Condvar::new()));
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("tandem-log".into())
+            .spawn(move || writer_loop(s2, dir, g, file))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the log writer thread"))
+            .ok();
+        Writer { shared, thread: Mutex::new(thread) }
+    }
+
+    /// Queues framed bytes; the receiver resolves once they are on disk. Call in
+    /// the order the records were applied (the embedded store holds its state lock).
+    pub fn append(&self, framed: &[u8]) -> Result<oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>> {
+        let (tx, rx) = oneshot::channel();
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        if q.closed {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(e) = &q.failed {
+            return Err(Error::Io { op: "append (log failed earlier)", path: PathBuf::new(), source: std::io::Error::new(e.kind(), e.to_string()) });
+        }
+        q.bytes.extend_from_slice(framed);
+        q.waiters.push(tx);
+        cv.notify_one();
+        Ok(rx)
+    }
+
+    /// Queues a compaction to `snapshot` (frames of the state as of now).
+    pub fn rotate(&self, snapshot: Vec<u8>) {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        q.rotate = Some(snapshot);
+        cv.notify_one();
+    }
+
+    /// Bytes in the current generation, and whether a compaction is pending.
+    pub fn size(&self) -> (u64, bool) {
+        let q = self.shared.0.lock().unwrap_or_else(|p| p.into_inner());
+        (q.file_bytes, q.rotate.is_some())
+    }
+
+    /// Writes what is queued, then stops the thread.
+    pub fn close(&self) {
+        {
+            let (m, cv) = &*self.shared;
+            m.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            cv.notify_one();
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, mut file: File) {
+    let (m, cv) = &*shared;
+    loop {
+        let (bytes, waiters, rotate, closed) = {
+            let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+            while q.bytes.is_empty() && q.rotate.is_none() && !q.closed {
+                q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            (std::mem::take(&mut q.bytes), std::mem::take(&mut q.waiters), q.rotate.take(), q.closed)
+        };
+        if !bytes.is_empty() {
+            let res = file.write_all(&bytes).and_then(|_| file.sync_data()).map_err(Arc::new);
+            let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+            q.file_bytes += bytes.len() as u64;
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "log write failed; the embedded store refuses further writes");
+                q.failed = Some(e.clone());
+            }
+            drop(q);
+            for w in waiters {
+                let _ = w.send(res.clone());
+            }
+        }
+        if let Some(snap) = rotate {
+            match write_generation(&dir, g + 1, &snap) {
+                Ok(f) => {
+                    let old = log_path(&dir, g);
+                    g += 1;
+                    file = f;
+                    m.lock().unwrap_or_else(|p| p.into_inner()).file_bytes = snap.len() as u64;
+                    if let Err(e) = fs::remove_file(&old) {
+                        tracing::warn!(error = %e, path = %old.display(), "cannot remove the compacted log");
+                    }
+                    tracing::info!(generation = g, bytes = snap.len(), "log compacted");
+                }
+                Err(e) => tracing::warn!(error = %e, "log compaction failed; keeping the current log"),
+            }
+        }
+        if closed {
+            let q = m.lock().unwrap_or_else(|p| p.into_inner());
+            if q.bytes.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<u8>, Vec<Vec<u8>>, Vec<usize>) {
+        let payloads: Vec<Vec<u8>> = (0..6).map(|i| format!("{{\"record\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 3)).into_bytes()).collect();
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for p in &payloads {
+            frame(&mut buf, p);
+            ends.push(buf.len());
+        }
+        (buf, payloads, ends)
+    }
+
+    #[test]
+    fn truncation_at_every_byte_yields_a_clean_prefix() {
+        let (buf, payloads, ends) = sample();
+        for cut in 0..=buf.len() {
+            let (got, clean) = parse_frames(&buf[..cut]);
+            let whole = ends.iter().filter(|e| **e <= cut).count();
+            assert_eq!(got.len(), whole, "cut at {cut}");
+            assert_eq!(got, payloads[..whole].iter().map(Vec::as_slice).collect::<Vec<_>>());
+            assert_eq!(clean, if whole == 0 { 0 } else { ends[whole - 1] });
+        }
+    }
+
+    #[test]
+    fn bit_flip_at_every_byte_yields_a_clean_prefix() {
+        let (buf, payloads, ends) = sample();
+        for at in 0..buf.len() {
+            for bit in [0, 3, 7] {
+                let mut b = buf.clone();
+                b[at] ^= 1 << bit;
+                let (got, _) = parse_frames(&b);
+                let damaged = ends.iter().position(|e| *e > at).unwrap();
+                assert_eq!(got.len(), damaged, "flip at byte {at} bit {bit}");
+                assert_eq!(got, payloads[..damaged].iter().map(Vec::as_slice).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn recover_file_truncates_the_damaged_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (buf, payloads, ends) = sample();
+        let path = log_path(dir.path(), 1);
+        let mut damaged = buf[..ends[3] + 5].to_vec();
+        damaged.extend_from_slice(b"garbage");
+        fs::write(&path, &damaged).unwrap();
+        assert_eq!(recover_file(&path).unwrap(), payloads[..4].to_vec());
+        assert_eq!(fs::metadata(&path).unwrap().len(), ends[3] as u64);
+        assert_eq!(newest_generation(dir.path()).unwrap(), Some(1));
+    }
+}
