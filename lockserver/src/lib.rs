@@ -5,13 +5,25 @@
 //! - `store`   — durable state: the `Store` contract, the embedded log and the Redis store
 //! - `api`     — thin gRPC (proxies) and HTTP/JSON (applications, operators) adapters
 //! - `server`  — the async shell: `run(grpc, http, config, shutdown)`, timers, phase-2 dispatch
+//! - `coordinator` — the operations both APIs offer: lock waits, rollback waits, timers
+//! - `phase2`  — phase-2 delivery to connected proxies, retry and backoff
 //! - `client`  — what proxies link: `LockClient` and the phase-2 worker
+//! - `metrics` — Prometheus instruments
+//! - `proto`   — generated gRPC code
 //! - `config`  — the TOML `Config`
 //! - `error`   — the one `Error` enum and its classifiers
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
+pub mod coordinator;
 pub mod core;
 pub mod error;
+pub mod metrics;
+pub mod phase2;
+pub mod proto;
+pub mod server;
 pub mod store;
 
+pub use config::Config;
 pub use error::{Error, Result};

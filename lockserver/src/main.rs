@@ -1,1 +1,40 @@
-fn main() {}
+//! `tandem-lockserver -c FILE`: a standalone lockserver (the same as `tandem lockserver`).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use tandem_lockserver::Config;
+
+/// tandem's transaction coordinator.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file; without it, every default applies.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
+    let http = tokio::net::TcpListener::bind(config.http_listen).await?;
+    // Tests read these lines to find ephemeral ports.
+    println!("grpc_listen={}", grpc.local_addr()?);
+    println!("http_listen={}", http.local_addr()?);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    tandem_lockserver::server::run(grpc, http, config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The async shell around the store: the operations both APIs offer, with lock
+//! waits, rollback waits, timers, effects and metrics.
+//!
+//! Owns: xid generation, waiting, and carrying out [`Effect`]s. Never decides a
+//! state transition (that is `core::txn::plan`, run by the store) and never speaks a
+//! wire protocol (that is `api`). Invariant: every state change goes through
+//! [`Store::apply`], and every returned effect is carried out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::core::Effect;
+use crate::core::clock::{Clock, Millis};
+use crate::core::locks::LockKey;
+use crate::core::txn::{BranchKind, BranchStatus, Command, Global, GlobalStatus, Phase2Outcome, Reply, Xid};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::phase2::Phase2;
+use crate::store::{AnyStore, Applied, Store};
+
+/// How often a waiter re-checks state that another lockserver (sharing Redis) may
+/// change without telling this one.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A held lock as seen by a lock query: key, holder, and whether it is rolling back.
+pub type HeldLock = (LockKey, Xid, bool);
+
+/// The coordinator: one per lockserver process, shared by every API task.
+pub struct Coordinator {
+    pub(crate) store: AnyStore,
+    clock: Arc<dyn Clock>,
+    pub(crate) config: Config,
+    node: String,
+    seq: AtomicU64,
+    /// Woken whenever some transaction's locks are released.
+    released: Notify,
+    /// Bumped whenever a transaction ends.
+    ended: watch::Sender<u64>,
+    pub(crate) phase2: Phase2,
+    /// Instruments.
+    pub metrics: Metrics,
+    permits: Semaphore,
+}
+
+impl Coordinator {
+    /// A coordinator over `store`. The node id (random per process) prefixes xids.
+    pub fn new(store: AnyStore, config: Config, clock: Arc<dyn Clock>) -> Self {
+        let node = format!("{:016x}", rand::random::<u64>());
+        Coordinator {
+            store,
+            clock,
+            node,
+            seq: AtomicU64::new(1),
+            released: Notify::new(),
+            ended: watch::channel(0).0,
+            phase2: Phase2::new(&config),
+            metrics: Metrics::default(),
+            permits: Semaphore::new(config.limits.max_in_flight),
+            config,
+        }
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Admission: one permit per request, refused (not queued) at the limit.
+    pub fn permit(&self) -> Result<SemaphorePermit<'_>> {
+        self.permits.try_acquire().map_err(|_| {
+            self.metrics.overloaded.inc();
+            Error::Overloaded
+        })
+    }
+
+    pub(crate) async fn exec(&self, cmd: Command) -> Result<Applied> {
+        let applied = self.store.apply(cmd, self.now()).await?;
+        self.carry_out(&applied.effects);
+        Ok(applied)
+    }
+
+    fn carry_out(&self, effects: &[Effect]) {
+        for e in effects {
+            match e {
+                Effect::LocksReleased { .. } => self.released.notify_waiters(),
+                Effect::Phase2Due { .. } => self.phase2.wake(),
+                Effect::Ended { xid, status } => {
+                    tracing::debug!(%xid, %status, "global transaction ended");
+                    self.metrics.ended.get_or_create(&[("status", status.as_str())]).inc();
+                    self.ended.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+
+    /// Begins a global transaction; `None` takes the configured default timeout.
+    pub async fn begin(&self, timeout_ms: Option<u64>) -> Result<(Xid, Millis)> {
+        let started = Instant::now();
+        let xid = Xid::new(&self.node, self.seq.fetch_add(1, Ordering::Relaxed));
+        let timeout_ms = timeout_ms.unwrap_or(self.config.default_timeout_ms);
+        let span = tracing::debug_span!("begin", %xid);
+        let r = self.exec(Command::Begin { xid: xid.clone(), timeout_ms }).instrument(span).await?;
+        self.metrics.observe("begin", started);
+        match r.reply {
+            Reply::Began { deadline } => Ok((xid, deadline)),
+            _ => Err(Error::Corrupt { what: "begin answered with something else" }),
+        }
+    }
+
+    /// Registers a branch, waiting up to `wait` (capped by `max_lock_wait_ms`) for
+    /// conflicting locks. A holder that is rolling back fails the wait at once.
+    pub async fn register(&self, xid: Xid, resource: String, kind: BranchKind, keys: Vec<LockKey>, wait: Duration) -> Result<u64> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("register", %xid, %resource, keys = keys.len());
+        let wait = wait.min(Duration::from_millis(self.config.max_lock_wait_ms));
+        let deadline = started + wait;
+        let cmd = Command::Register { xid, resource, kind, keys };
+        let r = async {
+            loop {
+                let released = self.released.notified();
+                match self.exec(cmd.clone()).await {
+                    Err(e @ Error::LockConflict { .. }) => {
+                        let now = Instant::now();
+                        if !e.is_retryable() || now >= deadline {
+                            self.metrics.conflicts.inc();
+                            return Err(e);
+                        }
+                        let _ = tokio::time::timeout(POLL.min(deadline - now), released).await;
+                    }
+                    Ok(Applied { reply: Reply::Registered { branch_id }, .. }) => {
+                        tracing::debug!(branch = branch_id, "branch registered");
+                        return Ok(branch_id);
+                    }
+                    Ok(_) => return Err(Error::Corrupt { what: "register answered with something else" }),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        self.metrics.observe("register", started);
+        r
+    }
+
+    /// Records a branch's phase-1 result.
+    pub async fn report(&self, xid: Xid, branch_id: u64, success: bool) -> Result<()> {
+        let started = Instant::now();
+        let status = if success { BranchStatus::PhaseOneDone } else { BranchStatus::PhaseOneFailed };
+        let span = tracing::debug_span!("report", %xid, branch = branch_id);
+        self.exec(Command::Report { xid, branch_id, status }).instrument(span).await?;
+        self.metrics.observe("report", started);
+        Ok(())
+    }
+
+    /// Commits: returns `Committed` once the decision is durable.
+    pub async fn commit(&self, xid: Xid) -> Result<GlobalStatus> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("commit", %xid);
+        let r = self.exec(Command::Commit { xid }).instrument(span).await?;
+        self.metrics.observe("commit", started);
+        status_of(r.reply)
+    }
+
+    /// Rolls back and waits up to `rollback_wait_ms` for every branch to be undone;
+    /// returns the status then (`Rollbacked`, or a `*Retrying`/`*Failed` status).
+    pub async fn rollback(&self, xid: Xid) -> Result<GlobalStatus> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("rollback", %xid);
+        let r = async {
+            let mut ended = self.ended.subscribe();
+            let mut status = status_of(self.exec(Command::Rollback { xid: xid.clone() }).await?.reply)?;
+            let deadline = started + Duration::from_millis(self.config.rollback_wait_ms);
+            while !settled(status) && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(POLL.max(Duration::from_millis(50)).min(left), ended.changed()).await;
+                status = self.store.global(&xid).await?.map(|g| g.status).unwrap_or(status);
+            }
+            Ok(status)
+        }
+        .instrument(span)
+        .await;
+        self.metrics.observe("rollback", started);
+        r
+    }
+
+    /// The transaction with its branches.
+    pub async fn global(&self, xid: &Xid) -> Result<Global> {
+        self.store.global(xid).await?.ok_or_else(|| Error::UnknownXid { xid: xid.clone() })
+    }
+
+    /// Up to `max_list` transactions.
+    pub async fn globals(&self) -> Result<Vec<Global>> {
+        self.store.globals(self.config.limits.max_list).await
+    }
+
+    /// Up to `max_list` held locks.
+    pub async fn locks(&self) -> Result<Vec<(LockKey, Xid)>> {
+        self.store.locks(self.config.limits.max_list).await
+    }
+
+    /// The first of `keys` held by an unfinished global transaction.
+    pub async fn lock_query(&self, keys: &[LockKey]) -> Result<Option<HeldLock>> {
+        let started = Instant::now();
+        let held = self.store.first_held(keys).await?;
+        let r = match held {
+            None => None,
+            Some((k, x)) => {
+                let rb = self.store.global(&x).await?.is_some_and(|g| g.status.is_rolling_back());
+                Some((k, x, rb))
+            }
+        };
+        self.metrics.observe("lock_query", started);
+        Ok(r)
+    }
+
+    /// A proxy's answer to a phase-2 item.
+    pub async fn phase2_result(&self, xid: Xid, branch_id: u64, outcome: Phase2Outcome) -> Result<()> {
+        let span = tracing::debug_span!("phase2_result", %xid, branch = branch_id, %outcome);
+        self.phase2.answered(&xid, branch_id);
+        self.exec(Command::Phase2Result { xid: xid.clone(), branch_id, outcome }).instrument(span).await?;
+        if outcome == Phase2Outcome::Retry {
+            self.metrics.phase2_retries.inc();
+            let at = self.now() + self.phase2.backoff(&xid);
+            self.store.schedule_phase2(&xid, at).await?;
+        } else {
+            self.phase2.reset(&xid);
+        }
+        Ok(())
+    }
+
+    /// One timer pass: roll back expired transactions, forget old finished ones.
+    pub async fn tick(&self) -> Result<usize> {
+        let due = self.store.due(self.now(), self.config.finished_retention_ms, 1000).await?;
+        let n = due.len();
+        for cmd in due {
+            let xid = cmd.xid().clone();
+            if let Err(e) = self.exec(cmd).await {
+                // Another lockserver may have got there first; the next pass retries.
+                tracing::debug!(%xid, error = %e, "timer command not applied");
+            }
+        }
+        Ok(n)
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let counts = self.store.counts().await?;
+        self.metrics.proxies.set(self.phase2.connected() as i64);
+        Ok(self.metrics.render(counts))
+    }
+}
+
+fn settled(s: GlobalStatus) -> bool {
+    s.is_finished() || matches!(s, GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed)
+}
+
+fn status_of(r: Reply) -> Result<GlobalStatus> {
+    match r {
+        Reply::Status(s) => Ok(s),
+        _ => Err(Error::Corrupt { what: "expected a status reply" }),
+    }
+}

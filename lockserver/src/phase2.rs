@@ -1,0 +1,209 @@
+//! Phase-2 delivery: which proxies are connected for which resource, and the
+//! dispatcher that hands due work to them, with retry and backoff.
+//!
+//! Owns: the registry of phase-2 streams, the in-flight table and retry counts.
+//! Never changes transaction state itself (answers go through the coordinator).
+//! Invariant: delivery is at least once — an item leaves the store's schedule only
+//! when its transaction no longer owes it; until then it is re-sent after
+//! `ack_timeout_ms`, or retried with backoff when no proxy of its resource is here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Phase2Config};
+use crate::coordinator::Coordinator;
+use crate::core::clock::Millis;
+use crate::core::txn::{Work, Xid};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Retry counts kept at most; past it they all restart from the initial delay.
+const MAX_TRACKED: usize = 100_000;
+
+struct Worker {
+    id: u64,
+    tx: mpsc::Sender<Work>,
+}
+
+/// Connected proxies and delivery bookkeeping. The std `Mutex`es are never held
+/// across an `.await`.
+pub struct Phase2 {
+    cfg: Phase2Config,
+    queue: usize,
+    max_streams: usize,
+    workers: Mutex<HashMap<String, Vec<Worker>>>,
+    next_id: AtomicU64,
+    rr: AtomicUsize,
+    connected: AtomicUsize,
+    /// (xid, branch) delivered and not answered yet → redelivery time.
+    in_flight: Mutex<HashMap<(Xid, u64), Millis>>,
+    attempts: Mutex<HashMap<Xid, u32>>,
+    wake: Notify,
+}
+
+
+impl Phase2 {
+    /// Empty registry.
+    pub fn new(c: &Config) -> Self {
+        Phase2 {
+            cfg: c.phase2.clone(),
+            queue: c.limits.phase2_queue,
+            max_streams: c.limits.max_phase2_streams,
+            workers: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            rr: AtomicUsize::new(0),
+            connected: AtomicUsize::new(0),
+            in_flight: Mutex::default(),
+            attempts: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Registers a stream serving `resources`; work for them arrives on the receiver.
+    /// Call [`Phase2::disconnect`] with the returned id when the stream ends.
+    pub fn connect(&self, resources: &[String]) -> Result<(u64, mpsc::Receiver<Work>)> {
+        if resources.is_empty() || resources.iter().any(|r| r.is_empty() || r.len() > 1024) {
+            return Err(Error::InvalidArgument { what: "a phase-2 stream must name 1 or more resource ids of 1 to 1024 bytes" });
+        }
+        if self.connected.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
+            self.connected.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::LimitExceeded { what: "phase-2 streams", limit: self.max_streams });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.queue);
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for r in resources {
+            w.entry(r.clone()).or_default().push(Worker { id, tx: tx.clone() });
+        }
+        drop(w);
+        // Work that was waiting for this resource need not sit out its backoff.
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.wake();
+        Ok((id, rx))
+    }
+
+    /// Unregisters stream `id`; its queue closes once no sender is left.
+    pub fn disconnect(&self, id: u64) {
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for list in w.values_mut() {
+            list.retain(|x| x.id != id);
+        }
+        w.retain(|_, l| !l.is_empty());
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connected streams.
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Makes the dispatcher look for due work now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// An answer arrived for (xid, branch).
+    pub fn answered(&self, xid: &Xid, branch_id: u64) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&(xid.clone(), branch_id));
+    }
+
+    /// The next retry delay for `xid` (doubling from `retry_initial_ms` up to
+    /// `retry_max_ms`), counting this attempt.
+    pub fn backoff(&self, xid: &Xid) -> u64 {
+        let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = a.entry(xid.clone()).or_default();
+        let d = self.cfg.retry_initial_ms.saturating_mul(1u64 << (*n).min(20)).min(self.cfg.retry_max_ms);
+        *n += 1;
+        d
+    }
+
+    /// `xid` made progress: its next retry starts from the initial delay.
+    pub fn reset(&self, xid: &Xid) {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(xid);
+    }
+
+    /// Hands `w` to a live stream of its resource (round robin). False when none is
+    /// connected or every queue is full.
+    fn offer(&self, w: &Work) -> bool {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = workers.get(&w.resource) else { return false };
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        (0..list.len()).any(|i| list[(start + i) % list.len()].tx.try_send(w.clone()).is_ok())
+    }
+
+    fn mark_sent(&self, w: &Work, now: Millis) -> bool {
+        let mut f = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (w.xid.clone(), w.branch_id);
+        match f.get(&key) {
+            Some(until) if *until > now => false,
+            _ => {
+                f.insert(key, now + self.cfg.ack_timeout_ms);
+                true
+            }
+        }
+    }
+
+    /// Drops bookkeeping for items whose answer never came (their proxy went away;
+    /// the store's lease brings them back) and bounds the retry-count table.
+    fn prune(&self, now: Millis) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
+        let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if a.len() > MAX_TRACKED {
+            a.clear();
+        }
+    }
+
+    fn unmark(&self, w: &Work) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&(w.xid.clone(), w.branch_id));
+    }
+}
+
+/// The dispatcher: claims due work from the store and offers it to proxies, until
+/// `cancel`. Runs in every lockserver; with a shared Redis the claim lease keeps
+/// two of them from sending the same item at once.
+pub async fn dispatch(coord: Arc<Coordinator>, cancel: CancellationToken) {
+    let p2 = &coord.phase2;
+    let poll = Duration::from_millis(p2.cfg.poll_interval_ms);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = p2.wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        if let Err(e) = dispatch_once(&coord).await {
+            tracing::warn!(error = %e, "phase-2 dispatch pass failed");
+        }
+    }
+}
+
+async fn dispatch_once(coord: &Coordinator) -> Result<()> {
+    let p2 = &coord.phase2;
+    let now = coord.now();
+    p2.prune(now);
+    let work = coord.store.claim_phase2(now, p2.cfg.ack_timeout_ms, p2.cfg.batch).await?;
+    let mut retry: HashMap<Xid, ()> = HashMap::new();
+    for w in work {
+        if !p2.mark_sent(&w, now) {
+            continue; // delivered recently, answer pending
+        }
+        if p2.offer(&w) {
+            coord.metrics.phase2_sent.inc();
+            tracing::debug!(xid = %w.xid, branch = w.branch_id, resource = %w.resource, commit = w.commit, "phase-2 work sent");
+        } else {
+            p2.unmark(&w);
+            retry.insert(w.xid.clone(), ());
+        }
+    }
+    for xid in retry.into_keys() {
+        coord.metrics.phase2_retries.inc();
+        let at = now + p2.backoff(&xid);
+        coord.store.schedule_phase2(&xid, at).await?;
+    }
+    Ok(())
+}

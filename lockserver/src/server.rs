@@ -1,0 +1,116 @@
+//! `run(grpc, http, config, shutdown)`: opens the store, serves both APIs, runs the
+//! timers and the phase-2 dispatcher, and shuts down in order.
+//!
+//! Shutdown order: stop the APIs (stop accepting, end phase-2 streams, let
+//! in-flight requests finish, bounded by [`DRAIN_TIMEOUT`]) → stop the timers and
+//! the dispatcher → flush and close the store → return.
+//!
+//! Owns: tasks and listeners. Never decides state. Invariant: when `run` returns,
+//! every acknowledged command is durable and no task of it is left running.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api;
+use crate::config::{Config, StoreConfig};
+use crate::coordinator::Coordinator;
+use crate::core::clock::SystemClock;
+use crate::error::{Error, Result};
+use crate::phase2;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
+use crate::store::{AnyStore, Store};
+
+/// How long shutdown waits for in-flight requests before giving up on them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> Result<AnyStore> {
+    let limits = config.core_limits();
+    Ok(match &config.store {
+        StoreConfig::Embedded { path, compact_bytes } => {
+            let (path, compact) = (path.clone(), *compact_bytes);
+            let s = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, limits, compact))
+                .await
+                .map_err(|_| Error::ShuttingDown)??;
+            AnyStore::Embedded(s)
+        }
+        StoreConfig::Redis { url, prefix } => AnyStore::Redis(RedisStore::open(url, prefix, limits).await?),
+    })
+}
+
+/// Runs a lockserver on the given listeners until `shutdown` completes.
+pub async fn run(grpc: TcpListener, http: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
+    let store = open_store(&config).await?;
+    let coord = Arc::new(Coordinator::new(store, config, Arc::new(SystemClock)));
+    tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "lockserver listening");
+
+    let stop_apis = CancellationToken::new();
+    let stop_tasks = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(timers(coord.clone(), stop_tasks.clone()));
+    tasks.spawn(phase2::dispatch(coord.clone(), stop_tasks.clone()));
+
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(api::grpc::grpc_service(coord.clone(), stop_apis.clone()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_apis.clone().cancelled_owned());
+    let http_server = axum::serve(http, api::http::router(coord.clone())).with_graceful_shutdown(stop_apis.clone().cancelled_owned());
+    let mut grpc_task = tokio::spawn(grpc_server);
+    let mut http_task = tokio::spawn(async move { http_server.await });
+
+    let early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut grpc_task => Some(("grpc", r.map(|r| r.map_err(Error::from)))),
+        r = &mut http_task => Some(("http", r.map(|r| r.map_err(|e| Error::Io { op: "serve http", path: Default::default(), source: e })))),
+    };
+    if let Some((which, r)) = &early {
+        tracing::error!(server = which, result = ?r.as_ref().map(|r| r.as_ref().err().map(|e| e.to_string())), "server stopped unexpectedly");
+    }
+    tracing::info!("lockserver shutting down");
+    stop_apis.cancel();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        if early.as_ref().is_none_or(|(w, _)| *w != "grpc") {
+            let _ = (&mut grpc_task).await;
+        }
+        if early.as_ref().is_none_or(|(w, _)| *w != "http") {
+            let _ = (&mut http_task).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish within the drain timeout");
+        grpc_task.abort();
+        http_task.abort();
+    }
+    stop_tasks.cancel();
+    tasks.close();
+    tasks.wait().await;
+    coord.store.close().await?;
+    tracing::info!("lockserver stopped");
+    match early {
+        Some((_, Ok(Err(e)))) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn timers(coord: Arc<Coordinator>, cancel: CancellationToken) {
+    let every = Duration::from_millis(coord.config.tick_interval_ms);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match coord.tick().await {
+            Ok(n) if n > 0 => tracing::debug!(commands = n, "timer pass"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "timer pass failed"),
+        }
+    }
+}
