@@ -27,7 +27,10 @@ impl CancelRegistry {
     /// Hands out a fresh proxy key for `target`; the key is withdrawn when the returned
     /// registration is dropped.
     pub fn register(self: &Arc<Self>, target: CancelTarget) -> Registration {
-        let mut keys = self.keys.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let key = loop {
             let candidate = CancelKey {
                 // Positive like real pids, so that tools that print them are not confused.
@@ -46,12 +49,18 @@ impl CancelRegistry {
     }
 
     pub fn lookup(&self, key: &CancelKey) -> Option<CancelTarget> {
-        let keys = self.keys.lock().unwrap_or_else(|poison| poison.into_inner());
+        let keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         keys.get(key).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.keys.lock().unwrap_or_else(|poison| poison.into_inner()).len()
+        self.keys
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

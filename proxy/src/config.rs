@@ -188,7 +188,11 @@ impl Config {
                 problems.push(format!("{at}.listen {} is used twice", pg.listen));
             }
             listens.push(pg.listen);
-            if pg.upstream.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+            if pg
+                .upstream
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            {
                 problems.push(format!("{at}.upstream {:?} is not host:port", pg.upstream));
             }
             if pg.max_client_connections == 0 {

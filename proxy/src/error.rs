@@ -154,13 +154,28 @@ mod tests {
 
     fn every_variant() -> Vec<Error> {
         vec![
-            Error::Frame(FrameError::BadLength { tag: b'Q', declared: 1 }),
-            Error::Frame(FrameError::TooLarge { tag: b'Q', declared: 9, max: 1 }),
+            Error::Frame(FrameError::BadLength {
+                tag: b'Q',
+                declared: 1,
+            }),
+            Error::Frame(FrameError::TooLarge {
+                tag: b'Q',
+                declared: 9,
+                max: 1,
+            }),
             Error::Malformed { what: "Bind" },
-            Error::UnexpectedMessage { tag: b'?', context: "after startup" },
+            Error::UnexpectedMessage {
+                tag: b'?',
+                context: "after startup",
+            },
             Error::UnsupportedStartup(1234),
-            Error::Unsupported { what: "replication" },
-            Error::UpstreamConnect { addr: "a".into(), source: io::ErrorKind::ConnectionRefused.into() },
+            Error::Unsupported {
+                what: "replication",
+            },
+            Error::UpstreamConnect {
+                addr: "a".into(),
+                source: io::ErrorKind::ConnectionRefused.into(),
+            },
             Error::UpstreamConnectTimeout { addr: "a".into() },
             Error::UpstreamIo(io::ErrorKind::BrokenPipe.into()),
             Error::UpstreamClosed,
@@ -169,7 +184,10 @@ mod tests {
             Error::TlsHandshake(io::ErrorKind::InvalidData.into()),
             Error::TooManyConnections { limit: 1 },
             Error::ShuttingDown,
-            Error::SidePoolBuild { database: "d".into(), reason: "r" },
+            Error::SidePoolBuild {
+                database: "d".into(),
+                reason: "r",
+            },
         ]
     }
 
@@ -179,7 +197,10 @@ mod tests {
             "08P01", "54000", "08P01", "08P01", "08P01", "0A000", "08001", "08001", "08006",
             "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000",
         ];
-        let got: Vec<_> = every_variant().iter().map(|e| e.sqlstate().code()).collect();
+        let got: Vec<_> = every_variant()
+            .iter()
+            .map(|e| e.sqlstate().code())
+            .collect();
         assert_eq!(got, expected);
     }
 

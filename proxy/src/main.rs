@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use tandem_proxy::{Config, server};
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "Atomic commit across PostgreSQL and MySQL databases")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Atomic commit across PostgreSQL and MySQL databases"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
@@ -41,7 +45,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listeners = server::Listeners::bind(&config).await?;
     if let Command::Dev { .. } = cli.command {
         for (addr, frontend) in listeners.postgres_addrs().iter().zip(&config.postgres) {
-            println!("tandem dev: PostgreSQL {} -> postgres://{addr}/", frontend.upstream);
+            println!(
+                "tandem dev: PostgreSQL {} -> postgres://{addr}/",
+                frontend.upstream
+            );
         }
         if let Some(admin) = listeners.admin_addr() {
             println!("tandem dev: metrics at http://{admin}/metrics");

@@ -47,7 +47,11 @@ impl Metrics {
             "Client connections accepted",
             client_connections.clone(),
         );
-        registry.register("clients_active", "Client sessions open now", clients_active.clone());
+        registry.register(
+            "clients_active",
+            "Client sessions open now",
+            clients_active.clone(),
+        );
         registry.register(
             "backends_active",
             "Backend connections open now",
@@ -68,7 +72,11 @@ impl Metrics {
             "Bytes received from backends",
             bytes_from_backends.clone(),
         );
-        registry.register("errors", "Sessions ended by an error, by kind", errors.clone());
+        registry.register(
+            "errors",
+            "Sessions ended by an error, by kind",
+            errors.clone(),
+        );
         registry.register(
             "backend_latency_seconds",
             "From a client request to the backend's ReadyForQuery",
@@ -111,6 +119,9 @@ mod tests {
         m.count_error("upstream_lost");
         let text = m.render();
         assert!(text.contains("tandem_pg_queries_total 3"), "{text}");
-        assert!(text.contains("tandem_pg_errors_total{kind=\"upstream_lost\"} 1"), "{text}");
+        assert!(
+            text.contains("tandem_pg_errors_total{kind=\"upstream_lost\"} 1"),
+            "{text}"
+        );
     }
 }

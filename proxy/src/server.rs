@@ -181,7 +181,12 @@ async fn accept_loop(
 async fn refuse_over_limit(mut socket: TcpStream, limit: usize) {
     let e = Error::TooManyConnections { limit };
     let mut out = BytesMut::new();
-    put_error(&mut out, Severity::Fatal, e.sqlstate().code(), &e.to_string());
+    put_error(
+        &mut out,
+        Severity::Fatal,
+        e.sqlstate().code(),
+        &e.to_string(),
+    );
     // The client's StartupMessage is not read: the error is the whole answer, and the
     // protocol lets the server send it at any point of the startup.
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&out)).await;

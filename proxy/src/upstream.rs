@@ -83,7 +83,10 @@ impl SidePools {
     }
 
     fn pool(&self, database: &str) -> Result<Pool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(pool) = pools.get(database) {
             return Ok(pool.clone());
         }

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracing::Instrument;
 use tracked::Tracked;
 
 /// What every session of one PostgreSQL front end shares.
@@ -49,42 +48,41 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(ctx: Arc<PgFrontendContext>, socket: TcpStream, session_id: u64) {
+    // The span is passed to events explicitly rather than entered around the session
+    // future: entering it on every poll costs the subscriber work twice per message.
     let span = tracing::info_span!("pg_session", session = session_id);
-    async move {
-        ctx.metrics.client_connections.inc();
-        ctx.metrics.clients_active.inc();
-        let result = run(&ctx, socket).await;
-        ctx.metrics.clients_active.dec();
-        match result {
-            Ok(()) => tracing::debug!("session closed"),
-            Err(e) => {
-                ctx.metrics.count_error(e.kind());
-                if e.is_client_fault() || matches!(e, Error::ShuttingDown) {
-                    tracing::debug!(error = %e, "session ended");
-                } else {
-                    tracing::warn!(error = %e, "session ended");
-                }
+    ctx.metrics.client_connections.inc();
+    ctx.metrics.clients_active.inc();
+    let result = run(&ctx, socket, &span).await;
+    ctx.metrics.clients_active.dec();
+    match result {
+        Ok(()) => tracing::debug!(parent: &span, "session closed"),
+        Err(e) => {
+            ctx.metrics.count_error(e.kind());
+            if e.is_client_fault() || matches!(e, Error::ShuttingDown) {
+                tracing::debug!(parent: &span, error = %e, "session ended");
+            } else {
+                tracing::warn!(parent: &span, error = %e, "session ended");
             }
         }
     }
-    .instrument(span)
-    .await
 }
 
-async fn run(ctx: &PgFrontendContext, socket: TcpStream) -> Result<()> {
-    let (mut client, startup_packet, params, leftover) =
-        match startup::negotiate(ctx, socket).await {
-            Ok(Opening::Session {
-                client,
-                startup_packet,
-                params,
-                leftover,
-            }) => (client, startup_packet, params, leftover),
-            Ok(Opening::Cancel(key)) => return startup::forward_cancel(ctx, key).await,
-            Ok(Opening::Closed) => return Ok(()),
-            Err(e) => return Err(e),
-        };
+async fn run(ctx: &PgFrontendContext, socket: TcpStream, span: &tracing::Span) -> Result<()> {
+    let (mut client, startup_packet, params, leftover) = match startup::negotiate(ctx, socket).await
+    {
+        Ok(Opening::Session {
+            client,
+            startup_packet,
+            params,
+            leftover,
+        }) => (client, startup_packet, params, leftover),
+        Ok(Opening::Cancel(key)) => return startup::forward_cancel(ctx, key).await,
+        Ok(Opening::Closed) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     tracing::debug!(
+        parent: span,
         user = params.get("user").unwrap_or(""),
         database = params.database().unwrap_or(""),
         "startup"
@@ -102,7 +100,7 @@ async fn run(ctx: &PgFrontendContext, socket: TcpStream) -> Result<()> {
             .write_all(&startup_packet)
             .await
             .map_err(Error::UpstreamIo)?;
-        let mut relay = Relay::new(ctx, client, server, leftover);
+        let mut relay = Relay::new(ctx, client, server, leftover, span.clone());
         let result = relay.run().await;
         if let Err(e) = &result {
             relay.report(e).await;
@@ -118,7 +116,12 @@ async fn run(ctx: &PgFrontendContext, socket: TcpStream) -> Result<()> {
 /// client may already be gone.
 async fn report_fatal(client: &mut ClientStream, error: &Error) {
     let mut out = BytesMut::new();
-    put_error(&mut out, Severity::Fatal, error.sqlstate().code(), &error.to_string());
+    put_error(
+        &mut out,
+        Severity::Fatal,
+        error.sqlstate().code(),
+        &error.to_string(),
+    );
     let _ = client.write_all(&out).await;
     let _ = client.flush().await;
 }
@@ -144,6 +147,7 @@ struct Relay<'a> {
     /// The client connection failed; nothing more can be written to it.
     client_lost: bool,
     draining: bool,
+    span: tracing::Span,
 }
 
 /// What to do with one backend message.
@@ -159,6 +163,7 @@ impl<'a> Relay<'a> {
         client: ClientStream,
         server: TcpStream,
         from_client: BytesMut,
+        span: tracing::Span,
     ) -> Self {
         Relay {
             ctx,
@@ -176,6 +181,7 @@ impl<'a> Relay<'a> {
             backend_said_fatal: false,
             client_lost: false,
             draining: false,
+            span,
         }
     }
 
@@ -184,13 +190,18 @@ impl<'a> Relay<'a> {
         if !self.from_client.is_empty() && self.relay_from_client().await? {
             return Ok(());
         }
+        // Made once, not per iteration: each `cancelled()` future registers a waiter
+        // under the token's lock, which would cost two lock round trips per message.
+        let abort = self.ctx.signals.abort.clone().cancelled_owned();
+        let drain = self.ctx.signals.drain.clone().cancelled_owned();
+        tokio::pin!(abort, drain);
         loop {
             reserve_for_read(&mut self.from_client);
             reserve_for_read(&mut self.from_server);
             tokio::select! {
                 biased;
-                () = self.ctx.signals.abort.cancelled() => return Err(Error::ShuttingDown),
-                () = self.ctx.signals.drain.cancelled(), if !self.draining => {
+                () = &mut abort => return Err(Error::ShuttingDown),
+                () = &mut drain, if !self.draining => {
                     self.draining = true;
                     if self.phase.at_sync_point() {
                         return Err(Error::ShuttingDown);
@@ -342,7 +353,10 @@ impl<'a> Relay<'a> {
         }
         self.ctx.metrics.bytes_from_backends.inc_by(pos as u64);
         self.write_client(&buf[run_start..pos]).await?;
-        self.client.flush().await.map_err(|e| self.client_failed(e))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| self.client_failed(e))?;
         self.from_server = buf;
         self.from_server.advance(pos);
         Ok(())
@@ -358,11 +372,12 @@ impl<'a> Relay<'a> {
                         .on_ready_for_query(status == TxStatus::Idle)
                         .map_err(|e| Error::UpstreamProtocol(e.0))?;
                 }
+                let was_startup = self.phase == Phase::Authenticating;
                 self.phase = self
                     .phase
                     .on_ready(status)
                     .map_err(|_| Error::UpstreamProtocol("ReadyForQuery when none was due"))?;
-                if self.phase.at_sync_point() {
+                if self.phase.at_sync_point() && !was_startup {
                     self.ctx.metrics.queries.inc();
                     if let Some(started) = self.request_started.take() {
                         self.ctx
@@ -442,7 +457,7 @@ impl<'a> Relay<'a> {
         let mut out = BytesMut::new();
         put_backend_key(&mut out, registration.key);
         self.cancel = Some(registration);
-        tracing::debug!(backend_pid = backend.pid, "backend key");
+        tracing::debug!(parent: &self.span, backend_pid = backend.pid, "backend key");
         Ok(Relayed::Rewritten(out))
     }
 
@@ -471,7 +486,7 @@ impl<'a> Relay<'a> {
         {
             let timeout = self.ctx.config.connect_timeout();
             if let Err(e) = upstream::send_cancel(&target.upstream, target.backend, timeout).await {
-                tracing::debug!(error = %e, "could not cancel the running query");
+                tracing::debug!(parent: &self.span, error = %e, "could not cancel the running query");
             }
         }
         let _ = self.server.write_all(&TERMINATE_MESSAGE).await;

@@ -144,8 +144,16 @@ mod tests {
 
     #[test]
     fn copy_ends_with_its_ready() {
-        let p = Phase::Ready(Idle).on_request(true).on_copy(CopyDirection::In);
-        assert!(matches!(p, Phase::Busy { copy: Some(CopyDirection::In), .. }));
+        let p = Phase::Ready(Idle)
+            .on_request(true)
+            .on_copy(CopyDirection::In);
+        assert!(matches!(
+            p,
+            Phase::Busy {
+                copy: Some(CopyDirection::In),
+                ..
+            }
+        ));
         assert_eq!(p.on_ready(Idle), Ok(Phase::Ready(Idle)));
     }
 

@@ -116,7 +116,11 @@ async fn answer_negotiation(
     let accept_tls = request == code::SSL_REQUEST && ctx.tls.is_some();
     put_negotiation_answer(
         &mut answer,
-        if accept_tls { code::ACCEPT_SSL } else { code::REFUSE },
+        if accept_tls {
+            code::ACCEPT_SSL
+        } else {
+            code::REFUSE
+        },
     );
     client.write_all(&answer).await.map_err(Error::ClientIo)?;
     if !accept_tls {
@@ -149,5 +153,10 @@ pub async fn forward_cancel(ctx: &PgFrontendContext, key: CancelKey) -> Result<(
         tracing::debug!("cancel request with an unknown key");
         return Ok(());
     };
-    upstream::send_cancel(&target.upstream, target.backend, ctx.config.connect_timeout()).await
+    upstream::send_cancel(
+        &target.upstream,
+        target.backend,
+        ctx.config.connect_timeout(),
+    )
+    .await
 }

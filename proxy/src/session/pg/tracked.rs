@@ -41,9 +41,18 @@ impl Portal {
 /// A request whose reply is still outstanding.
 #[derive(Debug)]
 enum Outstanding {
-    Parse { name: Bytes, statement: Statement },
-    Bind { name: Bytes, portal: Portal },
-    Close { target: Target, name: Bytes },
+    Parse {
+        name: Bytes,
+        statement: Statement,
+    },
+    Bind {
+        name: Bytes,
+        portal: Portal,
+    },
+    Close {
+        target: Target,
+        name: Bytes,
+    },
     /// Sync, Query or FunctionCall: each ends with ReadyForQuery.
     SyncPoint,
 }

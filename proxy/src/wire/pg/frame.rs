@@ -107,15 +107,25 @@ impl StartupFrame {
 /// A frame that cannot be a valid message, whatever bytes follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    BadLength { tag: u8, declared: i32 },
-    TooLarge { tag: u8, declared: usize, max: usize },
+    BadLength {
+        tag: u8,
+        declared: i32,
+    },
+    TooLarge {
+        tag: u8,
+        declared: usize,
+        max: usize,
+    },
 }
 
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FrameError::BadLength { tag, declared } => {
-                write!(f, "invalid message length {declared} for message type {tag:#04x}")
+                write!(
+                    f,
+                    "invalid message length {declared} for message type {tag:#04x}"
+                )
             }
             FrameError::TooLarge { tag, declared, max } => write!(
                 f,
@@ -142,7 +152,11 @@ mod tests {
     fn split_frame_is_incomplete_at_every_cut() {
         let whole = msg(b'Q', b"select 1\0");
         for cut in 0..whole.len() {
-            assert_eq!(Frame::peek(&whole[..cut], 1 << 20), Ok(None), "cut at {cut}");
+            assert_eq!(
+                Frame::peek(&whole[..cut], 1 << 20),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
         let frame = Frame::peek(&whole, 1 << 20).unwrap().unwrap();
         assert_eq!(frame.tag, b'Q');

@@ -139,7 +139,10 @@ mod tests {
         assert_eq!(p.name, b"s1");
         assert_eq!(p.sql, b"select $1");
         assert_eq!(p.param_types, vec![23]);
-        assert_eq!(Parse::decode(b"s1\0select $1\0\0\x02\0\0\0\x17"), Err(Truncated));
+        assert_eq!(
+            Parse::decode(b"s1\0select $1\0\0\x02\0\0\0\x17"),
+            Err(Truncated)
+        );
     }
 
     #[test]

@@ -211,7 +211,12 @@ mod tests {
     #[test]
     fn written_error_reads_back() {
         let mut buf = BytesMut::new();
-        put_error(&mut buf, Severity::Fatal, "57P01", "tandem is shutting down");
+        put_error(
+            &mut buf,
+            Severity::Fatal,
+            "57P01",
+            "tandem is shutting down",
+        );
         let frame = Frame::peek(&buf, 1 << 20).unwrap().unwrap();
         assert_eq!(frame.tag, b'E');
         let fields = ErrorFields::decode(frame.body(&buf)).unwrap();
@@ -241,6 +246,9 @@ mod tests {
         assert_eq!(decode_backend_key(k.body(&buf)).unwrap(), key);
         let rest = &buf[k.wire_len..];
         let z = Frame::peek(rest, 1 << 20).unwrap().unwrap();
-        assert_eq!(TxStatus::decode(z.body(rest)), Some(TxStatus::InTransaction));
+        assert_eq!(
+            TxStatus::decode(z.body(rest)),
+            Some(TxStatus::InTransaction)
+        );
     }
 }

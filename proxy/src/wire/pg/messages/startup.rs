@@ -86,7 +86,10 @@ mod tests {
 
     #[test]
     fn cancel_key_round_trips() {
-        let key = CancelKey { pid: 42, secret: -7 };
+        let key = CancelKey {
+            pid: 42,
+            secret: -7,
+        };
         let packet = key.encode_request();
         assert_eq!(packet.len(), 16);
         assert_eq!(CancelKey::decode(&packet[8..]), Ok(key));
