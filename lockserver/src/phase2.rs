@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Phase2Config};
 use crate::coordinator::Coordinator;
 use crate::core::clock::Millis;
-use crate::core::txn::{Work, Xid};
+use crate::core::txn::{Command, Phase2Outcome, Work, Xid};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -187,7 +187,7 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
     let now = coord.now();
     p2.prune(now);
     let work = coord.store.claim_phase2(now, p2.cfg.ack_timeout_ms, p2.cfg.batch).await?;
-    let mut retry: HashMap<Xid, ()> = HashMap::new();
+    let mut retry: HashMap<Xid, u64> = HashMap::new();
     for w in work {
         if !p2.mark_sent(&w, now) {
             continue; // delivered recently, answer pending
@@ -197,11 +197,13 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
             tracing::debug!(xid = %w.xid, branch = w.branch_id, resource = %w.resource, commit = w.commit, "phase-2 work sent");
         } else {
             p2.unmark(&w);
-            retry.insert(w.xid.clone(), ());
+            retry.insert(w.xid.clone(), w.branch_id);
         }
     }
-    for xid in retry.into_keys() {
+    for (xid, branch_id) in retry {
         coord.metrics.phase2_retries.inc();
+        // Undeliverable counts as a retryable failure: a rollback shows *Retrying.
+        coord.exec(Command::Phase2Result { xid: xid.clone(), branch_id, outcome: Phase2Outcome::Retry }).await?;
         let at = now + p2.backoff(&xid);
         coord.store.schedule_phase2(&xid, at).await?;
     }
