@@ -35,7 +35,10 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { call_timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(2) }
+        ClientOptions {
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -47,11 +50,16 @@ pub struct LockClient {
 }
 
 fn from_status(s: tonic::Status) -> Error {
-    Error::Rpc { code: s.code(), message: s.message().to_string() }
+    Error::Rpc {
+        code: s.code(),
+        message: s.message().to_string(),
+    }
 }
 
 fn parse_status(s: &str) -> Result<GlobalStatus> {
-    GlobalStatus::from_name(s).ok_or(Error::Corrupt { what: "unknown status name from the lockserver" })
+    GlobalStatus::from_name(s).ok_or(Error::Corrupt {
+        what: "unknown status name from the lockserver",
+    })
 }
 
 impl LockClient {
@@ -59,14 +67,19 @@ impl LockClient {
     /// use and reconnects by itself after a failure.
     pub fn connect_lazy(endpoint: &str, opts: ClientOptions) -> Result<Self> {
         let ch = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|_| Error::InvalidArgument { what: "lockserver endpoint must be a URI like http://127.0.0.1:8091" })?
+            .map_err(|_| Error::InvalidArgument {
+                what: "lockserver endpoint must be a URI like http://127.0.0.1:8091",
+            })?
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        Ok(LockClient { rpc: CoordinatorClient::new(ch), opts })
+        Ok(LockClient {
+            rpc: CoordinatorClient::new(ch),
+            opts,
+        })
     }
 
     async fn call<T, F>(&self, op: &'static str, extra: Duration, f: F) -> Result<T>
@@ -83,61 +96,130 @@ impl LockClient {
     /// Begins a global transaction; `None` takes the server's default timeout.
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<Xid> {
         let timeout_ms = timeout.map(|t| (t.as_millis() as u64).max(1)).unwrap_or(0);
-        let r = self.call("begin", Duration::ZERO, self.rpc.clone().begin(pb::BeginRequest { timeout_ms })).await?;
+        let r = self
+            .call(
+                "begin",
+                Duration::ZERO,
+                self.rpc.clone().begin(pb::BeginRequest { timeout_ms }),
+            )
+            .await?;
         Xid::parse(&r.xid)
     }
 
     /// Commits; `Committed` once the decision is durable.
     pub async fn commit(&self, xid: &Xid) -> Result<GlobalStatus> {
-        let r = self.call("commit", Duration::ZERO, self.rpc.clone().commit(pb::XidRequest { xid: xid.to_string() })).await?;
+        let r = self
+            .call(
+                "commit",
+                Duration::ZERO,
+                self.rpc.clone().commit(pb::XidRequest {
+                    xid: xid.to_string(),
+                }),
+            )
+            .await?;
         parse_status(&r.status)
     }
 
     /// Rolls back; `Rollbacked` once every branch is undone, or a `*Retrying` /
     /// `*Failed` status if that did not happen within the server's rollback wait.
     pub async fn rollback(&self, xid: &Xid) -> Result<GlobalStatus> {
-        let r = self.call("rollback", Duration::from_secs(10), self.rpc.clone().rollback(pb::XidRequest { xid: xid.to_string() })).await?;
+        let r = self
+            .call(
+                "rollback",
+                Duration::from_secs(10),
+                self.rpc.clone().rollback(pb::XidRequest {
+                    xid: xid.to_string(),
+                }),
+            )
+            .await?;
         parse_status(&r.status)
     }
 
     /// The transaction's status.
     pub async fn status(&self, xid: &Xid) -> Result<GlobalStatus> {
-        let r = self.call("status", Duration::ZERO, self.rpc.clone().status(pb::XidRequest { xid: xid.to_string() })).await?;
+        let r = self
+            .call(
+                "status",
+                Duration::ZERO,
+                self.rpc.clone().status(pb::XidRequest {
+                    xid: xid.to_string(),
+                }),
+            )
+            .await?;
         parse_status(&r.status)
     }
 
     /// Registers a branch with its lock keys, all or nothing, waiting up to `wait`
     /// for conflicting locks. Returns the branch id (unique within the xid), or
     /// [`Error::LockConflict`] naming the holder.
-    pub async fn register_branch(&self, xid: &Xid, resource_id: &str, kind: BranchKind, keys: &[LockKey], wait: Duration) -> Result<u64> {
+    pub async fn register_branch(
+        &self,
+        xid: &Xid,
+        resource_id: &str,
+        kind: BranchKind,
+        keys: &[LockKey],
+        wait: Duration,
+    ) -> Result<u64> {
         let req = pb::RegisterRequest {
             xid: xid.to_string(),
             resource_id: resource_id.to_string(),
-            branch_type: if kind == BranchKind::AT { pb::BranchType::At } else { pb::BranchType::Xa } as i32,
+            branch_type: if kind == BranchKind::AT {
+                pb::BranchType::At
+            } else {
+                pb::BranchType::Xa
+            } as i32,
             lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
             wait_ms: wait.as_millis().min(u32::MAX as u128) as u32,
         };
-        let r = self.call("register_branch", wait, self.rpc.clone().register_branch(req)).await?;
+        let r = self
+            .call(
+                "register_branch",
+                wait,
+                self.rpc.clone().register_branch(req),
+            )
+            .await?;
         use pb::register_response::Result as R;
         match r.result {
             Some(R::BranchId(id)) => Ok(id),
-            Some(R::Conflict(c)) => {
-                Err(Error::LockConflict { key: LockKey::parse(&c.key)?, holder: Xid::parse(&c.holder_xid)?, holder_rolling_back: c.holder_rolling_back })
-            }
-            None => Err(Error::Corrupt { what: "empty register response" }),
+            Some(R::Conflict(c)) => Err(Error::LockConflict {
+                key: LockKey::parse(&c.key)?,
+                holder: Xid::parse(&c.holder_xid)?,
+                holder_rolling_back: c.holder_rolling_back,
+            }),
+            None => Err(Error::Corrupt {
+                what: "empty register response",
+            }),
         }
     }
 
     /// Reports a branch's phase-1 result (`true`: the local transaction committed).
     pub async fn report(&self, xid: &Xid, branch_id: u64, success: bool) -> Result<()> {
-        let req = pb::ReportRequest { xid: xid.to_string(), branch_id, success };
-        self.call("report", Duration::ZERO, self.rpc.clone().report_branch(req)).await.map(|_| ())
+        let req = pb::ReportRequest {
+            xid: xid.to_string(),
+            branch_id,
+            success,
+        };
+        self.call(
+            "report",
+            Duration::ZERO,
+            self.rpc.clone().report_branch(req),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The first of `keys` held by an unfinished global transaction, with its holder.
     pub async fn lock_holder(&self, keys: &[LockKey]) -> Result<Option<(LockKey, Xid)>> {
-        let req = pb::LockQueryRequest { lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect() };
-        let r = self.call("lock_query", Duration::ZERO, self.rpc.clone().lock_query(req)).await?;
+        let req = pb::LockQueryRequest {
+            lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
+        };
+        let r = self
+            .call(
+                "lock_query",
+                Duration::ZERO,
+                self.rpc.clone().lock_query(req),
+            )
+            .await?;
         match r.held {
             Some(c) => Ok(Some((LockKey::parse(&c.key)?, Xid::parse(&c.holder_xid)?))),
             None => Ok(None),
@@ -207,7 +289,12 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        WorkerOptions { name: "tandem-proxy".into(), concurrency: 64, reconnect_initial: Duration::from_millis(100), reconnect_max: Duration::from_secs(5) }
+        WorkerOptions {
+            name: "tandem-proxy".into(),
+            concurrency: 64,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
     }
 }
 
@@ -221,11 +308,27 @@ pub struct Phase2Worker {
 
 impl Phase2Worker {
     /// Starts the worker on `client`'s connection.
-    pub fn spawn(client: &LockClient, resources: Vec<String>, handler: Arc<dyn BranchHandler>, opts: WorkerOptions) -> Self {
+    pub fn spawn(
+        client: &LockClient,
+        resources: Vec<String>,
+        handler: Arc<dyn BranchHandler>,
+        opts: WorkerOptions,
+    ) -> Self {
         let cancel = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
-        let run = worker_loop(client.rpc.clone(), resources, handler, opts, cancel.clone(), connected.clone());
-        Phase2Worker { cancel, connected, task: tokio::spawn(run) }
+        let run = worker_loop(
+            client.rpc.clone(),
+            resources,
+            handler,
+            opts,
+            cancel.clone(),
+            connected.clone(),
+        );
+        Phase2Worker {
+            cancel,
+            connected,
+            task: tokio::spawn(run),
+        }
     }
 
     /// Whether the stream is currently open (the lockserver has accepted `Hello`).
@@ -276,7 +379,12 @@ async fn one_stream(
     connected: &AtomicBool,
 ) -> bool {
     let (tx, rx) = mpsc::channel(opts.concurrency.max(1) * 2);
-    let hello = pb::Phase2Up { msg: Some(pb::phase2_up::Msg::Hello(pb::Hello { resource_ids: resources.to_vec(), worker_name: opts.name.clone() })) };
+    let hello = pb::Phase2Up {
+        msg: Some(pb::phase2_up::Msg::Hello(pb::Hello {
+            resource_ids: resources.to_vec(),
+            worker_name: opts.name.clone(),
+        })),
+    };
     if tx.send(hello).await.is_err() {
         return false;
     }
@@ -292,23 +400,49 @@ async fn one_stream(
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     while let Ok(Some(msg)) = inbound.message().await {
         let Some(w) = msg.work else { continue };
-        let Ok(xid) = Xid::parse(&w.xid) else { continue };
-        let kind = if w.branch_type == pb::BranchType::Xa as i32 { BranchKind::XA } else { BranchKind::AT };
+        let Ok(xid) = Xid::parse(&w.xid) else {
+            continue;
+        };
+        let kind = if w.branch_type == pb::BranchType::Xa as i32 {
+            BranchKind::XA
+        } else {
+            BranchKind::AT
+        };
         let commit = w.action == pb::Action::Commit as i32;
-        let work = Phase2Work { xid, branch_id: w.branch_id, resource_id: w.resource_id, kind };
-        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        let work = Phase2Work {
+            xid,
+            branch_id: w.branch_id,
+            resource_id: w.resource_id,
+            kind,
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
         let (handler, tx) = (handler.clone(), tx.clone());
         tokio::spawn(async move {
             let (xid, branch_id) = (work.xid.to_string(), work.branch_id);
-            let outcome = if commit { handler.commit(work).await } else { handler.rollback(work).await };
+            let outcome = if commit {
+                handler.commit(work).await
+            } else {
+                handler.rollback(work).await
+            };
             let (o, detail) = match outcome {
                 BranchOutcome::Done if commit => (pb::Outcome::Committed, String::new()),
                 BranchOutcome::Done => (pb::Outcome::Rollbacked, String::new()),
                 BranchOutcome::RollbackFailed { reason } => (pb::Outcome::RollbackFailed, reason),
                 BranchOutcome::Retry { reason } => (pb::Outcome::Retry, reason),
             };
-            let r = pb::Phase2Result { xid, branch_id, outcome: o as i32, detail };
-            let _ = tx.send(pb::Phase2Up { msg: Some(pb::phase2_up::Msg::Result(r)) }).await;
+            let r = pb::Phase2Result {
+                xid,
+                branch_id,
+                outcome: o as i32,
+                detail,
+            };
+            let _ = tx
+                .send(pb::Phase2Up {
+                    msg: Some(pb::phase2_up::Msg::Result(r)),
+                })
+                .await;
             drop(permit);
         });
     }

@@ -82,7 +82,10 @@ fn default_redis_prefix() -> String {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Embedded { path: default_store_path(), compact_bytes: default_compact_bytes() }
+        StoreConfig::Embedded {
+            path: default_store_path(),
+            compact_bytes: default_compact_bytes(),
+        }
     }
 }
 
@@ -105,7 +108,13 @@ pub struct Phase2Config {
 
 impl Default for Phase2Config {
     fn default() -> Self {
-        Phase2Config { retry_initial_ms: 100, retry_max_ms: 5_000, ack_timeout_ms: 10_000, poll_interval_ms: 50, batch: 512 }
+        Phase2Config {
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            ack_timeout_ms: 10_000,
+            poll_interval_ms: 50,
+            batch: 512,
+        }
     }
 }
 
@@ -165,7 +174,9 @@ impl Default for Config {
 impl Config {
     /// Parses TOML and validates it.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let c: Config = toml::from_str(text).map_err(|e| Error::Config { problems: vec![e.to_string()] })?;
+        let c: Config = toml::from_str(text).map_err(|e| Error::Config {
+            problems: vec![e.to_string()],
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -183,13 +194,25 @@ impl Config {
             ("default_timeout_ms", self.default_timeout_ms as usize),
             ("max_timeout_ms", self.max_timeout_ms as usize),
             ("tick_interval_ms", self.tick_interval_ms as usize),
-            ("phase2.retry_initial_ms", self.phase2.retry_initial_ms as usize),
+            (
+                "phase2.retry_initial_ms",
+                self.phase2.retry_initial_ms as usize,
+            ),
             ("phase2.ack_timeout_ms", self.phase2.ack_timeout_ms as usize),
-            ("phase2.poll_interval_ms", self.phase2.poll_interval_ms as usize),
+            (
+                "phase2.poll_interval_ms",
+                self.phase2.poll_interval_ms as usize,
+            ),
             ("phase2.batch", self.phase2.batch),
             ("limits.max_in_flight", self.limits.max_in_flight),
-            ("limits.max_branches_per_global", self.limits.max_branches_per_global),
-            ("limits.max_keys_per_branch", self.limits.max_keys_per_branch),
+            (
+                "limits.max_branches_per_global",
+                self.limits.max_branches_per_global,
+            ),
+            (
+                "limits.max_keys_per_branch",
+                self.limits.max_keys_per_branch,
+            ),
             ("limits.max_phase2_streams", self.limits.max_phase2_streams),
             ("limits.phase2_queue", self.limits.phase2_queue),
             ("limits.max_list", self.limits.max_list),
@@ -214,12 +237,20 @@ impl Config {
                 p.push("store.prefix must not be empty".into());
             }
         }
-        if p.is_empty() { Ok(()) } else { Err(Error::Config { problems: p }) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config { problems: p })
+        }
     }
 
     /// The core's limits.
     pub fn core_limits(&self) -> Limits {
-        Limits { max_branches: self.limits.max_branches_per_global, max_keys_per_branch: self.limits.max_keys_per_branch, max_timeout_ms: self.max_timeout_ms }
+        Limits {
+            max_branches: self.limits.max_branches_per_global,
+            max_keys_per_branch: self.limits.max_keys_per_branch,
+            max_timeout_ms: self.max_timeout_ms,
+        }
     }
 }
 
@@ -231,7 +262,13 @@ mod tests {
     fn example_file_parses_and_empty_means_defaults() {
         let example = include_str!("../lockserver.example.toml");
         let c = Config::from_toml(example).unwrap();
-        assert_eq!(c.store, StoreConfig::Redis { url: "redis://127.0.0.1:6379".into(), prefix: "tandem".into() });
+        assert_eq!(
+            c.store,
+            StoreConfig::Redis {
+                url: "redis://127.0.0.1:6379".into(),
+                prefix: "tandem".into()
+            }
+        );
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
     }
 
@@ -239,7 +276,9 @@ mod tests {
     fn unknown_fields_and_every_problem_are_reported() {
         assert!(Config::from_toml("grpc_lsiten = \"x\"").is_err());
         let e = Config::from_toml("tick_interval_ms = 0\n[phase2]\nbatch = 0\n").unwrap_err();
-        let Error::Config { problems } = e else { panic!() };
+        let Error::Config { problems } = e else {
+            panic!()
+        };
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }

@@ -17,7 +17,9 @@ use crate::config::Config;
 use crate::core::Effect;
 use crate::core::clock::{Clock, Millis};
 use crate::core::locks::LockKey;
-use crate::core::txn::{BranchKind, BranchStatus, Command, Global, GlobalStatus, Phase2Outcome, Reply, Xid};
+use crate::core::txn::{
+    BranchKind, BranchStatus, Command, Global, GlobalStatus, Phase2Outcome, Reply, Xid,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::phase2::Phase2;
@@ -91,7 +93,10 @@ impl Coordinator {
                 Effect::Phase2Due { .. } => self.phase2.wake(),
                 Effect::Ended { xid, status } => {
                     tracing::debug!(%xid, %status, "global transaction ended");
-                    self.metrics.ended.get_or_create(&[("status", status.as_str())]).inc();
+                    self.metrics
+                        .ended
+                        .get_or_create(&[("status", status.as_str())])
+                        .inc();
                     self.ended.send_modify(|n| *n += 1);
                 }
             }
@@ -104,22 +109,42 @@ impl Coordinator {
         let xid = Xid::new(&self.node, self.seq.fetch_add(1, Ordering::Relaxed));
         let timeout_ms = timeout_ms.unwrap_or(self.config.default_timeout_ms);
         let span = tracing::debug_span!("begin", %xid);
-        let r = self.exec(Command::Begin { xid: xid.clone(), timeout_ms }).instrument(span).await?;
+        let r = self
+            .exec(Command::Begin {
+                xid: xid.clone(),
+                timeout_ms,
+            })
+            .instrument(span)
+            .await?;
         self.metrics.observe("begin", started);
         match r.reply {
             Reply::Began { deadline } => Ok((xid, deadline)),
-            _ => Err(Error::Corrupt { what: "begin answered with something else" }),
+            _ => Err(Error::Corrupt {
+                what: "begin answered with something else",
+            }),
         }
     }
 
     /// Registers a branch, waiting up to `wait` (capped by `max_lock_wait_ms`) for
     /// conflicting locks. A holder that is rolling back fails the wait at once.
-    pub async fn register(&self, xid: Xid, resource: String, kind: BranchKind, keys: Vec<LockKey>, wait: Duration) -> Result<u64> {
+    pub async fn register(
+        &self,
+        xid: Xid,
+        resource: String,
+        kind: BranchKind,
+        keys: Vec<LockKey>,
+        wait: Duration,
+    ) -> Result<u64> {
         let started = Instant::now();
         let span = tracing::debug_span!("register", %xid, %resource, keys = keys.len());
         let wait = wait.min(Duration::from_millis(self.config.max_lock_wait_ms));
         let deadline = started + wait;
-        let cmd = Command::Register { xid, resource, kind, keys };
+        let cmd = Command::Register {
+            xid,
+            resource,
+            kind,
+            keys,
+        };
         let r = async {
             loop {
                 let released = self.released.notified();
@@ -132,11 +157,18 @@ impl Coordinator {
                         }
                         let _ = tokio::time::timeout(POLL.min(deadline - now), released).await;
                     }
-                    Ok(Applied { reply: Reply::Registered { branch_id }, .. }) => {
+                    Ok(Applied {
+                        reply: Reply::Registered { branch_id },
+                        ..
+                    }) => {
                         tracing::debug!(branch = branch_id, "branch registered");
                         return Ok(branch_id);
                     }
-                    Ok(_) => return Err(Error::Corrupt { what: "register answered with something else" }),
+                    Ok(_) => {
+                        return Err(Error::Corrupt {
+                            what: "register answered with something else",
+                        });
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -150,9 +182,19 @@ impl Coordinator {
     /// Records a branch's phase-1 result.
     pub async fn report(&self, xid: Xid, branch_id: u64, success: bool) -> Result<()> {
         let started = Instant::now();
-        let status = if success { BranchStatus::PhaseOneDone } else { BranchStatus::PhaseOneFailed };
+        let status = if success {
+            BranchStatus::PhaseOneDone
+        } else {
+            BranchStatus::PhaseOneFailed
+        };
         let span = tracing::debug_span!("report", %xid, branch = branch_id);
-        self.exec(Command::Report { xid, branch_id, status }).instrument(span).await?;
+        self.exec(Command::Report {
+            xid,
+            branch_id,
+            status,
+        })
+        .instrument(span)
+        .await?;
         self.metrics.observe("report", started);
         Ok(())
     }
@@ -173,12 +215,25 @@ impl Coordinator {
         let span = tracing::debug_span!("rollback", %xid);
         let r = async {
             let mut ended = self.ended.subscribe();
-            let mut status = status_of(self.exec(Command::Rollback { xid: xid.clone() }).await?.reply)?;
+            let mut status = status_of(
+                self.exec(Command::Rollback { xid: xid.clone() })
+                    .await?
+                    .reply,
+            )?;
             let deadline = started + Duration::from_millis(self.config.rollback_wait_ms);
             while !settled(status) && Instant::now() < deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let _ = tokio::time::timeout(POLL.max(Duration::from_millis(50)).min(left), ended.changed()).await;
-                status = self.store.global(&xid).await?.map(|g| g.status).unwrap_or(status);
+                let _ = tokio::time::timeout(
+                    POLL.max(Duration::from_millis(50)).min(left),
+                    ended.changed(),
+                )
+                .await;
+                status = self
+                    .store
+                    .global(&xid)
+                    .await?
+                    .map(|g| g.status)
+                    .unwrap_or(status);
             }
             Ok(status)
         }
@@ -190,7 +245,10 @@ impl Coordinator {
 
     /// The transaction with its branches.
     pub async fn global(&self, xid: &Xid) -> Result<Global> {
-        self.store.global(xid).await?.ok_or_else(|| Error::UnknownXid { xid: xid.clone() })
+        self.store
+            .global(xid)
+            .await?
+            .ok_or_else(|| Error::UnknownXid { xid: xid.clone() })
     }
 
     /// Up to `max_list` transactions.
@@ -210,7 +268,11 @@ impl Coordinator {
         let r = match held {
             None => None,
             Some((k, x)) => {
-                let rb = self.store.global(&x).await?.is_some_and(|g| g.status.is_rolling_back());
+                let rb = self
+                    .store
+                    .global(&x)
+                    .await?
+                    .is_some_and(|g| g.status.is_rolling_back());
                 Some((k, x, rb))
             }
         };
@@ -219,10 +281,21 @@ impl Coordinator {
     }
 
     /// A proxy's answer to a phase-2 item.
-    pub async fn phase2_result(&self, xid: Xid, branch_id: u64, outcome: Phase2Outcome) -> Result<()> {
+    pub async fn phase2_result(
+        &self,
+        xid: Xid,
+        branch_id: u64,
+        outcome: Phase2Outcome,
+    ) -> Result<()> {
         let span = tracing::debug_span!("phase2_result", %xid, branch = branch_id, %outcome);
         self.phase2.answered(&xid, branch_id);
-        self.exec(Command::Phase2Result { xid: xid.clone(), branch_id, outcome }).instrument(span).await?;
+        self.exec(Command::Phase2Result {
+            xid: xid.clone(),
+            branch_id,
+            outcome,
+        })
+        .instrument(span)
+        .await?;
         if outcome == Phase2Outcome::Retry {
             self.metrics.phase2_retries.inc();
             let at = self.now() + self.phase2.backoff(&xid);
@@ -235,7 +308,10 @@ impl Coordinator {
 
     /// One timer pass: roll back expired transactions, forget old finished ones.
     pub async fn tick(&self) -> Result<usize> {
-        let due = self.store.due(self.now(), self.config.finished_retention_ms, 1000).await?;
+        let due = self
+            .store
+            .due(self.now(), self.config.finished_retention_ms, 1000)
+            .await?;
         let n = due.len();
         for cmd in due {
             let xid = cmd.xid().clone();
@@ -256,12 +332,18 @@ impl Coordinator {
 }
 
 fn settled(s: GlobalStatus) -> bool {
-    s.is_finished() || matches!(s, GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed)
+    s.is_finished()
+        || matches!(
+            s,
+            GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed
+        )
 }
 
 fn status_of(r: Reply) -> Result<GlobalStatus> {
     match r {
         Reply::Status(s) => Ok(s),
-        _ => Err(Error::Corrupt { what: "expected a status reply" }),
+        _ => Err(Error::Corrupt {
+            what: "expected a status reply",
+        }),
     }
 }

@@ -136,10 +136,23 @@ impl Error {
     /// Trying the same request again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::LockConflict { holder_rolling_back, .. } => !holder_rolling_back,
-            Error::Overloaded | Error::Timeout { .. } | Error::Contention { .. } | Error::Transport(_) | Error::Redis(_) => true,
+            Error::LockConflict {
+                holder_rolling_back,
+                ..
+            } => !holder_rolling_back,
+            Error::Overloaded
+            | Error::Timeout { .. }
+            | Error::Contention { .. }
+            | Error::Transport(_)
+            | Error::Redis(_) => true,
             Error::Rpc { code, .. } => {
-                matches!(code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::Aborted | tonic::Code::DeadlineExceeded)
+                matches!(
+                    code,
+                    tonic::Code::Unavailable
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::Aborted
+                        | tonic::Code::DeadlineExceeded
+                )
             }
             _ => false,
         }
@@ -160,7 +173,10 @@ impl Error {
             | Error::Config { .. } => true,
             Error::Rpc { code, .. } => matches!(
                 code,
-                tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition
+                tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::FailedPrecondition
             ),
             _ => false,
         }
@@ -168,10 +184,20 @@ impl Error {
 
     /// The connection this happened on should be dropped and made again.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Error::ShuttingDown | Error::Transport(_)) || matches!(self, Error::Rpc { code: tonic::Code::Unavailable, .. })
+        matches!(self, Error::ShuttingDown | Error::Transport(_))
+            || matches!(
+                self,
+                Error::Rpc {
+                    code: tonic::Code::Unavailable,
+                    ..
+                }
+            )
     }
 
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { op, path, source }
     }

@@ -56,15 +56,47 @@ impl Default for Metrics {
             overloaded: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("active_globals", "Global transactions not yet finished", m.active.clone());
+        registry.register(
+            "active_globals",
+            "Global transactions not yet finished",
+            m.active.clone(),
+        );
         registry.register("held_locks", "Global row locks held", m.locks.clone());
-        registry.register("phase2_streams", "Connected proxy phase-2 streams", m.proxies.clone());
-        registry.register("lock_conflicts", "Branch registrations refused for a lock conflict", m.conflicts.clone());
-        registry.register("phase2_retries", "Phase-2 work items retried", m.phase2_retries.clone());
-        registry.register("phase2_sent", "Phase-2 work items delivered to proxies", m.phase2_sent.clone());
-        registry.register("globals_ended", "Global transactions ended, by status", m.ended.clone());
-        registry.register("request_duration_seconds", "Request latency by operation", m.latency.clone());
-        registry.register("overloaded", "Requests refused at max_in_flight", m.overloaded.clone());
+        registry.register(
+            "phase2_streams",
+            "Connected proxy phase-2 streams",
+            m.proxies.clone(),
+        );
+        registry.register(
+            "lock_conflicts",
+            "Branch registrations refused for a lock conflict",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "phase2_retries",
+            "Phase-2 work items retried",
+            m.phase2_retries.clone(),
+        );
+        registry.register(
+            "phase2_sent",
+            "Phase-2 work items delivered to proxies",
+            m.phase2_sent.clone(),
+        );
+        registry.register(
+            "globals_ended",
+            "Global transactions ended, by status",
+            m.ended.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency by operation",
+            m.latency.clone(),
+        );
+        registry.register(
+            "overloaded",
+            "Requests refused at max_in_flight",
+            m.overloaded.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -72,7 +104,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one request's latency.
     pub fn observe(&self, op: &'static str, started: std::time::Instant) {
-        self.latency.get_or_create(&[("op", op)]).observe(started.elapsed().as_secs_f64());
+        self.latency
+            .get_or_create(&[("op", op)])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// The text exposition, with the state gauges set from `counts`.

@@ -47,7 +47,6 @@ pub struct Phase2 {
     wake: Notify,
 }
 
-
 impl Phase2 {
     /// Empty registry.
     pub fn new(c: &Config) -> Self {
@@ -69,21 +68,31 @@ impl Phase2 {
     /// Call [`Phase2::disconnect`] with the returned id when the stream ends.
     pub fn connect(&self, resources: &[String]) -> Result<(u64, mpsc::Receiver<Work>)> {
         if resources.is_empty() || resources.iter().any(|r| r.is_empty() || r.len() > 1024) {
-            return Err(Error::InvalidArgument { what: "a phase-2 stream must name 1 or more resource ids of 1 to 1024 bytes" });
+            return Err(Error::InvalidArgument {
+                what: "a phase-2 stream must name 1 or more resource ids of 1 to 1024 bytes",
+            });
         }
         if self.connected.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
             self.connected.fetch_sub(1, Ordering::Relaxed);
-            return Err(Error::LimitExceeded { what: "phase-2 streams", limit: self.max_streams });
+            return Err(Error::LimitExceeded {
+                what: "phase-2 streams",
+                limit: self.max_streams,
+            });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue);
         let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         for r in resources {
-            w.entry(r.clone()).or_default().push(Worker { id, tx: tx.clone() });
+            w.entry(r.clone())
+                .or_default()
+                .push(Worker { id, tx: tx.clone() });
         }
         drop(w);
         // Work that was waiting for this resource need not sit out its backoff.
-        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.wake();
         Ok((id, rx))
     }
@@ -110,7 +119,10 @@ impl Phase2 {
 
     /// An answer arrived for (xid, branch).
     pub fn answered(&self, xid: &Xid, branch_id: u64) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&(xid.clone(), branch_id));
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(xid.clone(), branch_id));
     }
 
     /// The next retry delay for `xid` (doubling from `retry_initial_ms` up to
@@ -118,23 +130,37 @@ impl Phase2 {
     pub fn backoff(&self, xid: &Xid) -> u64 {
         let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         let n = a.entry(xid.clone()).or_default();
-        let d = self.cfg.retry_initial_ms.saturating_mul(1u64 << (*n).min(20)).min(self.cfg.retry_max_ms);
+        let d = self
+            .cfg
+            .retry_initial_ms
+            .saturating_mul(1u64 << (*n).min(20))
+            .min(self.cfg.retry_max_ms);
         *n += 1;
         d
     }
 
     /// `xid` made progress: its next retry starts from the initial delay.
     pub fn reset(&self, xid: &Xid) {
-        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).remove(xid);
+        self.attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(xid);
     }
 
     /// Hands `w` to a live stream of its resource (round robin). False when none is
     /// connected or every queue is full.
     fn offer(&self, w: &Work) -> bool {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = workers.get(&w.resource) else { return false };
+        let Some(list) = workers.get(&w.resource) else {
+            return false;
+        };
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        (0..list.len()).any(|i| list[(start + i) % list.len()].tx.try_send(w.clone()).is_ok())
+        (0..list.len()).any(|i| {
+            list[(start + i) % list.len()]
+                .tx
+                .try_send(w.clone())
+                .is_ok()
+        })
     }
 
     fn mark_sent(&self, w: &Work, now: Millis) -> bool {
@@ -152,7 +178,10 @@ impl Phase2 {
     /// Drops bookkeeping for items whose answer never came (their proxy went away;
     /// the store's lease brings them back) and bounds the retry-count table.
     fn prune(&self, now: Millis) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
         let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         if a.len() > MAX_TRACKED {
             a.clear();
@@ -160,7 +189,10 @@ impl Phase2 {
     }
 
     fn unmark(&self, w: &Work) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&(w.xid.clone(), w.branch_id));
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(w.xid.clone(), w.branch_id));
     }
 }
 
@@ -186,7 +218,10 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
     let p2 = &coord.phase2;
     let now = coord.now();
     p2.prune(now);
-    let work = coord.store.claim_phase2(now, p2.cfg.ack_timeout_ms, p2.cfg.batch).await?;
+    let work = coord
+        .store
+        .claim_phase2(now, p2.cfg.ack_timeout_ms, p2.cfg.batch)
+        .await?;
     let mut retry: HashMap<Xid, u64> = HashMap::new();
     for w in work {
         if !p2.mark_sent(&w, now) {
@@ -203,7 +238,13 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
     for (xid, branch_id) in retry {
         coord.metrics.phase2_retries.inc();
         // Undeliverable counts as a retryable failure: a rollback shows *Retrying.
-        coord.exec(Command::Phase2Result { xid: xid.clone(), branch_id, outcome: Phase2Outcome::Retry }).await?;
+        coord
+            .exec(Command::Phase2Result {
+                xid: xid.clone(),
+                branch_id,
+                outcome: Phase2Outcome::Retry,
+            })
+            .await?;
         let at = now + p2.backoff(&xid);
         coord.store.schedule_phase2(&xid, at).await?;
     }

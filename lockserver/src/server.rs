@@ -34,19 +34,30 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn open_store(config: &Config) -> Result<AnyStore> {
     let limits = config.core_limits();
     Ok(match &config.store {
-        StoreConfig::Embedded { path, compact_bytes } => {
+        StoreConfig::Embedded {
+            path,
+            compact_bytes,
+        } => {
             let (path, compact) = (path.clone(), *compact_bytes);
-            let s = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, limits, compact))
-                .await
-                .map_err(|_| Error::ShuttingDown)??;
-            AnyStore::Embedded(s)
+            let s =
+                tokio::task::spawn_blocking(move || EmbeddedStore::open(&path, limits, compact))
+                    .await
+                    .map_err(|_| Error::ShuttingDown)??;
+            AnyStore::Embedded(Box::new(s))
         }
-        StoreConfig::Redis { url, prefix } => AnyStore::Redis(RedisStore::open(url, prefix, limits).await?),
+        StoreConfig::Redis { url, prefix } => {
+            AnyStore::Redis(RedisStore::open(url, prefix, limits).await?)
+        }
     })
 }
 
 /// Runs a lockserver on the given listeners until `shutdown` completes.
-pub async fn run(grpc: TcpListener, http: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    grpc: TcpListener,
+    http: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     config.validate()?;
     let store = open_store(&config).await?;
     let coord = Arc::new(Coordinator::new(store, config, Arc::new(SystemClock)));
@@ -60,8 +71,12 @@ pub async fn run(grpc: TcpListener, http: TcpListener, config: Config, shutdown:
 
     let grpc_server = tonic::transport::Server::builder()
         .add_service(api::grpc::grpc_service(coord.clone(), stop_apis.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop_apis.clone().cancelled_owned());
-    let http_server = axum::serve(http, api::http::router(coord.clone())).with_graceful_shutdown(stop_apis.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc),
+            stop_apis.clone().cancelled_owned(),
+        );
+    let http_server = axum::serve(http, api::http::router(coord.clone()))
+        .with_graceful_shutdown(stop_apis.clone().cancelled_owned());
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(async move { http_server.await });
 

@@ -32,7 +32,11 @@ pub fn redis_url() -> String {
 
 /// A config suited to tests: fast timers and retries, given store.
 pub fn test_config(kind: Kind) -> (Config, Option<PathBuf>) {
-    let mut c = Config { tick_interval_ms: 20, rollback_wait_ms: 1_000, ..Config::default() };
+    let mut c = Config {
+        tick_interval_ms: 20,
+        rollback_wait_ms: 1_000,
+        ..Config::default()
+    };
     c.phase2.retry_initial_ms = 20;
     c.phase2.retry_max_ms = 200;
     c.phase2.poll_interval_ms = 10;
@@ -40,11 +44,17 @@ pub fn test_config(kind: Kind) -> (Config, Option<PathBuf>) {
     let dir = match kind {
         Kind::Embedded => {
             let d = std::env::temp_dir().join(format!("tandem-ls-{:016x}", rand::random::<u64>()));
-            c.store = StoreConfig::Embedded { path: d.clone(), compact_bytes: 1 << 20 };
+            c.store = StoreConfig::Embedded {
+                path: d.clone(),
+                compact_bytes: 1 << 20,
+            };
             Some(d)
         }
         Kind::Redis => {
-            c.store = StoreConfig::Redis { url: redis_url(), prefix: format!("tandem-it:{:016x}", rand::random::<u64>()) };
+            c.store = StoreConfig::Redis {
+                url: redis_url(),
+                prefix: format!("tandem-it:{:016x}", rand::random::<u64>()),
+            };
             None
         }
     };
@@ -82,7 +92,13 @@ impl TestLockserver {
         let task = tokio::spawn(tandem_lockserver::server::run(g, h, config, async {
             let _ = rx.await;
         }));
-        let me = TestLockserver { grpc, http, stop: Some(tx), task: Some(task), dir };
+        let me = TestLockserver {
+            grpc,
+            http,
+            stop: Some(tx),
+            task: Some(task),
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while me.get("/v1/transactions").await.0 != 200 {
             assert!(Instant::now() < deadline, "lockserver did not become ready");
@@ -93,7 +109,8 @@ impl TestLockserver {
 
     /// A gRPC client.
     pub fn client(&self) -> LockClient {
-        LockClient::connect_lazy(&format!("http://{}", self.grpc), ClientOptions::default()).expect("client")
+        LockClient::connect_lazy(&format!("http://{}", self.grpc), ClientOptions::default())
+            .expect("client")
     }
 
     /// `GET path` → (status, JSON body or Null).
@@ -112,8 +129,11 @@ impl TestLockserver {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            let r = tokio::time::timeout(Duration::from_secs(15), task).await.expect("lockserver shutdown timed out");
-            r.expect("lockserver task panicked").expect("lockserver returned an error");
+            let r = tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("lockserver shutdown timed out");
+            r.expect("lockserver task panicked")
+                .expect("lockserver returned an error");
         }
     }
 }
@@ -133,22 +153,45 @@ async fn check_redis(url: &str) {
     let ok = async {
         let c = redis::Client::open(url).ok()?;
         let mut conn = c.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
     };
-    if tokio::time::timeout(Duration::from_secs(3), ok).await.ok().flatten().is_none() {
-        panic!("these tests need Redis at {url}: start one (`redis-server --daemonize yes`) or set TANDEM_TEST_REDIS_URL");
+    if tokio::time::timeout(Duration::from_secs(3), ok)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        panic!(
+            "these tests need Redis at {url}: start one (`redis-server --daemonize yes`) or set TANDEM_TEST_REDIS_URL"
+        );
     }
 }
 
 /// A minimal HTTP/1.1 request (Connection: close); returns status and JSON body.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let raw = http_raw(addr, method, path, body.map(str::as_bytes)).await;
     let status = raw.0;
-    (status, serde_json::from_slice(&raw.1).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&raw.1).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// Like [`http`], returning the raw body bytes.
-pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> (u16, Vec<u8>) {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         let body = body.unwrap_or_default();
@@ -164,18 +207,28 @@ pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, body: Option<&
         let head = std::str::from_utf8(&buf[..split]).ok()?;
         let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
         let mut rest = buf[split + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             rest = dechunk(&rest);
         }
         Some((status, rest))
     };
-    tokio::time::timeout(Duration::from_secs(10), fut).await.ok().flatten().unwrap_or((0, Vec::new()))
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or((0, Vec::new()))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(p) = b.windows(2).position(|w| w == b"\r\n") {
-        let Ok(n) = usize::from_str_radix(std::str::from_utf8(&b[..p]).unwrap_or("0").trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(std::str::from_utf8(&b[..p]).unwrap_or("0").trim(), 16)
+        else {
+            break;
+        };
         if n == 0 || b.len() < p + 2 + n {
             break;
         }

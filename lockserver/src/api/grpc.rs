@@ -29,7 +29,9 @@ const ANSWERS_IN_FLIGHT: usize = 256;
 pub fn to_status(e: Error) -> Status {
     use tonic::Code;
     let code = match &e {
-        Error::InvalidArgument { .. } | Error::BadLockKey(_) | Error::LimitExceeded { .. } => Code::InvalidArgument,
+        Error::InvalidArgument { .. } | Error::BadLockKey(_) | Error::LimitExceeded { .. } => {
+            Code::InvalidArgument
+        }
         Error::UnknownXid { .. } | Error::UnknownBranch { .. } => Code::NotFound,
         Error::DuplicateXid { .. } => Code::AlreadyExists,
         Error::InvalidState { .. } | Error::Expired { .. } => Code::FailedPrecondition,
@@ -38,7 +40,11 @@ pub fn to_status(e: Error) -> Status {
         Error::ShuttingDown => Code::Unavailable,
         Error::Timeout { .. } => Code::DeadlineExceeded,
         Error::Rpc { code, .. } => *code,
-        Error::Io { .. } | Error::Corrupt { .. } | Error::Redis(_) | Error::Config { .. } | Error::Transport(_) => {
+        Error::Io { .. }
+        | Error::Corrupt { .. }
+        | Error::Redis(_)
+        | Error::Config { .. }
+        | Error::Transport(_) => {
             tracing::error!(error = %e, "internal error");
             return Status::internal("internal error (logged by the lockserver)");
         }
@@ -51,14 +57,18 @@ fn xid(s: &str) -> Result<Xid, Status> {
 }
 
 fn keys(v: &[String]) -> Result<Vec<LockKey>, Status> {
-    v.iter().map(|k| LockKey::parse(k).map_err(|e| to_status(e.into()))).collect()
+    v.iter()
+        .map(|k| LockKey::parse(k).map_err(|e| to_status(e.into())))
+        .collect()
 }
 
 fn kind(t: i32) -> Result<BranchKind, Status> {
     match pb::BranchType::try_from(t) {
         Ok(pb::BranchType::At) => Ok(BranchKind::AT),
         Ok(pb::BranchType::Xa) => Ok(BranchKind::XA),
-        _ => Err(to_status(Error::InvalidArgument { what: "branch_type must be AT or XA" })),
+        _ => Err(to_status(Error::InvalidArgument {
+            what: "branch_type must be AT or XA",
+        })),
     }
 }
 
@@ -73,8 +83,16 @@ fn outcome(o: i32) -> Option<Phase2Outcome> {
 }
 
 fn work(w: Work) -> pb::Phase2Down {
-    let branch_type = if w.kind == BranchKind::AT { pb::BranchType::At } else { pb::BranchType::Xa };
-    let action = if w.commit { pb::Action::Commit } else { pb::Action::Rollback };
+    let branch_type = if w.kind == BranchKind::AT {
+        pb::BranchType::At
+    } else {
+        pb::BranchType::Xa
+    };
+    let action = if w.commit {
+        pb::Action::Commit
+    } else {
+        pb::Action::Rollback
+    };
     pb::Phase2Down {
         work: Some(pb::BranchWork {
             xid: w.xid.to_string(),
@@ -87,7 +105,11 @@ fn work(w: Work) -> pb::Phase2Down {
 }
 
 fn conflict(key: LockKey, holder: Xid, holder_rolling_back: bool) -> pb::LockConflict {
-    pb::LockConflict { key: key.to_string(), holder_xid: holder.to_string(), holder_rolling_back }
+    pb::LockConflict {
+        key: key.to_string(),
+        holder_xid: holder.to_string(),
+        holder_rolling_back,
+    }
 }
 
 /// The gRPC service.
@@ -98,7 +120,10 @@ pub struct GrpcApi {
 
 /// The tonic service, for `Server::add_service` (and in-process tests). Phase-2
 /// streams end when `cancel` fires, so graceful shutdown does not wait on them.
-pub fn grpc_service(coord: Arc<Coordinator>, cancel: CancellationToken) -> CoordinatorServer<GrpcApi> {
+pub fn grpc_service(
+    coord: Arc<Coordinator>,
+    cancel: CancellationToken,
+) -> CoordinatorServer<GrpcApi> {
     CoordinatorServer::new(GrpcApi { coord, cancel })
 }
 
@@ -112,32 +137,72 @@ impl Drop for Connected {
 
 #[tonic::async_trait]
 impl pb::coordinator_server::Coordinator for GrpcApi {
-    async fn begin(&self, req: Request<pb::BeginRequest>) -> Result<Response<pb::BeginResponse>, Status> {
+    async fn begin(
+        &self,
+        req: Request<pb::BeginRequest>,
+    ) -> Result<Response<pb::BeginResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
         let t = req.into_inner().timeout_ms;
-        let (xid, deadline_ms) = self.coord.begin((t > 0).then_some(t)).await.map_err(to_status)?;
-        Ok(Response::new(pb::BeginResponse { xid: xid.to_string(), deadline_ms }))
+        let (xid, deadline_ms) = self
+            .coord
+            .begin((t > 0).then_some(t))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::BeginResponse {
+            xid: xid.to_string(),
+            deadline_ms,
+        }))
     }
 
-    async fn commit(&self, req: Request<pb::XidRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn commit(
+        &self,
+        req: Request<pb::XidRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
-        let s = self.coord.commit(xid(&req.get_ref().xid)?).await.map_err(to_status)?;
-        Ok(Response::new(pb::StatusResponse { status: s.to_string() }))
+        let s = self
+            .coord
+            .commit(xid(&req.get_ref().xid)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::StatusResponse {
+            status: s.to_string(),
+        }))
     }
 
-    async fn rollback(&self, req: Request<pb::XidRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn rollback(
+        &self,
+        req: Request<pb::XidRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
-        let s = self.coord.rollback(xid(&req.get_ref().xid)?).await.map_err(to_status)?;
-        Ok(Response::new(pb::StatusResponse { status: s.to_string() }))
+        let s = self
+            .coord
+            .rollback(xid(&req.get_ref().xid)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::StatusResponse {
+            status: s.to_string(),
+        }))
     }
 
-    async fn status(&self, req: Request<pb::XidRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<pb::XidRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
-        let g = self.coord.global(&xid(&req.get_ref().xid)?).await.map_err(to_status)?;
-        Ok(Response::new(pb::StatusResponse { status: g.status.to_string() }))
+        let g = self
+            .coord
+            .global(&xid(&req.get_ref().xid)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::StatusResponse {
+            status: g.status.to_string(),
+        }))
     }
 
-    async fn register_branch(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register_branch(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
         let r = req.into_inner();
         let (x, k, keys) = (xid(&r.xid)?, kind(r.branch_type)?, keys(&r.lock_keys)?);
@@ -145,34 +210,68 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         use pb::register_response::Result as R;
         let result = match self.coord.register(x, r.resource_id, k, keys, wait).await {
             Ok(id) => R::BranchId(id),
-            Err(Error::LockConflict { key, holder, holder_rolling_back }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
+            Err(Error::LockConflict {
+                key,
+                holder,
+                holder_rolling_back,
+            }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
             Err(e) => return Err(to_status(e)),
         };
-        Ok(Response::new(pb::RegisterResponse { result: Some(result) }))
+        Ok(Response::new(pb::RegisterResponse {
+            result: Some(result),
+        }))
     }
 
-    async fn report_branch(&self, req: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+    async fn report_branch(
+        &self,
+        req: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
         let r = req.into_inner();
-        self.coord.report(xid(&r.xid)?, r.branch_id, r.success).await.map_err(to_status)?;
+        self.coord
+            .report(xid(&r.xid)?, r.branch_id, r.success)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ReportResponse {}))
     }
 
-    async fn lock_query(&self, req: Request<pb::LockQueryRequest>) -> Result<Response<pb::LockQueryResponse>, Status> {
+    async fn lock_query(
+        &self,
+        req: Request<pb::LockQueryRequest>,
+    ) -> Result<Response<pb::LockQueryResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
-        let held = self.coord.lock_query(&keys(&req.get_ref().lock_keys)?).await.map_err(to_status)?;
-        Ok(Response::new(pb::LockQueryResponse { held: held.map(|(k, x, rb)| conflict(k, x, rb)) }))
+        let held = self
+            .coord
+            .lock_query(&keys(&req.get_ref().lock_keys)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::LockQueryResponse {
+            held: held.map(|(k, x, rb)| conflict(k, x, rb)),
+        }))
     }
 
     type Phase2Stream = Pin<Box<dyn Stream<Item = Result<pb::Phase2Down, Status>> + Send>>;
 
-    async fn phase2(&self, req: Request<Streaming<pb::Phase2Up>>) -> Result<Response<Self::Phase2Stream>, Status> {
+    async fn phase2(
+        &self,
+        req: Request<Streaming<pb::Phase2Up>>,
+    ) -> Result<Response<Self::Phase2Stream>, Status> {
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::Phase2Up { msg: Some(pb::phase2_up::Msg::Hello(h)) }))) => h,
-            _ => return Err(Status::invalid_argument("a Phase2 stream must start with Hello")),
+            Ok(Ok(Some(pb::Phase2Up {
+                msg: Some(pb::phase2_up::Msg::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a Phase2 stream must start with Hello",
+                ));
+            }
         };
-        let (id, rx) = self.coord.phase2.connect(&hello.resource_ids).map_err(to_status)?;
+        let (id, rx) = self
+            .coord
+            .phase2
+            .connect(&hello.resource_ids)
+            .map_err(to_status)?;
         tracing::info!(worker = %hello.worker_name, resources = ?hello.resource_ids, "phase-2 stream connected");
         let guard = Connected(self.coord.clone(), id);
         let coord = self.coord.clone();
@@ -180,7 +279,9 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             let _guard = guard;
             let limit = Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT));
             while let Ok(Some(msg)) = inbound.message().await {
-                let Some(pb::phase2_up::Msg::Result(r)) = msg.msg else { continue };
+                let Some(pb::phase2_up::Msg::Result(r)) = msg.msg else {
+                    continue;
+                };
                 let (Ok(x), Some(o)) = (Xid::parse(&r.xid), outcome(r.outcome)) else {
                     tracing::warn!(xid = %r.xid, "malformed phase-2 answer ignored");
                     continue;
@@ -188,7 +289,9 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                 if !r.detail.is_empty() {
                     tracing::info!(xid = %x, branch = r.branch_id, outcome = %o, detail = %r.detail, "phase-2 answer");
                 }
-                let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
                 let coord = coord.clone();
                 tokio::spawn(async move {
                     if let Err(e) = coord.phase2_result(x.clone(), r.branch_id, o).await {
@@ -199,7 +302,9 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             }
             tracing::info!(worker = %hello.worker_name, "phase-2 stream closed");
         });
-        let out = ReceiverStream::new(rx).map(|w| Ok(work(w))).take_until(self.cancel.clone().cancelled_owned());
+        let out = ReceiverStream::new(rx)
+            .map(|w| Ok(work(w)))
+            .take_until(self.cancel.clone().cancelled_owned());
         Ok(Response::new(Box::pin(out)))
     }
 }

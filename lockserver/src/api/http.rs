@@ -33,12 +33,24 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = self.0;
         let code = match &e {
-            Error::InvalidArgument { .. } | Error::BadLockKey(_) | Error::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            Error::InvalidArgument { .. } | Error::BadLockKey(_) | Error::LimitExceeded { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Error::UnknownXid { .. } | Error::UnknownBranch { .. } => StatusCode::NOT_FOUND,
-            Error::DuplicateXid { .. } | Error::InvalidState { .. } | Error::Expired { .. } | Error::LockConflict { .. } => StatusCode::CONFLICT,
-            Error::Overloaded | Error::ShuttingDown | Error::Contention { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::DuplicateXid { .. }
+            | Error::InvalidState { .. }
+            | Error::Expired { .. }
+            | Error::LockConflict { .. } => StatusCode::CONFLICT,
+            Error::Overloaded | Error::ShuttingDown | Error::Contention { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Rpc { .. } | Error::Io { .. } | Error::Corrupt { .. } | Error::Redis(_) | Error::Config { .. } | Error::Transport(_) => {
+            Error::Rpc { .. }
+            | Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::Redis(_)
+            | Error::Config { .. }
+            | Error::Transport(_) => {
                 tracing::error!(error = %e, "internal error");
                 let body = json!({"error": "internal error (logged by the lockserver)"});
                 return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
@@ -82,26 +94,37 @@ async fn begin(State(c): State<Arc<Coordinator>>, body: Bytes) -> ApiResult<impl
     let timeout = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let b: BeginBody = serde_json::from_slice(&body).map_err(|_| Error::InvalidArgument { what: "body must be {\"timeout_ms\": N} or empty" })?;
+        let b: BeginBody = serde_json::from_slice(&body).map_err(|_| Error::InvalidArgument {
+            what: "body must be {\"timeout_ms\": N} or empty",
+        })?;
         b.timeout_ms
     };
     let (xid, _) = c.begin(timeout).await?;
     Ok((StatusCode::CREATED, Json(json!({ "xid": xid.as_str() }))))
 }
 
-async fn commit(State(c): State<Arc<Coordinator>>, Path(xid): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn commit(
+    State(c): State<Arc<Coordinator>>,
+    Path(xid): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let _p = c.permit()?;
     let s = c.commit(Xid::parse(&xid)?).await?;
     Ok(Json(json!({ "status": s.as_str() })))
 }
 
-async fn rollback(State(c): State<Arc<Coordinator>>, Path(xid): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn rollback(
+    State(c): State<Arc<Coordinator>>,
+    Path(xid): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let _p = c.permit()?;
     let s = c.rollback(Xid::parse(&xid)?).await?;
     Ok(Json(json!({ "status": s.as_str() })))
 }
 
-async fn show(State(c): State<Arc<Coordinator>>, Path(xid): Path<String>) -> ApiResult<Json<Global>> {
+async fn show(
+    State(c): State<Arc<Coordinator>>,
+    Path(xid): Path<String>,
+) -> ApiResult<Json<Global>> {
     let _p = c.permit()?;
     Ok(Json(c.global(&Xid::parse(&xid)?).await?))
 }
@@ -123,12 +146,26 @@ struct LockRow<'a> {
 async fn locks(State(c): State<Arc<Coordinator>>) -> ApiResult<Json<serde_json::Value>> {
     let _p = c.permit()?;
     let held = c.locks().await?;
-    let rows: Vec<LockRow> =
-        held.iter().map(|(k, x)| LockRow { key: k.as_str(), resource: k.resource(), table: k.table(), pk: k.pk(), xid: x.as_str() }).collect();
+    let rows: Vec<LockRow> = held
+        .iter()
+        .map(|(k, x)| LockRow {
+            key: k.as_str(),
+            resource: k.resource(),
+            table: k.table(),
+            pk: k.pk(),
+            xid: x.as_str(),
+        })
+        .collect();
     Ok(Json(json!({ "locks": rows })))
 }
 
 async fn metrics(State(c): State<Arc<Coordinator>>) -> ApiResult<impl IntoResponse> {
     let text = c.metrics_text().await?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
 }

@@ -57,11 +57,17 @@ impl LockKey {
     /// Parses a canonical encoding, as sent over the wire.
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         if s.len() > MAX_LOCK_KEY_BYTES {
-            return Err(KeyError { at: 0, why: "key too long" });
+            return Err(KeyError {
+                at: 0,
+                why: "key too long",
+            });
         }
         let fields = split_fields(s)?;
         if fields.len() < 3 {
-            return Err(KeyError { at: s.len(), why: "need resource, table and at least one key column" });
+            return Err(KeyError {
+                at: s.len(),
+                why: "need resource, table and at least one key column",
+            });
         }
         Ok(Self(s.into()))
     }
@@ -111,15 +117,33 @@ fn split_fields(s: &str) -> Result<Vec<&str>, KeyError> {
             i += 1;
         }
         if i == start || i >= b.len() || b[i] != b':' {
-            return Err(KeyError { at: start, why: "expected <decimal length>:" });
+            return Err(KeyError {
+                at: start,
+                why: "expected <decimal length>:",
+            });
         }
         if b[start] == b'0' && i - start > 1 {
-            return Err(KeyError { at: start, why: "length has a leading zero" });
+            return Err(KeyError {
+                at: start,
+                why: "length has a leading zero",
+            });
         }
-        let len: usize = s[start..i].parse().map_err(|_| KeyError { at: start, why: "length overflows" })?;
+        let len: usize = s[start..i].parse().map_err(|_| KeyError {
+            at: start,
+            why: "length overflows",
+        })?;
         i += 1;
-        let end = i.checked_add(len).filter(|e| *e <= b.len()).ok_or(KeyError { at: i, why: "field runs past the end" })?;
-        let field = s.get(i..end).ok_or(KeyError { at: i, why: "field splits a UTF-8 character" })?;
+        let end = i
+            .checked_add(len)
+            .filter(|e| *e <= b.len())
+            .ok_or(KeyError {
+                at: i,
+                why: "field runs past the end",
+            })?;
+        let field = s.get(i..end).ok_or(KeyError {
+            at: i,
+            why: "field splits a UTF-8 character",
+        })?;
         out.push(field);
         i = end;
     }
@@ -174,7 +198,10 @@ impl LockTable {
             if let Some(h) = self.holders.get(k)
                 && h != xid
             {
-                return Err(Conflict { key: k.clone(), holder: h.clone() });
+                return Err(Conflict {
+                    key: k.clone(),
+                    holder: h.clone(),
+                });
             }
         }
         Ok(())
@@ -264,7 +291,10 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(b, c);
         assert_ne!(c, d);
-        assert_eq!(LockKey::new("pg://h/db", "public.t", ["1", "a"]).as_str(), "9:pg://h/db8:public.t1:11:a");
+        assert_eq!(
+            LockKey::new("pg://h/db", "public.t", ["1", "a"]).as_str(),
+            "9:pg://h/db8:public.t1:11:a"
+        );
         for k in [a, b, c, d, LockKey::new("é", "ü", ["", "ß"])] {
             let p = LockKey::parse(k.as_str()).unwrap();
             assert_eq!(p, k);
@@ -275,7 +305,16 @@ mod tests {
 
     #[test]
     fn parse_rejects_garbage() {
-        for s in ["", "1:a1:b", "x", "2:a", "01:a1:b1:c", "1:a1:b1", "99999999999999999999999:a", "1:é1:b1:c"] {
+        for s in [
+            "",
+            "1:a1:b",
+            "x",
+            "2:a",
+            "01:a1:b1:c",
+            "1:a1:b1",
+            "99999999999999999999999:a",
+            "1:é1:b1:c",
+        ] {
             assert!(LockKey::parse(s).is_err(), "{s:?} accepted");
         }
         assert!(LockKey::parse(&"9".repeat(MAX_LOCK_KEY_BYTES + 1)).is_err());
@@ -288,7 +327,13 @@ mod tests {
         assert_eq!(t.acquire(&x("a"), &[k(1), k(2)]), Ok(2));
         assert_eq!(t.acquire(&x("a"), &[k(2), k(3)]), Ok(1), "reentrant");
         let err = t.acquire(&x("b"), &[k(4), k(3), k(5)]).unwrap_err();
-        assert_eq!(err, Conflict { key: k(3), holder: x("a") });
+        assert_eq!(
+            err,
+            Conflict {
+                key: k(3),
+                holder: x("a")
+            }
+        );
         assert_eq!(t.holder(&k(4)), None, "nothing taken on conflict");
         assert_eq!(t.len(), 3);
         assert_eq!(t.release_all(&x("a")), 3);

@@ -61,15 +61,30 @@ pub struct Before {
 impl Before {
     /// Captures `g` before a command runs.
     pub fn of(g: Option<&Global>) -> Self {
-        let work = g.map(|g| g.pending_work().iter().map(|w| (w.branch_id, w.commit)).collect()).unwrap_or_default();
-        Before { status: g.map(|g| g.status), work }
+        let work = g
+            .map(|g| {
+                g.pending_work()
+                    .iter()
+                    .map(|w| (w.branch_id, w.commit))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Before {
+            status: g.map(|g| g.status),
+            work,
+        }
     }
 }
 
 /// The effects of a change of `xid` from `before` to `after`, given that `changed`
 /// says whether any record was written. Shared by every store. `Phase2Due` is only
 /// emitted for work that is new, so answers for one branch do not re-send the others.
-pub fn effects_of(xid: &Xid, before: &Before, after: Option<&Global>, changed: bool) -> Vec<Effect> {
+pub fn effects_of(
+    xid: &Xid,
+    before: &Before,
+    after: Option<&Global>,
+    changed: bool,
+) -> Vec<Effect> {
     let mut out = Vec::new();
     if !changed {
         return out;
@@ -81,12 +96,22 @@ pub fn effects_of(xid: &Xid, before: &Before, after: Option<&Global>, changed: b
         out.push(Effect::LocksReleased { xid: xid.clone() });
     }
     if let Some(g) = after {
-        if g.pending_work().iter().any(|w| !was.work.contains(&(w.branch_id, w.commit))) {
+        if g.pending_work()
+            .iter()
+            .any(|w| !was.work.contains(&(w.branch_id, w.commit)))
+        {
             out.push(Effect::Phase2Due { xid: xid.clone() });
         }
-        let ends = g.status.is_finished() || matches!(g.status, GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed);
+        let ends = g.status.is_finished()
+            || matches!(
+                g.status,
+                GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed
+            );
         if ends && before != Some(g.status) {
-            out.push(Effect::Ended { xid: xid.clone(), status: g.status });
+            out.push(Effect::Ended {
+                xid: xid.clone(),
+                status: g.status,
+            });
         }
     }
     out
@@ -107,7 +132,10 @@ pub struct Core {
 impl Core {
     /// An empty core with these limits.
     pub fn new(limits: Limits) -> Self {
-        Core { limits, ..Default::default() }
+        Core {
+            limits,
+            ..Default::default()
+        }
     }
 
     /// Runs one command. On `Err` the state is unchanged.
@@ -117,18 +145,36 @@ impl Core {
         let before_state = Before::of(before);
         let (records, reply) = txn::plan(before, cmd, now, &self.limits)?;
         if let Command::Register { keys, .. } = cmd {
-            self.locks.check(xid, keys).map_err(|c| self.conflict_error(c))?;
+            self.locks
+                .check(xid, keys)
+                .map_err(|c| self.conflict_error(c))?;
         }
         for r in &records {
             self.replay(r);
         }
-        let effects = effects_of(xid, &before_state, self.globals.get(xid), !records.is_empty());
-        Ok(Output { records, effects, reply })
+        let effects = effects_of(
+            xid,
+            &before_state,
+            self.globals.get(xid),
+            !records.is_empty(),
+        );
+        Ok(Output {
+            records,
+            effects,
+            reply,
+        })
     }
 
     fn conflict_error(&self, c: Conflict) -> Error {
-        let holder_rolling_back = self.globals.get(&c.holder).is_some_and(|g| g.status.is_rolling_back());
-        Error::LockConflict { key: c.key, holder: c.holder, holder_rolling_back }
+        let holder_rolling_back = self
+            .globals
+            .get(&c.holder)
+            .is_some_and(|g| g.status.is_rolling_back());
+        Error::LockConflict {
+            key: c.key,
+            holder: c.holder,
+            holder_rolling_back,
+        }
     }
 
     /// Applies a record; used by [`Core::apply`] and by log recovery.
@@ -137,7 +183,8 @@ impl Core {
         match rec {
             Record::Begin { at, deadline, .. } => {
                 self.deadlines.insert((*deadline, xid.clone()));
-                self.globals.insert(xid.clone(), Global::begin(xid, *at, *deadline));
+                self.globals
+                    .insert(xid.clone(), Global::begin(xid, *at, *deadline));
             }
             Record::Forget { .. } => {
                 if let Some(g) = self.globals.remove(&xid) {
@@ -147,7 +194,9 @@ impl Core {
                 self.locks.release_all(&xid);
             }
             _ => {
-                let Some(g) = self.globals.get_mut(&xid) else { return };
+                let Some(g) = self.globals.get_mut(&xid) else {
+                    return;
+                };
                 let (old_status, old_updated) = (g.status, g.updated_at);
                 g.apply(rec);
                 if let Record::Branch { branch, .. } = rec
@@ -180,9 +229,17 @@ impl Core {
     /// Commands the timers owe at `now`: timeouts of expired `Begin` transactions and
     /// forgetting finished ones older than `retention_ms`; at most `limit` of them.
     pub fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> Vec<Command> {
-        let expired = self.deadlines.iter().take_while(|(d, _)| *d <= now).map(|(_, x)| Command::Timeout { xid: x.clone() });
+        let expired = self
+            .deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .map(|(_, x)| Command::Timeout { xid: x.clone() });
         let cutoff = now.saturating_sub(retention_ms);
-        let old = self.finished.iter().take_while(|(t, _)| *t <= cutoff).map(|(_, x)| Command::Forget { xid: x.clone() });
+        let old = self
+            .finished
+            .iter()
+            .take_while(|(t, _)| *t <= cutoff)
+            .map(|(_, x)| Command::Forget { xid: x.clone() });
         expired.chain(old).take(limit).collect()
     }
 
@@ -190,12 +247,23 @@ impl Core {
     pub fn snapshot(&self) -> Vec<Record> {
         let mut out = Vec::new();
         for g in self.globals.values() {
-            out.push(Record::Begin { xid: g.xid.clone(), at: g.begun_at, deadline: g.deadline });
+            out.push(Record::Begin {
+                xid: g.xid.clone(),
+                at: g.begun_at,
+                deadline: g.deadline,
+            });
             for b in &g.branches {
-                out.push(Record::Branch { xid: g.xid.clone(), branch: b.clone() });
+                out.push(Record::Branch {
+                    xid: g.xid.clone(),
+                    branch: b.clone(),
+                });
             }
             if g.status != GlobalStatus::Begin {
-                out.push(Record::Status { xid: g.xid.clone(), status: g.status, at: g.updated_at });
+                out.push(Record::Status {
+                    xid: g.xid.clone(),
+                    status: g.status,
+                    at: g.updated_at,
+                });
             }
         }
         out
@@ -215,7 +283,10 @@ impl Core {
     }
     /// Phase-2 work owed by every transaction (for recovery after a restart).
     pub fn all_pending(&self) -> Vec<Work> {
-        self.globals.values().flat_map(|g| g.pending_work()).collect()
+        self.globals
+            .values()
+            .flat_map(|g| g.pending_work())
+            .collect()
     }
     /// Number of transactions not yet finished.
     pub fn active(&self) -> usize {

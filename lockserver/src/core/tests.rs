@@ -13,10 +13,22 @@ fn k(i: u32) -> LockKey {
     LockKey::new("pg://h/db", "public.t", [i.to_string()])
 }
 fn begin(c: &mut Core, xid: &str, timeout: u64) {
-    c.apply(&Command::Begin { xid: x(xid), timeout_ms: timeout }, T0).unwrap();
+    c.apply(
+        &Command::Begin {
+            xid: x(xid),
+            timeout_ms: timeout,
+        },
+        T0,
+    )
+    .unwrap();
 }
 fn reg(c: &mut Core, xid: &str, keys: &[u32], now: Millis) -> Result<u64, Error> {
-    let cmd = Command::Register { xid: x(xid), resource: "pg://h/db".into(), kind: BranchKind::AT, keys: keys.iter().map(|i| k(*i)).collect() };
+    let cmd = Command::Register {
+        xid: x(xid),
+        resource: "pg://h/db".into(),
+        kind: BranchKind::AT,
+        keys: keys.iter().map(|i| k(*i)).collect(),
+    };
     match c.apply(&cmd, now)?.reply {
         Reply::Registered { branch_id } => Ok(branch_id),
         r => panic!("unexpected {r:?}"),
@@ -26,7 +38,15 @@ fn status(c: &Core, xid: &str) -> GlobalStatus {
     c.global(&x(xid)).unwrap().status
 }
 fn p2(c: &mut Core, xid: &str, b: u64, o: Phase2Outcome) -> Output {
-    c.apply(&Command::Phase2Result { xid: x(xid), branch_id: b, outcome: o }, T0 + 10).unwrap()
+    c.apply(
+        &Command::Phase2Result {
+            xid: x(xid),
+            branch_id: b,
+            outcome: o,
+        },
+        T0 + 10,
+    )
+    .unwrap()
 }
 /// Replaying every record returned so far yields the same state.
 fn replayed(log: &[Record]) -> Core {
@@ -41,12 +61,22 @@ fn conflict_names_holder_and_reentrancy_works() {
     begin(&mut c, "a", 1000);
     begin(&mut c, "b", 1000);
     assert_eq!(reg(&mut c, "a", &[1, 2], T0).unwrap(), 1);
-    assert_eq!(reg(&mut c, "a", &[2, 3], T0).unwrap(), 2, "reentrant for the same xid");
+    assert_eq!(
+        reg(&mut c, "a", &[2, 3], T0).unwrap(),
+        2,
+        "reentrant for the same xid"
+    );
     let e = reg(&mut c, "b", &[9, 3], T0).unwrap_err();
-    assert!(matches!(&e, Error::LockConflict { holder, key, holder_rolling_back: false } if *holder == x("a") && *key == k(3)), "{e:?}");
+    assert!(
+        matches!(&e, Error::LockConflict { holder, key, holder_rolling_back: false } if *holder == x("a") && *key == k(3)),
+        "{e:?}"
+    );
     assert!(e.is_retryable());
     assert_eq!(c.locks().holder(&k(9)), None, "all or nothing");
-    assert!(c.global(&x("b")).unwrap().branches.is_empty(), "state unchanged");
+    assert!(
+        c.global(&x("b")).unwrap().branches.is_empty(),
+        "state unchanged"
+    );
 }
 
 #[test]
@@ -68,7 +98,10 @@ fn commit_releases_locks_at_the_decision_then_cleans_up() {
     p2(&mut c, "a", 1, Phase2Outcome::Committed); // duplicate delivery is harmless
     assert_eq!(status(&c, "a"), GlobalStatus::AsyncCommitting);
     let out = p2(&mut c, "a", 2, Phase2Outcome::Committed);
-    assert!(out.effects.contains(&Effect::Ended { xid: x("a"), status: GlobalStatus::Committed }));
+    assert!(out.effects.contains(&Effect::Ended {
+        xid: x("a"),
+        status: GlobalStatus::Committed
+    }));
     assert_eq!(c.active(), 0);
 }
 
@@ -83,13 +116,29 @@ fn rollback_goes_in_reverse_order_and_keeps_locks_until_all_undone() {
     let out = c.apply(&Command::Rollback { xid: x("a") }, T0).unwrap();
     assert_eq!(out.reply, Reply::Status(GlobalStatus::Rollbacking));
     let e = reg(&mut c, "b", &[1], T0).unwrap_err();
-    assert!(matches!(e, Error::LockConflict { holder_rolling_back: true, .. }), "waiters fail fast");
+    assert!(
+        matches!(
+            e,
+            Error::LockConflict {
+                holder_rolling_back: true,
+                ..
+            }
+        ),
+        "waiters fail fast"
+    );
     assert!(!e.is_retryable());
     for expect in [3, 2, 1] {
         let w = c.global(&x("a")).unwrap().pending_work();
-        assert_eq!(w.iter().map(|w| w.branch_id).collect::<Vec<_>>(), vec![expect]);
+        assert_eq!(
+            w.iter().map(|w| w.branch_id).collect::<Vec<_>>(),
+            vec![expect]
+        );
         assert!(!w[0].commit);
-        assert_eq!(c.locks().len(), 3, "locks held until every branch is undone");
+        assert_eq!(
+            c.locks().len(),
+            3,
+            "locks held until every branch is undone"
+        );
         p2(&mut c, "a", expect, Phase2Outcome::Rollbacked);
     }
     assert_eq!(status(&c, "a"), GlobalStatus::Rollbacked);
@@ -108,11 +157,17 @@ fn retry_then_dirty_write_keeps_locks_and_operator_can_retry() {
     assert_eq!(status(&c, "a"), GlobalStatus::RollbackRetrying);
     p2(&mut c, "a", 2, Phase2Outcome::Rollbacked);
     let out = p2(&mut c, "a", 1, Phase2Outcome::RollbackFailed);
-    assert!(out.effects.contains(&Effect::Ended { xid: x("a"), status: GlobalStatus::RollbackFailed }));
+    assert!(out.effects.contains(&Effect::Ended {
+        xid: x("a"),
+        status: GlobalStatus::RollbackFailed
+    }));
     assert_eq!(status(&c, "a"), GlobalStatus::RollbackFailed);
     assert_eq!(c.locks().len(), 2, "a dirty write keeps the locks");
     assert!(c.global(&x("a")).unwrap().pending_work().is_empty());
-    assert_eq!(c.global(&x("a")).unwrap().branch(1).unwrap().status, BranchStatus::PhaseTwoRollbackFailed);
+    assert_eq!(
+        c.global(&x("a")).unwrap().branch(1).unwrap().status,
+        BranchStatus::PhaseTwoRollbackFailed
+    );
     // An operator fixed the row and rolls back again.
     c.apply(&Command::Rollback { xid: x("a") }, T0).unwrap();
     assert_eq!(status(&c, "a"), GlobalStatus::RollbackRetrying);
@@ -128,20 +183,35 @@ fn timeout_rolls_back_and_commit_after_it_is_refused() {
     begin(&mut c, "b", 500);
     reg(&mut c, "a", &[1], T0).unwrap();
     assert!(c.due(T0 + 99, 60_000, 10).is_empty());
-    assert!(matches!(reg(&mut c, "a", &[2], T0 + 100), Err(Error::Expired { .. })));
-    assert!(matches!(c.apply(&Command::Commit { xid: x("a") }, T0 + 100), Err(Error::Expired { .. })));
+    assert!(matches!(
+        reg(&mut c, "a", &[2], T0 + 100),
+        Err(Error::Expired { .. })
+    ));
+    assert!(matches!(
+        c.apply(&Command::Commit { xid: x("a") }, T0 + 100),
+        Err(Error::Expired { .. })
+    ));
     let due = c.due(T0 + 100, 60_000, 10);
     assert_eq!(due, vec![Command::Timeout { xid: x("a") }]);
     c.apply(&due[0], T0 + 100).unwrap();
     assert_eq!(status(&c, "a"), GlobalStatus::TimeoutRollbacking);
     assert_eq!(status(&c, "b"), GlobalStatus::Begin);
-    let e = c.apply(&Command::Commit { xid: x("a") }, T0 + 101).unwrap_err();
-    assert!(matches!(e, Error::InvalidState { status: GlobalStatus::TimeoutRollbacking, .. }));
+    let e = c
+        .apply(&Command::Commit { xid: x("a") }, T0 + 101)
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        Error::InvalidState {
+            status: GlobalStatus::TimeoutRollbacking,
+            ..
+        }
+    ));
     assert!(e.is_client_fault());
     p2(&mut c, "a", 1, Phase2Outcome::Rollbacked);
     assert_eq!(status(&c, "a"), GlobalStatus::TimeoutRollbacked);
     // A timeout of an empty transaction ends at once.
-    c.apply(&Command::Timeout { xid: x("b") }, T0 + 500).unwrap();
+    c.apply(&Command::Timeout { xid: x("b") }, T0 + 500)
+        .unwrap();
     assert_eq!(status(&c, "b"), GlobalStatus::TimeoutRollbacked);
 }
 
@@ -152,37 +222,91 @@ fn bad_input_leaves_state_unchanged() {
     reg(&mut c, "a", &[1], T0).unwrap();
     let before = format!("{:?}", c.global(&x("a")));
     let bad = [
-        Command::Begin { xid: x("a"), timeout_ms: 10 },
-        Command::Begin { xid: x("z"), timeout_ms: 0 },
+        Command::Begin {
+            xid: x("a"),
+            timeout_ms: 10,
+        },
+        Command::Begin {
+            xid: x("z"),
+            timeout_ms: 0,
+        },
         Command::Commit { xid: x("nope") },
-        Command::Report { xid: x("a"), branch_id: 9, status: BranchStatus::PhaseOneDone },
-        Command::Report { xid: x("a"), branch_id: 1, status: BranchStatus::PhaseTwoCommitted },
-        Command::Register { xid: x("a"), resource: String::new(), kind: BranchKind::AT, keys: vec![] },
-        Command::Phase2Result { xid: x("a"), branch_id: 1, outcome: Phase2Outcome::Committed },
+        Command::Report {
+            xid: x("a"),
+            branch_id: 9,
+            status: BranchStatus::PhaseOneDone,
+        },
+        Command::Report {
+            xid: x("a"),
+            branch_id: 1,
+            status: BranchStatus::PhaseTwoCommitted,
+        },
+        Command::Register {
+            xid: x("a"),
+            resource: String::new(),
+            kind: BranchKind::AT,
+            keys: vec![],
+        },
+        Command::Phase2Result {
+            xid: x("a"),
+            branch_id: 1,
+            outcome: Phase2Outcome::Committed,
+        },
         Command::Forget { xid: x("a") },
     ];
     for cmd in bad {
         let r = c.apply(&cmd, T0);
-        assert!(r.as_ref().map(|o| o.records.is_empty()).unwrap_or(true), "{cmd:?} changed state: {r:?}");
+        assert!(
+            r.as_ref().map(|o| o.records.is_empty()).unwrap_or(true),
+            "{cmd:?} changed state: {r:?}"
+        );
     }
     assert_eq!(format!("{:?}", c.global(&x("a"))), before);
     c.apply(&Command::Commit { xid: x("a") }, T0).unwrap();
     let dup = c.apply(&Command::Commit { xid: x("a") }, T0).unwrap_err();
-    assert!(matches!(dup, Error::InvalidState { status: GlobalStatus::AsyncCommitting, .. }));
+    assert!(matches!(
+        dup,
+        Error::InvalidState {
+            status: GlobalStatus::AsyncCommitting,
+            ..
+        }
+    ));
     let late = reg(&mut c, "a", &[5], T0).unwrap_err();
     assert!(matches!(late, Error::InvalidState { .. }));
-    assert!(matches!(c.apply(&Command::Rollback { xid: x("a") }, T0), Err(Error::InvalidState { .. })));
+    assert!(matches!(
+        c.apply(&Command::Rollback { xid: x("a") }, T0),
+        Err(Error::InvalidState { .. })
+    ));
 }
 
 #[test]
 fn limits_are_enforced() {
-    let mut c = Core::new(Limits { max_branches: 2, max_keys_per_branch: 3, max_timeout_ms: 1000 });
-    assert!(matches!(c.apply(&Command::Begin { xid: x("a"), timeout_ms: 1001 }, T0), Err(Error::InvalidArgument { .. })));
+    let mut c = Core::new(Limits {
+        max_branches: 2,
+        max_keys_per_branch: 3,
+        max_timeout_ms: 1000,
+    });
+    assert!(matches!(
+        c.apply(
+            &Command::Begin {
+                xid: x("a"),
+                timeout_ms: 1001
+            },
+            T0
+        ),
+        Err(Error::InvalidArgument { .. })
+    ));
     begin(&mut c, "a", 1000);
-    assert!(matches!(reg(&mut c, "a", &[1, 2, 3, 4], T0), Err(Error::LimitExceeded { .. })));
+    assert!(matches!(
+        reg(&mut c, "a", &[1, 2, 3, 4], T0),
+        Err(Error::LimitExceeded { .. })
+    ));
     reg(&mut c, "a", &[1], T0).unwrap();
     reg(&mut c, "a", &[2], T0).unwrap();
-    assert!(matches!(reg(&mut c, "a", &[3], T0), Err(Error::LimitExceeded { .. })));
+    assert!(matches!(
+        reg(&mut c, "a", &[3], T0),
+        Err(Error::LimitExceeded { .. })
+    ));
 }
 
 #[test]
@@ -190,15 +314,49 @@ fn replay_and_snapshot_reproduce_state() {
     let mut c = Core::default();
     let mut log = Vec::new();
     let mut run = |c: &mut Core, cmd: Command, now| log.extend(c.apply(&cmd, now).unwrap().records);
-    run(&mut c, Command::Begin { xid: x("a"), timeout_ms: 1000 }, T0);
-    run(&mut c, Command::Begin { xid: x("b"), timeout_ms: 1000 }, T0);
-    run(&mut c, Command::Begin { xid: x("c"), timeout_ms: 10 }, T0);
+    run(
+        &mut c,
+        Command::Begin {
+            xid: x("a"),
+            timeout_ms: 1000,
+        },
+        T0,
+    );
+    run(
+        &mut c,
+        Command::Begin {
+            xid: x("b"),
+            timeout_ms: 1000,
+        },
+        T0,
+    );
+    run(
+        &mut c,
+        Command::Begin {
+            xid: x("c"),
+            timeout_ms: 10,
+        },
+        T0,
+    );
     for (xid, key) in [("a", 1), ("a", 2), ("b", 3), ("c", 4)] {
-        let cmd = Command::Register { xid: x(xid), resource: "r".into(), kind: BranchKind::XA, keys: vec![k(key)] };
+        let cmd = Command::Register {
+            xid: x(xid),
+            resource: "r".into(),
+            kind: BranchKind::XA,
+            keys: vec![k(key)],
+        };
         run(&mut c, cmd, T0);
     }
     run(&mut c, Command::Rollback { xid: x("a") }, T0 + 1);
-    run(&mut c, Command::Phase2Result { xid: x("a"), branch_id: 2, outcome: Phase2Outcome::Rollbacked }, T0 + 2);
+    run(
+        &mut c,
+        Command::Phase2Result {
+            xid: x("a"),
+            branch_id: 2,
+            outcome: Phase2Outcome::Rollbacked,
+        },
+        T0 + 2,
+    );
     run(&mut c, Command::Commit { xid: x("b") }, T0 + 3);
     run(&mut c, Command::Timeout { xid: x("c") }, T0 + 20);
     let state = |c: &Core| {
@@ -210,7 +368,11 @@ fn replay_and_snapshot_reproduce_state() {
     };
     assert_eq!(state(&replayed(&log)), state(&c));
     assert_eq!(state(&replayed(&c.snapshot())), state(&c));
-    assert_eq!(c.locks().len(), 3, "a's two keys held while rolling back, c's held while timing out");
+    assert_eq!(
+        c.locks().len(),
+        3,
+        "a's two keys held while rolling back, c's held while timing out"
+    );
 }
 
 #[test]
@@ -224,7 +386,10 @@ fn forget_after_retention() {
     assert_eq!(due, vec![Command::Forget { xid: x("a") }]);
     c.apply(&due[0], T0 + 2000).unwrap();
     assert!(c.global(&x("a")).is_none());
-    assert!(matches!(c.apply(&Command::Commit { xid: x("a") }, T0), Err(Error::UnknownXid { .. })));
+    assert!(matches!(
+        c.apply(&Command::Commit { xid: x("a") }, T0),
+        Err(Error::UnknownXid { .. })
+    ));
 }
 
 #[test]

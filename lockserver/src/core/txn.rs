@@ -31,7 +31,9 @@ impl Xid {
     /// Validates an xid received from a client: 1..=128 printable ASCII bytes.
     pub fn parse(s: &str) -> Result<Self, Error> {
         if s.is_empty() || s.len() > MAX_XID_BYTES || !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::InvalidArgument { what: "xid must be 1 to 128 printable ASCII characters" });
+            return Err(Error::InvalidArgument {
+                what: "xid must be 1 to 128 printable ASCII characters",
+            });
         }
         Ok(Self(s.into()))
     }
@@ -116,24 +118,47 @@ impl GlobalStatus {
         use GlobalStatus::*;
         matches!(
             self,
-            Begin | Rollbacking | RollbackRetrying | TimeoutRollbacking | TimeoutRollbackRetrying | RollbackFailed | TimeoutRollbackFailed
+            Begin
+                | Rollbacking
+                | RollbackRetrying
+                | TimeoutRollbacking
+                | TimeoutRollbackRetrying
+                | RollbackFailed
+                | TimeoutRollbackFailed
         )
     }
     /// Terminal: nothing more will happen; kept for status queries, then forgotten.
     pub fn is_finished(self) -> bool {
-        matches!(self, GlobalStatus::Committed | GlobalStatus::Rollbacked | GlobalStatus::TimeoutRollbacked)
+        matches!(
+            self,
+            GlobalStatus::Committed | GlobalStatus::Rollbacked | GlobalStatus::TimeoutRollbacked
+        )
     }
     /// Phase-2 rollback in progress (waiters on its locks fail fast).
     pub fn is_rolling_back(self) -> bool {
         use GlobalStatus::*;
-        matches!(self, Rollbacking | RollbackRetrying | TimeoutRollbacking | TimeoutRollbackRetrying | RollbackFailed | TimeoutRollbackFailed)
+        matches!(
+            self,
+            Rollbacking
+                | RollbackRetrying
+                | TimeoutRollbacking
+                | TimeoutRollbackRetrying
+                | RollbackFailed
+                | TimeoutRollbackFailed
+        )
     }
     fn is_committing(self) -> bool {
         self == GlobalStatus::AsyncCommitting
     }
     fn is_timeout(self) -> bool {
         use GlobalStatus::*;
-        matches!(self, TimeoutRollbacking | TimeoutRollbackRetrying | TimeoutRollbacked | TimeoutRollbackFailed)
+        matches!(
+            self,
+            TimeoutRollbacking
+                | TimeoutRollbackRetrying
+                | TimeoutRollbacked
+                | TimeoutRollbackFailed
+        )
     }
 }
 
@@ -379,7 +404,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_branches: 1000, max_keys_per_branch: 10_000, max_timeout_ms: 3_600_000 }
+        Self {
+            max_branches: 1000,
+            max_keys_per_branch: 10_000,
+            max_timeout_ms: 3_600_000,
+        }
     }
 }
 
@@ -401,7 +430,14 @@ pub struct Work {
 impl Global {
     /// A new transaction from its `Begin` record.
     pub fn begin(xid: Xid, at: Millis, deadline: Millis) -> Self {
-        Global { xid, status: GlobalStatus::Begin, begun_at: at, deadline, updated_at: at, branches: Vec::new() }
+        Global {
+            xid,
+            status: GlobalStatus::Begin,
+            begun_at: at,
+            deadline,
+            updated_at: at,
+            branches: Vec::new(),
+        }
     }
 
     /// Applies one record. Records for another xid, or `Begin`/`Forget`, are the
@@ -413,7 +449,9 @@ impl Global {
                 self.status = *status;
                 self.updated_at = *at;
             }
-            Record::BranchStatus { branch_id, status, .. } => {
+            Record::BranchStatus {
+                branch_id, status, ..
+            } => {
                 if let Some(b) = self.branch_mut(*branch_id) {
                     b.status = *status;
                 }
@@ -439,47 +477,100 @@ impl Global {
     /// goes one branch at a time in reverse registration order, and stops at a
     /// branch that failed (dirty write) until an operator rolls back again.
     pub fn pending_work(&self) -> Vec<Work> {
-        let work = |b: &Branch, commit| Work { xid: self.xid.clone(), branch_id: b.branch_id, resource: b.resource.clone(), kind: b.kind, commit };
+        let work = |b: &Branch, commit| Work {
+            xid: self.xid.clone(),
+            branch_id: b.branch_id,
+            resource: b.resource.clone(),
+            kind: b.kind,
+            commit,
+        };
         if self.status.is_committing() {
-            return self.branches.iter().filter(|b| b.status != BranchStatus::PhaseTwoCommitted).map(|b| work(b, true)).collect();
+            return self
+                .branches
+                .iter()
+                .filter(|b| b.status != BranchStatus::PhaseTwoCommitted)
+                .map(|b| work(b, true))
+                .collect();
         }
-        if self.status.is_rolling_back() && !matches!(self.status, GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed) {
-            return self.branches.iter().rev().find(|b| b.status != BranchStatus::PhaseTwoRollbacked).map(|b| vec![work(b, false)]).unwrap_or_default();
+        if self.status.is_rolling_back()
+            && !matches!(
+                self.status,
+                GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed
+            )
+        {
+            return self
+                .branches
+                .iter()
+                .rev()
+                .find(|b| b.status != BranchStatus::PhaseTwoRollbacked)
+                .map(|b| vec![work(b, false)])
+                .unwrap_or_default();
         }
         Vec::new()
     }
 }
 
 fn status(xid: &Xid, status: GlobalStatus, at: Millis) -> Record {
-    Record::Status { xid: xid.clone(), status, at }
+    Record::Status {
+        xid: xid.clone(),
+        status,
+        at,
+    }
 }
 
 fn invalid(g: &Global, op: &'static str) -> Error {
-    Error::InvalidState { xid: g.xid.clone(), status: g.status, op }
+    Error::InvalidState {
+        xid: g.xid.clone(),
+        status: g.status,
+        op,
+    }
 }
 
 /// The records and reply for `cmd` on the existing transaction `g` (`None` when the
 /// xid is unknown). Lock availability for `Register` is checked by the caller.
 /// On `Err`, nothing may be written: state stays unchanged.
-pub fn plan(g: Option<&Global>, cmd: &Command, now: Millis, limits: &Limits) -> Result<(Vec<Record>, Reply), Error> {
+pub fn plan(
+    g: Option<&Global>,
+    cmd: &Command,
+    now: Millis,
+    limits: &Limits,
+) -> Result<(Vec<Record>, Reply), Error> {
     let Some(g) = g else {
         return match cmd {
             Command::Begin { xid, timeout_ms } => {
                 if *timeout_ms == 0 || *timeout_ms > limits.max_timeout_ms {
-                    return Err(Error::InvalidArgument { what: "timeout_ms must be between 1 and the configured max_timeout_ms" });
+                    return Err(Error::InvalidArgument {
+                        what: "timeout_ms must be between 1 and the configured max_timeout_ms",
+                    });
                 }
                 let deadline = now.saturating_add(*timeout_ms);
-                Ok((vec![Record::Begin { xid: xid.clone(), at: now, deadline }], Reply::Began { deadline }))
+                Ok((
+                    vec![Record::Begin {
+                        xid: xid.clone(),
+                        at: now,
+                        deadline,
+                    }],
+                    Reply::Began { deadline },
+                ))
             }
             // Late phase-2 answers for a forgotten transaction are harmless duplicates.
-            Command::Phase2Result { .. } | Command::Timeout { .. } | Command::Forget { .. } => Ok((vec![], Reply::Ok)),
-            _ => Err(Error::UnknownXid { xid: cmd.xid().clone() }),
+            Command::Phase2Result { .. } | Command::Timeout { .. } | Command::Forget { .. } => {
+                Ok((vec![], Reply::Ok))
+            }
+            _ => Err(Error::UnknownXid {
+                xid: cmd.xid().clone(),
+            }),
         };
     };
     let xid = &g.xid;
     match cmd {
         Command::Begin { .. } => Err(Error::DuplicateXid { xid: xid.clone() }),
-        Command::Register { resource, kind, keys, .. } => {
+        Command::Register {
+            resource,
+            kind,
+            keys,
+            ..
+        } => {
             if g.status != GlobalStatus::Begin {
                 return Err(invalid(g, "register a branch"));
             }
@@ -487,30 +578,69 @@ pub fn plan(g: Option<&Global>, cmd: &Command, now: Millis, limits: &Limits) -> 
                 return Err(Error::Expired { xid: xid.clone() });
             }
             if resource.is_empty() || resource.len() > 1024 {
-                return Err(Error::InvalidArgument { what: "resource id must be 1 to 1024 bytes" });
+                return Err(Error::InvalidArgument {
+                    what: "resource id must be 1 to 1024 bytes",
+                });
             }
             if keys.len() > limits.max_keys_per_branch {
-                return Err(Error::LimitExceeded { what: "lock keys per branch", limit: limits.max_keys_per_branch });
+                return Err(Error::LimitExceeded {
+                    what: "lock keys per branch",
+                    limit: limits.max_keys_per_branch,
+                });
             }
             if g.branches.len() >= limits.max_branches {
-                return Err(Error::LimitExceeded { what: "branches per transaction", limit: limits.max_branches });
+                return Err(Error::LimitExceeded {
+                    what: "branches per transaction",
+                    limit: limits.max_branches,
+                });
             }
             let branch_id = g.branches.len() as u64 + 1;
-            let branch = Branch { branch_id, resource: resource.clone(), kind: *kind, keys: keys.clone(), status: BranchStatus::Registered };
-            Ok((vec![Record::Branch { xid: xid.clone(), branch }], Reply::Registered { branch_id }))
+            let branch = Branch {
+                branch_id,
+                resource: resource.clone(),
+                kind: *kind,
+                keys: keys.clone(),
+                status: BranchStatus::Registered,
+            };
+            Ok((
+                vec![Record::Branch {
+                    xid: xid.clone(),
+                    branch,
+                }],
+                Reply::Registered { branch_id },
+            ))
         }
-        Command::Report { branch_id, status: st, .. } => {
-            if !matches!(st, BranchStatus::PhaseOneDone | BranchStatus::PhaseOneFailed) {
-                return Err(Error::InvalidArgument { what: "a phase-1 report is PhaseOneDone or PhaseOneFailed" });
+        Command::Report {
+            branch_id,
+            status: st,
+            ..
+        } => {
+            if !matches!(
+                st,
+                BranchStatus::PhaseOneDone | BranchStatus::PhaseOneFailed
+            ) {
+                return Err(Error::InvalidArgument {
+                    what: "a phase-1 report is PhaseOneDone or PhaseOneFailed",
+                });
             }
-            let b = g.branch(*branch_id).ok_or(Error::UnknownBranch { xid: xid.clone(), branch_id: *branch_id })?;
+            let b = g.branch(*branch_id).ok_or(Error::UnknownBranch {
+                xid: xid.clone(),
+                branch_id: *branch_id,
+            })?;
             if b.status == *st {
                 return Ok((vec![], Reply::Ok));
             }
             if b.status != BranchStatus::Registered {
                 return Err(invalid(g, "report phase 1 of a branch already past it"));
             }
-            Ok((vec![Record::BranchStatus { xid: xid.clone(), branch_id: *branch_id, status: *st }], Reply::Ok))
+            Ok((
+                vec![Record::BranchStatus {
+                    xid: xid.clone(),
+                    branch_id: *branch_id,
+                    status: *st,
+                }],
+                Reply::Ok,
+            ))
         }
         Command::Commit { .. } => {
             if g.status != GlobalStatus::Begin {
@@ -519,9 +649,16 @@ pub fn plan(g: Option<&Global>, cmd: &Command, now: Millis, limits: &Limits) -> 
             if now >= g.deadline {
                 return Err(Error::Expired { xid: xid.clone() });
             }
-            let next = if g.branches.is_empty() { GlobalStatus::Committed } else { GlobalStatus::AsyncCommitting };
+            let next = if g.branches.is_empty() {
+                GlobalStatus::Committed
+            } else {
+                GlobalStatus::AsyncCommitting
+            };
             // Seata answers Committed once the decision is durable; cleanup is asynchronous.
-            Ok((vec![status(xid, next, now)], Reply::Status(GlobalStatus::Committed)))
+            Ok((
+                vec![status(xid, next, now)],
+                Reply::Status(GlobalStatus::Committed),
+            ))
         }
         Command::Rollback { .. } => {
             let next = match g.status {
@@ -538,7 +675,9 @@ pub fn plan(g: Option<&Global>, cmd: &Command, now: Millis, limits: &Limits) -> 
             }
             Ok(start_rollback(g, GlobalStatus::TimeoutRollbacking, now))
         }
-        Command::Phase2Result { branch_id, outcome, .. } => phase2_result(g, *branch_id, *outcome, now),
+        Command::Phase2Result {
+            branch_id, outcome, ..
+        } => phase2_result(g, *branch_id, *outcome, now),
         Command::Forget { .. } => {
             if !g.status.is_finished() {
                 return Err(invalid(g, "forget"));
@@ -556,22 +695,45 @@ fn start_rollback(g: &Global, next: GlobalStatus, now: Millis) -> (Vec<Record>, 
         .branches
         .iter()
         .filter(|b| b.status == BranchStatus::PhaseTwoRollbackFailed)
-        .map(|b| Record::BranchStatus { xid: xid.clone(), branch_id: b.branch_id, status: BranchStatus::Registered })
+        .map(|b| Record::BranchStatus {
+            xid: xid.clone(),
+            branch_id: b.branch_id,
+            status: BranchStatus::Registered,
+        })
         .collect();
-    let all_undone = g.branches.iter().all(|b| b.status == BranchStatus::PhaseTwoRollbacked);
+    let all_undone = g
+        .branches
+        .iter()
+        .all(|b| b.status == BranchStatus::PhaseTwoRollbacked);
     let next = if all_undone { rolled_back(next) } else { next };
     recs.push(status(xid, next, now));
     (recs, Reply::Status(next))
 }
 
 fn rolled_back(s: GlobalStatus) -> GlobalStatus {
-    if s.is_timeout() { GlobalStatus::TimeoutRollbacked } else { GlobalStatus::Rollbacked }
+    if s.is_timeout() {
+        GlobalStatus::TimeoutRollbacked
+    } else {
+        GlobalStatus::Rollbacked
+    }
 }
 
-fn phase2_result(g: &Global, branch_id: u64, outcome: Phase2Outcome, now: Millis) -> Result<(Vec<Record>, Reply), Error> {
+fn phase2_result(
+    g: &Global,
+    branch_id: u64,
+    outcome: Phase2Outcome,
+    now: Millis,
+) -> Result<(Vec<Record>, Reply), Error> {
     let xid = &g.xid;
-    let b = g.branch(branch_id).ok_or(Error::UnknownBranch { xid: xid.clone(), branch_id })?;
-    let set = |st| Record::BranchStatus { xid: xid.clone(), branch_id, status: st };
+    let b = g.branch(branch_id).ok_or(Error::UnknownBranch {
+        xid: xid.clone(),
+        branch_id,
+    })?;
+    let set = |st| Record::BranchStatus {
+        xid: xid.clone(),
+        branch_id,
+        status: st,
+    };
     let done = (vec![], Reply::Status(g.status));
     // At-least-once delivery: answers for work no longer owed are dropped.
     if !g.pending_work().iter().any(|w| w.branch_id == branch_id) {
@@ -582,14 +744,20 @@ fn phase2_result(g: &Global, branch_id: u64, outcome: Phase2Outcome, now: Millis
         match outcome {
             Phase2Outcome::Committed => {
                 recs.push(set(BranchStatus::PhaseTwoCommitted));
-                let rest = g.branches.iter().filter(|o| o.branch_id != branch_id).all(|o| o.status == BranchStatus::PhaseTwoCommitted);
+                let rest = g
+                    .branches
+                    .iter()
+                    .filter(|o| o.branch_id != branch_id)
+                    .all(|o| o.status == BranchStatus::PhaseTwoCommitted);
                 if rest {
                     recs.push(status(xid, GlobalStatus::Committed, now));
                 }
             }
             Phase2Outcome::Retry => {}
             Phase2Outcome::Rollbacked | Phase2Outcome::RollbackFailed => {
-                return Err(Error::InvalidArgument { what: "a commit work item was answered with a rollback outcome" });
+                return Err(Error::InvalidArgument {
+                    what: "a commit work item was answered with a rollback outcome",
+                });
             }
         }
     } else {
@@ -597,24 +765,38 @@ fn phase2_result(g: &Global, branch_id: u64, outcome: Phase2Outcome, now: Millis
         match outcome {
             Phase2Outcome::Rollbacked => {
                 recs.push(set(BranchStatus::PhaseTwoRollbacked));
-                let rest = g.branches.iter().filter(|o| o.branch_id != branch_id).all(|o| o.status == BranchStatus::PhaseTwoRollbacked);
+                let rest = g
+                    .branches
+                    .iter()
+                    .filter(|o| o.branch_id != branch_id)
+                    .all(|o| o.status == BranchStatus::PhaseTwoRollbacked);
                 if rest {
                     recs.push(status(xid, rolled_back(g.status), now));
                 }
             }
             Phase2Outcome::RollbackFailed => {
                 recs.push(set(BranchStatus::PhaseTwoRollbackFailed));
-                let failed = if timeout { GlobalStatus::TimeoutRollbackFailed } else { GlobalStatus::RollbackFailed };
+                let failed = if timeout {
+                    GlobalStatus::TimeoutRollbackFailed
+                } else {
+                    GlobalStatus::RollbackFailed
+                };
                 recs.push(status(xid, failed, now));
             }
             Phase2Outcome::Retry => {
-                let retrying = if timeout { GlobalStatus::TimeoutRollbackRetrying } else { GlobalStatus::RollbackRetrying };
+                let retrying = if timeout {
+                    GlobalStatus::TimeoutRollbackRetrying
+                } else {
+                    GlobalStatus::RollbackRetrying
+                };
                 if g.status != retrying {
                     recs.push(status(xid, retrying, now));
                 }
             }
             Phase2Outcome::Committed => {
-                return Err(Error::InvalidArgument { what: "a rollback work item was answered with Committed" });
+                return Err(Error::InvalidArgument {
+                    what: "a rollback work item was answered with Committed",
+                });
             }
         }
     }

@@ -22,10 +22,23 @@ fn k(i: u32) -> LockKey {
 }
 
 async fn begin<S: Store>(s: &S, xid: &str, timeout: u64) {
-    s.apply(Command::Begin { xid: x(xid), timeout_ms: timeout }, T0).await.unwrap();
+    s.apply(
+        Command::Begin {
+            xid: x(xid),
+            timeout_ms: timeout,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
 }
 async fn reg<S: Store>(s: &S, xid: &str, keys: &[u32], now: Millis) -> Result<u64, Error> {
-    let cmd = Command::Register { xid: x(xid), resource: "pg://h/db".into(), kind: BranchKind::AT, keys: keys.iter().map(|i| k(*i)).collect() };
+    let cmd = Command::Register {
+        xid: x(xid),
+        resource: "pg://h/db".into(),
+        kind: BranchKind::AT,
+        keys: keys.iter().map(|i| k(*i)).collect(),
+    };
     match s.apply(cmd, now).await?.reply {
         Reply::Registered { branch_id } => Ok(branch_id),
         r => panic!("unexpected {r:?}"),
@@ -35,10 +48,24 @@ async fn status<S: Store>(s: &S, xid: &str) -> GlobalStatus {
     s.global(&x(xid)).await.unwrap().unwrap().status
 }
 async fn p2<S: Store>(s: &S, xid: &str, b: u64, o: Phase2Outcome) -> Applied {
-    s.apply(Command::Phase2Result { xid: x(xid), branch_id: b, outcome: o }, T0 + 10).await.unwrap()
+    s.apply(
+        Command::Phase2Result {
+            xid: x(xid),
+            branch_id: b,
+            outcome: o,
+        },
+        T0 + 10,
+    )
+    .await
+    .unwrap()
 }
 async fn holders<S: Store>(s: &S) -> Vec<(String, String)> {
-    s.locks(1000).await.unwrap().into_iter().map(|(k, x)| (k.pk()[0].to_string(), x.to_string())).collect()
+    s.locks(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, x)| (k.pk()[0].to_string(), x.to_string()))
+        .collect()
 }
 
 async fn conflicts_and_reentrancy<S: Store>(s: S) {
@@ -47,11 +74,24 @@ async fn conflicts_and_reentrancy<S: Store>(s: S) {
     assert_eq!(reg(&s, "a", &[1, 2], T0).await.unwrap(), 1);
     assert_eq!(reg(&s, "a", &[2, 3], T0).await.unwrap(), 2);
     let e = reg(&s, "b", &[9, 3], T0).await.unwrap_err();
-    assert!(matches!(&e, Error::LockConflict { holder, key, holder_rolling_back: false } if *holder == x("a") && *key == k(3)), "{e:?}");
+    assert!(
+        matches!(&e, Error::LockConflict { holder, key, holder_rolling_back: false } if *holder == x("a") && *key == k(3)),
+        "{e:?}"
+    );
     assert_eq!(s.first_held(&[k(9)]).await.unwrap(), None, "all or nothing");
-    assert_eq!(s.first_held(&[k(9), k(2)]).await.unwrap(), Some((k(2), x("a"))));
+    assert_eq!(
+        s.first_held(&[k(9), k(2)]).await.unwrap(),
+        Some((k(2), x("a")))
+    );
     assert_eq!(holders(&s).await.len(), 3);
-    assert!(s.global(&x("b")).await.unwrap().unwrap().branches.is_empty());
+    assert!(
+        s.global(&x("b"))
+            .await
+            .unwrap()
+            .unwrap()
+            .branches
+            .is_empty()
+    );
     assert_eq!(s.counts().await.unwrap().locks, 3);
 }
 
@@ -59,20 +99,35 @@ async fn commit_and_phase2<S: Store>(s: S) {
     begin(&s, "a", 10_000).await;
     reg(&s, "a", &[1], T0).await.unwrap();
     reg(&s, "a", &[2], T0).await.unwrap();
-    let out = s.apply(Command::Commit { xid: x("a") }, T0 + 1).await.unwrap();
+    let out = s
+        .apply(Command::Commit { xid: x("a") }, T0 + 1)
+        .await
+        .unwrap();
     assert_eq!(out.reply, Reply::Status(GlobalStatus::Committed));
     assert!(holders(&s).await.is_empty(), "released at the decision");
     let work = s.claim_phase2(T0 + 1, 5_000, 10).await.unwrap();
     assert_eq!(work.len(), 2);
-    assert!(s.claim_phase2(T0 + 2, 5_000, 10).await.unwrap().is_empty(), "claimed work is leased");
-    assert_eq!(s.claim_phase2(T0 + 5_001, 5_000, 10).await.unwrap().len(), 2, "an unanswered lease expires");
+    assert!(
+        s.claim_phase2(T0 + 2, 5_000, 10).await.unwrap().is_empty(),
+        "claimed work is leased"
+    );
+    assert_eq!(
+        s.claim_phase2(T0 + 5_001, 5_000, 10).await.unwrap().len(),
+        2,
+        "an unanswered lease expires"
+    );
     let out = p2(&s, "a", 1, Phase2Outcome::Committed).await;
     assert!(out.effects.is_empty(), "no new work: {:?}", out.effects);
     p2(&s, "a", 1, Phase2Outcome::Committed).await;
     p2(&s, "a", 2, Phase2Outcome::Committed).await;
     assert_eq!(status(&s, "a").await, GlobalStatus::Committed);
     s.schedule_phase2(&x("a"), 0).await.unwrap();
-    assert!(s.claim_phase2(T0 + 20_000, 5_000, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_phase2(T0 + 20_000, 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.counts().await.unwrap().active, 0);
 }
 
@@ -82,21 +137,42 @@ async fn rollback_order_and_dirty_write<S: Store>(s: S) {
     for i in 1..=3 {
         reg(&s, "a", &[i], T0).await.unwrap();
     }
-    s.apply(Command::Rollback { xid: x("a") }, T0).await.unwrap();
+    s.apply(Command::Rollback { xid: x("a") }, T0)
+        .await
+        .unwrap();
     let e = reg(&s, "b", &[1], T0).await.unwrap_err();
-    assert!(matches!(e, Error::LockConflict { holder_rolling_back: true, .. }), "fail fast: {e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::LockConflict {
+                holder_rolling_back: true,
+                ..
+            }
+        ),
+        "fail fast: {e:?}"
+    );
     let w = s.claim_phase2(T0, 5_000, 10).await.unwrap();
     assert_eq!((w.len(), w[0].branch_id, w[0].commit), (1, 3, false));
     p2(&s, "a", 3, Phase2Outcome::Retry).await;
     assert_eq!(status(&s, "a").await, GlobalStatus::RollbackRetrying);
     p2(&s, "a", 3, Phase2Outcome::Rollbacked).await;
     let w = s.claim_phase2(T0 + 10, 5_000, 10).await.unwrap();
-    assert_eq!(w.iter().map(|w| w.branch_id).collect::<Vec<_>>(), vec![2], "next branch due at once");
-    assert_eq!(holders(&s).await.len(), 3, "locks kept until every branch is undone");
+    assert_eq!(
+        w.iter().map(|w| w.branch_id).collect::<Vec<_>>(),
+        vec![2],
+        "next branch due at once"
+    );
+    assert_eq!(
+        holders(&s).await.len(),
+        3,
+        "locks kept until every branch is undone"
+    );
     p2(&s, "a", 2, Phase2Outcome::RollbackFailed).await;
     assert_eq!(status(&s, "a").await, GlobalStatus::RollbackFailed);
     assert_eq!(holders(&s).await.len(), 3, "a dirty write keeps the locks");
-    s.apply(Command::Rollback { xid: x("a") }, T0 + 2).await.unwrap();
+    s.apply(Command::Rollback { xid: x("a") }, T0 + 2)
+        .await
+        .unwrap();
     p2(&s, "a", 2, Phase2Outcome::Rollbacked).await;
     p2(&s, "a", 1, Phase2Outcome::Rollbacked).await;
     assert_eq!(status(&s, "a").await, GlobalStatus::Rollbacked);
@@ -115,8 +191,20 @@ async fn timeouts_and_forgetting<S: Store>(s: S) {
         s.apply(due[0].clone(), T0 + 100).await.unwrap();
     }
     assert_eq!(status(&s, "a").await, GlobalStatus::TimeoutRollbacking);
-    let e = s.apply(Command::Commit { xid: x("a") }, T0 + 101).await.unwrap_err();
-    assert!(matches!(e, Error::InvalidState { status: GlobalStatus::TimeoutRollbacking, .. }), "{e:?}");
+    let e = s
+        .apply(Command::Commit { xid: x("a") }, T0 + 101)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidState {
+                status: GlobalStatus::TimeoutRollbacking,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     p2(&s, "a", 1, Phase2Outcome::Rollbacked).await;
     assert_eq!(status(&s, "a").await, GlobalStatus::TimeoutRollbacked);
     assert!(holders(&s).await.is_empty());
@@ -131,14 +219,47 @@ async fn timeouts_and_forgetting<S: Store>(s: S) {
 async fn bad_input_leaves_state_unchanged<S: Store>(s: S) {
     begin(&s, "a", 10_000).await;
     reg(&s, "a", &[1], T0).await.unwrap();
-    let before = format!("{:?} {:?}", s.global(&x("a")).await.unwrap(), holders(&s).await);
-    assert!(matches!(s.apply(Command::Begin { xid: x("a"), timeout_ms: 5 }, T0).await, Err(Error::DuplicateXid { .. })));
-    assert!(matches!(s.apply(Command::Commit { xid: x("zz") }, T0).await, Err(Error::UnknownXid { .. })));
-    assert!(matches!(s.apply(Command::Forget { xid: x("a") }, T0).await, Err(Error::InvalidState { .. })));
-    assert_eq!(format!("{:?} {:?}", s.global(&x("a")).await.unwrap(), holders(&s).await), before);
+    let before = format!(
+        "{:?} {:?}",
+        s.global(&x("a")).await.unwrap(),
+        holders(&s).await
+    );
+    assert!(matches!(
+        s.apply(
+            Command::Begin {
+                xid: x("a"),
+                timeout_ms: 5
+            },
+            T0
+        )
+        .await,
+        Err(Error::DuplicateXid { .. })
+    ));
+    assert!(matches!(
+        s.apply(Command::Commit { xid: x("zz") }, T0).await,
+        Err(Error::UnknownXid { .. })
+    ));
+    assert!(matches!(
+        s.apply(Command::Forget { xid: x("a") }, T0).await,
+        Err(Error::InvalidState { .. })
+    ));
+    assert_eq!(
+        format!(
+            "{:?} {:?}",
+            s.global(&x("a")).await.unwrap(),
+            holders(&s).await
+        ),
+        before
+    );
     s.apply(Command::Commit { xid: x("a") }, T0).await.unwrap();
-    assert!(matches!(s.apply(Command::Commit { xid: x("a") }, T0).await, Err(Error::InvalidState { .. })));
-    assert!(matches!(reg(&s, "a", &[2], T0).await, Err(Error::InvalidState { .. })));
+    assert!(matches!(
+        s.apply(Command::Commit { xid: x("a") }, T0).await,
+        Err(Error::InvalidState { .. })
+    ));
+    assert!(matches!(
+        reg(&s, "a", &[2], T0).await,
+        Err(Error::InvalidState { .. })
+    ));
     assert!(holders(&s).await.is_empty());
 }
 
@@ -153,7 +274,11 @@ async fn concurrent_all_or_nothing<S: Store>(s: S) {
     let mut tasks = Vec::new();
     for i in 0..n {
         let s = s.clone();
-        tasks.push(tokio::spawn(async move { reg(&*s, &format!("t{i}"), &[i, (i + 1) % n, 100 + i], T0).await.is_ok() }));
+        tasks.push(tokio::spawn(async move {
+            reg(&*s, &format!("t{i}"), &[i, (i + 1) % n, 100 + i], T0)
+                .await
+                .is_ok()
+        }));
     }
     let observer = {
         let s = s.clone();
@@ -163,7 +288,10 @@ async fn concurrent_all_or_nothing<S: Store>(s: S) {
                 for (_, x) in holders(&*s).await {
                     *per.entry(x).or_default() += 1;
                 }
-                assert!(per.values().all(|c| *c == 3), "partial lock visible: {per:?}");
+                assert!(
+                    per.values().all(|c| *c == 3),
+                    "partial lock visible: {per:?}"
+                );
                 tokio::task::yield_now().await;
             }
         })
@@ -178,7 +306,8 @@ async fn concurrent_all_or_nothing<S: Store>(s: S) {
 }
 
 async fn redis_store() -> RedisStore {
-    let url = std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url =
+        std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!("tandem-test:{:016x}", rand::random::<u64>());
     RedisStore::open(&url, &prefix, Limits::default())
         .await
@@ -187,7 +316,10 @@ async fn redis_store() -> RedisStore {
 
 fn embedded_store() -> (EmbeddedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (EmbeddedStore::open(dir.path(), Limits::default(), 1 << 20).unwrap(), dir)
+    (
+        EmbeddedStore::open(dir.path(), Limits::default(), 1 << 20).unwrap(),
+        dir,
+    )
 }
 
 macro_rules! conformance {
@@ -220,7 +352,12 @@ conformance!(
 #[tokio::test]
 async fn embedded_recovers_state_after_reopen_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let state = async |s: &EmbeddedStore| (format!("{:?}", s.globals(100).await.unwrap()), s.locks(100).await.unwrap());
+    let state = async |s: &EmbeddedStore| {
+        (
+            format!("{:?}", s.globals(100).await.unwrap()),
+            s.locks(100).await.unwrap(),
+        )
+    };
     let expected;
     {
         // A tiny compaction threshold: the log is compacted many times on the way.
@@ -230,17 +367,39 @@ async fn embedded_recovers_state_after_reopen_and_compaction() {
             reg(&s, &format!("t{i}"), &[i, 1000 + i], T0).await.unwrap();
         }
         for i in 0..10 {
-            s.apply(Command::Commit { xid: x(&format!("t{i}")) }, T0 + 1).await.unwrap();
+            s.apply(
+                Command::Commit {
+                    xid: x(&format!("t{i}")),
+                },
+                T0 + 1,
+            )
+            .await
+            .unwrap();
         }
         for i in 10..20 {
-            s.apply(Command::Rollback { xid: x(&format!("t{i}")) }, T0 + 1).await.unwrap();
+            s.apply(
+                Command::Rollback {
+                    xid: x(&format!("t{i}")),
+                },
+                T0 + 1,
+            )
+            .await
+            .unwrap();
         }
         expected = state(&s).await;
         s.close().await.unwrap();
     }
     let s = EmbeddedStore::open(dir.path(), Limits::default(), 512).unwrap();
     assert_eq!(state(&s).await, expected);
-    assert_eq!(s.locks(1000).await.unwrap().len(), 40, "10 open and 10 rolling back, two keys each");
+    assert_eq!(
+        s.locks(1000).await.unwrap().len(),
+        40,
+        "10 open and 10 rolling back, two keys each"
+    );
     let work = s.claim_phase2(T0 + 2, 1000, 100).await.unwrap();
-    assert_eq!(work.len(), 10 + 10, "every owed phase-2 item is due after a restart");
+    assert_eq!(
+        work.len(),
+        10 + 10,
+        "every owed phase-2 item is due after a restart"
+    );
 }

@@ -51,9 +51,14 @@ pub struct EmbeddedStore {
 
 fn encode(records: &[Record], buf: &mut Vec<u8>) -> Result<()> {
     for r in records {
-        let p = serde_json::to_vec(r).map_err(|_| Error::Corrupt { what: "record does not serialize" })?;
+        let p = serde_json::to_vec(r).map_err(|_| Error::Corrupt {
+            what: "record does not serialize",
+        })?;
         if p.len() > log::MAX_RECORD_BYTES {
-            return Err(Error::LimitExceeded { what: "bytes per log record", limit: log::MAX_RECORD_BYTES });
+            return Err(Error::LimitExceeded {
+                what: "bytes per log record",
+                limit: log::MAX_RECORD_BYTES,
+            });
         }
         log::frame(buf, &p);
     }
@@ -72,7 +77,9 @@ impl EmbeddedStore {
                 let payloads = log::recover_file(&log::log_path(dir, g))?;
                 let size = payloads.iter().map(|p| p.len() as u64 + 8).sum();
                 for p in payloads {
-                    let rec: Record = serde_json::from_slice(&p).map_err(|_| Error::Corrupt { what: "log record with a valid checksum does not decode" })?;
+                    let rec: Record = serde_json::from_slice(&p).map_err(|_| Error::Corrupt {
+                        what: "log record with a valid checksum does not decode",
+                    })?;
                     core.replay(&rec);
                 }
                 (g, size)
@@ -85,18 +92,36 @@ impl EmbeddedStore {
         let file = log::write_generation(dir, generation + 1, &snap)?;
         for e in fs::read_dir(dir).map_err(Error::io("list", dir))?.flatten() {
             let p = e.path();
-            if p != log::log_path(dir, generation + 1) && e.file_name().to_str().is_some_and(|n| n.starts_with("log.")) {
+            if p != log::log_path(dir, generation + 1)
+                && e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("log."))
+            {
                 let _ = fs::remove_file(&p);
             }
         }
-        let mut state = State { core, p2: BTreeSet::new(), p2_at: HashMap::new() };
-        let due: Vec<Xid> = state.core.all_pending().into_iter().map(|w| w.xid).collect();
+        let mut state = State {
+            core,
+            p2: BTreeSet::new(),
+            p2_at: HashMap::new(),
+        };
+        let due: Vec<Xid> = state
+            .core
+            .all_pending()
+            .into_iter()
+            .map(|w| w.xid)
+            .collect();
         for x in due {
             state.schedule(&x, 0);
         }
         tracing::info!(dir = %dir.display(), recovered_bytes = size, active = state.core.active(), locks = state.core.locks().len(), "embedded store opened");
         let writer = Writer::start(dir.to_path_buf(), generation + 1, file, snap.len() as u64);
-        Ok(EmbeddedStore { state: Mutex::new(state), writer, dir: dir.to_path_buf(), compact_bytes })
+        Ok(EmbeddedStore {
+            state: Mutex::new(state),
+            writer,
+            dir: dir.to_path_buf(),
+            compact_bytes,
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -138,7 +163,13 @@ impl Store for EmbeddedStore {
         };
         match durable.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Io { op: "append to log", path: self.dir.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }),
+            Ok(Err(e)) => {
+                return Err(Error::Io {
+                    op: "append to log",
+                    path: self.dir.clone(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                });
+            }
             Err(_) => return Err(Error::ShuttingDown),
         }
         self.maybe_compact()?;
@@ -156,14 +187,23 @@ impl Store for EmbeddedStore {
     }
 
     async fn locks(&self, limit: usize) -> Result<Vec<(LockKey, Xid)>> {
-        let mut v: Vec<(LockKey, Xid)> = self.state().core.locks().iter().take(limit).map(|(k, x)| (k.clone(), x.clone())).collect();
+        let mut v: Vec<(LockKey, Xid)> = self
+            .state()
+            .core
+            .locks()
+            .iter()
+            .take(limit)
+            .map(|(k, x)| (k.clone(), x.clone()))
+            .collect();
         v.sort();
         Ok(v)
     }
 
     async fn first_held(&self, keys: &[LockKey]) -> Result<Option<(LockKey, Xid)>> {
         let st = self.state();
-        Ok(keys.iter().find_map(|k| st.core.locks().holder(k).map(|x| (k.clone(), x.clone()))))
+        Ok(keys
+            .iter()
+            .find_map(|k| st.core.locks().holder(k).map(|x| (k.clone(), x.clone()))))
     }
 
     async fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> Result<Vec<Command>> {
@@ -172,10 +212,20 @@ impl Store for EmbeddedStore {
 
     async fn claim_phase2(&self, now: Millis, lease_ms: u64, limit: usize) -> Result<Vec<Work>> {
         let mut st = self.state();
-        let due: Vec<Xid> = st.p2.iter().take_while(|(at, _)| *at <= now).take(limit).map(|(_, x)| x.clone()).collect();
+        let due: Vec<Xid> = st
+            .p2
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, x)| x.clone())
+            .collect();
         let mut out = Vec::new();
         for x in due {
-            let work = st.core.global(&x).map(Global::pending_work).unwrap_or_default();
+            let work = st
+                .core
+                .global(&x)
+                .map(Global::pending_work)
+                .unwrap_or_default();
             if work.is_empty() {
                 st.unschedule(&x);
             } else {
@@ -188,7 +238,11 @@ impl Store for EmbeddedStore {
 
     async fn schedule_phase2(&self, xid: &Xid, at: Millis) -> Result<()> {
         let mut st = self.state();
-        if st.core.global(xid).is_some_and(|g| !g.pending_work().is_empty()) {
+        if st
+            .core
+            .global(xid)
+            .is_some_and(|g| !g.pending_work().is_empty())
+        {
             st.schedule(xid, at);
         }
         Ok(())
@@ -196,7 +250,10 @@ impl Store for EmbeddedStore {
 
     async fn counts(&self) -> Result<Counts> {
         let st = self.state();
-        Ok(Counts { active: st.core.active() as u64, locks: st.core.locks().len() as u64 })
+        Ok(Counts {
+            active: st.core.active() as u64,
+            locks: st.core.locks().len() as u64,
+        })
     }
 
     async fn close(&self) -> Result<()> {

@@ -63,7 +63,13 @@ pub fn newest_generation(dir: &Path) -> Result<Option<u64>> {
     for e in fs::read_dir(dir).map_err(Error::io("list", dir))? {
         let e = e.map_err(Error::io("list", dir))?;
         let name = e.file_name();
-        let Some(g) = name.to_str().and_then(|n| n.strip_prefix("log.")).and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let Some(g) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("log."))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
         best = best.max(Some(g));
     }
     Ok(best)
@@ -72,20 +78,28 @@ pub fn newest_generation(dir: &Path) -> Result<Option<u64>> {
 /// Reads a log file and cuts it back to its clean prefix; returns the payloads.
 pub fn recover_file(path: &Path) -> Result<Vec<Vec<u8>>> {
     let mut data = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(Error::io("read", path))?;
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(Error::io("read", path))?;
     let (frames, clean) = parse_frames(&data);
     let out = frames.into_iter().map(<[u8]>::to_vec).collect();
     if clean < data.len() {
         tracing::warn!(path = %path.display(), clean, len = data.len(), "log has a damaged tail; truncating to its clean prefix");
-        let f = OpenOptions::new().write(true).open(path).map_err(Error::io("open", path))?;
-        f.set_len(clean as u64).map_err(Error::io("truncate", path))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(Error::io("open", path))?;
+        f.set_len(clean as u64)
+            .map_err(Error::io("truncate", path))?;
         f.sync_all().map_err(Error::io("fsync", path))?;
     }
     Ok(out)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("fsync directory", dir))
 }
 
 /// Writes `frames` as generation `g` atomically (tmp file, fsync, rename, fsync dir).
@@ -97,7 +111,10 @@ pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<File> {
     f.sync_all().map_err(Error::io("fsync", &tmp))?;
     fs::rename(&tmp, &path).map_err(Error::io("rename", &path))?;
     sync_dir(dir)?;
-    OpenOptions::new().append(true).open(&path).map_err(Error::io("open", &path))
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(Error::io("open", &path))
 }
 
 type Waiter = oneshot::Sender<std::result::Result<(), Arc<std::io::Error>>>;
@@ -127,19 +144,31 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread appending to `file` (generation `g` in `dir`).
     pub fn start(dir: PathBuf, g: u64, file: File, file_bytes: u64) -> Self {
-        let shared = Arc::new((Mutex::new(Queue { file_bytes, ..Default::default() }), Condvar::new()));
+        let shared = Arc::new((
+            Mutex::new(Queue {
+                file_bytes,
+                ..Default::default()
+            }),
+            Condvar::new(),
+        ));
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name("tandem-log".into())
             .spawn(move || writer_loop(s2, dir, g, file))
             .map_err(|e| tracing::error!(error = %e, "cannot start the log writer thread"))
             .ok();
-        Writer { shared, thread: Mutex::new(thread) }
+        Writer {
+            shared,
+            thread: Mutex::new(thread),
+        }
     }
 
     /// Queues framed bytes; the receiver resolves once they are on disk. Call in
     /// the order the records were applied (the embedded store holds its state lock).
-    pub fn append(&self, framed: &[u8]) -> Result<oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>> {
+    pub fn append(
+        &self,
+        framed: &[u8],
+    ) -> Result<oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>> {
         let (tx, rx) = oneshot::channel();
         let (m, cv) = &*self.shared;
         let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,7 +176,11 @@ impl Writer {
             return Err(Error::ShuttingDown);
         }
         if let Some(e) = &q.failed {
-            return Err(Error::Io { op: "append (log failed earlier)", path: PathBuf::new(), source: std::io::Error::new(e.kind(), e.to_string()) });
+            return Err(Error::Io {
+                op: "append (log failed earlier)",
+                path: PathBuf::new(),
+                source: std::io::Error::new(e.kind(), e.to_string()),
+            });
         }
         q.bytes.extend_from_slice(framed);
         q.waiters.push(tx);
@@ -196,10 +229,18 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             while q.bytes.is_empty() && q.rotate.is_none() && !q.closed {
                 q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
             }
-            (std::mem::take(&mut q.bytes), std::mem::take(&mut q.waiters), q.rotate.take(), q.closed)
+            (
+                std::mem::take(&mut q.bytes),
+                std::mem::take(&mut q.waiters),
+                q.rotate.take(),
+                q.closed,
+            )
         };
         if !bytes.is_empty() {
-            let res = file.write_all(&bytes).and_then(|_| file.sync_data()).map_err(Arc::new);
+            let res = file
+                .write_all(&bytes)
+                .and_then(|_| file.sync_data())
+                .map_err(Arc::new);
             let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
             q.file_bytes += bytes.len() as u64;
             if let Err(e) = &res {
@@ -223,7 +264,9 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
                     }
                     tracing::info!(generation = g, bytes = snap.len(), "log compacted");
                 }
-                Err(e) => tracing::warn!(error = %e, "log compaction failed; keeping the current log"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "log compaction failed; keeping the current log")
+                }
             }
         }
         if closed {
@@ -240,7 +283,9 @@ mod tests {
     use super::*;
 
     fn sample() -> (Vec<u8>, Vec<Vec<u8>>, Vec<usize>) {
-        let payloads: Vec<Vec<u8>> = (0..6).map(|i| format!("{{\"record\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 3)).into_bytes()).collect();
+        let payloads: Vec<Vec<u8>> = (0..6)
+            .map(|i| format!("{{\"record\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 3)).into_bytes())
+            .collect();
         let mut buf = Vec::new();
         let mut ends = Vec::new();
         for p in &payloads {
@@ -257,7 +302,13 @@ mod tests {
             let (got, clean) = parse_frames(&buf[..cut]);
             let whole = ends.iter().filter(|e| **e <= cut).count();
             assert_eq!(got.len(), whole, "cut at {cut}");
-            assert_eq!(got, payloads[..whole].iter().map(Vec::as_slice).collect::<Vec<_>>());
+            assert_eq!(
+                got,
+                payloads[..whole]
+                    .iter()
+                    .map(Vec::as_slice)
+                    .collect::<Vec<_>>()
+            );
             assert_eq!(clean, if whole == 0 { 0 } else { ends[whole - 1] });
         }
     }
@@ -272,7 +323,13 @@ mod tests {
                 let (got, _) = parse_frames(&b);
                 let damaged = ends.iter().position(|e| *e > at).unwrap();
                 assert_eq!(got.len(), damaged, "flip at byte {at} bit {bit}");
-                assert_eq!(got, payloads[..damaged].iter().map(Vec::as_slice).collect::<Vec<_>>());
+                assert_eq!(
+                    got,
+                    payloads[..damaged]
+                        .iter()
+                        .map(Vec::as_slice)
+                        .collect::<Vec<_>>()
+                );
             }
         }
     }

@@ -45,7 +45,10 @@ pub struct Applied {
 
 impl From<Output> for Applied {
     fn from(o: Output) -> Self {
-        Applied { reply: o.reply, effects: o.effects }
+        Applied {
+            reply: o.reply,
+            effects: o.effects,
+        }
     }
 }
 
@@ -69,14 +72,27 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` held lock keys with their holders.
     fn locks(&self, limit: usize) -> impl Future<Output = Result<Vec<(LockKey, Xid)>>> + Send;
     /// The first of `keys` held by anyone, with its holder.
-    fn first_held(&self, keys: &[LockKey]) -> impl Future<Output = Result<Option<(LockKey, Xid)>>> + Send;
+    fn first_held(
+        &self,
+        keys: &[LockKey],
+    ) -> impl Future<Output = Result<Option<(LockKey, Xid)>>> + Send;
     /// Commands the timers owe at `now` (timeouts, forgetting finished transactions
     /// older than `retention_ms`), at most `limit`. Running them twice is harmless.
-    fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> impl Future<Output = Result<Vec<Command>>> + Send;
+    fn due(
+        &self,
+        now: Millis,
+        retention_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Command>>> + Send;
     /// Claims up to `limit` transactions whose phase-2 work is due, returning that
     /// work; they are not due again before `now + lease_ms` unless rescheduled.
     /// With several lockservers, an unanswered claim expires and another takes it.
-    fn claim_phase2(&self, now: Millis, lease_ms: u64, limit: usize) -> impl Future<Output = Result<Vec<Work>>> + Send;
+    fn claim_phase2(
+        &self,
+        now: Millis,
+        lease_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Work>>> + Send;
     /// Makes `xid`'s phase-2 work due at `at` (retry with backoff, or now).
     fn schedule_phase2(&self, xid: &Xid, at: Millis) -> impl Future<Output = Result<()>> + Send;
     /// Gauges.
@@ -88,7 +104,7 @@ pub trait Store: Send + Sync + 'static {
 /// The configured engine.
 pub enum AnyStore {
     /// The embedded log.
-    Embedded(embedded::EmbeddedStore),
+    Embedded(Box<embedded::EmbeddedStore>),
     /// Redis.
     Redis(redis::RedisStore),
 }

@@ -70,7 +70,9 @@ pub struct RedisStore {
 }
 
 fn decode(s: &str) -> Result<Global> {
-    serde_json::from_str(s).map_err(|_| Error::Corrupt { what: "transaction value in Redis does not decode" })
+    serde_json::from_str(s).map_err(|_| Error::Corrupt {
+        what: "transaction value in Redis does not decode",
+    })
 }
 
 fn score(v: Option<Millis>) -> String {
@@ -82,7 +84,13 @@ impl RedisStore {
     pub async fn open(url: &str, prefix: &str, limits: Limits) -> Result<Self> {
         let client = redis::Client::open(url)?;
         let conn = ConnectionManager::new(client).await?;
-        Ok(RedisStore { conn, prefix: prefix.to_string(), limits, cas: Script::new(CAS), claim: Script::new(CLAIM) })
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            limits,
+            cas: Script::new(CAS),
+            claim: Script::new(CLAIM),
+        })
     }
 
     fn key(&self, what: &str) -> String {
@@ -109,12 +117,17 @@ impl RedisStore {
         let before = Before::of(g.as_ref());
         let (records, reply) = txn::plan(g.as_ref(), cmd, now, &self.limits)?;
         if records.is_empty() {
-            return Ok(Some(Applied { reply, effects: vec![] }));
+            return Ok(Some(Applied {
+                reply,
+                effects: vec![],
+            }));
         }
         let mut after = g.clone();
         for r in &records {
             match r {
-                Record::Begin { xid, at, deadline } => after = Some(Global::begin(xid.clone(), *at, *deadline)),
+                Record::Begin { xid, at, deadline } => {
+                    after = Some(Global::begin(xid.clone(), *at, *deadline))
+                }
                 Record::Forget { .. } => after = None,
                 r => after.iter_mut().for_each(|a| a.apply(r)),
             }
@@ -124,23 +137,50 @@ impl RedisStore {
             Command::Register { keys, .. } => keys,
             _ => &[],
         };
-        let releases = effects.iter().any(|e| matches!(e, Effect::LocksReleased { .. })) || after.is_none();
-        let release: Vec<&LockKey> = if releases { g.iter().flat_map(|g| g.keys()).collect() } else { vec![] };
-        let p2 = if effects.iter().any(|e| matches!(e, Effect::Phase2Due { .. })) {
+        let releases = effects
+            .iter()
+            .any(|e| matches!(e, Effect::LocksReleased { .. }))
+            || after.is_none();
+        let release: Vec<&LockKey> = if releases {
+            g.iter().flat_map(|g| g.keys()).collect()
+        } else {
+            vec![]
+        };
+        let p2 = if effects
+            .iter()
+            .any(|e| matches!(e, Effect::Phase2Due { .. }))
+        {
             now.to_string()
         } else if after.as_ref().is_some_and(|a| !a.pending_work().is_empty()) {
             "keep".into()
         } else {
             String::new()
         };
-        let new = after.as_ref().map(serde_json::to_string).transpose().map_err(|_| Error::Corrupt { what: "transaction does not serialize" })?;
+        let new = after
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|_| Error::Corrupt {
+                what: "transaction does not serialize",
+            })?;
         let a = after.as_ref();
         let mut inv = self.cas.key(self.gkey(xid));
-        inv.key(self.key("locks")).key(self.key("deadlines")).key(self.key("finished")).key(self.key("p2")).key(self.key("globals"));
-        inv.arg(xid.as_str()).arg(cur.unwrap_or_default()).arg(new.unwrap_or_default());
+        inv.key(self.key("locks"))
+            .key(self.key("deadlines"))
+            .key(self.key("finished"))
+            .key(self.key("p2"))
+            .key(self.key("globals"));
+        inv.arg(xid.as_str())
+            .arg(cur.unwrap_or_default())
+            .arg(new.unwrap_or_default());
         inv.arg(acquire.len()).arg(release.len());
-        inv.arg(score(a.filter(|g| g.status == txn::GlobalStatus::Begin).map(|g| g.deadline)));
-        inv.arg(score(a.filter(|g| g.status.is_finished()).map(|g| g.updated_at)));
+        inv.arg(score(
+            a.filter(|g| g.status == txn::GlobalStatus::Begin)
+                .map(|g| g.deadline),
+        ));
+        inv.arg(score(
+            a.filter(|g| g.status.is_finished()).map(|g| g.updated_at),
+        ));
         inv.arg(p2).arg(score(a.map(|g| g.begun_at)));
         for k in acquire {
             inv.arg(k.as_str());
@@ -156,9 +196,15 @@ impl RedisStore {
                 let key = LockKey::parse(&res[1])?;
                 let holder = Xid::parse(&res[2])?;
                 let holder_rolling_back = self.rolling_back(&holder).await?;
-                Err(Error::LockConflict { key, holder, holder_rolling_back })
+                Err(Error::LockConflict {
+                    key,
+                    holder,
+                    holder_rolling_back,
+                })
             }
-            _ => Err(Error::Corrupt { what: "unexpected reply from the CAS script" }),
+            _ => Err(Error::Corrupt {
+                what: "unexpected reply from the CAS script",
+            }),
         }
     }
 }
@@ -170,7 +216,9 @@ impl Store for RedisStore {
                 return Ok(a);
             }
         }
-        Err(Error::Contention { xid: cmd.xid().clone() })
+        Err(Error::Contention {
+            xid: cmd.xid().clone(),
+        })
     }
 
     async fn global(&self, xid: &Xid) -> Result<Option<Global>> {
@@ -180,12 +228,18 @@ impl Store for RedisStore {
 
     async fn globals(&self, limit: usize) -> Result<Vec<Global>> {
         let mut conn = self.conn.clone();
-        let xids: Vec<String> = conn.zrange(self.key("globals"), 0, limit as isize - 1).await?;
+        let xids: Vec<String> = conn
+            .zrange(self.key("globals"), 0, limit as isize - 1)
+            .await?;
         if xids.is_empty() {
             return Ok(vec![]);
         }
-        let keys: Vec<String> = xids.iter().map(|x| format!("{}:g:{x}", self.prefix)).collect();
-        let vals: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let keys: Vec<String> = xids
+            .iter()
+            .map(|x| format!("{}:g:{x}", self.prefix))
+            .collect();
+        let vals: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         vals.into_iter().flatten().map(|s| decode(&s)).collect()
     }
 
@@ -204,8 +258,13 @@ impl Store for RedisStore {
         }
         let mut cursor: u64 = 0;
         loop {
-            let (next, kv): (u64, Vec<(String, String)>) =
-                redis::cmd("HSCAN").arg(self.key("locks")).arg(cursor).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+            let (next, kv): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(self.key("locks"))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
             for (k, x) in kv {
                 out.push((LockKey::parse(&k)?, Xid::parse(&x)?));
             }
@@ -225,7 +284,11 @@ impl Store for RedisStore {
         }
         let mut conn = self.conn.clone();
         let names: Vec<&str> = keys.iter().map(LockKey::as_str).collect();
-        let holders: Vec<Option<String>> = redis::cmd("HMGET").arg(self.key("locks")).arg(&names).query_async(&mut conn).await?;
+        let holders: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.key("locks"))
+            .arg(&names)
+            .query_async(&mut conn)
+            .await?;
         for (k, h) in keys.iter().zip(holders) {
             if let Some(h) = h {
                 return Ok(Some((k.clone(), Xid::parse(&h)?)));
@@ -236,15 +299,23 @@ impl Store for RedisStore {
 
     async fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> Result<Vec<Command>> {
         let mut conn = self.conn.clone();
-        let expired: Vec<String> = conn.zrangebyscore_limit(self.key("deadlines"), "-inf", now, 0, limit as isize).await?;
+        let expired: Vec<String> = conn
+            .zrangebyscore_limit(self.key("deadlines"), "-inf", now, 0, limit as isize)
+            .await?;
         let cutoff = now.saturating_sub(retention_ms);
-        let old: Vec<String> = conn.zrangebyscore_limit(self.key("finished"), "-inf", cutoff, 0, limit as isize).await?;
+        let old: Vec<String> = conn
+            .zrangebyscore_limit(self.key("finished"), "-inf", cutoff, 0, limit as isize)
+            .await?;
         let mut out = Vec::new();
         for x in expired {
-            out.push(Command::Timeout { xid: Xid::parse(&x)? });
+            out.push(Command::Timeout {
+                xid: Xid::parse(&x)?,
+            });
         }
         for x in old {
-            out.push(Command::Forget { xid: Xid::parse(&x)? });
+            out.push(Command::Forget {
+                xid: Xid::parse(&x)?,
+            });
         }
         out.truncate(limit);
         Ok(out)
@@ -252,12 +323,22 @@ impl Store for RedisStore {
 
     async fn claim_phase2(&self, now: Millis, lease_ms: u64, limit: usize) -> Result<Vec<Work>> {
         let mut conn = self.conn.clone();
-        let xids: Vec<String> =
-            self.claim.key(self.key("p2")).arg(now).arg(now.saturating_add(lease_ms)).arg(limit).invoke_async(&mut conn).await?;
+        let xids: Vec<String> = self
+            .claim
+            .key(self.key("p2"))
+            .arg(now)
+            .arg(now.saturating_add(lease_ms))
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
         let mut out = Vec::new();
         for x in xids {
             let xid = Xid::parse(&x)?;
-            let work = self.global(&xid).await?.map(|g| g.pending_work()).unwrap_or_default();
+            let work = self
+                .global(&xid)
+                .await?
+                .map(|g| g.pending_work())
+                .unwrap_or_default();
             if work.is_empty() {
                 let _: () = conn.zrem(self.key("p2"), &x).await?;
             }
@@ -267,15 +348,26 @@ impl Store for RedisStore {
     }
 
     async fn schedule_phase2(&self, xid: &Xid, at: Millis) -> Result<()> {
-        let _: () = self.conn.clone().zadd(self.key("p2"), xid.as_str(), at).await?;
+        let _: () = self
+            .conn
+            .clone()
+            .zadd(self.key("p2"), xid.as_str(), at)
+            .await?;
         Ok(())
     }
 
     async fn counts(&self) -> Result<Counts> {
         let mut conn = self.conn.clone();
-        let (all, finished, locks): (u64, u64, u64) =
-            redis::pipe().zcard(self.key("globals")).zcard(self.key("finished")).hlen(self.key("locks")).query_async(&mut conn).await?;
-        Ok(Counts { active: all.saturating_sub(finished), locks })
+        let (all, finished, locks): (u64, u64, u64) = redis::pipe()
+            .zcard(self.key("globals"))
+            .zcard(self.key("finished"))
+            .hlen(self.key("locks"))
+            .query_async(&mut conn)
+            .await?;
+        Ok(Counts {
+            active: all.saturating_sub(finished),
+            locks,
+        })
     }
 
     async fn close(&self) -> Result<()> {

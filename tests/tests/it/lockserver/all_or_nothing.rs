@@ -27,9 +27,13 @@ async fn concurrent_multi_key_acquisition_is_all_or_nothing(kind: Kind) {
                 assert_eq!(code, 200);
                 let mut per: HashMap<String, usize> = HashMap::new();
                 for r in body["locks"].as_array().unwrap() {
-                    *per.entry(r["xid"].as_str().unwrap().to_string()).or_default() += 1;
+                    *per.entry(r["xid"].as_str().unwrap().to_string())
+                        .or_default() += 1;
                 }
-                assert!(per.values().all(|n| *n == 10), "a partial lock set is visible: {per:?}");
+                assert!(
+                    per.values().all(|n| *n == 10),
+                    "a partial lock set is visible: {per:?}"
+                );
                 looks += 1;
             }
             looks
@@ -40,10 +44,15 @@ async fn concurrent_multi_key_acquisition_is_all_or_nothing(kind: Kind) {
         for i in 0..n {
             let c = c.clone();
             // Ten keys each; neighbours overlap on two of them.
-            let keys: Vec<_> = (0..10).map(|j| key(round * 1000 + ((i * 8 + j) % (n * 8)))).collect();
+            let keys: Vec<_> = (0..10)
+                .map(|j| key(round * 1000 + ((i * 8 + j) % (n * 8))))
+                .collect();
             tasks.push(tokio::spawn(async move {
                 let x = c.begin(None).await.unwrap();
-                let ok = c.register_branch(&x, RESOURCE, BranchKind::AT, &keys, Duration::ZERO).await.is_ok();
+                let ok = c
+                    .register_branch(&x, RESOURCE, BranchKind::AT, &keys, Duration::ZERO)
+                    .await
+                    .is_ok();
                 (x, keys, ok)
             }));
         }
@@ -53,7 +62,11 @@ async fn concurrent_multi_key_acquisition_is_all_or_nothing(kind: Kind) {
             if ok {
                 for k in &keys {
                     let h = c.lock_holder(std::slice::from_ref(k)).await.unwrap();
-                    assert_eq!(h.map(|h| h.1), Some(x.clone()), "a winner holds all of its keys");
+                    assert_eq!(
+                        h.map(|h| h.1),
+                        Some(x.clone()),
+                        "a winner holds all of its keys"
+                    );
                 }
                 winners.push(x);
             }
@@ -67,5 +80,9 @@ async fn concurrent_multi_key_acquisition_is_all_or_nothing(kind: Kind) {
     done.store(true, Ordering::Relaxed);
     let looks = observer.await.unwrap();
     assert!(looks > 0);
-    Arc::try_unwrap(ls).ok().expect("observer released the server").stop().await;
+    Arc::try_unwrap(ls)
+        .ok()
+        .expect("observer released the server")
+        .stop()
+        .await;
 }

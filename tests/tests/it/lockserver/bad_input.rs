@@ -14,27 +14,51 @@ both!(http_bad_input, grpc_bad_input);
 
 async fn http_bad_input(kind: Kind) {
     let ls = TestLockserver::start(kind).await;
-    let (code, b) = ls.post("/v1/transactions", Some(r#"{"timeout_ms": 1000}"#)).await;
+    let (code, b) = ls
+        .post("/v1/transactions", Some(r#"{"timeout_ms": 1000}"#))
+        .await;
     assert_eq!(code, 201);
     let x = b["xid"].as_str().unwrap().to_string();
     let show = format!("/v1/transactions/{x}");
     let before = ls.get(&show).await;
-    for (body, why) in [(r#"{"timeout_ms": "soon"}"#, "wrong type"), ("{not json", "malformed"), (r#"{"timeout": 5}"#, "unknown field"), (r#"{"timeout_ms": 0}"#, "zero")] {
+    for (body, why) in [
+        (r#"{"timeout_ms": "soon"}"#, "wrong type"),
+        ("{not json", "malformed"),
+        (r#"{"timeout": 5}"#, "unknown field"),
+        (r#"{"timeout_ms": 0}"#, "zero"),
+    ] {
         let (code, b) = ls.post("/v1/transactions", Some(body)).await;
         assert_eq!(code, 400, "{why}: {b}");
         assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    let (code, _) = http_raw(ls.http, "POST", "/v1/transactions", Some(&vec![b' '; 100_000])).await;
+    let (code, _) = http_raw(
+        ls.http,
+        "POST",
+        "/v1/transactions",
+        Some(&vec![b' '; 100_000]),
+    )
+    .await;
     assert_eq!(code, 413, "oversized body");
-    for p in ["/v1/transactions/nope", "/v1/transactions/nope/commit", "/v1/transactions/nope/rollback"] {
+    for p in [
+        "/v1/transactions/nope",
+        "/v1/transactions/nope/commit",
+        "/v1/transactions/nope/rollback",
+    ] {
         let method = if p.ends_with("nope") { "GET" } else { "POST" };
         let (code, b) = tandem_tests::lockserver::http(ls.http, method, p, None).await;
         assert_eq!(code, 404, "{p}: {b}");
     }
     assert_eq!(ls.get(&show).await, before, "state unchanged");
-    assert_eq!(ls.post(&format!("{show}/commit"), None).await, (200, serde_json::json!({"status": "Committed"})));
+    assert_eq!(
+        ls.post(&format!("{show}/commit"), None).await,
+        (200, serde_json::json!({"status": "Committed"}))
+    );
     let (code, b) = ls.post(&format!("{show}/commit"), None).await;
-    assert_eq!((code, b["status"].as_str()), (409, Some("Committed")), "duplicate commit: {b}");
+    assert_eq!(
+        (code, b["status"].as_str()),
+        (409, Some("Committed")),
+        "duplicate commit: {b}"
+    );
     let (code, _) = ls.post(&format!("{show}/rollback"), None).await;
     assert_eq!(code, 409, "rollback after commit");
     assert_eq!(ls.get(&show).await.1["status"], "Committed");
@@ -46,9 +70,13 @@ async fn http_bad_input(kind: Kind) {
 async fn grpc_bad_input(kind: Kind) {
     let ls = TestLockserver::start(kind).await;
     let c = ls.client();
-    let mut raw = CoordinatorClient::connect(format!("http://{}", ls.grpc)).await.unwrap();
+    let mut raw = CoordinatorClient::connect(format!("http://{}", ls.grpc))
+        .await
+        .unwrap();
     let x = c.begin(None).await.unwrap();
-    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO).await.unwrap();
+    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
+        .await
+        .unwrap();
     let before = ls.get(&format!("/v1/transactions/{x}")).await;
     let reg = |xid: &str, keys: Vec<String>, t: pb::BranchType| pb::RegisterRequest {
         xid: xid.into(),
@@ -58,30 +86,83 @@ async fn grpc_bad_input(kind: Kind) {
         wait_ms: 0,
     };
     let cases = [
-        (reg(x.as_str(), vec!["not-a-key".into()], pb::BranchType::At), Code::InvalidArgument),
-        (reg(x.as_str(), vec![key(2).to_string()], pb::BranchType::Unspecified), Code::InvalidArgument),
-        (reg("", vec![key(2).to_string()], pb::BranchType::At), Code::InvalidArgument),
-        (reg("no-such-xid", vec![key(2).to_string()], pb::BranchType::At), Code::NotFound),
+        (
+            reg(x.as_str(), vec!["not-a-key".into()], pb::BranchType::At),
+            Code::InvalidArgument,
+        ),
+        (
+            reg(
+                x.as_str(),
+                vec![key(2).to_string()],
+                pb::BranchType::Unspecified,
+            ),
+            Code::InvalidArgument,
+        ),
+        (
+            reg("", vec![key(2).to_string()], pb::BranchType::At),
+            Code::InvalidArgument,
+        ),
+        (
+            reg("no-such-xid", vec![key(2).to_string()], pb::BranchType::At),
+            Code::NotFound,
+        ),
     ];
     for (req, code) in cases {
         let e = raw.register_branch(req.clone()).await.unwrap_err();
         assert_eq!(e.code(), code, "{req:?}: {e:?}");
     }
-    let e = raw.report_branch(pb::ReportRequest { xid: x.to_string(), branch_id: 99, success: true }).await.unwrap_err();
+    let e = raw
+        .report_branch(pb::ReportRequest {
+            xid: x.to_string(),
+            branch_id: 99,
+            success: true,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = raw.commit(pb::XidRequest { xid: "bad xid with spaces".into() }).await.unwrap_err();
+    let e = raw
+        .commit(pb::XidRequest {
+            xid: "bad xid with spaces".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert_eq!(ls.get(&format!("/v1/transactions/{x}")).await, before, "state unchanged");
+    assert_eq!(
+        ls.get(&format!("/v1/transactions/{x}")).await,
+        before,
+        "state unchanged"
+    );
     assert!(!c.locks_held(&[key(2)]).await.unwrap());
     // Registration for a finished global transaction.
     c.commit(&x).await.unwrap();
-    let e = c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(3)], Duration::ZERO).await.unwrap_err();
-    assert!(matches!(&e, Error::Rpc { code: Code::FailedPrecondition, .. }), "{e:?}");
+    let e = c
+        .register_branch(&x, RESOURCE, BranchKind::AT, &[key(3)], Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Rpc {
+                code: Code::FailedPrecondition,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.is_client_fault());
     let e = c.commit(&x).await.unwrap_err();
-    assert!(matches!(&e, Error::Rpc { code: Code::FailedPrecondition, message } if message.contains("AsyncCommitting") || message.contains("Committed")), "{e:?}");
+    assert!(
+        matches!(&e, Error::Rpc { code: Code::FailedPrecondition, message } if message.contains("AsyncCommitting") || message.contains("Committed")),
+        "{e:?}"
+    );
     assert!(!c.locks_held(&[key(3)]).await.unwrap());
     let unknown = Xid::parse("ffffffffffffffff-1").unwrap();
-    assert!(matches!(c.status(&unknown).await, Err(Error::Rpc { code: Code::NotFound, .. })));
+    assert!(matches!(
+        c.status(&unknown).await,
+        Err(Error::Rpc {
+            code: Code::NotFound,
+            ..
+        })
+    ));
     ls.stop().await;
 }

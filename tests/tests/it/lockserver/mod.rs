@@ -27,20 +27,30 @@ macro_rules! both {
 pub(crate) use both;
 
 pub fn key(i: u32) -> LockKey {
-    LockKey::new("postgres://127.0.0.1:5432/it", "public.accounts", [i.to_string()])
+    LockKey::new(
+        "postgres://127.0.0.1:5432/it",
+        "public.accounts",
+        [i.to_string()],
+    )
 }
 
 pub const RESOURCE: &str = "postgres://127.0.0.1:5432/it";
 
+/// Decides a phase-2 answer: (is commit, work) → outcome.
+pub type Answer = Box<dyn Fn(bool, &Phase2Work) -> BranchOutcome + Send>;
+
 /// A phase-2 handler that records what it was asked and answers per `answer`.
 pub struct Recorder {
     pub seen: Mutex<Vec<(bool, String, u64)>>,
-    pub answer: Mutex<Box<dyn Fn(bool, &Phase2Work) -> BranchOutcome + Send>>,
+    pub answer: Mutex<Answer>,
 }
 
 impl Recorder {
     pub fn new(answer: impl Fn(bool, &Phase2Work) -> BranchOutcome + Send + 'static) -> Arc<Self> {
-        Arc::new(Recorder { seen: Mutex::new(vec![]), answer: Mutex::new(Box::new(answer)) })
+        Arc::new(Recorder {
+            seen: Mutex::new(vec![]),
+            answer: Mutex::new(Box::new(answer)),
+        })
     }
     pub fn ok() -> Arc<Self> {
         Self::new(|_, _| BranchOutcome::Done)
@@ -49,7 +59,10 @@ impl Recorder {
         self.seen.lock().unwrap().clone()
     }
     fn handle(&self, commit: bool, w: Phase2Work) -> BranchOutcome {
-        self.seen.lock().unwrap().push((commit, w.xid.to_string(), w.branch_id));
+        self.seen
+            .lock()
+            .unwrap()
+            .push((commit, w.xid.to_string(), w.branch_id));
         (self.answer.lock().unwrap())(commit, &w)
     }
 }

@@ -8,31 +8,57 @@ use tandem_tests::lockserver::{Kind, TestLockserver, eventually};
 
 use super::{RESOURCE, Recorder, both, key};
 
-both!(commit_sends_cleanup_to_a_live_proxy, rollback_reverse_order_and_dirty_write, no_proxy_means_retry_until_one_connects);
+both!(
+    commit_sends_cleanup_to_a_live_proxy,
+    rollback_reverse_order_and_dirty_write,
+    no_proxy_means_retry_until_one_connects
+);
 
 async fn commit_sends_cleanup_to_a_live_proxy(kind: Kind) {
     let ls = TestLockserver::start(kind).await;
     let c = ls.client();
     let rec = Recorder::ok();
-    let worker = Phase2Worker::spawn(&c, vec![RESOURCE.into()], rec.clone(), WorkerOptions::default());
-    eventually(Duration::from_secs(5), "worker connected", || async { worker.is_connected().then_some(()) }).await;
+    let worker = Phase2Worker::spawn(
+        &c,
+        vec![RESOURCE.into()],
+        rec.clone(),
+        WorkerOptions::default(),
+    );
+    eventually(Duration::from_secs(5), "worker connected", || async {
+        worker.is_connected().then_some(())
+    })
+    .await;
     let x = c.begin(None).await.unwrap();
-    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO).await.unwrap();
-    c.register_branch(&x, RESOURCE, BranchKind::XA, &[key(2)], Duration::ZERO).await.unwrap();
+    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
+        .await
+        .unwrap();
+    c.register_branch(&x, RESOURCE, BranchKind::XA, &[key(2)], Duration::ZERO)
+        .await
+        .unwrap();
     c.report(&x, 1, true).await.unwrap();
     c.report(&x, 2, true).await.unwrap();
     assert_eq!(c.commit(&x).await.unwrap().as_str(), "Committed");
-    assert!(!c.locks_held(&[key(1), key(2)]).await.unwrap(), "released at the decision");
+    assert!(
+        !c.locks_held(&[key(1), key(2)]).await.unwrap(),
+        "released at the decision"
+    );
     let path = format!("/v1/transactions/{x}");
-    eventually(Duration::from_secs(10), "both branches cleaned up", || async {
-        let (_, g) = ls.get(&path).await;
-        (g["status"] == "Committed").then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "both branches cleaned up",
+        || async {
+            let (_, g) = ls.get(&path).await;
+            (g["status"] == "Committed").then_some(())
+        },
+    )
     .await;
     let mut seen = rec.seen();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen, vec![(true, x.to_string(), 1), (true, x.to_string(), 2)]);
+    assert_eq!(
+        seen,
+        vec![(true, x.to_string(), 1), (true, x.to_string(), 2)]
+    );
     worker.shutdown().await;
     ls.stop().await;
 }
@@ -42,27 +68,61 @@ async fn rollback_reverse_order_and_dirty_write(kind: Kind) {
     let c = ls.client();
     // Branch 1 hits a dirty write.
     let rec = Recorder::new(|commit, w| {
-        if !commit && w.branch_id == 1 { BranchOutcome::RollbackFailed { reason: "row changed since".into() } } else { BranchOutcome::Done }
+        if !commit && w.branch_id == 1 {
+            BranchOutcome::RollbackFailed {
+                reason: "row changed since".into(),
+            }
+        } else {
+            BranchOutcome::Done
+        }
     });
-    let worker = Phase2Worker::spawn(&c, vec![RESOURCE.into()], rec.clone(), WorkerOptions::default());
-    eventually(Duration::from_secs(5), "worker connected", || async { worker.is_connected().then_some(()) }).await;
+    let worker = Phase2Worker::spawn(
+        &c,
+        vec![RESOURCE.into()],
+        rec.clone(),
+        WorkerOptions::default(),
+    );
+    eventually(Duration::from_secs(5), "worker connected", || async {
+        worker.is_connected().then_some(())
+    })
+    .await;
     let x = c.begin(None).await.unwrap();
     for i in 1..=3 {
-        c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(i)], Duration::ZERO).await.unwrap();
+        c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(i)], Duration::ZERO)
+            .await
+            .unwrap();
     }
     assert_eq!(c.rollback(&x).await.unwrap().as_str(), "RollbackFailed");
     let order: Vec<u64> = rec.seen().iter().map(|s| s.2).collect();
     assert_eq!(order, vec![3, 2, 1], "reverse registration order");
-    assert!(c.locks_held(&[key(1)]).await.unwrap() && c.locks_held(&[key(3)]).await.unwrap(), "a dirty write keeps the locks");
+    assert!(
+        c.locks_held(&[key(1)]).await.unwrap() && c.locks_held(&[key(3)]).await.unwrap(),
+        "a dirty write keeps the locks"
+    );
     let (_, g) = ls.get(&format!("/v1/transactions/{x}")).await;
     assert_eq!(g["status"], "RollbackFailed");
-    assert_eq!(g["branches"][0]["status"], "PhaseTwoRollbackFailed", "operators see the failed branch: {g}");
+    assert_eq!(
+        g["branches"][0]["status"], "PhaseTwoRollbackFailed",
+        "operators see the failed branch: {g}"
+    );
     let (_, list) = ls.get("/v1/transactions").await;
-    assert!(list["transactions"].as_array().unwrap().iter().any(|t| t["xid"] == x.as_str() && t["status"] == "RollbackFailed"));
+    assert!(
+        list["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["xid"] == x.as_str() && t["status"] == "RollbackFailed")
+    );
     // The operator repaired the row and rolls back again.
     *rec.answer.lock().unwrap() = Box::new(|_, _| BranchOutcome::Done);
-    let (code, body) = ls.post(&format!("/v1/transactions/{x}/rollback"), None).await;
-    assert_eq!((code, body["status"].as_str()), (200, Some("Rollbacked")), "{body}");
+    let (code, body) = ls
+        .post(&format!("/v1/transactions/{x}/rollback"), None)
+        .await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("Rollbacked")),
+        "{body}"
+    );
     assert!(!c.locks_held(&[key(1), key(2), key(3)]).await.unwrap());
     worker.shutdown().await;
     ls.stop().await;
@@ -72,7 +132,9 @@ async fn no_proxy_means_retry_until_one_connects(kind: Kind) {
     let ls = TestLockserver::start(kind).await;
     let c = ls.client();
     let x = c.begin(None).await.unwrap();
-    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO).await.unwrap();
+    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(c.rollback(&x).await.unwrap().as_str(), "RollbackRetrying");
     let (_, metrics) = tandem_tests::lockserver::http_raw(ls.http, "GET", "/metrics", None).await;
     let metrics = String::from_utf8(metrics).unwrap();
@@ -84,11 +146,18 @@ async fn no_proxy_means_retry_until_one_connects(kind: Kind) {
     assert!(retries >= 1.0, "retries counted: {metrics}");
     assert!(metrics.contains("tandem_lockserver_held_locks 1"));
     let rec = Recorder::ok();
-    let worker = Phase2Worker::spawn(&c, vec![RESOURCE.into()], rec.clone(), WorkerOptions::default());
+    let worker = Phase2Worker::spawn(
+        &c,
+        vec![RESOURCE.into()],
+        rec.clone(),
+        WorkerOptions::default(),
+    );
     let path = format!("/v1/transactions/{x}");
-    eventually(Duration::from_secs(10), "Rollbacked once a proxy connects", || async {
-        (ls.get(&path).await.1["status"] == "Rollbacked").then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "Rollbacked once a proxy connects",
+        || async { (ls.get(&path).await.1["status"] == "Rollbacked").then_some(()) },
+    )
     .await;
     assert!(!c.locks_held(&[key(1)]).await.unwrap());
     worker.shutdown().await;
