@@ -119,19 +119,58 @@ pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<File> {
 
 type Waiter = oneshot::Sender<std::result::Result<(), Arc<std::io::Error>>>;
 
+/// A compaction: the snapshot's frames become the next generation. Appends queued
+/// before the snapshot was taken are written (and acknowledged) in the old file first.
+struct Rotate {
+    snapshot: Vec<u8>,
+    before: Vec<u8>,
+    before_waiters: Vec<Waiter>,
+}
+
 /// What the writer thread has queued.
 #[derive(Default)]
 struct Queue {
     bytes: Vec<u8>,
     waiters: Vec<Waiter>,
-    /// A compaction: the snapshot's frames, to become the next generation. Appends
-    /// queued before it are written to the old file first.
-    rotate: Option<Vec<u8>>,
+    /// A pending compaction. Everything in `bytes` after it was queued belongs in
+    /// the new generation.
+    rotate: Option<Rotate>,
     closed: bool,
     /// Set after a failed write or fsync: what is on disk is unknown, refuse all.
     failed: Option<Arc<std::io::Error>>,
     /// Bytes written to the current generation (drives compaction).
     file_bytes: u64,
+}
+
+impl Queue {
+    fn push(&mut self, framed: &[u8], tx: Waiter) -> Result<()> {
+        if self.closed {
+            return Err(Error::ShuttingDown);
+        }
+        if let Some(e) = &self.failed {
+            return Err(Error::Io {
+                op: "append (log failed earlier)",
+                path: PathBuf::new(),
+                source: std::io::Error::new(e.kind(), e.to_string()),
+            });
+        }
+        self.bytes.extend_from_slice(framed);
+        self.waiters.push(tx);
+        Ok(())
+    }
+
+    fn push_rotate(&mut self, snapshot: Vec<u8>) {
+        if self.rotate.is_some() {
+            return; // the pending one is as good: later appends follow it in order
+        }
+        let before = std::mem::take(&mut self.bytes);
+        let before_waiters = std::mem::take(&mut self.waiters);
+        self.rotate = Some(Rotate {
+            snapshot,
+            before,
+            before_waiters,
+        });
+    }
 }
 
 /// The group-commit writer: appends queue up while one `fdatasync` runs, and the
@@ -171,19 +210,9 @@ impl Writer {
     ) -> Result<oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>> {
         let (tx, rx) = oneshot::channel();
         let (m, cv) = &*self.shared;
-        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
-        if q.closed {
-            return Err(Error::ShuttingDown);
-        }
-        if let Some(e) = &q.failed {
-            return Err(Error::Io {
-                op: "append (log failed earlier)",
-                path: PathBuf::new(),
-                source: std::io::Error::new(e.kind(), e.to_string()),
-            });
-        }
-        q.bytes.extend_from_slice(framed);
-        q.waiters.push(tx);
+        m.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(framed, tx)?;
         cv.notify_one();
         Ok(rx)
     }
@@ -191,8 +220,9 @@ impl Writer {
     /// Queues a compaction to `snapshot` (frames of the state as of now).
     pub fn rotate(&self, snapshot: Vec<u8>) {
         let (m, cv) = &*self.shared;
-        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
-        q.rotate = Some(snapshot);
+        m.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_rotate(snapshot);
         cv.notify_one();
     }
 
@@ -236,45 +266,61 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
                 q.closed,
             )
         };
-        if !bytes.is_empty() {
-            let res = file
-                .write_all(&bytes)
-                .and_then(|_| file.sync_data())
-                .map_err(Arc::new);
-            let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
-            q.file_bytes += bytes.len() as u64;
-            if let Err(e) = &res {
-                tracing::error!(error = %e, "log write failed; the embedded store refuses further writes");
-                q.failed = Some(e.clone());
-            }
-            drop(q);
-            for w in waiters {
-                let _ = w.send(res.clone());
-            }
-        }
-        if let Some(snap) = rotate {
-            match write_generation(&dir, g + 1, &snap) {
+        // Order on disk: appends from before the snapshot, the snapshot, then the rest.
+        if let Some(r) = rotate {
+            write_batch(m, &mut file, &r.before, r.before_waiters);
+            match write_generation(&dir, g + 1, &r.snapshot) {
                 Ok(f) => {
                     let old = log_path(&dir, g);
                     g += 1;
                     file = f;
-                    m.lock().unwrap_or_else(|p| p.into_inner()).file_bytes = snap.len() as u64;
+                    m.lock().unwrap_or_else(|p| p.into_inner()).file_bytes =
+                        r.snapshot.len() as u64;
                     if let Err(e) = fs::remove_file(&old) {
                         tracing::warn!(error = %e, path = %old.display(), "cannot remove the compacted log");
                     }
-                    tracing::info!(generation = g, bytes = snap.len(), "log compacted");
+                    tracing::info!(generation = g, bytes = r.snapshot.len(), "log compacted");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "log compaction failed; keeping the current log")
                 }
             }
         }
+        write_batch(m, &mut file, &bytes, waiters);
         if closed {
             let q = m.lock().unwrap_or_else(|p| p.into_inner());
-            if q.bytes.is_empty() {
+            if q.bytes.is_empty() && q.rotate.is_none() {
                 return;
             }
         }
+    }
+}
+
+/// Writes and fsyncs one batch, then tells its waiters. After a failure the log
+/// refuses every later append: what reached the disk is unknown.
+fn write_batch(m: &Mutex<Queue>, file: &mut File, bytes: &[u8], waiters: Vec<Waiter>) {
+    if bytes.is_empty() && waiters.is_empty() {
+        return;
+    }
+    let failed = m.lock().unwrap_or_else(|p| p.into_inner()).failed.clone();
+    let res = match failed {
+        Some(e) => Err(e),
+        None => file
+            .write_all(bytes)
+            .and_then(|_| file.sync_data())
+            .map_err(Arc::new),
+    };
+    let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+    q.file_bytes += bytes.len() as u64;
+    if let Err(e) = &res {
+        if q.failed.is_none() {
+            tracing::error!(error = %e, "log write failed; the embedded store refuses further writes");
+        }
+        q.failed = Some(e.clone());
+    }
+    drop(q);
+    for w in waiters {
+        let _ = w.send(res.clone());
     }
 }
 
@@ -332,6 +378,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An append queued after a snapshot, before the writer wakes, must land in the
+    /// new generation (regression: it was written to the old file, then deleted).
+    #[tokio::test]
+    async fn appends_after_a_snapshot_land_in_the_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_generation(dir.path(), 1, &[]).unwrap();
+        let w = Writer::start(dir.path().to_path_buf(), 1, file, 0);
+        let (mut a, mut snap, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        frame(&mut a, b"A");
+        frame(&mut snap, b"SNAPSHOT-WITH-A");
+        frame(&mut b, b"B");
+        w.append(&a).unwrap().await.unwrap().unwrap();
+        let rx = {
+            // Both queued before the writer can take either.
+            let mut q = w.shared.0.lock().unwrap();
+            q.push_rotate(snap);
+            let (tx, rx) = oneshot::channel();
+            q.push(&b, tx).unwrap();
+            w.shared.1.notify_one();
+            rx
+        };
+        rx.await.unwrap().unwrap();
+        w.close();
+        let g = newest_generation(dir.path()).unwrap().unwrap();
+        assert_eq!(g, 2);
+        let got = recover_file(&log_path(dir.path(), g)).unwrap();
+        assert_eq!(got, vec![b"SNAPSHOT-WITH-A".to_vec(), b"B".to_vec()]);
     }
 
     #[test]
