@@ -2,3 +2,4 @@
 //! into one binary. Server addresses come from the environment (see `tandem_tests::env`).
 
 mod lockserver;
+mod pg;

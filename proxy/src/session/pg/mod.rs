@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tracked::Tracked;
+use tracked::{SyncKind, Tracked};
 
 /// What every session of one PostgreSQL front end shares.
 pub struct PgFrontendContext {
@@ -284,8 +284,13 @@ impl<'a> Relay<'a> {
             };
         }
         let ends_with_ready = match tag {
-            frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
-                self.tracked.on_sync_point_request();
+            frontend::QUERY => self.tracked.on_sync_point_request(SyncKind::Query),
+            frontend::FUNCTION_CALL => self.tracked.on_sync_point_request(SyncKind::FunctionCall),
+            frontend::SYNC => {
+                if !self.tracked.on_sync_point_request(SyncKind::Sync) {
+                    // The backend ignores it (copy-in mode): it changes nothing.
+                    return Ok(());
+                }
                 true
             }
             frontend::PARSE => {
@@ -308,7 +313,11 @@ impl<'a> Relay<'a> {
             }
             frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => false,
             // COPY data belongs to the request that started the COPY.
-            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => return Ok(()),
+            frontend::COPY_DATA => return Ok(()),
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                self.tracked.on_copy_end();
+                return Ok(());
+            }
             frontend::TERMINATE => return Ok(()),
             _ => {
                 return Err(Error::UnexpectedMessage {
@@ -403,6 +412,7 @@ impl<'a> Relay<'a> {
                 if fields.is_fatal() || self.phase == Phase::Authenticating {
                     self.backend_said_fatal = true;
                 }
+                self.tracked.on_error_response();
             }
             backend::PARAMETER_STATUS => {
                 let (name, value) = decode_parameter_status(body)
@@ -410,7 +420,13 @@ impl<'a> Relay<'a> {
                 self.server_params.retain(|(n, _)| *n != name);
                 self.server_params.push((name, value));
             }
-            backend::COPY_IN_RESPONSE => self.phase = self.phase.on_copy(CopyDirection::In),
+            backend::COPY_IN_RESPONSE => {
+                let ignored = self.tracked.on_copy_in_response();
+                self.phase = self
+                    .phase
+                    .on_copy(CopyDirection::In)
+                    .on_syncs_ignored(ignored);
+            }
             backend::COPY_OUT_RESPONSE => self.phase = self.phase.on_copy(CopyDirection::Out),
             backend::COPY_BOTH_RESPONSE => self.phase = self.phase.on_copy(CopyDirection::Both),
             backend::AUTHENTICATION if self.phase == Phase::Authenticating => {
@@ -476,20 +492,9 @@ impl<'a> Relay<'a> {
         Error::ClientIo(e)
     }
 
-    /// The client closed its connection without Terminate. A query still running would
-    /// keep the backend busy until it ends, so it is cancelled; then the backend is told
-    /// to terminate.
+    /// The client closed its connection without Terminate.
     async fn on_client_gone(&mut self) {
-        if !self.phase.at_sync_point()
-            && let Some(registration) = &self.cancel
-            && let Some(target) = self.ctx.cancels.lookup(&registration.key)
-        {
-            let timeout = self.ctx.config.connect_timeout();
-            if let Err(e) = upstream::send_cancel(&target.upstream, target.backend, timeout).await {
-                tracing::debug!(parent: &self.span, error = %e, "could not cancel the running query");
-            }
-        }
-        let _ = self.server.write_all(&TERMINATE_MESSAGE).await;
+        self.end_backend().await;
     }
 
     /// Tells the client why the session ends, unless the backend already did or the
@@ -499,8 +504,24 @@ impl<'a> Relay<'a> {
             report_fatal(&mut self.client, error).await;
         }
         if !matches!(error, Error::UpstreamIo(_) | Error::UpstreamClosed) {
-            let _ = self.server.write_all(&TERMINATE_MESSAGE).await;
+            self.end_backend().await;
         }
+    }
+
+    /// Ends a backend connection that is still alive. A request still running would keep
+    /// the backend busy until it finishes on its own (a `pg_sleep(3600)`, a runaway
+    /// query), so it is cancelled first; then the backend is told to terminate.
+    async fn end_backend(&mut self) {
+        if !self.phase.at_sync_point()
+            && let Some(registration) = &self.cancel
+            && let Some(target) = self.ctx.cancels.lookup(&registration.key)
+        {
+            let timeout = self.ctx.config.connect_timeout();
+            if let Err(e) = upstream::send_cancel(&target.upstream, target.backend, timeout).await {
+                tracing::debug!(parent: &self.span, error = %e, "could not cancel the running request");
+            }
+        }
+        let _ = self.server.write_all(&TERMINATE_MESSAGE).await;
     }
 }
 

@@ -76,6 +76,24 @@ impl Phase {
         }
     }
 
+    /// `count` Syncs already counted will get no ReadyForQuery (sent during copy-in).
+    pub fn on_syncs_ignored(self, count: u32) -> Phase {
+        match self {
+            Phase::Busy {
+                tx,
+                awaiting,
+                unsynced,
+                copy,
+            } => Phase::Busy {
+                tx,
+                awaiting: awaiting.saturating_sub(count),
+                unsynced,
+                copy,
+            },
+            other => other,
+        }
+    }
+
     /// The backend sent ReadyForQuery with `status`.
     pub fn on_ready(self, status: TxStatus) -> Result<Phase, UnexpectedReady> {
         match self {

@@ -9,7 +9,10 @@
 //!
 //! Protocol rules (PostgreSQL docs, "Extended Query"): replies come in request order;
 //! after an error the server discards messages until Sync, so requests still queued
-//! when ReadyForQuery arrives were never executed.
+//! when ReadyForQuery arrives were never executed. ("COPY Operations"): the backend
+//! ignores Sync and Flush while in copy-in mode, so a Sync the client sent between the
+//! request that started COPY FROM STDIN and its CopyDone/CopyFail gets no
+//! ReadyForQuery.
 
 use crate::wire::pg::messages::extended::{Bind, Close, Parse, Target};
 use crate::wire::pg::reader::Truncated;
@@ -54,7 +57,18 @@ enum Outstanding {
         name: Bytes,
     },
     /// Sync, Query or FunctionCall: each ends with ReadyForQuery.
-    SyncPoint,
+    SyncPoint(SyncKind),
+    /// The client ended a COPY IN (CopyDone or CopyFail) before the backend said
+    /// it had started one.
+    CopyEnd,
+}
+
+/// The request behind a sync point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncKind {
+    Sync,
+    Query,
+    FunctionCall,
 }
 
 /// A reply did not match the request at the head of the queue.
@@ -66,6 +80,8 @@ pub struct Tracked {
     statements: HashMap<Bytes, Statement>,
     portals: HashMap<Bytes, Portal>,
     outstanding: VecDeque<Outstanding>,
+    /// The backend is in copy-in mode and the client has not ended it yet.
+    copy_in: bool,
 }
 
 impl Tracked {
@@ -126,9 +142,55 @@ impl Tracked {
         Ok(())
     }
 
-    /// Sync, Query or FunctionCall was sent.
-    pub fn on_sync_point_request(&mut self) {
-        self.outstanding.push_back(Outstanding::SyncPoint);
+    /// Sync, Query or FunctionCall was sent. Returns false for a Sync the backend will
+    /// ignore because it arrives during copy-in mode.
+    pub fn on_sync_point_request(&mut self, kind: SyncKind) -> bool {
+        if self.copy_in && kind == SyncKind::Sync {
+            return false;
+        }
+        self.outstanding.push_back(Outstanding::SyncPoint(kind));
+        true
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn on_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.outstanding.push_back(Outstanding::CopyEnd);
+        }
+    }
+
+    /// The backend sent CopyInResponse. Returns how many Syncs already sent it will
+    /// ignore: those queued before the client's CopyDone/CopyFail. Every sync point
+    /// queued now was sent after the request that started the COPY, because the
+    /// replies to earlier ones precede CopyInResponse on the wire.
+    pub fn on_copy_in_response(&mut self) -> u32 {
+        let mut ignored = 0;
+        let mut ended = false;
+        self.outstanding.retain(|o| {
+            if ended {
+                return true;
+            }
+            match o {
+                Outstanding::SyncPoint(SyncKind::Sync) => {
+                    ignored += 1;
+                    false
+                }
+                Outstanding::CopyEnd => {
+                    ended = true;
+                    false
+                }
+                _ => true,
+            }
+        });
+        self.copy_in = !ended;
+        ignored
+    }
+
+    /// The backend sent ErrorResponse: an error ends copy-in mode on its side.
+    pub fn on_error_response(&mut self) {
+        self.copy_in = false;
     }
 
     pub fn on_parse_complete(&mut self) -> Result<(), OutOfOrder> {
@@ -173,7 +235,7 @@ impl Tracked {
     pub fn on_ready_for_query(&mut self, transaction_ended: bool) -> Result<(), OutOfOrder> {
         loop {
             match self.outstanding.pop_front() {
-                Some(Outstanding::SyncPoint) => break,
+                Some(Outstanding::SyncPoint(_)) => break,
                 Some(_) => continue,
                 None => return Err(OutOfOrder("ReadyForQuery without a Sync or Query")),
             }
@@ -215,7 +277,7 @@ mod tests {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("s1", "select $1")).unwrap();
         assert!(t.statement(b"s1").is_none());
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
         assert_eq!(&t.statement(b"s1").unwrap().sql[..], b"select $1");
         t.on_ready_for_query(true).unwrap();
@@ -227,7 +289,7 @@ mod tests {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("bad", "selec")).unwrap();
         t.on_bind(&bind_body("", "bad", b"1")).unwrap();
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         // ErrorResponse, then ReadyForQuery: neither Parse nor Bind completed.
         t.on_ready_for_query(true).unwrap();
         assert!(t.statement(b"bad").is_none());
@@ -240,14 +302,14 @@ mod tests {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("s", "update t set v = $1")).unwrap();
         t.on_bind(&bind_body("p", "s", b"42")).unwrap();
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
         t.on_bind_complete().unwrap();
         t.on_ready_for_query(false).unwrap();
         let portal = t.portal(b"p").unwrap();
         assert_eq!(&portal.statement[..], b"s");
         assert_eq!(portal.bind().unwrap().params, vec![Some(&b"42"[..])]);
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         t.on_ready_for_query(true).unwrap();
         assert!(t.portal(b"p").is_none());
         assert!(t.statement(b"s").is_some());
@@ -257,11 +319,11 @@ mod tests {
     fn close_removes_after_close_complete() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("s", "select 1")).unwrap();
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
         t.on_ready_for_query(true).unwrap();
         t.on_close(b"Ss\0").unwrap();
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         assert!(t.statement(b"s").is_some());
         t.on_close_complete().unwrap();
         assert!(t.statement(b"s").is_none());
@@ -269,9 +331,37 @@ mod tests {
     }
 
     #[test]
+    fn syncs_sent_during_copy_in_get_no_ready_for_query() {
+        // tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone, Sync.
+        let mut t = Tracked::default();
+        t.on_bind(&bind_body("", "s", b"")).unwrap();
+        assert!(t.on_sync_point_request(SyncKind::Sync));
+        t.on_bind_complete().unwrap();
+        assert_eq!(t.on_copy_in_response(), 1);
+        assert!(
+            !t.on_sync_point_request(SyncKind::Sync),
+            "ignored while copying"
+        );
+        t.on_copy_end();
+        assert!(t.on_sync_point_request(SyncKind::Sync));
+        t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
+
+        // CopyDone already sent when CopyInResponse arrives.
+        let mut t = Tracked::default();
+        assert!(t.on_sync_point_request(SyncKind::Query));
+        t.on_copy_end();
+        assert!(t.on_sync_point_request(SyncKind::Sync));
+        assert_eq!(t.on_copy_in_response(), 0);
+        t.on_ready_for_query(true).unwrap();
+        t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
+    }
+
+    #[test]
     fn a_reply_out_of_order_is_reported() {
         let mut t = Tracked::default();
-        t.on_sync_point_request();
+        t.on_sync_point_request(SyncKind::Sync);
         assert!(t.on_parse_complete().is_err());
         let mut t = Tracked::default();
         assert!(t.on_ready_for_query(true).is_err());

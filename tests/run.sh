@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: prepares the local services, then runs every unit and
+# integration test against the real PostgreSQL, MariaDB and Redis.
+#
+#   bash tests/run.sh                 # everything
+#   bash tests/run.sh -- pg::copy     # extra arguments go to cargo test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash tests/setup-services.sh
+
+export TANDEM_TEST_PG_URL=${TANDEM_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export TANDEM_TEST_MYSQL_URL=${TANDEM_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}
+export TANDEM_TEST_REDIS_URL=${TANDEM_TEST_REDIS_URL:-redis://127.0.0.1:6379}
+
+cargo test --workspace --locked "$@"

@@ -1,0 +1,86 @@
+//! Authentication passes through: tandem never needs the user's password.
+//!
+//! `tests/run.sh` adds pg_hba.conf lines that make `tandem_md5` use md5 and
+//! `tandem_scram` use scram-sha-256 over TCP; the test creates those roles.
+
+use tandem_tests::harness::{Tandem, TestDb, connect};
+use tokio_postgres::error::SqlState;
+
+async fn ensure_role(admin: &tokio_postgres::Client, role: &str, encryption: &str, password: &str) {
+    admin
+        .batch_execute(&format!(
+            "SET password_encryption = '{encryption}';
+             DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} LOGIN;
+               END IF;
+             END $$;
+             ALTER ROLE {role} PASSWORD '{password}';"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn hba_method(admin: &tokio_postgres::Client, role: &str) -> Option<String> {
+    admin
+        .query_opt(
+            "SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' AND $1 = ANY(user_name) LIMIT 1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn md5_and_scram_pass_through_and_wrong_passwords_fail() {
+    let db = TestDb::create("auth").await;
+    let admin = db.direct().await;
+    for (role, method) in [("tandem_md5", "md5"), ("tandem_scram", "scram-sha-256")] {
+        assert_eq!(
+            hba_method(&admin, role).await.as_deref(),
+            Some(method),
+            "pg_hba.conf needs `host all {role} 127.0.0.1/32 {method}` before the trust lines: \
+             run `bash tests/run.sh`, which sets it up"
+        );
+    }
+    ensure_role(&admin, "tandem_md5", "md5", "md5 secret").await;
+    ensure_role(&admin, "tandem_scram", "scram-sha-256", "scram sécret").await;
+    admin
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {} TO tandem_md5, tandem_scram",
+            db.name
+        ))
+        .await
+        .unwrap();
+
+    let tandem = Tandem::start().await;
+    for (role, password) in [
+        ("tandem_md5", "md5 secret"),
+        ("tandem_scram", "scram sécret"),
+    ] {
+        let mut config = tandem.config(&db.name);
+        config.user(role).password(password);
+        let client = connect(config.clone()).await;
+        let who: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(who, role);
+
+        config.password("wrong");
+        let err = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a wrong password is refused");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{role}: {err}"
+        );
+    }
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}

@@ -1,0 +1,13 @@
+//! The PostgreSQL relay, through the real proxy over TCP to the real PostgreSQL.
+
+mod auth;
+mod bad_input;
+mod cancel;
+mod copy;
+mod drivers;
+mod limits;
+mod notify;
+mod pgbench_tool;
+mod relay_passthrough;
+mod shutdown;
+mod tls;

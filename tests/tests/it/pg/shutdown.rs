@@ -1,0 +1,59 @@
+//! Graceful shutdown: idle sessions end at once with 57P01, busy ones finish their
+//! request first.
+
+use std::time::Duration;
+use tandem_tests::expect_msg;
+use tandem_tests::harness::{Tandem, TestDb};
+use tandem_tests::raw_pg::RawPg;
+
+#[tokio::test]
+async fn sessions_close_at_their_next_sync_point() {
+    let db = TestDb::create("shutdown").await;
+    let tandem = Tandem::start().await;
+    let addr = tandem.pg;
+    let mut idle = RawPg::startup(addr, "postgres", &db.name).await;
+    let mut busy = RawPg::startup(addr, "postgres", &db.name).await;
+    busy.query("SELECT pg_sleep(1), 'done'").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(tandem.shutdown());
+
+    let msgs = idle.recv_to_close().await;
+    let fatal = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("idle session told why");
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+
+    // The busy session gets its result, then the same message.
+    expect_msg!(busy, b'T');
+    let row = expect_msg!(busy, b'D');
+    assert!(String::from_utf8_lossy(&row.body).ends_with("done"));
+    expect_msg!(busy, b'C');
+    expect_msg!(busy, b'Z');
+    let fatal = expect_msg!(busy, b'E');
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    assert!(busy.recv().await.is_none());
+
+    stopping.await.expect("shutdown finished in time");
+    // New connections are refused once the listener is gone.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_session_busy_past_the_drain_timeout_is_cut() {
+    let db = TestDb::create("drain").await;
+    let tandem = Tandem::start_with(|c| c.shutdown.drain_timeout_ms = 300).await;
+    let mut busy = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    busy.query("SELECT pg_sleep(30)").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    tandem.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let msgs = busy.recv_to_close().await;
+    let fatal = msgs.iter().find(|m| m.tag == b'E').expect("told why");
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    tandem_tests::harness::eventually("the backend is gone", || async {
+        db.backend_count().await == 0
+    })
+    .await;
+}
