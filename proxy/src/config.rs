@@ -74,7 +74,10 @@ impl ShutdownConfig {
 pub struct PgFrontend {
     /// Where clients connect. Default `127.0.0.1:6433`.
     pub listen: SocketAddr,
-    /// The PostgreSQL server, as `host:port`. Default `127.0.0.1:5432`.
+    /// The PostgreSQL server, as `host:port`, or the path of its unix-domain socket
+    /// (`/var/run/postgresql/.s.PGSQL.5432`), which costs less per message when tandem
+    /// runs beside the database (pg_hba.conf then applies its `local` rules). Default
+    /// `127.0.0.1:5432`.
     pub upstream: String,
     /// Certificate and key for TLS to clients. Default: none, and SSLRequest is
     /// answered `N` so that clients continue in plain text.
@@ -188,12 +191,17 @@ impl Config {
                 problems.push(format!("{at}.listen {} is used twice", pg.listen));
             }
             listens.push(pg.listen);
-            if pg
-                .upstream
-                .rsplit_once(':')
-                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            let is_socket = pg.upstream.starts_with('/');
+            if !is_socket
+                && pg
+                    .upstream
+                    .rsplit_once(':')
+                    .is_none_or(|(_, port)| port.parse::<u16>().is_err())
             {
-                problems.push(format!("{at}.upstream {:?} is not host:port", pg.upstream));
+                problems.push(format!(
+                    "{at}.upstream {:?} is neither host:port nor a socket path",
+                    pg.upstream
+                ));
             }
             if pg.max_client_connections == 0 {
                 problems.push(format!("{at}.max_client_connections must be at least 1"));

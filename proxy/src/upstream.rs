@@ -10,25 +10,92 @@ use crate::error::{Error, Result};
 use crate::wire::pg::messages::startup::CancelKey;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Opens a TCP connection to `addr` with `TCP_NODELAY`, bounded by `timeout`.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {
+/// A connection to the database: TCP, or a unix-domain socket when the upstream is a
+/// socket path (cheaper per message when tandem runs beside the database; note that
+/// pg_hba.conf then applies its `local` rules instead of its `host` rules).
+pub enum ServerStream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// Opens a connection to `addr` (`host:port`, or a socket path starting with `/`),
+/// bounded by `timeout`.
+pub async fn connect(addr: &str, timeout: Duration) -> Result<ServerStream> {
+    let timed_out = || Error::UpstreamConnectTimeout {
+        addr: addr.to_owned(),
+    };
+    let failed = |source| Error::UpstreamConnect {
+        addr: addr.to_owned(),
+        source,
+    };
+    #[cfg(unix)]
+    if addr.starts_with('/') {
+        let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(addr))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(failed)?;
+        return Ok(ServerStream::Unix(stream));
+    }
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| Error::UpstreamConnectTimeout {
-            addr: addr.to_owned(),
-        })?
-        .map_err(|source| Error::UpstreamConnect {
-            addr: addr.to_owned(),
-            source,
-        })?;
+        .map_err(|_| timed_out())?
+        .map_err(failed)?;
     // Each relayed message is a complete request or reply: Nagle would only add latency.
     stream.set_nodelay(true).map_err(Error::UpstreamIo)?;
-    Ok(stream)
+    Ok(ServerStream::Tcp(stream))
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            ServerStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
+            ServerStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
+            ServerStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
+            ServerStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Delivers a CancelRequest for `backend` to `upstream`. The server closes the connection
@@ -43,6 +110,24 @@ pub async fn send_cancel(upstream: &str, backend: CancelKey, timeout: Duration) 
         })?
         .map_err(Error::UpstreamIo)?;
     Ok(())
+}
+
+/// `host` and `port` for a libpq-style client: a socket path `/dir/.s.PGSQL.5432`
+/// becomes host `/dir` and port 5432, as libpq spells it.
+fn upstream_host_port(upstream: &str) -> (String, u16) {
+    if upstream.starts_with('/') {
+        let (dir, file) = upstream.rsplit_once('/').unwrap_or(("/", upstream));
+        let port = file
+            .rsplit_once('.')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(5432);
+        let dir = if dir.is_empty() { "/" } else { dir };
+        return (dir.to_owned(), port);
+    }
+    upstream
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(5432)))
+        .unwrap_or_else(|| (upstream.to_owned(), 5432))
 }
 
 /// tandem's own connections to each database of one upstream server, with the service
@@ -60,11 +145,7 @@ pub struct SidePools {
 
 impl SidePools {
     pub fn new(frontend: &PgFrontend) -> Self {
-        let (host, port) = frontend
-            .upstream
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(5432)))
-            .unwrap_or_else(|| (frontend.upstream.clone(), 5432));
+        let (host, port) = upstream_host_port(&frontend.upstream);
         SidePools {
             host,
             port,
@@ -127,5 +208,22 @@ impl SidePools {
         let client = self.get(database).await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_host_port;
+
+    #[test]
+    fn upstream_spellings() {
+        assert_eq!(
+            upstream_host_port("127.0.0.1:5433"),
+            ("127.0.0.1".to_owned(), 5433)
+        );
+        assert_eq!(
+            upstream_host_port("/var/run/postgresql/.s.PGSQL.5432"),
+            ("/var/run/postgresql".to_owned(), 5432)
+        );
     }
 }

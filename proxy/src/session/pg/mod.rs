@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::shutdown::Signals;
 use crate::tls::ClientStream;
-use crate::upstream::{self, SidePools};
+use crate::upstream::{self, ServerStream, SidePools};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{backend, frontend};
 use crate::wire::pg::messages::response::{
@@ -129,7 +129,7 @@ async fn report_fatal(client: &mut ClientStream, error: &Error) {
 struct Relay<'a> {
     ctx: &'a PgFrontendContext,
     client: ClientStream,
-    server: TcpStream,
+    server: ServerStream,
     from_client: BytesMut,
     from_server: BytesMut,
     /// Bytes of a large client message still to pass through without buffering it.
@@ -161,7 +161,7 @@ impl<'a> Relay<'a> {
     fn new(
         ctx: &'a PgFrontendContext,
         client: ClientStream,
-        server: TcpStream,
+        server: ServerStream,
         from_client: BytesMut,
         span: tracing::Span,
     ) -> Self {

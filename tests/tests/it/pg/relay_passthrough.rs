@@ -311,3 +311,31 @@ async fn parameter_status_and_backend_key_reach_the_client() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_unix_socket_upstream_relays_the_same() {
+    let socket = std::env::var("TANDEM_TEST_PG_SOCKET").unwrap_or_else(|_| {
+        panic!(
+            "TANDEM_TEST_PG_SOCKET is not set: run `bash tests/run.sh`, or export it as the \
+             server's socket path, e.g. /var/run/postgresql/.s.PGSQL.5432"
+        )
+    });
+    let db = TestDb::create("unix").await;
+    let tandem = Tandem::start_with(|c| c.postgres[0].upstream = socket).await;
+    let client = tandem.connect(&db.name).await;
+    let row = client
+        .query_one(
+            "SELECT $1::text, inet_server_addr() IS NULL",
+            &[&"via unix"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "via unix");
+    assert!(
+        row.get::<_, bool>(1),
+        "the backend connection is not a unix socket"
+    );
+    drop(client);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}
