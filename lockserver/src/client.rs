@@ -8,13 +8,14 @@
 //! its timeout, and a lock conflict comes back as [`Error::LockConflict`] naming the holder.
 #![deny(missing_docs)]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -42,11 +43,48 @@ impl Default for ClientOptions {
     }
 }
 
+/// Calls queued towards the lockserver on one pipeline stream; callers beyond it wait.
+const PIPE_QUEUE: usize = 4096;
+
 /// A cheap-to-clone handle to one lockserver over one long-lived HTTP/2 connection.
+/// Calls are pipelined on one stream (many in flight, answered by id); a broken
+/// stream fails the calls in flight as retryable and the next call opens a new one.
 #[derive(Clone)]
 pub struct LockClient {
     rpc: CoordinatorClient<Channel>,
     opts: ClientOptions,
+    pipe: Arc<tokio::sync::Mutex<Option<Arc<Pipe>>>>,
+}
+
+type Waiter = oneshot::Sender<pb::answer::Result>;
+
+/// One open pipeline stream.
+struct Pipe {
+    /// Taken (closing the request stream) once the answer stream ends.
+    tx: Mutex<Option<mpsc::Sender<pb::Call>>>,
+    /// Calls awaiting their answer. A std Mutex: never held across an await.
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next: AtomicU64,
+    alive: AtomicBool,
+}
+
+/// Forgets a call's waiter when the caller gives up (timeout or cancellation).
+struct Forget<'a>(&'a Pipe, u64);
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+fn closed() -> Error {
+    Error::Rpc {
+        code: tonic::Code::Unavailable,
+        message: "lockserver stream closed".into(),
+    }
 }
 
 fn from_status(s: tonic::Status) -> Error {
@@ -60,6 +98,12 @@ fn parse_status(s: &str) -> Result<GlobalStatus> {
     GlobalStatus::from_name(s).ok_or(Error::Corrupt {
         what: "unknown status name from the lockserver",
     })
+}
+
+fn unexpected() -> Error {
+    Error::Corrupt {
+        what: "lockserver answered with the wrong message type",
+    }
 }
 
 impl LockClient {
@@ -79,74 +123,154 @@ impl LockClient {
         Ok(LockClient {
             rpc: CoordinatorClient::new(ch),
             opts,
+            pipe: Arc::default(),
         })
     }
 
-    async fn call<T, F>(&self, op: &'static str, extra: Duration, f: F) -> Result<T>
-    where
-        F: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    {
-        match tokio::time::timeout(self.opts.call_timeout + extra, f).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(from_status(s)),
+    async fn open_pipe(&self) -> Result<Arc<Pipe>> {
+        let mut slot = self.pipe.lock().await;
+        if let Some(p) = slot.as_ref().filter(|p| p.alive.load(Ordering::SeqCst)) {
+            return Ok(p.clone());
+        }
+        let (tx, rx) = mpsc::channel(PIPE_QUEUE);
+        let mut inbound = self
+            .rpc
+            .clone()
+            .pipeline(ReceiverStream::new(rx))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let pipe = Arc::new(Pipe {
+            tx: Mutex::new(Some(tx)),
+            pending: Mutex::default(),
+            next: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+        });
+        let reader = pipe.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(a)) = inbound.message().await {
+                let waiter = reader
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&a.id);
+                if let (Some(w), Some(r)) = (waiter, a.result) {
+                    let _ = w.send(r);
+                }
+            }
+            // Order matters: callers check `alive` after registering their waiter.
+            reader.alive.store(false, Ordering::SeqCst);
+            reader.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+            reader
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        });
+        *slot = Some(pipe.clone());
+        Ok(pipe)
+    }
+
+    async fn call(
+        &self,
+        op: &'static str,
+        extra: Duration,
+        call: pb::call::Op,
+    ) -> Result<pb::answer::Result> {
+        let fut = async {
+            let pipe = self.open_pipe().await?;
+            let id = pipe.next.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            pipe.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx);
+            let _forget = Forget(&pipe, id);
+            let sender = pipe.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let sent = match sender {
+                Some(tx) if pipe.alive.load(Ordering::SeqCst) => {
+                    tx.send(pb::Call { id, op: Some(call) }).await.is_ok()
+                }
+                _ => false,
+            };
+            if !sent {
+                pipe.alive.store(false, Ordering::SeqCst);
+                return Err(closed());
+            }
+            match rx.await.map_err(|_| closed())? {
+                pb::answer::Result::Failure(f) => Err(Error::Rpc {
+                    code: tonic::Code::from(f.code),
+                    message: f.message,
+                }),
+                r => Ok(r),
+            }
+        };
+        match tokio::time::timeout(self.opts.call_timeout + extra, fut).await {
+            Ok(r) => r,
             Err(_) => Err(Error::Timeout { op }),
+        }
+    }
+
+    async fn status_call(
+        &self,
+        op: &'static str,
+        extra: Duration,
+        call: pb::call::Op,
+    ) -> Result<GlobalStatus> {
+        match self.call(op, extra, call).await? {
+            pb::answer::Result::Status(s) => parse_status(&s.status),
+            _ => Err(unexpected()),
         }
     }
 
     /// Begins a global transaction; `None` takes the server's default timeout.
     pub async fn begin(&self, timeout: Option<Duration>) -> Result<Xid> {
         let timeout_ms = timeout.map(|t| (t.as_millis() as u64).max(1)).unwrap_or(0);
-        let r = self
+        match self
             .call(
                 "begin",
                 Duration::ZERO,
-                self.rpc.clone().begin(pb::BeginRequest { timeout_ms }),
+                pb::call::Op::Begin(pb::BeginRequest { timeout_ms }),
             )
-            .await?;
-        Xid::parse(&r.xid)
+            .await?
+        {
+            pb::answer::Result::Begin(r) => Xid::parse(&r.xid),
+            _ => Err(unexpected()),
+        }
     }
 
     /// Commits; `Committed` once the decision is durable.
     pub async fn commit(&self, xid: &Xid) -> Result<GlobalStatus> {
-        let r = self
-            .call(
-                "commit",
-                Duration::ZERO,
-                self.rpc.clone().commit(pb::XidRequest {
-                    xid: xid.to_string(),
-                }),
-            )
-            .await?;
-        parse_status(&r.status)
+        self.status_call(
+            "commit",
+            Duration::ZERO,
+            pb::call::Op::Commit(pb::XidRequest {
+                xid: xid.to_string(),
+            }),
+        )
+        .await
     }
 
     /// Rolls back; `Rollbacked` once every branch is undone, or a `*Retrying` /
     /// `*Failed` status if that did not happen within the server's rollback wait.
     pub async fn rollback(&self, xid: &Xid) -> Result<GlobalStatus> {
-        let r = self
-            .call(
-                "rollback",
-                Duration::from_secs(10),
-                self.rpc.clone().rollback(pb::XidRequest {
-                    xid: xid.to_string(),
-                }),
-            )
-            .await?;
-        parse_status(&r.status)
+        let op = pb::call::Op::Rollback(pb::XidRequest {
+            xid: xid.to_string(),
+        });
+        self.status_call("rollback", Duration::from_secs(10), op)
+            .await
     }
 
     /// The transaction's status.
     pub async fn status(&self, xid: &Xid) -> Result<GlobalStatus> {
-        let r = self
-            .call(
-                "status",
-                Duration::ZERO,
-                self.rpc.clone().status(pb::XidRequest {
-                    xid: xid.to_string(),
-                }),
-            )
-            .await?;
-        parse_status(&r.status)
+        self.status_call(
+            "status",
+            Duration::ZERO,
+            pb::call::Op::Status(pb::XidRequest {
+                xid: xid.to_string(),
+            }),
+        )
+        .await
     }
 
     /// Registers a branch with its lock keys, all or nothing, waiting up to `wait`
@@ -171,13 +295,13 @@ impl LockClient {
             lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
             wait_ms: wait.as_millis().min(u32::MAX as u128) as u32,
         };
-        let r = self
-            .call(
-                "register_branch",
-                wait,
-                self.rpc.clone().register_branch(req),
-            )
-            .await?;
+        let r = match self
+            .call("register_branch", wait, pb::call::Op::Register(req))
+            .await?
+        {
+            pb::answer::Result::Register(r) => r,
+            _ => return Err(unexpected()),
+        };
         use pb::register_response::Result as R;
         match r.result {
             Some(R::BranchId(id)) => Ok(id),
@@ -199,13 +323,13 @@ impl LockClient {
             branch_id,
             success,
         };
-        self.call(
-            "report",
-            Duration::ZERO,
-            self.rpc.clone().report_branch(req),
-        )
-        .await
-        .map(|_| ())
+        match self
+            .call("report", Duration::ZERO, pb::call::Op::Report(req))
+            .await?
+        {
+            pb::answer::Result::Report(_) => Ok(()),
+            _ => Err(unexpected()),
+        }
     }
 
     /// The first of `keys` held by an unfinished global transaction, with its holder.
@@ -213,13 +337,13 @@ impl LockClient {
         let req = pb::LockQueryRequest {
             lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
         };
-        let r = self
-            .call(
-                "lock_query",
-                Duration::ZERO,
-                self.rpc.clone().lock_query(req),
-            )
-            .await?;
+        let r = match self
+            .call("lock_query", Duration::ZERO, pb::call::Op::LockQuery(req))
+            .await?
+        {
+            pb::answer::Result::LockQuery(r) => r,
+            _ => return Err(unexpected()),
+        };
         match r.held {
             Some(c) => Ok(Some((LockKey::parse(&c.key)?, Xid::parse(&c.holder_xid)?))),
             None => Ok(None),

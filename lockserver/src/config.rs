@@ -34,7 +34,7 @@ pub struct Config {
     pub rollback_wait_ms: u64,
     /// How often timeouts and retention are checked, in ms. Default 100.
     pub tick_interval_ms: u64,
-    /// How long finished transactions stay queryable, in ms. Default 600000 (10 min).
+    /// How long finished transactions stay queryable, in ms. Default 60000 (see also `limits.max_finished`).
     pub finished_retention_ms: u64,
     /// Phase-2 delivery.
     pub phase2: Phase2Config,
@@ -137,6 +137,9 @@ pub struct LimitsConfig {
     pub max_list: usize,
     /// HTTP request bodies larger than this are refused (413), in bytes. Default 65536.
     pub max_body_bytes: usize,
+    /// Finished transactions kept for status queries; past it the oldest are
+    /// forgotten (a query then answers "unknown transaction"). Default 100000.
+    pub max_finished: usize,
 }
 
 impl Default for LimitsConfig {
@@ -149,6 +152,7 @@ impl Default for LimitsConfig {
             phase2_queue: 1024,
             max_list: 1000,
             max_body_bytes: 64 << 10,
+            max_finished: 100_000,
         }
     }
 }
@@ -164,7 +168,7 @@ impl Default for Config {
             max_lock_wait_ms: 10_000,
             rollback_wait_ms: 5_000,
             tick_interval_ms: 100,
-            finished_retention_ms: 600_000,
+            finished_retention_ms: 60_000,
             phase2: Phase2Config::default(),
             limits: LimitsConfig::default(),
         }
@@ -217,6 +221,7 @@ impl Config {
             ("limits.phase2_queue", self.limits.phase2_queue),
             ("limits.max_list", self.limits.max_list),
             ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.max_finished", self.limits.max_finished),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -250,6 +255,7 @@ impl Config {
             max_branches: self.limits.max_branches_per_global,
             max_keys_per_branch: self.limits.max_keys_per_branch,
             max_timeout_ms: self.max_timeout_ms,
+            max_finished: self.limits.max_finished,
         }
     }
 }

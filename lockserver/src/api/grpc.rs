@@ -24,6 +24,8 @@ use crate::proto::{self as pb, coordinator_server::CoordinatorServer};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers processed at once per phase-2 stream; more wait (backpressure).
 const ANSWERS_IN_FLIGHT: usize = 256;
+/// Calls processed at once per pipeline stream; more wait in the stream (backpressure).
+const CALLS_IN_FLIGHT: usize = 4096;
 
 /// Maps an error to its gRPC status. The only place that does.
 pub fn to_status(e: Error) -> Status {
@@ -113,6 +115,7 @@ fn conflict(key: LockKey, holder: Xid, holder_rolling_back: bool) -> pb::LockCon
 }
 
 /// The gRPC service.
+#[derive(Clone)]
 pub struct GrpcApi {
     coord: Arc<Coordinator>,
     cancel: CancellationToken,
@@ -132,6 +135,41 @@ struct Connected(Arc<Coordinator>, u64);
 impl Drop for Connected {
     fn drop(&mut self) {
         self.0.phase2.disconnect(self.1);
+    }
+}
+
+impl GrpcApi {
+    /// One pipelined call, answered exactly as its unary twin would be.
+    async fn one_call(&self, call: pb::Call) -> pb::Answer {
+        use pb::answer::Result as A;
+        use pb::call::Op;
+        use pb::coordinator_server::Coordinator as _;
+        fn done<T>(r: Result<Response<T>, Status>, f: impl FnOnce(T) -> A) -> A {
+            match r {
+                Ok(r) => f(r.into_inner()),
+                Err(s) => A::Failure(pb::Failure {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                }),
+            }
+        }
+        let result = match call.op {
+            Some(Op::Begin(r)) => done(self.begin(Request::new(r)).await, A::Begin),
+            Some(Op::Commit(r)) => done(self.commit(Request::new(r)).await, A::Status),
+            Some(Op::Rollback(r)) => done(self.rollback(Request::new(r)).await, A::Status),
+            Some(Op::Status(r)) => done(self.status(Request::new(r)).await, A::Status),
+            Some(Op::Register(r)) => done(self.register_branch(Request::new(r)).await, A::Register),
+            Some(Op::Report(r)) => done(self.report_branch(Request::new(r)).await, A::Report),
+            Some(Op::LockQuery(r)) => done(self.lock_query(Request::new(r)).await, A::LockQuery),
+            None => A::Failure(pb::Failure {
+                code: tonic::Code::InvalidArgument as i32,
+                message: "empty call".into(),
+            }),
+        };
+        pb::Answer {
+            id: call.id,
+            result: Some(result),
+        }
     }
 }
 
@@ -250,6 +288,34 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         }))
     }
 
+    type PipelineStream = Pin<Box<dyn Stream<Item = Result<pb::Answer, Status>> + Send>>;
+
+    async fn pipeline(
+        &self,
+        req: Request<Streaming<pb::Call>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(CALLS_IN_FLIGHT);
+        let (api, cancel) = (self.clone(), self.cancel.clone());
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
+            // Stops reading at shutdown, so the connection can close.
+            while let Some(Ok(Some(call))) = cancel.run_until_cancelled(inbound.message()).await {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let (api, tx) = (api.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = api.one_call(call).await;
+                    let _ = tx.send(Ok(answer)).await;
+                    drop(permit);
+                });
+            }
+        });
+        let out = ReceiverStream::new(rx).take_until(self.cancel.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(out)))
+    }
+
     type Phase2Stream = Pin<Box<dyn Stream<Item = Result<pb::Phase2Down, Status>> + Send>>;
 
     async fn phase2(
@@ -274,11 +340,11 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             .map_err(to_status)?;
         tracing::info!(worker = %hello.worker_name, resources = ?hello.resource_ids, "phase-2 stream connected");
         let guard = Connected(self.coord.clone(), id);
-        let coord = self.coord.clone();
+        let (coord, cancel) = (self.coord.clone(), self.cancel.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let limit = Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT));
-            while let Ok(Some(msg)) = inbound.message().await {
+            while let Some(Ok(Some(msg))) = cancel.run_until_cancelled(inbound.message()).await {
                 let Some(pb::phase2_up::Msg::Result(r)) = msg.msg else {
                     continue;
                 };

@@ -227,7 +227,8 @@ impl Core {
     }
 
     /// Commands the timers owe at `now`: timeouts of expired `Begin` transactions and
-    /// forgetting finished ones older than `retention_ms`; at most `limit` of them.
+    /// forgetting finished ones older than `retention_ms` (or past `max_finished`);
+    /// at most `limit` of them.
     pub fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> Vec<Command> {
         let expired = self
             .deadlines
@@ -235,11 +236,13 @@ impl Core {
             .take_while(|(d, _)| *d <= now)
             .map(|(_, x)| Command::Timeout { xid: x.clone() });
         let cutoff = now.saturating_sub(retention_ms);
+        let excess = self.finished.len().saturating_sub(self.limits.max_finished);
         let old = self
             .finished
             .iter()
-            .take_while(|(t, _)| *t <= cutoff)
-            .map(|(_, x)| Command::Forget { xid: x.clone() });
+            .enumerate()
+            .take_while(|(i, (t, _))| *i < excess || *t <= cutoff)
+            .map(|(_, (_, x))| Command::Forget { xid: x.clone() });
         expired.chain(old).take(limit).collect()
     }
 

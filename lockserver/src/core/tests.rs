@@ -285,6 +285,7 @@ fn limits_are_enforced() {
         max_branches: 2,
         max_keys_per_branch: 3,
         max_timeout_ms: 1000,
+        ..Limits::default()
     });
     assert!(matches!(
         c.apply(
@@ -400,4 +401,33 @@ fn status_names_round_trip() {
     for s in BranchStatus::ALL {
         assert_eq!(BranchStatus::from_name(s.as_str()), Some(*s));
     }
+}
+
+#[test]
+fn finished_transactions_are_bounded_and_drop_their_keys() {
+    let mut c = Core::new(Limits {
+        max_finished: 2,
+        ..Limits::default()
+    });
+    for i in 0..4 {
+        let xid = format!("t{i}");
+        begin(&mut c, &xid, 1000);
+        reg(&mut c, &xid, &[i], T0).unwrap();
+        c.apply(&Command::Rollback { xid: x(&xid) }, T0 + i as u64)
+            .unwrap();
+        p2(&mut c, &xid, 1, Phase2Outcome::Rollbacked);
+        assert!(
+            c.global(&x(&xid)).unwrap().branches[0].keys.is_empty(),
+            "a finished branch keeps no keys"
+        );
+    }
+    // Well within the retention time, but two over the count bound: the oldest go.
+    let due = c.due(T0 + 20, 60_000, 10);
+    assert_eq!(
+        due,
+        vec![
+            Command::Forget { xid: x("t0") },
+            Command::Forget { xid: x("t1") }
+        ]
+    );
 }

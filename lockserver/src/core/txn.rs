@@ -400,6 +400,8 @@ pub struct Limits {
     pub max_keys_per_branch: usize,
     /// Longest timeout a client may ask for, in ms.
     pub max_timeout_ms: u64,
+    /// Finished transactions kept for status queries; past it the oldest are forgotten.
+    pub max_finished: usize,
 }
 
 impl Default for Limits {
@@ -408,6 +410,7 @@ impl Default for Limits {
             max_branches: 1000,
             max_keys_per_branch: 10_000,
             max_timeout_ms: 3_600_000,
+            max_finished: 100_000,
         }
     }
 }
@@ -448,6 +451,10 @@ impl Global {
             Record::Status { status, at, .. } => {
                 self.status = *status;
                 self.updated_at = *at;
+                if status.is_finished() {
+                    // Its locks are gone; keeping the keys would only bloat snapshots.
+                    self.branches.iter_mut().for_each(|b| b.keys = Vec::new());
+                }
             }
             Record::BranchStatus {
                 branch_id, status, ..

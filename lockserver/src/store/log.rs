@@ -140,6 +140,9 @@ struct Queue {
     failed: Option<Arc<std::io::Error>>,
     /// Bytes written to the current generation (drives compaction).
     file_bytes: u64,
+    /// Size of the current generation's snapshot: compaction waits until the log
+    /// has grown well past it, so a large live state does not compact in a loop.
+    snapshot_bytes: u64,
 }
 
 impl Queue {
@@ -181,11 +184,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread appending to `file` (generation `g` in `dir`).
+    /// Starts the writer thread appending to `file` (generation `g` in `dir`),
+    /// whose first `file_bytes` are its snapshot.
     pub fn start(dir: PathBuf, g: u64, file: File, file_bytes: u64) -> Self {
         let shared = Arc::new((
             Mutex::new(Queue {
                 file_bytes,
+                snapshot_bytes: file_bytes,
                 ..Default::default()
             }),
             Condvar::new(),
@@ -226,10 +231,15 @@ impl Writer {
         cv.notify_one();
     }
 
-    /// Bytes in the current generation, and whether a compaction is pending.
-    pub fn size(&self) -> (u64, bool) {
+    /// (Bytes in the current generation beyond its snapshot, the snapshot's size,
+    /// whether a compaction is pending.)
+    pub fn size(&self) -> (u64, u64, bool) {
         let q = self.shared.0.lock().unwrap_or_else(|p| p.into_inner());
-        (q.file_bytes, q.rotate.is_some())
+        (
+            q.file_bytes.saturating_sub(q.snapshot_bytes),
+            q.snapshot_bytes,
+            q.rotate.is_some(),
+        )
     }
 
     /// Writes what is queued, then stops the thread.
@@ -274,8 +284,10 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
                     let old = log_path(&dir, g);
                     g += 1;
                     file = f;
-                    m.lock().unwrap_or_else(|p| p.into_inner()).file_bytes =
-                        r.snapshot.len() as u64;
+                    let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+                    q.file_bytes = r.snapshot.len() as u64;
+                    q.snapshot_bytes = r.snapshot.len() as u64;
+                    drop(q);
                     if let Err(e) = fs::remove_file(&old) {
                         tracing::warn!(error = %e, path = %old.display(), "cannot remove the compacted log");
                     }

@@ -10,10 +10,14 @@
 //! - **Atomicity**: [`Store::apply`] runs one command against the current state as a
 //!   unit. For `Register`, the lock check and the acquisition of every key are one
 //!   step: no other caller ever sees some keys of a request held and others not.
-//! - **Durability**: when `apply` returns `Ok`, its records survive a crash of the
-//!   process (embedded: after `fdatasync` of the log; Redis: as durable as the
-//!   server's `appendfsync`, which must be `always` for the same guarantee).
-//!   On `Err`, nothing was written.
+//! - **Durability**: when `apply` of `Register`, `Report`, `Commit` or `Rollback`
+//!   returns `Ok`, its records survive a crash of the process (embedded: after
+//!   `fdatasync` of the log; Redis: as durable as the server's `appendfsync`, which
+//!   must be `always` for the same guarantee). `Begin`, `Timeout`, `Phase2Result`
+//!   and `Forget` may be answered before that: losing one in a crash is harmless (an
+//!   unknown xid fails its first registration; a timeout is re-decided by the next
+//!   tick; a phase-2 answer is re-delivered; a forget is redone). Records stay in
+//!   order, so a durable record implies every earlier one. On `Err`, nothing was written.
 //! - **Ordering**: commands on one xid take effect in the order their `apply` calls
 //!   returned; a reader that sees a record's effect also sees all earlier ones.
 //! - **Phase-2 schedule**: not durable by itself; it is derived from durable state,

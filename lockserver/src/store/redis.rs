@@ -303,9 +303,16 @@ impl Store for RedisStore {
             .zrangebyscore_limit(self.key("deadlines"), "-inf", now, 0, limit as isize)
             .await?;
         let cutoff = now.saturating_sub(retention_ms);
-        let old: Vec<String> = conn
+        let mut old: Vec<String> = conn
             .zrangebyscore_limit(self.key("finished"), "-inf", cutoff, 0, limit as isize)
             .await?;
+        let finished: usize = conn.zcard(self.key("finished")).await?;
+        let excess = finished.saturating_sub(self.limits.max_finished).min(limit);
+        if excess > old.len() {
+            old = conn
+                .zrange(self.key("finished"), 0, excess as isize - 1)
+                .await?;
+        }
         let mut out = Vec::new();
         for x in expired {
             out.push(Command::Timeout {
