@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - `config`: the TOML configuration and its validation.
+//! - `dev`: hosting an embedded lockserver (`tandem dev`, `tandem lockserver`).
 //! - `error`: `proxy::Error`, its classifiers and its SQLSTATE mapping.
 //! - `server`: binding, accepting within limits, the admin endpoint (`/metrics`, `/ready`).
 //! - `shutdown`: the shutdown order and the signals sessions watch.
@@ -15,6 +16,7 @@
 
 pub mod cancel;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod server;

@@ -1,0 +1,77 @@
+//! `tandem dev` and `tandem lockserver`: the processes that host a lockserver.
+//!
+//! Owns only the wiring: both servers get the same shutdown signal, and either one
+//! failing stops the other. Never configures anything the two configs do not say.
+
+use crate::config::Config;
+use crate::server::{self, Listeners};
+use std::future::Future;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The bound lockserver listeners (gRPC for proxies, HTTP for applications).
+pub struct LockserverListeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl LockserverListeners {
+    pub async fn bind(config: &tandem_lockserver::Config) -> std::io::Result<Self> {
+        Ok(LockserverListeners {
+            grpc: TcpListener::bind(config.grpc_listen).await?,
+            http: TcpListener::bind(config.http_listen).await?,
+        })
+    }
+}
+
+/// Errors of either hosted server.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("proxy: {0}")]
+    Proxy(#[from] crate::Error),
+    #[error("lockserver: {0}")]
+    Lockserver(#[from] tandem_lockserver::Error),
+}
+
+/// Runs an embedded lockserver beside the proxies until `shutdown` completes.
+pub async fn run(
+    proxy_listeners: Listeners,
+    proxy_config: Config,
+    lock_listeners: LockserverListeners,
+    lock_config: tandem_lockserver::Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DevError> {
+    let stop = CancellationToken::new();
+    let lockserver = tandem_lockserver::server::run(
+        lock_listeners.grpc,
+        lock_listeners.http,
+        lock_config,
+        stop.clone().cancelled_owned(),
+    );
+    let proxies = server::run(
+        proxy_listeners,
+        proxy_config,
+        stop.clone().cancelled_owned(),
+    );
+    let watch = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    // Whichever server ends first (an error, or the signal) takes the other down with it.
+    let (proxy_result, lock_result, ()) = tokio::join!(
+        async {
+            let r = proxies.await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = lockserver.await;
+            stop.cancel();
+            r
+        },
+        watch
+    );
+    proxy_result?;
+    lock_result?;
+    Ok(())
+}
