@@ -13,12 +13,14 @@ async fn dev_serves_the_proxy_and_the_lockserver_and_stops_both() {
     config.postgres[0].listen = "127.0.0.1:0".parse().unwrap();
     config.postgres[0].upstream = tandem_tests::env::pg_upstream();
     let store = std::env::temp_dir().join(format!("tandem-dev-{:08x}", rand::random::<u32>()));
-    let mut lock_config = tandem_lockserver::Config::default();
-    lock_config.grpc_listen = "127.0.0.1:0".parse().unwrap();
-    lock_config.http_listen = "127.0.0.1:0".parse().unwrap();
-    lock_config.store = tandem_lockserver::config::StoreConfig::Embedded {
-        path: store.clone(),
-        compact_bytes: 64 << 20,
+    let lock_config = tandem_lockserver::Config {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        store: tandem_lockserver::config::StoreConfig::Embedded {
+            path: store.clone(),
+            compact_bytes: 64 << 20,
+        },
+        ..Default::default()
     };
     let listeners = Listeners::bind(&config).await.unwrap();
     let lock_listeners = LockserverListeners::bind(&lock_config).await.unwrap();
