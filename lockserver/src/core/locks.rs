@@ -62,8 +62,9 @@ impl LockKey {
                 why: "key too long",
             });
         }
-        let fields = split_fields(s)?;
-        if fields.len() < 3 {
+        let mut fields = 0;
+        visit_fields(s, |_| fields += 1)?;
+        if fields < 3 {
             return Err(KeyError {
                 at: s.len(),
                 why: "need resource, table and at least one key column",
@@ -108,8 +109,14 @@ fn push_field(s: &mut String, f: &str) {
 }
 
 fn split_fields(s: &str) -> Result<Vec<&str>, KeyError> {
-    let b = s.as_bytes();
     let mut out = Vec::new();
+    visit_fields(s, |f| out.push(f))?;
+    Ok(out)
+}
+
+/// Calls `f` with each field of an encoded key; fails at the first malformed byte.
+fn visit_fields<'a>(s: &'a str, mut f: impl FnMut(&'a str)) -> Result<(), KeyError> {
+    let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
         let start = i;
@@ -144,11 +151,60 @@ fn split_fields(s: &str) -> Result<Vec<&str>, KeyError> {
             at: i,
             why: "field splits a UTF-8 character",
         })?;
-        out.push(field);
+        f(field);
         i = end;
     }
-    Ok(out)
+    Ok(())
 }
+
+/// A fast non-cryptographic hasher (the "Fx" multiply-rotate scheme) for the lock
+/// table and the transaction map. Keys are not attacker-chosen in a way that could
+/// degrade it badly (each key's resource and table come from the proxies' own
+/// configuration), and it is several times cheaper than SipHash on ~60-byte keys.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(SEED);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 
 impl fmt::Display for LockKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -187,8 +243,8 @@ pub struct Conflict {
 /// Which xid holds which key. Keys of one xid are held as a set (reentrant).
 #[derive(Debug, Default)]
 pub struct LockTable {
-    holders: HashMap<LockKey, Xid>,
-    by_xid: HashMap<Xid, Vec<LockKey>>,
+    holders: FastMap<LockKey, Xid>,
+    by_xid: FastMap<Xid, Vec<LockKey>>,
 }
 
 impl LockTable {

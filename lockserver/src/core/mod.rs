@@ -11,7 +11,7 @@ pub mod txn;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::error::Error;
 use clock::Millis;
@@ -120,7 +120,7 @@ pub fn effects_of(
 /// Live state: transactions, locks, and the indexes the timers need.
 #[derive(Debug, Default)]
 pub struct Core {
-    globals: HashMap<Xid, Global>,
+    globals: locks::FastMap<Xid, Global>,
     locks: LockTable,
     /// Deadlines of transactions still in `Begin`.
     deadlines: BTreeSet<(Millis, Xid)>,
