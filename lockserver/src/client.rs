@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +137,7 @@ impl LockClient {
         let mut inbound = self
             .rpc
             .clone()
-            .pipeline(ReceiverStream::new(rx))
+            .pipeline(crate::api::grpc::batches(rx).map(|calls| pb::Calls { calls }))
             .await
             .map_err(from_status)?
             .into_inner();
@@ -148,13 +149,15 @@ impl LockClient {
         });
         let reader = pipe.clone();
         tokio::spawn(async move {
-            while let Ok(Some(a)) = inbound.message().await {
-                let waiter = reader
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&a.id);
-                if let (Some(w), Some(r)) = (waiter, a.result) {
+            while let Ok(Some(batch)) = inbound.message().await {
+                let mut pending = reader.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let ready: Vec<_> = batch
+                    .answers
+                    .into_iter()
+                    .filter_map(|a| Some((pending.remove(&a.id)?, a.result?)))
+                    .collect();
+                drop(pending);
+                for (w, r) in ready {
                     let _ = w.send(r);
                 }
             }

@@ -114,6 +114,27 @@ fn conflict(key: LockKey, holder: Xid, holder_rolling_back: bool) -> pb::LockCon
     }
 }
 
+/// Most answers (or calls) sent in one pipeline message.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// A stream of batches: waits for one item, then takes whatever else is queued.
+pub(crate) fn batches<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = Vec<T>> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        let first = rx.recv().await?;
+        let mut v = Vec::with_capacity(16);
+        v.push(first);
+        while v.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(x) => v.push(x),
+                Err(_) => break,
+            }
+        }
+        Some((v, rx))
+    })
+}
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct GrpcApi {
@@ -288,11 +309,11 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         }))
     }
 
-    type PipelineStream = Pin<Box<dyn Stream<Item = Result<pb::Answer, Status>> + Send>>;
+    type PipelineStream = Pin<Box<dyn Stream<Item = Result<pb::Answers, Status>> + Send>>;
 
     async fn pipeline(
         &self,
-        req: Request<Streaming<pb::Call>>,
+        req: Request<Streaming<pb::Calls>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(CALLS_IN_FLIGHT);
@@ -300,20 +321,24 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         tokio::spawn(async move {
             let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
             // Stops reading at shutdown, so the connection can close.
-            while let Some(Ok(Some(call))) = cancel.run_until_cancelled(inbound.message()).await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let (api, tx) = (api.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let answer = api.one_call(call).await;
-                    let _ = tx.send(Ok(answer)).await;
-                    drop(permit);
-                });
+            while let Some(Ok(Some(batch))) = cancel.run_until_cancelled(inbound.message()).await {
+                for call in batch.calls {
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (api, tx) = (api.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let answer = api.one_call(call).await;
+                        let _ = tx.send(answer).await;
+                        drop(permit);
+                    });
+                }
             }
         });
-        let out = ReceiverStream::new(rx).take_until(self.cancel.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(out)))
+        let out = batches(rx).map(|answers| Ok(pb::Answers { answers }));
+        Ok(Response::new(Box::pin(
+            out.take_until(self.cancel.clone().cancelled_owned()),
+        )))
     }
 
     type Phase2Stream = Pin<Box<dyn Stream<Item = Result<pb::Phase2Down, Status>> + Send>>;
