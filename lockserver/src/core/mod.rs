@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod locks;
+pub mod plan;
 pub mod txn;
 
 #[cfg(test)]

@@ -1,0 +1,309 @@
+//! The per-transaction rules: [`plan`] turns a command and the transaction's current
+//! state into the records to write and the reply.
+//!
+//! Owns: every status transition of a global transaction and its branches. Never does
+//! I/O, never reads a clock, never touches the lock table (the caller checks locks).
+//! Invariant: on `Err` there are no records, so state stays unchanged; both stores
+//! call this same function.
+
+use super::clock::Millis;
+use super::txn::{
+    Branch, BranchStatus, Command, Global, GlobalStatus, Limits, Phase2Outcome, Record, Reply, Xid,
+};
+use crate::error::Error;
+
+fn status(xid: &Xid, status: GlobalStatus, at: Millis) -> Record {
+    Record::Status {
+        xid: xid.clone(),
+        status,
+        at,
+    }
+}
+
+fn invalid(g: &Global, op: &'static str) -> Error {
+    Error::InvalidState {
+        xid: g.xid.clone(),
+        status: g.status,
+        op,
+    }
+}
+
+/// The records and reply for `cmd` on the existing transaction `g` (`None` when the
+/// xid is unknown). Lock availability for `Register` is checked by the caller.
+/// On `Err`, nothing may be written: state stays unchanged.
+pub fn plan(
+    g: Option<&Global>,
+    cmd: &Command,
+    now: Millis,
+    limits: &Limits,
+) -> Result<(Vec<Record>, Reply), Error> {
+    let Some(g) = g else {
+        return match cmd {
+            Command::Begin { xid, timeout_ms } => {
+                if *timeout_ms == 0 || *timeout_ms > limits.max_timeout_ms {
+                    return Err(Error::InvalidArgument {
+                        what: "timeout_ms must be between 1 and the configured max_timeout_ms",
+                    });
+                }
+                let deadline = now.saturating_add(*timeout_ms);
+                Ok((
+                    vec![Record::Begin {
+                        xid: xid.clone(),
+                        at: now,
+                        deadline,
+                    }],
+                    Reply::Began { deadline },
+                ))
+            }
+            // Late phase-2 answers for a forgotten transaction are harmless duplicates.
+            Command::Phase2Result { .. } | Command::Timeout { .. } | Command::Forget { .. } => {
+                Ok((vec![], Reply::Ok))
+            }
+            _ => Err(Error::UnknownXid {
+                xid: cmd.xid().clone(),
+            }),
+        };
+    };
+    let xid = &g.xid;
+    match cmd {
+        Command::Begin { .. } => Err(Error::DuplicateXid { xid: xid.clone() }),
+        Command::Register {
+            resource,
+            kind,
+            keys,
+            ..
+        } => {
+            if g.status != GlobalStatus::Begin {
+                return Err(invalid(g, "register a branch"));
+            }
+            if now >= g.deadline {
+                return Err(Error::Expired { xid: xid.clone() });
+            }
+            if resource.is_empty() || resource.len() > 1024 {
+                return Err(Error::InvalidArgument {
+                    what: "resource id must be 1 to 1024 bytes",
+                });
+            }
+            if keys.len() > limits.max_keys_per_branch {
+                return Err(Error::LimitExceeded {
+                    what: "lock keys per branch",
+                    limit: limits.max_keys_per_branch,
+                });
+            }
+            if g.branches.len() >= limits.max_branches {
+                return Err(Error::LimitExceeded {
+                    what: "branches per transaction",
+                    limit: limits.max_branches,
+                });
+            }
+            let branch_id = g.branches.len() as u64 + 1;
+            let branch = Branch {
+                branch_id,
+                resource: resource.clone(),
+                kind: *kind,
+                keys: keys.clone(),
+                status: BranchStatus::Registered,
+            };
+            Ok((
+                vec![Record::Branch {
+                    xid: xid.clone(),
+                    branch,
+                }],
+                Reply::Registered { branch_id },
+            ))
+        }
+        Command::Report {
+            branch_id,
+            status: st,
+            ..
+        } => {
+            if !matches!(
+                st,
+                BranchStatus::PhaseOneDone | BranchStatus::PhaseOneFailed
+            ) {
+                return Err(Error::InvalidArgument {
+                    what: "a phase-1 report is PhaseOneDone or PhaseOneFailed",
+                });
+            }
+            let b = g.branch(*branch_id).ok_or(Error::UnknownBranch {
+                xid: xid.clone(),
+                branch_id: *branch_id,
+            })?;
+            if b.status == *st {
+                return Ok((vec![], Reply::Ok));
+            }
+            if b.status != BranchStatus::Registered {
+                return Err(invalid(g, "report phase 1 of a branch already past it"));
+            }
+            Ok((
+                vec![Record::BranchStatus {
+                    xid: xid.clone(),
+                    branch_id: *branch_id,
+                    status: *st,
+                }],
+                Reply::Ok,
+            ))
+        }
+        Command::Commit { .. } => {
+            if g.status != GlobalStatus::Begin {
+                return Err(invalid(g, "commit"));
+            }
+            if now >= g.deadline {
+                return Err(Error::Expired { xid: xid.clone() });
+            }
+            let next = if g.branches.is_empty() {
+                GlobalStatus::Committed
+            } else {
+                GlobalStatus::AsyncCommitting
+            };
+            // Seata answers Committed once the decision is durable; cleanup is asynchronous.
+            Ok((
+                vec![status(xid, next, now)],
+                Reply::Status(GlobalStatus::Committed),
+            ))
+        }
+        Command::Rollback { .. } => {
+            let next = match g.status {
+                GlobalStatus::Begin => GlobalStatus::Rollbacking,
+                GlobalStatus::RollbackFailed => GlobalStatus::RollbackRetrying,
+                GlobalStatus::TimeoutRollbackFailed => GlobalStatus::TimeoutRollbackRetrying,
+                _ => return Err(invalid(g, "roll back")),
+            };
+            Ok(start_rollback(g, next, now))
+        }
+        Command::Timeout { .. } => {
+            if g.status != GlobalStatus::Begin || now < g.deadline {
+                return Ok((vec![], Reply::Status(g.status)));
+            }
+            Ok(start_rollback(g, GlobalStatus::TimeoutRollbacking, now))
+        }
+        Command::Phase2Result {
+            branch_id, outcome, ..
+        } => phase2_result(g, *branch_id, *outcome, now),
+        Command::Forget { .. } => {
+            if !g.status.is_finished() {
+                return Err(invalid(g, "forget"));
+            }
+            Ok((vec![Record::Forget { xid: xid.clone() }], Reply::Ok))
+        }
+    }
+}
+
+/// Enters a rollback status. Failed branches get another go; with nothing left
+/// to undo the transaction ends at once.
+fn start_rollback(g: &Global, next: GlobalStatus, now: Millis) -> (Vec<Record>, Reply) {
+    let xid = &g.xid;
+    let mut recs: Vec<Record> = g
+        .branches
+        .iter()
+        .filter(|b| b.status == BranchStatus::PhaseTwoRollbackFailed)
+        .map(|b| Record::BranchStatus {
+            xid: xid.clone(),
+            branch_id: b.branch_id,
+            status: BranchStatus::Registered,
+        })
+        .collect();
+    let all_undone = g
+        .branches
+        .iter()
+        .all(|b| b.status == BranchStatus::PhaseTwoRollbacked);
+    let next = if all_undone { rolled_back(next) } else { next };
+    recs.push(status(xid, next, now));
+    (recs, Reply::Status(next))
+}
+
+fn rolled_back(s: GlobalStatus) -> GlobalStatus {
+    if s.is_timeout() {
+        GlobalStatus::TimeoutRollbacked
+    } else {
+        GlobalStatus::Rollbacked
+    }
+}
+
+fn phase2_result(
+    g: &Global,
+    branch_id: u64,
+    outcome: Phase2Outcome,
+    now: Millis,
+) -> Result<(Vec<Record>, Reply), Error> {
+    let xid = &g.xid;
+    let b = g.branch(branch_id).ok_or(Error::UnknownBranch {
+        xid: xid.clone(),
+        branch_id,
+    })?;
+    let set = |st| Record::BranchStatus {
+        xid: xid.clone(),
+        branch_id,
+        status: st,
+    };
+    let done = (vec![], Reply::Status(g.status));
+    // At-least-once delivery: answers for work no longer owed are dropped.
+    if !g.pending_work().iter().any(|w| w.branch_id == branch_id) {
+        return Ok(done);
+    }
+    let mut recs = Vec::new();
+    if g.status.is_committing() {
+        match outcome {
+            Phase2Outcome::Committed => {
+                recs.push(set(BranchStatus::PhaseTwoCommitted));
+                let rest = g
+                    .branches
+                    .iter()
+                    .filter(|o| o.branch_id != branch_id)
+                    .all(|o| o.status == BranchStatus::PhaseTwoCommitted);
+                if rest {
+                    recs.push(status(xid, GlobalStatus::Committed, now));
+                }
+            }
+            Phase2Outcome::Retry => {}
+            Phase2Outcome::Rollbacked | Phase2Outcome::RollbackFailed => {
+                return Err(Error::InvalidArgument {
+                    what: "a commit work item was answered with a rollback outcome",
+                });
+            }
+        }
+    } else {
+        let timeout = g.status.is_timeout();
+        match outcome {
+            Phase2Outcome::Rollbacked => {
+                recs.push(set(BranchStatus::PhaseTwoRollbacked));
+                let rest = g
+                    .branches
+                    .iter()
+                    .filter(|o| o.branch_id != branch_id)
+                    .all(|o| o.status == BranchStatus::PhaseTwoRollbacked);
+                if rest {
+                    recs.push(status(xid, rolled_back(g.status), now));
+                }
+            }
+            Phase2Outcome::RollbackFailed => {
+                recs.push(set(BranchStatus::PhaseTwoRollbackFailed));
+                let failed = if timeout {
+                    GlobalStatus::TimeoutRollbackFailed
+                } else {
+                    GlobalStatus::RollbackFailed
+                };
+                recs.push(status(xid, failed, now));
+            }
+            Phase2Outcome::Retry => {
+                let retrying = if timeout {
+                    GlobalStatus::TimeoutRollbackRetrying
+                } else {
+                    GlobalStatus::RollbackRetrying
+                };
+                if g.status != retrying {
+                    recs.push(status(xid, retrying, now));
+                }
+            }
+            Phase2Outcome::Committed => {
+                return Err(Error::InvalidArgument {
+                    what: "a rollback work item was answered with Committed",
+                });
+            }
+        }
+    }
+    let _ = b;
+    let mut after = g.clone();
+    recs.iter().for_each(|r| after.apply(r));
+    Ok((recs, Reply::Status(after.status)))
+}
