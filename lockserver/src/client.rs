@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -505,17 +504,18 @@ async fn one_stream(
     opts: &WorkerOptions,
     connected: &AtomicBool,
 ) -> bool {
-    let (tx, rx) = mpsc::channel(opts.concurrency.max(1) * 2);
+    let (tx, rx) = mpsc::channel::<pb::Phase2Result>(opts.concurrency.max(1) * 2);
     let hello = pb::Phase2Up {
         msg: Some(pb::phase2_up::Msg::Hello(pb::Hello {
             resource_ids: resources.to_vec(),
             worker_name: opts.name.clone(),
         })),
     };
-    if tx.send(hello).await.is_err() {
-        return false;
-    }
-    let mut inbound = match rpc.phase2(ReceiverStream::new(rx)).await {
+    let results = crate::api::grpc::batches(rx).map(|results| pb::Phase2Up {
+        msg: Some(pb::phase2_up::Msg::Results(pb::Phase2Results { results })),
+    });
+    let outbound = futures::stream::once(async move { hello }).chain(results);
+    let mut inbound = match rpc.phase2(outbound).await {
         Ok(r) => r.into_inner(),
         Err(e) => {
             tracing::debug!(error = %e, "phase-2 stream not established");
@@ -526,52 +526,51 @@ async fn one_stream(
     tracing::info!(resources = ?resources, "phase-2 stream established");
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     while let Ok(Some(msg)) = inbound.message().await {
-        let Some(w) = msg.work else { continue };
-        let Ok(xid) = Xid::parse(&w.xid) else {
-            continue;
-        };
-        let kind = if w.branch_type == pb::BranchType::Xa as i32 {
-            BranchKind::XA
-        } else {
-            BranchKind::AT
-        };
-        let commit = w.action == pb::Action::Commit as i32;
-        let work = Phase2Work {
-            xid,
-            branch_id: w.branch_id,
-            resource_id: w.resource_id,
-            kind,
-        };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
-        let (handler, tx) = (handler.clone(), tx.clone());
-        tokio::spawn(async move {
-            let (xid, branch_id) = (work.xid.to_string(), work.branch_id);
-            let outcome = if commit {
-                handler.commit(work).await
+        for w in msg.work {
+            let Ok(xid) = Xid::parse(&w.xid) else {
+                continue;
+            };
+            let kind = if w.branch_type == pb::BranchType::Xa as i32 {
+                BranchKind::XA
             } else {
-                handler.rollback(work).await
+                BranchKind::AT
             };
-            let (o, detail) = match outcome {
-                BranchOutcome::Done if commit => (pb::Outcome::Committed, String::new()),
-                BranchOutcome::Done => (pb::Outcome::Rollbacked, String::new()),
-                BranchOutcome::RollbackFailed { reason } => (pb::Outcome::RollbackFailed, reason),
-                BranchOutcome::Retry { reason } => (pb::Outcome::Retry, reason),
-            };
-            let r = pb::Phase2Result {
+            let commit = w.action == pb::Action::Commit as i32;
+            let work = Phase2Work {
                 xid,
-                branch_id,
-                outcome: o as i32,
-                detail,
+                branch_id: w.branch_id,
+                resource_id: w.resource_id,
+                kind,
             };
-            let _ = tx
-                .send(pb::Phase2Up {
-                    msg: Some(pb::phase2_up::Msg::Result(r)),
-                })
-                .await;
-            drop(permit);
-        });
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return true;
+            };
+            let (handler, tx) = (handler.clone(), tx.clone());
+            tokio::spawn(async move {
+                let (xid, branch_id) = (work.xid.to_string(), work.branch_id);
+                let outcome = if commit {
+                    handler.commit(work).await
+                } else {
+                    handler.rollback(work).await
+                };
+                let (o, detail) = match outcome {
+                    BranchOutcome::Done if commit => (pb::Outcome::Committed, String::new()),
+                    BranchOutcome::Done => (pb::Outcome::Rollbacked, String::new()),
+                    BranchOutcome::RollbackFailed { reason } => {
+                        (pb::Outcome::RollbackFailed, reason)
+                    }
+                    BranchOutcome::Retry { reason } => (pb::Outcome::Retry, reason),
+                };
+                let r = pb::Phase2Result {
+                    xid,
+                    branch_id,
+                    outcome: o as i32,
+                    detail,
+                };
+                let _ = tx.send(r).await;
+                drop(permit);
+            });
+        }
     }
     true
 }

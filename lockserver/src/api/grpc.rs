@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -84,7 +83,7 @@ fn outcome(o: i32) -> Option<Phase2Outcome> {
     }
 }
 
-fn work(w: Work) -> pb::Phase2Down {
+fn work(w: Work) -> pb::BranchWork {
     let branch_type = if w.kind == BranchKind::AT {
         pb::BranchType::At
     } else {
@@ -95,14 +94,12 @@ fn work(w: Work) -> pb::Phase2Down {
     } else {
         pb::Action::Rollback
     };
-    pb::Phase2Down {
-        work: Some(pb::BranchWork {
-            xid: w.xid.to_string(),
-            branch_id: w.branch_id,
-            resource_id: w.resource,
-            branch_type: branch_type as i32,
-            action: action as i32,
-        }),
+    pb::BranchWork {
+        xid: w.xid.to_string(),
+        branch_id: w.branch_id,
+        resource_id: w.resource,
+        branch_type: branch_type as i32,
+        action: action as i32,
     }
 }
 
@@ -370,31 +367,39 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             let _guard = guard;
             let limit = Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT));
             while let Some(Ok(Some(msg))) = cancel.run_until_cancelled(inbound.message()).await {
-                let Some(pb::phase2_up::Msg::Result(r)) = msg.msg else {
-                    continue;
+                let results = match msg.msg {
+                    Some(pb::phase2_up::Msg::Result(r)) => vec![r],
+                    Some(pb::phase2_up::Msg::Results(rs)) => rs.results,
+                    _ => continue,
                 };
-                let (Ok(x), Some(o)) = (Xid::parse(&r.xid), outcome(r.outcome)) else {
-                    tracing::warn!(xid = %r.xid, "malformed phase-2 answer ignored");
-                    continue;
-                };
-                if !r.detail.is_empty() {
-                    tracing::info!(xid = %x, branch = r.branch_id, outcome = %o, detail = %r.detail, "phase-2 answer");
-                }
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let coord = coord.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = coord.phase2_result(x.clone(), r.branch_id, o).await {
-                        tracing::warn!(xid = %x, branch = r.branch_id, error = %e, "phase-2 answer not applied");
+                for r in results {
+                    let (Ok(x), Some(o)) = (Xid::parse(&r.xid), outcome(r.outcome)) else {
+                        tracing::warn!(xid = %r.xid, "malformed phase-2 answer ignored");
+                        continue;
+                    };
+                    if !r.detail.is_empty() {
+                        tracing::info!(xid = %x, branch = r.branch_id, outcome = %o, detail = %r.detail, "phase-2 answer");
                     }
-                    drop(permit);
-                });
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let coord = coord.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = coord.phase2_result(x.clone(), r.branch_id, o).await {
+                            tracing::warn!(xid = %x, branch = r.branch_id, error = %e, "phase-2 answer not applied");
+                        }
+                        drop(permit);
+                    });
+                }
             }
             tracing::info!(worker = %hello.worker_name, "phase-2 stream closed");
         });
-        let out = ReceiverStream::new(rx)
-            .map(|w| Ok(work(w)))
+        let out = batches(rx)
+            .map(|ws| {
+                Ok(pb::Phase2Down {
+                    work: ws.into_iter().map(work).collect(),
+                })
+            })
             .take_until(self.cancel.clone().cancelled_owned());
         Ok(Response::new(Box::pin(out)))
     }
