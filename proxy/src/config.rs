@@ -18,6 +18,8 @@ pub struct Config {
     pub postgres: Vec<PgFrontend>,
     /// How the process stops.
     pub shutdown: ShutdownConfig,
+    /// The lockserver that sessions' control functions talk to.
+    pub lockserver: LockserverConfig,
 }
 
 impl Default for Config {
@@ -26,6 +28,27 @@ impl Default for Config {
             admin: AdminConfig::default(),
             postgres: vec![PgFrontend::default()],
             shutdown: ShutdownConfig::default(),
+            lockserver: LockserverConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockserverConfig {
+    /// gRPC endpoint of the lockserver. Default `http://127.0.0.1:8091`. The connection is
+    /// opened on first use; a session calling a control function while it is down gets
+    /// SQLSTATE 58000 and keeps its connection.
+    pub endpoint: String,
+    /// Bound on each call, in milliseconds. Default 5000.
+    pub call_timeout_ms: u64,
+}
+
+impl Default for LockserverConfig {
+    fn default() -> Self {
+        LockserverConfig {
+            endpoint: "http://127.0.0.1:8091".to_owned(),
+            call_timeout_ms: 5_000,
         }
     }
 }
@@ -222,6 +245,17 @@ impl Config {
                     }
                 }
             }
+        }
+        if !self.lockserver.endpoint.starts_with("http://")
+            && !self.lockserver.endpoint.starts_with("https://")
+        {
+            problems.push(format!(
+                "lockserver.endpoint {:?} must be an http:// or https:// URI",
+                self.lockserver.endpoint
+            ));
+        }
+        if self.lockserver.call_timeout_ms == 0 {
+            problems.push("lockserver.call_timeout_ms must be at least 1".to_owned());
         }
         if problems.is_empty() {
             Ok(())

@@ -75,3 +75,32 @@ pub async fn run(
     lock_result?;
     Ok(())
 }
+
+/// The lockserver configuration at `path`, or every default.
+pub fn load_lockserver_config(
+    path: Option<&std::path::Path>,
+) -> Result<tandem_lockserver::Config, tandem_lockserver::Error> {
+    match path {
+        Some(path) => tandem_lockserver::Config::load(path),
+        None => Ok(tandem_lockserver::Config::default()),
+    }
+}
+
+/// Prints where `tandem dev` serves what, for the newcomer who just started it.
+pub fn announce(config: &Config, listeners: &Listeners, lock: &LockserverListeners) {
+    for (addr, frontend) in listeners.postgres_addrs().iter().zip(&config.postgres) {
+        println!(
+            "tandem dev: PostgreSQL {} -> postgres://{addr}/",
+            frontend.upstream
+        );
+    }
+    if let Ok(grpc) = lock.grpc.local_addr() {
+        println!("tandem dev: lockserver gRPC {grpc}");
+    }
+    if let Ok(http) = lock.http.local_addr() {
+        println!("tandem dev: lockserver HTTP http://{http}/v1/transactions");
+    }
+    if let Some(admin) = listeners.admin_addr() {
+        println!("tandem dev: proxy metrics http://{admin}/metrics");
+    }
+}

@@ -55,6 +55,28 @@ pub enum Error {
     #[error("side connection: {0}")]
     SideQuery(#[from] tokio_postgres::Error),
 
+    #[error("{0}")]
+    Lockserver(#[from] tandem_lockserver::Error),
+
+    #[error(
+        "no global transaction is bound to this session: call tandem_begin() or tandem_join() first"
+    )]
+    NotBound,
+
+    #[error(
+        "this session is already bound to global transaction {xid}: end it or call tandem_leave() first"
+    )]
+    AlreadyBound { xid: String },
+
+    #[error("global transaction {xid} is {status}, not open for new work")]
+    NotJoinable { xid: String, status: String },
+
+    #[error("end the local transaction (COMMIT or ROLLBACK) before {what}")]
+    LocalTransactionOpen { what: &'static str },
+
+    #[error("{0}")]
+    BadControlCall(String),
+
     #[error("side pool for {database}: {reason}")]
     SidePoolBuild {
         database: String,
@@ -87,6 +109,21 @@ impl Error {
             Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => {
                 SqlState::InternalError
             }
+            Error::Lockserver(e) => match e {
+                tandem_lockserver::Error::InvalidState { .. }
+                | tandem_lockserver::Error::Expired { .. }
+                | tandem_lockserver::Error::Rpc {
+                    code: tonic::Code::FailedPrecondition,
+                    ..
+                } => SqlState::ObjectNotInPrerequisiteState,
+                e if e.is_client_fault() => SqlState::InvalidParameterValue,
+                _ => SqlState::SystemError,
+            },
+            Error::NotBound | Error::AlreadyBound { .. } | Error::NotJoinable { .. } => {
+                SqlState::ObjectNotInPrerequisiteState
+            }
+            Error::LocalTransactionOpen { .. } => SqlState::ActiveSqlTransaction,
+            Error::BadControlCall(_) => SqlState::InvalidParameterValue,
         }
     }
 
@@ -95,7 +132,15 @@ impl Error {
     pub fn closes_connection(&self) -> bool {
         !matches!(
             self,
-            Error::Unsupported { .. } | Error::SidePool(_) | Error::SideQuery(_)
+            Error::Unsupported { .. }
+                | Error::SidePool(_)
+                | Error::SideQuery(_)
+                | Error::Lockserver(_)
+                | Error::NotBound
+                | Error::AlreadyBound { .. }
+                | Error::NotJoinable { .. }
+                | Error::LocalTransactionOpen { .. }
+                | Error::BadControlCall(_)
         )
     }
 
@@ -110,7 +155,12 @@ impl Error {
                 | Error::Unsupported { .. }
                 | Error::ClientIo(_)
                 | Error::TlsHandshake(_)
-        )
+                | Error::NotBound
+                | Error::AlreadyBound { .. }
+                | Error::NotJoinable { .. }
+                | Error::LocalTransactionOpen { .. }
+                | Error::BadControlCall(_)
+        ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
 
     /// Whether the same request may succeed if the client retries it.
@@ -123,7 +173,7 @@ impl Error {
                 | Error::UpstreamClosed
                 | Error::TooManyConnections { .. }
                 | Error::ShuttingDown
-        )
+        ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
 
     /// The metrics label of this error's kind.
@@ -144,6 +194,12 @@ impl Error {
             Error::TooManyConnections { .. } => "too_many_connections",
             Error::ShuttingDown => "shutdown",
             Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => "side",
+            Error::Lockserver(_) => "lockserver",
+            Error::NotBound
+            | Error::AlreadyBound { .. }
+            | Error::NotJoinable { .. }
+            | Error::LocalTransactionOpen { .. }
+            | Error::BadControlCall(_) => "control",
         }
     }
 }
@@ -195,7 +251,8 @@ mod tests {
     fn every_variant_maps_to_the_intended_sqlstate() {
         let expected = [
             "08P01", "54000", "08P01", "08P01", "08P01", "0A000", "08001", "08001", "08006",
-            "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000",
+            "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000", "22023", "55000",
+            "55000", "55000", "25001", "22023",
         ];
         let got: Vec<_> = every_variant()
             .iter()

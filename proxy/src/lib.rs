@@ -9,16 +9,22 @@
 //! - `session`: one state machine per protocol (`session::pg`).
 //! - `wire`: codecs, free of I/O and session state (`wire::pg`).
 //! - `upstream`: backend connections, cancel delivery, side pools.
+//! - `control`: the grammar of `SELECT tandem_begin()` and the other control statements.
+//! - `binding`: a session's binding to a global transaction; carries out control statements.
 //! - `cancel`: the BackendKeyData tandem hands out, and what each key cancels.
 //! - `tls`: TLS towards clients.
 //! - `metrics`: Prometheus instruments.
+//! - `migrate`: `tandem migrate`, the undo_log DDL per dialect.
 #![forbid(unsafe_code)]
 
+pub mod binding;
 pub mod cancel;
 pub mod config;
+pub mod control;
 pub mod dev;
 pub mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -33,6 +33,12 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Create tandem's tables (undo_log) in each database given by URL.
+    Migrate {
+        /// postgres://user@host:port/database (more than one allowed).
+        #[arg(required = true)]
+        urls: Vec<String>,
+    },
     /// Local development: an embedded lockserver plus proxies in front of the local databases.
     Dev {
         /// Proxy configuration; the defaults serve 127.0.0.1:5432 on 127.0.0.1:6433.
@@ -55,9 +61,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             server::run(listeners, config, os_signal()).await?;
         }
         Command::Lockserver { config } => {
-            let config = load_lockserver(config.as_deref())?;
+            let config = dev::load_lockserver_config(config.as_deref())?;
             let l = LockserverListeners::bind(&config).await?;
             tandem_lockserver::server::run(l.grpc, l.http, config, os_signal()).await?;
+        }
+        Command::Migrate { urls } => {
+            for url in urls {
+                let applied = tandem_proxy::migrate::apply(&url).await?;
+                println!("tandem migrate: {} applied to {url}", applied.join(", "));
+            }
         }
         Command::Dev {
             config,
@@ -67,39 +79,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
             };
-            let lock_config = load_lockserver(lockserver_config.as_deref())?;
+            let lock_config = dev::load_lockserver_config(lockserver_config.as_deref())?;
             let listeners = server::Listeners::bind(&config).await?;
             let lock_listeners = LockserverListeners::bind(&lock_config).await?;
-            for (addr, frontend) in listeners.postgres_addrs().iter().zip(&config.postgres) {
-                println!(
-                    "tandem dev: PostgreSQL {} -> postgres://{addr}/",
-                    frontend.upstream
-                );
-            }
-            println!(
-                "tandem dev: lockserver gRPC {}",
-                lock_listeners.grpc.local_addr()?
-            );
-            println!(
-                "tandem dev: lockserver HTTP http://{}/v1/transactions",
-                lock_listeners.http.local_addr()?
-            );
-            if let Some(admin) = listeners.admin_addr() {
-                println!("tandem dev: proxy metrics http://{admin}/metrics");
-            }
+            dev::announce(&config, &listeners, &lock_listeners);
             dev::run(listeners, config, lock_listeners, lock_config, os_signal()).await?;
         }
     }
     Ok(())
-}
-
-fn load_lockserver(
-    path: Option<&std::path::Path>,
-) -> Result<tandem_lockserver::Config, tandem_lockserver::Error> {
-    match path {
-        Some(path) => tandem_lockserver::Config::load(path),
-        None => Ok(tandem_lockserver::Config::default()),
-    }
 }
 
 fn init_tracing(json: bool) {

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tandem_lockserver::client::{ClientOptions, LockClient};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -75,6 +76,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let cancels = Arc::new(CancelRegistry::default());
     let session_ids = Arc::new(AtomicU64::new(1));
+    let lock = LockClient::connect_lazy(
+        &config.lockserver.endpoint,
+        ClientOptions {
+            call_timeout: Duration::from_millis(config.lockserver.call_timeout_ms),
+            ..ClientOptions::default()
+        },
+    )?;
     let mut frontends = Vec::new();
 
     for (frontend, listener) in config.postgres.iter().zip(listeners.postgres) {
@@ -90,6 +98,7 @@ pub async fn run(
             tls,
             side: SidePools::new(frontend),
             signals: signals.clone(),
+            lock: lock.clone(),
         });
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "postgres front end");
         frontends.push(Arc::clone(&ctx));

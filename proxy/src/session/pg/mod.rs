@@ -5,10 +5,12 @@
 //! two sockets. Invariant: every byte from one side reaches the other in order, except
 //! the few messages tandem rewrites during startup (SASL mechanisms, BackendKeyData).
 
+mod intercept;
 mod phase;
 pub mod startup;
 pub mod tracked;
 
+use crate::binding::Binding;
 use crate::cancel::{CancelRegistry, CancelTarget, Registration};
 use crate::config::PgFrontend;
 use crate::error::{Error, Result};
@@ -23,10 +25,12 @@ use crate::wire::pg::messages::response::{
     decode_parameter_status, put_backend_key, put_error, put_sasl_mechanisms,
 };
 use bytes::{Buf, BytesMut};
+use intercept::Intercepted;
 pub use phase::{CopyDirection, Phase};
 use startup::Opening;
 use std::sync::Arc;
 use std::time::Instant;
+use tandem_lockserver::client::LockClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracked::{SyncKind, Tracked};
@@ -40,6 +44,7 @@ pub struct PgFrontendContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub side: SidePools,
     pub signals: Signals,
+    pub lock: LockClient,
 }
 
 /// Read buffers start empty and grow in steps of this many bytes, so that an idle
@@ -147,6 +152,10 @@ struct Relay<'a> {
     /// The client connection failed; nothing more can be written to it.
     client_lost: bool,
     draining: bool,
+    /// Reading from the client waits for the next sync point (a control statement is
+    /// queued behind requests in flight).
+    client_paused: bool,
+    binding: Binding,
     span: tracing::Span,
 }
 
@@ -181,6 +190,8 @@ impl<'a> Relay<'a> {
             backend_said_fatal: false,
             client_lost: false,
             draining: false,
+            client_paused: false,
+            binding: Binding::default(),
             span,
         }
     }
@@ -217,9 +228,12 @@ impl<'a> Relay<'a> {
                     if self.draining && self.phase.at_sync_point() {
                         return Err(Error::ShuttingDown);
                     }
+                    if self.client_paused && self.phase.at_sync_point() && self.relay_from_client().await? {
+                        return Ok(());
+                    }
                 }
                 // Cancel-safe: as above.
-                read = self.client.read_buf(&mut self.from_client) => {
+                read = self.client.read_buf(&mut self.from_client), if !self.client_paused => {
                     let read = read.map_err(|e| {
                         self.client_lost = true;
                         Error::ClientIo(e)
@@ -238,11 +252,17 @@ impl<'a> Relay<'a> {
     }
 
     /// Relays every complete client message; returns true once Terminate was relayed.
+    /// A control statement is carried out here and replaced by a query that makes the
+    /// backend answer with its result, so that the answer keeps its place among the
+    /// replies; one that arrives while earlier requests are in flight waits for them
+    /// (reading from the client pauses until the next sync point).
     async fn relay_from_client(&mut self) -> Result<bool> {
         let buf = std::mem::take(&mut self.from_client);
         let max = self.ctx.config.max_message_bytes;
         let mut pos = skip_streaming(&mut self.client_streaming, buf.len());
+        let mut run_start = 0;
         let mut terminated = false;
+        self.client_paused = false;
         while self.client_streaming == 0 {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;
@@ -254,23 +274,43 @@ impl<'a> Relay<'a> {
                 }
                 break;
             }
-            self.on_client_message(frame.tag, frame.body(&buf[pos..]))?;
+            let body = frame.body(&buf[pos..]);
+            if frame.tag == frontend::QUERY {
+                match self.intercept_query(body).await? {
+                    Intercepted::Relay => {}
+                    Intercepted::WaitForSyncPoint => {
+                        self.client_paused = true;
+                        break;
+                    }
+                    Intercepted::Replace(replacement) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        run_start = pos + frame.wire_len;
+                    }
+                }
+            }
+            self.on_client_message(frame.tag, body)?;
             pos += frame.wire_len;
             if frame.tag == frontend::TERMINATE {
                 terminated = true;
                 break;
             }
         }
-        if pos > 0 {
-            self.ctx.metrics.bytes_from_clients.inc_by(pos as u64);
-            self.server
-                .write_all(&buf[..pos])
-                .await
-                .map_err(Error::UpstreamIo)?;
-        }
+        self.ctx.metrics.bytes_from_clients.inc_by(pos as u64);
+        self.write_server(&buf[run_start..pos]).await?;
         self.from_client = buf;
         self.from_client.advance(pos);
         Ok(terminated)
+    }
+
+    async fn write_server(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.server
+            .write_all(bytes)
+            .await
+            .map_err(Error::UpstreamIo)
     }
 
     fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {

@@ -29,6 +29,14 @@ pub enum SqlState {
     ProgramLimitExceeded,
     /// XX000 internal_error.
     InternalError,
+    /// 55000 object_not_in_prerequisite_state: e.g. no global transaction bound.
+    ObjectNotInPrerequisiteState,
+    /// 22023 invalid_parameter_value: a control function called with bad arguments.
+    InvalidParameterValue,
+    /// 25001 active_sql_transaction: a local transaction is still open.
+    ActiveSqlTransaction,
+    /// 58000 system_error: a failure outside the database (the lockserver).
+    SystemError,
 }
 
 impl SqlState {
@@ -45,6 +53,10 @@ impl SqlState {
             SqlState::TooManyConnections => "53300",
             SqlState::ProgramLimitExceeded => "54000",
             SqlState::InternalError => "XX000",
+            SqlState::ObjectNotInPrerequisiteState => "55000",
+            SqlState::InvalidParameterValue => "22023",
+            SqlState::ActiveSqlTransaction => "25001",
+            SqlState::SystemError => "58000",
         }
     }
 }
@@ -67,6 +79,10 @@ mod tests {
             TooManyConnections,
             ProgramLimitExceeded,
             InternalError,
+            ObjectNotInPrerequisiteState,
+            InvalidParameterValue,
+            ActiveSqlTransaction,
+            SystemError,
         ];
         let mut codes: Vec<_> = all.iter().map(|s| s.code()).collect();
         assert!(codes.iter().all(|c| c.len() == 5));

@@ -1,11 +1,14 @@
 //! The PostgreSQL relay, through the real proxy over TCP to the real PostgreSQL.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod cancel;
+mod control;
 mod copy;
 mod drivers;
 mod limits;
+mod migrate;
 mod notify;
 mod pgbench_tool;
 mod relay_passthrough;

@@ -52,3 +52,41 @@ async fn notices_are_relayed_in_order_with_the_result() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+#[tokio::test]
+async fn tokio_postgres_receives_notifications_while_idle() {
+    use futures::StreamExt;
+    let db = TestDb::create("notify_tp").await;
+    let tandem = Tandem::start().await;
+    let (client, mut connection) = tandem
+        .config(&db.name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx
+                    .send((n.channel().to_owned(), n.payload().to_owned()))
+                    .await;
+            }
+        }
+    });
+    client.batch_execute("LISTEN orders").await.unwrap();
+    let direct = db.direct().await;
+    direct
+        .batch_execute("NOTIFY orders, 'order 17 paid'")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("notification within 10 s")
+        .expect("driver still running");
+    assert_eq!(got, ("orders".to_owned(), "order 17 paid".to_owned()));
+    drop(client);
+    let _ = driver.await;
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}

@@ -1,0 +1,325 @@
+//! tandem's control functions (`SELECT tandem_begin()` …): recognising them in a query
+//! text, and what each one answers. Shared by every SQL front end.
+//!
+//! Owns the grammar of the control statements only. Never talks to the lockserver and
+//! never touches session state: the session carries out the `Control` it is handed.
+//! Invariant: a text is a control statement only if all of it is exactly one call, so
+//! a query that merely mentions `tandem_` is relayed untouched.
+
+/// A control statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// `tandem_begin()` / `tandem_begin(timeout_ms)`.
+    Begin { timeout_ms: Option<u64> },
+    /// `tandem_join('XID')`.
+    Join { xid: String },
+    /// `tandem_commit()`.
+    Commit,
+    /// `tandem_rollback()`.
+    Rollback,
+    /// `tandem_status()` / `tandem_status('XID')`.
+    Status { xid: Option<String> },
+    /// `tandem_leave()`.
+    Leave,
+    /// `tandem_xid()`.
+    Xid,
+    /// `tandem_mode('at' | 'xa')`.
+    Mode { mode: String },
+}
+
+impl Control {
+    /// The name of the one column the answer has (DESIGN.md, "The application's side").
+    pub fn column(&self) -> &'static str {
+        match self {
+            Control::Begin { .. } | Control::Join { .. } | Control::Leave | Control::Xid => "xid",
+            Control::Commit | Control::Rollback | Control::Status { .. } => "status",
+            Control::Mode { .. } => "mode",
+        }
+    }
+}
+
+/// A control statement that cannot be carried out as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadCall(pub String);
+
+/// Recognises a control statement. `Ok(None)`: not one (relay it). `Err`: it calls a
+/// `tandem_` function in a way tandem does not accept (tell the client why).
+pub fn parse(sql: &[u8]) -> Result<Option<Control>, BadCall> {
+    // Cheap rejection first: this runs on every simple query.
+    if sql.len() > 512 || !contains_ignore_case(sql, b"tandem_") {
+        return Ok(None);
+    }
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return Ok(None);
+    };
+    let mut p = Cursor { rest: text };
+    p.skip_space();
+    if !p.keyword("select") {
+        return Ok(None);
+    }
+    p.skip_space();
+    let Some(name) = p.identifier() else {
+        return Ok(None);
+    };
+    let lower = name.to_ascii_lowercase();
+    let Some(function) = lower.strip_prefix("tandem_") else {
+        return Ok(None);
+    };
+    p.skip_space();
+    if !p.eat('(') {
+        return Ok(None);
+    }
+    let args = p
+        .arguments()
+        .map_err(|what| BadCall(format!("tandem_{function}: {what}")))?;
+    p.skip_space();
+    p.eat(';');
+    p.skip_space();
+    if !p.rest.is_empty() {
+        return Ok(None);
+    }
+    let bad = |what: &str| Err(BadCall(format!("tandem_{function}: {what}")));
+    let control = match (function, args.as_slice()) {
+        ("begin", []) => Control::Begin { timeout_ms: None },
+        ("begin", [Arg::Int(ms)]) if *ms > 0 => Control::Begin {
+            timeout_ms: Some(*ms),
+        },
+        ("begin", _) => return bad("takes no argument or a positive timeout in milliseconds"),
+        ("join", [Arg::Text(xid)]) => Control::Join { xid: xid.clone() },
+        ("join", _) => return bad("takes the xid as a string literal"),
+        ("commit", []) => Control::Commit,
+        ("rollback", []) => Control::Rollback,
+        ("leave", []) => Control::Leave,
+        ("xid", []) => Control::Xid,
+        ("commit" | "rollback" | "leave" | "xid", _) => return bad("takes no argument"),
+        ("status", []) => Control::Status { xid: None },
+        ("status", [Arg::Text(xid)]) => Control::Status {
+            xid: Some(xid.clone()),
+        },
+        ("status", _) => return bad("takes no argument or an xid string literal"),
+        ("mode", [Arg::Text(mode)])
+            if matches!(mode.to_ascii_lowercase().as_str(), "at" | "xa") =>
+        {
+            Control::Mode {
+                mode: mode.to_ascii_lowercase(),
+            }
+        }
+        ("mode", _) => return bad("takes 'at' or 'xa'"),
+        _ => return bad("is not a tandem control function"),
+    };
+    Ok(Some(control))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Arg {
+    Int(u64),
+    Text(String),
+}
+
+struct Cursor<'a> {
+    rest: &'a str,
+}
+
+impl Cursor<'_> {
+    fn skip_space(&mut self) {
+        self.rest = self.rest.trim_start();
+    }
+
+    fn eat(&mut self, c: char) -> bool {
+        match self.rest.strip_prefix(c) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn keyword(&mut self, word: &str) -> bool {
+        let n = word.len();
+        let matches = self
+            .rest
+            .get(..n)
+            .is_some_and(|head| head.eq_ignore_ascii_case(word))
+            && self
+                .rest
+                .get(n..)
+                .and_then(|tail| tail.chars().next())
+                .is_none_or(|c| !is_ident_char(c));
+        if matches {
+            self.rest = &self.rest[n..];
+        }
+        matches
+    }
+
+    fn identifier(&mut self) -> Option<&str> {
+        let end = self
+            .rest
+            .find(|c: char| !is_ident_char(c))
+            .unwrap_or(self.rest.len());
+        if end == 0 {
+            return None;
+        }
+        let (ident, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        Some(ident)
+    }
+
+    /// Comma-separated integer or string literals up to the closing parenthesis.
+    fn arguments(&mut self) -> Result<Vec<Arg>, &'static str> {
+        let mut args = Vec::new();
+        self.skip_space();
+        if self.eat(')') {
+            return Ok(args);
+        }
+        loop {
+            self.skip_space();
+            args.push(self.literal()?);
+            self.skip_space();
+            if self.eat(')') {
+                return Ok(args);
+            }
+            if !self.eat(',') {
+                return Err("arguments must be literals separated by commas");
+            }
+        }
+    }
+
+    fn literal(&mut self) -> Result<Arg, &'static str> {
+        if self.eat('\'') {
+            let mut out = String::new();
+            loop {
+                let Some(c) = self.rest.chars().next() else {
+                    return Err("unterminated string literal");
+                };
+                self.rest = &self.rest[c.len_utf8()..];
+                if c == '\'' {
+                    // SQL doubles a quote inside a literal.
+                    if self.eat('\'') {
+                        out.push('\'');
+                        continue;
+                    }
+                    return Ok(Arg::Text(out));
+                }
+                out.push(c);
+            }
+        }
+        let end = self
+            .rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(self.rest.len());
+        if end == 0 {
+            return Err("arguments must be integer or string literals");
+        }
+        let (digits, rest) = self.rest.split_at(end);
+        self.rest = rest;
+        digits
+            .parse()
+            .map(Arg::Int)
+            .map_err(|_| "integer argument out of range")
+    }
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// A string as a SQL literal, quotes doubled: `'it''s'`.
+pub fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(sql: &str) -> Option<Control> {
+        parse(sql.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn recognises_every_control_function() {
+        assert_eq!(
+            ok("SELECT tandem_begin()"),
+            Some(Control::Begin { timeout_ms: None })
+        );
+        assert_eq!(
+            ok("  select TANDEM_BEGIN( 5000 ) ;  "),
+            Some(Control::Begin {
+                timeout_ms: Some(5000)
+            })
+        );
+        assert_eq!(
+            ok("SELECT tandem_join('ab-1')"),
+            Some(Control::Join { xid: "ab-1".into() })
+        );
+        assert_eq!(ok("SELECT tandem_commit();"), Some(Control::Commit));
+        assert_eq!(ok("SELECT tandem_rollback()"), Some(Control::Rollback));
+        assert_eq!(
+            ok("SELECT tandem_status()"),
+            Some(Control::Status { xid: None })
+        );
+        assert_eq!(
+            ok("SELECT tandem_status('x''y')"),
+            Some(Control::Status {
+                xid: Some("x'y".into())
+            })
+        );
+        assert_eq!(ok("SELECT tandem_leave()"), Some(Control::Leave));
+        assert_eq!(ok("SELECT tandem_xid()"), Some(Control::Xid));
+        assert_eq!(
+            ok("SELECT tandem_mode('XA')"),
+            Some(Control::Mode { mode: "xa".into() })
+        );
+    }
+
+    #[test]
+    fn other_queries_are_not_control_statements() {
+        for sql in [
+            "SELECT 1",
+            "SELECT tandem_begin(), 1",
+            "SELECT tandem_begin(); SELECT 2",
+            "SELECT * FROM tandem_begin()",
+            "UPDATE t SET tandem_x = 1",
+            "SELECT tandem_begin",
+            "SELECTtandem_begin()",
+        ] {
+            assert_eq!(parse(sql.as_bytes()), Ok(None), "{sql}");
+        }
+    }
+
+    #[test]
+    fn wrong_arguments_are_errors_not_relays() {
+        for sql in [
+            "SELECT tandem_begin('x')",
+            "SELECT tandem_begin(0)",
+            "SELECT tandem_join()",
+            "SELECT tandem_commit(1)",
+            "SELECT tandem_mode('tcc')",
+            "SELECT tandem_nonsense()",
+            "SELECT tandem_join('unterminated)",
+        ] {
+            assert!(parse(sql.as_bytes()).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+    }
+}

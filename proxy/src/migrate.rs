@@ -1,0 +1,107 @@
+//! `tandem migrate`: applies `migrations/<dialect>/*.sql` to databases given by URL.
+//!
+//! Owns the list of migrations (compiled in, so the binary needs no files beside it).
+//! Never alters a table it did not create. Invariant: every migration is idempotent,
+//! and a database's migrations apply in one transaction or not at all.
+
+/// The PostgreSQL migrations, in order.
+pub const POSTGRES: &[(&str, &str)] = &[(
+    "0001_undo_log",
+    include_str!("../../migrations/postgres/0001_undo_log.sql"),
+)];
+
+/// The MySQL/MariaDB migrations, in order.
+pub const MYSQL: &[(&str, &str)] = &[(
+    "0001_undo_log",
+    include_str!("../../migrations/mysql/0001_undo_log.sql"),
+)];
+
+/// Why a database could not be migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{url}: not a postgres:// or mysql:// URL")]
+    UnknownScheme { url: String },
+    #[error("{url}: applying MySQL migrations is not built yet (the DDL is in migrations/mysql)")]
+    MysqlNotYet { url: String },
+    #[error("{url}: {source}")]
+    Postgres {
+        url: String,
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Applies every migration of the URL's dialect to that database; returns the names
+/// applied.
+pub async fn apply(url: &str) -> Result<Vec<&'static str>, MigrateError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        apply_postgres(url).await
+    } else if url.starts_with("mysql://") {
+        Err(MigrateError::MysqlNotYet {
+            url: url.to_owned(),
+        })
+    } else {
+        Err(MigrateError::UnknownScheme {
+            url: url.to_owned(),
+        })
+    }
+}
+
+async fn apply_postgres(url: &str) -> Result<Vec<&'static str>, MigrateError> {
+    let err = |source| MigrateError::Postgres {
+        url: redact(url),
+        source,
+    };
+    let config: tokio_postgres::Config = url.parse().map_err(err)?;
+    let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(err)?;
+    let driver = tokio::spawn(connection);
+    let tx = client.transaction().await.map_err(err)?;
+    for (_, sql) in POSTGRES {
+        tx.batch_execute(sql).await.map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    drop(client);
+    let _ = driver.await;
+    Ok(POSTGRES.iter().map(|(name, _)| *name).collect())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn every_migration_is_idempotent_ddl() {
+        for (name, sql) in POSTGRES.iter().chain(MYSQL) {
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                let code: String = statement
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                assert!(code.contains("IF NOT EXISTS"), "{name}: {code}");
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! What tandem acts on in a client's simple Query before relaying it: its control
+//! statements (`SELECT tandem_begin()` …) and connection-pool resets.
+//!
+//! Owns that decision and the reply query. Never writes to a socket itself: the relay
+//! loop sends what it returns. Invariant: a control statement is carried out only at a
+//! sync point, so it takes effect after every request the client sent before it.
+
+use super::Relay;
+use crate::control::{self, BadCall, quote_literal};
+use crate::error::{Error, Result};
+use crate::wire::pg::messages::response::TxStatus;
+use crate::wire::pg::messages::simple::{Query, put_query};
+use bytes::BytesMut;
+
+impl Relay<'_> {
+    /// Looks at a simple Query for what tandem itself must act on: control statements
+    /// and pool resets.
+    pub(super) async fn intercept_query(&mut self, body: &[u8]) -> Result<Intercepted> {
+        let Ok(query) = Query::decode(body) else {
+            // Malformed: on_client_message reports it.
+            return Ok(Intercepted::Relay);
+        };
+        if is_pool_reset(query.sql) {
+            self.binding.unbind();
+            return Ok(Intercepted::Relay);
+        }
+        let control = match control::parse(query.sql) {
+            Ok(None) => return Ok(Intercepted::Relay),
+            Ok(Some(control)) => Ok(control),
+            Err(BadCall(message)) => Err(Error::BadControlCall(message)),
+        };
+        if !self.phase.at_sync_point() {
+            return Ok(Intercepted::WaitForSyncPoint);
+        }
+        let answer = match control {
+            // In a failed transaction block nothing may run; the backend says so (25P02)
+            // when it gets the reply query, and nothing was done.
+            _ if self.phase.tx_status() == Some(TxStatus::Failed) => Ok((None, "xid")),
+            Ok(control) => {
+                let column = control.column();
+                let open = self.phase.tx_status() == Some(TxStatus::InTransaction);
+                self.binding
+                    .carry_out(&self.ctx.lock, open, control)
+                    .await
+                    .map(|value| (value, column))
+            }
+            Err(e) => Err(e),
+        };
+        let sql = match answer {
+            Ok((value, column)) => reply_sql(value.as_deref(), column),
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "control statement refused");
+                error_sql(e.sqlstate().code(), &e.to_string())
+            }
+        };
+        let mut replacement = BytesMut::with_capacity(sql.len() + 6);
+        put_query(&mut replacement, &sql);
+        Ok(Intercepted::Replace(replacement))
+    }
+}
+
+/// What tandem does with a client's simple Query.
+pub(super) enum Intercepted {
+    Relay,
+    /// Hold it (and what follows) until the backend reaches a sync point.
+    WaitForSyncPoint,
+    /// Send this instead.
+    Replace(BytesMut),
+}
+
+/// The query that makes the backend answer a control statement: one text column named
+/// as DESIGN.md says, one row.
+fn reply_sql(value: Option<&str>, column: &str) -> String {
+    match value {
+        Some(value) => format!("SELECT {}::text AS \"{column}\"", quote_literal(value)),
+        None => format!("SELECT NULL::text AS \"{column}\""),
+    }
+}
+
+/// The statement that makes the backend report a refused control statement with its
+/// SQLSTATE, in order with every other reply.
+fn error_sql(sqlstate: &str, message: &str) -> String {
+    let message = message.replace("$tandem$", "");
+    format!(
+        "DO $tandem$ BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {}; END $tandem$",
+        quote_literal(&message)
+    )
+}
+
+/// `DISCARD ALL` and `RESET ALL`: what connection pools send when they hand a
+/// connection to someone else.
+fn is_pool_reset(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    let words: Vec<String> = text
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    matches!(words.as_slice(), [a, b] if (a == "DISCARD" || a == "RESET") && b == "ALL")
+}

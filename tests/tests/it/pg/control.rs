@@ -1,0 +1,246 @@
+//! The control functions over the simple query protocol, against a real lockserver.
+
+use tandem_tests::harness::{Tandem, TestDb};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Runs a control statement; returns (column name, value).
+async fn control(
+    client: &Client,
+    sql: &str,
+) -> Result<(String, Option<String>), tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .expect("one row");
+    Ok((
+        row.columns()[0].name().to_owned(),
+        row.get(0).map(str::to_owned),
+    ))
+}
+
+async fn value(client: &Client, sql: &str) -> Option<String> {
+    control(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .1
+}
+
+fn code(e: &tokio_postgres::Error) -> &SqlState {
+    e.code().unwrap_or_else(|| panic!("no SQLSTATE in {e}"))
+}
+
+#[tokio::test]
+async fn begin_join_commit_rollback_status_through_the_proxy() {
+    let db = TestDb::create("control").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&db.name).await;
+    let b = tandem.connect(&db.name).await;
+
+    assert_eq!(
+        control(&a, "SELECT tandem_xid()").await.unwrap(),
+        ("xid".into(), None)
+    );
+    let (column, xid) = control(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    assert_eq!(column, "xid");
+    let xid = xid.expect("an xid");
+    // The lockserver knows it.
+    let (status, body) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Begin");
+    assert_eq!(
+        value(&a, "SELECT tandem_xid()").await.as_deref(),
+        Some(xid.as_str())
+    );
+    assert_eq!(
+        value(&a, "select tandem_status();").await.as_deref(),
+        Some("Begin")
+    );
+
+    // Another service joins by xid; a second begin on a bound session is refused.
+    assert_eq!(
+        value(&b, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .as_deref(),
+        Some(xid.as_str())
+    );
+    let err = control(&b, "SELECT tandem_begin()").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+    assert_eq!(
+        value(&b, "SELECT tandem_leave()").await.as_deref(),
+        Some(xid.as_str())
+    );
+    assert_eq!(value(&b, "SELECT tandem_xid()").await, None);
+
+    // Commit needs the local transaction to be over.
+    a.batch_execute("BEGIN").await.unwrap();
+    let err = control(&a, "SELECT tandem_commit()").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::ACTIVE_SQL_TRANSACTION);
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let (column, status) = control(&a, "SELECT tandem_commit()").await.unwrap();
+    assert_eq!(
+        (column.as_str(), status.as_deref()),
+        ("status", Some("Committed"))
+    );
+    assert_eq!(
+        value(&a, "SELECT tandem_xid()").await,
+        None,
+        "commit unbinds"
+    );
+    assert_eq!(
+        value(&a, &format!("SELECT tandem_status('{xid}')"))
+            .await
+            .as_deref(),
+        Some("Committed")
+    );
+    // A finished transaction cannot be joined.
+    let err = control(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+
+    // Rollback.
+    let xid2 = value(&a, "SELECT tandem_begin()").await.unwrap();
+    assert_ne!(xid2, xid);
+    assert_eq!(
+        value(&a, "SELECT tandem_rollback()").await.as_deref(),
+        Some("Rollbacked")
+    );
+    let (_, body) = lockserver.get(&format!("/v1/transactions/{xid2}")).await;
+    assert_eq!(body["status"], "Rollbacked");
+
+    // Bad calls and calls without a binding: a clear error, and the session goes on.
+    let err = control(&a, "SELECT tandem_commit()").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+    let err = control(&a, "SELECT tandem_begin('soon')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE);
+    let err = control(&a, "SELECT tandem_join('no-such-xid')")
+        .await
+        .unwrap_err();
+    assert!(
+        [
+            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
+        ]
+        .contains(code(&err)),
+        "{err}"
+    );
+    let one: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop((a, b));
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn pool_resets_unbind_and_timeouts_roll_back() {
+    let db = TestDb::create("reset").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let client = tandem.connect(&db.name).await;
+    for reset in ["DISCARD ALL", "reset all;"] {
+        value(&client, "SELECT tandem_begin()").await.unwrap();
+        client.batch_execute(reset).await.unwrap();
+        assert_eq!(
+            value(&client, "SELECT tandem_xid()").await,
+            None,
+            "{reset} unbinds"
+        );
+    }
+    let xid = value(&client, "SELECT tandem_begin(100)").await.unwrap();
+    tandem_tests::harness::eventually("the lockserver rolls back on timeout", || async {
+        value(&client, &format!("SELECT tandem_status('{xid}')"))
+            .await
+            .as_deref()
+            == Some("TimeoutRollbacked")
+    })
+    .await;
+    let err = control(&client, "SELECT tandem_commit()")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&err),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "{err:?}"
+    );
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("TimeoutRollbacked"), "{message}");
+    assert_eq!(
+        value(&client, "SELECT tandem_xid()").await,
+        None,
+        "the ended transaction unbinds"
+    );
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
+    let db = TestDb::create("lsdown").await;
+    // Nothing listens on port 1.
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = "http://127.0.0.1:1".to_owned();
+        c.lockserver.call_timeout_ms = 2_000;
+    })
+    .await;
+    let client = tandem.connect(&db.name).await;
+    let err = control(&client, "SELECT tandem_begin()").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::SYSTEM_ERROR, "{err}");
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(client);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_control_statement_pipelined_behind_a_query_waits_for_it() {
+    let db = TestDb::create("pipelined").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let mut raw = tandem_tests::raw_pg::RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    // Both queries in one write: tandem_begin must not run before the sleep is over.
+    let mut both = tandem_tests::raw_pg::frame(b'Q', b"SELECT pg_sleep(0.3)\0");
+    both.extend(tandem_tests::raw_pg::frame(
+        b'Q',
+        b"SELECT tandem_begin()\0",
+    ));
+    let started = std::time::Instant::now();
+    raw.send(&both).await;
+    raw.recv_until(b'Z').await;
+    let msgs = raw.recv_until(b'Z').await;
+    let row = msgs.iter().find(|m| m.tag == b'D').expect("the xid row");
+    let xid = String::from_utf8_lossy(&row.body[6..]).into_owned();
+    let (_, body) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    let begun_at = body["begun_at"].as_u64().expect("begun_at");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let since_send_ms = started.elapsed().as_millis() as u64;
+    assert!(
+        begun_at + since_send_ms >= now_ms + 250,
+        "tandem_begin ran before the query ahead of it finished"
+    );
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
