@@ -244,6 +244,17 @@ mod tests {
                 database: "d".into(),
                 reason: "r",
             },
+            Error::Lockserver(tandem_lockserver::Error::InvalidArgument { what: "w" }),
+            Error::NotBound,
+            Error::AlreadyBound { xid: "x".into() },
+            Error::NotJoinable {
+                xid: "x".into(),
+                status: "Committed".into(),
+            },
+            Error::LocalTransactionOpen {
+                what: "tandem_commit()",
+            },
+            Error::BadControlCall("bad".into()),
         ]
     }
 

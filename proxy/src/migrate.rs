@@ -94,13 +94,19 @@ mod tests {
     #[test]
     fn every_migration_is_idempotent_ddl() {
         for (name, sql) in POSTGRES.iter().chain(MYSQL) {
-            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                let code: String = statement
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with("--"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                assert!(code.contains("IF NOT EXISTS"), "{name}: {code}");
+            let code: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let statements: Vec<&str> = code
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            assert!(!statements.is_empty(), "{name} is empty");
+            for statement in statements {
+                assert!(statement.contains("IF NOT EXISTS"), "{name}: {statement}");
             }
         }
     }
