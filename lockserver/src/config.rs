@@ -138,7 +138,7 @@ pub struct LimitsConfig {
     /// HTTP request bodies larger than this are refused (413), in bytes. Default 65536.
     pub max_body_bytes: usize,
     /// Finished transactions kept for status queries; past it the oldest are
-    /// forgotten (a query then answers "unknown transaction"). Default 100000.
+    /// forgotten (a query then answers "unknown transaction"). Default 10000.
     pub max_finished: usize,
 }
 
@@ -152,7 +152,7 @@ impl Default for LimitsConfig {
             phase2_queue: 1024,
             max_list: 1000,
             max_body_bytes: 64 << 10,
-            max_finished: 100_000,
+            max_finished: 10_000,
         }
     }
 }

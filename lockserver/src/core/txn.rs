@@ -412,7 +412,7 @@ impl Default for Limits {
             max_branches: 1000,
             max_keys_per_branch: 10_000,
             max_timeout_ms: 3_600_000,
-            max_finished: 100_000,
+            max_finished: 10_000,
         }
     }
 }
