@@ -1,9 +1,27 @@
-//! tandem-undo: statement analysis, table metadata, before/after images, the undo record
-//! format and undo replay with the dirty-write check, per SQL dialect.
+//! tandem-undo: what AT mode needs to know about a statement and its rows, without any
+//! I/O: statement analysis, table metadata, before/after images, the undo record format,
+//! and the replay plan with its dirty-write checks, per SQL dialect.
 //!
-//! Module map (filled as AT mode lands, issue 4):
-//! - `analyze`: the only module that imports sqlparser; turns statements into undo's own types.
-//! - `image`: before/after row images.
-//! - `replay`: undo replay with the dirty-write check.
+//! Module map:
+//! - `analyze`: the only module that imports sqlparser; turns a statement into undo's
+//!   own types ([`Analysis`]) or refuses it.
+//! - `dialect`: what differs between PostgreSQL and MySQL (quoting, placeholders).
+//! - `image`: table metadata, row images, and the SQL that captures them.
+//! - `record`: the undo record stored in `undo_log.rollback_info`.
+//! - `replay`: the statements that undo a branch, each behind its dirty-write check.
+//! - `error`: [`Error`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod analyze;
+pub mod dialect;
+pub mod error;
+pub mod image;
+pub mod record;
+pub mod replay;
+
+pub use analyze::{Analysis, TableRef, Write, WriteKind, analyze};
+pub use dialect::{Dialect, Postgres};
+pub use error::Error;
+pub use image::{Column, Row, TableMeta, Value};
+pub use record::{RowImages, TableUndo, UndoRecord};

@@ -1,0 +1,296 @@
+//! Statement analysis: the only module that imports sqlparser. It turns a statement into
+//! undo's own [`Analysis`], so that a sqlparser upgrade touches nothing else.
+//!
+//! Never guesses: whatever it cannot map to an exactly invertible write is refused with
+//! [`Error::Unsupported`]. Invariant: a `Write` names exactly one table, and the rows it
+//! changes are those its own predicate selects.
+
+use crate::dialect::Dialect;
+use crate::error::Error;
+use sqlparser::ast::{
+    Assignment, AssignmentTarget, FromTable, Ident, ObjectName, ObjectNamePart, Query, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// A table as a statement names it; unquoted names folded to lower case as PostgreSQL
+/// does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableRef {
+    /// Schema, when the statement gave one.
+    pub schema: Option<String>,
+    /// Table name.
+    pub name: String,
+}
+
+/// What a write does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// INSERT.
+    Insert,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+}
+
+/// A write AT mode can capture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// INSERT, UPDATE or DELETE.
+    pub kind: WriteKind,
+    /// The one table written.
+    pub table: TableRef,
+    /// The alias the statement gives it.
+    pub alias: Option<String>,
+    /// The WHERE predicate as SQL (UPDATE, DELETE), with the statement's own
+    /// placeholders.
+    pub selection: Option<String>,
+    /// Columns an UPDATE assigns.
+    pub assigned: Vec<String>,
+    /// Whether the statement has its own RETURNING list.
+    pub has_returning: bool,
+}
+
+/// What a statement means for AT mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Analysis {
+    /// Reads nothing under lock and writes nothing: relay it.
+    Read,
+    /// SELECT … FOR UPDATE / FOR SHARE: it must not pass a global lock.
+    LockingRead,
+    /// A write to capture.
+    Write(Write),
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT / END.
+    Commit,
+    /// ROLLBACK / ABORT (not ROLLBACK TO SAVEPOINT).
+    Rollback,
+    /// SET, SHOW, SAVEPOINT and the like: nothing to capture.
+    Other,
+}
+
+/// Deep enough for real statements; a statement nested deeper is refused rather than
+/// risking the stack.
+const RECURSION_LIMIT: usize = 64;
+
+/// Analyses every statement of `sql` (a simple query may hold several).
+pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error> {
+    let statements = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::Parse {
+            dialect: dialect.name(),
+            excerpt: sql.chars().take(80).collect(),
+            message: e.to_string(),
+        })?;
+    statements.iter().map(analyze_statement).collect()
+}
+
+fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
+    Ok(match statement {
+        Statement::Query(query) => analyze_query(query)?,
+        Statement::Insert(insert) => {
+            if insert.on.is_some() {
+                return Err(Error::unsupported("INSERT … ON CONFLICT"));
+            }
+            if let Some(source) = &insert.source {
+                refuse_data_modifying_ctes(source)?;
+            }
+            let TableObject::TableName(name) = &insert.table else {
+                return Err(Error::unsupported("INSERT into a table function"));
+            };
+            Analysis::Write(Write {
+                kind: WriteKind::Insert,
+                table: table_ref(name)?,
+                alias: insert.table_alias.as_ref().map(|a| fold(&a.alias)),
+                selection: None,
+                assigned: vec![],
+                has_returning: insert.returning.is_some(),
+            })
+        }
+        Statement::Update(update) => {
+            if update.from.is_some() {
+                return Err(Error::unsupported("UPDATE … FROM"));
+            }
+            let (table, alias) = single_table(&update.table)?;
+            Analysis::Write(Write {
+                kind: WriteKind::Update,
+                table,
+                alias,
+                selection: update.selection.as_ref().map(|e| e.to_string()),
+                assigned: assigned_columns(&update.assignments)?,
+                has_returning: update.returning.is_some(),
+            })
+        }
+        Statement::Delete(delete) => {
+            if delete.using.is_some() {
+                return Err(Error::unsupported("DELETE … USING"));
+            }
+            let tables = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let [only] = tables.as_slice() else {
+                return Err(Error::unsupported("DELETE from several tables"));
+            };
+            let (table, alias) = single_table(only)?;
+            Analysis::Write(Write {
+                kind: WriteKind::Delete,
+                table,
+                alias,
+                selection: delete.selection.as_ref().map(|e| e.to_string()),
+                assigned: vec![],
+                has_returning: delete.returning.is_some(),
+            })
+        }
+        Statement::StartTransaction { .. } => Analysis::Begin,
+        Statement::Commit { .. } => Analysis::Commit,
+        Statement::Rollback {
+            savepoint: None, ..
+        } => Analysis::Rollback,
+        Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Set(_)
+        | Statement::ShowVariable { .. }
+        | Statement::Discard { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Prepare { .. }
+        | Statement::Execute { .. }
+        | Statement::Explain { .. }
+        | Statement::LISTEN { .. }
+        | Statement::NOTIFY { .. }
+        | Statement::UNLISTEN { .. } => Analysis::Other,
+        Statement::Truncate { .. } => return Err(Error::unsupported("TRUNCATE")),
+        Statement::Copy { .. } => return Err(Error::unsupported("COPY")),
+        Statement::Merge { .. } => return Err(Error::unsupported("MERGE")),
+        Statement::CreateTable { .. }
+        | Statement::AlterTable { .. }
+        | Statement::Drop { .. }
+        | Statement::CreateIndex { .. }
+        | Statement::CreateView { .. }
+        | Statement::CreateSchema { .. }
+        | Statement::CreateFunction { .. }
+        | Statement::CreateTrigger { .. } => return Err(Error::unsupported("DDL")),
+        other => {
+            let text = other.to_string();
+            let first: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Err(Error::unsupported(first));
+        }
+    })
+}
+
+fn analyze_query(query: &Query) -> Result<Analysis, Error> {
+    refuse_data_modifying_ctes(query)?;
+    Ok(if query.locks.is_empty() {
+        Analysis::Read
+    } else {
+        Analysis::LockingRead
+    })
+}
+
+/// `WITH x AS (UPDATE …) SELECT …` writes where tandem would not capture it.
+fn refuse_data_modifying_ctes(query: &Query) -> Result<(), Error> {
+    let writes = |body: &SetExpr| {
+        matches!(
+            body,
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
+        )
+    };
+    if writes(&query.body) {
+        return Err(Error::unsupported(
+            "a data-modifying statement nested in a query",
+        ));
+    }
+    if let Some(with) = &query.with {
+        for cte in &with.cte_tables {
+            if writes(&cte.query.body) {
+                return Err(Error::unsupported("a data-modifying CTE"));
+            }
+            refuse_data_modifying_ctes(&cte.query)?;
+        }
+    }
+    Ok(())
+}
+
+fn single_table(t: &TableWithJoins) -> Result<(TableRef, Option<String>), Error> {
+    if !t.joins.is_empty() {
+        return Err(Error::unsupported("a write over a join"));
+    }
+    match &t.relation {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => Ok((table_ref(name)?, alias.as_ref().map(|a| fold(&a.name)))),
+        _ => Err(Error::unsupported(
+            "a write to something other than a table",
+        )),
+    }
+}
+
+fn table_ref(name: &ObjectName) -> Result<TableRef, Error> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Ok(fold(ident)),
+            _ => Err(Error::unsupported("a computed table name")),
+        })
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [table] => Ok(TableRef {
+            schema: None,
+            name: table.clone(),
+        }),
+        [schema, table] => Ok(TableRef {
+            schema: Some(schema.clone()),
+            name: table.clone(),
+        }),
+        _ => Err(Error::unsupported("a table name with a database part")),
+    }
+}
+
+fn assigned_columns(assignments: &[Assignment]) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for a in assignments {
+        let names: Vec<&ObjectName> = match &a.target {
+            AssignmentTarget::ColumnName(n) => vec![n],
+            AssignmentTarget::Tuple(ns) => ns.iter().collect(),
+        };
+        for n in names {
+            match n.0.last() {
+                Some(ObjectNamePart::Identifier(ident)) => out.push(fold(ident)),
+                _ => {
+                    return Err(Error::unsupported(
+                        "an assignment to a computed column name",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL folds unquoted identifiers to lower case.
+fn fold(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,34 @@
+//! `undo::Error`: a statement undo cannot parse, or cannot invert exactly.
+
+/// Why a statement cannot run under AT mode, or an undo record cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// The statement did not parse in this dialect.
+    #[error("cannot parse the statement ({dialect}): {message} at: {excerpt}")]
+    Parse {
+        /// The dialect it was parsed as.
+        dialect: &'static str,
+        /// The start of the statement.
+        excerpt: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The statement cannot be captured exactly, so it is refused.
+    #[error("{what} cannot run inside a global transaction: tandem cannot capture it exactly")]
+    Unsupported {
+        /// What was refused.
+        what: String,
+    },
+    /// An undo record that does not decode.
+    #[error("undo record is corrupt: {what}")]
+    Corrupt {
+        /// What is wrong with it.
+        what: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn unsupported(what: impl Into<String>) -> Self {
+        Error::Unsupported { what: what.into() }
+    }
+}

@@ -1,0 +1,252 @@
+//! Table metadata and row images, and the SQL that captures them.
+//!
+//! Values are kept in the database's binary wire format, exactly as the server sent
+//! them: whatever the client session's DateStyle, TimeZone or extra_float_digits, a
+//! value written back is the value that was read, bit for bit. Never runs SQL itself.
+
+use crate::analyze::{TableRef, Write, WriteKind};
+use crate::dialect::Dialect;
+use crate::error::Error;
+
+/// One column value in binary wire format; `None` is SQL NULL.
+pub type Value = Option<Vec<u8>>;
+/// One row, in the column order of its [`TableMeta`].
+pub type Row = Vec<Value>;
+
+/// A column as the catalog describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// Type OID (PostgreSQL) or type code (MySQL).
+    pub type_oid: u32,
+    /// A generated column: computed by the server, never written back.
+    pub generated: bool,
+}
+
+/// What AT mode needs to know about a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableMeta {
+    /// The table.
+    pub table: TableRef,
+    /// Every column, in catalog order.
+    pub columns: Vec<Column>,
+    /// Positions in `columns` of the primary key, in key order.
+    pub pk: Vec<usize>,
+    /// The table has user triggers: their effects would not be captured.
+    pub has_triggers: bool,
+    /// A foreign key elsewhere cascades (or sets NULL/DEFAULT) on changes to this
+    /// table: those changes would not be captured.
+    pub has_cascades: bool,
+}
+
+impl TableMeta {
+    /// Refuses a write to this table that AT mode cannot undo exactly.
+    pub fn check_capturable(&self, write: &Write) -> Result<(), Error> {
+        let table = &self.table.name;
+        if self.pk.is_empty() {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, which has no primary key,"
+            )));
+        }
+        if self.has_triggers {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, which has triggers,"
+            )));
+        }
+        if self.has_cascades && write.kind != WriteKind::Insert {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, which foreign keys reference with cascading actions,"
+            )));
+        }
+        if write.kind == WriteKind::Update
+            && let Some(pk) = write
+                .assigned
+                .iter()
+                .find(|c| self.pk.iter().any(|&i| &self.columns[i].name == *c))
+        {
+            return Err(Error::unsupported(format!(
+                "an update of primary-key column {pk}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The primary-key values of `row`.
+    pub fn key_of(&self, row: &Row) -> Vec<Value> {
+        self.pk
+            .iter()
+            .map(|&i| row.get(i).cloned().flatten())
+            .collect()
+    }
+
+    fn column_list(&self, d: &dyn Dialect) -> String {
+        self.columns
+            .iter()
+            .map(|c| d.quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn pk_list(&self, d: &dyn Dialect) -> String {
+        self.pk
+            .iter()
+            .map(|&i| d.quote_ident(&self.columns[i].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `SELECT <all columns> FROM <table> WHERE <the write's predicate> FOR UPDATE`:
+    /// the before image, locked, with the statement's own placeholders.
+    pub fn before_image_sql(&self, d: &dyn Dialect, write: &Write) -> String {
+        let mut sql = format!(
+            "SELECT {} FROM {}",
+            self.column_list(d),
+            d.qualified(&write.table)
+        );
+        if let Some(alias) = &write.alias {
+            sql.push_str(&format!(" AS {}", d.quote_ident(alias)));
+        }
+        if let Some(selection) = &write.selection {
+            sql.push_str(&format!(" WHERE {selection}"));
+        }
+        sql.push_str(" FOR UPDATE");
+        sql
+    }
+
+    /// The client's statement with the primary key appended to what it returns, so that
+    /// tandem learns exactly which rows it changed (generated keys included) without a
+    /// second round trip. The client's own text is kept as it was.
+    pub fn with_returning_key(&self, d: &dyn Dialect, sql: &str, write: &Write) -> String {
+        let body = sql.trim_end().trim_end_matches(';').trim_end();
+        let keys = self
+            .pk
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{} AS {}",
+                    d.quote_ident(&self.columns[i].name),
+                    d.quote_ident(&format!("tandem_pk_{i}"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        if write.has_returning {
+            format!("{body}, {keys}")
+        } else {
+            format!("{body} RETURNING {keys}")
+        }
+    }
+
+    /// `SELECT <all columns> FROM <table> WHERE <pk> = ANY(…)` for `rows` keys, with
+    /// parameters in key order, row after row.
+    pub fn select_by_keys_sql(&self, d: &dyn Dialect, rows: usize) -> String {
+        let width = self.pk.len();
+        let tuples = (0..rows)
+            .map(|r| {
+                let ps = (0..width)
+                    .map(|k| d.placeholder(r * width + k + 1))
+                    .collect::<Vec<_>>();
+                format!("({})", ps.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "SELECT {} FROM {} WHERE ({}) IN ({tuples})",
+            self.column_list(d),
+            d.qualified(&self.table),
+            self.pk_list(d)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Analysis;
+    use crate::analyze::analyze;
+    use crate::dialect::Postgres;
+
+    fn meta() -> TableMeta {
+        TableMeta {
+            table: TableRef {
+                schema: None,
+                name: "accounts".into(),
+            },
+            columns: ["id", "balance", "note"]
+                .iter()
+                .map(|n| Column {
+                    name: (*n).into(),
+                    type_oid: 23,
+                    generated: false,
+                })
+                .collect(),
+            pk: vec![0],
+            has_triggers: false,
+            has_cascades: false,
+        }
+    }
+
+    fn write(sql: &str) -> Write {
+        match analyze(&Postgres, sql).unwrap().remove(0) {
+            Analysis::Write(w) => w,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn before_image_uses_the_statements_own_predicate() {
+        let w = write("UPDATE accounts a SET balance = 1 WHERE a.id = $1");
+        assert_eq!(
+            meta().before_image_sql(&Postgres, &w),
+            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" AS \"a\" WHERE a.id = $1 FOR UPDATE"
+        );
+    }
+
+    #[test]
+    fn the_key_is_appended_to_what_the_statement_returns() {
+        let m = meta();
+        let w = write("DELETE FROM accounts WHERE id = 1;");
+        assert_eq!(
+            m.with_returning_key(&Postgres, "DELETE FROM accounts WHERE id = 1;", &w),
+            "DELETE FROM accounts WHERE id = 1 RETURNING \"id\" AS \"tandem_pk_0\""
+        );
+        let sql = "UPDATE accounts SET balance = 2 RETURNING balance";
+        let w = write(sql);
+        assert_eq!(
+            m.with_returning_key(&Postgres, sql, &w),
+            "UPDATE accounts SET balance = 2 RETURNING balance, \"id\" AS \"tandem_pk_0\""
+        );
+    }
+
+    #[test]
+    fn select_by_keys_numbers_parameters_row_by_row() {
+        let mut m = meta();
+        m.pk = vec![0, 2];
+        assert_eq!(
+            m.select_by_keys_sql(&Postgres, 2),
+            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"id\", \"note\") IN (($1, $2), ($3, $4))"
+        );
+    }
+
+    #[test]
+    fn uncapturable_writes_are_refused() {
+        let mut m = meta();
+        assert!(
+            m.check_capturable(&write("UPDATE accounts SET id = 2"))
+                .is_err()
+        );
+        assert!(
+            m.check_capturable(&write("UPDATE accounts SET note = 'x'"))
+                .is_ok()
+        );
+        m.has_triggers = true;
+        assert!(m.check_capturable(&write("DELETE FROM accounts")).is_err());
+        m.has_triggers = false;
+        m.pk.clear();
+        assert!(
+            m.check_capturable(&write("INSERT INTO accounts VALUES (1)"))
+                .is_err()
+        );
+    }
+}
