@@ -199,7 +199,15 @@ impl std::hash::Hasher for FxHasher {
     }
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // Multiplication only carries entropy upwards, and keys differ mostly in their
+        // last bytes; hashbrown picks buckets from the low bits. A final avalanche
+        // (murmur3's fmix64) spreads every input bit over the whole hash.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -374,6 +382,23 @@ mod tests {
             assert!(LockKey::parse(s).is_err(), "{s:?} accepted");
         }
         assert!(LockKey::parse(&"9".repeat(MAX_LOCK_KEY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn hash_spreads_keys_that_differ_only_at_the_end() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<FxHasher>::default();
+        let mut low: std::collections::HashSet<u64> = Default::default();
+        for i in 0..1000 {
+            low.insert(
+                b.hash_one(LockKey::new("resource", "table", [format!("prefix-{i}")])) & 0xfff,
+            );
+        }
+        assert!(
+            low.len() > 700,
+            "only {} distinct low-bit buckets",
+            low.len()
+        );
     }
 
     #[test]
