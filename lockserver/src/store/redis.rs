@@ -21,6 +21,9 @@ use crate::core::txn::{self, Command, Global, Limits, Record, Work, Xid};
 use crate::core::{Before, Effect, effects_of};
 use crate::error::{Error, Result};
 
+/// Bound on each Redis round trip (and on connecting).
+const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How often `apply` re-reads and retries after losing a compare-and-set race.
 const MAX_CAS_ATTEMPTS: usize = 32;
 
@@ -83,7 +86,11 @@ impl RedisStore {
     /// Connects to `url`; every key goes under `prefix`.
     pub async fn open(url: &str, prefix: &str, limits: Limits) -> Result<Self> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        // Every Redis call is bounded; a hung Redis surfaces as a (retryable) error.
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_connection_timeout(REDIS_TIMEOUT);
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
