@@ -77,6 +77,20 @@ pub enum Error {
     #[error("{0}")]
     BadControlCall(String),
 
+    #[error("{0}")]
+    Undo(#[from] tandem_undo::Error),
+
+    #[error("table {table} does not exist")]
+    UnknownTable { table: String },
+
+    #[error(
+        "a row of {table} changed without a before image (it appeared after tandem read the rows); retry the transaction"
+    )]
+    Uncaptured { table: String },
+
+    #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
+    Injected { message: String },
+
     #[error("side pool for {database}: {reason}")]
     SidePoolBuild {
         database: String,
@@ -109,7 +123,12 @@ impl Error {
             Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => {
                 SqlState::InternalError
             }
+            Error::Undo(_) => SqlState::FeatureNotSupported,
+            Error::UnknownTable { .. } => SqlState::UndefinedTable,
+            Error::Uncaptured { .. } => SqlState::SerializationFailure,
+            Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::Lockserver(e) => match e {
+                tandem_lockserver::Error::LockConflict { .. } => SqlState::SerializationFailure,
                 tandem_lockserver::Error::InvalidState { .. }
                 | tandem_lockserver::Error::Expired { .. }
                 | tandem_lockserver::Error::Rpc {
@@ -141,6 +160,10 @@ impl Error {
                 | Error::NotJoinable { .. }
                 | Error::LocalTransactionOpen { .. }
                 | Error::BadControlCall(_)
+                | Error::Undo(_)
+                | Error::UnknownTable { .. }
+                | Error::Uncaptured { .. }
+                | Error::Injected { .. }
         )
     }
 
@@ -160,6 +183,8 @@ impl Error {
                 | Error::NotJoinable { .. }
                 | Error::LocalTransactionOpen { .. }
                 | Error::BadControlCall(_)
+                | Error::Undo(_)
+                | Error::UnknownTable { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
 
@@ -173,6 +198,7 @@ impl Error {
                 | Error::UpstreamClosed
                 | Error::TooManyConnections { .. }
                 | Error::ShuttingDown
+                | Error::Uncaptured { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
 
@@ -195,6 +221,8 @@ impl Error {
             Error::ShuttingDown => "shutdown",
             Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => "side",
             Error::Lockserver(_) => "lockserver",
+            Error::Undo(_) | Error::UnknownTable { .. } | Error::Uncaptured { .. } => "at_refused",
+            Error::Injected { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }
             | Error::NotJoinable { .. }

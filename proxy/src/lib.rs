@@ -10,6 +10,7 @@
 //! - `wire`: codecs, free of I/O and session state (`wire::pg`).
 //! - `upstream`: backend connections, cancel delivery, side pools.
 //! - `control`: the grammar of `SELECT tandem_begin()` and the other control statements.
+//! - `at`: AT mode's protocol-independent half: branches, metadata, phase 2.
 //! - `binding`: a session's binding to a global transaction; carries out control statements.
 //! - `cancel`: the BackendKeyData tandem hands out, and what each key cancels.
 //! - `tls`: TLS towards clients.
@@ -17,6 +18,7 @@
 //! - `migrate`: `tandem migrate`, the undo_log DDL per dialect.
 #![forbid(unsafe_code)]
 
+pub mod at;
 pub mod binding;
 pub mod cancel;
 pub mod config;

@@ -90,16 +90,24 @@ pub async fn run(
             Some(tls) => Some(crate::tls::acceptor(tls).map_err(Error::TlsHandshake)?),
             None => None,
         };
+        let side = Arc::new(SidePools::new(frontend));
+        let handler = Arc::new(crate::at::phase2::PgBranchHandler {
+            upstream: frontend.upstream.clone(),
+            side: Arc::clone(&side),
+        });
         let ctx = Arc::new(PgFrontendContext {
             config: frontend.clone(),
             upstream: frontend.upstream.as_str().into(),
             metrics: Arc::clone(&metrics),
             cancels: Arc::clone(&cancels),
             tls,
-            side: SidePools::new(frontend),
+            side,
             signals: signals.clone(),
             lock: lock.clone(),
+            meta: crate::at::meta::MetaCache::default(),
+            phase2: crate::at::phase2::Phase2Registry::new(lock.clone(), handler),
         });
+        tokio::spawn(serve_existing_databases(Arc::clone(&ctx)));
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "postgres front end");
         frontends.push(Arc::clone(&ctx));
         tracker.spawn(accept_loop(
@@ -110,6 +118,7 @@ pub async fn run(
         ));
     }
 
+    let frontends_for_shutdown = frontends.clone();
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin = tokio::spawn({
         let app = admin_router(AdminState {
@@ -137,12 +146,43 @@ pub async fn run(
         signals.abort.cancel();
         tracker.wait().await;
     }
+    for frontend in &frontends_for_shutdown {
+        frontend.phase2.shutdown().await;
+    }
     admin_stop.cancel();
     if let Ok(Err(e)) = admin.await {
         tracing::warn!(error = %e, "admin endpoint");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After a restart, phase-2 work may wait for branches of any database: announce every
+/// database of the upstream, not only those a session touches later.
+async fn serve_existing_databases(ctx: Arc<PgFrontendContext>) {
+    let names = async {
+        let client = ctx.side.get("postgres").await?;
+        let rows = client
+            .query(
+                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
+                &[],
+            )
+            .await?;
+        Ok::<_, Error>(
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>(),
+        )
+    }
+    .await;
+    match names {
+        Ok(names) => ctx.phase2.serve_all(
+            names
+                .iter()
+                .map(|db| crate::at::resource_id(&ctx.upstream, db)),
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not list the upstream's databases for phase 2"),
+    }
 }
 
 async fn accept_loop(

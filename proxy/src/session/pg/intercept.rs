@@ -25,6 +25,10 @@ impl Relay<'_> {
             return Ok(Intercepted::Relay);
         }
         let control = match control::parse(query.sql) {
+            Ok(None) if self.binding.xid().is_some() => {
+                let sql = query.sql.to_vec();
+                return self.intercept_at(&sql).await;
+            }
             Ok(None) => return Ok(Intercepted::Relay),
             Ok(Some(control)) => Ok(control),
             Err(BadCall(message)) => Err(Error::BadControlCall(message)),
@@ -66,6 +70,9 @@ pub(super) enum Intercepted {
     WaitForSyncPoint,
     /// Send this instead.
     Replace(BytesMut),
+    /// Send this instead, and read nothing more from the client until its reply is over
+    /// (tandem acts on that reply at its ReadyForQuery).
+    ReplaceAndHold(BytesMut),
 }
 
 /// The query that makes the backend answer a control statement: one text column named
@@ -79,7 +86,7 @@ fn reply_sql(value: Option<&str>, column: &str) -> String {
 
 /// The statement that makes the backend report a refused control statement with its
 /// SQLSTATE, in order with every other reply.
-fn error_sql(sqlstate: &str, message: &str) -> String {
+pub(super) fn error_sql(sqlstate: &str, message: &str) -> String {
     let message = message.replace("$tandem$", "");
     format!(
         "DO $tandem$ BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {}; END $tandem$",

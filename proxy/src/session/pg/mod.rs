@@ -5,11 +5,16 @@
 //! two sockets. Invariant: every byte from one side reaches the other in order, except
 //! the few messages tandem rewrites during startup (SASL mechanisms, BackendKeyData).
 
+mod at;
+mod exchange;
 mod intercept;
 mod phase;
 pub mod startup;
 pub mod tracked;
 
+use crate::at::branch as at_branch;
+use crate::at::meta::MetaCache;
+use crate::at::phase2::Phase2Registry;
 use crate::binding::Binding;
 use crate::cancel::{CancelRegistry, CancelTarget, Registration};
 use crate::config::PgFrontend;
@@ -42,9 +47,11 @@ pub struct PgFrontendContext {
     pub metrics: Arc<Metrics>,
     pub cancels: Arc<CancelRegistry>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub side: SidePools,
+    pub side: Arc<SidePools>,
     pub signals: Signals,
     pub lock: LockClient,
+    pub meta: MetaCache,
+    pub phase2: Phase2Registry,
 }
 
 /// Read buffers start empty and grow in steps of this many bytes, so that an idle
@@ -105,7 +112,8 @@ async fn run(ctx: &PgFrontendContext, socket: TcpStream, span: &tracing::Span) -
             .write_all(&startup_packet)
             .await
             .map_err(Error::UpstreamIo)?;
-        let mut relay = Relay::new(ctx, client, server, leftover, span.clone());
+        let database = params.database().unwrap_or("").to_owned();
+        let mut relay = Relay::new(ctx, client, server, leftover, database, span.clone());
         let result = relay.run().await;
         if let Err(e) = &result {
             relay.report(e).await;
@@ -156,6 +164,11 @@ struct Relay<'a> {
     /// queued behind requests in flight).
     client_paused: bool,
     binding: Binding,
+    /// The database this session is connected to.
+    database: String,
+    /// The rows this session's current local transaction changed in its global one.
+    branch: at_branch::Branch,
+    write_in_flight: Option<at::WriteInFlight>,
     span: tracing::Span,
 }
 
@@ -172,6 +185,7 @@ impl<'a> Relay<'a> {
         client: ClientStream,
         server: ServerStream,
         from_client: BytesMut,
+        database: String,
         span: tracing::Span,
     ) -> Self {
         Relay {
@@ -192,6 +206,9 @@ impl<'a> Relay<'a> {
             draining: false,
             client_paused: false,
             binding: Binding::default(),
+            database,
+            branch: at_branch::Branch::default(),
+            write_in_flight: None,
             span,
         }
     }
@@ -286,6 +303,15 @@ impl<'a> Relay<'a> {
                         self.write_server(&buf[run_start..pos]).await?;
                         self.write_server(&replacement).await?;
                         run_start = pos + frame.wire_len;
+                    }
+                    Intercepted::ReplaceAndHold(replacement) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        self.on_client_message(frame.tag, body)?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        self.client_paused = true;
+                        break;
                     }
                 }
             }
@@ -390,6 +416,26 @@ impl<'a> Relay<'a> {
                 }
                 break;
             }
+            if self.write_in_flight.is_some() {
+                let body = frame.body(&buf[pos..]);
+                let rewritten = match frame.tag {
+                    backend::ROW_DESCRIPTION => self.on_write_row_description(body)?,
+                    backend::DATA_ROW => self.on_write_data_row(body)?,
+                    backend::ERROR_RESPONSE => {
+                        self.on_write_error();
+                        None
+                    }
+                    backend::READY_FOR_QUERY => Some(self.on_write_ready(body).await?),
+                    _ => None,
+                };
+                if let Some(replacement) = rewritten {
+                    self.write_client(&buf[run_start..pos]).await?;
+                    self.write_client(&replacement).await?;
+                    pos += frame.wire_len;
+                    run_start = pos;
+                    continue;
+                }
+            }
             match self.on_server_message(frame.tag, frame.body(&buf[pos..]))? {
                 Relayed::AsIs => {}
                 Relayed::Rewritten(replacement) => {
@@ -444,6 +490,12 @@ impl<'a> Relay<'a> {
                     .map_err(|_| Error::UpstreamProtocol("bad CommandComplete"))?;
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
+                }
+                if [&b"CREATE"[..], b"ALTER", b"DROP"]
+                    .iter()
+                    .any(|ddl| tag.starts_with(ddl))
+                {
+                    self.ctx.meta.invalidate(&self.database);
                 }
             }
             backend::ERROR_RESPONSE => {

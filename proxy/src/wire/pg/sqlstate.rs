@@ -37,6 +37,8 @@ pub enum SqlState {
     ActiveSqlTransaction,
     /// 58000 system_error: a failure outside the database (the lockserver).
     SystemError,
+    /// 42P01 undefined_table.
+    UndefinedTable,
 }
 
 impl SqlState {
@@ -57,6 +59,7 @@ impl SqlState {
             SqlState::InvalidParameterValue => "22023",
             SqlState::ActiveSqlTransaction => "25001",
             SqlState::SystemError => "58000",
+            SqlState::UndefinedTable => "42P01",
         }
     }
 }
@@ -83,6 +86,7 @@ mod tests {
             InvalidParameterValue,
             ActiveSqlTransaction,
             SystemError,
+            UndefinedTable,
         ];
         let mut codes: Vec<_> = all.iter().map(|s| s.code()).collect();
         assert!(codes.iter().all(|c| c.len() == 5));

@@ -1,6 +1,7 @@
 //! The PostgreSQL relay, through the real proxy over TCP to the real PostgreSQL.
 
 mod admin;
+mod at_mode;
 mod auth;
 mod bad_input;
 mod cancel;

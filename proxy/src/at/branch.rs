@@ -1,0 +1,250 @@
+//! One branch in the making: the rows a local transaction inside a global transaction
+//! has changed, with their before images, until its COMMIT turns them into an undo
+//! record and lock keys.
+//!
+//! Pure bookkeeping: no I/O. Invariant: a row's before image is the one taken before
+//! the branch first changed it; later statements never replace it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use tandem_lockserver::client::LockKey;
+use tandem_undo::record::VERSION;
+use tandem_undo::{Row, RowImages, TableMeta, TableUndo, UndoRecord};
+
+/// A primary key as text, as the server printed it on this connection: the identity of a
+/// row within one branch.
+pub type TextKey = Vec<Option<String>>;
+
+#[derive(Debug, Default)]
+pub struct Branch {
+    tables: Vec<TableRows>,
+}
+
+#[derive(Debug)]
+struct TableRows {
+    meta: Arc<TableMeta>,
+    /// Rows in first-change order.
+    order: Vec<TextKey>,
+    rows: HashMap<TextKey, RowImages>,
+}
+
+/// A row the statement changed that tandem had no before image of.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Uncaptured {
+    pub table: String,
+}
+
+impl Branch {
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(|t| t.order.is_empty())
+    }
+
+    fn table(&mut self, meta: &Arc<TableMeta>) -> &mut TableRows {
+        let at = match self.tables.iter().position(|t| t.meta.table == meta.table) {
+            Some(at) => at,
+            None => {
+                self.tables.push(TableRows {
+                    meta: Arc::clone(meta),
+                    order: Vec::new(),
+                    rows: HashMap::new(),
+                });
+                self.tables.len() - 1
+            }
+        };
+        &mut self.tables[at]
+    }
+
+    /// Rows read by a before-image query (binary row, text key), locked by it.
+    pub fn record_before(&mut self, meta: &Arc<TableMeta>, rows: Vec<(Row, TextKey)>) {
+        let table = self.table(meta);
+        for (row, key) in rows {
+            if !table.rows.contains_key(&key) {
+                table.order.push(key.clone());
+                table.rows.insert(
+                    key,
+                    RowImages {
+                        before: Some(row),
+                        after: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Keys an UPDATE or DELETE returned: each must have a before image, or a row changed
+    /// that tandem cannot undo (a phantom that appeared after the before image).
+    pub fn check_captured(
+        &self,
+        meta: &Arc<TableMeta>,
+        keys: &[TextKey],
+    ) -> Result<(), Uncaptured> {
+        let known = self.tables.iter().find(|t| t.meta.table == meta.table);
+        let all = keys
+            .iter()
+            .all(|k| known.is_some_and(|t| t.rows.contains_key(k)));
+        if all {
+            Ok(())
+        } else {
+            Err(Uncaptured {
+                table: meta.table.name.clone(),
+            })
+        }
+    }
+
+    /// Keys an INSERT returned: rows that did not exist before the branch (unless the
+    /// branch itself deleted them earlier, whose before image stays).
+    pub fn record_inserted(&mut self, meta: &Arc<TableMeta>, keys: Vec<TextKey>) {
+        let table = self.table(meta);
+        for key in keys {
+            if !table.rows.contains_key(&key) {
+                table.order.push(key.clone());
+                table.rows.insert(
+                    key,
+                    RowImages {
+                        before: None,
+                        after: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Each table with the keys of its rows, for the after-image queries.
+    pub fn keys(&self) -> Vec<(Arc<TableMeta>, Vec<TextKey>)> {
+        self.tables
+            .iter()
+            .map(|t| (Arc::clone(&t.meta), t.order.clone()))
+            .collect()
+    }
+
+    /// The after images, as read at COMMIT (rows not found were deleted).
+    pub fn record_after(&mut self, meta: &Arc<TableMeta>, rows: Vec<(Row, TextKey)>) {
+        let table = self.table(meta);
+        for (row, key) in rows {
+            if let Some(images) = table.rows.get_mut(&key) {
+                images.after = Some(row);
+            }
+        }
+    }
+
+    /// The undo record and the global lock keys of the whole branch.
+    pub fn finish(self, resource: &str) -> (UndoRecord, Vec<LockKey>) {
+        let mut record = UndoRecord {
+            version: VERSION,
+            tables: Vec::new(),
+        };
+        let mut keys = Vec::new();
+        for mut t in self.tables {
+            let meta = &t.meta;
+            let mut rows = Vec::with_capacity(t.order.len());
+            for key in &t.order {
+                let Some(images) = t.rows.remove(key) else {
+                    continue;
+                };
+                let Some(image) = images.after.as_ref().or(images.before.as_ref()) else {
+                    // Inserted and deleted again inside the branch: nothing to undo.
+                    continue;
+                };
+                // The lock key uses the binary key, which does not depend on session
+                // settings (DateStyle and the like), so every session names a row alike.
+                let pk = meta.key_of(image).into_iter().map(|v| match v {
+                    Some(bytes) => hex(&bytes),
+                    None => "null".to_owned(),
+                });
+                keys.push(LockKey::new(resource, &qualified_name(meta), pk));
+                rows.push(images);
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            record.tables.push(TableUndo {
+                schema: meta.table.schema.clone(),
+                table: meta.table.name.clone(),
+                columns: meta.columns.iter().map(|c| c.name.clone()).collect(),
+                types: meta.columns.iter().map(|c| c.type_oid).collect(),
+                generated: meta.columns.iter().map(|c| c.generated).collect(),
+                pk: meta.pk.clone(),
+                rows,
+            });
+        }
+        (record, keys)
+    }
+}
+
+/// `schema.table`, as lock keys and checks of writes outside global transactions name
+/// a table.
+pub fn qualified_name(meta: &TableMeta) -> String {
+    match &meta.table.schema {
+        Some(schema) => format!("{schema}.{}", meta.table.name),
+        None => format!("public.{}", meta.table.name),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_undo::{Column, TableRef};
+
+    fn meta() -> Arc<TableMeta> {
+        Arc::new(TableMeta {
+            table: TableRef {
+                schema: Some("public".into()),
+                name: "t".into(),
+            },
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    type_oid: 23,
+                    generated: false,
+                },
+                Column {
+                    name: "v".into(),
+                    type_oid: 25,
+                    generated: false,
+                },
+            ],
+            pk: vec![0],
+            has_triggers: false,
+            has_cascades: false,
+        })
+    }
+
+    fn row(id: u8, v: &str) -> Row {
+        vec![Some(vec![0, 0, 0, id]), Some(v.as_bytes().to_vec())]
+    }
+
+    fn key(id: u8) -> TextKey {
+        vec![Some(id.to_string())]
+    }
+
+    #[test]
+    fn the_first_before_image_wins_and_record_and_keys_follow() {
+        let m = meta();
+        let mut b = Branch::default();
+        b.record_before(&m, vec![(row(1, "a"), key(1))]);
+        b.record_before(&m, vec![(row(1, "changed"), key(1))]);
+        assert!(b.check_captured(&m, &[key(1)]).is_ok());
+        assert_eq!(
+            b.check_captured(&m, &[key(2)]),
+            Err(Uncaptured { table: "t".into() })
+        );
+        b.record_inserted(&m, vec![key(2), key(3)]);
+        b.record_after(&m, vec![(row(1, "b"), key(1)), (row(2, "new"), key(2))]);
+        let (record, keys) = b.finish("postgres://h/db");
+        let rows = &record.tables[0].rows;
+        // Row 3 was inserted and deleted again: nothing to undo, nothing to lock.
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].before, Some(row(1, "a")));
+        assert_eq!(rows[0].after, Some(row(1, "b")));
+        assert_eq!(rows[1].before, None);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            keys[0],
+            LockKey::new("postgres://h/db", "public.t", ["00000001"])
+        );
+    }
+}

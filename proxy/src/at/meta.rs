@@ -1,0 +1,98 @@
+//! Table metadata from PostgreSQL's catalog, cached per database and refreshed after
+//! DDL.
+//!
+//! Owns the cache. Reads the catalog through a side connection (service credentials),
+//! never through a client's session. Invariant: a cached entry is dropped as soon as any
+//! session of the database runs DDL through this proxy.
+
+use crate::error::{Error, Result};
+use crate::upstream::SidePools;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tandem_undo::{Column, Dialect, Postgres, TableMeta, TableRef};
+
+#[derive(Default)]
+pub struct MetaCache {
+    // A std Mutex: held only to look up or insert, never across an await.
+    tables: Mutex<HashMap<(String, TableRef), Arc<TableMeta>>>,
+}
+
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> ''
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.oid = to_regclass($1) ORDER BY a.attnum";
+const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
+    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+    WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ord";
+const TRIGGERS: &str =
+    "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal";
+const CASCADES: &str =
+    "SELECT count(*) FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'
+    AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))";
+
+impl MetaCache {
+    pub async fn get(
+        &self,
+        side: &SidePools,
+        database: &str,
+        table: &TableRef,
+    ) -> Result<Arc<TableMeta>> {
+        let key = (database.to_owned(), table.clone());
+        if let Some(meta) = self.lock().get(&key) {
+            return Ok(Arc::clone(meta));
+        }
+        let meta = Arc::new(load(side, database, table).await?);
+        self.lock().insert(key, Arc::clone(&meta));
+        Ok(meta)
+    }
+
+    /// DDL ran in `database`: forget its tables.
+    pub fn invalidate(&self, database: &str) {
+        self.lock().retain(|(db, _), _| db != database);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, TableRef), Arc<TableMeta>>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<TableMeta> {
+    let client = side.get(database).await?;
+    let name = Postgres.qualified(table);
+    let rows = client.query(COLUMNS, &[&name]).await?;
+    let Some(first) = rows.first() else {
+        return Err(Error::UnknownTable { table: name });
+    };
+    let resolved = TableRef {
+        schema: Some(first.get(0)),
+        name: first.get(1),
+    };
+    let columns: Vec<Column> = rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(2),
+            type_oid: r.get::<_, i64>(3) as u32,
+            generated: r.get(4),
+        })
+        .collect();
+    let pk_names: Vec<String> = client
+        .query(PRIMARY_KEY, &[&name])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let pk = pk_names
+        .iter()
+        .filter_map(|n| columns.iter().position(|c| &c.name == n))
+        .collect();
+    let triggers: i64 = client.query_one(TRIGGERS, &[&name]).await?.get(0);
+    let cascades: i64 = client.query_one(CASCADES, &[&name]).await?.get(0);
+    Ok(TableMeta {
+        table: resolved,
+        columns,
+        pk,
+        has_triggers: triggers > 0,
+        has_cascades: cascades > 0,
+    })
+}

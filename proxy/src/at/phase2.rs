@@ -1,0 +1,221 @@
+//! Phase 2 on this proxy's resources: deleting a committed branch's undo row, and
+//! replaying a rolled-back branch's undo record behind its dirty-write checks.
+//!
+//! Runs on side connections only. Both operations are idempotent (delivery is at least
+//! once): a second commit finds nothing to delete; a second rollback finds its
+//! GlobalFinished marker. Invariant: a replay writes nothing unless every row still
+//! equals the branch's after image.
+
+use super::raw::Raw;
+use crate::upstream::SidePools;
+use std::sync::Arc;
+use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchOutcome, Phase2Work};
+use tandem_undo::{Postgres, UndoRecord, replay};
+use tokio_postgres::types::ToSql;
+
+/// log_status of a normal undo row, as phase 1 writes it.
+pub const LOG_NORMAL: i32 = 0;
+/// log_status of the marker a rollback leaves when it finds no undo row.
+pub const LOG_GLOBAL_FINISHED: i32 = 1;
+
+pub struct PgBranchHandler {
+    /// The upstream `host:port` whose databases these are.
+    pub upstream: String,
+    pub side: Arc<SidePools>,
+}
+
+impl PgBranchHandler {
+    /// The database of a resource id of ours.
+    fn database<'a>(&self, resource: &'a str) -> Option<&'a str> {
+        resource
+            .strip_prefix("postgres://")?
+            .strip_prefix(self.upstream.as_str())?
+            .strip_prefix('/')
+    }
+
+    async fn commit_branch(&self, work: Phase2Work) -> BranchOutcome {
+        let Some(database) = self.database(&work.resource_id) else {
+            return retry(format!("resource {} is not served here", work.resource_id));
+        };
+        let result = async {
+            let client = self.side.get(database).await?;
+            client
+                .execute(
+                    "DELETE FROM undo_log WHERE xid = $1 AND branch_id = $2",
+                    &[&work.xid.as_str(), &(work.branch_id as i64)],
+                )
+                .await?;
+            Ok::<_, crate::Error>(())
+        }
+        .await;
+        match result {
+            Ok(()) => BranchOutcome::Done,
+            Err(e) => retry(e.to_string()),
+        }
+    }
+
+    async fn rollback_branch(&self, work: Phase2Work) -> BranchOutcome {
+        let Some(database) = self.database(&work.resource_id) else {
+            return retry(format!("resource {} is not served here", work.resource_id));
+        };
+        match self.replay(database, &work).await {
+            Ok(outcome) => outcome,
+            Err(e) => retry(e.to_string()),
+        }
+    }
+
+    async fn replay(&self, database: &str, work: &Phase2Work) -> crate::Result<BranchOutcome> {
+        let mut client = self.side.get(database).await?;
+        let tx = client.transaction().await?;
+        let xid = work.xid.as_str();
+        let branch = work.branch_id as i64;
+        let row = tx
+            .query_opt(
+                "SELECT rollback_info, log_status FROM undo_log WHERE xid = $1 AND branch_id = $2 FOR UPDATE",
+                &[&xid, &branch],
+            )
+            .await?;
+        let Some(row) = row else {
+            // Phase 1 never committed (or not yet): the marker makes a late phase-1
+            // commit of this branch fail on the unique (xid, branch_id).
+            tx.execute(
+                "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) \
+                 VALUES ($1, $2, 'tandem', '\\x', $3) ON CONFLICT (xid, branch_id) DO NOTHING",
+                &[&branch, &xid, &LOG_GLOBAL_FINISHED],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(BranchOutcome::Done);
+        };
+        let status: i32 = row.get(1);
+        if status == LOG_GLOBAL_FINISHED {
+            return Ok(BranchOutcome::Done);
+        }
+        let record = match UndoRecord::decode(row.get::<_, &[u8]>(0)) {
+            Ok(record) => record,
+            Err(e) => {
+                return Ok(BranchOutcome::RollbackFailed {
+                    reason: e.to_string(),
+                });
+            }
+        };
+        for step in replay::plan(&Postgres, &record) {
+            let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            let rows = tx.query(step.check.sql.as_str(), &refs).await?;
+            let now: Option<Vec<Option<Vec<u8>>>> = match rows.as_slice() {
+                [] => None,
+                [row] => Some(
+                    (0..row.len())
+                        .map(|i| row.try_get::<_, Raw>(i).map(|r| r.0))
+                        .collect::<Result<_, _>>()?,
+                ),
+                _ => {
+                    return Ok(BranchOutcome::RollbackFailed {
+                        reason: format!("{}: several rows share a primary key", step.check.sql),
+                    });
+                }
+            };
+            if now != step.expect {
+                // A dirty write: the row changed after the branch. Leave everything as
+                // it is (the transaction rolls back on drop) and keep the locks.
+                tracing::warn!(xid, branch, check = %step.check.sql, "dirty write found: rollback stopped");
+                return Ok(BranchOutcome::RollbackFailed {
+                    reason: format!(
+                        "a row changed after the branch wrote it ({})",
+                        step.check.sql
+                    ),
+                });
+            }
+            if let Some(apply) = step.apply {
+                let params: Vec<Raw> = apply.params.into_iter().map(Raw).collect();
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                tx.execute(apply.sql.as_str(), &refs).await?;
+            }
+        }
+        // Undone in the same local transaction as the replay: both happen, or neither.
+        tx.execute(
+            "DELETE FROM undo_log WHERE xid = $1 AND branch_id = $2",
+            &[&xid, &branch],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(BranchOutcome::Done)
+    }
+}
+
+fn retry(reason: String) -> BranchOutcome {
+    BranchOutcome::Retry { reason }
+}
+
+impl BranchHandler for PgBranchHandler {
+    fn commit(&self, work: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
+        Box::pin(self.commit_branch(work))
+    }
+
+    fn rollback(&self, work: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
+        Box::pin(self.rollback_branch(work))
+    }
+}
+
+/// The resources this proxy serves phase 2 for, and the worker stream that announces
+/// them to the lockserver. A resource is added the first time a branch is registered
+/// on it, or at start-up for every database of the upstream.
+pub struct Phase2Registry {
+    lock: tandem_lockserver::client::LockClient,
+    handler: Arc<PgBranchHandler>,
+    // A std Mutex: never held across an await (the old worker is shut down in a task).
+    state: std::sync::Mutex<(Vec<String>, Option<tandem_lockserver::client::Phase2Worker>)>,
+}
+
+impl Phase2Registry {
+    pub fn new(lock: tandem_lockserver::client::LockClient, handler: Arc<PgBranchHandler>) -> Self {
+        Phase2Registry {
+            lock,
+            handler,
+            state: std::sync::Mutex::new((Vec::new(), None)),
+        }
+    }
+
+    /// Makes sure phase-2 work for `resource` reaches this proxy.
+    pub fn serve(&self, resource: &str) {
+        self.serve_all(std::iter::once(resource.to_owned()));
+    }
+
+    pub fn serve_all(&self, resources: impl IntoIterator<Item = String>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = state.0.len();
+        for r in resources {
+            if !state.0.contains(&r) {
+                state.0.push(r);
+            }
+        }
+        if state.0.len() == before && state.1.is_some() {
+            return;
+        }
+        let worker = tandem_lockserver::client::Phase2Worker::spawn(
+            &self.lock,
+            state.0.clone(),
+            Arc::clone(&self.handler) as Arc<dyn BranchHandler>,
+            tandem_lockserver::client::WorkerOptions::default(),
+        );
+        if let Some(old) = state.1.replace(worker) {
+            tokio::spawn(old.shutdown());
+        }
+    }
+
+    /// Stops the worker (shutdown).
+    pub async fn shutdown(&self) {
+        let worker = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .take();
+        if let Some(worker) = worker {
+            worker.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! AT mode in a PostgreSQL session (simple query protocol): before images ahead of each
+//! write, the write's own keys from an appended RETURNING, and at the local COMMIT the
+//! after images, the branch registration with its lock keys, and the undo_log row in
+//! the same local transaction.
+//!
+//! Owns the per-statement reply rewriting (the appended key columns never reach the
+//! client) and the implicit transaction around an autocommit write. Invariant: no write
+//! of a bound session reaches the backend without its before image taken, and no local
+//! COMMIT of a branch reaches it before the lockserver granted the branch's locks and
+//! the undo row is written.
+
+use super::Relay;
+use super::exchange::Param;
+use super::intercept::Intercepted;
+use crate::at::branch::{Branch, TextKey};
+use crate::at::phase2::LOG_NORMAL;
+use crate::at::resource_id;
+use crate::error::{Error, Result};
+use crate::wire::pg::messages::response::TxStatus;
+use crate::wire::pg::messages::simple::put_query;
+use crate::wire::pg::reader::Reader;
+use bytes::{BufMut, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use tandem_lockserver::client::BranchKind;
+use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
+
+/// How long a branch registration waits for conflicting global locks before the local
+/// transaction is rolled back with a retryable error.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The write whose replies are in flight, and what to do with them.
+pub(super) struct WriteInFlight {
+    meta: Arc<TableMeta>,
+    kind: WriteKind,
+    /// Key columns appended to the statement's RETURNING.
+    appended: usize,
+    client_returning: bool,
+    keys: Vec<TextKey>,
+    /// tandem opened the local transaction (an autocommit write) and ends it.
+    implicit: bool,
+    failed: bool,
+}
+
+impl Relay<'_> {
+    /// A simple Query of a bound session: capture, refuse, or relay.
+    pub(super) async fn intercept_at(&mut self, sql_bytes: &[u8]) -> Result<Intercepted> {
+        let sql = String::from_utf8_lossy(sql_bytes).into_owned();
+        let analyses = match analyze(&Postgres, &sql) {
+            Ok(a) => a,
+            Err(e) => return Ok(self.refuse(Error::Undo(e))),
+        };
+        let writes_or_ends = analyses
+            .iter()
+            .filter(|a| matches!(a, Analysis::Write(_) | Analysis::Commit))
+            .count();
+        if analyses.len() > 1 && writes_or_ends > 0 {
+            return Ok(self.refuse(Error::Unsupported {
+                what: "a multi-statement query that writes or commits inside a global transaction",
+            }));
+        }
+        match analyses.into_iter().next() {
+            Some(Analysis::Write(write)) => {
+                if !self.phase.at_sync_point() {
+                    return Ok(Intercepted::WaitForSyncPoint);
+                }
+                self.begin_write(&sql, write).await
+            }
+            Some(Analysis::Commit) if !self.branch.is_empty() => {
+                if !self.phase.at_sync_point() {
+                    return Ok(Intercepted::WaitForSyncPoint);
+                }
+                match self.prepare_commit().await {
+                    Ok(()) => Ok(Intercepted::Relay),
+                    Err(e) => {
+                        self.exchange_simple("ROLLBACK").await?;
+                        Ok(self.refuse(e))
+                    }
+                }
+            }
+            Some(Analysis::Rollback) => {
+                self.branch = Branch::default();
+                Ok(Intercepted::Relay)
+            }
+            _ => Ok(Intercepted::Relay),
+        }
+    }
+
+    fn refuse(&self, e: Error) -> Intercepted {
+        tracing::debug!(parent: &self.span, error = %e, "statement refused in a global transaction");
+        let mut replacement = BytesMut::new();
+        put_query(
+            &mut replacement,
+            &super::intercept::error_sql(e.sqlstate().code(), &e.to_string()),
+        );
+        Intercepted::Replace(replacement)
+    }
+
+    async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
+        let meta = match self
+            .ctx
+            .meta
+            .get(&self.ctx.side, &self.database, &write.table)
+            .await
+        {
+            Ok(meta) => meta,
+            Err(e) => return Ok(self.refuse(e)),
+        };
+        if let Err(e) = meta.check_capturable(&write) {
+            return Ok(self.refuse(Error::Undo(e)));
+        }
+        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        if implicit {
+            self.exchange_simple("BEGIN").await?;
+        }
+        if write.kind != WriteKind::Insert {
+            let before = meta.before_image_sql(&Postgres, &write);
+            // All columns binary, then the key again as text: the text key is how the
+            // write's RETURNING will name the same rows.
+            let sql = with_text_keys(&before, &meta);
+            let mut formats = vec![1i16; meta.columns.len()];
+            formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+            let got = self.exchange(&sql, &[], &formats).await?;
+            if let Some(e) = got.error {
+                // The statement itself would fail the same way: let it, for the real error.
+                tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
+                if implicit {
+                    self.exchange_simple("ROLLBACK").await?;
+                }
+                return Ok(Intercepted::Relay);
+            }
+            let rows = split_rows(got.rows, meta.columns.len());
+            self.branch.record_before(&meta, rows);
+        }
+        let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+        self.write_in_flight = Some(WriteInFlight {
+            appended: meta.pk.len(),
+            meta,
+            kind: write.kind,
+            client_returning: write.has_returning,
+            keys: Vec::new(),
+            implicit,
+            failed: false,
+        });
+        let mut replacement = BytesMut::new();
+        put_query(&mut replacement, &rewritten);
+        Ok(Intercepted::ReplaceAndHold(replacement))
+    }
+
+    /// RowDescription of the write in flight: the appended key columns are tandem's.
+    pub(super) fn on_write_row_description(&mut self, body: &[u8]) -> Result<Option<BytesMut>> {
+        let Some(w) = &self.write_in_flight else {
+            return Ok(None);
+        };
+        if !w.client_returning {
+            return Ok(Some(BytesMut::new()));
+        }
+        let fields = split_row_description(body)?;
+        let keep = fields.len().saturating_sub(w.appended);
+        let mut out = BytesMut::new();
+        out.put_u8(b'T');
+        let kept: Vec<&[u8]> = fields[..keep].to_vec();
+        let len: usize = 4 + 2 + kept.iter().map(|f| f.len()).sum::<usize>();
+        out.put_i32(len as i32);
+        out.put_i16(keep as i16);
+        for f in kept {
+            out.put_slice(f);
+        }
+        Ok(Some(out))
+    }
+
+    /// DataRow of the write in flight: take the key, pass the client's columns on.
+    pub(super) fn on_write_data_row(&mut self, body: &[u8]) -> Result<Option<BytesMut>> {
+        let Some(w) = &mut self.write_in_flight else {
+            return Ok(None);
+        };
+        let values = split_data_row(body)?;
+        let keep = values.len().saturating_sub(w.appended);
+        w.keys.push(
+            values[keep..]
+                .iter()
+                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                .collect(),
+        );
+        if !w.client_returning {
+            return Ok(Some(BytesMut::new()));
+        }
+        let mut out = BytesMut::new();
+        out.put_u8(b'D');
+        let len: usize = 4
+            + 2
+            + values[..keep]
+                .iter()
+                .map(|v| 4 + v.map_or(0, <[u8]>::len))
+                .sum::<usize>();
+        out.put_i32(len as i32);
+        out.put_i16(keep as i16);
+        for v in &values[..keep] {
+            match v {
+                Some(b) => {
+                    out.put_i32(b.len() as i32);
+                    out.put_slice(b);
+                }
+                None => out.put_i32(-1),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    pub(super) fn on_write_error(&mut self) {
+        if let Some(w) = &mut self.write_in_flight {
+            w.failed = true;
+        }
+    }
+
+    /// ReadyForQuery ending the write in flight: record its rows, and end an implicit
+    /// transaction (commit protocol, then COMMIT). Returns the status the client sees.
+    pub(super) async fn finish_write(
+        &mut self,
+        status: TxStatus,
+    ) -> Result<(TxStatus, Option<Error>)> {
+        let Some(w) = self.write_in_flight.take() else {
+            return Ok((status, None));
+        };
+        if w.failed || status == TxStatus::Failed {
+            if w.implicit {
+                self.exchange_simple("ROLLBACK").await?;
+                self.branch = Branch::default();
+                return Ok((TxStatus::Idle, None));
+            }
+            return Ok((status, None));
+        }
+        let captured = match w.kind {
+            WriteKind::Insert => {
+                self.branch.record_inserted(&w.meta, w.keys);
+                Ok(())
+            }
+            WriteKind::Update | WriteKind::Delete => self
+                .branch
+                .check_captured(&w.meta, &w.keys)
+                .map_err(|u| Error::Uncaptured { table: u.table }),
+        };
+        let result = match captured {
+            Ok(()) if w.implicit => self.prepare_commit().await,
+            other => other,
+        };
+        match result {
+            Ok(()) if w.implicit => {
+                let done = self.exchange_simple("COMMIT").await?;
+                Ok((done.status.unwrap_or(TxStatus::Idle), None))
+            }
+            Ok(()) => Ok((status, None)),
+            Err(e) => {
+                // The write cannot stay: roll the local transaction back and say why.
+                self.exchange_simple("ROLLBACK").await?;
+                self.branch = Branch::default();
+                Ok((TxStatus::Idle, Some(e)))
+            }
+        }
+    }
+
+    /// ReadyForQuery of the write in flight: the relay reaches its sync point, tandem
+    /// finishes the write, and the client gets the status (and error) it should see.
+    pub(super) async fn on_write_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
+        let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+        let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+        let (status, error) = self.finish_write(status).await?;
+        self.phase = super::Phase::Ready(status);
+        let mut out = BytesMut::new();
+        if let Some(e) = error {
+            crate::wire::pg::messages::response::put_error(
+                &mut out,
+                crate::wire::pg::messages::response::Severity::Error,
+                e.sqlstate().code(),
+                &e.to_string(),
+            );
+        }
+        crate::wire::pg::messages::response::put_ready_for_query(&mut out, status);
+        Ok(out)
+    }
+
+    /// The local COMMIT of a branch: after images, locks at the lockserver, the undo row.
+    /// Leaves the local transaction open for the COMMIT itself.
+    async fn prepare_commit(&mut self) -> Result<()> {
+        let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
+        for (meta, keys) in self.branch.keys() {
+            for chunk in keys.chunks(500) {
+                let sql = with_text_keys(&meta.select_by_keys_sql(&Postgres, chunk.len()), &meta);
+                let flat: Vec<Option<Vec<u8>>> = chunk
+                    .iter()
+                    .flat_map(|k| k.iter().map(|v| v.as_ref().map(|s| s.as_bytes().to_vec())))
+                    .collect();
+                let params: Vec<Param<'_>> = flat
+                    .iter()
+                    .map(|v| Param {
+                        type_oid: 0,
+                        value: v.as_deref(),
+                        text: true,
+                    })
+                    .collect();
+                let mut formats = vec![1i16; meta.columns.len()];
+                formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+                let got = self.exchange(&sql, &params, &formats).await?;
+                if let Some(e) = got.error {
+                    return Err(Error::Injected { message: e.message });
+                }
+                let rows = split_rows(got.rows, meta.columns.len());
+                self.branch.record_after(&meta, rows);
+            }
+        }
+        let resource = resource_id(&self.ctx.upstream, &self.database);
+        let (record, keys) = std::mem::take(&mut self.branch).finish(&resource);
+        self.ctx.phase2.serve(&resource);
+        let branch_id = self
+            .ctx
+            .lock
+            .register_branch(&xid, &resource, BranchKind::AT, &keys, LOCK_WAIT)
+            .await?;
+        let info = record.encode();
+        let branch = (branch_id as i64).to_be_bytes();
+        let status = LOG_NORMAL.to_be_bytes();
+        let params = [
+            Param {
+                type_oid: 20,
+                value: Some(&branch),
+                text: false,
+            },
+            Param {
+                type_oid: 25,
+                value: Some(xid.as_str().as_bytes()),
+                text: false,
+            },
+            Param {
+                type_oid: 25,
+                value: Some(b"tandem"),
+                text: false,
+            },
+            Param {
+                type_oid: 17,
+                value: Some(&info),
+                text: false,
+            },
+            Param {
+                type_oid: 23,
+                value: Some(&status),
+                text: false,
+            },
+        ];
+        let got = self
+            .exchange(
+                "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)",
+                &params,
+                &[],
+            )
+            .await?;
+        if let Some(e) = got.error {
+            return Err(Error::Injected { message: e.message });
+        }
+        tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
+        Ok(())
+    }
+}
+
+/// `SELECT cols FROM …` with the key columns appended again (asked for as text).
+fn with_text_keys(select: &str, meta: &TableMeta) -> String {
+    let keys: Vec<String> = meta
+        .pk
+        .iter()
+        .map(|&i| format!("\"{}\"", meta.columns[i].name.replace('"', "\"\"")))
+        .collect();
+    let (head, tail) = select.split_once(" FROM ").unwrap_or((select, ""));
+    format!("{head}, {} FROM {tail}", keys.join(", "))
+}
+
+/// Splits each exchanged row into the binary image and the text key after it.
+fn split_rows(
+    rows: Vec<Vec<Option<Vec<u8>>>>,
+    width: usize,
+) -> Vec<(Vec<Option<Vec<u8>>>, TextKey)> {
+    rows.into_iter()
+        .map(|mut row| {
+            let key = row
+                .split_off(width.min(row.len()))
+                .into_iter()
+                .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                .collect();
+            (row, key)
+        })
+        .collect()
+}
+
+fn split_row_description(body: &[u8]) -> Result<Vec<&[u8]>> {
+    let bad = || Error::UpstreamProtocol("bad RowDescription");
+    let mut r = Reader::new(body);
+    let n = r.i16().map_err(|_| bad())?;
+    let mut fields = Vec::new();
+    for _ in 0..n {
+        let start = r.remaining();
+        let name = r.cstr().map_err(|_| bad())?;
+        r.bytes(18).map_err(|_| bad())?;
+        fields.push(&start[..name.len() + 1 + 18]);
+    }
+    Ok(fields)
+}
+
+fn split_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>> {
+    let bad = || Error::UpstreamProtocol("bad DataRow");
+    let mut r = Reader::new(body);
+    let n = r.i16().map_err(|_| bad())?;
+    let mut values = Vec::new();
+    for _ in 0..n {
+        let len = r.i32().map_err(|_| bad())?;
+        values.push(match usize::try_from(len) {
+            Ok(len) => Some(r.bytes(len).map_err(|_| bad())?),
+            Err(_) => None,
+        });
+    }
+    Ok(values)
+}

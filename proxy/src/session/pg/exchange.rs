@@ -1,0 +1,182 @@
+//! tandem's own statements on a client's backend connection, run at a sync point: the
+//! before and after images, the undo_log row, BEGIN/COMMIT/ROLLBACK of an implicit
+//! transaction.
+//!
+//! The ledger of this exchange is the whole reply up to its ReadyForQuery: at a sync
+//! point nothing else is in flight, so every reply until then is tandem's and is
+//! swallowed (PostgreSQL docs, "Extended Query": replies come in order, and after an
+//! error everything up to Sync is skipped). Only messages the backend may send at any
+//! time — NotificationResponse and ParameterStatus — are passed on to the client.
+//! Invariant: called only when the session is at a sync point.
+
+use super::Relay;
+use crate::error::{Error, Result};
+use crate::wire::pg::Frame;
+use crate::wire::pg::codes::{backend, frontend, target};
+use crate::wire::pg::messages::response::{ErrorFields, TxStatus};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The statement and portal names tandem uses for its own statements.
+const STATEMENT: &[u8] = b"tandem_stmt";
+const PORTAL: &[u8] = b"tandem_portal";
+
+/// What one injected statement returned.
+#[derive(Debug, Default)]
+pub struct Exchanged {
+    /// Data rows, each column in the format that was asked for.
+    pub rows: Vec<Vec<Option<Vec<u8>>>>,
+    /// The transaction status after it.
+    pub status: Option<TxStatus>,
+    /// The backend's error, if it failed.
+    pub error: Option<ErrorFields>,
+}
+
+/// A parameter of an injected statement.
+pub struct Param<'a> {
+    /// Type OID, 0 to let the server infer it.
+    pub type_oid: u32,
+    /// Binary value (format 1) or None for NULL; text values use `text`.
+    pub value: Option<&'a [u8]>,
+    /// Whether `value` is in text format.
+    pub text: bool,
+}
+
+impl Relay<'_> {
+    /// Runs `sql` with `params`, asking for `result_formats` (0 text, 1 binary, per column;
+    /// one code for all, or none for text).
+    pub(super) async fn exchange(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        result_formats: &[i16],
+    ) -> Result<Exchanged> {
+        let mut out = BytesMut::with_capacity(64 + sql.len());
+        // Close first: a previous exchange that failed half-way may have left them.
+        put_close(&mut out, target::STATEMENT, STATEMENT);
+        put_close(&mut out, target::PORTAL, PORTAL);
+        // Parse
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, STATEMENT);
+        put_cstr(&mut body, sql.as_bytes());
+        body.put_i16(params.len() as i16);
+        for p in params {
+            body.put_u32(p.type_oid);
+        }
+        put_msg(&mut out, frontend::PARSE, &body);
+        // Bind
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, PORTAL);
+        put_cstr(&mut body, STATEMENT);
+        body.put_i16(params.len() as i16);
+        for p in params {
+            body.put_i16(if p.text { 0 } else { 1 });
+        }
+        body.put_i16(params.len() as i16);
+        for p in params {
+            match p.value {
+                Some(v) => {
+                    body.put_i32(v.len() as i32);
+                    body.put_slice(v);
+                }
+                None => body.put_i32(-1),
+            }
+        }
+        body.put_i16(result_formats.len() as i16);
+        for f in result_formats {
+            body.put_i16(*f);
+        }
+        put_msg(&mut out, frontend::BIND, &body);
+        // Execute, all rows
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, PORTAL);
+        body.put_i32(0);
+        put_msg(&mut out, frontend::EXECUTE, &body);
+        put_msg(&mut out, frontend::SYNC, &[]);
+        self.server
+            .write_all(&out)
+            .await
+            .map_err(Error::UpstreamIo)?;
+        self.read_exchange_reply().await
+    }
+
+    /// Runs a statement without parameters and with no rows expected.
+    pub(super) async fn exchange_simple(&mut self, sql: &str) -> Result<Exchanged> {
+        self.exchange(sql, &[], &[]).await
+    }
+
+    async fn read_exchange_reply(&mut self) -> Result<Exchanged> {
+        let mut result = Exchanged::default();
+        let max = self.ctx.config.max_message_bytes;
+        loop {
+            while let Some(frame) = Frame::peek(&self.from_server, max)? {
+                let body = frame.body(&self.from_server).to_vec();
+                match frame.tag {
+                    backend::DATA_ROW => result.rows.push(decode_data_row(&body)?),
+                    backend::ERROR_RESPONSE => {
+                        result.error = Some(
+                            ErrorFields::decode(&body)
+                                .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?,
+                        );
+                    }
+                    backend::READY_FOR_QUERY => {
+                        result.status = TxStatus::decode(&body);
+                        self.from_server.advance(frame.wire_len);
+                        return Ok(result);
+                    }
+                    backend::NOTIFICATION_RESPONSE | backend::PARAMETER_STATUS => {
+                        let whole = self.from_server[..frame.wire_len].to_vec();
+                        self.write_client(&whole).await?;
+                    }
+                    _ => {}
+                }
+                self.from_server.advance(frame.wire_len);
+            }
+            if self.from_server.capacity() - self.from_server.len() < 1024 {
+                self.from_server.reserve(8 * 1024);
+            }
+            if self
+                .server
+                .read_buf(&mut self.from_server)
+                .await
+                .map_err(Error::UpstreamIo)?
+                == 0
+            {
+                return Err(Error::UpstreamClosed);
+            }
+        }
+    }
+}
+
+fn decode_data_row(body: &[u8]) -> Result<Vec<Option<Vec<u8>>>> {
+    let bad = || Error::UpstreamProtocol("bad DataRow");
+    let mut r = crate::wire::pg::reader::Reader::new(body);
+    let n = r.i16().map_err(|_| bad())?;
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = r.i32().map_err(|_| bad())?;
+        row.push(match usize::try_from(len) {
+            Ok(len) => Some(r.bytes(len).map_err(|_| bad())?.to_vec()),
+            Err(_) => None,
+        });
+    }
+    Ok(row)
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_slice(s);
+    buf.put_u8(0);
+}
+
+fn put_msg(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    buf.put_u8(tag);
+    buf.put_i32(body.len() as i32 + 4);
+    buf.put_slice(body);
+}
+
+fn put_close(buf: &mut BytesMut, what: u8, name: &[u8]) {
+    let mut body = BytesMut::new();
+    body.put_u8(what);
+    put_cstr(&mut body, name);
+    put_msg(buf, frontend::CLOSE, &body);
+}

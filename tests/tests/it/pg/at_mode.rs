@@ -1,0 +1,247 @@
+//! AT mode on PostgreSQL: two databases behind one proxy, one lockserver; global commit
+//! and rollback, byte for byte.
+
+use tandem_tests::harness::{Tandem, TestDb, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+async fn one(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .flatten())
+}
+
+/// Every row of `accounts` as text, in key order: what "byte for byte" compares.
+async fn dump(client: &Client) -> Vec<String> {
+    client
+        .query("SELECT t::text FROM accounts t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn undo_rows(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM undo_log WHERE log_status = 0", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn prepare(label: &str) -> TestDb {
+    let db = TestDb::create(label).await;
+    let upstream = tandem_tests::env::pg_upstream();
+    tandem_proxy::migrate::apply(&format!(
+        "postgres://postgres@{upstream}/{}?sslmode=disable",
+        db.name
+    ))
+    .await
+    .unwrap();
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text, at timestamptz, f float8);
+             INSERT INTO accounts SELECT g, 1000, 'n' || g, '2024-02-29 12:00:00.123456+00', 0.1 * g FROM generate_series(1, 5) g;
+             CREATE TABLE nokey (v int);",
+        )
+        .await
+        .unwrap();
+    db
+}
+
+#[tokio::test]
+async fn a_global_transaction_across_two_databases_rolls_back_exactly_and_commits() {
+    let (orders, stock) = (prepare("at_a").await, prepare("at_b").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let (da, db) = (orders.direct().await, stock.direct().await);
+    let (before_a, before_b) = (dump(&da).await, dump(&db).await);
+
+    for decision in ["rollback", "commit"] {
+        let a = tandem.connect(&orders.name).await;
+        let b = tandem.connect(&stock.name).await;
+        // Session settings that would change text renderings must not matter.
+        a.batch_execute("SET DateStyle = 'German'; SET TimeZone = 'Pacific/Chatham'; SET extra_float_digits = -3")
+            .await
+            .unwrap();
+        let xid = one(&a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        // Service A: an explicit local transaction.
+        a.batch_execute("BEGIN").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance - 10, at = now() WHERE id = 1")
+            .await
+            .unwrap();
+        let returned = one(
+            &a,
+            "UPDATE accounts SET note = 'moved' WHERE id = 2 RETURNING note",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            returned.as_deref(),
+            Some("moved"),
+            "the client's own RETURNING is intact"
+        );
+        a.batch_execute("COMMIT").await.unwrap();
+        // Service B joins; autocommit writes, each its own branch.
+        one(&b, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .unwrap();
+        b.batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1")
+            .await
+            .unwrap();
+        let inserted = b
+            .simple_query("INSERT INTO accounts VALUES (99, 5, 'new', now(), 'NaN')")
+            .await
+            .unwrap();
+        assert!(
+            inserted
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(1)))
+        );
+        b.batch_execute("DELETE FROM accounts WHERE id IN (3, 4)")
+            .await
+            .unwrap();
+        // The branches are committed locally; their undo rows are there.
+        assert_eq!(undo_rows(&da).await, 1);
+        assert_eq!(undo_rows(&db).await, 3);
+        assert_ne!(dump(&db).await, before_b);
+
+        let status = one(&a, &format!("SELECT tandem_{decision}()"))
+            .await
+            .unwrap();
+        if decision == "rollback" {
+            assert_eq!(status.as_deref(), Some("Rollbacked"));
+            assert_eq!(dump(&da).await, before_a, "orders restored byte for byte");
+            assert_eq!(dump(&db).await, before_b, "stock restored byte for byte");
+        } else {
+            assert_eq!(status.as_deref(), Some("Committed"));
+            let rows = dump(&db).await;
+            assert!(rows.iter().any(|r| r.starts_with("(99,5,new,")), "{rows:?}");
+            assert_eq!(rows.len(), 4);
+        }
+        eventually("undo rows are cleaned up", || async {
+            undo_rows(&da).await == 0 && undo_rows(&db).await == 0
+        })
+        .await;
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
+    let orders = prepare("at_dirty").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    // Someone writes the row directly, bypassing tandem.
+    let direct = orders.direct().await;
+    direct
+        .batch_execute("UPDATE accounts SET balance = 777 WHERE id = 5")
+        .await
+        .unwrap();
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(
+            status.as_deref(),
+            Some("RollbackFailed") | Some("RollbackRetrying")
+        ),
+        "{status:?}"
+    );
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 777, "the dirty value is left alone");
+    assert_eq!(
+        undo_rows(&direct).await,
+        1,
+        "the undo row stays for operators"
+    );
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(1), "{locks}");
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert!(
+        txn["status"].as_str().unwrap_or("").starts_with("Rollback"),
+        "{txn}"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn writes_that_cannot_be_captured_are_refused() {
+    let orders = prepare("at_refuse").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let before = dump(&orders.direct().await).await;
+    for (sql, state) in [
+        (
+            "INSERT INTO nokey VALUES (1)",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "UPDATE accounts SET id = 50 WHERE id = 1",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        ("TRUNCATE accounts", SqlState::FEATURE_NOT_SUPPORTED),
+        (
+            "ALTER TABLE accounts ADD COLUMN x int",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "UPDATE accounts SET balance = 0; DELETE FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "WITH d AS (DELETE FROM accounts RETURNING *) SELECT count(*) FROM d",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        ("UPDATE missing_table SET v = 1", SqlState::UNDEFINED_TABLE),
+    ] {
+        let err = a.simple_query(sql).await.expect_err(sql);
+        assert_eq!(err.code(), Some(&state), "{sql}: {err:?}");
+    }
+    assert_eq!(dump(&orders.direct().await).await, before, "nothing ran");
+    let n: i64 = orders
+        .direct()
+        .await
+        .query_one("SELECT count(*) FROM nokey", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // Outside a global transaction the same statements pass through untouched.
+    one(&a, "SELECT tandem_leave()").await.unwrap();
+    a.batch_execute("INSERT INTO nokey VALUES (1)")
+        .await
+        .unwrap();
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
