@@ -7,6 +7,7 @@
 #
 # Each lockbench transaction: begin, register BRANCHES branches of 10 fresh lock keys,
 # commit (which releases the keys), plus the phase-2 clean-up the bench answers.
+# The in-process line drives the embedded store directly (no gRPC), for its ceiling.
 # Redis: TANDEM_TEST_REDIS_URL (default redis://127.0.0.1:6379); if nothing answers
 # there, a throw-away redis-server is started on 127.0.0.1:6390.
 set -euo pipefail
@@ -64,6 +65,8 @@ kind = \"embedded\"
 path = \"$work/data\""
 "$BIN/tandem-lockbench" --endpoint "http://$GRPC" --seconds "$SECS" --concurrency "$CONC" --connections "$CONNS" --branches "$BRANCHES" --label "embedded store"
 stop_last
+
+"$BIN/tandem-lockbench" --in-process "$work/inproc" --seconds "$SECS" --concurrency "$CONC" --branches "$BRANCHES" --label "embedded store"
 
 start_lockserver redis "[store]
 kind = \"redis\"

@@ -40,6 +40,10 @@ struct Args {
     /// Label printed with the results.
     #[arg(long, default_value = "lockserver")]
     label: String,
+    /// Skip the network: drive an embedded store in this directory directly
+    /// (`Store::apply`, same commands), to show the store's own ceiling.
+    #[arg(long)]
+    in_process: Option<std::path::PathBuf>,
 }
 
 const RESOURCE: &str = "bench://127.0.0.1/bench";
@@ -73,6 +77,9 @@ fn pct(v: &mut [u32], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
+    if let Some(dir) = &a.in_process {
+        return in_process(&a, dir).await;
+    }
     let opts = ClientOptions {
         call_timeout: Duration::from_secs(30),
         ..Default::default()
@@ -202,6 +209,89 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         a.concurrency,
         a.connections,
         a.branches,
+    );
+    Ok(())
+}
+
+/// The same transaction loop against `EmbeddedStore::apply`, phase-2 answered inline.
+async fn in_process(a: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use tandem_lockserver::core::clock::{Clock, SystemClock};
+    use tandem_lockserver::core::txn::{Command, Limits, Phase2Outcome, Xid};
+    use tandem_lockserver::store::Store;
+    use tandem_lockserver::store::embedded::EmbeddedStore;
+    let store = Arc::new(EmbeddedStore::open(dir, Limits::default(), 64 << 20)?);
+    let node = format!("{:08x}", rand::random::<u32>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let regs = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..a.concurrency {
+        let (store, stop, regs, node) = (store.clone(), stop.clone(), regs.clone(), node.clone());
+        let (branches, nkeys) = (a.branches, a.keys);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let xid = Xid::new(&node, (t as u64) << 32 | n);
+                let now = SystemClock.now();
+                store
+                    .apply(
+                        Command::Begin {
+                            xid: xid.clone(),
+                            timeout_ms: 60_000,
+                        },
+                        now,
+                    )
+                    .await?;
+                for b in 0..branches {
+                    let keys = (0..nkeys)
+                        .map(|k| LockKey::new(RESOURCE, "bench", [format!("{xid}-{b}-{k}")]))
+                        .collect();
+                    let s = Instant::now();
+                    let cmd = Command::Register {
+                        xid: xid.clone(),
+                        resource: RESOURCE.into(),
+                        kind: BranchKind::AT,
+                        keys,
+                    };
+                    store.apply(cmd, now).await?;
+                    lat.push(s.elapsed().as_micros() as u32);
+                    regs.fetch_add(1, Ordering::Relaxed);
+                }
+                store
+                    .apply(Command::Commit { xid: xid.clone() }, now)
+                    .await?;
+                for b in 0..branches as u64 {
+                    let cmd = Command::Phase2Result {
+                        xid: xid.clone(),
+                        branch_id: b + 1,
+                        outcome: Phase2Outcome::Committed,
+                    };
+                    store.apply(cmd, now).await?;
+                }
+            }
+            Ok::<_, tandem_lockserver::Error>(lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (r0, t0) = (regs.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let (r1, elapsed) = (regs.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    store.close().await?;
+    println!(
+        "{} (in-process embedded store, no network): {:.0} registrations/s ({} keys each, released at commit) | register p50 {:.2} ms p99 {:.2} ms | concurrency {} branches/global {}",
+        a.label,
+        (r1 - r0) as f64 / elapsed,
+        a.keys,
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        a.concurrency,
+        a.branches
     );
     Ok(())
 }
