@@ -268,14 +268,19 @@ mod tests {
     fn example_file_parses_and_empty_means_defaults() {
         let example = include_str!("../lockserver.example.toml");
         let c = Config::from_toml(example).unwrap();
+        assert_eq!(c, Config::default(), "the example shows the defaults");
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        let redis = Config::from_toml("[store]\nkind = \"redis\"\n").unwrap();
         assert_eq!(
-            c.store,
+            redis.store,
             StoreConfig::Redis {
                 url: "redis://127.0.0.1:6379".into(),
                 prefix: "tandem".into()
             }
         );
-        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        let bad = Config::from_toml("[store]\nkind = \"redis\"\nurl = \"nope\"\nprefix = \"\"\n")
+            .unwrap_err();
+        assert!(matches!(bad, Error::Config { problems } if problems.len() == 2));
     }
 
     #[test]
