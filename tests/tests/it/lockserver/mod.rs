@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchOutcome, LockKey, Phase2Work};
 
 mod all_or_nothing;
+mod backpressure;
 mod bad_input;
 mod conflicts;
 mod phase2;
