@@ -6,13 +6,48 @@
 //! sync point, so it takes effect after every request the client sent before it.
 
 use super::Relay;
+use super::tracked::Refusal;
 use crate::control::{self, BadCall, quote_literal};
 use crate::error::{Error, Result};
+use crate::wire::pg::messages::extended::Parse;
 use crate::wire::pg::messages::response::TxStatus;
 use crate::wire::pg::messages::simple::{Query, put_query};
 use bytes::BytesMut;
 
 impl Relay<'_> {
+    /// A Parse that must not reach the backend as written: a control statement (answered
+    /// only over the simple protocol for now), or, inside a global transaction, a write
+    /// or a COMMIT of a branch (captured only over the simple protocol for now) or a
+    /// statement tandem cannot analyse. Never lets such a write run without its images.
+    pub(super) fn refusal_for_parse(&self, body: &[u8]) -> Option<Refusal> {
+        let parse = Parse::decode(body).ok()?;
+        let refuse = |e: Error| {
+            Some(Refusal {
+                sqlstate: e.sqlstate().code(),
+                message: e.to_string(),
+            })
+        };
+        if !matches!(control::parse(parse.sql), Ok(None)) {
+            return refuse(Error::Unsupported {
+                what: "a control function over the extended query protocol (use the simple protocol)",
+            });
+        }
+        self.binding.xid()?;
+        let sql = String::from_utf8_lossy(parse.sql);
+        match tandem_undo::analyze(&tandem_undo::Postgres, &sql) {
+            Err(e) => refuse(Error::Undo(e)),
+            Ok(analyses) => analyses.iter().find_map(|a| match a {
+                tandem_undo::Analysis::Write(_) => refuse(Error::Unsupported {
+                    what: "a write over the extended query protocol inside a global transaction (use the simple protocol)",
+                }),
+                tandem_undo::Analysis::Commit if !self.branch.is_empty() => refuse(Error::Unsupported {
+                    what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
+                }),
+                _ => None,
+            }),
+        }
+    }
+
     /// Looks at a simple Query for what tandem itself must act on: control statements
     /// and pool resets.
     pub(super) async fn intercept_query(&mut self, body: &[u8]) -> Result<Intercepted> {
@@ -105,4 +140,19 @@ fn is_pool_reset(sql: &[u8]) -> bool {
         .map(str::to_ascii_uppercase)
         .collect();
     matches!(words.as_slice(), [a, b] if (a == "DISCARD" || a == "RESET") && b == "ALL")
+}
+
+/// A Parse with the client's statement name whose SQL fails at parse time; its
+/// ErrorResponse is replaced by tandem's own (see `Tracked::take_refusal`).
+pub(super) fn put_failing_parse(buf: &mut BytesMut, original: &[u8]) {
+    use bytes::BufMut;
+    let name = Parse::decode(original).map(|p| p.name).unwrap_or(b"");
+    let sql: &[u8] = b"tandem refused this statement";
+    buf.put_u8(crate::wire::pg::codes::frontend::PARSE);
+    buf.put_i32((4 + name.len() + 1 + sql.len() + 1 + 2) as i32);
+    buf.put_slice(name);
+    buf.put_u8(0);
+    buf.put_slice(sql);
+    buf.put_u8(0);
+    buf.put_i16(0);
 }

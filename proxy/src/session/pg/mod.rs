@@ -30,7 +30,7 @@ use crate::wire::pg::messages::response::{
     decode_parameter_status, put_backend_key, put_error, put_sasl_mechanisms,
 };
 use bytes::{Buf, BytesMut};
-use intercept::Intercepted;
+use intercept::{Intercepted, put_failing_parse};
 pub use phase::{CopyDirection, Phase};
 use startup::Opening;
 use std::sync::Arc;
@@ -292,6 +292,19 @@ impl<'a> Relay<'a> {
                 break;
             }
             let body = frame.body(&buf[pos..]);
+            if frame.tag == frontend::PARSE
+                && let Some(refusal) = self.refusal_for_parse(body)
+            {
+                let mut replacement = BytesMut::new();
+                put_failing_parse(&mut replacement, body);
+                self.write_server(&buf[run_start..pos]).await?;
+                self.write_server(&replacement).await?;
+                self.on_client_message(frame.tag, body)?;
+                self.tracked.refuse_last_parse(refusal);
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             if frame.tag == frontend::QUERY {
                 match self.intercept_query(body).await? {
                     Intercepted::Relay => {}
@@ -415,6 +428,23 @@ impl<'a> Relay<'a> {
                     pos = buf.len();
                 }
                 break;
+            }
+            if frame.tag == backend::ERROR_RESPONSE
+                && let Some(refusal) = self.tracked.take_refusal()
+            {
+                self.tracked.on_error_response();
+                let mut replacement = BytesMut::new();
+                put_error(
+                    &mut replacement,
+                    Severity::Error,
+                    refusal.sqlstate,
+                    &refusal.message,
+                );
+                self.write_client(&buf[run_start..pos]).await?;
+                self.write_client(&replacement).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
             }
             if self.write_in_flight.is_some() {
                 let body = frame.body(&buf[pos..]);

@@ -47,6 +47,8 @@ enum Outstanding {
     Parse {
         name: Bytes,
         statement: Statement,
+        /// tandem replaced it with SQL that fails, to answer with this error instead.
+        refused: Option<Refusal>,
     },
     Bind {
         name: Bytes,
@@ -69,6 +71,13 @@ pub enum SyncKind {
     Sync,
     Query,
     FunctionCall,
+}
+
+/// The error tandem answers a refused Parse with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub sqlstate: &'static str,
+    pub message: String,
 }
 
 /// A reply did not match the request at the head of the queue.
@@ -114,6 +123,7 @@ impl Tracked {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
             },
+            refused: None,
         });
         Ok(())
     }
@@ -188,6 +198,27 @@ impl Tracked {
         ignored
     }
 
+    /// Marks the Parse just queued as refused by tandem.
+    pub fn refuse_last_parse(&mut self, refusal: Refusal) {
+        if let Some(Outstanding::Parse { refused, .. }) = self.outstanding.back_mut() {
+            *refused = Some(refusal);
+        }
+    }
+
+    /// An ErrorResponse arrived: if it answers a Parse tandem refused, that Parse is
+    /// done and the client gets tandem's error in its place.
+    pub fn take_refusal(&mut self) -> Option<Refusal> {
+        match self.outstanding.front() {
+            Some(Outstanding::Parse {
+                refused: Some(_), ..
+            }) => match self.outstanding.pop_front() {
+                Some(Outstanding::Parse { refused, .. }) => refused,
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The backend sent ErrorResponse: an error ends copy-in mode on its side.
     pub fn on_error_response(&mut self) {
         self.copy_in = false;
@@ -195,7 +226,9 @@ impl Tracked {
 
     pub fn on_parse_complete(&mut self) -> Result<(), OutOfOrder> {
         match self.outstanding.pop_front() {
-            Some(Outstanding::Parse { name, statement }) => {
+            Some(Outstanding::Parse {
+                name, statement, ..
+            }) => {
                 self.statements.insert(name, statement);
                 Ok(())
             }
@@ -355,6 +388,24 @@ mod tests {
         assert_eq!(t.on_copy_in_response(), 0);
         t.on_ready_for_query(true).unwrap();
         t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn a_refused_parse_answers_the_error_in_its_place() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("ok", "select 1")).unwrap();
+        t.on_parse(&parse_body("w", "update t set v = 1")).unwrap();
+        t.refuse_last_parse(Refusal {
+            sqlstate: "0A000",
+            message: "no".into(),
+        });
+        t.on_sync_point_request(SyncKind::Sync);
+        assert_eq!(t.take_refusal(), None, "the head is the first Parse");
+        t.on_parse_complete().unwrap();
+        assert_eq!(t.take_refusal().map(|r| r.sqlstate), Some("0A000"));
+        t.on_ready_for_query(true).unwrap();
+        assert!(t.statement(b"w").is_none());
         assert!(!t.has_outstanding());
     }
 

@@ -245,3 +245,52 @@ async fn writes_that_cannot_be_captured_are_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn extended_protocol_writes_in_a_global_transaction_are_refused_not_run() {
+    let orders = prepare("at_ext").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    // Control functions answer over the simple protocol only, with a clear error otherwise.
+    let err = a.query("SELECT tandem_begin()", &[]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let before = dump(&orders.direct().await).await;
+    let err = a
+        .execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&5i64])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    // Reads still work over the extended protocol, and the session goes on.
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM accounts WHERE id > $1", &[&0i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+    assert_eq!(
+        dump(&orders.direct().await).await,
+        before,
+        "the write never ran"
+    );
+    // Outside a global transaction, the same write runs.
+    one(&a, "SELECT tandem_leave()").await.unwrap();
+    assert_eq!(
+        a.execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&5i64])
+            .await
+            .unwrap(),
+        1
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
