@@ -218,10 +218,30 @@ impl Store for EmbeddedStore {
     }
 
     async fn first_held(&self, keys: &[LockKey]) -> Result<Option<(LockKey, Xid)>> {
-        let st = self.state();
-        Ok(keys
-            .iter()
-            .find_map(|k| st.core.locks().holder(k).map(|x| (k.clone(), x.clone()))))
+        let held = {
+            let st = self.state();
+            keys.iter()
+                .find_map(|k| st.core.locks().holder(k).map(|x| (k.clone(), x.clone())))
+        };
+        if held.is_none() {
+            // "Free" must not rest on a release that is not durable yet (a commit
+            // decision still in its fsync): a crash could bring the lock back after
+            // a proxy had written the row outside any global transaction.
+            if let Some(rx) = self.writer.barrier()? {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(Error::Io {
+                            op: "read barrier",
+                            path: self.dir.clone(),
+                            source: std::io::Error::new(e.kind(), e.to_string()),
+                        });
+                    }
+                    Err(_) => return Err(Error::ShuttingDown),
+                }
+            }
+        }
+        Ok(held)
     }
 
     async fn due(&self, now: Millis, retention_ms: u64, limit: usize) -> Result<Vec<Command>> {

@@ -119,6 +119,9 @@ pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<File> {
 
 type Waiter = oneshot::Sender<std::result::Result<(), Arc<std::io::Error>>>;
 
+/// Resolves when the bytes it stands for are on disk (or the write failed).
+pub type Durable = oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>;
+
 /// A compaction: the snapshot's frames become the next generation. Appends queued
 /// before the snapshot was taken are written (and acknowledged) in the old file first.
 struct Rotate {
@@ -140,6 +143,8 @@ struct Queue {
     failed: Option<Arc<std::io::Error>>,
     /// Bytes written to the current generation (drives compaction).
     file_bytes: u64,
+    /// The writer is writing or fsyncing a batch that is not acknowledged yet.
+    busy: bool,
     /// Size of the current generation's snapshot: compaction waits until the log
     /// has grown well past it, so a large live state does not compact in a loop.
     snapshot_bytes: u64,
@@ -209,10 +214,7 @@ impl Writer {
 
     /// Queues framed bytes; the receiver resolves once they are on disk. Call in
     /// the order the records were applied (the embedded store holds its state lock).
-    pub fn append(
-        &self,
-        framed: &[u8],
-    ) -> Result<oneshot::Receiver<std::result::Result<(), Arc<std::io::Error>>>> {
+    pub fn append(&self, framed: &[u8]) -> Result<Durable> {
         let (tx, rx) = oneshot::channel();
         let (m, cv) = &*self.shared;
         m.lock()
@@ -220,6 +222,27 @@ impl Writer {
             .push(framed, tx)?;
         cv.notify_one();
         Ok(rx)
+    }
+
+    /// Resolves once everything appended so far is on disk (at once when nothing
+    /// is pending). Readers use it before answering from state that must be durable.
+    pub fn barrier(&self) -> Result<Option<Durable>> {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        if q.bytes.is_empty() && !q.busy && q.rotate.is_none() {
+            return match &q.failed {
+                None => Ok(None),
+                Some(e) => Err(Error::Io {
+                    op: "read barrier (log failed earlier)",
+                    path: PathBuf::new(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                }),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        q.push(&[], tx)?;
+        cv.notify_one();
+        Ok(Some(rx))
     }
 
     /// Queues a compaction to `snapshot` (frames of the state as of now).
@@ -266,9 +289,10 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
     loop {
         let (bytes, waiters, rotate, closed) = {
             let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
-            while q.bytes.is_empty() && q.rotate.is_none() && !q.closed {
+            while q.bytes.is_empty() && q.waiters.is_empty() && q.rotate.is_none() && !q.closed {
                 q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
             }
+            q.busy = true;
             (
                 std::mem::take(&mut q.bytes),
                 std::mem::take(&mut q.waiters),
@@ -299,6 +323,7 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             }
         }
         write_batch(m, &mut file, &bytes, waiters);
+        m.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
         if closed {
             let q = m.lock().unwrap_or_else(|p| p.into_inner());
             if q.bytes.is_empty() && q.rotate.is_none() {
@@ -317,6 +342,8 @@ fn write_batch(m: &Mutex<Queue>, file: &mut File, bytes: &[u8], waiters: Vec<Wai
     let failed = m.lock().unwrap_or_else(|p| p.into_inner()).failed.clone();
     let res = match failed {
         Some(e) => Err(e),
+        // Barriers only: everything before them was fsynced by an earlier batch.
+        None if bytes.is_empty() => Ok(()),
         None => file
             .write_all(bytes)
             .and_then(|_| file.sync_data())
@@ -419,6 +446,32 @@ mod tests {
         assert_eq!(g, 2);
         let got = recover_file(&log_path(dir.path(), g)).unwrap();
         assert_eq!(got, vec![b"SNAPSHOT-WITH-A".to_vec(), b"B".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn barrier_waits_for_what_is_queued_and_no_longer() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_generation(dir.path(), 1, &[]).unwrap();
+        let w = Writer::start(dir.path().to_path_buf(), 1, file, 0);
+        let mut a = Vec::new();
+        frame(&mut a, b"A");
+        let rx = {
+            // A queued, not yet taken by the writer: the barrier must wait for it.
+            let mut q = w.shared.0.lock().unwrap();
+            let (tx, rx) = oneshot::channel();
+            q.push(&a, tx).unwrap();
+            rx
+        };
+        let barrier = w.barrier().unwrap().expect("something is pending");
+        barrier.await.unwrap().unwrap();
+        assert_eq!(
+            recover_file(&log_path(dir.path(), 1)).unwrap(),
+            vec![b"A".to_vec()],
+            "on disk when the barrier resolves"
+        );
+        rx.await.unwrap().unwrap();
+        assert!(w.barrier().unwrap().is_none(), "nothing pending: no wait");
+        w.close();
     }
 
     #[test]
