@@ -4,6 +4,7 @@ mod admin;
 mod at_mode;
 mod auth;
 mod bad_input;
+mod bank_transfer;
 mod cancel;
 mod control;
 mod copy;

@@ -1,0 +1,194 @@
+//! The bank-transfer test: concurrent global transactions across two databases, a fifth
+//! of them rolled back on purpose. Money is neither made nor lost, every committed
+//! transfer is applied exactly once, and nothing is left behind.
+
+use std::sync::Arc;
+use tandem_tests::harness::{Tandem, TestDb, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const WORKERS: usize = 8;
+const TRANSFERS_PER_WORKER: usize = 250;
+const ACCOUNTS: i32 = 50;
+const OPENING_BALANCE: i64 = 10_000;
+
+async fn value(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .flatten())
+}
+
+async fn bank(label: &str) -> TestDb {
+    let db = TestDb::create(label).await;
+    let upstream = tandem_tests::env::pg_upstream();
+    tandem_proxy::migrate::apply(&format!(
+        "postgres://postgres@{upstream}/{}?sslmode=disable",
+        db.name
+    ))
+    .await
+    .unwrap();
+    db.direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts SELECT g, {OPENING_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;"
+        ))
+        .await
+        .unwrap();
+    db
+}
+
+async fn balances(client: &Client) -> Vec<i64> {
+    client
+        .query("SELECT balance FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// One transfer: debit in the first database, credit in the second; commit or roll back.
+/// Returns whether it was committed.
+async fn transfer(
+    a: &Client,
+    b: &Client,
+    from: i32,
+    to: i32,
+    amount: i64,
+    roll_back: bool,
+) -> bool {
+    let attempt = async {
+        let xid = value(a, "SELECT tandem_begin(20000)")
+            .await?
+            .unwrap_or_default();
+        a.batch_execute(&format!(
+            "UPDATE accounts SET balance = balance - {amount} WHERE id = {from}"
+        ))
+        .await?;
+        value(b, &format!("SELECT tandem_join('{xid}')")).await?;
+        let credited = b
+            .batch_execute(&format!(
+                "UPDATE accounts SET balance = balance + {amount} WHERE id = {to}"
+            ))
+            .await;
+        value(b, "SELECT tandem_leave()").await?;
+        credited?;
+        let decision = if roll_back {
+            "tandem_rollback"
+        } else {
+            "tandem_commit"
+        };
+        value(a, &format!("SELECT {decision}()")).await
+    }
+    .await;
+    match attempt {
+        Ok(Some(status)) if status == "Committed" => true,
+        Ok(Some(status)) if status == "Rollbacked" => false,
+        Ok(other) => panic!("unexpected status {other:?}"),
+        Err(e) => {
+            // A lock conflict (40001): the whole global transaction is rolled back.
+            let status = value(a, "SELECT tandem_rollback()")
+                .await
+                .expect("rollback after an error");
+            assert_eq!(status.as_deref(), Some("Rollbacked"), "after {e:?}");
+            let _ = value(b, "SELECT tandem_leave()").await;
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_is_conserved_and_every_committed_transfer_applies_once() {
+    let (first, second) = (bank("bank_a").await, bank("bank_b").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem =
+        Arc::new(Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await);
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let (tandem, a_name, b_name) =
+            (Arc::clone(&tandem), first.name.clone(), second.name.clone());
+        workers.push(tokio::spawn(async move {
+            let a = tandem.connect(&a_name).await;
+            let b = tandem.connect(&b_name).await;
+            let mut committed = Vec::new();
+            let mut seed = 0x2545_f491_4f6c_dd1du64 ^ (worker as u64 * 0x9e37_79b9);
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for i in 0..TRANSFERS_PER_WORKER {
+                let from = (next() % ACCOUNTS as u64) as i32 + 1;
+                let to = (next() % ACCOUNTS as u64) as i32 + 1;
+                let amount = (next() % 100) as i64 + 1;
+                let roll_back = (i + worker) % 5 == 0;
+                if transfer(&a, &b, from, to, amount, roll_back).await {
+                    committed.push((from, to, amount));
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = Vec::new();
+    for w in workers {
+        committed.extend(w.await.expect("worker"));
+    }
+    let total = WORKERS * TRANSFERS_PER_WORKER;
+    assert!(
+        committed.len() >= total / 2,
+        "only {} of {total} committed",
+        committed.len()
+    );
+    assert!(committed.len() <= total * 4 / 5, "rollbacks did not happen");
+
+    let (da, db) = (first.direct().await, second.direct().await);
+    let mut want_a = vec![OPENING_BALANCE; ACCOUNTS as usize];
+    let mut want_b = vec![OPENING_BALANCE; ACCOUNTS as usize];
+    for &(from, to, amount) in &committed {
+        want_a[from as usize - 1] -= amount;
+        want_b[to as usize - 1] += amount;
+    }
+    let (got_a, got_b) = (balances(&da).await, balances(&db).await);
+    assert_eq!(
+        got_a, want_a,
+        "first database: each committed debit exactly once"
+    );
+    assert_eq!(
+        got_b, want_b,
+        "second database: each committed credit exactly once"
+    );
+    assert_eq!(
+        got_a.iter().sum::<i64>() + got_b.iter().sum::<i64>(),
+        2 * ACCOUNTS as i64 * OPENING_BALANCE,
+        "money is conserved"
+    );
+    eventually("no undo rows left", || async {
+        let n_a: i64 = da
+            .query_one("SELECT count(*) FROM undo_log WHERE log_status = 0", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let n_b: i64 = db
+            .query_one("SELECT count(*) FROM undo_log WHERE log_status = 0", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n_a == 0 && n_b == 0
+    })
+    .await;
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    match Arc::try_unwrap(tandem) {
+        Ok(tandem) => tandem.shutdown().await,
+        Err(_) => panic!("a worker still holds the proxy"),
+    }
+    lockserver.stop().await;
+}
