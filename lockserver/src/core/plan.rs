@@ -227,7 +227,7 @@ fn phase2_result(
     now: Millis,
 ) -> Result<(Vec<Record>, Reply), Error> {
     let xid = &g.xid;
-    let b = g.branch(branch_id).ok_or(Error::UnknownBranch {
+    g.branch(branch_id).ok_or(Error::UnknownBranch {
         xid: xid.clone(),
         branch_id,
     })?;
@@ -302,7 +302,6 @@ fn phase2_result(
             }
         }
     }
-    let _ = b;
     let mut after = g.clone();
     recs.iter().for_each(|r| after.apply(r));
     Ok((recs, Reply::Status(after.status)))
