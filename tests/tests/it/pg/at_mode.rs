@@ -304,41 +304,92 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryabl
     let first = tandem.connect(&orders.name).await;
     let second = tandem.connect(&orders.name).await;
     one(&first, "SELECT tandem_begin(30000)").await.unwrap();
-    first.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 3").await.unwrap();
+    first
+        .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 3")
+        .await
+        .unwrap();
 
     // The second global transaction writes the same row: its local commit waits for the
     // global lock, and succeeds once the first commits.
     one(&second, "SELECT tandem_begin(30000)").await.unwrap();
     let waiter = tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let result = second.batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 3").await;
+        let result = second
+            .batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 3")
+            .await;
         (result, started.elapsed(), second)
     });
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert!(!waiter.is_finished(), "the second writer did not wait for the lock");
-    assert_eq!(one(&first, "SELECT tandem_commit()").await.unwrap().as_deref(), Some("Committed"));
+    assert!(
+        !waiter.is_finished(),
+        "the second writer did not wait for the lock"
+    );
+    assert_eq!(
+        one(&first, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
     let (result, waited, second) = waiter.await.unwrap();
     result.expect("the waiter succeeds once the lock is free");
     assert!(waited >= std::time::Duration::from_millis(300));
-    assert_eq!(one(&second, "SELECT tandem_commit()").await.unwrap().as_deref(), Some("Committed"));
-    let balance: i64 = orders.direct().await.query_one("SELECT balance FROM accounts WHERE id = 3", &[]).await.unwrap().get(0);
+    assert_eq!(
+        one(&second, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let balance: i64 = orders
+        .direct()
+        .await
+        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(balance, 1011);
 
     // Held past the wait bound: a retryable error, and the row is as the holder left it.
     one(&first, "SELECT tandem_begin(30000)").await.unwrap();
-    first.batch_execute("UPDATE accounts SET balance = 0 WHERE id = 4").await.unwrap();
+    first
+        .batch_execute("UPDATE accounts SET balance = 0 WHERE id = 4")
+        .await
+        .unwrap();
     one(&second, "SELECT tandem_begin(30000)").await.unwrap();
     let err = second
         .batch_execute("UPDATE accounts SET balance = 5 WHERE id = 4")
         .await
         .expect_err("the lock is held past the wait bound");
     assert!(
-        [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::LOCK_NOT_AVAILABLE].contains(err.code().unwrap()),
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE
+        ]
+        .contains(err.code().unwrap()),
         "{err:?}"
     );
-    assert_eq!(one(&second, "SELECT tandem_rollback()").await.unwrap().as_deref(), Some("Rollbacked"));
-    assert_eq!(one(&first, "SELECT tandem_rollback()").await.unwrap().as_deref(), Some("Rollbacked"));
-    let balance: i64 = orders.direct().await.query_one("SELECT balance FROM accounts WHERE id = 4", &[]).await.unwrap().get(0);
+    assert_eq!(
+        one(&second, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(
+        one(&first, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let balance: i64 = orders
+        .direct()
+        .await
+        .query_one("SELECT balance FROM accounts WHERE id = 4", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(balance, 1000);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -354,13 +405,20 @@ async fn a_client_that_disconnects_is_rolled_back_by_the_timeout() {
     let before = dump(&direct).await;
     let a = tandem.connect(&orders.name).await;
     let xid = one(&a, "SELECT tandem_begin(500)").await.unwrap().unwrap();
-    a.batch_execute("UPDATE accounts SET balance = -1 WHERE id = 1").await.unwrap();
-    a.batch_execute("DELETE FROM accounts WHERE id = 2").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = -1 WHERE id = 1")
+        .await
+        .unwrap();
+    a.batch_execute("DELETE FROM accounts WHERE id = 2")
+        .await
+        .unwrap();
     drop(a);
-    eventually("the lockserver rolls the abandoned transaction back", || async {
-        let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
-        txn["status"] == "TimeoutRollbacked"
-    })
+    eventually(
+        "the lockserver rolls the abandoned transaction back",
+        || async {
+            let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+            txn["status"] == "TimeoutRollbacked"
+        },
+    )
     .await;
     assert_eq!(dump(&direct).await, before, "restored after the timeout");
     assert_eq!(undo_rows(&direct).await, 0);

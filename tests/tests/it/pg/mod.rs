@@ -2,6 +2,7 @@
 
 mod admin;
 mod at_mode;
+mod at_types;
 mod auth;
 mod bad_input;
 mod bank_transfer;
