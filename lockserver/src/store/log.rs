@@ -145,6 +145,8 @@ struct Queue {
     file_bytes: u64,
     /// The writer is writing or fsyncing a batch that is not acknowledged yet.
     busy: bool,
+    /// The writer is waiting on the condition variable (needs a notify).
+    idle: bool,
     /// Size of the current generation's snapshot: compaction waits until the log
     /// has grown well past it, so a large live state does not compact in a loop.
     snapshot_bytes: u64,
@@ -217,10 +219,12 @@ impl Writer {
     pub fn append(&self, framed: &[u8]) -> Result<Durable> {
         let (tx, rx) = oneshot::channel();
         let (m, cv) = &*self.shared;
-        m.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(framed, tx)?;
-        cv.notify_one();
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        q.push(framed, tx)?;
+        // A busy writer takes the queue when it is done; waking it costs a syscall.
+        if q.idle {
+            cv.notify_one();
+        }
         Ok(rx)
     }
 
@@ -290,7 +294,9 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
         let (bytes, waiters, rotate, closed) = {
             let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
             while q.bytes.is_empty() && q.waiters.is_empty() && q.rotate.is_none() && !q.closed {
+                q.idle = true;
                 q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.idle = false;
             }
             q.busy = true;
             (
