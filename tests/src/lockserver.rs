@@ -200,7 +200,8 @@ pub async fn http_raw(
             body.len()
         );
         s.write_all(head.as_bytes()).await.ok()?;
-        s.write_all(body).await.ok()?;
+        // A server refusing the body (413) may answer and close before reading it all.
+        let _ = s.write_all(body).await;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
