@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# AT mode's cost: pgbench TPC-B directly against PostgreSQL, and the same transaction as
+# a tandem global transaction through the proxy (SELECT tandem_begin() \gset, the TPC-B
+# statements, SELECT tandem_commit()), in one run, alternating. Prints both TPS figures
+# and their ratio. pgbench_history gets a primary key, which AT needs (for both sides).
+#
+#   bash bench/at.sh
+#   SECONDS_PER_RUN=5 ROUNDS=1 bash bench/at.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGHOST_DIRECT=${PGHOST_DIRECT:-127.0.0.1}
+PGPORT_DIRECT=${PGPORT_DIRECT:-5432}
+TANDEM_PORT=${TANDEM_PORT:-6633}
+GRPC_PORT=${GRPC_PORT:-8191}
+HTTP_PORT=${HTTP_PORT:-7191}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+ROUNDS=${ROUNDS:-2}
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+SCALE=${SCALE:-10}
+DB=tandem_at_bench
+export PGSSLMODE=disable PGUSER=${PGUSER:-postgres}
+
+work=$(mktemp -d)
+cleanup() {
+  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid" 2>/dev/null || true
+  [[ -n "${lock_pid:-}" ]] && kill "$lock_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -q -p tandem-proxy
+psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d postgres -c "select 1 from pg_database where datname = '$DB'" | grep -q 1 \
+  || psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d postgres -c "create database $DB"
+pgbench -q -i -s "$SCALE" -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" >/dev/null 2>&1
+psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY"
+./target/release/tandem migrate "postgres://$PGUSER@$PGHOST_DIRECT:$PGPORT_DIRECT/$DB?sslmode=disable" >/dev/null
+
+cat >"$work/lockserver.toml" <<TOML
+grpc_listen = "127.0.0.1:$GRPC_PORT"
+http_listen = "127.0.0.1:$HTTP_PORT"
+[store]
+kind = "embedded"
+path = "$work/lockserver"
+TOML
+cat >"$work/proxy.toml" <<TOML
+[admin]
+listen = "127.0.0.1:0"
+[lockserver]
+endpoint = "http://127.0.0.1:$GRPC_PORT"
+[[postgres]]
+listen = "127.0.0.1:$TANDEM_PORT"
+upstream = "$PGHOST_DIRECT:$PGPORT_DIRECT"
+TOML
+RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
+lock_pid=$!
+RUST_LOG=warn ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+proxy_pid=$!
+for _ in $(seq 50); do
+  psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "select 1" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# A lock conflict at the local COMMIT is retryable (40001); the retry starts by leaving
+# the failed global transaction, which its timeout then rolls back.
+cat >"$work/at.sql" <<'SQL'
+\set aid random(1, 100000 * :scale)
+\set bid random(1, 1 * :scale)
+\set tid random(1, 10 * :scale)
+\set delta random(-5000, 5000)
+SELECT tandem_leave();
+SELECT tandem_begin() \gset
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+SELECT tandem_commit();
+SQL
+
+run() { # target -> tps
+  local out
+  if [[ $1 == direct ]]; then
+    out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" 2>&1)
+  else
+    out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 \
+      -f "$work/at.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" 2>&1)
+  fi
+  echo "$out" >>"$work/pgbench.log"
+  echo "$out" | awk '/^tps/ {print $3}'
+}
+
+echo "pgbench TPC-B, -M simple, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, scale $SCALE"
+direct=0; at=0
+for _ in $(seq "$ROUNDS"); do
+  d=$(run direct); a=$(run at)
+  echo "  direct $d tps, tandem AT $a tps"
+  direct=$(awk -v x="$direct" -v y="${d:-0}" 'BEGIN {print x + y}')
+  at=$(awk -v x="$at" -v y="${a:-0}" 'BEGIN {print x + y}')
+done
+printf 'direct %.0f tps, tandem AT %.0f tps, ratio %.3f\n' \
+  "$(awk -v s="$direct" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
+  "$(awk -v s="$at" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
+  "$(awk -v a="$at" -v d="$direct" 'BEGIN {print (d > 0) ? a / d : 0}')"
+grep -h -E "number of (failed|retried)|aborted" "$work/pgbench.log" | sort | uniq -c | head -5 || true
+left=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from undo_log where log_status = 0")
+echo "undo rows left right after the run (cleanup is asynchronous): $left"
