@@ -425,3 +425,108 @@ async fn a_client_that_disconnects_is_rolled_back_by_the_timeout() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn triggers_and_cascading_foreign_keys_are_refused() {
+    let orders = prepare("at_trig").await;
+    orders
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE audited (id int PRIMARY KEY, v int);
+             CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER audit BEFORE UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION noop();
+             INSERT INTO audited VALUES (1, 1);
+             CREATE TABLE parent (id int PRIMARY KEY);
+             CREATE TABLE child (id int PRIMARY KEY, parent int REFERENCES parent ON DELETE CASCADE);
+             INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        "UPDATE audited SET v = 2 WHERE id = 1",
+        "DELETE FROM parent WHERE id = 1",
+    ] {
+        let err = a.simple_query(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {err:?}"
+        );
+    }
+    let direct = orders.direct().await;
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM child", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the cascade never ran");
+    let v: i32 = direct
+        .query_one("SELECT v FROM audited", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback() {
+    let orders = prepare("at_marker").await;
+    orders
+        .direct()
+        .await
+        .batch_execute("CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO uniq VALUES (1, 1), (2, 2);")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("UPDATE uniq SET v = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    // The deferred constraint fails at COMMIT, after the branch was registered: the
+    // local transaction, its undo row included, is gone.
+    let err = a.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let direct = orders.direct().await;
+    let marker: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM undo_log WHERE xid = $1 AND log_status = 1",
+            &[&xid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        marker, 1,
+        "the GlobalFinished marker blocks a late phase-1 commit"
+    );
+    let v: i32 = direct
+        .query_one("SELECT v FROM uniq WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
