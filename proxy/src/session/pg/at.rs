@@ -20,6 +20,7 @@ use crate::wire::pg::messages::response::TxStatus;
 use crate::wire::pg::messages::simple::put_query;
 use crate::wire::pg::reader::Reader;
 use bytes::{BufMut, BytesMut};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tandem_lockserver::client::BranchKind;
@@ -30,8 +31,24 @@ use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The write whose replies are in flight, and what to do with them.
+/// What to do with the RowDescription that comes back for a write in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RowDescriptionRule {
+    /// Simple protocol, no RETURNING of the client's: it is tandem's alone.
+    Swallow,
+    /// The client's columns, then tandem's key columns: drop the latter.
+    Strip,
+    /// The description of the client's own statement (Describe of a statement).
+    Relay,
+    /// Describe of the portal of a write without RETURNING: the client expects NoData.
+    ToNoData,
+}
+
 pub(super) struct WriteInFlight {
     meta: Arc<TableMeta>,
+    row_description: RowDescriptionRule,
+    /// Replies to tandem's own messages at the head of the batch, swallowed in order.
+    pub(super) swallow: VecDeque<u8>,
     kind: WriteKind,
     /// Key columns appended to the statement's RETURNING.
     appended: usize,
@@ -40,6 +57,29 @@ pub(super) struct WriteInFlight {
     /// tandem opened the local transaction (an autocommit write) and ends it.
     implicit: bool,
     failed: bool,
+}
+
+impl WriteInFlight {
+    pub(super) fn new(
+        meta: Arc<TableMeta>,
+        kind: WriteKind,
+        client_returning: bool,
+        implicit: bool,
+        row_description: RowDescriptionRule,
+        swallow: VecDeque<u8>,
+    ) -> Self {
+        WriteInFlight {
+            appended: meta.pk.len(),
+            meta,
+            row_description,
+            swallow,
+            kind,
+            client_returning,
+            keys: Vec::new(),
+            implicit,
+            failed: false,
+        }
+    }
 }
 
 impl Relay<'_> {
@@ -133,15 +173,19 @@ impl Relay<'_> {
             self.branch.record_before(&meta, rows);
         }
         let rewritten = meta.with_returning_key(&Postgres, sql, &write);
-        self.write_in_flight = Some(WriteInFlight {
-            appended: meta.pk.len(),
+        let rule = if write.has_returning {
+            RowDescriptionRule::Strip
+        } else {
+            RowDescriptionRule::Swallow
+        };
+        self.write_in_flight = Some(WriteInFlight::new(
             meta,
-            kind: write.kind,
-            client_returning: write.has_returning,
-            keys: Vec::new(),
+            write.kind,
+            write.has_returning,
             implicit,
-            failed: false,
-        });
+            rule,
+            VecDeque::new(),
+        ));
         let mut replacement = BytesMut::new();
         put_query(&mut replacement, &rewritten);
         Ok(Intercepted::ReplaceAndHold(replacement))
@@ -152,8 +196,16 @@ impl Relay<'_> {
         let Some(w) = &self.write_in_flight else {
             return Ok(None);
         };
-        if !w.client_returning {
-            return Ok(Some(BytesMut::new()));
+        match w.row_description {
+            RowDescriptionRule::Swallow => return Ok(Some(BytesMut::new())),
+            RowDescriptionRule::Relay => return Ok(None),
+            RowDescriptionRule::ToNoData => {
+                let mut out = BytesMut::new();
+                out.put_u8(crate::wire::pg::codes::backend::NO_DATA);
+                out.put_i32(4);
+                return Ok(Some(out));
+            }
+            RowDescriptionRule::Strip => {}
         }
         let fields = split_row_description(body)?;
         let keep = fields.len().saturating_sub(w.appended);
@@ -210,6 +262,8 @@ impl Relay<'_> {
     pub(super) fn on_write_error(&mut self) {
         if let Some(w) = &mut self.write_in_flight {
             w.failed = true;
+            // After an error the backend skips to Sync: tandem's replies will not come.
+            w.swallow.clear();
         }
     }
 
@@ -362,7 +416,7 @@ impl Relay<'_> {
 }
 
 /// `SELECT cols FROM …` with the key columns appended again (asked for as text).
-fn with_text_keys(select: &str, meta: &TableMeta) -> String {
+pub(super) fn with_text_keys(select: &str, meta: &TableMeta) -> String {
     let keys: Vec<String> = meta
         .pk
         .iter()
@@ -373,7 +427,7 @@ fn with_text_keys(select: &str, meta: &TableMeta) -> String {
 }
 
 /// Splits each exchanged row into the binary image and the text key after it.
-fn split_rows(
+pub(super) fn split_rows(
     rows: Vec<Vec<Option<Vec<u8>>>>,
     width: usize,
 ) -> Vec<(Vec<Option<Vec<u8>>>, TextKey)> {

@@ -100,6 +100,33 @@ impl Relay<'_> {
         self.read_exchange_reply().await
     }
 
+    /// The parameter types the server infers for `sql` (ParameterDescription), for
+    /// binding a client's parameter values to tandem's own statements exactly.
+    pub(super) async fn describe_params(&mut self, sql: &str) -> Result<Vec<u32>> {
+        let mut out = BytesMut::with_capacity(64 + sql.len());
+        put_close(&mut out, target::STATEMENT, STATEMENT);
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, STATEMENT);
+        put_cstr(&mut body, sql.as_bytes());
+        body.put_i16(0);
+        put_msg(&mut out, frontend::PARSE, &body);
+        let mut body = BytesMut::new();
+        body.put_u8(target::STATEMENT);
+        put_cstr(&mut body, STATEMENT);
+        put_msg(&mut out, frontend::DESCRIBE, &body);
+        put_msg(&mut out, frontend::SYNC, &[]);
+        self.server
+            .write_all(&out)
+            .await
+            .map_err(Error::UpstreamIo)?;
+        self.describe_reply = None;
+        let got = self.read_exchange_reply().await?;
+        if let Some(e) = got.error {
+            return Err(Error::Injected { message: e.message });
+        }
+        Ok(self.describe_reply.take().unwrap_or_default())
+    }
+
     /// Runs a statement without parameters and with no rows expected.
     pub(super) async fn exchange_simple(&mut self, sql: &str) -> Result<Exchanged> {
         self.exchange(sql, &[], &[]).await
@@ -113,6 +140,9 @@ impl Relay<'_> {
                 let body = frame.body(&self.from_server).to_vec();
                 match frame.tag {
                     backend::DATA_ROW => result.rows.push(decode_data_row(&body)?),
+                    backend::PARAMETER_DESCRIPTION => {
+                        self.describe_reply = Some(decode_parameter_description(&body)?);
+                    }
                     backend::ERROR_RESPONSE => {
                         result.error = Some(
                             ErrorFields::decode(&body)
@@ -146,6 +176,15 @@ impl Relay<'_> {
             }
         }
     }
+}
+
+fn decode_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
+    let bad = || Error::UpstreamProtocol("bad ParameterDescription");
+    let mut r = crate::wire::pg::reader::Reader::new(body);
+    let n = r.i16().map_err(|_| bad())?;
+    (0..n)
+        .map(|_| r.i32().map(|t| t as u32).map_err(|_| bad()))
+        .collect()
 }
 
 fn decode_data_row(body: &[u8]) -> Result<Vec<Option<Vec<u8>>>> {

@@ -16,9 +16,9 @@ use bytes::BytesMut;
 
 impl Relay<'_> {
     /// A Parse that must not reach the backend as written: a control statement (answered
-    /// only over the simple protocol for now), or, inside a global transaction, a write
-    /// or a COMMIT of a branch (captured only over the simple protocol for now) or a
-    /// statement tandem cannot analyse. Never lets such a write run without its images.
+    /// only over the simple protocol for now), or, inside a global transaction, a COMMIT
+    /// of a branch (only the simple protocol registers it) or a statement tandem cannot
+    /// analyse. Writes are prepared freely and captured when bound (see at_extended).
     pub(super) fn refusal_for_parse(&self, body: &[u8]) -> Option<Refusal> {
         let parse = Parse::decode(body).ok()?;
         let refuse = |e: Error| {
@@ -37,9 +37,6 @@ impl Relay<'_> {
         match tandem_undo::analyze(&tandem_undo::Postgres, &sql) {
             Err(e) => refuse(Error::Undo(e)),
             Ok(analyses) => analyses.iter().find_map(|a| match a {
-                tandem_undo::Analysis::Write(_) => refuse(Error::Unsupported {
-                    what: "a write over the extended query protocol inside a global transaction (use the simple protocol)",
-                }),
                 tandem_undo::Analysis::Commit if !self.branch.is_empty() => refuse(Error::Unsupported {
                     what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
                 }),
@@ -154,5 +151,24 @@ pub(super) fn put_failing_parse(buf: &mut BytesMut, original: &[u8]) {
     buf.put_u8(0);
     buf.put_slice(sql);
     buf.put_u8(0);
+    buf.put_i16(0);
+}
+
+/// A Bind of the client's portal to a statement that does not exist; its ErrorResponse
+/// is replaced by tandem's own.
+pub(super) fn put_failing_bind(buf: &mut BytesMut, original: &[u8]) {
+    use bytes::BufMut;
+    let portal = crate::wire::pg::messages::extended::Bind::decode(original)
+        .map(|b| b.portal)
+        .unwrap_or(b"");
+    let statement: &[u8] = b"tandem refused this statement";
+    buf.put_u8(crate::wire::pg::codes::frontend::BIND);
+    buf.put_i32((4 + portal.len() + 1 + statement.len() + 1 + 2 + 2 + 2) as i32);
+    buf.put_slice(portal);
+    buf.put_u8(0);
+    buf.put_slice(statement);
+    buf.put_u8(0);
+    buf.put_i16(0);
+    buf.put_i16(0);
     buf.put_i16(0);
 }

@@ -6,6 +6,7 @@
 //! the few messages tandem rewrites during startup (SASL mechanisms, BackendKeyData).
 
 mod at;
+mod at_extended;
 mod exchange;
 mod intercept;
 mod phase;
@@ -29,8 +30,9 @@ use crate::wire::pg::messages::response::{
     AuthRequest, ErrorFields, Severity, TxStatus, decode_backend_key, decode_command_tag,
     decode_parameter_status, put_backend_key, put_error, put_sasl_mechanisms,
 };
+use at_extended::Extended;
 use bytes::{Buf, BytesMut};
-use intercept::{Intercepted, put_failing_parse};
+use intercept::{Intercepted, put_failing_bind, put_failing_parse};
 pub use phase::{CopyDirection, Phase};
 use startup::Opening;
 use std::sync::Arc;
@@ -169,6 +171,8 @@ struct Relay<'a> {
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
+    /// The ParameterDescription of tandem's last describe exchange.
+    describe_reply: Option<Vec<u32>>,
     span: tracing::Span,
 }
 
@@ -209,6 +213,7 @@ impl<'a> Relay<'a> {
             database,
             branch: at_branch::Branch::default(),
             write_in_flight: None,
+            describe_reply: None,
             span,
         }
     }
@@ -292,6 +297,46 @@ impl<'a> Relay<'a> {
                 break;
             }
             let body = frame.body(&buf[pos..]);
+            if self.binding.xid().is_some() && matches!(frame.tag, frontend::PARSE | frontend::BIND)
+            {
+                match self
+                    .intercept_extended(&buf[pos..], frame.tag, body)
+                    .await?
+                {
+                    Extended::NotAWrite => {}
+                    Extended::NeedMore => break,
+                    Extended::WaitForSyncPoint => {
+                        self.client_paused = true;
+                        break;
+                    }
+                    Extended::RefuseBind(refusal) => {
+                        let mut replacement = BytesMut::new();
+                        put_failing_bind(&mut replacement, body);
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        self.on_client_message(frame.tag, body)?;
+                        self.tracked.refuse_last(refusal);
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
+                    Extended::Handled {
+                        consumed,
+                        to_backend,
+                    } => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        pos += consumed;
+                        run_start = pos;
+                        if let Some(batch) = to_backend {
+                            self.write_server(&batch).await?;
+                            // Its ReadyForQuery finishes the write; nothing more until then.
+                            self.client_paused = true;
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             if frame.tag == frontend::PARSE
                 && let Some(refusal) = self.refusal_for_parse(body)
             {
@@ -300,7 +345,7 @@ impl<'a> Relay<'a> {
                 self.write_server(&buf[run_start..pos]).await?;
                 self.write_server(&replacement).await?;
                 self.on_client_message(frame.tag, body)?;
-                self.tracked.refuse_last_parse(refusal);
+                self.tracked.refuse_last(refusal);
                 pos += frame.wire_len;
                 run_start = pos;
                 continue;
@@ -442,6 +487,15 @@ impl<'a> Relay<'a> {
                 );
                 self.write_client(&buf[run_start..pos]).await?;
                 self.write_client(&replacement).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
+            if let Some(w) = &mut self.write_in_flight
+                && w.swallow.front() == Some(&frame.tag)
+            {
+                w.swallow.pop_front();
+                self.write_client(&buf[run_start..pos]).await?;
                 pos += frame.wire_len;
                 run_start = pos;
                 continue;

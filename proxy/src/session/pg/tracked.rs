@@ -53,6 +53,8 @@ enum Outstanding {
     Bind {
         name: Bytes,
         portal: Portal,
+        /// tandem replaced it with a Bind that fails, to answer with this error instead.
+        refused: Option<Refusal>,
     },
     Close {
         target: Target,
@@ -138,6 +140,7 @@ impl Tracked {
                 statement,
                 bind: Bytes::copy_from_slice(body),
             },
+            refused: None,
         });
         Ok(())
     }
@@ -198,10 +201,13 @@ impl Tracked {
         ignored
     }
 
-    /// Marks the Parse just queued as refused by tandem.
-    pub fn refuse_last_parse(&mut self, refusal: Refusal) {
-        if let Some(Outstanding::Parse { refused, .. }) = self.outstanding.back_mut() {
-            *refused = Some(refusal);
+    /// Marks the Parse or Bind just queued as refused by tandem.
+    pub fn refuse_last(&mut self, refusal: Refusal) {
+        match self.outstanding.back_mut() {
+            Some(Outstanding::Parse { refused, .. }) | Some(Outstanding::Bind { refused, .. }) => {
+                *refused = Some(refusal);
+            }
+            _ => {}
         }
     }
 
@@ -211,8 +217,12 @@ impl Tracked {
         match self.outstanding.front() {
             Some(Outstanding::Parse {
                 refused: Some(_), ..
+            })
+            | Some(Outstanding::Bind {
+                refused: Some(_), ..
             }) => match self.outstanding.pop_front() {
-                Some(Outstanding::Parse { refused, .. }) => refused,
+                Some(Outstanding::Parse { refused, .. })
+                | Some(Outstanding::Bind { refused, .. }) => refused,
                 _ => None,
             },
             _ => None,
@@ -238,7 +248,7 @@ impl Tracked {
 
     pub fn on_bind_complete(&mut self) -> Result<(), OutOfOrder> {
         match self.outstanding.pop_front() {
-            Some(Outstanding::Bind { name, portal }) => {
+            Some(Outstanding::Bind { name, portal, .. }) => {
                 self.portals.insert(name, portal);
                 Ok(())
             }
@@ -396,7 +406,7 @@ mod tests {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("ok", "select 1")).unwrap();
         t.on_parse(&parse_body("w", "update t set v = 1")).unwrap();
-        t.refuse_last_parse(Refusal {
+        t.refuse_last(Refusal {
             sqlstate: "0A000",
             message: "no".into(),
         });

@@ -247,12 +247,12 @@ async fn writes_that_cannot_be_captured_are_refused() {
 }
 
 #[tokio::test]
-async fn extended_protocol_writes_in_a_global_transaction_are_refused_not_run() {
+async fn extended_protocol_writes_are_captured_with_their_parameters() {
     let orders = prepare("at_ext").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let grpc = lockserver.grpc;
     let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
-    let a = tandem.connect(&orders.name).await;
+    let mut a = tandem.connect(&orders.name).await;
     // Control functions answer over the simple protocol only, with a clear error otherwise.
     let err = a.query("SELECT tandem_begin()", &[]).await.unwrap_err();
     assert_eq!(
@@ -260,10 +260,57 @@ async fn extended_protocol_writes_in_a_global_transaction_are_refused_not_run() 
         Some(&SqlState::FEATURE_NOT_SUPPORTED),
         "{err:?}"
     );
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
     one(&a, "SELECT tandem_begin(30000)").await.unwrap();
-    let before = dump(&orders.direct().await).await;
+    // Autocommit writes with parameters, binary and text.
+    assert_eq!(
+        a.execute(
+            "UPDATE accounts SET balance = $1 WHERE id = $2",
+            &[&5i64, &1i32]
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        a.execute(
+            "INSERT INTO accounts (id, balance, note) VALUES ($1, $2, $3), ($4, $2, $3)",
+            &[&70i32, &7i64, &"seventy", &71i32]
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    // A prepared statement reused, inside an explicit local transaction.
+    let note = a
+        .prepare("UPDATE accounts SET note = $1 WHERE id = $2")
+        .await
+        .unwrap();
+    let tx = a.transaction().await.unwrap();
+    for id in [2i32, 3] {
+        assert_eq!(tx.execute(&note, &[&"prepared", &id]).await.unwrap(), 1);
+    }
+    assert_eq!(
+        tx.execute("DELETE FROM accounts WHERE id = $1", &[&4i32])
+            .await
+            .unwrap(),
+        1
+    );
+    tx.commit().await.unwrap();
+    // Reads over the extended protocol are untouched.
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM accounts WHERE id > $1", &[&0i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6);
+    // RETURNING asked for in binary is refused, not run.
     let err = a
-        .execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&5i64])
+        .query(
+            "UPDATE accounts SET balance = 0 WHERE id = $1 RETURNING balance",
+            &[&5i32],
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -271,20 +318,20 @@ async fn extended_protocol_writes_in_a_global_transaction_are_refused_not_run() 
         Some(&SqlState::FEATURE_NOT_SUPPORTED),
         "{err:?}"
     );
-    // Reads still work over the extended protocol, and the session goes on.
-    let n: i64 = a
-        .query_one("SELECT count(*) FROM accounts WHERE id > $1", &[&0i32])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 5);
     assert_eq!(
-        dump(&orders.direct().await).await,
-        before,
-        "the write never ran"
+        undo_rows(&direct).await,
+        3,
+        "two autocommit branches and one explicit"
     );
-    // Outside a global transaction, the same write runs.
-    one(&a, "SELECT tandem_leave()").await.unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&direct).await, before, "restored byte for byte");
+    // Outside a global transaction, writes pass through untouched.
     assert_eq!(
         a.execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&5i64])
             .await

@@ -1,0 +1,414 @@
+//! AT mode over the extended query protocol, for the batch every driver sends to run one
+//! statement: `[Parse] Bind [Describe] Execute Sync`.
+//!
+//! At a sync point tandem holds such a batch when it runs a write in a bound session,
+//! takes the before image with the Bind's own parameters, and sends the backend the same
+//! batch with the write prepared again under tandem's statement name with the key
+//! appended to its RETURNING. Its reply script is fixed: CloseComplete and ParseComplete
+//! of tandem's statement come first and are swallowed; the key columns are stripped from
+//! the rows (and from a portal's RowDescription); the batch's ReadyForQuery finishes the
+//! write as in the simple protocol. Any other shape of batch that writes is refused with
+//! an error answered by tandem itself, and never reaches the backend.
+
+use super::Relay;
+use super::at::{RowDescriptionRule, WriteInFlight};
+use super::exchange::Param;
+use super::tracked::Refusal;
+use crate::error::{Error, Result};
+use crate::wire::pg::Frame;
+use crate::wire::pg::codes::{frontend, target};
+use crate::wire::pg::messages::extended::{Bind, Format, Parse};
+use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
+use bytes::{BufMut, BytesMut};
+use std::collections::VecDeque;
+use tandem_undo::{Analysis, Postgres, WriteKind, analyze};
+
+/// tandem's own name for the write it prepares again.
+const WRITE_STATEMENT: &[u8] = b"tandem_write";
+
+/// What happens to a Parse or Bind of a bound session.
+pub(super) enum Extended {
+    /// Not a write: relay as usual.
+    NotAWrite,
+    /// The rest of the batch has not arrived yet.
+    NeedMore,
+    /// Requests are still in flight; wait for the sync point.
+    WaitForSyncPoint,
+    /// A Bind of a write that cannot be held (its batch is already under way): replace
+    /// it with a failing Bind and answer with this error.
+    RefuseBind(Refusal),
+    /// The batch (this many bytes) was handled: `to_backend` is what to send instead
+    /// (None: tandem answered the client itself).
+    Handled {
+        consumed: usize,
+        to_backend: Option<BytesMut>,
+    },
+}
+
+struct Batch<'a> {
+    parse: Option<Parse<'a>>,
+    parse_frame: Option<&'a [u8]>,
+    bind: Bind<'a>,
+    bind_frame: &'a [u8],
+    describe: Option<(u8, &'a [u8])>,
+    len: usize,
+}
+
+impl Relay<'_> {
+    /// `rest` starts with the Parse or Bind frame `tag`/`body`.
+    pub(super) async fn intercept_extended(
+        &mut self,
+        rest: &[u8],
+        tag: u8,
+        body: &[u8],
+    ) -> Result<Extended> {
+        let statement_sql: Option<Vec<u8>> = match tag {
+            frontend::PARSE => Parse::decode(body).ok().map(|p| p.sql.to_vec()),
+            frontend::BIND => Bind::decode(body)
+                .ok()
+                .and_then(|b| self.tracked.statement(b.statement).map(|s| s.sql.to_vec())),
+            _ => None,
+        };
+        let Some(sql) = statement_sql else {
+            return Ok(Extended::NotAWrite);
+        };
+        let sql = String::from_utf8_lossy(&sql).into_owned();
+        let write = match analyze(&Postgres, &sql) {
+            Ok(mut a) if a.len() == 1 => match a.remove(0) {
+                Analysis::Write(w) => w,
+                _ => return Ok(Extended::NotAWrite),
+            },
+            // Unparseable or several statements: the Parse refusal deals with it.
+            _ => return Ok(Extended::NotAWrite),
+        };
+        if !self.phase.at_sync_point() {
+            if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
+                // Earlier messages of this batch are already at the backend.
+                return Ok(match tag {
+                    frontend::BIND => Extended::RefuseBind(refusal(Error::Unsupported {
+                        what: "a write in the middle of a pipelined batch inside a global transaction",
+                    })),
+                    _ => Extended::NotAWrite,
+                });
+            }
+            return Ok(Extended::WaitForSyncPoint);
+        }
+        let max = self.ctx.config.max_message_bytes;
+        let batch = match read_batch(rest, max)? {
+            Shape::Incomplete => return Ok(Extended::NeedMore),
+            // Preparing a write changes nothing; it is captured when it is bound.
+            Shape::PrepareOnly => return Ok(Extended::NotAWrite),
+            Shape::Other(e) => return self.answer_directly(rest_len(rest, max)?, e).await,
+            Shape::Run(batch) => batch,
+        };
+        let consumed = batch.len;
+        match self.rewrite_batch(&sql, write, batch).await {
+            Ok(to_backend) => Ok(Extended::Handled {
+                consumed,
+                to_backend: Some(to_backend),
+            }),
+            Err(e) => self.answer_directly(consumed, e).await,
+        }
+    }
+
+    /// Refuses a batch without the backend: ErrorResponse, then ReadyForQuery with the
+    /// status the session has (it is at a sync point, and nothing was sent).
+    async fn answer_directly(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+        let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
+        let mut out = BytesMut::new();
+        put_error(
+            &mut out,
+            Severity::Error,
+            e.sqlstate().code(),
+            &e.to_string(),
+        );
+        put_ready_for_query(&mut out, status);
+        self.write_client(&out).await?;
+        tokio::io::AsyncWriteExt::flush(&mut self.client)
+            .await
+            .map_err(Error::ClientIo)?;
+        Ok(Extended::Handled {
+            consumed,
+            to_backend: None,
+        })
+    }
+
+    async fn rewrite_batch(
+        &mut self,
+        sql: &str,
+        write: tandem_undo::Write,
+        batch: Batch<'_>,
+    ) -> Result<BytesMut> {
+        let meta = self
+            .ctx
+            .meta
+            .get(&self.ctx.side, &self.database, &write.table)
+            .await?;
+        meta.check_capturable(&write)?;
+        let text_results = match batch.bind.result_formats.as_slice() {
+            [] => true,
+            codes => codes.iter().all(|&c| c == 0),
+        };
+        if write.has_returning && !text_results {
+            return Err(Error::Unsupported {
+                what: "a write whose RETURNING is asked for in binary, over the extended protocol inside a global transaction",
+            });
+        }
+        let declared: Vec<u32> = match &batch.parse {
+            Some(p) => p.param_types.clone(),
+            None => self
+                .tracked
+                .statement(batch.bind.statement)
+                .map(|s| s.param_types.clone())
+                .unwrap_or_default(),
+        };
+        // The types the server resolved for the client's statement: tandem's own
+        // statements use only some of its parameters and could not infer the others.
+        let param_types =
+            if declared.len() == batch.bind.params.len() && declared.iter().all(|&t| t != 0) {
+                declared
+            } else {
+                self.describe_params(sql).await?
+            };
+        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        if implicit {
+            self.exchange_simple("BEGIN").await?;
+        }
+        if write.kind != WriteKind::Insert {
+            let before =
+                super::at::with_text_keys(&meta.before_image_sql(&Postgres, &write), &meta);
+            let params: Vec<Param<'_>> = batch
+                .bind
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Param {
+                    type_oid: param_types.get(i).copied().unwrap_or(0),
+                    value: *v,
+                    text: batch.bind.param_format(i) == Format::Text,
+                })
+                .collect();
+            let mut formats = vec![1i16; meta.columns.len()];
+            formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+            let got = self.exchange(&before, &params, &formats).await?;
+            if let Some(e) = got.error {
+                if implicit {
+                    self.exchange_simple("ROLLBACK").await?;
+                }
+                return Err(Error::Injected { message: e.message });
+            }
+            let rows = super::at::split_rows(got.rows, meta.columns.len());
+            self.branch.record_before(&meta, rows);
+        }
+        let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+
+        let mut out = BytesMut::new();
+        let mut close = BytesMut::new();
+        close.put_u8(target::STATEMENT);
+        put_cstr(&mut close, WRITE_STATEMENT);
+        put_msg(&mut out, frontend::CLOSE, &close);
+        let mut parse = BytesMut::new();
+        put_cstr(&mut parse, WRITE_STATEMENT);
+        put_cstr(&mut parse, rewritten.as_bytes());
+        parse.put_i16(param_types.len() as i16);
+        for t in &param_types {
+            parse.put_u32(*t);
+        }
+        put_msg(&mut out, frontend::PARSE, &parse);
+        if let Some(frame) = batch.parse_frame {
+            out.put_slice(frame);
+            self.on_client_message(frontend::PARSE, &frame[5..])?;
+        }
+        // The client's Bind, pointed at tandem's statement, all results as text.
+        let mut bind = BytesMut::new();
+        put_cstr(&mut bind, batch.bind.portal);
+        put_cstr(&mut bind, WRITE_STATEMENT);
+        bind.put_i16(batch.bind.param_formats.len() as i16);
+        for f in &batch.bind.param_formats {
+            bind.put_i16(*f);
+        }
+        bind.put_i16(batch.bind.params.len() as i16);
+        for v in &batch.bind.params {
+            match v {
+                Some(v) => {
+                    bind.put_i32(v.len() as i32);
+                    bind.put_slice(v);
+                }
+                None => bind.put_i32(-1),
+            }
+        }
+        bind.put_i16(0);
+        put_msg(&mut out, frontend::BIND, &bind);
+        // Tracked as the client sent it: its portal is the client's statement's.
+        self.on_client_message(frontend::BIND, &batch.bind_frame[5..])?;
+        let rule = match batch.describe {
+            Some((kind, describe)) => {
+                out.put_slice(describe);
+                self.on_client_message(frontend::DESCRIBE, &describe[5..])?;
+                if kind == target::PORTAL {
+                    if write.has_returning {
+                        RowDescriptionRule::Strip
+                    } else {
+                        RowDescriptionRule::ToNoData
+                    }
+                } else {
+                    RowDescriptionRule::Relay
+                }
+            }
+            None => RowDescriptionRule::Relay,
+        };
+        let mut execute = BytesMut::new();
+        put_cstr(&mut execute, batch.bind.portal);
+        execute.put_i32(0);
+        put_msg(&mut out, frontend::EXECUTE, &execute);
+        self.on_client_message(frontend::EXECUTE, &execute)?;
+        put_msg(&mut out, frontend::SYNC, &[]);
+        self.on_client_message(frontend::SYNC, &[])?;
+        self.write_in_flight = Some(WriteInFlight::new(
+            meta,
+            write.kind,
+            write.has_returning,
+            implicit,
+            rule,
+            VecDeque::from([
+                crate::wire::pg::codes::backend::CLOSE_COMPLETE,
+                crate::wire::pg::codes::backend::PARSE_COMPLETE,
+            ]),
+        ));
+        Ok(out)
+    }
+}
+
+fn refusal(e: Error) -> Refusal {
+    Refusal {
+        sqlstate: e.sqlstate().code(),
+        message: e.to_string(),
+    }
+}
+
+/// The bytes of the whole batch starting at `rest`, up to and including its Sync.
+fn rest_len(rest: &[u8], max: usize) -> Result<usize> {
+    let mut at = 0;
+    while let Some(frame) = Frame::peek(&rest[at..], max)? {
+        at += frame.wire_len;
+        if frame.tag == frontend::SYNC {
+            break;
+        }
+    }
+    Ok(at)
+}
+
+/// The shape of the batch that starts with a write's Parse or Bind.
+enum Shape<'a> {
+    /// The Sync has not arrived yet.
+    Incomplete,
+    /// `Parse [Describe] Sync`: only prepares the statement.
+    PrepareOnly,
+    /// `[Parse] Bind [Describe] Execute(0 rows) Sync`: runs it once.
+    Run(Batch<'a>),
+    /// Anything else, refused whole.
+    Other(Error),
+}
+
+fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(frame) = Frame::peek(&rest[at..], max)? else {
+            return Ok(Shape::Incomplete);
+        };
+        frames.push((frame.tag, &rest[at..at + frame.wire_len]));
+        at += frame.wire_len;
+        if frame.tag == frontend::SYNC {
+            break;
+        }
+        if frames.len() > 5 {
+            break;
+        }
+    }
+    let other = || {
+        Ok(Shape::Other(Error::Unsupported {
+            what: "a write batched with other messages over the extended protocol inside a global transaction (send it as [Parse] Bind [Describe] Execute Sync)",
+        }))
+    };
+    let tags: Vec<u8> = frames.iter().map(|(t, _)| *t).collect();
+    if matches!(
+        tags.as_slice(),
+        [frontend::PARSE, frontend::SYNC] | [frontend::PARSE, frontend::DESCRIBE, frontend::SYNC]
+    ) {
+        return Ok(Shape::PrepareOnly);
+    }
+    let (parse_at, bind_at, describe_at) = match tags.as_slice() {
+        [
+            frontend::PARSE,
+            frontend::BIND,
+            frontend::DESCRIBE,
+            frontend::EXECUTE,
+            frontend::SYNC,
+        ] => (Some(0), 1, Some(2)),
+        [
+            frontend::PARSE,
+            frontend::BIND,
+            frontend::EXECUTE,
+            frontend::SYNC,
+        ] => (Some(0), 1, None),
+        [
+            frontend::BIND,
+            frontend::DESCRIBE,
+            frontend::EXECUTE,
+            frontend::SYNC,
+        ] => (None, 0, Some(1)),
+        [frontend::BIND, frontend::EXECUTE, frontend::SYNC] => (None, 0, None),
+        _ => return other(),
+    };
+    let body = |i: usize| &frames[i].1[5..];
+    let malformed = |what| Error::Malformed { what };
+    let parse = match parse_at {
+        Some(i) => Some(Parse::decode(body(i)).map_err(|_| malformed("Parse"))?),
+        None => None,
+    };
+    let bind = Bind::decode(body(bind_at)).map_err(|_| malformed("Bind"))?;
+    if let Some(p) = &parse
+        && p.name != bind.statement
+    {
+        return other();
+    }
+    let describe = match describe_at {
+        Some(i) => {
+            let kind = body(i).first().copied().unwrap_or(0);
+            Some((kind, frames[i].1))
+        }
+        None => None,
+    };
+    let execute = body(bind_at + 1 + usize::from(describe_at.is_some()));
+    let max_rows = execute
+        .iter()
+        .position(|&b| b == 0)
+        .and_then(|end| execute.get(end + 1..end + 5))
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(-1);
+    if max_rows != 0 {
+        return Ok(Shape::Other(Error::Unsupported {
+            what: "a write executed with a row limit inside a global transaction",
+        }));
+    }
+    Ok(Shape::Run(Batch {
+        parse_frame: parse_at.map(|i| frames[i].1),
+        parse,
+        bind,
+        bind_frame: frames[bind_at].1,
+        describe,
+        len: at,
+    }))
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+    buf.put_slice(s);
+    buf.put_u8(0);
+}
+
+fn put_msg(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    buf.put_u8(tag);
+    buf.put_i32(body.len() as i32 + 4);
+    buf.put_slice(body);
+}
