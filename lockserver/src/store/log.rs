@@ -290,8 +290,11 @@ impl Drop for Writer {
 
 fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, mut file: File) {
     let (m, cv) = &*shared;
+    // The previous batch's buffers, cleared and handed back to the queue: a fresh
+    // Vec per batch grew by doubling and was freed again, on every fsync.
+    let (mut spare_bytes, mut spare_waiters) = (Vec::new(), Vec::new());
     loop {
-        let (bytes, waiters, rotate, closed) = {
+        let (mut bytes, waiters, rotate, closed) = {
             let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
             while q.bytes.is_empty() && q.waiters.is_empty() && q.rotate.is_none() && !q.closed {
                 q.idle = true;
@@ -300,15 +303,15 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             }
             q.busy = true;
             (
-                std::mem::take(&mut q.bytes),
-                std::mem::take(&mut q.waiters),
+                std::mem::replace(&mut q.bytes, std::mem::take(&mut spare_bytes)),
+                std::mem::replace(&mut q.waiters, std::mem::take(&mut spare_waiters)),
                 q.rotate.take(),
                 q.closed,
             )
         };
         // Order on disk: appends from before the snapshot, the snapshot, then the rest.
         if let Some(r) = rotate {
-            write_batch(m, &mut file, &r.before, r.before_waiters);
+            let _ = write_batch(m, &mut file, &r.before, r.before_waiters);
             match write_generation(&dir, g + 1, &r.snapshot) {
                 Ok(f) => {
                     let old = log_path(&dir, g);
@@ -328,7 +331,9 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
                 }
             }
         }
-        write_batch(m, &mut file, &bytes, waiters);
+        spare_waiters = write_batch(m, &mut file, &bytes, waiters);
+        bytes.clear();
+        spare_bytes = bytes;
         m.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
         if closed {
             let q = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,9 +346,15 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
 
 /// Writes and fsyncs one batch, then tells its waiters. After a failure the log
 /// refuses every later append: what reached the disk is unknown.
-fn write_batch(m: &Mutex<Queue>, file: &mut File, bytes: &[u8], waiters: Vec<Waiter>) {
+/// Returns `waiters` emptied, for reuse.
+fn write_batch(
+    m: &Mutex<Queue>,
+    file: &mut File,
+    bytes: &[u8],
+    mut waiters: Vec<Waiter>,
+) -> Vec<Waiter> {
     if bytes.is_empty() && waiters.is_empty() {
-        return;
+        return waiters;
     }
     let failed = m.lock().unwrap_or_else(|p| p.into_inner()).failed.clone();
     let res = match failed {
@@ -364,9 +375,10 @@ fn write_batch(m: &Mutex<Queue>, file: &mut File, bytes: &[u8], waiters: Vec<Wai
         q.failed = Some(e.clone());
     }
     drop(q);
-    for w in waiters {
+    for w in waiters.drain(..) {
         let _ = w.send(res.clone());
     }
+    waiters
 }
 
 #[cfg(test)]
