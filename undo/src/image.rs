@@ -99,19 +99,31 @@ impl TableMeta {
     /// `SELECT <all columns> FROM <table> WHERE <the write's predicate> FOR UPDATE`:
     /// the before image, locked, with the statement's own placeholders.
     pub fn before_image_sql(&self, d: &dyn Dialect, write: &Write) -> String {
-        let mut sql = format!(
-            "SELECT {} FROM {}",
-            self.column_list(d),
-            d.qualified(&write.table)
-        );
+        let qualifier = self.qualifier(d, write);
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| format!("{qualifier}.{}", d.quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {columns} FROM {}", d.qualified(&write.table));
         if let Some(alias) = &write.alias {
             sql.push_str(&format!(" AS {}", d.quote_ident(alias)));
+        }
+        if let Some(from) = &write.from {
+            sql.push_str(&format!(", {from}"));
         }
         if let Some(selection) = &write.selection {
             sql.push_str(&format!(" WHERE {selection}"));
         }
-        sql.push_str(" FOR UPDATE");
+        // Only the written table's rows are locked, not those of an UPDATE's FROM list.
+        sql.push_str(&format!(" FOR UPDATE OF {qualifier}"));
         sql
+    }
+
+    /// How the statement names its table: its alias, or the bare table name.
+    fn qualifier(&self, d: &dyn Dialect, write: &Write) -> String {
+        d.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name))
     }
 
     /// The client's statement with the primary key appended to what it returns, so that
@@ -119,12 +131,13 @@ impl TableMeta {
     /// second round trip. The client's own text is kept as it was.
     pub fn with_returning_key(&self, d: &dyn Dialect, sql: &str, write: &Write) -> String {
         let body = sql.trim_end().trim_end_matches(';').trim_end();
+        let qualifier = self.qualifier(d, write);
         let keys = self
             .pk
             .iter()
             .map(|&i| {
                 format!(
-                    "{} AS {}",
+                    "{qualifier}.{} AS {}",
                     d.quote_ident(&self.columns[i].name),
                     d.quote_ident(&format!("tandem_pk_{i}"))
                 )
@@ -199,7 +212,7 @@ mod tests {
         let w = write("UPDATE accounts a SET balance = 1 WHERE a.id = $1");
         assert_eq!(
             meta().before_image_sql(&Postgres, &w),
-            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" AS \"a\" WHERE a.id = $1 FOR UPDATE"
+            "SELECT \"a\".\"id\", \"a\".\"balance\", \"a\".\"note\" FROM \"accounts\" AS \"a\" WHERE a.id = $1 FOR UPDATE OF \"a\""
         );
     }
 
@@ -209,13 +222,13 @@ mod tests {
         let w = write("DELETE FROM accounts WHERE id = 1;");
         assert_eq!(
             m.with_returning_key(&Postgres, "DELETE FROM accounts WHERE id = 1;", &w),
-            "DELETE FROM accounts WHERE id = 1 RETURNING \"id\" AS \"tandem_pk_0\""
+            "DELETE FROM accounts WHERE id = 1 RETURNING \"accounts\".\"id\" AS \"tandem_pk_0\""
         );
         let sql = "UPDATE accounts SET balance = 2 RETURNING balance";
         let w = write(sql);
         assert_eq!(
             m.with_returning_key(&Postgres, sql, &w),
-            "UPDATE accounts SET balance = 2 RETURNING balance, \"id\" AS \"tandem_pk_0\""
+            "UPDATE accounts SET balance = 2 RETURNING balance, \"accounts\".\"id\" AS \"tandem_pk_0\""
         );
     }
 

@@ -8,8 +8,9 @@
 use crate::dialect::Dialect;
 use crate::error::Error;
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, FromTable, Ident, ObjectName, ObjectNamePart, Query, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins,
+    Assignment, AssignmentTarget, FromTable, Ident, ObjectName, ObjectNamePart, OnConflict,
+    OnConflictAction, OnInsert, Query, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, UpdateTableFromKind,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -51,6 +52,8 @@ pub struct Write {
     pub assigned: Vec<String>,
     /// Whether the statement has its own RETURNING list.
     pub has_returning: bool,
+    /// The other tables of an UPDATE … FROM or DELETE … USING, as SQL.
+    pub from: Option<String>,
 }
 
 /// What a statement means for AT mode.
@@ -94,8 +97,14 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
     Ok(match statement {
         Statement::Query(query) => analyze_query(query)?,
         Statement::Insert(insert) => {
-            if insert.on.is_some() {
-                return Err(Error::unsupported("INSERT … ON CONFLICT"));
+            match &insert.on {
+                None => {}
+                // Rows it skips are untouched; rows it inserts come back in RETURNING.
+                Some(OnInsert::OnConflict(OnConflict {
+                    action: OnConflictAction::DoNothing,
+                    ..
+                })) => {}
+                Some(_) => return Err(Error::unsupported("INSERT … ON CONFLICT DO UPDATE")),
             }
             if let Some(source) = &insert.source {
                 refuse_data_modifying_ctes(source)?;
@@ -110,12 +119,17 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 selection: None,
                 assigned: vec![],
                 has_returning: insert.returning.is_some(),
+                from: None,
             })
         }
         Statement::Update(update) => {
-            if update.from.is_some() {
-                return Err(Error::unsupported("UPDATE … FROM"));
-            }
+            let from = match &update.from {
+                None => None,
+                Some(UpdateTableFromKind::AfterSet(tables)) => Some(join_list(tables)),
+                Some(UpdateTableFromKind::BeforeSet(_)) => {
+                    return Err(Error::unsupported("UPDATE FROM … SET"));
+                }
+            };
             let (table, alias) = single_table(&update.table)?;
             Analysis::Write(Write {
                 kind: WriteKind::Update,
@@ -124,12 +138,10 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 selection: update.selection.as_ref().map(|e| e.to_string()),
                 assigned: assigned_columns(&update.assignments)?,
                 has_returning: update.returning.is_some(),
+                from,
             })
         }
         Statement::Delete(delete) => {
-            if delete.using.is_some() {
-                return Err(Error::unsupported("DELETE … USING"));
-            }
             let tables = match &delete.from {
                 FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
             };
@@ -144,6 +156,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 selection: delete.selection.as_ref().map(|e| e.to_string()),
                 assigned: vec![],
                 has_returning: delete.returning.is_some(),
+                from: delete.using.as_ref().map(|t| join_list(t)),
             })
         }
         Statement::StartTransaction { .. } => Analysis::Begin,
@@ -221,6 +234,14 @@ fn refuse_data_modifying_ctes(query: &Query) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn join_list(tables: &[TableWithJoins]) -> String {
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn single_table(t: &TableWithJoins) -> Result<(TableRef, Option<String>), Error> {

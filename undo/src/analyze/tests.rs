@@ -12,7 +12,7 @@ fn summary(a: &Analysis) -> String {
         Analysis::Rollback => "rollback".into(),
         Analysis::Other => "other".into(),
         Analysis::Write(w) => format!(
-            "write {} {} alias={} where={} assigned=[{}] returning={}",
+            "write {} {} alias={} where={} assigned=[{}] returning={}{}",
             match w.kind {
                 WriteKind::Insert => "insert",
                 WriteKind::Update => "update",
@@ -28,7 +28,11 @@ fn summary(a: &Analysis) -> String {
                 .map(|s| format!("[{s}]"))
                 .unwrap_or("-".into()),
             w.assigned.join(","),
-            w.has_returning
+            w.has_returning,
+            w.from
+                .as_ref()
+                .map(|f| format!(" from=[{f}]"))
+                .unwrap_or_default()
         ),
     }
 }

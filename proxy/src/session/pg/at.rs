@@ -157,7 +157,8 @@ impl Relay<'_> {
             let before = meta.before_image_sql(&Postgres, &write);
             // All columns binary, then the key again as text: the text key is how the
             // write's RETURNING will name the same rows.
-            let sql = with_text_keys(&before, &meta);
+            let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
+            let sql = with_text_keys(&before, &meta, Some(qualifier));
             let mut formats = vec![1i16; meta.columns.len()];
             formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
             let got = self.exchange(&sql, &[], &formats).await?;
@@ -339,7 +340,11 @@ impl Relay<'_> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         for (meta, keys) in self.branch.keys() {
             for chunk in keys.chunks(500) {
-                let sql = with_text_keys(&meta.select_by_keys_sql(&Postgres, chunk.len()), &meta);
+                let sql = with_text_keys(
+                    &meta.select_by_keys_sql(&Postgres, chunk.len()),
+                    &meta,
+                    None,
+                );
                 let flat: Vec<Option<Vec<u8>>> = chunk
                     .iter()
                     .flat_map(|k| k.iter().map(|v| v.as_ref().map(|s| s.as_bytes().to_vec())))
@@ -415,12 +420,16 @@ impl Relay<'_> {
     }
 }
 
-/// `SELECT cols FROM …` with the key columns appended again (asked for as text).
-pub(super) fn with_text_keys(select: &str, meta: &TableMeta) -> String {
+/// `SELECT cols FROM …` with the key columns appended again (asked for as text),
+/// qualified as the statement names its table (`qualifier`) when it joins others.
+pub(super) fn with_text_keys(select: &str, meta: &TableMeta, qualifier: Option<&str>) -> String {
+    let prefix = qualifier
+        .map(|q| format!("\"{}\".", q.replace('"', "\"\"")))
+        .unwrap_or_default();
     let keys: Vec<String> = meta
         .pk
         .iter()
-        .map(|&i| format!("\"{}\"", meta.columns[i].name.replace('"', "\"\"")))
+        .map(|&i| format!("{prefix}\"{}\"", meta.columns[i].name.replace('"', "\"\"")))
         .collect();
     let (head, tail) = select.split_once(" FROM ").unwrap_or((select, ""));
     format!("{head}, {} FROM {tail}", keys.join(", "))

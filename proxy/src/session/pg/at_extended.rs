@@ -175,8 +175,12 @@ impl Relay<'_> {
             self.exchange_simple("BEGIN").await?;
         }
         if write.kind != WriteKind::Insert {
-            let before =
-                super::at::with_text_keys(&meta.before_image_sql(&Postgres, &write), &meta);
+            let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
+            let before = super::at::with_text_keys(
+                &meta.before_image_sql(&Postgres, &write),
+                &meta,
+                Some(qualifier),
+            );
             let params: Vec<Param<'_>> = batch
                 .bind
                 .params

@@ -577,3 +577,57 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_exactly() {
+    let orders = prepare("at_joins").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute("CREATE TABLE moves (id int PRIMARY KEY, account int, amount bigint); INSERT INTO moves VALUES (1, 1, 5), (2, 1, 7), (3, 2, 9);")
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    // A join that matches account 1 twice: one before image, one change per row.
+    a.batch_execute(
+        "UPDATE accounts a SET balance = a.balance - m.amount FROM moves m WHERE m.account = a.id",
+    )
+    .await
+    .unwrap();
+    a.batch_execute(
+        "DELETE FROM accounts AS x USING moves m WHERE m.account = x.id AND m.amount = 9",
+    )
+    .await
+    .unwrap();
+    let inserted = a
+        .simple_query(
+            "INSERT INTO accounts (id, balance) VALUES (1, 0), (60, 60) ON CONFLICT DO NOTHING",
+        )
+        .await
+        .unwrap();
+    assert!(
+        inserted
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(1)))
+    );
+    let err = a
+        .simple_query("INSERT INTO accounts (id, balance) VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET balance = 0")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    assert_ne!(dump(&direct).await, before);
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
