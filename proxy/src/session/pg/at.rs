@@ -338,34 +338,55 @@ impl Relay<'_> {
     /// Leaves the local transaction open for the COMMIT itself.
     async fn prepare_commit(&mut self) -> Result<()> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
-        for (meta, keys) in self.branch.keys() {
+        if self.branch.is_empty() {
+            // The writes matched no row: there is nothing to undo and nothing to lock.
+            return Ok(());
+        }
+        // Every table's after images in one round trip: the local row locks are held
+        // until the COMMIT, so every round trip here is time other writers wait.
+        let tables = self.branch.keys();
+        let mut queries = Vec::new();
+        for (meta, keys) in &tables {
             for chunk in keys.chunks(500) {
-                let sql = with_text_keys(
-                    &meta.select_by_keys_sql(&Postgres, chunk.len()),
-                    &meta,
-                    None,
-                );
-                let flat: Vec<Option<Vec<u8>>> = chunk
+                let sql =
+                    with_text_keys(&meta.select_by_keys_sql(&Postgres, chunk.len()), meta, None);
+                let values: Vec<Option<Vec<u8>>> = chunk
                     .iter()
                     .flat_map(|k| k.iter().map(|v| v.as_ref().map(|s| s.as_bytes().to_vec())))
                     .collect();
-                let params: Vec<Param<'_>> = flat
+                let mut formats = vec![1i16; meta.columns.len()];
+                formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+                queries.push((Arc::clone(meta), sql, values, formats));
+            }
+        }
+        let params: Vec<Vec<Param<'_>>> = queries
+            .iter()
+            .map(|(_, _, values, _)| {
+                values
                     .iter()
                     .map(|v| Param {
                         type_oid: 0,
                         value: v.as_deref(),
                         text: true,
                     })
-                    .collect();
-                let mut formats = vec![1i16; meta.columns.len()];
-                formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
-                let got = self.exchange(&sql, &params, &formats).await?;
-                if let Some(e) = got.error {
-                    return Err(Error::Injected { message: e.message });
-                }
-                let rows = split_rows(got.rows, meta.columns.len());
-                self.branch.record_after(&meta, rows);
+                    .collect()
+            })
+            .collect();
+        let statements: Vec<(&str, &[Param<'_>], &[i16])> = queries
+            .iter()
+            .zip(&params)
+            .map(|((_, sql, _, formats), params)| {
+                (sql.as_str(), params.as_slice(), formats.as_slice())
+            })
+            .collect();
+        let results = self.exchange_many(&statements).await?;
+        drop(statements);
+        for ((meta, ..), got) in queries.iter().zip(results) {
+            if let Some(e) = got.error {
+                return Err(Error::Injected { message: e.message });
             }
+            let rows = split_rows(got.rows, meta.columns.len());
+            self.branch.record_after(meta, rows);
         }
         let resource = resource_id(&self.ctx.upstream, &self.database);
         let (record, keys) = std::mem::take(&mut self.branch).finish(&resource);

@@ -51,53 +51,26 @@ impl Relay<'_> {
         params: &[Param<'_>],
         result_formats: &[i16],
     ) -> Result<Exchanged> {
-        let mut out = BytesMut::with_capacity(64 + sql.len());
-        // Close first: a previous exchange that failed half-way may have left them.
-        put_close(&mut out, target::STATEMENT, STATEMENT);
-        put_close(&mut out, target::PORTAL, PORTAL);
-        // Parse
-        let mut body = BytesMut::new();
-        put_cstr(&mut body, STATEMENT);
-        put_cstr(&mut body, sql.as_bytes());
-        body.put_i16(params.len() as i16);
-        for p in params {
-            body.put_u32(p.type_oid);
+        let mut results = self.exchange_many(&[(sql, params, result_formats)]).await?;
+        Ok(results.pop().unwrap_or_default())
+    }
+
+    /// Runs several statements in one round trip (one Sync); one result each. After an
+    /// error the backend skips the rest, whose results stay empty.
+    pub(super) async fn exchange_many(
+        &mut self,
+        statements: &[(&str, &[Param<'_>], &[i16])],
+    ) -> Result<Vec<Exchanged>> {
+        let mut out = BytesMut::with_capacity(128);
+        for (sql, params, result_formats) in statements {
+            put_statement(&mut out, sql, params, result_formats);
         }
-        put_msg(&mut out, frontend::PARSE, &body);
-        // Bind
-        let mut body = BytesMut::new();
-        put_cstr(&mut body, PORTAL);
-        put_cstr(&mut body, STATEMENT);
-        body.put_i16(params.len() as i16);
-        for p in params {
-            body.put_i16(if p.text { 0 } else { 1 });
-        }
-        body.put_i16(params.len() as i16);
-        for p in params {
-            match p.value {
-                Some(v) => {
-                    body.put_i32(v.len() as i32);
-                    body.put_slice(v);
-                }
-                None => body.put_i32(-1),
-            }
-        }
-        body.put_i16(result_formats.len() as i16);
-        for f in result_formats {
-            body.put_i16(*f);
-        }
-        put_msg(&mut out, frontend::BIND, &body);
-        // Execute, all rows
-        let mut body = BytesMut::new();
-        put_cstr(&mut body, PORTAL);
-        body.put_i32(0);
-        put_msg(&mut out, frontend::EXECUTE, &body);
         put_msg(&mut out, frontend::SYNC, &[]);
         self.server
             .write_all(&out)
             .await
             .map_err(Error::UpstreamIo)?;
-        self.read_exchange_reply().await
+        self.read_exchange_replies(statements.len()).await
     }
 
     /// The parameter types the server infers for `sql` (ParameterDescription), for
@@ -120,7 +93,11 @@ impl Relay<'_> {
             .await
             .map_err(Error::UpstreamIo)?;
         self.describe_reply = None;
-        let got = self.read_exchange_reply().await?;
+        let got = self
+            .read_exchange_replies(1)
+            .await?
+            .pop()
+            .unwrap_or_default();
         if let Some(e) = got.error {
             return Err(Error::Injected { message: e.message });
         }
@@ -132,27 +109,33 @@ impl Relay<'_> {
         self.exchange(sql, &[], &[]).await
     }
 
-    async fn read_exchange_reply(&mut self) -> Result<Exchanged> {
-        let mut result = Exchanged::default();
+    async fn read_exchange_replies(&mut self, count: usize) -> Result<Vec<Exchanged>> {
+        let mut results: Vec<Exchanged> = (0..count.max(1)).map(|_| Exchanged::default()).collect();
+        let mut current = 0;
+        let last = results.len() - 1;
         let max = self.ctx.config.max_message_bytes;
         loop {
             while let Some(frame) = Frame::peek(&self.from_server, max)? {
                 let body = frame.body(&self.from_server).to_vec();
                 match frame.tag {
-                    backend::DATA_ROW => result.rows.push(decode_data_row(&body)?),
+                    backend::DATA_ROW => results[current].rows.push(decode_data_row(&body)?),
+                    backend::COMMAND_COMPLETE => current = (current + 1).min(last),
                     backend::PARAMETER_DESCRIPTION => {
                         self.describe_reply = Some(decode_parameter_description(&body)?);
                     }
                     backend::ERROR_RESPONSE => {
-                        result.error = Some(
+                        results[current].error = Some(
                             ErrorFields::decode(&body)
                                 .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?,
                         );
                     }
                     backend::READY_FOR_QUERY => {
-                        result.status = TxStatus::decode(&body);
+                        let status = TxStatus::decode(&body);
+                        for r in &mut results {
+                            r.status = status;
+                        }
                         self.from_server.advance(frame.wire_len);
-                        return Ok(result);
+                        return Ok(results);
                     }
                     backend::NOTIFICATION_RESPONSE | backend::PARAMETER_STATUS => {
                         let whole = self.from_server[..frame.wire_len].to_vec();
@@ -176,6 +159,47 @@ impl Relay<'_> {
             }
         }
     }
+}
+
+/// Close (both names), Parse, Bind and Execute of one tandem statement.
+fn put_statement(out: &mut BytesMut, sql: &str, params: &[Param<'_>], result_formats: &[i16]) {
+    // Close first: a previous exchange that failed half-way may have left them.
+    put_close(out, target::STATEMENT, STATEMENT);
+    put_close(out, target::PORTAL, PORTAL);
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, STATEMENT);
+    put_cstr(&mut body, sql.as_bytes());
+    body.put_i16(params.len() as i16);
+    for p in params {
+        body.put_u32(p.type_oid);
+    }
+    put_msg(out, frontend::PARSE, &body);
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, PORTAL);
+    put_cstr(&mut body, STATEMENT);
+    body.put_i16(params.len() as i16);
+    for p in params {
+        body.put_i16(if p.text { 0 } else { 1 });
+    }
+    body.put_i16(params.len() as i16);
+    for p in params {
+        match p.value {
+            Some(v) => {
+                body.put_i32(v.len() as i32);
+                body.put_slice(v);
+            }
+            None => body.put_i32(-1),
+        }
+    }
+    body.put_i16(result_formats.len() as i16);
+    for f in result_formats {
+        body.put_i16(*f);
+    }
+    put_msg(out, frontend::BIND, &body);
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, PORTAL);
+    body.put_i32(0);
+    put_msg(out, frontend::EXECUTE, &body);
 }
 
 fn decode_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
