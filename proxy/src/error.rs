@@ -88,6 +88,9 @@ pub enum Error {
     )]
     Uncaptured { table: String },
 
+    #[error("a row is locked by unfinished global transaction {holder}; retry the transaction")]
+    GloballyLocked { holder: String },
+
     #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
     Injected { message: String },
 
@@ -125,7 +128,9 @@ impl Error {
             }
             Error::Undo(_) => SqlState::FeatureNotSupported,
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
-            Error::Uncaptured { .. } => SqlState::SerializationFailure,
+            Error::Uncaptured { .. } | Error::GloballyLocked { .. } => {
+                SqlState::SerializationFailure
+            }
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. } => SqlState::SerializationFailure,
@@ -163,6 +168,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::Uncaptured { .. }
+                | Error::GloballyLocked { .. }
                 | Error::Injected { .. }
         )
     }
@@ -199,6 +205,7 @@ impl Error {
                 | Error::TooManyConnections { .. }
                 | Error::ShuttingDown
                 | Error::Uncaptured { .. }
+                | Error::GloballyLocked { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
 
@@ -221,7 +228,10 @@ impl Error {
             Error::ShuttingDown => "shutdown",
             Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => "side",
             Error::Lockserver(_) => "lockserver",
-            Error::Undo(_) | Error::UnknownTable { .. } | Error::Uncaptured { .. } => "at_refused",
+            Error::Undo(_)
+            | Error::UnknownTable { .. }
+            | Error::Uncaptured { .. }
+            | Error::GloballyLocked { .. } => "at_refused",
             Error::Injected { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }

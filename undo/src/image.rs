@@ -121,6 +121,27 @@ impl TableMeta {
         sql
     }
 
+    /// `SELECT <key columns, binary> FROM <table> WHERE <the read's predicate> FOR UPDATE OF
+    /// <table>`: the keys of the rows a locking read takes, locked the same way.
+    pub fn locked_keys_sql(&self, d: &dyn Dialect, read: &crate::analyze::LockedRead) -> String {
+        let qualifier = d.quote_ident(read.alias.as_deref().unwrap_or(&read.table.name));
+        let keys = self
+            .pk
+            .iter()
+            .map(|&i| format!("{qualifier}.{}", d.quote_ident(&self.columns[i].name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {keys} FROM {}", d.qualified(&read.table));
+        if let Some(alias) = &read.alias {
+            sql.push_str(&format!(" AS {}", d.quote_ident(alias)));
+        }
+        if let Some(selection) = &read.selection {
+            sql.push_str(&format!(" WHERE {selection}"));
+        }
+        sql.push_str(&format!(" FOR UPDATE OF {qualifier}"));
+        sql
+    }
+
     /// How the statement names its table: its alias, or the bare table name.
     fn qualifier(&self, d: &dyn Dialect, write: &Write) -> String {
         d.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name))

@@ -145,13 +145,7 @@ impl Branch {
                     // Inserted and deleted again inside the branch: nothing to undo.
                     continue;
                 };
-                // The lock key uses the binary key, which does not depend on session
-                // settings (DateStyle and the like), so every session names a row alike.
-                let pk = meta.key_of(image).into_iter().map(|v| match v {
-                    Some(bytes) => hex(&bytes),
-                    None => "null".to_owned(),
-                });
-                keys.push(LockKey::new(resource, &qualified_name(meta), pk));
+                keys.push(lock_key(resource, meta, &meta.key_of(image)));
                 rows.push(images);
             }
             if rows.is_empty() {
@@ -169,6 +163,16 @@ impl Branch {
         }
         (record, keys)
     }
+}
+
+/// The global lock key of a row, from its binary key values: binary does not depend on
+/// session settings (DateStyle and the like), so every session names a row alike.
+pub fn lock_key(resource: &str, meta: &TableMeta, key: &[Option<Vec<u8>>]) -> LockKey {
+    let pk = key.iter().map(|v| match v {
+        Some(bytes) => hex(bytes),
+        None => "null".to_owned(),
+    });
+    LockKey::new(resource, &qualified_name(meta), pk)
 }
 
 /// `schema.table`, as lock keys and checks of writes outside global transactions name

@@ -56,13 +56,25 @@ pub struct Write {
     pub from: Option<String>,
 }
 
+/// A single-table SELECT … FOR UPDATE / FOR SHARE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockedRead {
+    /// The table read.
+    pub table: TableRef,
+    /// Its alias in the statement.
+    pub alias: Option<String>,
+    /// The WHERE predicate as SQL, with the statement's own placeholders.
+    pub selection: Option<String>,
+}
+
 /// What a statement means for AT mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Analysis {
     /// Reads nothing under lock and writes nothing: relay it.
     Read,
-    /// SELECT … FOR UPDATE / FOR SHARE: it must not pass a global lock.
-    LockingRead,
+    /// SELECT … FOR UPDATE / FOR SHARE: it must not pass a global lock. `None` when it
+    /// reads more than one table, which tandem cannot check row by row.
+    LockingRead(Option<LockedRead>),
     /// A write to capture.
     Write(Write),
     /// BEGIN / START TRANSACTION.
@@ -205,11 +217,21 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
 
 fn analyze_query(query: &Query) -> Result<Analysis, Error> {
     refuse_data_modifying_ctes(query)?;
-    Ok(if query.locks.is_empty() {
-        Analysis::Read
-    } else {
-        Analysis::LockingRead
-    })
+    if query.locks.is_empty() {
+        return Ok(Analysis::Read);
+    }
+    let single = match query.body.as_ref() {
+        SetExpr::Select(select) if query.with.is_none() => match select.from.as_slice() {
+            [only] => single_table(only).ok().map(|(table, alias)| LockedRead {
+                table,
+                alias,
+                selection: select.selection.as_ref().map(|e| e.to_string()),
+            }),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(Analysis::LockingRead(single))
 }
 
 /// `WITH x AS (UPDATE …) SELECT …` writes where tandem would not capture it.

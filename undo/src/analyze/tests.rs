@@ -6,7 +6,16 @@ use crate::dialect::Postgres;
 fn summary(a: &Analysis) -> String {
     match a {
         Analysis::Read => "read".into(),
-        Analysis::LockingRead => "locking-read".into(),
+        Analysis::LockingRead(None) => "locking-read".into(),
+        Analysis::LockingRead(Some(r)) => format!(
+            "locking-read {} alias={} where={}",
+            r.table.name,
+            r.alias.as_deref().unwrap_or("-"),
+            r.selection
+                .as_ref()
+                .map(|s| format!("[{s}]"))
+                .unwrap_or("-".into())
+        ),
         Analysis::Begin => "begin".into(),
         Analysis::Commit => "commit".into(),
         Analysis::Rollback => "rollback".into(),

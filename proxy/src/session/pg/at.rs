@@ -118,6 +118,18 @@ impl Relay<'_> {
                     }
                 }
             }
+            Some(Analysis::LockingRead(Some(read))) => {
+                if !self.phase.at_sync_point() {
+                    return Ok(Intercepted::WaitForSyncPoint);
+                }
+                match self.check_read_locks(&read).await {
+                    Ok(()) => Ok(Intercepted::Relay),
+                    Err(e) => Ok(self.refuse(e)),
+                }
+            }
+            Some(Analysis::LockingRead(None)) => Ok(self.refuse(Error::Unsupported {
+                what: "SELECT … FOR UPDATE over several tables inside a global transaction",
+            })),
             Some(Analysis::Rollback) => {
                 self.branch = Branch::default();
                 Ok(Intercepted::Relay)
@@ -310,6 +322,48 @@ impl Relay<'_> {
                 self.exchange_simple("ROLLBACK").await?;
                 self.branch = Branch::default();
                 Ok((TxStatus::Idle, Some(e)))
+            }
+        }
+    }
+
+    /// SELECT … FOR UPDATE in a global transaction: the rows it locks must not be held
+    /// by another unfinished global transaction (Seata's read-committed-for-update).
+    /// Waits for such a lock up to the wait bound, then refuses with 40001.
+    async fn check_read_locks(&mut self, read: &tandem_undo::LockedRead) -> Result<()> {
+        let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
+        let meta = self
+            .ctx
+            .meta
+            .get(&self.ctx.side, &self.database, &read.table)
+            .await?;
+        let sql = meta.locked_keys_sql(&Postgres, read);
+        let got = self.exchange(&sql, &[], &[1]).await?;
+        if let Some(e) = got.error {
+            // The read itself fails the same way: let the client see the real error.
+            tracing::debug!(parent: &self.span, error = %e.message, "locking read check failed");
+            return Ok(());
+        }
+        let resource = resource_id(&self.ctx.upstream, &self.database);
+        let keys: Vec<_> = got
+            .rows
+            .iter()
+            .map(|key| crate::at::branch::lock_key(&resource, &meta, key))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match self.ctx.lock.lock_holder(&keys).await? {
+                Some((_, holder)) if holder != xid => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::GloballyLocked {
+                            holder: holder.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return Ok(()),
             }
         }
     }

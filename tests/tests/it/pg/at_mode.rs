@@ -631,3 +631,63 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn select_for_update_waits_for_another_global_transactions_lock() {
+    let orders = prepare("at_sfu").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let holder = tandem.connect(&orders.name).await;
+    let reader = tandem.connect(&orders.name).await;
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 42 WHERE id = 5")
+        .await
+        .unwrap();
+    // The holder's own locks do not stop it.
+    let own = one(
+        &holder,
+        "SELECT balance FROM accounts WHERE id = 5 FOR UPDATE",
+    )
+    .await
+    .unwrap();
+    assert_eq!(own.as_deref(), Some("42"));
+
+    one(&reader, "SELECT tandem_begin(30000)").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let got = one(
+            &reader,
+            "SELECT balance FROM accounts WHERE id = 5 FOR UPDATE",
+        )
+        .await;
+        (got, reader)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the locking read did not wait for the global lock"
+    );
+    assert_eq!(
+        one(&holder, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (got, reader) = waiting.await.unwrap();
+    assert_eq!(
+        got.unwrap().as_deref(),
+        Some("42"),
+        "it reads the committed value"
+    );
+    // Several tables at once cannot be checked row by row: refused.
+    let err = reader
+        .simple_query("SELECT * FROM accounts a JOIN moves_missing m ON m.id = a.id FOR UPDATE")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    one(&reader, "SELECT tandem_rollback()").await.unwrap();
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
