@@ -29,6 +29,11 @@ use crate::store::{AnyStore, Applied, Store};
 /// change without telling this one.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Timer commands taken from the store at a time.
+pub const TICK_BATCH: usize = 1000;
+/// Most batches in one timer pass; the rest waits for the next tick.
+pub const TICK_PASSES: usize = 20;
+
 /// A held lock as seen by a lock query: key, holder, and whether it is rolling back.
 pub type HeldLock = (LockKey, Xid, bool);
 
@@ -307,20 +312,31 @@ impl Coordinator {
     }
 
     /// One timer pass: roll back expired transactions, forget old finished ones.
+    /// Takes up to [`TICK_BATCH`] commands at a time, and goes on while batches are
+    /// full (at most [`TICK_PASSES`] of them): one batch per tick fell behind once
+    /// transactions finished faster than 10,000/s, and `limits.max_finished` was
+    /// overrun (bigger snapshots, more memory).
     pub async fn tick(&self) -> Result<usize> {
-        let due = self
-            .store
-            .due(self.now(), self.config.finished_retention_ms, 1000)
-            .await?;
-        let n = due.len();
-        for cmd in due {
-            let xid = cmd.xid().clone();
-            if let Err(e) = self.exec(cmd).await {
-                // Another lockserver may have got there first; the next pass retries.
-                tracing::debug!(%xid, error = %e, "timer command not applied");
+        let mut total = 0;
+        for _ in 0..TICK_PASSES {
+            let due = self
+                .store
+                .due(self.now(), self.config.finished_retention_ms, TICK_BATCH)
+                .await?;
+            let n = due.len();
+            total += n;
+            for cmd in due {
+                let xid = cmd.xid().clone();
+                if let Err(e) = self.exec(cmd).await {
+                    // Another lockserver may have got there first; the next pass retries.
+                    tracing::debug!(%xid, error = %e, "timer command not applied");
+                }
+            }
+            if n < TICK_BATCH {
+                break;
             }
         }
-        Ok(n)
+        Ok(total)
     }
 
     /// `/metrics` text.

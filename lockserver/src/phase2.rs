@@ -8,6 +8,8 @@
 //! `ack_timeout_ms`, or retried with backoff when no proxy of its resource is here.
 
 use std::collections::HashMap;
+
+use crate::core::locks::FastMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,8 +44,8 @@ pub struct Phase2 {
     rr: AtomicUsize,
     connected: AtomicUsize,
     /// (xid, branch) delivered and not answered yet → redelivery time.
-    in_flight: Mutex<HashMap<(Xid, u64), Millis>>,
-    attempts: Mutex<HashMap<Xid, u32>>,
+    in_flight: Mutex<FastMap<(Xid, u64), Millis>>,
+    attempts: Mutex<FastMap<Xid, u32>>,
     wake: Notify,
 }
 

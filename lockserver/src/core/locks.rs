@@ -24,8 +24,25 @@ pub const MAX_LOCK_KEY_BYTES: usize = 4096;
 /// `LockKey::new("pg://h/db", "public.t", ["1", "a"])` encodes as
 /// `9:pg://h/db8:public.t1:11:a`. Length prefixes make the encoding unambiguous for
 /// any bytes in any field, so two different rows never share a key.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct LockKey(Arc<str>);
+
+impl std::hash::Hash for LockKey {
+    /// The text's hash, as a derived impl would give: equal text, equal hash.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (*self.0).hash(h)
+    }
+}
+
+impl PartialEq for LockKey {
+    /// The lock table stores clones of one key: comparing the pointers first saves
+    /// a memory load per probe (same result as comparing the text).
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
 
 /// Why a string is not a canonical lock key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,7 +137,12 @@ fn visit_fields<'a>(s: &'a str, mut f: impl FnMut(&'a str)) -> Result<(), KeyErr
     let mut i = 0;
     while i < b.len() {
         let start = i;
+        // The length, accumulated while scanning (checked: no overflow).
+        let mut len: Option<usize> = Some(0);
         while i < b.len() && b[i].is_ascii_digit() {
+            len = len
+                .and_then(|l| l.checked_mul(10))
+                .and_then(|l| l.checked_add(usize::from(b[i] - b'0')));
             i += 1;
         }
         if i == start || i >= b.len() || b[i] != b':' {
@@ -135,7 +157,7 @@ fn visit_fields<'a>(s: &'a str, mut f: impl FnMut(&'a str)) -> Result<(), KeyErr
                 why: "length has a leading zero",
             });
         }
-        let len: usize = s[start..i].parse().map_err(|_| KeyError {
+        let len = len.ok_or(KeyError {
             at: start,
             why: "length overflows",
         })?;

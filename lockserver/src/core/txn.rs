@@ -22,8 +22,25 @@ pub const MAX_XID_BYTES: usize = 128;
 
 /// A global transaction id: `<node>-<seq>`, where node is 16 random hex digits
 /// chosen at process start, so ids are unique across restarts and processes.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Xid(Arc<str>);
+
+impl std::hash::Hash for Xid {
+    /// The text's hash, as a derived impl would give: equal text, equal hash.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (*self.0).hash(h)
+    }
+}
+
+impl PartialEq for Xid {
+    /// Clones of one xid share their text: comparing the pointers first saves a
+    /// memory load per hash-table probe on the hot path (same result as comparing text).
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
 
 impl Xid {
     /// The xid numbered `seq` by the process whose random id is `node`.

@@ -5,7 +5,7 @@
 //! disk. Invariant: the in-memory core equals the replay of the log's clean prefix
 //! plus records whose fsync is still in flight (those replies are still waiting).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use super::log::{self, Writer};
 use super::{Applied, Counts, Store};
 use crate::core::clock::Millis;
-use crate::core::locks::LockKey;
+use crate::core::locks::{FastMap, LockKey};
 use crate::core::txn::{Command, Global, Limits, Record, Work, Xid};
 use crate::core::{Core, Effect};
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ struct State {
     core: Core,
     /// Phase-2 schedule: when each transaction's work is next due.
     p2: BTreeSet<(Millis, Xid)>,
-    p2_at: HashMap<Xid, Millis>,
+    p2_at: FastMap<Xid, Millis>,
 }
 
 impl State {
@@ -103,7 +103,7 @@ impl EmbeddedStore {
         let mut state = State {
             core,
             p2: BTreeSet::new(),
-            p2_at: HashMap::new(),
+            p2_at: FastMap::default(),
         };
         let due: Vec<Xid> = state
             .core
@@ -128,12 +128,21 @@ impl EmbeddedStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn maybe_compact(&self) -> Result<()> {
+    fn compaction_due(&self) -> bool {
         let (appended, snapshot, pending) = self.writer.size();
-        if pending || appended < self.compact_bytes.max(snapshot.saturating_mul(2)) {
+        !pending && appended >= self.compact_bytes.max(snapshot.saturating_mul(2))
+    }
+
+    fn maybe_compact(&self) -> Result<()> {
+        if !self.compaction_due() {
             return Ok(());
         }
         let st = self.state();
+        // Checked again under the state lock: commands that saw the log too big at
+        // once would otherwise each queue the same snapshot (and each write it).
+        if !self.compaction_due() {
+            return Ok(());
+        }
         let mut snap = Vec::new();
         encode(&st.core.snapshot(), &mut snap)?;
         // Queued under the state lock, so the snapshot sits exactly after every

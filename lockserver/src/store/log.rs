@@ -138,6 +138,9 @@ struct Queue {
     /// A pending compaction. Everything in `bytes` after it was queued belongs in
     /// the new generation.
     rotate: Option<Rotate>,
+    /// The writer has taken a compaction and not finished it: `file_bytes` still
+    /// counts the old generation, so no second compaction may be queued meanwhile.
+    rotating: bool,
     closed: bool,
     /// Set after a failed write or fsync: what is on disk is unknown, refuse all.
     failed: Option<Arc<std::io::Error>>,
@@ -265,7 +268,7 @@ impl Writer {
         (
             q.file_bytes.saturating_sub(q.snapshot_bytes),
             q.snapshot_bytes,
-            q.rotate.is_some(),
+            q.rotate.is_some() || q.rotating,
         )
     }
 
@@ -305,7 +308,10 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             (
                 std::mem::replace(&mut q.bytes, std::mem::take(&mut spare_bytes)),
                 std::mem::replace(&mut q.waiters, std::mem::take(&mut spare_waiters)),
-                q.rotate.take(),
+                {
+                    q.rotating = q.rotate.is_some();
+                    q.rotate.take()
+                },
                 q.closed,
             )
         };
@@ -330,6 +336,7 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
                     tracing::warn!(error = %e, "log compaction failed; keeping the current log")
                 }
             }
+            m.lock().unwrap_or_else(|p| p.into_inner()).rotating = false;
         }
         spare_waiters = write_batch(m, &mut file, &bytes, waiters);
         bytes.clear();
