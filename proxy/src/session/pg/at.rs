@@ -285,7 +285,7 @@ impl Relay<'_> {
     pub(super) async fn finish_write(
         &mut self,
         status: TxStatus,
-    ) -> Result<(TxStatus, Option<Error>)> {
+    ) -> Result<(TxStatus, Option<(String, String)>)> {
         let Some(w) = self.write_in_flight.take() else {
             return Ok((status, None));
         };
@@ -314,14 +314,20 @@ impl Relay<'_> {
         match result {
             Ok(()) if w.implicit => {
                 let done = self.exchange_simple("COMMIT").await?;
-                Ok((done.status.unwrap_or(TxStatus::Idle), None))
+                // A COMMIT that failed (a deferred constraint, say) undid the write: the
+                // client, which already has its CommandComplete, must hear it.
+                let failed = done.error.map(|e| (e.code, e.message));
+                Ok((done.status.unwrap_or(TxStatus::Idle), failed))
             }
             Ok(()) => Ok((status, None)),
             Err(e) => {
                 // The write cannot stay: roll the local transaction back and say why.
                 self.exchange_simple("ROLLBACK").await?;
                 self.branch = Branch::default();
-                Ok((TxStatus::Idle, Some(e)))
+                Ok((
+                    TxStatus::Idle,
+                    Some((e.sqlstate().code().to_owned(), e.to_string())),
+                ))
             }
         }
     }
@@ -376,12 +382,12 @@ impl Relay<'_> {
         let (status, error) = self.finish_write(status).await?;
         self.phase = super::Phase::Ready(status);
         let mut out = BytesMut::new();
-        if let Some(e) = error {
+        if let Some((code, message)) = error {
             crate::wire::pg::messages::response::put_error(
                 &mut out,
                 crate::wire::pg::messages::response::Severity::Error,
-                e.sqlstate().code(),
-                &e.to_string(),
+                &code,
+                &message,
             );
         }
         crate::wire::pg::messages::response::put_ready_for_query(&mut out, status);

@@ -691,3 +691,43 @@ async fn select_for_update_waits_for_another_global_transactions_lock() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
+    let orders = prepare("at_autofail").await;
+    orders
+        .direct()
+        .await
+        .batch_execute("CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO uniq VALUES (1, 1), (2, 2);")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    // Autocommit: tandem's own COMMIT is where the deferred constraint fails.
+    let err = a
+        .batch_execute("UPDATE uniq SET v = 1 WHERE id = 2")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    let v: i32 = orders
+        .direct()
+        .await
+        .query_one("SELECT v FROM uniq WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2, "nothing was committed");
+    // The session is usable and idle.
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
