@@ -21,6 +21,9 @@ pub enum Mode {
 pub struct Binding {
     xid: Option<Xid>,
     mode: Option<Mode>,
+    /// The binding came from a `/*+ XID('…') */` hint: it ends with the statement, or
+    /// with the local transaction the statement runs in.
+    from_hint: bool,
 }
 
 impl Binding {
@@ -32,6 +35,41 @@ impl Binding {
     pub fn unbind(&mut self) {
         self.xid = None;
         self.mode = None;
+        self.from_hint = false;
+    }
+
+    /// Binds for one statement (and its local transaction) from an XID hint, after the
+    /// lockserver confirmed the transaction is open. A session bound already keeps its
+    /// binding; a hint naming another xid is refused.
+    pub async fn bind_from_hint(&mut self, lock: &LockClient, xid: &str) -> Result<()> {
+        let xid = Xid::parse(xid)?;
+        if let Some(bound) = &self.xid {
+            if *bound == xid {
+                return Ok(());
+            }
+            return Err(Error::AlreadyBound {
+                xid: bound.to_string(),
+            });
+        }
+        let status = lock.status(&xid).await?;
+        if status != GlobalStatus::Begin {
+            return Err(Error::NotJoinable {
+                xid: xid.to_string(),
+                status: status.as_str().to_owned(),
+            });
+        }
+        self.xid = Some(xid);
+        self.from_hint = true;
+        Ok(())
+    }
+
+    /// The session reached a sync point outside any local transaction: a hint's
+    /// binding is over.
+    pub fn on_local_transaction_end(&mut self) {
+        if self.from_hint {
+            self.xid = None;
+            self.from_hint = false;
+        }
     }
 
     /// Carries out `control`; returns the one value of the answer (None is SQL NULL).

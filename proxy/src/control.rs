@@ -230,6 +230,25 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// The xid of a leading `/*+ XID('…') */` hint, if the statement starts with one.
+pub fn xid_hint(sql: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(sql).ok()?.trim_start();
+    let rest = text.strip_prefix("/*+")?.trim_start();
+    let (keyword, rest) = rest.split_at_checked(3)?;
+    if !keyword.eq_ignore_ascii_case("xid") {
+        return None;
+    }
+    let rest = rest
+        .trim_start()
+        .strip_prefix('(')?
+        .trim_start()
+        .strip_prefix('\'')?;
+    let end = rest.find('\'')?;
+    let (xid, after) = rest.split_at(end);
+    let after = after[1..].trim_start().strip_prefix(')')?.trim_start();
+    after.starts_with("*/").then(|| xid.to_owned())
+}
+
 /// A string as a SQL literal, quotes doubled: `'it''s'`.
 pub fn quote_literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
@@ -316,6 +335,18 @@ mod tests {
         ] {
             assert!(parse(sql.as_bytes()).is_err(), "{sql}");
         }
+    }
+
+    #[test]
+    fn xid_hints() {
+        assert_eq!(
+            xid_hint(b"/*+ XID('ab-1') */ UPDATE t SET v = 1"),
+            Some("ab-1".into())
+        );
+        assert_eq!(xid_hint(b"  /*+xid( 'x' )*/SELECT 1"), Some("x".into()));
+        assert_eq!(xid_hint(b"/* XID('x') */ SELECT 1"), None);
+        assert_eq!(xid_hint(b"SELECT 1 /*+ XID('x') */"), None);
+        assert_eq!(xid_hint(b"/*+ XID('x' */"), None);
     }
 
     #[test]

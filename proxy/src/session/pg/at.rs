@@ -381,6 +381,9 @@ impl Relay<'_> {
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
         let (status, error) = self.finish_write(status).await?;
         self.phase = super::Phase::Ready(status);
+        if status == TxStatus::Idle {
+            self.binding.on_local_transaction_end();
+        }
         let mut out = BytesMut::new();
         if let Some((code, message)) = error {
             crate::wire::pg::messages::response::put_error(

@@ -56,6 +56,19 @@ impl Relay<'_> {
             self.binding.unbind();
             return Ok(Intercepted::Relay);
         }
+        if let Some(xid) = control::xid_hint(query.sql) {
+            if !self.phase.at_sync_point() {
+                return Ok(Intercepted::WaitForSyncPoint);
+            }
+            if let Err(e) = self.binding.bind_from_hint(&self.ctx.lock, &xid).await {
+                let mut replacement = BytesMut::new();
+                put_query(
+                    &mut replacement,
+                    &error_sql(e.sqlstate().code(), &e.to_string()),
+                );
+                return Ok(Intercepted::Replace(replacement));
+            }
+        }
         let control = match control::parse(query.sql) {
             Ok(None) if self.binding.xid().is_some() => {
                 let sql = query.sql.to_vec();

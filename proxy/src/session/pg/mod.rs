@@ -556,6 +556,9 @@ impl<'a> Relay<'a> {
                     .phase
                     .on_ready(status)
                     .map_err(|_| Error::UpstreamProtocol("ReadyForQuery when none was due"))?;
+                if self.phase == Phase::Ready(TxStatus::Idle) {
+                    self.binding.on_local_transaction_end();
+                }
                 if self.phase.at_sync_point() && !was_startup {
                     self.ctx.metrics.queries.inc();
                     if let Some(started) = self.request_started.take() {

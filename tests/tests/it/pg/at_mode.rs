@@ -731,3 +731,69 @@ async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn an_xid_hint_binds_one_statement_only() {
+    let orders = prepare("at_hint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tm = tandem.connect(&orders.name).await;
+    let worker = tandem.connect(&orders.name).await;
+    let xid = one(&tm, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    worker
+        .batch_execute(&format!(
+            "/*+ XID('{xid}') */ UPDATE accounts SET balance = 0 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&worker, "SELECT tandem_xid()").await.unwrap(),
+        None,
+        "the hint's binding ended"
+    );
+    // Not hinted: an ordinary write, outside the global transaction.
+    worker
+        .batch_execute("UPDATE accounts SET note = 'plain' WHERE id = 2")
+        .await
+        .unwrap();
+    let err = worker
+        .simple_query("/*+ XID('no-such-xid') */ UPDATE accounts SET balance = 1 WHERE id = 3")
+        .await
+        .unwrap_err();
+    assert!(err.code().is_some(), "{err:?}");
+    assert_eq!(
+        one(&tm, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let direct = orders.direct().await;
+    let row = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        1000,
+        "the hinted write was rolled back"
+    );
+    let note: String = direct
+        .query_one("SELECT note FROM accounts WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "plain", "the unhinted write stays");
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1000, "a hint naming an unknown xid runs nothing");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
