@@ -150,10 +150,22 @@ impl Coordinator {
             kind,
             keys,
         };
+        let mut cmd = Some(cmd);
         let r = async {
             loop {
                 let released = self.released.notified();
-                match self.exec(cmd.clone()).await {
+                // Without a wait there is exactly one attempt: no copy of the keys.
+                let attempt = if wait.is_zero() {
+                    cmd.take()
+                } else {
+                    cmd.clone()
+                };
+                let Some(attempt) = attempt else {
+                    return Err(Error::Corrupt {
+                        what: "register retried without a wait",
+                    });
+                };
+                match self.exec(attempt).await {
                     Err(e @ Error::LockConflict { .. }) => {
                         let now = Instant::now();
                         if !e.is_retryable() || now >= deadline {

@@ -304,6 +304,8 @@ impl LockTable {
     /// written. A key held by another xid moves to `xid`.
     pub fn force(&mut self, xid: &Xid, keys: &[LockKey]) -> usize {
         let mut added = 0;
+        // Keys newly held by `xid`, added to its list with one lookup at the end.
+        let mut taken = Vec::with_capacity(keys.len());
         for k in keys {
             match self.holders.entry(k.clone()) {
                 Entry::Occupied(mut e) => {
@@ -312,14 +314,22 @@ impl LockTable {
                         if let Some(v) = self.by_xid.get_mut(&old) {
                             v.retain(|x| x != k);
                         }
-                        self.by_xid.entry(xid.clone()).or_default().push(k.clone());
+                        taken.push(k.clone());
                     }
                 }
                 Entry::Vacant(e) => {
                     e.insert(xid.clone());
-                    self.by_xid.entry(xid.clone()).or_default().push(k.clone());
+                    taken.push(k.clone());
                     added += 1;
                 }
+            }
+        }
+        if !taken.is_empty() {
+            let mine = self.by_xid.entry(xid.clone()).or_default();
+            if mine.is_empty() {
+                *mine = taken;
+            } else {
+                mine.extend(taken);
             }
         }
         added

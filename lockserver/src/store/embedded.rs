@@ -51,16 +51,15 @@ pub struct EmbeddedStore {
 
 fn encode(records: &[Record], buf: &mut Vec<u8>) -> Result<()> {
     for r in records {
-        let p = serde_json::to_vec(r).map_err(|_| Error::Corrupt {
-            what: "record does not serialize",
-        })?;
-        if p.len() > log::MAX_RECORD_BYTES {
-            return Err(Error::LimitExceeded {
+        log::frame_in_place(buf, |b| serde_json::to_writer(b, r)).map_err(|e| match e {
+            Some(_) => Error::Corrupt {
+                what: "record does not serialize",
+            },
+            None => Error::LimitExceeded {
                 what: "bytes per log record",
                 limit: log::MAX_RECORD_BYTES,
-            });
-        }
-        log::frame(buf, &p);
+            },
+        })?;
     }
     Ok(())
 }
@@ -165,7 +164,7 @@ impl Store for EmbeddedStore {
             if matches!(cmd, Command::Forget { .. }) {
                 return Ok(out.into());
             }
-            let mut buf = Vec::with_capacity(out.records.len() * 256);
+            let mut buf = Vec::with_capacity(out.records.len() * 1024);
             encode(&out.records, &mut buf)?;
             let durable = self.writer.append(&buf)?;
             for e in &out.effects {

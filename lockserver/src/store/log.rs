@@ -21,12 +21,41 @@ use crate::error::{Error, Result};
 /// (it can only come from corruption), and an append that large is refused.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const HEADER: usize = 8;
+/// A batch with at least this many appends means the server is loaded: the
+/// writer then waits [`GATHER`] before taking the next batch.
+const GATHER_MIN_BATCH: usize = 64;
+/// How long a loaded writer lets the next batch gather.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// Appends one frame around `payload` to `buf`.
 pub fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     buf.extend_from_slice(payload);
+}
+
+/// Appends one frame whose payload `write` appends to `buf` in place (no separate
+/// payload buffer). The result is the same bytes as [`frame`]. On error, or when the
+/// payload is larger than [`MAX_RECORD_BYTES`], `buf` is left as it was.
+pub fn frame_in_place<E>(
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), Option<E>> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    if let Err(e) = write(buf) {
+        buf.truncate(start);
+        return Err(Some(e));
+    }
+    let len = buf.len() - start - HEADER;
+    if len > MAX_RECORD_BYTES {
+        buf.truncate(start);
+        return Err(None);
+    }
+    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Splits `data` into payloads up to the first damaged or incomplete frame; returns
@@ -338,10 +367,17 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             }
             m.lock().unwrap_or_else(|p| p.into_inner()).rotating = false;
         }
+        let batch = waiters.len();
         spare_waiters = write_batch(m, &mut file, &bytes, waiters);
         bytes.clear();
         spare_bytes = bytes;
         m.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
+        if batch >= GATHER_MIN_BATCH && !closed {
+            // Under load, let the next batch gather a little longer: fewer fsyncs
+            // for the same appends (each costs ~100 us of CPU), at a small latency
+            // cost that only loaded servers pay. Nothing is acknowledged earlier.
+            std::thread::sleep(GATHER);
+        }
         if closed {
             let q = m.lock().unwrap_or_else(|p| p.into_inner());
             if q.bytes.is_empty() && q.rotate.is_none() {
@@ -403,6 +439,29 @@ mod tests {
             ends.push(buf.len());
         }
         (buf, payloads, ends)
+    }
+
+    #[test]
+    fn frame_in_place_matches_frame() {
+        let (framed, payloads, _) = sample();
+        let mut buf = Vec::new();
+        for p in &payloads {
+            frame_in_place(&mut buf, |b| {
+                b.extend_from_slice(p);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        }
+        assert_eq!(buf, framed);
+        let before = buf.clone();
+        assert_eq!(
+            frame_in_place(&mut buf, |b| {
+                b.push(1);
+                Err(())
+            }),
+            Err(Some(()))
+        );
+        assert_eq!(buf, before, "a failed write leaves the buffer as it was");
     }
 
     #[test]
