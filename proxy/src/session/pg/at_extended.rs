@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{frontend, target};
 use crate::wire::pg::messages::extended::{Bind, Format, Parse};
-use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
+use crate::wire::pg::messages::response::TxStatus;
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
 use tandem_undo::{Analysis, Postgres, WriteKind, analyze};
@@ -37,6 +37,8 @@ pub(super) enum Extended {
     /// A Bind of a write that cannot be held (its batch is already under way): replace
     /// it with a failing Bind and answer with this error.
     RefuseBind(Refusal),
+    /// Relay this Parse in place of the client's (a control statement being prepared).
+    ReplaceParse(BytesMut),
     /// The batch (this many bytes) was handled: `to_backend` is what to send instead
     /// (None: tandem answered the client itself).
     Handled {
@@ -45,13 +47,13 @@ pub(super) enum Extended {
     },
 }
 
-struct Batch<'a> {
-    parse: Option<Parse<'a>>,
-    parse_frame: Option<&'a [u8]>,
-    bind: Bind<'a>,
-    bind_frame: &'a [u8],
-    describe: Option<(u8, &'a [u8])>,
-    len: usize,
+pub(super) struct Batch<'a> {
+    pub(super) parse: Option<Parse<'a>>,
+    pub(super) parse_frame: Option<&'a [u8]>,
+    pub(super) bind: Bind<'a>,
+    pub(super) bind_frame: &'a [u8],
+    pub(super) describe: Option<(u8, &'a [u8])>,
+    pub(super) len: usize,
 }
 
 impl Relay<'_> {
@@ -113,16 +115,10 @@ impl Relay<'_> {
 
     /// Refuses a batch without the backend: ErrorResponse, then ReadyForQuery with the
     /// status the session has (it is at a sync point, and nothing was sent).
-    async fn answer_directly(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+    pub(super) async fn answer_directly(&mut self, consumed: usize, e: Error) -> Result<Extended> {
         let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
         let mut out = BytesMut::new();
-        put_error(
-            &mut out,
-            Severity::Error,
-            e.sqlstate().code(),
-            &e.to_string(),
-        );
-        put_ready_for_query(&mut out, status);
+        super::control_extended::put_refusal(&mut out, &e, status);
         self.write_client(&out).await?;
         tokio::io::AsyncWriteExt::flush(&mut self.client)
             .await
@@ -291,7 +287,7 @@ fn refusal(e: Error) -> Refusal {
 }
 
 /// The bytes of the whole batch starting at `rest`, up to and including its Sync.
-fn rest_len(rest: &[u8], max: usize) -> Result<usize> {
+pub(super) fn rest_len(rest: &[u8], max: usize) -> Result<usize> {
     let mut at = 0;
     while let Some(frame) = Frame::peek(&rest[at..], max)? {
         at += frame.wire_len;
@@ -303,7 +299,7 @@ fn rest_len(rest: &[u8], max: usize) -> Result<usize> {
 }
 
 /// The shape of the batch that starts with a write's Parse or Bind.
-enum Shape<'a> {
+pub(super) enum Shape<'a> {
     /// The Sync has not arrived yet.
     Incomplete,
     /// `Parse [Describe] Sync`: only prepares the statement.
@@ -314,7 +310,7 @@ enum Shape<'a> {
     Other(Error),
 }
 
-fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
+pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
     let mut frames = Vec::new();
     let mut at = 0;
     loop {

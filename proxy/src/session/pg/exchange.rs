@@ -109,7 +109,7 @@ impl Relay<'_> {
         self.exchange(sql, &[], &[]).await
     }
 
-    async fn read_exchange_replies(&mut self, count: usize) -> Result<Vec<Exchanged>> {
+    pub(super) async fn read_exchange_replies(&mut self, count: usize) -> Result<Vec<Exchanged>> {
         let mut results: Vec<Exchanged> = (0..count.max(1)).map(|_| Exchanged::default()).collect();
         let mut current = 0;
         let last = results.len() - 1;

@@ -28,8 +28,9 @@ impl Relay<'_> {
             })
         };
         if !matches!(control::parse(parse.sql), Ok(None)) {
+            // Not at a sync point inside an unsynced batch: tandem cannot answer it in order.
             return refuse(Error::Unsupported {
-                what: "a control function over the extended query protocol (use the simple protocol)",
+                what: "a control function in the middle of a pipelined batch (send it alone)",
             });
         }
         self.binding.xid()?;

@@ -7,6 +7,7 @@
 
 mod at;
 mod at_extended;
+mod control_extended;
 mod exchange;
 mod intercept;
 mod phase;
@@ -297,12 +298,33 @@ impl<'a> Relay<'a> {
                 break;
             }
             let body = frame.body(&buf[pos..]);
-            if self.binding.xid().is_some() && matches!(frame.tag, frontend::PARSE | frontend::BIND)
+            let control = match frame.tag {
+                frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
+                _ => None,
+            };
+            if control.is_some()
+                || (self.binding.xid().is_some()
+                    && matches!(frame.tag, frontend::PARSE | frontend::BIND))
             {
-                match self
-                    .intercept_extended(&buf[pos..], frame.tag, body)
-                    .await?
-                {
+                let handled = match control {
+                    Some(parsed) => {
+                        self.intercept_control(&buf[pos..], frame.tag, body, parsed)
+                            .await?
+                    }
+                    None => {
+                        self.intercept_extended(&buf[pos..], frame.tag, body)
+                            .await?
+                    }
+                };
+                match handled {
+                    Extended::ReplaceParse(replacement) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        self.on_client_message(frame.tag, body)?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
                     Extended::NotAWrite => {}
                     Extended::NeedMore => break,
                     Extended::WaitForSyncPoint => {
@@ -395,6 +417,26 @@ impl<'a> Relay<'a> {
             .write_all(bytes)
             .await
             .map_err(Error::UpstreamIo)
+    }
+
+    /// The control statement a Parse or Bind runs, if any (a cheap test first: this runs
+    /// on every Parse and Bind).
+    fn control_in(
+        &self,
+        tag: u8,
+        body: &[u8],
+    ) -> Option<std::result::Result<crate::control::Control, crate::control::BadCall>> {
+        use crate::wire::pg::messages::extended::{Bind, Parse};
+        let sql = match tag {
+            frontend::PARSE => Parse::decode(body).ok()?.sql,
+            _ => {
+                &self
+                    .tracked
+                    .statement(Bind::decode(body).ok()?.statement)?
+                    .sql[..]
+            }
+        };
+        control_extended::maybe_control(sql)
     }
 
     fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {

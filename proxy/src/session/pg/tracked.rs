@@ -130,6 +130,20 @@ impl Tracked {
         Ok(())
     }
 
+    /// A statement tandem created on the backend itself for the client (the client's
+    /// Parse was answered by tandem, not relayed).
+    pub fn record_statement(&mut self, body: &[u8]) -> Result<(), Truncated> {
+        let parse = Parse::decode(body)?;
+        self.statements.insert(
+            Bytes::copy_from_slice(parse.name),
+            Statement {
+                sql: Bytes::copy_from_slice(parse.sql),
+                param_types: parse.param_types,
+            },
+        );
+        Ok(())
+    }
+
     pub fn on_bind(&mut self, body: &[u8]) -> Result<(), Truncated> {
         let bind = Bind::decode(body)?;
         let name = Bytes::copy_from_slice(bind.portal);

@@ -244,3 +244,57 @@ async fn a_control_statement_pipelined_behind_a_query_waits_for_it() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn control_functions_over_the_extended_protocol() {
+    let db = TestDb::create("control_ext").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let client = tandem.connect(&db.name).await;
+    // tokio-postgres prepares (Parse, Describe, Sync), then binds and executes.
+    let row = client
+        .query_one("SELECT tandem_begin(30000)", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.columns()[0].name(), "xid");
+    let xid: String = row.get(0);
+    let (status, body) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(status, 200, "{body}");
+    // A prepared control statement, executed twice.
+    let current = client.prepare("SELECT tandem_xid()").await.unwrap();
+    for _ in 0..2 {
+        let got: Option<String> = client.query_one(&current, &[]).await.unwrap().get(0);
+        assert_eq!(got.as_deref(), Some(xid.as_str()));
+    }
+    let status: String = client
+        .query_one("SELECT tandem_status()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "Begin");
+    let status: String = client
+        .query_one("SELECT tandem_commit()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "Committed");
+    let got: Option<String> = client.query_one(&current, &[]).await.unwrap().get(0);
+    assert_eq!(got, None, "commit unbinds");
+    let err = client
+        .query_one("SELECT tandem_commit()", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+    // The session goes on normally.
+    let n: i32 = client
+        .query_one("SELECT $1::int + 1", &[&41i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    drop(client);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

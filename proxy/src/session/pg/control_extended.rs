@@ -1,0 +1,176 @@
+//! Control statements (`SELECT tandem_begin()` …) over the extended query protocol.
+//!
+//! At a sync point tandem answers the whole `[Parse] Bind [Describe] Execute Sync` batch
+//! itself, as the backend would for a one-row, one-text-column query. The client's
+//! statement is created on the backend as `SELECT NULL::text AS "<column>"` (same shape),
+//! so that a later Describe of it, or a Close, works; binding it again is a control
+//! statement again. A Parse alone is relayed with that same replacement SQL.
+
+use super::Relay;
+use super::at_extended::{Extended, Shape, read_batch, rest_len};
+use crate::control::{self, BadCall, Control};
+use crate::error::{Error, Result};
+use crate::wire::pg::codes::{backend, frontend, target};
+use crate::wire::pg::messages::extended::Parse;
+use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+/// The type of every control answer: text.
+const TEXT_OID: u32 = 25;
+
+impl Relay<'_> {
+    /// A Parse or Bind whose statement is a control statement.
+    pub(super) async fn intercept_control(
+        &mut self,
+        rest: &[u8],
+        tag: u8,
+        body: &[u8],
+        parsed: std::result::Result<Control, BadCall>,
+    ) -> Result<Extended> {
+        if !self.phase.at_sync_point() {
+            return Ok(match self.phase {
+                super::Phase::Busy { unsynced: true, .. } => Extended::NotAWrite,
+                _ => Extended::WaitForSyncPoint,
+            });
+        }
+        let max = self.ctx.config.max_message_bytes;
+        let column = parsed.as_ref().map(Control::column).unwrap_or("xid");
+        let batch = match read_batch(rest, max)? {
+            Shape::Incomplete => return Ok(Extended::NeedMore),
+            Shape::PrepareOnly if tag == frontend::PARSE => {
+                return Ok(Extended::ReplaceParse(stand_in_parse(body, column)));
+            }
+            Shape::Run(batch) => batch,
+            Shape::PrepareOnly | Shape::Other(_) => {
+                let e = Error::Unsupported {
+                    what: "a control function batched with other messages (send it alone)",
+                };
+                return self.answer_directly(rest_len(rest, max)?, e).await;
+            }
+        };
+        let consumed = batch.len;
+        let answer = match parsed {
+            _ if self.phase.tx_status() == Some(TxStatus::Failed) => Err(Error::Unsupported {
+                what: "a control function in a failed transaction block (ROLLBACK first)",
+            }),
+            Err(BadCall(message)) => Err(Error::BadControlCall(message)),
+            Ok(control) => {
+                let open = self.phase.tx_status() == Some(TxStatus::InTransaction);
+                self.binding.carry_out(&self.ctx.lock, open, control).await
+            }
+        };
+        let value = match answer {
+            Ok(value) => value,
+            Err(e) => return self.answer_directly(consumed, e).await,
+        };
+        let mut out = BytesMut::new();
+        if let Some(frame) = batch.parse_frame {
+            // Create the statement on the backend, so that it exists as the client thinks.
+            let stand_in = stand_in_parse(&frame[5..], column);
+            self.server
+                .write_all(&stand_in)
+                .await
+                .map_err(Error::UpstreamIo)?;
+            self.server
+                .write_all(&[frontend::SYNC, 0, 0, 0, 4])
+                .await
+                .map_err(Error::UpstreamIo)?;
+            let created = self
+                .read_exchange_replies(1)
+                .await?
+                .pop()
+                .unwrap_or_default();
+            if let Some(e) = created.error {
+                return Err(Error::Injected { message: e.message });
+            }
+            self.tracked
+                .record_statement(&frame[5..])
+                .map_err(|_| Error::Malformed { what: "Parse" })?;
+            put_empty(&mut out, backend::PARSE_COMPLETE);
+        }
+        put_empty(&mut out, backend::BIND_COMPLETE);
+        let format = batch.bind.result_formats.first().copied().unwrap_or(0);
+        match batch.describe {
+            Some((target::STATEMENT, _)) => {
+                out.put_u8(backend::PARAMETER_DESCRIPTION);
+                out.put_i32(6);
+                out.put_i16(0);
+                put_row_description(&mut out, column, 0);
+            }
+            Some(_) => put_row_description(&mut out, column, format),
+            None => {}
+        }
+        // A text value is the same bytes in text and in binary format.
+        out.put_u8(backend::DATA_ROW);
+        let len = value.as_ref().map_or(0, String::len);
+        out.put_i32((4 + 2 + 4 + len) as i32);
+        out.put_i16(1);
+        match &value {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v.as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+        out.put_u8(backend::COMMAND_COMPLETE);
+        out.put_i32(4 + 9);
+        out.put_slice(b"SELECT 1\0");
+        put_ready_for_query(&mut out, self.phase.tx_status().unwrap_or(TxStatus::Idle));
+        self.write_client(&out).await?;
+        AsyncWriteExt::flush(&mut self.client)
+            .await
+            .map_err(Error::ClientIo)?;
+        Ok(Extended::Handled {
+            consumed,
+            to_backend: None,
+        })
+    }
+}
+
+/// Whether `sql` may be a control statement: the cheap test that runs on every Parse
+/// and Bind.
+pub(super) fn maybe_control(sql: &[u8]) -> Option<std::result::Result<Control, BadCall>> {
+    control::parse(sql).transpose()
+}
+
+/// The client's Parse with its SQL replaced by a statement of the control answer's
+/// shape: no parameters, one text column named as the answer is.
+fn stand_in_parse(original: &[u8], column: &str) -> BytesMut {
+    let name = Parse::decode(original).map(|p| p.name).unwrap_or(b"");
+    let sql = format!("SELECT NULL::text AS \"{column}\"");
+    let mut out = BytesMut::new();
+    out.put_u8(frontend::PARSE);
+    out.put_i32((4 + name.len() + 1 + sql.len() + 1 + 2) as i32);
+    out.put_slice(name);
+    out.put_u8(0);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+    out.put_i16(0);
+    out
+}
+
+fn put_empty(out: &mut BytesMut, tag: u8) {
+    out.put_u8(tag);
+    out.put_i32(4);
+}
+
+fn put_row_description(out: &mut BytesMut, column: &str, format: i16) {
+    out.put_u8(backend::ROW_DESCRIPTION);
+    out.put_i32((4 + 2 + column.len() + 1 + 18) as i32);
+    out.put_i16(1);
+    out.put_slice(column.as_bytes());
+    out.put_u8(0);
+    out.put_u32(0); // table OID
+    out.put_i16(0); // column number
+    out.put_u32(TEXT_OID);
+    out.put_i16(-1); // typlen: variable
+    out.put_i32(-1); // typmod
+    out.put_i16(format);
+}
+
+/// The error and ReadyForQuery that end a refused batch.
+pub(super) fn put_refusal(out: &mut BytesMut, e: &Error, status: TxStatus) {
+    put_error(out, Severity::Error, e.sqlstate().code(), &e.to_string());
+    put_ready_for_query(out, status);
+}
