@@ -74,6 +74,14 @@ impl<'a> Bind<'a> {
         })
     }
 
+    /// Only the statement name of a Bind body, without decoding (or allocating for) its
+    /// parameters: what the relay needs on every Bind.
+    pub fn statement_name(body: &'a [u8]) -> Result<&'a [u8], Truncated> {
+        let mut r = Reader::new(body);
+        r.cstr()?;
+        r.cstr()
+    }
+
     /// The format of parameter `index`, by the protocol's rule for 0, 1 or n codes.
     pub fn param_format(&self, index: usize) -> Format {
         let code = match self.param_formats.len() {
