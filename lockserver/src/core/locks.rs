@@ -120,8 +120,21 @@ impl LockKey {
 }
 
 fn push_field(s: &mut String, f: &str) {
-    use fmt::Write;
-    let _ = write!(s, "{}:", f.len());
+    // The decimal length without the formatting machinery (hot in key building).
+    let mut digits = [0u8; 20];
+    let (mut n, mut i) = (f.len(), digits.len());
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
+    }
+    s.push(':');
     s.push_str(f);
 }
 

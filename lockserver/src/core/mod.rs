@@ -62,14 +62,10 @@ pub struct Before {
 impl Before {
     /// Captures `g` before a command runs.
     pub fn of(g: Option<&Global>) -> Self {
-        let work = g
-            .map(|g| {
-                g.pending_work()
-                    .iter()
-                    .map(|w| (w.branch_id, w.commit))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut work = Vec::new();
+        if let Some(g) = g {
+            g.for_each_pending(|b, commit| work.push((b.branch_id, commit)));
+        }
         Before {
             status: g.map(|g| g.status),
             work,
@@ -97,10 +93,9 @@ pub fn effects_of(
         out.push(Effect::LocksReleased { xid: xid.clone() });
     }
     if let Some(g) = after {
-        if g.pending_work()
-            .iter()
-            .any(|w| !was.work.contains(&(w.branch_id, w.commit)))
-        {
+        let mut new_work = false;
+        g.for_each_pending(|b, commit| new_work |= !was.work.contains(&(b.branch_id, commit)));
+        if new_work {
             out.push(Effect::Phase2Due { xid: xid.clone() });
         }
         let ends = g.status.is_finished()

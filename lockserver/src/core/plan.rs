@@ -238,7 +238,9 @@ fn phase2_result(
     };
     let done = (vec![], Reply::Status(g.status));
     // At-least-once delivery: answers for work no longer owed are dropped.
-    if !g.pending_work().iter().any(|w| w.branch_id == branch_id) {
+    let mut owed = false;
+    g.for_each_pending(|b, _| owed |= b.branch_id == branch_id);
+    if !owed {
         return Ok(done);
     }
     let mut recs = Vec::new();

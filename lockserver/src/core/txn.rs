@@ -503,35 +503,39 @@ impl Global {
     /// goes one branch at a time in reverse registration order, and stops at a
     /// branch that failed (dirty write) until an operator rolls back again.
     pub fn pending_work(&self) -> Vec<Work> {
-        let work = |b: &Branch, commit| Work {
-            xid: self.xid.clone(),
-            branch_id: b.branch_id,
-            resource: b.resource.clone(),
-            kind: b.kind,
-            commit,
-        };
+        let mut out = Vec::new();
+        self.for_each_pending(|b, commit| {
+            out.push(Work {
+                xid: self.xid.clone(),
+                branch_id: b.branch_id,
+                resource: b.resource.clone(),
+                kind: b.kind,
+                commit,
+            })
+        });
+        out
+    }
+
+    /// Calls `f` with each branch [`Global::pending_work`] would list, and whether
+    /// it is a commit, without building the list (every command asks).
+    pub fn for_each_pending(&self, mut f: impl FnMut(&Branch, bool)) {
         if self.status.is_committing() {
-            return self
-                .branches
+            self.branches
                 .iter()
                 .filter(|b| b.status != BranchStatus::PhaseTwoCommitted)
-                .map(|b| work(b, true))
-                .collect();
-        }
-        if self.status.is_rolling_back()
+                .for_each(|b| f(b, true));
+        } else if self.status.is_rolling_back()
             && !matches!(
                 self.status,
                 GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed
             )
-        {
-            return self
+            && let Some(b) = self
                 .branches
                 .iter()
                 .rev()
                 .find(|b| b.status != BranchStatus::PhaseTwoRollbacked)
-                .map(|b| vec![work(b, false)])
-                .unwrap_or_default();
+        {
+            f(b, false);
         }
-        Vec::new()
     }
 }
