@@ -110,6 +110,12 @@ impl Relay<'_> {
                 if !self.phase.at_sync_point() {
                     return Ok(Intercepted::WaitForSyncPoint);
                 }
+                if self.phase.tx_status() == Some(TxStatus::Failed) {
+                    // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK:
+                    // nothing of the branch survives, so there is nothing to register.
+                    self.branch = Branch::default();
+                    return Ok(Intercepted::Relay);
+                }
                 match self.prepare_commit().await {
                     Ok(()) => Ok(Intercepted::Relay),
                     Err(e) => {

@@ -796,3 +796,36 @@ async fn an_xid_hint_binds_one_statement_only() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn commit_of_a_failed_local_transaction_rolls_back_and_registers_nothing() {
+    let orders = prepare("at_failed").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(a.batch_execute("SELECT 1/0").await.is_err());
+    let done = a.simple_query("COMMIT").await.unwrap();
+    assert!(
+        done.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        "PostgreSQL's own answer (ROLLBACK) is relayed"
+    );
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
