@@ -53,7 +53,10 @@ const PIPE_QUEUE: usize = 4096;
 pub struct LockClient {
     rpc: CoordinatorClient<Channel>,
     opts: ClientOptions,
+    /// Serializes opening a new stream (held across the open's await).
     pipe: Arc<tokio::sync::Mutex<Option<Arc<Pipe>>>>,
+    /// The open stream, for the per-call fast path. A std Mutex: held only to clone.
+    current: Arc<Mutex<Option<Arc<Pipe>>>>,
 }
 
 type Waiter = oneshot::Sender<pb::answer::Result>;
@@ -124,10 +127,20 @@ impl LockClient {
             rpc: CoordinatorClient::new(ch),
             opts,
             pipe: Arc::default(),
+            current: Arc::default(),
         })
     }
 
     async fn open_pipe(&self) -> Result<Arc<Pipe>> {
+        if let Some(p) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|p| p.alive.load(Ordering::SeqCst))
+        {
+            return Ok(p.clone());
+        }
         let mut slot = self.pipe.lock().await;
         if let Some(p) = slot.as_ref().filter(|p| p.alive.load(Ordering::SeqCst)) {
             return Ok(p.clone());
@@ -170,6 +183,7 @@ impl LockClient {
                 .clear();
         });
         *slot = Some(pipe.clone());
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(pipe.clone());
         Ok(pipe)
     }
 
