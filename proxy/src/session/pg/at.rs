@@ -177,8 +177,7 @@ impl Relay<'_> {
             // write's RETURNING will name the same rows.
             let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
             let sql = with_text_keys(&before, &meta, Some(qualifier));
-            let mut formats = vec![1i16; meta.columns.len()];
-            formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+            let formats = image_formats(&meta);
             let got = self.exchange(&sql, &[], &formats).await?;
             if let Some(e) = got.error {
                 // The statement itself would fail the same way: let it, for the real error.
@@ -423,8 +422,7 @@ impl Relay<'_> {
                     .iter()
                     .flat_map(|k| k.iter().map(|v| v.as_ref().map(|s| s.as_bytes().to_vec())))
                     .collect();
-                let mut formats = vec![1i16; meta.columns.len()];
-                formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+                let formats = image_formats(&meta);
                 queries.push((Arc::clone(meta), sql, values, formats));
             }
         }
@@ -523,6 +521,13 @@ pub(super) fn with_text_keys(select: &str, meta: &TableMeta, qualifier: Option<&
         .collect();
     let (head, tail) = select.split_once(" FROM ").unwrap_or((select, ""));
     format!("{head}, {} FROM {tail}", keys.join(", "))
+}
+
+/// Result formats of an image query: every column binary, then the key again as text.
+pub(super) fn image_formats(meta: &TableMeta) -> Vec<i16> {
+    let mut formats = vec![1i16; meta.columns.len()];
+    formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+    formats
 }
 
 /// Splits each exchanged row into the binary image and the text key after it.

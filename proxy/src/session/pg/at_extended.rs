@@ -19,6 +19,7 @@ use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{frontend, target};
 use crate::wire::pg::messages::extended::{Bind, Format, Parse};
 use crate::wire::pg::messages::response::TxStatus;
+use crate::wire::pg::messages::write::{put_cstr, put_msg};
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
 use tandem_undo::{Analysis, Postgres, WriteKind, analyze};
@@ -188,8 +189,7 @@ impl Relay<'_> {
                     text: batch.bind.param_format(i) == Format::Text,
                 })
                 .collect();
-            let mut formats = vec![1i16; meta.columns.len()];
-            formats.extend(std::iter::repeat_n(0i16, meta.pk.len()));
+            let formats = super::at::image_formats(&meta);
             let got = self.exchange(&before, &params, &formats).await?;
             if let Some(e) = got.error {
                 if implicit {
@@ -400,15 +400,4 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
         describe,
         len: at,
     }))
-}
-
-fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
-    buf.put_slice(s);
-    buf.put_u8(0);
-}
-
-fn put_msg(buf: &mut BytesMut, tag: u8, body: &[u8]) {
-    buf.put_u8(tag);
-    buf.put_i32(body.len() as i32 + 4);
-    buf.put_slice(body);
 }

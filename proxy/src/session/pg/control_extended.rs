@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::wire::pg::codes::{backend, frontend, target};
 use crate::wire::pg::messages::extended::Parse;
 use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
+use crate::wire::pg::messages::write::put_empty;
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
 
@@ -148,11 +149,6 @@ fn stand_in_parse(original: &[u8], column: &str) -> BytesMut {
     out.put_u8(0);
     out.put_i16(0);
     out
-}
-
-fn put_empty(out: &mut BytesMut, tag: u8) {
-    out.put_u8(tag);
-    out.put_i32(4);
 }
 
 fn put_row_description(out: &mut BytesMut, column: &str, format: i16) {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{backend, frontend, target};
 use crate::wire::pg::messages::response::{ErrorFields, TxStatus};
+use crate::wire::pg::messages::write::{put_cstr, put_msg};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -224,17 +225,6 @@ fn decode_data_row(body: &[u8]) -> Result<Vec<Option<Vec<u8>>>> {
         });
     }
     Ok(row)
-}
-
-fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
-    buf.put_slice(s);
-    buf.put_u8(0);
-}
-
-fn put_msg(buf: &mut BytesMut, tag: u8, body: &[u8]) {
-    buf.put_u8(tag);
-    buf.put_i32(body.len() as i32 + 4);
-    buf.put_slice(body);
 }
 
 fn put_close(buf: &mut BytesMut, what: u8, name: &[u8]) {

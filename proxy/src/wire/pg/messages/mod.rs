@@ -5,3 +5,4 @@ pub mod extended;
 pub mod response;
 pub mod simple;
 pub mod startup;
+pub mod write;
