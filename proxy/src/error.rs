@@ -77,6 +77,9 @@ pub enum Error {
     #[error("{0}")]
     BadControlCall(String),
 
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+
     #[error("{0}")]
     Undo(#[from] tandem_undo::Error),
 
@@ -148,6 +151,7 @@ impl Error {
             }
             Error::LocalTransactionOpen { .. } => SqlState::ActiveSqlTransaction,
             Error::BadControlCall(_) => SqlState::InvalidParameterValue,
+            Error::InFailedTransaction => SqlState::InFailedSqlTransaction,
         }
     }
 
@@ -165,6 +169,7 @@ impl Error {
                 | Error::NotJoinable { .. }
                 | Error::LocalTransactionOpen { .. }
                 | Error::BadControlCall(_)
+                | Error::InFailedTransaction
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::Uncaptured { .. }
@@ -237,7 +242,8 @@ impl Error {
             | Error::AlreadyBound { .. }
             | Error::NotJoinable { .. }
             | Error::LocalTransactionOpen { .. }
-            | Error::BadControlCall(_) => "control",
+            | Error::BadControlCall(_)
+            | Error::InFailedTransaction => "control",
         }
     }
 }

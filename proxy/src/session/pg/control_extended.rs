@@ -102,21 +102,7 @@ impl Relay<'_> {
             Some(_) => put_row_description(&mut out, column, format),
             None => {}
         }
-        // A text value is the same bytes in text and in binary format.
-        out.put_u8(backend::DATA_ROW);
-        let len = value.as_ref().map_or(0, String::len);
-        out.put_i32((4 + 2 + 4 + len) as i32);
-        out.put_i16(1);
-        match &value {
-            Some(v) => {
-                out.put_i32(v.len() as i32);
-                out.put_slice(v.as_bytes());
-            }
-            None => out.put_i32(-1),
-        }
-        out.put_u8(backend::COMMAND_COMPLETE);
-        out.put_i32(4 + 9);
-        out.put_slice(b"SELECT 1\0");
+        put_answer_rows(&mut out, value.as_deref());
         put_ready_for_query(&mut out, self.phase.tx_status().unwrap_or(TxStatus::Idle));
         self.write_client(&out).await?;
         AsyncWriteExt::flush(&mut self.client)
@@ -149,6 +135,38 @@ fn stand_in_parse(original: &[u8], column: &str) -> BytesMut {
     out.put_u8(0);
     out.put_i16(0);
     out
+}
+
+/// The DataRow and CommandComplete of a control answer. A text value is the same bytes
+/// in text and in binary format.
+fn put_answer_rows(out: &mut BytesMut, value: Option<&str>) {
+    out.put_u8(backend::DATA_ROW);
+    let len = value.map_or(0, str::len);
+    out.put_i32((4 + 2 + 4 + len) as i32);
+    out.put_i16(1);
+    match value {
+        Some(v) => {
+            out.put_i32(v.len() as i32);
+            out.put_slice(v.as_bytes());
+        }
+        None => out.put_i32(-1),
+    }
+    out.put_u8(backend::COMMAND_COMPLETE);
+    out.put_i32(4 + 9);
+    out.put_slice(b"SELECT 1\0");
+}
+
+/// The whole answer to a control statement sent as a simple Query, as the backend would
+/// give it for `SELECT <value>::text AS "<column>"`.
+pub(super) fn put_simple_answer(
+    out: &mut BytesMut,
+    column: &str,
+    value: Option<&str>,
+    status: TxStatus,
+) {
+    put_row_description(out, column, 0);
+    put_answer_rows(out, value);
+    put_ready_for_query(out, status);
 }
 
 fn put_row_description(out: &mut BytesMut, column: &str, format: i16) {

@@ -6,6 +6,7 @@
 //! sync point, so it takes effect after every request the client sent before it.
 
 use super::Relay;
+use super::control_extended::{put_refusal, put_simple_answer};
 use super::tracked::Refusal;
 use crate::control::{self, BadCall, quote_literal};
 use crate::error::{Error, Result};
@@ -82,13 +83,13 @@ impl Relay<'_> {
         if !self.phase.at_sync_point() {
             return Ok(Intercepted::WaitForSyncPoint);
         }
+        let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
         let answer = match control {
-            // In a failed transaction block nothing may run; the backend says so (25P02)
-            // when it gets the reply query, and nothing was done.
-            _ if self.phase.tx_status() == Some(TxStatus::Failed) => Ok((None, "xid")),
+            // In a failed transaction block nothing may run, and nothing is done.
+            _ if status == TxStatus::Failed => Err(Error::InFailedTransaction),
             Ok(control) => {
                 let column = control.column();
-                let open = self.phase.tx_status() == Some(TxStatus::InTransaction);
+                let open = status == TxStatus::InTransaction;
                 self.binding
                     .carry_out(&self.ctx.lock, open, control)
                     .await
@@ -96,16 +97,17 @@ impl Relay<'_> {
             }
             Err(e) => Err(e),
         };
-        let sql = match answer {
-            Ok((value, column)) => reply_sql(value.as_deref(), column),
+        // Answered by tandem itself, at a sync point, so in its place among the replies;
+        // the backend never sees the statement.
+        let mut out = BytesMut::new();
+        match answer {
+            Ok((value, column)) => put_simple_answer(&mut out, column, value.as_deref(), status),
             Err(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "control statement refused");
-                error_sql(e.sqlstate().code(), &e.to_string())
+                put_refusal(&mut out, &e, status);
             }
-        };
-        let mut replacement = BytesMut::with_capacity(sql.len() + 6);
-        put_query(&mut replacement, &sql);
-        Ok(Intercepted::Replace(replacement))
+        }
+        Ok(Intercepted::Answer(out))
     }
 }
 
@@ -116,18 +118,11 @@ pub(super) enum Intercepted {
     WaitForSyncPoint,
     /// Send this instead.
     Replace(BytesMut),
+    /// Answer the client with this; the statement goes nowhere.
+    Answer(BytesMut),
     /// Send this instead, and read nothing more from the client until its reply is over
     /// (tandem acts on that reply at its ReadyForQuery).
     ReplaceAndHold(BytesMut),
-}
-
-/// The query that makes the backend answer a control statement: one text column named
-/// as DESIGN.md says, one row.
-fn reply_sql(value: Option<&str>, column: &str) -> String {
-    match value {
-        Some(value) => format!("SELECT {}::text AS \"{column}\"", quote_literal(value)),
-        None => format!("SELECT NULL::text AS \"{column}\""),
-    }
 }
 
 /// The statement that makes the backend report a refused control statement with its

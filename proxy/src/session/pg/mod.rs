@@ -384,6 +384,16 @@ impl<'a> Relay<'a> {
                         self.write_server(&replacement).await?;
                         run_start = pos + frame.wire_len;
                     }
+                    Intercepted::Answer(answer) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_client(&answer).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut self.client)
+                            .await
+                            .map_err(|e| self.client_failed(e))?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
                     Intercepted::ReplaceAndHold(replacement) => {
                         self.write_server(&buf[run_start..pos]).await?;
                         self.write_server(&replacement).await?;

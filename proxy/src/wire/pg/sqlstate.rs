@@ -39,6 +39,8 @@ pub enum SqlState {
     SystemError,
     /// 42P01 undefined_table.
     UndefinedTable,
+    /// 25P02 in_failed_sql_transaction.
+    InFailedSqlTransaction,
 }
 
 impl SqlState {
@@ -60,6 +62,7 @@ impl SqlState {
             SqlState::ActiveSqlTransaction => "25001",
             SqlState::SystemError => "58000",
             SqlState::UndefinedTable => "42P01",
+            SqlState::InFailedSqlTransaction => "25P02",
         }
     }
 }
@@ -87,6 +90,7 @@ mod tests {
             ActiveSqlTransaction,
             SystemError,
             UndefinedTable,
+            InFailedSqlTransaction,
         ];
         let mut codes: Vec<_> = all.iter().map(|s| s.code()).collect();
         assert!(codes.iter().all(|c| c.len() == 5));

@@ -298,3 +298,31 @@ async fn control_functions_over_the_extended_protocol() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn control_statements_in_a_failed_transaction_block_do_nothing() {
+    let db = TestDb::create("control_failed").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let client = tandem.connect(&db.name).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    assert!(client.batch_execute("SELECT 1/0").await.is_err());
+    let err = control(&client, "SELECT tandem_begin()").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::IN_FAILED_SQL_TRANSACTION);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        value(&client, "SELECT tandem_xid()").await,
+        None,
+        "nothing was begun"
+    );
+    let (_, listing) = lockserver.get("/v1/transactions").await;
+    assert_eq!(
+        listing["transactions"].as_array().map(Vec::len),
+        Some(0),
+        "{listing}"
+    );
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
