@@ -422,7 +422,7 @@ impl Relay<'_> {
                     .iter()
                     .flat_map(|k| k.iter().map(|v| v.as_ref().map(|s| s.as_bytes().to_vec())))
                     .collect();
-                let formats = image_formats(&meta);
+                let formats = image_formats(meta);
                 queries.push((Arc::clone(meta), sql, values, formats));
             }
         }
