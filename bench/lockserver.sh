@@ -7,6 +7,8 @@
 #
 # Each lockbench transaction: begin, register BRANCHES branches of 10 fresh lock keys,
 # commit (which releases the keys), plus the phase-2 clean-up the bench answers.
+# The load generator runs on one thread by default (--threads), to leave the server
+# as much of the machine as it can.
 # The in-process line drives the embedded store directly (no gRPC), for its ceiling.
 # Redis: TANDEM_TEST_REDIS_URL (default redis://127.0.0.1:6379); if nothing answers
 # there, a throw-away redis-server is started on 127.0.0.1:6390.
@@ -63,7 +65,15 @@ echo "== lockbench: $SECS s, $CONC transactions in flight over $CONNS connection
 start_lockserver embedded "[store]
 kind = \"embedded\"
 path = \"$work/data\""
-"$BIN/tandem-lockbench" --endpoint "http://$GRPC" --seconds "$SECS" --concurrency "$CONC" --connections "$CONNS" --branches "$BRANCHES" --label "embedded store"
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+t0=$(cpu_ticks "${pids[-1]}")
+"$BIN/tandem-lockbench" --endpoint "http://$GRPC" --seconds "$SECS" --concurrency "$CONC" --connections "$CONNS" --branches "$BRANCHES" --label "embedded store" | tee "$work/embedded.bench"
+t1=$(cpu_ticks "${pids[-1]}")
+# Server CPU per registration cycle (warm-up second included): a figure that other
+# load on the machine disturbs less than the rate does.
+awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v secs="$SECS" \
+  '{ for (i = 1; i < NF; i++) if ($(i + 1) == "registrations/s") r = $i }
+    END { if (r > 0) printf "embedded store: server CPU %.1f us per registration (incl. its begin, commit and phase-2 answer)\n", ticks / hz * 1e6 / (r * (secs + 1)) }' "$work/embedded.bench"
 stop_last
 
 "$BIN/tandem-lockbench" --in-process "$work/inproc" --seconds "$SECS" --concurrency "$CONC" --branches "$BRANCHES" --label "embedded store"
