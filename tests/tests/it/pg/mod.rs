@@ -1,7 +1,9 @@
 //! The PostgreSQL relay, through the real proxy over TCP to the real PostgreSQL.
 
 mod admin;
+mod at_locks;
 mod at_mode;
+mod at_protocols;
 mod at_types;
 mod auth;
 mod bad_input;

@@ -1,0 +1,245 @@
+//! The client's side of the relay: messages from the client, what tandem intercepts
+//! among them (control statements, AT writes, refusals), and writes to the backend.
+//!
+//! Never writes to the client except to answer what it intercepted.
+
+use super::at_extended::Extended;
+use super::intercept::{Intercepted, put_failing_bind, put_failing_parse};
+use super::*;
+
+impl Relay<'_> {
+    /// Relays every complete client message; returns true once Terminate was relayed.
+    /// A control statement is carried out here and replaced by a query that makes the
+    /// backend answer with its result, so that the answer keeps its place among the
+    /// replies; one that arrives while earlier requests are in flight waits for them
+    /// (reading from the client pauses until the next sync point).
+    pub(super) async fn relay_from_client(&mut self) -> Result<bool> {
+        let buf = std::mem::take(&mut self.from_client);
+        let max = self.ctx.config.max_message_bytes;
+        let mut pos = skip_streaming(&mut self.client_streaming, buf.len());
+        let mut run_start = 0;
+        let mut terminated = false;
+        self.client_paused = false;
+        while self.client_streaming == 0 {
+            let Some(frame) = Frame::header(&buf[pos..], max)? else {
+                break;
+            };
+            if !frame.is_complete(&buf[pos..]) {
+                if !client_message_is_read(frame.tag) {
+                    self.client_streaming = frame.wire_len - (buf.len() - pos);
+                    pos = buf.len();
+                }
+                break;
+            }
+            let body = frame.body(&buf[pos..]);
+            let control = match frame.tag {
+                frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
+                _ => None,
+            };
+            if control.is_some()
+                || (self.binding.xid().is_some()
+                    && matches!(frame.tag, frontend::PARSE | frontend::BIND))
+            {
+                let handled = match control {
+                    Some(parsed) => {
+                        self.intercept_control(&buf[pos..], frame.tag, body, parsed)
+                            .await?
+                    }
+                    None => {
+                        self.intercept_extended(&buf[pos..], frame.tag, body)
+                            .await?
+                    }
+                };
+                match handled {
+                    Extended::ReplaceParse(replacement) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        self.on_client_message(frame.tag, body)?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
+                    Extended::NotAWrite => {}
+                    Extended::NeedMore => break,
+                    Extended::WaitForSyncPoint => {
+                        self.client_paused = true;
+                        break;
+                    }
+                    Extended::RefuseBind(refusal) => {
+                        let mut replacement = BytesMut::new();
+                        put_failing_bind(&mut replacement, body);
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        self.on_client_message(frame.tag, body)?;
+                        self.tracked.refuse_last(refusal);
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
+                    Extended::Handled {
+                        consumed,
+                        to_backend,
+                    } => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        pos += consumed;
+                        run_start = pos;
+                        if let Some(batch) = to_backend {
+                            self.write_server(&batch).await?;
+                            // Its ReadyForQuery finishes the write; nothing more until then.
+                            self.client_paused = true;
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if frame.tag == frontend::PARSE
+                && let Some(refusal) = self.refusal_for_parse(body)
+            {
+                let mut replacement = BytesMut::new();
+                put_failing_parse(&mut replacement, body);
+                self.write_server(&buf[run_start..pos]).await?;
+                self.write_server(&replacement).await?;
+                self.on_client_message(frame.tag, body)?;
+                self.tracked.refuse_last(refusal);
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
+            if frame.tag == frontend::QUERY {
+                match self.intercept_query(body).await? {
+                    Intercepted::Relay => {}
+                    Intercepted::WaitForSyncPoint => {
+                        self.client_paused = true;
+                        break;
+                    }
+                    Intercepted::Replace(replacement) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        run_start = pos + frame.wire_len;
+                    }
+                    Intercepted::Answer(answer) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_client(&answer).await?;
+                        tokio::io::AsyncWriteExt::flush(&mut self.client)
+                            .await
+                            .map_err(|e| self.client_failed(e))?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
+                    Intercepted::ReplaceAndHold(replacement) => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        self.on_client_message(frame.tag, body)?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        self.client_paused = true;
+                        break;
+                    }
+                }
+            }
+            self.on_client_message(frame.tag, body)?;
+            pos += frame.wire_len;
+            if frame.tag == frontend::TERMINATE {
+                terminated = true;
+                break;
+            }
+        }
+        self.ctx.metrics.bytes_from_clients.inc_by(pos as u64);
+        self.write_server(&buf[run_start..pos]).await?;
+        self.from_client = buf;
+        self.from_client.advance(pos);
+        Ok(terminated)
+    }
+
+    pub(super) async fn write_server(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.server
+            .write_all(bytes)
+            .await
+            .map_err(Error::UpstreamIo)
+    }
+
+    /// The control statement a Parse or Bind runs, if any (a cheap test first: this runs
+    /// on every Parse and Bind).
+    pub(super) fn control_in(
+        &self,
+        tag: u8,
+        body: &[u8],
+    ) -> Option<std::result::Result<crate::control::Control, crate::control::BadCall>> {
+        use crate::wire::pg::messages::extended::{Bind, Parse};
+        let sql = match tag {
+            frontend::PARSE => Parse::decode(body).ok()?.sql,
+            _ => {
+                &self
+                    .tracked
+                    .statement(Bind::decode(body).ok()?.statement)?
+                    .sql[..]
+            }
+        };
+        control_extended::maybe_control(sql)
+    }
+
+    pub(super) fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {
+        if self.phase == Phase::Authenticating {
+            return match tag {
+                frontend::PASSWORD | frontend::TERMINATE => Ok(()),
+                _ => Err(Error::UnexpectedMessage {
+                    tag,
+                    context: "during authentication",
+                }),
+            };
+        }
+        let ends_with_ready = match tag {
+            frontend::QUERY => self.tracked.on_sync_point_request(SyncKind::Query),
+            frontend::FUNCTION_CALL => self.tracked.on_sync_point_request(SyncKind::FunctionCall),
+            frontend::SYNC => {
+                if !self.tracked.on_sync_point_request(SyncKind::Sync) {
+                    // The backend ignores it (copy-in mode): it changes nothing.
+                    return Ok(());
+                }
+                true
+            }
+            frontend::PARSE => {
+                self.tracked
+                    .on_parse(body)
+                    .map_err(|_| Error::Malformed { what: "Parse" })?;
+                false
+            }
+            frontend::BIND => {
+                self.tracked
+                    .on_bind(body)
+                    .map_err(|_| Error::Malformed { what: "Bind" })?;
+                false
+            }
+            frontend::CLOSE => {
+                self.tracked
+                    .on_close(body)
+                    .map_err(|_| Error::Malformed { what: "Close" })?;
+                false
+            }
+            frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => false,
+            // COPY data belongs to the request that started the COPY.
+            frontend::COPY_DATA => return Ok(()),
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                self.tracked.on_copy_end();
+                return Ok(());
+            }
+            frontend::TERMINATE => return Ok(()),
+            _ => {
+                return Err(Error::UnexpectedMessage {
+                    tag,
+                    context: "from the client",
+                });
+            }
+        };
+        if self.phase.at_sync_point() {
+            self.request_started = Some(Instant::now());
+        }
+        self.phase = self.phase.on_request(ends_with_ready);
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! The backend's side of the relay: messages from the backend, the bookkeeping they
+//! drive (ReadyForQuery, ParseComplete…), the replies tandem rewrites (startup, AT
+//! writes in flight, refusals), and writes to the client.
+
+use super::*;
+
+impl Relay<'_> {
+    /// Relays every complete backend message, rewriting the few tandem must.
+    pub(super) async fn relay_from_server(&mut self) -> Result<()> {
+        let buf = std::mem::take(&mut self.from_server);
+        let max = self.ctx.config.max_message_bytes;
+        let mut pos = skip_streaming(&mut self.server_streaming, buf.len());
+        let mut run_start = 0;
+        while self.server_streaming == 0 {
+            let Some(frame) = Frame::header(&buf[pos..], max)? else {
+                break;
+            };
+            if !frame.is_complete(&buf[pos..]) {
+                if !server_message_is_read(frame.tag) {
+                    self.server_streaming = frame.wire_len - (buf.len() - pos);
+                    pos = buf.len();
+                }
+                break;
+            }
+            if frame.tag == backend::ERROR_RESPONSE
+                && let Some(refusal) = self.tracked.take_refusal()
+            {
+                self.tracked.on_error_response();
+                let mut replacement = BytesMut::new();
+                put_error(
+                    &mut replacement,
+                    Severity::Error,
+                    refusal.sqlstate,
+                    &refusal.message,
+                );
+                self.write_client(&buf[run_start..pos]).await?;
+                self.write_client(&replacement).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
+            if let Some(w) = &mut self.write_in_flight
+                && w.swallow.front() == Some(&frame.tag)
+            {
+                w.swallow.pop_front();
+                self.write_client(&buf[run_start..pos]).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
+            if self.write_in_flight.is_some() {
+                let body = frame.body(&buf[pos..]);
+                let rewritten = match frame.tag {
+                    backend::ROW_DESCRIPTION => self.on_write_row_description(body)?,
+                    backend::DATA_ROW => self.on_write_data_row(body)?,
+                    backend::ERROR_RESPONSE => {
+                        self.on_write_error();
+                        None
+                    }
+                    backend::READY_FOR_QUERY => Some(self.on_write_ready(body).await?),
+                    _ => None,
+                };
+                if let Some(replacement) = rewritten {
+                    self.write_client(&buf[run_start..pos]).await?;
+                    self.write_client(&replacement).await?;
+                    pos += frame.wire_len;
+                    run_start = pos;
+                    continue;
+                }
+            }
+            match self.on_server_message(frame.tag, frame.body(&buf[pos..]))? {
+                Relayed::AsIs => {}
+                Relayed::Rewritten(replacement) => {
+                    self.write_client(&buf[run_start..pos]).await?;
+                    self.write_client(&replacement).await?;
+                    run_start = pos + frame.wire_len;
+                }
+            }
+            pos += frame.wire_len;
+        }
+        self.ctx.metrics.bytes_from_backends.inc_by(pos as u64);
+        self.write_client(&buf[run_start..pos]).await?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| self.client_failed(e))?;
+        self.from_server = buf;
+        self.from_server.advance(pos);
+        Ok(())
+    }
+
+    pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {
+        match tag {
+            backend::READY_FOR_QUERY => {
+                let status =
+                    TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+                if self.phase != Phase::Authenticating {
+                    self.tracked
+                        .on_ready_for_query(status == TxStatus::Idle)
+                        .map_err(|e| Error::UpstreamProtocol(e.0))?;
+                }
+                let was_startup = self.phase == Phase::Authenticating;
+                self.phase = self
+                    .phase
+                    .on_ready(status)
+                    .map_err(|_| Error::UpstreamProtocol("ReadyForQuery when none was due"))?;
+                if self.phase == Phase::Ready(TxStatus::Idle) {
+                    self.binding.on_local_transaction_end();
+                }
+                if self.phase.at_sync_point() && !was_startup {
+                    self.ctx.metrics.queries.inc();
+                    if let Some(started) = self.request_started.take() {
+                        self.ctx
+                            .metrics
+                            .backend_latency
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            backend::PARSE_COMPLETE => self.tracked.on_parse_complete().map_err(out_of_order)?,
+            backend::BIND_COMPLETE => self.tracked.on_bind_complete().map_err(out_of_order)?,
+            backend::CLOSE_COMPLETE => self.tracked.on_close_complete().map_err(out_of_order)?,
+            backend::COMMAND_COMPLETE => {
+                let tag = decode_command_tag(body)
+                    .map_err(|_| Error::UpstreamProtocol("bad CommandComplete"))?;
+                if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                    self.tracked.forget_all_statements();
+                }
+                if [&b"CREATE"[..], b"ALTER", b"DROP"]
+                    .iter()
+                    .any(|ddl| tag.starts_with(ddl))
+                {
+                    self.ctx.meta.invalidate(&self.database);
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                let fields = ErrorFields::decode(body)
+                    .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
+                if fields.is_fatal() || self.phase == Phase::Authenticating {
+                    self.backend_said_fatal = true;
+                }
+                self.tracked.on_error_response();
+            }
+            backend::PARAMETER_STATUS => {
+                let (name, value) = decode_parameter_status(body)
+                    .map_err(|_| Error::UpstreamProtocol("bad ParameterStatus"))?;
+                self.server_params.retain(|(n, _)| *n != name);
+                self.server_params.push((name, value));
+            }
+            backend::COPY_IN_RESPONSE => {
+                let ignored = self.tracked.on_copy_in_response();
+                self.phase = self
+                    .phase
+                    .on_copy(CopyDirection::In)
+                    .on_syncs_ignored(ignored);
+            }
+            backend::COPY_OUT_RESPONSE => self.phase = self.phase.on_copy(CopyDirection::Out),
+            backend::COPY_BOTH_RESPONSE => self.phase = self.phase.on_copy(CopyDirection::Both),
+            backend::AUTHENTICATION if self.phase == Phase::Authenticating => {
+                return self.on_authentication(body);
+            }
+            backend::BACKEND_KEY_DATA if self.phase == Phase::Authenticating => {
+                return self.on_backend_key(body);
+            }
+            _ => {}
+        }
+        Ok(Relayed::AsIs)
+    }
+
+    /// SCRAM's channel binding (`-PLUS`) ties the exchange to the TLS channel the backend
+    /// sees, which is tandem's, not the client's; offering it would make the client bind
+    /// to the wrong channel. So only the unbound mechanisms are offered.
+    pub(super) fn on_authentication(&mut self, body: &[u8]) -> Result<Relayed> {
+        let request =
+            AuthRequest::decode(body).map_err(|_| Error::UpstreamProtocol("bad Authentication"))?;
+        let AuthRequest::Sasl(mechanisms) = request else {
+            return Ok(Relayed::AsIs);
+        };
+        if !mechanisms.iter().any(|m| m.ends_with("-PLUS")) {
+            return Ok(Relayed::AsIs);
+        }
+        let unbound: Vec<String> = mechanisms
+            .into_iter()
+            .filter(|m| !m.ends_with("-PLUS"))
+            .collect();
+        let mut out = BytesMut::new();
+        put_sasl_mechanisms(&mut out, unbound);
+        Ok(Relayed::Rewritten(out))
+    }
+
+    /// The client gets a key of tandem's own, so that its CancelRequest comes to tandem,
+    /// which knows the backend behind it.
+    pub(super) fn on_backend_key(&mut self, body: &[u8]) -> Result<Relayed> {
+        let backend =
+            decode_backend_key(body).map_err(|_| Error::UpstreamProtocol("bad BackendKeyData"))?;
+        let registration = self.ctx.cancels.register(CancelTarget {
+            upstream: Arc::clone(&self.ctx.upstream),
+            backend,
+        });
+        let mut out = BytesMut::new();
+        put_backend_key(&mut out, registration.key);
+        self.cancel = Some(registration);
+        tracing::debug!(parent: &self.span, backend_pid = backend.pid, "backend key");
+        Ok(Relayed::Rewritten(out))
+    }
+
+    pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .write_all(bytes)
+            .await
+            .map_err(|e| self.client_failed(e))
+    }
+}

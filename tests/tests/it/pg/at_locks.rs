@@ -1,0 +1,248 @@
+//! AT mode and global locks: conflicts between global transactions, locking reads,
+//! dirty writes, and transactions abandoned by their client.
+
+use super::at_mode::{dump, one, prepare, undo_rows};
+use tandem_tests::harness::{Tandem, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::error::SqlState;
+
+#[tokio::test]
+async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
+    let orders = prepare("at_dirty").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    // Someone writes the row directly, bypassing tandem.
+    let direct = orders.direct().await;
+    direct
+        .batch_execute("UPDATE accounts SET balance = 777 WHERE id = 5")
+        .await
+        .unwrap();
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(
+            status.as_deref(),
+            Some("RollbackFailed") | Some("RollbackRetrying")
+        ),
+        "{status:?}"
+    );
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 777, "the dirty value is left alone");
+    assert_eq!(
+        undo_rows(&direct).await,
+        1,
+        "the undo row stays for operators"
+    );
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(1), "{locks}");
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert!(
+        txn["status"].as_str().unwrap_or("").starts_with("Rollback"),
+        "{txn}"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryable_error() {
+    let orders = prepare("at_conflict").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let first = tandem.connect(&orders.name).await;
+    let second = tandem.connect(&orders.name).await;
+    one(&first, "SELECT tandem_begin(30000)").await.unwrap();
+    first
+        .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 3")
+        .await
+        .unwrap();
+
+    // The second global transaction writes the same row: its local commit waits for the
+    // global lock, and succeeds once the first commits.
+    one(&second, "SELECT tandem_begin(30000)").await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = second
+            .batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 3")
+            .await;
+        (result, started.elapsed(), second)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the second writer did not wait for the lock"
+    );
+    assert_eq!(
+        one(&first, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (result, waited, second) = waiter.await.unwrap();
+    result.expect("the waiter succeeds once the lock is free");
+    assert!(waited >= std::time::Duration::from_millis(300));
+    assert_eq!(
+        one(&second, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let balance: i64 = orders
+        .direct()
+        .await
+        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1011);
+
+    // Held past the wait bound: a retryable error, and the row is as the holder left it.
+    one(&first, "SELECT tandem_begin(30000)").await.unwrap();
+    first
+        .batch_execute("UPDATE accounts SET balance = 0 WHERE id = 4")
+        .await
+        .unwrap();
+    one(&second, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = second
+        .batch_execute("UPDATE accounts SET balance = 5 WHERE id = 4")
+        .await
+        .expect_err("the lock is held past the wait bound");
+    assert!(
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE
+        ]
+        .contains(err.code().unwrap()),
+        "{err:?}"
+    );
+    assert_eq!(
+        one(&second, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(
+        one(&first, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let balance: i64 = orders
+        .direct()
+        .await
+        .query_one("SELECT balance FROM accounts WHERE id = 4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1000);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_is_rolled_back_by_the_timeout() {
+    let orders = prepare("at_gone").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let a = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(500)").await.unwrap().unwrap();
+    a.batch_execute("UPDATE accounts SET balance = -1 WHERE id = 1")
+        .await
+        .unwrap();
+    a.batch_execute("DELETE FROM accounts WHERE id = 2")
+        .await
+        .unwrap();
+    drop(a);
+    eventually(
+        "the lockserver rolls the abandoned transaction back",
+        || async {
+            let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+            txn["status"] == "TimeoutRollbacked"
+        },
+    )
+    .await;
+    assert_eq!(dump(&direct).await, before, "restored after the timeout");
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn select_for_update_waits_for_another_global_transactions_lock() {
+    let orders = prepare("at_sfu").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let holder = tandem.connect(&orders.name).await;
+    let reader = tandem.connect(&orders.name).await;
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 42 WHERE id = 5")
+        .await
+        .unwrap();
+    // The holder's own locks do not stop it.
+    let own = one(
+        &holder,
+        "SELECT balance FROM accounts WHERE id = 5 FOR UPDATE",
+    )
+    .await
+    .unwrap();
+    assert_eq!(own.as_deref(), Some("42"));
+
+    one(&reader, "SELECT tandem_begin(30000)").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let got = one(
+            &reader,
+            "SELECT balance FROM accounts WHERE id = 5 FOR UPDATE",
+        )
+        .await;
+        (got, reader)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the locking read did not wait for the global lock"
+    );
+    assert_eq!(
+        one(&holder, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (got, reader) = waiting.await.unwrap();
+    assert_eq!(
+        got.unwrap().as_deref(),
+        Some("42"),
+        "it reads the committed value"
+    );
+    // Several tables at once cannot be checked row by row: refused.
+    let err = reader
+        .simple_query("SELECT * FROM accounts a JOIN moves_missing m ON m.id = a.id FOR UPDATE")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    one(&reader, "SELECT tandem_rollback()").await.unwrap();
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

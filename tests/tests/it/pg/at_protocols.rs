@@ -1,0 +1,297 @@
+//! AT mode across the ways a statement arrives: the extended protocol, XID hints,
+//! autocommit, and local transactions that fail.
+
+use super::at_mode::{dump, one, prepare, undo_rows};
+use tandem_tests::harness::Tandem;
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::error::SqlState;
+
+#[tokio::test]
+async fn extended_protocol_writes_are_captured_with_their_parameters() {
+    let orders = prepare("at_ext").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let mut a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    // Control functions over the extended protocol too.
+    let xid: String = a
+        .query_one("SELECT tandem_begin(30000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!xid.is_empty());
+    // Autocommit writes with parameters, binary and text.
+    assert_eq!(
+        a.execute(
+            "UPDATE accounts SET balance = $1 WHERE id = $2",
+            &[&5i64, &1i32]
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        a.execute(
+            "INSERT INTO accounts (id, balance, note) VALUES ($1, $2, $3), ($4, $2, $3)",
+            &[&70i32, &7i64, &"seventy", &71i32]
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    // A prepared statement reused, inside an explicit local transaction.
+    let note = a
+        .prepare("UPDATE accounts SET note = $1 WHERE id = $2")
+        .await
+        .unwrap();
+    let tx = a.transaction().await.unwrap();
+    for id in [2i32, 3] {
+        assert_eq!(tx.execute(&note, &[&"prepared", &id]).await.unwrap(), 1);
+    }
+    assert_eq!(
+        tx.execute("DELETE FROM accounts WHERE id = $1", &[&4i32])
+            .await
+            .unwrap(),
+        1
+    );
+    tx.commit().await.unwrap();
+    // Reads over the extended protocol are untouched.
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM accounts WHERE id > $1", &[&0i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6);
+    // RETURNING asked for in binary is refused, not run.
+    let err = a
+        .query(
+            "UPDATE accounts SET balance = 0 WHERE id = $1 RETURNING balance",
+            &[&5i32],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    assert_eq!(
+        undo_rows(&direct).await,
+        3,
+        "two autocommit branches and one explicit"
+    );
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&direct).await, before, "restored byte for byte");
+    // Outside a global transaction, writes pass through untouched.
+    assert_eq!(
+        a.execute("UPDATE accounts SET balance = $1 WHERE id = 1", &[&5i64])
+            .await
+            .unwrap(),
+        1
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback() {
+    let orders = prepare("at_marker").await;
+    orders
+        .direct()
+        .await
+        .batch_execute("CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO uniq VALUES (1, 1), (2, 2);")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("UPDATE uniq SET v = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    // The deferred constraint fails at COMMIT, after the branch was registered: the
+    // local transaction, its undo row included, is gone.
+    let err = a.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let direct = orders.direct().await;
+    let marker: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM undo_log WHERE xid = $1 AND log_status = 1",
+            &[&xid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        marker, 1,
+        "the GlobalFinished marker blocks a late phase-1 commit"
+    );
+    let v: i32 = direct
+        .query_one("SELECT v FROM uniq WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
+    let orders = prepare("at_autofail").await;
+    orders
+        .direct()
+        .await
+        .batch_execute("CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO uniq VALUES (1, 1), (2, 2);")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    // Autocommit: tandem's own COMMIT is where the deferred constraint fails.
+    let err = a
+        .batch_execute("UPDATE uniq SET v = 1 WHERE id = 2")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    let v: i32 = orders
+        .direct()
+        .await
+        .query_one("SELECT v FROM uniq WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2, "nothing was committed");
+    // The session is usable and idle.
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn an_xid_hint_binds_one_statement_only() {
+    let orders = prepare("at_hint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tm = tandem.connect(&orders.name).await;
+    let worker = tandem.connect(&orders.name).await;
+    let xid = one(&tm, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    worker
+        .batch_execute(&format!(
+            "/*+ XID('{xid}') */ UPDATE accounts SET balance = 0 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&worker, "SELECT tandem_xid()").await.unwrap(),
+        None,
+        "the hint's binding ended"
+    );
+    // Not hinted: an ordinary write, outside the global transaction.
+    worker
+        .batch_execute("UPDATE accounts SET note = 'plain' WHERE id = 2")
+        .await
+        .unwrap();
+    let err = worker
+        .simple_query("/*+ XID('no-such-xid') */ UPDATE accounts SET balance = 1 WHERE id = 3")
+        .await
+        .unwrap_err();
+    assert!(err.code().is_some(), "{err:?}");
+    assert_eq!(
+        one(&tm, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let direct = orders.direct().await;
+    let row = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        1000,
+        "the hinted write was rolled back"
+    );
+    let note: String = direct
+        .query_one("SELECT note FROM accounts WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(note, "plain", "the unhinted write stays");
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1000, "a hint naming an unknown xid runs nothing");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn commit_of_a_failed_local_transaction_rolls_back_and_registers_nothing() {
+    let orders = prepare("at_failed").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let grpc = lockserver.grpc;
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(a.batch_execute("SELECT 1/0").await.is_err());
+    let done = a.simple_query("COMMIT").await.unwrap();
+    assert!(
+        done.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        "PostgreSQL's own answer (ROLLBACK) is relayed"
+    );
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
