@@ -46,6 +46,13 @@ impl Default for ClientOptions {
 /// Calls queued towards the lockserver on one pipeline stream; callers beyond it wait.
 const PIPE_QUEUE: usize = 4096;
 
+/// HTTP/2 flow-control window of each stream, in bytes, on both sides (the default
+/// 64 KiB throttled a pipeline stream to about 90 registrations in flight). It bounds
+/// what a peer may send before the receiver reads it.
+pub const H2_STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control window of each connection, in bytes, on both sides.
+pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
+
 /// A cheap-to-clone handle to one lockserver over one long-lived HTTP/2 connection.
 /// Calls are pipelined on one stream (many in flight, answered by id); a broken
 /// stream fails the calls in flight as retryable and the next call opens a new one.
@@ -119,6 +126,8 @@ impl LockClient {
             })?
             .connect_timeout(opts.connect_timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)

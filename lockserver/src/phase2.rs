@@ -8,8 +8,6 @@
 //! `ack_timeout_ms`, or retried with backoff when no proxy of its resource is here.
 
 use std::collections::HashMap;
-
-use crate::core::locks::FastMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Phase2Config};
 use crate::coordinator::Coordinator;
 use crate::core::clock::Millis;
+use crate::core::locks::FastMap;
 use crate::core::txn::{Command, Phase2Outcome, Work, Xid};
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -32,6 +31,9 @@ struct Worker {
     id: u64,
     tx: mpsc::Sender<Work>,
 }
+
+/// Least time between two scans of the in-flight table, in ms.
+const PRUNE_EVERY_MS: u64 = 100;
 
 /// Connected proxies and delivery bookkeeping. The std `Mutex`es are never held
 /// across an `.await`.
@@ -46,6 +48,8 @@ pub struct Phase2 {
     /// (xid, branch) delivered and not answered yet → redelivery time.
     in_flight: Mutex<FastMap<(Xid, u64), Millis>>,
     attempts: Mutex<FastMap<Xid, u32>>,
+    /// When `prune` last scanned `in_flight`.
+    pruned_at: AtomicU64,
     wake: Notify,
 }
 
@@ -62,6 +66,7 @@ impl Phase2 {
             connected: AtomicUsize::new(0),
             in_flight: Mutex::default(),
             attempts: Mutex::default(),
+            pruned_at: AtomicU64::new(0),
             wake: Notify::new(),
         }
     }
@@ -180,6 +185,14 @@ impl Phase2 {
     /// Drops bookkeeping for items whose answer never came (their proxy went away;
     /// the store's lease brings them back) and bounds the retry-count table.
     fn prune(&self, now: Millis) {
+        // A full scan of the table; at most every PRUNE_EVERY_MS rather than on every
+        // dispatch pass (one per commit under load). Expired entries left meanwhile
+        // are harmless: `mark_sent` treats them as absent.
+        let last = self.pruned_at.load(Ordering::Relaxed);
+        if now < last.saturating_add(PRUNE_EVERY_MS) {
+            return;
+        }
+        self.pruned_at.store(now, Ordering::Relaxed);
         self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
