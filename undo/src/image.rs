@@ -142,6 +142,55 @@ impl TableMeta {
         sql
     }
 
+    /// The before image of an upsert: the existing rows whose primary key equals a
+    /// VALUES row's, locked. The conflict target must be the primary key (any other
+    /// unique key could update rows tandem cannot name in advance).
+    pub fn upsert_before_image_sql(&self, d: &dyn Dialect, write: &Write) -> Result<String, Error> {
+        let Some(upsert) = &write.upsert else {
+            return Err(Error::unsupported("an upsert without its VALUES"));
+        };
+        let pk_names: Vec<&str> = self
+            .pk
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect();
+        let mut target = upsert.target.clone();
+        target.sort();
+        let mut pk_sorted: Vec<String> = pk_names.iter().map(|s| s.to_string()).collect();
+        pk_sorted.sort();
+        if target != pk_sorted {
+            return Err(Error::unsupported(
+                "INSERT … ON CONFLICT DO UPDATE whose target is not the primary key",
+            ));
+        }
+        let positions: Vec<usize> = pk_names
+            .iter()
+            .map(|n| upsert.columns.iter().position(|c| c == n))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Error::unsupported("an upsert that does not give every primary-key column")
+            })?;
+        let tuples = upsert
+            .rows
+            .iter()
+            .map(|row| {
+                let values: Option<Vec<&str>> = positions
+                    .iter()
+                    .map(|&p| row.get(p).map(String::as_str))
+                    .collect();
+                values.map(|v| format!("({})", v.join(", ")))
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::unsupported("a VALUES row shorter than its column list"))?;
+        let columns = self.column_list(d);
+        Ok(format!(
+            "SELECT {columns} FROM {} WHERE ({}) IN ({}) FOR UPDATE",
+            d.qualified(&write.table),
+            self.pk_list(d),
+            tuples.join(", ")
+        ))
+    }
+
     /// How the statement names its table: its alias, or the bare table name.
     fn qualifier(&self, d: &dyn Dialect, write: &Write) -> String {
         d.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name))
@@ -165,6 +214,17 @@ impl TableMeta {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        // An upsert also says, per row, whether it inserted (xmax is 0 for a row version
+        // its own transaction created by INSERT), so that an updated row tandem holds no
+        // before image of is caught rather than undone as if it had been inserted.
+        let keys = if write.upsert.is_some() {
+            format!(
+                "{keys}, ({qualifier}.xmax::text = '0') AS {}",
+                d.quote_ident("tandem_inserted")
+            )
+        } else {
+            keys
+        };
         if write.has_returning {
             format!("{body}, {keys}")
         } else {

@@ -8,8 +8,8 @@
 use crate::dialect::Dialect;
 use crate::error::Error;
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, FromTable, Ident, ObjectName, ObjectNamePart, OnConflict,
-    OnConflictAction, OnInsert, Query, SetExpr, Statement, TableFactor, TableObject,
+    Assignment, AssignmentTarget, ConflictTarget, FromTable, Ident, ObjectName, ObjectNamePart,
+    OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement, TableFactor, TableObject,
     TableWithJoins, UpdateTableFromKind,
 };
 use sqlparser::dialect::PostgreSqlDialect;
@@ -54,6 +54,20 @@ pub struct Write {
     pub has_returning: bool,
     /// The other tables of an UPDATE … FROM or DELETE … USING, as SQL.
     pub from: Option<String>,
+    /// INSERT … ON CONFLICT (columns) DO UPDATE: what the before image needs.
+    pub upsert: Option<Upsert>,
+}
+
+/// The parts of an `INSERT … VALUES … ON CONFLICT (columns) DO UPDATE` that name the rows
+/// it may update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upsert {
+    /// The conflict target's columns.
+    pub target: Vec<String>,
+    /// The INSERT's column list.
+    pub columns: Vec<String>,
+    /// Each VALUES row, one SQL expression per column (the statement's placeholders kept).
+    pub rows: Vec<Vec<String>>,
 }
 
 /// A single-table SELECT … FOR UPDATE / FOR SHARE.
@@ -109,15 +123,27 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
     Ok(match statement {
         Statement::Query(query) => analyze_query(query)?,
         Statement::Insert(insert) => {
-            match &insert.on {
-                None => {}
+            let upsert = match &insert.on {
+                None => None,
                 // Rows it skips are untouched; rows it inserts come back in RETURNING.
                 Some(OnInsert::OnConflict(OnConflict {
                     action: OnConflictAction::DoNothing,
                     ..
-                })) => {}
-                Some(_) => return Err(Error::unsupported("INSERT … ON CONFLICT DO UPDATE")),
-            }
+                })) => None,
+                Some(OnInsert::OnConflict(OnConflict {
+                    action: OnConflictAction::DoUpdate(_),
+                    conflict_target:
+                        Some(ConflictTarget::Columns {
+                            columns,
+                            predicate: None,
+                        }),
+                })) => Some(upsert(insert, columns)?),
+                Some(_) => {
+                    return Err(Error::unsupported(
+                        "INSERT … ON CONFLICT DO UPDATE without a plain column list as its target",
+                    ));
+                }
+            };
             if let Some(source) = &insert.source {
                 refuse_data_modifying_ctes(source)?;
             }
@@ -132,6 +158,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 assigned: vec![],
                 has_returning: insert.returning.is_some(),
                 from: None,
+                upsert,
             })
         }
         Statement::Update(update) => {
@@ -151,6 +178,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 assigned: assigned_columns(&update.assignments)?,
                 has_returning: update.returning.is_some(),
                 from,
+                upsert: None,
             })
         }
         Statement::Delete(delete) => {
@@ -169,6 +197,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 assigned: vec![],
                 has_returning: delete.returning.is_some(),
                 from: delete.using.as_ref().map(|t| join_list(t)),
+                upsert: None,
             })
         }
         Statement::StartTransaction { .. } => Analysis::Begin,
@@ -256,6 +285,41 @@ fn refuse_data_modifying_ctes(query: &Query) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The VALUES rows of an upsert, as SQL per column.
+fn upsert(insert: &sqlparser::ast::Insert, target: &[Ident]) -> Result<Upsert, Error> {
+    let values = match insert.source.as_deref().map(|q| q.body.as_ref()) {
+        Some(SetExpr::Values(values)) => values,
+        _ => {
+            return Err(Error::unsupported(
+                "INSERT … SELECT … ON CONFLICT DO UPDATE",
+            ));
+        }
+    };
+    let columns: Vec<String> = insert
+        .columns
+        .iter()
+        .filter_map(|c| match c.0.last() {
+            Some(ObjectNamePart::Identifier(ident)) => Some(fold(ident)),
+            _ => None,
+        })
+        .collect();
+    if columns.is_empty() || columns.len() != insert.columns.len() {
+        return Err(Error::unsupported(
+            "INSERT … ON CONFLICT DO UPDATE without an explicit column list",
+        ));
+    }
+    let rows = values
+        .rows
+        .iter()
+        .map(|row| row.content.iter().map(ToString::to_string).collect())
+        .collect();
+    Ok(Upsert {
+        target: target.iter().map(fold).collect(),
+        columns,
+        rows,
+    })
 }
 
 fn join_list(tables: &[TableWithJoins]) -> String {

@@ -54,6 +54,9 @@ pub(super) struct WriteInFlight {
     appended: usize,
     client_returning: bool,
     keys: Vec<TextKey>,
+    /// An upsert: each returned row also says whether it was inserted.
+    upsert: bool,
+    inserted: Vec<bool>,
     /// tandem opened the local transaction (an autocommit write) and ends it.
     implicit: bool,
     failed: bool,
@@ -67,9 +70,12 @@ impl WriteInFlight {
         implicit: bool,
         row_description: RowDescriptionRule,
         swallow: VecDeque<u8>,
+        upsert: bool,
     ) -> Self {
         WriteInFlight {
-            appended: meta.pk.len(),
+            appended: meta.pk.len() + usize::from(upsert),
+            upsert,
+            inserted: Vec::new(),
             meta,
             row_description,
             swallow,
@@ -171,12 +177,16 @@ impl Relay<'_> {
         if implicit {
             self.exchange_simple("BEGIN").await?;
         }
-        if write.kind != WriteKind::Insert {
-            let before = meta.before_image_sql(&Postgres, &write);
-            // All columns binary, then the key again as text: the text key is how the
-            // write's RETURNING will name the same rows.
-            let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
-            let sql = with_text_keys(&before, &meta, Some(qualifier));
+        let before = match before_image_query(&meta, &write) {
+            Ok(before) => before,
+            Err(e) => {
+                if implicit {
+                    self.exchange_simple("ROLLBACK").await?;
+                }
+                return Ok(self.refuse(Error::Undo(e)));
+            }
+        };
+        if let Some(sql) = before {
             let formats = image_formats(&meta);
             let got = self.exchange(&sql, &[], &formats).await?;
             if let Some(e) = got.error {
@@ -191,6 +201,7 @@ impl Relay<'_> {
             self.branch.record_before(&meta, rows);
         }
         let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+        let upsert = write.upsert.is_some();
         let rule = if write.has_returning {
             RowDescriptionRule::Strip
         } else {
@@ -203,6 +214,7 @@ impl Relay<'_> {
             implicit,
             rule,
             VecDeque::new(),
+            upsert,
         ));
         let mut replacement = BytesMut::new();
         put_query(&mut replacement, &rewritten);
@@ -246,12 +258,15 @@ impl Relay<'_> {
         };
         let values = split_data_row(body)?;
         let keep = values.len().saturating_sub(w.appended);
-        w.keys.push(
-            values[keep..]
-                .iter()
-                .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                .collect(),
-        );
+        let mut appended: TextKey = values[keep..]
+            .iter()
+            .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+            .collect();
+        if w.upsert {
+            let flag = appended.pop().flatten();
+            w.inserted.push(flag.as_deref() == Some("t"));
+        }
+        w.keys.push(appended);
         if !w.client_returning {
             return Ok(Some(BytesMut::new()));
         }
@@ -303,6 +318,17 @@ impl Relay<'_> {
             return Ok((status, None));
         }
         let captured = match w.kind {
+            WriteKind::Insert if w.upsert => {
+                let mut result = Ok(());
+                for (key, inserted) in w.keys.into_iter().zip(w.inserted) {
+                    if inserted {
+                        self.branch.record_inserted(&w.meta, vec![key]);
+                    } else if let Err(u) = self.branch.check_captured(&w.meta, &[key]) {
+                        result = Err(Error::Uncaptured { table: u.table });
+                    }
+                }
+                result
+            }
             WriteKind::Insert => {
                 self.branch.record_inserted(&w.meta, w.keys);
                 Ok(())
@@ -521,6 +547,24 @@ pub(super) fn with_text_keys(select: &str, meta: &TableMeta, qualifier: Option<&
         .collect();
     let (head, tail) = select.split_once(" FROM ").unwrap_or((select, ""));
     format!("{head}, {} FROM {tail}", keys.join(", "))
+}
+
+/// The before-image query of a write, the key appended as text (how the write's
+/// RETURNING names the same rows); None for a plain INSERT, which has none.
+pub(super) fn before_image_query(
+    meta: &TableMeta,
+    write: &tandem_undo::Write,
+) -> std::result::Result<Option<String>, tandem_undo::Error> {
+    if write.upsert.is_some() {
+        let sql = meta.upsert_before_image_sql(&Postgres, write)?;
+        return Ok(Some(with_text_keys(&sql, meta, None)));
+    }
+    if write.kind == WriteKind::Insert {
+        return Ok(None);
+    }
+    let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
+    let sql = meta.before_image_sql(&Postgres, write);
+    Ok(Some(with_text_keys(&sql, meta, Some(qualifier))))
 }
 
 /// Result formats of an image query: every column binary, then the key again as text.

@@ -22,7 +22,7 @@ use crate::wire::pg::messages::response::TxStatus;
 use crate::wire::pg::messages::write::{put_cstr, put_msg};
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
-use tandem_undo::{Analysis, Postgres, WriteKind, analyze};
+use tandem_undo::{Analysis, Postgres, analyze};
 
 /// tandem's own name for the write it prepares again.
 const WRITE_STATEMENT: &[u8] = b"tandem_write";
@@ -171,13 +171,17 @@ impl Relay<'_> {
         if implicit {
             self.exchange_simple("BEGIN").await?;
         }
-        if write.kind != WriteKind::Insert {
-            let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
-            let before = super::at::with_text_keys(
-                &meta.before_image_sql(&Postgres, &write),
-                &meta,
-                Some(qualifier),
-            );
+        let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo);
+        let before = match before {
+            Ok(before) => before,
+            Err(e) => {
+                if implicit {
+                    self.exchange_simple("ROLLBACK").await?;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(before) = before {
             let params: Vec<Param<'_>> = batch
                 .bind
                 .params
@@ -274,6 +278,7 @@ impl Relay<'_> {
                 crate::wire::pg::codes::backend::CLOSE_COMPLETE,
                 crate::wire::pg::codes::backend::PARSE_COMPLETE,
             ]),
+            write.upsert.is_some(),
         ));
         Ok(out)
     }

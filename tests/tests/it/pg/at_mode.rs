@@ -285,8 +285,31 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
             .iter()
             .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(1)))
     );
+    // An upsert on the primary key: one row updated, one inserted.
+    let upserted = a
+        .simple_query(
+            "INSERT INTO accounts (id, balance, note) VALUES (1, 0, 'upserted'), (61, 61, 'new') \
+             ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, note = excluded.note",
+        )
+        .await
+        .unwrap();
+    assert!(
+        upserted
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(2)))
+    );
+    // With parameters, over the extended protocol.
+    let n = a
+        .execute(
+            "INSERT INTO accounts (id, balance) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET balance = excluded.balance",
+            &[&5i32, &555i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // A conflict target other than the primary key cannot be named in advance: refused.
     let err = a
-        .simple_query("INSERT INTO accounts (id, balance) VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET balance = 0")
+        .simple_query("INSERT INTO accounts (id, note) VALUES (7, 'x') ON CONFLICT (note) DO UPDATE SET balance = 0")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
