@@ -64,6 +64,12 @@ impl Tandem {
         }
     }
 
+    /// A proxy whose control functions and phase 2 go to `lockserver`.
+    pub async fn start_for(lockserver: &crate::lockserver::TestLockserver) -> Tandem {
+        let endpoint = format!("http://{}", lockserver.grpc);
+        Self::start_with(|c| c.lockserver.endpoint = endpoint).await
+    }
+
     /// A client configuration for `database` through this proxy, as the admin user.
     pub fn config(&self, database: &str) -> tokio_postgres::Config {
         // A fresh Config: `host()` appends to the list, so editing the admin one would
@@ -157,6 +163,18 @@ impl TestDb {
             .await
             .expect("create test database");
         TestDb { name }
+    }
+
+    /// Creates tandem's tables (undo_log) in this database, as `tandem migrate` does.
+    pub async fn migrate(&self) {
+        let url = format!(
+            "postgres://postgres@{}/{}?sslmode=disable",
+            env::pg_upstream(),
+            self.name
+        );
+        tandem_proxy::migrate::apply(&url)
+            .await
+            .expect("tandem migrate");
     }
 
     /// A direct client (no proxy) to this database.

@@ -10,8 +10,7 @@ use tokio_postgres::error::SqlState;
 async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     let orders = prepare("at_dirty").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     let xid = one(&a, "SELECT tandem_begin(30000)")
         .await
@@ -60,8 +59,7 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
 async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryable_error() {
     let orders = prepare("at_conflict").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let first = tandem.connect(&orders.name).await;
     let second = tandem.connect(&orders.name).await;
     one(&first, "SELECT tandem_begin(30000)").await.unwrap();
@@ -160,8 +158,7 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryabl
 async fn a_client_that_disconnects_is_rolled_back_by_the_timeout() {
     let orders = prepare("at_gone").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let direct = orders.direct().await;
     let before = dump(&direct).await;
     let a = tandem.connect(&orders.name).await;
@@ -191,8 +188,7 @@ async fn a_client_that_disconnects_is_rolled_back_by_the_timeout() {
 async fn select_for_update_waits_for_another_global_transactions_lock() {
     let orders = prepare("at_sfu").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let holder = tandem.connect(&orders.name).await;
     let reader = tandem.connect(&orders.name).await;
     one(&holder, "SELECT tandem_begin(30000)").await.unwrap();

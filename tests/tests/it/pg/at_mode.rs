@@ -41,13 +41,7 @@ pub(super) async fn undo_rows(client: &Client) -> i64 {
 
 pub(super) async fn prepare(label: &str) -> TestDb {
     let db = TestDb::create(label).await;
-    let upstream = tandem_tests::env::pg_upstream();
-    tandem_proxy::migrate::apply(&format!(
-        "postgres://postgres@{upstream}/{}?sslmode=disable",
-        db.name
-    ))
-    .await
-    .unwrap();
+    db.migrate().await;
     db.direct()
         .await
         .batch_execute(
@@ -64,8 +58,7 @@ pub(super) async fn prepare(label: &str) -> TestDb {
 async fn a_global_transaction_across_two_databases_rolls_back_exactly_and_commits() {
     let (orders, stock) = (prepare("at_a").await, prepare("at_b").await);
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let (da, db) = (orders.direct().await, stock.direct().await);
     let (before_a, before_b) = (dump(&da).await, dump(&db).await);
 
@@ -149,8 +142,7 @@ async fn a_global_transaction_across_two_databases_rolls_back_exactly_and_commit
 async fn writes_that_cannot_be_captured_are_refused() {
     let orders = prepare("at_refuse").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     one(&a, "SELECT tandem_begin(30000)").await.unwrap();
     let before = dump(&orders.direct().await).await;
@@ -217,8 +209,7 @@ async fn triggers_and_cascading_foreign_keys_are_refused() {
         .await
         .unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     one(&a, "SELECT tandem_begin(30000)").await.unwrap();
     for sql in [
@@ -259,8 +250,7 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
         .unwrap();
     let before = dump(&direct).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     one(&a, "SELECT tandem_begin(30000)").await.unwrap();
     // A join that matches account 1 twice: one before image, one change per row.

@@ -11,8 +11,7 @@ use tokio_postgres::error::SqlState;
 async fn extended_protocol_writes_are_captured_with_their_parameters() {
     let orders = prepare("at_ext").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let mut a = tandem.connect(&orders.name).await;
     let direct = orders.direct().await;
     let before = dump(&direct).await;
@@ -112,8 +111,7 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
         .await
         .unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     let xid = one(&a, "SELECT tandem_begin(30000)")
         .await
@@ -167,8 +165,7 @@ async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
         .await
         .unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     one(&a, "SELECT tandem_begin(30000)").await.unwrap();
     // Autocommit: tandem's own COMMIT is where the deferred constraint fails.
@@ -201,8 +198,7 @@ async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
 async fn an_xid_hint_binds_one_statement_only() {
     let orders = prepare("at_hint").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let tm = tandem.connect(&orders.name).await;
     let worker = tandem.connect(&orders.name).await;
     let xid = one(&tm, "SELECT tandem_begin(30000)")
@@ -267,8 +263,7 @@ async fn an_xid_hint_binds_one_statement_only() {
 async fn commit_of_a_failed_local_transaction_rolls_back_and_registers_nothing() {
     let orders = prepare("at_failed").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     let direct = orders.direct().await;
     let before = dump(&direct).await;

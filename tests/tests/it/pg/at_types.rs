@@ -46,13 +46,7 @@ async fn exact(client: &Client) -> Vec<String> {
 #[tokio::test]
 async fn every_type_is_restored_bit_for_bit_under_odd_session_settings() {
     let db = TestDb::create("at_types").await;
-    let upstream = tandem_tests::env::pg_upstream();
-    tandem_proxy::migrate::apply(&format!(
-        "postgres://postgres@{upstream}/{}?sslmode=disable",
-        db.name
-    ))
-    .await
-    .unwrap();
+    db.migrate().await;
     let direct = db.direct().await;
     direct
         .batch_execute(
@@ -65,8 +59,7 @@ async fn every_type_is_restored_bit_for_bit_under_odd_session_settings() {
     assert_eq!(before.len(), 3);
 
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let client = tandem.connect(&db.name).await;
     client
         .batch_execute(

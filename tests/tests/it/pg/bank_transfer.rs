@@ -25,13 +25,7 @@ async fn value(client: &Client, sql: &str) -> Result<Option<String>, tokio_postg
 
 async fn bank(label: &str) -> TestDb {
     let db = TestDb::create(label).await;
-    let upstream = tandem_tests::env::pg_upstream();
-    tandem_proxy::migrate::apply(&format!(
-        "postgres://postgres@{upstream}/{}?sslmode=disable",
-        db.name
-    ))
-    .await
-    .unwrap();
+    db.migrate().await;
     db.direct()
         .await
         .batch_execute(&format!(
@@ -107,9 +101,7 @@ async fn transfer(
 async fn money_is_conserved_and_every_committed_transfer_applies_once() {
     let (first, second) = (bank("bank_a").await, bank("bank_b").await);
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem =
-        Arc::new(Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await);
+    let tandem = Arc::new(Tandem::start_for(&lockserver).await);
     let mut workers = Vec::new();
     for worker in 0..WORKERS {
         let (tandem, a_name, b_name) =

@@ -39,8 +39,7 @@ fn code(e: &tokio_postgres::Error) -> &SqlState {
 async fn begin_join_commit_rollback_status_through_the_proxy() {
     let db = TestDb::create("control").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&db.name).await;
     let b = tandem.connect(&db.name).await;
 
@@ -146,8 +145,7 @@ async fn begin_join_commit_rollback_status_through_the_proxy() {
 async fn pool_resets_unbind_and_timeouts_roll_back() {
     let db = TestDb::create("reset").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let client = tandem.connect(&db.name).await;
     for reset in ["DISCARD ALL", "reset all;"] {
         value(&client, "SELECT tandem_begin()").await.unwrap();
@@ -213,8 +211,7 @@ async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
 async fn a_control_statement_pipelined_behind_a_query_waits_for_it() {
     let db = TestDb::create("pipelined").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let mut raw = tandem_tests::raw_pg::RawPg::startup(tandem.pg, "postgres", &db.name).await;
     // Both queries in one write: tandem_begin must not run before the sleep is over.
     let mut both = tandem_tests::raw_pg::frame(b'Q', b"SELECT pg_sleep(0.3)\0");
@@ -249,8 +246,7 @@ async fn a_control_statement_pipelined_behind_a_query_waits_for_it() {
 async fn control_functions_over_the_extended_protocol() {
     let db = TestDb::create("control_ext").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let client = tandem.connect(&db.name).await;
     // tokio-postgres prepares (Parse, Describe, Sync), then binds and executes.
     let row = client
@@ -303,8 +299,7 @@ async fn control_functions_over_the_extended_protocol() {
 async fn control_statements_in_a_failed_transaction_block_do_nothing() {
     let db = TestDb::create("control_failed").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let grpc = lockserver.grpc;
-    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = format!("http://{grpc}")).await;
+    let tandem = Tandem::start_for(&lockserver).await;
     let client = tandem.connect(&db.name).await;
     client.batch_execute("BEGIN").await.unwrap();
     assert!(client.batch_execute("SELECT 1/0").await.is_err());
