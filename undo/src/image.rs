@@ -121,8 +121,8 @@ impl TableMeta {
         sql
     }
 
-    /// `SELECT <key columns, binary> FROM <table> WHERE <the read's predicate> FOR UPDATE OF
-    /// <table>`: the keys of the rows a locking read takes, locked the same way.
+    /// `SELECT <key columns> FROM <table> WHERE <predicate> FOR UPDATE OF <table>`: the
+    /// keys (binary) of the rows a locking read takes, locked the same way.
     pub fn locked_keys_sql(&self, d: &dyn Dialect, read: &crate::analyze::LockedRead) -> String {
         let qualifier = d.quote_ident(read.alias.as_deref().unwrap_or(&read.table.name));
         let keys = self
