@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -320,23 +319,17 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
             // Stops reading at shutdown, so the connection can close.
             while let Some(Ok(Some(batch))) = cancel.run_until_cancelled(inbound.message()).await {
-                // One task per received batch, not per call (a spawn per call was a
-                // visible share of the CPU): its calls run concurrently inside it and
-                // each answer is sent as soon as it is ready, so a call waiting for a
-                // lock delays no other. Batches still run in parallel with each other.
-                let n = batch.calls.len().clamp(1, CALLS_IN_FLIGHT) as u32;
-                let Ok(permit) = limit.clone().acquire_many_owned(n).await else {
-                    return;
-                };
-                let (api, tx) = (api.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let mut running: FuturesUnordered<_> =
-                        batch.calls.into_iter().map(|c| api.one_call(c)).collect();
-                    while let Some(answer) = running.next().await {
+                for call in batch.calls {
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (api, tx) = (api.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let answer = api.one_call(call).await;
                         let _ = tx.send(answer).await;
-                    }
-                    drop(permit);
-                });
+                        drop(permit);
+                    });
+                }
             }
         });
         let out = batches(rx).map(|answers| Ok(pb::Answers { answers }));
@@ -379,7 +372,6 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                     Some(pb::phase2_up::Msg::Results(rs)) => rs.results,
                     _ => continue,
                 };
-                let mut answers = Vec::with_capacity(results.len());
                 for r in results {
                     let (Ok(x), Some(o)) = (Xid::parse(&r.xid), outcome(r.outcome)) else {
                         tracing::warn!(xid = %r.xid, "malformed phase-2 answer ignored");
@@ -388,30 +380,17 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                     if !r.detail.is_empty() {
                         tracing::info!(xid = %x, branch = r.branch_id, outcome = %o, detail = %r.detail, "phase-2 answer");
                     }
-                    answers.push((x, r.branch_id, o));
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let coord = coord.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = coord.phase2_result(x.clone(), r.branch_id, o).await {
+                            tracing::warn!(xid = %x, branch = r.branch_id, error = %e, "phase-2 answer not applied");
+                        }
+                        drop(permit);
+                    });
                 }
-                if answers.is_empty() {
-                    continue;
-                }
-                // One task per message (not per answer), its answers applied concurrently.
-                let n = answers.len().clamp(1, ANSWERS_IN_FLIGHT) as u32;
-                let Ok(permit) = limit.clone().acquire_many_owned(n).await else {
-                    return;
-                };
-                let coord = coord.clone();
-                tokio::spawn(async move {
-                    let coord = &coord;
-                    let mut running: FuturesUnordered<_> = answers
-                        .into_iter()
-                        .map(|(x, branch, o)| async move {
-                            if let Err(e) = coord.phase2_result(x.clone(), branch, o).await {
-                                tracing::warn!(xid = %x, branch, error = %e, "phase-2 answer not applied");
-                            }
-                        })
-                        .collect();
-                    while running.next().await.is_some() {}
-                    drop(permit);
-                });
             }
             tracing::info!(worker = %hello.worker_name, "phase-2 stream closed");
         });
