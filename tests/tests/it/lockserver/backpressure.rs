@@ -25,7 +25,19 @@ async fn over_the_limit_is_refused_not_queued(kind: Kind) {
     // No proxy serves the resource: this rollback holds the only permit while it waits.
     let slow = {
         let (c, x) = (c.clone(), x.clone());
-        tokio::spawn(async move { c.rollback(&x).await })
+        tokio::spawn(async move {
+            // The begins below compete for the same single permit: a rollback refused
+            // while one of them holds it tries again.
+            loop {
+                match c.rollback(&x).await {
+                    Err(Error::Rpc {
+                        code: Code::ResourceExhausted,
+                        ..
+                    }) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    other => return other,
+                }
+            }
+        })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
