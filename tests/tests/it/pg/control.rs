@@ -321,3 +321,57 @@ async fn control_statements_in_a_failed_transaction_block_do_nothing() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Parse body: name, SQL, no parameter types.
+fn parse_body(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = format!("{name}\0{sql}\0").into_bytes();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b
+}
+
+/// Bind body of `statement` into the unnamed portal, no parameters, text results.
+fn bind_body(statement: &str) -> Vec<u8> {
+    let mut b = format!("\0{statement}\0").into_bytes();
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    b
+}
+
+#[tokio::test]
+async fn a_control_statement_bound_mid_pipeline_is_refused_not_run_against_its_stand_in() {
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = TestDb::create("control_pipe").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    // Prepare the control statement on its own: it exists with the answer's shape.
+    let mut batch = frame(b'P', &parse_body("ctl", "SELECT tandem_xid()"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(replies[0].tag, b'1', "{replies:?}");
+    // Then bind it behind another statement in one pipelined batch.
+    let mut batch = frame(b'P', &parse_body("", "SELECT 1"));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'B', &bind_body("ctl")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the control Bind is refused");
+    assert_eq!(
+        error.sqlstate().as_deref(),
+        Some("0A000"),
+        "{:?}",
+        error.field(b'M')
+    );
+    // The first statement ran; no NULL answer from the stand-in was ever sent.
+    let rows: Vec<_> = replies.iter().filter(|m| m.tag == b'D').collect();
+    assert_eq!(rows.len(), 1);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
