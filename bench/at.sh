@@ -6,6 +6,7 @@
 #
 #   bash bench/at.sh
 #   SECONDS_PER_RUN=5 ROUNDS=1 bash bench/at.sh
+#   LOCK_WAIT_MS=0 bash bench/at.sh     # fail fast on global lock conflicts (pgbench retries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PGHOST_DIRECT=${PGHOST_DIRECT:-127.0.0.1}
@@ -49,6 +50,7 @@ cat >"$work/proxy.toml" <<TOML
 listen = "127.0.0.1:0"
 [lockserver]
 endpoint = "http://127.0.0.1:$GRPC_PORT"
+lock_wait_ms = ${LOCK_WAIT_MS:-5000}
 [[postgres]]
 listen = "127.0.0.1:$TANDEM_PORT"
 upstream = "$PGHOST_DIRECT:$PGPORT_DIRECT"

@@ -42,6 +42,10 @@ pub struct LockserverConfig {
     pub endpoint: String,
     /// Bound on each call, in milliseconds. Default 5000.
     pub call_timeout_ms: u64,
+    /// How long a branch registration (at the local COMMIT) and a locking read wait for
+    /// global locks another transaction holds, in milliseconds. Default 5000. Past it the
+    /// local transaction is rolled back and the client gets SQLSTATE 40001.
+    pub lock_wait_ms: u64,
 }
 
 impl Default for LockserverConfig {
@@ -49,6 +53,7 @@ impl Default for LockserverConfig {
         LockserverConfig {
             endpoint: "http://127.0.0.1:8091".to_owned(),
             call_timeout_ms: 5_000,
+            lock_wait_ms: 5_000,
         }
     }
 }

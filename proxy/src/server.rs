@@ -104,6 +104,7 @@ pub async fn run(
             side,
             signals: signals.clone(),
             lock: lock.clone(),
+            lock_wait: Duration::from_millis(config.lockserver.lock_wait_ms),
             meta: crate::at::meta::MetaCache::default(),
             phase2: crate::at::phase2::Phase2Registry::new(lock.clone(), handler),
         });

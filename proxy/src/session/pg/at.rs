@@ -26,10 +26,6 @@ use std::time::Duration;
 use tandem_lockserver::client::BranchKind;
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
-/// How long a branch registration waits for conflicting global locks before the local
-/// transaction is rolled back with a retryable error.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-
 /// The write whose replies are in flight, and what to do with them.
 /// What to do with the RowDescription that comes back for a write in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,7 +385,7 @@ impl Relay<'_> {
         if keys.is_empty() {
             return Ok(());
         }
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = std::time::Instant::now() + self.ctx.lock_wait;
         loop {
             match self.ctx.lock.lock_holder(&keys).await? {
                 Some((_, holder)) if holder != xid => {
@@ -487,7 +483,7 @@ impl Relay<'_> {
         let branch_id = self
             .ctx
             .lock
-            .register_branch(&xid, &resource, BranchKind::AT, &keys, LOCK_WAIT)
+            .register_branch(&xid, &resource, BranchKind::AT, &keys, self.ctx.lock_wait)
             .await?;
         let info = record.encode();
         let branch = (branch_id as i64).to_be_bytes();

@@ -53,6 +53,8 @@ pub struct PgFrontendContext {
     pub side: Arc<SidePools>,
     pub signals: Signals,
     pub lock: LockClient,
+    /// `lockserver.lock_wait_ms`.
+    pub lock_wait: std::time::Duration,
     pub meta: MetaCache,
     pub phase2: Phase2Registry,
 }
