@@ -2,6 +2,20 @@
 //! autocommit, and local transactions that fail.
 
 use super::at_mode::{dump, one, prepare, undo_rows};
+use tandem_tests::harness::TestDb;
+
+/// `uniq(id, v)` whose unique `v` is checked at COMMIT: a way to make a local COMMIT
+/// fail after tandem registered the branch.
+async fn with_deferred_unique(db: &TestDb) {
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO uniq VALUES (1, 1), (2, 2);",
+        )
+        .await
+        .unwrap();
+}
 use tandem_tests::harness::Tandem;
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::SimpleQueryMessage;
@@ -104,12 +118,7 @@ async fn extended_protocol_writes_are_captured_with_their_parameters() {
 #[tokio::test]
 async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback() {
     let orders = prepare("at_marker").await;
-    orders
-        .direct()
-        .await
-        .batch_execute("CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO uniq VALUES (1, 1), (2, 2);")
-        .await
-        .unwrap();
+    with_deferred_unique(&orders).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
@@ -158,12 +167,7 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
 #[tokio::test]
 async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
     let orders = prepare("at_autofail").await;
-    orders
-        .direct()
-        .await
-        .batch_execute("CREATE TABLE uniq (id int PRIMARY KEY, v int UNIQUE DEFERRABLE INITIALLY DEFERRED); INSERT INTO uniq VALUES (1, 1), (2, 2);")
-        .await
-        .unwrap();
+    with_deferred_unique(&orders).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
