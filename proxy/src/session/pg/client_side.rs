@@ -172,7 +172,7 @@ impl Relay<'_> {
     ) -> Option<std::result::Result<crate::control::Control, crate::control::BadCall>> {
         use crate::wire::pg::messages::extended::{Bind, Parse};
         let sql = match tag {
-            frontend::PARSE => Parse::decode(body).ok()?.sql,
+            frontend::PARSE => Parse::sql_of(body).ok()?,
             _ => {
                 &self
                     .tracked

@@ -138,14 +138,18 @@ pub(super) fn error_sql(sqlstate: &str, message: &str) -> String {
 /// `DISCARD ALL` and `RESET ALL`: what connection pools send when they hand a
 /// connection to someone else.
 fn is_pool_reset(sql: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(sql);
-    let words: Vec<String> = text
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(str::to_ascii_uppercase)
-        .collect();
-    matches!(words.as_slice(), [a, b] if (a == "DISCARD" || a == "RESET") && b == "ALL")
+    // Runs on every simple Query: decide without allocating.
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return false;
+    };
+    let mut words = text.trim().trim_end_matches(';').split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(a), Some(b), None) => {
+            (a.eq_ignore_ascii_case("DISCARD") || a.eq_ignore_ascii_case("RESET"))
+                && b.eq_ignore_ascii_case("ALL")
+        }
+        _ => false,
+    }
 }
 
 /// A Parse with the client's statement name whose SQL fails at parse time; its
@@ -180,4 +184,24 @@ pub(super) fn put_failing_bind(buf: &mut BytesMut, original: &[u8]) {
     buf.put_i16(0);
     buf.put_i16(0);
     buf.put_i16(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_pool_reset;
+
+    #[test]
+    fn pool_resets() {
+        for sql in ["DISCARD ALL", "reset all;", "  Discard\tAll ; "] {
+            assert!(is_pool_reset(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "DISCARD PLANS",
+            "RESET ALL; SELECT 1",
+            "SELECT 'DISCARD ALL'",
+            "RESET",
+        ] {
+            assert!(!is_pool_reset(sql.as_bytes()), "{sql}");
+        }
+    }
 }

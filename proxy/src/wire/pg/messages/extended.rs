@@ -13,6 +13,14 @@ pub struct Parse<'a> {
 }
 
 impl<'a> Parse<'a> {
+    /// Only the SQL of a Parse body, without decoding (or allocating for) its parameter
+    /// types: what the relay needs on every Parse.
+    pub fn sql_of(body: &'a [u8]) -> Result<&'a [u8], Truncated> {
+        let mut r = Reader::new(body);
+        r.cstr()?;
+        r.cstr()
+    }
+
     pub fn decode(body: &'a [u8]) -> Result<Self, Truncated> {
         let mut r = Reader::new(body);
         let name = r.cstr()?;
@@ -147,6 +155,10 @@ mod tests {
         assert_eq!(p.name, b"s1");
         assert_eq!(p.sql, b"select $1");
         assert_eq!(p.param_types, vec![23]);
+        assert_eq!(
+            Parse::sql_of(b"s1\0select $1\0\0\x01\0\0\0\x17"),
+            Ok(&b"select $1"[..])
+        );
         assert_eq!(
             Parse::decode(b"s1\0select $1\0\0\x02\0\0\0\x17"),
             Err(Truncated)
