@@ -21,21 +21,22 @@ impl Relay<'_> {
     /// of a branch (only the simple protocol registers it) or a statement tandem cannot
     /// analyse. Writes are prepared freely and captured when bound (see at_extended).
     pub(super) fn refusal_for_parse(&self, body: &[u8]) -> Option<Refusal> {
-        let parse = Parse::decode(body).ok()?;
+        // Runs on every Parse: the SQL alone, without decoding parameter types.
+        let sql = Parse::sql_of(body).ok()?;
         let refuse = |e: Error| {
             Some(Refusal {
                 sqlstate: e.sqlstate().code(),
                 message: e.to_string(),
             })
         };
-        if !matches!(control::parse(parse.sql), Ok(None)) {
+        if !matches!(control::parse(sql), Ok(None)) {
             // Not at a sync point inside an unsynced batch: tandem cannot answer it in order.
             return refuse(Error::Unsupported {
                 what: "a control function in the middle of a pipelined batch (send it alone)",
             });
         }
         self.binding.xid()?;
-        let sql = String::from_utf8_lossy(parse.sql);
+        let sql = String::from_utf8_lossy(sql);
         match tandem_undo::analyze(&tandem_undo::Postgres, &sql) {
             Err(e) => refuse(Error::Undo(e)),
             Ok(analyses) => analyses.iter().find_map(|a| match a {
