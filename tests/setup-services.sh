@@ -15,7 +15,6 @@ command -v pgbench >/dev/null || missing+=(postgresql-contrib)
 [[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server)
 command -v mariadb >/dev/null || missing+=(mariadb-client)
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
