@@ -88,7 +88,7 @@ run() { # target -> tps
   if [[ $1 == direct ]]; then
     out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" 2>&1)
   else
-    out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 \
+    out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 -s "$SCALE" ${PGBENCH_EXTRA:-} \
       -f "$work/at.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" 2>&1)
   fi
   echo "$out" >>"$work/pgbench.log"
@@ -108,5 +108,6 @@ printf 'direct %.0f tps, tandem AT %.0f tps, ratio %.3f\n' \
   "$(awk -v s="$at" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
   "$(awk -v a="$at" -v d="$direct" 'BEGIN {print (d > 0) ? a / d : 0}')"
 grep -h -E "number of (failed|retried)|aborted" "$work/pgbench.log" | sort | uniq -c | head -5 || true
+[[ -n "${PGBENCH_EXTRA:-}" ]] && cat "$work/pgbench.log" | tail -25
 left=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from undo_log where log_status = 0")
 echo "undo rows left right after the run (cleanup is asynchronous): $left"
