@@ -11,11 +11,9 @@ use crate::error::{Error, Result};
 use std::time::Duration;
 use tandem_lockserver::client::{GlobalStatus, LockClient, Xid};
 
-/// The branch mode a session asked for with `tandem_mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    At,
-}
+/// The branch mode a session asked for with `tandem_mode` (the resource's is
+/// configured, with the same type).
+pub use crate::config::BranchMode as Mode;
 
 #[derive(Debug, Default)]
 pub struct Binding {
@@ -29,6 +27,11 @@ pub struct Binding {
 impl Binding {
     pub fn xid(&self) -> Option<&Xid> {
         self.xid.as_ref()
+    }
+
+    /// The mode the session chose, if it chose one.
+    pub fn mode(&self) -> Option<Mode> {
+        self.mode
     }
 
     /// A pool reset (`DISCARD ALL`, `RESET ALL`, `COM_RESET_CONNECTION`…) unbinds.
@@ -150,15 +153,10 @@ impl Binding {
             }
             Control::Leave => Ok(self.xid.take().map(|xid| xid.to_string())),
             Control::Xid => Ok(self.xid.as_ref().map(|xid| xid.to_string())),
-            Control::Mode { mode } => match mode.as_str() {
-                "at" => {
-                    self.mode = Some(Mode::At);
-                    Ok(Some(mode))
-                }
-                _ => Err(Error::Unsupported {
-                    what: "XA mode (tandem_mode('xa'))",
-                }),
-            },
+            Control::Mode { mode } => {
+                self.mode = Some(if mode == "xa" { Mode::Xa } else { Mode::At });
+                Ok(Some(mode))
+            }
         }
     }
 }

@@ -125,6 +125,31 @@ pub struct PgFrontend {
     pub connect_timeout_ms: u64,
     /// Connections per database in the side pool. Default 4.
     pub side_pool_size: usize,
+    /// The branch mode of sessions that did not choose one with `tandem_mode`:
+    /// `"at"` (undo images, the default) or `"xa"` (the database's two-phase commit).
+    pub mode: BranchMode,
+    /// XA recovery: how often the upstream's prepared transactions are scanned for
+    /// tandem's branches, in milliseconds (also once at start). Default 10000.
+    pub xa_recovery_interval_ms: u64,
+    /// XA recovery: a prepared branch whose global transaction the lockserver does not
+    /// know is rolled back once it is this old, in milliseconds. Default 600000 (ten
+    /// minutes, past any sensible global timeout).
+    pub xa_orphan_after_ms: u64,
+    /// XA recovery looks at these databases only. Default: every database of the
+    /// upstream. Narrow it when proxies of other tandem deployments (with other
+    /// lockservers, which cannot tell each other's transactions) share the server.
+    pub xa_recovery_databases: Vec<String>,
+}
+
+/// How a session's local transaction becomes a branch.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BranchMode {
+    /// Undo images and global row locks (Seata's AT).
+    #[default]
+    At,
+    /// The database's own two-phase commit.
+    Xa,
 }
 
 impl Default for PgFrontend {
@@ -138,6 +163,10 @@ impl Default for PgFrontend {
             max_message_bytes: 1 << 30,
             connect_timeout_ms: 5_000,
             side_pool_size: 4,
+            mode: BranchMode::At,
+            xa_recovery_interval_ms: 10_000,
+            xa_orphan_after_ms: 600_000,
+            xa_recovery_databases: Vec::new(),
         }
     }
 }

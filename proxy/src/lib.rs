@@ -33,6 +33,7 @@ pub mod shutdown;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
+pub mod xa;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -109,6 +109,10 @@ pub async fn run(
             phase2: crate::at::phase2::Phase2Registry::new(lock.clone(), handler),
         });
         tokio::spawn(serve_existing_databases(Arc::clone(&ctx)));
+        tokio::spawn(recover_prepared_branches(
+            Arc::clone(&ctx),
+            signals.drain.clone(),
+        ));
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "postgres front end");
         frontends.push(Arc::clone(&ctx));
         tracker.spawn(accept_loop(
@@ -183,6 +187,39 @@ async fn serve_existing_databases(ctx: Arc<PgFrontendContext>) {
                 .map(|db| crate::at::resource_id(&ctx.upstream, db)),
         ),
         Err(e) => tracing::warn!(error = %e, "could not list the upstream's databases for phase 2"),
+    }
+}
+
+/// XA recovery: at start and then periodically, tandem's prepared branches on the
+/// upstream are finished as their global transactions decided (a proxy may have died
+/// between the prepare and phase 2, or phase 2 may have found no proxy).
+async fn recover_prepared_branches(
+    ctx: Arc<PgFrontendContext>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = Duration::from_millis(ctx.config.xa_recovery_interval_ms.max(100));
+    let orphan_after = Duration::from_millis(ctx.config.xa_orphan_after_ms);
+    loop {
+        match crate::xa::pg::recover(
+            &ctx.side,
+            &ctx.lock,
+            orphan_after,
+            &ctx.config.xa_recovery_databases,
+        )
+        .await
+        {
+            Ok(r) if r.committed + r.rolled_back > 0 => {
+                tracing::info!(upstream = %ctx.upstream, committed = r.committed, rolled_back = r.rolled_back, left = r.left, "XA recovery pass")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(upstream = %ctx.upstream, error = %e, "XA recovery pass failed")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 

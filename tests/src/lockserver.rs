@@ -71,6 +71,7 @@ pub struct TestLockserver {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<tandem_lockserver::Result<()>>>,
     dir: Option<PathBuf>,
+    config: Config,
 }
 
 impl TestLockserver {
@@ -87,17 +88,38 @@ impl TestLockserver {
         }
         let g = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
         let h = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        Self::serve(g, h, config, dir).await
+    }
+
+    /// Stops this lockserver gracefully and starts it again on the same addresses and
+    /// the same store: what a proxy sees when its lockserver restarts.
+    pub async fn restart(mut self) -> Self {
+        let (grpc, http, config, dir) =
+            (self.grpc, self.http, self.config.clone(), self.dir.take());
+        self.stop().await;
+        let g = TcpListener::bind(grpc).await.expect("rebind grpc");
+        let h = TcpListener::bind(http).await.expect("rebind http");
+        Self::serve(g, h, config, dir).await
+    }
+
+    async fn serve(g: TcpListener, h: TcpListener, config: Config, dir: Option<PathBuf>) -> Self {
         let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(tandem_lockserver::server::run(g, h, config, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(tandem_lockserver::server::run(
+            g,
+            h,
+            config.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         let me = TestLockserver {
             grpc,
             http,
             stop: Some(tx),
             task: Some(task),
             dir,
+            config,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while me.get("/v1/transactions").await.0 != 200 {

@@ -1,5 +1,6 @@
 //! Phase 2 on this proxy's resources: deleting a committed branch's undo row, and
-//! replaying a rolled-back branch's undo record behind its dirty-write checks.
+//! replaying a rolled-back branch's undo record behind its dirty-write checks. XA
+//! branches go to `xa::pg` (COMMIT PREPARED / ROLLBACK PREPARED).
 //!
 //! Runs on side connections only. Both operations are idempotent (delivery is at least
 //! once): a second commit finds nothing to delete; a second rollback finds its
@@ -9,7 +10,7 @@
 use super::raw::Raw;
 use crate::upstream::SidePools;
 use std::sync::Arc;
-use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchOutcome, Phase2Work};
+use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchKind, BranchOutcome, Phase2Work};
 use tandem_undo::{Postgres, UndoRecord, replay};
 use tokio_postgres::types::ToSql;
 
@@ -37,6 +38,10 @@ impl PgBranchHandler {
         let Some(database) = self.database(&work.resource_id) else {
             return retry(format!("resource {} is not served here", work.resource_id));
         };
+        if work.kind == BranchKind::XA {
+            let gid = crate::xa::gid(&work.xid, work.branch_id);
+            return crate::xa::pg::finish(&self.side, database, &gid, true).await;
+        }
         let result = async {
             let client = self.side.get(database).await?;
             client
@@ -58,6 +63,10 @@ impl PgBranchHandler {
         let Some(database) = self.database(&work.resource_id) else {
             return retry(format!("resource {} is not served here", work.resource_id));
         };
+        if work.kind == BranchKind::XA {
+            let gid = crate::xa::gid(&work.xid, work.branch_id);
+            return crate::xa::pg::finish(&self.side, database, &gid, false).await;
+        }
         match self.replay(database, &work).await {
             Ok(outcome) => outcome,
             Err(e) => retry(e.to_string()),

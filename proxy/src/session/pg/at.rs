@@ -146,7 +146,7 @@ impl Relay<'_> {
         }
     }
 
-    fn refuse(&self, e: Error) -> Intercepted {
+    pub(super) fn refuse(&self, e: Error) -> Intercepted {
         tracing::debug!(parent: &self.span, error = %e, "statement refused in a global transaction");
         let mut replacement = BytesMut::new();
         put_query(

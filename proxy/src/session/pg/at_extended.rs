@@ -76,6 +76,15 @@ impl Relay<'_> {
             return Ok(Extended::NotAWrite);
         };
         let sql = String::from_utf8_lossy(&sql).into_owned();
+        if self.branch_mode() == crate::binding::Mode::Xa {
+            return Ok(self.bind_in_xa(tag, &sql));
+        }
+        if tag == frontend::BIND && !self.branch.is_empty() && is_commit(&sql) {
+            // A COMMIT prepared before the branch had rows: the Parse check missed it.
+            return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
+                what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
+            })));
+        }
         let write = match analyze(&Postgres, &sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
                 Analysis::Write(w) => w,
@@ -284,6 +293,10 @@ impl Relay<'_> {
     }
 }
 
+fn is_commit(sql: &str) -> bool {
+    matches!(analyze(&Postgres, sql).as_deref(), Ok([Analysis::Commit]))
+}
+
 fn refusal(e: Error) -> Refusal {
     Refusal {
         sqlstate: e.sqlstate().code(),
@@ -405,4 +418,47 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
         describe,
         len: at,
     }))
+}
+
+impl Relay<'_> {
+    /// A Bind in XA mode: work joins the open transaction block's branch. An autocommit
+    /// write over the extended protocol would commit on its own, outside the branch, so
+    /// it is refused, as is a COMMIT that must become the branch's prepare.
+    fn bind_in_xa(&mut self, tag: u8, sql: &str) -> Extended {
+        use super::xa::{XaBranch, XaStatement, classify};
+        if tag != frontend::BIND {
+            // Preparing a statement changes nothing; the Parse checks refuse the rest.
+            return Extended::NotAWrite;
+        }
+        let statements = classify(&analyze(&Postgres, sql));
+        let refuse =
+            |what: &'static str| Extended::RefuseBind(refusal(Error::Unsupported { what }));
+        if statements.contains(&XaStatement::Commit) && self.xa != XaBranch::None {
+            return refuse(
+                "COMMIT of a branch over the extended query protocol (use the simple protocol)",
+            );
+        }
+        if statements.contains(&XaStatement::Rollback) {
+            self.xa = XaBranch::None;
+            return Extended::NotAWrite;
+        }
+        if !statements.contains(&XaStatement::Work) || self.xa == XaBranch::Open {
+            return Extended::NotAWrite;
+        }
+        match self.phase {
+            super::Phase::Ready(TxStatus::InTransaction) => {
+                self.xa = XaBranch::Open;
+                Extended::NotAWrite
+            }
+            super::Phase::Ready(TxStatus::Idle) => refuse(
+                "in XA mode, a write over the extended query protocol outside BEGIN … COMMIT (it would commit outside the branch)",
+            ),
+            super::Phase::Busy {
+                unsynced: false, ..
+            } => Extended::WaitForSyncPoint,
+            _ => refuse(
+                "a write in the middle of a pipelined batch that does not run inside an open transaction block, in XA mode",
+            ),
+        }
+    }
 }

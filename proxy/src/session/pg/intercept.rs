@@ -36,11 +36,19 @@ impl Relay<'_> {
             });
         }
         self.binding.xid()?;
+        if super::xa::is_two_phase_statement(sql) {
+            return refuse(Error::Unsupported {
+                what: "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction",
+            });
+        }
+        let branch_open = !self.branch.is_empty() || self.xa != super::xa::XaBranch::None;
         let sql = String::from_utf8_lossy(sql);
         match tandem_undo::analyze(&tandem_undo::Postgres, &sql) {
+            // XA mode captures nothing, so it needs no analysis of what it relays.
+            Err(_) if self.branch_mode() == crate::binding::Mode::Xa => None,
             Err(e) => refuse(Error::Undo(e)),
             Ok(analyses) => analyses.iter().find_map(|a| match a {
-                tandem_undo::Analysis::Commit if !self.branch.is_empty() => refuse(Error::Unsupported {
+                tandem_undo::Analysis::Commit if branch_open => refuse(Error::Unsupported {
                     what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
                 }),
                 _ => None,
@@ -74,7 +82,15 @@ impl Relay<'_> {
         }
         let control = match control::parse(query.sql) {
             Ok(None) if self.binding.xid().is_some() => {
+                if super::xa::is_two_phase_statement(query.sql) {
+                    return Ok(self.refuse(Error::Unsupported {
+                        what: "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction",
+                    }));
+                }
                 let sql = query.sql.to_vec();
+                if self.branch_mode() == crate::binding::Mode::Xa {
+                    return self.intercept_xa(&String::from_utf8_lossy(&sql)).await;
+                }
                 return self.intercept_at(&sql).await;
             }
             Ok(None) => return Ok(Intercepted::Relay),

@@ -15,6 +15,7 @@ mod phase;
 mod server_side;
 pub mod startup;
 pub mod tracked;
+mod xa;
 
 use crate::at::branch as at_branch;
 use crate::at::meta::MetaCache;
@@ -174,6 +175,8 @@ struct Relay<'a> {
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
+    /// XA mode's branch in the current local transaction.
+    xa: xa::XaBranch,
     /// The ParameterDescription of tandem's last describe exchange.
     describe_reply: Option<Vec<u32>>,
     span: tracing::Span,
@@ -216,6 +219,7 @@ impl<'a> Relay<'a> {
             database,
             branch: at_branch::Branch::default(),
             write_in_flight: None,
+            xa: xa::XaBranch::None,
             describe_reply: None,
             span,
         }

@@ -48,6 +48,14 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if self.xa == xa::XaBranch::Implicit && frame.tag == backend::READY_FOR_QUERY {
+                let replacement = self.on_xa_implicit_ready(frame.body(&buf[pos..])).await?;
+                self.write_client(&buf[run_start..pos]).await?;
+                self.write_client(&replacement).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             if self.write_in_flight.is_some() {
                 let body = frame.body(&buf[pos..]);
                 let rewritten = match frame.tag {
@@ -106,6 +114,9 @@ impl Relay<'_> {
                     .map_err(|_| Error::UpstreamProtocol("ReadyForQuery when none was due"))?;
                 if self.phase == Phase::Ready(TxStatus::Idle) {
                     self.binding.on_local_transaction_end();
+                    if self.xa == xa::XaBranch::Open {
+                        self.xa = xa::XaBranch::None;
+                    }
                 }
                 if self.phase.at_sync_point() && !was_startup {
                     self.ctx.metrics.queries.inc();

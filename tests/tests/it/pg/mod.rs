@@ -19,3 +19,4 @@ mod pgbench_tool;
 mod relay_passthrough;
 mod shutdown;
 mod tls;
+mod xa;

@@ -7,7 +7,9 @@ use super::super::reader::{Reader, Truncated};
 use super::startup::CancelKey;
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::Message;
-use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{
+    CommandComplete, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
 use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 
 /// The transaction status a ReadyForQuery reports.
@@ -161,6 +163,11 @@ pub fn put_notice(buf: &mut BytesMut, sqlstate: &str, message: &str) {
         (b'M', message.to_owned()),
     ]);
     encode_infallible(&msg, buf);
+}
+
+/// Appends a CommandComplete with `tag` (`COMMIT`, `UPDATE 3`…).
+pub fn put_command_complete(buf: &mut BytesMut, tag: &str) {
+    encode_infallible(&CommandComplete::new(tag.to_owned()), buf);
 }
 
 /// Appends a ReadyForQuery.

@@ -1,0 +1,309 @@
+//! XA mode in a PostgreSQL session: the local transaction is the branch, and its COMMIT
+//! becomes `PREPARE TRANSACTION '<tandem's branch id>'`. The lockserver's decision later
+//! runs COMMIT PREPARED or ROLLBACK PREPARED on a side connection (`xa::pg`).
+//!
+//! Owns the branch's life inside the session: when a local transaction becomes a
+//! branch, the implicit transaction around an autocommit write, and the client's
+//! COMMIT, answered by tandem once the branch is prepared. Invariant: no local
+//! transaction of a bound XA session that did work commits on its own; it is prepared
+//! under a registered branch, or rolled back.
+
+use super::Relay;
+use super::exchange::Exchanged;
+use super::intercept::Intercepted;
+use crate::at::resource_id;
+use crate::binding::Mode;
+use crate::control::quote_literal;
+use crate::error::{Error, Result};
+use crate::wire::pg::messages::response::{
+    Severity, TxStatus, put_command_complete, put_error, put_ready_for_query,
+};
+use bytes::BytesMut;
+use std::time::Duration;
+use tandem_lockserver::client::BranchKind;
+use tandem_undo::{Analysis, Postgres, analyze};
+
+/// The XA branch of the session's current local transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum XaBranch {
+    /// No work done yet: the COMMIT, if any, is relayed as it is.
+    #[default]
+    None,
+    /// The client's own transaction block did work: its COMMIT prepares the branch.
+    Open,
+    /// An autocommit statement that tandem wrapped in BEGIN is in flight; its
+    /// ReadyForQuery prepares the branch (or rolls back a failed statement).
+    Implicit,
+}
+
+/// What a statement means to an XA branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum XaStatement {
+    Begin,
+    Commit,
+    Rollback,
+    /// Reads and session statements (SET, SAVEPOINT…): they need no branch.
+    Passive,
+    /// Anything that may change data, including what tandem cannot parse.
+    Work,
+}
+
+pub(super) fn classify(
+    analyses: &std::result::Result<Vec<Analysis>, tandem_undo::Error>,
+) -> Vec<XaStatement> {
+    let Ok(analyses) = analyses else {
+        return vec![XaStatement::Work];
+    };
+    analyses
+        .iter()
+        .map(|a| match a {
+            Analysis::Begin => XaStatement::Begin,
+            Analysis::Commit => XaStatement::Commit,
+            Analysis::Rollback => XaStatement::Rollback,
+            Analysis::Read | Analysis::LockingRead(_) | Analysis::Other => XaStatement::Passive,
+            Analysis::Write(_) => XaStatement::Work,
+        })
+        .collect()
+}
+
+/// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`: the client's own
+/// two-phase commit. Outside a global transaction they pass through untouched; inside
+/// one they would take the local transaction away from its branch.
+pub(super) fn is_two_phase_statement(sql: &[u8]) -> bool {
+    let mut words = sql_words(sql);
+    match (words.next(), words.next()) {
+        (Some(a), Some(b)) => {
+            (a.eq_ignore_ascii_case(b"prepare") && b.eq_ignore_ascii_case(b"transaction"))
+                || ((a.eq_ignore_ascii_case(b"commit") || a.eq_ignore_ascii_case(b"rollback"))
+                    && b.eq_ignore_ascii_case(b"prepared"))
+        }
+        _ => false,
+    }
+}
+
+/// The leading words of a statement, past whitespace and comments.
+fn sql_words(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = sql;
+    std::iter::from_fn(move || {
+        loop {
+            rest = rest.trim_ascii_start();
+            if let Some(after) = rest.strip_prefix(b"--") {
+                let end = after
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(after.len());
+                rest = &after[end..];
+            } else if let Some(after) = rest.strip_prefix(b"/*") {
+                let end = after
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(after.len(), |p| p + 2);
+                rest = &after[end..];
+            } else {
+                break;
+            }
+        }
+        let len = rest
+            .iter()
+            .position(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return None;
+        }
+        let (word, after) = rest.split_at(len);
+        rest = after;
+        Some(word)
+    })
+}
+
+impl Relay<'_> {
+    /// The mode of the session's current local transaction: the one its branch started
+    /// in, else the session's choice, else the resource's.
+    pub(super) fn branch_mode(&self) -> Mode {
+        if self.xa != XaBranch::None {
+            return Mode::Xa;
+        }
+        if !self.branch.is_empty() {
+            return Mode::At;
+        }
+        self.binding.mode().unwrap_or(self.ctx.config.mode)
+    }
+
+    /// A simple Query of a bound session in XA mode.
+    pub(super) async fn intercept_xa(&mut self, sql: &str) -> Result<Intercepted> {
+        let statements = classify(&analyze(&Postgres, sql));
+        let ends = statements.iter().any(|s| {
+            matches!(
+                s,
+                XaStatement::Begin | XaStatement::Commit | XaStatement::Rollback
+            )
+        });
+        if statements.len() > 1 && ends {
+            return Ok(self.refuse(Error::Unsupported {
+                what: "a multi-statement query that begins or ends a transaction, in XA mode",
+            }));
+        }
+        let status = self.phase.tx_status();
+        match statements.first() {
+            Some(XaStatement::Commit) if self.xa == XaBranch::Open => {
+                if !self.phase.at_sync_point() {
+                    return Ok(Intercepted::WaitForSyncPoint);
+                }
+                if status == Some(TxStatus::Failed) {
+                    // PostgreSQL answers it with ROLLBACK: there is nothing to prepare.
+                    self.xa = XaBranch::None;
+                    return Ok(Intercepted::Relay);
+                }
+                let outcome = self.prepare_xa_branch().await?;
+                let mut out = BytesMut::new();
+                match outcome {
+                    Ok(()) => put_command_complete(&mut out, "COMMIT"),
+                    Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+                }
+                put_ready_for_query(&mut out, TxStatus::Idle);
+                self.phase = super::Phase::Ready(TxStatus::Idle);
+                self.binding.on_local_transaction_end();
+                Ok(Intercepted::Answer(out))
+            }
+            Some(XaStatement::Rollback) => {
+                self.xa = XaBranch::None;
+                Ok(Intercepted::Relay)
+            }
+            _ if statements.contains(&XaStatement::Work) => {
+                if !self.phase.at_sync_point() {
+                    return Ok(Intercepted::WaitForSyncPoint);
+                }
+                match status {
+                    Some(TxStatus::Idle) => {
+                        // An autocommit statement: its own branch, in a transaction of
+                        // tandem's that ends in the prepare.
+                        let begun = self.exchange_simple("BEGIN").await?;
+                        if let Some(e) = begun.error {
+                            return Err(Error::Injected { message: e.message });
+                        }
+                        self.xa = XaBranch::Implicit;
+                        let mut replacement = BytesMut::new();
+                        crate::wire::pg::messages::simple::put_query(&mut replacement, sql);
+                        Ok(Intercepted::ReplaceAndHold(replacement))
+                    }
+                    Some(TxStatus::InTransaction) => {
+                        self.xa = XaBranch::Open;
+                        Ok(Intercepted::Relay)
+                    }
+                    _ => Ok(Intercepted::Relay),
+                }
+            }
+            _ => Ok(Intercepted::Relay),
+        }
+    }
+
+    /// ReadyForQuery of an autocommit statement tandem wrapped: prepare its branch (or
+    /// roll back what failed), and tell the client the session is idle, as it would be.
+    pub(super) async fn on_xa_implicit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
+        let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+        let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+        self.xa = XaBranch::None;
+        let mut out = BytesMut::new();
+        if status == TxStatus::InTransaction {
+            if let Err((code, message)) = self.prepare_xa_branch().await? {
+                put_error(&mut out, Severity::Error, &code, &message);
+            }
+        } else {
+            // The statement failed (the client has its error): nothing to prepare.
+            let rolled_back = self.exchange_simple("ROLLBACK").await?;
+            check_injected(&rolled_back)?;
+        }
+        self.phase = super::Phase::Ready(TxStatus::Idle);
+        self.binding.on_local_transaction_end();
+        put_ready_for_query(&mut out, TxStatus::Idle);
+        Ok(out)
+    }
+
+    /// Registers the branch and prepares the local transaction under its id. Either
+    /// way the local transaction is over afterwards. `Ok(Err(..))` is the error the
+    /// client gets for its COMMIT (SQLSTATE and message).
+    async fn prepare_xa_branch(&mut self) -> Result<std::result::Result<(), (String, String)>> {
+        self.xa = XaBranch::None;
+        let Some(xid) = self.binding.xid().cloned() else {
+            let rolled_back = self.exchange_simple("ROLLBACK").await?;
+            check_injected(&rolled_back)?;
+            let e = Error::NotBound;
+            return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
+        };
+        let resource = resource_id(&self.ctx.upstream, &self.database);
+        self.ctx.phase2.serve(&resource);
+        let registered = self
+            .ctx
+            .lock
+            .register_branch(&xid, &resource, BranchKind::XA, &[], Duration::ZERO)
+            .await;
+        let branch_id = match registered {
+            Ok(id) => id,
+            Err(e) => {
+                let rolled_back = self.exchange_simple("ROLLBACK").await?;
+                check_injected(&rolled_back)?;
+                let e = Error::from(e);
+                return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
+            }
+        };
+        let gid = crate::xa::gid(&xid, branch_id);
+        let prepared = self
+            .exchange_simple(&format!("PREPARE TRANSACTION {}", quote_literal(&gid)))
+            .await?;
+        let success = prepared.error.is_none();
+        // The report is for operators; phase 2 and recovery find the branch by its id
+        // whether or not the report arrives, so the client does not wait for it.
+        let lock = self.ctx.lock.clone();
+        let report_xid = xid.clone();
+        tokio::spawn(async move {
+            if let Err(e) = lock.report(&report_xid, branch_id, success).await {
+                tracing::debug!(xid = %report_xid, branch = branch_id, error = %e, "phase-1 report failed");
+            }
+        });
+        match prepared.error {
+            None => {
+                tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, %gid, "XA branch prepared");
+                Ok(Ok(()))
+            }
+            // A failed PREPARE TRANSACTION rolls the transaction back.
+            Some(e) => Ok(Err((e.code, e.message))),
+        }
+    }
+}
+
+fn check_injected(done: &Exchanged) -> Result<()> {
+    match &done.error {
+        Some(e) => Err(Error::Injected {
+            message: e.message.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_phase_statements_are_recognised_past_comments_and_case() {
+        for yes in [
+            "PREPARE TRANSACTION 'x'",
+            "  prepare\ttransaction 'x'",
+            "/* c */ COMMIT PREPARED 'x'",
+            "-- c\nrollback prepared 'x'",
+        ] {
+            assert!(is_two_phase_statement(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "PREPARE p AS SELECT 1",
+            "COMMIT",
+            "ROLLBACK",
+            "COMMIT AND CHAIN",
+            "SELECT 'PREPARE TRANSACTION'",
+            "",
+            "/* unterminated",
+        ] {
+            assert!(!is_two_phase_statement(no.as_bytes()), "{no}");
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! XA mode on PostgreSQL: the client's COMMIT becomes PREPARE TRANSACTION under
+//! tandem's branch id, the lockserver's decision runs COMMIT/ROLLBACK PREPARED, and a
+//! proxy that dies in between leaves a branch that recovery finishes.
+
+use super::at_mode::{dump, one, prepare, undo_rows};
+use std::process::{Child, Command};
+use std::time::Duration;
+use tandem_tests::harness::{Tandem, TestDb, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// tandem's prepared branches in the database `client` is connected to.
+async fn tandem_prepared(client: &Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'tandem:%' ORDER BY gid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn balance(client: &Client, id: i32) -> i64 {
+    client
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn xa_branches_are_prepared_at_commit_and_follow_the_global_decision() {
+    let (orders, stock) = (prepare("xa_a").await, prepare("xa_b").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let (da, db) = (orders.direct().await, stock.direct().await);
+    let (before_a, before_b) = (dump(&da).await, dump(&db).await);
+
+    for decision in ["rollback", "commit"] {
+        let a = tandem.connect(&orders.name).await;
+        let b = tandem.connect(&stock.name).await;
+        assert_eq!(
+            one(&a, "SELECT tandem_mode('xa')")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("xa")
+        );
+        let xid = one(&a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        // Service A: an explicit transaction block; its COMMIT is the prepare.
+        a.batch_execute("BEGIN").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+            .await
+            .unwrap();
+        let inserted = a
+            .execute(
+                "INSERT INTO accounts (id, balance) VALUES ($1, $2)",
+                &[&50i32, &7i64],
+            )
+            .await
+            .unwrap();
+        assert_eq!(inserted, 1, "extended-protocol writes join the open branch");
+        a.batch_execute("COMMIT").await.unwrap();
+        let prepared_a = tandem_prepared(&da).await;
+        assert_eq!(prepared_a.len(), 1, "{prepared_a:?}");
+        assert!(prepared_a[0].starts_with(&format!("tandem:{xid}:")));
+        assert_eq!(
+            balance(&da, 1).await,
+            1000,
+            "a prepared branch is not visible"
+        );
+
+        // Service B joins in XA mode; two autocommit writes, two branches.
+        one(&b, "SELECT tandem_mode('xa')").await.unwrap();
+        one(&b, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .unwrap();
+        b.batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1")
+            .await
+            .unwrap();
+        b.batch_execute("DELETE FROM accounts WHERE id = 3")
+            .await
+            .unwrap();
+        assert_eq!(tandem_prepared(&db).await.len(), 2);
+        // A read-only transaction block is no branch.
+        b.batch_execute("BEGIN").await.unwrap();
+        b.batch_execute("SELECT count(*) FROM accounts")
+            .await
+            .unwrap();
+        b.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(tandem_prepared(&db).await.len(), 2);
+        assert_eq!(
+            undo_rows(&da).await + undo_rows(&db).await,
+            0,
+            "XA writes no undo"
+        );
+
+        let status = one(&a, &format!("SELECT tandem_{decision}()"))
+            .await
+            .unwrap();
+        let want = if decision == "rollback" {
+            "Rollbacked"
+        } else {
+            "Committed"
+        };
+        assert_eq!(status.as_deref(), Some(want));
+        eventually("every prepared branch finished", || async {
+            tandem_prepared(&da).await.is_empty() && tandem_prepared(&db).await.is_empty()
+        })
+        .await;
+        if decision == "rollback" {
+            assert_eq!(dump(&da).await, before_a);
+            assert_eq!(dump(&db).await, before_b);
+        } else {
+            assert_eq!(balance(&da, 1).await, 990);
+            assert_eq!(balance(&da, 50).await, 7);
+            assert_eq!(balance(&db, 1).await, 1010);
+            let gone: i64 = db
+                .query_one("SELECT count(*) FROM accounts WHERE id = 3", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(gone, 0);
+        }
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_global_transaction_can_mix_at_and_xa_branches() {
+    let (at_db, xa_db) = (prepare("mix_at").await, prepare("mix_xa").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    // The XA database's resource is XA by configuration; the session does not choose.
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let xa_proxy = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint.clone();
+        c.postgres[0].mode = tandem_proxy::config::BranchMode::Xa;
+    })
+    .await;
+    let at_proxy = Tandem::start_for(&lockserver).await;
+    let (d_at, d_xa) = (at_db.direct().await, xa_db.direct().await);
+    let (before_at, before_xa) = (dump(&d_at).await, dump(&d_xa).await);
+
+    for decision in ["rollback", "commit"] {
+        let a = at_proxy.connect(&at_db.name).await;
+        let x = xa_proxy.connect(&xa_db.name).await;
+        let xid = one(&a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance - 5 WHERE id = 2")
+            .await
+            .unwrap();
+        one(&x, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .unwrap();
+        x.batch_execute("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+            .await
+            .unwrap();
+        assert_eq!(undo_rows(&d_at).await, 1, "the AT branch keeps an undo row");
+        assert_eq!(
+            tandem_prepared(&d_xa).await.len(),
+            1,
+            "the XA branch is prepared"
+        );
+
+        one(&a, &format!("SELECT tandem_{decision}()"))
+            .await
+            .unwrap();
+        eventually("both branches finished", || async {
+            undo_rows(&d_at).await == 0 && tandem_prepared(&d_xa).await.is_empty()
+        })
+        .await;
+        if decision == "rollback" {
+            assert_eq!(dump(&d_at).await, before_at);
+            assert_eq!(dump(&d_xa).await, before_xa);
+        } else {
+            assert_eq!(balance(&d_at, 2).await, 995);
+            assert_eq!(balance(&d_xa, 2).await, 1005);
+        }
+    }
+    at_proxy.shutdown().await;
+    xa_proxy.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn the_clients_own_two_phase_commit_passes_through_unless_bound() {
+    let db = prepare("xa_own").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let client = tandem.connect(&db.name).await;
+    let gid = format!("app-{}", db.name);
+
+    // Unbound: PREPARE TRANSACTION and COMMIT PREPARED are the client's business.
+    client
+        .batch_execute("BEGIN; UPDATE accounts SET balance = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+        .await
+        .unwrap();
+    let theirs: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1",
+            &[&gid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(theirs, 1);
+    client
+        .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    assert_eq!(balance(&direct, 5).await, 1);
+
+    // Bound, in either mode: it would take the local transaction away from its branch.
+    for mode in ["at", "xa"] {
+        one(&client, &format!("SELECT tandem_mode('{mode}')"))
+            .await
+            .unwrap();
+        one(&client, "SELECT tandem_begin()").await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        let e = client
+            .batch_execute(&format!("PREPARE TRANSACTION '{gid}-2'"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{mode}: {e}"
+        );
+        client.batch_execute("ROLLBACK").await.unwrap();
+        let e = client
+            .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{mode}: {e}"
+        );
+        one(&client, "SELECT tandem_rollback()").await.unwrap();
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A proxy in its own process, so that it can be killed with SIGKILL.
+struct ProxyProcess {
+    child: Child,
+    port: u16,
+    _config: tempfile_path::TempPath,
+}
+
+mod tempfile_path {
+    /// A file removed when dropped.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl ProxyProcess {
+    async fn start(
+        lockserver: &TestLockserver,
+        recovery_interval_ms: u64,
+        orphan_after_ms: u64,
+        database: &str,
+    ) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin = tandem_tests::env::pg_admin();
+        let path =
+            std::env::temp_dir().join(format!("tandem-xa-{:016x}.toml", rand::random::<u64>()));
+        std::fs::write(
+            &path,
+            format!(
+                r#"[admin]
+listen = "127.0.0.1:0"
+[lockserver]
+endpoint = "http://{grpc}"
+[[postgres]]
+listen = "127.0.0.1:{port}"
+upstream = "{upstream}"
+mode = "xa"
+xa_recovery_interval_ms = {recovery_interval_ms}
+xa_orphan_after_ms = {orphan_after_ms}
+xa_recovery_databases = ["{database}"]
+[postgres.service]
+user = "{user}"
+password = "{password}"
+"#,
+                grpc = lockserver.grpc,
+                upstream = tandem_tests::env::pg_upstream(),
+                user = admin.get_user().unwrap_or("postgres"),
+                password = admin
+                    .get_password()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tandem-under-test"))
+            .arg(&path)
+            .spawn()
+            .expect("start the proxy process");
+        let me = ProxyProcess {
+            child,
+            port,
+            _config: tempfile_path::TempPath(path),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy process did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        me
+    }
+
+    async fn connect(&self, database: &str) -> Client {
+        let admin = tandem_tests::env::pg_admin();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(admin.get_user().unwrap_or("postgres"))
+            .dbname(database)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        if let Some(password) = admin.get_password() {
+            config.password(password);
+        }
+        tandem_tests::harness::connect(config).await
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    fn kill(mut self) {
+        self.child.kill().expect("kill -9 the proxy");
+        self.child.wait().expect("reap the proxy");
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prepares one XA branch through `proxy` and returns the xid; the global transaction
+/// is still open.
+async fn prepared_branch(proxy: &ProxyProcess, db: &TestDb, delta: i64) -> String {
+    let client = proxy.connect(&db.name).await;
+    let xid = one(&client, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "UPDATE accounts SET balance = balance + {delta} WHERE id = 4"
+        ))
+        .await
+        .unwrap();
+    xid
+}
+
+#[tokio::test]
+async fn a_branch_prepared_by_a_killed_proxy_is_finished_after_the_decision() {
+    let db = prepare("xa_kill").await;
+    let direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let ls = lockserver.client();
+
+    for commit in [true, false] {
+        let before = balance(&direct, 4).await;
+        let proxy = ProxyProcess::start(&lockserver, 60_000, 600_000, &db.name).await;
+        let xid = prepared_branch(&proxy, &db, 100).await;
+        assert_eq!(tandem_prepared(&direct).await.len(), 1);
+        proxy.kill();
+
+        // The decision is taken while no proxy serves the resource.
+        let xid = tandem_lockserver::client::Xid::parse(&xid).unwrap();
+        if commit {
+            ls.commit(&xid).await.unwrap();
+        } else {
+            // Rollback waits for its branches; with no proxy it says it is retrying.
+            let _ = ls.rollback(&xid).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            tandem_prepared(&direct).await.len(),
+            1,
+            "nothing can finish the branch while no proxy runs"
+        );
+
+        // Another proxy process takes the branch over.
+        let proxy = ProxyProcess::start(&lockserver, 60_000, 600_000, &db.name).await;
+        eventually("the prepared branch is finished", || async {
+            tandem_prepared(&direct).await.is_empty()
+        })
+        .await;
+        let want = if commit { before + 100 } else { before };
+        assert_eq!(balance(&direct, 4).await, want, "commit={commit}");
+        proxy.kill();
+    }
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_finds_orphans_and_never_touches_other_prepared_transactions() {
+    let db = prepare("xa_orphan").await;
+    let direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    // A branch id of tandem's whose global transaction no lockserver knows, and a
+    // prepared transaction of someone else.
+    let orphan = format!("tandem:00000000deadbeef-{}:1", rand::random::<u32>());
+    let theirs = format!("not-tandem-{}", db.name);
+    for (gid, id) in [(&orphan, 1), (&theirs, 2)] {
+        direct
+            .batch_execute(&format!(
+                "BEGIN; UPDATE accounts SET balance = 0 WHERE id = {id}; PREPARE TRANSACTION '{gid}'"
+            ))
+            .await
+            .unwrap();
+    }
+    // Recovery every 100 ms; an unknown transaction is an orphan after 1 s.
+    let proxy = ProxyProcess::start(&lockserver, 100, 1_000, &db.name).await;
+    eventually("the orphan is rolled back", || async {
+        tandem_prepared(&direct).await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        balance(&direct, 1).await,
+        1000,
+        "the orphan was rolled back"
+    );
+    let still: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1",
+            &[&theirs],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        still, 1,
+        "someone else's prepared transaction is left alone"
+    );
+    direct
+        .batch_execute(&format!("ROLLBACK PREPARED '{theirs}'"))
+        .await
+        .unwrap();
+    proxy.kill();
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_lockserver_restart_between_prepare_and_decision_loses_nothing() {
+    let db = prepare("xa_ls_restart").await;
+    let direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_mode('xa')").await.unwrap();
+    let before = balance(&direct, 5).await;
+    one(&client, "SELECT tandem_begin(60000)").await.unwrap();
+    client
+        .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(tandem_prepared(&direct).await.len(), 1);
+
+    let lockserver = lockserver.restart().await;
+    // The session's next call reconnects; the decision reaches the branch.
+    let status = eventually_ok(|| one(&client, "SELECT tandem_commit()")).await;
+    assert_eq!(status.as_deref(), Some("Committed"));
+    eventually("the branch is committed", || async {
+        tandem_prepared(&direct).await.is_empty()
+    })
+    .await;
+    assert_eq!(balance(&direct, 5).await, before + 1);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// Retries `f` while it fails (a connection being re-made), for up to 10 s.
+async fn eventually_ok<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("still failing: {e}"),
+        }
+    }
+}
