@@ -205,6 +205,39 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
         Statement::Rollback {
             savepoint: None, ..
         } => Analysis::Rollback,
+        // A SQL-level prepared statement runs later, by name, where tandem cannot see
+        // what it does: one that writes is refused when prepared, and EXECUTE is
+        // refused outright (its PREPARE may predate the global transaction).
+        Statement::Prepare { statement, .. } => match analyze_statement(statement)? {
+            Analysis::Write(_) => {
+                return Err(Error::unsupported(
+                    "PREPARE of a write (use the protocol's prepared statements)",
+                ));
+            }
+            _ => Analysis::Other,
+        },
+        Statement::Execute { .. } => {
+            return Err(Error::unsupported(
+                "EXECUTE of a SQL-level prepared statement (use the protocol's prepared statements)",
+            ));
+        }
+        // EXPLAIN ANALYZE runs its statement.
+        Statement::Explain {
+            analyze,
+            statement,
+            options,
+            ..
+        } if *analyze
+            || options.iter().flatten().any(|o| {
+                o.name.value.eq_ignore_ascii_case("analyze")
+                    && !matches!(&o.arg, Some(arg) if matches!(arg.to_string().to_ascii_lowercase().as_str(), "false" | "off" | "0"))
+            }) =>
+        {
+            match analyze_statement(statement)? {
+                Analysis::Read => Analysis::Read,
+                _ => return Err(Error::unsupported("EXPLAIN ANALYZE of a write")),
+            }
+        }
         Statement::Rollback { .. }
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. }
@@ -215,8 +248,6 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
         | Statement::Fetch { .. }
         | Statement::Close { .. }
         | Statement::Deallocate { .. }
-        | Statement::Prepare { .. }
-        | Statement::Execute { .. }
         | Statement::Explain { .. }
         | Statement::LISTEN { .. }
         | Statement::NOTIFY { .. }

@@ -169,6 +169,16 @@ async fn writes_that_cannot_be_captured_are_refused() {
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
         ("UPDATE missing_table SET v = 1", SqlState::UNDEFINED_TABLE),
+        // SQL-level prepared statements run by name where tandem cannot see them.
+        (
+            "PREPARE wipe AS DELETE FROM accounts",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        ("EXECUTE wipe", SqlState::FEATURE_NOT_SUPPORTED),
+        (
+            "EXPLAIN ANALYZE UPDATE accounts SET balance = 0",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
     ] {
         let err = a.simple_query(sql).await.expect_err(sql);
         assert_eq!(err.code(), Some(&state), "{sql}: {err:?}");
@@ -187,6 +197,23 @@ async fn writes_that_cannot_be_captured_are_refused() {
     a.batch_execute("INSERT INTO nokey VALUES (1)")
         .await
         .unwrap();
+    // A write prepared before the binding cannot be run inside it either.
+    a.batch_execute("PREPARE bump AS UPDATE accounts SET balance = balance + 1")
+        .await
+        .unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = a.batch_execute("EXECUTE bump").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(
+        dump(&orders.direct().await).await,
+        before,
+        "EXECUTE did not run"
+    );
     tandem.shutdown().await;
     lockserver.stop().await;
 }
