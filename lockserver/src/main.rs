@@ -21,7 +21,9 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
+// This runtime only binds the listeners and waits for a signal: the lockserver runs
+// on its own (`worker_threads`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Concurrent transactions in flight.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, alias = "conc", default_value_t = 256)]
     concurrency: usize,
     /// gRPC connections (HTTP/2 channels) to spread them over.
     #[arg(long, default_value_t = 4)]
@@ -47,6 +47,10 @@ struct Args {
     /// runtime; 0: one per core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Also print p50/p90/p99 and mean latency of each operation (begin, register,
+    /// commit) on its own line: the per-call view, for low concurrency (`--conc 1`).
+    #[arg(long)]
+    report_ops: bool,
     /// Label printed with the results.
     #[arg(long, default_value = "lockserver")]
     label: String,
@@ -70,6 +74,7 @@ impl BranchHandler for Ack {
 
 #[derive(Default)]
 struct Lat {
+    begin: Vec<u32>,
     register: Vec<u32>,
     commit: Vec<u32>,
     cycle: Vec<u32>,
@@ -82,6 +87,19 @@ fn pct(v: &mut [u32], p: f64) -> f64 {
     v.sort_unstable();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i] as f64 / 1000.0
+}
+
+/// `op p50 … p90 … p99 … mean … ms (n)` for one operation's latencies (µs).
+fn op_line(op: &str, v: &mut [u32]) -> String {
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64 / 1000.0;
+    format!(
+        "{op:<8} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  mean {:.3} ms  (n={})",
+        pct(v, 0.5),
+        pct(v, 0.9),
+        pct(v, 0.99),
+        mean,
+        v.len()
+    )
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -154,7 +172,12 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
                 let xid = match c.begin(None).await {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        if measuring.load(Ordering::Relaxed) {
+                            lat.begin.push(start.elapsed().as_micros() as u32);
+                        }
+                        x
+                    }
                     Err(e) => {
                         if errors.fetch_add(1, Ordering::Relaxed) < 3 {
                             eprintln!("begin failed: {e}");
@@ -210,6 +233,7 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut all = Lat::default();
     for t in tasks {
         let l = t.await?;
+        all.begin.extend(l.begin);
         all.register.extend(l.register);
         all.commit.extend(l.commit);
         all.cycle.extend(l.cycle);
@@ -239,6 +263,16 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         a.branches,
         a.threads,
     );
+    if a.report_ops {
+        for (op, v) in [
+            ("begin", &mut all.begin),
+            ("register", &mut all.register),
+            ("commit", &mut all.commit),
+            ("cycle", &mut all.cycle),
+        ] {
+            println!("{}: {}", a.label, op_line(op, v));
+        }
+    }
     Ok(())
 }
 

@@ -153,6 +153,17 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     async fn apply(&self, cmd: Command, now: Millis) -> Result<Applied> {
+        // Only these need the fsync before the reply (see the `Store` contract); the
+        // others are harmless to lose and are still ordered before every later record,
+        // so they are queued lazily: written with the next append that waits, or
+        // within `log::LAZY_FLUSH`, never costing an fsync of their own under load.
+        let must_wait = matches!(
+            cmd,
+            Command::Register { .. }
+                | Command::Report { .. }
+                | Command::Commit { .. }
+                | Command::Rollback { .. }
+        );
         let (applied, durable) = {
             let mut st = self.state();
             let out = st.core.apply(&cmd, now)?;
@@ -166,7 +177,12 @@ impl Store for EmbeddedStore {
             }
             let mut buf = Vec::with_capacity(out.records.len() * 1024);
             encode(&out.records, &mut buf)?;
-            let durable = self.writer.append(&buf)?;
+            let durable = if must_wait {
+                Some(self.writer.append(&buf)?)
+            } else {
+                self.writer.append_lazy(&buf)?;
+                None
+            };
             for e in &out.effects {
                 if let Effect::Phase2Due { xid } = e {
                     st.schedule(xid, now);
@@ -174,19 +190,10 @@ impl Store for EmbeddedStore {
             }
             (Applied::from(out), durable)
         };
-        // Only these need the fsync before the reply (see the `Store` contract); the
-        // others are harmless to lose and are still ordered before every later record.
-        let must_wait = matches!(
-            cmd,
-            Command::Register { .. }
-                | Command::Report { .. }
-                | Command::Commit { .. }
-                | Command::Rollback { .. }
-        );
-        if !must_wait {
+        let Some(durable) = durable else {
             self.maybe_compact()?;
             return Ok(applied);
-        }
+        };
         match durable.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -26,6 +26,9 @@ const HEADER: usize = 8;
 const GATHER_MIN_BATCH: usize = 64;
 /// How long a loaded writer lets the next batch gather.
 const GATHER: std::time::Duration = std::time::Duration::from_micros(500);
+/// Longest time a lazy append (one nobody waits for) stays queued: it is written with
+/// the next append somebody waits for, or after this long, whichever comes first.
+pub const LAZY_FLUSH: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Appends one frame around `payload` to `buf`.
 pub fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
@@ -186,6 +189,12 @@ struct Queue {
 
 impl Queue {
     fn push(&mut self, framed: &[u8], tx: Waiter) -> Result<()> {
+        self.push_lazy(framed)?;
+        self.waiters.push(tx);
+        Ok(())
+    }
+
+    fn push_lazy(&mut self, framed: &[u8]) -> Result<()> {
         if self.closed {
             return Err(Error::ShuttingDown);
         }
@@ -197,8 +206,12 @@ impl Queue {
             });
         }
         self.bytes.extend_from_slice(framed);
-        self.waiters.push(tx);
         Ok(())
+    }
+
+    /// Whether the writer has something to write now (not only lazy bytes).
+    fn urgent(&self) -> bool {
+        !self.waiters.is_empty() || self.rotate.is_some() || self.closed
     }
 
     fn push_rotate(&mut self, snapshot: Vec<u8>) {
@@ -281,6 +294,23 @@ impl Writer {
         Ok(Some(rx))
     }
 
+    /// Queues framed bytes that nobody waits for: they reach the disk with the next
+    /// [`Writer::append`] (in order, before it) or within [`LAZY_FLUSH`]. The writer
+    /// is not woken for them, so they cost no fsync of their own while appends that
+    /// must be durable keep coming. Same ordering rule as `append`.
+    pub fn append_lazy(&self, framed: &[u8]) -> Result<()> {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        let first = q.bytes.is_empty();
+        q.push_lazy(framed)?;
+        // An idle writer with nothing queued sleeps without a deadline: start its
+        // LAZY_FLUSH clock. Later lazy bytes ride on the same wake-up.
+        if first && q.idle {
+            cv.notify_one();
+        }
+        Ok(())
+    }
+
     /// Queues a compaction to `snapshot` (frames of the state as of now).
     pub fn rotate(&self, snapshot: Vec<u8>) {
         let (m, cv) = &*self.shared;
@@ -328,9 +358,25 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
     loop {
         let (mut bytes, waiters, rotate, closed) = {
             let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
-            while q.bytes.is_empty() && q.waiters.is_empty() && q.rotate.is_none() && !q.closed {
+            // Lazy bytes alone wait up to LAZY_FLUSH for an append somebody waits for.
+            let mut lazy_since = None;
+            while !q.urgent() {
                 q.idle = true;
-                q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                if q.bytes.is_empty() {
+                    lazy_since = None;
+                    q = cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                } else {
+                    let since = *lazy_since.get_or_insert_with(std::time::Instant::now);
+                    let left = LAZY_FLUSH.saturating_sub(since.elapsed());
+                    if left.is_zero() {
+                        q.idle = false;
+                        break;
+                    }
+                    q = cv
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
                 q.idle = false;
             }
             q.busy = true;
