@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# AT mode's cost: pgbench TPC-B directly against PostgreSQL, and the same transaction as
-# a tandem global transaction through the proxy (SELECT tandem_begin() \gset, the TPC-B
-# statements, SELECT tandem_commit()), in one run, alternating. Prints both TPS figures
-# and their ratio. pgbench_history gets a primary key, which AT needs (for both sides).
+# AT and XA mode's cost: pgbench TPC-B directly against PostgreSQL, and the same
+# transaction as a tandem global transaction through the proxy (SELECT tandem_begin()
+# \gset, the TPC-B statements, SELECT tandem_commit()), once in AT mode and once in XA
+# mode (SELECT tandem_mode('xa')), in one run, alternating. Prints the TPS figures and
+# their ratios to direct. pgbench_history gets a primary key, which AT needs (for all).
 #
 #   bash bench/at.sh
 #   SECONDS_PER_RUN=5 ROUNDS=1 bash bench/at.sh
@@ -83,31 +84,35 @@ END;
 SELECT tandem_commit();
 SQL
 
+sed 's/^SELECT tandem_begin() \\gset$/SELECT tandem_mode('"'"'xa'"'"');\nSELECT tandem_begin() \\gset/' "$work/at.sql" >"$work/xa.sql"
+
 run() { # target -> tps
   local out
   if [[ $1 == direct ]]; then
     out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" 2>&1)
   else
     out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 -s "$SCALE" ${PGBENCH_EXTRA:-} \
-      -f "$work/at.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" 2>&1)
+      -f "$work/$1.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" 2>&1)
   fi
   echo "$out" >>"$work/pgbench.log"
   echo "$out" | awk '/^tps/ {print $3}'
 }
 
 echo "pgbench TPC-B, -M simple, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, scale $SCALE"
-direct=0; at=0
+direct=0; at=0; xa=0
 for _ in $(seq "$ROUNDS"); do
-  d=$(run direct); a=$(run at)
-  echo "  direct $d tps, tandem AT $a tps"
-  direct=$(awk -v x="$direct" -v y="${d:-0}" 'BEGIN {print x + y}')
-  at=$(awk -v x="$at" -v y="${a:-0}" 'BEGIN {print x + y}')
+  d=$(run direct); a=$(run at); x=$(run xa)
+  echo "  direct $d tps, tandem AT $a tps, tandem XA $x tps"
+  direct=$(awk -v s="$direct" -v y="${d:-0}" 'BEGIN {print s + y}')
+  at=$(awk -v s="$at" -v y="${a:-0}" 'BEGIN {print s + y}')
+  xa=$(awk -v s="$xa" -v y="${x:-0}" 'BEGIN {print s + y}')
 done
-printf 'direct %.0f tps, tandem AT %.0f tps, ratio %.3f\n' \
-  "$(awk -v s="$direct" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
-  "$(awk -v s="$at" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
-  "$(awk -v a="$at" -v d="$direct" 'BEGIN {print (d > 0) ? a / d : 0}')"
+awk -v d="$direct" -v a="$at" -v x="$xa" -v r="$ROUNDS" 'BEGIN {
+  printf "direct %.0f tps, tandem AT %.0f tps (ratio %.3f), tandem XA %.0f tps (ratio %.3f)\n",
+    d / r, a / r, (d > 0) ? a / d : 0, x / r, (d > 0) ? x / d : 0 }'
 grep -h -E "number of (failed|retried)|aborted" "$work/pgbench.log" | sort | uniq -c | head -5 || true
 [[ -n "${PGBENCH_EXTRA:-}" ]] && cat "$work/pgbench.log" | tail -25
 left=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from undo_log where log_status = 0")
 echo "undo rows left right after the run (cleanup is asynchronous): $left"
+prepared=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from pg_prepared_xacts where database = current_database()")
+echo "prepared transactions left right after the run (phase 2 is asynchronous): $prepared"
