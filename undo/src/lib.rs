@@ -20,7 +20,9 @@ pub mod image;
 pub mod record;
 pub mod replay;
 
-pub use analyze::{Analysis, LockedRead, TableRef, Upsert, Write, WriteKind, analyze};
+pub use analyze::{
+    Analysis, LockedRead, TableRef, Upsert, Write, WriteKind, analyze, split_statements,
+};
 pub use dialect::{Dialect, Postgres};
 pub use error::Error;
 pub use image::{Column, Row, TableMeta, Value};

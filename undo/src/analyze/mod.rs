@@ -432,3 +432,49 @@ fn fold(ident: &Ident) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The text of each statement of `sql`, split at the semicolons between statements
+/// (not those inside quotes, dollar quotes or comments), without the semicolons and
+/// without empty statements, so that each can be sent as a query of its own.
+pub fn split_statements<'a>(dialect: &dyn Dialect, sql: &'a str) -> Result<Vec<&'a str>, Error> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::Parse {
+            dialect: dialect.name(),
+            excerpt: sql.chars().take(80).collect(),
+            message: e.to_string(),
+        })?;
+    // Byte offset of each line's start: locations count lines and characters from 1.
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |line: u64, column: u64| -> Option<usize> {
+        let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+        let chars = usize::try_from(column).ok()?.checked_sub(1)?;
+        let rest = sql.get(start..)?;
+        Some(
+            start
+                + rest
+                    .char_indices()
+                    .nth(chars)
+                    .map_or(rest.len(), |(i, _)| i),
+        )
+    };
+    let mut pieces = Vec::new();
+    let mut from = 0;
+    for t in tokens.iter().filter(|t| t.token == Token::SemiColon) {
+        let at = offset(t.span.start.line, t.span.start.column).ok_or_else(|| Error::Parse {
+            dialect: dialect.name(),
+            excerpt: sql.chars().take(80).collect(),
+            message: "a statement separator outside the text".into(),
+        })?;
+        pieces.push(&sql[from..at]);
+        from = at + 1;
+    }
+    pieces.push(&sql[from..]);
+    Ok(pieces
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .collect())
+}

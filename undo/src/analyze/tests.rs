@@ -99,3 +99,24 @@ fn deep_nesting_is_refused_not_a_stack_overflow() {
     let sql = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
     assert!(analyze(&Postgres, &sql).is_err());
 }
+
+#[test]
+fn statements_split_at_their_own_semicolons_only() {
+    let sql = "UPDATE t SET v = 'a;b' WHERE id = 1;\n  -- c; d\nSELECT $$x;y$$ /* ; */ ; DELETE FROM \"s;t\" WHERE k = 'é;';;";
+    let got = crate::analyze::split_statements(&Postgres, sql).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            "UPDATE t SET v = 'a;b' WHERE id = 1",
+            "\n  -- c; d\nSELECT $$x;y$$ /* ; */ ",
+            " DELETE FROM \"s;t\" WHERE k = 'é;'",
+        ]
+    );
+    assert_eq!(
+        crate::analyze::split_statements(&Postgres, "SELECT 1").unwrap(),
+        vec!["SELECT 1"]
+    );
+    // Multi-byte characters before a separator on the same line.
+    let got = crate::analyze::split_statements(&Postgres, "SELECT 'ü'; SELECT 'ß'").unwrap();
+    assert_eq!(got, vec!["SELECT 'ü'", " SELECT 'ß'"]);
+}

@@ -92,14 +92,12 @@ impl Relay<'_> {
             Ok(a) => a,
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
-        let writes_or_ends = analyses
-            .iter()
-            .filter(|a| matches!(a, Analysis::Write(_) | Analysis::Commit))
-            .count();
-        if analyses.len() > 1 && writes_or_ends > 0 {
-            return Ok(self.refuse(Error::Unsupported {
-                what: "a multi-statement query that writes or commits inside a global transaction",
-            }));
+        if analyses.len() > 1
+            && analyses
+                .iter()
+                .any(|a| !matches!(a, Analysis::Read | Analysis::Other))
+        {
+            return self.start_script(&sql, analyses).await;
         }
         match analyses.into_iter().next() {
             Some(Analysis::Write(write)) => {
@@ -156,7 +154,7 @@ impl Relay<'_> {
         Intercepted::Replace(replacement)
     }
 
-    async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
+    pub(super) async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
         let meta = match self
             .ctx
             .meta
@@ -186,11 +184,20 @@ impl Relay<'_> {
             let formats = image_formats(&meta);
             let got = self.exchange(&sql, &[], &formats).await?;
             if let Some(e) = got.error {
-                // The statement itself would fail the same way: let it, for the real error.
                 tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
                 if implicit {
+                    // The write must not run without its image (it might succeed where
+                    // the image failed, with column privileges say): the client gets
+                    // the image's error, which is the statement's own in nearly every case.
                     self.exchange_simple("ROLLBACK").await?;
+                    let mut replacement = BytesMut::new();
+                    put_query(
+                        &mut replacement,
+                        &super::intercept::error_sql(&e.code, &e.message),
+                    );
+                    return Ok(Intercepted::Replace(replacement));
                 }
+                // The transaction is aborted now: the statement fails whatever it is.
                 return Ok(Intercepted::Relay);
             }
             let rows = split_rows(got.rows, meta.columns.len());
@@ -362,7 +369,7 @@ impl Relay<'_> {
     /// SELECT … FOR UPDATE in a global transaction: the rows it locks must not be held
     /// by another unfinished global transaction (Seata's read-committed-for-update).
     /// Waits for such a lock up to the wait bound, then refuses with 40001.
-    async fn check_read_locks(&mut self, read: &tandem_undo::LockedRead) -> Result<()> {
+    pub(super) async fn check_read_locks(&mut self, read: &tandem_undo::LockedRead) -> Result<()> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         let meta = self
             .ctx
@@ -426,7 +433,7 @@ impl Relay<'_> {
 
     /// The local COMMIT of a branch: after images, locks at the lockserver, the undo row.
     /// Leaves the local transaction open for the COMMIT itself.
-    async fn prepare_commit(&mut self) -> Result<()> {
+    pub(super) async fn prepare_commit(&mut self) -> Result<()> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         if self.branch.is_empty() {
             // The writes matched no row: there is nothing to undo and nothing to lock.

@@ -7,6 +7,7 @@
 
 mod at;
 mod at_extended;
+mod at_script;
 mod client_side;
 mod control_extended;
 mod exchange;
@@ -177,6 +178,8 @@ struct Relay<'a> {
     write_in_flight: Option<at::WriteInFlight>,
     /// XA mode's branch in the current local transaction.
     xa: xa::XaBranch,
+    /// A multi-statement query of a bound AT session, sent one statement at a time.
+    script: Option<at_script::Script>,
     /// The ParameterDescription of tandem's last describe exchange.
     describe_reply: Option<Vec<u32>>,
     span: tracing::Span,
@@ -220,6 +223,7 @@ impl<'a> Relay<'a> {
             branch: at_branch::Branch::default(),
             write_in_flight: None,
             xa: xa::XaBranch::None,
+            script: None,
             describe_reply: None,
             span,
         }

@@ -48,6 +48,14 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if self.script.is_some() && frame.tag == backend::READY_FOR_QUERY {
+                let replacement = self.on_script_ready(frame.body(&buf[pos..])).await?;
+                self.write_client(&buf[run_start..pos]).await?;
+                self.write_client(&replacement).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             if self.xa == xa::XaBranch::Implicit && frame.tag == backend::READY_FOR_QUERY {
                 let replacement = self.on_xa_implicit_ready(frame.body(&buf[pos..])).await?;
                 self.write_client(&buf[run_start..pos]).await?;

@@ -4,6 +4,7 @@ mod admin;
 mod at_locks;
 mod at_mode;
 mod at_protocols;
+mod at_scripts;
 mod at_types;
 mod auth;
 mod bad_input;

@@ -1,0 +1,233 @@
+//! Multi-statement simple queries in a bound AT session (`UPDATE …; INSERT …; COMMIT`).
+//!
+//! tandem sends the statements one at a time, each captured like a query of its own,
+//! and the client sees what the backend would have answered for the whole query: every
+//! statement's replies, and one ReadyForQuery at the end. Invariant: the statements run
+//! in one local transaction, as PostgreSQL runs a multi-statement query (tandem opens
+//! it when the query ran outside a block, and ends it: committed through the branch's
+//! commit protocol, or rolled back after an error).
+
+use super::Relay;
+use super::intercept::Intercepted;
+use super::tracked::SyncKind;
+use crate::at::branch::Branch;
+use crate::error::{Error, Result};
+use crate::wire::pg::messages::response::{
+    Severity, TxStatus, put_command_complete, put_error, put_ready_for_query,
+};
+use crate::wire::pg::messages::simple::put_query;
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use tandem_undo::{Analysis, Postgres, split_statements};
+
+/// A multi-statement query in flight.
+pub(super) struct Script {
+    /// Statements not sent yet, with their analyses.
+    rest: VecDeque<(String, Analysis)>,
+    /// The query ran outside a transaction block: tandem opened one and ends it.
+    implicit: bool,
+    /// The query ended with COMMIT: tandem runs the commit protocol and answers it.
+    commit_at_end: bool,
+}
+
+impl Relay<'_> {
+    /// Starts a multi-statement query, or refuses a shape tandem cannot run exactly.
+    pub(super) async fn start_script(
+        &mut self,
+        sql: &str,
+        analyses: Vec<Analysis>,
+    ) -> Result<Intercepted> {
+        let pieces = match split_statements(&Postgres, sql) {
+            Ok(pieces) if pieces.len() == analyses.len() => pieces,
+            Ok(_) => {
+                return Ok(self.refuse(Error::Unsupported {
+                    what: "a multi-statement query tandem cannot split into its statements",
+                }));
+            }
+            Err(e) => return Ok(self.refuse(Error::Undo(e))),
+        };
+        let last = analyses.len() - 1;
+        for (i, a) in analyses.iter().enumerate() {
+            let refused = match a {
+                Analysis::Begin if i != 0 => Some("BEGIN after the first statement of a query"),
+                Analysis::Commit if i != last => {
+                    Some("COMMIT before the last statement of a query")
+                }
+                Analysis::Rollback => Some("ROLLBACK in a multi-statement query"),
+                Analysis::LockingRead(None) => {
+                    Some("SELECT … FOR UPDATE over several tables inside a global transaction")
+                }
+                _ => None,
+            };
+            if let Some(what) = refused {
+                return Ok(self.refuse(Error::Unsupported { what }));
+            }
+        }
+        if !self.phase.at_sync_point() {
+            return Ok(Intercepted::WaitForSyncPoint);
+        }
+        let status = self.phase.tx_status();
+        if status == Some(TxStatus::Failed) {
+            // Nothing runs in a failed block; the backend says so.
+            return Ok(Intercepted::Relay);
+        }
+        let mut rest: VecDeque<(String, Analysis)> = pieces
+            .into_iter()
+            .map(str::to_owned)
+            .zip(analyses)
+            .collect();
+        let commit_at_end = matches!(rest.back(), Some((_, Analysis::Commit)));
+        if commit_at_end {
+            rest.pop_back();
+        }
+        let opens_block = matches!(rest.front(), Some((_, Analysis::Begin)));
+        let implicit = status == Some(TxStatus::Idle) && !opens_block;
+        if implicit {
+            let begun = self.exchange_simple("BEGIN").await?;
+            if let Some(e) = begun.error {
+                return Err(Error::Injected { message: e.message });
+            }
+            self.phase = super::Phase::Ready(TxStatus::InTransaction);
+        }
+        self.script = Some(Script {
+            rest,
+            implicit,
+            commit_at_end,
+        });
+        match self.next_script_statement().await? {
+            Some(query) => Ok(Intercepted::ReplaceAndHold(query)),
+            // Only BEGIN … COMMIT with nothing between: end it at once.
+            None => {
+                let answer = self.finish_script(TxStatus::InTransaction, false).await?;
+                Ok(Intercepted::Answer(answer))
+            }
+        }
+    }
+
+    /// The next statement, captured like a query of its own, as the Query to send.
+    async fn next_script_statement(&mut self) -> Result<Option<BytesMut>> {
+        let Some((sql, analysis)) = self.script.as_mut().and_then(|s| s.rest.pop_front()) else {
+            return Ok(None);
+        };
+        let intercepted = match analysis {
+            Analysis::Write(write) => self.begin_write(&sql, write).await?,
+            Analysis::LockingRead(Some(read)) => match self.check_read_locks(&read).await {
+                Ok(()) => Intercepted::Relay,
+                Err(e) => self.refuse(e),
+            },
+            _ => Intercepted::Relay,
+        };
+        let query = match intercepted {
+            Intercepted::Replace(query) | Intercepted::ReplaceAndHold(query) => query,
+            _ => {
+                let mut query = BytesMut::new();
+                put_query(&mut query, &sql);
+                query
+            }
+        };
+        Ok(Some(query))
+    }
+
+    /// ReadyForQuery of one statement of the script: send the next one (the client does
+    /// not see this ReadyForQuery), or end the script. Returns what the client gets.
+    pub(super) async fn on_script_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
+        let backend_status =
+            TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+        let mut out = BytesMut::new();
+        let (status, error) = if self.write_in_flight.is_some() {
+            // Records the write's rows; tandem, not the write, owns the transaction.
+            let _ =
+                self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+            self.finish_write(backend_status).await?
+        } else {
+            let _ =
+                self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+            (backend_status, None)
+        };
+        if let Some((code, message)) = &error {
+            // The write could not stay and its transaction is rolled back already.
+            put_error(&mut out, Severity::Error, code, message);
+            self.script = None;
+            self.finish_status(status, &mut out);
+            return Ok(out);
+        }
+        let failed = status == TxStatus::Failed;
+        if !failed && let Some(query) = self.next_script_statement().await? {
+            self.write_server(&query).await?;
+            self.tracked.on_sync_point_request(SyncKind::Query);
+            self.phase = self.phase.on_request(true);
+            return Ok(out);
+        }
+        let end = self.finish_script(status, failed).await?;
+        out.extend_from_slice(&end);
+        Ok(out)
+    }
+
+    /// Ends the script's transaction as PostgreSQL would have ended the query's.
+    async fn finish_script(&mut self, status: TxStatus, failed: bool) -> Result<BytesMut> {
+        let Some(script) = self.script.take() else {
+            return Ok(BytesMut::new());
+        };
+        let mut out = BytesMut::new();
+        if failed {
+            let status = if script.implicit {
+                let rolled_back = self.exchange_simple("ROLLBACK").await?;
+                if let Some(e) = rolled_back.error {
+                    return Err(Error::Injected { message: e.message });
+                }
+                self.branch = Branch::default();
+                TxStatus::Idle
+            } else {
+                status
+            };
+            self.finish_status(status, &mut out);
+            return Ok(out);
+        }
+        if !(script.implicit || script.commit_at_end) {
+            self.finish_status(status, &mut out);
+            return Ok(out);
+        }
+        let status = match self.commit_branch_now().await? {
+            Ok(()) => {
+                if script.commit_at_end {
+                    put_command_complete(&mut out, "COMMIT");
+                }
+                TxStatus::Idle
+            }
+            Err((code, message)) => {
+                put_error(&mut out, Severity::Error, &code, &message);
+                TxStatus::Idle
+            }
+        };
+        self.finish_status(status, &mut out);
+        Ok(out)
+    }
+
+    /// The commit protocol, then COMMIT, on the open local transaction. `Ok(Err(..))`
+    /// is the error the client gets; the transaction is over either way.
+    async fn commit_branch_now(&mut self) -> Result<std::result::Result<(), (String, String)>> {
+        if !self.branch.is_empty()
+            && let Err(e) = self.prepare_commit().await
+        {
+            let rolled_back = self.exchange_simple("ROLLBACK").await?;
+            self.branch = Branch::default();
+            if let Some(r) = rolled_back.error {
+                return Err(Error::Injected { message: r.message });
+            }
+            return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
+        }
+        let done = self.exchange_simple("COMMIT").await?;
+        Ok(match done.error {
+            Some(e) => Err((e.code, e.message)),
+            None => Ok(()),
+        })
+    }
+
+    fn finish_status(&mut self, status: TxStatus, out: &mut BytesMut) {
+        self.phase = super::Phase::Ready(status);
+        if status == TxStatus::Idle {
+            self.binding.on_local_transaction_end();
+        }
+        put_ready_for_query(out, status);
+    }
+}

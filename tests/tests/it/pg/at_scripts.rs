@@ -1,0 +1,153 @@
+//! Multi-statement simple queries inside a global transaction: each statement is
+//! captured, the client sees the replies of the whole query, and the query's
+//! statements commit or roll back together, locally and globally.
+
+use super::at_mode::{dump, one, prepare, undo_rows};
+use tandem_tests::harness::{Tandem, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::error::SqlState;
+
+fn counts(messages: &[SimpleQueryMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_multi_statement_query_is_captured_statement_by_statement() {
+    let db = prepare("at_script").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    client
+        .batch_execute("SET DateStyle = 'SQL, DMY'")
+        .await
+        .unwrap();
+
+    let scripts = [
+        // Autocommit: the query's own implicit transaction.
+        "UPDATE accounts SET balance = balance - 1 WHERE id = 1; \
+         INSERT INTO accounts VALUES (60, 1, 'x;y', now(), 1); \
+         SELECT balance FROM accounts WHERE id = 1; \
+         DELETE FROM accounts WHERE id = 5 RETURNING id, note",
+        // A whole transaction block in one query.
+        "BEGIN; UPDATE accounts SET balance = balance - 1 WHERE id = 1; \
+         INSERT INTO accounts VALUES (60, 1, 'x;y', now(), 1); \
+         SELECT balance FROM accounts WHERE id = 1; \
+         DELETE FROM accounts WHERE id = 5 RETURNING id, note; COMMIT",
+    ];
+    for (i, script) in scripts.iter().enumerate() {
+        for decision in ["rollback", "commit"] {
+            one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+            let messages = client.simple_query(script).await.unwrap();
+            let mut want = vec![1, 1, 1, 1];
+            if i == 1 {
+                want = vec![0, 1, 1, 1, 1, 0];
+            }
+            assert_eq!(counts(&messages), want, "{script}");
+            let rows: Vec<(String, String)> = messages
+                .iter()
+                .filter_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some((
+                        r.get(0).unwrap_or_default().to_owned(),
+                        r.get(r.len() - 1).unwrap_or_default().to_owned(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                rows,
+                vec![("999".into(), "999".into()), ("5".into(), "n5".into())],
+                "the client's own rows, without tandem's key columns"
+            );
+            assert_eq!(
+                undo_rows(&direct).await,
+                1,
+                "one branch for the whole query"
+            );
+            let status = one(&client, &format!("SELECT tandem_{decision}()"))
+                .await
+                .unwrap();
+            if decision == "rollback" {
+                assert_eq!(status.as_deref(), Some("Rollbacked"));
+                assert_eq!(dump(&direct).await, before, "{script}");
+            } else {
+                assert_eq!(status.as_deref(), Some("Committed"));
+                eventually("undo row cleaned", || async {
+                    undo_rows(&direct).await == 0
+                })
+                .await;
+                let n: i64 = direct
+                    .query_one(
+                        "SELECT count(*) FROM accounts WHERE id = 60 OR (id = 1 AND balance = 999)",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(n, 2);
+                // Put the table back for the next script.
+                direct
+                    .batch_execute(
+                        "DELETE FROM accounts WHERE id = 60; UPDATE accounts SET balance = 1000 WHERE id = 1; \
+                         INSERT INTO accounts VALUES (5, 1000, 'n5', '2024-02-29 12:00:00.123456+00', 0.5)",
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(dump(&direct).await, before);
+            }
+        }
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn an_error_in_a_multi_statement_query_undoes_all_of_it() {
+    let db = prepare("at_script_err").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+
+    let e = client
+        .simple_query(
+            "UPDATE accounts SET balance = 0 WHERE id = 2; SELECT 1 / 0; UPDATE accounts SET balance = 0 WHERE id = 3",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::DIVISION_BY_ZERO), "{e}");
+    assert_eq!(
+        dump(&direct).await,
+        before,
+        "the implicit transaction rolled back"
+    );
+    assert_eq!(undo_rows(&direct).await, 0);
+    // The session is idle and usable, inside an open block too.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("UPDATE accounts SET balance = 7 WHERE id = 2; UPDATE accounts SET balance = 7 WHERE id = 3")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(undo_rows(&direct).await, 1);
+    assert_eq!(
+        one(&client, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
