@@ -16,7 +16,9 @@ use crate::at::branch::{Branch, TextKey};
 use crate::at::phase2::LOG_NORMAL;
 use crate::at::resource_id;
 use crate::error::{Error, Result};
-use crate::wire::pg::messages::response::TxStatus;
+use crate::wire::pg::messages::response::{
+    Severity, TxStatus, put_command_complete, put_error, put_ready_for_query,
+};
 use crate::wire::pg::messages::simple::put_query;
 use crate::wire::pg::reader::Reader;
 use bytes::{BufMut, BytesMut};
@@ -116,13 +118,33 @@ impl Relay<'_> {
                     self.branch = Branch::default();
                     return Ok(Intercepted::Relay);
                 }
-                match self.prepare_commit().await {
-                    Ok(()) => Ok(Intercepted::Relay),
-                    Err(e) => {
-                        self.exchange_simple("ROLLBACK").await?;
-                        Ok(self.refuse(e))
-                    }
+                if sql.to_ascii_lowercase().contains("chain") {
+                    // COMMIT AND CHAIN opens the next transaction: the backend must run it.
+                    return match self.prepare_commit().await {
+                        Ok(undo) => match self.write_undo_row(&undo).await {
+                            Ok(()) => Ok(Intercepted::Relay),
+                            Err(e) => {
+                                self.exchange_simple("ROLLBACK").await?;
+                                Ok(self.refuse(e))
+                            }
+                        },
+                        Err(e) => {
+                            self.exchange_simple("ROLLBACK").await?;
+                            Ok(self.refuse(e))
+                        }
+                    };
                 }
+                // The undo row and the COMMIT go in one round trip; tandem answers.
+                let failed = self.commit_branch().await?;
+                let mut out = BytesMut::new();
+                match failed {
+                    None => put_command_complete(&mut out, "COMMIT"),
+                    Some((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+                }
+                put_ready_for_query(&mut out, TxStatus::Idle);
+                self.phase = super::Phase::Ready(TxStatus::Idle);
+                self.binding.on_local_transaction_end();
+                Ok(Intercepted::Answer(out))
             }
             Some(Analysis::LockingRead(Some(read))) => {
                 if !self.phase.at_sync_point() {
@@ -341,18 +363,10 @@ impl Relay<'_> {
                 .check_captured(&w.meta, &w.keys)
                 .map_err(|u| Error::Uncaptured { table: u.table }),
         };
-        let result = match captured {
-            Ok(()) if w.implicit => self.prepare_commit().await,
-            other => other,
-        };
-        match result {
-            Ok(()) if w.implicit => {
-                let done = self.exchange_simple("COMMIT").await?;
-                // A COMMIT that failed (a deferred constraint, say) undid the write: the
-                // client, which already has its CommandComplete, must hear it.
-                let failed = done.error.map(|e| (e.code, e.message));
-                Ok((done.status.unwrap_or(TxStatus::Idle), failed))
-            }
+        match captured {
+            // A COMMIT that failed (a deferred constraint, say) undid the write: the
+            // client, which already has its CommandComplete, must hear it.
+            Ok(()) if w.implicit => Ok((TxStatus::Idle, self.commit_branch().await?)),
             Ok(()) => Ok((status, None)),
             Err(e) => {
                 // The write cannot stay: roll the local transaction back and say why.
@@ -433,11 +447,11 @@ impl Relay<'_> {
 
     /// The local COMMIT of a branch: after images, locks at the lockserver, the undo row.
     /// Leaves the local transaction open for the COMMIT itself.
-    pub(super) async fn prepare_commit(&mut self) -> Result<()> {
+    pub(super) async fn prepare_commit(&mut self) -> Result<Option<UndoRow>> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         if self.branch.is_empty() {
             // The writes matched no row: there is nothing to undo and nothing to lock.
-            return Ok(());
+            return Ok(None);
         }
         // Every table's after images in one round trip: the local row locks are held
         // until the COMMIT, so every round trip here is time other writers wait.
@@ -492,18 +506,86 @@ impl Relay<'_> {
             .lock
             .register_branch(&xid, &resource, BranchKind::AT, &keys, self.ctx.lock_wait)
             .await?;
-        let info = record.encode();
-        let branch = (branch_id as i64).to_be_bytes();
-        let status = LOG_NORMAL.to_be_bytes();
-        let params = [
+        tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
+        Ok(Some(UndoRow {
+            branch: (branch_id as i64).to_be_bytes(),
+            xid: xid.as_str().to_owned(),
+            info: record.encode(),
+        }))
+    }
+
+    /// Inserts the branch's undo row into the open local transaction.
+    pub(super) async fn write_undo_row(&mut self, undo: &Option<UndoRow>) -> Result<()> {
+        let Some(undo) = undo else {
+            return Ok(());
+        };
+        let got = self.exchange(INSERT_UNDO, &undo.params(), &[]).await?;
+        match got.error {
+            Some(e) => Err(Error::Injected { message: e.message }),
+            None => Ok(()),
+        }
+    }
+
+    /// The local COMMIT of a branch: after images and registration (`prepare_commit`),
+    /// then the undo row and COMMIT in one round trip. `Some(error)`: the local
+    /// transaction is over, rolled back, and the client gets this error (SQLSTATE and
+    /// message) for its COMMIT.
+    pub(super) async fn commit_branch(&mut self) -> Result<Option<(String, String)>> {
+        let undo = match self.prepare_commit().await {
+            Ok(undo) => undo,
+            Err(e) => {
+                self.branch = Branch::default();
+                let rolled_back = self.exchange_simple("ROLLBACK").await?;
+                if let Some(r) = rolled_back.error {
+                    return Err(Error::Injected { message: r.message });
+                }
+                return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
+            }
+        };
+        let params = undo.as_ref().map(UndoRow::params);
+        let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
+        if let Some(params) = &params {
+            statements.push((INSERT_UNDO, params.as_slice(), &[]));
+        }
+        statements.push(("COMMIT", &[], &[]));
+        let results = self.exchange_many(&statements).await?;
+        if undo.is_some()
+            && let Some(e) = results.first().and_then(|r| r.error.as_ref())
+        {
+            // The backend skipped the COMMIT; the block is failed: end it.
+            let message = e.message.clone();
+            self.exchange_simple("ROLLBACK").await?;
+            let e = Error::Injected { message };
+            return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
+        }
+        Ok(results
+            .last()
+            .and_then(|r| r.error.as_ref())
+            .map(|e| (e.code.clone(), e.message.clone())))
+    }
+}
+
+const INSERT_UNDO: &str = "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)";
+
+/// A branch's undo_log row, ready to insert.
+pub(super) struct UndoRow {
+    branch: [u8; 8],
+    xid: String,
+    info: Vec<u8>,
+}
+
+impl UndoRow {
+    fn params(&self) -> Vec<Param<'_>> {
+        const STATUS: [u8; 4] = LOG_NORMAL.to_be_bytes();
+        vec![
             Param {
                 type_oid: 20,
-                value: Some(&branch),
+                value: Some(&self.branch),
                 text: false,
             },
             Param {
                 type_oid: 25,
-                value: Some(xid.as_str().as_bytes()),
+                value: Some(self.xid.as_bytes()),
                 text: false,
             },
             Param {
@@ -513,27 +595,15 @@ impl Relay<'_> {
             },
             Param {
                 type_oid: 17,
-                value: Some(&info),
+                value: Some(&self.info),
                 text: false,
             },
             Param {
                 type_oid: 23,
-                value: Some(&status),
+                value: Some(&STATUS),
                 text: false,
             },
-        ];
-        let got = self
-            .exchange(
-                "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)",
-                &params,
-                &[],
-            )
-            .await?;
-        if let Some(e) = got.error {
-            return Err(Error::Injected { message: e.message });
-        }
-        tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
-        Ok(())
+        ]
     }
 }
 

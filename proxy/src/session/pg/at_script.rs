@@ -206,19 +206,8 @@ impl Relay<'_> {
     /// The commit protocol, then COMMIT, on the open local transaction. `Ok(Err(..))`
     /// is the error the client gets; the transaction is over either way.
     async fn commit_branch_now(&mut self) -> Result<std::result::Result<(), (String, String)>> {
-        if !self.branch.is_empty()
-            && let Err(e) = self.prepare_commit().await
-        {
-            let rolled_back = self.exchange_simple("ROLLBACK").await?;
-            self.branch = Branch::default();
-            if let Some(r) = rolled_back.error {
-                return Err(Error::Injected { message: r.message });
-            }
-            return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
-        }
-        let done = self.exchange_simple("COMMIT").await?;
-        Ok(match done.error {
-            Some(e) => Err((e.code, e.message)),
+        Ok(match self.commit_branch().await? {
+            Some(failed) => Err(failed),
             None => Ok(()),
         })
     }
