@@ -58,6 +58,9 @@ pub(super) struct WriteInFlight {
     /// tandem opened the local transaction (an autocommit write) and ends it.
     implicit: bool,
     failed: bool,
+    /// The before image, sent in the same round trip, failed: the write then fails
+    /// only because its transaction is aborted, and the client gets this error instead.
+    substitute_error: Option<(String, String)>,
 }
 
 impl WriteInFlight {
@@ -82,6 +85,7 @@ impl WriteInFlight {
             keys: Vec::new(),
             implicit,
             failed: false,
+            substitute_error: None,
         }
     }
 }
@@ -190,49 +194,45 @@ impl Relay<'_> {
             return Ok(self.refuse(Error::Undo(e)));
         }
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        if implicit {
-            self.exchange_simple("BEGIN").await?;
-        }
         let before = match before_image_query(&meta, &write) {
             Ok(before) => before,
-            Err(e) => {
-                if implicit {
-                    self.exchange_simple("ROLLBACK").await?;
-                }
-                return Ok(self.refuse(Error::Undo(e)));
-            }
+            Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
-        if let Some(sql) = before {
-            let formats = image_formats(&meta);
-            let got = self.exchange(&sql, &[], &formats).await?;
-            if let Some(e) = got.error {
-                tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
-                if implicit {
-                    // The write must not run without its image (it might succeed where
-                    // the image failed, with column privileges say): the client gets
-                    // the image's error, which is the statement's own in nearly every case.
-                    self.exchange_simple("ROLLBACK").await?;
-                    let mut replacement = BytesMut::new();
-                    put_query(
-                        &mut replacement,
-                        &super::intercept::error_sql(&e.code, &e.message),
-                    );
-                    return Ok(Intercepted::Replace(replacement));
-                }
-                // The transaction is aborted now: the statement fails whatever it is.
-                return Ok(Intercepted::Relay);
-            }
-            let rows = split_rows(got.rows, meta.columns.len());
-            self.branch.record_before(&meta, rows);
-        }
         let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+        let mut query = BytesMut::new();
+        put_query(&mut query, &rewritten);
+        // BEGIN (for an autocommit write), the before image and the write itself go in
+        // one round trip: the image is read before the write's replies, which follow it.
+        let formats = image_formats(&meta);
+        let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
+        if implicit {
+            statements.push(("BEGIN", &[], &[]));
+        }
+        if let Some(before) = &before {
+            statements.push((before.as_str(), &[], &formats));
+        }
+        let mut substitute_error = None;
+        if statements.is_empty() {
+            self.write_server(&query).await?;
+        } else {
+            let mut results = self.exchange_many_then(&statements, &query).await?;
+            if let Some(e) = results.iter_mut().find_map(|r| r.error.take()) {
+                tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
+                substitute_error = Some((e.code, e.message));
+            } else if before.is_some()
+                && let Some(got) = results.pop()
+            {
+                let rows = split_rows(got.rows, meta.columns.len());
+                self.branch.record_before(&meta, rows);
+            }
+        }
         let upsert = write.upsert.is_some();
         let rule = if write.has_returning {
             RowDescriptionRule::Strip
         } else {
             RowDescriptionRule::Swallow
         };
-        self.write_in_flight = Some(WriteInFlight::new(
+        let mut in_flight = WriteInFlight::new(
             meta,
             write.kind,
             write.has_returning,
@@ -240,10 +240,10 @@ impl Relay<'_> {
             rule,
             VecDeque::new(),
             upsert,
-        ));
-        let mut replacement = BytesMut::new();
-        put_query(&mut replacement, &rewritten);
-        Ok(Intercepted::ReplaceAndHold(replacement))
+        );
+        in_flight.substitute_error = substitute_error;
+        self.write_in_flight = Some(in_flight);
+        Ok(Intercepted::SentAndHold)
     }
 
     /// RowDescription of the write in flight: the appended key columns are tandem's.
@@ -317,12 +317,17 @@ impl Relay<'_> {
         Ok(Some(out))
     }
 
-    pub(super) fn on_write_error(&mut self) {
-        if let Some(w) = &mut self.write_in_flight {
-            w.failed = true;
-            // After an error the backend skips to Sync: tandem's replies will not come.
-            w.swallow.clear();
-        }
+    /// ErrorResponse of the write in flight; returns the error the client gets instead,
+    /// if it is not the backend's own.
+    pub(super) fn on_write_error(&mut self) -> Option<BytesMut> {
+        let w = self.write_in_flight.as_mut()?;
+        w.failed = true;
+        // After an error the backend skips to Sync: tandem's replies will not come.
+        w.swallow.clear();
+        let (code, message) = w.substitute_error.take()?;
+        let mut out = BytesMut::new();
+        put_error(&mut out, Severity::Error, &code, &message);
+        Some(out)
     }
 
     /// ReadyForQuery ending the write in flight: record its rows, and end an implicit

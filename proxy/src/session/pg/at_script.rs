@@ -95,7 +95,8 @@ impl Relay<'_> {
             commit_at_end,
         });
         match self.next_script_statement().await? {
-            Some(query) => Ok(Intercepted::ReplaceAndHold(query)),
+            Some(Some(query)) => Ok(Intercepted::ReplaceAndHold(query)),
+            Some(None) => Ok(Intercepted::SentAndHold),
             // Only BEGIN … COMMIT with nothing between: end it at once.
             None => {
                 let answer = self.finish_script(TxStatus::InTransaction, false).await?;
@@ -104,8 +105,9 @@ impl Relay<'_> {
         }
     }
 
-    /// The next statement, captured like a query of its own, as the Query to send.
-    async fn next_script_statement(&mut self) -> Result<Option<BytesMut>> {
+    /// The next statement, captured like a query of its own: the Query to send, or
+    /// `Some(None)` when tandem sent it already (pipelined behind its before image).
+    async fn next_script_statement(&mut self) -> Result<Option<Option<BytesMut>>> {
         let Some((sql, analysis)) = self.script.as_mut().and_then(|s| s.rest.pop_front()) else {
             return Ok(None);
         };
@@ -118,6 +120,7 @@ impl Relay<'_> {
             _ => Intercepted::Relay,
         };
         let query = match intercepted {
+            Intercepted::SentAndHold => return Ok(Some(None)),
             Intercepted::Replace(query) | Intercepted::ReplaceAndHold(query) => query,
             _ => {
                 let mut query = BytesMut::new();
@@ -125,7 +128,7 @@ impl Relay<'_> {
                 query
             }
         };
-        Ok(Some(query))
+        Ok(Some(Some(query)))
     }
 
     /// ReadyForQuery of one statement of the script: send the next one (the client does
@@ -153,7 +156,9 @@ impl Relay<'_> {
         }
         let failed = status == TxStatus::Failed;
         if !failed && let Some(query) = self.next_script_statement().await? {
-            self.write_server(&query).await?;
+            if let Some(query) = query {
+                self.write_server(&query).await?;
+            }
             self.tracked.on_sync_point_request(SyncKind::Query);
             self.phase = self.phase.on_request(true);
             return Ok(out);

@@ -107,6 +107,9 @@ impl Relay<'_> {
                 continue;
             }
             if frame.tag == frontend::QUERY {
+                // What came before goes first: tandem may send statements of its own.
+                self.write_server(&buf[run_start..pos]).await?;
+                run_start = pos;
                 match self.intercept_query(body).await? {
                     Intercepted::Relay => {}
                     Intercepted::WaitForSyncPoint => {
@@ -127,6 +130,13 @@ impl Relay<'_> {
                         pos += frame.wire_len;
                         run_start = pos;
                         continue;
+                    }
+                    Intercepted::SentAndHold => {
+                        self.on_client_message(frame.tag, body)?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        self.client_paused = true;
+                        break;
                     }
                     Intercepted::ReplaceAndHold(replacement) => {
                         self.write_server(&buf[run_start..pos]).await?;

@@ -74,6 +74,26 @@ impl Relay<'_> {
         self.read_exchange_replies(statements.len()).await
     }
 
+    /// Like [`Self::exchange_many`], with `then` (a client's statement) sent in the same
+    /// write, after the Sync: its replies stay in the buffer for the relay.
+    pub(super) async fn exchange_many_then(
+        &mut self,
+        statements: &[(&str, &[Param<'_>], &[i16])],
+        then: &[u8],
+    ) -> Result<Vec<Exchanged>> {
+        let mut out = BytesMut::with_capacity(128 + then.len());
+        for (sql, params, result_formats) in statements {
+            put_statement(&mut out, sql, params, result_formats);
+        }
+        put_msg(&mut out, frontend::SYNC, &[]);
+        out.extend_from_slice(then);
+        self.server
+            .write_all(&out)
+            .await
+            .map_err(Error::UpstreamIo)?;
+        self.read_exchange_replies(statements.len()).await
+    }
+
     /// The parameter types the server infers for `sql` (ParameterDescription), for
     /// binding a client's parameter values to tandem's own statements exactly.
     pub(super) async fn describe_params(&mut self, sql: &str) -> Result<Vec<u32>> {

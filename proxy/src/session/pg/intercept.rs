@@ -140,6 +140,9 @@ pub(super) enum Intercepted {
     /// Send this instead, and read nothing more from the client until its reply is over
     /// (tandem acts on that reply at its ReadyForQuery).
     ReplaceAndHold(BytesMut),
+    /// tandem sent the statement's replacement itself (pipelined behind statements of
+    /// its own); read nothing more from the client until its reply is over.
+    SentAndHold,
 }
 
 /// The statement that makes the backend report a refused control statement with its

@@ -231,7 +231,7 @@ impl<'a> Relay<'a> {
 
     async fn run(&mut self) -> Result<()> {
         // The client may have pipelined messages behind its StartupMessage.
-        if !self.from_client.is_empty() && self.relay_from_client().await? {
+        if !self.from_client.is_empty() && self.relay_from_client_then_buffered().await? {
             return Ok(());
         }
         // Made once, not per iteration: each `cancelled()` future registers a waiter
@@ -261,7 +261,7 @@ impl<'a> Relay<'a> {
                     if self.draining && self.phase.at_sync_point() {
                         return Err(Error::ShuttingDown);
                     }
-                    if self.client_paused && self.phase.at_sync_point() && self.relay_from_client().await? {
+                    if self.client_paused && self.phase.at_sync_point() && self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }
                 }
@@ -276,12 +276,34 @@ impl<'a> Relay<'a> {
                         self.on_client_gone().await;
                         return Ok(());
                     }
-                    if self.relay_from_client().await? {
+                    if self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+
+    /// Relays the client's messages, then any backend replies tandem already holds: a
+    /// statement pipelined behind tandem's own may have answered in full while tandem
+    /// read its own replies, and no socket read would ever wake the loop for it.
+    async fn relay_from_client_then_buffered(&mut self) -> Result<bool> {
+        if self.relay_from_client().await? {
+            return Ok(true);
+        }
+        while !self.from_server.is_empty() {
+            let held = self.from_server.len();
+            self.relay_from_server().await?;
+            if self.client_paused && self.phase.at_sync_point() {
+                if self.relay_from_client().await? {
+                    return Ok(true);
+                }
+            } else if self.from_server.len() == held {
+                // An incomplete message: the next read completes it.
+                break;
+            }
+        }
+        Ok(false)
     }
 
     fn client_failed(&mut self, e: std::io::Error) -> Error {

@@ -7,6 +7,14 @@ use super::*;
 impl Relay<'_> {
     /// Relays every complete backend message, rewriting the few tandem must.
     pub(super) async fn relay_from_server(&mut self) -> Result<()> {
+        // tandem's own exchanges, run while relaying, may read replies that belong to
+        // a statement sent behind them: relay those too.
+        while self.relay_from_server_once().await? {}
+        Ok(())
+    }
+
+    /// One pass over the buffered backend bytes; true when more arrived meanwhile.
+    async fn relay_from_server_once(&mut self) -> Result<bool> {
         let buf = std::mem::take(&mut self.from_server);
         let max = self.ctx.config.max_message_bytes;
         let mut pos = skip_streaming(&mut self.server_streaming, buf.len());
@@ -70,8 +78,10 @@ impl Relay<'_> {
                     backend::ROW_DESCRIPTION => self.on_write_row_description(body)?,
                     backend::DATA_ROW => self.on_write_data_row(body)?,
                     backend::ERROR_RESPONSE => {
-                        self.on_write_error();
-                        None
+                        let replacement = self.on_write_error();
+                        // The backend's own bookkeeping of the error still applies.
+                        let _ = self.on_server_message(frame.tag, body)?;
+                        replacement.or(Some(BytesMut::from(&buf[pos..pos + frame.wire_len])))
                     }
                     backend::READY_FOR_QUERY => Some(self.on_write_ready(body).await?),
                     _ => None,
@@ -100,9 +110,13 @@ impl Relay<'_> {
             .flush()
             .await
             .map_err(|e| self.client_failed(e))?;
-        self.from_server = buf;
+        let arrived = std::mem::replace(&mut self.from_server, buf);
         self.from_server.advance(pos);
-        Ok(())
+        if arrived.is_empty() {
+            return Ok(false);
+        }
+        self.from_server.extend_from_slice(&arrived);
+        Ok(true)
     }
 
     pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {

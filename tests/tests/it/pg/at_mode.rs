@@ -342,3 +342,50 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_write_whose_before_image_fails_never_runs_without_it() {
+    // Column privileges that let the UPDATE run but not the before image (which reads
+    // every column): the write must fail with the image's error, not run uncaptured.
+    let orders = prepare("at_privs").await;
+    let role = format!("{}_limited", orders.name);
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} NOLOGIN;
+             GRANT SELECT (id, balance), UPDATE (balance) ON accounts TO {role};"
+        ))
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    a.batch_execute(&format!("SET ROLE {role}")).await.unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    // Autocommit, then inside a block (where the error replaces "transaction aborted").
+    let e = a
+        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    a.batch_execute("BEGIN").await.unwrap();
+    let e = a
+        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(dump(&direct).await, before, "the write did not run");
+    one(&a, "SELECT tandem_rollback()").await.unwrap();
+    a.batch_execute("RESET ROLE").await.unwrap();
+    drop(a);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+    direct
+        .batch_execute(&format!(
+            "REVOKE ALL ON accounts FROM {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+}

@@ -172,6 +172,12 @@ async fn run_bank(mode: &'static str) {
     assert!(committed.len() <= total * 4 / 5, "rollbacks did not happen");
 
     let (da, db) = (first.direct().await, second.direct().await);
+    // XA's phase 2 (COMMIT PREPARED) runs after tandem_commit() answered: the
+    // balances are final once no prepared transaction is left.
+    eventually("no prepared transactions left", || async {
+        prepared_count(&da).await == 0 && prepared_count(&db).await == 0
+    })
+    .await;
     let mut want_a = vec![OPENING_BALANCE; ACCOUNTS as usize];
     let mut want_b = vec![OPENING_BALANCE; ACCOUNTS as usize];
     for &(from, to, amount) in &committed {
@@ -206,10 +212,7 @@ async fn run_bank(mode: &'static str) {
         n_a == 0 && n_b == 0
     })
     .await;
-    eventually("no prepared transactions left", || async {
-        prepared_count(&da).await == 0 && prepared_count(&db).await == 0
-    })
-    .await;
+
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
     match Arc::try_unwrap(tandem) {
