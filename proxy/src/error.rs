@@ -387,7 +387,9 @@ mod tests {
         let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
         assert_eq!(got, expected);
         assert_eq!(
-            Error::TooManyConnections { limit: 1 }.mysql_error().sqlstate(),
+            Error::TooManyConnections { limit: 1 }
+                .mysql_error()
+                .sqlstate(),
             b"08004"
         );
     }

@@ -314,7 +314,10 @@ async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
     }
     for (upstream, timeout) in &state.mysql_upstreams {
         if let Err(e) = mysql::ping(upstream, *timeout).await {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("{upstream}: {e}\n"));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{upstream}: {e}\n"),
+            );
         }
     }
     (StatusCode::OK, "ready\n".to_owned())

@@ -93,7 +93,9 @@ pub struct MyTestDb {
 impl MyTestDb {
     pub async fn create(label: &str) -> MyTestDb {
         let name = format!("tandem_t_{label}_{:08x}", rand::random::<u32>());
-        let mut admin = Conn::new(admin_opts()).await.expect("connect to the test server");
+        let mut admin = Conn::new(admin_opts())
+            .await
+            .expect("connect to the test server");
         admin
             .query_drop(format!("CREATE DATABASE {name}"))
             .await
@@ -111,7 +113,9 @@ impl MyTestDb {
     /// How many connections of the test server are on this database (tandem's side
     /// connections included), other than the asking one.
     pub async fn backend_count(&self) -> usize {
-        let mut admin = Conn::new(admin_opts()).await.expect("connect to the test server");
+        let mut admin = Conn::new(admin_opts())
+            .await
+            .expect("connect to the test server");
         let n: Option<usize> = admin
             .exec_first(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
@@ -135,7 +139,9 @@ impl Drop for MyTestDb {
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok(mut admin) = Conn::new(admin_opts()).await {
-                        let _ = admin.query_drop(format!("DROP DATABASE IF EXISTS {name}")).await;
+                        let _ = admin
+                            .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+                            .await;
                         let _ = admin.disconnect().await;
                     }
                 });
@@ -181,10 +187,13 @@ impl RawMy {
                 }
             }
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(std::time::Duration::from_secs(10), self.stream.read(&mut chunk))
-                .await
-                .expect("the proxy answers within 10 s")
-                .unwrap_or(0);
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.stream.read(&mut chunk),
+            )
+            .await
+            .expect("the proxy answers within 10 s")
+            .unwrap_or(0);
             if n == 0 {
                 return None;
             }
@@ -219,7 +228,8 @@ pub fn err_code(payload: &[u8]) -> Option<u16> {
 /// A minimal HandshakeResponse41 for `user` with an empty password
 /// (mysql_native_password), as the raw client's login.
 pub fn login_packet(user: &str) -> Vec<u8> {
-    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0100_0000 | 0x0001_0000 | 0x0002_0000;
+    let caps: u32 =
+        0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0100_0000 | 0x0001_0000 | 0x0002_0000;
     let mut p = caps.to_le_bytes().to_vec();
     p.extend_from_slice(&(16u32 << 20).to_le_bytes());
     p.push(45);

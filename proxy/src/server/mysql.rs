@@ -4,7 +4,7 @@
 use crate::error::Error;
 use crate::session::mysql::{self, MysqlFrontendContext};
 use crate::wire::mysql::codes::reply;
-use crate::wire::mysql::messages::response::put_err;
+use crate::wire::mysql::messages::response::put_err_before_greeting;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +61,7 @@ async fn refuse_over_limit(mut socket: TcpStream, limit: usize) {
     let e = Error::TooManyConnections { limit };
     let code = e.mysql_error();
     let mut out = BytesMut::new();
-    put_err(&mut out, 0, code.code(), code.sqlstate(), &e.to_string());
+    put_err_before_greeting(&mut out, code.code(), &e.to_string());
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&out)).await;
 }
 
@@ -76,7 +76,9 @@ pub(super) async fn ping(upstream: &str, timeout: Duration) -> Result<(), Error>
         })?
         .map_err(Error::UpstreamIo)?;
     if first[4] == reply::ERR {
-        return Err(Error::UpstreamProtocol("the server refused a new connection"));
+        return Err(Error::UpstreamProtocol(
+            "the server refused a new connection",
+        ));
     }
     Ok(())
 }

@@ -64,9 +64,10 @@ async fn dev_serves_the_proxy_and_the_lockserver_and_stops_both() {
     let mut my_conn = mysql_async::Conn::new(tandem_tests::mysql::opts_at(my, None))
         .await
         .expect("connect through the dev MySQL front end");
-    let v: Option<String> = mysql_async::prelude::Queryable::query_first(&mut my_conn, "SELECT 'dev'")
-        .await
-        .unwrap();
+    let v: Option<String> =
+        mysql_async::prelude::Queryable::query_first(&mut my_conn, "SELECT 'dev'")
+            .await
+            .unwrap();
     assert_eq!(v.as_deref(), Some("dev"));
     my_conn.disconnect().await.unwrap();
 

@@ -178,10 +178,14 @@ async fn client_hello(
         return Err((client, 2, e));
     }
     let ClientStream::Plain(tcp) = client else {
-        return Err((client, 2, Error::UnexpectedMessage {
-            tag: 0,
-            context: "SSLRequest inside TLS",
-        }));
+        return Err((
+            client,
+            2,
+            Error::UnexpectedMessage {
+                tag: 0,
+                context: "SSLRequest inside TLS",
+            },
+        ));
     };
     let mut client = match acceptor.accept(tcp).await {
         Ok(tls) => ClientStream::Tls(Box::new(tls)),
@@ -355,7 +359,12 @@ impl Handshake<'_> {
         }
     }
 
-    fn opened(self, capabilities: CapabilityFlags, status: StatusFlags, greeting: Greeting) -> Opening {
+    fn opened(
+        self,
+        capabilities: CapabilityFlags,
+        status: StatusFlags,
+        greeting: Greeting,
+    ) -> Opening {
         Opening::Session(Box::new(Opened {
             client: self.client,
             server: self.server,
@@ -389,7 +398,10 @@ fn whole_packet(buf: &[u8]) -> Result<Option<Header>> {
 
 /// Reads from `stream` until a whole packet is at the front of `buf`; `None` if the
 /// peer closed first.
-async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Option<Header>> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<Header>> {
     loop {
         if let Some(header) = whole_packet(buf)? {
             return Ok(Some(header));
@@ -418,9 +430,9 @@ fn client_error(e: Error) -> Error {
     e
 }
 
-/// Tells the client why its connection is refused, as an ERR packet with `seq`, then
-/// hands the error back.
+/// Tells the client why its connection is refused, as an ERR packet with `seq` (0: in
+/// place of the greeting), then hands the error back.
 async fn refuse(client: &mut ClientStream, seq: u8, error: Error) -> Error {
-    super::report(client, seq, &error).await;
+    super::report(client, seq, seq == 0, &error).await;
     error
 }

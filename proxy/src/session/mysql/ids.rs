@@ -77,7 +77,9 @@ impl ConnectionIds {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Backend>> {
-        self.live.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.live
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

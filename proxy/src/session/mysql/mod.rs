@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::shutdown::Signals;
 use crate::tls::ClientStream;
-use crate::wire::mysql::messages::response::put_err;
+use crate::wire::mysql::messages::response::{put_err, put_err_before_greeting};
 use bytes::BytesMut;
 use handshake::Opening;
 use ids::{Backend, ConnectionIds};
@@ -110,11 +110,22 @@ async fn run(
 }
 
 /// Tells the client why its session or command fails, as an ERR packet with sequence
-/// id `seq`. Best effort: the client may already be gone.
-async fn report(client: &mut ClientStream, seq: u8, error: &Error) {
+/// id `seq`, or in place of the greeting when `before_greeting`. Best effort: the client
+/// may already be gone.
+async fn report(client: &mut ClientStream, seq: u8, before_greeting: bool, error: &Error) {
     let mut out = BytesMut::new();
     let code = error.mysql_error();
-    put_err(&mut out, seq, code.code(), code.sqlstate(), &error.to_string());
+    if before_greeting {
+        put_err_before_greeting(&mut out, code.code(), &error.to_string());
+    } else {
+        put_err(
+            &mut out,
+            seq,
+            code.code(),
+            code.sqlstate(),
+            &error.to_string(),
+        );
+    }
     let _ = client.write_all(&out).await;
     let _ = client.flush().await;
 }

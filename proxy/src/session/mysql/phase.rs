@@ -80,14 +80,23 @@ pub enum Reply {
     /// Its first packet has not arrived.
     First(Expect),
     /// Column definitions still to come, then (without CLIENT_DEPRECATE_EOF) an EOF.
-    Columns { left: u64 },
+    Columns {
+        left: u64,
+    },
     /// The EOF after column definitions.
     ColumnsEof,
     /// Rows until a terminator or ERR.
     Rows,
-    PrepareParams { left: u16, columns: u16 },
-    PrepareParamsEof { columns: u16 },
-    PrepareColumns { left: u16 },
+    PrepareParams {
+        left: u16,
+        columns: u16,
+    },
+    PrepareParamsEof {
+        columns: u16,
+    },
+    PrepareColumns {
+        left: u16,
+    },
     PrepareColumnsEof,
     /// Column definitions until a terminator (COM_FIELD_LIST).
     Definitions,
@@ -189,9 +198,7 @@ impl Reply {
                 left: left - 1,
                 columns,
             }),
-            Reply::PrepareParams { columns, .. } if deprecate_eof => {
-                prepare_next(0, columns)
-            }
+            Reply::PrepareParams { columns, .. } if deprecate_eof => prepare_next(0, columns),
             Reply::PrepareParams { columns, .. } => More(Reply::PrepareParamsEof { columns }),
             Reply::PrepareParamsEof { columns } if eof => prepare_next(0, columns),
             Reply::PrepareColumns { left } if left > 1 => {

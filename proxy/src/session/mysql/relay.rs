@@ -178,7 +178,7 @@ impl<'a> Relay<'a> {
                 Error::ShuttingDown if self.exchange.at_sync_point() => 0,
                 _ => self.last_seq.wrapping_add(1),
             };
-            super::report(&mut self.client, seq, error).await;
+            super::report(&mut self.client, seq, false, error).await;
         }
     }
 

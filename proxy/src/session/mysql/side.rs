@@ -32,7 +32,9 @@ pub async fn kill_query(config: &MysqlFrontend, thread_id: u32, span: &tracing::
     };
     match tokio::time::timeout(config.connect_timeout(), kill).await {
         Ok(Ok(())) => tracing::debug!(parent: span, thread_id, "stopped the running statement"),
-        Ok(Err(e)) => tracing::debug!(parent: span, error = %e, "could not stop the running statement"),
+        Ok(Err(e)) => {
+            tracing::debug!(parent: span, error = %e, "could not stop the running statement")
+        }
         Err(_) => tracing::debug!(parent: span, "stopping the running statement timed out"),
     }
 }

@@ -66,9 +66,7 @@ impl MyErr {
             | MyErr::HandshakeError => b"08S01",
             MyErr::Deadlock => b"40001",
             MyErr::NotSupportedYet => b"42000",
-            MyErr::Unknown | MyErr::LockWaitTimeout | MyErr::CantConnect => {
-                b"HY000"
-            }
+            MyErr::Unknown | MyErr::LockWaitTimeout | MyErr::CantConnect => b"HY000",
         }
     }
 }
@@ -79,9 +77,30 @@ mod tests {
 
     #[test]
     fn the_codes_style_md_names() {
-        assert_eq!((MyErr::LockWaitTimeout.code(), MyErr::LockWaitTimeout.sqlstate()), (1205, b"HY000"));
-        assert_eq!((MyErr::Deadlock.code(), MyErr::Deadlock.sqlstate()), (1213, b"40001"));
-        assert_eq!((MyErr::TooManyConnections.code(), MyErr::TooManyConnections.sqlstate()), (1040, b"08004"));
-        assert_eq!((MyErr::ServerShutdown.code(), MyErr::ServerShutdown.sqlstate()), (1053, b"08S01"));
+        assert_eq!(
+            (
+                MyErr::LockWaitTimeout.code(),
+                MyErr::LockWaitTimeout.sqlstate()
+            ),
+            (1205, b"HY000")
+        );
+        assert_eq!(
+            (MyErr::Deadlock.code(), MyErr::Deadlock.sqlstate()),
+            (1213, b"40001")
+        );
+        assert_eq!(
+            (
+                MyErr::TooManyConnections.code(),
+                MyErr::TooManyConnections.sqlstate()
+            ),
+            (1040, b"08004")
+        );
+        assert_eq!(
+            (
+                MyErr::ServerShutdown.code(),
+                MyErr::ServerShutdown.sqlstate()
+            ),
+            (1053, b"08S01")
+        );
     }
 }

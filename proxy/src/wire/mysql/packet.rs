@@ -70,7 +70,11 @@ impl MessageSize {
         }
         // A continued packet keeps the message open; the message ends with the first
         // packet shorter than MAX_PAYLOAD (possibly empty).
-        self.so_far = if header.is_continued() { total.max(1) } else { 0 };
+        self.so_far = if header.is_continued() {
+            total.max(1)
+        } else {
+            0
+        };
         Ok(first)
     }
 
@@ -209,7 +213,13 @@ mod tests {
         assert!(!size.in_message());
         assert_eq!(size.on_packet(small, 100), Ok(true));
         assert!(matches!(
-            size.on_packet(Header { payload_len: 101, seq: 0 }, 100),
+            size.on_packet(
+                Header {
+                    payload_len: 101,
+                    seq: 0
+                },
+                100
+            ),
             Err(PacketError::TooLarge { .. })
         ));
     }

@@ -23,7 +23,13 @@ fn packets(buf: &[u8]) -> Vec<(u8, Vec<u8>)> {
 }
 
 fn caching_sha2(tls_client: bool) -> AuthExchange {
-    AuthExchange::new(2, 1, caching_sha2::PLUGIN.to_vec(), NONCE.to_vec(), tls_client)
+    AuthExchange::new(
+        2,
+        1,
+        caching_sha2::PLUGIN.to_vec(),
+        NONCE.to_vec(),
+        tls_client,
+    )
 }
 
 struct KeyPair {
@@ -60,7 +66,13 @@ impl KeyPair {
     fn decrypt(&self, data: &[u8]) -> Vec<u8> {
         std::fs::write(self.dir.join("enc.bin"), data).unwrap();
         let out = Command::new("openssl")
-            .args(["pkeyutl", "-decrypt", "-pkeyopt", "rsa_padding_mode:oaep", "-inkey"])
+            .args([
+                "pkeyutl",
+                "-decrypt",
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-inkey",
+            ])
             .arg(self.dir.join("key.pem"))
             .arg("-in")
             .arg(self.dir.join("enc.bin"))
@@ -136,8 +148,13 @@ fn plain_clients_do_their_own_rsa_exchange_through_tandem() {
     x.on_server_packet(2, b"\x01\x04", &mut to_client, &mut to_server)
         .unwrap();
     x.on_client_packet(4, b"\x02", &mut to_server).unwrap();
-    x.on_server_packet(4, b"\x01-----BEGIN PUBLIC KEY-----", &mut to_client, &mut to_server)
-        .unwrap();
+    x.on_server_packet(
+        4,
+        b"\x01-----BEGIN PUBLIC KEY-----",
+        &mut to_client,
+        &mut to_server,
+    )
+    .unwrap();
     x.on_client_packet(6, &[9; 256], &mut to_server).unwrap();
     let outcome = x
         .on_server_packet(6, OK, &mut to_client, &mut to_server)
@@ -179,16 +196,23 @@ fn wrong_sequence_ids_and_refusals() {
     let (mut to_client, mut to_server) = (BytesMut::new(), BytesMut::new());
     assert!(matches!(
         x.on_client_packet(5, b"response", &mut to_server),
-        Err(Error::MysqlPacket(PacketError::OutOfOrder { expected: 2, got: 5 }))
+        Err(Error::MysqlPacket(PacketError::OutOfOrder {
+            expected: 2,
+            got: 5
+        }))
     ));
     let mut x = caching_sha2(false);
     x.on_client_packet(2, b"response", &mut to_server).unwrap();
-    assert!(x.on_server_packet(9, OK, &mut to_client, &mut to_server).is_err());
+    assert!(
+        x.on_server_packet(9, OK, &mut to_client, &mut to_server)
+            .is_err()
+    );
     let mut x = caching_sha2(false);
     x.on_client_packet(2, b"response", &mut to_server).unwrap();
     let err = b"\xff\x15\x04#28000Access denied for user";
     assert_eq!(
-        x.on_server_packet(2, err, &mut to_client, &mut to_server).unwrap(),
+        x.on_server_packet(2, err, &mut to_client, &mut to_server)
+            .unwrap(),
         AuthOutcome::Refused
     );
 }
@@ -201,7 +225,8 @@ fn a_bad_public_key_is_an_error_not_a_panic() {
     x.on_server_packet(2, b"\x01\x04", &mut to_client, &mut to_server)
         .unwrap();
     x.on_client_packet(4, b"pw\0", &mut to_server).unwrap();
-    assert!(x
-        .on_server_packet(4, b"\x01not a key", &mut to_client, &mut to_server)
-        .is_err());
+    assert!(
+        x.on_server_packet(4, b"\x01not a key", &mut to_client, &mut to_server)
+            .is_err()
+    );
 }

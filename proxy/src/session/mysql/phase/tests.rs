@@ -24,7 +24,8 @@ fn eof(status: u16) -> Vec<u8> {
     p
 }
 
-const COLUMN_DEF: &[u8] = b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00";
+const COLUMN_DEF: &[u8] =
+    b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00";
 const ROW: &[u8] = b"\x011";
 const ERR: &[u8] = b"\xff\x15\x04#28000Access denied";
 
@@ -60,13 +61,26 @@ fn ok_reply_carries_transaction_status() {
 fn text_result_set_with_and_without_deprecate_eof() {
     let mut x = ready(true);
     x.on_command(Expect::Results, 1);
-    let progress = feed(&mut x, &[b"\x02", COLUMN_DEF, COLUMN_DEF, ROW, ROW, &ok_terminator(AUTOCOMMIT)]);
+    let progress = feed(
+        &mut x,
+        &[
+            b"\x02",
+            COLUMN_DEF,
+            COLUMN_DEF,
+            ROW,
+            ROW,
+            &ok_terminator(AUTOCOMMIT),
+        ],
+    );
     assert_eq!(progress.last(), Some(&Progress::SyncPoint));
     assert!(progress[..5].iter().all(|p| *p == Progress::Continues));
 
     let mut x = ready(false);
     x.on_command(Expect::Results, 1);
-    let progress = feed(&mut x, &[b"\x01", COLUMN_DEF, &eof(AUTOCOMMIT), ROW, &eof(AUTOCOMMIT)]);
+    let progress = feed(
+        &mut x,
+        &[b"\x01", COLUMN_DEF, &eof(AUTOCOMMIT), ROW, &eof(AUTOCOMMIT)],
+    );
     assert_eq!(progress.last(), Some(&Progress::SyncPoint));
     assert!(x.at_sync_point());
 }
@@ -88,7 +102,13 @@ fn multi_statement_results_end_at_the_last_without_more_results() {
             &ok_terminator(AUTOCOMMIT),
         ],
     );
-    assert_eq!(progress.iter().filter(|p| **p == Progress::SyncPoint).count(), 1);
+    assert_eq!(
+        progress
+            .iter()
+            .filter(|p| **p == Progress::SyncPoint)
+            .count(),
+        1
+    );
     assert_eq!(progress.last(), Some(&Progress::SyncPoint));
 }
 
@@ -129,10 +149,23 @@ fn prepare_replies_count_their_definitions() {
     x.on_command(Expect::Prepare, 1);
     let progress = feed(
         &mut x,
-        &[prepare_ok, COLUMN_DEF, COLUMN_DEF, &eof(AUTOCOMMIT), COLUMN_DEF, &eof(AUTOCOMMIT)],
+        &[
+            prepare_ok,
+            COLUMN_DEF,
+            COLUMN_DEF,
+            &eof(AUTOCOMMIT),
+            COLUMN_DEF,
+            &eof(AUTOCOMMIT),
+        ],
     );
     assert_eq!(progress.last(), Some(&Progress::SyncPoint));
-    assert_eq!(progress.iter().filter(|p| **p == Progress::SyncPoint).count(), 1);
+    assert_eq!(
+        progress
+            .iter()
+            .filter(|p| **p == Progress::SyncPoint)
+            .count(),
+        1
+    );
 
     let no_definitions = b"\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
     let mut x = ready(false);
@@ -148,16 +181,32 @@ fn pipelined_commands_reach_the_sync_point_after_the_last_reply() {
     x.on_command(Expect::Status, 1);
     let prepare_ok = b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
     let progress = feed(&mut x, &[prepare_ok, &ok(AUTOCOMMIT), &ok(AUTOCOMMIT)]);
-    assert_eq!(progress, [Progress::Continues, Progress::Continues, Progress::SyncPoint]);
+    assert_eq!(
+        progress,
+        [
+            Progress::Continues,
+            Progress::Continues,
+            Progress::SyncPoint
+        ]
+    );
 }
 
 #[test]
 fn local_infile_waits_for_the_upload_then_for_the_result() {
     let mut x = ready(true);
     x.on_command(Expect::Results, 1);
-    assert_eq!(feed(&mut x, &[b"\xfb/tmp/data.csv"]), [Progress::InfileRequested]);
+    assert_eq!(
+        feed(&mut x, &[b"\xfb/tmp/data.csv"]),
+        [Progress::InfileRequested]
+    );
     assert!(matches!(x.phase, Phase::InfileUpload { .. }));
-    assert!(x.on_server_packet(ServerPacket { prefix: &ok(0), payload_len: 7 }).is_err());
+    assert!(
+        x.on_server_packet(ServerPacket {
+            prefix: &ok(0),
+            payload_len: 7
+        })
+        .is_err()
+    );
     x.on_infile_end(3);
     assert_eq!(feed(&mut x, &[&ok(AUTOCOMMIT)]), [Progress::SyncPoint]);
 }
@@ -184,26 +233,54 @@ fn status_field_list_and_statistics() {
     assert_eq!(feed(&mut x, &[&eof(AUTOCOMMIT)]), [Progress::SyncPoint]);
     x.on_command(Expect::Definitions, 1);
     assert_eq!(
-        feed(&mut x, &[COLUMN_DEF, COLUMN_DEF, &ok_terminator(AUTOCOMMIT)]).last(),
+        feed(
+            &mut x,
+            &[COLUMN_DEF, COLUMN_DEF, &ok_terminator(AUTOCOMMIT)]
+        )
+        .last(),
         Some(&Progress::SyncPoint)
     );
     x.on_command(Expect::AnyPacket, 1);
-    assert_eq!(feed(&mut x, &[b"Uptime: 5  Threads: 1"]), [Progress::SyncPoint]);
+    assert_eq!(
+        feed(&mut x, &[b"Uptime: 5  Threads: 1"]),
+        [Progress::SyncPoint]
+    );
 }
 
 #[test]
 fn unexpected_packets_are_errors() {
     let mut x = ready(true);
-    assert!(x.on_server_packet(ServerPacket { prefix: &ok(0), payload_len: 7 }).is_err());
+    assert!(
+        x.on_server_packet(ServerPacket {
+            prefix: &ok(0),
+            payload_len: 7
+        })
+        .is_err()
+    );
     x.on_command(Expect::Status, 1);
-    assert!(x.on_server_packet(ServerPacket { prefix: b"\x05", payload_len: 1 }).is_err());
+    assert!(
+        x.on_server_packet(ServerPacket {
+            prefix: b"\x05",
+            payload_len: 1
+        })
+        .is_err()
+    );
     x.on_command(Expect::Results, 1);
-    assert!(x.on_server_packet(ServerPacket { prefix: b"", payload_len: 0 }).is_err());
+    assert!(
+        x.on_server_packet(ServerPacket {
+            prefix: b"",
+            payload_len: 0
+        })
+        .is_err()
+    );
 }
 
 #[test]
 fn commands_are_classified_by_their_first_byte() {
-    assert_eq!(command_kind(command::QUERY), CommandKind::Replied(Expect::Results));
+    assert_eq!(
+        command_kind(command::QUERY),
+        CommandKind::Replied(Expect::Results)
+    );
     assert_eq!(command_kind(command::STMT_CLOSE), CommandKind::NoReply);
     assert_eq!(command_kind(command::CHANGE_USER), CommandKind::ChangeUser);
     assert_eq!(command_kind(command::BINLOG_DUMP), CommandKind::Refused);

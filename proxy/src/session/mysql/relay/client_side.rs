@@ -209,7 +209,9 @@ impl Relay<'_> {
         let rest = payload.get(1..).unwrap_or(&[]);
         let replacement = match byte {
             command::QUERY if whole => Kill::parse(rest).and_then(|kill| {
-                let target = u32::try_from(kill.id).ok().and_then(|id| self.backend_of(id))?;
+                let target = u32::try_from(kill.id)
+                    .ok()
+                    .and_then(|id| self.backend_of(id))?;
                 let mut sql = vec![command::QUERY];
                 sql.extend_from_slice(kill.to_sql(target).as_bytes());
                 Some(sql)
@@ -270,11 +272,10 @@ impl Relay<'_> {
 
     /// COM_CHANGE_USER, at a sync point: a new authentication exchange.
     fn start_change_user(&mut self, header: Header, payload: &[u8]) -> Result<Handled> {
-        let change = ChangeUser::decode(payload, self.capabilities).map_err(|_| {
-            Error::Malformed {
+        let change =
+            ChangeUser::decode(payload, self.capabilities).map_err(|_| Error::Malformed {
                 what: "COM_CHANGE_USER",
-            }
-        })?;
+            })?;
         self.on_session_reset("COM_CHANGE_USER");
         tracing::debug!(parent: &self.span, user = %String::from_utf8_lossy(&change.user), "change user");
         let mut exchange = AuthExchange::new(
@@ -305,7 +306,11 @@ impl Relay<'_> {
         let Some(exchange) = self.change_user.as_mut() else {
             return Ok(Handled::Relay);
         };
-        exchange.on_client_packet(header.seq, &packet[HEADER_LEN..header.wire_len()], &mut self.to_server)?;
+        exchange.on_client_packet(
+            header.seq,
+            &packet[HEADER_LEN..header.wire_len()],
+            &mut self.to_server,
+        )?;
         Ok(Handled::Replace)
     }
 

@@ -95,7 +95,9 @@ impl Relay<'_> {
     async fn change_user_from_server(&mut self) -> Result<()> {
         while let Some(header) = Header::peek(&self.from_server) {
             if header.payload_len > super::super::handshake::MAX_HANDSHAKE_PACKET {
-                return Err(Error::UpstreamProtocol("an oversized authentication packet"));
+                return Err(Error::UpstreamProtocol(
+                    "an oversized authentication packet",
+                ));
             }
             if self.from_server.len() < header.wire_len() {
                 break;

@@ -102,9 +102,15 @@ mod tests {
     #[test]
     fn kills_of_one_id_are_recognised() {
         let k = Kill::parse(b"KILL QUERY 1073741825").unwrap();
-        assert_eq!((k.scope, k.id, k.modifier), (KillScope::Query, 1_073_741_825, None));
+        assert_eq!(
+            (k.scope, k.id, k.modifier),
+            (KillScope::Query, 1_073_741_825, None)
+        );
         let k = Kill::parse(b"  kill  hard\tconnection 7 ; ").unwrap();
-        assert_eq!((k.scope, k.id, k.modifier), (KillScope::Connection, 7, Some("HARD")));
+        assert_eq!(
+            (k.scope, k.id, k.modifier),
+            (KillScope::Connection, 7, Some("HARD"))
+        );
         let k = Kill::parse(b"kill 9;").unwrap();
         assert_eq!((k.scope, k.id), (KillScope::Connection, 9));
         assert_eq!(k.to_sql(42), "KILL CONNECTION 42");

@@ -49,7 +49,8 @@ impl Greeting {
         let _status = r.u16()?;
         let caps_high_at = payload.len() - r.remaining().len();
         let high = r.u16()?;
-        let capabilities = CapabilityFlags::from_bits_retain(u32::from(low) | u32::from(high) << 16);
+        let capabilities =
+            CapabilityFlags::from_bits_retain(u32::from(low) | u32::from(high) << 16);
         let data_len = usize::from(r.u8()?);
         r.bytes(6)?;
         let mariadb_caps_at = payload.len() - r.remaining().len();
@@ -163,16 +164,16 @@ impl HandshakeResponse {
         let caps = head.capabilities;
         let mut r = Reader::new(payload.get(SSL_REQUEST_LEN..).ok_or(Truncated)?);
         let user = r.cstr()?.to_vec();
-        let auth_response = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
-        {
-            r.lenenc_bytes()?
-        } else if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
-            let len = usize::from(r.u8()?);
-            r.bytes(len)?
-        } else {
-            r.cstr()?
-        }
-        .to_vec();
+        let auth_response =
+            if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) {
+                r.lenenc_bytes()?
+            } else if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+                let len = usize::from(r.u8()?);
+                r.bytes(len)?
+            } else {
+                r.cstr()?
+            }
+            .to_vec();
         let database = caps
             .contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB)
             .then(|| r.cstr_or_rest().to_vec());
@@ -228,12 +229,13 @@ impl ChangeUser {
             r.cstr()?;
         }
         let _database = r.cstr_or_rest();
-        let plugin = if r.remaining().len() >= 2 && caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) {
-            r.u16()?;
-            Some(r.cstr_or_rest().to_vec())
-        } else {
-            None
-        };
+        let plugin =
+            if r.remaining().len() >= 2 && caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) {
+                r.u16()?;
+                Some(r.cstr_or_rest().to_vec())
+            } else {
+                None
+            };
         Ok(ChangeUser { user, plugin })
     }
 }

@@ -112,6 +112,17 @@ impl<'a> ErrPacket<'a> {
     }
 }
 
+/// Appends an ERR packet in place of the server's greeting: before the client has said
+/// it speaks protocol 4.1, an ERR carries no SQLSTATE marker (the server's own
+/// pre-handshake errors, such as 1040, have none either).
+pub fn put_err_before_greeting(out: &mut BytesMut, code: u16, message: &str) {
+    let mut payload = Vec::with_capacity(3 + message.len());
+    payload.push(reply::ERR);
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.extend_from_slice(message.as_bytes());
+    put_message(out, 0, &payload);
+}
+
 /// Appends an ERR packet with sequence id `seq` (4.1 form, with the SQLSTATE marker).
 pub fn put_err(out: &mut BytesMut, seq: u8, code: u16, sqlstate: &[u8; 5], message: &str) {
     let mut payload = Vec::with_capacity(9 + message.len());

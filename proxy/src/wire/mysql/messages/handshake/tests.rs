@@ -32,8 +32,14 @@ fn mariadb_greeting_decodes() {
     assert_eq!(g.connection_id, 9);
     assert_eq!(g.nonce, b"&5z(SIWX7F;6<hyI=8@u");
     assert_eq!(g.plugin, b"mysql_native_password");
-    assert!(!g.capabilities.contains(CapabilityFlags::CLIENT_LONG_PASSWORD));
-    assert!(g.capabilities.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
+    assert!(
+        !g.capabilities
+            .contains(CapabilityFlags::CLIENT_LONG_PASSWORD)
+    );
+    assert!(
+        g.capabilities
+            .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+    );
     assert_eq!(g.mariadb_capabilities.map(|c| c.bits()), Some(0x1d));
 }
 
@@ -68,7 +74,10 @@ fn mysql8_greeting_decodes_without_mariadb_capabilities() {
 #[test]
 fn truncated_greetings_are_errors_at_every_cut() {
     for cut in 0..60 {
-        assert!(Greeting::decode(&MARIADB_GREETING[..cut]).is_err(), "cut {cut}");
+        assert!(
+            Greeting::decode(&MARIADB_GREETING[..cut]).is_err(),
+            "cut {cut}"
+        );
     }
     assert!(Greeting::decode(b"\x09old").is_err());
 }
@@ -107,13 +116,20 @@ fn handshake_response_decodes_and_patches() {
     assert!(!r.head.is_ssl_request(bytes.len()));
     assert!(r.head.is_ssl_request(SSL_REQUEST_LEN));
 
-    ResponseHead::patch(&mut bytes, caps - CapabilityFlags::CLIENT_SSL, Some(MariadbCapabilities::empty()));
+    ResponseHead::patch(
+        &mut bytes,
+        caps - CapabilityFlags::CLIENT_SSL,
+        Some(MariadbCapabilities::empty()),
+    );
     let p = HandshakeResponse::decode(&bytes).unwrap();
     assert!(!p.head.capabilities.contains(CapabilityFlags::CLIENT_SSL));
     assert_eq!(p.head.mariadb_capabilities.map(|c| c.bits()), Some(0));
     assert_eq!(p.user, b"app");
     for cut in 0..40 {
-        assert!(HandshakeResponse::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        assert!(
+            HandshakeResponse::decode(&bytes[..cut]).is_err(),
+            "cut {cut}"
+        );
     }
 }
 
