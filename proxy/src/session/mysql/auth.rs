@@ -105,11 +105,11 @@ impl AuthExchange {
                 password.push(0);
             }
             self.state = AuthState::AwaitingPublicKey { password };
-            self.to_server(&[caching_sha2::REQUEST_PUBLIC_KEY], to_server);
+            self.send_to_server(&[caching_sha2::REQUEST_PUBLIC_KEY], to_server);
             return Ok(());
         }
         self.state = AuthState::Relaying;
-        self.to_server(payload, to_server);
+        self.send_to_server(payload, to_server);
         Ok(())
     }
 
@@ -134,7 +134,7 @@ impl AuthExchange {
             let key = payload.get(1..).unwrap_or(&[]);
             let encrypted = encrypt_password(password, &self.nonce, key)?;
             self.state = AuthState::Relaying;
-            self.to_server(&encrypted, to_server);
+            self.send_to_server(&encrypted, to_server);
             return Ok(AuthOutcome::Continue);
         }
         self.state = AuthState::Relaying;
@@ -165,7 +165,7 @@ impl AuthExchange {
         Ok(outcome)
     }
 
-    fn to_server(&mut self, payload: &[u8], to_server: &mut BytesMut) {
+    fn send_to_server(&mut self, payload: &[u8], to_server: &mut BytesMut) {
         self.server_seq = put_message(to_server, self.server_seq, payload);
     }
 }

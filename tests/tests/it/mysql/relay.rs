@@ -196,7 +196,7 @@ async fn load_data_local_infile() {
     }
     std::fs::write(&path, &csv).unwrap();
     let opts = my::opts(&tandem, &db.name)
-        .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new(&[&path])));
+        .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new([&path])));
     let mut conn = mysql_async::Conn::new(opts).await.unwrap();
     conn.query_drop("CREATE TABLE rows_in (id INT PRIMARY KEY, note VARCHAR(32))")
         .await
