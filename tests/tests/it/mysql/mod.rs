@@ -6,4 +6,5 @@ mod drivers;
 mod kill;
 mod relay;
 mod reset;
+mod shutdown;
 mod tls;

@@ -273,3 +273,70 @@ async fn transaction_and_autocommit_flags_pass_through_in_every_ok() {
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;
 }
+
+#[tokio::test]
+async fn send_long_data_reset_and_close_on_a_raw_connection() {
+    let tandem = my::start().await;
+    let (mut raw, _) = raw_login(my::addr(&tandem)).await;
+    // COM_STMT_PREPARE: OK, one parameter definition, one column definition (the login
+    // negotiated CLIENT_DEPRECATE_EOF, so no EOFs follow them).
+    raw.send(&packet(0, b"\x16SELECT LENGTH(?)")).await;
+    let (_, ok) = raw.recv().await.unwrap();
+    assert_eq!(ok[0], 0);
+    let stmt = [ok[1], ok[2], ok[3], ok[4]];
+    assert_eq!((ok[5], ok[7]), (1, 1), "one column, one parameter");
+    raw.recv().await.unwrap();
+    raw.recv().await.unwrap();
+    // Two chunks of long data for parameter 0; no reply is due.
+    for chunk in [vec![b'a'; 100_000], vec![b'b'; 23]] {
+        let mut p = vec![0x18];
+        p.extend_from_slice(&stmt);
+        p.extend_from_slice(&0u16.to_le_bytes());
+        p.extend_from_slice(&chunk);
+        raw.send(&packet(0, &p)).await;
+    }
+    let execute = |stmt: [u8; 4]| {
+        let mut p = vec![0x17];
+        p.extend_from_slice(&stmt);
+        p.push(0);
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.push(0); // NULL bitmap
+        p.push(1); // types follow
+        p.extend_from_slice(&[0xfc, 0x00]); // MYSQL_TYPE_BLOB, value sent as long data
+        packet(0, &p)
+    };
+    raw.send(&execute(stmt)).await;
+    let (_, columns) = raw.recv().await.unwrap();
+    assert_eq!(columns, [1]);
+    raw.recv().await.unwrap();
+    let (_, row) = raw.recv().await.unwrap();
+    assert_eq!(row[0], 0, "a binary row");
+    // After the header and the NULL bitmap: the value, little-endian (LONG or
+    // LONGLONG, as the server types LENGTH()).
+    let value = row[2..]
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| acc << 8 | u64::from(b));
+    assert_eq!(value, 100_023, "both chunks reached the server");
+    let (_, end) = raw.recv().await.unwrap();
+    assert_eq!(end[0], 0xfe);
+    // COM_STMT_RESET answers OK; COM_STMT_CLOSE answers nothing; COM_PING still works.
+    let mut reset = vec![0x1a];
+    reset.extend_from_slice(&stmt);
+    raw.send(&packet(0, &reset)).await;
+    assert_eq!(raw.recv().await.unwrap().1[0], 0);
+    let mut close = vec![0x19];
+    close.extend_from_slice(&stmt);
+    raw.send(&packet(0, &close)).await;
+    raw.send(&packet(0, &[0x0e])).await;
+    assert_eq!(raw.recv().await.unwrap(), (1, vec![0, 0, 0, 2, 0, 0, 0]));
+    // COM_SET_OPTION (multi-statements off) answers one EOF or OK.
+    raw.send(&packet(0, &[0x1b, 1, 0])).await;
+    let (_, reply) = raw.recv().await.unwrap();
+    assert!(matches!(reply[0], 0x00 | 0xfe), "{reply:?}");
+    raw.send(&packet(0, &[0x0e])).await;
+    assert_eq!(raw.recv().await.unwrap().1[0], 0);
+    drop(raw);
+    my::assert_no_sessions_left(&tandem).await;
+    tandem.shutdown().await;
+}
