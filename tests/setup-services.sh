@@ -16,11 +16,17 @@ command -v pgbench >/dev/null || missing+=(postgresql-contrib)
 command -v mariadb >/dev/null || missing+=(mariadb-client)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
+command -v openssl >/dev/null || missing+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import pymysql' 2>/dev/null; then
+  log "installing PyMySQL"
+  python3 -m pip install -q pymysql 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages pymysql
 fi
 if ! python3 -c 'import psycopg' 2>/dev/null; then
   log "installing psycopg"

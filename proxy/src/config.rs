@@ -3,6 +3,9 @@
 //! Owns parsing and validation. Never reads the environment or opens sockets. Invariant:
 //! a `Config` that passed `validate()` can be served as is.
 
+mod mysql;
+
+pub use mysql::{MysqlFrontend, MysqlServiceCredentials};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +19,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// PostgreSQL front ends. Default: one, `127.0.0.1:6433` in front of `127.0.0.1:5432`.
     pub postgres: Vec<PgFrontend>,
+    /// MySQL/MariaDB front ends. Default: one, `127.0.0.1:3307` in front of
+    /// `127.0.0.1:3306`.
+    pub mysql: Vec<MysqlFrontend>,
     /// How the process stops.
     pub shutdown: ShutdownConfig,
     /// The lockserver that sessions' control functions talk to.
@@ -27,6 +33,7 @@ impl Default for Config {
         Config {
             admin: AdminConfig::default(),
             postgres: vec![PgFrontend::default()],
+            mysql: vec![MysqlFrontend::default()],
             shutdown: ShutdownConfig::default(),
             lockserver: LockserverConfig::default(),
         }
@@ -236,7 +243,16 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
-        toml::from_str(text)
+        let mut config: Config = toml::from_str(text)?;
+        // A file that lists front ends of one protocol only wants those: the other
+        // protocol's default front end applies only when the file lists none at all.
+        let table: toml::Table = toml::from_str(text)?;
+        match (table.contains_key("postgres"), table.contains_key("mysql")) {
+            (true, false) => config.mysql.clear(),
+            (false, true) => config.postgres.clear(),
+            _ => {}
+        }
+        Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -280,6 +296,7 @@ impl Config {
                 }
             }
         }
+        mysql::validate(&self.mysql, &mut listens, &mut problems);
         if !self.lockserver.endpoint.starts_with("http://")
             && !self.lockserver.endpoint.starts_with("https://")
         {
@@ -316,6 +333,17 @@ mod tests {
         let config = Config::parse(text).unwrap();
         config.validate().unwrap();
         assert_eq!(config.postgres[0].listen.port(), 6433);
+        assert_eq!(config.mysql[0].listen.port(), 3307);
+    }
+
+    #[test]
+    fn front_ends_of_one_protocol_leave_out_the_other_default() {
+        let pg_only = Config::parse("[[postgres]]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        assert!(pg_only.mysql.is_empty());
+        let mysql_only = Config::parse("[[mysql]]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        assert!(mysql_only.postgres.is_empty());
+        let neither = Config::parse("[admin]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        assert_eq!((neither.postgres.len(), neither.mysql.len()), (1, 1));
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub fn announce(config: &Config, listeners: &Listeners, lock: &LockserverListene
             frontend.upstream
         );
     }
+    for (addr, frontend) in listeners.mysql_addrs().iter().zip(&config.mysql) {
+        println!(
+            "tandem dev: MySQL {} -> mysql://root@{addr}/",
+            frontend.upstream
+        );
+    }
     if let Ok(grpc) = lock.grpc.local_addr() {
         println!("tandem dev: lockserver gRPC {grpc}");
     }

@@ -1,6 +1,8 @@
 //! `proxy::Error`: every way a proxy session or process can fail, with the classifiers
 //! callers branch on. SQLSTATEs and MySQL codes are assigned here and only here.
 
+use crate::wire::mysql::PacketError as MysqlPacketError;
+use crate::wire::mysql::errcode::MyErr;
 use crate::wire::pg::FrameError;
 use crate::wire::pg::sqlstate::SqlState;
 use std::io;
@@ -9,6 +11,10 @@ use std::io;
 pub enum Error {
     #[error("{0}")]
     Frame(#[from] FrameError),
+
+    /// A MySQL packet over the size cap, or with the wrong sequence id.
+    #[error("{0}")]
+    MysqlPacket(#[from] MysqlPacketError),
 
     #[error("malformed {what} message")]
     Malformed { what: &'static str },
@@ -110,7 +116,11 @@ impl Error {
     /// The SQLSTATE a PostgreSQL client sees for this error.
     pub fn sqlstate(&self) -> SqlState {
         match self {
-            Error::Frame(FrameError::TooLarge { .. }) => SqlState::ProgramLimitExceeded,
+            Error::Frame(FrameError::TooLarge { .. })
+            | Error::MysqlPacket(MysqlPacketError::TooLarge { .. }) => {
+                SqlState::ProgramLimitExceeded
+            }
+            Error::MysqlPacket(_) => SqlState::ProtocolViolation,
             Error::Frame(_)
             | Error::Malformed { .. }
             | Error::UnexpectedMessage { .. }
@@ -155,6 +165,47 @@ impl Error {
         }
     }
 
+    /// The MySQL error a MySQL client sees for this error (`wire::mysql::errcode`).
+    pub fn mysql_error(&self) -> MyErr {
+        match self {
+            Error::MysqlPacket(MysqlPacketError::TooLarge { .. })
+            | Error::Frame(FrameError::TooLarge { .. }) => MyErr::PacketTooLarge,
+            Error::MysqlPacket(MysqlPacketError::OutOfOrder { .. }) => MyErr::PacketsOutOfOrder,
+            Error::Frame(_)
+            | Error::Malformed { .. }
+            | Error::UnsupportedStartup(_)
+            | Error::TlsHandshake(_) => MyErr::HandshakeError,
+            Error::UnexpectedMessage { .. } => MyErr::UnknownCommand,
+            Error::Unsupported { .. } | Error::Undo(_) => MyErr::NotSupportedYet,
+            Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
+                MyErr::CantConnect
+            }
+            Error::UpstreamIo(_)
+            | Error::UpstreamClosed
+            | Error::UpstreamProtocol(_)
+            | Error::ClientIo(_) => MyErr::NetReadError,
+            Error::TooManyConnections { .. } => MyErr::TooManyConnections,
+            Error::ShuttingDown => MyErr::ServerShutdown,
+            Error::GloballyLocked { .. }
+            | Error::Lockserver(tandem_lockserver::Error::LockConflict { .. }) => {
+                MyErr::LockWaitTimeout
+            }
+            Error::Uncaptured { .. } => MyErr::Deadlock,
+            Error::SidePool(_)
+            | Error::SideQuery(_)
+            | Error::SidePoolBuild { .. }
+            | Error::Lockserver(_)
+            | Error::NotBound
+            | Error::AlreadyBound { .. }
+            | Error::NotJoinable { .. }
+            | Error::LocalTransactionOpen { .. }
+            | Error::BadControlCall(_)
+            | Error::InFailedTransaction
+            | Error::UnknownTable { .. }
+            | Error::Injected { .. } => MyErr::Unknown,
+        }
+    }
+
     /// Whether the session must end after reporting this error. Protocol-level faults
     /// leave the stream at an unknown message boundary, so nothing after them is safe.
     pub fn closes_connection(&self) -> bool {
@@ -183,6 +234,7 @@ impl Error {
         matches!(
             self,
             Error::Frame(_)
+                | Error::MysqlPacket(_)
                 | Error::Malformed { .. }
                 | Error::UnexpectedMessage { .. }
                 | Error::UnsupportedStartup(_)
@@ -218,6 +270,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Frame(_)
+            | Error::MysqlPacket(_)
             | Error::Malformed { .. }
             | Error::UnexpectedMessage { .. }
             | Error::UnsupportedStartup(_) => "client_protocol",
@@ -314,6 +367,31 @@ mod tests {
             .map(|e| e.sqlstate().code())
             .collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn every_variant_maps_to_the_intended_mysql_error() {
+        let mut variants = every_variant();
+        variants.push(Error::MysqlPacket(MysqlPacketError::TooLarge {
+            declared: 2,
+            max: 1,
+        }));
+        variants.push(Error::MysqlPacket(MysqlPacketError::OutOfOrder {
+            expected: 0,
+            got: 3,
+        }));
+        let expected = [
+            1043, 1153, 1043, 1047, 1043, 1235, 2003, 2003, 1158, 1158, 1158, 1158, 1043, 1040,
+            1053, 1105, 1105, 1105, 1105, 1105, 1105, 1105, 1153, 1156,
+        ];
+        let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            Error::TooManyConnections { limit: 1 }
+                .mysql_error()
+                .sqlstate(),
+            b"08004"
+        );
     }
 
     #[test]

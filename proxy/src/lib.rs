@@ -6,8 +6,8 @@
 //! - `error`: `proxy::Error`, its classifiers and its SQLSTATE mapping.
 //! - `server`: binding, accepting within limits, the admin endpoint (`/metrics`, `/ready`).
 //! - `shutdown`: the shutdown order and the signals sessions watch.
-//! - `session`: one state machine per protocol (`session::pg`).
-//! - `wire`: codecs, free of I/O and session state (`wire::pg`).
+//! - `session`: one state machine per protocol (`session::pg`, `session::mysql`).
+//! - `wire`: codecs, free of I/O and session state (`wire::pg`, `wire::mysql`).
 //! - `upstream`: backend connections, cancel delivery, side pools.
 //! - `control`: the grammar of `SELECT tandem_begin()` and the other control statements.
 //! - `at`: AT mode's protocol-independent half: branches, metadata, phase 2.

@@ -47,7 +47,8 @@ enum Command {
     },
     /// Local development: an embedded lockserver plus proxies in front of the local databases.
     Dev {
-        /// Proxy configuration; the defaults serve 127.0.0.1:5432 on 127.0.0.1:6433.
+        /// Proxy configuration; the defaults serve 127.0.0.1:5432 on 127.0.0.1:6433 and
+        /// 127.0.0.1:3306 on 127.0.0.1:3307.
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Lockserver configuration; the defaults listen on 127.0.0.1:8091 and :7091.

@@ -3,7 +3,10 @@
 //! Owns the registry and the instruments. Sessions update instruments once per batch of
 //! messages, not once per message, to keep the relay lean. Never blocks.
 
-use prometheus_client::encoding::text::encode;
+mod mysql;
+
+pub use mysql::MysqlMetrics;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,6 +26,8 @@ pub struct Metrics {
     errors: Family<KindLabel, Counter>,
     /// From a client's request to the backend's ReadyForQuery, in seconds.
     pub backend_latency: Histogram,
+    /// The MySQL front ends' instruments.
+    pub mysql: MysqlMetrics,
 }
 
 impl Default for Metrics {
@@ -92,6 +97,7 @@ impl Metrics {
             bytes_from_backends,
             errors,
             backend_latency,
+            mysql: MysqlMetrics::new(),
         }
     }
 
@@ -103,7 +109,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.mysql.registry);
+        let _ = encode_eof(&mut out);
         out
     }
 }

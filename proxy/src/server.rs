@@ -4,6 +4,8 @@
 //! connection goes to its session. Invariant: every task it spawns is tracked, so
 //! shutdown knows when the last session is gone.
 
+mod mysql;
+
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::error::Error;
@@ -32,6 +34,7 @@ use tokio_util::task::TaskTracker;
 /// The bound sockets of a proxy process, in the order of the configuration.
 pub struct Listeners {
     pub postgres: Vec<TcpListener>,
+    pub mysql: Vec<TcpListener>,
     pub admin: TcpListener,
 }
 
@@ -41,10 +44,22 @@ impl Listeners {
         for frontend in &config.postgres {
             postgres.push(bind(frontend.listen).await?);
         }
+        let mut mysql = Vec::with_capacity(config.mysql.len());
+        for frontend in &config.mysql {
+            mysql.push(bind(frontend.listen).await?);
+        }
         Ok(Listeners {
             postgres,
+            mysql,
             admin: bind(config.admin.listen).await?,
         })
+    }
+
+    pub fn mysql_addrs(&self) -> Vec<SocketAddr> {
+        self.mysql
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     pub fn postgres_addrs(&self) -> Vec<SocketAddr> {
@@ -123,12 +138,38 @@ pub async fn run(
         ));
     }
 
+    let connection_ids = Arc::new(crate::session::mysql::ids::ConnectionIds::default());
+    let mut mysql_upstreams = Vec::new();
+    for (frontend, listener) in config.mysql.iter().zip(listeners.mysql) {
+        let tls = match &frontend.tls {
+            Some(tls) => Some(crate::tls::acceptor(tls).map_err(Error::TlsHandshake)?),
+            None => None,
+        };
+        let ctx = Arc::new(crate::session::mysql::MysqlFrontendContext {
+            config: frontend.clone(),
+            upstream: frontend.upstream.as_str().into(),
+            metrics: Arc::clone(&metrics),
+            ids: Arc::clone(&connection_ids),
+            tls,
+            signals: signals.clone(),
+        });
+        tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "mysql front end");
+        mysql_upstreams.push((Arc::clone(&ctx.upstream), frontend.connect_timeout()));
+        tracker.spawn(mysql::accept_loop(
+            listener,
+            ctx,
+            tracker.clone(),
+            Arc::clone(&session_ids),
+        ));
+    }
+
     let frontends_for_shutdown = frontends.clone();
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin = tokio::spawn({
         let app = admin_router(AdminState {
             metrics: Arc::clone(&metrics),
             frontends,
+            mysql_upstreams,
         });
         let stop = admin_stop.clone();
         async move {
@@ -283,6 +324,8 @@ async fn refuse_over_limit(mut socket: TcpStream, limit: usize) {
 struct AdminState {
     metrics: Arc<Metrics>,
     frontends: Vec<Arc<PgFrontendContext>>,
+    /// Each MySQL front end's upstream and connect timeout.
+    mysql_upstreams: Vec<(Arc<str>, Duration)>,
 }
 
 fn admin_router(state: AdminState) -> Router {
@@ -303,6 +346,14 @@ async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{}: {e}\n", frontend.upstream),
+            );
+        }
+    }
+    for (upstream, timeout) in &state.mysql_upstreams {
+        if let Err(e) = mysql::ping(upstream, *timeout).await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{upstream}: {e}\n"),
             );
         }
     }

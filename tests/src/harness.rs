@@ -22,6 +22,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 /// A tandem proxy process, in this test's runtime.
 pub struct Tandem {
     pub pg: SocketAddr,
+    /// The MySQL front end, when the test started one (`crate::mysql::start_with`).
+    pub mysql: Option<SocketAddr>,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tandem_proxy::Error>>>,
@@ -47,10 +49,13 @@ impl Tandem {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
+        // PostgreSQL tests run no MySQL front end; `crate::mysql::start_with` adds one.
+        config.mysql.clear();
         edit(&mut config);
         config.validate().expect("test configuration is valid");
         let listeners = Listeners::bind(&config).await.expect("bind test listeners");
         let pg = listeners.postgres_addrs()[0];
+        let mysql = listeners.mysql_addrs().first().copied();
         let admin = listeners.admin_addr().expect("admin address");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server::run(listeners, config, async {
@@ -58,6 +63,7 @@ impl Tandem {
         }));
         Tandem {
             pg,
+            mysql,
             admin,
             stop: Some(stop),
             task: Some(task),

@@ -4,9 +4,11 @@
 //! - `harness`: an in-process proxy, a fresh database per test, polling with deadlines.
 //! - `raw_pg`: a byte-level PostgreSQL client for malformed-input tests.
 //! - `lockserver`: the lockserver harness.
+//! - `mysql`: the MySQL side of the harness (front end, test databases, raw packets).
 #![forbid(unsafe_code)]
 
 pub mod env;
 pub mod harness;
 pub mod lockserver;
+pub mod mysql;
 pub mod raw_pg;

@@ -4,4 +4,5 @@
 //! Never does socket I/O and never holds session state: the session modules feed it
 //! bytes and act on what it returns.
 
+pub mod mysql;
 pub mod pg;

@@ -12,6 +12,8 @@ async fn dev_serves_the_proxy_and_the_lockserver_and_stops_both() {
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     config.postgres[0].listen = "127.0.0.1:0".parse().unwrap();
     config.postgres[0].upstream = tandem_tests::env::pg_upstream();
+    config.mysql[0].listen = "127.0.0.1:0".parse().unwrap();
+    config.mysql[0].upstream = tandem_tests::mysql::upstream();
     let store = std::env::temp_dir().join(format!("tandem-dev-{:08x}", rand::random::<u32>()));
     let lock_config = tandem_lockserver::Config {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
@@ -25,6 +27,7 @@ async fn dev_serves_the_proxy_and_the_lockserver_and_stops_both() {
     let listeners = Listeners::bind(&config).await.unwrap();
     let lock_listeners = LockserverListeners::bind(&lock_config).await.unwrap();
     let pg = listeners.postgres_addrs()[0];
+    let my = listeners.mysql_addrs()[0];
     let http = lock_listeners.http.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(dev::run(
@@ -58,6 +61,16 @@ async fn dev_serves_the_proxy_and_the_lockserver_and_stops_both() {
     assert!(listing.contains("\"transactions\""), "{listing}");
     drop(client);
 
+    let mut my_conn = mysql_async::Conn::new(tandem_tests::mysql::opts_at(my, None))
+        .await
+        .expect("connect through the dev MySQL front end");
+    let v: Option<String> =
+        mysql_async::prelude::Queryable::query_first(&mut my_conn, "SELECT 'dev'")
+            .await
+            .unwrap();
+    assert_eq!(v.as_deref(), Some("dev"));
+    my_conn.disconnect().await.unwrap();
+
     stop.send(()).unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(20), running)
         .await
@@ -65,6 +78,7 @@ async fn dev_serves_the_proxy_and_the_lockserver_and_stops_both() {
         .unwrap()
         .expect("dev ended cleanly");
     assert!(tokio::net::TcpStream::connect(pg).await.is_err());
+    assert!(tokio::net::TcpStream::connect(my).await.is_err());
     assert!(tokio::net::TcpStream::connect(http).await.is_err());
     let _ = std::fs::remove_dir_all(store);
 }

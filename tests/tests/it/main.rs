@@ -3,4 +3,5 @@
 
 mod dev;
 mod lockserver;
+mod mysql;
 mod pg;

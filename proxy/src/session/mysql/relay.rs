@@ -1,0 +1,257 @@
+//! The command phase: one task relays both sockets, packet by packet, and keeps the
+//! `phase::Exchange` in step so that tandem always knows where a reply ends.
+//!
+//! Owns the read buffers, the relay loop and the end of a session. Whole runs of packets
+//! are forwarded with one write per socket read; a packet larger than what has arrived
+//! is streamed through once its first bytes are classified, so no packet is buffered
+//! whole except the few tandem decodes. Invariant: outside the rewrites listed in
+//! `session::mysql`, the bytes written to each side are the bytes read from the other.
+
+mod client_side;
+mod server_side;
+
+use super::MysqlFrontendContext;
+use super::auth::AuthExchange;
+use super::handshake::Opened;
+use super::phase::Exchange;
+use crate::error::{Error, Result};
+use crate::tls::ClientStream;
+use crate::upstream::ServerStream;
+use crate::wire::mysql::codes::{CapabilityFlags, command};
+use crate::wire::mysql::packet::{MessageSize, put_message};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Read buffers grow in steps of this many bytes, so an idle session holds little.
+const READ_CHUNK: usize = 8 * 1024;
+
+pub struct Relay<'a> {
+    pub(super) ctx: &'a MysqlFrontendContext,
+    pub(super) client: ClientStream,
+    pub(super) server: ServerStream,
+    pub(super) from_client: BytesMut,
+    pub(super) from_server: BytesMut,
+    /// Packets tandem itself writes (errors, rewritten commands, the change-user
+    /// exchange), staged before one write.
+    pub(super) to_client: BytesMut,
+    pub(super) to_server: BytesMut,
+    /// Bytes of a large client packet still to pass through without buffering it.
+    pub(super) client_streaming: usize,
+    /// The same for a large server packet.
+    pub(super) server_streaming: usize,
+    pub(super) client_message: MessageSize,
+    pub(super) server_message: MessageSize,
+    /// The sequence id the client's next packet must carry while a command spans several
+    /// packets or a LOCAL INFILE upload runs (a new command always starts at 0).
+    pub(super) client_seq: u8,
+    /// The command whose packets are arriving, until its last one.
+    pub(super) command_in_progress: Option<super::phase::CommandKind>,
+    pub(super) exchange: Exchange,
+    /// COM_CHANGE_USER's authentication exchange, while it runs.
+    pub(super) change_user: Option<AuthExchange>,
+    pub(super) capabilities: CapabilityFlags,
+    pub(super) nonce: Vec<u8>,
+    pub(super) client_tls: bool,
+    pub(super) thread_id: u32,
+    /// Reading from the client waits for the next sync point (a command tandem answers
+    /// itself, or COM_CHANGE_USER, arrived behind commands in flight).
+    pub(super) client_paused: bool,
+    /// The client connection failed or closed; nothing more can be written to it.
+    pub(super) client_lost: bool,
+    /// The backend sent an unsolicited ERR (it is closing the connection and said why).
+    pub(super) backend_said_fatal: bool,
+    draining: bool,
+    /// The sequence id of the last packet either side sent, for tandem's own ERR.
+    pub(super) last_seq: u8,
+    pub(super) span: tracing::Span,
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(ctx: &'a MysqlFrontendContext, opened: Opened, span: tracing::Span) -> Self {
+        let mut exchange = Exchange::new(
+            opened
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF),
+        );
+        exchange.on_authenticated(opened.status);
+        Relay {
+            ctx,
+            client: opened.client,
+            server: opened.server,
+            from_client: opened.from_client,
+            from_server: opened.from_server,
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
+            client_streaming: 0,
+            server_streaming: 0,
+            client_message: MessageSize::default(),
+            server_message: MessageSize::default(),
+            client_seq: 0,
+            command_in_progress: None,
+            exchange,
+            change_user: None,
+            capabilities: opened.capabilities,
+            nonce: opened.nonce,
+            client_tls: opened.client_tls,
+            thread_id: opened.thread_id,
+            client_paused: false,
+            client_lost: false,
+            backend_said_fatal: false,
+            draining: false,
+            last_seq: 0,
+            span,
+        }
+    }
+
+    /// Relays until the client quits or leaves, the backend closes, or shutdown.
+    pub async fn run(&mut self) -> Result<()> {
+        if !self.from_client.is_empty() && self.relay_from_client().await? {
+            return Ok(());
+        }
+        // Made once, not per iteration: each `cancelled()` future registers a waiter
+        // under the token's lock.
+        let abort = self.ctx.signals.abort.clone().cancelled_owned();
+        let drain = self.ctx.signals.drain.clone().cancelled_owned();
+        tokio::pin!(abort, drain);
+        loop {
+            reserve_for_read(&mut self.from_client);
+            reserve_for_read(&mut self.from_server);
+            tokio::select! {
+                biased;
+                () = &mut abort => return Err(Error::ShuttingDown),
+                () = &mut drain, if !self.draining => {
+                    self.draining = true;
+                    if self.exchange.at_sync_point() {
+                        return Err(Error::ShuttingDown);
+                    }
+                }
+                // Cancel-safe: read_buf appends only what it has read, and a dropped
+                // read has read nothing.
+                read = self.server.read_buf(&mut self.from_server) => {
+                    let n = read.map_err(Error::UpstreamIo)?;
+                    if n == 0 {
+                        return match self.exchange.phase {
+                            super::Phase::Quitting => Ok(()),
+                            _ => Err(Error::UpstreamClosed),
+                        };
+                    }
+                    self.ctx.metrics.mysql.bytes_from_backends.inc_by(n as u64);
+                    self.relay_from_server().await?;
+                    if self.draining && self.exchange.at_sync_point() {
+                        return Err(Error::ShuttingDown);
+                    }
+                    if self.client_paused
+                        && self.exchange.at_sync_point()
+                        && self.relay_from_client().await?
+                    {
+                        return Ok(());
+                    }
+                }
+                // Cancel-safe: as above.
+                read = self.client.read_buf(&mut self.from_client), if !self.client_paused => {
+                    let n = read.map_err(|e| self.client_failed(e))?;
+                    if n == 0 {
+                        self.client_lost = true;
+                        return Ok(());
+                    }
+                    self.ctx.metrics.mysql.bytes_from_clients.inc_by(n as u64);
+                    if self.relay_from_client().await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn client_failed(&mut self, e: std::io::Error) -> Error {
+        self.client_lost = true;
+        Error::ClientIo(e)
+    }
+
+    /// Tells the client why the session ends, unless the backend already did or the
+    /// client cannot hear it.
+    pub async fn report(&mut self, error: &Error) {
+        if !self.client_lost && !self.backend_said_fatal {
+            let seq = match error {
+                // At a sync point nothing is due: an unsolicited ERR starts at 0, as the
+                // server's own (ER_CLIENT_INTERACTION_TIMEOUT) does.
+                Error::ShuttingDown if self.exchange.at_sync_point() => 0,
+                _ => self.last_seq.wrapping_add(1),
+            };
+            super::report(&mut self.client, seq, false, error).await;
+        }
+    }
+
+    /// Ends the backend connection. A statement still running would keep its thread
+    /// busy until it finishes on its own, so it is stopped first over a side connection;
+    /// then COM_QUIT lets the server close without logging an aborted connection.
+    pub async fn end_backend(&mut self) {
+        let running = !matches!(
+            self.exchange.phase,
+            super::Phase::Ready { .. } | super::Phase::Quitting
+        );
+        if running {
+            super::side::kill_query(&self.ctx.config, self.thread_id, &self.span).await;
+        }
+        if !matches!(self.exchange.phase, super::Phase::Quitting) {
+            let mut quit = BytesMut::with_capacity(5);
+            put_message(&mut quit, 0, &[command::QUIT]);
+            let _ = self.server.write_all(&quit).await;
+        }
+    }
+
+    pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() || self.client_lost {
+            return Ok(());
+        }
+        let written = async {
+            self.client.write_all(bytes).await?;
+            // rustls may hold encrypted bytes until flushed; plain TCP has nothing to
+            // flush.
+            if matches!(self.client, ClientStream::Tls(_)) {
+                self.client.flush().await?;
+            }
+            Ok(())
+        }
+        .await;
+        written.map_err(|e| self.client_failed(e))
+    }
+
+    pub(super) async fn write_server(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.server
+            .write_all(bytes)
+            .await
+            .map_err(Error::UpstreamIo)
+    }
+
+    /// Writes and empties what tandem staged for each side.
+    pub(super) async fn flush_staged(&mut self) -> Result<()> {
+        let to_client = std::mem::take(&mut self.to_client);
+        let result = self.write_client(&to_client).await;
+        self.to_client = to_client;
+        self.to_client.clear();
+        result?;
+        let to_server = std::mem::take(&mut self.to_server);
+        let result = self.write_server(&to_server).await;
+        self.to_server = to_server;
+        self.to_server.clear();
+        result
+    }
+}
+
+/// Consumes up to `available` bytes of a packet being streamed through; returns how
+/// many.
+pub(super) fn skip_streaming(streaming: &mut usize, available: usize) -> usize {
+    let take = (*streaming).min(available);
+    *streaming -= take;
+    take
+}
+
+fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}

@@ -1,0 +1,323 @@
+//! The client's side of the relay: commands (with the KILL rewrite and the commands
+//! tandem refuses), packets of a LOCAL INFILE upload, and the client half of
+//! COM_CHANGE_USER.
+//!
+//! Never writes to the client except to answer what it refused.
+
+use super::{Relay, skip_streaming};
+use crate::error::{Error, Result};
+use crate::session::mysql::auth::AuthExchange;
+use crate::session::mysql::handshake::{MAX_HANDSHAKE_PACKET, upstream_is_secure};
+use crate::session::mysql::phase::{CommandKind, Phase, command_kind};
+use crate::wire::mysql::codes::command;
+use crate::wire::mysql::messages::command::{Kill, process_kill_id};
+use crate::wire::mysql::messages::handshake::ChangeUser;
+use crate::wire::mysql::packet::{HEADER_LEN, put_message};
+use crate::wire::mysql::{Header, PacketError};
+use bytes::Buf;
+
+/// A COM_QUERY up to this long is read whole to recognise a KILL; a longer one cannot be
+/// a plain `KILL QUERY id` and streams through.
+const KILL_SQL_MAX: usize = 256;
+
+/// What to do with the client packet at the front of the buffer.
+enum Handled {
+    /// Forward it as it is (in the current run of raw bytes).
+    Relay,
+    /// Forward `to_server` (staged) instead of it.
+    Replace,
+    /// Drop it; `to_client` holds tandem's answer.
+    Answer,
+    /// Wait for more bytes.
+    NeedMore,
+    /// Wait for the next sync point.
+    Pause,
+}
+
+impl Relay<'_> {
+    /// Relays every complete client packet; returns true once COM_QUIT was relayed.
+    pub(super) async fn relay_from_client(&mut self) -> Result<bool> {
+        let buf = std::mem::take(&mut self.from_client);
+        let result = self.relay_client_packets(&buf).await;
+        let (pos, quit) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.from_client = buf;
+                return Err(e);
+            }
+        };
+        self.from_client = buf;
+        self.from_client.advance(pos);
+        Ok(quit)
+    }
+
+    async fn relay_client_packets(&mut self, buf: &[u8]) -> Result<(usize, bool)> {
+        let max = self.ctx.config.max_message_bytes;
+        let mut pos = skip_streaming(&mut self.client_streaming, buf.len());
+        let mut run_start = 0;
+        self.client_paused = false;
+        while self.client_streaming == 0 {
+            let Some(header) = Header::peek(&buf[pos..]) else {
+                break;
+            };
+            let packet = &buf[pos..];
+            let handled = match self.exchange.phase {
+                Phase::ChangingUser { .. } => self.on_change_user_packet(header, packet)?,
+                Phase::InfileUpload { .. } => self.on_infile_packet(header)?,
+                _ if self.client_message.in_message() => self.on_continuation(header)?,
+                _ => self.on_command(header, packet)?,
+            };
+            match handled {
+                Handled::NeedMore => break,
+                Handled::Pause => {
+                    self.client_paused = true;
+                    break;
+                }
+                Handled::Relay => {}
+                Handled::Replace | Handled::Answer => {
+                    self.write_server(&buf[run_start..pos]).await?;
+                    self.flush_staged().await?;
+                    pos += header.wire_len();
+                    run_start = pos;
+                    self.client_message.on_packet(header, max)?;
+                    self.last_seq = header.seq;
+                    continue;
+                }
+            }
+            self.client_message.on_packet(header, max)?;
+            self.last_seq = header.seq;
+            let arrived = buf.len() - pos;
+            if arrived >= header.wire_len() {
+                pos += header.wire_len();
+            } else {
+                self.client_streaming = header.wire_len() - arrived;
+                pos = buf.len();
+            }
+            if matches!(self.exchange.phase, Phase::Quitting) {
+                self.write_server(&buf[run_start..pos]).await?;
+                return Ok((pos, true));
+            }
+        }
+        self.write_server(&buf[run_start..pos]).await?;
+        Ok((pos, false))
+    }
+
+    /// The first packet of a command.
+    fn on_command(&mut self, header: Header, packet: &[u8]) -> Result<Handled> {
+        let payload = header.payload(packet);
+        let Some(&byte) = payload.first() else {
+            if header.payload_len == 0 {
+                return Err(Error::Malformed {
+                    what: "command (an empty packet)",
+                });
+            }
+            return Ok(Handled::NeedMore);
+        };
+        if header.seq != 0 {
+            return Err(PacketError::OutOfOrder {
+                expected: 0,
+                got: header.seq,
+            }
+            .into());
+        }
+        let kind = command_kind(byte);
+        let whole = payload.len() == header.payload_len;
+        let needs_whole = match (kind, byte) {
+            (CommandKind::ChangeUser | CommandKind::Refused, _) => true,
+            (_, command::QUERY) => header.payload_len <= KILL_SQL_MAX,
+            (_, command::PROCESS_KILL) => true,
+            _ => false,
+        };
+        if needs_whole && !whole {
+            if header.payload_len > MAX_HANDSHAKE_PACKET {
+                return Err(PacketError::TooLarge {
+                    declared: header.payload_len,
+                    max: MAX_HANDSHAKE_PACKET,
+                }
+                .into());
+            }
+            return Ok(Handled::NeedMore);
+        }
+        if matches!(kind, CommandKind::ChangeUser | CommandKind::Refused)
+            && !self.exchange.at_sync_point()
+        {
+            // tandem's answer, or the new authentication, must come after the replies
+            // still due.
+            return Ok(Handled::Pause);
+        }
+        self.ctx.metrics.mysql.commands.inc();
+        self.client_seq = header.seq.wrapping_add(1);
+        match kind {
+            CommandKind::Refused => return Ok(self.refuse_command(byte)),
+            CommandKind::ChangeUser => return self.start_change_user(header, payload),
+            CommandKind::Quit => self.exchange.on_quit(),
+            CommandKind::NoReply | CommandKind::Replied(_) => {}
+        }
+        if byte == command::RESET_CONNECTION {
+            self.on_session_reset("COM_RESET_CONNECTION");
+        }
+        self.command_in_progress = Some(kind);
+        let handled = self.rewrite_kill(byte, payload, whole);
+        if !header.is_continued() {
+            self.on_command_complete(header.seq);
+        }
+        Ok(handled)
+    }
+
+    /// A later packet of a command longer than one packet (16 MiB or more).
+    fn on_continuation(&mut self, header: Header) -> Result<Handled> {
+        self.expect_client_seq(header.seq)?;
+        if !header.is_continued() {
+            self.on_command_complete(header.seq);
+        }
+        Ok(Handled::Relay)
+    }
+
+    /// The command's last packet has sequence id `last_seq`: its reply starts after.
+    fn on_command_complete(&mut self, last_seq: u8) {
+        if let Some(CommandKind::Replied(expect)) = self.command_in_progress.take() {
+            self.exchange.on_command(expect, last_seq.wrapping_add(1));
+        }
+    }
+
+    /// A packet of a LOCAL INFILE upload; the empty one ends it.
+    fn on_infile_packet(&mut self, header: Header) -> Result<Handled> {
+        self.expect_client_seq(header.seq)?;
+        if header.payload_len == 0 {
+            self.exchange.on_infile_end(header.seq);
+        }
+        Ok(Handled::Relay)
+    }
+
+    fn expect_client_seq(&mut self, seq: u8) -> Result<()> {
+        if seq != self.client_seq {
+            return Err(PacketError::OutOfOrder {
+                expected: self.client_seq,
+                got: seq,
+            }
+            .into());
+        }
+        self.client_seq = seq.wrapping_add(1);
+        Ok(())
+    }
+
+    /// `KILL [QUERY] id` and COM_PROCESS_KILL with one of tandem's connection ids become
+    /// a kill of the backend thread behind it, sent on this client's own connection so
+    /// the server decides whether this user may kill that thread. Other ids pass through
+    /// (a thread id from SHOW PROCESSLIST reaches its thread as before).
+    fn rewrite_kill(&mut self, byte: u8, payload: &[u8], whole: bool) -> Handled {
+        let rest = payload.get(1..).unwrap_or(&[]);
+        let replacement = match byte {
+            command::QUERY if whole => Kill::parse(rest).and_then(|kill| {
+                let target = u32::try_from(kill.id)
+                    .ok()
+                    .and_then(|id| self.backend_of(id))?;
+                let mut sql = vec![command::QUERY];
+                sql.extend_from_slice(kill.to_sql(target).as_bytes());
+                Some(sql)
+            }),
+            command::PROCESS_KILL => process_kill_id(rest)
+                .and_then(|id| self.backend_of(id))
+                .map(|target| {
+                    let mut p = vec![command::PROCESS_KILL];
+                    p.extend_from_slice(&target.to_le_bytes());
+                    p
+                }),
+            _ => None,
+        };
+        match replacement {
+            Some(p) => {
+                self.ctx.metrics.mysql.kills_mapped.inc();
+                put_message(&mut self.to_server, 0, &p);
+                Handled::Replace
+            }
+            None => Handled::Relay,
+        }
+    }
+
+    /// The backend thread behind tandem connection id `id`, if it is on this front
+    /// end's server.
+    fn backend_of(&self, id: u32) -> Option<u32> {
+        self.ctx
+            .ids
+            .lookup(id)
+            .filter(|backend| backend.upstream == self.ctx.upstream)
+            .map(|backend| backend.thread_id)
+    }
+
+    /// Answers a command tandem does not relay with ERR 1235 or 1047 (at a sync point).
+    fn refuse_command(&mut self, byte: u8) -> Handled {
+        let e = match byte {
+            command::BINLOG_DUMP
+            | command::BINLOG_DUMP_GTID
+            | command::REGISTER_SLAVE
+            | command::TABLE_DUMP => Error::Unsupported {
+                what: "replication",
+            },
+            _ => Error::UnexpectedMessage {
+                tag: byte,
+                context: "(unknown command)",
+            },
+        };
+        let code = e.mysql_error();
+        crate::wire::mysql::messages::response::put_err(
+            &mut self.to_client,
+            1,
+            code.code(),
+            code.sqlstate(),
+            &e.to_string(),
+        );
+        Handled::Answer
+    }
+
+    /// COM_CHANGE_USER, at a sync point: a new authentication exchange.
+    fn start_change_user(&mut self, header: Header, payload: &[u8]) -> Result<Handled> {
+        let change =
+            ChangeUser::decode(payload, self.capabilities).map_err(|_| Error::Malformed {
+                what: "COM_CHANGE_USER",
+            })?;
+        self.on_session_reset("COM_CHANGE_USER");
+        tracing::debug!(parent: &self.span, user = %String::from_utf8_lossy(&change.user), "change user");
+        let mut exchange = AuthExchange::new(
+            0,
+            0,
+            change.plugin.unwrap_or_default(),
+            self.nonce.clone(),
+            self.client_tls && !upstream_is_secure(&self.ctx.upstream),
+        );
+        exchange.on_client_packet(header.seq, payload, &mut self.to_server)?;
+        self.change_user = Some(exchange);
+        self.exchange.on_change_user();
+        Ok(Handled::Replace)
+    }
+
+    /// A client packet of the change-user exchange (whole packets only).
+    fn on_change_user_packet(&mut self, header: Header, packet: &[u8]) -> Result<Handled> {
+        if header.payload_len > MAX_HANDSHAKE_PACKET {
+            return Err(PacketError::TooLarge {
+                declared: header.payload_len,
+                max: MAX_HANDSHAKE_PACKET,
+            }
+            .into());
+        }
+        if packet.len() < header.wire_len() {
+            return Ok(Handled::NeedMore);
+        }
+        let Some(exchange) = self.change_user.as_mut() else {
+            return Ok(Handled::Relay);
+        };
+        exchange.on_client_packet(
+            header.seq,
+            &packet[HEADER_LEN..header.wire_len()],
+            &mut self.to_server,
+        )?;
+        Ok(Handled::Replace)
+    }
+
+    /// A connection-pool reset (COM_RESET_CONNECTION, COM_CHANGE_USER). The hook where
+    /// the session will unbind any global transaction (xid) it is bound to, as
+    /// DESIGN.md's "Connection-pool resets unbind" asks, once MySQL sessions bind.
+    fn on_session_reset(&mut self, what: &'static str) {
+        tracing::debug!(parent: &self.span, what, "session reset");
+    }
+}

@@ -1,0 +1,142 @@
+//! The backend's side of the relay: reply packets, classified by their first bytes and
+//! forwarded in runs; and the server half of COM_CHANGE_USER.
+//!
+//! Never writes to the backend except the change-user exchange's packets.
+
+use super::{Relay, skip_streaming};
+use crate::error::{Error, Result};
+use crate::session::mysql::auth::AuthOutcome;
+use crate::session::mysql::phase::{Progress, ServerPacket, Unexpected};
+use crate::wire::mysql::Header;
+use crate::wire::mysql::codes::reply;
+use crate::wire::mysql::messages::response::CLASSIFY_BYTES;
+use crate::wire::mysql::packet::HEADER_LEN;
+use bytes::Buf;
+
+impl Relay<'_> {
+    /// Relays every server packet that has arrived far enough to be classified.
+    pub(super) async fn relay_from_server(&mut self) -> Result<()> {
+        if self.change_user.is_some() {
+            return self.change_user_from_server().await;
+        }
+        let buf = std::mem::take(&mut self.from_server);
+        let result = self.classify_server_packets(&buf);
+        let pos = match result {
+            Ok(pos) => pos,
+            Err(e) => {
+                self.from_server = buf;
+                return Err(e);
+            }
+        };
+        let written = self.write_client(&buf[..pos]).await;
+        self.from_server = buf;
+        self.from_server.advance(pos);
+        written
+    }
+
+    /// Walks the packets at the front of `buf`, keeping the exchange in step; returns
+    /// how many bytes can be forwarded now.
+    fn classify_server_packets(&mut self, buf: &[u8]) -> Result<usize> {
+        let max = self.ctx.config.max_message_bytes;
+        let mut pos = skip_streaming(&mut self.server_streaming, buf.len());
+        while self.server_streaming == 0 {
+            let Some(header) = Header::peek(&buf[pos..]) else {
+                break;
+            };
+            let arrived = buf.len() - pos;
+            let starts_message = !self.server_message.in_message();
+            let need = if starts_message {
+                header.payload_len.min(CLASSIFY_BYTES)
+            } else {
+                0
+            };
+            if arrived < HEADER_LEN + need {
+                break;
+            }
+            let prefix = &buf[pos + HEADER_LEN..pos + HEADER_LEN + need];
+            if starts_message && self.exchange.at_sync_point() {
+                // Nothing is due. The one packet a server sends unasked is the ERR that
+                // says why it is closing the connection (shutdown, KILL, a timeout).
+                if prefix.first() != Some(&reply::ERR) {
+                    return Err(Error::UpstreamProtocol("a packet while no reply was due"));
+                }
+                self.backend_said_fatal = true;
+            } else {
+                self.exchange
+                    .on_server_seq(header.seq)
+                    .map_err(unexpected)?;
+                if starts_message {
+                    let packet = ServerPacket {
+                        prefix,
+                        payload_len: header.payload_len,
+                    };
+                    if self.exchange.on_server_packet(packet).map_err(unexpected)?
+                        == Progress::InfileRequested
+                    {
+                        self.client_seq = self.exchange.infile_seq();
+                    }
+                }
+            }
+            self.server_message
+                .on_packet(header, max)
+                .map_err(|_| Error::UpstreamProtocol("a reply over max_message_bytes"))?;
+            self.last_seq = header.seq;
+            if arrived >= header.wire_len() {
+                pos += header.wire_len();
+            } else {
+                self.server_streaming = header.wire_len() - arrived;
+                pos = buf.len();
+            }
+        }
+        Ok(pos)
+    }
+
+    /// COM_CHANGE_USER's exchange, server half: whole packets through the auth relay.
+    async fn change_user_from_server(&mut self) -> Result<()> {
+        while let Some(header) = Header::peek(&self.from_server) {
+            if header.payload_len > super::super::handshake::MAX_HANDSHAKE_PACKET {
+                return Err(Error::UpstreamProtocol(
+                    "an oversized authentication packet",
+                ));
+            }
+            if self.from_server.len() < header.wire_len() {
+                break;
+            }
+            let packet = self.from_server.split_to(header.wire_len());
+            let Some(exchange) = self.change_user.as_mut() else {
+                break;
+            };
+            let outcome = exchange.on_server_packet(
+                header.seq,
+                &packet[HEADER_LEN..],
+                &mut self.to_client,
+                &mut self.to_server,
+            )?;
+            self.last_seq = header.seq;
+            match outcome {
+                AuthOutcome::Continue => {}
+                AuthOutcome::Authenticated(status) => {
+                    self.change_user = None;
+                    self.exchange.on_authenticated(status);
+                }
+                AuthOutcome::Refused => {
+                    // The server keeps the connection with no user authenticated, or
+                    // closes it; either way the next command gets the server's verdict.
+                    self.change_user = None;
+                    let status = self.exchange.status().unwrap_or_default();
+                    self.exchange.on_authenticated(status);
+                }
+            }
+        }
+        self.flush_staged().await?;
+        if self.change_user.is_none() && !self.from_server.is_empty() {
+            // Anything after the final OK or ERR is unsolicited; classify it as such.
+            return Box::pin(self.relay_from_server()).await;
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(e: Unexpected) -> Error {
+    Error::UpstreamProtocol(e.0)
+}

@@ -1,0 +1,106 @@
+//! The MySQL errors that tandem itself sends, with their error numbers and SQLSTATEs.
+//!
+//! This is the one place where MySQL codes are spelled: `proxy::Error::mysql_error`
+//! picks a variant, and nothing else writes a code literal. Numbers and states are the
+//! server's own (`include/mysqld_error.h`, MariaDB's `sql/share/errmsg-utf8.txt`), so
+//! that drivers classify tandem's errors as they classify the server's.
+
+/// An error tandem may send to a MySQL client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MyErr {
+    /// 1040 ER_CON_COUNT_ERROR, 08004: too many connections.
+    TooManyConnections,
+    /// 1047 ER_UNKNOWN_COM_ERROR, 08S01: a command tandem does not relay.
+    UnknownCommand,
+    /// 1053 ER_SERVER_SHUTDOWN, 08S01: tandem is shutting down.
+    ServerShutdown,
+    /// 1105 ER_UNKNOWN_ERROR, HY000: an internal failure.
+    Unknown,
+    /// 1153 ER_NET_PACKET_TOO_LARGE, 08S01: over `max_message_bytes`.
+    PacketTooLarge,
+    /// 1156 ER_NET_PACKETS_OUT_OF_ORDER, 08S01: a wrong sequence id.
+    PacketsOutOfOrder,
+    /// 1158 ER_NET_READ_ERROR, 08S01: the connection to the database broke.
+    NetReadError,
+    /// 1205 ER_LOCK_WAIT_TIMEOUT, HY000: retry the transaction.
+    LockWaitTimeout,
+    /// 1213 ER_LOCK_DEADLOCK, 40001: retry the transaction.
+    Deadlock,
+    /// 1235 ER_NOT_SUPPORTED_YET, 42000: a feature tandem does not relay.
+    NotSupportedYet,
+    /// 2003 CR_CONN_HOST_ERROR, HY000: the database could not be reached. A client-range
+    /// code, because no server code says it and drivers already know this one.
+    CantConnect,
+    /// 1043 ER_HANDSHAKE_ERROR, 08S01: malformed packet or a bad handshake.
+    HandshakeError,
+}
+
+impl MyErr {
+    /// The error number.
+    pub fn code(self) -> u16 {
+        match self {
+            MyErr::TooManyConnections => 1040,
+            MyErr::HandshakeError => 1043,
+            MyErr::UnknownCommand => 1047,
+            MyErr::ServerShutdown => 1053,
+            MyErr::Unknown => 1105,
+            MyErr::PacketTooLarge => 1153,
+            MyErr::PacketsOutOfOrder => 1156,
+            MyErr::NetReadError => 1158,
+            MyErr::LockWaitTimeout => 1205,
+            MyErr::Deadlock => 1213,
+            MyErr::NotSupportedYet => 1235,
+            MyErr::CantConnect => 2003,
+        }
+    }
+
+    /// The five-character SQLSTATE.
+    pub fn sqlstate(self) -> &'static [u8; 5] {
+        match self {
+            MyErr::TooManyConnections => b"08004",
+            MyErr::UnknownCommand
+            | MyErr::ServerShutdown
+            | MyErr::PacketTooLarge
+            | MyErr::PacketsOutOfOrder
+            | MyErr::NetReadError
+            | MyErr::HandshakeError => b"08S01",
+            MyErr::Deadlock => b"40001",
+            MyErr::NotSupportedYet => b"42000",
+            MyErr::Unknown | MyErr::LockWaitTimeout | MyErr::CantConnect => b"HY000",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_codes_style_md_names() {
+        assert_eq!(
+            (
+                MyErr::LockWaitTimeout.code(),
+                MyErr::LockWaitTimeout.sqlstate()
+            ),
+            (1205, b"HY000")
+        );
+        assert_eq!(
+            (MyErr::Deadlock.code(), MyErr::Deadlock.sqlstate()),
+            (1213, b"40001")
+        );
+        assert_eq!(
+            (
+                MyErr::TooManyConnections.code(),
+                MyErr::TooManyConnections.sqlstate()
+            ),
+            (1040, b"08004")
+        );
+        assert_eq!(
+            (
+                MyErr::ServerShutdown.code(),
+                MyErr::ServerShutdown.sqlstate()
+            ),
+            (1053, b"08S01")
+        );
+    }
+}

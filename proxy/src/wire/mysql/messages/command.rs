@@ -1,0 +1,145 @@
+//! Client commands tandem reads: `KILL [HARD|SOFT] [CONNECTION|QUERY] id` sent as a
+//! COM_QUERY, and COM_PROCESS_KILL.
+//!
+//! Owns recognising a kill of one connection id, so the session can map tandem's ids to
+//! backend thread ids. Anything else (`KILL QUERY ID n` kills by query id, `KILL USER u`)
+//! is not recognised and passes through untouched.
+
+use super::super::reader::Reader;
+
+/// What a KILL ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillScope {
+    /// `KILL CONNECTION n` or `KILL n`.
+    Connection,
+    /// `KILL QUERY n`.
+    Query,
+}
+
+/// A kill of one connection id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kill {
+    /// MariaDB's `HARD` or `SOFT`, kept as the client wrote it.
+    pub modifier: Option<&'static str>,
+    pub scope: KillScope,
+    pub id: u64,
+}
+
+impl Kill {
+    /// Recognises a whole COM_QUERY statement (its SQL text, after the command byte).
+    /// Whitespace around words and one trailing `;` are allowed; nothing else is.
+    pub fn parse(sql: &[u8]) -> Option<Kill> {
+        let mut words = sql
+            .strip_suffix(b";")
+            .or_else(|| sql.trim_ascii_end().strip_suffix(b";"))
+            .unwrap_or(sql)
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty());
+        if !words.next()?.eq_ignore_ascii_case(b"kill") {
+            return None;
+        }
+        let mut word = words.next()?;
+        let modifier = if word.eq_ignore_ascii_case(b"hard") {
+            Some("HARD")
+        } else if word.eq_ignore_ascii_case(b"soft") {
+            Some("SOFT")
+        } else {
+            None
+        };
+        if modifier.is_some() {
+            word = words.next()?;
+        }
+        let scope = if word.eq_ignore_ascii_case(b"query") {
+            KillScope::Query
+        } else if word.eq_ignore_ascii_case(b"connection") {
+            KillScope::Connection
+        } else {
+            // `KILL n`: no scope word; the word is the id.
+            let id = parse_id(word)?;
+            return words.next().is_none().then_some(Kill {
+                modifier,
+                scope: KillScope::Connection,
+                id,
+            });
+        };
+        let id = parse_id(words.next()?)?;
+        words.next().is_none().then_some(Kill {
+            modifier,
+            scope,
+            id,
+        })
+    }
+
+    /// The statement that kills `thread_id` the same way.
+    pub fn to_sql(&self, thread_id: u32) -> String {
+        let scope = match self.scope {
+            KillScope::Connection => "CONNECTION",
+            KillScope::Query => "QUERY",
+        };
+        match self.modifier {
+            Some(m) => format!("KILL {m} {scope} {thread_id}"),
+            None => format!("KILL {scope} {thread_id}"),
+        }
+    }
+}
+
+fn parse_id(word: &[u8]) -> Option<u64> {
+    if word.is_empty() || word.len() > 20 || !word.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(word).ok()?.parse().ok()
+}
+
+/// COM_PROCESS_KILL's connection id (the payload after the command byte).
+pub fn process_kill_id(body: &[u8]) -> Option<u32> {
+    Reader::new(body).u32().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kills_of_one_id_are_recognised() {
+        let k = Kill::parse(b"KILL QUERY 1073741825").unwrap();
+        assert_eq!(
+            (k.scope, k.id, k.modifier),
+            (KillScope::Query, 1_073_741_825, None)
+        );
+        let k = Kill::parse(b"  kill  hard\tconnection 7 ; ").unwrap();
+        assert_eq!(
+            (k.scope, k.id, k.modifier),
+            (KillScope::Connection, 7, Some("HARD"))
+        );
+        let k = Kill::parse(b"kill 9;").unwrap();
+        assert_eq!((k.scope, k.id), (KillScope::Connection, 9));
+        assert_eq!(k.to_sql(42), "KILL CONNECTION 42");
+        assert_eq!(
+            Kill::parse(b"KILL SOFT QUERY 3").unwrap().to_sql(5),
+            "KILL SOFT QUERY 5"
+        );
+    }
+
+    #[test]
+    fn other_statements_are_not_kills() {
+        for sql in [
+            &b"KILL QUERY ID 5"[..],
+            b"KILL USER bob",
+            b"KILL QUERY 5; SELECT 1",
+            b"KILL QUERY",
+            b"KILL QUERY -1",
+            b"KILL QUERY 99999999999999999999999",
+            b"SELECT 'KILL QUERY 1'",
+            b"killer 1",
+            b"",
+        ] {
+            assert_eq!(Kill::parse(sql), None, "{}", String::from_utf8_lossy(sql));
+        }
+    }
+
+    #[test]
+    fn process_kill_id_is_little_endian() {
+        assert_eq!(process_kill_id(&[1, 0, 0, 0x40]), Some(0x4000_0001));
+        assert_eq!(process_kill_id(&[1, 0]), None);
+    }
+}

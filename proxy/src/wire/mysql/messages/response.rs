@@ -1,0 +1,196 @@
+//! Server replies tandem reads: OK, ERR, EOF, result-set terminators and the prepare-OK;
+//! and the ERR packet tandem writes ("Generic Response Packets").
+//!
+//! Owns telling a terminator from a row. Never needs a whole row: every decision here
+//! reads at most the first `CLASSIFY_BYTES` bytes of a payload.
+
+use super::super::codes::{StatusFlags, reply};
+use super::super::packet::{MAX_PAYLOAD, put_message};
+use super::super::reader::Reader;
+use bytes::BytesMut;
+
+/// The most bytes of a payload that classifying a reply needs: an OK header, two
+/// length-encoded integers of up to 9 bytes each, and the status word.
+pub const CLASSIFY_BYTES: usize = 1 + 9 + 9 + 2;
+
+/// The status flags of an OK packet (header 0x00, or 0xFE when it ends a result set
+/// under CLIENT_DEPRECATE_EOF): header, affected rows, last insert id, status.
+pub fn ok_status(payload: &[u8]) -> Option<StatusFlags> {
+    let mut r = Reader::new(payload);
+    r.u8().ok()?;
+    r.lenenc().ok()?;
+    r.lenenc().ok()?;
+    Some(StatusFlags::from_bits_retain(r.u16().ok()?))
+}
+
+/// The status flags of a classic EOF packet: 0xFE, warnings, status.
+pub fn eof_status(payload: &[u8]) -> Option<StatusFlags> {
+    let mut r = Reader::new(payload);
+    r.u8().ok()?;
+    r.u16().ok()?;
+    Some(StatusFlags::from_bits_retain(r.u16().ok()?))
+}
+
+/// Whether a packet whose payload starts with `first` and is `payload_len` long ends a
+/// run of rows or column definitions. A row can start with 0xFE only as the 8-byte
+/// length prefix of a value of 16 MiB or more, so its first packet is a full
+/// MAX_PAYLOAD one; a classic EOF is under 9 bytes ("Text Resultset", EOF_Packet).
+pub fn is_terminator(first: u8, payload_len: usize, deprecate_eof: bool) -> bool {
+    first == reply::EOF
+        && if deprecate_eof {
+            payload_len < MAX_PAYLOAD
+        } else {
+            payload_len < 9
+        }
+}
+
+/// The status flags of a terminator packet.
+pub fn terminator_status(payload: &[u8], deprecate_eof: bool) -> Option<StatusFlags> {
+    if deprecate_eof {
+        ok_status(payload)
+    } else {
+        eof_status(payload)
+    }
+}
+
+/// COM_STMT_PREPARE's OK: the statement id and how many definitions follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrepareOk {
+    pub statement_id: u32,
+    pub columns: u16,
+    pub params: u16,
+}
+
+impl PrepareOk {
+    pub fn decode(payload: &[u8]) -> Option<PrepareOk> {
+        let mut r = Reader::new(payload);
+        if r.u8().ok()? != reply::OK {
+            return None;
+        }
+        Some(PrepareOk {
+            statement_id: r.u32().ok()?,
+            columns: r.u16().ok()?,
+            params: r.u16().ok()?,
+        })
+    }
+}
+
+/// The first length-encoded integer of a payload: a result set's column count.
+pub fn column_count(payload: &[u8]) -> Option<u64> {
+    Reader::new(payload).lenenc().ok()
+}
+
+/// An ERR packet's code, SQLSTATE (when the 4.1 marker is there) and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrPacket<'a> {
+    pub code: u16,
+    pub sqlstate: Option<&'a [u8]>,
+    pub message: &'a [u8],
+}
+
+impl<'a> ErrPacket<'a> {
+    pub fn decode(payload: &'a [u8]) -> Option<ErrPacket<'a>> {
+        let mut r = Reader::new(payload);
+        if r.u8().ok()? != reply::ERR {
+            return None;
+        }
+        let code = r.u16().ok()?;
+        let rest = r.remaining();
+        if let Some(after_marker) = rest.strip_prefix(b"#") {
+            let (state, message) = after_marker.split_at_checked(5)?;
+            return Some(ErrPacket {
+                code,
+                sqlstate: Some(state),
+                message,
+            });
+        }
+        Some(ErrPacket {
+            code,
+            sqlstate: None,
+            message: rest,
+        })
+    }
+}
+
+/// Appends an ERR packet in place of the server's greeting: before the client has said
+/// it speaks protocol 4.1, an ERR carries no SQLSTATE marker (the server's own
+/// pre-handshake errors, such as 1040, have none either).
+pub fn put_err_before_greeting(out: &mut BytesMut, code: u16, message: &str) {
+    let mut payload = Vec::with_capacity(3 + message.len());
+    payload.push(reply::ERR);
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.extend_from_slice(message.as_bytes());
+    put_message(out, 0, &payload);
+}
+
+/// Appends an ERR packet with sequence id `seq` (4.1 form, with the SQLSTATE marker).
+pub fn put_err(out: &mut BytesMut, seq: u8, code: u16, sqlstate: &[u8; 5], message: &str) {
+    let mut payload = Vec::with_capacity(9 + message.len());
+    payload.push(reply::ERR);
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.push(b'#');
+    payload.extend_from_slice(sqlstate);
+    payload.extend_from_slice(message.as_bytes());
+    put_message(out, seq, &payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::mysql::packet::Header;
+
+    #[test]
+    fn ok_and_eof_status_flags() {
+        // OK: 0 affected, insert id 300 (0xFC-prefixed), in transaction + autocommit.
+        let ok = b"\x00\x00\xfc\x2c\x01\x03\x00\x00\x00";
+        let status = ok_status(ok).unwrap();
+        assert!(status.contains(StatusFlags::SERVER_STATUS_IN_TRANS));
+        assert!(status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT));
+        let eof = b"\xfe\x00\x00\x0a\x00";
+        let status = eof_status(eof).unwrap();
+        assert!(status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS));
+        assert_eq!(ok_status(b"\x00\xfc"), None);
+        assert_eq!(eof_status(b"\xfe\x00"), None);
+    }
+
+    #[test]
+    fn terminators_and_rows_are_told_apart() {
+        assert!(is_terminator(0xfe, 5, false));
+        assert!(!is_terminator(0xfe, 9, false));
+        assert!(is_terminator(0xfe, 7, true));
+        assert!(is_terminator(0xfe, 200, true));
+        assert!(!is_terminator(0xfe, MAX_PAYLOAD, true));
+        assert!(!is_terminator(0x03, 4, true));
+    }
+
+    #[test]
+    fn prepare_ok_and_column_count() {
+        let p = PrepareOk::decode(b"\x00\x07\x00\x00\x00\x02\x00\x01\x00\x00\x00\x00").unwrap();
+        assert_eq!(
+            p,
+            PrepareOk {
+                statement_id: 7,
+                columns: 2,
+                params: 1
+            }
+        );
+        assert_eq!(PrepareOk::decode(b"\x00\x07"), None);
+        assert_eq!(column_count(b"\x03"), Some(3));
+        assert_eq!(column_count(b""), None);
+    }
+
+    #[test]
+    fn err_packets_round_trip() {
+        let mut out = BytesMut::new();
+        put_err(&mut out, 3, 1156, b"08S01", "Got packets out of order");
+        let h = Header::peek(&out).unwrap();
+        assert_eq!(h.seq, 3);
+        let e = ErrPacket::decode(h.payload(&out)).unwrap();
+        assert_eq!(e.code, 1156);
+        assert_eq!(e.sqlstate, Some(&b"08S01"[..]));
+        assert_eq!(e.message, b"Got packets out of order");
+        let old = ErrPacket::decode(b"\xff\x15\x04Access denied").unwrap();
+        assert_eq!((old.code, old.sqlstate), (1045, None));
+        assert_eq!(ErrPacket::decode(b"\xff\x15\x04#08S"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! The MySQL relay, through the real proxy over TCP to the real MariaDB/MySQL.
+
+mod auth;
+mod bad_input;
+mod drivers;
+mod kill;
+mod relay;
+mod reset;
+mod shutdown;
+mod tls;
