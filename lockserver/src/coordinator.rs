@@ -23,6 +23,7 @@ use crate::core::txn::{
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::phase2::Phase2;
+use crate::store::embedded::{AppliedNow, EmbeddedStore};
 use crate::store::{AnyStore, Applied, Store};
 
 /// How often a waiter re-checks state that another lockserver (sharing Redis) may
@@ -85,6 +86,44 @@ impl Coordinator {
         })
     }
 
+    /// Admission for a call whose permit is given back later with
+    /// [`Coordinator::release`] (calls answered from a batch).
+    pub(crate) fn admit(&self) -> Result<()> {
+        self.permit().map(SemaphorePermit::forget)
+    }
+
+    /// Gives back `n` permits taken with [`Coordinator::admit`].
+    pub(crate) fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// The embedded store, when it is the engine: it applies a batch of commands
+    /// synchronously ([`Coordinator::exec_now`]).
+    pub(crate) fn embedded(&self) -> Option<&EmbeddedStore> {
+        match &self.store {
+            AnyStore::Embedded(s) => Some(s),
+            AnyStore::Redis(_) => None,
+        }
+    }
+
+    /// A new xid.
+    pub(crate) fn next_xid(&self) -> Xid {
+        Xid::new(&self.node, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Applies `cmds` in order under one hold of the embedded store's lock and
+    /// carries out their effects: the batch twin of [`Coordinator::exec`]. Results
+    /// marked as waiting are released only once [`AppliedNow::durable`] resolves.
+    pub(crate) fn exec_now(&self, store: &EmbeddedStore, cmds: &[Command]) -> AppliedNow {
+        let out = store.apply_now(cmds, self.now());
+        for (r, _) in &out.results {
+            if let Ok(a) = r {
+                self.carry_out(&a.effects);
+            }
+        }
+        out
+    }
+
     pub(crate) async fn exec(&self, cmd: Command) -> Result<Applied> {
         let applied = self.store.apply(cmd, self.now()).await?;
         self.carry_out(&applied.effects);
@@ -98,11 +137,12 @@ impl Coordinator {
                 Effect::Phase2Due { .. } => self.phase2.wake(),
                 Effect::Ended { xid, status } => {
                     tracing::debug!(%xid, %status, "global transaction ended");
-                    self.metrics
-                        .ended
-                        .get_or_create(&[("status", status.as_str())])
-                        .inc();
-                    self.ended.send_modify(|n| *n += 1);
+                    self.metrics.ended(*status);
+                    // Only rollbacks waiting for their end subscribe; waking nobody
+                    // still took the channel's locks, once per finished transaction.
+                    if self.ended.receiver_count() > 0 {
+                        self.ended.send_modify(|n| *n += 1);
+                    }
                 }
             }
         }
@@ -111,7 +151,7 @@ impl Coordinator {
     /// Begins a global transaction; `None` takes the configured default timeout.
     pub async fn begin(&self, timeout_ms: Option<u64>) -> Result<(Xid, Millis)> {
         let started = Instant::now();
-        let xid = Xid::new(&self.node, self.seq.fetch_add(1, Ordering::Relaxed));
+        let xid = self.next_xid();
         let timeout_ms = timeout_ms.unwrap_or(self.config.default_timeout_ms);
         let span = tracing::debug_span!("begin", %xid);
         let r = self
@@ -321,6 +361,47 @@ impl Coordinator {
             self.phase2.reset(&xid);
         }
         Ok(())
+    }
+
+    /// A batch of proxies' answers to phase-2 items, applied together under one hold
+    /// of the embedded store's lock (their records are logged lazily, so nothing
+    /// waits); a failed one is logged and left to redelivery, like the single path.
+    /// Embedded store only: returns the answers untouched for any other engine.
+    pub async fn phase2_results(
+        &self,
+        answers: Vec<(Xid, u64, Phase2Outcome)>,
+    ) -> Vec<(Xid, u64, Phase2Outcome)> {
+        let Some(store) = self.embedded() else {
+            return answers;
+        };
+        let cmds: Vec<Command> = answers
+            .iter()
+            .map(|(xid, branch_id, outcome)| {
+                self.phase2.answered(xid, *branch_id);
+                Command::Phase2Result {
+                    xid: xid.clone(),
+                    branch_id: *branch_id,
+                    outcome: *outcome,
+                }
+            })
+            .collect();
+        let out = self.exec_now(store, &cmds);
+        for ((xid, branch_id, outcome), (r, _)) in answers.into_iter().zip(out.results) {
+            if let Err(e) = r {
+                tracing::warn!(%xid, branch = branch_id, error = %e, "phase-2 answer not applied");
+                continue;
+            }
+            if outcome == Phase2Outcome::Retry {
+                self.metrics.phase2_retries.inc();
+                let at = self.now() + self.phase2.backoff(&xid);
+                if let Err(e) = store.schedule_phase2(&xid, at).await {
+                    tracing::warn!(%xid, error = %e, "phase-2 retry not scheduled");
+                }
+            } else {
+                self.phase2.reset(&xid);
+            }
+        }
+        Vec::new()
     }
 
     /// One timer pass: roll back expired transactions, forget old finished ones.

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::core::txn::GlobalStatus;
 use crate::store::Counts;
 
 type Labels = [(&'static str, &'static str); 1];
@@ -39,7 +40,23 @@ pub struct Metrics {
     pub latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Requests refused because `max_in_flight` was reached.
     pub overloaded: Counter,
+    /// `latency`'s histogram of each operation in [`OPS`], resolved once: the
+    /// family's lookup (a lock and a hash of the label) ran on every request.
+    by_op: Vec<Histogram>,
+    /// `ended`'s counter of each status a transaction can end in, resolved once.
+    ended_by: Vec<(GlobalStatus, Counter)>,
 }
+
+/// Operations whose latency histogram is resolved up front.
+const OPS: [&str; 7] = [
+    "begin",
+    "register",
+    "report",
+    "commit",
+    "rollback",
+    "lock_query",
+    "status",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -55,6 +72,8 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency as fn() -> Histogram),
             overloaded: Counter::default(),
             registry: Registry::default(),
+            by_op: Vec::new(),
+            ended_by: Vec::new(),
         };
         registry.register(
             "active_globals",
@@ -97,16 +116,49 @@ impl Default for Metrics {
             "Requests refused at max_in_flight",
             m.overloaded.clone(),
         );
-        Metrics { registry, ..m }
+        let by_op = OPS
+            .iter()
+            .map(|op| m.latency.get_or_create(&[("op", op)]).clone())
+            .collect();
+        let ended_by = GlobalStatus::ALL
+            .iter()
+            .filter(|s| {
+                s.is_finished()
+                    || matches!(
+                        s,
+                        GlobalStatus::RollbackFailed | GlobalStatus::TimeoutRollbackFailed
+                    )
+            })
+            .map(|s| (*s, m.ended.get_or_create(&[("status", s.as_str())]).clone()))
+            .collect();
+        Metrics {
+            registry,
+            by_op,
+            ended_by,
+            ..m
+        }
     }
 }
 
 impl Metrics {
     /// Records one request's latency.
     pub fn observe(&self, op: &'static str, started: std::time::Instant) {
-        self.latency
-            .get_or_create(&[("op", op)])
-            .observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        match OPS.iter().position(|o| *o == op) {
+            Some(i) => self.by_op[i].observe(secs),
+            None => self.latency.get_or_create(&[("op", op)]).observe(secs),
+        }
+    }
+
+    /// Counts a transaction that ended with `status`.
+    pub fn ended(&self, status: GlobalStatus) {
+        match self.ended_by.iter().find(|(s, _)| *s == status) {
+            Some((_, c)) => c.inc(),
+            None => self
+                .ended
+                .get_or_create(&[("status", status.as_str())])
+                .inc(),
+        };
     }
 
     /// The text exposition, with the state gauges set from `counts`.

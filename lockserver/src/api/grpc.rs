@@ -53,17 +53,17 @@ pub fn to_status(e: Error) -> Status {
     Status::new(code, e.to_string())
 }
 
-fn xid(s: &str) -> Result<Xid, Status> {
+pub(super) fn xid(s: &str) -> Result<Xid, Status> {
     Xid::parse(s).map_err(to_status)
 }
 
-fn keys(v: &[String]) -> Result<Vec<LockKey>, Status> {
+pub(super) fn keys(v: &[String]) -> Result<Vec<LockKey>, Status> {
     v.iter()
         .map(|k| LockKey::parse(k).map_err(|e| to_status(e.into())))
         .collect()
 }
 
-fn kind(t: i32) -> Result<BranchKind, Status> {
+pub(super) fn kind(t: i32) -> Result<BranchKind, Status> {
     match pb::BranchType::try_from(t) {
         Ok(pb::BranchType::At) => Ok(BranchKind::AT),
         Ok(pb::BranchType::Xa) => Ok(BranchKind::XA),
@@ -111,6 +111,31 @@ fn conflict(key: LockKey, holder: Xid, holder_rolling_back: bool) -> pb::LockCon
     }
 }
 
+/// A failed pipelined call: the status its unary twin would have returned.
+pub(super) fn failure(s: Status) -> pb::answer::Result {
+    pb::answer::Result::Failure(pb::Failure {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    })
+}
+
+/// A registration's answer: its branch id, or the conflict naming the holder.
+pub(super) fn register_result(r: crate::Result<u64>) -> pb::answer::Result {
+    use pb::register_response::Result as R;
+    let result = match r {
+        Ok(id) => R::BranchId(id),
+        Err(Error::LockConflict {
+            key,
+            holder,
+            holder_rolling_back,
+        }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
+        Err(e) => return failure(to_status(e)),
+    };
+    pb::answer::Result::Register(pb::RegisterResponse {
+        result: Some(result),
+    })
+}
+
 /// Most answers (or calls) sent in one pipeline message.
 pub(crate) const MAX_BATCH: usize = 512;
 
@@ -135,7 +160,7 @@ pub(crate) fn batches<T: Send + 'static>(
 /// The gRPC service.
 #[derive(Clone)]
 pub struct GrpcApi {
-    coord: Arc<Coordinator>,
+    pub(super) coord: Arc<Coordinator>,
     cancel: CancellationToken,
 }
 
@@ -158,17 +183,14 @@ impl Drop for Connected {
 
 impl GrpcApi {
     /// One pipelined call, answered exactly as its unary twin would be.
-    async fn one_call(&self, call: pb::Call) -> pb::Answer {
+    pub(super) async fn one_call(&self, call: pb::Call) -> pb::Answer {
         use pb::answer::Result as A;
         use pb::call::Op;
         use pb::coordinator_server::Coordinator as _;
         fn done<T>(r: Result<Response<T>, Status>, f: impl FnOnce(T) -> A) -> A {
             match r {
                 Ok(r) => f(r.into_inner()),
-                Err(s) => A::Failure(pb::Failure {
-                    code: s.code() as i32,
-                    message: s.message().to_string(),
-                }),
+                Err(s) => failure(s),
             }
         }
         let result = match call.op {
@@ -319,20 +341,16 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
             // Stops reading at shutdown, so the connection can close.
             while let Some(Ok(Some(batch))) = cancel.run_until_cancelled(inbound.message()).await {
-                for call in batch.calls {
-                    let Ok(permit) = limit.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let (api, tx) = (api.clone(), tx.clone());
-                    tokio::spawn(async move {
-                        let answer = api.one_call(call).await;
-                        let _ = tx.send(answer).await;
-                        drop(permit);
-                    });
+                if !super::pipeline::run(&api, batch.calls, &tx, &limit).await {
+                    return;
                 }
             }
         });
-        let out = batches(rx).map(|answers| Ok(pb::Answers { answers }));
+        let out = batches(rx).map(|chunks: Vec<Vec<pb::Answer>>| {
+            Ok(pb::Answers {
+                answers: chunks.into_iter().flatten().collect(),
+            })
+        });
         Ok(Response::new(Box::pin(
             out.take_until(self.cancel.clone().cancelled_owned()),
         )))
@@ -372,6 +390,7 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                     Some(pb::phase2_up::Msg::Results(rs)) => rs.results,
                     _ => continue,
                 };
+                let mut answers = Vec::with_capacity(results.len());
                 for r in results {
                     let (Ok(x), Some(o)) = (Xid::parse(&r.xid), outcome(r.outcome)) else {
                         tracing::warn!(xid = %r.xid, "malformed phase-2 answer ignored");
@@ -380,13 +399,18 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                     if !r.detail.is_empty() {
                         tracing::info!(xid = %x, branch = r.branch_id, outcome = %o, detail = %r.detail, "phase-2 answer");
                     }
+                    answers.push((x, r.branch_id, o));
+                }
+                // The embedded store takes the whole message at once; the rest
+                // (Redis) come back and run one task per answer.
+                for (x, branch_id, o) in coord.phase2_results(answers).await {
                     let Ok(permit) = limit.clone().acquire_owned().await else {
                         return;
                     };
                     let coord = coord.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = coord.phase2_result(x.clone(), r.branch_id, o).await {
-                            tracing::warn!(xid = %x, branch = r.branch_id, error = %e, "phase-2 answer not applied");
+                        if let Err(e) = coord.phase2_result(x.clone(), branch_id, o).await {
+                            tracing::warn!(xid = %x, branch = branch_id, error = %e, "phase-2 answer not applied");
                         }
                         drop(permit);
                     });

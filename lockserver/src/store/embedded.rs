@@ -49,6 +49,43 @@ pub struct EmbeddedStore {
     compact_bytes: u64,
 }
 
+/// Whether `cmd`'s reply must wait for its records' fsync (see the `Store` contract).
+/// The others are harmless to lose and still ordered before every later record, so
+/// they are queued lazily: written with the next append that waits, or within
+/// `log::LAZY_FLUSH`, never costing an fsync of their own under load.
+fn must_wait(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Register { .. }
+            | Command::Report { .. }
+            | Command::Commit { .. }
+            | Command::Rollback { .. }
+    )
+}
+
+/// Resolves once the appends a [`Durable`] stands for are on disk.
+async fn durable_result(durable: log::Durable, dir: &Path) -> Result<()> {
+    match durable.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Io {
+            op: "append to log",
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(e.kind(), e.to_string()),
+        }),
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}
+
+/// The outcome of [`EmbeddedStore::apply_now`]: every command's result, and what
+/// the ones whose reply must wait for the disk wait on.
+pub struct AppliedNow {
+    /// One result per command, in order; with whether that reply must wait for
+    /// [`AppliedNow::durable`] before it is released.
+    pub results: Vec<(Result<Applied>, bool)>,
+    /// Resolves once every record of the batch is durable (`None`: nothing to wait for).
+    pub durable: Option<log::Durable>,
+}
+
 fn encode(records: &[Record], buf: &mut Vec<u8>) -> Result<()> {
     for r in records {
         log::frame_in_place(buf, |b| serde_json::to_writer(b, r)).map_err(|e| match e {
@@ -151,62 +188,136 @@ impl EmbeddedStore {
     }
 }
 
-impl Store for EmbeddedStore {
-    async fn apply(&self, cmd: Command, now: Millis) -> Result<Applied> {
-        // Only these need the fsync before the reply (see the `Store` contract); the
-        // others are harmless to lose and are still ordered before every later record,
-        // so they are queued lazily: written with the next append that waits, or
-        // within `log::LAZY_FLUSH`, never costing an fsync of their own under load.
-        let must_wait = matches!(
-            cmd,
-            Command::Register { .. }
-                | Command::Report { .. }
-                | Command::Commit { .. }
-                | Command::Rollback { .. }
-        );
-        let (applied, durable) = {
+impl EmbeddedStore {
+    /// Applies `cmds` in order under one hold of the state lock, queueing all their
+    /// records as one append: the synchronous half of [`Store::apply`], for callers
+    /// that apply many commands at once (a received batch of calls). A reply marked
+    /// as waiting must not be released before [`AppliedNow::durable`] resolves Ok
+    /// (then [`EmbeddedStore::durable`] maps its error); the others may go at once.
+    pub fn apply_now(&self, cmds: &[Command], now: Millis) -> AppliedNow {
+        let mut results = Vec::new();
+        let mut buf = Vec::new();
+        let mut urgent = false;
+        let durable = {
             let mut st = self.state();
-            let out = st.core.apply(&cmd, now)?;
-            if out.records.is_empty() {
-                return Ok(out.into());
+            for cmd in cmds {
+                let r = self.apply_locked(&mut st, cmd, now, &mut buf);
+                let wait = r.as_ref().is_ok_and(|(_, logged)| *logged) && must_wait(cmd);
+                urgent |= wait;
+                results.push((r.map(|(a, _)| a), wait));
             }
-            // A forget is not logged: replay may bring a finished transaction back,
-            // and the timers forget it again (it holds no locks and owes no work).
-            if matches!(cmd, Command::Forget { .. }) {
-                return Ok(out.into());
-            }
-            let mut buf = Vec::with_capacity(out.records.len() * 1024);
-            encode(&out.records, &mut buf)?;
-            let durable = if must_wait {
-                Some(self.writer.append(&buf)?)
+            let queued = if buf.is_empty() {
+                Ok(None)
+            } else if urgent {
+                self.writer.append(&buf).map(Some)
             } else {
-                self.writer.append_lazy(&buf)?;
-                None
+                self.writer.append_lazy(&buf).map(|()| None)
             };
-            for e in &out.effects {
-                if let Effect::Phase2Due { xid } = e {
-                    st.schedule(xid, now);
+            match queued {
+                Ok(d) => d,
+                Err(e) => {
+                    // Nothing of this batch reached the queue: fail every command that
+                    // wrote records (the log refuses all appends from now on).
+                    let msg = e.to_string();
+                    for (r, wait) in &mut results {
+                        if r.is_ok() && *wait {
+                            *r = Err(Error::Io {
+                                op: "append to log",
+                                path: self.dir.clone(),
+                                source: std::io::Error::other(msg.clone()),
+                            });
+                        }
+                    }
+                    None
                 }
             }
-            (Applied::from(out), durable)
         };
-        let Some(durable) = durable else {
-            self.maybe_compact()?;
-            return Ok(applied);
-        };
-        match durable.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(Error::Io {
-                    op: "append to log",
-                    path: self.dir.clone(),
-                    source: std::io::Error::new(e.kind(), e.to_string()),
-                });
-            }
-            Err(_) => return Err(Error::ShuttingDown),
+        if let Err(e) = self.maybe_compact() {
+            tracing::warn!(error = %e, "log compaction not queued");
         }
-        self.maybe_compact()?;
-        Ok(applied)
+        AppliedNow { results, durable }
+    }
+
+    /// Claims due phase-2 work under the state lock, with a read barrier covering it.
+    fn claim_locked(
+        &self,
+        now: Millis,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<Work>, Option<log::Durable>)> {
+        let mut st = self.state();
+        let due: Vec<Xid> = st
+            .p2
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, x)| x.clone())
+            .collect();
+        let mut out = Vec::new();
+        for x in due {
+            let work = st
+                .core
+                .global(&x)
+                .map(Global::pending_work)
+                .unwrap_or_default();
+            if work.is_empty() {
+                st.unschedule(&x);
+            } else {
+                st.schedule(&x, now.saturating_add(lease_ms));
+                out.extend(work);
+            }
+        }
+        // Taken under the state lock: it covers every record of the claimed work.
+        let barrier = if out.is_empty() {
+            None
+        } else {
+            self.writer.barrier()?
+        };
+        Ok((out, barrier))
+    }
+
+    /// Waits for what [`AppliedNow::durable`] stands for.
+    pub async fn durable(&self, d: log::Durable) -> Result<()> {
+        durable_result(d, &self.dir).await
+    }
+
+    /// One command under the state lock; its records are framed onto `buf`. Returns
+    /// whether it logged anything.
+    fn apply_locked(
+        &self,
+        st: &mut State,
+        cmd: &Command,
+        now: Millis,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Applied, bool)> {
+        let out = st.core.apply(cmd, now)?;
+        // A forget is not logged: replay may bring a finished transaction back, and
+        // the timers forget it again (it holds no locks and owes no work).
+        if out.records.is_empty() || matches!(cmd, Command::Forget { .. }) {
+            return Ok((out.into(), false));
+        }
+        // The core has applied the records already: a record that does not encode
+        // would leave memory ahead of the log, so it is a corruption either way.
+        encode(&out.records, buf)?;
+        for e in &out.effects {
+            if let Effect::Phase2Due { xid } = e {
+                st.schedule(xid, now);
+            }
+        }
+        Ok((out.into(), true))
+    }
+}
+
+impl Store for EmbeddedStore {
+    async fn apply(&self, cmd: Command, now: Millis) -> Result<Applied> {
+        let mut now_out = self.apply_now(std::slice::from_ref(&cmd), now);
+        let (result, wait) = now_out.results.pop().ok_or(Error::Corrupt {
+            what: "a command without a result",
+        })?;
+        if let (Ok(_), true, Some(d)) = (&result, wait, now_out.durable) {
+            self.durable(d).await?;
+        }
+        result
     }
 
     async fn global(&self, xid: &Xid) -> Result<Option<Global>> {
@@ -243,17 +354,7 @@ impl Store for EmbeddedStore {
             // decision still in its fsync): a crash could bring the lock back after
             // a proxy had written the row outside any global transaction.
             if let Some(rx) = self.writer.barrier()? {
-                match rx.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(Error::Io {
-                            op: "read barrier",
-                            path: self.dir.clone(),
-                            source: std::io::Error::new(e.kind(), e.to_string()),
-                        });
-                    }
-                    Err(_) => return Err(Error::ShuttingDown),
-                }
+                durable_result(rx, &self.dir).await?;
             }
         }
         Ok(held)
@@ -264,27 +365,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn claim_phase2(&self, now: Millis, lease_ms: u64, limit: usize) -> Result<Vec<Work>> {
-        let mut st = self.state();
-        let due: Vec<Xid> = st
-            .p2
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .take(limit)
-            .map(|(_, x)| x.clone())
-            .collect();
-        let mut out = Vec::new();
-        for x in due {
-            let work = st
-                .core
-                .global(&x)
-                .map(Global::pending_work)
-                .unwrap_or_default();
-            if work.is_empty() {
-                st.unschedule(&x);
-            } else {
-                st.schedule(&x, now.saturating_add(lease_ms));
-                out.extend(work);
-            }
+        let (out, barrier) = self.claim_locked(now, lease_ms, limit)?;
+        // Work goes out only once the decision that made it due is durable: a proxy
+        // must not delete undo rows (or undo a branch) on the strength of a commit
+        // (or rollback) that a crash could still take back.
+        if let Some(rx) = barrier {
+            durable_result(rx, &self.dir).await?;
         }
         Ok(out)
     }

@@ -1,0 +1,268 @@
+//! The batch path of the pipelined gRPC stream (embedded store only).
+//!
+//! The begins, registrations, reports and commits of one received `Calls` message
+//! are applied together: one hold of the store's state lock, one log append, one
+//! wait for its fsync, one message of answers. Everything else (status, rollback,
+//! lock queries, a registration that must wait for a lock, and every call when the
+//! store is Redis) runs as before, one task per call through its unary twin.
+//!
+//! Owns: nothing beyond one received batch. Never decides anything (the store's
+//! `core` does) and never answers a call differently from its unary twin.
+//! Invariant: an answer whose records must be durable is sent only once they are.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::grpc::{GrpcApi, failure, keys, kind, register_result, xid};
+use crate::core::txn::{BranchStatus, Command, Reply};
+use crate::error::Error;
+use crate::proto as pb;
+use crate::proto::answer::Result as A;
+
+/// Answers travel in chunks: one per call on the per-call path, one per batch here.
+pub(crate) type AnswerTx = mpsc::Sender<Vec<pb::Answer>>;
+
+/// The operation a batched call runs, for its answer and its metric.
+#[derive(Clone, Copy)]
+enum Op {
+    Begin,
+    Register { wait_ms: u32 },
+    Report,
+    Commit,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Begin => "begin",
+            Op::Register { .. } => "register",
+            Op::Report => "report",
+            Op::Commit => "commit",
+        }
+    }
+}
+
+/// A call sorted: applied in the batch, answered at once (it did not decode), or run
+/// on its own.
+enum Sorted {
+    Batch(u64, Op, Command),
+    Answer(pb::Answer),
+    Alone(pb::Call),
+}
+
+fn answer(id: u64, result: A) -> pb::Answer {
+    pb::Answer {
+        id,
+        result: Some(result),
+    }
+}
+
+fn sort(api: &GrpcApi, call: pb::Call) -> Sorted {
+    use pb::call::Op as C;
+    let id = call.id;
+    let decoded = match call.op {
+        Some(C::Begin(r)) => {
+            let timeout_ms = if r.timeout_ms > 0 {
+                r.timeout_ms
+            } else {
+                api.coord.config.default_timeout_ms
+            };
+            let xid = api.coord.next_xid();
+            Ok((Op::Begin, Command::Begin { xid, timeout_ms }))
+        }
+        Some(C::Register(r)) => (|| {
+            let cmd = Command::Register {
+                xid: xid(&r.xid)?,
+                kind: kind(r.branch_type)?,
+                keys: keys(&r.lock_keys)?,
+                resource: r.resource_id,
+            };
+            Ok((Op::Register { wait_ms: r.wait_ms }, cmd))
+        })(),
+        Some(C::Report(r)) => xid(&r.xid).map(|x| {
+            let status = if r.success {
+                BranchStatus::PhaseOneDone
+            } else {
+                BranchStatus::PhaseOneFailed
+            };
+            let cmd = Command::Report {
+                xid: x,
+                branch_id: r.branch_id,
+                status,
+            };
+            (Op::Report, cmd)
+        }),
+        Some(C::Commit(r)) => xid(&r.xid).map(|x| (Op::Commit, Command::Commit { xid: x })),
+        op => return Sorted::Alone(pb::Call { id, op }),
+    };
+    match decoded {
+        Ok((op, cmd)) => Sorted::Batch(id, op, cmd),
+        Err(s) => Sorted::Answer(answer(id, failure(s))),
+    }
+}
+
+/// Runs one received batch of calls; answers go to `tx`. Returns false once the
+/// stream is going away (stop reading).
+pub(crate) async fn run(
+    api: &GrpcApi,
+    calls: Vec<pb::Call>,
+    tx: &AnswerTx,
+    limit: &Arc<Semaphore>,
+) -> bool {
+    let Some(store) = api.coord.embedded() else {
+        for call in calls {
+            if !alone(api, call, tx, limit).await {
+                return false;
+            }
+        }
+        return true;
+    };
+    let started = Instant::now();
+    let coord = &api.coord;
+    let (mut ops, mut cmds, mut now) = (Vec::new(), Vec::new(), Vec::new());
+    for call in calls {
+        match sort(api, call) {
+            Sorted::Batch(id, op, cmd) => match coord.admit() {
+                Ok(()) => {
+                    ops.push((id, op));
+                    cmds.push(cmd);
+                }
+                Err(e) => now.push(answer(id, failure(super::grpc::to_status(e)))),
+            },
+            Sorted::Answer(a) => now.push(a),
+            Sorted::Alone(call) => {
+                if !alone(api, call, tx, limit).await {
+                    return false;
+                }
+            }
+        }
+    }
+    let applied = coord.exec_now(store, &cmds);
+    let mut later = Vec::new();
+    let mut released = 0;
+    for (((id, op), cmd), (result, wait)) in ops.into_iter().zip(cmds).zip(applied.results) {
+        let result = match (op, result, cmd) {
+            // The lock is held by a transaction that may still end soon: wait for it
+            // on the per-call path (it retries on every release).
+            (
+                Op::Register { wait_ms },
+                Err(e @ Error::LockConflict { .. }),
+                Command::Register {
+                    xid,
+                    resource,
+                    kind,
+                    keys,
+                },
+            ) if wait_ms > 0 && e.is_retryable() => {
+                let (api, tx) = (api.clone(), tx.clone());
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return false;
+                };
+                tokio::spawn(async move {
+                    let wait = Duration::from_millis(wait_ms.into());
+                    let r = api.coord.register(xid, resource, kind, keys, wait).await;
+                    let _ = tx.send(vec![answer(id, register_result(r))]).await;
+                    api.coord.release(1);
+                    drop(permit);
+                });
+                continue;
+            }
+            (op, result, cmd) => to_answer(api, op, result, &cmd),
+        };
+        if wait {
+            later.push((id, op, result));
+        } else {
+            coord.metrics.observe(op.name(), started);
+            now.push(answer(id, result));
+            released += 1;
+        }
+    }
+    coord.release(released);
+    if !now.is_empty() && tx.send(now).await.is_err() {
+        return false;
+    }
+    let Some(durable) = applied.durable.filter(|_| !later.is_empty()) else {
+        return true;
+    };
+    let Ok(permit) = limit.clone().acquire_many_owned(later.len() as u32).await else {
+        return false;
+    };
+    let (api, tx) = (api.clone(), tx.clone());
+    tokio::spawn(async move {
+        let coord = &api.coord;
+        let failed = match coord.embedded() {
+            Some(store) => store.durable(durable).await.err(),
+            None => Some(Error::ShuttingDown),
+        }
+        .map(super::grpc::to_status);
+        let n = later.len();
+        let answers = later
+            .into_iter()
+            .map(|(id, op, result)| {
+                coord.metrics.observe(op.name(), started);
+                match &failed {
+                    None => answer(id, result),
+                    Some(s) => answer(id, failure(s.clone())),
+                }
+            })
+            .collect();
+        let _ = tx.send(answers).await;
+        coord.release(n);
+        drop(permit);
+    });
+    true
+}
+
+/// The answer its unary twin would give.
+fn to_answer(
+    api: &GrpcApi,
+    op: Op,
+    result: crate::Result<crate::store::Applied>,
+    cmd: &Command,
+) -> A {
+    let reply = match result {
+        Ok(a) => a.reply,
+        Err(e) => {
+            return match op {
+                Op::Register { .. } => register_result(Err(e).inspect_err(|e| {
+                    if matches!(e, Error::LockConflict { .. }) {
+                        api.coord.metrics.conflicts.inc();
+                    }
+                })),
+                _ => failure(super::grpc::to_status(e)),
+            };
+        }
+    };
+    match (op, reply, cmd) {
+        (Op::Begin, Reply::Began { deadline }, Command::Begin { xid, .. }) => {
+            A::Begin(pb::BeginResponse {
+                xid: xid.to_string(),
+                deadline_ms: deadline,
+            })
+        }
+        (Op::Register { .. }, Reply::Registered { branch_id }, _) => register_result(Ok(branch_id)),
+        (Op::Report, _, _) => A::Report(pb::ReportResponse {}),
+        (Op::Commit, Reply::Status(s), _) => A::Status(pb::StatusResponse {
+            status: s.to_string(),
+        }),
+        _ => failure(super::grpc::to_status(Error::Corrupt {
+            what: "a command answered with the wrong reply",
+        })),
+    }
+}
+
+/// One call on its own task, through its unary twin.
+async fn alone(api: &GrpcApi, call: pb::Call, tx: &AnswerTx, limit: &Arc<Semaphore>) -> bool {
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return false;
+    };
+    let (api, tx) = (api.clone(), tx.clone());
+    tokio::spawn(async move {
+        let answer = api.one_call(call).await;
+        let _ = tx.send(vec![answer]).await;
+        drop(permit);
+    });
+    true
+}
