@@ -4,12 +4,18 @@
 #
 #   bench/lockserver.sh                 # defaults below
 #   SECS=20 CONC=2048 BRANCHES=1 bench/lockserver.sh
+#   LAT_SECS=0 bench/lockserver.sh    # skip the per-call latency runs
+#   SERVER_BIN=/tmp/old/tandem-lockserver bench/lockserver.sh   # A/B: an older server
+#                                     # under the same load generator
 #
 # Each lockbench transaction: begin, register BRANCHES branches of 10 fresh lock keys,
 # commit (which releases the keys), plus the phase-2 clean-up the bench answers.
 # The load generator runs on one thread by default (--threads), to leave the server
 # as much of the machine as it can.
 # The in-process line drives the embedded store directly (no gRPC), for its ceiling.
+# Then per-call latency at 1 and 8 clients (embedded store, one connection): p50/p90/
+# p99 of begin, register (10 keys) and commit, next to this disk's fdatasync latency
+# (register and commit each wait for one fsync).
 # Redis: TANDEM_TEST_REDIS_URL (default redis://127.0.0.1:6379); if nothing answers
 # there, a throw-away redis-server is started on 127.0.0.1:6390.
 set -euo pipefail
@@ -19,10 +25,12 @@ SECS=${SECS:-10}
 CONC=${CONC:-1024}
 CONNS=${CONNS:-4}
 BRANCHES=${BRANCHES:-1}
+LAT_SECS=${LAT_SECS:-5}
 REDIS_URL=${TANDEM_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 
 cargo build --release -q -p tandem-lockserver --bins
 BIN=target/release
+SERVER_BIN=${SERVER_BIN:-$BIN/tandem-lockserver}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -48,7 +56,7 @@ grpc_listen = "127.0.0.1:0"
 http_listen = "127.0.0.1:0"
 $2
 TOML
-  RUST_LOG=warn "$BIN/tandem-lockserver" -c "$work/$1.toml" > "$work/$1.out" 2> "$work/$1.err" &
+  RUST_LOG=warn "$SERVER_BIN" -c "$work/$1.toml" > "$work/$1.out" 2> "$work/$1.err" &
   pids+=($!)
   GRPC=""
   for _ in $(seq 100); do
@@ -75,6 +83,30 @@ awk -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v secs="$SECS" \
   '{ for (i = 1; i < NF; i++) if ($(i + 1) == "registrations/s") r = $i }
     END { if (r > 0) printf "embedded store: server CPU %.1f us per registration (incl. its begin, commit and phase-2 answer)\n", ticks / hz * 1e6 / (r * (secs + 1)) }' "$work/embedded.bench"
 stop_last
+
+if [ "$LAT_SECS" -gt 0 ]; then
+  echo "== per-call latency, embedded store, one connection"
+  start_lockserver latency "[store]
+kind = \"embedded\"
+path = \"$work/latency-data\""
+  for c in 1 8; do
+    "$BIN/tandem-lockbench" --endpoint "http://$GRPC" --seconds "$LAT_SECS" --concurrency "$c" --connections 1 --report-ops --label "embedded, $c client(s)" | grep -v 'registrations/s'
+  done
+  stop_last
+  # fdatasync of a small append on the same disk, for scale (what one fsync costs now).
+  python3 - "$work" <<'PY' || true
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+ts = []
+for _ in range(300):
+    os.write(fd, b"x" * 700)
+    t = time.perf_counter(); os.fdatasync(fd); ts.append((time.perf_counter() - t) * 1e6)
+    time.sleep(0.002)
+ts.sort()
+print(f"disk: fdatasync of a 700-byte append p50 {ts[len(ts) // 2] / 1000:.3f} ms p90 {ts[len(ts) * 9 // 10] / 1000:.3f} ms")
+PY
+fi
 
 "$BIN/tandem-lockbench" --in-process "$work/inproc" --seconds "$SECS" --concurrency "$CONC" --branches "$BRANCHES" --label "embedded store"
 

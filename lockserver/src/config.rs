@@ -37,11 +37,13 @@ pub struct Config {
     /// How long finished transactions stay queryable, in ms. Default 60000 (see also `limits.max_finished`).
     pub finished_retention_ms: u64,
     /// Threads of the lockserver's own async runtime (it never runs on its host's
-    /// runtime, e.g. inside `tandem dev`). Default 1: on a machine of a few cores a
-    /// request crossing between worker threads costs more (each hop wakes an idle
-    /// core, ~30 µs here) than a second thread gains; the log's fsyncs run on their
-    /// own thread either way. 0 means one per core; raise it on large machines.
-    pub worker_threads: usize,
+    /// runtime, e.g. inside `tandem dev`); 0 means one per core. Default: 1 with the
+    /// embedded store, where a request crossing between worker threads cost more
+    /// (each hop wakes an idle core, ~30 µs on a small VM) than a second thread gained
+    /// and the log's fsyncs run on their own thread anyway; one per core with Redis,
+    /// whose several round trips per command outgrow one thread (12k vs 10k
+    /// registrations/s on 2 cores).
+    pub worker_threads: Option<usize>,
     /// Phase-2 delivery.
     pub phase2: Phase2Config,
     /// Bounds.
@@ -175,7 +177,7 @@ impl Default for Config {
             rollback_wait_ms: 5_000,
             tick_interval_ms: 100,
             finished_retention_ms: 60_000,
-            worker_threads: 1,
+            worker_threads: None,
             phase2: Phase2Config::default(),
             limits: LimitsConfig::default(),
         }
@@ -254,6 +256,14 @@ impl Config {
         } else {
             Err(Error::Config { problems: p })
         }
+    }
+
+    /// The runtime threads to start: `worker_threads`, or the store's default.
+    pub fn runtime_threads(&self) -> usize {
+        self.worker_threads.unwrap_or(match self.store {
+            StoreConfig::Embedded { .. } => 1,
+            StoreConfig::Redis { .. } => 0,
+        })
     }
 
     /// The core's limits.

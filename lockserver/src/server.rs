@@ -52,7 +52,8 @@ pub async fn open_store(config: &Config) -> Result<AnyStore> {
 
 /// Runs a lockserver on the given listeners until `shutdown` completes.
 ///
-/// The lockserver runs on its own runtime (`worker_threads`, default one thread),
+/// The lockserver runs on its own runtime (`worker_threads`; one thread with the
+/// embedded store by default),
 /// not on the caller's: its latency then does not depend on how the host (a proxy,
 /// `tandem dev`, a test) built its runtime. The caller's task only waits for
 /// `shutdown` and for the lockserver's thread to finish.
@@ -73,7 +74,7 @@ pub async fn run(
         grpc.into_std().map_err(rt_io)?,
         http.into_std().map_err(rt_io)?,
     );
-    let mut builder = match config.worker_threads {
+    let mut builder = match config.runtime_threads() {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
