@@ -152,7 +152,10 @@ pub async fn run(
             ids: Arc::clone(&connection_ids),
             tls,
             signals: signals.clone(),
+            lock: lock.clone(),
+            xa: Arc::new(crate::xa::mysql::MysqlXa::new(frontend, lock.clone())),
         });
+        ctx.xa.start_recovery(signals.drain.clone());
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "mysql front end");
         mysql_upstreams.push((Arc::clone(&ctx.upstream), frontend.connect_timeout()));
         tracker.spawn(mysql::accept_loop(

@@ -11,4 +11,5 @@ pub mod env;
 pub mod harness;
 pub mod lockserver;
 pub mod mysql;
+pub mod process;
 pub mod raw_pg;

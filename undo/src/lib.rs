@@ -21,7 +21,8 @@ pub mod record;
 pub mod replay;
 
 pub use analyze::{
-    Analysis, LockedRead, TableRef, Upsert, Write, WriteKind, analyze, split_statements,
+    Analysis, LockedRead, TableRef, Upsert, Write, WriteKind, analyze, count_mysql_statements,
+    split_statements,
 };
 pub use dialect::{Dialect, Postgres};
 pub use error::Error;

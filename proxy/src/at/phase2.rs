@@ -174,13 +174,16 @@ impl BranchHandler for PgBranchHandler {
 /// on it, or at start-up for every database of the upstream.
 pub struct Phase2Registry {
     lock: tandem_lockserver::client::LockClient,
-    handler: Arc<PgBranchHandler>,
+    handler: Arc<dyn BranchHandler>,
     // A std Mutex: never held across an await (the old worker is shut down in a task).
     state: std::sync::Mutex<(Vec<String>, Option<tandem_lockserver::client::Phase2Worker>)>,
 }
 
 impl Phase2Registry {
-    pub fn new(lock: tandem_lockserver::client::LockClient, handler: Arc<PgBranchHandler>) -> Self {
+    pub fn new(
+        lock: tandem_lockserver::client::LockClient,
+        handler: Arc<dyn BranchHandler>,
+    ) -> Self {
         Phase2Registry {
             lock,
             handler,
@@ -207,7 +210,7 @@ impl Phase2Registry {
         let worker = tandem_lockserver::client::Phase2Worker::spawn(
             &self.lock,
             state.0.clone(),
-            Arc::clone(&self.handler) as Arc<dyn BranchHandler>,
+            Arc::clone(&self.handler),
             tandem_lockserver::client::WorkerOptions::default(),
         );
         if let Some(old) = state.1.replace(worker) {

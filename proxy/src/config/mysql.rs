@@ -33,6 +33,17 @@ pub struct MysqlFrontend {
     /// Timeout for opening an upstream connection and reading its greeting, in
     /// milliseconds. Default 5000. The client then gets error 2003.
     pub connect_timeout_ms: u64,
+    /// The branch mode of sessions that did not choose one with `tandem_mode`. AT mode
+    /// is not built for MySQL yet: inside a global transaction in AT mode, statements
+    /// that may write are refused (error 1235); `"xa"` runs them as an XA branch.
+    pub mode: super::BranchMode,
+    /// XA recovery: how often `XA RECOVER` is scanned for tandem's branches, in
+    /// milliseconds (also once at start). Default 10000.
+    pub xa_recovery_interval_ms: u64,
+    /// XA recovery: a prepared branch whose global transaction the lockserver does not
+    /// know is rolled back once this proxy has seen it for this long, in milliseconds.
+    /// Default 600000.
+    pub xa_orphan_after_ms: u64,
 }
 
 impl Default for MysqlFrontend {
@@ -45,6 +56,9 @@ impl Default for MysqlFrontend {
             max_client_connections: 10_000,
             max_message_bytes: 1 << 30,
             connect_timeout_ms: 5_000,
+            mode: super::BranchMode::At,
+            xa_recovery_interval_ms: 10_000,
+            xa_orphan_after_ms: 600_000,
         }
     }
 }

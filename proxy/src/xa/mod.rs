@@ -7,6 +7,7 @@
 //! touched, and one of tandem's is committed only when its global transaction
 //! committed.
 
+pub mod mysql;
 pub mod pg;
 
 use std::time::Duration;

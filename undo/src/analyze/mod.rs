@@ -478,3 +478,30 @@ pub fn split_statements<'a>(dialect: &dyn Dialect, sql: &'a str) -> Result<Vec<&
         .filter(|p| !p.trim().is_empty())
         .collect())
 }
+
+/// How many statements a MySQL query holds (semicolons between statements, not those
+/// inside quotes, backticks or comments, MySQL's tokenizer rules).
+pub fn count_mysql_statements(sql: &str) -> Result<usize, Error> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Error::Parse {
+            dialect: "mysql",
+            excerpt: sql.chars().take(80).collect(),
+            message: e.to_string(),
+        })?;
+    let mut count = 0;
+    let mut in_statement = false;
+    for t in &tokens {
+        match t {
+            Token::SemiColon => in_statement = false,
+            Token::Whitespace(_) => {}
+            _ if !in_statement => {
+                in_statement = true;
+                count += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(count)
+}

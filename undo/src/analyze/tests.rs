@@ -120,3 +120,13 @@ fn statements_split_at_their_own_semicolons_only() {
     let got = crate::analyze::split_statements(&Postgres, "SELECT 'ü'; SELECT 'ß'").unwrap();
     assert_eq!(got, vec!["SELECT 'ü'", " SELECT 'ß'"]);
 }
+
+#[test]
+fn mysql_statements_are_counted_by_mysql_rules() {
+    use crate::analyze::count_mysql_statements as n;
+    assert_eq!(n("UPDATE t SET v = 'a\\'; b' WHERE id = 1").unwrap(), 1);
+    assert_eq!(n("UPDATE `a;b` SET v = 1; # c; d\n").unwrap(), 1);
+    assert_eq!(n("BEGIN; UPDATE t SET v = 1; COMMIT").unwrap(), 3);
+    assert_eq!(n("COMMIT;").unwrap(), 1);
+    assert_eq!(n("/* ; */ SELECT 1 -- ;\n").unwrap(), 1);
+}

@@ -41,6 +41,8 @@ pub struct Opened {
     pub user: String,
     pub database: String,
     pub client_tls: bool,
+    /// MariaDB's extended column metadata was negotiated (column definitions carry it).
+    pub extended_metadata: bool,
     /// The nonce of the greeting, which COM_CHANGE_USER reuses.
     pub nonce: Vec<u8>,
 }
@@ -130,6 +132,7 @@ pub async fn open(
         client_tls,
         user: String::new(),
         database: String::new(),
+        extended_metadata: false,
         plugin: Vec::new(),
     };
     match opening.answer(header, &greeting, offered) {
@@ -284,6 +287,7 @@ struct Handshake<'a> {
     client_tls: bool,
     user: String,
     database: String,
+    extended_metadata: bool,
     /// The plugin the client's response is for (empty: the greeting's).
     plugin: Vec<u8>,
 }
@@ -328,6 +332,11 @@ impl Handshake<'_> {
             c & greeting.mariadb_capabilities.unwrap_or_default() & relayed_mariadb_capabilities()
         });
         ResponseHead::patch(payload, relayed, mariadb);
+        self.extended_metadata = mariadb.is_some_and(|c| {
+            c.contains(
+                crate::wire::mysql::codes::MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA,
+            )
+        });
         self.user = String::from_utf8_lossy(&response.user).into_owned();
         self.database = response
             .database
@@ -424,6 +433,7 @@ impl Handshake<'_> {
             database: self.database,
             client_tls: self.client_tls,
             nonce: greeting.nonce,
+            extended_metadata: self.extended_metadata,
         }))
     }
 }

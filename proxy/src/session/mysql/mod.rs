@@ -38,6 +38,10 @@ pub struct MysqlFrontendContext {
     pub ids: Arc<ConnectionIds>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub signals: Signals,
+    /// The lockserver that control functions and XA branches talk to.
+    pub lock: tandem_lockserver::client::LockClient,
+    /// XA phase 2 and recovery on this front end's server.
+    pub xa: Arc<crate::xa::mysql::MysqlXa>,
 }
 
 /// Serves one accepted client connection to its end.
@@ -105,6 +109,9 @@ async fn run(
         relay.report(e).await;
     }
     relay.end_backend().await;
+    // The connection's prepared branches outlive it; phase 2 now goes to a side
+    // connection.
+    relay.release_owned();
     ctx.metrics.mysql.backends_active.dec();
     result
 }

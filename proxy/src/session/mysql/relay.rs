@@ -8,6 +8,7 @@
 //! `session::mysql`, the bytes written to each side are the bytes read from the other.
 
 mod client_side;
+mod control;
 mod server_side;
 
 use super::MysqlFrontendContext;
@@ -63,6 +64,21 @@ pub struct Relay<'a> {
     draining: bool,
     /// The sequence id of the last packet either side sent, for tandem's own ERR.
     pub(super) last_seq: u8,
+    /// The session's binding to a global transaction.
+    pub(super) binding: crate::binding::Binding,
+    /// XA mode's branch in the current local transaction.
+    pub(super) xa: Option<control::XaBranch>,
+    /// The database the client named at connect (the resource of its XA branches).
+    pub(super) database: String,
+    /// Column definitions tandem writes carry MariaDB's extended metadata.
+    pub(super) extended_metadata: bool,
+    /// Phase 2 of branches this connection prepared arrives here (see `xa::mysql`).
+    pub(super) phase2_tx: tokio::sync::mpsc::UnboundedSender<crate::xa::mysql::OwnedPhase2>,
+    pub(super) phase2_rx: tokio::sync::mpsc::UnboundedReceiver<crate::xa::mysql::OwnedPhase2>,
+    /// Requests waiting for a sync point.
+    pub(super) phase2_queue: std::collections::VecDeque<crate::xa::mysql::OwnedPhase2>,
+    /// Prepared branches attached to this connection.
+    pub(super) owned: Vec<(tandem_lockserver::client::Xid, u64)>,
     pub(super) span: tracing::Span,
 }
 
@@ -74,6 +90,7 @@ impl<'a> Relay<'a> {
                 .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF),
         );
         exchange.on_authenticated(opened.status);
+        let (phase2_tx, phase2_rx) = tokio::sync::mpsc::unbounded_channel();
         Relay {
             ctx,
             client: opened.client,
@@ -99,6 +116,14 @@ impl<'a> Relay<'a> {
             backend_said_fatal: false,
             draining: false,
             last_seq: 0,
+            binding: crate::binding::Binding::default(),
+            xa: None,
+            database: opened.database.clone(),
+            extended_metadata: opened.extended_metadata,
+            phase2_tx,
+            phase2_rx,
+            phase2_queue: std::collections::VecDeque::new(),
+            owned: Vec::new(),
             span,
         }
     }
@@ -140,10 +165,19 @@ impl<'a> Relay<'a> {
                     if self.draining && self.exchange.at_sync_point() {
                         return Err(Error::ShuttingDown);
                     }
+                    if !self.phase2_queue.is_empty() && self.serve_owned_phase2().await? {
+                        return Ok(());
+                    }
                     if self.client_paused
                         && self.exchange.at_sync_point()
                         && self.relay_from_client().await?
                     {
+                        return Ok(());
+                    }
+                }
+                Some(request) = self.phase2_rx.recv() => {
+                    self.phase2_queue.push_back(request);
+                    if self.serve_owned_phase2().await? {
                         return Ok(());
                     }
                 }

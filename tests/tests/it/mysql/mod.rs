@@ -8,3 +8,4 @@ mod relay;
 mod reset;
 mod shutdown;
 mod tls;
+mod xa;

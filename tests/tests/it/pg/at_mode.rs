@@ -6,7 +6,7 @@ use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-pub(super) async fn one(
+pub(crate) async fn one(
     client: &Client,
     sql: &str,
 ) -> Result<Option<String>, tokio_postgres::Error> {
@@ -21,7 +21,7 @@ pub(super) async fn one(
 }
 
 /// Every row of `accounts` as text, in key order: what "byte for byte" compares.
-pub(super) async fn dump(client: &Client) -> Vec<String> {
+pub(crate) async fn dump(client: &Client) -> Vec<String> {
     client
         .query("SELECT t::text FROM accounts t ORDER BY id", &[])
         .await
@@ -31,7 +31,7 @@ pub(super) async fn dump(client: &Client) -> Vec<String> {
         .collect()
 }
 
-pub(super) async fn undo_rows(client: &Client) -> i64 {
+pub(crate) async fn undo_rows(client: &Client) -> i64 {
     client
         .query_one("SELECT count(*) FROM undo_log WHERE log_status = 0", &[])
         .await
@@ -39,7 +39,7 @@ pub(super) async fn undo_rows(client: &Client) -> i64 {
         .get(0)
 }
 
-pub(super) async fn prepare(label: &str) -> TestDb {
+pub(crate) async fn prepare(label: &str) -> TestDb {
     let db = TestDb::create(label).await;
     db.migrate().await;
     db.direct()

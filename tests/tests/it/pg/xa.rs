@@ -3,10 +3,10 @@
 //! proxy that dies in between leaves a branch that recovery finishes.
 
 use super::at_mode::{dump, one, prepare, undo_rows};
-use std::process::{Child, Command};
 use std::time::Duration;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::process::ProxyProcess;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -257,47 +257,12 @@ async fn the_clients_own_two_phase_commit_passes_through_unless_bound() {
     lockserver.stop().await;
 }
 
-/// A proxy in its own process, so that it can be killed with SIGKILL.
-struct ProxyProcess {
-    child: Child,
-    port: u16,
-    _config: tempfile_path::TempPath,
-}
-
-mod tempfile_path {
-    /// A file removed when dropped.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-}
-
-impl ProxyProcess {
-    async fn start(
-        lockserver: &TestLockserver,
-        recovery_interval_ms: u64,
-        orphan_after_ms: u64,
-        database: &str,
-    ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let admin = tandem_tests::env::pg_admin();
-        let path =
-            std::env::temp_dir().join(format!("tandem-xa-{:016x}.toml", rand::random::<u64>()));
-        std::fs::write(
-            &path,
-            format!(
-                r#"[admin]
-listen = "127.0.0.1:0"
-[lockserver]
-endpoint = "http://{grpc}"
-[[postgres]]
-listen = "127.0.0.1:{port}"
+/// A `[[postgres]]` front end in XA mode with fast recovery, for a proxy process.
+fn pg_section(recovery_interval_ms: u64, orphan_after_ms: u64, database: &str) -> String {
+    let admin = tandem_tests::env::pg_admin();
+    format!(
+        r#"[[postgres]]
+listen = "127.0.0.1:{{port}}"
 upstream = "{upstream}"
 mode = "xa"
 xa_recovery_interval_ms = {recovery_interval_ms}
@@ -307,72 +272,19 @@ xa_recovery_databases = ["{database}"]
 user = "{user}"
 password = "{password}"
 "#,
-                grpc = lockserver.grpc,
-                upstream = tandem_tests::env::pg_upstream(),
-                user = admin.get_user().unwrap_or("postgres"),
-                password = admin
-                    .get_password()
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .unwrap_or_default(),
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tandem-under-test"))
-            .arg(&path)
-            .spawn()
-            .expect("start the proxy process");
-        let me = ProxyProcess {
-            child,
-            port,
-            _config: tempfile_path::TempPath(path),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the proxy process did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        me
-    }
-
-    async fn connect(&self, database: &str) -> Client {
-        let admin = tandem_tests::env::pg_admin();
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(admin.get_user().unwrap_or("postgres"))
-            .dbname(database)
-            .ssl_mode(tokio_postgres::config::SslMode::Disable);
-        if let Some(password) = admin.get_password() {
-            config.password(password);
-        }
-        tandem_tests::harness::connect(config).await
-    }
-
-    /// SIGKILL: no drain, no goodbye.
-    fn kill(mut self) {
-        self.child.kill().expect("kill -9 the proxy");
-        self.child.wait().expect("reap the proxy");
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        upstream = tandem_tests::env::pg_upstream(),
+        user = admin.get_user().unwrap_or("postgres"),
+        password = admin
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default(),
+    )
 }
 
 /// Prepares one XA branch through `proxy` and returns the xid; the global transaction
 /// is still open.
 async fn prepared_branch(proxy: &ProxyProcess, db: &TestDb, delta: i64) -> String {
-    let client = proxy.connect(&db.name).await;
+    let client = proxy.connect_pg(&db.name).await;
     let xid = one(&client, "SELECT tandem_begin(60000)")
         .await
         .unwrap()
@@ -395,7 +307,12 @@ async fn a_branch_prepared_by_a_killed_proxy_is_finished_after_the_decision() {
 
     for commit in [true, false] {
         let before = balance(&direct, 4).await;
-        let proxy = ProxyProcess::start(&lockserver, 60_000, 600_000, &db.name).await;
+        let proxy = ProxyProcess::start(
+            env!("CARGO_BIN_EXE_tandem-under-test"),
+            &pg_section(60_000, 600_000, &db.name),
+            &lockserver,
+        )
+        .await;
         let xid = prepared_branch(&proxy, &db, 100).await;
         assert_eq!(tandem_prepared(&direct).await.len(), 1);
         proxy.kill();
@@ -416,7 +333,12 @@ async fn a_branch_prepared_by_a_killed_proxy_is_finished_after_the_decision() {
         );
 
         // Another proxy process takes the branch over.
-        let proxy = ProxyProcess::start(&lockserver, 60_000, 600_000, &db.name).await;
+        let proxy = ProxyProcess::start(
+            env!("CARGO_BIN_EXE_tandem-under-test"),
+            &pg_section(60_000, 600_000, &db.name),
+            &lockserver,
+        )
+        .await;
         eventually("the prepared branch is finished", || async {
             tandem_prepared(&direct).await.is_empty()
         })
@@ -446,7 +368,12 @@ async fn recovery_finds_orphans_and_never_touches_other_prepared_transactions() 
             .unwrap();
     }
     // Recovery every 100 ms; an unknown transaction is an orphan after 1 s.
-    let proxy = ProxyProcess::start(&lockserver, 100, 1_000, &db.name).await;
+    let proxy = ProxyProcess::start(
+        env!("CARGO_BIN_EXE_tandem-under-test"),
+        &pg_section(100, 1_000, &db.name),
+        &lockserver,
+    )
+    .await;
     eventually("the orphan is rolled back", || async {
         tandem_prepared(&direct).await.is_empty()
     })

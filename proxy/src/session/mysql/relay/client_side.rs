@@ -21,7 +21,7 @@ use bytes::Buf;
 const KILL_SQL_MAX: usize = 256;
 
 /// What to do with the client packet at the front of the buffer.
-enum Handled {
+pub(super) enum Handled {
     /// Forward it as it is (in the current run of raw bytes).
     Relay,
     /// Forward `to_server` (staged) instead of it.
@@ -61,9 +61,15 @@ impl Relay<'_> {
                 break;
             };
             let packet = &buf[pos..];
-            let handled = match self.exchange.phase {
-                Phase::ChangingUser { .. } => self.on_change_user_packet(header, packet)?,
-                Phase::InfileUpload { .. } => self.on_infile_packet(header)?,
+            let tandems = match self.exchange.phase {
+                Phase::ChangingUser { .. } | Phase::InfileUpload { .. } => None,
+                _ if self.client_message.in_message() => None,
+                _ => self.intercept_query(header, packet).await?,
+            };
+            let handled = match (tandems, self.exchange.phase) {
+                (Some(handled), _) => handled,
+                (None, Phase::ChangingUser { .. }) => self.on_change_user_packet(header, packet)?,
+                (None, Phase::InfileUpload { .. }) => self.on_infile_packet(header)?,
                 _ if self.client_message.in_message() => self.on_continuation(header)?,
                 _ => self.on_command(header, packet)?,
             };
@@ -103,7 +109,7 @@ impl Relay<'_> {
     }
 
     /// The first packet of a command.
-    fn on_command(&mut self, header: Header, packet: &[u8]) -> Result<Handled> {
+    pub(super) fn on_command(&mut self, header: Header, packet: &[u8]) -> Result<Handled> {
         let payload = header.payload(packet);
         let Some(&byte) = payload.first() else {
             if header.payload_len == 0 {
@@ -318,6 +324,7 @@ impl Relay<'_> {
     /// the session will unbind any global transaction (xid) it is bound to, as
     /// DESIGN.md's "Connection-pool resets unbind" asks, once MySQL sessions bind.
     fn on_session_reset(&mut self, what: &'static str) {
-        tracing::debug!(parent: &self.span, what, "session reset");
+        tracing::debug!(parent: &self.span, what, "session reset: unbound");
+        self.binding.unbind();
     }
 }

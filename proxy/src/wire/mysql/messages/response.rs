@@ -134,6 +134,94 @@ pub fn put_err(out: &mut BytesMut, seq: u8, code: u16, sqlstate: &[u8; 5], messa
     put_message(out, seq, &payload);
 }
 
+/// Appends an OK packet with sequence id `seq` and no rows affected.
+pub fn put_ok(out: &mut BytesMut, seq: u8, status: StatusFlags) {
+    let mut payload = vec![reply::OK, 0, 0];
+    payload.extend_from_slice(&status.bits().to_le_bytes());
+    payload.extend_from_slice(&0u16.to_le_bytes());
+    put_message(out, seq, &payload);
+}
+
+/// Appends a result set of one text column and one row (tandem's answer to a control
+/// statement), as the reply to a command: column count, column definition, EOF (unless
+/// CLIENT_DEPRECATE_EOF), the row, and the terminator carrying `status`.
+pub fn put_single_value(
+    out: &mut BytesMut,
+    deprecate_eof: bool,
+    extended_metadata: bool,
+    column: &str,
+    value: Option<&str>,
+    status: StatusFlags,
+) {
+    let mut seq = 1;
+    let mut next = |out: &mut BytesMut, payload: &[u8]| {
+        put_message(out, seq, payload);
+        seq = seq.wrapping_add(1);
+    };
+    next(out, &[1]);
+    let mut def = Vec::with_capacity(32 + 2 * column.len());
+    for s in ["def", "", "", "", column, column] {
+        put_lenenc_str(&mut def, s.as_bytes());
+    }
+    if extended_metadata {
+        // MariaDB's extended type information: none.
+        put_lenenc_str(&mut def, b"");
+    }
+    def.push(0x0c);
+    def.extend_from_slice(&UTF8MB4_GENERAL_CI.to_le_bytes());
+    def.extend_from_slice(&(1024u32).to_le_bytes());
+    def.push(MYSQL_TYPE_VAR_STRING);
+    def.extend_from_slice(&0u16.to_le_bytes());
+    def.push(0);
+    def.extend_from_slice(&[0, 0]);
+    next(out, &def);
+    let eof = |status: StatusFlags| {
+        let mut p = vec![reply::EOF, 0, 0];
+        p.extend_from_slice(&status.bits().to_le_bytes());
+        p
+    };
+    if !deprecate_eof {
+        next(out, &eof(status));
+    }
+    let mut row = Vec::new();
+    match value {
+        Some(v) => put_lenenc_str(&mut row, v.as_bytes()),
+        None => row.push(0xfb),
+    }
+    next(out, &row);
+    if deprecate_eof {
+        let mut ok = vec![reply::EOF, 0, 0];
+        ok.extend_from_slice(&status.bits().to_le_bytes());
+        ok.extend_from_slice(&0u16.to_le_bytes());
+        next(out, &ok);
+    } else {
+        next(out, &eof(status));
+    }
+}
+
+const UTF8MB4_GENERAL_CI: u16 = 45;
+const MYSQL_TYPE_VAR_STRING: u8 = 0xfd;
+
+fn put_lenenc_str(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len() as u64;
+    match n {
+        0..=250 => out.push(n as u8),
+        251..=0xffff => {
+            out.push(0xfc);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+        0x1_0000..=0xff_ffff => {
+            out.push(0xfd);
+            out.extend_from_slice(&(n as u32).to_le_bytes()[..3]);
+        }
+        _ => {
+            out.push(0xfe);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(s);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,512 @@
+//! What tandem answers or runs itself in a MySQL session: the control functions
+//! (`SELECT tandem_begin()` …), and, in XA mode, the branch around the client's
+//! transaction: its START TRANSACTION becomes `XA START`, its COMMIT `XA END` and
+//! `XA PREPARE` (answered by tandem), its ROLLBACK `XA END` and `XA ROLLBACK`.
+//!
+//! Owns the XA branch's life inside the session and tandem's own statements (run at a
+//! sync point, each read to its one OK or ERR). Invariant: inside a global transaction,
+//! no statement that may write runs outside an XA branch (AT mode is not built for
+//! MySQL: such statements are refused), and no branch's transaction commits on its own.
+
+use super::Relay;
+use super::client_side::Handled;
+use crate::binding::Mode;
+use crate::control::{self, BadCall, Control};
+use crate::error::{Error, Result};
+use crate::wire::mysql::Header;
+use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags, command, reply};
+use crate::wire::mysql::messages::response::{
+    ErrPacket, ok_status, put_err, put_ok, put_single_value,
+};
+use crate::wire::mysql::packet::put_message;
+use bytes::{Buf, BytesMut};
+use std::time::Duration;
+use tandem_lockserver::client::{BranchKind, Xid};
+
+/// A COM_QUERY no longer than this may be a control statement; longer ones of an
+/// unbound session stream through unread.
+const CONTROL_SQL_MAX: usize = 1024;
+
+/// The XA branch of the session's current transaction (between XA START and its end).
+#[derive(Clone, Debug)]
+pub struct XaBranch {
+    xid: Xid,
+    branch_id: u64,
+}
+
+/// What a statement means to an XA branch, by its first keywords.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Begin,
+    Commit,
+    Rollback,
+    /// The client's own `XA …`.
+    ClientXa,
+    /// Reads and session statements: they need no branch.
+    Passive,
+    /// Anything that may change data.
+    Work,
+}
+
+fn classify(sql: &[u8]) -> Kind {
+    let text = String::from_utf8_lossy(sql);
+    let mut words = text
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_uppercase);
+    let first = leading_word(sql);
+    let _ = words.next();
+    let second = words.next().unwrap_or_default();
+    match first.as_str() {
+        "BEGIN" => Kind::Begin,
+        "START" if second == "TRANSACTION" => Kind::Begin,
+        "COMMIT" => Kind::Commit,
+        "ROLLBACK" if second != "TO" => Kind::Rollback,
+        "XA" if second == "RECOVER" => Kind::Passive,
+        "XA" => Kind::ClientXa,
+        "SELECT" | "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" | "SET" | "USE" | "HELP"
+        | "SAVEPOINT" | "RELEASE" | "ROLLBACK" | "WITH" | "VALUES" | "TABLE" => Kind::Passive,
+        _ => Kind::Work,
+    }
+}
+
+/// The first word of a statement, past whitespace and comments, upper-cased.
+fn leading_word(sql: &[u8]) -> String {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_ascii_start();
+        if let Some(after) = rest.strip_prefix(b"--").or_else(|| rest.strip_prefix(b"#")) {
+            let end = after
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(after.len());
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix(b"/*") {
+            let end = after
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(after.len(), |p| p + 2);
+            rest = &after[end..];
+        } else {
+            break;
+        }
+    }
+    let len = rest
+        .iter()
+        .position(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+        .unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..len]).to_ascii_uppercase()
+}
+
+impl Relay<'_> {
+    /// A COM_QUERY tandem acts on: a control statement, or a bound session's statement
+    /// its branch must see. `None`: the command goes on as usual.
+    pub(super) async fn intercept_query(
+        &mut self,
+        header: Header,
+        packet: &[u8],
+    ) -> Result<Option<Handled>> {
+        let payload = header.payload(packet);
+        if payload.first() != Some(&command::QUERY) || header.seq != 0 || header.is_continued() {
+            return Ok(None);
+        }
+        let bound = self.binding.xid().is_some();
+        if payload.len() < header.payload_len {
+            // Control statements are short; a bound session's statement is read whole.
+            return Ok(
+                (bound || header.payload_len <= CONTROL_SQL_MAX).then_some(Handled::NeedMore)
+            );
+        }
+        let sql = &payload[1..];
+        let is_control = !matches!(control::parse(sql), Ok(None));
+        if !is_control && !self.owned.is_empty() {
+            // The server accepts nothing new on this connection until its prepared
+            // branch is finished, which the global decision brings shortly.
+            return Ok(Some(Handled::Pause));
+        }
+        match control::parse(sql) {
+            Ok(Some(control)) => return self.answer_control(Ok(control)).await.map(Some),
+            Err(BadCall(message)) => {
+                return self
+                    .answer_control(Err(Error::BadControlCall(message)))
+                    .await
+                    .map(Some);
+            }
+            Ok(None) if !bound => return Ok(None),
+            Ok(None) => {}
+        }
+        let kind = classify(sql);
+        let several = tandem_undo::count_mysql_statements(&String::from_utf8_lossy(sql))
+            .map_or(true, |n| n > 1);
+        if kind == Kind::ClientXa {
+            return self
+                .refuse(Error::Unsupported {
+                    what: "the client's own XA statements inside a global transaction",
+                })
+                .map(Some);
+        }
+        let mode = if self.xa.is_some() {
+            Mode::Xa
+        } else {
+            self.binding.mode().unwrap_or(self.ctx.config.mode)
+        };
+        if mode == Mode::At {
+            // AT mode is not built for MySQL: nothing may write without its images.
+            return match kind {
+                Kind::Passive | Kind::Begin | Kind::Commit | Kind::Rollback if !several => Ok(None),
+                _ => self
+                    .refuse(Error::Unsupported {
+                        what: "a statement that may write, in AT mode on MySQL (not built yet: use tandem_mode('xa'))",
+                    })
+                    .map(Some),
+            };
+        }
+        if several && matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback) {
+            return self
+                .refuse(Error::Unsupported {
+                    what: "a multi-statement query that begins or ends a transaction, in XA mode",
+                })
+                .map(Some);
+        }
+        match kind {
+            Kind::Begin => self.xa_begin().await.map(Some),
+            Kind::Commit if self.xa.is_some() => self.xa_end(true).await.map(Some),
+            Kind::Rollback if self.xa.is_some() => self.xa_end(false).await.map(Some),
+            Kind::Work if self.xa.is_none() => self
+                .refuse(Error::Unsupported {
+                    what: "a write outside START TRANSACTION … COMMIT in XA mode on MySQL (start the transaction inside the global one)",
+                })
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Answers a control statement at a sync point with a one-row result set.
+    async fn answer_control(&mut self, control: Result<Control>) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        let open = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) || self.xa.is_some();
+        let answer = match control {
+            Ok(control) => {
+                let column = control.column();
+                // A rollback waits for every branch, this connection's prepared one
+                // included: serve its phase 2 meanwhile.
+                let Relay {
+                    ctx,
+                    binding,
+                    server,
+                    from_server,
+                    phase2_rx,
+                    owned,
+                    ..
+                } = &mut *self;
+                let call = binding.carry_out(&ctx.lock, open, control);
+                tokio::pin!(call);
+                let result = loop {
+                    tokio::select! {
+                        result = &mut call => break result,
+                        Some(request) = phase2_rx.recv() => {
+                            serve_owned(server, from_server, &ctx.xa, owned, request).await?;
+                        }
+                    }
+                };
+                result.map(|value| (value, column))
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok((value, column)) => put_single_value(
+                &mut self.to_client,
+                self.capabilities
+                    .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF),
+                self.extended_metadata,
+                column,
+                value.as_deref(),
+                status,
+            ),
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "control statement refused");
+                self.put_error(&e);
+            }
+        }
+        Ok(Handled::Answer)
+    }
+
+    fn refuse(&mut self, e: Error) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        tracing::debug!(parent: &self.span, error = %e, "statement refused in a global transaction");
+        self.put_error(&e);
+        Ok(Handled::Answer)
+    }
+
+    fn put_error(&mut self, e: &Error) {
+        let code = e.mysql_error();
+        put_err(
+            &mut self.to_client,
+            1,
+            code.code(),
+            code.sqlstate(),
+            &e.to_string(),
+        );
+    }
+
+    /// START TRANSACTION in XA mode: the branch is registered and the transaction
+    /// begins as `XA START` under its id (the client gets XA START's OK).
+    async fn xa_begin(&mut self) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        if self.xa.is_some() || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+            return self.refuse(Error::Unsupported {
+                what: "START TRANSACTION while a transaction is open, in XA mode",
+            });
+        }
+        match self.ctx.xa.server_supports_xa().await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self.refuse(Error::Unsupported {
+                    what: "XA mode on a server that loses prepared XA transactions with their connection (MySQL before 5.7.7, MariaDB before 10.5.2)",
+                });
+            }
+            Err(e) => {
+                tracing::warn!(parent: &self.span, error = %e, "could not ask the server's version");
+                return self.refuse(Error::Unsupported {
+                    what: "XA mode while tandem's side connection to the server fails",
+                });
+            }
+        }
+        let Some(xid) = self.binding.xid().cloned() else {
+            return Ok(Handled::Relay);
+        };
+        let resource = self.ctx.xa.resource_id(&self.database);
+        self.ctx.xa.serve(&resource);
+        let branch_id = match self
+            .ctx
+            .lock
+            .register_branch(&xid, &resource, BranchKind::XA, &[], Duration::ZERO)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => return self.refuse(e.into()),
+        };
+        let sql = format!("XA START {}", crate::xa::mysql::xa_id(&xid, branch_id));
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        let mut replacement = BytesMut::new();
+        put_message(&mut replacement, 0, &payload);
+        let Some(header) = Header::peek(&replacement) else {
+            return Err(Error::Malformed {
+                what: "tandem's XA START",
+            });
+        };
+        // The replacement is the command the state machine follows.
+        let _ = self.on_command(header, &replacement)?;
+        self.to_server.extend_from_slice(&replacement);
+        tracing::debug!(parent: &self.span, %xid, branch = branch_id, "XA branch started");
+        self.xa = Some(XaBranch { xid, branch_id });
+        Ok(Handled::Replace)
+    }
+
+    /// COMMIT (prepare the branch) or ROLLBACK of the open XA branch, answered by tandem.
+    async fn xa_end(&mut self, commit: bool) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        let Some(branch) = self.xa.take() else {
+            return Ok(Handled::Relay);
+        };
+        let id = crate::xa::mysql::xa_id(&branch.xid, branch.branch_id);
+        let mut outcome = self.run_own(&format!("XA END {id}")).await?;
+        if outcome.is_ok() {
+            let next = if commit {
+                format!("XA PREPARE {id}")
+            } else {
+                format!("XA ROLLBACK {id}")
+            };
+            outcome = self.run_own(&next).await?;
+        } else {
+            // The branch cannot be prepared: make sure nothing of it stays.
+            let _ = self.run_own(&format!("XA ROLLBACK {id}")).await?;
+        }
+        if commit {
+            let lock = self.ctx.lock.clone();
+            let (xid, branch_id, success) = (branch.xid.clone(), branch.branch_id, outcome.is_ok());
+            tokio::spawn(async move {
+                if let Err(e) = lock.report(&xid, branch_id, success).await {
+                    tracing::debug!(%xid, branch = branch_id, error = %e, "phase-1 report failed");
+                }
+            });
+        }
+        if commit && outcome.is_ok() {
+            self.ctx
+                .xa
+                .owners()
+                .own(&branch.xid, branch.branch_id, self.phase2_tx.clone());
+            self.owned.push((branch.xid.clone(), branch.branch_id));
+        }
+        match outcome {
+            Ok(status) => {
+                // The branch is detached from the session now (prepared or rolled back):
+                // the client's transaction is over, whatever the server's flag says.
+                let status = status - StatusFlags::SERVER_STATUS_IN_TRANS;
+                tracing::debug!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, commit, "XA branch ended");
+                put_ok(&mut self.to_client, 1, status);
+                self.exchange.on_authenticated(status);
+            }
+            Err(e) => {
+                put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message);
+            }
+        }
+        Ok(Handled::Answer)
+    }
+
+    /// The session ends: its prepared branches are no longer its to finish.
+    pub fn release_owned(&mut self) {
+        for (xid, branch_id) in self.owned.drain(..) {
+            self.ctx.xa.owners().release(&xid, branch_id);
+        }
+    }
+
+    /// Runs one of tandem's statements at a sync point and reads its one reply.
+    async fn run_own(&mut self, sql: &str) -> Result<std::result::Result<StatusFlags, OwnError>> {
+        own_statement(&mut self.server, &mut self.from_server, sql).await
+    }
+
+    /// Phase 2 of branches this session's connection prepared (MariaDB keeps them
+    /// attached to it): run at sync points, in arrival order. Resumes the client once
+    /// the connection owns no prepared branch any more.
+    pub(super) async fn serve_owned_phase2(&mut self) -> Result<bool> {
+        while self.exchange.at_sync_point()
+            && let Some(request) = self.phase2_queue.pop_front()
+        {
+            serve_owned(
+                &mut self.server,
+                &mut self.from_server,
+                &self.ctx.xa,
+                &mut self.owned,
+                request,
+            )
+            .await?;
+        }
+        if self.client_paused && self.owned.is_empty() && self.exchange.at_sync_point() {
+            return self.relay_from_client().await;
+        }
+        Ok(false)
+    }
+}
+
+/// Runs `sql` on the session's backend connection (at a sync point) and reads its one
+/// reply, OK or ERR.
+async fn own_statement(
+    server: &mut crate::upstream::ServerStream,
+    from_server: &mut BytesMut,
+    sql: &str,
+) -> Result<std::result::Result<StatusFlags, OwnError>> {
+    let mut payload = Vec::with_capacity(1 + sql.len());
+    payload.push(command::QUERY);
+    payload.extend_from_slice(sql.as_bytes());
+    let mut packet = BytesMut::new();
+    put_message(&mut packet, 0, &payload);
+    tokio::io::AsyncWriteExt::write_all(server, &packet)
+        .await
+        .map_err(Error::UpstreamIo)?;
+    loop {
+        if let Some(h) = Header::peek(from_server)
+            && from_server.len() >= h.wire_len()
+        {
+            let payload = h.payload(from_server).to_vec();
+            from_server.advance(h.wire_len());
+            return match payload.first() {
+                Some(&reply::OK) => Ok(Ok(ok_status(&payload).unwrap_or(StatusFlags::empty()))),
+                Some(&reply::ERR) => {
+                    let e = ErrPacket::decode(&payload).ok_or(Error::UpstreamProtocol(
+                        "a malformed ERR to tandem's own statement",
+                    ))?;
+                    let mut sqlstate = *b"HY000";
+                    if let Some(s) = e.sqlstate
+                        && s.len() == 5
+                    {
+                        sqlstate.copy_from_slice(s);
+                    }
+                    Ok(Err(OwnError {
+                        code: e.code,
+                        sqlstate,
+                        message: String::from_utf8_lossy(e.message).into_owned(),
+                    }))
+                }
+                _ => Err(Error::UpstreamProtocol(
+                    "a reply to tandem's own statement that is not OK or ERR",
+                )),
+            };
+        }
+        if tokio::io::AsyncReadExt::read_buf(server, from_server)
+            .await
+            .map_err(Error::UpstreamIo)?
+            == 0
+        {
+            return Err(Error::UpstreamClosed);
+        }
+    }
+}
+
+/// XA COMMIT or XA ROLLBACK of a branch this connection prepared, on the connection.
+async fn serve_owned(
+    server: &mut crate::upstream::ServerStream,
+    from_server: &mut BytesMut,
+    xa: &crate::xa::mysql::MysqlXa,
+    owned: &mut Vec<(Xid, u64)>,
+    request: crate::xa::mysql::OwnedPhase2,
+) -> Result<()> {
+    let verb = if request.commit { "COMMIT" } else { "ROLLBACK" };
+    let id = crate::xa::mysql::xa_id(&request.xid, request.branch_id);
+    let outcome = match own_statement(server, from_server, &format!("XA {verb} {id}")).await? {
+        Ok(_) => tandem_lockserver::client::BranchOutcome::Done,
+        // Not prepared here (any more): nothing left to do.
+        Err(e) if e.code == 1397 => tandem_lockserver::client::BranchOutcome::Done,
+        Err(e) => tandem_lockserver::client::BranchOutcome::Retry { reason: e.message },
+    };
+    if outcome == tandem_lockserver::client::BranchOutcome::Done {
+        owned.retain(|(x, b)| !(*x == request.xid && *b == request.branch_id));
+        xa.owners().release(&request.xid, request.branch_id);
+    }
+    let _ = request.reply.send(outcome);
+    Ok(())
+}
+
+/// The server's ERR to one of tandem's own statements, for the client.
+struct OwnError {
+    code: u16,
+    sqlstate: [u8; 5],
+    message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_classified_by_their_leading_words() {
+        for (sql, kind) in [
+            ("BEGIN", Kind::Begin),
+            (" start transaction read only", Kind::Begin),
+            ("/* x */ COMMIT", Kind::Commit),
+            ("ROLLBACK", Kind::Rollback),
+            ("ROLLBACK TO SAVEPOINT a", Kind::Passive),
+            ("XA START 'x'", Kind::ClientXa),
+            ("# c\nSELECT 1", Kind::Passive),
+            ("SET autocommit = 0", Kind::Passive),
+            ("UPDATE t SET v = 1", Kind::Work),
+            ("REPLACE INTO t VALUES (1)", Kind::Work),
+            ("CALL p()", Kind::Work),
+            ("-- c\nDELETE FROM t", Kind::Work),
+        ] {
+            assert_eq!(classify(sql.as_bytes()), kind, "{sql}");
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! XA branches on MySQL/MariaDB: phase 2 (`XA COMMIT` / `XA ROLLBACK` from a side
+//! connection) and the recovery scan of `XA RECOVER`.
+//!
+//! A prepared XA transaction survives its connection on MySQL 5.7.7+ and MariaDB
+//! 10.5.2+ (MDEV-742); older servers lose it on disconnect, so XA mode refuses them
+//! (`supports_detached_xa`). MariaDB (10.11 tested) keeps a prepared branch attached to
+//! the connection that prepared it while that connection lives: another connection
+//! gets XAER_NOTA (1397) and the owner can start nothing new (XAER_RMFAIL, 1399) until
+//! it finishes the branch itself. So phase 2 goes to the owning session while it lives
+//! (`owners`), and to a side connection once it is gone. Both are idempotent: a branch
+//! neither prepared nor listed by XA RECOVER is finished.
+
+use super::{Decision, GID_PREFIX, decide};
+use crate::config::MysqlFrontend;
+use mysql_async::prelude::Queryable;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_lockserver::client::{
+    BoxFuture, BranchHandler, BranchKind, BranchOutcome, LockClient, Phase2Work, Xid,
+};
+
+/// XAER_NOTA: "Unknown XID".
+const XAER_NOTA: u16 = 1397;
+
+/// The XA id of a branch: gtrid `tandem:<xid>` (at most 64 bytes) and bqual the branch
+/// id, both as hex literals so that no character of an xid needs quoting.
+pub fn xa_id(xid: &Xid, branch_id: u64) -> String {
+    let gtrid = format!("{GID_PREFIX}{xid}");
+    format!(
+        "X'{}',X'{}'",
+        hex(gtrid.as_bytes()),
+        hex(branch_id.to_string().as_bytes())
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The xid and branch of one of tandem's XA ids from `XA RECOVER`'s columns.
+pub fn parse_recovered(gtrid: &[u8], bqual: &[u8]) -> Option<(Xid, u64)> {
+    let gtrid = std::str::from_utf8(gtrid).ok()?;
+    let xid = gtrid.strip_prefix(GID_PREFIX)?;
+    let branch = std::str::from_utf8(bqual).ok()?.parse().ok()?;
+    Some((Xid::parse(xid).ok()?, branch))
+}
+
+/// A branch as XA RECOVER names it: gtrid and bqual.
+type RecoveredId = (Vec<u8>, Vec<u8>);
+
+/// Phase 2 and recovery for one MySQL front end's server.
+pub struct MysqlXa {
+    config: MysqlFrontend,
+    lock: LockClient,
+    pool: mysql_async::Pool,
+    /// When recovery first saw each prepared branch it could not place (XA RECOVER
+    /// gives no age).
+    first_seen: Mutex<HashMap<RecoveredId, Instant>>,
+    registry: crate::at::phase2::Phase2Registry,
+    owners: Arc<Owners>,
+    /// Whether the server keeps a prepared XA transaction after its connection ends.
+    detached: tokio::sync::OnceCell<bool>,
+}
+
+struct Handler {
+    pool: mysql_async::Pool,
+    owners: Arc<Owners>,
+}
+
+/// Phase 2 of a branch, for the session whose connection prepared it.
+pub struct OwnedPhase2 {
+    pub xid: Xid,
+    pub branch_id: u64,
+    pub commit: bool,
+    pub reply: tokio::sync::oneshot::Sender<BranchOutcome>,
+}
+
+/// The sessions that own prepared branches, by branch.
+#[derive(Default)]
+pub struct Owners(Mutex<HashMap<(Xid, u64), tokio::sync::mpsc::UnboundedSender<OwnedPhase2>>>);
+
+impl Owners {
+    /// `session` prepared the branch and must finish it while it lives.
+    pub fn own(
+        &self,
+        xid: &Xid,
+        branch_id: u64,
+        session: tokio::sync::mpsc::UnboundedSender<OwnedPhase2>,
+    ) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((xid.clone(), branch_id), session);
+    }
+
+    /// The branch is finished, or its session ended.
+    pub fn release(&self, xid: &Xid, branch_id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(xid.clone(), branch_id));
+    }
+
+    fn owner(
+        &self,
+        xid: &Xid,
+        branch_id: u64,
+    ) -> Option<tokio::sync::mpsc::UnboundedSender<OwnedPhase2>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(xid.clone(), branch_id))
+            .cloned()
+    }
+}
+
+impl MysqlXa {
+    pub fn new(config: &MysqlFrontend, lock: LockClient) -> Self {
+        let pool = mysql_async::Pool::new(side_opts(config));
+        let owners = Arc::new(Owners::default());
+        let handler = Arc::new(Handler {
+            pool: pool.clone(),
+            owners: Arc::clone(&owners),
+        });
+        MysqlXa {
+            owners,
+            config: config.clone(),
+            registry: crate::at::phase2::Phase2Registry::new(lock.clone(), handler),
+            lock,
+            pool,
+            first_seen: Mutex::new(HashMap::new()),
+            detached: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether XA branches can be served on this server (asked once).
+    pub async fn server_supports_xa(&self) -> Result<bool, mysql_async::Error> {
+        self.detached
+            .get_or_try_init(|| async {
+                let mut conn = self.pool.get_conn().await?;
+                let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+                Ok(supports_detached_xa(&version.unwrap_or_default()))
+            })
+            .await
+            .copied()
+    }
+
+    /// The sessions that own prepared branches.
+    pub fn owners(&self) -> &Owners {
+        &self.owners
+    }
+
+    /// The resource id of `database` on this front end's server.
+    pub fn resource_id(&self, database: &str) -> String {
+        format!("mysql://{}/{database}", self.config.upstream)
+    }
+
+    /// Makes sure phase-2 work for `resource` reaches this proxy.
+    pub fn serve(&self, resource: &str) {
+        self.registry.serve(resource);
+    }
+
+    /// Starts the recovery loop: at once, then every `xa_recovery_interval_ms`.
+    pub fn start_recovery(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let every = Duration::from_millis(me.config.xa_recovery_interval_ms.max(100));
+            loop {
+                match me.recover().await {
+                    Ok((done, left)) if done > 0 => {
+                        tracing::info!(upstream = %me.config.upstream, done, left, "MySQL XA recovery pass")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(upstream = %me.config.upstream, error = %e, "MySQL XA recovery pass failed")
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            me.registry.shutdown().await;
+            me.pool.clone().disconnect().await.ok();
+        });
+    }
+
+    /// One pass over `XA RECOVER`: tandem's branches are finished as their global
+    /// transactions decided. Returns (finished, left).
+    pub async fn recover(&self) -> Result<(usize, usize), mysql_async::Error> {
+        let mut conn = self.pool.get_conn().await?;
+        let rows: Vec<(i64, usize, usize, Vec<u8>)> = conn.query("XA RECOVER").await?;
+        drop(conn);
+        let orphan_after = Duration::from_millis(self.config.xa_orphan_after_ms);
+        let (mut done, mut left) = (0, 0);
+        for (_format, gtrid_len, _bqual_len, data) in rows {
+            let Some((gtrid, bqual)) = data.split_at_checked(gtrid_len) else {
+                continue;
+            };
+            let Some((xid, branch)) = parse_recovered(gtrid, bqual) else {
+                continue;
+            };
+            let key = (gtrid.to_vec(), bqual.to_vec());
+            let age = {
+                let mut seen = self.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+                seen.entry(key.clone())
+                    .or_insert_with(Instant::now)
+                    .elapsed()
+            };
+            let status = match self.lock.status(&xid).await {
+                Ok(status) => Some(status),
+                Err(
+                    tandem_lockserver::Error::UnknownXid { .. }
+                    | tandem_lockserver::Error::Rpc {
+                        code: tonic::Code::NotFound,
+                        ..
+                    },
+                ) => None,
+                Err(e) => {
+                    tracing::warn!(%xid, error = %e, "MySQL XA recovery: lockserver unavailable");
+                    left += 1;
+                    continue;
+                }
+            };
+            let commit = match decide(status, age, orphan_after) {
+                Decision::Commit => true,
+                Decision::Rollback => false,
+                Decision::Leave => {
+                    left += 1;
+                    continue;
+                }
+            };
+            match finish(&self.pool, &xid, branch, commit).await {
+                BranchOutcome::Done => {
+                    done += 1;
+                    self.first_seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    tracing::info!(%xid, branch, commit, "MySQL XA recovery finished a branch");
+                }
+                other => {
+                    tracing::warn!(%xid, branch, outcome = ?other, "MySQL XA recovery: not finished");
+                    left += 1;
+                }
+            }
+        }
+        Ok((done, left))
+    }
+}
+
+/// `XA COMMIT` or `XA ROLLBACK` of one branch on a side connection.
+pub async fn finish(
+    pool: &mysql_async::Pool,
+    xid: &Xid,
+    branch_id: u64,
+    commit: bool,
+) -> BranchOutcome {
+    let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+    let sql = format!("XA {verb} {}", xa_id(xid, branch_id));
+    let result = async {
+        let mut conn = pool.get_conn().await?;
+        conn.query_drop(&sql).await
+    }
+    .await;
+    match result {
+        Ok(()) => BranchOutcome::Done,
+        Err(mysql_async::Error::Server(e)) if e.code == XAER_NOTA => {
+            // Not prepared, or prepared but still attached to a live connection
+            // (MariaDB): only the first is finished.
+            match still_listed(pool, xid, branch_id).await {
+                Ok(false) => BranchOutcome::Done,
+                Ok(true) => BranchOutcome::Retry {
+                    reason: "the prepared branch is still attached to its connection".into(),
+                },
+                Err(e) => BranchOutcome::Retry {
+                    reason: e.to_string(),
+                },
+            }
+        }
+        Err(e) => BranchOutcome::Retry {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Whether XA RECOVER lists the branch.
+async fn still_listed(
+    pool: &mysql_async::Pool,
+    xid: &Xid,
+    branch_id: u64,
+) -> Result<bool, mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    let rows: Vec<(i64, usize, usize, Vec<u8>)> = conn.query("XA RECOVER").await?;
+    Ok(rows.iter().any(|(_, g, _, data)| {
+        data.split_at_checked(*g)
+            .and_then(|(gtrid, bqual)| parse_recovered(gtrid, bqual))
+            .is_some_and(|(x, b)| x == *xid && b == branch_id)
+    }))
+}
+
+impl BranchHandler for Handler {
+    fn commit(&self, work: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
+        Box::pin(async move { self.phase2(work, true).await })
+    }
+
+    fn rollback(&self, work: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
+        Box::pin(async move { self.phase2(work, false).await })
+    }
+}
+
+impl Handler {
+    async fn phase2(&self, work: Phase2Work, commit: bool) -> BranchOutcome {
+        if work.kind != BranchKind::XA {
+            return BranchOutcome::Retry {
+                reason: format!(
+                    "AT branches on MySQL are not served by this proxy ({})",
+                    work.resource_id
+                ),
+            };
+        }
+        if let Some(session) = self.owners.owner(&work.xid, work.branch_id) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = OwnedPhase2 {
+                xid: work.xid.clone(),
+                branch_id: work.branch_id,
+                commit,
+                reply,
+            };
+            if session.send(request).is_ok()
+                && let Ok(outcome) = answer.await
+            {
+                return outcome;
+            }
+            // The session ended meanwhile: its connection let go of the branch.
+            self.owners.release(&work.xid, work.branch_id);
+        }
+        finish(&self.pool, &work.xid, work.branch_id, commit).await
+    }
+}
+
+/// Whether prepared XA transactions survive their connection on a server of this
+/// version (`SELECT VERSION()`), so that phase 2 can run from another connection.
+pub fn supports_detached_xa(version: &str) -> bool {
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    // MariaDB's handshake prefixes its version with "5.5.5-" for old clients.
+    let version = if mariadb {
+        version.strip_prefix("5.5.5-").unwrap_or(version)
+    } else {
+        version
+    };
+    let numbers: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let v = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+        numbers.get(2).copied().unwrap_or(0),
+    );
+    if mariadb {
+        v >= (10, 5, 2)
+    } else {
+        v >= (5, 7, 7)
+    }
+}
+
+fn side_opts(config: &MysqlFrontend) -> mysql_async::Opts {
+    let mut opts = mysql_async::OptsBuilder::default()
+        .user(Some(config.service.user.clone()))
+        .pass((!config.service.password.is_empty()).then(|| config.service.password.clone()))
+        .prefer_socket(false)
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(mysql_async::PoolConstraints::new(0, 4).unwrap_or_default()),
+        );
+    opts = if config.upstream.starts_with('/') {
+        opts.socket(Some(config.upstream.clone()))
+    } else {
+        let (host, port) = config
+            .upstream
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(3306)))
+            .unwrap_or_else(|| (config.upstream.clone(), 3306));
+        opts.ip_or_hostname(host).tcp_port(port)
+    };
+    opts.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xa_ids_are_hex_and_round_trip_through_xa_recover_columns() {
+        let xid = Xid::parse("0123456789abcdef-42").unwrap();
+        assert_eq!(
+            xa_id(&xid, 7),
+            format!("X'{}',X'37'", hex(b"tandem:0123456789abcdef-42"))
+        );
+        assert_eq!(
+            parse_recovered(b"tandem:0123456789abcdef-42", b"7"),
+            Some((xid, 7))
+        );
+        assert_eq!(parse_recovered(b"someone-else", b"7"), None);
+        assert_eq!(parse_recovered(b"tandem:x", b"not a number"), None);
+    }
+
+    #[test]
+    fn detached_xa_needs_mysql_5_7_7_or_mariadb_10_5_2() {
+        assert!(supports_detached_xa("10.11.19-MariaDB-0+deb12u1"));
+        assert!(supports_detached_xa("8.0.36"));
+        assert!(supports_detached_xa("5.7.7-log"));
+        assert!(!supports_detached_xa("5.7.6"));
+        assert!(!supports_detached_xa("10.4.32-MariaDB"));
+        assert!(!supports_detached_xa("5.5.5-10.4.32-MariaDB"));
+        assert!(supports_detached_xa("5.5.5-10.11.2-MariaDB"));
+    }
+}
