@@ -301,3 +301,219 @@ async fn a_mariadb_branch_prepared_by_a_killed_proxy_is_finished_after_the_decis
     }
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_lockserver_restart_between_xa_prepare_and_decision_loses_nothing() {
+    let db = bank("xa_ls_restart").await;
+    let mut direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = text(&mut conn, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 3")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    assert_eq!(tandem_prepared(&mut direct, &xid).await, 1);
+
+    let lockserver = lockserver.restart().await;
+    // The same connection commits the global transaction once the lockserver is back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        match text(&mut conn, "SELECT tandem_commit()").await {
+            Ok(status) => break status,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "lockserver not back yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("tandem_commit after the restart: {e}"),
+        }
+    };
+    assert_eq!(status.as_deref(), Some("Committed"));
+    eventually("the branch is committed", || async {
+        let mut d = db.direct().await;
+        tandem_prepared(&mut d, &xid).await == 0
+    })
+    .await;
+    assert_eq!(balances(&mut direct).await[2], (3, 1001));
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// The bank-transfer test across engines: each transfer debits a PostgreSQL account
+/// (AT branch) and credits a MariaDB account (XA branch); a fifth are rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_is_conserved_across_postgres_and_mariadb() {
+    const WORKERS: usize = 8;
+    const TRANSFERS: usize = 150;
+    const ACCOUNTS: i32 = 40;
+    const OPENING: i64 = 10_000;
+    let pg_db = tandem_tests::harness::TestDb::create("bank_mix_pg").await;
+    pg_db.migrate().await;
+    pg_db
+        .direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts SELECT g, {OPENING} FROM generate_series(1, {ACCOUNTS}) g;"
+        ))
+        .await
+        .unwrap();
+    let my_db = MyTestDb::create("bank_mix_my").await;
+    my_db
+        .direct()
+        .await
+        .query_drop(format!(
+            "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO accounts SELECT seq, {OPENING} FROM seq_1_to_{ACCOUNTS}"
+        ))
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = std::sync::Arc::new(start(&lockserver).await);
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let (tandem, pg_name, my_name) = (
+            std::sync::Arc::clone(&tandem),
+            pg_db.name.clone(),
+            my_db.name.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let a = tandem.connect(&pg_name).await;
+            let mut b = my::connect(&tandem, &my_name).await;
+            text(&mut b, "SELECT tandem_mode('xa')").await.unwrap();
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (worker as u64 * 0x2545_f491);
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let mut committed = Vec::new();
+            for i in 0..TRANSFERS {
+                let from = (next() % ACCOUNTS as u64) as i32 + 1;
+                let to = (next() % ACCOUNTS as u64) as i32 + 1;
+                let amount = (next() % 100) as i64 + 1;
+                let roll_back = (i + worker) % 5 == 0;
+                let attempt: Result<Option<String>, String> = async {
+                    let xid = crate::pg::at_mode_one(&a, "SELECT tandem_begin(20000)")
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or_default();
+                    a.batch_execute(&format!(
+                        "UPDATE accounts SET balance = balance - {amount} WHERE id = {from}"
+                    ))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    text(&mut b, &format!("SELECT tandem_join('{xid}')"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let credited = async {
+                        b.query_drop("START TRANSACTION").await?;
+                        b.query_drop(format!(
+                            "UPDATE accounts SET balance = balance + {amount} WHERE id = {to}"
+                        ))
+                        .await?;
+                        b.query_drop("COMMIT").await
+                    }
+                    .await;
+                    if credited.is_err() {
+                        let _ = b.query_drop("ROLLBACK").await;
+                    }
+                    let _ = text(&mut b, "SELECT tandem_leave()").await;
+                    credited.map_err(|e| e.to_string())?;
+                    let decision = if roll_back {
+                        "tandem_rollback"
+                    } else {
+                        "tandem_commit"
+                    };
+                    crate::pg::at_mode_one(&a, &format!("SELECT {decision}()"))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                match attempt {
+                    Ok(Some(s)) if s == "Committed" => committed.push((from, to, amount)),
+                    Ok(Some(s)) if s == "Rollbacked" => {}
+                    Ok(other) => panic!("unexpected status {other:?}"),
+                    Err(e) => {
+                        let status = crate::pg::at_mode_one(&a, "SELECT tandem_rollback()")
+                            .await
+                            .expect("rollback after an error");
+                        assert_eq!(status.as_deref(), Some("Rollbacked"), "after {e}");
+                    }
+                }
+            }
+            drop(b);
+            committed
+        }));
+    }
+    let mut committed = Vec::new();
+    for w in workers {
+        committed.extend(w.await.expect("worker"));
+    }
+    let total = WORKERS * TRANSFERS;
+    assert!(
+        committed.len() >= total / 2,
+        "only {} of {total} committed",
+        committed.len()
+    );
+    assert!(committed.len() <= total * 4 / 5, "rollbacks did not happen");
+    eventually("every XA branch finished", || async {
+        let mut d = my_db.direct().await;
+        let rows: Vec<(i64, usize, usize, Vec<u8>)> = d.query("XA RECOVER").await.unwrap();
+        !rows
+            .iter()
+            .any(|(_, _, _, data)| data.starts_with(b"tandem:"))
+    })
+    .await;
+    let mut want_pg = vec![OPENING; ACCOUNTS as usize];
+    let mut want_my = vec![OPENING; ACCOUNTS as usize];
+    for &(from, to, amount) in &committed {
+        want_pg[from as usize - 1] -= amount;
+        want_my[to as usize - 1] += amount;
+    }
+    let pg_direct = pg_db.direct().await;
+    let got_pg: Vec<i64> = pg_direct
+        .query("SELECT balance FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let got_my: Vec<i64> = balances(&mut my_db.direct().await)
+        .await
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        got_pg, want_pg,
+        "PostgreSQL: each committed debit exactly once"
+    );
+    assert_eq!(
+        got_my, want_my,
+        "MariaDB: each committed credit exactly once"
+    );
+    assert_eq!(
+        got_pg.iter().sum::<i64>() + got_my.iter().sum::<i64>(),
+        2 * ACCOUNTS as i64 * OPENING,
+        "money is conserved"
+    );
+    eventually("no undo rows left", || async {
+        crate::pg::at_mode_undo_rows(&pg_direct).await == 0
+    })
+    .await;
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    match std::sync::Arc::try_unwrap(tandem) {
+        Ok(tandem) => tandem.shutdown().await,
+        Err(_) => panic!("a worker still holds the proxy"),
+    }
+    lockserver.stop().await;
+}

@@ -3,7 +3,10 @@
 mod admin;
 mod at_locks;
 mod at_mode;
-pub(crate) use at_mode::{dump as at_mode_dump, one as at_mode_one, prepare as at_mode_prepare};
+pub(crate) use at_mode::{
+    dump as at_mode_dump, one as at_mode_one, prepare as at_mode_prepare,
+    undo_rows as at_mode_undo_rows,
+};
 mod at_protocols;
 mod at_scripts;
 mod at_types;
