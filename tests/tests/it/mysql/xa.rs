@@ -235,7 +235,31 @@ async fn the_clients_own_xa_passes_through_unless_bound_and_at_mode_refuses_writ
         .await
         .unwrap();
     assert_eq!(n, Some(3));
+    // The same over server-side prepared statements (COM_STMT_EXECUTE).
+    let e = conn
+        .exec_drop("UPDATE accounts SET balance = ? WHERE id = 3", (2,))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    let n: Option<i64> = conn
+        .exec_first("SELECT COUNT(*) FROM accounts WHERE id > ?", (0,))
+        .await
+        .unwrap();
+    assert_eq!(n, Some(3));
     assert_eq!(balances(&mut direct).await[2], (3, 1), "nothing ran");
+    // In XA mode a prepared write runs inside the branch, and only there.
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let e = conn
+        .exec_drop("UPDATE accounts SET balance = ? WHERE id = 3", (2,))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.exec_drop("UPDATE accounts SET balance = ? WHERE id = 3", (2,))
+        .await
+        .unwrap();
+    conn.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(balances(&mut direct).await[2], (3, 1), "rolled back");
     text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
     drop(conn);
     tandem.shutdown().await;

@@ -130,6 +130,8 @@ impl Relay<'_> {
         let whole = payload.len() == header.payload_len;
         let needs_whole = match (kind, byte) {
             (CommandKind::ChangeUser | CommandKind::Refused, _) => true,
+            // What a prepared statement does decides whether a bound session may run it.
+            (_, command::STMT_PREPARE) => header.payload_len <= MAX_HANDSHAKE_PACKET,
             (_, command::QUERY) => header.payload_len <= KILL_SQL_MAX,
             (_, command::PROCESS_KILL) => true,
             _ => false,
@@ -161,6 +163,24 @@ impl Relay<'_> {
         }
         if byte == command::RESET_CONNECTION {
             self.on_session_reset("COM_RESET_CONNECTION");
+            self.prepared_kinds.clear();
+        }
+        match byte {
+            command::STMT_PREPARE => {
+                let prepared = if whole {
+                    super::control::classify(payload.get(1..).unwrap_or(&[]))
+                } else {
+                    super::control::Kind::Work
+                };
+                self.pending_prepares.push_back(prepared);
+            }
+            command::STMT_CLOSE => {
+                if let Some(id) = payload.get(1..5) {
+                    self.prepared_kinds
+                        .remove(&u32::from_le_bytes([id[0], id[1], id[2], id[3]]));
+                }
+            }
+            _ => {}
         }
         self.command_in_progress = Some(kind);
         let handled = self.rewrite_kill(byte, payload, whole);
@@ -283,6 +303,7 @@ impl Relay<'_> {
                 what: "COM_CHANGE_USER",
             })?;
         self.on_session_reset("COM_CHANGE_USER");
+        self.prepared_kinds.clear();
         tracing::debug!(parent: &self.span, user = %String::from_utf8_lossy(&change.user), "change user");
         let mut exchange = AuthExchange::new(
             0,

@@ -36,7 +36,7 @@ pub struct XaBranch {
 
 /// What a statement means to an XA branch, by its first keywords.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(in crate::session::mysql) enum Kind {
     Begin,
     Commit,
     Rollback,
@@ -48,7 +48,7 @@ enum Kind {
     Work,
 }
 
-fn classify(sql: &[u8]) -> Kind {
+pub(super) fn classify(sql: &[u8]) -> Kind {
     let text = String::from_utf8_lossy(sql);
     let mut words = text
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
@@ -107,6 +107,12 @@ impl Relay<'_> {
         packet: &[u8],
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
+        if payload.first() == Some(&command::STMT_EXECUTE)
+            && header.seq == 0
+            && self.binding.xid().is_some()
+        {
+            return self.intercept_execute(payload);
+        }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 || header.is_continued() {
             return Ok(None);
         }
@@ -179,6 +185,36 @@ impl Relay<'_> {
                 .map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// COM_STMT_EXECUTE in a bound session: the statement it runs (known from its
+    /// COM_STMT_PREPARE; unknown counts as a write) follows the COM_QUERY rules.
+    fn intercept_execute(&mut self, payload: &[u8]) -> Result<Option<Handled>> {
+        if !self.owned.is_empty() {
+            return Ok(Some(Handled::Pause));
+        }
+        let Some(id) = payload.get(1..5) else {
+            return Ok(Some(Handled::NeedMore));
+        };
+        let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+        let kind = self.prepared_kinds.get(&id).copied().unwrap_or(Kind::Work);
+        let mode = if self.xa.is_some() {
+            Mode::Xa
+        } else {
+            self.binding.mode().unwrap_or(self.ctx.config.mode)
+        };
+        let refused = match (mode, kind) {
+            (_, Kind::Passive) => false,
+            (Mode::At, _) => true,
+            (Mode::Xa, _) => self.xa.is_none(),
+        };
+        if !refused {
+            return Ok(None);
+        }
+        self.refuse(Error::Unsupported {
+            what: "a prepared statement that may write outside an XA branch inside a global transaction (AT mode is not built for MySQL; in XA mode run it inside START TRANSACTION … COMMIT)",
+        })
+        .map(Some)
     }
 
     /// Answers a control statement at a sync point with a one-row result set.

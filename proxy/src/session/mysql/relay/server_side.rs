@@ -65,6 +65,23 @@ impl Relay<'_> {
                 self.exchange
                     .on_server_seq(header.seq)
                     .map_err(unexpected)?;
+                if starts_message
+                    && matches!(
+                        self.exchange.phase,
+                        crate::session::mysql::Phase::Busy {
+                            reply: crate::session::mysql::Reply::First(
+                                crate::session::mysql::Expect::Prepare
+                            ),
+                            ..
+                        }
+                    )
+                    && let Some(prepared) = self.pending_prepares.pop_front()
+                    && prefix.first() == Some(&reply::OK)
+                    && let Some(ok) =
+                        crate::wire::mysql::messages::response::PrepareOk::decode(prefix)
+                {
+                    self.prepared_kinds.insert(ok.statement_id, prepared);
+                }
                 if starts_message {
                     let packet = ServerPacket {
                         prefix,
