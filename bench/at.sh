@@ -111,7 +111,7 @@ awk -v d="$direct" -v a="$at" -v x="$xa" -v r="$ROUNDS" 'BEGIN {
   printf "direct %.0f tps, tandem AT %.0f tps (ratio %.3f), tandem XA %.0f tps (ratio %.3f)\n",
     d / r, a / r, (d > 0) ? a / d : 0, x / r, (d > 0) ? x / d : 0 }'
 grep -h -E "number of (failed|retried)|aborted" "$work/pgbench.log" | sort | uniq -c | head -5 || true
-[[ -n "${PGBENCH_EXTRA:-}" ]] && cat "$work/pgbench.log" | tail -25
+[[ -n "${PGBENCH_EXTRA:-}" ]] && awk '/^transaction type/ {print "--- " $0} /^tps/ {print} /^ +[0-9.]+ +[0-9]+/ {print}' "$work/pgbench.log"
 left=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from undo_log where log_status = 0")
 echo "undo rows left right after the run (cleanup is asynchronous): $left"
 prepared=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from pg_prepared_xacts where database = current_database()")
