@@ -85,6 +85,13 @@ pub async fn assert_no_sessions_left(tandem: &Tandem) {
     .await;
 }
 
+/// A direct connection to the test server as the admin user, on no database.
+pub async fn connect_direct_admin() -> Conn {
+    Conn::new(admin_opts())
+        .await
+        .expect("connect to the test server")
+}
+
 /// A database of its own for one test, dropped afterwards.
 pub struct MyTestDb {
     pub name: String,

@@ -2,12 +2,17 @@
 //! and a PostgreSQL branch in one global transaction, committed or rolled back
 //! together; the client's own XA statements; a proxy killed between prepare and phase 2.
 
+use futures::FutureExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tandem_tests::mysql::{self as my, MyTestDb};
 use tandem_tests::process::ProxyProcess;
+
+/// XA RECOVER is server-wide: the tests that leave prepared branches behind for a
+/// while, and the one whose recovery rolls back orphans after a second, take turns.
+static XA_SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn text(conn: &mut Conn, sql: &str) -> Result<Option<String>, mysql_async::Error> {
     let row: Option<Row> = conn.query_first(sql).await?;
@@ -108,6 +113,7 @@ async fn control_functions_answer_over_mysql_and_a_reset_unbinds() {
 
 #[tokio::test]
 async fn a_mariadb_xa_branch_and_a_postgres_branch_commit_or_roll_back_together() {
+    let _server = XA_SERVER.lock().await;
     let my_db = bank("xa_mix").await;
     let pg_db = crate::pg::at_mode_prepare("xa_mix_pg").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
@@ -268,6 +274,7 @@ async fn the_clients_own_xa_passes_through_unless_bound_and_at_mode_refuses_writ
 
 #[tokio::test]
 async fn a_mariadb_branch_prepared_by_a_killed_proxy_is_finished_after_the_decision() {
+    let _server = XA_SERVER.lock().await;
     let db = bank("xa_kill").await;
     let mut direct = db.direct().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
@@ -328,6 +335,7 @@ async fn a_mariadb_branch_prepared_by_a_killed_proxy_is_finished_after_the_decis
 
 #[tokio::test]
 async fn a_lockserver_restart_between_xa_prepare_and_decision_loses_nothing() {
+    let _server = XA_SERVER.lock().await;
     let db = bank("xa_ls_restart").await;
     let mut direct = db.direct().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
@@ -374,6 +382,7 @@ async fn a_lockserver_restart_between_xa_prepare_and_decision_loses_nothing() {
 /// (AT branch) and credits a MariaDB account (XA branch); a fifth are rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn money_is_conserved_across_postgres_and_mariadb() {
+    let _server = XA_SERVER.lock().await;
     const WORKERS: usize = 8;
     const TRANSFERS: usize = 150;
     const ACCOUNTS: i32 = 40;
@@ -539,5 +548,69 @@ async fn money_is_conserved_across_postgres_and_mariadb() {
         Ok(tandem) => tandem.shutdown().await,
         Err(_) => panic!("a worker still holds the proxy"),
     }
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn mysql_recovery_rolls_back_orphans_and_leaves_other_xa_branches_alone() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_orphan").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    // One of tandem's branch ids whose global transaction no lockserver knows, and
+    // someone else's branch; both prepared, then left by their connection (MariaDB
+    // keeps them, detached).
+    let orphan = format!("tandem:00000000deadbeef-{}", rand::random::<u32>());
+    let theirs = format!("not-tandem-{}", db.name);
+    for (gtrid, bqual, id) in [(orphan.as_str(), "1", 1), (theirs.as_str(), "x", 2)] {
+        let mut c = db.direct().await;
+        for sql in [
+            format!("XA START '{gtrid}','{bqual}'"),
+            format!("UPDATE accounts SET balance = 0 WHERE id = {id}"),
+            format!("XA END '{gtrid}','{bqual}'"),
+            format!("XA PREPARE '{gtrid}','{bqual}'"),
+        ] {
+            c.query_drop(&sql).await.unwrap();
+        }
+        c.disconnect().await.unwrap();
+    }
+    let listed = |gtrid: String| async move {
+        let mut d = my::connect_direct_admin().await;
+        let rows: Vec<(i64, usize, usize, Vec<u8>)> = d.query("XA RECOVER").await.unwrap();
+        rows.iter()
+            .any(|(_, g, _, data)| data.get(..*g) == Some(gtrid.as_bytes()))
+    };
+    assert!(listed(orphan.clone()).await);
+    let admin = my::admin_opts();
+    let section = format!(
+        "[[mysql]]\nlisten = \"127.0.0.1:{{port}}\"\nupstream = \"{}\"\nmode = \"xa\"\nxa_recovery_interval_ms = 100\nxa_orphan_after_ms = 1000\n[mysql.service]\nuser = \"{}\"\npassword = \"{}\"\n",
+        my::upstream(),
+        admin.user().unwrap_or("root"),
+        admin.pass().unwrap_or(""),
+    );
+    let proxy = ProxyProcess::start(
+        env!("CARGO_BIN_EXE_tandem-under-test"),
+        &section,
+        &lockserver,
+    )
+    .await;
+    eventually("the orphan is rolled back", || {
+        listed(orphan.clone()).map(|l| !l)
+    })
+    .await;
+    let mut direct = db.direct().await;
+    assert_eq!(
+        balances(&mut direct).await[0],
+        (1, 1000),
+        "the orphan's write is undone"
+    );
+    assert!(
+        listed(theirs.clone()).await,
+        "someone else's prepared branch is left alone"
+    );
+    direct
+        .query_drop(format!("XA ROLLBACK '{theirs}','x'"))
+        .await
+        .unwrap();
+    proxy.kill();
     lockserver.stop().await;
 }
