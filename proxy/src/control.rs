@@ -263,6 +263,46 @@ pub fn quote_literal(value: &str) -> String {
     out
 }
 
+/// The leading words of a statement (letters, digits, `_`), past whitespace and
+/// comments: `--` and `/* */`, and `#` where the dialect has it (MySQL). Stops at the
+/// first character that is none of these.
+pub fn leading_words(sql: &[u8], hash_comments: bool) -> impl Iterator<Item = &[u8]> {
+    let mut rest = sql;
+    std::iter::from_fn(move || {
+        loop {
+            rest = rest.trim_ascii_start();
+            let line_comment = rest
+                .strip_prefix(b"--")
+                .or_else(|| rest.strip_prefix(b"#").filter(|_| hash_comments));
+            if let Some(after) = line_comment {
+                let end = after
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(after.len());
+                rest = &after[end..];
+            } else if let Some(after) = rest.strip_prefix(b"/*") {
+                let end = after
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(after.len(), |p| p + 2);
+                rest = &after[end..];
+            } else {
+                break;
+            }
+        }
+        let len = rest
+            .iter()
+            .position(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return None;
+        }
+        let (word, after) = rest.split_at(len);
+        rest = after;
+        Some(word)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ pub mod mysql;
 pub mod pg;
 
 use std::time::Duration;
-use tandem_lockserver::client::{GlobalStatus, Xid};
+use tandem_lockserver::client::{GlobalStatus, LockClient, Xid};
 
 /// Every tandem branch id starts with this, so recovery and operators tell tandem's
 /// prepared transactions from anyone else's.
@@ -63,6 +63,29 @@ pub fn decide(status: Option<GlobalStatus>, age: Duration, orphan_after: Duratio
         None if age >= orphan_after => Decision::Rollback,
         None => Decision::Leave,
     }
+}
+
+/// Recovery's decision for a prepared branch of `xid`, asking the lockserver for its
+/// global transaction's status. An error means no decision can be read: nothing is
+/// safe to do now.
+pub async fn decide_for(
+    lock: &LockClient,
+    xid: &Xid,
+    age: Duration,
+    orphan_after: Duration,
+) -> Result<Decision, tandem_lockserver::Error> {
+    let status = match lock.status(xid).await {
+        Ok(status) => Some(status),
+        Err(
+            tandem_lockserver::Error::UnknownXid { .. }
+            | tandem_lockserver::Error::Rpc {
+                code: tonic::Code::NotFound,
+                ..
+            },
+        ) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(decide(status, age, orphan_after))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! (`owners`), and to a side connection once it is gone. Both are idempotent: a branch
 //! neither prepared nor listed by XA RECOVER is finished.
 
-use super::{Decision, GID_PREFIX, decide};
+use super::{Decision, GID_PREFIX, decide_for};
 use crate::config::MysqlFrontend;
 use mysql_async::prelude::Queryable;
 use std::collections::HashMap;
@@ -208,25 +208,15 @@ impl MysqlXa {
                     .or_insert_with(Instant::now)
                     .elapsed()
             };
-            let status = match self.lock.status(&xid).await {
-                Ok(status) => Some(status),
-                Err(
-                    tandem_lockserver::Error::UnknownXid { .. }
-                    | tandem_lockserver::Error::Rpc {
-                        code: tonic::Code::NotFound,
-                        ..
-                    },
-                ) => None,
-                Err(e) => {
-                    tracing::warn!(%xid, error = %e, "MySQL XA recovery: lockserver unavailable");
+            let commit = match decide_for(&self.lock, &xid, age, orphan_after).await {
+                Ok(Decision::Commit) => true,
+                Ok(Decision::Rollback) => false,
+                Ok(Decision::Leave) => {
                     left += 1;
                     continue;
                 }
-            };
-            let commit = match decide(status, age, orphan_after) {
-                Decision::Commit => true,
-                Decision::Rollback => false,
-                Decision::Leave => {
+                Err(e) => {
+                    tracing::warn!(%xid, error = %e, "MySQL XA recovery: lockserver unavailable");
                     left += 1;
                     continue;
                 }

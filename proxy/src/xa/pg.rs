@@ -5,7 +5,7 @@
 //! Both run on side connections only, and both are idempotent: a branch that is no
 //! longer prepared was finished already (by another proxy, or by an earlier delivery).
 
-use super::{Decision, decide, parse_gid};
+use super::{Decision, decide_for, parse_gid};
 use crate::control::quote_literal;
 use crate::upstream::SidePools;
 use std::time::Duration;
@@ -76,26 +76,15 @@ pub async fn recover(
         let Some((xid, _branch)) = parse_gid(&gid) else {
             continue;
         };
-        let status = match lock.status(&xid).await {
-            Ok(status) => Some(status),
-            Err(
-                tandem_lockserver::Error::UnknownXid { .. }
-                | tandem_lockserver::Error::Rpc {
-                    code: tonic::Code::NotFound,
-                    ..
-                },
-            ) => None,
-            Err(e) => {
-                // No decision can be read: nothing is safe to do now.
-                tracing::warn!(%gid, error = %e, "XA recovery: lockserver unavailable");
+        let commit = match decide_for(lock, &xid, age, orphan_after).await {
+            Ok(Decision::Commit) => true,
+            Ok(Decision::Rollback) => false,
+            Ok(Decision::Leave) => {
                 done.left += 1;
                 continue;
             }
-        };
-        let commit = match decide(status, age, orphan_after) {
-            Decision::Commit => true,
-            Decision::Rollback => false,
-            Decision::Leave => {
+            Err(e) => {
+                tracing::warn!(%gid, error = %e, "XA recovery: lockserver unavailable");
                 done.left += 1;
                 continue;
             }
@@ -108,7 +97,7 @@ pub async fn recover(
                 done.left += 1;
             }
         }
-        tracing::info!(%gid, %database, status = ?status, commit, "XA recovery");
+        tracing::info!(%gid, %database, commit, "XA recovery");
     }
     Ok(done)
 }

@@ -540,10 +540,7 @@ impl Relay<'_> {
             Ok(undo) => undo,
             Err(e) => {
                 self.branch = Branch::default();
-                let rolled_back = self.exchange_simple("ROLLBACK").await?;
-                if let Some(r) = rolled_back.error {
-                    return Err(Error::Injected { message: r.message });
-                }
+                self.exchange_required("ROLLBACK").await?;
                 return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
             }
         };

@@ -83,10 +83,7 @@ impl Relay<'_> {
         let opens_block = matches!(rest.front(), Some((_, Analysis::Begin)));
         let implicit = status == Some(TxStatus::Idle) && !opens_block;
         if implicit {
-            let begun = self.exchange_simple("BEGIN").await?;
-            if let Some(e) = begun.error {
-                return Err(Error::Injected { message: e.message });
-            }
+            self.exchange_required("BEGIN").await?;
             self.phase = super::Phase::Ready(TxStatus::InTransaction);
         }
         self.script = Some(Script {
@@ -176,10 +173,7 @@ impl Relay<'_> {
         let mut out = BytesMut::new();
         if failed {
             let status = if script.implicit {
-                let rolled_back = self.exchange_simple("ROLLBACK").await?;
-                if let Some(e) = rolled_back.error {
-                    return Err(Error::Injected { message: e.message });
-                }
+                self.exchange_required("ROLLBACK").await?;
                 self.branch = Branch::default();
                 TxStatus::Idle
             } else {
@@ -192,29 +186,13 @@ impl Relay<'_> {
             self.finish_status(status, &mut out);
             return Ok(out);
         }
-        let status = match self.commit_branch_now().await? {
-            Ok(()) => {
-                if script.commit_at_end {
-                    put_command_complete(&mut out, "COMMIT");
-                }
-                TxStatus::Idle
-            }
-            Err((code, message)) => {
-                put_error(&mut out, Severity::Error, &code, &message);
-                TxStatus::Idle
-            }
-        };
-        self.finish_status(status, &mut out);
+        match self.commit_branch().await? {
+            None if script.commit_at_end => put_command_complete(&mut out, "COMMIT"),
+            None => {}
+            Some((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+        }
+        self.finish_status(TxStatus::Idle, &mut out);
         Ok(out)
-    }
-
-    /// The commit protocol, then COMMIT, on the open local transaction. `Ok(Err(..))`
-    /// is the error the client gets; the transaction is over either way.
-    async fn commit_branch_now(&mut self) -> Result<std::result::Result<(), (String, String)>> {
-        Ok(match self.commit_branch().await? {
-            Some(failed) => Err(failed),
-            None => Ok(()),
-        })
     }
 
     fn finish_status(&mut self, status: TxStatus, out: &mut BytesMut) {

@@ -125,6 +125,15 @@ impl Relay<'_> {
         Ok(self.describe_reply.take().unwrap_or_default())
     }
 
+    /// Runs one of tandem's own statements that must succeed (BEGIN, ROLLBACK…); the
+    /// backend's error becomes `Error::Injected`.
+    pub(super) async fn exchange_required(&mut self, sql: &str) -> Result<()> {
+        match self.exchange_simple(sql).await?.error {
+            Some(e) => Err(Error::Injected { message: e.message }),
+            None => Ok(()),
+        }
+    }
+
     /// Runs a statement without parameters and with no rows expected.
     pub(super) async fn exchange_simple(&mut self, sql: &str) -> Result<Exchanged> {
         self.exchange(sql, &[], &[]).await

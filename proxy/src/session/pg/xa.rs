@@ -9,7 +9,6 @@
 //! under a registered branch, or rolled back.
 
 use super::Relay;
-use super::exchange::Exchanged;
 use super::intercept::Intercepted;
 use crate::at::resource_id;
 use crate::binding::Mode;
@@ -70,7 +69,7 @@ pub(super) fn classify(
 /// two-phase commit. Outside a global transaction they pass through untouched; inside
 /// one they would take the local transaction away from its branch.
 pub(super) fn is_two_phase_statement(sql: &[u8]) -> bool {
-    let mut words = sql_words(sql);
+    let mut words = crate::control::leading_words(sql, false);
     match (words.next(), words.next()) {
         (Some(a), Some(b)) => {
             (a.eq_ignore_ascii_case(b"prepare") && b.eq_ignore_ascii_case(b"transaction"))
@@ -79,41 +78,6 @@ pub(super) fn is_two_phase_statement(sql: &[u8]) -> bool {
         }
         _ => false,
     }
-}
-
-/// The leading words of a statement, past whitespace and comments.
-fn sql_words(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = sql;
-    std::iter::from_fn(move || {
-        loop {
-            rest = rest.trim_ascii_start();
-            if let Some(after) = rest.strip_prefix(b"--") {
-                let end = after
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .unwrap_or(after.len());
-                rest = &after[end..];
-            } else if let Some(after) = rest.strip_prefix(b"/*") {
-                let end = after
-                    .windows(2)
-                    .position(|w| w == b"*/")
-                    .map_or(after.len(), |p| p + 2);
-                rest = &after[end..];
-            } else {
-                break;
-            }
-        }
-        let len = rest
-            .iter()
-            .position(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-            .unwrap_or(rest.len());
-        if len == 0 {
-            return None;
-        }
-        let (word, after) = rest.split_at(len);
-        rest = after;
-        Some(word)
-    })
 }
 
 impl Relay<'_> {
@@ -177,10 +141,7 @@ impl Relay<'_> {
                     Some(TxStatus::Idle) => {
                         // An autocommit statement: its own branch, in a transaction of
                         // tandem's that ends in the prepare.
-                        let begun = self.exchange_simple("BEGIN").await?;
-                        if let Some(e) = begun.error {
-                            return Err(Error::Injected { message: e.message });
-                        }
+                        self.exchange_required("BEGIN").await?;
                         self.xa = XaBranch::Implicit;
                         let mut replacement = BytesMut::new();
                         crate::wire::pg::messages::simple::put_query(&mut replacement, sql);
@@ -210,8 +171,7 @@ impl Relay<'_> {
             }
         } else {
             // The statement failed (the client has its error): nothing to prepare.
-            let rolled_back = self.exchange_simple("ROLLBACK").await?;
-            check_injected(&rolled_back)?;
+            self.exchange_required("ROLLBACK").await?;
         }
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
@@ -225,8 +185,7 @@ impl Relay<'_> {
     async fn prepare_xa_branch(&mut self) -> Result<std::result::Result<(), (String, String)>> {
         self.xa = XaBranch::None;
         let Some(xid) = self.binding.xid().cloned() else {
-            let rolled_back = self.exchange_simple("ROLLBACK").await?;
-            check_injected(&rolled_back)?;
+            self.exchange_required("ROLLBACK").await?;
             let e = Error::NotBound;
             return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
         };
@@ -240,8 +199,7 @@ impl Relay<'_> {
         let branch_id = match registered {
             Ok(id) => id,
             Err(e) => {
-                let rolled_back = self.exchange_simple("ROLLBACK").await?;
-                check_injected(&rolled_back)?;
+                self.exchange_required("ROLLBACK").await?;
                 let e = Error::from(e);
                 return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
             }
@@ -268,15 +226,6 @@ impl Relay<'_> {
             // A failed PREPARE TRANSACTION rolls the transaction back.
             Some(e) => Ok(Err((e.code, e.message))),
         }
-    }
-}
-
-fn check_injected(done: &Exchanged) -> Result<()> {
-    match &done.error {
-        Some(e) => Err(Error::Injected {
-            message: e.message.clone(),
-        }),
-        None => Ok(()),
     }
 }
 

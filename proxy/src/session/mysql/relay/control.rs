@@ -49,53 +49,23 @@ pub(in crate::session::mysql) enum Kind {
 }
 
 pub(super) fn classify(sql: &[u8]) -> Kind {
-    let text = String::from_utf8_lossy(sql);
-    let mut words = text
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .filter(|w| !w.is_empty())
-        .map(str::to_ascii_uppercase);
-    let first = leading_word(sql);
-    let _ = words.next();
+    let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
+    let first = words.next().unwrap_or_default();
     let second = words.next().unwrap_or_default();
-    match first.as_str() {
-        "BEGIN" => Kind::Begin,
-        "START" if second == "TRANSACTION" => Kind::Begin,
-        "COMMIT" => Kind::Commit,
-        "ROLLBACK" if second != "TO" => Kind::Rollback,
-        "XA" if second == "RECOVER" => Kind::Passive,
-        "XA" => Kind::ClientXa,
-        "SELECT" | "SHOW" | "DESCRIBE" | "DESC" | "EXPLAIN" | "SET" | "USE" | "HELP"
-        | "SAVEPOINT" | "RELEASE" | "ROLLBACK" | "WITH" | "VALUES" | "TABLE" => Kind::Passive,
+    match (first.as_slice(), second.as_slice()) {
+        (b"BEGIN", _) | (b"START", b"TRANSACTION") => Kind::Begin,
+        (b"COMMIT", _) => Kind::Commit,
+        (b"ROLLBACK", b"TO") => Kind::Passive,
+        (b"ROLLBACK", _) => Kind::Rollback,
+        (b"XA", b"RECOVER") => Kind::Passive,
+        (b"XA", _) => Kind::ClientXa,
+        (
+            b"SELECT" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"SET" | b"USE" | b"HELP"
+            | b"SAVEPOINT" | b"RELEASE" | b"WITH" | b"VALUES" | b"TABLE",
+            _,
+        ) => Kind::Passive,
         _ => Kind::Work,
     }
-}
-
-/// The first word of a statement, past whitespace and comments, upper-cased.
-fn leading_word(sql: &[u8]) -> String {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_ascii_start();
-        if let Some(after) = rest.strip_prefix(b"--").or_else(|| rest.strip_prefix(b"#")) {
-            let end = after
-                .iter()
-                .position(|&b| b == b'\n')
-                .unwrap_or(after.len());
-            rest = &after[end..];
-        } else if let Some(after) = rest.strip_prefix(b"/*") {
-            let end = after
-                .windows(2)
-                .position(|w| w == b"*/")
-                .map_or(after.len(), |p| p + 2);
-            rest = &after[end..];
-        } else {
-            break;
-        }
-    }
-    let len = rest
-        .iter()
-        .position(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-        .unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..len]).to_ascii_uppercase()
 }
 
 impl Relay<'_> {
@@ -124,13 +94,13 @@ impl Relay<'_> {
             );
         }
         let sql = &payload[1..];
-        let is_control = !matches!(control::parse(sql), Ok(None));
-        if !is_control && !self.owned.is_empty() {
+        let parsed = control::parse(sql);
+        if matches!(parsed, Ok(None)) && !self.owned.is_empty() {
             // The server accepts nothing new on this connection until its prepared
             // branch is finished, which the global decision brings shortly.
             return Ok(Some(Handled::Pause));
         }
-        match control::parse(sql) {
+        match parsed {
             Ok(Some(control)) => return self.answer_control(Ok(control)).await.map(Some),
             Err(BadCall(message)) => {
                 return self
@@ -531,6 +501,7 @@ mod tests {
         for (sql, kind) in [
             ("BEGIN", Kind::Begin),
             (" start transaction read only", Kind::Begin),
+            ("/* a note */ START TRANSACTION", Kind::Begin),
             ("/* x */ COMMIT", Kind::Commit),
             ("ROLLBACK", Kind::Rollback),
             ("ROLLBACK TO SAVEPOINT a", Kind::Passive),
