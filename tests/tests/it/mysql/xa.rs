@@ -54,6 +54,17 @@ async fn tandem_prepared(conn: &mut Conn, xid: &str) -> usize {
         .count()
 }
 
+/// A `[[mysql]]` front end in XA mode, for a proxy process.
+fn mysql_section(recovery_interval_ms: u64, orphan_after_ms: u64) -> String {
+    let admin = my::admin_opts();
+    format!(
+        "[[mysql]]\nlisten = \"127.0.0.1:{{port}}\"\nupstream = \"{}\"\nmode = \"xa\"\nxa_recovery_interval_ms = {recovery_interval_ms}\nxa_orphan_after_ms = {orphan_after_ms}\n[mysql.service]\nuser = \"{}\"\npassword = \"{}\"\n",
+        my::upstream(),
+        admin.user().unwrap_or("root"),
+        admin.pass().unwrap_or(""),
+    )
+}
+
 async fn start(lockserver: &TestLockserver) -> Tandem {
     let endpoint = format!("http://{}", lockserver.grpc);
     my::start_with(|c| c.lockserver.endpoint = endpoint).await
@@ -279,13 +290,7 @@ async fn a_mariadb_branch_prepared_by_a_killed_proxy_is_finished_after_the_decis
     let mut direct = db.direct().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let ls = lockserver.client();
-    let admin = my::admin_opts();
-    let section = format!(
-        "[[mysql]]\nlisten = \"127.0.0.1:{{port}}\"\nupstream = \"{}\"\nmode = \"xa\"\nxa_recovery_interval_ms = 60000\n[mysql.service]\nuser = \"{}\"\npassword = \"{}\"\n",
-        my::upstream(),
-        admin.user().unwrap_or("root"),
-        admin.pass().unwrap_or(""),
-    );
+    let section = mysql_section(60_000, 600_000);
     let binary = env!("CARGO_BIN_EXE_tandem-under-test");
 
     for commit in [true, false] {
@@ -580,13 +585,7 @@ async fn mysql_recovery_rolls_back_orphans_and_leaves_other_xa_branches_alone() 
             .any(|(_, g, _, data)| data.get(..*g) == Some(gtrid.as_bytes()))
     };
     assert!(listed(orphan.clone()).await);
-    let admin = my::admin_opts();
-    let section = format!(
-        "[[mysql]]\nlisten = \"127.0.0.1:{{port}}\"\nupstream = \"{}\"\nmode = \"xa\"\nxa_recovery_interval_ms = 100\nxa_orphan_after_ms = 1000\n[mysql.service]\nuser = \"{}\"\npassword = \"{}\"\n",
-        my::upstream(),
-        admin.user().unwrap_or("root"),
-        admin.pass().unwrap_or(""),
-    );
+    let section = mysql_section(100, 1_000);
     let proxy = ProxyProcess::start(
         env!("CARGO_BIN_EXE_tandem-under-test"),
         &section,
