@@ -14,6 +14,13 @@ pub trait Dialect: Send + Sync {
     fn supports_returning(&self) -> bool;
     /// How INSERT forces values into identity columns (empty if plain INSERT can).
     fn insert_override(&self) -> &'static str;
+    /// An expression a write's RETURNING can carry that gives the whole row, every
+    /// column in its binary send format, in catalog order (`whole_row`: the table's
+    /// name or alias in the statement); None where the dialect has none.
+    fn row_image(&self, whole_row: &str) -> Option<String> {
+        let _ = whole_row;
+        None
+    }
     /// A table name, schema-qualified when it was.
     fn qualified(&self, table: &TableRef) -> String {
         match &table.schema {
@@ -50,6 +57,11 @@ impl Dialect for Postgres {
 
     fn insert_override(&self) -> &'static str {
         "OVERRIDING SYSTEM VALUE"
+    }
+
+    fn row_image(&self, whole_row: &str) -> Option<String> {
+        // record_send skips dropped columns, as the catalog's column list does.
+        Some(format!("record_send({whole_row}.*)"))
     }
 }
 

@@ -25,7 +25,7 @@ pub struct Column {
 }
 
 /// What AT mode needs to know about a table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableMeta {
     /// The table.
     pub table: TableRef,
@@ -196,12 +196,25 @@ impl TableMeta {
         d.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name))
     }
 
+    /// Whether [`Self::with_returning_key`] appends the row's after image to `write`
+    /// (before the key columns): an INSERT's or UPDATE's, where the dialect can.
+    pub fn returns_image(d: &dyn Dialect, write: &Write) -> bool {
+        write.kind != WriteKind::Delete && d.row_image("t").is_some()
+    }
+
     /// The client's statement with the primary key appended to what it returns, so that
     /// tandem learns exactly which rows it changed (generated keys included) without a
-    /// second round trip. The client's own text is kept as it was.
+    /// second round trip, and (see [`Self::returns_image`]) each row as the write left
+    /// it, so that no after-image query is needed at COMMIT. The client's own text is
+    /// kept as it was.
     pub fn with_returning_key(&self, d: &dyn Dialect, sql: &str, write: &Write) -> String {
         let body = sql.trim_end().trim_end_matches(';').trim_end();
         let qualifier = self.qualifier(d, write);
+        let image = d
+            .row_image(&qualifier)
+            .filter(|_| Self::returns_image(d, write))
+            .map(|image| format!("{image} AS {}, ", d.quote_ident("tandem_image")))
+            .unwrap_or_default();
         let keys = self
             .pk
             .iter()
@@ -226,9 +239,9 @@ impl TableMeta {
             keys
         };
         if write.has_returning {
-            format!("{body}, {keys}")
+            format!("{body}, {image}{keys}")
         } else {
-            format!("{body} RETURNING {keys}")
+            format!("{body} RETURNING {image}{keys}")
         }
     }
 
@@ -252,6 +265,67 @@ impl TableMeta {
             self.pk_list(d)
         )
     }
+}
+
+/// The row a write returned with [`TableMeta::with_returning_key`]'s image column, as
+/// the session printed that bytea (hex or escape `bytea_output`): each column's binary
+/// value. None if it is not such a value.
+pub fn row_from_returned_image(text: &[u8]) -> Option<Row> {
+    let bytes = bytea_from_text(text)?;
+    let mut at = 0usize;
+    let mut take = |n: usize| {
+        let got = bytes.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(got)
+    };
+    let word = |b: &[u8]| i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let columns = word(take(4)?);
+    let mut row = Vec::with_capacity(usize::try_from(columns).ok()?.min(1600));
+    for _ in 0..columns {
+        let _type_oid = take(4)?;
+        let len = word(take(4)?);
+        row.push(match usize::try_from(len) {
+            Ok(len) => Some(take(len)?.to_vec()),
+            Err(_) if len == -1 => None,
+            Err(_) => return None,
+        });
+    }
+    (at == bytes.len()).then_some(row)
+}
+
+/// A bytea's text output in either `bytea_output` format.
+fn bytea_from_text(text: &[u8]) -> Option<Vec<u8>> {
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        return hex
+            .chunks(2)
+            .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] != b'\\' {
+            out.push(text[i]);
+            i += 1;
+        } else if text.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let octal = text.get(i + 1..i + 4)?;
+            let value = octal.iter().try_fold(0u16, |v, &c| {
+                (b'0'..=b'7')
+                    .contains(&c)
+                    .then(|| v * 8 + u16::from(c - b'0'))
+            })?;
+            out.push(u8::try_from(value).ok()?);
+            i += 4;
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -309,8 +383,34 @@ mod tests {
         let w = write(sql);
         assert_eq!(
             m.with_returning_key(&Postgres, sql, &w),
-            "UPDATE accounts SET balance = 2 RETURNING balance, \"accounts\".\"id\" AS \"tandem_pk_0\""
+            "UPDATE accounts SET balance = 2 RETURNING balance, record_send(\"accounts\".*) AS \"tandem_image\", \"accounts\".\"id\" AS \"tandem_pk_0\""
         );
+    }
+
+    #[test]
+    fn a_returned_image_decodes_from_either_bytea_output() {
+        // record_send of (1, NULL, 'ab'): three columns, int4 / text NULL / text.
+        let mut record = vec![0, 0, 0, 3];
+        record.extend_from_slice(&[0, 0, 0, 23, 0, 0, 0, 4, 0, 0, 0, 1]);
+        record.extend_from_slice(&[0, 0, 0, 25, 0xff, 0xff, 0xff, 0xff]);
+        record.extend_from_slice(&[0, 0, 0, 25, 0, 0, 0, 2, b'a', b'b']);
+        let hex: String = record.iter().map(|b| format!("{b:02x}")).collect();
+        let expected: Row = vec![Some(vec![0, 0, 0, 1]), None, Some(b"ab".to_vec())];
+        assert_eq!(
+            row_from_returned_image(format!("\\x{hex}").as_bytes()),
+            Some(expected.clone())
+        );
+        let escape: String = record
+            .iter()
+            .map(|&b| match b {
+                b'\\' => "\\\\".to_owned(),
+                0x20..=0x7e => (b as char).to_string(),
+                _ => format!("\\{b:03o}"),
+            })
+            .collect();
+        assert_eq!(row_from_returned_image(escape.as_bytes()), Some(expected));
+        assert_eq!(row_from_returned_image(b"\\x0000000"), None);
+        assert_eq!(row_from_returned_image(b"\\x00000002"), None);
     }
 
     #[test]

@@ -26,5 +26,5 @@ pub use analyze::{
 };
 pub use dialect::{Dialect, Postgres};
 pub use error::Error;
-pub use image::{Column, Row, TableMeta, Value};
+pub use image::{Column, Row, TableMeta, Value, row_from_returned_image};
 pub use record::{RowImages, TableUndo, UndoRecord};

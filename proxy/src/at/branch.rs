@@ -5,7 +5,7 @@
 //! Pure bookkeeping: no I/O. Invariant: a row's before image is the one taken before
 //! the branch first changed it; later statements never replace it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tandem_lockserver::client::LockKey;
 use tandem_undo::record::VERSION;
@@ -26,6 +26,9 @@ struct TableRows {
     /// Rows in first-change order.
     order: Vec<TextKey>,
     rows: HashMap<TextKey, RowImages>,
+    /// Rows whose after image the last write that changed them returned (None after
+    /// a DELETE): COMMIT reads only the others again.
+    after_known: HashSet<TextKey>,
 }
 
 /// A row the statement changed that tandem had no before image of.
@@ -47,6 +50,7 @@ impl Branch {
                     meta: Arc::clone(meta),
                     order: Vec::new(),
                     rows: HashMap::new(),
+                    after_known: HashSet::new(),
                 });
                 self.tables.len() - 1
             }
@@ -109,11 +113,45 @@ impl Branch {
         }
     }
 
-    /// Each table with the keys of its rows, for the after-image queries.
+    /// Rows as the write that just changed them returned them (None: it deleted them),
+    /// for rows the branch holds.
+    pub fn record_returned_after(
+        &mut self,
+        meta: &Arc<TableMeta>,
+        rows: impl IntoIterator<Item = (TextKey, Option<Row>)>,
+    ) {
+        let table = self.table(meta);
+        for (key, after) in rows {
+            if let Some(images) = table.rows.get_mut(&key) {
+                images.after = after;
+                table.after_known.insert(key);
+            }
+        }
+    }
+
+    /// Rows a write changed without returning them: COMMIT must read them again.
+    pub fn forget_after(&mut self, meta: &Arc<TableMeta>, keys: &[TextKey]) {
+        let table = self.table(meta);
+        for key in keys {
+            table.after_known.remove(key);
+        }
+    }
+
+    /// Each table with the keys of its rows whose after image is not known yet, for the
+    /// after-image queries.
     pub fn keys(&self) -> Vec<(Arc<TableMeta>, Vec<TextKey>)> {
         self.tables
             .iter()
-            .map(|t| (Arc::clone(&t.meta), t.order.clone()))
+            .map(|t| {
+                let unknown = t
+                    .order
+                    .iter()
+                    .filter(|k| !t.after_known.contains(*k))
+                    .cloned()
+                    .collect();
+                (Arc::clone(&t.meta), unknown)
+            })
+            .filter(|(_, keys): &(_, Vec<TextKey>)| !keys.is_empty())
             .collect()
     }
 
@@ -250,5 +288,33 @@ mod tests {
             keys[0],
             LockKey::new("postgres://h/db", "public.t", ["00000001"])
         );
+    }
+
+    #[test]
+    fn commit_reads_again_only_rows_whose_after_image_no_write_returned() {
+        let m = meta();
+        let mut b = Branch::default();
+        b.record_before(&m, vec![(row(1, "a"), key(1)), (row(2, "b"), key(2))]);
+        b.record_inserted(&m, vec![key(3)]);
+        // Row 1 updated (returned), row 2 deleted, row 3 inserted without its image.
+        b.record_returned_after(&m, vec![(key(1), Some(row(1, "a2")))]);
+        b.record_returned_after(&m, vec![(key(2), None)]);
+        let pending: Vec<Vec<TextKey>> = b.keys().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(pending, vec![vec![key(3)]]);
+        // A later write that did not return row 1 makes COMMIT read it again.
+        b.forget_after(&m, &[key(1)]);
+        let pending: Vec<Vec<TextKey>> = b.keys().into_iter().map(|(_, k)| k).collect();
+        assert_eq!(pending, vec![vec![key(1), key(3)]]);
+        b.record_returned_after(
+            &m,
+            vec![(key(1), Some(row(1, "a3"))), (key(3), Some(row(3, "c")))],
+        );
+        assert!(b.keys().is_empty(), "nothing left to read at COMMIT");
+        let (record, keys) = b.finish("postgres://h/db");
+        let rows = &record.tables[0].rows;
+        assert_eq!(rows[0].after, Some(row(1, "a3")));
+        assert_eq!(rows[1].after, None, "deleted");
+        assert_eq!(rows[2].after, Some(row(3, "c")));
+        assert_eq!(keys.len(), 3);
     }
 }

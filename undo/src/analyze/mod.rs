@@ -17,7 +17,7 @@ use sqlparser::parser::Parser;
 
 /// A table as a statement names it; unquoted names folded to lower case as PostgreSQL
 /// does.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableRef {
     /// Schema, when the statement gave one.
     pub schema: Option<String>,

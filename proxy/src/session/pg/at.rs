@@ -48,10 +48,14 @@ pub(super) struct WriteInFlight {
     /// Replies to tandem's own messages at the head of the batch, swallowed in order.
     pub(super) swallow: VecDeque<u8>,
     kind: WriteKind,
-    /// Key columns appended to the statement's RETURNING.
+    /// Columns appended to the statement's RETURNING: the image, the key, the flag.
     appended: usize,
     client_returning: bool,
     keys: Vec<TextKey>,
+    /// The statement returns each row's after image first among tandem's columns.
+    image: bool,
+    /// Per returned row, its after image (None: it could not be read).
+    images: Vec<Option<tandem_undo::Row>>,
     /// An upsert: each returned row also says whether it was inserted.
     upsert: bool,
     inserted: Vec<bool>,
@@ -61,31 +65,38 @@ pub(super) struct WriteInFlight {
     /// The before image, sent in the same round trip, failed: the write then fails
     /// only because its transaction is aborted, and the client gets this error instead.
     substitute_error: Option<(String, String)>,
+    /// A write outside a global transaction, checked against global locks in tandem's
+    /// transaction around it: nothing is captured, the transaction is committed.
+    guard_only: bool,
 }
 
 impl WriteInFlight {
+    /// The write of `write`, sent as `TableMeta::with_returning_key` rewrote it.
     pub(super) fn new(
         meta: Arc<TableMeta>,
-        kind: WriteKind,
-        client_returning: bool,
+        write: &Write,
         implicit: bool,
         row_description: RowDescriptionRule,
         swallow: VecDeque<u8>,
-        upsert: bool,
     ) -> Self {
+        let upsert = write.upsert.is_some();
+        let image = TableMeta::returns_image(&Postgres, write);
         WriteInFlight {
-            appended: meta.pk.len() + usize::from(upsert),
+            appended: usize::from(image) + meta.pk.len() + usize::from(upsert),
             upsert,
             inserted: Vec::new(),
             meta,
             row_description,
             swallow,
-            kind,
-            client_returning,
+            kind: write.kind,
+            client_returning: write.has_returning,
             keys: Vec::new(),
+            image,
+            images: Vec::new(),
             implicit,
             failed: false,
             substitute_error: None,
+            guard_only: false,
         }
     }
 }
@@ -226,21 +237,12 @@ impl Relay<'_> {
                 self.branch.record_before(&meta, rows);
             }
         }
-        let upsert = write.upsert.is_some();
         let rule = if write.has_returning {
             RowDescriptionRule::Strip
         } else {
             RowDescriptionRule::Swallow
         };
-        let mut in_flight = WriteInFlight::new(
-            meta,
-            write.kind,
-            write.has_returning,
-            implicit,
-            rule,
-            VecDeque::new(),
-            upsert,
-        );
+        let mut in_flight = WriteInFlight::new(meta, &write, implicit, rule, VecDeque::new());
         in_flight.substitute_error = substitute_error;
         self.write_in_flight = Some(in_flight);
         Ok(Intercepted::SentAndHold)
@@ -281,9 +283,20 @@ impl Relay<'_> {
         let Some(w) = &mut self.write_in_flight else {
             return Ok(None);
         };
+        if w.guard_only {
+            return Ok(None);
+        }
         let values = split_data_row(body)?;
         let keep = values.len().saturating_sub(w.appended);
-        let mut appended: TextKey = values[keep..]
+        let mut ours = &values[keep..];
+        if w.image
+            && let Some((image, rest)) = ours.split_first()
+        {
+            w.images
+                .push(image.and_then(tandem_undo::row_from_returned_image));
+            ours = rest;
+        }
+        let mut appended: TextKey = ours
             .iter()
             .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
             .collect();
@@ -339,6 +352,11 @@ impl Relay<'_> {
         let Some(w) = self.write_in_flight.take() else {
             return Ok((status, None));
         };
+        if w.guard_only && !w.failed && status != TxStatus::Failed {
+            let got = self.exchange_simple("COMMIT").await?;
+            // A COMMIT that failed (a deferred constraint, say) undid the write.
+            return Ok((TxStatus::Idle, got.error.map(|e| (e.code, e.message))));
+        }
         if w.failed || status == TxStatus::Failed {
             if w.implicit {
                 self.exchange_simple("ROLLBACK").await?;
@@ -350,17 +368,20 @@ impl Relay<'_> {
         let captured = match w.kind {
             WriteKind::Insert if w.upsert => {
                 let mut result = Ok(());
-                for (key, inserted) in w.keys.into_iter().zip(w.inserted) {
-                    if inserted {
-                        self.branch.record_inserted(&w.meta, vec![key]);
-                    } else if let Err(u) = self.branch.check_captured(&w.meta, &[key]) {
+                for (key, inserted) in w.keys.iter().zip(&w.inserted) {
+                    if *inserted {
+                        self.branch.record_inserted(&w.meta, vec![key.clone()]);
+                    } else if let Err(u) = self
+                        .branch
+                        .check_captured(&w.meta, std::slice::from_ref(key))
+                    {
                         result = Err(Error::Uncaptured { table: u.table });
                     }
                 }
                 result
             }
             WriteKind::Insert => {
-                self.branch.record_inserted(&w.meta, w.keys);
+                self.branch.record_inserted(&w.meta, w.keys.clone());
                 Ok(())
             }
             WriteKind::Update | WriteKind::Delete => self
@@ -368,6 +389,9 @@ impl Relay<'_> {
                 .check_captured(&w.meta, &w.keys)
                 .map_err(|u| Error::Uncaptured { table: u.table }),
         };
+        if captured.is_ok() {
+            self.record_returned_after(&w);
+        }
         match captured {
             // A COMMIT that failed (a deferred constraint, say) undid the write: the
             // client, which already has its CommandComplete, must hear it.
@@ -383,6 +407,31 @@ impl Relay<'_> {
                 ))
             }
         }
+    }
+
+    /// What the write returned of its rows becomes their after image, so COMMIT need
+    /// not read them again: a DELETE's rows are gone; a row whose image could not be
+    /// read is read at COMMIT.
+    fn record_returned_after(&mut self, w: &WriteInFlight) {
+        if w.kind == WriteKind::Delete {
+            let gone = w.keys.iter().map(|k| (k.clone(), None));
+            self.branch.record_returned_after(&w.meta, gone);
+            return;
+        }
+        if !w.image || w.images.len() != w.keys.len() {
+            self.branch.forget_after(&w.meta, &w.keys);
+            return;
+        }
+        let mut unread = Vec::new();
+        let mut returned = Vec::with_capacity(w.keys.len());
+        for (key, image) in w.keys.iter().zip(&w.images) {
+            match image {
+                Some(row) => returned.push((key.clone(), Some(row.clone()))),
+                None => unread.push(key.clone()),
+            }
+        }
+        self.branch.record_returned_after(&w.meta, returned);
+        self.branch.forget_after(&w.meta, &unread);
     }
 
     /// SELECT … FOR UPDATE in a global transaction: the rows it locks must not be held

@@ -279,15 +279,13 @@ impl Relay<'_> {
         self.on_client_message(frontend::SYNC, &[])?;
         self.write_in_flight = Some(WriteInFlight::new(
             meta,
-            write.kind,
-            write.has_returning,
+            &write,
             implicit,
             rule,
             VecDeque::from([
                 crate::wire::pg::codes::backend::CLOSE_COMPLETE,
                 crate::wire::pg::codes::backend::PARSE_COMPLETE,
             ]),
-            write.upsert.is_some(),
         ));
         Ok(out)
     }
