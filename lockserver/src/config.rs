@@ -44,6 +44,22 @@ pub struct Config {
     /// whose several round trips per command outgrow one thread (12k vs 10k
     /// registrations/s on 2 cores).
     pub worker_threads: Option<usize>,
+    /// How long a registration that announces a new table to the proxies (see
+    /// `Hello.table_locks`) waits for every one of them to acknowledge, in ms. Past it
+    /// the registration fails with UNAVAILABLE and takes no lock (the table stays
+    /// announced; a retry waits for the acknowledgements still missing). Default 2000.
+    pub table_ack_timeout_ms: u64,
+    /// How often a table-notice stream hears from the lockserver when nothing else
+    /// is sent (an empty `Phase2Down`), in ms. Default 1000.
+    pub table_heartbeat_ms: u64,
+    /// How long a proxy may trust its table view without hearing from the lockserver,
+    /// in ms; so also how long a closed table-notice stream delays announcements of
+    /// its resources. Must exceed twice `table_heartbeat_ms`. Default 3000.
+    pub table_lease_ms: u64,
+    /// An announced table that has held no lock for this long (sampled every
+    /// `tick_interval_ms`) is unannounced, so proxies stop checking writes to it, in
+    /// ms. Embedded store only (with Redis, proxies check every write). Default 10000.
+    pub unannounce_after_ms: u64,
     /// Phase-2 delivery.
     pub phase2: Phase2Config,
     /// Bounds.
@@ -178,6 +194,10 @@ impl Default for Config {
             tick_interval_ms: 100,
             finished_retention_ms: 60_000,
             worker_threads: None,
+            table_ack_timeout_ms: 2_000,
+            table_heartbeat_ms: 1_000,
+            table_lease_ms: 3_000,
+            unannounce_after_ms: 10_000,
             phase2: Phase2Config::default(),
             limits: LimitsConfig::default(),
         }
@@ -207,6 +227,10 @@ impl Config {
             ("default_timeout_ms", self.default_timeout_ms as usize),
             ("max_timeout_ms", self.max_timeout_ms as usize),
             ("tick_interval_ms", self.tick_interval_ms as usize),
+            ("table_ack_timeout_ms", self.table_ack_timeout_ms as usize),
+            ("table_heartbeat_ms", self.table_heartbeat_ms as usize),
+            ("table_lease_ms", self.table_lease_ms as usize),
+            ("unannounce_after_ms", self.unannounce_after_ms as usize),
             (
                 "phase2.retry_initial_ms",
                 self.phase2.retry_initial_ms as usize,
@@ -239,6 +263,9 @@ impl Config {
         }
         if self.default_timeout_ms > self.max_timeout_ms {
             p.push("default_timeout_ms must not exceed max_timeout_ms".into());
+        }
+        if self.table_lease_ms <= self.table_heartbeat_ms.saturating_mul(2) {
+            p.push("table_lease_ms must exceed twice table_heartbeat_ms".into());
         }
         if self.phase2.retry_max_ms < self.phase2.retry_initial_ms {
             p.push("phase2.retry_max_ms must be at least phase2.retry_initial_ms".into());
@@ -308,5 +335,15 @@ mod tests {
             panic!()
         };
         assert_eq!(problems.len(), 2, "{problems:?}");
+        let e =
+            Config::from_toml("table_heartbeat_ms = 1500\nunannounce_after_ms = 0\n").unwrap_err();
+        let Error::Config { problems } = e else {
+            panic!()
+        };
+        assert_eq!(
+            problems.len(),
+            2,
+            "lease too short, zero delay: {problems:?}"
+        );
     }
 }

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::phase2::Phase2;
 use crate::store::embedded::{AppliedNow, EmbeddedStore};
 use crate::store::{AnyStore, Applied, Store};
+use crate::tables::Tables;
 
 /// How often a waiter re-checks state that another lockserver (sharing Redis) may
 /// change without telling this one.
@@ -50,6 +51,8 @@ pub struct Coordinator {
     /// Bumped whenever a transaction ends.
     ended: watch::Sender<u64>,
     pub(crate) phase2: Phase2,
+    /// Which tables may hold locks, as told to the proxies.
+    pub(crate) tables: Tables,
     /// Instruments.
     pub metrics: Metrics,
     permits: Semaphore,
@@ -59,7 +62,13 @@ impl Coordinator {
     /// A coordinator over `store`. The node id (random per process) prefixes xids.
     pub fn new(store: AnyStore, config: Config, clock: Arc<dyn Clock>) -> Self {
         let node = format!("{:016x}", rand::random::<u64>());
+        let tables = Tables::new(&config, matches!(store, AnyStore::Embedded(_)));
+        if let AnyStore::Embedded(s) = &store {
+            // Locks recovered from the log: their tables are announced from the start.
+            tables.seed(&s.locked_tables());
+        }
         Coordinator {
+            tables,
             store,
             clock,
             node,
@@ -205,7 +214,7 @@ impl Coordinator {
                         what: "register retried without a wait",
                     });
                 };
-                match self.exec(attempt).await {
+                match self.exec_register(attempt).await {
                     Err(e @ Error::LockConflict { .. }) => {
                         let now = Instant::now();
                         if !e.is_retryable() || now >= deadline {
@@ -234,6 +243,45 @@ impl Coordinator {
         .await;
         self.metrics.observe("register", started);
         r
+    }
+
+    /// Applies a registration once every table of its keys may hold locks: first
+    /// announces the ones that may not yet and waits (up to `table_ack_timeout_ms`)
+    /// for the proxies' acknowledgements (`tables`). Redis: as [`Coordinator::exec`].
+    async fn exec_register(&self, cmd: Command) -> Result<Applied> {
+        let (Some(store), Command::Register { keys, .. }) = (self.embedded(), &cmd) else {
+            return self.exec(cmd).await;
+        };
+        let mut announcing = None;
+        loop {
+            let out = {
+                let gate = self.tables.gate();
+                // The gate is held until the locks are in the table.
+                gate.covers(keys)
+                    .then(|| self.exec_now(store, std::slice::from_ref(&cmd)))
+            };
+            let Some(mut out) = out else {
+                let started = *announcing.get_or_insert_with(tokio::time::Instant::now);
+                self.tables.announce(keys, self.now(), started).await?;
+                continue;
+            };
+            let (result, wait) = out.results.pop().ok_or(Error::Corrupt {
+                what: "a command without a result",
+            })?;
+            if let (Ok(_), true, Some(d)) = (&result, wait, out.durable) {
+                store.durable(d).await?;
+            }
+            return result;
+        }
+    }
+
+    /// Unannounces tables that have held no lock for `unannounce_after_ms` (a timer
+    /// pass; embedded store only).
+    pub fn unannounce_idle(&self) {
+        if let Some(store) = self.embedded() {
+            self.tables
+                .unannounce_idle(self.now(), |p| store.tables_in_use(p));
+        }
     }
 
     /// Records a branch's phase-1 result.

@@ -76,6 +76,21 @@ pub enum Error {
         /// Its value.
         limit: usize,
     },
+    /// A registration would lock a table not yet announced to every proxy of its
+    /// resource, and some did not acknowledge the announcement within
+    /// `table_ack_timeout_ms`. Nothing was registered or locked; retrying may succeed.
+    /// Reaches a client as `Rpc { code: Unavailable, .. }`.
+    #[error(
+        "table {table} of {resource} may not be locked yet: not every proxy acknowledged its announcement within {waited_ms} ms (nothing registered; retry)"
+    )]
+    Unacknowledged {
+        /// The resource.
+        resource: String,
+        /// The table still waiting for acknowledgements.
+        table: String,
+        /// How long the registration waited.
+        waited_ms: u64,
+    },
     /// Too many requests in flight; try again.
     #[error("lockserver overloaded")]
     Overloaded,
@@ -141,6 +156,7 @@ impl Error {
                 ..
             } => !holder_rolling_back,
             Error::Overloaded
+            | Error::Unacknowledged { .. }
             | Error::Timeout { .. }
             | Error::Contention { .. }
             | Error::Transport(_)

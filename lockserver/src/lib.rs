@@ -7,7 +7,8 @@
 //! - `server`  — the async shell: `run(grpc, http, config, shutdown)`, timers, phase-2 dispatch
 //! - `coordinator` — the operations both APIs offer: lock waits, rollback waits, timers
 //! - `phase2`  — phase-2 delivery to connected proxies, retry and backoff
-//! - `client`  — what proxies link: `LockClient` and the phase-2 worker
+//! - `tables`  — which tables may hold global locks, announced to proxies with acks
+//! - `client`  — what proxies link: `LockClient`, the phase-2 worker, `TableLockView`
 //! - `metrics` — Prometheus instruments
 //! - `proto`   — generated gRPC code
 //! - `config`  — the TOML `Config`
@@ -25,6 +26,7 @@ pub mod phase2;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tables;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,9 +1,10 @@
 //! `run(grpc, http, config, shutdown)`: opens the store, serves both APIs, runs the
-//! timers and the phase-2 dispatcher, and shuts down in order.
+//! timers, the phase-2 dispatcher and the table-notice heartbeats, and shuts down
+//! in order.
 //!
 //! Shutdown order: stop the APIs (stop accepting, end phase-2 streams, let
-//! in-flight requests finish, bounded by [`DRAIN_TIMEOUT`]) → stop the timers and
-//! the dispatcher → flush and close the store → return.
+//! in-flight requests finish, bounded by [`DRAIN_TIMEOUT`]) → stop the timers, the
+//! dispatcher and the heartbeats → flush and close the store → return.
 //!
 //! Owns: tasks and listeners. Never decides state. Invariant: when `run` returns,
 //! every acknowledged command is durable and no task of it is left running.
@@ -133,6 +134,7 @@ async fn serve(
     let tasks = TaskTracker::new();
     tasks.spawn(timers(coord.clone(), stop_tasks.clone()));
     tasks.spawn(phase2::dispatch(coord.clone(), stop_tasks.clone()));
+    tasks.spawn(heartbeats(coord.clone(), stop_tasks.clone()));
 
     let grpc_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -201,5 +203,18 @@ async fn timers(coord: Arc<Coordinator>, cancel: CancellationToken) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "timer pass failed"),
         }
+        coord.unannounce_idle();
+    }
+}
+
+/// Table-notice subscribers hear from the lockserver every `table_heartbeat_ms`.
+async fn heartbeats(coord: Arc<Coordinator>, cancel: CancellationToken) {
+    let every = Duration::from_millis(coord.config.table_heartbeat_ms);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        coord.tables.heartbeat();
     }
 }

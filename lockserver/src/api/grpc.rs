@@ -18,6 +18,7 @@ use crate::core::locks::LockKey;
 use crate::core::txn::{BranchKind, Phase2Outcome, Work, Xid};
 use crate::error::Error;
 use crate::proto::{self as pb, coordinator_server::CoordinatorServer};
+use crate::tables::Down;
 
 /// How long a new phase-2 stream has to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,7 +39,9 @@ pub fn to_status(e: Error) -> Status {
         Error::InvalidState { .. } | Error::Expired { .. } => Code::FailedPrecondition,
         Error::LockConflict { .. } | Error::Contention { .. } => Code::Aborted,
         Error::Overloaded => Code::ResourceExhausted,
-        Error::ShuttingDown => Code::Unavailable,
+        // Not applied, safe to retry: gRPC's UNAVAILABLE, not ABORTED (no transaction
+        // conflict) nor DEADLINE_EXCEEDED (which leaves open whether it was applied).
+        Error::ShuttingDown | Error::Unacknowledged { .. } => Code::Unavailable,
         Error::Timeout { .. } => Code::DeadlineExceeded,
         Error::Rpc { code, .. } => *code,
         Error::Io { .. }
@@ -173,11 +176,34 @@ pub fn grpc_service(
     CoordinatorServer::new(GrpcApi { coord, cancel })
 }
 
-/// Unregisters a phase-2 stream when its reader task ends.
+/// Unregisters a phase-2 stream (and its table notices) when its reader task ends.
 struct Connected(Arc<Coordinator>, u64);
 impl Drop for Connected {
     fn drop(&mut self) {
         self.0.phase2.disconnect(self.1);
+        self.0.tables.unsubscribe(self.1);
+    }
+}
+
+/// Table notices (or a heartbeat: nothing) on their way down a phase-2 stream.
+fn down(d: Down) -> pb::Phase2Down {
+    let notices = match d {
+        Down::Heartbeat => Vec::new(),
+        Down::Notices(v) => v
+            .into_iter()
+            .map(|n| pb::TableNotice {
+                resource_id: n.resource,
+                seq: n.seq,
+                locked: n.locked,
+                unlocked: n.unlocked,
+                snapshot: n.snapshot,
+                unknown: n.unknown,
+            })
+            .collect(),
+    };
+    pb::Phase2Down {
+        work: Vec::new(),
+        tables: notices,
     }
 }
 
@@ -378,8 +404,11 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             .phase2
             .connect(&hello.resource_ids)
             .map_err(to_status)?;
-        tracing::info!(worker = %hello.worker_name, resources = ?hello.resource_ids, "phase-2 stream connected");
         let guard = Connected(self.coord.clone(), id);
+        let notices = hello
+            .table_locks
+            .then(|| self.coord.tables.subscribe(id, &hello.resource_ids));
+        tracing::info!(worker = %hello.worker_name, resources = ?hello.resource_ids, table_locks = hello.table_locks, "phase-2 stream connected");
         let (coord, cancel) = (self.coord.clone(), self.cancel.clone());
         tokio::spawn(async move {
             let _guard = guard;
@@ -388,6 +417,10 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                 let results = match msg.msg {
                     Some(pb::phase2_up::Msg::Result(r)) => vec![r],
                     Some(pb::phase2_up::Msg::Results(rs)) => rs.results,
+                    Some(pb::phase2_up::Msg::TableAck(a)) => {
+                        coord.tables.ack(id, a.seq);
+                        continue;
+                    }
                     _ => continue,
                 };
                 let mut answers = Vec::with_capacity(results.len());
@@ -418,13 +451,22 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             }
             tracing::info!(worker = %hello.worker_name, "phase-2 stream closed");
         });
-        let out = batches(rx)
-            .map(|ws| {
-                Ok(pb::Phase2Down {
-                    work: ws.into_iter().map(work).collect(),
-                })
+        let work = batches(rx).map(|ws| {
+            Ok(pb::Phase2Down {
+                work: ws.into_iter().map(work).collect(),
+                tables: Vec::new(),
             })
-            .take_until(self.cancel.clone().cancelled_owned());
+        });
+        let stop = self.cancel.clone().cancelled_owned();
+        let Some((notices, kill)) = notices else {
+            return Ok(Response::new(Box::pin(work.take_until(stop))));
+        };
+        // A subscriber that falls behind on notices is cut off (`kill`): its proxy
+        // then stops trusting its table view.
+        let notices = tokio_stream::wrappers::ReceiverStream::new(notices).map(|d| Ok(down(d)));
+        let out = futures::stream::select(work, notices)
+            .take_until(kill.cancelled_owned())
+            .take_until(stop);
         Ok(Response::new(Box::pin(out)))
     }
 }

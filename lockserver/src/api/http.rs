@@ -41,9 +41,10 @@ impl IntoResponse for ApiError {
             | Error::InvalidState { .. }
             | Error::Expired { .. }
             | Error::LockConflict { .. } => StatusCode::CONFLICT,
-            Error::Overloaded | Error::ShuttingDown | Error::Contention { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Overloaded
+            | Error::ShuttingDown
+            | Error::Contention { .. }
+            | Error::Unacknowledged { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Rpc { .. }
             | Error::Io { .. }

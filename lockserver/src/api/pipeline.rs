@@ -3,8 +3,9 @@
 //! The begins, registrations, reports and commits of one received `Calls` message
 //! are applied together: one hold of the store's state lock, one log append, one
 //! wait for its fsync, one message of answers. Everything else (status, rollback,
-//! lock queries, a registration that must wait for a lock, and every call when the
-//! store is Redis) runs as before, one task per call through its unary twin.
+//! lock queries, a registration that must wait for a lock or for a table to be
+//! announced to the proxies, and every call when the store is Redis) runs as before,
+//! one task per call through its unary twin.
 //!
 //! Owns: nothing beyond one received batch. Never decides anything (the store's
 //! `core` does) and never answers a call differently from its unary twin.
@@ -20,6 +21,7 @@ use crate::core::txn::{BranchStatus, Command, Reply};
 use crate::error::Error;
 use crate::proto as pb;
 use crate::proto::answer::Result as A;
+use crate::tables::Gate;
 
 /// Answers travel in chunks: one per call on the per-call path, one per batch here.
 pub(crate) type AnswerTx = mpsc::Sender<Vec<pb::Answer>>;
@@ -139,7 +141,18 @@ pub(crate) async fn run(
             }
         }
     }
-    let applied = coord.exec_now(store, &cmds);
+    let (applied, announce) = {
+        let gate = coord.tables.gate();
+        let announce = take_unannounced(&gate, &mut ops, &mut cmds);
+        // The gate is held until the locks are in the table.
+        (coord.exec_now(store, &cmds), announce)
+    };
+    // Registrations on tables not announced yet wait for the proxies on their own.
+    for (id, wait_ms, cmd) in announce {
+        if !spawn_register(api, tx, limit, id, wait_ms, cmd).await {
+            return false;
+        }
+    }
     let mut later = Vec::new();
     let mut released = 0;
     for (((id, op), cmd), (result, wait)) in ops.into_iter().zip(cmds).zip(applied.results) {
@@ -149,24 +162,11 @@ pub(crate) async fn run(
             (
                 Op::Register { wait_ms },
                 Err(e @ Error::LockConflict { .. }),
-                Command::Register {
-                    xid,
-                    resource,
-                    kind,
-                    keys,
-                },
+                cmd @ Command::Register { .. },
             ) if wait_ms > 0 && e.is_retryable() => {
-                let (api, tx) = (api.clone(), tx.clone());
-                let Ok(permit) = limit.clone().acquire_owned().await else {
+                if !spawn_register(api, tx, limit, id, wait_ms, cmd).await {
                     return false;
-                };
-                tokio::spawn(async move {
-                    let wait = Duration::from_millis(wait_ms.into());
-                    let r = api.coord.register(xid, resource, kind, keys, wait).await;
-                    let _ = tx.send(vec![answer(id, register_result(r))]).await;
-                    api.coord.release(1);
-                    drop(permit);
-                });
+                }
                 continue;
             }
             (op, result, cmd) => to_answer(api, op, result, &cmd),
@@ -210,6 +210,67 @@ pub(crate) async fn run(
             .collect();
         let _ = tx.send(answers).await;
         coord.release(n);
+        drop(permit);
+    });
+    true
+}
+
+/// Takes the registrations out of a batch that would lock a table not ready for
+/// locks yet (`tables`); allocates nothing when there is none (the usual case).
+fn take_unannounced(
+    gate: &Gate<'_>,
+    ops: &mut Vec<(u64, Op)>,
+    cmds: &mut Vec<Command>,
+) -> Vec<(u64, u32, Command)> {
+    let uncovered = |c: &Command| matches!(c, Command::Register { keys, .. } if !gate.covers(keys));
+    if !cmds.iter().any(uncovered) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (mut kept_ops, mut kept) = (Vec::with_capacity(ops.len()), Vec::new());
+    for ((id, op), cmd) in ops.drain(..).zip(cmds.drain(..)) {
+        match op {
+            Op::Register { wait_ms } if uncovered(&cmd) => out.push((id, wait_ms, cmd)),
+            _ => {
+                kept_ops.push((id, op));
+                kept.push(cmd);
+            }
+        }
+    }
+    *ops = kept_ops;
+    *cmds = kept;
+    out
+}
+
+/// Runs a registration on its own task through `Coordinator::register` (lock waits,
+/// table announcements); its admission permit is given back when it is answered.
+/// Returns false once the stream is going away.
+async fn spawn_register(
+    api: &GrpcApi,
+    tx: &AnswerTx,
+    limit: &Arc<Semaphore>,
+    id: u64,
+    wait_ms: u32,
+    cmd: Command,
+) -> bool {
+    let Command::Register {
+        xid,
+        resource,
+        kind,
+        keys,
+    } = cmd
+    else {
+        return true;
+    };
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return false;
+    };
+    let (api, tx) = (api.clone(), tx.clone());
+    tokio::spawn(async move {
+        let wait = Duration::from_millis(wait_ms.into());
+        let r = api.coord.register(xid, resource, kind, keys, wait).await;
+        let _ = tx.send(vec![answer(id, register_result(r))]).await;
+        api.coord.release(1);
         drop(permit);
     });
     true

@@ -105,6 +105,35 @@ impl LockKey {
         self.fields()[1]
     }
 
+    /// The start of the encoding that names the key's table: its first two fields,
+    /// `<len>:<resource><len>:<table>`. Unambiguous like the key itself, so two keys
+    /// share it exactly when they name the same (resource, table). Allocates nothing.
+    pub fn table_prefix(&self) -> &str {
+        // Reads the two length headers only (hot: once per key of a registration).
+        // A LockKey is only built by `new` or a successful `parse`, so both fields
+        // are there; the whole text stands in if a bug ever broke that.
+        let (s, b) = (&*self.0, self.0.as_bytes());
+        let mut i = 0usize;
+        for _ in 0..2 {
+            let mut len = 0usize;
+            while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+                len = len.saturating_mul(10).saturating_add(usize::from(d - b'0'));
+                i += 1;
+            }
+            i = i.saturating_add(1).saturating_add(len);
+        }
+        s.get(..i).unwrap_or(s)
+    }
+
+    /// Whether this key's table is the one `prefix` ([`LockKey::table_prefix`] of
+    /// some key) names. The encoding is read front to back with lengths first, so a
+    /// key that starts with another key's two-field prefix has exactly those two
+    /// fields: one comparison of bytes, no parsing.
+    #[inline]
+    pub fn in_table(&self, prefix: &str) -> bool {
+        self.0.starts_with(prefix)
+    }
+
     /// The primary-key column values.
     pub fn pk(&self) -> Vec<&str> {
         self.fields()[2..].to_vec()
@@ -116,6 +145,15 @@ impl LockKey {
         let mut f = split_fields(&self.0).unwrap_or_default();
         f.resize(f.len().max(3), "");
         f
+    }
+}
+
+/// The (resource, table) a [`LockKey::table_prefix`] names; `None` if `prefix` is
+/// not exactly two fields.
+pub fn split_table_prefix(prefix: &str) -> Option<(&str, &str)> {
+    match split_fields(prefix).ok()?.as_slice() {
+        [resource, table] => Some((resource, table)),
+        _ => None,
     }
 }
 
@@ -288,6 +326,53 @@ pub struct Conflict {
 pub struct LockTable {
     holders: FastMap<LockKey, Xid>,
     by_xid: FastMap<Xid, Vec<LockKey>>,
+    /// Held keys per table, by [`LockKey::table_prefix`]; tables holding none are absent.
+    per_table: FastMap<Box<str>, usize>,
+}
+
+/// Adds `n` (which may be negative) to the count of `prefix`, dropping it at zero.
+fn count_table(per_table: &mut FastMap<Box<str>, usize>, prefix: &str, n: isize) {
+    if n == 0 {
+        return;
+    }
+    match per_table.get_mut(prefix) {
+        Some(c) => {
+            *c = c.saturating_add_signed(n);
+            if *c == 0 {
+                per_table.remove(prefix);
+            }
+        }
+        None if n > 0 => {
+            per_table.insert(prefix.into(), n as usize);
+        }
+        None => {}
+    }
+}
+
+/// Counts keys per table in runs: the keys of one request usually share a table, so
+/// this is one map update per run rather than per key.
+struct TableRuns<'a> {
+    prefix: Option<&'a str>,
+    n: isize,
+}
+
+impl<'a> TableRuns<'a> {
+    fn new() -> Self {
+        TableRuns { prefix: None, n: 0 }
+    }
+    fn add(&mut self, per_table: &mut FastMap<Box<str>, usize>, key: &'a LockKey, n: isize) {
+        if !self.prefix.is_some_and(|p| key.in_table(p)) {
+            self.flush(per_table);
+            self.prefix = Some(key.table_prefix());
+        }
+        self.n += n;
+    }
+    fn flush(&mut self, per_table: &mut FastMap<Box<str>, usize>) {
+        if let Some(p) = self.prefix.take() {
+            count_table(per_table, p, self.n);
+        }
+        self.n = 0;
+    }
 }
 
 impl LockTable {
@@ -319,6 +404,7 @@ impl LockTable {
         let mut added = 0;
         // Keys newly held by `xid`, added to its list with one lookup at the end.
         let mut taken = Vec::with_capacity(keys.len());
+        let mut runs = TableRuns::new();
         for k in keys {
             match self.holders.entry(k.clone()) {
                 Entry::Occupied(mut e) => {
@@ -334,9 +420,11 @@ impl LockTable {
                     e.insert(xid.clone());
                     taken.push(k.clone());
                     added += 1;
+                    runs.add(&mut self.per_table, k, 1);
                 }
             }
         }
+        runs.flush(&mut self.per_table);
         if !taken.is_empty() {
             let mine = self.by_xid.entry(xid.clone()).or_default();
             if mine.is_empty() {
@@ -351,10 +439,24 @@ impl LockTable {
     /// Releases every key of `xid`; returns how many.
     pub fn release_all(&mut self, xid: &Xid) -> usize {
         let keys = self.by_xid.remove(xid).unwrap_or_default();
+        let mut runs = TableRuns::new();
         for k in &keys {
-            self.holders.remove(k);
+            if self.holders.remove(k).is_some() {
+                runs.add(&mut self.per_table, k, -1);
+            }
         }
+        runs.flush(&mut self.per_table);
         keys.len()
+    }
+
+    /// Keys held in the table that `prefix` ([`LockKey::table_prefix`]) names.
+    pub fn held_in_table(&self, prefix: &str) -> usize {
+        self.per_table.get(prefix).copied().unwrap_or(0)
+    }
+
+    /// The [`LockKey::table_prefix`] of every table holding at least one key.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.per_table.keys().map(|p| &**p)
     }
 
     /// Who holds `key`, if anyone.
@@ -465,5 +567,43 @@ mod tests {
         assert_eq!(t.release_all(&x("a")), 3);
         assert!(t.is_empty());
         assert_eq!(t.acquire(&x("b"), &[k(3)]), Ok(1));
+    }
+
+    #[test]
+    fn table_prefix_names_resource_and_table() {
+        let a = LockKey::new("pg://h/db", "public.t", ["1", "a"]);
+        assert_eq!(a.table_prefix(), "9:pg://h/db8:public.t");
+        assert_eq!(
+            split_table_prefix(a.table_prefix()),
+            Some(("pg://h/db", "public.t"))
+        );
+        // The same text split differently is a different table.
+        let b = LockKey::new("r", "t1", ["2"]);
+        let c = LockKey::new("r", "t", ["12"]);
+        assert_ne!(b.table_prefix(), c.table_prefix());
+        assert!(c.in_table(c.table_prefix()) && !b.in_table(c.table_prefix()));
+        assert!(LockKey::new("r", "t", ["1:x"]).in_table(c.table_prefix()));
+        assert_eq!(split_table_prefix("1:r"), None);
+        assert_eq!(split_table_prefix("1:r1:t1:x"), None);
+    }
+
+    #[test]
+    fn held_keys_are_counted_per_table() {
+        let mut t = LockTable::default();
+        let k = |tab: &str, i: u32| LockKey::new("r", tab, [i.to_string()]);
+        let (p, q) = (k("p", 0), k("q", 0));
+        let (p, q) = (p.table_prefix(), q.table_prefix());
+        t.acquire(&x("a"), &[k("p", 1), k("p", 2), k("q", 1), k("p", 3)])
+            .unwrap();
+        t.acquire(&x("a"), &[k("p", 1)]).unwrap();
+        assert_eq!((t.held_in_table(p), t.held_in_table(q)), (3, 1));
+        // A key moving to another xid (replay) stays counted once.
+        t.force(&x("b"), &[k("q", 1), k("q", 2)]);
+        assert_eq!((t.held_in_table(p), t.held_in_table(q)), (3, 2));
+        assert_eq!(t.release_all(&x("a")), 3);
+        assert_eq!((t.held_in_table(p), t.held_in_table(q)), (0, 2));
+        assert_eq!(t.tables().collect::<Vec<_>>(), vec![q]);
+        t.release_all(&x("b"));
+        assert_eq!(t.tables().count(), 0);
     }
 }

@@ -276,6 +276,26 @@ impl EmbeddedStore {
         Ok((out, barrier))
     }
 
+    /// Whether each table named by `prefixes` ([`LockKey::table_prefix`]) holds a
+    /// lock now (in memory: a registration whose fsync is still in flight counts).
+    pub fn tables_in_use(&self, prefixes: &[&str]) -> Vec<bool> {
+        let st = self.state();
+        prefixes
+            .iter()
+            .map(|p| st.core.locks().held_in_table(p) > 0)
+            .collect()
+    }
+
+    /// The [`LockKey::table_prefix`] of every table holding a lock now.
+    pub fn locked_tables(&self) -> Vec<String> {
+        self.state()
+            .core
+            .locks()
+            .tables()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Waits for what [`AppliedNow::durable`] stands for.
     pub async fn durable(&self, d: log::Durable) -> Result<()> {
         durable_result(d, &self.dir).await

@@ -1,0 +1,363 @@
+//! The proxy's view of which tables may hold global locks ([`TableLockView`]), fed
+//! by the table notices of its phase-2 stream, and the acknowledgements it owes.
+//!
+//! Owns: per resource, the announced tables, whether the view is trusted, and the
+//! count of writes let through unchecked. Never blocks a write: a write either
+//! enters unchecked at once or is told to check its rows. Invariant: a notice that
+//! announces a table is acknowledged only after every write that entered unchecked
+//! before the notice was applied has dropped its [`UncheckedWrite`].
+//!
+//! Draining uses two counters per resource and an epoch: a write counts itself in
+//! the counter of the epoch it saw (under the same lock as the flags it read), and a
+//! drain moves the epoch on and waits for the old counter to reach zero. The old
+//! counter only goes down, so a drain ends even while new writes keep arriving; a
+//! single counter waited for "no write at all in flight", which a busy database
+//! may never show. Drains of one resource take turns, so a counter is empty again
+//! before its epoch comes back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::proto as pb;
+
+/// Which tables of each resource may hold global locks, as the lockserver announced
+/// them. Shared by every session of a proxy and by its phase-2 worker (set
+/// [`super::WorkerOptions::table_view`]); cheap to query.
+pub struct TableLockView {
+    lease: Duration,
+    /// Origin of `heard`.
+    origin: Instant,
+    /// When the current stream last delivered anything, in ns since `origin`.
+    heard: AtomicU64,
+    /// Generation of the newest stream that is up; 0: none.
+    current: AtomicU64,
+    next_generation: AtomicU64,
+    /// A std RwLock: never held across an `.await`; written only for a new resource.
+    resources: RwLock<HashMap<String, Arc<ResourceView>>>,
+}
+
+impl std::fmt::Debug for TableLockView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableLockView")
+            .field("lease", &self.lease)
+            .field("current", &self.current.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// One resource's part of the view.
+pub(super) struct ResourceView {
+    /// A std RwLock: never held across an `.await`.
+    tables: RwLock<Tables>,
+    /// Unchecked writes in flight, by epoch parity.
+    in_flight: [AtomicUsize; 2],
+    /// Drains waiting, so a finished write wakes nobody when nobody waits.
+    draining: AtomicUsize,
+    drained: Notify,
+    /// One drain at a time per resource (see the module docs).
+    drain_turn: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// The stream whose snapshot this follows; 0: none yet.
+    generation: u64,
+    unknown: bool,
+    locked: HashSet<String>,
+    /// Writes entering now count in `in_flight[epoch % 2]`.
+    epoch: u64,
+}
+
+/// A write let through unchecked; keep it until the write's statement has finished
+/// on the database. Dropping it may let a pending acknowledgement go.
+#[must_use = "the write counts as unchecked only while the guard lives"]
+pub struct UncheckedWrite {
+    resource: Arc<ResourceView>,
+    parity: usize,
+}
+
+impl std::fmt::Debug for UncheckedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UncheckedWrite").finish_non_exhaustive()
+    }
+}
+
+impl Drop for UncheckedWrite {
+    fn drop(&mut self) {
+        let r = &self.resource;
+        // SeqCst with `draining` (see `ResourceView::drain`): either the drain sees
+        // this decrement, or this sees the drain and wakes it.
+        if r.in_flight[self.parity].fetch_sub(1, Ordering::SeqCst) == 1
+            && r.draining.load(Ordering::SeqCst) > 0
+        {
+            r.drained.notify_waiters();
+        }
+    }
+}
+
+/// Decrements `draining` however a drain ends (its task may be aborted).
+struct Draining<'a>(&'a AtomicUsize);
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ResourceView {
+    fn new() -> Self {
+        ResourceView {
+            tables: RwLock::default(),
+            in_flight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            draining: AtomicUsize::new(0),
+            drained: Notify::new(),
+            drain_turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every write that entered unchecked before this call has finished.
+    pub(super) async fn drain(&self) {
+        let _turn = self.drain_turn.lock().await;
+        let old = {
+            let mut t = self.write();
+            let old = (t.epoch % 2) as usize;
+            t.epoch += 1;
+            old
+        };
+        self.draining.fetch_add(1, Ordering::SeqCst);
+        let _draining = Draining(&self.draining);
+        loop {
+            let woken = self.drained.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.in_flight[old].load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+impl TableLockView {
+    /// An empty view (nothing trusted until a stream delivers a snapshot). `lease`:
+    /// how long the view is trusted after the lockserver was last heard from; it
+    /// must not exceed the lockserver's `table_lease_ms`, less a margin for message
+    /// delay (e.g. one `table_heartbeat_ms`).
+    pub fn new(lease: Duration) -> Arc<Self> {
+        Arc::new(TableLockView {
+            lease,
+            origin: Instant::now(),
+            heard: AtomicU64::new(0),
+            current: AtomicU64::new(0),
+            next_generation: AtomicU64::new(1),
+            resources: RwLock::default(),
+        })
+    }
+
+    fn resource(&self, resource: &str) -> Option<Arc<ResourceView>> {
+        self.resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(resource)
+            .cloned()
+    }
+
+    fn resource_or_insert(&self, resource: &str) -> Arc<ResourceView> {
+        if let Some(r) = self.resource(resource) {
+            return r;
+        }
+        self.resources
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(resource.to_owned())
+            .or_insert_with(|| Arc::new(ResourceView::new()))
+            .clone()
+    }
+
+    fn since_origin(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    /// Whether `t` may be believed now.
+    fn trusted(&self, t: &Tables, now: Instant) -> bool {
+        let current = self.current.load(Ordering::SeqCst);
+        let heard = self.heard.load(Ordering::SeqCst);
+        t.generation != 0
+            && t.generation == current
+            && !t.unknown
+            && heard != 0
+            && self.since_origin(now).saturating_sub(heard) <= self.lease.as_nanos() as u64
+    }
+
+    /// A write about to run unchecked on `resource` (`table: None` = table not known:
+    /// allowed only while no table of the resource is announced). None: the table may
+    /// hold global locks, or the view is not trusted now (no stream, no snapshot yet,
+    /// unknown, or nothing heard within the lease) — the caller must check the write's
+    /// rows instead. The guard must live until the write's statement has finished on
+    /// the database.
+    pub fn enter_unchecked(&self, resource: &str, table: Option<&str>) -> Option<UncheckedWrite> {
+        let now = Instant::now();
+        let r = self.resource(resource)?;
+        let t = r.read();
+        let free = match table {
+            None => t.locked.is_empty(),
+            Some(table) => !t.locked.contains(table),
+        };
+        if !free || !self.trusted(&t, now) {
+            return None;
+        }
+        // Counted under the lock the flags were read under: a notice that sets flags
+        // (write lock) and then drains cannot miss this write (module docs).
+        let parity = (t.epoch % 2) as usize;
+        r.in_flight[parity].fetch_add(1, Ordering::SeqCst);
+        drop(t);
+        Some(UncheckedWrite {
+            resource: r,
+            parity,
+        })
+    }
+
+    /// Whether `table` of `resource` may hold global locks (true when the view is not
+    /// trusted).
+    pub fn may_be_locked(&self, resource: &str, table: &str) -> bool {
+        let now = Instant::now();
+        let Some(r) = self.resource(resource) else {
+            return true;
+        };
+        let t = r.read();
+        !self.trusted(&t, now) || t.locked.contains(table)
+    }
+
+    /// A stream is up; it is the newest. Returns its generation.
+    pub(super) fn stream_up(&self) -> u64 {
+        let g = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        self.current.store(g, Ordering::SeqCst);
+        g
+    }
+
+    /// Stream `generation` ended: if it was the newest, nothing is trusted any more.
+    pub(super) fn stream_down(&self, generation: u64) {
+        let _ = self
+            .current
+            .compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Stream `generation` delivered a message.
+    pub(super) fn heard(&self, generation: u64) {
+        if self.current.load(Ordering::SeqCst) == generation {
+            let now = self.since_origin(Instant::now()).max(1);
+            self.heard.store(now, Ordering::SeqCst);
+        }
+    }
+
+    /// Applies a notice of stream `generation`; returns the resource to drain before
+    /// acknowledging it, if it needs an acknowledgement.
+    ///
+    /// Only the stream whose snapshot the resource follows may remove tables or
+    /// replace the set (an older stream's notice may be late); any stream may add
+    /// tables, which is always safe.
+    pub(super) fn apply(&self, generation: u64, n: pb::TableNotice) -> Option<Arc<ResourceView>> {
+        let r = self.resource_or_insert(&n.resource_id);
+        let drain = {
+            let mut t = r.write();
+            if n.unknown {
+                if generation >= t.generation {
+                    t.generation = generation;
+                    t.unknown = true;
+                }
+                false
+            } else if n.snapshot {
+                if generation >= t.generation {
+                    t.generation = generation;
+                    t.unknown = false;
+                    t.locked = n.locked.into_iter().collect();
+                } else {
+                    t.locked.extend(n.locked);
+                }
+                true
+            } else {
+                let drain = !n.locked.is_empty();
+                t.locked.extend(n.locked);
+                if generation == t.generation {
+                    for u in &n.unlocked {
+                        t.locked.remove(u);
+                    }
+                }
+                drain
+            }
+        };
+        drain.then_some(r)
+    }
+}
+
+/// Notices waiting for their drain and acknowledgement, per stream. One that does not
+/// fit ends the stream (the proxy reconnects and gets a fresh snapshot).
+const PENDING_ACKS: usize = 1024;
+
+/// The table-notice side of one phase-2 stream: applies notices to the shared view
+/// and acknowledges them in order once drained, on its own task so that draining
+/// never holds up phase-2 work. Dropping it marks the stream down.
+pub(super) struct StreamTables {
+    view: Arc<TableLockView>,
+    generation: u64,
+    pending: mpsc::Sender<(u64, Arc<ResourceView>)>,
+    acker: tokio::task::JoinHandle<()>,
+}
+
+impl StreamTables {
+    /// The stream is up; acknowledgements go to `acks` (seq numbers, in order).
+    pub(super) fn start(view: Arc<TableLockView>, acks: mpsc::Sender<u64>) -> Self {
+        let generation = view.stream_up();
+        let (pending, mut rx) = mpsc::channel::<(u64, Arc<ResourceView>)>(PENDING_ACKS);
+        let acker = tokio::spawn(async move {
+            // In order: an ack covers every earlier notice of the stream.
+            while let Some((seq, r)) = rx.recv().await {
+                r.drain().await;
+                if acks.send(seq).await.is_err() {
+                    return;
+                }
+            }
+        });
+        StreamTables {
+            view,
+            generation,
+            pending,
+            acker,
+        }
+    }
+
+    /// A message arrived with these notices (none: a heartbeat or work). False when
+    /// the stream must end: too many acknowledgements are pending.
+    pub(super) fn on_message(&self, notices: Vec<pb::TableNotice>) -> bool {
+        self.view.heard(self.generation);
+        let mut ok = true;
+        for n in notices {
+            let seq = n.seq;
+            if let Some(r) = self.view.apply(self.generation, n) {
+                ok &= self.pending.try_send((seq, r)).is_ok();
+            }
+        }
+        ok
+    }
+}
+
+impl Drop for StreamTables {
+    fn drop(&mut self) {
+        self.view.stream_down(self.generation);
+        self.acker.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests;

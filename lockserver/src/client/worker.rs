@@ -1,0 +1,270 @@
+//! The phase-2 worker: keeps a `Phase2` stream open for some resources, hands each
+//! work item to a [`BranchHandler`] and sends back its outcome; with a
+//! [`TableLockView`] it also feeds the view from the stream's table notices and
+//! acknowledges them.
+//!
+//! Owns: the stream's reconnect loop and its handler tasks. Never retries an item by
+//! itself (the lockserver redelivers). Invariant: a stream's table view is marked
+//! down the moment the stream ends, whatever ends it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::tables::StreamTables;
+use super::{BranchKind, LockClient, TableLockView, Xid};
+use crate::proto::{self as pb, coordinator_client::CoordinatorClient};
+
+/// One phase-2 item for a proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phase2Work {
+    /// Global transaction.
+    pub xid: Xid,
+    /// Branch within it.
+    pub branch_id: u64,
+    /// The resource to act on.
+    pub resource_id: String,
+    /// AT (undo images) or XA (the database's 2PC).
+    pub kind: BranchKind,
+}
+
+/// A handler's answer to one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BranchOutcome {
+    /// Done: committed (undo rows deleted / XA committed) or rolled back.
+    Done,
+    /// Rollback refused: a row changed since the branch (dirty write). Locks stay held.
+    RollbackFailed {
+        /// What differed, for operators.
+        reason: String,
+    },
+    /// Could not do it now (database down, ...); the lockserver retries with backoff.
+    Retry {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// A boxed future, so [`BranchHandler`] can be a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a proxy does with phase-2 work. Both calls must be idempotent: delivery is
+/// at least once.
+pub trait BranchHandler: Send + Sync + 'static {
+    /// Phase-2 commit of one branch.
+    fn commit(&self, work: Phase2Work) -> BoxFuture<'_, BranchOutcome>;
+    /// Phase-2 rollback of one branch.
+    fn rollback(&self, work: Phase2Work) -> BoxFuture<'_, BranchOutcome>;
+}
+
+/// Phase-2 worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Name shown in the lockserver's logs.
+    pub name: String,
+    /// Items handled at once; more wait in the stream. Default 64.
+    pub concurrency: usize,
+    /// First reconnect delay. Default 100 ms.
+    pub reconnect_initial: Duration,
+    /// Reconnect delays double up to this. Default 5 s.
+    pub reconnect_max: Duration,
+    /// Feed this view from the stream's table notices (`Hello.table_locks`), and
+    /// acknowledge each once the writes it let through unchecked have finished.
+    /// One worker feeds a view at a time: when a worker replaces another (a new
+    /// stream listing more resources), only the newest stream's snapshots make the
+    /// view trusted. Default `None`: no notices (the lockserver does not wait for
+    /// this proxy).
+    pub table_view: Option<Arc<TableLockView>>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            name: "tandem-proxy".into(),
+            concurrency: 64,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            table_view: None,
+        }
+    }
+}
+
+/// Acknowledgements queued towards the lockserver (the acking task waits when full).
+const ACKS_QUEUED: usize = 64;
+
+/// Keeps a phase-2 stream open to the lockserver for some resources, hands each item
+/// to a [`BranchHandler`] and sends back its outcome; reconnects with backoff.
+pub struct Phase2Worker {
+    cancel: CancellationToken,
+    connected: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Phase2Worker {
+    /// Starts the worker on `client`'s connection.
+    pub fn spawn(
+        client: &LockClient,
+        resources: Vec<String>,
+        handler: Arc<dyn BranchHandler>,
+        opts: WorkerOptions,
+    ) -> Self {
+        let cancel = CancellationToken::new();
+        let connected = Arc::new(AtomicBool::new(false));
+        let run = worker_loop(
+            client.rpc.clone(),
+            resources,
+            handler,
+            opts,
+            cancel.clone(),
+            connected.clone(),
+        );
+        Phase2Worker {
+            cancel,
+            connected,
+            task: tokio::spawn(run),
+        }
+    }
+
+    /// Whether the stream is currently open (the lockserver has accepted `Hello`).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Stops the worker; items being handled are abandoned (the lockserver redelivers).
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn worker_loop(
+    rpc: CoordinatorClient<Channel>,
+    resources: Vec<String>,
+    handler: Arc<dyn BranchHandler>,
+    opts: WorkerOptions,
+    cancel: CancellationToken,
+    connected: Arc<AtomicBool>,
+) {
+    let mut delay = opts.reconnect_initial;
+    while !cancel.is_cancelled() {
+        let had_work = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = one_stream(rpc.clone(), &resources, &handler, &opts, &connected) => r,
+        };
+        connected.store(false, Ordering::Relaxed);
+        if had_work {
+            delay = opts.reconnect_initial;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(opts.reconnect_max);
+    }
+    connected.store(false, Ordering::Relaxed);
+}
+
+/// Runs one stream until it ends; returns whether it was ever established.
+async fn one_stream(
+    mut rpc: CoordinatorClient<Channel>,
+    resources: &[String],
+    handler: &Arc<dyn BranchHandler>,
+    opts: &WorkerOptions,
+    connected: &AtomicBool,
+) -> bool {
+    let (tx, rx) = mpsc::channel::<pb::Phase2Result>(opts.concurrency.max(1) * 2);
+    let (ack_tx, ack_rx) = mpsc::channel::<u64>(ACKS_QUEUED);
+    let hello = pb::Phase2Up {
+        msg: Some(pb::phase2_up::Msg::Hello(pb::Hello {
+            resource_ids: resources.to_vec(),
+            worker_name: opts.name.clone(),
+            table_locks: opts.table_view.is_some(),
+        })),
+    };
+    let results = crate::api::grpc::batches(rx).map(|results| pb::Phase2Up {
+        msg: Some(pb::phase2_up::Msg::Results(pb::Phase2Results { results })),
+    });
+    // Acks travel as their own messages, beside the batched results.
+    let acks = tokio_stream::wrappers::ReceiverStream::new(ack_rx).map(|seq| pb::Phase2Up {
+        msg: Some(pb::phase2_up::Msg::TableAck(pb::TableAck { seq })),
+    });
+    let outbound =
+        futures::stream::once(async move { hello }).chain(futures::stream::select(results, acks));
+    let mut inbound = match rpc.phase2(outbound).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            tracing::debug!(error = %e, "phase-2 stream not established");
+            return false;
+        }
+    };
+    connected.store(true, Ordering::Relaxed);
+    tracing::info!(resources = ?resources, "phase-2 stream established");
+    // Dropped however this function ends (also when its future is dropped): the
+    // stream's view goes down with it.
+    let tables = opts
+        .table_view
+        .clone()
+        .map(|v| StreamTables::start(v, ack_tx));
+    let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    while let Ok(Some(msg)) = inbound.message().await {
+        if let Some(t) = &tables
+            && !t.on_message(msg.tables)
+        {
+            tracing::warn!("table notices pending acknowledgement overflowed; reconnecting");
+            return true;
+        }
+        for w in msg.work {
+            let Ok(xid) = Xid::parse(&w.xid) else {
+                continue;
+            };
+            let kind = if w.branch_type == pb::BranchType::Xa as i32 {
+                BranchKind::XA
+            } else {
+                BranchKind::AT
+            };
+            let commit = w.action == pb::Action::Commit as i32;
+            let work = Phase2Work {
+                xid,
+                branch_id: w.branch_id,
+                resource_id: w.resource_id,
+                kind,
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return true;
+            };
+            let (handler, tx) = (handler.clone(), tx.clone());
+            tokio::spawn(async move {
+                let (xid, branch_id) = (work.xid.to_string(), work.branch_id);
+                let outcome = if commit {
+                    handler.commit(work).await
+                } else {
+                    handler.rollback(work).await
+                };
+                let (o, detail) = match outcome {
+                    BranchOutcome::Done if commit => (pb::Outcome::Committed, String::new()),
+                    BranchOutcome::Done => (pb::Outcome::Rollbacked, String::new()),
+                    BranchOutcome::RollbackFailed { reason } => {
+                        (pb::Outcome::RollbackFailed, reason)
+                    }
+                    BranchOutcome::Retry { reason } => (pb::Outcome::Retry, reason),
+                };
+                let r = pb::Phase2Result {
+                    xid,
+                    branch_id,
+                    outcome: o as i32,
+                    detail,
+                };
+                let _ = tx.send(r).await;
+                drop(permit);
+            });
+        }
+    }
+    true
+}

@@ -1,0 +1,429 @@
+//! Table notices end to end: an in-process lockserver on 127.0.0.1:0, proxies'
+//! phase-2 workers with a `TableLockView` (or raw `Phase2` streams where a test needs
+//! a proxy that misbehaves), and registrations through `LockClient`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_lockserver::client::{
+    BoxFuture, BranchHandler, BranchKind, BranchOutcome, ClientOptions, LockClient, LockKey,
+    Phase2Work, Phase2Worker, TableLockView, WorkerOptions,
+};
+use tandem_lockserver::config::{Config, StoreConfig};
+use tandem_lockserver::proto as pb;
+use tokio::sync::{mpsc, oneshot};
+
+const R: &str = "postgres://127.0.0.1:5432/tables";
+
+fn key(table: &str, i: u32) -> LockKey {
+    LockKey::new(R, table, [i.to_string()])
+}
+
+struct Server {
+    addr: SocketAddr,
+    client: LockClient,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<tandem_lockserver::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Fast timers; `tune` adjusts the rest. The embedded store unless `tune` says otherwise.
+async fn start(tune: impl FnOnce(&mut Config)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(dir, tune).await
+}
+
+async fn start_in(dir: tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> Server {
+    let mut c = Config {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        store: StoreConfig::Embedded {
+            path: dir.path().join("data"),
+            compact_bytes: 1 << 20,
+        },
+        tick_interval_ms: 20,
+        table_heartbeat_ms: 100,
+        table_lease_ms: 1_000,
+        table_ack_timeout_ms: 5_000,
+        ..Config::default()
+    };
+    c.phase2.poll_interval_ms = 10;
+    c.phase2.retry_initial_ms = 20;
+    tune(&mut c);
+    let grpc = tokio::net::TcpListener::bind(c.grpc_listen).await.unwrap();
+    let http = tokio::net::TcpListener::bind(c.http_listen).await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(tandem_lockserver::server::run(grpc, http, c, async move {
+        let _ = stopped.await;
+    }));
+    let client =
+        LockClient::connect_lazy(&format!("http://{addr}"), ClientOptions::default()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.lock_holder(&[key("t", 0)]).await.is_err() {
+        assert!(Instant::now() < deadline, "lockserver not ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Server {
+        addr,
+        client,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    /// Stops the lockserver; returns its data directory.
+    async fn shutdown(self) -> tempfile::TempDir {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("lockserver did not stop")
+            .unwrap()
+            .unwrap();
+        self._dir
+    }
+
+    async fn register(&self, table: &str, keys: &[u32]) -> tandem_lockserver::Result<u64> {
+        let x = self.client.begin(None).await.unwrap();
+        let keys: Vec<LockKey> = keys.iter().map(|i| key(table, *i)).collect();
+        self.client
+            .register_branch(&x, R, BranchKind::AT, &keys, Duration::ZERO)
+            .await
+    }
+}
+
+struct Done;
+impl BranchHandler for Done {
+    fn commit(&self, _: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
+        Box::pin(async { BranchOutcome::Done })
+    }
+    fn rollback(&self, _: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
+        Box::pin(async { BranchOutcome::Done })
+    }
+}
+
+/// A proxy's worker feeding `view`; returns once the view is trusted.
+async fn proxy(s: &Server, view: Option<Arc<TableLockView>>) -> Phase2Worker {
+    let opts = WorkerOptions {
+        table_view: view.clone(),
+        ..WorkerOptions::default()
+    };
+    let w = Phase2Worker::spawn(&s.client, vec![R.into()], Arc::new(Done), opts);
+    eventually("the worker's view is trusted", || match &view {
+        Some(v) => v.enter_unchecked(R, Some("nothing")).is_some(),
+        None => w.is_connected(),
+    })
+    .await;
+    w
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A raw table_locks subscriber: it acks only when told to.
+struct RawSub {
+    up: mpsc::Sender<pb::Phase2Up>,
+    down: tonic::Streaming<pb::Phase2Down>,
+}
+
+async fn raw_sub(addr: SocketAddr, resources: &[&str]) -> RawSub {
+    let mut rpc = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (up, rx) = mpsc::channel(16);
+    up.send(pb::Phase2Up {
+        msg: Some(pb::phase2_up::Msg::Hello(pb::Hello {
+            resource_ids: resources.iter().map(|r| r.to_string()).collect(),
+            worker_name: "raw".into(),
+            table_locks: true,
+        })),
+    })
+    .await
+    .unwrap();
+    let down = rpc
+        .phase2(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    RawSub { up, down }
+}
+
+impl RawSub {
+    /// The next table notices, skipping heartbeats.
+    async fn notices(&mut self) -> Vec<pb::TableNotice> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), self.down.message())
+                .await
+                .expect("no table notice")
+                .unwrap()
+                .expect("stream ended");
+            if !m.tables.is_empty() {
+                return m.tables;
+            }
+        }
+    }
+
+    async fn ack(&self, seq: u64) {
+        let msg = pb::phase2_up::Msg::TableAck(pb::TableAck { seq });
+        self.up.send(pb::Phase2Up { msg: Some(msg) }).await.unwrap();
+    }
+}
+
+fn unavailable(r: &tandem_lockserver::Result<u64>) -> bool {
+    matches!(
+        r,
+        Err(e @ tandem_lockserver::Error::Rpc { code: tonic::Code::Unavailable, .. })
+            if e.is_retryable()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_table_waits_for_the_proxy_and_its_unchecked_writes() {
+    let s = start(|_| {}).await;
+    let view = TableLockView::new(Duration::from_millis(800));
+    let w = proxy(&s, Some(view.clone())).await;
+    assert!(
+        !view.may_be_locked(R, "public.t"),
+        "snapshot: nothing locked"
+    );
+
+    // A write on the resource is running unchecked when the table is announced.
+    let write = view
+        .enter_unchecked(R, Some("public.t"))
+        .expect("unchecked");
+    let s = Arc::new(s);
+    let reg = tokio::spawn({
+        let s = s.clone();
+        async move { s.register("public.t", &[1, 2]).await }
+    });
+    eventually("the notice reached the view", || {
+        view.may_be_locked(R, "public.t")
+    })
+    .await;
+    assert!(view.enter_unchecked(R, Some("public.t")).is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!reg.is_finished(), "answered before the proxy acked");
+    assert_eq!(
+        s.client.lock_holder(&[key("public.t", 1)]).await.unwrap(),
+        None,
+        "no lock before the ack"
+    );
+    let released = Instant::now();
+    drop(write);
+    reg.await.unwrap().expect("registered once acked");
+    assert!(released.elapsed() < Duration::from_secs(2));
+    assert!(s.client.locks_held(&[key("public.t", 2)]).await.unwrap());
+    w.shutdown().await;
+    Arc::into_inner(s).unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_table_does_not_wait_and_old_proxies_are_not_waited_for() {
+    let s = start(|_| {}).await;
+    // A proxy without a view (table_locks = false) is never waited for.
+    let old = proxy(&s, None).await;
+    let started = Instant::now();
+    s.register("public.a", &[1]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    let view = TableLockView::new(Duration::from_millis(800));
+    let w = proxy(&s, Some(view.clone())).await;
+    assert!(view.may_be_locked(R, "public.a"), "in the snapshot");
+    s.register("public.t", &[1]).await.unwrap();
+    assert!(view.may_be_locked(R, "public.t"));
+    // A write in flight on another table would hold up an announcement; it must
+    // not hold up a registration on a table already announced.
+    let _write = view
+        .enter_unchecked(R, Some("public.u"))
+        .expect("unchecked");
+    let started = Instant::now();
+    s.register("public.t", &[2, 3]).await.unwrap();
+    s.register("public.a", &[2]).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "waited {:?}",
+        started.elapsed()
+    );
+    w.shutdown().await;
+    old.shutdown().await;
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_never_acks_fails_the_registration_without_locking() {
+    let s = start(|c| c.table_ack_timeout_ms = 400).await;
+    let mut sub = raw_sub(s.addr, &[R]).await;
+    let snap = sub.notices().await;
+    assert_eq!(snap.len(), 1);
+    assert!(snap[0].snapshot && snap[0].locked.is_empty() && snap[0].seq == 1);
+
+    let started = Instant::now();
+    let r = s.register("public.t", &[1]).await;
+    assert!(unavailable(&r), "{r:?}");
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    assert_eq!(
+        s.client.lock_holder(&[key("public.t", 1)]).await.unwrap(),
+        None
+    );
+
+    let n = sub.notices().await;
+    assert_eq!(n.len(), 1);
+    assert_eq!(
+        (n[0].seq, n[0].locked.clone()),
+        (2, vec!["public.t".to_string()])
+    );
+    // Still not acked: the table stays announced, and a retry waits again.
+    assert!(unavailable(&s.register("public.t", &[1]).await));
+    sub.ack(n[0].seq).await;
+    let started = Instant::now();
+    s.register("public.t", &[1])
+        .await
+        .expect("taken once acked");
+    assert!(started.elapsed() < Duration::from_millis(350));
+    assert!(s.client.locks_held(&[key("public.t", 1)]).await.unwrap());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_table_is_unannounced() {
+    let s = start(|c| c.unannounce_after_ms = 200).await;
+    let view = TableLockView::new(Duration::from_millis(800));
+    let w = proxy(&s, Some(view.clone())).await;
+    let x = s.client.begin(None).await.unwrap();
+    s.client
+        .register_branch(&x, R, BranchKind::AT, &[key("public.t", 1)], Duration::ZERO)
+        .await
+        .unwrap();
+    // Held longer than unannounce_after_ms: still announced.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(view.may_be_locked(R, "public.t"));
+    s.client.commit(&x).await.unwrap();
+    assert!(
+        view.may_be_locked(R, "public.t"),
+        "not unannounced the moment its locks go"
+    );
+    eventually("the table is unannounced", || {
+        !view.may_be_locked(R, "public.t")
+    })
+    .await;
+    assert!(view.enter_unchecked(R, None).is_some(), "nothing announced");
+    // Announced again on the next registration.
+    s.register("public.t", &[2]).await.unwrap();
+    assert!(view.may_be_locked(R, "public.t"));
+    w.shutdown().await;
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_recovered_at_start_are_announced() {
+    let s = start(|_| {}).await;
+    s.register("public.held", &[1]).await.unwrap();
+    let x = s.client.begin(None).await.unwrap();
+    s.client
+        .register_branch(
+            &x,
+            R,
+            BranchKind::AT,
+            &[key("public.done", 1)],
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    s.client.commit(&x).await.unwrap();
+    let dir = s.shutdown().await;
+    let s = start_in(dir, |_| {}).await;
+    let mut sub = raw_sub(s.addr, &[R]).await;
+    let snap = sub.notices().await;
+    assert!(snap[0].snapshot);
+    assert_eq!(
+        snap[0].locked,
+        vec!["public.held".to_string()],
+        "only tables holding locks"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_proxy_delays_announcements_until_its_lease_passes() {
+    let s = start(|c| {
+        c.table_lease_ms = 1_000;
+        c.table_heartbeat_ms = 100;
+    })
+    .await;
+    let mut sub = raw_sub(s.addr, &[R]).await;
+    sub.notices().await;
+    let closed = Instant::now();
+    drop(sub);
+    // Another resource has no closed subscriber: no wait there.
+    let x = s.client.begin(None).await.unwrap();
+    let other = LockKey::new("postgres://127.0.0.1:5432/other", "public.t", ["1"]);
+    s.client
+        .register_branch(
+            &x,
+            "postgres://127.0.0.1:5432/other",
+            BranchKind::AT,
+            &[other],
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert!(closed.elapsed() < Duration::from_millis(500));
+    s.register("public.t", &[1]).await.unwrap();
+    let waited = closed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "waited only {waited:?}"
+    );
+    assert!(waited < Duration::from_millis(3_000), "waited {waited:?}");
+    // Past the lease: a new table is announced at once.
+    let started = Instant::now();
+    s.register("public.u", &[1]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_every_table_is_unknown_and_nothing_waits() {
+    let url =
+        std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("tandem-tables:{:016x}", rand::random::<u64>());
+    let s = start(|c| {
+        c.store = StoreConfig::Redis { url, prefix };
+        c.table_ack_timeout_ms = 5_000;
+    })
+    .await;
+    let mut sub = raw_sub(s.addr, &[R, "other"]).await;
+    let n = sub.notices().await;
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert!(
+        n.iter()
+            .all(|n| n.unknown && !n.snapshot && n.locked.is_empty())
+    );
+    let view = TableLockView::new(Duration::from_millis(800));
+    let opts = WorkerOptions {
+        table_view: Some(view.clone()),
+        ..WorkerOptions::default()
+    };
+    let w = Phase2Worker::spawn(&s.client, vec![R.into()], Arc::new(Done), opts);
+    eventually("the worker connected", || w.is_connected()).await;
+    // The raw subscriber never acks; registrations do not wait for it.
+    let started = Instant::now();
+    s.register("public.t", &[1]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1_000));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        view.enter_unchecked(R, Some("public.u")).is_none(),
+        "unknown: check everything"
+    );
+    assert!(view.may_be_locked(R, "public.u"));
+    w.shutdown().await;
+    s.shutdown().await;
+}
