@@ -67,8 +67,9 @@ pub struct Notice {
 struct Need {
     /// (subscriber, seq): each must ack that seq, or close and wait out its lease.
     acks: Vec<(u64, u64)>,
-    /// The lease end of subscribers of the resource closed before the announcement.
-    until: Instant,
+    /// Subscribers of the resource closed less than a lease before the announcement:
+    /// each must wait out its lease, unless superseded.
+    closed: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -83,6 +84,10 @@ struct Table {
 
 struct Sub {
     resources: Vec<String>,
+    /// The proxy's view (Hello.instance), across its streams; may be empty.
+    instance: String,
+    /// The seq of the last snapshot notice: acked, the view is fed by this stream.
+    snapshot_seq: u64,
     tx: mpsc::Sender<Down>,
     kill: CancellationToken,
     /// Last seq sent, and the highest acknowledged.
@@ -92,6 +97,7 @@ struct Sub {
 
 struct Closed {
     resources: Vec<String>,
+    instance: String,
     at: Instant,
 }
 
@@ -117,6 +123,7 @@ impl Subs {
             id,
             Closed {
                 resources: s.resources,
+                instance: s.instance,
                 at: now,
             },
         );
@@ -179,15 +186,24 @@ impl Subs {
 
     /// `None` when `need` is met at `now`; else when it may be met by time alone
     /// (`Some(None)`: only an ack can meet it).
-    fn wait_for(&self, need: &Need, now: Instant, lease: Duration) -> Option<Option<Instant>> {
-        let mut wake = (need.until > now).then_some(need.until);
+    fn wait_for(
+        &self,
+        need: &Need,
+        resource: &str,
+        now: Instant,
+        lease: Duration,
+    ) -> Option<Option<Instant>> {
+        let mut wake: Option<Instant> = None;
         let mut ack = false;
-        for (id, seq) in &need.acks {
+        let closed = need.closed.iter();
+        for id in need.acks.iter().map(|(id, _)| id).chain(closed) {
             if let Some(s) = self.live.get(id) {
-                ack |= s.acked < *seq;
+                if let Some((_, seq)) = need.acks.iter().find(|(a, _)| a == id) {
+                    ack |= s.acked < *seq;
+                }
             } else if let Some(c) = self.closed.get(id) {
                 let end = c.at + lease;
-                if end > now {
+                if end > now && !self.superseded(c, resource) {
                     wake = Some(wake.map_or(end, |w| w.max(end)));
                 }
             } // forgotten: closed more than a lease ago
@@ -197,6 +213,20 @@ impl Subs {
             (true, _) => Some(None),
             (false, w) => Some(w),
         }
+    }
+}
+
+impl Subs {
+    /// A live stream of the same view covers `resource` and acked its snapshot: the
+    /// view trusts only that stream now, and its acks wait for every write the closed
+    /// stream let through.
+    fn superseded(&self, closed: &Closed, resource: &str) -> bool {
+        !closed.instance.is_empty()
+            && self.live.values().any(|s| {
+                s.instance == closed.instance
+                    && s.acked >= s.snapshot_seq
+                    && s.resources.iter().any(|r| r == resource)
+            })
     }
 }
 
@@ -320,6 +350,7 @@ impl Tables {
         &self,
         id: u64,
         resources: &[String],
+        instance: &str,
     ) -> (mpsc::Receiver<Down>, CancellationToken) {
         let mut resources = resources.to_vec();
         resources.sort();
@@ -355,6 +386,8 @@ impl Tables {
             id,
             Sub {
                 resources,
+                instance: instance.to_owned(),
+                snapshot_seq: sent,
                 tx,
                 kill: kill.clone(),
                 sent,
@@ -464,15 +497,15 @@ impl Tables {
                 continue;
             };
             // Closed subscribers of the resource still inside their lease.
-            let until = subs
+            let closed = subs
                 .closed
-                .values()
-                .filter(|c| c.resources.iter().any(|x| x == r))
-                .map(|c| c.at + lease)
-                .fold(at, Instant::max);
+                .iter()
+                .filter(|(_, c)| c.at + lease > at && c.resources.iter().any(|x| x == r))
+                .map(|(id, _)| *id)
+                .collect();
             let need = Need {
                 acks: acks.get(r).cloned().unwrap_or_default(),
-                until,
+                closed,
             };
             tracing::debug!(
                 resource = r,
@@ -510,7 +543,7 @@ impl Tables {
             let Some(need) = &t.need else {
                 continue;
             };
-            match subs.wait_for(need, now, self.lease) {
+            match subs.wait_for(need, &t.resource, now, self.lease) {
                 None => t.need = None,
                 Some(wake) => {
                     if waiting.is_none() {

@@ -135,6 +135,11 @@ struct RawSub {
 }
 
 async fn raw_sub(addr: SocketAddr, resources: &[&str]) -> RawSub {
+    raw_sub_of(addr, resources, "").await
+}
+
+/// A raw subscriber that names its view `instance`.
+async fn raw_sub_of(addr: SocketAddr, resources: &[&str], instance: &str) -> RawSub {
     let mut rpc = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -144,6 +149,7 @@ async fn raw_sub(addr: SocketAddr, resources: &[&str]) -> RawSub {
             resource_ids: resources.iter().map(|r| r.to_string()).collect(),
             worker_name: "raw".into(),
             table_locks: true,
+            instance: instance.into(),
         })),
     })
     .await
@@ -387,6 +393,56 @@ async fn a_closed_proxy_delays_announcements_until_its_lease_passes() {
     let started = Instant::now();
     s.register("public.u", &[1]).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(500));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_replaced_by_its_own_view_does_not_delay_announcements() {
+    let s = start(|c| {
+        c.table_lease_ms = 3_000;
+        c.table_heartbeat_ms = 100;
+    })
+    .await;
+    // The proxy replaces its stream (a new resource to serve): same view instance.
+    let mut old = raw_sub_of(s.addr, &[R], "view-a").await;
+    old.notices().await;
+    old.ack(1).await;
+    let mut new = raw_sub_of(s.addr, &[R, "other"], "view-a").await;
+    drop(old);
+    // A closed stream of another view still delays, until the new stream of view-a
+    // acked its snapshot it is not superseded either.
+    let started = Instant::now();
+    let register = tokio::spawn({
+        let client = s.client.clone();
+        async move {
+            let x = client.begin(None).await.unwrap();
+            let key = LockKey::new(R, "public.t", ["1"]);
+            client
+                .register_branch(&x, R, BranchKind::AT, &[key], Duration::ZERO)
+                .await
+        }
+    });
+    let snapshot = new.notices().await;
+    assert_eq!(snapshot.len(), 2, "{snapshot:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !register.is_finished(),
+        "granted before the new stream acked"
+    );
+    new.ack(2).await;
+    // The announcement of public.t reaches the new stream; its ack releases it.
+    let notice = new.notices().await;
+    assert_eq!(notice[0].locked, vec!["public.t".to_owned()], "{notice:?}");
+    new.ack(notice[0].seq).await;
+    register
+        .await
+        .unwrap()
+        .expect("granted without waiting out the lease");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "waited {:?}",
+        started.elapsed()
+    );
     s.shutdown().await;
 }
 

@@ -405,9 +405,11 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             .connect(&hello.resource_ids)
             .map_err(to_status)?;
         let guard = Connected(self.coord.clone(), id);
-        let notices = hello
-            .table_locks
-            .then(|| self.coord.tables.subscribe(id, &hello.resource_ids));
+        let notices = hello.table_locks.then(|| {
+            self.coord
+                .tables
+                .subscribe(id, &hello.resource_ids, &hello.instance)
+        });
         tracing::info!(worker = %hello.worker_name, resources = ?hello.resource_ids, table_locks = hello.table_locks, "phase-2 stream connected");
         let (coord, cancel) = (self.coord.clone(), self.cancel.clone());
         tokio::spawn(async move {

@@ -28,6 +28,8 @@ use crate::proto as pb;
 /// them. Shared by every session of a proxy and by its phase-2 worker (set
 /// [`super::WorkerOptions::table_view`]); cheap to query.
 pub struct TableLockView {
+    /// Random; names this view to the lockserver across its streams.
+    instance: String,
     lease: Duration,
     /// Origin of `heard`.
     origin: Instant,
@@ -156,6 +158,7 @@ impl TableLockView {
     /// delay (e.g. one `table_heartbeat_ms`).
     pub fn new(lease: Duration) -> Arc<Self> {
         Arc::new(TableLockView {
+            instance: format!("{:016x}", rand::random::<u64>()),
             lease,
             origin: Instant::now(),
             heard: AtomicU64::new(0),
@@ -163,6 +166,11 @@ impl TableLockView {
             next_generation: AtomicU64::new(1),
             resources: RwLock::default(),
         })
+    }
+
+    /// This view's identity across its streams (`Hello.instance`).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     fn resource(&self, resource: &str) -> Option<Arc<ResourceView>> {

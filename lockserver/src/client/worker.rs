@@ -186,6 +186,11 @@ async fn one_stream(
             resource_ids: resources.to_vec(),
             worker_name: opts.name.clone(),
             table_locks: opts.table_view.is_some(),
+            instance: opts
+                .table_view
+                .as_ref()
+                .map(|v| v.instance().to_owned())
+                .unwrap_or_default(),
         })),
     };
     let results = crate::api::grpc::batches(rx).map(|results| pb::Phase2Up {
