@@ -53,6 +53,11 @@ pub struct LockserverConfig {
     /// global locks another transaction holds, in milliseconds. Default 5000. Past it the
     /// local transaction is rolled back and the client gets SQLSTATE 40001.
     pub lock_wait_ms: u64,
+    /// A write outside any global transaction that would change a row an unfinished
+    /// global transaction holds: `wait` (default) waits up to `lock_wait_ms` for the
+    /// global transaction to finish, `fail` fails at once. Either way the client gets
+    /// SQLSTATE 55P03 when the row stays held, and the write changes nothing.
+    pub outside_writes: OutsideWrites,
 }
 
 impl Default for LockserverConfig {
@@ -61,8 +66,19 @@ impl Default for LockserverConfig {
             endpoint: "http://127.0.0.1:8091".to_owned(),
             call_timeout_ms: 5_000,
             lock_wait_ms: 5_000,
+            outside_writes: OutsideWrites::Wait,
         }
     }
+}
+
+/// What a write outside a global transaction does about a globally locked row.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutsideWrites {
+    /// Wait for the holder to finish, up to `lock_wait_ms`.
+    Wait,
+    /// Fail at once, like a lock conflict under NOWAIT.
+    Fail,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -100,6 +100,9 @@ pub enum Error {
     #[error("a row is locked by unfinished global transaction {holder}; retry the transaction")]
     GloballyLocked { holder: String },
 
+    #[error("could not change a row of {table}: unfinished global transaction {holder} holds it")]
+    RowGloballyLocked { table: String, holder: String },
+
     #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
     Injected { message: String },
 
@@ -144,6 +147,7 @@ impl Error {
             Error::Uncaptured { .. } | Error::GloballyLocked { .. } => {
                 SqlState::SerializationFailure
             }
+            Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. } => SqlState::SerializationFailure,
@@ -187,6 +191,7 @@ impl Error {
             Error::TooManyConnections { .. } => MyErr::TooManyConnections,
             Error::ShuttingDown => MyErr::ServerShutdown,
             Error::GloballyLocked { .. }
+            | Error::RowGloballyLocked { .. }
             | Error::Lockserver(tandem_lockserver::Error::LockConflict { .. }) => {
                 MyErr::LockWaitTimeout
             }
@@ -225,6 +230,7 @@ impl Error {
                 | Error::UnknownTable { .. }
                 | Error::Uncaptured { .. }
                 | Error::GloballyLocked { .. }
+                | Error::RowGloballyLocked { .. }
                 | Error::Injected { .. }
         )
     }
@@ -263,6 +269,7 @@ impl Error {
                 | Error::ShuttingDown
                 | Error::Uncaptured { .. }
                 | Error::GloballyLocked { .. }
+                | Error::RowGloballyLocked { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
 
@@ -290,6 +297,7 @@ impl Error {
             | Error::UnknownTable { .. }
             | Error::Uncaptured { .. }
             | Error::GloballyLocked { .. } => "at_refused",
+            Error::RowGloballyLocked { .. } => "outside_write_locked",
             Error::Injected { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }

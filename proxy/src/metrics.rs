@@ -23,6 +23,9 @@ pub struct Metrics {
     pub queries: Counter,
     pub bytes_from_clients: Counter,
     pub bytes_from_backends: Counter,
+    /// Writes outside global transactions that could not be checked against global
+    /// locks (the lockserver unreachable).
+    pub outside_writes_unchecked: Counter,
     errors: Family<KindLabel, Counter>,
     /// From a client's request to the backend's ReadyForQuery, in seconds.
     pub backend_latency: Histogram,
@@ -45,6 +48,7 @@ impl Metrics {
         let queries = Counter::default();
         let bytes_from_clients = Counter::default();
         let bytes_from_backends = Counter::default();
+        let outside_writes_unchecked = Counter::default();
         let errors = Family::<KindLabel, Counter>::default();
         let backend_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         registry.register(
@@ -78,6 +82,11 @@ impl Metrics {
             bytes_from_backends.clone(),
         );
         registry.register(
+            "outside_writes_unchecked",
+            "Writes outside global transactions run without the global-lock check because the lockserver was unreachable",
+            outside_writes_unchecked.clone(),
+        );
+        registry.register(
             "errors",
             "Sessions ended by an error, by kind",
             errors.clone(),
@@ -95,6 +104,7 @@ impl Metrics {
             queries,
             bytes_from_clients,
             bytes_from_backends,
+            outside_writes_unchecked,
             errors,
             backend_latency,
             mysql: MysqlMetrics::new(),

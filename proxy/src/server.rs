@@ -31,6 +31,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+/// How long a table view is trusted after the lockserver was last heard from. Below the
+/// lockserver's `table_lease_ms` (default 3 s), which is how long it waits for a proxy
+/// whose stream closed before it grants the first lock on a table again.
+const TABLE_VIEW_LEASE: Duration = Duration::from_millis(2_000);
+
 /// The bound sockets of a proxy process, in the order of the configuration.
 pub struct Listeners {
     pub postgres: Vec<TcpListener>,
@@ -110,6 +115,7 @@ pub async fn run(
             upstream: frontend.upstream.clone(),
             side: Arc::clone(&side),
         });
+        let tables = tandem_lockserver::client::TableLockView::new(TABLE_VIEW_LEASE);
         let ctx = Arc::new(PgFrontendContext {
             config: frontend.clone(),
             upstream: frontend.upstream.as_str().into(),
@@ -121,7 +127,13 @@ pub async fn run(
             lock: lock.clone(),
             lock_wait: Duration::from_millis(config.lockserver.lock_wait_ms),
             meta: crate::at::meta::MetaCache::default(),
-            phase2: crate::at::phase2::Phase2Registry::new(lock.clone(), handler),
+            phase2: crate::at::phase2::Phase2Registry::new(
+                lock.clone(),
+                handler,
+                Some(Arc::clone(&tables)),
+            ),
+            tables,
+            outside_writes: config.lockserver.outside_writes,
         });
         tokio::spawn(serve_existing_databases(Arc::clone(&ctx)));
         tokio::spawn(recover_prepared_branches(

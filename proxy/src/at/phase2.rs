@@ -175,6 +175,9 @@ impl BranchHandler for PgBranchHandler {
 pub struct Phase2Registry {
     lock: tandem_lockserver::client::LockClient,
     handler: Arc<dyn BranchHandler>,
+    /// Fed with the lockserver's table notices (PostgreSQL front ends, for writes
+    /// outside global transactions).
+    tables: Option<Arc<tandem_lockserver::client::TableLockView>>,
     // A std Mutex: never held across an await (the old worker is shut down in a task).
     state: std::sync::Mutex<(Vec<String>, Option<tandem_lockserver::client::Phase2Worker>)>,
 }
@@ -183,10 +186,12 @@ impl Phase2Registry {
     pub fn new(
         lock: tandem_lockserver::client::LockClient,
         handler: Arc<dyn BranchHandler>,
+        tables: Option<Arc<tandem_lockserver::client::TableLockView>>,
     ) -> Self {
         Phase2Registry {
             lock,
             handler,
+            tables,
             state: std::sync::Mutex::new((Vec::new(), None)),
         }
     }
@@ -211,11 +216,20 @@ impl Phase2Registry {
             &self.lock,
             state.0.clone(),
             Arc::clone(&self.handler),
-            tandem_lockserver::client::WorkerOptions::default(),
+            tandem_lockserver::client::WorkerOptions {
+                table_view: self.tables.clone(),
+                ..Default::default()
+            },
         );
         if let Some(old) = state.1.replace(worker) {
             tokio::spawn(old.shutdown());
         }
+    }
+
+    /// Whether the phase-2 stream (and with it the table notices) is up.
+    pub fn is_connected(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.1.as_ref().is_some_and(|w| w.is_connected())
     }
 
     /// Stops the worker (shutdown).

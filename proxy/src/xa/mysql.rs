@@ -126,7 +126,7 @@ impl MysqlXa {
         MysqlXa {
             owners,
             config: config.clone(),
-            registry: crate::at::phase2::Phase2Registry::new(lock.clone(), handler),
+            registry: crate::at::phase2::Phase2Registry::new(lock.clone(), handler, None),
             lock,
             pool,
             first_seen: Mutex::new(HashMap::new()),

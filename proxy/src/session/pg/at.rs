@@ -99,6 +99,28 @@ impl WriteInFlight {
             guard_only: false,
         }
     }
+
+    /// An autocommit write outside a global transaction that tandem runs in its own
+    /// transaction (see guard.rs): replies pass unchanged, the end commits.
+    pub(super) fn guarded() -> Self {
+        WriteInFlight {
+            appended: 0,
+            upsert: false,
+            inserted: Vec::new(),
+            meta: Arc::new(TableMeta::default()),
+            row_description: RowDescriptionRule::Relay,
+            swallow: VecDeque::new(),
+            kind: WriteKind::Update,
+            client_returning: true,
+            keys: Vec::new(),
+            image: false,
+            images: Vec::new(),
+            implicit: true,
+            failed: false,
+            substitute_error: None,
+            guard_only: true,
+        }
+    }
 }
 
 impl Relay<'_> {
@@ -165,7 +187,7 @@ impl Relay<'_> {
                 if !self.phase.at_sync_point() {
                     return Ok(Intercepted::WaitForSyncPoint);
                 }
-                match self.check_read_locks(&read).await {
+                match self.check_read_locks(&read, &[]).await {
                     Ok(()) => Ok(Intercepted::Relay),
                     Err(e) => Ok(self.refuse(e)),
                 }
@@ -437,7 +459,11 @@ impl Relay<'_> {
     /// SELECT … FOR UPDATE in a global transaction: the rows it locks must not be held
     /// by another unfinished global transaction (Seata's read-committed-for-update).
     /// Waits for such a lock up to the wait bound, then refuses with 40001.
-    pub(super) async fn check_read_locks(&mut self, read: &tandem_undo::LockedRead) -> Result<()> {
+    pub(super) async fn check_read_locks(
+        &mut self,
+        read: &tandem_undo::LockedRead,
+        params: &[Param<'_>],
+    ) -> Result<()> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         let meta = self
             .ctx
@@ -445,7 +471,7 @@ impl Relay<'_> {
             .get(&self.ctx.side, &self.database, &read.table)
             .await?;
         let sql = meta.locked_keys_sql(&Postgres, read);
-        let got = self.exchange(&sql, &[], &[1]).await?;
+        let got = self.exchange(&sql, params, &[1]).await?;
         if let Some(e) = got.error {
             // The read itself fails the same way: let the client see the real error.
             tracing::debug!(parent: &self.span, error = %e.message, "locking read check failed");
@@ -606,13 +632,39 @@ impl Relay<'_> {
             // The backend skipped the COMMIT; the block is failed: end it.
             let message = e.message.clone();
             self.exchange_simple("ROLLBACK").await?;
+            self.report_phase_one_failed(undo.as_ref());
             let e = Error::Injected { message };
             return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
         }
-        Ok(results
+        let failed = results
             .last()
             .and_then(|r| r.error.as_ref())
-            .map(|e| (e.code.clone(), e.message.clone())))
+            .map(|e| (e.code.clone(), e.message.clone()));
+        if failed.is_some() {
+            self.report_phase_one_failed(undo.as_ref());
+        }
+        Ok(failed)
+    }
+
+    /// A registered branch whose local COMMIT failed: nothing of it exists, and the
+    /// lockserver shows it as PhaseOneFailed (its rollback then finds no undo row and
+    /// writes the GlobalFinished marker). In the background: the client's answer does
+    /// not wait for it, and a lost report changes nothing but what operators see.
+    fn report_phase_one_failed(&self, undo: Option<&UndoRow>) {
+        let Some(undo) = undo else {
+            return;
+        };
+        let Ok(xid) = tandem_lockserver::client::Xid::parse(&undo.xid) else {
+            return;
+        };
+        let branch_id = u64::from_be_bytes(undo.branch);
+        let lock = self.ctx.lock.clone();
+        let span = self.span.clone();
+        tokio::spawn(async move {
+            if let Err(e) = lock.report(&xid, branch_id, false).await {
+                tracing::debug!(parent: &span, error = %e, branch = branch_id, "phase-1 failure not reported");
+            }
+        });
     }
 }
 

@@ -85,9 +85,15 @@ impl Relay<'_> {
                 what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
             })));
         }
-        let write = match analyze(&Postgres, &sql) {
+        let (write, locking_read) = match analyze(&Postgres, &sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
-                Analysis::Write(w) => w,
+                Analysis::Write(w) => (Some(w), None),
+                Analysis::LockingRead(Some(read)) => (None, Some(read)),
+                Analysis::LockingRead(None) if tag == frontend::BIND => {
+                    return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
+                        what: "SELECT … FOR UPDATE over several tables inside a global transaction",
+                    })));
+                }
                 _ => return Ok(Extended::NotAWrite),
             },
             // Unparseable or several statements: the Parse refusal deals with it.
@@ -114,6 +120,22 @@ impl Relay<'_> {
             Shape::Run(batch) => batch,
         };
         let consumed = batch.len;
+        if let Some(read) = locking_read {
+            // The rows it locks must not be held by another global transaction.
+            let param_types = self.batch_param_types(&sql, &batch).await?;
+            let params = bind_params(&batch, &param_types);
+            if let Err(e) = self.check_read_locks(&read, &params).await {
+                return self.answer_directly(consumed, e).await;
+            }
+            let to_backend = self.forward_batch(&rest[..consumed])?;
+            return Ok(Extended::Handled {
+                consumed,
+                to_backend: Some(to_backend),
+            });
+        }
+        let Some(write) = write else {
+            return Ok(Extended::NotAWrite);
+        };
         match self.rewrite_batch(&sql, write, batch).await {
             Ok(to_backend) => Ok(Extended::Handled {
                 consumed,
@@ -160,22 +182,7 @@ impl Relay<'_> {
                 what: "a write whose RETURNING is asked for in binary, over the extended protocol inside a global transaction",
             });
         }
-        let declared: Vec<u32> = match &batch.parse {
-            Some(p) => p.param_types.clone(),
-            None => self
-                .tracked
-                .statement(batch.bind.statement)
-                .map(|s| s.param_types.clone())
-                .unwrap_or_default(),
-        };
-        // The types the server resolved for the client's statement: tandem's own
-        // statements use only some of its parameters and could not infer the others.
-        let param_types =
-            if declared.len() == batch.bind.params.len() && declared.iter().all(|&t| t != 0) {
-                declared
-            } else {
-                self.describe_params(sql).await?
-            };
+        let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         if implicit {
             self.exchange_simple("BEGIN").await?;
@@ -191,17 +198,7 @@ impl Relay<'_> {
             }
         };
         if let Some(before) = before {
-            let params: Vec<Param<'_>> = batch
-                .bind
-                .params
-                .iter()
-                .enumerate()
-                .map(|(i, v)| Param {
-                    type_oid: param_types.get(i).copied().unwrap_or(0),
-                    value: *v,
-                    text: batch.bind.param_format(i) == Format::Text,
-                })
-                .collect();
+            let params = bind_params(&batch, &param_types);
             let formats = super::at::image_formats(&meta);
             let got = self.exchange(&before, &params, &formats).await?;
             if let Some(e) = got.error {
@@ -291,11 +288,108 @@ impl Relay<'_> {
     }
 }
 
+/// The Bind's parameters as tandem's own statements take them.
+pub(super) fn bind_params<'a>(batch: &Batch<'a>, param_types: &[u32]) -> Vec<Param<'a>> {
+    batch
+        .bind
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Param {
+            type_oid: param_types.get(i).copied().unwrap_or(0),
+            value: *v,
+            text: batch.bind.param_format(i) == Format::Text,
+        })
+        .collect()
+}
+
+impl Relay<'_> {
+    /// The parameter types the server resolved for the client's statement (declared,
+    /// or asked for): tandem's own statements use only some of its parameters and
+    /// could not infer the others.
+    pub(super) async fn batch_param_types(
+        &mut self,
+        sql: &str,
+        batch: &Batch<'_>,
+    ) -> Result<Vec<u32>> {
+        let declared = match &batch.parse {
+            Some(p) => Some(p.param_types.clone()),
+            None => self
+                .tracked
+                .statement(batch.bind.statement)
+                .map(|s| s.param_types.clone()),
+        };
+        match declared {
+            Some(t) if t.len() == batch.bind.params.len() && t.iter().all(|&t| t != 0) => Ok(t),
+            _ => self.describe_params(sql).await,
+        }
+    }
+
+    /// A Parse or Bind that is not a control statement: a statement with an XID hint
+    /// binds the session first; then AT (or XA) for a bound session, the check of
+    /// writes outside global transactions for the others.
+    pub(super) async fn intercept_statement(
+        &mut self,
+        rest: &[u8],
+        tag: u8,
+        body: &[u8],
+    ) -> Result<Extended> {
+        if self.binding.xid().is_none()
+            && let Some(xid) = self.hinted_xid(tag, body)
+        {
+            if !self.phase.at_sync_point() {
+                if !matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
+                    return Ok(Extended::WaitForSyncPoint);
+                }
+                // Mid-batch: it cannot join its global transaction, so it must not run.
+                return Ok(match tag {
+                    frontend::BIND => Extended::RefuseBind(refusal(Error::Unsupported {
+                        what: "a statement with an XID hint in the middle of a pipelined batch (send it with its own Sync)",
+                    })),
+                    _ => Extended::NotAWrite,
+                });
+            }
+            if let Err(e) = self.binding.bind_from_hint(&self.ctx.lock, &xid).await {
+                let max = self.ctx.config.max_message_bytes;
+                return self.answer_directly(rest_len(rest, max)?, e).await;
+            }
+        }
+        if self.binding.xid().is_some() {
+            self.intercept_extended(rest, tag, body).await
+        } else {
+            self.guard_extended(rest, tag, body).await
+        }
+    }
+
+    /// The xid of the hint that the statement of this Parse or Bind starts with.
+    fn hinted_xid(&self, tag: u8, body: &[u8]) -> Option<String> {
+        let sql = match tag {
+            frontend::PARSE => Parse::sql_of(body).ok()?,
+            _ => &self.tracked.statement(Bind::statement_of(body).ok()?)?.sql,
+        };
+        crate::control::xid_hint(sql)
+    }
+
+    /// A whole batch that tandem sends on as the client wrote it, each message tracked
+    /// as if relayed.
+    pub(super) fn forward_batch(&mut self, batch: &[u8]) -> Result<BytesMut> {
+        let max = self.ctx.config.max_message_bytes;
+        let mut at = 0;
+        while at < batch.len() {
+            let frame =
+                Frame::header(&batch[at..], max)?.ok_or(Error::Malformed { what: "batch" })?;
+            self.on_client_message(frame.tag, frame.body(&batch[at..]))?;
+            at += frame.wire_len;
+        }
+        Ok(BytesMut::from(batch))
+    }
+}
+
 fn is_commit(sql: &str) -> bool {
     matches!(analyze(&Postgres, sql).as_deref(), Ok([Analysis::Commit]))
 }
 
-fn refusal(e: Error) -> Refusal {
+pub(super) fn refusal(e: Error) -> Refusal {
     Refusal {
         sqlstate: e.sqlstate().code(),
         message: e.to_string(),

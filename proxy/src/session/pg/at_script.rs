@@ -110,7 +110,7 @@ impl Relay<'_> {
         };
         let intercepted = match analysis {
             Analysis::Write(write) => self.begin_write(&sql, write).await?,
-            Analysis::LockingRead(Some(read)) => match self.check_read_locks(&read).await {
+            Analysis::LockingRead(Some(read)) => match self.check_read_locks(&read, &[]).await {
                 Ok(()) => Intercepted::Relay,
                 Err(e) => self.refuse(e),
             },

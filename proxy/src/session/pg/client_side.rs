@@ -36,17 +36,14 @@ impl Relay<'_> {
                 frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
                 _ => None,
             };
-            if control.is_some()
-                || (self.binding.xid().is_some()
-                    && matches!(frame.tag, frontend::PARSE | frontend::BIND))
-            {
+            if control.is_some() || matches!(frame.tag, frontend::PARSE | frontend::BIND) {
                 let handled = match control {
                     Some(parsed) => {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
                     }
                     None => {
-                        self.intercept_extended(&buf[pos..], frame.tag, body)
+                        self.intercept_statement(&buf[pos..], frame.tag, body)
                             .await?
                     }
                 };

@@ -93,7 +93,7 @@ impl Relay<'_> {
                 }
                 return self.intercept_at(&sql).await;
             }
-            Ok(None) => return Ok(Intercepted::Relay),
+            Ok(None) => return self.guard_query(query.sql).await,
             Ok(Some(control)) => Ok(control),
             Err(BadCall(message)) => Err(Error::BadControlCall(message)),
         };

@@ -11,6 +11,7 @@ mod at_script;
 mod client_side;
 mod control_extended;
 mod exchange;
+mod guard;
 mod intercept;
 mod phase;
 mod server_side;
@@ -59,6 +60,10 @@ pub struct PgFrontendContext {
     pub lock_wait: std::time::Duration,
     pub meta: MetaCache,
     pub phase2: Phase2Registry,
+    /// Which tables may hold global locks, as the lockserver announced them.
+    pub tables: Arc<tandem_lockserver::client::TableLockView>,
+    /// `lockserver.outside_writes`.
+    pub outside_writes: crate::config::OutsideWrites,
 }
 
 /// Read buffers start empty and grow in steps of this many bytes, so that an idle
@@ -121,6 +126,9 @@ async fn run(ctx: &PgFrontendContext, socket: TcpStream, span: &tracing::Span) -
             .map_err(Error::UpstreamIo)?;
         let database = params.database().unwrap_or("").to_owned();
         let mut relay = Relay::new(ctx, client, server, leftover, database, span.clone());
+        // Table notices for this database reach the proxy (writes outside global
+        // transactions are checked against them) once phase 2 serves it.
+        ctx.phase2.serve(&relay.resource);
         let result = relay.run().await;
         if let Err(e) = &result {
             relay.report(e).await;
@@ -173,6 +181,10 @@ struct Relay<'a> {
     binding: Binding,
     /// The database this session is connected to.
     database: String,
+    /// Its resource id at the lockserver.
+    resource: String,
+    /// Writes outside a global transaction let through unchecked and not yet over.
+    unchecked: Vec<tandem_lockserver::client::UncheckedWrite>,
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
@@ -219,7 +231,9 @@ impl<'a> Relay<'a> {
             draining: false,
             client_paused: false,
             binding: Binding::default(),
+            resource: crate::at::resource_id(&ctx.upstream, &database),
             database,
+            unchecked: Vec::new(),
             branch: at_branch::Branch::default(),
             write_in_flight: None,
             xa: xa::XaBranch::None,

@@ -141,6 +141,8 @@ impl Relay<'_> {
                     }
                 }
                 if self.phase.at_sync_point() && !was_startup {
+                    // Every write let through unchecked is over.
+                    self.unchecked.clear();
                     self.ctx.metrics.queries.inc();
                     if let Some(started) = self.request_started.take() {
                         self.ctx

@@ -134,6 +134,15 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
     // local transaction, its undo row included, is gone.
     let err = a.batch_execute("COMMIT").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    // The proxy reports the failed phase 1; operators see it on the branch.
+    let path = format!("/v1/transactions/{xid}");
+    let lockserver_ref = &lockserver;
+    let path_ref = &path;
+    tandem_tests::harness::eventually("the branch is reported PhaseOneFailed", || async move {
+        let (_, txn) = lockserver_ref.get(path_ref).await;
+        txn["branches"][0]["status"] == "PhaseOneFailed"
+    })
+    .await;
     assert_eq!(
         one(&a, "SELECT tandem_rollback()")
             .await

@@ -20,6 +20,7 @@ mod drivers;
 mod limits;
 mod migrate;
 mod notify;
+mod outside_writes;
 mod pgbench_tool;
 mod relay_passthrough;
 mod shutdown;

@@ -57,6 +57,13 @@ pub struct Bind<'a> {
 }
 
 impl<'a> Bind<'a> {
+    /// The statement name alone, without decoding the parameters.
+    pub fn statement_of(body: &'a [u8]) -> Result<&'a [u8], Truncated> {
+        let mut r = Reader::new(body);
+        r.cstr()?;
+        r.cstr()
+    }
+
     pub fn decode(body: &'a [u8]) -> Result<Self, Truncated> {
         let mut r = Reader::new(body);
         let portal = r.cstr()?;

@@ -1,0 +1,367 @@
+//! Writes outside a global transaction (DESIGN.md, "Global row locks"): they must not
+//! change a row that an unfinished global transaction holds, or that transaction's
+//! rollback would undo someone else's committed work.
+//!
+//! The lockserver tells every proxy which tables may hold global locks (the
+//! `TableLockView`). A write to any other table runs as the client sent it, under an
+//! `UncheckedWrite` guard that lives until its statement is over: the lockserver grants
+//! the first lock on a table only after every proxy has seen the table announced and
+//! its unchecked writes have finished, so such a write can never have overwritten a
+//! locked row. A write to a table that may hold locks is checked: its rows are locked
+//! locally first (`SELECT … FOR UPDATE` with the write's own predicate), their keys are
+//! asked of the lockserver, and only then does the write run, in the same local
+//! transaction (one tandem opens around an autocommit write). A held row makes the write
+//! wait (`lockserver.outside_writes = "wait"`, up to `lock_wait_ms`) or fail with 55P03.
+//!
+//! Left unchecked, and so caught only as a dirty write when the global transaction
+//! rolls back: a plain INSERT (its rows do not exist yet, though it may recreate a row
+//! a global transaction deleted), multi-statement queries, statements tandem cannot
+//! analyse, writes inside functions, and every write while the lockserver is
+//! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
+//! stop with the coordinator.
+
+use super::Relay;
+use super::at::WriteInFlight;
+use super::at_extended::{Extended, Shape, read_batch, rest_len};
+use super::exchange::Param;
+use super::intercept::Intercepted;
+use crate::at::branch::{lock_key, qualified_name};
+use crate::config::OutsideWrites;
+use crate::error::{Error, Result};
+use crate::wire::pg::codes::frontend;
+use crate::wire::pg::messages::extended::{Bind, Parse};
+use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
+use crate::wire::pg::messages::simple::put_query;
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
+
+/// How often a waiting write asks the lockserver again.
+const RECHECK: Duration = Duration::from_millis(20);
+
+impl Relay<'_> {
+    /// A simple Query outside a global transaction.
+    pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Intercepted> {
+        if !may_write(sql) {
+            return Ok(Intercepted::Relay);
+        }
+        let Some((meta, write)) = self.rows_to_check(sql, true).await else {
+            return Ok(Intercepted::Relay);
+        };
+        if !self.phase.at_sync_point() {
+            return Ok(Intercepted::WaitForSyncPoint);
+        }
+        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        match self.check_rows(&meta, &write, &[], implicit).await? {
+            Some(refused) if refused.status == TxStatus::InTransaction => {
+                // The client's transaction must fail as the write would have made it fail.
+                let mut replacement = BytesMut::new();
+                put_query(
+                    &mut replacement,
+                    &super::intercept::error_sql(&refused.code, &refused.message),
+                );
+                Ok(Intercepted::Replace(replacement))
+            }
+            Some(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
+            None if implicit => {
+                let mut query = BytesMut::new();
+                put_query(&mut query, &String::from_utf8_lossy(sql));
+                self.write_server(&query).await?;
+                self.write_in_flight = Some(WriteInFlight::guarded());
+                Ok(Intercepted::SentAndHold)
+            }
+            None => Ok(Intercepted::Relay),
+        }
+    }
+
+    /// A Parse or Bind outside a global transaction (`rest` starts with it, `body` is
+    /// its body). A checked write's whole batch is sent by tandem (`Handled`).
+    pub(super) async fn guard_extended(
+        &mut self,
+        rest: &[u8],
+        tag: u8,
+        body: &[u8],
+    ) -> Result<Extended> {
+        let sql = match tag {
+            frontend::PARSE => Parse::sql_of(body).ok().map(<[u8]>::to_vec),
+            _ => Bind::statement_of(body)
+                .ok()
+                .and_then(|name| self.tracked.statement(name))
+                .map(|s| s.sql.to_vec()),
+        };
+        let Some(sql) = sql.filter(|sql| may_write(sql)) else {
+            return Ok(Extended::NotAWrite);
+        };
+        // A Parse runs nothing: only its Bind counts as a write.
+        let runs = tag == frontend::BIND;
+        let Some((meta, write)) = self.rows_to_check(&sql, runs).await else {
+            return Ok(Extended::NotAWrite);
+        };
+        if !self.phase.at_sync_point() {
+            if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
+                if tag == frontend::PARSE {
+                    // Preparing changes nothing: the Bind is refused.
+                    return Ok(Extended::NotAWrite);
+                }
+                // Earlier messages of this batch are at the backend already: tandem
+                // cannot run its check in between.
+                return Ok(Extended::RefuseBind(super::at_extended::refusal(
+                    Error::Unsupported {
+                        what: "a write to a table that holds global locks in the middle of a pipelined batch (send it with its own Sync)",
+                    },
+                )));
+            }
+            return Ok(Extended::WaitForSyncPoint);
+        }
+        let max = self.ctx.config.max_message_bytes;
+        let batch = match read_batch(rest, max)? {
+            Shape::Incomplete => return Ok(Extended::NeedMore),
+            Shape::Run(batch) => batch,
+            // Preparing a write changes nothing; it is checked when it is bound.
+            Shape::PrepareOnly => return Ok(Extended::NotAWrite),
+            // Other shapes (a row limit, more messages): no parameters tandem can use.
+            Shape::Other(_) => {
+                let consumed = rest_len(rest, max)?;
+                let e = Error::Unsupported {
+                    what: "a write batched with other messages, or with a row limit, to a table that holds global locks (send it as Bind [Describe] Execute Sync)",
+                };
+                return self.answer_directly(consumed, e).await;
+            }
+        };
+        let consumed = batch.len;
+        let param_types = self
+            .batch_param_types(&String::from_utf8_lossy(&sql), &batch)
+            .await?;
+        let params = super::at_extended::bind_params(&batch, &param_types);
+        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        if let Some(mut refused) = self.check_rows(&meta, &write, &params, implicit).await? {
+            if refused.status == TxStatus::InTransaction {
+                // The client's transaction must fail as the write would have made it fail.
+                let sql = super::intercept::error_sql(&refused.code, &refused.message);
+                self.exchange_simple(&sql).await?;
+                refused.status = TxStatus::Failed;
+            }
+            let out = self.answer_refused(refused);
+            self.write_client(&out).await?;
+            tokio::io::AsyncWriteExt::flush(&mut self.client)
+                .await
+                .map_err(Error::ClientIo)?;
+            return Ok(Extended::Handled {
+                consumed,
+                to_backend: None,
+            });
+        }
+        // The batch goes as the client sent it; tandem's transaction around an autocommit
+        // write ends at its ReadyForQuery.
+        let to_backend = self.forward_batch(&rest[..consumed])?;
+        if implicit {
+            self.write_in_flight = Some(WriteInFlight::guarded());
+        }
+        Ok(Extended::Handled {
+            consumed,
+            to_backend: Some(to_backend),
+        })
+    }
+
+    /// Counts (and now and then logs) a write that runs without its check.
+    fn unchecked_outside_write(&self) {
+        let metric = &self.ctx.metrics.outside_writes_unchecked;
+        if metric.inc().is_multiple_of(1000) {
+            tracing::warn!(parent: &self.span, "writes outside global transactions run unchecked: the lockserver is unreachable");
+        }
+    }
+
+    /// The client's answer to a refused write: the error and the ReadyForQuery of the
+    /// state the backend is in.
+    fn answer_refused(&mut self, refused: Refused) -> BytesMut {
+        self.phase = super::Phase::Ready(refused.status);
+        let mut out = BytesMut::new();
+        put_error(&mut out, Severity::Error, &refused.code, &refused.message);
+        put_ready_for_query(&mut out, refused.status);
+        out
+    }
+
+    /// The table and write whose rows must be checked before it runs; None: it runs as
+    /// sent (under an unchecked guard held until the sync point, or because tandem
+    /// cannot name its rows: see the module comment).
+    async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> Option<(Arc<TableMeta>, Write)> {
+        let tables = &self.ctx.tables;
+        if let Some(guard) = tables.enter_unchecked(&self.resource, None) {
+            self.unchecked.push(guard);
+            return None;
+        }
+        if !self.ctx.phase2.is_connected() {
+            // The lockserver is unreachable: neither its notices nor its locks can be
+            // read. The write runs; one under a global lock is caught as a dirty write
+            // when that transaction rolls back.
+            if runs {
+                self.unchecked_outside_write();
+            }
+            return None;
+        }
+        // Some table of the database may hold global locks: which one does this write?
+        let text = String::from_utf8_lossy(sql);
+        let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
+            Ok((1, Some(Analysis::Write(w))))
+                if w.upsert.is_some() || w.kind != WriteKind::Insert =>
+            {
+                w
+            }
+            // Not one write tandem can name the rows of: see the module comment.
+            _ => return None,
+        };
+        let meta = match self
+            .ctx
+            .meta
+            .get(&self.ctx.side, &self.database, &write.table)
+            .await
+        {
+            Ok(meta) => meta,
+            // No such table, say: the write fails on its own.
+            Err(_) => return None,
+        };
+        if meta.pk.is_empty() {
+            // Never captured, so never globally locked.
+            return None;
+        }
+        if let Some(guard) = tables.enter_unchecked(&self.resource, Some(&qualified_name(&meta))) {
+            self.unchecked.push(guard);
+            return None;
+        }
+        Some((meta, write))
+    }
+
+    /// Locks the rows the write will change and waits (or not) until no unfinished
+    /// global transaction holds them. `Some`: the write must not run. On `None` the rows
+    /// stay locked in the open local transaction (tandem's own BEGIN when `implicit`) for
+    /// the write that follows.
+    async fn check_rows(
+        &mut self,
+        meta: &Arc<TableMeta>,
+        write: &Write,
+        params: &[Param<'_>],
+        implicit: bool,
+    ) -> Result<Option<Refused>> {
+        let open = if implicit {
+            TxStatus::Idle
+        } else {
+            TxStatus::InTransaction
+        };
+        let refused = |e: Error, status: TxStatus| {
+            Ok(Some(Refused {
+                code: e.sqlstate().code().to_owned(),
+                message: e.to_string(),
+                status,
+            }))
+        };
+        let before = match super::at::before_image_query(meta, write) {
+            Ok(Some(before)) => before,
+            Ok(None) => return Ok(None),
+            Err(e) => return refused(Error::Undo(e), open),
+        };
+        let formats = super::at::image_formats(meta);
+        let waits = self.ctx.outside_writes == OutsideWrites::Wait;
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
+        if implicit {
+            statements.push(("BEGIN", &[], &[]));
+        }
+        statements.push((before.as_str(), params, &formats));
+        loop {
+            let mut results = self.exchange_many(&statements).await?;
+            let got = results.pop().unwrap_or_default();
+            if let Some(e) = results.iter().chain([&got]).find_map(|r| r.error.as_ref()) {
+                // The write's own predicate fails: the client gets that error, in the
+                // state the failure leaves (tandem's transaction is ended).
+                let (code, message) = (e.code.clone(), e.message.clone());
+                let status = if implicit {
+                    self.exchange_required("ROLLBACK").await?;
+                    TxStatus::Idle
+                } else {
+                    TxStatus::Failed
+                };
+                return Ok(Some(Refused {
+                    code,
+                    message,
+                    status,
+                }));
+            }
+            let keys: Vec<_> = super::at::split_rows(got.rows, meta.columns.len())
+                .iter()
+                .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
+                .collect();
+            let holder = loop {
+                let held = if keys.is_empty() {
+                    Ok(None)
+                } else {
+                    self.ctx.lock.lock_holder(&keys).await
+                };
+                let holder = match held {
+                    Ok(Some((_, holder))) => holder,
+                    Ok(None) => return Ok(None),
+                    Err(e) => {
+                        // As when its stream is down (see rows_to_check).
+                        tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                        self.unchecked_outside_write();
+                        return Ok(None);
+                    }
+                };
+                if !waits || implicit || Instant::now() + RECHECK > deadline {
+                    break holder;
+                }
+                // Inside the client's transaction: keep the rows locked and ask again.
+                tokio::time::sleep(RECHECK).await;
+            };
+            if implicit {
+                // The holder's rollback needs the rows: release them while waiting.
+                self.exchange_required("ROLLBACK").await?;
+                if waits && Instant::now() + RECHECK <= deadline {
+                    tokio::time::sleep(RECHECK).await;
+                    continue;
+                }
+            }
+            tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
+            let e = Error::RowGloballyLocked {
+                table: qualified_name(meta),
+                holder: holder.to_string(),
+            };
+            return refused(e, open);
+        }
+    }
+}
+
+/// A write tandem did not let run: the error, and the transaction state the backend
+/// is in now (`InTransaction`: the client's transaction must still be made to fail).
+struct Refused {
+    code: String,
+    message: String,
+    status: TxStatus,
+}
+
+/// Whether a statement may change rows, from its first word: cheap enough for every
+/// statement of every session.
+pub(super) fn may_write(sql: &[u8]) -> bool {
+    let Some(word) = crate::control::leading_words(sql, false).next() else {
+        return false;
+    };
+    [&b"update"[..], b"delete", b"insert", b"merge", b"with"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_write;
+
+    #[test]
+    fn first_word_decides() {
+        assert!(may_write(b"UPDATE t SET v = 1"));
+        assert!(may_write(b"  /* c */ delete from t"));
+        assert!(may_write(b"-- x\ninsert into t values (1)"));
+        assert!(may_write(b"WITH d AS (DELETE FROM t RETURNING *) SELECT 1"));
+        assert!(!may_write(b"SELECT 1"));
+        assert!(!may_write(b"BEGIN"));
+        assert!(!may_write(b"updated"));
+    }
+}

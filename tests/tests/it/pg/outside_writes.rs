@@ -1,0 +1,227 @@
+//! Writes outside a global transaction, through a second proxy of the same database:
+//! a row an unfinished global transaction holds is never overwritten (the write waits
+//! for the global transaction, or fails with 55P03), and rows nobody holds are written
+//! at once.
+
+use super::at_mode::{one, prepare};
+use std::time::{Duration, Instant};
+use tandem_proxy::config::OutsideWrites;
+use tandem_tests::harness::{Tandem, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+async fn balance(client: &Client, id: i32) -> i64 {
+    client
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A second proxy of the same lockserver, for the writes outside global transactions.
+async fn outside_proxy(lockserver: &TestLockserver, mode: OutsideWrites) -> Tandem {
+    let endpoint = format!("http://{}", lockserver.grpc);
+    Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.outside_writes = mode;
+        c.lockserver.lock_wait_ms = 10_000;
+    })
+    .await
+}
+
+/// Session `a` of `tandem` holds row `id` in an unfinished global transaction (its
+/// local transaction committed, as AT does at once for an autocommit write).
+async fn hold_row(tandem: &Tandem, database: &str, id: i32) -> Client {
+    let a = tandem.connect(database).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute(&format!("UPDATE accounts SET balance = 1 WHERE id = {id}"))
+        .await
+        .unwrap();
+    a
+}
+
+#[tokio::test]
+async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over_the_restored_row()
+{
+    let orders = prepare("outside_wait").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 2).await;
+
+    // Simple protocol, autocommit.
+    let b = outside.connect(&orders.name).await;
+    let simple = tokio::spawn(async move {
+        let r = b
+            .batch_execute("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+            .await;
+        (r, b)
+    });
+    // Extended protocol, autocommit, with parameters.
+    let c = outside.connect(&orders.name).await;
+    let extended = tokio::spawn(async move {
+        let r = c
+            .execute(
+                "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                &[&100i64, &2i32],
+            )
+            .await;
+        (r, c)
+    });
+    // A row nobody holds, in the same table: written at once.
+    let d = outside.connect(&orders.name).await;
+    let started = Instant::now();
+    d.batch_execute("UPDATE accounts SET balance = balance + 7 WHERE id = 3")
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(balance(&direct, 3).await, 1007);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !simple.is_finished(),
+        "the simple-protocol write did not wait"
+    );
+    assert!(
+        !extended.is_finished(),
+        "the extended-protocol write did not wait"
+    );
+    assert_eq!(
+        balance(&direct, 2).await,
+        1,
+        "the held row is as the global transaction left it"
+    );
+
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked"),
+        "the rollback met no dirty write"
+    );
+    let (r, _b) = simple.await.unwrap();
+    r.expect("the simple write runs once the row is free");
+    let (r, _c) = extended.await.unwrap();
+    assert_eq!(r.expect("the extended write runs once the row is free"), 1);
+    assert_eq!(
+        balance(&direct, 2).await,
+        1105,
+        "both writes applied to the restored row"
+    );
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn an_outside_write_to_a_held_row_fails_with_55p03_when_configured_to_fail() {
+    let orders = prepare("outside_fail").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 4).await;
+
+    let b = outside.connect(&orders.name).await;
+    let started = Instant::now();
+    let err = b
+        .batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
+        .await
+        .expect_err("a held row is not written");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it failed at once"
+    );
+    let err = b
+        .execute("DELETE FROM accounts WHERE id = $1", &[&4i32])
+        .await
+        .expect_err("a held row is not deleted");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    // The session goes on; autocommit writes elsewhere work.
+    b.batch_execute("UPDATE accounts SET balance = 50 WHERE id = 5")
+        .await
+        .unwrap();
+
+    // Inside the client's own transaction the refusal fails that transaction, as a
+    // database error would.
+    b.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("UPDATE accounts SET balance = 51 WHERE id = 5")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
+        .await
+        .expect_err("a held row is not written");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    let err = b
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("the transaction is failed");
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    b.batch_execute("ROLLBACK").await.unwrap();
+
+    assert_eq!(balance(&direct, 4).await, 1);
+    assert_eq!(
+        balance(&direct, 5).await,
+        50,
+        "the failed transaction left nothing"
+    );
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(balance(&direct, 4).await, 1000, "rolled back exactly");
+    // Once the lock is gone the same write goes through.
+    let b = &b;
+    eventually(
+        "the outside write succeeds after the rollback",
+        || async move {
+            b.batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    assert_eq!(balance(&direct, 4).await, 99);
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
+    let orders = prepare("outside_down").await;
+    // Nothing listens on the lockserver endpoint.
+    let tandem = Tandem::start_with(|c| c.lockserver.endpoint = "http://127.0.0.1:9".into()).await;
+    let b = tandem.connect(&orders.name).await;
+    b.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    b.execute("DELETE FROM accounts WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
+    let direct = orders.direct().await;
+    assert_eq!(balance(&direct, 1).await, 5);
+    let left: i64 = direct
+        .query_one("SELECT count(*) FROM accounts WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert_eq!(
+        tandem
+            .metric("tandem_pg_outside_writes_unchecked_total")
+            .await,
+        2.0
+    );
+    tandem.shutdown().await;
+}
