@@ -232,6 +232,36 @@ async fn select_for_update_waits_for_another_global_transactions_lock() {
         Some("42"),
         "it reads the committed value"
     );
+    // Over the extended protocol, with a parameter: the same wait.
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 43 WHERE id = 4")
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let got = reader
+            .query_one(
+                "SELECT balance FROM accounts WHERE id = $1 FOR UPDATE",
+                &[&4i32],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0));
+        (got, reader)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the extended locking read did not wait for the global lock"
+    );
+    assert_eq!(
+        one(&holder, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (got, reader) = waiting.await.unwrap();
+    assert_eq!(got.unwrap(), 43, "it reads the committed value");
     // Several tables at once cannot be checked row by row: refused.
     let err = reader
         .simple_query("SELECT * FROM accounts a JOIN moves_missing m ON m.id = a.id FOR UPDATE")

@@ -229,6 +229,22 @@ async fn an_xid_hint_binds_one_statement_only() {
         None,
         "the hint's binding ended"
     );
+    // The extended protocol, with parameters: bound for that statement as well.
+    let hinted = format!("/*+ XID('{xid}') */ UPDATE accounts SET balance = $1 WHERE id = $2");
+    assert_eq!(worker.execute(&hinted, &[&7i64, &4i32]).await.unwrap(), 1);
+    assert_eq!(
+        one(&worker, "SELECT tandem_xid()").await.unwrap(),
+        None,
+        "the extended hint's binding ended too"
+    );
+    let err = worker
+        .execute(
+            "/*+ XID('no-such-xid') */ UPDATE accounts SET balance = $1 WHERE id = $2",
+            &[&1i64, &3i32],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.code().is_some(), "{err:?}");
     // Not hinted: an ordinary write, outside the global transaction.
     worker
         .batch_execute("UPDATE accounts SET note = 'plain' WHERE id = 2")
@@ -255,6 +271,15 @@ async fn an_xid_hint_binds_one_statement_only() {
         row.get::<_, i64>(0),
         1000,
         "the hinted write was rolled back"
+    );
+    let row = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 4", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        1000,
+        "the hinted extended-protocol write was rolled back"
     );
     let note: String = direct
         .query_one("SELECT note FROM accounts WHERE id = 2", &[])
