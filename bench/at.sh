@@ -86,16 +86,60 @@ SQL
 
 sed 's/^SELECT tandem_begin() \\gset$/SELECT tandem_mode('"'"'xa'"'"');\nSELECT tandem_begin() \\gset/' "$work/at.sql" >"$work/xa.sql"
 
-run() { # target -> tps
-  local out
+# CPU seconds (user + system, in clock ticks) used so far by the processes named.
+cpu_ticks() { # pid... -> ticks
+  local total=0 pid t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+postgres_pids() { pgrep -x postgres | tr '\n' ' '; }
+# Every PostgreSQL process, including backends that exited (reaped by the postmaster,
+# whose children's time is in its cutime and cstime).
+postgres_ticks() {
+  local live postmaster
+  live=$(cpu_ticks $(postgres_pids))
+  postmaster=$(pgrep -x -o postgres)
+  echo $((live + $(awk '{print $16 + $17}' "/proc/$postmaster/stat")))
+}
+HZ=$(getconf CLK_TCK)
+
+run() { # target -> tps; appends "target component ms-per-transaction" lines to cpu.log
+  local out pg_before proxy_before lock_before bench_before tps pgbench_pid
+  pg_before=$(postgres_ticks)
+  proxy_before=$(cpu_ticks "$proxy_pid")
+  lock_before=$(cpu_ticks "$lock_pid")
   if [[ $1 == direct ]]; then
-    out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" 2>&1)
+    pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" >"$work/run.out" 2>&1 &
   else
-    out=$(pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 -s "$SCALE" ${PGBENCH_EXTRA:-} \
-      -f "$work/$1.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" 2>&1)
+    pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 -s "$SCALE" ${PGBENCH_EXTRA:-} \
+      -f "$work/$1.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" >"$work/run.out" 2>&1 &
   fi
+  pgbench_pid=$!
+  # pgbench's own CPU, read just before it exits (it is gone afterwards).
+  local bench_ticks=0 t
+  while kill -0 "$pgbench_pid" 2>/dev/null; do
+    t=$(cpu_ticks "$pgbench_pid"); [[ $t -gt 0 ]] && bench_ticks=$t
+    sleep 0.2
+  done
+  wait "$pgbench_pid" || true
+  out=$(cat "$work/run.out")
   echo "$out" >>"$work/pgbench.log"
-  echo "$out" | awk '/^tps/ {print $3}'
+  tps=$(echo "$out" | awk '/^tps/ {print $3}')
+  local txns
+  txns=$(echo "$out" | awk '/^number of transactions actually processed/ {print $NF}' | cut -d/ -f1)
+  if [[ -n "$txns" && "$txns" -gt 0 ]]; then
+    awk -v t="$1" -v n="$txns" -v hz="$HZ" \
+      -v pg=$(( $(postgres_ticks) - pg_before )) \
+      -v px=$(( $(cpu_ticks "$proxy_pid") - proxy_before )) \
+      -v ls=$(( $(cpu_ticks "$lock_pid") - lock_before )) \
+      -v pb="$bench_ticks" 'BEGIN {
+        printf "%s postgres %.3f\n%s proxy %.3f\n%s lockserver %.3f\n%s pgbench %.3f\n",
+          t, pg * 1000 / hz / n, t, px * 1000 / hz / n, t, ls * 1000 / hz / n, t, pb * 1000 / hz / n }' >>"$work/cpu.log"
+  fi
+  echo "$tps"
 }
 
 echo "pgbench TPC-B, -M simple, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, scale $SCALE"
@@ -111,6 +155,8 @@ awk -v d="$direct" -v a="$at" -v x="$xa" -v r="$ROUNDS" 'BEGIN {
   printf "direct %.0f tps, tandem AT %.0f tps (ratio %.3f), tandem XA %.0f tps (ratio %.3f)\n",
     d / r, a / r, (d > 0) ? a / d : 0, x / r, (d > 0) ? x / d : 0 }'
 grep -h -E "number of (failed|retried)|aborted" "$work/pgbench.log" | sort | uniq -c | head -5 || true
+echo "CPU per transaction (ms, user + system, mean over the rounds; postgres = every backend, side connections included):"
+awk '{ sum[$1 " " $2] += $3; n[$1 " " $2]++ } END { for (k in sum) printf "  %-22s %.3f\n", k, sum[k] / n[k] }' "$work/cpu.log" | sort
 [[ -n "${PGBENCH_EXTRA:-}" ]] && awk '/^transaction type/ {print "--- " $0} /^tps/ {print} /^ +[0-9.]+ +[0-9]+/ {print}' "$work/pgbench.log"
 left=$(psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "select count(*) from undo_log where log_status = 0")
 echo "undo rows left right after the run (cleanup is asynchronous): $left"

@@ -4,6 +4,7 @@
 //! Owns the protocol-independent half of AT. Never reads or writes a client socket.
 
 pub mod branch;
+pub mod cleanup;
 pub mod meta;
 pub mod phase2;
 pub mod raw;

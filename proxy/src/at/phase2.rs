@@ -23,6 +23,8 @@ pub struct PgBranchHandler {
     /// The upstream `host:port` whose databases these are.
     pub upstream: String,
     pub side: Arc<SidePools>,
+    /// Deletes committed branches' undo rows in batches.
+    pub cleanup: super::cleanup::Cleanup,
 }
 
 impl PgBranchHandler {
@@ -42,20 +44,13 @@ impl PgBranchHandler {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
             return crate::xa::pg::finish(&self.side, database, &gid, true).await;
         }
-        let result = async {
-            let client = self.side.get(database).await?;
-            client
-                .execute(
-                    "DELETE FROM undo_log WHERE xid = $1 AND branch_id = $2",
-                    &[&work.xid.as_str(), &(work.branch_id as i64)],
-                )
-                .await?;
-            Ok::<_, crate::Error>(())
-        }
-        .await;
-        match result {
+        match self
+            .cleanup
+            .delete_undo(database, work.xid.as_str(), work.branch_id)
+            .await
+        {
             Ok(()) => BranchOutcome::Done,
-            Err(e) => retry(e.to_string()),
+            Err(e) => retry(e),
         }
     }
 
