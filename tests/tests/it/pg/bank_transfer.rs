@@ -1,7 +1,9 @@
 //! The bank-transfer test: concurrent global transactions across two databases, a fifth
-//! of them rolled back on purpose, in AT mode and in XA mode. Money is neither made nor
-//! lost, every committed transfer is applied exactly once, and nothing is left behind
-//! (no undo rows, no prepared transactions, no locks).
+//! of them rolled back on purpose, in AT mode and in XA mode, while other clients make
+//! deposits outside any global transaction through the same proxy. Money is neither
+//! made nor lost, every committed transfer and every deposit is applied exactly once,
+//! no rollback meets a dirty write, and nothing is left behind (no undo rows, no
+//! prepared transactions, no locks).
 
 use std::sync::Arc;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
@@ -12,6 +14,9 @@ const WORKERS: usize = 8;
 const TRANSFERS_PER_WORKER: usize = 250;
 const ACCOUNTS: i32 = 50;
 const OPENING_BALANCE: i64 = 10_000;
+/// Clients making deposits outside global transactions, and deposits each.
+const DEPOSITORS: usize = 2;
+const DEPOSITS_PER_DEPOSITOR: usize = 200;
 
 async fn value(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
     let messages = client.simple_query(sql).await?;
@@ -159,10 +164,64 @@ async fn run_bank(mode: &'static str) {
             committed
         }));
     }
+    // Deposits outside any global transaction: autocommit writes to the same rows,
+    // one depositor over the simple protocol, one over the extended protocol.
+    let mut depositors = Vec::new();
+    for depositor in 0..DEPOSITORS {
+        let (tandem, names) = (
+            Arc::clone(&tandem),
+            [first.name.clone(), second.name.clone()],
+        );
+        depositors.push(tokio::spawn(async move {
+            let clients = [
+                tandem.connect(&names[0]).await,
+                tandem.connect(&names[1]).await,
+            ];
+            let mut made = Vec::new();
+            for i in 0..DEPOSITS_PER_DEPOSITOR {
+                let side = i % 2;
+                let id = ((i * 7 + depositor * 13) % ACCOUNTS as usize) as i32 + 1;
+                let done = if depositor % 2 == 0 {
+                    clients[side]
+                        .batch_execute(&format!(
+                            "UPDATE accounts SET balance = balance + 1 WHERE id = {id}"
+                        ))
+                        .await
+                } else {
+                    clients[side]
+                        .execute(
+                            "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                            &[&id],
+                        )
+                        .await
+                        .map(|_| ())
+                };
+                match done {
+                    Ok(()) => made.push((side, id)),
+                    // Held past lock_wait_ms: refused, nothing changed.
+                    Err(e) => assert_eq!(
+                        e.code(),
+                        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+                        "{e:?}"
+                    ),
+                }
+            }
+            made
+        }));
+    }
     let mut committed = Vec::new();
     for w in workers {
         committed.extend(w.await.expect("worker"));
     }
+    let mut deposits = Vec::new();
+    for d in depositors {
+        deposits.extend(d.await.expect("depositor"));
+    }
+    assert!(
+        deposits.len() >= DEPOSITORS * DEPOSITS_PER_DEPOSITOR * 9 / 10,
+        "only {} deposits went through",
+        deposits.len()
+    );
     let total = WORKERS * TRANSFERS_PER_WORKER;
     assert!(
         committed.len() >= total / 2,
@@ -184,6 +243,10 @@ async fn run_bank(mode: &'static str) {
         want_a[from as usize - 1] -= amount;
         want_b[to as usize - 1] += amount;
     }
+    for &(side, id) in &deposits {
+        let want = if side == 0 { &mut want_a } else { &mut want_b };
+        want[id as usize - 1] += 1;
+    }
     let (got_a, got_b) = (balances(&da).await, balances(&db).await);
     assert_eq!(
         got_a, want_a,
@@ -195,7 +258,7 @@ async fn run_bank(mode: &'static str) {
     );
     assert_eq!(
         got_a.iter().sum::<i64>() + got_b.iter().sum::<i64>(),
-        2 * ACCOUNTS as i64 * OPENING_BALANCE,
+        2 * ACCOUNTS as i64 * OPENING_BALANCE + deposits.len() as i64,
         "money is conserved"
     );
     eventually("no undo rows left", || async {
