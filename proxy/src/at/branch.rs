@@ -137,6 +137,15 @@ impl Branch {
         }
     }
 
+    /// A statement tandem does not capture ran (`ROLLBACK TO SAVEPOINT` above all, or a
+    /// function): the rows may differ from what the writes returned, so COMMIT reads
+    /// every one again.
+    pub fn forget_all_after(&mut self) {
+        for t in &mut self.tables {
+            t.after_known.clear();
+        }
+    }
+
     /// Each table with the keys of its rows whose after image is not known yet, for the
     /// after-image queries.
     pub fn keys(&self) -> Vec<(Arc<TableMeta>, Vec<TextKey>)> {

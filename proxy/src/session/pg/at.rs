@@ -199,6 +199,10 @@ impl Relay<'_> {
                 self.branch = Branch::default();
                 Ok(Intercepted::Relay)
             }
+            Some(Analysis::Other) => {
+                self.branch.forget_all_after();
+                Ok(Intercepted::Relay)
+            }
             _ => Ok(Intercepted::Relay),
         }
     }

@@ -89,6 +89,13 @@ impl Relay<'_> {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
                 Analysis::Write(w) => (Some(w), None),
                 Analysis::LockingRead(Some(read)) => (None, Some(read)),
+                Analysis::Other => {
+                    // ROLLBACK TO SAVEPOINT and the like, when it runs (its Bind).
+                    if tag == frontend::BIND {
+                        self.branch.forget_all_after();
+                    }
+                    return Ok(Extended::NotAWrite);
+                }
                 Analysis::LockingRead(None) if tag == frontend::BIND => {
                     return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
                         what: "SELECT … FOR UPDATE over several tables inside a global transaction",

@@ -114,6 +114,10 @@ impl Relay<'_> {
                 Ok(()) => Intercepted::Relay,
                 Err(e) => self.refuse(e),
             },
+            Analysis::Other => {
+                self.branch.forget_all_after();
+                Intercepted::Relay
+            }
             _ => Intercepted::Relay,
         };
         let query = match intercepted {

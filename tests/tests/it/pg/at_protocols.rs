@@ -328,3 +328,48 @@ async fn commit_of_a_failed_local_transaction_rolls_back_and_registers_nothing()
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_savepoint_rolled_back_inside_a_branch_leaves_an_exact_undo() {
+    let orders = prepare("at_savepoint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = super::at_mode::dump(&direct).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    // The second UPDATE returned its row, then ROLLBACK TO undid it: the branch's after
+    // image must be the row as it is at COMMIT, or the rollback sees a dirty write.
+    a.batch_execute(
+        "BEGIN;
+         UPDATE accounts SET balance = 2 WHERE id = 1;
+         INSERT INTO accounts (id, balance) VALUES (40, 1);
+         SAVEPOINT s;
+         UPDATE accounts SET balance = 3 WHERE id = 1;
+         DELETE FROM accounts WHERE id = 40;
+         ROLLBACK TO SAVEPOINT s;
+         COMMIT",
+    )
+    .await
+    .unwrap();
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 2);
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(
+        super::at_mode::dump(&direct).await,
+        before,
+        "restored exactly"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
