@@ -135,6 +135,8 @@ pub async fn run(
             ),
             tables,
             outside_writes: config.lockserver.outside_writes,
+            skip_checks_until: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         tokio::spawn(serve_existing_databases(Arc::clone(&ctx)));
         tokio::spawn(recover_prepared_branches(

@@ -221,12 +221,6 @@ impl Phase2Registry {
         }
     }
 
-    /// Whether the phase-2 stream (and with it the table notices) is up.
-    pub fn is_connected(&self) -> bool {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.1.as_ref().is_some_and(|w| w.is_connected())
-    }
-
     /// Stops the worker (shutdown).
     pub async fn shutdown(&self) {
         let worker = self

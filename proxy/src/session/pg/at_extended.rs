@@ -326,10 +326,21 @@ impl Relay<'_> {
                 .statement(batch.bind.statement)
                 .map(|s| s.param_types.clone()),
         };
-        match declared {
-            Some(t) if t.len() == batch.bind.params.len() && t.iter().all(|&t| t != 0) => Ok(t),
-            _ => self.describe_params(sql).await,
+        let declared = declared.unwrap_or_default();
+        if declared.len() == batch.bind.params.len() && declared.iter().all(|&t| t != 0) {
+            return Ok(declared);
         }
+        // The client's declarations win where it made them: its values (a binary int2,
+        // say) are encoded for them, not for what the server would infer.
+        let described = self.describe_params(sql).await?;
+        Ok(described
+            .iter()
+            .enumerate()
+            .map(|(i, &inferred)| match declared.get(i) {
+                Some(&t) if t != 0 => t,
+                _ => inferred,
+            })
+            .collect())
     }
 
     /// A Parse or Bind that is not a control statement: a statement with an XID hint

@@ -34,11 +34,16 @@ use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_rea
 use crate::wire::pg::messages::simple::put_query;
 use bytes::BytesMut;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
 /// How often a waiting write asks the lockserver again.
 const RECHECK: Duration = Duration::from_millis(20);
+
+/// After the lockserver failed to answer a check, writes run unchecked this long before
+/// one asks again: a lockserver that is down must not cost every write a failed call.
+const SKIP_CHECKS_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl Relay<'_> {
     /// A simple Query outside a global transaction.
@@ -164,6 +169,12 @@ impl Relay<'_> {
         })
     }
 
+    /// The lockserver failed to answer a check less than `SKIP_CHECKS_AFTER_FAILURE` ago.
+    fn lockserver_failed_lately(&self) -> bool {
+        let until = self.ctx.skip_checks_until.load(Ordering::Relaxed);
+        until != 0 && (self.ctx.started.elapsed().as_millis() as u64) < until
+    }
+
     /// Counts (and now and then logs) a write that runs without its check.
     fn unchecked_outside_write(&self) {
         let metric = &self.ctx.metrics.outside_writes_unchecked;
@@ -187,11 +198,14 @@ impl Relay<'_> {
     /// cannot name its rows: see the module comment).
     async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> Option<(Arc<TableMeta>, Write)> {
         let tables = &self.ctx.tables;
-        if let Some(guard) = tables.enter_unchecked(&self.resource, None) {
-            self.unchecked.push(guard);
+        if self.unchecked.covers(None) {
             return None;
         }
-        if !self.ctx.phase2.is_connected() {
+        if let Some(guard) = tables.enter_unchecked(&self.resource, None) {
+            self.unchecked.hold(guard, None);
+            return None;
+        }
+        if self.lockserver_failed_lately() {
             // The lockserver is unreachable: neither its notices nor its locks can be
             // read. The write runs; one under a global lock is caught as a dirty write
             // when that transaction rolls back.
@@ -225,8 +239,12 @@ impl Relay<'_> {
             // Never captured, so never globally locked.
             return None;
         }
-        if let Some(guard) = tables.enter_unchecked(&self.resource, Some(&qualified_name(&meta))) {
-            self.unchecked.push(guard);
+        let table = qualified_name(&meta);
+        if self.unchecked.covers(Some(&table)) {
+            return None;
+        }
+        if let Some(guard) = tables.enter_unchecked(&self.resource, Some(&table)) {
+            self.unchecked.hold(guard, Some(table));
             return None;
         }
         Some((meta, write))
@@ -301,8 +319,13 @@ impl Relay<'_> {
                     Ok(Some((_, holder))) => holder,
                     Ok(None) => return Ok(None),
                     Err(e) => {
-                        // As when its stream is down (see rows_to_check).
+                        // The write runs, and so do the next ones for a while without
+                        // asking (see rows_to_check).
                         tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                        let until = self.ctx.started.elapsed() + SKIP_CHECKS_AFTER_FAILURE;
+                        self.ctx
+                            .skip_checks_until
+                            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
                         self.unchecked_outside_write();
                         return Ok(None);
                     }
@@ -328,6 +351,38 @@ impl Relay<'_> {
             };
             return refused(e, open);
         }
+    }
+}
+
+/// The unchecked guards a session holds until its next sync point. While one is held,
+/// the lockserver cannot finish announcing a table (this proxy's acknowledgement waits
+/// for it), so what it covered when it was taken stays safe to write unchecked: every
+/// table of the database (taken while none was announced), or its own table.
+#[derive(Default)]
+pub(super) struct UncheckedGuards {
+    guards: Vec<tandem_lockserver::client::UncheckedWrite>,
+    all_tables: bool,
+    tables: Vec<String>,
+}
+
+impl UncheckedGuards {
+    fn covers(&self, table: Option<&str>) -> bool {
+        self.all_tables || table.is_some_and(|t| self.tables.iter().any(|held| held == t))
+    }
+
+    fn hold(&mut self, guard: tandem_lockserver::client::UncheckedWrite, table: Option<String>) {
+        self.guards.push(guard);
+        match table {
+            Some(table) => self.tables.push(table),
+            None => self.all_tables = true,
+        }
+    }
+
+    /// The session reached a sync point: every write it let through is over.
+    pub(super) fn release(&mut self) {
+        self.guards.clear();
+        self.tables.clear();
+        self.all_tables = false;
     }
 }
 

@@ -64,6 +64,10 @@ pub struct PgFrontendContext {
     pub tables: Arc<tandem_lockserver::client::TableLockView>,
     /// `lockserver.outside_writes`.
     pub outside_writes: crate::config::OutsideWrites,
+    /// Until when (ms since `started`) writes outside global transactions skip their
+    /// check: the lockserver just failed to answer one.
+    pub skip_checks_until: std::sync::atomic::AtomicU64,
+    pub started: Instant,
 }
 
 /// Read buffers start empty and grow in steps of this many bytes, so that an idle
@@ -126,9 +130,6 @@ async fn run(ctx: &PgFrontendContext, socket: TcpStream, span: &tracing::Span) -
             .map_err(Error::UpstreamIo)?;
         let database = params.database().unwrap_or("").to_owned();
         let mut relay = Relay::new(ctx, client, server, leftover, database, span.clone());
-        // Table notices for this database reach the proxy (writes outside global
-        // transactions are checked against them) once phase 2 serves it.
-        ctx.phase2.serve(&relay.resource);
         let result = relay.run().await;
         if let Err(e) = &result {
             relay.report(e).await;
@@ -184,7 +185,7 @@ struct Relay<'a> {
     /// Its resource id at the lockserver.
     resource: String,
     /// Writes outside a global transaction let through unchecked and not yet over.
-    unchecked: Vec<tandem_lockserver::client::UncheckedWrite>,
+    unchecked: guard::UncheckedGuards,
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
@@ -233,7 +234,7 @@ impl<'a> Relay<'a> {
             binding: Binding::default(),
             resource: crate::at::resource_id(&ctx.upstream, &database),
             database,
-            unchecked: Vec::new(),
+            unchecked: guard::UncheckedGuards::default(),
             branch: at_branch::Branch::default(),
             write_in_flight: None,
             xa: xa::XaBranch::None,

@@ -140,9 +140,15 @@ impl Relay<'_> {
                         self.xa = xa::XaBranch::None;
                     }
                 }
+                if was_startup && self.phase.at_sync_point() {
+                    // Authenticated: table notices for this database reach the proxy
+                    // (writes outside global transactions are checked against them)
+                    // once phase 2 serves it.
+                    self.ctx.phase2.serve(&self.resource);
+                }
                 if self.phase.at_sync_point() && !was_startup {
                     // Every write let through unchecked is over.
-                    self.unchecked.clear();
+                    self.unchecked.release();
                     self.ctx.metrics.queries.inc();
                     if let Some(started) = self.request_started.take() {
                         self.ctx
