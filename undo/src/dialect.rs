@@ -1,6 +1,22 @@
 //! What differs between SQL dialects, as capability methods rather than `if mysql`.
+//!
+//! Every method with a default describes PostgreSQL's behaviour, so adding a capability
+//! never changes what PostgreSQL gets. Invariant: a value read through [`Dialect::capture`]
+//! and written back through [`Dialect::restore`] with [`Dialect::param_type`] is the value
+//! that was there.
 
 use crate::analyze::TableRef;
+use crate::mysql::types;
+
+/// Which grammar parses a dialect's statements (undo's own name for it, so that no
+/// sqlparser type leaves `analyze`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grammar {
+    /// PostgreSQL's.
+    PostgreSql,
+    /// MySQL's and MariaDB's.
+    MySql,
+}
 
 /// A SQL dialect as undo needs it.
 pub trait Dialect: Send + Sync {
@@ -31,6 +47,44 @@ pub trait Dialect: Send + Sync {
             ),
             None => self.quote_ident(&table.name),
         }
+    }
+    /// The grammar that parses its statements.
+    fn grammar(&self) -> Grammar {
+        Grammar::PostgreSql
+    }
+    /// Whether placeholders are anonymous and bound by position (MySQL's `?`): then the
+    /// SQL undo builds from a statement's fragments says which of the statement's
+    /// parameters it binds (see [`crate::Capture`]).
+    fn positional_placeholders(&self) -> bool {
+        false
+    }
+    /// How a SELECT list reads `column` (already quoted, maybe qualified) of type
+    /// `type_code` so that its value comes back exactly whatever the session's settings.
+    fn capture(&self, column: &str, type_code: u32) -> String {
+        let _ = type_code;
+        column.to_owned()
+    }
+    /// How a value read through [`Dialect::capture`] and bound at `placeholder` is written
+    /// back into a column of type `type_code`.
+    fn restore(&self, placeholder: &str, type_code: u32) -> String {
+        let _ = type_code;
+        placeholder.to_owned()
+    }
+    /// The parameter type that binds a captured value of a column of type `type_code`.
+    fn param_type(&self, type_code: u32) -> u32 {
+        type_code
+    }
+    /// The clause that locks a before image's rows (`qualifier`: how the statement names
+    /// the written table).
+    fn lock_rows(&self, qualifier: &str) -> String {
+        format!("FOR UPDATE OF {qualifier}")
+    }
+    /// A NULL-safe equality the replay check adds for every column, so that the server
+    /// itself passes over a row that changed since; None where only the proxy compares
+    /// the row the check returns.
+    fn null_safe_equal(&self, left: &str, right: &str) -> Option<String> {
+        let _ = (left, right);
+        None
     }
 }
 
@@ -65,6 +119,69 @@ impl Dialect for Postgres {
     }
 }
 
+/// MySQL 8 and MariaDB 10.5+.
+///
+/// Type codes ([`crate::Column::type_oid`]) are those of [`crate::mysql::types`].
+/// `supports_returning` is false: MariaDB 10.5+ has RETURNING for INSERT, REPLACE and
+/// DELETE only, and MySQL none, so UPDATE's after images are read by key and the
+/// dialect cannot promise RETURNING for every write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mysql;
+
+impl Dialect for Mysql {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn quote_ident(&self, ident: &str) -> String {
+        format!("`{}`", ident.replace('`', "``"))
+    }
+
+    fn placeholder(&self, _n: usize) -> String {
+        "?".to_owned()
+    }
+
+    fn supports_returning(&self) -> bool {
+        false
+    }
+
+    fn insert_override(&self) -> &'static str {
+        // An AUTO_INCREMENT column takes an explicit value as it is, as long as the
+        // session's sql_mode has NO_AUTO_VALUE_ON_ZERO (for a 0): see ARCHITECTURE.md.
+        ""
+    }
+
+    fn grammar(&self) -> Grammar {
+        Grammar::MySql
+    }
+
+    fn positional_placeholders(&self) -> bool {
+        true
+    }
+
+    fn capture(&self, column: &str, type_code: u32) -> String {
+        types::capture(column, type_code)
+    }
+
+    fn restore(&self, placeholder: &str, type_code: u32) -> String {
+        types::restore(placeholder, type_code)
+    }
+
+    fn param_type(&self, type_code: u32) -> u32 {
+        types::param_type(type_code)
+    }
+
+    fn lock_rows(&self, _qualifier: &str) -> String {
+        // MariaDB has no FOR UPDATE OF; the other tables of a multi-table write are
+        // locked too, as the write itself would read them under lock.
+        "FOR UPDATE".to_owned()
+    }
+
+    fn null_safe_equal(&self, left: &str, right: &str) -> Option<String> {
+        Some(format!("{left} <=> {right}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +196,22 @@ mod tests {
         };
         assert_eq!(d.qualified(&t), "\"s\".\"T\"");
         assert_eq!(d.placeholder(3), "$3");
+    }
+
+    #[test]
+    fn mysql_quoting_doubles_backticks() {
+        let d = Mysql;
+        assert_eq!(d.quote_ident("a`b"), "`a``b`");
+        let t = TableRef {
+            schema: Some("shop".into()),
+            name: "Order Lines".into(),
+        };
+        assert_eq!(d.qualified(&t), "`shop`.`Order Lines`");
+        assert_eq!(d.placeholder(3), "?");
+        assert!(!d.supports_returning());
+        assert_eq!(d.insert_override(), "");
+        assert_eq!(d.row_image("t"), None);
+        assert_eq!(d.lock_rows("`a`"), "FOR UPDATE");
+        assert_eq!(d.null_safe_equal("`v`", "?").as_deref(), Some("`v` <=> ?"));
     }
 }

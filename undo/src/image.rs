@@ -8,6 +8,33 @@ use crate::analyze::{TableRef, Write, WriteKind};
 use crate::dialect::Dialect;
 use crate::error::Error;
 
+/// SQL that tandem runs for a client's statement, and which of that statement's
+/// parameters it binds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// The SQL, with the dialect's placeholders.
+    pub sql: String,
+    /// For each placeholder of `sql` in order, the 0-based index of the client
+    /// statement's parameter bound there, where placeholders are positional (MySQL).
+    /// Empty where they are numbered (PostgreSQL): `sql` uses the statement's own
+    /// numbers, and the statement's parameters are bound as they are.
+    pub params: Vec<usize>,
+}
+
+impl Capture {
+    /// `sql`, built from fragments of a statement analysed in `d`, made runnable.
+    pub(crate) fn of(d: &dyn Dialect, sql: String) -> Result<Capture, Error> {
+        if !d.positional_placeholders() {
+            return Ok(Capture {
+                sql,
+                params: Vec::new(),
+            });
+        }
+        let (sql, params) = crate::analyze::bind_positionally(&sql)?;
+        Ok(Capture { sql, params })
+    }
+}
+
 /// One column value in binary wire format; `None` is SQL NULL.
 pub type Value = Option<Vec<u8>>;
 /// One row, in the column order of its [`TableMeta`].
@@ -80,10 +107,11 @@ impl TableMeta {
             .collect()
     }
 
+    /// Every column, each read as [`Dialect::capture`] reads it.
     fn column_list(&self, d: &dyn Dialect) -> String {
         self.columns
             .iter()
-            .map(|c| d.quote_ident(&c.name))
+            .map(|c| d.capture(&d.quote_ident(&c.name), c.type_oid))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -97,18 +125,31 @@ impl TableMeta {
     }
 
     /// `SELECT <all columns> FROM <table> WHERE <the write's predicate> FOR UPDATE`:
-    /// the before image, locked, with the statement's own placeholders.
+    /// the before image, locked, with the statement's own placeholders. A MySQL write's
+    /// ORDER BY and LIMIT come along, so that it selects the rows the write takes, and a
+    /// multi-table write's tables, so that it selects the rows its join matches.
     pub fn before_image_sql(&self, d: &dyn Dialect, write: &Write) -> String {
         let qualifier = self.qualifier(d, write);
         let columns = self
             .columns
             .iter()
-            .map(|c| format!("{qualifier}.{}", d.quote_ident(&c.name)))
+            .map(|c| {
+                d.capture(
+                    &format!("{qualifier}.{}", d.quote_ident(&c.name)),
+                    c.type_oid,
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
-        let mut sql = format!("SELECT {columns} FROM {}", d.qualified(&write.table));
-        if let Some(alias) = &write.alias {
-            sql.push_str(&format!(" AS {}", d.quote_ident(alias)));
+        let mut sql = format!("SELECT {columns} FROM ");
+        match &write.joined {
+            Some(joined) => sql.push_str(joined),
+            None => {
+                sql.push_str(&d.qualified(&write.table));
+                if let Some(alias) = &write.alias {
+                    sql.push_str(&format!(" AS {}", d.quote_ident(alias)));
+                }
+            }
         }
         if let Some(from) = &write.from {
             sql.push_str(&format!(", {from}"));
@@ -116,9 +157,22 @@ impl TableMeta {
         if let Some(selection) = &write.selection {
             sql.push_str(&format!(" WHERE {selection}"));
         }
-        // Only the written table's rows are locked, not those of an UPDATE's FROM list.
-        sql.push_str(&format!(" FOR UPDATE OF {qualifier}"));
+        if let Some(order_by) = &write.order_by {
+            sql.push_str(&format!(" ORDER BY {order_by}"));
+        }
+        if let Some(limit) = &write.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        // Only the written table's rows are locked, not those of an UPDATE's FROM list,
+        // where the dialect can say so.
+        sql.push(' ');
+        sql.push_str(&d.lock_rows(&qualifier));
         sql
+    }
+
+    /// [`Self::before_image_sql`] with the statement parameters it binds.
+    pub fn before_image(&self, d: &dyn Dialect, write: &Write) -> Result<Capture, Error> {
+        Capture::of(d, self.before_image_sql(d, write))
     }
 
     /// `SELECT <key columns> FROM <table> WHERE <predicate> FOR UPDATE OF <table>`: the
@@ -138,8 +192,18 @@ impl TableMeta {
         if let Some(selection) = &read.selection {
             sql.push_str(&format!(" WHERE {selection}"));
         }
-        sql.push_str(&format!(" FOR UPDATE OF {qualifier}"));
+        sql.push(' ');
+        sql.push_str(&d.lock_rows(&qualifier));
         sql
+    }
+
+    /// [`Self::locked_keys_sql`] with the statement parameters it binds.
+    pub fn locked_keys(
+        &self,
+        d: &dyn Dialect,
+        read: &crate::analyze::LockedRead,
+    ) -> Result<Capture, Error> {
+        Capture::of(d, self.locked_keys_sql(d, read))
     }
 
     /// The before image of an upsert: the existing rows whose primary key equals a
@@ -245,8 +309,9 @@ impl TableMeta {
         }
     }
 
-    /// `SELECT <all columns> FROM <table> WHERE <pk> = ANY(…)` for `rows` keys, with
-    /// parameters in key order, row after row.
+    /// `SELECT <all columns> FROM <table> WHERE (<pk>) IN ((…), …)` for `rows` keys, with
+    /// parameters in key order, row after row (bound as [`Dialect::param_type`] says):
+    /// the after images, which MySQL's writes do not return.
     pub fn select_by_keys_sql(&self, d: &dyn Dialect, rows: usize) -> String {
         let width = self.pk.len();
         let tuples = (0..rows)

@@ -5,10 +5,12 @@
 //! Module map:
 //! - `analyze`: the only module that imports sqlparser; turns a statement into undo's
 //!   own types ([`Analysis`]) or refuses it.
-//! - `dialect`: what differs between PostgreSQL and MySQL (quoting, placeholders).
+//! - `dialect`: what differs between PostgreSQL and MySQL (quoting, placeholders,
+//!   how each type is captured and restored).
 //! - `image`: table metadata, row images, and the SQL that captures them.
 //! - `record`: the undo record stored in `undo_log.rollback_info`.
 //! - `replay`: the statements that undo a branch, each behind its dirty-write check.
+//! - `mysql`: MySQL's type codes, catalog queries and the capture plan of its writes.
 //! - `error`: [`Error`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -17,14 +19,15 @@ pub mod analyze;
 pub mod dialect;
 pub mod error;
 pub mod image;
+pub mod mysql;
 pub mod record;
 pub mod replay;
 
 pub use analyze::{
-    Analysis, LockedRead, TableRef, Upsert, Write, WriteKind, analyze, count_mysql_statements,
-    split_statements,
+    Analysis, InsertRows, InsertValue, LockedRead, OnDuplicate, TableRef, Upsert, Write, WriteKind,
+    analyze, count_mysql_statements, split_statements,
 };
-pub use dialect::{Dialect, Postgres};
+pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;
-pub use image::{Column, Row, TableMeta, Value, row_from_returned_image};
+pub use image::{Capture, Column, Row, TableMeta, Value, row_from_returned_image};
 pub use record::{RowImages, TableUndo, UndoRecord};

@@ -3,9 +3,16 @@
 //!
 //! Never guesses: whatever it cannot map to an exactly invertible write is refused with
 //! [`Error::Unsupported`]. Invariant: a `Write` names exactly one table, and the rows it
-//! changes are those its own predicate selects.
+//! changes are those its own predicate selects. PostgreSQL's statements are analysed
+//! here, MySQL's in `mysql` (same types, MySQL's grammar and name rules).
 
-use crate::dialect::Dialect;
+mod mysql;
+mod split;
+
+pub(crate) use mysql::bind_positionally;
+pub use split::{count_mysql_statements, split_statements};
+
+use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;
 use sqlparser::ast::{
     Assignment, AssignmentTarget, ConflictTarget, FromTable, Ident, ObjectName, ObjectNamePart,
@@ -15,8 +22,9 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-/// A table as a statement names it; unquoted names folded to lower case as PostgreSQL
-/// does.
+/// A table as a statement names it: PostgreSQL's unquoted names folded to lower case as
+/// PostgreSQL does; MySQL's as written (whether they are case-sensitive is a server
+/// setting, so the catalog resolves them).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableRef {
     /// Schema, when the statement gave one.
@@ -56,6 +64,81 @@ pub struct Write {
     pub from: Option<String>,
     /// INSERT … ON CONFLICT (columns) DO UPDATE: what the before image needs.
     pub upsert: Option<Upsert>,
+    /// The ORDER BY list of a single-table UPDATE/DELETE (MySQL), as SQL.
+    pub order_by: Option<String>,
+    /// The columns that ORDER BY names plainly (lower case), to tell whether it orders
+    /// the rows totally.
+    pub order_columns: Vec<String>,
+    /// The LIMIT row count of a single-table UPDATE/DELETE (MySQL), as SQL.
+    pub limit: Option<String>,
+    /// Every table a multi-table UPDATE/DELETE (MySQL) reads, the written one among
+    /// them, as SQL: the before image selects from it.
+    pub joined: Option<String>,
+    /// What an INSERT does with a row whose unique key is taken.
+    pub on_duplicate: OnDuplicate,
+    /// The rows a MySQL INSERT, REPLACE or INSERT … SET gives, which name the rows it
+    /// inserts (MySQL returns no keys) and, for an upsert, those it may change.
+    pub rows: Option<InsertRows>,
+}
+
+/// What an INSERT does with a row whose primary or unique key another row holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Fails (also: not an INSERT).
+    #[default]
+    Error,
+    /// Skips the row: INSERT IGNORE, ON CONFLICT DO NOTHING.
+    Ignore,
+    /// Updates the row it collides with: ON DUPLICATE KEY UPDATE, ON CONFLICT DO UPDATE.
+    Update,
+    /// Deletes every row it collides with, then inserts: REPLACE.
+    Replace,
+}
+
+/// The rows an INSERT gives (MySQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InsertRows {
+    /// The column list (lower case); None: every column, in table order.
+    pub columns: Option<Vec<String>>,
+    /// Each row, one value per column.
+    pub rows: Vec<Vec<InsertValue>>,
+}
+
+/// One value of an INSERT's row, as SQL with the statement's placeholders numbered
+/// (`?1`, `?2` …: see [`crate::Capture`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InsertValue {
+    /// `DEFAULT`.
+    Default,
+    /// `NULL`.
+    Null,
+    /// A literal or a placeholder: evaluating it again gives the same value.
+    Constant(String),
+    /// Any other expression (a function call, a column, a subquery): evaluating it
+    /// again may not give the value the INSERT wrote.
+    Computed(String),
+}
+
+impl Write {
+    /// A write of `kind` to `table` with nothing else known yet.
+    fn of(kind: WriteKind, table: TableRef, alias: Option<String>) -> Self {
+        Write {
+            kind,
+            table,
+            alias,
+            selection: None,
+            assigned: vec![],
+            has_returning: false,
+            from: None,
+            upsert: None,
+            order_by: None,
+            order_columns: vec![],
+            limit: None,
+            joined: None,
+            on_duplicate: OnDuplicate::Error,
+            rows: None,
+        }
+    }
 }
 
 /// The parts of an `INSERT … VALUES … ON CONFLICT (columns) DO UPDATE` that name the rows
@@ -82,6 +165,9 @@ pub struct LockedRead {
 }
 
 /// What a statement means for AT mode.
+// One per statement and short-lived; boxing the write would change the shape every
+// caller matches on.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Analysis {
     /// Reads nothing under lock and writes nothing: relay it.
@@ -106,22 +192,106 @@ pub enum Analysis {
 const RECURSION_LIMIT: usize = 64;
 
 /// Analyses every statement of `sql` (a simple query may hold several).
+///
+/// MySQL's placeholders come back numbered in the order they appear (`?1`, `?2` …) in
+/// every fragment of SQL an [`Analysis`] holds, so that what undo builds from them can
+/// say which of the statement's parameters it binds.
 pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error> {
-    let statements = Parser::new(&PostgreSqlDialect {})
-        .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::Parse {
-            dialect: dialect.name(),
-            excerpt: sql.chars().take(80).collect(),
-            message: e.to_string(),
-        })?;
-    statements.iter().map(analyze_statement).collect()
+    let parse_error = |message: String| Error::Parse {
+        dialect: dialect.name(),
+        excerpt: sql.chars().take(80).collect(),
+        message,
+    };
+    match dialect.grammar() {
+        Grammar::PostgreSql => {
+            let statements = Parser::new(&PostgreSqlDialect {})
+                .with_recursion_limit(RECURSION_LIMIT)
+                .try_with_sql(sql)
+                .and_then(|mut p| p.parse_statements())
+                .map_err(|e| parse_error(e.to_string()))?;
+            statements.iter().map(analyze_statement).collect()
+        }
+        Grammar::MySql => {
+            let statements = mysql::parse(sql, parse_error)?;
+            statements.iter().map(mysql::analyze_statement).collect()
+        }
+    }
+}
+
+/// How a dialect turns identifiers into names.
+#[derive(Clone, Copy)]
+struct Names {
+    /// Fold unquoted table names to lower case (PostgreSQL); else keep them as written.
+    fold_tables: bool,
+    /// Fold column names to lower case even when quoted (MySQL, whose column names
+    /// are case-insensitive).
+    lower_columns: bool,
+}
+
+const POSTGRES_NAMES: Names = Names {
+    fold_tables: true,
+    lower_columns: false,
+};
+
+impl Names {
+    fn table(self, ident: &Ident) -> String {
+        if self.fold_tables {
+            fold(ident)
+        } else {
+            ident.value.clone()
+        }
+    }
+
+    fn column(self, ident: &Ident) -> String {
+        if self.lower_columns {
+            ident.value.to_lowercase()
+        } else {
+            fold(ident)
+        }
+    }
+}
+
+/// The statement an `EXPLAIN ANALYZE` runs (it executes it), if `statement` is one.
+fn explain_analyze_target(statement: &Statement) -> Option<&Statement> {
+    let Statement::Explain {
+        analyze,
+        statement,
+        options,
+        ..
+    } = statement
+    else {
+        return None;
+    };
+    let off = |arg: &sqlparser::ast::Expr| {
+        matches!(
+            arg.to_string().to_ascii_lowercase().as_str(),
+            "false" | "off" | "0"
+        )
+    };
+    let analyzes = *analyze
+        || options.iter().flatten().any(|o| {
+            o.name.value.eq_ignore_ascii_case("analyze") && !o.arg.as_ref().is_some_and(off)
+        });
+    analyzes.then_some(statement.as_ref())
+}
+
+/// An EXPLAIN ANALYZE runs its statement: only a read may run so.
+fn explain_analyze(
+    target: &Statement,
+    analyze: fn(&Statement) -> Result<Analysis, Error>,
+) -> Result<Analysis, Error> {
+    match analyze(target)? {
+        Analysis::Read => Ok(Analysis::Read),
+        _ => Err(Error::unsupported("EXPLAIN ANALYZE of a write")),
+    }
 }
 
 fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
+    if let Some(target) = explain_analyze_target(statement) {
+        return explain_analyze(target, analyze_statement);
+    }
     Ok(match statement {
-        Statement::Query(query) => analyze_query(query)?,
+        Statement::Query(query) => analyze_query(query, POSTGRES_NAMES)?,
         Statement::Insert(insert) => {
             let upsert = match &insert.on {
                 None => None,
@@ -150,15 +320,23 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
             let TableObject::TableName(name) = &insert.table else {
                 return Err(Error::unsupported("INSERT into a table function"));
             };
+            let on_duplicate = match &insert.on {
+                Some(OnInsert::OnConflict(OnConflict {
+                    action: OnConflictAction::DoNothing,
+                    ..
+                })) => OnDuplicate::Ignore,
+                Some(_) => OnDuplicate::Update,
+                None => OnDuplicate::Error,
+            };
             Analysis::Write(Write {
-                kind: WriteKind::Insert,
-                table: table_ref(name)?,
-                alias: insert.table_alias.as_ref().map(|a| fold(&a.alias)),
-                selection: None,
-                assigned: vec![],
                 has_returning: insert.returning.is_some(),
-                from: None,
                 upsert,
+                on_duplicate,
+                ..Write::of(
+                    WriteKind::Insert,
+                    table_ref(name, POSTGRES_NAMES)?,
+                    insert.table_alias.as_ref().map(|a| fold(&a.alias)),
+                )
             })
         }
         Statement::Update(update) => {
@@ -169,16 +347,13 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                     return Err(Error::unsupported("UPDATE FROM … SET"));
                 }
             };
-            let (table, alias) = single_table(&update.table)?;
+            let (table, alias) = single_table(&update.table, POSTGRES_NAMES)?;
             Analysis::Write(Write {
-                kind: WriteKind::Update,
-                table,
-                alias,
                 selection: update.selection.as_ref().map(|e| e.to_string()),
-                assigned: assigned_columns(&update.assignments)?,
+                assigned: assigned_columns(&update.assignments, POSTGRES_NAMES)?,
                 has_returning: update.returning.is_some(),
                 from,
-                upsert: None,
+                ..Write::of(WriteKind::Update, table, alias)
             })
         }
         Statement::Delete(delete) => {
@@ -188,16 +363,12 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
             let [only] = tables.as_slice() else {
                 return Err(Error::unsupported("DELETE from several tables"));
             };
-            let (table, alias) = single_table(only)?;
+            let (table, alias) = single_table(only, POSTGRES_NAMES)?;
             Analysis::Write(Write {
-                kind: WriteKind::Delete,
-                table,
-                alias,
                 selection: delete.selection.as_ref().map(|e| e.to_string()),
-                assigned: vec![],
                 has_returning: delete.returning.is_some(),
                 from: delete.using.as_ref().map(|t| join_list(t)),
-                upsert: None,
+                ..Write::of(WriteKind::Delete, table, alias)
             })
         }
         Statement::StartTransaction { .. } => Analysis::Begin,
@@ -222,22 +393,6 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
             ));
         }
         // EXPLAIN ANALYZE runs its statement.
-        Statement::Explain {
-            analyze,
-            statement,
-            options,
-            ..
-        } if *analyze
-            || options.iter().flatten().any(|o| {
-                o.name.value.eq_ignore_ascii_case("analyze")
-                    && !matches!(&o.arg, Some(arg) if matches!(arg.to_string().to_ascii_lowercase().as_str(), "false" | "off" | "0"))
-            }) =>
-        {
-            match analyze_statement(statement)? {
-                Analysis::Read => Analysis::Read,
-                _ => return Err(Error::unsupported("EXPLAIN ANALYZE of a write")),
-            }
-        }
         Statement::Rollback { .. }
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. }
@@ -275,18 +430,20 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
     })
 }
 
-fn analyze_query(query: &Query) -> Result<Analysis, Error> {
+fn analyze_query(query: &Query, names: Names) -> Result<Analysis, Error> {
     refuse_data_modifying_ctes(query)?;
     if query.locks.is_empty() {
         return Ok(Analysis::Read);
     }
     let single = match query.body.as_ref() {
         SetExpr::Select(select) if query.with.is_none() => match select.from.as_slice() {
-            [only] => single_table(only).ok().map(|(table, alias)| LockedRead {
-                table,
-                alias,
-                selection: select.selection.as_ref().map(|e| e.to_string()),
-            }),
+            [only] => single_table(only, names)
+                .ok()
+                .map(|(table, alias)| LockedRead {
+                    table,
+                    alias,
+                    selection: select.selection.as_ref().map(|e| e.to_string()),
+                }),
             _ => None,
         },
         _ => None,
@@ -361,7 +518,7 @@ fn join_list(tables: &[TableWithJoins]) -> String {
         .join(", ")
 }
 
-fn single_table(t: &TableWithJoins) -> Result<(TableRef, Option<String>), Error> {
+fn single_table(t: &TableWithJoins, names: Names) -> Result<(TableRef, Option<String>), Error> {
     if !t.joins.is_empty() {
         return Err(Error::unsupported("a write over a join"));
     }
@@ -371,19 +528,22 @@ fn single_table(t: &TableWithJoins) -> Result<(TableRef, Option<String>), Error>
             alias,
             args: None,
             ..
-        } => Ok((table_ref(name)?, alias.as_ref().map(|a| fold(&a.name)))),
+        } => Ok((
+            table_ref(name, names)?,
+            alias.as_ref().map(|a| names.table(&a.name)),
+        )),
         _ => Err(Error::unsupported(
             "a write to something other than a table",
         )),
     }
 }
 
-fn table_ref(name: &ObjectName) -> Result<TableRef, Error> {
+fn table_ref(name: &ObjectName, names: Names) -> Result<TableRef, Error> {
     let parts: Vec<String> = name
         .0
         .iter()
         .map(|part| match part {
-            ObjectNamePart::Identifier(ident) => Ok(fold(ident)),
+            ObjectNamePart::Identifier(ident) => Ok(names.table(ident)),
             _ => Err(Error::unsupported("a computed table name")),
         })
         .collect::<Result<_, _>>()?;
@@ -400,16 +560,16 @@ fn table_ref(name: &ObjectName) -> Result<TableRef, Error> {
     }
 }
 
-fn assigned_columns(assignments: &[Assignment]) -> Result<Vec<String>, Error> {
+fn assigned_columns(assignments: &[Assignment], names: Names) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     for a in assignments {
-        let names: Vec<&ObjectName> = match &a.target {
+        let targets: Vec<&ObjectName> = match &a.target {
             AssignmentTarget::ColumnName(n) => vec![n],
             AssignmentTarget::Tuple(ns) => ns.iter().collect(),
         };
-        for n in names {
+        for n in targets {
             match n.0.last() {
-                Some(ObjectNamePart::Identifier(ident)) => out.push(fold(ident)),
+                Some(ObjectNamePart::Identifier(ident)) => out.push(names.column(ident)),
                 _ => {
                     return Err(Error::unsupported(
                         "an assignment to a computed column name",
@@ -432,76 +592,3 @@ fn fold(ident: &Ident) -> String {
 
 #[cfg(test)]
 mod tests;
-
-/// The text of each statement of `sql`, split at the semicolons between statements
-/// (not those inside quotes, dollar quotes or comments), without the semicolons and
-/// without empty statements, so that each can be sent as a query of its own.
-pub fn split_statements<'a>(dialect: &dyn Dialect, sql: &'a str) -> Result<Vec<&'a str>, Error> {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize_with_location()
-        .map_err(|e| Error::Parse {
-            dialect: dialect.name(),
-            excerpt: sql.chars().take(80).collect(),
-            message: e.to_string(),
-        })?;
-    // Byte offset of each line's start: locations count lines and characters from 1.
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
-    let offset = |line: u64, column: u64| -> Option<usize> {
-        let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
-        let chars = usize::try_from(column).ok()?.checked_sub(1)?;
-        let rest = sql.get(start..)?;
-        Some(
-            start
-                + rest
-                    .char_indices()
-                    .nth(chars)
-                    .map_or(rest.len(), |(i, _)| i),
-        )
-    };
-    let mut pieces = Vec::new();
-    let mut from = 0;
-    for t in tokens.iter().filter(|t| t.token == Token::SemiColon) {
-        let at = offset(t.span.start.line, t.span.start.column).ok_or_else(|| Error::Parse {
-            dialect: dialect.name(),
-            excerpt: sql.chars().take(80).collect(),
-            message: "a statement separator outside the text".into(),
-        })?;
-        pieces.push(&sql[from..at]);
-        from = at + 1;
-    }
-    pieces.push(&sql[from..]);
-    Ok(pieces
-        .into_iter()
-        .filter(|p| !p.trim().is_empty())
-        .collect())
-}
-
-/// How many statements a MySQL query holds (semicolons between statements, not those
-/// inside quotes, backticks or comments, MySQL's tokenizer rules).
-pub fn count_mysql_statements(sql: &str) -> Result<usize, Error> {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    let tokens = Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql)
-        .tokenize()
-        .map_err(|e| Error::Parse {
-            dialect: "mysql",
-            excerpt: sql.chars().take(80).collect(),
-            message: e.to_string(),
-        })?;
-    let mut count = 0;
-    let mut in_statement = false;
-    for t in &tokens {
-        match t {
-            Token::SemiColon => in_statement = false,
-            Token::Whitespace(_) => {}
-            _ if !in_statement => {
-                in_statement = true;
-                count += 1;
-            }
-            _ => {}
-        }
-    }
-    Ok(count)
-}

@@ -1,7 +1,7 @@
-//! Data-driven: `testdata/postgres/analyze.txt`.
+//! Data-driven: `testdata/postgres/analyze.txt` and `testdata/mysql/analyze.txt`.
 
 use super::*;
-use crate::dialect::Postgres;
+use crate::dialect::{Mysql, Postgres};
 
 fn summary(a: &Analysis) -> String {
     match a {
@@ -46,9 +46,56 @@ fn summary(a: &Analysis) -> String {
     }
 }
 
-#[test]
-fn golden_cases() {
-    let text = include_str!("../../testdata/postgres/analyze.txt");
+/// What MySQL's writes add to [`summary`] (PostgreSQL's cases never show it).
+fn mysql_summary(a: &Analysis) -> String {
+    let Analysis::Write(w) = a else {
+        return summary(a);
+    };
+    let mut out = summary(a);
+    let mut field = |name: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            out.push_str(&format!(" {name}=[{v}]"));
+        }
+    };
+    field("order", &w.order_by);
+    if !w.order_columns.is_empty() {
+        field("order_columns", &Some(w.order_columns.join(",")));
+    }
+    field("limit", &w.limit);
+    field("joined", &w.joined);
+    match w.on_duplicate {
+        OnDuplicate::Error => {}
+        OnDuplicate::Ignore => out.push_str(" dup=ignore"),
+        OnDuplicate::Update => out.push_str(" dup=update"),
+        OnDuplicate::Replace => out.push_str(" dup=replace"),
+    }
+    if let Some(rows) = &w.rows {
+        let columns = match &rows.columns {
+            Some(c) => format!("({})", c.join(",")),
+            None => "*".into(),
+        };
+        let rows: Vec<String> = rows
+            .rows
+            .iter()
+            .map(|row| {
+                let values: Vec<String> = row
+                    .iter()
+                    .map(|v| match v {
+                        InsertValue::Default => "DEFAULT".into(),
+                        InsertValue::Null => "NULL".into(),
+                        InsertValue::Constant(s) => s.clone(),
+                        InsertValue::Computed(s) => format!("~{s}"),
+                    })
+                    .collect();
+                format!("({})", values.join(","))
+            })
+            .collect();
+        out.push_str(&format!(" values={columns}[{}]", rows.join(",")));
+    }
+    out
+}
+
+fn run_golden(d: &dyn Dialect, text: &str, summary: fn(&Analysis) -> String) -> usize {
     let mut cases = 0;
     let mut sql = None;
     for line in text.lines() {
@@ -56,20 +103,63 @@ fn golden_cases() {
             sql = Some(s.to_owned());
         } else if let Some(want) = line.strip_prefix("want: ") {
             let sql = sql.take().expect("want: follows sql:");
-            let got = analyze(&Postgres, &sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let got = analyze(d, &sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
             assert_eq!(got.len(), 1, "{sql}");
             assert_eq!(summary(&got[0]), want, "{sql}");
             cases += 1;
         } else if let Some(what) = line.strip_prefix("refused: ") {
             let sql = sql.take().expect("refused: follows sql:");
-            match analyze(&Postgres, &sql) {
+            match analyze(d, &sql) {
                 Err(Error::Unsupported { what: got }) => assert_eq!(got, what, "{sql}"),
                 other => panic!("{sql}: expected a refusal, got {other:?}"),
             }
             cases += 1;
         }
     }
+    cases
+}
+
+#[test]
+fn golden_cases() {
+    let text = include_str!("../../testdata/postgres/analyze.txt");
+    let cases = run_golden(&Postgres, text, summary);
     assert!(cases >= 20, "only {cases} cases ran");
+}
+
+#[test]
+fn mysql_golden_cases() {
+    let text = include_str!("../../testdata/mysql/analyze.txt");
+    let cases = run_golden(&Mysql, text, mysql_summary);
+    assert!(cases >= 50, "only {cases} cases ran");
+}
+
+#[test]
+fn mysql_several_statements_number_placeholders_across_them() {
+    let got = analyze(&Mysql, "BEGIN; UPDATE t SET v = ? WHERE id = ?; COMMIT").unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0], Analysis::Begin);
+    match &got[1] {
+        Analysis::Write(w) => assert_eq!(w.selection.as_deref(), Some("id = ?2")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(got[2], Analysis::Commit);
+}
+
+#[test]
+fn mysql_parse_errors_carry_the_dialect() {
+    match analyze(&Mysql, "UPDATE SET WHERE") {
+        Err(Error::Parse { dialect, .. }) => assert_eq!(dialect, "mysql"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn numbered_placeholders_bind_by_position() {
+    let (sql, params) =
+        bind_positionally("SELECT `a?` FROM t WHERE k = ?2 AND v = '?1' LIMIT ?3").unwrap();
+    assert_eq!(sql, "SELECT `a?` FROM t WHERE k = ? AND v = '?1' LIMIT ?");
+    assert_eq!(params, vec![1, 2]);
+    assert!(bind_positionally("SELECT ? FROM t").is_err());
 }
 
 #[test]

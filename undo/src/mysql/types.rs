@@ -1,0 +1,219 @@
+//! MySQL column types as undo encodes them in [`crate::Column::type_oid`], and how a
+//! value of each is read, compared and written back exactly.
+//!
+//! A type code is the protocol's column type (`MYSQL_TYPE_*`), with [`UNSIGNED`] set the
+//! way COM_STMT_EXECUTE's two-byte parameter type sets it, and [`CHARACTER`] for strings
+//! that have a character set. Images are values as the binary protocol (a
+//! COM_STMT_EXECUTE result row) carries them, without their length prefix. Never does
+//! I/O. Invariant: [`capture`] never depends on the session's time_zone,
+//! character_set_results or sql_mode, and [`param_type`] binds what [`capture`] read so
+//! that [`restore`] writes the same value back.
+
+use crate::error::Error;
+
+/// `MYSQL_TYPE_TINY`.
+pub const TINY: u32 = 1;
+/// `MYSQL_TYPE_SHORT`.
+pub const SHORT: u32 = 2;
+/// `MYSQL_TYPE_LONG`.
+pub const LONG: u32 = 3;
+/// `MYSQL_TYPE_FLOAT`.
+pub const FLOAT: u32 = 4;
+/// `MYSQL_TYPE_DOUBLE`.
+pub const DOUBLE: u32 = 5;
+/// `MYSQL_TYPE_TIMESTAMP`.
+pub const TIMESTAMP: u32 = 7;
+/// `MYSQL_TYPE_LONGLONG`.
+pub const LONGLONG: u32 = 8;
+/// `MYSQL_TYPE_INT24`.
+pub const INT24: u32 = 9;
+/// `MYSQL_TYPE_DATE`.
+pub const DATE: u32 = 10;
+/// `MYSQL_TYPE_TIME`.
+pub const TIME: u32 = 11;
+/// `MYSQL_TYPE_DATETIME`.
+pub const DATETIME: u32 = 12;
+/// `MYSQL_TYPE_YEAR`.
+pub const YEAR: u32 = 13;
+/// `MYSQL_TYPE_BIT`.
+pub const BIT: u32 = 16;
+/// `MYSQL_TYPE_JSON` (MySQL; MariaDB's JSON is a LONGTEXT).
+pub const JSON: u32 = 245;
+/// `MYSQL_TYPE_NEWDECIMAL`.
+pub const NEWDECIMAL: u32 = 246;
+/// `MYSQL_TYPE_ENUM`.
+pub const ENUM: u32 = 247;
+/// `MYSQL_TYPE_SET`.
+pub const SET: u32 = 248;
+/// `MYSQL_TYPE_BLOB`.
+pub const BLOB: u32 = 252;
+/// `MYSQL_TYPE_VAR_STRING`.
+pub const VAR_STRING: u32 = 253;
+/// `MYSQL_TYPE_STRING`.
+pub const STRING: u32 = 254;
+/// `MYSQL_TYPE_GEOMETRY`.
+pub const GEOMETRY: u32 = 255;
+/// An unsigned integer: the flag byte 0x80 of COM_STMT_EXECUTE's parameter type.
+pub const UNSIGNED: u32 = 0x8000;
+/// A string with a character set (not a binary string).
+pub const CHARACTER: u32 = 0x1_0000;
+
+/// The protocol type without undo's flags.
+fn base(type_code: u32) -> u32 {
+    type_code & 0xff
+}
+
+/// The type code of a column from `information_schema.COLUMNS` (`DATA_TYPE`,
+/// `COLUMN_TYPE`), or a refusal for types undo does not know how to restore exactly.
+pub fn type_code(data_type: &str, column_type: &str) -> Result<u32, Error> {
+    let unsigned = if column_type.to_ascii_lowercase().contains("unsigned") {
+        UNSIGNED
+    } else {
+        0
+    };
+    let code = match data_type.to_ascii_lowercase().as_str() {
+        "tinyint" => TINY | unsigned,
+        "smallint" => SHORT | unsigned,
+        "mediumint" => INT24 | unsigned,
+        "int" | "integer" => LONG | unsigned,
+        "bigint" => LONGLONG | unsigned,
+        "decimal" | "numeric" => NEWDECIMAL,
+        "float" => FLOAT,
+        "double" | "real" | "double precision" => DOUBLE,
+        "bit" => BIT,
+        "date" => DATE,
+        "time" => TIME,
+        "datetime" => DATETIME,
+        "timestamp" => TIMESTAMP,
+        "year" => YEAR,
+        "char" => STRING | CHARACTER,
+        "varchar" => VAR_STRING | CHARACTER,
+        "tinytext" | "text" | "mediumtext" | "longtext" => BLOB | CHARACTER,
+        "enum" => ENUM | CHARACTER,
+        "set" => SET | CHARACTER,
+        "binary" => STRING,
+        "varbinary" => VAR_STRING,
+        "tinyblob" | "blob" | "mediumblob" | "longblob" => BLOB,
+        "json" => JSON,
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => GEOMETRY,
+        other => {
+            return Err(Error::unsupported(format!(
+                "a write to a table with a column of type {other}, which tandem cannot restore exactly,"
+            )));
+        }
+    };
+    Ok(code)
+}
+
+/// Whether a column of this type can be part of a key that tandem binds: a key is
+/// compared as the column itself, so its capture must be the plain column.
+pub fn usable_in_key(type_code: u32) -> bool {
+    !matches!(base(type_code), TIMESTAMP | JSON | GEOMETRY)
+}
+
+/// See [`crate::Dialect::capture`].
+pub fn capture(column: &str, type_code: u32) -> String {
+    match base(type_code) {
+        // The UTC wall-clock time, by arithmetic on the epoch rather than through the
+        // session's time_zone (which folds an hour at each DST change); the zero
+        // TIMESTAMP stays the zero DATETIME.
+        TIMESTAMP => format!(
+            "IF(UNIX_TIMESTAMP({column}) = 0, CAST({column} AS DATETIME(6)), \
+             TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP({column}) * 1000000 AS SIGNED) MICROSECOND)"
+        ),
+        JSON => format!("CAST(CAST({column} AS CHAR CHARACTER SET utf8mb4) AS BINARY)"),
+        // PAD_CHAR_TO_FULL_LENGTH would pad what is read; what CHAR stores has no
+        // trailing spaces to keep.
+        STRING if type_code & CHARACTER != 0 => {
+            format!("CAST(TRIM(TRAILING ' ' FROM {column}) AS BINARY)")
+        }
+        // The column's own bytes, not converted to character_set_results.
+        _ if type_code & CHARACTER != 0 => format!("CAST({column} AS BINARY)"),
+        _ => column.to_owned(),
+    }
+}
+
+/// See [`crate::Dialect::restore`].
+pub fn restore(placeholder: &str, type_code: u32) -> String {
+    match base(type_code) {
+        // A JSON column refuses a binary string; the bytes are utf8mb4 JSON text.
+        JSON => format!("CONVERT({placeholder} USING utf8mb4)"),
+        _ => placeholder.to_owned(),
+    }
+}
+
+/// See [`crate::Dialect::param_type`]: strings of any kind go as BLOB parameters, which
+/// the server takes as binary strings (no character-set conversion) and relabels into
+/// the column's character set; a TIMESTAMP goes as the UTC DATETIME [`capture`] read,
+/// which the replay session (time_zone '+00:00') stores as that instant.
+pub fn param_type(type_code: u32) -> u32 {
+    match base(type_code) {
+        TIMESTAMP => DATETIME,
+        BIT | JSON | GEOMETRY => BLOB,
+        _ if type_code & CHARACTER != 0 => BLOB,
+        STRING | VAR_STRING => BLOB,
+        _ => type_code & 0xffff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_types_map_to_protocol_codes() {
+        assert_eq!(
+            type_code("bigint", "bigint(20) unsigned"),
+            Ok(LONGLONG | UNSIGNED)
+        );
+        assert_eq!(type_code("INT", "int(11)"), Ok(LONG));
+        assert_eq!(type_code("char", "char(4)"), Ok(STRING | CHARACTER));
+        assert_eq!(type_code("binary", "binary(16)"), Ok(STRING));
+        assert_eq!(type_code("enum", "enum('a','b')"), Ok(ENUM | CHARACTER));
+        assert_eq!(type_code("point", "point"), Ok(GEOMETRY));
+        assert_eq!(
+            type_code("inet6", "inet6"),
+            Err(Error::Unsupported {
+                what: "a write to a table with a column of type inet6, which tandem cannot restore exactly,".into()
+            })
+        );
+    }
+
+    #[test]
+    fn session_dependent_types_are_captured_independently() {
+        assert_eq!(capture("`a`.`n`", LONG | UNSIGNED), "`a`.`n`");
+        assert_eq!(capture("`d`", DOUBLE), "`d`");
+        assert_eq!(
+            capture("`s`", VAR_STRING | CHARACTER),
+            "CAST(`s` AS BINARY)"
+        );
+        assert_eq!(capture("`b`", VAR_STRING), "`b`");
+        assert_eq!(
+            capture("`c`", STRING | CHARACTER),
+            "CAST(TRIM(TRAILING ' ' FROM `c`) AS BINARY)"
+        );
+        assert_eq!(
+            capture("`j`", JSON),
+            "CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY)"
+        );
+        assert_eq!(
+            capture("`t`", TIMESTAMP),
+            "IF(UNIX_TIMESTAMP(`t`) = 0, CAST(`t` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`t`) * 1000000 AS SIGNED) MICROSECOND)"
+        );
+    }
+
+    #[test]
+    fn parameters_bind_what_was_captured() {
+        assert_eq!(param_type(LONGLONG | UNSIGNED), 0x8008);
+        assert_eq!(param_type(TIMESTAMP), DATETIME);
+        assert_eq!(param_type(SET | CHARACTER), BLOB);
+        assert_eq!(param_type(STRING), BLOB);
+        assert_eq!(param_type(BIT), BLOB);
+        assert_eq!(param_type(NEWDECIMAL), NEWDECIMAL);
+        assert_eq!(restore("?", JSON), "CONVERT(? USING utf8mb4)");
+        assert_eq!(restore("?", TIMESTAMP), "?");
+        assert!(!usable_in_key(TIMESTAMP));
+        assert!(usable_in_key(VAR_STRING | CHARACTER));
+    }
+}
