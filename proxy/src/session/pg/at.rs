@@ -43,7 +43,7 @@ pub(super) enum RowDescriptionRule {
 }
 
 pub(super) struct WriteInFlight {
-    meta: Arc<TableMeta>,
+    pub(super) meta: Arc<TableMeta>,
     row_description: RowDescriptionRule,
     /// Replies to tandem's own messages at the head of the batch, swallowed in order.
     pub(super) swallow: VecDeque<u8>,
@@ -55,19 +55,19 @@ pub(super) struct WriteInFlight {
     /// The statement returns each row's after image first among tandem's columns.
     image: bool,
     /// Per returned row, its after image (None: it could not be read).
-    images: Vec<Option<tandem_undo::Row>>,
+    pub(super) images: Vec<Option<tandem_undo::Row>>,
     /// An upsert: each returned row also says whether it was inserted.
     upsert: bool,
     inserted: Vec<bool>,
     /// tandem opened the local transaction (an autocommit write) and ends it.
-    implicit: bool,
-    failed: bool,
+    pub(super) implicit: bool,
+    pub(super) failed: bool,
     /// The before image, sent in the same round trip, failed: the write then fails
     /// only because its transaction is aborted, and the client gets this error instead.
     substitute_error: Option<(String, String)>,
-    /// A write outside a global transaction, checked against global locks in tandem's
-    /// transaction around it: nothing is captured, the transaction is committed.
-    guard_only: bool,
+    /// A write outside a global transaction, checked against global locks (guard.rs):
+    /// nothing is captured; the rows it returned are checked again before it may stay.
+    pub(super) guard_only: bool,
 }
 
 impl WriteInFlight {
@@ -119,6 +119,26 @@ impl WriteInFlight {
             failed: false,
             substitute_error: None,
             guard_only: true,
+        }
+    }
+
+    /// A write outside a global transaction sent with `record_send` of each row it
+    /// changes appended to its RETURNING (guard.rs checks those rows' keys).
+    pub(super) fn checked(meta: Arc<TableMeta>, write: &Write, implicit: bool) -> Self {
+        let row_description = if write.has_returning {
+            RowDescriptionRule::Strip
+        } else {
+            RowDescriptionRule::Swallow
+        };
+        WriteInFlight {
+            appended: 1,
+            image: true,
+            client_returning: write.has_returning,
+            kind: write.kind,
+            row_description,
+            implicit,
+            meta,
+            ..Self::guarded()
         }
     }
 }
@@ -309,7 +329,7 @@ impl Relay<'_> {
         let Some(w) = &mut self.write_in_flight else {
             return Ok(None);
         };
-        if w.guard_only {
+        if w.guard_only && !w.image {
             return Ok(None);
         }
         let values = split_data_row(body)?;
@@ -378,10 +398,8 @@ impl Relay<'_> {
         let Some(w) = self.write_in_flight.take() else {
             return Ok((status, None));
         };
-        if w.guard_only && !w.failed && status != TxStatus::Failed {
-            let got = self.exchange_simple("COMMIT").await?;
-            // A COMMIT that failed (a deferred constraint, say) undid the write.
-            return Ok((TxStatus::Idle, got.error.map(|e| (e.code, e.message))));
+        if w.guard_only {
+            return self.finish_outside_write(w, status).await;
         }
         if w.failed || status == TxStatus::Failed {
             if w.implicit {

@@ -67,9 +67,11 @@ impl Relay<'_> {
     ) -> Result<Extended> {
         let statement_sql: Option<Vec<u8>> = match tag {
             frontend::PARSE => Parse::decode(body).ok().map(|p| p.sql.to_vec()),
-            frontend::BIND => Bind::decode(body)
-                .ok()
-                .and_then(|b| self.tracked.statement(b.statement).map(|s| s.sql.to_vec())),
+            frontend::BIND => Bind::decode(body).ok().and_then(|b| {
+                self.tracked
+                    .statement_for_bind(b.statement)
+                    .map(|s| s.sql.to_vec())
+            }),
             _ => None,
         };
         let Some(sql) = statement_sql else {
@@ -323,7 +325,7 @@ impl Relay<'_> {
             Some(p) => Some(p.param_types.clone()),
             None => self
                 .tracked
-                .statement(batch.bind.statement)
+                .statement_for_bind(batch.bind.statement)
                 .map(|s| s.param_types.clone()),
         };
         let declared = declared.unwrap_or_default();
@@ -383,7 +385,12 @@ impl Relay<'_> {
     fn hinted_xid(&self, tag: u8, body: &[u8]) -> Option<String> {
         let sql = match tag {
             frontend::PARSE => Parse::sql_of(body).ok()?,
-            _ => &self.tracked.statement(Bind::statement_of(body).ok()?)?.sql,
+            _ => {
+                &self
+                    .tracked
+                    .statement_for_bind(Bind::statement_of(body).ok()?)?
+                    .sql
+            }
         };
         crate::control::xid_hint(sql)
     }

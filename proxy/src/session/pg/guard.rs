@@ -36,6 +36,7 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tandem_lockserver::client::LockKey;
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
 /// How often a waiting write asks the lockserver again.
@@ -69,14 +70,91 @@ impl Relay<'_> {
                 Ok(Intercepted::Replace(replacement))
             }
             Some(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
-            None if implicit => {
+            None => {
+                // The rows it actually changes are checked again when it is over: a row
+                // can start to match its predicate, or an upsert meet a row a global
+                // transaction inserted, after the check above.
                 let mut query = BytesMut::new();
-                put_query(&mut query, &String::from_utf8_lossy(sql));
+                put_query(
+                    &mut query,
+                    &returning_rows(&String::from_utf8_lossy(sql), &write),
+                );
                 self.write_server(&query).await?;
-                self.write_in_flight = Some(WriteInFlight::guarded());
+                self.write_in_flight = Some(WriteInFlight::checked(meta, &write, implicit));
                 Ok(Intercepted::SentAndHold)
             }
-            None => Ok(Intercepted::Relay),
+        }
+    }
+
+    /// The end of a checked write (simple protocol) or a guarded one (extended): the
+    /// rows it returned must not be held by a global transaction, or it is undone (its
+    /// statement, or the client's transaction, fails with 55P03); then tandem's own
+    /// transaction commits. Returns the status the client sees, and its error.
+    pub(super) async fn finish_outside_write(
+        &mut self,
+        w: WriteInFlight,
+        status: TxStatus,
+    ) -> Result<(TxStatus, Option<(String, String)>)> {
+        if w.failed || status == TxStatus::Failed {
+            if w.implicit {
+                self.exchange_required("ROLLBACK").await?;
+                return Ok((TxStatus::Idle, None));
+            }
+            return Ok((status, None));
+        }
+        let keys: Vec<_> = w
+            .images
+            .iter()
+            .flatten()
+            .map(|row| lock_key(&self.resource, &w.meta, &w.meta.key_of(row)))
+            .collect();
+        if let Some(e) = self.wait_until_free(&w.meta, &keys).await {
+            let refused = (e.sqlstate().code().to_owned(), e.to_string());
+            if w.implicit {
+                self.exchange_required("ROLLBACK").await?;
+                return Ok((TxStatus::Idle, Some(refused)));
+            }
+            // The client's transaction holds the write: it must fail.
+            let sql = super::intercept::error_sql(&refused.0, &refused.1);
+            self.exchange_simple(&sql).await?;
+            return Ok((TxStatus::Failed, Some(refused)));
+        }
+        if w.implicit {
+            let got = self.exchange_simple("COMMIT").await?;
+            // A COMMIT that failed (a deferred constraint, say) undid the write.
+            return Ok((TxStatus::Idle, got.error.map(|e| (e.code, e.message))));
+        }
+        Ok((status, None))
+    }
+
+    /// Waits (as configured) until no unfinished global transaction holds `keys`, which
+    /// this session has locked; the error when one still does. A lockserver that does
+    /// not answer lets the write stay (see rows_to_check).
+    async fn wait_until_free(&mut self, meta: &TableMeta, keys: &[LockKey]) -> Option<Error> {
+        if keys.is_empty() || self.lockserver_failed_lately() {
+            return None;
+        }
+        let waits = self.ctx.outside_writes == OutsideWrites::Wait;
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        loop {
+            match self.ctx.lock.lock_holder(keys).await {
+                Ok(None) => return None,
+                Ok(Some((_, holder))) => {
+                    if !waits || Instant::now() + RECHECK > deadline {
+                        return Some(Error::RowGloballyLocked {
+                            table: qualified_name(meta),
+                            holder: holder.to_string(),
+                        });
+                    }
+                    tokio::time::sleep(RECHECK).await;
+                }
+                Err(e) => {
+                    tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                    self.skip_checks_for_a_while();
+                    self.unchecked_outside_write();
+                    return None;
+                }
+            }
         }
     }
 
@@ -92,7 +170,7 @@ impl Relay<'_> {
             frontend::PARSE => Parse::sql_of(body).ok().map(<[u8]>::to_vec),
             _ => Bind::statement_of(body)
                 .ok()
-                .and_then(|name| self.tracked.statement(name))
+                .and_then(|name| self.tracked.statement_for_bind(name))
                 .map(|s| s.sql.to_vec()),
         };
         let Some(sql) = sql.filter(|sql| may_write(sql)) else {
@@ -169,6 +247,13 @@ impl Relay<'_> {
         })
     }
 
+    fn skip_checks_for_a_while(&self) {
+        let until = self.ctx.started.elapsed() + SKIP_CHECKS_AFTER_FAILURE;
+        self.ctx
+            .skip_checks_until
+            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// The lockserver failed to answer a check less than `SKIP_CHECKS_AFTER_FAILURE` ago.
     fn lockserver_failed_lately(&self) -> bool {
         let until = self.ctx.skip_checks_until.load(Ordering::Relaxed);
@@ -212,6 +297,9 @@ impl Relay<'_> {
             if runs {
                 self.unchecked_outside_write();
             }
+            // The rest of the batch goes the same way: a Parse let through this way
+            // must not see its Bind refused because the pause ended in between.
+            self.unchecked.pass_all();
             return None;
         }
         // Some table of the database may hold global locks: which one does this write?
@@ -322,10 +410,7 @@ impl Relay<'_> {
                         // The write runs, and so do the next ones for a while without
                         // asking (see rows_to_check).
                         tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
-                        let until = self.ctx.started.elapsed() + SKIP_CHECKS_AFTER_FAILURE;
-                        self.ctx
-                            .skip_checks_until
-                            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
+                        self.skip_checks_for_a_while();
                         self.unchecked_outside_write();
                         return Ok(None);
                     }
@@ -357,7 +442,8 @@ impl Relay<'_> {
 /// The unchecked guards a session holds until its next sync point. While one is held,
 /// the lockserver cannot finish announcing a table (this proxy's acknowledgement waits
 /// for it), so what it covered when it was taken stays safe to write unchecked: every
-/// table of the database (taken while none was announced), or its own table.
+/// table of the database (taken while none was announced), or its own table. While
+/// the lockserver is unreachable every write passes, and the batch it is in with it.
 #[derive(Default)]
 pub(super) struct UncheckedGuards {
     guards: Vec<tandem_lockserver::client::UncheckedWrite>,
@@ -368,6 +454,11 @@ pub(super) struct UncheckedGuards {
 impl UncheckedGuards {
     fn covers(&self, table: Option<&str>) -> bool {
         self.all_tables || table.is_some_and(|t| self.tables.iter().any(|held| held == t))
+    }
+
+    /// Unchecked without a guard until the sync point (the lockserver is unreachable).
+    fn pass_all(&mut self) {
+        self.all_tables = true;
     }
 
     fn hold(&mut self, guard: tandem_lockserver::client::UncheckedWrite, table: Option<String>) {
@@ -392,6 +483,21 @@ struct Refused {
     code: String,
     message: String,
     status: TxStatus,
+}
+
+/// The write with `record_send` of each row it changes appended to what it returns
+/// (the client's own RETURNING columns come first and reach it unchanged). A newline
+/// first: the statement may end in a line comment.
+fn returning_rows(sql: &str, write: &Write) -> String {
+    use tandem_undo::Dialect;
+    let body = sql.trim_end().trim_end_matches(';').trim_end();
+    let whole_row = Postgres.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name));
+    let image = format!("record_send({whole_row}.*) AS \"tandem_image\"");
+    if write.has_returning {
+        format!("{body}\n, {image}")
+    } else {
+        format!("{body}\nRETURNING {image}")
+    }
 }
 
 /// Whether a statement may change rows, from its first word: cheap enough for every

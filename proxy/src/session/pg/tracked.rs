@@ -100,6 +100,20 @@ impl Tracked {
         self.statements.get(name)
     }
 
+    /// The statement a Bind sent now binds: the latest Parse of that name still in
+    /// flight (the backend runs messages in order), or else the recorded one.
+    pub fn statement_for_bind(&self, name: &[u8]) -> Option<&Statement> {
+        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
+            Outstanding::Parse {
+                name: parsed,
+                statement,
+                ..
+            } if parsed.as_ref() == name => Some(statement),
+            _ => None,
+        });
+        in_flight.or_else(|| self.statements.get(name))
+    }
+
     pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
         self.portals.get(name)
     }
@@ -339,6 +353,24 @@ mod tests {
         assert_eq!(&t.statement(b"s1").unwrap().sql[..], b"select $1");
         t.on_ready_for_query(true).unwrap();
         assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn a_bind_binds_the_parse_still_in_flight() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("", "update a set x = 1")).unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(true).unwrap();
+        // The next batch re-parses the unnamed statement; its Bind follows at once.
+        t.on_parse(&parse_body("", "insert into h values ($1)"))
+            .unwrap();
+        assert_eq!(&t.statement(b"").unwrap().sql[..], b"update a set x = 1");
+        assert_eq!(
+            &t.statement_for_bind(b"").unwrap().sql[..],
+            b"insert into h values ($1)"
+        );
+        assert!(t.statement_for_bind(b"other").is_none());
     }
 
     #[test]

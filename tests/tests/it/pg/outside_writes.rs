@@ -225,3 +225,85 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     );
     tandem.shutdown().await;
 }
+
+/// A global transaction inserts row 50 and commits locally while an outside upsert of
+/// the same key waits on that row in the database: the upsert's check by its own
+/// predicate saw nothing, so only the check of the rows it returned catches it.
+async fn upsert_meets_a_row_inserted_by_a_global_transaction(
+    mode: OutsideWrites,
+    decision: &str,
+) -> (
+    Result<(), tokio_postgres::Error>,
+    Option<i64>,
+    Option<String>,
+) {
+    let orders = prepare(&format!("outside_upsert_{decision}")).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, mode).await;
+    // Another row held: the table is announced, so outside writes to it are checked.
+    let _holder = hold_row(&global, &orders.name, 5).await;
+    let g = global.connect(&orders.name).await;
+    one(&g, "SELECT tandem_begin(60000)").await.unwrap();
+    g.batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (50, 100)")
+        .await
+        .unwrap();
+    let w = outside.connect(&orders.name).await;
+    let upsert = tokio::spawn(async move {
+        w.batch_execute(
+            "INSERT INTO accounts (id, balance) VALUES (50, 5)
+             ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !upsert.is_finished(),
+        "the upsert waits on the uncommitted row"
+    );
+    g.batch_execute("COMMIT").await.unwrap();
+    let status = if decision == "commit" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !upsert.is_finished(),
+            "the upsert must wait for the global transaction holding row 50"
+        );
+        one(&g, "SELECT tandem_commit()").await.unwrap()
+    } else {
+        None
+    };
+    let result = upsert.await.unwrap();
+    let status = match status {
+        Some(s) => Some(s),
+        None => one(&g, "SELECT tandem_rollback()").await.unwrap(),
+    };
+    let direct = orders.direct().await;
+    let row = direct
+        .query_opt("SELECT balance FROM accounts WHERE id = 50", &[])
+        .await
+        .unwrap()
+        .map(|r| r.get::<_, i64>(0));
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+    (result, row, status)
+}
+
+#[tokio::test]
+async fn an_outside_upsert_waits_for_the_global_transaction_that_inserted_its_row() {
+    let (result, row, status) =
+        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Wait, "commit").await;
+    result.expect("the upsert goes through once the global transaction committed");
+    assert_eq!(status.as_deref(), Some("Committed"));
+    assert_eq!(row, Some(105), "the upsert applied over the committed row");
+}
+
+#[tokio::test]
+async fn an_outside_upsert_over_a_held_row_fails_and_the_rollback_is_exact() {
+    let (result, row, status) =
+        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Fail, "rollback").await;
+    let err = result.expect_err("the upsert must not change a held row");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_eq!(status.as_deref(), Some("Rollbacked"), "no dirty write");
+    assert_eq!(row, None, "the global transaction's insert is undone");
+}
