@@ -19,6 +19,12 @@ pub enum Error {
         /// What was refused.
         what: String,
     },
+    /// Catalog query results that do not have the shape their query gives.
+    #[error("table metadata does not fit its query: {what}")]
+    Catalog {
+        /// What is wrong with it.
+        what: String,
+    },
     /// An undo record that does not decode.
     #[error("undo record is corrupt: {what}")]
     Corrupt {

@@ -182,7 +182,14 @@ impl TableMeta {
         let keys = self
             .pk
             .iter()
-            .map(|&i| format!("{qualifier}.{}", d.quote_ident(&self.columns[i].name)))
+            .map(|&i| {
+                let c = &self.columns[i];
+                // Read as the images read them, so that lock keys compare equal.
+                d.capture(
+                    &format!("{qualifier}.{}", d.quote_ident(&c.name)),
+                    c.type_oid,
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let mut sql = format!("SELECT {keys} FROM {}", d.qualified(&read.table));

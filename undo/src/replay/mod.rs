@@ -4,20 +4,23 @@
 //! Never runs SQL: the proxy executes the plan in one local transaction on a side
 //! connection. Invariant: a step's `apply` may run only when its `check` returned
 //! exactly `expect` (compared as binary values); anything else is a dirty write, and the
-//! whole replay must stop without writing.
+//! whole replay must stop without writing. Where the dialect has a NULL-safe equality
+//! (MySQL's `<=>`), the check also compares every column itself, so that a changed row
+//! comes back as no row at all.
 
 use crate::dialect::Dialect;
 use crate::image::{Row, Value};
 use crate::record::{TableUndo, UndoRecord};
 
-/// One statement with its binary parameters and their type OIDs.
+/// One statement with its binary parameters and their types (PostgreSQL: type OIDs;
+/// MySQL: COM_STMT_EXECUTE parameter types, see [`crate::mysql::types`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stmt {
     /// SQL with the dialect's placeholders.
     pub sql: String,
     /// Parameter values, binary.
     pub params: Vec<Value>,
-    /// Parameter type OIDs.
+    /// Parameter types.
     pub types: Vec<u32>,
 }
 
@@ -48,7 +51,7 @@ pub fn plan(d: &dyn Dialect, record: &UndoRecord) -> Vec<Step> {
                 (None, None) => None,
             };
             steps.push(Step {
-                check: check(d, table, key_row),
+                check: check(d, table, key_row, row.after.as_ref()),
                 expect: row.after.clone(),
                 apply,
             });
@@ -64,17 +67,21 @@ fn qualified(d: &dyn Dialect, t: &TableUndo) -> String {
     })
 }
 
+impl Stmt {
+    /// Binds column `i`'s value from `row` and returns its placeholder.
+    fn bind(&mut self, d: &dyn Dialect, t: &TableUndo, row: &Row, i: usize) -> String {
+        self.params.push(row[i].clone());
+        self.types.push(d.param_type(t.types[i]));
+        d.placeholder(self.params.len())
+    }
+}
+
 /// `pk1 = $n AND pk2 = $n+1 …`, parameters appended to `stmt`.
 fn key_predicate(d: &dyn Dialect, t: &TableUndo, row: &Row, stmt: &mut Stmt) -> String {
     t.pk.iter()
         .map(|&i| {
-            stmt.params.push(row[i].clone());
-            stmt.types.push(t.types[i]);
-            format!(
-                "{} = {}",
-                d.quote_ident(&t.columns[i]),
-                d.placeholder(stmt.params.len())
-            )
+            let p = stmt.bind(d, t, row, i);
+            format!("{} = {p}", d.quote_ident(&t.columns[i]))
         })
         .collect::<Vec<_>>()
         .join(" AND ")
@@ -88,15 +95,31 @@ fn empty() -> Stmt {
     }
 }
 
-fn check(d: &dyn Dialect, t: &TableUndo, row: &Row) -> Stmt {
+/// Column `i` as the images read it.
+fn captured(d: &dyn Dialect, t: &TableUndo, i: usize) -> String {
+    d.capture(&d.quote_ident(&t.columns[i]), t.types[i])
+}
+
+/// Reads the row by `key_row`'s key; where the dialect can, also requires every column
+/// to equal `after` (NULL-safe), the image the branch left.
+fn check(d: &dyn Dialect, t: &TableUndo, key_row: &Row, after: Option<&Row>) -> Stmt {
     let mut stmt = empty();
-    let columns = t
-        .columns
-        .iter()
-        .map(|c| d.quote_ident(c))
+    let columns = (0..t.columns.len())
+        .map(|i| captured(d, t, i))
         .collect::<Vec<_>>()
         .join(", ");
-    let predicate = key_predicate(d, t, row, &mut stmt);
+    let mut predicate = key_predicate(d, t, key_row, &mut stmt);
+    if let Some(after) = after {
+        for i in 0..t.columns.len() {
+            let column = captured(d, t, i);
+            let Some(equal) = d.null_safe_equal(&column, &d.placeholder(stmt.params.len() + 1))
+            else {
+                break;
+            };
+            stmt.bind(d, t, after, i);
+            predicate.push_str(&format!(" AND {equal}"));
+        }
+    }
     stmt.sql = format!(
         "SELECT {columns} FROM {} WHERE {predicate} FOR UPDATE",
         qualified(d, t)
@@ -113,12 +136,11 @@ fn update(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
     let sets = writable(t)
         .filter(|i| !t.pk.contains(i))
         .map(|i| {
-            stmt.params.push(before[i].clone());
-            stmt.types.push(t.types[i]);
+            let p = stmt.bind(d, t, before, i);
             format!(
                 "{} = {}",
                 d.quote_ident(&t.columns[i]),
-                d.placeholder(stmt.params.len())
+                d.restore(&p, t.types[i])
             )
         })
         .collect::<Vec<_>>()
@@ -133,16 +155,18 @@ fn insert(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
     let mut names = Vec::new();
     let mut values = Vec::new();
     for i in writable(t) {
-        stmt.params.push(before[i].clone());
-        stmt.types.push(t.types[i]);
+        let p = stmt.bind(d, t, before, i);
         names.push(d.quote_ident(&t.columns[i]));
-        values.push(d.placeholder(stmt.params.len()));
+        values.push(d.restore(&p, t.types[i]));
     }
+    let columns = format!("({})", names.join(", "));
+    let head = match d.insert_override() {
+        "" => columns,
+        clause => format!("{columns} {clause}"),
+    };
     stmt.sql = format!(
-        "INSERT INTO {} ({}) {} VALUES ({})",
+        "INSERT INTO {} {head} VALUES ({})",
         qualified(d, t),
-        names.join(", "),
-        d.insert_override(),
         values.join(", ")
     );
     stmt
@@ -222,5 +246,100 @@ mod tests {
         );
         assert_eq!(steps[3].expect, Some(vec![v(1), v(11), v(0)]));
         assert_eq!(steps[2].expect, None);
+    }
+
+    mod mysql {
+        use super::*;
+        use crate::dialect::Mysql;
+        use crate::mysql::types::{BLOB, CHARACTER, DATETIME, JSON, LONG, TIMESTAMP, VAR_STRING};
+
+        fn record(rows: Vec<RowImages>) -> UndoRecord {
+            UndoRecord {
+                version: VERSION,
+                tables: vec![TableUndo {
+                    schema: Some("shop".into()),
+                    table: "t`x".into(),
+                    columns: vec!["id".into(), "v".into(), "ts".into(), "j".into()],
+                    types: vec![LONG, VAR_STRING | CHARACTER, TIMESTAMP, JSON],
+                    generated: vec![false, false, false, false],
+                    pk: vec![0],
+                    rows,
+                }],
+            }
+        }
+
+        const COLUMNS: &str = "`id`, CAST(`v` AS BINARY), IF(UNIX_TIMESTAMP(`ts`) = 0, CAST(`ts` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`ts`) * 1000000 AS SIGNED) MICROSECOND), CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY)";
+
+        #[test]
+        fn each_step_checks_every_column_null_safely_then_restores() {
+            let updated = RowImages {
+                before: Some(vec![v(1), v(10), None, v(7)]),
+                after: Some(vec![v(1), v(11), v(5), v(7)]),
+            };
+            let deleted = RowImages {
+                before: Some(vec![v(2), None, v(3), None]),
+                after: None,
+            };
+            let inserted = RowImages {
+                before: None,
+                after: Some(vec![v(3), v(30), None, None]),
+            };
+            let steps = plan(&Mysql, &record(vec![updated, deleted, inserted]));
+            let table = "`shop`.`t``x`";
+            let compare = "AND `id` <=> ? AND CAST(`v` AS BINARY) <=> ? AND IF(UNIX_TIMESTAMP(`ts`) = 0, CAST(`ts` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`ts`) * 1000000 AS SIGNED) MICROSECOND) <=> ? AND CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY) <=> ?";
+            let types = vec![LONG, LONG, BLOB, DATETIME, BLOB];
+
+            assert_eq!(
+                steps[0].check,
+                Stmt {
+                    sql: format!(
+                        "SELECT {COLUMNS} FROM {table} WHERE `id` = ? {compare} FOR UPDATE"
+                    ),
+                    params: vec![v(3), v(3), v(30), None, None],
+                    types: types.clone(),
+                }
+            );
+            assert_eq!(
+                steps[0].apply,
+                Some(Stmt {
+                    sql: format!("DELETE FROM {table} WHERE `id` = ?"),
+                    params: vec![v(3)],
+                    types: vec![LONG],
+                })
+            );
+
+            assert_eq!(
+                steps[1].check,
+                Stmt {
+                    sql: format!("SELECT {COLUMNS} FROM {table} WHERE `id` = ? FOR UPDATE"),
+                    params: vec![v(2)],
+                    types: vec![LONG],
+                }
+            );
+            assert_eq!(steps[1].expect, None);
+            assert_eq!(
+                steps[1].apply,
+                Some(Stmt {
+                    sql: format!(
+                        "INSERT INTO {table} (`id`, `v`, `ts`, `j`) VALUES (?, ?, ?, CONVERT(? USING utf8mb4))"
+                    ),
+                    params: vec![v(2), None, v(3), None],
+                    types: vec![LONG, BLOB, DATETIME, BLOB],
+                })
+            );
+
+            assert_eq!(steps[2].check.params, vec![v(1), v(1), v(11), v(5), v(7)]);
+            assert_eq!(steps[2].check.types, types);
+            assert_eq!(
+                steps[2].apply,
+                Some(Stmt {
+                    sql: format!(
+                        "UPDATE {table} SET `v` = ?, `ts` = ?, `j` = CONVERT(? USING utf8mb4) WHERE `id` = ?"
+                    ),
+                    params: vec![v(10), None, v(7), v(1)],
+                    types: vec![BLOB, DATETIME, BLOB, LONG],
+                })
+            );
+        }
     }
 }

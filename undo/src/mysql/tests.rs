@@ -1,0 +1,396 @@
+//! The MySQL catalog's reading, and the capture of each kind of MySQL write, asserted on
+//! the exact SQL tandem would run.
+
+use super::types::{BLOB, CHARACTER, DATETIME, LONGLONG, NEWDECIMAL, STRING, UNSIGNED, VAR_STRING};
+use super::*;
+use crate::analyze::{Analysis, TableRef, Write, analyze};
+use crate::dialect::Mysql;
+use crate::error::Error;
+use crate::image::{Capture, Column};
+
+fn row(values: &[Option<&str>]) -> CatalogRow {
+    values.iter().map(|v| v.map(str::to_owned)).collect()
+}
+
+fn count(n: u32) -> Vec<CatalogRow> {
+    vec![row(&[Some(&n.to_string())])]
+}
+
+/// `shop.accounts`: id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, Email VARCHAR UNIQUE,
+/// name CHAR, balance DECIMAL, seen TIMESTAMP, total (generated).
+fn catalog() -> Catalog {
+    Catalog {
+        table: vec![row(&[
+            Some("shop"),
+            Some("accounts"),
+            Some("InnoDB"),
+            Some("BASE TABLE"),
+        ])],
+        columns: vec![
+            row(&[
+                Some("id"),
+                Some("bigint"),
+                Some("bigint(20) unsigned"),
+                Some("auto_increment"),
+            ]),
+            row(&[
+                Some("Email"),
+                Some("varchar"),
+                Some("varchar(80)"),
+                Some(""),
+            ]),
+            row(&[Some("name"), Some("char"), Some("char(10)"), Some("")]),
+            row(&[
+                Some("balance"),
+                Some("decimal"),
+                Some("decimal(12,2)"),
+                Some(""),
+            ]),
+            row(&[
+                Some("seen"),
+                Some("timestamp"),
+                Some("timestamp(6)"),
+                Some("DEFAULT_GENERATED on update CURRENT_TIMESTAMP(6)"),
+            ]),
+            row(&[
+                Some("total"),
+                Some("decimal"),
+                Some("decimal(13,2)"),
+                Some("STORED GENERATED"),
+            ]),
+        ],
+        unique_keys: vec![
+            row(&[Some("PRIMARY"), Some("id"), None]),
+            row(&[Some("email_uq"), Some("Email"), None]),
+        ],
+        triggers: count(0),
+        cascades: count(0),
+    }
+}
+
+fn table() -> MysqlTable {
+    MysqlTable::from_catalog(&TableRef::default(), &catalog()).unwrap()
+}
+
+fn write(sql: &str) -> Write {
+    match analyze(&Mysql, sql).unwrap().remove(0) {
+        Analysis::Write(w) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn refusal(result: Result<impl std::fmt::Debug, Error>) -> String {
+    match result {
+        Err(Error::Unsupported { what }) => what,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn capture(sql: &str, params: &[usize]) -> Capture {
+    Capture {
+        sql: sql.into(),
+        params: params.to_vec(),
+    }
+}
+
+/// The SELECT list every capture of `accounts` reads.
+const COLUMNS: &str = "`id`, CAST(`email` AS BINARY), CAST(TRIM(TRAILING ' ' FROM `name`) AS BINARY), `balance`, IF(UNIX_TIMESTAMP(`seen`) = 0, CAST(`seen` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`seen`) * 1000000 AS SIGNED) MICROSECOND), `total`";
+
+#[test]
+fn the_catalog_builds_the_table() {
+    let t = table();
+    assert_eq!(
+        t.meta.table,
+        TableRef {
+            schema: Some("shop".into()),
+            name: "accounts".into()
+        }
+    );
+    let column = |name: &str, type_oid: u32, generated: bool| Column {
+        name: name.into(),
+        type_oid,
+        generated,
+    };
+    assert_eq!(
+        t.meta.columns,
+        vec![
+            column("id", LONGLONG | UNSIGNED, false),
+            column("email", VAR_STRING | CHARACTER, false),
+            column("name", STRING | CHARACTER, false),
+            column("balance", NEWDECIMAL, false),
+            column("seen", types::TIMESTAMP, false),
+            column("total", NEWDECIMAL, true),
+        ]
+    );
+    assert_eq!(t.meta.pk, vec![0]);
+    assert_eq!(t.unique_keys, vec![vec![1]]);
+    assert_eq!(t.auto_increment, Some(0));
+    assert_eq!(t.refusal, None);
+    assert!(!t.meta.has_triggers && !t.meta.has_cascades);
+}
+
+#[test]
+fn tables_tandem_cannot_capture_still_build_with_their_reason() {
+    let mut c = catalog();
+    c.table[0][2] = Some("MyISAM".into());
+    c.columns[3] = row(&[Some("addr"), Some("inet6"), Some("inet6"), Some("")]);
+    c.unique_keys
+        .push(row(&[Some("name_prefix"), Some("name"), Some("4")]));
+    c.triggers = count(2);
+    let t = MysqlTable::from_catalog(&TableRef::default(), &c).unwrap();
+    assert_eq!(t.meta.columns[3].type_oid, BLOB);
+    assert!(t.meta.has_triggers);
+    assert_eq!(
+        refusal(t.check_capturable(&write("DELETE FROM accounts WHERE id = 1"))),
+        "a write to table accounts, where its engine is MyISAM, not InnoDB; column addr has type inet6; its unique key name_prefix has a prefix or expression part,"
+    );
+}
+
+#[test]
+fn catalog_rows_of_the_wrong_shape_are_errors() {
+    let mut c = catalog();
+    c.table.clear();
+    assert!(matches!(
+        MysqlTable::from_catalog(&TableRef::default(), &c),
+        Err(Error::Catalog { .. })
+    ));
+    let mut c = catalog();
+    c.triggers = vec![];
+    assert!(matches!(
+        MysqlTable::from_catalog(&TableRef::default(), &c),
+        Err(Error::Catalog { .. })
+    ));
+    let mut c = catalog();
+    c.unique_keys[1][1] = Some("nope".into());
+    assert!(matches!(
+        MysqlTable::from_catalog(&TableRef::default(), &c),
+        Err(Error::Catalog { .. })
+    ));
+}
+
+#[test]
+fn catalog_queries_take_the_schema_then_the_table() {
+    assert_eq!(
+        catalog::COLUMNS,
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+    );
+    assert_eq!(
+        catalog::UNIQUE_KEYS,
+        "SELECT INDEX_NAME, COLUMN_NAME, SUB_PART FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND NON_UNIQUE = 0 ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX"
+    );
+    assert_eq!(
+        catalog::TRIGGERS,
+        "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = COALESCE(?, DATABASE()) AND EVENT_OBJECT_TABLE = ?"
+    );
+    assert_eq!(
+        catalog::CASCADES,
+        "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE UNIQUE_CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND REFERENCED_TABLE_NAME = ? AND (DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT') OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT'))"
+    );
+    assert_eq!(
+        catalog::TABLE,
+        "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?"
+    );
+}
+
+#[test]
+fn the_before_image_takes_the_rows_the_write_takes() {
+    let w = write(
+        "UPDATE accounts SET balance = ? WHERE email LIKE ? ORDER BY balance DESC, ID LIMIT ?",
+    );
+    assert_eq!(
+        table().before_image(&w).unwrap(),
+        capture(
+            "SELECT `accounts`.`id`, CAST(`accounts`.`email` AS BINARY), CAST(TRIM(TRAILING ' ' FROM `accounts`.`name`) AS BINARY), `accounts`.`balance`, IF(UNIX_TIMESTAMP(`accounts`.`seen`) = 0, CAST(`accounts`.`seen` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`accounts`.`seen`) * 1000000 AS SIGNED) MICROSECOND), `accounts`.`total` FROM `accounts` WHERE email LIKE ? ORDER BY balance DESC, ID LIMIT ? FOR UPDATE",
+            &[1, 2]
+        )
+    );
+}
+
+#[test]
+fn a_multi_table_write_selects_its_table_through_the_join() {
+    let mut t = table();
+    t.meta.columns.truncate(2);
+    let w = write("DELETE a FROM accounts a JOIN bans b ON b.email = a.email WHERE b.since < ?");
+    assert_eq!(
+        t.before_image(&w).unwrap(),
+        capture(
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM accounts a JOIN bans b ON b.email = a.email WHERE b.since < ? FOR UPDATE",
+            &[0]
+        )
+    );
+}
+
+#[test]
+fn after_images_are_read_by_key() {
+    let mut t = table();
+    t.meta.columns.truncate(2);
+    t.meta.pk = vec![0, 1];
+    assert_eq!(
+        t.select_by_keys(2),
+        "SELECT `id`, CAST(`email` AS BINARY) FROM `shop`.`accounts` WHERE (`id`, `email`) IN ((?, ?), (?, ?))"
+    );
+}
+
+#[test]
+fn writes_mysql_cannot_undo_exactly_are_refused() {
+    let t = table();
+    assert_eq!(
+        refusal(t.check_capturable(&write("UPDATE accounts SET ID = 2 WHERE id = 1"))),
+        "an update of primary-key column id"
+    );
+    assert_eq!(
+        refusal(t.check_capturable(&write(
+            "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = id + 100"
+        ))),
+        "an update of primary-key column id"
+    );
+    assert_eq!(
+        refusal(t.check_capturable(&write("DELETE FROM accounts ORDER BY balance LIMIT 1"))),
+        "UPDATE or DELETE … LIMIT whose ORDER BY does not name every primary-key column (which rows it takes would not be certain)"
+    );
+    assert!(
+        t.check_capturable(&write(
+            "DELETE FROM accounts ORDER BY balance, accounts.id LIMIT 1"
+        ))
+        .is_ok()
+    );
+    assert_eq!(
+        refusal(t.check_capturable(&write("UPDATE accounts SET nope = 1"))),
+        "a write to column nope, which tandem does not find in table accounts,"
+    );
+    let mut cascading = table();
+    cascading.meta.has_cascades = true;
+    assert_eq!(
+        refusal(cascading.check_capturable(&write("REPLACE INTO accounts (id) VALUES (1)"))),
+        "an upsert or REPLACE into table accounts, which foreign keys reference with cascading actions,"
+    );
+    assert!(
+        cascading
+            .check_capturable(&write("INSERT INTO accounts (id) VALUES (1)"))
+            .is_ok()
+    );
+    let mut keyed_by_time = table();
+    keyed_by_time.meta.pk = vec![4];
+    assert_eq!(
+        refusal(keyed_by_time.check_capturable(&write("DELETE FROM accounts"))),
+        "a write to table accounts, whose primary-key column seen has a type rows cannot be looked up by,"
+    );
+}
+
+#[test]
+fn an_insert_that_gives_its_keys_reads_them_back() {
+    let plan = table()
+        .insert_plan(&write(
+            "INSERT INTO accounts (email, id) VALUES (?, ?), ('b', -7)",
+        ))
+        .unwrap();
+    assert_eq!(plan.before, None);
+    assert_eq!(
+        plan.after,
+        Some(capture(
+            &format!("SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`id`) IN ((?), (-7))"),
+            &[1]
+        ))
+    );
+    assert_eq!(plan.generated, 0);
+}
+
+#[test]
+fn an_insert_that_leaves_its_keys_to_auto_increment_counts_them() {
+    let plan = table()
+        .insert_plan(&write("INSERT INTO accounts (email) VALUES ('a'), ('b'); "))
+        .unwrap();
+    assert_eq!(
+        plan,
+        InsertPlan {
+            before: None,
+            after: None,
+            generated: 2
+        }
+    );
+    let t = table();
+    assert_eq!(
+        t.insert_plan(&write(
+            "INSERT INTO accounts VALUES (NULL, 'a', 'n', 1, NULL, DEFAULT)"
+        ))
+        .unwrap()
+        .generated,
+        1
+    );
+    assert_eq!(
+        refusal(t.insert_plan(&write(
+            "INSERT INTO accounts (id, email) VALUES (NULL, 'a'), (5, 'b')"
+        ))),
+        "a multi-row INSERT that gives some AUTO_INCREMENT keys and leaves others to the server"
+    );
+    assert_eq!(
+        refusal(t.insert_plan(&write("INSERT IGNORE INTO accounts (email) VALUES ('a')"))),
+        "INSERT IGNORE, … ON DUPLICATE KEY UPDATE or REPLACE that leaves the AUTO_INCREMENT key to the server (which rows it inserts is not known)"
+    );
+    assert_eq!(
+        refusal(t.insert_plan(&write("INSERT INTO accounts (id) VALUES ('0')"))),
+        "0 for AUTO_INCREMENT column id (what it means depends on sql_mode NO_AUTO_VALUE_ON_ZERO)"
+    );
+    assert_eq!(
+        refusal(t.insert_plan(&write("INSERT INTO accounts (id) VALUES (UUID_SHORT())"))),
+        "a value of primary-key column id computed by an expression (tandem would have to evaluate it again)"
+    );
+}
+
+#[test]
+fn an_upsert_locks_every_row_it_may_collide_with() {
+    let mut t = table();
+    t.meta.columns.truncate(3);
+    t.meta.columns[2].type_oid = DATETIME;
+    let w = write(
+        "INSERT INTO accounts (id, email, name) VALUES (?, ?, ?), (2, NULL, 'x') ON DUPLICATE KEY UPDATE name = VALUES(name)",
+    );
+    assert_eq!(
+        refusal(t.insert_plan(&w)),
+        "an upsert or REPLACE whose value of unique-key column email is not a literal or a parameter"
+    );
+    let w = write("REPLACE INTO accounts (id, email, name) VALUES (?, ?, ?), (2, 'b', 'x')");
+    let select = "SELECT `id`, CAST(`email` AS BINARY), `name` FROM `shop`.`accounts` WHERE";
+    assert_eq!(
+        t.insert_plan(&w).unwrap(),
+        InsertPlan {
+            before: Some(capture(
+                &format!("{select} (`id`) IN ((?), (2)) OR (`email`) IN ((?), ('b')) FOR UPDATE"),
+                &[0, 1]
+            )),
+            after: Some(capture(&format!("{select} (`id`) IN ((?), (2))"), &[0])),
+            generated: 0,
+        }
+    );
+    let w = write("INSERT IGNORE INTO accounts (id, email) VALUES (1, UPPER(?))");
+    assert_eq!(
+        t.insert_plan(&w).unwrap().before,
+        Some(capture(
+            &format!("{select} (`id`) IN ((1)) FOR UPDATE"),
+            &[]
+        ))
+    );
+}
+
+#[test]
+fn a_locking_read_locks_the_keys_it_reads() {
+    let read = match analyze(
+        &Mysql,
+        "SELECT * FROM accounts a WHERE a.email = ? LOCK IN SHARE MODE",
+    )
+    .unwrap()
+    .remove(0)
+    {
+        Analysis::LockingRead(Some(read)) => read,
+        other => panic!("{other:?}"),
+    };
+    let mut t = table();
+    t.meta.pk = vec![0, 1];
+    assert_eq!(
+        t.meta.locked_keys(&Mysql, &read).unwrap(),
+        capture(
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM `accounts` AS `a` WHERE a.email = ? FOR UPDATE",
+            &[0]
+        )
+    );
+}
