@@ -126,6 +126,13 @@ impl Relay<'_> {
             // Preparing a write changes nothing; it is captured when it is bound.
             Shape::PrepareOnly => return Ok(Extended::NotAWrite),
             Shape::Other(e) => return self.answer_directly(rest_len(rest, max)?, e).await,
+            // The Parse runs nothing; the Bind is refused (it cannot be captured).
+            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
+            Shape::Flushed => {
+                return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
+                    what: "a write followed by Flush before its Sync inside a global transaction",
+                })));
+            }
             Shape::Run(batch) => batch,
         };
         let consumed = batch.len;
@@ -441,8 +448,11 @@ pub(super) enum Shape<'a> {
     PrepareOnly,
     /// `[Parse] Bind [Describe] Execute(0 rows) Sync`: runs it once.
     Run(Batch<'a>),
-    /// Anything else, refused whole.
+    /// Anything else, refused whole (once its Sync has arrived).
     Other(Error),
+    /// A Flush before the Sync: the client waits for replies mid-batch, so tandem
+    /// cannot hold the batch until its Sync.
+    Flushed,
 }
 
 pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
@@ -452,12 +462,26 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
         let Some(frame) = Frame::peek(&rest[at..], max)? else {
             return Ok(Shape::Incomplete);
         };
+        if frame.tag == frontend::FLUSH {
+            return Ok(Shape::Flushed);
+        }
         frames.push((frame.tag, &rest[at..at + frame.wire_len]));
         at += frame.wire_len;
         if frame.tag == frontend::SYNC {
             break;
         }
         if frames.len() > 5 {
+            // Not a shape tandem runs: refused whole, so the rest must be here too.
+            loop {
+                let Some(frame) = Frame::peek(&rest[at..], max)? else {
+                    return Ok(Shape::Incomplete);
+                };
+                match frame.tag {
+                    frontend::FLUSH => return Ok(Shape::Flushed),
+                    frontend::SYNC => break,
+                    _ => at += frame.wire_len,
+                }
+            }
             break;
         }
     }

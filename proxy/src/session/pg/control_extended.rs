@@ -51,8 +51,19 @@ impl Relay<'_> {
         let column = parsed.as_ref().map(Control::column).unwrap_or("xid");
         let batch = match read_batch(rest, max)? {
             Shape::Incomplete => return Ok(Extended::NeedMore),
-            Shape::PrepareOnly if tag == frontend::PARSE => {
+            Shape::PrepareOnly | Shape::Flushed if tag == frontend::PARSE => {
                 return Ok(Extended::ReplaceParse(stand_in_parse(body, column)));
+            }
+            // The client waits for replies before its Sync: tandem cannot answer in
+            // order there.
+            Shape::Flushed => {
+                let e = Error::Unsupported {
+                    what: "a control function followed by Flush before its Sync (send it with Sync)",
+                };
+                return Ok(Extended::RefuseBind(super::tracked::Refusal {
+                    sqlstate: e.sqlstate().code(),
+                    message: e.to_string(),
+                }));
             }
             Shape::Run(batch) => batch,
             Shape::PrepareOnly | Shape::Other(_) => {

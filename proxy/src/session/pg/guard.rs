@@ -203,6 +203,14 @@ impl Relay<'_> {
             Shape::Run(batch) => batch,
             // Preparing a write changes nothing; it is checked when it is bound.
             Shape::PrepareOnly => return Ok(Extended::NotAWrite),
+            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
+            Shape::Flushed => {
+                return Ok(Extended::RefuseBind(super::at_extended::refusal(
+                    Error::Unsupported {
+                        what: "a write followed by Flush before its Sync, to a table that holds global locks",
+                    },
+                )));
+            }
             // Other shapes (a row limit, more messages): no parameters tandem can use.
             Shape::Other(_) => {
                 let consumed = rest_len(rest, max)?;
@@ -362,7 +370,7 @@ impl Relay<'_> {
             }))
         };
         let before = match super::at::before_image_query(meta, write) {
-            Ok(Some(before)) => before,
+            Ok(Some(before)) => row_lock_of_the_write(before, write),
             Ok(None) => return Ok(None),
             Err(e) => return refused(Error::Undo(e), open),
         };
@@ -469,6 +477,10 @@ impl UncheckedGuards {
         }
     }
 
+    pub(super) fn holds_any(&self) -> bool {
+        !self.guards.is_empty()
+    }
+
     /// The session reached a sync point: every write it let through is over.
     pub(super) fn release(&mut self) {
         self.guards.clear();
@@ -500,6 +512,19 @@ fn returning_rows(sql: &str, write: &Write) -> String {
     }
 }
 
+/// The check locks rows no harder than the write will: an UPDATE that keeps its key
+/// takes `FOR NO KEY UPDATE`, which does not block foreign-key checks of other sessions
+/// (`FOR KEY SHARE`); a DELETE or an upsert keeps `FOR UPDATE`.
+fn row_lock_of_the_write(before: String, write: &Write) -> String {
+    if write.kind != WriteKind::Update {
+        return before;
+    }
+    match before.rfind(" FOR UPDATE") {
+        Some(at) => format!("{} FOR NO KEY UPDATE{}", &before[..at], &before[at + 11..]),
+        None => before,
+    }
+}
+
 /// Whether a statement may change rows, from its first word: cheap enough for every
 /// statement of every session.
 pub(super) fn may_write(sql: &[u8]) -> bool {
@@ -513,7 +538,24 @@ pub(super) fn may_write(sql: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::may_write;
+    use super::{Analysis, Postgres, may_write};
+
+    #[test]
+    fn an_update_locks_its_rows_no_harder_than_it_will() {
+        let update = tandem_undo::analyze(&Postgres, "UPDATE t SET v = 1 WHERE id = 1")
+            .unwrap()
+            .pop();
+        let Some(Analysis::Write(update)) = update else {
+            panic!("an update");
+        };
+        assert_eq!(
+            super::row_lock_of_the_write(
+                "SELECT a FROM t WHERE id = 1 FOR UPDATE OF \"t\"".into(),
+                &update
+            ),
+            "SELECT a FROM t WHERE id = 1 FOR NO KEY UPDATE OF \"t\""
+        );
+    }
 
     #[test]
     fn first_word_decides() {

@@ -329,6 +329,27 @@ impl<'a> Relay<'a> {
     /// The client closed its connection without Terminate.
     async fn on_client_gone(&mut self) {
         self.end_backend().await;
+        self.outlive_unchecked_writes().await;
+    }
+
+    /// Waits (up to the lock wait) for the backend to end its connection while this
+    /// session holds unchecked-write guards, then releases them.
+    async fn outlive_unchecked_writes(&mut self) {
+        if self.unchecked.holds_any() {
+            // A write let through unchecked may still be running (and an autocommit one
+            // would still commit): the lockserver's announcement of its table must wait
+            // until the backend has ended, so the guard lives until then.
+            let mut scratch = [0u8; 8192];
+            let ended =
+                async { while matches!(self.server.read(&mut scratch).await, Ok(n) if n > 0) {} };
+            if tokio::time::timeout(self.ctx.lock_wait, ended)
+                .await
+                .is_err()
+            {
+                tracing::warn!(parent: &self.span, "backend still busy after the client left; releasing its unchecked write");
+            }
+            self.unchecked.release();
+        }
     }
 
     /// Tells the client why the session ends, unless the backend already did or the
@@ -339,6 +360,7 @@ impl<'a> Relay<'a> {
         }
         if !matches!(error, Error::UpstreamIo(_) | Error::UpstreamClosed) {
             self.end_backend().await;
+            self.outlive_unchecked_writes().await;
         }
     }
 
