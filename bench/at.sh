@@ -21,49 +21,10 @@ CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 DB=tandem_at_bench
-export PGSSLMODE=disable PGUSER=${PGUSER:-postgres}
-
-work=$(mktemp -d)
-cleanup() {
-  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid" 2>/dev/null || true
-  [[ -n "${lock_pid:-}" ]] && kill "$lock_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cargo build --release -q -p tandem-proxy
-psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d postgres -c "select 1 from pg_database where datname = '$DB'" | grep -q 1 \
-  || psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d postgres -c "create database $DB"
-pgbench -q -i -s "$SCALE" -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" >/dev/null 2>&1
+. bench/lib.sh
+prepare_pgbench_database
 psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY"
-./target/release/tandem migrate "postgres://$PGUSER@$PGHOST_DIRECT:$PGPORT_DIRECT/$DB?sslmode=disable" >/dev/null
-
-cat >"$work/lockserver.toml" <<TOML
-grpc_listen = "127.0.0.1:$GRPC_PORT"
-http_listen = "127.0.0.1:$HTTP_PORT"
-[store]
-kind = "embedded"
-path = "$work/lockserver"
-TOML
-cat >"$work/proxy.toml" <<TOML
-[admin]
-listen = "127.0.0.1:0"
-[lockserver]
-endpoint = "http://127.0.0.1:$GRPC_PORT"
-lock_wait_ms = ${LOCK_WAIT_MS:-5000}
-[[postgres]]
-listen = "127.0.0.1:$TANDEM_PORT"
-upstream = "$PGHOST_DIRECT:$PGPORT_DIRECT"
-TOML
-RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
-lock_pid=$!
-RUST_LOG=warn ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-for _ in $(seq 50); do
-  psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "select 1" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_tandem "lock_wait_ms = ${LOCK_WAIT_MS:-5000}"
 
 # A lock conflict at the local COMMIT is retryable (40001); the retry starts by leaving
 # the failed global transaction, which its timeout then rolls back.

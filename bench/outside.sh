@@ -22,53 +22,14 @@ CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-10}
 DB=tandem_outside_bench
-export PGSSLMODE=disable PGUSER=${PGUSER:-postgres}
-
-work=$(mktemp -d)
-cleanup() {
-  [[ -n "${holder_pid:-}" ]] && kill "$holder_pid" 2>/dev/null || true
-  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid" 2>/dev/null || true
-  [[ -n "${lock_pid:-}" ]] && kill "$lock_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cargo build --release -q -p tandem-proxy
-psql -qAt -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d postgres -c "select 1 from pg_database where datname = '$DB'" | grep -q 1 \
-  || psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d postgres -c "create database $DB"
-pgbench -q -i -s "$SCALE" -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" >/dev/null 2>&1
+. bench/lib.sh
+prepare_pgbench_database
 # Rows TPC-B never picks (its ids start at 1), for the global transaction to hold.
 psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "
   INSERT INTO pgbench_branches VALUES (0, 0);
   INSERT INTO pgbench_tellers VALUES (0, 0, 0);
   INSERT INTO pgbench_accounts VALUES (0, 0, 0)"
-./target/release/tandem migrate "postgres://$PGUSER@$PGHOST_DIRECT:$PGPORT_DIRECT/$DB?sslmode=disable" >/dev/null
-
-cat >"$work/lockserver.toml" <<TOML
-grpc_listen = "127.0.0.1:$GRPC_PORT"
-http_listen = "127.0.0.1:$HTTP_PORT"
-[store]
-kind = "embedded"
-path = "$work/lockserver"
-TOML
-cat >"$work/proxy.toml" <<TOML
-[admin]
-listen = "127.0.0.1:0"
-[lockserver]
-endpoint = "http://127.0.0.1:$GRPC_PORT"
-[[postgres]]
-listen = "127.0.0.1:$TANDEM_PORT"
-upstream = "$PGHOST_DIRECT:$PGPORT_DIRECT"
-TOML
-RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
-lock_pid=$!
-RUST_LOG=warn ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
-for _ in $(seq 50); do
-  psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "select 1" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_tandem
 
 run() { # host port -> tps
   pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$1" -p "$2" "$DB" 2>&1 \

@@ -237,13 +237,16 @@ impl Relay<'_> {
         Intercepted::Replace(replacement)
     }
 
-    pub(super) async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
-        let meta = match self
-            .ctx
+    /// The catalog's description of `table`, as this session's database has it.
+    pub(super) async fn table_meta(&self, table: &tandem_undo::TableRef) -> Result<Arc<TableMeta>> {
+        self.ctx
             .meta
-            .get(&self.ctx.side, &self.database, &write.table)
+            .get(&self.ctx.side, &self.database, table)
             .await
-        {
+    }
+
+    pub(super) async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
+        let meta = match self.table_meta(&write.table).await {
             Ok(meta) => meta,
             Err(e) => return Ok(self.refuse(e)),
         };
@@ -487,11 +490,7 @@ impl Relay<'_> {
         params: &[Param<'_>],
     ) -> Result<()> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
-        let meta = self
-            .ctx
-            .meta
-            .get(&self.ctx.side, &self.database, &read.table)
-            .await?;
+        let meta = self.table_meta(&read.table).await?;
         let sql = meta.locked_keys_sql(&Postgres, read);
         let got = self.exchange(&sql, params, &[1]).await?;
         if let Some(e) = got.error {

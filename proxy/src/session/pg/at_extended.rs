@@ -183,11 +183,7 @@ impl Relay<'_> {
         write: tandem_undo::Write,
         batch: Batch<'_>,
     ) -> Result<BytesMut> {
-        let meta = self
-            .ctx
-            .meta
-            .get(&self.ctx.side, &self.database, &write.table)
-            .await?;
+        let meta = self.table_meta(&write.table).await?;
         meta.check_capturable(&write)?;
         let text_results = match batch.bind.result_formats.as_slice() {
             [] => true,

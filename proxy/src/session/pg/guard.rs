@@ -321,12 +321,7 @@ impl Relay<'_> {
             // Not one write tandem can name the rows of: see the module comment.
             _ => return None,
         };
-        let meta = match self
-            .ctx
-            .meta
-            .get(&self.ctx.side, &self.database, &write.table)
-            .await
-        {
+        let meta = match self.table_meta(&write.table).await {
             Ok(meta) => meta,
             // No such table, say: the write fails on its own.
             Err(_) => return None,
