@@ -123,14 +123,27 @@ impl WriteInFlight {
     }
 
     /// A write outside a global transaction sent with `record_send` of each row it
-    /// changes appended to its RETURNING (guard.rs checks those rows' keys).
-    pub(super) fn checked(meta: Arc<TableMeta>, write: &Write, implicit: bool) -> Self {
-        let row_description = if write.has_returning {
-            RowDescriptionRule::Strip
-        } else {
-            RowDescriptionRule::Swallow
+    /// changes appended to its RETURNING (guard.rs checks those rows' keys): over the
+    /// simple protocol (`extended`: None), or as `put_rewritten_batch` sent it.
+    pub(super) fn checked(
+        meta: Arc<TableMeta>,
+        write: &Write,
+        implicit: bool,
+        extended: Option<RowDescriptionRule>,
+    ) -> Self {
+        let (row_description, swallow) = match extended {
+            Some(rule) => (
+                rule,
+                VecDeque::from([
+                    crate::wire::pg::codes::backend::CLOSE_COMPLETE,
+                    crate::wire::pg::codes::backend::PARSE_COMPLETE,
+                ]),
+            ),
+            None if write.has_returning => (RowDescriptionRule::Strip, VecDeque::new()),
+            None => (RowDescriptionRule::Swallow, VecDeque::new()),
         };
         WriteInFlight {
+            swallow,
             appended: 1,
             image: true,
             client_returning: write.has_returning,

@@ -177,53 +177,17 @@ impl Relay<'_> {
         })
     }
 
-    async fn rewrite_batch(
+    /// The client's batch with its write prepared again as tandem's statement with
+    /// `rewritten` SQL (its RETURNING extended), every message tracked as the client
+    /// sent it; and what to do with the RowDescription that comes back. Its replies
+    /// start with CloseComplete and ParseComplete of tandem's statement.
+    pub(super) fn put_rewritten_batch(
         &mut self,
-        sql: &str,
-        write: tandem_undo::Write,
-        batch: Batch<'_>,
-    ) -> Result<BytesMut> {
-        let meta = self.table_meta(&write.table).await?;
-        meta.check_capturable(&write)?;
-        let text_results = match batch.bind.result_formats.as_slice() {
-            [] => true,
-            codes => codes.iter().all(|&c| c == 0),
-        };
-        if write.has_returning && !text_results {
-            return Err(Error::Unsupported {
-                what: "a write whose RETURNING is asked for in binary, over the extended protocol inside a global transaction",
-            });
-        }
-        let param_types = self.batch_param_types(sql, &batch).await?;
-        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        if implicit {
-            self.exchange_simple("BEGIN").await?;
-        }
-        let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo);
-        let before = match before {
-            Ok(before) => before,
-            Err(e) => {
-                if implicit {
-                    self.exchange_simple("ROLLBACK").await?;
-                }
-                return Err(e);
-            }
-        };
-        if let Some(before) = before {
-            let params = bind_params(&batch, &param_types);
-            let formats = super::at::image_formats(&meta);
-            let got = self.exchange(&before, &params, &formats).await?;
-            if let Some(e) = got.error {
-                if implicit {
-                    self.exchange_simple("ROLLBACK").await?;
-                }
-                return Err(Error::Injected { message: e.message });
-            }
-            let rows = super::at::split_rows(got.rows, meta.columns.len());
-            self.branch.record_before(&meta, rows);
-        }
-        let rewritten = meta.with_returning_key(&Postgres, sql, &write);
-
+        rewritten: &str,
+        param_types: &[u32],
+        batch: &Batch<'_>,
+        write: &tandem_undo::Write,
+    ) -> Result<(BytesMut, RowDescriptionRule)> {
         let mut out = BytesMut::new();
         let mut close = BytesMut::new();
         close.put_u8(target::STATEMENT);
@@ -233,7 +197,7 @@ impl Relay<'_> {
         put_cstr(&mut parse, WRITE_STATEMENT);
         put_cstr(&mut parse, rewritten.as_bytes());
         parse.put_i16(param_types.len() as i16);
-        for t in &param_types {
+        for t in param_types {
             parse.put_u32(*t);
         }
         put_msg(&mut out, frontend::PARSE, &parse);
@@ -286,6 +250,57 @@ impl Relay<'_> {
         self.on_client_message(frontend::EXECUTE, &execute)?;
         put_msg(&mut out, frontend::SYNC, &[]);
         self.on_client_message(frontend::SYNC, &[])?;
+        Ok((out, rule))
+    }
+
+    async fn rewrite_batch(
+        &mut self,
+        sql: &str,
+        write: tandem_undo::Write,
+        batch: Batch<'_>,
+    ) -> Result<BytesMut> {
+        let meta = self.table_meta(&write.table).await?;
+        meta.check_capturable(&write)?;
+        let text_results = match batch.bind.result_formats.as_slice() {
+            [] => true,
+            codes => codes.iter().all(|&c| c == 0),
+        };
+        if write.has_returning && !text_results {
+            return Err(Error::Unsupported {
+                what: "a write whose RETURNING is asked for in binary, over the extended protocol inside a global transaction",
+            });
+        }
+        let param_types = self.batch_param_types(sql, &batch).await?;
+        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        if implicit {
+            self.exchange_simple("BEGIN").await?;
+        }
+        let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo);
+        let before = match before {
+            Ok(before) => before,
+            Err(e) => {
+                if implicit {
+                    self.exchange_simple("ROLLBACK").await?;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(before) = before {
+            let params = bind_params(&batch, &param_types);
+            let formats = super::at::image_formats(&meta);
+            let got = self.exchange(&before, &params, &formats).await?;
+            if let Some(e) = got.error {
+                if implicit {
+                    self.exchange_simple("ROLLBACK").await?;
+                }
+                return Err(Error::Injected { message: e.message });
+            }
+            let rows = super::at::split_rows(got.rows, meta.columns.len());
+            self.branch.record_before(&meta, rows);
+        }
+        let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+
+        let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
         self.write_in_flight = Some(WriteInFlight::new(
             meta,
             &write,

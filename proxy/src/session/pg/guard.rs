@@ -80,7 +80,7 @@ impl Relay<'_> {
                     &returning_rows(&String::from_utf8_lossy(sql), &write),
                 );
                 self.write_server(&query).await?;
-                self.write_in_flight = Some(WriteInFlight::checked(meta, &write, implicit));
+                self.write_in_flight = Some(WriteInFlight::checked(meta, &write, implicit, None));
                 Ok(Intercepted::SentAndHold)
             }
         }
@@ -243,12 +243,28 @@ impl Relay<'_> {
                 to_backend: None,
             });
         }
-        // The batch goes as the client sent it; tandem's transaction around an autocommit
-        // write ends at its ReadyForQuery.
-        let to_backend = self.forward_batch(&rest[..consumed])?;
-        if implicit {
-            self.write_in_flight = Some(WriteInFlight::guarded());
-        }
+        let text_results = match batch.bind.result_formats.as_slice() {
+            [] => true,
+            codes => codes.iter().all(|&c| c == 0),
+        };
+        let to_backend = if text_results || !write.has_returning {
+            // Prepared again with the changed rows returned, checked as over the
+            // simple protocol when it is over (see guard_query).
+            let rewritten = returning_rows(&String::from_utf8_lossy(&sql), &write);
+            let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
+            let checked = WriteInFlight::checked(meta, &write, implicit, Some(rule));
+            self.write_in_flight = Some(checked);
+            out
+        } else {
+            // Binary RETURNING: the batch goes as the client sent it, checked by its
+            // predicate only; tandem's transaction around an autocommit write ends at
+            // its ReadyForQuery.
+            let out = self.forward_batch(&rest[..consumed])?;
+            if implicit {
+                self.write_in_flight = Some(WriteInFlight::guarded());
+            }
+            out
+        };
         Ok(Extended::Handled {
             consumed,
             to_backend: Some(to_backend),

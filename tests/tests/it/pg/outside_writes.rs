@@ -232,12 +232,13 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
 async fn upsert_meets_a_row_inserted_by_a_global_transaction(
     mode: OutsideWrites,
     decision: &str,
+    extended: bool,
 ) -> (
     Result<(), tokio_postgres::Error>,
     Option<i64>,
     Option<String>,
 ) {
-    let orders = prepare(&format!("outside_upsert_{decision}")).await;
+    let orders = prepare(&format!("outside_upsert_{decision}_{extended}")).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let global = Tandem::start_for(&lockserver).await;
     let outside = outside_proxy(&lockserver, mode).await;
@@ -250,11 +251,14 @@ async fn upsert_meets_a_row_inserted_by_a_global_transaction(
         .unwrap();
     let w = outside.connect(&orders.name).await;
     let upsert = tokio::spawn(async move {
-        w.batch_execute(
-            "INSERT INTO accounts (id, balance) VALUES (50, 5)
-             ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance",
-        )
-        .await
+        let sql = "INSERT INTO accounts (id, balance) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + EXCLUDED.balance";
+        if extended {
+            w.execute(sql, &[&50i32, &5i64]).await.map(|_| ())
+        } else {
+            let literal = sql.replace("$1", "50").replace("$2", "5");
+            w.batch_execute(&literal).await
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -292,7 +296,18 @@ async fn upsert_meets_a_row_inserted_by_a_global_transaction(
 #[tokio::test]
 async fn an_outside_upsert_waits_for_the_global_transaction_that_inserted_its_row() {
     let (result, row, status) =
-        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Wait, "commit").await;
+        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Wait, "commit", false)
+            .await;
+    result.expect("the upsert goes through once the global transaction committed");
+    assert_eq!(status.as_deref(), Some("Committed"));
+    assert_eq!(row, Some(105), "the upsert applied over the committed row");
+}
+
+#[tokio::test]
+async fn over_the_extended_protocol_an_outside_upsert_waits_for_the_row_too() {
+    let (result, row, status) =
+        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Wait, "commit", true)
+            .await;
     result.expect("the upsert goes through once the global transaction committed");
     assert_eq!(status.as_deref(), Some("Committed"));
     assert_eq!(row, Some(105), "the upsert applied over the committed row");
@@ -301,7 +316,8 @@ async fn an_outside_upsert_waits_for_the_global_transaction_that_inserted_its_ro
 #[tokio::test]
 async fn an_outside_upsert_over_a_held_row_fails_and_the_rollback_is_exact() {
     let (result, row, status) =
-        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Fail, "rollback").await;
+        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Fail, "rollback", true)
+            .await;
     let err = result.expect_err("the upsert must not change a held row");
     assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
     assert_eq!(status.as_deref(), Some("Rollbacked"), "no dirty write");
