@@ -54,9 +54,9 @@ pub struct Config {
     pub table_heartbeat_ms: u64,
     /// How long a proxy may trust its table view without hearing from the lockserver,
     /// in ms; so also how long a closed table-notice stream delays announcements of
-    /// its resources. Must exceed twice `table_heartbeat_ms`. Default 3000. tandem
-    /// proxies trust their view for 2 s after they last heard from the lockserver: keep
-    /// this above 2 s plus a heartbeat (not validated, so that tests can shorten it).
+    /// its resources. Must exceed twice `table_heartbeat_ms`. Default 3000. Sent in
+    /// each snapshot: proxies trust their view at most two thirds of it after they last
+    /// heard from the lockserver.
     pub table_lease_ms: u64,
     /// An announced table that has held no lock for this long (sampled every
     /// `tick_interval_ms`) is unannounced, so proxies stop checking writes to it, in

@@ -60,6 +60,8 @@ pub struct Notice {
     pub snapshot: bool,
     /// This lockserver keeps no view: every table may hold locks.
     pub unknown: bool,
+    /// With `snapshot`: `table_lease_ms`, which bounds how long the proxy trusts it.
+    pub lease_ms: u64,
 }
 
 /// What must happen before a newly announced table is ready.
@@ -373,6 +375,7 @@ impl Tables {
                     locked,
                     snapshot: self.tracked,
                     unknown: !self.tracked,
+                    lease_ms: self.lease.as_millis() as u64,
                     ..Notice::default()
                 }
             })

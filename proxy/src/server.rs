@@ -31,9 +31,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-/// How long a table view is trusted after the lockserver was last heard from. Below the
-/// lockserver's `table_lease_ms` (default 3 s), which is how long it waits for a proxy
-/// whose stream closed before it grants the first lock on a table again.
+/// How long a table view is trusted after the lockserver was last heard from, at most:
+/// a lockserver whose `table_lease_ms` (how long it waits for a proxy whose stream
+/// closed before it grants the first lock on a table again) is shorter says so in its
+/// snapshot, and the view then trusts two thirds of that.
 const TABLE_VIEW_LEASE: Duration = Duration::from_millis(2_000);
 
 /// The bound sockets of a proxy process, in the order of the configuration.

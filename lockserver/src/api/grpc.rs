@@ -198,6 +198,7 @@ fn down(d: Down) -> pb::Phase2Down {
                 unlocked: n.unlocked,
                 snapshot: n.snapshot,
                 unknown: n.unknown,
+                lease_ms: n.lease_ms,
             })
             .collect(),
     };

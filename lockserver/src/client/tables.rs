@@ -31,6 +31,9 @@ pub struct TableLockView {
     /// Random; names this view to the lockserver across its streams.
     instance: String,
     lease: Duration,
+    /// The lease in force, in ns: `lease`, or less when a lockserver's snapshot said
+    /// its `table_lease_ms` is shorter (two thirds of that, leaving a margin for delay).
+    lease_ns: AtomicU64,
     /// Origin of `heard`.
     origin: Instant,
     /// When the current stream last delivered anything, in ns since `origin`.
@@ -160,6 +163,7 @@ impl TableLockView {
         Arc::new(TableLockView {
             instance: format!("{:016x}", rand::random::<u64>()),
             lease,
+            lease_ns: AtomicU64::new(lease.as_nanos() as u64),
             origin: Instant::now(),
             heard: AtomicU64::new(0),
             current: AtomicU64::new(0),
@@ -205,7 +209,7 @@ impl TableLockView {
             && t.generation == current
             && !t.unknown
             && heard != 0
-            && self.since_origin(now).saturating_sub(heard) <= self.lease.as_nanos() as u64
+            && self.since_origin(now).saturating_sub(heard) <= self.lease_ns.load(Ordering::SeqCst)
     }
 
     /// A write about to run unchecked on `resource` (`table: None` = table not known:
@@ -286,6 +290,11 @@ impl TableLockView {
                 }
                 false
             } else if n.snapshot {
+                if n.lease_ms > 0 {
+                    let theirs = Duration::from_millis(n.lease_ms) * 2 / 3;
+                    let lease = self.lease.min(theirs).as_nanos() as u64;
+                    self.lease_ns.store(lease, Ordering::SeqCst);
+                }
                 if generation >= t.generation {
                     t.generation = generation;
                     t.unknown = false;

@@ -14,6 +14,7 @@ fn notice(seq: u64, locked: &[&str], unlocked: &[&str]) -> pb::TableNotice {
         unlocked: unlocked.iter().map(|s| s.to_string()).collect(),
         snapshot: false,
         unknown: false,
+        lease_ms: 0,
     }
 }
 
@@ -98,6 +99,29 @@ fn unknown_lease_and_stream_end_withdraw_trust() {
         },
     );
     assert!(!enters(&v, Some("t")), "unknown: check everything");
+}
+
+#[test]
+fn a_lockserver_with_a_shorter_lease_shortens_the_trust() {
+    let v = TableLockView::new(Duration::from_secs(60));
+    let g = v.stream_up();
+    // table_lease_ms = 300: trusted at most 200 ms after the last message.
+    v.apply(
+        g,
+        pb::TableNotice {
+            lease_ms: 300,
+            ..snapshot(1, &[])
+        },
+    );
+    v.heard(g);
+    assert!(enters(&v, Some("t")));
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(
+        !enters(&v, Some("t")),
+        "past two thirds of the lockserver's lease"
+    );
+    v.heard(g);
+    assert!(enters(&v, Some("t")), "heard again");
 }
 
 #[test]
