@@ -36,12 +36,17 @@ impl Relay<'_> {
                 frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
                 _ => None,
             };
-            if control.is_some() || matches!(frame.tag, frontend::PARSE | frontend::BIND) {
+            let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
+            if control.is_some()
+                || matches!(frame.tag, frontend::PARSE | frontend::BIND)
+                || execute_outside
+            {
                 let handled = match control {
                     Some(parsed) => {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
                     }
+                    None if execute_outside => self.guard_execute(&buf[pos..], body).await?,
                     None => {
                         self.intercept_statement(&buf[pos..], frame.tag, body)
                             .await?

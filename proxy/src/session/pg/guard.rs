@@ -86,6 +86,44 @@ impl Relay<'_> {
         }
     }
 
+    /// An Execute outside a global transaction that opens a batch (at a sync point): its
+    /// portal was bound in an earlier batch, whose guard is gone. A write through it to
+    /// a table that may hold global locks cannot be checked here (its rows were never
+    /// locked by tandem), so its batch is refused; any other runs (under a guard).
+    pub(super) async fn guard_execute(&mut self, rest: &[u8], body: &[u8]) -> Result<Extended> {
+        if !self.phase.at_sync_point() {
+            // Within a batch: its Bind was checked or guarded moments ago.
+            return Ok(Extended::NotAWrite);
+        }
+        let Ok(portal) = crate::wire::pg::reader::Reader::new(body).cstr() else {
+            return Ok(Extended::NotAWrite);
+        };
+        let Some(sql) = self
+            .tracked
+            .portal(portal)
+            .and_then(|p| self.tracked.statement(&p.statement))
+            .map(|s| s.sql.to_vec())
+            .filter(|sql| may_write(sql))
+        else {
+            return Ok(Extended::NotAWrite);
+        };
+        if self.rows_to_check(&sql, true).await.is_none() {
+            return Ok(Extended::NotAWrite);
+        }
+        let max = self.ctx.config.max_message_bytes;
+        let consumed = match batch_end(rest, max)? {
+            BatchEnd::Sync(consumed) => consumed,
+            BatchEnd::NotYet => return Ok(Extended::NeedMore),
+            // The client waits for replies before any Sync: tandem cannot answer the
+            // batch in order, so it runs (see the module comment).
+            BatchEnd::Flush => return Ok(Extended::NotAWrite),
+        };
+        let e = Error::Unsupported {
+            what: "executing, in a later batch than its Bind, a portal that writes to a table holding global locks (bind and execute it in one batch)",
+        };
+        self.answer_directly(consumed, e).await
+    }
+
     /// The end of a checked write (simple protocol) or a guarded one (extended): the
     /// rows it returned must not be held by a global transaction, or it is undone (its
     /// statement, or the client's transaction, fails with 55P03); then tandem's own
@@ -534,6 +572,29 @@ fn row_lock_of_the_write(before: String, write: &Write) -> String {
         Some(at) => format!("{} FOR NO KEY UPDATE{}", &before[..at], &before[at + 11..]),
         None => before,
     }
+}
+
+/// Where the batch at the head of the client's bytes ends.
+enum BatchEnd {
+    /// At its Sync, this many bytes in.
+    Sync(usize),
+    /// The client flushes before any Sync: it waits for replies mid-batch.
+    Flush,
+    /// The Sync has not arrived yet.
+    NotYet,
+}
+
+fn batch_end(rest: &[u8], max: usize) -> Result<BatchEnd> {
+    let mut at = 0;
+    while let Some(frame) = crate::wire::pg::Frame::peek(&rest[at..], max)? {
+        at += frame.wire_len;
+        match frame.tag {
+            frontend::SYNC => return Ok(BatchEnd::Sync(at)),
+            frontend::FLUSH => return Ok(BatchEnd::Flush),
+            _ => {}
+        }
+    }
+    Ok(BatchEnd::NotYet)
 }
 
 /// Whether a statement may change rows, from its first word: cheap enough for every

@@ -323,3 +323,50 @@ async fn an_outside_upsert_over_a_held_row_fails_and_the_rollback_is_exact() {
     assert_eq!(status.as_deref(), Some("Rollbacked"), "no dirty write");
     assert_eq!(row, None, "the global transaction's insert is undone");
 }
+
+#[tokio::test]
+async fn a_portal_bound_before_its_table_held_locks_is_not_executed_over_a_held_row() {
+    let orders = prepare("outside_portal").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut b = outside.connect(&orders.name).await;
+    let tx = b.transaction().await.unwrap();
+    let update = tx
+        .prepare("UPDATE accounts SET balance = 9 WHERE id = $1 RETURNING id")
+        .await
+        .unwrap();
+    // Bound while no table holds global locks: nothing to check yet.
+    let portal = tx.bind(&update, &[&4i32]).await.unwrap();
+    // Then a global transaction takes row 4 (its table is announced).
+    let a = hold_row(&global, &orders.name, 4).await;
+    let err = tx
+        .query_portal(&portal, 0)
+        .await
+        .expect_err("the portal must not write a held row unchecked");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    drop(tx);
+    let direct = orders.direct().await;
+    assert_eq!(
+        balance(&direct, 4).await,
+        1,
+        "as the global transaction left it"
+    );
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked"),
+        "no dirty write"
+    );
+    assert_eq!(balance(&direct, 4).await, 1000);
+    drop(b);
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
