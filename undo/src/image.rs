@@ -81,7 +81,9 @@ impl TableMeta {
                 "a write to table {table}, which has triggers,"
             )));
         }
-        if self.has_cascades && write.kind != WriteKind::Insert {
+        // An upsert's DO UPDATE may change a unique column another table references
+        // with ON UPDATE CASCADE, as an UPDATE may; only a plain INSERT cannot cascade.
+        if self.has_cascades && (write.kind != WriteKind::Insert || write.upsert.is_some()) {
             return Err(Error::unsupported(format!(
                 "a write to table {table}, which foreign keys reference with cascading actions,"
             )));
@@ -431,6 +433,25 @@ mod tests {
         match analyze(&Postgres, sql).unwrap().remove(0) {
             Analysis::Write(w) => w,
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cascading_tables_take_plain_inserts_only() {
+        let m = TableMeta {
+            has_cascades: true,
+            ..meta()
+        };
+        assert!(
+            m.check_capturable(&write("INSERT INTO accounts VALUES (1, 2, 'x')"))
+                .is_ok()
+        );
+        for refused in [
+            "UPDATE accounts SET note = 'y' WHERE id = 1",
+            "DELETE FROM accounts WHERE id = 1",
+            "INSERT INTO accounts (id, balance, note) VALUES (1, 2, 'x') ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note",
+        ] {
+            assert!(m.check_capturable(&write(refused)).is_err(), "{refused}");
         }
     }
 
