@@ -359,25 +359,12 @@ pub fn supports_detached_xa(version: &str) -> bool {
 }
 
 fn side_opts(config: &MysqlFrontend) -> mysql_async::Opts {
-    let mut opts = mysql_async::OptsBuilder::default()
-        .user(Some(config.service.user.clone()))
-        .pass((!config.service.password.is_empty()).then(|| config.service.password.clone()))
-        .prefer_socket(false)
+    crate::session::mysql::side::service_opts(config)
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(mysql_async::PoolConstraints::new(0, 4).unwrap_or_default()),
-        );
-    opts = if config.upstream.starts_with('/') {
-        opts.socket(Some(config.upstream.clone()))
-    } else {
-        let (host, port) = config
-            .upstream
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(3306)))
-            .unwrap_or_else(|| (config.upstream.clone(), 3306));
-        opts.ip_or_hostname(host).tcp_port(port)
-    };
-    opts.into()
+        )
+        .into()
 }
 
 #[cfg(test)]

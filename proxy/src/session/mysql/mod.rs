@@ -12,7 +12,7 @@ mod handshake;
 pub mod ids;
 mod phase;
 mod relay;
-mod side;
+pub(crate) mod side;
 
 pub use phase::{Expect, Phase, Reply};
 

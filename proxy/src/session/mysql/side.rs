@@ -11,20 +11,7 @@ use mysql_async::prelude::Queryable;
 /// Sends `KILL QUERY thread_id` on a short-lived side connection. Best effort: a failure
 /// is logged, because the session is ending either way.
 pub async fn kill_query(config: &MysqlFrontend, thread_id: u32, span: &tracing::Span) {
-    let mut opts = mysql_async::OptsBuilder::default()
-        .user(Some(config.service.user.clone()))
-        .pass((!config.service.password.is_empty()).then(|| config.service.password.clone()))
-        .prefer_socket(false);
-    opts = if config.upstream.starts_with('/') {
-        opts.socket(Some(config.upstream.clone()))
-    } else {
-        let (host, port) = config
-            .upstream
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(3306)))
-            .unwrap_or_else(|| (config.upstream.clone(), 3306));
-        opts.ip_or_hostname(host).tcp_port(port)
-    };
+    let opts = service_opts(config);
     let kill = async {
         let mut conn = mysql_async::Conn::new(opts).await?;
         conn.query_drop(format!("KILL QUERY {thread_id}")).await?;
@@ -36,5 +23,24 @@ pub async fn kill_query(config: &MysqlFrontend, thread_id: u32, span: &tracing::
             tracing::debug!(parent: span, error = %e, "could not stop the running statement")
         }
         Err(_) => tracing::debug!(parent: span, "stopping the running statement timed out"),
+    }
+}
+
+/// Connection options for tandem's own connections to the front end's upstream, with
+/// its service credentials (a unix socket path or `host[:port]`).
+pub fn service_opts(config: &MysqlFrontend) -> mysql_async::OptsBuilder {
+    let opts = mysql_async::OptsBuilder::default()
+        .user(Some(config.service.user.clone()))
+        .pass((!config.service.password.is_empty()).then(|| config.service.password.clone()))
+        .prefer_socket(false);
+    if config.upstream.starts_with('/') {
+        opts.socket(Some(config.upstream.clone()))
+    } else {
+        let (host, port) = config
+            .upstream
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_owned(), p.parse().unwrap_or(3306)))
+            .unwrap_or_else(|| (config.upstream.clone(), 3306));
+        opts.ip_or_hostname(host).tcp_port(port)
     }
 }
