@@ -59,25 +59,14 @@ pub(super) struct Batch<'a> {
 
 impl Relay<'_> {
     /// `rest` starts with the Parse or Bind frame `tag`/`body`.
+    /// `sql`: the statement the Parse or Bind at the head of `rest` prepares or binds.
     pub(super) async fn intercept_extended(
         &mut self,
         rest: &[u8],
         tag: u8,
-        body: &[u8],
+        sql: &[u8],
     ) -> Result<Extended> {
-        let statement_sql: Option<Vec<u8>> = match tag {
-            frontend::PARSE => Parse::decode(body).ok().map(|p| p.sql.to_vec()),
-            frontend::BIND => Bind::decode(body).ok().and_then(|b| {
-                self.tracked
-                    .statement_for_bind(b.statement)
-                    .map(|s| s.sql.to_vec())
-            }),
-            _ => None,
-        };
-        let Some(sql) = statement_sql else {
-            return Ok(Extended::NotAWrite);
-        };
-        let sql = String::from_utf8_lossy(&sql).into_owned();
+        let sql = String::from_utf8_lossy(sql).into_owned();
         if self.branch_mode() == crate::binding::Mode::Xa {
             return Ok(self.bind_in_xa(tag, &sql));
         }
@@ -372,8 +361,12 @@ impl Relay<'_> {
         tag: u8,
         body: &[u8],
     ) -> Result<Extended> {
+        let Some(sql) = self.statement_sql(tag, body) else {
+            // Malformed, or a Bind of an unknown statement: the backend says so.
+            return Ok(Extended::NotAWrite);
+        };
         if self.binding.xid().is_none()
-            && let Some(xid) = self.hinted_xid(tag, body)
+            && let Some(xid) = crate::control::xid_hint(&sql)
         {
             if !self.phase.at_sync_point() {
                 if !matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
@@ -393,24 +386,24 @@ impl Relay<'_> {
             }
         }
         if self.binding.xid().is_some() {
-            self.intercept_extended(rest, tag, body).await
+            self.intercept_extended(rest, tag, &sql).await
         } else {
-            self.guard_extended(rest, tag, body).await
+            self.guard_extended(rest, tag, &sql).await
         }
     }
 
-    /// The xid of the hint that the statement of this Parse or Bind starts with.
-    fn hinted_xid(&self, tag: u8, body: &[u8]) -> Option<String> {
-        let sql = match tag {
-            frontend::PARSE => Parse::sql_of(body).ok()?,
+    /// The statement this Parse prepares or this Bind binds (the Parse still in flight
+    /// included); a Bind's is shared with `Tracked`, not copied.
+    fn statement_sql(&self, tag: u8, body: &[u8]) -> Option<bytes::Bytes> {
+        match tag {
+            frontend::PARSE => Parse::decode(body)
+                .ok()
+                .map(|p| bytes::Bytes::copy_from_slice(p.sql)),
             _ => {
-                &self
-                    .tracked
-                    .statement_for_bind(Bind::statement_of(body).ok()?)?
-                    .sql
+                let name = Bind::statement_of(body).ok()?;
+                Some(self.tracked.statement_for_bind(name)?.sql.clone())
             }
-        };
-        crate::control::xid_hint(sql)
+        }
     }
 
     /// A whole batch that tandem sends on as the client wrote it, each message tracked

@@ -29,14 +29,13 @@ use crate::at::branch::{lock_key, qualified_name};
 use crate::config::OutsideWrites;
 use crate::error::{Error, Result};
 use crate::wire::pg::codes::frontend;
-use crate::wire::pg::messages::extended::{Bind, Parse};
 use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
 use crate::wire::pg::messages::simple::put_query;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tandem_lockserver::client::LockKey;
+use tandem_lockserver::client::{LockKey, Xid};
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
 /// How often a waiting write asks the lockserver again.
@@ -146,7 +145,8 @@ impl Relay<'_> {
             .flatten()
             .map(|row| lock_key(&self.resource, &w.meta, &w.meta.key_of(row)))
             .collect();
-        if let Some(e) = self.wait_until_free(&w.meta, &keys).await {
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline).await {
             let refused = (e.sqlstate().code().to_owned(), e.to_string());
             if w.implicit {
                 self.exchange_required("ROLLBACK").await?;
@@ -165,58 +165,64 @@ impl Relay<'_> {
         Ok((status, None))
     }
 
-    /// Waits (as configured) until no unfinished global transaction holds `keys`, which
-    /// this session has locked; the error when one still does. A lockserver that does
-    /// not answer lets the write stay (see rows_to_check).
-    async fn wait_until_free(&mut self, meta: &TableMeta, keys: &[LockKey]) -> Option<Error> {
-        if keys.is_empty() || self.lockserver_failed_lately() {
+    /// Waits (as configured, up to `deadline`) until no unfinished global transaction
+    /// holds `keys`, which this session has locked; the error when one still does. A
+    /// lockserver that does not answer lets the write stay (see rows_to_check).
+    async fn wait_until_free(
+        &mut self,
+        meta: &TableMeta,
+        keys: &[LockKey],
+        deadline: Instant,
+    ) -> Option<Error> {
+        if self.lockserver_failed_lately() {
             return None;
         }
         let waits = self.ctx.outside_writes == OutsideWrites::Wait;
-        let deadline = Instant::now() + self.ctx.lock_wait;
         loop {
-            match self.ctx.lock.lock_holder(keys).await {
-                Ok(None) => return None,
-                Ok(Some((_, holder))) => {
-                    if !waits || Instant::now() + RECHECK > deadline {
-                        return Some(Error::RowGloballyLocked {
-                            table: qualified_name(meta),
-                            holder: holder.to_string(),
-                        });
-                    }
-                    tokio::time::sleep(RECHECK).await;
-                }
-                Err(e) => {
-                    tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
-                    self.skip_checks_for_a_while();
-                    self.unchecked_outside_write();
-                    return None;
-                }
+            let holder = self.holder_of(keys).await?;
+            if !waits || Instant::now() + RECHECK > deadline {
+                return Some(Error::RowGloballyLocked {
+                    table: qualified_name(meta),
+                    holder: holder.to_string(),
+                });
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
+    }
+
+    /// The unfinished global transaction holding any of `keys`, if one does. A
+    /// lockserver that does not answer counts as none: the write runs, and so do the
+    /// next ones for a while without asking (see rows_to_check).
+    async fn holder_of(&mut self, keys: &[LockKey]) -> Option<Xid> {
+        if keys.is_empty() {
+            return None;
+        }
+        match self.ctx.lock.lock_holder(keys).await {
+            Ok(held) => held.map(|(_, holder)| holder),
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                self.skip_checks_for_a_while();
+                self.unchecked_outside_write();
+                None
             }
         }
     }
 
-    /// A Parse or Bind outside a global transaction (`rest` starts with it, `body` is
-    /// its body). A checked write's whole batch is sent by tandem (`Handled`).
+    /// A Parse or Bind outside a global transaction (`rest` starts with it; `sql` is
+    /// the statement it prepares or binds). A checked write's whole batch is sent by
+    /// tandem (`Handled`).
     pub(super) async fn guard_extended(
         &mut self,
         rest: &[u8],
         tag: u8,
-        body: &[u8],
+        sql: &[u8],
     ) -> Result<Extended> {
-        let sql = match tag {
-            frontend::PARSE => Parse::sql_of(body).ok().map(<[u8]>::to_vec),
-            _ => Bind::statement_of(body)
-                .ok()
-                .and_then(|name| self.tracked.statement_for_bind(name))
-                .map(|s| s.sql.to_vec()),
-        };
-        let Some(sql) = sql.filter(|sql| may_write(sql)) else {
+        if !may_write(sql) {
             return Ok(Extended::NotAWrite);
-        };
+        }
         // A Parse runs nothing: only its Bind counts as a write.
         let runs = tag == frontend::BIND;
-        let Some((meta, write)) = self.rows_to_check(&sql, runs).await else {
+        let Some((meta, write)) = self.rows_to_check(sql, runs).await else {
             return Ok(Extended::NotAWrite);
         };
         if !self.phase.at_sync_point() {
@@ -260,7 +266,7 @@ impl Relay<'_> {
         };
         let consumed = batch.len;
         let param_types = self
-            .batch_param_types(&String::from_utf8_lossy(&sql), &batch)
+            .batch_param_types(&String::from_utf8_lossy(sql), &batch)
             .await?;
         let params = super::at_extended::bind_params(&batch, &param_types);
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
@@ -288,7 +294,7 @@ impl Relay<'_> {
         let to_backend = if text_results || !write.has_returning {
             // Prepared again with the changed rows returned, checked as over the
             // simple protocol when it is over (see guard_query).
-            let rewritten = returning_rows(&String::from_utf8_lossy(&sql), &write);
+            let rewritten = returning_rows(&String::from_utf8_lossy(sql), &write);
             let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
             let checked = WriteInFlight::checked(meta, &write, implicit, Some(rule));
             self.write_in_flight = Some(checked);
@@ -454,37 +460,21 @@ impl Relay<'_> {
                 .iter()
                 .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
                 .collect();
-            let holder = loop {
-                let held = if keys.is_empty() {
-                    Ok(None)
-                } else {
-                    self.ctx.lock.lock_holder(&keys).await
+            if !implicit {
+                // Inside the client's transaction: keep the rows locked while waiting.
+                return match self.wait_until_free(meta, &keys, deadline).await {
+                    None => Ok(None),
+                    Some(e) => refused(e, open),
                 };
-                let holder = match held {
-                    Ok(Some((_, holder))) => holder,
-                    Ok(None) => return Ok(None),
-                    Err(e) => {
-                        // The write runs, and so do the next ones for a while without
-                        // asking (see rows_to_check).
-                        tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
-                        self.skip_checks_for_a_while();
-                        self.unchecked_outside_write();
-                        return Ok(None);
-                    }
-                };
-                if !waits || implicit || Instant::now() + RECHECK > deadline {
-                    break holder;
-                }
-                // Inside the client's transaction: keep the rows locked and ask again.
-                tokio::time::sleep(RECHECK).await;
+            }
+            let Some(holder) = self.holder_of(&keys).await else {
+                return Ok(None);
             };
-            if implicit {
-                // The holder's rollback needs the rows: release them while waiting.
-                self.exchange_required("ROLLBACK").await?;
-                if waits && Instant::now() + RECHECK <= deadline {
-                    tokio::time::sleep(RECHECK).await;
-                    continue;
-                }
+            // The holder's rollback needs the rows: release them while waiting.
+            self.exchange_required("ROLLBACK").await?;
+            if waits && Instant::now() + RECHECK <= deadline {
+                tokio::time::sleep(RECHECK).await;
+                continue;
             }
             tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
             let e = Error::RowGloballyLocked {
