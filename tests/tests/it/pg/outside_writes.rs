@@ -295,22 +295,21 @@ async fn upsert_meets_a_row_inserted_by_a_global_transaction(
 
 #[tokio::test]
 async fn an_outside_upsert_waits_for_the_global_transaction_that_inserted_its_row() {
-    let (result, row, status) =
-        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Wait, "commit", false)
-            .await;
-    result.expect("the upsert goes through once the global transaction committed");
-    assert_eq!(status.as_deref(), Some("Committed"));
-    assert_eq!(row, Some(105), "the upsert applied over the committed row");
-}
-
-#[tokio::test]
-async fn over_the_extended_protocol_an_outside_upsert_waits_for_the_row_too() {
-    let (result, row, status) =
-        upsert_meets_a_row_inserted_by_a_global_transaction(OutsideWrites::Wait, "commit", true)
-            .await;
-    result.expect("the upsert goes through once the global transaction committed");
-    assert_eq!(status.as_deref(), Some("Committed"));
-    assert_eq!(row, Some(105), "the upsert applied over the committed row");
+    for extended in [false, true] {
+        let (result, row, status) = upsert_meets_a_row_inserted_by_a_global_transaction(
+            OutsideWrites::Wait,
+            "commit",
+            extended,
+        )
+        .await;
+        result.expect("the upsert goes through once the global transaction committed");
+        assert_eq!(status.as_deref(), Some("Committed"), "extended: {extended}");
+        assert_eq!(
+            row,
+            Some(105),
+            "the upsert applied over the committed row (extended: {extended})"
+        );
+    }
 }
 
 #[tokio::test]
