@@ -106,6 +106,9 @@ pub enum Error {
     #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
     Injected { message: String },
 
+    #[error("tandem's side connection to MySQL: {0}")]
+    MysqlSide(#[from] mysql_async::Error),
+
     #[error("side pool for {database}: {reason}")]
     SidePoolBuild {
         database: String,
@@ -139,9 +142,10 @@ impl Error {
             Error::TlsHandshake(_) => SqlState::ProtocolViolation,
             Error::TooManyConnections { .. } => SqlState::TooManyConnections,
             Error::ShuttingDown => SqlState::AdminShutdown,
-            Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => {
-                SqlState::InternalError
-            }
+            Error::SidePool(_)
+            | Error::SideQuery(_)
+            | Error::MysqlSide(_)
+            | Error::SidePoolBuild { .. } => SqlState::InternalError,
             Error::Undo(_) => SqlState::FeatureNotSupported,
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
             Error::Uncaptured { .. } | Error::GloballyLocked { .. } => {
@@ -199,6 +203,7 @@ impl Error {
             Error::SidePool(_)
             | Error::SideQuery(_)
             | Error::SidePoolBuild { .. }
+            | Error::MysqlSide(_)
             | Error::Lockserver(_)
             | Error::NotBound
             | Error::AlreadyBound { .. }
@@ -219,6 +224,7 @@ impl Error {
             Error::Unsupported { .. }
                 | Error::SidePool(_)
                 | Error::SideQuery(_)
+                | Error::MysqlSide(_)
                 | Error::Lockserver(_)
                 | Error::NotBound
                 | Error::AlreadyBound { .. }
@@ -291,7 +297,10 @@ impl Error {
             Error::TlsHandshake(_) => "tls",
             Error::TooManyConnections { .. } => "too_many_connections",
             Error::ShuttingDown => "shutdown",
-            Error::SidePool(_) | Error::SideQuery(_) | Error::SidePoolBuild { .. } => "side",
+            Error::SidePool(_)
+            | Error::SideQuery(_)
+            | Error::MysqlSide(_)
+            | Error::SidePoolBuild { .. } => "side",
             Error::Lockserver(_) => "lockserver",
             Error::Undo(_)
             | Error::UnknownTable { .. }

@@ -1,8 +1,9 @@
 //! `tandem migrate`: applies `migrations/<dialect>/*.sql` to databases given by URL.
 //!
 //! Owns the list of migrations (compiled in, so the binary needs no files beside it).
-//! Never alters a table it did not create. Invariant: every migration is idempotent,
-//! and a database's migrations apply in one transaction or not at all.
+//! Never alters a table it did not create. Invariant: every migration is idempotent; a
+//! PostgreSQL database's migrations apply in one transaction or not at all (MySQL
+//! commits each DDL statement on its own, so a run cut short is finished by the next).
 
 /// The PostgreSQL migrations, in order.
 pub const POSTGRES: &[(&str, &str)] = &[(
@@ -21,8 +22,11 @@ pub const MYSQL: &[(&str, &str)] = &[(
 pub enum MigrateError {
     #[error("{url}: not a postgres:// or mysql:// URL")]
     UnknownScheme { url: String },
-    #[error("{url}: applying MySQL migrations is not built yet (the DDL is in migrations/mysql)")]
-    MysqlNotYet { url: String },
+    #[error("{url}: {source}")]
+    Mysql {
+        url: String,
+        source: mysql_async::Error,
+    },
     #[error("{url}: {source}")]
     Postgres {
         url: String,
@@ -36,9 +40,7 @@ pub async fn apply(url: &str) -> Result<Vec<&'static str>, MigrateError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         apply_postgres(url).await
     } else if url.starts_with("mysql://") {
-        Err(MigrateError::MysqlNotYet {
-            url: url.to_owned(),
-        })
+        apply_mysql(url).await
     } else {
         Err(MigrateError::UnknownScheme {
             url: url.to_owned(),
@@ -62,6 +64,23 @@ async fn apply_postgres(url: &str) -> Result<Vec<&'static str>, MigrateError> {
     drop(client);
     let _ = driver.await;
     Ok(POSTGRES.iter().map(|(name, _)| *name).collect())
+}
+
+/// MySQL commits DDL on its own, one statement at a time: each migration is idempotent
+/// (`CREATE TABLE IF NOT EXISTS`), so a run cut short is finished by the next.
+async fn apply_mysql(url: &str) -> Result<Vec<&'static str>, MigrateError> {
+    let err = |source| MigrateError::Mysql {
+        url: redact(url),
+        source,
+    };
+    let opts = mysql_async::Opts::from_url(url).map_err(|e| err(e.into()))?;
+    let mut conn = mysql_async::Conn::new(opts).await.map_err(err)?;
+    use mysql_async::prelude::Queryable;
+    for (_, sql) in MYSQL {
+        conn.query_drop(*sql).await.map_err(err)?;
+    }
+    conn.disconnect().await.map_err(err)?;
+    Ok(MYSQL.iter().map(|(name, _)| *name).collect())
 }
 
 /// The URL without its password, for messages.

@@ -169,6 +169,8 @@ pub async fn run(
             tls,
             signals: signals.clone(),
             lock: lock.clone(),
+            lock_wait: std::time::Duration::from_millis(config.lockserver.lock_wait_ms),
+            at_meta: crate::at::mysql::MysqlMetaCache::default(),
             xa: Arc::new(crate::xa::mysql::MysqlXa::new(frontend, lock.clone())),
         });
         ctx.xa.start_recovery(signals.drain.clone());

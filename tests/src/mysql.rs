@@ -111,6 +111,21 @@ impl MyTestDb {
         MyTestDb { name }
     }
 
+    /// Creates tandem's tables (undo_log) in this database, as `tandem migrate` does.
+    pub async fn migrate(&self) {
+        let admin = admin_opts();
+        let password = admin.pass().map(|p| format!(":{p}")).unwrap_or_default();
+        let url = format!(
+            "mysql://{}{password}@{}/{}",
+            admin.user().unwrap_or("root"),
+            upstream(),
+            self.name
+        );
+        tandem_proxy::migrate::apply(&url)
+            .await
+            .expect("tandem migrate");
+    }
+
     /// A direct connection (no proxy) to this database.
     pub async fn direct(&self) -> Conn {
         let opts = OptsBuilder::from_opts(admin_opts()).db_name(Some(self.name.clone()));

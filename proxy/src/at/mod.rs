@@ -6,6 +6,7 @@
 pub mod branch;
 pub mod cleanup;
 pub mod meta;
+pub mod mysql;
 pub mod phase2;
 pub mod raw;
 

@@ -66,6 +66,8 @@ pub struct MysqlXa {
 struct Handler {
     pool: mysql_async::Pool,
     owners: Arc<Owners>,
+    /// The upstream `host:port` (or socket) whose databases the resources name.
+    upstream: String,
 }
 
 /// Phase 2 of a branch, for the session whose connection prepared it.
@@ -122,6 +124,7 @@ impl MysqlXa {
         let handler = Arc::new(Handler {
             pool: pool.clone(),
             owners: Arc::clone(&owners),
+            upstream: config.upstream.clone(),
         });
         MysqlXa {
             owners,
@@ -147,6 +150,11 @@ impl MysqlXa {
     }
 
     /// The sessions that own prepared branches.
+    /// tandem's side connections to this front end's server (service credentials).
+    pub fn pool(&self) -> &mysql_async::Pool {
+        &self.pool
+    }
+
     pub fn owners(&self) -> &Owners {
         &self.owners
     }
@@ -302,12 +310,17 @@ impl BranchHandler for Handler {
 
 impl Handler {
     async fn phase2(&self, work: Phase2Work, commit: bool) -> BranchOutcome {
-        if work.kind != BranchKind::XA {
-            return BranchOutcome::Retry {
-                reason: format!(
-                    "AT branches on MySQL are not served by this proxy ({})",
-                    work.resource_id
-                ),
+        if work.kind == BranchKind::AT {
+            let Some(database) = crate::at::mysql::database_of(&work.resource_id, &self.upstream)
+            else {
+                return BranchOutcome::Retry {
+                    reason: format!("resource {} is not served here", work.resource_id),
+                };
+            };
+            return if commit {
+                crate::at::mysql::commit(&self.pool, database, &work).await
+            } else {
+                crate::at::mysql::rollback(&self.pool, database, &work).await
             };
         }
         if let Some(session) = self.owners.owner(&work.xid, work.branch_id) {

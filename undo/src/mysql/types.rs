@@ -150,7 +150,11 @@ pub fn restore(placeholder: &str, type_code: u32) -> String {
 pub fn param_type(type_code: u32) -> u32 {
     match base(type_code) {
         TIMESTAMP => DATETIME,
-        BIT | JSON | GEOMETRY => BLOB,
+        // A BIT compared with or assigned a string takes the string as a number
+        // ('\0\x01' is 0): its big-endian bytes are bound as the unsigned integer they
+        // spell, which the proxy sends as a LONGLONG.
+        BIT => BIT | UNSIGNED,
+        JSON | GEOMETRY => BLOB,
         _ if type_code & CHARACTER != 0 => BLOB,
         STRING | VAR_STRING => BLOB,
         _ => type_code & 0xffff,
@@ -209,7 +213,7 @@ mod tests {
         assert_eq!(param_type(TIMESTAMP), DATETIME);
         assert_eq!(param_type(SET | CHARACTER), BLOB);
         assert_eq!(param_type(STRING), BLOB);
-        assert_eq!(param_type(BIT), BLOB);
+        assert_eq!(param_type(BIT), BIT | UNSIGNED);
         assert_eq!(param_type(NEWDECIMAL), NEWDECIMAL);
         assert_eq!(restore("?", JSON), "CONVERT(? USING utf8mb4)");
         assert_eq!(restore("?", TIMESTAMP), "?");

@@ -33,12 +33,15 @@ pub struct Step {
     pub expect: Option<Row>,
     /// Restores the before image; None when there is nothing to change.
     pub apply: Option<Stmt>,
+    /// The index in the record of the table whose row this is (`check` selects its
+    /// columns, in table order, as the images hold them).
+    pub table: usize,
 }
 
 /// The steps that undo `record`, in the order to run them.
 pub fn plan(d: &dyn Dialect, record: &UndoRecord) -> Vec<Step> {
     let mut steps = Vec::new();
-    for table in record.tables.iter().rev() {
+    for (index, table) in record.tables.iter().enumerate().rev() {
         for row in table.rows.iter().rev() {
             let Some(key_row) = row.after.as_ref().or(row.before.as_ref()) else {
                 continue;
@@ -54,6 +57,7 @@ pub fn plan(d: &dyn Dialect, record: &UndoRecord) -> Vec<Step> {
                 check: check(d, table, key_row, row.after.as_ref()),
                 expect: row.after.clone(),
                 apply,
+                table: index,
             });
         }
     }

@@ -40,6 +40,11 @@ pub struct MysqlFrontendContext {
     pub signals: Signals,
     /// The lockserver that control functions and XA branches talk to.
     pub lock: tandem_lockserver::client::LockClient,
+    /// `lockserver.lock_wait_ms`: how long a branch's registration or a locking read
+    /// waits for another global transaction's row locks.
+    pub lock_wait: std::time::Duration,
+    /// AT mode's table metadata for this front end's server.
+    pub at_meta: crate::at::mysql::MysqlMetaCache,
     /// XA phase 2 and recovery on this front end's server.
     pub xa: Arc<crate::xa::mysql::MysqlXa>,
 }

@@ -7,8 +7,10 @@
 //! whole except the few tandem decodes. Invariant: outside the rewrites listed in
 //! `session::mysql`, the bytes written to each side are the bytes read from the other.
 
+mod at;
 mod client_side;
 mod control;
+mod own;
 mod server_side;
 
 use super::MysqlFrontendContext;
@@ -66,6 +68,8 @@ pub struct Relay<'a> {
     pub(super) last_seq: u8,
     /// The session's binding to a global transaction.
     pub(super) binding: crate::binding::Binding,
+    /// AT mode's branch in the current local transaction: the rows it changed.
+    pub(super) at_branch: crate::at::branch::Branch,
     /// XA mode's branch in the current local transaction.
     pub(super) xa: Option<control::XaBranch>,
     /// The database the client named at connect (the resource of its XA branches).
@@ -121,6 +125,7 @@ impl<'a> Relay<'a> {
             draining: false,
             last_seq: 0,
             binding: crate::binding::Binding::default(),
+            at_branch: crate::at::branch::Branch::default(),
             xa: None,
             database: opened.database.clone(),
             extended_metadata: opened.extended_metadata,

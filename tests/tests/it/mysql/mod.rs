@@ -1,5 +1,6 @@
 //! The MySQL relay, through the real proxy over TCP to the real MariaDB/MySQL.
 
+mod at_mode;
 mod auth;
 mod bad_input;
 mod drivers;

@@ -347,5 +347,7 @@ impl Relay<'_> {
     fn on_session_reset(&mut self, what: &'static str) {
         tracing::debug!(parent: &self.span, what, "session reset: unbound");
         self.binding.unbind();
+        // The server ends the local transaction with the session: nothing of it stays.
+        self.at_branch = crate::at::branch::Branch::default();
     }
 }

@@ -10,16 +10,15 @@
 
 use super::Relay;
 use super::client_side::Handled;
+use super::own::{Own, OwnError};
 use crate::binding::Mode;
 use crate::control::{self, BadCall, Control};
 use crate::error::{Error, Result};
 use crate::wire::mysql::Header;
-use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags, command, reply};
-use crate::wire::mysql::messages::response::{
-    ErrPacket, ok_status, put_err, put_ok, put_single_value,
-};
+use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags, command};
+use crate::wire::mysql::messages::response::{put_err, put_ok, put_single_value};
 use crate::wire::mysql::packet::put_message;
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::time::Duration;
 use tandem_lockserver::client::{BranchKind, Xid};
 
@@ -127,15 +126,11 @@ impl Relay<'_> {
             self.binding.mode().unwrap_or(self.ctx.config.mode)
         };
         if mode == Mode::At {
-            // AT mode is not built for MySQL: nothing may write without its images.
-            return match kind {
-                Kind::Passive | Kind::Begin | Kind::Commit | Kind::Rollback if !several => Ok(None),
-                _ => self
-                    .refuse(Error::Unsupported {
-                        what: "a statement that may write, in AT mode on MySQL (not built yet: use tandem_mode('xa'))",
-                    })
-                    .map(Some),
-            };
+            // Relayed statements go through `on_command` like any other.
+            return Ok(match self.at_query(sql).await? {
+                Handled::Relay => None,
+                handled => Some(handled),
+            });
         }
         if several && matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback) {
             return self
@@ -175,6 +170,7 @@ impl Relay<'_> {
         };
         let refused = match (mode, kind) {
             (_, Kind::Passive) => false,
+            // AT mode captures COM_QUERY writes; prepared ones are not built yet.
             (Mode::At, _) => true,
             (Mode::Xa, _) => self.xa.is_none(),
         };
@@ -182,7 +178,7 @@ impl Relay<'_> {
             return Ok(None);
         }
         self.refuse(Error::Unsupported {
-            what: "a prepared statement that may write outside an XA branch inside a global transaction (AT mode is not built for MySQL; in XA mode run it inside START TRANSACTION … COMMIT)",
+            what: "a prepared statement that may write inside a global transaction, outside an XA branch (AT mode on MySQL captures text-protocol writes only; in XA mode run it inside START TRANSACTION … COMMIT)",
         })
         .map(Some)
     }
@@ -240,7 +236,7 @@ impl Relay<'_> {
         Ok(Handled::Answer)
     }
 
-    fn refuse(&mut self, e: Error) -> Result<Handled> {
+    pub(super) fn refuse(&mut self, e: Error) -> Result<Handled> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
@@ -414,51 +410,12 @@ async fn own_statement(
     from_server: &mut BytesMut,
     sql: &str,
 ) -> Result<std::result::Result<StatusFlags, OwnError>> {
-    let mut payload = Vec::with_capacity(1 + sql.len());
-    payload.push(command::QUERY);
-    payload.extend_from_slice(sql.as_bytes());
-    let mut packet = BytesMut::new();
-    put_message(&mut packet, 0, &payload);
-    tokio::io::AsyncWriteExt::write_all(server, &packet)
-        .await
-        .map_err(Error::UpstreamIo)?;
-    loop {
-        if let Some(h) = Header::peek(from_server)
-            && from_server.len() >= h.wire_len()
-        {
-            let payload = h.payload(from_server).to_vec();
-            from_server.advance(h.wire_len());
-            return match payload.first() {
-                Some(&reply::OK) => Ok(Ok(ok_status(&payload).unwrap_or(StatusFlags::empty()))),
-                Some(&reply::ERR) => {
-                    let e = ErrPacket::decode(&payload).ok_or(Error::UpstreamProtocol(
-                        "a malformed ERR to tandem's own statement",
-                    ))?;
-                    let mut sqlstate = *b"HY000";
-                    if let Some(s) = e.sqlstate
-                        && s.len() == 5
-                    {
-                        sqlstate.copy_from_slice(s);
-                    }
-                    Ok(Err(OwnError {
-                        code: e.code,
-                        sqlstate,
-                        message: String::from_utf8_lossy(e.message).into_owned(),
-                    }))
-                }
-                _ => Err(Error::UpstreamProtocol(
-                    "a reply to tandem's own statement that is not OK or ERR",
-                )),
-            };
-        }
-        if tokio::io::AsyncReadExt::read_buf(server, from_server)
-            .await
-            .map_err(Error::UpstreamIo)?
-            == 0
-        {
-            return Err(Error::UpstreamClosed);
-        }
-    }
+    let mut own = Own {
+        server,
+        from_server,
+        deprecate_eof: false,
+    };
+    Ok(own.query(sql).await?.map(|ok| ok.status))
 }
 
 /// XA COMMIT or XA ROLLBACK of a branch this connection prepared, on the connection.
@@ -483,13 +440,6 @@ async fn serve_owned(
     }
     let _ = request.reply.send(outcome);
     Ok(())
-}
-
-/// The server's ERR to one of tandem's own statements, for the client.
-struct OwnError {
-    code: u16,
-    sqlstate: [u8; 5],
-    message: String,
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //!   COM_CHANGE_USER.
 //! - `response`: OK, ERR, EOF, result-set terminators, the prepare-OK.
 //! - `command`: KILL statements and COM_PROCESS_KILL.
+//! - `statement`: tandem's own prepared statements, binary rows, the whole OK packet.
 
 pub mod command;
 pub mod handshake;
 pub mod response;
+pub mod statement;

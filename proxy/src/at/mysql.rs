@@ -1,0 +1,461 @@
+//! AT mode's side-connection half on MySQL/MariaDB: table metadata from
+//! information_schema (cached), and phase 2 of AT branches: deleting a committed
+//! branch's undo row, replaying a rolled-back one behind its dirty-write checks.
+//!
+//! Runs on tandem's side connections (service credentials), never on a client's. Phase 2
+//! is idempotent as on PostgreSQL: a second commit deletes nothing, a second rollback
+//! finds its GlobalFinished marker. Invariant: a replay writes nothing unless every row
+//! still equals the branch's after image.
+
+use super::phase2::{LOG_GLOBAL_FINISHED, LOG_NORMAL};
+use crate::error::Result;
+use mysql_async::Value;
+use mysql_async::prelude::Queryable;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_lockserver::client::{BranchOutcome, Phase2Work};
+use tandem_undo::mysql::catalog::{self, Catalog, CatalogRow, MysqlTable};
+use tandem_undo::mysql::types;
+use tandem_undo::{Mysql, TableRef, UndoRecord, replay};
+
+/// How long a table's metadata is trusted without DDL seen through this proxy: DDL run
+/// directly against the server is picked up after this.
+const META_TTL: Duration = Duration::from_secs(5);
+
+/// What the replay connection runs first (undo/ARCHITECTURE.md, "MySQL and MariaDB"):
+/// parameters are binary strings, TIMESTAMP images are UTC, zero dates and key 0 go
+/// back as they were, and a value that does not fit fails.
+const REPLAY_SESSION: &str = "SET NAMES binary, time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,ALLOW_INVALID_DATES,NO_ENGINE_SUBSTITUTION'";
+
+/// A table as AT on MySQL needs it: what MySQL adds, and the metadata undo shares.
+pub struct AtTable {
+    pub mysql: MysqlTable,
+    /// `mysql.meta`, shared with the branches that hold the table's rows.
+    pub meta: Arc<tandem_undo::TableMeta>,
+}
+
+/// Cached tables by (database, table), each with when it was read.
+type Tables = HashMap<(String, TableRef), (Instant, Arc<AtTable>)>;
+
+/// Table metadata per (database, table), read over the side pool.
+#[derive(Default)]
+pub struct MysqlMetaCache {
+    // A std Mutex: held only to look up or insert, never across an await.
+    tables: Mutex<Tables>,
+}
+
+impl MysqlMetaCache {
+    pub async fn get(
+        &self,
+        pool: &mysql_async::Pool,
+        database: &str,
+        table: &TableRef,
+    ) -> Result<Arc<AtTable>> {
+        let key = (database.to_owned(), table.clone());
+        if let Some((at, meta)) = self.lock().get(&key)
+            && at.elapsed() < META_TTL
+        {
+            return Ok(Arc::clone(meta));
+        }
+        let mysql = load(pool, database, table).await?;
+        let meta = Arc::new(AtTable {
+            meta: Arc::new(mysql.meta.clone()),
+            mysql,
+        });
+        self.lock().insert(key, (Instant::now(), Arc::clone(&meta)));
+        Ok(meta)
+    }
+
+    /// DDL ran through this proxy: forget every table.
+    pub fn invalidate(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn load(pool: &mysql_async::Pool, database: &str, table: &TableRef) -> Result<MysqlTable> {
+    let mut conn = pool.get_conn().await?;
+    let schema = table.schema.clone().unwrap_or_else(|| database.to_owned());
+    let params = (schema, table.name.clone());
+    let mut query = async |sql: &str| -> Result<Vec<CatalogRow>> {
+        let rows: Vec<mysql_async::Row> = conn.exec(sql, params.clone()).await?;
+        Ok(rows.into_iter().map(catalog_row).collect())
+    };
+    let found = Catalog {
+        table: query(catalog::TABLE).await?,
+        columns: query(catalog::COLUMNS).await?,
+        unique_keys: query(catalog::UNIQUE_KEYS).await?,
+        triggers: query(catalog::TRIGGERS).await?,
+        cascades: query(catalog::CASCADES).await?,
+    };
+    Ok(MysqlTable::from_catalog(table, &found)?)
+}
+
+/// A catalog row as text, as `MysqlTable::from_catalog` reads it.
+fn catalog_row(row: mysql_async::Row) -> CatalogRow {
+    row.unwrap()
+        .into_iter()
+        .map(|v| match v {
+            Value::NULL => None,
+            Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::UInt(u) => Some(u.to_string()),
+            other => Some(other.as_sql(true)),
+        })
+        .collect()
+}
+
+/// `` `database`.undo_log ``: the undo log of a resource, whatever database the client's
+/// session uses at the moment.
+pub fn undo_table(database: &str) -> String {
+    format!("`{}`.undo_log", database.replace('`', "``"))
+}
+
+/// The database of a MySQL resource id (`mysql://upstream/database`).
+pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
+    resource
+        .strip_prefix("mysql://")?
+        .strip_prefix(upstream)?
+        .strip_prefix('/')
+}
+
+/// Phase-2 commit of an AT branch: its undo row goes.
+pub async fn commit(pool: &mysql_async::Pool, database: &str, work: &Phase2Work) -> BranchOutcome {
+    let delete = async {
+        let mut conn = pool.get_conn().await?;
+        conn.exec_drop(
+            format!(
+                "DELETE FROM {} WHERE xid = ? AND branch_id = ?",
+                undo_table(database)
+            ),
+            (work.xid.as_str(), work.branch_id),
+        )
+        .await?;
+        Ok::<_, mysql_async::Error>(())
+    };
+    match delete.await {
+        Ok(()) => BranchOutcome::Done,
+        Err(e) => BranchOutcome::Retry {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Phase-2 rollback of an AT branch: its undo record replayed, newest row first.
+pub async fn rollback(
+    pool: &mysql_async::Pool,
+    database: &str,
+    work: &Phase2Work,
+) -> BranchOutcome {
+    match replay_branch(pool, database, work).await {
+        Ok(outcome) => outcome,
+        Err(e) => BranchOutcome::Retry {
+            reason: e.to_string(),
+        },
+    }
+}
+
+async fn replay_branch(
+    pool: &mysql_async::Pool,
+    database: &str,
+    work: &Phase2Work,
+) -> std::result::Result<BranchOutcome, mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    conn.query_drop(REPLAY_SESSION).await?;
+    let undo_log = undo_table(database);
+    let xid = work.xid.as_str();
+    let branch = work.branch_id;
+    let mut tx = conn
+        .start_transaction(mysql_async::TxOpts::default())
+        .await?;
+    let row: Option<(Vec<u8>, i32)> = tx
+        .exec_first(
+            format!(
+                "SELECT rollback_info, log_status FROM {undo_log} WHERE xid = ? AND branch_id = ? FOR UPDATE"
+            ),
+            (xid, branch),
+        )
+        .await?;
+    let Some((info, status)) = row else {
+        // Phase 1 never committed (or not yet): the marker makes a late phase-1 commit
+        // of this branch fail on the unique (xid, branch_id).
+        tx.exec_drop(
+            format!(
+                "INSERT IGNORE INTO {undo_log} (branch_id, xid, context, rollback_info, log_status) \
+                 VALUES (?, ?, 'tandem', '', ?)"
+            ),
+            (branch, xid, LOG_GLOBAL_FINISHED),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(BranchOutcome::Done);
+    };
+    if status != LOG_NORMAL {
+        return Ok(BranchOutcome::Done);
+    }
+    let record = match UndoRecord::decode(&info) {
+        Ok(record) => record,
+        Err(e) => {
+            return Ok(BranchOutcome::RollbackFailed {
+                reason: e.to_string(),
+            });
+        }
+    };
+    for step in replay::plan(&Mysql, &record) {
+        let params = match values(&step.check.params, &step.check.types) {
+            Ok(params) => params,
+            Err(reason) => return Ok(BranchOutcome::RollbackFailed { reason }),
+        };
+        let rows: Vec<mysql_async::Row> = tx.exec(step.check.sql.as_str(), params).await?;
+        let table = &record.tables[step.table];
+        let difference = match (rows.as_slice(), &step.expect) {
+            ([], None) => None,
+            ([], Some(_)) => Some("the row is gone or a column differs".to_owned()),
+            ([_], None) => Some("a row the branch deleted is back".to_owned()),
+            ([row], Some(expect)) => {
+                let now = row.clone().unwrap();
+                now.iter()
+                    .zip(expect)
+                    .zip(&table.types)
+                    .position(|((now, image), &type_code)| !same_value(now, image, type_code))
+                    .map(|i| format!("column {} differs", table.columns[i]))
+            }
+            _ => Some("several rows share its primary key".to_owned()),
+        };
+        if let Some(difference) = difference {
+            // A dirty write: the row changed after the branch. Leave everything as it
+            // is (the transaction rolls back on drop) and keep the locks.
+            tracing::warn!(%xid, branch, check = %step.check.sql, %difference, "dirty write found: rollback stopped");
+            return Ok(BranchOutcome::RollbackFailed {
+                reason: format!(
+                    "a row of {} changed after the branch wrote it: {difference}",
+                    table.table
+                ),
+            });
+        }
+        if let Some(apply) = step.apply {
+            let params = match values(&apply.params, &apply.types) {
+                Ok(params) => params,
+                Err(reason) => return Ok(BranchOutcome::RollbackFailed { reason }),
+            };
+            tx.exec_drop(apply.sql.as_str(), params).await?;
+        }
+    }
+    // Undone in the same local transaction as the replay: both happen, or neither.
+    tx.exec_drop(
+        format!("DELETE FROM {undo_log} WHERE xid = ? AND branch_id = ?"),
+        (xid, branch),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(BranchOutcome::Done)
+}
+
+/// Each image as the parameter value whose type mysql_async sends is the one undo
+/// asks for (see [`image_value`]).
+fn values(
+    images: &[Option<Vec<u8>>],
+    types: &[u32],
+) -> std::result::Result<mysql_async::Params, String> {
+    images
+        .iter()
+        .zip(types)
+        .map(|(image, &type_code)| image_value(image.as_deref(), type_code))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(mysql_async::Params::Positional)
+}
+
+/// An image (a binary-protocol value without its length prefix) as the mysql_async value
+/// that binds it with parameter type `type_code` (`types::param_type`). Strings go as
+/// VAR_STRING, which the replay session's `SET NAMES binary` makes binary strings, as
+/// BLOB parameters are; INT24 and YEAR go as the integers they are, BIT as the integer
+/// its bytes spell.
+pub fn image_value(image: Option<&[u8]>, type_code: u32) -> std::result::Result<Value, String> {
+    let Some(bytes) = image else {
+        return Ok(Value::NULL);
+    };
+    let unsigned = type_code & types::UNSIGNED != 0;
+    let bad = || {
+        format!(
+            "an undo image of {} bytes for type {type_code:#x}",
+            bytes.len()
+        )
+    };
+    let int = |width: usize| -> std::result::Result<Value, String> {
+        if bytes.len() != width {
+            return Err(bad());
+        }
+        let mut raw = [0u8; 8];
+        raw[..width].copy_from_slice(bytes);
+        let fill = if !unsigned && bytes[width - 1] & 0x80 != 0 {
+            0xff
+        } else {
+            0
+        };
+        raw[width..].fill(fill);
+        Ok(if unsigned {
+            Value::UInt(u64::from_le_bytes(raw))
+        } else {
+            Value::Int(i64::from_le_bytes(raw))
+        })
+    };
+    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    match type_code & 0xff {
+        types::TINY => int(1),
+        types::SHORT | types::YEAR => int(2),
+        types::LONG | types::INT24 => int(4),
+        types::LONGLONG => int(8),
+        types::BIT => crate::wire::mysql::messages::statement::bit_value(bytes)
+            .map(|le| Value::UInt(u64::from_le_bytes(le)))
+            .ok_or_else(bad),
+        types::FLOAT => <[u8; 4]>::try_from(bytes)
+            .map(|b| Value::Float(f32::from_le_bytes(b)))
+            .map_err(|_| bad()),
+        types::DOUBLE => <[u8; 8]>::try_from(bytes)
+            .map(|b| Value::Double(f64::from_le_bytes(b)))
+            .map_err(|_| bad()),
+        types::DATE | types::DATETIME | types::TIMESTAMP => match bytes.len() {
+            0 => Ok(Value::Date(0, 0, 0, 0, 0, 0, 0)),
+            4 | 7 | 11 => {
+                let time = |i: usize| bytes.get(i).copied().unwrap_or(0);
+                let micros = if bytes.len() == 11 { u32_at(7) } else { 0 };
+                Ok(Value::Date(
+                    u16_at(0),
+                    bytes[2],
+                    bytes[3],
+                    time(4),
+                    time(5),
+                    time(6),
+                    micros,
+                ))
+            }
+            _ => Err(bad()),
+        },
+        types::TIME => match bytes.len() {
+            0 => Ok(Value::Time(false, 0, 0, 0, 0, 0)),
+            8 | 12 => {
+                let micros = if bytes.len() == 12 { u32_at(8) } else { 0 };
+                Ok(Value::Time(
+                    bytes[0] == 1,
+                    u32_at(1),
+                    bytes[5],
+                    bytes[6],
+                    bytes[7],
+                    micros,
+                ))
+            }
+            _ => Err(bad()),
+        },
+        _ => Ok(Value::Bytes(bytes.to_vec())),
+    }
+}
+
+/// Whether a value the replay's check read equals the after image: the server already
+/// compared them with `<=>`; this second, exact comparison catches what a collation or a
+/// numeric conversion would call equal.
+fn same_value(now: &Value, image: &Option<Vec<u8>>, type_code: u32) -> bool {
+    let Ok(expected) = image_value(image.as_deref(), types::param_type(type_code)) else {
+        return false;
+    };
+    match (now, &expected) {
+        (Value::Int(a), Value::UInt(b)) | (Value::UInt(b), Value::Int(a)) => {
+            i128::from(*a) == i128::from(*b)
+        }
+        // The check reads a BIT as its bytes; its image binds as the integer they spell.
+        (Value::Bytes(bytes), Value::UInt(n)) if type_code & 0xff == types::BIT => {
+            crate::wire::mysql::messages::statement::bit_value(bytes) == Some(n.to_le_bytes())
+        }
+        (Value::Float(a), Value::Float(b)) => a == b,
+        (Value::Double(a), Value::Double(b)) => a == b,
+        (Value::Date(..), Value::Date(..)) | (Value::Time(..), Value::Time(..)) => now == &expected,
+        (now, expected) => now == expected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_bind_as_the_values_of_their_type() {
+        assert_eq!(image_value(Some(&[0xff]), types::TINY), Ok(Value::Int(-1)));
+        assert_eq!(
+            image_value(Some(&[0xff]), types::TINY | types::UNSIGNED),
+            Ok(Value::UInt(255))
+        );
+        assert_eq!(
+            image_value(Some(&[0xfe, 0xff, 0xff, 0xff]), types::INT24),
+            Ok(Value::Int(-2))
+        );
+        assert_eq!(
+            image_value(
+                Some(&u64::MAX.to_le_bytes()),
+                types::LONGLONG | types::UNSIGNED
+            ),
+            Ok(Value::UInt(u64::MAX))
+        );
+        assert_eq!(
+            image_value(Some(&(-0.0f32).to_le_bytes()), types::FLOAT),
+            Ok(Value::Float(-0.0))
+        );
+        assert_eq!(
+            image_value(
+                Some(&[0xe8, 0x07, 2, 29, 23, 59, 58, 0x40, 0xe2, 0x01, 0]),
+                types::DATETIME
+            ),
+            Ok(Value::Date(2024, 2, 29, 23, 59, 58, 123_456))
+        );
+        assert_eq!(
+            image_value(Some(&[0xe8, 0x07, 2, 29]), types::DATE),
+            Ok(Value::Date(2024, 2, 29, 0, 0, 0, 0))
+        );
+        assert_eq!(
+            image_value(Some(&[1, 2, 0, 0, 0, 3, 4, 5]), types::TIME),
+            Ok(Value::Time(true, 2, 3, 4, 5, 0))
+        );
+        assert_eq!(
+            image_value(Some(b"12.50"), types::NEWDECIMAL),
+            Ok(Value::Bytes(b"12.50".to_vec()))
+        );
+        assert_eq!(image_value(None, types::LONG), Ok(Value::NULL));
+        assert!(image_value(Some(&[1, 2]), types::LONG).is_err());
+    }
+
+    #[test]
+    fn the_exact_comparison_tells_what_the_server_would_call_equal() {
+        let image = Some(vec![5, 0, 0, 0]);
+        assert!(same_value(&Value::Int(5), &image, types::LONG));
+        assert!(same_value(
+            &Value::UInt(5),
+            &image,
+            types::LONG | types::UNSIGNED
+        ));
+        assert!(!same_value(&Value::Int(6), &image, types::LONG));
+        let text = Some(b"n".to_vec());
+        assert!(!same_value(
+            &Value::Bytes(b"N".to_vec()),
+            &text,
+            types::VAR_STRING | types::CHARACTER
+        ));
+        assert!(same_value(&Value::NULL, &None, types::LONG));
+    }
+
+    #[test]
+    fn resources_name_their_database() {
+        assert_eq!(
+            database_of("mysql://127.0.0.1:3306/shop", "127.0.0.1:3306"),
+            Some("shop")
+        );
+        assert_eq!(
+            database_of("postgres://127.0.0.1:3306/shop", "127.0.0.1:3306"),
+            None
+        );
+        assert_eq!(undo_table("a`b"), "`a``b`.undo_log");
+    }
+}

@@ -1,0 +1,193 @@
+//! tandem's own commands on the session's backend connection, run at a sync point and
+//! read to the end of their replies before anything else moves: text statements (one OK
+//! or ERR), and prepared SELECTs read over the binary protocol, which AT's images need
+//! (the text protocol rounds FLOAT).
+//!
+//! Owns the reading of those replies. Never touches the client socket. Invariant: each
+//! function leaves the connection at a sync point, with no statement of tandem's left
+//! prepared, or fails the session (an I/O or protocol error).
+
+use crate::error::{Error, Result};
+use crate::upstream::ServerStream;
+use crate::wire::mysql::Header;
+use crate::wire::mysql::codes::{command, reply};
+use crate::wire::mysql::messages::response::{ErrPacket, PrepareOk, is_terminator};
+use crate::wire::mysql::messages::statement::{
+    BinaryRow, OkPacket, Param, binary_row, column_type, put_close, put_execute, put_prepare,
+};
+use crate::wire::mysql::packet::put_message;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The server's ERR to one of tandem's own statements.
+#[derive(Clone, Debug)]
+pub(in crate::session::mysql) struct OwnError {
+    pub code: u16,
+    pub sqlstate: [u8; 5],
+    pub message: String,
+}
+
+impl OwnError {
+    fn decode(payload: &[u8]) -> Result<OwnError> {
+        let e = ErrPacket::decode(payload).ok_or(Error::UpstreamProtocol(
+            "a malformed ERR to tandem's own statement",
+        ))?;
+        let mut sqlstate = *b"HY000";
+        if let Some(s) = e.sqlstate
+            && s.len() == 5
+        {
+            sqlstate.copy_from_slice(s);
+        }
+        Ok(OwnError {
+            code: e.code,
+            sqlstate,
+            message: String::from_utf8_lossy(e.message).into_owned(),
+        })
+    }
+}
+
+/// The session's backend connection, borrowed for tandem's own commands.
+pub(in crate::session::mysql) struct Own<'a> {
+    pub server: &'a mut ServerStream,
+    pub from_server: &'a mut BytesMut,
+    pub deprecate_eof: bool,
+}
+
+impl Own<'_> {
+    /// Runs a text statement and reads its one reply, OK or ERR.
+    pub async fn query(&mut self, sql: &str) -> Result<std::result::Result<OkPacket, OwnError>> {
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        let mut packet = BytesMut::new();
+        put_message(&mut packet, 0, &payload);
+        self.write(&packet).await?;
+        let reply = self.read_payload().await?;
+        match reply.first() {
+            Some(&reply::OK) => OkPacket::decode(&reply)
+                .map(Ok)
+                .ok_or(Error::UpstreamProtocol(
+                    "a malformed OK to tandem's own statement",
+                )),
+            Some(&reply::ERR) => OwnError::decode(&reply).map(Err),
+            _ => Err(Error::UpstreamProtocol(
+                "a reply to tandem's own statement that is not OK or ERR",
+            )),
+        }
+    }
+
+    /// Prepares `sql`, runs it with `params` and reads its rows over the binary
+    /// protocol, then closes the statement.
+    pub async fn select(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
+        let mut out = BytesMut::new();
+        put_prepare(&mut out, sql);
+        self.write(&out).await?;
+        let first = self.read_payload().await?;
+        if first.first() == Some(&reply::ERR) {
+            return OwnError::decode(&first).map(Err);
+        }
+        let prepared = PrepareOk::decode(&first).ok_or(Error::UpstreamProtocol(
+            "a malformed prepare-OK to tandem's own statement",
+        ))?;
+        for count in [prepared.params, prepared.columns] {
+            self.skip_definitions(u64::from(count), true).await?;
+        }
+        out.clear();
+        let bound = put_execute(&mut out, prepared.statement_id, params);
+        // Closed in the same write: COM_STMT_CLOSE has no reply.
+        put_close(&mut out, prepared.statement_id);
+        if bound.is_err() {
+            out.clear();
+            put_close(&mut out, prepared.statement_id);
+            self.write(&out).await?;
+            return Err(Error::Malformed {
+                what: "an undo image that does not fit its column type",
+            });
+        }
+        self.write(&out).await?;
+        let head = self.read_payload().await?;
+        match head.first() {
+            Some(&reply::ERR) => return OwnError::decode(&head).map(Err),
+            Some(&reply::OK) => return Ok(Ok(Vec::new())),
+            _ => {}
+        }
+        let columns = crate::wire::mysql::messages::response::column_count(&head).ok_or(
+            Error::UpstreamProtocol("a malformed result to tandem's own statement"),
+        )?;
+        let mut types = Vec::new();
+        for _ in 0..columns {
+            let definition = self.read_payload().await?;
+            types.push(column_type(&definition).ok_or(Error::UpstreamProtocol(
+                "a malformed column definition in tandem's own result",
+            ))?);
+        }
+        if !self.deprecate_eof {
+            self.read_payload().await?;
+        }
+        let mut rows = Vec::new();
+        loop {
+            let payload = self.read_payload().await?;
+            let first = payload.first().copied().unwrap_or(0);
+            if first == reply::ERR {
+                return OwnError::decode(&payload).map(Err);
+            }
+            if is_terminator(first, payload.len(), self.deprecate_eof) {
+                return Ok(Ok(rows));
+            }
+            rows.push(binary_row(&payload, &types).map_err(|_| {
+                Error::UpstreamProtocol("a malformed binary row in tandem's own result")
+            })?);
+        }
+    }
+
+    /// Reads `count` definitions and, when there are any and the session did not
+    /// negotiate CLIENT_DEPRECATE_EOF, the EOF after them.
+    async fn skip_definitions(&mut self, count: u64, eof_unless_deprecated: bool) -> Result<()> {
+        for _ in 0..count {
+            self.read_payload().await?;
+        }
+        if count > 0 && eof_unless_deprecated && !self.deprecate_eof {
+            self.read_payload().await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.server
+            .write_all(bytes)
+            .await
+            .map_err(Error::UpstreamIo)
+    }
+
+    /// The payload of the server's next packet. tandem's own results stay under 16 MiB
+    /// a packet; a longer one fails the session rather than be misread.
+    async fn read_payload(&mut self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(h) = Header::peek(self.from_server)
+                && self.from_server.len() >= h.wire_len()
+            {
+                if h.is_continued() {
+                    return Err(Error::UpstreamProtocol(
+                        "a packet of 16 MiB or more in reply to tandem's own statement",
+                    ));
+                }
+                let payload = h.payload(self.from_server).to_vec();
+                self.from_server.advance(h.wire_len());
+                return Ok(payload);
+            }
+            if self
+                .server
+                .read_buf(self.from_server)
+                .await
+                .map_err(Error::UpstreamIo)?
+                == 0
+            {
+                return Err(Error::UpstreamClosed);
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! AT mode on MySQL/MariaDB through the real proxy: global rollback restores every row
+//! byte for byte, in one global transaction with a PostgreSQL branch; the type matrix
+//! under a non-default time_zone and sql_mode; conflicts; a dirty write; refusals.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use tandem_tests::harness::{Tandem, TestDb, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::mysql::{self as my, MyTestDb};
+
+pub(crate) async fn text(conn: &mut Conn, sql: &str) -> Result<Option<String>, mysql_async::Error> {
+    let row: Option<Row> = conn.query_first(sql).await?;
+    Ok(row.and_then(|mut r| r.take::<Option<String>, _>(0).flatten()))
+}
+
+pub(crate) fn code(e: &mysql_async::Error) -> u16 {
+    match e {
+        mysql_async::Error::Server(s) => s.code,
+        other => panic!("not a server error: {other}"),
+    }
+}
+
+/// Every row of `table` in key order, each value as the binary protocol returns it
+/// (FLOAT and DOUBLE as their exact values, -0 kept; strings as their bytes): what
+/// "byte for byte" compares.
+pub(crate) async fn dump(conn: &mut Conn, table: &str) -> Vec<String> {
+    let rows: Vec<Row> = conn
+        .exec(format!("SELECT * FROM `{table}` ORDER BY 1"), ())
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|r| format!("{:?}", r.unwrap()))
+        .collect()
+}
+
+pub(crate) async fn undo_rows(conn: &mut Conn) -> usize {
+    let n: Option<usize> = conn
+        .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
+        .await
+        .unwrap();
+    n.unwrap_or(0)
+}
+
+pub(crate) async fn prepare(label: &str) -> MyTestDb {
+    let db = MyTestDb::create(label).await;
+    db.migrate().await;
+    db.direct()
+        .await
+        .query_drop(
+            "CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL, note VARCHAR(20)) ENGINE=InnoDB;
+             INSERT INTO accounts VALUES (1, 1000, 'a'), (2, 1000, 'b'), (3, 1000, 'c');
+             CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL, UNIQUE KEY (name)) ENGINE=InnoDB;
+             INSERT INTO items (name) VALUES ('first');
+             CREATE TABLE nokey (v INT) ENGINE=InnoDB;",
+        )
+        .await
+        .unwrap();
+    db
+}
+
+async fn start(lockserver: &TestLockserver) -> Tandem {
+    let endpoint = format!("http://{}", lockserver.grpc);
+    my::start_with(|c| c.lockserver.endpoint = endpoint).await
+}
+
+#[tokio::test]
+async fn a_global_transaction_over_postgres_and_mariadb_rolls_back_exactly_and_commits() {
+    let mysql_db = prepare("at_mixed").await;
+    let pg_db = TestDb::create("at_mixed_pg").await;
+    pg_db.migrate().await;
+    pg_db
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO accounts VALUES (1, 1000), (2, 1000);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let pg = tandem.connect(&pg_db.name).await;
+    let mut conn = my::connect(&tandem, &mysql_db.name).await;
+    let mut direct = mysql_db.direct().await;
+    let accounts_before = dump(&mut direct, "accounts").await;
+    let items_before = dump(&mut direct, "items").await;
+
+    for decision in ["tandem_rollback", "tandem_commit"] {
+        let xid = crate::pg::at_mode_one(&pg, "SELECT tandem_begin()")
+            .await
+            .unwrap()
+            .unwrap();
+        pg.batch_execute("UPDATE accounts SET balance = balance - 100 WHERE id = 1")
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&mut conn, &format!("SELECT tandem_join('{xid}')"))
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(xid.as_str())
+        );
+        // Autocommit writes: each is a branch of its own.
+        conn.query_drop(
+            "UPDATE accounts SET balance = balance + 100, note = 'credited' WHERE id = 1",
+        )
+        .await
+        .unwrap();
+        conn.query_drop("INSERT INTO items (name) VALUES ('second'), ('third')")
+            .await
+            .unwrap();
+        // A local transaction with several writes: one branch.
+        conn.query_drop("START TRANSACTION").await.unwrap();
+        conn.query_drop("DELETE FROM accounts WHERE id = 3")
+            .await
+            .unwrap();
+        conn.query_drop("INSERT INTO accounts VALUES (4, 5, 'new')")
+            .await
+            .unwrap();
+        conn.query_drop("UPDATE accounts SET note = NULL WHERE id IN (2, 4)")
+            .await
+            .unwrap();
+        conn.query_drop("REPLACE INTO items (id, name) VALUES (1, 'replaced')")
+            .await
+            .unwrap();
+        conn.query_drop("COMMIT").await.unwrap();
+        assert_eq!(undo_rows(&mut direct).await, 3, "one undo row per branch");
+        text(&mut conn, "SELECT tandem_leave()").await.unwrap();
+
+        let status = crate::pg::at_mode_one(&pg, &format!("SELECT {decision}()"))
+            .await
+            .unwrap();
+        let pg_balance: i64 = pg
+            .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if decision == "tandem_rollback" {
+            assert_eq!(status.as_deref(), Some("Rollbacked"));
+            assert_eq!(dump(&mut direct, "accounts").await, accounts_before);
+            assert_eq!(dump(&mut direct, "items").await, items_before);
+            assert_eq!(pg_balance, 1000);
+        } else {
+            assert_eq!(status.as_deref(), Some("Committed"));
+            let rows: Vec<(i32, i64, Option<String>)> = direct
+                .query("SELECT id, balance, note FROM accounts ORDER BY id")
+                .await
+                .unwrap();
+            assert_eq!(
+                rows,
+                vec![
+                    (1, 1100, Some("credited".into())),
+                    (2, 1000, None),
+                    (4, 5, None)
+                ]
+            );
+            let names: Vec<String> = direct
+                .query("SELECT name FROM items ORDER BY name")
+                .await
+                .unwrap();
+            assert_eq!(names, ["replaced", "second", "third"]);
+            assert_eq!(pg_balance, 900);
+        }
+        eventually("undo rows cleaned up", || {
+            let db = &mysql_db;
+            async move { undo_rows(&mut db.direct().await).await == 0 }
+        })
+        .await;
+    }
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+}
+
+#[tokio::test]
+async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing() {
+    let db = prepare("at_refuse").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE parent (id INT PRIMARY KEY) ENGINE=InnoDB;
+             CREATE TABLE child (id INT PRIMARY KEY, p INT, FOREIGN KEY (p) REFERENCES parent (id) ON DELETE CASCADE) ENGINE=InnoDB;
+             INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);
+             CREATE TABLE audited (id INT PRIMARY KEY, v INT) ENGINE=InnoDB;
+             CREATE TRIGGER audited_t BEFORE UPDATE ON audited FOR EACH ROW SET NEW.v = NEW.v + 1;
+             INSERT INTO audited VALUES (1, 1);
+             CREATE TABLE myisam (id INT PRIMARY KEY) ENGINE=MyISAM;
+             INSERT INTO nokey VALUES (1);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let before: Vec<Vec<String>> = {
+        let mut all = Vec::new();
+        for t in ["accounts", "parent", "child", "audited", "nokey", "items"] {
+            all.push(dump(&mut direct, t).await);
+        }
+        all
+    };
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    for sql in [
+        "UPDATE nokey SET v = 2",
+        "UPDATE accounts SET id = 10 WHERE id = 1",
+        "DELETE FROM parent WHERE id = 1",
+        "UPDATE audited SET v = 5 WHERE id = 1",
+        "INSERT INTO myisam VALUES (1)",
+        "ALTER TABLE accounts ADD COLUMN x INT",
+        "TRUNCATE TABLE accounts",
+        "CREATE TABLE other (id INT PRIMARY KEY)",
+        "INSERT INTO accounts SELECT id + 10, balance, note FROM accounts",
+        "INSERT INTO items (id, name) VALUES (5, 'x') ON DUPLICATE KEY UPDATE id = 6",
+        "UPDATE accounts SET balance = 0 LIMIT 1",
+        "UPDATE accounts SET balance = 0; UPDATE accounts SET balance = 1",
+        "INSERT INTO accounts VALUES (9, 9, 'r') RETURNING id",
+    ] {
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    // The session goes on: reads and capturable writes still work.
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    let mut after = Vec::new();
+    for t in ["accounts", "parent", "child", "audited", "nokey", "items"] {
+        after.push(dump(&mut direct, t).await);
+    }
+    assert_eq!(after, before);
+    let tables: Vec<String> = direct.query("SHOW TABLES LIKE 'other'").await.unwrap();
+    assert!(tables.is_empty());
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
+    let db = prepare("at_dirty").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    // Someone writes the row directly, bypassing tandem.
+    let mut direct = db.direct().await;
+    direct
+        .query_drop("UPDATE accounts SET balance = 777 WHERE id = 2")
+        .await
+        .unwrap();
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(
+            status.as_deref(),
+            Some("RollbackFailed") | Some("RollbackRetrying")
+        ),
+        "{status:?}"
+    );
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(777), "the dirty value is left alone");
+    assert_eq!(
+        undo_rows(&mut direct).await,
+        1,
+        "the undo row stays for operators"
+    );
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(1), "{locks}");
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert!(
+        txn["status"].as_str().unwrap_or("").starts_with("Rollback"),
+        "{txn}"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_1205() {
+    let db = prepare("at_conflict").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = {
+        let endpoint = format!("http://{}", lockserver.grpc);
+        my::start_with(|c| {
+            c.lockserver.endpoint = endpoint;
+            c.lockserver.lock_wait_ms = 300;
+        })
+        .await
+    };
+    let mut first = my::connect(&tandem, &db.name).await;
+    let mut second = my::connect(&tandem, &db.name).await;
+    text(&mut first, "SELECT tandem_begin()").await.unwrap();
+    first
+        .query_drop("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+        .await
+        .unwrap();
+
+    // The second global transaction's branch cannot take the row: after the wait, its
+    // write fails with 1205 and changes nothing.
+    text(&mut second, "SELECT tandem_begin()").await.unwrap();
+    let e = second
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    // Inside its own local transaction, the write runs and its COMMIT fails the same
+    // way, rolling the local transaction back.
+    second.query_drop("START TRANSACTION").await.unwrap();
+    second
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let e = second.query_drop("COMMIT").await.unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    let mut direct = db.direct().await;
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(990));
+
+    // Once the first one commits, the second one's retry goes through while it waits.
+    let retry = tokio::spawn(async move {
+        let r = second
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+            .await;
+        (second, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let status = text(&mut first, "SELECT tandem_commit()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Committed"));
+    let (mut second, r) = retry.await.unwrap();
+    if let Err(e) = r {
+        // The wait may end before the first commit lands: retried once more.
+        assert_eq!(code(&e), 1205, "{e}");
+        second
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+            .await
+            .unwrap();
+    }
+    let status = text(&mut second, "SELECT tandem_commit()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Committed"));
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(991));
+    // A locking read of a row another global transaction holds waits, then fails.
+    text(&mut first, "SELECT tandem_begin()").await.unwrap();
+    first
+        .query_drop("UPDATE accounts SET balance = balance - 1 WHERE id = 3")
+        .await
+        .unwrap();
+    text(&mut second, "SELECT tandem_begin()").await.unwrap();
+    let e = second
+        .query_drop("SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    text(&mut first, "SELECT tandem_rollback()").await.unwrap();
+    let row: Option<i64> = second
+        .query_first("SELECT balance FROM accounts WHERE id = 3 FOR UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(row, Some(1000));
+    text(&mut second, "SELECT tandem_commit()").await.unwrap();
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// One table with a column of every type undo restores, and rows at their edges.
+const TYPES_TABLE: &str = "CREATE TABLE types (
+    id INT PRIMARY KEY,
+    ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, mi MEDIUMINT, mu MEDIUMINT UNSIGNED,
+    bi BIGINT, bu BIGINT UNSIGNED, de DECIMAL(30,10), fl FLOAT, db DOUBLE,
+    dt DATETIME(6), ts TIMESTAMP(6) NULL DEFAULT NULL, d DATE, tm TIME(6), yr YEAR,
+    bt BIT(10), bl BLOB, bn BINARY(4), vb VARBINARY(10), js JSON,
+    en ENUM('x','y','z'), st SET('a','b','c'), vc VARCHAR(50) CHARACTER SET utf8mb4,
+    ch CHAR(5), l1 VARCHAR(10) CHARACTER SET latin1, tx TEXT
+) ENGINE=InnoDB";
+
+const TYPES_ROWS: &str = r#"INSERT INTO types VALUES
+    (1, -128, 255, -32768, -8388608, 16777215, -9223372036854775808, 18446744073709551615,
+     '-12345678901234567890.0123456789', 1.17549435e-38, 1.7976931348623157e308,
+     '2024-02-29 23:59:59.999999', '2038-01-19 03:14:07.999999', '1000-01-01', '-838:59:59.000000', 2155,
+     b'1010101010', X'00FF7F80FE0A0D5C27', X'00000000', X'61620000', '{"a": [1, 2.5, "é"], "b": null}',
+     'z', 'a,c', 'emoji \\ \t \' 😀 ''', 'ab', X'E9', REPEAT('t', 300)),
+    (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+    (3, 0, 0, 0, 0, 0, 0, 0, '0.0000000001', -0.0, 5e-324, '0000-00-00 00:00:00', '1970-01-01 00:00:01', '0000-00-00',
+     '00:00:00.000001', 0, b'0', '', '', '', '[]', 'x', '', '', '', '', '')"#;
+
+#[tokio::test]
+async fn every_type_rolls_back_bit_for_bit_under_another_time_zone_and_sql_mode() {
+    let db = MyTestDb::create("at_types").await;
+    db.migrate().await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop("SET sql_mode = 'NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'")
+        .await
+        .unwrap();
+    direct.query_drop(TYPES_TABLE).await.unwrap();
+    direct.query_drop(TYPES_ROWS).await.unwrap();
+    let before = dump(&mut direct, "types").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    conn.query_drop(
+        "SET time_zone = '-09:30', sql_mode = 'ANSI_QUOTES,NO_BACKSLASH_ESCAPES,PAD_CHAR_TO_FULL_LENGTH,ALLOW_INVALID_DATES',          character_set_results = latin1",
+    )
+    .await
+    .unwrap();
+    for decision in ["tandem_rollback", "tandem_commit"] {
+        let xid = text(&mut conn, "SELECT tandem_begin()")
+            .await
+            .unwrap()
+            .unwrap();
+        conn.query_drop("START TRANSACTION").await.unwrap();
+        // Every value changes: NULLs to values, values to NULL or to other values.
+        conn.query_drop(
+            "UPDATE types SET ti = 1, tu = 2, si = 3, mi = 4, mu = 5, bi = 6, bu = 7, de = 8.5, fl = 0.1,
+             db = 0.1, dt = '2001-01-01', ts = '2001-01-01 00:00:00', d = '2001-01-01', tm = '01:00:00', yr = 2001,
+             bt = b'1', bl = 'b', bn = 'b', vb = 'b', js = '{}', en = 'y', st = 'b', vc = 'v', ch = 'c', l1 = 'l',
+             tx = 't' WHERE id IN (2, 3)",
+        )
+        .await
+        .unwrap();
+        conn.query_drop("DELETE FROM types WHERE id = 1")
+            .await
+            .unwrap();
+        conn.query_drop("INSERT INTO types (id, vc) VALUES (4, 'new')")
+            .await
+            .unwrap();
+        conn.query_drop("COMMIT").await.unwrap();
+        // A write that changes nothing: the dirty-write check must not take unchanged
+        // values for a change.
+        conn.query_drop("UPDATE types SET fl = fl, db = db, ts = ts, js = js WHERE id = 3")
+            .await
+            .unwrap();
+        let status = text(&mut conn, &format!("SELECT {decision}()"))
+            .await
+            .unwrap();
+        if decision == "tandem_rollback" {
+            let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+            assert_eq!(status.as_deref(), Some("Rollbacked"), "{txn}");
+            assert_eq!(dump(&mut direct, "types").await, before);
+            // Put back what the commit round changes from.
+        } else {
+            assert_eq!(status.as_deref(), Some("Committed"));
+            let ids: Vec<i32> = direct
+                .query("SELECT id FROM types ORDER BY id")
+                .await
+                .unwrap();
+            assert_eq!(ids, [2, 3, 4]);
+        }
+        eventually("undo rows cleaned up", || {
+            let db = &db;
+            async move { undo_rows(&mut db.direct().await).await == 0 }
+        })
+        .await;
+    }
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
