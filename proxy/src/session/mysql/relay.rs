@@ -81,10 +81,11 @@ pub struct Relay<'a> {
     pub(super) phase2_rx: tokio::sync::mpsc::UnboundedReceiver<crate::xa::mysql::OwnedPhase2>,
     /// Requests waiting for a sync point.
     pub(super) phase2_queue: std::collections::VecDeque<crate::xa::mysql::OwnedPhase2>,
-    /// What each prepared statement (by id) does, for the rules of a bound session.
-    pub(super) prepared_kinds: std::collections::HashMap<u32, control::Kind>,
-    /// The kinds of COM_STMT_PREPAREs whose replies (with their ids) are still due.
-    pub(super) pending_prepares: std::collections::VecDeque<control::Kind>,
+    /// The client's prepared statements, by id: what each does, for the rules of a
+    /// bound session.
+    pub(super) prepared: std::collections::HashMap<u32, control::Prepared>,
+    /// COM_STMT_PREPAREs whose replies (with their ids) are still due.
+    pub(super) pending_prepares: std::collections::VecDeque<control::Prepared>,
     /// Prepared branches attached to this connection.
     pub(super) owned: Vec<(tandem_lockserver::client::Xid, u64)>,
     pub(super) span: tracing::Span,
@@ -133,7 +134,7 @@ impl<'a> Relay<'a> {
             phase2_rx,
             phase2_queue: std::collections::VecDeque::new(),
             owned: Vec::new(),
-            prepared_kinds: std::collections::HashMap::new(),
+            prepared: std::collections::HashMap::new(),
             pending_prepares: std::collections::VecDeque::new(),
             span,
         }

@@ -471,3 +471,89 @@ async fn every_type_rolls_back_bit_for_bit_under_another_time_zone_and_sql_mode(
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn prepared_statement_writes_are_captured_with_their_parameters() {
+    let db = prepare("at_prepared").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let mut direct = db.direct().await;
+    let accounts_before = dump(&mut direct, "accounts").await;
+    let items_before = dump(&mut direct, "items").await;
+    for decision in ["tandem_rollback", "tandem_commit"] {
+        text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+        // Parameters of several types, a NULL among them; the same statement executed
+        // twice (the driver may bind its types once).
+        let update = conn
+            .prep("UPDATE accounts SET balance = balance + ?, note = ? WHERE id = ? AND note <> ?")
+            .await
+            .unwrap();
+        conn.exec_drop(&update, (10i64, None::<String>, 1i32, "zzz"))
+            .await
+            .unwrap();
+        conn.exec_drop(&update, (-5.25f64, "two", 2u8, "zzz"))
+            .await
+            .unwrap();
+        conn.query_drop("START TRANSACTION").await.unwrap();
+        conn.exec_drop("DELETE FROM accounts WHERE id = ?", (3,))
+            .await
+            .unwrap();
+        conn.exec_drop(
+            "INSERT INTO accounts (id, balance, note) VALUES (?, ?, ?), (?, ?, ?)",
+            (7, 70, "seven", 8, 80, None::<String>),
+        )
+        .await
+        .unwrap();
+        conn.exec_drop("INSERT INTO items (name) VALUES (?)", ("generated",))
+            .await
+            .unwrap();
+        conn.exec_drop(
+            "INSERT INTO items (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = ?",
+            (1, "first", "upserted"),
+        )
+        .await
+        .unwrap();
+        let locked: Option<i64> = conn
+            .exec_first("SELECT balance FROM accounts WHERE id = ? FOR UPDATE", (7,))
+            .await
+            .unwrap();
+        assert_eq!(locked, Some(70));
+        conn.exec_drop("COMMIT", ()).await.unwrap();
+        let status = text(&mut conn, &format!("SELECT {decision}()"))
+            .await
+            .unwrap();
+        if decision == "tandem_rollback" {
+            assert_eq!(status.as_deref(), Some("Rollbacked"));
+            assert_eq!(dump(&mut direct, "accounts").await, accounts_before);
+            assert_eq!(dump(&mut direct, "items").await, items_before);
+        } else {
+            assert_eq!(status.as_deref(), Some("Committed"));
+            let rows: Vec<(i32, i64, Option<String>)> = direct
+                .query("SELECT id, balance, note FROM accounts ORDER BY id")
+                .await
+                .unwrap();
+            assert_eq!(
+                rows,
+                vec![
+                    (1, 1010, None),
+                    (2, 995, Some("two".into())),
+                    (7, 70, Some("seven".into())),
+                    (8, 80, None)
+                ]
+            );
+            let names: Vec<String> = direct
+                .query("SELECT name FROM items ORDER BY id")
+                .await
+                .unwrap();
+            assert_eq!(names, ["upserted", "generated"]);
+        }
+        eventually("undo rows cleaned up", || {
+            let db = &db;
+            async move { undo_rows(&mut db.direct().await).await == 0 }
+        })
+        .await;
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -260,7 +260,7 @@ async fn the_clients_own_xa_passes_through_unless_bound_and_at_mode_needs_its_un
         .exec_drop("UPDATE accounts SET balance = ? WHERE id = 3", (2,))
         .await
         .unwrap_err();
-    assert_eq!(code(&e), 1235, "{e}");
+    assert_eq!(code(&e), 1146, "{e}");
     let n: Option<i64> = conn
         .exec_first("SELECT COUNT(*) FROM accounts WHERE id > ?", (0,))
         .await

@@ -43,6 +43,41 @@ enum AtFailure {
 
 type Outcome<T> = std::result::Result<T, AtFailure>;
 
+/// Where a statement comes from: a COM_QUERY's text, or the client's COM_STMT_EXECUTE
+/// (the whole packet) with its parameter values and types.
+enum Source<'a> {
+    Query(&'a str),
+    Execute {
+        packet: &'a [u8],
+        values: Vec<Option<Vec<u8>>>,
+        types: Vec<u16>,
+    },
+}
+
+impl Source<'_> {
+    /// The parameters a capture binds: the statement's own, by index.
+    fn bind(&self, indexes: &[usize]) -> std::result::Result<Vec<Param<'_>>, AtFailure> {
+        match self {
+            Source::Query(_) if indexes.is_empty() => Ok(Vec::new()),
+            Source::Query(_) => Err(AtFailure::Refused(Error::Unsupported {
+                what: "placeholders in a text query",
+            })),
+            Source::Execute { values, types, .. } => indexes
+                .iter()
+                .map(|&i| match (values.get(i), types.get(i)) {
+                    (Some(value), Some(&t)) => Ok(Param {
+                        type_code: u32::from(t),
+                        value: value.as_deref(),
+                    }),
+                    _ => Err(AtFailure::Refused(Error::Unsupported {
+                        what: "a capture naming a parameter the statement does not have",
+                    })),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<tandem_undo::Error> for AtFailure {
     fn from(e: tandem_undo::Error) -> Self {
         AtFailure::Refused(e.into())
@@ -87,6 +122,111 @@ impl Relay<'_> {
         let Some(analysis) = analyses.into_iter().next() else {
             return Ok(Handled::Relay);
         };
+        self.at_statement(analysis, text, &Source::Query(text))
+            .await
+    }
+
+    /// A whole COM_STMT_EXECUTE of a session bound in AT mode, of a statement that may
+    /// write or end a transaction.
+    pub(super) async fn at_execute(
+        &mut self,
+        header: crate::wire::mysql::Header,
+        packet: &[u8],
+    ) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        let payload = header.payload(packet);
+        if header.is_continued() {
+            return self.refuse(Error::Unsupported {
+                what: "a COM_STMT_EXECUTE of 16 MiB or more, in AT mode",
+            });
+        }
+        if payload.len() < header.payload_len {
+            return Ok(Handled::NeedMore);
+        }
+        let Some(prepared) = super::client_side::statement_id(payload)
+            .and_then(|id| self.prepared.get(&id))
+            .cloned()
+        else {
+            // The server answers an unknown statement id with its own error.
+            return Ok(Handled::Relay);
+        };
+        let Some(sql) = prepared.sql else {
+            return self.refuse(Error::Unsupported {
+                what: "a prepared statement too long for tandem to have read, in AT mode",
+            });
+        };
+        if prepared.long_data {
+            return self.refuse(Error::Unsupported {
+                what: "COM_STMT_SEND_LONG_DATA parameters, in AT mode",
+            });
+        }
+        let head = crate::wire::mysql::messages::statement::execute_head(payload, prepared.params)
+            .map_err(|_| Error::Malformed {
+                what: "COM_STMT_EXECUTE",
+            })?;
+        let Some(types) = head.new_types.or(prepared.types) else {
+            if prepared.params > 0 {
+                return self.refuse(Error::Unsupported {
+                    what: "an execute that binds no parameter types before any execute that did, in AT mode",
+                });
+            }
+            return self
+                .at_prepared(
+                    &sql,
+                    Source::Execute {
+                        packet,
+                        values: Vec::new(),
+                        types: Vec::new(),
+                    },
+                    payload,
+                )
+                .await;
+        };
+        let values = crate::wire::mysql::messages::statement::execute_values(payload, &types)
+            .map_err(|_| Error::Malformed {
+                what: "COM_STMT_EXECUTE",
+            })?;
+        self.at_prepared(
+            &sql,
+            Source::Execute {
+                packet,
+                values,
+                types,
+            },
+            payload,
+        )
+        .await
+    }
+
+    async fn at_prepared(
+        &mut self,
+        sql: &str,
+        source: Source<'_>,
+        payload: &[u8],
+    ) -> Result<Handled> {
+        let analysis = match tandem_undo::analyze(&Mysql, sql) {
+            Ok(analyses) => analyses.into_iter().next(),
+            Err(e) => return self.refuse(e.into()),
+        };
+        let Some(analysis) = analysis else {
+            return Ok(Handled::Relay);
+        };
+        let handled = self.at_statement(analysis, sql, &source).await?;
+        if matches!(handled, Handled::Answer) {
+            // Answered by tandem: the relay's own bookkeeping of the execute is skipped.
+            self.on_execute(payload);
+        }
+        Ok(handled)
+    }
+
+    async fn at_statement(
+        &mut self,
+        analysis: Analysis,
+        text: &str,
+        source: &Source<'_>,
+    ) -> Result<Handled> {
         match analysis {
             Analysis::Read => Ok(Handled::Relay),
             Analysis::Other => {
@@ -108,8 +248,8 @@ impl Relay<'_> {
             Analysis::LockingRead(None) => self.refuse(Error::Unsupported {
                 what: "SELECT … FOR UPDATE or LOCK IN SHARE MODE over several tables in a global transaction",
             }),
-            Analysis::LockingRead(Some(read)) => self.at_locking_read(&read).await,
-            Analysis::Write(write) => self.at_write(&write, text).await,
+            Analysis::LockingRead(Some(read)) => self.at_locking_read(&read, source).await,
+            Analysis::Write(write) => self.at_write(&write, source).await,
         }
     }
 
@@ -132,7 +272,7 @@ impl Relay<'_> {
     }
 
     /// An INSERT, UPDATE, DELETE or REPLACE in a global transaction, with its images.
-    async fn at_write(&mut self, write: &Write, sql: &str) -> Result<Handled> {
+    async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
         if write.has_returning {
             return self.refuse(Error::Unsupported {
                 what: "a write with RETURNING, in AT mode on MySQL",
@@ -156,7 +296,7 @@ impl Relay<'_> {
             self.put_failure(&AtFailure::Server(e));
             return Ok(Handled::Answer);
         }
-        let mut outcome = self.capture_write(&table, write, sql).await?;
+        let mut outcome = self.capture_write(&table, write, source).await?;
         if wrapped && let Ok(ok) = &mut outcome {
             match self.commit_branch().await? {
                 Ok(status) => ok.status = status,
@@ -192,7 +332,7 @@ impl Relay<'_> {
         &mut self,
         table: &AtTable,
         write: &Write,
-        sql: &str,
+        source: &Source<'_>,
     ) -> Result<Outcome<OkPacket>> {
         let meta = &table.meta;
         if write.kind != WriteKind::Insert {
@@ -200,13 +340,13 @@ impl Relay<'_> {
                 Ok(capture) => capture,
                 Err(e) => return Ok(Err(e.into())),
             };
-            let rows = match self.own().select(&capture.sql, &[]).await? {
+            let rows = match self.select(&capture, source).await? {
                 Ok(rows) => keyed(meta, rows),
-                Err(e) => return Ok(Err(AtFailure::Server(e))),
+                Err(failure) => return Ok(Err(failure)),
             };
             let keys: Vec<TextKey> = rows.iter().map(|(_, k)| k.clone()).collect();
             self.at_branch.record_before(meta, rows);
-            let ok = match self.own().query(sql).await? {
+            let ok = match self.run_write(source).await? {
                 Ok(ok) => ok,
                 Err(e) => return Ok(Err(AtFailure::Server(e))),
             };
@@ -229,28 +369,29 @@ impl Relay<'_> {
         };
         let mut before_keys = Vec::new();
         if let Some(before) = &plan.before {
-            let rows = match self.own().select(&before.sql, &[]).await? {
+            let rows = match self.select(before, source).await? {
                 Ok(rows) => keyed(meta, rows),
-                Err(e) => return Ok(Err(AtFailure::Server(e))),
+                Err(failure) => return Ok(Err(failure)),
             };
             before_keys = rows.iter().map(|(_, k)| k.clone()).collect();
             self.at_branch.record_before(meta, rows);
         }
-        let ok = match self.own().query(sql).await? {
+        let ok = match self.run_write(source).await? {
             Ok(ok) => ok,
             Err(e) => return Ok(Err(AtFailure::Server(e))),
         };
         let found = if let Some(after) = &plan.after {
-            self.own().select(&after.sql, &[]).await?
+            self.select(after, source).await?
         } else if plan.generated > 0 && ok.affected_rows > 0 {
             self.generated_rows(table, ok.last_insert_id, plan.generated)
                 .await?
+                .map_err(AtFailure::Server)
         } else {
             Ok(Vec::new())
         };
         let found = match found {
             Ok(rows) => keyed(meta, rows),
-            Err(e) => return Ok(Err(AtFailure::Server(e))),
+            Err(failure) => return Ok(Err(failure)),
         };
         let inserted: Vec<TextKey> = found
             .iter()
@@ -273,6 +414,38 @@ impl Relay<'_> {
         self.at_branch
             .record_returned_after(meta, found.into_iter().map(|(row, key)| (key, Some(row))));
         Ok(Ok(ok))
+    }
+
+    /// Runs a capture with the statement's parameters, over the binary protocol.
+    async fn select(
+        &mut self,
+        capture: &tandem_undo::Capture,
+        source: &Source<'_>,
+    ) -> Result<Outcome<Vec<BinaryRow>>> {
+        let params = match source.bind(&capture.params) {
+            Ok(params) => params,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        let mut own = Own {
+            server: &mut self.server,
+            from_server: &mut self.from_server,
+            deprecate_eof: self.exchange.deprecate_eof,
+        };
+        Ok(own
+            .select(&capture.sql, &params)
+            .await?
+            .map_err(AtFailure::Server))
+    }
+
+    /// Runs the client's write itself: its text, or its own COM_STMT_EXECUTE.
+    async fn run_write(
+        &mut self,
+        source: &Source<'_>,
+    ) -> Result<std::result::Result<OkPacket, OwnError>> {
+        match source {
+            Source::Query(sql) => self.own().query(sql).await,
+            Source::Execute { packet, .. } => self.own().forward(packet).await,
+        }
     }
 
     /// The rows an INSERT gave AUTO_INCREMENT keys: the k-th has
@@ -417,7 +590,7 @@ impl Relay<'_> {
     /// SELECT … FOR UPDATE / LOCK IN SHARE MODE in a global transaction: the rows it
     /// locks must not be held by another unfinished global transaction. Waits up to the
     /// wait bound, then refuses; the statement itself then runs as sent.
-    async fn at_locking_read(&mut self, read: &LockedRead) -> Result<Handled> {
+    async fn at_locking_read(&mut self, read: &LockedRead, source: &Source<'_>) -> Result<Handled> {
         let Some(xid) = self.binding.xid().cloned() else {
             return Ok(Handled::Relay);
         };
@@ -434,7 +607,7 @@ impl Relay<'_> {
             Ok(capture) => capture,
             Err(e) => return self.refuse(e.into()),
         };
-        let rows = match self.own().select(&capture.sql, &[]).await? {
+        let rows = match self.select(&capture, source).await? {
             Ok(rows) => rows,
             // The read itself fails the same way: let the client see the real error.
             Err(_) => return Ok(Handled::Relay),

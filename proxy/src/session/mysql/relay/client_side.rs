@@ -163,21 +163,25 @@ impl Relay<'_> {
         }
         if byte == command::RESET_CONNECTION {
             self.on_session_reset("COM_RESET_CONNECTION");
-            self.prepared_kinds.clear();
+            self.prepared.clear();
         }
         match byte {
             command::STMT_PREPARE => {
-                let prepared = if whole {
-                    super::control::classify(payload.get(1..).unwrap_or(&[]))
-                } else {
-                    super::control::Kind::Work
-                };
-                self.pending_prepares.push_back(prepared);
+                let sql = payload.get(1..).unwrap_or(&[]);
+                self.pending_prepares
+                    .push_back(super::control::Prepared::new(whole.then_some(sql)));
             }
             command::STMT_CLOSE => {
-                if let Some(id) = payload.get(1..5) {
-                    self.prepared_kinds
-                        .remove(&u32::from_le_bytes([id[0], id[1], id[2], id[3]]));
+                if let Some(id) = statement_id(payload) {
+                    self.prepared.remove(&id);
+                }
+            }
+            command::STMT_EXECUTE => self.on_execute(payload),
+            command::STMT_SEND_LONG_DATA | command::STMT_RESET => {
+                if let Some(prepared) =
+                    statement_id(payload).and_then(|id| self.prepared.get_mut(&id))
+                {
+                    prepared.long_data = byte == command::STMT_SEND_LONG_DATA;
                 }
             }
             _ => {}
@@ -303,7 +307,7 @@ impl Relay<'_> {
                 what: "COM_CHANGE_USER",
             })?;
         self.on_session_reset("COM_CHANGE_USER");
-        self.prepared_kinds.clear();
+        self.prepared.clear();
         tracing::debug!(parent: &self.span, user = %String::from_utf8_lossy(&change.user), "change user");
         let mut exchange = AuthExchange::new(
             0,
@@ -344,10 +348,31 @@ impl Relay<'_> {
     /// A connection-pool reset (COM_RESET_CONNECTION, COM_CHANGE_USER). The hook where
     /// the session will unbind any global transaction (xid) it is bound to, as
     /// DESIGN.md's "Connection-pool resets unbind" asks, once MySQL sessions bind.
+    /// COM_STMT_EXECUTE: the parameter types it binds stay in force for the next ones
+    /// (AT needs them to read a later execute's values), and its long data is used up.
+    pub(super) fn on_execute(&mut self, payload: &[u8]) {
+        let Some(prepared) = statement_id(payload).and_then(|id| self.prepared.get_mut(&id)) else {
+            return;
+        };
+        if let Ok(head) =
+            crate::wire::mysql::messages::statement::execute_head(payload, prepared.params)
+            && let Some(types) = head.new_types
+        {
+            prepared.types = Some(types);
+        }
+        prepared.long_data = false;
+    }
+
     fn on_session_reset(&mut self, what: &'static str) {
         tracing::debug!(parent: &self.span, what, "session reset: unbound");
         self.binding.unbind();
         // The server ends the local transaction with the session: nothing of it stays.
         self.at_branch = crate::at::branch::Branch::default();
     }
+}
+
+/// The statement id of a COM_STMT_* command.
+pub(super) fn statement_id(payload: &[u8]) -> Option<u32> {
+    let id = payload.get(1..5)?;
+    Some(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
 }

@@ -47,6 +47,34 @@ pub(in crate::session::mysql) enum Kind {
     Work,
 }
 
+/// A client's prepared statement, as tandem knows it.
+#[derive(Clone, Debug)]
+pub(in crate::session::mysql) struct Prepared {
+    pub kind: Kind,
+    /// Its text, for AT's capture (None when the COM_STMT_PREPARE was not read whole).
+    pub sql: Option<std::sync::Arc<str>>,
+    /// How many parameters it has (from the server's prepare-OK).
+    pub params: u16,
+    /// The parameter types the client last bound (`type | flags << 8`).
+    pub types: Option<Vec<u16>>,
+    /// COM_STMT_SEND_LONG_DATA sent values that its next execute does not carry.
+    pub long_data: bool,
+}
+
+impl Prepared {
+    pub fn new(sql: Option<&[u8]>) -> Self {
+        Prepared {
+            kind: sql.map_or(Kind::Work, classify),
+            sql: sql
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(std::sync::Arc::from),
+            params: 0,
+            types: None,
+            long_data: false,
+        }
+    }
+}
+
 pub(super) fn classify(sql: &[u8]) -> Kind {
     let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
     let first = words.next().unwrap_or_default();
@@ -80,7 +108,7 @@ impl Relay<'_> {
             && header.seq == 0
             && self.binding.xid().is_some()
         {
-            return self.intercept_execute(payload);
+            return self.intercept_execute(header, packet).await;
         }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 || header.is_continued() {
             return Ok(None);
@@ -154,31 +182,40 @@ impl Relay<'_> {
 
     /// COM_STMT_EXECUTE in a bound session: the statement it runs (known from its
     /// COM_STMT_PREPARE; unknown counts as a write) follows the COM_QUERY rules.
-    fn intercept_execute(&mut self, payload: &[u8]) -> Result<Option<Handled>> {
+    async fn intercept_execute(
+        &mut self,
+        header: Header,
+        packet: &[u8],
+    ) -> Result<Option<Handled>> {
         if !self.owned.is_empty() {
             return Ok(Some(Handled::Pause));
         }
-        let Some(id) = payload.get(1..5) else {
+        let payload = header.payload(packet);
+        let Some(id) = super::client_side::statement_id(payload) else {
             return Ok(Some(Handled::NeedMore));
         };
-        let id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
-        let kind = self.prepared_kinds.get(&id).copied().unwrap_or(Kind::Work);
+        let kind = self.prepared.get(&id).map_or(Kind::Work, |p| p.kind);
         let mode = if self.xa.is_some() {
             Mode::Xa
         } else {
             self.binding.mode().unwrap_or(self.ctx.config.mode)
         };
+        if mode == Mode::At && kind != Kind::Passive {
+            return Ok(match self.at_execute(header, packet).await? {
+                Handled::Relay => None,
+                handled => Some(handled),
+            });
+        }
         let refused = match (mode, kind) {
             (_, Kind::Passive) => false,
-            // AT mode captures COM_QUERY writes; prepared ones are not built yet.
-            (Mode::At, _) => true,
+            (Mode::At, _) => false,
             (Mode::Xa, _) => self.xa.is_none(),
         };
         if !refused {
             return Ok(None);
         }
         self.refuse(Error::Unsupported {
-            what: "a prepared statement that may write inside a global transaction, outside an XA branch (AT mode on MySQL captures text-protocol writes only; in XA mode run it inside START TRANSACTION … COMMIT)",
+            what: "a prepared statement that may write outside an XA branch inside a global transaction (in XA mode run it inside START TRANSACTION … COMMIT)",
         })
         .map(Some)
     }

@@ -62,6 +62,11 @@ impl Own<'_> {
         let mut packet = BytesMut::new();
         put_message(&mut packet, 0, &payload);
         self.write(&packet).await?;
+        self.read_ok().await
+    }
+
+    /// Reads a reply that must be one OK or ERR.
+    async fn read_ok(&mut self) -> Result<std::result::Result<OkPacket, OwnError>> {
         let reply = self.read_payload().await?;
         match reply.first() {
             Some(&reply::OK) => OkPacket::decode(&reply)
@@ -74,6 +79,16 @@ impl Own<'_> {
                 "a reply to tandem's own statement that is not OK or ERR",
             )),
         }
+    }
+
+    /// Sends a command of the client's as it is (a COM_STMT_EXECUTE of a write, whole)
+    /// and reads its one reply, OK or ERR.
+    pub async fn forward(
+        &mut self,
+        packet: &[u8],
+    ) -> Result<std::result::Result<OkPacket, OwnError>> {
+        self.write(packet).await?;
+        self.read_ok().await
     }
 
     /// Prepares `sql`, runs it with `params` and reads its rows over the binary

@@ -75,12 +75,13 @@ impl Relay<'_> {
                             ..
                         }
                     )
-                    && let Some(prepared) = self.pending_prepares.pop_front()
+                    && let Some(mut prepared) = self.pending_prepares.pop_front()
                     && prefix.first() == Some(&reply::OK)
                     && let Some(ok) =
                         crate::wire::mysql::messages::response::PrepareOk::decode(prefix)
                 {
-                    self.prepared_kinds.insert(ok.statement_id, prepared);
+                    prepared.params = ok.params;
+                    self.prepared.insert(ok.statement_id, prepared);
                 }
                 if starts_message {
                     let packet = ServerPacket {

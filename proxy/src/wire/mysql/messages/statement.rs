@@ -193,6 +193,82 @@ pub fn binary_row(payload: &[u8], types: &[u8]) -> Result<BinaryRow, Truncated> 
     Ok(row)
 }
 
+/// What tandem reads of a client's COM_STMT_EXECUTE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecuteHead {
+    pub statement_id: u32,
+    /// The parameter types (`type | flags << 8`) bound anew; None: the previous ones
+    /// stay (the new-params-bound flag is 0, or the statement has no parameters).
+    pub new_types: Option<Vec<u16>>,
+}
+
+/// Offset of the NULL bitmap in COM_STMT_EXECUTE: command, statement id, flags,
+/// iteration count.
+const EXECUTE_BITMAP_AT: usize = 1 + 4 + 1 + 4;
+
+/// Decodes the head of a COM_STMT_EXECUTE whose statement has `params` parameters
+/// (only the first bytes of the payload are needed).
+pub fn execute_head(payload: &[u8], params: u16) -> Result<ExecuteHead, Truncated> {
+    let mut r = Reader::new(payload);
+    r.u8()?;
+    let statement_id = r.u32()?;
+    if params == 0 {
+        return Ok(ExecuteHead {
+            statement_id,
+            new_types: None,
+        });
+    }
+    r.bytes(1 + 4 + usize::from(params).div_ceil(8))?;
+    let new_types = if r.u8()? == 1 {
+        Some(
+            (0..params)
+                .map(|_| r.u16())
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    } else {
+        None
+    };
+    Ok(ExecuteHead {
+        statement_id,
+        new_types,
+    })
+}
+
+/// The parameter values of a whole COM_STMT_EXECUTE, given the types in force (those
+/// it binds, or the previous ones): each as an image, None for NULL.
+pub fn execute_values(payload: &[u8], types: &[u16]) -> Result<BinaryRow, Truncated> {
+    let nulls_len = types.len().div_ceil(8);
+    let nulls = payload
+        .get(EXECUTE_BITMAP_AT..EXECUTE_BITMAP_AT + nulls_len)
+        .ok_or(Truncated)?;
+    let mut r = Reader::new(
+        payload
+            .get(EXECUTE_BITMAP_AT + nulls_len..)
+            .ok_or(Truncated)?,
+    );
+    if r.u8()? == 1 {
+        r.bytes(2 * types.len())?;
+    }
+    let mut values = Vec::with_capacity(types.len());
+    for (i, &t) in types.iter().enumerate() {
+        if nulls[i / 8] & (1 << (i % 8)) != 0 {
+            values.push(None);
+            continue;
+        }
+        let value = match layout(t as u8) {
+            Layout::Fixed(width) => r.bytes(width)?,
+            Layout::ShortLength => {
+                let len = usize::from(r.u8()?);
+                r.bytes(len)?
+            }
+            Layout::LengthEncoded => r.lenenc_bytes()?,
+            Layout::Nothing => &[],
+        };
+        values.push(Some(value.to_vec()));
+    }
+    Ok(values)
+}
+
 /// An OK packet, whole.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OkPacket {
@@ -343,6 +419,50 @@ mod tests {
             ]
         );
         assert_eq!(binary_row(&payload[..8], &types), Err(Truncated));
+    }
+
+    #[test]
+    fn a_clients_execute_gives_its_types_and_values() {
+        let params = [
+            Param {
+                type_code: 8 | 0x8000,
+                value: Some(&7u64.to_le_bytes()),
+            },
+            Param {
+                type_code: 253,
+                value: None,
+            },
+            Param {
+                type_code: 253,
+                value: Some(b"x y"),
+            },
+        ];
+        let mut out = BytesMut::new();
+        put_execute(&mut out, 9, &params).unwrap();
+        let payload = &out[4..];
+        let head = execute_head(payload, 3).unwrap();
+        assert_eq!(head.statement_id, 9);
+        let types = head.new_types.unwrap();
+        assert_eq!(types, [0x8008, 253, 253]);
+        assert_eq!(
+            execute_values(payload, &types).unwrap(),
+            vec![
+                Some(7u64.to_le_bytes().to_vec()),
+                None,
+                Some(b"x y".to_vec())
+            ]
+        );
+        // Without new types, the previous ones apply.
+        let mut again = payload.to_vec();
+        let flag_at = EXECUTE_BITMAP_AT + 1;
+        again[flag_at] = 0;
+        again.drain(flag_at + 1..flag_at + 7);
+        assert_eq!(execute_head(&again, 3).unwrap().new_types, None);
+        assert_eq!(
+            execute_values(&again, &types).unwrap()[2],
+            Some(b"x y".to_vec())
+        );
+        assert_eq!(execute_values(&payload[..12], &types), Err(Truncated));
     }
 
     #[test]
