@@ -59,6 +59,17 @@ pub const H2_STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of each connection, in bytes, on both sides.
 pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 
+/// A lock that a lock query found held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLock {
+    /// The first held key of those asked about.
+    pub key: LockKey,
+    /// The transaction that holds it.
+    pub holder: Xid,
+    /// Whether the holder is rolling back.
+    pub holder_rolling_back: bool,
+}
+
 /// A cheap-to-clone handle to one lockserver over one long-lived HTTP/2 connection.
 /// Calls are pipelined on one stream (many in flight, answered by id); a broken
 /// stream fails the calls in flight as retryable and the next call opens a new one.
@@ -369,6 +380,13 @@ impl LockClient {
 
     /// The first of `keys` held by an unfinished global transaction, with its holder.
     pub async fn lock_holder(&self, keys: &[LockKey]) -> Result<Option<(LockKey, Xid)>> {
+        Ok(self.held_lock(keys).await?.map(|h| (h.key, h.holder)))
+    }
+
+    /// The first of `keys` held by an unfinished global transaction, with its holder
+    /// and whether that holder is rolling back (its undo will need the rows: a waiter
+    /// holding their local locks should give up at once).
+    pub async fn held_lock(&self, keys: &[LockKey]) -> Result<Option<HeldLock>> {
         let req = pb::LockQueryRequest {
             lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
         };
@@ -380,7 +398,11 @@ impl LockClient {
             _ => return Err(unexpected()),
         };
         match r.held {
-            Some(c) => Ok(Some((LockKey::parse(&c.key)?, Xid::parse(&c.holder_xid)?))),
+            Some(c) => Ok(Some(HeldLock {
+                key: LockKey::parse(&c.key)?,
+                holder: Xid::parse(&c.holder_xid)?,
+                holder_rolling_back: c.holder_rolling_back,
+            })),
             None => Ok(None),
         }
     }

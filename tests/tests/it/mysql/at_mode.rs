@@ -557,3 +557,53 @@ async fn prepared_statement_writes_are_captured_with_their_parameters() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locking_read_gives_way_at_once_to_a_holder_that_rolls_back() {
+    let db = prepare("at_give_way").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = {
+        let endpoint = format!("http://{}", lockserver.grpc);
+        my::start_with(|c| {
+            c.lockserver.endpoint = endpoint;
+            // Long enough that waiting it out would outlast the rollback's own wait.
+            c.lockserver.lock_wait_ms = 60_000;
+        })
+        .await
+    };
+    let mut first = my::connect(&tandem, &db.name).await;
+    let mut second = my::connect(&tandem, &db.name).await;
+    text(&mut first, "SELECT tandem_begin()").await.unwrap();
+    first
+        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 3")
+        .await
+        .unwrap();
+    text(&mut second, "SELECT tandem_begin()").await.unwrap();
+    second.query_drop("START TRANSACTION").await.unwrap();
+    // The read takes the row's local lock, then waits for the global one.
+    let reader = tokio::spawn(async move {
+        let read = second
+            .query_drop("SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
+            .await;
+        // A client gives up its local transaction on such an error.
+        second.query_drop("ROLLBACK").await.unwrap();
+        (second, read)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The holder rolls back: its undo needs the row the reader has locked locally.
+    let status = text(&mut first, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    let (mut second, read) = reader.await.unwrap();
+    let e = read.unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    let balance: Option<i64> = db
+        .direct()
+        .await
+        .query_first("SELECT balance FROM accounts WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(1000));
+    text(&mut second, "SELECT tandem_rollback()").await.unwrap();
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

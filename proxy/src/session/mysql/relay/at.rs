@@ -622,9 +622,12 @@ impl Relay<'_> {
         }
         let deadline = std::time::Instant::now() + self.ctx.lock_wait;
         loop {
-            match self.ctx.lock.lock_holder(&keys).await {
-                Ok(Some((_, holder))) if holder != xid => {
-                    if std::time::Instant::now() >= deadline {
+            match self.ctx.lock.held_lock(&keys).await {
+                Ok(Some(held)) if held.holder != xid => {
+                    let holder = held.holder;
+                    // A holder rolling back needs these rows, whose local locks this
+                    // read now holds: waiting would only stall its undo.
+                    if held.holder_rolling_back || std::time::Instant::now() >= deadline {
                         return self.refuse(Error::GloballyLocked {
                             holder: holder.to_string(),
                         });
