@@ -33,9 +33,9 @@ pub struct MysqlFrontend {
     /// Timeout for opening an upstream connection and reading its greeting, in
     /// milliseconds. Default 5000. The client then gets error 2003.
     pub connect_timeout_ms: u64,
-    /// The branch mode of sessions that did not choose one with `tandem_mode`. AT mode
-    /// is not built for MySQL yet: inside a global transaction in AT mode, statements
-    /// that may write are refused (error 1235); `"xa"` runs them as an XA branch.
+    /// The branch mode of sessions that did not choose one with `tandem_mode`: `"at"`
+    /// (default) captures each write's images and keeps an undo log; `"xa"` runs a
+    /// bound session's transaction as an XA branch.
     pub mode: super::BranchMode,
     /// XA recovery: how often `XA RECOVER` is scanned for tandem's branches, in
     /// milliseconds (also once at start). Default 10000.
