@@ -28,6 +28,8 @@ pub struct InsertPlan {
     pub after: Option<Capture>,
     /// How many rows take their AUTO_INCREMENT key from the server: the k-th (from 0)
     /// has LAST_INSERT_ID() + k × @@auto_increment_increment. 0 when the rows give keys.
+    /// An IGNORE, upsert or REPLACE has one such row, inserted unless `before` finds a
+    /// row it collides with (REPLACE: always).
     pub generated: usize,
 }
 
@@ -149,28 +151,39 @@ impl MysqlTable {
                 KeySource::Generated => None,
             })
             .collect();
+        let from = format!(
+            "SELECT {} FROM {}",
+            self.captured_columns(),
+            Mysql.qualified(&self.meta.table)
+        );
         if given.len() < rows.len() {
             if !given.is_empty() {
                 return Err(Error::unsupported(
                     "a multi-row INSERT that gives some AUTO_INCREMENT keys and leaves others to the server",
                 ));
             }
-            if write.on_duplicate != OnDuplicate::Error {
+            if write.on_duplicate != OnDuplicate::Error && rows.len() > 1 {
                 return Err(Error::unsupported(
-                    "INSERT IGNORE, … ON DUPLICATE KEY UPDATE or REPLACE that leaves the AUTO_INCREMENT key to the server (which rows it inserts is not known)",
+                    "a multi-row INSERT IGNORE, … ON DUPLICATE KEY UPDATE or REPLACE that leaves the AUTO_INCREMENT key to the server (which rows it inserts is not known)",
                 ));
             }
+            // One row: it is inserted unless `before` finds a row it collides with on a
+            // unique key (IGNORE then skips it, an upsert updates that row); REPLACE
+            // deletes what it collides with and always inserts.
+            let before = match write.on_duplicate {
+                OnDuplicate::Error => None,
+                _ => Some(self.collisions(&rows)?).filter(|p| !p.is_empty()),
+            };
             return Ok(InsertPlan {
-                before: None,
+                before: before
+                    .map(|predicate| {
+                        Capture::of(&Mysql, format!("{from} WHERE {predicate} FOR UPDATE"))
+                    })
+                    .transpose()?,
                 after: None,
                 generated: rows.len(),
             });
         }
-        let from = format!(
-            "SELECT {} FROM {}",
-            self.captured_columns(),
-            Mysql.qualified(&self.meta.table)
-        );
         let after = format!("{from} WHERE {}", self.in_list(&self.meta.pk, &given));
         let before = match write.on_duplicate {
             OnDuplicate::Error => None,

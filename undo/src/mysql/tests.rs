@@ -324,8 +324,22 @@ fn an_insert_that_leaves_its_keys_to_auto_increment_counts_them() {
         "a multi-row INSERT that gives some AUTO_INCREMENT keys and leaves others to the server"
     );
     assert_eq!(
-        refusal(t.insert_plan(&write("INSERT IGNORE INTO accounts (email) VALUES ('a')"))),
-        "INSERT IGNORE, … ON DUPLICATE KEY UPDATE or REPLACE that leaves the AUTO_INCREMENT key to the server (which rows it inserts is not known)"
+        refusal(t.insert_plan(&write(
+            "INSERT IGNORE INTO accounts (email) VALUES ('a'), ('b')"
+        ))),
+        "a multi-row INSERT IGNORE, … ON DUPLICATE KEY UPDATE or REPLACE that leaves the AUTO_INCREMENT key to the server (which rows it inserts is not known)"
+    );
+    // One row: the rows it may collide with on a unique key are read first.
+    let plan = t
+        .insert_plan(&write(
+            "INSERT INTO accounts (email) VALUES ('a') ON DUPLICATE KEY UPDATE balance = 1",
+        ))
+        .unwrap();
+    assert_eq!(plan.generated, 1);
+    assert_eq!(plan.after, None);
+    assert_eq!(
+        plan.before.unwrap().sql,
+        format!("SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`email`) IN (('a')) FOR UPDATE")
     );
     assert_eq!(
         refusal(t.insert_plan(&write("INSERT INTO accounts (id) VALUES ('0')"))),

@@ -607,3 +607,81 @@ async fn a_locking_read_gives_way_at_once_to_a_holder_that_rolls_back() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn every_write_form_rolls_back_exactly() {
+    let db = prepare("at_forms").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE moves (id INT PRIMARY KEY, account INT NOT NULL, amount INT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO moves VALUES (1, 1, 5), (2, 1, 7), (3, 2, 9), (4, 3, 11);
+             CREATE TABLE seq (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10)) ENGINE=InnoDB;
+             INSERT INTO seq (v) VALUES ('s1');",
+        )
+        .await
+        .unwrap();
+    let tables = ["accounts", "items", "moves", "seq"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(dump(&mut direct, t).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    conn.query_drop("SET SESSION auto_increment_increment = 3")
+        .await
+        .unwrap();
+    for sql in [
+        // Multi-table UPDATE and DELETE: one table written, the other read.
+        "UPDATE accounts a JOIN moves m ON m.account = a.id SET a.balance = a.balance + m.amount WHERE m.amount > 6",
+        "DELETE m FROM moves m JOIN accounts a ON a.id = m.account WHERE a.note = 'c'",
+        // ORDER BY the primary key with LIMIT.
+        "UPDATE moves SET amount = 0 ORDER BY id DESC LIMIT 2",
+        "DELETE FROM moves ORDER BY id LIMIT 1",
+        // INSERT IGNORE: one row collides and is skipped, one is new.
+        "INSERT IGNORE INTO accounts VALUES (1, 0, 'ignored'), (5, 50, 'five')",
+        // ON DUPLICATE KEY UPDATE on the unique key, and a new row.
+        "INSERT INTO items (name) VALUES ('first') ON DUPLICATE KEY UPDATE name = 'first!'",
+        "INSERT INTO items (id, name) VALUES (9, 'nine') ON DUPLICATE KEY UPDATE name = 'x'",
+        // One row with a generated key: inserted, skipped, or replacing what it collides
+        // with on the unique key.
+        "INSERT IGNORE INTO items (name) VALUES ('brand-new')",
+        "INSERT IGNORE INTO items (name) VALUES ('brand-new')",
+        "INSERT INTO items (name) VALUES ('fresh') ON DUPLICATE KEY UPDATE name = 'fresh!'",
+        "REPLACE INTO items (name) VALUES ('nine')",
+        // AUTO_INCREMENT keys with an increment of 3, several rows in one INSERT.
+        "INSERT INTO seq (v) VALUES ('a'), ('b'), ('c')",
+        "INSERT INTO seq SET v = 'set'",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let ids: Vec<u64> = direct
+        .query("SELECT id FROM seq ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert!(ids.windows(2).skip(1).all(|w| w[1] - w[0] == 3), "{ids:?}");
+    let shared: Option<i64> = conn
+        .query_first("SELECT balance FROM accounts WHERE id = 5 LOCK IN SHARE MODE")
+        .await
+        .unwrap();
+    assert_eq!(shared, Some(50));
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    let mut after = Vec::new();
+    for t in tables {
+        after.push(dump(&mut direct, t).await);
+    }
+    assert_eq!(after, before);
+    eventually("undo rows gone", || {
+        let db = &db;
+        async move { undo_rows(&mut db.direct().await).await == 0 }
+    })
+    .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

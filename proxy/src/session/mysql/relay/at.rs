@@ -380,9 +380,17 @@ impl Relay<'_> {
             Ok(ok) => ok,
             Err(e) => return Ok(Err(AtFailure::Server(e))),
         };
+        // A generated key's row is inserted unless an IGNORE or upsert found the row it
+        // collides with (the OK's last insert id then says nothing of it).
+        let inserts_generated = plan.generated > 0
+            && ok.affected_rows > 0
+            && match write.on_duplicate {
+                OnDuplicate::Error | OnDuplicate::Replace => true,
+                OnDuplicate::Ignore | OnDuplicate::Update => before_keys.is_empty(),
+            };
         let found = if let Some(after) = &plan.after {
             self.select(after, source).await?
-        } else if plan.generated > 0 && ok.affected_rows > 0 {
+        } else if inserts_generated {
             self.generated_rows(table, ok.last_insert_id, plan.generated)
                 .await?
                 .map_err(AtFailure::Server)
@@ -399,12 +407,26 @@ impl Relay<'_> {
             .filter(|k| !before_keys.contains(k))
             .cloned()
             .collect();
-        let expected = match write.on_duplicate {
-            OnDuplicate::Error | OnDuplicate::Ignore => Some(ok.affected_rows),
-            // An upsert counts 2 for a row it updated, REPLACE 2 for a row it replaced.
-            OnDuplicate::Update | OnDuplicate::Replace => None,
+        let inserted_count = inserted.len() as u64;
+        let consistent = match write.on_duplicate {
+            OnDuplicate::Error | OnDuplicate::Ignore => ok.affected_rows == inserted_count,
+            // An upsert counts 2 for a row it updated (0 if unchanged): with generated
+            // keys, a row it updated must be one `before` read.
+            OnDuplicate::Update if plan.generated > 0 => {
+                if before_keys.is_empty() {
+                    ok.affected_rows == inserted_count
+                } else {
+                    inserted_count == 0 && ok.affected_rows <= 2
+                }
+            }
+            OnDuplicate::Update => true,
+            // REPLACE counts each row it deleted, plus each it inserted.
+            OnDuplicate::Replace => {
+                ok.affected_rows <= (found.len() + before_keys.len()) as u64
+                    && (plan.generated == 0 || inserted_count == 1)
+            }
         };
-        if expected.is_some_and(|n| n != inserted.len() as u64) {
+        if !consistent {
             return Ok(Err(AtFailure::Uncaptured(Error::Uncaptured {
                 table: meta.table.name.clone(),
             })));
