@@ -68,6 +68,8 @@ pub struct Relay<'a> {
     pub(super) last_seq: u8,
     /// The session's binding to a global transaction.
     pub(super) binding: crate::binding::Binding,
+    /// tandem's own statements kept prepared on the backend connection.
+    pub(super) own_statements: own::OwnStatements,
     /// AT mode's branch in the current local transaction: the rows it changed.
     pub(super) at_branch: crate::at::branch::Branch,
     /// XA mode's branch in the current local transaction.
@@ -126,6 +128,7 @@ impl<'a> Relay<'a> {
             draining: false,
             last_seq: 0,
             binding: crate::binding::Binding::default(),
+            own_statements: own::OwnStatements::default(),
             at_branch: crate::at::branch::Branch::default(),
             xa: None,
             database: opened.database.clone(),

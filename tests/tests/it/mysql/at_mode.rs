@@ -685,3 +685,37 @@ async fn every_write_form_rolls_back_exactly() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_reset_unbinds_and_later_writes_are_still_captured() {
+    let db = prepare("at_reset").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    let xid = text(&mut conn, "SELECT tandem_xid()").await.unwrap();
+    // COM_RESET_CONNECTION: unbound, and the server forgets every prepared statement,
+    // tandem's own among them.
+    conn.reset().await.unwrap();
+    assert_eq!(text(&mut conn, "SELECT tandem_xid()").await.unwrap(), None);
+    let xid = xid.unwrap();
+    text(&mut conn, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 6 WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 7 WHERE id = 2")
+        .await
+        .unwrap();
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

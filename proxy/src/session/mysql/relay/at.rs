@@ -448,15 +448,24 @@ impl Relay<'_> {
             Ok(params) => params,
             Err(failure) => return Ok(Err(failure)),
         };
+        Ok(self
+            .own_select(&capture.sql, &params)
+            .await?
+            .map_err(AtFailure::Server))
+    }
+
+    /// Runs one of tandem's SELECTs over the binary protocol, kept prepared.
+    async fn own_select(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
         let mut own = Own {
             server: &mut self.server,
             from_server: &mut self.from_server,
             deprecate_eof: self.exchange.deprecate_eof,
         };
-        Ok(own
-            .select(&capture.sql, &params)
-            .await?
-            .map_err(AtFailure::Server))
+        own.select(&mut self.own_statements, sql, params).await
     }
 
     /// Runs the client's write itself: its text, or its own COM_STMT_EXECUTE.
@@ -480,8 +489,7 @@ impl Relay<'_> {
     ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
         let step = if count > 1 {
             match self
-                .own()
-                .select("SELECT @@auto_increment_increment", &[])
+                .own_select("SELECT @@auto_increment_increment", &[])
                 .await?
             {
                 Ok(rows) => rows
@@ -506,7 +514,7 @@ impl Relay<'_> {
             })
             .collect();
         let sql = table.mysql.select_by_keys(count);
-        self.own().select(&sql, &params).await
+        self.own_select(&sql, &params).await
     }
 
     /// After images, registration with the branch's lock keys, the undo row, COMMIT.
@@ -533,7 +541,7 @@ impl Relay<'_> {
                     })
                     .collect();
                 let sql = meta.select_by_keys_sql(&Mysql, chunk.len());
-                match self.own().select(&sql, &params).await? {
+                match self.own_select(&sql, &params).await? {
                     Ok(rows) => self.at_branch.record_after(&meta, keyed(&meta, rows)),
                     Err(e) => return self.abandon(AtFailure::Server(e)).await,
                 }

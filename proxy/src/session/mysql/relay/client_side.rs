@@ -366,8 +366,10 @@ impl Relay<'_> {
     fn on_session_reset(&mut self, what: &'static str) {
         tracing::debug!(parent: &self.span, what, "session reset: unbound");
         self.binding.unbind();
-        // The server ends the local transaction with the session: nothing of it stays.
+        // The server ends the local transaction with the session: nothing of it stays,
+        // and it drops every prepared statement, tandem's too.
         self.at_branch = crate::at::branch::Branch::default();
+        self.own_statements.clear();
     }
 }
 

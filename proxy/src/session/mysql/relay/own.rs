@@ -19,6 +19,35 @@ use crate::wire::mysql::packet::put_message;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// At most this many of tandem's own statements stay prepared on a session's
+/// connection (the server counts them against max_prepared_stmt_count).
+const OWN_STATEMENTS_MAX: usize = 32;
+
+/// ER_UNKNOWN_STMT_HANDLER.
+const UNKNOWN_STATEMENT: u16 = 1243;
+
+/// tandem's own statements prepared on a session's connection, by their SQL: an image
+/// read costs one round trip instead of two. The server drops them all when the session
+/// resets (COM_RESET_CONNECTION, COM_CHANGE_USER), and so must this.
+#[derive(Debug, Default)]
+pub(in crate::session::mysql) struct OwnStatements {
+    by_sql: std::collections::HashMap<String, u32>,
+    /// Oldest first, for eviction.
+    order: std::collections::VecDeque<String>,
+}
+
+impl OwnStatements {
+    pub fn clear(&mut self) {
+        self.by_sql.clear();
+        self.order.clear();
+    }
+
+    fn forget(&mut self, sql: &str) {
+        self.by_sql.remove(sql);
+        self.order.retain(|s| s != sql);
+    }
+}
+
 /// The server's ERR to one of tandem's own statements.
 #[derive(Clone, Debug)]
 pub(in crate::session::mysql) struct OwnError {
@@ -91,33 +120,51 @@ impl Own<'_> {
         self.read_ok().await
     }
 
-    /// Prepares `sql`, runs it with `params` and reads its rows over the binary
-    /// protocol, then closes the statement.
+    /// Runs `sql` with `params` and reads its rows over the binary protocol. The
+    /// statement stays prepared in `statements` for the next time.
     pub async fn select(
         &mut self,
+        statements: &mut OwnStatements,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
+        let cached = statements.by_sql.contains_key(sql);
+        match self.select_once(statements, sql, params).await? {
+            // The server no longer had it (a reset tandem did not see): prepare anew.
+            Err(e) if cached && e.code == UNKNOWN_STATEMENT => {
+                self.select_once(statements, sql, params).await
+            }
+            result => Ok(result),
+        }
+    }
+
+    async fn select_once(
+        &mut self,
+        statements: &mut OwnStatements,
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
         let mut out = BytesMut::new();
-        put_prepare(&mut out, sql);
-        self.write(&out).await?;
-        let first = self.read_payload().await?;
-        if first.first() == Some(&reply::ERR) {
-            return OwnError::decode(&first).map(Err);
-        }
-        let prepared = PrepareOk::decode(&first).ok_or(Error::UpstreamProtocol(
-            "a malformed prepare-OK to tandem's own statement",
-        ))?;
-        for count in [prepared.params, prepared.columns] {
-            self.skip_definitions(u64::from(count), true).await?;
-        }
-        out.clear();
-        let bound = put_execute(&mut out, prepared.statement_id, params);
-        // Closed in the same write: COM_STMT_CLOSE has no reply.
-        put_close(&mut out, prepared.statement_id);
-        if bound.is_err() {
-            out.clear();
-            put_close(&mut out, prepared.statement_id);
+        let id = match statements.by_sql.get(sql) {
+            Some(&id) => id,
+            None => {
+                let id = match self.prepare(sql).await? {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if statements.order.len() >= OWN_STATEMENTS_MAX
+                    && let Some(oldest) = statements.order.pop_front()
+                    && let Some(old_id) = statements.by_sql.remove(&oldest)
+                {
+                    // Closed in the next write: COM_STMT_CLOSE has no reply.
+                    put_close(&mut out, old_id);
+                }
+                statements.by_sql.insert(sql.to_owned(), id);
+                statements.order.push_back(sql.to_owned());
+                id
+            }
+        };
+        if put_execute(&mut out, id, params).is_err() {
             self.write(&out).await?;
             return Err(Error::Malformed {
                 what: "an undo image that does not fit its column type",
@@ -126,7 +173,13 @@ impl Own<'_> {
         self.write(&out).await?;
         let head = self.read_payload().await?;
         match head.first() {
-            Some(&reply::ERR) => return OwnError::decode(&head).map(Err),
+            Some(&reply::ERR) => {
+                let e = OwnError::decode(&head)?;
+                if e.code == UNKNOWN_STATEMENT {
+                    statements.forget(sql);
+                }
+                return Ok(Err(e));
+            }
             Some(&reply::OK) => return Ok(Ok(Vec::new())),
             _ => {}
         }
@@ -159,13 +212,31 @@ impl Own<'_> {
         }
     }
 
+    /// COM_STMT_PREPARE of `sql`: its statement id, its definitions read and dropped.
+    async fn prepare(&mut self, sql: &str) -> Result<std::result::Result<u32, OwnError>> {
+        let mut out = BytesMut::new();
+        put_prepare(&mut out, sql);
+        self.write(&out).await?;
+        let first = self.read_payload().await?;
+        if first.first() == Some(&reply::ERR) {
+            return OwnError::decode(&first).map(Err);
+        }
+        let prepared = PrepareOk::decode(&first).ok_or(Error::UpstreamProtocol(
+            "a malformed prepare-OK to tandem's own statement",
+        ))?;
+        for count in [prepared.params, prepared.columns] {
+            self.skip_definitions(u64::from(count)).await?;
+        }
+        Ok(Ok(prepared.statement_id))
+    }
+
     /// Reads `count` definitions and, when there are any and the session did not
     /// negotiate CLIENT_DEPRECATE_EOF, the EOF after them.
-    async fn skip_definitions(&mut self, count: u64, eof_unless_deprecated: bool) -> Result<()> {
+    async fn skip_definitions(&mut self, count: u64) -> Result<()> {
         for _ in 0..count {
             self.read_payload().await?;
         }
-        if count > 0 && eof_unless_deprecated && !self.deprecate_eof {
+        if count > 0 && !self.deprecate_eof {
             self.read_payload().await?;
         }
         Ok(())
