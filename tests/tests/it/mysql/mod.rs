@@ -3,6 +3,7 @@
 mod at_mode;
 mod auth;
 mod bad_input;
+mod bank_transfer;
 mod drivers;
 mod kill;
 mod relay;
