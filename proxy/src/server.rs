@@ -115,7 +115,7 @@ pub async fn run(
         let handler = Arc::new(crate::at::phase2::PgBranchHandler {
             upstream: frontend.upstream.clone(),
             side: Arc::clone(&side),
-            cleanup: crate::at::cleanup::Cleanup::new(Arc::clone(&side)),
+            cleanup: crate::at::cleanup::Cleanup::postgres(Arc::clone(&side)),
         });
         let tables = tandem_lockserver::client::TableLockView::new(TABLE_VIEW_LEASE);
         let ctx = Arc::new(PgFrontendContext {

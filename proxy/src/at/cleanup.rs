@@ -2,16 +2,29 @@
 //! and one commit per batch and database, instead of one committed DELETE per branch.
 //!
 //! A batch is whatever queued while the previous one ran, so under load the batches
-//! grow by themselves and at rest a branch waits for no timer. The batch commits with
-//! `synchronous_commit = off`: a crash may forget the last deletions, which leaves undo
-//! rows of finished transactions behind (garbage, never undone: phase 2 of a committed
-//! transaction only deletes), but no commit waits for a flush of its own.
+//! grow by themselves and at rest a branch waits for no timer. On PostgreSQL the batch
+//! commits with `synchronous_commit = off`: a crash may forget the last deletions, which
+//! leaves undo rows of finished transactions behind (garbage, never undone: phase 2 of a
+//! committed transaction only deletes), but no commit waits for a flush of its own.
+//!
+//! The queues are the same for both engines; `BatchDelete` is the one statement each
+//! runs.
 
 use crate::control::quote_literal;
 use crate::upstream::SidePools;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tandem_lockserver::client::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
+
+/// Deletes a batch of undo rows, `(xid, branch_id)`, in one database.
+pub trait BatchDelete: Send + Sync + 'static {
+    fn delete<'a>(
+        &'a self,
+        database: &'a str,
+        keys: &'a [(String, u64)],
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
 
 /// Deletions per statement, at most.
 const MAX_BATCH: usize = 512;
@@ -24,17 +37,22 @@ struct Job {
 
 /// One queue (and one task draining it) per database.
 pub struct Cleanup {
-    side: Arc<SidePools>,
+    engine: Arc<dyn BatchDelete>,
     // A std Mutex: held only to find or start a queue, never across an await.
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
 }
 
 impl Cleanup {
-    pub fn new(side: Arc<SidePools>) -> Self {
+    pub fn new(engine: Arc<dyn BatchDelete>) -> Self {
         Cleanup {
-            side,
+            engine,
             queues: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// PostgreSQL's undo rows, over the side pools.
+    pub fn postgres(side: Arc<SidePools>) -> Self {
+        Cleanup::new(Arc::new(PostgresDelete(side)))
     }
 
     /// Deletes the undo row of branch `branch_id` of `xid` in `database`, with others
@@ -65,13 +83,17 @@ impl Cleanup {
             return queue.clone();
         }
         let (queue, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(drain(Arc::clone(&self.side), database.to_owned(), jobs));
+        tokio::spawn(drain(Arc::clone(&self.engine), database.to_owned(), jobs));
         queues.insert(database.to_owned(), queue.clone());
         queue
     }
 }
 
-async fn drain(side: Arc<SidePools>, database: String, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn drain(
+    engine: Arc<dyn BatchDelete>,
+    database: String,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -80,7 +102,8 @@ async fn drain(side: Arc<SidePools>, database: String, mut jobs: mpsc::Unbounded
                 Err(_) => break,
             }
         }
-        let result = delete_batch(&side, &database, &batch).await;
+        let keys: Vec<(String, u64)> = batch.iter().map(|j| (j.xid.clone(), j.branch_id)).collect();
+        let result = engine.delete(&database, &keys).await;
         if let Err(e) = &result {
             tracing::debug!(database = %database, error = %e, rows = batch.len(), "undo cleanup failed");
         }
@@ -90,22 +113,32 @@ async fn drain(side: Arc<SidePools>, database: String, mut jobs: mpsc::Unbounded
     }
 }
 
-async fn delete_batch(side: &SidePools, database: &str, batch: &[Job]) -> Result<(), String> {
-    let client = side.get(database).await.map_err(|e| e.to_string())?;
-    let result = client.batch_execute(&delete_sql(batch)).await;
-    if result.is_err() {
-        // The connection goes back to the pool: not inside a failed transaction.
-        let _ = client.batch_execute("ROLLBACK").await;
+struct PostgresDelete(Arc<SidePools>);
+
+impl BatchDelete for PostgresDelete {
+    fn delete<'a>(
+        &'a self,
+        database: &'a str,
+        keys: &'a [(String, u64)],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.0.get(database).await.map_err(|e| e.to_string())?;
+            let result = client.batch_execute(&delete_sql(keys)).await;
+            if result.is_err() {
+                // The connection goes back to the pool: not inside a failed transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            result.map_err(|e| e.to_string())
+        })
     }
-    result.map_err(|e| e.to_string())
 }
 
 /// The batch's one round trip: values inline (xids are quoted literals, branch ids
 /// numbers), so that it can travel as one simple query with its own transaction.
-fn delete_sql(batch: &[Job]) -> String {
+fn delete_sql(batch: &[(String, u64)]) -> String {
     let keys: Vec<String> = batch
         .iter()
-        .map(|j| format!("({}, {})", quote_literal(&j.xid), j.branch_id as i64))
+        .map(|(xid, branch_id)| format!("({}, {})", quote_literal(xid), *branch_id as i64))
         .collect();
     format!(
         "BEGIN; SET LOCAL synchronous_commit TO off; \
@@ -120,12 +153,7 @@ mod tests {
 
     #[test]
     fn one_statement_deletes_the_whole_batch_with_quoted_xids() {
-        let job = |xid: &str, branch_id| Job {
-            xid: xid.into(),
-            branch_id,
-            done: oneshot::channel().0,
-        };
-        let sql = delete_sql(&[job("a:1", 1), job("o'x", 2)]);
+        let sql = delete_sql(&[("a:1".into(), 1), ("o'x".into(), 2)]);
         assert_eq!(
             sql,
             "BEGIN; SET LOCAL synchronous_commit TO off; DELETE FROM undo_log WHERE (xid, branch_id) IN (('a:1', 1), ('o''x', 2)); COMMIT"

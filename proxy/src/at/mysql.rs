@@ -123,25 +123,35 @@ pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
         .strip_prefix('/')
 }
 
-/// Phase-2 commit of an AT branch: its undo row goes.
-pub async fn commit(pool: &mysql_async::Pool, database: &str, work: &Phase2Work) -> BranchOutcome {
-    let delete = async {
-        let mut conn = pool.get_conn().await?;
-        conn.exec_drop(
-            format!(
-                "DELETE FROM {} WHERE xid = ? AND branch_id = ?",
-                undo_table(database)
-            ),
-            (work.xid.as_str(), work.branch_id),
-        )
-        .await?;
-        Ok::<_, mysql_async::Error>(())
-    };
-    match delete.await {
-        Ok(()) => BranchOutcome::Done,
-        Err(e) => BranchOutcome::Retry {
-            reason: e.to_string(),
-        },
+/// MySQL's undo rows, deleted in batches (`at::cleanup`) over the side pool: one
+/// autocommit DELETE, so one commit, per batch.
+pub struct MysqlDelete(pub mysql_async::Pool);
+
+impl super::cleanup::BatchDelete for MysqlDelete {
+    fn delete<'a>(
+        &'a self,
+        database: &'a str,
+        keys: &'a [(String, u64)],
+    ) -> tandem_lockserver::client::BoxFuture<'a, std::result::Result<(), String>> {
+        Box::pin(async move {
+            let tuples = vec!["(?, ?)"; keys.len()].join(", ");
+            let params: Vec<Value> = keys
+                .iter()
+                .flat_map(|(xid, branch)| [Value::from(xid.as_str()), Value::from(*branch)])
+                .collect();
+            let delete = async {
+                let mut conn = self.0.get_conn().await?;
+                conn.exec_drop(
+                    format!(
+                        "DELETE FROM {} WHERE (xid, branch_id) IN ({tuples})",
+                        undo_table(database)
+                    ),
+                    params,
+                )
+                .await
+            };
+            delete.await.map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -68,6 +68,8 @@ struct Handler {
     owners: Arc<Owners>,
     /// The upstream `host:port` (or socket) whose databases the resources name.
     upstream: String,
+    /// Deletes committed AT branches' undo rows in batches.
+    cleanup: crate::at::cleanup::Cleanup,
 }
 
 /// Phase 2 of a branch, for the session whose connection prepared it.
@@ -125,6 +127,9 @@ impl MysqlXa {
             pool: pool.clone(),
             owners: Arc::clone(&owners),
             upstream: config.upstream.clone(),
+            cleanup: crate::at::cleanup::Cleanup::new(Arc::new(crate::at::mysql::MysqlDelete(
+                pool.clone(),
+            ))),
         });
         MysqlXa {
             owners,
@@ -318,7 +323,14 @@ impl Handler {
                 };
             };
             return if commit {
-                crate::at::mysql::commit(&self.pool, database, &work).await
+                match self
+                    .cleanup
+                    .delete_undo(database, work.xid.as_str(), work.branch_id)
+                    .await
+                {
+                    Ok(()) => BranchOutcome::Done,
+                    Err(reason) => BranchOutcome::Retry { reason },
+                }
             } else {
                 crate::at::mysql::rollback(&self.pool, database, &work).await
             };
