@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# AT mode's cost on MySQL/MariaDB: a TPC-B-like sysbench transaction over sysbench's
+# sbtest tables (START TRANSACTION, an UPDATE by primary key, a SELECT of the row it
+# changed, two more UPDATEs by primary key on two other tables, COMMIT), run directly
+# against MariaDB and through tandem's MySQL front end in AT mode as a global
+# transaction (SELECT tandem_begin() before it, SELECT tandem_commit() after it), in
+# one run, alternating direct/tandem round by round. Prints each TPS figure and
+# tandem's ratio to direct, the errors sysbench retried, and the undo_log rows left.
+# Text protocol only (con:query): AT mode on MySQL captures COM_QUERY writes, and
+# refuses writes by prepared statement inside a global transaction. A statement that
+# fails for good (or a tandem_commit() that does not answer Committed/AsyncCommitting)
+# stops the run with sysbench's error; lock waits and deadlocks (1205, 1213, 1020) roll
+# the transaction back (and the global one, through tandem), are printed and retried.
+#
+#   bash bench/mysql_at.sh                   # 20 s per run, 3 rounds, 8 threads
+#   SECONDS_PER_RUN=5 ROUNDS=1 bash bench/mysql_at.sh
+#   THREADS=16 LOCK_WAIT_MS=0 bash bench/mysql_at.sh
+#   TANDEM_MODE=xa bash bench/mysql_at.sh    # the same transaction as an XA branch instead
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MYSQL_HOST=${MYSQL_HOST:-127.0.0.1}
+MYSQL_PORT=${MYSQL_PORT:-3306}
+MYSQL_USER=${MYSQL_USER:-root}
+TANDEM_PORT=${TANDEM_PORT:-3517}
+GRPC_PORT=${GRPC_PORT:-8291}
+HTTP_PORT=${HTTP_PORT:-7291}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-8}
+TABLES=${TABLES:-4}
+TABLE_SIZE=${TABLE_SIZE:-100000}
+TANDEM_MODE=${TANDEM_MODE:-at}
+DB=tandem_mysql_at
+
+command -v sysbench >/dev/null || {
+  echo "installing sysbench" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sysbench >/dev/null
+}
+((TABLES >= 3)) || { echo "TABLES must be at least 3 (one UPDATE per table)" >&2; exit 1; }
+
+work=$(mktemp -d)
+cleanup() {
+  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid" 2>/dev/null || true
+  [[ -n "${lock_pid:-}" ]] && kill "$lock_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+sql() { mariadb -h "$MYSQL_HOST" -P "$MYSQL_PORT" -u "$MYSQL_USER" -N "$@"; }
+
+cargo build --release -q -p tandem-proxy
+sql -e "CREATE DATABASE IF NOT EXISTS $DB"
+common=(--mysql-user="$MYSQL_USER" --mysql-db="$DB" --tables="$TABLES" --table-size="$TABLE_SIZE")
+if ! sql -e "SELECT COUNT(*) FROM $DB.sbtest$TABLES" 2>/dev/null | grep -qx "$TABLE_SIZE"; then
+  sysbench oltp_common "${common[@]}" --mysql-host="$MYSQL_HOST" --mysql-port="$MYSQL_PORT" cleanup >/dev/null 2>&1 || true
+  sysbench oltp_common "${common[@]}" --mysql-host="$MYSQL_HOST" --mysql-port="$MYSQL_PORT" prepare >/dev/null
+fi
+./target/release/tandem migrate "mysql://$MYSQL_USER@$MYSQL_HOST:$MYSQL_PORT/$DB" >/dev/null
+# Undo rows of an earlier, interrupted run would blur the check at the end.
+stale=$(sql -e "SELECT COUNT(*) FROM $DB.undo_log")
+[[ "$stale" == 0 ]] || echo "note: undo_log holds $stale rows from earlier runs" >&2
+
+cat >"$work/lockserver.toml" <<TOML
+grpc_listen = "127.0.0.1:$GRPC_PORT"
+http_listen = "127.0.0.1:$HTTP_PORT"
+[store]
+kind = "embedded"
+path = "$work/lockserver"
+TOML
+cat >"$work/proxy.toml" <<TOML
+[admin]
+listen = "127.0.0.1:0"
+[lockserver]
+endpoint = "http://127.0.0.1:$GRPC_PORT"
+lock_wait_ms = ${LOCK_WAIT_MS:-5000}
+[[mysql]]
+listen = "127.0.0.1:$TANDEM_PORT"
+upstream = "$MYSQL_HOST:$MYSQL_PORT"
+mode = "$TANDEM_MODE"
+[mysql.service]
+user = "$MYSQL_USER"
+password = "${MYSQL_PASSWORD:-}"
+TOML
+RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
+lock_pid=$!
+RUST_LOG=warn TOKIO_WORKER_THREADS=${PROXY_THREADS:-2} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+proxy_pid=$!
+tandem_sql() { mariadb -h 127.0.0.1 -P "$TANDEM_PORT" -u "$MYSQL_USER" --skip-ssl -N "$@"; }
+for i in $(seq 50); do
+  tandem_sql -e "select 1" >/dev/null 2>&1 && break
+  [[ $i == 50 ]] && { echo "the proxy did not answer; its log:" >&2; cat "$work/proxy.log" >&2; exit 1; }
+  sleep 0.1
+done
+# The lockserver answers too: one empty global transaction.
+tandem_sql -e "SELECT tandem_begin(); SELECT tandem_rollback()" "$DB" >/dev/null
+
+# The transaction, as text-protocol statements. --tandem=on wraps it in a global
+# transaction. An ignorable error (sysbench's --mysql-ignore-errors, by default 1213,
+# 1020, 1205) restarts the event: the hook rolls back first, locally and globally.
+cat >"$work/mysql_at.lua" <<'LUA'
+sysbench.cmdline.options = {
+  tables = {"Number of sbtest tables", 4},
+  table_size = {"Rows per sbtest table", 100000},
+  tandem = {"Run each transaction as a tandem global transaction", false},
+}
+
+local con, bound, retried
+
+function thread_init()
+  con = sysbench.sql.driver():connect()
+  bound = false
+  retried = 0
+end
+
+function thread_done()
+  if retried > 0 then
+    io.stderr:write(string.format("mysql_at: thread retried %d transactions\n", retried))
+  end
+  con:disconnect()
+end
+
+sysbench.hooks.before_restart_event = function(err)
+  retried = retried + 1
+  io.stderr:write(string.format("mysql_at: retrying after error %s (%s) %s on: %s\n",
+    tostring(err.sql_errno), tostring(err.sql_state), tostring(err.sql_errmsg), tostring(err.query)))
+  -- The error may have ended the local transaction already; a ROLLBACK that fails is
+  -- reported (the driver logs it too) and tried once more, then the retry goes on.
+  for _ = 1, 2 do
+    local ok, e = pcall(con.query, con, "ROLLBACK")
+    if ok then break end
+    io.stderr:write(string.format("mysql_at: ROLLBACK after the error failed: %s\n",
+      type(e) == "table" and tostring(e.sql_errmsg) or tostring(e)))
+  end
+  if bound then
+    bound = false
+    local status = con:query_row("SELECT tandem_rollback()")
+    io.stderr:write(string.format("mysql_at: tandem_rollback() -> %s\n", tostring(status)))
+  end
+end
+
+function event()
+  local tables, size = sysbench.opt.tables, sysbench.opt.table_size
+  local t1 = sysbench.rand.uniform(1, tables)
+  local t2 = t1 % tables + 1
+  local t3 = t2 % tables + 1
+  local aid = sysbench.rand.uniform(1, size)
+  local tid = sysbench.rand.uniform(1, size)
+  local bid = sysbench.rand.uniform(1, size)
+  local delta = sysbench.rand.uniform(1, 10001) - 5001
+  if sysbench.opt.tandem then
+    local xid = con:query_row("SELECT tandem_begin()")
+    if xid == nil or xid == "" then
+      error("SELECT tandem_begin() returned no xid")
+    end
+    bound = true
+  end
+  con:query("START TRANSACTION")
+  con:query(string.format("UPDATE sbtest%d SET k = k + %d WHERE id = %d", t1, delta, aid))
+  con:query_row(string.format("SELECT k FROM sbtest%d WHERE id = %d", t1, aid))
+  con:query(string.format("UPDATE sbtest%d SET k = k + %d WHERE id = %d", t2, delta, tid))
+  con:query(string.format("UPDATE sbtest%d SET k = k + %d WHERE id = %d", t3, delta, bid))
+  con:query("COMMIT")
+  if sysbench.opt.tandem then
+    local status = con:query_row("SELECT tandem_commit()")
+    bound = false
+    if status ~= "Committed" and status ~= "AsyncCommitting" then
+      error("SELECT tandem_commit() returned " .. tostring(status))
+    end
+  end
+end
+LUA
+
+failed=0
+run() { # direct|tandem -> sets tps; the output goes to $work/$1.out and $work/sysbench.log
+  local host=$MYSQL_HOST port=$MYSQL_PORT flag=off status=0
+  [[ $1 == tandem ]] && { host=127.0.0.1; port=$TANDEM_PORT; flag=on; }
+  sysbench "$work/mysql_at.lua" "${common[@]}" --mysql-host="$host" --mysql-port="$port" \
+    --tandem="$flag" --threads="$THREADS" --time="$SECONDS_PER_RUN" --report-interval=0 run \
+    >"$work/$1.out" 2>&1 || status=$?
+  { echo "=== $1 (exit $status)"; cat "$work/$1.out"; } >>"$work/sysbench.log"
+  if [[ $status != 0 ]] || grep -q "function failed" "$work/$1.out"; then
+    failed=1
+    echo "sysbench failed against $1 (exit $status):" >&2
+    grep -E "FATAL|error|returned" "$work/$1.out" | sort | uniq -c | head -20 >&2
+  fi
+  tps=$(awk '/transactions:/ {gsub(/\(/, "", $3); print $3}' "$work/$1.out")
+}
+
+echo "sysbench $(sysbench --version | awk '{print $2}'), TPC-B-like transaction (3 UPDATEs + 1 SELECT by primary key, text protocol), tandem in $TANDEM_MODE mode: $THREADS threads, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, $TABLES tables x $TABLE_SIZE rows"
+direct=0; tandem=0
+shown() { if [[ -n "$1" ]]; then echo "$1 tps"; else echo "$2"; fi; }
+ignored() { awk '/ignored errors:/ {print $3}' "$work/$1.out" 2>/dev/null; }
+for r in $(seq "$ROUNDS"); do
+  run direct; d=$tps; t=; t_shown="not run"
+  if [[ $failed == 0 ]]; then run tandem; t=$tps; t_shown=$(shown "$t" failed); fi
+  printf '  round %d: direct %s, tandem %s (errors sysbench ignored and retried: direct %s, tandem %s)\n' "$r" \
+    "$(shown "$d" failed)" "$t_shown" "$(ignored direct)" "$(ignored tandem)"
+  [[ $failed == 0 ]] || break
+  direct=$(awk -v s="$direct" -v y="${d:-0}" 'BEGIN {print s + y}')
+  tandem=$(awk -v s="$tandem" -v y="${t:-0}" 'BEGIN {print s + y}')
+done
+if [[ $failed == 0 ]]; then
+  printf '%-10s %12s %12s %14s\n' workload direct tandem tandem/direct
+  printf '%-10s %12.1f %12.1f %14.3f\n' tpcb-like \
+    "$(awk -v s="$direct" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
+    "$(awk -v s="$tandem" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
+    "$(awk -v a="$tandem" -v b="$direct" 'BEGIN {print (b > 0) ? a / b : 0}')"
+fi
+grep -hE "^mysql_at: (retrying|ROLLBACK|tandem_rollback)|^FATAL: mysql_drv_query" "$work/sysbench.log" \
+  | sed -e 's/ on: .*//' -e "s/ for query .*//" | sort | uniq -c | sort -rn | head -10 || true
+echo "undo rows left right after the run (phase-2 cleanup is asynchronous): $(sql -e "SELECT COUNT(*) FROM $DB.undo_log WHERE log_status = 0")"
+sleep 2
+echo "undo rows left 2 s later: $(sql -e "SELECT COUNT(*) FROM $DB.undo_log WHERE log_status = 0")"
+[[ $TANDEM_MODE == xa ]] && echo "tandem's prepared XA branches left: $(sql -e "XA RECOVER" | grep -c "tandem:" || true)"
+if grep -qE "ERROR|WARN" "$work/proxy.log" "$work/lockserver.log"; then
+  echo "proxy/lockserver warnings:"
+  grep -hE "ERROR|WARN" "$work/proxy.log" "$work/lockserver.log" | sed 's/\x1b\[[0-9;]*m//g' | head -10
+fi
+exit "$failed"
