@@ -719,3 +719,55 @@ async fn a_session_reset_unbinds_and_later_writes_are_still_captured() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// libmariadb (the `mariadb` client, sysbench) negotiates MariaDB's extended column
+/// metadata, which changes the column definitions of tandem's own image reads.
+#[tokio::test]
+async fn the_mariadb_command_line_client_rolls_back_through_at_mode() {
+    let db = prepare("at_cli").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let addr = my::addr(&tandem);
+    let sql = "SELECT tandem_begin(); \
+               UPDATE accounts SET balance = 1, note = 'cli' WHERE id = 1; \
+               START TRANSACTION; \
+               UPDATE accounts SET balance = balance + 1 WHERE id = 2; \
+               INSERT INTO accounts VALUES (9, 9, 'nine'); \
+               DELETE FROM accounts WHERE id = 3; \
+               COMMIT; \
+               SELECT tandem_rollback();";
+    let output = tokio::process::Command::new("mariadb")
+        .args([
+            "--protocol=TCP",
+            "--batch",
+            "--skip-column-names",
+            "--skip-ssl",
+        ])
+        .arg(format!("--host={}", addr.ip()))
+        .arg(format!("--port={}", addr.port()))
+        .arg(format!(
+            "--user={}",
+            my::admin_opts().user().unwrap_or("root")
+        ))
+        .arg(&db.name)
+        .arg("-e")
+        .arg(sql)
+        .output()
+        .await
+        .expect("the mariadb client is installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(!lines[0].is_empty(), "an xid: {stdout}");
+    assert_eq!(lines[1], "Rollbacked");
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -90,6 +90,7 @@ impl Relay<'_> {
             server: &mut self.server,
             from_server: &mut self.from_server,
             deprecate_eof: self.exchange.deprecate_eof,
+            extended_metadata: self.extended_metadata,
         }
     }
 
@@ -464,6 +465,7 @@ impl Relay<'_> {
             server: &mut self.server,
             from_server: &mut self.from_server,
             deprecate_eof: self.exchange.deprecate_eof,
+            extended_metadata: self.extended_metadata,
         };
         own.select(&mut self.own_statements, sql, params).await
     }

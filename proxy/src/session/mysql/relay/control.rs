@@ -451,6 +451,7 @@ async fn own_statement(
         server,
         from_server,
         deprecate_eof: false,
+        extended_metadata: false,
     };
     Ok(own.query(sql).await?.map(|ok| ok.status))
 }

@@ -80,6 +80,8 @@ pub(in crate::session::mysql) struct Own<'a> {
     pub server: &'a mut ServerStream,
     pub from_server: &'a mut BytesMut,
     pub deprecate_eof: bool,
+    /// Column definitions carry MariaDB's extended type information.
+    pub extended_metadata: bool,
 }
 
 impl Own<'_> {
@@ -166,8 +168,9 @@ impl Own<'_> {
         };
         if put_execute(&mut out, id, params).is_err() {
             self.write(&out).await?;
-            return Err(Error::Malformed {
-                what: "an undo image that does not fit its column type",
+            // Nothing was executed: the connection stays in step, the session goes on.
+            return Err(Error::Injected {
+                message: "an image does not fit its column type".to_owned(),
             });
         }
         self.write(&out).await?;
@@ -189,9 +192,9 @@ impl Own<'_> {
         let mut types = Vec::new();
         for _ in 0..columns {
             let definition = self.read_payload().await?;
-            types.push(column_type(&definition).ok_or(Error::UpstreamProtocol(
-                "a malformed column definition in tandem's own result",
-            ))?);
+            types.push(column_type(&definition, self.extended_metadata).ok_or(
+                Error::UpstreamProtocol("a malformed column definition in tandem's own result"),
+            )?);
         }
         if !self.deprecate_eof {
             self.read_payload().await?;

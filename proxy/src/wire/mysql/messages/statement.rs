@@ -147,11 +147,16 @@ pub fn put_close(out: &mut BytesMut, id: u32) {
     put_message(out, 0, &payload);
 }
 
-/// The `MYSQL_TYPE_*` of a column definition (Protocol::ColumnDefinition41).
-pub fn column_type(definition: &[u8]) -> Option<u8> {
+/// The `MYSQL_TYPE_*` of a column definition (Protocol::ColumnDefinition41), which
+/// carries MariaDB's extended type information when the session negotiated
+/// `MARIADB_CLIENT_EXTENDED_METADATA` (libmariadb does).
+pub fn column_type(definition: &[u8], extended_metadata: bool) -> Option<u8> {
     let mut r = Reader::new(definition);
     for _ in 0..6 {
         // catalog, schema, table, org_table, name, org_name
+        r.lenenc_bytes().ok()?;
+    }
+    if extended_metadata {
         r.lenenc_bytes().ok()?;
     }
     r.lenenc().ok()?; // length of the fixed fields, 0x0c
@@ -491,7 +496,14 @@ mod tests {
         for s in [&b"def"[..], b"db", b"t", b"t", b"c", b"c"] {
             put_lenenc_bytes(&mut def, s);
         }
-        def.extend_from_slice(&[0x0c, 63, 0, 11, 0, 0, 0, 246, 0, 0, 2, 0, 0]);
-        assert_eq!(column_type(&def), Some(246));
+        let fixed = [0x0c, 63, 0, 11, 0, 0, 0, 246, 0, 0, 2, 0, 0];
+        let mut extended = def.clone();
+        def.extend_from_slice(&fixed);
+        assert_eq!(column_type(&def, false), Some(246));
+        // MariaDB's extended type information comes before the fixed fields.
+        put_lenenc_bytes(&mut extended, b"\x00\x04json");
+        extended.extend_from_slice(&fixed);
+        assert_eq!(column_type(&extended, true), Some(246));
+        assert_ne!(column_type(&extended, false), Some(246));
     }
 }
