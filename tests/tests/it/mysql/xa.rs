@@ -616,3 +616,66 @@ async fn mysql_recovery_rolls_back_orphans_and_leaves_other_xa_branches_alone() 
     proxy.kill();
     lockserver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlocked_xa_branch_rolls_back_on_the_clients_rollback() {
+    let db = bank("xa_deadlock").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut a = my::connect(&tandem, &db.name).await;
+    let mut b = my::connect(&tandem, &db.name).await;
+    for conn in [&mut a, &mut b] {
+        text(conn, "SELECT tandem_begin()").await.unwrap();
+        text(conn, "SELECT tandem_mode('xa')").await.unwrap();
+        conn.query_drop("START TRANSACTION").await.unwrap();
+    }
+    a.query_drop("UPDATE accounts SET balance = balance - 1 WHERE id = 1")
+        .await
+        .unwrap();
+    b.query_drop("UPDATE accounts SET balance = balance - 1 WHERE id = 2")
+        .await
+        .unwrap();
+    // a waits for b's row; b then asks for a's: one of them is the deadlock victim.
+    let waiting = tokio::spawn(async move {
+        let r = a
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+            .await;
+        (a, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rb = b
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await;
+    let (mut a, ra) = waiting.await.unwrap();
+    let (mut victim, mut survivor) = match (&ra, &rb) {
+        (_, Err(e)) => {
+            assert_eq!(code(e), 1213, "{e}");
+            (b, a)
+        }
+        (Err(e), _) => {
+            assert_eq!(code(e), 1213, "{e}");
+            (a, b)
+        }
+        _ => panic!("no deadlock"),
+    };
+    // The victim's branch is rollback-only: the client's ROLLBACK ends it.
+    victim.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(
+        text(&mut victim, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    survivor.query_drop("ROLLBACK").await.unwrap();
+    text(&mut survivor, "SELECT tandem_rollback()")
+        .await
+        .unwrap();
+    let mut direct = db.direct().await;
+    assert_eq!(
+        balances(&mut direct).await,
+        vec![(1, 1000), (2, 1000), (3, 1000)]
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -370,8 +370,16 @@ impl Relay<'_> {
             };
             outcome = self.run_own(&next).await?;
         } else {
-            // The branch cannot be prepared: make sure nothing of it stays.
-            let _ = self.run_own(&format!("XA ROLLBACK {id}")).await?;
+            // The branch cannot be prepared (a deadlock left it rollback-only, which
+            // refuses XA END): make sure nothing of it stays. A client's ROLLBACK has
+            // then done what it asked.
+            let mut rolled_back = self.run_own(&format!("XA ROLLBACK {id}")).await?;
+            if rolled_back.is_err() {
+                rolled_back = self.run_own("ROLLBACK").await?;
+            }
+            if !commit && rolled_back.is_ok() {
+                outcome = rolled_back;
+            }
         }
         if commit {
             let lock = self.ctx.lock.clone();
