@@ -523,18 +523,28 @@ impl Relay<'_> {
     /// On failure the local transaction is over (rolled back).
     async fn commit_branch(&mut self) -> Result<Outcome<StatusFlags>> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
-        for (meta, keys) in self.at_branch.keys() {
+        // Every table's after images in one round trip: the local row locks are held
+        // until the COMMIT, so every round trip here is time other writers wait.
+        let tables = self.at_branch.keys();
+        let mut reads = Vec::new();
+        for (meta, keys) in &tables {
             for chunk in keys.chunks(KEYS_PER_READ) {
                 let values: Vec<Option<Vec<u8>>> = chunk
                     .iter()
                     .flatten()
                     .map(|v| unhex(v.as_deref()))
                     .collect();
+                reads.push((Arc::clone(meta), chunk.len(), values));
+            }
+        }
+        let queries: Vec<(String, Vec<Param<'_>>)> = reads
+            .iter()
+            .map(|(meta, rows, values)| {
                 let key_types = meta
                     .pk
                     .iter()
                     .map(|&i| Mysql.param_type(meta.columns[i].type_oid));
-                let params: Vec<Param<'_>> = values
+                let params = values
                     .iter()
                     .zip(key_types.cycle())
                     .map(|(v, type_code)| Param {
@@ -542,11 +552,21 @@ impl Relay<'_> {
                         value: v.as_deref(),
                     })
                     .collect();
-                let sql = meta.select_by_keys_sql(&Mysql, chunk.len());
-                match self.own_select(&sql, &params).await? {
-                    Ok(rows) => self.at_branch.record_after(&meta, keyed(&meta, rows)),
-                    Err(e) => return self.abandon(AtFailure::Server(e)).await,
-                }
+                (meta.select_by_keys_sql(&Mysql, *rows), params)
+            })
+            .collect();
+        let mut own = Own {
+            server: &mut self.server,
+            from_server: &mut self.from_server,
+            deprecate_eof: self.exchange.deprecate_eof,
+            extended_metadata: self.extended_metadata,
+        };
+        let results = own.select_many(&mut self.own_statements, &queries).await?;
+        drop(queries);
+        for ((meta, ..), result) in reads.iter().zip(results) {
+            match result {
+                Ok(rows) => self.at_branch.record_after(meta, keyed(meta, rows)),
+                Err(e) => return self.abandon(AtFailure::Server(e)).await,
             }
         }
         let resource = self.ctx.xa.resource_id(&self.database);

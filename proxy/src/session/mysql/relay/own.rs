@@ -147,33 +147,97 @@ impl Own<'_> {
         params: &[Param<'_>],
     ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
         let mut out = BytesMut::new();
-        let id = match statements.by_sql.get(sql) {
-            Some(&id) => id,
-            None => {
-                let id = match self.prepare(sql).await? {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if statements.order.len() >= OWN_STATEMENTS_MAX
-                    && let Some(oldest) = statements.order.pop_front()
-                    && let Some(old_id) = statements.by_sql.remove(&oldest)
-                {
-                    // Closed in the next write: COM_STMT_CLOSE has no reply.
-                    put_close(&mut out, old_id);
-                }
-                statements.by_sql.insert(sql.to_owned(), id);
-                statements.order.push_back(sql.to_owned());
-                id
-            }
+        let id = match self.statement_id(statements, sql, &mut out).await? {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(e)),
         };
         if put_execute(&mut out, id, params).is_err() {
-            self.write(&out).await?;
-            // Nothing was executed: the connection stays in step, the session goes on.
-            return Err(Error::Injected {
-                message: "an image does not fit its column type".to_owned(),
-            });
+            return self.unbindable(&out).await;
         }
         self.write(&out).await?;
+        self.read_rows(statements, sql).await
+    }
+
+    /// Runs several SELECTs in one round trip (their executes pipelined), each with its
+    /// parameters; their results in order.
+    pub async fn select_many(
+        &mut self,
+        statements: &mut OwnStatements,
+        queries: &[(String, Vec<Param<'_>>)],
+    ) -> Result<Vec<std::result::Result<Vec<BinaryRow>, OwnError>>> {
+        let mut out = BytesMut::new();
+        let mut ids = Vec::with_capacity(queries.len());
+        for (sql, _) in queries {
+            ids.push(self.statement_id(statements, sql, &mut out).await?);
+        }
+        let mut executes = BytesMut::new();
+        for (id, (_, params)) in ids.iter().zip(queries) {
+            if let Ok(id) = id
+                && put_execute(&mut executes, *id, params).is_err()
+            {
+                return self.unbindable(&out).await;
+            }
+        }
+        out.extend_from_slice(&executes);
+        self.write(&out).await?;
+        let mut results = Vec::with_capacity(queries.len());
+        for (id, (sql, _)) in ids.into_iter().zip(queries) {
+            results.push(match id {
+                Err(e) => Err(e),
+                Ok(_) => self.read_rows(statements, sql).await?,
+            });
+        }
+        // A statement the server dropped behind tandem's back: prepared anew, alone.
+        for (result, (sql, params)) in results.iter_mut().zip(queries) {
+            if matches!(result, Err(e) if e.code == UNKNOWN_STATEMENT) {
+                *result = self.select_once(statements, sql, params).await?;
+            }
+        }
+        Ok(results)
+    }
+
+    /// An image that cannot be bound fails tandem's statement before any execute is
+    /// sent; what `staged` holds (closes, which have no reply) still goes, so that the
+    /// connection stays in step with `statements`.
+    async fn unbindable<T>(&mut self, staged: &[u8]) -> Result<T> {
+        self.write(staged).await?;
+        Err(Error::Injected {
+            message: "an image does not fit its column type".to_owned(),
+        })
+    }
+
+    /// The server's id of `sql`, prepared now if it is not yet; a statement evicted to
+    /// make room is closed in `out` (COM_STMT_CLOSE has no reply).
+    async fn statement_id(
+        &mut self,
+        statements: &mut OwnStatements,
+        sql: &str,
+        out: &mut BytesMut,
+    ) -> Result<std::result::Result<u32, OwnError>> {
+        if let Some(&id) = statements.by_sql.get(sql) {
+            return Ok(Ok(id));
+        }
+        let id = match self.prepare(sql).await? {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(e)),
+        };
+        if statements.order.len() >= OWN_STATEMENTS_MAX
+            && let Some(oldest) = statements.order.pop_front()
+            && let Some(old_id) = statements.by_sql.remove(&oldest)
+        {
+            put_close(out, old_id);
+        }
+        statements.by_sql.insert(sql.to_owned(), id);
+        statements.order.push_back(sql.to_owned());
+        Ok(Ok(id))
+    }
+
+    /// Reads the reply to one execute of `sql`: its rows, or the server's ERR.
+    async fn read_rows(
+        &mut self,
+        statements: &mut OwnStatements,
+        sql: &str,
+    ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
         let head = self.read_payload().await?;
         match head.first() {
             Some(&reply::ERR) => {
