@@ -11,7 +11,7 @@
 
 use super::Relay;
 use super::client_side::Handled;
-use super::own::{Own, OwnError};
+use super::own::{AroundWrite, Own, OwnError};
 use crate::at::branch::{Branch, TextKey, lock_key};
 use crate::at::mysql::{AtTable, undo_table};
 use crate::error::{Error, Result};
@@ -341,13 +341,23 @@ impl Relay<'_> {
                 Ok(capture) => capture,
                 Err(e) => return Ok(Err(e.into())),
             };
-            let rows = match self.select(&capture, source).await? {
-                Ok(rows) => keyed(meta, rows),
+            let params = match source.bind(&capture.params) {
+                Ok(params) => params,
                 Err(failure) => return Ok(Err(failure)),
+            };
+            let around = self
+                .around_write(Some((&capture.sql, &params)), source, None)
+                .await?;
+            let rows = match around.before {
+                Some(Ok(rows)) => keyed(meta, rows),
+                // The write ran without its before image: its transaction must go.
+                Some(Err(_)) if around.write.is_ok() => return Ok(Err(uncaptured(meta))),
+                Some(Err(e)) => return Ok(Err(AtFailure::Server(e))),
+                None => Vec::new(),
             };
             let keys: Vec<TextKey> = rows.iter().map(|(_, k)| k.clone()).collect();
             self.at_branch.record_before(meta, rows);
-            let ok = match self.run_write(source).await? {
+            let ok = match around.write {
                 Ok(ok) => ok,
                 Err(e) => return Ok(Err(AtFailure::Server(e))),
             };
@@ -357,9 +367,7 @@ impl Relay<'_> {
             };
             if changed > keys.len() as u64 {
                 // A row the before image did not see (a phantom under READ COMMITTED).
-                return Ok(Err(AtFailure::Uncaptured(Error::Uncaptured {
-                    table: meta.table.name.clone(),
-                })));
+                return Ok(Err(uncaptured(meta)));
             }
             self.at_branch.forget_after(meta, &keys);
             return Ok(Ok(ok));
@@ -368,16 +376,39 @@ impl Relay<'_> {
             Ok(plan) => plan,
             Err(e) => return Ok(Err(e.into())),
         };
+        let before_params = match plan.before.as_ref().map(|b| source.bind(&b.params)) {
+            Some(Err(failure)) => return Ok(Err(failure)),
+            Some(Ok(params)) => params,
+            None => Vec::new(),
+        };
+        let after_params = match plan.after.as_ref().map(|a| source.bind(&a.params)) {
+            Some(Err(failure)) => return Ok(Err(failure)),
+            Some(Ok(params)) => params,
+            None => Vec::new(),
+        };
+        let around = self
+            .around_write(
+                plan.before
+                    .as_ref()
+                    .map(|b| (b.sql.as_str(), &before_params[..])),
+                source,
+                plan.after
+                    .as_ref()
+                    .map(|a| (a.sql.as_str(), &after_params[..])),
+            )
+            .await?;
         let mut before_keys = Vec::new();
-        if let Some(before) = &plan.before {
-            let rows = match self.select(before, source).await? {
-                Ok(rows) => keyed(meta, rows),
-                Err(failure) => return Ok(Err(failure)),
-            };
-            before_keys = rows.iter().map(|(_, k)| k.clone()).collect();
-            self.at_branch.record_before(meta, rows);
+        match around.before {
+            Some(Ok(rows)) => {
+                let rows = keyed(meta, rows);
+                before_keys = rows.iter().map(|(_, k)| k.clone()).collect();
+                self.at_branch.record_before(meta, rows);
+            }
+            Some(Err(_)) if around.write.is_ok() => return Ok(Err(uncaptured(meta))),
+            Some(Err(e)) => return Ok(Err(AtFailure::Server(e))),
+            None => {}
         }
-        let ok = match self.run_write(source).await? {
+        let ok = match around.write {
             Ok(ok) => ok,
             Err(e) => return Ok(Err(AtFailure::Server(e))),
         };
@@ -389,8 +420,9 @@ impl Relay<'_> {
                 OnDuplicate::Error | OnDuplicate::Replace => true,
                 OnDuplicate::Ignore | OnDuplicate::Update => before_keys.is_empty(),
             };
-        let found = if let Some(after) = &plan.after {
-            self.select(after, source).await?
+        let found = if let Some(after) = around.after {
+            // Without the rows it inserted, the write cannot be undone.
+            after.map_err(|_| uncaptured(meta))
         } else if inserts_generated {
             self.generated_rows(table, ok.last_insert_id, plan.generated)
                 .await?
@@ -428,9 +460,7 @@ impl Relay<'_> {
             }
         };
         if !consistent {
-            return Ok(Err(AtFailure::Uncaptured(Error::Uncaptured {
-                table: meta.table.name.clone(),
-            })));
+            return Ok(Err(uncaptured(meta)));
         }
         self.at_branch.forget_after(meta, &before_keys);
         self.at_branch.record_inserted(meta, inserted);
@@ -470,15 +500,35 @@ impl Relay<'_> {
         own.select(&mut self.own_statements, sql, params).await
     }
 
-    /// Runs the client's write itself: its text, or its own COM_STMT_EXECUTE.
-    async fn run_write(
+    /// Runs the client's write itself (its text, or its own COM_STMT_EXECUTE) with
+    /// tandem's reads pipelined around it.
+    async fn around_write(
         &mut self,
+        before: Option<(&str, &[Param<'_>])>,
         source: &Source<'_>,
-    ) -> Result<std::result::Result<OkPacket, OwnError>> {
-        match source {
-            Source::Query(sql) => self.own().query(sql).await,
-            Source::Execute { packet, .. } => self.own().forward(packet).await,
-        }
+        after: Option<(&str, &[Param<'_>])>,
+    ) -> Result<AroundWrite> {
+        let query;
+        let packet = match source {
+            Source::Query(sql) => {
+                let mut payload = Vec::with_capacity(1 + sql.len());
+                payload.push(crate::wire::mysql::codes::command::QUERY);
+                payload.extend_from_slice(sql.as_bytes());
+                let mut out = bytes::BytesMut::new();
+                crate::wire::mysql::packet::put_message(&mut out, 0, &payload);
+                query = out;
+                &query[..]
+            }
+            Source::Execute { packet, .. } => packet,
+        };
+        let mut own = Own {
+            server: &mut self.server,
+            from_server: &mut self.from_server,
+            deprecate_eof: self.exchange.deprecate_eof,
+            extended_metadata: self.extended_metadata,
+        };
+        own.around_write(&mut self.own_statements, before, packet, after)
+            .await
     }
 
     /// The rows an INSERT gave AUTO_INCREMENT keys: the k-th has
@@ -710,6 +760,12 @@ impl Relay<'_> {
             }
         }
     }
+}
+
+fn uncaptured(meta: &tandem_undo::TableMeta) -> AtFailure {
+    AtFailure::Uncaptured(Error::Uncaptured {
+        table: meta.table.name.clone(),
+    })
 }
 
 /// Each image row with its key, as the branch names rows (the key's binary values in

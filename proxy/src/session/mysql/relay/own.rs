@@ -48,6 +48,24 @@ impl OwnStatements {
     }
 }
 
+/// The replies to a write and tandem's reads around it (`Own::around_write`).
+pub(in crate::session::mysql) struct AroundWrite {
+    pub before: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
+    pub write: std::result::Result<OkPacket, OwnError>,
+    pub after: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
+}
+
+impl AroundWrite {
+    /// A read could not be prepared: the write was not sent.
+    fn refused(e: OwnError) -> Self {
+        AroundWrite {
+            before: Some(Err(e.clone())),
+            write: Err(e),
+            after: None,
+        }
+    }
+}
+
 /// The server's ERR to one of tandem's own statements.
 #[derive(Clone, Debug)]
 pub(in crate::session::mysql) struct OwnError {
@@ -110,16 +128,6 @@ impl Own<'_> {
                 "a reply to tandem's own statement that is not OK or ERR",
             )),
         }
-    }
-
-    /// Sends a command of the client's as it is (a COM_STMT_EXECUTE of a write, whole)
-    /// and reads its one reply, OK or ERR.
-    pub async fn forward(
-        &mut self,
-        packet: &[u8],
-    ) -> Result<std::result::Result<OkPacket, OwnError>> {
-        self.write(packet).await?;
-        self.read_ok().await
     }
 
     /// Runs `sql` with `params` and reads its rows over the binary protocol. The
@@ -194,6 +202,57 @@ impl Own<'_> {
             }
         }
         Ok(results)
+    }
+
+    /// Runs a write of the client's (`write`: its whole command packet) with tandem's
+    /// reads around it in one round trip: `before` (the before image, locking) ahead of
+    /// it and `after` behind it, pipelined. The server runs them in order, in the same
+    /// transaction; each reply is read in turn.
+    pub async fn around_write(
+        &mut self,
+        statements: &mut OwnStatements,
+        before: Option<(&str, &[Param<'_>])>,
+        write: &[u8],
+        after: Option<(&str, &[Param<'_>])>,
+    ) -> Result<AroundWrite> {
+        let mut out = BytesMut::new();
+        let mut ids = [None, None];
+        for (slot, read) in ids.iter_mut().zip([before, after]) {
+            if let Some((sql, _)) = read {
+                match self.statement_id(statements, sql, &mut out).await? {
+                    Ok(id) => *slot = Some(id),
+                    // Nothing of the write has been sent: it does not run.
+                    Err(e) => return Ok(AroundWrite::refused(e)),
+                }
+            }
+        }
+        let mut executes = [BytesMut::new(), BytesMut::new()];
+        for ((id, read), buf) in ids.iter().zip([before, after]).zip(&mut executes) {
+            if let (Some(id), Some((_, params))) = (id, read)
+                && put_execute(buf, *id, params).is_err()
+            {
+                return self.unbindable(&out).await;
+            }
+        }
+        let [before_execute, after_execute] = executes;
+        out.extend_from_slice(&before_execute);
+        out.extend_from_slice(write);
+        out.extend_from_slice(&after_execute);
+        self.write(&out).await?;
+        let before = match before {
+            Some((sql, _)) => Some(self.read_rows(statements, sql).await?),
+            None => None,
+        };
+        let write = self.read_ok().await?;
+        let after = match after {
+            Some((sql, _)) => Some(self.read_rows(statements, sql).await?),
+            None => None,
+        };
+        Ok(AroundWrite {
+            before,
+            write,
+            after,
+        })
     }
 
     /// An image that cannot be bound fails tandem's statement before any execute is
