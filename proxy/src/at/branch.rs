@@ -164,12 +164,24 @@ impl Branch {
             .collect()
     }
 
-    /// The after images, as read at COMMIT (rows not found were deleted).
+    /// After images read at COMMIT, for keys [`Branch::keys`] gave. Every row whose
+    /// after image was not known and is not among `rows` was deleted: an image an
+    /// earlier write returned for it is out of date (an INSERT's row deleted again, or
+    /// undone by ROLLBACK TO SAVEPOINT). The reads may come in several calls (chunks):
+    /// rows already read stay as read.
     pub fn record_after(&mut self, meta: &Arc<TableMeta>, rows: Vec<(Row, TextKey)>) {
         let table = self.table(meta);
+        for key in &table.order {
+            if !table.after_known.contains(key)
+                && let Some(images) = table.rows.get_mut(key)
+            {
+                images.after = None;
+            }
+        }
         for (row, key) in rows {
             if let Some(images) = table.rows.get_mut(&key) {
                 images.after = Some(row);
+                table.after_known.insert(key);
             }
         }
     }
@@ -297,6 +309,25 @@ mod tests {
             keys[0],
             LockKey::new("postgres://h/db", "public.t", ["00000001"])
         );
+    }
+
+    #[test]
+    fn a_row_not_found_at_commit_has_no_after_image_whatever_a_write_returned() {
+        let m = meta();
+        let mut b = Branch::default();
+        b.record_before(&m, vec![(row(1, "a"), key(1))]);
+        b.record_inserted(&m, vec![key(4)]);
+        b.record_returned_after(&m, vec![(key(4), Some(row(4, "new")))]);
+        // Row 4 deleted again, row 1 updated: neither returned its image.
+        b.forget_after(&m, &[key(4), key(1)]);
+        // The COMMIT reads both in two chunks; only row 1 is found.
+        b.record_after(&m, vec![(row(1, "b"), key(1))]);
+        b.record_after(&m, vec![]);
+        let (record, keys) = b.finish("mysql://h/db");
+        let rows = &record.tables[0].rows;
+        assert_eq!(rows.len(), 1, "the inserted and deleted row has nothing to undo");
+        assert_eq!(rows[0].after, Some(row(1, "b")), "a later chunk keeps what was read");
+        assert_eq!(keys.len(), 1);
     }
 
     #[test]

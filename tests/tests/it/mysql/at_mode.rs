@@ -771,3 +771,36 @@ async fn the_mariadb_command_line_client_rolls_back_through_at_mode() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn rows_inserted_then_deleted_or_undone_by_a_savepoint_roll_back_exactly() {
+    let db = prepare("at_gone").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    for sql in [
+        "START TRANSACTION",
+        "INSERT INTO accounts VALUES (4, 4, 'four')",
+        "DELETE FROM accounts WHERE id = 4",
+        "UPDATE accounts SET balance = 1 WHERE id = 1",
+        "COMMIT",
+        "START TRANSACTION",
+        "SAVEPOINT s",
+        "INSERT INTO accounts VALUES (5, 5, 'five')",
+        "ROLLBACK TO SAVEPOINT s",
+        "UPDATE accounts SET balance = 2 WHERE id = 2",
+        "COMMIT",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
