@@ -325,8 +325,16 @@ mod tests {
         b.record_after(&m, vec![]);
         let (record, keys) = b.finish("mysql://h/db");
         let rows = &record.tables[0].rows;
-        assert_eq!(rows.len(), 1, "the inserted and deleted row has nothing to undo");
-        assert_eq!(rows[0].after, Some(row(1, "b")), "a later chunk keeps what was read");
+        assert_eq!(
+            rows.len(),
+            1,
+            "the inserted and deleted row has nothing to undo"
+        );
+        assert_eq!(
+            rows[0].after,
+            Some(row(1, "b")),
+            "a later chunk keeps what was read"
+        );
         assert_eq!(keys.len(), 1);
     }
 

@@ -310,15 +310,18 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_1205() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), 1205, "{e}");
-    // Inside its own local transaction, the write runs and its COMMIT fails the same
-    // way, rolling the local transaction back.
+    // Inside its own local transaction, the write runs and its COMMIT fails, rolling
+    // the local transaction back.
     second.query_drop("START TRANSACTION").await.unwrap();
     second
         .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
         .await
         .unwrap();
     let e = second.query_drop("COMMIT").await.unwrap_err();
-    assert_eq!(code(&e), 1205, "{e}");
+    // The local transaction is gone: 1213, not a statement-level 1205 that would invite
+    // a second COMMIT of an empty transaction.
+    assert_eq!(code(&e), 1213, "{e}");
+    assert!(!second.query_drop("COMMIT").await.is_err());
     let mut direct = db.direct().await;
     let balance: Option<i64> = direct
         .query_first("SELECT balance FROM accounts WHERE id = 1")

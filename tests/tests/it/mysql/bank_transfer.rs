@@ -97,7 +97,10 @@ impl Failure {
             Failure::Pg(e) => e.code().is_some_and(|c| {
                 *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::LOCK_NOT_AVAILABLE
             }),
-            Failure::My(e) => matches!(e, mysql_async::Error::Server(_)) && code(e) == 1205,
+            // 1205 for a write, 1213 for a COMMIT (tandem rolled the transaction back).
+            Failure::My(e) => {
+                matches!(e, mysql_async::Error::Server(_)) && matches!(code(e), 1205 | 1213)
+            }
         }
     }
 }

@@ -267,7 +267,7 @@ impl Relay<'_> {
                 }
                 crate::wire::mysql::messages::response::put_ok(&mut self.to_client, 1, status);
             }
-            Err(failure) => self.put_failure(&failure),
+            Err(failure) => self.put_commit_failure(&failure),
         }
         Ok(Handled::Answer)
     }
@@ -759,6 +759,26 @@ impl Relay<'_> {
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)
             }
         }
+    }
+
+    /// The client's COMMIT failed and tandem rolled the local transaction back: it is
+    /// told so with ER_LOCK_DEADLOCK (40001), the code that means "your transaction is
+    /// gone, run it again". A statement-level code such as 1205 would invite a second
+    /// COMMIT, which would then commit an empty transaction and answer OK.
+    fn put_commit_failure(&mut self, failure: &AtFailure) {
+        let cause = match failure {
+            AtFailure::Refused(e) | AtFailure::Uncaptured(e) => e.to_string(),
+            AtFailure::Server(e) => format!("{} ({})", e.message, e.code),
+        };
+        tracing::debug!(parent: &self.span, %cause, "COMMIT of a branch failed");
+        let code = crate::wire::mysql::errcode::MyErr::Deadlock;
+        put_err(
+            &mut self.to_client,
+            1,
+            code.code(),
+            code.sqlstate(),
+            &format!("the transaction was rolled back at COMMIT: {cause}"),
+        );
     }
 }
 
