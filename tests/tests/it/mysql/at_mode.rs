@@ -807,3 +807,76 @@ async fn rows_inserted_then_deleted_or_undone_by_a_savepoint_roll_back_exactly()
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_ends_a_branchs_transaction_behind_tandems_back() {
+    let db = prepare("at_behind").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+
+    // A statement that may commit implicitly is refused while the branch holds rows.
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    for sql in [
+        "ANALYZE TABLE accounts",
+        "FLUSH TABLES",
+        "SET PASSWORD = PASSWORD('x')",
+    ] {
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    conn.query_drop("SAVEPOINT s").await.unwrap();
+    conn.query_drop("ROLLBACK").await.unwrap();
+
+    // A prepared SET autocommit = 1 commits like the text one: through tandem.
+    conn.query_drop("SET autocommit = 0").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await
+        .unwrap();
+    conn.exec_drop("SET autocommit = 1", ()).await.unwrap();
+
+    // A deadlock inside tandem's own locking-read check reaches the client: its
+    // transaction is gone, and nothing of it may pass as done.
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
+    let mut heavy = db.direct().await;
+    heavy.query_drop("START TRANSACTION").await.unwrap();
+    heavy
+        .query_drop("UPDATE items SET name = CONCAT(name, '!')")
+        .await
+        .unwrap();
+    heavy
+        .query_drop("UPDATE accounts SET note = 'heavy' WHERE id = 1")
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let r = conn
+            .query_drop("SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+            .await;
+        (conn, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The heavier transaction asks for the reader's row: the reader is the victim.
+    heavy
+        .query_drop("UPDATE accounts SET note = 'heavy' WHERE id = 3")
+        .await
+        .unwrap();
+    let (mut conn, read) = reader.await.unwrap();
+    assert_eq!(code(&read.unwrap_err()), 1213);
+    heavy.query_drop("ROLLBACK").await.unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

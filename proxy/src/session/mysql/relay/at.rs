@@ -99,6 +99,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
+        self.reconcile_branch();
         let Ok(text) = std::str::from_utf8(sql) else {
             return self.refuse(Error::Unsupported {
                 what: "a statement that is not UTF-8, in AT mode",
@@ -137,6 +138,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
+        self.reconcile_branch();
         let payload = header.payload(packet);
         if header.is_continued() {
             return self.refuse(Error::Unsupported {
@@ -150,8 +152,11 @@ impl Relay<'_> {
             .and_then(|id| self.prepared.get(&id))
             .cloned()
         else {
-            // The server answers an unknown statement id with its own error.
-            return Ok(Handled::Relay);
+            // Not one tandem saw prepared (MariaDB also takes id 0xFFFFFFFF for "the last
+            // statement prepared"): what it runs is not known.
+            return self.refuse(Error::Unsupported {
+                what: "executing a statement id tandem did not see prepared, in AT mode",
+            });
         };
         let Some(sql) = prepared.sql else {
             return self.refuse(Error::Unsupported {
@@ -230,6 +235,11 @@ impl Relay<'_> {
     ) -> Result<Handled> {
         match analysis {
             Analysis::Read => Ok(Handled::Relay),
+            Analysis::Other if !self.at_branch.is_empty() && !harmless_in_transaction(text) => {
+                self.refuse(Error::Unsupported {
+                    what: "a statement that may end the transaction implicitly, while the branch has uncommitted writes (MySQL would commit them without their undo log): COMMIT or ROLLBACK first",
+                })
+            }
             Analysis::Other => {
                 // SAVEPOINT, ROLLBACK TO SAVEPOINT, SET …: rows may now differ from
                 // what the writes saw.
@@ -251,6 +261,22 @@ impl Relay<'_> {
             }),
             Analysis::LockingRead(Some(read)) => self.at_locking_read(&read, source).await,
             Analysis::Write(write) => self.at_write(&write, source).await,
+        }
+    }
+
+    /// The branch's local transaction ended without tandem (MariaDB rolls the whole
+    /// transaction back on a deadlock, and on a lock wait timeout under
+    /// innodb_rollback_on_timeout): its rows are as they were, so there is nothing to
+    /// undo. Nothing that commits is relayed while the branch holds rows, so an ended
+    /// transaction was rolled back.
+    pub(super) fn reconcile_branch(&mut self) {
+        let in_transaction = self
+            .exchange
+            .status()
+            .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_IN_TRANS));
+        if !in_transaction && !self.at_branch.is_empty() {
+            tracing::debug!(parent: &self.span, "the branch's local transaction was rolled back by the server");
+            self.at_branch = Branch::default();
         }
     }
 
@@ -711,8 +737,12 @@ impl Relay<'_> {
         };
         let rows = match self.select(&capture, source).await? {
             Ok(rows) => rows,
-            // The read itself fails the same way: let the client see the real error.
-            Err(_) => return Ok(Handled::Relay),
+            // The read would fail the same way (and after a deadlock, the transaction
+            // is gone: running the read would start afresh in autocommit).
+            Err(failure) => {
+                self.put_failure(&failure);
+                return Ok(Handled::Answer);
+            }
         };
         let resource = self.ctx.xa.resource_id(&self.database);
         let keys: Vec<_> = rows
@@ -815,6 +845,23 @@ fn unhex(text: Option<&str>) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// Statements that never end a transaction implicitly, by their first word: what may
+/// run while the branch holds uncommitted rows. Anything else tandem does not capture
+/// (FLUSH, ANALYZE TABLE, SET PASSWORD, GRANT …) may commit.
+fn harmless_in_transaction(sql: &str) -> bool {
+    let mut words = crate::control::leading_words(sql.as_bytes(), true);
+    let first = words.next().unwrap_or_default().to_ascii_uppercase();
+    let second = words.next().unwrap_or_default().to_ascii_uppercase();
+    match first.as_slice() {
+        b"SAVEPOINT" | b"RELEASE" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"HELP"
+        | b"DO" | b"SELECT" | b"VALUES" | b"TABLE" | b"WITH" => true,
+        b"ROLLBACK" => second == b"TO",
+        // SET PASSWORD commits; SET TRANSACTION inside a transaction fails anyway.
+        b"SET" => !matches!(second.as_slice(), b"PASSWORD" | b"TRANSACTION" | b"GLOBAL"),
+        _ => false,
+    }
 }
 
 /// Whether a statement analysed as a commit is COMMIT itself (not `SET autocommit = 1`).

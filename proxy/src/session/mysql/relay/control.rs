@@ -110,10 +110,21 @@ impl Relay<'_> {
         {
             return self.intercept_execute(header, packet).await;
         }
+        let bound = self.binding.xid().is_some();
+        if payload.first() == Some(&command::QUERY)
+            && header.seq == 0
+            && header.is_continued()
+            && bound
+        {
+            return self
+                .refuse(Error::Unsupported {
+                    what: "a statement of 16 MiB or more inside a global transaction",
+                })
+                .map(Some);
+        }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 || header.is_continued() {
             return Ok(None);
         }
-        let bound = self.binding.xid().is_some();
         if payload.len() < header.payload_len {
             // Control statements are short; a bound session's statement is read whole.
             return Ok(
@@ -200,18 +211,16 @@ impl Relay<'_> {
         } else {
             self.binding.mode().unwrap_or(self.ctx.config.mode)
         };
-        if mode == Mode::At && kind != Kind::Passive {
+        // Every execute goes through AT's analysis: what a statement does is not told
+        // by its first word alone (a prepared SET autocommit = 1 commits).
+        if mode == Mode::At {
             return Ok(match self.at_execute(header, packet).await? {
                 Handled::Relay => None,
                 handled => Some(handled),
             });
         }
-        let refused = match (mode, kind) {
-            (_, Kind::Passive) => false,
-            (Mode::At, _) => false,
-            (Mode::Xa, _) => self.xa.is_none(),
-        };
-        if !refused {
+        // XA mode: a statement that may write runs only inside the branch.
+        if kind == Kind::Passive || self.xa.is_some() {
             return Ok(None);
         }
         self.refuse(Error::Unsupported {
@@ -225,6 +234,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
+        self.reconcile_branch();
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         let open = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) || self.xa.is_some();
         let answer = match control {
