@@ -34,7 +34,10 @@ pub(super) fn parse(
     parse_error: impl Fn(String) -> Error,
 ) -> Result<Vec<Statement>, Error> {
     let text = respell(sql, &parse_error)?;
+    // Literals keep their escapes as written: fragments of the statement go back to the
+    // server in tandem's own SQL, and an unescaped `'a\\b'` would come back as `'a\b'`.
     Parser::new(&MySqlDialect {})
+        .with_options(sqlparser::parser::ParserOptions::new().with_unescape(false))
         .with_recursion_limit(RECURSION_LIMIT)
         .try_with_sql(&text)
         .and_then(|mut p| p.parse_statements())

@@ -408,3 +408,14 @@ fn a_locking_read_locks_the_keys_it_reads() {
         )
     );
 }
+
+#[test]
+fn literals_keep_their_escapes_in_what_tandem_sends_back() {
+    let w =
+        write(r"DELETE FROM accounts WHERE email <> 'a\\b' AND name <> 'it\'s' AND name <> 'o''k'");
+    let sel = w.selection.clone().unwrap();
+    assert_eq!(
+        sel,
+        r"email <> 'a\\b' AND name <> 'it\'s' AND name <> 'o''k'"
+    );
+}

@@ -826,7 +826,8 @@ async fn nothing_ends_a_branchs_transaction_behind_tandems_back() {
     for sql in [
         "ANALYZE TABLE accounts",
         "FLUSH TABLES",
-        "SET PASSWORD = PASSWORD('x')",
+        // A user that does not exist: were it relayed, it would change nobody's password.
+        "SET PASSWORD FOR 'tandem_nobody'@'%' = PASSWORD('x')",
     ] {
         let e = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");
@@ -877,6 +878,42 @@ async fn nothing_ends_a_branchs_transaction_behind_tandems_back() {
     let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
     assert_eq!(status.as_deref(), Some("Rollbacked"));
     assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn literals_with_backslashes_are_captured_as_written() {
+    let db = prepare("at_backslash").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(r"UPDATE accounts SET note = 'a\\b' WHERE id = 1")
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "accounts").await;
+    let items_before = dump(&mut direct, "items").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    for sql in [
+        r"UPDATE accounts SET balance = 7 WHERE note = 'a\\b'",
+        r"DELETE FROM accounts WHERE note <> 'a\\b' ORDER BY id LIMIT 1",
+        r"INSERT INTO items (id, name) VALUES (1, 'x\\y\'z') ON DUPLICATE KEY UPDATE name = 'up\\dated'",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(7));
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(dump(&mut direct, "items").await, items_before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

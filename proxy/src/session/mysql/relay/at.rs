@@ -233,6 +233,20 @@ impl Relay<'_> {
         text: &str,
         source: &Source<'_>,
     ) -> Result<Handled> {
+        let no_backslash_escapes = self
+            .exchange
+            .status()
+            .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES));
+        if no_backslash_escapes
+            && text.contains('\\')
+            && matches!(analysis, Analysis::Write(_) | Analysis::LockingRead(_))
+        {
+            // tandem reads literals with MySQL's default escapes; under
+            // NO_BACKSLASH_ESCAPES a backslash would end a literal elsewhere.
+            return self.refuse(Error::Unsupported {
+                what: "a write with a backslash in its text under sql_mode NO_BACKSLASH_ESCAPES, in AT mode",
+            });
+        }
         match analysis {
             Analysis::Read => Ok(Handled::Relay),
             Analysis::Other if !self.at_branch.is_empty() && !harmless_in_transaction(text) => {
@@ -478,7 +492,11 @@ impl Relay<'_> {
                     inserted_count == 0 && ok.affected_rows <= 2
                 }
             }
-            OnDuplicate::Update => true,
+            // Each row it inserted counts 1, each it updated 2 (0 if unchanged): a row
+            // it updated must be one `before` read.
+            OnDuplicate::Update => {
+                ok.affected_rows <= inserted_count + 2 * before_keys.len() as u64
+            }
             // REPLACE counts each row it deleted, plus each it inserted.
             OnDuplicate::Replace => {
                 ok.affected_rows <= (found.len() + before_keys.len()) as u64
