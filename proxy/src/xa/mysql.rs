@@ -169,6 +169,13 @@ impl MysqlXa {
         format!("mysql://{}/{database}", self.config.upstream)
     }
 
+    /// What AT's lock keys on this server are scoped by: the server, not a database
+    /// (tables are named with their schema), so that sessions whose current
+    /// databases differ still meet on the same rows.
+    pub fn lock_scope(&self) -> String {
+        format!("mysql://{}", self.config.upstream)
+    }
+
     /// Makes sure phase-2 work for `resource` reaches this proxy.
     pub fn serve(&self, resource: &str) {
         self.registry.serve(resource);

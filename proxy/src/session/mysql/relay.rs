@@ -74,8 +74,11 @@ pub struct Relay<'a> {
     pub(super) at_branch: crate::at::branch::Branch,
     /// XA mode's branch in the current local transaction.
     pub(super) xa: Option<control::XaBranch>,
-    /// The database the client named at connect (the resource of its XA branches).
+    /// The session's current database (the resource of its branches): the one named at
+    /// connect, until a `USE` or COM_INIT_DB makes it `database_uncertain`.
     pub(super) database: String,
+    /// A `USE` or COM_INIT_DB passed since `database` was known: AT asks the server.
+    pub(super) database_uncertain: bool,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
     pub(super) extended_metadata: bool,
     /// Phase 2 of branches this connection prepared arrives here (see `xa::mysql`).
@@ -132,6 +135,7 @@ impl<'a> Relay<'a> {
             at_branch: crate::at::branch::Branch::default(),
             xa: None,
             database: opened.database.clone(),
+            database_uncertain: false,
             extended_metadata: opened.extended_metadata,
             phase2_tx,
             phase2_rx,

@@ -917,3 +917,46 @@ async fn literals_with_backslashes_are_captured_as_written() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_that_changes_database_captures_in_the_new_one() {
+    let first = prepare("at_db_a").await;
+    let second = prepare("at_db_b").await;
+    second
+        .direct()
+        .await
+        .query_drop("UPDATE accounts SET balance = 999 WHERE id = 1")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &first.name).await;
+    let (mut direct_a, mut direct_b) = (first.direct().await, second.direct().await);
+    let (before_a, before_b) = (
+        dump(&mut direct_a, "accounts").await,
+        dump(&mut direct_b, "accounts").await,
+    );
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // USE, then the same statement text: another database's table.
+    conn.query_drop(format!("USE {}", second.name))
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop(format!("USE {}", first.name))
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await
+        .unwrap();
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(dump(&mut direct_a, "accounts").await, before_a);
+    assert_eq!(dump(&mut direct_b, "accounts").await, before_b);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

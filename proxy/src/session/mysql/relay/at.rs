@@ -278,6 +278,39 @@ impl Relay<'_> {
         }
     }
 
+    /// The session's current database, asked of the server after a `USE` or
+    /// COM_INIT_DB may have changed it: tables the client names without a schema are
+    /// there, and so are the branch's resource and undo_log. tandem's own statements
+    /// prepared under another database are closed (they resolved their tables there).
+    async fn settle_database(&mut self) -> Result<Outcome<()>> {
+        if !self.database_uncertain {
+            return Ok(Ok(()));
+        }
+        let rows = match self.own_select("SELECT DATABASE()", &[]).await? {
+            Ok(rows) => rows,
+            Err(e) => return Ok(Err(AtFailure::Server(e))),
+        };
+        self.database_uncertain = false;
+        let current = rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().next().flatten())
+            .map(|name| String::from_utf8_lossy(&name).into_owned())
+            .unwrap_or_default();
+        if current != self.database {
+            tracing::debug!(parent: &self.span, database = %current, "current database changed");
+            self.database = current;
+            let closes = self.own_statements.drain_closes();
+            self.write_server(&closes).await?;
+        }
+        if self.database.is_empty() {
+            return Ok(Err(AtFailure::Refused(Error::Unsupported {
+                what: "a write in AT mode with no database selected",
+            })));
+        }
+        Ok(Ok(()))
+    }
+
     /// The branch's local transaction ended without tandem (MariaDB rolls the whole
     /// transaction back on a deadlock, and on a lock wait timeout under
     /// innodb_rollback_on_timeout): its rows are as they were, so there is nothing to
@@ -314,6 +347,10 @@ impl Relay<'_> {
 
     /// An INSERT, UPDATE, DELETE or REPLACE in a global transaction, with its images.
     async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
+        if let Err(failure) = self.settle_database().await? {
+            self.put_failure(&failure);
+            return Ok(Handled::Answer);
+        }
         if write.has_returning {
             return self.refuse(Error::Unsupported {
                 what: "a write with RETURNING, in AT mode on MySQL",
@@ -616,6 +653,9 @@ impl Relay<'_> {
     /// After images, registration with the branch's lock keys, the undo row, COMMIT.
     /// On failure the local transaction is over (rolled back).
     async fn commit_branch(&mut self) -> Result<Outcome<StatusFlags>> {
+        if let Err(failure) = self.settle_database().await? {
+            return self.abandon(failure).await;
+        }
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         // Every table's after images in one round trip: the local row locks are held
         // until the COMMIT, so every round trip here is time other writers wait.
@@ -664,7 +704,7 @@ impl Relay<'_> {
             }
         }
         let resource = self.ctx.xa.resource_id(&self.database);
-        let (record, keys) = std::mem::take(&mut self.at_branch).finish(&resource);
+        let (record, keys) = std::mem::take(&mut self.at_branch).finish(&self.ctx.xa.lock_scope());
         if record.tables.is_empty() {
             // Rows inserted and deleted again: nothing to undo, nothing to lock.
             return Ok(match self.own().query("COMMIT").await? {
@@ -737,6 +777,10 @@ impl Relay<'_> {
     /// locks must not be held by another unfinished global transaction. Waits up to the
     /// wait bound, then refuses; the statement itself then runs as sent.
     async fn at_locking_read(&mut self, read: &LockedRead, source: &Source<'_>) -> Result<Handled> {
+        if let Err(failure) = self.settle_database().await? {
+            self.put_failure(&failure);
+            return Ok(Handled::Answer);
+        }
         let Some(xid) = self.binding.xid().cloned() else {
             return Ok(Handled::Relay);
         };
@@ -762,10 +806,10 @@ impl Relay<'_> {
                 return Ok(Handled::Answer);
             }
         };
-        let resource = self.ctx.xa.resource_id(&self.database);
+        let scope = self.ctx.xa.lock_scope();
         let keys: Vec<_> = rows
             .iter()
-            .map(|key| lock_key(&resource, &table.meta, key))
+            .map(|key| lock_key(&scope, &table.meta, key))
             .collect();
         if keys.is_empty() {
             return Ok(Handled::Relay);

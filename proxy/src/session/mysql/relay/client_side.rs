@@ -165,6 +165,9 @@ impl Relay<'_> {
             self.on_session_reset("COM_RESET_CONNECTION");
             self.prepared.clear();
         }
+        if byte == command::INIT_DB {
+            self.database_uncertain = true;
+        }
         match byte {
             command::STMT_PREPARE => {
                 let sql = payload.get(1..).unwrap_or(&[]);
@@ -307,6 +310,7 @@ impl Relay<'_> {
                 what: "COM_CHANGE_USER",
             })?;
         self.on_session_reset("COM_CHANGE_USER");
+        self.database_uncertain = true;
         self.prepared.clear();
         tracing::debug!(parent: &self.span, user = %String::from_utf8_lossy(&change.user), "change user");
         let mut exchange = AuthExchange::new(

@@ -75,6 +75,16 @@ impl Prepared {
     }
 }
 
+fn first_word_is(sql: &[u8], word: &[u8]) -> bool {
+    control::leading_words(sql, true)
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+}
+
+fn several_statements(sql: &[u8]) -> bool {
+    sql.contains(&b';')
+}
+
 pub(super) fn classify(sql: &[u8]) -> Kind {
     let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
     let first = words.next().unwrap_or_default();
@@ -132,6 +142,10 @@ impl Relay<'_> {
             );
         }
         let sql = &payload[1..];
+        if first_word_is(sql, b"USE") || (bound && several_statements(sql)) {
+            // The current database may change (a multi-statement may hold a USE).
+            self.database_uncertain = true;
+        }
         let parsed = control::parse(sql);
         if matches!(parsed, Ok(None)) && !self.owned.is_empty() {
             // The server accepts nothing new on this connection until its prepared

@@ -42,6 +42,16 @@ impl OwnStatements {
         self.order.clear();
     }
 
+    /// Forgets every statement; returns the COM_STMT_CLOSEs (no replies) that free them.
+    pub fn drain_closes(&mut self) -> BytesMut {
+        let mut out = BytesMut::new();
+        for (_, id) in self.by_sql.drain() {
+            put_close(&mut out, id);
+        }
+        self.order.clear();
+        out
+    }
+
     fn forget(&mut self, sql: &str) {
         self.by_sql.remove(sql);
         self.order.retain(|s| s != sql);
