@@ -77,6 +77,16 @@ impl MysqlTable {
                 self.name(i)
             )));
         }
+        let chooses_rows = [&write.selection, &write.order_by, &write.joined];
+        if let Some(part) = chooses_rows
+            .into_iter()
+            .flatten()
+            .find(|sql| varies_between_runs(sql))
+        {
+            return Err(Error::unsupported(format!(
+                "a write whose rows are chosen by something that differs from one evaluation to the next (RAND(), UUID(), a variable assignment: {part}), whose before image could read other rows than it changes,"
+            )));
+        }
         if write.limit.is_some()
             && !self
                 .meta
@@ -328,6 +338,16 @@ impl MysqlTable {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Whether SQL that chooses a write's rows may choose others when evaluated again (the
+/// before image evaluates it once, the write once more). Functions whose value only
+/// grows (NOW()) choose more rows the second time, which the proxy's count catches.
+fn varies_between_runs(sql: &str) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    [":=", "RAND(", "UUID(", "UUID_SHORT(", "RANDOM_BYTES("]
+        .iter()
+        .any(|f| upper.contains(f))
 }
 
 /// A literal zero, whatever its spelling (`0`, `-0`, `'0'`, `0.0`).

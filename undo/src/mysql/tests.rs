@@ -419,3 +419,23 @@ fn literals_keep_their_escapes_in_what_tandem_sends_back() {
         r"email <> 'a\\b' AND name <> 'it\'s' AND name <> 'o''k'"
     );
 }
+
+#[test]
+fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
+    let t = table();
+    for sql in [
+        "UPDATE accounts SET balance = 0 WHERE RAND() < 0.5",
+        "DELETE FROM accounts WHERE id = 1 OR (@n := @n + 1) < 3",
+        "UPDATE accounts SET balance = 0 WHERE id > 0 ORDER BY rand(), id LIMIT 1",
+    ] {
+        let refused = t.before_image(&write(sql)).unwrap_err().to_string();
+        assert!(
+            refused.contains("differs from one evaluation"),
+            "{sql}: {refused}"
+        );
+    }
+    assert!(
+        t.before_image(&write("UPDATE accounts SET balance = RAND() WHERE id = 1"))
+            .is_ok()
+    );
+}

@@ -213,10 +213,23 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         "UPDATE accounts SET balance = 0 LIMIT 1",
         "UPDATE accounts SET balance = 0; UPDATE accounts SET balance = 1",
         "INSERT INTO accounts VALUES (9, 9, 'r') RETURNING id",
+        "UPDATE accounts SET balance = 0 WHERE RAND() < 0.5",
     ] {
         let e = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");
     }
+    // Under READ COMMITTED no gap lock keeps a new row out of a LIMIT's reach.
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .unwrap();
+    let e = conn
+        .query_drop("UPDATE accounts SET balance = 0 ORDER BY id LIMIT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
     // The session goes on: reads and capturable writes still work.
     conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
         .await

@@ -418,6 +418,11 @@ impl Relay<'_> {
                 Ok(capture) => capture,
                 Err(e) => return Ok(Err(e.into())),
             };
+            if write.limit.is_some()
+                && let Err(failure) = self.require_gap_locks().await?
+            {
+                return Ok(Err(failure));
+            }
             let params = match source.bind(&capture.params) {
                 Ok(params) => params,
                 Err(failure) => return Ok(Err(failure)),
@@ -548,6 +553,34 @@ impl Relay<'_> {
         self.at_branch
             .record_returned_after(meta, found.into_iter().map(|(row, key)| (key, Some(row))));
         Ok(Ok(ok))
+    }
+
+    /// A write with LIMIT takes the first rows its ORDER BY finds: only next-key locks
+    /// (REPEATABLE READ or SERIALIZABLE) keep a row from being inserted ahead of them
+    /// between the before image and the write, which would then change that row
+    /// instead, unseen by the count of rows.
+    async fn require_gap_locks(&mut self) -> Result<Outcome<()>> {
+        // MariaDB (and MySQL before 8.0) name it tx_isolation.
+        let mut level = self.own_select("SELECT @@tx_isolation", &[]).await?;
+        if level.is_err() {
+            level = self
+                .own_select("SELECT @@transaction_isolation", &[])
+                .await?;
+        }
+        let level = match level {
+            Ok(rows) => rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next().flatten())
+                .unwrap_or_default(),
+            Err(e) => return Ok(Err(AtFailure::Server(e))),
+        };
+        if level.starts_with(b"READ-") {
+            return Ok(Err(AtFailure::Refused(Error::Unsupported {
+                what: "UPDATE or DELETE … LIMIT under READ COMMITTED or READ UNCOMMITTED (without gap locks another row may take the place of the ones tandem read)",
+            })));
+        }
+        Ok(Ok(()))
     }
 
     /// Runs a capture with the statement's parameters, over the binary protocol.
