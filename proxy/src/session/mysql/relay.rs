@@ -77,6 +77,8 @@ pub struct Relay<'a> {
     /// The session's current database (the resource of its branches): the one named at
     /// connect, until a `USE` or COM_INIT_DB makes it `database_uncertain`.
     pub(super) database: String,
+    /// AT sent the client's COM_STMT_EXECUTE on to the server while answering it.
+    pub(super) execute_forwarded: bool,
     /// A `USE` or COM_INIT_DB passed since `database` was known: AT asks the server.
     pub(super) database_uncertain: bool,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
@@ -136,6 +138,7 @@ impl<'a> Relay<'a> {
             xa: None,
             database: opened.database.clone(),
             database_uncertain: false,
+            execute_forwarded: false,
             extended_metadata: opened.extended_metadata,
             phase2_tx,
             phase2_rx,

@@ -219,9 +219,12 @@ impl Relay<'_> {
         let Some(analysis) = analysis else {
             return Ok(Handled::Relay);
         };
+        self.execute_forwarded = false;
         let handled = self.at_statement(analysis, sql, &source).await?;
-        if matches!(handled, Handled::Answer) {
-            // Answered by tandem: the relay's own bookkeeping of the execute is skipped.
+        if matches!(handled, Handled::Answer) && self.execute_forwarded {
+            // Answered by tandem after the server ran the execute: the relay's own
+            // bookkeeping of it (the types it bound) is done here. An execute the
+            // server never saw leaves the types as the server knows them.
             self.on_execute(payload);
         }
         Ok(handled)
@@ -633,7 +636,10 @@ impl Relay<'_> {
                 query = out;
                 &query[..]
             }
-            Source::Execute { packet, .. } => packet,
+            Source::Execute { packet, .. } => {
+                self.execute_forwarded = true;
+                packet
+            }
         };
         let mut own = Own {
             server: &mut self.server,
