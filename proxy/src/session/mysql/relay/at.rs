@@ -762,16 +762,36 @@ impl Relay<'_> {
             Err(e) => return self.abandon(AtFailure::Refused(e.into())).await,
         };
         tracing::debug!(parent: &self.span, %xid, branch = branch_id, "branch registered");
+        // A prepared INSERT (kept, like the image reads) with the record as a binary
+        // parameter: nothing to escape, nothing for the server to parse again.
         let insert = format!(
-            "INSERT INTO {} (branch_id, xid, context, rollback_info, log_status) VALUES ({branch_id}, X'{}', 'tandem', X'{}', {})",
+            "INSERT INTO {} (branch_id, xid, context, rollback_info, log_status) VALUES (?, ?, 'tandem', ?, ?)",
             undo_table(&self.database),
-            hex(xid.as_str().as_bytes()),
-            hex(&record.encode()),
-            crate::at::phase2::LOG_NORMAL,
         );
+        let branch = branch_id.to_le_bytes();
+        let info = record.encode();
+        let status = crate::at::phase2::LOG_NORMAL.to_le_bytes();
+        let params = [
+            Param {
+                type_code: types::LONGLONG | types::UNSIGNED,
+                value: Some(&branch),
+            },
+            Param {
+                type_code: types::BLOB,
+                value: Some(xid.as_str().as_bytes()),
+            },
+            Param {
+                type_code: types::BLOB,
+                value: Some(&info),
+            },
+            Param {
+                type_code: types::LONG,
+                value: Some(&status),
+            },
+        ];
         // Not pipelined with the COMMIT: a failed INSERT does not fail MySQL's
         // transaction, and the COMMIT would then commit the rows without their undo.
-        if let Err(mut e) = self.own().query(&insert).await? {
+        if let Err(mut e) = self.own_select(&insert, &params).await? {
             if e.code == NO_SUCH_TABLE {
                 e.message = format!(
                     "{} (tandem's undo_log: run `tandem migrate` on database {})",
