@@ -646,7 +646,7 @@ async fn a_deadlocked_xa_branch_rolls_back_on_the_clients_rollback() {
     let rb = b
         .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
         .await;
-    let (mut a, ra) = waiting.await.unwrap();
+    let (a, ra) = waiting.await.unwrap();
     let (mut victim, mut survivor) = match (&ra, &rb) {
         (_, Err(e)) => {
             assert_eq!(code(e), 1213, "{e}");
