@@ -76,6 +76,27 @@ pub async fn connect(tandem: &Tandem, database: &str) -> Conn {
         .expect("connect through tandem")
 }
 
+/// Runs `sql` with the `mariadb` command-line client (libmariadb) against `addr`, on
+/// `database`, as the admin user, over TCP without TLS, in batch mode.
+pub async fn mariadb_cli(addr: SocketAddr, database: &str, sql: &str) -> std::process::Output {
+    tokio::process::Command::new("mariadb")
+        .args([
+            "--protocol=TCP",
+            "--batch",
+            "--skip-column-names",
+            "--skip-ssl",
+        ])
+        .arg(format!("--host={}", addr.ip()))
+        .arg(format!("--port={}", addr.port()))
+        .arg(format!("--user={}", admin_opts().user().unwrap_or("root")))
+        .arg(database)
+        .arg("-e")
+        .arg(sql)
+        .output()
+        .await
+        .expect("the mariadb client is installed")
+}
+
 /// Waits until the proxy has no MySQL client session and no backend connection open.
 pub async fn assert_no_sessions_left(tandem: &Tandem) {
     eventually("MySQL sessions and backends back to zero", || async {

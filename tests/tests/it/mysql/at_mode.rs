@@ -63,6 +63,17 @@ async fn start(lockserver: &TestLockserver) -> Tandem {
     my::start_with(|c| c.lockserver.endpoint = endpoint).await
 }
 
+/// As `start`, with writes and locking reads waiting up to `lock_wait_ms` for a
+/// global lock.
+async fn start_waiting(lockserver: &TestLockserver, lock_wait_ms: u64) -> Tandem {
+    let endpoint = format!("http://{}", lockserver.grpc);
+    my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = lock_wait_ms;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_global_transaction_over_postgres_and_mariadb_rolls_back_exactly_and_commits() {
     let mysql_db = prepare("at_mixed").await;
@@ -299,14 +310,7 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
 async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_1205() {
     let db = prepare("at_conflict").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = {
-        let endpoint = format!("http://{}", lockserver.grpc);
-        my::start_with(|c| {
-            c.lockserver.endpoint = endpoint;
-            c.lockserver.lock_wait_ms = 300;
-        })
-        .await
-    };
+    let tandem = start_waiting(&lockserver, 300).await;
     let mut first = my::connect(&tandem, &db.name).await;
     let mut second = my::connect(&tandem, &db.name).await;
     text(&mut first, "SELECT tandem_begin()").await.unwrap();
@@ -578,15 +582,8 @@ async fn prepared_statement_writes_are_captured_with_their_parameters() {
 async fn a_locking_read_gives_way_at_once_to_a_holder_that_rolls_back() {
     let db = prepare("at_give_way").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = {
-        let endpoint = format!("http://{}", lockserver.grpc);
-        my::start_with(|c| {
-            c.lockserver.endpoint = endpoint;
-            // Long enough that waiting it out would outlast the rollback's own wait.
-            c.lockserver.lock_wait_ms = 60_000;
-        })
-        .await
-    };
+    // Long enough that waiting it out would outlast the rollback's own wait.
+    let tandem = start_waiting(&lockserver, 60_000).await;
     let mut first = my::connect(&tandem, &db.name).await;
     let mut second = my::connect(&tandem, &db.name).await;
     text(&mut first, "SELECT tandem_begin()").await.unwrap();
@@ -754,25 +751,7 @@ async fn the_mariadb_command_line_client_rolls_back_through_at_mode() {
                DELETE FROM accounts WHERE id = 3; \
                COMMIT; \
                SELECT tandem_rollback();";
-    let output = tokio::process::Command::new("mariadb")
-        .args([
-            "--protocol=TCP",
-            "--batch",
-            "--skip-column-names",
-            "--skip-ssl",
-        ])
-        .arg(format!("--host={}", addr.ip()))
-        .arg(format!("--port={}", addr.port()))
-        .arg(format!(
-            "--user={}",
-            my::admin_opts().user().unwrap_or("root")
-        ))
-        .arg(&db.name)
-        .arg("-e")
-        .arg(sql)
-        .output()
-        .await
-        .expect("the mariadb client is installed");
+    let output = my::mariadb_cli(addr, &db.name, sql).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

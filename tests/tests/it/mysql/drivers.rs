@@ -41,25 +41,7 @@ async fn the_mariadb_command_line_client_works_through_the_proxy() {
                INSERT INTO t VALUES (1, 'a'), (2, 'b'); \
                SELECT id, v FROM t ORDER BY id; \
                SELECT CONCAT('sum=', SUM(id)) FROM t;";
-    let output = tokio::process::Command::new("mariadb")
-        .args([
-            "--protocol=TCP",
-            "--batch",
-            "--skip-column-names",
-            "--skip-ssl",
-        ])
-        .arg(format!("--host={}", addr.ip()))
-        .arg(format!("--port={}", addr.port()))
-        .arg(format!(
-            "--user={}",
-            my::admin_opts().user().unwrap_or("root")
-        ))
-        .arg(&db.name)
-        .arg("-e")
-        .arg(sql)
-        .output()
-        .await
-        .expect("the mariadb client is installed");
+    let output = my::mariadb_cli(addr, &db.name, sql).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

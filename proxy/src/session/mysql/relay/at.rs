@@ -897,14 +897,7 @@ impl Relay<'_> {
         match failure {
             AtFailure::Refused(e) | AtFailure::Uncaptured(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "AT statement failed");
-                let code = e.mysql_error();
-                put_err(
-                    &mut self.to_client,
-                    1,
-                    code.code(),
-                    code.sqlstate(),
-                    &e.to_string(),
-                );
+                self.put_error(e);
             }
             AtFailure::Server(e) => {
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)

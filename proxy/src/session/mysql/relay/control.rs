@@ -306,7 +306,7 @@ impl Relay<'_> {
         Ok(Handled::Answer)
     }
 
-    fn put_error(&mut self, e: &Error) {
+    pub(super) fn put_error(&mut self, e: &Error) {
         let code = e.mysql_error();
         put_err(
             &mut self.to_client,

@@ -161,11 +161,11 @@ pub fn put_single_value(
     next(out, &[1]);
     let mut def = Vec::with_capacity(32 + 2 * column.len());
     for s in ["def", "", "", "", column, column] {
-        put_lenenc_str(&mut def, s.as_bytes());
+        super::statement::put_lenenc_bytes(&mut def, s.as_bytes());
     }
     if extended_metadata {
         // MariaDB's extended type information: none.
-        put_lenenc_str(&mut def, b"");
+        super::statement::put_lenenc_bytes(&mut def, b"");
     }
     def.push(0x0c);
     def.extend_from_slice(&UTF8MB4_GENERAL_CI.to_le_bytes());
@@ -185,7 +185,7 @@ pub fn put_single_value(
     }
     let mut row = Vec::new();
     match value {
-        Some(v) => put_lenenc_str(&mut row, v.as_bytes()),
+        Some(v) => super::statement::put_lenenc_bytes(&mut row, v.as_bytes()),
         None => row.push(0xfb),
     }
     next(out, &row);
@@ -201,26 +201,6 @@ pub fn put_single_value(
 
 const UTF8MB4_GENERAL_CI: u16 = 45;
 const MYSQL_TYPE_VAR_STRING: u8 = 0xfd;
-
-fn put_lenenc_str(out: &mut Vec<u8>, s: &[u8]) {
-    let n = s.len() as u64;
-    match n {
-        0..=250 => out.push(n as u8),
-        251..=0xffff => {
-            out.push(0xfc);
-            out.extend_from_slice(&(n as u16).to_le_bytes());
-        }
-        0x1_0000..=0xff_ffff => {
-            out.push(0xfd);
-            out.extend_from_slice(&(n as u32).to_le_bytes()[..3]);
-        }
-        _ => {
-            out.push(0xfe);
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-    }
-    out.extend_from_slice(s);
-}
 
 #[cfg(test)]
 mod tests {

@@ -177,11 +177,22 @@ pub fn binary_row(payload: &[u8], types: &[u8]) -> Result<BinaryRow, Truncated> 
     }
     // The NULL bitmap starts two bits in.
     let nulls = r.bytes((types.len() + 2).div_ceil(8))?;
-    let mut row = Vec::with_capacity(types.len());
-    for (i, &type_byte) in types.iter().enumerate() {
-        let bit = i + 2;
-        if nulls[bit / 8] & (1 << (bit % 8)) != 0 {
-            row.push(None);
+    read_values(&mut r, nulls, 2, types.iter().copied())
+}
+
+/// Binary values of the given types, NULL where the bitmap (whose first `offset` bits
+/// are not the values') says so.
+fn read_values(
+    r: &mut Reader<'_>,
+    nulls: &[u8],
+    offset: usize,
+    types: impl ExactSizeIterator<Item = u8>,
+) -> Result<BinaryRow, Truncated> {
+    let mut values = Vec::with_capacity(types.len());
+    for (i, type_byte) in types.enumerate() {
+        let bit = i + offset;
+        if nulls.get(bit / 8).ok_or(Truncated)? & (1 << (bit % 8)) != 0 {
+            values.push(None);
             continue;
         }
         let value = match layout(type_byte) {
@@ -193,9 +204,9 @@ pub fn binary_row(payload: &[u8], types: &[u8]) -> Result<BinaryRow, Truncated> 
             Layout::LengthEncoded => r.lenenc_bytes()?,
             Layout::Nothing => &[],
         };
-        row.push(Some(value.to_vec()));
+        values.push(Some(value.to_vec()));
     }
-    Ok(row)
+    Ok(values)
 }
 
 /// What tandem reads of a client's COM_STMT_EXECUTE.
@@ -254,24 +265,8 @@ pub fn execute_values(payload: &[u8], types: &[u16]) -> Result<BinaryRow, Trunca
     if r.u8()? == 1 {
         r.bytes(2 * types.len())?;
     }
-    let mut values = Vec::with_capacity(types.len());
-    for (i, &t) in types.iter().enumerate() {
-        if nulls[i / 8] & (1 << (i % 8)) != 0 {
-            values.push(None);
-            continue;
-        }
-        let value = match layout(t as u8) {
-            Layout::Fixed(width) => r.bytes(width)?,
-            Layout::ShortLength => {
-                let len = usize::from(r.u8()?);
-                r.bytes(len)?
-            }
-            Layout::LengthEncoded => r.lenenc_bytes()?,
-            Layout::Nothing => &[],
-        };
-        values.push(Some(value.to_vec()));
-    }
-    Ok(values)
+    // The low byte of a parameter type is the column type.
+    read_values(&mut r, nulls, 0, types.iter().map(|&t| t as u8))
 }
 
 /// An OK packet, whole.
@@ -323,7 +318,7 @@ impl OkPacket {
     }
 }
 
-fn put_lenenc_int(out: &mut Vec<u8>, n: u64) {
+pub(super) fn put_lenenc_int(out: &mut Vec<u8>, n: u64) {
     match n {
         0..=0xfa => out.push(n as u8),
         0xfb..=0xffff => {
@@ -341,7 +336,7 @@ fn put_lenenc_int(out: &mut Vec<u8>, n: u64) {
     }
 }
 
-fn put_lenenc_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(super) fn put_lenenc_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_lenenc_int(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
