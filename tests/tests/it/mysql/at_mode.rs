@@ -824,6 +824,9 @@ async fn nothing_ends_a_branchs_transaction_behind_tandems_back() {
         let e = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");
     }
+    // Nor may one hide in a multi-statement query.
+    let e = conn.query_drop("SELECT 1; FLUSH TABLES").await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
     conn.query_drop("SAVEPOINT s").await.unwrap();
     conn.query_drop("ROLLBACK").await.unwrap();
 

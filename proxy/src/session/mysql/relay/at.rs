@@ -110,10 +110,14 @@ impl Relay<'_> {
             Err(e) => return self.refuse(e.into()),
         };
         if analyses.len() > 1 {
-            if analyses
-                .iter()
-                .all(|a| matches!(a, Analysis::Read | Analysis::Other))
-            {
+            // While the branch holds rows, a statement tandem does not capture may
+            // commit implicitly; only reads may come in a batch then.
+            let relayable = |a: &Analysis| match a {
+                Analysis::Read => true,
+                Analysis::Other => self.at_branch.is_empty(),
+                _ => false,
+            };
+            if analyses.iter().all(relayable) {
                 self.at_branch.forget_all_after();
                 return Ok(Handled::Relay);
             }
