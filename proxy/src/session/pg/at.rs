@@ -24,7 +24,6 @@ use crate::wire::pg::reader::Reader;
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 use tandem_lockserver::client::BranchKind;
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
@@ -517,26 +516,7 @@ impl Relay<'_> {
             .iter()
             .map(|key| crate::at::branch::lock_key(&resource, &meta, key))
             .collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let deadline = std::time::Instant::now() + self.ctx.lock_wait;
-        loop {
-            match self.ctx.lock.held_lock(&keys).await? {
-                Some(held) if held.holder != xid => {
-                    let holder = held.holder;
-                    // A holder rolling back needs these rows, whose local locks this
-                    // read now holds: waiting would only stall its undo.
-                    if held.holder_rolling_back || std::time::Instant::now() >= deadline {
-                        return Err(Error::GloballyLocked {
-                            holder: holder.to_string(),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => return Ok(()),
-            }
-        }
+        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, self.ctx.lock_wait).await
     }
 
     /// ReadyForQuery of the write in flight: the relay reaches its sync point, tandem

@@ -11,15 +11,14 @@
 
 use super::Relay;
 use super::client_side::Handled;
-use super::own::{AroundWrite, Own, OwnError};
-use crate::at::branch::{Branch, TextKey, lock_key};
+use super::own::{AroundWrite, Own, OwnError, OwnStatements};
+use crate::at::branch::{Branch, TextKey, hex, lock_key};
 use crate::at::mysql::{AtTable, undo_table};
 use crate::error::{Error, Result};
 use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
 use std::sync::Arc;
-use std::time::Duration;
 use tandem_lockserver::client::BranchKind;
 use tandem_undo::mysql::types;
 use tandem_undo::{Analysis, Dialect, LockedRead, Mysql, OnDuplicate, Row, Write, WriteKind};
@@ -86,12 +85,19 @@ impl From<tandem_undo::Error> for AtFailure {
 
 impl Relay<'_> {
     fn own(&mut self) -> Own<'_> {
-        Own {
+        self.backend().0
+    }
+
+    /// The session's backend connection for tandem's own commands, with the statements
+    /// tandem keeps prepared on it.
+    fn backend(&mut self) -> (Own<'_>, &mut OwnStatements) {
+        let own = Own {
             server: &mut self.server,
             from_server: &mut self.from_server,
             deprecate_eof: self.exchange.deprecate_eof,
             extended_metadata: self.extended_metadata,
-        }
+        };
+        (own, &mut self.own_statements)
     }
 
     /// A whole COM_QUERY of a session bound in AT mode.
@@ -176,38 +182,28 @@ impl Relay<'_> {
             .map_err(|_| Error::Malformed {
                 what: "COM_STMT_EXECUTE",
             })?;
-        let Some(types) = head.new_types.or(prepared.types) else {
-            if prepared.params > 0 {
+        let (values, types) = match head.new_types.or(prepared.types) {
+            Some(types) => {
+                let values =
+                    crate::wire::mysql::messages::statement::execute_values(payload, &types)
+                        .map_err(|_| Error::Malformed {
+                            what: "COM_STMT_EXECUTE",
+                        })?;
+                (values, types)
+            }
+            None if prepared.params > 0 => {
                 return self.refuse(Error::Unsupported {
                     what: "an execute that binds no parameter types before any execute that did, in AT mode",
                 });
             }
-            return self
-                .at_prepared(
-                    &sql,
-                    Source::Execute {
-                        packet,
-                        values: Vec::new(),
-                        types: Vec::new(),
-                    },
-                    payload,
-                )
-                .await;
+            None => (Vec::new(), Vec::new()),
         };
-        let values = crate::wire::mysql::messages::statement::execute_values(payload, &types)
-            .map_err(|_| Error::Malformed {
-                what: "COM_STMT_EXECUTE",
-            })?;
-        self.at_prepared(
-            &sql,
-            Source::Execute {
-                packet,
-                values,
-                types,
-            },
-            payload,
-        )
-        .await
+        let source = Source::Execute {
+            packet,
+            values,
+            types,
+        };
+        self.at_prepared(&sql, source, payload).await
     }
 
     async fn at_prepared(
@@ -285,6 +281,20 @@ impl Relay<'_> {
         }
     }
 
+    /// The metadata of a table the client names, in the session's current database
+    /// when it names none.
+    async fn table_of(&mut self, table: &tandem_undo::TableRef) -> Result<Outcome<Arc<AtTable>>> {
+        if let Err(failure) = self.settle_database().await? {
+            return Ok(Err(failure));
+        }
+        Ok(self
+            .ctx
+            .at_meta
+            .get(self.ctx.xa.pool(), &self.database, table)
+            .await
+            .map_err(AtFailure::Refused))
+    }
+
     /// The session's current database, asked of the server after a `USE` or
     /// COM_INIT_DB may have changed it: tables the client names without a schema are
     /// there, and so are the branch's resource and undo_log. tandem's own statements
@@ -298,10 +308,7 @@ impl Relay<'_> {
             Err(e) => return Ok(Err(AtFailure::Server(e))),
         };
         self.database_uncertain = false;
-        let current = rows
-            .into_iter()
-            .next()
-            .and_then(|row| row.into_iter().next().flatten())
+        let current = first_value(rows)
             .map(|name| String::from_utf8_lossy(&name).into_owned())
             .unwrap_or_default();
         if current != self.database {
@@ -354,23 +361,17 @@ impl Relay<'_> {
 
     /// An INSERT, UPDATE, DELETE or REPLACE in a global transaction, with its images.
     async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
-        if let Err(failure) = self.settle_database().await? {
-            self.put_failure(&failure);
-            return Ok(Handled::Answer);
-        }
         if write.has_returning {
             return self.refuse(Error::Unsupported {
                 what: "a write with RETURNING, in AT mode on MySQL",
             });
         }
-        let table = match self
-            .ctx
-            .at_meta
-            .get(self.ctx.xa.pool(), &self.database, &write.table)
-            .await
-        {
+        let table = match self.table_of(&write.table).await? {
             Ok(table) => table,
-            Err(e) => return self.refuse(e),
+            Err(failure) => {
+                self.put_failure(&failure);
+                return Ok(Handled::Answer);
+            }
         };
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         // An autocommit write is its own branch: tandem opens the local transaction
@@ -401,10 +402,7 @@ impl Relay<'_> {
                     AtFailure::Refused(_) => false,
                 };
                 if wrapped || whole_transaction {
-                    self.at_branch = Branch::default();
-                    if let Ok(ok) = self.own().query("ROLLBACK").await? {
-                        self.exchange.on_authenticated(ok.status);
-                    }
+                    self.roll_back_local_transaction().await?;
                 }
                 self.put_failure(&failure);
             }
@@ -437,15 +435,10 @@ impl Relay<'_> {
             let around = self
                 .around_write(Some((&capture.sql, &params)), source, None)
                 .await?;
-            let rows = match around.before {
-                Some(Ok(rows)) => keyed(meta, rows),
-                // The write ran without its before image: its transaction must go.
-                Some(Err(_)) if around.write.is_ok() => return Ok(Err(uncaptured(meta))),
-                Some(Err(e)) => return Ok(Err(AtFailure::Server(e))),
-                None => Vec::new(),
+            let keys = match self.record_before(meta, around.before, around.write.is_ok()) {
+                Ok(keys) => keys,
+                Err(failure) => return Ok(Err(failure)),
             };
-            let keys: Vec<TextKey> = rows.iter().map(|(_, k)| k.clone()).collect();
-            self.at_branch.record_before(meta, rows);
             let ok = match around.write {
                 Ok(ok) => ok,
                 Err(e) => return Ok(Err(AtFailure::Server(e))),
@@ -486,17 +479,10 @@ impl Relay<'_> {
                     .map(|a| (a.sql.as_str(), &after_params[..])),
             )
             .await?;
-        let mut before_keys = Vec::new();
-        match around.before {
-            Some(Ok(rows)) => {
-                let rows = keyed(meta, rows);
-                before_keys = rows.iter().map(|(_, k)| k.clone()).collect();
-                self.at_branch.record_before(meta, rows);
-            }
-            Some(Err(_)) if around.write.is_ok() => return Ok(Err(uncaptured(meta))),
-            Some(Err(e)) => return Ok(Err(AtFailure::Server(e))),
-            None => {}
-        }
+        let before_keys = match self.record_before(meta, around.before, around.write.is_ok()) {
+            Ok(keys) => keys,
+            Err(failure) => return Ok(Err(failure)),
+        };
         let ok = match around.write {
             Ok(ok) => ok,
             Err(e) => return Ok(Err(AtFailure::Server(e))),
@@ -562,6 +548,28 @@ impl Relay<'_> {
         Ok(Ok(ok))
     }
 
+    /// Records the rows a write's before read found (none without a read); returns their
+    /// keys. A read that failed while the write ran leaves the write without its before
+    /// image: its transaction must go.
+    fn record_before(
+        &mut self,
+        meta: &Arc<tandem_undo::TableMeta>,
+        read: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
+        write_ran: bool,
+    ) -> Outcome<Vec<TextKey>> {
+        match read {
+            Some(Ok(rows)) => {
+                let rows = keyed(meta, rows);
+                let keys = rows.iter().map(|(_, k)| k.clone()).collect();
+                self.at_branch.record_before(meta, rows);
+                Ok(keys)
+            }
+            Some(Err(_)) if write_ran => Err(uncaptured(meta)),
+            Some(Err(e)) => Err(AtFailure::Server(e)),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// A write with LIMIT takes the first rows its ORDER BY finds: only next-key locks
     /// (REPEATABLE READ or SERIALIZABLE) keep a row from being inserted ahead of them
     /// between the before image and the write, which would then change that row
@@ -575,11 +583,7 @@ impl Relay<'_> {
                 .await?;
         }
         let level = match level {
-            Ok(rows) => rows
-                .into_iter()
-                .next()
-                .and_then(|r| r.into_iter().next().flatten())
-                .unwrap_or_default(),
+            Ok(rows) => first_value(rows).unwrap_or_default(),
             Err(e) => return Ok(Err(AtFailure::Server(e))),
         };
         if level.starts_with(b"READ-") {
@@ -612,13 +616,8 @@ impl Relay<'_> {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
-        let mut own = Own {
-            server: &mut self.server,
-            from_server: &mut self.from_server,
-            deprecate_eof: self.exchange.deprecate_eof,
-            extended_metadata: self.extended_metadata,
-        };
-        own.select(&mut self.own_statements, sql, params).await
+        let (mut own, statements) = self.backend();
+        own.select(statements, sql, params).await
     }
 
     /// Runs the client's write itself (its text, or its own COM_STMT_EXECUTE) with
@@ -645,14 +644,8 @@ impl Relay<'_> {
                 packet
             }
         };
-        let mut own = Own {
-            server: &mut self.server,
-            from_server: &mut self.from_server,
-            deprecate_eof: self.exchange.deprecate_eof,
-            extended_metadata: self.extended_metadata,
-        };
-        own.around_write(&mut self.own_statements, before, packet, after)
-            .await
+        let (mut own, statements) = self.backend();
+        own.around_write(statements, before, packet, after).await
     }
 
     /// The rows an INSERT gave AUTO_INCREMENT keys: the k-th has
@@ -668,9 +661,7 @@ impl Relay<'_> {
                 .own_select("SELECT @@auto_increment_increment", &[])
                 .await?
             {
-                Ok(rows) => rows
-                    .first()
-                    .and_then(|r| r.first().cloned().flatten())
+                Ok(rows) => first_value(rows)
                     .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                     .map(u64::from_le_bytes)
                     .unwrap_or(1),
@@ -732,13 +723,8 @@ impl Relay<'_> {
                 (meta.select_by_keys_sql(&Mysql, *rows), params)
             })
             .collect();
-        let mut own = Own {
-            server: &mut self.server,
-            from_server: &mut self.from_server,
-            deprecate_eof: self.exchange.deprecate_eof,
-            extended_metadata: self.extended_metadata,
-        };
-        let results = own.select_many(&mut self.own_statements, &queries).await?;
+        let (mut own, statements) = self.backend();
+        let results = own.select_many(statements, &queries).await?;
         drop(queries);
         for ((meta, ..), result) in reads.iter().zip(results) {
             match result {
@@ -816,11 +802,17 @@ impl Relay<'_> {
 
     /// Ends the local transaction after a failed COMMIT of a branch.
     async fn abandon<T>(&mut self, failure: AtFailure) -> Result<Outcome<T>> {
+        self.roll_back_local_transaction().await?;
+        Ok(Err(failure))
+    }
+
+    /// Rolls the local transaction back, and with it everything the branch holds.
+    async fn roll_back_local_transaction(&mut self) -> Result<()> {
         self.at_branch = Branch::default();
         if let Ok(ok) = self.own().query("ROLLBACK").await? {
             self.exchange.on_authenticated(ok.status);
         }
-        Ok(Err(failure))
+        Ok(())
     }
 
     /// A registered branch whose local COMMIT failed: the lockserver shows it as
@@ -840,21 +832,15 @@ impl Relay<'_> {
     /// locks must not be held by another unfinished global transaction. Waits up to the
     /// wait bound, then refuses; the statement itself then runs as sent.
     async fn at_locking_read(&mut self, read: &LockedRead, source: &Source<'_>) -> Result<Handled> {
-        if let Err(failure) = self.settle_database().await? {
-            self.put_failure(&failure);
-            return Ok(Handled::Answer);
-        }
         let Some(xid) = self.binding.xid().cloned() else {
             return Ok(Handled::Relay);
         };
-        let table = match self
-            .ctx
-            .at_meta
-            .get(self.ctx.xa.pool(), &self.database, &read.table)
-            .await
-        {
+        let table = match self.table_of(&read.table).await? {
             Ok(table) => table,
-            Err(e) => return self.refuse(e),
+            Err(failure) => {
+                self.put_failure(&failure);
+                return Ok(Handled::Answer);
+            }
         };
         let capture = match table.meta.locked_keys(&Mysql, read) {
             Ok(capture) => capture,
@@ -874,26 +860,10 @@ impl Relay<'_> {
             .iter()
             .map(|key| lock_key(&scope, &table.meta, key))
             .collect();
-        if keys.is_empty() {
-            return Ok(Handled::Relay);
-        }
-        let deadline = std::time::Instant::now() + self.ctx.lock_wait;
-        loop {
-            match self.ctx.lock.held_lock(&keys).await {
-                Ok(Some(held)) if held.holder != xid => {
-                    let holder = held.holder;
-                    // A holder rolling back needs these rows, whose local locks this
-                    // read now holds: waiting would only stall its undo.
-                    if held.holder_rolling_back || std::time::Instant::now() >= deadline {
-                        return self.refuse(Error::GloballyLocked {
-                            holder: holder.to_string(),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(_) => return Ok(Handled::Relay),
-                Err(e) => return self.refuse(e.into()),
-            }
+        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, self.ctx.lock_wait).await
+        {
+            Ok(()) => Ok(Handled::Relay),
+            Err(e) => self.refuse(e),
         }
     }
 
@@ -953,8 +923,9 @@ fn keyed(meta: &Arc<tandem_undo::TableMeta>, rows: Vec<BinaryRow>) -> Vec<(Row, 
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The first column of the first row of one of tandem's one-value SELECTs.
+fn first_value(rows: Vec<BinaryRow>) -> Option<Vec<u8>> {
+    rows.into_iter().next()?.into_iter().next().flatten()
 }
 
 fn unhex(text: Option<&str>) -> Option<Vec<u8>> {
