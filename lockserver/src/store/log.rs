@@ -7,6 +7,13 @@
 //! and every acknowledged append is in it.
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload[len]`.
+//!
+//! A log file is zero-filled ahead of its frames ([`PREALLOCATE`] at a time), and
+//! appends overwrite that space. An `fdatasync` of blocks that already exist in the
+//! file flushes only data; one that grows the file must also commit the new size
+//! through the filesystem's journal. On this project's machines that made each
+//! append's fsync about 2.5 times slower (`dd oflag=dsync`: 0.56 ms appending, 0.21 ms
+//! overwriting). A zero header (length 0) therefore ends the log: no record is empty.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -21,6 +28,8 @@ use crate::error::{Error, Result};
 /// (it can only come from corruption), and an append that large is refused.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const HEADER: usize = 8;
+/// Zero-filled space a log file keeps ahead of its frames.
+const PREALLOCATE: u64 = 4 << 20;
 /// A batch with at least this many appends means the server is loaded: the
 /// writer then waits [`GATHER`] before taking the next batch.
 const GATHER_MIN_BATCH: usize = 64;
@@ -70,7 +79,8 @@ pub fn parse_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
         let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
         let start = at + HEADER;
-        if len > MAX_RECORD_BYTES || data.len() - start < len {
+        // Length 0 is preallocated space: the end of the log.
+        if len == 0 || len > MAX_RECORD_BYTES || data.len() - start < len {
             break;
         }
         let payload = &data[start..start + len];
@@ -116,7 +126,9 @@ pub fn recover_file(path: &Path) -> Result<Vec<Vec<u8>>> {
     let (frames, clean) = parse_frames(&data);
     let out = frames.into_iter().map(<[u8]>::to_vec).collect();
     if clean < data.len() {
-        tracing::warn!(path = %path.display(), clean, len = data.len(), "log has a damaged tail; truncating to its clean prefix");
+        if data[clean..].iter().any(|b| *b != 0) {
+            tracing::warn!(path = %path.display(), clean, len = data.len(), "log has a damaged tail; truncating to its clean prefix");
+        }
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -134,19 +146,77 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io("fsync directory", dir))
 }
 
-/// Writes `frames` as generation `g` atomically (tmp file, fsync, rename, fsync dir).
-pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<File> {
+/// Writes `frames` as generation `g` atomically (tmp file, fsync, rename, fsync dir),
+/// with zero-filled space after them for the appends to come.
+pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<LogFile> {
     let tmp = dir.join(format!("log.tmp.{g}"));
     let path = log_path(dir, g);
     let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
     f.write_all(frames).map_err(Error::io("write", &tmp))?;
-    f.sync_all().map_err(Error::io("fsync", &tmp))?;
+    let mut log = LogFile {
+        file: f,
+        end: frames.len() as u64,
+        allocated: frames.len() as u64,
+    };
+    // Synced by `preallocate` (frames and zeros alike) before the rename publishes it.
+    log.preallocate(PREALLOCATE)
+        .map_err(Error::io("preallocate", &tmp))?;
     fs::rename(&tmp, &path).map_err(Error::io("rename", &path))?;
     sync_dir(dir)?;
-    OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(Error::io("open", &path))
+    Ok(log)
+}
+
+/// An open log generation: frames up to `end`, zeros from there to `allocated`.
+pub struct LogFile {
+    file: File,
+    end: u64,
+    allocated: u64,
+}
+
+impl LogFile {
+    /// Writes `bytes` after the last frame and waits for them to reach the disk.
+    fn append_durably(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let needed = self.end + bytes.len() as u64;
+        if needed > self.allocated {
+            self.preallocate(needed - self.end + PREALLOCATE)?;
+        }
+        self.file.write_all_at(bytes, self.end)?;
+        self.file.sync_data()?;
+        self.end = needed;
+        Ok(())
+    }
+
+    /// Makes sure `ahead` bytes of zeros follow the frames, on disk with the file's
+    /// new size. Cheap when they already do; otherwise it writes zeros and syncs
+    /// everything (a batch that finds the space missing pays for it once).
+    fn preallocate(&mut self, ahead: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let target = self.end + ahead;
+        if target <= self.allocated {
+            return Ok(());
+        }
+        let zeros = vec![0u8; 64 << 10];
+        let mut at = self.allocated;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_all()?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Keeps at least half of [`PREALLOCATE`] free ahead, after a batch was
+    /// acknowledged: its waiters do not pay for the zeros (appends queued meanwhile do,
+    /// once per half of PREALLOCATE of log).
+    fn top_up(&mut self) -> std::io::Result<()> {
+        if self.allocated - self.end < PREALLOCATE / 2 {
+            self.preallocate(PREALLOCATE)?;
+        }
+        Ok(())
+    }
 }
 
 type Waiter = oneshot::Sender<std::result::Result<(), Arc<std::io::Error>>>;
@@ -238,7 +308,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread appending to `file` (generation `g` in `dir`),
     /// whose first `file_bytes` are its snapshot.
-    pub fn start(dir: PathBuf, g: u64, file: File, file_bytes: u64) -> Self {
+    pub fn start(dir: PathBuf, g: u64, file: LogFile, file_bytes: u64) -> Self {
         let shared = Arc::new((
             Mutex::new(Queue {
                 file_bytes,
@@ -350,7 +420,7 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, mut file: File) {
+fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, mut file: LogFile) {
     let (m, cv) = &*shared;
     // The previous batch's buffers, cleared and handed back to the queue: a fresh
     // Vec per batch grew by doubling and was freed again, on every fsync.
@@ -415,6 +485,10 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
         }
         let batch = waiters.len();
         spare_waiters = write_batch(m, &mut file, &bytes, waiters);
+        if let Err(e) = file.top_up() {
+            // Not fatal: the next append tries again, and fails itself if it must.
+            tracing::warn!(error = %e, "cannot preallocate log space");
+        }
         bytes.clear();
         spare_bytes = bytes;
         m.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
@@ -438,7 +512,7 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
 /// Returns `waiters` emptied, for reuse.
 fn write_batch(
     m: &Mutex<Queue>,
-    file: &mut File,
+    file: &mut LogFile,
     bytes: &[u8],
     mut waiters: Vec<Waiter>,
 ) -> Vec<Waiter> {
@@ -450,10 +524,7 @@ fn write_batch(
         Some(e) => Err(e),
         // Barriers only: everything before them was fsynced by an earlier batch.
         None if bytes.is_empty() => Ok(()),
-        None => file
-            .write_all(bytes)
-            .and_then(|_| file.sync_data())
-            .map_err(Arc::new),
+        None => file.append_durably(bytes).map_err(Arc::new),
     };
     let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
     q.file_bytes += bytes.len() as u64;
@@ -615,5 +686,59 @@ mod tests {
         assert_eq!(recover_file(&path).unwrap(), payloads[..4].to_vec());
         assert_eq!(fs::metadata(&path).unwrap().len(), ends[3] as u64);
         assert_eq!(newest_generation(dir.path()).unwrap(), Some(1));
+    }
+
+    /// Appends overwrite the zero-filled space; what was acknowledged reads back, and
+    /// a batch larger than the space left grows the file first.
+    #[tokio::test]
+    async fn appends_fill_the_preallocated_space_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut snap = Vec::new();
+        frame(&mut snap, b"SNAPSHOT");
+        let file = write_generation(dir.path(), 1, &snap).unwrap();
+        let path = log_path(dir.path(), 1);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            snap.len() as u64 + PREALLOCATE,
+            "zeros follow the snapshot"
+        );
+        let w = Writer::start(dir.path().to_path_buf(), 1, file, snap.len() as u64);
+        let small: Vec<Vec<u8>> = (0..50)
+            .map(|i| format!("record {i}").into_bytes())
+            .collect();
+        for p in &small {
+            let mut b = Vec::new();
+            frame(&mut b, p);
+            w.append(&b).unwrap().await.unwrap().unwrap();
+        }
+        let large = vec![7u8; PREALLOCATE as usize + 10];
+        let mut b = Vec::new();
+        frame(&mut b, &large);
+        w.append(&b).unwrap().await.unwrap().unwrap();
+        w.close();
+        let mut expected = vec![b"SNAPSHOT".to_vec()];
+        expected.extend(small);
+        expected.push(large);
+        let on_disk = fs::read(&path).unwrap();
+        assert!(
+            on_disk.len() as u64 > PREALLOCATE,
+            "the file grew for the large batch"
+        );
+        let (frames, clean) = parse_frames(&on_disk);
+        assert_eq!(frames.len(), expected.len());
+        assert!(
+            on_disk[clean..].iter().all(|b| *b == 0),
+            "only zeros after the frames"
+        );
+        assert_eq!(recover_file(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_zero_header_ends_the_log() {
+        let (mut buf, payloads, ends) = sample();
+        buf.extend_from_slice(&[0; 64]);
+        let (got, clean) = parse_frames(&buf);
+        assert_eq!(got.len(), payloads.len());
+        assert_eq!(clean, *ends.last().unwrap());
     }
 }
