@@ -172,13 +172,45 @@ function event()
 end
 LUA
 
+# CPU time (user + system, clock ticks) used so far by the processes given.
+cpu_ticks() { # pid... -> ticks
+  local total=0 pid t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+server_pid=$(pgrep -x mariadbd || pgrep -x mysqld || true)
+
 failed=0
 run() { # direct|tandem -> sets tps; the output goes to $work/$1.out and $work/sysbench.log
-  local host=$MYSQL_HOST port=$MYSQL_PORT flag=off status=0
+  local host=$MYSQL_HOST port=$MYSQL_PORT flag=off status=0 bench_pid bench_ticks=0 t
   [[ $1 == tandem ]] && { host=127.0.0.1; port=$TANDEM_PORT; flag=on; }
+  local server_before proxy_before lock_before
+  server_before=$(cpu_ticks $server_pid); proxy_before=$(cpu_ticks "$proxy_pid"); lock_before=$(cpu_ticks "$lock_pid")
   sysbench "$work/mysql_at.lua" "${common[@]}" --mysql-host="$host" --mysql-port="$port" \
     --tandem="$flag" --threads="$THREADS" --time="$SECONDS_PER_RUN" --report-interval=0 run \
-    >"$work/$1.out" 2>&1 || status=$?
+    >"$work/$1.out" 2>&1 &
+  bench_pid=$!
+  # sysbench's own CPU, read just before it exits.
+  while kill -0 "$bench_pid" 2>/dev/null; do
+    t=$(cpu_ticks "$bench_pid"); [[ $t -gt 0 ]] && bench_ticks=$t
+    sleep 0.2
+  done
+  wait "$bench_pid" || status=$?
+  local txns
+  txns=$(awk '/transactions:/ {print $2}' "$work/$1.out")
+  if [[ -n "$txns" && "$txns" -gt 0 ]]; then
+    awk -v t="$1" -v n="$txns" -v hz="$HZ" \
+      -v db=$(( $(cpu_ticks $server_pid) - server_before )) \
+      -v px=$(( $(cpu_ticks "$proxy_pid") - proxy_before )) \
+      -v ls=$(( $(cpu_ticks "$lock_pid") - lock_before )) \
+      -v sb="$bench_ticks" 'BEGIN {
+        printf "%s server %.3f\n%s proxy %.3f\n%s lockserver %.3f\n%s sysbench %.3f\n",
+          t, db * 1000 / hz / n, t, px * 1000 / hz / n, t, ls * 1000 / hz / n, t, sb * 1000 / hz / n }' >>"$work/cpu.log"
+  fi
   { echo "=== $1 (exit $status)"; cat "$work/$1.out"; } >>"$work/sysbench.log"
   if [[ $status != 0 ]] || grep -q "function failed" "$work/$1.out"; then
     failed=1
@@ -208,6 +240,8 @@ if [[ $failed == 0 ]]; then
     "$(awk -v s="$tandem" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
     "$(awk -v a="$tandem" -v b="$direct" 'BEGIN {print (b > 0) ? a / b : 0}')"
 fi
+echo "CPU per transaction (ms, user + system, mean over the rounds; server = the whole database server):"
+awk '{ sum[$1 " " $2] += $3; n[$1 " " $2]++ } END { for (k in sum) printf "  %-20s %.3f\n", k, sum[k] / n[k] }' "$work/cpu.log" 2>/dev/null | sort
 grep -hE "^mysql_at: (retrying|ROLLBACK|tandem_rollback)|^FATAL: mysql_drv_query" "$work/sysbench.log" \
   | sed -e 's/ on: .*//' -e "s/ for query .*//" | sort | uniq -c | sort -rn | head -10 || true
 echo "undo rows left right after the run (phase-2 cleanup is asynchronous): $(sql -e "SELECT COUNT(*) FROM $DB.undo_log WHERE log_status = 0")"

@@ -97,6 +97,13 @@ pub enum Error {
     )]
     Uncaptured { table: String },
 
+    /// tandem's read of a before image failed after the write it travelled with ran
+    /// (both were in one flight); the local transaction is rolled back.
+    #[error(
+        "tandem could not read the before image of {table} ({cause}); the write ran without it, so the transaction was rolled back"
+    )]
+    ImageUnread { table: String, cause: String },
+
     #[error("a row is locked by unfinished global transaction {holder}; retry the transaction")]
     GloballyLocked { holder: String },
 
@@ -148,7 +155,7 @@ impl Error {
             | Error::SidePoolBuild { .. } => SqlState::InternalError,
             Error::Undo(_) => SqlState::FeatureNotSupported,
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
-            Error::Uncaptured { .. } | Error::GloballyLocked { .. } => {
+            Error::Uncaptured { .. } | Error::ImageUnread { .. } | Error::GloballyLocked { .. } => {
                 SqlState::SerializationFailure
             }
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
@@ -199,7 +206,8 @@ impl Error {
             | Error::Lockserver(tandem_lockserver::Error::LockConflict { .. }) => {
                 MyErr::LockWaitTimeout
             }
-            Error::Uncaptured { .. } => MyErr::Deadlock,
+            // 1213 says what happened to the transaction: it was rolled back.
+            Error::Uncaptured { .. } | Error::ImageUnread { .. } => MyErr::Deadlock,
             Error::SidePool(_)
             | Error::SideQuery(_)
             | Error::SidePoolBuild { .. }
@@ -235,6 +243,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::Uncaptured { .. }
+                | Error::ImageUnread { .. }
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
                 | Error::Injected { .. }
@@ -305,6 +314,7 @@ impl Error {
             Error::Undo(_)
             | Error::UnknownTable { .. }
             | Error::Uncaptured { .. }
+            | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. } => "at_refused",
             Error::RowGloballyLocked { .. } => "outside_write_locked",
             Error::Injected { .. } => "at_injected",

@@ -390,11 +390,17 @@ pub fn supports_detached_xa(version: &str) -> bool {
     }
 }
 
+/// How long an idle side connection stays open. mysql_async's default (0) closes every
+/// connection beyond the pool's minimum as soon as it is returned: each batch of undo
+/// deletions paid for a new connection (TCP, authentication, and a server thread).
+const SIDE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn side_opts(config: &MysqlFrontend) -> mysql_async::Opts {
     crate::session::mysql::side::service_opts(config)
         .pool_opts(
             mysql_async::PoolOpts::default()
-                .with_constraints(mysql_async::PoolConstraints::new(0, 4).unwrap_or_default()),
+                .with_constraints(mysql_async::PoolConstraints::new(0, 4).unwrap_or_default())
+                .with_inactive_connection_ttl(SIDE_IDLE),
         )
         .into()
 }

@@ -43,6 +43,9 @@ pub struct Opened {
     pub client_tls: bool,
     /// MariaDB's extended column metadata was negotiated (column definitions carry it).
     pub extended_metadata: bool,
+    /// The server is MariaDB 10.2 or later (its greeting carries MariaDB's capability
+    /// flags), which executes statement id 0xFFFFFFFF as the one last prepared.
+    pub executes_last_prepared: bool,
     /// The nonce of the greeting, which COM_CHANGE_USER reuses.
     pub nonce: Vec<u8>,
 }
@@ -434,6 +437,7 @@ impl Handshake<'_> {
             client_tls: self.client_tls,
             nonce: greeting.nonce,
             extended_metadata: self.extended_metadata,
+            executes_last_prepared: greeting.mariadb_capabilities.is_some(),
         }))
     }
 }

@@ -83,6 +83,7 @@ pub struct Relay<'a> {
     pub(super) database_uncertain: bool,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
     pub(super) extended_metadata: bool,
+    pub(super) executes_last_prepared: bool,
     /// Phase 2 of branches this connection prepared arrives here (see `xa::mysql`).
     pub(super) phase2_tx: tokio::sync::mpsc::UnboundedSender<crate::xa::mysql::OwnedPhase2>,
     pub(super) phase2_rx: tokio::sync::mpsc::UnboundedReceiver<crate::xa::mysql::OwnedPhase2>,
@@ -140,6 +141,7 @@ impl<'a> Relay<'a> {
             database_uncertain: false,
             execute_forwarded: false,
             extended_metadata: opened.extended_metadata,
+            executes_last_prepared: opened.executes_last_prepared,
             phase2_tx,
             phase2_rx,
             phase2_queue: std::collections::VecDeque::new(),

@@ -96,6 +96,7 @@ impl Relay<'_> {
             from_server: &mut self.from_server,
             deprecate_eof: self.exchange.deprecate_eof,
             extended_metadata: self.extended_metadata,
+            executes_last_prepared: self.executes_last_prepared,
         };
         (own, &mut self.own_statements)
     }
@@ -564,7 +565,10 @@ impl Relay<'_> {
                 self.at_branch.record_before(meta, rows);
                 Ok(keys)
             }
-            Some(Err(_)) if write_ran => Err(uncaptured(meta)),
+            Some(Err(e)) if write_ran => Err(AtFailure::Uncaptured(Error::ImageUnread {
+                table: meta.table.name.clone(),
+                cause: format!("{} {}", e.code, e.message),
+            })),
             Some(Err(e)) => Err(AtFailure::Server(e)),
             None => Ok(Vec::new()),
         }
@@ -644,8 +648,11 @@ impl Relay<'_> {
                 packet
             }
         };
+        // A text write's reads carry its literals: they will not come again.
+        let reuse = matches!(source, Source::Execute { .. });
         let (mut own, statements) = self.backend();
-        own.around_write(statements, before, packet, after).await
+        own.around_write(statements, before, packet, after, reuse)
+            .await
     }
 
     /// The rows an INSERT gave AUTO_INCREMENT keys: the k-th has

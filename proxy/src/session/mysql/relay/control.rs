@@ -484,6 +484,7 @@ async fn own_statement(
         from_server,
         deprecate_eof: false,
         extended_metadata: false,
+        executes_last_prepared: false,
     };
     Ok(own.query(sql).await?.map(|ok| ok.status))
 }

@@ -52,6 +52,24 @@ impl OwnStatements {
         out
     }
 
+    /// Keeps `sql` as statement `id`; the oldest kept statement is closed in `out`
+    /// (COM_STMT_CLOSE has no reply) when there is no room.
+    fn keep(&mut self, sql: &str, id: u32, out: &mut BytesMut) {
+        if self.by_sql.contains_key(sql) {
+            // Prepared twice in one flight (the same read before and after a write).
+            put_close(out, id);
+            return;
+        }
+        if self.order.len() >= OWN_STATEMENTS_MAX
+            && let Some(oldest) = self.order.pop_front()
+            && let Some(old_id) = self.by_sql.remove(&oldest)
+        {
+            put_close(out, old_id);
+        }
+        self.by_sql.insert(sql.to_owned(), id);
+        self.order.push_back(sql.to_owned());
+    }
+
     fn forget(&mut self, sql: &str) {
         self.by_sql.remove(sql);
         self.order.retain(|s| s != sql);
@@ -110,6 +128,34 @@ pub(in crate::session::mysql) struct Own<'a> {
     pub deprecate_eof: bool,
     /// Column definitions carry MariaDB's extended type information.
     pub extended_metadata: bool,
+    /// MariaDB: a statement prepared in the same flight as its execute (id 0xFFFFFFFF,
+    /// "the last one prepared") costs no round trip of its own.
+    pub executes_last_prepared: bool,
+}
+
+/// COM_STMT_EXECUTE's statement id for "the statement this connection prepared last"
+/// (MariaDB 10.2 and later). After a failed prepare the server has none, and the
+/// execute fails with ER_UNKNOWN_STMT_HANDLER.
+const LAST_PREPARED: u32 = u32::MAX;
+
+/// How one of tandem's reads around a write reaches its statement.
+#[derive(Clone, Copy)]
+enum Staged {
+    /// Kept prepared in `OwnStatements`.
+    Kept(u32),
+    /// Prepared for this write only: closed once read.
+    Once(u32),
+    /// Its COM_STMT_PREPARE travels in the same flight, just ahead of its execute.
+    InFlight,
+}
+
+/// COM_STMT_CLOSEs of the reads prepared for one write only.
+fn close_once(out: &mut BytesMut, staged: &[Option<Staged>; 2]) {
+    for s in staged.iter().flatten() {
+        if let Staged::Once(id) = s {
+            put_close(out, *id);
+        }
+    }
 }
 
 impl Own<'_> {
@@ -217,52 +263,129 @@ impl Own<'_> {
     /// Runs a write of the client's (`write`: its whole command packet) with tandem's
     /// reads around it in one round trip: `before` (the before image, locking) ahead of
     /// it and `after` behind it, pipelined. The server runs them in order, in the same
-    /// transaction; each reply is read in turn.
+    /// transaction; each reply is read in turn. Reads that will not come again (`reuse`
+    /// false: their text holds the client's literals) are closed once read, so that
+    /// they do not push the statements that do come again out of `statements`.
     pub async fn around_write(
         &mut self,
         statements: &mut OwnStatements,
         before: Option<(&str, &[Param<'_>])>,
         write: &[u8],
         after: Option<(&str, &[Param<'_>])>,
+        reuse: bool,
     ) -> Result<AroundWrite> {
         let mut out = BytesMut::new();
-        let mut ids = [None, None];
-        for (slot, read) in ids.iter_mut().zip([before, after]) {
-            if let Some((sql, _)) = read {
+        let mut staged = [None, None];
+        for (slot, read) in staged.iter_mut().zip([before, after]) {
+            let Some((sql, _)) = read else { continue };
+            let prepared = if let Some(&id) = statements.by_sql.get(sql) {
+                Staged::Kept(id)
+            } else if self.executes_last_prepared {
+                Staged::InFlight
+            } else if reuse {
                 match self.statement_id(statements, sql, &mut out).await? {
-                    Ok(id) => *slot = Some(id),
+                    Ok(id) => Staged::Kept(id),
                     // Nothing of the write has been sent: it does not run.
-                    Err(e) => return Ok(AroundWrite::refused(e)),
+                    Err(e) => return self.refused(&out, &staged, e).await,
                 }
-            }
+            } else {
+                match self.prepare(sql).await? {
+                    Ok(id) => Staged::Once(id),
+                    Err(e) => return self.refused(&out, &staged, e).await,
+                }
+            };
+            *slot = Some(prepared);
         }
-        let mut executes = [BytesMut::new(), BytesMut::new()];
-        for ((id, read), buf) in ids.iter().zip([before, after]).zip(&mut executes) {
-            if let (Some(id), Some((_, params))) = (id, read)
-                && put_execute(buf, *id, params).is_err()
-            {
+        let mut reads = [BytesMut::new(), BytesMut::new()];
+        for ((staged_read, read), buf) in staged.iter().zip([before, after]).zip(&mut reads) {
+            let (Some(staged_read), Some((sql, params))) = (staged_read, read) else {
+                continue;
+            };
+            let id = match staged_read {
+                Staged::Kept(id) | Staged::Once(id) => *id,
+                Staged::InFlight => {
+                    put_prepare(buf, sql);
+                    LAST_PREPARED
+                }
+            };
+            if put_execute(buf, id, params).is_err() {
+                close_once(&mut out, &staged);
                 return self.unbindable(&out).await;
             }
         }
-        let [before_execute, after_execute] = executes;
-        out.extend_from_slice(&before_execute);
+        let [before_read, after_read] = reads;
+        out.extend_from_slice(&before_read);
         out.extend_from_slice(write);
-        out.extend_from_slice(&after_execute);
+        out.extend_from_slice(&after_read);
         self.write(&out).await?;
-        let before = match before {
-            Some((sql, _)) => Some(self.read_rows(statements, sql).await?),
-            None => None,
+        // Closes (no replies) of what is not kept, sent once every reply is read.
+        let mut closes = BytesMut::new();
+        close_once(&mut closes, &staged);
+        // A read whose prepare failed in flight fails with it; the write still ran, as
+        // when the read itself fails (the caller rolls the local transaction back).
+        let before = match (before, staged[0]) {
+            (Some((sql, _)), Some(staged)) => Some(
+                self.read_staged(statements, sql, staged, reuse, &mut closes)
+                    .await?,
+            ),
+            _ => None,
         };
         let write = self.read_ok().await?;
-        let after = match after {
-            Some((sql, _)) => Some(self.read_rows(statements, sql).await?),
-            None => None,
+        let after = match (after, staged[1]) {
+            (Some((sql, _)), Some(staged)) => Some(
+                self.read_staged(statements, sql, staged, reuse, &mut closes)
+                    .await?,
+            ),
+            _ => None,
         };
+        if !closes.is_empty() {
+            self.write(&closes).await?;
+        }
         Ok(AroundWrite {
             before,
             write,
             after,
         })
+    }
+
+    /// A read could not be prepared: the write is not sent, and what was staged for
+    /// the server (closes) goes with the reads already prepared for this write closed.
+    async fn refused(
+        &mut self,
+        staged_out: &BytesMut,
+        staged: &[Option<Staged>; 2],
+        e: OwnError,
+    ) -> Result<AroundWrite> {
+        let mut out = staged_out.clone();
+        close_once(&mut out, staged);
+        if !out.is_empty() {
+            self.write(&out).await?;
+        }
+        Ok(AroundWrite::refused(e))
+    }
+
+    /// The replies to one read staged by `around_write`: its prepare's, when it was
+    /// prepared in flight (then kept, or closed in `closes`), and its execute's.
+    async fn read_staged(
+        &mut self,
+        statements: &mut OwnStatements,
+        sql: &str,
+        staged: Staged,
+        reuse: bool,
+        closes: &mut BytesMut,
+    ) -> Result<std::result::Result<Vec<BinaryRow>, OwnError>> {
+        if let Staged::InFlight = staged {
+            match self.read_prepare_reply().await? {
+                Ok(id) if reuse => statements.keep(sql, id, closes),
+                Ok(id) => put_close(closes, id),
+                Err(e) => {
+                    // Its execute found no statement to run: that ERR is read and dropped.
+                    self.read_rows(statements, sql).await?.ok();
+                    return Ok(Err(e));
+                }
+            }
+        }
+        self.read_rows(statements, sql).await
     }
 
     /// An image that cannot be bound fails tandem's statement before any execute is
@@ -290,14 +413,7 @@ impl Own<'_> {
             Ok(id) => id,
             Err(e) => return Ok(Err(e)),
         };
-        if statements.order.len() >= OWN_STATEMENTS_MAX
-            && let Some(oldest) = statements.order.pop_front()
-            && let Some(old_id) = statements.by_sql.remove(&oldest)
-        {
-            put_close(out, old_id);
-        }
-        statements.by_sql.insert(sql.to_owned(), id);
-        statements.order.push_back(sql.to_owned());
+        statements.keep(sql, id, out);
         Ok(Ok(id))
     }
 
@@ -353,6 +469,11 @@ impl Own<'_> {
         let mut out = BytesMut::new();
         put_prepare(&mut out, sql);
         self.write(&out).await?;
+        self.read_prepare_reply().await
+    }
+
+    /// The reply to a COM_STMT_PREPARE: its statement id, its definitions read and dropped.
+    async fn read_prepare_reply(&mut self) -> Result<std::result::Result<u32, OwnError>> {
         let first = self.read_payload().await?;
         if first.first() == Some(&reply::ERR) {
             return OwnError::decode(&first).map(Err);
