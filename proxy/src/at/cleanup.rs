@@ -1,8 +1,11 @@
 //! Phase-2 commit of AT branches: their undo rows are deleted in batches, one statement
 //! and one commit per batch and database, instead of one committed DELETE per branch.
 //!
-//! A batch is whatever queued while the previous one ran, so under load the batches
-//! grow by themselves and at rest a branch waits for no timer. On PostgreSQL the batch
+//! A batch is whatever queued while the previous one ran, plus what arrives within
+//! [`GATHER`] of its first job. Without that wait the batches stayed at one or two
+//! branches under load (pgbench TPC-B at ~600 global transactions a second: 1,426
+//! cleanup transactions for 1,781 branches), each its own BEGIN, DELETE and COMMIT.
+//! Nothing waits on a cleanup but phase 2's acknowledgement to the lockserver. On PostgreSQL the batch
 //! commits with `synchronous_commit = off`: a crash may forget the last deletions, which
 //! leaves undo rows of finished transactions behind (garbage, never undone: phase 2 of a
 //! committed transaction only deletes), but no commit waits for a flush of its own.
@@ -28,6 +31,9 @@ pub trait BatchDelete: Send + Sync + 'static {
 
 /// Deletions per statement, at most.
 const MAX_BATCH: usize = 512;
+
+/// How long a batch waits for more branches after its first one.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 struct Job {
     xid: String,
@@ -96,10 +102,12 @@ async fn drain(
 ) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
+        let gathered = tokio::time::Instant::now() + GATHER;
         while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+            match tokio::time::timeout_at(gathered, jobs.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                // The deadline passed, or every sender is gone: run what is here.
+                Ok(None) | Err(_) => break,
             }
         }
         let keys: Vec<(String, u64)> = batch.iter().map(|j| (j.xid.clone(), j.branch_id)).collect();
