@@ -6,8 +6,9 @@
 # transaction (SELECT tandem_begin() before it, SELECT tandem_commit() after it), in
 # one run, alternating direct/tandem round by round. Prints each TPS figure and
 # tandem's ratio to direct, the errors sysbench retried, and the undo_log rows left.
-# Text protocol only (con:query): AT mode on MySQL captures COM_QUERY writes, and
-# refuses writes by prepared statement inside a global transaction. A statement that
+# As AT's ceiling, the same statements also run through the proxy without a global
+# transaction (SELECT 1 in place of tandem's calls). Text protocol (con:query), as
+# sysbench's Lua API sends it. A statement that
 # fails for good (or a tandem_commit() that does not answer Committed/AsyncCommitting)
 # stops the run with sysbench's error; lock waits and deadlocks (1205, 1213, 1020) roll
 # the transaction back (and the global one, through tandem), are printed and retried.
@@ -104,6 +105,7 @@ sysbench.cmdline.options = {
   tables = {"Number of sbtest tables", 4},
   table_size = {"Rows per sbtest table", 100000},
   tandem = {"Run each transaction as a tandem global transaction", false},
+  shape = {"Send SELECT 1 where tandem's calls would be (AT's ceiling through the proxy)", false},
 }
 
 local con, bound, retried
@@ -155,6 +157,8 @@ function event()
       error("SELECT tandem_begin() returned no xid")
     end
     bound = true
+  elseif sysbench.opt.shape then
+    con:query_row("SELECT 1")
   end
   con:query("START TRANSACTION")
   con:query(string.format("UPDATE sbtest%d SET k = k + %d WHERE id = %d", t1, delta, aid))
@@ -168,6 +172,8 @@ function event()
     if status ~= "Committed" and status ~= "AsyncCommitting" then
       error("SELECT tandem_commit() returned " .. tostring(status))
     end
+  elseif sysbench.opt.shape then
+    con:query_row("SELECT 1")
   end
 end
 LUA
@@ -186,12 +192,13 @@ server_pid=$(pgrep -x mariadbd || pgrep -x mysqld || true)
 
 failed=0
 run() { # direct|tandem -> sets tps; the output goes to $work/$1.out and $work/sysbench.log
-  local host=$MYSQL_HOST port=$MYSQL_PORT flag=off status=0 bench_pid bench_ticks=0 t
+  local host=$MYSQL_HOST port=$MYSQL_PORT flag=off shape=off status=0 bench_pid bench_ticks=0 t
   [[ $1 == tandem ]] && { host=127.0.0.1; port=$TANDEM_PORT; flag=on; }
+  [[ $1 == shape ]] && { host=127.0.0.1; port=$TANDEM_PORT; shape=on; }
   local server_before proxy_before lock_before
   server_before=$(cpu_ticks $server_pid); proxy_before=$(cpu_ticks "$proxy_pid"); lock_before=$(cpu_ticks "$lock_pid")
   sysbench "$work/mysql_at.lua" "${common[@]}" --mysql-host="$host" --mysql-port="$port" \
-    --tandem="$flag" --threads="$THREADS" --time="$SECONDS_PER_RUN" --report-interval=0 run \
+    --tandem="$flag" --shape="$shape" --threads="$THREADS" --time="$SECONDS_PER_RUN" --report-interval=0 run \
     >"$work/$1.out" 2>&1 &
   bench_pid=$!
   # sysbench's own CPU, read just before it exits.
@@ -221,24 +228,29 @@ run() { # direct|tandem -> sets tps; the output goes to $work/$1.out and $work/s
 }
 
 echo "sysbench $(sysbench --version | awk '{print $2}'), TPC-B-like transaction (3 UPDATEs + 1 SELECT by primary key, text protocol), tandem in $TANDEM_MODE mode: $THREADS threads, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, $TABLES tables x $TABLE_SIZE rows"
-direct=0; tandem=0
+direct=0; tandem=0; shape=0
 shown() { if [[ -n "$1" ]]; then echo "$1 tps"; else echo "$2"; fi; }
 ignored() { awk '/ignored errors:/ {print $3}' "$work/$1.out" 2>/dev/null; }
 for r in $(seq "$ROUNDS"); do
-  run direct; d=$tps; t=; t_shown="not run"
+  run direct; d=$tps; t=; t_shown="not run"; c=
   if [[ $failed == 0 ]]; then run tandem; t=$tps; t_shown=$(shown "$t" failed); fi
-  printf '  round %d: direct %s, tandem %s (errors sysbench ignored and retried: direct %s, tandem %s)\n' "$r" \
-    "$(shown "$d" failed)" "$t_shown" "$(ignored direct)" "$(ignored tandem)"
+  if [[ $failed == 0 ]]; then run shape; c=$tps; fi
+  printf '  round %d: direct %s, tandem %s, relayed without a global transaction %s (errors sysbench ignored and retried: direct %s, tandem %s)\n' "$r" \
+    "$(shown "$d" failed)" "$t_shown" "$(shown "$c" "not run")" "$(ignored direct)" "$(ignored tandem)"
   [[ $failed == 0 ]] || break
   direct=$(awk -v s="$direct" -v y="${d:-0}" 'BEGIN {print s + y}')
   tandem=$(awk -v s="$tandem" -v y="${t:-0}" 'BEGIN {print s + y}')
+  shape=$(awk -v s="$shape" -v y="${c:-0}" 'BEGIN {print s + y}')
 done
 if [[ $failed == 0 ]]; then
-  printf '%-10s %12s %12s %14s\n' workload direct tandem tandem/direct
-  printf '%-10s %12.1f %12.1f %14.3f\n' tpcb-like \
+  printf '%-10s %12s %12s %14s %12s %14s\n' workload direct tandem tandem/direct ceiling ceiling/direct
+  printf '%-10s %12.1f %12.1f %14.3f %12.1f %14.3f\n' tpcb-like \
     "$(awk -v s="$direct" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
     "$(awk -v s="$tandem" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
-    "$(awk -v a="$tandem" -v b="$direct" 'BEGIN {print (b > 0) ? a / b : 0}')"
+    "$(awk -v a="$tandem" -v b="$direct" 'BEGIN {print (b > 0) ? a / b : 0}')" \
+    "$(awk -v s="$shape" -v r="$ROUNDS" 'BEGIN {print s / r}')" \
+    "$(awk -v a="$shape" -v b="$direct" 'BEGIN {print (b > 0) ? a / b : 0}')"
+  echo "(ceiling: the same statements through the proxy, SELECT 1 in place of tandem's calls, no global transaction)"
 fi
 echo "CPU per transaction (ms, user + system, mean over the rounds; server = the whole database server):"
 awk '{ sum[$1 " " $2] += $3; n[$1 " " $2]++ } END { for (k in sum) printf "  %-20s %.3f\n", k, sum[k] / n[k] }' "$work/cpu.log" 2>/dev/null | sort
