@@ -8,7 +8,7 @@
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload[len]`.
 //!
-//! A log file is zero-filled ahead of its frames ([`PREALLOCATE`] at a time), and
+//! A log file is zero-filled ahead of its frames (`PREALLOCATE` at a time), and
 //! appends overwrite that space. An `fdatasync` of blocks that already exist in the
 //! file flushes only data; one that grows the file must also commit the new size
 //! through the filesystem's journal. On this project's machines that made each

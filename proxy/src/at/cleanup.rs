@@ -2,7 +2,7 @@
 //! and one commit per batch and database, instead of one committed DELETE per branch.
 //!
 //! A batch is whatever queued while the previous one ran, plus what arrives within
-//! [`GATHER`] of its first job. Without that wait the batches stayed at one or two
+//! `GATHER` of its first job. Without that wait the batches stayed at one or two
 //! branches under load (pgbench TPC-B at ~600 global transactions a second: 1,426
 //! cleanup transactions for 1,781 branches), each its own BEGIN, DELETE and COMMIT.
 //! Nothing waits on a cleanup but phase 2's acknowledgement to the lockserver. On PostgreSQL the batch
