@@ -49,7 +49,13 @@ TOML
   RUST_LOG=warn TOKIO_WORKER_THREADS=${PROXY_THREADS:-2} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
   for _ in $(seq 50); do
-    psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "select 1" >/dev/null 2>&1 && return
+    if psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "select 1" >/dev/null 2>&1; then
+      # A tandem left over from an earlier run may hold the ports and answer instead.
+      kill -0 "$proxy_pid" 2>/dev/null && kill -0 "$lock_pid" 2>/dev/null && return
+      echo "the proxy or lockserver this run started has exited (ports taken by another?):" >&2
+      cat "$work/proxy.log" "$work/lockserver.log" >&2
+      exit 1
+    fi
     sleep 0.1
   done
   echo "the proxy did not answer; see $work/proxy.log" >&2

@@ -90,7 +90,13 @@ RUST_LOG=warn TOKIO_WORKER_THREADS=${PROXY_THREADS:-2} ./target/release/tandem p
 proxy_pid=$!
 tandem_sql() { mariadb -h 127.0.0.1 -P "$TANDEM_PORT" -u "$MYSQL_USER" --skip-ssl -N "$@"; }
 for i in $(seq 50); do
-  tandem_sql -e "select 1" >/dev/null 2>&1 && break
+  if tandem_sql -e "select 1" >/dev/null 2>&1; then
+    # A tandem left over from an earlier run may hold the ports and answer instead.
+    kill -0 "$proxy_pid" 2>/dev/null && kill -0 "$lock_pid" 2>/dev/null && break
+    echo "the proxy or lockserver this run started has exited (ports taken by another?):" >&2
+    cat "$work/proxy.log" "$work/lockserver.log" >&2
+    exit 1
+  fi
   [[ $i == 50 ]] && { echo "the proxy did not answer; its log:" >&2; cat "$work/proxy.log" >&2; exit 1; }
   sleep 0.1
 done

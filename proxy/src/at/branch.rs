@@ -186,6 +186,26 @@ impl Branch {
         }
     }
 
+    /// The global lock keys of every row the branch has touched so far, for an engine
+    /// whose text keys are the hex of the key's binary values (MySQL's `keyed`): the
+    /// same keys [`Branch::finish`] gives, plus those of rows inserted and deleted
+    /// again, which it leaves out once their after images are read. Lets a COMMIT
+    /// register while it reads the after images.
+    pub fn lock_keys_of_hex_keys(&self, resource: &str) -> Vec<LockKey> {
+        self.tables
+            .iter()
+            .flat_map(|t| {
+                let table = qualified_name(&t.meta);
+                t.order.iter().map(move |key| {
+                    let pk = key
+                        .iter()
+                        .map(|v| v.clone().unwrap_or_else(|| "null".to_owned()));
+                    LockKey::new(resource, &table, pk)
+                })
+            })
+            .collect()
+    }
+
     /// The undo record and the global lock keys of the whole branch.
     pub fn finish(self, resource: &str) -> (UndoRecord, Vec<LockKey>) {
         let mut record = UndoRecord {
@@ -365,5 +385,35 @@ mod tests {
         assert_eq!(rows[1].after, None, "deleted");
         assert_eq!(rows[2].after, Some(row(3, "c")));
         assert_eq!(keys.len(), 3);
+    }
+
+    /// MySQL registers while it reads the after images: the keys it registers must be
+    /// the ones the finished branch names, when text keys are the hex of binary keys.
+    #[test]
+    fn lock_keys_of_hex_keys_match_the_finished_branchs_keys() {
+        let m = meta();
+        let hex_key = |id: u8| vec![Some(hex(&[0, 0, 0, id]))];
+        let mut b = Branch::default();
+        b.record_before(
+            &m,
+            vec![(row(1, "a"), hex_key(1)), (row(4, "d"), hex_key(4))],
+        );
+        b.record_inserted(&m, vec![hex_key(2), hex_key(3)]);
+        let early = b.lock_keys_of_hex_keys("mysql://h:3306");
+        b.record_after(
+            &m,
+            vec![
+                (row(1, "b"), hex_key(1)),
+                (row(4, "d"), hex_key(4)),
+                (row(2, "new"), hex_key(2)),
+            ],
+        );
+        let (_, keys) = b.finish("mysql://h:3306");
+        // Row 3, inserted and deleted again, is locked early but not named at the end.
+        assert_eq!(early.len(), 4);
+        assert_eq!(
+            keys,
+            vec![early[0].clone(), early[1].clone(), early[2].clone()]
+        );
     }
 }

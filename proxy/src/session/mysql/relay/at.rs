@@ -730,35 +730,50 @@ impl Relay<'_> {
                 (meta.select_by_keys_sql(&Mysql, *rows), params)
             })
             .collect();
-        let (mut own, statements) = self.backend();
-        let results = own.select_many(statements, &queries).await?;
-        drop(queries);
-        for ((meta, ..), result) in reads.iter().zip(results) {
-            match result {
-                Ok(rows) => self.at_branch.record_after(meta, keyed(meta, rows)),
-                Err(e) => return self.abandon(AtFailure::Server(e)).await,
-            }
-        }
-        let resource = self.ctx.xa.resource_id(&self.database);
-        let (record, keys) = std::mem::take(&mut self.at_branch).finish(&self.ctx.xa.lock_scope());
-        if record.tables.is_empty() {
-            // Rows inserted and deleted again: nothing to undo, nothing to lock.
+        if self.at_branch.is_empty() {
+            // A write that changed no row: nothing to undo, nothing to lock.
             return Ok(match self.own().query("COMMIT").await? {
                 Ok(ok) => Ok(ok.status),
                 Err(e) => Err(AtFailure::Server(e)),
             });
         }
-        self.ctx.xa.serve(&resource);
-        let branch_id = match self
-            .ctx
-            .lock
-            .register_branch(&xid, &resource, BranchKind::AT, &keys, self.ctx.lock_wait)
-            .await
-        {
+        let ctx = self.ctx;
+        let resource = ctx.xa.resource_id(&self.database);
+        // The branch registers (its lock keys are known: every row it touched) while
+        // the after images are read: two round trips at once, to the lockserver and to
+        // the server, while the local row locks are held.
+        let keys = self.at_branch.lock_keys_of_hex_keys(&ctx.xa.lock_scope());
+        ctx.xa.serve(&resource);
+        let register =
+            ctx.lock
+                .register_branch(&xid, &resource, BranchKind::AT, &keys, ctx.lock_wait);
+        let (mut own, statements) = self.backend();
+        let (results, registered) = tokio::join!(own.select_many(statements, &queries), register);
+        let results = match results {
+            Ok(results) => results,
+            Err(e) => {
+                if let Ok(branch_id) = registered {
+                    self.report_phase_one_failed(&xid, branch_id);
+                }
+                return Err(e);
+            }
+        };
+        drop(queries);
+        let branch_id = match registered {
             Ok(id) => id,
             Err(e) => return self.abandon(AtFailure::Refused(e.into())).await,
         };
         tracing::debug!(parent: &self.span, %xid, branch = branch_id, "branch registered");
+        for ((meta, ..), result) in reads.iter().zip(results) {
+            match result {
+                Ok(rows) => self.at_branch.record_after(meta, keyed(meta, rows)),
+                Err(e) => {
+                    self.report_phase_one_failed(&xid, branch_id);
+                    return self.abandon(AtFailure::Server(e)).await;
+                }
+            }
+        }
+        let (record, _) = std::mem::take(&mut self.at_branch).finish(&ctx.xa.lock_scope());
         // A prepared INSERT (kept, like the image reads) with the record as a binary
         // parameter: nothing to escape, nothing for the server to parse again.
         let insert = format!(
