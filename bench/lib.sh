@@ -51,13 +51,18 @@ TOML
   for _ in $(seq 50); do
     if psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "select 1" >/dev/null 2>&1; then
       # A tandem left over from an earlier run may hold the ports and answer instead.
-      kill -0 "$proxy_pid" 2>/dev/null && kill -0 "$lock_pid" 2>/dev/null && return
+      kill -0 "$proxy_pid" 2>/dev/null && kill -0 "$lock_pid" 2>/dev/null && break
       echo "the proxy or lockserver this run started has exited (ports taken by another?):" >&2
       cat "$work/proxy.log" "$work/lockserver.log" >&2
       exit 1
     fi
     sleep 0.1
   done
-  echo "the proxy did not answer; see $work/proxy.log" >&2
+  # The lockserver answers too (it may still be starting): one empty global transaction.
+  for _ in $(seq 50); do
+    psql -qAt -h 127.0.0.1 -p "$TANDEM_PORT" -d "$DB" -c "SELECT tandem_begin()" -c "SELECT tandem_rollback()" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "the proxy or the lockserver did not answer; see $work/proxy.log and $work/lockserver.log" >&2
   exit 1
 }

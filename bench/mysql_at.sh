@@ -100,8 +100,12 @@ for i in $(seq 50); do
   [[ $i == 50 ]] && { echo "the proxy did not answer; its log:" >&2; cat "$work/proxy.log" >&2; exit 1; }
   sleep 0.1
 done
-# The lockserver answers too: one empty global transaction.
-tandem_sql -e "SELECT tandem_begin(); SELECT tandem_rollback()" "$DB" >/dev/null
+# The lockserver answers too (it may still be starting): one empty global transaction.
+for i in $(seq 50); do
+  tandem_sql -e "SELECT tandem_begin(); SELECT tandem_rollback()" "$DB" >/dev/null 2>&1 && break
+  [[ $i == 50 ]] && { echo "the lockserver did not answer; its log:" >&2; cat "$work/lockserver.log" >&2; exit 1; }
+  sleep 0.1
+done
 
 # The transaction, as text-protocol statements. --tandem=on wraps it in a global
 # transaction. An ignorable error (sysbench's --mysql-ignore-errors, by default 1213,
