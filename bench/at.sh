@@ -53,15 +53,7 @@ sed 's/^SELECT tandem_begin() \\gset$/SELECT tandem_mode('"'"'xa'"'"');\nSELECT 
 # relay and the script's three extra round trips cost anything.
 sed -e 's/^SELECT tandem_[a-z]*().*$/SELECT 1;/' "$work/at.sql" >"$work/shape.sql"
 
-# CPU seconds (user + system, in clock ticks) used so far by the processes named.
-cpu_ticks() { # pid... -> ticks
-  local total=0 pid t
-  for pid in "$@"; do
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-  done
-  echo "$total"
-}
+. bench/cpu.sh
 postgres_pids() { pgrep -x postgres | tr '\n' ' '; }
 # Every PostgreSQL process, including backends that exited (reaped by the postmaster,
 # whose children's time is in its cutime and cstime).
@@ -71,7 +63,6 @@ postgres_ticks() {
   postmaster=$(pgrep -x -o postgres)
   echo $((live + $(awk '{print $16 + $17}' "/proc/$postmaster/stat")))
 }
-HZ=$(getconf CLK_TCK)
 
 run() { # target -> tps; appends "target component ms-per-transaction" lines to cpu.log
   local out pg_before proxy_before lock_before bench_before tps pgbench_pid

@@ -188,16 +188,7 @@ function event()
 end
 LUA
 
-# CPU time (user + system, clock ticks) used so far by the processes given.
-cpu_ticks() { # pid... -> ticks
-  local total=0 pid t
-  for pid in "$@"; do
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-  done
-  echo "$total"
-}
-HZ=$(getconf CLK_TCK)
+. bench/cpu.sh
 server_pid=$(pgrep -x mariadbd || pgrep -x mysqld || true)
 
 failed=0
