@@ -788,6 +788,14 @@ async fn rows_inserted_then_deleted_or_undone_by_a_savepoint_roll_back_exactly()
         "ROLLBACK TO SAVEPOINT s",
         "UPDATE accounts SET balance = 2 WHERE id = 2",
         "COMMIT",
+        // A local transaction whose only row is gone again by its COMMIT (which
+        // registers while it reads that row's after image), and an autocommit write
+        // that changes no row.
+        "START TRANSACTION",
+        "INSERT INTO accounts VALUES (6, 6, 'six')",
+        "DELETE FROM accounts WHERE id = 6",
+        "COMMIT",
+        "UPDATE accounts SET balance = 3 WHERE id = 99",
     ] {
         conn.query_drop(sql)
             .await
@@ -796,6 +804,29 @@ async fn rows_inserted_then_deleted_or_undone_by_a_savepoint_roll_back_exactly()
     let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
     assert_eq!(status.as_deref(), Some("Rollbacked"));
     assert_eq!(dump(&mut direct, "accounts").await, before);
+    // The same empty branch in a global transaction that commits.
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    for sql in [
+        "START TRANSACTION",
+        "INSERT INTO accounts VALUES (7, 7, 'seven')",
+        "DELETE FROM accounts WHERE id = 7",
+        "COMMIT",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let status = text(&mut conn, "SELECT tandem_commit()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Committed" | "AsyncCommitting")),
+        "{status:?}"
+    );
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    eventually("undo rows cleaned up", || {
+        let db = &db;
+        async move { undo_rows(&mut db.direct().await).await == 0 }
+    })
+    .await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
