@@ -53,7 +53,6 @@ sed 's/^SELECT tandem_begin() \\gset$/SELECT tandem_mode('"'"'xa'"'"');\nSELECT 
 # relay and the script's three extra round trips cost anything.
 sed -e 's/^SELECT tandem_[a-z]*().*$/SELECT 1;/' "$work/at.sql" >"$work/shape.sql"
 
-. bench/cpu.sh
 postgres_pids() { pgrep -x postgres | tr '\n' ' '; }
 # Every PostgreSQL process, including backends that exited (reaped by the postmaster,
 # whose children's time is in its cutime and cstime).

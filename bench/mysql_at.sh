@@ -40,14 +40,7 @@ command -v sysbench >/dev/null || {
 }
 ((TABLES >= 3)) || { echo "TABLES must be at least 3 (one UPDATE per table)" >&2; exit 1; }
 
-work=$(mktemp -d)
-cleanup() {
-  [[ -n "${proxy_pid:-}" ]] && kill "$proxy_pid" 2>/dev/null || true
-  [[ -n "${lock_pid:-}" ]] && kill "$lock_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib.sh
 
 sql() { mariadb -h "$MYSQL_HOST" -P "$MYSQL_PORT" -u "$MYSQL_USER" -N "$@"; }
 
@@ -63,49 +56,23 @@ fi
 stale=$(sql -e "SELECT COUNT(*) FROM $DB.undo_log")
 [[ "$stale" == 0 ]] || echo "note: undo_log holds $stale rows from earlier runs" >&2
 
-cat >"$work/lockserver.toml" <<TOML
-grpc_listen = "127.0.0.1:$GRPC_PORT"
-http_listen = "127.0.0.1:$HTTP_PORT"
-[store]
-kind = "embedded"
-path = "$work/lockserver"
-TOML
-cat >"$work/proxy.toml" <<TOML
-[admin]
-listen = "127.0.0.1:0"
-[lockserver]
-endpoint = "http://127.0.0.1:$GRPC_PORT"
-lock_wait_ms = ${LOCK_WAIT_MS:-5000}
-[[mysql]]
-listen = "127.0.0.1:$TANDEM_PORT"
-upstream = "$MYSQL_HOST:$MYSQL_PORT"
-mode = "$TANDEM_MODE"
-[mysql.service]
-user = "$MYSQL_USER"
-password = "${MYSQL_PASSWORD:-}"
-TOML
-RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
-lock_pid=$!
-RUST_LOG=warn TOKIO_WORKER_THREADS=${PROXY_THREADS:-2} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
-proxy_pid=$!
 tandem_sql() { mariadb -h 127.0.0.1 -P "$TANDEM_PORT" -u "$MYSQL_USER" --skip-ssl -N "$@"; }
-for i in $(seq 50); do
-  if tandem_sql -e "select 1" >/dev/null 2>&1; then
-    # A tandem left over from an earlier run may hold the ports and answer instead.
-    kill -0 "$proxy_pid" 2>/dev/null && kill -0 "$lock_pid" 2>/dev/null && break
-    echo "the proxy or lockserver this run started has exited (ports taken by another?):" >&2
-    cat "$work/proxy.log" "$work/lockserver.log" >&2
-    exit 1
+# `launch_tandem`'s probe through tandem's MySQL front end.
+mysql_probe() { # plain|global
+  if [[ $1 == plain ]]; then
+    tandem_sql -e "select 1"
+  else
+    tandem_sql -e "SELECT tandem_begin(); SELECT tandem_rollback()" "$DB"
   fi
-  [[ $i == 50 ]] && { echo "the proxy did not answer; its log:" >&2; cat "$work/proxy.log" >&2; exit 1; }
-  sleep 0.1
-done
-# The lockserver answers too (it may still be starting): one empty global transaction.
-for i in $(seq 50); do
-  tandem_sql -e "SELECT tandem_begin(); SELECT tandem_rollback()" "$DB" >/dev/null 2>&1 && break
-  [[ $i == 50 ]] && { echo "the lockserver did not answer; its log:" >&2; cat "$work/lockserver.log" >&2; exit 1; }
-  sleep 0.1
-done
+}
+launch_tandem "lock_wait_ms = ${LOCK_WAIT_MS:-5000}
+[[mysql]]
+listen = \"127.0.0.1:$TANDEM_PORT\"
+upstream = \"$MYSQL_HOST:$MYSQL_PORT\"
+mode = \"$TANDEM_MODE\"
+[mysql.service]
+user = \"$MYSQL_USER\"
+password = \"${MYSQL_PASSWORD:-}\"" mysql_probe
 
 # The transaction, as text-protocol statements. --tandem=on wraps it in a global
 # transaction. An ignorable error (sysbench's --mysql-ignore-errors, by default 1213,
@@ -188,7 +155,6 @@ function event()
 end
 LUA
 
-. bench/cpu.sh
 server_pid=$(pgrep -x mariadbd || pgrep -x mysqld || true)
 
 failed=0
