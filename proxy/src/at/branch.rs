@@ -208,11 +208,26 @@ impl Branch {
 
     /// The undo record and the global lock keys of the whole branch.
     pub fn finish(self, resource: &str) -> (UndoRecord, Vec<LockKey>) {
+        let mut keys = Vec::new();
+        let record = self.into_record_with(|meta, image| {
+            keys.push(lock_key(resource, meta, &meta.key_of(image)));
+        });
+        (record, keys)
+    }
+
+    /// The undo record alone, for a COMMIT that registered its lock keys already
+    /// ([`Branch::lock_keys_of_hex_keys`]).
+    pub fn into_record(self) -> UndoRecord {
+        self.into_record_with(|_, _| {})
+    }
+
+    /// The undo record; `on_row` sees each row that stays in it, with the image that
+    /// names it (the after image, or the before image of a deleted row).
+    fn into_record_with(self, mut on_row: impl FnMut(&TableMeta, &Row)) -> UndoRecord {
         let mut record = UndoRecord {
             version: VERSION,
             tables: Vec::new(),
         };
-        let mut keys = Vec::new();
         for mut t in self.tables {
             let meta = &t.meta;
             let mut rows = Vec::with_capacity(t.order.len());
@@ -224,7 +239,7 @@ impl Branch {
                     // Inserted and deleted again inside the branch: nothing to undo.
                     continue;
                 };
-                keys.push(lock_key(resource, meta, &meta.key_of(image)));
+                on_row(meta, image);
                 rows.push(images);
             }
             if rows.is_empty() {
@@ -240,7 +255,7 @@ impl Branch {
                 rows,
             });
         }
-        (record, keys)
+        record
     }
 }
 

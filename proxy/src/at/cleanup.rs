@@ -5,10 +5,12 @@
 //! `GATHER` of its first job. Without that wait the batches stayed at one or two
 //! branches under load (pgbench TPC-B at ~600 global transactions a second: 1,426
 //! cleanup transactions for 1,781 branches), each its own BEGIN, DELETE and COMMIT.
-//! Nothing waits on a cleanup but phase 2's acknowledgement to the lockserver. On PostgreSQL the batch
-//! commits with `synchronous_commit = off`: a crash may forget the last deletions, which
-//! leaves undo rows of finished transactions behind (garbage, never undone: phase 2 of a
-//! committed transaction only deletes), but no commit waits for a flush of its own.
+//! Nothing waits on a cleanup but phase 2's acknowledgement to the lockserver.
+//!
+//! On PostgreSQL the batch commits with `synchronous_commit = off`: a crash may forget
+//! the last deletions, which leaves undo rows of finished transactions behind (garbage,
+//! never undone: phase 2 of a committed transaction only deletes), but no commit waits
+//! for a flush of its own.
 //!
 //! The queues are the same for both engines; `BatchDelete` is the one statement each
 //! runs.

@@ -698,6 +698,13 @@ impl Relay<'_> {
             return self.abandon(failure).await;
         }
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
+        if self.at_branch.is_empty() {
+            // A write that changed no row: nothing to undo, nothing to lock.
+            return Ok(match self.own().query("COMMIT").await? {
+                Ok(ok) => Ok(ok.status),
+                Err(e) => Err(AtFailure::Server(e)),
+            });
+        }
         // Every table's after images in one round trip: the local row locks are held
         // until the COMMIT, so every round trip here is time other writers wait.
         let tables = self.at_branch.keys();
@@ -730,13 +737,6 @@ impl Relay<'_> {
                 (meta.select_by_keys_sql(&Mysql, *rows), params)
             })
             .collect();
-        if self.at_branch.is_empty() {
-            // A write that changed no row: nothing to undo, nothing to lock.
-            return Ok(match self.own().query("COMMIT").await? {
-                Ok(ok) => Ok(ok.status),
-                Err(e) => Err(AtFailure::Server(e)),
-            });
-        }
         let ctx = self.ctx;
         let resource = ctx.xa.resource_id(&self.database);
         // The branch registers (its lock keys are known: every row it touched) while
@@ -773,7 +773,7 @@ impl Relay<'_> {
                 }
             }
         }
-        let (record, _) = std::mem::take(&mut self.at_branch).finish(&ctx.xa.lock_scope());
+        let record = std::mem::take(&mut self.at_branch).into_record();
         // A prepared INSERT (kept, like the image reads) with the record as a binary
         // parameter: nothing to escape, nothing for the server to parse again.
         let insert = format!(

@@ -286,12 +286,12 @@ impl Own<'_> {
                 match self.statement_id(statements, sql, &mut out).await? {
                     Ok(id) => Staged::Kept(id),
                     // Nothing of the write has been sent: it does not run.
-                    Err(e) => return self.refused(&out, &staged, e).await,
+                    Err(e) => return self.refused(&mut out, &staged, e).await,
                 }
             } else {
                 match self.prepare(sql).await? {
                     Ok(id) => Staged::Once(id),
-                    Err(e) => return self.refused(&out, &staged, e).await,
+                    Err(e) => return self.refused(&mut out, &staged, e).await,
                 }
             };
             *slot = Some(prepared);
@@ -352,14 +352,13 @@ impl Own<'_> {
     /// the server (closes) goes with the reads already prepared for this write closed.
     async fn refused(
         &mut self,
-        staged_out: &BytesMut,
+        out: &mut BytesMut,
         staged: &[Option<Staged>; 2],
         e: OwnError,
     ) -> Result<AroundWrite> {
-        let mut out = staged_out.clone();
-        close_once(&mut out, staged);
+        close_once(out, staged);
         if !out.is_empty() {
-            self.write(&out).await?;
+            self.write(out).await?;
         }
         Ok(AroundWrite::refused(e))
     }
