@@ -13,6 +13,15 @@ pub(crate) async fn text(conn: &mut Conn, sql: &str) -> Result<Option<String>, m
     Ok(row.and_then(|mut r| r.take::<Option<String>, _>(0).flatten()))
 }
 
+/// Runs each statement in turn; a failure names the statement.
+pub(crate) async fn run_each(conn: &mut Conn, statements: &[&str]) {
+    for sql in statements {
+        conn.query_drop(*sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 pub(crate) fn code(e: &mysql_async::Error) -> u16 {
     match e {
         mysql_async::Error::Server(s) => s.code,
@@ -646,32 +655,32 @@ async fn every_write_form_rolls_back_exactly() {
     conn.query_drop("SET SESSION auto_increment_increment = 3")
         .await
         .unwrap();
-    for sql in [
-        // Multi-table UPDATE and DELETE: one table written, the other read.
-        "UPDATE accounts a JOIN moves m ON m.account = a.id SET a.balance = a.balance + m.amount WHERE m.amount > 6",
-        "DELETE m FROM moves m JOIN accounts a ON a.id = m.account WHERE a.note = 'c'",
-        // ORDER BY the primary key with LIMIT.
-        "UPDATE moves SET amount = 0 ORDER BY id DESC LIMIT 2",
-        "DELETE FROM moves ORDER BY id LIMIT 1",
-        // INSERT IGNORE: one row collides and is skipped, one is new.
-        "INSERT IGNORE INTO accounts VALUES (1, 0, 'ignored'), (5, 50, 'five')",
-        // ON DUPLICATE KEY UPDATE on the unique key, and a new row.
-        "INSERT INTO items (name) VALUES ('first') ON DUPLICATE KEY UPDATE name = 'first!'",
-        "INSERT INTO items (id, name) VALUES (9, 'nine') ON DUPLICATE KEY UPDATE name = 'x'",
-        // One row with a generated key: inserted, skipped, or replacing what it collides
-        // with on the unique key.
-        "INSERT IGNORE INTO items (name) VALUES ('brand-new')",
-        "INSERT IGNORE INTO items (name) VALUES ('brand-new')",
-        "INSERT INTO items (name) VALUES ('fresh') ON DUPLICATE KEY UPDATE name = 'fresh!'",
-        "REPLACE INTO items (name) VALUES ('nine')",
-        // AUTO_INCREMENT keys with an increment of 3, several rows in one INSERT.
-        "INSERT INTO seq (v) VALUES ('a'), ('b'), ('c')",
-        "INSERT INTO seq SET v = 'set'",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    run_each(
+        &mut conn,
+        &[
+            // Multi-table UPDATE and DELETE: one table written, the other read.
+            "UPDATE accounts a JOIN moves m ON m.account = a.id SET a.balance = a.balance + m.amount WHERE m.amount > 6",
+            "DELETE m FROM moves m JOIN accounts a ON a.id = m.account WHERE a.note = 'c'",
+            // ORDER BY the primary key with LIMIT.
+            "UPDATE moves SET amount = 0 ORDER BY id DESC LIMIT 2",
+            "DELETE FROM moves ORDER BY id LIMIT 1",
+            // INSERT IGNORE: one row collides and is skipped, one is new.
+            "INSERT IGNORE INTO accounts VALUES (1, 0, 'ignored'), (5, 50, 'five')",
+            // ON DUPLICATE KEY UPDATE on the unique key, and a new row.
+            "INSERT INTO items (name) VALUES ('first') ON DUPLICATE KEY UPDATE name = 'first!'",
+            "INSERT INTO items (id, name) VALUES (9, 'nine') ON DUPLICATE KEY UPDATE name = 'x'",
+            // One row with a generated key: inserted, skipped, or replacing what it collides
+            // with on the unique key.
+            "INSERT IGNORE INTO items (name) VALUES ('brand-new')",
+            "INSERT IGNORE INTO items (name) VALUES ('brand-new')",
+            "INSERT INTO items (name) VALUES ('fresh') ON DUPLICATE KEY UPDATE name = 'fresh!'",
+            "REPLACE INTO items (name) VALUES ('nine')",
+            // AUTO_INCREMENT keys with an increment of 3, several rows in one INSERT.
+            "INSERT INTO seq (v) VALUES ('a'), ('b'), ('c')",
+            "INSERT INTO seq SET v = 'set'",
+        ],
+    )
+    .await;
     let ids: Vec<u64> = direct
         .query("SELECT id FROM seq ORDER BY id")
         .await
@@ -776,46 +785,46 @@ async fn rows_inserted_then_deleted_or_undone_by_a_savepoint_roll_back_exactly()
     let mut direct = db.direct().await;
     let before = dump(&mut direct, "accounts").await;
     text(&mut conn, "SELECT tandem_begin()").await.unwrap();
-    for sql in [
-        "START TRANSACTION",
-        "INSERT INTO accounts VALUES (4, 4, 'four')",
-        "DELETE FROM accounts WHERE id = 4",
-        "UPDATE accounts SET balance = 1 WHERE id = 1",
-        "COMMIT",
-        "START TRANSACTION",
-        "SAVEPOINT s",
-        "INSERT INTO accounts VALUES (5, 5, 'five')",
-        "ROLLBACK TO SAVEPOINT s",
-        "UPDATE accounts SET balance = 2 WHERE id = 2",
-        "COMMIT",
-        // A local transaction whose only row is gone again by its COMMIT (which
-        // registers while it reads that row's after image), and an autocommit write
-        // that changes no row.
-        "START TRANSACTION",
-        "INSERT INTO accounts VALUES (6, 6, 'six')",
-        "DELETE FROM accounts WHERE id = 6",
-        "COMMIT",
-        "UPDATE accounts SET balance = 3 WHERE id = 99",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    run_each(
+        &mut conn,
+        &[
+            "START TRANSACTION",
+            "INSERT INTO accounts VALUES (4, 4, 'four')",
+            "DELETE FROM accounts WHERE id = 4",
+            "UPDATE accounts SET balance = 1 WHERE id = 1",
+            "COMMIT",
+            "START TRANSACTION",
+            "SAVEPOINT s",
+            "INSERT INTO accounts VALUES (5, 5, 'five')",
+            "ROLLBACK TO SAVEPOINT s",
+            "UPDATE accounts SET balance = 2 WHERE id = 2",
+            "COMMIT",
+            // A local transaction whose only row is gone again by its COMMIT (which
+            // registers while it reads that row's after image), and an autocommit write
+            // that changes no row.
+            "START TRANSACTION",
+            "INSERT INTO accounts VALUES (6, 6, 'six')",
+            "DELETE FROM accounts WHERE id = 6",
+            "COMMIT",
+            "UPDATE accounts SET balance = 3 WHERE id = 99",
+        ],
+    )
+    .await;
     let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
     assert_eq!(status.as_deref(), Some("Rollbacked"));
     assert_eq!(dump(&mut direct, "accounts").await, before);
     // The same empty branch in a global transaction that commits.
     text(&mut conn, "SELECT tandem_begin()").await.unwrap();
-    for sql in [
-        "START TRANSACTION",
-        "INSERT INTO accounts VALUES (7, 7, 'seven')",
-        "DELETE FROM accounts WHERE id = 7",
-        "COMMIT",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    run_each(
+        &mut conn,
+        &[
+            "START TRANSACTION",
+            "INSERT INTO accounts VALUES (7, 7, 'seven')",
+            "DELETE FROM accounts WHERE id = 7",
+            "COMMIT",
+        ],
+    )
+    .await;
     let status = text(&mut conn, "SELECT tandem_commit()").await.unwrap();
     assert!(
         matches!(status.as_deref(), Some("Committed" | "AsyncCommitting")),
@@ -925,15 +934,15 @@ async fn literals_with_backslashes_are_captured_as_written() {
     let tandem = start(&lockserver).await;
     let mut conn = my::connect(&tandem, &db.name).await;
     text(&mut conn, "SELECT tandem_begin()").await.unwrap();
-    for sql in [
-        r"UPDATE accounts SET balance = 7 WHERE note = 'a\\b'",
-        r"DELETE FROM accounts WHERE note <> 'a\\b' ORDER BY id LIMIT 1",
-        r"INSERT INTO items (id, name) VALUES (1, 'x\\y\'z') ON DUPLICATE KEY UPDATE name = 'up\\dated'",
-    ] {
-        conn.query_drop(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
+    run_each(
+        &mut conn,
+        &[
+            r"UPDATE accounts SET balance = 7 WHERE note = 'a\\b'",
+            r"DELETE FROM accounts WHERE note <> 'a\\b' ORDER BY id LIMIT 1",
+            r"INSERT INTO items (id, name) VALUES (1, 'x\\y\'z') ON DUPLICATE KEY UPDATE name = 'up\\dated'",
+        ],
+    )
+    .await;
     let balance: Option<i64> = direct
         .query_first("SELECT balance FROM accounts WHERE id = 1")
         .await
