@@ -77,9 +77,10 @@ pub async fn connect(tandem: &Tandem, database: &str) -> Conn {
 }
 
 /// Runs `sql` with the `mariadb` command-line client (libmariadb) against `addr`, on
-/// `database`, as the admin user, over TCP without TLS, in batch mode.
-pub async fn mariadb_cli(addr: SocketAddr, database: &str, sql: &str) -> std::process::Output {
-    tokio::process::Command::new("mariadb")
+/// `database`, as the admin user, over TCP without TLS, in batch mode; its standard
+/// output, once it exited successfully (a failure panics with both outputs).
+pub async fn mariadb_cli(addr: SocketAddr, database: &str, sql: &str) -> String {
+    let output = tokio::process::Command::new("mariadb")
         .args([
             "--protocol=TCP",
             "--batch",
@@ -94,7 +95,14 @@ pub async fn mariadb_cli(addr: SocketAddr, database: &str, sql: &str) -> std::pr
         .arg(sql)
         .output()
         .await
-        .expect("the mariadb client is installed")
+        .expect("the mariadb client is installed");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// Waits until the proxy has no MySQL client session and no backend connection open.

@@ -234,16 +234,6 @@ async fn my_bank() -> MyTestDb {
     db
 }
 
-async fn pg_balances(client: &Client) -> Vec<i64> {
-    client
-        .query("SELECT balance FROM accounts ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 async fn my_balances(conn: &mut Conn) -> Vec<i64> {
     conn.query("SELECT balance FROM accounts ORDER BY id")
         .await
@@ -349,7 +339,7 @@ async fn money_moved_both_ways_between_postgres_and_mariadb_is_conserved_and_app
         }
     }
     let (got_pg, got_my) = (
-        pg_balances(&pg_direct).await,
+        crate::pg::bank_balances(&pg_direct).await,
         my_balances(&mut my_direct).await,
     );
     assert_eq!(

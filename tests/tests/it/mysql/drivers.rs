@@ -41,13 +41,7 @@ async fn the_mariadb_command_line_client_works_through_the_proxy() {
                INSERT INTO t VALUES (1, 'a'), (2, 'b'); \
                SELECT id, v FROM t ORDER BY id; \
                SELECT CONCAT('sum=', SUM(id)) FROM t;";
-    let output = my::mariadb_cli(addr, &db.name, sql).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = my::mariadb_cli(addr, &db.name, sql).await;
     assert_eq!(stdout, "1\ta\n2\tb\nsum=3\n");
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;

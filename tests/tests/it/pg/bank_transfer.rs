@@ -43,7 +43,8 @@ async fn bank(label: &str) -> TestDb {
     db
 }
 
-async fn balances(client: &Client) -> Vec<i64> {
+/// Every account's balance, in key order.
+pub(crate) async fn balances(client: &Client) -> Vec<i64> {
     client
         .query("SELECT balance FROM accounts ORDER BY id", &[])
         .await

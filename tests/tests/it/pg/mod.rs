@@ -13,6 +13,7 @@ mod at_types;
 mod auth;
 mod bad_input;
 mod bank_transfer;
+pub(crate) use bank_transfer::balances as bank_balances;
 mod cancel;
 mod control;
 mod copy;
