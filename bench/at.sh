@@ -2,10 +2,12 @@
 # AT and XA mode's cost: pgbench TPC-B directly against PostgreSQL, and the same
 # transaction as a tandem global transaction through the proxy (SELECT tandem_begin()
 # \gset, the TPC-B statements, SELECT tandem_commit()), once in AT mode and once in XA
-# mode (SELECT tandem_mode('xa')), in one run, alternating; and, as AT's ceiling, the
-# same statements relayed by the proxy without a global transaction. Prints the TPS
-# figures and their ratios to direct. pgbench_history gets a primary key, which AT
-# needs (for all).
+# mode (SELECT tandem_mode('xa')), in one run, alternating; as AT's ceiling, the
+# same statements relayed by the proxy without a global transaction; and, as what AT
+# costs PostgreSQL alone, the statements tandem's AT mode sends for this transaction
+# run directly against PostgreSQL by pgbench, with no proxy and no lockserver. Prints
+# the TPS figures and their ratios to direct. pgbench_history gets a primary key, which
+# AT needs (for all).
 #
 #   bash bench/at.sh
 #   SECONDS_PER_RUN=5 ROUNDS=1 bash bench/at.sh
@@ -53,6 +55,49 @@ sed 's/^SELECT tandem_begin() \\gset$/SELECT tandem_mode('"'"'xa'"'"');\nSELECT 
 # relay and the script's three extra round trips cost anything.
 sed -e 's/^SELECT tandem_[a-z]*().*$/SELECT 1;/' "$work/at.sql" >"$work/shape.sql"
 
+# What AT costs PostgreSQL alone: the statements tandem sends for this transaction (see
+# session/pg/at.rs; the PostgreSQL log with log_statement = 'all' shows them), sent by
+# pgbench straight to PostgreSQL in the same round trips (pgbench's pipelines stand for
+# the flights in which tandem sends a before image with its write, and the undo row
+# with the COMMIT). The undo row carries a record as long as tandem's for this
+# transaction (1,457 bytes, read from undo_log). Rows are deleted in batches every
+# 20 ms, as tandem's cleanup does. Only the lockserver and the proxy are missing.
+undo_record=$(head -c 1457 /dev/urandom | od -An -v -tx1 | tr -d ' \n')
+cat >"$work/floor.sql" <<SQL
+\\set aid random(1, 100000 * :scale)
+\\set bid random(1, 1 * :scale)
+\\set tid random(1, 10 * :scale)
+\\set delta random(-5000, 5000)
+\\set branch random(1, 9000000000000000000)
+BEGIN;
+\\startpipeline
+SELECT aid, bid, abalance, filler, aid FROM pgbench_accounts WHERE aid = :aid FOR UPDATE OF pgbench_accounts;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid RETURNING record_send(pgbench_accounts.*) AS tandem_image, aid AS tandem_pk_0;
+\\endpipeline
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+\\startpipeline
+SELECT tid, bid, tbalance, filler, tid FROM pgbench_tellers WHERE tid = :tid FOR UPDATE OF pgbench_tellers;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid RETURNING record_send(pgbench_tellers.*) AS tandem_image, tid AS tandem_pk_0;
+\\endpipeline
+\\startpipeline
+SELECT bid, bbalance, filler, bid FROM pgbench_branches WHERE bid = :bid FOR UPDATE OF pgbench_branches;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid RETURNING record_send(pgbench_branches.*) AS tandem_image, bid AS tandem_pk_0;
+\\endpipeline
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP) RETURNING record_send(pgbench_history.*) AS tandem_image, hid AS tandem_pk_0;
+\\startpipeline
+INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES (:branch, 'floor-' || CAST(:client_id AS text), 'tandem', '\\x$undo_record', 0);
+COMMIT;
+\\endpipeline
+SQL
+# tandem's cleanup, for the floor run: one connection deleting the finished rows every
+# 20 ms, in its own transaction with synchronous_commit off, as cleanup.rs does.
+floor_cleanup() { # seconds
+  local i
+  for i in $(seq $(($1 * 50))); do
+    echo "BEGIN; SET LOCAL synchronous_commit TO off; DELETE FROM undo_log WHERE context = 'tandem' AND xid LIKE 'floor-%'; COMMIT; SELECT pg_sleep(0.02);"
+  done | psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" >/dev/null 2>&1
+}
+
 postgres_pids() { pgrep -x postgres | tr '\n' ' '; }
 # Every PostgreSQL process, including backends that exited (reaped by the postmaster,
 # whose children's time is in its cutime and cstime).
@@ -70,6 +115,10 @@ run() { # target -> tps; appends "target component ms-per-transaction" lines to 
   lock_before=$(cpu_ticks "$lock_pid")
   if [[ $1 == direct ]]; then
     pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" >"$work/run.out" 2>&1 &
+  elif [[ $1 == floor ]]; then
+    floor_cleanup "$SECONDS_PER_RUN" &
+    pgbench -M extended -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n -s "$SCALE" \
+      -f "$work/floor.sql" -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" "$DB" >"$work/run.out" 2>&1 &
   else
     pgbench -M simple -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n --max-tries=20 -s "$SCALE" ${PGBENCH_EXTRA:-} \
       -f "$work/$1.sql" -h 127.0.0.1 -p "$TANDEM_PORT" "$DB" >"$work/run.out" 2>&1 &
@@ -82,6 +131,10 @@ run() { # target -> tps; appends "target component ms-per-transaction" lines to 
     sleep 0.2
   done
   wait "$pgbench_pid" || true
+  if [[ $1 == floor ]]; then
+    wait # for floor_cleanup, then the rows committed after its last pass
+    psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" -c "DELETE FROM undo_log WHERE xid LIKE 'floor-%'" >/dev/null
+  fi
   out=$(cat "$work/run.out")
   echo "$out" >>"$work/pgbench.log"
   tps=$(echo "$out" | awk '/^tps/ {print $3}')
@@ -100,20 +153,25 @@ run() { # target -> tps; appends "target component ms-per-transaction" lines to 
 }
 
 echo "pgbench TPC-B, -M simple, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, scale $SCALE"
-direct=0; at=0; xa=0; shape=0
+direct=0; at=0; xa=0; shape=0; floor=0
 for _ in $(seq "$ROUNDS"); do
-  d=$(run direct); a=$(run at); x=$(run xa); c=$(run shape)
-  echo "  direct $d tps, tandem AT $a tps, tandem XA $x tps, same statements relayed without a global transaction $c tps"
+  d=$(run direct); a=$(run at); x=$(run xa); c=$(run shape); f=$(run floor)
+  echo "  direct $d tps, tandem AT $a tps, tandem XA $x tps, same statements relayed without a global transaction $c tps, AT's statements sent directly $f tps"
   direct=$(awk -v s="$direct" -v y="${d:-0}" 'BEGIN {print s + y}')
   at=$(awk -v s="$at" -v y="${a:-0}" 'BEGIN {print s + y}')
   xa=$(awk -v s="$xa" -v y="${x:-0}" 'BEGIN {print s + y}')
   shape=$(awk -v s="$shape" -v y="${c:-0}" 'BEGIN {print s + y}')
+  floor=$(awk -v s="$floor" -v y="${f:-0}" 'BEGIN {print s + y}')
 done
-awk -v d="$direct" -v a="$at" -v x="$xa" -v c="$shape" -v r="$ROUNDS" 'BEGIN {
+awk -v d="$direct" -v a="$at" -v x="$xa" -v c="$shape" -v f="$floor" -v r="$ROUNDS" 'BEGIN {
   printf "direct %.0f tps, tandem AT %.0f tps (ratio %.3f), tandem XA %.0f tps (ratio %.3f)\n",
     d / r, a / r, (d > 0) ? a / d : 0, x / r, (d > 0) ? x / d : 0
   printf "ceiling: the AT script relayed without a global transaction %.0f tps (ratio %.3f); AT reaches %.3f of it\n",
-    c / r, (d > 0) ? c / d : 0, (c > 0) ? a / c : 0 }'
+    c / r, (d > 0) ? c / d : 0, (c > 0) ? a / c : 0
+  printf "what AT costs PostgreSQL alone: its statements sent directly, no proxy, no lockserver %.0f tps (ratio %.3f)\n",
+    f / r, (d > 0) ? f / d : 0
+  printf "the two together (product of the two ratios), an estimate of the best AT can reach through a proxy here: %.3f of direct\n",
+    (d > 0) ? (c / d) * (f / d) : 0 }'
 grep -h -E "number of (failed|retried)|aborted" "$work/pgbench.log" | sort | uniq -c | head -5 || true
 echo "CPU per transaction (ms, user + system, mean over the rounds; postgres = every backend, side connections included):"
 awk '{ sum[$1 " " $2] += $3; n[$1 " " $2]++ } END { for (k in sum) printf "  %-22s %.3f\n", k, sum[k] / n[k] }' "$work/cpu.log" | sort

@@ -667,7 +667,7 @@ impl Relay<'_> {
     /// lockserver shows it as PhaseOneFailed (its rollback then finds no undo row and
     /// writes the GlobalFinished marker). In the background: the client's answer does
     /// not wait for it, and a lost report changes nothing but what operators see.
-    fn report_phase_one_failed(&self, undo: Option<&UndoRow>) {
+    pub(super) fn report_phase_one_failed(&self, undo: Option<&UndoRow>) {
         let Some(undo) = undo else {
             return;
         };

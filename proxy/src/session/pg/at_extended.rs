@@ -7,13 +7,16 @@
 //! appended to its RETURNING. Its reply script is fixed: CloseComplete and ParseComplete
 //! of tandem's statement come first and are swallowed; the key columns are stripped from
 //! the rows (and from a portal's RowDescription); the batch's ReadyForQuery finishes the
-//! write as in the simple protocol. Any other shape of batch that writes is refused with
-//! an error answered by tandem itself, and never reaches the backend.
+//! write as in the simple protocol. A branch's COMMIT in such a batch is relayed as sent,
+//! once tandem has registered the branch and written its undo row. Any other shape of
+//! batch that writes or commits a branch is refused with an error answered by tandem
+//! itself, and never reaches the backend.
 
 use super::Relay;
 use super::at::{RowDescriptionRule, WriteInFlight};
 use super::exchange::Param;
 use super::tracked::Refusal;
+use crate::at::branch::Branch;
 use crate::error::{Error, Result};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{frontend, target};
@@ -70,14 +73,11 @@ impl Relay<'_> {
         if self.branch_mode() == crate::binding::Mode::Xa {
             return Ok(self.bind_in_xa(tag, &sql));
         }
-        if tag == frontend::BIND && !self.branch.is_empty() && is_commit(&sql) {
-            // A COMMIT prepared before the branch had rows: the Parse check missed it.
-            return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
-                what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
-            })));
-        }
         let (write, locking_read) = match analyze(&Postgres, &sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
+                Analysis::Commit if !self.branch.is_empty() => {
+                    return self.commit_extended(rest, tag).await;
+                }
                 Analysis::Write(w) => (Some(w), None),
                 Analysis::LockingRead(Some(read)) => (None, Some(read)),
                 Analysis::Other => {
@@ -148,6 +148,76 @@ impl Relay<'_> {
             }),
             Err(e) => self.answer_directly(consumed, e).await,
         }
+    }
+
+    /// The COMMIT of a branch in a `[Parse] Bind [Describe] Execute Sync` batch (JDBC
+    /// and others commit so): at its sync point tandem registers the branch and writes
+    /// its undo row, as for a COMMIT over the simple protocol, then relays the batch
+    /// unchanged, so that the client's own statement, named or not, commits and answers.
+    /// If registering or the undo row fails, the local transaction is rolled back and
+    /// the batch is answered with the error without reaching the backend.
+    async fn commit_extended(&mut self, rest: &[u8], tag: u8) -> Result<Extended> {
+        if !self.phase.at_sync_point() {
+            if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
+                // Earlier messages of this batch are already at the backend.
+                return Ok(match tag {
+                    frontend::BIND => Extended::RefuseBind(refusal(Error::Unsupported {
+                        what: "COMMIT of a branch in the middle of a pipelined batch (send it as [Parse] Bind [Describe] Execute Sync)",
+                    })),
+                    _ => Extended::NotAWrite,
+                });
+            }
+            return Ok(Extended::WaitForSyncPoint);
+        }
+        if self.phase.tx_status() == Some(TxStatus::Failed) {
+            // PostgreSQL answers the COMMIT of a failed transaction with ROLLBACK:
+            // nothing of the branch survives, so there is nothing to register.
+            self.branch = Branch::default();
+            return Ok(Extended::NotAWrite);
+        }
+        let max = self.ctx.config.max_message_bytes;
+        let consumed = match read_batch(rest, max)? {
+            Shape::Incomplete => return Ok(Extended::NeedMore),
+            // Preparing COMMIT runs nothing; its Bind comes back here.
+            Shape::PrepareOnly => return Ok(Extended::NotAWrite),
+            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
+            Shape::Flushed => {
+                return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
+                    what: "COMMIT of a branch followed by Flush before its Sync",
+                })));
+            }
+            Shape::Other(_) => {
+                let e = Error::Unsupported {
+                    what: "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
+                };
+                return self.answer_directly(rest_len(rest, max)?, e).await;
+            }
+            Shape::Run(batch) => batch.len,
+        };
+        let undo = match self.prepare_commit().await {
+            Ok(undo) => undo,
+            Err(e) => return self.abandon_commit(consumed, e).await,
+        };
+        if let Err(e) = self.write_undo_row(&undo).await {
+            self.report_phase_one_failed(undo.as_ref());
+            return self.abandon_commit(consumed, e).await;
+        }
+        self.commit_in_flight = undo.map(|undo| (undo, false));
+        let to_backend = self.forward_batch(&rest[..consumed])?;
+        Ok(Extended::Handled {
+            consumed,
+            to_backend: Some(to_backend),
+        })
+    }
+
+    /// A branch's COMMIT that cannot go ahead: the local transaction is rolled back and
+    /// the client's batch is answered with `e`.
+    async fn abandon_commit(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+        self.branch = Branch::default();
+        self.exchange_required("ROLLBACK").await?;
+        self.phase = super::Phase::Ready(TxStatus::Idle);
+        self.binding.on_local_transaction_end();
+        self.answer_directly(consumed, e).await
     }
 
     /// Refuses a batch without the backend: ErrorResponse, then ReadyForQuery with the
@@ -419,10 +489,6 @@ impl Relay<'_> {
         }
         Ok(BytesMut::from(batch))
     }
-}
-
-fn is_commit(sql: &str) -> bool {
-    matches!(analyze(&Postgres, sql).as_deref(), Ok([Analysis::Commit]))
 }
 
 pub(super) fn refusal(e: Error) -> Refusal {

@@ -18,8 +18,8 @@ use bytes::BytesMut;
 impl Relay<'_> {
     /// A Parse that must not reach the backend as written: a control statement (answered
     /// only over the simple protocol for now), or, inside a global transaction, a COMMIT
-    /// of a branch (only the simple protocol registers it) or a statement tandem cannot
-    /// analyse. Writes are prepared freely and captured when bound (see at_extended).
+    /// of an XA branch (only the simple protocol prepares it) or a statement tandem
+    /// cannot analyse. Writes are prepared freely and captured when bound (see at_extended).
     pub(super) fn refusal_for_parse(&self, body: &[u8]) -> Option<Refusal> {
         // Runs on every Parse: the SQL alone, without decoding parameter types.
         let sql = Parse::sql_of(body).ok()?;
@@ -47,10 +47,16 @@ impl Relay<'_> {
             // XA mode captures nothing, so it needs no analysis of what it relays.
             Err(_) if self.branch_mode() == crate::binding::Mode::Xa => None,
             Err(e) => refuse(Error::Undo(e)),
+            // AT mode commits a branch over the extended protocol at the COMMIT's Bind
+            // (at_extended.rs); XA mode does not.
             Ok(analyses) => analyses.iter().find_map(|a| match a {
-                tandem_undo::Analysis::Commit if branch_open => refuse(Error::Unsupported {
-                    what: "COMMIT of a branch over the extended query protocol (use the simple protocol)",
-                }),
+                tandem_undo::Analysis::Commit
+                    if branch_open && self.branch_mode() == crate::binding::Mode::Xa =>
+                {
+                    refuse(Error::Unsupported {
+                        what: "COMMIT of an XA branch over the extended query protocol (use the simple protocol)",
+                    })
+                }
                 _ => None,
             }),
         }

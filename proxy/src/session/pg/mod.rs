@@ -189,6 +189,10 @@ struct Relay<'a> {
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
+    /// The client's own COMMIT of a branch, relayed over the extended protocol after
+    /// tandem registered the branch and wrote its undo row (at_extended.rs); whether
+    /// the backend answered it with an error.
+    commit_in_flight: Option<(at::UndoRow, bool)>,
     /// XA mode's branch in the current local transaction.
     xa: xa::XaBranch,
     /// A multi-statement query of a bound AT session, sent one statement at a time.
@@ -237,6 +241,7 @@ impl<'a> Relay<'a> {
             unchecked: guard::UncheckedGuards::default(),
             branch: at_branch::Branch::default(),
             write_in_flight: None,
+            commit_in_flight: None,
             xa: xa::XaBranch::None,
             script: None,
             describe_reply: None,

@@ -134,6 +134,11 @@ impl Relay<'_> {
                     .phase
                     .on_ready(status)
                     .map_err(|_| Error::UpstreamProtocol("ReadyForQuery when none was due"))?;
+                if let Some((undo, failed)) = self.commit_in_flight.take()
+                    && failed
+                {
+                    self.report_phase_one_failed(Some(&undo));
+                }
                 if self.phase == Phase::Ready(TxStatus::Idle) {
                     self.binding.on_local_transaction_end();
                     if self.xa == xa::XaBranch::Open {
@@ -181,6 +186,9 @@ impl Relay<'_> {
                     self.backend_said_fatal = true;
                 }
                 self.tracked.on_error_response();
+                if let Some((_, failed)) = &mut self.commit_in_flight {
+                    *failed = true;
+                }
             }
             backend::PARAMETER_STATUS => {
                 let (name, value) = decode_parameter_status(body)

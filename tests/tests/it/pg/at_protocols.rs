@@ -373,3 +373,174 @@ async fn a_savepoint_rolled_back_inside_a_branch_leaves_an_exact_undo() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_branch_commits_over_the_extended_protocol() {
+    let orders = prepare("at_ext_commit").await;
+    with_deferred_unique(&orders).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    // COMMIT as an unnamed statement (Parse Bind Describe Execute Sync), and prepared
+    // once and bound again (Bind Execute Sync), as drivers that commit over the
+    // extended protocol send it.
+    let commit = a.prepare("COMMIT").await.unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute(
+        "UPDATE accounts SET balance = $1 WHERE id = $2",
+        &[&11i64, &1i32],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.execute("COMMIT", &[]).await.unwrap(), 0);
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("DELETE FROM accounts WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
+    a.execute(&commit, &[]).await.unwrap();
+    assert_eq!(
+        undo_rows(&direct).await,
+        2,
+        "each COMMIT wrote its undo row"
+    );
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(2), "{locks}");
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&direct).await, before, "restored byte for byte");
+
+    // Committed globally: the write stays and the undo row goes.
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute(
+        "UPDATE accounts SET balance = $1 WHERE id = $2",
+        &[&12i64, &3i32],
+    )
+    .await
+    .unwrap();
+    a.execute(&commit, &[]).await.unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 12);
+    let direct_ref = &direct;
+    tandem_tests::harness::eventually("the undo row is cleaned up", || async move {
+        undo_rows(direct_ref).await == 0
+    })
+    .await;
+    let settled = dump(&direct).await;
+
+    // Another global transaction holds row 4: the COMMIT gets a retryable error, the
+    // local transaction is rolled back, and the session goes on outside it.
+    let holder = tandem.connect(&orders.name).await;
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 0 WHERE id = 4")
+        .await
+        .unwrap();
+    let held = dump(&direct).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute(
+        "UPDATE accounts SET balance = $1 WHERE id = $2",
+        &[&5i64, &4i32],
+    )
+    .await
+    .unwrap();
+    let err = a
+        .execute(&commit, &[])
+        .await
+        .expect_err("the row is held past the wait bound");
+    assert!(
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE
+        ]
+        .contains(err.code().unwrap()),
+        "{err:?}"
+    );
+    assert_eq!(dump(&direct).await, held, "nothing of the refused branch");
+    // One message (the simple protocol): its own transaction starts with it.
+    assert_eq!(
+        one(&a, "SELECT (now() = statement_timestamp())::text")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("true"),
+        "no local transaction is left open"
+    );
+    assert_eq!(undo_rows(&direct).await, 1, "the holder's alone");
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(
+        one(&holder, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(undo_rows(&direct).await, 0);
+
+    // The deferred constraint fails at the client's own COMMIT, after tandem registered
+    // the branch and wrote its undo row: the client gets the backend's error, and the
+    // branch is reported PhaseOneFailed.
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("UPDATE uniq SET v = $1 WHERE id = $2", &[&1i32, &2i32])
+        .await
+        .unwrap();
+    let err = a.execute(&commit, &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    let path = format!("/v1/transactions/{xid}");
+    let lockserver_ref = &lockserver;
+    let path_ref = &path;
+    tandem_tests::harness::eventually("the branch is reported PhaseOneFailed", || async move {
+        let (_, txn) = lockserver_ref.get(path_ref).await;
+        txn["branches"][0]["status"] == "PhaseOneFailed"
+    })
+    .await;
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(
+        dump(&direct).await,
+        settled,
+        "only the committed write stays"
+    );
+    let v: i32 = direct
+        .query_one("SELECT v FROM uniq WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
