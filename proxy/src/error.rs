@@ -113,6 +113,12 @@ pub enum Error {
     #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
     Injected { message: String },
 
+    /// tandem's own statement on the client's connection met what the client's own
+    /// statement could have met: a deadlock, a serialization failure, a lock or
+    /// statement timeout. The client gets the backend's SQLSTATE, to retry as it would.
+    #[error("{message}")]
+    InjectedTransient { state: SqlState, message: String },
+
     #[error("tandem's side connection to MySQL: {0}")]
     MysqlSide(#[from] mysql_async::Error),
 
@@ -127,6 +133,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The SQLSTATE a PostgreSQL client sees for this error.
+    /// The backend's error (`code`, `message`) for one of tandem's own statements:
+    /// `InjectedTransient` when the client would retry it, else `Injected`.
+    pub fn injected(code: &str, message: String) -> Error {
+        match SqlState::transient(code) {
+            Some(state) => Error::InjectedTransient { state, message },
+            None => Error::Injected { message },
+        }
+    }
+
     pub fn sqlstate(&self) -> SqlState {
         match self {
             Error::Frame(FrameError::TooLarge { .. })
@@ -160,6 +175,7 @@ impl Error {
             }
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
+            Error::InjectedTransient { state, .. } => *state,
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. } => SqlState::SerializationFailure,
                 tandem_lockserver::Error::InvalidState { .. }
@@ -220,7 +236,8 @@ impl Error {
             | Error::BadControlCall(_)
             | Error::InFailedTransaction
             | Error::UnknownTable { .. }
-            | Error::Injected { .. } => MyErr::Unknown,
+            | Error::Injected { .. }
+            | Error::InjectedTransient { .. } => MyErr::Unknown,
         }
     }
 
@@ -247,6 +264,7 @@ impl Error {
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
                 | Error::Injected { .. }
+                | Error::InjectedTransient { .. }
         )
     }
 
@@ -317,7 +335,7 @@ impl Error {
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. } => "at_refused",
             Error::RowGloballyLocked { .. } => "outside_write_locked",
-            Error::Injected { .. } => "at_injected",
+            Error::Injected { .. } | Error::InjectedTransient { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }
             | Error::NotJoinable { .. }
@@ -419,6 +437,20 @@ mod tests {
                 .sqlstate(),
             b"08004"
         );
+    }
+
+    #[test]
+    fn a_failed_statement_of_tandems_keeps_a_sqlstate_the_client_retries() {
+        let deadlock = Error::injected("40P01", "deadlock detected".into());
+        assert_eq!(deadlock.sqlstate().code(), "40P01");
+        assert_eq!(deadlock.to_string(), "deadlock detected");
+        assert!(!deadlock.closes_connection());
+        for code in ["40001", "55P03", "57014"] {
+            assert_eq!(Error::injected(code, String::new()).sqlstate().code(), code);
+        }
+        let missing = Error::injected("42P01", "relation \"undo_log\" does not exist".into());
+        assert_eq!(missing.sqlstate().code(), "55000");
+        assert!(missing.to_string().contains("tandem migrate"), "{missing}");
     }
 
     #[test]

@@ -590,7 +590,7 @@ impl Relay<'_> {
         drop(statements);
         for ((meta, ..), got) in queries.iter().zip(results) {
             if let Some(e) = got.error {
-                return Err(Error::Injected { message: e.message });
+                return Err(Error::injected(&e.code, e.message));
             }
             let rows = split_rows(got.rows, meta.columns.len());
             self.branch.record_after(meta, rows);
@@ -618,7 +618,7 @@ impl Relay<'_> {
         };
         let got = self.exchange(INSERT_UNDO, &undo.params(), &[]).await?;
         match got.error {
-            Some(e) => Err(Error::Injected { message: e.message }),
+            Some(e) => Err(Error::injected(&e.code, e.message)),
             None => Ok(()),
         }
     }
@@ -647,10 +647,9 @@ impl Relay<'_> {
             && let Some(e) = results.first().and_then(|r| r.error.as_ref())
         {
             // The backend skipped the COMMIT; the block is failed: end it.
-            let message = e.message.clone();
+            let e = Error::injected(&e.code, e.message.clone());
             self.exchange_simple("ROLLBACK").await?;
             self.report_phase_one_failed(undo.as_ref());
-            let e = Error::Injected { message };
             return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
         }
         let failed = results

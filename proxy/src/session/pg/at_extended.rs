@@ -351,8 +351,11 @@ impl Relay<'_> {
             if let Some(e) = got.error {
                 if implicit {
                     self.exchange_simple("ROLLBACK").await?;
+                } else if let Some(status) = got.status {
+                    // The client's transaction block failed with it: its answer says so.
+                    self.phase = super::Phase::Ready(status);
                 }
-                return Err(Error::Injected { message: e.message });
+                return Err(Error::injected(&e.code, e.message));
             }
             let rows = super::at::split_rows(got.rows, meta.columns.len());
             self.branch.record_before(&meta, rows);

@@ -188,7 +188,7 @@ impl Relay<'_> {
             _ => {
                 &self
                     .tracked
-                    .statement(Bind::decode(body).ok()?.statement)?
+                    .statement_for_bind(Bind::decode(body).ok()?.statement)?
                     .sql[..]
             }
         };

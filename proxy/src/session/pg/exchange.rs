@@ -120,7 +120,7 @@ impl Relay<'_> {
             .pop()
             .unwrap_or_default();
         if let Some(e) = got.error {
-            return Err(Error::Injected { message: e.message });
+            return Err(Error::injected(&e.code, e.message));
         }
         Ok(self.describe_reply.take().unwrap_or_default())
     }
@@ -129,7 +129,7 @@ impl Relay<'_> {
     /// backend's error becomes `Error::Injected`.
     pub(super) async fn exchange_required(&mut self, sql: &str) -> Result<()> {
         match self.exchange_simple(sql).await?.error {
-            Some(e) => Err(Error::Injected { message: e.message }),
+            Some(e) => Err(Error::injected(&e.code, e.message)),
             None => Ok(()),
         }
     }

@@ -41,9 +41,24 @@ pub enum SqlState {
     UndefinedTable,
     /// 25P02 in_failed_sql_transaction.
     InFailedSqlTransaction,
+    /// 57014 query_canceled: a cancel or statement_timeout.
+    QueryCanceled,
 }
 
 impl SqlState {
+    /// The SQLSTATEs a statement may meet because of what other sessions do, which a
+    /// client retries (or, for a cancel, expects): tandem's own statements that fail so
+    /// report them as they came.
+    pub fn transient(code: &str) -> Option<SqlState> {
+        Some(match code {
+            "40001" => SqlState::SerializationFailure,
+            "40P01" => SqlState::DeadlockDetected,
+            "55P03" => SqlState::LockNotAvailable,
+            "57014" => SqlState::QueryCanceled,
+            _ => return None,
+        })
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             SqlState::ConnectionFailure => "08006",
@@ -63,6 +78,7 @@ impl SqlState {
             SqlState::SystemError => "58000",
             SqlState::UndefinedTable => "42P01",
             SqlState::InFailedSqlTransaction => "25P02",
+            SqlState::QueryCanceled => "57014",
         }
     }
 }

@@ -95,3 +95,130 @@ async fn pgbench_tpcb_keeps_its_invariants_in_every_mode() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+/// pgbench's TPC-B as global transactions, as `bench/at.sh` runs it, in each query mode:
+/// over the extended protocol the control functions, BEGIN and the branch's COMMIT
+/// (END) all go as libpq's unnamed `Parse Bind Describe Execute Sync`, or as prepared
+/// statements. Every transaction that commits is applied once, every one that rolls
+/// back leaves nothing, and neither undo rows nor locks are left.
+#[tokio::test]
+async fn pgbench_tpcb_as_global_transactions_in_every_mode() {
+    use tandem_tests::lockserver::{Kind, TestLockserver};
+    let db = TestDb::create("pgbench_at").await;
+    db.migrate().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let host = tandem.pg.ip().to_string();
+    let port = tandem.pg.port().to_string();
+    let conn = ["-h", &host, "-p", &port];
+    run(
+        "pgbench",
+        &[&conn[..], &["-i", "-s", "1", "-q", &db.name]].concat(),
+    )
+    .await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+        .await
+        .unwrap();
+    let folder = std::env::temp_dir().join(&db.name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let script = |end: &str| {
+        format!(
+            "\\set aid random(1, 100000 * :scale)
+\\set bid random(1, 1 * :scale)
+\\set tid random(1, 10 * :scale)
+\\set delta random(-5000, 5000)
+SELECT tandem_leave();
+SELECT tandem_begin() \\gset
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+SELECT {end}();
+"
+        )
+    };
+    let commit = folder.join("commit.sql");
+    let rollback = folder.join("rollback.sql");
+    std::fs::write(&commit, script("tandem_commit")).unwrap();
+    std::fs::write(&rollback, script("tandem_rollback")).unwrap();
+    let before: i64 = direct
+        .query_one("SELECT sum(abalance)::bigint FROM pgbench_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for mode in ["simple", "extended", "prepared"] {
+        for (file, count) in [(&commit, "120/120"), (&rollback, "60/60")] {
+            let out = run(
+                "pgbench",
+                &[
+                    &conn[..],
+                    &[
+                        "-M",
+                        mode,
+                        "-c",
+                        "3",
+                        "-j",
+                        "1",
+                        "-t",
+                        &(count.split('/').next().unwrap().parse::<u32>().unwrap() / 3).to_string(),
+                        "--max-tries=100",
+                        "-n",
+                        "-f",
+                        file.to_str().unwrap(),
+                        &db.name,
+                    ],
+                ]
+                .concat(),
+            )
+            .await;
+            assert!(
+                out.contains(&format!(
+                    "number of transactions actually processed: {count}"
+                )),
+                "{mode} {file:?}: {out}"
+            );
+            assert!(out.contains("number of failed transactions: 0"), "{out}");
+        }
+    }
+    let row = direct
+        .query_one(
+            "SELECT (SELECT sum(delta) FROM pgbench_history)::bigint,
+                    (SELECT sum(abalance) FROM pgbench_accounts)::bigint,
+                    (SELECT sum(bbalance) FROM pgbench_branches)::bigint,
+                    (SELECT sum(tbalance) FROM pgbench_tellers)::bigint,
+                    (SELECT count(*) FROM pgbench_history)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (history, accounts, branches, tellers, count): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(count, 3 * 120, "the committed transactions, once each");
+    assert_eq!(accounts - before, history);
+    assert_eq!(branches, history);
+    assert_eq!(tellers, history);
+    let direct_ref = &direct;
+    tandem_tests::harness::eventually("no undo rows are left", || async move {
+        let n: i64 = direct_ref
+            .query_one("SELECT count(*) FROM undo_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    let lockserver_ref = &lockserver;
+    tandem_tests::harness::eventually("no locks are left", || async move {
+        let (_, locks) = lockserver_ref.get("/v1/locks").await;
+        locks["locks"].as_array().map(Vec::len) == Some(0)
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&folder);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
