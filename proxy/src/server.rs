@@ -37,6 +37,10 @@ use tokio_util::task::TaskTracker;
 /// snapshot, and the view then trusts two thirds of that.
 const TABLE_VIEW_LEASE: Duration = Duration::from_millis(2_000);
 
+/// Statement texts whose analysis a front end remembers: far more than the prepared
+/// statements of a typical application.
+const ANALYSES_KEPT: usize = 4096;
+
 /// The bound sockets of a proxy process, in the order of the configuration.
 pub struct Listeners {
     pub postgres: Vec<TcpListener>,
@@ -129,6 +133,7 @@ pub async fn run(
             lock: lock.clone(),
             lock_wait: Duration::from_millis(config.lockserver.lock_wait_ms),
             meta: crate::at::meta::MetaCache::default(),
+            analyses: tandem_undo::AnalysisCache::new(&tandem_undo::Postgres, ANALYSES_KEPT),
             phase2: crate::at::phase2::Phase2Registry::new(
                 lock.clone(),
                 handler,
@@ -171,6 +176,7 @@ pub async fn run(
             lock: lock.clone(),
             lock_wait: std::time::Duration::from_millis(config.lockserver.lock_wait_ms),
             at_meta: crate::at::mysql::MysqlMetaCache::default(),
+            analyses: tandem_undo::AnalysisCache::new(&tandem_undo::Mysql, ANALYSES_KEPT),
             xa: Arc::new(crate::xa::mysql::MysqlXa::new(frontend, lock.clone())),
         });
         ctx.xa.start_recovery(signals.drain.clone());

@@ -6,9 +6,11 @@
 //! changes are those its own predicate selects. PostgreSQL's statements are analysed
 //! here, MySQL's in `mysql` (same types, MySQL's grammar and name rules).
 
+mod cache;
 mod mysql;
 mod split;
 
+pub use cache::AnalysisCache;
 pub(crate) use mysql::bind_positionally;
 pub use split::{count_mysql_statements, split_statements};
 

@@ -45,6 +45,8 @@ pub struct MysqlFrontendContext {
     pub lock_wait: std::time::Duration,
     /// AT mode's table metadata for this front end's server.
     pub at_meta: crate::at::mysql::MysqlMetaCache,
+    /// What each prepared statement's text does, analysed once (every execute asks).
+    pub analyses: tandem_undo::AnalysisCache,
     /// XA phase 2 and recovery on this front end's server.
     pub xa: Arc<crate::xa::mysql::MysqlXa>,
 }

@@ -73,7 +73,7 @@ impl Relay<'_> {
         if self.branch_mode() == crate::binding::Mode::Xa {
             return Ok(self.bind_in_xa(tag, &sql));
         }
-        let (write, locking_read) = match analyze(&Postgres, &sql) {
+        let (write, locking_read) = match self.ctx.analyses.analyze(&sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
                 Analysis::Commit if !self.branch.is_empty() => {
                     return self.commit_extended(rest, tag).await;

@@ -43,7 +43,7 @@ impl Relay<'_> {
         }
         let branch_open = !self.branch.is_empty() || self.xa != super::xa::XaBranch::None;
         let sql = String::from_utf8_lossy(sql);
-        match tandem_undo::analyze(&tandem_undo::Postgres, &sql) {
+        match self.ctx.analyses.analyze(&sql) {
             // XA mode captures nothing, so it needs no analysis of what it relays.
             Err(_) if self.branch_mode() == crate::binding::Mode::Xa => None,
             Err(e) => refuse(Error::Undo(e)),

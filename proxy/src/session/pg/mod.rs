@@ -59,6 +59,8 @@ pub struct PgFrontendContext {
     /// `lockserver.lock_wait_ms`.
     pub lock_wait: std::time::Duration,
     pub meta: MetaCache,
+    /// What each prepared text does, analysed once (a Bind analyses its statement).
+    pub analyses: tandem_undo::AnalysisCache,
     pub phase2: Phase2Registry,
     /// Which tables may hold global locks, as the lockserver announced them.
     pub tables: Arc<tandem_lockserver::client::TableLockView>,

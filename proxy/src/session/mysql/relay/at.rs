@@ -213,7 +213,7 @@ impl Relay<'_> {
         source: Source<'_>,
         payload: &[u8],
     ) -> Result<Handled> {
-        let analysis = match tandem_undo::analyze(&Mysql, sql) {
+        let analysis = match self.ctx.analyses.analyze(sql) {
             Ok(analyses) => analyses.into_iter().next(),
             Err(e) => return self.refuse(e.into()),
         };
