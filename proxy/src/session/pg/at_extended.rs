@@ -401,28 +401,35 @@ impl Relay<'_> {
         sql: &str,
         batch: &Batch<'_>,
     ) -> Result<Vec<u32>> {
-        let declared = match &batch.parse {
-            Some(p) => Some(p.param_types.clone()),
-            None => self
-                .tracked
-                .statement_for_bind(batch.bind.statement)
-                .map(|s| s.param_types.clone()),
+        let (declared, known) = match &batch.parse {
+            Some(p) => (p.param_types.clone(), None),
+            None => match self.tracked.statement_for_bind(batch.bind.statement) {
+                Some(s) => (s.param_types.clone(), s.inferred.clone()),
+                None => (Vec::new(), None),
+            },
         };
-        let declared = declared.unwrap_or_default();
         if declared.len() == batch.bind.params.len() && declared.iter().all(|&t| t != 0) {
             return Ok(declared);
+        }
+        if let Some(known) = known {
+            return Ok(known);
         }
         // The client's declarations win where it made them: its values (a binary int2,
         // say) are encoded for them, not for what the server would infer.
         let described = self.describe_params(sql).await?;
-        Ok(described
+        let types: Vec<u32> = described
             .iter()
             .enumerate()
             .map(|(i, &inferred)| match declared.get(i) {
                 Some(&t) if t != 0 => t,
                 _ => inferred,
             })
-            .collect())
+            .collect();
+        if batch.parse.is_none() {
+            // A statement prepared earlier: the next Bind of it needs no describe.
+            self.tracked.remember_inferred(batch.bind.statement, &types);
+        }
+        Ok(types)
     }
 
     /// A Parse or Bind that is not a control statement: a statement with an XID hint

@@ -24,6 +24,10 @@ use std::collections::{HashMap, VecDeque};
 pub struct Statement {
     pub sql: Bytes,
     pub param_types: Vec<u32>,
+    /// The parameter types the server inferred for it, once tandem asked (AT binds
+    /// the parameters of its before image with them); a statement keeps its types
+    /// until it is parsed again or closed.
+    pub inferred: Option<Vec<u32>>,
 }
 
 /// A portal: the statement it was bound from and the Bind body, kept whole so that the
@@ -114,6 +118,20 @@ impl Tracked {
         in_flight.or_else(|| self.statements.get(name))
     }
 
+    /// Remembers the types the server inferred for the recorded statement `name` (not
+    /// for one still in flight, which is a different statement until it completes).
+    pub fn remember_inferred(&mut self, name: &[u8], types: &[u32]) {
+        let in_flight = self.outstanding.iter().any(
+            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
+        );
+        if in_flight {
+            return;
+        }
+        if let Some(statement) = self.statements.get_mut(name) {
+            statement.inferred = Some(types.to_vec());
+        }
+    }
+
     pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
         self.portals.get(name)
     }
@@ -138,6 +156,7 @@ impl Tracked {
             statement: Statement {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
+                inferred: None,
             },
             refused: None,
         });
@@ -153,6 +172,7 @@ impl Tracked {
             Statement {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
+                inferred: None,
             },
         );
         Ok(())
@@ -353,6 +373,30 @@ mod tests {
         assert_eq!(&t.statement(b"s1").unwrap().sql[..], b"select $1");
         t.on_ready_for_query(true).unwrap();
         assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn inferred_types_last_until_the_statement_is_parsed_again() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("s1", "update a set x = $1"))
+            .unwrap();
+        // Still in flight: not the statement the types were asked for.
+        t.remember_inferred(b"s1", &[23]);
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(true).unwrap();
+        assert_eq!(t.statement(b"s1").unwrap().inferred, None);
+        t.remember_inferred(b"s1", &[23]);
+        assert_eq!(
+            t.statement(b"s1").unwrap().inferred.as_deref(),
+            Some(&[23][..])
+        );
+        t.on_parse(&parse_body("s1", "update a set y = $1"))
+            .unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(true).unwrap();
+        assert_eq!(t.statement(b"s1").unwrap().inferred, None);
     }
 
     #[test]
