@@ -63,7 +63,7 @@ pub(super) struct WriteInFlight {
     pub(super) failed: bool,
     /// The before image, sent in the same round trip, failed: the write then fails
     /// only because its transaction is aborted, and the client gets this error instead.
-    substitute_error: Option<(String, String)>,
+    pub(super) substitute_error: Option<(String, String)>,
     /// A write outside a global transaction, checked against global locks (guard.rs):
     /// nothing is captured; the rows it returned are checked again before it may stay.
     pub(super) guard_only: bool,

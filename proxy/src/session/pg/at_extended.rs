@@ -2,9 +2,9 @@
 //! statement: `[Parse] Bind [Describe] Execute Sync`.
 //!
 //! At a sync point tandem holds such a batch when it runs a write in a bound session,
-//! takes the before image with the Bind's own parameters, and sends the backend the same
-//! batch with the write prepared again under tandem's statement name with the key
-//! appended to its RETURNING. Its reply script is fixed: CloseComplete and ParseComplete
+//! and sends the backend, in one flight, the before image with the Bind's own
+//! parameters, then the same batch with the write prepared again under tandem's
+//! statement name with the key appended to its RETURNING. Its reply script is fixed: CloseComplete and ParseComplete
 //! of tandem's statement come first and are swallowed; the key columns are stripped from
 //! the rows (and from a portal's RowDescription); the batch's ReadyForQuery finishes the
 //! write as in the simple protocol. A branch's COMMIT in such a batch is relayed as sent,
@@ -25,6 +25,7 @@ use crate::wire::pg::messages::response::TxStatus;
 use crate::wire::pg::messages::write::{put_cstr, put_msg};
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tandem_undo::{Analysis, Postgres, analyze};
 
 /// tandem's own name for the write it prepares again.
@@ -331,40 +332,11 @@ impl Relay<'_> {
         }
         let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        if implicit {
-            self.exchange_simple("BEGIN").await?;
-        }
-        let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo);
-        let before = match before {
-            Ok(before) => before,
-            Err(e) => {
-                if implicit {
-                    self.exchange_simple("ROLLBACK").await?;
-                }
-                return Err(e);
-            }
-        };
-        if let Some(before) = before {
-            let params = bind_params(&batch, &param_types);
-            let formats = super::at::image_formats(&meta);
-            let got = self.exchange(&before, &params, &formats).await?;
-            if let Some(e) = got.error {
-                if implicit {
-                    self.exchange_simple("ROLLBACK").await?;
-                } else if let Some(status) = got.status {
-                    // The client's transaction block failed with it: its answer says so.
-                    self.phase = super::Phase::Ready(status);
-                }
-                return Err(Error::injected(&e.code, e.message));
-            }
-            let rows = super::at::split_rows(got.rows, meta.columns.len());
-            self.branch.record_before(&meta, rows);
-        }
+        let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
         let rewritten = meta.with_returning_key(&Postgres, sql, &write);
-
         let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
-        self.write_in_flight = Some(WriteInFlight::new(
-            meta,
+        let mut in_flight = WriteInFlight::new(
+            Arc::clone(&meta),
             &write,
             implicit,
             rule,
@@ -372,8 +344,37 @@ impl Relay<'_> {
                 crate::wire::pg::codes::backend::CLOSE_COMPLETE,
                 crate::wire::pg::codes::backend::PARSE_COMPLETE,
             ]),
-        ));
-        Ok(out)
+        );
+        // BEGIN (for an autocommit write), the before image and the batch go in one
+        // round trip, as over the simple protocol: the image is read before the
+        // batch's replies, which follow it. If the image fails, the batch fails in the
+        // aborted transaction and the client gets the image's error in its place.
+        let params = bind_params(&batch, &param_types);
+        let formats = super::at::image_formats(&meta);
+        let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
+        if implicit {
+            statements.push(("BEGIN", &[], &[]));
+        }
+        if let Some(before) = &before {
+            statements.push((before.as_str(), &params, &formats));
+        }
+        if statements.is_empty() {
+            self.write_in_flight = Some(in_flight);
+            return Ok(out);
+        }
+        let mut results = self.exchange_many_then(&statements, &out).await?;
+        if let Some(e) = results.iter_mut().find_map(|r| r.error.take()) {
+            tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
+            in_flight.substitute_error = Some((e.code, e.message));
+        } else if before.is_some()
+            && let Some(got) = results.pop()
+        {
+            let rows = super::at::split_rows(got.rows, meta.columns.len());
+            self.branch.record_before(&meta, rows);
+        }
+        self.write_in_flight = Some(in_flight);
+        // Sent already; the batch's ReadyForQuery finishes the write.
+        Ok(BytesMut::new())
     }
 }
 

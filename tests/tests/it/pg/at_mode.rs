@@ -376,6 +376,20 @@ async fn a_write_whose_before_image_fails_never_runs_without_it() {
         .unwrap_err();
     assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
     a.batch_execute("ROLLBACK").await.unwrap();
+    // The same over the extended protocol, where the image travels with the batch.
+    let update = "UPDATE accounts SET balance = $1 WHERE id = $2";
+    let e = a.execute(update, &[&1i64, &1i32]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    a.batch_execute("BEGIN").await.unwrap();
+    let e = a.execute(update, &[&1i64, &1i32]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    let e = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "the block failed with it: {e}"
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(dump(&direct).await, before, "the write did not run");
     one(&a, "SELECT tandem_rollback()").await.unwrap();
     a.batch_execute("RESET ROLE").await.unwrap();
