@@ -18,6 +18,17 @@ async fn with_deferred_unique(db: &TestDb) {
 }
 use tandem_tests::harness::Tandem;
 use tandem_tests::lockserver::{Kind, TestLockserver};
+
+/// Waits until the lockserver shows the first branch of `xid` as PhaseOneFailed.
+async fn reported_phase_one_failed(lockserver: &TestLockserver, xid: &str) {
+    let path = format!("/v1/transactions/{xid}");
+    let path = &path;
+    tandem_tests::harness::eventually("the branch is reported PhaseOneFailed", || async move {
+        let (_, txn) = lockserver.get(path).await;
+        txn["branches"][0]["status"] == "PhaseOneFailed"
+    })
+    .await;
+}
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
 
@@ -135,14 +146,7 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
     let err = a.batch_execute("COMMIT").await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
     // The proxy reports the failed phase 1; operators see it on the branch.
-    let path = format!("/v1/transactions/{xid}");
-    let lockserver_ref = &lockserver;
-    let path_ref = &path;
-    tandem_tests::harness::eventually("the branch is reported PhaseOneFailed", || async move {
-        let (_, txn) = lockserver_ref.get(path_ref).await;
-        txn["branches"][0]["status"] == "PhaseOneFailed"
-    })
-    .await;
+    reported_phase_one_failed(&lockserver, &xid).await;
     assert_eq!(
         one(&a, "SELECT tandem_rollback()")
             .await
@@ -513,14 +517,7 @@ async fn a_branch_commits_over_the_extended_protocol() {
         .unwrap();
     let err = a.execute(&commit, &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
-    let path = format!("/v1/transactions/{xid}");
-    let lockserver_ref = &lockserver;
-    let path_ref = &path;
-    tandem_tests::harness::eventually("the branch is reported PhaseOneFailed", || async move {
-        let (_, txn) = lockserver_ref.get(path_ref).await;
-        txn["branches"][0]["status"] == "PhaseOneFailed"
-    })
-    .await;
+    reported_phase_one_failed(&lockserver, &xid).await;
     assert_eq!(
         one(&a, "SELECT tandem_rollback()")
             .await

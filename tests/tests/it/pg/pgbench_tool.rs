@@ -20,6 +20,36 @@ async fn run(program: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// What TPC-B's invariant compares: every delta in history is in each balance once.
+struct TpcbSums {
+    history: i64,
+    accounts: i64,
+    branches: i64,
+    tellers: i64,
+    count: i64,
+}
+
+async fn tpcb_sums(direct: &tokio_postgres::Client) -> TpcbSums {
+    let row = direct
+        .query_one(
+            "SELECT (SELECT sum(delta) FROM pgbench_history)::bigint,
+                    (SELECT sum(abalance) FROM pgbench_accounts)::bigint,
+                    (SELECT sum(bbalance) FROM pgbench_branches)::bigint,
+                    (SELECT sum(tbalance) FROM pgbench_tellers)::bigint,
+                    (SELECT count(*) FROM pgbench_history)",
+            &[],
+        )
+        .await
+        .unwrap();
+    TpcbSums {
+        history: row.get(0),
+        accounts: row.get(1),
+        branches: row.get(2),
+        tellers: row.get(3),
+        count: row.get(4),
+    }
+}
+
 #[tokio::test]
 async fn pgbench_tpcb_keeps_its_invariants_in_every_mode() {
     let db = TestDb::create("pgbench").await;
@@ -55,19 +85,13 @@ async fn pgbench_tpcb_keeps_its_invariants_in_every_mode() {
     }
     // TPC-B's own invariant: every delta in history is in the balances, exactly once.
     let direct = db.direct().await;
-    let row = direct
-        .query_one(
-            "SELECT (SELECT sum(delta) FROM pgbench_history)::bigint,
-                    (SELECT sum(abalance) FROM pgbench_accounts)::bigint,
-                    (SELECT sum(bbalance) FROM pgbench_branches)::bigint,
-                    (SELECT sum(tbalance) FROM pgbench_tellers)::bigint,
-                    (SELECT count(*) FROM pgbench_history)",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (history, accounts, branches, tellers, count): (i64, i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let TpcbSums {
+        history,
+        accounts,
+        branches,
+        tellers,
+        count,
+    } = tpcb_sums(&direct).await;
     assert_eq!(count, 3 * 800);
     assert_eq!(accounts, history);
     assert_eq!(branches, history);
@@ -185,19 +209,13 @@ SELECT {end}();
             assert!(out.contains("number of failed transactions: 0"), "{out}");
         }
     }
-    let row = direct
-        .query_one(
-            "SELECT (SELECT sum(delta) FROM pgbench_history)::bigint,
-                    (SELECT sum(abalance) FROM pgbench_accounts)::bigint,
-                    (SELECT sum(bbalance) FROM pgbench_branches)::bigint,
-                    (SELECT sum(tbalance) FROM pgbench_tellers)::bigint,
-                    (SELECT count(*) FROM pgbench_history)",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (history, accounts, branches, tellers, count): (i64, i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let TpcbSums {
+        history,
+        accounts,
+        branches,
+        tellers,
+        count,
+    } = tpcb_sums(&direct).await;
     assert_eq!(count, 3 * 120, "the committed transactions, once each");
     assert_eq!(accounts - before, history);
     assert_eq!(branches, history);
