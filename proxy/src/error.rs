@@ -132,7 +132,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The SQLSTATE a PostgreSQL client sees for this error.
     /// The backend's error (`code`, `message`) for one of tandem's own statements:
     /// `InjectedTransient` when the client would retry it, else `Injected`.
     pub fn injected(code: &str, message: String) -> Error {
@@ -142,6 +141,7 @@ impl Error {
         }
     }
 
+    /// The SQLSTATE a PostgreSQL client sees for this error.
     pub fn sqlstate(&self) -> SqlState {
         match self {
             Error::Frame(FrameError::TooLarge { .. })

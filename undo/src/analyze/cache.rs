@@ -7,7 +7,7 @@ use super::{Analysis, analyze};
 use crate::dialect::Dialect;
 use crate::error::Error;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Texts longer than this are analysed each time: they are rarely the repeated kind,
 /// and the memo's memory stays bounded by `capacity` × this.
@@ -19,7 +19,7 @@ const MAX_TEXT: usize = 8 * 1024;
 pub struct AnalysisCache {
     dialect: &'static dyn Dialect,
     capacity: usize,
-    entries: Mutex<HashMap<Box<str>, Arc<Vec<Analysis>>>>,
+    entries: Mutex<HashMap<Box<str>, Vec<Analysis>>>,
 }
 
 impl AnalysisCache {
@@ -39,14 +39,14 @@ impl AnalysisCache {
             return analyze(self.dialect, sql);
         }
         if let Some(known) = self.lock().get(sql) {
-            return Ok(known.as_ref().clone());
+            return Ok(known.clone());
         }
         let analyses = analyze(self.dialect, sql)?;
         let mut entries = self.lock();
         if entries.len() >= self.capacity {
             entries.clear();
         }
-        entries.insert(sql.into(), Arc::new(analyses.clone()));
+        entries.insert(sql.into(), analyses.clone());
         Ok(analyses)
     }
 
@@ -60,7 +60,7 @@ impl AnalysisCache {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Vec<Analysis>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Vec<Analysis>>> {
         // A panic elsewhere while holding it leaves a map that is still whole.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -4,10 +4,10 @@
 //! At a sync point tandem holds such a batch when it runs a write in a bound session,
 //! and sends the backend, in one flight, the before image with the Bind's own
 //! parameters, then the same batch with the write prepared again under tandem's
-//! statement name with the key appended to its RETURNING. Its reply script is fixed: CloseComplete and ParseComplete
-//! of tandem's statement come first and are swallowed; the key columns are stripped from
-//! the rows (and from a portal's RowDescription); the batch's ReadyForQuery finishes the
-//! write as in the simple protocol. A branch's COMMIT in such a batch is relayed as sent,
+//! statement name with the key appended to its RETURNING. Its reply script is fixed:
+//! CloseComplete and ParseComplete of tandem's statement come first and are swallowed;
+//! the key columns are stripped from the rows (and from a portal's RowDescription); the
+//! batch's ReadyForQuery finishes the write as in the simple protocol. A branch's COMMIT in such a batch is relayed as sent,
 //! once tandem has registered the branch and written its undo row. Any other shape of
 //! batch that writes or commits a branch is refused with an error answered by tandem
 //! itself, and never reaches the backend.
@@ -98,32 +98,24 @@ impl Relay<'_> {
             // Unparseable or several statements: the Parse refusal deals with it.
             _ => return Ok(Extended::NotAWrite),
         };
-        if !self.phase.at_sync_point() {
-            if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                // Earlier messages of this batch are already at the backend.
-                return Ok(match tag {
-                    frontend::BIND => Extended::RefuseBind(refusal(Error::Unsupported {
-                        what: "a write in the middle of a pipelined batch inside a global transaction",
-                    })),
-                    _ => Extended::NotAWrite,
-                });
-            }
-            return Ok(Extended::WaitForSyncPoint);
+        if let Some(instead) = self.unless_at_sync_point(
+            tag,
+            "a write in the middle of a pipelined batch inside a global transaction",
+        ) {
+            return Ok(instead);
         }
-        let max = self.ctx.config.max_message_bytes;
-        let batch = match read_batch(rest, max)? {
-            Shape::Incomplete => return Ok(Extended::NeedMore),
-            // Preparing a write changes nothing; it is captured when it is bound.
-            Shape::PrepareOnly => return Ok(Extended::NotAWrite),
-            Shape::Other(e) => return self.answer_directly(rest_len(rest, max)?, e).await,
-            // The Parse runs nothing; the Bind is refused (it cannot be captured).
-            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
-            Shape::Flushed => {
-                return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
-                    what: "a write followed by Flush before its Sync inside a global transaction",
-                })));
-            }
-            Shape::Run(batch) => batch,
+        // Preparing a write changes nothing; it is captured when it is bound.
+        let batch = match self
+            .batch_to_run(
+                rest,
+                tag,
+                "a write followed by Flush before its Sync inside a global transaction",
+                None,
+            )
+            .await?
+        {
+            Ok(batch) => batch,
+            Err(instead) => return Ok(instead),
         };
         let consumed = batch.len;
         if let Some(read) = locking_read {
@@ -151,24 +143,18 @@ impl Relay<'_> {
         }
     }
 
-    /// The COMMIT of a branch in a `[Parse] Bind [Describe] Execute Sync` batch (JDBC
-    /// and others commit so): at its sync point tandem registers the branch and writes
+    /// The COMMIT of a branch in a `[Parse] Bind [Describe] Execute Sync` batch (as
+    /// libpq's extended mode and tokio-postgres' `execute` send it): at its sync point tandem registers the branch and writes
     /// its undo row, as for a COMMIT over the simple protocol, then relays the batch
     /// unchanged, so that the client's own statement, named or not, commits and answers.
     /// If registering or the undo row fails, the local transaction is rolled back and
     /// the batch is answered with the error without reaching the backend.
     async fn commit_extended(&mut self, rest: &[u8], tag: u8) -> Result<Extended> {
-        if !self.phase.at_sync_point() {
-            if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                // Earlier messages of this batch are already at the backend.
-                return Ok(match tag {
-                    frontend::BIND => Extended::RefuseBind(refusal(Error::Unsupported {
-                        what: "COMMIT of a branch in the middle of a pipelined batch (send it as [Parse] Bind [Describe] Execute Sync)",
-                    })),
-                    _ => Extended::NotAWrite,
-                });
-            }
-            return Ok(Extended::WaitForSyncPoint);
+        if let Some(instead) = self.unless_at_sync_point(
+            tag,
+            "COMMIT of a branch in the middle of a pipelined batch (send it as [Parse] Bind [Describe] Execute Sync)",
+        ) {
+            return Ok(instead);
         }
         if self.phase.tx_status() == Some(TxStatus::Failed) {
             // PostgreSQL answers the COMMIT of a failed transaction with ROLLBACK:
@@ -176,24 +162,20 @@ impl Relay<'_> {
             self.branch = Branch::default();
             return Ok(Extended::NotAWrite);
         }
-        let max = self.ctx.config.max_message_bytes;
-        let consumed = match read_batch(rest, max)? {
-            Shape::Incomplete => return Ok(Extended::NeedMore),
-            // Preparing COMMIT runs nothing; its Bind comes back here.
-            Shape::PrepareOnly => return Ok(Extended::NotAWrite),
-            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
-            Shape::Flushed => {
-                return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
-                    what: "COMMIT of a branch followed by Flush before its Sync",
-                })));
-            }
-            Shape::Other(_) => {
-                let e = Error::Unsupported {
-                    what: "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
-                };
-                return self.answer_directly(rest_len(rest, max)?, e).await;
-            }
-            Shape::Run(batch) => batch.len,
+        // Preparing COMMIT runs nothing; its Bind comes back here.
+        let consumed = match self
+            .batch_to_run(
+                rest,
+                tag,
+                "COMMIT of a branch followed by Flush before its Sync",
+                Some(
+                    "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
+                ),
+            )
+            .await?
+        {
+            Ok(batch) => batch.len,
+            Err(instead) => return Ok(instead),
         };
         let undo = match self.prepare_commit().await {
             Ok(undo) => undo,
@@ -209,6 +191,54 @@ impl Relay<'_> {
             consumed,
             to_backend: Some(to_backend),
         })
+    }
+
+    /// What a Parse or Bind that must run alone at a sync point gets when the session is
+    /// not at one: it waits for it; or, when earlier messages of its batch are already at
+    /// the backend, the Parse is relayed (it runs nothing) and the Bind is refused with
+    /// `mid_batch`. None: the session is at a sync point.
+    pub(super) fn unless_at_sync_point(
+        &self,
+        tag: u8,
+        mid_batch: &'static str,
+    ) -> Option<Extended> {
+        if self.phase.at_sync_point() {
+            return None;
+        }
+        Some(match self.phase {
+            super::Phase::Busy { unsynced: true, .. } if tag == frontend::BIND => {
+                Extended::RefuseBind(refusal(Error::Unsupported { what: mid_batch }))
+            }
+            super::Phase::Busy { unsynced: true, .. } => Extended::NotAWrite,
+            _ => Extended::WaitForSyncPoint,
+        })
+    }
+
+    /// The batch at the head of `rest` when it is whole and of the one shape tandem runs
+    /// (`[Parse] Bind [Describe] Execute Sync`), or else what to do instead: wait for
+    /// the rest; relay a Parse that runs nothing (prepared only, or followed by Flush);
+    /// refuse a Bind followed by Flush with `flushed`; answer any other shape whole with
+    /// `other`, or with the shape's own error.
+    async fn batch_to_run<'b>(
+        &mut self,
+        rest: &'b [u8],
+        tag: u8,
+        flushed: &'static str,
+        other: Option<&'static str>,
+    ) -> Result<std::result::Result<Batch<'b>, Extended>> {
+        let max = self.ctx.config.max_message_bytes;
+        let instead = match read_batch(rest, max)? {
+            Shape::Run(batch) => return Ok(Ok(batch)),
+            Shape::Incomplete => Extended::NeedMore,
+            Shape::PrepareOnly => Extended::NotAWrite,
+            Shape::Flushed if tag == frontend::PARSE => Extended::NotAWrite,
+            Shape::Flushed => Extended::RefuseBind(refusal(Error::Unsupported { what: flushed })),
+            Shape::Other(e) => {
+                let e = other.map_or(e, |what| Error::Unsupported { what });
+                self.answer_directly(rest_len(rest, max)?, e).await?
+            }
+        };
+        Ok(Err(instead))
     }
 
     /// A branch's COMMIT that cannot go ahead: the local transaction is rolled back and

@@ -29,23 +29,14 @@ impl Relay<'_> {
         body: &[u8],
         parsed: std::result::Result<Control, BadCall>,
     ) -> Result<Extended> {
-        if !self.phase.at_sync_point() {
-            return Ok(match self.phase {
-                // Earlier messages of this batch are at the backend already: tandem cannot
-                // answer in their place. A Parse is refused by `refusal_for_parse`; a Bind
-                // is refused here, never run against the stand-in statement.
-                super::Phase::Busy { unsynced: true, .. } if tag == frontend::BIND => {
-                    let e = Error::Unsupported {
-                        what: "a control function in the middle of a pipelined batch (send it alone)",
-                    };
-                    Extended::RefuseBind(super::tracked::Refusal {
-                        sqlstate: e.sqlstate().code(),
-                        message: e.to_string(),
-                    })
-                }
-                super::Phase::Busy { unsynced: true, .. } => Extended::NotAWrite,
-                _ => Extended::WaitForSyncPoint,
-            });
+        // Earlier messages of a batch at the backend already: tandem cannot answer in
+        // their place. A Parse is refused by `refusal_for_parse`; a Bind is refused here,
+        // never run against the stand-in statement.
+        if let Some(instead) = self.unless_at_sync_point(
+            tag,
+            "a control function in the middle of a pipelined batch (send it alone)",
+        ) {
+            return Ok(instead);
         }
         let max = self.ctx.config.max_message_bytes;
         let column = parsed.as_ref().map(Control::column).unwrap_or("xid");

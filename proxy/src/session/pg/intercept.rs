@@ -19,7 +19,8 @@ impl Relay<'_> {
     /// A Parse that must not reach the backend as written: a control statement (answered
     /// only over the simple protocol for now), or, inside a global transaction, a COMMIT
     /// of an XA branch (only the simple protocol prepares it) or a statement tandem
-    /// cannot analyse. Writes are prepared freely and captured when bound (see at_extended).
+    /// cannot analyse. Writes are prepared freely and captured when bound (see
+    /// at_extended).
     pub(super) fn refusal_for_parse(&self, body: &[u8]) -> Option<Refusal> {
         // Runs on every Parse: the SQL alone, without decoding parameter types.
         let sql = Parse::sql_of(body).ok()?;
