@@ -113,6 +113,14 @@ pub enum Error {
     #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
     Injected { message: String },
 
+    /// The branch's undo row met the GlobalFinished marker that a rollback of its global
+    /// transaction left while the branch was committing: the local transaction is rolled
+    /// back, and the global one is over.
+    #[error(
+        "global transaction {xid} was rolled back while this branch committed; the local transaction was rolled back"
+    )]
+    RolledBackDuringCommit { xid: String },
+
     /// tandem's own statement on the client's connection met what the client's own
     /// statement could have met: a deadlock, a serialization failure, a lock or
     /// statement timeout. The client gets the backend's SQLSTATE, to retry as it would.
@@ -176,6 +184,7 @@ impl Error {
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::InjectedTransient { state, .. } => *state,
+            Error::RolledBackDuringCommit { .. } => SqlState::SerializationFailure,
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. } => SqlState::SerializationFailure,
                 tandem_lockserver::Error::InvalidState { .. }
@@ -223,7 +232,9 @@ impl Error {
                 MyErr::LockWaitTimeout
             }
             // 1213 says what happened to the transaction: it was rolled back.
-            Error::Uncaptured { .. } | Error::ImageUnread { .. } => MyErr::Deadlock,
+            Error::Uncaptured { .. }
+            | Error::ImageUnread { .. }
+            | Error::RolledBackDuringCommit { .. } => MyErr::Deadlock,
             Error::SidePool(_)
             | Error::SideQuery(_)
             | Error::SidePoolBuild { .. }
@@ -265,6 +276,7 @@ impl Error {
                 | Error::RowGloballyLocked { .. }
                 | Error::Injected { .. }
                 | Error::InjectedTransient { .. }
+                | Error::RolledBackDuringCommit { .. }
         )
     }
 
@@ -333,7 +345,8 @@ impl Error {
             | Error::UnknownTable { .. }
             | Error::Uncaptured { .. }
             | Error::ImageUnread { .. }
-            | Error::GloballyLocked { .. } => "at_refused",
+            | Error::GloballyLocked { .. }
+            | Error::RolledBackDuringCommit { .. } => "at_refused",
             Error::RowGloballyLocked { .. } => "outside_write_locked",
             Error::Injected { .. } | Error::InjectedTransient { .. } => "at_injected",
             Error::NotBound

@@ -161,19 +161,39 @@ pub async fn rollback(
     database: &str,
     work: &Phase2Work,
 ) -> BranchOutcome {
-    match replay_branch(pool, database, work).await {
-        Ok(outcome) => outcome,
-        Err(e) => BranchOutcome::Retry {
-            reason: e.to_string(),
-        },
+    for _ in 0..LOOKS {
+        match replay_branch(pool, database, work).await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => continue,
+            Err(e) => {
+                return BranchOutcome::Retry {
+                    reason: e.to_string(),
+                };
+            }
+        }
+    }
+    BranchOutcome::Retry {
+        reason: format!(
+            "the undo row of branch {} appeared {LOOKS} times while its rollback looked for it",
+            work.branch_id
+        ),
     }
 }
 
+/// How many times a rollback looks for a branch's undo row before it leaves the branch
+/// to the lockserver's retry (see `replay_branch`).
+const LOOKS: usize = 3;
+
+/// MySQL's ER_DUP_ENTRY.
+const DUPLICATE_KEY: u16 = 1062;
+
+/// One attempt at the rollback of `work`. `None`: its phase 1 committed while this
+/// looked (the marker met the branch's own undo row), so it must look again.
 async fn replay_branch(
     pool: &mysql_async::Pool,
     database: &str,
     work: &Phase2Work,
-) -> std::result::Result<BranchOutcome, mysql_async::Error> {
+) -> std::result::Result<Option<BranchOutcome>, mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     conn.query_drop(REPLAY_SESSION).await?;
     let undo_log = undo_table(database);
@@ -191,34 +211,44 @@ async fn replay_branch(
         )
         .await?;
     let Some((info, status)) = row else {
-        // Phase 1 never committed (or not yet): the marker makes a late phase-1 commit
-        // of this branch fail on the unique (xid, branch_id).
-        tx.exec_drop(
-            format!(
-                "INSERT IGNORE INTO {undo_log} (branch_id, xid, context, rollback_info, log_status) \
-                 VALUES (?, ?, 'tandem', '', ?)"
-            ),
-            (branch, xid, LOG_GLOBAL_FINISHED),
-        )
-        .await?;
-        tx.commit().await?;
-        return Ok(BranchOutcome::Done);
+        // Phase 1 never committed, or has not yet: the marker makes a late phase-1 commit
+        // of this branch fail on the unique (xid, branch_id). Under READ COMMITTED the
+        // locking read takes no gap lock, so phase 1 can insert its undo row between it
+        // and the marker; the marker's INSERT then waits for that row and fails on the
+        // key if it commits. It must fail (no INSERT IGNORE): the branch has data to undo.
+        let marked = tx
+            .exec_drop(
+                format!(
+                    "INSERT INTO {undo_log} (branch_id, xid, context, rollback_info, log_status) \
+                     VALUES (?, ?, 'tandem', '', ?)"
+                ),
+                (branch, xid, LOG_GLOBAL_FINISHED),
+            )
+            .await;
+        return match marked {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Some(BranchOutcome::Done))
+            }
+            Err(mysql_async::Error::Server(e)) if e.code == DUPLICATE_KEY => Ok(None),
+            Err(e) => Err(e),
+        };
     };
     if status != LOG_NORMAL {
-        return Ok(BranchOutcome::Done);
+        return Ok(Some(BranchOutcome::Done));
     }
     let record = match UndoRecord::decode(&info) {
         Ok(record) => record,
         Err(e) => {
-            return Ok(BranchOutcome::RollbackFailed {
+            return Ok(Some(BranchOutcome::RollbackFailed {
                 reason: e.to_string(),
-            });
+            }));
         }
     };
     for step in replay::plan(&Mysql, &record) {
         let params = match values(&step.check.params, &step.check.types) {
             Ok(params) => params,
-            Err(reason) => return Ok(BranchOutcome::RollbackFailed { reason }),
+            Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
         };
         let rows: Vec<mysql_async::Row> = tx.exec(step.check.sql.as_str(), params).await?;
         let table = &record.tables[step.table];
@@ -240,17 +270,17 @@ async fn replay_branch(
             // A dirty write: the row changed after the branch. Leave everything as it
             // is (the transaction rolls back on drop) and keep the locks.
             tracing::warn!(%xid, branch, check = %step.check.sql, %difference, "dirty write found: rollback stopped");
-            return Ok(BranchOutcome::RollbackFailed {
+            return Ok(Some(BranchOutcome::RollbackFailed {
                 reason: format!(
                     "a row of {} changed after the branch wrote it: {difference}",
                     table.table
                 ),
-            });
+            }));
         }
         if let Some(apply) = step.apply {
             let params = match values(&apply.params, &apply.types) {
                 Ok(params) => params,
-                Err(reason) => return Ok(BranchOutcome::RollbackFailed { reason }),
+                Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
             };
             tx.exec_drop(apply.sql.as_str(), params).await?;
         }
@@ -262,7 +292,7 @@ async fn replay_branch(
     )
     .await?;
     tx.commit().await?;
-    Ok(BranchOutcome::Done)
+    Ok(Some(BranchOutcome::Done))
 }
 
 /// Each image as the parameter value whose type mysql_async sends is the one undo

@@ -12,6 +12,7 @@ use crate::upstream::SidePools;
 use std::sync::Arc;
 use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchKind, BranchOutcome, Phase2Work};
 use tandem_undo::{Postgres, UndoRecord, replay};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 /// log_status of a normal undo row, as phase 1 writes it.
@@ -62,13 +63,26 @@ impl PgBranchHandler {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
             return crate::xa::pg::finish(&self.side, database, &gid, false).await;
         }
-        match self.replay(database, &work).await {
-            Ok(outcome) => outcome,
-            Err(e) => retry(e.to_string()),
+        for _ in 0..LOOKS {
+            match self.replay(database, &work).await {
+                Ok(Some(outcome)) => return outcome,
+                Ok(None) => continue,
+                Err(e) => return retry(e.to_string()),
+            }
         }
+        retry(format!(
+            "the undo row of branch {} appeared {LOOKS} times while its rollback looked for it",
+            work.branch_id
+        ))
     }
 
-    async fn replay(&self, database: &str, work: &Phase2Work) -> crate::Result<BranchOutcome> {
+    /// One attempt at the rollback of `work`. `None`: its phase 1 committed while this
+    /// looked (the marker met the branch's own undo row), so it must look again.
+    async fn replay(
+        &self,
+        database: &str,
+        work: &Phase2Work,
+    ) -> crate::Result<Option<BranchOutcome>> {
         let mut client = self.side.get(database).await?;
         let tx = client.transaction().await?;
         let xid = work.xid.as_str();
@@ -80,27 +94,37 @@ impl PgBranchHandler {
             )
             .await?;
         let Some(row) = row else {
-            // Phase 1 never committed (or not yet): the marker makes a late phase-1
-            // commit of this branch fail on the unique (xid, branch_id).
-            tx.execute(
-                "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) \
-                 VALUES ($1, $2, 'tandem', '\\x', $3) ON CONFLICT (xid, branch_id) DO NOTHING",
-                &[&branch, &xid, &LOG_GLOBAL_FINISHED],
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(BranchOutcome::Done);
+            // Phase 1 never committed, or has not yet: the marker makes a late phase-1
+            // commit of this branch fail on the unique (xid, branch_id). A phase 1 whose
+            // undo row is inserted but not yet committed is invisible to the SELECT; the
+            // marker's INSERT waits for it and then fails on the key if it commits. It
+            // must fail (no ON CONFLICT DO NOTHING): the branch then has data to undo.
+            let marked = tx
+                .execute(
+                    "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) \
+                     VALUES ($1, $2, 'tandem', '\\x', $3)",
+                    &[&branch, &xid, &LOG_GLOBAL_FINISHED],
+                )
+                .await;
+            return match marked {
+                Ok(_) => {
+                    tx.commit().await?;
+                    Ok(Some(BranchOutcome::Done))
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
         };
         let status: i32 = row.get(1);
         if status == LOG_GLOBAL_FINISHED {
-            return Ok(BranchOutcome::Done);
+            return Ok(Some(BranchOutcome::Done));
         }
         let record = match UndoRecord::decode(row.get::<_, &[u8]>(0)) {
             Ok(record) => record,
             Err(e) => {
-                return Ok(BranchOutcome::RollbackFailed {
+                return Ok(Some(BranchOutcome::RollbackFailed {
                     reason: e.to_string(),
-                });
+                }));
             }
         };
         for step in replay::plan(&Postgres, &record) {
@@ -116,21 +140,21 @@ impl PgBranchHandler {
                         .collect::<Result<_, _>>()?,
                 ),
                 _ => {
-                    return Ok(BranchOutcome::RollbackFailed {
+                    return Ok(Some(BranchOutcome::RollbackFailed {
                         reason: format!("{}: several rows share a primary key", step.check.sql),
-                    });
+                    }));
                 }
             };
             if now != step.expect {
                 // A dirty write: the row changed after the branch. Leave everything as
                 // it is (the transaction rolls back on drop) and keep the locks.
                 tracing::warn!(xid, branch, check = %step.check.sql, "dirty write found: rollback stopped");
-                return Ok(BranchOutcome::RollbackFailed {
+                return Ok(Some(BranchOutcome::RollbackFailed {
                     reason: format!(
                         "a row changed after the branch wrote it ({})",
                         step.check.sql
                     ),
-                });
+                }));
             }
             if let Some(apply) = step.apply {
                 let params: Vec<Raw> = apply.params.into_iter().map(Raw).collect();
@@ -146,9 +170,14 @@ impl PgBranchHandler {
         )
         .await?;
         tx.commit().await?;
-        Ok(BranchOutcome::Done)
+        Ok(Some(BranchOutcome::Done))
     }
 }
+
+/// How many times a rollback looks for a branch's undo row before it leaves the branch
+/// to the lockserver's retry. Each look after the first follows a phase 1 that committed
+/// during the previous one, which happens once per branch.
+const LOOKS: usize = 3;
 
 fn retry(reason: String) -> BranchOutcome {
     BranchOutcome::Retry { reason }

@@ -618,7 +618,7 @@ impl Relay<'_> {
         };
         let got = self.exchange(INSERT_UNDO, &undo.params(), &[]).await?;
         match got.error {
-            Some(e) => Err(Error::injected(&e.code, e.message)),
+            Some(e) => Err(undo.refused(&e.code, e.message)),
             None => Ok(()),
         }
     }
@@ -643,11 +643,11 @@ impl Relay<'_> {
         }
         statements.push(("COMMIT", &[], &[]));
         let results = self.exchange_many(&statements).await?;
-        if undo.is_some()
+        if let Some(row) = &undo
             && let Some(e) = results.first().and_then(|r| r.error.as_ref())
         {
             // The backend skipped the COMMIT; the block is failed: end it.
-            let e = Error::injected(&e.code, e.message.clone());
+            let e = row.refused(&e.code, e.message.clone());
             self.exchange_simple("ROLLBACK").await?;
             self.report_phase_one_failed(undo.as_ref());
             return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
@@ -684,6 +684,9 @@ impl Relay<'_> {
     }
 }
 
+/// SQLSTATE unique_violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
 const INSERT_UNDO: &str = "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)";
 
 /// A branch's undo_log row, ready to insert.
@@ -694,6 +697,19 @@ pub(super) struct UndoRow {
 }
 
 impl UndoRow {
+    /// The error for the backend's refusal (`code`, `message`) of this row's INSERT. A
+    /// unique violation on (xid, branch_id) is the GlobalFinished marker of a rollback
+    /// that ran while the branch was committing.
+    fn refused(&self, code: &str, message: String) -> Error {
+        if code == UNIQUE_VIOLATION {
+            Error::RolledBackDuringCommit {
+                xid: self.xid.clone(),
+            }
+        } else {
+            Error::injected(code, message)
+        }
+    }
+
     fn params(&self) -> Vec<Param<'_>> {
         const STATUS: [u8; 4] = LOG_NORMAL.to_be_bytes();
         vec![

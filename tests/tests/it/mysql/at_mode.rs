@@ -316,6 +316,106 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
 }
 
 #[tokio::test]
+async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fails() {
+    let db = prepare("at_marker").await;
+    let mut direct = db.direct().await;
+    // The branch's undo row waits, before it is inserted, for as long as the test
+    // holds a user lock: the window between registration and the local COMMIT.
+    let hold = format!("hold_{}", db.name);
+    direct
+        .query_drop(format!(
+            "CREATE TRIGGER hold_undo BEFORE INSERT ON undo_log FOR EACH ROW \
+             IF NEW.log_status = 0 THEN DO GET_LOCK('{hold}', 60); END IF"
+        ))
+        .await
+        .unwrap();
+    let mut holder = db.direct().await;
+    holder
+        .query_drop(format!("DO GET_LOCK('{hold}', 10)"))
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    run_each(
+        &mut conn,
+        &["BEGIN", "UPDATE accounts SET balance = 1 WHERE id = 3"],
+    )
+    .await;
+    let commit = tokio::spawn(async move { conn.query_drop("COMMIT").await });
+    let name = db.name.clone();
+    let direct_ref = &mut direct;
+    let mut waited = 0;
+    loop {
+        let stalled: Option<usize> = direct_ref
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE db = ? AND state = 'User lock'",
+                (name.as_str(),),
+            )
+            .await
+            .unwrap();
+        if stalled == Some(1) {
+            break;
+        }
+        waited += 1;
+        assert!(
+            waited < 600,
+            "the branch's undo row never reached the trigger"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // Another service rolls back while the branch's COMMIT is in flight: the replay
+    // finds no undo row and leaves the GlobalFinished marker.
+    let mut other = my::connect(&tandem, &db.name).await;
+    text(&mut other, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&mut other, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    holder
+        .query_drop(format!("DO RELEASE_LOCK('{hold}')"))
+        .await
+        .unwrap();
+    let late = commit.await.unwrap().unwrap_err();
+    // The local transaction is rolled back, and the client is told so (1213, retryable).
+    assert_eq!(
+        code(&late),
+        1213,
+        "the marker fails the late phase 1: {late}"
+    );
+    assert!(late.to_string().contains("(1062)"), "{late}");
+    assert_eq!(
+        dump(&mut direct, "accounts").await,
+        before,
+        "nothing of the branch stays"
+    );
+    let markers: Option<usize> = direct
+        .exec_first(
+            "SELECT COUNT(*) FROM undo_log WHERE xid = ? AND log_status = 1",
+            (xid.as_str(),),
+        )
+        .await
+        .unwrap();
+    assert_eq!(markers, Some(1));
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
 async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_1205() {
     let db = prepare("at_conflict").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;

@@ -177,6 +177,119 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
     lockserver.stop().await;
 }
 
+/// Waits until a backend of `db` other than `direct`'s own waits on `event`
+/// (pg_stat_activity's wait_event).
+async fn a_backend_waits_on(direct: &tokio_postgres::Client, db: &str, event: &str) {
+    tandem_tests::harness::eventually(&format!("a backend waits on {event}"), || async move {
+        direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = $1 AND wait_event = $2 AND pid <> pg_backend_pid()",
+                &[&db, &event],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+    })
+    .await;
+}
+
+/// A global rollback that runs while a branch's local COMMIT is in flight, after its
+/// registration: whichever of the branch's undo row and the rollback's GlobalFinished
+/// marker reaches the index first, nothing of the branch is left.
+#[tokio::test]
+async fn a_rollback_during_a_branch_commit_leaves_nothing_of_the_branch() {
+    // `hold_commit` stops the branch's undo row for as long as the test holds advisory
+    // lock 4242: before its INSERT (the marker wins), or at COMMIT after it (the branch
+    // wins: the marker's INSERT waits for it).
+    for (label, trigger) in [
+        (
+            "at_race_marker",
+            "CREATE TRIGGER hold_commit BEFORE INSERT ON undo_log FOR EACH ROW",
+        ),
+        (
+            "at_race_branch",
+            "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON undo_log \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW",
+        ),
+    ] {
+        let orders = prepare(label).await;
+        let direct = orders.direct().await;
+        direct
+            .batch_execute(&format!(
+                "CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+                 {trigger} WHEN (NEW.log_status = 0) EXECUTE FUNCTION hold_commit();
+                 SELECT pg_advisory_lock(4242);"
+            ))
+            .await
+            .unwrap();
+        let marker_wins = label == "at_race_marker";
+        let before = dump(&direct).await;
+        let lockserver = TestLockserver::start(Kind::Embedded).await;
+        let tandem = Tandem::start_for(&lockserver).await;
+        let a = tandem.connect(&orders.name).await;
+        let xid = one(&a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        a.batch_execute("BEGIN; UPDATE accounts SET balance = 1, note = 'raced' WHERE id = 3")
+            .await
+            .unwrap();
+        let commit = tokio::spawn(async move { a.batch_execute("COMMIT").await });
+        a_backend_waits_on(&direct, &orders.name, "advisory").await;
+        // Another service rolls the global transaction back meanwhile: the replay finds
+        // no committed undo row.
+        let b = tandem.connect(&orders.name).await;
+        one(&b, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .unwrap();
+        let mut rollback = Some(tokio::spawn(async move {
+            one(&b, "SELECT tandem_rollback()").await
+        }));
+        let mut rolled_back = async || {
+            let status = rollback.take().unwrap().await.unwrap().unwrap();
+            assert_eq!(status.as_deref(), Some("Rollbacked"), "{label}");
+        };
+        if marker_wins {
+            // The marker's INSERT meets nothing: the rollback ends on its own.
+            rolled_back().await;
+        } else {
+            // The marker's INSERT waits for the branch's uncommitted undo row.
+            a_backend_waits_on(&direct, &orders.name, "transactionid").await;
+        }
+        direct
+            .batch_execute("SELECT pg_advisory_unlock(4242)")
+            .await
+            .unwrap();
+        let committed = commit.await.unwrap();
+        if marker_wins {
+            let err = committed.unwrap_err();
+            let err = err.as_db_error().expect("an error from the proxy");
+            assert_eq!(err.code(), &SqlState::T_R_SERIALIZATION_FAILURE, "{err:?}");
+            assert!(
+                err.message()
+                    .contains("was rolled back while this branch committed"),
+                "{err:?}"
+            );
+        } else {
+            committed.expect("the local COMMIT went through");
+            rolled_back().await;
+        }
+        assert_eq!(
+            dump(&direct).await,
+            before,
+            "{label}: nothing of the branch is left, byte for byte"
+        );
+        assert_eq!(undo_rows(&direct).await, 0, "{label}");
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+        tandem.shutdown().await;
+        lockserver.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
     let orders = prepare("at_autofail").await;
