@@ -227,10 +227,6 @@ impl Relay<'_> {
             Some(Analysis::LockingRead(None)) => Ok(self.refuse(Error::Unsupported {
                 what: "SELECT … FOR UPDATE over several tables inside a global transaction",
             })),
-            Some(Analysis::Rollback) => {
-                self.branch = Branch::default();
-                Ok(Intercepted::Relay)
-            }
             Some(Analysis::Other) => {
                 self.branch.forget_all_after();
                 Ok(Intercepted::Relay)

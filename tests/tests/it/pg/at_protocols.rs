@@ -195,6 +195,53 @@ async fn a_backend_waits_on(direct: &tokio_postgres::Client, db: &str, event: &s
     .await;
 }
 
+#[tokio::test]
+async fn rows_of_a_local_transaction_rolled_back_over_the_extended_protocol_are_forgotten() {
+    let orders = prepare("at_ext_rollback").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    // Every statement over the extended protocol, ROLLBACK included.
+    a.execute("BEGIN", &[]).await.unwrap();
+    a.execute("UPDATE accounts SET balance = 7 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    a.execute("ROLLBACK", &[]).await.unwrap();
+    // Row 1 is back and unlocked: someone else may change it.
+    direct
+        .execute("UPDATE accounts SET note = 'theirs' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    a.execute("UPDATE accounts SET balance = 8 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(
+        locks["locks"].as_array().map(Vec::len),
+        Some(1),
+        "only row 2 is held: {locks}"
+    );
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let mut expected = before;
+    expected[0] = expected[0].replace(",n1,", ",theirs,");
+    assert_eq!(
+        dump(&direct).await,
+        expected,
+        "row 2 restored; row 1 keeps the other writer's change"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A global rollback that runs while a branch's local COMMIT is in flight, after its
 /// registration: whichever of the branch's undo row and the rollback's GlobalFinished
 /// marker reaches the index first, nothing of the branch is left.
