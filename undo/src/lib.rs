@@ -24,8 +24,8 @@ pub mod record;
 pub mod replay;
 
 pub use analyze::{
-    Analysis, AnalysisCache, InsertRows, InsertValue, LockedRead, OnDuplicate, TableRef, Upsert,
-    Write, WriteKind, analyze, count_mysql_statements, split_statements,
+    Analysis, AnalysisCache, InsertRows, InsertValue, LockedRead, OnDuplicate, SavepointOp,
+    TableRef, Upsert, Write, WriteKind, analyze, count_mysql_statements, split_statements,
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tandem_lockserver::client::LockKey;
 use tandem_undo::record::VERSION;
-use tandem_undo::{Row, RowImages, TableMeta, TableUndo, UndoRecord};
+use tandem_undo::{Row, RowImages, SavepointOp, TableMeta, TableUndo, UndoRecord};
 
 /// A primary key as text, as the server printed it on this connection: the identity of a
 /// row within one branch.
@@ -18,6 +18,8 @@ pub type TextKey = Vec<Option<String>>;
 #[derive(Debug, Default)]
 pub struct Branch {
     tables: Vec<TableRows>,
+    /// The local transaction's savepoints, oldest first.
+    savepoints: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -29,6 +31,9 @@ struct TableRows {
     /// Rows whose after image the last write that changed them returned (None after
     /// a DELETE): COMMIT reads only the others again.
     after_known: HashSet<TextKey>,
+    /// For each row, how many savepoints were set when the branch first captured it:
+    /// a rollback to one of them undoes the rows captured after it.
+    depth: HashMap<TextKey, usize>,
 }
 
 /// A row the statement changed that tandem had no before image of.
@@ -51,6 +56,7 @@ impl Branch {
                     order: Vec::new(),
                     rows: HashMap::new(),
                     after_known: HashSet::new(),
+                    depth: HashMap::new(),
                 });
                 self.tables.len() - 1
             }
@@ -60,9 +66,11 @@ impl Branch {
 
     /// Rows read by a before-image query (binary row, text key), locked by it.
     pub fn record_before(&mut self, meta: &Arc<TableMeta>, rows: Vec<(Row, TextKey)>) {
+        let depth = self.savepoints.len();
         let table = self.table(meta);
         for (row, key) in rows {
             if !table.rows.contains_key(&key) {
+                table.depth.insert(key.clone(), depth);
                 table.order.push(key.clone());
                 table.rows.insert(
                     key,
@@ -98,9 +106,11 @@ impl Branch {
     /// Keys an INSERT returned: rows that did not exist before the branch (unless the
     /// branch itself deleted them earlier, whose before image stays).
     pub fn record_inserted(&mut self, meta: &Arc<TableMeta>, keys: Vec<TextKey>) {
+        let depth = self.savepoints.len();
         let table = self.table(meta);
         for key in keys {
             if !table.rows.contains_key(&key) {
+                table.depth.insert(key.clone(), depth);
                 table.order.push(key.clone());
                 table.rows.insert(
                     key,
@@ -143,6 +153,64 @@ impl Branch {
     pub fn forget_all_after(&mut self) {
         for t in &mut self.tables {
             t.after_known.clear();
+        }
+    }
+
+    /// A savepoint statement of the local transaction, at the moment it runs. After
+    /// `ROLLBACK TO s` the rows the branch first captured after `s` are as they were
+    /// before it touched them, and (on PostgreSQL) no longer locked by it: they leave
+    /// the branch, or a global rollback would write their old before images over what
+    /// others wrote since. Every row that stays is read again at COMMIT.
+    ///
+    /// `unknown_undoes_all`: what a rollback to a savepoint the branch never saw set
+    /// means. On PostgreSQL it was set before the branch's binding began (an XID hint
+    /// in the middle of a transaction), so it precedes every captured row; had it not
+    /// been set at all, the server fails the transaction, which then commits nothing.
+    /// On MySQL a missing savepoint is an error that leaves the transaction going.
+    pub fn on_savepoint(&mut self, op: &SavepointOp, unknown_undoes_all: bool) {
+        match op {
+            SavepointOp::Set(name) => self.savepoints.push(name.clone()),
+            SavepointOp::Release(name) => {
+                if let Some(at) = self.savepoints.iter().rposition(|s| s == name) {
+                    // Released with every later one: their rows now belong to the
+                    // savepoint (or transaction) that encloses them.
+                    self.savepoints.truncate(at);
+                    for t in &mut self.tables {
+                        for depth in t.depth.values_mut() {
+                            *depth = (*depth).min(at);
+                        }
+                    }
+                }
+            }
+            SavepointOp::RollbackTo(name) => {
+                let kept = match self.savepoints.iter().rposition(|s| s == name) {
+                    Some(at) => {
+                        // The savepoint itself stays; later ones are gone.
+                        self.savepoints.truncate(at + 1);
+                        Some(at)
+                    }
+                    None if unknown_undoes_all => None,
+                    None => {
+                        self.forget_all_after();
+                        return;
+                    }
+                };
+                for t in &mut self.tables {
+                    let undone: Vec<TextKey> = t
+                        .order
+                        .iter()
+                        .filter(|k| kept.is_none_or(|at| t.depth.get(*k).is_some_and(|d| *d > at)))
+                        .cloned()
+                        .collect();
+                    for key in &undone {
+                        t.rows.remove(key);
+                        t.after_known.remove(key);
+                        t.depth.remove(key);
+                    }
+                    t.order.retain(|k| t.rows.contains_key(k));
+                }
+                self.forget_all_after();
+            }
         }
     }
 
@@ -400,6 +468,42 @@ mod tests {
         assert_eq!(rows[1].after, None, "deleted");
         assert_eq!(rows[2].after, Some(row(3, "c")));
         assert_eq!(keys.len(), 3);
+    }
+
+    fn kept(b: &Branch) -> Vec<TextKey> {
+        b.tables.iter().flat_map(|t| t.order.clone()).collect()
+    }
+
+    #[test]
+    fn a_rollback_to_a_savepoint_drops_the_rows_first_captured_after_it() {
+        let m = meta();
+        let sp = |name: &str| SavepointOp::Set(name.into());
+        let mut b = Branch::default();
+        b.record_before(&m, vec![(row(1, "a"), key(1))]);
+        b.on_savepoint(&sp("a"), true);
+        b.record_before(&m, vec![(row(2, "b"), key(2)), (row(1, "again"), key(1))]);
+        b.on_savepoint(&sp("b"), true);
+        b.record_inserted(&m, vec![key(3)]);
+        // Released into "a": row 3 now goes with a rollback to "a".
+        b.on_savepoint(&SavepointOp::Release("b".into()), true);
+        b.on_savepoint(&sp("c"), true);
+        b.record_before(&m, vec![(row(4, "d"), key(4))]);
+        b.on_savepoint(&SavepointOp::RollbackTo("c".into()), true);
+        assert_eq!(kept(&b), vec![key(1), key(2), key(3)]);
+        // "c" is still set; rolling back to "a" drops every row captured after it.
+        b.on_savepoint(&SavepointOp::RollbackTo("a".into()), true);
+        assert_eq!(kept(&b), vec![key(1)], "row 1 was captured before \"a\"");
+        assert_eq!(
+            b.keys()[0].1,
+            vec![key(1)],
+            "what stays is read again at COMMIT"
+        );
+        // Unknown savepoints: on MySQL an error that changes nothing; on PostgreSQL
+        // one set before the branch's binding began, before every row.
+        b.on_savepoint(&SavepointOp::RollbackTo("never".into()), false);
+        assert_eq!(kept(&b), vec![key(1)]);
+        b.on_savepoint(&SavepointOp::RollbackTo("never".into()), true);
+        assert!(b.is_empty());
     }
 
     /// MySQL registers while it reads the after images: the keys it registers must be

@@ -185,8 +185,31 @@ pub enum Analysis {
     Commit,
     /// ROLLBACK / ABORT (not ROLLBACK TO SAVEPOINT).
     Rollback,
-    /// SET, SHOW, SAVEPOINT and the like: nothing to capture.
+    /// SAVEPOINT, RELEASE SAVEPOINT or ROLLBACK TO SAVEPOINT: what a branch captured
+    /// after a savepoint is undone with it.
+    Savepoint(SavepointOp),
+    /// SET, SHOW and the like: nothing to capture.
     Other,
+}
+
+/// A savepoint statement, with the savepoint's name as the server compares it (case
+/// folded where the dialect folds it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavepointOp {
+    /// `SAVEPOINT name`
+    Set(String),
+    /// `RELEASE [SAVEPOINT] name`
+    Release(String),
+    /// `ROLLBACK [WORK] TO [SAVEPOINT] name`
+    RollbackTo(String),
+}
+
+/// A savepoint's name as PostgreSQL compares it: unquoted names fold to lower case.
+fn postgres_savepoint_name(name: &sqlparser::ast::Ident) -> String {
+    match name.quote_style {
+        Some(_) => name.value.clone(),
+        None => name.value.to_ascii_lowercase(),
+    }
 }
 
 /// Deep enough for real statements; a statement nested deeper is refused rather than
@@ -378,6 +401,16 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
         Statement::Rollback {
             savepoint: None, ..
         } => Analysis::Rollback,
+        Statement::Rollback {
+            savepoint: Some(name),
+            ..
+        } => Analysis::Savepoint(SavepointOp::RollbackTo(postgres_savepoint_name(name))),
+        Statement::Savepoint { name } => {
+            Analysis::Savepoint(SavepointOp::Set(postgres_savepoint_name(name)))
+        }
+        Statement::ReleaseSavepoint { name } => {
+            Analysis::Savepoint(SavepointOp::Release(postgres_savepoint_name(name)))
+        }
         // A SQL-level prepared statement runs later, by name, where tandem cannot see
         // what it does: one that writes is refused when prepared, and EXECUTE is
         // refused outright (its PREPARE may predate the global transaction).
@@ -395,10 +428,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
             ));
         }
         // EXPLAIN ANALYZE runs its statement.
-        Statement::Rollback { .. }
-        | Statement::Savepoint { .. }
-        | Statement::ReleaseSavepoint { .. }
-        | Statement::Set(_)
+        Statement::Set(_)
         | Statement::ShowVariable { .. }
         | Statement::Discard { .. }
         | Statement::Declare { .. }

@@ -9,9 +9,9 @@
 
 use super::split::Offsets;
 use super::{
-    Analysis, InsertRows, InsertValue, Names, OnDuplicate, RECURSION_LIMIT, TableRef, Write,
-    WriteKind, analyze_query, assigned_columns, explain_analyze, explain_analyze_target, join_list,
-    refuse_data_modifying_ctes, single_table, table_ref,
+    Analysis, InsertRows, InsertValue, Names, OnDuplicate, RECURSION_LIMIT, SavepointOp, TableRef,
+    Write, WriteKind, analyze_query, assigned_columns, explain_analyze, explain_analyze_target,
+    join_list, refuse_data_modifying_ctes, single_table, table_ref,
 };
 use crate::error::Error;
 use sqlparser::ast::{
@@ -210,10 +210,18 @@ pub(super) fn analyze_statement(statement: &Statement) -> Result<Analysis, Error
                 "EXECUTE of a SQL-level prepared statement (use the protocol's prepared statements)",
             ));
         }
-        Statement::Rollback { .. }
-        | Statement::Savepoint { .. }
-        | Statement::ReleaseSavepoint { .. }
-        | Statement::ShowVariable { .. }
+        // MySQL compares savepoint names without regard to case.
+        Statement::Rollback {
+            savepoint: Some(name),
+            ..
+        } => Analysis::Savepoint(SavepointOp::RollbackTo(name.value.to_lowercase())),
+        Statement::Savepoint { name } => {
+            Analysis::Savepoint(SavepointOp::Set(name.value.to_lowercase()))
+        }
+        Statement::ReleaseSavepoint { name } => {
+            Analysis::Savepoint(SavepointOp::Release(name.value.to_lowercase()))
+        }
+        Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }
         | Statement::ShowStatus { .. }
         | Statement::ShowCreate { .. }

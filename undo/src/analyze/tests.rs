@@ -20,6 +20,9 @@ fn summary(a: &Analysis) -> String {
         Analysis::Commit => "commit".into(),
         Analysis::Rollback => "rollback".into(),
         Analysis::Other => "other".into(),
+        Analysis::Savepoint(SavepointOp::Set(name)) => format!("savepoint {name}"),
+        Analysis::Savepoint(SavepointOp::Release(name)) => format!("release {name}"),
+        Analysis::Savepoint(SavepointOp::RollbackTo(name)) => format!("rollback to {name}"),
         Analysis::Write(w) => format!(
             "write {} {} alias={} where={} assigned=[{}] returning={}{}",
             match w.kind {

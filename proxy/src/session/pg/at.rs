@@ -163,12 +163,20 @@ impl Relay<'_> {
             Ok(a) => a,
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
-        if analyses.len() > 1
-            && analyses
+        if analyses.len() > 1 {
+            if analyses
                 .iter()
-                .any(|a| !matches!(a, Analysis::Read | Analysis::Other))
-        {
-            return self.start_script(&sql, analyses).await;
+                .any(|a| !matches!(a, Analysis::Read | Analysis::Other | Analysis::Savepoint(_)))
+            {
+                return self.start_script(&sql, analyses).await;
+            }
+            // Relayed whole: its savepoints take effect in order (a failure stops the
+            // rest, and fails the transaction, which then commits nothing).
+            for analysis in &analyses {
+                if let Analysis::Savepoint(op) = analysis {
+                    self.branch.on_savepoint(op, true);
+                }
+            }
         }
         match analyses.into_iter().next() {
             Some(Analysis::Write(write)) => {
@@ -229,6 +237,10 @@ impl Relay<'_> {
             })),
             Some(Analysis::Other) => {
                 self.branch.forget_all_after();
+                Ok(Intercepted::Relay)
+            }
+            Some(Analysis::Savepoint(op)) => {
+                self.branch.on_savepoint(&op, true);
                 Ok(Intercepted::Relay)
             }
             _ => Ok(Intercepted::Relay),

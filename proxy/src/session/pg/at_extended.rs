@@ -81,10 +81,16 @@ impl Relay<'_> {
                 }
                 Analysis::Write(w) => (Some(w), None),
                 Analysis::LockingRead(Some(read)) => (None, Some(read)),
+                // Each when it runs (its Bind).
                 Analysis::Other => {
-                    // ROLLBACK TO SAVEPOINT and the like, when it runs (its Bind).
                     if tag == frontend::BIND {
                         self.branch.forget_all_after();
+                    }
+                    return Ok(Extended::NotAWrite);
+                }
+                Analysis::Savepoint(op) => {
+                    if tag == frontend::BIND {
+                        self.branch.on_savepoint(&op, true);
                     }
                     return Ok(Extended::NotAWrite);
                 }

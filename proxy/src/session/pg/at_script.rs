@@ -118,6 +118,10 @@ impl Relay<'_> {
                 self.branch.forget_all_after();
                 Intercepted::Relay
             }
+            Analysis::Savepoint(op) => {
+                self.branch.on_savepoint(&op, true);
+                Intercepted::Relay
+            }
             _ => Intercepted::Relay,
         };
         let query = match intercepted {

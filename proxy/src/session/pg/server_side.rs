@@ -142,10 +142,9 @@ impl Relay<'_> {
                 if self.phase == Phase::Ready(TxStatus::Idle) {
                     // A branch never outlives its local transaction: every COMMIT path
                     // has taken it by now, and after a ROLLBACK (over either protocol)
-                    // the rows it captured are undone and their row locks gone.
-                    if !self.branch.is_empty() {
-                        self.branch = at_branch::Branch::default();
-                    }
+                    // the rows it captured are undone and their row locks gone, as are
+                    // the transaction's savepoints.
+                    self.branch = at_branch::Branch::default();
                     self.binding.on_local_transaction_end();
                     if self.xa == xa::XaBranch::Open {
                         self.xa = xa::XaBranch::None;

@@ -59,7 +59,10 @@ pub(super) fn classify(
             Analysis::Begin => XaStatement::Begin,
             Analysis::Commit => XaStatement::Commit,
             Analysis::Rollback => XaStatement::Rollback,
-            Analysis::Read | Analysis::LockingRead(_) | Analysis::Other => XaStatement::Passive,
+            Analysis::Read
+            | Analysis::LockingRead(_)
+            | Analysis::Savepoint(_)
+            | Analysis::Other => XaStatement::Passive,
             Analysis::Write(_) => XaStatement::Work,
         })
         .collect()

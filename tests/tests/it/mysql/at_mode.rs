@@ -316,6 +316,47 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
 }
 
 #[tokio::test]
+async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back_to() {
+    let db = prepare("at_savepoint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "START TRANSACTION",
+            "UPDATE accounts SET balance = 1 WHERE id = 1",
+            "SAVEPOINT Sp1",
+            "UPDATE accounts SET balance = 2 WHERE id = 2",
+            "INSERT INTO accounts VALUES (9, 9, 'nine')",
+            "ROLLBACK TO SAVEPOINT sp1",
+            "UPDATE accounts SET balance = 3 WHERE id = 3",
+            "COMMIT",
+        ],
+    )
+    .await;
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(
+        locks["locks"].as_array().map(Vec::len),
+        Some(2),
+        "rows 1 and 3 only: {locks}"
+    );
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
 async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fails() {
     let db = prepare("at_marker").await;
     let mut direct = db.direct().await;

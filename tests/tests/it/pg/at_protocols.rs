@@ -242,6 +242,84 @@ async fn rows_of_a_local_transaction_rolled_back_over_the_extended_protocol_are_
     lockserver.stop().await;
 }
 
+#[tokio::test]
+async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back_to() {
+    let orders = prepare("at_savepoint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    // The rows given back must be free at once: another writer must not wait for them.
+    direct
+        .batch_execute("SET lock_timeout = '5s'")
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    a.batch_execute(
+        "SAVEPOINT s; UPDATE accounts SET balance = 2 WHERE id = 2; \
+         INSERT INTO accounts VALUES (9, 9, 'nine', now(), 9)",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    // Nested savepoints, one released into the other, over the extended protocol.
+    a.execute("SAVEPOINT Sp_Outer", &[]).await.unwrap();
+    a.execute("UPDATE accounts SET balance = 3 WHERE id = 3", &[])
+        .await
+        .unwrap();
+    a.execute("SAVEPOINT sp_inner", &[]).await.unwrap();
+    a.execute("UPDATE accounts SET balance = 4 WHERE id = 4", &[])
+        .await
+        .unwrap();
+    a.execute("RELEASE SAVEPOINT SP_INNER", &[]).await.unwrap();
+    a.execute("ROLLBACK TO sp_outer", &[]).await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 5")
+        .await
+        .unwrap();
+    // Rows 2, 3 and 4 are back as they were and unlocked; someone else changes them.
+    direct
+        .batch_execute(
+            "UPDATE accounts SET note = 'theirs' WHERE id IN (2, 3, 4); \
+             INSERT INTO accounts VALUES (9, 99, 'their nine', now(), 9)",
+        )
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(
+        locks["locks"].as_array().map(Vec::len),
+        Some(2),
+        "rows 1 and 5 only: {locks}"
+    );
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let mut expected = before;
+    for (row, n) in expected.iter_mut().zip(1..) {
+        if (2..=4).contains(&n) {
+            *row = row.replace(&format!(",n{n},"), ",theirs,");
+        }
+    }
+    let now = dump(&direct).await;
+    assert_eq!(
+        now[..5],
+        expected[..],
+        "rows 1 and 5 restored; 2 to 4 keep the other writer's change"
+    );
+    assert_eq!(now.len(), 6, "the other writer's row 9 stays: {now:?}");
+    assert!(now[5].starts_with("(9,99,\"their nine\","), "{now:?}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A global rollback that runs while a branch's local COMMIT is in flight, after its
 /// registration: whichever of the branch's undo row and the rollback's GlobalFinished
 /// marker reaches the index first, nothing of the branch is left.

@@ -121,10 +121,15 @@ impl Relay<'_> {
             // commit implicitly; only reads may come in a batch then.
             let relayable = |a: &Analysis| match a {
                 Analysis::Read => true,
-                Analysis::Other => self.at_branch.is_empty(),
+                Analysis::Other | Analysis::Savepoint(_) => self.at_branch.is_empty(),
                 _ => false,
             };
             if analyses.iter().all(relayable) {
+                for analysis in &analyses {
+                    if let Analysis::Savepoint(op) = analysis {
+                        self.at_branch.on_savepoint(op, false);
+                    }
+                }
                 self.at_branch.forget_all_after();
                 return Ok(Handled::Relay);
             }
@@ -259,9 +264,12 @@ impl Relay<'_> {
                 })
             }
             Analysis::Other => {
-                // SAVEPOINT, ROLLBACK TO SAVEPOINT, SET …: rows may now differ from
-                // what the writes saw.
+                // SET and the like: rows may now differ from what the writes saw.
                 self.at_branch.forget_all_after();
+                Ok(Handled::Relay)
+            }
+            Analysis::Savepoint(op) => {
+                self.at_branch.on_savepoint(&op, false);
                 Ok(Handled::Relay)
             }
             Analysis::Begin if !self.at_branch.is_empty() => self.refuse(Error::Unsupported {
