@@ -15,6 +15,16 @@ use tandem_lockserver::client::{GlobalStatus, LockClient, Xid};
 /// configured, with the same type).
 pub use crate::config::BranchMode as Mode;
 
+/// Where a session's local transaction stands when a control function arrives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalTransaction {
+    /// Inside BEGIN … COMMIT (or MySQL's implicit transaction).
+    pub open: bool,
+    /// It has captured writes (AT) or is an open XA branch: it must end inside the
+    /// global transaction.
+    pub has_branch: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Binding {
     xid: Option<Xid>,
@@ -22,6 +32,10 @@ pub struct Binding {
     /// The binding came from a `/*+ XID('…') */` hint: it ends with the statement, or
     /// with the local transaction the statement runs in.
     from_hint: bool,
+    /// A pool reset arrived inside a local transaction: the binding (and mode) end
+    /// with that transaction, whose branch must still commit or roll back inside the
+    /// global transaction.
+    reset_at_transaction_end: bool,
 }
 
 impl Binding {
@@ -39,6 +53,18 @@ impl Binding {
         self.xid = None;
         self.mode = None;
         self.from_hint = false;
+        self.reset_at_transaction_end = false;
+    }
+
+    /// A pool reset that may arrive inside a local transaction (`RESET ALL`): there it
+    /// takes effect when the transaction ends, or the transaction's writes would
+    /// commit outside the global transaction they were captured for.
+    pub fn on_pool_reset(&mut self, local_transaction_open: bool) {
+        if local_transaction_open {
+            self.reset_at_transaction_end = true;
+        } else {
+            self.unbind();
+        }
     }
 
     /// Binds for one statement (and its local transaction) from an XID hint, after the
@@ -69,6 +95,9 @@ impl Binding {
     /// The session reached a sync point outside any local transaction: a hint's
     /// binding is over.
     pub fn on_local_transaction_end(&mut self) {
+        if self.reset_at_transaction_end {
+            self.unbind();
+        }
         if self.from_hint {
             self.xid = None;
             self.from_hint = false;
@@ -76,13 +105,28 @@ impl Binding {
     }
 
     /// Carries out `control`; returns the one value of the answer (None is SQL NULL).
-    /// `local_transaction_open` says whether the session is inside BEGIN … COMMIT.
+    /// `local` says where the session's local transaction stands.
     pub async fn carry_out(
         &mut self,
         lock: &LockClient,
-        local_transaction_open: bool,
+        local: LocalTransaction,
         control: Control,
     ) -> Result<Option<String>> {
+        let local_transaction_open = local.open;
+        // A local transaction belongs to the binding it began under. Binding inside
+        // one would take writes made before it (not captured) into a branch; changing
+        // mode would switch how its branch commits halfway; leaving it once it has
+        // captured writes would let them commit outside the global transaction.
+        let changes_binding = match &control {
+            Control::Begin { .. } if local.open => Some("tandem_begin()"),
+            Control::Join { .. } if local.open => Some("tandem_join()"),
+            Control::Mode { .. } if local.open => Some("tandem_mode()"),
+            Control::Leave if local.has_branch => Some("tandem_leave()"),
+            _ => None,
+        };
+        if let Some(what) = changes_binding {
+            return Err(Error::LocalTransactionOpen { what });
+        }
         match control {
             Control::Begin { timeout_ms } => {
                 if let Some(xid) = &self.xid {

@@ -71,8 +71,11 @@ impl Relay<'_> {
             }),
             Err(BadCall(message)) => Err(Error::BadControlCall(message)),
             Ok(control) => {
-                let open = self.phase.tx_status() == Some(TxStatus::InTransaction);
-                self.binding.carry_out(&self.ctx.lock, open, control).await
+                let local = crate::binding::LocalTransaction {
+                    open: self.phase.tx_status() == Some(TxStatus::InTransaction),
+                    has_branch: !self.branch.is_empty() || self.xa != super::xa::XaBranch::None,
+                };
+                self.binding.carry_out(&self.ctx.lock, local, control).await
             }
         };
         let value = match answer {

@@ -71,7 +71,11 @@ impl Relay<'_> {
             return Ok(Intercepted::Relay);
         };
         if is_pool_reset(query.sql) {
-            self.binding.unbind();
+            let open = matches!(
+                self.phase.tx_status(),
+                Some(TxStatus::InTransaction | TxStatus::Failed)
+            );
+            self.binding.on_pool_reset(open);
             return Ok(Intercepted::Relay);
         }
         if let Some(xid) = control::xid_hint(query.sql) {
@@ -113,9 +117,12 @@ impl Relay<'_> {
             _ if status == TxStatus::Failed => Err(Error::InFailedTransaction),
             Ok(control) => {
                 let column = control.column();
-                let open = status == TxStatus::InTransaction;
+                let local = crate::binding::LocalTransaction {
+                    open: status == TxStatus::InTransaction,
+                    has_branch: !self.branch.is_empty() || self.xa != super::xa::XaBranch::None,
+                };
                 self.binding
-                    .carry_out(&self.ctx.lock, open, control)
+                    .carry_out(&self.ctx.lock, local, control)
                     .await
                     .map(|value| (value, column))
             }

@@ -320,6 +320,61 @@ async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back
     lockserver.stop().await;
 }
 
+#[tokio::test]
+async fn a_local_transaction_keeps_the_binding_it_began_under() {
+    let orders = prepare("at_binding").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let refused = async |sql: &str| {
+        let err = one(&a, sql).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::ACTIVE_SQL_TRANSACTION),
+            "{sql}: {err:?}"
+        );
+    };
+    a.batch_execute("BEGIN").await.unwrap();
+    refused("SELECT tandem_begin()").await;
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    refused("SELECT tandem_leave()").await;
+    refused("SELECT tandem_mode('xa')").await;
+    refused(&format!("SELECT tandem_join('{xid}')")).await;
+    // A pool's reset inside the transaction takes effect when it ends: the write
+    // still commits as a branch of the global transaction.
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_xid()").await.unwrap(),
+        Some(xid.clone())
+    );
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(one(&a, "SELECT tandem_xid()").await.unwrap(), None);
+    assert_eq!(undo_rows(&direct).await, 1, "the branch was registered");
+    let b = tandem.connect(&orders.name).await;
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&b, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A global rollback that runs while a branch's local COMMIT is in flight, after its
 /// registration: whichever of the branch's undo row and the rollback's GlobalFinished
 /// marker reaches the index first, nothing of the branch is left.

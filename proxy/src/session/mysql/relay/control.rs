@@ -250,7 +250,10 @@ impl Relay<'_> {
         }
         self.reconcile_branch();
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
-        let open = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) || self.xa.is_some();
+        let local = crate::binding::LocalTransaction {
+            open: status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) || self.xa.is_some(),
+            has_branch: !self.at_branch.is_empty() || self.xa.is_some(),
+        };
         let answer = match control {
             Ok(control) => {
                 let column = control.column();
@@ -265,7 +268,7 @@ impl Relay<'_> {
                     owned,
                     ..
                 } = &mut *self;
-                let call = binding.carry_out(&ctx.lock, open, control);
+                let call = binding.carry_out(&ctx.lock, local, control);
                 tokio::pin!(call);
                 let result = loop {
                     tokio::select! {
