@@ -395,36 +395,27 @@ impl LockTable {
     /// fine (reentrant). Returns how many keys were newly taken.
     pub fn acquire(&mut self, xid: &Xid, keys: &[LockKey]) -> Result<usize, Conflict> {
         self.check(xid, keys)?;
-        Ok(self.force(xid, keys))
+        Ok(self.take_free(xid, keys))
     }
 
-    /// Takes the keys without checking; for replaying a log that was checked when
-    /// written. A key held by another xid moves to `xid`.
-    pub fn force(&mut self, xid: &Xid, keys: &[LockKey]) -> usize {
-        let mut added = 0;
+    /// Takes the keys no other xid holds, without the all-or-nothing check; for
+    /// replaying a log that was checked when written. A key another xid holds stays
+    /// with it: a log never moves a held key, but a snapshot may list keys of a
+    /// transaction that released them (committed, phase 2 owed). Returns how many
+    /// keys were newly taken.
+    pub fn take_free(&mut self, xid: &Xid, keys: &[LockKey]) -> usize {
         // Keys newly held by `xid`, added to its list with one lookup at the end.
         let mut taken = Vec::with_capacity(keys.len());
         let mut runs = TableRuns::new();
         for k in keys {
-            match self.holders.entry(k.clone()) {
-                Entry::Occupied(mut e) => {
-                    if e.get() != xid {
-                        let old = e.insert(xid.clone());
-                        if let Some(v) = self.by_xid.get_mut(&old) {
-                            v.retain(|x| x != k);
-                        }
-                        taken.push(k.clone());
-                    }
-                }
-                Entry::Vacant(e) => {
-                    e.insert(xid.clone());
-                    taken.push(k.clone());
-                    added += 1;
-                    runs.add(&mut self.per_table, k, 1);
-                }
+            if let Entry::Vacant(e) = self.holders.entry(k.clone()) {
+                e.insert(xid.clone());
+                taken.push(k.clone());
+                runs.add(&mut self.per_table, k, 1);
             }
         }
         runs.flush(&mut self.per_table);
+        let added = taken.len();
         if !taken.is_empty() {
             let mine = self.by_xid.entry(xid.clone()).or_default();
             if mine.is_empty() {
@@ -597,11 +588,12 @@ mod tests {
             .unwrap();
         t.acquire(&x("a"), &[k("p", 1)]).unwrap();
         assert_eq!((t.held_in_table(p), t.held_in_table(q)), (3, 1));
-        // A key moving to another xid (replay) stays counted once.
-        t.force(&x("b"), &[k("q", 1), k("q", 2)]);
+        // Replay takes only free keys: a held one stays with its holder, counted once.
+        assert_eq!(t.take_free(&x("b"), &[k("q", 1), k("q", 2)]), 1);
+        assert_eq!(t.holder(&k("q", 1)), Some(&x("a")));
         assert_eq!((t.held_in_table(p), t.held_in_table(q)), (3, 2));
-        assert_eq!(t.release_all(&x("a")), 3);
-        assert_eq!((t.held_in_table(p), t.held_in_table(q)), (0, 2));
+        assert_eq!(t.release_all(&x("a")), 4);
+        assert_eq!((t.held_in_table(p), t.held_in_table(q)), (0, 1));
         assert_eq!(t.tables().collect::<Vec<_>>(), vec![q]);
         t.release_all(&x("b"));
         assert_eq!(t.tables().count(), 0);

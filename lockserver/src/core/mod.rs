@@ -173,7 +173,9 @@ impl Core {
         }
     }
 
-    /// Applies a record; used by [`Core::apply`] and by log recovery.
+    /// Applies a record; used by [`Core::apply`] and by log recovery. A branch's
+    /// keys are taken only while its transaction holds locks, and only where free:
+    /// replay never moves a key from its holder (see [`Core::snapshot`]).
     pub fn replay(&mut self, rec: &Record) {
         let xid = rec.xid().clone();
         match rec {
@@ -198,7 +200,7 @@ impl Core {
                 if let Record::Branch { branch, .. } = rec
                     && g.status.holds_locks()
                 {
-                    self.locks.force(&xid, &branch.keys);
+                    self.locks.take_free(&xid, &branch.keys);
                 }
                 if old_status != g.status {
                     if old_status == GlobalStatus::Begin {
@@ -211,7 +213,7 @@ impl Core {
                         self.locks.release_all(&xid);
                     } else if !old_status.holds_locks() {
                         let keys: Vec<LockKey> = g.keys().cloned().collect();
-                        self.locks.force(&xid, &keys);
+                        self.locks.take_free(&xid, &keys);
                     }
                     self.finished.remove(&(old_updated, xid.clone()));
                     if g.status.is_finished() {
@@ -242,7 +244,13 @@ impl Core {
         expired.chain(old).take(limit).collect()
     }
 
-    /// Records that recreate the current state, for compaction.
+    /// Records that recreate the current state, for compaction: per transaction its
+    /// `Begin`, its `Status`, then its `Branch`es. The status goes first so that a
+    /// transaction that no longer holds locks (committed, phase 2 owed: its branches
+    /// still list their keys) never takes them on replay; transactions come in hash
+    /// order, and another may hold those keys by now. Snapshots written before this
+    /// order (branches first) still replay correctly, because replay never moves a
+    /// held key ([`locks::LockTable::take_free`]).
     pub fn snapshot(&self) -> Vec<Record> {
         let mut out = Vec::new();
         for g in self.globals.values() {
@@ -251,12 +259,6 @@ impl Core {
                 at: g.begun_at,
                 deadline: g.deadline,
             });
-            for b in &g.branches {
-                out.push(Record::Branch {
-                    xid: g.xid.clone(),
-                    branch: b.clone(),
-                });
-            }
             if g.status != GlobalStatus::Begin {
                 out.push(Record::Status {
                     xid: g.xid.clone(),
@@ -264,8 +266,29 @@ impl Core {
                     at: g.updated_at,
                 });
             }
+            for b in &g.branches {
+                out.push(Record::Branch {
+                    xid: g.xid.clone(),
+                    branch: b.clone(),
+                });
+            }
         }
         out
+    }
+
+    /// A transaction that holds locks by its status, and one of its keys that it does
+    /// not hold (free, or another's); `None` when the lock table agrees with every
+    /// transaction's status, as it does after replaying any log that [`Core::apply`]
+    /// wrote. Checked after recovery; O(keys).
+    pub fn unheld_key(&self) -> Option<(&Xid, &LockKey)> {
+        self.globals
+            .values()
+            .filter(|g| g.status.holds_locks())
+            .find_map(|g| {
+                g.keys()
+                    .find(|k| self.locks.holder(k) != Some(&g.xid))
+                    .map(|k| (&g.xid, k))
+            })
     }
 
     /// The transaction `xid`.

@@ -431,3 +431,97 @@ fn finished_transactions_are_bounded_and_drop_their_keys() {
         ]
     );
 }
+
+/// T1 registers key 1 and commits (phase 2 still owed, so its branch still lists the
+/// key); T2 then registers key 1 and is open, or rolling back and stuck on a dirty
+/// write. Both need the key to stay T2's after any replay, whatever order a
+/// snapshot lists the two in; snapshots written before the fix (each transaction's
+/// Branch records before its Status) included.
+#[test]
+fn replay_never_moves_a_key_from_its_holder_to_a_committed_transaction() {
+    for stuck in [false, true] {
+        let mut c = Core::default();
+        begin(&mut c, "t1", 1000);
+        begin(&mut c, "t2", 1000);
+        reg(&mut c, "t1", &[1], T0).unwrap();
+        c.apply(&Command::Commit { xid: x("t1") }, T0 + 1).unwrap();
+        reg(&mut c, "t2", &[1], T0 + 2).unwrap();
+        if stuck {
+            c.apply(&Command::Rollback { xid: x("t2") }, T0 + 3)
+                .unwrap();
+            p2(&mut c, "t2", 1, Phase2Outcome::RollbackFailed);
+            assert_eq!(status(&c, "t2"), GlobalStatus::RollbackFailed);
+        }
+        assert_eq!(status(&c, "t1"), GlobalStatus::AsyncCommitting);
+        assert_eq!(c.locks().holder(&k(1)), Some(&x("t2")));
+        let snap = c.snapshot();
+        let of = |recs: &[Record], xid: &str| -> Vec<Record> {
+            recs.iter()
+                .filter(|r| *r.xid() == x(xid))
+                .cloned()
+                .collect()
+        };
+        // The layout of snapshots written before the fix.
+        let old_layout = |xid: &str| {
+            let g = c.global(&x(xid)).unwrap();
+            let mut out = vec![Record::Begin {
+                xid: g.xid.clone(),
+                at: g.begun_at,
+                deadline: g.deadline,
+            }];
+            out.extend(g.branches.iter().map(|b| Record::Branch {
+                xid: g.xid.clone(),
+                branch: b.clone(),
+            }));
+            if g.status != GlobalStatus::Begin {
+                out.push(Record::Status {
+                    xid: g.xid.clone(),
+                    status: g.status,
+                    at: g.updated_at,
+                });
+            }
+            out
+        };
+        for (first, second) in [("t1", "t2"), ("t2", "t1")] {
+            let new = [of(&snap, first), of(&snap, second)].concat();
+            let old = [old_layout(first), old_layout(second)].concat();
+            for (layout, recs) in [("new", new), ("old", old)] {
+                let r = replayed(&recs);
+                let at = format!("stuck={stuck}, {layout} layout, {first} first");
+                assert_eq!(r.locks().holder(&k(1)), Some(&x("t2")), "{at}");
+                assert!(r.locks().held_by(&x("t1")).is_empty(), "{at}");
+                assert_eq!(r.locks().held_by(&x("t2")), &[k(1)], "{at}");
+                assert_eq!(r.unheld_key(), None, "{at}");
+                let s = |c: &Core, xid: &str| format!("{:?}", c.global(&x(xid)));
+                assert_eq!(s(&r, "t1"), s(&c, "t1"), "{at}");
+                assert_eq!(s(&r, "t2"), s(&c, "t2"), "{at}");
+            }
+        }
+    }
+}
+
+#[test]
+fn unheld_key_reports_a_log_that_gave_two_open_transactions_one_key() {
+    let b = |xid: &str| Record::Branch {
+        xid: x(xid),
+        branch: Branch {
+            branch_id: 1,
+            resource: "r".into(),
+            kind: BranchKind::AT,
+            keys: vec![k(1)],
+            status: BranchStatus::Registered,
+        },
+    };
+    let begin = |xid: &str| Record::Begin {
+        xid: x(xid),
+        at: T0,
+        deadline: T0 + 1000,
+    };
+    let r = replayed(&[begin("a"), b("a"), begin("b"), b("b")]);
+    assert_eq!(
+        r.locks().holder(&k(1)),
+        Some(&x("a")),
+        "replay never moves a held key"
+    );
+    assert_eq!(r.unheld_key(), Some((&x("b"), &k(1))));
+}

@@ -121,6 +121,13 @@ impl EmbeddedStore {
                 (g, size)
             }
         };
+        // Replay never moves a held key, so this only fires on a log that is itself
+        // inconsistent: a transaction that must keep its locks would be unprotected.
+        let unheld = core.unheld_key();
+        if let Some((xid, key)) = unheld {
+            tracing::error!(%xid, %key, holder = ?core.locks().holder(key), "recovered log: a transaction that holds locks lacks one of its keys");
+        }
+        debug_assert!(unheld.is_none(), "recovered log lost a lock: {unheld:?}");
         // A fresh generation holding the recovered state: drops leftovers of an
         // interrupted compaction and starts appends from a clean file.
         let mut snap = Vec::new();
