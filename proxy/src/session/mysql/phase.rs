@@ -119,6 +119,10 @@ pub enum Phase {
     Quitting,
 }
 
+/// ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back, and its ERR carries no
+/// status flags to say so.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
 /// A server packet where none was due, or of a shape the reply cannot take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unexpected(pub &'static str);
@@ -143,6 +147,9 @@ enum Step {
     More(Reply),
     /// The reply is complete; the status flags when it carried any.
     Done(Option<StatusFlags>),
+    /// The reply is an error that rolled the whole transaction back (a deadlock): the
+    /// session is no longer in a transaction, though no status flags say so.
+    DoneTransactionEnded,
     /// The server asked for a LOCAL INFILE upload.
     Infile,
 }
@@ -158,7 +165,12 @@ impl Reply {
         let eof = is_terminator(first, p.payload_len, false);
         Ok(match self {
             Reply::First(Expect::AnyPacket) => Done(None),
-            _ if first == reply::ERR => Done(None),
+            _ if first == reply::ERR => match p.prefix.get(1..3) {
+                Some(&[low, high]) if u16::from_le_bytes([low, high]) == ER_LOCK_DEADLOCK => {
+                    DoneTransactionEnded
+                }
+                _ => Done(None),
+            },
             Reply::First(Expect::Status) => match first {
                 reply::OK => Done(ok_status(p.prefix)),
                 reply::EOF => Done(terminator_status(p.prefix, deprecate_eof && !eof)),
@@ -364,8 +376,11 @@ impl Exchange {
                 self.phase = Phase::InfileUpload { status };
                 Ok(Progress::InfileRequested)
             }
-            Step::Done(new_status) => {
-                let status = new_status.unwrap_or(status);
+            step @ (Step::Done(_) | Step::DoneTransactionEnded) => {
+                let status = match step {
+                    Step::Done(new_status) => new_status.unwrap_or(status),
+                    _ => status.difference(StatusFlags::SERVER_STATUS_IN_TRANS),
+                };
                 Ok(match self.queued.pop_front() {
                     Some((next, seq)) => {
                         self.server_seq = seq;

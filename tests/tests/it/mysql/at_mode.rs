@@ -356,6 +356,151 @@ async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back
     lockserver.stop().await;
 }
 
+/// A direct transaction that holds row 1 of `accounts` and has changed many rows, so
+/// that InnoDB picks the other side of a deadlock with it (tandem's) as the victim.
+async fn heavy_holder_of_row_1(db: &MyTestDb) -> Conn {
+    let mut other = db.direct().await;
+    run_each(
+        &mut other,
+        &[
+            "CREATE TABLE heavy (id INT PRIMARY KEY, v INT) ENGINE=InnoDB",
+            "INSERT INTO heavy SELECT seq, 0 FROM seq_1_to_300",
+            "START TRANSACTION",
+            "UPDATE heavy SET v = v + 1",
+            "SELECT balance FROM accounts WHERE id = 1 FOR UPDATE",
+        ],
+    )
+    .await;
+    other
+}
+
+/// Waits until a transaction of a session on `db` waits for a row lock.
+async fn a_transaction_waits_for_a_lock(db: &MyTestDb) {
+    let mut watcher = db.direct().await;
+    for _ in 0..600 {
+        let waiting: Option<usize> = watcher
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.innodb_trx t \
+                 JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+                 WHERE t.trx_state = 'LOCK WAIT' AND p.db = ?",
+                (db.name.as_str(),),
+            )
+            .await
+            .unwrap();
+        if waiting == Some(1) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no transaction waited for a lock");
+}
+
+async fn balances(db: &MyTestDb) -> Vec<(i32, i64)> {
+    db.direct()
+        .await
+        .query("SELECT id, balance FROM accounts ORDER BY id")
+        .await
+        .unwrap()
+}
+
+/// The session's transaction loses a deadlock on `statement` (which waits for row 1)
+/// after it changed row 2; returns the session and the statement's error.
+async fn lose_a_deadlock(
+    db: &MyTestDb,
+    mut conn: Conn,
+    statement: &'static str,
+) -> (Conn, mysql_async::Error) {
+    let mut other = heavy_holder_of_row_1(db).await;
+    run_each(
+        &mut conn,
+        &[
+            "START TRANSACTION",
+            "UPDATE accounts SET balance = 7 WHERE id = 2",
+        ],
+    )
+    .await;
+    let waiting = tokio::spawn(async move {
+        let result = conn.query_drop(statement).await;
+        (conn, result)
+    });
+    a_transaction_waits_for_a_lock(db).await;
+    // The other transaction now waits for row 2: a deadlock, which tandem's loses.
+    other
+        .query_drop("UPDATE accounts SET balance = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    other.query_drop("ROLLBACK").await.unwrap();
+    let (conn, result) = waiting.await.unwrap();
+    let e = result.unwrap_err();
+    assert_eq!(code(&e), 1213, "{e}");
+    (conn, e)
+}
+
+/// A before image picked as a deadlock's victim ends the transaction; in a session that
+/// autocommits, a write sent behind it would then commit on its own, with no undo.
+#[tokio::test]
+async fn a_before_image_that_loses_a_deadlock_keeps_its_write_from_running() {
+    let db = prepare("at_victim").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let (mut conn, _) =
+        lose_a_deadlock(&db, conn, "UPDATE accounts SET balance = 8 WHERE id = 1").await;
+    assert_eq!(
+        balances(&db).await,
+        vec![(1, 1000), (2, 1000), (3, 1000)],
+        "neither write stays: the transaction is rolled back, and the write behind the image never ran"
+    );
+    assert_eq!(undo_rows(&mut db.direct().await).await, 0);
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A relayed statement that loses a deadlock ends the transaction: tandem must know it,
+/// or the next write (not wrapped, autocommitting) would commit without its undo.
+#[tokio::test]
+async fn after_a_relayed_statement_loses_a_deadlock_the_next_write_is_captured() {
+    let db = prepare("at_victim_read").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let (mut conn, _) = lose_a_deadlock(
+        &db,
+        conn,
+        "SELECT balance FROM accounts WHERE id = 1 FOR UPDATE",
+    )
+    .await;
+    // The application goes on without a ROLLBACK: the server has ended the transaction.
+    run_each(
+        &mut conn,
+        &["UPDATE accounts SET balance = 3 WHERE id = 3", "COMMIT"],
+    )
+    .await;
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(
+        balances(&db).await,
+        vec![(1, 1000), (2, 1000), (3, 1000)],
+        "the write after the deadlock was its own branch, and is undone"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fails() {
     let db = prepare("at_marker").await;
@@ -1174,7 +1319,21 @@ async fn a_before_image_the_user_may_not_read_rolls_the_transaction_back() {
     .await
     .expect("the column-privileged user connects through tandem");
     text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    // In a session that autocommits, the write waits for its before image: it never
+    // runs, and the client gets the image's own error; its transaction goes on.
     conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE items SET name = 'changed' WHERE id = 1")
+        .await
+        .unwrap();
+    let e = conn
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+        .await
+        .expect_err("tandem cannot capture the write");
+    assert_eq!(code(&e), 1143, "{e}");
+    conn.query_drop("ROLLBACK").await.unwrap();
+    // With autocommit off, the write travels with its image: it ran without one, so
+    // the transaction is rolled back.
+    conn.query_drop("SET autocommit = 0").await.unwrap();
     conn.query_drop("UPDATE items SET name = 'changed' WHERE id = 1")
         .await
         .unwrap();
@@ -1185,6 +1344,7 @@ async fn a_before_image_the_user_may_not_read_rolls_the_transaction_back() {
     let message = e.to_string();
     assert_eq!(code(&e), 1213, "{message}");
     assert!(message.contains("before image of accounts"), "{message}");
+    conn.query_drop("SET autocommit = 1").await.unwrap();
     // The session survives, outside any local transaction.
     assert_eq!(
         text(&mut conn, "SELECT 1").await.unwrap().as_deref(),

@@ -286,3 +286,21 @@ fn commands_are_classified_by_their_first_byte() {
     assert_eq!(command_kind(command::BINLOG_DUMP), CommandKind::Refused);
     assert_eq!(command_kind(0xee), CommandKind::Refused);
 }
+
+#[test]
+fn a_deadlock_error_ends_the_transaction_and_other_errors_keep_the_status() {
+    let mut x = ready(true);
+    x.on_command(Expect::Results, 1);
+    feed(&mut x, &[&ok(IN_TRANS | AUTOCOMMIT)]);
+    x.on_command(Expect::Results, 1);
+    assert_eq!(feed(&mut x, &[ERR]), [Progress::SyncPoint]);
+    assert_eq!(x.status().unwrap().bits(), IN_TRANS | AUTOCOMMIT, "{ERR:?}");
+    x.on_command(Expect::Results, 1);
+    let deadlock: &[u8] = b"\xff\xbd\x04#40001Deadlock found when trying to get lock";
+    assert_eq!(feed(&mut x, &[deadlock]), [Progress::SyncPoint]);
+    assert_eq!(
+        x.status().unwrap().bits(),
+        AUTOCOMMIT,
+        "rolled back by the server"
+    );
+}

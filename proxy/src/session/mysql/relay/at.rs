@@ -407,7 +407,7 @@ impl Relay<'_> {
                 let whole_transaction = match &failure {
                     AtFailure::Uncaptured(_) => true,
                     // A deadlock rolls back the whole transaction.
-                    AtFailure::Server(e) => e.code == 1213,
+                    AtFailure::Server(e) => e.code == ER_LOCK_DEADLOCK,
                     AtFailure::Refused(_) => false,
                 };
                 if wrapped || whole_transaction {
@@ -651,16 +651,20 @@ impl Relay<'_> {
                 query = out;
                 &query[..]
             }
-            Source::Execute { packet, .. } => {
-                self.execute_forwarded = true;
-                packet
-            }
+            Source::Execute { packet, .. } => packet,
         };
         // A text write's reads carry its literals: they will not come again.
         let reuse = matches!(source, Source::Execute { .. });
+        let autocommits = self
+            .exchange
+            .status()
+            .is_none_or(|s| s.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT));
         let (mut own, statements) = self.backend();
-        own.around_write(statements, before, packet, after, reuse)
-            .await
+        let around = own
+            .around_write(statements, before, packet, after, reuse, autocommits)
+            .await?;
+        self.execute_forwarded = reuse && around.write_sent;
+        Ok(around)
     }
 
     /// The rows an INSERT gave AUTO_INCREMENT keys: the k-th has
@@ -904,9 +908,24 @@ impl Relay<'_> {
                 self.put_error(e);
             }
             AtFailure::Server(e) => {
+                if e.code == ER_LOCK_DEADLOCK {
+                    self.on_transaction_rolled_back_by_server();
+                }
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)
             }
         }
+    }
+
+    /// One of tandem's own statements lost a deadlock: InnoDB rolled the whole
+    /// transaction back, and its ERR carries no status flags to say so. Without this
+    /// the session would look still in a transaction, and its next write, not wrapped,
+    /// would autocommit without its undo.
+    fn on_transaction_rolled_back_by_server(&mut self) {
+        if let Some(status) = self.exchange.status() {
+            self.exchange
+                .on_authenticated(status.difference(StatusFlags::SERVER_STATUS_IN_TRANS));
+        }
+        self.at_branch = Branch::default();
     }
 
     /// The client's COMMIT failed and tandem rolled the local transaction back: it is
@@ -929,6 +948,9 @@ impl Relay<'_> {
         );
     }
 }
+
+/// MySQL's ER_LOCK_DEADLOCK: the transaction was rolled back.
+const ER_LOCK_DEADLOCK: u16 = 1213;
 
 fn uncaptured(meta: &tandem_undo::TableMeta) -> AtFailure {
     AtFailure::Uncaptured(Error::Uncaptured {

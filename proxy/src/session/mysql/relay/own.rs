@@ -81,15 +81,19 @@ pub(in crate::session::mysql) struct AroundWrite {
     pub before: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
     pub write: std::result::Result<OkPacket, OwnError>,
     pub after: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
+    /// Whether the write reached the server (its error may be a read's, when not).
+    pub write_sent: bool,
 }
 
 impl AroundWrite {
-    /// A read could not be prepared: the write was not sent.
+    /// A read could not be prepared, or failed before the write went: the write was
+    /// not sent.
     fn refused(e: OwnError) -> Self {
         AroundWrite {
             before: Some(Err(e.clone())),
             write: Err(e),
             after: None,
+            write_sent: false,
         }
     }
 }
@@ -266,6 +270,12 @@ impl Own<'_> {
     /// transaction; each reply is read in turn. Reads that will not come again (`reuse`
     /// false: their text holds the client's literals) are closed once read, so that
     /// they do not push the statements that do come again out of `statements`.
+    ///
+    /// `before_alone`: the before image goes alone, and the write only once it was read
+    /// without error. Needed while the session autocommits: a before image that meets
+    /// a deadlock (or a lock wait timeout under innodb_rollback_on_timeout) ends the
+    /// transaction, and a write already queued behind it would then run, and commit,
+    /// on its own, with no image to undo it by.
     pub async fn around_write(
         &mut self,
         statements: &mut OwnStatements,
@@ -273,6 +283,7 @@ impl Own<'_> {
         write: &[u8],
         after: Option<(&str, &[Param<'_>])>,
         reuse: bool,
+        before_alone: bool,
     ) -> Result<AroundWrite> {
         let mut out = BytesMut::new();
         let mut staged = [None, None];
@@ -314,17 +325,35 @@ impl Own<'_> {
             }
         }
         let [before_read, after_read] = reads;
-        out.extend_from_slice(&before_read);
-        out.extend_from_slice(write);
-        out.extend_from_slice(&after_read);
-        self.write(&out).await?;
         // Closes (no replies) of what is not kept, sent once every reply is read.
         let mut closes = BytesMut::new();
         close_once(&mut closes, &staged);
+        out.extend_from_slice(&before_read);
+        let mut before_result = None;
+        if before_alone && let (Some((sql, _)), Some(staged_before)) = (before, staged[0]) {
+            self.write(&out).await?;
+            out.clear();
+            let read = self
+                .read_staged(statements, sql, staged_before, reuse, &mut closes)
+                .await?;
+            if let Err(e) = &read {
+                // The write is not sent; neither is the after read (prepared or not,
+                // what was staged is closed).
+                if !closes.is_empty() {
+                    self.write(&closes).await?;
+                }
+                return Ok(AroundWrite::refused(e.clone()));
+            }
+            before_result = Some(read);
+        }
+        out.extend_from_slice(write);
+        out.extend_from_slice(&after_read);
+        self.write(&out).await?;
         // A read whose prepare failed in flight fails with it; the write still ran, as
         // when the read itself fails (the caller rolls the local transaction back).
-        let before = match (before, staged[0]) {
-            (Some((sql, _)), Some(staged)) => Some(
+        let before = match (before_result, before, staged[0]) {
+            (Some(read), ..) => Some(read),
+            (None, Some((sql, _)), Some(staged)) => Some(
                 self.read_staged(statements, sql, staged, reuse, &mut closes)
                     .await?,
             ),
@@ -345,6 +374,7 @@ impl Own<'_> {
             before,
             write,
             after,
+            write_sent: true,
         })
     }
 
