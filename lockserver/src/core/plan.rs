@@ -145,8 +145,14 @@ pub fn plan(
             ))
         }
         Command::Commit { .. } => {
-            if g.status != GlobalStatus::Begin {
-                return Err(invalid(g, "commit"));
+            match g.status {
+                GlobalStatus::Begin => {}
+                // A retry (the first answer was lost): the decision stands, so answer it
+                // again, as the first commit did and as Seata's TC does, writing nothing.
+                GlobalStatus::AsyncCommitting | GlobalStatus::Committed => {
+                    return Ok((vec![], Reply::Status(GlobalStatus::Committed)));
+                }
+                _ => return Err(invalid(g, "commit")),
             }
             if now >= g.deadline {
                 return Err(Error::Expired { xid: xid.clone() });
@@ -163,11 +169,21 @@ pub fn plan(
             ))
         }
         Command::Rollback { .. } => {
+            use GlobalStatus::*;
             let next = match g.status {
-                GlobalStatus::Begin => GlobalStatus::Rollbacking,
-                GlobalStatus::RollbackFailed => GlobalStatus::RollbackRetrying,
-                GlobalStatus::TimeoutRollbackFailed => GlobalStatus::TimeoutRollbackRetrying,
-                _ => return Err(invalid(g, "roll back")),
+                Begin => Rollbacking,
+                // An operator's retry after a dirty write: phase 2 runs again.
+                RollbackFailed => RollbackRetrying,
+                TimeoutRollbackFailed => TimeoutRollbackRetrying,
+                // A retry (the first answer was lost) or a rollback of a transaction the
+                // timeout is already rolling back: the decision stands, answer where it is.
+                Rollbacking
+                | RollbackRetrying
+                | TimeoutRollbacking
+                | TimeoutRollbackRetrying
+                | Rollbacked
+                | TimeoutRollbacked => return Ok((vec![], Reply::Status(g.status))),
+                AsyncCommitting | Committed => return Err(invalid(g, "roll back")),
             };
             Ok(start_rollback(g, next, now))
         }

@@ -263,20 +263,90 @@ fn bad_input_leaves_state_unchanged() {
     }
     assert_eq!(format!("{:?}", c.global(&x("a"))), before);
     c.apply(&Command::Commit { xid: x("a") }, T0).unwrap();
-    let dup = c.apply(&Command::Commit { xid: x("a") }, T0).unwrap_err();
-    assert!(matches!(
-        dup,
-        Error::InvalidState {
-            status: GlobalStatus::AsyncCommitting,
-            ..
-        }
-    ));
     let late = reg(&mut c, "a", &[5], T0).unwrap_err();
     assert!(matches!(late, Error::InvalidState { .. }));
     assert!(matches!(
         c.apply(&Command::Rollback { xid: x("a") }, T0),
         Err(Error::InvalidState { .. })
     ));
+}
+
+/// Runs `cmd` expecting the current status back and nothing written or done.
+fn answers_unchanged(c: &mut Core, cmd: Command, want: GlobalStatus) {
+    let before = format!("{:?} {:?}", c.global(cmd.xid()), c.locks());
+    let out = c.apply(&cmd, T0 + 20).unwrap();
+    assert_eq!(out.reply, Reply::Status(want), "{cmd:?}");
+    assert!(out.records.is_empty(), "{cmd:?} wrote {:?}", out.records);
+    assert!(out.effects.is_empty(), "{cmd:?} did {:?}", out.effects);
+    let after = format!("{:?} {:?}", c.global(cmd.xid()), c.locks());
+    assert_eq!(after, before, "{cmd:?} changed state");
+}
+
+fn refused(c: &mut Core, cmd: Command, status: GlobalStatus) {
+    let e = c.apply(&cmd, T0 + 20).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidState { status: s, .. } if *s == status),
+        "{cmd:?}: {e:?}"
+    );
+    assert!(e.is_client_fault());
+}
+
+#[test]
+fn a_repeated_decision_answers_the_status_and_the_other_decision_is_refused() {
+    use GlobalStatus::*;
+    let commit = |s: &str| Command::Commit { xid: x(s) };
+    let rollback = |s: &str| Command::Rollback { xid: x(s) };
+    let mut c = Core::default();
+    // Commit: the retry answers what the first commit answered (Seata's TC too).
+    begin(&mut c, "a", 1000);
+    reg(&mut c, "a", &[1], T0).unwrap();
+    let first = c.apply(&commit("a"), T0).unwrap();
+    assert_eq!(first.reply, Reply::Status(Committed));
+    assert_eq!(status(&c, "a"), AsyncCommitting);
+    answers_unchanged(&mut c, commit("a"), Committed);
+    refused(&mut c, rollback("a"), AsyncCommitting);
+    p2(&mut c, "a", 1, Phase2Outcome::Committed);
+    assert_eq!(status(&c, "a"), Committed);
+    answers_unchanged(&mut c, commit("a"), Committed);
+    refused(&mut c, rollback("a"), Committed);
+    // Rollback: every retry answers where the rollback is, until it is done.
+    begin(&mut c, "b", 1000);
+    reg(&mut c, "b", &[2], T0).unwrap();
+    reg(&mut c, "b", &[3], T0).unwrap();
+    let first = c.apply(&rollback("b"), T0).unwrap();
+    assert_eq!(first.reply, Reply::Status(Rollbacking));
+    answers_unchanged(&mut c, rollback("b"), Rollbacking);
+    refused(&mut c, commit("b"), Rollbacking);
+    p2(&mut c, "b", 2, Phase2Outcome::Retry);
+    answers_unchanged(&mut c, rollback("b"), RollbackRetrying);
+    refused(&mut c, commit("b"), RollbackRetrying);
+    p2(&mut c, "b", 2, Phase2Outcome::Rollbacked);
+    p2(&mut c, "b", 1, Phase2Outcome::Rollbacked);
+    assert_eq!(status(&c, "b"), Rollbacked);
+    answers_unchanged(&mut c, rollback("b"), Rollbacked);
+    refused(&mut c, commit("b"), Rollbacked);
+    // A transaction the timeout rolls back: rollback answers, commit is refused.
+    begin(&mut c, "t", 100);
+    reg(&mut c, "t", &[4], T0).unwrap();
+    c.apply(&Command::Timeout { xid: x("t") }, T0 + 100)
+        .unwrap();
+    answers_unchanged(&mut c, rollback("t"), TimeoutRollbacking);
+    refused(&mut c, commit("t"), TimeoutRollbacking);
+    p2(&mut c, "t", 1, Phase2Outcome::Retry);
+    answers_unchanged(&mut c, rollback("t"), TimeoutRollbackRetrying);
+    p2(&mut c, "t", 1, Phase2Outcome::Rollbacked);
+    answers_unchanged(&mut c, rollback("t"), TimeoutRollbacked);
+    refused(&mut c, commit("t"), TimeoutRollbacked);
+    // After a dirty write, a rollback is an operator's retry: phase 2 runs again.
+    begin(&mut c, "f", 1000);
+    reg(&mut c, "f", &[5], T0).unwrap();
+    c.apply(&rollback("f"), T0).unwrap();
+    p2(&mut c, "f", 1, Phase2Outcome::RollbackFailed);
+    refused(&mut c, commit("f"), RollbackFailed);
+    let again = c.apply(&rollback("f"), T0 + 20).unwrap();
+    assert_eq!(again.reply, Reply::Status(RollbackRetrying));
+    assert!(!again.records.is_empty());
+    assert_eq!(again.effects, vec![Effect::Phase2Due { xid: x("f") }]);
 }
 
 #[test]

@@ -180,6 +180,68 @@ async fn rollback_order_and_dirty_write<S: Store>(s: S) {
     reg(&s, "b", &[1], T0).await.unwrap();
 }
 
+/// A retried commit or rollback (its first answer lost) answers the status and
+/// changes nothing, phase-2 leases included; the other decision stays refused.
+async fn repeated_decisions_answer_the_status<S: Store>(s: S) {
+    use GlobalStatus::*;
+    let decide = |xid: &str, commit: bool, now: Millis| {
+        let xid = x(xid);
+        let cmd = if commit {
+            Command::Commit { xid }
+        } else {
+            Command::Rollback { xid }
+        };
+        s.apply(cmd, now)
+    };
+    let snapshot = || async { (s.global(&x("a")).await.unwrap(), holders(&s).await) };
+    begin(&s, "a", 10_000).await;
+    begin(&s, "b", 10_000).await;
+    reg(&s, "a", &[1], T0).await.unwrap();
+    reg(&s, "b", &[2], T0).await.unwrap();
+    decide("a", true, T0 + 1).await.unwrap();
+    assert_eq!(s.claim_phase2(T0 + 1, 5_000, 10).await.unwrap().len(), 1);
+    let before = snapshot().await;
+    let again = decide("a", true, T0 + 2).await.unwrap();
+    assert_eq!(again.reply, Reply::Status(Committed));
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    assert_eq!(snapshot().await, before);
+    assert!(
+        s.claim_phase2(T0 + 2, 5_000, 10).await.unwrap().is_empty(),
+        "the lease stands"
+    );
+    let e = decide("a", false, T0 + 2).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidState {
+                status: AsyncCommitting,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    decide("b", false, T0 + 1).await.unwrap();
+    let again = decide("b", false, T0 + 2).await.unwrap();
+    assert_eq!(again.reply, Reply::Status(Rollbacking));
+    assert!(again.effects.is_empty(), "{:?}", again.effects);
+    assert_eq!(holders(&s).await.len(), 1, "b keeps its lock");
+    let e = decide("b", true, T0 + 2).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidState {
+                status: Rollbacking,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    p2(&s, "b", 1, Phase2Outcome::Rollbacked).await;
+    let again = decide("b", false, T0 + 20).await.unwrap();
+    assert_eq!(again.reply, Reply::Status(Rollbacked));
+    assert!(decide("b", true, T0 + 20).await.is_err());
+}
+
 async fn timeouts_and_forgetting<S: Store>(s: S) {
     begin(&s, "a", 100).await;
     begin(&s, "b", 100_000).await;
@@ -252,10 +314,6 @@ async fn bad_input_leaves_state_unchanged<S: Store>(s: S) {
         before
     );
     s.apply(Command::Commit { xid: x("a") }, T0).await.unwrap();
-    assert!(matches!(
-        s.apply(Command::Commit { xid: x("a") }, T0).await,
-        Err(Error::InvalidState { .. })
-    ));
     assert!(matches!(
         reg(&s, "a", &[2], T0).await,
         Err(Error::InvalidState { .. })
@@ -347,7 +405,39 @@ conformance!(
     timeouts_and_forgetting,
     bad_input_leaves_state_unchanged,
     concurrent_all_or_nothing,
+    repeated_decisions_answer_the_status,
 );
+
+/// A repeated decision writes nothing but must not be answered before the record
+/// of the first one is durable: in one batch, both wait for the batch's append.
+#[tokio::test]
+async fn embedded_repeated_decision_waits_for_the_first_to_be_durable() {
+    let (s, _dir) = embedded_store();
+    begin(&s, "a", 10_000).await;
+    reg(&s, "a", &[1], T0).await.unwrap();
+    let commit = Command::Commit { xid: x("a") };
+    let out = s.apply_now(&[commit.clone(), commit.clone()], T0 + 1);
+    let durable = out.durable.expect("the decision was appended");
+    for (r, wait) in &out.results {
+        assert_eq!(
+            r.as_ref().unwrap().reply,
+            Reply::Status(GlobalStatus::Committed)
+        );
+        assert!(*wait, "each answer waits for the append");
+    }
+    s.durable(durable).await.unwrap();
+    let out = s.apply_now(&[commit], T0 + 2);
+    let (r, wait) = &out.results[0];
+    assert_eq!(
+        r.as_ref().unwrap().reply,
+        Reply::Status(GlobalStatus::Committed)
+    );
+    assert_eq!(
+        *wait,
+        out.durable.is_some(),
+        "a wait always has something to wait for"
+    );
+}
 
 #[tokio::test]
 async fn embedded_recovers_state_after_reopen_and_compaction() {

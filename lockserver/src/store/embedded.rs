@@ -209,27 +209,35 @@ impl EmbeddedStore {
             let mut st = self.state();
             for cmd in cmds {
                 let r = self.apply_locked(&mut st, cmd, now, &mut buf);
-                let wait = r.as_ref().is_ok_and(|(_, logged)| *logged) && must_wait(cmd);
+                // Such a command waits even when it wrote nothing (a repeated commit,
+                // rollback or report): its answer rests on state whose records may
+                // still be in flight, so it waits for everything queued before it.
+                let wait = r.is_ok() && must_wait(cmd);
                 urgent |= wait;
-                results.push((r.map(|(a, _)| a), wait));
+                results.push((r, wait));
             }
-            let queued = if buf.is_empty() {
-                Ok(None)
-            } else if urgent {
-                self.writer.append(&buf).map(Some)
+            let queued = match (buf.is_empty(), urgent) {
+                (true, false) => Ok(None),
+                // Free when nothing is queued: the answers are durable already.
+                (true, true) => self.writer.barrier(),
+                (false, true) => self.writer.append(&buf).map(Some),
+                (false, false) => self.writer.append_lazy(&buf).map(|()| None),
+            };
+            let op = if buf.is_empty() {
+                "read barrier"
             } else {
-                self.writer.append_lazy(&buf).map(|()| None)
+                "append to log"
             };
             match queued {
                 Ok(d) => d,
                 Err(e) => {
                     // Nothing of this batch reached the queue: fail every command that
-                    // wrote records (the log refuses all appends from now on).
+                    // must wait (the log refuses all appends from now on).
                     let msg = e.to_string();
                     for (r, wait) in &mut results {
                         if r.is_ok() && *wait {
                             *r = Err(Error::Io {
-                                op: "append to log",
+                                op,
                                 path: self.dir.clone(),
                                 source: std::io::Error::other(msg.clone()),
                             });
@@ -239,6 +247,10 @@ impl EmbeddedStore {
                 }
             }
         };
+        // Nothing to wait for (a barrier with nothing queued): every answer may go now.
+        if durable.is_none() {
+            results.iter_mut().for_each(|(_, wait)| *wait = false);
+        }
         if let Err(e) = self.maybe_compact() {
             tracing::warn!(error = %e, "log compaction not queued");
         }
@@ -308,20 +320,19 @@ impl EmbeddedStore {
         durable_result(d, &self.dir).await
     }
 
-    /// One command under the state lock; its records are framed onto `buf`. Returns
-    /// whether it logged anything.
+    /// One command under the state lock; its records are framed onto `buf`.
     fn apply_locked(
         &self,
         st: &mut State,
         cmd: &Command,
         now: Millis,
         buf: &mut Vec<u8>,
-    ) -> Result<(Applied, bool)> {
+    ) -> Result<Applied> {
         let out = st.core.apply(cmd, now)?;
         // A forget is not logged: replay may bring a finished transaction back, and
         // the timers forget it again (it holds no locks and owes no work).
         if out.records.is_empty() || matches!(cmd, Command::Forget { .. }) {
-            return Ok((out.into(), false));
+            return Ok(out.into());
         }
         // The core has applied the records already: a record that does not encode
         // would leave memory ahead of the log, so it is a corruption either way.
@@ -331,7 +342,7 @@ impl EmbeddedStore {
                 st.schedule(xid, now);
             }
         }
-        Ok((out.into(), true))
+        Ok(out.into())
     }
 }
 

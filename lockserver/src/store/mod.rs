@@ -18,6 +18,9 @@
 //!   unknown xid fails its first registration; a timeout is re-decided by the next
 //!   tick; a phase-2 answer is re-delivered; a forget is redone). Records stay in
 //!   order, so a durable record implies every earlier one. On `Err`, nothing was written.
+//!   One of those four that writes nothing (a repeated commit, rollback or report,
+//!   answered with the current status) returns only once the state it answers from
+//!   is durable: a retry never confirms a decision that a crash could still take back.
 //! - **Ordering**: commands on one xid take effect in the order their `apply` calls
 //!   returned; a reader that sees a record's effect also sees all earlier ones.
 //! - **Phase-2 schedule**: not durable by itself; it is derived from durable state,
