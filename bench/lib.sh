@@ -49,7 +49,8 @@ $1
 TOML
   RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
   lock_pid=$!
-  RUST_LOG=warn TOKIO_WORKER_THREADS=${PROXY_THREADS:-2} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+  # PROXY_THREADS overrides the proxy's default (half the cores, at least one).
+  RUST_LOG=warn ${PROXY_THREADS:+TOKIO_WORKER_THREADS=$PROXY_THREADS} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
   local probe=$2 _
   for _ in $(seq 50); do

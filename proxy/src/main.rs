@@ -57,13 +57,35 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
-    match cli.command {
-        Command::Proxy { config } => {
-            let config = Config::load(&config)?;
+    // The proxy's configuration says how many threads its runtime gets.
+    let proxy_config = match &cli.command {
+        Command::Proxy { config } => Some(Config::load(config)?),
+        Command::Dev {
+            config: Some(path), ..
+        } => Some(Config::load(path)?),
+        Command::Dev { config: None, .. } => Some(Config::default()),
+        _ => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = proxy_config.as_ref().and_then(Config::runtime_threads) {
+        runtime.worker_threads(threads);
+    }
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(run(cli.command, proxy_config))
+}
+
+async fn run(
+    command: Command,
+    proxy_config: Option<Config>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Command::Proxy { .. } => {
+            let config = proxy_config.unwrap_or_default();
             let listeners = server::Listeners::bind(&config).await?;
             server::run(listeners, config, os_signal()).await?;
         }
@@ -79,13 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Dev {
-            config,
-            lockserver_config,
+            lockserver_config, ..
         } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
+            let config = proxy_config.unwrap_or_default();
             let lock_config = dev::load_lockserver_config(lockserver_config.as_deref())?;
             let listeners = server::Listeners::bind(&config).await?;
             let lock_listeners = LockserverListeners::bind(&lock_config).await?;
