@@ -93,7 +93,7 @@ impl Binding {
     }
 
     /// The session reached a sync point outside any local transaction: a hint's
-    /// binding is over.
+    /// binding is over, and so is one a pool reset ended inside the transaction.
     pub fn on_local_transaction_end(&mut self) {
         if self.reset_at_transaction_end {
             self.unbind();
@@ -112,7 +112,6 @@ impl Binding {
         local: LocalTransaction,
         control: Control,
     ) -> Result<Option<String>> {
-        let local_transaction_open = local.open;
         // A local transaction belongs to the binding it began under. Binding inside
         // one would take writes made before it (not captured) into a branch; changing
         // mode would switch how its branch commits halfway; leaving it once it has
@@ -157,7 +156,7 @@ impl Binding {
             }
             Control::Commit | Control::Rollback => {
                 let commit = control == Control::Commit;
-                if local_transaction_open {
+                if local.open {
                     return Err(Error::LocalTransactionOpen {
                         what: if commit {
                             "tandem_commit()"
