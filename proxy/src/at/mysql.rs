@@ -161,34 +161,13 @@ pub async fn rollback(
     database: &str,
     work: &Phase2Work,
 ) -> BranchOutcome {
-    for _ in 0..LOOKS {
-        match replay_branch(pool, database, work).await {
-            Ok(Some(outcome)) => return outcome,
-            Ok(None) => continue,
-            Err(e) => {
-                return BranchOutcome::Retry {
-                    reason: e.to_string(),
-                };
-            }
-        }
-    }
-    BranchOutcome::Retry {
-        reason: format!(
-            "the undo row of branch {} appeared {LOOKS} times while its rollback looked for it",
-            work.branch_id
-        ),
-    }
+    super::phase2::look_for_undo(work, || replay_branch(pool, database, work)).await
 }
-
-/// How many times a rollback looks for a branch's undo row before it leaves the branch
-/// to the lockserver's retry (see `replay_branch`).
-const LOOKS: usize = 3;
 
 /// MySQL's ER_DUP_ENTRY.
 const DUPLICATE_KEY: u16 = 1062;
 
-/// One attempt at the rollback of `work`. `None`: its phase 1 committed while this
-/// looked (the marker met the branch's own undo row), so it must look again.
+/// One attempt at the rollback of `work` (see `phase2::look_for_undo`).
 async fn replay_branch(
     pool: &mysql_async::Pool,
     database: &str,

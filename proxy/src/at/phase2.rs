@@ -63,21 +63,10 @@ impl PgBranchHandler {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
             return crate::xa::pg::finish(&self.side, database, &gid, false).await;
         }
-        for _ in 0..LOOKS {
-            match self.replay(database, &work).await {
-                Ok(Some(outcome)) => return outcome,
-                Ok(None) => continue,
-                Err(e) => return retry(e.to_string()),
-            }
-        }
-        retry(format!(
-            "the undo row of branch {} appeared {LOOKS} times while its rollback looked for it",
-            work.branch_id
-        ))
+        look_for_undo(&work, || self.replay(database, &work)).await
     }
 
-    /// One attempt at the rollback of `work`. `None`: its phase 1 committed while this
-    /// looked (the marker met the branch's own undo row), so it must look again.
+    /// One attempt at the rollback of `work` (see [`look_for_undo`]).
     async fn replay(
         &self,
         database: &str,
@@ -178,6 +167,27 @@ impl PgBranchHandler {
 /// to the lockserver's retry. Each look after the first follows a phase 1 that committed
 /// during the previous one, which happens once per branch.
 const LOOKS: usize = 3;
+
+/// The rollback of AT branch `work` on either engine: `attempt` replays it once, and
+/// gives `None` when the branch's phase 1 committed while it looked (its GlobalFinished
+/// marker met the branch's own undo row), so it must look again.
+pub async fn look_for_undo<F, E>(work: &Phase2Work, mut attempt: impl FnMut() -> F) -> BranchOutcome
+where
+    F: std::future::Future<Output = Result<Option<BranchOutcome>, E>>,
+    E: std::fmt::Display,
+{
+    for _ in 0..LOOKS {
+        match attempt().await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => continue,
+            Err(e) => return retry(e.to_string()),
+        }
+    }
+    retry(format!(
+        "the undo row of branch {} appeared {LOOKS} times while its rollback looked for it",
+        work.branch_id
+    ))
+}
 
 fn retry(reason: String) -> BranchOutcome {
     BranchOutcome::Retry { reason }

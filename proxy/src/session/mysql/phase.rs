@@ -9,6 +9,7 @@
 //! docs).
 
 use crate::wire::mysql::codes::{StatusFlags, command, reply};
+use crate::wire::mysql::errcode::MyErr;
 use crate::wire::mysql::messages::response::{
     PrepareOk, column_count, is_terminator, ok_status, terminator_status,
 };
@@ -119,10 +120,6 @@ pub enum Phase {
     Quitting,
 }
 
-/// ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back, and its ERR carries no
-/// status flags to say so.
-const ER_LOCK_DEADLOCK: u16 = 1213;
-
 /// A server packet where none was due, or of a shape the reply cannot take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unexpected(pub &'static str);
@@ -166,7 +163,8 @@ impl Reply {
         Ok(match self {
             Reply::First(Expect::AnyPacket) => Done(None),
             _ if first == reply::ERR => match p.prefix.get(1..3) {
-                Some(&[low, high]) if u16::from_le_bytes([low, high]) == ER_LOCK_DEADLOCK => {
+                // InnoDB rolled the whole transaction back; the ERR has no flags to say so.
+                Some(&[low, high]) if u16::from_le_bytes([low, high]) == MyErr::Deadlock.code() => {
                     DoneTransactionEnded
                 }
                 _ => Done(None),

@@ -692,9 +692,6 @@ impl Relay<'_> {
     }
 }
 
-/// SQLSTATE unique_violation.
-const UNIQUE_VIOLATION: &str = "23505";
-
 const INSERT_UNDO: &str = "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)";
 
 /// A branch's undo_log row, ready to insert.
@@ -709,7 +706,7 @@ impl UndoRow {
     /// unique violation on (xid, branch_id) is the GlobalFinished marker of a rollback
     /// that ran while the branch was committing.
     fn refused(&self, code: &str, message: String) -> Error {
-        if code == UNIQUE_VIOLATION {
+        if code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION.code() {
             Error::RolledBackDuringCommit {
                 xid: self.xid.clone(),
             }

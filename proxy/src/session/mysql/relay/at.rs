@@ -16,6 +16,7 @@ use crate::at::branch::{Branch, TextKey, hex, lock_key};
 use crate::at::mysql::{AtTable, undo_table};
 use crate::error::{Error, Result};
 use crate::wire::mysql::codes::StatusFlags;
+use crate::wire::mysql::errcode::MyErr;
 use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
 use std::sync::Arc;
@@ -407,7 +408,7 @@ impl Relay<'_> {
                 let whole_transaction = match &failure {
                     AtFailure::Uncaptured(_) => true,
                     // A deadlock rolls back the whole transaction.
-                    AtFailure::Server(e) => e.code == ER_LOCK_DEADLOCK,
+                    AtFailure::Server(e) => e.code == MyErr::Deadlock.code(),
                     AtFailure::Refused(_) => false,
                 };
                 if wrapped || whole_transaction {
@@ -908,7 +909,7 @@ impl Relay<'_> {
                 self.put_error(e);
             }
             AtFailure::Server(e) => {
-                if e.code == ER_LOCK_DEADLOCK {
+                if e.code == MyErr::Deadlock.code() {
                     self.on_transaction_rolled_back_by_server();
                 }
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)
@@ -938,7 +939,7 @@ impl Relay<'_> {
             AtFailure::Server(e) => format!("{} ({})", e.message, e.code),
         };
         tracing::debug!(parent: &self.span, %cause, "COMMIT of a branch failed");
-        let code = crate::wire::mysql::errcode::MyErr::Deadlock;
+        let code = MyErr::Deadlock;
         put_err(
             &mut self.to_client,
             1,
@@ -948,9 +949,6 @@ impl Relay<'_> {
         );
     }
 }
-
-/// MySQL's ER_LOCK_DEADLOCK: the transaction was rolled back.
-const ER_LOCK_DEADLOCK: u16 = 1213;
 
 fn uncaptured(meta: &tandem_undo::TableMeta) -> AtFailure {
     AtFailure::Uncaptured(Error::Uncaptured {
