@@ -42,6 +42,17 @@ pub(crate) async fn dump(conn: &mut Conn, table: &str) -> Vec<String> {
         .collect()
 }
 
+/// Rolls the session's global transaction back; every branch must be undone.
+pub(crate) async fn rolled_back(conn: &mut Conn) {
+    assert_eq!(
+        text(conn, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+}
+
 pub(crate) async fn undo_rows(conn: &mut Conn) -> usize {
     let n: Option<usize> = conn
         .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
@@ -344,13 +355,7 @@ async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back
         Some(2),
         "rows 1 and 3 only: {locks}"
     );
-    assert_eq!(
-        text(&mut conn, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut conn).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -453,13 +458,7 @@ async fn a_before_image_that_loses_a_deadlock_keeps_its_write_from_running() {
         "neither write stays: the transaction is rolled back, and the write behind the image never ran"
     );
     assert_eq!(undo_rows(&mut db.direct().await).await, 0);
-    assert_eq!(
-        text(&mut conn, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut conn).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -485,13 +484,7 @@ async fn after_a_relayed_statement_loses_a_deadlock_the_next_write_is_captured()
         &["UPDATE accounts SET balance = 3 WHERE id = 3", "COMMIT"],
     )
     .await;
-    assert_eq!(
-        text(&mut conn, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut conn).await;
     assert_eq!(
         balances(&db).await,
         vec![(1, 1000), (2, 1000), (3, 1000)],
@@ -562,13 +555,7 @@ async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fail
     text(&mut other, &format!("SELECT tandem_join('{xid}')"))
         .await
         .unwrap();
-    assert_eq!(
-        text(&mut other, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut other).await;
     holder
         .query_drop(format!("DO RELEASE_LOCK('{hold}')"))
         .await
@@ -1365,13 +1352,7 @@ async fn a_before_image_the_user_may_not_read_rolls_the_transaction_back() {
         .query_drop("UPDATE items SET name = 'other' WHERE id = 1")
         .await
         .unwrap();
-    assert_eq!(
-        text(&mut other, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut other).await;
     assert_eq!(dump(&mut direct, "accounts").await, accounts_before);
     assert_eq!(undo_rows(&mut direct).await, 0);
     drop(conn);

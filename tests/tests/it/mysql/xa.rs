@@ -2,9 +2,10 @@
 //! and a PostgreSQL branch in one global transaction, committed or rolled back
 //! together; the client's own XA statements; a proxy killed between prepare and phase 2.
 
+use super::at_mode::{code, rolled_back, text};
 use futures::FutureExt;
+use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row};
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tandem_tests::mysql::{self as my, MyTestDb};
@@ -13,18 +14,6 @@ use tandem_tests::process::ProxyProcess;
 /// XA RECOVER is server-wide: the tests that leave prepared branches behind for a
 /// while, and the one whose recovery rolls back orphans after a second, take turns.
 static XA_SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn text(conn: &mut Conn, sql: &str) -> Result<Option<String>, mysql_async::Error> {
-    let row: Option<Row> = conn.query_first(sql).await?;
-    Ok(row.and_then(|mut r| r.take::<Option<String>, _>(0).flatten()))
-}
-
-fn code(e: &mysql_async::Error) -> u16 {
-    match e {
-        mysql_async::Error::Server(s) => s.code,
-        other => panic!("not a server error: {other}"),
-    }
-}
 
 async fn bank(label: &str) -> MyTestDb {
     let db = MyTestDb::create(label).await;
@@ -110,13 +99,7 @@ async fn control_functions_answer_over_mysql_and_a_reset_unbinds() {
             .as_deref(),
         Some(xid.as_str())
     );
-    assert_eq!(
-        text(&mut conn, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut conn).await;
     drop(conn);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -660,13 +643,7 @@ async fn a_deadlocked_xa_branch_rolls_back_on_the_clients_rollback() {
     };
     // The victim's branch is rollback-only: the client's ROLLBACK ends it.
     victim.query_drop("ROLLBACK").await.unwrap();
-    assert_eq!(
-        text(&mut victim, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&mut victim).await;
     survivor.query_drop("ROLLBACK").await.unwrap();
     text(&mut survivor, "SELECT tandem_rollback()")
         .await

@@ -1,7 +1,7 @@
 //! AT mode and global locks: conflicts between global transactions, locking reads,
 //! dirty writes, and transactions abandoned by their client.
 
-use super::at_mode::{dump, one, prepare, undo_rows};
+use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::error::SqlState;
@@ -128,20 +128,8 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryabl
         .contains(err.code().unwrap()),
         "{err:?}"
     );
-    assert_eq!(
-        one(&second, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
-    assert_eq!(
-        one(&first, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&second).await;
+    rolled_back(&first).await;
     let balance: i64 = orders
         .direct()
         .await

@@ -31,6 +31,17 @@ pub(crate) async fn dump(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Rolls the session's global transaction back; every branch must be undone.
+pub(crate) async fn rolled_back(client: &Client) {
+    assert_eq!(
+        one(client, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+}
+
 pub(crate) async fn undo_rows(client: &Client) -> i64 {
     client
         .query_one("SELECT count(*) FROM undo_log WHERE log_status = 0", &[])
@@ -331,13 +342,7 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
         .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
     assert_ne!(dump(&direct).await, before);
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;

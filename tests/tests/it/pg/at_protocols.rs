@@ -1,7 +1,7 @@
 //! AT mode across the ways a statement arrives: the extended protocol, XID hints,
 //! autocommit, and local transactions that fail.
 
-use super::at_mode::{dump, one, prepare, undo_rows};
+use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
 use tandem_tests::harness::TestDb;
 
 /// `uniq(id, v)` whose unique `v` is checked at COMMIT: a way to make a local COMMIT
@@ -107,13 +107,7 @@ async fn extended_protocol_writes_are_captured_with_their_parameters() {
         3,
         "two autocommit branches and one explicit"
     );
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before, "restored byte for byte");
     // Outside a global transaction, writes pass through untouched.
     assert_eq!(
@@ -147,13 +141,7 @@ async fn a_branch_whose_local_commit_failed_is_marked_finished_by_the_rollback()
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
     // The proxy reports the failed phase 1; operators see it on the branch.
     reported_phase_one_failed(&lockserver, &xid).await;
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     let direct = orders.direct().await;
     let marker: i64 = direct
         .query_one(
@@ -224,13 +212,7 @@ async fn rows_of_a_local_transaction_rolled_back_over_the_extended_protocol_are_
         Some(1),
         "only row 2 is held: {locks}"
     );
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     let mut expected = before;
     expected[0] = expected[0].replace(",n1,", ",theirs,");
     assert_eq!(
@@ -295,13 +277,7 @@ async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back
         Some(2),
         "rows 1 and 5 only: {locks}"
     );
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     let mut expected = before;
     for (row, n) in expected.iter_mut().zip(1..) {
         if (2..=4).contains(&n) {
@@ -363,13 +339,7 @@ async fn a_local_transaction_keeps_the_binding_it_began_under() {
     one(&b, &format!("SELECT tandem_join('{xid}')"))
         .await
         .unwrap();
-    assert_eq!(
-        one(&b, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&b).await;
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -428,13 +398,13 @@ async fn a_rollback_during_a_branch_commit_leaves_nothing_of_the_branch() {
         let mut rollback = Some(tokio::spawn(async move {
             one(&b, "SELECT tandem_rollback()").await
         }));
-        let mut rolled_back = async || {
+        let mut rollback_answered = async || {
             let status = rollback.take().unwrap().await.unwrap().unwrap();
             assert_eq!(status.as_deref(), Some("Rollbacked"), "{label}");
         };
         if marker_wins {
             // The marker's INSERT meets nothing: the rollback ends on its own.
-            rolled_back().await;
+            rollback_answered().await;
         } else {
             // The marker's INSERT waits for the branch's uncommitted undo row.
             a_backend_waits_on(&direct, &orders.name, "transactionid").await;
@@ -455,7 +425,7 @@ async fn a_rollback_during_a_branch_commit_leaves_nothing_of_the_branch() {
             );
         } else {
             committed.expect("the local COMMIT went through");
-            rolled_back().await;
+            rollback_answered().await;
         }
         assert_eq!(
             dump(&direct).await,
@@ -493,13 +463,7 @@ async fn an_autocommit_write_whose_commit_fails_reports_the_error() {
         .get(0);
     assert_eq!(v, 2, "nothing was committed");
     // The session is usable and idle.
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -552,13 +516,7 @@ async fn an_xid_hint_binds_one_statement_only() {
         .await
         .unwrap_err();
     assert!(err.code().is_some(), "{err:?}");
-    assert_eq!(
-        one(&tm, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&tm).await;
     let direct = orders.direct().await;
     let row = direct
         .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
@@ -655,13 +613,7 @@ async fn a_savepoint_rolled_back_inside_a_branch_leaves_an_exact_undo() {
         .unwrap()
         .get(0);
     assert_eq!(balance, 2);
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     assert_eq!(
         super::at_mode::dump(&direct).await,
         before,
@@ -705,13 +657,7 @@ async fn a_branch_commits_over_the_extended_protocol() {
     );
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(2), "{locks}");
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before, "restored byte for byte");
 
     // Committed globally: the write stays and the undo row goes.
@@ -781,20 +727,8 @@ async fn a_branch_commits_over_the_extended_protocol() {
         "no local transaction is left open"
     );
     assert_eq!(undo_rows(&direct).await, 1, "the holder's alone");
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
-    assert_eq!(
-        one(&holder, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
+    rolled_back(&holder).await;
     assert_eq!(undo_rows(&direct).await, 0);
 
     // The deferred constraint fails at the client's own COMMIT, after tandem registered
@@ -811,13 +745,7 @@ async fn a_branch_commits_over_the_extended_protocol() {
     let err = a.execute(&commit, &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
     reported_phase_one_failed(&lockserver, &xid).await;
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&a).await;
     assert_eq!(
         dump(&direct).await,
         settled,

@@ -2,7 +2,7 @@
 //! captured, the client sees the replies of the whole query, and the query's
 //! statements commit or roll back together, locally and globally.
 
-use super::at_mode::{dump, one, prepare, undo_rows};
+use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::SimpleQueryMessage;
@@ -140,13 +140,7 @@ async fn an_error_in_a_multi_statement_query_undoes_all_of_it() {
         .unwrap();
     client.batch_execute("COMMIT").await.unwrap();
     assert_eq!(undo_rows(&direct).await, 1);
-    assert_eq!(
-        one(&client, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&client).await;
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
