@@ -97,6 +97,14 @@ pub enum Error {
     )]
     Uncaptured { table: String },
 
+    /// The write's table name resolved, where it ran, to another table than the one
+    /// tandem read the metadata of (the client's search_path changed in a way tandem
+    /// could not see, or the table was replaced): the local transaction is rolled back.
+    #[error(
+        "{table} is no longer the table this statement's table name means in this session (its search_path or the table changed); the local transaction was rolled back, retry it"
+    )]
+    TableChanged { table: String },
+
     /// tandem's read of a before image failed after the write it travelled with ran
     /// (both were in one flight); the local transaction is rolled back.
     #[error(
@@ -178,9 +186,10 @@ impl Error {
             | Error::SidePoolBuild { .. } => SqlState::InternalError,
             Error::Undo(_) => SqlState::FeatureNotSupported,
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
-            Error::Uncaptured { .. } | Error::ImageUnread { .. } | Error::GloballyLocked { .. } => {
-                SqlState::SerializationFailure
-            }
+            Error::Uncaptured { .. }
+            | Error::TableChanged { .. }
+            | Error::ImageUnread { .. }
+            | Error::GloballyLocked { .. } => SqlState::SerializationFailure,
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::InjectedTransient { state, .. } => *state,
@@ -233,6 +242,7 @@ impl Error {
             }
             // 1213 says what happened to the transaction: it was rolled back.
             Error::Uncaptured { .. }
+            | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::RolledBackDuringCommit { .. } => MyErr::Deadlock,
             Error::SidePool(_)
@@ -271,6 +281,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::Uncaptured { .. }
+                | Error::TableChanged { .. }
                 | Error::ImageUnread { .. }
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
@@ -313,6 +324,7 @@ impl Error {
                 | Error::TooManyConnections { .. }
                 | Error::ShuttingDown
                 | Error::Uncaptured { .. }
+                | Error::TableChanged { .. }
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
@@ -344,6 +356,7 @@ impl Error {
             Error::Undo(_)
             | Error::UnknownTable { .. }
             | Error::Uncaptured { .. }
+            | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. }
             | Error::RolledBackDuringCommit { .. } => "at_refused",

@@ -65,6 +65,10 @@ pub struct TableMeta {
     /// A foreign key elsewhere cascades (or sets NULL/DEFAULT) on changes to this
     /// table: those changes would not be captured.
     pub has_cascades: bool,
+    /// The table's identity in the catalog where the engine has one (PostgreSQL's
+    /// OID), 0 where it has none: a write checks that its table name still resolves
+    /// to it.
+    pub oid: u32,
 }
 
 impl TableMeta {
@@ -426,6 +430,7 @@ mod tests {
             pk: vec![0],
             has_triggers: false,
             has_cascades: false,
+            oid: 0,
         }
     }
 

@@ -377,6 +377,7 @@ mod tests {
             pk: vec![0],
             has_triggers: false,
             has_cascades: false,
+            oid: 0,
         })
     }
 

@@ -2,8 +2,11 @@
 //! DDL.
 //!
 //! Owns the cache. Reads the catalog through a side connection (service credentials),
-//! never through a client's session. Invariant: a cached entry is dropped as soon as any
-//! session of the database runs DDL through this proxy.
+//! never through a client's session. A side connection has its own search_path and
+//! role, so it is only ever asked about schema-qualified names: a session resolves
+//! the names its statements use on its own connection first (session/pg/at.rs).
+//! Invariant: a cached entry is dropped as soon as any session of the database runs
+//! DDL through this proxy, or finds that the name now resolves to another table.
 
 use crate::error::{Error, Result};
 use crate::upstream::SidePools;
@@ -17,7 +20,7 @@ pub struct MetaCache {
     tables: Mutex<HashMap<(String, TableRef), Arc<TableMeta>>>,
 }
 
-const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> ''
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> '', c.oid::int8
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     WHERE c.oid = to_regclass($1) ORDER BY a.attnum";
@@ -47,6 +50,11 @@ impl MetaCache {
         Ok(meta)
     }
 
+    /// `table` of `database` (schema-qualified) is not the table it was: forget it.
+    pub fn forget(&self, database: &str, table: &TableRef) {
+        self.lock().remove(&(database.to_owned(), table.clone()));
+    }
+
     /// DDL ran in `database`: forget its tables.
     pub fn invalidate(&self, database: &str) {
         self.lock().retain(|(db, _), _| db != database);
@@ -68,6 +76,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         schema: Some(first.get(0)),
         name: first.get(1),
     };
+    let oid = first.get::<_, i64>(5) as u32;
     let columns: Vec<Column> = rows
         .iter()
         .map(|r| Column {
@@ -94,5 +103,6 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         pk,
         has_triggers: triggers > 0,
         has_cascades: cascades > 0,
+        oid,
     })
 }

@@ -171,6 +171,7 @@ impl MysqlTable {
                 pk,
                 has_triggers: count(&catalog.triggers, "TRIGGERS")? > 0,
                 has_cascades: count(&catalog.cascades, "CASCADES")? > 0,
+                oid: 0,
             },
             auto_increment,
             unique_keys: keys.into_iter().map(|(_, parts)| parts).collect(),

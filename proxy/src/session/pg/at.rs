@@ -25,7 +25,13 @@ use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tandem_lockserver::client::BranchKind;
-use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
+use tandem_undo::{Analysis, Dialect, Postgres, TableMeta, Write, WriteKind, analyze};
+
+/// What a table name resolves to in the session that runs it: `to_regclass` follows
+/// the session's search_path (temporary schema first) and role.
+const RESOLVE_TABLE: &str = "SELECT n.nspname, c.relname, c.oid FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.oid = pg_catalog.to_regclass($1)";
 
 /// The write whose replies are in flight, and what to do with them.
 /// What to do with the RowDescription that comes back for a write in flight.
@@ -67,6 +73,9 @@ pub(super) struct WriteInFlight {
     /// A write outside a global transaction, checked against global locks (guard.rs):
     /// nothing is captured; the rows it returned are checked again before it may stay.
     pub(super) guard_only: bool,
+    /// A row came back from another table than the metadata describes: the name
+    /// resolved differently where the write ran.
+    pub(super) table_changed: bool,
 }
 
 impl WriteInFlight {
@@ -81,7 +90,8 @@ impl WriteInFlight {
         let upsert = write.upsert.is_some();
         let image = TableMeta::returns_image(&Postgres, write);
         WriteInFlight {
-            appended: usize::from(image) + meta.pk.len() + usize::from(upsert),
+            // The image, the key, the upsert's flag, the table's OID.
+            appended: usize::from(image) + meta.pk.len() + usize::from(upsert) + 1,
             upsert,
             inserted: Vec::new(),
             meta,
@@ -96,6 +106,7 @@ impl WriteInFlight {
             failed: false,
             substitute_error: None,
             guard_only: false,
+            table_changed: false,
         }
     }
 
@@ -118,6 +129,7 @@ impl WriteInFlight {
             failed: false,
             substitute_error: None,
             guard_only: true,
+            table_changed: false,
         }
     }
 
@@ -257,12 +269,88 @@ impl Relay<'_> {
         Intercepted::Replace(replacement)
     }
 
-    /// The catalog's description of `table`, as this session's database has it.
-    pub(super) async fn table_meta(&self, table: &tandem_undo::TableRef) -> Result<Arc<TableMeta>> {
-        self.ctx
+    /// The catalog's description of `table` as this session names it. An unqualified
+    /// name is resolved on the client's own connection, under its search_path and
+    /// role: the side connection that reads the catalog may see another table by that
+    /// name, and the undo images would then be replayed into it.
+    pub(super) async fn table_meta(
+        &mut self,
+        table: &tandem_undo::TableRef,
+    ) -> Result<Arc<TableMeta>> {
+        let (qualified, oid) = match (&table.schema, self.resolved_tables.get(&table.name)) {
+            (Some(_), _) => (table.clone(), None),
+            (None, Some((qualified, oid))) => (qualified.clone(), Some(*oid)),
+            // Between sync points nothing can be asked of the backend. Only a write
+            // outside a global transaction gets here (guard.rs): the side connection's
+            // view decides whether it needs a check, which then waits for the sync
+            // point and resolves the name there.
+            (None, None) if !self.phase.at_sync_point() => (table.clone(), None),
+            (None, None) => {
+                let (qualified, oid) = self.resolve_table(table).await?;
+                self.resolved_tables
+                    .insert(table.name.clone(), (qualified.clone(), oid));
+                (qualified, Some(oid))
+            }
+        };
+        let meta = self
+            .ctx
             .meta
-            .get(&self.ctx.side, &self.database, table)
-            .await
+            .get(&self.ctx.side, &self.database, &qualified)
+            .await?;
+        if oid.is_some_and(|oid| oid != meta.oid) {
+            // The table was dropped and created again since the cache read it.
+            self.ctx.meta.forget(&self.database, &qualified);
+            return self
+                .ctx
+                .meta
+                .get(&self.ctx.side, &self.database, &qualified)
+                .await;
+        }
+        Ok(meta)
+    }
+
+    /// The schema-qualified name and OID an unqualified name has in this session.
+    async fn resolve_table(
+        &mut self,
+        table: &tandem_undo::TableRef,
+    ) -> Result<(tandem_undo::TableRef, u32)> {
+        let name = Postgres.qualified(table);
+        let got = self
+            .exchange(
+                RESOLVE_TABLE,
+                &[Param {
+                    type_oid: 0,
+                    value: Some(name.as_bytes()),
+                    text: true,
+                }],
+                &[],
+            )
+            .await?;
+        if let Some(e) = got.error {
+            return Err(Error::injected(&e.code, e.message));
+        }
+        match got.rows.first().map(|row| row.as_slice()) {
+            Some([Some(schema), Some(relname), Some(oid)]) => {
+                let oid = std::str::from_utf8(oid)
+                    .ok()
+                    .and_then(|o| o.parse().ok())
+                    .ok_or(Error::UpstreamProtocol("bad OID from the table resolution"))?;
+                Ok((
+                    tandem_undo::TableRef {
+                        schema: Some(String::from_utf8_lossy(schema).into_owned()),
+                        name: String::from_utf8_lossy(relname).into_owned(),
+                    },
+                    oid,
+                ))
+            }
+            _ => Err(Error::UnknownTable { table: name }),
+        }
+    }
+
+    /// The client may have changed its search_path or role, or what a name resolves
+    /// to: its names are resolved again at their next write.
+    pub(super) fn forget_resolved_tables(&mut self) {
+        self.resolved_tables.clear();
     }
 
     pub(super) async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
@@ -278,7 +366,7 @@ impl Relay<'_> {
             Ok(before) => before,
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
-        let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+        let rewritten = with_returning_key_and_table(&meta, sql, &write);
         let mut query = BytesMut::new();
         put_query(&mut query, &rewritten);
         // BEGIN (for an autocommit write), the before image and the write itself go in
@@ -365,6 +453,15 @@ impl Relay<'_> {
                 .push(image.and_then(tandem_undo::row_from_returned_image));
             ours = rest;
         }
+        if let Some((table, rest)) = ours.split_last() {
+            let oid = table
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|t| t.parse::<u32>().ok());
+            if oid != Some(w.meta.oid) {
+                w.table_changed = true;
+            }
+            ours = rest;
+        }
         let mut appended: TextKey = ours
             .iter()
             .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
@@ -433,6 +530,14 @@ impl Relay<'_> {
             return Ok((status, None));
         }
         let captured = match w.kind {
+            _ if w.table_changed => {
+                // Neither the images nor the undo row would name the table it changed.
+                self.ctx.meta.forget(&self.database, &w.meta.table);
+                self.forget_resolved_tables();
+                Err(Error::TableChanged {
+                    table: Postgres.qualified(&w.meta.table),
+                })
+            }
             WriteKind::Insert if w.upsert => {
                 let mut result = Ok(());
                 for (key, inserted) in w.keys.iter().zip(&w.inserted) {
@@ -745,6 +850,19 @@ impl UndoRow {
             },
         ]
     }
+}
+
+/// The write with tandem's columns appended to its RETURNING (the image, the key; see
+/// `TableMeta::with_returning_key`), and last the OID its table name resolves to
+/// where it runs. A name can change meaning after tandem resolved it (a search_path
+/// set inside a function, a table created in an earlier schema): finish_write then
+/// finds another OID than the metadata's and the write does not stay.
+pub(super) fn with_returning_key_and_table(meta: &TableMeta, sql: &str, write: &Write) -> String {
+    let name = Postgres.qualified(&write.table).replace('\'', "''");
+    format!(
+        "{}, '{name}'::pg_catalog.regclass::pg_catalog.oid AS \"tandem_table\"",
+        meta.with_returning_key(&Postgres, sql, write)
+    )
 }
 
 /// `SELECT cols FROM …` with the key columns appended again (asked for as text),

@@ -369,7 +369,7 @@ impl Relay<'_> {
         let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
-        let rewritten = meta.with_returning_key(&Postgres, sql, &write);
+        let rewritten = super::at::with_returning_key_and_table(&meta, sql, &write);
         let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
         let mut in_flight = WriteInFlight::new(
             Arc::clone(&meta),

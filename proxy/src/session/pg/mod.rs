@@ -201,6 +201,10 @@ struct Relay<'a> {
     script: Option<at_script::Script>,
     /// The ParameterDescription of tandem's last describe exchange.
     describe_reply: Option<Vec<u32>>,
+    /// What this session's unqualified table names resolve to under its own
+    /// search_path and role: schema-qualified name and OID. Emptied whenever the
+    /// client may have changed either (at.rs, `forget_resolved_tables`).
+    resolved_tables: std::collections::HashMap<String, (tandem_undo::TableRef, u32)>,
     span: tracing::Span,
 }
 
@@ -247,6 +251,7 @@ impl<'a> Relay<'a> {
             xa: xa::XaBranch::None,
             script: None,
             describe_reply: None,
+            resolved_tables: std::collections::HashMap::new(),
             span,
         }
     }

@@ -182,6 +182,17 @@ impl Relay<'_> {
                     .any(|ddl| tag.starts_with(ddl))
                 {
                     self.ctx.meta.invalidate(&self.database);
+                    self.forget_resolved_tables();
+                }
+                // What may have changed the session's search_path or role: SET and
+                // RESET (of them, or of all), DISCARD ALL, and a ROLLBACK that undid a
+                // SET. A change tandem cannot see (set_config in a function) is caught
+                // by the write itself (at.rs, `with_returning_key_and_table`).
+                if [&b"SET"[..], b"RESET", b"DISCARD", b"ROLLBACK"]
+                    .iter()
+                    .any(|tag_start| tag.starts_with(tag_start))
+                {
+                    self.forget_resolved_tables();
                 }
             }
             backend::ERROR_RESPONSE => {

@@ -762,3 +762,99 @@ async fn a_branch_commits_over_the_extended_protocol() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Every row of `table` (schema-qualified) as text, in key order.
+async fn dump_of(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    client
+        .query(&format!("SELECT t::text FROM {table} t ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
+    let orders = prepare("at_search_path").await;
+    let direct = orders.direct().await;
+    // The same table name in two schemas, as with a schema per tenant.
+    direct
+        .batch_execute(
+            "CREATE SCHEMA tenant;
+             CREATE TABLE tenant.accounts (LIKE public.accounts INCLUDING ALL);
+             INSERT INTO tenant.accounts SELECT g, 500, 't' || g FROM generate_series(1, 5) g;",
+        )
+        .await
+        .unwrap();
+    let public_before = dump_of(&direct, "public.accounts").await;
+    let tenant_before = dump_of(&direct, "tenant.accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+
+    // A session whose search_path finds tenant.accounts first: its writes, over both
+    // protocols, are captured from and undone into that table.
+    let a = tandem.connect(&orders.name).await;
+    a.batch_execute("SET search_path = tenant, public")
+        .await
+        .unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.execute(
+        "UPDATE accounts SET balance = $1 WHERE id = $2",
+        &[&1i64, &1i32],
+    )
+    .await
+    .unwrap();
+    a.batch_execute(
+        "BEGIN; DELETE FROM accounts WHERE id = 2; INSERT INTO accounts (id, balance) VALUES (9, 9); COMMIT",
+    )
+    .await
+    .unwrap();
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    let keys = locks["locks"].to_string();
+    assert!(
+        keys.contains("tenant.accounts") && !keys.contains("public.accounts"),
+        "the locks name tenant's table: {locks}"
+    );
+    assert_ne!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    rolled_back(&a).await;
+    assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
+
+    // A session whose name changes meaning in a way tandem does not see (search_path
+    // set by a function): the write that meets the other table does not stay, and
+    // its retry is captured from the table it now names.
+    let b = tandem.connect(&orders.name).await;
+    one(&b, "SELECT tandem_begin(30000)").await.unwrap();
+    b.batch_execute("UPDATE accounts SET balance = 2 WHERE id = 3")
+        .await
+        .unwrap();
+    b.batch_execute("SELECT set_config('search_path', 'tenant, public', false)")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute("UPDATE accounts SET balance = 3 WHERE id = 4")
+        .await
+        .expect_err("the name now means tenant.accounts");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err}"
+    );
+    assert_eq!(
+        dump_of(&direct, "tenant.accounts").await,
+        tenant_before,
+        "the write that met the other table was rolled back"
+    );
+    b.execute("UPDATE accounts SET balance = 3 WHERE id = 4", &[])
+        .await
+        .unwrap();
+    assert_ne!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_ne!(dump_of(&direct, "public.accounts").await, public_before);
+    rolled_back(&b).await;
+    assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
