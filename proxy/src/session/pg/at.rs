@@ -16,6 +16,7 @@ use crate::at::branch::{Branch, TextKey};
 use crate::at::phase2::LOG_NORMAL;
 use crate::at::resource_id;
 use crate::error::{Error, Result};
+use crate::wire::pg::codes::backend;
 use crate::wire::pg::messages::response::{
     Severity, TxStatus, put_command_complete, put_error, put_ready_for_query,
 };
@@ -67,9 +68,6 @@ pub(super) struct WriteInFlight {
     /// tandem opened the local transaction (an autocommit write) and ends it.
     pub(super) implicit: bool,
     pub(super) failed: bool,
-    /// The before image, sent in the same round trip, failed: the write then fails
-    /// only because its transaction is aborted, and the client gets this error instead.
-    pub(super) substitute_error: Option<(String, String)>,
     /// A write outside a global transaction, checked against global locks (guard.rs):
     /// nothing is captured; the rows it returned are checked again before it may stay.
     pub(super) guard_only: bool,
@@ -104,7 +102,6 @@ impl WriteInFlight {
             images: Vec::new(),
             implicit,
             failed: false,
-            substitute_error: None,
             guard_only: false,
             table_changed: false,
         }
@@ -127,7 +124,6 @@ impl WriteInFlight {
             images: Vec::new(),
             implicit: true,
             failed: false,
-            substitute_error: None,
             guard_only: true,
             table_changed: false,
         }
@@ -145,10 +141,7 @@ impl WriteInFlight {
         let (row_description, swallow) = match extended {
             Some(rule) => (
                 rule,
-                VecDeque::from([
-                    crate::wire::pg::codes::backend::CLOSE_COMPLETE,
-                    crate::wire::pg::codes::backend::PARSE_COMPLETE,
-                ]),
+                VecDeque::from([backend::CLOSE_COMPLETE, backend::PARSE_COMPLETE]),
             ),
             None if write.has_returning => (RowDescriptionRule::Strip, VecDeque::new()),
             None => (RowDescriptionRule::Swallow, VecDeque::new()),
@@ -367,10 +360,12 @@ impl Relay<'_> {
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
         let rewritten = with_returning_key_and_table(&meta, sql, &write);
-        let mut query = BytesMut::new();
-        put_query(&mut query, &rewritten);
         // BEGIN (for an autocommit write), the before image and the write itself go in
-        // one round trip: the image is read before the write's replies, which follow it.
+        // one round trip and one Sync: the image is read before the write's replies,
+        // which follow it, and the backend flushes once. With tandem's statements ahead,
+        // the write goes as Parse/Bind/Describe/Execute (the same replies as its Query,
+        // once ParseComplete and BindComplete are swallowed), so that an error in the
+        // image skips the write and is the reply the client gets.
         let formats = image_formats(&meta);
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
         if implicit {
@@ -379,14 +374,18 @@ impl Relay<'_> {
         if let Some(before) = &before {
             statements.push((before.as_str(), &[], &formats));
         }
-        let mut substitute_error = None;
+        let mut swallow = VecDeque::new();
         if statements.is_empty() {
+            let mut query = BytesMut::new();
+            put_query(&mut query, &rewritten);
             self.write_server(&query).await?;
         } else {
-            let mut results = self.exchange_many_then(&statements, &query).await?;
-            if let Some(e) = results.iter_mut().find_map(|r| r.error.take()) {
+            let mut then = BytesMut::new();
+            super::exchange::put_as_extended(&mut then, &rewritten);
+            swallow.extend([backend::PARSE_COMPLETE, backend::BIND_COMPLETE]);
+            let mut results = self.exchange_many_then(&statements, &then).await?;
+            if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
                 tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
-                substitute_error = Some((e.code, e.message));
             } else if before.is_some()
                 && let Some(got) = results.pop()
             {
@@ -399,9 +398,7 @@ impl Relay<'_> {
         } else {
             RowDescriptionRule::Swallow
         };
-        let mut in_flight = WriteInFlight::new(meta, &write, implicit, rule, VecDeque::new());
-        in_flight.substitute_error = substitute_error;
-        self.write_in_flight = Some(in_flight);
+        self.write_in_flight = Some(WriteInFlight::new(meta, &write, implicit, rule, swallow));
         Ok(Intercepted::SentAndHold)
     }
 
@@ -415,7 +412,7 @@ impl Relay<'_> {
             RowDescriptionRule::Relay => return Ok(None),
             RowDescriptionRule::ToNoData => {
                 let mut out = BytesMut::new();
-                out.put_u8(crate::wire::pg::codes::backend::NO_DATA);
+                out.put_u8(backend::NO_DATA);
                 out.put_i32(4);
                 return Ok(Some(out));
             }
@@ -496,17 +493,14 @@ impl Relay<'_> {
         Ok(Some(out))
     }
 
-    /// ErrorResponse of the write in flight; returns the error the client gets instead,
-    /// if it is not the backend's own.
-    pub(super) fn on_write_error(&mut self) -> Option<BytesMut> {
-        let w = self.write_in_flight.as_mut()?;
-        w.failed = true;
-        // After an error the backend skips to Sync: tandem's replies will not come.
-        w.swallow.clear();
-        let (code, message) = w.substitute_error.take()?;
-        let mut out = BytesMut::new();
-        put_error(&mut out, Severity::Error, &code, &message);
-        Some(out)
+    /// ErrorResponse of the write in flight (or of its before image, which the backend
+    /// answered in its place): the write did not happen.
+    pub(super) fn on_write_error(&mut self) {
+        if let Some(w) = self.write_in_flight.as_mut() {
+            w.failed = true;
+            // After an error the backend skips to Sync: tandem's replies will not come.
+            w.swallow.clear();
+        }
     }
 
     /// ReadyForQuery ending the write in flight: record its rows, and end an implicit

@@ -371,7 +371,7 @@ impl Relay<'_> {
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
         let rewritten = super::at::with_returning_key_and_table(&meta, sql, &write);
         let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
-        let mut in_flight = WriteInFlight::new(
+        let in_flight = WriteInFlight::new(
             Arc::clone(&meta),
             &write,
             implicit,
@@ -382,9 +382,9 @@ impl Relay<'_> {
             ]),
         );
         // BEGIN (for an autocommit write), the before image and the batch go in one
-        // round trip, as over the simple protocol: the image is read before the
-        // batch's replies, which follow it. If the image fails, the batch fails in the
-        // aborted transaction and the client gets the image's error in its place.
+        // round trip and under the batch's Sync, as over the simple protocol: the image
+        // is read before the batch's replies, which follow it. If the image fails, the
+        // backend skips the batch and the image's error is the client's reply.
         let params = bind_params(&batch, &param_types);
         let formats = super::at::image_formats(&meta);
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
@@ -399,9 +399,8 @@ impl Relay<'_> {
             return Ok(out);
         }
         let mut results = self.exchange_many_then(&statements, &out).await?;
-        if let Some(e) = results.iter_mut().find_map(|r| r.error.take()) {
+        if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
             tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
-            in_flight.substitute_error = Some((e.code, e.message));
         } else if before.is_some()
             && let Some(got) = results.pop()
         {

@@ -7,6 +7,9 @@
 //! swallowed (PostgreSQL docs, "Extended Query": replies come in order, and after an
 //! error everything up to Sync is skipped). Only messages the backend may send at any
 //! time — NotificationResponse and ParameterStatus — are passed on to the client.
+//! One exception: `exchange_many_then` sends a client's statement after tandem's, under
+//! the client's Sync, and its ledger ends at tandem's last CommandComplete (or at an
+//! error, which the backend then answers for the client's statement too).
 //! Invariant: called only when the session is at a sync point.
 
 use super::Relay;
@@ -74,8 +77,13 @@ impl Relay<'_> {
         self.read_exchange_replies(statements.len()).await
     }
 
-    /// Like [`Self::exchange_many`], with `then` (a client's statement) sent in the same
-    /// write, after the Sync: its replies stay in the buffer for the relay.
+    /// Runs `statements` ahead of `then` (a client's statement, extended-protocol
+    /// messages ending in its Sync) in one write and one Sync, the client's: the
+    /// backend answers the whole flight with one flush. Returns once the statements'
+    /// replies are read; the client's stay in the buffer for the relay. After an error
+    /// in one of them the backend skips everything up to the Sync, the client's
+    /// statement included, so that ErrorResponse is left in the buffer too: it is the
+    /// reply the client gets (the result holds a copy).
     pub(super) async fn exchange_many_then(
         &mut self,
         statements: &[(&str, &[Param<'_>], &[i16])],
@@ -85,13 +93,13 @@ impl Relay<'_> {
         for (sql, params, result_formats) in statements {
             put_statement(&mut out, sql, params, result_formats);
         }
-        put_msg(&mut out, frontend::SYNC, &[]);
         out.extend_from_slice(then);
         self.server
             .write_all(&out)
             .await
             .map_err(Error::UpstreamIo)?;
-        self.read_exchange_replies(statements.len()).await
+        self.read_replies(statements.len(), ReplyEnd::LastComplete)
+            .await
     }
 
     /// The parameter types the server infers for `sql` (ParameterDescription), for
@@ -140,6 +148,14 @@ impl Relay<'_> {
     }
 
     pub(super) async fn read_exchange_replies(&mut self, count: usize) -> Result<Vec<Exchanged>> {
+        self.read_replies(count, ReplyEnd::ReadyForQuery).await
+    }
+
+    async fn read_replies(&mut self, count: usize, end: ReplyEnd) -> Result<Vec<Exchanged>> {
+        if count == 0 && end == ReplyEnd::LastComplete {
+            return Ok(Vec::new());
+        }
+        let mut completed = 0;
         let mut results: Vec<Exchanged> = (0..count.max(1)).map(|_| Exchanged::default()).collect();
         let mut current = 0;
         let last = results.len() - 1;
@@ -149,7 +165,14 @@ impl Relay<'_> {
                 let body = frame.body(&self.from_server).to_vec();
                 match frame.tag {
                     backend::DATA_ROW => results[current].rows.push(decode_data_row(&body)?),
-                    backend::COMMAND_COMPLETE => current = (current + 1).min(last),
+                    backend::COMMAND_COMPLETE => {
+                        current = (current + 1).min(last);
+                        completed += 1;
+                        if end == ReplyEnd::LastComplete && completed == count {
+                            self.from_server.advance(frame.wire_len);
+                            return Ok(results);
+                        }
+                    }
                     backend::PARAMETER_DESCRIPTION => {
                         self.describe_reply = Some(decode_parameter_description(&body)?);
                     }
@@ -158,6 +181,10 @@ impl Relay<'_> {
                             ErrorFields::decode(&body)
                                 .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?,
                         );
+                        if end == ReplyEnd::LastComplete {
+                            // Left for the relay: the client's reply (see exchange_many_then).
+                            return Ok(results);
+                        }
                     }
                     backend::READY_FOR_QUERY => {
                         let status = TxStatus::decode(&body);
@@ -189,6 +216,32 @@ impl Relay<'_> {
             }
         }
     }
+}
+
+/// Where the replies to tandem's statements end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReplyEnd {
+    /// At the ReadyForQuery of their own Sync.
+    ReadyForQuery,
+    /// At the last statement's CommandComplete, or at an ErrorResponse (left unread):
+    /// the Sync is the client's, after its own messages.
+    LastComplete,
+}
+
+/// Parse, Bind, Describe (portal) and Execute of a client's simple-protocol statement,
+/// unnamed, then Sync: the same replies as its Query, with ParseComplete and
+/// BindComplete ahead (the caller swallows them), results in text.
+pub(super) fn put_as_extended(out: &mut BytesMut, sql: &str) {
+    let mut body = BytesMut::with_capacity(sql.len() + 8);
+    put_cstr(&mut body, b"");
+    put_cstr(&mut body, sql.as_bytes());
+    body.put_i16(0);
+    put_msg(out, frontend::PARSE, &body);
+    // Unnamed portal and statement, no parameters, every result column in text.
+    put_msg(out, frontend::BIND, &[0, 0, 0, 0, 0, 0, 0, 0]);
+    put_msg(out, frontend::DESCRIBE, &[target::PORTAL, 0]);
+    put_msg(out, frontend::EXECUTE, &[0, 0, 0, 0, 0]);
+    put_msg(out, frontend::SYNC, &[]);
 }
 
 /// Close (both names), Parse, Bind and Execute of one tandem statement.

@@ -78,10 +78,10 @@ impl Relay<'_> {
                     backend::ROW_DESCRIPTION => self.on_write_row_description(body)?,
                     backend::DATA_ROW => self.on_write_data_row(body)?,
                     backend::ERROR_RESPONSE => {
-                        let replacement = self.on_write_error();
+                        self.on_write_error();
                         // The backend's own bookkeeping of the error still applies.
                         let _ = self.on_server_message(frame.tag, body)?;
-                        replacement.or(Some(BytesMut::from(&buf[pos..pos + frame.wire_len])))
+                        Some(BytesMut::from(&buf[pos..pos + frame.wire_len]))
                     }
                     backend::READY_FOR_QUERY => Some(self.on_write_ready(body).await?),
                     _ => None,

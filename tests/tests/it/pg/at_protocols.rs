@@ -858,3 +858,63 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// tandem's before image travels ahead of the write under one Sync: an error in either
+/// is the client's reply, the write does not stay, and the session goes on, over both
+/// protocols, in autocommit and inside a transaction block.
+#[tokio::test]
+async fn a_write_or_its_before_image_failing_answers_the_error_and_keeps_nothing() {
+    let db = prepare("at_image_err").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+
+    let failing = [
+        // The predicate fails: the before image, which runs first, reports it.
+        "UPDATE accounts SET balance = 1 WHERE id = 1 / (SELECT count(*) - 5 FROM accounts)",
+        // The before image reads its row; the write itself fails.
+        "UPDATE accounts SET balance = balance / (id - 1) WHERE id = 1",
+        "DELETE FROM accounts WHERE id = 1 / (SELECT count(*) - 5 FROM accounts)",
+    ];
+    for sql in failing {
+        // Autocommit, simple protocol: tandem's local transaction is rolled back.
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(e.code(), Some(&SqlState::DIVISION_BY_ZERO), "{sql}: {e}");
+        // Autocommit, extended protocol.
+        let e = client.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(e.code(), Some(&SqlState::DIVISION_BY_ZERO), "{sql}: {e}");
+        assert_eq!(dump(&direct).await, before, "{sql}");
+        assert_eq!(undo_rows(&direct).await, 0, "{sql}");
+        // Inside a block, after a write that stays: the block is failed, as directly.
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .batch_execute("UPDATE accounts SET balance = 2 WHERE id = 2")
+            .await
+            .unwrap();
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(e.code(), Some(&SqlState::DIVISION_BY_ZERO), "{sql}: {e}");
+        let e = client.batch_execute("SELECT 1").await.unwrap_err();
+        assert_eq!(e.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION), "{e}");
+        client.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(dump(&direct).await, before, "{sql}");
+    }
+    // The session still captures: a write in autocommit and one in a block, undone.
+    client
+        .simple_query("UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
+    client
+        .execute("DELETE FROM accounts WHERE id = $1", &[&4i32])
+        .await
+        .unwrap();
+    assert_ne!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 2);
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
