@@ -270,18 +270,23 @@ impl Relay<'_> {
         &mut self,
         table: &tandem_undo::TableRef,
     ) -> Result<Arc<TableMeta>> {
-        let (qualified, oid) = match (&table.schema, self.resolved_tables.get(&table.name)) {
-            (Some(_), _) => (table.clone(), None),
-            (None, Some((qualified, oid))) => (qualified.clone(), Some(*oid)),
+        // `pg_temp` names the session's own temporary schema, whatever its real name.
+        let resolve_here = table
+            .schema
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case("pg_temp"));
+        let name = Postgres.qualified(table);
+        let (qualified, oid) = match (resolve_here, self.resolved_tables.get(&name)) {
+            (false, _) => (table.clone(), None),
+            (true, Some((qualified, oid))) => (qualified.clone(), Some(*oid)),
             // Between sync points nothing can be asked of the backend. Only a write
             // outside a global transaction gets here (guard.rs): the side connection's
             // view decides whether it needs a check, which then waits for the sync
             // point and resolves the name there.
-            (None, None) if !self.phase.at_sync_point() => (table.clone(), None),
-            (None, None) => {
+            (true, None) if !self.phase.at_sync_point() => (table.clone(), None),
+            (true, None) => {
                 let (qualified, oid) = self.resolve_table(table).await?;
-                self.resolved_tables
-                    .insert(table.name.clone(), (qualified.clone(), oid));
+                self.resolved_tables.insert(name, (qualified.clone(), oid));
                 (qualified, Some(oid))
             }
         };
@@ -340,6 +345,21 @@ impl Relay<'_> {
         }
     }
 
+    /// The metadata of a table a global transaction writes: a temporary table is
+    /// refused, since its rows can be undone only by the session that owns them.
+    pub(super) async fn captured_table_meta(
+        &mut self,
+        table: &tandem_undo::TableRef,
+    ) -> Result<Arc<TableMeta>> {
+        let meta = self.table_meta(table).await?;
+        if is_temporary(&meta.table) {
+            return Err(Error::Unsupported {
+                what: "a write to a temporary table inside a global transaction (no other connection can undo its rows)",
+            });
+        }
+        Ok(meta)
+    }
+
     /// The client may have changed its search_path or role, or what a name resolves
     /// to: its names are resolved again at their next write.
     pub(super) fn forget_resolved_tables(&mut self) {
@@ -347,7 +367,7 @@ impl Relay<'_> {
     }
 
     pub(super) async fn begin_write(&mut self, sql: &str, write: Write) -> Result<Intercepted> {
-        let meta = match self.table_meta(&write.table).await {
+        let meta = match self.captured_table_meta(&write.table).await {
             Ok(meta) => meta,
             Err(e) => return Ok(self.refuse(e)),
         };
@@ -610,6 +630,10 @@ impl Relay<'_> {
     ) -> Result<()> {
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         let meta = self.table_meta(&read.table).await?;
+        if is_temporary(&meta.table) {
+            // No other session sees its rows, so no global transaction can hold them.
+            return Ok(());
+        }
         let sql = meta.locked_keys_sql(&Postgres, read);
         let got = self.exchange(&sql, params, &[1]).await?;
         if let Some(e) = got.error {
@@ -844,6 +868,14 @@ impl UndoRow {
             },
         ]
     }
+}
+
+/// A table in a session's temporary schema (PostgreSQL names them `pg_temp_<n>`).
+fn is_temporary(table: &tandem_undo::TableRef) -> bool {
+    table
+        .schema
+        .as_deref()
+        .is_some_and(|s| s.starts_with("pg_temp_"))
 }
 
 /// The write with tandem's columns appended to its RETURNING (the image, the key; see

@@ -355,7 +355,7 @@ impl Relay<'_> {
         write: tandem_undo::Write,
         batch: Batch<'_>,
     ) -> Result<BytesMut> {
-        let meta = self.table_meta(&write.table).await?;
+        let meta = self.captured_table_meta(&write.table).await?;
         meta.check_capturable(&write)?;
         let text_results = match batch.bind.result_formats.as_slice() {
             [] => true,

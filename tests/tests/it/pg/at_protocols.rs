@@ -918,3 +918,78 @@ async fn a_write_or_its_before_image_failing_answers_the_error_and_keeps_nothing
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A temporary table's rows live only in the client's session: no other connection
+/// could undo them, so a write to one inside a global transaction is refused (0A000)
+/// and changes nothing, however the table is named; a locking read of one needs no
+/// global lock and runs. Outside a global transaction the table is the client's own.
+#[tokio::test]
+async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
+    let db = prepare("at_temp").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE scratch (id int PRIMARY KEY, v int);
+             INSERT INTO scratch VALUES (1, 1), (2, 2);
+             UPDATE scratch SET v = 10 WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    let scratch = || async {
+        client
+            .query("SELECT id, v FROM scratch ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
+            .collect::<Vec<_>>()
+    };
+    for sql in [
+        "UPDATE scratch SET v = 0 WHERE id = 1",
+        "DELETE FROM scratch WHERE id = 2",
+        "INSERT INTO scratch VALUES (3, 3)",
+        "UPDATE pg_temp.scratch SET v = 0 WHERE id = 1",
+    ] {
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {e}"
+        );
+        let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+        assert!(message.contains("temporary table"), "{sql}: {message}");
+        let e = client.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {e}"
+        );
+        assert_eq!(scratch().await, [(1, 10), (2, 2)], "{sql}");
+    }
+    let locked = client
+        .query("SELECT v FROM scratch WHERE id = 2 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    assert_eq!(locked[0].get::<_, i32>(0), 2);
+    // A write to a real table beside it is captured and undone as usual.
+    client
+        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    // Unbound, the temporary table is written as the client asks.
+    client
+        .batch_execute("UPDATE scratch SET v = 20 WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(scratch().await, [(1, 10), (2, 20)]);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
