@@ -81,6 +81,9 @@ pub struct Relay<'a> {
     pub(super) execute_forwarded: bool,
     /// A `USE` or COM_INIT_DB passed since `database` was known: AT asks the server.
     pub(super) database_uncertain: bool,
+    /// Whether a table (`database.table`) is one of this session's temporary tables, as
+    /// the server answered; forgotten after a statement that may create or drop one.
+    pub(super) temporary_tables: std::collections::HashMap<String, bool>,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
     pub(super) extended_metadata: bool,
     pub(super) executes_last_prepared: bool,
@@ -139,6 +142,7 @@ impl<'a> Relay<'a> {
             xa: None,
             database: opened.database.clone(),
             database_uncertain: false,
+            temporary_tables: std::collections::HashMap::new(),
             execute_forwarded: false,
             extended_metadata: opened.extended_metadata,
             executes_last_prepared: opened.executes_last_prepared,

@@ -1366,3 +1366,81 @@ async fn a_before_image_the_user_may_not_read_rolls_the_transaction_back() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A temporary table lives only in its session, and may even hide a real table of the
+/// same name: no other connection can undo it, and replaying its images by name would
+/// write the real table. A write to one inside a global transaction is refused
+/// (1235) and changes nothing; outside one it is the client's own.
+#[tokio::test]
+async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
+    let db = prepare("at_my_temp").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let accounts_before = dump(&mut direct, "accounts").await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    run_each(
+        &mut conn,
+        &[
+            // Hides the real table for this session.
+            "CREATE TEMPORARY TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL, note VARCHAR(20))",
+            "INSERT INTO accounts VALUES (1, 5, 't'), (2, 5, 't')",
+            "CREATE TEMPORARY TABLE scratch (id INT PRIMARY KEY, v INT)",
+            "INSERT INTO scratch VALUES (1, 1)",
+        ],
+    )
+    .await;
+    let temp_before = dump(&mut conn, "accounts").await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        "UPDATE accounts SET balance = 0 WHERE id = 1",
+        "DELETE FROM accounts WHERE id = 2",
+        "INSERT INTO accounts VALUES (3, 3, 't')",
+        "UPDATE scratch SET v = 0 WHERE id = 1",
+    ] {
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+        assert!(e.to_string().contains("temporary table"), "{sql}: {e}");
+        let e = conn.exec_drop(sql, ()).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    assert_eq!(dump(&mut conn, "accounts").await, temp_before);
+    // A locking read of it needs no global lock.
+    let v: Option<i64> = conn
+        .query_first("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(5));
+    rolled_back(&mut conn).await;
+    // Once the temporary table is dropped, the name is the real table's again, and
+    // that write is captured and undone.
+    conn.query_drop("DROP TEMPORARY TABLE accounts")
+        .await
+        .unwrap();
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_ne!(dump(&mut direct, "accounts").await, accounts_before);
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, accounts_before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    conn.query_drop("CREATE TEMPORARY TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL, note VARCHAR(20))")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO accounts VALUES (1, 5, 't')")
+        .await
+        .unwrap();
+    // Unbound, the temporary table is written as the client asks.
+    conn.query_drop("UPDATE accounts SET balance = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    let v: Option<i64> = conn
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(7));
+    assert_eq!(dump(&mut direct, "accounts").await, accounts_before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

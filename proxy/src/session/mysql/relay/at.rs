@@ -305,6 +305,41 @@ impl Relay<'_> {
             .map_err(AtFailure::Refused))
     }
 
+    /// Whether `table` names one of this session's temporary tables, which may hide a
+    /// real table of the same name: only the client's own connection can tell (neither
+    /// MariaDB 10.x nor MySQL 8 lists them by name in information_schema).
+    async fn is_temporary(&mut self, table: &tandem_undo::TableRef) -> Result<Outcome<bool>> {
+        if let Err(failure) = self.settle_database().await? {
+            return Ok(Err(failure));
+        }
+        let schema = table.schema.as_deref().unwrap_or(&self.database);
+        let name = Mysql.qualified(&tandem_undo::TableRef {
+            schema: Some(schema.to_owned()),
+            name: table.name.clone(),
+        });
+        if let Some(&temporary) = self.temporary_tables.get(&name) {
+            return Ok(Ok(temporary));
+        }
+        let rows = match self
+            .own_select(&format!("SHOW CREATE TABLE {name}"), &[])
+            .await?
+        {
+            Ok(rows) => rows,
+            // No such table: the metadata lookup says so in its own words.
+            Err(_) => return Ok(Ok(false)),
+        };
+        let definition = rows
+            .into_iter()
+            .next()
+            .and_then(|row| row.into_iter().nth(1).flatten())
+            .unwrap_or_default();
+        let temporary = definition
+            .get(..22)
+            .is_some_and(|head| head.eq_ignore_ascii_case(b"CREATE TEMPORARY TABLE"));
+        self.temporary_tables.insert(name, temporary);
+        Ok(Ok(temporary))
+    }
+
     /// The session's current database, asked of the server after a `USE` or
     /// COM_INIT_DB may have changed it: tables the client names without a schema are
     /// there, and so are the branch's resource and undo_log. tandem's own statements
@@ -376,7 +411,13 @@ impl Relay<'_> {
                 what: "a write with RETURNING, in AT mode on MySQL",
             });
         }
-        let table = match self.table_of(&write.table).await? {
+        let temporary = self.is_temporary(&write.table).await?;
+        if matches!(temporary, Ok(true)) {
+            return self.refuse(Error::Unsupported {
+                what: "a write to a temporary table inside a global transaction (no other connection can undo its rows)",
+            });
+        }
+        let table = match temporary.and(self.table_of(&write.table).await?) {
             Ok(table) => table,
             Err(failure) => {
                 self.put_failure(&failure);
@@ -870,7 +911,12 @@ impl Relay<'_> {
         let Some(xid) = self.binding.xid().cloned() else {
             return Ok(Handled::Relay);
         };
-        let table = match self.table_of(&read.table).await? {
+        let temporary = self.is_temporary(&read.table).await?;
+        if matches!(temporary, Ok(true)) {
+            // No other session sees its rows, so no global transaction can hold them.
+            return Ok(Handled::Relay);
+        }
+        let table = match temporary.and(self.table_of(&read.table).await?) {
             Ok(table) => table,
             Err(failure) => {
                 self.put_failure(&failure);

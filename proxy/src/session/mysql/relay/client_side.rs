@@ -374,6 +374,8 @@ impl Relay<'_> {
         // and it drops every prepared statement, tandem's too.
         self.at_branch = crate::at::branch::Branch::default();
         self.own_statements.clear();
+        // And its temporary tables.
+        self.temporary_tables.clear();
     }
 }
 

@@ -81,6 +81,15 @@ fn first_word_is(sql: &[u8], word: &[u8]) -> bool {
         .is_some_and(|w| w.eq_ignore_ascii_case(word))
 }
 
+/// Statements that may create or drop a temporary table (by their first word; a
+/// procedure may do either).
+fn may_change_temporary_tables(sql: &[u8]) -> bool {
+    [&b"CREATE"[..], b"DROP", b"ALTER", b"RENAME", b"CALL"]
+        .iter()
+        .any(|word| first_word_is(sql, word))
+        || several_statements(sql)
+}
+
 fn several_statements(sql: &[u8]) -> bool {
     sql.contains(&b';')
 }
@@ -131,6 +140,12 @@ impl Relay<'_> {
                     what: "a statement of 16 MiB or more inside a global transaction",
                 })
                 .map(Some);
+        }
+        if payload.first() == Some(&command::QUERY)
+            && header.seq == 0
+            && may_change_temporary_tables(&payload[1..])
+        {
+            self.temporary_tables.clear();
         }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 || header.is_continued() {
             return Ok(None);
