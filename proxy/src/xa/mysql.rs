@@ -61,6 +61,8 @@ pub struct MysqlXa {
     owners: Arc<Owners>,
     /// Whether the server keeps a prepared XA transaction after its connection ends.
     detached: tokio::sync::OnceCell<bool>,
+    /// `innodb_rollback_on_timeout` of the server.
+    rollback_on_timeout: tokio::sync::OnceCell<bool>,
 }
 
 struct Handler {
@@ -139,6 +141,7 @@ impl MysqlXa {
             pool,
             first_seen: Mutex::new(HashMap::new()),
             detached: tokio::sync::OnceCell::new(),
+            rollback_on_timeout: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -152,6 +155,26 @@ impl MysqlXa {
             })
             .await
             .copied()
+    }
+
+    /// Whether a lock wait timeout (1205) rolls back the whole transaction on this
+    /// server (`innodb_rollback_on_timeout`, fixed at the server's start; asked once).
+    pub async fn timeout_rolls_back_transaction(&self) -> Result<bool, mysql_async::Error> {
+        self.rollback_on_timeout
+            .get_or_try_init(|| async {
+                let mut conn = self.pool.get_conn().await?;
+                let on: Option<i64> = conn
+                    .query_first("SELECT @@GLOBAL.innodb_rollback_on_timeout")
+                    .await?;
+                Ok(on == Some(1))
+            })
+            .await
+            .copied()
+    }
+
+    /// [`Self::timeout_rolls_back_transaction`], if already asked.
+    pub fn known_timeout_rolls_back_transaction(&self) -> Option<bool> {
+        self.rollback_on_timeout.get().copied()
     }
 
     /// The sessions that own prepared branches.

@@ -144,8 +144,9 @@ enum Step {
     More(Reply),
     /// The reply is complete; the status flags when it carried any.
     Done(Option<StatusFlags>),
-    /// The reply is an error that rolled the whole transaction back (a deadlock): the
-    /// session is no longer in a transaction, though no status flags say so.
+    /// The reply is an error that rolled the whole transaction back (a deadlock, or a
+    /// lock wait timeout under `innodb_rollback_on_timeout`): the session is no longer
+    /// in a transaction, though no status flags say so.
     DoneTransactionEnded,
     /// The server asked for a LOCAL INFILE upload.
     Infile,
@@ -153,7 +154,8 @@ enum Step {
 
 impl Reply {
     /// Advances this reply by one server packet.
-    fn step(self, p: ServerPacket<'_>, deprecate_eof: bool) -> Result<Step, Unexpected> {
+    fn step(self, p: ServerPacket<'_>, server: ServerRules) -> Result<Step, Unexpected> {
+        let deprecate_eof = server.deprecate_eof;
         use Step::*;
         let first = p.first().ok_or(Unexpected("an empty reply packet"))?;
         let terminator = is_terminator(first, p.payload_len, deprecate_eof);
@@ -164,7 +166,7 @@ impl Reply {
             Reply::First(Expect::AnyPacket) => Done(None),
             _ if first == reply::ERR => match p.prefix.get(1..3) {
                 // InnoDB rolled the whole transaction back; the ERR has no flags to say so.
-                Some(&[low, high]) if u16::from_le_bytes([low, high]) == MyErr::Deadlock.code() => {
+                Some(&[low, high]) if server.ends_transaction(u16::from_le_bytes([low, high])) => {
                     DoneTransactionEnded
                 }
                 _ => Done(None),
@@ -250,6 +252,24 @@ fn prepare_next(params: u16, columns: u16) -> Step {
     }
 }
 
+/// What the server's settings say about its replies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerRules {
+    /// CLIENT_DEPRECATE_EOF was agreed: an OK packet ends result sets.
+    pub deprecate_eof: bool,
+    /// `innodb_rollback_on_timeout` is on: a lock wait timeout (1205) rolls back the
+    /// whole transaction, not just the statement.
+    pub timeout_ends_transaction: bool,
+}
+
+impl ServerRules {
+    /// Whether an ERR with `code` means InnoDB rolled the whole transaction back.
+    pub fn ends_transaction(self, code: u16) -> bool {
+        code == MyErr::Deadlock.code()
+            || (self.timeout_ends_transaction && code == MyErr::LockWaitTimeout.code())
+    }
+}
+
 /// The phase plus the replies queued behind the one in progress (clients may pipeline:
 /// MariaDB Connector/C sends PREPARE, EXECUTE and CLOSE at once).
 #[derive(Debug)]
@@ -260,7 +280,7 @@ pub struct Exchange {
     queued: VecDeque<(Expect, u8)>,
     /// The sequence id of the server's next packet in the current reply.
     server_seq: u8,
-    pub deprecate_eof: bool,
+    pub server: ServerRules,
 }
 
 /// What one server packet did to the exchange.
@@ -275,12 +295,12 @@ pub enum Progress {
 }
 
 impl Exchange {
-    pub fn new(deprecate_eof: bool) -> Self {
+    pub fn new(server: ServerRules) -> Self {
         Exchange {
             phase: Phase::Authenticating,
             queued: VecDeque::new(),
             server_seq: 0,
-            deprecate_eof,
+            server,
         }
     }
 
@@ -365,7 +385,7 @@ impl Exchange {
         let Phase::Busy { status, reply } = self.phase else {
             return Err(Unexpected("a server packet while no reply is due"));
         };
-        match reply.step(packet, self.deprecate_eof)? {
+        match reply.step(packet, self.server)? {
             Step::More(reply) => {
                 self.phase = Phase::Busy { status, reply };
                 Ok(Progress::Continues)

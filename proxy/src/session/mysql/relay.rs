@@ -16,7 +16,7 @@ mod server_side;
 use super::MysqlFrontendContext;
 use super::auth::AuthExchange;
 use super::handshake::Opened;
-use super::phase::Exchange;
+use super::phase::{Exchange, ServerRules};
 use crate::error::{Error, Result};
 use crate::tls::ClientStream;
 use crate::upstream::ServerStream;
@@ -104,11 +104,16 @@ pub struct Relay<'a> {
 
 impl<'a> Relay<'a> {
     pub fn new(ctx: &'a MysqlFrontendContext, opened: Opened, span: tracing::Span) -> Self {
-        let mut exchange = Exchange::new(
-            opened
+        let mut exchange = Exchange::new(ServerRules {
+            deprecate_eof: opened
                 .capabilities
                 .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF),
-        );
+            // Until asked (at the session's first AT statement), when no session has.
+            timeout_ends_transaction: ctx
+                .xa
+                .known_timeout_rolls_back_transaction()
+                .unwrap_or(false),
+        });
         exchange.on_authenticated(opened.status);
         let (phase2_tx, phase2_rx) = tokio::sync::mpsc::unbounded_channel();
         Relay {

@@ -43,7 +43,14 @@ fn feed(x: &mut Exchange, packets: &[&[u8]]) -> Vec<Progress> {
 }
 
 fn ready(deprecate_eof: bool) -> Exchange {
-    let mut x = Exchange::new(deprecate_eof);
+    ready_with(ServerRules {
+        deprecate_eof,
+        timeout_ends_transaction: false,
+    })
+}
+
+fn ready_with(server: ServerRules) -> Exchange {
+    let mut x = Exchange::new(server);
     x.on_authenticated(StatusFlags::from_bits_retain(AUTOCOMMIT));
     x
 }
@@ -303,4 +310,25 @@ fn a_deadlock_error_ends_the_transaction_and_other_errors_keep_the_status() {
         AUTOCOMMIT,
         "rolled back by the server"
     );
+}
+
+#[test]
+fn a_lock_wait_timeout_ends_the_transaction_only_under_innodb_rollback_on_timeout() {
+    let timeout: &[u8] =
+        b"\xff\xb5\x04#HY000Lock wait timeout exceeded; try restarting transaction";
+    for (timeout_ends_transaction, after) in [(false, IN_TRANS | AUTOCOMMIT), (true, AUTOCOMMIT)] {
+        let mut x = ready_with(ServerRules {
+            deprecate_eof: true,
+            timeout_ends_transaction,
+        });
+        x.on_command(Expect::Results, 1);
+        feed(&mut x, &[&ok(IN_TRANS | AUTOCOMMIT)]);
+        x.on_command(Expect::Results, 1);
+        assert_eq!(feed(&mut x, &[timeout]), [Progress::SyncPoint]);
+        assert_eq!(
+            x.status().unwrap().bits(),
+            after,
+            "innodb_rollback_on_timeout {timeout_ends_transaction}"
+        );
+    }
 }

@@ -95,7 +95,7 @@ impl Relay<'_> {
         let own = Own {
             server: &mut self.server,
             from_server: &mut self.from_server,
-            deprecate_eof: self.exchange.deprecate_eof,
+            deprecate_eof: self.exchange.server.deprecate_eof,
             extended_metadata: self.extended_metadata,
             executes_last_prepared: self.executes_last_prepared,
         };
@@ -406,6 +406,7 @@ impl Relay<'_> {
 
     /// An INSERT, UPDATE, DELETE or REPLACE in a global transaction, with its images.
     async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
+        self.learn_lock_timeout_rule().await;
         if write.has_returning {
             return self.refuse(Error::Unsupported {
                 what: "a write with RETURNING, in AT mode on MySQL",
@@ -449,7 +450,7 @@ impl Relay<'_> {
                 let whole_transaction = match &failure {
                     AtFailure::Uncaptured(_) => true,
                     // A deadlock rolls back the whole transaction.
-                    AtFailure::Server(e) => e.code == MyErr::Deadlock.code(),
+                    AtFailure::Server(e) => self.exchange.server.ends_transaction(e.code),
                     AtFailure::Refused(_) => false,
                 };
                 if wrapped || whole_transaction {
@@ -911,6 +912,7 @@ impl Relay<'_> {
         let Some(xid) = self.binding.xid().cloned() else {
             return Ok(Handled::Relay);
         };
+        self.learn_lock_timeout_rule().await;
         let temporary = self.is_temporary(&read.table).await?;
         if matches!(temporary, Ok(true)) {
             // No other session sees its rows, so no global transaction can hold them.
@@ -955,10 +957,28 @@ impl Relay<'_> {
                 self.put_error(e);
             }
             AtFailure::Server(e) => {
-                if e.code == MyErr::Deadlock.code() {
+                if self.exchange.server.ends_transaction(e.code) {
                     self.on_transaction_rolled_back_by_server();
                 }
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)
+            }
+        }
+    }
+
+    /// Learns, once per server, whether a lock wait timeout rolls back the whole
+    /// transaction there: before a statement that may wait for a row lock, since the
+    /// session's idea of being in a transaction (what decides whether tandem wraps a
+    /// write) must follow such a rollback.
+    async fn learn_lock_timeout_rule(&mut self) {
+        if let Some(on) = self.ctx.xa.known_timeout_rolls_back_transaction() {
+            self.exchange.server.timeout_ends_transaction = on;
+            return;
+        }
+        match self.ctx.xa.timeout_rolls_back_transaction().await {
+            Ok(on) => self.exchange.server.timeout_ends_transaction = on,
+            // The metadata read over the same pool fails next and says why.
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "innodb_rollback_on_timeout unread")
             }
         }
     }
