@@ -1431,6 +1431,31 @@ async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
     conn.query_drop("INSERT INTO accounts VALUES (1, 5, 't')")
         .await
         .unwrap();
+    // A temporary table created by a prepared statement, after tandem learned that the
+    // name was a real table's, is refused too.
+    let items_before = dump(&mut direct, "items").await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("UPDATE items SET name = 'x' WHERE id = 1")
+        .await
+        .unwrap();
+    rolled_back(&mut conn).await;
+    conn.exec_drop(
+        "CREATE TEMPORARY TABLE items (id INT PRIMARY KEY, name VARCHAR(20))",
+        (),
+    )
+    .await
+    .unwrap();
+    conn.query_drop("INSERT INTO items VALUES (1, 't')")
+        .await
+        .unwrap();
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let e = conn
+        .query_drop("UPDATE items SET name = 'y' WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "items").await, items_before);
     // Unbound, the temporary table is written as the client asks.
     conn.query_drop("UPDATE accounts SET balance = 7 WHERE id = 1")
         .await

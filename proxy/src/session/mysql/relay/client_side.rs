@@ -354,10 +354,15 @@ impl Relay<'_> {
     /// DESIGN.md's "Connection-pool resets unbind" asks, once MySQL sessions bind.
     /// COM_STMT_EXECUTE: the parameter types it binds stay in force for the next ones
     /// (AT needs them to read a later execute's values), and its long data is used up.
+    /// One that may create or drop a temporary table makes AT ask about tables again.
     pub(super) fn on_execute(&mut self, payload: &[u8]) {
         let Some(prepared) = statement_id(payload).and_then(|id| self.prepared.get_mut(&id)) else {
             return;
         };
+        let text = prepared.sql.as_deref().map(str::as_bytes);
+        if text.is_none_or(super::control::may_change_temporary_tables) {
+            self.temporary_tables.clear();
+        }
         if let Ok(head) =
             crate::wire::mysql::messages::statement::execute_head(payload, prepared.params)
             && let Some(types) = head.new_types

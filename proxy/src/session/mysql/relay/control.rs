@@ -82,11 +82,18 @@ fn first_word_is(sql: &[u8], word: &[u8]) -> bool {
 }
 
 /// Statements that may create or drop a temporary table (by their first word; a
-/// procedure may do either).
-fn may_change_temporary_tables(sql: &[u8]) -> bool {
-    [&b"CREATE"[..], b"DROP", b"ALTER", b"RENAME", b"CALL"]
-        .iter()
-        .any(|word| first_word_is(sql, word))
+/// procedure or an SQL-level prepared statement may do either).
+pub(super) fn may_change_temporary_tables(sql: &[u8]) -> bool {
+    [
+        &b"CREATE"[..],
+        b"DROP",
+        b"ALTER",
+        b"RENAME",
+        b"CALL",
+        b"EXECUTE",
+    ]
+    .iter()
+    .any(|word| first_word_is(sql, word))
         || several_statements(sql)
 }
 
