@@ -128,8 +128,17 @@ fn code(e: &mysql_async::Error) -> u16 {
 /// autocommit write, which tandem wraps so that its undo row commits with it. Taking the
 /// session as still inside its transaction would let that write autocommit with no
 /// undo, and the global rollback would leave it applied.
-#[tokio::test]
-async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_write_captured() {
+/// The private server with `bank.accounts` and undo_log, a tandem in front of it, and
+/// a client through tandem with a 1 s lock wait for both kinds of lock.
+struct Setup {
+    server: PrivateMariadb,
+    lockserver: TestLockserver,
+    tandem: Tandem,
+    client: Conn,
+    direct: Conn,
+}
+
+async fn setup() -> Setup {
     let server = PrivateMariadb::start(&["--innodb-rollback-on-timeout=1"]).await;
     let mut admin = Conn::new(server.opts(None)).await.unwrap();
     let on: Option<i64> = admin
@@ -141,16 +150,15 @@ async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_wri
         .query_drop(
             "CREATE DATABASE bank;
              CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
-             INSERT INTO bank.accounts VALUES (1, 100), (2, 200), (3, 300);",
+             INSERT INTO bank.accounts VALUES (1, 100), (2, 200), (3, 300);
+             CREATE TABLE bank.other (id INT PRIMARY KEY) ENGINE=InnoDB;",
         )
         .await
         .unwrap();
     tandem_proxy::migrate::apply(&format!("mysql://root@127.0.0.1:{}/bank", server.port))
         .await
         .expect("tandem migrate");
-    let mut direct = Conn::new(server.opts(Some("bank"))).await.unwrap();
-    let before = balances(&mut direct).await;
-
+    let direct = Conn::new(server.opts(Some("bank"))).await.unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let endpoint = format!("http://{}", lockserver.grpc);
     let upstream = format!("127.0.0.1:{}", server.port);
@@ -176,7 +184,7 @@ async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_wri
     .await
     .unwrap();
     client
-        .query_drop("SET SESSION innodb_lock_wait_timeout = 1")
+        .query_drop("SET SESSION innodb_lock_wait_timeout = 1, SESSION lock_wait_timeout = 1")
         .await
         .unwrap();
     let xid: Option<String> = client
@@ -184,6 +192,31 @@ async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_wri
         .await
         .unwrap();
     assert!(xid.is_some());
+    Setup {
+        server,
+        lockserver,
+        tandem,
+        client,
+        direct,
+    }
+}
+
+async fn undo_rows(conn: &mut Conn) -> Option<i64> {
+    conn.query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_write_captured() {
+    let Setup {
+        server,
+        lockserver,
+        tandem,
+        mut client,
+        mut direct,
+    } = setup().await;
+    let before = balances(&mut direct).await;
 
     // Another transaction, outside tandem, holds row 2.
     let mut holder = Conn::new(server.opts(Some("bank"))).await.unwrap();
@@ -213,11 +246,11 @@ async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_wri
         .await
         .unwrap();
     assert_eq!(balances(&mut direct).await, [(1, 100), (2, 200), (3, 3)]);
-    let undo: Option<i64> = direct
-        .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
-        .await
-        .unwrap();
-    assert_eq!(undo, Some(1), "the autocommit write has its undo row");
+    assert_eq!(
+        undo_rows(&mut direct).await,
+        Some(1),
+        "the autocommit write has its undo row"
+    );
 
     let status: Option<String> = client
         .query_first("SELECT tandem_rollback()")
@@ -225,12 +258,65 @@ async fn a_lock_wait_timeout_that_rolls_back_the_transaction_leaves_the_next_wri
         .unwrap();
     assert_eq!(status.as_deref(), Some("Rollbacked"));
     assert_eq!(balances(&mut direct).await, before);
-    let undo: Option<i64> = direct
-        .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
-        .await
-        .unwrap();
-    assert_eq!(undo, Some(0));
+    assert_eq!(undo_rows(&mut direct).await, Some(0));
     drop(client);
     tandem.shutdown().await;
     lockserver.stop().await;
+    drop(server);
+}
+
+/// The same error number, 1205, comes from a wait for a metadata lock, which ends only
+/// the statement even under `innodb_rollback_on_timeout`. tandem asks the server rather
+/// than guess: the transaction and its captured write go on, and a global rollback
+/// undoes both writes. Guessing "rolled back" would make tandem wrap the next write in
+/// START TRANSACTION, which commits the first write without its undo.
+#[tokio::test]
+async fn a_metadata_lock_timeout_keeps_the_transaction_and_its_branch() {
+    let Setup {
+        server,
+        lockserver,
+        tandem,
+        mut client,
+        mut direct,
+    } = setup().await;
+    let before = balances(&mut direct).await;
+
+    client.query_drop("START TRANSACTION").await.unwrap();
+    client
+        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // Another session holds `other` with LOCK TABLES: reading it waits on its
+    // metadata lock, for lock_wait_timeout.
+    let mut holder = Conn::new(server.opts(Some("bank"))).await.unwrap();
+    holder.query_drop("LOCK TABLES other WRITE").await.unwrap();
+    let e = client.query_drop("SELECT * FROM other").await.unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    holder.query_drop("UNLOCK TABLES").await.unwrap();
+
+    client
+        .query_drop("UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
+    // Still one local transaction: nothing is committed yet.
+    assert_eq!(balances(&mut direct).await, before);
+    client.query_drop("COMMIT").await.unwrap();
+    assert_eq!(balances(&mut direct).await, [(1, 1), (2, 200), (3, 3)]);
+    assert_eq!(
+        undo_rows(&mut direct).await,
+        Some(1),
+        "one branch, both rows"
+    );
+
+    let status: Option<String> = client
+        .query_first("SELECT tandem_rollback()")
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(balances(&mut direct).await, before);
+    assert_eq!(undo_rows(&mut direct).await, Some(0));
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+    drop(server);
 }

@@ -144,10 +144,10 @@ enum Step {
     More(Reply),
     /// The reply is complete; the status flags when it carried any.
     Done(Option<StatusFlags>),
-    /// The reply is an error that rolled the whole transaction back (a deadlock, or a
-    /// lock wait timeout under `innodb_rollback_on_timeout`): the session is no longer
-    /// in a transaction, though no status flags say so.
-    DoneTransactionEnded,
+    /// The reply is an error that may have rolled the whole transaction back (a
+    /// deadlock, or a lock wait timeout under `innodb_rollback_on_timeout`); an ERR
+    /// carries no status flags, and a metadata-lock wait ends only the statement.
+    DoneTransactionUncertain,
     /// The server asked for a LOCAL INFILE upload.
     Infile,
 }
@@ -166,8 +166,10 @@ impl Reply {
             Reply::First(Expect::AnyPacket) => Done(None),
             _ if first == reply::ERR => match p.prefix.get(1..3) {
                 // InnoDB rolled the whole transaction back; the ERR has no flags to say so.
-                Some(&[low, high]) if server.ends_transaction(u16::from_le_bytes([low, high])) => {
-                    DoneTransactionEnded
+                Some(&[low, high])
+                    if server.may_end_transaction(u16::from_le_bytes([low, high])) =>
+                {
+                    DoneTransactionUncertain
                 }
                 _ => Done(None),
             },
@@ -263,8 +265,10 @@ pub struct ServerRules {
 }
 
 impl ServerRules {
-    /// Whether an ERR with `code` means InnoDB rolled the whole transaction back.
-    pub fn ends_transaction(self, code: u16) -> bool {
+    /// Whether an ERR with `code` may mean InnoDB rolled the whole transaction back
+    /// (the same codes also come from metadata-lock waits, which end only the
+    /// statement: the session's state is then asked of the server).
+    pub fn may_end_transaction(self, code: u16) -> bool {
         code == MyErr::Deadlock.code()
             || (self.timeout_ends_transaction && code == MyErr::LockWaitTimeout.code())
     }
@@ -281,6 +285,9 @@ pub struct Exchange {
     /// The sequence id of the server's next packet in the current reply.
     server_seq: u8,
     pub server: ServerRules,
+    /// An error that may have ended the transaction came since the last status flags:
+    /// IN_TRANS is to be asked of the server before it decides anything.
+    pub status_uncertain: bool,
 }
 
 /// What one server packet did to the exchange.
@@ -301,6 +308,7 @@ impl Exchange {
             queued: VecDeque::new(),
             server_seq: 0,
             server,
+            status_uncertain: false,
         }
     }
 
@@ -394,10 +402,17 @@ impl Exchange {
                 self.phase = Phase::InfileUpload { status };
                 Ok(Progress::InfileRequested)
             }
-            step @ (Step::Done(_) | Step::DoneTransactionEnded) => {
+            step @ (Step::Done(_) | Step::DoneTransactionUncertain) => {
                 let status = match step {
-                    Step::Done(new_status) => new_status.unwrap_or(status),
-                    _ => status.difference(StatusFlags::SERVER_STATUS_IN_TRANS),
+                    Step::Done(Some(new_status)) => {
+                        self.status_uncertain = false;
+                        new_status
+                    }
+                    Step::Done(None) => status,
+                    _ => {
+                        self.status_uncertain = true;
+                        status
+                    }
                 };
                 Ok(match self.queued.pop_front() {
                     Some((next, seq)) => {

@@ -107,7 +107,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
-        self.reconcile_branch();
+        self.reconcile_branch().await?;
         let Ok(text) = std::str::from_utf8(sql) else {
             return self.refuse(Error::Unsupported {
                 what: "a statement that is not UTF-8, in AT mode",
@@ -155,7 +155,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
-        self.reconcile_branch();
+        self.reconcile_branch().await?;
         let payload = header.payload(packet);
         if header.is_continued() {
             return self.refuse(Error::Unsupported {
@@ -375,7 +375,10 @@ impl Relay<'_> {
     /// innodb_rollback_on_timeout): its rows are as they were, so there is nothing to
     /// undo. Nothing that commits is relayed while the branch holds rows, so an ended
     /// transaction was rolled back.
-    pub(super) fn reconcile_branch(&mut self) {
+    pub(super) async fn reconcile_branch(&mut self) -> Result<()> {
+        if self.exchange.status_uncertain {
+            self.ask_transaction_status().await?;
+        }
         let in_transaction = self
             .exchange
             .status()
@@ -383,6 +386,27 @@ impl Relay<'_> {
         if !in_transaction && !self.at_branch.is_empty() {
             tracing::debug!(parent: &self.span, "the branch's local transaction was rolled back by the server");
             self.at_branch = Branch::default();
+        }
+        Ok(())
+    }
+
+    /// After an error that may have rolled the transaction back (see
+    /// `ServerRules::may_end_transaction`), asks the server: `DO 0` changes nothing,
+    /// and its OK carries the session's real status flags. Returns whether a
+    /// transaction is still open (None if the server refused even that).
+    async fn ask_transaction_status(&mut self) -> Result<Option<bool>> {
+        match self.own().query("DO 0").await? {
+            Ok(ok) => {
+                self.exchange.on_authenticated(ok.status);
+                self.exchange.status_uncertain = false;
+                Ok(Some(
+                    ok.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS),
+                ))
+            }
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e.message, "transaction status unread");
+                Ok(None)
+            }
         }
     }
 
@@ -449,9 +473,12 @@ impl Relay<'_> {
             Err(failure) => {
                 let whole_transaction = match &failure {
                     AtFailure::Uncaptured(_) => true,
-                    // A deadlock rolls back the whole transaction.
-                    AtFailure::Server(e) => self.exchange.server.ends_transaction(e.code),
-                    AtFailure::Refused(_) => false,
+                    // A deadlock in InnoDB rolls back the whole transaction, one on a
+                    // metadata lock only the statement: the server says which.
+                    AtFailure::Server(e) if self.exchange.server.may_end_transaction(e.code) => {
+                        self.ask_transaction_status().await? == Some(false)
+                    }
+                    AtFailure::Server(_) | AtFailure::Refused(_) => false,
                 };
                 if wrapped || whole_transaction {
                     self.roll_back_local_transaction().await?;
@@ -957,8 +984,9 @@ impl Relay<'_> {
                 self.put_error(e);
             }
             AtFailure::Server(e) => {
-                if self.exchange.server.ends_transaction(e.code) {
-                    self.on_transaction_rolled_back_by_server();
+                if self.exchange.server.may_end_transaction(e.code) {
+                    // Asked before the session's next AT decision (reconcile_branch).
+                    self.exchange.status_uncertain = true;
                 }
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)
             }
@@ -981,18 +1009,6 @@ impl Relay<'_> {
                 tracing::debug!(parent: &self.span, error = %e, "innodb_rollback_on_timeout unread")
             }
         }
-    }
-
-    /// One of tandem's own statements lost a deadlock: InnoDB rolled the whole
-    /// transaction back, and its ERR carries no status flags to say so. Without this
-    /// the session would look still in a transaction, and its next write, not wrapped,
-    /// would autocommit without its undo.
-    fn on_transaction_rolled_back_by_server(&mut self) {
-        if let Some(status) = self.exchange.status() {
-            self.exchange
-                .on_authenticated(status.difference(StatusFlags::SERVER_STATUS_IN_TRANS));
-        }
-        self.at_branch = Branch::default();
     }
 
     /// The client's COMMIT failed and tandem rolled the local transaction back: it is

@@ -270,7 +270,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
-        self.reconcile_branch();
+        self.reconcile_branch().await?;
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         let local = crate::binding::LocalTransaction {
             open: status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) || self.xa.is_some(),
@@ -348,6 +348,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
+        self.reconcile_branch().await?;
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         if self.xa.is_some() || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
             return self.refuse(Error::Unsupported {
