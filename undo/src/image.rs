@@ -315,10 +315,11 @@ impl TableMeta {
         } else {
             keys
         };
+        // On a line of their own: the client's text may end in a `--` comment.
         if write.has_returning {
-            format!("{body}, {image}{keys}")
+            format!("{body}\n, {image}{keys}")
         } else {
-            format!("{body} RETURNING {image}{keys}")
+            format!("{body}\nRETURNING {image}{keys}")
         }
     }
 
@@ -475,13 +476,13 @@ mod tests {
         let w = write("DELETE FROM accounts WHERE id = 1;");
         assert_eq!(
             m.with_returning_key(&Postgres, "DELETE FROM accounts WHERE id = 1;", &w),
-            "DELETE FROM accounts WHERE id = 1 RETURNING \"accounts\".\"id\" AS \"tandem_pk_0\""
+            "DELETE FROM accounts WHERE id = 1\nRETURNING \"accounts\".\"id\" AS \"tandem_pk_0\""
         );
-        let sql = "UPDATE accounts SET balance = 2 RETURNING balance";
+        let sql = "UPDATE accounts SET balance = 2 RETURNING balance -- the new balance";
         let w = write(sql);
         assert_eq!(
             m.with_returning_key(&Postgres, sql, &w),
-            "UPDATE accounts SET balance = 2 RETURNING balance, record_send(\"accounts\".*) AS \"tandem_image\", \"accounts\".\"id\" AS \"tandem_pk_0\""
+            "UPDATE accounts SET balance = 2 RETURNING balance -- the new balance\n, record_send(\"accounts\".*) AS \"tandem_image\", \"accounts\".\"id\" AS \"tandem_pk_0\""
         );
     }
 

@@ -993,3 +993,63 @@ async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A statement may end in a `--` comment: tandem's RETURNING columns, appended after
+/// it, must still run, or the write's keys and images go unrecorded and a global
+/// rollback leaves it in place.
+#[tokio::test]
+async fn writes_that_end_in_a_line_comment_are_captured() {
+    let db = prepare("at_comment").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    client
+        .simple_query("INSERT INTO accounts (id, balance) VALUES (10, 10) -- a new account")
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO accounts (id, balance) VALUES (11, 11) -- another",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .simple_query("UPDATE accounts SET balance = 0 WHERE id = 1 -- emptied")
+        .await
+        .unwrap();
+    let returned: Vec<Vec<Option<String>>> = client
+        .simple_query(
+            "UPDATE accounts SET balance = 5 WHERE id = 2 RETURNING balance -- the new one",
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        returned,
+        [[Some("5".to_owned())]],
+        "only the client's own column"
+    );
+    client
+        .execute("DELETE FROM accounts WHERE id = 3 -- gone", &[])
+        .await
+        .unwrap();
+    assert_eq!(undo_rows(&direct).await, 5);
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
