@@ -357,6 +357,9 @@ impl Relay<'_> {
     /// One that may create or drop a temporary table makes AT ask about tables again.
     pub(super) fn on_execute(&mut self, payload: &[u8]) {
         let Some(prepared) = statement_id(payload).and_then(|id| self.prepared.get_mut(&id)) else {
+            // A statement tandem does not know (MariaDB's direct execute, id 0xffffffff,
+            // runs the one just prepared): it may have created a temporary table.
+            self.temporary_tables.clear();
             return;
         };
         let text = prepared.sql.as_deref().map(str::as_bytes);

@@ -95,6 +95,8 @@ pub(super) fn may_change_temporary_tables(sql: &[u8]) -> bool {
     .iter()
     .any(|word| first_word_is(sql, word))
         || several_statements(sql)
+        // An executable comment (`/*! CREATE TEMPORARY TABLE … */`) runs as a statement.
+        || sql.windows(3).any(|w| w == b"/*!")
 }
 
 fn several_statements(sql: &[u8]) -> bool {
@@ -150,7 +152,7 @@ impl Relay<'_> {
         }
         if payload.first() == Some(&command::QUERY)
             && header.seq == 0
-            && may_change_temporary_tables(&payload[1..])
+            && (payload.len() < header.payload_len || may_change_temporary_tables(&payload[1..]))
         {
             self.temporary_tables.clear();
         }
