@@ -270,6 +270,21 @@ impl Relay<'_> {
         &mut self,
         table: &tandem_undo::TableRef,
     ) -> Result<Arc<TableMeta>> {
+        let name = Postgres.qualified(table);
+        let cached = self.resolved_tables.contains_key(&name);
+        let got = self.table_meta_once(table).await;
+        // A remembered resolution may name a table gone since (a temporary table
+        // dropped at COMMIT, a table dropped by another session): before the write is
+        // refused for it, the name is resolved afresh.
+        let doubtful = got.as_ref().map_or(true, |meta| is_temporary(&meta.table));
+        if cached && doubtful && self.phase.at_sync_point() {
+            self.resolved_tables.remove(&name);
+            return self.table_meta_once(table).await;
+        }
+        got
+    }
+
+    async fn table_meta_once(&mut self, table: &tandem_undo::TableRef) -> Result<Arc<TableMeta>> {
         // `pg_temp` names the session's own temporary schema, whatever its real name.
         let resolve_here = table
             .schema
@@ -298,11 +313,17 @@ impl Relay<'_> {
         if oid.is_some_and(|oid| oid != meta.oid) {
             // The table was dropped and created again since the cache read it.
             self.ctx.meta.forget(&self.database, &qualified);
-            return self
+            let meta = self
                 .ctx
                 .meta
                 .get(&self.ctx.side, &self.database, &qualified)
-                .await;
+                .await?;
+            if oid != Some(meta.oid) {
+                // The remembered resolution is the stale one: asked again next time
+                // (the write's own OID check stands guard meanwhile).
+                self.resolved_tables.remove(&Postgres.qualified(table));
+            }
+            return Ok(meta);
         }
         Ok(meta)
     }

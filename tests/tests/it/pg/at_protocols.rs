@@ -990,6 +990,29 @@ async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
         .await
         .unwrap();
     assert_eq!(scratch().await, [(1, 10), (2, 20)]);
+    // A temporary table that hid `accounts` for one transaction is gone at its COMMIT:
+    // the name means the real table again, and a write to it is captured.
+    client
+        .batch_execute(
+            "BEGIN;
+             CREATE TEMP TABLE accounts (id int PRIMARY KEY, balance bigint) ON COMMIT DROP;
+             INSERT INTO accounts VALUES (1, 5);",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE accounts SET balance = 6 WHERE id = 1")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    client
+        .batch_execute("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_ne!(dump(&direct).await, before);
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
