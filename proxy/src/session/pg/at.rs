@@ -226,6 +226,7 @@ impl Relay<'_> {
                 put_ready_for_query(&mut out, TxStatus::Idle);
                 self.phase = super::Phase::Ready(TxStatus::Idle);
                 self.binding.on_local_transaction_end();
+                self.forget_resolutions_of_ended_transaction();
                 Ok(Intercepted::Answer(out))
             }
             Some(Analysis::LockingRead(Some(read))) => {
@@ -379,6 +380,14 @@ impl Relay<'_> {
             });
         }
         Ok(meta)
+    }
+
+    /// The local transaction ended (every path that reaches Idle comes here through
+    /// `binding.on_local_transaction_end`'s callers): what a SET LOCAL changed is over.
+    pub(super) fn forget_resolutions_of_ended_transaction(&mut self) {
+        if std::mem::take(&mut self.resolutions_end_with_transaction) {
+            self.forget_resolved_tables();
+        }
     }
 
     /// The client may have changed its search_path or role, or what a name resolves
@@ -680,6 +689,7 @@ impl Relay<'_> {
         self.phase = super::Phase::Ready(status);
         if status == TxStatus::Idle {
             self.binding.on_local_transaction_end();
+            self.forget_resolutions_of_ended_transaction();
         }
         let mut out = BytesMut::new();
         if let Some((code, message)) = error {
@@ -763,12 +773,33 @@ impl Relay<'_> {
         }))
     }
 
+    /// The INSERT of an undo row, into the undo_log that phase 2 reads: the one the
+    /// side connection's search_path finds, named with its schema, since the client's
+    /// search_path (a tenant's schema alone, say) may not find it.
+    async fn insert_undo_sql(&self) -> String {
+        let undo_log = tandem_undo::TableRef {
+            schema: None,
+            name: "undo_log".to_owned(),
+        };
+        match self
+            .ctx
+            .meta
+            .get(&self.ctx.side, &self.database, &undo_log)
+            .await
+        {
+            Ok(meta) => INSERT_UNDO.replacen("undo_log", &Postgres.qualified(&meta.table), 1),
+            // Not created: the unqualified INSERT fails and says so (`Error::Injected`).
+            Err(_) => INSERT_UNDO.to_owned(),
+        }
+    }
+
     /// Inserts the branch's undo row into the open local transaction.
     pub(super) async fn write_undo_row(&mut self, undo: &Option<UndoRow>) -> Result<()> {
         let Some(undo) = undo else {
             return Ok(());
         };
-        let got = self.exchange(INSERT_UNDO, &undo.params(), &[]).await?;
+        let insert = self.insert_undo_sql().await;
+        let got = self.exchange(&insert, &undo.params(), &[]).await?;
         match got.error {
             Some(e) => Err(undo.refused(&e.code, e.message)),
             None => Ok(()),
@@ -789,9 +820,10 @@ impl Relay<'_> {
             }
         };
         let params = undo.as_ref().map(UndoRow::params);
+        let insert = self.insert_undo_sql().await;
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
         if let Some(params) = &params {
-            statements.push((INSERT_UNDO, params.as_slice(), &[]));
+            statements.push((insert.as_str(), params.as_slice(), &[]));
         }
         statements.push(("COMMIT", &[], &[]));
         let results = self.exchange_many(&statements).await?;

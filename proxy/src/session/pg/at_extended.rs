@@ -254,6 +254,7 @@ impl Relay<'_> {
         self.exchange_required("ROLLBACK").await?;
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
+        self.forget_resolutions_of_ended_transaction();
         self.answer_directly(consumed, e).await
     }
 

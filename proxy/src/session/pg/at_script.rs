@@ -207,6 +207,7 @@ impl Relay<'_> {
         self.phase = super::Phase::Ready(status);
         if status == TxStatus::Idle {
             self.binding.on_local_transaction_end();
+            self.forget_resolutions_of_ended_transaction();
         }
         put_ready_for_query(out, status);
     }

@@ -205,6 +205,8 @@ struct Relay<'a> {
     /// search_path and role: schema-qualified name and OID. Emptied whenever the
     /// client may have changed either (at.rs, `forget_resolved_tables`).
     resolved_tables: std::collections::HashMap<String, (tandem_undo::TableRef, u32)>,
+    /// A SET or RESET ran in the current transaction: its end forgets `resolved_tables`.
+    resolutions_end_with_transaction: bool,
     span: tracing::Span,
 }
 
@@ -252,6 +254,7 @@ impl<'a> Relay<'a> {
             script: None,
             describe_reply: None,
             resolved_tables: std::collections::HashMap::new(),
+            resolutions_end_with_transaction: false,
             span,
         }
     }

@@ -146,6 +146,7 @@ impl Relay<'_> {
                     // the transaction's savepoints.
                     self.branch = at_branch::Branch::default();
                     self.binding.on_local_transaction_end();
+                    self.forget_resolutions_of_ended_transaction();
                     if self.xa == xa::XaBranch::Open {
                         self.xa = xa::XaBranch::None;
                     }
@@ -193,6 +194,9 @@ impl Relay<'_> {
                     .any(|tag_start| tag.starts_with(tag_start))
                 {
                     self.forget_resolved_tables();
+                    // A SET LOCAL lasts until the transaction ends, and so may what
+                    // was resolved under it.
+                    self.resolutions_end_with_transaction = true;
                 }
             }
             backend::ERROR_RESPONSE => {

@@ -130,6 +130,7 @@ impl Relay<'_> {
                 put_ready_for_query(&mut out, TxStatus::Idle);
                 self.phase = super::Phase::Ready(TxStatus::Idle);
                 self.binding.on_local_transaction_end();
+                self.forget_resolutions_of_ended_transaction();
                 Ok(Intercepted::Answer(out))
             }
             Some(XaStatement::Rollback) => {
@@ -178,6 +179,7 @@ impl Relay<'_> {
         }
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
+        self.forget_resolutions_of_ended_transaction();
         put_ready_for_query(&mut out, TxStatus::Idle);
         Ok(out)
     }

@@ -821,6 +821,24 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
     assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
     assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
 
+    // SET LOCAL lasts until the transaction ends: afterwards the name means the
+    // session's own search_path again.
+    let c = tandem.connect(&orders.name).await;
+    one(&c, "SELECT tandem_begin(30000)").await.unwrap();
+    c.batch_execute(
+        "BEGIN; SET LOCAL search_path = tenant; UPDATE accounts SET balance = 4 WHERE id = 4; COMMIT",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 5")
+        .await
+        .expect("public.accounts, with the search_path restored");
+    assert_ne!(dump_of(&direct, "public.accounts").await, public_before);
+    assert_ne!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    rolled_back(&c).await;
+    assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
+
     // A session whose name changes meaning in a way tandem does not see (search_path
     // set by a function): the write that meets the other table does not stay, and
     // its retry is captured from the table it now names.
