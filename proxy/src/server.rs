@@ -139,10 +139,10 @@ pub async fn run(
                 handler,
                 Some(Arc::clone(&tables)),
             ),
-            tables,
-            outside_writes: config.lockserver.outside_writes,
-            skip_checks_until: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            outside: crate::session::outside::OutsideWriteChecks::new(
+                tables,
+                config.lockserver.outside_writes,
+            ),
         });
         tokio::spawn(serve_existing_databases(Arc::clone(&ctx)));
         tokio::spawn(recover_prepared_branches(
@@ -166,6 +166,7 @@ pub async fn run(
             Some(tls) => Some(crate::tls::acceptor(tls).map_err(Error::TlsHandshake)?),
             None => None,
         };
+        let tables = tandem_lockserver::client::TableLockView::new(TABLE_VIEW_LEASE);
         let ctx = Arc::new(crate::session::mysql::MysqlFrontendContext {
             config: frontend.clone(),
             upstream: frontend.upstream.as_str().into(),
@@ -177,7 +178,15 @@ pub async fn run(
             lock_wait: std::time::Duration::from_millis(config.lockserver.lock_wait_ms),
             at_meta: crate::at::mysql::MysqlMetaCache::default(),
             analyses: tandem_undo::AnalysisCache::new(&tandem_undo::Mysql, ANALYSES_KEPT),
-            xa: Arc::new(crate::xa::mysql::MysqlXa::new(frontend, lock.clone())),
+            xa: Arc::new(crate::xa::mysql::MysqlXa::new(
+                frontend,
+                lock.clone(),
+                Arc::clone(&tables),
+            )),
+            outside: crate::session::outside::OutsideWriteChecks::new(
+                tables,
+                config.lockserver.outside_writes,
+            ),
         });
         ctx.xa.start_recovery(signals.drain.clone());
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "mysql front end");

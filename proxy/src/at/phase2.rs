@@ -209,8 +209,8 @@ impl BranchHandler for PgBranchHandler {
 pub struct Phase2Registry {
     lock: tandem_lockserver::client::LockClient,
     handler: Arc<dyn BranchHandler>,
-    /// Fed with the lockserver's table notices (PostgreSQL front ends, for writes
-    /// outside global transactions).
+    /// Fed with the lockserver's table notices, for writes outside global
+    /// transactions.
     tables: Option<Arc<tandem_lockserver::client::TableLockView>>,
     // A std Mutex: never held across an await (the old worker is shut down in a task).
     state: std::sync::Mutex<(Vec<String>, Option<tandem_lockserver::client::Phase2Worker>)>,

@@ -22,6 +22,8 @@ pub struct MysqlMetrics {
     pub auth_refused: Counter,
     /// KILL statements whose id tandem mapped to a backend thread id.
     pub kills_mapped: Counter,
+    /// Writes outside global transactions run unchecked: the lockserver was unreachable.
+    pub outside_writes_unchecked: Counter,
     errors: Family<KindLabel, Counter>,
 }
 
@@ -44,6 +46,7 @@ impl MysqlMetrics {
             bytes_from_backends: Counter::default(),
             auth_refused: Counter::default(),
             kills_mapped: Counter::default(),
+            outside_writes_unchecked: Counter::default(),
             errors: Family::default(),
         };
         registry.register(
@@ -81,6 +84,11 @@ impl MysqlMetrics {
             "kills_mapped",
             "KILL statements mapped from a tandem connection id to a backend thread id",
             m.kills_mapped.clone(),
+        );
+        registry.register(
+            "outside_writes_unchecked",
+            "Writes outside global transactions run without the global-lock check because the lockserver was unreachable",
+            m.outside_writes_unchecked.clone(),
         );
         registry.register(
             "errors",

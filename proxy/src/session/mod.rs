@@ -2,4 +2,5 @@
 //! backend, hands bytes to `wire/` to find and decode messages, and decides what to relay.
 
 pub mod mysql;
+pub mod outside;
 pub mod pg;

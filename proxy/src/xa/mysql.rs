@@ -122,7 +122,13 @@ impl Owners {
 }
 
 impl MysqlXa {
-    pub fn new(config: &MysqlFrontend, lock: LockClient) -> Self {
+    /// `tables` is fed with the lockserver's table notices for this server's lock
+    /// scope (writes outside global transactions are checked against it).
+    pub fn new(
+        config: &MysqlFrontend,
+        lock: LockClient,
+        tables: Arc<tandem_lockserver::client::TableLockView>,
+    ) -> Self {
         let pool = mysql_async::Pool::new(side_opts(config));
         let owners = Arc::new(Owners::default());
         let handler = Arc::new(Handler {
@@ -136,7 +142,7 @@ impl MysqlXa {
         MysqlXa {
             owners,
             config: config.clone(),
-            registry: crate::at::phase2::Phase2Registry::new(lock.clone(), handler, None),
+            registry: crate::at::phase2::Phase2Registry::new(lock.clone(), handler, Some(tables)),
             lock,
             pool,
             first_seen: Mutex::new(HashMap::new()),
@@ -204,8 +210,12 @@ impl MysqlXa {
         self.registry.serve(resource);
     }
 
-    /// Starts the recovery loop: at once, then every `xa_recovery_interval_ms`.
+    /// Starts the phase-2 stream (with the table notices of the lock scope) and the
+    /// recovery loop: at once, then every `xa_recovery_interval_ms`.
     pub fn start_recovery(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        // AT's lock keys name the server, not a database: the table notices for them
+        // come to the stream that serves the lock scope, from the start.
+        self.serve(&self.lock_scope());
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let every = Duration::from_millis(me.config.xa_recovery_interval_ms.max(100));

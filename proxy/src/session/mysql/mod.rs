@@ -49,6 +49,8 @@ pub struct MysqlFrontendContext {
     pub analyses: tandem_undo::AnalysisCache,
     /// XA phase 2 and recovery on this front end's server.
     pub xa: Arc<crate::xa::mysql::MysqlXa>,
+    /// Writes outside global transactions: the announced tables, and how to check.
+    pub outside: crate::session::outside::OutsideWriteChecks,
 }
 
 /// Serves one accepted client connection to its end.
@@ -116,6 +118,7 @@ async fn run(
         relay.report(e).await;
     }
     relay.end_backend().await;
+    relay.outlive_unchecked_writes().await;
     // The connection's prepared branches outlive it; phase 2 now goes to a side
     // connection.
     relay.release_owned();

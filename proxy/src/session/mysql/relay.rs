@@ -10,6 +10,7 @@
 mod at;
 mod client_side;
 mod control;
+mod guard;
 mod own;
 mod server_side;
 
@@ -99,6 +100,8 @@ pub struct Relay<'a> {
     pub(super) pending_prepares: std::collections::VecDeque<control::Prepared>,
     /// Prepared branches attached to this connection.
     pub(super) owned: Vec<(tandem_lockserver::client::Xid, u64)>,
+    /// Writes outside a global transaction let through unchecked and not yet over.
+    pub(super) unchecked: crate::session::outside::UncheckedGuards,
     pub(super) span: tracing::Span,
 }
 
@@ -157,6 +160,7 @@ impl<'a> Relay<'a> {
             owned: Vec::new(),
             prepared: std::collections::HashMap::new(),
             pending_prepares: std::collections::VecDeque::new(),
+            unchecked: crate::session::outside::UncheckedGuards::default(),
             span,
         }
     }
@@ -265,6 +269,14 @@ impl<'a> Relay<'a> {
             put_message(&mut quit, 0, &[command::QUIT]);
             let _ = self.server.write_all(&quit).await;
         }
+    }
+
+    /// Releases the session's unchecked-write guards once its backend has ended (see
+    /// `UncheckedGuards::outlive`).
+    pub async fn outlive_unchecked_writes(&mut self) {
+        self.unchecked
+            .outlive(&mut self.server, self.ctx.lock_wait, &self.span)
+            .await;
     }
 
     pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<()> {

@@ -26,24 +26,16 @@ use super::at_extended::{Extended, Shape, read_batch, rest_len};
 use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, qualified_name};
-use crate::config::OutsideWrites;
 use crate::error::{Error, Result};
+use crate::session::outside::RECHECK;
 use crate::wire::pg::codes::frontend;
 use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
 use crate::wire::pg::messages::simple::put_query;
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
-
-/// How often a waiting write asks the lockserver again.
-const RECHECK: Duration = Duration::from_millis(20);
-
-/// After the lockserver failed to answer a check, writes run unchecked this long before
-/// one asks again: a lockserver that is down must not cost every write a failed call.
-const SKIP_CHECKS_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl Relay<'_> {
     /// A simple Query outside a global transaction.
@@ -174,10 +166,10 @@ impl Relay<'_> {
         keys: &[LockKey],
         deadline: Instant,
     ) -> Option<Error> {
-        if self.lockserver_failed_lately() {
+        if self.ctx.outside.failed_lately() {
             return None;
         }
-        let waits = self.ctx.outside_writes == OutsideWrites::Wait;
+        let waits = self.ctx.outside.waits();
         loop {
             let holder = self.holder_of(keys).await?;
             if !waits || Instant::now() + RECHECK > deadline {
@@ -194,14 +186,10 @@ impl Relay<'_> {
     /// lockserver that does not answer counts as none: the write runs, and so do the
     /// next ones for a while without asking (see rows_to_check).
     async fn holder_of(&mut self, keys: &[LockKey]) -> Option<Xid> {
-        if keys.is_empty() {
-            return None;
-        }
-        match self.ctx.lock.lock_holder(keys).await {
-            Ok(held) => held.map(|(_, holder)| holder),
+        match self.ctx.outside.holder_of(&self.ctx.lock, keys).await {
+            Ok(holder) => holder,
             Err(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
-                self.skip_checks_for_a_while();
                 self.unchecked_outside_write();
                 None
             }
@@ -315,19 +303,6 @@ impl Relay<'_> {
         })
     }
 
-    fn skip_checks_for_a_while(&self) {
-        let until = self.ctx.started.elapsed() + SKIP_CHECKS_AFTER_FAILURE;
-        self.ctx
-            .skip_checks_until
-            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// The lockserver failed to answer a check less than `SKIP_CHECKS_AFTER_FAILURE` ago.
-    fn lockserver_failed_lately(&self) -> bool {
-        let until = self.ctx.skip_checks_until.load(Ordering::Relaxed);
-        until != 0 && (self.ctx.started.elapsed().as_millis() as u64) < until
-    }
-
     /// Counts (and now and then logs) a write that runs without its check.
     fn unchecked_outside_write(&self) {
         let metric = &self.ctx.metrics.outside_writes_unchecked;
@@ -350,7 +325,7 @@ impl Relay<'_> {
     /// sent (under an unchecked guard held until the sync point, or because tandem
     /// cannot name its rows: see the module comment).
     async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> Option<(Arc<TableMeta>, Write)> {
-        let tables = &self.ctx.tables;
+        let tables = &self.ctx.outside.tables;
         if self.unchecked.covers(None) {
             return None;
         }
@@ -358,7 +333,7 @@ impl Relay<'_> {
             self.unchecked.hold(guard, None);
             return None;
         }
-        if self.lockserver_failed_lately() {
+        if self.ctx.outside.failed_lately() {
             // The lockserver is unreachable: neither its notices nor its locks can be
             // read. The write runs; one under a global lock is caught as a dirty write
             // when that transaction rolls back.
@@ -430,7 +405,7 @@ impl Relay<'_> {
             Err(e) => return refused(Error::Undo(e), open),
         };
         let formats = super::at::image_formats(meta);
-        let waits = self.ctx.outside_writes == OutsideWrites::Wait;
+        let waits = self.ctx.outside.waits();
         let deadline = Instant::now() + self.ctx.lock_wait;
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
         if implicit {
@@ -483,48 +458,6 @@ impl Relay<'_> {
             };
             return refused(e, open);
         }
-    }
-}
-
-/// The unchecked guards a session holds until its next sync point. While one is held,
-/// the lockserver cannot finish announcing a table (this proxy's acknowledgement waits
-/// for it), so what it covered when it was taken stays safe to write unchecked: every
-/// table of the database (taken while none was announced), or its own table. While
-/// the lockserver is unreachable every write passes, and the batch it is in with it.
-#[derive(Default)]
-pub(super) struct UncheckedGuards {
-    guards: Vec<tandem_lockserver::client::UncheckedWrite>,
-    all_tables: bool,
-    tables: Vec<String>,
-}
-
-impl UncheckedGuards {
-    fn covers(&self, table: Option<&str>) -> bool {
-        self.all_tables || table.is_some_and(|t| self.tables.iter().any(|held| held == t))
-    }
-
-    /// Unchecked without a guard until the sync point (the lockserver is unreachable).
-    fn pass_all(&mut self) {
-        self.all_tables = true;
-    }
-
-    fn hold(&mut self, guard: tandem_lockserver::client::UncheckedWrite, table: Option<String>) {
-        self.guards.push(guard);
-        match table {
-            Some(table) => self.tables.push(table),
-            None => self.all_tables = true,
-        }
-    }
-
-    pub(super) fn holds_any(&self) -> bool {
-        !self.guards.is_empty()
-    }
-
-    /// The session reached a sync point: every write it let through is over.
-    pub(super) fn release(&mut self) {
-        self.guards.clear();
-        self.tables.clear();
-        self.all_tables = false;
     }
 }
 

@@ -62,14 +62,8 @@ pub struct PgFrontendContext {
     /// What each prepared text does, analysed once (a Bind analyses its statement).
     pub analyses: tandem_undo::AnalysisCache,
     pub phase2: Phase2Registry,
-    /// Which tables may hold global locks, as the lockserver announced them.
-    pub tables: Arc<tandem_lockserver::client::TableLockView>,
-    /// `lockserver.outside_writes`.
-    pub outside_writes: crate::config::OutsideWrites,
-    /// Until when (ms since `started`) writes outside global transactions skip their
-    /// check: the lockserver just failed to answer one.
-    pub skip_checks_until: std::sync::atomic::AtomicU64,
-    pub started: Instant,
+    /// Writes outside global transactions: the announced tables, and how to check.
+    pub outside: crate::session::outside::OutsideWriteChecks,
 }
 
 /// Read buffers start empty and grow in steps of this many bytes, so that an idle
@@ -187,7 +181,7 @@ struct Relay<'a> {
     /// Its resource id at the lockserver.
     resource: String,
     /// Writes outside a global transaction let through unchecked and not yet over.
-    unchecked: guard::UncheckedGuards,
+    unchecked: crate::session::outside::UncheckedGuards,
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
@@ -246,7 +240,7 @@ impl<'a> Relay<'a> {
             binding: Binding::default(),
             resource: crate::at::resource_id(&ctx.upstream, &database),
             database,
-            unchecked: guard::UncheckedGuards::default(),
+            unchecked: crate::session::outside::UncheckedGuards::default(),
             branch: at_branch::Branch::default(),
             write_in_flight: None,
             commit_in_flight: None,
@@ -347,24 +341,12 @@ impl<'a> Relay<'a> {
         self.outlive_unchecked_writes().await;
     }
 
-    /// Waits (up to the lock wait) for the backend to end its connection while this
-    /// session holds unchecked-write guards, then releases them.
+    /// Releases the session's unchecked-write guards once its backend has ended (see
+    /// `UncheckedGuards::outlive`).
     async fn outlive_unchecked_writes(&mut self) {
-        if self.unchecked.holds_any() {
-            // A write let through unchecked may still be running (and an autocommit one
-            // would still commit): the lockserver's announcement of its table must wait
-            // until the backend has ended, so the guard lives until then.
-            let mut scratch = [0u8; 8192];
-            let ended =
-                async { while matches!(self.server.read(&mut scratch).await, Ok(n) if n > 0) {} };
-            if tokio::time::timeout(self.ctx.lock_wait, ended)
-                .await
-                .is_err()
-            {
-                tracing::warn!(parent: &self.span, "backend still busy after the client left; releasing its unchecked write");
-            }
-            self.unchecked.release();
-        }
+        self.unchecked
+            .outlive(&mut self.server, self.ctx.lock_wait, &self.span)
+            .await;
     }
 
     /// Tells the client why the session ends, unless the backend already did or the

@@ -6,6 +6,7 @@ mod bad_input;
 mod bank_transfer;
 mod drivers;
 mod kill;
+mod outside_writes;
 mod relay;
 mod reset;
 mod shutdown;

@@ -31,7 +31,7 @@ const NO_SUCH_TABLE: u16 = 1146;
 const KEYS_PER_READ: usize = 500;
 
 /// Why a statement in AT mode did not succeed, and what it leaves behind.
-enum AtFailure {
+pub(super) enum AtFailure {
     /// tandem refused it: it did not run, and the transaction goes on.
     Refused(Error),
     /// The server's ERR to it (to a write, or to one of tandem's statements around it).
@@ -41,11 +41,11 @@ enum AtFailure {
     Uncaptured(Error),
 }
 
-type Outcome<T> = std::result::Result<T, AtFailure>;
+pub(super) type Outcome<T> = std::result::Result<T, AtFailure>;
 
 /// Where a statement comes from: a COM_QUERY's text, or the client's COM_STMT_EXECUTE
-/// (the whole packet) with its parameter values and types.
-enum Source<'a> {
+/// (its whole packet) with its parameter values and types.
+pub(super) enum Source<'a> {
     Query(&'a str),
     Execute {
         packet: &'a [u8],
@@ -56,7 +56,7 @@ enum Source<'a> {
 
 impl Source<'_> {
     /// The parameters a capture binds: the statement's own, by index.
-    fn bind(&self, indexes: &[usize]) -> std::result::Result<Vec<Param<'_>>, AtFailure> {
+    pub(super) fn bind(&self, indexes: &[usize]) -> std::result::Result<Vec<Param<'_>>, AtFailure> {
         match self {
             Source::Query(_) if indexes.is_empty() => Ok(Vec::new()),
             Source::Query(_) => Err(AtFailure::Refused(Error::Unsupported {
@@ -85,7 +85,7 @@ impl From<tandem_undo::Error> for AtFailure {
 }
 
 impl Relay<'_> {
-    fn own(&mut self) -> Own<'_> {
+    pub(super) fn own(&mut self) -> Own<'_> {
         self.backend().0
     }
 
@@ -175,7 +175,7 @@ impl Relay<'_> {
                 what: "executing a statement id tandem did not see prepared, in AT mode",
             });
         };
-        let Some(sql) = prepared.sql else {
+        let Some(sql) = prepared.sql.clone() else {
             return self.refuse(Error::Unsupported {
                 what: "a prepared statement too long for tandem to have read, in AT mode",
             });
@@ -185,28 +185,14 @@ impl Relay<'_> {
                 what: "COM_STMT_SEND_LONG_DATA parameters, in AT mode",
             });
         }
-        let head = crate::wire::mysql::messages::statement::execute_head(payload, prepared.params)
-            .map_err(|_| Error::Malformed {
-                what: "COM_STMT_EXECUTE",
-            })?;
-        let (values, types) = match head.new_types.or(prepared.types) {
-            Some(types) => {
-                let values =
-                    crate::wire::mysql::messages::statement::execute_values(payload, &types)
-                        .map_err(|_| Error::Malformed {
-                            what: "COM_STMT_EXECUTE",
-                        })?;
-                (values, types)
-            }
-            None if prepared.params > 0 => {
-                return self.refuse(Error::Unsupported {
-                    what: "an execute that binds no parameter types before any execute that did, in AT mode",
-                });
-            }
-            None => (Vec::new(), Vec::new()),
+        let Some((values, types)) = execute_parameters(payload, &prepared)? else {
+            return self.refuse(Error::Unsupported {
+                what: "an execute that binds no parameter types before any execute that did, in AT mode",
+            });
         };
         let source = Source::Execute {
-            packet,
+            // This command alone: what the client sent after it is relayed in turn.
+            packet: &packet[..header.wire_len()],
             values,
             types,
         };
@@ -293,7 +279,10 @@ impl Relay<'_> {
 
     /// The metadata of a table the client names, in the session's current database
     /// when it names none.
-    async fn table_of(&mut self, table: &tandem_undo::TableRef) -> Result<Outcome<Arc<AtTable>>> {
+    pub(super) async fn table_of(
+        &mut self,
+        table: &tandem_undo::TableRef,
+    ) -> Result<Outcome<Arc<AtTable>>> {
         if let Err(failure) = self.settle_database().await? {
             return Ok(Err(failure));
         }
@@ -308,7 +297,10 @@ impl Relay<'_> {
     /// Whether `table` names one of this session's temporary tables, which may hide a
     /// real table of the same name: only the client's own connection can tell (neither
     /// MariaDB 10.x nor MySQL 8 lists them by name in information_schema).
-    async fn is_temporary(&mut self, table: &tandem_undo::TableRef) -> Result<Outcome<bool>> {
+    pub(super) async fn is_temporary(
+        &mut self,
+        table: &tandem_undo::TableRef,
+    ) -> Result<Outcome<bool>> {
         if let Err(failure) = self.settle_database().await? {
             return Ok(Err(failure));
         }
@@ -693,7 +685,7 @@ impl Relay<'_> {
     }
 
     /// Runs one of tandem's SELECTs over the binary protocol, kept prepared.
-    async fn own_select(
+    pub(super) async fn own_select(
         &mut self,
         sql: &str,
         params: &[Param<'_>],
@@ -704,7 +696,7 @@ impl Relay<'_> {
 
     /// Runs the client's write itself (its text, or its own COM_STMT_EXECUTE) with
     /// tandem's reads pipelined around it.
-    async fn around_write(
+    pub(super) async fn around_write(
         &mut self,
         before: Option<(&str, &[Param<'_>])>,
         source: &Source<'_>,
@@ -977,7 +969,7 @@ impl Relay<'_> {
         }
     }
 
-    fn put_failure(&mut self, failure: &AtFailure) {
+    pub(super) fn put_failure(&mut self, failure: &AtFailure) {
         match failure {
             AtFailure::Refused(e) | AtFailure::Uncaptured(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "AT statement failed");
@@ -1029,6 +1021,30 @@ impl Relay<'_> {
             code.sqlstate(),
             &format!("the transaction was rolled back at COMMIT: {cause}"),
         );
+    }
+}
+
+/// An execute's parameter values (None: NULL) and their types (`type | flags << 8`).
+pub(super) type ExecuteParameters = (Vec<Option<Vec<u8>>>, Vec<u16>);
+
+/// The parameter values and types a COM_STMT_EXECUTE of `prepared` binds: its own
+/// types, or those an earlier execute bound. None when neither bound any.
+pub(super) fn execute_parameters(
+    payload: &[u8],
+    prepared: &super::control::Prepared,
+) -> Result<Option<ExecuteParameters>> {
+    use crate::wire::mysql::messages::statement::{execute_head, execute_values};
+    let malformed = |_| Error::Malformed {
+        what: "COM_STMT_EXECUTE",
+    };
+    let head = execute_head(payload, prepared.params).map_err(malformed)?;
+    match head.new_types.or_else(|| prepared.types.clone()) {
+        Some(types) => {
+            let values = execute_values(payload, &types).map_err(malformed)?;
+            Ok(Some((values, types)))
+        }
+        None if prepared.params > 0 => Ok(None),
+        None => Ok(Some((Vec::new(), Vec::new()))),
     }
 }
 

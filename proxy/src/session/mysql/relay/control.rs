@@ -132,13 +132,13 @@ impl Relay<'_> {
         packet: &[u8],
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
-        if payload.first() == Some(&command::STMT_EXECUTE)
-            && header.seq == 0
-            && self.binding.xid().is_some()
-        {
-            return self.intercept_execute(header, packet).await;
-        }
         let bound = self.binding.xid().is_some();
+        if payload.first() == Some(&command::STMT_EXECUTE) && header.seq == 0 {
+            return match bound {
+                true => self.intercept_execute(header, packet).await,
+                false => self.guard_execute(header, packet).await,
+            };
+        }
         if payload.first() == Some(&command::QUERY)
             && header.seq == 0
             && header.is_continued()
@@ -156,14 +156,25 @@ impl Relay<'_> {
         {
             self.temporary_tables.clear();
         }
-        if payload.first() != Some(&command::QUERY) || header.seq != 0 || header.is_continued() {
+        if payload.first() != Some(&command::QUERY) || header.seq != 0 {
+            return Ok(None);
+        }
+        if header.is_continued() {
+            // 16 MiB or more: relayed as it streams in (refused above when bound).
+            self.must_read_outside_write(header, &payload[1..]);
             return Ok(None);
         }
         if payload.len() < header.payload_len {
-            // Control statements are short; a bound session's statement is read whole.
-            return Ok(
-                (bound || header.payload_len <= CONTROL_SQL_MAX).then_some(Handled::NeedMore)
-            );
+            // Control statements are short; a bound session's statement is read whole,
+            // and so is a write that must be checked against global locks (the start
+            // of the text tells whether it may be one).
+            let readable = header.payload_len <= self.ctx.config.max_message_bytes;
+            let must_read = bound
+                || header.payload_len <= CONTROL_SQL_MAX
+                || (readable
+                    && (payload.len() <= CONTROL_SQL_MAX
+                        || self.must_read_outside_write(header, &payload[1..])));
+            return Ok(must_read.then_some(Handled::NeedMore));
         }
         let sql = &payload[1..];
         if first_word_is(sql, b"USE") || (bound && several_statements(sql)) {
@@ -184,7 +195,7 @@ impl Relay<'_> {
                     .await
                     .map(Some);
             }
-            Ok(None) if !bound => return Ok(None),
+            Ok(None) if !bound => return self.guard_query(sql).await,
             Ok(None) => {}
         }
         let kind = classify(sql);

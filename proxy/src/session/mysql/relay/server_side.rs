@@ -31,6 +31,10 @@ impl Relay<'_> {
         let written = self.write_client(&buf[..pos]).await;
         self.from_server = buf;
         self.from_server.advance(pos);
+        if self.exchange.at_sync_point() {
+            // Every write let through unchecked is over.
+            self.unchecked.release();
+        }
         written
     }
 

@@ -1,0 +1,433 @@
+//! Writes outside a global transaction on MySQL (DESIGN.md, "Global row locks"; what
+//! both protocols share is `session::outside`): they must not change a row that an
+//! unfinished global transaction holds, or that transaction's rollback would stop at
+//! the dirty write and leave its branches non-atomic.
+//!
+//! The lockserver announces, for this server's lock scope, which tables may hold global
+//! locks. A write to any other table runs as the client sent it, under an
+//! `UncheckedWrite` guard held until its reply is over: the lockserver grants the first
+//! lock on a table only after every proxy has seen it announced and its unchecked
+//! writes have finished. A write to an announced table is checked first: its rows are
+//! locked (`SELECT … FOR UPDATE` with the write's own predicate, or the rows an upsert
+//! collides with) and their keys asked of the lockserver. A held row makes the write
+//! wait (`lockserver.outside_writes = "wait"`, up to `lock_wait_ms`) or fail with 1205.
+//! Inside the client's transaction the write then runs as sent, its rows still locked.
+//! An autocommit write runs in a transaction tandem opens around the check, and commits
+//! after it; if it changed more rows than were checked (a row that began to match under
+//! READ COMMITTED), it is rolled back and checked again.
+//!
+//! Left unchecked, and so caught only as a dirty write when the global transaction
+//! rolls back: a plain INSERT or LOAD DATA (their rows do not exist yet), a
+//! multi-statement query, CALL, writes in stored programs and triggers, statements
+//! tandem cannot analyse (or could not read whole: 16 MiB or more, long data), a write
+//! with a backslash under NO_BACKSLASH_ESCAPES, an autocommit write with RETURNING, and
+//! every write while the lockserver is unreachable (counted in
+//! `tandem_mysql_outside_writes_unchecked`).
+
+use super::Relay;
+use super::at::{AtFailure, Source, execute_parameters};
+use super::client_side::Handled;
+use super::control::Kind;
+use crate::at::branch::{lock_key, qualified_name};
+use crate::at::mysql::AtTable;
+use crate::error::{Error, Result};
+use crate::session::outside::RECHECK;
+use crate::wire::mysql::Header;
+use crate::wire::mysql::codes::StatusFlags;
+use crate::wire::mysql::messages::statement::BinaryRow;
+use std::time::Instant;
+use tandem_lockserver::client::{LockKey, Xid};
+use tandem_undo::{Analysis, Capture, Mysql, OnDuplicate, Write, WriteKind};
+
+/// What a checked write waits for: a lock holder, or the lockserver's silence.
+enum Check {
+    Free,
+    Held(Xid),
+}
+
+impl Relay<'_> {
+    /// A COM_QUERY of a session bound to no global transaction, read whole and not a
+    /// control call. None: it goes on as sent.
+    pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Option<Handled>> {
+        if !may_write(sql) || self.enter_unchecked_anywhere() {
+            return Ok(None);
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
+            return Ok(None);
+        };
+        let write = match tandem_undo::analyze(&Mysql, text) {
+            Ok(mut analyses) if analyses.len() == 1 => match analyses.pop() {
+                Some(Analysis::Write(write)) => write,
+                _ => return Ok(None),
+            },
+            // Several statements, or one tandem cannot read: see the module comment.
+            _ => return Ok(None),
+        };
+        if self.backslashes_misread(text) {
+            return Ok(None);
+        }
+        self.guard_write(&write, &Source::Query(text)).await
+    }
+
+    /// The first bytes of a COM_QUERY of an unbound session that tandem does not read
+    /// whole unless it must: whether it must (it may write, and some table of the
+    /// server may hold global locks). One it cannot read whole (16 MiB or more) is let
+    /// through unchecked.
+    pub(super) fn must_read_outside_write(&mut self, header: Header, sql_start: &[u8]) -> bool {
+        if !may_write(sql_start) || self.enter_unchecked_anywhere() {
+            return false;
+        }
+        if header.is_continued() {
+            self.count_unchecked();
+            return false;
+        }
+        true
+    }
+
+    /// A COM_STMT_EXECUTE of a session bound to no global transaction. None: it goes on
+    /// as sent.
+    pub(super) async fn guard_execute(
+        &mut self,
+        header: Header,
+        packet: &[u8],
+    ) -> Result<Option<Handled>> {
+        let payload = header.payload(packet);
+        let Some(id) = super::client_side::statement_id(payload) else {
+            return Ok(Some(Handled::NeedMore));
+        };
+        let prepared = self.prepared.get(&id).cloned();
+        if prepared.as_ref().is_some_and(|p| p.kind != Kind::Work)
+            || self.enter_unchecked_anywhere()
+        {
+            return Ok(None);
+        }
+        // A statement tandem did not see prepared or could not read, long data, or an
+        // execute of 16 MiB or more: see the module comment.
+        let Some(prepared) = prepared.filter(|p| !p.long_data && !header.is_continued()) else {
+            return Ok(None);
+        };
+        let Some(sql) = prepared.sql.clone() else {
+            return Ok(None);
+        };
+        if payload.len() < header.payload_len {
+            return Ok(Some(Handled::NeedMore));
+        }
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
+        }
+        let Some((values, types)) = execute_parameters(payload, &prepared)? else {
+            return Ok(None);
+        };
+        let write = match self.ctx.analyses.analyze(&sql) {
+            Ok(analyses) => match analyses.into_iter().next() {
+                Some(Analysis::Write(write)) => write,
+                _ => return Ok(None),
+            },
+            Err(_) => return Ok(None),
+        };
+        if self.backslashes_misread(&sql) {
+            return Ok(None);
+        }
+        let source = Source::Execute {
+            packet: &packet[..header.wire_len()],
+            values,
+            types,
+        };
+        self.execute_forwarded = false;
+        let handled = self.guard_write(&write, &source).await?;
+        if matches!(handled, Some(Handled::Answer)) && self.execute_forwarded {
+            // tandem answered after the server ran it: the relay's own bookkeeping.
+            self.on_execute(payload);
+        }
+        Ok(handled)
+    }
+
+    /// Whether a write may run unchecked because no table of this server's lock scope
+    /// may hold global locks (a guard is then held until the reply is over), or the
+    /// lockserver is unreachable (counted).
+    fn enter_unchecked_anywhere(&mut self) -> bool {
+        if self.unchecked.covers(None) {
+            return true;
+        }
+        let scope = self.ctx.xa.lock_scope();
+        if let Some(guard) = self.ctx.outside.tables.enter_unchecked(&scope, None) {
+            self.unchecked.hold(guard, None);
+            return true;
+        }
+        if self.ctx.outside.failed_lately() {
+            self.count_unchecked();
+            // The rest of the batch goes the same way (see `UncheckedGuards`).
+            self.unchecked.pass_all();
+            return true;
+        }
+        false
+    }
+
+    /// Checks the rows `write` will change (see the module comment). None: the write
+    /// goes on as sent; `Answer`: tandem ran it, or refused it.
+    async fn guard_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Option<Handled>> {
+        let upsert = matches!(
+            write.on_duplicate,
+            OnDuplicate::Update | OnDuplicate::Replace
+        );
+        if write.kind == WriteKind::Insert && !upsert {
+            // Its rows do not exist yet: see the module comment.
+            return Ok(None);
+        }
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
+        }
+        // No such table, no database selected: the write fails on its own.
+        let Ok(table) = self.table_of(&write.table).await? else {
+            return Ok(None);
+        };
+        if table.meta.pk.is_empty() {
+            // Never captured, so never globally locked.
+            return Ok(None);
+        }
+        let name = qualified_name(&table.meta);
+        if self.unchecked.covers(Some(&name)) {
+            return Ok(None);
+        }
+        let scope = self.ctx.xa.lock_scope();
+        if let Some(guard) = self.ctx.outside.tables.enter_unchecked(&scope, Some(&name)) {
+            self.unchecked.hold(guard, Some(name));
+            return Ok(None);
+        }
+        if matches!(self.is_temporary(&write.table).await?, Ok(true)) {
+            // No other session sees its rows: no global transaction holds them.
+            return Ok(None);
+        }
+        let capture = match rows_of(&table, write) {
+            Ok(Some(capture)) => capture,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.put_error(&e);
+                return Ok(Some(Handled::Answer));
+            }
+        };
+        let params = match source.bind(&capture.params) {
+            Ok(params) => params,
+            Err(failure) => {
+                self.put_failure(&failure);
+                return Ok(Some(Handled::Answer));
+            }
+        };
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        let in_transaction = !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+            || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        if in_transaction {
+            return self
+                .check_in_transaction(&table, &capture.sql, &params, deadline)
+                .await;
+        }
+        if write.has_returning {
+            // Its result set cannot be answered by tandem: see the module comment.
+            self.count_unchecked();
+            return Ok(None);
+        }
+        self.run_checked_autocommit(&table, write, &capture.sql, &params, source, deadline)
+            .await
+    }
+
+    /// Inside the client's transaction: the rows stay locked (in that transaction)
+    /// while the write waits for their holder; then it runs as sent.
+    async fn check_in_transaction(
+        &mut self,
+        table: &AtTable,
+        sql: &str,
+        params: &[crate::wire::mysql::messages::statement::Param<'_>],
+        deadline: Instant,
+    ) -> Result<Option<Handled>> {
+        let keys = match self.own_select(sql, params).await? {
+            Ok(rows) => self.keys_of(table, &rows),
+            Err(e) => {
+                // The write would fail the same way (a deadlock has ended the
+                // transaction: running it would start afresh in autocommit).
+                self.put_failure(&AtFailure::Server(e));
+                return Ok(Some(Handled::Answer));
+            }
+        };
+        loop {
+            let Check::Held(holder) = self.check(&keys).await else {
+                return Ok(None);
+            };
+            if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline {
+                return Ok(Some(self.refuse_held(table, &holder)));
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
+    }
+
+    /// An autocommit write: checked in tandem's own transaction, run there, committed.
+    /// A held row's holder needs it for its rollback: it is let go while the write
+    /// waits.
+    async fn run_checked_autocommit(
+        &mut self,
+        table: &AtTable,
+        write: &Write,
+        sql: &str,
+        params: &[crate::wire::mysql::messages::statement::Param<'_>],
+        source: &Source<'_>,
+        deadline: Instant,
+    ) -> Result<Option<Handled>> {
+        loop {
+            if let Err(e) = self.own().query("START TRANSACTION").await? {
+                self.put_failure(&AtFailure::Server(e));
+                return Ok(Some(Handled::Answer));
+            }
+            let keys = match self.own_select(sql, params).await? {
+                Ok(rows) => self.keys_of(table, &rows),
+                Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
+            };
+            if let Check::Held(holder) = self.check(&keys).await {
+                self.own_rollback().await?;
+                if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
+                    tokio::time::sleep(RECHECK).await;
+                    continue;
+                }
+                tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
+                return Ok(Some(self.refuse_held(table, &holder)));
+            }
+            let around = self.around_write(None, source, None).await?;
+            let mut ok = match around.write {
+                Ok(ok) => ok,
+                Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
+            };
+            let changed = match write.kind {
+                WriteKind::Update => ok.rows_matched().unwrap_or(ok.affected_rows),
+                WriteKind::Delete => ok.affected_rows,
+                // An upsert's count mixes rows inserted and updated (by any unique
+                // key): it tells nothing of rows it was not checked for.
+                WriteKind::Insert => 0,
+            };
+            if changed > keys.len() as u64 {
+                // A row began to match after the check: it was not checked.
+                self.own_rollback().await?;
+                if Instant::now() < deadline {
+                    continue;
+                }
+                let e = Error::Uncaptured {
+                    table: table.meta.table.name.clone(),
+                };
+                self.put_error(&e);
+                return Ok(Some(Handled::Answer));
+            }
+            match self.own().query("COMMIT").await? {
+                Ok(committed) => {
+                    ok.status = committed.status;
+                    self.exchange.on_authenticated(committed.status);
+                    ok.put(&mut self.to_client, 1);
+                }
+                Err(e) => self.put_failure(&AtFailure::Server(e)),
+            }
+            return Ok(Some(Handled::Answer));
+        }
+    }
+
+    /// Ends tandem's transaction around an autocommit write, and answers `failure`.
+    async fn end_own_transaction(&mut self, failure: AtFailure) -> Result<Option<Handled>> {
+        self.own_rollback().await?;
+        self.put_failure(&failure);
+        Ok(Some(Handled::Answer))
+    }
+
+    async fn own_rollback(&mut self) -> Result<()> {
+        if let Ok(ok) = self.own().query("ROLLBACK").await? {
+            self.exchange.on_authenticated(ok.status);
+        }
+        Ok(())
+    }
+
+    /// The lock keys of the rows a check read (their key columns, as images read them).
+    fn keys_of(&self, table: &AtTable, rows: &[BinaryRow]) -> Vec<LockKey> {
+        let scope = self.ctx.xa.lock_scope();
+        rows.iter()
+            .map(|row| lock_key(&scope, &table.meta, &table.meta.key_of(row)))
+            .collect()
+    }
+
+    /// Who holds any of `keys`. A lockserver that does not answer counts as nobody:
+    /// the write runs, and so do the next ones for a while (see `session::outside`).
+    async fn check(&mut self, keys: &[LockKey]) -> Check {
+        match self.ctx.outside.holder_of(&self.ctx.lock, keys).await {
+            Ok(Some(holder)) => Check::Held(holder),
+            Ok(None) => Check::Free,
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                self.count_unchecked();
+                Check::Free
+            }
+        }
+    }
+
+    fn refuse_held(&mut self, table: &AtTable, holder: &Xid) -> Handled {
+        let e = Error::RowGloballyLocked {
+            table: qualified_name(&table.meta),
+            holder: holder.to_string(),
+        };
+        self.put_error(&e);
+        Handled::Answer
+    }
+
+    /// Counts (and now and then logs) a write that runs without its check.
+    fn count_unchecked(&self) {
+        if self
+            .ctx
+            .metrics
+            .mysql
+            .outside_writes_unchecked
+            .inc()
+            .is_multiple_of(1000)
+        {
+            tracing::warn!(parent: &self.span, "writes outside global transactions run unchecked");
+        }
+    }
+
+    /// tandem reads literals with MySQL's default escapes: under NO_BACKSLASH_ESCAPES a
+    /// backslash would end a literal elsewhere, and the check would read other rows.
+    fn backslashes_misread(&self, sql: &str) -> bool {
+        sql.contains('\\')
+            && self
+                .exchange
+                .status()
+                .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
+    }
+}
+
+/// The SELECT that locks and reads the existing rows `write` may change: those its
+/// predicate finds, or those an upsert collides with. None: it changes no existing row.
+fn rows_of(table: &AtTable, write: &Write) -> std::result::Result<Option<Capture>, Error> {
+    if write.kind != WriteKind::Insert {
+        return Ok(Some(table.meta.before_image(&Mysql, write)?));
+    }
+    Ok(table.mysql.insert_plan(write)?.before)
+}
+
+/// Whether a statement may change rows, from its first word: cheap enough for every
+/// statement of every session.
+fn may_write(sql: &[u8]) -> bool {
+    let Some(word) = crate::control::leading_words(sql, true).next() else {
+        return false;
+    };
+    [&b"update"[..], b"delete", b"insert", b"replace"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_write;
+
+    #[test]
+    fn first_word_decides() {
+        assert!(may_write(b"UPDATE t SET v = 1"));
+        assert!(may_write(b"  /* c */ delete from t"));
+        assert!(may_write(b"# x\ninsert into t values (1)"));
+        assert!(may_write(b"REPLACE INTO t VALUES (1)"));
+        assert!(!may_write(b"SELECT 1"));
+        assert!(!may_write(b"BEGIN"));
+        assert!(!may_write(b"updated"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Writes outside a global transaction (DESIGN.md, "Global row locks"): what the
+//! PostgreSQL and MySQL sessions share. Each protocol's own half is `pg::guard` and
+//! `mysql::relay::guard`.
+//!
+//! A write to a table the lockserver has not announced runs under an
+//! [`UncheckedWrite`] guard until its statement is over; a write to an announced table
+//! has its rows checked against the global locks first. While the lockserver does not
+//! answer, writes run unchecked for `SKIP_CHECKS_AFTER_FAILURE` at a time (counted):
+//! plain traffic does not stop with the coordinator.
+
+use crate::config::OutsideWrites;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tandem_lockserver::client::{LockClient, LockKey, TableLockView, UncheckedWrite, Xid};
+
+/// How often a waiting write asks the lockserver again.
+pub const RECHECK: Duration = Duration::from_millis(20);
+
+/// After the lockserver failed to answer a check, writes run unchecked this long before
+/// one asks again: a lockserver that is down must not cost every write a failed call.
+const SKIP_CHECKS_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// What the sessions of one front end share for their writes outside global
+/// transactions.
+pub struct OutsideWriteChecks {
+    /// Which tables may hold global locks, as the lockserver announced them.
+    pub tables: Arc<TableLockView>,
+    /// `lockserver.outside_writes`.
+    pub mode: OutsideWrites,
+    /// Until when (ms since `started`) writes skip their check; 0: never skipped.
+    skip_until_ms: AtomicU64,
+    started: Instant,
+}
+
+impl OutsideWriteChecks {
+    pub fn new(tables: Arc<TableLockView>, mode: OutsideWrites) -> Self {
+        OutsideWriteChecks {
+            tables,
+            mode,
+            skip_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// A write to a held row waits for it (rather than failing at once).
+    pub fn waits(&self) -> bool {
+        self.mode == OutsideWrites::Wait
+    }
+
+    /// The lockserver failed to answer a check less than `SKIP_CHECKS_AFTER_FAILURE`
+    /// ago.
+    pub fn failed_lately(&self) -> bool {
+        let until = self.skip_until_ms.load(Ordering::Relaxed);
+        until != 0 && (self.started.elapsed().as_millis() as u64) < until
+    }
+
+    fn skip_for_a_while(&self) {
+        let until = self.started.elapsed() + SKIP_CHECKS_AFTER_FAILURE;
+        self.skip_until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The unfinished global transaction holding any of `keys`, if one does. `Err`:
+    /// the lockserver did not answer, and writes skip their checks for a while (the
+    /// caller lets this one run, and counts it).
+    pub async fn holder_of(
+        &self,
+        lock: &LockClient,
+        keys: &[LockKey],
+    ) -> Result<Option<Xid>, tandem_lockserver::Error> {
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        match lock.lock_holder(keys).await {
+            Ok(held) => Ok(held.map(|(_, holder)| holder)),
+            Err(e) => {
+                self.skip_for_a_while();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The unchecked guards a session holds until its next sync point. While one is held,
+/// the lockserver cannot finish announcing a table (this proxy's acknowledgement waits
+/// for it), so what it covered when it was taken stays safe to write unchecked: every
+/// table of the resource (taken while none was announced), or its own table. While
+/// the lockserver is unreachable every write passes, and the batch it is in with it.
+#[derive(Default)]
+pub struct UncheckedGuards {
+    guards: Vec<UncheckedWrite>,
+    all_tables: bool,
+    tables: Vec<String>,
+}
+
+impl UncheckedGuards {
+    pub fn covers(&self, table: Option<&str>) -> bool {
+        self.all_tables || table.is_some_and(|t| self.tables.iter().any(|held| held == t))
+    }
+
+    /// Unchecked without a guard until the sync point (the lockserver is unreachable).
+    pub fn pass_all(&mut self) {
+        self.all_tables = true;
+    }
+
+    pub fn hold(&mut self, guard: UncheckedWrite, table: Option<String>) {
+        self.guards.push(guard);
+        match table {
+            Some(table) => self.tables.push(table),
+            None => self.all_tables = true,
+        }
+    }
+
+    pub fn holds_any(&self) -> bool {
+        !self.guards.is_empty()
+    }
+
+    /// The session reached a sync point: every write it let through is over.
+    pub fn release(&mut self) {
+        self.guards.clear();
+        self.tables.clear();
+        self.all_tables = false;
+    }
+
+    /// The session ended: waits (up to `wait`) for `backend`, already told to end, to
+    /// close its connection, then releases the guards. A write let through unchecked
+    /// may still be running (and an autocommit one would still commit), so the
+    /// lockserver's announcement of its table must wait until the backend has ended.
+    pub async fn outlive(
+        &mut self,
+        backend: &mut (impl tokio::io::AsyncRead + Unpin),
+        wait: Duration,
+        span: &tracing::Span,
+    ) {
+        if !self.holds_any() {
+            return;
+        }
+        let mut scratch = [0u8; 8192];
+        let ended = async {
+            use tokio::io::AsyncReadExt;
+            while matches!(backend.read(&mut scratch).await, Ok(n) if n > 0) {}
+        };
+        if tokio::time::timeout(wait, ended).await.is_err() {
+            tracing::warn!(parent: span, "backend still busy after the session ended; releasing its unchecked write");
+        }
+        self.release();
+    }
+}

@@ -1,0 +1,281 @@
+//! Writes outside a global transaction on MariaDB, through a second proxy of the same
+//! server: a row an unfinished global transaction holds is never overwritten (the
+//! write waits for the global transaction, or fails with 1205), whether it comes as
+//! text or as a prepared statement, in autocommit or in the client's own transaction;
+//! rows nobody holds are written at once.
+
+use super::at_mode::{code, prepare, rolled_back, text};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use std::time::{Duration, Instant};
+use tandem_proxy::config::OutsideWrites;
+use tandem_tests::harness::{Tandem, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::mysql::{self as my, MyTestDb};
+
+/// ER_LOCK_WAIT_TIMEOUT.
+const LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+async fn balance(conn: &mut Conn, id: i32) -> Option<i64> {
+    conn.exec_first("SELECT balance FROM accounts WHERE id = ?", (id,))
+        .await
+        .unwrap()
+}
+
+async fn global_proxy(lockserver: &TestLockserver) -> Tandem {
+    let endpoint = format!("http://{}", lockserver.grpc);
+    my::start_with(|c| c.lockserver.endpoint = endpoint).await
+}
+
+/// A second proxy of the same lockserver, for the writes outside global transactions.
+async fn outside_proxy(lockserver: &TestLockserver, mode: OutsideWrites) -> Tandem {
+    let endpoint = format!("http://{}", lockserver.grpc);
+    my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.outside_writes = mode;
+        c.lockserver.lock_wait_ms = 10_000;
+    })
+    .await
+}
+
+/// A session of `tandem` holding row `id` in an unfinished global transaction (its
+/// local transaction committed, as AT does at once for an autocommit write).
+async fn hold_row(tandem: &Tandem, db: &MyTestDb, id: i32) -> Conn {
+    let mut a = my::connect(tandem, &db.name).await;
+    text(&mut a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.query_drop(format!("UPDATE accounts SET balance = 1 WHERE id = {id}"))
+        .await
+        .unwrap();
+    a
+}
+
+async fn no_locks_left(lockserver: &TestLockserver) {
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+}
+
+#[tokio::test]
+async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over_the_restored_row()
+{
+    let db = prepare("my_outside_wait").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let mut direct = db.direct().await;
+    let mut a = hold_row(&global, &db, 2).await;
+
+    // Text protocol, autocommit.
+    let mut b = my::connect(&outside, &db.name).await;
+    let text_write = tokio::spawn(async move {
+        let r = b
+            .query_drop("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+            .await;
+        (r, b)
+    });
+    // A prepared statement, autocommit, with parameters.
+    let mut c = my::connect(&outside, &db.name).await;
+    let prepared_write = tokio::spawn(async move {
+        let r = c
+            .exec_drop(
+                "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+                (100i64, 2i32),
+            )
+            .await;
+        (r, c)
+    });
+    // A row nobody holds, in the same table: written at once.
+    let mut e = my::connect(&outside, &db.name).await;
+    let started = Instant::now();
+    e.query_drop("UPDATE accounts SET balance = balance + 7 WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(balance(&mut direct, 1).await, Some(1007));
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!text_write.is_finished(), "the text write did not wait");
+    assert!(
+        !prepared_write.is_finished(),
+        "the prepared write did not wait"
+    );
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        Some(1),
+        "the held row is as the global transaction left it"
+    );
+
+    assert_eq!(
+        text(&mut a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked"),
+        "the rollback met no dirty write"
+    );
+    let (r, _b) = text_write.await.unwrap();
+    r.expect("the text write runs once the row is free");
+    let (r, _c) = prepared_write.await.unwrap();
+    r.expect("the prepared write runs once the row is free");
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        Some(1105),
+        "both writes applied to the restored row"
+    );
+
+    // Inside the client's own transaction, over several rows: the write waits with
+    // the rows locked in that transaction, and runs once the holder commits (a
+    // global commit needs no row back).
+    let mut a = hold_row(&global, &db, 3).await;
+    let mut d = my::connect(&outside, &db.name).await;
+    let in_transaction = tokio::spawn(async move {
+        let r = async {
+            d.query_drop("START TRANSACTION").await?;
+            d.query_drop("UPDATE accounts SET note = 'x' WHERE id IN (2, 3)")
+                .await?;
+            d.query_drop("COMMIT").await
+        }
+        .await;
+        (r, d)
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !in_transaction.is_finished(),
+        "the write in a transaction did not wait"
+    );
+    assert_eq!(
+        text(&mut a, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (r, _d) = in_transaction.await.unwrap();
+    r.expect("the transaction's write runs once the row is free");
+    let rows: Vec<(i32, i64, String)> = direct
+        .query("SELECT id, balance, note FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (1, 1007, "a".to_owned()),
+            (2, 1105, "x".to_owned()),
+            (3, 1, "x".to_owned())
+        ]
+    );
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail() {
+    let db = prepare("my_outside_fail").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    let started = Instant::now();
+    let refused = [
+        "UPDATE accounts SET balance = 99 WHERE id = 2",
+        "DELETE FROM accounts WHERE id = 2",
+        "REPLACE INTO accounts VALUES (2, 99, 'r')",
+        "INSERT INTO accounts VALUES (2, 99, 'u') ON DUPLICATE KEY UPDATE balance = 99",
+        "UPDATE accounts SET balance = 99 ORDER BY id LIMIT 5",
+    ];
+    for sql in refused {
+        let e = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{sql}: {e}");
+    }
+    let e = b
+        .exec_drop("DELETE FROM accounts WHERE id = ?", (2i32,))
+        .await
+        .expect_err("a held row is not deleted");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "each failed at once"
+    );
+    assert_eq!(
+        super::at_mode::dump(&mut direct, "accounts").await,
+        before,
+        "nothing changed"
+    );
+    // The session goes on: rows nobody holds are written, and new rows inserted.
+    b.query_drop("UPDATE accounts SET balance = 50 WHERE id = 3")
+        .await
+        .unwrap();
+    b.query_drop("INSERT INTO accounts VALUES (4, 40, 'd')")
+        .await
+        .unwrap();
+
+    // Inside the client's own transaction the statement fails, as a lock wait timeout
+    // does, and the transaction goes on.
+    b.query_drop("START TRANSACTION").await.unwrap();
+    b.query_drop("UPDATE accounts SET balance = 51 WHERE id = 3")
+        .await
+        .unwrap();
+    let e = b
+        .query_drop("UPDATE accounts SET balance = 99 WHERE id = 2")
+        .await
+        .expect_err("a held row is not written");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    b.query_drop("COMMIT").await.unwrap();
+    assert_eq!(balance(&mut direct, 3).await, Some(51));
+    assert_eq!(balance(&mut direct, 2).await, Some(1));
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        Some(1000),
+        "rolled back exactly"
+    );
+    // Once the lock is gone the same write goes through.
+    let b = &mut b;
+    let mut tries = 0;
+    while b
+        .query_drop("UPDATE accounts SET balance = 99 WHERE id = 2")
+        .await
+        .is_err()
+    {
+        tries += 1;
+        assert!(tries < 100, "the write never went through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(balance(&mut direct, 2).await, Some(99));
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
+    let db = prepare("my_outside_down").await;
+    // Nothing listens on the lockserver endpoint.
+    let tandem = my::start_with(|c| c.lockserver.endpoint = "http://127.0.0.1:9".into()).await;
+    let mut b = my::connect(&tandem, &db.name).await;
+    b.query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    b.exec_drop("DELETE FROM accounts WHERE id = ?", (2i32,))
+        .await
+        .unwrap();
+    let mut direct = db.direct().await;
+    assert_eq!(balance(&mut direct, 1).await, Some(5));
+    assert_eq!(balance(&mut direct, 2).await, None);
+    let proxy = &tandem;
+    eventually("both writes are counted as unchecked", || async move {
+        proxy
+            .metric("tandem_mysql_outside_writes_unchecked_total")
+            .await
+            == 2.0
+    })
+    .await;
+    tandem.shutdown().await;
+}
