@@ -95,15 +95,20 @@ impl Relay<'_> {
         let Some(id) = super::client_side::statement_id(payload) else {
             return Ok(Some(Handled::NeedMore));
         };
-        let prepared = self.prepared.get(&id).cloned();
-        if prepared.as_ref().is_some_and(|p| p.kind != Kind::Work)
+        // Every execute of every session comes here: reads leave at once.
+        if self.prepared.get(&id).is_some_and(|p| p.kind != Kind::Work)
             || self.enter_unchecked_anywhere()
         {
             return Ok(None);
         }
         // A statement tandem did not see prepared or could not read, long data, or an
         // execute of 16 MiB or more: see the module comment.
-        let Some(prepared) = prepared.filter(|p| !p.long_data && !header.is_continued()) else {
+        let Some(prepared) = self
+            .prepared
+            .get(&id)
+            .filter(|p| !p.long_data && !header.is_continued())
+            .cloned()
+        else {
             return Ok(None);
         };
         let Some(sql) = prepared.sql.clone() else {
