@@ -1469,3 +1469,93 @@ async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Packets up to and including the one that ends a reply: an OK or ERR, or the
+/// EOF-marked OK after a result set's rows (the raw client sets DEPRECATE_EOF).
+async fn raw_reply(raw: &mut my::RawMy) -> Vec<my::Packet> {
+    let mut packets = Vec::new();
+    loop {
+        let (seq, payload) = raw.recv().await.expect("a reply");
+        let first = payload.first().copied();
+        let ends = match packets.len() {
+            0 => matches!(first, Some(0x00 | 0xff)),
+            _ => matches!(first, Some(0xfe | 0xff)) && payload.len() < 0xff_ffff,
+        };
+        packets.push((seq, payload));
+        if ends {
+            return packets;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_command_pipelined_behind_a_captured_execute_is_sent_once() {
+    let db = prepare("at_pipelined").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
+    let mut init_db = vec![0x02];
+    init_db.extend_from_slice(db.name.as_bytes());
+    raw.send(&my::packet(0, &init_db)).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
+    raw.send(&my::packet(0, b"\x03SELECT tandem_begin()")).await;
+    assert_eq!(
+        raw_reply(&mut raw).await.len(),
+        4,
+        "tandem_begin's result set"
+    );
+    raw.send(&my::packet(
+        0,
+        b"\x16UPDATE accounts SET balance = balance + ? WHERE id = ?",
+    ))
+    .await;
+    let (_, prepared) = raw.recv().await.expect("prepare OK");
+    assert_eq!(prepared[0], 0x00, "{prepared:?}");
+    let statement_id = &prepared[1..5];
+    for _ in 0..2 {
+        raw.recv().await.expect("a parameter definition");
+    }
+
+    // One write: the execute (autocommit, so captured in a transaction of tandem's) and
+    // a second command right behind it, before any reply.
+    let mut execute = vec![0x17];
+    execute.extend_from_slice(statement_id);
+    execute.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 0x08, 0, 0x03, 0]);
+    execute.extend_from_slice(&5i64.to_le_bytes());
+    execute.extend_from_slice(&1i32.to_le_bytes());
+    let mut pipelined = my::packet(0, &execute);
+    pipelined.extend_from_slice(&my::packet(0, b"\x03SELECT 41 + 1"));
+    raw.send(&pipelined).await;
+    let executed = raw_reply(&mut raw).await;
+    assert_eq!(executed[0].1[0], 0x00, "the execute: {executed:?}");
+    let selected = raw_reply(&mut raw).await;
+    assert_eq!(selected.len(), 4, "the pipelined SELECT: {selected:?}");
+    assert_eq!(selected[2].1, b"\x0242", "its one row");
+    // The session goes on, with no reply left over.
+    raw.send(&my::packet(0, b"\x0e")).await;
+    assert_eq!(
+        raw_reply(&mut raw).await,
+        [(1, vec![0, 0, 0, 2, 0, 0, 0])],
+        "COM_PING's OK, and nothing else"
+    );
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(1005));
+
+    raw.send(&my::packet(0, b"\x03SELECT tandem_rollback()"))
+        .await;
+    let rollback = raw_reply(&mut raw).await;
+    assert!(
+        rollback
+            .iter()
+            .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
+        "{rollback:?}"
+    );
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
