@@ -219,14 +219,33 @@ impl TableLockView {
     /// rows instead. The guard must live until the write's statement has finished on
     /// the database.
     pub fn enter_unchecked(&self, resource: &str, table: Option<&str>) -> Option<UncheckedWrite> {
+        self.enter_unchecked_if(resource, |locked| match table {
+            None => locked.is_empty(),
+            Some(table) => !locked.contains(table),
+        })
+    }
+
+    /// As [`Self::enter_unchecked`], for a table known only by its name without the
+    /// schema (which schema the client's search_path finds is not known yet): allowed
+    /// while no announced table of `resource` has that name, in any schema. Names are
+    /// compared without regard to case, so a doubt always means a check.
+    pub fn enter_unchecked_by_name(&self, resource: &str, name: &str) -> Option<UncheckedWrite> {
+        self.enter_unchecked_if(resource, |locked| {
+            !locked.iter().any(|qualified| names(qualified, name))
+        })
+    }
+
+    /// An unchecked write enters when `free` says so of the announced tables of
+    /// `resource`, and the view is trusted.
+    fn enter_unchecked_if(
+        &self,
+        resource: &str,
+        free: impl FnOnce(&HashSet<String>) -> bool,
+    ) -> Option<UncheckedWrite> {
         let now = Instant::now();
         let r = self.resource(resource)?;
         let t = r.read();
-        let free = match table {
-            None => t.locked.is_empty(),
-            Some(table) => !t.locked.contains(table),
-        };
-        if !free || !self.trusted(&t, now) {
+        if !free(&t.locked) || !self.trusted(&t, now) {
             return None;
         }
         // Counted under the lock the flags were read under: a notice that sets flags
@@ -374,6 +393,18 @@ impl Drop for StreamTables {
         self.view.stream_down(self.generation);
         self.acker.abort();
     }
+}
+
+/// Whether `qualified` (`schema.table`, as lock keys name tables) names a table
+/// called `name`, in any case.
+fn names(qualified: &str, name: &str) -> bool {
+    let Some(at) = qualified.len().checked_sub(name.len() + 1) else {
+        return false;
+    };
+    qualified
+        .get(at..)
+        .and_then(|tail| tail.strip_prefix('.'))
+        .is_some_and(|table| table.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

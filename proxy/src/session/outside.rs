@@ -112,6 +112,13 @@ impl UncheckedGuards {
         }
     }
 
+    /// A guard taken for a table whose schema is not known yet: it keeps the
+    /// lockserver's announcements waiting, but says nothing of what a later write may
+    /// skip.
+    pub fn hold_uncovering(&mut self, guard: UncheckedWrite) {
+        self.guards.push(guard);
+    }
+
     pub fn holds_any(&self) -> bool {
         !self.guards.is_empty()
     }

@@ -73,6 +73,27 @@ fn snapshot_then_notices_decide_which_writes_enter() {
 }
 
 #[test]
+fn a_table_known_by_name_only_enters_while_no_schema_has_it_announced() {
+    let v = TableLockView::new(Duration::from_secs(60));
+    let g = v.stream_up();
+    v.apply(g, snapshot(1, &["tenant.accounts", "public.my.table"]));
+    v.heard(g);
+    let by_name = |name: &str| v.enter_unchecked_by_name(R, name).is_some();
+    assert!(!by_name("accounts"), "announced in another schema");
+    assert!(!by_name("Accounts"), "a doubt over case means a check");
+    assert!(!by_name("my.table") && !by_name("table"));
+    assert!(by_name("counts") && by_name("orders") && by_name("tenant"));
+    assert!(
+        enters(&v, Some("public.accounts")),
+        "the qualified name is free"
+    );
+    assert!(
+        v.enter_unchecked_by_name("pg://other", "orders").is_none(),
+        "a resource without a snapshot"
+    );
+}
+
+#[test]
 fn unknown_lease_and_stream_end_withdraw_trust() {
     let v = TableLockView::new(Duration::from_millis(200));
     let g = v.stream_up();

@@ -285,12 +285,17 @@ impl Relay<'_> {
         got
     }
 
+    /// Whether the session's own resolution of `table` is known without asking the
+    /// backend: a schema-qualified name, or one resolved earlier.
+    pub(super) fn knows_resolution(&self, table: &tandem_undo::TableRef) -> bool {
+        !resolves_here(table)
+            || self
+                .resolved_tables
+                .contains_key(&Postgres.qualified(table))
+    }
+
     async fn table_meta_once(&mut self, table: &tandem_undo::TableRef) -> Result<Arc<TableMeta>> {
-        // `pg_temp` names the session's own temporary schema, whatever its real name.
-        let resolve_here = table
-            .schema
-            .as_deref()
-            .is_none_or(|s| s.eq_ignore_ascii_case("pg_temp"));
+        let resolve_here = resolves_here(table);
         let name = Postgres.qualified(table);
         let (qualified, oid) = match (resolve_here, self.resolved_tables.get(&name)) {
             (false, _) => (table.clone(), None),
@@ -975,6 +980,16 @@ pub(super) fn before_image_query(
     let qualifier = write.alias.as_deref().unwrap_or(&write.table.name);
     let sql = meta.before_image_sql(&Postgres, write);
     Ok(Some(with_text_keys(&sql, meta, Some(qualifier))))
+}
+
+/// Whether the session's own connection must say which table `table` means: an
+/// unqualified name follows its search_path, and `pg_temp` names its own temporary
+/// schema, whatever that schema's real name.
+fn resolves_here(table: &tandem_undo::TableRef) -> bool {
+    table
+        .schema
+        .as_deref()
+        .is_none_or(|s| s.eq_ignore_ascii_case("pg_temp"))
 }
 
 /// Result formats of an image query: every column binary, then the key again as text.

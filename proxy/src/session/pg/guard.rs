@@ -12,6 +12,9 @@
 //! asked of the lockserver, and only then does the write run, in the same local
 //! transaction (one tandem opens around an autocommit write). A held row makes the write
 //! wait (`lockserver.outside_writes = "wait"`, up to `lock_wait_ms`) or fail with 55P03.
+//! Which table an unqualified name means is the client's search_path's answer, known
+//! only at a sync point: between sync points a name not resolved yet lets its write
+//! through unchecked only while no schema's table of that name may hold locks.
 //!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
 //! rolls back: a plain INSERT (its rows do not exist yet, though it may recreate a row
@@ -43,8 +46,10 @@ impl Relay<'_> {
         if !may_write(sql) {
             return Ok(Intercepted::Relay);
         }
-        let Some((meta, write)) = self.rows_to_check(sql, true).await else {
-            return Ok(Intercepted::Relay);
+        let (meta, write) = match self.rows_to_check(sql, true).await {
+            RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
+            RowsToCheck::AtSyncPoint => return Ok(Intercepted::WaitForSyncPoint),
+            RowsToCheck::Check(meta, write) => (meta, *write),
         };
         if !self.phase.at_sync_point() {
             return Ok(Intercepted::WaitForSyncPoint);
@@ -98,7 +103,7 @@ impl Relay<'_> {
         else {
             return Ok(Extended::NotAWrite);
         };
-        if self.rows_to_check(&sql, true).await.is_none() {
+        if matches!(self.rows_to_check(&sql, true).await, RowsToCheck::Unchecked) {
             return Ok(Extended::NotAWrite);
         }
         let max = self.ctx.config.max_message_bytes;
@@ -210,8 +215,11 @@ impl Relay<'_> {
         }
         // A Parse runs nothing: only its Bind counts as a write.
         let runs = tag == frontend::BIND;
-        let Some((meta, write)) = self.rows_to_check(sql, runs).await else {
-            return Ok(Extended::NotAWrite);
+        let checked = match self.rows_to_check(sql, runs).await {
+            RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
+            RowsToCheck::Check(meta, write) => Some((meta, *write)),
+            // Only between sync points: handled as a check there.
+            RowsToCheck::AtSyncPoint => None,
         };
         if !self.phase.at_sync_point() {
             if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
@@ -229,6 +237,9 @@ impl Relay<'_> {
             }
             return Ok(Extended::WaitForSyncPoint);
         }
+        let Some((meta, write)) = checked else {
+            return Ok(Extended::WaitForSyncPoint);
+        };
         let max = self.ctx.config.max_message_bytes;
         let batch = match read_batch(rest, max)? {
             Shape::Incomplete => return Ok(Extended::NeedMore),
@@ -321,17 +332,30 @@ impl Relay<'_> {
         out
     }
 
+    /// Whether a write must have its rows checked before it runs (see `RowsToCheck`).
+    async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> RowsToCheck {
+        match self.rows_to_check_named(sql, runs).await {
+            Ok(Some((meta, write))) => RowsToCheck::Check(meta, Box::new(write)),
+            Ok(None) => RowsToCheck::Unchecked,
+            Err(NotResolvedYet) => RowsToCheck::AtSyncPoint,
+        }
+    }
+
     /// The table and write whose rows must be checked before it runs; None: it runs as
     /// sent (under an unchecked guard held until the sync point, or because tandem
     /// cannot name its rows: see the module comment).
-    async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> Option<(Arc<TableMeta>, Write)> {
+    async fn rows_to_check_named(
+        &mut self,
+        sql: &[u8],
+        runs: bool,
+    ) -> std::result::Result<Option<(Arc<TableMeta>, Write)>, NotResolvedYet> {
         let tables = &self.ctx.outside.tables;
         if self.unchecked.covers(None) {
-            return None;
+            return Ok(None);
         }
         if let Some(guard) = tables.enter_unchecked(&self.resource, None) {
             self.unchecked.hold(guard, None);
-            return None;
+            return Ok(None);
         }
         if self.ctx.outside.failed_lately() {
             // The lockserver is unreachable: neither its notices nor its locks can be
@@ -343,7 +367,7 @@ impl Relay<'_> {
             // The rest of the batch goes the same way: a Parse let through this way
             // must not see its Bind refused because the pause ended in between.
             self.unchecked.pass_all();
-            return None;
+            return Ok(None);
         }
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
@@ -354,26 +378,39 @@ impl Relay<'_> {
                 w
             }
             // Not one write tandem can name the rows of: see the module comment.
-            _ => return None,
+            _ => return Ok(None),
         };
+        if !self.phase.at_sync_point() && !self.knows_resolution(&write.table) {
+            // Which schema's table the name means is asked of the backend, which is
+            // busy: the side connection's answer may be another table. Only if no
+            // schema's table of that name may hold global locks can it run now.
+            let guard = tables.enter_unchecked_by_name(&self.resource, &write.table.name);
+            return match guard {
+                Some(guard) => {
+                    self.unchecked.hold_uncovering(guard);
+                    Ok(None)
+                }
+                None => Err(NotResolvedYet),
+            };
+        }
         let meta = match self.table_meta(&write.table).await {
             Ok(meta) => meta,
             // No such table, say: the write fails on its own.
-            Err(_) => return None,
+            Err(_) => return Ok(None),
         };
         if meta.pk.is_empty() {
             // Never captured, so never globally locked.
-            return None;
+            return Ok(None);
         }
         let table = qualified_name(&meta);
         if self.unchecked.covers(Some(&table)) {
-            return None;
+            return Ok(None);
         }
         if let Some(guard) = tables.enter_unchecked(&self.resource, Some(&table)) {
             self.unchecked.hold(guard, Some(table));
-            return None;
+            return Ok(None);
         }
-        Some((meta, write))
+        Ok(Some((meta, write)))
     }
 
     /// Locks the rows the write will change and waits (or not) until no unfinished
@@ -460,6 +497,19 @@ impl Relay<'_> {
         }
     }
 }
+
+/// What a write outside a global transaction needs before it runs.
+enum RowsToCheck {
+    /// Nothing: it runs as sent (see `rows_to_check_named`).
+    Unchecked,
+    /// Its rows must be checked.
+    Check(Arc<TableMeta>, Box<Write>),
+    /// It may need a check, and which table it writes is known only at the sync point.
+    AtSyncPoint,
+}
+
+/// A table name the session has not resolved, met between sync points.
+struct NotResolvedYet;
 
 /// A write tandem did not let run: the error, and the transaction state the backend
 /// is in now (`InTransaction`: the client's transaction must still be made to fail).

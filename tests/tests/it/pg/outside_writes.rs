@@ -363,3 +363,66 @@ async fn a_portal_bound_before_its_table_held_locks_is_not_executed_over_a_held_
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Between sync points the backend cannot say which schema's table an unqualified
+/// name means: a write sent behind a busy statement, whose name only the tenant's
+/// search_path finds, must still be checked against the tenant table's global locks
+/// (the side connection's search_path finds public.accounts, which holds none).
+#[tokio::test]
+async fn a_pipelined_write_is_checked_against_the_table_its_search_path_finds() {
+    let orders = prepare("outside_tenant").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE SCHEMA tenant;
+             CREATE TABLE tenant.accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             INSERT INTO tenant.accounts VALUES (1, 500), (2, 500);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let a = global.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("UPDATE tenant.accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let public_before = super::at_mode::dump(&direct).await;
+
+    let b = outside.connect(&orders.name).await;
+    b.batch_execute("SET search_path = tenant").await.unwrap();
+    // Both queries leave before either is answered.
+    let (slow, write) = tokio::join!(
+        b.simple_query("SELECT pg_sleep(0.3)"),
+        b.simple_query("UPDATE accounts SET balance = 99 WHERE id = 1"),
+    );
+    slow.unwrap();
+    let err = write.expect_err("a held row of tenant.accounts is not written");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    // A row of the same table nobody holds is written, pipelined too.
+    let (slow, write) = tokio::join!(
+        b.simple_query("SELECT pg_sleep(0.3)"),
+        b.simple_query("UPDATE accounts SET balance = 98 WHERE id = 2"),
+    );
+    slow.unwrap();
+    write.unwrap();
+    let tenant = |id: i32| {
+        let direct = &direct;
+        async move {
+            direct
+                .query_one("SELECT balance FROM tenant.accounts WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!((tenant(1).await, tenant(2).await), (1, 98));
+    assert_eq!(super::at_mode::dump(&direct).await, public_before);
+
+    rolled_back(&a).await;
+    assert_eq!(tenant(1).await, 500, "rolled back exactly");
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
