@@ -72,7 +72,7 @@ impl Relay<'_> {
     ) -> Result<Extended> {
         let sql = String::from_utf8_lossy(sql).into_owned();
         if self.branch_mode() == crate::binding::Mode::Xa {
-            return Ok(self.bind_in_xa(tag, &sql));
+            return self.extended_in_xa(rest, tag, &sql).await;
         }
         let (write, locking_read) = match self.ctx.analyses.analyze(&sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
@@ -225,7 +225,7 @@ impl Relay<'_> {
     /// the rest; relay a Parse that runs nothing (prepared only, or followed by Flush);
     /// refuse a Bind followed by Flush with `flushed`; answer any other shape whole with
     /// `other`, or with the shape's own error.
-    async fn batch_to_run<'b>(
+    pub(super) async fn batch_to_run<'b>(
         &mut self,
         rest: &'b [u8],
         tag: u8,
@@ -679,21 +679,31 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
 }
 
 impl Relay<'_> {
-    /// A Bind in XA mode: work joins the open transaction block's branch. An autocommit
-    /// write over the extended protocol would commit on its own, outside the branch, so
-    /// it is refused, as is a COMMIT that must become the branch's prepare.
-    fn bind_in_xa(&mut self, tag: u8, sql: &str) -> Extended {
+    /// A Parse or Bind in XA mode: work joins the open transaction block's branch, and
+    /// the block's COMMIT prepares it (`xa_commit_extended`). An autocommit write over
+    /// the extended protocol would commit on its own, outside the branch, so it is
+    /// refused.
+    async fn extended_in_xa(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
         use super::xa::{XaBranch, XaStatement, classify};
+        let statements = classify(&analyze(&Postgres, sql));
+        if statements == [XaStatement::Commit] && self.xa == XaBranch::Open {
+            return self.xa_commit_extended(rest, tag).await;
+        }
         if tag != frontend::BIND {
             // Preparing a statement changes nothing; the Parse checks refuse the rest.
-            return Extended::NotAWrite;
+            return Ok(Extended::NotAWrite);
         }
-        let statements = classify(&analyze(&Postgres, sql));
+        Ok(self.bind_in_xa(&statements))
+    }
+
+    /// A Bind in XA mode of anything but the branch's COMMIT.
+    fn bind_in_xa(&mut self, statements: &[super::xa::XaStatement]) -> Extended {
+        use super::xa::{XaBranch, XaStatement};
         let refuse =
             |what: &'static str| Extended::RefuseBind(refusal(Error::Unsupported { what }));
         if statements.contains(&XaStatement::Commit) && self.xa != XaBranch::None {
             return refuse(
-                "COMMIT of a branch over the extended query protocol (use the simple protocol)",
+                "COMMIT of a branch together with other statements over the extended query protocol",
             );
         }
         if statements.contains(&XaStatement::Rollback) {

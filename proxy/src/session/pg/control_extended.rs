@@ -84,27 +84,8 @@ impl Relay<'_> {
         };
         let mut out = BytesMut::new();
         if let Some(frame) = batch.parse_frame {
-            // Create the statement on the backend, so that it exists as the client thinks.
             let stand_in = stand_in_parse(&frame[5..], column);
-            self.server
-                .write_all(&stand_in)
-                .await
-                .map_err(Error::UpstreamIo)?;
-            self.server
-                .write_all(&[frontend::SYNC, 0, 0, 0, 4])
-                .await
-                .map_err(Error::UpstreamIo)?;
-            let created = self
-                .read_exchange_replies(1)
-                .await?
-                .pop()
-                .unwrap_or_default();
-            if let Some(e) = created.error {
-                return Err(Error::Injected { message: e.message });
-            }
-            self.tracked
-                .record_statement(&frame[5..])
-                .map_err(|_| Error::Malformed { what: "Parse" })?;
+            self.create_statement(&stand_in, &frame[5..]).await?;
             put_empty(&mut out, backend::PARSE_COMPLETE);
         }
         put_empty(&mut out, backend::BIND_COMPLETE);
@@ -129,6 +110,37 @@ impl Relay<'_> {
             consumed,
             to_backend: None,
         })
+    }
+}
+
+impl Relay<'_> {
+    /// Creates a statement of a batch tandem answers itself on the backend (`parse`: the
+    /// Parse frame to send), so that it exists there as the client thinks, and tracks it
+    /// as the client's Parse (`client_body`) described it.
+    pub(super) async fn create_statement(
+        &mut self,
+        parse: &[u8],
+        client_body: &[u8],
+    ) -> Result<()> {
+        self.server
+            .write_all(parse)
+            .await
+            .map_err(Error::UpstreamIo)?;
+        self.server
+            .write_all(&[frontend::SYNC, 0, 0, 0, 4])
+            .await
+            .map_err(Error::UpstreamIo)?;
+        let created = self
+            .read_exchange_replies(1)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if let Some(e) = created.error {
+            return Err(Error::Injected { message: e.message });
+        }
+        self.tracked
+            .record_statement(client_body)
+            .map_err(|_| Error::Malformed { what: "Parse" })
     }
 }
 

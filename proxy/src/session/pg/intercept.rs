@@ -16,11 +16,11 @@ use crate::wire::pg::messages::simple::{Query, put_query};
 use bytes::BytesMut;
 
 impl Relay<'_> {
-    /// A Parse that must not reach the backend as written: a control statement (answered
-    /// only over the simple protocol for now), or, inside a global transaction, a COMMIT
-    /// of an XA branch (only the simple protocol prepares it) or a statement tandem
-    /// cannot analyse. Writes are prepared freely and captured when bound (see
-    /// at_extended).
+    /// A Parse that must not reach the backend as written: a control statement in the
+    /// middle of a pipelined batch, or, inside a global transaction, the client's own
+    /// two-phase commit or (AT mode) a statement tandem cannot analyse. Writes and
+    /// COMMIT are prepared freely and captured, or prepare the branch, when bound (see
+    /// at_extended, xa).
     pub(super) fn refusal_for_parse(&self, body: &[u8]) -> Option<Refusal> {
         // Runs on every Parse: the SQL alone, without decoding parameter types.
         let sql = Parse::sql_of(body).ok()?;
@@ -42,24 +42,14 @@ impl Relay<'_> {
                 what: "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction",
             });
         }
-        let branch_open = !self.branch.is_empty() || self.xa != super::xa::XaBranch::None;
         let sql = String::from_utf8_lossy(sql);
         match self.ctx.analyses.analyze(&sql) {
             // XA mode captures nothing, so it needs no analysis of what it relays.
             Err(_) if self.branch_mode() == crate::binding::Mode::Xa => None,
             Err(e) => refuse(Error::Undo(e)),
-            // AT mode commits a branch over the extended protocol at the COMMIT's Bind
-            // (at_extended.rs); XA mode does not.
-            Ok(analyses) => analyses.iter().find_map(|a| match a {
-                tandem_undo::Analysis::Commit
-                    if branch_open && self.branch_mode() == crate::binding::Mode::Xa =>
-                {
-                    refuse(Error::Unsupported {
-                        what: "COMMIT of an XA branch over the extended query protocol (use the simple protocol)",
-                    })
-                }
-                _ => None,
-            }),
+            // Either mode commits a branch over the extended protocol at the COMMIT's
+            // Bind (at_extended.rs, xa.rs).
+            Ok(_) => None,
         }
     }
 

@@ -9,15 +9,18 @@
 //! under a registered branch, or rolled back.
 
 use super::Relay;
+use super::at_extended::Extended;
 use super::intercept::Intercepted;
 use crate::at::resource_id;
 use crate::binding::Mode;
 use crate::control::quote_literal;
 use crate::error::{Error, Result};
+use crate::wire::pg::codes::{backend, target};
 use crate::wire::pg::messages::response::{
     Severity, TxStatus, put_command_complete, put_error, put_ready_for_query,
 };
-use bytes::BytesMut;
+use crate::wire::pg::messages::write::put_empty;
+use bytes::{BufMut, BytesMut};
 use std::time::Duration;
 use tandem_lockserver::client::BranchKind;
 use tandem_undo::{Analysis, Postgres, analyze};
@@ -160,6 +163,73 @@ impl Relay<'_> {
             }
             _ => Ok(Intercepted::Relay),
         }
+    }
+
+    /// COMMIT of an open XA branch over the extended protocol (`[Parse] Bind [Describe]
+    /// Execute Sync`, as pgx and other drivers send it): the branch is prepared as over
+    /// the simple protocol, and tandem answers the batch as the backend answers COMMIT.
+    pub(super) async fn xa_commit_extended(&mut self, rest: &[u8], tag: u8) -> Result<Extended> {
+        if let Some(instead) = self.unless_at_sync_point(
+            tag,
+            "COMMIT of a branch in the middle of a pipelined batch (send it as [Parse] Bind [Describe] Execute Sync)",
+        ) {
+            return Ok(instead);
+        }
+        if self.phase.tx_status() == Some(TxStatus::Failed) {
+            // PostgreSQL answers it with ROLLBACK: there is nothing to prepare.
+            self.xa = XaBranch::None;
+            return Ok(Extended::NotAWrite);
+        }
+        // Preparing COMMIT runs nothing (relayed); its Bind comes back here.
+        let batch = match self
+            .batch_to_run(
+                rest,
+                tag,
+                "COMMIT of a branch followed by Flush before its Sync",
+                Some(
+                    "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
+                ),
+            )
+            .await?
+        {
+            Ok(batch) => batch,
+            Err(instead) => return Ok(instead),
+        };
+        let outcome = self.prepare_xa_branch().await?;
+        self.phase = super::Phase::Ready(TxStatus::Idle);
+        self.binding.on_local_transaction_end();
+        self.forget_resolutions_of_ended_transaction();
+        let mut out = BytesMut::new();
+        if let Some(frame) = batch.parse_frame {
+            // The client's statement, created as it thinks (COMMIT outside a transaction
+            // only warns, and it is only parsed here).
+            self.create_statement(frame, &frame[5..]).await?;
+            put_empty(&mut out, backend::PARSE_COMPLETE);
+        }
+        put_empty(&mut out, backend::BIND_COMPLETE);
+        match batch.describe {
+            Some((target::STATEMENT, _)) => {
+                out.put_u8(backend::PARAMETER_DESCRIPTION);
+                out.put_i32(6);
+                out.put_i16(0);
+                put_empty(&mut out, backend::NO_DATA);
+            }
+            Some(_) => put_empty(&mut out, backend::NO_DATA),
+            None => {}
+        }
+        match outcome {
+            Ok(()) => put_command_complete(&mut out, "COMMIT"),
+            Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+        }
+        put_ready_for_query(&mut out, TxStatus::Idle);
+        self.write_client(&out).await?;
+        tokio::io::AsyncWriteExt::flush(&mut self.client)
+            .await
+            .map_err(Error::ClientIo)?;
+        Ok(Extended::Handled {
+            consumed: batch.len,
+            to_backend: None,
+        })
     }
 
     /// ReadyForQuery of an autocommit statement tandem wrapped: prepare its branch (or

@@ -450,3 +450,78 @@ where
         }
     }
 }
+
+/// pgx, pgJDBC and other drivers send BEGIN and COMMIT over the extended protocol: the
+/// branch's COMMIT is its prepare there too, whether the statement was prepared apart
+/// (tokio-postgres' `execute`) or comes in one batch with its Parse (`query_typed`).
+#[tokio::test]
+async fn a_branchs_commit_over_the_extended_protocol_prepares_it() {
+    let orders = prepare("xa_extended_commit").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+
+    for (decision, one_batch, want) in [
+        ("rollback", false, 1000),
+        ("commit", true, 990),
+        ("commit", false, 980),
+    ] {
+        let a = tandem.connect(&orders.name).await;
+        one(&a, "SELECT tandem_mode('xa')").await.unwrap();
+        let xid = one(&a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        a.execute("BEGIN", &[]).await.unwrap();
+        let updated = a
+            .execute(
+                "UPDATE accounts SET balance = balance - $1 WHERE id = 1",
+                &[&10i64],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated, 1);
+        if one_batch {
+            let rows = a.query_typed("COMMIT", &[]).await.unwrap();
+            assert!(rows.is_empty());
+        } else {
+            assert_eq!(a.execute("COMMIT", &[]).await.unwrap(), 0);
+        }
+        let prepared = tandem_prepared(&da).await;
+        assert_eq!(
+            prepared.len(),
+            1,
+            "{decision}, one batch {one_batch}: {prepared:?}"
+        );
+        assert!(prepared[0].starts_with(&format!("tandem:{xid}:")));
+        assert_eq!(
+            balance(&da, 1).await,
+            want + if decision == "commit" { 10 } else { 0 },
+            "a prepared branch is not visible"
+        );
+        // The session is idle and goes on.
+        let n: i64 = a
+            .query_one("SELECT 41 + 1::bigint", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 42);
+
+        let status = one(&a, &format!("SELECT tandem_{decision}()"))
+            .await
+            .unwrap();
+        let expected = if decision == "rollback" {
+            "Rollbacked"
+        } else {
+            "Committed"
+        };
+        assert_eq!(status.as_deref(), Some(expected));
+        eventually("the prepared branch finished", || async {
+            tandem_prepared(&da).await.is_empty()
+        })
+        .await;
+        assert_eq!(balance(&da, 1).await, want, "{decision}");
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
