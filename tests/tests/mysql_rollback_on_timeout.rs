@@ -57,16 +57,30 @@ impl PrivateMariadb {
         } else {
             &[]
         };
-        let installed = Command::new(program("mariadb-install-db"))
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args(user)
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run mariadb-install-db");
-        assert!(installed.success(), "mariadb-install-db failed");
+        let install = || {
+            // A data directory left half made by a failed attempt is started afresh.
+            let _ = std::fs::remove_dir_all(&data);
+            Command::new(program("mariadb-install-db"))
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args(user)
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run mariadb-install-db")
+        };
+        // It failed once in CI, on a loaded machine, with its output thrown away: one
+        // more try, and the output if that fails too.
+        let mut installed = install();
+        if !installed.status.success() {
+            installed = install();
+        }
+        assert!(
+            installed.status.success(),
+            "mariadb-install-db failed: {}\n{}",
+            String::from_utf8_lossy(&installed.stdout),
+            String::from_utf8_lossy(&installed.stderr)
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
