@@ -18,6 +18,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
 command -v openssl >/dev/null || missing+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+# pgJDBC, the driver of tandem's Java users (tests/drivers/PgJdbcCheck.java).
+command -v java >/dev/null || missing+=(default-jre-headless)
+[[ -f /usr/share/java/postgresql.jar ]] || missing+=(libpostgresql-jdbc-java)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -58,6 +58,10 @@ pub(super) struct Batch<'a> {
     pub(super) bind: Bind<'a>,
     pub(super) bind_frame: &'a [u8],
     pub(super) describe: Option<(u8, &'a [u8])>,
+    /// Its Execute asks for at most some rows (pgJDBC asks for 1 when it wants none):
+    /// it matters only to a statement that returns rows, and tandem's rewritten batch
+    /// asks for all.
+    pub(super) row_limit: bool,
     pub(super) len: usize,
 }
 
@@ -367,6 +371,11 @@ impl Relay<'_> {
                 what: "a write whose RETURNING is asked for in binary, over the extended protocol inside a global transaction",
             });
         }
+        if write.has_returning && batch.row_limit {
+            return Err(Error::Unsupported {
+                what: "a write with RETURNING executed with a row limit inside a global transaction",
+            });
+        }
         let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
@@ -500,6 +509,12 @@ impl Relay<'_> {
             if let Err(e) = self.binding.bind_from_hint(&self.ctx.lock, &xid).await {
                 let max = self.ctx.config.max_message_bytes;
                 return self.answer_directly(rest_len(rest, max)?, e).await;
+            }
+        }
+        if self.begins_a_block_ahead(&sql) {
+            match self.begin_ahead(rest).await? {
+                Extended::NotAWrite => {}
+                handled => return Ok(handled),
             }
         }
         if self.binding.xid().is_some() {
@@ -663,17 +678,13 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
         .and_then(|end| execute.get(end + 1..end + 5))
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         .unwrap_or(-1);
-    if max_rows != 0 {
-        return Ok(Shape::Other(Error::Unsupported {
-            what: "a write executed with a row limit inside a global transaction",
-        }));
-    }
     Ok(Shape::Run(Batch {
         parse_frame: parse_at.map(|i| frames[i].1),
         parse,
         bind,
         bind_frame: frames[bind_at].1,
         describe,
+        row_limit: max_rows != 0,
         len: at,
     }))
 }

@@ -254,11 +254,11 @@ impl Relay<'_> {
                     },
                 )));
             }
-            // Other shapes (a row limit, more messages): no parameters tandem can use.
+            // Other shapes (more messages): no parameters tandem can use.
             Shape::Other(_) => {
                 let consumed = rest_len(rest, max)?;
                 let e = Error::Unsupported {
-                    what: "a write batched with other messages, or with a row limit, to a table that holds global locks (send it as Bind [Describe] Execute Sync)",
+                    what: "a write batched with other messages to a table that holds global locks (send it as Bind [Describe] Execute Sync)",
                 };
                 return self.answer_directly(consumed, e).await;
             }
@@ -290,7 +290,8 @@ impl Relay<'_> {
             [] => true,
             codes => codes.iter().all(|&c| c == 0),
         };
-        let to_backend = if text_results || !write.has_returning {
+        let rewritable = !write.has_returning || (text_results && !batch.row_limit);
+        let to_backend = if rewritable {
             // Prepared again with the changed rows returned, checked as over the
             // simple protocol when it is over (see guard_query).
             let rewritten = returning_rows(&String::from_utf8_lossy(sql), &write);
@@ -299,9 +300,9 @@ impl Relay<'_> {
             self.write_in_flight = Some(checked);
             out
         } else {
-            // Binary RETURNING: the batch goes as the client sent it, checked by its
-            // predicate only; tandem's transaction around an autocommit write ends at
-            // its ReadyForQuery.
+            // RETURNING in binary, or with a row limit: the batch goes as the client
+            // sent it, checked by its predicate only; tandem's transaction around an
+            // autocommit write ends at its ReadyForQuery.
             let out = self.forward_batch(&rest[..consumed])?;
             if implicit {
                 self.write_in_flight = Some(WriteInFlight::guarded());

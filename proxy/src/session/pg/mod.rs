@@ -8,6 +8,7 @@
 mod at;
 mod at_extended;
 mod at_script;
+mod begin_ahead;
 mod client_side;
 mod control_extended;
 mod exchange;

@@ -1094,3 +1094,80 @@ async fn writes_that_end_in_a_line_comment_are_captured() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// pgJDBC with autocommit off sends BEGIN in one batch with the transaction's first
+/// statement. The write behind the BEGIN is captured (tandem runs the BEGIN ahead);
+/// a BEGIN that fails takes the rest of its batch with it, as the backend would.
+#[tokio::test]
+async fn a_write_batched_behind_its_begin_is_captured_and_a_failed_begin_drops_the_batch() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("begin_ahead").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin()").await;
+    raw.recv_until(b'Z').await;
+    let batch = |begin: &str, write: &str| {
+        let mut batch = Vec::new();
+        for sql in [begin, write] {
+            batch.extend(frame(b'P', &parse_body("", sql)));
+            batch.extend(frame(b'B', &bind_body("")));
+            // A row limit of 1, as pgJDBC asks when it wants no rows.
+            batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+        }
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    let tags = |replies: &[tandem_tests::raw_pg::Msg]| -> String {
+        replies.iter().map(|m| m.tag as char).collect()
+    };
+
+    raw.send(&batch(
+        "BEGIN",
+        "UPDATE accounts SET balance = 7 WHERE id = 1",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12CZ", "{replies:?}");
+    assert_eq!(replies[2].strings()[0], "BEGIN");
+    assert_eq!(replies[5].strings()[0], "UPDATE 1");
+    assert_eq!(replies[6].body[..], b"T"[..], "inside the block");
+    raw.query("COMMIT").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "CZ", "{replies:?}");
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(1), "{locks}");
+
+    raw.send(&batch(
+        "BEGIN ISOLATION LEVEL bogus",
+        "UPDATE accounts SET balance = 8 WHERE id = 2",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("42601"));
+    assert_eq!(replies[1].body[..], b"I"[..]);
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    let row = replies
+        .iter()
+        .find(|m| m.tag == b'D')
+        .expect("the status row");
+    assert!(
+        String::from_utf8_lossy(&row.body).contains("Rollbacked"),
+        "{replies:?}"
+    );
+    assert_eq!(
+        dump(&direct).await,
+        before,
+        "row 1 restored, row 2 never written"
+    );
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -323,14 +323,14 @@ async fn control_statements_in_a_failed_transaction_block_do_nothing() {
 }
 
 /// Parse body: name, SQL, no parameter types.
-fn parse_body(name: &str, sql: &str) -> Vec<u8> {
+pub(crate) fn parse_body(name: &str, sql: &str) -> Vec<u8> {
     let mut b = format!("{name}\0{sql}\0").into_bytes();
     b.extend_from_slice(&0i16.to_be_bytes());
     b
 }
 
 /// Bind body of `statement` into the unnamed portal, no parameters, text results.
-fn bind_body(statement: &str) -> Vec<u8> {
+pub(crate) fn bind_body(statement: &str) -> Vec<u8> {
     let mut b = format!("\0{statement}\0").into_bytes();
     b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
     b

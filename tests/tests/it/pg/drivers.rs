@@ -1,7 +1,8 @@
-//! A second, unrelated driver: psycopg 3 (libpq underneath), run as a real client
-//! process against the proxy.
+//! Unrelated drivers, run as real client processes against the proxy: psycopg 3 (libpq
+//! underneath) and pgJDBC.
 
 use tandem_tests::harness::{Tandem, TestDb};
+use tandem_tests::lockserver::{Kind, TestLockserver};
 
 #[tokio::test]
 async fn psycopg_works_through_the_proxy() {
@@ -40,4 +41,44 @@ async fn psycopg_works_through_the_proxy() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
+}
+
+/// pgJDBC (Debian's libpostgresql-jdbc-java), run as a Java service runs it: global
+/// transactions in AT and XA mode around transactions with autocommit off, where the
+/// driver sends BEGIN in one batch with the first statement, every Execute with a row
+/// limit of 1, and COMMIT over the extended protocol; statements past its
+/// prepareThreshold run server-side prepared.
+#[tokio::test]
+async fn pgjdbc_works_through_the_proxy() {
+    let db = TestDb::create("pgjdbc").await;
+    db.migrate().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let program = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/PgJdbcCheck.java");
+    let upstream = tandem_tests::env::pg_upstream();
+    let url = |host: &str| {
+        format!(
+            "jdbc:postgresql://{host}/{}?user=postgres&sslmode=disable",
+            db.name
+        )
+    };
+    let output = tokio::process::Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar", program])
+        .arg(url(&tandem.pg.to_string()))
+        .arg(url(&upstream))
+        .output()
+        .await
+        .expect("java runs (tests/setup-services.sh installs it)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "pgJDBC checks failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }

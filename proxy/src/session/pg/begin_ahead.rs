@@ -1,0 +1,232 @@
+//! A transaction block that begins in the same batch as its first statement, as pgJDBC
+//! sends it with autocommit off: `BEGIN` as Parse, Bind, Execute, then the statement's
+//! messages, then one Sync. In a bound session tandem handles that statement at a sync
+//! point (AT captures it; XA joins it to the block's branch), and in the middle of a
+//! batch there is none. So the BEGIN runs ahead, under a Sync of tandem's whose
+//! ReadyForQuery the client never sees, and the rest of the batch then starts at a sync
+//! point inside the block.
+//!
+//! Every message and reply goes through the session's tracking as if relayed. Invariant:
+//! nothing after the BEGIN reaches the backend before the BEGIN's replies are read; if
+//! the BEGIN fails, the rest of the client's batch is dropped, as the backend would
+//! have skipped it up to the client's Sync.
+
+use super::at_extended::Extended;
+use super::{Phase, Relay, Relayed};
+use crate::error::{Error, Result};
+use crate::wire::pg::Frame;
+use crate::wire::pg::codes::{backend, frontend};
+use crate::wire::pg::messages::response::{TxStatus, put_ready_for_query};
+use crate::wire::pg::messages::write::put_msg;
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+
+impl Relay<'_> {
+    /// Whether `sql`, a Parse's or Bind's statement, may open a transaction block that
+    /// more of its batch then runs in: BEGIN or START TRANSACTION in an idle bound
+    /// session, at a sync point.
+    pub(super) fn begins_a_block_ahead(&self, sql: &[u8]) -> bool {
+        if self.phase != Phase::Ready(TxStatus::Idle) || self.binding.xid().is_none() {
+            return false;
+        }
+        let mut words = crate::control::leading_words(sql, false);
+        match words.next() {
+            Some(w) if w.eq_ignore_ascii_case(b"begin") => true,
+            Some(w) if w.eq_ignore_ascii_case(b"start") => words
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"transaction")),
+            _ => false,
+        }
+    }
+
+    /// `rest` starts with the Parse or Bind of a BEGIN (`begins_a_block_ahead`). Runs the
+    /// BEGIN's `[Parse] Bind [Describe] Execute` ahead when more of the batch follows it;
+    /// a BEGIN alone in its batch, or in another shape, is relayed as usual.
+    pub(super) async fn begin_ahead(&mut self, rest: &[u8]) -> Result<Extended> {
+        let max = self.ctx.config.max_message_bytes;
+        let begin_len = match begin_messages(rest, max)? {
+            BeginShape::Messages(len) => len,
+            BeginShape::NotYet => return Ok(Extended::NeedMore),
+            BeginShape::Other => return Ok(Extended::NotAWrite),
+        };
+        // The whole batch must be here: if the BEGIN fails, the rest is dropped.
+        let batch_len = match batch_len(rest, max)? {
+            BatchLen::Sync(len) => len,
+            BatchLen::NotYet if rest.len() <= max => return Ok(Extended::NeedMore),
+            // A batch that long, or that waits for replies before its Sync: as usual.
+            BatchLen::NotYet | BatchLen::Flushed => return Ok(Extended::NotAWrite),
+        };
+        if batch_len == begin_len + SYNC_LEN {
+            return Ok(Extended::NotAWrite);
+        }
+        let begin = &rest[..begin_len];
+        let mut out = BytesMut::with_capacity(begin_len + SYNC_LEN);
+        out.extend_from_slice(begin);
+        put_msg(&mut out, frontend::SYNC, &[]);
+        self.write_server(&out).await?;
+        let mut at = 0;
+        while let Some(frame) = Frame::peek(&begin[at..], max)? {
+            self.on_client_message(frame.tag, frame.body(&begin[at..]))?;
+            at += frame.wire_len;
+        }
+        self.on_client_message(frontend::SYNC, &[])?;
+        let (to_client, failed, status) = self.read_begin_replies().await?;
+        self.write_client(&to_client).await?;
+        if !failed {
+            tracing::debug!(parent: &self.span, "BEGIN run ahead of its batch");
+            return Ok(Extended::Handled {
+                consumed: begin_len,
+                to_backend: None,
+            });
+        }
+        // The backend would have skipped the rest up to the client's Sync.
+        let mut ready = BytesMut::new();
+        put_ready_for_query(&mut ready, status);
+        self.write_client(&ready).await?;
+        tokio::io::AsyncWriteExt::flush(&mut self.client)
+            .await
+            .map_err(Error::ClientIo)?;
+        Ok(Extended::Handled {
+            consumed: batch_len,
+            to_backend: None,
+        })
+    }
+
+    /// The replies to the BEGIN run ahead, up to tandem's ReadyForQuery (not passed on):
+    /// what the client gets, whether one was an error, and the status.
+    async fn read_begin_replies(&mut self) -> Result<(BytesMut, bool, TxStatus)> {
+        let max = self.ctx.config.max_message_bytes;
+        let mut to_client = BytesMut::new();
+        let mut failed = false;
+        loop {
+            while let Some(frame) = Frame::peek(&self.from_server, max)? {
+                let whole = self.from_server[..frame.wire_len].to_vec();
+                let body = &whole[5..];
+                let relayed = self.on_server_message(frame.tag, body)?;
+                self.from_server.advance(frame.wire_len);
+                if frame.tag == backend::READY_FOR_QUERY {
+                    let status = TxStatus::decode(body)
+                        .ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+                    return Ok((to_client, failed, status));
+                }
+                failed |= frame.tag == backend::ERROR_RESPONSE;
+                match relayed {
+                    Relayed::AsIs => to_client.extend_from_slice(&whole),
+                    Relayed::Rewritten(instead) => to_client.extend_from_slice(&instead),
+                }
+            }
+            if self
+                .server
+                .read_buf(&mut self.from_server)
+                .await
+                .map_err(Error::UpstreamIo)?
+                == 0
+            {
+                return Err(Error::UpstreamClosed);
+            }
+        }
+    }
+}
+
+const SYNC_LEN: usize = 5;
+
+/// The BEGIN's own messages at the head of a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum BeginShape {
+    /// `[Parse] Bind [Describe] Execute`, this many bytes.
+    Messages(usize),
+    /// Not all here yet.
+    NotYet,
+    /// Another shape.
+    Other,
+}
+
+fn begin_messages(rest: &[u8], max: usize) -> Result<BeginShape> {
+    let mut at = 0;
+    let mut last = None;
+    while let Some(frame) = Frame::peek(&rest[at..], max)? {
+        let fits = matches!(
+            (last, frame.tag),
+            (None, frontend::PARSE | frontend::BIND)
+                | (Some(frontend::PARSE), frontend::BIND)
+                | (Some(frontend::BIND), frontend::DESCRIBE | frontend::EXECUTE)
+                | (Some(frontend::DESCRIBE), frontend::EXECUTE)
+        );
+        if !fits {
+            return Ok(BeginShape::Other);
+        }
+        at += frame.wire_len;
+        if frame.tag == frontend::EXECUTE {
+            return Ok(BeginShape::Messages(at));
+        }
+        last = Some(frame.tag);
+    }
+    Ok(BeginShape::NotYet)
+}
+
+enum BatchLen {
+    Sync(usize),
+    Flushed,
+    NotYet,
+}
+
+/// Where the batch at the head of `rest` ends: at its Sync (this many bytes in), or
+/// at a Flush (the client waits for replies there).
+fn batch_len(rest: &[u8], max: usize) -> Result<BatchLen> {
+    let mut at = 0;
+    while let Some(frame) = Frame::peek(&rest[at..], max)? {
+        at += frame.wire_len;
+        match frame.tag {
+            frontend::SYNC => return Ok(BatchLen::Sync(at)),
+            frontend::FLUSH => return Ok(BatchLen::Flushed),
+            _ => {}
+        }
+    }
+    Ok(BatchLen::NotYet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_msg(&mut out, tag, body);
+        out.to_vec()
+    }
+
+    #[test]
+    fn the_begin_ends_at_its_execute_and_the_batch_at_its_sync() {
+        let parse = msg(frontend::PARSE, b"\0BEGIN\0\0\0");
+        let bind = msg(frontend::BIND, b"\0\0\0\0\0\0\0\0");
+        let execute = msg(frontend::EXECUTE, b"\0\0\0\0\0");
+        let sync = msg(frontend::SYNC, b"");
+        let begin: Vec<u8> = [&parse[..], &bind, &execute].concat();
+        let batch: Vec<u8> = [&begin[..], &parse, &bind, &execute, &sync].concat();
+        assert_eq!(
+            begin_messages(&batch, 1 << 20).unwrap(),
+            BeginShape::Messages(begin.len())
+        );
+        assert!(
+            matches!(batch_len(&batch, 1 << 20).unwrap(), BatchLen::Sync(n) if n == batch.len())
+        );
+        // Without its Execute there is no BEGIN to run yet.
+        let unfinished = [&parse[..], &bind].concat();
+        assert_eq!(
+            begin_messages(&unfinished, 1 << 20).unwrap(),
+            BeginShape::NotYet
+        );
+        let other = [&parse[..], &sync].concat();
+        assert_eq!(begin_messages(&other, 1 << 20).unwrap(), BeginShape::Other);
+        // A Flush before the Sync: the client reads replies mid-batch.
+        let flushed = [&begin[..], &msg(frontend::FLUSH, b"")].concat();
+        assert!(matches!(
+            batch_len(&flushed, 1 << 20).unwrap(),
+            BatchLen::Flushed
+        ));
+        assert!(matches!(
+            batch_len(&begin, 1 << 20).unwrap(),
+            BatchLen::NotYet
+        ));
+    }
+}
