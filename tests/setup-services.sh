@@ -18,9 +18,10 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v python3 >/dev/null || missing+=(python3)
 command -v openssl >/dev/null || missing+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
-# pgJDBC, the driver of tandem's Java users (tests/drivers/PgJdbcCheck.java).
+# The JDBC drivers of tandem's Java users (tests/drivers/*JdbcCheck.java).
 command -v java >/dev/null || missing+=(default-jre-headless)
 [[ -f /usr/share/java/postgresql.jar ]] || missing+=(libpostgresql-jdbc-java)
+[[ -f /usr/share/java/mariadb-java-client.jar ]] || missing+=(libmariadb-java)
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -190,6 +190,11 @@ impl Drop for MyTestDb {
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok(mut admin) = Conn::new(admin_opts()).await {
+                        // A test that failed may leave a transaction open on a table of
+                        // the database, in a proxy whose runtime waits for this drop:
+                        // the metadata lock must not be waited for forever (the
+                        // database is then left behind).
+                        let _ = admin.query_drop("SET SESSION lock_wait_timeout = 5").await;
                         let _ = admin
                             .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
                             .await;

@@ -656,3 +656,77 @@ async fn a_deadlocked_xa_branch_rolls_back_on_the_clients_rollback() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// With autocommit off (what JDBC's `setAutoCommit(false)` sends) no START TRANSACTION
+/// comes: the statement that opens the transaction, a read or a write, text or
+/// prepared, opens the XA branch first, and COMMIT prepares it.
+#[tokio::test]
+async fn with_autocommit_off_the_first_statement_opens_the_xa_branch() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_autocommit_off").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = balances(&mut direct).await;
+    for (decision, read_first) in [("rollback", true), ("commit", false)] {
+        let mut conn = my::connect(&tandem, &db.name).await;
+        assert_eq!(
+            text(&mut conn, "SELECT tandem_mode('xa')")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("xa")
+        );
+        let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        conn.query_drop("SET autocommit = 0").await.unwrap();
+        if read_first {
+            let balance: Option<i64> = conn
+                .query_first("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE")
+                .await
+                .unwrap();
+            assert_eq!(balance, Some(1000));
+        }
+        conn.query_drop("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+            .await
+            .unwrap();
+        conn.exec_drop(
+            "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+            (10i64, 2i32),
+        )
+        .await
+        .unwrap();
+        conn.query_drop("COMMIT").await.unwrap();
+        assert_eq!(tandem_prepared(&mut direct, &xid).await, 1, "{decision}");
+        assert_eq!(
+            balances(&mut direct).await,
+            before,
+            "a prepared branch is not visible"
+        );
+        let status = text(&mut conn, &format!("SELECT tandem_{decision}()"))
+            .await
+            .unwrap();
+        let want = if decision == "commit" {
+            "Committed"
+        } else {
+            "Rollbacked"
+        };
+        assert_eq!(status.as_deref(), Some(want));
+        let mut waited = 0;
+        while tandem_prepared(&mut direct, &xid).await > 0 {
+            waited += 1;
+            assert!(waited < 200, "the prepared branch never finished");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        drop(conn);
+    }
+    assert_eq!(
+        balances(&mut direct).await,
+        [(1, 990), (2, 1010), (3, 1000)],
+        "the rollback left nothing, the commit applied once"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

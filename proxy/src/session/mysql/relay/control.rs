@@ -231,9 +231,15 @@ impl Relay<'_> {
             Kind::Begin => self.xa_begin().await.map(Some),
             Kind::Commit if self.xa.is_some() => self.xa_end(true).await.map(Some),
             Kind::Rollback if self.xa.is_some() => self.xa_end(false).await.map(Some),
+            _ if self.opens_xa_branch_implicitly(kind, Some(sql)) => {
+                Ok(match self.xa_begin_implicitly().await? {
+                    Handled::Relay => None,
+                    handled => Some(handled),
+                })
+            }
             Kind::Work if self.xa.is_none() => self
                 .refuse(Error::Unsupported {
-                    what: "a write outside START TRANSACTION … COMMIT in XA mode on MySQL (start the transaction inside the global one)",
+                    what: "a write outside START TRANSACTION … COMMIT in XA mode on MySQL (start the transaction inside the global one, or turn autocommit off)",
                 })
                 .map(Some),
             _ => Ok(None),
@@ -269,6 +275,13 @@ impl Relay<'_> {
             });
         }
         // XA mode: a statement that may write runs only inside the branch.
+        let sql = self.prepared.get(&id).and_then(|p| p.sql.clone());
+        if self.opens_xa_branch_implicitly(kind, sql.as_deref().map(str::as_bytes)) {
+            return Ok(match self.xa_begin_implicitly().await? {
+                Handled::Relay => None,
+                handled => Some(handled),
+            });
+        }
         if kind == Kind::Passive || self.xa.is_some() {
             return Ok(None);
         }
@@ -368,38 +381,14 @@ impl Relay<'_> {
                 what: "START TRANSACTION while a transaction is open, in XA mode",
             });
         }
-        match self.ctx.xa.server_supports_xa().await {
-            Ok(true) => {}
-            Ok(false) => {
-                return self.refuse(Error::Unsupported {
-                    what: "XA mode on a server that loses prepared XA transactions with their connection (MySQL before 5.7.7, MariaDB before 10.5.2)",
-                });
-            }
-            Err(e) => {
-                tracing::warn!(parent: &self.span, error = %e, "could not ask the server's version");
-                return self.refuse(Error::Unsupported {
-                    what: "XA mode while tandem's side connection to the server fails",
-                });
-            }
-        }
-        let Some(xid) = self.binding.xid().cloned() else {
-            return Ok(Handled::Relay);
+        let start = match self.register_xa_branch().await? {
+            Ok(Some(start)) => start,
+            Ok(None) => return Ok(Handled::Relay),
+            Err(e) => return self.refuse(e),
         };
-        let resource = self.ctx.xa.resource_id(&self.database);
-        self.ctx.xa.serve(&resource);
-        let branch_id = match self
-            .ctx
-            .lock
-            .register_branch(&xid, &resource, BranchKind::XA, &[], Duration::ZERO)
-            .await
-        {
-            Ok(id) => id,
-            Err(e) => return self.refuse(e.into()),
-        };
-        let sql = format!("XA START {}", crate::xa::mysql::xa_id(&xid, branch_id));
-        let mut payload = Vec::with_capacity(1 + sql.len());
+        let mut payload = Vec::with_capacity(1 + start.len());
         payload.push(command::QUERY);
-        payload.extend_from_slice(sql.as_bytes());
+        payload.extend_from_slice(start.as_bytes());
         let mut replacement = BytesMut::new();
         put_message(&mut replacement, 0, &payload);
         let Some(header) = Header::peek(&replacement) else {
@@ -410,9 +399,97 @@ impl Relay<'_> {
         // The replacement is the command the state machine follows.
         let _ = self.on_command(header, &replacement)?;
         self.to_server.extend_from_slice(&replacement);
+        Ok(Handled::Replace)
+    }
+
+    /// With autocommit off, the statement that would open a transaction opens the XA
+    /// branch first: XA START runs as tandem's own statement, then the statement as
+    /// sent (`Relay`), inside the branch.
+    async fn xa_begin_implicitly(&mut self) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        let start = match self.register_xa_branch().await? {
+            Ok(Some(start)) => start,
+            Ok(None) => return Ok(Handled::Relay),
+            Err(e) => return self.refuse(e),
+        };
+        match self.run_own(&start).await? {
+            Ok(status) => {
+                self.exchange.on_authenticated(status);
+                Ok(Handled::Relay)
+            }
+            Err(e) => {
+                // Registered, never started: the lockserver rolls the branch back with
+                // its global transaction.
+                self.xa = None;
+                put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message);
+                Ok(Handled::Answer)
+            }
+        }
+    }
+
+    /// Whether a statement of kind `kind` (`sql`: its text, when known) opens an XA
+    /// branch before it runs, in a bound session in XA mode with no branch open: with
+    /// autocommit off and no transaction open, one that would open a transaction.
+    fn opens_xa_branch_implicitly(&self, kind: Kind, sql: Option<&[u8]>) -> bool {
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        if self.xa.is_some()
+            || status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+            || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+        {
+            return false;
+        }
+        match kind {
+            Kind::Work => true,
+            // Reads of tables open a transaction too (SET, SHOW and the like do not).
+            Kind::Passive => sql.is_some_and(|sql| {
+                control::leading_words(sql, true).next().is_some_and(|w| {
+                    [&b"select"[..], b"with", b"table", b"values"]
+                        .iter()
+                        .any(|read| w.eq_ignore_ascii_case(read))
+                })
+            }),
+            _ => false,
+        }
+    }
+
+    /// Registers an XA branch of the session's global transaction on its current
+    /// database and returns its `XA START` (the branch is then open). `Ok(None)`: the
+    /// session is bound to nothing.
+    async fn register_xa_branch(&mut self) -> Result<std::result::Result<Option<String>, Error>> {
+        match self.ctx.xa.server_supports_xa().await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(Err(Error::Unsupported {
+                    what: "XA mode on a server that loses prepared XA transactions with their connection (MySQL before 5.7.7, MariaDB before 10.5.2)",
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(parent: &self.span, error = %e, "could not ask the server's version");
+                return Ok(Err(Error::Unsupported {
+                    what: "XA mode while tandem's side connection to the server fails",
+                }));
+            }
+        }
+        let Some(xid) = self.binding.xid().cloned() else {
+            return Ok(Ok(None));
+        };
+        let resource = self.ctx.xa.resource_id(&self.database);
+        self.ctx.xa.serve(&resource);
+        let branch_id = match self
+            .ctx
+            .lock
+            .register_branch(&xid, &resource, BranchKind::XA, &[], Duration::ZERO)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let start = format!("XA START {}", crate::xa::mysql::xa_id(&xid, branch_id));
         tracing::debug!(parent: &self.span, %xid, branch = branch_id, "XA branch started");
         self.xa = Some(XaBranch { xid, branch_id });
-        Ok(Handled::Replace)
+        Ok(Ok(Some(start)))
     }
 
     /// COMMIT (prepare the branch) or ROLLBACK of the open XA branch, answered by tandem.

@@ -1,0 +1,123 @@
+// MariaDB Connector/J through tandem, as a Java service uses it: global transactions in
+// AT and XA mode around transactions with autocommit off (the driver sends SET
+// autocommit = 0 and no START TRANSACTION: in XA mode the first statement opens the
+// branch), with client-side or (useServerPrepStmts) server-side prepared statements, and
+// a batch of inserts outside any global transaction.
+//
+// Usage: java -cp /usr/share/java/mariadb-java-client.jar MyJdbcCheck.java PROXY_URL DIRECT_URL
+// Exits non-zero with the failed check if anything differs.
+
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+
+public class MyJdbcCheck {
+    static void check(boolean ok, String what) {
+        if (!ok) {
+            throw new AssertionError(what);
+        }
+    }
+
+    static String one(Connection c, String sql) throws SQLException {
+        try (Statement s = c.createStatement(); ResultSet r = s.executeQuery(sql)) {
+            check(r.next(), "a row from " + sql);
+            return r.getString(1);
+        }
+    }
+
+    static long sum(Connection direct) throws SQLException {
+        return Long.parseLong(one(direct, "SELECT CAST(sum(balance) AS SIGNED) FROM jdbc_accounts"));
+    }
+
+    static long balance(Connection direct, int id) throws SQLException {
+        return Long.parseLong(one(direct, "SELECT balance FROM jdbc_accounts WHERE id = " + id));
+    }
+
+    /**
+     * One global transaction moving 1 from row 1 to row 2 `rounds` times: in AT mode each
+     * time in a local transaction of its own; in XA mode all in one (a prepared branch
+     * keeps its row locks until the global decision, so a second branch of the same
+     * global transaction could not touch those rows).
+     */
+    static void transfer(Connection c, String mode, int rounds, String decision) throws SQLException {
+        c.setAutoCommit(true);
+        check(one(c, "SELECT tandem_mode('" + mode + "')").equals(mode), "mode " + mode);
+        String xid = one(c, "SELECT tandem_begin(30000)");
+        check(xid != null && !xid.isEmpty(), "an xid");
+        c.setAutoCommit(false);
+        try (PreparedStatement debit = c.prepareStatement(
+                        "UPDATE jdbc_accounts SET balance = balance - ? WHERE id = ?");
+                PreparedStatement credit = c.prepareStatement(
+                        "UPDATE jdbc_accounts SET balance = balance + ? WHERE id = ?")) {
+            for (int i = 0; i < rounds; i++) {
+                debit.setLong(1, 1);
+                debit.setInt(2, 1);
+                check(debit.executeUpdate() == 1, "debit");
+                credit.setLong(1, 1);
+                credit.setInt(2, 2);
+                check(credit.executeUpdate() == 1, "credit");
+                if (mode.equals("at")) {
+                    c.commit();
+                }
+            }
+        }
+        c.commit();
+        // Decided before anything else runs on the connection: a connection that
+        // prepared an XA branch takes nothing else until the branch is finished.
+        String status = one(c, "SELECT tandem_" + decision + "()");
+        String want = decision.equals("commit") ? "Committed" : "Rollbacked";
+        check(want.equals(status), mode + " " + decision + ": " + status);
+        c.setAutoCommit(true);
+    }
+
+    public static void main(String[] args) throws Exception {
+        String proxy = args[0];
+        String direct = args[1];
+        try (Connection d = DriverManager.getConnection(direct);
+                Connection c = DriverManager.getConnection(proxy)) {
+            try (Statement s = d.createStatement()) {
+                s.execute("DROP TABLE IF EXISTS jdbc_accounts");
+                s.execute("CREATE TABLE jdbc_accounts (id int PRIMARY KEY, balance bigint NOT NULL) ENGINE=InnoDB");
+                s.execute("INSERT INTO jdbc_accounts VALUES (1, 1000), (2, 1000)");
+            }
+            for (String mode : new String[] {"at", "xa"}) {
+                // Seven local transactions: past prepareThreshold (5), the statements
+                // run server-side prepared.
+                long before = balance(d, 1);
+                long before2 = balance(d, 2);
+                transfer(c, mode, 7, "rollback");
+                // XA's phase 2 (ROLLBACK PREPARED) is asynchronous; its rows were never
+                // visible.
+                check(balance(d, 1) == before && balance(d, 2) == before2, mode + ": rolled back exactly");
+                transfer(c, mode, 7, "commit");
+                long after = -1;
+                for (int i = 0; i < 100 && after != before - 7; i++) {
+                    // XA's phase 2 (COMMIT PREPARED) is asynchronous.
+                    after = balance(d, 1);
+                    Thread.sleep(50);
+                }
+                check(after == before - 7, mode + ": committed, row 1 is " + after);
+                check(sum(d) == 2000, mode + ": money is conserved");
+            }
+
+            // Outside any global transaction: a batch of inserts in one transaction.
+            c.setAutoCommit(false);
+            try (PreparedStatement insert =
+                    c.prepareStatement("INSERT INTO jdbc_accounts VALUES (?, ?)")) {
+                for (int id = 10; id < 60; id++) {
+                    insert.setInt(1, id);
+                    insert.setLong(2, id);
+                    insert.addBatch();
+                }
+                insert.executeBatch();
+            }
+            c.commit();
+            c.setAutoCommit(true);
+            check(one(d, "SELECT count(*) FROM jdbc_accounts WHERE id >= 10").equals("50"), "the batch");
+        }
+        System.out.println("all checks passed");
+    }
+}
