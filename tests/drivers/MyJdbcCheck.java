@@ -103,6 +103,29 @@ public class MyJdbcCheck {
                 check(sum(d) == 2000, mode + ": money is conserved");
             }
 
+            // A batch of updates in an AT global transaction (Connector/J may send its
+            // statements without waiting for each reply), rolled back.
+            c.setAutoCommit(true);
+            check(one(c, "SELECT tandem_mode('at')").equals("at"), "mode at");
+            one(c, "SELECT tandem_begin(30000)");
+            long before1 = balance(d, 1);
+            c.setAutoCommit(false);
+            try (PreparedStatement debit = c.prepareStatement(
+                    "UPDATE jdbc_accounts SET balance = balance - ? WHERE id = ?")) {
+                for (int i = 0; i < 5; i++) {
+                    debit.setLong(1, 1);
+                    debit.setInt(2, 1);
+                    debit.addBatch();
+                }
+                int[] counts = debit.executeBatch();
+                check(counts.length == 5, "five batched updates");
+            }
+            c.commit();
+            check(balance(d, 1) == before1 - 5, "the batch committed locally");
+            check("Rollbacked".equals(one(c, "SELECT tandem_rollback()")), "batch rollback");
+            c.setAutoCommit(true);
+            check(balance(d, 1) == before1, "the batch rolled back exactly");
+
             // Outside any global transaction: a batch of inserts in one transaction.
             c.setAutoCommit(false);
             try (PreparedStatement insert =
