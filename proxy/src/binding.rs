@@ -156,7 +156,10 @@ impl Binding {
             }
             Control::Commit | Control::Rollback => {
                 let commit = control == Control::Commit;
-                if local.open {
+                // Only a local transaction that holds captured work must end first: an
+                // empty one (JDBC with autocommit off opens one before every call) has
+                // nothing the decision could miss.
+                if local.has_branch {
                     return Err(Error::LocalTransactionOpen {
                         what: if commit {
                             "tandem_commit()"

@@ -78,7 +78,7 @@ public class PgJdbcCheck {
                 Connection c = DriverManager.getConnection(proxy)) {
             try (Statement s = d.createStatement()) {
                 s.execute("DROP TABLE IF EXISTS jdbc_accounts");
-                s.execute("CREATE TABLE jdbc_accounts (id int PRIMARY KEY, balance bigint NOT NULL)");
+                s.execute("CREATE TABLE jdbc_accounts (id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))");
                 s.execute("INSERT INTO jdbc_accounts VALUES (1, 1000), (2, 1000)");
             }
             for (String mode : new String[] {"at", "xa"}) {
@@ -100,6 +100,50 @@ public class PgJdbcCheck {
                 check(after == before - 7, mode + ": committed, row 1 is " + after);
                 check(sum(d) == 2000, mode + ": money is conserved");
             }
+
+            // A batch of updates in an AT global transaction (pgJDBC sends them all
+            // before one Sync), then a batch whose third statement fails: the driver
+            // reports it, and nothing after it runs.
+            c.setAutoCommit(true);
+            check(one(c, "SELECT tandem_mode('at')").equals("at"), "mode at");
+            one(c, "SELECT tandem_begin(30000)");
+            long before1 = balance(d, 1);
+            long before2 = balance(d, 2);
+            c.setAutoCommit(false);
+            try (PreparedStatement debit = c.prepareStatement(
+                    "UPDATE jdbc_accounts SET balance = balance - ? WHERE id = ?")) {
+                for (int i = 0; i < 8; i++) {
+                    debit.setLong(1, 1);
+                    debit.setInt(2, 1);
+                    debit.addBatch();
+                }
+                int[] counts = debit.executeBatch();
+                check(counts.length == 8, "eight batched updates");
+            }
+            c.commit();
+            check(balance(d, 1) == before1 - 8, "the batch committed locally");
+            try (PreparedStatement set = c.prepareStatement(
+                    "UPDATE jdbc_accounts SET balance = ? WHERE id = ?")) {
+                long[] values = {1, 2, -1, 4};
+                for (long v : values) {
+                    set.setLong(1, v);
+                    set.setInt(2, 2);
+                    set.addBatch();
+                }
+                try {
+                    set.executeBatch();
+                    check(false, "a batch with a failing statement fails");
+                } catch (java.sql.BatchUpdateException e) {
+                    check("23514".equals(e.getNextException() == null
+                            ? e.getSQLState() : e.getNextException().getSQLState())
+                            || "23514".equals(e.getSQLState()), "the check violation: " + e);
+                }
+            }
+            c.rollback();
+            check(balance(d, 2) == before2, "the failed batch left nothing: " + balance(d, 2));
+            check("Rollbacked".equals(one(c, "SELECT tandem_rollback()")), "batch rollback");
+            c.setAutoCommit(true);
+            check(balance(d, 1) == before1, "the batch rolled back exactly");
 
             // Outside any global transaction: a batch of inserts in one transaction.
             c.setAutoCommit(false);

@@ -697,6 +697,7 @@ impl Relay<'_> {
             self.forget_resolutions_of_ended_transaction();
         }
         let mut out = BytesMut::new();
+        let failed = error.is_some();
         if let Some((code, message)) = error {
             crate::wire::pg::messages::response::put_error(
                 &mut out,
@@ -704,6 +705,15 @@ impl Relay<'_> {
                 &code,
                 &message,
             );
+        }
+        if std::mem::take(&mut self.batch_continues) {
+            // The ReadyForQuery of tandem's own Sync: the client's batch goes on, unless
+            // the statement failed or its transaction ended, when the backend would
+            // have skipped the rest up to the client's Sync.
+            if failed || status != TxStatus::InTransaction {
+                self.skip_to_client_sync = Some(status);
+            }
+            return Ok(out);
         }
         crate::wire::pg::messages::response::put_ready_for_query(&mut out, status);
         Ok(out)

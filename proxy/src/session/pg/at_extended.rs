@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{frontend, target};
 use crate::wire::pg::messages::extended::{Bind, Format, Parse};
-use crate::wire::pg::messages::response::TxStatus;
+use crate::wire::pg::messages::response::{Severity, TxStatus, put_error};
 use crate::wire::pg::messages::write::{put_cstr, put_msg};
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
@@ -114,18 +114,32 @@ impl Relay<'_> {
         ) {
             return Ok(instead);
         }
+        // Inside a transaction block, a write that leads a longer batch runs on its own
+        // first, under a Sync of tandem's (pgJDBC's executeBatch): the rest of the batch
+        // comes back here statement by statement.
+        let max = self.ctx.config.max_message_bytes;
+        let leading = match (&write, self.phase) {
+            (Some(_), super::Phase::Ready(TxStatus::InTransaction)) => {
+                leading_statement(rest, max)?
+            }
+            _ => None,
+        };
+        let leads = leading.is_some();
         // Preparing a write changes nothing; it is captured when it is bound.
-        let batch = match self
-            .batch_to_run(
-                rest,
-                tag,
-                "a write followed by Flush before its Sync inside a global transaction",
-                None,
-            )
-            .await?
-        {
-            Ok(batch) => batch,
-            Err(instead) => return Ok(instead),
+        let batch = match leading {
+            Some(batch) => batch,
+            None => match self
+                .batch_to_run(
+                    rest,
+                    tag,
+                    "a write followed by Flush before its Sync inside a global transaction",
+                    None,
+                )
+                .await?
+            {
+                Ok(batch) => batch,
+                Err(instead) => return Ok(instead),
+            },
         };
         let consumed = batch.len;
         if let Some(read) = locking_read {
@@ -145,10 +159,14 @@ impl Relay<'_> {
             return Ok(Extended::NotAWrite);
         };
         match self.rewrite_batch(&sql, write, batch).await {
-            Ok(to_backend) => Ok(Extended::Handled {
-                consumed,
-                to_backend: Some(to_backend),
-            }),
+            Ok(to_backend) => {
+                self.batch_continues = leads;
+                Ok(Extended::Handled {
+                    consumed,
+                    to_backend: Some(to_backend),
+                })
+            }
+            Err(e) if leads => self.fail_rest_of_batch(consumed, e).await,
             Err(e) => self.answer_directly(consumed, e).await,
         }
     }
@@ -260,6 +278,28 @@ impl Relay<'_> {
         self.binding.on_local_transaction_end();
         self.forget_resolutions_of_ended_transaction();
         self.answer_directly(consumed, e).await
+    }
+
+    /// A statement leading a longer batch was refused: the client's transaction fails as
+    /// the statement would have made it fail, and the rest of its batch is dropped up
+    /// to its Sync (`skip_to_client_sync`).
+    async fn fail_rest_of_batch(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+        let sql = super::intercept::error_sql(e.sqlstate().code(), &e.to_string());
+        self.exchange_simple(&sql).await?;
+        self.phase = super::Phase::Ready(TxStatus::Failed);
+        let mut out = BytesMut::new();
+        put_error(
+            &mut out,
+            Severity::Error,
+            e.sqlstate().code(),
+            &e.to_string(),
+        );
+        self.write_client(&out).await?;
+        self.skip_to_client_sync = Some(TxStatus::Failed);
+        Ok(Extended::Handled {
+            consumed,
+            to_backend: None,
+        })
     }
 
     /// Refuses a batch without the backend: ErrorResponse, then ReadyForQuery with the
@@ -652,6 +692,62 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
         [frontend::BIND, frontend::EXECUTE, frontend::SYNC] => (None, 0, None),
         _ => return other(),
     };
+    decode_batch(&frames, parse_at, bind_at, describe_at, at)
+}
+
+/// The first statement of a longer batch, `[Parse] Bind [Describe] Execute` followed by
+/// more than its Sync (pgJDBC's executeBatch): its messages as a `Batch` of their own
+/// (`len` excludes what follows). None: another shape, or not all here yet.
+pub(super) fn leading_statement(rest: &[u8], max: usize) -> Result<Option<Batch<'_>>> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(frame) = Frame::peek(&rest[at..], max)? else {
+            return Ok(None);
+        };
+        frames.push((frame.tag, &rest[at..at + frame.wire_len]));
+        at += frame.wire_len;
+        if frame.tag == frontend::EXECUTE || frames.len() == 4 {
+            break;
+        }
+    }
+    let tags: Vec<u8> = frames.iter().map(|(t, _)| *t).collect();
+    let (parse_at, bind_at, describe_at) = match tags.as_slice() {
+        [
+            frontend::PARSE,
+            frontend::BIND,
+            frontend::DESCRIBE,
+            frontend::EXECUTE,
+        ] => (Some(0), 1, Some(2)),
+        [frontend::PARSE, frontend::BIND, frontend::EXECUTE] => (Some(0), 1, None),
+        [frontend::BIND, frontend::DESCRIBE, frontend::EXECUTE] => (None, 0, Some(1)),
+        [frontend::BIND, frontend::EXECUTE] => (None, 0, None),
+        _ => return Ok(None),
+    };
+    match Frame::peek(&rest[at..], max)? {
+        Some(next) if next.tag != frontend::SYNC && next.tag != frontend::FLUSH => {}
+        _ => return Ok(None),
+    }
+    match decode_batch(&frames, parse_at, bind_at, describe_at, at)? {
+        Shape::Run(batch) => Ok(Some(batch)),
+        _ => Ok(None),
+    }
+}
+
+/// The `Batch` of frames whose Parse (if any), Bind and Describe (if any) are at these
+/// places, the Execute right after; `len` bytes in all.
+fn decode_batch<'a>(
+    frames: &[(u8, &'a [u8])],
+    parse_at: Option<usize>,
+    bind_at: usize,
+    describe_at: Option<usize>,
+    len: usize,
+) -> Result<Shape<'a>> {
+    let other = || {
+        Ok(Shape::Other(Error::Unsupported {
+            what: "a write batched with other messages over the extended protocol inside a global transaction (send it as [Parse] Bind [Describe] Execute Sync)",
+        }))
+    };
     let body = |i: usize| &frames[i].1[5..];
     let malformed = |what| Error::Malformed { what };
     let parse = match parse_at {
@@ -685,7 +781,7 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
         bind_frame: frames[bind_at].1,
         describe,
         row_limit: max_rows != 0,
-        len: at,
+        len,
     }))
 }
 

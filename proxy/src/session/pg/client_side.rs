@@ -6,6 +6,7 @@
 use super::at_extended::Extended;
 use super::intercept::{Intercepted, put_failing_bind, put_failing_parse};
 use super::*;
+use crate::wire::pg::messages::response::put_ready_for_query;
 
 impl Relay<'_> {
     /// Relays every complete client message; returns true once Terminate was relayed.
@@ -24,6 +25,26 @@ impl Relay<'_> {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;
             };
+            if let Some(status) = self.skip_to_client_sync {
+                // The rest of a batch whose statement failed: dropped, as the backend
+                // would have skipped it.
+                if !frame.is_complete(&buf[pos..]) {
+                    break;
+                }
+                self.write_server(&buf[run_start..pos]).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                if frame.tag == frontend::SYNC {
+                    self.skip_to_client_sync = None;
+                    let mut ready = BytesMut::new();
+                    put_ready_for_query(&mut ready, status);
+                    self.write_client(&ready).await?;
+                    tokio::io::AsyncWriteExt::flush(&mut self.client)
+                        .await
+                        .map_err(|e| self.client_failed(e))?;
+                }
+                continue;
+            }
             if !frame.is_complete(&buf[pos..]) {
                 if !client_message_is_read(frame.tag) {
                     self.client_streaming = frame.wire_len - (buf.len() - pos);

@@ -186,6 +186,13 @@ struct Relay<'a> {
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     write_in_flight: Option<at::WriteInFlight>,
+    /// The write in flight is the first statement of a longer batch (run under a Sync
+    /// of tandem's): its ReadyForQuery is not the client's.
+    batch_continues: bool,
+    /// A statement of a batch run piecewise failed: the client's messages up to its
+    /// Sync are dropped, as the backend would have skipped them, and its Sync gets a
+    /// ReadyForQuery with this status.
+    skip_to_client_sync: Option<TxStatus>,
     /// The client's own COMMIT of a branch, relayed over the extended protocol after
     /// tandem registered the branch and wrote its undo row (at_extended.rs); whether
     /// the backend answered it with an error.
@@ -244,6 +251,8 @@ impl<'a> Relay<'a> {
             unchecked: crate::session::outside::UncheckedGuards::default(),
             branch: at_branch::Branch::default(),
             write_in_flight: None,
+            batch_continues: false,
+            skip_to_client_sync: None,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
             script: None,

@@ -323,6 +323,8 @@ async fn a_local_transaction_keeps_the_binding_it_began_under() {
         .await
         .unwrap();
     refused("SELECT tandem_leave()").await;
+    refused("SELECT tandem_commit()").await;
+    refused("SELECT tandem_rollback()").await;
     refused("SELECT tandem_mode('xa')").await;
     refused(&format!("SELECT tandem_join('{xid}')")).await;
     // A pool's reset inside the transaction takes effect when it ends: the write
@@ -1166,6 +1168,114 @@ async fn a_write_batched_behind_its_begin_is_captured_and_a_failed_begin_drops_t
         "row 1 restored, row 2 never written"
     );
     assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// pgJDBC's executeBatch inside a transaction block sends several writes before one
+/// Sync: each is captured on its own, and after one fails nothing more of the batch
+/// runs, as without tandem.
+#[tokio::test]
+async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("batched_writes").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
+    let batch = |writes: &[&str]| {
+        let mut batch = Vec::new();
+        for sql in writes {
+            batch.extend(frame(b'P', &parse_body("", sql)));
+            batch.extend(frame(b'B', &bind_body("")));
+            batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+        }
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    raw.query("SELECT tandem_begin()").await;
+    raw.recv_until(b'Z').await;
+
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 11 WHERE id = 1",
+        "UPDATE accounts SET balance = 12 WHERE id = 2",
+        "DELETE FROM accounts WHERE id = 3",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
+    assert_eq!(replies[9].body[..], b"T"[..]);
+    raw.query("COMMIT").await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(3), "{locks}");
+
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 14 WHERE id = 4",
+        "UPDATE accounts SET balance = balance / 0 WHERE id = 5",
+        "UPDATE accounts SET balance = 99 WHERE id = 1",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    let shape = tags(&replies);
+    assert!(shape.starts_with("12C"), "{replies:?}");
+    assert_eq!(shape.matches('E').count(), 1, "{replies:?}");
+    assert!(
+        shape.ends_with("EZ"),
+        "nothing ran after the error: {replies:?}"
+    );
+    let error = replies.iter().find(|m| m.tag == b'E').expect("the error");
+    assert_eq!(error.sqlstate().as_deref(), Some("22012"));
+    assert_eq!(
+        replies.last().map(|z| z.body[..].to_vec()),
+        Some(b"E".to_vec())
+    );
+    raw.query("ROLLBACK").await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
+
+    // A write tandem refuses (a primary-key update) fails the block the same way.
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 14 WHERE id = 4",
+        "UPDATE accounts SET id = 50 WHERE id = 5",
+        "UPDATE accounts SET balance = 99 WHERE id = 1",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
+    assert_eq!(replies[3].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(replies[4].body[..], b"E"[..]);
+    raw.query("SELECT 1").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("25P02"),
+        "{replies:?}"
+    );
+    raw.query("ROLLBACK").await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
+
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    let row = replies
+        .iter()
+        .find(|m| m.tag == b'D')
+        .expect("the status row");
+    assert!(
+        String::from_utf8_lossy(&row.body).contains("Rollbacked"),
+        "{replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before, "rolled back exactly");
     drop(raw);
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;

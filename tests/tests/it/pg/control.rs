@@ -78,12 +78,12 @@ async fn begin_join_commit_rollback_status_through_the_proxy() {
     );
     assert_eq!(value(&b, "SELECT tandem_xid()").await, None);
 
-    // Commit needs the local transaction to be over.
+    // A local transaction with no captured work does not keep the decision waiting
+    // (JDBC with autocommit off runs every call inside one); one with work does (the
+    // AT and XA tests).
     a.batch_execute("BEGIN").await.unwrap();
-    let err = control(&a, "SELECT tandem_commit()").await.unwrap_err();
-    assert_eq!(code(&err), &SqlState::ACTIVE_SQL_TRANSACTION);
-    a.batch_execute("ROLLBACK").await.unwrap();
     let (column, status) = control(&a, "SELECT tandem_commit()").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
         (column.as_str(), status.as_deref()),
         ("status", Some("Committed"))
