@@ -23,6 +23,9 @@ pub struct LocalTransaction {
     /// It has captured writes (AT) or is an open XA branch: it must end inside the
     /// global transaction.
     pub has_branch: bool,
+    /// Nothing has run in it: tandem began it ahead of this very call (JDBC with
+    /// autocommit off sends BEGIN with every first statement).
+    pub fresh: bool,
 }
 
 #[derive(Debug, Default)]
@@ -156,10 +159,17 @@ impl Binding {
             }
             Control::Commit | Control::Rollback => {
                 let commit = control == Control::Commit;
-                // Only a local transaction that holds captured work must end first: an
-                // empty one (JDBC with autocommit off opens one before every call) has
-                // nothing the decision could miss.
-                if local.has_branch {
+                // A local transaction with captured work must end first. So must any
+                // other open one before a rollback, which waits for every branch to be
+                // undone: its row locks (a SELECT … FOR UPDATE) could hold up the undo.
+                // A commit waits for no branch, and a transaction begun ahead of the
+                // call itself (JDBC with autocommit off) holds nothing.
+                let blocks = if commit {
+                    local.has_branch
+                } else {
+                    local.open && !local.fresh
+                };
+                if blocks {
                     return Err(Error::LocalTransactionOpen {
                         what: if commit {
                             "tandem_commit()"

@@ -285,13 +285,10 @@ impl Relay<'_> {
         got
     }
 
-    /// Whether the session's own resolution of `table` is known without asking the
-    /// backend: a schema-qualified name, or one resolved earlier.
-    pub(super) fn knows_resolution(&self, table: &tandem_undo::TableRef) -> bool {
-        !resolves_here(table)
-            || self
-                .resolved_tables
-                .contains_key(&Postgres.qualified(table))
+    /// Whether only the session's own connection can say which table `table` means
+    /// (see `resolves_here`).
+    pub(super) fn resolves_in_session(&self, table: &tandem_undo::TableRef) -> bool {
+        resolves_here(table)
     }
 
     async fn table_meta_once(&mut self, table: &tandem_undo::TableRef) -> Result<Arc<TableMeta>> {

@@ -302,10 +302,18 @@ impl Relay<'_> {
         })
     }
 
-    /// Refuses a batch without the backend: ErrorResponse, then ReadyForQuery with the
-    /// status the session has (it is at a sync point, and nothing was sent).
+    /// Refuses a batch without running it: ErrorResponse, then ReadyForQuery. Inside a
+    /// transaction block the block fails first, as the error would fail it.
     pub(super) async fn answer_directly(&mut self, consumed: usize, e: Error) -> Result<Extended> {
-        let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
+        let mut status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
+        if status == TxStatus::InTransaction {
+            // As the backend would (and as over the simple protocol): an error fails
+            // the transaction block, so that its COMMIT cannot keep what ran before.
+            let sql = super::intercept::error_sql(e.sqlstate().code(), &e.to_string());
+            self.exchange_simple(&sql).await?;
+            status = TxStatus::Failed;
+            self.phase = super::Phase::Ready(status);
+        }
         let mut out = BytesMut::new();
         super::control_extended::put_refusal(&mut out, &e, status);
         self.write_client(&out).await?;

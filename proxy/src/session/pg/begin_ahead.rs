@@ -74,6 +74,7 @@ impl Relay<'_> {
         self.write_client(&to_client).await?;
         if !failed {
             tracing::debug!(parent: &self.span, "BEGIN run ahead of its batch");
+            self.fresh_block = true;
             return Ok(Extended::Handled {
                 consumed: begin_len,
                 to_backend: None,

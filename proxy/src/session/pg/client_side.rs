@@ -217,6 +217,7 @@ impl Relay<'_> {
     }
 
     pub(super) fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {
+        self.fresh_block = false;
         if self.phase == Phase::Authenticating {
             return match tag {
                 frontend::PASSWORD | frontend::TERMINATE => Ok(()),

@@ -74,6 +74,7 @@ impl Relay<'_> {
                 let local = crate::binding::LocalTransaction {
                     open: self.phase.tx_status() == Some(TxStatus::InTransaction),
                     has_branch: !self.branch.is_empty() || self.xa != super::xa::XaBranch::None,
+                    fresh: self.fresh_block,
                 };
                 self.binding.carry_out(&self.ctx.lock, local, control).await
             }
@@ -85,7 +86,9 @@ impl Relay<'_> {
         let mut out = BytesMut::new();
         if let Some(frame) = batch.parse_frame {
             let stand_in = stand_in_parse(&frame[5..], column);
-            self.create_statement(&stand_in, &frame[5..]).await?;
+            if let Some((_, message)) = self.create_statement(&stand_in, &frame[5..]).await? {
+                return Err(Error::Injected { message });
+            }
             put_empty(&mut out, backend::PARSE_COMPLETE);
         }
         put_empty(&mut out, backend::BIND_COMPLETE);
@@ -117,11 +120,12 @@ impl Relay<'_> {
     /// Creates a statement of a batch tandem answers itself on the backend (`parse`: the
     /// Parse frame to send), so that it exists there as the client thinks, and tracks it
     /// as the client's Parse (`client_body`) described it.
+    /// `Ok(Some((sqlstate, message)))`: the backend refused the Parse.
     pub(super) async fn create_statement(
         &mut self,
         parse: &[u8],
         client_body: &[u8],
-    ) -> Result<()> {
+    ) -> Result<Option<(String, String)>> {
         self.server
             .write_all(parse)
             .await
@@ -136,11 +140,12 @@ impl Relay<'_> {
             .pop()
             .unwrap_or_default();
         if let Some(e) = created.error {
-            return Err(Error::Injected { message: e.message });
+            return Ok(Some((e.code, e.message)));
         }
         self.tracked
             .record_statement(client_body)
-            .map_err(|_| Error::Malformed { what: "Parse" })
+            .map_err(|_| Error::Malformed { what: "Parse" })?;
+        Ok(None)
     }
 }
 

@@ -381,10 +381,11 @@ impl Relay<'_> {
             // Not one write tandem can name the rows of: see the module comment.
             _ => return Ok(None),
         };
-        if !self.phase.at_sync_point() && !self.knows_resolution(&write.table) {
+        if !self.phase.at_sync_point() && self.resolves_in_session(&write.table) {
             // Which schema's table the name means is asked of the backend, which is
-            // busy: the side connection's answer may be another table. Only if no
-            // schema's table of that name may hold global locks can it run now.
+            // busy: the side connection's answer may be another table, and so may a
+            // remembered one (a SET ahead in the same pipeline is not over yet). Only
+            // if no schema's table of that name may hold global locks can it run now.
             let guard = tables.enter_unchecked_by_name(&self.resource, &write.table.name);
             return match guard {
                 Some(guard) => {

@@ -193,6 +193,9 @@ struct Relay<'a> {
     /// Sync are dropped, as the backend would have skipped them, and its Sync gets a
     /// ReadyForQuery with this status.
     skip_to_client_sync: Option<TxStatus>,
+    /// The open transaction block was begun by tandem ahead of the message now being
+    /// handled (`begin_ahead`), and nothing else has run in it.
+    fresh_block: bool,
     /// The client's own COMMIT of a branch, relayed over the extended protocol after
     /// tandem registered the branch and wrote its undo row (at_extended.rs); whether
     /// the backend answered it with an error.
@@ -253,6 +256,7 @@ impl<'a> Relay<'a> {
             write_in_flight: None,
             batch_continues: false,
             skip_to_client_sync: None,
+            fresh_block: false,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
             script: None,

@@ -195,17 +195,30 @@ impl Relay<'_> {
             Ok(batch) => batch,
             Err(instead) => return Ok(instead),
         };
+        let mut out = BytesMut::new();
+        if let Some(frame) = batch.parse_frame {
+            // The client's statement, created as it thinks, before anything is
+            // prepared: a Parse the backend refuses (a name in use) fails the block,
+            // as it would have without tandem, and nothing is prepared.
+            if let Some((code, message)) = self.create_statement(frame, &frame[5..]).await? {
+                put_error(&mut out, Severity::Error, &code, &message);
+                put_ready_for_query(&mut out, TxStatus::Failed);
+                self.phase = super::Phase::Ready(TxStatus::Failed);
+                self.write_client(&out).await?;
+                tokio::io::AsyncWriteExt::flush(&mut self.client)
+                    .await
+                    .map_err(Error::ClientIo)?;
+                return Ok(Extended::Handled {
+                    consumed: batch.len,
+                    to_backend: None,
+                });
+            }
+            put_empty(&mut out, backend::PARSE_COMPLETE);
+        }
         let outcome = self.prepare_xa_branch().await?;
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
         self.forget_resolutions_of_ended_transaction();
-        let mut out = BytesMut::new();
-        if let Some(frame) = batch.parse_frame {
-            // The client's statement, created as it thinks (COMMIT outside a transaction
-            // only warns, and it is only parsed here).
-            self.create_statement(frame, &frame[5..]).await?;
-            put_empty(&mut out, backend::PARSE_COMPLETE);
-        }
         put_empty(&mut out, backend::BIND_COMPLETE);
         match batch.describe {
             Some((target::STATEMENT, _)) => {

@@ -325,6 +325,23 @@ async fn a_local_transaction_keeps_the_binding_it_began_under() {
     refused("SELECT tandem_leave()").await;
     refused("SELECT tandem_commit()").await;
     refused("SELECT tandem_rollback()").await;
+    // A rollback waits for every branch to be undone: not from inside a block whose
+    // row locks could hold that up, even without captured writes.
+    let c = tandem.connect(&orders.name).await;
+    one(&c, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; SELECT * FROM accounts WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap();
+    let err = one(&c, "SELECT tandem_rollback()").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::ACTIVE_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    one(&c, "SELECT tandem_leave()").await.unwrap();
     refused("SELECT tandem_mode('xa')").await;
     refused(&format!("SELECT tandem_join('{xid}')")).await;
     // A pool's reset inside the transaction takes effect when it ends: the write
@@ -1241,6 +1258,23 @@ async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
     );
     raw.query("ROLLBACK").await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
+
+    // A refused write that ends the batch fails the block too, so that a COMMIT
+    // cannot keep the write before it.
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 14 WHERE id = 4",
+        "UPDATE nokey SET v = 1",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
+    assert_eq!(replies[3].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(replies[4].body[..], b"E"[..], "the block failed");
+    raw.query("COMMIT").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(replies[0].strings()[0], "ROLLBACK", "{replies:?}");
 
     // A write tandem refuses (a primary-key update) fails the block the same way.
     raw.query("BEGIN").await;

@@ -407,6 +407,19 @@ async fn a_pipelined_write_is_checked_against_the_table_its_search_path_finds() 
     );
     slow.unwrap();
     write.unwrap();
+    // A name the session resolved earlier (to public.accounts), then a SET and the
+    // write pipelined behind it: the remembered answer is no longer the session's.
+    let c = outside.connect(&orders.name).await;
+    c.batch_execute("UPDATE accounts SET balance = balance WHERE id = 1")
+        .await
+        .unwrap();
+    let (set, write) = tokio::join!(
+        c.simple_query("SET search_path = tenant"),
+        c.simple_query("UPDATE accounts SET balance = 97 WHERE id = 1"),
+    );
+    set.unwrap();
+    let err = write.expect_err("a held row of tenant.accounts is not written");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
     let tenant = |id: i32| {
         let direct = &direct;
         async move {

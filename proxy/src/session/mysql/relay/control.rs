@@ -301,6 +301,7 @@ impl Relay<'_> {
         let local = crate::binding::LocalTransaction {
             open: status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) || self.xa.is_some(),
             has_branch: !self.at_branch.is_empty() || self.xa.is_some(),
+            fresh: false,
         };
         let answer = match control {
             Ok(control) => {
