@@ -48,10 +48,12 @@ public class PgJdbcCheck {
         String xid = one(c, "SELECT tandem_begin(30000)");
         check(xid != null && !xid.isEmpty(), "an xid");
         c.setAutoCommit(false);
+        // Statement texts of each mode's own: the driver parses them afresh (Parse and
+        // Bind in one batch) before it prepares them server-side.
         try (PreparedStatement debit = c.prepareStatement(
-                        "UPDATE jdbc_accounts SET balance = balance - ? WHERE id = ?");
+                        "UPDATE jdbc_accounts /* " + mode + " */ SET balance = balance - ? WHERE id = ?");
                 PreparedStatement credit = c.prepareStatement(
-                        "UPDATE jdbc_accounts SET balance = balance + ? WHERE id = ?")) {
+                        "UPDATE jdbc_accounts /* " + mode + " */ SET balance = balance + ? WHERE id = ?")) {
             for (int i = 0; i < rounds; i++) {
                 debit.setLong(1, 1);
                 debit.setInt(2, 1);

@@ -839,6 +839,17 @@ impl Relay<'_> {
             super::Phase::Busy {
                 unsynced: false, ..
             } => Extended::WaitForSyncPoint,
+            // Only a Parse (pgJDBC's first run of a statement) went ahead of it in this
+            // batch, inside an open block: it joins the block's branch.
+            super::Phase::Busy {
+                tx: TxStatus::InTransaction,
+                awaiting: 0,
+                unsynced: true,
+                ..
+            } if !self.executed_in_batch => {
+                self.xa = XaBranch::Open;
+                Extended::NotAWrite
+            }
             _ => refuse(
                 "a write in the middle of a pipelined batch that does not run inside an open transaction block, in XA mode",
             ),

@@ -218,6 +218,13 @@ impl Relay<'_> {
 
     pub(super) fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {
         self.fresh_block = false;
+        match tag {
+            frontend::EXECUTE => self.executed_in_batch = true,
+            frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
+                self.executed_in_batch = false
+            }
+            _ => {}
+        }
         if self.phase == Phase::Authenticating {
             return match tag {
                 frontend::PASSWORD | frontend::TERMINATE => Ok(()),

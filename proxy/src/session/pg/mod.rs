@@ -196,6 +196,9 @@ struct Relay<'a> {
     /// The open transaction block was begun by tandem ahead of the message now being
     /// handled (`begin_ahead`), and nothing else has run in it.
     fresh_block: bool,
+    /// An Execute was sent since the last Sync (or Query): the transaction state the
+    /// last ReadyForQuery gave may have changed within the batch.
+    executed_in_batch: bool,
     /// The client's own COMMIT of a branch, relayed over the extended protocol after
     /// tandem registered the branch and wrote its undo row (at_extended.rs); whether
     /// the backend answered it with an error.
@@ -257,6 +260,7 @@ impl<'a> Relay<'a> {
             batch_continues: false,
             skip_to_client_sync: None,
             fresh_block: false,
+            executed_in_batch: false,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
             script: None,

@@ -525,3 +525,57 @@ async fn a_branchs_commit_over_the_extended_protocol_prepares_it() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// pgJDBC runs a statement for the first time as Parse, Bind, Execute in one batch:
+/// inside an open block in XA mode, that write joins the block's branch (the Parse
+/// ahead of its Bind runs nothing).
+#[tokio::test]
+async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("xa_parse_bind").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    raw.query("SELECT tandem_mode('xa')").await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    let mut batch = frame(
+        b'P',
+        &parse_body("", "UPDATE accounts SET balance = 5 WHERE id = 1"),
+    );
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12CZ", "{replies:?}");
+    raw.query("COMMIT").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
+    assert_eq!(
+        tandem_prepared(&da).await.len(),
+        1,
+        "the write was a branch"
+    );
+    assert_eq!(
+        balance(&da, 1).await,
+        1000,
+        "not visible before the decision"
+    );
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    eventually("the prepared branch finished", || async {
+        tandem_prepared(&da).await.is_empty()
+    })
+    .await;
+    assert_eq!(balance(&da, 1).await, 1000);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
