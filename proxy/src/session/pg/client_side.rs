@@ -25,9 +25,11 @@ impl Relay<'_> {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;
             };
-            if let Some(status) = self.skip_to_client_sync {
+            if let Some(status) = self.skip_to_client_sync
+                && frame.tag != frontend::TERMINATE
+            {
                 // The rest of a batch whose statement failed: dropped, as the backend
-                // would have skipped it.
+                // would have skipped it (a Terminate still ends the session).
                 if !frame.is_complete(&buf[pos..]) {
                     break;
                 }
