@@ -65,6 +65,31 @@ impl Relay<'_> {
             }
         };
         let consumed = batch.len;
+        // The client's Parse comes first, as without tandem: one the backend refuses (a
+        // name in use) fails the batch before the call runs.
+        let mut out = BytesMut::new();
+        if let Some(frame) = batch.parse_frame {
+            let stand_in = stand_in_parse(&frame[5..], column);
+            if let Some((code, message)) = self.create_statement(&stand_in, &frame[5..]).await? {
+                let status = match self.phase.tx_status() {
+                    // The Parse error failed the block on the backend too.
+                    Some(TxStatus::InTransaction) => TxStatus::Failed,
+                    status => status.unwrap_or(TxStatus::Idle),
+                };
+                self.phase = super::Phase::Ready(status);
+                put_error(&mut out, Severity::Error, &code, &message);
+                put_ready_for_query(&mut out, status);
+                self.write_client(&out).await?;
+                AsyncWriteExt::flush(&mut self.client)
+                    .await
+                    .map_err(Error::ClientIo)?;
+                return Ok(Extended::Handled {
+                    consumed,
+                    to_backend: None,
+                });
+            }
+            put_empty(&mut out, backend::PARSE_COMPLETE);
+        }
         let answer = match parsed {
             _ if self.phase.tx_status() == Some(TxStatus::Failed) => Err(Error::Unsupported {
                 what: "a control function in a failed transaction block (ROLLBACK first)",
@@ -81,16 +106,12 @@ impl Relay<'_> {
         };
         let value = match answer {
             Ok(value) => value,
-            Err(e) => return self.answer_directly(consumed, e).await,
-        };
-        let mut out = BytesMut::new();
-        if let Some(frame) = batch.parse_frame {
-            let stand_in = stand_in_parse(&frame[5..], column);
-            if let Some((_, message)) = self.create_statement(&stand_in, &frame[5..]).await? {
-                return Err(Error::Injected { message });
+            Err(e) => {
+                // The statement was created (ParseComplete); the call fails.
+                self.write_client(&out).await?;
+                return self.answer_directly(consumed, e).await;
             }
-            put_empty(&mut out, backend::PARSE_COMPLETE);
-        }
+        };
         put_empty(&mut out, backend::BIND_COMPLETE);
         let format = batch.bind.result_formats.first().copied().unwrap_or(0);
         match batch.describe {

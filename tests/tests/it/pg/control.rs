@@ -375,3 +375,40 @@ async fn a_control_statement_bound_mid_pipeline_is_refused_not_run_against_its_s
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A control call whose Parse the backend refuses (its statement name is in use) fails
+/// as that Parse would, before the call runs; the session goes on.
+#[tokio::test]
+async fn a_control_call_whose_parse_is_refused_fails_and_the_session_goes_on() {
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = TestDb::create("control_parse").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(b'P', &parse_body("ctl", "SELECT tandem_xid()"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    assert_eq!(raw.recv_until(b'Z').await[0].tag, b'1');
+    // The same name again, with a call that would bind the session.
+    let mut batch = frame(b'P', &parse_body("ctl", "SELECT tandem_begin()"));
+    batch.extend(frame(b'B', &bind_body("ctl")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("42P05"));
+    raw.query("SELECT tandem_xid()").await;
+    let replies = raw.recv_until(b'Z').await;
+    let row = replies.iter().find(|m| m.tag == b'D').expect("a row");
+    assert_eq!(
+        &row.body[..],
+        b"\0\x01\xff\xff\xff\xff",
+        "the call did not run: not bound"
+    );
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
