@@ -284,9 +284,7 @@ impl Relay<'_> {
     /// the statement would have made it fail, and the rest of its batch is dropped up
     /// to its Sync (`skip_to_client_sync`).
     async fn fail_rest_of_batch(&mut self, consumed: usize, e: Error) -> Result<Extended> {
-        let sql = super::intercept::error_sql(e.sqlstate().code(), &e.to_string());
-        self.exchange_simple(&sql).await?;
-        self.phase = super::Phase::Ready(TxStatus::Failed);
+        self.fail_block(&e).await?;
         let mut out = BytesMut::new();
         put_error(
             &mut out,
@@ -309,14 +307,27 @@ impl Relay<'_> {
         if status == TxStatus::InTransaction {
             // As the backend would (and as over the simple protocol): an error fails
             // the transaction block, so that its COMMIT cannot keep what ran before.
-            let sql = super::intercept::error_sql(e.sqlstate().code(), &e.to_string());
-            self.exchange_simple(&sql).await?;
+            self.fail_block(&e).await?;
             status = TxStatus::Failed;
-            self.phase = super::Phase::Ready(status);
         }
         let mut out = BytesMut::new();
         super::control_extended::put_refusal(&mut out, &e, status);
-        self.write_client(&out).await?;
+        self.answered(&out, consumed).await
+    }
+
+    /// Fails the open transaction block on the backend with `e`, as the statement
+    /// tandem refused would have failed it.
+    async fn fail_block(&mut self, e: &Error) -> Result<()> {
+        let sql = super::intercept::error_sql(e.sqlstate().code(), &e.to_string());
+        self.exchange_simple(&sql).await?;
+        self.phase = super::Phase::Ready(TxStatus::Failed);
+        Ok(())
+    }
+
+    /// tandem answered the client's batch (`consumed` bytes) itself with `out`: sent
+    /// at once, since the client waits for it.
+    pub(super) async fn answered(&mut self, out: &[u8], consumed: usize) -> Result<Extended> {
+        self.write_client(out).await?;
         tokio::io::AsyncWriteExt::flush(&mut self.client)
             .await
             .map_err(Error::ClientIo)?;

@@ -19,7 +19,6 @@ use crate::wire::pg::codes::{backend, frontend};
 use crate::wire::pg::messages::response::{TxStatus, put_ready_for_query};
 use crate::wire::pg::messages::write::put_msg;
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncReadExt;
 
 impl Relay<'_> {
     /// Whether `sql`, a Parse's or Bind's statement, may open a transaction block that
@@ -83,14 +82,7 @@ impl Relay<'_> {
         // The backend would have skipped the rest up to the client's Sync.
         let mut ready = BytesMut::new();
         put_ready_for_query(&mut ready, status);
-        self.write_client(&ready).await?;
-        tokio::io::AsyncWriteExt::flush(&mut self.client)
-            .await
-            .map_err(Error::ClientIo)?;
-        Ok(Extended::Handled {
-            consumed: batch_len,
-            to_backend: None,
-        })
+        self.answered(&ready, batch_len).await
     }
 
     /// The replies to the BEGIN run ahead, up to tandem's ReadyForQuery (not passed on):
@@ -116,15 +108,7 @@ impl Relay<'_> {
                     Relayed::Rewritten(instead) => to_client.extend_from_slice(&instead),
                 }
             }
-            if self
-                .server
-                .read_buf(&mut self.from_server)
-                .await
-                .map_err(Error::UpstreamIo)?
-                == 0
-            {
-                return Err(Error::UpstreamClosed);
-            }
+            self.read_more_from_server().await?;
         }
     }
 }

@@ -79,14 +79,7 @@ impl Relay<'_> {
                 self.phase = super::Phase::Ready(status);
                 put_error(&mut out, Severity::Error, &code, &message);
                 put_ready_for_query(&mut out, status);
-                self.write_client(&out).await?;
-                AsyncWriteExt::flush(&mut self.client)
-                    .await
-                    .map_err(Error::ClientIo)?;
-                return Ok(Extended::Handled {
-                    consumed,
-                    to_backend: None,
-                });
+                return self.answered(&out, consumed).await;
             }
             put_empty(&mut out, backend::PARSE_COMPLETE);
         }
@@ -126,14 +119,7 @@ impl Relay<'_> {
         }
         put_answer_rows(&mut out, value.as_deref());
         put_ready_for_query(&mut out, self.phase.tx_status().unwrap_or(TxStatus::Idle));
-        self.write_client(&out).await?;
-        AsyncWriteExt::flush(&mut self.client)
-            .await
-            .map_err(Error::ClientIo)?;
-        Ok(Extended::Handled {
-            consumed,
-            to_backend: None,
-        })
+        self.answered(&out, consumed).await
     }
 }
 

@@ -202,19 +202,26 @@ impl Relay<'_> {
                 }
                 self.from_server.advance(frame.wire_len);
             }
-            if self.from_server.capacity() - self.from_server.len() < 1024 {
-                self.from_server.reserve(8 * 1024);
-            }
-            if self
-                .server
-                .read_buf(&mut self.from_server)
-                .await
-                .map_err(Error::UpstreamIo)?
-                == 0
-            {
-                return Err(Error::UpstreamClosed);
-            }
+            self.read_more_from_server().await?;
         }
+    }
+
+    /// Reads what the backend sent next into `from_server`, for a reader of tandem's
+    /// own replies; the backend closing is an error there.
+    pub(super) async fn read_more_from_server(&mut self) -> Result<()> {
+        if self.from_server.capacity() - self.from_server.len() < 1024 {
+            self.from_server.reserve(8 * 1024);
+        }
+        if self
+            .server
+            .read_buf(&mut self.from_server)
+            .await
+            .map_err(Error::UpstreamIo)?
+            == 0
+        {
+            return Err(Error::UpstreamClosed);
+        }
+        Ok(())
     }
 }
 

@@ -277,14 +277,7 @@ impl Relay<'_> {
                 refused.status = TxStatus::Failed;
             }
             let out = self.answer_refused(refused);
-            self.write_client(&out).await?;
-            tokio::io::AsyncWriteExt::flush(&mut self.client)
-                .await
-                .map_err(Error::ClientIo)?;
-            return Ok(Extended::Handled {
-                consumed,
-                to_backend: None,
-            });
+            return self.answered(&out, consumed).await;
         }
         let text_results = match batch.bind.result_formats.as_slice() {
             [] => true,

@@ -204,14 +204,7 @@ impl Relay<'_> {
                 put_error(&mut out, Severity::Error, &code, &message);
                 put_ready_for_query(&mut out, TxStatus::Failed);
                 self.phase = super::Phase::Ready(TxStatus::Failed);
-                self.write_client(&out).await?;
-                tokio::io::AsyncWriteExt::flush(&mut self.client)
-                    .await
-                    .map_err(Error::ClientIo)?;
-                return Ok(Extended::Handled {
-                    consumed: batch.len,
-                    to_backend: None,
-                });
+                return self.answered(&out, batch.len).await;
             }
             put_empty(&mut out, backend::PARSE_COMPLETE);
         }
@@ -235,14 +228,7 @@ impl Relay<'_> {
             Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
         }
         put_ready_for_query(&mut out, TxStatus::Idle);
-        self.write_client(&out).await?;
-        tokio::io::AsyncWriteExt::flush(&mut self.client)
-            .await
-            .map_err(Error::ClientIo)?;
-        Ok(Extended::Handled {
-            consumed: batch.len,
-            to_backend: None,
-        })
+        self.answered(&out, batch.len).await
     }
 
     /// ReadyForQuery of an autocommit statement tandem wrapped: prepare its branch (or
