@@ -760,7 +760,13 @@ impl Relay<'_> {
                 (sql.as_str(), params.as_slice(), formats.as_slice())
             })
             .collect();
-        let results = self.exchange_many(&statements).await?;
+        // Every write returned its rows' after images (the usual case): nothing to read,
+        // and no round trip.
+        let results = if statements.is_empty() {
+            Vec::new()
+        } else {
+            self.exchange_many(&statements).await?
+        };
         drop(statements);
         for ((meta, ..), got) in queries.iter().zip(results) {
             if let Some(e) = got.error {

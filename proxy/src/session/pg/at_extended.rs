@@ -292,7 +292,7 @@ impl Relay<'_> {
             e.sqlstate().code(),
             &e.to_string(),
         );
-        self.write_client(&out).await?;
+        self.write_client(&out);
         self.skip_to_client_sync = Some(TxStatus::Failed);
         Ok(Extended::Handled {
             consumed,
@@ -327,10 +327,8 @@ impl Relay<'_> {
     /// tandem answered the client's batch (`consumed` bytes) itself with `out`: sent
     /// at once, since the client waits for it.
     pub(super) async fn answered(&mut self, out: &[u8], consumed: usize) -> Result<Extended> {
-        self.write_client(out).await?;
-        tokio::io::AsyncWriteExt::flush(&mut self.client)
-            .await
-            .map_err(Error::ClientIo)?;
+        self.write_client(out);
+        self.flush_client().await?;
         Ok(Extended::Handled {
             consumed,
             to_backend: None,

@@ -70,7 +70,7 @@ impl Relay<'_> {
         }
         self.on_client_message(frontend::SYNC, &[])?;
         let (to_client, failed, status) = self.read_begin_replies().await?;
-        self.write_client(&to_client).await?;
+        self.write_client(&to_client);
         if !failed {
             tracing::debug!(parent: &self.span, "BEGIN run ahead of its batch");
             self.fresh_block = true;

@@ -40,10 +40,8 @@ impl Relay<'_> {
                     self.skip_to_client_sync = None;
                     let mut ready = BytesMut::new();
                     put_ready_for_query(&mut ready, status);
-                    self.write_client(&ready).await?;
-                    tokio::io::AsyncWriteExt::flush(&mut self.client)
-                        .await
-                        .map_err(|e| self.client_failed(e))?;
+                    self.write_client(&ready);
+                    self.flush_client().await?;
                 }
                 continue;
             }
@@ -148,10 +146,8 @@ impl Relay<'_> {
                     }
                     Intercepted::Answer(answer) => {
                         self.write_server(&buf[run_start..pos]).await?;
-                        self.write_client(&answer).await?;
-                        tokio::io::AsyncWriteExt::flush(&mut self.client)
-                            .await
-                            .map_err(|e| self.client_failed(e))?;
+                        self.write_client(&answer);
+                        self.flush_client().await?;
                         pos += frame.wire_len;
                         run_start = pos;
                         continue;

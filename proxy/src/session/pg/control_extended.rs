@@ -101,7 +101,7 @@ impl Relay<'_> {
             Ok(value) => value,
             Err(e) => {
                 // The statement was created (ParseComplete); the call fails.
-                self.write_client(&out).await?;
+                self.write_client(&out);
                 return self.answer_directly(consumed, e).await;
             }
         };

@@ -196,7 +196,7 @@ impl Relay<'_> {
                     }
                     backend::NOTIFICATION_RESPONSE | backend::PARAMETER_STATUS => {
                         let whole = self.from_server[..frame.wire_len].to_vec();
-                        self.write_client(&whole).await?;
+                        self.write_client(&whole);
                     }
                     _ => {}
                 }

@@ -158,6 +158,10 @@ struct Relay<'a> {
     server: ServerStream,
     from_client: BytesMut,
     from_server: BytesMut,
+    /// Replies for the client not yet written: sent together at the next flush
+    /// (`flush_client`), so that a rewritten reply and the ReadyForQuery behind it
+    /// reach the client in one write, and wake it once.
+    to_client: BytesMut,
     /// Bytes of a large client message still to pass through without buffering it.
     client_streaming: usize,
     /// Bytes of a large backend message still to pass through without buffering it.
@@ -240,6 +244,7 @@ impl<'a> Relay<'a> {
             server,
             from_client,
             from_server: BytesMut::new(),
+            to_client: BytesMut::new(),
             client_streaming: 0,
             server_streaming: 0,
             phase: Phase::Authenticating,
@@ -282,6 +287,8 @@ impl<'a> Relay<'a> {
         let drain = self.ctx.signals.drain.clone().cancelled_owned();
         tokio::pin!(abort, drain);
         loop {
+            // Whatever is owed to the client goes before the session waits again.
+            self.flush_client().await?;
             reserve_for_read(&mut self.from_client);
             reserve_for_read(&mut self.from_server);
             tokio::select! {
@@ -371,6 +378,8 @@ impl<'a> Relay<'a> {
     /// client cannot hear it; then ends the backend connection cleanly where possible.
     async fn report(&mut self, error: &Error) {
         if !self.client_lost && !self.backend_said_fatal {
+            // Replies already relayed come first; a failure here is reported below.
+            let _ = self.flush_client().await;
             report_fatal(&mut self.client, error).await;
         }
         if !matches!(error, Error::UpstreamIo(_) | Error::UpstreamClosed) {

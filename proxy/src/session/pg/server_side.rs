@@ -41,8 +41,8 @@ impl Relay<'_> {
                     refusal.sqlstate,
                     &refusal.message,
                 );
-                self.write_client(&buf[run_start..pos]).await?;
-                self.write_client(&replacement).await?;
+                self.write_client(&buf[run_start..pos]);
+                self.write_client(&replacement);
                 pos += frame.wire_len;
                 run_start = pos;
                 continue;
@@ -51,23 +51,23 @@ impl Relay<'_> {
                 && w.swallow.front() == Some(&frame.tag)
             {
                 w.swallow.pop_front();
-                self.write_client(&buf[run_start..pos]).await?;
+                self.write_client(&buf[run_start..pos]);
                 pos += frame.wire_len;
                 run_start = pos;
                 continue;
             }
             if self.script.is_some() && frame.tag == backend::READY_FOR_QUERY {
                 let replacement = self.on_script_ready(frame.body(&buf[pos..])).await?;
-                self.write_client(&buf[run_start..pos]).await?;
-                self.write_client(&replacement).await?;
+                self.write_client(&buf[run_start..pos]);
+                self.write_client(&replacement);
                 pos += frame.wire_len;
                 run_start = pos;
                 continue;
             }
             if self.xa == xa::XaBranch::Implicit && frame.tag == backend::READY_FOR_QUERY {
                 let replacement = self.on_xa_implicit_ready(frame.body(&buf[pos..])).await?;
-                self.write_client(&buf[run_start..pos]).await?;
-                self.write_client(&replacement).await?;
+                self.write_client(&buf[run_start..pos]);
+                self.write_client(&replacement);
                 pos += frame.wire_len;
                 run_start = pos;
                 continue;
@@ -87,8 +87,8 @@ impl Relay<'_> {
                     _ => None,
                 };
                 if let Some(replacement) = rewritten {
-                    self.write_client(&buf[run_start..pos]).await?;
-                    self.write_client(&replacement).await?;
+                    self.write_client(&buf[run_start..pos]);
+                    self.write_client(&replacement);
                     pos += frame.wire_len;
                     run_start = pos;
                     continue;
@@ -97,19 +97,15 @@ impl Relay<'_> {
             match self.on_server_message(frame.tag, frame.body(&buf[pos..]))? {
                 Relayed::AsIs => {}
                 Relayed::Rewritten(replacement) => {
-                    self.write_client(&buf[run_start..pos]).await?;
-                    self.write_client(&replacement).await?;
+                    self.write_client(&buf[run_start..pos]);
+                    self.write_client(&replacement);
                     run_start = pos + frame.wire_len;
                 }
             }
             pos += frame.wire_len;
         }
         self.ctx.metrics.bytes_from_backends.inc_by(pos as u64);
-        self.write_client(&buf[run_start..pos]).await?;
-        self.client
-            .flush()
-            .await
-            .map_err(|e| self.client_failed(e))?;
+        self.flush_client_with(&buf[run_start..pos]).await?;
         let arrived = std::mem::replace(&mut self.from_server, buf);
         self.from_server.advance(pos);
         if arrived.is_empty() {
@@ -273,13 +269,34 @@ impl Relay<'_> {
         Ok(Relayed::Rewritten(out))
     }
 
-    pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
+    /// Queues `bytes` for the client; they go at the next `flush_client`, in order.
+    pub(super) fn write_client(&mut self, bytes: &[u8]) {
+        self.to_client.extend_from_slice(bytes);
+    }
+
+    /// Writes everything queued for the client and flushes it.
+    pub(super) async fn flush_client(&mut self) -> Result<()> {
+        self.flush_client_with(&[]).await
+    }
+
+    /// Writes everything queued for the client, then `last`, in one write where the
+    /// queue is empty (a relayed run of backend bytes is then not copied), and flushes.
+    pub(super) async fn flush_client_with(&mut self, last: &[u8]) -> Result<()> {
+        let result = if self.to_client.is_empty() {
+            if last.is_empty() {
+                return Ok(());
+            }
+            self.client.write_all(last).await
+        } else {
+            self.to_client.extend_from_slice(last);
+            let result = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            result
+        };
+        match result {
+            Ok(()) => self.client.flush().await,
+            Err(e) => Err(e),
         }
-        self.client
-            .write_all(bytes)
-            .await
-            .map_err(|e| self.client_failed(e))
+        .map_err(|e| self.client_failed(e))
     }
 }
