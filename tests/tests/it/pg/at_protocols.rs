@@ -1315,3 +1315,57 @@ async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A Terminate that the client sends while tandem drops the rest of a failed batch
+/// still ends the session: it is not dropped with the batch, which would leave the
+/// session open until the client closed its socket.
+#[tokio::test]
+async fn a_terminate_behind_a_failed_write_in_a_batch_ends_the_session() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("batch_terminate").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin()").await;
+    let replies = raw.recv_until(b'Z').await;
+    let xid = replies
+        .iter()
+        .find(|m| m.tag == b'D')
+        .map(|row| String::from_utf8_lossy(&row.body[6..]).into_owned())
+        .expect("the xid");
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    let mut batch = Vec::new();
+    for sql in [
+        "UPDATE accounts SET balance = 14 WHERE id = 4",
+        "UPDATE accounts SET balance = balance / 0 WHERE id = 5",
+        "UPDATE accounts SET balance = 99 WHERE id = 1",
+    ] {
+        batch.extend(frame(b'P', &parse_body("", sql)));
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+    }
+    batch.extend(frame(b'X', b""));
+    raw.send(&batch).await;
+    let replies = tokio::time::timeout(std::time::Duration::from_secs(10), raw.recv_to_close())
+        .await
+        .expect("the session ended at the Terminate");
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.sqlstate().as_deref() == Some("22012")),
+        "{replies:?}"
+    );
+    assert!(replies.iter().all(|m| m.tag != b'Z'), "{replies:?}");
+    tandem.assert_no_sessions_left().await;
+    let (status, _) = lockserver
+        .post(&format!("/v1/transactions/{xid}/rollback"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(dump(&direct).await, before, "nothing of the block stayed");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

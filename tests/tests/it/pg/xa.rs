@@ -579,3 +579,65 @@ async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// XA COMMIT over the extended protocol creates the client's named statement before it
+/// prepares anything: a Parse the backend refuses (the name is taken) fails the block,
+/// as it would without tandem, nothing is prepared, and the session goes on.
+#[tokio::test]
+async fn an_xa_commit_whose_parse_is_refused_prepares_nothing() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("xa_commit_refused_parse").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    for sql in [
+        "SELECT tandem_mode('xa')",
+        "SELECT tandem_begin(30000)",
+        "BEGIN",
+        "UPDATE accounts SET balance = 5 WHERE id = 1",
+    ] {
+        raw.query(sql).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+    }
+    let mut taken = frame(b'P', &parse_body("taken", "SELECT 1"));
+    taken.extend(frame(b'S', b""));
+    raw.send(&taken).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "1Z", "{replies:?}");
+
+    let mut commit = frame(b'P', &parse_body("taken", "COMMIT"));
+    commit.extend(frame(b'B', &bind_body("taken")));
+    commit.extend(frame(b'E', b"\0\0\0\0\0"));
+    commit.extend(frame(b'S', b""));
+    raw.send(&commit).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "EZ", "{replies:?}");
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some(SqlState::DUPLICATE_PSTATEMENT.code())
+    );
+    assert_eq!(&replies[1].body[..], b"E", "the block failed");
+    assert!(
+        tandem_prepared(&da).await.is_empty(),
+        "nothing was prepared"
+    );
+
+    raw.query("ROLLBACK").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(replies[0].strings()[0], "ROLLBACK", "{replies:?}");
+    raw.query("SELECT 41 + 1").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(replies.iter().any(|m| m.tag == b'D'), "{replies:?}");
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&da, 1).await, 1000, "the write was rolled back");
+    assert!(tandem_prepared(&da).await.is_empty());
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
