@@ -39,6 +39,9 @@ pub struct Relay<'a> {
     /// exchange), staged before one write.
     pub(super) to_client: BytesMut,
     pub(super) to_server: BytesMut,
+    /// COM_STMT_CLOSEs of tandem's one-use statements: they have no reply, so they
+    /// ride with the next bytes sent to the server instead of costing a write each.
+    pub(super) pending_closes: BytesMut,
     /// Bytes of a large client packet still to pass through without buffering it.
     pub(super) client_streaming: usize,
     /// The same for a large server packet.
@@ -127,6 +130,7 @@ impl<'a> Relay<'a> {
             from_server: opened.from_server,
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
+            pending_closes: BytesMut::new(),
             client_streaming: 0,
             server_streaming: 0,
             client_message: MessageSize::default(),
@@ -300,10 +304,7 @@ impl<'a> Relay<'a> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.server
-            .write_all(bytes)
-            .await
-            .map_err(Error::UpstreamIo)
+        own::write_after_closes(&mut self.server, &mut self.pending_closes, bytes).await
     }
 
     /// Writes and empties what tandem staged for each side.

@@ -95,6 +95,7 @@ impl Relay<'_> {
         let own = Own {
             server: &mut self.server,
             from_server: &mut self.from_server,
+            pending_closes: &mut self.pending_closes,
             deprecate_eof: self.exchange.server.deprecate_eof,
             extended_metadata: self.extended_metadata,
             executes_last_prepared: self.executes_last_prepared,

@@ -596,9 +596,11 @@ async fn own_statement(
     from_server: &mut BytesMut,
     sql: &str,
 ) -> Result<std::result::Result<StatusFlags, OwnError>> {
+    let mut no_closes = BytesMut::new();
     let mut own = Own {
         server,
         from_server,
+        pending_closes: &mut no_closes,
         deprecate_eof: false,
         extended_metadata: false,
         executes_last_prepared: false,

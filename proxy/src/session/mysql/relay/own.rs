@@ -5,7 +5,9 @@
 //!
 //! Owns the reading of those replies. Never touches the client socket. Invariant: each
 //! function leaves the connection at a sync point, with no statement of tandem's left
-//! prepared, or fails the session (an I/O or protocol error).
+//! prepared but those it keeps (`OwnStatements`) and those whose COM_STMT_CLOSE is
+//! pending (sent ahead of the next write to the server), or fails the session (an I/O
+//! or protocol error).
 
 use crate::error::{Error, Result};
 use crate::upstream::ServerStream;
@@ -129,6 +131,8 @@ impl OwnError {
 pub(in crate::session::mysql) struct Own<'a> {
     pub server: &'a mut ServerStream,
     pub from_server: &'a mut BytesMut,
+    /// COM_STMT_CLOSEs not yet sent: they go ahead of the next write to the server.
+    pub pending_closes: &'a mut BytesMut,
     pub deprecate_eof: bool,
     /// Column definitions carry MariaDB's extended type information.
     pub extended_metadata: bool,
@@ -151,6 +155,24 @@ enum Staged {
     Once(u32),
     /// Its COM_STMT_PREPARE travels in the same flight, just ahead of its execute.
     InFlight,
+}
+
+/// Writes `bytes` to the server, with the COM_STMT_CLOSEs still pending (which have
+/// no replies) ahead of them in the same write.
+pub(in crate::session::mysql) async fn write_after_closes(
+    server: &mut ServerStream,
+    pending_closes: &mut BytesMut,
+    bytes: &[u8],
+) -> Result<()> {
+    let written = if pending_closes.is_empty() {
+        server.write_all(bytes).await
+    } else {
+        pending_closes.extend_from_slice(bytes);
+        let written = server.write_all(pending_closes).await;
+        pending_closes.clear();
+        written
+    };
+    written.map_err(Error::UpstreamIo)
 }
 
 /// COM_STMT_CLOSEs of the reads prepared for one write only.
@@ -367,9 +389,8 @@ impl Own<'_> {
             ),
             _ => None,
         };
-        if !closes.is_empty() {
-            self.write(&closes).await?;
-        }
+        // No reply to wait for: they go with the next command.
+        self.pending_closes.extend_from_slice(&closes);
         Ok(AroundWrite {
             before,
             write,
@@ -529,10 +550,7 @@ impl Own<'_> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.server
-            .write_all(bytes)
-            .await
-            .map_err(Error::UpstreamIo)
+        write_after_closes(self.server, self.pending_closes, bytes).await
     }
 
     /// The payload of the server's next packet. tandem's own results stay under 16 MiB
