@@ -148,7 +148,7 @@ run() { # target -> tps; appends "target component ms-per-transaction" lines to 
 echo "pgbench TPC-B, -M simple, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds, scale $SCALE"
 direct=0; at=0; xa=0; shape=0; floor=0
 for _ in $(seq "$ROUNDS"); do
-  d=$(run direct); a=$(run at); x=$(run xa); c=$(run shape); f=$(run floor)
+  d=$(run direct); a=$(run at); x=$(run xa); sleep_until_unannounced; c=$(run shape); f=$(run floor)
   echo "  direct $d tps, tandem AT $a tps, tandem XA $x tps, same statements relayed without a global transaction $c tps, AT's statements sent directly $f tps"
   direct=$(awk -v s="$direct" -v y="${d:-0}" 'BEGIN {print s + y}')
   at=$(awk -v s="$at" -v y="${a:-0}" 'BEGIN {print s + y}')

@@ -33,9 +33,14 @@ HZ=$(getconf CLK_TCK)
 # $2: a probe function; `$2 plain` runs a trivial statement through the proxy, `$2
 # global` an empty global transaction.
 launch_tandem() {
+  # A table stays announced (and writes to it outside a global transaction checked)
+  # until it has held no global lock for unannounce_after_ms; 1 s instead of the
+  # default 10 s lets a run that follows an AT run measure the unchecked relay after
+  # `sleep_until_unannounced`.
   cat >"$work/lockserver.toml" <<TOML
 grpc_listen = "127.0.0.1:$GRPC_PORT"
 http_listen = "127.0.0.1:$HTTP_PORT"
+unannounce_after_ms = 1000
 [store]
 kind = "embedded"
 path = "$work/lockserver"
@@ -72,6 +77,10 @@ TOML
   cat "$work/proxy.log" "$work/lockserver.log" >&2
   exit 1
 }
+
+# Waits until the tables an AT run wrote are unannounced again (see launch_tandem), so
+# that the next run's writes outside a global transaction go unchecked.
+sleep_until_unannounced() { sleep 2.5; }
 
 # Builds tandem, creates $DB if needed, loads pgbench's tables at $SCALE and creates
 # undo_log in it.

@@ -201,7 +201,7 @@ ignored() { awk '/ignored errors:/ {print $3}' "$work/$1.out" 2>/dev/null; }
 for r in $(seq "$ROUNDS"); do
   run direct; d=$tps; t=; t_shown="not run"; c=
   if [[ $failed == 0 ]]; then run tandem; t=$tps; t_shown=$(shown "$t" failed); fi
-  if [[ $failed == 0 ]]; then run shape; c=$tps; fi
+  if [[ $failed == 0 ]]; then sleep_until_unannounced; run shape; c=$tps; fi
   printf '  round %d: direct %s, tandem %s, relayed without a global transaction %s (errors sysbench ignored and retried: direct %s, tandem %s)\n' "$r" \
     "$(shown "$d" failed)" "$t_shown" "$(shown "$c" "not run")" "$(ignored direct)" "$(ignored tandem)"
   [[ $failed == 0 ]] || break
