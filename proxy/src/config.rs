@@ -26,6 +26,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The lockserver that sessions' control functions talk to.
     pub lockserver: LockserverConfig,
+    /// Housekeeping of the undo_log tables (`at::sweep`).
+    pub undo: UndoConfig,
     /// Threads the proxy's runtime relays on. Default: `TOKIO_WORKER_THREADS` when
     /// set, else half the machine's cores, at least one ([`Config::runtime_threads`]).
     pub worker_threads: Option<usize>,
@@ -39,6 +41,7 @@ impl Default for Config {
             mysql: vec![MysqlFrontend::default()],
             shutdown: ShutdownConfig::default(),
             lockserver: LockserverConfig::default(),
+            undo: UndoConfig::default(),
             worker_threads: None,
         }
     }
@@ -60,6 +63,40 @@ impl Config {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Some((cores / 2).max(1))
+    }
+}
+
+/// Housekeeping of the undo_log of every database phase 2 serves.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UndoConfig {
+    /// How often old GlobalFinished markers are deleted, in milliseconds. Default
+    /// 3600000 (an hour); 0 never.
+    pub sweep_interval_ms: u64,
+    /// A GlobalFinished marker older than this is deleted, in milliseconds (Seata's
+    /// `logSaveDays`). Normal undo rows older than it are counted and logged, never
+    /// deleted. Default 604800000 (seven days).
+    pub marker_retention_ms: u64,
+}
+
+impl Default for UndoConfig {
+    fn default() -> Self {
+        UndoConfig {
+            sweep_interval_ms: 3_600_000,
+            marker_retention_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+impl UndoConfig {
+    /// The sweep's period and retention; None when it is off.
+    pub fn sweep(&self) -> Option<(Duration, Duration)> {
+        (self.sweep_interval_ms > 0).then(|| {
+            (
+                Duration::from_millis(self.sweep_interval_ms),
+                Duration::from_millis(self.marker_retention_ms),
+            )
+        })
     }
 }
 
@@ -299,6 +336,10 @@ impl Config {
         if self.worker_threads == Some(0) {
             problems.push("worker_threads must be at least 1".to_owned());
         }
+        if self.undo.marker_retention_ms < 60_000 {
+            // A marker must outlive any branch commit still under way.
+            problems.push("undo.marker_retention_ms must be at least 60000".to_owned());
+        }
         let mut listens = vec![self.admin.listen];
         for (i, pg) in self.postgres.iter().enumerate() {
             let at = format!("postgres[{i}]");
@@ -405,6 +446,26 @@ mod tests {
                 Some((cores / 2).max(1))
             );
         }
+    }
+
+    #[test]
+    fn the_undo_sweep_can_be_turned_off_and_keeps_markers_a_minute_at_least() {
+        let off = Config::parse("[undo]\nsweep_interval_ms = 0\n").unwrap();
+        assert_eq!(off.undo.sweep(), None);
+        let default = Config::default().undo.sweep();
+        assert_eq!(
+            default,
+            Some((
+                Duration::from_secs(3600),
+                Duration::from_secs(7 * 24 * 3600)
+            ))
+        );
+        assert!(
+            Config::parse("[undo]\nmarker_retention_ms = 1000\n")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

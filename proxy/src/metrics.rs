@@ -15,6 +15,31 @@ use prometheus_client::registry::Registry;
 
 type KindLabel = [(&'static str, &'static str); 1];
 
+/// The undo sweep's instruments (`at::sweep`), one set per engine.
+#[derive(Clone, Default)]
+pub struct UndoSweepMetrics {
+    /// GlobalFinished markers deleted for their age.
+    pub markers_swept: Counter,
+    /// Normal undo rows older than the retention, left in place, per upstream (as
+    /// of its last sweep).
+    pub rows_past_retention: Family<[(&'static str, String); 1], Gauge>,
+}
+
+impl UndoSweepMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "undo_markers_swept",
+            "GlobalFinished markers deleted from undo_log for being older than undo.marker_retention_ms",
+            self.markers_swept.clone(),
+        );
+        registry.register(
+            "undo_rows_past_retention",
+            "Normal undo rows older than undo.marker_retention_ms, left in undo_log for an operator (their transactions' decisions are no longer known)",
+            self.rows_past_retention.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub client_connections: Counter,
@@ -29,6 +54,8 @@ pub struct Metrics {
     errors: Family<KindLabel, Counter>,
     /// From a client's request to the backend's ReadyForQuery, in seconds.
     pub backend_latency: Histogram,
+    /// The undo sweep of the PostgreSQL front ends.
+    pub undo_sweep: UndoSweepMetrics,
     /// The MySQL front ends' instruments.
     pub mysql: MysqlMetrics,
 }
@@ -96,8 +123,11 @@ impl Metrics {
             "From a client request to the backend's ReadyForQuery",
             backend_latency.clone(),
         );
+        let undo_sweep = UndoSweepMetrics::default();
+        undo_sweep.register(&mut registry);
         Metrics {
             registry,
+            undo_sweep,
             client_connections,
             clients_active,
             backends_active,

@@ -145,6 +145,26 @@ pub async fn run(
             ),
         });
         tokio::spawn(serve_existing_databases(Arc::clone(&ctx)));
+        if let Some((every, retention)) = config.undo.sweep() {
+            let served = Arc::clone(&ctx);
+            tokio::spawn(crate::at::sweep::run(
+                Arc::new(crate::at::sweep::PostgresSweep(Arc::clone(&ctx.side))),
+                frontend.upstream.clone(),
+                move || {
+                    served
+                        .phase2
+                        .served()
+                        .iter()
+                        .filter_map(|r| crate::at::database_of(r, &served.upstream))
+                        .map(str::to_owned)
+                        .collect()
+                },
+                every,
+                retention,
+                metrics.undo_sweep.clone(),
+                signals.drain.clone(),
+            ));
+        }
         tokio::spawn(recover_prepared_branches(
             Arc::clone(&ctx),
             signals.drain.clone(),
@@ -189,6 +209,14 @@ pub async fn run(
             ),
         });
         ctx.xa.start_recovery(signals.drain.clone());
+        if let Some((every, retention)) = config.undo.sweep() {
+            ctx.xa.start_undo_sweep(
+                every,
+                retention,
+                metrics.mysql.undo_sweep.clone(),
+                signals.drain.clone(),
+            );
+        }
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "mysql front end");
         mysql_upstreams.push((Arc::clone(&ctx.upstream), frontend.connect_timeout()));
         tracker.spawn(mysql::accept_loop(

@@ -9,10 +9,19 @@ pub mod meta;
 pub mod mysql;
 pub mod phase2;
 pub mod raw;
+pub mod sweep;
 
 /// The resource id of `database` behind `upstream` (DESIGN.md, "Resources").
 pub fn resource_id(upstream: &str, database: &str) -> String {
     format!("postgres://{upstream}/{database}")
+}
+
+/// The database of a PostgreSQL resource id behind `upstream` (see `resource_id`).
+pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
+    resource
+        .strip_prefix("postgres://")?
+        .strip_prefix(upstream)?
+        .strip_prefix('/')
 }
 
 /// A locking read's check in a global transaction: the rows it locks (`keys`) must not

@@ -31,10 +31,7 @@ pub struct PgBranchHandler {
 impl PgBranchHandler {
     /// The database of a resource id of ours.
     fn database<'a>(&self, resource: &'a str) -> Option<&'a str> {
-        resource
-            .strip_prefix("postgres://")?
-            .strip_prefix(self.upstream.as_str())?
-            .strip_prefix('/')
+        super::database_of(resource, &self.upstream)
     }
 
     async fn commit_branch(&self, work: Phase2Work) -> BranchOutcome {
@@ -228,6 +225,15 @@ impl Phase2Registry {
             tables,
             state: std::sync::Mutex::new((Vec::new(), None)),
         }
+    }
+
+    /// The resources phase 2 serves now.
+    pub fn served(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Makes sure phase-2 work for `resource` reaches this proxy.

@@ -24,6 +24,8 @@ pub struct MysqlMetrics {
     pub kills_mapped: Counter,
     /// Writes outside global transactions run unchecked: the lockserver was unreachable.
     pub outside_writes_unchecked: Counter,
+    /// The undo sweep of the MySQL front ends.
+    pub undo_sweep: super::UndoSweepMetrics,
     errors: Family<KindLabel, Counter>,
 }
 
@@ -47,8 +49,10 @@ impl MysqlMetrics {
             auth_refused: Counter::default(),
             kills_mapped: Counter::default(),
             outside_writes_unchecked: Counter::default(),
+            undo_sweep: super::UndoSweepMetrics::default(),
             errors: Family::default(),
         };
+        m.undo_sweep.register(&mut registry);
         registry.register(
             "client_connections",
             "Client connections accepted",

@@ -210,6 +210,34 @@ impl MysqlXa {
         self.registry.serve(resource);
     }
 
+    /// Deletes old GlobalFinished markers from the undo_log of every database phase 2
+    /// serves, every `every` (`at::sweep`).
+    pub fn start_undo_sweep(
+        self: &Arc<Self>,
+        every: Duration,
+        retention: Duration,
+        metrics: crate::metrics::UndoSweepMetrics,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let me = Arc::clone(self);
+        tokio::spawn(crate::at::sweep::run(
+            Arc::new(crate::at::sweep::MysqlSweep(self.pool.clone())),
+            self.config.upstream.clone(),
+            move || {
+                me.registry
+                    .served()
+                    .iter()
+                    .filter_map(|r| crate::at::mysql::database_of(r, &me.config.upstream))
+                    .map(str::to_owned)
+                    .collect()
+            },
+            every,
+            retention,
+            metrics,
+            stop,
+        ));
+    }
+
     /// Starts the phase-2 stream (with the table notices of the lock scope) and the
     /// recovery loop: at once, then every `xa_recovery_interval_ms`.
     pub fn start_recovery(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {

@@ -1559,3 +1559,67 @@ async fn a_command_pipelined_behind_a_captured_execute_is_sent_once() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// The undo sweep deletes GlobalFinished markers past the retention from a database
+/// phase 2 serves, keeps younger ones, and never deletes a normal undo row.
+#[tokio::test]
+async fn the_undo_sweep_deletes_old_markers_and_keeps_undo_rows() {
+    let db = prepare("undo_sweep").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status, log_created) VALUES
+               (1, 'old-marker-1', 'tandem', '', 1, NOW(6) - INTERVAL 8 DAY),
+               (2, 'old-marker-2', 'tandem', '', 1, NOW(6) - INTERVAL 30 DAY),
+               (3, 'young-marker', 'tandem', '', 1, NOW(6) - INTERVAL 6 DAY),
+               (4, 'old-undo-row', 'tandem', 'x', 0, NOW(6) - INTERVAL 9 DAY),
+               (5, 'young-undo-row', 'tandem', 'x', 0, NOW(6))",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.undo.sweep_interval_ms = 200;
+    })
+    .await;
+    // A branch makes phase 2 serve the database.
+    let mut conn = my::connect(&tandem, &db.name).await;
+    conn.query_drop("SELECT tandem_begin()").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop("SELECT tandem_commit()").await.unwrap();
+    let left = || async {
+        let xids: Vec<String> = db
+            .direct()
+            .await
+            .query("SELECT xid FROM undo_log ORDER BY branch_id, xid")
+            .await
+            .unwrap();
+        xids
+    };
+    eventually(
+        "the old markers were swept and the branch cleaned up",
+        || async { left().await == ["young-marker", "old-undo-row", "young-undo-row"] },
+    )
+    .await;
+    assert_eq!(
+        tandem.metric("tandem_mysql_undo_markers_swept_total").await,
+        2.0
+    );
+    eventually("the old undo row is counted", || async {
+        tandem
+            .metric(&format!(
+                "tandem_mysql_undo_rows_past_retention{{upstream=\"{}\"}}",
+                my::upstream()
+            ))
+            .await
+            == 1.0
+    })
+    .await;
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

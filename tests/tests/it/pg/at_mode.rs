@@ -408,3 +408,64 @@ async fn a_write_whose_before_image_fails_never_runs_without_it() {
         .await
         .unwrap();
 }
+
+/// The undo sweep deletes GlobalFinished markers past the retention, keeps younger
+/// ones, and never deletes a normal undo row: an old one is counted for an operator.
+#[tokio::test]
+async fn the_undo_sweep_deletes_old_markers_and_keeps_undo_rows() {
+    let db = prepare("undo_sweep").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status, log_created) VALUES
+               (1, 'old-marker-1', 'tandem', '\\x', 1, now() - interval '8 days'),
+               (2, 'old-marker-2', 'tandem', '\\x', 1, now() - interval '30 days'),
+               (3, 'young-marker', 'tandem', '\\x', 1, now() - interval '6 days'),
+               (4, 'old-undo-row', 'tandem', '\\x01', 0, now() - interval '9 days'),
+               (5, 'young-undo-row', 'tandem', '\\x01', 0, now())",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.undo.sweep_interval_ms = 200;
+    })
+    .await;
+    // A session makes phase 2 serve the database (as start-up does for every one).
+    let client = tandem.connect(&db.name).await;
+    client.execute("SELECT 1", &[]).await.unwrap();
+    let left = || async {
+        let rows = direct
+            .query("SELECT xid FROM undo_log ORDER BY branch_id", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    eventually("the old markers were swept", || async {
+        left().await.len() == 3
+    })
+    .await;
+    assert_eq!(
+        left().await,
+        ["young-marker", "old-undo-row", "young-undo-row"]
+    );
+    assert_eq!(
+        tandem.metric("tandem_pg_undo_markers_swept_total").await,
+        2.0
+    );
+    eventually("the old undo row is counted", || async {
+        tandem
+            .metric(&format!(
+                "tandem_pg_undo_rows_past_retention{{upstream=\"{}\"}}",
+                tandem_tests::env::pg_upstream()
+            ))
+            .await
+            == 1.0
+    })
+    .await;
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
