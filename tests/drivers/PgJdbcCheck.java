@@ -147,6 +147,37 @@ public class PgJdbcCheck {
             c.setAutoCommit(true);
             check(balance(d, 1) == before1, "the batch rolled back exactly");
 
+            // With autocommit on, a batch is one implicit transaction: tandem captures
+            // every statement and commits them together, or none if one fails.
+            one(c, "SELECT tandem_begin(30000)");
+            try (PreparedStatement debit = c.prepareStatement(
+                    "UPDATE jdbc_accounts SET balance = balance - ? WHERE id = ?")) {
+                for (int i = 0; i < 5; i++) {
+                    debit.setLong(1, 1);
+                    debit.setInt(2, 1);
+                    debit.addBatch();
+                }
+                check(debit.executeBatch().length == 5, "five batched updates, autocommit on");
+            }
+            check(balance(d, 1) == before1 - 5, "the autocommit batch committed");
+            try (PreparedStatement set = c.prepareStatement(
+                    "UPDATE jdbc_accounts SET balance = ? WHERE id = ?")) {
+                for (long v : new long[] {3, -1, 4}) {
+                    set.setLong(1, v);
+                    set.setInt(2, 2);
+                    set.addBatch();
+                }
+                try {
+                    set.executeBatch();
+                    check(false, "an autocommit batch with a failing statement fails");
+                } catch (java.sql.BatchUpdateException e) {
+                    check(true, "the autocommit batch failed");
+                }
+            }
+            check(balance(d, 2) == before2, "the failed autocommit batch left nothing: " + balance(d, 2));
+            check("Rollbacked".equals(one(c, "SELECT tandem_rollback()")), "autocommit batch rollback");
+            check(balance(d, 1) == before1, "the autocommit batch rolled back exactly");
+
             // Outside any global transaction: a batch of inserts in one transaction.
             c.setAutoCommit(false);
             try (PreparedStatement insert =

@@ -712,8 +712,56 @@ impl Relay<'_> {
             }
             return Ok(out);
         }
+        if self.implicit_batch {
+            out.extend_from_slice(&self.end_implicit_batch(status).await?);
+            return Ok(out);
+        }
         crate::wire::pg::messages::response::put_ready_for_query(&mut out, status);
         Ok(out)
+    }
+
+    /// Opens tandem's transaction block for a batch of writes the client sent outside
+    /// one (pgJDBC's executeBatch with autocommit on), before its first write runs.
+    pub(super) async fn begin_implicit_batch(&mut self) -> Result<()> {
+        self.exchange_required("BEGIN").await?;
+        self.phase = super::Phase::Ready(TxStatus::InTransaction);
+        self.implicit_batch = true;
+        tracing::debug!(parent: &self.span, "batch outside a transaction block run in tandem's");
+        Ok(())
+    }
+
+    /// The client's Sync of a batch run in tandem's block (`begin_implicit_batch`), the
+    /// block in `status`: committed with its branch, or rolled back if it failed, as the
+    /// backend ends an implicit transaction. Returns what the client gets: an error if
+    /// the commit failed, then ReadyForQuery 'I'.
+    pub(super) async fn end_implicit_batch(&mut self, status: TxStatus) -> Result<BytesMut> {
+        self.implicit_batch = false;
+        let failed = match status {
+            TxStatus::InTransaction => self.commit_branch().await?,
+            TxStatus::Failed => {
+                self.exchange_required("ROLLBACK").await?;
+                self.branch = Branch::default();
+                None
+            }
+            TxStatus::Idle => None,
+        };
+        self.phase = super::Phase::Ready(TxStatus::Idle);
+        self.binding.on_local_transaction_end();
+        self.forget_resolutions_of_ended_transaction();
+        let mut out = BytesMut::new();
+        if let Some((code, message)) = failed {
+            put_error(&mut out, Severity::Error, &code, &message);
+        }
+        put_ready_for_query(&mut out, TxStatus::Idle);
+        Ok(out)
+    }
+
+    /// A ReadyForQuery relayed while tandem's block of an implicit batch is open: the
+    /// client's Sync, behind a statement that was not a write.
+    pub(super) async fn on_implicit_batch_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
+        let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+        let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+        self.end_implicit_batch(status).await
     }
 
     /// The local COMMIT of a branch: after images, locks at the lockserver, the undo row.

@@ -122,6 +122,15 @@ impl Relay<'_> {
             (Some(_), super::Phase::Ready(TxStatus::InTransaction)) => {
                 leading_statement(rest, max)?
             }
+            // Outside a block the batch is one implicit transaction: run piecewise, it
+            // stays one inside a block of tandem's, ended at the client's Sync.
+            (Some(_), super::Phase::Ready(TxStatus::Idle)) => match leading_statement(rest, max)? {
+                Some(batch) => {
+                    self.begin_implicit_batch().await?;
+                    Some(batch)
+                }
+                None => None,
+            },
             _ => None,
         };
         let leads = leading.is_some();
@@ -311,7 +320,19 @@ impl Relay<'_> {
             status = TxStatus::Failed;
         }
         let mut out = BytesMut::new();
-        super::control_extended::put_refusal(&mut out, &e, status);
+        if self.implicit_batch {
+            // The last statement of a batch run in tandem's block: the block ends, rolled
+            // back, as the backend ends a failed implicit transaction.
+            put_error(
+                &mut out,
+                Severity::Error,
+                e.sqlstate().code(),
+                &e.to_string(),
+            );
+            out.extend_from_slice(&self.end_implicit_batch(status).await?);
+        } else {
+            super::control_extended::put_refusal(&mut out, &e, status);
+        }
         self.answered(&out, consumed).await
     }
 

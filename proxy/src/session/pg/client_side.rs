@@ -38,8 +38,13 @@ impl Relay<'_> {
                 run_start = pos;
                 if frame.tag == frontend::SYNC {
                     self.skip_to_client_sync = None;
-                    let mut ready = BytesMut::new();
-                    put_ready_for_query(&mut ready, status);
+                    let ready = if self.implicit_batch {
+                        self.end_implicit_batch(status).await?
+                    } else {
+                        let mut ready = BytesMut::new();
+                        put_ready_for_query(&mut ready, status);
+                        ready
+                    };
                     self.write_client(&ready);
                     self.flush_client().await?;
                 }

@@ -200,6 +200,11 @@ struct Relay<'a> {
     /// The open transaction block was begun by tandem ahead of the message now being
     /// handled (`begin_ahead`), and nothing else has run in it.
     fresh_block: bool,
+    /// The open transaction block is tandem's, begun for a batch of writes the client
+    /// sent outside one (one implicit transaction for the backend); it ends at the
+    /// client's Sync, committed with its branch unless it failed (at.rs,
+    /// `end_implicit_batch`), and the client sees ReadyForQuery 'I'.
+    implicit_batch: bool,
     /// An Execute was sent since the last Sync (or Query): the transaction state the
     /// last ReadyForQuery gave may have changed within the batch.
     executed_in_batch: bool,
@@ -265,6 +270,7 @@ impl<'a> Relay<'a> {
             batch_continues: false,
             skip_to_client_sync: None,
             fresh_block: false,
+            implicit_batch: false,
             executed_in_batch: false,
             commit_in_flight: None,
             xa: xa::XaBranch::None,

@@ -64,6 +64,19 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if self.implicit_batch
+                && self.write_in_flight.is_none()
+                && frame.tag == backend::READY_FOR_QUERY
+            {
+                let replacement = self
+                    .on_implicit_batch_ready(frame.body(&buf[pos..]))
+                    .await?;
+                self.write_client(&buf[run_start..pos]);
+                self.write_client(&replacement);
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             if self.xa == xa::XaBranch::Implicit && frame.tag == backend::READY_FOR_QUERY {
                 let replacement = self.on_xa_implicit_ready(frame.body(&buf[pos..])).await?;
                 self.write_client(&buf[run_start..pos]);

@@ -1369,3 +1369,127 @@ async fn a_terminate_behind_a_failed_write_in_a_batch_ends_the_session() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// pgJDBC's executeBatch with autocommit on sends several writes before one Sync,
+/// outside a transaction block: one implicit transaction for the backend. tandem runs
+/// it in a block of its own, each write captured, and ends the block at the client's
+/// Sync: committed with its branch, or rolled back if a statement failed, with
+/// ReadyForQuery 'I' either way.
+#[tokio::test]
+async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transaction() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("implicit_batch").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
+    let batch = |statements: &[&str]| {
+        let mut batch = Vec::new();
+        for sql in statements {
+            batch.extend(frame(b'P', &parse_body("", sql)));
+            batch.extend(frame(b'B', &bind_body("")));
+            batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+        }
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    let balances = || async {
+        direct
+            .query("SELECT balance FROM accounts ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Vec<i64>>()
+    };
+    raw.query("SELECT tandem_begin()").await;
+    raw.recv_until(b'Z').await;
+
+    // Committed as one: every write captured, and the block tandem's, not the client's.
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 11 WHERE id = 1",
+        "UPDATE accounts SET balance = 12 WHERE id = 2",
+        "DELETE FROM accounts WHERE id = 3",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
+    assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
+    assert_eq!(balances().await, [11, 12, 1000, 1000]);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(3), "{locks}");
+    assert_eq!(undo_rows(&direct).await, 1, "one branch");
+
+    // A batch that ends on a statement that is not a write commits the same way.
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 14 WHERE id = 4",
+        "UPDATE accounts SET balance = 15 WHERE id = 5",
+        "SELECT 2",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    // The SELECT's Execute asks for one row: it stops there (PortalSuspended).
+    assert_eq!(tags(&replies), "12C12C12DsZ", "{replies:?}");
+    assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
+    assert_eq!(balances().await, [11, 12, 14, 15]);
+
+    // A statement that fails at the backend: nothing of the batch stays.
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 21 WHERE id = 1",
+        "UPDATE accounts SET balance = balance / 0 WHERE id = 2",
+        "UPDATE accounts SET balance = 99 WHERE id = 4",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    let shape = tags(&replies);
+    assert!(
+        shape.starts_with("12C") && shape.ends_with("EZ"),
+        "{replies:?}"
+    );
+    let error = replies.iter().find(|m| m.tag == b'E').expect("the error");
+    assert_eq!(error.sqlstate().as_deref(), Some("22012"));
+    assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
+    assert_eq!(
+        balances().await,
+        [11, 12, 14, 15],
+        "the first write was rolled back"
+    );
+
+    // A write tandem refuses, last in the batch: the block rolls back too.
+    raw.send(&batch(&[
+        "UPDATE accounts SET balance = 31 WHERE id = 1",
+        "UPDATE accounts SET id = 50 WHERE id = 2",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
+    assert_eq!(replies[3].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(replies[4].body[..], b"I"[..]);
+    assert_eq!(balances().await, [11, 12, 14, 15]);
+
+    // The session is idle and goes on; the global rollback undoes both branches.
+    raw.query("SELECT 41 + 1").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(replies.iter().any(|m| m.tag == b'D'), "{replies:?}");
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    let row = replies
+        .iter()
+        .find(|m| m.tag == b'D')
+        .expect("the status row");
+    assert!(
+        String::from_utf8_lossy(&row.body).contains("Rollbacked"),
+        "{replies:?}"
+    );
+    tandem_tests::harness::eventually("the branches were undone", || async {
+        dump(&direct).await == before
+    })
+    .await;
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
