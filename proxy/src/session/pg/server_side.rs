@@ -24,7 +24,9 @@ impl Relay<'_> {
                 break;
             };
             if !frame.is_complete(&buf[pos..]) {
-                if !server_message_is_read(frame.tag) {
+                // The replies of a write in flight are all read whole: its rows carry
+                // tandem's key and image columns, which must come off.
+                if !server_message_is_read(frame.tag) && self.write_in_flight.is_none() {
                     self.server_streaming = frame.wire_len - (buf.len() - pos);
                     pos = buf.len();
                 }

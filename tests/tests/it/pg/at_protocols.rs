@@ -1436,6 +1436,36 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
     assert_eq!(balances().await, [11, 12, 14, 15]);
 
+    // Requests pipelined behind the batch's Sync wait until tandem's block is over:
+    // a ROLLBACK there finds no transaction, and the batch stays committed.
+    let mut pipelined = batch(&["UPDATE accounts SET balance = 16 WHERE id = 4", "SELECT 3"]);
+    pipelined.extend(frame(b'Q', b"ROLLBACK\0"));
+    raw.send(&pipelined).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12DsZ", "{replies:?}");
+    assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
+    let replies = raw.recv_until(b'Z').await;
+    assert!(tags(&replies).ends_with("CZ"), "{replies:?}");
+    assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
+    assert_eq!(balances().await, [11, 12, 16, 15]);
+
+    // A control function last in the batch ends tandem's block too.
+    let mut with_call = Vec::new();
+    for sql in [
+        "UPDATE accounts SET balance = 17 WHERE id = 4",
+        "SELECT tandem_xid()",
+    ] {
+        with_call.extend(frame(b'P', &parse_body("", sql)));
+        with_call.extend(frame(b'B', &bind_body("")));
+        with_call.extend(frame(b'E', b"\0\0\0\0\0"));
+    }
+    with_call.extend(frame(b'S', b""));
+    raw.send(&with_call).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12DCZ", "{replies:?}");
+    assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
+    assert_eq!(balances().await, [11, 12, 17, 15]);
+
     // A statement that fails at the backend: nothing of the batch stays.
     raw.send(&batch(&[
         "UPDATE accounts SET balance = 21 WHERE id = 1",
@@ -1454,7 +1484,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     assert_eq!(replies.last().unwrap().body[..], b"I"[..]);
     assert_eq!(
         balances().await,
-        [11, 12, 14, 15],
+        [11, 12, 17, 15],
         "the first write was rolled back"
     );
 
@@ -1468,7 +1498,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
     assert_eq!(replies[3].sqlstate().as_deref(), Some("0A000"));
     assert_eq!(replies[4].body[..], b"I"[..]);
-    assert_eq!(balances().await, [11, 12, 14, 15]);
+    assert_eq!(balances().await, [11, 12, 17, 15]);
 
     // The session is idle and goes on; the global rollback undoes both branches.
     raw.query("SELECT 41 + 1").await;
@@ -1490,6 +1520,72 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     .await;
     drop(raw);
     tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// The replies of a write in flight are read whole, however large: a row that tandem's
+/// RETURNING image makes longer than one socket read still loses tandem's columns
+/// before the client sees it, and an INSERT's key is captured, so the rollback
+/// removes the row.
+#[tokio::test]
+async fn a_write_whose_returned_rows_span_many_reads_is_captured() {
+    let db = prepare("big_rows").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let c = tandem.connect(&db.name).await;
+    one(&c, "SELECT tandem_begin()").await.unwrap();
+    let inserted = c
+        .simple_query("INSERT INTO big VALUES (1, repeat('x', 3000000))")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            inserted.as_slice(),
+            [SimpleQueryMessage::CommandComplete(1)]
+        ),
+        "{inserted:?}"
+    );
+    let returned = c
+        .simple_query("INSERT INTO big SELECT 2, repeat('y', 3000000) RETURNING id")
+        .await
+        .unwrap();
+    let rows: Vec<_> = returned
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 1, "{returned:?}");
+    assert_eq!(rows[0].len(), 1, "only the client's column");
+    assert_eq!(rows[0].get(0), Some("2"));
+    let updated = c
+        .execute("UPDATE big SET v = repeat('z', 3000000) WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    // Replaying rows this large may outlast the call's wait.
+    let status = one(&c, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
+        "{status:?}"
+    );
+    tandem_tests::harness::eventually("both inserted rows were undone", || async {
+        let count: i64 = direct
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .unwrap()
+            .get(0);
+        count == 0
+    })
+    .await;
+    drop(c);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
