@@ -75,7 +75,7 @@ pub struct UndoConfig {
     pub sweep_interval_ms: u64,
     /// A GlobalFinished marker older than this is deleted, in milliseconds (Seata's
     /// `logSaveDays`). Normal undo rows older than it are counted and logged, never
-    /// deleted. Default 604800000 (seven days).
+    /// deleted. Default 604800000 (seven days); at least a day.
     pub marker_retention_ms: u64,
 }
 
@@ -336,9 +336,10 @@ impl Config {
         if self.worker_threads == Some(0) {
             problems.push("worker_threads must be at least 1".to_owned());
         }
-        if self.undo.marker_retention_ms < 60_000 {
-            // A marker must outlive any branch commit still under way.
-            problems.push("undo.marker_retention_ms must be at least 60000".to_owned());
+        if self.undo.marker_retention_ms < 86_400_000 {
+            // A marker must outlive any branch commit still under way, whatever a
+            // daylight-saving shift does to MySQL's local-time log_created.
+            problems.push("undo.marker_retention_ms must be at least 86400000 (a day)".to_owned());
         }
         let mut listens = vec![self.admin.listen];
         for (i, pg) in self.postgres.iter().enumerate() {
@@ -449,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn the_undo_sweep_can_be_turned_off_and_keeps_markers_a_minute_at_least() {
+    fn the_undo_sweep_can_be_turned_off_and_keeps_markers_a_day_at_least() {
         let off = Config::parse("[undo]\nsweep_interval_ms = 0\n").unwrap();
         assert_eq!(off.undo.sweep(), None);
         let default = Config::default().undo.sweep();
@@ -461,7 +462,7 @@ mod tests {
             ))
         );
         assert!(
-            Config::parse("[undo]\nmarker_retention_ms = 1000\n")
+            Config::parse("[undo]\nmarker_retention_ms = 3600000\n")
                 .unwrap()
                 .validate()
                 .is_err()

@@ -761,6 +761,13 @@ impl Relay<'_> {
     pub(super) async fn on_implicit_batch_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+        if !self.phase.at_sync_point() {
+            // The client's messages pause at the batch's Sync (client_side.rs), so
+            // nothing else can be in flight; tandem's COMMIT must not run if it were.
+            return Err(Error::UpstreamProtocol(
+                "a ReadyForQuery ending tandem's implicit block with requests still in flight",
+            ));
+        }
         self.end_implicit_batch(status).await
     }
 

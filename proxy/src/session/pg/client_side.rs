@@ -181,6 +181,12 @@ impl Relay<'_> {
                 terminated = true;
                 break;
             }
+            if frame.tag == frontend::SYNC && self.implicit_batch {
+                // tandem ends its block when this Sync is answered, with statements of
+                // its own: what the client sent behind it waits for that.
+                self.client_paused = true;
+                break;
+            }
         }
         self.ctx.metrics.bytes_from_clients.inc_by(pos as u64);
         self.write_server(&buf[run_start..pos]).await?;

@@ -78,7 +78,7 @@ impl Relay<'_> {
                 };
                 self.phase = super::Phase::Ready(status);
                 put_error(&mut out, Severity::Error, &code, &message);
-                put_ready_for_query(&mut out, status);
+                self.put_batch_end(&mut out, status).await?;
                 return self.answered(&out, consumed).await;
             }
             put_empty(&mut out, backend::PARSE_COMPLETE);
@@ -118,8 +118,20 @@ impl Relay<'_> {
             None => {}
         }
         put_answer_rows(&mut out, value.as_deref());
-        put_ready_for_query(&mut out, self.phase.tx_status().unwrap_or(TxStatus::Idle));
+        let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
+        self.put_batch_end(&mut out, status).await?;
         self.answered(&out, consumed).await
+    }
+
+    /// The ReadyForQuery ending a batch tandem answers itself, the session in `status`;
+    /// the end of tandem's block first, if the batch ran in one (`begin_implicit_batch`).
+    async fn put_batch_end(&mut self, out: &mut BytesMut, status: TxStatus) -> Result<()> {
+        if self.implicit_batch {
+            out.extend_from_slice(&self.end_implicit_batch(status).await?);
+        } else {
+            put_ready_for_query(out, status);
+        }
+        Ok(())
     }
 }
 
