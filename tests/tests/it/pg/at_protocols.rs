@@ -1196,31 +1196,19 @@ async fn a_write_batched_behind_its_begin_is_captured_and_a_failed_begin_drops_t
 /// runs, as without tandem.
 #[tokio::test]
 async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
-    use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    use tandem_tests::raw_pg::RawPg;
     let db = prepare("batched_writes").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
-    let batch = |writes: &[&str]| {
-        let mut batch = Vec::new();
-        for sql in writes {
-            batch.extend(frame(b'P', &parse_body("", sql)));
-            batch.extend(frame(b'B', &bind_body("")));
-            batch.extend(frame(b'E', b"\0\0\0\0\x01"));
-        }
-        batch.extend(frame(b'S', b""));
-        batch
-    };
     raw.query("SELECT tandem_begin()").await;
     raw.recv_until(b'Z').await;
 
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 11 WHERE id = 1",
         "UPDATE accounts SET balance = 12 WHERE id = 2",
         "DELETE FROM accounts WHERE id = 3",
@@ -1236,7 +1224,7 @@ async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
 
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 14 WHERE id = 4",
         "UPDATE accounts SET balance = balance / 0 WHERE id = 5",
         "UPDATE accounts SET balance = 99 WHERE id = 1",
@@ -1263,7 +1251,7 @@ async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
     // cannot keep the write before it.
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 14 WHERE id = 4",
         "UPDATE nokey SET v = 1",
     ]))
@@ -1279,7 +1267,7 @@ async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
     // A write tandem refuses (a primary-key update) fails the block the same way.
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 14 WHERE id = 4",
         "UPDATE accounts SET id = 50 WHERE id = 5",
         "UPDATE accounts SET balance = 99 WHERE id = 1",
@@ -1321,7 +1309,6 @@ async fn a_batch_of_writes_in_a_transaction_block_is_captured_write_by_write() {
 /// session open until the client closed its socket.
 #[tokio::test]
 async fn a_terminate_behind_a_failed_write_in_a_batch_ends_the_session() {
-    use super::control::{bind_body, parse_body};
     use tandem_tests::raw_pg::{RawPg, frame};
     let db = prepare("batch_terminate").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
@@ -1338,16 +1325,11 @@ async fn a_terminate_behind_a_failed_write_in_a_batch_ends_the_session() {
         .expect("the xid");
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
-    let mut batch = Vec::new();
-    for sql in [
+    let mut batch = statements_without_sync(&[
         "UPDATE accounts SET balance = 14 WHERE id = 4",
         "UPDATE accounts SET balance = balance / 0 WHERE id = 5",
         "UPDATE accounts SET balance = 99 WHERE id = 1",
-    ] {
-        batch.extend(frame(b'P', &parse_body("", sql)));
-        batch.extend(frame(b'B', &bind_body("")));
-        batch.extend(frame(b'E', b"\0\0\0\0\x01"));
-    }
+    ]);
     batch.extend(frame(b'X', b""));
     raw.send(&batch).await;
     let replies = tokio::time::timeout(std::time::Duration::from_secs(10), raw.recv_to_close())
@@ -1378,24 +1360,13 @@ async fn a_terminate_behind_a_failed_write_in_a_batch_ends_the_session() {
 #[tokio::test]
 async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transaction() {
     use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    use tandem_tests::raw_pg::{RawPg, frame};
     let db = prepare("implicit_batch").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
-    let batch = |statements: &[&str]| {
-        let mut batch = Vec::new();
-        for sql in statements {
-            batch.extend(frame(b'P', &parse_body("", sql)));
-            batch.extend(frame(b'B', &bind_body("")));
-            batch.extend(frame(b'E', b"\0\0\0\0\x01"));
-        }
-        batch.extend(frame(b'S', b""));
-        batch
-    };
     let balances = || async {
         direct
             .query("SELECT balance FROM accounts ORDER BY id", &[])
@@ -1409,7 +1380,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     raw.recv_until(b'Z').await;
 
     // Committed as one: every write captured, and the block tandem's, not the client's.
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 11 WHERE id = 1",
         "UPDATE accounts SET balance = 12 WHERE id = 2",
         "DELETE FROM accounts WHERE id = 3",
@@ -1424,7 +1395,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     assert_eq!(undo_rows(&direct).await, 1, "one branch");
 
     // A batch that ends on a statement that is not a write commits the same way.
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 14 WHERE id = 4",
         "UPDATE accounts SET balance = 15 WHERE id = 5",
         "SELECT 2",
@@ -1438,7 +1409,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
 
     // Requests pipelined behind the batch's Sync wait until tandem's block is over:
     // a ROLLBACK there finds no transaction, and the batch stays committed.
-    let mut pipelined = batch(&["UPDATE accounts SET balance = 16 WHERE id = 4", "SELECT 3"]);
+    let mut pipelined = jdbc_batch(&["UPDATE accounts SET balance = 16 WHERE id = 4", "SELECT 3"]);
     pipelined.extend(frame(b'Q', b"ROLLBACK\0"));
     raw.send(&pipelined).await;
     let replies = raw.recv_until(b'Z').await;
@@ -1467,7 +1438,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     assert_eq!(balances().await, [11, 12, 17, 15]);
 
     // A statement that fails at the backend: nothing of the batch stays.
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 21 WHERE id = 1",
         "UPDATE accounts SET balance = balance / 0 WHERE id = 2",
         "UPDATE accounts SET balance = 99 WHERE id = 4",
@@ -1489,7 +1460,7 @@ async fn a_batch_of_writes_outside_a_transaction_block_is_one_captured_transacti
     );
 
     // A write tandem refuses, last in the batch: the block rolls back too.
-    raw.send(&batch(&[
+    raw.send(&jdbc_batch(&[
         "UPDATE accounts SET balance = 31 WHERE id = 1",
         "UPDATE accounts SET id = 50 WHERE id = 2",
     ]))
@@ -1588,4 +1559,30 @@ async fn a_write_whose_returned_rows_span_many_reads_is_captured() {
     drop(c);
     tandem.shutdown().await;
     lockserver.stop().await;
+}
+
+/// Each statement as pgJDBC batches it: Parse, Bind, and an Execute asking for one
+/// row; no Sync.
+fn statements_without_sync(statements: &[&str]) -> Vec<u8> {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::frame;
+    let mut batch = Vec::new();
+    for sql in statements {
+        batch.extend(frame(b'P', &parse_body("", sql)));
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+    }
+    batch
+}
+
+/// pgJDBC's executeBatch: `statements_without_sync`, then one Sync.
+fn jdbc_batch(statements: &[&str]) -> Vec<u8> {
+    let mut batch = statements_without_sync(statements);
+    batch.extend(tandem_tests::raw_pg::frame(b'S', b""));
+    batch
+}
+
+/// The tags of `replies`, a character each.
+fn tags(replies: &[tandem_tests::raw_pg::Msg]) -> String {
+    replies.iter().map(|m| m.tag as char).collect()
 }
