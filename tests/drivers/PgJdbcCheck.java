@@ -178,6 +178,32 @@ public class PgJdbcCheck {
             check("Rollbacked".equals(one(c, "SELECT tandem_rollback()")), "autocommit batch rollback");
             check(balance(d, 1) == before1, "the autocommit batch rolled back exactly");
 
+            // XA mode with autocommit on: each statement, or a whole batch, is a branch
+            // prepared at its Sync; the rollback undoes them all.
+            check(one(c, "SELECT tandem_mode('xa')").equals("xa"), "mode xa");
+            one(c, "SELECT tandem_begin(30000)");
+            try (PreparedStatement debit = c.prepareStatement(
+                    "UPDATE jdbc_accounts SET balance = balance - ? WHERE id = ?")) {
+                debit.setLong(1, 3);
+                debit.setInt(2, 1);
+                check(debit.executeUpdate() == 1, "an autocommit update in XA mode");
+                for (int i = 0; i < 4; i++) {
+                    debit.setLong(1, 1);
+                    debit.setInt(2, 2);
+                    debit.addBatch();
+                }
+                check(debit.executeBatch().length == 4, "an autocommit batch in XA mode");
+            }
+            check(balance(d, 1) == before1 && balance(d, 2) == before2,
+                    "prepared branches are not visible before the decision");
+            check("Rollbacked".equals(one(c, "SELECT tandem_rollback()")), "XA autocommit rollback");
+            check(one(c, "SELECT tandem_mode('at')").equals("at"), "mode at again");
+            for (int i = 0; i < 100 && one(d,
+                    "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'tandem:%'").equals("0") == false; i++) {
+                Thread.sleep(50);
+            }
+            check(balance(d, 1) == before1 && balance(d, 2) == before2, "XA autocommit work rolled back");
+
             // Outside any global transaction: a batch of inserts in one transaction.
             c.setAutoCommit(false);
             try (PreparedStatement insert =

@@ -736,6 +736,21 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
 /// The first statement of a longer batch, `[Parse] Bind [Describe] Execute` followed by
 /// more than its Sync (pgJDBC's executeBatch): its messages as a `Batch` of their own
 /// (`len` excludes what follows). None: another shape, or not all here yet.
+/// Whether the batch at the head of `rest` binds or executes anything before its Sync
+/// or Flush; None while that end has not arrived.
+fn batch_executes(rest: &[u8], max: usize) -> Result<Option<bool>> {
+    let mut at = 0;
+    while let Some(frame) = Frame::peek(&rest[at..], max)? {
+        at += frame.wire_len;
+        match frame.tag {
+            frontend::BIND | frontend::EXECUTE => return Ok(Some(true)),
+            frontend::SYNC | frontend::FLUSH => return Ok(Some(false)),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 pub(super) fn leading_statement(rest: &[u8], max: usize) -> Result<Option<Batch<'_>>> {
     let mut frames = Vec::new();
     let mut at = 0;
@@ -825,14 +840,39 @@ fn decode_batch<'a>(
 
 impl Relay<'_> {
     /// A Parse or Bind in XA mode: work joins the open transaction block's branch, and
-    /// the block's COMMIT prepares it (`xa_commit_extended`). An autocommit write over
-    /// the extended protocol would commit on its own, outside the branch, so it is
-    /// refused.
+    /// the block's COMMIT prepares it (`xa_commit_extended`). Work that arrives outside
+    /// a block (an autocommit statement, or pgJDBC's executeBatch with autocommit on)
+    /// gets a block of tandem's, begun ahead of it, whose branch is prepared at the
+    /// client's Sync (`on_xa_implicit_ready`), as over the simple protocol.
     async fn extended_in_xa(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
         use super::xa::{XaBranch, XaStatement, classify};
         let statements = classify(&analyze(&Postgres, sql));
         if statements == [XaStatement::Commit] && self.xa == XaBranch::Open {
             return self.xa_commit_extended(rest, tag).await;
+        }
+        if self.xa == XaBranch::None
+            && self.phase == super::Phase::Ready(TxStatus::Idle)
+            && statements.contains(&XaStatement::Work)
+            && !statements.iter().any(|s| {
+                matches!(
+                    s,
+                    XaStatement::Begin | XaStatement::Commit | XaStatement::Rollback
+                )
+            })
+        {
+            if tag == frontend::PARSE {
+                // A Parse alone runs nothing: the block waits for a batch that executes.
+                match batch_executes(rest, self.ctx.config.max_message_bytes)? {
+                    Some(true) => {}
+                    Some(false) => return Ok(Extended::NotAWrite),
+                    None => return Ok(Extended::NeedMore),
+                }
+            }
+            self.exchange_required("BEGIN").await?;
+            self.phase = super::Phase::Ready(TxStatus::InTransaction);
+            self.xa = XaBranch::Implicit;
+            tracing::debug!(parent: &self.span, "autocommit work over the extended protocol runs in tandem's block");
+            return Ok(Extended::NotAWrite);
         }
         if tag != frontend::BIND {
             // Preparing a statement changes nothing; the Parse checks refuse the rest.
@@ -855,7 +895,9 @@ impl Relay<'_> {
             self.xa = XaBranch::None;
             return Extended::NotAWrite;
         }
-        if !statements.contains(&XaStatement::Work) || self.xa == XaBranch::Open {
+        if !statements.contains(&XaStatement::Work)
+            || matches!(self.xa, XaBranch::Open | XaBranch::Implicit)
+        {
             return Extended::NotAWrite;
         }
         match self.phase {

@@ -181,7 +181,9 @@ impl Relay<'_> {
                 terminated = true;
                 break;
             }
-            if frame.tag == frontend::SYNC && self.implicit_batch {
+            if frame.tag == frontend::SYNC
+                && (self.implicit_batch || self.xa == super::xa::XaBranch::Implicit)
+            {
                 // tandem ends its block when this Sync is answered, with statements of
                 // its own: what the client sent behind it waits for that.
                 self.client_paused = true;

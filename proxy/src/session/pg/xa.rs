@@ -236,6 +236,13 @@ impl Relay<'_> {
     pub(super) async fn on_xa_implicit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+        if !self.phase.at_sync_point() {
+            // The client's messages pause at its Sync (client_side.rs): nothing else can
+            // be in flight, and tandem's prepare must not run if it were.
+            return Err(Error::UpstreamProtocol(
+                "a ReadyForQuery ending tandem's XA block with requests still in flight",
+            ));
+        }
         self.xa = XaBranch::None;
         let mut out = BytesMut::new();
         if status == TxStatus::InTransaction {

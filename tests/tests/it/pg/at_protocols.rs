@@ -1563,7 +1563,7 @@ async fn a_write_whose_returned_rows_span_many_reads_is_captured() {
 
 /// Each statement as pgJDBC batches it: Parse, Bind, and an Execute asking for one
 /// row; no Sync.
-fn statements_without_sync(statements: &[&str]) -> Vec<u8> {
+pub(crate) fn statements_without_sync(statements: &[&str]) -> Vec<u8> {
     use super::control::{bind_body, parse_body};
     use tandem_tests::raw_pg::frame;
     let mut batch = Vec::new();
@@ -1576,13 +1576,13 @@ fn statements_without_sync(statements: &[&str]) -> Vec<u8> {
 }
 
 /// pgJDBC's executeBatch: `statements_without_sync`, then one Sync.
-fn jdbc_batch(statements: &[&str]) -> Vec<u8> {
+pub(crate) fn jdbc_batch(statements: &[&str]) -> Vec<u8> {
     let mut batch = statements_without_sync(statements);
     batch.extend(tandem_tests::raw_pg::frame(b'S', b""));
     batch
 }
 
 /// The tags of `replies`, a character each.
-fn tags(replies: &[tandem_tests::raw_pg::Msg]) -> String {
+pub(crate) fn tags(replies: &[tandem_tests::raw_pg::Msg]) -> String {
     replies.iter().map(|m| m.tag as char).collect()
 }

@@ -641,3 +641,98 @@ async fn an_xa_commit_whose_parse_is_refused_prepares_nothing() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// An autocommit write over the extended protocol in XA mode (tokio-postgres'
+/// `execute` outside BEGIN, pgJDBC with autocommit on) runs in a block tandem begins
+/// ahead of it, prepared at the client's Sync as a branch of its own, as over the
+/// simple protocol. A batch of them is one branch, and a request pipelined behind its
+/// Sync waits for the prepare. A Parse alone begins nothing.
+#[tokio::test]
+async fn autocommit_writes_over_the_extended_protocol_are_prepared_as_branches() {
+    use super::at_protocols::{jdbc_batch, tags};
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("xa_autocommit_extended").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let updated = a
+        .execute(
+            "UPDATE accounts SET balance = balance - $1 WHERE id = 1",
+            &[&10i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+    assert_eq!(tandem_prepared(&da).await.len(), 1, "a branch of its own");
+    assert_eq!(
+        balance(&da, 1).await,
+        1000,
+        "not visible before the decision"
+    );
+
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    raw.query("SELECT tandem_mode('xa')").await;
+    raw.recv_until(b'Z').await;
+    raw.query(&format!("SELECT tandem_join('{xid}')")).await;
+    raw.recv_until(b'Z').await;
+    let mut batch = jdbc_batch(&[
+        "UPDATE accounts SET balance = 7 WHERE id = 2",
+        "UPDATE accounts SET balance = 8 WHERE id = 3",
+    ]);
+    batch.extend(frame(b'Q', b"SELECT 41 + 1\0"));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12CZ", "{replies:?}");
+    assert_eq!(&replies[6].body[..], b"I");
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "TDCZ", "{replies:?}");
+    assert_eq!(&replies[3].body[..], b"I");
+    assert_eq!(
+        tandem_prepared(&da).await.len(),
+        2,
+        "the batch is one branch"
+    );
+
+    let mut parse_only = frame(
+        b'P',
+        &parse_body("later", "UPDATE accounts SET balance = 0 WHERE id = 4"),
+    );
+    parse_only.extend(frame(b'S', b""));
+    raw.send(&parse_only).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "1Z", "{replies:?}");
+    assert_eq!(&replies[1].body[..], b"I");
+    assert_eq!(
+        tandem_prepared(&da).await.len(),
+        2,
+        "a Parse alone begins nothing"
+    );
+
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    eventually("the prepared branches finished", || async {
+        tandem_prepared(&da).await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        (
+            balance(&da, 1).await,
+            balance(&da, 2).await,
+            balance(&da, 3).await,
+            balance(&da, 4).await
+        ),
+        (990, 7, 8, 1000)
+    );
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
