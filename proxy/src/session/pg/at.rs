@@ -254,13 +254,18 @@ impl Relay<'_> {
     }
 
     pub(super) fn refuse(&self, e: Error) -> Intercepted {
+        Intercepted::Replace(self.refusal_query(e))
+    }
+
+    /// The Query that fails on the backend as `e`, sent in place of a refused one.
+    pub(super) fn refusal_query(&self, e: Error) -> BytesMut {
         tracing::debug!(parent: &self.span, error = %e, "statement refused in a global transaction");
         let mut replacement = BytesMut::new();
         put_query(
             &mut replacement,
             &super::intercept::error_sql(e.sqlstate().code(), &e.to_string()),
         );
-        Intercepted::Replace(replacement)
+        replacement
     }
 
     /// The catalog's description of `table` as this session names it. An unqualified

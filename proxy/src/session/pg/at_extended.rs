@@ -733,17 +733,14 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
     decode_batch(&frames, parse_at, bind_at, describe_at, at)
 }
 
-/// The first statement of a longer batch, `[Parse] Bind [Describe] Execute` followed by
-/// more than its Sync (pgJDBC's executeBatch): its messages as a `Batch` of their own
-/// (`len` excludes what follows). None: another shape, or not all here yet.
-/// Whether the batch at the head of `rest` binds or executes anything before its Sync
-/// or Flush; None while that end has not arrived.
+/// Whether the batch at the head of `rest` executes anything before its Sync or
+/// Flush; None while that end has not arrived.
 fn batch_executes(rest: &[u8], max: usize) -> Result<Option<bool>> {
     let mut at = 0;
     while let Some(frame) = Frame::peek(&rest[at..], max)? {
         at += frame.wire_len;
         match frame.tag {
-            frontend::BIND | frontend::EXECUTE => return Ok(Some(true)),
+            frontend::EXECUTE => return Ok(Some(true)),
             frontend::SYNC | frontend::FLUSH => return Ok(Some(false)),
             _ => {}
         }
@@ -751,6 +748,9 @@ fn batch_executes(rest: &[u8], max: usize) -> Result<Option<bool>> {
     Ok(None)
 }
 
+/// The first statement of a longer batch, `[Parse] Bind [Describe] Execute` followed by
+/// more than its Sync (pgJDBC's executeBatch): its messages as a `Batch` of their own
+/// (`len` excludes what follows). None: another shape, or not all here yet.
 pub(super) fn leading_statement(rest: &[u8], max: usize) -> Result<Option<Batch<'_>>> {
     let mut frames = Vec::new();
     let mut at = 0;
@@ -846,11 +846,15 @@ impl Relay<'_> {
     /// client's Sync (`on_xa_implicit_ready`), as over the simple protocol.
     async fn extended_in_xa(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
         use super::xa::{XaBranch, XaStatement, classify};
-        let statements = classify(&analyze(&Postgres, sql));
+        let analyses = analyze(&Postgres, sql);
+        let statements = classify(&analyses);
         if statements == [XaStatement::Commit] && self.xa == XaBranch::Open {
             return self.xa_commit_extended(rest, tag).await;
         }
+        // Only statements tandem reads: COPY, say, would wait for data from a client
+        // paused at its Sync.
         if self.xa == XaBranch::None
+            && analyses.is_ok()
             && self.phase == super::Phase::Ready(TxStatus::Idle)
             && statements.contains(&XaStatement::Work)
             && !statements.iter().any(|s| {
@@ -889,6 +893,16 @@ impl Relay<'_> {
         if statements.contains(&XaStatement::Commit) && self.xa != XaBranch::None {
             return refuse(
                 "COMMIT of a branch together with other statements over the extended query protocol",
+            );
+        }
+        if self.xa == XaBranch::Implicit
+            && statements
+                .iter()
+                .any(|s| matches!(s, XaStatement::Begin | XaStatement::Rollback))
+        {
+            // The batch runs in tandem's block, to be prepared at its Sync.
+            return refuse(
+                "BEGIN or ROLLBACK inside a batch of autocommit work in XA mode (send it in a batch of its own)",
             );
         }
         if statements.contains(&XaStatement::Rollback) {

@@ -101,6 +101,17 @@ impl Relay<'_> {
 
     /// A simple Query of a bound session in XA mode.
     pub(super) async fn intercept_xa(&mut self, sql: &str) -> Result<Intercepted> {
+        if self.xa == XaBranch::Implicit {
+            // Between the messages of an extended-protocol batch that runs in tandem's
+            // block (a COMMIT here would commit its work outside the branch): the block
+            // fails, and tandem ends it at this Query's ReadyForQuery, with nothing in
+            // flight behind it.
+            return Ok(Intercepted::ReplaceAndHold(self.refusal_query(
+                Error::Unsupported {
+                    what: "a simple Query inside a batch of autocommit work in XA mode",
+                },
+            )));
+        }
         let statements = classify(&analyze(&Postgres, sql));
         let ends = statements.iter().any(|s| {
             matches!(

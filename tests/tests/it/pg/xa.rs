@@ -715,6 +715,57 @@ async fn autocommit_writes_over_the_extended_protocol_are_prepared_as_branches()
         "a Parse alone begins nothing"
     );
 
+    // A ROLLBACK inside such a batch is refused, and the batch's work with it.
+    raw.send(&jdbc_batch(&[
+        "UPDATE accounts SET balance = 9 WHERE id = 5",
+        "ROLLBACK",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
+    assert_eq!(replies[4].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(&replies[5].body[..], b"I");
+    // So is a simple Query between its messages (a COMMIT there would commit the
+    // work outside the branch); the client's Sync then finds the session idle.
+    let mut flushed = super::at_protocols::statements_without_sync(&[
+        "UPDATE accounts SET balance = 9 WHERE id = 5",
+    ]);
+    flushed.extend(frame(b'H', b""));
+    flushed.extend(frame(b'Q', b"COMMIT\0"));
+    raw.send(&flushed).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
+    assert_eq!(replies[3].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(&replies[4].body[..], b"I");
+    raw.send(&frame(b'S', b"")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "Z", "{replies:?}");
+    assert_eq!(
+        tandem_prepared(&da).await.len(),
+        2,
+        "neither became a branch"
+    );
+    assert_eq!(balance(&da, 5).await, 1000, "nor committed");
+    // COPY, which tandem cannot read, is refused as before rather than left waiting
+    // (on a connection of its own: tokio-postgres does not recover from a COPY that
+    // fails before it starts).
+    let c = tandem.connect(&orders.name).await;
+    one(&c, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&c, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    let copy = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.copy_in::<_, bytes::Bytes>("COPY accounts FROM STDIN"),
+    )
+    .await
+    .expect("COPY is answered");
+    assert_eq!(
+        copy.err().and_then(|e| e.code().cloned()),
+        Some(SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    drop(c);
+
     assert_eq!(
         one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
         Some("Committed")
