@@ -919,8 +919,10 @@ impl Relay<'_> {
                 self.xa = XaBranch::Open;
                 Extended::NotAWrite
             }
+            // Readable autocommit work got tandem's block at its Parse or Bind
+            // (`extended_in_xa`); what is left here is work tandem cannot read.
             super::Phase::Ready(TxStatus::Idle) => refuse(
-                "in XA mode, a write over the extended query protocol outside BEGIN … COMMIT (it would commit outside the branch)",
+                "in XA mode, a statement tandem cannot read (COPY, say) over the extended query protocol outside BEGIN … COMMIT (it would commit outside the branch)",
             ),
             super::Phase::Busy {
                 unsynced: false, ..
