@@ -717,11 +717,7 @@ impl Relay<'_> {
             }
             return Ok(out);
         }
-        if self.implicit_batch {
-            out.extend_from_slice(&self.end_implicit_batch(status).await?);
-            return Ok(out);
-        }
-        crate::wire::pg::messages::response::put_ready_for_query(&mut out, status);
+        self.put_batch_end(&mut out, status).await?;
         Ok(out)
     }
 
@@ -761,18 +757,26 @@ impl Relay<'_> {
         Ok(out)
     }
 
+    /// The ReadyForQuery that ends a client's batch, the session in `status`, put in
+    /// `out`; if the batch ran in tandem's block (`begin_implicit_batch`), that block
+    /// ends first and the client sees the session idle.
+    pub(super) async fn put_batch_end(
+        &mut self,
+        out: &mut BytesMut,
+        status: TxStatus,
+    ) -> Result<()> {
+        if self.implicit_batch {
+            out.extend_from_slice(&self.end_implicit_batch(status).await?);
+        } else {
+            put_ready_for_query(out, status);
+        }
+        Ok(())
+    }
+
     /// A ReadyForQuery relayed while tandem's block of an implicit batch is open: the
     /// client's Sync, behind a statement that was not a write.
     pub(super) async fn on_implicit_batch_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
-        let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
-        let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
-        if !self.phase.at_sync_point() {
-            // The client's messages pause at the batch's Sync (client_side.rs), so
-            // nothing else can be in flight; tandem's COMMIT must not run if it were.
-            return Err(Error::UpstreamProtocol(
-                "a ReadyForQuery ending tandem's implicit block with requests still in flight",
-            ));
-        }
+        let status = self.on_block_ending_ready(body)?;
         self.end_implicit_batch(status).await
     }
 

@@ -320,19 +320,15 @@ impl Relay<'_> {
             status = TxStatus::Failed;
         }
         let mut out = BytesMut::new();
-        if self.implicit_batch {
-            // The last statement of a batch run in tandem's block: the block ends, rolled
-            // back, as the backend ends a failed implicit transaction.
-            put_error(
-                &mut out,
-                Severity::Error,
-                e.sqlstate().code(),
-                &e.to_string(),
-            );
-            out.extend_from_slice(&self.end_implicit_batch(status).await?);
-        } else {
-            super::control_extended::put_refusal(&mut out, &e, status);
-        }
+        put_error(
+            &mut out,
+            Severity::Error,
+            e.sqlstate().code(),
+            &e.to_string(),
+        );
+        // In tandem's block of an implicit batch, the block ends rolled back (it failed),
+        // as the backend ends a failed implicit transaction.
+        self.put_batch_end(&mut out, status).await?;
         self.answered(&out, consumed).await
     }
 

@@ -6,7 +6,6 @@
 use super::at_extended::Extended;
 use super::intercept::{Intercepted, put_failing_bind, put_failing_parse};
 use super::*;
-use crate::wire::pg::messages::response::put_ready_for_query;
 
 impl Relay<'_> {
     /// Relays every complete client message; returns true once Terminate was relayed.
@@ -38,13 +37,8 @@ impl Relay<'_> {
                 run_start = pos;
                 if frame.tag == frontend::SYNC {
                     self.skip_to_client_sync = None;
-                    let ready = if self.implicit_batch {
-                        self.end_implicit_batch(status).await?
-                    } else {
-                        let mut ready = BytesMut::new();
-                        put_ready_for_query(&mut ready, status);
-                        ready
-                    };
+                    let mut ready = BytesMut::new();
+                    self.put_batch_end(&mut ready, status).await?;
                     self.write_client(&ready);
                     self.flush_client().await?;
                 }

@@ -122,17 +122,6 @@ impl Relay<'_> {
         self.put_batch_end(&mut out, status).await?;
         self.answered(&out, consumed).await
     }
-
-    /// The ReadyForQuery ending a batch tandem answers itself, the session in `status`;
-    /// the end of tandem's block first, if the batch ran in one (`begin_implicit_batch`).
-    async fn put_batch_end(&mut self, out: &mut BytesMut, status: TxStatus) -> Result<()> {
-        if self.implicit_batch {
-            out.extend_from_slice(&self.end_implicit_batch(status).await?);
-        } else {
-            put_ready_for_query(out, status);
-        }
-        Ok(())
-    }
 }
 
 impl Relay<'_> {

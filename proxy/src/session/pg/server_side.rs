@@ -284,6 +284,22 @@ impl Relay<'_> {
         Ok(Relayed::Rewritten(out))
     }
 
+    /// The backend's ReadyForQuery (`body`) that ends a block of tandem's (an implicit
+    /// batch, or XA autocommit work), after the bookkeeping every ReadyForQuery gets:
+    /// the block's status. tandem then ends the block with statements of its own, which
+    /// must not meet a client request still in flight: the client's messages pause at
+    /// the Sync that ends such a block (client_side.rs), and this is the check.
+    pub(super) fn on_block_ending_ready(&mut self, body: &[u8]) -> Result<TxStatus> {
+        let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
+        let _ = self.on_server_message(backend::READY_FOR_QUERY, body)?;
+        if !self.phase.at_sync_point() {
+            return Err(Error::UpstreamProtocol(
+                "a ReadyForQuery ending tandem's own block with requests still in flight",
+            ));
+        }
+        Ok(status)
+    }
+
     /// Queues `bytes` for the client; they go at the next `flush_client`, in order.
     pub(super) fn write_client(&mut self, bytes: &[u8]) {
         self.to_client.extend_from_slice(bytes);

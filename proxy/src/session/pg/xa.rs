@@ -245,15 +245,7 @@ impl Relay<'_> {
     /// ReadyForQuery of an autocommit statement tandem wrapped: prepare its branch (or
     /// roll back what failed), and tell the client the session is idle, as it would be.
     pub(super) async fn on_xa_implicit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
-        let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
-        let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
-        if !self.phase.at_sync_point() {
-            // The client's messages pause at its Sync (client_side.rs): nothing else can
-            // be in flight, and tandem's prepare must not run if it were.
-            return Err(Error::UpstreamProtocol(
-                "a ReadyForQuery ending tandem's XA block with requests still in flight",
-            ));
-        }
+        let status = self.on_block_ending_ready(body)?;
         self.xa = XaBranch::None;
         let mut out = BytesMut::new();
         if status == TxStatus::InTransaction {
