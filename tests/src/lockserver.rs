@@ -34,7 +34,9 @@ pub fn redis_url() -> String {
 pub fn test_config(kind: Kind) -> (Config, Option<PathBuf>) {
     let mut c = Config {
         tick_interval_ms: 20,
-        rollback_wait_ms: 1_000,
+        // Tests read "Rollbacked" from the rollback's own answer: a loaded 2-core CI
+        // machine can take over a second to undo a branch.
+        rollback_wait_ms: 3_000,
         ..Config::default()
     };
     c.phase2.retry_initial_ms = 20;

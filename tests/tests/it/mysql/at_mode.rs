@@ -884,7 +884,21 @@ async fn a_locking_read_gives_way_at_once_to_a_holder_that_rolls_back() {
         second.query_drop("ROLLBACK").await.unwrap();
         (second, read)
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    eventually("the reader holds the row's local lock", || async {
+        let locking: Option<i64> = db
+            .direct()
+            .await
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+                 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+                 WHERE p.DB = ? AND t.trx_rows_locked > 0",
+                (&db.name,),
+            )
+            .await
+            .unwrap();
+        locking == Some(1)
+    })
+    .await;
     // The holder rolls back: its undo needs the row the reader has locked locally.
     let status = text(&mut first, "SELECT tandem_rollback()").await.unwrap();
     assert_eq!(status.as_deref(), Some("Rollbacked"));

@@ -7,6 +7,25 @@ use std::time::{Duration, Instant};
 use tandem_tests::harness::eventually;
 use tandem_tests::mysql::{self as my, MyTestDb};
 
+/// Waits until MariaDB runs the test's `SELECT SLEEP(30)` in `db`: a KILL QUERY sent
+/// before it starts would find an idle thread and stop nothing.
+async fn sleep_running(db: &MyTestDb) {
+    eventually("SLEEP(30) is running", || async {
+        let running: Option<i64> = db
+            .direct()
+            .await
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE DB = ? AND INFO = 'SELECT SLEEP(30)'",
+                (&db.name,),
+            )
+            .await
+            .unwrap();
+        running == Some(1)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn kill_query_with_tandems_id_stops_the_right_statement() {
     let db = MyTestDb::create("kill").await;
@@ -26,7 +45,7 @@ async fn kill_query_with_tandems_id_stops_the_right_statement() {
         let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(30)").await;
         (victim, r)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sleep_running(&db).await;
     killer
         .query_drop(format!("KILL QUERY {victim_id}"))
         .await
@@ -66,7 +85,7 @@ async fn kill_query_with_tandems_id_stops_the_right_statement() {
         let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(30)").await;
         r
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sleep_running(&db).await;
     killer
         .query_drop(format!("KILL QUERY {}", victim_backend.unwrap()))
         .await

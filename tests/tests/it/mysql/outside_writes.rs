@@ -89,7 +89,7 @@ async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over
     e.query_drop("UPDATE accounts SET balance = balance + 7 WHERE id = 1")
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(balance(&mut direct, 1).await, Some(1007));
 
     tokio::time::sleep(Duration::from_millis(600)).await;
