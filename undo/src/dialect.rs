@@ -37,6 +37,13 @@ pub trait Dialect: Send + Sync {
         let _ = whole_row;
         None
     }
+    /// `expr` as a `text` value holding what its type's output function prints (what a
+    /// text-format result carries). A column tandem appends to what a write returns
+    /// is wrapped so: text reads the same in either result format, so the client may
+    /// ask for its own columns in binary.
+    fn as_output_text(&self, expr: &str) -> String {
+        format!("pg_catalog.format('%s', {expr})")
+    }
     /// A table name, schema-qualified when it was.
     fn qualified(&self, table: &TableRef) -> String {
         match &table.schema {
@@ -131,6 +138,11 @@ pub struct Mysql;
 impl Dialect for Mysql {
     fn name(&self) -> &'static str {
         "mysql"
+    }
+
+    fn as_output_text(&self, expr: &str) -> String {
+        // Nothing is appended to a write's results here: see `supports_returning`.
+        expr.to_owned()
     }
 
     fn quote_ident(&self, ident: &str) -> String {

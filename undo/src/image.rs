@@ -290,15 +290,19 @@ impl TableMeta {
         let image = d
             .row_image(&qualifier)
             .filter(|_| Self::returns_image(d, write))
-            .map(|image| format!("{image} AS {}, ", d.quote_ident("tandem_image")))
+            .map(|image| {
+                let image = d.as_output_text(&image);
+                format!("{image} AS {}, ", d.quote_ident("tandem_image"))
+            })
             .unwrap_or_default();
         let keys = self
             .pk
             .iter()
             .map(|&i| {
+                let column = format!("{qualifier}.{}", d.quote_ident(&self.columns[i].name));
                 format!(
-                    "{qualifier}.{} AS {}",
-                    d.quote_ident(&self.columns[i].name),
+                    "{} AS {}",
+                    d.as_output_text(&column),
                     d.quote_ident(&format!("tandem_pk_{i}"))
                 )
             })
@@ -309,7 +313,8 @@ impl TableMeta {
         // before image of is caught rather than undone as if it had been inserted.
         let keys = if write.upsert.is_some() {
             format!(
-                "{keys}, ({qualifier}.xmax::text = '0') AS {}",
+                "{keys}, {} AS {}",
+                d.as_output_text(&format!("({qualifier}.xmax::text = '0')")),
                 d.quote_ident("tandem_inserted")
             )
         } else {
@@ -476,13 +481,13 @@ mod tests {
         let w = write("DELETE FROM accounts WHERE id = 1;");
         assert_eq!(
             m.with_returning_key(&Postgres, "DELETE FROM accounts WHERE id = 1;", &w),
-            "DELETE FROM accounts WHERE id = 1\nRETURNING \"accounts\".\"id\" AS \"tandem_pk_0\""
+            "DELETE FROM accounts WHERE id = 1\nRETURNING pg_catalog.format('%s', \"accounts\".\"id\") AS \"tandem_pk_0\""
         );
         let sql = "UPDATE accounts SET balance = 2 RETURNING balance -- the new balance";
         let w = write(sql);
         assert_eq!(
             m.with_returning_key(&Postgres, sql, &w),
-            "UPDATE accounts SET balance = 2 RETURNING balance -- the new balance\n, record_send(\"accounts\".*) AS \"tandem_image\", \"accounts\".\"id\" AS \"tandem_pk_0\""
+            "UPDATE accounts SET balance = 2 RETURNING balance -- the new balance\n, pg_catalog.format('%s', record_send(\"accounts\".*)) AS \"tandem_image\", pg_catalog.format('%s', \"accounts\".\"id\") AS \"tandem_pk_0\""
         );
     }
 

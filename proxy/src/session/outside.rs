@@ -69,17 +69,45 @@ impl OutsideWriteChecks {
         lock: &LockClient,
         keys: &[LockKey],
     ) -> Result<Option<Xid>, tandem_lockserver::Error> {
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        match lock.lock_holder(keys).await {
-            Ok(held) => Ok(held.map(|(_, holder)| holder)),
-            Err(e) => {
-                self.skip_for_a_while();
-                Err(e)
+        for chunk in by_query_size(keys) {
+            match lock.lock_holder(chunk).await {
+                Ok(None) => {}
+                Ok(Some((_, holder))) => return Ok(Some(holder)),
+                Err(e) => {
+                    self.skip_for_a_while();
+                    return Err(e);
+                }
             }
         }
+        Ok(None)
     }
+}
+
+/// The keys of one lock query at most: a write of a million rows must not make a
+/// message the lockserver refuses (gRPC's 4 MiB), which would read as a lockserver
+/// that is down and let every write skip its check for a while.
+const LOCK_QUERY_BYTES: usize = 1 << 20;
+
+/// `keys` in runs of at most `LOCK_QUERY_BYTES` (a longer key goes alone).
+fn by_query_size(keys: &[LockKey]) -> impl Iterator<Item = &[LockKey]> {
+    let mut rest = keys;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut take = 0;
+        for key in rest {
+            bytes += key.as_str().len();
+            if take > 0 && bytes > LOCK_QUERY_BYTES {
+                break;
+            }
+            take += 1;
+        }
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// The unchecked guards a session holds until its next sync point. While one is held,
@@ -152,5 +180,38 @@ impl UncheckedGuards {
             tracing::warn!(parent: span, "backend still busy after the session ended; releasing its unchecked write");
         }
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LOCK_QUERY_BYTES, by_query_size};
+    use tandem_lockserver::client::LockKey;
+
+    fn keys(count: usize, pk_len: usize) -> Vec<LockKey> {
+        (0..count)
+            .map(|i| LockKey::new("db", "public.t", [format!("{i}").repeat(pk_len)]))
+            .collect()
+    }
+
+    #[test]
+    fn a_lock_query_stays_under_its_size_and_asks_every_key_once() {
+        let many = keys(100_000, 8);
+        let chunks: Vec<_> = by_query_size(&many).collect();
+        assert!(chunks.len() > 1);
+        for chunk in &chunks {
+            let bytes: usize = chunk.iter().map(|k| k.as_str().len()).sum();
+            assert!(bytes <= LOCK_QUERY_BYTES, "{bytes}");
+        }
+        let asked: Vec<_> = chunks.concat();
+        assert_eq!(asked, many);
+        assert_eq!(by_query_size(&keys(3, 5)).count(), 1);
+        assert_eq!(by_query_size(&[]).count(), 0);
+        // A key longer than a whole query still goes, alone.
+        let huge = keys(2, LOCK_QUERY_BYTES + 1);
+        assert_eq!(
+            by_query_size(&huge).map(<[_]>::len).collect::<Vec<_>>(),
+            [1, 1]
+        );
     }
 }

@@ -88,8 +88,7 @@ impl WriteInFlight {
         let upsert = write.upsert.is_some();
         let image = TableMeta::returns_image(&Postgres, write);
         WriteInFlight {
-            // The image, the key, the upsert's flag, the table's OID.
-            appended: usize::from(image) + meta.pk.len() + usize::from(upsert) + 1,
+            appended: appended_columns(&meta, write),
             upsert,
             inserted: Vec::new(),
             meta,
@@ -1018,10 +1017,18 @@ fn is_temporary(table: &tandem_undo::TableRef) -> bool {
 /// where it runs. A name can change meaning after tandem resolved it (a search_path
 /// set inside a function, a table created in an earlier schema): finish_write then
 /// finds another OID than the metadata's and the write does not stay.
+/// How many columns `with_returning_key_and_table` appends to what `write` returns:
+/// the image, the key, the upsert's flag, the table's OID.
+pub(super) fn appended_columns(meta: &TableMeta, write: &Write) -> usize {
+    let image = TableMeta::returns_image(&Postgres, write);
+    usize::from(image) + meta.pk.len() + usize::from(write.upsert.is_some()) + 1
+}
+
 pub(super) fn with_returning_key_and_table(meta: &TableMeta, sql: &str, write: &Write) -> String {
     let name = Postgres.qualified(&write.table).replace('\'', "''");
+    let oid = Postgres.as_output_text(&format!("'{name}'::pg_catalog.regclass::pg_catalog.oid"));
     format!(
-        "{}, '{name}'::pg_catalog.regclass::pg_catalog.oid AS \"tandem_table\"",
+        "{}, {oid} AS \"tandem_table\"",
         meta.with_returning_key(&Postgres, sql, write)
     )
 }

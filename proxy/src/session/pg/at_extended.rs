@@ -353,15 +353,17 @@ impl Relay<'_> {
     }
 
     /// The client's batch with its write prepared again as tandem's statement with
-    /// `rewritten` SQL (its RETURNING extended), every message tracked as the client
-    /// sent it; and what to do with the RowDescription that comes back. Its replies
-    /// start with CloseComplete and ParseComplete of tandem's statement.
+    /// `rewritten` SQL (its RETURNING extended by `appended` text columns), every
+    /// message tracked as the client sent it; and what to do with the RowDescription
+    /// that comes back. Its replies start with CloseComplete and ParseComplete of
+    /// tandem's statement.
     pub(super) fn put_rewritten_batch(
         &mut self,
         rewritten: &str,
         param_types: &[u32],
         batch: &Batch<'_>,
         write: &tandem_undo::Write,
+        appended: usize,
     ) -> Result<(BytesMut, RowDescriptionRule)> {
         let mut out = BytesMut::new();
         let mut close = BytesMut::new();
@@ -380,7 +382,8 @@ impl Relay<'_> {
             out.put_slice(frame);
             self.on_client_message(frontend::PARSE, &frame[5..])?;
         }
-        // The client's Bind, pointed at tandem's statement, all results as text.
+        // The client's Bind, pointed at tandem's statement, its columns in the formats
+        // it asked for.
         let mut bind = BytesMut::new();
         put_cstr(&mut bind, batch.bind.portal);
         put_cstr(&mut bind, WRITE_STATEMENT);
@@ -398,7 +401,7 @@ impl Relay<'_> {
                 None => bind.put_i32(-1),
             }
         }
-        bind.put_i16(0);
+        put_result_formats(&mut bind, &batch.bind.result_formats, appended);
         put_msg(&mut out, frontend::BIND, &bind);
         // Tracked as the client sent it: its portal is the client's statement's.
         self.on_client_message(frontend::BIND, &batch.bind_frame[5..])?;
@@ -436,15 +439,6 @@ impl Relay<'_> {
     ) -> Result<BytesMut> {
         let meta = self.captured_table_meta(&write.table).await?;
         meta.check_capturable(&write)?;
-        let text_results = match batch.bind.result_formats.as_slice() {
-            [] => true,
-            codes => codes.iter().all(|&c| c == 0),
-        };
-        if write.has_returning && !text_results {
-            return Err(Error::Unsupported {
-                what: "a write whose RETURNING is asked for in binary, over the extended protocol inside a global transaction",
-            });
-        }
         if write.has_returning && batch.row_limit {
             return Err(Error::Unsupported {
                 what: "a write with RETURNING executed with a row limit inside a global transaction",
@@ -454,7 +448,9 @@ impl Relay<'_> {
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
         let rewritten = super::at::with_returning_key_and_table(&meta, sql, &write);
-        let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
+        let appended = super::at::appended_columns(&meta, &write);
+        let (out, rule) =
+            self.put_rewritten_batch(&rewritten, &param_types, &batch, &write, appended)?;
         let in_flight = WriteInFlight::new(
             Arc::clone(&meta),
             &write,
@@ -494,6 +490,21 @@ impl Relay<'_> {
         self.write_in_flight = Some(in_flight);
         // Sent already; the batch's ReadyForQuery finishes the write.
         Ok(BytesMut::new())
+    }
+}
+
+/// The result formats of a rewritten Bind: the client's, for its columns and tandem's
+/// `appended` ones. No code, or one, applies to every column, and tandem's read the
+/// same in either (`Dialect::as_output_text`); a code per column gets text codes for
+/// tandem's.
+fn put_result_formats(bind: &mut BytesMut, client: &[i16], appended: usize) {
+    let ours = if client.len() > 1 { appended } else { 0 };
+    bind.put_i16((client.len() + ours) as i16);
+    for code in client {
+        bind.put_i16(*code);
+    }
+    for _ in 0..ours {
+        bind.put_i16(0);
     }
 }
 

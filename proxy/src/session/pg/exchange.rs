@@ -8,8 +8,9 @@
 //! error everything up to Sync is skipped). Only messages the backend may send at any
 //! time — NotificationResponse and ParameterStatus — are passed on to the client.
 //! One exception: `exchange_many_then` sends a client's statement after tandem's, under
-//! the client's Sync, and its ledger ends at tandem's last CommandComplete (or at an
-//! error, which the backend then answers for the client's statement too).
+//! the client's Sync, and its ledger ends at the CloseComplete after tandem's last
+//! CommandComplete (or at an error, which the backend then answers for the client's
+//! statement too).
 //! Invariant: called only when the session is at a sync point.
 
 use super::Relay;
@@ -156,6 +157,9 @@ impl Relay<'_> {
             return Ok(Vec::new());
         }
         let mut completed = 0;
+        // LastComplete: the last statement's CommandComplete is in, its portal's
+        // CloseComplete is tandem's reply too.
+        let mut closing = false;
         let mut results: Vec<Exchanged> = (0..count.max(1)).map(|_| Exchanged::default()).collect();
         let mut current = 0;
         let last = results.len() - 1;
@@ -168,10 +172,11 @@ impl Relay<'_> {
                     backend::COMMAND_COMPLETE => {
                         current = (current + 1).min(last);
                         completed += 1;
-                        if end == ReplyEnd::LastComplete && completed == count {
-                            self.from_server.advance(frame.wire_len);
-                            return Ok(results);
-                        }
+                        closing = end == ReplyEnd::LastComplete && completed == count;
+                    }
+                    backend::CLOSE_COMPLETE if closing => {
+                        self.from_server.advance(frame.wire_len);
+                        return Ok(results);
                     }
                     backend::PARAMETER_DESCRIPTION => {
                         self.describe_reply = Some(decode_parameter_description(&body)?);
@@ -230,8 +235,8 @@ impl Relay<'_> {
 enum ReplyEnd {
     /// At the ReadyForQuery of their own Sync.
     ReadyForQuery,
-    /// At the last statement's CommandComplete, or at an ErrorResponse (left unread):
-    /// the Sync is the client's, after its own messages.
+    /// At the CloseComplete of the last statement's portal, or at an ErrorResponse
+    /// (left unread): the Sync is the client's, after its own messages.
     LastComplete,
 }
 
@@ -290,6 +295,9 @@ fn put_statement(out: &mut BytesMut, sql: &str, params: &[Param<'_>], result_for
     put_cstr(&mut body, PORTAL);
     body.put_i32(0);
     put_msg(out, frontend::EXECUTE, &body);
+    // A portal lives until the end of the client's transaction: left open, it is
+    // "prior transaction activity" to the client's COPY … FREEZE.
+    put_close(out, target::PORTAL, PORTAL);
 }
 
 fn decode_parameter_description(body: &[u8]) -> Result<Vec<u32>> {

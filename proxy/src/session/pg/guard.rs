@@ -16,9 +16,17 @@
 //! only at a sync point: between sync points a name not resolved yet lets its write
 //! through unchecked only while no schema's table of that name may hold locks.
 //!
+//! A plain INSERT has no rows to lock before it runs, but it may recreate a row that a
+//! global transaction deleted and still holds. Its rows are checked once it is over,
+//! from the keys it returns: its new rows are locked in its local transaction by then,
+//! so the global transaction's undo cannot slip in between. Where tandem cannot read
+//! its rows back (in the middle of a pipelined batch, batched with other messages,
+//! with RETURNING and a row limit) it runs as before, unchecked, rather than be
+//! refused: bulk loading must not stop because a global transaction touches the same
+//! table.
+//!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
-//! rolls back: a plain INSERT (its rows do not exist yet, though it may recreate a row
-//! a global transaction deleted), multi-statement queries, statements tandem cannot
+//! rolls back: those plain INSERTs, multi-statement queries, statements tandem cannot
 //! analyse, writes inside functions, and every write while the lockserver is
 //! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
 //! stop with the coordinator.
@@ -48,7 +56,7 @@ impl Relay<'_> {
         }
         let (meta, write) = match self.rows_to_check(sql, true).await {
             RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
-            RowsToCheck::AtSyncPoint => return Ok(Intercepted::WaitForSyncPoint),
+            RowsToCheck::AtSyncPoint { .. } => return Ok(Intercepted::WaitForSyncPoint),
             RowsToCheck::Check(meta, write) => (meta, *write),
         };
         if !self.phase.at_sync_point() {
@@ -103,8 +111,13 @@ impl Relay<'_> {
         else {
             return Ok(Extended::NotAWrite);
         };
-        if matches!(self.rows_to_check(&sql, true).await, RowsToCheck::Unchecked) {
-            return Ok(Extended::NotAWrite);
+        match self.rows_to_check(&sql, true).await {
+            RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
+            // Its rows cannot be read back here: see the module comment.
+            RowsToCheck::Check(_, write) if is_plain_insert(&write) => {
+                return Ok(Extended::NotAWrite);
+            }
+            _ => {}
         }
         let max = self.ctx.config.max_message_bytes;
         let consumed = match batch_end(rest, max)? {
@@ -215,16 +228,20 @@ impl Relay<'_> {
         }
         // A Parse runs nothing: only its Bind counts as a write.
         let runs = tag == frontend::BIND;
-        let checked = match self.rows_to_check(sql, runs).await {
+        let (checked, plain_insert) = match self.rows_to_check(sql, runs).await {
             RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
-            RowsToCheck::Check(meta, write) => Some((meta, *write)),
+            RowsToCheck::Check(meta, write) => {
+                let plain_insert = is_plain_insert(&write);
+                (Some((meta, *write)), plain_insert)
+            }
             // Only between sync points: handled as a check there.
-            RowsToCheck::AtSyncPoint => None,
+            RowsToCheck::AtSyncPoint { plain_insert } => (None, plain_insert),
         };
         if !self.phase.at_sync_point() {
             if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                if tag == frontend::PARSE {
-                    // Preparing changes nothing: the Bind is refused.
+                if tag == frontend::PARSE || plain_insert {
+                    // Preparing changes nothing: the Bind is refused. A plain INSERT
+                    // runs unchecked (see the module comment).
                     return Ok(Extended::NotAWrite);
                 }
                 // Earlier messages of this batch are at the backend already: tandem
@@ -246,7 +263,11 @@ impl Relay<'_> {
             Shape::Run(batch) => batch,
             // Preparing a write changes nothing; it is checked when it is bound.
             Shape::PrepareOnly => return Ok(Extended::NotAWrite),
-            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
+            Shape::Flushed if tag == frontend::PARSE || plain_insert => {
+                return Ok(Extended::NotAWrite);
+            }
+            // A plain INSERT runs unchecked rather than be refused: see the module comment.
+            Shape::Other(_) if plain_insert => return Ok(Extended::NotAWrite),
             Shape::Flushed => {
                 return Ok(Extended::RefuseBind(super::at_extended::refusal(
                     Error::Unsupported {
@@ -264,6 +285,11 @@ impl Relay<'_> {
             }
         };
         let consumed = batch.len;
+        let rewritable = !write.has_returning || !batch.row_limit;
+        if plain_insert && !rewritable {
+            // Its rows cannot be read back: see the module comment.
+            return Ok(Extended::NotAWrite);
+        }
         let param_types = self
             .batch_param_types(&String::from_utf8_lossy(sql), &batch)
             .await?;
@@ -279,23 +305,19 @@ impl Relay<'_> {
             let out = self.answer_refused(refused);
             return self.answered(&out, consumed).await;
         }
-        let text_results = match batch.bind.result_formats.as_slice() {
-            [] => true,
-            codes => codes.iter().all(|&c| c == 0),
-        };
-        let rewritable = !write.has_returning || (text_results && !batch.row_limit);
         let to_backend = if rewritable {
             // Prepared again with the changed rows returned, checked as over the
             // simple protocol when it is over (see guard_query).
             let rewritten = returning_rows(&String::from_utf8_lossy(sql), &write);
-            let (out, rule) = self.put_rewritten_batch(&rewritten, &param_types, &batch, &write)?;
+            let (out, rule) =
+                self.put_rewritten_batch(&rewritten, &param_types, &batch, &write, 1)?;
             let checked = WriteInFlight::checked(meta, &write, implicit, Some(rule));
             self.write_in_flight = Some(checked);
             out
         } else {
-            // RETURNING in binary, or with a row limit: the batch goes as the client
-            // sent it, checked by its predicate only; tandem's transaction around an
-            // autocommit write ends at its ReadyForQuery.
+            // RETURNING with a row limit: the batch goes as the client sent it,
+            // checked by its predicate only; tandem's transaction around an autocommit
+            // write ends at its ReadyForQuery.
             let out = self.forward_batch(&rest[..consumed])?;
             if implicit {
                 self.write_in_flight = Some(WriteInFlight::guarded());
@@ -331,7 +353,7 @@ impl Relay<'_> {
         match self.rows_to_check_named(sql, runs).await {
             Ok(Some((meta, write))) => RowsToCheck::Check(meta, Box::new(write)),
             Ok(None) => RowsToCheck::Unchecked,
-            Err(NotResolvedYet) => RowsToCheck::AtSyncPoint,
+            Err(NotResolvedYet { plain_insert }) => RowsToCheck::AtSyncPoint { plain_insert },
         }
     }
 
@@ -366,11 +388,7 @@ impl Relay<'_> {
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
         let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
-            Ok((1, Some(Analysis::Write(w))))
-                if w.upsert.is_some() || w.kind != WriteKind::Insert =>
-            {
-                w
-            }
+            Ok((1, Some(Analysis::Write(w)))) => w,
             // Not one write tandem can name the rows of: see the module comment.
             _ => return Ok(None),
         };
@@ -385,7 +403,9 @@ impl Relay<'_> {
                     self.unchecked.hold_uncovering(guard);
                     Ok(None)
                 }
-                None => Err(NotResolvedYet),
+                None => Err(NotResolvedYet {
+                    plain_insert: is_plain_insert(&write),
+                }),
             };
         }
         let meta = match self.table_meta(&write.table).await {
@@ -433,7 +453,15 @@ impl Relay<'_> {
         };
         let before = match super::at::before_image_query(meta, write) {
             Ok(Some(before)) => row_lock_of_the_write(before, write),
-            Ok(None) => return Ok(None),
+            Ok(None) => {
+                // A plain INSERT: nothing to lock before it runs. Its rows are checked
+                // when it is over, so an autocommit one needs tandem's transaction to
+                // undo it in.
+                if implicit {
+                    self.exchange_required("BEGIN").await?;
+                }
+                return Ok(None);
+            }
             Err(e) => return refused(Error::Undo(e), open),
         };
         let formats = super::at::image_formats(meta);
@@ -500,11 +528,19 @@ enum RowsToCheck {
     /// Its rows must be checked.
     Check(Arc<TableMeta>, Box<Write>),
     /// It may need a check, and which table it writes is known only at the sync point.
-    AtSyncPoint,
+    AtSyncPoint { plain_insert: bool },
 }
 
 /// A table name the session has not resolved, met between sync points.
-struct NotResolvedYet;
+struct NotResolvedYet {
+    plain_insert: bool,
+}
+
+/// An INSERT with no ON CONFLICT: it changes no existing row, so only the rows it
+/// returns can be checked (see the module comment).
+fn is_plain_insert(write: &Write) -> bool {
+    write.kind == WriteKind::Insert && write.upsert.is_none()
+}
 
 /// A write tandem did not let run: the error, and the transaction state the backend
 /// is in now (`InTransaction`: the client's transaction must still be made to fail).
@@ -521,7 +557,8 @@ fn returning_rows(sql: &str, write: &Write) -> String {
     use tandem_undo::Dialect;
     let body = sql.trim_end().trim_end_matches(';').trim_end();
     let whole_row = Postgres.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name));
-    let image = format!("record_send({whole_row}.*) AS \"tandem_image\"");
+    let image = Postgres.as_output_text(&format!("record_send({whole_row}.*)"));
+    let image = format!("{image} AS \"tandem_image\"");
     if write.has_returning {
         format!("{body}\n, {image}")
     } else {

@@ -89,23 +89,28 @@ async fn extended_protocol_writes_are_captured_with_their_parameters() {
         .unwrap()
         .get(0);
     assert_eq!(n, 6);
-    // RETURNING asked for in binary is refused, not run.
-    let err = a
-        .query(
-            "UPDATE accounts SET balance = 0 WHERE id = $1 RETURNING balance",
+    // RETURNING, which tokio-postgres asks for in binary, reaches it in binary.
+    let row = a
+        .query_one(
+            "UPDATE accounts SET balance = 0 WHERE id = $1 RETURNING balance, note",
             &[&5i32],
         )
         .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::FEATURE_NOT_SUPPORTED),
-        "{err:?}"
-    );
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, &str>(1)), (0, "n5"));
+    let row = a
+        .query_one(
+            "INSERT INTO accounts (id, balance, at) VALUES ($1, $2, now()) RETURNING *",
+            &[&72i32, &9i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (72, 9));
+    assert_eq!(row.len(), 5, "the client's columns only");
     assert_eq!(
         undo_rows(&direct).await,
-        3,
-        "two autocommit branches and one explicit"
+        5,
+        "four autocommit branches and one explicit"
     );
     rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before, "restored byte for byte");
@@ -1585,4 +1590,84 @@ pub(crate) fn jdbc_batch(statements: &[&str]) -> Vec<u8> {
 /// The tags of `replies`, a character each.
 pub(crate) fn tags(replies: &[tandem_tests::raw_pg::Msg]) -> String {
     replies.iter().map(|m| m.tag as char).collect()
+}
+
+/// pgJDBC, once a statement is prepared on the server, asks for each result column in
+/// its own format: a write's RETURNING keeps those formats through its capture, and
+/// the rollback is exact.
+#[tokio::test]
+async fn returning_columns_keep_the_formats_the_client_asked_for() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("returning_formats").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin()").await;
+    raw.recv_until(b'Z').await;
+    let write = |sql: &str, formats: &[i16]| {
+        let mut bind = b"\0\0".to_vec();
+        bind.extend_from_slice(&[0, 0, 0, 0]);
+        bind.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            bind.extend_from_slice(&f.to_be_bytes());
+        }
+        let mut batch = frame(b'P', &parse_body("", sql));
+        batch.extend(frame(b'B', &bind));
+        batch.extend(frame(b'D', b"P\0"));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    let values = |row: &tandem_tests::raw_pg::Msg| -> Vec<Vec<u8>> {
+        let body = &row.body[..];
+        let count = i16::from_be_bytes([body[0], body[1]]);
+        let mut at = 2;
+        (0..count)
+            .map(|_| {
+                let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+                at += 4 + len;
+                body[at - len..at].to_vec()
+            })
+            .collect()
+    };
+
+    raw.send(&write(
+        "UPDATE accounts SET balance = 42 WHERE id = 3 RETURNING balance, note",
+        &[1, 0],
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12TDCZ", "{replies:?}");
+    let formats = &replies[2].body[replies[2].body.len() - 2..];
+    assert_eq!(formats, [0, 0], "the note's field says text");
+    assert_eq!(
+        values(&replies[3]),
+        [42i64.to_be_bytes().to_vec(), b"n3".to_vec()],
+        "the balance in binary, the note in text, nothing of tandem's"
+    );
+    assert_eq!(replies[4].strings()[0], "UPDATE 1");
+
+    raw.send(&write(
+        "INSERT INTO accounts (id, balance) VALUES (80, 8) RETURNING id",
+        &[1],
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12TDCZ", "{replies:?}");
+    assert_eq!(values(&replies[3]), [80i32.to_be_bytes().to_vec()]);
+
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    let status = replies.iter().find(|m| m.tag == b'D').expect("the status");
+    assert!(
+        String::from_utf8_lossy(&status.body).contains("Rollbacked"),
+        "{replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before, "restored byte for byte");
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }
