@@ -401,7 +401,14 @@ impl Relay<'_> {
                 None => bind.put_i32(-1),
             }
         }
-        put_result_formats(&mut bind, &batch.bind.result_formats, appended);
+        // Without a RETURNING of its own the client's codes name no column (PostgreSQL
+        // ignores them then): tandem's columns get none, text.
+        let client_formats: &[i16] = if write.has_returning {
+            &batch.bind.result_formats
+        } else {
+            &[]
+        };
+        put_result_formats(&mut bind, client_formats, appended);
         put_msg(&mut out, frontend::BIND, &bind);
         // Tracked as the client sent it: its portal is the client's statement's.
         self.on_client_message(frontend::BIND, &batch.bind_frame[5..])?;

@@ -16,17 +16,12 @@
 //! only at a sync point: between sync points a name not resolved yet lets its write
 //! through unchecked only while no schema's table of that name may hold locks.
 //!
-//! A plain INSERT has no rows to lock before it runs, but it may recreate a row that a
-//! global transaction deleted and still holds. Its rows are checked once it is over,
-//! from the keys it returns: its new rows are locked in its local transaction by then,
-//! so the global transaction's undo cannot slip in between. Where tandem cannot read
-//! its rows back (in the middle of a pipelined batch, batched with other messages,
-//! with RETURNING and a row limit) it runs as before, unchecked, rather than be
-//! refused: bulk loading must not stop because a global transaction touches the same
-//! table.
-//!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
-//! rolls back: those plain INSERTs, multi-statement queries, statements tandem cannot
+//! rolls back: a plain INSERT (its rows do not exist yet, though it may recreate a row
+//! a global transaction deleted: reading its keys back through RETURNING would need
+//! SELECT on the table, which an INSERT-only role lacks, and fails under row-level
+//! security or a rewrite rule, so it would refuse INSERTs that work without tandem),
+//! multi-statement queries, statements tandem cannot
 //! analyse, writes inside functions, and every write while the lockserver is
 //! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
 //! stop with the coordinator.
@@ -56,7 +51,7 @@ impl Relay<'_> {
         }
         let (meta, write) = match self.rows_to_check(sql, true).await {
             RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
-            RowsToCheck::AtSyncPoint { .. } => return Ok(Intercepted::WaitForSyncPoint),
+            RowsToCheck::AtSyncPoint => return Ok(Intercepted::WaitForSyncPoint),
             RowsToCheck::Check(meta, write) => (meta, *write),
         };
         if !self.phase.at_sync_point() {
@@ -111,13 +106,8 @@ impl Relay<'_> {
         else {
             return Ok(Extended::NotAWrite);
         };
-        match self.rows_to_check(&sql, true).await {
-            RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
-            // Its rows cannot be read back here: see the module comment.
-            RowsToCheck::Check(_, write) if is_plain_insert(&write) => {
-                return Ok(Extended::NotAWrite);
-            }
-            _ => {}
+        if matches!(self.rows_to_check(&sql, true).await, RowsToCheck::Unchecked) {
+            return Ok(Extended::NotAWrite);
         }
         let max = self.ctx.config.max_message_bytes;
         let consumed = match batch_end(rest, max)? {
@@ -228,20 +218,16 @@ impl Relay<'_> {
         }
         // A Parse runs nothing: only its Bind counts as a write.
         let runs = tag == frontend::BIND;
-        let (checked, plain_insert) = match self.rows_to_check(sql, runs).await {
+        let checked = match self.rows_to_check(sql, runs).await {
             RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
-            RowsToCheck::Check(meta, write) => {
-                let plain_insert = is_plain_insert(&write);
-                (Some((meta, *write)), plain_insert)
-            }
+            RowsToCheck::Check(meta, write) => Some((meta, *write)),
             // Only between sync points: handled as a check there.
-            RowsToCheck::AtSyncPoint { plain_insert } => (None, plain_insert),
+            RowsToCheck::AtSyncPoint => None,
         };
         if !self.phase.at_sync_point() {
             if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                if tag == frontend::PARSE || plain_insert {
-                    // Preparing changes nothing: the Bind is refused. A plain INSERT
-                    // runs unchecked (see the module comment).
+                if tag == frontend::PARSE {
+                    // Preparing changes nothing: the Bind is refused.
                     return Ok(Extended::NotAWrite);
                 }
                 // Earlier messages of this batch are at the backend already: tandem
@@ -263,11 +249,7 @@ impl Relay<'_> {
             Shape::Run(batch) => batch,
             // Preparing a write changes nothing; it is checked when it is bound.
             Shape::PrepareOnly => return Ok(Extended::NotAWrite),
-            Shape::Flushed if tag == frontend::PARSE || plain_insert => {
-                return Ok(Extended::NotAWrite);
-            }
-            // A plain INSERT runs unchecked rather than be refused: see the module comment.
-            Shape::Other(_) if plain_insert => return Ok(Extended::NotAWrite),
+            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
             Shape::Flushed => {
                 return Ok(Extended::RefuseBind(super::at_extended::refusal(
                     Error::Unsupported {
@@ -285,11 +267,6 @@ impl Relay<'_> {
             }
         };
         let consumed = batch.len;
-        let rewritable = !write.has_returning || !batch.row_limit;
-        if plain_insert && !rewritable {
-            // Its rows cannot be read back: see the module comment.
-            return Ok(Extended::NotAWrite);
-        }
         let param_types = self
             .batch_param_types(&String::from_utf8_lossy(sql), &batch)
             .await?;
@@ -305,6 +282,7 @@ impl Relay<'_> {
             let out = self.answer_refused(refused);
             return self.answered(&out, consumed).await;
         }
+        let rewritable = !write.has_returning || !batch.row_limit;
         let to_backend = if rewritable {
             // Prepared again with the changed rows returned, checked as over the
             // simple protocol when it is over (see guard_query).
@@ -353,7 +331,7 @@ impl Relay<'_> {
         match self.rows_to_check_named(sql, runs).await {
             Ok(Some((meta, write))) => RowsToCheck::Check(meta, Box::new(write)),
             Ok(None) => RowsToCheck::Unchecked,
-            Err(NotResolvedYet { plain_insert }) => RowsToCheck::AtSyncPoint { plain_insert },
+            Err(NotResolvedYet) => RowsToCheck::AtSyncPoint,
         }
     }
 
@@ -388,7 +366,11 @@ impl Relay<'_> {
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
         let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
-            Ok((1, Some(Analysis::Write(w)))) => w,
+            Ok((1, Some(Analysis::Write(w))))
+                if w.upsert.is_some() || w.kind != WriteKind::Insert =>
+            {
+                w
+            }
             // Not one write tandem can name the rows of: see the module comment.
             _ => return Ok(None),
         };
@@ -403,9 +385,7 @@ impl Relay<'_> {
                     self.unchecked.hold_uncovering(guard);
                     Ok(None)
                 }
-                None => Err(NotResolvedYet {
-                    plain_insert: is_plain_insert(&write),
-                }),
+                None => Err(NotResolvedYet),
             };
         }
         let meta = match self.table_meta(&write.table).await {
@@ -453,15 +433,7 @@ impl Relay<'_> {
         };
         let before = match super::at::before_image_query(meta, write) {
             Ok(Some(before)) => row_lock_of_the_write(before, write),
-            Ok(None) => {
-                // A plain INSERT: nothing to lock before it runs. Its rows are checked
-                // when it is over, so an autocommit one needs tandem's transaction to
-                // undo it in.
-                if implicit {
-                    self.exchange_required("BEGIN").await?;
-                }
-                return Ok(None);
-            }
+            Ok(None) => return Ok(None),
             Err(e) => return refused(Error::Undo(e), open),
         };
         let formats = super::at::image_formats(meta);
@@ -528,19 +500,11 @@ enum RowsToCheck {
     /// Its rows must be checked.
     Check(Arc<TableMeta>, Box<Write>),
     /// It may need a check, and which table it writes is known only at the sync point.
-    AtSyncPoint { plain_insert: bool },
+    AtSyncPoint,
 }
 
 /// A table name the session has not resolved, met between sync points.
-struct NotResolvedYet {
-    plain_insert: bool,
-}
-
-/// An INSERT with no ON CONFLICT: it changes no existing row, so only the rows it
-/// returns can be checked (see the module comment).
-fn is_plain_insert(write: &Write) -> bool {
-    write.kind == WriteKind::Insert && write.upsert.is_none()
-}
+struct NotResolvedYet;
 
 /// A write tandem did not let run: the error, and the transaction state the backend
 /// is in now (`InTransaction`: the client's transaction must still be made to fail).

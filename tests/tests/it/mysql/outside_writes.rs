@@ -279,3 +279,183 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     .await;
     tandem.shutdown().await;
 }
+
+/// A session of `tandem` that deleted row `id` in an unfinished global transaction:
+/// the row is gone, and its key held until that transaction ends.
+async fn delete_held_row(tandem: &Tandem, db: &MyTestDb, id: i32) -> Conn {
+    let mut a = my::connect(tandem, &db.name).await;
+    text(&mut a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.query_drop(format!("DELETE FROM accounts WHERE id = {id}"))
+        .await
+        .unwrap();
+    a
+}
+
+/// A plain INSERT that would recreate a row a global transaction deleted is refused
+/// (otherwise the rollback meets the new row as a dirty write and stops), as text or
+/// prepared, in autocommit or inside the client's transaction, where only the INSERT
+/// is undone; rows nobody holds go in, with their insert ids.
+#[tokio::test]
+async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_exact() {
+    let db = prepare("my_outside_insert_fail").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+    let mut a = delete_held_row(&global, &db, 2).await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    for sql in [
+        "INSERT INTO accounts VALUES (2, 99, 'i')",
+        "INSERT INTO accounts (id, balance) VALUES (9, 9), (2, 99)",
+        "INSERT IGNORE INTO accounts VALUES (2, 99, 'i')",
+    ] {
+        let e = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{sql}: {e}");
+    }
+    let e = b
+        .exec_drop(
+            "INSERT INTO accounts (id, balance, note) VALUES (?, ?, ?)",
+            (2i32, 99i64, "p"),
+        )
+        .await
+        .expect_err("a held row is not recreated by a prepared INSERT");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+
+    // Inside the client's transaction only the INSERT is undone.
+    b.query_drop("START TRANSACTION").await.unwrap();
+    b.query_drop("UPDATE accounts SET balance = 31 WHERE id = 3")
+        .await
+        .unwrap();
+    let e = b
+        .query_drop("INSERT INTO accounts VALUES (2, 99, 't')")
+        .await
+        .expect_err("a held row is not recreated in a transaction");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    b.exec_drop("INSERT INTO accounts VALUES (?, ?, ?)", (8i32, 8i64, "t"))
+        .await
+        .unwrap();
+    b.query_drop("COMMIT").await.unwrap();
+    assert_eq!(balance(&mut direct, 3).await, Some(31));
+    assert_eq!(balance(&mut direct, 8).await, Some(8));
+    assert_eq!(balance(&mut direct, 2).await, None, "still deleted");
+
+    // Rows nobody holds go in at once; generated keys come back as without tandem.
+    b.query_drop("INSERT INTO accounts VALUES (7, 7, 'n')")
+        .await
+        .unwrap();
+    assert_eq!(b.affected_rows(), 1);
+    b.query_drop("INSERT INTO items (name) VALUES ('second')")
+        .await
+        .unwrap();
+    assert_eq!(b.last_insert_id(), Some(2));
+    b.query_drop("DELETE FROM accounts WHERE id IN (7, 8)")
+        .await
+        .unwrap();
+    b.query_drop("UPDATE accounts SET balance = 1000 WHERE id = 3")
+        .await
+        .unwrap();
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        super::at_mode::dump(&mut direct, "accounts").await,
+        before,
+        "rolled back exactly"
+    );
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// In wait mode the INSERT is undone while it waits (the holder's rollback may need
+/// the key), and goes in once the global transaction that deleted the row commits.
+#[tokio::test]
+async fn an_outside_insert_of_a_held_key_waits_for_the_commit_then_goes_in() {
+    let db = prepare("my_outside_insert_wait").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let mut direct = db.direct().await;
+    let mut a = delete_held_row(&global, &db, 2).await;
+    let mut b = my::connect(&outside, &db.name).await;
+    let insert = tokio::spawn(async move {
+        let r = b
+            .exec_drop("INSERT INTO accounts VALUES (?, ?, ?)", (2i32, 7i64, "w"))
+            .await;
+        (r, b)
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!insert.is_finished(), "the insert waits for the holder");
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        None,
+        "nothing while it waits"
+    );
+    assert_eq!(
+        text(&mut a, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (r, _b) = insert.await.unwrap();
+    r.expect("the insert goes in");
+    assert_eq!(balance(&mut direct, 2).await, Some(7));
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A role that may INSERT into a table but not read it still inserts into it while it
+/// holds global locks: tandem cannot read the keys back, so the INSERT runs unchecked
+/// (and counted), as it would without tandem, rather than be refused.
+#[tokio::test]
+async fn an_insert_only_role_still_inserts_into_a_table_that_holds_global_locks() {
+    let db = prepare("my_outside_insert_only").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut a = hold_row(&global, &db, 1).await;
+    let user = format!("tandem_ins_{:06x}", rand::random::<u32>() & 0xff_ffff);
+    super::auth::create_user(&user, "pw", &db.name).await;
+    let mut admin = Conn::new(tandem_tests::mysql::admin_opts()).await.unwrap();
+    for host in ["%", "localhost", "127.0.0.1"] {
+        admin
+            .query_drop(format!(
+                "REVOKE ALL ON {0}.* FROM '{user}'@'{host}'; GRANT INSERT ON {0}.accounts TO '{user}'@'{host}'",
+                db.name
+            ))
+            .await
+            .unwrap();
+    }
+    let opts = my::opts(&outside, &db.name)
+        .user(Some(user.clone()))
+        .pass(Some("pw"));
+    let mut inserter = Conn::new(opts).await.unwrap();
+    inserter
+        .query_drop("INSERT INTO accounts VALUES (5, 5, 'o')")
+        .await
+        .expect("an INSERT-only role inserts");
+    let mut direct = db.direct().await;
+    assert_eq!(balance(&mut direct, 5).await, Some(5));
+    assert_eq!(
+        outside
+            .metric("tandem_mysql_outside_writes_unchecked_total")
+            .await,
+        1.0
+    );
+    inserter.disconnect().await.unwrap();
+    admin
+        .query_drop(format!(
+            "DROP USER '{user}'@'%', '{user}'@'localhost', '{user}'@'127.0.0.1'"
+        ))
+        .await
+        .unwrap();
+    rolled_back(&mut a).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1650,6 +1650,15 @@ async fn returning_columns_keep_the_formats_the_client_asked_for() {
     );
     assert_eq!(replies[4].strings()[0], "UPDATE 1");
 
+    // Codes for a write that returns nothing name no column: PostgreSQL ignores them.
+    raw.send(&write(
+        "UPDATE accounts SET balance = 43 WHERE id = 2",
+        &[1, 0],
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12nCZ", "{replies:?}");
+
     raw.send(&write(
         "INSERT INTO accounts (id, balance) VALUES (80, 8) RETURNING id",
         &[1],

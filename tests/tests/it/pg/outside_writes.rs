@@ -3,7 +3,7 @@
 //! for the global transaction, or fails with 55P03), and rows nobody holds are written
 //! at once.
 
-use super::at_mode::{dump, one, prepare, rolled_back};
+use super::at_mode::{one, prepare, rolled_back};
 use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
 use tandem_tests::harness::{Tandem, eventually};
@@ -435,132 +435,6 @@ async fn a_pipelined_write_is_checked_against_the_table_its_search_path_finds() 
 
     rolled_back(&a).await;
     assert_eq!(tenant(1).await, 500, "rolled back exactly");
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
-}
-
-/// Session `a` of `tandem` deletes row `id` in an unfinished global transaction: the
-/// row is gone, and its key held until that transaction ends.
-async fn delete_held_row(tandem: &Tandem, database: &str, id: i32) -> Client {
-    let a = tandem.connect(database).await;
-    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
-    a.batch_execute(&format!("DELETE FROM accounts WHERE id = {id}"))
-        .await
-        .unwrap();
-    a
-}
-
-/// A plain INSERT that would recreate a row a global transaction deleted is refused
-/// (otherwise the rollback meets the new row as a dirty write and stops), in every
-/// shape tandem reads back; rows nobody holds go in, RETURNING intact.
-#[tokio::test]
-async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_exact() {
-    let orders = prepare("outside_insert_fail").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
-    let direct = orders.direct().await;
-    let before = dump(&direct).await;
-    let a = delete_held_row(&global, &orders.name, 4).await;
-
-    let b = outside.connect(&orders.name).await;
-    let err = b
-        .batch_execute("INSERT INTO accounts (id, balance) VALUES (4, 7)")
-        .await
-        .expect_err("a held row is not recreated (simple protocol)");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
-    let err = b
-        .execute(
-            "INSERT INTO accounts (id, balance) VALUES ($1, $2), ($3, $4)",
-            &[&70i32, &7i64, &4i32, &7i64],
-        )
-        .await
-        .expect_err("a held row is not recreated (extended protocol)");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
-
-    // Inside the client's transaction the refusal fails that transaction.
-    b.batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (60, 1)")
-        .await
-        .unwrap();
-    let err = b
-        .query(
-            "INSERT INTO accounts (id, balance) VALUES ($1, $2) RETURNING id",
-            &[&4i32, &8i64],
-        )
-        .await
-        .expect_err("a held row is not recreated (in a transaction)");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
-    let err = b
-        .batch_execute("SELECT 1")
-        .await
-        .expect_err("the transaction is failed");
-    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
-    b.batch_execute("ROLLBACK").await.unwrap();
-
-    // Rows nobody holds go in at once, and RETURNING reaches the client unchanged.
-    let row = b
-        .query_one(
-            "INSERT INTO accounts (id, balance) VALUES ($1, $2) RETURNING id, balance",
-            &[&61i32, &3i64],
-        )
-        .await
-        .unwrap();
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (61, 3));
-    let inserted = b
-        .simple_query("INSERT INTO accounts (id, balance) VALUES (62, 2), (63, 2)")
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            inserted.last(),
-            Some(tokio_postgres::SimpleQueryMessage::CommandComplete(2))
-        ),
-        "{inserted:?}"
-    );
-    b.batch_execute("DELETE FROM accounts WHERE id > 60")
-        .await
-        .unwrap();
-
-    rolled_back(&a).await;
-    assert_eq!(dump(&direct).await, before, "rolled back byte for byte");
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
-}
-
-/// In wait mode the INSERT waits, its new row locked, until the global transaction
-/// that deleted the row commits; then it goes in.
-#[tokio::test]
-async fn an_outside_insert_of_a_held_key_waits_for_the_commit_then_goes_in() {
-    let orders = prepare("outside_insert_wait").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
-    let direct = orders.direct().await;
-    let a = delete_held_row(&global, &orders.name, 4).await;
-    let b = outside.connect(&orders.name).await;
-    let insert = tokio::spawn(async move {
-        b.execute(
-            "INSERT INTO accounts (id, balance) VALUES ($1, $2)",
-            &[&4i32, &7i64],
-        )
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!insert.is_finished(), "the insert waits for the holder");
-    let seen: i64 = direct
-        .query_one("SELECT count(*) FROM accounts WHERE id = 4", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(seen, 0, "nothing committed while it waits");
-    assert_eq!(
-        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
-        Some("Committed")
-    );
-    assert_eq!(insert.await.unwrap().expect("the insert goes in"), 1);
-    assert_eq!(balance(&direct, 4).await, 7);
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;

@@ -16,8 +16,16 @@
 //! after it; if it changed more rows than were checked (a row that began to match under
 //! READ COMMITTED), it is rolled back and checked again.
 //!
+//! A plain INSERT (or INSERT IGNORE) has no rows to lock before it runs, but it may
+//! recreate a row a global transaction deleted and still holds. Its rows are checked
+//! once it has run, by the primary keys its VALUES give (read back, so compared as the
+//! server stores them): in tandem's transaction around an autocommit one, or after a
+//! savepoint inside the client's, so that a held key undoes it alone. Its new rows are
+//! locked by then, so the global transaction's undo cannot slip in between. Keys the
+//! server generates are new, and need no check.
+//!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
-//! rolls back: a plain INSERT or LOAD DATA (their rows do not exist yet), a
+//! rolls back: an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
 //! multi-statement query, CALL, writes in stored programs and triggers, statements
 //! tandem cannot analyse (or could not read whole: 16 MiB or more, long data), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an autocommit write with RETURNING, and
@@ -28,6 +36,7 @@ use super::Relay;
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
 use super::control::Kind;
+use super::own::OwnError;
 use crate::at::branch::{lock_key, qualified_name};
 use crate::at::mysql::AtTable;
 use crate::error::{Error, Result};
@@ -175,8 +184,8 @@ impl Relay<'_> {
             write.on_duplicate,
             OnDuplicate::Update | OnDuplicate::Replace
         );
-        if write.kind == WriteKind::Insert && !upsert {
-            // Its rows do not exist yet: see the module comment.
+        if write.kind == WriteKind::Insert && !upsert && write.has_returning {
+            // Its result set cannot be answered by tandem: see the module comment.
             return Ok(None);
         }
         if !self.exchange.at_sync_point() {
@@ -202,6 +211,9 @@ impl Relay<'_> {
         if matches!(self.is_temporary(&write.table).await?, Ok(true)) {
             // No other session sees its rows: no global transaction holds them.
             return Ok(None);
+        }
+        if write.kind == WriteKind::Insert && !upsert {
+            return self.guard_plain_insert(&table, write, source).await;
         }
         let capture = match rows_of(&table, write) {
             Ok(Some(capture)) => capture,
@@ -331,6 +343,121 @@ impl Relay<'_> {
         }
     }
 
+    /// A plain INSERT: run, its given keys read back and checked, then kept or undone
+    /// (see the module comment). A held key undoes it before it waits, so that the
+    /// holder's rollback can recreate the row.
+    async fn guard_plain_insert(
+        &mut self,
+        table: &AtTable,
+        write: &Write,
+        source: &Source<'_>,
+    ) -> Result<Option<Handled>> {
+        let after = match table.mysql.insert_plan(write) {
+            Ok(plan) => plan.after,
+            // Rows tandem does not see (INSERT … SELECT), say: see the module comment.
+            Err(_) => return Ok(None),
+        };
+        let Some(after) = after else {
+            // Generated keys: see the module comment.
+            return Ok(None);
+        };
+        let Ok(params) = source.bind(&after.params) else {
+            return Ok(None);
+        };
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        let in_transaction = !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+            || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+        let scope = if in_transaction {
+            InsertScope::Savepoint
+        } else {
+            InsertScope::OwnTransaction
+        };
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        loop {
+            if let Err(e) = self.own().query(scope.open()).await? {
+                self.put_failure(&AtFailure::Server(e));
+                return Ok(Some(Handled::Answer));
+            }
+            let around = self
+                .around_write(None, source, Some((after.sql.as_str(), &params[..])))
+                .await?;
+            let mut ok = match around.write {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // It changed nothing (MySQL undoes a failed statement); a savepoint
+                    // a deadlock took with its transaction is gone already.
+                    // The client gets the INSERT's own error, whatever ending says.
+                    let _ = self.end_insert_scope(scope, false).await?;
+                    self.put_failure(&AtFailure::Server(e));
+                    return Ok(Some(Handled::Answer));
+                }
+            };
+            let keys = match around.after {
+                Some(Ok(rows)) => self.keys_of(table, &rows),
+                // The INSERT ran and its rows could not be read back (a role with
+                // INSERT but no SELECT privilege, say): it stays, unchecked, as it
+                // would have without tandem, rather than be refused.
+                Some(Err(_)) | None => {
+                    self.count_unchecked();
+                    Vec::new()
+                }
+            };
+            let Check::Held(holder) = self.check(&keys).await else {
+                match self.end_insert_scope(scope, false).await? {
+                    Ok(status) => {
+                        if let Some(status) = status {
+                            ok.status = status;
+                        }
+                        ok.put(&mut self.to_client, 1);
+                    }
+                    // A COMMIT that failed undid the INSERT.
+                    Err(e) => self.put_failure(&AtFailure::Server(e)),
+                }
+                return Ok(Some(Handled::Answer));
+            };
+            // A ROLLBACK (TO SAVEPOINT) that fails has nothing left to undo.
+            let _ = self.end_insert_scope(scope, true).await?;
+            if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
+                tokio::time::sleep(RECHECK).await;
+                continue;
+            }
+            tracing::debug!(parent: &self.span, holder = %holder, "outside insert refused: key globally locked");
+            return Ok(Some(self.refuse_held(table, &holder)));
+        }
+    }
+
+    /// Ends what `guard_plain_insert` opened around its INSERT, keeping the INSERT or
+    /// (`undo`) not; the status the server reports after it, or its error to tandem's
+    /// COMMIT or ROLLBACK.
+    async fn end_insert_scope(
+        &mut self,
+        scope: InsertScope,
+        undo: bool,
+    ) -> Result<std::result::Result<Option<StatusFlags>, OwnError>> {
+        if undo && scope == InsertScope::Savepoint {
+            // An error here means the savepoint is gone with its transaction: nothing
+            // of the INSERT is left to undo.
+            let _ = self
+                .own()
+                .query("ROLLBACK TO SAVEPOINT tandem_guard")
+                .await?;
+        }
+        let end = match (scope, undo) {
+            (InsertScope::Savepoint, _) => "RELEASE SAVEPOINT tandem_guard",
+            (InsertScope::OwnTransaction, false) => "COMMIT",
+            (InsertScope::OwnTransaction, true) => "ROLLBACK",
+        };
+        Ok(match self.own().query(end).await? {
+            Ok(done) => {
+                self.exchange.on_authenticated(done.status);
+                Ok(Some(done.status))
+            }
+            // A savepoint a deadlock or a rollback on timeout took along.
+            Err(_) if scope == InsertScope::Savepoint => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
     /// Ends tandem's transaction around an autocommit write, and answers `failure`.
     async fn end_own_transaction(&mut self, failure: AtFailure) -> Result<Option<Handled>> {
         self.own_rollback().await?;
@@ -398,6 +525,24 @@ impl Relay<'_> {
                 .exchange
                 .status()
                 .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
+    }
+}
+
+/// What a checked plain INSERT runs in, so that a held key can undo it alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InsertScope {
+    /// The client's transaction, after a savepoint of tandem's.
+    Savepoint,
+    /// tandem's own transaction around an autocommit INSERT.
+    OwnTransaction,
+}
+
+impl InsertScope {
+    fn open(self) -> &'static str {
+        match self {
+            InsertScope::Savepoint => "SAVEPOINT tandem_guard",
+            InsertScope::OwnTransaction => "START TRANSACTION",
+        }
     }
 }
 
