@@ -304,6 +304,7 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
     let mut direct = db.direct().await;
     let before = super::at_mode::dump(&mut direct, "accounts").await;
     let mut a = delete_held_row(&global, &db, 2).await;
+    let mut holder_of_1 = hold_row(&global, &db, 1).await;
 
     let mut b = my::connect(&outside, &db.name).await;
     for sql in [
@@ -341,6 +342,40 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
     assert_eq!(balance(&mut direct, 8).await, Some(8));
     assert_eq!(balance(&mut direct, 2).await, None, "still deleted");
 
+    // A statement that commits implicitly and then fails leaves tandem a stale status
+    // (an ERR carries none): the INSERT after it is still undone when refused.
+    b.query_drop("START TRANSACTION").await.unwrap();
+    b.query_drop("DROP TABLE no_such_table")
+        .await
+        .expect_err("no such table");
+    let e = b
+        .query_drop("INSERT INTO accounts VALUES (2, 99, 's')")
+        .await
+        .expect_err("a held row is not recreated after a stale status");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    assert_eq!(balance(&mut direct, 2).await, None, "nothing committed");
+
+    // An INSERT IGNORE that leaves a held row alone changes nothing: it goes through.
+    b.query_drop("INSERT IGNORE INTO accounts VALUES (1, 5, 'x')")
+        .await
+        .unwrap();
+    assert_eq!(b.affected_rows(), 0);
+
+    // tandem's own COMMIT does not chain a transaction that would swallow the
+    // session's next autocommit statements.
+    b.query_drop("SET completion_type = 1").await.unwrap();
+    b.query_drop("INSERT INTO accounts VALUES (6, 6, 'c')")
+        .await
+        .unwrap();
+    b.query_drop("INSERT INTO accounts VALUES (5, 5, 'c')")
+        .await
+        .unwrap();
+    assert_eq!(balance(&mut direct, 5).await, Some(5), "committed at once");
+    b.query_drop("SET completion_type = 0").await.unwrap();
+    b.query_drop("DELETE FROM accounts WHERE id IN (5, 6)")
+        .await
+        .unwrap();
+
     // Rows nobody holds go in at once; generated keys come back as without tandem.
     b.query_drop("INSERT INTO accounts VALUES (7, 7, 'n')")
         .await
@@ -358,6 +393,7 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
         .unwrap();
 
     rolled_back(&mut a).await;
+    rolled_back(&mut holder_of_1).await;
     assert_eq!(
         super::at_mode::dump(&mut direct, "accounts").await,
         before,

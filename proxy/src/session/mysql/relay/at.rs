@@ -454,7 +454,7 @@ impl Relay<'_> {
         let mut outcome = self.capture_write(&table, write, source).await?;
         if wrapped && let Ok(ok) = &mut outcome {
             match self.commit_branch().await? {
-                Ok(status) => ok.status = status,
+                Ok(status) => ok.take_status_of(status),
                 Err(failure) => outcome = Err(failure),
             }
         }

@@ -21,8 +21,10 @@
 //! once it has run, by the primary keys its VALUES give (read back, so compared as the
 //! server stores them): in tandem's transaction around an autocommit one, or after a
 //! savepoint inside the client's, so that a held key undoes it alone. Its new rows are
-//! locked by then, so the global transaction's undo cannot slip in between. Keys the
-//! server generates are new, and need no check.
+//! locked by then, so the global transaction's undo cannot slip in between. While it
+//! waits it is undone; inside the client's transaction its duplicate check may still
+//! hold a lock on the deleted row, and the holder's rollback then waits for the
+//! client's transaction to end. Keys the server generates are new, and need no check.
 //!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
 //! rolls back: an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
@@ -231,10 +233,8 @@ impl Relay<'_> {
             }
         };
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
-        let in_transaction = !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
-            || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         let deadline = Instant::now() + self.ctx.lock_wait;
-        if in_transaction {
+        if in_transaction(status) {
             return self
                 .check_in_transaction(&table, &capture.sql, &params, deadline)
                 .await;
@@ -331,9 +331,9 @@ impl Relay<'_> {
                 self.put_error(&e);
                 return Ok(Some(Handled::Answer));
             }
-            match self.own().query("COMMIT").await? {
+            match self.own().query(COMMIT).await? {
                 Ok(committed) => {
-                    ok.status = committed.status;
+                    ok.take_status_of(committed.status);
                     self.exchange.on_authenticated(committed.status);
                     ok.put(&mut self.to_client, 1);
                 }
@@ -344,8 +344,7 @@ impl Relay<'_> {
     }
 
     /// A plain INSERT: run, its given keys read back and checked, then kept or undone
-    /// (see the module comment). A held key undoes it before it waits, so that the
-    /// holder's rollback can recreate the row.
+    /// (see the module comment). A held key undoes it before it waits.
     async fn guard_plain_insert(
         &mut self,
         table: &AtTable,
@@ -364,23 +363,40 @@ impl Relay<'_> {
         let Ok(params) = source.bind(&after.params) else {
             return Ok(None);
         };
+        // A locking read: a consistent one would fix the snapshot of the client's
+        // REPEATABLE READ transaction here rather than at its own first read.
+        let read_back = format!("{} LOCK IN SHARE MODE", after.sql);
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
-        let in_transaction = !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
-            || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-        let scope = if in_transaction {
+        let mut scope = if in_transaction(status) {
             InsertScope::Savepoint
         } else {
             InsertScope::OwnTransaction
         };
         let deadline = Instant::now() + self.ctx.lock_wait;
         loop {
-            if let Err(e) = self.own().query(scope.open()).await? {
-                self.put_failure(&AtFailure::Server(e));
-                return Ok(Some(Handled::Answer));
+            match self.own().query(scope.open()).await? {
+                Ok(opened) if scope == InsertScope::Savepoint && !in_transaction(opened.status) => {
+                    // The status tandem knew was stale (an ERR carries none): the
+                    // session autocommits, and a savepoint there would undo nothing.
+                    scope = InsertScope::OwnTransaction;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.put_failure(&AtFailure::Server(e));
+                    return Ok(Some(Handled::Answer));
+                }
             }
             let around = self
-                .around_write(None, source, Some((after.sql.as_str(), &params[..])))
+                .around_write(None, source, Some((read_back.as_str(), &params[..])))
                 .await?;
+            if !around.write_sent {
+                // The read back could not even be prepared (MySQL checks its privilege
+                // then): the INSERT runs as sent, unchecked.
+                let _ = self.end_insert_scope(scope, false).await?;
+                self.count_unchecked();
+                return Ok(None);
+            }
             let mut ok = match around.write {
                 Ok(ok) => ok,
                 Err(e) => {
@@ -393,6 +409,8 @@ impl Relay<'_> {
                 }
             };
             let keys = match around.after {
+                // An INSERT IGNORE that inserted nothing recreated nothing.
+                Some(Ok(_)) if ok.affected_rows == 0 => Vec::new(),
                 Some(Ok(rows)) => self.keys_of(table, &rows),
                 // The INSERT ran and its rows could not be read back (a role with
                 // INSERT but no SELECT privilege, say): it stays, unchecked, as it
@@ -406,7 +424,7 @@ impl Relay<'_> {
                 match self.end_insert_scope(scope, false).await? {
                     Ok(status) => {
                         if let Some(status) = status {
-                            ok.status = status;
+                            ok.take_status_of(status);
                         }
                         ok.put(&mut self.to_client, 1);
                     }
@@ -444,8 +462,8 @@ impl Relay<'_> {
         }
         let end = match (scope, undo) {
             (InsertScope::Savepoint, _) => "RELEASE SAVEPOINT tandem_guard",
-            (InsertScope::OwnTransaction, false) => "COMMIT",
-            (InsertScope::OwnTransaction, true) => "ROLLBACK",
+            (InsertScope::OwnTransaction, false) => COMMIT,
+            (InsertScope::OwnTransaction, true) => ROLLBACK,
         };
         Ok(match self.own().query(end).await? {
             Ok(done) => {
@@ -466,7 +484,7 @@ impl Relay<'_> {
     }
 
     async fn own_rollback(&mut self) -> Result<()> {
-        if let Ok(ok) = self.own().query("ROLLBACK").await? {
+        if let Ok(ok) = self.own().query(ROLLBACK).await? {
             self.exchange.on_authenticated(ok.status);
         }
         Ok(())
@@ -526,6 +544,19 @@ impl Relay<'_> {
                 .status()
                 .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
     }
+}
+
+/// The end of a transaction tandem opened around an autocommit write: whatever the
+/// session's completion_type, it must not chain a new transaction (the session's next
+/// autocommit statements would pile up in it) or close the connection.
+const COMMIT: &str = "COMMIT AND NO CHAIN NO RELEASE";
+const ROLLBACK: &str = "ROLLBACK AND NO CHAIN NO RELEASE";
+
+/// Whether a session with `status` is inside a transaction (explicit, or with
+/// autocommit off).
+fn in_transaction(status: StatusFlags) -> bool {
+    !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+        || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
 }
 
 /// What a checked plain INSERT runs in, so that a held key can undo it alone.

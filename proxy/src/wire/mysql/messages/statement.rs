@@ -282,6 +282,15 @@ pub struct OkPacket {
 }
 
 impl OkPacket {
+    /// Takes the transaction status of tandem's statement that ended the write's
+    /// transaction (COMMIT, RELEASE SAVEPOINT…), keeping whether session-state data
+    /// follows as this packet's own `rest` says: the flag without its data (or data
+    /// without the flag) is a malformed packet to the client.
+    pub fn take_status_of(&mut self, end: StatusFlags) {
+        let tracked = StatusFlags::SERVER_SESSION_STATE_CHANGED;
+        self.status = (end - tracked) | (self.status & tracked);
+    }
+
     pub fn decode(payload: &[u8]) -> Option<OkPacket> {
         let mut r = Reader::new(payload);
         if r.u8().ok()? != reply::OK {
@@ -344,6 +353,26 @@ pub(super) fn put_lenenc_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_taken_from_commit_keeps_the_writes_session_state_flag() {
+        let tracked = StatusFlags::SERVER_SESSION_STATE_CHANGED;
+        let in_trans = StatusFlags::SERVER_STATUS_IN_TRANS;
+        let autocommit = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        let mut ok = OkPacket {
+            affected_rows: 1,
+            last_insert_id: 0,
+            status: in_trans | autocommit,
+            warnings: 0,
+            rest: Vec::new(),
+        };
+        // COMMIT's GTID data is not in this packet's rest: neither is its flag.
+        ok.take_status_of(autocommit | tracked);
+        assert_eq!(ok.status, autocommit);
+        ok.status = in_trans | autocommit | tracked;
+        ok.take_status_of(autocommit);
+        assert_eq!(ok.status, autocommit | tracked);
+    }
 
     #[test]
     fn execute_lays_out_each_parameter_by_its_type() {
