@@ -285,7 +285,7 @@ impl TableMeta {
     /// it, so that no after-image query is needed at COMMIT. The client's own text is
     /// kept as it was.
     pub fn with_returning_key(&self, d: &dyn Dialect, sql: &str, write: &Write) -> String {
-        let body = sql.trim_end().trim_end_matches(';').trim_end();
+        let body = crate::analyze::statement_body(sql);
         let qualifier = self.qualifier(d, write);
         let image = d
             .row_image(&qualifier)

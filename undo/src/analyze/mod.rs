@@ -12,7 +12,7 @@ mod split;
 
 pub use cache::AnalysisCache;
 pub(crate) use mysql::bind_positionally;
-pub use split::{count_mysql_statements, split_statements};
+pub use split::{count_mysql_statements, split_statements, statement_body};
 
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;

@@ -69,6 +69,35 @@ pub fn split_statements<'a>(dialect: &dyn Dialect, sql: &'a str) -> Result<Vec<&
         .collect())
 }
 
+/// A PostgreSQL statement without what follows its last token (semicolons, whitespace,
+/// comments), so that text appended to it continues the statement: after
+/// `UPDATE t SET v = 1; -- done`, a RETURNING clause would start a statement of its
+/// own. Text that does not tokenize is only trimmed (the server will refuse it anyway).
+pub fn statement_body(sql: &str) -> &str {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let trimmed = sql.trim_end().trim_end_matches(';').trim_end();
+    if !trimmed.contains(';') {
+        // Nothing can end it early: a comment at its end continues to the end of the
+        // text, which the appended text starts a new line after.
+        return trimmed;
+    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize_with_location() else {
+        return trimmed;
+    };
+    let offsets = Offsets::new(sql);
+    tokens
+        .iter()
+        .rev()
+        .find(|t| {
+            !matches!(
+                t.token,
+                Token::Whitespace(_) | Token::SemiColon | Token::EOF
+            )
+        })
+        .and_then(|last| offsets.of(last.span.end))
+        .map_or(trimmed, |end| &sql[..end])
+}
+
 /// How many statements a MySQL query holds (semicolons between statements, not those
 /// inside quotes, backticks or comments, MySQL's tokenizer rules).
 pub fn count_mysql_statements(sql: &str) -> Result<usize, Error> {

@@ -223,3 +223,29 @@ fn mysql_statements_are_counted_by_mysql_rules() {
     assert_eq!(n("COMMIT;").unwrap(), 1);
     assert_eq!(n("/* ; */ SELECT 1 -- ;\n").unwrap(), 1);
 }
+
+#[test]
+fn a_statement_body_ends_at_its_last_token() {
+    use crate::analyze::statement_body;
+    for (sql, body) in [
+        ("UPDATE t SET v = 1", "UPDATE t SET v = 1"),
+        ("UPDATE t SET v = 1 ;\n", "UPDATE t SET v = 1"),
+        ("UPDATE t SET v = 1; -- done", "UPDATE t SET v = 1"),
+        ("UPDATE t SET v = 1 /* a; b */ ;", "UPDATE t SET v = 1"),
+        (
+            "UPDATE t SET v = ';' WHERE k = 'ü'; /* x */",
+            "UPDATE t SET v = ';' WHERE k = 'ü'",
+        ),
+        (
+            "UPDATE t SET v = $$;$$;\n-- a\n-- b",
+            "UPDATE t SET v = $$;$$",
+        ),
+        // A line comment with nothing after it: what is appended starts a new line.
+        (
+            "UPDATE t SET v = 1 -- no semicolon",
+            "UPDATE t SET v = 1 -- no semicolon",
+        ),
+    ] {
+        assert_eq!(statement_body(sql), body, "{sql}");
+    }
+}

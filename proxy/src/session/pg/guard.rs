@@ -519,7 +519,7 @@ struct Refused {
 /// first: the statement may end in a line comment.
 fn returning_rows(sql: &str, write: &Write) -> String {
     use tandem_undo::Dialect;
-    let body = sql.trim_end().trim_end_matches(';').trim_end();
+    let body = tandem_undo::statement_body(sql);
     let whole_row = Postgres.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name));
     let image = Postgres.as_output_text(&format!("record_send({whole_row}.*)"));
     let image = format!("{image} AS \"tandem_image\"");

@@ -1111,7 +1111,19 @@ async fn writes_that_end_in_a_line_comment_are_captured() {
         .execute("DELETE FROM accounts WHERE id = 3 -- gone", &[])
         .await
         .unwrap();
-    assert_eq!(undo_rows(&direct).await, 5);
+    // A semicolon and then a comment: RETURNING must go before them.
+    client
+        .execute("UPDATE accounts SET balance = 4 WHERE id = 4; -- done", &[])
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO accounts (id, balance) VALUES (12, 12); /* one; more */",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(undo_rows(&direct).await, 7);
     rolled_back(&client).await;
     assert_eq!(dump(&direct).await, before);
     assert_eq!(undo_rows(&direct).await, 0);
