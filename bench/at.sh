@@ -72,13 +72,13 @@ cat >"$work/floor.sql" <<SQL
 \\set branch random(1, 9000000000000000000)
 BEGIN;
 SELECT aid, bid, abalance, filler, aid FROM pgbench_accounts WHERE aid = :aid FOR UPDATE OF pgbench_accounts \\;
-UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid RETURNING record_send(pgbench_accounts.*) AS tandem_image, aid AS tandem_pk_0;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid RETURNING pg_catalog.format('%s', record_send(pgbench_accounts.*)) AS tandem_image, pg_catalog.format('%s', pgbench_accounts.aid) AS tandem_pk_0, pg_catalog.format('%s', 'pgbench_accounts'::pg_catalog.regclass::pg_catalog.oid) AS tandem_table;
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 SELECT tid, bid, tbalance, filler, tid FROM pgbench_tellers WHERE tid = :tid FOR UPDATE OF pgbench_tellers \\;
-UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid RETURNING record_send(pgbench_tellers.*) AS tandem_image, tid AS tandem_pk_0;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid RETURNING pg_catalog.format('%s', record_send(pgbench_tellers.*)) AS tandem_image, pg_catalog.format('%s', pgbench_tellers.tid) AS tandem_pk_0, pg_catalog.format('%s', 'pgbench_tellers'::pg_catalog.regclass::pg_catalog.oid) AS tandem_table;
 SELECT bid, bbalance, filler, bid FROM pgbench_branches WHERE bid = :bid FOR UPDATE OF pgbench_branches \\;
-UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid RETURNING record_send(pgbench_branches.*) AS tandem_image, bid AS tandem_pk_0;
-INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP) RETURNING record_send(pgbench_history.*) AS tandem_image, hid AS tandem_pk_0;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid RETURNING pg_catalog.format('%s', record_send(pgbench_branches.*)) AS tandem_image, pg_catalog.format('%s', pgbench_branches.bid) AS tandem_pk_0, pg_catalog.format('%s', 'pgbench_branches'::pg_catalog.regclass::pg_catalog.oid) AS tandem_table;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP) RETURNING pg_catalog.format('%s', record_send(pgbench_history.*)) AS tandem_image, pg_catalog.format('%s', pgbench_history.hid) AS tandem_pk_0, pg_catalog.format('%s', 'pgbench_history'::pg_catalog.regclass::pg_catalog.oid) AS tandem_table;
 INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES (:branch, 'floor-' || :client_id, 'tandem', '\\\\x$undo_record', 0) \\;
 COMMIT;
 SQL
