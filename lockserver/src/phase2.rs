@@ -7,7 +7,7 @@
 //! when its transaction no longer owes it; until then it is re-sent after
 //! `ack_timeout_ms`, or retried with backoff when no proxy of its resource is here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,6 +48,11 @@ pub struct Phase2 {
     /// (xid, branch) delivered and not answered yet → redelivery time.
     in_flight: Mutex<FastMap<(Xid, u64), Millis>>,
     attempts: Mutex<FastMap<Xid, u32>>,
+    /// Transactions whose work found no stream of its resource, by resource: sitting
+    /// out their backoff in the store's schedule.
+    undelivered: Mutex<HashMap<String, HashSet<Xid>>>,
+    /// Transactions a stream of their resource has connected for since: due at once.
+    due_now: Mutex<Vec<Xid>>,
     /// When `prune` last scanned `in_flight`.
     pruned_at: AtomicU64,
     wake: Notify,
@@ -66,6 +71,8 @@ impl Phase2 {
             connected: AtomicUsize::new(0),
             in_flight: Mutex::default(),
             attempts: Mutex::default(),
+            undelivered: Mutex::default(),
+            due_now: Mutex::default(),
             pruned_at: AtomicU64::new(0),
             wake: Notify::new(),
         }
@@ -94,12 +101,27 @@ impl Phase2 {
                 .or_default()
                 .push(Worker { id, tx: tx.clone() });
         }
+        // Work that was waiting for this resource need not sit out its backoff (a
+        // proxy replaces its stream when it starts serving another database, and
+        // work dispatched in between would otherwise wait up to retry_max_ms). Taken
+        // while `workers` is held, as `undeliverable` adds to it: none is missed.
+        let waiting: Vec<Xid> = {
+            let mut undelivered = self.undelivered.lock().unwrap_or_else(|p| p.into_inner());
+            resources
+                .iter()
+                .filter_map(|r| undelivered.remove(r))
+                .flatten()
+                .collect()
+        };
         drop(w);
-        // Work that was waiting for this resource need not sit out its backoff.
         self.attempts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.due_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(waiting);
         self.wake();
         Ok((id, rx))
     }
@@ -154,20 +176,24 @@ impl Phase2 {
             .remove(xid);
     }
 
-    /// Hands `w` to a live stream of its resource (round robin). False when none is
-    /// connected or every queue is full.
-    fn offer(&self, w: &Work) -> bool {
+    /// Hands `w` to a live stream of its resource (round robin).
+    fn offer(&self, w: &Work) -> Offered {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         let Some(list) = workers.get(&w.resource) else {
-            return false;
+            return Offered::NoStream;
         };
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        (0..list.len()).any(|i| {
+        let sent = (0..list.len()).any(|i| {
             list[(start + i) % list.len()]
                 .tx
                 .try_send(w.clone())
                 .is_ok()
-        })
+        });
+        if sent {
+            Offered::Sent
+        } else {
+            Offered::QueuesFull
+        }
     }
 
     fn mark_sent(&self, w: &Work, now: Millis) -> bool {
@@ -203,12 +229,50 @@ impl Phase2 {
         }
     }
 
+    /// `xid`'s work for `resource` found no stream: remembered until one connects.
+    fn undeliverable(&self, resource: &str, xid: &Xid) {
+        // Locked in `connect`'s order (workers, then undelivered).
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.contains_key(resource) {
+            // A stream connected since the offer failed.
+            drop(workers);
+            self.due_now
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(xid.clone());
+            return;
+        }
+        let mut undelivered = self.undelivered.lock().unwrap_or_else(|p| p.into_inner());
+        if undelivered.values().map(HashSet::len).sum::<usize>() >= MAX_TRACKED {
+            // Forgotten ones sit out their backoff, as before a stream connects.
+            undelivered.clear();
+        }
+        undelivered
+            .entry(resource.to_owned())
+            .or_default()
+            .insert(xid.clone());
+    }
+
+    /// The transactions to make due now, taken once.
+    fn take_due_now(&self) -> Vec<Xid> {
+        std::mem::take(&mut *self.due_now.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn unmark(&self, w: &Work) {
         self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(w.xid.clone(), w.branch_id));
     }
+}
+
+/// What became of work offered to the streams of its resource.
+enum Offered {
+    Sent,
+    /// No stream serves its resource: it waits for one (see `undeliverable`).
+    NoStream,
+    /// Every stream's queue is full: it backs off.
+    QueuesFull,
 }
 
 /// The dispatcher: claims due work from the store and offers it to proxies, until
@@ -233,6 +297,9 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
     let p2 = &coord.phase2;
     let now = coord.now();
     p2.prune(now);
+    for xid in p2.take_due_now() {
+        coord.store.schedule_phase2(&xid, now).await?;
+    }
     let work = coord
         .store
         .claim_phase2(now, p2.cfg.ack_timeout_ms, p2.cfg.batch)
@@ -242,12 +309,18 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
         if !p2.mark_sent(&w, now) {
             continue; // delivered recently, answer pending
         }
-        if p2.offer(&w) {
-            coord.metrics.phase2_sent.inc();
-            tracing::debug!(xid = %w.xid, branch = w.branch_id, resource = %w.resource, commit = w.commit, "phase-2 work sent");
-        } else {
-            p2.unmark(&w);
-            retry.insert(w.xid.clone(), w.branch_id);
+        match p2.offer(&w) {
+            Offered::Sent => {
+                coord.metrics.phase2_sent.inc();
+                tracing::debug!(xid = %w.xid, branch = w.branch_id, resource = %w.resource, commit = w.commit, "phase-2 work sent");
+            }
+            offered => {
+                p2.unmark(&w);
+                if matches!(offered, Offered::NoStream) {
+                    p2.undeliverable(&w.resource, &w.xid);
+                }
+                retry.insert(w.xid.clone(), w.branch_id);
+            }
         }
     }
     for (xid, branch_id) in retry {

@@ -11,7 +11,8 @@ use super::{RESOURCE, Recorder, both, key};
 both!(
     commit_sends_cleanup_to_a_live_proxy,
     rollback_reverse_order_and_dirty_write,
-    no_proxy_means_retry_until_one_connects
+    no_proxy_means_retry_until_one_connects,
+    work_waiting_for_a_proxy_goes_as_soon_as_one_connects
 );
 
 async fn commit_sends_cleanup_to_a_live_proxy(kind: Kind) {
@@ -160,6 +161,39 @@ async fn no_proxy_means_retry_until_one_connects(kind: Kind) {
     )
     .await;
     assert!(!c.locks_held(&[key(1)]).await.unwrap());
+    worker.shutdown().await;
+    ls.stop().await;
+}
+
+/// Work that found no proxy of its resource does not sit out its backoff once one
+/// connects: a proxy replaces its stream whenever it starts serving another database,
+/// and a rollback dispatched in that moment used to wait up to `retry_max_ms`.
+async fn work_waiting_for_a_proxy_goes_as_soon_as_one_connects(kind: Kind) {
+    let (mut config, dir) = tandem_tests::lockserver::test_config(kind);
+    config.phase2.retry_initial_ms = 60_000;
+    config.phase2.retry_max_ms = 60_000;
+    let ls = TestLockserver::start_with(config, dir).await;
+    let c = ls.client();
+    let x = c.begin(None).await.unwrap();
+    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
+        .await
+        .unwrap();
+    // No proxy: the rollback is retried, 60 s later by the backoff.
+    assert_eq!(c.rollback(&x).await.unwrap().as_str(), "RollbackRetrying");
+    let rec = Recorder::ok();
+    let worker = Phase2Worker::spawn(
+        &c,
+        vec![RESOURCE.into()],
+        rec.clone(),
+        WorkerOptions::default(),
+    );
+    let path = format!("/v1/transactions/{x}");
+    eventually(
+        Duration::from_secs(10),
+        "Rollbacked soon after a proxy connects",
+        || async { (ls.get(&path).await.1["status"] == "Rollbacked").then_some(()) },
+    )
+    .await;
     worker.shutdown().await;
     ls.stop().await;
 }
