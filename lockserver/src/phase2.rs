@@ -118,10 +118,7 @@ impl Phase2 {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.due_now
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(waiting);
+        self.make_due_now(waiting);
         self.wake();
         Ok((id, rx))
     }
@@ -236,10 +233,7 @@ impl Phase2 {
         if workers.contains_key(resource) {
             // A stream connected since the offer failed.
             drop(workers);
-            self.due_now
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(xid.clone());
+            self.make_due_now([xid.clone()]);
             return;
         }
         let mut undelivered = self.undelivered.lock().unwrap_or_else(|p| p.into_inner());
@@ -256,6 +250,13 @@ impl Phase2 {
     /// The transactions to make due now, taken once.
     fn take_due_now(&self) -> Vec<Xid> {
         std::mem::take(&mut *self.due_now.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn make_due_now(&self, xids: impl IntoIterator<Item = Xid>) {
+        self.due_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(xids);
     }
 
     fn unmark(&self, w: &Work) {
@@ -297,8 +298,13 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
     let p2 = &coord.phase2;
     let now = coord.now();
     p2.prune(now);
-    for xid in p2.take_due_now() {
-        coord.store.schedule_phase2(&xid, now).await?;
+    let mut due_now = p2.take_due_now().into_iter();
+    while let Some(xid) = due_now.next() {
+        if let Err(e) = coord.store.schedule_phase2(&xid, now).await {
+            // The rest are due at the next pass still (this one keeps their backoff).
+            p2.make_due_now(std::iter::once(xid).chain(due_now));
+            return Err(e);
+        }
     }
     let work = coord
         .store
