@@ -131,12 +131,7 @@ async fn rollback_reverse_order_and_dirty_write(kind: Kind) {
 
 async fn no_proxy_means_retry_until_one_connects(kind: Kind) {
     let ls = TestLockserver::start(kind).await;
-    let c = ls.client();
-    let x = c.begin(None).await.unwrap();
-    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
-        .await
-        .unwrap();
-    assert_eq!(c.rollback(&x).await.unwrap().as_str(), "RollbackRetrying");
+    let x = rollback_with_no_proxy(&ls).await;
     let (_, metrics) = tandem_tests::lockserver::http_raw(ls.http, "GET", "/metrics", None).await;
     let metrics = String::from_utf8(metrics).unwrap();
     let retries: f64 = metrics
@@ -146,11 +141,46 @@ async fn no_proxy_means_retry_until_one_connects(kind: Kind) {
         .expect("phase2 retries metric");
     assert!(retries >= 1.0, "retries counted: {metrics}");
     assert!(metrics.contains("tandem_lockserver_held_locks 1"));
-    let rec = Recorder::ok();
+    rolled_back_once_a_proxy_connects(&ls, &x).await;
+    assert!(!ls.client().locks_held(&[key(1)]).await.unwrap());
+    ls.stop().await;
+}
+
+/// Work that found no proxy of its resource does not sit out its backoff once one
+/// connects: a proxy replaces its stream whenever it starts serving another database,
+/// and a rollback dispatched in that moment used to wait up to `retry_max_ms`.
+async fn work_waiting_for_a_proxy_goes_as_soon_as_one_connects(kind: Kind) {
+    let (mut config, dir) = tandem_tests::lockserver::test_config(kind);
+    // Longer than the wait below: only a connecting proxy can end it in time.
+    config.phase2.retry_initial_ms = 60_000;
+    config.phase2.retry_max_ms = 60_000;
+    let ls = TestLockserver::start_with(config, dir).await;
+    let x = rollback_with_no_proxy(&ls).await;
+    rolled_back_once_a_proxy_connects(&ls, &x).await;
+    ls.stop().await;
+}
+
+/// A global transaction with one branch of `RESOURCE`, rolled back while no proxy
+/// serves it: the rollback is retried.
+async fn rollback_with_no_proxy(ls: &TestLockserver) -> tandem_lockserver::client::Xid {
+    let c = ls.client();
+    let x = c.begin(None).await.unwrap();
+    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(c.rollback(&x).await.unwrap().as_str(), "RollbackRetrying");
+    x
+}
+
+/// Connects a proxy of `RESOURCE` and waits (10 s at most) until `x` is rolled back.
+async fn rolled_back_once_a_proxy_connects(
+    ls: &TestLockserver,
+    x: &tandem_lockserver::client::Xid,
+) {
     let worker = Phase2Worker::spawn(
-        &c,
+        &ls.client(),
         vec![RESOURCE.into()],
-        rec.clone(),
+        Recorder::ok(),
         WorkerOptions::default(),
     );
     let path = format!("/v1/transactions/{x}");
@@ -160,40 +190,5 @@ async fn no_proxy_means_retry_until_one_connects(kind: Kind) {
         || async { (ls.get(&path).await.1["status"] == "Rollbacked").then_some(()) },
     )
     .await;
-    assert!(!c.locks_held(&[key(1)]).await.unwrap());
     worker.shutdown().await;
-    ls.stop().await;
-}
-
-/// Work that found no proxy of its resource does not sit out its backoff once one
-/// connects: a proxy replaces its stream whenever it starts serving another database,
-/// and a rollback dispatched in that moment used to wait up to `retry_max_ms`.
-async fn work_waiting_for_a_proxy_goes_as_soon_as_one_connects(kind: Kind) {
-    let (mut config, dir) = tandem_tests::lockserver::test_config(kind);
-    config.phase2.retry_initial_ms = 60_000;
-    config.phase2.retry_max_ms = 60_000;
-    let ls = TestLockserver::start_with(config, dir).await;
-    let c = ls.client();
-    let x = c.begin(None).await.unwrap();
-    c.register_branch(&x, RESOURCE, BranchKind::AT, &[key(1)], Duration::ZERO)
-        .await
-        .unwrap();
-    // No proxy: the rollback is retried, 60 s later by the backoff.
-    assert_eq!(c.rollback(&x).await.unwrap().as_str(), "RollbackRetrying");
-    let rec = Recorder::ok();
-    let worker = Phase2Worker::spawn(
-        &c,
-        vec![RESOURCE.into()],
-        rec.clone(),
-        WorkerOptions::default(),
-    );
-    let path = format!("/v1/transactions/{x}");
-    eventually(
-        Duration::from_secs(10),
-        "Rollbacked soon after a proxy connects",
-        || async { (ls.get(&path).await.1["status"] == "Rollbacked").then_some(()) },
-    )
-    .await;
-    worker.shutdown().await;
-    ls.stop().await;
 }

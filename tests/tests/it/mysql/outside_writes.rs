@@ -41,11 +41,26 @@ async fn outside_proxy(lockserver: &TestLockserver, mode: OutsideWrites) -> Tand
 /// A session of `tandem` holding row `id` in an unfinished global transaction (its
 /// local transaction committed, as AT does at once for an autocommit write).
 async fn hold_row(tandem: &Tandem, db: &MyTestDb, id: i32) -> Conn {
+    in_global_transaction(
+        tandem,
+        db,
+        &format!("UPDATE accounts SET balance = 1 WHERE id = {id}"),
+    )
+    .await
+}
+
+/// A session of `tandem` that deleted row `id` in an unfinished global transaction:
+/// the row is gone, and its key held until that transaction ends.
+async fn delete_held_row(tandem: &Tandem, db: &MyTestDb, id: i32) -> Conn {
+    in_global_transaction(tandem, db, &format!("DELETE FROM accounts WHERE id = {id}")).await
+}
+
+/// A session of `tandem` that ran `write` (autocommit) in a global transaction it
+/// leaves unfinished.
+async fn in_global_transaction(tandem: &Tandem, db: &MyTestDb, write: &str) -> Conn {
     let mut a = my::connect(tandem, &db.name).await;
     text(&mut a, "SELECT tandem_begin(60000)").await.unwrap();
-    a.query_drop(format!("UPDATE accounts SET balance = 1 WHERE id = {id}"))
-        .await
-        .unwrap();
+    a.query_drop(write).await.unwrap();
     a
 }
 
@@ -278,17 +293,6 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     })
     .await;
     tandem.shutdown().await;
-}
-
-/// A session of `tandem` that deleted row `id` in an unfinished global transaction:
-/// the row is gone, and its key held until that transaction ends.
-async fn delete_held_row(tandem: &Tandem, db: &MyTestDb, id: i32) -> Conn {
-    let mut a = my::connect(tandem, &db.name).await;
-    text(&mut a, "SELECT tandem_begin(60000)").await.unwrap();
-    a.query_drop(format!("DELETE FROM accounts WHERE id = {id}"))
-        .await
-        .unwrap();
-    a
 }
 
 /// A plain INSERT that would recreate a row a global transaction deleted is refused
