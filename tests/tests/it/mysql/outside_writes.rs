@@ -364,6 +364,16 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
         .await
         .unwrap();
     assert_eq!(b.affected_rows(), 0);
+    // Only the rows it inserts are its own: the held one it skips is no reason to
+    // refuse the rest.
+    b.query_drop("INSERT IGNORE INTO accounts VALUES (1, 5, 'x'), (9, 9, 'n')")
+        .await
+        .unwrap();
+    assert_eq!(b.affected_rows(), 1);
+    assert_eq!(balance(&mut direct, 9).await, Some(9));
+    b.query_drop("DELETE FROM accounts WHERE id = 9")
+        .await
+        .unwrap();
 
     // tandem's own COMMIT does not chain a transaction that would swallow the
     // session's next autocommit statements.

@@ -351,17 +351,29 @@ impl Relay<'_> {
         write: &Write,
         source: &Source<'_>,
     ) -> Result<Option<Handled>> {
-        let after = match table.mysql.insert_plan(write) {
-            Ok(plan) => plan.after,
+        let plan = match table.mysql.insert_plan(write) {
+            Ok(plan) => plan,
             // Rows tandem does not see (INSERT … SELECT), say: see the module comment.
             Err(_) => return Ok(None),
         };
-        let Some(after) = after else {
+        let Some(after) = plan.after else {
             // Generated keys: see the module comment.
             return Ok(None);
         };
         let Ok(params) = source.bind(&after.params) else {
             return Ok(None);
+        };
+        // An INSERT IGNORE leaves the rows it meets alone: those are read first, and
+        // only the others are its own.
+        let existing = match plan
+            .before
+            .filter(|_| write.on_duplicate == OnDuplicate::Ignore)
+        {
+            Some(before) => match source.bind(&before.params) {
+                Ok(before_params) => Some((before.sql, before_params)),
+                Err(_) => return Ok(None),
+            },
+            None => None,
         };
         // A locking read: a consistent one would fix the snapshot of the client's
         // REPEATABLE READ transaction here rather than at its own first read.
@@ -388,7 +400,11 @@ impl Relay<'_> {
                 }
             }
             let around = self
-                .around_write(None, source, Some((read_back.as_str(), &params[..])))
+                .around_write(
+                    existing.as_ref().map(|(sql, p)| (sql.as_str(), &p[..])),
+                    source,
+                    Some((read_back.as_str(), &params[..])),
+                )
                 .await?;
             if !around.write_sent {
                 // The read back could not even be prepared (MySQL checks its privilege
@@ -411,7 +427,21 @@ impl Relay<'_> {
             let keys = match around.after {
                 // An INSERT IGNORE that inserted nothing recreated nothing.
                 Some(Ok(_)) if ok.affected_rows == 0 => Vec::new(),
-                Some(Ok(rows)) => self.keys_of(table, &rows),
+                Some(Ok(rows)) => {
+                    let met = match &around.before {
+                        Some(Ok(met)) => self.keys_of(table, met),
+                        _ => Vec::new(),
+                    };
+                    let mut keys = self.keys_of(table, &rows);
+                    keys.retain(|k| !met.contains(k));
+                    keys
+                }
+                Some(Err(e)) if self.exchange.server.may_end_transaction(e.code) => {
+                    // The server rolled the transaction back, the INSERT with it.
+                    let _ = self.end_insert_scope(scope, true).await?;
+                    self.put_failure(&AtFailure::Server(e));
+                    return Ok(Some(Handled::Answer));
+                }
                 // The INSERT ran and its rows could not be read back (a role with
                 // INSERT but no SELECT privilege, say): it stays, unchecked, as it
                 // would have without tandem, rather than be refused.
