@@ -239,7 +239,8 @@ impl MysqlXa {
     }
 
     /// Starts the phase-2 stream (with the table notices of the lock scope) and the
-    /// recovery loop: at once, then every `xa_recovery_interval_ms`.
+    /// recovery loop: at once, then every `xa_recovery_interval_ms`; each pass also
+    /// serves phase 2 for the databases that have an undo_log.
     pub fn start_recovery(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         // AT's lock keys name the server, not a database: the table notices for them
         // come to the stream that serves the lock scope, from the start.
@@ -248,6 +249,9 @@ impl MysqlXa {
         tokio::spawn(async move {
             let every = Duration::from_millis(me.config.xa_recovery_interval_ms.max(100));
             loop {
+                if let Err(e) = me.serve_databases_with_undo_log().await {
+                    tracing::debug!(upstream = %me.config.upstream, error = %e, "could not list the databases with an undo_log for phase 2");
+                }
                 match me.recover().await {
                     Ok((done, left)) if done > 0 => {
                         tracing::info!(upstream = %me.config.upstream, done, left, "MySQL XA recovery pass")
@@ -265,6 +269,23 @@ impl MysqlXa {
             me.registry.shutdown().await;
             me.pool.clone().disconnect().await.ok();
         });
+    }
+
+    /// Serves phase 2 for every database of the server that has an undo_log: its AT
+    /// branches may have been written through another proxy, or before this one
+    /// started, and their commit or rollback must not wait for a new branch there.
+    async fn serve_databases_with_undo_log(&self) -> Result<(), mysql_async::Error> {
+        let mut conn = self.pool.get_conn().await?;
+        let names: Vec<String> = conn
+            .query(
+                "SELECT table_schema FROM information_schema.tables \
+                 WHERE LOWER(table_name) = 'undo_log'",
+            )
+            .await?;
+        drop(conn);
+        self.registry
+            .serve_all(names.iter().map(|db| self.resource_id(db)));
+        Ok(())
     }
 
     /// One pass over `XA RECOVER`: tandem's branches are finished as their global

@@ -1638,3 +1638,35 @@ async fn the_undo_sweep_deletes_old_markers_and_keeps_undo_rows() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A proxy that starts after a branch was written (a restart, or a second proxy)
+/// serves phase 2 for every database of its server with an undo_log, not only those
+/// it has seen a branch in since: a rollback decided then is not left waiting for new
+/// traffic in that database.
+#[tokio::test]
+async fn a_proxy_started_after_the_branch_runs_its_rollback() {
+    let db = prepare("late_proxy").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let first = my::start_with(|c| c.lockserver.endpoint = endpoint.clone()).await;
+    let mut conn = my::connect(&first, &db.name).await;
+    let xid = text(&mut conn, "SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    drop(conn);
+    first.shutdown().await;
+    // The only proxy of the server now is one that has seen no branch here.
+    let second = my::start_with(|c| c.lockserver.endpoint = endpoint).await;
+    let xid = tandem_lockserver::client::Xid::parse(&xid).unwrap();
+    let status = lockserver.client().rollback(&xid).await.unwrap();
+    assert_eq!(status.as_str(), "Rollbacked");
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    second.shutdown().await;
+    lockserver.stop().await;
+}
