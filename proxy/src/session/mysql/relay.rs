@@ -330,6 +330,14 @@ pub(super) fn skip_streaming(streaming: &mut usize, available: usize) -> usize {
     take
 }
 
+/// Whether a session with `status` is inside a transaction (explicit, or with
+/// autocommit off): a write there is not its own transaction.
+fn in_transaction(status: crate::wire::mysql::codes::StatusFlags) -> bool {
+    use crate::wire::mysql::codes::StatusFlags;
+    !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+        || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+}
+
 fn reserve_for_read(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);

@@ -445,8 +445,7 @@ impl Relay<'_> {
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         // An autocommit write is its own branch: tandem opens the local transaction
         // that holds its images and undo row.
-        let wrapped = !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-            && status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        let wrapped = !super::in_transaction(status);
         if wrapped && let Err(e) = self.own().query("START TRANSACTION").await? {
             self.put_failure(&AtFailure::Server(e));
             return Ok(Handled::Answer);

@@ -34,11 +34,11 @@
 //! every write while the lockserver is unreachable (counted in
 //! `tandem_mysql_outside_writes_unchecked`).
 
-use super::Relay;
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
 use super::control::Kind;
 use super::own::OwnError;
+use super::{Relay, in_transaction};
 use crate::at::branch::{lock_key, qualified_name};
 use crate::at::mysql::AtTable;
 use crate::error::{Error, Result};
@@ -581,13 +581,6 @@ impl Relay<'_> {
 /// autocommit statements would pile up in it) or close the connection.
 const COMMIT: &str = "COMMIT AND NO CHAIN NO RELEASE";
 const ROLLBACK: &str = "ROLLBACK AND NO CHAIN NO RELEASE";
-
-/// Whether a session with `status` is inside a transaction (explicit, or with
-/// autocommit off).
-fn in_transaction(status: StatusFlags) -> bool {
-    !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
-        || status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-}
 
 /// What a checked plain INSERT runs in, so that a held key can undo it alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
