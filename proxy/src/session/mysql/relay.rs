@@ -29,6 +29,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Read buffers grow in steps of this many bytes, so an idle session holds little.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// The end of a transaction that tandem opened (around an autocommit write), or that
+/// it ends for the client without the client's own words (an implied commit, a failed
+/// branch): whatever the session's completion_type, it must not chain a new
+/// transaction (the session's next autocommit statements would pile up in it, never
+/// committed) or close the connection.
+const OWN_COMMIT: &str = "COMMIT AND NO CHAIN NO RELEASE";
+const OWN_ROLLBACK: &str = "ROLLBACK AND NO CHAIN NO RELEASE";
+
 pub struct Relay<'a> {
     pub(super) ctx: &'a MysqlFrontendContext,
     pub(super) client: ClientStream,

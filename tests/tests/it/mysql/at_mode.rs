@@ -1201,6 +1201,80 @@ async fn nothing_ends_a_branchs_transaction_behind_tandems_back() {
     lockserver.stop().await;
 }
 
+async fn in_transaction(conn: &mut Conn) -> bool {
+    let open: Option<i64> = conn.query_first("SELECT @@in_transaction").await.unwrap();
+    open == Some(1)
+}
+
+/// Under `completion_type = CHAIN`, a COMMIT tandem sends for the client (around an
+/// autocommit write, or implied by `SET autocommit = 1`) must not chain a transaction
+/// that would swallow the session's next autocommit writes; the client's own COMMIT
+/// keeps its words.
+#[tokio::test]
+async fn tandems_commits_never_chain_and_the_clients_commit_keeps_its_words() {
+    let db = prepare("at_completion_type").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    conn.query_drop("SET completion_type = 1").await.unwrap();
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+
+    // Two autocommit writes: each its own branch, committed at once.
+    for id in [1, 2] {
+        conn.query_drop(format!(
+            "UPDATE accounts SET balance = {id} WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+        assert!(
+            !in_transaction(&mut conn).await,
+            "no transaction after write {id}"
+        );
+        let committed: Option<i64> = direct
+            .query_first(format!("SELECT balance FROM accounts WHERE id = {id}"))
+            .await
+            .unwrap();
+        assert_eq!(committed, Some(id), "write {id} committed");
+    }
+
+    // `SET autocommit = 1` commits the branch, and leaves no transaction open.
+    conn.query_drop("SET autocommit = 0").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
+    conn.query_drop("SET autocommit = 1").await.unwrap();
+    assert!(!in_transaction(&mut conn).await, "after SET autocommit = 1");
+
+    // The client's COMMIT: plain, it chains as completion_type says; AND NO CHAIN
+    // does not.
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET note = 'x' WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    assert!(in_transaction(&mut conn).await, "plain COMMIT chains");
+    conn.query_drop("UPDATE accounts SET note = 'y' WHERE id = 2")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT AND NO CHAIN").await.unwrap();
+    assert!(!in_transaction(&mut conn).await, "COMMIT AND NO CHAIN");
+    let notes: Vec<Option<String>> = direct
+        .query("SELECT note FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        notes,
+        [Some("x".into()), Some("y".into()), Some("c".into())]
+    );
+
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn literals_with_backslashes_are_captured_as_written() {
     let db = prepare("at_backslash").await;

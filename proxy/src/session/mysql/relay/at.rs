@@ -406,7 +406,14 @@ impl Relay<'_> {
     /// The client's COMMIT (or `SET autocommit = 1`, which commits) of a local
     /// transaction with captured rows.
     async fn at_commit(&mut self, sql: &str) -> Result<Handled> {
-        let committed = self.commit_branch().await?;
+        // The client's own COMMIT keeps its words (AND CHAIN, RELEASE) and its
+        // completion_type; the commit `SET autocommit = 1` implies never chains.
+        let ending = if is_commit(sql) {
+            sql
+        } else {
+            super::OWN_COMMIT
+        };
+        let committed = self.commit_branch(ending).await?;
         match committed {
             Ok(status) => {
                 self.exchange.on_authenticated(status);
@@ -452,7 +459,7 @@ impl Relay<'_> {
         }
         let mut outcome = self.capture_write(&table, write, source).await?;
         if wrapped && let Ok(ok) = &mut outcome {
-            match self.commit_branch().await? {
+            match self.commit_branch(super::OWN_COMMIT).await? {
                 Ok(status) => ok.take_status_of(status),
                 Err(failure) => outcome = Err(failure),
             }
@@ -765,16 +772,17 @@ impl Relay<'_> {
         self.own_select(&sql, &params).await
     }
 
-    /// After images, registration with the branch's lock keys, the undo row, COMMIT.
-    /// On failure the local transaction is over (rolled back).
-    async fn commit_branch(&mut self) -> Result<Outcome<StatusFlags>> {
+    /// After images, registration with the branch's lock keys, the undo row, then
+    /// `commit`, the statement that ends the local transaction. On failure the local
+    /// transaction is over (rolled back).
+    async fn commit_branch(&mut self, commit: &str) -> Result<Outcome<StatusFlags>> {
         if let Err(failure) = self.settle_database().await? {
             return self.abandon(failure).await;
         }
         let xid = self.binding.xid().cloned().ok_or(Error::NotBound)?;
         if self.at_branch.is_empty() {
             // A write that changed no row: nothing to undo, nothing to lock.
-            return Ok(match self.own().query("COMMIT").await? {
+            return Ok(match self.own().query(commit).await? {
                 Ok(ok) => Ok(ok.status),
                 Err(e) => Err(AtFailure::Server(e)),
             });
@@ -887,7 +895,7 @@ impl Relay<'_> {
             self.report_phase_one_failed(&xid, branch_id);
             return self.abandon(AtFailure::Server(e)).await;
         }
-        match self.own().query("COMMIT").await? {
+        match self.own().query(commit).await? {
             Ok(ok) => Ok(Ok(ok.status)),
             Err(e) => {
                 self.report_phase_one_failed(&xid, branch_id);
@@ -905,7 +913,7 @@ impl Relay<'_> {
     /// Rolls the local transaction back, and with it everything the branch holds.
     async fn roll_back_local_transaction(&mut self) -> Result<()> {
         self.at_branch = Branch::default();
-        if let Ok(ok) = self.own().query("ROLLBACK").await? {
+        if let Ok(ok) = self.own().query(super::OWN_ROLLBACK).await? {
             self.exchange.on_authenticated(ok.status);
         }
         Ok(())

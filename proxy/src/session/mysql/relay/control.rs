@@ -516,7 +516,7 @@ impl Relay<'_> {
             // then done what it asked.
             let mut rolled_back = self.run_own(&format!("XA ROLLBACK {id}")).await?;
             if rolled_back.is_err() {
-                rolled_back = self.run_own("ROLLBACK").await?;
+                rolled_back = self.run_own(super::OWN_ROLLBACK).await?;
             }
             if !commit && rolled_back.is_ok() {
                 outcome = rolled_back;

@@ -331,7 +331,7 @@ impl Relay<'_> {
                 self.put_error(&e);
                 return Ok(Some(Handled::Answer));
             }
-            match self.own().query(COMMIT).await? {
+            match self.own().query(super::OWN_COMMIT).await? {
                 Ok(committed) => {
                     ok.take_status_of(committed.status);
                     self.exchange.on_authenticated(committed.status);
@@ -492,8 +492,8 @@ impl Relay<'_> {
         }
         let end = match (scope, undo) {
             (InsertScope::Savepoint, _) => "RELEASE SAVEPOINT tandem_guard",
-            (InsertScope::OwnTransaction, false) => COMMIT,
-            (InsertScope::OwnTransaction, true) => ROLLBACK,
+            (InsertScope::OwnTransaction, false) => super::OWN_COMMIT,
+            (InsertScope::OwnTransaction, true) => super::OWN_ROLLBACK,
         };
         Ok(match self.own().query(end).await? {
             Ok(done) => {
@@ -514,7 +514,7 @@ impl Relay<'_> {
     }
 
     async fn own_rollback(&mut self) -> Result<()> {
-        if let Ok(ok) = self.own().query(ROLLBACK).await? {
+        if let Ok(ok) = self.own().query(super::OWN_ROLLBACK).await? {
             self.exchange.on_authenticated(ok.status);
         }
         Ok(())
@@ -575,12 +575,6 @@ impl Relay<'_> {
                 .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
     }
 }
-
-/// The end of a transaction tandem opened around an autocommit write: whatever the
-/// session's completion_type, it must not chain a new transaction (the session's next
-/// autocommit statements would pile up in it) or close the connection.
-const COMMIT: &str = "COMMIT AND NO CHAIN NO RELEASE";
-const ROLLBACK: &str = "ROLLBACK AND NO CHAIN NO RELEASE";
 
 /// What a checked plain INSERT runs in, so that a held key can undo it alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
