@@ -4,7 +4,7 @@
 //! them: whatever the client session's DateStyle, TimeZone or extra_float_digits, a
 //! value written back is the value that was read, bit for bit. Never runs SQL itself.
 
-use crate::analyze::{TableRef, Write, WriteKind};
+use crate::analyze::{InsertRows, InsertValue, TableRef, Write, WriteKind};
 use crate::dialect::Dialect;
 use crate::error::Error;
 
@@ -41,12 +41,16 @@ pub type Value = Option<Vec<u8>>;
 pub type Row = Vec<Value>;
 
 /// A column as the catalog describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Column {
     /// Name.
     pub name: String,
     /// Type OID (PostgreSQL) or type code (MySQL).
     pub type_oid: u32,
+    /// The type as SQL spells it in a cast, with its modifier (PostgreSQL's
+    /// `format_type`: `numeric(10,2)`); empty where the catalog read does not give it
+    /// (MySQL).
+    pub sql_type: String,
     /// A generated column: computed by the server, never written back.
     pub generated: bool,
 }
@@ -328,6 +332,47 @@ impl TableMeta {
         }
     }
 
+    /// The primary key of each row of a PostgreSQL INSERT … VALUES that gives every key
+    /// column a constant (a literal or a placeholder, cast or not), converted to the
+    /// column's type as the INSERT converts it: `VALUES (CAST(<value> AS <type>), …), …`,
+    /// one column per key column in key order, with the statement's own placeholders.
+    /// None when no row gives its whole key so: the server generates it (a new key) or
+    /// computes it, and evaluating it again need not give the same value.
+    pub fn inserted_keys_query(&self, rows: &InsertRows) -> Option<String> {
+        let positions: Vec<usize> = match &rows.columns {
+            Some(columns) => self
+                .pk
+                .iter()
+                .map(|&i| columns.iter().position(|c| *c == self.columns[i].name))
+                .collect::<Option<_>>()?,
+            None => self.pk.clone(),
+        };
+        let tuples: Vec<String> = rows
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let casts = positions
+                    .iter()
+                    .zip(&self.pk)
+                    .map(|(&at, &column)| match row.get(at) {
+                        Some(InsertValue::Constant(value)) => Some(format!(
+                            "CAST({value} AS {})",
+                            self.columns[column].sql_type
+                        )),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(format!("({})", casts.join(", ")))
+            })
+            .collect();
+        (!tuples.is_empty()
+            && self
+                .pk
+                .iter()
+                .all(|&i| !self.columns[i].sql_type.is_empty()))
+        .then(|| format!("VALUES {}", tuples.join(", ")))
+    }
+
     /// `SELECT <all columns> FROM <table> WHERE (<pk>) IN ((…), …)` for `rows` keys, with
     /// parameters in key order, row after row (bound as [`Dialect::param_type`] says):
     /// the after images, which MySQL's writes do not return.
@@ -430,6 +475,7 @@ mod tests {
                 .map(|n| Column {
                     name: (*n).into(),
                     type_oid: 23,
+                    sql_type: "integer".into(),
                     generated: false,
                 })
                 .collect(),
@@ -464,6 +510,43 @@ mod tests {
         ] {
             assert!(m.check_capturable(&write(refused)).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn an_inserts_given_keys_are_cast_to_the_key_type_and_generated_ones_skipped() {
+        let m = meta();
+        let keys = |sql: &str| m.inserted_keys_query(write(sql).rows.as_ref()?);
+        assert_eq!(
+            keys("INSERT INTO accounts VALUES (1, 2, 'x'), ($1, 3, 'y'), ('7'::int8, 1, 'z')")
+                .as_deref(),
+            Some(
+                "VALUES (CAST(1 AS integer)), (CAST($1 AS integer)), (CAST('7'::INT8 AS integer))"
+            )
+        );
+        assert_eq!(
+            keys("INSERT INTO accounts (note, id) VALUES ('x', -4), ('y', DEFAULT), ('z', f())")
+                .as_deref(),
+            Some("VALUES (CAST(-4 AS integer))")
+        );
+        for unchecked in [
+            "INSERT INTO accounts (note) VALUES ('x')",
+            "INSERT INTO accounts (id) VALUES (nextval('s'))",
+            "INSERT INTO accounts SELECT * FROM other",
+            "INSERT INTO accounts DEFAULT VALUES",
+        ] {
+            assert_eq!(keys(unchecked), None, "{unchecked}");
+        }
+        let composite = TableMeta {
+            pk: vec![2, 0],
+            ..meta()
+        };
+        let w = write("INSERT INTO accounts (id, note) VALUES ($1, $2)");
+        assert_eq!(
+            composite
+                .inserted_keys_query(w.rows.as_ref().unwrap())
+                .as_deref(),
+            Some("VALUES (CAST($2 AS integer), CAST($1 AS integer))")
+        );
     }
 
     #[test]

@@ -366,11 +366,13 @@ mod tests {
                 Column {
                     name: "id".into(),
                     type_oid: 23,
+                    sql_type: "integer".into(),
                     generated: false,
                 },
                 Column {
                     name: "v".into(),
                     type_oid: 25,
+                    sql_type: "text".into(),
                     generated: false,
                 },
             ],

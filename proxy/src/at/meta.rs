@@ -20,9 +20,15 @@ pub struct MetaCache {
     tables: Mutex<HashMap<(String, TableRef), Arc<TableMeta>>>,
 }
 
-const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> '', c.oid::int8
+/// A column's type for a cast (`Column::sql_type`): a built-in one as `format_type`
+/// spells it, with its modifier (`numeric(10,2)`); any other schema-qualified, since a
+/// client session's search_path need not see the schema this connection sees.
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> '', c.oid::int8,
+    CASE WHEN tn.nspname = 'pg_catalog' THEN pg_catalog.format_type(a.atttypid, a.atttypmod)
+        ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
     WHERE c.oid = to_regclass($1) ORDER BY a.attnum";
 const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -82,6 +88,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         .map(|r| Column {
             name: r.get(2),
             type_oid: r.get::<_, i64>(3) as u32,
+            sql_type: r.get(6),
             generated: r.get(4),
         })
         .collect();

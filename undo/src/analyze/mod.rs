@@ -17,9 +17,9 @@ pub use split::{count_mysql_statements, split_statements, statement_body};
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, ConflictTarget, FromTable, Ident, ObjectName, ObjectNamePart,
-    OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement, TableFactor, TableObject,
-    TableWithJoins, UpdateTableFromKind,
+    Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, ObjectName,
+    ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement, TableFactor,
+    TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -97,7 +97,7 @@ pub enum OnDuplicate {
     Replace,
 }
 
-/// The rows an INSERT gives (MySQL).
+/// The rows an INSERT … VALUES gives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InsertRows {
     /// The column list (lower case); None: every column, in table order.
@@ -357,6 +357,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 has_returning: insert.returning.is_some(),
                 upsert,
                 on_duplicate,
+                rows: values_rows(insert, POSTGRES_NAMES, pg_insert_value)?,
                 ..Write::of(
                     WriteKind::Insert,
                     table_ref(name, POSTGRES_NAMES)?,
@@ -505,6 +506,73 @@ fn refuse_data_modifying_ctes(query: &Query) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The rows of an INSERT … VALUES, each value as `value_of` reads it; None for any
+/// other source (INSERT … SELECT, DEFAULT VALUES).
+fn values_rows(
+    insert: &sqlparser::ast::Insert,
+    names: Names,
+    value_of: fn(&Expr) -> InsertValue,
+) -> Result<Option<InsertRows>, Error> {
+    let Some(SetExpr::Values(values)) = insert.source.as_deref().map(|q| q.body.as_ref()) else {
+        return Ok(None);
+    };
+    let rows: Vec<Vec<InsertValue>> = values
+        .rows
+        .iter()
+        .map(|row| row.content.iter().map(value_of).collect())
+        .collect();
+    let columns = if insert.columns.is_empty() {
+        // `VALUES ()` gives every column its default; any other row, every column.
+        rows.iter().all(Vec::is_empty).then(Vec::new)
+    } else {
+        let columns = insert
+            .columns
+            .iter()
+            .map(|c| match c.0.last() {
+                Some(ObjectNamePart::Identifier(ident)) => Ok(names.column(ident)),
+                _ => Err(Error::unsupported("an INSERT column with a computed name")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(columns)
+    };
+    Ok(Some(InsertRows { columns, rows }))
+}
+
+/// One VALUES entry: a literal (signed or not) or a placeholder is a constant.
+fn insert_value(expr: &Expr) -> InsertValue {
+    let literal = |e: &Expr| matches!(e, Expr::Value(_));
+    match expr {
+        Expr::Value(v) if v.value == Value::Null => InsertValue::Null,
+        Expr::Identifier(ident)
+            if ident.quote_style.is_none() && ident.value.eq_ignore_ascii_case("default") =>
+        {
+            InsertValue::Default
+        }
+        Expr::Value(_) => InsertValue::Constant(expr.to_string()),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus | UnaryOperator::Plus,
+            expr: inner,
+        } if literal(inner) => InsertValue::Constant(expr.to_string()),
+        _ => InsertValue::Computed(expr.to_string()),
+    }
+}
+
+/// As [`insert_value`], with PostgreSQL's casts of a constant (`$1::int8`,
+/// `'a'::text`, `CAST(1 AS int2)`) constants too: drivers and ORMs write them.
+fn pg_insert_value(expr: &Expr) -> InsertValue {
+    match expr {
+        Expr::Cast { expr: inner, .. } => match pg_insert_value(inner) {
+            InsertValue::Constant(_) => InsertValue::Constant(expr.to_string()),
+            _ => InsertValue::Computed(expr.to_string()),
+        },
+        Expr::Nested(inner) => match pg_insert_value(inner) {
+            InsertValue::Constant(_) => InsertValue::Constant(expr.to_string()),
+            other => other,
+        },
+        _ => insert_value(expr),
+    }
 }
 
 /// The VALUES rows of an upsert, as SQL per column.

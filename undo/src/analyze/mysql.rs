@@ -9,15 +9,14 @@
 
 use super::split::Offsets;
 use super::{
-    Analysis, InsertRows, InsertValue, Names, OnDuplicate, RECURSION_LIMIT, SavepointOp, TableRef,
-    Write, WriteKind, analyze_query, assigned_columns, explain_analyze, explain_analyze_target,
-    join_list, refuse_data_modifying_ctes, single_table, table_ref,
+    Analysis, InsertRows, Names, OnDuplicate, RECURSION_LIMIT, SavepointOp, TableRef, Write,
+    WriteKind, analyze_query, assigned_columns, explain_analyze, explain_analyze_target,
+    insert_value, join_list, refuse_data_modifying_ctes, single_table, table_ref, values_rows,
 };
 use crate::error::Error;
 use sqlparser::ast::{
     Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, ObjectNamePart,
-    OnInsert, OrderByExpr, Set, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    UnaryOperator, Update, Value,
+    OnInsert, OrderByExpr, Set, Statement, TableFactor, TableObject, TableWithJoins, Update,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -506,53 +505,17 @@ fn analyze_insert(insert: &Insert) -> Result<Write, Error> {
 fn insert_rows(insert: &Insert) -> Result<InsertRows, Error> {
     if !insert.assignments.is_empty() {
         let columns = assigned_columns(&insert.assignments, MYSQL_NAMES)?;
-        let row = insert.assignments.iter().map(|a| value(&a.value)).collect();
+        let row = insert
+            .assignments
+            .iter()
+            .map(|a| insert_value(&a.value))
+            .collect();
         return Ok(InsertRows {
             columns: Some(columns),
             rows: vec![row],
         });
     }
-    let Some(SetExpr::Values(values)) = insert.source.as_deref().map(|q| q.body.as_ref()) else {
-        return Err(Error::unsupported(
-            "INSERT … SELECT (MySQL reports no keys of the rows it inserts)",
-        ));
-    };
-    let rows: Vec<Vec<InsertValue>> = values
-        .rows
-        .iter()
-        .map(|row| row.content.iter().map(value).collect())
-        .collect();
-    let columns = if insert.columns.is_empty() {
-        // `VALUES ()` gives every column its default; any other row, every column.
-        rows.iter().all(Vec::is_empty).then(Vec::new)
-    } else {
-        let columns = insert
-            .columns
-            .iter()
-            .map(|c| match c.0.last() {
-                Some(ObjectNamePart::Identifier(ident)) => Ok(MYSQL_NAMES.column(ident)),
-                _ => Err(Error::unsupported("an INSERT column with a computed name")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Some(columns)
-    };
-    Ok(InsertRows { columns, rows })
-}
-
-fn value(expr: &Expr) -> InsertValue {
-    let literal = |e: &Expr| matches!(e, Expr::Value(_));
-    match expr {
-        Expr::Value(v) if v.value == Value::Null => InsertValue::Null,
-        Expr::Identifier(ident)
-            if ident.quote_style.is_none() && ident.value.eq_ignore_ascii_case("default") =>
-        {
-            InsertValue::Default
-        }
-        Expr::Value(_) => InsertValue::Constant(expr.to_string()),
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus | UnaryOperator::Plus,
-            expr: inner,
-        } if literal(inner) => InsertValue::Constant(expr.to_string()),
-        _ => InsertValue::Computed(expr.to_string()),
-    }
+    values_rows(insert, MYSQL_NAMES, insert_value)?.ok_or_else(|| {
+        Error::unsupported("INSERT … SELECT (MySQL reports no keys of the rows it inserts)")
+    })
 }

@@ -135,6 +135,7 @@ impl MysqlTable {
             columns.push(Column {
                 name,
                 type_oid,
+                sql_type: String::new(),
                 generated: extra.contains("virtual generated")
                     || extra.contains("stored generated"),
             });

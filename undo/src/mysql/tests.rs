@@ -110,6 +110,7 @@ fn the_catalog_builds_the_table() {
         name: name.into(),
         type_oid,
         generated,
+        sql_type: String::new(),
     };
     assert_eq!(
         t.meta.columns,

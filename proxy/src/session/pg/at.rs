@@ -74,6 +74,9 @@ pub(super) struct WriteInFlight {
     /// A row came back from another table than the metadata describes: the name
     /// resolved differently where the write ran.
     pub(super) table_changed: bool,
+    /// A plain INSERT outside a global transaction: the keys its VALUES gave, checked
+    /// again when it is over (it returns no rows of tandem's).
+    pub(super) inserted_keys: Vec<tandem_lockserver::client::LockKey>,
 }
 
 impl WriteInFlight {
@@ -103,6 +106,7 @@ impl WriteInFlight {
             failed: false,
             guard_only: false,
             table_changed: false,
+            inserted_keys: Vec::new(),
         }
     }
 
@@ -125,6 +129,22 @@ impl WriteInFlight {
             failed: false,
             guard_only: true,
             table_changed: false,
+            inserted_keys: Vec::new(),
+        }
+    }
+
+    /// A plain INSERT outside a global transaction, sent as the client sent it, with
+    /// the keys `inserted_keys` gave (see guard.rs).
+    pub(super) fn inserted(
+        meta: Arc<TableMeta>,
+        implicit: bool,
+        inserted_keys: Vec<tandem_lockserver::client::LockKey>,
+    ) -> Self {
+        WriteInFlight {
+            meta,
+            implicit,
+            inserted_keys,
+            ..Self::guarded()
         }
     }
 

@@ -16,12 +16,20 @@
 //! only at a sync point: between sync points a name not resolved yet lets its write
 //! through unchecked only while no schema's table of that name may hold locks.
 //!
+//! A plain INSERT (ON CONFLICT DO NOTHING included) has no rows to lock yet, but may
+//! recreate a row a global transaction deleted. The keys its VALUES give are read
+//! first, each cast to its column's type in the session (`VALUES (CAST($1 AS integer))`:
+//! no SELECT on the table, which an INSERT-only role lacks, and no RETURNING, which
+//! row-level security or a rewrite rule would refuse), asked of the lockserver, and
+//! asked again once the INSERT is over: a global transaction that deleted one of them
+//! meanwhile has registered it by then, since its DELETE committed before the INSERT
+//! could take the key. An INSERT of a held key waits or fails as above; an ON CONFLICT
+//! DO NOTHING that would skip a held row waits or fails too.
+//!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
-//! rolls back: a plain INSERT (its rows do not exist yet, though it may recreate a row
-//! a global transaction deleted: reading its keys back through RETURNING would need
-//! SELECT on the table, which an INSERT-only role lacks, and fails under row-level
-//! security or a rewrite rule, so it would refuse INSERTs that work without tandem),
-//! multi-statement queries, statements tandem cannot
+//! rolls back: an INSERT whose keys the server generates (they are new) or computes
+//! (`INSERT … SELECT`, a function call), an INSERT pipelined in a batch of several
+//! (a driver's executeBatch), multi-statement queries, statements tandem cannot
 //! analyse, writes inside functions, and every write while the lockserver is
 //! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
 //! stop with the coordinator.
@@ -51,7 +59,7 @@ impl Relay<'_> {
         }
         let (meta, write) = match self.rows_to_check(sql, true).await {
             RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
-            RowsToCheck::AtSyncPoint => return Ok(Intercepted::WaitForSyncPoint),
+            RowsToCheck::AtSyncPoint { .. } => return Ok(Intercepted::WaitForSyncPoint),
             RowsToCheck::Check(meta, write) => (meta, *write),
         };
         if !self.phase.at_sync_point() {
@@ -59,7 +67,7 @@ impl Relay<'_> {
         }
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         match self.check_rows(&meta, &write, &[], implicit).await? {
-            Some(refused) if refused.status == TxStatus::InTransaction => {
+            Err(refused) if refused.status == TxStatus::InTransaction => {
                 // The client's transaction must fail as the write would have made it fail.
                 let mut replacement = BytesMut::new();
                 put_query(
@@ -68,8 +76,21 @@ impl Relay<'_> {
                 );
                 Ok(Intercepted::Replace(replacement))
             }
-            Some(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
-            None => {
+            Err(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
+            Ok(keys) if is_plain_insert(&write) => {
+                // Its keys are checked again when it is over: a global transaction
+                // may have deleted one of them in the meantime.
+                let mut query = BytesMut::new();
+                crate::wire::pg::messages::write::put_msg(
+                    &mut query,
+                    frontend::QUERY,
+                    &[sql, b"\0"].concat(),
+                );
+                self.write_server(&query).await?;
+                self.write_in_flight = Some(WriteInFlight::inserted(meta, implicit, keys));
+                Ok(Intercepted::SentAndHold)
+            }
+            Ok(_) => {
                 // The rows it actually changes are checked again when it is over: a row
                 // can start to match its predicate, or an upsert meet a row a global
                 // transaction inserted, after the check above.
@@ -106,8 +127,15 @@ impl Relay<'_> {
         else {
             return Ok(Extended::NotAWrite);
         };
-        if matches!(self.rows_to_check(&sql, true).await, RowsToCheck::Unchecked) {
-            return Ok(Extended::NotAWrite);
+        match self.rows_to_check(&sql, true).await {
+            RowsToCheck::Unchecked | RowsToCheck::AtSyncPoint { plain_insert: true } => {
+                return Ok(Extended::NotAWrite);
+            }
+            // As where it cannot be checked in its own batch (see guard_extended).
+            RowsToCheck::Check(_, write) if is_plain_insert(&write) => {
+                return Ok(Extended::NotAWrite);
+            }
+            RowsToCheck::Check(..) | RowsToCheck::AtSyncPoint { .. } => {}
         }
         let max = self.ctx.config.max_message_bytes;
         let consumed = match batch_end(rest, max)? {
@@ -139,12 +167,12 @@ impl Relay<'_> {
             }
             return Ok((status, None));
         }
-        let keys: Vec<_> = w
+        let returned = w
             .images
             .iter()
             .flatten()
-            .map(|row| lock_key(&self.resource, &w.meta, &w.meta.key_of(row)))
-            .collect();
+            .map(|row| lock_key(&self.resource, &w.meta, &w.meta.key_of(row)));
+        let keys: Vec<_> = returned.chain(w.inserted_keys.iter().cloned()).collect();
         let deadline = Instant::now() + self.ctx.lock_wait;
         if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline).await {
             let refused = (e.sqlstate().code().to_owned(), e.to_string());
@@ -218,15 +246,20 @@ impl Relay<'_> {
         }
         // A Parse runs nothing: only its Bind counts as a write.
         let runs = tag == frontend::BIND;
-        let checked = match self.rows_to_check(sql, runs).await {
+        let (checked, plain_insert) = match self.rows_to_check(sql, runs).await {
             RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
-            RowsToCheck::Check(meta, write) => Some((meta, *write)),
+            RowsToCheck::Check(meta, write) => {
+                let plain_insert = is_plain_insert(&write);
+                (Some((meta, *write)), plain_insert)
+            }
             // Only between sync points: handled as a check there.
-            RowsToCheck::AtSyncPoint => None,
+            RowsToCheck::AtSyncPoint { plain_insert } => (None, plain_insert),
         };
         if !self.phase.at_sync_point() {
             if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                if tag == frontend::PARSE {
+                if tag == frontend::PARSE || plain_insert {
+                    // An INSERT that cannot be checked runs unchecked, as it did
+                    // before tandem checked INSERTs (see the module comment).
                     // Preparing changes nothing: the Bind is refused.
                     return Ok(Extended::NotAWrite);
                 }
@@ -249,7 +282,9 @@ impl Relay<'_> {
             Shape::Run(batch) => batch,
             // Preparing a write changes nothing; it is checked when it is bound.
             Shape::PrepareOnly => return Ok(Extended::NotAWrite),
-            Shape::Flushed if tag == frontend::PARSE => return Ok(Extended::NotAWrite),
+            Shape::Flushed if tag == frontend::PARSE || plain_insert => {
+                return Ok(Extended::NotAWrite);
+            }
             Shape::Flushed => {
                 return Ok(Extended::RefuseBind(super::at_extended::refusal(
                     Error::Unsupported {
@@ -257,6 +292,8 @@ impl Relay<'_> {
                     },
                 )));
             }
+            // A batch of several INSERTs (a driver's executeBatch, say) runs unchecked.
+            Shape::Other(_) if plain_insert => return Ok(Extended::NotAWrite),
             // Other shapes (more messages): no parameters tandem can use.
             Shape::Other(_) => {
                 let consumed = rest_len(rest, max)?;
@@ -272,15 +309,28 @@ impl Relay<'_> {
             .await?;
         let params = super::at_extended::bind_params(&batch, &param_types);
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        if let Some(mut refused) = self.check_rows(&meta, &write, &params, implicit).await? {
-            if refused.status == TxStatus::InTransaction {
-                // The client's transaction must fail as the write would have made it fail.
-                let sql = super::intercept::error_sql(&refused.code, &refused.message);
-                self.exchange_simple(&sql).await?;
-                refused.status = TxStatus::Failed;
+        let keys = match self.check_rows(&meta, &write, &params, implicit).await? {
+            Ok(keys) => keys,
+            Err(mut refused) => {
+                if refused.status == TxStatus::InTransaction {
+                    // The client's transaction must fail as the write would have made it
+                    // fail.
+                    let sql = super::intercept::error_sql(&refused.code, &refused.message);
+                    self.exchange_simple(&sql).await?;
+                    refused.status = TxStatus::Failed;
+                }
+                let out = self.answer_refused(refused);
+                return self.answered(&out, consumed).await;
             }
-            let out = self.answer_refused(refused);
-            return self.answered(&out, consumed).await;
+        };
+        if plain_insert {
+            // As sent; its keys are checked again when it is over (see guard_query).
+            let out = self.forward_batch(&rest[..consumed])?;
+            self.write_in_flight = Some(WriteInFlight::inserted(meta, implicit, keys));
+            return Ok(Extended::Handled {
+                consumed,
+                to_backend: Some(out),
+            });
         }
         let rewritable = !write.has_returning || !batch.row_limit;
         let to_backend = if rewritable {
@@ -331,7 +381,7 @@ impl Relay<'_> {
         match self.rows_to_check_named(sql, runs).await {
             Ok(Some((meta, write))) => RowsToCheck::Check(meta, Box::new(write)),
             Ok(None) => RowsToCheck::Unchecked,
-            Err(NotResolvedYet) => RowsToCheck::AtSyncPoint,
+            Err(NotResolvedYet { plain_insert }) => RowsToCheck::AtSyncPoint { plain_insert },
         }
     }
 
@@ -366,11 +416,7 @@ impl Relay<'_> {
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
         let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
-            Ok((1, Some(Analysis::Write(w))))
-                if w.upsert.is_some() || w.kind != WriteKind::Insert =>
-            {
-                w
-            }
+            Ok((1, Some(Analysis::Write(w)))) if !is_plain_insert(&w) || w.rows.is_some() => w,
             // Not one write tandem can name the rows of: see the module comment.
             _ => return Ok(None),
         };
@@ -385,7 +431,9 @@ impl Relay<'_> {
                     self.unchecked.hold_uncovering(guard);
                     Ok(None)
                 }
-                None => Err(NotResolvedYet),
+                None => Err(NotResolvedYet {
+                    plain_insert: is_plain_insert(&write),
+                }),
             };
         }
         let meta = match self.table_meta(&write.table).await {
@@ -395,6 +443,17 @@ impl Relay<'_> {
         };
         if meta.pk.is_empty() {
             // Never captured, so never globally locked.
+            return Ok(None);
+        }
+        if is_plain_insert(&write)
+            && write
+                .rows
+                .as_ref()
+                .and_then(|rows| meta.inserted_keys_query(rows))
+                .is_none()
+        {
+            // Keys the server generates are new; computed ones cannot be known
+            // before the INSERT runs.
             return Ok(None);
         }
         let table = qualified_name(&meta);
@@ -408,35 +467,46 @@ impl Relay<'_> {
         Ok(Some((meta, write)))
     }
 
-    /// Locks the rows the write will change and waits (or not) until no unfinished
-    /// global transaction holds them. `Some`: the write must not run. On `None` the rows
-    /// stay locked in the open local transaction (tandem's own BEGIN when `implicit`) for
-    /// the write that follows.
+    /// Locks the rows the write will change (an INSERT's: reads the keys it gives) and
+    /// waits (or not) until no unfinished global transaction holds them. `Err`: the
+    /// write must not run. On `Ok` the rows stay locked in the open local transaction
+    /// (tandem's own BEGIN when `implicit`) for the write that follows; their keys.
     async fn check_rows(
         &mut self,
         meta: &Arc<TableMeta>,
         write: &Write,
         params: &[Param<'_>],
         implicit: bool,
-    ) -> Result<Option<Refused>> {
+    ) -> Result<std::result::Result<Vec<LockKey>, Refused>> {
         let open = if implicit {
             TxStatus::Idle
         } else {
             TxStatus::InTransaction
         };
         let refused = |e: Error, status: TxStatus| {
-            Ok(Some(Refused {
+            Ok(Err(Refused {
                 code: e.sqlstate().code().to_owned(),
                 message: e.to_string(),
                 status,
             }))
         };
-        let before = match super::at::before_image_query(meta, write) {
-            Ok(Some(before)) => row_lock_of_the_write(before, write),
-            Ok(None) => return Ok(None),
-            Err(e) => return refused(Error::Undo(e), open),
+        let inserted = write
+            .rows
+            .as_ref()
+            .filter(|_| is_plain_insert(write))
+            .and_then(|rows| meta.inserted_keys_query(rows));
+        let (before, formats) = match inserted {
+            Some(keys) => (keys, vec![1i16; meta.pk.len()]),
+            None => match super::at::before_image_query(meta, write) {
+                Ok(Some(before)) => (
+                    row_lock_of_the_write(before, write),
+                    super::at::image_formats(meta),
+                ),
+                Ok(None) => return Ok(Ok(Vec::new())),
+                Err(e) => return refused(Error::Undo(e), open),
+            },
         };
-        let formats = super::at::image_formats(meta);
+        let keys_only = is_plain_insert(write);
         let waits = self.ctx.outside.waits();
         let deadline = Instant::now() + self.ctx.lock_wait;
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
@@ -457,25 +527,32 @@ impl Relay<'_> {
                 } else {
                     TxStatus::Failed
                 };
-                return Ok(Some(Refused {
+                return Ok(Err(Refused {
                     code,
                     message,
                     status,
                 }));
             }
-            let keys: Vec<_> = super::at::split_rows(got.rows, meta.columns.len())
-                .iter()
-                .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
-                .collect();
+            let keys: Vec<_> = if keys_only {
+                got.rows
+                    .iter()
+                    .map(|key| lock_key(&self.resource, meta, key))
+                    .collect()
+            } else {
+                super::at::split_rows(got.rows, meta.columns.len())
+                    .iter()
+                    .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
+                    .collect()
+            };
             if !implicit {
                 // Inside the client's transaction: keep the rows locked while waiting.
                 return match self.wait_until_free(meta, &keys, deadline).await {
-                    None => Ok(None),
+                    None => Ok(Ok(keys)),
                     Some(e) => refused(e, open),
                 };
             }
             let Some(holder) = self.holder_of(&keys).await else {
-                return Ok(None);
+                return Ok(Ok(keys));
             };
             // The holder's rollback needs the rows: release them while waiting.
             self.exchange_required("ROLLBACK").await?;
@@ -500,11 +577,20 @@ enum RowsToCheck {
     /// Its rows must be checked.
     Check(Arc<TableMeta>, Box<Write>),
     /// It may need a check, and which table it writes is known only at the sync point.
-    AtSyncPoint,
+    AtSyncPoint { plain_insert: bool },
 }
 
 /// A table name the session has not resolved, met between sync points.
-struct NotResolvedYet;
+struct NotResolvedYet {
+    plain_insert: bool,
+}
+
+/// An INSERT without ON CONFLICT DO UPDATE: the rows it writes do not exist yet, so
+/// they are checked by the keys its VALUES give, where they can be known before it
+/// runs and where the check fits the batch; elsewhere it runs unchecked.
+fn is_plain_insert(write: &Write) -> bool {
+    write.kind == WriteKind::Insert && write.upsert.is_none()
+}
 
 /// A write tandem did not let run: the error, and the transaction state the backend
 /// is in now (`InTransaction`: the client's transaction must still be made to fail).

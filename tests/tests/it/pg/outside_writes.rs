@@ -481,3 +481,225 @@ async fn copy_freeze_works_after_a_checked_write_in_the_same_transaction() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Session `a` of `tandem` deletes row `id` in an unfinished global transaction,
+/// which holds its key: an INSERT of that key outside would leave the rollback a row
+/// in the way.
+async fn delete_held_row(tandem: &Tandem, database: &str, id: i32) -> Client {
+    let a = tandem.connect(database).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute(&format!("DELETE FROM accounts WHERE id = {id}"))
+        .await
+        .unwrap();
+    a
+}
+
+async fn present(client: &Client, id: i32) -> bool {
+    client
+        .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test]
+async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_rollback_is_exact() {
+    let orders = prepare("outside_insert_fail").await;
+    let role = format!("{}_insert_only", orders.name);
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} NOLOGIN;
+             GRANT INSERT ON accounts TO {role};"
+        ))
+        .await
+        .unwrap();
+    let before = super::at_mode::dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let a = delete_held_row(&global, &orders.name, 2).await;
+    let b = outside.connect(&orders.name).await;
+
+    let refused = |r: Result<u64, tokio_postgres::Error>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{what}: {e:?}"
+        );
+    };
+    refused(
+        b.batch_execute("INSERT INTO accounts VALUES (2, 7, 'x')")
+            .await
+            .map(|()| 0),
+        "simple",
+    );
+    refused(
+        b.execute(
+            "INSERT INTO accounts (balance, id) VALUES ($1, $2)",
+            &[&7i64, &2i32],
+        )
+        .await,
+        "extended",
+    );
+    refused(
+        b.execute(
+            "INSERT INTO accounts (id, balance) VALUES (50, 1), ('2'::int8, 1)",
+            &[],
+        )
+        .await,
+        "multi-row with a cast literal",
+    );
+    refused(
+        b.execute(
+            "INSERT INTO accounts (id, balance) VALUES ($1, 1) ON CONFLICT DO NOTHING",
+            &[&2i32],
+        )
+        .await,
+        "ON CONFLICT DO NOTHING",
+    );
+    assert!(
+        !present(&direct, 50).await,
+        "a refused INSERT leaves no row"
+    );
+
+    // Inside the client's transaction the refusal fails it.
+    b.batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (51, 1)")
+        .await
+        .unwrap();
+    refused(
+        b.batch_execute("INSERT INTO accounts (id, balance) VALUES (2, 1)")
+            .await
+            .map(|()| 0),
+        "in a transaction",
+    );
+    let e = b.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    b.batch_execute("ROLLBACK").await.unwrap();
+    assert!(!present(&direct, 51).await);
+
+    // A role that may only INSERT: free keys go in, the held one is refused.
+    b.batch_execute(&format!("SET ROLE {role}")).await.unwrap();
+    b.batch_execute("INSERT INTO accounts (id, balance) VALUES (60, 6)")
+        .await
+        .expect("a free key goes in without SELECT on the table");
+    refused(
+        b.execute(
+            "INSERT INTO accounts (id, balance) VALUES ($1, 1)",
+            &[&2i32],
+        )
+        .await,
+        "insert-only role",
+    );
+    b.batch_execute("RESET ROLE").await.unwrap();
+
+    // A key of a type the session's search_path does not see: the check names the type
+    // with its schema.
+    direct
+        .batch_execute(
+            "CREATE DOMAIN code AS text; CREATE TABLE tags (code code PRIMARY KEY, n int);
+             INSERT INTO tags VALUES ('a', 1);",
+        )
+        .await
+        .unwrap();
+    let tagger = global.connect(&orders.name).await;
+    one(&tagger, "SELECT tandem_begin(60000)").await.unwrap();
+    tagger
+        .batch_execute("DELETE FROM tags WHERE code = 'a'")
+        .await
+        .unwrap();
+    b.batch_execute("SET search_path = pg_catalog")
+        .await
+        .unwrap();
+    refused(
+        b.batch_execute("INSERT INTO public.tags VALUES ('a', 2)")
+            .await
+            .map(|()| 0),
+        "a domain key",
+    );
+    b.batch_execute("INSERT INTO public.tags VALUES ('b', 2)")
+        .await
+        .expect("a free key of the domain goes in");
+    b.batch_execute("RESET search_path").await.unwrap();
+    rolled_back(&tagger).await;
+    let tags: Vec<(String, i32)> = direct
+        .query("SELECT code::text, n FROM tags ORDER BY code", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(tags, [("a".to_owned(), 1), ("b".to_owned(), 2)]);
+
+    // A key the server generates or computes is new or unknown: not checked.
+    b.batch_execute("INSERT INTO accounts (id, balance) VALUES (60 + 1, 6)")
+        .await
+        .unwrap();
+    assert!(present(&direct, 60).await && present(&direct, 61).await);
+    assert!(!present(&direct, 2).await, "the held key stays deleted");
+
+    rolled_back(&a).await;
+    direct
+        .batch_execute("DELETE FROM accounts WHERE id IN (60, 61)")
+        .await
+        .unwrap();
+    assert_eq!(
+        super::at_mode::dump(&direct).await,
+        before,
+        "rolled back exactly"
+    );
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// In wait mode an INSERT of a held key waits, holding nothing: after a commit it goes
+/// in; after a rollback the restored row is there, and the INSERT meets it as a
+/// duplicate, as it would have without the global transaction.
+#[tokio::test]
+async fn an_outside_insert_of_a_held_key_waits_for_the_global_transaction() {
+    let orders = prepare("outside_insert_wait").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let direct = orders.direct().await;
+    let before = super::at_mode::dump(&direct).await;
+
+    for decision in ["tandem_rollback", "tandem_commit"] {
+        let a = delete_held_row(&global, &orders.name, 3).await;
+        let b = outside.connect(&orders.name).await;
+        let insert = tokio::spawn(async move {
+            b.execute(
+                "INSERT INTO accounts (id, balance, note) VALUES ($1, 7, 'new')",
+                &[&3i32],
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!insert.is_finished(), "{decision}: the INSERT waits");
+        assert!(
+            !present(&direct, 3).await,
+            "{decision}: nothing while it waits"
+        );
+        let status = one(&a, &format!("SELECT {decision}()")).await.unwrap();
+        let result = insert.await.unwrap();
+        if decision == "tandem_commit" {
+            assert_eq!(status.as_deref(), Some("Committed"));
+            assert_eq!(result.expect("goes in after the commit"), 1);
+            assert_eq!(balance(&direct, 3).await, 7);
+        } else {
+            assert_eq!(status.as_deref(), Some("Rollbacked"), "no dirty write");
+            let e = result.expect_err("the restored row is in the way");
+            assert_eq!(e.code(), Some(&SqlState::UNIQUE_VIOLATION), "{e:?}");
+            assert_eq!(super::at_mode::dump(&direct).await, before, "exact");
+        }
+    }
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
