@@ -157,6 +157,14 @@ impl Error {
         }
     }
 
+    /// The backend's error to one of tandem's own statements (`Error::injected`).
+    pub fn is_injected(&self) -> bool {
+        matches!(
+            self,
+            Error::Injected { .. } | Error::InjectedTransient { .. }
+        )
+    }
+
     /// The SQLSTATE a PostgreSQL client sees for this error.
     pub fn sqlstate(&self) -> SqlState {
         match self {

@@ -533,6 +533,7 @@ mod tests {
             "INSERT INTO accounts (id) VALUES (nextval('s'))",
             "INSERT INTO accounts SELECT * FROM other",
             "INSERT INTO accounts DEFAULT VALUES",
+            "INSERT INTO accounts OVERRIDING USER VALUE VALUES (1, 2, 'x')",
         ] {
             assert_eq!(keys(unchecked), None, "{unchecked}");
         }

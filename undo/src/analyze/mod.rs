@@ -17,9 +17,9 @@ pub use split::{count_mysql_statements, split_statements, statement_body};
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, ObjectName,
-    ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement, TableFactor,
-    TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value,
+    Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, InsertOverriding,
+    ObjectName, ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -357,7 +357,12 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 has_returning: insert.returning.is_some(),
                 upsert,
                 on_duplicate,
-                rows: values_rows(insert, POSTGRES_NAMES, pg_insert_value)?,
+                // OVERRIDING USER VALUE replaces given identity values with generated
+                // ones: the rows' keys are not what VALUES says.
+                rows: match insert.overriding {
+                    Some(InsertOverriding::User) => None,
+                    _ => values_rows(insert, POSTGRES_NAMES, pg_insert_value)?,
+                },
                 ..Write::of(
                     WriteKind::Insert,
                     table_ref(name, POSTGRES_NAMES)?,

@@ -153,7 +153,12 @@ impl Relay<'_> {
         let consumed = batch.len;
         if let Some(read) = locking_read {
             // The rows it locks must not be held by another global transaction.
-            let param_types = self.batch_param_types(&sql, &batch).await?;
+            let param_types = match self.batch_param_types(&sql, &batch).await {
+                Ok(types) => types,
+                // The statement does not prepare: the client hears why.
+                Err(e) if e.is_injected() => return self.answer_directly(consumed, e).await,
+                Err(e) => return Err(e),
+            };
             let params = bind_params(&batch, &param_types);
             if let Err(e) = self.check_read_locks(&read, &params).await {
                 return self.answer_directly(consumed, e).await;
@@ -554,7 +559,7 @@ impl Relay<'_> {
         }
         // The client's declarations win where it made them: its values (a binary int2,
         // say) are encoded for them, not for what the server would infer.
-        let described = self.describe_params(sql).await?;
+        let described = self.describe_params(sql, &declared).await?;
         let types: Vec<u32> = described
             .iter()
             .enumerate()

@@ -105,13 +105,22 @@ impl Relay<'_> {
 
     /// The parameter types the server infers for `sql` (ParameterDescription), for
     /// binding a client's parameter values to tandem's own statements exactly.
-    pub(super) async fn describe_params(&mut self, sql: &str) -> Result<Vec<u32>> {
+    pub(super) async fn describe_params(
+        &mut self,
+        sql: &str,
+        declared: &[u32],
+    ) -> Result<Vec<u32>> {
         let mut out = BytesMut::with_capacity(64 + sql.len());
         put_close(&mut out, target::STATEMENT, STATEMENT);
         let mut body = BytesMut::new();
         put_cstr(&mut body, STATEMENT);
         put_cstr(&mut body, sql.as_bytes());
-        body.put_i16(0);
+        // As the client declared them: inference may need them (an overloaded call),
+        // and a Parse that fails here would fail the client's transaction.
+        body.put_u16(declared.len() as u16);
+        for &oid in declared {
+            body.put_u32(oid);
+        }
         put_msg(&mut out, frontend::PARSE, &body);
         let mut body = BytesMut::new();
         body.put_u8(target::STATEMENT);

@@ -24,12 +24,19 @@
 //! asked again once the INSERT is over: a global transaction that deleted one of them
 //! meanwhile has registered it by then, since its DELETE committed before the INSERT
 //! could take the key. An INSERT of a held key waits or fails as above; an ON CONFLICT
-//! DO NOTHING that would skip a held row waits or fails too.
+//! DO NOTHING that would skip a held row waits or fails too. Keys that a unique index
+//! takes as equal but that differ in bytes (numeric `1.0` and `1.00`, citext, a
+//! nondeterministic collation) are not told apart: such an INSERT is caught only as a
+//! dirty write. Keys that cannot be read (a cast to a type in a schema the role may not
+//! use) leave the INSERT unchecked; the read runs under a savepoint in the client's
+//! transaction, so it never fails that transaction.
 //!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
 //! rolls back: an INSERT whose keys the server generates (they are new) or computes
 //! (`INSERT … SELECT`, a function call), an INSERT pipelined in a batch of several
-//! (a driver's executeBatch), multi-statement queries, statements tandem cannot
+//! (a driver's executeBatch; a BEGIN ahead of one statement, as pgJDBC sends it, runs
+//! first on its own: begin_ahead.rs), writes in a failed transaction block (they run
+//! nothing), multi-statement queries, statements tandem cannot
 //! analyse, writes inside functions, and every write while the lockserver is
 //! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
 //! stop with the coordinator.
@@ -54,7 +61,8 @@ use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 impl Relay<'_> {
     /// A simple Query outside a global transaction.
     pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Intercepted> {
-        if !may_write(sql) {
+        // In a failed transaction block nothing runs: there is nothing to check.
+        if !may_write(sql) || self.phase.tx_status() == Some(TxStatus::Failed) {
             return Ok(Intercepted::Relay);
         }
         let (meta, write) = match self.rows_to_check(sql, true).await {
@@ -66,8 +74,8 @@ impl Relay<'_> {
             return Ok(Intercepted::WaitForSyncPoint);
         }
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        match self.check_rows(&meta, &write, &[], implicit).await? {
-            Err(refused) if refused.status == TxStatus::InTransaction => {
+        match self.check(&meta, &write, &[], implicit).await? {
+            Checked::Refused(refused) if refused.status == TxStatus::InTransaction => {
                 // The client's transaction must fail as the write would have made it fail.
                 let mut replacement = BytesMut::new();
                 put_query(
@@ -76,8 +84,9 @@ impl Relay<'_> {
                 );
                 Ok(Intercepted::Replace(replacement))
             }
-            Err(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
-            Ok(keys) if is_plain_insert(&write) => {
+            Checked::Refused(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
+            Checked::KeysUnread => Ok(Intercepted::Relay),
+            Checked::Free(keys) if is_plain_insert(&write) => {
                 // Its keys are checked again when it is over: a global transaction
                 // may have deleted one of them in the meantime.
                 let mut query = BytesMut::new();
@@ -90,7 +99,7 @@ impl Relay<'_> {
                 self.write_in_flight = Some(WriteInFlight::inserted(meta, implicit, keys));
                 Ok(Intercepted::SentAndHold)
             }
-            Ok(_) => {
+            Checked::Free(_) => {
                 // The rows it actually changes are checked again when it is over: a row
                 // can start to match its predicate, or an upsert meet a row a global
                 // transaction inserted, after the check above.
@@ -241,7 +250,7 @@ impl Relay<'_> {
         tag: u8,
         sql: &[u8],
     ) -> Result<Extended> {
-        if !may_write(sql) {
+        if !may_write(sql) || self.phase.tx_status() == Some(TxStatus::Failed) {
             return Ok(Extended::NotAWrite);
         }
         // A Parse runs nothing: only its Bind counts as a write.
@@ -304,14 +313,21 @@ impl Relay<'_> {
             }
         };
         let consumed = batch.len;
-        let param_types = self
+        let param_types = match self
             .batch_param_types(&String::from_utf8_lossy(sql), &batch)
-            .await?;
+            .await
+        {
+            Ok(types) => types,
+            // The statement does not prepare: it fails on its own, as sent.
+            Err(e) if e.is_injected() => return Ok(Extended::NotAWrite),
+            Err(e) => return Err(e),
+        };
         let params = super::at_extended::bind_params(&batch, &param_types);
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        let keys = match self.check_rows(&meta, &write, &params, implicit).await? {
-            Ok(keys) => keys,
-            Err(mut refused) => {
+        let keys = match self.check(&meta, &write, &params, implicit).await? {
+            Checked::Free(keys) => keys,
+            Checked::KeysUnread => return Ok(Extended::NotAWrite),
+            Checked::Refused(mut refused) => {
                 if refused.status == TxStatus::InTransaction {
                     // The client's transaction must fail as the write would have made it
                     // fail.
@@ -467,46 +483,124 @@ impl Relay<'_> {
         Ok(Some((meta, write)))
     }
 
-    /// Locks the rows the write will change (an INSERT's: reads the keys it gives) and
-    /// waits (or not) until no unfinished global transaction holds them. `Err`: the
-    /// write must not run. On `Ok` the rows stay locked in the open local transaction
-    /// (tandem's own BEGIN when `implicit`) for the write that follows; their keys.
+    /// The check a write needs before it runs (see `check_rows` and
+    /// `check_inserted_keys`).
+    async fn check(
+        &mut self,
+        meta: &Arc<TableMeta>,
+        write: &Write,
+        params: &[Param<'_>],
+        implicit: bool,
+    ) -> Result<Checked> {
+        let inserted = write
+            .rows
+            .as_ref()
+            .filter(|_| is_plain_insert(write))
+            .and_then(|rows| meta.inserted_keys_query(rows));
+        if let Some(keys_sql) = inserted {
+            return self
+                .check_inserted_keys(meta, &keys_sql, params, implicit)
+                .await;
+        }
+        Ok(
+            match self.check_rows(meta, write, params, implicit).await? {
+                Some(refused) => Checked::Refused(refused),
+                None => Checked::Free(Vec::new()),
+            },
+        )
+    }
+
+    /// A plain INSERT's keys, read by `keys_sql` in the session (in tandem's own
+    /// transaction when `implicit`, which stays open for the INSERT; else under a
+    /// savepoint, so that a cast the INSERT itself would not make, to a type in a schema
+    /// the role may not use, say, cannot fail the client's transaction). Waits (or not)
+    /// until no unfinished global transaction holds them; nothing is locked meanwhile.
+    async fn check_inserted_keys(
+        &mut self,
+        meta: &TableMeta,
+        keys_sql: &str,
+        params: &[Param<'_>],
+        implicit: bool,
+    ) -> Result<Checked> {
+        const SAVEPOINT: &str = "SAVEPOINT tandem_keys";
+        const RELEASE: &str = "RELEASE SAVEPOINT tandem_keys";
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        let formats = vec![1i16; meta.pk.len()];
+        let opening = if implicit { "BEGIN" } else { SAVEPOINT };
+        let mut statements: Vec<(&str, &[Param<'_>], &[i16])> =
+            vec![(opening, &[], &[]), (keys_sql, params, &formats)];
+        if !implicit {
+            statements.push((RELEASE, &[], &[]));
+        }
+        let mut results = self.exchange_many(&statements).await?;
+        if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
+            tracing::debug!(parent: &self.span, error = %e.message, "outside INSERT not checked: its keys could not be read");
+            if implicit {
+                self.exchange_required("ROLLBACK").await?;
+            } else {
+                let undone = self
+                    .exchange_many(&[
+                        ("ROLLBACK TO SAVEPOINT tandem_keys", &[], &[]),
+                        (RELEASE, &[], &[]),
+                    ])
+                    .await?;
+                if let Some(e) = undone.iter().find_map(|r| r.error.as_ref()) {
+                    return Err(Error::injected(&e.code, e.message.clone()));
+                }
+            }
+            return Ok(Checked::KeysUnread);
+        }
+        let keys: Vec<_> = results
+            .swap_remove(1)
+            .rows
+            .iter()
+            .map(|key| lock_key(&self.resource, meta, key))
+            .collect();
+        let Some(e) = self.wait_until_free(meta, &keys, deadline).await else {
+            return Ok(Checked::Free(keys));
+        };
+        let status = if implicit {
+            self.exchange_required("ROLLBACK").await?;
+            TxStatus::Idle
+        } else {
+            TxStatus::InTransaction
+        };
+        Ok(Checked::Refused(Refused {
+            code: e.sqlstate().code().to_owned(),
+            message: e.to_string(),
+            status,
+        }))
+    }
+
+    /// Locks the rows the write will change and waits (or not) until no unfinished
+    /// global transaction holds them. `Some`: the write must not run. On `None` the rows
+    /// stay locked in the open local transaction (tandem's own BEGIN when `implicit`) for
+    /// the write that follows.
     async fn check_rows(
         &mut self,
         meta: &Arc<TableMeta>,
         write: &Write,
         params: &[Param<'_>],
         implicit: bool,
-    ) -> Result<std::result::Result<Vec<LockKey>, Refused>> {
+    ) -> Result<Option<Refused>> {
         let open = if implicit {
             TxStatus::Idle
         } else {
             TxStatus::InTransaction
         };
         let refused = |e: Error, status: TxStatus| {
-            Ok(Err(Refused {
+            Ok(Some(Refused {
                 code: e.sqlstate().code().to_owned(),
                 message: e.to_string(),
                 status,
             }))
         };
-        let inserted = write
-            .rows
-            .as_ref()
-            .filter(|_| is_plain_insert(write))
-            .and_then(|rows| meta.inserted_keys_query(rows));
-        let (before, formats) = match inserted {
-            Some(keys) => (keys, vec![1i16; meta.pk.len()]),
-            None => match super::at::before_image_query(meta, write) {
-                Ok(Some(before)) => (
-                    row_lock_of_the_write(before, write),
-                    super::at::image_formats(meta),
-                ),
-                Ok(None) => return Ok(Ok(Vec::new())),
-                Err(e) => return refused(Error::Undo(e), open),
-            },
+        let before = match super::at::before_image_query(meta, write) {
+            Ok(Some(before)) => row_lock_of_the_write(before, write),
+            Ok(None) => return Ok(None),
+            Err(e) => return refused(Error::Undo(e), open),
         };
-        let keys_only = is_plain_insert(write);
+        let formats = super::at::image_formats(meta);
         let waits = self.ctx.outside.waits();
         let deadline = Instant::now() + self.ctx.lock_wait;
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
@@ -527,32 +621,25 @@ impl Relay<'_> {
                 } else {
                     TxStatus::Failed
                 };
-                return Ok(Err(Refused {
+                return Ok(Some(Refused {
                     code,
                     message,
                     status,
                 }));
             }
-            let keys: Vec<_> = if keys_only {
-                got.rows
-                    .iter()
-                    .map(|key| lock_key(&self.resource, meta, key))
-                    .collect()
-            } else {
-                super::at::split_rows(got.rows, meta.columns.len())
-                    .iter()
-                    .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
-                    .collect()
-            };
+            let keys: Vec<_> = super::at::split_rows(got.rows, meta.columns.len())
+                .iter()
+                .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
+                .collect();
             if !implicit {
                 // Inside the client's transaction: keep the rows locked while waiting.
                 return match self.wait_until_free(meta, &keys, deadline).await {
-                    None => Ok(Ok(keys)),
+                    None => Ok(None),
                     Some(e) => refused(e, open),
                 };
             }
             let Some(holder) = self.holder_of(&keys).await else {
-                return Ok(Ok(keys));
+                return Ok(None);
             };
             // The holder's rollback needs the rows: release them while waiting.
             self.exchange_required("ROLLBACK").await?;
@@ -590,6 +677,16 @@ struct NotResolvedYet {
 /// runs and where the check fits the batch; elsewhere it runs unchecked.
 fn is_plain_insert(write: &Write) -> bool {
     write.kind == WriteKind::Insert && write.upsert.is_none()
+}
+
+/// What the check before a write found.
+enum Checked {
+    /// Nobody holds its rows; an INSERT's keys, to ask again when it is over.
+    Free(Vec<LockKey>),
+    /// It must not run.
+    Refused(Refused),
+    /// An INSERT whose keys could not be read: it runs unchecked.
+    KeysUnread,
 }
 
 /// A write tandem did not let run: the error, and the transaction state the backend

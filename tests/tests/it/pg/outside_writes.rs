@@ -622,6 +622,42 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
         .await
         .expect("a free key of the domain goes in");
     b.batch_execute("RESET search_path").await.unwrap();
+    // A key of a type in a schema the role may not use: the check cannot name the
+    // type, so the INSERT runs unchecked, as without tandem, and never fails the
+    // client's transaction.
+    direct
+        .batch_execute(&format!(
+            "CREATE SCHEMA kinds; CREATE DOMAIN kinds.label AS text;
+             CREATE TABLE labels (label kinds.label PRIMARY KEY, n int);
+             INSERT INTO labels VALUES ('held');
+             GRANT INSERT ON labels TO {role};"
+        ))
+        .await
+        .unwrap();
+    tagger
+        .batch_execute("UPDATE labels SET n = 1 WHERE label = 'held'")
+        .await
+        .unwrap();
+    b.batch_execute(&format!("SET ROLE {role}")).await.unwrap();
+    b.batch_execute("INSERT INTO labels (label) VALUES ('x')")
+        .await
+        .expect("runs unchecked");
+    b.batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (62, 1)")
+        .await
+        .unwrap();
+    b.execute("INSERT INTO labels (label) VALUES ($1::text)", &[&"y"])
+        .await
+        .expect("runs unchecked inside a transaction");
+    b.batch_execute("COMMIT; RESET ROLE").await.unwrap();
+    let labels: Vec<String> = direct
+        .query("SELECT label::text FROM labels ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(labels, ["held", "x", "y"]);
+    assert!(present(&direct, 62).await, "the transaction committed");
     rolled_back(&tagger).await;
     let tags: Vec<(String, i32)> = direct
         .query("SELECT code::text, n FROM tags ORDER BY code", &[])
@@ -641,7 +677,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
 
     rolled_back(&a).await;
     direct
-        .batch_execute("DELETE FROM accounts WHERE id IN (60, 61)")
+        .batch_execute("DELETE FROM accounts WHERE id IN (60, 61, 62)")
         .await
         .unwrap();
     assert_eq!(
@@ -699,6 +735,50 @@ async fn an_outside_insert_of_a_held_key_waits_for_the_global_transaction() {
     }
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A write in a failed transaction block runs nothing, so it is not checked; the
+/// client gets PostgreSQL's 25P02 and its session goes on, even when tandem would
+/// have had to describe the statement's parameters first.
+#[tokio::test]
+async fn writes_in_a_failed_transaction_get_25p02_and_the_session_goes_on() {
+    let orders = prepare("outside_failed_block").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let b = outside.connect(&orders.name).await;
+    // Prepared before the block: their first Bind is where tandem would describe them.
+    let insert = b
+        .prepare("INSERT INTO accounts (id, balance) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let update = b
+        .prepare("UPDATE accounts SET balance = $1 WHERE id = $2")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("SELECT 1 / 0").await.unwrap_err();
+    for (statement, params) in [
+        (
+            &insert,
+            [&70i32 as &(dyn tokio_postgres::types::ToSql + Sync), &1i64],
+        ),
+        (&update, [&1i64, &1i32]),
+    ] {
+        let e = b.execute(statement, &params).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+            "{e:?}"
+        );
+    }
+    b.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(b.execute(&insert, &[&70i32, &1i64]).await.unwrap(), 1);
+    rolled_back(&a).await;
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;
