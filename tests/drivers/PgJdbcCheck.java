@@ -218,6 +218,58 @@ public class PgJdbcCheck {
             c.commit();
             c.setAutoCommit(true);
             check(one(d, "SELECT count(*) FROM jdbc_accounts WHERE id >= 10").equals("50"), "the batch");
+
+            // Outside any global transaction, with autocommit off, while another
+            // session's global transaction holds row 1: pgJDBC sends BEGIN in one batch
+            // with the first statement, and writes to the table are checked.
+            try (Connection holder = DriverManager.getConnection(proxy)) {
+                one(holder, "SELECT tandem_begin(30000)");
+                try (Statement s = holder.createStatement()) {
+                    check(s.executeUpdate("UPDATE jdbc_accounts SET balance = balance + 1 WHERE id = 1") == 1,
+                            "the holder's update");
+                }
+                long held = balance(d, 1);
+                c.setAutoCommit(false);
+                try (PreparedStatement update = c.prepareStatement(
+                                "UPDATE jdbc_accounts SET balance = balance + ? WHERE id = ?");
+                        PreparedStatement insert =
+                                c.prepareStatement("INSERT INTO jdbc_accounts VALUES (?, ?)")) {
+                    // Seven transactions: past prepareThreshold as well.
+                    for (int i = 0; i < 7; i++) {
+                        update.setLong(1, 1);
+                        update.setInt(2, 2);
+                        check(update.executeUpdate() == 1, "an outside update in a transaction");
+                        insert.setInt(1, 100 + i);
+                        insert.setLong(2, 1);
+                        check(insert.executeUpdate() == 1, "an outside insert in a transaction");
+                        c.commit();
+                    }
+                    for (String first : new String[] {"update", "insert"}) {
+                        try {
+                            if (first.equals("update")) {
+                                update.setLong(1, 1);
+                                update.setInt(2, 1);
+                                update.executeUpdate();
+                            } else {
+                                // Row 1 itself: refused or waited for, never written.
+                                insert.setInt(1, 1);
+                                insert.setLong(2, 1);
+                                insert.executeUpdate();
+                            }
+                            check(false, "an outside " + first + " of the held row fails");
+                        } catch (SQLException e) {
+                            check("55P03".equals(e.getSQLState()) || "23505".equals(e.getSQLState()),
+                                    "the held row: " + e.getSQLState() + " " + e);
+                        }
+                        c.rollback();
+                    }
+                }
+                c.setAutoCommit(true);
+                check(balance(d, 2) == before2 + 7, "the outside updates committed: " + balance(d, 2));
+                check(balance(d, 1) == held, "the held row untouched");
+                check("Rollbacked".equals(one(holder, "SELECT tandem_rollback()")), "the holder rolls back");
+                check(balance(d, 1) == held - 1, "the holder rolled back exactly");
+            }
         }
         System.out.println("all checks passed");
     }

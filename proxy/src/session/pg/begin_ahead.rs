@@ -1,10 +1,13 @@
 //! A transaction block that begins in the same batch as its first statement, as pgJDBC
 //! sends it with autocommit off: `BEGIN` as Parse, Bind, Execute, then the statement's
 //! messages, then one Sync. In a bound session tandem handles that statement at a sync
-//! point (AT captures it; XA joins it to the block's branch), and in the middle of a
-//! batch there is none. So the BEGIN runs ahead, under a Sync of tandem's whose
-//! ReadyForQuery the client never sees, and the rest of the batch then starts at a sync
-//! point inside the block.
+//! point (AT captures it; XA joins it to the block's branch), and so does the check of
+//! a write outside a global transaction to a table that may hold global locks
+//! (guard.rs); in the middle of a batch there is none. So the BEGIN runs ahead, under a
+//! Sync of tandem's whose ReadyForQuery the client never sees, and the rest of the batch
+//! then starts at a sync point inside the block. Outside a global transaction this
+//! happens only while some table of the database may hold global locks and the
+//! statement after the BEGIN may write: it costs a round trip.
 //!
 //! Every message and reply goes through the session's tracking as if relayed. Invariant:
 //! nothing after the BEGIN reaches the backend before the BEGIN's replies are read; if
@@ -22,10 +25,13 @@ use bytes::{Buf, BytesMut};
 
 impl Relay<'_> {
     /// Whether `sql`, a Parse's or Bind's statement, may open a transaction block that
-    /// more of its batch then runs in: BEGIN or START TRANSACTION in an idle bound
-    /// session, at a sync point.
+    /// more of its batch then runs in: BEGIN or START TRANSACTION in an idle session, at
+    /// a sync point, that is bound or may meet a write that needs a check.
     pub(super) fn begins_a_block_ahead(&self, sql: &[u8]) -> bool {
-        if self.phase != Phase::Ready(TxStatus::Idle) || self.binding.xid().is_none() {
+        if self.phase != Phase::Ready(TxStatus::Idle) {
+            return false;
+        }
+        if self.binding.xid().is_none() && !self.writes_may_need_a_check() {
             return false;
         }
         let mut words = crate::control::leading_words(sql, false);
@@ -58,6 +64,9 @@ impl Relay<'_> {
         if batch_len == begin_len + SYNC_LEN {
             return Ok(Extended::NotAWrite);
         }
+        if self.binding.xid().is_none() && !self.next_may_write(&rest[begin_len..batch_len])? {
+            return Ok(Extended::NotAWrite);
+        }
         let begin = &rest[..begin_len];
         let mut out = BytesMut::with_capacity(begin_len + SYNC_LEN);
         out.extend_from_slice(begin);
@@ -83,6 +92,38 @@ impl Relay<'_> {
         let mut ready = BytesMut::new();
         put_ready_for_query(&mut ready, status);
         self.answered(&ready, batch_len).await
+    }
+
+    /// Outside a global transaction: whether some table of the database may hold global
+    /// locks (so a write in the block may need its check at a sync point).
+    fn writes_may_need_a_check(&self) -> bool {
+        !self.ctx.outside.failed_lately()
+            && self
+                .ctx
+                .outside
+                .tables
+                .enter_unchecked(&self.resource, None)
+                .is_none()
+    }
+
+    /// Whether the statement the batch runs after its BEGIN may write.
+    fn next_may_write(&self, after_begin: &[u8]) -> Result<bool> {
+        let max = self.ctx.config.max_message_bytes;
+        let Some(frame) = Frame::peek(after_begin, max)? else {
+            return Ok(false);
+        };
+        let body = frame.body(after_begin);
+        let sql = match frame.tag {
+            frontend::PARSE => crate::wire::pg::messages::extended::Parse::decode(body)
+                .ok()
+                .map(|p| p.sql.to_vec()),
+            frontend::BIND => crate::wire::pg::messages::extended::Bind::statement_of(body)
+                .ok()
+                .and_then(|name| self.tracked.statement_for_bind(name))
+                .map(|s| s.sql.to_vec()),
+            _ => None,
+        };
+        Ok(sql.is_some_and(|sql| super::guard::may_write(&sql)))
     }
 
     /// The replies to the BEGIN run ahead, up to tandem's ReadyForQuery (not passed on):

@@ -53,7 +53,13 @@ async fn pgjdbc_works_through_the_proxy() {
     let db = TestDb::create("pgjdbc").await;
     db.migrate().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = Tandem::start_for(&lockserver).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    // The checks of writes to a held row wait this long before 55P03.
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 1_000;
+    })
+    .await;
     let program = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/PgJdbcCheck.java");
     let upstream = tandem_tests::env::pg_upstream();
     let url = |host: &str| {
