@@ -61,8 +61,9 @@ use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 impl Relay<'_> {
     /// A simple Query outside a global transaction.
     pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Intercepted> {
-        // In a failed transaction block nothing runs: there is nothing to check.
-        if !may_write(sql) || self.phase.tx_status() == Some(TxStatus::Failed) {
+        // In a failed transaction block nothing runs: there is nothing to check. Only
+        // at a sync point: a ROLLBACK TO SAVEPOINT still in flight may revive the block.
+        if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
             return Ok(Intercepted::Relay);
         }
         let (meta, write) = match self.rows_to_check(sql, true).await {
@@ -250,7 +251,8 @@ impl Relay<'_> {
         tag: u8,
         sql: &[u8],
     ) -> Result<Extended> {
-        if !may_write(sql) || self.phase.tx_status() == Some(TxStatus::Failed) {
+        // As in guard_query: a batch that opens in a failed block runs nothing.
+        if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
             return Ok(Extended::NotAWrite);
         }
         // A Parse runs nothing: only its Bind counts as a write.
@@ -318,8 +320,9 @@ impl Relay<'_> {
             .await
         {
             Ok(types) => types,
-            // The statement does not prepare: it fails on its own, as sent.
-            Err(e) if e.is_injected() => return Ok(Extended::NotAWrite),
+            // The statement does not prepare (tandem's describe, with the client's
+            // types, failed as the client's Parse would): the client hears why.
+            Err(e) if e.is_injected() => return self.answer_directly(consumed, e).await,
             Err(e) => return Err(e),
         };
         let params = super::at_extended::bind_params(&batch, &param_types);
@@ -534,7 +537,7 @@ impl Relay<'_> {
         }
         let mut results = self.exchange_many(&statements).await?;
         if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
-            tracing::debug!(parent: &self.span, error = %e.message, "outside INSERT not checked: its keys could not be read");
+            let e = (e.code.clone(), e.message.clone());
             if implicit {
                 self.exchange_required("ROLLBACK").await?;
             } else {
@@ -548,7 +551,24 @@ impl Relay<'_> {
                     return Err(Error::injected(&e.code, e.message.clone()));
                 }
             }
-            return Ok(Checked::KeysUnread);
+            // A key the session cannot cast (a privilege, a type changed since the
+            // metadata was read; a bad literal, which fails the INSERT as well): the
+            // INSERT runs unchecked. Anything else (a cancel, a serialization failure)
+            // is the INSERT's answer.
+            if matches!(&e.0[..2], "42" | "22") {
+                tracing::debug!(parent: &self.span, error = %e.1, "outside INSERT not checked: its keys could not be read");
+                return Ok(Checked::KeysUnread);
+            }
+            let status = if implicit {
+                TxStatus::Idle
+            } else {
+                TxStatus::InTransaction
+            };
+            return Ok(Checked::Refused(Refused {
+                code: e.0,
+                message: e.1,
+                status,
+            }));
         }
         let keys: Vec<_> = results
             .swap_remove(1)
@@ -556,6 +576,25 @@ impl Relay<'_> {
             .iter()
             .map(|key| lock_key(&self.resource, meta, key))
             .collect();
+        if implicit {
+            if self.ctx.outside.failed_lately() || self.holder_of(&keys).await.is_none() {
+                return Ok(Checked::Free(keys));
+            }
+            // tandem's transaction holds nothing yet: it is not kept open while waiting
+            // (idle_in_transaction_session_timeout), and opens again for the INSERT.
+            self.exchange_required("ROLLBACK").await?;
+            return Ok(match self.wait_until_free(meta, &keys, deadline).await {
+                None => {
+                    self.exchange_required("BEGIN").await?;
+                    Checked::Free(keys)
+                }
+                Some(e) => Checked::Refused(Refused {
+                    code: e.sqlstate().code().to_owned(),
+                    message: e.to_string(),
+                    status: TxStatus::Idle,
+                }),
+            });
+        }
         let Some(e) = self.wait_until_free(meta, &keys, deadline).await else {
             return Ok(Checked::Free(keys));
         };

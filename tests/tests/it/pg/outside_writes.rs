@@ -707,6 +707,10 @@ async fn an_outside_insert_of_a_held_key_waits_for_the_global_transaction() {
     for decision in ["tandem_rollback", "tandem_commit"] {
         let a = delete_held_row(&global, &orders.name, 3).await;
         let b = outside.connect(&orders.name).await;
+        // The wait keeps no transaction of tandem's open, which this would end.
+        b.batch_execute("SET idle_in_transaction_session_timeout = 300")
+            .await
+            .unwrap();
         let insert = tokio::spawn(async move {
             b.execute(
                 "INSERT INTO accounts (id, balance, note) VALUES ($1, 7, 'new')",
@@ -778,6 +782,22 @@ async fn writes_in_a_failed_transaction_get_25p02_and_the_session_goes_on() {
     }
     b.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(b.execute(&insert, &[&70i32, &1i64]).await.unwrap(), 1);
+
+    // A ROLLBACK TO SAVEPOINT pipelined ahead of the write revives the block: the
+    // write is checked as ever, and row 5 is held.
+    let revive = b.prepare("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    b.batch_execute("BEGIN; SAVEPOINT s").await.unwrap();
+    b.batch_execute("SELECT 1 / 0").await.unwrap_err();
+    let (revived, updated) = tokio::join!(
+        b.execute(&revive, &[]),
+        b.execute(&update, &[&99i64, &5i32])
+    );
+    revived.unwrap();
+    let e = updated.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{e:?}");
+    b.batch_execute("ROLLBACK").await.unwrap();
+    let direct = orders.direct().await;
+    assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     rolled_back(&a).await;
     outside.shutdown().await;
     global.shutdown().await;
