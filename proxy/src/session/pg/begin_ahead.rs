@@ -28,7 +28,7 @@ impl Relay<'_> {
     /// more of its batch then runs in: BEGIN or START TRANSACTION in an idle session, at
     /// a sync point, that is bound or may meet a write that needs a check.
     pub(super) fn begins_a_block_ahead(&self, sql: &[u8]) -> bool {
-        if self.phase != Phase::Ready(TxStatus::Idle) {
+        if self.phase != Phase::Ready(TxStatus::Idle) && !self.after_leading_closes() {
             return false;
         }
         if self.binding.xid().is_none() && !self.writes_may_need_a_check() {
@@ -49,11 +49,18 @@ impl Relay<'_> {
     /// a BEGIN alone in its batch, or in another shape, is relayed as usual.
     pub(super) async fn begin_ahead(&mut self, rest: &[u8]) -> Result<Extended> {
         let max = self.ctx.config.max_message_bytes;
-        let begin_len = match begin_messages(rest, max)? {
+        let mut begin_len = match begin_messages(rest, max)? {
             BeginShape::Messages(len) => len,
             BeginShape::NotYet => return Ok(Extended::NeedMore),
             BeginShape::Other => return Ok(Extended::NotAWrite),
         };
+        // Closes right behind the BEGIN (pgJDBC's of statements it dropped) go with it:
+        // the statement after them must still start at a sync point.
+        while let Some(frame) = Frame::peek(&rest[begin_len..], max)?
+            && frame.tag == frontend::CLOSE
+        {
+            begin_len += frame.wire_len;
+        }
         // The whole batch must be here: if the BEGIN fails, the rest is dropped.
         let batch_len = match batch_len(rest, max)? {
             BatchLen::Sync(len) => len,
@@ -94,6 +101,21 @@ impl Relay<'_> {
         self.answered(&ready, batch_len).await
     }
 
+    /// In an idle session, the batch so far is Close messages only (sent on already,
+    /// see client_side.rs): nothing has run, so a BEGIN still starts it.
+    pub(super) fn after_leading_closes(&self) -> bool {
+        self.closes_only_in_batch
+            && matches!(
+                self.phase,
+                Phase::Busy {
+                    tx: TxStatus::Idle,
+                    awaiting: 0,
+                    unsynced: true,
+                    copy: None,
+                }
+            )
+    }
+
     /// Outside a global transaction: whether some table of the database may hold global
     /// locks (so a write in the block may need its check at a sync point).
     fn writes_may_need_a_check(&self) -> bool {
@@ -106,13 +128,18 @@ impl Relay<'_> {
                 .is_none()
     }
 
-    /// Whether the statement the batch runs after its BEGIN may write.
+    /// Whether the statement the batch runs after its BEGIN (and any Closes) may write.
     fn next_may_write(&self, after_begin: &[u8]) -> Result<bool> {
         let max = self.ctx.config.max_message_bytes;
-        let Some(frame) = Frame::peek(after_begin, max)? else {
-            return Ok(false);
+        let mut at = 0;
+        let frame = loop {
+            match Frame::peek(&after_begin[at..], max)? {
+                Some(frame) if frame.tag == frontend::CLOSE => at += frame.wire_len,
+                Some(frame) => break frame,
+                None => return Ok(false),
+            }
         };
-        let body = frame.body(after_begin);
+        let body = frame.body(&after_begin[at..]);
         let sql = match frame.tag {
             frontend::PARSE => crate::wire::pg::messages::extended::Parse::decode(body)
                 .ok()

@@ -57,6 +57,13 @@ impl Relay<'_> {
                 _ => None,
             };
             let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
+            if matches!(frame.tag, frontend::PARSE | frontend::BIND) && self.after_leading_closes()
+            {
+                // A BEGIN here may run ahead (begin_ahead.rs), written by tandem: the
+                // Closes before it go first.
+                self.write_server(&buf[run_start..pos]).await?;
+                run_start = pos;
+            }
             if control.is_some()
                 || matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 || execute_outside
@@ -230,6 +237,12 @@ impl Relay<'_> {
             }
             _ => {}
         }
+        self.closes_only_in_batch = match tag {
+            frontend::CLOSE => self.closes_only_in_batch,
+            // Each ends a batch: the next message starts one.
+            frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => true,
+            _ => false,
+        };
         if self.phase == Phase::Authenticating {
             return match tag {
                 frontend::PASSWORD | frontend::TERMINATE => Ok(()),

@@ -208,6 +208,9 @@ struct Relay<'a> {
     /// An Execute was sent since the last Sync (or Query): the transaction state the
     /// last ReadyForQuery gave may have changed within the batch.
     executed_in_batch: bool,
+    /// The batch so far is Close messages only (pgJDBC closes the statements it
+    /// dropped ahead of a transaction's BEGIN): a BEGIN may still run ahead.
+    closes_only_in_batch: bool,
     /// The client's own COMMIT of a branch, relayed over the extended protocol after
     /// tandem registered the branch and wrote its undo row (at_extended.rs); whether
     /// the backend answered it with an error.
@@ -272,6 +275,7 @@ impl<'a> Relay<'a> {
             fresh_block: false,
             implicit_batch: false,
             executed_in_batch: false,
+            closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
             script: None,

@@ -803,3 +803,59 @@ async fn writes_in_a_failed_transaction_get_25p02_and_the_session_goes_on() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// pgJDBC closes the statements it dropped ahead of a transaction's BEGIN, and between
+/// the BEGIN and the first statement, all in one batch: the BEGIN still runs ahead, so
+/// the write after it is checked (at a sync point), not refused.
+#[tokio::test]
+async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let orders = prepare("outside_closes_begin").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+    let batch = |update: &str| {
+        let mut batch = Vec::new();
+        batch.extend(frame(b'C', b"Sgone_1\0"));
+        for sql in ["BEGIN", update] {
+            batch.extend(frame(b'P', &parse_body("", sql)));
+            batch.extend(frame(b'B', &bind_body("")));
+            batch.extend(frame(b'E', b"\0\0\0\0\0"));
+            if sql == "BEGIN" {
+                batch.extend(frame(b'C', b"Sgone_2\0"));
+            }
+        }
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
+
+    raw.send(&batch(
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "312C312CZ", "{replies:?}");
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"T".to_vec()));
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 1).await, 1010, "the write committed");
+
+    // The held row: checked, and refused.
+    raw.send(&batch("UPDATE accounts SET balance = 99 WHERE id = 5"))
+        .await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.sqlstate().as_deref(), Some("55P03"), "{replies:?}");
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
+    rolled_back(&a).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
