@@ -30,6 +30,16 @@ async fn outside_proxy(lockserver: &TestLockserver, mode: OutsideWrites) -> Tand
     .await
 }
 
+/// No global lock is left; the proxies and the lockserver stop.
+async fn finish(lockserver: TestLockserver, proxies: [Tandem; 2]) {
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    for proxy in proxies {
+        proxy.shutdown().await;
+    }
+    lockserver.stop().await;
+}
+
 /// Session `a` of `tandem` holds row `id` in an unfinished global transaction (its
 /// local transaction committed, as AT does at once for an autocommit write).
 async fn hold_row(tandem: &Tandem, database: &str, id: i32) -> Client {
@@ -111,11 +121,7 @@ async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over
         1105,
         "both writes applied to the restored row"
     );
-    let (_, locks) = lockserver.get("/v1/locks").await;
-    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 #[tokio::test]
@@ -685,11 +691,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
         before,
         "rolled back exactly"
     );
-    let (_, locks) = lockserver.get("/v1/locks").await;
-    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// In wait mode an INSERT of a held key waits, holding nothing: after a commit it goes
@@ -737,11 +739,7 @@ async fn an_outside_insert_of_a_held_key_waits_for_the_global_transaction() {
             assert_eq!(super::at_mode::dump(&direct).await, before, "exact");
         }
     }
-    let (_, locks) = lockserver.get("/v1/locks").await;
-    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// A write in a failed transaction block runs nothing, so it is not checked; the
@@ -799,9 +797,7 @@ async fn writes_in_a_failed_transaction_get_25p02_and_the_session_goes_on() {
     let direct = orders.direct().await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     rolled_back(&a).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// pgJDBC closes the statements it dropped ahead of a transaction's BEGIN, and between
@@ -855,7 +851,5 @@ async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
     raw.recv_until(b'Z').await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     rolled_back(&a).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
