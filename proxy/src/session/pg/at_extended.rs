@@ -623,7 +623,7 @@ impl Relay<'_> {
 
     /// The statement this Parse prepares or this Bind binds (the Parse still in flight
     /// included); a Bind's is shared with `Tracked`, not copied.
-    fn statement_sql(&self, tag: u8, body: &[u8]) -> Option<bytes::Bytes> {
+    pub(super) fn statement_sql(&self, tag: u8, body: &[u8]) -> Option<bytes::Bytes> {
         match tag {
             frontend::PARSE => Parse::decode(body)
                 .ok()

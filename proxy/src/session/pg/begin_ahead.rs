@@ -128,28 +128,16 @@ impl Relay<'_> {
                 .is_none()
     }
 
-    /// Whether the statement the batch runs after its BEGIN (and any Closes) may write.
+    /// Whether the statement the batch runs after its BEGIN (and the Closes sent with
+    /// it) may write.
     fn next_may_write(&self, after_begin: &[u8]) -> Result<bool> {
         let max = self.ctx.config.max_message_bytes;
-        let mut at = 0;
-        let frame = loop {
-            match Frame::peek(&after_begin[at..], max)? {
-                Some(frame) if frame.tag == frontend::CLOSE => at += frame.wire_len,
-                Some(frame) => break frame,
-                None => return Ok(false),
-            }
+        let Some(frame) = Frame::peek(after_begin, max)? else {
+            return Ok(false);
         };
-        let body = frame.body(&after_begin[at..]);
-        let sql = match frame.tag {
-            frontend::PARSE => crate::wire::pg::messages::extended::Parse::decode(body)
-                .ok()
-                .map(|p| p.sql.to_vec()),
-            frontend::BIND => crate::wire::pg::messages::extended::Bind::statement_of(body)
-                .ok()
-                .and_then(|name| self.tracked.statement_for_bind(name))
-                .map(|s| s.sql.to_vec()),
-            _ => None,
-        };
+        let sql = matches!(frame.tag, frontend::PARSE | frontend::BIND)
+            .then(|| self.statement_sql(frame.tag, frame.body(after_begin)))
+            .flatten();
         Ok(sql.is_some_and(|sql| super::guard::may_write(&sql)))
     }
 

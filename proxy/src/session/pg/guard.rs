@@ -66,16 +66,19 @@ impl Relay<'_> {
         if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
             return Ok(Intercepted::Relay);
         }
-        let (meta, write) = match self.rows_to_check(sql, true).await {
+        let (meta, write, inserted_keys) = match self.rows_to_check(sql, true).await {
             RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
             RowsToCheck::AtSyncPoint { .. } => return Ok(Intercepted::WaitForSyncPoint),
-            RowsToCheck::Check(meta, write) => (meta, *write),
+            RowsToCheck::Check(meta, write, inserted_keys) => (meta, *write, inserted_keys),
         };
         if !self.phase.at_sync_point() {
             return Ok(Intercepted::WaitForSyncPoint);
         }
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        match self.check(&meta, &write, &[], implicit).await? {
+        match self
+            .check(&meta, &write, inserted_keys.as_deref(), &[], implicit)
+            .await?
+        {
             Checked::Refused(refused) if refused.status == TxStatus::InTransaction => {
                 // The client's transaction must fail as the write would have made it fail.
                 let mut replacement = BytesMut::new();
@@ -87,7 +90,7 @@ impl Relay<'_> {
             }
             Checked::Refused(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
             Checked::KeysUnread => Ok(Intercepted::Relay),
-            Checked::Free(keys) if is_plain_insert(&write) => {
+            Checked::Free(keys) if inserted_keys.is_some() => {
                 // Its keys are checked again when it is over: a global transaction
                 // may have deleted one of them in the meantime.
                 let mut query = BytesMut::new();
@@ -142,9 +145,7 @@ impl Relay<'_> {
                 return Ok(Extended::NotAWrite);
             }
             // As where it cannot be checked in its own batch (see guard_extended).
-            RowsToCheck::Check(_, write) if is_plain_insert(&write) => {
-                return Ok(Extended::NotAWrite);
-            }
+            RowsToCheck::Check(_, _, Some(_)) => return Ok(Extended::NotAWrite),
             RowsToCheck::Check(..) | RowsToCheck::AtSyncPoint { .. } => {}
         }
         let max = self.ctx.config.max_message_bytes;
@@ -259,9 +260,9 @@ impl Relay<'_> {
         let runs = tag == frontend::BIND;
         let (checked, plain_insert) = match self.rows_to_check(sql, runs).await {
             RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
-            RowsToCheck::Check(meta, write) => {
-                let plain_insert = is_plain_insert(&write);
-                (Some((meta, *write)), plain_insert)
+            RowsToCheck::Check(meta, write, inserted_keys) => {
+                let plain_insert = inserted_keys.is_some();
+                (Some((meta, *write, inserted_keys)), plain_insert)
             }
             // Only between sync points: handled as a check there.
             RowsToCheck::AtSyncPoint { plain_insert } => (None, plain_insert),
@@ -284,7 +285,7 @@ impl Relay<'_> {
             }
             return Ok(Extended::WaitForSyncPoint);
         }
-        let Some((meta, write)) = checked else {
+        let Some((meta, write, inserted_keys)) = checked else {
             return Ok(Extended::WaitForSyncPoint);
         };
         let max = self.ctx.config.max_message_bytes;
@@ -327,7 +328,10 @@ impl Relay<'_> {
         };
         let params = super::at_extended::bind_params(&batch, &param_types);
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
-        let keys = match self.check(&meta, &write, &params, implicit).await? {
+        let keys = match self
+            .check(&meta, &write, inserted_keys.as_deref(), &params, implicit)
+            .await?
+        {
             Checked::Free(keys) => keys,
             Checked::KeysUnread => return Ok(Extended::NotAWrite),
             Checked::Refused(mut refused) => {
@@ -398,7 +402,9 @@ impl Relay<'_> {
     /// Whether a write must have its rows checked before it runs (see `RowsToCheck`).
     async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> RowsToCheck {
         match self.rows_to_check_named(sql, runs).await {
-            Ok(Some((meta, write))) => RowsToCheck::Check(meta, Box::new(write)),
+            Ok(Some((meta, write, inserted_keys))) => {
+                RowsToCheck::Check(meta, Box::new(write), inserted_keys)
+            }
             Ok(None) => RowsToCheck::Unchecked,
             Err(NotResolvedYet { plain_insert }) => RowsToCheck::AtSyncPoint { plain_insert },
         }
@@ -411,7 +417,7 @@ impl Relay<'_> {
         &mut self,
         sql: &[u8],
         runs: bool,
-    ) -> std::result::Result<Option<(Arc<TableMeta>, Write)>, NotResolvedYet> {
+    ) -> std::result::Result<Option<(Arc<TableMeta>, Write, Option<String>)>, NotResolvedYet> {
         let tables = &self.ctx.outside.tables;
         if self.unchecked.covers(None) {
             return Ok(None);
@@ -464,17 +470,20 @@ impl Relay<'_> {
             // Never captured, so never globally locked.
             return Ok(None);
         }
-        if is_plain_insert(&write)
-            && write
+        let inserted_keys = if is_plain_insert(&write) {
+            match write
                 .rows
                 .as_ref()
-                .and_then(|rows| meta.inserted_keys_query(rows))
-                .is_none()
-        {
-            // Keys the server generates are new; computed ones cannot be known
-            // before the INSERT runs.
-            return Ok(None);
-        }
+                .and_then(|r| meta.inserted_keys_query(r))
+            {
+                Some(keys_sql) => Some(keys_sql),
+                // Keys the server generates are new; computed ones cannot be known
+                // before the INSERT runs.
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
         let table = qualified_name(&meta);
         if self.unchecked.covers(Some(&table)) {
             return Ok(None);
@@ -483,26 +492,22 @@ impl Relay<'_> {
             self.unchecked.hold(guard, Some(table));
             return Ok(None);
         }
-        Ok(Some((meta, write)))
+        Ok(Some((meta, write, inserted_keys)))
     }
 
-    /// The check a write needs before it runs (see `check_rows` and
-    /// `check_inserted_keys`).
+    /// The check a write needs before it runs: a plain INSERT's keys by
+    /// `inserted_keys` (`check_inserted_keys`), any other write's rows (`check_rows`).
     async fn check(
         &mut self,
         meta: &Arc<TableMeta>,
         write: &Write,
+        inserted_keys: Option<&str>,
         params: &[Param<'_>],
         implicit: bool,
     ) -> Result<Checked> {
-        let inserted = write
-            .rows
-            .as_ref()
-            .filter(|_| is_plain_insert(write))
-            .and_then(|rows| meta.inserted_keys_query(rows));
-        if let Some(keys_sql) = inserted {
+        if let Some(keys_sql) = inserted_keys {
             return self
-                .check_inserted_keys(meta, &keys_sql, params, implicit)
+                .check_inserted_keys(meta, keys_sql, params, implicit)
                 .await;
         }
         Ok(
@@ -588,27 +593,13 @@ impl Relay<'_> {
                     self.exchange_required("BEGIN").await?;
                     Checked::Free(keys)
                 }
-                Some(e) => Checked::Refused(Refused {
-                    code: e.sqlstate().code().to_owned(),
-                    message: e.to_string(),
-                    status: TxStatus::Idle,
-                }),
+                Some(e) => Checked::Refused(Refused::of(&e, TxStatus::Idle)),
             });
         }
-        let Some(e) = self.wait_until_free(meta, &keys, deadline).await else {
-            return Ok(Checked::Free(keys));
-        };
-        let status = if implicit {
-            self.exchange_required("ROLLBACK").await?;
-            TxStatus::Idle
-        } else {
-            TxStatus::InTransaction
-        };
-        Ok(Checked::Refused(Refused {
-            code: e.sqlstate().code().to_owned(),
-            message: e.to_string(),
-            status,
-        }))
+        Ok(match self.wait_until_free(meta, &keys, deadline).await {
+            None => Checked::Free(keys),
+            Some(e) => Checked::Refused(Refused::of(&e, TxStatus::InTransaction)),
+        })
     }
 
     /// Locks the rows the write will change and waits (or not) until no unfinished
@@ -627,13 +618,7 @@ impl Relay<'_> {
         } else {
             TxStatus::InTransaction
         };
-        let refused = |e: Error, status: TxStatus| {
-            Ok(Some(Refused {
-                code: e.sqlstate().code().to_owned(),
-                message: e.to_string(),
-                status,
-            }))
-        };
+        let refused = |e: Error, status: TxStatus| Ok(Some(Refused::of(&e, status)));
         let before = match super::at::before_image_query(meta, write) {
             Ok(Some(before)) => row_lock_of_the_write(before, write),
             Ok(None) => return Ok(None),
@@ -700,8 +685,9 @@ impl Relay<'_> {
 enum RowsToCheck {
     /// Nothing: it runs as sent (see `rows_to_check_named`).
     Unchecked,
-    /// Its rows must be checked.
-    Check(Arc<TableMeta>, Box<Write>),
+    /// Its rows must be checked; a plain INSERT's by the keys this query reads
+    /// (`TableMeta::inserted_keys_query`).
+    Check(Arc<TableMeta>, Box<Write>, Option<String>),
     /// It may need a check, and which table it writes is known only at the sync point.
     AtSyncPoint { plain_insert: bool },
 }
@@ -734,6 +720,16 @@ struct Refused {
     code: String,
     message: String,
     status: TxStatus,
+}
+
+impl Refused {
+    fn of(e: &Error, status: TxStatus) -> Self {
+        Refused {
+            code: e.sqlstate().code().to_owned(),
+            message: e.to_string(),
+            status,
+        }
+    }
 }
 
 /// The write with `record_send` of each row it changes appended to what it returns
