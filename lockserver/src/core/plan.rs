@@ -135,14 +135,23 @@ pub fn plan(
             if b.status != BranchStatus::Registered {
                 return Err(invalid(g, "report phase 1 of a branch already past it"));
             }
-            Ok((
-                vec![Record::BranchStatus {
-                    xid: xid.clone(),
-                    branch_id: *branch_id,
-                    status: *st,
-                }],
-                Reply::Ok,
-            ))
+            let mut recs = vec![Record::BranchStatus {
+                xid: xid.clone(),
+                branch_id: *branch_id,
+                status: *st,
+            }];
+            // A failed branch of a committing transaction owes no phase 2: it may have been
+            // the last one that did.
+            if g.status.is_committing()
+                && !st.owes_commit()
+                && g.branches
+                    .iter()
+                    .filter(|o| o.branch_id != *branch_id)
+                    .all(|o| !o.status.owes_commit())
+            {
+                recs.push(status(xid, GlobalStatus::Committed, now));
+            }
+            Ok((recs, Reply::Ok))
         }
         Command::Commit { .. } => {
             match g.status {
@@ -157,7 +166,7 @@ pub fn plan(
             if now >= g.deadline {
                 return Err(Error::Expired { xid: xid.clone() });
             }
-            let next = if g.branches.is_empty() {
+            let next = if g.branches.iter().all(|b| !b.status.owes_commit()) {
                 GlobalStatus::Committed
             } else {
                 GlobalStatus::AsyncCommitting
@@ -268,7 +277,7 @@ fn phase2_result(
                     .branches
                     .iter()
                     .filter(|o| o.branch_id != branch_id)
-                    .all(|o| o.status == BranchStatus::PhaseTwoCommitted);
+                    .all(|o| !o.status.owes_commit());
                 if rest {
                     recs.push(status(xid, GlobalStatus::Committed, now));
                 }

@@ -105,6 +105,57 @@ fn commit_releases_locks_at_the_decision_then_cleans_up() {
     assert_eq!(c.active(), 0);
 }
 
+fn failed(c: &mut Core, xid: &str, b: u64) -> Output {
+    c.apply(
+        &Command::Report {
+            xid: x(xid),
+            branch_id: b,
+            status: BranchStatus::PhaseOneFailed,
+        },
+        T0 + 5,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_commit_owes_no_phase_two_to_a_branch_whose_local_commit_failed() {
+    // Reported before the decision: only the other branch gets work.
+    let mut c = Core::default();
+    begin(&mut c, "a", 1000);
+    reg(&mut c, "a", &[1], T0).unwrap();
+    reg(&mut c, "a", &[2], T0).unwrap();
+    failed(&mut c, "a", 1);
+    c.apply(&Command::Commit { xid: x("a") }, T0 + 6).unwrap();
+    let work = c.global(&x("a")).unwrap().pending_work();
+    assert_eq!(work.iter().map(|w| w.branch_id).collect::<Vec<_>>(), [2]);
+    p2(&mut c, "a", 2, Phase2Outcome::Committed);
+    assert_eq!(c.active(), 0, "committed once branch 2 is clean");
+
+    // Every branch failed: committed at the decision.
+    begin(&mut c, "b", 1000);
+    reg(&mut c, "b", &[3], T0).unwrap();
+    failed(&mut c, "b", 1);
+    let out = c.apply(&Command::Commit { xid: x("b") }, T0 + 6).unwrap();
+    assert!(out.effects.contains(&Effect::Ended {
+        xid: x("b"),
+        status: GlobalStatus::Committed
+    }));
+
+    // Reported after the decision, by the last branch still owed: that ends it.
+    begin(&mut c, "c", 1000);
+    reg(&mut c, "c", &[4], T0).unwrap();
+    reg(&mut c, "c", &[5], T0).unwrap();
+    c.apply(&Command::Commit { xid: x("c") }, T0 + 6).unwrap();
+    p2(&mut c, "c", 2, Phase2Outcome::Committed);
+    assert_eq!(status(&c, "c"), GlobalStatus::AsyncCommitting);
+    let out = failed(&mut c, "c", 1);
+    assert!(out.effects.contains(&Effect::Ended {
+        xid: x("c"),
+        status: GlobalStatus::Committed
+    }));
+    assert_eq!(c.active(), 0);
+}
+
 #[test]
 fn rollback_goes_in_reverse_order_and_keeps_locks_until_all_undone() {
     let mut c = Core::default();

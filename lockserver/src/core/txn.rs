@@ -199,6 +199,17 @@ named_enum!(
     }
 );
 
+impl BranchStatus {
+    /// Whether a committing transaction still owes this branch its phase-2 commit. A
+    /// branch whose local transaction failed left nothing behind to clean up.
+    pub fn owes_commit(self) -> bool {
+        !matches!(
+            self,
+            BranchStatus::PhaseTwoCommitted | BranchStatus::PhaseOneFailed
+        )
+    }
+}
+
 named_enum!(
     /// How a branch runs phase 2.
     BranchKind {
@@ -522,7 +533,7 @@ impl Global {
         if self.status.is_committing() {
             self.branches
                 .iter()
-                .filter(|b| b.status != BranchStatus::PhaseTwoCommitted)
+                .filter(|b| b.status.owes_commit())
                 .for_each(|b| f(b, true));
         } else if self.status.is_rolling_back()
             && !matches!(

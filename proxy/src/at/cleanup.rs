@@ -14,22 +14,44 @@
 //!
 //! The queues are the same for both engines; `BatchDelete` is the one statement each
 //! runs.
+//!
+//! A branch registers its locks before its local COMMIT, so a global commit decided in
+//! between (another service commits while this branch's COMMIT is on its way) reaches
+//! its cleanup before the undo row is visible. Deleting nothing then would leave the
+//! row behind for good once the COMMIT lands. So a branch whose row is not found is
+//! retried (the lockserver redelivers it with backoff) for `ABSENT_ROW_PATIENCE`, and
+//! only then taken as a branch that never committed (its local transaction died with
+//! its proxy) or whose row an earlier delivery already deleted.
 
 use crate::control::quote_literal;
 use crate::upstream::SidePools;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tandem_lockserver::client::BoxFuture;
+use std::time::{Duration, Instant};
+use tandem_lockserver::client::{BoxFuture, BranchOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-/// Deletes a batch of undo rows, `(xid, branch_id)`, in one database.
+/// An undo row's key: `(xid, branch_id)`.
+pub type UndoKey = (String, u64);
+
+/// Deletes a batch of undo rows in one database; answers the keys it deleted.
 pub trait BatchDelete: Send + Sync + 'static {
     fn delete<'a>(
         &'a self,
         database: &'a str,
-        keys: &'a [(String, u64)],
-    ) -> BoxFuture<'a, Result<(), String>>;
+        keys: &'a [UndoKey],
+    ) -> BoxFuture<'a, Result<HashSet<UndoKey>, String>>;
 }
+
+/// How long a committed branch's missing undo row is waited for, from the first
+/// delivery that did not find it. A local COMMIT follows its branch's registration
+/// within a round trip; this covers one held up by a commit-time lock wait or a stalled
+/// disk, and costs nothing but the global transaction's record staying open meanwhile
+/// (its locks went at the decision).
+const ABSENT_ROW_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Absent rows remembered at most; past it the stale ones are forgotten.
+const ABSENT_ROWS_KEPT: usize = 10_000;
 
 /// Deletions per statement, at most.
 const MAX_BATCH: usize = 512;
@@ -38,16 +60,19 @@ const MAX_BATCH: usize = 512;
 const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 struct Job {
-    xid: String,
-    branch_id: u64,
-    done: oneshot::Sender<Result<(), String>>,
+    key: UndoKey,
+    /// Whether the row was there to delete.
+    done: oneshot::Sender<Result<bool, String>>,
 }
 
 /// One queue (and one task draining it) per database.
 pub struct Cleanup {
     engine: Arc<dyn BatchDelete>,
-    // A std Mutex: held only to find or start a queue, never across an await.
+    // The std Mutexes are never held across an await.
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    /// Branches whose undo row a delivery did not find → when it first did not.
+    absent_since: Mutex<HashMap<(String, UndoKey), Instant>>,
+    patience: Duration,
 }
 
 impl Cleanup {
@@ -55,6 +80,8 @@ impl Cleanup {
         Cleanup {
             engine,
             queues: Mutex::new(HashMap::new()),
+            absent_since: Mutex::new(HashMap::new()),
+            patience: ABSENT_ROW_PATIENCE,
         }
     }
 
@@ -63,19 +90,44 @@ impl Cleanup {
         Cleanup::new(Arc::new(PostgresDelete(side)))
     }
 
+    /// Phase 2 of a committed AT branch: its undo row deleted, with the others queued at
+    /// the same time. Answers once that batch committed; `Retry` when it failed, or
+    /// while a row that is not there yet may still come (see the module's notes).
+    pub async fn commit_branch(&self, database: &str, xid: &str, branch_id: u64) -> BranchOutcome {
+        let deleted = match self.delete_undo(database, xid, branch_id).await {
+            Ok(deleted) => deleted,
+            Err(reason) => return BranchOutcome::Retry { reason },
+        };
+        let key = (database.to_owned(), (xid.to_owned(), branch_id));
+        let mut absent = self.absent_since.lock().unwrap_or_else(|p| p.into_inner());
+        if deleted {
+            absent.remove(&key);
+            return BranchOutcome::Done;
+        }
+        let now = Instant::now();
+        if absent.len() >= ABSENT_ROWS_KEPT {
+            let patience = self.patience;
+            absent.retain(|_, since| now.duration_since(*since) < patience * 2);
+        }
+        let since = *absent.entry(key.clone()).or_insert(now);
+        if now.duration_since(since) < self.patience {
+            return BranchOutcome::Retry {
+                reason: "no undo row yet: the branch's local COMMIT may still be on its way"
+                    .to_owned(),
+            };
+        }
+        absent.remove(&key);
+        tracing::info!(%database, %xid, branch = branch_id, "committed branch has no undo row: its local transaction never committed, or an earlier delivery deleted the row");
+        BranchOutcome::Done
+    }
+
     /// Deletes the undo row of branch `branch_id` of `xid` in `database`, with others
-    /// queued at the same time; returns once that batch committed (or failed: the
-    /// lockserver then retries the branch).
-    pub async fn delete_undo(
-        &self,
-        database: &str,
-        xid: &str,
-        branch_id: u64,
-    ) -> Result<(), String> {
+    /// queued at the same time; returns once that batch committed, with whether the row
+    /// was there.
+    async fn delete_undo(&self, database: &str, xid: &str, branch_id: u64) -> Result<bool, String> {
         let (done, wait) = oneshot::channel();
         let job = Job {
-            xid: xid.to_owned(),
-            branch_id,
+            key: (xid.to_owned(), branch_id),
             done,
         };
         self.queue(database)
@@ -112,13 +164,17 @@ async fn drain(
                 Ok(None) | Err(_) => break,
             }
         }
-        let keys: Vec<(String, u64)> = batch.iter().map(|j| (j.xid.clone(), j.branch_id)).collect();
+        let keys: Vec<UndoKey> = batch.iter().map(|j| j.key.clone()).collect();
         let result = engine.delete(&database, &keys).await;
         if let Err(e) = &result {
             tracing::debug!(database = %database, error = %e, rows = batch.len(), "undo cleanup failed");
         }
         for job in batch {
-            let _ = job.done.send(result.clone());
+            let found = match &result {
+                Ok(deleted) => Ok(deleted.contains(&job.key)),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = job.done.send(found);
         }
     }
 }
@@ -129,30 +185,43 @@ impl BatchDelete for PostgresDelete {
     fn delete<'a>(
         &'a self,
         database: &'a str,
-        keys: &'a [(String, u64)],
-    ) -> BoxFuture<'a, Result<(), String>> {
+        keys: &'a [UndoKey],
+    ) -> BoxFuture<'a, Result<HashSet<UndoKey>, String>> {
         Box::pin(async move {
             let client = self.0.get(database).await.map_err(|e| e.to_string())?;
-            let result = client.batch_execute(&delete_sql(keys)).await;
-            if result.is_err() {
-                // The connection goes back to the pool: not inside a failed transaction.
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
-            result.map_err(|e| e.to_string())
+            let messages = match client.simple_query(&delete_sql(keys)).await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    // The connection goes back to the pool: not inside a failed transaction.
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(e.to_string());
+                }
+            };
+            Ok(messages
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        let xid = row.get(0)?;
+                        let branch_id = row.get(1)?.parse::<i64>().ok()?;
+                        Some((xid.to_owned(), branch_id as u64))
+                    }
+                    _ => None,
+                })
+                .collect())
         })
     }
 }
 
 /// The batch's one round trip: values inline (xids are quoted literals, branch ids
 /// numbers), so that it can travel as one simple query with its own transaction.
-fn delete_sql(batch: &[(String, u64)]) -> String {
+fn delete_sql(batch: &[UndoKey]) -> String {
     let keys: Vec<String> = batch
         .iter()
         .map(|(xid, branch_id)| format!("({}, {})", quote_literal(xid), *branch_id as i64))
         .collect();
     format!(
         "BEGIN; SET LOCAL synchronous_commit TO off; \
-         DELETE FROM undo_log WHERE (xid, branch_id) IN ({}); COMMIT",
+         DELETE FROM undo_log WHERE (xid, branch_id) IN ({}) RETURNING xid, branch_id; COMMIT",
         keys.join(", ")
     )
 }
@@ -166,7 +235,7 @@ mod tests {
         let sql = delete_sql(&[("a:1".into(), 1), ("o'x".into(), 2)]);
         assert_eq!(
             sql,
-            "BEGIN; SET LOCAL synchronous_commit TO off; DELETE FROM undo_log WHERE (xid, branch_id) IN (('a:1', 1), ('o''x', 2)); COMMIT"
+            "BEGIN; SET LOCAL synchronous_commit TO off; DELETE FROM undo_log WHERE (xid, branch_id) IN (('a:1', 1), ('o''x', 2)) RETURNING xid, branch_id; COMMIT"
         );
     }
 }

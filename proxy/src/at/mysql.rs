@@ -124,31 +124,54 @@ pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
 }
 
 /// MySQL's undo rows, deleted in batches (`at::cleanup`) over the side pool: one
-/// autocommit DELETE, so one commit, per batch.
+/// transaction, so one commit, per batch. The locking read names the rows the DELETE
+/// then removes (MySQL's DELETE has no RETURNING); a row inserted by a local COMMIT
+/// still on its way is waited for, or, not inserted yet, is found by a later delivery.
 pub struct MysqlDelete(pub mysql_async::Pool);
 
 impl super::cleanup::BatchDelete for MysqlDelete {
     fn delete<'a>(
         &'a self,
         database: &'a str,
-        keys: &'a [(String, u64)],
-    ) -> tandem_lockserver::client::BoxFuture<'a, std::result::Result<(), String>> {
+        keys: &'a [super::cleanup::UndoKey],
+    ) -> tandem_lockserver::client::BoxFuture<
+        'a,
+        std::result::Result<std::collections::HashSet<super::cleanup::UndoKey>, String>,
+    > {
         Box::pin(async move {
             let tuples = vec!["(?, ?)"; keys.len()].join(", ");
             let params: Vec<Value> = keys
                 .iter()
                 .flat_map(|(xid, branch)| [Value::from(xid.as_str()), Value::from(*branch)])
                 .collect();
+            let undo_log = undo_table(database);
             let delete = async {
                 let mut conn = self.0.get_conn().await?;
-                conn.exec_drop(
-                    format!(
-                        "DELETE FROM {} WHERE (xid, branch_id) IN ({tuples})",
-                        undo_table(database)
-                    ),
-                    params,
+                let mut tx = conn
+                    .start_transaction(mysql_async::TxOpts::default())
+                    .await?;
+                let found: Vec<(String, i64)> = tx
+                    .exec(
+                        format!(
+                            "SELECT xid, branch_id FROM {undo_log} WHERE (xid, branch_id) IN ({tuples}) FOR UPDATE"
+                        ),
+                        params.clone(),
+                    )
+                    .await?;
+                if !found.is_empty() {
+                    tx.exec_drop(
+                        format!("DELETE FROM {undo_log} WHERE (xid, branch_id) IN ({tuples})"),
+                        params,
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, mysql_async::Error>(
+                    found
+                        .into_iter()
+                        .map(|(xid, branch)| (xid, branch as u64))
+                        .collect(),
                 )
-                .await
             };
             delete.await.map_err(|e| e.to_string())
         })

@@ -42,14 +42,9 @@ impl PgBranchHandler {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
             return crate::xa::pg::finish(&self.side, database, &gid, true).await;
         }
-        match self
-            .cleanup
-            .delete_undo(database, work.xid.as_str(), work.branch_id)
+        self.cleanup
+            .commit_branch(database, work.xid.as_str(), work.branch_id)
             .await
-        {
-            Ok(()) => BranchOutcome::Done,
-            Err(e) => retry(e),
-        }
     }
 
     async fn rollback_branch(&self, work: Phase2Work) -> BranchOutcome {

@@ -412,14 +412,9 @@ impl Handler {
                 };
             };
             return if commit {
-                match self
-                    .cleanup
-                    .delete_undo(database, work.xid.as_str(), work.branch_id)
+                self.cleanup
+                    .commit_branch(database, work.xid.as_str(), work.branch_id)
                     .await
-                {
-                    Ok(()) => BranchOutcome::Done,
-                    Err(reason) => BranchOutcome::Retry { reason },
-                }
             } else {
                 crate::at::mysql::rollback(&self.pool, database, &work).await
             };

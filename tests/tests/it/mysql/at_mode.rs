@@ -494,14 +494,18 @@ async fn after_a_relayed_statement_loses_a_deadlock_the_next_write_is_captured()
     lockserver.stop().await;
 }
 
-#[tokio::test]
-async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fails() {
-    let db = prepare("at_marker").await;
-    let mut direct = db.direct().await;
-    // The branch's undo row waits, before it is inserted, for as long as the test
-    // holds a user lock: the window between registration and the local COMMIT.
-    let hold = format!("hold_{}", db.name);
-    direct
+/// The user lock `hold_undo_rows` takes.
+fn undo_hold(db: &MyTestDb) -> String {
+    format!("hold_{}", db.name)
+}
+
+/// Makes each branch's undo row wait, before it is inserted, for as long as the
+/// returned connection holds a user lock: the window between a branch's registration
+/// and its local COMMIT, held open.
+async fn hold_undo_rows(db: &MyTestDb) -> Conn {
+    let hold = undo_hold(db);
+    db.direct()
+        .await
         .query_drop(format!(
             "CREATE TRIGGER hold_undo BEFORE INSERT ON undo_log FOR EACH ROW \
              IF NEW.log_status = 0 THEN DO GET_LOCK('{hold}', 60); END IF"
@@ -513,6 +517,45 @@ async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fail
         .query_drop(format!("DO GET_LOCK('{hold}', 10)"))
         .await
         .unwrap();
+    holder
+}
+
+async fn release_undo_rows(db: &MyTestDb, holder: &mut Conn) {
+    holder
+        .query_drop(format!("DO RELEASE_LOCK('{}')", undo_hold(db)))
+        .await
+        .unwrap();
+}
+
+/// Waits until a branch's undo row waits on `hold_undo_rows`'s lock.
+async fn undo_row_held(db: &MyTestDb, direct: &mut Conn) {
+    let mut waited = 0;
+    loop {
+        let stalled: Option<usize> = direct
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.processlist \
+                 WHERE db = ? AND state = 'User lock'",
+                (db.name.as_str(),),
+            )
+            .await
+            .unwrap();
+        if stalled == Some(1) {
+            return;
+        }
+        waited += 1;
+        assert!(
+            waited < 600,
+            "the branch's undo row never reached the trigger"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fails() {
+    let db = prepare("at_marker").await;
+    let mut direct = db.direct().await;
+    let mut holder = hold_undo_rows(&db).await;
     let before = dump(&mut direct, "accounts").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = start(&lockserver).await;
@@ -527,28 +570,7 @@ async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fail
     )
     .await;
     let commit = tokio::spawn(async move { conn.query_drop("COMMIT").await });
-    let name = db.name.clone();
-    let direct_ref = &mut direct;
-    let mut waited = 0;
-    loop {
-        let stalled: Option<usize> = direct_ref
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.processlist \
-                 WHERE db = ? AND state = 'User lock'",
-                (name.as_str(),),
-            )
-            .await
-            .unwrap();
-        if stalled == Some(1) {
-            break;
-        }
-        waited += 1;
-        assert!(
-            waited < 600,
-            "the branch's undo row never reached the trigger"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    undo_row_held(&db, &mut direct).await;
     // Another service rolls back while the branch's COMMIT is in flight: the replay
     // finds no undo row and leaves the GlobalFinished marker.
     let mut other = my::connect(&tandem, &db.name).await;
@@ -556,10 +578,7 @@ async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fail
         .await
         .unwrap();
     rolled_back(&mut other).await;
-    holder
-        .query_drop(format!("DO RELEASE_LOCK('{hold}')"))
-        .await
-        .unwrap();
+    release_undo_rows(&db, &mut holder).await;
     let late = commit.await.unwrap().unwrap_err();
     // The local transaction is rolled back, and the client is told so (1213, retryable).
     assert_eq!(
@@ -584,6 +603,58 @@ async fn a_rollback_during_a_branch_commit_marks_it_finished_and_the_commit_fail
     assert_eq!(undo_rows(&mut direct).await, 0);
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_global_commit_that_overtakes_a_branchs_local_commit_still_deletes_its_undo_row() {
+    let db = prepare("at_overtaken").await;
+    let mut direct = db.direct().await;
+    let mut holder = hold_undo_rows(&db).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    run_each(
+        &mut conn,
+        &["BEGIN", "UPDATE accounts SET balance = 7 WHERE id = 2"],
+    )
+    .await;
+    let commit = tokio::spawn(async move { conn.query_drop("COMMIT").await });
+    undo_row_held(&db, &mut direct).await;
+    // Another service commits while the branch's COMMIT is in flight: phase 2 finds no
+    // undo row yet.
+    let mut other = my::connect(&tandem, &db.name).await;
+    text(&mut other, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&mut other, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release_undo_rows(&db, &mut holder).await;
+    commit
+        .await
+        .unwrap()
+        .expect("the branch's local COMMIT succeeds");
+    eventually("the late undo row is deleted", || {
+        let db = &db;
+        async move { undo_rows(&mut db.direct().await).await == 0 }
+    })
+    .await;
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(7), "the branch's write is committed");
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -260,3 +260,81 @@ async fn select_for_update_waits_for_another_global_transactions_lock() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_global_commit_that_overtakes_a_branchs_local_commit_still_deletes_its_undo_row() {
+    let orders = prepare("at_overtaken").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE parents (id int PRIMARY KEY);
+             INSERT INTO parents VALUES (1);
+             CREATE TABLE kids (id int PRIMARY KEY,
+                 parent int NOT NULL REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    // The kid's deferred foreign-key check must wait at COMMIT for this lock: B's local
+    // COMMIT stalls after its branch registered, with its undo row not yet visible.
+    let holder = orders.direct().await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM parents WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; INSERT INTO kids VALUES (1, 1)")
+        .await
+        .unwrap();
+    let committing = tokio::spawn(async move {
+        let result = b.batch_execute("COMMIT").await;
+        (result, b)
+    });
+    eventually("B's COMMIT waits for the parent row", || async {
+        let waiting: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query = 'COMMIT'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        waiting == 1
+    })
+    .await;
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(txn["branches"].as_array().map(Vec::len), Some(1), "{txn}");
+
+    // The global commit overtakes B's COMMIT: its phase 2 finds no undo row yet.
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!committing.is_finished(), "B's COMMIT did not wait");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (result, _b) = committing.await.unwrap();
+    result.expect("B's local COMMIT succeeds");
+    eventually("the late undo row is deleted", || async {
+        undo_rows(&direct).await == 0
+    })
+    .await;
+    let kids: i64 = direct
+        .query_one("SELECT count(*) FROM kids WHERE id = 1 AND parent = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kids, 1, "the branch's write is committed");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
