@@ -221,10 +221,16 @@ impl Relay<'_> {
                 }
                 if sql.to_ascii_lowercase().contains("chain") {
                     // COMMIT AND CHAIN opens the next transaction: the backend must run it.
+                    // Relayed as the extended protocol's COMMIT is, so that a failure
+                    // reaches the lockserver as PhaseOneFailed.
                     return match self.prepare_commit().await {
                         Ok(undo) => match self.write_undo_row(&undo).await {
-                            Ok(()) => Ok(Intercepted::Relay),
+                            Ok(()) => {
+                                self.commit_in_flight = undo.map(|undo| (undo, false));
+                                Ok(Intercepted::Relay)
+                            }
                             Err(e) => {
+                                self.report_phase_one_failed(undo.as_ref());
                                 self.exchange_simple("ROLLBACK").await?;
                                 Ok(self.refuse(e))
                             }

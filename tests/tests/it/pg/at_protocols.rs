@@ -1692,3 +1692,59 @@ async fn returning_columns_keep_the_formats_the_client_asked_for() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn commit_and_chain_commits_a_branch_and_captures_the_next_transaction() {
+    let orders = prepare("at_chain").await;
+    with_deferred_unique(&orders).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let a = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT AND CHAIN").await.unwrap();
+    // The chained transaction is open, and its write is a branch of its own.
+    a.batch_execute("UPDATE accounts SET balance = 2 WHERE id = 2; COMMIT")
+        .await
+        .unwrap();
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(txn["branches"].as_array().map(Vec::len), Some(2), "{txn}");
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before, "both branches undone exactly");
+    assert_eq!(undo_rows(&direct).await, 0);
+
+    // A COMMIT AND CHAIN that fails on a deferred constraint, after tandem registered
+    // the branch: reported PhaseOneFailed, so the global commit owes it nothing.
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("BEGIN; UPDATE uniq SET v = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    let err = a.batch_execute("COMMIT AND CHAIN").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    reported_phase_one_failed(&lockserver, &xid).await;
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(txn["status"], "Committed", "{txn}");
+    let v: i32 = direct
+        .query_one("SELECT v FROM uniq WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
