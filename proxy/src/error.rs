@@ -118,7 +118,7 @@ pub enum Error {
     #[error("could not change a row of {table}: unfinished global transaction {holder} holds it")]
     RowGloballyLocked { table: String, holder: String },
 
-    #[error("tandem's own statement failed: {message} (is undo_log created? run `tandem migrate`)")]
+    #[error("tandem's own statement failed: {message}")]
     Injected { message: String },
 
     /// The branch's undo row met the GlobalFinished marker that a rollback of its global
@@ -153,6 +153,10 @@ impl Error {
     pub fn injected(code: &str, message: String) -> Error {
         match SqlState::transient(code) {
             Some(state) => Error::InjectedTransient { state, message },
+            // undefined_table: most likely undo_log, in a database never migrated.
+            None if code == "42P01" => Error::Injected {
+                message: format!("{message} (is undo_log created? run `tandem migrate`)"),
+            },
             None => Error::Injected { message },
         }
     }
@@ -485,6 +489,11 @@ mod tests {
         let missing = Error::injected("42P01", "relation \"undo_log\" does not exist".into());
         assert_eq!(missing.sqlstate().code(), "55000");
         assert!(missing.to_string().contains("tandem migrate"), "{missing}");
+        let denied = Error::injected("42501", "permission denied for table t".into());
+        assert_eq!(
+            denied.to_string(),
+            "tandem's own statement failed: permission denied for table t"
+        );
     }
 
     #[test]
