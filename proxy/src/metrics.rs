@@ -15,9 +15,11 @@ use prometheus_client::registry::Registry;
 
 type KindLabel = [(&'static str, &'static str); 1];
 
-/// The undo sweep's instruments (`at::sweep`), one set per engine.
+/// undo_log housekeeping's instruments (`at::sweep`, `at::cleanup`), one set per engine.
 #[derive(Clone, Default)]
 pub struct UndoSweepMetrics {
+    /// Phase-2 commits of a branch that found no undo row yet, answered Retry.
+    pub rows_awaited: Counter,
     /// GlobalFinished markers deleted for their age.
     pub markers_swept: Counter,
     /// Normal undo rows older than the retention, left in place, per upstream (as
@@ -31,6 +33,11 @@ impl UndoSweepMetrics {
             "undo_markers_swept",
             "GlobalFinished markers deleted from undo_log for being older than undo.marker_retention_ms",
             self.markers_swept.clone(),
+        );
+        registry.register(
+            "undo_rows_awaited",
+            "Phase-2 commits of a branch that found no undo row yet (its local COMMIT still on its way) and were retried",
+            self.rows_awaited.clone(),
         );
         registry.register(
             "undo_rows_past_retention",

@@ -119,7 +119,10 @@ pub async fn run(
         let handler = Arc::new(crate::at::phase2::PgBranchHandler {
             upstream: frontend.upstream.clone(),
             side: Arc::clone(&side),
-            cleanup: crate::at::cleanup::Cleanup::postgres(Arc::clone(&side)),
+            cleanup: crate::at::cleanup::Cleanup::postgres(
+                Arc::clone(&side),
+                metrics.undo_sweep.rows_awaited.clone(),
+            ),
         });
         let tables = tandem_lockserver::client::TableLockView::new(TABLE_VIEW_LEASE);
         let ctx = Arc::new(PgFrontendContext {
@@ -202,6 +205,7 @@ pub async fn run(
                 frontend,
                 lock.clone(),
                 Arc::clone(&tables),
+                metrics.mysql.undo_sweep.rows_awaited.clone(),
             )),
             outside: crate::session::outside::OutsideWriteChecks::new(
                 tables,

@@ -154,6 +154,40 @@ fn a_commit_owes_no_phase_two_to_a_branch_whose_local_commit_failed() {
         status: GlobalStatus::Committed
     }));
     assert_eq!(c.active(), 0);
+
+    // A log written before: committing, with only a failed branch left. Its work is
+    // still handed out, and its answer ends the transaction.
+    let mut c = replayed(&[
+        Record::Begin {
+            xid: x("d"),
+            at: T0,
+            deadline: T0 + 1000,
+        },
+        Record::Branch {
+            xid: x("d"),
+            branch: Branch {
+                branch_id: 1,
+                resource: "pg://h/db".into(),
+                kind: BranchKind::AT,
+                keys: vec![k(6)],
+                status: BranchStatus::Registered,
+            },
+        },
+        Record::BranchStatus {
+            xid: x("d"),
+            branch_id: 1,
+            status: BranchStatus::PhaseOneFailed,
+        },
+        Record::Status {
+            xid: x("d"),
+            status: GlobalStatus::AsyncCommitting,
+            at: T0 + 6,
+        },
+    ]);
+    let work = c.global(&x("d")).unwrap().pending_work();
+    assert_eq!(work.iter().map(|w| w.branch_id).collect::<Vec<_>>(), [1]);
+    p2(&mut c, "d", 1, Phase2Outcome::Committed);
+    assert_eq!(c.active(), 0);
 }
 
 #[test]

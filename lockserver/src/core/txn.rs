@@ -531,9 +531,15 @@ impl Global {
     /// it is a commit, without building the list (every command asks).
     pub fn for_each_pending(&self, mut f: impl FnMut(&Branch, bool)) {
         if self.status.is_committing() {
+            // Nothing owed yet still committing: a state written before PhaseOneFailed
+            // branches owed nothing. Their work (a cleanup that finds nothing) ends it.
+            let legacy = !self.branches.iter().any(|b| b.status.owes_commit());
             self.branches
                 .iter()
-                .filter(|b| b.status.owes_commit())
+                .filter(|b| {
+                    b.status.owes_commit()
+                        || (legacy && b.status != BranchStatus::PhaseTwoCommitted)
+                })
                 .for_each(|b| f(b, true));
         } else if self.status.is_rolling_back()
             && !matches!(

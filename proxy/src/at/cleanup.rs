@@ -21,10 +21,13 @@
 //! row behind for good once the COMMIT lands. So a branch whose row is not found is
 //! retried (the lockserver redelivers it with backoff) for `ABSENT_ROW_PATIENCE`, and
 //! only then taken as a branch that never committed (its local transaction died with
-//! its proxy) or whose row an earlier delivery already deleted.
+//! its proxy) or whose row an earlier delivery already deleted. A local COMMIT held up
+//! longer than that, after a global commit overtook it, still leaves its row (counted
+//! by the sweep once past the retention).
 
 use crate::control::quote_literal;
 use crate::upstream::SidePools;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,11 +49,12 @@ pub trait BatchDelete: Send + Sync + 'static {
 /// How long a committed branch's missing undo row is waited for, from the first
 /// delivery that did not find it. A local COMMIT follows its branch's registration
 /// within a round trip; this covers one held up by a commit-time lock wait or a stalled
-/// disk, and costs nothing but the global transaction's record staying open meanwhile
-/// (its locks went at the decision).
-const ABSENT_ROW_PATIENCE: Duration = Duration::from_secs(60);
+/// disk or standby, and costs nothing but the global transaction's record staying open
+/// meanwhile (its locks went at the decision) and a redelivery every few seconds.
+const ABSENT_ROW_PATIENCE: Duration = Duration::from_secs(600);
 
-/// Absent rows remembered at most; past it the stale ones are forgotten.
+/// Absent rows remembered at most. Past it, stale ones are forgotten; while it is
+/// still full, a missing row is taken as gone at once, as before this wait existed.
 const ABSENT_ROWS_KEPT: usize = 10_000;
 
 /// Deletions per statement, at most.
@@ -73,21 +77,24 @@ pub struct Cleanup {
     /// Branches whose undo row a delivery did not find → when it first did not.
     absent_since: Mutex<HashMap<(String, UndoKey), Instant>>,
     patience: Duration,
+    /// Counts the Retry answers for a row not there yet.
+    rows_awaited: Counter,
 }
 
 impl Cleanup {
-    pub fn new(engine: Arc<dyn BatchDelete>) -> Self {
+    pub fn new(engine: Arc<dyn BatchDelete>, rows_awaited: Counter) -> Self {
         Cleanup {
             engine,
             queues: Mutex::new(HashMap::new()),
             absent_since: Mutex::new(HashMap::new()),
             patience: ABSENT_ROW_PATIENCE,
+            rows_awaited,
         }
     }
 
     /// PostgreSQL's undo rows, over the side pools.
-    pub fn postgres(side: Arc<SidePools>) -> Self {
-        Cleanup::new(Arc::new(PostgresDelete(side)))
+    pub fn postgres(side: Arc<SidePools>, rows_awaited: Counter) -> Self {
+        Cleanup::new(Arc::new(PostgresDelete(side)), rows_awaited)
     }
 
     /// Phase 2 of a committed AT branch: its undo row deleted, with the others queued at
@@ -105,12 +112,22 @@ impl Cleanup {
             return BranchOutcome::Done;
         }
         let now = Instant::now();
-        if absent.len() >= ABSENT_ROWS_KEPT {
+        if absent.len() >= ABSENT_ROWS_KEPT && !absent.contains_key(&key) {
             let patience = self.patience;
-            absent.retain(|_, since| now.duration_since(*since) < patience * 2);
+            absent.retain(|_, since| now.duration_since(*since) < patience);
         }
-        let since = *absent.entry(key.clone()).or_insert(now);
-        if now.duration_since(since) < self.patience {
+        let since = match absent.get(&key) {
+            Some(since) => Some(*since),
+            None if absent.len() < ABSENT_ROWS_KEPT => {
+                absent.insert(key.clone(), now);
+                Some(now)
+            }
+            None => None,
+        };
+        if let Some(since) = since
+            && now.duration_since(since) < self.patience
+        {
+            self.rows_awaited.inc();
             return BranchOutcome::Retry {
                 reason: "no undo row yet: the branch's local COMMIT may still be on its way"
                     .to_owned(),

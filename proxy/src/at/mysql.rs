@@ -127,6 +127,7 @@ pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
 /// transaction, so one commit, per batch. The locking read names the rows the DELETE
 /// then removes (MySQL's DELETE has no RETURNING); a row inserted by a local COMMIT
 /// still on its way is waited for, or, not inserted yet, is found by a later delivery.
+/// READ COMMITTED, so that the read locks no gap a branch's undo row would go into.
 pub struct MysqlDelete(pub mysql_async::Pool);
 
 impl super::cleanup::BatchDelete for MysqlDelete {
@@ -147,9 +148,9 @@ impl super::cleanup::BatchDelete for MysqlDelete {
             let undo_log = undo_table(database);
             let delete = async {
                 let mut conn = self.0.get_conn().await?;
-                let mut tx = conn
-                    .start_transaction(mysql_async::TxOpts::default())
-                    .await?;
+                let mut opts = mysql_async::TxOpts::default();
+                opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+                let mut tx = conn.start_transaction(opts).await?;
                 let found: Vec<(String, i64)> = tx
                     .exec(
                         format!(

@@ -128,6 +128,7 @@ impl MysqlXa {
         config: &MysqlFrontend,
         lock: LockClient,
         tables: Arc<tandem_lockserver::client::TableLockView>,
+        undo_rows_awaited: prometheus_client::metrics::counter::Counter,
     ) -> Self {
         let pool = mysql_async::Pool::new(side_opts(config));
         let owners = Arc::new(Owners::default());
@@ -135,9 +136,10 @@ impl MysqlXa {
             pool: pool.clone(),
             owners: Arc::clone(&owners),
             upstream: config.upstream.clone(),
-            cleanup: crate::at::cleanup::Cleanup::new(Arc::new(crate::at::mysql::MysqlDelete(
-                pool.clone(),
-            ))),
+            cleanup: crate::at::cleanup::Cleanup::new(
+                Arc::new(crate::at::mysql::MysqlDelete(pool.clone())),
+                undo_rows_awaited,
+            ),
         });
         MysqlXa {
             owners,

@@ -219,7 +219,7 @@ impl Relay<'_> {
                     self.branch = Branch::default();
                     return Ok(Intercepted::Relay);
                 }
-                if sql.to_ascii_lowercase().contains("chain") {
+                if chains(&sql) {
                     // COMMIT AND CHAIN opens the next transaction: the backend must run it.
                     // Relayed as the extended protocol's COMMIT is, so that a failure
                     // reaches the lockserver as PhaseOneFailed.
@@ -956,7 +956,8 @@ impl Relay<'_> {
     /// A registered branch whose local COMMIT failed: nothing of it exists, and the
     /// lockserver shows it as PhaseOneFailed (its rollback then finds no undo row and
     /// writes the GlobalFinished marker). In the background: the client's answer does
-    /// not wait for it, and a lost report changes nothing but what operators see.
+    /// not wait for it. A lost report costs a global commit up to ten minutes of phase-2
+    /// retries that look for the undo row (`at::cleanup`).
     pub(super) fn report_phase_one_failed(&self, undo: Option<&UndoRow>) {
         let Some(undo) = undo else {
             return;
@@ -973,6 +974,16 @@ impl Relay<'_> {
             }
         });
     }
+}
+
+/// Whether a COMMIT (or END) statement opens the next transaction: `AND CHAIN`, not
+/// `AND NO CHAIN`.
+pub(super) fn chains(commit: &str) -> bool {
+    let lower = commit.to_ascii_lowercase();
+    let mut words = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty());
+    words.any(|w| w == "chain") && !lower.split_whitespace().any(|w| w == "no")
 }
 
 const INSERT_UNDO: &str = "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)";
@@ -1153,4 +1164,18 @@ fn split_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>> {
         });
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chains;
+
+    #[test]
+    fn only_and_chain_chains() {
+        assert!(chains("COMMIT AND CHAIN"));
+        assert!(chains("end and\n chain"));
+        assert!(!chains("COMMIT AND NO CHAIN"));
+        assert!(!chains("COMMIT"));
+        assert!(!chains("COMMIT /* chained */"));
+    }
 }

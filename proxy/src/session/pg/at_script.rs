@@ -53,6 +53,11 @@ impl Relay<'_> {
                 Analysis::Commit if i != last => {
                     Some("COMMIT before the last statement of a query")
                 }
+                // tandem commits the script's branch itself, with a plain COMMIT: the
+                // chained transaction would not open.
+                Analysis::Commit if super::at::chains(pieces[i]) => {
+                    Some("COMMIT AND CHAIN in a multi-statement query (send it alone)")
+                }
                 Analysis::Rollback => Some("ROLLBACK in a multi-statement query"),
                 Analysis::LockingRead(None) => {
                     Some("SELECT … FOR UPDATE over several tables inside a global transaction")

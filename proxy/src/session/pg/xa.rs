@@ -293,8 +293,9 @@ impl Relay<'_> {
             .exchange_simple(&format!("PREPARE TRANSACTION {}", quote_literal(&gid)))
             .await?;
         let success = prepared.error.is_none();
-        // The report is for operators; phase 2 and recovery find the branch by its id
-        // whether or not the report arrives, so the client does not wait for it.
+        // Phase 2 and recovery find the branch by its id whether or not the report
+        // arrives (a failed branch's report only spares a global commit its phase 2),
+        // so the client does not wait for it.
         let lock = self.ctx.lock.clone();
         let report_xid = xid.clone();
         tokio::spawn(async move {

@@ -639,7 +639,12 @@ async fn a_global_commit_that_overtakes_a_branchs_local_commit_still_deletes_its
             .as_deref(),
         Some("Committed")
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    eventually("phase 2 looks for the undo row, and is retried", || async {
+        tandem.metric("tandem_mysql_undo_rows_awaited_total").await >= 2.0
+    })
+    .await;
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(txn["status"], "AsyncCommitting", "{txn}");
     release_undo_rows(&db, &mut holder).await;
     commit
         .await

@@ -320,13 +320,23 @@ async fn a_global_commit_that_overtakes_a_branchs_local_commit_still_deletes_its
         one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
         Some("Committed")
     );
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    eventually("phase 2 looks for the undo row, and is retried", || async {
+        tandem.metric("tandem_pg_undo_rows_awaited_total").await >= 2.0
+    })
+    .await;
+    let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(txn["status"], "AsyncCommitting", "{txn}");
     assert!(!committing.is_finished(), "B's COMMIT did not wait");
     holder.batch_execute("COMMIT").await.unwrap();
     let (result, _b) = committing.await.unwrap();
     result.expect("B's local COMMIT succeeds");
     eventually("the late undo row is deleted", || async {
         undo_rows(&direct).await == 0
+    })
+    .await;
+    eventually("the global transaction is over", || async {
+        let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+        txn["status"] == "Committed"
     })
     .await;
     let kids: i64 = direct

@@ -1716,9 +1716,37 @@ async fn commit_and_chain_commits_a_branch_and_captures_the_next_transaction() {
         .unwrap();
     let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
     assert_eq!(txn["branches"].as_array().map(Vec::len), Some(2), "{txn}");
+    for branch in [0, 1] {
+        assert_eq!(
+            txn["branches"][branch]["status"], "Registered",
+            "no failure reported: {txn}"
+        );
+    }
     rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before, "both branches undone exactly");
     assert_eq!(undo_rows(&direct).await, 0);
+
+    // At the end of a multi-statement query tandem would commit the branch itself, and
+    // the chained transaction would not open: refused, and nothing runs.
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = a
+        .batch_execute("BEGIN; UPDATE accounts SET balance = 3 WHERE id = 3; COMMIT AND CHAIN")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    assert_eq!(
+        one(&a, "SELECT pg_current_xact_id_if_assigned()::text")
+            .await
+            .unwrap(),
+        None,
+        "no transaction left open"
+    );
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
 
     // A COMMIT AND CHAIN that fails on a deferred constraint, after tandem registered
     // the branch: reported PhaseOneFailed, so the global commit owes it nothing.
