@@ -53,6 +53,19 @@ pub struct Column {
     pub sql_type: String,
     /// A generated column: computed by the server, never written back.
     pub generated: bool,
+    /// MySQL: the character set and collation a string column's values are compared
+    /// by, where equal values may differ in bytes (`'Bob'` and `'bob '` under
+    /// utf8mb4_general_ci). None for other columns, and on PostgreSQL.
+    pub collation: Option<Collation>,
+}
+
+/// A character set and one of its collations, as MySQL names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collation {
+    /// `utf8mb4`, `latin1`, …
+    pub charset: String,
+    /// `utf8mb4_general_ci`, `latin1_bin`, …
+    pub name: String,
 }
 
 /// What AT mode needs to know about a table.
@@ -114,6 +127,15 @@ impl TableMeta {
         self.pk
             .iter()
             .map(|&i| row.get(i).cloned().flatten())
+            .collect()
+    }
+
+    /// The collation each primary-key part is compared by, in key order, where one is
+    /// ([`Column::collation`]); None for the other parts.
+    pub fn key_collations(&self) -> Vec<Option<&Collation>> {
+        self.pk
+            .iter()
+            .map(|&i| self.columns.get(i).and_then(|c| c.collation.as_ref()))
             .collect()
     }
 
@@ -477,6 +499,7 @@ mod tests {
                     type_oid: 23,
                     sql_type: "integer".into(),
                     generated: false,
+                    collation: None,
                 })
                 .collect(),
             pk: vec![0],

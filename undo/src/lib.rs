@@ -30,5 +30,5 @@ pub use analyze::{
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;
-pub use image::{Capture, Column, Row, TableMeta, Value, row_from_returned_image};
+pub use image::{Capture, Collation, Column, Row, TableMeta, Value, row_from_returned_image};
 pub use record::{RowImages, TableUndo, UndoRecord};

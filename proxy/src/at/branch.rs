@@ -254,23 +254,16 @@ impl Branch {
         }
     }
 
-    /// The global lock keys of every row the branch has touched so far, for an engine
-    /// whose text keys are the hex of the key's binary values (MySQL's `keyed`): the
-    /// same keys [`Branch::finish`] gives, plus those of rows inserted and deleted
-    /// again, which it leaves out once their after images are read. Lets a COMMIT
-    /// register while it reads the after images.
-    pub fn lock_keys_of_hex_keys(&self, resource: &str) -> Vec<LockKey> {
+    /// Every row the branch has touched so far, by table, in first-change order: the
+    /// rows whose keys [`Branch::finish`] gives, plus rows inserted and deleted again,
+    /// which it leaves out once their after images are read. Lets a COMMIT register
+    /// while it reads the after images, for an engine whose text keys are the hex of the
+    /// key's binary values (MySQL's `keyed`; [`unhex`]).
+    pub fn touched_keys(&self) -> Vec<(Arc<TableMeta>, Vec<TextKey>)> {
         self.tables
             .iter()
-            .flat_map(|t| {
-                let table = qualified_name(&t.meta);
-                t.order.iter().map(move |key| {
-                    let pk = key
-                        .iter()
-                        .map(|v| v.clone().unwrap_or_else(|| "null".to_owned()));
-                    LockKey::new(resource, &table, pk)
-                })
-            })
+            .filter(|t| !t.order.is_empty())
+            .map(|t| (Arc::clone(&t.meta), t.order.clone()))
             .collect()
     }
 
@@ -284,7 +277,7 @@ impl Branch {
     }
 
     /// The undo record alone, for a COMMIT that registered its lock keys already
-    /// ([`Branch::lock_keys_of_hex_keys`]).
+    /// (by [`Branch::touched_keys`]).
     pub fn into_record(self) -> UndoRecord {
         self.into_record_with(|_, _| {})
     }
@@ -351,6 +344,15 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes [`hex`] wrote; None for NULL (or text that is not hex).
+pub fn unhex(text: Option<&str>) -> Option<Vec<u8>> {
+    let text = text?;
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,12 +370,14 @@ mod tests {
                     type_oid: 23,
                     sql_type: "integer".into(),
                     generated: false,
+                    collation: None,
                 },
                 Column {
                     name: "v".into(),
                     type_oid: 25,
                     sql_type: "text".into(),
                     generated: false,
+                    collation: None,
                 },
             ],
             pk: vec![0],
@@ -512,7 +516,7 @@ mod tests {
     /// MySQL registers while it reads the after images: the keys it registers must be
     /// the ones the finished branch names, when text keys are the hex of binary keys.
     #[test]
-    fn lock_keys_of_hex_keys_match_the_finished_branchs_keys() {
+    fn touched_keys_match_the_finished_branchs_keys() {
         let m = meta();
         let hex_key = |id: u8| vec![Some(hex(&[0, 0, 0, id]))];
         let mut b = Branch::default();
@@ -521,7 +525,18 @@ mod tests {
             vec![(row(1, "a"), hex_key(1)), (row(4, "d"), hex_key(4))],
         );
         b.record_inserted(&m, vec![hex_key(2), hex_key(3)]);
-        let early = b.lock_keys_of_hex_keys("mysql://h:3306");
+        let early: Vec<LockKey> = b
+            .touched_keys()
+            .into_iter()
+            .flat_map(|(meta, keys)| {
+                keys.into_iter()
+                    .map(|key| {
+                        let binary: Vec<_> = key.iter().map(|v| unhex(v.as_deref())).collect();
+                        lock_key("mysql://h:3306", &meta, &binary)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         b.record_after(
             &m,
             vec![

@@ -90,6 +90,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
             type_oid: r.get::<_, i64>(3) as u32,
             sql_type: r.get(6),
             generated: r.get(4),
+            collation: None,
         })
         .collect();
     let pk_names: Vec<String> = client

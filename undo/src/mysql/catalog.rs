@@ -10,7 +10,7 @@
 use super::types;
 use crate::analyze::TableRef;
 use crate::error::Error;
-use crate::image::{Column, TableMeta};
+use crate::image::{Collation, Column, TableMeta};
 
 /// Every query takes two parameters, in this order: the schema (NULL: the connection's
 /// current database) and the table name.
@@ -27,11 +27,13 @@ pub const TABLE: &str = concat!(
     this_table!("TABLE_SCHEMA", "TABLE_NAME")
 );
 
-/// Its columns in ordinal order: `COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA`. EXTRA
-/// tells the generated columns (`VIRTUAL GENERATED`, `STORED GENERATED`) and the
-/// AUTO_INCREMENT one (`auto_increment`).
+/// Its columns in ordinal order: `COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA,
+/// CHARACTER_SET_NAME, COLLATION_NAME`. EXTRA tells the generated columns (`VIRTUAL
+/// GENERATED`, `STORED GENERATED`) and the AUTO_INCREMENT one (`auto_increment`); the
+/// last two are NULL but for strings of a character set.
 pub const COLUMNS: &str = concat!(
-    "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA FROM information_schema.COLUMNS WHERE ",
+    "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA, CHARACTER_SET_NAME, COLLATION_NAME \
+     FROM information_schema.COLUMNS WHERE ",
     this_table!("TABLE_SCHEMA", "TABLE_NAME"),
     " ORDER BY ORDINAL_POSITION"
 );
@@ -132,12 +134,30 @@ impl MysqlTable {
             if extra.contains("auto_increment") {
                 auto_increment = Some(i);
             }
+            let collation = match (
+                field(row, 4, "CHARACTER_SET_NAME")?,
+                field(row, 5, "COLLATION_NAME")?,
+            ) {
+                (Some(charset), Some(collation)) if types::compares_by_collation(type_oid) => {
+                    if !is_name(charset) || !is_name(collation) {
+                        return Err(Error::Catalog {
+                            what: format!("column {name} has collation {charset} {collation}"),
+                        });
+                    }
+                    Some(Collation {
+                        charset: charset.to_owned(),
+                        name: collation.to_owned(),
+                    })
+                }
+                _ => None,
+            };
             columns.push(Column {
                 name,
                 type_oid,
                 sql_type: String::new(),
                 generated: extra.contains("virtual generated")
                     || extra.contains("stored generated"),
+                collation,
             });
         }
         let position = |name: &str| columns.iter().position(|c| c.name == name.to_lowercase());
@@ -179,6 +199,11 @@ impl MysqlTable {
             refusal: (!refusals.is_empty()).then(|| refusals.join("; ")),
         })
     }
+}
+
+/// A character set's or collation's name as MySQL spells them, safe to write into SQL.
+fn is_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn field<'a>(row: &'a CatalogRow, at: usize, name: &str) -> Result<Option<&'a str>, Error> {

@@ -6,7 +6,7 @@ use super::*;
 use crate::analyze::{Analysis, TableRef, Write, analyze};
 use crate::dialect::Mysql;
 use crate::error::Error;
-use crate::image::{Capture, Column};
+use crate::image::{Capture, Collation, Column};
 
 fn row(values: &[Option<&str>]) -> CatalogRow {
     values.iter().map(|v| v.map(str::to_owned)).collect()
@@ -32,31 +32,48 @@ fn catalog() -> Catalog {
                 Some("bigint"),
                 Some("bigint(20) unsigned"),
                 Some("auto_increment"),
+                None,
+                None,
             ]),
             row(&[
                 Some("Email"),
                 Some("varchar"),
                 Some("varchar(80)"),
                 Some(""),
+                Some("utf8mb4"),
+                Some("utf8mb4_general_ci"),
             ]),
-            row(&[Some("name"), Some("char"), Some("char(10)"), Some("")]),
+            row(&[
+                Some("name"),
+                Some("char"),
+                Some("char(10)"),
+                Some(""),
+                Some("latin1"),
+                Some("latin1_bin"),
+            ]),
             row(&[
                 Some("balance"),
                 Some("decimal"),
                 Some("decimal(12,2)"),
                 Some(""),
+                None,
+                None,
             ]),
             row(&[
                 Some("seen"),
                 Some("timestamp"),
                 Some("timestamp(6)"),
                 Some("DEFAULT_GENERATED on update CURRENT_TIMESTAMP(6)"),
+                None,
+                None,
             ]),
             row(&[
                 Some("total"),
                 Some("decimal"),
                 Some("decimal(13,2)"),
                 Some("STORED GENERATED"),
+                None,
+                None,
             ]),
         ],
         unique_keys: vec![
@@ -111,13 +128,26 @@ fn the_catalog_builds_the_table() {
         type_oid,
         generated,
         sql_type: String::new(),
+        collation: None,
+    };
+    let collated = |name: &str, type_oid: u32, charset: &str, collation: &str| Column {
+        collation: Some(Collation {
+            charset: charset.into(),
+            name: collation.into(),
+        }),
+        ..column(name, type_oid, false)
     };
     assert_eq!(
         t.meta.columns,
         vec![
             column("id", LONGLONG | UNSIGNED, false),
-            column("email", VAR_STRING | CHARACTER, false),
-            column("name", STRING | CHARACTER, false),
+            collated(
+                "email",
+                VAR_STRING | CHARACTER,
+                "utf8mb4",
+                "utf8mb4_general_ci"
+            ),
+            collated("name", STRING | CHARACTER, "latin1", "latin1_bin"),
             column("balance", NEWDECIMAL, false),
             column("seen", types::TIMESTAMP, false),
             column("total", NEWDECIMAL, true),
@@ -134,7 +164,14 @@ fn the_catalog_builds_the_table() {
 fn tables_tandem_cannot_capture_still_build_with_their_reason() {
     let mut c = catalog();
     c.table[0][2] = Some("MyISAM".into());
-    c.columns[3] = row(&[Some("addr"), Some("inet6"), Some("inet6"), Some("")]);
+    c.columns[3] = row(&[
+        Some("addr"),
+        Some("inet6"),
+        Some("inet6"),
+        Some(""),
+        None,
+        None,
+    ]);
     c.unique_keys
         .push(row(&[Some("name_prefix"), Some("name"), Some("4")]));
     c.triggers = count(2);
@@ -173,7 +210,7 @@ fn catalog_rows_of_the_wrong_shape_are_errors() {
 fn catalog_queries_take_the_schema_then_the_table() {
     assert_eq!(
         catalog::COLUMNS,
-        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, EXTRA, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
     );
     assert_eq!(
         catalog::UNIQUE_KEYS,
@@ -439,4 +476,41 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
         t.before_image(&write("UPDATE accounts SET balance = RAND() WHERE id = 1"))
             .is_ok()
     );
+}
+
+#[test]
+fn keys_a_collation_compares_are_weighed_without_trailing_spaces() {
+    let mut c = catalog();
+    // A key of the case-insensitive e-mail and the binary-collated name.
+    c.unique_keys = vec![
+        row(&[Some("PRIMARY"), Some("Email"), None]),
+        row(&[Some("PRIMARY"), Some("name"), None]),
+    ];
+    let t = MysqlTable::from_catalog(&TableRef::default(), &c).unwrap();
+    let collations: Vec<_> = t.meta.key_collations().into_iter().flatten().collect();
+    assert_eq!(
+        collations
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["utf8mb4_general_ci", "latin1_bin"]
+    );
+    assert_eq!(
+        types::weights_sql(&collations, 3),
+        "SELECT WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING utf8mb4) FROM CONVERT(? USING utf8mb4)) COLLATE utf8mb4_general_ci), \
+         WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING latin1) FROM CONVERT(? USING latin1)) COLLATE latin1_bin), \
+         WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING utf8mb4) FROM CONVERT(? USING utf8mb4)) COLLATE utf8mb4_general_ci)"
+    );
+    assert_eq!(
+        table().meta.key_collations(),
+        [None],
+        "an integer key is not"
+    );
+    // Names go into SQL as they are: anything but a name is a catalog error.
+    let mut c = catalog();
+    c.columns[1][5] = Some("x) OR (1".into());
+    assert!(matches!(
+        MysqlTable::from_catalog(&TableRef::default(), &c),
+        Err(Error::Catalog { .. })
+    ));
 }

@@ -10,6 +10,7 @@
 //! that [`restore`] writes the same value back.
 
 use crate::error::Error;
+use crate::image::Collation;
 
 /// `MYSQL_TYPE_TINY`.
 pub const TINY: u32 = 1;
@@ -104,6 +105,38 @@ pub fn type_code(data_type: &str, column_type: &str) -> Result<u32, Error> {
         }
     };
     Ok(code)
+}
+
+/// Whether values of this type are compared by a collation, so that equal values may
+/// differ in bytes: strings of a character set. ENUM and SET store one spelling per
+/// member.
+pub fn compares_by_collation(type_code: u32) -> bool {
+    type_code & CHARACTER != 0 && matches!(base(type_code), STRING | VAR_STRING | BLOB)
+}
+
+/// The weight `collation` gives a value of its character set bound as a binary string
+/// (`placeholder`, under `SET NAMES binary`): the same for values the server calls
+/// equal. Trailing spaces go first: WEIGHT_STRING keeps them, yet PAD SPACE collations
+/// (most, the `_bin` ones included) compare without them. Under a NO PAD collation two
+/// values that differ only there then weigh the same, which makes their keys lock each
+/// other: too much, never too little.
+pub fn weight(placeholder: &str, collation: &Collation) -> String {
+    let Collation { charset, name } = collation;
+    format!(
+        "WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING {charset}) FROM CONVERT({placeholder} USING {charset})) COLLATE {name})"
+    )
+}
+
+/// One row of the weights of `values` values, the k-th compared by `collations[k %
+/// collations.len()]`, each bound as a binary string ([`weight`]).
+pub fn weights_sql(collations: &[&Collation], values: usize) -> String {
+    let weights: Vec<String> = collations
+        .iter()
+        .cycle()
+        .take(values)
+        .map(|c| weight("?", c))
+        .collect();
+    format!("SELECT {}", weights.join(", "))
 }
 
 /// Whether a column of this type can be part of a key that tandem binds: a key is

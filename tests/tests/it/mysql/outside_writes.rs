@@ -509,3 +509,70 @@ async fn an_insert_only_role_still_inserts_into_a_table_that_holds_global_locks(
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A key its collation compares (utf8mb4_general_ci: case-insensitive, trailing spaces
+/// ignored) names one row however it is spelled: a global transaction that deleted
+/// `'Bob@x.com'` holds `'bOB@X.com  '` too, against another global transaction and
+/// against a write outside one. Otherwise that INSERT would go in, and the holder's
+/// rollback would meet it as a duplicate key.
+#[tokio::test]
+async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
+    let db = prepare("my_collated_keys").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE users (email VARCHAR(40) PRIMARY KEY, note VARCHAR(20)) ENGINE=InnoDB \
+             DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci;
+             INSERT INTO users VALUES ('Bob@x.com', 'a'), ('Ann@x.com', 'b');",
+        )
+        .await
+        .unwrap();
+    let before = super::at_mode::dump(&mut direct, "users").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let global = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut a =
+        in_global_transaction(&global, &db, "DELETE FROM users WHERE email = 'Bob@x.com'").await;
+
+    let mut b = my::connect(&global, &db.name).await;
+    text(&mut b, "SELECT tandem_begin(60000)").await.unwrap();
+    let e = b
+        .query_drop("INSERT INTO users VALUES ('bOB@X.com  ', 'c')")
+        .await
+        .expect_err("another spelling of the held key waits, then fails");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    rolled_back(&mut b).await;
+
+    let mut c = my::connect(&outside, &db.name).await;
+    for sql in [
+        "INSERT INTO users VALUES ('BOB@X.COM', 'd')",
+        "INSERT INTO users VALUES ('bob@x.com ', 'd')",
+    ] {
+        let e = c.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{sql}: {e}");
+    }
+    // Another key is not held, however it is spelled.
+    c.query_drop("UPDATE users SET note = 'n' WHERE email = 'ANN@X.COM'")
+        .await
+        .unwrap();
+    assert_eq!(c.affected_rows(), 1);
+    c.query_drop("UPDATE users SET note = 'b' WHERE email = 'ann@x.com'")
+        .await
+        .unwrap();
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        super::at_mode::dump(&mut direct, "users").await,
+        before,
+        "rolled back exactly"
+    );
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}

@@ -12,15 +12,15 @@
 use super::Relay;
 use super::client_side::Handled;
 use super::own::{AroundWrite, Own, OwnError, OwnStatements};
-use crate::at::branch::{Branch, TextKey, hex, lock_key};
-use crate::at::mysql::{AtTable, undo_table};
+use crate::at::branch::{Branch, TextKey, hex, lock_key, unhex};
+use crate::at::mysql::{AtTable, KeyValues, undo_table, weigh_keys};
 use crate::error::{Error, Result};
 use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::errcode::MyErr;
 use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
 use std::sync::Arc;
-use tandem_lockserver::client::BranchKind;
+use tandem_lockserver::client::{BranchKind, LockKey};
 use tandem_undo::mysql::types;
 use tandem_undo::{Analysis, Dialect, LockedRead, Mysql, OnDuplicate, Row, Write, WriteKind};
 
@@ -824,7 +824,17 @@ impl Relay<'_> {
         // The branch registers (its lock keys are known: every row it touched) while
         // the after images are read: two round trips at once, to the lockserver and to
         // the server, while the local row locks are held.
-        let keys = self.at_branch.lock_keys_of_hex_keys(&ctx.xa.lock_scope());
+        let mut keys = Vec::new();
+        for (meta, touched) in self.at_branch.touched_keys() {
+            let binary: Vec<KeyValues> = touched
+                .iter()
+                .map(|key| key.iter().map(|v| unhex(v.as_deref())).collect())
+                .collect();
+            match self.lock_keys(&meta, binary).await {
+                Ok(table_keys) => keys.extend(table_keys),
+                Err(e) => return self.abandon(AtFailure::Refused(e)).await,
+            }
+        }
         ctx.xa.serve(&resource);
         let register =
             ctx.lock
@@ -965,16 +975,27 @@ impl Relay<'_> {
                 return Ok(Handled::Answer);
             }
         };
-        let scope = self.ctx.xa.lock_scope();
-        let keys: Vec<_> = rows
-            .iter()
-            .map(|key| lock_key(&scope, &table.meta, key))
-            .collect();
+        let keys = match self.lock_keys(&table.meta, rows).await {
+            Ok(keys) => keys,
+            Err(e) => return self.refuse(e),
+        };
         match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, self.ctx.lock_wait).await
         {
             Ok(()) => Ok(Handled::Relay),
             Err(e) => self.refuse(e),
         }
+    }
+
+    /// The global lock keys of rows of `meta` (their key values as images read them),
+    /// key parts a collation compares named by their weights (`weigh_keys`).
+    pub(super) async fn lock_keys(
+        &self,
+        meta: &tandem_undo::TableMeta,
+        mut keys: Vec<KeyValues>,
+    ) -> Result<Vec<LockKey>> {
+        weigh_keys(self.ctx.xa.pool(), meta, &mut keys).await?;
+        let scope = self.ctx.xa.lock_scope();
+        Ok(keys.iter().map(|key| lock_key(&scope, meta, key)).collect())
     }
 
     pub(super) fn put_failure(&mut self, failure: &AtFailure) {
@@ -1082,14 +1103,6 @@ fn keyed(meta: &Arc<tandem_undo::TableMeta>, rows: Vec<BinaryRow>) -> Vec<(Row, 
 /// The first column of the first row of one of tandem's one-value SELECTs.
 fn first_value(rows: Vec<BinaryRow>) -> Option<Vec<u8>> {
     rows.into_iter().next()?.into_iter().next().flatten()
-}
-
-fn unhex(text: Option<&str>) -> Option<Vec<u8>> {
-    let text = text?;
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Statements that never end a transaction implicitly, by their first word: what may

@@ -258,7 +258,7 @@ impl Relay<'_> {
         deadline: Instant,
     ) -> Result<Option<Handled>> {
         let keys = match self.own_select(sql, params).await? {
-            Ok(rows) => self.keys_of(table, &rows),
+            Ok(rows) => self.keys_of(table, &rows).await,
             Err(e) => {
                 // The write would fail the same way (a deadlock has ended the
                 // transaction: running it would start afresh in autocommit).
@@ -295,7 +295,7 @@ impl Relay<'_> {
                 return Ok(Some(Handled::Answer));
             }
             let keys = match self.own_select(sql, params).await? {
-                Ok(rows) => self.keys_of(table, &rows),
+                Ok(rows) => self.keys_of(table, &rows).await,
                 Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
             };
             if let Check::Held(holder) = self.check(&keys).await {
@@ -429,10 +429,10 @@ impl Relay<'_> {
                 Some(Ok(_)) if ok.affected_rows == 0 => Vec::new(),
                 Some(Ok(rows)) => {
                     let met = match &around.before {
-                        Some(Ok(met)) => self.keys_of(table, met),
+                        Some(Ok(met)) => self.keys_of(table, met).await,
                         _ => Vec::new(),
                     };
-                    let mut keys = self.keys_of(table, &rows);
+                    let mut keys = self.keys_of(table, &rows).await;
                     keys.retain(|k| !met.contains(k));
                     keys
                 }
@@ -520,12 +520,21 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// The lock keys of the rows a check read (their key columns, as images read them).
-    fn keys_of(&self, table: &AtTable, rows: &[BinaryRow]) -> Vec<LockKey> {
-        let scope = self.ctx.xa.lock_scope();
-        rows.iter()
-            .map(|row| lock_key(&scope, &table.meta, &table.meta.key_of(row)))
-            .collect()
+    /// The lock keys of the rows a check read (their key columns, as images read them;
+    /// `lock_keys`). Should the weighing of keys a collation compares fail, the keys as
+    /// read still catch a holder that spelled them alike.
+    async fn keys_of(&self, table: &AtTable, rows: &[BinaryRow]) -> Vec<LockKey> {
+        let keys: Vec<_> = rows.iter().map(|row| table.meta.key_of(row)).collect();
+        match self.lock_keys(&table.meta, keys.clone()).await {
+            Ok(weighed) => weighed,
+            Err(e) => {
+                tracing::debug!(parent: &self.span, error = %e, "outside write checked by its keys' bytes");
+                let scope = self.ctx.xa.lock_scope();
+                keys.iter()
+                    .map(|key| lock_key(&scope, &table.meta, key))
+                    .collect()
+            }
+        }
     }
 
     /// Who holds any of `keys`. A lockserver that does not answer counts as nobody:
