@@ -321,14 +321,24 @@ impl Branch {
 }
 
 /// The global lock key of a row, from its binary key values: binary does not depend on
-/// session settings (DateStyle and the like), so every session names a row alike.
+/// session settings (DateStyle and the like), so every session names a row alike. A
+/// value longer than 64 bytes is named by its SHA-256, so that a key stays within the
+/// lockserver's bound however long the values: a collision would only make two rows
+/// lock each other.
 pub fn lock_key(resource: &str, meta: &TableMeta, key: &[Option<Vec<u8>>]) -> LockKey {
     let pk = key.iter().map(|v| match v {
+        Some(bytes) if bytes.len() > LONGEST_KEY_PART => {
+            use sha2::Digest;
+            format!("sha256:{}", hex(&sha2::Sha256::digest(bytes)))
+        }
         Some(bytes) => hex(bytes),
         None => "null".to_owned(),
     });
     LockKey::new(resource, &qualified_name(meta), pk)
 }
+
+/// Key values longer than this are hashed in a lock key.
+const LONGEST_KEY_PART: usize = 64;
 
 /// `schema.table`, as lock keys and checks of writes outside global transactions name
 /// a table.

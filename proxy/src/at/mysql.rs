@@ -115,31 +115,52 @@ pub type KeyValues = Vec<Option<Vec<u8>>>;
 /// Values bound to one weighing statement, at most.
 const WEIGHED_PER_STATEMENT: usize = 1_000;
 
-/// Replaces each key part of `keys` (rows of `meta`) that a collation compares by the
-/// weight the server gives it, so that the global lock key of a row is the same
-/// whichever spelling names it: under utf8mb4_general_ci a DELETE of `'Bob'` and a
-/// later INSERT of `'bob '` are the same row, and must meet at the lockserver. Over
-/// `pool` (WEIGHT_STRING is a function of the value and the collation alone); one round
-/// trip per 1,000 values, none for a table whose key has no such part.
+/// Replaces each key part that a collation compares, in every set of `keys` (rows of
+/// its table), by what the server weighs it at ([`types::lock_key_part`]), so that the
+/// global lock key of a row is the same whichever spelling names it: under
+/// utf8mb4_general_ci a DELETE of `'Bob'` and a later INSERT of `'bob '` are the same
+/// row, and must meet at the lockserver. Over one connection of `pool` (WEIGHT_STRING
+/// is a function of the value and the collation alone), one statement per 1,000
+/// values; none at all when no table's key has such a part.
 pub async fn weigh_keys(
     pool: &mysql_async::Pool,
-    meta: &tandem_undo::TableMeta,
+    sets: &mut [(&tandem_undo::TableMeta, &mut [KeyValues])],
+) -> Result<()> {
+    let mut conn: Option<mysql_async::Conn> = None;
+    for (meta, keys) in sets.iter_mut() {
+        let parts: Vec<(usize, &tandem_undo::Collation)> = meta
+            .key_collations()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(at, collation)| collation.map(|c| (at, c)))
+            .collect();
+        if parts.is_empty() || keys.is_empty() {
+            continue;
+        }
+        let conn = match &mut conn {
+            Some(conn) => conn,
+            None => {
+                let mut fresh = pool.get_conn().await?;
+                // The values are the column's own bytes: bound as binary strings,
+                // nothing converts them on the way.
+                fresh.query_drop("SET NAMES binary").await?;
+                conn.insert(fresh)
+            }
+        };
+        weigh_table_keys(conn, &parts, keys).await?;
+    }
+    Ok(())
+}
+
+/// [`weigh_keys`] for one table's keys, whose parts `parts` (position in the key,
+/// collation) a collation compares.
+async fn weigh_table_keys(
+    conn: &mut mysql_async::Conn,
+    parts: &[(usize, &tandem_undo::Collation)],
     keys: &mut [KeyValues],
 ) -> Result<()> {
-    let parts: Vec<(usize, &tandem_undo::Collation)> = meta
-        .key_collations()
-        .into_iter()
-        .enumerate()
-        .filter_map(|(at, collation)| collation.map(|c| (at, c)))
-        .collect();
-    if parts.is_empty() || keys.is_empty() {
-        return Ok(());
-    }
     let collations: Vec<&tandem_undo::Collation> = parts.iter().map(|(_, c)| *c).collect();
-    let mut conn = pool.get_conn().await?;
-    // The values are the column's own bytes: bound as binary strings, nothing converts
-    // them on the way.
-    conn.query_drop("SET NAMES binary").await?;
+    let unexpected = |what: String| crate::error::Error::Injected { message: what };
     for chunk in keys.chunks_mut((WEIGHED_PER_STATEMENT / parts.len()).max(1)) {
         let params: Vec<Value> = chunk
             .iter()
@@ -152,23 +173,33 @@ pub async fn weigh_keys(
             .collect();
         let sql = types::weights_sql(&collations, params.len());
         let row: Option<mysql_async::Row> = conn.exec_first(sql, params).await?;
-        let mut weights = row
+        let mut values = row
             .map(mysql_async::Row::unwrap)
             .unwrap_or_default()
-            .into_iter();
+            .into_iter()
+            .map(|v| match v {
+                Value::Bytes(bytes) => Ok(Some(bytes)),
+                Value::NULL => Ok(None),
+                other => Err(unexpected(format!("a key's weight came back as {other:?}"))),
+            });
+        let mut pads = Vec::with_capacity(parts.len());
+        for _ in parts {
+            let mut probe = || {
+                values
+                    .next()
+                    .unwrap_or(Ok(None))
+                    .map(Option::unwrap_or_default)
+            };
+            let (space, a_space, a) = (probe()?, probe()?, probe()?);
+            pads.push(types::pad_weight(&space, &a_space, &a));
+        }
         for key in chunk.iter_mut() {
-            for &(at, _) in &parts {
-                let weight = match weights.next() {
-                    Some(Value::Bytes(bytes)) => Some(bytes),
-                    Some(Value::NULL) => None,
-                    other => {
-                        return Err(crate::error::Error::Injected {
-                            message: format!("a key's weight came back as {other:?}"),
-                        });
-                    }
-                };
+            for (&(at, _), pad) in parts.iter().zip(&pads) {
+                let weight = values
+                    .next()
+                    .ok_or_else(|| unexpected("fewer weights than keys".to_owned()))??;
                 if let Some(part) = key.get_mut(at) {
-                    *part = weight;
+                    *part = weight.map(|w| types::lock_key_part(w, pad.as_deref()));
                 }
             }
         }

@@ -495,11 +495,22 @@ fn keys_a_collation_compares_are_weighed_without_trailing_spaces() {
             .collect::<Vec<_>>(),
         ["utf8mb4_general_ci", "latin1_bin"]
     );
-    assert_eq!(
-        types::weights_sql(&collations, 3),
-        "SELECT WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING utf8mb4) FROM CONVERT(? USING utf8mb4)) COLLATE utf8mb4_general_ci), \
-         WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING latin1) FROM CONVERT(? USING latin1)) COLLATE latin1_bin), \
-         WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING utf8mb4) FROM CONVERT(? USING utf8mb4)) COLLATE utf8mb4_general_ci)"
+    let general = "WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING utf8mb4) FROM CONVERT(? USING utf8mb4)) COLLATE utf8mb4_general_ci)";
+    let sql = types::weights_sql(&collations, 3);
+    assert!(
+        sql.starts_with(
+            "SELECT WEIGHT_STRING(CHAR(32 USING utf8mb4) COLLATE utf8mb4_general_ci), \
+             WEIGHT_STRING(CONCAT(CHAR(97 USING utf8mb4), CHAR(32 USING utf8mb4)) COLLATE utf8mb4_general_ci), \
+             WEIGHT_STRING(CHAR(97 USING utf8mb4) COLLATE utf8mb4_general_ci), \
+             WEIGHT_STRING(CHAR(32 USING latin1) COLLATE latin1_bin)"
+        ),
+        "{sql}"
+    );
+    assert!(
+        sql.ends_with(&format!(
+            "{general}, WEIGHT_STRING(TRIM(TRAILING CHAR(32 USING latin1) FROM CONVERT(? USING latin1)) COLLATE latin1_bin), {general}"
+        )),
+        "{sql}"
     );
     assert_eq!(
         table().meta.key_collations(),
@@ -513,4 +524,26 @@ fn keys_a_collation_compares_are_weighed_without_trailing_spaces() {
         MysqlTable::from_catalog(&TableRef::default(), &c),
         Err(Error::Catalog { .. })
     ));
+}
+
+#[test]
+fn trailing_space_weights_go_where_a_collation_appends_them() {
+    // utf8mb4_unicode_ci (MariaDB): ' ' 0209, 'a' 0E33, 'a ' 0E33 0209.
+    let pad = types::pad_weight(&[0x02, 0x09], &[0x0e, 0x33, 0x02, 0x09], &[0x0e, 0x33]);
+    assert_eq!(pad.as_deref(), Some(&[0x02, 0x09][..]));
+    // 'a' + NO-BREAK SPACE weighs 0E33 0209 there: the same key as 'a'.
+    assert_eq!(
+        types::lock_key_part(vec![0x0e, 0x33, 0x02, 0x09, 0x02, 0x09], pad.as_deref()),
+        [0x0e, 0x33]
+    );
+    // utf8mb4_uca1400_as_cs: levels one after the other, so a space is not appended.
+    let interleaved = types::pad_weight(
+        &[0x02, 0x09, 0x00, 0x20, 0x00, 0x02],
+        &[
+            0x20, 0x75, 0x02, 0x09, 0x00, 0x20, 0x00, 0x20, 0x00, 0x02, 0x00, 0x02,
+        ],
+        &[0x20, 0x75, 0x00, 0x20, 0x00, 0x02],
+    );
+    assert_eq!(interleaved, None);
+    assert_eq!(types::lock_key_part(vec![1, 2, 9], None), [1, 2, 9]);
 }

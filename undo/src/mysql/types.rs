@@ -115,11 +115,11 @@ pub fn compares_by_collation(type_code: u32) -> bool {
 }
 
 /// The weight `collation` gives a value of its character set bound as a binary string
-/// (`placeholder`, under `SET NAMES binary`): the same for values the server calls
-/// equal. Trailing spaces go first: WEIGHT_STRING keeps them, yet PAD SPACE collations
-/// (most, the `_bin` ones included) compare without them. Under a NO PAD collation two
-/// values that differ only there then weigh the same, which makes their keys lock each
-/// other: too much, never too little.
+/// (`placeholder`, under `SET NAMES binary`). Trailing spaces go first: WEIGHT_STRING
+/// keeps them, yet PAD SPACE collations (most, the `_bin` ones included) compare without
+/// them; [`lock_key_part`] then drops what else weighs as a space. Under a NO PAD
+/// collation two values that differ only there weigh the same, which makes their keys
+/// lock each other: too much, never too little.
 pub fn weight(placeholder: &str, collation: &Collation) -> String {
     let Collation { charset, name } = collation;
     format!(
@@ -127,16 +127,52 @@ pub fn weight(placeholder: &str, collation: &Collation) -> String {
     )
 }
 
-/// One row of the weights of `values` values, the k-th compared by `collations[k %
+/// The weights of `' '`, `'a '` and `'a'` under `collation`, for [`pad_weight`].
+pub fn space_probe(collation: &Collation) -> String {
+    let Collation { charset, name } = collation;
+    let space = format!("CHAR(32 USING {charset})");
+    let a = format!("CHAR(97 USING {charset})");
+    format!(
+        "WEIGHT_STRING({space} COLLATE {name}), WEIGHT_STRING(CONCAT({a}, {space}) COLLATE {name}), WEIGHT_STRING({a} COLLATE {name})"
+    )
+}
+
+/// One row: for each of `collations`, its three [`space_probe`] weights; then the
+/// weights of `values` values, the k-th compared by `collations[k %
 /// collations.len()]`, each bound as a binary string ([`weight`]).
 pub fn weights_sql(collations: &[&Collation], values: usize) -> String {
-    let weights: Vec<String> = collations
+    let probes = collations.iter().map(|c| space_probe(c));
+    let weights = collations
         .iter()
         .cycle()
         .take(values)
-        .map(|c| weight("?", c))
-        .collect();
-    format!("SELECT {}", weights.join(", "))
+        .map(|c| weight("?", c));
+    let items: Vec<String> = probes.chain(weights).collect();
+    format!("SELECT {}", items.join(", "))
+}
+
+/// The weight a trailing space adds to a value's, from [`space_probe`]'s three
+/// weights, where a collation weighs one level only and so appends it (`'a '` weighs
+/// `'a'` then `' '`). None where levels interleave (accent- or case-sensitive UCA
+/// collations: primary weights of every character first, then secondary ones).
+pub fn pad_weight(space: &[u8], a_space: &[u8], a: &[u8]) -> Option<Vec<u8>> {
+    let appended = !space.is_empty()
+        && a_space.len() == a.len() + space.len()
+        && a_space.starts_with(a)
+        && a_space.ends_with(space);
+    appended.then(|| space.to_vec())
+}
+
+/// A key part's bytes in a global lock key, from its weight: without trailing `pad`
+/// units, since a PAD SPACE collation compares as if they were not there (characters
+/// that weigh as a space included: a no-break space under unicode_ci).
+pub fn lock_key_part(mut weight: Vec<u8>, pad: Option<&[u8]>) -> Vec<u8> {
+    if let Some(pad) = pad.filter(|p| !p.is_empty()) {
+        while weight.ends_with(pad) {
+            weight.truncate(weight.len() - pad.len());
+        }
+    }
+    weight
 }
 
 /// Whether a column of this type can be part of a key that tandem binds: a key is

@@ -523,11 +523,24 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
         .query_drop(
             "CREATE TABLE users (email VARCHAR(40) PRIMARY KEY, note VARCHAR(20)) ENGINE=InnoDB \
              DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci;
-             INSERT INTO users VALUES ('Bob@x.com', 'a'), ('Ann@x.com', 'b');",
+             INSERT INTO users VALUES ('Bob@x.com', 'a'), ('Ann@x.com', 'b');
+             CREATE TABLE names (name VARCHAR(20) PRIMARY KEY) ENGINE=InnoDB \
+             DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_unicode_ci;
+             INSERT INTO names VALUES ('alice');
+             CREATE TABLE latin (name VARCHAR(20) PRIMARY KEY) ENGINE=InnoDB \
+             DEFAULT CHARSET latin1 COLLATE latin1_swedish_ci;
+             INSERT INTO latin VALUES ('Émile');
+             CREATE TABLE longs (k VARCHAR(400) PRIMARY KEY, v INT) ENGINE=InnoDB \
+             DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_uca1400_as_cs;
+             INSERT INTO longs VALUES (REPEAT('k', 350), 1);",
         )
         .await
         .unwrap();
-    let before = super::at_mode::dump(&mut direct, "users").await;
+    let tables = ["users", "names", "latin", "longs"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(super::at_mode::dump(&mut direct, table).await);
+    }
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let endpoint = format!("http://{}", lockserver.grpc);
     let global = my::start_with(|c| {
@@ -538,6 +551,14 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
     let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
     let mut a =
         in_global_transaction(&global, &db, "DELETE FROM users WHERE email = 'Bob@x.com'").await;
+    for sql in [
+        "DELETE FROM names WHERE name = 'alice'",
+        "DELETE FROM latin WHERE name = 'Émile'",
+        // Its weight (six bytes a character) is hashed into a lock key of usual size.
+        "UPDATE longs SET v = 2 WHERE k = REPEAT('k', 350)",
+    ] {
+        a.query_drop(sql).await.expect(sql);
+    }
 
     let mut b = my::connect(&global, &db.name).await;
     text(&mut b, "SELECT tandem_begin(60000)").await.unwrap();
@@ -552,6 +573,10 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
     for sql in [
         "INSERT INTO users VALUES ('BOB@X.COM', 'd')",
         "INSERT INTO users VALUES ('bob@x.com ', 'd')",
+        // A no-break space weighs as a space under unicode_ci: the same row.
+        "INSERT INTO names VALUES ('alice\u{a0}')",
+        "INSERT INTO latin VALUES ('emile')",
+        "UPDATE longs SET v = 3 WHERE k = REPEAT('k', 350)",
     ] {
         let e = c.query_drop(sql).await.expect_err(sql);
         assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{sql}: {e}");
@@ -566,11 +591,13 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
         .unwrap();
 
     rolled_back(&mut a).await;
-    assert_eq!(
-        super::at_mode::dump(&mut direct, "users").await,
-        before,
-        "rolled back exactly"
-    );
+    for (table, before) in tables.iter().zip(&before) {
+        assert_eq!(
+            &super::at_mode::dump(&mut direct, table).await,
+            before,
+            "{table} rolled back exactly"
+        );
+    }
     no_locks_left(&lockserver).await;
     outside.shutdown().await;
     global.shutdown().await;

@@ -348,3 +348,60 @@ async fn a_global_commit_that_overtakes_a_branchs_local_commit_still_deletes_its
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_too_long_for_a_lock_key_is_locked_by_its_hash() {
+    let orders = prepare("at_long_key").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE longs (k text PRIMARY KEY, v int);
+             INSERT INTO longs VALUES (repeat('k', 3000), 1), (repeat('k', 2999) || 'j', 1);",
+        )
+        .await
+        .unwrap();
+    let before: Vec<String> = direct
+        .query("SELECT t::text FROM longs t ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("UPDATE longs SET v = 2 WHERE k = repeat('k', 3000)")
+        .await
+        .expect("a 3,000-byte key commits its branch");
+    // The same key again conflicts; the key that differs in its last byte does not.
+    one(&b, "SELECT tandem_begin(30000)").await.unwrap();
+    b.batch_execute("UPDATE longs SET v = 3 WHERE k = repeat('k', 2999) || 'j'")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute("UPDATE longs SET v = 3 WHERE k = repeat('k', 3000)")
+        .await
+        .expect_err("the held row");
+    assert!(
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE
+        ]
+        .contains(err.code().unwrap()),
+        "{err:?}"
+    );
+    rolled_back(&b).await;
+    rolled_back(&a).await;
+    let after: Vec<String> = direct
+        .query("SELECT t::text FROM longs t ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(after, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -824,17 +824,32 @@ impl Relay<'_> {
         // The branch registers (its lock keys are known: every row it touched) while
         // the after images are read: two round trips at once, to the lockserver and to
         // the server, while the local row locks are held.
-        let mut keys = Vec::new();
-        for (meta, touched) in self.at_branch.touched_keys() {
-            let binary: Vec<KeyValues> = touched
-                .iter()
-                .map(|key| key.iter().map(|v| unhex(v.as_deref())).collect())
-                .collect();
-            match self.lock_keys(&meta, binary).await {
-                Ok(table_keys) => keys.extend(table_keys),
-                Err(e) => return self.abandon(AtFailure::Refused(e)).await,
-            }
+        let mut touched: Vec<(Arc<tandem_undo::TableMeta>, Vec<KeyValues>)> = self
+            .at_branch
+            .touched_keys()
+            .into_iter()
+            .map(|(meta, keys)| {
+                let binary = keys
+                    .iter()
+                    .map(|key| key.iter().map(|v| unhex(v.as_deref())).collect())
+                    .collect();
+                (meta, binary)
+            })
+            .collect();
+        let mut sets: Vec<(&tandem_undo::TableMeta, &mut [KeyValues])> = touched
+            .iter_mut()
+            .map(|(meta, keys)| (&**meta, keys.as_mut_slice()))
+            .collect();
+        // Before the two round trips below: a key its collation compares is locked by
+        // its weight, which the server tells (none for other keys).
+        if let Err(e) = weigh_keys(ctx.xa.pool(), &mut sets).await {
+            return self.abandon(AtFailure::Refused(e)).await;
         }
+        let scope = ctx.xa.lock_scope();
+        let keys: Vec<LockKey> = touched
+            .iter()
+            .flat_map(|(meta, keys)| keys.iter().map(|key| lock_key(&scope, meta, key)))
+            .collect();
         ctx.xa.serve(&resource);
         let register =
             ctx.lock
@@ -993,7 +1008,7 @@ impl Relay<'_> {
         meta: &tandem_undo::TableMeta,
         mut keys: Vec<KeyValues>,
     ) -> Result<Vec<LockKey>> {
-        weigh_keys(self.ctx.xa.pool(), meta, &mut keys).await?;
+        weigh_keys(self.ctx.xa.pool(), &mut [(meta, keys.as_mut_slice())]).await?;
         let scope = self.ctx.xa.lock_scope();
         Ok(keys.iter().map(|key| lock_key(&scope, meta, key)).collect())
     }

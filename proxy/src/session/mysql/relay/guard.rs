@@ -39,7 +39,7 @@ use super::client_side::Handled;
 use super::control::Kind;
 use super::own::OwnError;
 use super::{Relay, in_transaction};
-use crate::at::branch::{lock_key, qualified_name};
+use crate::at::branch::qualified_name;
 use crate::at::mysql::AtTable;
 use crate::error::{Error, Result};
 use crate::session::outside::RECHECK;
@@ -521,18 +521,17 @@ impl Relay<'_> {
     }
 
     /// The lock keys of the rows a check read (their key columns, as images read them;
-    /// `lock_keys`). Should the weighing of keys a collation compares fail, the keys as
-    /// read still catch a holder that spelled them alike.
+    /// `lock_keys`). Should the weighing of keys a collation compares fail (the side
+    /// connection lost with the server, most likely), no key names them as a holder
+    /// did: the write runs unchecked, counted, as when the lockserver is unreachable.
     async fn keys_of(&self, table: &AtTable, rows: &[BinaryRow]) -> Vec<LockKey> {
         let keys: Vec<_> = rows.iter().map(|row| table.meta.key_of(row)).collect();
-        match self.lock_keys(&table.meta, keys.clone()).await {
+        match self.lock_keys(&table.meta, keys).await {
             Ok(weighed) => weighed,
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "outside write checked by its keys' bytes");
-                let scope = self.ctx.xa.lock_scope();
-                keys.iter()
-                    .map(|key| lock_key(&scope, &table.meta, key))
-                    .collect()
+                tracing::debug!(parent: &self.span, error = %e, "outside write not checked: its keys could not be weighed");
+                self.count_unchecked();
+                Vec::new()
             }
         }
     }
