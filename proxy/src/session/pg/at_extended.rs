@@ -608,8 +608,9 @@ impl Relay<'_> {
                 return self.answer_directly(rest_len(rest, max)?, e).await;
             }
         }
-        if self.begins_a_block_ahead(&sql) {
-            match self.begin_ahead(rest).await? {
+        let opens_block = self.begins_a_block_ahead(&sql);
+        if opens_block || self.sets_a_savepoint_ahead(&sql) {
+            match self.begin_ahead(rest, opens_block).await? {
                 Extended::NotAWrite => {}
                 handled => return Ok(handled),
             }

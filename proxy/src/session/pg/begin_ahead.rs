@@ -9,6 +9,10 @@
 //! happens only while some table of the database may hold global locks and the
 //! statement after the BEGIN may write: it costs a round trip.
 //!
+//! pgJDBC with `autosave` set sends a SAVEPOINT the same way, in one batch with each
+//! later statement of the block: outside a global transaction it runs ahead likewise,
+//! under the same conditions.
+//!
 //! Every message and reply goes through the session's tracking as if relayed. Invariant:
 //! nothing after the BEGIN reaches the backend before the BEGIN's replies are read; if
 //! the BEGIN fails, the rest of the client's batch is dropped, as the backend would
@@ -28,7 +32,8 @@ impl Relay<'_> {
     /// more of its batch then runs in: BEGIN or START TRANSACTION in an idle session, at
     /// a sync point, that is bound or may meet a write that needs a check.
     pub(super) fn begins_a_block_ahead(&self, sql: &[u8]) -> bool {
-        if self.phase != Phase::Ready(TxStatus::Idle) && !self.after_leading_closes() {
+        if self.phase != Phase::Ready(TxStatus::Idle) && !self.after_leading_closes(TxStatus::Idle)
+        {
             return false;
         }
         if self.binding.xid().is_none() && !self.writes_may_need_a_check() {
@@ -44,10 +49,25 @@ impl Relay<'_> {
         }
     }
 
-    /// `rest` starts with the Parse or Bind of a BEGIN (`begins_a_block_ahead`). Runs the
-    /// BEGIN's `[Parse] Bind [Describe] Execute` ahead when more of the batch follows it;
-    /// a BEGIN alone in its batch, or in another shape, is relayed as usual.
-    pub(super) async fn begin_ahead(&mut self, rest: &[u8]) -> Result<Extended> {
+    /// Whether `sql`, a Parse's or Bind's statement, is a SAVEPOINT that may run ahead
+    /// of more of its batch (pgJDBC's `autosave`): in an open block at a sync point,
+    /// outside a global transaction (whose batches at.rs runs piecewise), while a write
+    /// may need a check.
+    pub(super) fn sets_a_savepoint_ahead(&self, sql: &[u8]) -> bool {
+        (self.phase == Phase::Ready(TxStatus::InTransaction)
+            || self.after_leading_closes(TxStatus::InTransaction))
+            && self.binding.xid().is_none()
+            && self.writes_may_need_a_check()
+            && crate::control::leading_words(sql, false)
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"savepoint"))
+    }
+
+    /// `rest` starts with the Parse or Bind of a BEGIN (`begins_a_block_ahead`), or of a
+    /// SAVEPOINT (`sets_a_savepoint_ahead`, `opens_block` false). Runs its `[Parse] Bind
+    /// [Describe] Execute` ahead when more of the batch follows it; one alone in its
+    /// batch, or in another shape, is relayed as usual.
+    pub(super) async fn begin_ahead(&mut self, rest: &[u8], opens_block: bool) -> Result<Extended> {
         let max = self.ctx.config.max_message_bytes;
         let mut begin_len = match begin_messages(rest, max)? {
             BeginShape::Messages(len) => len,
@@ -88,8 +108,8 @@ impl Relay<'_> {
         let (to_client, failed, status) = self.read_begin_replies().await?;
         self.write_client(&to_client);
         if !failed {
-            tracing::debug!(parent: &self.span, "BEGIN run ahead of its batch");
-            self.fresh_block = true;
+            tracing::debug!(parent: &self.span, opens_block, "BEGIN or SAVEPOINT run ahead of its batch");
+            self.fresh_block = opens_block;
             return Ok(Extended::Handled {
                 consumed: begin_len,
                 to_backend: None,
@@ -101,18 +121,19 @@ impl Relay<'_> {
         self.answered(&ready, batch_len).await
     }
 
-    /// In an idle session, the batch so far is Close messages only (sent on already,
-    /// see client_side.rs): nothing has run, so a BEGIN still starts it.
-    pub(super) fn after_leading_closes(&self) -> bool {
+    /// In a session whose status was `status`, the batch so far is Close messages only
+    /// (sent on already, see client_side.rs): nothing has run, so a BEGIN still starts
+    /// it, or a SAVEPOINT.
+    pub(super) fn after_leading_closes(&self, status: TxStatus) -> bool {
         self.closes_only_in_batch
             && matches!(
                 self.phase,
                 Phase::Busy {
-                    tx: TxStatus::Idle,
+                    tx,
                     awaiting: 0,
                     unsynced: true,
                     copy: None,
-                }
+                } if tx == status
             )
     }
 

@@ -6,6 +6,7 @@
 use super::at_extended::Extended;
 use super::intercept::{Intercepted, put_failing_bind, put_failing_parse};
 use super::*;
+use crate::wire::pg::messages::response::TxStatus;
 
 impl Relay<'_> {
     /// Relays every complete client message; returns true once Terminate was relayed.
@@ -57,10 +58,12 @@ impl Relay<'_> {
                 _ => None,
             };
             let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
-            if matches!(frame.tag, frontend::PARSE | frontend::BIND) && self.after_leading_closes()
+            if matches!(frame.tag, frontend::PARSE | frontend::BIND)
+                && (self.after_leading_closes(TxStatus::Idle)
+                    || self.after_leading_closes(TxStatus::InTransaction))
             {
-                // A BEGIN here may run ahead (begin_ahead.rs), written by tandem: the
-                // Closes before it go first.
+                // A BEGIN or SAVEPOINT here may run ahead (begin_ahead.rs), written by
+                // tandem: the Closes before it go first.
                 self.write_server(&buf[run_start..pos]).await?;
                 run_start = pos;
             }

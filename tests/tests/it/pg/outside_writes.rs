@@ -853,3 +853,77 @@ async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;
 }
+
+/// pgJDBC with `autosave` sends a SAVEPOINT in one batch with each later statement of a
+/// transaction (behind the Closes of statements it dropped, at times): it runs ahead as
+/// a BEGIN does, so the write after it is checked, not refused.
+#[tokio::test]
+async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let orders = prepare("outside_autosave").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+    let batch = |update: &str| {
+        let mut batch = Vec::new();
+        batch.extend(frame(b'C', b"Sgone\0"));
+        for sql in ["SAVEPOINT PGJDBC_AUTOSAVE", update] {
+            batch.extend(frame(b'P', &parse_body("", sql)));
+            batch.extend(frame(b'B', &bind_body("")));
+            batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        }
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
+    let begin = async |raw: &mut RawPg| {
+        raw.query("BEGIN").await;
+        raw.recv_until(b'Z').await;
+    };
+
+    begin(&mut raw).await;
+    raw.send(&batch(
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "312C12CZ", "{replies:?}");
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"T".to_vec()));
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 1).await, 1010, "the write committed");
+
+    // The held row: checked, and refused.
+    begin(&mut raw).await;
+    raw.send(&batch("UPDATE accounts SET balance = 99 WHERE id = 5"))
+        .await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.sqlstate().as_deref(), Some("55P03"), "{replies:?}");
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
+
+    // In a failed block the SAVEPOINT fails, and the rest of the batch is skipped, as
+    // the backend would skip it.
+    begin(&mut raw).await;
+    raw.query("SELECT 1/0").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&batch(
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.sqlstate().as_deref(), Some("25P02"), "{replies:?}");
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"E".to_vec()));
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 2).await, 1000);
+    rolled_back(&a).await;
+    finish(lockserver, [outside, global]).await;
+}
