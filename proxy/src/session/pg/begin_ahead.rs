@@ -58,9 +58,7 @@ impl Relay<'_> {
             || self.after_leading_closes(TxStatus::InTransaction))
             && self.binding.xid().is_none()
             && self.writes_may_need_a_check()
-            && crate::control::leading_words(sql, false)
-                .next()
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"savepoint"))
+            && is_savepoint(sql)
     }
 
     /// `rest` starts with the Parse or Bind of a BEGIN (`begins_a_block_ahead`), or of a
@@ -139,7 +137,7 @@ impl Relay<'_> {
 
     /// Outside a global transaction: whether some table of the database may hold global
     /// locks (so a write in the block may need its check at a sync point).
-    fn writes_may_need_a_check(&self) -> bool {
+    pub(super) fn writes_may_need_a_check(&self) -> bool {
         !self.ctx.outside.failed_lately()
             && self
                 .ctx
@@ -149,17 +147,34 @@ impl Relay<'_> {
                 .is_none()
     }
 
-    /// Whether the statement the batch runs after its BEGIN (and the Closes sent with
-    /// it) may write.
-    fn next_may_write(&self, after_begin: &[u8]) -> Result<bool> {
+    /// Whether the statement the batch runs after its BEGIN or SAVEPOINT (and the
+    /// Closes sent with it) may write. A SAVEPOINT there (pgJDBC's autosave, behind the
+    /// BEGIN of a transaction's first statement) is looked past: it runs ahead in turn.
+    fn next_may_write(&self, after: &[u8]) -> Result<bool> {
         let max = self.ctx.config.max_message_bytes;
-        let Some(frame) = Frame::peek(after_begin, max)? else {
-            return Ok(false);
-        };
-        let sql = matches!(frame.tag, frontend::PARSE | frontend::BIND)
-            .then(|| self.statement_sql(frame.tag, frame.body(after_begin)))
-            .flatten();
-        Ok(sql.is_some_and(|sql| super::guard::may_write(&sql)))
+        let mut at = 0;
+        loop {
+            let Some(frame) = Frame::peek(&after[at..], max)? else {
+                return Ok(false);
+            };
+            if frame.tag == frontend::CLOSE {
+                at += frame.wire_len;
+                continue;
+            }
+            let sql = matches!(frame.tag, frontend::PARSE | frontend::BIND)
+                .then(|| self.statement_sql(frame.tag, frame.body(&after[at..])))
+                .flatten();
+            let Some(sql) = sql else {
+                return Ok(false);
+            };
+            if !is_savepoint(&sql) {
+                return Ok(super::guard::may_write(&sql));
+            }
+            match begin_messages(&after[at..], max)? {
+                BeginShape::Messages(len) => at += len,
+                BeginShape::NotYet | BeginShape::Other => return Ok(false),
+            }
+        }
     }
 
     /// The replies to the BEGIN run ahead, up to tandem's ReadyForQuery (not passed on):
@@ -188,6 +203,12 @@ impl Relay<'_> {
             self.read_more_from_server().await?;
         }
     }
+}
+
+fn is_savepoint(sql: &[u8]) -> bool {
+    crate::control::leading_words(sql, false)
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"savepoint"))
 }
 
 const SYNC_LEN: usize = 5;

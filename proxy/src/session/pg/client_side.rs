@@ -60,7 +60,9 @@ impl Relay<'_> {
             let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
             if matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 && (self.after_leading_closes(TxStatus::Idle)
-                    || self.after_leading_closes(TxStatus::InTransaction))
+                    || (self.after_leading_closes(TxStatus::InTransaction)
+                        && self.binding.xid().is_none()
+                        && self.writes_may_need_a_check()))
             {
                 // A BEGIN or SAVEPOINT here may run ahead (begin_ahead.rs), written by
                 // tandem: the Closes before it go first.

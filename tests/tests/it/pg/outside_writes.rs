@@ -868,10 +868,10 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 5).await;
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
-    let batch = |update: &str| {
+    let batch = |savepoint: &str, update: &str| {
         let mut batch = Vec::new();
         batch.extend(frame(b'C', b"Sgone\0"));
-        for sql in ["SAVEPOINT PGJDBC_AUTOSAVE", update] {
+        for sql in [savepoint, update] {
             batch.extend(frame(b'P', &parse_body("", sql)));
             batch.extend(frame(b'B', &bind_body("")));
             batch.extend(frame(b'E', b"\0\0\0\0\0"));
@@ -887,6 +887,7 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
 
     begin(&mut raw).await;
     raw.send(&batch(
+        "SAVEPOINT PGJDBC_AUTOSAVE",
         "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
     ))
     .await;
@@ -899,8 +900,11 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
 
     // The held row: checked, and refused.
     begin(&mut raw).await;
-    raw.send(&batch("UPDATE accounts SET balance = 99 WHERE id = 5"))
-        .await;
+    raw.send(&batch(
+        "SAVEPOINT PGJDBC_AUTOSAVE",
+        "UPDATE accounts SET balance = 99 WHERE id = 5",
+    ))
+    .await;
     let replies = raw.recv_until(b'Z').await;
     let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
     assert_eq!(error.sqlstate().as_deref(), Some("55P03"), "{replies:?}");
@@ -908,22 +912,46 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
     raw.recv_until(b'Z').await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
 
-    // In a failed block the SAVEPOINT fails, and the rest of the batch is skipped, as
-    // the backend would skip it.
-    begin(&mut raw).await;
-    raw.query("SELECT 1/0").await;
-    raw.recv_until(b'Z').await;
-    raw.send(&batch(
+    // A transaction's first statement comes behind its BEGIN and the SAVEPOINT: both
+    // run ahead, in turn.
+    let mut first = Vec::new();
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT PGJDBC_AUTOSAVE",
         "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
+    ] {
+        first.extend(frame(b'P', &parse_body("", sql)));
+        first.extend(frame(b'B', &bind_body("")));
+        first.extend(frame(b'E', b"\0\0\0\0\0"));
+    }
+    first.extend(frame(b'S', b""));
+    raw.send(&first).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 2).await, 1010, "the write committed");
+
+    // A SAVEPOINT that fails when run ahead: the client gets what the backend gives
+    // for the batch, the error and the rest skipped to its Sync, and the block is
+    // failed.
+    begin(&mut raw).await;
+    raw.send(&batch(
+        "SAVEPOINT 1bad",
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 3",
     ))
     .await;
     let replies = raw.recv_until(b'Z').await;
-    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
-    assert_eq!(error.sqlstate().as_deref(), Some("25P02"), "{replies:?}");
+    assert_eq!(tags(&replies), "3EZ", "{replies:?}");
+    assert_eq!(
+        replies[1].sqlstate().as_deref(),
+        Some("42601"),
+        "{replies:?}"
+    );
     assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"E".to_vec()));
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
-    assert_eq!(balance(&direct, 2).await, 1000);
+    assert_eq!(balance(&direct, 3).await, 1000);
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;
 }
