@@ -50,14 +50,21 @@ impl Relay<'_> {
     }
 
     /// Whether `sql`, a Parse's or Bind's statement, is a SAVEPOINT that may run ahead
-    /// of more of its batch (pgJDBC's `autosave`): in an open block at a sync point,
-    /// outside a global transaction (whose batches at.rs runs piecewise), while a write
-    /// may need a check.
+    /// of more of its batch (pgJDBC's `autosave`): in an open block at a sync point;
+    /// outside a global transaction while a write may need a check; in XA mode before
+    /// the block's first work, which joins the branch at a sync point (xa.rs). Not in
+    /// AT mode, where a savepoint goes through the branch's savepoint tracking.
     pub(super) fn sets_a_savepoint_ahead(&self, sql: &[u8]) -> bool {
-        (self.phase == Phase::Ready(TxStatus::InTransaction)
-            || self.after_leading_closes(TxStatus::InTransaction))
-            && self.binding.xid().is_none()
-            && self.writes_may_need_a_check()
+        let wanted = match self.binding.xid() {
+            None => self.writes_may_need_a_check(),
+            Some(_) => {
+                self.branch_mode() == crate::binding::Mode::Xa
+                    && self.xa == super::xa::XaBranch::None
+            }
+        };
+        wanted
+            && (self.phase == Phase::Ready(TxStatus::InTransaction)
+                || self.after_leading_closes(TxStatus::InTransaction))
             && is_savepoint(sql)
     }
 

@@ -580,6 +580,61 @@ async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
     lockserver.stop().await;
 }
 
+/// pgJDBC's autosave sends BEGIN, SAVEPOINT and a transaction's first statement in one
+/// batch: the BEGIN and the SAVEPOINT run ahead, so the write starts at a sync point
+/// inside the block and joins its branch.
+#[tokio::test]
+async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("xa_autosave").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    raw.query("SELECT tandem_mode('xa')").await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    let mut batch = Vec::new();
+    for sql in [
+        "BEGIN",
+        "SAVEPOINT PGJDBC_AUTOSAVE",
+        "UPDATE accounts SET balance = 5 WHERE id = 1",
+    ] {
+        batch.extend(frame(b'P', &parse_body("", sql)));
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12C12C12CZ", "{replies:?}");
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(
+        tandem_prepared(&da).await.len(),
+        1,
+        "the write was a branch"
+    );
+    assert_eq!(
+        balance(&da, 1).await,
+        1000,
+        "not visible before the decision"
+    );
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    eventually("the prepared branch finished", || async {
+        tandem_prepared(&da).await.is_empty()
+    })
+    .await;
+    assert_eq!(balance(&da, 1).await, 1000);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// XA COMMIT over the extended protocol creates the client's named statement before it
 /// prepares anything: a Parse the backend refuses (the name is taken) fails the block,
 /// as it would without tandem, nothing is prepared, and the session goes on.
