@@ -336,6 +336,20 @@ pub(crate) fn bind_body(statement: &str) -> Vec<u8> {
     b
 }
 
+/// Parse, Bind and Execute of each of `statements` (unnamed, no parameters, every
+/// row), then one Sync: a pipelined batch, as pgJDBC sends a transaction's statements.
+pub(crate) fn unnamed_batch(statements: &[&str]) -> Vec<u8> {
+    use tandem_tests::raw_pg::frame;
+    let mut batch = Vec::new();
+    for sql in statements {
+        batch.extend(frame(b'P', &parse_body("", sql)));
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(frame(b'S', b""));
+    batch
+}
+
 #[tokio::test]
 async fn a_control_statement_bound_mid_pipeline_is_refused_not_run_against_its_stand_in() {
     use tandem_tests::raw_pg::{RawPg, frame};

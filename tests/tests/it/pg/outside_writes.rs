@@ -859,7 +859,7 @@ async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
 /// a BEGIN does, so the write after it is checked, not refused.
 #[tokio::test]
 async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() {
-    use super::control::{bind_body, parse_body};
+    use super::control::unnamed_batch;
     use tandem_tests::raw_pg::{Msg, RawPg, frame};
     let orders = prepare("outside_autosave").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
@@ -869,14 +869,8 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
     let a = hold_row(&global, &orders.name, 5).await;
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
     let batch = |savepoint: &str, update: &str| {
-        let mut batch = Vec::new();
-        batch.extend(frame(b'C', b"Sgone\0"));
-        for sql in [savepoint, update] {
-            batch.extend(frame(b'P', &parse_body("", sql)));
-            batch.extend(frame(b'B', &bind_body("")));
-            batch.extend(frame(b'E', b"\0\0\0\0\0"));
-        }
-        batch.extend(frame(b'S', b""));
+        let mut batch = frame(b'C', b"Sgone\0");
+        batch.extend(unnamed_batch(&[savepoint, update]));
         batch
     };
     let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
@@ -914,18 +908,12 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
 
     // A transaction's first statement comes behind its BEGIN and the SAVEPOINT: both
     // run ahead, in turn.
-    let mut first = Vec::new();
-    for sql in [
+    raw.send(&unnamed_batch(&[
         "BEGIN",
         "SAVEPOINT PGJDBC_AUTOSAVE",
         "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
-    ] {
-        first.extend(frame(b'P', &parse_body("", sql)));
-        first.extend(frame(b'B', &bind_body("")));
-        first.extend(frame(b'E', b"\0\0\0\0\0"));
-    }
-    first.extend(frame(b'S', b""));
-    raw.send(&first).await;
+    ]))
+    .await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
     raw.query("COMMIT").await;

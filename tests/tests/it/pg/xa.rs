@@ -585,8 +585,8 @@ async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
 /// inside the block and joins its branch.
 #[tokio::test]
 async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
-    use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{RawPg, frame};
+    use super::control::unnamed_batch;
+    use tandem_tests::raw_pg::RawPg;
     let orders = prepare("xa_autosave").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
@@ -596,18 +596,12 @@ async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
     raw.recv_until(b'Z').await;
     raw.query("SELECT tandem_begin(30000)").await;
     raw.recv_until(b'Z').await;
-    let mut batch = Vec::new();
-    for sql in [
+    raw.send(&unnamed_batch(&[
         "BEGIN",
         "SAVEPOINT PGJDBC_AUTOSAVE",
         "UPDATE accounts SET balance = 5 WHERE id = 1",
-    ] {
-        batch.extend(frame(b'P', &parse_body("", sql)));
-        batch.extend(frame(b'B', &bind_body("")));
-        batch.extend(frame(b'E', b"\0\0\0\0\0"));
-    }
-    batch.extend(frame(b'S', b""));
-    raw.send(&batch).await;
+    ]))
+    .await;
     let replies = raw.recv_until(b'Z').await;
     let tags: String = replies.iter().map(|m| m.tag as char).collect();
     assert_eq!(tags, "12C12C12CZ", "{replies:?}");
