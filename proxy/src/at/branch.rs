@@ -15,6 +15,9 @@ use tandem_undo::{Row, RowImages, SavepointOp, TableMeta, TableUndo, UndoRecord}
 /// row within one branch.
 pub type TextKey = Vec<Option<String>>;
 
+/// A primary key's values as images read them (binary; None: NULL).
+pub type KeyValues = Vec<Option<Vec<u8>>>;
+
 #[derive(Debug, Default)]
 pub struct Branch {
     tables: Vec<TableRows>,
@@ -254,16 +257,23 @@ impl Branch {
         }
     }
 
-    /// Every row the branch has touched so far, by table, in first-change order: the
-    /// rows whose keys [`Branch::finish`] gives, plus rows inserted and deleted again,
-    /// which it leaves out once their after images are read. Lets a COMMIT register
-    /// while it reads the after images, for an engine whose text keys are the hex of the
-    /// key's binary values (MySQL's `keyed`; [`unhex`]).
-    pub fn touched_keys(&self) -> Vec<(Arc<TableMeta>, Vec<TextKey>)> {
+    /// Every row the branch has touched so far, by table, in first-change order, as the
+    /// key's binary values: the rows whose keys [`Branch::finish`] gives, plus rows
+    /// inserted and deleted again, which it leaves out once their after images are read.
+    /// Lets a COMMIT register while it reads the after images, for an engine whose text
+    /// keys are the hex of the key's binary values (MySQL's `keyed`; [`unhex`]).
+    pub fn touched_keys(&self) -> Vec<(Arc<TableMeta>, Vec<KeyValues>)> {
         self.tables
             .iter()
             .filter(|t| !t.order.is_empty())
-            .map(|t| (Arc::clone(&t.meta), t.order.clone()))
+            .map(|t| {
+                let binary = t
+                    .order
+                    .iter()
+                    .map(|key| key.iter().map(|v| unhex(v.as_deref())).collect())
+                    .collect();
+                (Arc::clone(&t.meta), binary)
+            })
             .collect()
     }
 
@@ -539,11 +549,8 @@ mod tests {
             .touched_keys()
             .into_iter()
             .flat_map(|(meta, keys)| {
-                keys.into_iter()
-                    .map(|key| {
-                        let binary: Vec<_> = key.iter().map(|v| unhex(v.as_deref())).collect();
-                        lock_key("mysql://h:3306", &meta, &binary)
-                    })
+                keys.iter()
+                    .map(|key| lock_key("mysql://h:3306", &meta, key))
                     .collect::<Vec<_>>()
             })
             .collect();

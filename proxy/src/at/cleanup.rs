@@ -76,7 +76,6 @@ pub struct Cleanup {
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
     /// Branches whose undo row a delivery did not find → when it first did not.
     absent_since: Mutex<HashMap<(String, UndoKey), Instant>>,
-    patience: Duration,
     /// Counts the Retry answers for a row not there yet.
     rows_awaited: Counter,
 }
@@ -87,7 +86,6 @@ impl Cleanup {
             engine,
             queues: Mutex::new(HashMap::new()),
             absent_since: Mutex::new(HashMap::new()),
-            patience: ABSENT_ROW_PATIENCE,
             rows_awaited,
         }
     }
@@ -113,8 +111,7 @@ impl Cleanup {
         }
         let now = Instant::now();
         if absent.len() >= ABSENT_ROWS_KEPT && !absent.contains_key(&key) {
-            let patience = self.patience;
-            absent.retain(|_, since| now.duration_since(*since) < patience);
+            absent.retain(|_, since| now.duration_since(*since) < ABSENT_ROW_PATIENCE);
         }
         let since = match absent.get(&key) {
             Some(since) => Some(*since),
@@ -125,7 +122,7 @@ impl Cleanup {
             None => None,
         };
         if let Some(since) = since
-            && now.duration_since(since) < self.patience
+            && now.duration_since(since) < ABSENT_ROW_PATIENCE
         {
             self.rows_awaited.inc();
             return BranchOutcome::Retry {

@@ -7,6 +7,7 @@
 //! finds its GlobalFinished marker. Invariant: a replay writes nothing unless every row
 //! still equals the branch's after image.
 
+use super::branch::KeyValues;
 use super::phase2::{LOG_GLOBAL_FINISHED, LOG_NORMAL};
 use crate::error::Result;
 use mysql_async::Value;
@@ -108,9 +109,6 @@ fn catalog_row(row: mysql_async::Row) -> CatalogRow {
         })
         .collect()
 }
-
-/// A primary key's values as images read them (binary; None: NULL).
-pub type KeyValues = Vec<Option<Vec<u8>>>;
 
 /// Values bound to one weighing statement, at most.
 const WEIGHED_PER_STATEMENT: usize = 1_000;

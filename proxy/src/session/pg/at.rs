@@ -980,10 +980,11 @@ impl Relay<'_> {
 /// `AND NO CHAIN`.
 pub(super) fn chains(commit: &str) -> bool {
     let lower = commit.to_ascii_lowercase();
-    let mut words = lower
+    let words: Vec<&str> = lower
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty());
-    words.any(|w| w == "chain") && !lower.split_whitespace().any(|w| w == "no")
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.contains(&"chain") && !words.contains(&"no")
 }
 
 const INSERT_UNDO: &str = "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)";

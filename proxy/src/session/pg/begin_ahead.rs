@@ -55,17 +55,22 @@ impl Relay<'_> {
     /// the block's first work, which joins the branch at a sync point (xa.rs). Not in
     /// AT mode, where a savepoint goes through the branch's savepoint tracking.
     pub(super) fn sets_a_savepoint_ahead(&self, sql: &[u8]) -> bool {
-        let wanted = match self.binding.xid() {
+        (self.phase == Phase::Ready(TxStatus::InTransaction)
+            || self.after_leading_closes(TxStatus::InTransaction))
+            && self.savepoint_may_run_ahead()
+            && is_savepoint(sql)
+    }
+
+    /// Whether a SAVEPOINT in this session's open block would run ahead of its batch
+    /// (`sets_a_savepoint_ahead`), whatever the statement.
+    pub(super) fn savepoint_may_run_ahead(&self) -> bool {
+        match self.binding.xid() {
             None => self.writes_may_need_a_check(),
             Some(_) => {
                 self.branch_mode() == crate::binding::Mode::Xa
                     && self.xa == super::xa::XaBranch::None
             }
-        };
-        wanted
-            && (self.phase == Phase::Ready(TxStatus::InTransaction)
-                || self.after_leading_closes(TxStatus::InTransaction))
-            && is_savepoint(sql)
+        }
     }
 
     /// `rest` starts with the Parse or Bind of a BEGIN (`begins_a_block_ahead`), or of a

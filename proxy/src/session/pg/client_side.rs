@@ -61,7 +61,7 @@ impl Relay<'_> {
             if matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 && (self.after_leading_closes(TxStatus::Idle)
                     || (self.after_leading_closes(TxStatus::InTransaction)
-                        && (self.binding.xid().is_some() || self.writes_may_need_a_check())))
+                        && self.savepoint_may_run_ahead()))
             {
                 // A BEGIN or SAVEPOINT here may run ahead (begin_ahead.rs), written by
                 // tandem: the Closes before it go first.

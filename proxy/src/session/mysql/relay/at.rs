@@ -12,8 +12,8 @@
 use super::Relay;
 use super::client_side::Handled;
 use super::own::{AroundWrite, Own, OwnError, OwnStatements};
-use crate::at::branch::{Branch, TextKey, hex, lock_key, unhex};
-use crate::at::mysql::{AtTable, KeyValues, undo_table, weigh_keys};
+use crate::at::branch::{Branch, KeyValues, TextKey, hex, lock_key, unhex};
+use crate::at::mysql::{AtTable, undo_table, weigh_keys};
 use crate::error::{Error, Result};
 use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::errcode::MyErr;
@@ -824,18 +824,7 @@ impl Relay<'_> {
         // The branch registers (its lock keys are known: every row it touched) while
         // the after images are read: two round trips at once, to the lockserver and to
         // the server, while the local row locks are held.
-        let mut touched: Vec<(Arc<tandem_undo::TableMeta>, Vec<KeyValues>)> = self
-            .at_branch
-            .touched_keys()
-            .into_iter()
-            .map(|(meta, keys)| {
-                let binary = keys
-                    .iter()
-                    .map(|key| key.iter().map(|v| unhex(v.as_deref())).collect())
-                    .collect();
-                (meta, binary)
-            })
-            .collect();
+        let mut touched = self.at_branch.touched_keys();
         let mut sets: Vec<(&tandem_undo::TableMeta, &mut [KeyValues])> = touched
             .iter_mut()
             .map(|(meta, keys)| (&**meta, keys.as_mut_slice()))
