@@ -142,13 +142,7 @@ pub fn plan(
             }];
             // A failed branch of a committing transaction owes no phase 2: it may have been
             // the last one that did.
-            if g.status.is_committing()
-                && !st.owes_commit()
-                && g.branches
-                    .iter()
-                    .filter(|o| o.branch_id != *branch_id)
-                    .all(|o| !o.status.owes_commit())
-            {
+            if g.status.is_committing() && !st.owes_commit() && !g.commit_owed(Some(*branch_id)) {
                 recs.push(status(xid, GlobalStatus::Committed, now));
             }
             Ok((recs, Reply::Ok))
@@ -166,7 +160,7 @@ pub fn plan(
             if now >= g.deadline {
                 return Err(Error::Expired { xid: xid.clone() });
             }
-            let next = if g.branches.iter().all(|b| !b.status.owes_commit()) {
+            let next = if !g.commit_owed(None) {
                 GlobalStatus::Committed
             } else {
                 GlobalStatus::AsyncCommitting
@@ -273,12 +267,7 @@ fn phase2_result(
         match outcome {
             Phase2Outcome::Committed => {
                 recs.push(set(BranchStatus::PhaseTwoCommitted));
-                let rest = g
-                    .branches
-                    .iter()
-                    .filter(|o| o.branch_id != branch_id)
-                    .all(|o| !o.status.owes_commit());
-                if rest {
+                if !g.commit_owed(Some(branch_id)) {
                     recs.push(status(xid, GlobalStatus::Committed, now));
                 }
             }

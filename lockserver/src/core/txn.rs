@@ -510,6 +510,14 @@ impl Global {
         self.branches.iter().flat_map(|b| b.keys.iter())
     }
 
+    /// Whether a branch, other than `except`, is still owed its phase-2 commit
+    /// (`BranchStatus::owes_commit`).
+    pub fn commit_owed(&self, except: Option<u64>) -> bool {
+        self.branches
+            .iter()
+            .any(|b| Some(b.branch_id) != except && b.status.owes_commit())
+    }
+
     /// The phase-2 work still owed. Commit goes to every branch at once; rollback
     /// goes one branch at a time in reverse registration order, and stops at a
     /// branch that failed (dirty write) until an operator rolls back again.
@@ -533,7 +541,7 @@ impl Global {
         if self.status.is_committing() {
             // Nothing owed yet still committing: a state written before PhaseOneFailed
             // branches owed nothing. Their work (a cleanup that finds nothing) ends it.
-            let legacy = !self.branches.iter().any(|b| b.status.owes_commit());
+            let legacy = !self.commit_owed(None);
             self.branches
                 .iter()
                 .filter(|b| {
