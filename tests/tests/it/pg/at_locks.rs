@@ -6,6 +6,19 @@ use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::error::SqlState;
 
+/// A global lock held past the wait bound: the error a client retries (40001 or
+/// 55P03).
+fn assert_retryable_conflict(err: &tokio_postgres::Error) {
+    assert!(
+        [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::LOCK_NOT_AVAILABLE
+        ]
+        .contains(err.code().unwrap()),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     let orders = prepare("at_dirty").await;
@@ -120,14 +133,7 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryabl
         .batch_execute("UPDATE accounts SET balance = 5 WHERE id = 4")
         .await
         .expect_err("the lock is held past the wait bound");
-    assert!(
-        [
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::LOCK_NOT_AVAILABLE
-        ]
-        .contains(err.code().unwrap()),
-        "{err:?}"
-    );
+    assert_retryable_conflict(&err);
     rolled_back(&second).await;
     rolled_back(&first).await;
     let balance: i64 = orders
@@ -360,13 +366,16 @@ async fn a_key_too_long_for_a_lock_key_is_locked_by_its_hash() {
         )
         .await
         .unwrap();
-    let before: Vec<String> = direct
-        .query("SELECT t::text FROM longs t ORDER BY k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = async || -> Vec<String> {
+        direct
+            .query("SELECT t::text FROM longs t ORDER BY k", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let before = rows().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
@@ -384,24 +393,10 @@ async fn a_key_too_long_for_a_lock_key_is_locked_by_its_hash() {
         .batch_execute("UPDATE longs SET v = 3 WHERE k = repeat('k', 3000)")
         .await
         .expect_err("the held row");
-    assert!(
-        [
-            SqlState::T_R_SERIALIZATION_FAILURE,
-            SqlState::LOCK_NOT_AVAILABLE
-        ]
-        .contains(err.code().unwrap()),
-        "{err:?}"
-    );
+    assert_retryable_conflict(&err);
     rolled_back(&b).await;
     rolled_back(&a).await;
-    let after: Vec<String> = direct
-        .query("SELECT t::text FROM longs t ORDER BY k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(after, before);
+    assert_eq!(rows().await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -529,19 +529,43 @@ async fn a_branchs_commit_over_the_extended_protocol_prepares_it() {
 /// pgJDBC runs a statement for the first time as Parse, Bind, Execute in one batch:
 /// inside an open block in XA mode, that write joins the block's branch (the Parse
 /// ahead of its Bind runs nothing).
+/// A raw connection to `tandem`, in XA mode and bound to a new global transaction.
+async fn raw_in_xa(tandem: &Tandem, database: &str) -> tandem_tests::raw_pg::RawPg {
+    let mut raw = tandem_tests::raw_pg::RawPg::startup(tandem.pg, "postgres", database).await;
+    for sql in ["SELECT tandem_mode('xa')", "SELECT tandem_begin(30000)"] {
+        raw.query(sql).await;
+        raw.recv_until(b'Z').await;
+    }
+    raw
+}
+
+/// After `raw`'s COMMIT: its block was prepared as a branch, which row 1's new value
+/// waits in; the global rollback finishes it, and row 1 is as before.
+async fn branch_prepared_then_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg, da: &Client) {
+    assert_eq!(tandem_prepared(da).await.len(), 1, "the write was a branch");
+    assert_eq!(
+        balance(da, 1).await,
+        1000,
+        "not visible before the decision"
+    );
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    eventually("the prepared branch finished", || async {
+        tandem_prepared(da).await.is_empty()
+    })
+    .await;
+    assert_eq!(balance(da, 1).await, 1000);
+}
+
 #[tokio::test]
 async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
     use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{RawPg, frame};
+    use tandem_tests::raw_pg::frame;
     let orders = prepare("xa_parse_bind").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let da = orders.direct().await;
-    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
-    raw.query("SELECT tandem_mode('xa')").await;
-    raw.recv_until(b'Z').await;
-    raw.query("SELECT tandem_begin(30000)").await;
-    raw.recv_until(b'Z').await;
+    let mut raw = raw_in_xa(&tandem, &orders.name).await;
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
     let mut batch = frame(
@@ -558,23 +582,7 @@ async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
     raw.query("COMMIT").await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
-    assert_eq!(
-        tandem_prepared(&da).await.len(),
-        1,
-        "the write was a branch"
-    );
-    assert_eq!(
-        balance(&da, 1).await,
-        1000,
-        "not visible before the decision"
-    );
-    raw.query("SELECT tandem_rollback()").await;
-    raw.recv_until(b'Z').await;
-    eventually("the prepared branch finished", || async {
-        tandem_prepared(&da).await.is_empty()
-    })
-    .await;
-    assert_eq!(balance(&da, 1).await, 1000);
+    branch_prepared_then_rolled_back(&mut raw, &da).await;
     drop(raw);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -586,16 +594,11 @@ async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
 #[tokio::test]
 async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
     use super::control::unnamed_batch;
-    use tandem_tests::raw_pg::RawPg;
     let orders = prepare("xa_autosave").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let da = orders.direct().await;
-    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
-    raw.query("SELECT tandem_mode('xa')").await;
-    raw.recv_until(b'Z').await;
-    raw.query("SELECT tandem_begin(30000)").await;
-    raw.recv_until(b'Z').await;
+    let mut raw = raw_in_xa(&tandem, &orders.name).await;
     raw.send(&unnamed_batch(&[
         "BEGIN",
         "SAVEPOINT PGJDBC_AUTOSAVE",
@@ -607,23 +610,7 @@ async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
     assert_eq!(tags, "12C12C12CZ", "{replies:?}");
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
-    assert_eq!(
-        tandem_prepared(&da).await.len(),
-        1,
-        "the write was a branch"
-    );
-    assert_eq!(
-        balance(&da, 1).await,
-        1000,
-        "not visible before the decision"
-    );
-    raw.query("SELECT tandem_rollback()").await;
-    raw.recv_until(b'Z').await;
-    eventually("the prepared branch finished", || async {
-        tandem_prepared(&da).await.is_empty()
-    })
-    .await;
-    assert_eq!(balance(&da, 1).await, 1000);
+    branch_prepared_then_rolled_back(&mut raw, &da).await;
     drop(raw);
     tandem.shutdown().await;
     lockserver.stop().await;
