@@ -898,6 +898,23 @@ impl Relay<'_> {
             tracing::debug!(parent: &self.span, "autocommit work over the extended protocol runs in tandem's block");
             return Ok(Extended::NotAWrite);
         }
+        if tag == frontend::PARSE
+            && self.xa == XaBranch::None
+            && matches!(
+                self.phase,
+                super::Phase::Busy {
+                    unsynced: false,
+                    ..
+                }
+            )
+            && statements.contains(&XaStatement::Work)
+        {
+            // Behind a Sync or Query still unanswered (pgJDBC's autosave sends its
+            // SAVEPOINT as a Query between the BEGIN and the first statement): only that
+            // ReadyForQuery tells whether the work runs in an open block. Let through,
+            // this Parse would leave its Bind in the middle of a batch.
+            return Ok(Extended::WaitForSyncPoint);
+        }
         if tag != frontend::BIND {
             // Preparing a statement changes nothing; the Parse checks refuse the rest.
             return Ok(Extended::NotAWrite);

@@ -9,9 +9,10 @@
 //! happens only while some table of the database may hold global locks and the
 //! statement after the BEGIN may write: it costs a round trip.
 //!
-//! pgJDBC with `autosave` set sends a SAVEPOINT the same way, in one batch with each
-//! later statement of the block: outside a global transaction it runs ahead likewise,
-//! under the same conditions.
+//! A SAVEPOINT sent the same way, in one batch with a later statement of the block,
+//! runs ahead likewise outside a global transaction, under the same conditions.
+//! (pgJDBC 42.5's `autosave` sends its SAVEPOINT as a Query within the batch instead:
+//! a sync point of its own, which the statement behind it waits for.)
 //!
 //! Every message and reply goes through the session's tracking as if relayed. Invariant:
 //! nothing after the BEGIN reaches the backend before the BEGIN's replies are read; if
@@ -23,6 +24,7 @@ use super::{Phase, Relay, Relayed};
 use crate::error::{Error, Result};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{backend, frontend};
+use crate::wire::pg::messages::extended::Bind;
 use crate::wire::pg::messages::response::{TxStatus, put_ready_for_query};
 use crate::wire::pg::messages::write::put_msg;
 use bytes::{Buf, BytesMut};
@@ -39,14 +41,7 @@ impl Relay<'_> {
         if self.binding.xid().is_none() && !self.writes_may_need_a_check() {
             return false;
         }
-        let mut words = crate::control::leading_words(sql, false);
-        match words.next() {
-            Some(w) if w.eq_ignore_ascii_case(b"begin") => true,
-            Some(w) if w.eq_ignore_ascii_case(b"start") => words
-                .next()
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"transaction")),
-            _ => false,
-        }
+        is_begin(sql)
     }
 
     /// Whether `sql`, a Parse's or Bind's statement, is a SAVEPOINT that may run ahead
@@ -119,7 +114,6 @@ impl Relay<'_> {
         self.write_client(&to_client);
         if !failed {
             tracing::debug!(parent: &self.span, opens_block, "BEGIN or SAVEPOINT run ahead of its batch");
-            self.fresh_block = opens_block;
             return Ok(Extended::Handled {
                 consumed: begin_len,
                 to_backend: None,
@@ -217,6 +211,58 @@ impl Relay<'_> {
     }
 }
 
+impl Relay<'_> {
+    /// Keeps `block_untouched` as the client's message `tag`/`body` goes to the backend.
+    pub(super) fn track_untouched_block(&mut self, tag: u8, body: &[u8]) {
+        if self.phase == Phase::Ready(TxStatus::Idle) {
+            self.block_untouched = true;
+        }
+        match tag {
+            frontend::QUERY => {
+                let sql = body.strip_suffix(&[0]).unwrap_or(body);
+                self.block_untouched &= holds_nothing(sql);
+            }
+            frontend::BIND => {
+                self.unnamed_portal_holds_nothing = Bind::decode(body)
+                    .ok()
+                    .filter(|bind| bind.portal.is_empty())
+                    .and_then(|bind| self.tracked.statement_for_bind(bind.statement))
+                    .is_some_and(|statement| holds_nothing(&statement.sql));
+            }
+            // A named portal's statement is not kept track of: it may hold anything.
+            frontend::EXECUTE => {
+                self.block_untouched &=
+                    body.first() == Some(&0) && self.unnamed_portal_holds_nothing;
+            }
+            frontend::FUNCTION_CALL => self.block_untouched = false,
+            _ => {}
+        }
+    }
+}
+
+/// Whether `sql` is one BEGIN, START TRANSACTION or SAVEPOINT: a statement that takes
+/// no lock a global rollback's undo could wait for.
+fn holds_nothing(sql: &[u8]) -> bool {
+    let one_statement = sql
+        .trim_ascii_end()
+        .strip_suffix(b";")
+        .unwrap_or(sql)
+        .iter()
+        .all(|&b| b != b';');
+    one_statement && (is_begin(sql) || is_savepoint(sql))
+}
+
+fn is_begin(sql: &[u8]) -> bool {
+    let mut words = crate::control::leading_words(sql, false);
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case(b"begin") => true,
+        Some(w) if w.eq_ignore_ascii_case(b"start") => words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"transaction")),
+        _ => false,
+    }
+}
+
 fn is_savepoint(sql: &[u8]) -> bool {
     crate::control::leading_words(sql, false)
         .next()
@@ -288,6 +334,28 @@ mod tests {
         let mut out = BytesMut::new();
         put_msg(&mut out, tag, body);
         out.to_vec()
+    }
+
+    #[test]
+    fn only_one_begin_or_savepoint_holds_nothing() {
+        for sql in [
+            "BEGIN",
+            "begin isolation level serializable;",
+            "/* pgJDBC */ START TRANSACTION READ WRITE",
+            "SAVEPOINT PGJDBC_AUTOSAVE ; ",
+        ] {
+            assert!(holds_nothing(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "BEGIN; SELECT * FROM t FOR UPDATE",
+            "SAVEPOINT a; UPDATE t SET v = 1",
+            "START",
+            "ROLLBACK TO SAVEPOINT a",
+            "SELECT 1",
+            "",
+        ] {
+            assert!(!holds_nothing(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

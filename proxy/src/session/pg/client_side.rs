@@ -233,7 +233,7 @@ impl Relay<'_> {
     }
 
     pub(super) fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {
-        self.fresh_block = false;
+        self.track_untouched_block(tag, body);
         match tag {
             frontend::EXECUTE => self.executed_in_batch = true,
             frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {

@@ -92,7 +92,7 @@ impl Relay<'_> {
                 let local = crate::binding::LocalTransaction {
                     open: self.phase.tx_status() == Some(TxStatus::InTransaction),
                     has_branch: !self.branch.is_empty() || self.xa != super::xa::XaBranch::None,
-                    fresh: self.fresh_block,
+                    fresh: self.block_untouched,
                 };
                 self.binding.carry_out(&self.ctx.lock, local, control).await
             }

@@ -110,7 +110,7 @@ impl Relay<'_> {
                 let local = crate::binding::LocalTransaction {
                     open: status == TxStatus::InTransaction,
                     has_branch: !self.branch.is_empty() || self.xa != super::xa::XaBranch::None,
-                    fresh: false,
+                    fresh: self.block_untouched,
                 };
                 self.binding
                     .carry_out(&self.ctx.lock, local, control)

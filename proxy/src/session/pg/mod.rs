@@ -197,9 +197,13 @@ struct Relay<'a> {
     /// Sync are dropped, as the backend would have skipped them, and its Sync gets a
     /// ReadyForQuery with this status.
     skip_to_client_sync: Option<TxStatus>,
-    /// The open transaction block was begun by tandem ahead of the message now being
-    /// handled (`begin_ahead`), and nothing else has run in it.
-    fresh_block: bool,
+    /// Since the session was last idle at a sync point, the client has run only BEGIN
+    /// and SAVEPOINT (`holds_nothing`): an open block takes no row locks yet. pgJDBC
+    /// with autocommit off runs a BEGIN, and with `autosave` a SAVEPOINT, ahead of
+    /// every first statement of a block, a control call included.
+    block_untouched: bool,
+    /// The unnamed portal's statement is one that `block_untouched` lets run.
+    unnamed_portal_holds_nothing: bool,
     /// The open transaction block is tandem's, begun for a batch of writes the client
     /// sent outside one (one implicit transaction for the backend); it ends at the
     /// client's Sync, committed with its branch unless it failed (at.rs,
@@ -272,7 +276,8 @@ impl<'a> Relay<'a> {
             write_in_flight: None,
             batch_continues: false,
             skip_to_client_sync: None,
-            fresh_block: false,
+            block_untouched: true,
+            unnamed_portal_holds_nothing: false,
             implicit_batch: false,
             executed_in_batch: false,
             closes_only_in_batch: true,

@@ -1208,6 +1208,98 @@ async fn a_write_batched_behind_its_begin_is_captured_and_a_failed_begin_drops_t
     lockserver.stop().await;
 }
 
+/// pgJDBC with autocommit off and `autosave` set sends BEGIN and a SAVEPOINT ahead of
+/// a control call, the SAVEPOINT as a Query between them; a psql user may type the
+/// three. The block they open holds nothing, so tandem_rollback() runs in it; a block
+/// where anything else ran gets 25001.
+#[tokio::test]
+async fn a_rollback_call_behind_begin_and_an_autosave_savepoint_runs() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("autosave_control").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let begin_with_a_branch = async |raw: &mut RawPg| {
+        for sql in [
+            "SELECT tandem_begin(30000)",
+            "UPDATE accounts SET balance = 7 WHERE id = 1",
+        ] {
+            raw.query(sql).await;
+            let replies = raw.recv_until(b'Z').await;
+            assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+        }
+        assert_ne!(dump(&direct).await, before, "the branch committed");
+    };
+    let rolled_back_in_the_block = async |raw: &mut RawPg, replies: Vec<Msg>| {
+        let status = replies.iter().find(|m| m.tag == b'D');
+        assert!(
+            status.is_some_and(|row| String::from_utf8_lossy(&row.body).contains("Rollbacked")),
+            "{replies:?}"
+        );
+        assert_eq!(replies.last().map(|m| &m.body[..]), Some(&b"T"[..]));
+        raw.query("ROLLBACK").await;
+        raw.recv_until(b'Z').await;
+        assert_eq!(dump(&direct).await, before, "row 1 restored");
+    };
+
+    begin_with_a_branch(&mut raw).await;
+    for sql in ["BEGIN", "SAVEPOINT PGJDBC_AUTOSAVE"] {
+        raw.query(sql).await;
+        raw.recv_until(b'Z').await;
+    }
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    rolled_back_in_the_block(&mut raw, replies).await;
+
+    begin_with_a_branch(&mut raw).await;
+    let mut batch = frame(b'P', &parse_body("begin", "BEGIN"));
+    batch.extend(frame(b'B', &bind_body("begin")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'Q', b"SAVEPOINT PGJDBC_AUTOSAVE\0"));
+    batch.extend(frame(b'P', &parse_body("", "SELECT tandem_rollback()")));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'D', b"P\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let mut replies = raw.recv_until(b'Z').await;
+    replies.extend(raw.recv_until(b'Z').await);
+    rolled_back_in_the_block(&mut raw, replies).await;
+
+    begin_with_a_branch(&mut raw).await;
+    for sql in [
+        "BEGIN",
+        "SELECT * FROM accounts WHERE id = 2 FOR UPDATE",
+        "SAVEPOINT PGJDBC_AUTOSAVE",
+        "SELECT tandem_rollback()",
+    ] {
+        raw.query(sql).await;
+        let replies = raw.recv_until(b'Z').await;
+        if sql.contains("tandem_rollback") {
+            assert_eq!(
+                replies[0].sqlstate().as_deref(),
+                Some("25001"),
+                "{replies:?}"
+            );
+        } else {
+            assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+        }
+    }
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before, "row 1 restored");
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// pgJDBC's executeBatch inside a transaction block sends several writes before one
 /// Sync: each is captured on its own, and after one fails nothing more of the batch
 /// runs, as without tandem.

@@ -47,7 +47,7 @@ async fn psycopg_works_through_the_proxy() {
 /// transactions in AT and XA mode around transactions with autocommit off, where the
 /// driver sends BEGIN in one batch with the first statement, every Execute with a row
 /// limit of 1, and COMMIT over the extended protocol; statements past its
-/// prepareThreshold run server-side prepared.
+/// prepareThreshold run server-side prepared. Then again with `autosave=always`.
 #[tokio::test]
 async fn pgjdbc_works_through_the_proxy() {
     let db = TestDb::create("pgjdbc").await;
@@ -68,20 +68,23 @@ async fn pgjdbc_works_through_the_proxy() {
             db.name
         )
     };
-    let output = tokio::process::Command::new("java")
-        .args(["-cp", "/usr/share/java/postgresql.jar", program])
-        .arg(url(&tandem.pg.to_string()))
-        .arg(url(&upstream))
-        .output()
-        .await
-        .expect("java runs (tests/setup-services.sh installs it)");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "pgJDBC checks failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
+    // `autosave` adds a SAVEPOINT, sent as a Query, ahead of every statement in a block.
+    for options in ["", "&autosave=always"] {
+        let output = tokio::process::Command::new("java")
+            .args(["-cp", "/usr/share/java/postgresql.jar", program])
+            .arg(url(&tandem.pg.to_string()) + options)
+            .arg(url(&upstream))
+            .output()
+            .await
+            .expect("java runs (tests/setup-services.sh installs it)");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "pgJDBC checks failed with options {options:?}:\n{}\n{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
+    }
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
     tandem.assert_no_sessions_left().await;

@@ -526,9 +526,6 @@ async fn a_branchs_commit_over_the_extended_protocol_prepares_it() {
     lockserver.stop().await;
 }
 
-/// pgJDBC runs a statement for the first time as Parse, Bind, Execute in one batch:
-/// inside an open block in XA mode, that write joins the block's branch (the Parse
-/// ahead of its Bind runs nothing).
 /// A raw connection to `tandem`, in XA mode and bound to a new global transaction.
 async fn raw_in_xa(tandem: &Tandem, database: &str) -> tandem_tests::raw_pg::RawPg {
     let mut raw = tandem_tests::raw_pg::RawPg::startup(tandem.pg, "postgres", database).await;
@@ -557,6 +554,9 @@ async fn branch_prepared_then_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg,
     assert_eq!(balance(da, 1).await, 1000);
 }
 
+/// pgJDBC runs a statement for the first time as Parse, Bind, Execute in one batch:
+/// inside an open block in XA mode, that write joins the block's branch (the Parse
+/// ahead of its Bind runs nothing).
 #[tokio::test]
 async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
     use super::control::{bind_body, parse_body};
@@ -610,6 +610,47 @@ async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
     assert_eq!(tags, "12C12C12CZ", "{replies:?}");
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
+    branch_prepared_then_rolled_back(&mut raw, &da).await;
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// pgJDBC's autosave, once its BEGIN is a prepared statement, sends the SAVEPOINT as a
+/// Query between the BEGIN and the first statement: the write waits for the Query's
+/// ReadyForQuery, which shows the open block, and joins its branch.
+#[tokio::test]
+async fn a_write_behind_a_savepoint_query_joins_the_xa_branch() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::frame;
+    let orders = prepare("xa_autosave_query").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let mut raw = raw_in_xa(&tandem, &orders.name).await;
+    let mut batch = frame(b'P', &parse_body("begin", "BEGIN"));
+    batch.extend(frame(b'B', &bind_body("begin")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'Q', b"SAVEPOINT PGJDBC_AUTOSAVE\0"));
+    batch.extend(frame(
+        b'P',
+        &parse_body("", "UPDATE accounts SET balance = 5 WHERE id = 1"),
+    ));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'D', b"P\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\x01"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12CCZ", "{replies:?}");
+    assert_eq!(&replies[4].body[..], b"T", "the SAVEPOINT ran in the block");
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12nCZ", "{replies:?}");
+    raw.query("COMMIT").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
     branch_prepared_then_rolled_back(&mut raw, &da).await;
     drop(raw);
     tandem.shutdown().await;
