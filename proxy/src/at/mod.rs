@@ -11,6 +11,24 @@ pub mod phase2;
 pub mod raw;
 pub mod sweep;
 
+/// The id of a branch's undo row. tandem names it itself, from the branch, rather than
+/// take the next value of the column's sequence or AUTO_INCREMENT on the client's
+/// connection: that would change what the client's session reads from lastval() or
+/// LAST_INSERT_ID() after its COMMIT. Always negative, so never a value the column's
+/// own counter gives (rollback's GlobalFinished markers, written on tandem's side
+/// connections, take those). Two branches share an id with odds of about 2^-63 per
+/// pair; the second then fails its COMMIT on the primary key, and nothing is lost.
+pub fn undo_row_id(xid: &str, branch_id: u64) -> i64 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(branch_id.to_be_bytes());
+    hash.update(xid.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.finalize()[..8]);
+    // 63 bits of the hash, into -2^63 ..= -1.
+    -1 - (u64::from_be_bytes(first) >> 1) as i64
+}
+
 /// The resource id of `database` behind `upstream` (DESIGN.md, "Resources").
 pub fn resource_id(upstream: &str, database: &str) -> String {
     format!("postgres://{upstream}/{database}")
@@ -50,5 +68,20 @@ pub async fn wait_for_read_locks(
             }
             _ => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::undo_row_id;
+
+    #[test]
+    fn undo_row_ids_are_negative_and_name_their_branch() {
+        let id = undo_row_id("ed321ff1073e8ae4-1", 1);
+        assert!(id < 0);
+        assert_eq!(id, undo_row_id("ed321ff1073e8ae4-1", 1));
+        assert_ne!(id, undo_row_id("ed321ff1073e8ae4-1", 2));
+        assert_ne!(id, undo_row_id("ed321ff1073e8ae4-2", 1));
+        assert!((0..10_000).all(|branch| undo_row_id("x", branch) < 0));
     }
 }

@@ -874,6 +874,7 @@ impl Relay<'_> {
             .await?;
         tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
         Ok(Some(UndoRow {
+            id: crate::at::undo_row_id(xid.as_str(), branch_id).to_be_bytes(),
             branch: (branch_id as i64).to_be_bytes(),
             xid: xid.as_str().to_owned(),
             info: record.encode(),
@@ -987,10 +988,12 @@ pub(super) fn chains(commit: &str) -> bool {
     words.contains(&"chain") && !words.contains(&"no")
 }
 
-const INSERT_UNDO: &str = "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5)";
+const INSERT_UNDO: &str = "INSERT INTO undo_log (id, branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// A branch's undo_log row, ready to insert.
 pub(super) struct UndoRow {
+    /// `crate::at::undo_row_id`, binary.
+    id: [u8; 8],
     branch: [u8; 8],
     xid: String,
     info: Vec<u8>,
@@ -1013,6 +1016,11 @@ impl UndoRow {
     fn params(&self) -> Vec<Param<'_>> {
         const STATUS: [u8; 4] = LOG_NORMAL.to_be_bytes();
         vec![
+            Param {
+                type_oid: 20,
+                value: Some(&self.id),
+                text: false,
+            },
             Param {
                 type_oid: 20,
                 value: Some(&self.branch),

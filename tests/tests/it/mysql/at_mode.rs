@@ -1820,3 +1820,54 @@ async fn a_proxy_started_after_the_branch_runs_its_rollback() {
     second.shutdown().await;
     lockserver.stop().await;
 }
+
+/// The undo row tandem inserts at a branch's COMMIT does not take an AUTO_INCREMENT
+/// value: LAST_INSERT_ID() after the COMMIT (or after an autocommit INSERT, which
+/// tandem commits with its undo row) is still the client's own insert's id.
+#[tokio::test]
+async fn last_insert_id_after_a_branch_commit_is_the_clients_own() {
+    let db = prepare("at_last_insert_id").await;
+    let mut direct = db.direct().await;
+    // Ids far from undo_log's own AUTO_INCREMENT, which also starts at 1.
+    direct
+        .query_drop("ALTER TABLE items AUTO_INCREMENT = 1000")
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "items").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    let last_insert_id = async |conn: &mut Conn| -> u64 {
+        conn.query_first("SELECT LAST_INSERT_ID()")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    conn.query_drop("INSERT INTO items (name) VALUES ('autocommit')")
+        .await
+        .unwrap();
+    let id = conn.last_insert_id().expect("an id in the OK packet");
+    assert_eq!(last_insert_id(&mut conn).await, id);
+
+    run_each(
+        &mut conn,
+        &["BEGIN", "INSERT INTO items (name) VALUES ('in a block')"],
+    )
+    .await;
+    let id = conn.last_insert_id().expect("an id in the OK packet");
+    conn.query_drop("COMMIT").await.unwrap();
+    assert_eq!(last_insert_id(&mut conn).await, id);
+    assert_eq!(
+        undo_rows(&mut direct).await,
+        2,
+        "both branches kept undo rows"
+    );
+
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "items").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

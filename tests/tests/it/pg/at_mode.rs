@@ -470,3 +470,66 @@ async fn the_undo_sweep_deletes_old_markers_and_keeps_undo_rows() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// The undo row tandem inserts at a branch's COMMIT does not take a value of its
+/// sequence: lastval() after the COMMIT (or after an autocommit INSERT, which tandem
+/// commits with its undo row) is still the client's own insert's key, as drivers that
+/// ask for the last insert id read it (PDO, Doctrine).
+#[tokio::test]
+async fn lastval_after_a_branch_commit_is_the_clients_own() {
+    let db = prepare("at_lastval").await;
+    let direct = db.direct().await;
+    direct
+        // Keys far from undo_log's own sequence, which also starts at 1.
+        .batch_execute(
+            "CREATE TABLE serials (id serial PRIMARY KEY, v text);
+             ALTER SEQUENCE serials_id_seq RESTART WITH 1000",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let client = tandem.connect(&db.name).await;
+    client.batch_execute("SELECT tandem_begin()").await.unwrap();
+    let lastval = async || -> i64 {
+        client
+            .query_one("SELECT lastval()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+
+    let id: i32 = client
+        .query_one(
+            "INSERT INTO serials (v) VALUES ('autocommit') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lastval().await, i64::from(id));
+
+    client.batch_execute("BEGIN").await.unwrap();
+    let id: i32 = client
+        .query_one(
+            "INSERT INTO serials (v) VALUES ('in a block') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(lastval().await, i64::from(id));
+    assert_eq!(undo_rows(&direct).await, 2, "both branches kept undo rows");
+
+    rolled_back(&client).await;
+    let left: i64 = direct
+        .query_one("SELECT count(*) FROM serials", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -873,13 +873,18 @@ impl Relay<'_> {
         // A prepared INSERT (kept, like the image reads) with the record as a binary
         // parameter: nothing to escape, nothing for the server to parse again.
         let insert = format!(
-            "INSERT INTO {} (branch_id, xid, context, rollback_info, log_status) VALUES (?, ?, 'tandem', ?, ?)",
+            "INSERT INTO {} (id, branch_id, xid, context, rollback_info, log_status) VALUES (?, ?, ?, 'tandem', ?, ?)",
             undo_table(&self.database),
         );
+        let id = crate::at::undo_row_id(xid.as_str(), branch_id).to_le_bytes();
         let branch = branch_id.to_le_bytes();
         let info = record.encode();
         let status = crate::at::phase2::LOG_NORMAL.to_le_bytes();
         let params = [
+            Param {
+                type_code: types::LONGLONG,
+                value: Some(&id),
+            },
             Param {
                 type_code: types::LONGLONG | types::UNSIGNED,
                 value: Some(&branch),
