@@ -23,8 +23,9 @@ pub struct LocalTransaction {
     /// It has captured writes (AT) or is an open XA branch: it must end inside the
     /// global transaction.
     pub has_branch: bool,
-    /// Nothing has run in it: tandem began it ahead of this very call (JDBC with
-    /// autocommit off sends BEGIN with every first statement).
+    /// Only BEGIN and SAVEPOINT have run in it: it holds no row locks (JDBC with
+    /// autocommit off sends BEGIN, and with `autosave` a SAVEPOINT, ahead of every first
+    /// statement of a block).
     pub fresh: bool,
 }
 

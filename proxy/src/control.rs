@@ -264,16 +264,18 @@ pub fn quote_literal(value: &str) -> String {
 }
 
 /// The leading words of a statement (letters, digits, `_`), past whitespace and
-/// comments: `--` and `/* */`, and `#` where the dialect has it (MySQL). Stops at the
-/// first character that is none of these.
-pub fn leading_words(sql: &[u8], hash_comments: bool) -> impl Iterator<Item = &[u8]> {
+/// comments, as the server reads them: `--` and `/* */`, nested on PostgreSQL; on MySQL
+/// (`mysql`) also `#`, and the words inside an executable comment (`/*!50000 UPDATE
+/// …*/`, MariaDB's `/*M! …*/`), which the server runs. Stops at the first character
+/// that is none of these.
+pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
     let mut rest = sql;
     std::iter::from_fn(move || {
         loop {
             rest = rest.trim_ascii_start();
             let line_comment = rest
                 .strip_prefix(b"--")
-                .or_else(|| rest.strip_prefix(b"#").filter(|_| hash_comments));
+                .or_else(|| rest.strip_prefix(b"#").filter(|_| mysql));
             if let Some(after) = line_comment {
                 let end = after
                     .iter()
@@ -281,11 +283,17 @@ pub fn leading_words(sql: &[u8], hash_comments: bool) -> impl Iterator<Item = &[
                     .unwrap_or(after.len());
                 rest = &after[end..];
             } else if let Some(after) = rest.strip_prefix(b"/*") {
-                let end = after
-                    .windows(2)
-                    .position(|w| w == b"*/")
-                    .map_or(after.len(), |p| p + 2);
-                rest = &after[end..];
+                let executable = after
+                    .strip_prefix(b"!")
+                    .or_else(|| after.strip_prefix(b"M!"));
+                rest = match executable {
+                    // Past its version, if it has one.
+                    Some(inside) if mysql => {
+                        let version = inside.iter().take_while(|b| b.is_ascii_digit()).count();
+                        &inside[version..]
+                    }
+                    _ => past_block_comment(after, !mysql),
+                };
             } else {
                 break;
             }
@@ -303,9 +311,70 @@ pub fn leading_words(sql: &[u8], hash_comments: bool) -> impl Iterator<Item = &[
     })
 }
 
+/// What follows a block comment whose text (after its `/*`) starts `after`; `nested`:
+/// the comment holds others, each closed by its own `*/` (PostgreSQL).
+fn past_block_comment(after: &[u8], nested: bool) -> &[u8] {
+    let mut depth = 1usize;
+    let mut at = 0;
+    while at + 1 < after.len() {
+        match &after[at..at + 2] {
+            b"*/" => {
+                depth -= 1;
+                at += 2;
+                if depth == 0 {
+                    return &after[at..];
+                }
+            }
+            b"/*" if nested => {
+                depth += 1;
+                at += 2;
+            }
+            _ => at += 1,
+        }
+    }
+    &after[after.len()..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leading_words_skip_comments_as_the_server_does() {
+        let first = |sql: &str, mysql: bool| {
+            leading_words(sql.as_bytes(), mysql)
+                .next()
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+        };
+        // PostgreSQL nests block comments; MySQL does not.
+        let nested = "/* /* */ BEGIN */ UPDATE t SET v = 1";
+        assert_eq!(first(nested, false).as_deref(), Some("UPDATE"));
+        assert_eq!(first(nested, true).as_deref(), Some("BEGIN"));
+        assert_eq!(
+            first("/* a */ -- b\n /* c /* d */ */ SELECT 1", false).as_deref(),
+            Some("SELECT")
+        );
+        // MySQL runs an executable comment's text.
+        assert_eq!(
+            first("/*!50000 UPDATE t SET v = 1 */", true).as_deref(),
+            Some("UPDATE")
+        );
+        assert_eq!(
+            first("/*M!100101 DELETE FROM t */", true).as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(
+            first("/*! INSERT INTO t VALUES (1) */", true).as_deref(),
+            Some("INSERT")
+        );
+        assert_eq!(first("# note\nCOMMIT", true).as_deref(), Some("COMMIT"));
+        assert_eq!(
+            first("/*!50000 UPDATE t */", false),
+            None,
+            "a comment on PostgreSQL"
+        );
+        assert_eq!(first("/* never closed", false), None);
+    }
 
     fn ok(sql: &str) -> Option<Control> {
         parse(sql.as_bytes()).unwrap()

@@ -1272,7 +1272,8 @@ async fn a_rollback_call_behind_begin_and_an_autosave_savepoint_runs() {
     begin_with_a_branch(&mut raw).await;
     for sql in [
         "BEGIN",
-        "SELECT * FROM accounts WHERE id = 2 FOR UPDATE",
+        // PostgreSQL nests comments: this is a locking read, not a SAVEPOINT.
+        "/* /* */ SAVEPOINT a */ SELECT * FROM accounts WHERE id = 2 FOR UPDATE",
         "SAVEPOINT PGJDBC_AUTOSAVE",
         "SELECT tandem_rollback()",
     ] {
