@@ -37,6 +37,11 @@ if ! python3 -c 'import psycopg' 2>/dev/null; then
   python3 -m pip install -q 'psycopg[binary]' 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'psycopg[binary]'
 fi
+if ! python3 -c 'import asyncpg' 2>/dev/null; then
+  log "installing asyncpg"
+  python3 -m pip install -q asyncpg 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages asyncpg
+fi
 
 # --- PostgreSQL --------------------------------------------------------------------
 pg_version=$(ls /etc/postgresql | sort -V | tail -1)

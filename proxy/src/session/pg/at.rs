@@ -57,6 +57,13 @@ pub(super) struct WriteInFlight {
     /// Columns appended to the statement's RETURNING: the image, the key, the flag.
     appended: usize,
     client_returning: bool,
+    /// Of the client's RETURNING rows, how many more its Execute's row limit lets
+    /// through (None: no limit). tandem's own Execute asks for every row: it needs
+    /// each one's key.
+    rows_left_for_client: Option<u32>,
+    /// Rows came back past the client's row limit: the client gets PortalSuspended
+    /// where CommandComplete was, as without tandem.
+    suspended: bool,
     keys: Vec<TextKey>,
     /// The statement returns each row's after image first among tandem's columns.
     image: bool,
@@ -99,6 +106,8 @@ impl WriteInFlight {
             swallow,
             kind: write.kind,
             client_returning: write.has_returning,
+            rows_left_for_client: None,
+            suspended: false,
             keys: Vec::new(),
             image,
             images: Vec::new(),
@@ -108,6 +117,11 @@ impl WriteInFlight {
             table_changed: false,
             inserted_keys: Vec::new(),
         }
+    }
+
+    /// The client's Execute asked for at most `max_rows` rows (0: all).
+    pub(super) fn pass_on_at_most(&mut self, max_rows: u32) {
+        self.rows_left_for_client = (max_rows != 0).then_some(max_rows);
     }
 
     /// An autocommit write outside a global transaction that tandem runs in its own
@@ -122,6 +136,8 @@ impl WriteInFlight {
             swallow: VecDeque::new(),
             kind: WriteKind::Update,
             client_returning: true,
+            rows_left_for_client: None,
+            suspended: false,
             keys: Vec::new(),
             image: false,
             images: Vec::new(),
@@ -553,6 +569,13 @@ impl Relay<'_> {
         if !w.client_returning {
             return Ok(Some(BytesMut::new()));
         }
+        if let Some(left) = w.rows_left_for_client.as_mut() {
+            if *left == 0 {
+                w.suspended = true;
+                return Ok(Some(BytesMut::new()));
+            }
+            *left -= 1;
+        }
         let mut out = BytesMut::new();
         out.put_u8(b'D');
         let len: usize = 4
@@ -573,6 +596,21 @@ impl Relay<'_> {
             }
         }
         Ok(Some(out))
+    }
+
+    /// CommandComplete of the write in flight: PortalSuspended instead when rows came
+    /// past the client's row limit. The backend ran the whole write, as it does for a
+    /// write with RETURNING under a row limit too, and kept the rest for a later
+    /// Execute of the portal, which tandem's portal no longer has (`suspended`).
+    pub(super) fn on_write_command_complete(&mut self) -> Option<BytesMut> {
+        let w = self.write_in_flight.as_ref()?;
+        if !w.suspended {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        out.put_u8(backend::PORTAL_SUSPENDED);
+        out.put_i32(4);
+        Some(out)
     }
 
     /// ErrorResponse of the write in flight (or of its before image, which the backend

@@ -39,6 +39,10 @@ pub(super) enum Extended {
     NeedMore,
     /// Requests are still in flight; wait for the sync point.
     WaitForSyncPoint,
+    /// Nothing has run since the last sync point, and no reply is due
+    /// (`may_settle`): make one with a Sync of tandem's (`settle`), then handle this
+    /// message there.
+    SettleFirst,
     /// A Bind of a write that cannot be held (its batch is already under way): replace
     /// it with a failing Bind and answer with this error.
     RefuseBind(Refusal),
@@ -58,10 +62,10 @@ pub(super) struct Batch<'a> {
     pub(super) bind: Bind<'a>,
     pub(super) bind_frame: &'a [u8],
     pub(super) describe: Option<(u8, &'a [u8])>,
-    /// Its Execute asks for at most some rows (pgJDBC asks for 1 when it wants none):
-    /// it matters only to a statement that returns rows, and tandem's rewritten batch
-    /// asks for all.
-    pub(super) row_limit: bool,
+    /// The most rows its Execute asks for, 0 for all (pgJDBC asks for 1 when it wants
+    /// none, asyncpg's fetchrow for 1): it matters only to a statement that returns
+    /// rows. tandem's rewritten batch asks for all, and passes on this many.
+    pub(super) max_rows: u32,
     pub(super) len: usize,
 }
 
@@ -248,6 +252,7 @@ impl Relay<'_> {
             return None;
         }
         Some(match self.phase {
+            _ if tag == frontend::BIND && self.may_settle() => Extended::SettleFirst,
             super::Phase::Busy { unsynced: true, .. } if tag == frontend::BIND => {
                 Extended::RefuseBind(refusal(Error::Unsupported { what: mid_batch }))
             }
@@ -451,11 +456,6 @@ impl Relay<'_> {
     ) -> Result<BytesMut> {
         let meta = self.captured_table_meta(&write.table).await?;
         meta.check_capturable(&write)?;
-        if write.has_returning && batch.row_limit {
-            return Err(Error::Unsupported {
-                what: "a write with RETURNING executed with a row limit inside a global transaction",
-            });
-        }
         let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
@@ -463,7 +463,7 @@ impl Relay<'_> {
         let appended = super::at::appended_columns(&meta, &write);
         let (out, rule) =
             self.put_rewritten_batch(&rewritten, &param_types, &batch, &write, appended)?;
-        let in_flight = WriteInFlight::new(
+        let mut in_flight = WriteInFlight::new(
             Arc::clone(&meta),
             &write,
             implicit,
@@ -473,6 +473,7 @@ impl Relay<'_> {
                 crate::wire::pg::codes::backend::PARSE_COMPLETE,
             ]),
         );
+        in_flight.pass_on_at_most(batch.max_rows);
         // BEGIN (for an autocommit write), the before image and the batch go in one
         // round trip and under the batch's Sync, as over the simple protocol: the image
         // is read before the batch's replies, which follow it. If the image fails, the
@@ -594,6 +595,9 @@ impl Relay<'_> {
             if !self.phase.at_sync_point() {
                 if !matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
                     return Ok(Extended::WaitForSyncPoint);
+                }
+                if tag == frontend::BIND && self.may_settle() {
+                    return Ok(Extended::SettleFirst);
                 }
                 // Mid-batch: it cannot join its global transaction, so it must not run.
                 return Ok(match tag {
@@ -853,7 +857,7 @@ fn decode_batch<'a>(
         bind,
         bind_frame: frames[bind_at].1,
         describe,
-        row_limit: max_rows != 0,
+        max_rows: u32::try_from(max_rows).unwrap_or(0),
         len,
     }))
 }
@@ -975,6 +979,7 @@ impl Relay<'_> {
                 self.xa = XaBranch::Open;
                 Extended::NotAWrite
             }
+            _ if self.may_settle() => Extended::SettleFirst,
             _ => refuse(
                 "a write in the middle of a pipelined batch that does not run inside an open transaction block, in XA mode",
             ),

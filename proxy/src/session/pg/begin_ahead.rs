@@ -14,6 +14,11 @@
 //! (pgJDBC 42.5's `autosave` sends its SAVEPOINT as a Query within the batch instead:
 //! a sync point of its own, which the statement behind it waits for.)
 //!
+//! asyncpg sends Parse, Describe and Flush, reads the replies, then sends Bind,
+//! Execute and Sync: its Bind comes between sync points, where tandem cannot run its
+//! own statements either. Nothing has run before it, so tandem ends that stretch with
+//! a Sync of its own first (`settle`).
+//!
 //! Every message and reply goes through the session's tracking as if relayed. Invariant:
 //! nothing after the BEGIN reaches the backend before the BEGIN's replies are read; if
 //! the BEGIN fails, the rest of the client's batch is dropped, as the backend would
@@ -110,7 +115,7 @@ impl Relay<'_> {
             at += frame.wire_len;
         }
         self.on_client_message(frontend::SYNC, &[])?;
-        let (to_client, failed, status) = self.read_begin_replies().await?;
+        let (to_client, failed, status) = self.read_to_ready().await?;
         self.write_client(&to_client);
         if !failed {
             tracing::debug!(parent: &self.span, opens_block, "BEGIN or SAVEPOINT run ahead of its batch");
@@ -183,9 +188,9 @@ impl Relay<'_> {
         }
     }
 
-    /// The replies to the BEGIN run ahead, up to tandem's ReadyForQuery (not passed on):
-    /// what the client gets, whether one was an error, and the status.
-    async fn read_begin_replies(&mut self) -> Result<(BytesMut, bool, TxStatus)> {
+    /// The replies to what went ahead under a Sync of tandem's, up to its ReadyForQuery
+    /// (not passed on): what the client gets, whether one was an error, and the status.
+    async fn read_to_ready(&mut self) -> Result<(BytesMut, bool, TxStatus)> {
         let max = self.ctx.config.max_message_bytes;
         let mut to_client = BytesMut::new();
         let mut failed = false;
@@ -212,6 +217,44 @@ impl Relay<'_> {
 }
 
 impl Relay<'_> {
+    /// Whether the session may be brought to a sync point by a Sync of tandem's
+    /// (`settle`) though the client sent none: since the last ReadyForQuery it has only
+    /// prepared, described and closed statements, then flushed, and every reply it
+    /// waited for is in. asyncpg does this ahead of every Bind, and its `prepare()`
+    /// ahead of whatever comes next. Nothing has run, so the Sync changes nothing the
+    /// client can see: its statements outlive it, and it bound no portal.
+    pub(super) fn may_settle(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Busy {
+                awaiting: 0,
+                unsynced: true,
+                copy: None,
+                ..
+            }
+        ) && !self.executed_in_batch
+            && !self.bound_in_batch
+            && !self.tracked.has_outstanding()
+    }
+
+    /// Brings the session to a sync point with a Sync of tandem's (`may_settle`). What
+    /// the backend still had to say goes to the client, its ReadyForQuery does not.
+    /// An error among it (a Describe of an unknown statement) means the backend was
+    /// skipping the client's batch: so does tandem, up to the client's Sync.
+    pub(super) async fn settle(&mut self) -> Result<()> {
+        let mut sync = BytesMut::with_capacity(SYNC_LEN);
+        put_msg(&mut sync, frontend::SYNC, &[]);
+        self.write_server(&sync).await?;
+        self.on_client_message(frontend::SYNC, &[])?;
+        let (to_client, failed, status) = self.read_to_ready().await?;
+        self.write_client(&to_client);
+        if failed {
+            self.skip_to_client_sync = Some(status);
+        }
+        tracing::debug!(parent: &self.span, ?status, "unsynced stretch settled by tandem's Sync");
+        Ok(())
+    }
+
     /// Keeps `block_untouched` as the client's message `tag`/`body` goes to the backend.
     pub(super) fn track_untouched_block(&mut self, tag: u8, body: &[u8]) {
         if self.phase == Phase::Ready(TxStatus::Idle) {

@@ -94,6 +94,13 @@ impl Relay<'_> {
                     }
                     Extended::NotAWrite => {}
                     Extended::NeedMore => break,
+                    Extended::SettleFirst => {
+                        self.write_server(&buf[run_start..pos]).await?;
+                        run_start = pos;
+                        self.settle().await?;
+                        // This message again, now at a sync point.
+                        continue;
+                    }
                     Extended::WaitForSyncPoint => {
                         self.client_paused = true;
                         break;
@@ -145,6 +152,12 @@ impl Relay<'_> {
                 run_start = pos;
                 match self.intercept_query(body).await? {
                     Intercepted::Relay => {}
+                    // No ReadyForQuery is due: one is made (asyncpg's prepare leaves Parse,
+                    // Describe and Flush unsynced ahead of a simple Query).
+                    Intercepted::WaitForSyncPoint if self.may_settle() => {
+                        self.settle().await?;
+                        continue;
+                    }
                     Intercepted::WaitForSyncPoint => {
                         self.client_paused = true;
                         break;
@@ -236,8 +249,10 @@ impl Relay<'_> {
         self.track_untouched_block(tag, body);
         match tag {
             frontend::EXECUTE => self.executed_in_batch = true,
+            frontend::BIND => self.bound_in_batch = true,
             frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
-                self.executed_in_batch = false
+                self.executed_in_batch = false;
+                self.bound_in_batch = false;
             }
             _ => {}
         }

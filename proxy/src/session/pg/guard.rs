@@ -275,6 +275,9 @@ impl Relay<'_> {
                     // Preparing changes nothing: the Bind is refused.
                     return Ok(Extended::NotAWrite);
                 }
+                if self.may_settle() {
+                    return Ok(Extended::SettleFirst);
+                }
                 // Earlier messages of this batch are at the backend already: tandem
                 // cannot run its check in between.
                 return Ok(Extended::RefuseBind(super::at_extended::refusal(
@@ -355,7 +358,7 @@ impl Relay<'_> {
                 to_backend: Some(out),
             });
         }
-        let rewritable = !write.has_returning || !batch.row_limit;
+        let rewritable = !write.has_returning || batch.max_rows == 0;
         let to_backend = if rewritable {
             // Prepared again with the changed rows returned, checked as over the
             // simple protocol when it is over (see guard_query).

@@ -212,6 +212,8 @@ struct Relay<'a> {
     /// An Execute was sent since the last Sync (or Query): the transaction state the
     /// last ReadyForQuery gave may have changed within the batch.
     executed_in_batch: bool,
+    /// A Bind was sent since the last Sync (or Query or FunctionCall).
+    bound_in_batch: bool,
     /// The batch so far is Close messages only (pgJDBC closes the statements it
     /// dropped ahead of a transaction's BEGIN): a BEGIN may still run ahead.
     closes_only_in_batch: bool,
@@ -280,6 +282,7 @@ impl<'a> Relay<'a> {
             unnamed_portal_holds_nothing: false,
             implicit_batch: false,
             executed_in_batch: false,
+            bound_in_batch: false,
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,

@@ -331,6 +331,12 @@ impl Tracked {
                 None => return Err(OutOfOrder("ReadyForQuery without a Sync or Query")),
             }
         }
+        // The end of a COPY the client sent right behind the request that was to start
+        // it: that request is over and no COPY started (it failed, or tandem refused
+        // it), and the backend ignores CopyDone and CopyFail outside copy-in mode.
+        while matches!(self.outstanding.front(), Some(Outstanding::CopyEnd)) {
+            self.outstanding.pop_front();
+        }
         if transaction_ended {
             self.portals.clear();
         }
@@ -397,6 +403,26 @@ mod tests {
         t.on_parse_complete().unwrap();
         t.on_ready_for_query(true).unwrap();
         assert_eq!(t.statement(b"s1").unwrap().inferred, None);
+    }
+
+    #[test]
+    fn a_copy_end_behind_a_query_that_started_no_copy_expects_nothing() {
+        let mut t = Tracked::default();
+        // asyncpg: Query(COPY … FROM STDIN), its data and CopyDone, in one write.
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_copy_end();
+        // The COPY failed: ErrorResponse, then ReadyForQuery.
+        t.on_error_response();
+        t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
+        t.on_parse(&parse_body("s", "select 1")).unwrap();
+        t.on_parse_complete().unwrap();
+        // One that started: CopyInResponse takes the CopyDone as its end.
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_copy_end();
+        assert_eq!(t.on_copy_in_response(), 0);
+        t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
     }
 
     #[test]

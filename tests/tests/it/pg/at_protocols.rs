@@ -1301,6 +1301,68 @@ async fn a_rollback_call_behind_begin_and_an_autosave_savepoint_runs() {
     lockserver.stop().await;
 }
 
+/// A write with RETURNING under an Execute row limit (asyncpg's fetchrow asks for 1):
+/// the client gets at most that many rows, then PortalSuspended where more came, as
+/// without tandem; every row the write changed is captured all the same.
+#[tokio::test]
+async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("returning_row_limit").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    let limited = |sql: &str, max_rows: i32| {
+        let mut batch = frame(b'P', &parse_body("", sql));
+        batch.extend(frame(b'B', &bind_body("")));
+        let mut execute = vec![0u8];
+        execute.extend_from_slice(&max_rows.to_be_bytes());
+        batch.extend(frame(b'E', &execute));
+        batch.extend(frame(b'S', b""));
+        batch
+    };
+    let tags = |replies: &[tandem_tests::raw_pg::Msg]| -> String {
+        replies.iter().map(|m| m.tag as char).collect()
+    };
+
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&limited(
+        "UPDATE accounts SET balance = balance + 1 WHERE id IN (1, 2, 3) RETURNING id",
+        1,
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DsZ", "{replies:?}");
+    raw.query("COMMIT").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "CZ", "{replies:?}");
+
+    // Autocommit, fewer rows than the limit: all of them, and CommandComplete.
+    raw.send(&limited(
+        "UPDATE accounts SET balance = 0 WHERE id IN (4, 5) RETURNING balance",
+        5,
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DDCZ", "{replies:?}");
+    assert_eq!(replies[4].strings()[0], "UPDATE 2");
+    let changed = dump(&direct).await;
+    assert_ne!(changed, before);
+
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before, "all five rows restored");
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// pgJDBC's executeBatch inside a transaction block sends several writes before one
 /// Sync: each is captured on its own, and after one fails nothing more of the batch
 /// runs, as without tandem.

@@ -1,5 +1,5 @@
 //! Unrelated drivers, run as real client processes against the proxy: psycopg 3 (libpq
-//! underneath) and pgJDBC.
+//! underneath), asyncpg and pgJDBC.
 
 use tandem_tests::harness::{Tandem, TestDb};
 use tandem_tests::lockserver::{Kind, TestLockserver};
@@ -41,6 +41,48 @@ async fn psycopg_works_through_the_proxy() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
+}
+
+/// asyncpg, as an asyncio service uses it: global transactions in AT and XA mode, and
+/// a write outside them to a held row. asyncpg runs every statement with arguments as
+/// Parse, Describe and Flush, then Bind, Execute and Sync.
+#[tokio::test]
+async fn asyncpg_works_through_the_proxy() {
+    let db = TestDb::create("asyncpg").await;
+    db.migrate().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    // The check of the write to a held row waits this long before 55P03.
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 1_000;
+    })
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/asyncpg_check.py");
+    let upstream = tandem_tests::env::pg_upstream();
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("postgresql://postgres@{}/{}", tandem.pg, db.name))
+        .arg(format!("postgresql://postgres@{upstream}/{}", db.name))
+        .output()
+        .await
+        .expect("python3 runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'asyncpg'"),
+        "asyncpg is not installed: run `pip install asyncpg` (tests/setup-services.sh does)"
+    );
+    assert!(
+        output.status.success(),
+        "asyncpg checks failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }
 
 /// pgJDBC (Debian's libpostgresql-jdbc-java), run as a Java service runs it: global
