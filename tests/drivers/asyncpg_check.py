@@ -47,12 +47,16 @@ async def at_mode(c, direct):
     await c.executemany(
         "UPDATE apg_accounts SET balance = balance + 1 WHERE id = $1", [(i,) for i in range(1, 6)])
     assert await direct.fetchval("SELECT count(*) FROM apg_accounts") == 15
-    # COPY cannot be captured: refused, and the session goes on.
-    try:
-        await c.copy_records_to_table("apg_accounts", records=[(30, 1, "copy")])
-        raise AssertionError("COPY into a table ran in a global transaction")
-    except asyncpg.PostgresError as e:
-        assert e.sqlstate == "0A000", e
+    # COPY cannot be captured: refused, and the session goes on, whether its data and
+    # CopyDone arrive with the COPY or after tandem has refused it.
+    for count in [1, 20_000]:
+        try:
+            await c.copy_records_to_table(
+                "apg_accounts", records=[(100 + i, 1, "copy " * 10) for i in range(count)])
+            raise AssertionError("COPY into a table ran in a global transaction")
+        except asyncpg.PostgresError as e:
+            assert e.sqlstate == "0A000", e
+        assert await c.fetchval("SELECT $1::int", count) == count
     assert await c.fetchval("SELECT 41 + $1::int", 1) == 42
     # prepare() leaves its Parse, Describe and Flush unsynced; a simple query follows.
     await c.prepare("SELECT balance FROM apg_accounts WHERE id = $1")

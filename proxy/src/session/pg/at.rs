@@ -61,8 +61,8 @@ pub(super) struct WriteInFlight {
     /// through (None: no limit). tandem's own Execute asks for every row: it needs
     /// each one's key.
     rows_left_for_client: Option<u32>,
-    /// Rows came back past the client's row limit: the client gets PortalSuspended
-    /// where CommandComplete was, as without tandem.
+    /// The client's row limit was reached: it gets PortalSuspended where
+    /// CommandComplete was, as without tandem.
     suspended: bool,
     keys: Vec<TextKey>,
     /// The statement returns each row's after image first among tandem's columns.
@@ -571,10 +571,12 @@ impl Relay<'_> {
         }
         if let Some(left) = w.rows_left_for_client.as_mut() {
             if *left == 0 {
-                w.suspended = true;
                 return Ok(Some(BytesMut::new()));
             }
             *left -= 1;
+            // The backend suspends a portal that gave as many rows as asked for, even
+            // the last: it did not look for more.
+            w.suspended |= *left == 0;
         }
         let mut out = BytesMut::new();
         out.put_u8(b'D');
@@ -598,10 +600,11 @@ impl Relay<'_> {
         Ok(Some(out))
     }
 
-    /// CommandComplete of the write in flight: PortalSuspended instead when rows came
-    /// past the client's row limit. The backend ran the whole write, as it does for a
-    /// write with RETURNING under a row limit too, and kept the rest for a later
-    /// Execute of the portal, which tandem's portal no longer has (`suspended`).
+    /// CommandComplete of the write in flight: PortalSuspended instead when the
+    /// client's row limit was reached (`suspended`). The backend runs a write with
+    /// RETURNING whole under a row limit too, and keeps the rest for a later Execute of
+    /// the portal, which tandem's portal no longer has: only the unnamed portal, which
+    /// the client's next Bind replaces, gets a limit (`rewrite_batch`).
     pub(super) fn on_write_command_complete(&mut self) -> Option<BytesMut> {
         let w = self.write_in_flight.as_ref()?;
         if !w.suspended {

@@ -456,6 +456,13 @@ impl Relay<'_> {
     ) -> Result<BytesMut> {
         let meta = self.captured_table_meta(&write.table).await?;
         meta.check_capturable(&write)?;
+        if write.has_returning && batch.max_rows != 0 && !batch.bind.portal.is_empty() {
+            // tandem's Execute takes every row: a later Execute of the portal, which
+            // the backend would answer with the rows past the limit, would get none.
+            return Err(Error::Unsupported {
+                what: "a write with RETURNING executed into a named portal with a row limit inside a global transaction",
+            });
+        }
         let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;

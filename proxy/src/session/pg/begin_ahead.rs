@@ -220,9 +220,11 @@ impl Relay<'_> {
     /// Whether the session may be brought to a sync point by a Sync of tandem's
     /// (`settle`) though the client sent none: since the last ReadyForQuery it has only
     /// prepared, described and closed statements, then flushed, and every reply it
-    /// waited for is in. asyncpg does this ahead of every Bind, and its `prepare()`
-    /// ahead of whatever comes next. Nothing has run, so the Sync changes nothing the
-    /// client can see: its statements outlive it, and it bound no portal.
+    /// waited for is in, none an error (after one the backend skips the client's
+    /// messages up to its Sync, which tandem's would end early). asyncpg does this
+    /// ahead of every Bind, and its `prepare()` ahead of whatever comes next. Nothing
+    /// has run, so the Sync changes nothing the client can see: its statements outlive
+    /// it, and it bound no portal.
     pub(super) fn may_settle(&self) -> bool {
         matches!(
             self.phase,
@@ -234,7 +236,9 @@ impl Relay<'_> {
             }
         ) && !self.executed_in_batch
             && !self.bound_in_batch
+            && !self.error_since_ready
             && !self.tracked.has_outstanding()
+            && self.server_streaming == 0
     }
 
     /// Brings the session to a sync point with a Sync of tandem's (`may_settle`). What

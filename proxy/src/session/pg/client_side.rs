@@ -303,7 +303,11 @@ impl Relay<'_> {
             // COPY data belongs to the request that started the COPY.
             frontend::COPY_DATA => return Ok(()),
             frontend::COPY_DONE | frontend::COPY_FAIL => {
-                self.tracked.on_copy_end();
+                // At a sync point no COPY runs or is about to (the one they end was
+                // refused, or failed, before they came): the backend ignores them.
+                if !self.phase.at_sync_point() {
+                    self.tracked.on_copy_end();
+                }
                 return Ok(());
             }
             frontend::TERMINATE => return Ok(()),

@@ -214,6 +214,9 @@ struct Relay<'a> {
     executed_in_batch: bool,
     /// A Bind was sent since the last Sync (or Query or FunctionCall).
     bound_in_batch: bool,
+    /// The backend reported an error since its last ReadyForQuery: it skips what the
+    /// client sends up to the next Sync.
+    error_since_ready: bool,
     /// The batch so far is Close messages only (pgJDBC closes the statements it
     /// dropped ahead of a transaction's BEGIN): a BEGIN may still run ahead.
     closes_only_in_batch: bool,
@@ -283,6 +286,7 @@ impl<'a> Relay<'a> {
             implicit_batch: false,
             executed_in_batch: false,
             bound_in_batch: false,
+            error_since_ready: false,
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,

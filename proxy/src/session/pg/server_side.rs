@@ -36,6 +36,7 @@ impl Relay<'_> {
                 && let Some(refusal) = self.tracked.take_refusal()
             {
                 self.tracked.on_error_response();
+                self.error_since_ready = true;
                 let mut replacement = BytesMut::new();
                 put_error(
                     &mut replacement,
@@ -134,6 +135,7 @@ impl Relay<'_> {
     pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {
         match tag {
             backend::READY_FOR_QUERY => {
+                self.error_since_ready = false;
                 let status =
                     TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
                 if self.phase != Phase::Authenticating {
@@ -212,6 +214,7 @@ impl Relay<'_> {
                 }
             }
             backend::ERROR_RESPONSE => {
+                self.error_since_ready = true;
                 let fields = ErrorFields::decode(body)
                     .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
                 if fields.is_fatal() || self.phase == Phase::Authenticating {

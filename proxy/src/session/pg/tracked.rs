@@ -324,17 +324,20 @@ impl Tracked {
     /// ReadyForQuery arrived: requests queued before the sync point that were never
     /// answered were skipped after an error. Portals do not outlive their transaction.
     pub fn on_ready_for_query(&mut self, transaction_ended: bool) -> Result<(), OutOfOrder> {
-        loop {
+        let answered = loop {
             match self.outstanding.pop_front() {
-                Some(Outstanding::SyncPoint(_)) => break,
+                Some(Outstanding::SyncPoint(kind)) => break kind,
                 Some(_) => continue,
                 None => return Err(OutOfOrder("ReadyForQuery without a Sync or Query")),
             }
-        }
-        // The end of a COPY the client sent right behind the request that was to start
-        // it: that request is over and no COPY started (it failed, or tandem refused
-        // it), and the backend ignores CopyDone and CopyFail outside copy-in mode.
-        while matches!(self.outstanding.front(), Some(Outstanding::CopyEnd)) {
+        };
+        // The end of a COPY the client sent right behind a Query that was to start it:
+        // the Query is over and no COPY started (it failed, or tandem refused it), and
+        // the backend ignores CopyDone and CopyFail outside copy-in mode. (Behind a
+        // Sync, an Execute still to come may start one.)
+        while answered == SyncKind::Query
+            && matches!(self.outstanding.front(), Some(Outstanding::CopyEnd))
+        {
             self.outstanding.pop_front();
         }
         if transaction_ended {
@@ -422,6 +425,14 @@ mod tests {
         t.on_copy_end();
         assert_eq!(t.on_copy_in_response(), 0);
         t.on_ready_for_query(true).unwrap();
+        assert!(!t.has_outstanding());
+        // Behind a Sync, an Execute (untracked) may still start the COPY it ends.
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_copy_end();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_ready_for_query(false).unwrap();
+        assert_eq!(t.on_copy_in_response(), 0, "its own Sync is not ignored");
+        t.on_ready_for_query(false).unwrap();
         assert!(!t.has_outstanding());
     }
 

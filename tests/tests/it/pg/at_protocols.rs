@@ -1301,6 +1301,57 @@ async fn a_rollback_call_behind_begin_and_an_autosave_savepoint_runs() {
     lockserver.stop().await;
 }
 
+/// After an error the backend skips what the client sends up to its Sync: tandem makes
+/// no sync point of its own there (it would end the skipping early), so a write bound
+/// behind a failed Describe does not run, as without tandem.
+#[tokio::test]
+async fn no_sync_point_is_made_behind_an_error_the_client_was_sent() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("settle_after_error").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    let mut prepare_write = frame(
+        b'P',
+        &parse_body("w", "UPDATE accounts SET balance = 1 WHERE id = 1"),
+    );
+    prepare_write.extend(frame(b'S', b""));
+    raw.send(&prepare_write).await;
+    raw.recv_until(b'Z').await;
+
+    let mut describe = frame(b'D', b"Snosuch\0");
+    describe.extend(frame(b'H', b""));
+    raw.send(&describe).await;
+    let replies = raw.recv_until(b'E').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("26000"),
+        "{replies:?}"
+    );
+    let mut run = frame(b'B', &bind_body("w"));
+    run.extend(frame(b'E', b"\0\0\0\0\0"));
+    run.extend(frame(b'S', b""));
+    raw.send(&run).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'C'),
+        "the write was skipped: {replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before, "row 1 untouched");
+
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A write with RETURNING under an Execute row limit (asyncpg's fetchrow asks for 1):
 /// the client gets at most that many rows, then PortalSuspended where more came, as
 /// without tandem; every row the write changed is captured all the same.
@@ -1351,6 +1402,37 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "12DDCZ", "{replies:?}");
     assert_eq!(replies[4].strings()[0], "UPDATE 2");
+    // As many rows as the limit (asyncpg's fetchrow of one row): suspended too, as
+    // the backend does.
+    raw.send(&limited(
+        "UPDATE accounts SET note = 'one' WHERE id = 4 RETURNING note",
+        1,
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DsZ", "{replies:?}");
+    assert_eq!(replies[2].body[..], b"\0\x01\0\0\0\x03one"[..]);
+    // A named portal, which the client could Execute again for the rest: refused.
+    let mut named = frame(
+        b'P',
+        &parse_body(
+            "",
+            "UPDATE accounts SET note = 'x' WHERE id = 5 RETURNING id",
+        ),
+    );
+    let mut bind = b"rest\0\0".to_vec();
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    named.extend(frame(b'B', &bind));
+    named.extend(frame(b'E', b"rest\0\0\0\0\x01"));
+    named.extend(frame(b'S', b""));
+    raw.send(&named).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.sqlstate().as_deref() == Some("0A000")),
+        "{replies:?}"
+    );
     let changed = dump(&direct).await;
     assert_ne!(changed, before);
 
