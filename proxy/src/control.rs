@@ -4,7 +4,8 @@
 //! Owns the grammar of the control statements only. Never talks to the lockserver and
 //! never touches session state: the session carries out the `Control` it is handed.
 //! Invariant: a text is a control statement only if all of it is exactly one call, so
-//! a query that merely mentions `tandem_` is relayed untouched.
+//! a query that merely mentions `tandem_` is relayed untouched. One exception: a call
+//! of one of tandem's functions with a column alias is refused, with the reason.
 
 /// A control statement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,11 +31,16 @@ pub enum Control {
 impl Control {
     /// The name of the one column the answer has (DESIGN.md, "The application's side").
     pub fn column(&self) -> &'static str {
-        match self {
-            Control::Begin { .. } | Control::Join { .. } | Control::Leave | Control::Xid => "xid",
-            Control::Commit | Control::Rollback | Control::Status { .. } => "status",
+        column_of(match self {
+            Control::Begin { .. } => "begin",
+            Control::Join { .. } => "join",
+            Control::Leave => "leave",
+            Control::Xid => "xid",
+            Control::Commit => "commit",
+            Control::Rollback => "rollback",
+            Control::Status { .. } => "status",
             Control::Mode { .. } => "mode",
-        }
+        })
     }
 }
 
@@ -72,13 +78,20 @@ pub fn parse(sql: &[u8]) -> Result<Option<Control>, BadCall> {
     let args = p
         .arguments()
         .map_err(|what| BadCall(format!("tandem_{function}: {what}")))?;
+    let bad = |what: &str| Err(BadCall(format!("tandem_{function}: {what}")));
+    if CONTROL_FUNCTIONS.contains(&function) && p.clone().column_alias() {
+        // Relayed, it would meet only the database's "no such function".
+        return bad(&format!(
+            "a control call takes no column alias; its one column is named {}",
+            column_of(function)
+        ));
+    }
     p.skip_space();
     p.eat(';');
     p.skip_space();
     if !p.rest.is_empty() {
         return Ok(None);
     }
-    let bad = |what: &str| Err(BadCall(format!("tandem_{function}: {what}")));
     let control = match (function, args.as_slice()) {
         ("begin", []) => Control::Begin { timeout_ms: None },
         ("begin", [Arg::Int(ms)]) if *ms > 0 => Control::Begin {
@@ -110,17 +123,55 @@ pub fn parse(sql: &[u8]) -> Result<Option<Control>, BadCall> {
     Ok(Some(control))
 }
 
+/// The control functions, by their name after `tandem_`.
+const CONTROL_FUNCTIONS: [&str; 8] = [
+    "begin", "join", "commit", "rollback", "status", "leave", "xid", "mode",
+];
+
+/// The column of a control function's answer (`Control::column`), by its name.
+fn column_of(function: &str) -> &'static str {
+    match function {
+        "commit" | "rollback" | "status" => "status",
+        "mode" => "mode",
+        _ => "xid",
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Arg {
     Int(u64),
     Text(String),
 }
 
+#[derive(Clone)]
 struct Cursor<'a> {
     rest: &'a str,
 }
 
 impl Cursor<'_> {
+    /// Whether all that is left is a column alias: `[AS] name` (quoted or not), then
+    /// perhaps `;`.
+    fn column_alias(mut self) -> bool {
+        self.skip_space();
+        self.keyword("as");
+        self.skip_space();
+        let quote = ['"', '`'].into_iter().find(|&q| self.eat(q));
+        let named = match quote {
+            Some(q) => match self.rest.find(q) {
+                Some(end) => {
+                    self.rest = &self.rest[end + 1..];
+                    true
+                }
+                None => false,
+            },
+            None => self.identifier().is_some(),
+        };
+        self.skip_space();
+        self.eat(';');
+        self.skip_space();
+        named && self.rest.is_empty()
+    }
+
     fn skip_space(&mut self) {
         self.rest = self.rest.trim_start();
     }
@@ -434,6 +485,10 @@ mod tests {
     #[test]
     fn wrong_arguments_are_errors_not_relays() {
         for sql in [
+            "SELECT tandem_begin() AS x",
+            "select tandem_rollback() status;",
+            "SELECT tandem_xid() AS \"Xid\"",
+            "SELECT tandem_begin(100) `id`",
             "SELECT tandem_begin('x')",
             "SELECT tandem_begin(0)",
             "SELECT tandem_join()",

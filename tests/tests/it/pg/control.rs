@@ -122,6 +122,15 @@ async fn begin_join_commit_rollback_status_through_the_proxy() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE);
+    // An alias would reach the database as an unknown function; tandem says why.
+    let err = control(&a, "SELECT tandem_begin() AS x").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE);
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("named xid")),
+        "{message:?}"
+    );
+    assert_eq!(value(&a, "SELECT tandem_xid()").await, None, "nothing begun");
     let err = control(&a, "SELECT tandem_join('no-such-xid')")
         .await
         .unwrap_err();
