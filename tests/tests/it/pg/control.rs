@@ -130,7 +130,11 @@ async fn begin_join_commit_rollback_status_through_the_proxy() {
         message.as_deref().is_some_and(|m| m.contains("named xid")),
         "{message:?}"
     );
-    assert_eq!(value(&a, "SELECT tandem_xid()").await, None, "nothing begun");
+    assert_eq!(
+        value(&a, "SELECT tandem_xid()").await,
+        None,
+        "nothing begun"
+    );
     let err = control(&a, "SELECT tandem_join('no-such-xid')")
         .await
         .unwrap_err();
