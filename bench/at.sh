@@ -79,7 +79,7 @@ UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid RETURNI
 SELECT bid, bbalance, filler, bid FROM pgbench_branches WHERE bid = :bid FOR UPDATE OF pgbench_branches \\;
 UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid RETURNING pg_catalog.format('%s', record_send(pgbench_branches.*)) AS tandem_image, pg_catalog.format('%s', pgbench_branches.bid) AS tandem_pk_0, pg_catalog.format('%s', 'pgbench_branches'::pg_catalog.regclass::pg_catalog.oid) AS tandem_table;
 INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP) RETURNING pg_catalog.format('%s', record_send(pgbench_history.*)) AS tandem_image, pg_catalog.format('%s', pgbench_history.hid) AS tandem_pk_0, pg_catalog.format('%s', 'pgbench_history'::pg_catalog.regclass::pg_catalog.oid) AS tandem_table;
-INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) VALUES (:branch, 'floor-' || :client_id, 'tandem', '\\\\x$undo_record', 0) \\;
+INSERT INTO undo_log (id, branch_id, xid, context, rollback_info, log_status) VALUES (-:branch, :branch, 'floor-' || :client_id, 'tandem', '\\\\x$undo_record', 0) \\;
 COMMIT;
 SQL
 # tandem's cleanup, for the floor run: one connection deleting the finished rows every

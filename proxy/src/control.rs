@@ -316,9 +316,10 @@ pub fn quote_literal(value: &str) -> String {
 
 /// The leading words of a statement (letters, digits, `_`), past whitespace and
 /// comments, as the server reads them: `--` and `/* */`, nested on PostgreSQL; on MySQL
-/// (`mysql`) also `#`, and the words inside an executable comment (`/*!50000 UPDATE
-/// …*/`, MariaDB's `/*M! …*/`), which the server runs. Stops at the first character
-/// that is none of these.
+/// (`mysql`) also `#`. Stops at the first character that is none of these, and gives
+/// no word at all at a MySQL executable comment (`/*!50000 …*/`, MariaDB's `/*M! …*/`):
+/// whether the server runs its text depends on its version, and its words may run on
+/// past the comment (`/*!50000 SET */ PASSWORD …`), so no reading by words is safe.
 pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
     let mut rest = sql;
     std::iter::from_fn(move || {
@@ -334,17 +335,10 @@ pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
                     .unwrap_or(after.len());
                 rest = &after[end..];
             } else if let Some(after) = rest.strip_prefix(b"/*") {
-                let executable = after
-                    .strip_prefix(b"!")
-                    .or_else(|| after.strip_prefix(b"M!"));
-                rest = match executable {
-                    // Past its version, if it has one.
-                    Some(inside) if mysql => {
-                        let version = inside.iter().take_while(|b| b.is_ascii_digit()).count();
-                        &inside[version..]
-                    }
-                    _ => past_block_comment(after, !mysql),
-                };
+                if mysql && (after.starts_with(b"!") || after.starts_with(b"M!")) {
+                    return None;
+                }
+                rest = past_block_comment(after, !mysql);
             } else {
                 break;
             }
@@ -405,18 +399,21 @@ mod tests {
             first("/* a */ -- b\n /* c /* d */ */ SELECT 1", false).as_deref(),
             Some("SELECT")
         );
-        // MySQL runs an executable comment's text.
+        // MySQL may run an executable comment's text, depending on its version: no
+        // word is read there.
+        for sql in [
+            "/*!50000 UPDATE t SET v = 1 */",
+            "/*M!100101 DELETE FROM t */",
+            "/*!50000 SET */ PASSWORD = 'x'",
+            "/*!50000 ROLLBACK */ TO SAVEPOINT a",
+            "/*!99999 SELECT */ UPDATE t SET v = 1",
+        ] {
+            assert_eq!(first(sql, true), None, "{sql}");
+        }
         assert_eq!(
-            first("/*!50000 UPDATE t SET v = 1 */", true).as_deref(),
-            Some("UPDATE")
-        );
-        assert_eq!(
-            first("/*M!100101 DELETE FROM t */", true).as_deref(),
-            Some("DELETE")
-        );
-        assert_eq!(
-            first("/*! INSERT INTO t VALUES (1) */", true).as_deref(),
-            Some("INSERT")
+            leading_words(b"SET /*!50000 PASSWORD */ = 'x'", true).count(),
+            1,
+            "words stop there"
         );
         assert_eq!(first("# note\nCOMMIT", true).as_deref(), Some("COMMIT"));
         assert_eq!(

@@ -615,7 +615,8 @@ fn rows_of(table: &AtTable, write: &Write) -> std::result::Result<Option<Capture
 /// statement of every session.
 fn may_write(sql: &[u8]) -> bool {
     let Some(word) = crate::control::leading_words(sql, true).next() else {
-        return false;
+        // An executable comment may hold a write (`leading_words` reads none there).
+        return sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!");
     };
     [&b"update"[..], b"delete", b"insert", b"replace"]
         .iter()
@@ -635,5 +636,7 @@ mod tests {
         assert!(!may_write(b"SELECT 1"));
         assert!(!may_write(b"BEGIN"));
         assert!(!may_write(b"updated"));
+        assert!(may_write(b"/*!50000 UPDATE t SET v = 1 */"));
+        assert!(may_write(b"/*!50000*/ DELETE FROM t"));
     }
 }
