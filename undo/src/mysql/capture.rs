@@ -345,9 +345,19 @@ impl MysqlTable {
 /// grows (NOW()) choose more rows the second time, which the proxy's count catches.
 fn varies_between_runs(sql: &str) -> bool {
     let upper = sql.to_ascii_uppercase();
-    [":=", "RAND(", "UUID(", "UUID_SHORT(", "RANDOM_BYTES("]
-        .iter()
-        .any(|f| upper.contains(f))
+    // MariaDB's sequences move on at each evaluation too.
+    [
+        ":=",
+        "RAND(",
+        "UUID(",
+        "UUID_SHORT(",
+        "RANDOM_BYTES(",
+        "NEXTVAL(",
+        "NEXT VALUE FOR",
+        "SETVAL(",
+    ]
+    .iter()
+    .any(|f| upper.contains(f))
 }
 
 /// A literal zero, whatever its spelling (`0`, `-0`, `'0'`, `0.0`).

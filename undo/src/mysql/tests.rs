@@ -465,6 +465,7 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
         "UPDATE accounts SET balance = 0 WHERE RAND() < 0.5",
         "DELETE FROM accounts WHERE id = 1 OR (@n := @n + 1) < 3",
         "UPDATE accounts SET balance = 0 WHERE id > 0 ORDER BY rand(), id LIMIT 1",
+        "DELETE FROM accounts WHERE id = NEXTVAL(s)",
     ] {
         let refused = t.before_image(&write(sql)).unwrap_err().to_string();
         assert!(
