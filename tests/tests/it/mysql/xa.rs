@@ -730,3 +730,46 @@ async fn with_autocommit_off_the_first_statement_opens_the_xa_branch() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A multi-statement query whose first statement writes nothing may still write
+/// (`SET @a = 1; UPDATE …`): in XA mode with autocommit on and no transaction open, it
+/// is refused like any write there, not run outside the branch.
+#[tokio::test]
+async fn a_write_behind_a_passive_statement_does_not_escape_the_xa_branch() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_several").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = balances(&mut direct).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let refused = conn
+        .query_drop("SET @a = 1; UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .expect_err("a write outside the branch");
+    assert_eq!(code(&refused), 1235, "{refused}");
+    assert_eq!(balances(&mut direct).await, before, "nothing written");
+    // Inside the branch the same query runs, and the decision undoes it.
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("SET @a = 1; UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let mut waited = 0;
+    while balances(&mut direct).await != before {
+        waited += 1;
+        assert!(waited < 200, "the prepared branch never rolled back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

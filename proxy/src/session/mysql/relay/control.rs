@@ -198,9 +198,14 @@ impl Relay<'_> {
             Ok(None) if !bound => return self.guard_query(sql).await,
             Ok(None) => {}
         }
-        let kind = classify(sql);
         let several = tandem_undo::count_mysql_statements(&String::from_utf8_lossy(sql))
             .map_or(true, |n| n > 1);
+        let kind = match classify(sql) {
+            // Read by its first statement only: a write may follow (`SET @a = 1;
+            // UPDATE …`), which must not run outside the branch.
+            Kind::Passive if several => Kind::Work,
+            kind => kind,
+        };
         if kind == Kind::ClientXa {
             return self
                 .refuse(Error::Unsupported {
