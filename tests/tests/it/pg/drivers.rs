@@ -43,21 +43,46 @@ async fn psycopg_works_through_the_proxy() {
     tandem.shutdown().await;
 }
 
-/// asyncpg, as an asyncio service uses it: global transactions in AT and XA mode, and
-/// a write outside them to a held row. asyncpg runs every statement with arguments as
-/// Parse, Describe and Flush, then Bind, Execute and Sync.
-#[tokio::test]
-async fn asyncpg_works_through_the_proxy() {
-    let db = TestDb::create("asyncpg").await;
+/// A migrated database behind tandem with an embedded lockserver, whose checks of a
+/// write to a held row wait 1 s before 55P03: what the driver checks run against.
+async fn global_transactions(label: &str) -> (TestDb, TestLockserver, Tandem) {
+    let db = TestDb::create(label).await;
     db.migrate().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let endpoint = format!("http://{}", lockserver.grpc);
-    // The check of the write to a held row waits this long before 55P03.
     let tandem = Tandem::start_with(|c| {
         c.lockserver.endpoint = endpoint;
         c.lockserver.lock_wait_ms = 1_000;
     })
     .await;
+    (db, lockserver, tandem)
+}
+
+/// A driver check's process ended well and said so (`what` names the run).
+fn assert_checks_passed(what: &str, output: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("all checks passed"),
+        "{what} checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// No global lock and no session is left; then both stop.
+async fn nothing_left(lockserver: TestLockserver, tandem: Tandem) {
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// asyncpg, as an asyncio service uses it: global transactions in AT and XA mode, and
+/// a write outside them to a held row. asyncpg runs every statement with arguments as
+/// Parse, Describe and Flush, then Bind, Execute and Sync.
+#[tokio::test]
+async fn asyncpg_works_through_the_proxy() {
+    let (db, lockserver, tandem) = global_transactions("asyncpg").await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/asyncpg_check.py");
     let upstream = tandem_tests::env::pg_upstream();
     let output = tokio::process::Command::new("python3")
@@ -67,22 +92,12 @@ async fn asyncpg_works_through_the_proxy() {
         .output()
         .await
         .expect("python3 runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        !stderr.contains("No module named 'asyncpg'"),
+        !String::from_utf8_lossy(&output.stderr).contains("No module named 'asyncpg'"),
         "asyncpg is not installed: run `pip install asyncpg` (tests/setup-services.sh does)"
     );
-    assert!(
-        output.status.success(),
-        "asyncpg checks failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
-    let (_, locks) = lockserver.get("/v1/locks").await;
-    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
-    tandem.assert_no_sessions_left().await;
-    tandem.shutdown().await;
-    lockserver.stop().await;
+    assert_checks_passed("asyncpg", &output);
+    nothing_left(lockserver, tandem).await;
 }
 
 /// pgJDBC (Debian's libpostgresql-jdbc-java), run as a Java service runs it: global
@@ -92,16 +107,7 @@ async fn asyncpg_works_through_the_proxy() {
 /// prepareThreshold run server-side prepared. Then again with `autosave=always`.
 #[tokio::test]
 async fn pgjdbc_works_through_the_proxy() {
-    let db = TestDb::create("pgjdbc").await;
-    db.migrate().await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let endpoint = format!("http://{}", lockserver.grpc);
-    // The checks of writes to a held row wait this long before 55P03.
-    let tandem = Tandem::start_with(|c| {
-        c.lockserver.endpoint = endpoint;
-        c.lockserver.lock_wait_ms = 1_000;
-    })
-    .await;
+    let (db, lockserver, tandem) = global_transactions("pgjdbc").await;
     let program = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/PgJdbcCheck.java");
     let upstream = tandem_tests::env::pg_upstream();
     let url = |host: &str| {
@@ -119,17 +125,7 @@ async fn pgjdbc_works_through_the_proxy() {
             .output()
             .await
             .expect("java runs (tests/setup-services.sh installs it)");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success(),
-            "pgJDBC checks failed with options {options:?}:\n{}\n{stderr}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        assert!(String::from_utf8_lossy(&output.stdout).contains("all checks passed"));
+        assert_checks_passed(&format!("pgJDBC with options {options:?}"), &output);
     }
-    let (_, locks) = lockserver.get("/v1/locks").await;
-    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
-    tandem.assert_no_sessions_left().await;
-    tandem.shutdown().await;
-    lockserver.stop().await;
+    nothing_left(lockserver, tandem).await;
 }
