@@ -909,8 +909,7 @@ impl Relay<'_> {
             tracing::debug!(parent: &self.span, "autocommit work over the extended protocol runs in tandem's block");
             return Ok(Extended::NotAWrite);
         }
-        if tag == frontend::PARSE
-            && self.xa == XaBranch::None
+        if self.xa == XaBranch::None
             && matches!(
                 self.phase,
                 super::Phase::Busy {
@@ -918,12 +917,12 @@ impl Relay<'_> {
                     ..
                 }
             )
-            && statements.contains(&XaStatement::Work)
         {
             // Behind a Sync or Query still unanswered (pgJDBC's autosave sends its
-            // SAVEPOINT as a Query between the BEGIN and the first statement): only that
-            // ReadyForQuery tells whether the work runs in an open block. Let through,
-            // this Parse would leave its Bind in the middle of a batch.
+            // SAVEPOINT as a Query between the BEGIN and the statements): only that
+            // ReadyForQuery tells whether work in this batch runs in an open block.
+            // Let through, this message would leave the batch's work, here or behind
+            // it, in the middle of a batch.
             return Ok(Extended::WaitForSyncPoint);
         }
         if tag != frontend::BIND {
@@ -975,14 +974,15 @@ impl Relay<'_> {
             super::Phase::Busy {
                 unsynced: false, ..
             } => Extended::WaitForSyncPoint,
-            // Only a Parse (pgJDBC's first run of a statement) went ahead of it in this
-            // batch, inside an open block: it joins the block's branch.
+            // Inside an open block, only Parses (pgJDBC's first run of a statement) or
+            // statements that cannot end the block (a SELECT of a composite query) went
+            // ahead of it in this batch: it joins the block's branch.
             super::Phase::Busy {
                 tx: TxStatus::InTransaction,
                 awaiting: 0,
                 unsynced: true,
                 ..
-            } if !self.executed_in_batch => {
+            } if !self.block_may_have_ended => {
                 self.xa = XaBranch::Open;
                 Extended::NotAWrite
             }

@@ -270,11 +270,14 @@ impl Relay<'_> {
                 self.block_untouched &= holds_nothing(sql);
             }
             frontend::BIND => {
-                self.unnamed_portal_holds_nothing = Bind::decode(body)
+                let unnamed = Bind::decode(body)
                     .ok()
                     .filter(|bind| bind.portal.is_empty())
-                    .and_then(|bind| self.tracked.statement_for_bind(bind.statement))
-                    .is_some_and(|statement| holds_nothing(&statement.sql));
+                    .and_then(|bind| self.tracked.statement_for_bind(bind.statement));
+                self.unnamed_portal_holds_nothing =
+                    unnamed.is_some_and(|statement| holds_nothing(&statement.sql));
+                self.unnamed_portal_keeps_block =
+                    unnamed.is_some_and(|statement| keeps_block(&statement.sql));
             }
             // A named portal's statement is not kept track of: it may hold anything.
             frontend::EXECUTE => {
@@ -297,6 +300,28 @@ fn holds_nothing(sql: &[u8]) -> bool {
         .iter()
         .all(|&b| b != b';');
     one_statement && (is_begin(sql) || is_savepoint(sql))
+}
+
+/// Whether `sql`, a Parse's statement (one statement), cannot end a transaction block:
+/// a read, or a savepoint's. A function cannot commit; a procedure (CALL) can.
+fn keeps_block(sql: &[u8]) -> bool {
+    let mut words = crate::control::leading_words(sql, false);
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case(b"rollback") => {
+            words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"to"))
+        }
+        Some(w) => [
+            &b"select"[..],
+            b"savepoint",
+            b"release",
+            b"show",
+            b"values",
+            b"table",
+        ]
+        .iter()
+        .any(|keeps| w.eq_ignore_ascii_case(keeps)),
+        None => false,
+    }
 }
 
 fn is_begin(sql: &[u8]) -> bool {
@@ -381,6 +406,29 @@ mod tests {
         let mut out = BytesMut::new();
         put_msg(&mut out, tag, body);
         out.to_vec()
+    }
+
+    #[test]
+    fn reads_and_savepoints_keep_the_block() {
+        for sql in [
+            "SELECT 1",
+            "/* c */ savepoint a",
+            "ROLLBACK TO SAVEPOINT a",
+            "SHOW x",
+        ] {
+            assert!(keeps_block(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "COMMIT",
+            "END",
+            "ROLLBACK",
+            "ABORT",
+            "CALL p()",
+            "UPDATE t SET v = 1",
+            "",
+        ] {
+            assert!(!keeps_block(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

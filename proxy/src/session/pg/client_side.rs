@@ -248,11 +248,16 @@ impl Relay<'_> {
     pub(super) fn on_client_message(&mut self, tag: u8, body: &[u8]) -> Result<()> {
         self.track_untouched_block(tag, body);
         match tag {
-            frontend::EXECUTE => self.executed_in_batch = true,
+            frontend::EXECUTE => {
+                self.executed_in_batch = true;
+                self.block_may_have_ended |=
+                    body.first() != Some(&0) || !self.unnamed_portal_keeps_block;
+            }
             frontend::BIND => self.bound_in_batch = true,
             frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
                 self.executed_in_batch = false;
                 self.bound_in_batch = false;
+                self.block_may_have_ended = false;
             }
             _ => {}
         }

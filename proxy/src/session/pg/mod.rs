@@ -214,6 +214,12 @@ struct Relay<'a> {
     executed_in_batch: bool,
     /// A Bind was sent since the last Sync (or Query or FunctionCall).
     bound_in_batch: bool,
+    /// Something run since the last Sync (or Query) may have ended the transaction
+    /// block: any Execute but one of the unnamed portal whose statement keeps it
+    /// (`unnamed_portal_keeps_block`).
+    block_may_have_ended: bool,
+    /// The unnamed portal's statement cannot end a transaction block (`keeps_block`).
+    unnamed_portal_keeps_block: bool,
     /// The backend reported an error since its last ReadyForQuery: it skips what the
     /// client sends up to the next Sync.
     error_since_ready: bool,
@@ -286,6 +292,8 @@ impl<'a> Relay<'a> {
             implicit_batch: false,
             executed_in_batch: false,
             bound_in_batch: false,
+            block_may_have_ended: false,
+            unnamed_portal_keeps_block: false,
             error_since_ready: false,
             closes_only_in_batch: true,
             commit_in_flight: None,

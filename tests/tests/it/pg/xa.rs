@@ -657,6 +657,66 @@ async fn a_write_behind_a_savepoint_query_joins_the_xa_branch() {
     lockserver.stop().await;
 }
 
+/// Behind a SELECT in the same batch (pgJDBC's composite query with `autosave`: the
+/// SAVEPOINT as a Query, then each statement), a write still joins the open block's
+/// branch; behind a COMMIT, which ended the block, it is refused.
+#[tokio::test]
+async fn a_write_behind_a_read_in_its_batch_joins_the_xa_branch() {
+    use super::control::{bind_body, parse_body, unnamed_batch};
+    use tandem_tests::raw_pg::frame;
+    let orders = prepare("xa_read_then_write").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let mut raw = raw_in_xa(&tandem, &orders.name).await;
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    let mut batch = frame(b'Q', b"SAVEPOINT PGJDBC_AUTOSAVE\0");
+    for sql in [
+        "SELECT balance FROM accounts WHERE id = 1",
+        "UPDATE accounts SET balance = 5 WHERE id = 1",
+    ] {
+        batch.extend(frame(b'P', &parse_body("", sql)));
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    }
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let mut replies = raw.recv_until(b'Z').await;
+    replies.extend(raw.recv_until(b'Z').await);
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "CZ12DC12CZ", "{replies:?}");
+    raw.query("COMMIT").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
+    branch_prepared_then_rolled_back(&mut raw, &da).await;
+
+    for sql in ["SELECT tandem_begin(30000)", "BEGIN"] {
+        raw.query(sql).await;
+        raw.recv_until(b'Z').await;
+    }
+    raw.send(&unnamed_batch(&[
+        "COMMIT",
+        "UPDATE accounts SET balance = 6 WHERE id = 1",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.sqlstate().as_deref() == Some("0A000")),
+        "{replies:?}"
+    );
+    assert_eq!(
+        balance(&da, 1).await,
+        1000,
+        "nothing ran outside the branch"
+    );
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// XA COMMIT over the extended protocol creates the client's named statement before it
 /// prepares anything: a Parse the backend refuses (the name is taken) fails the block,
 /// as it would without tandem, nothing is prepared, and the session goes on.
