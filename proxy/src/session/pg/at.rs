@@ -21,6 +21,7 @@ use crate::wire::pg::messages::response::{
     Severity, TxStatus, put_command_complete, put_error, put_ready_for_query,
 };
 use crate::wire::pg::messages::simple::put_query;
+use crate::wire::pg::messages::write::put_empty;
 use crate::wire::pg::reader::Reader;
 use bytes::{BufMut, BytesMut};
 use std::collections::VecDeque;
@@ -59,11 +60,8 @@ pub(super) struct WriteInFlight {
     client_returning: bool,
     /// Of the client's RETURNING rows, how many more its Execute's row limit lets
     /// through (None: no limit). tandem's own Execute asks for every row: it needs
-    /// each one's key.
+    /// each one's key. At Some(0) the limit was reached.
     rows_left_for_client: Option<u32>,
-    /// The client's row limit was reached: it gets PortalSuspended where
-    /// CommandComplete was, as without tandem.
-    suspended: bool,
     keys: Vec<TextKey>,
     /// The statement returns each row's after image first among tandem's columns.
     image: bool,
@@ -107,7 +105,6 @@ impl WriteInFlight {
             kind: write.kind,
             client_returning: write.has_returning,
             rows_left_for_client: None,
-            suspended: false,
             keys: Vec::new(),
             image,
             images: Vec::new(),
@@ -137,7 +134,6 @@ impl WriteInFlight {
             kind: WriteKind::Update,
             client_returning: true,
             rows_left_for_client: None,
-            suspended: false,
             keys: Vec::new(),
             image: false,
             images: Vec::new(),
@@ -510,8 +506,7 @@ impl Relay<'_> {
             RowDescriptionRule::Relay => return Ok(None),
             RowDescriptionRule::ToNoData => {
                 let mut out = BytesMut::new();
-                out.put_u8(backend::NO_DATA);
-                out.put_i32(4);
+                put_empty(&mut out, backend::NO_DATA);
                 return Ok(Some(out));
             }
             RowDescriptionRule::Strip => {}
@@ -574,9 +569,6 @@ impl Relay<'_> {
                 return Ok(Some(BytesMut::new()));
             }
             *left -= 1;
-            // The backend suspends a portal that gave as many rows as asked for, even
-            // the last: it did not look for more.
-            w.suspended |= *left == 0;
         }
         let mut out = BytesMut::new();
         out.put_u8(b'D');
@@ -601,18 +593,18 @@ impl Relay<'_> {
     }
 
     /// CommandComplete of the write in flight: PortalSuspended instead when the
-    /// client's row limit was reached (`suspended`). The backend runs a write with
-    /// RETURNING whole under a row limit too, and keeps the rest for a later Execute of
-    /// the portal, which tandem's portal no longer has: only the unnamed portal, which
-    /// the client's next Bind replaces, gets a limit (`rewrite_batch`).
+    /// client's row limit was reached, even by the last row (the backend did not look
+    /// for more, so it suspends the portal, as without tandem). The backend runs a
+    /// write with RETURNING whole under a row limit too, and keeps the rest for a later
+    /// Execute of the portal, which tandem's portal no longer has: only the unnamed
+    /// portal, which the client's next Bind replaces, gets a limit (`rewrite_batch`).
     pub(super) fn on_write_command_complete(&mut self) -> Option<BytesMut> {
         let w = self.write_in_flight.as_ref()?;
-        if !w.suspended {
+        if w.rows_left_for_client != Some(0) {
             return None;
         }
         let mut out = BytesMut::new();
-        out.put_u8(backend::PORTAL_SUSPENDED);
-        out.put_i32(4);
+        put_empty(&mut out, backend::PORTAL_SUSPENDED);
         Some(out)
     }
 
