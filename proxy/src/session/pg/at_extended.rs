@@ -599,20 +599,12 @@ impl Relay<'_> {
         if self.binding.xid().is_none()
             && let Some(xid) = crate::control::xid_hint(&sql)
         {
-            if !self.phase.at_sync_point() {
-                if !matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                    return Ok(Extended::WaitForSyncPoint);
-                }
-                if tag == frontend::BIND && self.may_settle() {
-                    return Ok(Extended::SettleFirst);
-                }
-                // Mid-batch: it cannot join its global transaction, so it must not run.
-                return Ok(match tag {
-                    frontend::BIND => Extended::RefuseBind(refusal(Error::Unsupported {
-                        what: "a statement with an XID hint in the middle of a pipelined batch (send it with its own Sync)",
-                    })),
-                    _ => Extended::NotAWrite,
-                });
+            // Mid-batch it cannot join its global transaction, so it must not run.
+            if let Some(instead) = self.unless_at_sync_point(
+                tag,
+                "a statement with an XID hint in the middle of a pipelined batch (send it with its own Sync)",
+            ) {
+                return Ok(instead);
             }
             if let Err(e) = self.binding.bind_from_hint(&self.ctx.lock, &xid).await {
                 let max = self.ctx.config.max_message_bytes;
