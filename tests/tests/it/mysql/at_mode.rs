@@ -382,7 +382,10 @@ async fn heavy_holder_of_row_1(db: &MyTestDb) -> Conn {
 /// Waits until a transaction of a session on `db` waits for a row lock.
 async fn a_transaction_waits_for_a_lock(db: &MyTestDb) {
     let mut watcher = db.direct().await;
-    for _ in 0..600 {
+    // A deadline in time, not in polls: under CI's load one poll of innodb_trx can
+    // take long.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
         let waiting: Option<usize> = watcher
             .exec_first(
                 "SELECT COUNT(*) FROM information_schema.innodb_trx t \
@@ -395,9 +398,23 @@ async fn a_transaction_waits_for_a_lock(db: &MyTestDb) {
         if waiting == Some(1) {
             return;
         }
+        if tokio::time::Instant::now() > deadline {
+            let sessions: Vec<(u64, Option<String>, Option<String>, Option<String>)> = watcher
+                .exec(
+                    "SELECT p.id, p.state, p.info, t.trx_state \
+                     FROM information_schema.processlist p \
+                     LEFT JOIN information_schema.innodb_trx t ON p.id = t.trx_mysql_thread_id \
+                     WHERE p.db = ?",
+                    (db.name.as_str(),),
+                )
+                .await
+                .unwrap();
+            panic!(
+                "no transaction waited for a lock ({waiting:?} waiting); sessions: {sessions:?}"
+            );
+        }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    panic!("no transaction waited for a lock");
 }
 
 async fn balances(db: &MyTestDb) -> Vec<(i32, i64)> {
