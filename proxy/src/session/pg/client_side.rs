@@ -158,6 +158,18 @@ impl Relay<'_> {
                         self.settle().await?;
                         continue;
                     }
+                    // Bound or executed work since the last Sync: tandem's own Sync would
+                    // commit it apart from this Query, and without one no sync point
+                    // ever comes (the client waits for this Query's reply). Refused, as
+                    // a failing Query: the backend runs it in that work's transaction,
+                    // which it then fails, as a Query that fails without tandem does.
+                    Intercepted::WaitForSyncPoint if self.phase.unsynced() => {
+                        let refusal = self.refusal_query(Error::Unsupported {
+                            what: "a simple Query that tandem must act on (a control function, or a write in or beside a global transaction) sent behind extended-protocol messages with no Sync",
+                        });
+                        self.write_server(&refusal).await?;
+                        run_start = pos + frame.wire_len;
+                    }
                     Intercepted::WaitForSyncPoint => {
                         self.client_paused = true;
                         break;

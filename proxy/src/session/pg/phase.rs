@@ -119,6 +119,12 @@ impl Phase {
         matches!(self, Phase::Ready(_))
     }
 
+    /// Extended-protocol messages were sent after the last Sync: no ReadyForQuery
+    /// still to come brings the session to a sync point.
+    pub fn unsynced(self) -> bool {
+        matches!(self, Phase::Busy { unsynced: true, .. })
+    }
+
     /// The transaction state at the last ReadyForQuery, if there was one.
     pub fn tx_status(self) -> Option<TxStatus> {
         match self {
@@ -157,6 +163,7 @@ mod tests {
         let p = Phase::Ready(Idle).on_request(true).on_request(false);
         let p = p.on_ready(Idle).unwrap();
         assert!(!p.at_sync_point());
+        assert!(p.unsynced());
         assert_eq!(p.on_ready(Idle), Err(UnexpectedReady));
     }
 

@@ -399,7 +399,7 @@ async fn a_transaction_waits_for_a_lock(db: &MyTestDb) {
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            let sessions: Vec<(u64, Option<String>, Option<String>, Option<String>)> = watcher
+            let sessions: Vec<mysql_async::Row> = watcher
                 .exec(
                     "SELECT p.id, p.state, p.info, t.trx_state \
                      FROM information_schema.processlist p \

@@ -1352,6 +1352,79 @@ async fn no_sync_point_is_made_behind_an_error_the_client_was_sent() {
     lockserver.stop().await;
 }
 
+/// A simple Query that tandem must act on, sent behind a Bind and Execute with no Sync,
+/// can get no sync point: tandem's own Sync would commit the executed work apart from
+/// it, and none of the client's comes before the client reads the Query's reply. It is
+/// refused (0A000), in place, instead of waiting for ever; the work before it is
+/// answered and the session goes on.
+#[tokio::test]
+async fn a_query_behind_unsynced_execute_is_refused_not_held() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("query_behind_execute").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
+    let refused = |replies: &[Msg]| {
+        let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+        assert_eq!(error.sqlstate().as_deref(), Some("0A000"), "{replies:?}");
+        assert!(
+            error.field(b'M').unwrap_or_default().contains("no Sync"),
+            "{replies:?}"
+        );
+    };
+
+    // A write of the global transaction behind an Execute.
+    let mut batch = frame(b'P', &parse_body("", "SELECT 1"));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(
+        b'Q',
+        b"UPDATE accounts SET balance = 1 WHERE id = 1\0",
+    ));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DCEZ", "{replies:?}");
+    refused(&replies);
+    raw.send(&frame(b'S', b"")).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "Z");
+    assert_eq!(dump(&direct).await, before, "the write never ran");
+
+    // A control function behind an Execute that follows a Sync still unanswered.
+    let mut batch = frame(b'P', &parse_body("", "SELECT 2"));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'Q', b"SELECT tandem_rollback()\0"));
+    raw.send(&batch).await;
+    let mut replies = raw.recv_until(b'Z').await;
+    replies.extend(raw.recv_until(b'Z').await);
+    assert_eq!(tags(&replies), "12DCZ2DCEZ", "{replies:?}");
+    refused(&replies);
+    raw.send(&frame(b'S', b"")).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "Z");
+
+    // The session is still bound, and works.
+    raw.query("UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
+    assert_ne!(dump(&direct).await, before);
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A write with RETURNING under an Execute row limit (asyncpg's fetchrow asks for 1):
 /// the client gets at most that many rows, then PortalSuspended where more came, as
 /// without tandem; every row the write changed is captured all the same.
