@@ -96,6 +96,9 @@ pub struct Relay<'a> {
     /// Whether a table (`database.table`) is one of this session's temporary tables, as
     /// the server answered; forgotten after a statement that may create or drop one.
     pub(super) temporary_tables: std::collections::HashMap<String, bool>,
+    /// The session may hold LOCK TABLES locks, which tandem's own START TRANSACTION
+    /// would release (see `control::may_hold_table_locks`).
+    pub(super) may_hold_table_locks: bool,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
     pub(super) extended_metadata: bool,
     pub(super) executes_last_prepared: bool,
@@ -163,6 +166,7 @@ impl<'a> Relay<'a> {
             database: opened.database.clone(),
             database_uncertain: false,
             temporary_tables: std::collections::HashMap::new(),
+            may_hold_table_locks: false,
             execute_forwarded: false,
             extended_metadata: opened.extended_metadata,
             executes_last_prepared: opened.executes_last_prepared,

@@ -511,6 +511,57 @@ async fn after_a_relayed_statement_loses_a_deadlock_the_next_write_is_captured()
     lockserver.stop().await;
 }
 
+/// Asserts that another session cannot read `table` (a LOCK TABLES … WRITE of some
+/// session still holds it).
+pub(crate) async fn table_stays_locked(db: &MyTestDb, table: &str) {
+    let mut other = db.direct().await;
+    other
+        .query_drop("SET SESSION lock_wait_timeout = 1")
+        .await
+        .unwrap();
+    let e = other
+        .query_drop(format!("SELECT * FROM {table}"))
+        .await
+        .expect_err("the table is still locked");
+    assert_eq!(code(&e), 1205, "{e}");
+}
+
+/// An autocommit write of a global transaction runs in a transaction tandem opens;
+/// under the session's LOCK TABLES that START TRANSACTION would release them behind the
+/// client's back. The write is refused instead (1235), and the locks stay.
+#[tokio::test]
+async fn an_autocommit_write_under_lock_tables_is_refused_and_the_locks_stay() {
+    let db = prepare("at_lock_tables").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let before = balances(&db).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    run_each(&mut conn, &["LOCK TABLES accounts WRITE"]).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let e = conn
+        .query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    assert!(e.to_string().contains("LOCK TABLES"), "{e}");
+    table_stays_locked(&db, "accounts").await;
+
+    // Once unlocked, the same write is captured, and rolled back exactly.
+    run_each(
+        &mut conn,
+        &[
+            "UNLOCK TABLES",
+            "UPDATE accounts SET balance = 5 WHERE id = 1",
+        ],
+    )
+    .await;
+    assert_ne!(balances(&db).await, before);
+    rolled_back(&mut conn).await;
+    assert_eq!(balances(&db).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// The user lock `hold_undo_rows` takes.
 fn undo_hold(db: &MyTestDb) -> String {
     format!("hold_{}", db.name)

@@ -271,6 +271,48 @@ async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail(
     lockserver.stop().await;
 }
 
+/// tandem checks an autocommit write to a table that holds global locks in a
+/// transaction of its own; under the session's LOCK TABLES its START TRANSACTION would
+/// release them. The write is refused instead (1235), and the table stays locked.
+#[tokio::test]
+async fn a_checked_write_under_lock_tables_is_refused_and_the_tables_stay_locked() {
+    let db = prepare("my_outside_lock_tables").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    b.query_drop("LOCK TABLES accounts WRITE").await.unwrap();
+    for sql in [
+        "UPDATE accounts SET balance = 50 WHERE id = 3",
+        "INSERT INTO accounts VALUES (4, 40, 'd')",
+    ] {
+        let e = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+        assert!(e.to_string().contains("LOCK TABLES"), "{e}");
+    }
+    super::at_mode::table_stays_locked(&db, "accounts").await;
+    b.query_drop("UNLOCK TABLES").await.unwrap();
+    assert_eq!(
+        super::at_mode::dump(&mut direct, "accounts").await,
+        before,
+        "nothing changed"
+    );
+    b.query_drop("UPDATE accounts SET balance = 50 WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(balance(&mut direct, 3).await, Some(50));
+
+    rolled_back(&mut a).await;
+    assert_eq!(balance(&mut direct, 2).await, Some(1000));
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     let db = prepare("my_outside_down").await;

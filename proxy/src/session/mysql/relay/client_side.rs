@@ -384,6 +384,8 @@ impl Relay<'_> {
         self.own_statements.clear();
         // And its temporary tables.
         self.temporary_tables.clear();
+        // And its table locks.
+        self.may_hold_table_locks = false;
     }
 }
 

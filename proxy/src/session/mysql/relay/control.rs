@@ -99,6 +99,51 @@ pub(super) fn may_change_temporary_tables(sql: &[u8]) -> bool {
         || sql.windows(3).any(|w| w == b"/*!")
 }
 
+/// Whether the session may hold LOCK TABLES locks after `sql` (the start of a COM_QUERY;
+/// `whole` when that is all of it), given whether it may before. Errs toward "locked":
+/// a statement whose words cannot be read safely and that names LOCK may take them, and
+/// only a lone UNLOCK TABLES, BEGIN or START TRANSACTION surely ends them (a failed
+/// LOCK TABLES has released the earlier ones too, but counts as taken).
+pub(super) fn may_hold_table_locks(sql: &[u8], whole: bool, before: bool) -> bool {
+    let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    let lone = whole && !several_statements(sql);
+    match (first.as_slice(), second.as_slice()) {
+        (b"LOCK", b"TABLE" | b"TABLES") => true,
+        // Not MariaDB's `BEGIN NOT ATOMIC`, a compound statement.
+        (b"UNLOCK", b"TABLE" | b"TABLES")
+        | (b"BEGIN", b"" | b"WORK")
+        | (b"START", b"TRANSACTION")
+            if lone =>
+        {
+            false
+        }
+        _ if lone && !first.is_empty() => before,
+        _ => before || names_lock_tables(sql),
+    }
+}
+
+/// `LOCK TABLE` anywhere in `sql`, as words (not `LOCK IN SHARE MODE`, not `UNLOCK`).
+fn names_lock_tables(sql: &[u8]) -> bool {
+    let word_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    (0..sql.len()).any(|at| {
+        let rest = &sql[at..];
+        rest.len() >= 4
+            && rest[..4].eq_ignore_ascii_case(b"LOCK")
+            && (at == 0 || !word_char(sql[at - 1]))
+            && {
+                let after = rest[4..].trim_ascii_start();
+                after.len() < rest.len() - 4
+                    && after.len() >= 5
+                    && after[..5].eq_ignore_ascii_case(b"TABLE")
+                    && after
+                        .get(5)
+                        .is_none_or(|&b| !word_char(b) || b == b'S' || b == b's')
+            }
+    })
+}
+
 fn several_statements(sql: &[u8]) -> bool {
     sql.contains(&b';')
 }
@@ -108,6 +153,8 @@ pub(super) fn classify(sql: &[u8]) -> Kind {
     let first = words.next().unwrap_or_default();
     let second = words.next().unwrap_or_default();
     match (first.as_slice(), second.as_slice()) {
+        // MariaDB's `BEGIN NOT ATOMIC … END` is a compound statement, which may write.
+        (b"BEGIN", b"NOT") => Kind::Work,
         (b"BEGIN", _) | (b"START", b"TRANSACTION") => Kind::Begin,
         (b"COMMIT", _) => Kind::Commit,
         (b"ROLLBACK", b"TO") => Kind::Passive,
@@ -155,6 +202,13 @@ impl Relay<'_> {
             && (payload.len() < header.payload_len || may_change_temporary_tables(&payload[1..]))
         {
             self.temporary_tables.clear();
+        }
+        if payload.first() == Some(&command::QUERY) && header.seq == 0 {
+            self.may_hold_table_locks = may_hold_table_locks(
+                &payload[1..],
+                payload.len() == header.payload_len && !header.is_continued(),
+                self.may_hold_table_locks,
+            );
         }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 {
             return Ok(None);
@@ -352,6 +406,15 @@ impl Relay<'_> {
             }
         }
         Ok(Handled::Answer)
+    }
+
+    /// Where tandem must open a transaction of its own around an autocommit write: the
+    /// refusal if the session may hold LOCK TABLES locks, which that START TRANSACTION
+    /// would release behind the client's back.
+    pub(super) fn own_transaction_refused(&self) -> Option<Error> {
+        self.may_hold_table_locks.then_some(Error::Unsupported {
+            what: "an autocommit write that tandem must wrap in a transaction of its own while the session holds LOCK TABLES (starting it would release them; UNLOCK TABLES first, or lock inside a transaction)",
+        })
     }
 
     pub(super) fn refuse(&mut self, e: Error) -> Result<Handled> {
@@ -645,6 +708,8 @@ mod tests {
     fn statements_are_classified_by_their_leading_words() {
         for (sql, kind) in [
             ("BEGIN", Kind::Begin),
+            ("BEGIN WORK", Kind::Begin),
+            ("BEGIN NOT ATOMIC UPDATE t SET v = 1; END", Kind::Work),
             (" start transaction read only", Kind::Begin),
             ("/* a note */ START TRANSACTION", Kind::Begin),
             ("/* x */ COMMIT", Kind::Commit),
@@ -659,6 +724,51 @@ mod tests {
             ("-- c\nDELETE FROM t", Kind::Work),
         ] {
             assert_eq!(classify(sql.as_bytes()), kind, "{sql}");
+        }
+    }
+
+    #[test]
+    fn table_locks_are_followed_from_the_statements_that_take_and_end_them() {
+        for (sql, whole, before, after) in [
+            ("LOCK TABLES t WRITE", true, false, true),
+            ("/* x */ lock table t read", true, false, true),
+            ("LOCK TABLES t WRITE, u READ", false, false, true),
+            ("/*!40000 LOCK TABLES t WRITE */", true, false, true),
+            ("SELECT 1; LOCK TABLES t WRITE", true, false, true),
+            ("SELECT 1;\nlock\ttables t WRITE", true, false, true),
+            ("UNLOCK TABLES", true, true, false),
+            ("BEGIN", true, true, false),
+            ("START TRANSACTION READ ONLY", true, true, false),
+            ("BEGIN NOT ATOMIC SELECT 1; END", true, true, true),
+            ("UNLOCK TABLES; LOCK TABLES t READ", true, true, true),
+            ("UNLOCK TABLES", false, true, true),
+            ("SELECT * FROM t LOCK IN SHARE MODE", true, false, false),
+            ("SELECT * FROM t LOCK IN SHARE MODE", false, false, false),
+            (
+                "SELECT 'x'; SELECT * FROM t LOCK IN SHARE MODE",
+                true,
+                false,
+                false,
+            ),
+            (
+                "SELECT 'x'; UPDATE unlock_tables SET a = 1",
+                true,
+                false,
+                false,
+            ),
+            (
+                "SELECT 'x'; UPDATE t SET lock_tables = 1",
+                true,
+                false,
+                false,
+            ),
+            ("UPDATE t SET v = 1", true, true, true),
+        ] {
+            assert_eq!(
+                may_hold_table_locks(sql.as_bytes(), whole, before),
+                after,
+                "{sql} (whole: {whole}, before: {before})"
+            );
         }
     }
 }

@@ -289,6 +289,9 @@ impl Relay<'_> {
         source: &Source<'_>,
         deadline: Instant,
     ) -> Result<Option<Handled>> {
+        if let Some(refusal) = self.own_transaction_refused() {
+            return self.refuse(refusal).map(Some);
+        }
         loop {
             if let Err(e) = self.own().query("START TRANSACTION").await? {
                 self.put_failure(&AtFailure::Server(e));
@@ -386,6 +389,11 @@ impl Relay<'_> {
         };
         let deadline = Instant::now() + self.ctx.lock_wait;
         loop {
+            if scope == InsertScope::OwnTransaction
+                && let Some(refusal) = self.own_transaction_refused()
+            {
+                return self.refuse(refusal).map(Some);
+            }
             match self.own().query(scope.open()).await? {
                 Ok(opened) if scope == InsertScope::Savepoint && !in_transaction(opened.status) => {
                     // The status tandem knew was stale (an ERR carries none): the
