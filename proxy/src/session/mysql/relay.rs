@@ -96,8 +96,9 @@ pub struct Relay<'a> {
     /// Whether a table (`database.table`) is one of this session's temporary tables, as
     /// the server answered; forgotten after a statement that may create or drop one.
     pub(super) temporary_tables: std::collections::HashMap<String, bool>,
-    /// The session may hold LOCK TABLES locks, which tandem's own START TRANSACTION
-    /// would release (see `control::may_hold_table_locks`).
+    /// The session's statements named table locks (`control::may_take_table_locks`)
+    /// since the server last said it holds none: tandem asks before it opens a
+    /// transaction of its own, which would release them.
     pub(super) may_hold_table_locks: bool,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
     pub(super) extended_metadata: bool,

@@ -163,12 +163,18 @@ impl Relay<'_> {
                     // ever comes (the client waits for this Query's reply). Refused, as
                     // a failing Query: the backend runs it in that work's transaction,
                     // which it then fails, as a Query that fails without tandem does.
+                    // Held behind it, as a replaced Query is: its ReadyForQuery may end a
+                    // block of tandem's, which needs a sync point.
                     Intercepted::WaitForSyncPoint if self.phase.unsynced() => {
                         let refusal = self.refusal_query(Error::Unsupported {
                             what: "a simple Query that tandem must act on (a control function, or a write in or beside a global transaction) sent behind extended-protocol messages with no Sync",
                         });
                         self.write_server(&refusal).await?;
-                        run_start = pos + frame.wire_len;
+                        self.on_client_message(frame.tag, body)?;
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        self.client_paused = true;
+                        break;
                     }
                     Intercepted::WaitForSyncPoint => {
                         self.client_paused = true;

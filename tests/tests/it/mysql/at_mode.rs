@@ -527,8 +527,9 @@ pub(crate) async fn table_stays_locked(db: &MyTestDb, table: &str) {
 }
 
 /// An autocommit write of a global transaction runs in a transaction tandem opens;
-/// under the session's LOCK TABLES that START TRANSACTION would release them behind the
-/// client's back. The write is refused instead (1235), and the locks stay.
+/// under the session's table locks (LOCK TABLES, FLUSH TABLES … WITH READ LOCK) that
+/// START TRANSACTION would release them behind the client's back. The write is refused
+/// instead (1235), and the locks stay; once they are gone, writes are captured again.
 #[tokio::test]
 async fn an_autocommit_write_under_lock_tables_is_refused_and_the_locks_stay() {
     let db = prepare("at_lock_tables").await;
@@ -536,26 +537,54 @@ async fn an_autocommit_write_under_lock_tables_is_refused_and_the_locks_stay() {
     let tandem = start(&lockserver).await;
     let before = balances(&db).await;
     let mut conn = my::connect(&tandem, &db.name).await;
-    run_each(&mut conn, &["LOCK TABLES accounts WRITE"]).await;
-    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
-    let e = conn
-        .query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
-        .await
-        .expect_err("refused");
-    assert_eq!(code(&e), 1235, "{e}");
-    assert!(e.to_string().contains("LOCK TABLES"), "{e}");
-    table_stays_locked(&db, "accounts").await;
+    let write = "UPDATE accounts SET balance = balance + 1 WHERE id = 1";
+    let refused = |e: mysql_async::Error| {
+        assert_eq!(code(&e), 1235, "{e}");
+        assert!(e.to_string().contains("LOCK TABLES"), "{e}");
+    };
 
-    // Once unlocked, the same write is captured, and rolled back exactly.
+    // Locks are taken outside the global transaction (LOCK TABLES inside one is
+    // refused: it commits implicitly).
+    run_each(&mut conn, &["LOCK TABLES accounts WRITE"]).await;
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    refused(conn.query_drop(write).await.expect_err("refused"));
+    table_stays_locked(&db, "accounts").await;
+    // A trailing semicolon: still an UNLOCK, which the server confirms.
+    run_each(&mut conn, &["UNLOCK TABLES;", write]).await;
+
+    // Taken as a prepared statement.
+    let join = format!("SELECT tandem_join('{xid}')");
+    run_each(&mut conn, &["SELECT tandem_leave()"]).await;
+    conn.exec_drop("LOCK TABLES accounts WRITE", ())
+        .await
+        .unwrap();
+    run_each(&mut conn, &[&join]).await;
+    refused(conn.query_drop(write).await.expect_err("refused"));
+    table_stays_locked(&db, "accounts").await;
+    run_each(&mut conn, &["UNLOCK TABLES"]).await;
+
+    // FLUSH TABLES … WITH READ LOCK: the write would fail on its own, but tandem's
+    // START TRANSACTION would release the lock first and let it through.
     run_each(
         &mut conn,
         &[
-            "UNLOCK TABLES",
-            "UPDATE accounts SET balance = 5 WHERE id = 1",
+            "SELECT tandem_leave()",
+            "FLUSH TABLES accounts WITH READ LOCK",
+            &join,
         ],
     )
     .await;
-    assert_ne!(balances(&db).await, before);
+    refused(conn.query_drop(write).await.expect_err("refused"));
+    run_each(&mut conn, &["UNLOCK TABLES", write]).await;
+
+    assert_eq!(
+        balances(&db).await[0],
+        (1, before[0].1 + 2),
+        "the two writes made without table locks"
+    );
     rolled_back(&mut conn).await;
     assert_eq!(balances(&db).await, before);
     tandem.shutdown().await;

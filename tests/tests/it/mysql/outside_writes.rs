@@ -295,7 +295,7 @@ async fn a_checked_write_under_lock_tables_is_refused_and_the_tables_stay_locked
         assert!(e.to_string().contains("LOCK TABLES"), "{e}");
     }
     super::at_mode::table_stays_locked(&db, "accounts").await;
-    b.query_drop("UNLOCK TABLES").await.unwrap();
+    b.query_drop("UNLOCK TABLES;").await.unwrap();
     assert_eq!(
         super::at_mode::dump(&mut direct, "accounts").await,
         before,

@@ -1411,6 +1411,30 @@ async fn a_query_behind_unsynced_execute_is_refused_not_held() {
     raw.send(&frame(b'S', b"")).await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "Z");
 
+    // Behind a write that opened tandem's own block for the batch (autocommit, as
+    // pgJDBC's executeBatch sends it), with the client's Sync right behind: the
+    // refusal fails the block, which ends as the batch's implicit transaction would.
+    let mut batch = frame(
+        b'P',
+        &parse_body("", "UPDATE accounts SET balance = 3 WHERE id = 3"),
+    );
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'P', &parse_body("", "SELECT 3")));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(
+        b'Q',
+        b"UPDATE accounts SET balance = 4 WHERE id = 4\0",
+    ));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let mut replies = raw.recv_until(b'Z').await;
+    replies.extend(raw.recv_until(b'Z').await);
+    assert_eq!(tags(&replies), "12C12DCEZZ", "{replies:?}");
+    refused(&replies);
+    assert_eq!(dump(&direct).await, before, "neither write stays");
+
     // The session is still bound, and works.
     raw.query("UPDATE accounts SET balance = 2 WHERE id = 2")
         .await;

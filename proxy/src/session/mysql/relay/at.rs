@@ -453,7 +453,7 @@ impl Relay<'_> {
         // An autocommit write is its own branch: tandem opens the local transaction
         // that holds its images and undo row.
         let wrapped = !super::in_transaction(status);
-        if wrapped && let Some(refusal) = self.own_transaction_refused() {
+        if wrapped && let Some(refusal) = self.own_transaction_refused(&write.table).await? {
             return self.refuse(refusal);
         }
         if wrapped && let Err(e) = self.own().query("START TRANSACTION").await? {

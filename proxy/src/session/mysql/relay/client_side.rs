@@ -168,6 +168,11 @@ impl Relay<'_> {
         if byte == command::INIT_DB {
             self.database_uncertain = true;
         }
+        if matches!(byte, command::QUERY | command::STMT_PREPARE)
+            && super::control::may_take_table_locks(payload.get(1..).unwrap_or(&[]))
+        {
+            self.may_hold_table_locks = true;
+        }
         match byte {
             command::STMT_PREPARE => {
                 let sql = payload.get(1..).unwrap_or(&[]);

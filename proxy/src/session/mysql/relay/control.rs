@@ -26,6 +26,14 @@ use tandem_lockserver::client::{BranchKind, Xid};
 /// unbound session stream through unread.
 const CONTROL_SQL_MAX: usize = 1024;
 
+/// The table, in the written table's database, whose reading asks the server whether
+/// the session holds table locks (see `Relay::own_transaction_refused`).
+const TABLE_LOCKS_PROBE: &str = "tandem_table_locks_probe";
+/// ER_TABLE_NOT_LOCKED: "Table '…' was not locked with LOCK TABLES".
+const ER_TABLE_NOT_LOCKED: u16 = 1100;
+/// ER_NO_SUCH_TABLE.
+const ER_NO_SUCH_TABLE: u16 = 1146;
+
 /// The XA branch of the session's current transaction (between XA START and its end).
 #[derive(Clone, Debug)]
 pub struct XaBranch {
@@ -99,48 +107,34 @@ pub(super) fn may_change_temporary_tables(sql: &[u8]) -> bool {
         || sql.windows(3).any(|w| w == b"/*!")
 }
 
-/// Whether the session may hold LOCK TABLES locks after `sql` (the start of a COM_QUERY;
-/// `whole` when that is all of it), given whether it may before. Errs toward "locked":
-/// a statement whose words cannot be read safely and that names LOCK may take them, and
-/// only a lone UNLOCK TABLES, BEGIN or START TRANSACTION surely ends them (a failed
-/// LOCK TABLES has released the earlier ones too, but counts as taken).
-pub(super) fn may_hold_table_locks(sql: &[u8], whole: bool, before: bool) -> bool {
-    let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
-    let first = words.next().unwrap_or_default();
-    let second = words.next().unwrap_or_default();
-    let lone = whole && !several_statements(sql);
-    match (first.as_slice(), second.as_slice()) {
-        (b"LOCK", b"TABLE" | b"TABLES") => true,
-        // Not MariaDB's `BEGIN NOT ATOMIC`, a compound statement.
-        (b"UNLOCK", b"TABLE" | b"TABLES")
-        | (b"BEGIN", b"" | b"WORK")
-        | (b"START", b"TRANSACTION")
-            if lone =>
-        {
-            false
-        }
-        _ if lone && !first.is_empty() => before,
-        _ => before || names_lock_tables(sql),
-    }
+/// Whether `sql` (a COM_QUERY's or COM_STMT_PREPARE's text, or the start of it) may
+/// take table locks that a START TRANSACTION releases: it names `LOCK TABLE(S)`, or
+/// `READ LOCK` or `FOR EXPORT` (FLUSH TABLES). A hint only, erring toward yes (the
+/// words may sit in a literal): the server is asked before it counts.
+pub(super) fn may_take_table_locks(sql: &[u8]) -> bool {
+    words_follow(sql, b"LOCK", b"TABLE")
+        || words_follow(sql, b"READ", b"LOCK")
+        || words_follow(sql, b"FOR", b"EXPORT")
 }
 
-/// `LOCK TABLE` anywhere in `sql`, as words (not `LOCK IN SHARE MODE`, not `UNLOCK`).
-fn names_lock_tables(sql: &[u8]) -> bool {
+/// `first`, then whitespace, then a word that starts with `second`, anywhere in `sql`
+/// (ASCII case ignored; `first` must start a word).
+fn words_follow(sql: &[u8], first: &[u8], second: &[u8]) -> bool {
     let word_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
     (0..sql.len()).any(|at| {
-        let rest = &sql[at..];
-        rest.len() >= 4
-            && rest[..4].eq_ignore_ascii_case(b"LOCK")
-            && (at == 0 || !word_char(sql[at - 1]))
-            && {
-                let after = rest[4..].trim_ascii_start();
-                after.len() < rest.len() - 4
-                    && after.len() >= 5
-                    && after[..5].eq_ignore_ascii_case(b"TABLE")
-                    && after
-                        .get(5)
-                        .is_none_or(|&b| !word_char(b) || b == b'S' || b == b's')
-            }
+        let Some(head) = sql.get(at..at + first.len()) else {
+            return false;
+        };
+        if !head.eq_ignore_ascii_case(first) || (at > 0 && word_char(sql[at - 1])) {
+            return false;
+        }
+        let tail = &sql[at + first.len()..];
+        let next = tail.trim_ascii_start();
+        let spaced = next.len() < tail.len();
+        spaced
+            && next
+                .get(..second.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(second))
     })
 }
 
@@ -202,13 +196,6 @@ impl Relay<'_> {
             && (payload.len() < header.payload_len || may_change_temporary_tables(&payload[1..]))
         {
             self.temporary_tables.clear();
-        }
-        if payload.first() == Some(&command::QUERY) && header.seq == 0 {
-            self.may_hold_table_locks = may_hold_table_locks(
-                &payload[1..],
-                payload.len() == header.payload_len && !header.is_continued(),
-                self.may_hold_table_locks,
-            );
         }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 {
             return Ok(None);
@@ -408,13 +395,41 @@ impl Relay<'_> {
         Ok(Handled::Answer)
     }
 
-    /// Where tandem must open a transaction of its own around an autocommit write: the
-    /// refusal if the session may hold LOCK TABLES locks, which that START TRANSACTION
-    /// would release behind the client's back.
-    pub(super) fn own_transaction_refused(&self) -> Option<Error> {
-        self.may_hold_table_locks.then_some(Error::Unsupported {
-            what: "an autocommit write that tandem must wrap in a transaction of its own while the session holds LOCK TABLES (starting it would release them; UNLOCK TABLES first, or lock inside a transaction)",
-        })
+    /// Where tandem must open a transaction of its own around an autocommit write, at a
+    /// sync point: the refusal if the session holds LOCK TABLES (or FLUSH TABLES … WITH
+    /// READ LOCK) locks, which that START TRANSACTION would release behind the client's
+    /// back. Only a session whose statements named such locks is asked: a table that
+    /// does not exist is reported as not locked (1100) under table locks, and as
+    /// missing (1146) otherwise. `written`: the write's table, whose database the
+    /// client may read (with no current database, an unqualified name fails).
+    pub(super) async fn own_transaction_refused(
+        &mut self,
+        written: &tandem_undo::TableRef,
+    ) -> Result<Option<Error>> {
+        use tandem_undo::Dialect;
+        if !self.may_hold_table_locks {
+            return Ok(None);
+        }
+        let probe = tandem_undo::Mysql.qualified(&tandem_undo::TableRef {
+            schema: written.schema.clone(),
+            name: TABLE_LOCKS_PROBE.to_owned(),
+        });
+        // DO: an OK whatever the server finds, never rows.
+        let probe = format!("DO (SELECT 1 FROM {probe} LIMIT 0)");
+        let refusal = Error::Unsupported {
+            what: "an autocommit write that tandem must wrap in a transaction of its own while the session holds table locks (LOCK TABLES; starting that transaction would release them: UNLOCK TABLES first, or lock inside a transaction)",
+        };
+        match self.own().query(&probe).await? {
+            Err(e) if e.code == ER_TABLE_NOT_LOCKED => Ok(Some(refusal)),
+            Err(e) if e.code != ER_NO_SUCH_TABLE => {
+                tracing::debug!(parent: &self.span, code = e.code, message = %e.message, "table-lock probe inconclusive");
+                Ok(Some(refusal))
+            }
+            _ => {
+                self.may_hold_table_locks = false;
+                Ok(None)
+            }
+        }
     }
 
     pub(super) fn refuse(&mut self, e: Error) -> Result<Handled> {
@@ -728,47 +743,24 @@ mod tests {
     }
 
     #[test]
-    fn table_locks_are_followed_from_the_statements_that_take_and_end_them() {
-        for (sql, whole, before, after) in [
-            ("LOCK TABLES t WRITE", true, false, true),
-            ("/* x */ lock table t read", true, false, true),
-            ("LOCK TABLES t WRITE, u READ", false, false, true),
-            ("/*!40000 LOCK TABLES t WRITE */", true, false, true),
-            ("SELECT 1; LOCK TABLES t WRITE", true, false, true),
-            ("SELECT 1;\nlock\ttables t WRITE", true, false, true),
-            ("UNLOCK TABLES", true, true, false),
-            ("BEGIN", true, true, false),
-            ("START TRANSACTION READ ONLY", true, true, false),
-            ("BEGIN NOT ATOMIC SELECT 1; END", true, true, true),
-            ("UNLOCK TABLES; LOCK TABLES t READ", true, true, true),
-            ("UNLOCK TABLES", false, true, true),
-            ("SELECT * FROM t LOCK IN SHARE MODE", true, false, false),
-            ("SELECT * FROM t LOCK IN SHARE MODE", false, false, false),
-            (
-                "SELECT 'x'; SELECT * FROM t LOCK IN SHARE MODE",
-                true,
-                false,
-                false,
-            ),
-            (
-                "SELECT 'x'; UPDATE unlock_tables SET a = 1",
-                true,
-                false,
-                false,
-            ),
-            (
-                "SELECT 'x'; UPDATE t SET lock_tables = 1",
-                true,
-                false,
-                false,
-            ),
-            ("UPDATE t SET v = 1", true, true, true),
+    fn statements_that_may_take_table_locks_are_told_by_their_words() {
+        for (sql, takes) in [
+            ("LOCK TABLES t WRITE", true),
+            ("/* x */ lock table t read", true),
+            ("/*!40000 LOCK TABLES t WRITE */", true),
+            ("SELECT 1;\nlock\ttables t WRITE", true),
+            ("UNLOCK TABLES; LOCK TABLES t READ", true),
+            ("FLUSH TABLES t WITH READ LOCK", true),
+            ("flush tables t for export", true),
+            ("EXECUTE IMMEDIATE 'LOCK TABLES t WRITE'", true),
+            ("UNLOCK TABLES", false),
+            ("SELECT * FROM t LOCK IN SHARE MODE", false),
+            ("UPDATE unlock_tables SET a = 1", false),
+            ("UPDATE t SET lock_tables = 1", false),
+            ("UPDATE t SET block = 1 WHERE x = 'table'", false),
+            ("SELECT * FROM t FOR UPDATE", false),
         ] {
-            assert_eq!(
-                may_hold_table_locks(sql.as_bytes(), whole, before),
-                after,
-                "{sql} (whole: {whole}, before: {before})"
-            );
+            assert_eq!(may_take_table_locks(sql.as_bytes()), takes, "{sql}");
         }
     }
 }

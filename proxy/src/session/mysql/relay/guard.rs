@@ -289,7 +289,7 @@ impl Relay<'_> {
         source: &Source<'_>,
         deadline: Instant,
     ) -> Result<Option<Handled>> {
-        if let Some(refusal) = self.own_transaction_refused() {
+        if let Some(refusal) = self.own_transaction_refused(&write.table).await? {
             return self.refuse(refusal).map(Some);
         }
         loop {
@@ -390,7 +390,7 @@ impl Relay<'_> {
         let deadline = Instant::now() + self.ctx.lock_wait;
         loop {
             if scope == InsertScope::OwnTransaction
-                && let Some(refusal) = self.own_transaction_refused()
+                && let Some(refusal) = self.own_transaction_refused(&write.table).await?
             {
                 return self.refuse(refusal).map(Some);
             }
