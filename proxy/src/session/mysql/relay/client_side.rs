@@ -354,9 +354,6 @@ impl Relay<'_> {
         Ok(Handled::Replace)
     }
 
-    /// A connection-pool reset (COM_RESET_CONNECTION, COM_CHANGE_USER). The hook where
-    /// the session will unbind any global transaction (xid) it is bound to, as
-    /// DESIGN.md's "Connection-pool resets unbind" asks, once MySQL sessions bind.
     /// COM_STMT_EXECUTE: the parameter types it binds stay in force for the next ones
     /// (AT needs them to read a later execute's values), and its long data is used up.
     /// One that may create or drop a temporary table makes AT ask about tables again.
@@ -380,6 +377,9 @@ impl Relay<'_> {
         prepared.long_data = false;
     }
 
+    /// A connection-pool reset (COM_RESET_CONNECTION, COM_CHANGE_USER): the session
+    /// leaves its global transaction, as DESIGN.md's "Connection-pool resets unbind"
+    /// asks, and forgets what the server forgot with it.
     fn on_session_reset(&mut self, what: &'static str) {
         tracing::debug!(parent: &self.span, what, "session reset: unbound");
         self.binding.unbind();
