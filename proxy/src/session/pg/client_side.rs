@@ -150,14 +150,7 @@ impl Relay<'_> {
                 // What came before goes first: tandem may send statements of its own.
                 self.write_server(&buf[run_start..pos]).await?;
                 run_start = pos;
-                match self.intercept_query(body).await? {
-                    Intercepted::Relay => {}
-                    // No ReadyForQuery is due: one is made (asyncpg's prepare leaves Parse,
-                    // Describe and Flush unsynced ahead of a simple Query).
-                    Intercepted::WaitForSyncPoint if self.may_settle() => {
-                        self.settle().await?;
-                        continue;
-                    }
+                let intercepted = match self.intercept_query(body).await? {
                     // Bound or executed work since the last Sync: tandem's own Sync would
                     // commit it apart from this Query, and without one no sync point
                     // ever comes (the client waits for this Query's reply). Refused, as
@@ -165,16 +158,20 @@ impl Relay<'_> {
                     // which it then fails, as a Query that fails without tandem does.
                     // Held behind it, as a replaced Query is: its ReadyForQuery may end a
                     // block of tandem's, which needs a sync point.
-                    Intercepted::WaitForSyncPoint if self.phase.unsynced() => {
-                        let refusal = self.refusal_query(Error::Unsupported {
+                    Intercepted::WaitForSyncPoint if !self.may_settle() && self.phase.unsynced() => {
+                        Intercepted::ReplaceAndHold(self.refusal_query(Error::Unsupported {
                             what: "a simple Query that tandem must act on (a control function, or a write in or beside a global transaction) sent behind extended-protocol messages with no Sync",
-                        });
-                        self.write_server(&refusal).await?;
-                        self.on_client_message(frame.tag, body)?;
-                        pos += frame.wire_len;
-                        run_start = pos;
-                        self.client_paused = true;
-                        break;
+                        }))
+                    }
+                    intercepted => intercepted,
+                };
+                match intercepted {
+                    Intercepted::Relay => {}
+                    // No ReadyForQuery is due: one is made (asyncpg's prepare leaves Parse,
+                    // Describe and Flush unsynced ahead of a simple Query).
+                    Intercepted::WaitForSyncPoint if self.may_settle() => {
+                        self.settle().await?;
+                        continue;
                     }
                     Intercepted::WaitForSyncPoint => {
                         self.client_paused = true;
