@@ -52,10 +52,11 @@ listen = "127.0.0.1:0"
 endpoint = "http://127.0.0.1:$GRPC_PORT"
 $1
 TOML
-  RUST_LOG=warn ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
+  # LOCK_THREADS: the lockserver's runtime threads (default: one per core).
+  env RUST_LOG=warn ${LOCK_THREADS:+TOKIO_WORKER_THREADS=$LOCK_THREADS} ./target/release/tandem lockserver -c "$work/lockserver.toml" >"$work/lockserver.log" 2>&1 &
   lock_pid=$!
   # PROXY_THREADS overrides the proxy's default (half the cores, at least one).
-  RUST_LOG=warn ${PROXY_THREADS:+TOKIO_WORKER_THREADS=$PROXY_THREADS} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+  env RUST_LOG=warn ${PROXY_THREADS:+TOKIO_WORKER_THREADS=$PROXY_THREADS} ./target/release/tandem proxy -c "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
   proxy_pid=$!
   local probe=$2 _
   for _ in $(seq 50); do
