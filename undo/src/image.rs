@@ -35,6 +35,68 @@ impl Capture {
     }
 }
 
+/// Built-in functions that return another value at each call (PostgreSQL's volatile
+/// ones, which a second evaluation of a predicate would answer differently). Functions
+/// whose value only grows (clock_timestamp()) choose more rows the second time, which
+/// the proxy's check of the returned keys catches.
+const VOLATILE_FUNCTIONS: &[&str] = &[
+    "random",
+    "random_normal",
+    "nextval",
+    "setval",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+];
+
+/// Whether `sql` calls one of [`VOLATILE_FUNCTIONS`] (schema-qualified or not; ASCII
+/// case ignored), outside quotes. A backslash escapes within quotes, as on MySQL: a
+/// PostgreSQL literal that ends in one hides what follows, which the proxy's check of
+/// the returned keys still catches.
+fn calls_volatile_function(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            quote @ (b'\'' | b'"' | b'`') => {
+                at += 1;
+                while at < bytes.len() {
+                    match bytes[at] {
+                        b'\\' => at += 2,
+                        b if b == quote => {
+                            at += 1;
+                            // A doubled quote is one quote character, still inside.
+                            if bytes.get(at) != Some(&quote) {
+                                break;
+                            }
+                            at += 1;
+                        }
+                        _ => at += 1,
+                    }
+                }
+            }
+            b if word(b) => {
+                let start = at;
+                while at < bytes.len() && word(bytes[at]) {
+                    at += 1;
+                }
+                let name = &bytes[start..at];
+                if bytes[at..].trim_ascii_start().first() == Some(&b'(')
+                    && VOLATILE_FUNCTIONS
+                        .iter()
+                        .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
+                {
+                    return true;
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    false
+}
+
 /// One column value in binary wire format; `None` is SQL NULL.
 pub type Value = Option<Vec<u8>>;
 /// One row, in the column order of its [`TableMeta`].
@@ -107,6 +169,26 @@ impl TableMeta {
         if self.has_cascades && (write.kind != WriteKind::Insert || write.upsert.is_some()) {
             return Err(Error::unsupported(format!(
                 "a write to table {table}, which foreign keys reference with cascading actions,"
+            )));
+        }
+        // The before image evaluates what chooses the rows once, the write once more.
+        let upsert_keys = write.upsert.iter().flat_map(|u| {
+            u.rows.iter().flat_map(|row| {
+                row.iter()
+                    .zip(&u.columns)
+                    .filter(|(_, column)| u.target.contains(column))
+                    .map(|(value, _)| value)
+            })
+        });
+        if let Some(part) = write
+            .selection
+            .iter()
+            .chain(&write.from)
+            .chain(upsert_keys)
+            .find(|sql| calls_volatile_function(sql))
+        {
+            return Err(Error::unsupported(format!(
+                "a write whose rows are chosen by something that differs from one evaluation to the next (random(), nextval(), gen_random_uuid(): {part}), whose before image could read other rows than it changes,"
             )));
         }
         if write.kind == WriteKind::Update
@@ -532,6 +614,34 @@ mod tests {
             "INSERT INTO accounts (id, balance, note) VALUES (1, 2, 'x') ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note",
         ] {
             assert!(m.check_capturable(&write(refused)).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn rows_chosen_by_a_volatile_function_are_refused() {
+        let m = meta();
+        for refused in [
+            "DELETE FROM accounts WHERE random() < 0.5",
+            "UPDATE accounts SET balance = 0 WHERE id = NEXTVAL('s')",
+            "UPDATE accounts SET balance = 0 WHERE id = pg_catalog.nextval ('s')",
+            "UPDATE accounts a SET balance = 0 FROM (SELECT random() AS r) x WHERE a.id = 1 AND x.r < 0.5",
+            "INSERT INTO accounts (id, balance, note) VALUES (nextval('s'), 1, 'x') ON CONFLICT (id) DO UPDATE SET note = 'y'",
+        ] {
+            let refusal = m.check_capturable(&write(refused)).unwrap_err().to_string();
+            assert!(
+                refusal.contains("differs from one evaluation"),
+                "{refused}: {refusal}"
+            );
+        }
+        for accepted in [
+            "UPDATE accounts SET balance = random() * 10 WHERE id = 1",
+            "UPDATE accounts SET balance = 0 WHERE id = my_random(1) OR note = 'random()x'",
+            "DELETE FROM accounts WHERE random = 1",
+            "UPDATE accounts SET balance = 0 WHERE note < clock_timestamp()::text",
+            "INSERT INTO accounts (id, balance, note) VALUES (1, nextval('s'), 'x') ON CONFLICT (id) DO UPDATE SET note = 'y'",
+            "INSERT INTO accounts VALUES (nextval('s'), 1, 'x')",
+        ] {
+            assert!(m.check_capturable(&write(accepted)).is_ok(), "{accepted}");
         }
     }
 

@@ -152,6 +152,12 @@ async fn a_global_transaction_across_two_databases_rolls_back_exactly_and_commit
 #[tokio::test]
 async fn writes_that_cannot_be_captured_are_refused() {
     let orders = prepare("at_refuse").await;
+    orders
+        .direct()
+        .await
+        .batch_execute("CREATE SEQUENCE picks")
+        .await
+        .unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
@@ -190,6 +196,15 @@ async fn writes_that_cannot_be_captured_are_refused() {
             "EXPLAIN ANALYZE UPDATE accounts SET balance = 0",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
+        // The before image and the write would each pick their own rows.
+        (
+            "UPDATE accounts SET balance = 0 WHERE id = nextval('picks')",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "DELETE FROM accounts WHERE random() < 0.5",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
     ] {
         let err = a.simple_query(sql).await.expect_err(sql);
         assert_eq!(err.code(), Some(&state), "{sql}: {err:?}");
@@ -203,6 +218,14 @@ async fn writes_that_cannot_be_captured_are_refused() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+    let picked: bool = orders
+        .direct()
+        .await
+        .query_one("SELECT is_called FROM picks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!picked, "the sequence never moved");
     // Outside a global transaction the same statements pass through untouched.
     one(&a, "SELECT tandem_leave()").await.unwrap();
     a.batch_execute("INSERT INTO nokey VALUES (1)")
