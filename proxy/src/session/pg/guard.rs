@@ -32,12 +32,14 @@
 //! transaction, so it never fails that transaction.
 //!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
-//! rolls back: an INSERT whose keys the server generates (they are new) or computes
-//! (`INSERT … SELECT`, a function call), an INSERT pipelined in a batch of several
-//! (a driver's executeBatch; a BEGIN ahead of one statement, as pgJDBC sends it, runs
-//! first on its own: begin_ahead.rs), writes in a failed transaction block (they run
-//! nothing), multi-statement queries, statements tandem cannot
-//! analyse, writes inside functions, and every write while the lockserver is
+//! rolls back: an UPDATE or DELETE whose predicate calls a volatile function
+//! (random(), nextval(): the rows tandem reads and checks are not those the write then
+//! chooses; AT refuses such writes), an INSERT whose keys the server generates (they
+//! are new) or computes (`INSERT … SELECT`, a function call), an INSERT pipelined in a
+//! batch of several (a driver's executeBatch; a BEGIN ahead of one statement, as
+//! pgJDBC sends it, runs first on its own: begin_ahead.rs), writes in a failed
+//! transaction block (they run nothing), multi-statement queries, statements tandem
+//! cannot analyse, writes inside functions, and every write while the lockserver is
 //! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
 //! stop with the coordinator.
 
