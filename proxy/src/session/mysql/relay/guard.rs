@@ -27,7 +27,9 @@
 //! client's transaction to end. Keys the server generates are new, and need no check.
 //!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
-//! rolls back: an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
+//! rolls back: an UPDATE or DELETE whose rows are chosen by RAND(), UUID(), a sequence
+//! or a variable assignment (the rows checked need not be those it then changes; AT
+//! refuses such writes), an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
 //! multi-statement query, CALL, writes in stored programs and triggers, statements
 //! tandem cannot analyse (or could not read whole: 16 MiB or more, long data), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an autocommit write with RETURNING, and
