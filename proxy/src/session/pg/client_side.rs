@@ -146,6 +146,16 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if matches!(frame.tag, frontend::QUERY | frontend::FUNCTION_CALL)
+                && self.backend_skips_to_sync()
+            {
+                // The backend ignores it, as everything up to the client's Sync: it gets
+                // no reply at all, so it is not sent, and no ReadyForQuery awaited.
+                self.write_server(&buf[run_start..pos]).await?;
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             if frame.tag == frontend::QUERY {
                 // What came before goes first: tandem may send statements of its own.
                 self.write_server(&buf[run_start..pos]).await?;
@@ -228,6 +238,21 @@ impl Relay<'_> {
         self.from_client = buf;
         self.from_client.advance(pos);
         Ok(terminated)
+    }
+
+    /// An error answered extended-protocol messages sent since the last sync point, and
+    /// no Sync has followed them: the backend discards what it receives up to a Sync
+    /// (every earlier Sync or Query has had its ReadyForQuery, so the error was theirs).
+    fn backend_skips_to_sync(&self) -> bool {
+        self.error_since_ready
+            && matches!(
+                self.phase,
+                Phase::Busy {
+                    awaiting: 0,
+                    unsynced: true,
+                    ..
+                }
+            )
     }
 
     pub(super) async fn write_server(&mut self, bytes: &[u8]) -> Result<()> {

@@ -580,6 +580,16 @@ async fn an_autocommit_write_under_lock_tables_is_refused_and_the_locks_stay() {
     refused(conn.query_drop(write).await.expect_err("refused"));
     run_each(&mut conn, &["UNLOCK TABLES", write]).await;
 
+    // The prepared LOCK TABLES again: the driver executes the statement it keeps.
+    run_each(&mut conn, &["SELECT tandem_leave()"]).await;
+    conn.exec_drop("LOCK TABLES accounts WRITE", ())
+        .await
+        .unwrap();
+    run_each(&mut conn, &[&join]).await;
+    refused(conn.query_drop(write).await.expect_err("refused"));
+    table_stays_locked(&db, "accounts").await;
+    run_each(&mut conn, &["UNLOCK TABLES"]).await;
+
     assert_eq!(
         balances(&db).await[0],
         (1, before[0].1 + 2),

@@ -1449,6 +1449,60 @@ async fn a_query_behind_unsynced_execute_is_refused_not_held() {
     lockserver.stop().await;
 }
 
+/// After an error in extended-protocol messages the backend discards everything up to
+/// the client's Sync, a simple Query included: it gets no reply, through tandem as
+/// without it, and the session goes on at the Sync (tandem awaited a ReadyForQuery for
+/// the discarded Query, and held the next control call for ever).
+#[tokio::test]
+async fn a_query_the_backend_discards_after_an_error_is_not_awaited() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("query_after_error").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+
+    for query in [
+        "UPDATE accounts SET balance = 1 WHERE id = 1",
+        "SELECT tandem_rollback()",
+        "SELECT 1",
+    ] {
+        let mut batch = frame(b'P', &parse_body("", "SELECT * FROM no_such_table"));
+        batch.extend(frame(b'H', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'E').await;
+        assert_eq!(
+            replies[0].sqlstate().as_deref(),
+            Some("42P01"),
+            "{replies:?}"
+        );
+        let mut query_message = query.as_bytes().to_vec();
+        query_message.push(0);
+        let mut batch = frame(b'Q', &query_message);
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        assert_eq!(tags(&raw.recv_until(b'Z').await), "Z", "{query}");
+    }
+    assert_eq!(dump(&direct).await, before, "the discarded write never ran");
+
+    // At a sync point again: the session is still bound, and its calls are answered.
+    raw.query("UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "TDCZ", "{replies:?}");
+    assert_eq!(dump(&direct).await, before);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A write with RETURNING under an Execute row limit (asyncpg's fetchrow asks for 1):
 /// the client gets at most that many rows, then PortalSuspended where more came, as
 /// without tandem; every row the write changed is captured all the same.

@@ -168,10 +168,15 @@ impl Relay<'_> {
         if byte == command::INIT_DB {
             self.database_uncertain = true;
         }
-        if matches!(byte, command::QUERY | command::STMT_PREPARE)
-            && super::control::may_take_table_locks(payload.get(1..).unwrap_or(&[]))
-        {
-            self.may_hold_table_locks = true;
+        // What reaches this point runs as the client sent it (tandem's refusals and
+        // answers never do), so an UNLOCK TABLES here is one the server runs.
+        if matches!(byte, command::QUERY | command::STMT_PREPARE) {
+            let sql = payload.get(1..).unwrap_or(&[]);
+            if super::control::may_take_table_locks(sql, whole) {
+                self.may_hold_table_locks = true;
+            } else if byte == command::QUERY && whole && super::control::ends_table_locks(sql) {
+                self.may_hold_table_locks = false;
+            }
         }
         match byte {
             command::STMT_PREPARE => {
@@ -367,6 +372,10 @@ impl Relay<'_> {
         let text = prepared.sql.as_deref().map(str::as_bytes);
         if text.is_none_or(super::control::may_change_temporary_tables) {
             self.temporary_tables.clear();
+        }
+        // A prepared LOCK TABLES takes its locks at each execute.
+        if text.is_none_or(|sql| super::control::may_take_table_locks(sql, true)) {
+            self.may_hold_table_locks = true;
         }
         if let Ok(head) =
             crate::wire::mysql::messages::statement::execute_head(payload, prepared.params)

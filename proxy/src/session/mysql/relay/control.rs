@@ -107,18 +107,43 @@ pub(super) fn may_change_temporary_tables(sql: &[u8]) -> bool {
         || sql.windows(3).any(|w| w == b"/*!")
 }
 
-/// Whether `sql` (a COM_QUERY's or COM_STMT_PREPARE's text, or the start of it) may
+/// Whether `sql` (a COM_QUERY's or COM_STMT_PREPARE's text; `whole`: all of it) may
 /// take table locks that a START TRANSACTION releases: it names `LOCK TABLE(S)`, or
-/// `READ LOCK` or `FOR EXPORT` (FLUSH TABLES). A hint only, erring toward yes (the
-/// words may sit in a literal): the server is asked before it counts.
-pub(super) fn may_take_table_locks(sql: &[u8]) -> bool {
+/// `READ LOCK` or `FOR EXPORT` (FLUSH TABLES), or runs an SQL-level prepared statement
+/// (`EXECUTE`, `EXECUTE IMMEDIATE`), or is the start of several statements tandem has
+/// not seen whole. A hint only, erring toward yes (the words may sit in a literal): the
+/// server is asked before it counts.
+pub(super) fn may_take_table_locks(sql: &[u8], whole: bool) -> bool {
     words_follow(sql, b"LOCK", b"TABLE")
         || words_follow(sql, b"READ", b"LOCK")
         || words_follow(sql, b"FOR", b"EXPORT")
+        || control::leading_words(sql, true)
+            .next()
+            .is_none_or(|w| w.eq_ignore_ascii_case(b"EXECUTE"))
+        || sql.windows(8).any(|w| w.eq_ignore_ascii_case(b"EXECUTE "))
+        || (!whole && several_statements(sql))
 }
 
-/// `first`, then whitespace, then a word that starts with `second`, anywhere in `sql`
-/// (ASCII case ignored; `first` must start a word).
+/// Whether `sql`, all of one COM_QUERY that the server ran as sent, surely ends the
+/// session's table locks: a lone UNLOCK TABLES, BEGIN or START TRANSACTION (a trailing
+/// `;` allowed).
+pub(super) fn ends_table_locks(sql: &[u8]) -> bool {
+    let statement = sql.trim_ascii_end();
+    let statement = statement.strip_suffix(b";").unwrap_or(statement);
+    if several_statements(statement) {
+        return false;
+    }
+    let mut words = control::leading_words(statement, true).map(|w| w.to_ascii_uppercase());
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    matches!(
+        (first.as_slice(), second.as_slice()),
+        (b"UNLOCK", b"TABLE" | b"TABLES") | (b"BEGIN", b"" | b"WORK") | (b"START", b"TRANSACTION")
+    )
+}
+
+/// `first`, then whitespace or comments, then a word that starts with `second`,
+/// anywhere in `sql` (ASCII case ignored; `first` must start a word).
 fn words_follow(sql: &[u8], first: &[u8], second: &[u8]) -> bool {
     let word_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
     (0..sql.len()).any(|at| {
@@ -129,12 +154,12 @@ fn words_follow(sql: &[u8], first: &[u8], second: &[u8]) -> bool {
             return false;
         }
         let tail = &sql[at + first.len()..];
-        let next = tail.trim_ascii_start();
-        let spaced = next.len() < tail.len();
-        spaced
-            && next
-                .get(..second.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(second))
+        let next = control::leading_words(tail, true).next();
+        tail.first().is_some_and(|&b| !word_char(b))
+            && next.is_some_and(|w| {
+                w.get(..second.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(second))
+            })
     })
 }
 
@@ -416,14 +441,16 @@ impl Relay<'_> {
         });
         // DO: an OK whatever the server finds, never rows.
         let probe = format!("DO (SELECT 1 FROM {probe} LIMIT 0)");
-        let refusal = Error::Unsupported {
-            what: "an autocommit write that tandem must wrap in a transaction of its own while the session holds table locks (LOCK TABLES; starting that transaction would release them: UNLOCK TABLES first, or lock inside a transaction)",
-        };
         match self.own().query(&probe).await? {
-            Err(e) if e.code == ER_TABLE_NOT_LOCKED => Ok(Some(refusal)),
+            Err(e) if e.code == ER_TABLE_NOT_LOCKED => Ok(Some(Error::Unsupported {
+                what: "an autocommit write that tandem must wrap in a transaction of its own while the session holds table locks (LOCK TABLES; starting that transaction would release them: UNLOCK TABLES first, or lock inside a transaction)",
+            })),
+            // 1142 where the user's grants are per table: the server checks them first.
             Err(e) if e.code != ER_NO_SUCH_TABLE => {
                 tracing::debug!(parent: &self.span, code = e.code, message = %e.message, "table-lock probe inconclusive");
-                Ok(Some(refusal))
+                Ok(Some(Error::Unsupported {
+                    what: "an autocommit write that tandem must wrap in a transaction of its own after the session's statements named table locks (LOCK TABLES), which tandem could not ask the server about (starting that transaction would release them: send UNLOCK TABLES first)",
+                }))
             }
             _ => {
                 self.may_hold_table_locks = false;
@@ -744,23 +771,57 @@ mod tests {
 
     #[test]
     fn statements_that_may_take_table_locks_are_told_by_their_words() {
-        for (sql, takes) in [
-            ("LOCK TABLES t WRITE", true),
-            ("/* x */ lock table t read", true),
-            ("/*!40000 LOCK TABLES t WRITE */", true),
-            ("SELECT 1;\nlock\ttables t WRITE", true),
-            ("UNLOCK TABLES; LOCK TABLES t READ", true),
-            ("FLUSH TABLES t WITH READ LOCK", true),
-            ("flush tables t for export", true),
-            ("EXECUTE IMMEDIATE 'LOCK TABLES t WRITE'", true),
-            ("UNLOCK TABLES", false),
-            ("SELECT * FROM t LOCK IN SHARE MODE", false),
-            ("UPDATE unlock_tables SET a = 1", false),
-            ("UPDATE t SET lock_tables = 1", false),
-            ("UPDATE t SET block = 1 WHERE x = 'table'", false),
-            ("SELECT * FROM t FOR UPDATE", false),
+        for (sql, whole, takes) in [
+            ("LOCK TABLES t WRITE", true, true),
+            ("/* x */ lock table t read", true, true),
+            ("/*!40000 LOCK TABLES t WRITE */", true, true),
+            ("SELECT 1;\nlock\ttables t WRITE", true, true),
+            ("LOCK /* x */ TABLES t WRITE", true, true),
+            ("LOCK-- x\nTABLES t WRITE", true, true),
+            ("UNLOCK TABLES; LOCK TABLES t READ", true, true),
+            ("FLUSH TABLES t WITH READ LOCK", true, true),
+            ("flush tables t for export", true, true),
+            (
+                "EXECUTE IMMEDIATE CONCAT('LO', 'CK TABLES t WRITE')",
+                true,
+                true,
+            ),
+            ("EXECUTE s", true, true),
+            ("SELECT 1; EXECUTE s", true, true),
+            ("SELECT 1; SELECT", false, true),
+            ("UNLOCK TABLES", true, false),
+            ("SELECT * FROM t LOCK IN SHARE MODE", true, false),
+            ("SELECT * FROM t LOCK IN SHARE MODE", false, false),
+            ("UPDATE unlock_tables SET a = 1", true, false),
+            ("UPDATE t SET lock_tables = 1", true, false),
+            ("UPDATE t SET block = 1 WHERE x = 'table'", true, false),
+            ("SELECT * FROM t FOR UPDATE", true, false),
+            ("SELECT 1; SELECT 2", true, false),
         ] {
-            assert_eq!(may_take_table_locks(sql.as_bytes()), takes, "{sql}");
+            assert_eq!(
+                may_take_table_locks(sql.as_bytes(), whole),
+                takes,
+                "{sql} (whole: {whole})"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_lone_unlock_or_begin_surely_ends_table_locks() {
+        for (sql, ends) in [
+            ("UNLOCK TABLES", true),
+            ("unlock tables;", true),
+            ("UNLOCK TABLES ; ", true),
+            ("/* c */ UNLOCK TABLE", true),
+            ("BEGIN", true),
+            ("BEGIN WORK;", true),
+            ("START TRANSACTION READ WRITE", true),
+            ("BEGIN NOT ATOMIC SELECT 1; END", false),
+            ("UNLOCK TABLES; LOCK TABLES t READ", false),
+            ("SELECT 1", false),
+            ("/*!40000 UNLOCK TABLES */", false),
+        ] {
+            assert_eq!(ends_table_locks(sql.as_bytes()), ends, "{sql}");
         }
     }
 }
