@@ -31,6 +31,16 @@ use tandem_undo::{Analysis, Dialect, Postgres, TableMeta, Write, WriteKind, anal
 
 /// What a table name resolves to in the session that runs it: `to_regclass` follows
 /// the session's search_path (temporary schema first) and role.
+/// The settings ParameterStatus reports that change how the server prints a key
+/// (a date, timestamp with time zone, interval or text one), and so which rows a
+/// printed key names when it is read back.
+pub(super) const KEY_SETTINGS: &[&str] =
+    &["DateStyle", "TimeZone", "IntervalStyle", "client_encoding"];
+/// Type OIDs whose values print inexactly under some session settings.
+const FLOAT4: u32 = 700;
+const FLOAT8: u32 = 701;
+const MONEY: u32 = 790;
+
 const RESOLVE_TABLE: &str = "SELECT n.nspname, c.relname, c.oid FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.oid = pg_catalog.to_regclass($1)";
@@ -305,6 +315,69 @@ impl Relay<'_> {
         replacement
     }
 
+    /// The session settings under which the server prints a key's text, as
+    /// ParameterStatus last reported them.
+    fn key_settings(&self) -> Vec<(String, String)> {
+        KEY_SETTINGS
+            .iter()
+            .map(|name| {
+                let value = self
+                    .server_params
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                ((*name).to_owned(), value)
+            })
+            .collect()
+    }
+
+    /// Refuses a write whose images or keys the session would print so that tandem's
+    /// phase 2 reads them otherwise:
+    /// - images are the row's binary form in the session's client_encoding, and phase 2
+    ///   replays them over a UTF8 connection: other encodings would write other text;
+    /// - keys of real, double precision or money print inexactly under some
+    ///   extra_float_digits or lc_monetary, which ParameterStatus does not report;
+    /// - the branch's keys, printed under the settings of its first write, are bound
+    ///   back at its COMMIT: a later write under other ones would name other rows.
+    ///
+    /// Notes the settings at a branch's first write.
+    pub(super) fn check_session_for_images(&mut self, meta: &TableMeta) -> Result<()> {
+        let setting = |name: &str| {
+            self.server_params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let utf8 = |e: &str| e.eq_ignore_ascii_case("UTF8") || e.eq_ignore_ascii_case("UNICODE");
+        let client = setting("client_encoding");
+        if !(utf8(client)
+            || (client.eq_ignore_ascii_case("SQL_ASCII") && utf8(setting("server_encoding"))))
+        {
+            return Err(Error::Unsupported {
+                what: "a write in a global transaction from a session whose client_encoding is not UTF8 (tandem's images are read in it, and phase 2 replays them as UTF8)",
+            });
+        }
+        if meta
+            .pk
+            .iter()
+            .any(|&i| matches!(meta.columns[i].type_oid, FLOAT4 | FLOAT8 | MONEY))
+        {
+            return Err(Error::Unsupported {
+                what: "a write to a table whose primary key is real, double precision or money (their keys do not print exactly under every extra_float_digits or lc_monetary)",
+            });
+        }
+        let settings = self.key_settings();
+        if self.branch.is_empty() {
+            self.branch_settings = settings;
+        } else if settings != self.branch_settings {
+            return Err(Error::Unsupported {
+                what: "a write after the session changed DateStyle, TimeZone, IntervalStyle or client_encoding since its branch's first write (tandem names the branch's rows by their keys as the server printed them then)",
+            });
+        }
+        Ok(())
+    }
+
     /// The catalog's description of `table` as this session names it. An unqualified
     /// name is resolved on the client's own connection, under its search_path and
     /// role: the side connection that reads the catalog may see another table by that
@@ -447,6 +520,9 @@ impl Relay<'_> {
         };
         if let Err(e) = meta.check_capturable(&write) {
             return Ok(self.refuse(Error::Undo(e)));
+        }
+        if let Err(e) = self.check_session_for_images(&meta) {
+            return Ok(self.refuse(e));
         }
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = match before_image_query(&meta, &write) {
@@ -845,6 +921,11 @@ impl Relay<'_> {
         if self.branch.is_empty() {
             // The writes matched no row: there is nothing to undo and nothing to lock.
             return Ok(None);
+        }
+        if self.key_settings() != self.branch_settings {
+            return Err(Error::Unsupported {
+                what: "a COMMIT after the session changed DateStyle, TimeZone, IntervalStyle or client_encoding since the branch's first write (tandem names the branch's rows by their keys as the server printed them then, and would now read other rows); the local transaction was rolled back, and",
+            });
         }
         // Every table's after images in one round trip: the local row locks are held
         // until the COMMIT, so every round trip here is time other writers wait.

@@ -456,6 +456,7 @@ impl Relay<'_> {
     ) -> Result<BytesMut> {
         let meta = self.captured_table_meta(&write.table).await?;
         meta.check_capturable(&write)?;
+        self.check_session_for_images(&meta)?;
         if write.has_returning && batch.max_rows != 0 && !batch.bind.portal.is_empty() {
             // tandem's Execute takes every row: a later Execute of the portal, which
             // the backend would answer with the rows past the limit, would get none.

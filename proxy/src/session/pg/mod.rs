@@ -189,6 +189,10 @@ struct Relay<'a> {
     unchecked: crate::session::outside::UncheckedGuards,
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
+    /// The settings that change how the server prints a key (`at::KEY_SETTINGS`), as
+    /// they were at the current branch's first write: a branch names its rows by
+    /// printed keys, and binds them back at its COMMIT.
+    branch_settings: Vec<(String, String)>,
     write_in_flight: Option<at::WriteInFlight>,
     /// The write in flight is the first statement of a longer batch (run under a Sync
     /// of tandem's): its ReadyForQuery is not the client's.
@@ -284,6 +288,7 @@ impl<'a> Relay<'a> {
             database,
             unchecked: crate::session::outside::UncheckedGuards::default(),
             branch: at_branch::Branch::default(),
+            branch_settings: Vec::new(),
             write_in_flight: None,
             batch_continues: false,
             skip_to_client_sync: None,

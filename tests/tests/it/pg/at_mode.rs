@@ -252,6 +252,98 @@ async fn writes_that_cannot_be_captured_are_refused() {
     lockserver.stop().await;
 }
 
+/// A branch's images are read in the session's client_encoding and replayed as UTF8,
+/// and its rows are named by their keys as the server prints them, bound back at its
+/// COMMIT: a session whose settings would make either read back differently is
+/// refused (a LATIN1 session's rollback wrote 'é' where 'Ã©' had been; a COMMIT after
+/// SET DateStyle read the after image of another day's row).
+#[tokio::test]
+async fn sessions_whose_settings_would_misread_images_or_keys_are_refused() {
+    let orders = prepare("at_settings").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE days (d date PRIMARY KEY, v int);
+             INSERT INTO days VALUES ('2024-01-02', 1), ('2024-02-01', 2);
+             CREATE TABLE floats (f float8 PRIMARY KEY, v int);
+             INSERT INTO floats VALUES (0.5, 1);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let before = dump(&direct).await;
+    let refused = |e: tokio_postgres::Error, what: &str| {
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{what}: {e:?}"
+        );
+    };
+
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("SET client_encoding = 'LATIN1'")
+        .await
+        .unwrap();
+    refused(
+        a.batch_execute("UPDATE accounts SET note = 'x' WHERE id = 1")
+            .await
+            .unwrap_err(),
+        "LATIN1",
+    );
+    a.batch_execute("SET client_encoding = 'UTF8'")
+        .await
+        .unwrap();
+    refused(
+        a.batch_execute("UPDATE floats SET v = 2 WHERE f = 0.5")
+            .await
+            .unwrap_err(),
+        "float key",
+    );
+
+    // DateStyle changed between a branch's write and its COMMIT.
+    a.batch_execute("SET DateStyle = 'SQL, MDY'").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("UPDATE days SET v = 10 WHERE d = '01/02/2024'")
+        .await
+        .unwrap();
+    a.batch_execute("SET DateStyle = 'SQL, DMY'").await.unwrap();
+    refused(a.batch_execute("COMMIT").await.unwrap_err(), "COMMIT");
+    // And between two writes of one branch.
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("UPDATE days SET v = 11 WHERE d = '02/01/2024'")
+        .await
+        .unwrap();
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    refused(
+        a.batch_execute("UPDATE accounts SET balance = 0 WHERE id = 2")
+            .await
+            .unwrap_err(),
+        "second write",
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
+
+    one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(dump(&direct).await, before, "nothing of it stays");
+    let rows: Vec<(String, i32)> = direct
+        .query("SELECT d::text, v FROM days ORDER BY d", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("2024-01-02".to_owned(), 1), ("2024-02-01".to_owned(), 2)]
+    );
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn triggers_and_cascading_foreign_keys_are_refused() {
     let orders = prepare("at_trig").await;
