@@ -50,6 +50,12 @@ impl Branch {
         self.tables.iter().all(|t| t.order.is_empty())
     }
 
+    /// Whether the local transaction has a savepoint of this name (as the branch saw
+    /// them set).
+    pub fn has_savepoint(&self, name: &str) -> bool {
+        self.savepoints.iter().any(|s| s == name)
+    }
+
     fn table(&mut self, meta: &Arc<TableMeta>) -> &mut TableRows {
         let at = match self.tables.iter().position(|t| t.meta.table == meta.table) {
             Some(at) => at,

@@ -601,6 +601,51 @@ async fn an_autocommit_write_under_lock_tables_is_refused_and_the_locks_stay() {
     lockserver.stop().await;
 }
 
+/// The branch's record of savepoints follows the server's: those of an ended
+/// transaction are gone (a ROLLBACK TO one of them, which the server refuses with 1305,
+/// made tandem drop the rows captured since and commit the branch without them), and a
+/// savepoint set again under a name still set, which MySQL moves, is refused.
+#[tokio::test]
+async fn savepoints_of_an_ended_transaction_do_not_drop_captured_rows() {
+    let db = prepare("at_stale_savepoint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let before = balances(&db).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    run_each(&mut conn, &["BEGIN", "SAVEPOINT a", "COMMIT"]).await;
+    run_each(
+        &mut conn,
+        &["BEGIN", "UPDATE accounts SET balance = 2 WHERE id = 1"],
+    )
+    .await;
+    let e = conn
+        .query_drop("ROLLBACK TO SAVEPOINT a")
+        .await
+        .expect_err("no such savepoint");
+    assert_eq!(code(&e), 1305, "{e}");
+    run_each(&mut conn, &["COMMIT"]).await;
+
+    run_each(
+        &mut conn,
+        &[
+            "BEGIN",
+            "SAVEPOINT b",
+            "UPDATE accounts SET balance = 3 WHERE id = 2",
+        ],
+    )
+    .await;
+    let e = conn.query_drop("SAVEPOINT b").await.expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    run_each(&mut conn, &["COMMIT"]).await;
+    assert_eq!(balances(&db).await[..2], [(1, 2), (2, 3)]);
+
+    rolled_back(&mut conn).await;
+    assert_eq!(balances(&db).await, before, "both writes undone");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// The user lock `hold_undo_rows` takes.
 fn undo_hold(db: &MyTestDb) -> String {
     format!("hold_{}", db.name)

@@ -22,7 +22,9 @@ use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
 use std::sync::Arc;
 use tandem_lockserver::client::{BranchKind, LockKey};
 use tandem_undo::mysql::types;
-use tandem_undo::{Analysis, Dialect, LockedRead, Mysql, OnDuplicate, Row, Write, WriteKind};
+use tandem_undo::{
+    Analysis, Dialect, LockedRead, Mysql, OnDuplicate, Row, SavepointOp, Write, WriteKind,
+};
 
 /// ER_NO_SUCH_TABLE.
 const NO_SUCH_TABLE: u16 = 1146;
@@ -251,10 +253,23 @@ impl Relay<'_> {
                     what: "a statement that may end the transaction implicitly, while the branch has uncommitted writes (MySQL would commit them without their undo log): COMMIT or ROLLBACK first",
                 })
             }
+            Analysis::Other if !harmless_in_transaction(text) => {
+                // It may end the transaction (the branch is empty), and its savepoints
+                // with it: the branch's record of them must not outlive them.
+                self.at_branch = Branch::default();
+                Ok(Handled::Relay)
+            }
             Analysis::Other => {
                 // SET and the like: rows may now differ from what the writes saw.
                 self.at_branch.forget_all_after();
                 Ok(Handled::Relay)
+            }
+            // MySQL moves a savepoint set again to the top, keeping those set since;
+            // the branch's record (a stack, as PostgreSQL keeps them) cannot follow.
+            Analysis::Savepoint(SavepointOp::Set(name)) if self.at_branch.has_savepoint(&name) => {
+                self.refuse(Error::Unsupported {
+                    what: "SAVEPOINT with the name of a savepoint still set, in AT mode on MySQL (release it or roll back to it first)",
+                })
             }
             Analysis::Savepoint(op) => {
                 self.at_branch.on_savepoint(&op, false);
@@ -263,12 +278,19 @@ impl Relay<'_> {
             Analysis::Begin if !self.at_branch.is_empty() => self.refuse(Error::Unsupported {
                 what: "START TRANSACTION while the branch has uncommitted writes (MySQL would commit them without their undo log): COMMIT or ROLLBACK first",
             }),
-            Analysis::Begin => Ok(Handled::Relay),
+            // The transaction it ends takes its savepoints along, recorded or not.
+            Analysis::Begin => {
+                self.at_branch = Branch::default();
+                Ok(Handled::Relay)
+            }
             Analysis::Rollback => {
                 self.at_branch = Branch::default();
                 Ok(Handled::Relay)
             }
-            Analysis::Commit if self.at_branch.is_empty() => Ok(Handled::Relay),
+            Analysis::Commit if self.at_branch.is_empty() => {
+                self.at_branch = Branch::default();
+                Ok(Handled::Relay)
+            }
             Analysis::Commit => self.at_commit(text).await,
             Analysis::LockingRead(None) => self.refuse(Error::Unsupported {
                 what: "SELECT … FOR UPDATE or LOCK IN SHARE MODE over several tables in a global transaction",
