@@ -58,7 +58,7 @@ pub enum Error {
     #[error("side connection: {0}")]
     SidePool(#[from] deadpool_postgres::PoolError),
 
-    #[error("side connection: {0}")]
+    #[error("side connection: {}", side_query_detail(.0))]
     SideQuery(#[from] tokio_postgres::Error),
 
     #[error("{0}")]
@@ -502,5 +502,15 @@ mod tests {
         assert!(!Error::Unsupported { what: "x" }.closes_connection());
         assert!(Error::UpstreamClosed.is_retryable());
         assert!(!Error::Malformed { what: "Bind" }.is_retryable());
+    }
+}
+
+/// What a side connection's failure says, with the server's own message and SQLSTATE
+/// where it sent one (tokio-postgres prints only "db error"): what an operator reads in
+/// a phase-2 retry's reason.
+fn side_query_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }

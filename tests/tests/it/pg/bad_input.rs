@@ -200,3 +200,23 @@ async fn an_unreachable_database_is_a_clear_error() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+/// A side connection's failure names the server's message and SQLSTATE (tokio-postgres
+/// prints only "db error"): it is what a phase-2 retry reports to the lockserver, and
+/// all an operator sees of why a rollback keeps retrying.
+#[tokio::test]
+async fn a_side_connection_error_names_the_servers_message() {
+    let db = TestDb::create("side_error_text").await;
+    let e = db
+        .direct()
+        .await
+        .batch_execute("DELETE FROM no_such_table")
+        .await
+        .unwrap_err();
+    let shown = tandem_proxy::error::Error::SideQuery(e).to_string();
+    assert!(
+        shown.contains("relation \"no_such_table\" does not exist")
+            && shown.contains("SQLSTATE 42P01"),
+        "{shown}"
+    );
+}
