@@ -384,6 +384,16 @@ impl Error {
     }
 }
 
+/// What a side connection's failure says, with the server's own message and SQLSTATE
+/// where it sent one (tokio-postgres prints only "db error"): what an operator reads in
+/// a phase-2 retry's reason.
+fn side_query_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,15 +512,5 @@ mod tests {
         assert!(!Error::Unsupported { what: "x" }.closes_connection());
         assert!(Error::UpstreamClosed.is_retryable());
         assert!(!Error::Malformed { what: "Bind" }.is_retryable());
-    }
-}
-
-/// What a side connection's failure says, with the server's own message and SQLSTATE
-/// where it sent one (tokio-postgres prints only "db error"): what an operator reads in
-/// a phase-2 retry's reason.
-fn side_query_detail(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{e}: {} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
     }
 }
