@@ -286,6 +286,10 @@ pub async fn rollback(
 
 /// MySQL's ER_DUP_ENTRY.
 const DUPLICATE_KEY: u16 = 1062;
+/// Errors a restore may meet only because of the order restores run in: a duplicate
+/// key, a child row without its parent (ER_NO_REFERENCED_ROW_2), a parent row a child
+/// still refers to (ER_ROW_IS_REFERENCED_2).
+const ORDER_DEPENDENT: [u16; 3] = [DUPLICATE_KEY, 1451, 1452];
 
 /// One attempt at the rollback of `work` (see `phase2::look_for_undo`).
 async fn replay_branch(
@@ -344,6 +348,8 @@ async fn replay_branch(
             }));
         }
     };
+    // Every row is checked before any is restored (see phase2.rs).
+    let mut restores = Vec::new();
     for step in replay::plan(&Mysql, &record) {
         let params = match values(&step.check.params, &step.check.types) {
             Ok(params) => params,
@@ -377,11 +383,33 @@ async fn replay_branch(
             }));
         }
         if let Some(apply) = step.apply {
-            let params = match values(&apply.params, &apply.types) {
-                Ok(params) => params,
+            match values(&apply.params, &apply.types) {
+                Ok(params) => restores.push((apply.sql, params)),
                 Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
-            };
-            tx.exec_drop(apply.sql.as_str(), params).await?;
+            }
+        }
+    }
+    // In the plan's order, each restore a foreign key or a unique key refuses at that
+    // point put off behind the others until a pass restores nothing more (see
+    // phase2.rs: restore_in_workable_order). InnoDB undoes the refused statement alone.
+    loop {
+        let tried = restores.len();
+        let mut put_off = Vec::new();
+        let mut refusal = None;
+        for (sql, params) in restores {
+            match tx.exec_drop(sql.as_str(), params.clone()).await {
+                Ok(()) => {}
+                Err(mysql_async::Error::Server(e)) if ORDER_DEPENDENT.contains(&e.code) => {
+                    refusal.get_or_insert(mysql_async::Error::Server(e));
+                    put_off.push((sql, params));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match refusal {
+            None => break,
+            Some(e) if put_off.len() == tried => return Err(e),
+            Some(_) => restores = put_off,
         }
     }
     // Undone in the same local transaction as the replay: both happen, or neither.

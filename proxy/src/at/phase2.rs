@@ -108,6 +108,9 @@ impl PgBranchHandler {
                 }));
             }
         };
+        // Every row is checked before any is restored: a restore touches only the
+        // branch's own rows, by key, so no check reads what another restore wrote.
+        let mut restores = Vec::new();
         for step in replay::plan(&Postgres, &record) {
             let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
@@ -137,13 +140,9 @@ impl PgBranchHandler {
                     ),
                 }));
             }
-            if let Some(apply) = step.apply {
-                let params: Vec<Raw> = apply.params.into_iter().map(Raw).collect();
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                tx.execute(apply.sql.as_str(), &refs).await?;
-            }
+            restores.extend(step.apply);
         }
+        restore_in_workable_order(&tx, restores).await?;
         // Undone in the same local transaction as the replay: both happen, or neither.
         tx.execute(
             "DELETE FROM undo_log WHERE xid = $1 AND branch_id = $2",
@@ -152,6 +151,64 @@ impl PgBranchHandler {
         .await?;
         tx.commit().await?;
         Ok(Some(BranchOutcome::Done))
+    }
+}
+
+/// Runs the restores of a replay in the plan's order (newest row first), putting off
+/// behind the others each one that a foreign key or a unique key refuses at that point,
+/// until a pass restores nothing more. A branch keeps one before image per row, not
+/// one per statement, so no fixed order restores every branch: one that pointed a
+/// child at a parent it inserted, then deleted the old parent, must get the old parent
+/// back, then the child, and only then delete the new parent. Each restore runs under
+/// a savepoint where there are several, since a refused one fails the transaction.
+async fn restore_in_workable_order(
+    tx: &tokio_postgres::Transaction<'_>,
+    restores: Vec<replay::Stmt>,
+) -> crate::Result<()> {
+    let run = |restore: &replay::Stmt| {
+        let params: Vec<Raw> = restore.params.iter().cloned().map(Raw).collect();
+        let sql = restore.sql.clone();
+        async move {
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            tx.execute(sql.as_str(), &refs).await
+        }
+    };
+    if restores.len() < 2 {
+        for restore in &restores {
+            run(restore).await?;
+        }
+        return Ok(());
+    }
+    let mut pending = restores;
+    loop {
+        let mut put_off = Vec::new();
+        let mut refusal = None;
+        let tried = pending.len();
+        for restore in pending {
+            tx.batch_execute("SAVEPOINT tandem_restore").await?;
+            match run(&restore).await {
+                Ok(_) => tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?,
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(&SqlState::FOREIGN_KEY_VIOLATION | &SqlState::UNIQUE_VIOLATION)
+                    ) =>
+                {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT tandem_restore")
+                        .await?;
+                    refusal.get_or_insert(e);
+                    put_off.push(restore);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match refusal {
+            None => return Ok(()),
+            // No restore got through this pass: none ever will.
+            Some(e) if put_off.len() == tried => return Err(e.into()),
+            Some(_) => pending = put_off,
+        }
     }
 }
 

@@ -646,6 +646,57 @@ async fn savepoints_of_an_ended_transaction_do_not_drop_captured_rows() {
     lockserver.stop().await;
 }
 
+/// As on PostgreSQL: a rollback puts off the restores a foreign key refuses in the
+/// plan's order, and finishes (it retried for ever, its locks held).
+#[tokio::test]
+async fn a_rollback_restores_rows_whose_foreign_keys_need_another_order() {
+    let db = prepare("at_fk_order").await;
+    let mut direct = db.direct().await;
+    run_each(
+        &mut direct,
+        &[
+            "CREATE TABLE parent (id INT PRIMARY KEY, name VARCHAR(10)) ENGINE=InnoDB",
+            "CREATE TABLE child (id INT PRIMARY KEY, parent INT NOT NULL, v INT, \
+             FOREIGN KEY (parent) REFERENCES parent (id)) ENGINE=InnoDB",
+            "INSERT INTO parent VALUES (1, 'old')",
+            "INSERT INTO child VALUES (1, 1, 0)",
+        ],
+    )
+    .await;
+    let before = (
+        dump(&mut direct, "parent").await,
+        dump(&mut direct, "child").await,
+    );
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "BEGIN",
+            "UPDATE child SET v = 1 WHERE id = 1",
+            "INSERT INTO parent VALUES (2, 'new')",
+            "UPDATE child SET parent = 2 WHERE id = 1",
+            "DELETE FROM parent WHERE id = 1",
+            "COMMIT",
+        ],
+    )
+    .await;
+    rolled_back(&mut conn).await;
+    assert_eq!(
+        (
+            dump(&mut direct, "parent").await,
+            dump(&mut direct, "child").await
+        ),
+        before,
+        "restored byte for byte"
+    );
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// The user lock `hold_undo_rows` takes.
 fn undo_hold(db: &MyTestDb) -> String {
     format!("hold_{}", db.name)

@@ -344,6 +344,60 @@ async fn sessions_whose_settings_would_misread_images_or_keys_are_refused() {
     lockserver.stop().await;
 }
 
+/// A branch keeps one before image per row, so no fixed order restores every branch:
+/// one that pointed a child at a parent it inserted, then deleted the old parent, needs
+/// the old parent back, then the child, then the new parent gone. The rollback puts off
+/// what a foreign key refuses and finishes (it retried for ever, its locks held).
+#[tokio::test]
+async fn a_rollback_restores_rows_whose_foreign_keys_need_another_order() {
+    let orders = prepare("at_fk_order").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY, name text);
+             CREATE TABLE child (id int PRIMARY KEY, parent int NOT NULL REFERENCES parent, v int);
+             INSERT INTO parent VALUES (1, 'old');
+             INSERT INTO child VALUES (1, 1, 0);",
+        )
+        .await
+        .unwrap();
+    async fn tables(c: &tokio_postgres::Client) -> Vec<String> {
+        c.query(
+            "SELECT 'parent ' || p::text FROM parent p UNION ALL SELECT 'child ' || c::text FROM child c ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+    let before = tables(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute(
+        "BEGIN;
+         UPDATE child SET v = 1 WHERE id = 1;
+         INSERT INTO parent VALUES (2, 'new');
+         UPDATE child SET parent = 2 WHERE id = 1;
+         DELETE FROM parent WHERE id = 1;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    assert_ne!(tables(&direct).await, before);
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(tables(&direct).await, before, "restored byte for byte");
+    assert_eq!(undo_rows(&direct).await, 0);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn triggers_and_cascading_foreign_keys_are_refused() {
     let orders = prepare("at_trig").await;
