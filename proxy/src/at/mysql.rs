@@ -348,68 +348,68 @@ async fn replay_branch(
             }));
         }
     };
-    // Every row is checked before any is restored (see phase2.rs).
-    let mut restores = Vec::new();
-    for step in replay::plan(&Mysql, &record) {
-        let params = match values(&step.check.params, &step.check.types) {
-            Ok(params) => params,
-            Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
-        };
-        let rows: Vec<mysql_async::Row> = tx.exec(step.check.sql.as_str(), params).await?;
-        let table = &record.tables[step.table];
-        let difference = match (rows.as_slice(), &step.expect) {
-            ([], None) => None,
-            ([], Some(_)) => Some("the row is gone or a column differs".to_owned()),
-            ([_], None) => Some("a row the branch deleted is back".to_owned()),
-            ([row], Some(expect)) => {
-                let now = row.clone().unwrap();
-                now.iter()
-                    .zip(expect)
-                    .zip(&table.types)
-                    .position(|((now, image), &type_code)| !same_value(now, image, type_code))
-                    .map(|i| format!("column {} differs", table.columns[i]))
-            }
-            _ => Some("several rows share its primary key".to_owned()),
-        };
-        if let Some(difference) = difference {
-            // A dirty write: the row changed after the branch. Leave everything as it
-            // is (the transaction rolls back on drop) and keep the locks.
-            tracing::warn!(%xid, branch, check = %step.check.sql, %difference, "dirty write found: rollback stopped");
-            return Ok(Some(BranchOutcome::RollbackFailed {
-                reason: format!(
-                    "a row of {} changed after the branch wrote it: {difference}",
-                    table.table
-                ),
-            }));
-        }
-        if let Some(apply) = step.apply {
-            match values(&apply.params, &apply.types) {
-                Ok(params) => restores.push((apply.sql, params)),
-                Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
-            }
-        }
-    }
-    // In the plan's order, each restore a foreign key or a unique key refuses at that
-    // point put off behind the others until a pass restores nothing more (see
-    // phase2.rs: restore_in_workable_order). InnoDB undoes the refused statement alone.
+    // Each row checked, then restored, in the plan's order; a restore that a foreign
+    // key or a unique key refuses at that point (InnoDB undoes that statement alone) is
+    // put off behind the others, checked again and retried, until a pass restores
+    // nothing more (see phase2.rs, `Order::Workable`).
+    let mut pending = replay::plan(&Mysql, &record);
     loop {
-        let tried = restores.len();
+        let tried = pending.len();
         let mut put_off = Vec::new();
         let mut refusal = None;
-        for (sql, params) in restores {
-            match tx.exec_drop(sql.as_str(), params.clone()).await {
+        for step in pending {
+            let params = match values(&step.check.params, &step.check.types) {
+                Ok(params) => params,
+                Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
+            };
+            let rows: Vec<mysql_async::Row> = tx.exec(step.check.sql.as_str(), params).await?;
+            let table = &record.tables[step.table];
+            let difference = match (rows.as_slice(), &step.expect) {
+                ([], None) => None,
+                ([], Some(_)) => Some("the row is gone or a column differs".to_owned()),
+                ([_], None) => Some("a row the branch deleted is back".to_owned()),
+                ([row], Some(expect)) => {
+                    let now = row.clone().unwrap();
+                    now.iter()
+                        .zip(expect)
+                        .zip(&table.types)
+                        .position(|((now, image), &type_code)| !same_value(now, image, type_code))
+                        .map(|i| format!("column {} differs", table.columns[i]))
+                }
+                _ => Some("several rows share its primary key".to_owned()),
+            };
+            if let Some(difference) = difference {
+                // A dirty write: the row changed after the branch. Leave everything as
+                // it is (the transaction rolls back on drop) and keep the locks.
+                tracing::warn!(%xid, branch, check = %step.check.sql, %difference, "dirty write found: rollback stopped");
+                return Ok(Some(BranchOutcome::RollbackFailed {
+                    reason: format!(
+                        "a row of {} changed after the branch wrote it: {difference}",
+                        table.table
+                    ),
+                }));
+            }
+            let Some(apply) = &step.apply else {
+                continue;
+            };
+            let params = match values(&apply.params, &apply.types) {
+                Ok(params) => params,
+                Err(reason) => return Ok(Some(BranchOutcome::RollbackFailed { reason })),
+            };
+            match tx.exec_drop(apply.sql.as_str(), params).await {
                 Ok(()) => {}
                 Err(mysql_async::Error::Server(e)) if ORDER_DEPENDENT.contains(&e.code) => {
                     refusal.get_or_insert(mysql_async::Error::Server(e));
-                    put_off.push((sql, params));
+                    put_off.push(step);
                 }
                 Err(e) => return Err(e),
             }
         }
         match refusal {
             None => break,
+            // No restore got through this pass: none ever will.
             Some(e) if put_off.len() == tried => return Err(e),
-            Some(_) => restores = put_off,
+            Some(_) => pending = put_off,
         }
     }
     // Undone in the same local transaction as the replay: both happen, or neither.

@@ -58,12 +58,29 @@ impl PgBranchHandler {
         look_for_undo(&work, || self.replay(database, &work)).await
     }
 
-    /// One attempt at the rollback of `work` (see [`look_for_undo`]).
+    /// One attempt at the rollback of `work` (see [`look_for_undo`]): in the plan's
+    /// order, and again in a workable one if a key refused a restore in that order.
     async fn replay(
         &self,
         database: &str,
         work: &Phase2Work,
     ) -> crate::Result<Option<BranchOutcome>> {
+        match self.replay_in(database, work, Order::Plan).await? {
+            Attempt::Outcome(outcome) => Ok(outcome),
+            Attempt::OrderRefused => match self.replay_in(database, work, Order::Workable).await? {
+                Attempt::Outcome(outcome) => Ok(outcome),
+                // Not from a workable order: a refused restore is an error there.
+                Attempt::OrderRefused => Ok(Some(retry("a key refused a restore".to_owned()))),
+            },
+        }
+    }
+
+    async fn replay_in(
+        &self,
+        database: &str,
+        work: &Phase2Work,
+        order: Order,
+    ) -> crate::Result<Attempt> {
         let mut client = self.side.get(database).await?;
         let tx = client.transaction().await?;
         let xid = work.xid.as_str();
@@ -90,59 +107,34 @@ impl PgBranchHandler {
             return match marked {
                 Ok(_) => {
                     tx.commit().await?;
-                    Ok(Some(BranchOutcome::Done))
+                    Ok(Attempt::Outcome(Some(BranchOutcome::Done)))
                 }
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    Ok(Attempt::Outcome(None))
+                }
                 Err(e) => Err(e.into()),
             };
         };
         let status: i32 = row.get(1);
         if status == LOG_GLOBAL_FINISHED {
-            return Ok(Some(BranchOutcome::Done));
+            return Ok(Attempt::Outcome(Some(BranchOutcome::Done)));
         }
         let record = match UndoRecord::decode(row.get::<_, &[u8]>(0)) {
             Ok(record) => record,
             Err(e) => {
-                return Ok(Some(BranchOutcome::RollbackFailed {
+                return Ok(Attempt::Outcome(Some(BranchOutcome::RollbackFailed {
                     reason: e.to_string(),
-                }));
+                })));
             }
         };
-        // Every row is checked before any is restored: a restore touches only the
-        // branch's own rows, by key, so no check reads what another restore wrote.
-        let mut restores = Vec::new();
-        for step in replay::plan(&Postgres, &record) {
-            let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            let rows = tx.query(step.check.sql.as_str(), &refs).await?;
-            let now: Option<Vec<Option<Vec<u8>>>> = match rows.as_slice() {
-                [] => None,
-                [row] => Some(
-                    (0..row.len())
-                        .map(|i| row.try_get::<_, Raw>(i).map(|r| r.0))
-                        .collect::<Result<_, _>>()?,
-                ),
-                _ => {
-                    return Ok(Some(BranchOutcome::RollbackFailed {
-                        reason: format!("{}: several rows share a primary key", step.check.sql),
-                    }));
-                }
-            };
-            if now != step.expect {
-                // A dirty write: the row changed after the branch. Leave everything as
-                // it is (the transaction rolls back on drop) and keep the locks.
-                tracing::warn!(xid, branch, check = %step.check.sql, "dirty write found: rollback stopped");
-                return Ok(Some(BranchOutcome::RollbackFailed {
-                    reason: format!(
-                        "a row changed after the branch wrote it ({})",
-                        step.check.sql
-                    ),
-                }));
+        match run_steps(&tx, replay::plan(&Postgres, &record), order).await? {
+            Ran::Done => {}
+            Ran::Stopped(outcome) => {
+                tracing::warn!(xid, branch, "dirty write found: rollback stopped");
+                return Ok(Attempt::Outcome(Some(outcome)));
             }
-            restores.extend(step.apply);
+            Ran::OrderRefused => return Ok(Attempt::OrderRefused),
         }
-        restore_in_workable_order(&tx, restores).await?;
         // Undone in the same local transaction as the replay: both happen, or neither.
         tx.execute(
             "DELETE FROM undo_log WHERE xid = $1 AND branch_id = $2",
@@ -150,66 +142,131 @@ impl PgBranchHandler {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(BranchOutcome::Done))
+        Ok(Attempt::Outcome(Some(BranchOutcome::Done)))
     }
 }
 
-/// Runs the restores of a replay in the plan's order (newest row first), putting off
-/// behind the others each one that a foreign key or a unique key refuses at that point,
-/// until a pass restores nothing more. A branch keeps one before image per row, not
-/// one per statement, so no fixed order restores every branch: one that pointed a
-/// child at a parent it inserted, then deleted the old parent, must get the old parent
-/// back, then the child, and only then delete the new parent. Each restore runs under
-/// a savepoint where there are several, since a refused one fails the transaction.
-async fn restore_in_workable_order(
+/// In which order a replay restores rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// The plan's (table by table, newest row first), each row checked then restored.
+    Plan,
+    /// The plan's, but a row whose restore a foreign key or a unique key refuses at that
+    /// point is put off (under a savepoint, since the refusal fails the transaction)
+    /// behind the others, checked again and retried, until a pass restores nothing more.
+    /// A branch keeps one before image per row, not one per statement, so no fixed
+    /// order restores every branch: one that pointed a child at a parent it inserted,
+    /// then deleted the old parent, needs the old parent back, then the child, and only
+    /// then the new parent gone.
+    Workable,
+}
+
+/// What running a replay's steps came to.
+enum Ran {
+    Done,
+    /// A dirty write: everything stays as it is (the transaction rolls back on drop),
+    /// and so do the locks.
+    Stopped(BranchOutcome),
+    /// In the plan's order a key refused a restore, which failed the transaction.
+    OrderRefused,
+}
+
+/// One replay in one order.
+enum Attempt {
+    /// What `look_for_undo` takes.
+    Outcome(Option<BranchOutcome>),
+    /// The plan's order failed on a key: try a workable one.
+    OrderRefused,
+}
+
+async fn run_steps(
     tx: &tokio_postgres::Transaction<'_>,
-    restores: Vec<replay::Stmt>,
-) -> crate::Result<()> {
-    let run = |restore: &replay::Stmt| {
-        let params: Vec<Raw> = restore.params.iter().cloned().map(Raw).collect();
-        let sql = restore.sql.clone();
-        async move {
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            tx.execute(sql.as_str(), &refs).await
-        }
-    };
-    if restores.len() < 2 {
-        for restore in &restores {
-            run(restore).await?;
-        }
-        return Ok(());
-    }
-    let mut pending = restores;
+    steps: Vec<replay::Step>,
+    order: Order,
+) -> crate::Result<Ran> {
+    let careful =
+        order == Order::Workable && steps.iter().filter(|s| s.apply.is_some()).count() > 1;
+    let mut pending = steps;
     loop {
+        let tried = pending.len();
         let mut put_off = Vec::new();
         let mut refusal = None;
-        let tried = pending.len();
-        for restore in pending {
-            tx.batch_execute("SAVEPOINT tandem_restore").await?;
-            match run(&restore).await {
-                Ok(_) => tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?,
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        Some(&SqlState::FOREIGN_KEY_VIOLATION | &SqlState::UNIQUE_VIOLATION)
-                    ) =>
-                {
+        for step in pending {
+            if let Some(outcome) = check_step(tx, &step).await? {
+                return Ok(Ran::Stopped(outcome));
+            }
+            let Some(apply) = &step.apply else {
+                continue;
+            };
+            if careful {
+                tx.batch_execute("SAVEPOINT tandem_restore").await?;
+            }
+            let params: Vec<Raw> = apply.params.iter().cloned().map(Raw).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            match tx.execute(apply.sql.as_str(), &refs).await {
+                Ok(_) if careful => tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?,
+                Ok(_) => {}
+                Err(e) if refused_by_a_key(&e) && order == Order::Plan => {
+                    return Ok(Ran::OrderRefused);
+                }
+                Err(e) if refused_by_a_key(&e) && careful => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT tandem_restore")
                         .await?;
                     refusal.get_or_insert(e);
-                    put_off.push(restore);
+                    put_off.push(step);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         match refusal {
-            None => return Ok(()),
+            None => return Ok(Ran::Done),
             // No restore got through this pass: none ever will.
             Some(e) if put_off.len() == tried => return Err(e.into()),
             Some(_) => pending = put_off,
         }
     }
+}
+
+fn refused_by_a_key(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(&SqlState::FOREIGN_KEY_VIOLATION | &SqlState::UNIQUE_VIOLATION)
+    )
+}
+
+/// Reads the step's row, locked; a RollbackFailed outcome if it is not what the branch
+/// left.
+async fn check_step(
+    tx: &tokio_postgres::Transaction<'_>,
+    step: &replay::Step,
+) -> crate::Result<Option<BranchOutcome>> {
+    let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let rows = tx.query(step.check.sql.as_str(), &refs).await?;
+    let now: Option<Vec<Option<Vec<u8>>>> = match rows.as_slice() {
+        [] => None,
+        [row] => Some(
+            (0..row.len())
+                .map(|i| row.try_get::<_, Raw>(i).map(|r| r.0))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => {
+            return Ok(Some(BranchOutcome::RollbackFailed {
+                reason: format!("{}: several rows share a primary key", step.check.sql),
+            }));
+        }
+    };
+    if now != step.expect {
+        // The row changed after the branch wrote it.
+        return Ok(Some(BranchOutcome::RollbackFailed {
+            reason: format!(
+                "a row changed after the branch wrote it ({})",
+                step.check.sql
+            ),
+        }));
+    }
+    Ok(None)
 }
 
 /// How many times a rollback looks for a branch's undo row before it leaves the branch

@@ -110,15 +110,6 @@ impl MysqlTable {
                 self.name(i)
             )));
         }
-        if matches!(
-            write.on_duplicate,
-            OnDuplicate::Update | OnDuplicate::Replace
-        ) && self.meta.has_cascades
-        {
-            return Err(Error::unsupported(format!(
-                "an upsert or REPLACE into table {table}, which foreign keys reference with cascading actions,"
-            )));
-        }
         Ok(())
     }
 

@@ -210,6 +210,11 @@ impl Relay<'_> {
                     }
                     backend::NOTIFICATION_RESPONSE | backend::PARAMETER_STATUS => {
                         let whole = self.from_server[..frame.wire_len].to_vec();
+                        if frame.tag == backend::PARAMETER_STATUS {
+                            // A setting tandem's own COMMIT or ROLLBACK reverted (SET
+                            // LOCAL, a SET in a rolled-back block): AT reads them.
+                            self.note_parameter_status(&whole[5..])?;
+                        }
                         self.write_client(&whole);
                     }
                     _ => {}

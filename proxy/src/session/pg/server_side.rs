@@ -132,6 +132,15 @@ impl Relay<'_> {
         Ok(true)
     }
 
+    /// Records a ParameterStatus (its body), whoever's statement it followed.
+    pub(super) fn note_parameter_status(&mut self, body: &[u8]) -> Result<()> {
+        let (name, value) = decode_parameter_status(body)
+            .map_err(|_| Error::UpstreamProtocol("bad ParameterStatus"))?;
+        self.server_params.retain(|(n, _)| *n != name);
+        self.server_params.push((name, value));
+        Ok(())
+    }
+
     pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {
         match tag {
             backend::READY_FOR_QUERY => {
@@ -225,12 +234,7 @@ impl Relay<'_> {
                     *failed = true;
                 }
             }
-            backend::PARAMETER_STATUS => {
-                let (name, value) = decode_parameter_status(body)
-                    .map_err(|_| Error::UpstreamProtocol("bad ParameterStatus"))?;
-                self.server_params.retain(|(n, _)| *n != name);
-                self.server_params.push((name, value));
-            }
+            backend::PARAMETER_STATUS => self.note_parameter_status(body)?,
             backend::COPY_IN_RESPONSE => {
                 let ignored = self.tracked.on_copy_in_response();
                 self.phase = self

@@ -326,6 +326,23 @@ async fn sessions_whose_settings_would_misread_images_or_keys_are_refused() {
     );
     a.batch_execute("ROLLBACK").await.unwrap();
 
+    // A SET LOCAL that tandem's own COMMIT ends: the setting it reverts to counts.
+    a.batch_execute("SET DateStyle = 'ISO, MDY'").await.unwrap();
+    a.batch_execute(
+        "BEGIN; SET LOCAL DateStyle = 'SQL, DMY'; UPDATE days SET v = 12 WHERE d = '02/01/2024'",
+    )
+    .await
+    .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    a.batch_execute("BEGIN; UPDATE days SET v = 13 WHERE d = '2024-01-02'")
+        .await
+        .unwrap();
+    a.batch_execute("SET DateStyle = 'SQL, DMY'").await.unwrap();
+    refused(
+        a.batch_execute("COMMIT").await.unwrap_err(),
+        "COMMIT after SET LOCAL",
+    );
+
     one(&a, "SELECT tandem_rollback()").await.unwrap();
     assert_eq!(dump(&direct).await, before, "nothing of it stays");
     let rows: Vec<(String, i32)> = direct
@@ -422,6 +439,8 @@ async fn triggers_and_cascading_foreign_keys_are_refused() {
     for sql in [
         "UPDATE audited SET v = 2 WHERE id = 1",
         "DELETE FROM parent WHERE id = 1",
+        // Its rollback's DELETE would cascade to children added since.
+        "INSERT INTO parent VALUES (2)",
     ] {
         let err = a.simple_query(sql).await.expect_err(sql);
         assert_eq!(
@@ -437,6 +456,12 @@ async fn triggers_and_cascading_foreign_keys_are_refused() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "the cascade never ran");
+    let parents: i64 = direct
+        .query_one("SELECT count(*) FROM parent", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parents, 1, "the insert never ran");
     let v: i32 = direct
         .query_one("SELECT v FROM audited", &[])
         .await

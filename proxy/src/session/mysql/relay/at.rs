@@ -134,6 +134,15 @@ impl Relay<'_> {
                         self.at_branch.on_savepoint(op, false);
                     }
                 }
+                if self.at_branch.is_empty()
+                    && analyses.iter().any(|a| matches!(a, Analysis::Other))
+                {
+                    // One of them may end the transaction, and its savepoints with it:
+                    // forgetting a savepoint that lives on costs the branch nothing (a
+                    // ROLLBACK TO it then keeps every row's image), keeping one that is
+                    // gone drops rows.
+                    self.at_branch = Branch::default();
+                }
                 self.at_branch.forget_all_after();
                 return Ok(Handled::Relay);
             }
@@ -398,8 +407,11 @@ impl Relay<'_> {
             .exchange
             .status()
             .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_IN_TRANS));
-        if !in_transaction && !self.at_branch.is_empty() {
-            tracing::debug!(parent: &self.span, "the branch's local transaction was rolled back by the server");
+        if !in_transaction {
+            if !self.at_branch.is_empty() {
+                tracing::debug!(parent: &self.span, "the branch's local transaction was rolled back by the server");
+            }
+            // Its savepoints went with it, even where the branch held no rows.
             self.at_branch = Branch::default();
         }
         Ok(())
