@@ -122,6 +122,27 @@ impl Sessions {
         }
     }
 
+    /// A rollback's final status. tandem_rollback() answers once every branch is
+    /// undone, or after the lockserver's rollback_wait_ms with the rollback still under
+    /// way (a phase-2 replay can wait that long for a local row lock on a loaded
+    /// machine): then `xid`'s status is asked until it is final.
+    async fn settled(&mut self, side: Side, xid: &str, status: String) -> String {
+        let mut status = status;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while matches!(status.as_str(), "Rollbacking" | "RollbackRetrying")
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if let Ok(Some(now)) = self
+                .value(side, &format!("SELECT tandem_status('{xid}')"))
+                .await
+            {
+                status = now;
+            }
+        }
+        status
+    }
+
     /// `side`'s part of `t`: one UPDATE of one account (text protocol on MySQL).
     async fn write(&mut self, side: Side, t: &Transfer) -> Result<(), Failure> {
         let (id, delta) = t.change(side);
@@ -163,11 +184,13 @@ enum Outcome {
 /// committed or rolled back on the side that began it.
 async fn transfer(s: &mut Sessions, t: &Transfer) -> Outcome {
     let joined = t.begin.other();
+    let mut began = String::new();
     let attempt = async {
         let xid = s
             .value(t.begin, "SELECT tandem_begin(20000)")
             .await?
             .unwrap_or_default();
+        began = xid.clone();
         s.write(t.begin, t).await?;
         s.value(joined, &format!("SELECT tandem_join('{xid}')"))
             .await?;
@@ -182,6 +205,10 @@ async fn transfer(s: &mut Sessions, t: &Transfer) -> Outcome {
         s.value(t.begin, &format!("SELECT {decision}()")).await
     }
     .await;
+    let attempt = match attempt {
+        Ok(Some(status)) if t.roll_back => Ok(Some(s.settled(t.begin, &began, status).await)),
+        other => other,
+    };
     match attempt {
         Ok(Some(status)) if status == "Committed" && !t.roll_back => Outcome::Committed,
         Ok(Some(status)) if status == "Rollbacked" && t.roll_back => Outcome::RolledBack,
@@ -196,8 +223,10 @@ async fn transfer(s: &mut Sessions, t: &Transfer) -> Outcome {
             let status = s
                 .value(t.begin, "SELECT tandem_rollback()")
                 .await
-                .expect("rollback after an error");
-            assert_eq!(status.as_deref(), Some("Rollbacked"), "{t:?} after {e:?}");
+                .expect("rollback after an error")
+                .unwrap_or_default();
+            let status = s.settled(t.begin, &began, status).await;
+            assert_eq!(status, "Rollbacked", "{t:?} after {e:?}");
             let _ = s.value(joined, "SELECT tandem_leave()").await;
             Outcome::Conflict
         }
