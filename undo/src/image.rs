@@ -59,17 +59,17 @@ fn calls_volatile_function(sql: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
     let mut at = 0;
     while at < bytes.len() {
+        // A dollar-quoted string (`$$…$$`, `$tag$…$tag$`); `$1` is a parameter.
+        if let Some(tag) = dollar_tag(&bytes[at..]) {
+            let body = &bytes[at + tag.len()..];
+            at += tag.len()
+                + body
+                    .windows(tag.len())
+                    .position(|w| w == tag)
+                    .map_or(body.len(), |end| end + tag.len());
+            continue;
+        }
         match bytes[at] {
-            // A dollar-quoted string (`$$…$$`, `$tag$…$tag$`); `$1` is a parameter.
-            b'$' if dollar_tag(&bytes[at..]).is_some() => {
-                let tag = dollar_tag(&bytes[at..]).unwrap_or_default();
-                let body = &bytes[at + tag.len()..];
-                at += tag.len()
-                    + body
-                        .windows(tag.len())
-                        .position(|w| w == tag)
-                        .map_or(body.len(), |end| end + tag.len());
-            }
             quote @ (b'\'' | b'"' | b'`') => {
                 at += 1;
                 while at < bytes.len() {
@@ -109,6 +109,9 @@ fn calls_volatile_function(sql: &str) -> bool {
 
 /// The opening tag of a PostgreSQL dollar-quoted string at the start of `sql`.
 fn dollar_tag(sql: &[u8]) -> Option<&[u8]> {
+    if sql.first() != Some(&b'$') {
+        return None;
+    }
     let name_len = sql
         .get(1..)?
         .iter()

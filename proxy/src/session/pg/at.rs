@@ -315,20 +315,20 @@ impl Relay<'_> {
         replacement
     }
 
+    /// A setting as ParameterStatus last reported it ("" if never).
+    fn server_param(&self, name: &str) -> &str {
+        self.server_params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.as_str())
+    }
+
     /// The session settings under which the server prints a key's text, as
     /// ParameterStatus last reported them.
     fn key_settings(&self) -> Vec<(String, String)> {
         KEY_SETTINGS
             .iter()
-            .map(|name| {
-                let value = self
-                    .server_params
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                ((*name).to_owned(), value)
-            })
+            .map(|name| ((*name).to_owned(), self.server_param(name).to_owned()))
             .collect()
     }
 
@@ -343,16 +343,11 @@ impl Relay<'_> {
     ///
     /// Notes the settings at a branch's first write.
     pub(super) fn check_session_for_images(&mut self, meta: &TableMeta) -> Result<()> {
-        let setting = |name: &str| {
-            self.server_params
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map_or("", |(_, v)| v.as_str())
-        };
         let utf8 = |e: &str| e.eq_ignore_ascii_case("UTF8") || e.eq_ignore_ascii_case("UNICODE");
-        let client = setting("client_encoding");
+        let client = self.server_param("client_encoding");
         if !(utf8(client)
-            || (client.eq_ignore_ascii_case("SQL_ASCII") && utf8(setting("server_encoding"))))
+            || (client.eq_ignore_ascii_case("SQL_ASCII")
+                && utf8(self.server_param("server_encoding"))))
         {
             return Err(Error::Unsupported {
                 what: "a write in a global transaction from a session whose client_encoding is not UTF8 (tandem's images are read in it, and phase 2 replays them as UTF8)",

@@ -213,7 +213,7 @@ impl Relay<'_> {
                         if frame.tag == backend::PARAMETER_STATUS {
                             // A setting tandem's own COMMIT or ROLLBACK reverted (SET
                             // LOCAL, a SET in a rolled-back block): AT reads them.
-                            self.note_parameter_status(&whole[5..])?;
+                            self.note_parameter_status(&body)?;
                         }
                         self.write_client(&whole);
                     }

@@ -1155,9 +1155,7 @@ fn first_value(rows: Vec<BinaryRow>) -> Option<Vec<u8>> {
 /// run while the branch holds uncommitted rows. Anything else tandem does not capture
 /// (FLUSH, ANALYZE TABLE, SET PASSWORD, GRANT …) may commit.
 fn harmless_in_transaction(sql: &str) -> bool {
-    let mut words = crate::control::leading_words(sql.as_bytes(), true);
-    let first = words.next().unwrap_or_default().to_ascii_uppercase();
-    let second = words.next().unwrap_or_default().to_ascii_uppercase();
+    let (first, second) = super::control::first_two_words(sql.as_bytes());
     match first.as_slice() {
         b"SAVEPOINT" | b"RELEASE" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"HELP"
         | b"DO" | b"SELECT" | b"VALUES" | b"TABLE" | b"WITH" => true,

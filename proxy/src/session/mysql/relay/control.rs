@@ -133,9 +133,7 @@ pub(super) fn ends_table_locks(sql: &[u8]) -> bool {
     if several_statements(statement) {
         return false;
     }
-    let mut words = control::leading_words(statement, true).map(|w| w.to_ascii_uppercase());
-    let first = words.next().unwrap_or_default();
-    let second = words.next().unwrap_or_default();
+    let (first, second) = first_two_words(statement);
     matches!(
         (first.as_slice(), second.as_slice()),
         (b"UNLOCK", b"TABLE" | b"TABLES") | (b"BEGIN", b"" | b"WORK") | (b"START", b"TRANSACTION")
@@ -163,14 +161,19 @@ fn words_follow(sql: &[u8], first: &[u8], second: &[u8]) -> bool {
     })
 }
 
+/// A statement's first two words (`leading_words`), upper-cased; empty where missing.
+pub(super) fn first_two_words(sql: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
+    let first = words.next().unwrap_or_default();
+    (first, words.next().unwrap_or_default())
+}
+
 fn several_statements(sql: &[u8]) -> bool {
     sql.contains(&b';')
 }
 
 pub(super) fn classify(sql: &[u8]) -> Kind {
-    let mut words = control::leading_words(sql, true).map(|w| w.to_ascii_uppercase());
-    let first = words.next().unwrap_or_default();
-    let second = words.next().unwrap_or_default();
+    let (first, second) = first_two_words(sql);
     match (first.as_slice(), second.as_slice()) {
         // MariaDB's `BEGIN NOT ATOMIC … END` is a compound statement, which may write.
         (b"BEGIN", b"NOT") => Kind::Work,
