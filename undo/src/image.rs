@@ -285,8 +285,27 @@ impl TableMeta {
         if let Some(from) = &write.from {
             sql.push_str(&format!(", {from}"));
         }
-        if let Some(selection) = &write.selection {
-            sql.push_str(&format!(" WHERE {selection}"));
+        // An outer join gives rows of the other tables a NULL row of the written one,
+        // which the write does not touch (a primary key is never NULL).
+        let joined_rows_only = write.joined.as_ref().map(|_| {
+            self.pk
+                .iter()
+                .map(|&i| {
+                    format!(
+                        "{qualifier}.{} IS NOT NULL",
+                        d.quote_ident(&self.columns[i].name)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        });
+        match (&write.selection, joined_rows_only) {
+            (Some(selection), Some(keyed)) => {
+                sql.push_str(&format!(" WHERE ({selection}) AND {keyed}"))
+            }
+            (Some(selection), None) => sql.push_str(&format!(" WHERE {selection}")),
+            (None, Some(keyed)) => sql.push_str(&format!(" WHERE {keyed}")),
+            (None, None) => {}
         }
         if let Some(order_by) = &write.order_by {
             sql.push_str(&format!(" ORDER BY {order_by}"));

@@ -243,6 +243,14 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
     }
 }
 
+/// Whether MySQL text holds `/*!…*/` or MariaDB's `/*M!…*/` anywhere, a string literal
+/// included. sqlparser reads the first always and the second never, while the server
+/// runs either only if its version gate lets it (MariaDB skips MySQL's 5.7 and later):
+/// the rows tandem reads for a write could differ from those the server changes.
+pub fn has_executable_comment(sql: &str) -> bool {
+    sql.contains("/*!") || sql.contains("/*M!")
+}
+
 /// How a dialect turns identifiers into names.
 #[derive(Clone, Copy)]
 struct Names {

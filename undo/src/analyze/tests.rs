@@ -157,6 +157,21 @@ fn mysql_parse_errors_carry_the_dialect() {
 }
 
 #[test]
+fn executable_comments_are_found_whatever_they_hold() {
+    for sql in [
+        "DELETE FROM t WHERE id = 1 /*M! + 1 */",
+        "DELETE FROM t WHERE id = 1 /*M!100000 + 1 */",
+        "DELETE FROM t WHERE id = 1 /*!99999 + 1 */",
+        "SELECT 1 /*!50000 FROM t */",
+    ] {
+        assert!(crate::analyze::has_executable_comment(sql), "{sql}");
+    }
+    assert!(!crate::analyze::has_executable_comment(
+        "DELETE FROM t WHERE id = 1 /* + 1 */ -- /*"
+    ));
+}
+
+#[test]
 fn numbered_placeholders_bind_by_position() {
     let (sql, params) =
         bind_positionally("SELECT `a?` FROM t WHERE k = ?2 AND v = '?1' LIMIT ?3").unwrap();

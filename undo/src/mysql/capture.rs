@@ -20,11 +20,21 @@ use crate::image::Capture;
 pub struct InsertPlan {
     /// The existing rows a VALUES row collides with: those an IGNORE skips (by primary
     /// key), an upsert updates or a REPLACE deletes (by any unique key). Run before the
-    /// write, in its transaction; its rows are before images. None for a plain INSERT.
+    /// write, in its transaction; its rows are before images, locked. For a plain
+    /// INSERT that gives its keys, the rows its keys already compare equal to, read
+    /// without a lock: not images, since it changes none of them, but rows `after` will
+    /// find that it did not insert.
+    ///
+    /// Why a plain INSERT needs one: the server compares a key value with a column
+    /// otherwise than it converts one to store it (`5` equals the stored `'05'` of a
+    /// VARCHAR key, and is stored as `'5'`; `4.6` is stored in an INT as 5), so `after`
+    /// may find a row the write did not insert and miss one it did.
     pub before: Option<Capture>,
     /// The rows with the primary keys the VALUES rows give, run right after the write:
-    /// those not among `before`'s rows are rows it inserted. None when the server
-    /// generates the keys.
+    /// those not among `before`'s rows are rows it inserted. An upsert's reads every
+    /// row it collided with too, by the same predicate as `before`, so that what it
+    /// did to each is known and must add up to its count of affected rows. None when
+    /// the server generates the keys.
     pub after: Option<Capture>,
     /// How many rows take their AUTO_INCREMENT key from the server: the k-th (from 0)
     /// has LAST_INSERT_ID() + k × @@auto_increment_increment. 0 when the rows give keys.
@@ -185,19 +195,23 @@ impl MysqlTable {
                 generated: rows.len(),
             });
         }
-        let after = format!("{from} WHERE {}", self.in_list(&self.meta.pk, &given));
-        let before = match write.on_duplicate {
-            OnDuplicate::Error => None,
-            OnDuplicate::Ignore => Some(self.in_list(&self.meta.pk, &given)),
-            OnDuplicate::Update | OnDuplicate::Replace => Some(self.collisions(&rows)?),
+        let by_key = self.in_list(&self.meta.pk, &given);
+        let (before, after) = match write.on_duplicate {
+            // Not locked: a gap lock here would make concurrent INSERTs deadlock.
+            OnDuplicate::Error => (format!("{from} WHERE {by_key}"), by_key),
+            OnDuplicate::Ignore => (format!("{from} WHERE {by_key} FOR UPDATE"), by_key),
+            OnDuplicate::Update => {
+                let collisions = self.collisions(&rows)?;
+                (format!("{from} WHERE {collisions} FOR UPDATE"), collisions)
+            }
+            OnDuplicate::Replace => (
+                format!("{from} WHERE {} FOR UPDATE", self.collisions(&rows)?),
+                by_key,
+            ),
         };
         Ok(InsertPlan {
-            before: before
-                .map(|predicate| {
-                    Capture::of(&Mysql, format!("{from} WHERE {predicate} FOR UPDATE"))
-                })
-                .transpose()?,
-            after: Some(Capture::of(&Mysql, after)?),
+            before: Some(Capture::of(&Mysql, before)?),
+            after: Some(Capture::of(&Mysql, format!("{from} WHERE {after}"))?),
             generated: 0,
         })
     }

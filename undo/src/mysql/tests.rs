@@ -252,8 +252,17 @@ fn a_multi_table_write_selects_its_table_through_the_join() {
     assert_eq!(
         t.before_image(&w).unwrap(),
         capture(
-            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM accounts a JOIN bans b ON b.email = a.email WHERE b.since < ? FOR UPDATE",
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM accounts a JOIN bans b ON b.email = a.email WHERE (b.since < ?) AND `a`.`id` IS NOT NULL FOR UPDATE",
             &[0]
+        )
+    );
+    // An outer join's NULL rows of the written table are none of its rows.
+    let w = write("UPDATE bans b LEFT JOIN accounts a ON a.email = b.email SET a.email = 'x'");
+    assert_eq!(
+        t.before_image(&w).unwrap(),
+        capture(
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM bans b LEFT JOIN accounts a ON a.email = b.email WHERE `a`.`id` IS NOT NULL FOR UPDATE",
+            &[]
         )
     );
 }
@@ -323,14 +332,13 @@ fn an_insert_that_gives_its_keys_reads_them_back() {
             "INSERT INTO accounts (email, id) VALUES (?, ?), ('b', -7)",
         ))
         .unwrap();
-    assert_eq!(plan.before, None);
-    assert_eq!(
-        plan.after,
-        Some(capture(
-            &format!("SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`id`) IN ((?), (-7))"),
-            &[1]
-        ))
+    // The same rows before, unlocked: those the keys compare equal to already.
+    let by_key = capture(
+        &format!("SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`id`) IN ((?), (-7))"),
+        &[1],
     );
+    assert_eq!(plan.before, Some(by_key.clone()));
+    assert_eq!(plan.after, Some(by_key));
     assert_eq!(plan.generated, 0);
 }
 
@@ -412,6 +420,19 @@ fn an_upsert_locks_every_row_it_may_collide_with() {
                 &[0, 1]
             )),
             after: Some(capture(&format!("{select} (`id`) IN ((?), (2))"), &[0])),
+            generated: 0,
+        }
+    );
+    // An upsert reads every row it may have collided with again after it.
+    let w = write(
+        "INSERT INTO accounts (id, email, name) VALUES (?, ?, ?), (2, 'b', 'x') ON DUPLICATE KEY UPDATE name = VALUES(name)",
+    );
+    let collisions = format!("{select} (`id`) IN ((?), (2)) OR (`email`) IN ((?), ('b'))");
+    assert_eq!(
+        t.insert_plan(&w).unwrap(),
+        InsertPlan {
+            before: Some(capture(&format!("{collisions} FOR UPDATE"), &[0, 1])),
+            after: Some(capture(&collisions, &[0, 1])),
             generated: 0,
         }
     );

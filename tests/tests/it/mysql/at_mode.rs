@@ -2074,3 +2074,82 @@ async fn last_insert_id_after_a_branch_commit_is_the_clients_own() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Statements MariaDB reads otherwise than tandem's analysis would: executable comments,
+/// an outer join's NULL rows of the written table, and key values the server converts
+/// one way to store and another way to compare. Each is refused, or captured exactly.
+#[tokio::test]
+async fn writes_the_server_reads_otherwise_than_tandem_are_refused_or_captured_exactly() {
+    let db = prepare("at_misread").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE p1 (id INT PRIMARY KEY, v INT) ENGINE=InnoDB;
+             INSERT INTO p1 VALUES (1, 10), (2, 20), (3, 30);
+             CREATE TABLE c1 (id INT PRIMARY KEY, ref INT, w INT) ENGINE=InnoDB;
+             INSERT INTO c1 VALUES (100, 1, 5);
+             CREATE TABLE t4 (a INT, b VARCHAR(8), v INT, PRIMARY KEY (a, b)) ENGINE=InnoDB;
+             INSERT INTO t4 VALUES (1, '05', 100), (2, '05', 200);",
+        )
+        .await
+        .unwrap();
+    let tables = ["p1", "c1", "t4"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(dump(&mut direct, t).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    for found_rows in [false, true] {
+        let mut conn = Conn::new(my::opts(&tandem, &db.name).client_found_rows(found_rows))
+            .await
+            .unwrap();
+        text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+        // MariaDB runs the first two comments, skips the third.
+        for sql in [
+            "DELETE FROM p1 WHERE id = 1 /*M! + 1 */",
+            "DELETE FROM p1 WHERE id = 1 /*M!100000 + 1 */",
+            "DELETE FROM p1 WHERE id = 1 /*!99999 + 1 */",
+        ] {
+            let e = conn.query_drop(sql).await.unwrap_err();
+            assert_eq!(code(&e), 1235, "{sql}: {e}");
+        }
+        run_each(
+            &mut conn,
+            &[
+                // p1's row 2 and 3 meet no c1 row: NULL rows of c1, which are none of its rows.
+                "UPDATE p1 LEFT JOIN c1 ON c1.ref = p1.id SET c1.w = 6 WHERE p1.id IN (1, 2, 3)",
+                "DELETE c1 FROM p1 LEFT JOIN c1 ON c1.ref = p1.id WHERE p1.id IN (1, 2)",
+                // 5 compares equal to the stored '05' and is stored as '5': a new row.
+                "INSERT INTO t4 (a, b, v) VALUES (1, 5, 2)",
+                // Left as it was: counts 0, or 1 with CLIENT_FOUND_ROWS.
+                "INSERT INTO p1 (id, v) VALUES (3, 30) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+            ],
+        )
+        .await;
+        // 4.6 is stored as 5 and 2.6 as 3, which compare equal to neither: the rows
+        // tandem finds do not add up to what the server counted. (2, 5) finds the row
+        // (2, '05') it does not insert, which made the counts agree before.
+        for sql in [
+            "INSERT INTO t4 (a, b, v) VALUES (2, 5, 2), (4.6, 'x', 3)",
+            "INSERT INTO p1 (id, v) VALUES (1, 10), (2.6, 99) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+        ] {
+            conn.query_drop("START TRANSACTION").await.unwrap();
+            let e = conn.query_drop(sql).await.unwrap_err();
+            assert_eq!(code(&e), 1213, "{sql}: {e}");
+        }
+        rolled_back(&mut conn).await;
+        let mut after = Vec::new();
+        for t in tables {
+            after.push(dump(&mut direct, t).await);
+        }
+        assert_eq!(after, before, "client_found_rows = {found_rows}");
+        eventually("undo rows gone", || {
+            let db = &db;
+            async move { undo_rows(&mut db.direct().await).await == 0 }
+        })
+        .await;
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

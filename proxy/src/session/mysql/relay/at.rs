@@ -15,7 +15,7 @@ use super::own::{AroundWrite, Own, OwnError, OwnStatements};
 use crate::at::branch::{Branch, KeyValues, TextKey, hex, lock_key, unhex};
 use crate::at::mysql::{AtTable, undo_table, weigh_keys};
 use crate::error::{Error, Result};
-use crate::wire::mysql::codes::StatusFlags;
+use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags};
 use crate::wire::mysql::errcode::MyErr;
 use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
@@ -116,6 +116,9 @@ impl Relay<'_> {
                 what: "a statement that is not UTF-8, in AT mode",
             });
         };
+        if tandem_undo::has_executable_comment(text) {
+            return self.refuse(EXECUTABLE_COMMENT);
+        }
         let analyses = match tandem_undo::analyze(&Mysql, text) {
             Ok(analyses) => analyses,
             Err(e) => return self.refuse(e.into()),
@@ -217,6 +220,9 @@ impl Relay<'_> {
         source: Source<'_>,
         payload: &[u8],
     ) -> Result<Handled> {
+        if tandem_undo::has_executable_comment(sql) {
+            return self.refuse(EXECUTABLE_COMMENT);
+        }
         let analysis = match self.ctx.analyses.analyze(sql) {
             Ok(analyses) => analyses.into_iter().next(),
             Err(e) => return self.refuse(e.into()),
@@ -594,10 +600,16 @@ impl Relay<'_> {
                     .map(|a| (a.sql.as_str(), &after_params[..])),
             )
             .await?;
-        let before_keys = match self.record_before(meta, around.before, around.write.is_ok()) {
-            Ok(keys) => keys,
+        let before = match read_before(meta, around.before, around.write.is_ok()) {
+            Ok(rows) => rows,
             Err(failure) => return Ok(Err(failure)),
         };
+        let before_keys: Vec<TextKey> = before.iter().map(|(_, key)| key.clone()).collect();
+        // A plain INSERT changes none of the rows read before it (see
+        // `InsertPlan::before`): they are no before images.
+        if write.on_duplicate != OnDuplicate::Error {
+            self.at_branch.record_before(meta, before.clone());
+        }
         let ok = match around.write {
             Ok(ok) => ok,
             Err(e) => return Ok(Err(AtFailure::Server(e))),
@@ -642,10 +654,25 @@ impl Relay<'_> {
                     inserted_count == 0 && ok.affected_rows <= 2
                 }
             }
-            // Each row it inserted counts 1, each it updated 2 (0 if unchanged): a row
-            // it updated must be one `before` read.
+            // Each row it inserted counts 1, each it changed 2, each it left as it was
+            // 0 (1 for a client that asked for CLIENT_FOUND_ROWS). `after` read every
+            // row `before` did again: the count must add up exactly, or the server
+            // collided with a row tandem's comparison of the values missed.
             OnDuplicate::Update => {
-                ok.affected_rows <= inserted_count + 2 * before_keys.len() as u64
+                let changed = before
+                    .iter()
+                    .filter(|(image, key)| !found.iter().any(|(r, k)| k == key && r == image))
+                    .count() as u64;
+                let unchanged = before.len() as u64 - changed;
+                let counted_unchanged = if self
+                    .capabilities
+                    .contains(CapabilityFlags::CLIENT_FOUND_ROWS)
+                {
+                    unchanged
+                } else {
+                    0
+                };
+                ok.affected_rows == inserted_count + 2 * changed + counted_unchanged
             }
             // REPLACE counts each row it deleted, plus each it inserted.
             OnDuplicate::Replace => {
@@ -664,28 +691,17 @@ impl Relay<'_> {
     }
 
     /// Records the rows a write's before read found (none without a read); returns their
-    /// keys. A read that failed while the write ran leaves the write without its before
-    /// image: its transaction must go.
+    /// keys.
     fn record_before(
         &mut self,
         meta: &Arc<tandem_undo::TableMeta>,
         read: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
         write_ran: bool,
     ) -> Outcome<Vec<TextKey>> {
-        match read {
-            Some(Ok(rows)) => {
-                let rows = keyed(meta, rows);
-                let keys = rows.iter().map(|(_, k)| k.clone()).collect();
-                self.at_branch.record_before(meta, rows);
-                Ok(keys)
-            }
-            Some(Err(e)) if write_ran => Err(AtFailure::Uncaptured(Error::ImageUnread {
-                table: meta.table.name.clone(),
-                cause: format!("{} {}", e.code, e.message),
-            })),
-            Some(Err(e)) => Err(AtFailure::Server(e)),
-            None => Ok(Vec::new()),
-        }
+        let rows = read_before(meta, read, write_ran)?;
+        let keys = rows.iter().map(|(_, k)| k.clone()).collect();
+        self.at_branch.record_before(meta, rows);
+        Ok(keys)
     }
 
     /// A write with LIMIT takes the first rows its ORDER BY finds: only next-key locks
@@ -1120,6 +1136,32 @@ pub(super) fn execute_parameters(
         }
         None if prepared.params > 0 => Ok(None),
         None => Ok(Some((Vec::new(), Vec::new()))),
+    }
+}
+
+/// tandem's parser reads `/*!…*/` always and `/*M!…*/` never; the server, by its
+/// version: a write's before image could read other rows than it changes, and a read
+/// could hold a write.
+const EXECUTABLE_COMMENT: Error = Error::Unsupported {
+    what: "a statement with an executable comment (/*! … */ or /*M! … */), in AT mode on MySQL",
+};
+
+/// The rows a write's before read found (none without a read). A read that failed
+/// while the write ran leaves the write without its before image: its transaction must
+/// go.
+fn read_before(
+    meta: &Arc<tandem_undo::TableMeta>,
+    read: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
+    write_ran: bool,
+) -> Outcome<Vec<(Row, TextKey)>> {
+    match read {
+        Some(Ok(rows)) => Ok(keyed(meta, rows)),
+        Some(Err(e)) if write_ran => Err(AtFailure::Uncaptured(Error::ImageUnread {
+            table: meta.table.name.clone(),
+            cause: format!("{} {}", e.code, e.message),
+        })),
+        Some(Err(e)) => Err(AtFailure::Server(e)),
+        None => Ok(Vec::new()),
     }
 }
 

@@ -31,7 +31,9 @@
 //! or a variable assignment (the rows checked need not be those it then changes; AT
 //! refuses such writes), an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
 //! multi-statement query, CALL, writes in stored programs and triggers, statements
-//! tandem cannot analyse (or could not read whole: 16 MiB or more, long data), a write
+//! tandem cannot analyse (or could not read whole: 16 MiB or more, long data), a
+//! write whose executable comment the server reads otherwise than tandem (which runs
+//! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an autocommit write with RETURNING, and
 //! every write while the lockserver is unreachable (counted in
 //! `tandem_mysql_outside_writes_unchecked`).
