@@ -494,6 +494,25 @@ async fn embedded_recovers_state_after_reopen_and_compaction() {
     );
 }
 
+/// A second store on a directory in use is refused: it would delete the log the first
+/// still appends to. Once the first is gone the directory opens again.
+#[tokio::test]
+async fn embedded_data_directory_opens_in_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedStore::open(dir.path(), Limits::default(), 1 << 20).unwrap();
+    begin(&first, "kept", 60_000).await;
+    match EmbeddedStore::open(dir.path(), Limits::default(), 1 << 20) {
+        Err(Error::Io { op: "lock", .. }) => {}
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("a second store opened the directory"),
+    }
+    assert_eq!(status(&first, "kept").await, GlobalStatus::Begin);
+    first.close().await.unwrap();
+    drop(first);
+    let again = EmbeddedStore::open(dir.path(), Limits::default(), 1 << 20).unwrap();
+    assert_eq!(status(&again, "kept").await, GlobalStatus::Begin);
+}
+
 /// A key released at one transaction's commit decision and taken by another stays
 /// the taker's across restarts, although the committed one's branch (phase 2 still
 /// owed) still lists it. Each reopen rewrites the log as a snapshot in hash order,

@@ -47,6 +47,33 @@ pub struct EmbeddedStore {
     writer: Writer,
     dir: PathBuf,
     compact_bytes: u64,
+    /// Held for the store's life (see [`lock_dir`]); the OS lets go when it closes.
+    _dir_lock: fs::File,
+}
+
+/// Takes the data directory for this process alone: a second lockserver on it would
+/// recover, start a new log generation and delete the one the first still appends
+/// to, so a decision the first acknowledged would be lost at the next restart.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join("LOCK");
+    let file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(Error::io("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Io {
+            op: "lock",
+            path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another lockserver process holds this data directory",
+            ),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path)(e)),
+    }
 }
 
 /// Whether `cmd`'s reply must wait for its records' fsync (see the `Store` contract).
@@ -106,6 +133,7 @@ impl EmbeddedStore {
     /// to its clean prefix. Compacts once the log passes `compact_bytes`.
     pub fn open(dir: &Path, limits: Limits, compact_bytes: u64) -> Result<Self> {
         fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+        let dir_lock = lock_dir(dir)?;
         let mut core = Core::new(limits);
         let (generation, size) = match log::newest_generation(dir)? {
             None => (1, 0),
@@ -164,6 +192,7 @@ impl EmbeddedStore {
             writer,
             dir: dir.to_path_buf(),
             compact_bytes,
+            _dir_lock: dir_lock,
         })
     }
 

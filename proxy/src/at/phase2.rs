@@ -26,6 +26,8 @@ pub struct PgBranchHandler {
     pub side: Arc<SidePools>,
     /// Deletes committed branches' undo rows in batches.
     pub cleanup: super::cleanup::Cleanup,
+    /// XA branches a global commit found not prepared yet.
+    pub unprepared: crate::xa::UnpreparedCommits,
 }
 
 impl PgBranchHandler {
@@ -40,7 +42,8 @@ impl PgBranchHandler {
         };
         if work.kind == BranchKind::XA {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
-            return crate::xa::pg::finish(&self.side, database, &gid, true).await;
+            return crate::xa::pg::finish(&self.side, database, &gid, true, Some(&self.unprepared))
+                .await;
         }
         self.cleanup
             .commit_branch(database, work.xid.as_str(), work.branch_id)
@@ -53,7 +56,7 @@ impl PgBranchHandler {
         };
         if work.kind == BranchKind::XA {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
-            return crate::xa::pg::finish(&self.side, database, &gid, false).await;
+            return crate::xa::pg::finish(&self.side, database, &gid, false, None).await;
         }
         look_for_undo(&work, || self.replay(database, &work)).await
     }

@@ -10,8 +10,59 @@
 pub mod mysql;
 pub mod pg;
 
-use std::time::Duration;
-use tandem_lockserver::client::{GlobalStatus, LockClient, Xid};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tandem_lockserver::client::{BranchOutcome, GlobalStatus, LockClient, Xid};
+
+/// How long a global commit keeps retrying a branch it finds not prepared. A branch
+/// registers before its PREPARE, so a commit decided meanwhile (another service
+/// commits first) can reach it first; taking "not prepared" as done then would leave
+/// the branch prepared after its global transaction was forgotten, and recovery would
+/// roll it back as an orphan. As long as AT's wait for an undo row (`at::cleanup`).
+const PREPARE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Branches remembered at most; past it a branch not prepared is taken as done at once.
+const UNPREPARED_KEPT: usize = 10_000;
+
+/// The branches a global commit found not prepared, and since when (see
+/// [`PREPARE_PATIENCE`]). Keyed by the database's id of the branch.
+#[derive(Default)]
+pub struct UnpreparedCommits(Mutex<HashMap<String, Instant>>);
+
+impl UnpreparedCommits {
+    /// A commit found `branch` not prepared: Retry while its PREPARE may still come,
+    /// then Done (phase 1 never reached the prepare, or an earlier delivery finished it).
+    pub fn not_prepared(&self, branch: &str) -> BranchOutcome {
+        let mut since = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if since.len() >= UNPREPARED_KEPT && !since.contains_key(branch) {
+            since.retain(|_, first| now.duration_since(*first) < PREPARE_PATIENCE);
+            if since.len() >= UNPREPARED_KEPT {
+                return BranchOutcome::Done;
+            }
+        }
+        let first = *since.entry(branch.to_owned()).or_insert(now);
+        if now.duration_since(first) < PREPARE_PATIENCE {
+            BranchOutcome::Retry {
+                reason: format!(
+                    "{branch} is not prepared (yet): its PREPARE may still be on its way"
+                ),
+            }
+        } else {
+            since.remove(branch);
+            BranchOutcome::Done
+        }
+    }
+
+    /// `branch` was finished: it is no longer waited for.
+    pub fn finished(&self, branch: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(branch);
+    }
+}
 
 /// Every tandem branch id starts with this, so recovery and operators tell tandem's
 /// prepared transactions from anyone else's.

@@ -5,7 +5,7 @@
 //! Both run on side connections only, and both are idempotent: a branch that is no
 //! longer prepared was finished already (by another proxy, or by an earlier delivery).
 
-use super::{Decision, decide_for, parse_gid};
+use super::{Decision, UnpreparedCommits, decide_for, parse_gid};
 use crate::control::quote_literal;
 use crate::upstream::SidePools;
 use std::time::Duration;
@@ -15,8 +15,17 @@ use tandem_lockserver::client::{BranchOutcome, LockClient};
 const UNDEFINED_OBJECT: &str = "42704";
 
 /// Finishes the prepared branch `gid` in `database`. A branch that is not prepared
-/// (any more) is done: phase 1 never reached the prepare, or phase 2 ran already.
-pub async fn finish(side: &SidePools, database: &str, gid: &str, commit: bool) -> BranchOutcome {
+/// (any more) is done: phase 1 never reached the prepare, or phase 2 ran already;
+/// except that a global commit's delivery (`unprepared`) waits a while for a PREPARE
+/// still on its way ([`UnpreparedCommits`]).
+pub async fn finish(
+    side: &SidePools,
+    database: &str,
+    gid: &str,
+    commit: bool,
+    unprepared: Option<&UnpreparedCommits>,
+) -> BranchOutcome {
+    let branch = format!("{database}/{gid}");
     let verb = if commit { "COMMIT" } else { "ROLLBACK" };
     let sql = format!("{verb} PREPARED {}", quote_literal(gid));
     let result = async {
@@ -27,10 +36,16 @@ pub async fn finish(side: &SidePools, database: &str, gid: &str, commit: bool) -
     match result {
         Ok(()) => {
             tracing::debug!(gid, database, verb, "prepared branch finished");
+            if let Some(unprepared) = unprepared {
+                unprepared.finished(&branch);
+            }
             BranchOutcome::Done
         }
         Err(crate::Error::SideQuery(e)) if e.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) => {
-            BranchOutcome::Done
+            match unprepared {
+                Some(unprepared) if commit => unprepared.not_prepared(&branch),
+                _ => BranchOutcome::Done,
+            }
         }
         Err(e) => BranchOutcome::Retry {
             reason: e.to_string(),
@@ -89,7 +104,7 @@ pub async fn recover(
                 continue;
             }
         };
-        match finish(side, &database, &gid, commit).await {
+        match finish(side, &database, &gid, commit, None).await {
             BranchOutcome::Done if commit => done.committed += 1,
             BranchOutcome::Done => done.rolled_back += 1,
             other => {

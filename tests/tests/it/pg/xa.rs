@@ -924,3 +924,77 @@ async fn autocommit_writes_over_the_extended_protocol_are_prepared_as_branches()
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A branch registers before its PREPARE. A global commit decided while that PREPARE
+/// is still running (here: a deferred trigger makes it take 2 s) reaches the branch
+/// first; it must wait for the prepare and commit it, not take "not prepared" as done
+/// (the branch would stay prepared until recovery, which rolls back an orphan whose
+/// global transaction was forgotten).
+#[tokio::test]
+async fn a_global_commit_that_overtakes_a_branchs_prepare_commits_it() {
+    let (orders, stock) = (
+        prepare("xa_overtake_a").await,
+        prepare("xa_overtake_b").await,
+    );
+    let (da, db) = (orders.direct().await, stock.direct().await);
+    db.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(2); RETURN NULL; END$$;
+         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON accounts DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION slow();",
+    )
+    .await
+    .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    // Recovery, which would also commit the branch while its decision is known, stays
+    // out of the way.
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.postgres[0].xa_recovery_interval_ms = 600_000;
+    })
+    .await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&stock.name).await;
+    for client in [&a, &b] {
+        one(client, "SELECT tandem_mode('xa')").await.unwrap();
+    }
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+        .await
+        .unwrap();
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("INSERT INTO accounts (id, balance) VALUES (60, 10)")
+        .await
+        .unwrap();
+    let prepare = tokio::spawn(async move { b.batch_execute("COMMIT").await.map(|_| b) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    let _b = prepare
+        .await
+        .unwrap()
+        .expect("the branch's COMMIT prepares it");
+    eventually("the overtaken branch committed", || {
+        let db = &db;
+        async move {
+            tandem_prepared(db).await.is_empty()
+                && db
+                    .query_opt("SELECT 1 FROM accounts WHERE id = 60", &[])
+                    .await
+                    .unwrap()
+                    .is_some()
+        }
+    })
+    .await;
+    assert_eq!(balance(&da, 1).await, 990);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
