@@ -71,6 +71,13 @@ pub(super) fn classify(
         .collect()
 }
 
+/// Whether a Query is a COPY that reads its rows from the client (`FROM STDIN`).
+fn copies_from_client(sql: &str) -> bool {
+    let first = crate::control::leading_words(sql.as_bytes(), false).next();
+    first.is_some_and(|w| w.eq_ignore_ascii_case(b"copy"))
+        && sql.to_ascii_lowercase().contains("stdin")
+}
+
 /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`: the client's own
 /// two-phase commit. Outside a global transaction they pass through untouched; inside
 /// one they would take the local transaction away from its branch.
@@ -156,6 +163,12 @@ impl Relay<'_> {
                     return Ok(Intercepted::WaitForSyncPoint);
                 }
                 match status {
+                    Some(TxStatus::Idle) if copies_from_client(sql) => {
+                        // Its CopyData would wait behind the held statement for good.
+                        Ok(self.refuse(Error::Unsupported {
+                            what: "COPY … FROM STDIN as an autocommit statement in XA mode (run it inside BEGIN … COMMIT)",
+                        }))
+                    }
                     Some(TxStatus::Idle) => {
                         // An autocommit statement: its own branch, in a transaction of
                         // tandem's that ends in the prepare.

@@ -902,6 +902,17 @@ async fn autocommit_writes_over_the_extended_protocol_are_prepared_as_branches()
         Some(SqlState::FEATURE_NOT_SUPPORTED)
     );
     drop(c);
+    // As a simple Query (psql's \copy), which waited for ever for CopyData the
+    // client sent behind it; the session goes on.
+    let mut copier = raw_in_xa(&tandem, &orders.name).await;
+    copier.query("COPY accounts FROM STDIN").await;
+    let replies = tokio::time::timeout(Duration::from_secs(10), copier.recv_until(b'Z'))
+        .await
+        .expect("COPY is answered");
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"));
+    copier.query("SELECT 1").await;
+    assert_eq!(tags(&copier.recv_until(b'Z').await), "TDCZ");
 
     assert_eq!(
         one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
