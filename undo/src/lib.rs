@@ -25,8 +25,8 @@ pub mod replay;
 
 pub use analyze::{
     Analysis, AnalysisCache, InsertRows, InsertValue, LockedRead, OnDuplicate, SavepointOp,
-    TableRef, Upsert, Write, WriteKind, analyze, count_mysql_statements, has_executable_comment,
-    split_statements, statement_body,
+    TableRef, Upsert, Write, WriteKind, analyze, called_functions, count_mysql_statements,
+    has_executable_comment, split_statements, statement_body,
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;

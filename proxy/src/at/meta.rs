@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::upstream::SidePools;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tandem_undo::{Column, Dialect, Postgres, TableMeta, TableRef};
 
@@ -68,6 +68,63 @@ impl MetaCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, TableRef), Arc<TableMeta>>> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Functions a statement could write through: VOLATILE (the default; PostgreSQL
+/// refuses writes in STABLE and IMMUTABLE ones) and written in SQL or a procedural
+/// language, outside pg_catalog and information_schema. C functions (extensions such as
+/// uuid-ossp and pgcrypto) are taken as not writing tables.
+const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p
+    JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+    WHERE p.provolatile = 'v' AND l.lanname NOT IN ('c', 'internal')
+    AND p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)";
+
+/// How long a database's list of writing functions is used before it is read again: a
+/// function created on another connection is known within this.
+const FUNCTIONS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Per database, the names of functions that may write ([`WRITING_FUNCTIONS`]): tandem
+/// captures no write a function makes, so a global transaction must not call one.
+#[derive(Default)]
+pub struct WritingFunctions {
+    // A std Mutex: held only to look up or insert, never across an await.
+    by_database: Mutex<HashMap<String, FunctionsRead>>,
+}
+
+/// When a database's writing functions were read, and their names.
+type FunctionsRead = (std::time::Instant, Arc<HashSet<String>>);
+
+impl WritingFunctions {
+    pub async fn get(&self, side: &SidePools, database: &str) -> Result<Arc<HashSet<String>>> {
+        if let Some((read_at, names)) = self.lock().get(database)
+            && read_at.elapsed() < FUNCTIONS_TTL
+        {
+            return Ok(Arc::clone(names));
+        }
+        let client = side.get(database).await?;
+        let names: Arc<HashSet<String>> = Arc::new(
+            client
+                .query(WRITING_FUNCTIONS, &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        );
+        self.lock().insert(
+            database.to_owned(),
+            (std::time::Instant::now(), Arc::clone(&names)),
+        );
+        Ok(names)
+    }
+
+    /// DDL ran in `database`: read its functions again.
+    pub fn invalidate(&self, database: &str) {
+        self.lock().remove(database);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionsRead>> {
+        self.by_database.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

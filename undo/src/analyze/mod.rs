@@ -251,6 +251,39 @@ pub fn has_executable_comment(sql: &str) -> bool {
     sql.contains("/*!") || sql.contains("/*M!")
 }
 
+/// The names `sql` calls as functions: each word right before a `(`, the last part of
+/// a qualified name, as the dialect folds it (PostgreSQL folds unquoted names to lower
+/// case and keeps quoted ones; MySQL's function names ignore case). Keywords before a
+/// parenthesis (`IN (`, `VALUES (`) come too: callers look the names up. Text that
+/// does not tokenize gives none (it does not parse either).
+pub fn called_functions(dialect: &dyn Dialect, sql: &str) -> Vec<String> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = match dialect.grammar() {
+        Grammar::PostgreSql => Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize(),
+        Grammar::MySql => Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql).tokenize(),
+    };
+    let Ok(tokens) = tokens else {
+        return Vec::new();
+    };
+    let mut significant = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .peekable();
+    let mut names = Vec::new();
+    while let Some(token) = significant.next() {
+        if let Token::Word(word) = token
+            && significant.peek() == Some(&&Token::LParen)
+        {
+            let folded = match (dialect.grammar(), word.quote_style) {
+                (Grammar::PostgreSql, Some(_)) => word.value.clone(),
+                _ => word.value.to_lowercase(),
+            };
+            names.push(folded);
+        }
+    }
+    names
+}
+
 /// How a dialect turns identifiers into names.
 #[derive(Clone, Copy)]
 struct Names {

@@ -157,6 +157,24 @@ fn mysql_parse_errors_carry_the_dialect() {
 }
 
 #[test]
+fn called_functions_are_named_as_the_dialect_folds_them() {
+    let sql = "SELECT s.Bump(1), \"Quoted\"(2), 'wfn(3)', x FROM t WHERE id IN (1) -- f(4)";
+    assert_eq!(
+        crate::analyze::called_functions(&Postgres, sql),
+        ["bump", "Quoted", "in"]
+    );
+    // A literal that ends in a backslash ends there: the call after it counts.
+    assert_eq!(
+        crate::analyze::called_functions(&Postgres, r"SELECT 'a\', wfn(1)"),
+        ["wfn"]
+    );
+    assert_eq!(
+        crate::analyze::called_functions(&Mysql, "SELECT `db`.`Bump`(1), 'f(2)' /* g(3) */"),
+        ["bump"]
+    );
+}
+
+#[test]
 fn executable_comments_are_found_whatever_they_hold() {
     for sql in [
         "DELETE FROM t WHERE id = 1 /*M! + 1 */",

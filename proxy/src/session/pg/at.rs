@@ -209,6 +209,11 @@ impl Relay<'_> {
             Ok(a) => a,
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
+        match self.writing_function_in(&sql).await {
+            Ok(None) => {}
+            Ok(Some(function)) => return Ok(self.refuse(Self::writing_function_refused(&function))),
+            Err(e) => return Ok(self.refuse(e)),
+        }
         if analyses.len() > 1 {
             if analyses
                 .iter()
@@ -371,6 +376,32 @@ impl Relay<'_> {
             });
         }
         Ok(())
+    }
+
+    /// A function `sql` calls that may write (see `at::meta::WritingFunctions`): tandem
+    /// would capture none of its writes. Reads the database's list at most every few
+    /// seconds; a list that cannot be read names the failure instead.
+    pub(super) async fn writing_function_in(&mut self, sql: &str) -> Result<Option<String>> {
+        let names = self
+            .ctx
+            .writing_functions
+            .get(&self.ctx.side, &self.database)
+            .await?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        Ok(tandem_undo::called_functions(&Postgres, sql)
+            .into_iter()
+            .find(|name| names.contains(name)))
+    }
+
+    /// The refusal of a statement that calls `function` in AT mode.
+    pub(super) fn writing_function_refused(function: &str) -> Error {
+        Error::Undo(tandem_undo::Error::Unsupported {
+            what: format!(
+                "a call of function {function}, which may write (VOLATILE, in SQL or a procedural language; tandem captures no write a function makes: declare it STABLE if it only reads),"
+            ),
+        })
     }
 
     /// The catalog's description of `table` as this session names it. An unqualified

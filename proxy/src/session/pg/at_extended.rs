@@ -82,6 +82,17 @@ impl Relay<'_> {
         if self.branch_mode() == crate::binding::Mode::Xa {
             return self.extended_in_xa(rest, tag, &sql).await;
         }
+        if tag == frontend::BIND {
+            match self.writing_function_in(&sql).await {
+                Ok(None) => {}
+                Ok(Some(function)) => {
+                    return Ok(Extended::RefuseBind(refusal(
+                        Self::writing_function_refused(&function),
+                    )));
+                }
+                Err(e) => return Ok(Extended::RefuseBind(refusal(e))),
+            }
+        }
         let (write, locking_read) = match self.ctx.analyses.analyze(&sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {
                 Analysis::Commit if !self.branch.is_empty() => {
@@ -871,7 +882,14 @@ impl Relay<'_> {
     async fn extended_in_xa(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
         use super::xa::{XaBranch, XaStatement, classify};
         let analyses = analyze(&Postgres, sql);
-        let statements = classify(&analyses);
+        let mut statements = classify(&analyses);
+        if !statements.contains(&XaStatement::Work)
+            && !matches!(self.writing_function_in(sql).await, Ok(None))
+        {
+            // A read through a function that may write is work of the branch too (as
+            // is one whose functions could not be looked up).
+            statements.push(XaStatement::Work);
+        }
         if statements == [XaStatement::Commit] && self.xa == XaBranch::Open {
             return self.xa_commit_extended(rest, tag).await;
         }

@@ -60,6 +60,8 @@ pub struct PgFrontendContext {
     /// `lockserver.lock_wait_ms`.
     pub lock_wait: std::time::Duration,
     pub meta: MetaCache,
+    /// Functions a global transaction must not call (they may write uncaptured).
+    pub writing_functions: crate::at::meta::WritingFunctions,
     /// What each prepared text does, analysed once (a Bind analyses its statement).
     pub analyses: tandem_undo::AnalysisCache,
     pub phase2: Phase2Registry,

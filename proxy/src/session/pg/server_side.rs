@@ -206,6 +206,7 @@ impl Relay<'_> {
                     .any(|ddl| tag.starts_with(ddl))
                 {
                     self.ctx.meta.invalidate(&self.database);
+                    self.ctx.writing_functions.invalidate(&self.database);
                     self.forget_resolved_tables();
                 }
                 // What may have changed the session's search_path or role: SET and

@@ -119,7 +119,14 @@ impl Relay<'_> {
                 },
             )));
         }
-        let statements = classify(&analyze(&Postgres, sql));
+        let mut statements = classify(&analyze(&Postgres, sql));
+        if !statements.contains(&XaStatement::Work)
+            && !matches!(self.writing_function_in(sql).await, Ok(None))
+        {
+            // A read through a function that may write is work of the branch too (as
+            // is one whose functions could not be looked up).
+            statements.push(XaStatement::Work);
+        }
         let ends = statements.iter().any(|s| {
             matches!(
                 s,

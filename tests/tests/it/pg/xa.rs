@@ -1009,3 +1009,86 @@ async fn a_global_commit_that_overtakes_a_branchs_prepare_commits_it() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A function may write: tandem captures none of its writes, so AT mode refuses a call
+/// of one that may (VOLATILE, in SQL or a procedural language), over either protocol,
+/// and XA mode makes the statement that calls it work of the branch. Either way the
+/// global rollback leaves the rows as they were. A STABLE function runs.
+#[tokio::test]
+async fn writes_made_by_functions_never_escape_the_global_transaction() {
+    let (orders, stock) = (prepare("fn_at").await, prepare("fn_xa").await);
+    let (da, db) = (orders.direct().await, stock.direct().await);
+    for direct in [&da, &db] {
+        direct
+            .batch_execute(
+                "CREATE FUNCTION bump(k int) RETURNS int LANGUAGE sql AS
+                   'UPDATE accounts SET balance = balance + 1 WHERE id = k RETURNING balance';
+                 CREATE FUNCTION peek(k int) RETURNS bigint LANGUAGE sql STABLE AS
+                   'SELECT balance FROM accounts WHERE id = k';",
+            )
+            .await
+            .unwrap();
+    }
+    let (before_a, before_b) = (dump(&da).await, dump(&db).await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&stock.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = a.simple_query("SELECT bump(1)").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused}"
+    );
+    let refused = a.query("SELECT \"bump\"($1)", &[&2i32]).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused}"
+    );
+    let refused = a
+        .batch_execute("UPDATE accounts SET note = 'x' WHERE id = bump(3)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused}"
+    );
+    let peeked: i64 = a
+        .query_one("SELECT peek($1)", &[&1i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(peeked, 1000);
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 4")
+        .await
+        .unwrap();
+    // XA mode: each call is a branch of its own, prepared, then rolled back.
+    one(&b, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    b.simple_query("SELECT bump(1)").await.unwrap();
+    b.query("SELECT bump($1)", &[&2i32]).await.unwrap();
+    assert_eq!(tandem_prepared(&db).await.len(), 2);
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    eventually("the XA branches finished", || async {
+        tandem_prepared(&db).await.is_empty()
+    })
+    .await;
+    assert_eq!((dump(&da).await, dump(&db).await), (before_a, before_b));
+    assert_eq!(undo_rows(&da).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
