@@ -12,7 +12,7 @@ use super::phase2::{LOG_GLOBAL_FINISHED, LOG_NORMAL};
 use crate::error::Result;
 use mysql_async::Value;
 use mysql_async::prelude::Queryable;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_lockserver::client::{BranchOutcome, Phase2Work};
@@ -36,6 +36,9 @@ pub struct AtTable {
     pub meta: Arc<tandem_undo::TableMeta>,
 }
 
+/// When the stored functions were read, and their names.
+type FunctionsRead = (Instant, Arc<HashSet<String>>);
+
 /// Cached tables by (database, table), each with when it was read.
 type Tables = HashMap<(String, TableRef), (Instant, Arc<AtTable>)>;
 
@@ -44,7 +47,13 @@ type Tables = HashMap<(String, TableRef), (Instant, Arc<AtTable>)>;
 pub struct MysqlMetaCache {
     // A std Mutex: held only to look up or insert, never across an await.
     tables: Mutex<Tables>,
+    /// The server's stored functions (names lower-cased), and when they were read.
+    functions: Mutex<Option<FunctionsRead>>,
 }
+
+/// Every stored function of the server, by name. MySQL does not enforce `READS SQL
+/// DATA` or `NO SQL`, so any of them may write.
+const STORED_FUNCTIONS: &str = "SELECT DISTINCT LOWER(ROUTINE_NAME) FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'";
 
 impl MysqlMetaCache {
     pub async fn get(
@@ -68,9 +77,29 @@ impl MysqlMetaCache {
         Ok(meta)
     }
 
-    /// DDL ran through this proxy: forget every table.
+    /// The names of the server's stored functions (see [`STORED_FUNCTIONS`]), read
+    /// again after `META_TTL` or DDL: tandem captures no write one makes.
+    pub async fn stored_functions(&self, pool: &mysql_async::Pool) -> Result<Arc<HashSet<String>>> {
+        if let Some((at, names)) = self.functions_lock().as_ref()
+            && at.elapsed() < META_TTL
+        {
+            return Ok(Arc::clone(names));
+        }
+        let mut conn = pool.get_conn().await?;
+        let names: Vec<String> = conn.query(STORED_FUNCTIONS).await?;
+        let names = Arc::new(names.into_iter().collect::<HashSet<_>>());
+        *self.functions_lock() = Some((Instant::now(), Arc::clone(&names)));
+        Ok(names)
+    }
+
+    /// DDL ran through this proxy: forget every table and function.
     pub fn invalidate(&self) {
         self.lock().clear();
+        *self.functions_lock() = None;
+    }
+
+    fn functions_lock(&self) -> std::sync::MutexGuard<'_, Option<FunctionsRead>> {
+        self.functions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {

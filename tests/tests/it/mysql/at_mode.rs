@@ -2153,3 +2153,58 @@ async fn writes_the_server_reads_otherwise_than_tandem_are_refused_or_captured_e
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A stored function may write, and tandem captures none of its writes: AT mode
+/// refuses a statement that calls one (text or prepared), and XA mode takes it as work,
+/// which runs only inside the branch. The global rollback leaves every row as it was.
+#[tokio::test]
+async fn writes_made_by_stored_functions_never_escape_the_global_transaction() {
+    let db = prepare("at_functions").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE FUNCTION bump(k INT) RETURNS BIGINT MODIFIES SQL DATA
+             BEGIN UPDATE accounts SET balance = balance + 1 WHERE id = k; RETURN k; END",
+        )
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut at = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut at, "SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    for sql in [
+        "SELECT bump(1)",
+        "SELECT `BUMP` (1)",
+        "UPDATE accounts SET note = 'x' WHERE id = bump(2)",
+    ] {
+        let e = at.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    let e = at.exec_drop("SELECT bump(?)", (3,)).await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    at.query_drop("UPDATE accounts SET balance = 1 WHERE id = 3")
+        .await
+        .unwrap();
+    let mut xa = my::connect(&tandem, &db.name).await;
+    text(&mut xa, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut xa, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    // Outside START TRANSACTION it would commit on its own.
+    let e = xa.query_drop("SELECT bump(1)").await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    run_each(&mut xa, &["START TRANSACTION", "SELECT bump(2)", "COMMIT"]).await;
+    rolled_back(&mut at).await;
+    eventually("the XA branch rolled back", || {
+        let db = &db;
+        let before = &before;
+        async move { dump(&mut db.direct().await, "accounts").await == *before }
+    })
+    .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

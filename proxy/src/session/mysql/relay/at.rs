@@ -119,6 +119,9 @@ impl Relay<'_> {
         if tandem_undo::has_executable_comment(text) {
             return self.refuse(EXECUTABLE_COMMENT);
         }
+        if let Some(refusal) = self.stored_function_refusal(text).await {
+            return self.refuse(refusal);
+        }
         let analyses = match tandem_undo::analyze(&Mysql, text) {
             Ok(analyses) => analyses,
             Err(e) => return self.refuse(e.into()),
@@ -223,6 +226,9 @@ impl Relay<'_> {
         if tandem_undo::has_executable_comment(sql) {
             return self.refuse(EXECUTABLE_COMMENT);
         }
+        if let Some(refusal) = self.stored_function_refusal(sql).await {
+            return self.refuse(refusal);
+        }
         let analysis = match self.ctx.analyses.analyze(sql) {
             Ok(analyses) => analyses.into_iter().next(),
             Err(e) => return self.refuse(e.into()),
@@ -313,6 +319,26 @@ impl Relay<'_> {
             Analysis::LockingRead(Some(read)) => self.at_locking_read(&read, source).await,
             Analysis::Write(write) => self.at_write(&write, source).await,
         }
+    }
+
+    /// Why `sql` must not run in AT mode if it calls a stored function (tandem captures
+    /// no write one makes), or if the server's functions cannot be read.
+    pub(super) async fn stored_function_refusal(&self, sql: &str) -> Option<Error> {
+        let names = match self.ctx.at_meta.stored_functions(self.ctx.xa.pool()).await {
+            Ok(names) => names,
+            Err(e) => return Some(e),
+        };
+        if names.is_empty() {
+            return None;
+        }
+        let function = tandem_undo::called_functions(&Mysql, sql)
+            .into_iter()
+            .find(|name| names.contains(name))?;
+        Some(Error::Undo(tandem_undo::Error::Unsupported {
+            what: format!(
+                "a call of stored function {function} (tandem captures no write a function makes), in AT mode on MySQL,"
+            ),
+        }))
     }
 
     /// The metadata of a table the client names, in the session's current database

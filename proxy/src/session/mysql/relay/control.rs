@@ -294,6 +294,9 @@ impl Relay<'_> {
                 handled => Some(handled),
             });
         }
+        let kind = self
+            .work_if_it_calls_a_function(kind, &String::from_utf8_lossy(sql))
+            .await;
         if several && matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback) {
             return self
                 .refuse(Error::Unsupported {
@@ -317,6 +320,16 @@ impl Relay<'_> {
                 })
                 .map(Some),
             _ => Ok(None),
+        }
+    }
+
+    /// In XA mode, a read that calls a stored function (or whose functions cannot be
+    /// looked up) is work: the function may write, which must happen in the branch.
+    async fn work_if_it_calls_a_function(&self, kind: Kind, sql: &str) -> Kind {
+        if kind == Kind::Passive && self.stored_function_refusal(sql).await.is_some() {
+            Kind::Work
+        } else {
+            kind
         }
     }
 
@@ -350,6 +363,10 @@ impl Relay<'_> {
         }
         // XA mode: a statement that may write runs only inside the branch.
         let sql = self.prepared.get(&id).and_then(|p| p.sql.clone());
+        let kind = match &sql {
+            Some(text) => self.work_if_it_calls_a_function(kind, text).await,
+            None => kind,
+        };
         if self.opens_xa_branch_implicitly(kind, sql.as_deref().map(str::as_bytes)) {
             return Ok(match self.xa_begin_implicitly().await? {
                 Handled::Relay => None,
