@@ -171,12 +171,25 @@ pub struct TableMeta {
     /// OID), 0 where it has none: a write checks that its table name still resolves
     /// to it.
     pub oid: u32,
+    /// The table global locks name its rows by, where it is not this one: a
+    /// PostgreSQL partition's root partitioned table, so that a row written through the
+    /// root and through its partition is one lock (its key is unique in the whole tree).
+    pub lock_table: Option<TableRef>,
+    /// The table is a parent or a child in a PostgreSQL inheritance hierarchy (not
+    /// partitioning): a write through a parent changes children's rows, whose keys the
+    /// parent's need not keep apart.
+    pub inheritance: bool,
 }
 
 impl TableMeta {
     /// Refuses a write to this table that AT mode cannot undo exactly.
     pub fn check_capturable(&self, write: &Write) -> Result<(), Error> {
         let table = &self.table.name;
+        if self.inheritance {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, which is a parent or a child in an inheritance hierarchy,"
+            )));
+        }
         if self.pk.is_empty() {
             return Err(Error::unsupported(format!(
                 "a write to table {table}, which has no primary key,"
@@ -624,6 +637,7 @@ mod tests {
             has_triggers: false,
             has_cascades: false,
             oid: 0,
+            ..Default::default()
         }
     }
 

@@ -359,9 +359,10 @@ const LONGEST_KEY_PART: usize = 64;
 /// `schema.table`, as lock keys and checks of writes outside global transactions name
 /// a table.
 pub fn qualified_name(meta: &TableMeta) -> String {
-    match &meta.table.schema {
-        Some(schema) => format!("{schema}.{}", meta.table.name),
-        None => format!("public.{}", meta.table.name),
+    let table = meta.lock_table.as_ref().unwrap_or(&meta.table);
+    match &table.schema {
+        Some(schema) => format!("{schema}.{}", table.name),
+        None => format!("public.{}", table.name),
     }
 }
 
@@ -410,6 +411,7 @@ mod tests {
             has_triggers: false,
             has_cascades: false,
             oid: 0,
+            ..Default::default()
         })
     }
 

@@ -36,6 +36,15 @@ const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
     WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ord";
 const TRIGGERS: &str =
     "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal";
+/// The root of the partition tree a table belongs to, if it does.
+const PARTITION_ROOT: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = pg_catalog.pg_partition_root(to_regclass($1))";
+/// Whether a table has an inheritance parent or child other than by partitioning.
+const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
+    JOIN pg_class child ON child.oid = i.inhrelid JOIN pg_class parent ON parent.oid = i.inhparent
+    WHERE (i.inhrelid = to_regclass($1) OR i.inhparent = to_regclass($1))
+    AND NOT child.relispartition AND parent.relkind <> 'p'";
 const CASCADES: &str =
     "SELECT count(*) FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'
     AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))";
@@ -162,6 +171,15 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         .collect();
     let triggers: i64 = client.query_one(TRIGGERS, &[&name]).await?.get(0);
     let cascades: i64 = client.query_one(CASCADES, &[&name]).await?.get(0);
+    let lock_table = client
+        .query_opt(PARTITION_ROOT, &[&name])
+        .await?
+        .map(|r| TableRef {
+            schema: Some(r.get(0)),
+            name: r.get(1),
+        })
+        .filter(|root| *root != resolved);
+    let inheritance: i64 = client.query_one(INHERITANCE, &[&name]).await?.get(0);
     Ok(TableMeta {
         table: resolved,
         columns,
@@ -169,5 +187,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         has_triggers: triggers > 0,
         has_cascades: cascades > 0,
         oid,
+        lock_table,
+        inheritance: inheritance > 0,
     })
 }

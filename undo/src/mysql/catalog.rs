@@ -193,6 +193,10 @@ impl MysqlTable {
                 has_triggers: count(&catalog.triggers, "TRIGGERS")? > 0,
                 has_cascades: count(&catalog.cascades, "CASCADES")? > 0,
                 oid: 0,
+                // MySQL's partitions are no tables of their own, and it has no
+                // inheritance.
+                lock_table: None,
+                inheritance: false,
             },
             auto_increment,
             unique_keys: keys.into_iter().map(|(_, parts)| parts).collect(),

@@ -831,6 +831,12 @@ impl Relay<'_> {
             // No other session sees its rows, so no global transaction can hold them.
             return Ok(());
         }
+        if meta.pk.is_empty() {
+            // A view, say: which rows of which tables it locks has no key to name them.
+            return Err(Error::Unsupported {
+                what: "SELECT … FOR UPDATE of a view or a table without a primary key inside a global transaction",
+            });
+        }
         let sql = meta.locked_keys_sql(&Postgres, read);
         let got = self.exchange(&sql, params, &[1]).await?;
         if let Some(e) = got.error {
