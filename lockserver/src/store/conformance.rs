@@ -439,6 +439,27 @@ async fn embedded_repeated_decision_waits_for_the_first_to_be_durable() {
     );
 }
 
+/// A decision refused because of another still in its fsync (a rollback of a
+/// transaction committing) is not answered before that one is durable either: a crash
+/// could take the commit back and the rollback would then succeed.
+#[tokio::test]
+async fn embedded_refusal_that_rests_on_a_decision_waits_for_it() {
+    let (s, _dir) = embedded_store();
+    begin(&s, "a", 10_000).await;
+    reg(&s, "a", &[1], T0).await.unwrap();
+    let out = s.apply_now(
+        &[
+            Command::Commit { xid: x("a") },
+            Command::Rollback { xid: x("a") },
+        ],
+        T0 + 1,
+    );
+    assert!(out.durable.is_some(), "the commit was appended");
+    let (refused, wait) = &out.results[1];
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(*wait, "the refusal waits for the commit's append");
+}
+
 #[tokio::test]
 async fn embedded_recovers_state_after_reopen_and_compaction() {
     let dir = tempfile::tempdir().unwrap();

@@ -239,9 +239,10 @@ impl EmbeddedStore {
             for cmd in cmds {
                 let r = self.apply_locked(&mut st, cmd, now, &mut buf);
                 // Such a command waits even when it wrote nothing (a repeated commit,
-                // rollback or report): its answer rests on state whose records may
-                // still be in flight, so it waits for everything queued before it.
-                let wait = r.is_ok() && must_wait(cmd);
+                // rollback or report) or failed (a rollback of a transaction already
+                // committing): its answer rests on state whose records may still be
+                // in flight, so it waits for everything queued before it.
+                let wait = must_wait(cmd);
                 urgent |= wait;
                 results.push((r, wait));
             }
@@ -381,14 +382,20 @@ impl Store for EmbeddedStore {
         let (result, wait) = now_out.results.pop().ok_or(Error::Corrupt {
             what: "a command without a result",
         })?;
-        if let (Ok(_), true, Some(d)) = (&result, wait, now_out.durable) {
+        if let (true, Some(d)) = (wait, now_out.durable) {
             self.durable(d).await?;
         }
         result
     }
 
     async fn global(&self, xid: &Xid) -> Result<Option<Global>> {
-        Ok(self.state().core.global(xid).cloned())
+        let global = self.state().core.global(xid).cloned();
+        // What it reads must not be taken back by a crash: XA recovery commits or rolls
+        // back prepared branches on the status it gets.
+        if let Some(rx) = self.writer.barrier()? {
+            durable_result(rx, &self.dir).await?;
+        }
+        Ok(global)
     }
 
     async fn globals(&self, limit: usize) -> Result<Vec<Global>> {
