@@ -397,9 +397,15 @@ impl TableMeta {
                 "INSERT … ON CONFLICT DO UPDATE whose target is not the primary key",
             ));
         }
+        // Without a column list, VALUES gives the table's columns in order.
+        let listed: Vec<&str> = if upsert.columns.is_empty() {
+            self.columns.iter().map(|c| c.name.as_str()).collect()
+        } else {
+            upsert.columns.iter().map(String::as_str).collect()
+        };
         let positions: Vec<usize> = pk_names
             .iter()
-            .map(|n| upsert.columns.iter().position(|c| c == n))
+            .map(|n| listed.iter().position(|c| c == n))
             .collect::<Option<_>>()
             .ok_or_else(|| {
                 Error::unsupported("an upsert that does not give every primary-key column")

@@ -149,7 +149,7 @@ impl Write {
 pub struct Upsert {
     /// The conflict target's columns.
     pub target: Vec<String>,
-    /// The INSERT's column list.
+    /// The INSERT's column list; empty when it has none (the table's columns in order).
     pub columns: Vec<String>,
     /// Each VALUES row, one SQL expression per column (the statement's placeholders kept).
     pub rows: Vec<Vec<String>>,
@@ -639,9 +639,9 @@ fn upsert(insert: &sqlparser::ast::Insert, target: &[Ident]) -> Result<Upsert, E
             _ => None,
         })
         .collect();
-    if columns.is_empty() || columns.len() != insert.columns.len() {
+    if columns.len() != insert.columns.len() {
         return Err(Error::unsupported(
-            "INSERT … ON CONFLICT DO UPDATE without an explicit column list",
+            "INSERT … ON CONFLICT DO UPDATE with a column it cannot name",
         ));
     }
     let rows = values

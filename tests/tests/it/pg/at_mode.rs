@@ -520,6 +520,12 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
             .iter()
             .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(2)))
     );
+    // Without a column list: VALUES gives the table's columns in order.
+    a.batch_execute(
+        "INSERT INTO accounts VALUES (3, 0, 'no list'), (62, 62, 'new') ON CONFLICT (id) DO UPDATE SET note = excluded.note",
+    )
+    .await
+    .unwrap();
     // With parameters, over the extended protocol.
     let n = a
         .execute(

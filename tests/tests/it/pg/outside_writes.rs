@@ -149,6 +149,14 @@ async fn an_outside_write_to_a_held_row_fails_with_55p03_when_configured_to_fail
         .await
         .expect_err("a held row is not deleted");
     assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    // An upsert without a column list names its key by the table's column order.
+    let err = b
+        .batch_execute(
+            "INSERT INTO accounts VALUES (4, 99, 'x') ON CONFLICT (id) DO UPDATE SET balance = excluded.balance",
+        )
+        .await
+        .expect_err("a held row is not upserted");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
     // The session goes on; autocommit writes elsewhere work.
     b.batch_execute("UPDATE accounts SET balance = 50 WHERE id = 5")
         .await
