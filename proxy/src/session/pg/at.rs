@@ -533,6 +533,22 @@ impl Relay<'_> {
         }
     }
 
+    /// A statement that calls `set_config` may change the search_path as SET does, with
+    /// no SET tag to show for it: names are resolved again at the next write (one
+    /// `set_config(…, true)` sets lasts until the transaction ends). A call inside a
+    /// function goes unseen: a global transaction's write still catches it by its
+    /// table's OID, a write outside one does not.
+    pub(super) fn note_set_config(&mut self, sql: &[u8]) {
+        const NAME: &[u8] = b"set_config";
+        if sql
+            .windows(NAME.len())
+            .any(|w| w.eq_ignore_ascii_case(NAME))
+        {
+            self.forget_resolved_tables();
+            self.resolutions_end_with_transaction = true;
+        }
+    }
+
     /// The client may have changed its search_path or role, or what a name resolves
     /// to: its names are resolved again at their next write.
     pub(super) fn forget_resolved_tables(&mut self) {

@@ -608,6 +608,9 @@ impl Relay<'_> {
             // Malformed, or a Bind of an unknown statement: the backend says so.
             return Ok(Extended::NotAWrite);
         };
+        if tag == frontend::BIND {
+            self.note_set_config(&sql);
+        }
         if self.binding.xid().is_none()
             && let Some(xid) = crate::control::xid_hint(&sql)
         {

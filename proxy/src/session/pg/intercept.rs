@@ -60,6 +60,7 @@ impl Relay<'_> {
             // Malformed: on_client_message reports it.
             return Ok(Intercepted::Relay);
         };
+        self.note_set_config(query.sql);
         if is_pool_reset(query.sql) {
             let open = matches!(
                 self.phase.tx_status(),

@@ -951,3 +951,66 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;
 }
+
+/// A search_path set by `set_config` (no SET tag to show for it) changes which table an
+/// unqualified name means: the next write resolves it again, so a write to a row a
+/// global transaction holds is caught.
+#[tokio::test]
+async fn a_search_path_set_by_set_config_is_followed_by_outside_writes() {
+    let orders = prepare("outside_set_config").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE SCHEMA s2; CREATE TABLE s2.t5 (id int PRIMARY KEY, v text);
+             CREATE TABLE public.t5 (id int PRIMARY KEY, v text);
+             INSERT INTO s2.t5 VALUES (1, 's2'); INSERT INTO public.t5 VALUES (1, 'public');",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let g = global.connect(&orders.name).await;
+    one(&g, "SELECT tandem_begin(60000)").await.unwrap();
+    g.batch_execute("UPDATE s2.t5 SET v = 'global' WHERE id = 1")
+        .await
+        .unwrap();
+    let b = outside.connect(&orders.name).await;
+    for set in [
+        "SELECT set_config('search_path', 's2', false)",
+        "SELECT pg_catalog.SET_CONFIG('search_path', 's2', true)",
+    ] {
+        // Resolved to public.t5, and remembered.
+        b.batch_execute("UPDATE t5 SET v = 'public!' WHERE id = 1")
+            .await
+            .unwrap();
+        b.batch_execute("BEGIN").await.unwrap();
+        b.batch_execute(set).await.unwrap();
+        let err = b
+            .batch_execute("UPDATE t5 SET v = 'outside' WHERE id = 1")
+            .await
+            .expect_err("s2.t5's row 1 is held");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{set}: {err:?}"
+        );
+        b.batch_execute("ROLLBACK").await.unwrap();
+    }
+    let v: String = direct
+        .query_one("SELECT v FROM s2.t5 WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "global");
+    assert_eq!(
+        one(&g, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
