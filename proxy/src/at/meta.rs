@@ -93,7 +93,7 @@ const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_catalog
 /// function created on another connection is known within this.
 const FUNCTIONS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Per database, the names of functions that may write ([`WRITING_FUNCTIONS`]): tandem
+/// Per database, the names of functions that may write (`WRITING_FUNCTIONS`): tandem
 /// captures no write a function makes, so a global transaction must not call one.
 #[derive(Default)]
 pub struct WritingFunctions {

@@ -77,7 +77,7 @@ impl MysqlMetaCache {
         Ok(meta)
     }
 
-    /// The names of the server's stored functions (see [`STORED_FUNCTIONS`]), read
+    /// The names of the server's stored functions (see `STORED_FUNCTIONS`), read
     /// again after `META_TTL` or DDL: tandem captures no write one makes.
     pub async fn stored_functions(&self, pool: &mysql_async::Pool) -> Result<Arc<HashSet<String>>> {
         if let Some((at, names)) = self.functions_lock().as_ref()

@@ -26,7 +26,7 @@ const PREPARE_PATIENCE: Duration = Duration::from_secs(600);
 const UNPREPARED_KEPT: usize = 10_000;
 
 /// The branches a global commit found not prepared, and since when (see
-/// [`PREPARE_PATIENCE`]). Keyed by the database's id of the branch.
+/// `PREPARE_PATIENCE`). Keyed by the database's id of the branch.
 #[derive(Default)]
 pub struct UnpreparedCommits(Mutex<HashMap<String, Instant>>);
 

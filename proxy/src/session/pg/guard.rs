@@ -39,7 +39,10 @@
 //! batch of several (a driver's executeBatch; a BEGIN ahead of one statement, as
 //! pgJDBC sends it, runs first on its own: begin_ahead.rs), writes in a failed
 //! transaction block (they run nothing), multi-statement queries, statements tandem
-//! cannot analyse, writes inside functions, and every write while the lockserver is
+//! cannot analyse (MERGE, a data-modifying WITH, INSERT … SELECT … ON CONFLICT),
+//! statements whose first word is not a write's (EXPLAIN ANALYZE of a write, SQL-level
+//! EXECUTE, COPY … FROM), writes through a view (no key names its rows), writes inside
+//! functions (and a search_path a function changes), and every write while the lockserver is
 //! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
 //! stop with the coordinator.
 
