@@ -348,12 +348,12 @@ impl Coordinator {
         r
     }
 
-    /// The transaction with its branches.
+    /// The transaction with its branches, once what it shows is durable: XA recovery
+    /// commits or rolls back prepared branches on the status it reads.
     pub async fn global(&self, xid: &Xid) -> Result<Global> {
-        self.store
-            .global(xid)
-            .await?
-            .ok_or_else(|| Error::UnknownXid { xid: xid.clone() })
+        let global = self.store.global(xid).await?;
+        self.store.settled().await?;
+        global.ok_or_else(|| Error::UnknownXid { xid: xid.clone() })
     }
 
     /// Up to `max_list` transactions.

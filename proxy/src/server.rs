@@ -137,7 +137,10 @@ pub async fn run(
             lock: lock.clone(),
             lock_wait: Duration::from_millis(config.lockserver.lock_wait_ms),
             meta: crate::at::meta::MetaCache::default(),
-            writing_functions: crate::at::meta::WritingFunctions::default(),
+            writing_functions: crate::at::meta::CatalogNames::new(
+                crate::at::meta::WRITING_FUNCTIONS,
+            ),
+            partitions: crate::at::meta::CatalogNames::new(crate::at::meta::PARTITIONS),
             analyses: tandem_undo::AnalysisCache::new(&tandem_undo::Postgres, ANALYSES_KEPT),
             phase2: crate::at::phase2::Phase2Registry::new(
                 lock.clone(),

@@ -239,10 +239,12 @@ impl EmbeddedStore {
             for cmd in cmds {
                 let r = self.apply_locked(&mut st, cmd, now, &mut buf);
                 // Such a command waits even when it wrote nothing (a repeated commit,
-                // rollback or report) or failed (a rollback of a transaction already
-                // committing): its answer rests on state whose records may still be
-                // in flight, so it waits for everything queued before it.
-                let wait = must_wait(cmd);
+                // rollback or report) or a decision failed (a rollback of a transaction
+                // already committing): its answer rests on state whose records may
+                // still be in flight, so it waits for everything queued before it. A
+                // refused registration (a lock conflict) promises nothing.
+                let wait =
+                    must_wait(cmd) && (r.is_ok() || !matches!(cmd, Command::Register { .. }));
                 urgent |= wait;
                 results.push((r, wait));
             }
@@ -389,13 +391,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn global(&self, xid: &Xid) -> Result<Option<Global>> {
-        let global = self.state().core.global(xid).cloned();
-        // What it reads must not be taken back by a crash: XA recovery commits or rolls
-        // back prepared branches on the status it gets.
+        Ok(self.state().core.global(xid).cloned())
+    }
+
+    async fn settled(&self) -> Result<()> {
         if let Some(rx) = self.writer.barrier()? {
             durable_result(rx, &self.dir).await?;
         }
-        Ok(global)
+        Ok(())
     }
 
     async fn globals(&self, limit: usize) -> Result<Vec<Global>> {

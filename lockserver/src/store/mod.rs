@@ -72,8 +72,11 @@ pub struct Counts {
 pub trait Store: Send + Sync + 'static {
     /// Runs `cmd` atomically at time `now`; durable when it returns `Ok`.
     fn apply(&self, cmd: Command, now: Millis) -> impl Future<Output = Result<Applied>> + Send;
-    /// One transaction with its branches.
+    /// One transaction with its branches, as applied so far (see [`Store::settled`]).
     fn global(&self, xid: &Xid) -> impl Future<Output = Result<Option<Global>>> + Send;
+    /// Resolves once everything applied so far is durable: a state read before it can
+    /// no longer be taken back by a crash.
+    fn settled(&self) -> impl Future<Output = Result<()>> + Send;
     /// Up to `limit` known transactions (live and recently finished).
     fn globals(&self, limit: usize) -> impl Future<Output = Result<Vec<Global>>> + Send;
     /// Up to `limit` held lock keys with their holders.
@@ -131,6 +134,9 @@ impl Store for AnyStore {
     }
     async fn global(&self, xid: &Xid) -> Result<Option<Global>> {
         each!(self, s => s.global(xid).await)
+    }
+    async fn settled(&self) -> Result<()> {
+        each!(self, s => s.settled().await)
     }
     async fn globals(&self, limit: usize) -> Result<Vec<Global>> {
         each!(self, s => s.globals(limit).await)

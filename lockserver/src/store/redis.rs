@@ -82,6 +82,32 @@ fn score(v: Option<Millis>) -> String {
     v.map(|s| s.to_string()).unwrap_or_default()
 }
 
+/// Logs a warning when Redis would lose an acknowledged decision in a crash: the store
+/// is as durable as the server's `appendonly` and `appendfsync`. A server that does not
+/// answer CONFIG (renamed or forbidden, as managed services do) is left unchecked.
+async fn warn_unless_durable(conn: &mut ConnectionManager) {
+    let setting = async |conn: &mut ConnectionManager, name: &str| -> Option<String> {
+        let pair: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(conn)
+            .await
+            .ok()?;
+        pair.into_iter().nth(1)
+    };
+    let appendonly = setting(conn, "appendonly").await;
+    let appendfsync = setting(conn, "appendfsync").await;
+    if let (Some(appendonly), Some(appendfsync)) = (appendonly, appendfsync)
+        && (appendonly != "yes" || appendfsync != "always")
+    {
+        tracing::warn!(
+            %appendonly,
+            %appendfsync,
+            "Redis may lose acknowledged global decisions in a crash: run it with appendonly yes and appendfsync always"
+        );
+    }
+}
+
 impl RedisStore {
     /// Connects to `url`; every key goes under `prefix`.
     pub async fn open(url: &str, prefix: &str, limits: Limits) -> Result<Self> {
@@ -91,6 +117,7 @@ impl RedisStore {
             .set_response_timeout(REDIS_TIMEOUT)
             .set_connection_timeout(REDIS_TIMEOUT);
         let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        warn_unless_durable(&mut conn.clone()).await;
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
@@ -226,6 +253,11 @@ impl Store for RedisStore {
         Err(Error::Contention {
             xid: cmd.xid().clone(),
         })
+    }
+
+    async fn settled(&self) -> Result<()> {
+        // Each call is durable once Redis answers it (as its appendfsync makes it).
+        Ok(())
     }
 
     async fn global(&self, xid: &Xid) -> Result<Option<Global>> {

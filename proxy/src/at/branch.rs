@@ -57,7 +57,7 @@ impl Branch {
     }
 
     fn table(&mut self, meta: &Arc<TableMeta>) -> &mut TableRows {
-        let at = match self.tables.iter().position(|t| t.meta.table == meta.table) {
+        let at = match self.tables.iter().position(|t| same_rows(&t.meta, meta)) {
             Some(at) => at,
             None => {
                 self.tables.push(TableRows {
@@ -99,7 +99,7 @@ impl Branch {
         meta: &Arc<TableMeta>,
         keys: &[TextKey],
     ) -> Result<(), Uncaptured> {
-        let known = self.tables.iter().find(|t| t.meta.table == meta.table);
+        let known = self.tables.iter().find(|t| same_rows(&t.meta, meta));
         let all = keys
             .iter()
             .all(|k| known.is_some_and(|t| t.rows.contains_key(k)));
@@ -334,6 +334,18 @@ impl Branch {
         }
         record
     }
+}
+
+/// Whether two tables' rows are one set: the same table, or a partition and its root
+/// (written through both, a row keeps one pair of images). Only when their columns are
+/// alike: an image is in its table's column order, which an attached partition need
+/// not share. Kept apart, such a row's second pair of images fails the rollback's
+/// check, which leaves the data alone.
+fn same_rows(a: &TableMeta, b: &TableMeta) -> bool {
+    a.table == b.table
+        || (a.lock_table.as_ref().unwrap_or(&a.table) == b.lock_table.as_ref().unwrap_or(&b.table)
+            && a.columns == b.columns
+            && a.pk == b.pk)
 }
 
 /// The global lock key of a row, from its binary key values: binary does not depend on

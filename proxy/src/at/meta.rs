@@ -83,56 +83,79 @@ impl MetaCache {
 /// Functions a statement could write through: VOLATILE (the default; PostgreSQL
 /// refuses writes in STABLE and IMMUTABLE ones) and written in SQL or a procedural
 /// language, outside pg_catalog and information_schema. C functions (extensions such as
-/// uuid-ossp and pgcrypto) are taken as not writing tables.
-const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p
+/// uuid-ossp and pgcrypto) are taken as not writing tables; trigger functions cannot be
+/// called.
+pub const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p
     JOIN pg_catalog.pg_language l ON l.oid = p.prolang
     WHERE p.provolatile = 'v' AND l.lanname NOT IN ('c', 'internal')
+    AND p.prorettype NOT IN ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
     AND p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)";
 
-/// How long a database's list of writing functions is used before it is read again: a
-/// function created on another connection is known within this.
-const FUNCTIONS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Names of partitions, in any schema: a write that names one is checked under its
+/// partition tree's root, which a name alone does not show.
+pub const PARTITIONS: &str =
+    "SELECT DISTINCT relname::text FROM pg_catalog.pg_class WHERE relispartition";
 
-/// Per database, the names of functions that may write (`WRITING_FUNCTIONS`): tandem
-/// captures no write a function makes, so a global transaction must not call one.
-#[derive(Default)]
-pub struct WritingFunctions {
+/// How long a database's names are used before they are read again: one created on
+/// another connection is known within this.
+const NAMES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Per database, a set of names one catalog query gives (`WRITING_FUNCTIONS`,
+/// `PARTITIONS`), read over a side connection at most every `NAMES_TTL` and after DDL.
+/// A read that fails keeps the names read last, if any.
+pub struct CatalogNames {
+    query: &'static str,
     // A std Mutex: held only to look up or insert, never across an await.
-    by_database: Mutex<HashMap<String, FunctionsRead>>,
+    by_database: Mutex<HashMap<String, NamesRead>>,
 }
 
-/// When a database's writing functions were read, and their names.
-type FunctionsRead = (std::time::Instant, Arc<HashSet<String>>);
+/// When a database's names were read, and the names.
+type NamesRead = (std::time::Instant, Arc<HashSet<String>>);
 
-impl WritingFunctions {
+impl CatalogNames {
+    pub fn new(query: &'static str) -> Self {
+        CatalogNames {
+            query,
+            by_database: Mutex::default(),
+        }
+    }
+
     pub async fn get(&self, side: &SidePools, database: &str) -> Result<Arc<HashSet<String>>> {
-        if let Some((read_at, names)) = self.lock().get(database)
-            && read_at.elapsed() < FUNCTIONS_TTL
+        let last = self.lock().get(database).cloned();
+        if let Some((read_at, names)) = &last
+            && read_at.elapsed() < NAMES_TTL
         {
             return Ok(Arc::clone(names));
         }
-        let client = side.get(database).await?;
-        let names: Arc<HashSet<String>> = Arc::new(
-            client
-                .query(WRITING_FUNCTIONS, &[])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-        );
-        self.lock().insert(
-            database.to_owned(),
-            (std::time::Instant::now(), Arc::clone(&names)),
-        );
-        Ok(names)
+        let read = async {
+            let client = side.get(database).await?;
+            let rows = client.query(self.query, &[]).await?;
+            Ok::<_, Error>(rows.iter().map(|r| r.get(0)).collect::<HashSet<String>>())
+        }
+        .await;
+        match (read, last) {
+            (Ok(names), _) => {
+                let names = Arc::new(names);
+                self.lock().insert(
+                    database.to_owned(),
+                    (std::time::Instant::now(), Arc::clone(&names)),
+                );
+                Ok(names)
+            }
+            (Err(e), Some((_, names))) => {
+                tracing::warn!(database, error = %e, "catalog names not read again; the last ones stay in use");
+                Ok(names)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
-    /// DDL ran in `database`: read its functions again.
+    /// DDL ran in `database`: read its names again.
     pub fn invalidate(&self, database: &str) {
         self.lock().remove(database);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionsRead>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NamesRead>> {
         self.by_database.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -53,7 +53,8 @@ pub struct MysqlMetaCache {
 
 /// Every stored function of the server, by name. MySQL does not enforce `READS SQL
 /// DATA` or `NO SQL`, so any of them may write.
-const STORED_FUNCTIONS: &str = "SELECT DISTINCT LOWER(ROUTINE_NAME) FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'";
+/// The server's own schemas (MariaDB's and MySQL's `sys` helpers) are left out.
+const STORED_FUNCTIONS: &str = "SELECT DISTINCT LOWER(ROUTINE_NAME) FROM information_schema.ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION' AND ROUTINE_SCHEMA NOT IN ('sys', 'mysql', 'information_schema', 'performance_schema')";
 
 impl MysqlMetaCache {
     pub async fn get(
@@ -85,11 +86,26 @@ impl MysqlMetaCache {
         {
             return Ok(Arc::clone(names));
         }
-        let mut conn = pool.get_conn().await?;
-        let names: Vec<String> = conn.query(STORED_FUNCTIONS).await?;
-        let names = Arc::new(names.into_iter().collect::<HashSet<_>>());
-        *self.functions_lock() = Some((Instant::now(), Arc::clone(&names)));
-        Ok(names)
+        let read = async {
+            let mut conn = pool.get_conn().await?;
+            conn.query::<String, _>(STORED_FUNCTIONS).await
+        }
+        .await;
+        match read {
+            Ok(names) => {
+                let names = Arc::new(names.into_iter().collect::<HashSet<_>>());
+                *self.functions_lock() = Some((Instant::now(), Arc::clone(&names)));
+                Ok(names)
+            }
+            Err(e) => match self.functions_lock().as_ref() {
+                // The names read last stay in use while the server cannot be asked.
+                Some((_, names)) => {
+                    tracing::warn!(error = %e, "stored functions not read again; the last ones stay in use");
+                    Ok(Arc::clone(names))
+                }
+                None => Err(e.into()),
+            },
+        }
     }
 
     /// DDL ran through this proxy: forget every table and function.

@@ -26,41 +26,69 @@ const PREPARE_PATIENCE: Duration = Duration::from_secs(600);
 const UNPREPARED_KEPT: usize = 10_000;
 
 /// The branches a global commit found not prepared, and since when (see
-/// `PREPARE_PATIENCE`). Keyed by the database's id of the branch.
+/// `PREPARE_PATIENCE`); and those this proxy committed lately, so that a second
+/// delivery of one (a lease that ran out while it committed) is done at once. Keyed by
+/// the database's id of the branch.
 #[derive(Default)]
-pub struct UnpreparedCommits(Mutex<HashMap<String, Instant>>);
+pub struct UnpreparedCommits(Mutex<HashMap<String, Seen>>);
+
+#[derive(Clone, Copy)]
+enum Seen {
+    NotPrepared(Instant),
+    Committed(Instant),
+}
+
+impl Seen {
+    fn since(self) -> Instant {
+        match self {
+            Seen::NotPrepared(at) | Seen::Committed(at) => at,
+        }
+    }
+}
 
 impl UnpreparedCommits {
     /// A commit found `branch` not prepared: Retry while its PREPARE may still come,
-    /// then Done (phase 1 never reached the prepare, or an earlier delivery finished it).
+    /// then Done (phase 1 never reached the prepare, or an earlier delivery finished
+    /// it); Done at once if this proxy committed it.
     pub fn not_prepared(&self, branch: &str) -> BranchOutcome {
-        let mut since = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if since.len() >= UNPREPARED_KEPT && !since.contains_key(branch) {
-            since.retain(|_, first| now.duration_since(*first) < PREPARE_PATIENCE);
-            if since.len() >= UNPREPARED_KEPT {
+        if seen.len() >= UNPREPARED_KEPT && !seen.contains_key(branch) {
+            seen.retain(|_, s| now.duration_since(s.since()) < PREPARE_PATIENCE);
+            if seen.len() >= UNPREPARED_KEPT {
                 return BranchOutcome::Done;
             }
         }
-        let first = *since.entry(branch.to_owned()).or_insert(now);
-        if now.duration_since(first) < PREPARE_PATIENCE {
-            BranchOutcome::Retry {
-                reason: format!(
-                    "{branch} is not prepared (yet): its PREPARE may still be on its way"
-                ),
+        match *seen
+            .entry(branch.to_owned())
+            .or_insert(Seen::NotPrepared(now))
+        {
+            Seen::Committed(_) => BranchOutcome::Done,
+            Seen::NotPrepared(first) if now.duration_since(first) < PREPARE_PATIENCE => {
+                BranchOutcome::Retry {
+                    reason: format!(
+                        "{branch} is not prepared (yet): its PREPARE may still be on its way"
+                    ),
+                }
             }
-        } else {
-            since.remove(branch);
-            BranchOutcome::Done
+            Seen::NotPrepared(_) => {
+                seen.remove(branch);
+                BranchOutcome::Done
+            }
         }
     }
 
-    /// `branch` was finished: it is no longer waited for.
+    /// This proxy committed `branch`: it is no longer waited for, and a second delivery
+    /// of its commit finds it done.
     pub fn finished(&self, branch: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(branch);
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if seen.len() >= UNPREPARED_KEPT {
+            seen.retain(|_, s| now.duration_since(s.since()) < PREPARE_PATIENCE);
+        }
+        if seen.len() < UNPREPARED_KEPT {
+            seen.insert(branch.to_owned(), Seen::Committed(now));
+        }
     }
 }
 

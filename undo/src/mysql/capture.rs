@@ -195,14 +195,17 @@ impl MysqlTable {
                 generated: rows.len(),
             });
         }
-        let by_key = self.in_list(&self.meta.pk, &given);
+        let by_key = format!("{from} WHERE {}", self.in_list(&self.meta.pk, &given));
         let (before, after) = match write.on_duplicate {
             // Not locked: a gap lock here would make concurrent INSERTs deadlock.
-            OnDuplicate::Error => (format!("{from} WHERE {by_key}"), by_key),
-            OnDuplicate::Ignore => (format!("{from} WHERE {by_key} FOR UPDATE"), by_key),
+            OnDuplicate::Error => (by_key.clone(), by_key),
+            OnDuplicate::Ignore => (format!("{by_key} FOR UPDATE"), by_key),
+            // Both current reads: the rows it collided with are compared as they are,
+            // not as an older snapshot of a REPEATABLE READ transaction shows them.
+            // `before` holds their locks already.
             OnDuplicate::Update => {
-                let collisions = self.collisions(&rows)?;
-                (format!("{from} WHERE {collisions} FOR UPDATE"), collisions)
+                let collisions = format!("{from} WHERE {} FOR UPDATE", self.collisions(&rows)?);
+                (collisions.clone(), collisions)
             }
             OnDuplicate::Replace => (
                 format!("{from} WHERE {} FOR UPDATE", self.collisions(&rows)?),
@@ -211,7 +214,7 @@ impl MysqlTable {
         };
         Ok(InsertPlan {
             before: Some(Capture::of(&Mysql, before)?),
-            after: Some(Capture::of(&Mysql, format!("{from} WHERE {after}"))?),
+            after: Some(Capture::of(&Mysql, after)?),
             generated: 0,
         })
     }

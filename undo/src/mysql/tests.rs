@@ -432,7 +432,7 @@ fn an_upsert_locks_every_row_it_may_collide_with() {
         t.insert_plan(&w).unwrap(),
         InsertPlan {
             before: Some(capture(&format!("{collisions} FOR UPDATE"), &[0, 1])),
-            after: Some(capture(&collisions, &[0, 1])),
+            after: Some(capture(&format!("{collisions} FOR UPDATE"), &[0, 1])),
             generated: 0,
         }
     );

@@ -378,21 +378,21 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// A function `sql` calls that may write (see `at::meta::WritingFunctions`): tandem
-    /// would capture none of its writes. Reads the database's list at most every few
-    /// seconds; a list that cannot be read names the failure instead.
+    /// A function `sql` calls that may write (`at::meta::WRITING_FUNCTIONS`): tandem
+    /// would capture none of its writes. A statement that calls nothing (COMMIT, say)
+    /// asks nothing; the database's list is read at most every few seconds, and one
+    /// that cannot be read (never read before) names the failure instead.
     pub(super) async fn writing_function_in(&mut self, sql: &str) -> Result<Option<String>> {
+        let called = tandem_undo::called_functions(&Postgres, sql);
+        if called.is_empty() {
+            return Ok(None);
+        }
         let names = self
             .ctx
             .writing_functions
             .get(&self.ctx.side, &self.database)
             .await?;
-        if names.is_empty() {
-            return Ok(None);
-        }
-        Ok(tandem_undo::called_functions(&Postgres, sql)
-            .into_iter()
-            .find(|name| names.contains(name)))
+        Ok(called.into_iter().find(|name| names.contains(name)))
     }
 
     /// The refusal of a statement that calls `function` in AT mode.

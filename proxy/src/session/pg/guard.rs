@@ -458,7 +458,20 @@ impl Relay<'_> {
             // busy: the side connection's answer may be another table, and so may a
             // remembered one (a SET ahead in the same pipeline is not over yet). Only
             // if no schema's table of that name may hold global locks can it run now.
-            let guard = tables.enter_unchecked_by_name(&self.resource, &write.table.name);
+            // A partition's rows are locked under its root's name, which its own does
+            // not show: it waits for the sync point like a name that may be held.
+            let partition = match self
+                .ctx
+                .partitions
+                .get(&self.ctx.side, &self.database)
+                .await
+            {
+                Ok(partitions) => partitions.contains(&write.table.name),
+                Err(_) => true,
+            };
+            let guard = tables
+                .enter_unchecked_by_name(&self.resource, &write.table.name)
+                .filter(|_| !partition);
             return match guard {
                 Some(guard) => {
                     self.unchecked.hold_uncovering(guard);

@@ -61,7 +61,9 @@ pub struct PgFrontendContext {
     pub lock_wait: std::time::Duration,
     pub meta: MetaCache,
     /// Functions a global transaction must not call (they may write uncaptured).
-    pub writing_functions: crate::at::meta::WritingFunctions,
+    pub writing_functions: crate::at::meta::CatalogNames,
+    /// Partitions' names, which a write checked mid-pipeline cannot map to a root.
+    pub partitions: crate::at::meta::CatalogNames,
     /// What each prepared text does, analysed once (a Bind analyses its statement).
     pub analyses: tandem_undo::AnalysisCache,
     pub phase2: Phase2Registry,

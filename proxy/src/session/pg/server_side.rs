@@ -207,6 +207,7 @@ impl Relay<'_> {
                 {
                     self.ctx.meta.invalidate(&self.database);
                     self.ctx.writing_functions.invalidate(&self.database);
+                    self.ctx.partitions.invalidate(&self.database);
                     self.forget_resolved_tables();
                 }
                 // What may have changed the session's search_path or role: SET and

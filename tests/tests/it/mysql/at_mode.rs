@@ -2208,3 +2208,42 @@ async fn writes_made_by_stored_functions_never_escape_the_global_transaction() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Under REPEATABLE READ a transaction's plain reads show its snapshot, not the rows as
+/// they are: an INSERT of a key another transaction deleted since, and an upsert that
+/// leaves a row another transaction changed since as it is, are captured, not refused.
+#[tokio::test]
+async fn inserts_and_upserts_behind_an_older_snapshot_are_captured() {
+    let db = prepare("at_snapshot").await;
+    let mut direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    run_each(&mut conn, &["START TRANSACTION", "SELECT * FROM accounts"]).await;
+    direct
+        .query_drop(
+            "DELETE FROM accounts WHERE id = 3; UPDATE accounts SET note = 'n2' WHERE id = 2",
+        )
+        .await
+        .unwrap();
+    let after_others = dump(&mut direct, "accounts").await;
+    run_each(
+        &mut conn,
+        &[
+            "INSERT INTO accounts VALUES (3, 7, 'again')",
+            "INSERT INTO accounts (id, balance, note) VALUES (2, 1000, 'n2') ON DUPLICATE KEY UPDATE note = VALUES(note)",
+            "COMMIT",
+        ],
+    )
+    .await;
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(7));
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, after_others);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -456,6 +456,22 @@ async fn a_row_is_one_lock_through_its_partitioned_table_and_its_partition() {
         .await
         .expect_err("row 2 is held for writes outside global transactions too");
     assert_retryable_conflict(&err);
+    // Sent behind a busy statement, before the session can say which table the name
+    // means: the partition's name shows no lock, its root's does.
+    let (slow, pipelined) = tokio::join!(
+        outside.simple_query("SELECT pg_sleep(0.3)"),
+        outside.simple_query("UPDATE fp_1 SET v = 'pipelined' WHERE id = 2"),
+    );
+    slow.unwrap();
+    assert_retryable_conflict(&pipelined.expect_err("row 2 is held, pipelined too"));
+    // One branch writes a row through the root and through its partition: one pair
+    // of images, which the rollback restores.
+    one(&second, "SELECT tandem_begin(30000)").await.unwrap();
+    second
+        .batch_execute("BEGIN; UPDATE fp SET v = 'root' WHERE id = 3; UPDATE fp_1 SET v = 'leaf' WHERE id = 3; UPDATE fp SET v = 'root again' WHERE id = 3; COMMIT")
+        .await
+        .unwrap();
+    rolled_back(&second).await;
     for sql in [
         "UPDATE par SET v = 'x' WHERE id = 1",
         "UPDATE chi SET v = 'x' WHERE id = 1",

@@ -864,16 +864,22 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
     assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
 
     // A session whose name changes meaning in a way tandem does not see (search_path
-    // set by a function): the write that meets the other table does not stay, and
-    // its retry is captured from the table it now names.
+    // set inside a function; a set_config call in the statement's own text is seen):
+    // the write that meets the other table does not stay, and its retry is captured
+    // from the table it now names.
+    direct
+        .batch_execute(
+            "CREATE FUNCTION switch_path() RETURNS text LANGUAGE sql STABLE AS
+               $$ SELECT set_config('search_path', 'tenant, public', false) $$",
+        )
+        .await
+        .unwrap();
     let b = tandem.connect(&orders.name).await;
     one(&b, "SELECT tandem_begin(30000)").await.unwrap();
     b.batch_execute("UPDATE accounts SET balance = 2 WHERE id = 3")
         .await
         .unwrap();
-    b.batch_execute("SELECT set_config('search_path', 'tenant, public', false)")
-        .await
-        .unwrap();
+    b.batch_execute("SELECT switch_path()").await.unwrap();
     let err = b
         .batch_execute("UPDATE accounts SET balance = 3 WHERE id = 4")
         .await

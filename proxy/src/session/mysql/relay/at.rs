@@ -324,16 +324,15 @@ impl Relay<'_> {
     /// Why `sql` must not run in AT mode if it calls a stored function (tandem captures
     /// no write one makes), or if the server's functions cannot be read.
     pub(super) async fn stored_function_refusal(&self, sql: &str) -> Option<Error> {
+        let called = tandem_undo::called_functions(&Mysql, sql);
+        if called.is_empty() {
+            return None;
+        }
         let names = match self.ctx.at_meta.stored_functions(self.ctx.xa.pool()).await {
             Ok(names) => names,
             Err(e) => return Some(e),
         };
-        if names.is_empty() {
-            return None;
-        }
-        let function = tandem_undo::called_functions(&Mysql, sql)
-            .into_iter()
-            .find(|name| names.contains(name))?;
+        let function = called.into_iter().find(|name| names.contains(name))?;
         Some(Error::Undo(tandem_undo::Error::Unsupported {
             what: format!(
                 "a call of stored function {function} (tandem captures no write a function makes), in AT mode on MySQL,"
@@ -662,11 +661,17 @@ impl Relay<'_> {
             Ok(rows) => keyed(meta, rows),
             Err(failure) => return Ok(Err(failure)),
         };
+        // A plain INSERT's `before` is a snapshot: a row another transaction deleted
+        // since may show there and then be inserted again by this one, which `after`
+        // shows as it is now.
+        let existed = |(row, key): &(Row, TextKey)| match write.on_duplicate {
+            OnDuplicate::Error => before.iter().any(|(r, k)| k == key && r == row),
+            _ => before_keys.contains(key),
+        };
         let inserted: Vec<TextKey> = found
             .iter()
-            .map(|(_, k)| k)
-            .filter(|k| !before_keys.contains(k))
-            .cloned()
+            .filter(|found| !existed(found))
+            .map(|(_, k)| k.clone())
             .collect();
         let inserted_count = inserted.len() as u64;
         let consistent = match write.on_duplicate {
