@@ -379,12 +379,12 @@ impl Relay<'_> {
     }
 
     /// A function `sql` calls that may write (`at::meta::WRITING_FUNCTIONS`): tandem
-    /// would capture none of its writes. A statement that calls nothing (COMMIT, say)
-    /// asks nothing; the database's list is read at most every few seconds, and one
-    /// that cannot be read (never read before) names the failure instead.
+    /// would capture none of its writes. A statement with no parenthesis (COMMIT, say)
+    /// asks nothing, and one is only tokenized when the database has such functions;
+    /// the list is read at most every few seconds, and one that cannot be read (never
+    /// read before) names the failure instead.
     pub(super) async fn writing_function_in(&mut self, sql: &str) -> Result<Option<String>> {
-        let called = tandem_undo::called_functions(&Postgres, sql);
-        if called.is_empty() {
+        if !sql.contains('(') {
             return Ok(None);
         }
         let names = self
@@ -392,7 +392,12 @@ impl Relay<'_> {
             .writing_functions
             .get(&self.ctx.side, &self.database)
             .await?;
-        Ok(called.into_iter().find(|name| names.contains(name)))
+        if names.is_empty() {
+            return Ok(None);
+        }
+        Ok(tandem_undo::called_functions(&Postgres, sql)
+            .into_iter()
+            .find(|name| names.contains(name)))
     }
 
     /// The refusal of a statement that calls `function` in AT mode.

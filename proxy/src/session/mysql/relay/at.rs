@@ -324,15 +324,19 @@ impl Relay<'_> {
     /// Why `sql` must not run in AT mode if it calls a stored function (tandem captures
     /// no write one makes), or if the server's functions cannot be read.
     pub(super) async fn stored_function_refusal(&self, sql: &str) -> Option<Error> {
-        let called = tandem_undo::called_functions(&Mysql, sql);
-        if called.is_empty() {
+        if !sql.contains('(') {
             return None;
         }
         let names = match self.ctx.at_meta.stored_functions(self.ctx.xa.pool()).await {
             Ok(names) => names,
             Err(e) => return Some(e),
         };
-        let function = called.into_iter().find(|name| names.contains(name))?;
+        if names.is_empty() {
+            return None;
+        }
+        let function = tandem_undo::called_functions(&Mysql, sql)
+            .into_iter()
+            .find(|name| names.contains(name))?;
         Some(Error::Undo(tandem_undo::Error::Unsupported {
             what: format!(
                 "a call of stored function {function} (tandem captures no write a function makes), in AT mode on MySQL,"
