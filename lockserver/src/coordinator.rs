@@ -30,6 +30,8 @@ use crate::tables::Tables;
 /// How often a waiter re-checks state that another lockserver (sharing Redis) may
 /// change without telling this one.
 const POLL: Duration = Duration::from_millis(20);
+/// How often a commit looks again for an XA branch's phase-1 report.
+const PHASE_ONE_POLL: Duration = Duration::from_millis(20);
 
 /// Timer commands taken from the store at a time.
 pub const TICK_BATCH: usize = 1000;
@@ -305,10 +307,24 @@ impl Coordinator {
     }
 
     /// Commits: returns `Committed` once the decision is durable.
+    /// An XA branch still preparing (`Error::PhaseOnePending`) is waited for, up to
+    /// `rollback_wait_ms`, as a rollback waits for its branches.
     pub async fn commit(&self, xid: Xid) -> Result<GlobalStatus> {
         let started = Instant::now();
         let span = tracing::debug_span!("commit", %xid);
-        let r = self.exec(Command::Commit { xid }).instrument(span).await?;
+        let deadline = started + Duration::from_millis(self.config.rollback_wait_ms);
+        let r = async {
+            loop {
+                match self.exec(Command::Commit { xid: xid.clone() }).await {
+                    Err(Error::PhaseOnePending { .. }) if Instant::now() < deadline => {
+                        tokio::time::sleep(PHASE_ONE_POLL).await;
+                    }
+                    other => return other,
+                }
+            }
+        }
+        .instrument(span)
+        .await?;
         self.metrics.observe("commit", started);
         status_of(r.reply)
     }

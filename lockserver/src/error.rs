@@ -53,6 +53,15 @@ pub enum Error {
         op: &'static str,
     },
     /// The transaction is past its timeout; the lockserver is rolling it back.
+    /// A commit while an XA branch has not reported its prepare: committing then would
+    /// leave that branch to a PREPARE that may never come.
+    #[error("cannot commit yet: XA branch {branch_id} of {xid} has not reported its prepare")]
+    PhaseOnePending {
+        /// The transaction.
+        xid: Xid,
+        /// The branch still in phase 1.
+        branch_id: u64,
+    },
     #[error("transaction {xid} has timed out and is being rolled back")]
     Expired {
         /// Transaction.
@@ -156,6 +165,7 @@ impl Error {
                 ..
             } => !holder_rolling_back,
             Error::Overloaded
+            | Error::PhaseOnePending { .. }
             | Error::Unacknowledged { .. }
             | Error::Timeout { .. }
             | Error::Contention { .. }

@@ -207,7 +207,12 @@ impl Error {
             Error::InjectedTransient { state, .. } => *state,
             Error::RolledBackDuringCommit { .. } => SqlState::SerializationFailure,
             Error::Lockserver(e) => match e {
-                tandem_lockserver::Error::LockConflict { .. } => SqlState::SerializationFailure,
+                tandem_lockserver::Error::LockConflict { .. }
+                | tandem_lockserver::Error::PhaseOnePending { .. }
+                | tandem_lockserver::Error::Rpc {
+                    code: tonic::Code::Aborted,
+                    ..
+                } => SqlState::SerializationFailure,
                 tandem_lockserver::Error::InvalidState { .. }
                 | tandem_lockserver::Error::Expired { .. }
                 | tandem_lockserver::Error::Rpc {
@@ -247,11 +252,18 @@ impl Error {
             | Error::ClientIo(_) => MyErr::NetReadError,
             Error::TooManyConnections { .. } => MyErr::TooManyConnections,
             Error::ShuttingDown => MyErr::ServerShutdown,
+            // A conflict on the lockserver (a lock, or a commit waiting for an XA branch
+            // still preparing): the wait ran out, retry.
             Error::GloballyLocked { .. }
             | Error::RowGloballyLocked { .. }
-            | Error::Lockserver(tandem_lockserver::Error::LockConflict { .. }) => {
-                MyErr::LockWaitTimeout
-            }
+            | Error::Lockserver(
+                tandem_lockserver::Error::LockConflict { .. }
+                | tandem_lockserver::Error::PhaseOnePending { .. }
+                | tandem_lockserver::Error::Rpc {
+                    code: tonic::Code::Aborted,
+                    ..
+                },
+            ) => MyErr::LockWaitTimeout,
             // 1213 says what happened to the transaction: it was rolled back.
             Error::Uncaptured { .. }
             | Error::TableChanged { .. }

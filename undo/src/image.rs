@@ -179,6 +179,9 @@ pub struct TableMeta {
     /// partitioning): a write through a parent changes children's rows, whose keys the
     /// parent's need not keep apart.
     pub inheritance: bool,
+    /// PostgreSQL row-level security is on: the RETURNING tandem appends to a write
+    /// applies the table's SELECT policies, and would change which rows it writes.
+    pub row_security: bool,
 }
 
 impl TableMeta {
@@ -197,7 +200,12 @@ impl TableMeta {
         }
         if self.has_triggers {
             return Err(Error::unsupported(format!(
-                "a write to table {table}, which has triggers,"
+                "a write to table {table}, which has triggers or rewrite rules,"
+            )));
+        }
+        if self.row_security {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, which has row-level security enabled (the RETURNING tandem adds would apply its SELECT policies),"
             )));
         }
         // An UPDATE or DELETE cascades to rows tandem does not capture; so does the
@@ -410,22 +418,34 @@ impl TableMeta {
             .ok_or_else(|| {
                 Error::unsupported("an upsert that does not give every primary-key column")
             })?;
-        let tuples = upsert
+        let rows = upsert
             .rows
             .iter()
             .map(|row| {
-                let values: Option<Vec<&str>> = positions
+                positions
                     .iter()
                     .map(|&p| row.get(p).map(String::as_str))
-                    .collect();
-                values.map(|v| format!("({})", v.join(", ")))
+                    .collect::<Option<Vec<&str>>>()
             })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::unsupported("a VALUES row shorter than its column list"))?;
+        // A DEFAULT key is the server's to choose (a new identity value, usually): it is
+        // no value to look up, and SQL allows it in VALUES only. What such a row met, if
+        // anything, the check of the rows the write returns catches.
+        let tuples: Vec<String> = rows
+            .iter()
+            .filter(|values| !values.iter().any(|v| v.eq_ignore_ascii_case("DEFAULT")))
+            .map(|values| format!("({})", values.join(", ")))
+            .collect();
         let columns = self.column_list(d);
+        let table = d.qualified(&write.table);
+        if tuples.is_empty() {
+            return Ok(format!(
+                "SELECT {columns} FROM {table} WHERE false FOR UPDATE"
+            ));
+        }
         Ok(format!(
-            "SELECT {columns} FROM {} WHERE ({}) IN ({}) FOR UPDATE",
-            d.qualified(&write.table),
+            "SELECT {columns} FROM {table} WHERE ({}) IN ({}) FOR UPDATE",
             self.pk_list(d),
             tuples.join(", ")
         ))

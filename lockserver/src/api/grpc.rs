@@ -37,7 +37,9 @@ pub fn to_status(e: Error) -> Status {
         Error::UnknownXid { .. } | Error::UnknownBranch { .. } => Code::NotFound,
         Error::DuplicateXid { .. } => Code::AlreadyExists,
         Error::InvalidState { .. } | Error::Expired { .. } => Code::FailedPrecondition,
-        Error::LockConflict { .. } | Error::Contention { .. } => Code::Aborted,
+        Error::LockConflict { .. } | Error::Contention { .. } | Error::PhaseOnePending { .. } => {
+            Code::Aborted
+        }
         Error::Overloaded => Code::ResourceExhausted,
         // Not applied, safe to retry: gRPC's UNAVAILABLE, not ABORTED (no transaction
         // conflict) nor DEADLINE_EXCEEDED (which leaves open whether it was applied).

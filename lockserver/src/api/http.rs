@@ -40,6 +40,7 @@ impl IntoResponse for ApiError {
             Error::DuplicateXid { .. }
             | Error::InvalidState { .. }
             | Error::Expired { .. }
+            | Error::PhaseOnePending { .. }
             | Error::LockConflict { .. } => StatusCode::CONFLICT,
             Error::Overloaded
             | Error::ShuttingDown

@@ -169,6 +169,13 @@ pub(crate) async fn run(
                 }
                 continue;
             }
+            // An XA branch still preparing: wait for its report on the per-call path.
+            (Op::Commit, Err(Error::PhaseOnePending { .. }), Command::Commit { xid }) => {
+                if !spawn_commit(api, tx, limit, id, xid).await {
+                    return false;
+                }
+                continue;
+            }
             (op, result, cmd) => to_answer(api, op, result, &cmd),
         };
         if wait {
@@ -270,6 +277,34 @@ async fn spawn_register(
         let wait = Duration::from_millis(wait_ms.into());
         let r = api.coord.register(xid, resource, kind, keys, wait).await;
         let _ = tx.send(vec![answer(id, register_result(r))]).await;
+        api.coord.release(1);
+        drop(permit);
+    });
+    true
+}
+
+/// Runs a commit on its own task through `Coordinator::commit`, which waits for XA
+/// branches still preparing; its admission permit is given back when it is answered.
+/// Returns false once the stream is going away.
+async fn spawn_commit(
+    api: &GrpcApi,
+    tx: &AnswerTx,
+    limit: &Arc<Semaphore>,
+    id: u64,
+    xid: crate::core::txn::Xid,
+) -> bool {
+    let Ok(permit) = limit.clone().acquire_owned().await else {
+        return false;
+    };
+    let (api, tx) = (api.clone(), tx.clone());
+    tokio::spawn(async move {
+        let result = match api.coord.commit(xid).await {
+            Ok(status) => A::Status(pb::StatusResponse {
+                status: status.to_string(),
+            }),
+            Err(e) => failure(super::grpc::to_status(e)),
+        };
+        let _ = tx.send(vec![answer(id, result)]).await;
         api.coord.release(1);
         drop(permit);
     });

@@ -8,7 +8,8 @@
 
 use super::clock::Millis;
 use super::txn::{
-    Branch, BranchStatus, Command, Global, GlobalStatus, Limits, Phase2Outcome, Record, Reply, Xid,
+    Branch, BranchKind, BranchStatus, Command, Global, GlobalStatus, Limits, Phase2Outcome, Record,
+    Reply, Xid,
 };
 use crate::error::Error;
 
@@ -159,6 +160,19 @@ pub fn plan(
             }
             if now >= g.deadline {
                 return Err(Error::Expired { xid: xid.clone() });
+            }
+            // An XA branch registers at its start and reports once prepared: until then
+            // its PREPARE may still fail, or never come (its client went away), and a
+            // commit would leave the other branches committed without it.
+            if let Some(b) = g
+                .branches
+                .iter()
+                .find(|b| b.kind == BranchKind::XA && b.status == BranchStatus::Registered)
+            {
+                return Err(Error::PhaseOnePending {
+                    xid: xid.clone(),
+                    branch_id: b.branch_id,
+                });
             }
             let next = if !g.commit_owed(None) {
                 GlobalStatus::Committed

@@ -513,6 +513,16 @@ fn replay_and_snapshot_reproduce_state() {
         },
         T0 + 2,
     );
+    // An XA branch reports its prepare before its transaction may commit.
+    run(
+        &mut c,
+        Command::Report {
+            xid: x("b"),
+            branch_id: 1,
+            status: BranchStatus::PhaseOneDone,
+        },
+        T0 + 3,
+    );
     run(&mut c, Command::Commit { xid: x("b") }, T0 + 3);
     run(&mut c, Command::Timeout { xid: x("c") }, T0 + 20);
     let state = |c: &Core| {

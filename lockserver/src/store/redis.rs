@@ -63,6 +63,16 @@ for _, x in ipairs(xs) do redis.call('ZADD', KEYS[1], ARGV[2], x) end
 return xs
 "#;
 
+/// Drops a claimed schedule entry whose transaction had no work, unless its score
+/// moved since the claim set it (KEYS[1] the schedule, ARGV[1] the xid, ARGV[2] the
+/// claim's lease): work scheduled meanwhile (an operator's retry, another lockserver's
+/// decision) keeps its entry.
+const DROP_IDLE: &str = r#"
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at and tonumber(at) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"#;
+
 /// Coordinator state in Redis, shareable by several lockservers.
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -70,6 +80,7 @@ pub struct RedisStore {
     limits: Limits,
     cas: Script,
     claim: Script,
+    drop_idle: Script,
 }
 
 fn decode(s: &str) -> Result<Global> {
@@ -124,6 +135,7 @@ impl RedisStore {
             limits,
             cas: Script::new(CAS),
             claim: Script::new(CLAIM),
+            drop_idle: Script::new(DROP_IDLE),
         })
     }
 
@@ -369,11 +381,12 @@ impl Store for RedisStore {
 
     async fn claim_phase2(&self, now: Millis, lease_ms: u64, limit: usize) -> Result<Vec<Work>> {
         let mut conn = self.conn.clone();
+        let lease_until = now.saturating_add(lease_ms);
         let xids: Vec<String> = self
             .claim
             .key(self.key("p2"))
             .arg(now)
-            .arg(now.saturating_add(lease_ms))
+            .arg(lease_until)
             .arg(limit)
             .invoke_async(&mut conn)
             .await?;
@@ -386,7 +399,14 @@ impl Store for RedisStore {
                 .map(|g| g.pending_work())
                 .unwrap_or_default();
             if work.is_empty() {
-                let _: () = conn.zrem(self.key("p2"), &x).await?;
+                // Not a plain ZREM: work scheduled since the read above must stay due.
+                let _: i64 = self
+                    .drop_idle
+                    .key(self.key("p2"))
+                    .arg(&x)
+                    .arg(lease_until)
+                    .invoke_async(&mut conn)
+                    .await?;
             }
             out.extend(work);
         }

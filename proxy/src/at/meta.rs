@@ -34,8 +34,13 @@ const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ord";
+/// User triggers and rewrite rules (a table's own; a view's `_RETURN` is no table's):
+/// what either does on a write is not captured, and would happen again at replay.
 const TRIGGERS: &str =
-    "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal";
+    "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal)
+    + (SELECT count(*) FROM pg_rewrite WHERE ev_class = to_regclass($1) AND rulename <> '_RETURN')";
+/// Whether row-level security is on for the table.
+const ROW_SECURITY: &str = "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)";
 /// The root of the partition tree a table belongs to, if it does.
 const PARTITION_ROOT: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -203,6 +208,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         })
         .filter(|root| *root != resolved);
     let inheritance: i64 = client.query_one(INHERITANCE, &[&name]).await?.get(0);
+    let row_security: bool = client.query_one(ROW_SECURITY, &[&name]).await?.get(0);
     Ok(TableMeta {
         table: resolved,
         columns,
@@ -212,5 +218,6 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         oid,
         lock_table,
         inheritance: inheritance > 0,
+        row_security,
     })
 }

@@ -197,6 +197,7 @@ impl MysqlTable {
                 // inheritance.
                 lock_table: None,
                 inheritance: false,
+                row_security: false,
             },
             auto_increment,
             unique_keys: keys.into_iter().map(|(_, parts)| parts).collect(),

@@ -214,6 +214,9 @@ impl Relay<'_> {
             Ok(Some(function)) => return Ok(self.refuse(Self::writing_function_refused(&function))),
             Err(e) => return Ok(self.refuse(e)),
         }
+        if let Some(e) = self.key_setting_change_refused(&sql) {
+            return Ok(self.refuse(e));
+        }
         if analyses.len() > 1 {
             if analyses
                 .iter()
@@ -398,6 +401,20 @@ impl Relay<'_> {
         Ok(tandem_undo::called_functions(&Postgres, sql)
             .into_iter()
             .find(|name| names.contains(name)))
+    }
+
+    /// A statement that names `bytea_output` while the branch holds rows: the server
+    /// prints a bytea key by it, and does not report it (ParameterStatus), so the rows
+    /// the branch names by their printed keys would be named anew (one row twice).
+    pub(super) fn key_setting_change_refused(&self, sql: &str) -> Option<Error> {
+        const NAME: &[u8] = b"bytea_output";
+        let names_it = sql
+            .as_bytes()
+            .windows(NAME.len())
+            .any(|w| w.eq_ignore_ascii_case(NAME));
+        (names_it && !self.branch.is_empty()).then_some(Error::Unsupported {
+            what: "a statement naming bytea_output while the branch holds rows (tandem names them by their keys as printed under the setting of their first write)",
+        })
     }
 
     /// The refusal of a statement that calls `function` in AT mode.

@@ -92,6 +92,9 @@ impl Relay<'_> {
                 }
                 Err(e) => return Ok(Extended::RefuseBind(refusal(e))),
             }
+            if let Some(e) = self.key_setting_change_refused(&sql) {
+                return Ok(Extended::RefuseBind(refusal(e)));
+            }
         }
         let (write, locking_read) = match self.ctx.analyses.analyze(&sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {

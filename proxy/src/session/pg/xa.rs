@@ -313,17 +313,22 @@ impl Relay<'_> {
             .exchange_simple(&format!("PREPARE TRANSACTION {}", quote_literal(&gid)))
             .await?;
         let success = prepared.error.is_none();
-        // Phase 2 and recovery find the branch by its id whether or not the report
-        // arrives (a failed branch's report only spares a global commit its phase 2),
-        // so the client does not wait for it.
-        let lock = self.ctx.lock.clone();
-        let report_xid = xid.clone();
-        tokio::spawn(async move {
-            if let Err(e) = lock.report(&report_xid, branch_id, success).await {
-                tracing::debug!(xid = %report_xid, branch = branch_id, error = %e, "phase-1 report failed");
-            }
-        });
+        // The client's answer waits for the report: the global commit waits for every
+        // XA branch's, so a client told its COMMIT went through lets its transaction
+        // commit.
+        let reported = self.ctx.lock.report(&xid, branch_id, success).await;
         match prepared.error {
+            // Prepared, but the lockserver does not know: the global transaction cannot
+            // commit, and the branch follows its rollback.
+            None if reported.is_err() => {
+                let e = Error::from(
+                    reported
+                        .err()
+                        .unwrap_or(tandem_lockserver::Error::ShuttingDown),
+                );
+                tracing::warn!(parent: &self.span, xid = %xid, branch = branch_id, error = %e, "phase-1 report failed");
+                Ok(Err((e.sqlstate().code().to_owned(), e.to_string())))
+            }
             None => {
                 tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, %gid, "XA branch prepared");
                 Ok(Ok(()))

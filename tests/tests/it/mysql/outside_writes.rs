@@ -359,6 +359,9 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
         "INSERT INTO accounts VALUES (2, 99, 'i')",
         "INSERT INTO accounts (id, balance) VALUES (9, 9), (2, 99)",
         "INSERT IGNORE INTO accounts VALUES (2, 99, 'i')",
+        // An upsert and a REPLACE recreate it as well (they met no row to check).
+        "INSERT INTO accounts VALUES (2, 99, 'u') ON DUPLICATE KEY UPDATE balance = 99",
+        "REPLACE INTO accounts VALUES (2, 99, 'r')",
     ] {
         let e = b.query_drop(sql).await.expect_err(sql);
         assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{sql}: {e}");

@@ -773,3 +773,56 @@ async fn a_write_behind_a_passive_statement_does_not_escape_the_xa_branch() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A MariaDB XA branch registers at XA START and reports once prepared. A global commit
+/// while one has not reported would commit the others without it (here its client went
+/// away unprepared, and the server rolled it back): the commit is refused, retryably,
+/// after waiting for the report, and the transaction then rolls back whole.
+#[tokio::test]
+async fn a_global_commit_waits_for_xa_branches_still_preparing_and_never_splits() {
+    let (one, two) = (bank("xa_unprepared_a").await, bank("xa_unprepared_b").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut a = my::connect(&tandem, &one.name).await;
+    let mut b = my::connect(&tandem, &two.name).await;
+    for conn in [&mut a, &mut b] {
+        text(conn, "SELECT tandem_mode('xa')").await.unwrap();
+    }
+    let xid = text(&mut a, "SELECT tandem_begin()")
+        .await
+        .unwrap()
+        .unwrap();
+    for sql in [
+        "START TRANSACTION",
+        "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+        "COMMIT",
+    ] {
+        a.query_drop(sql).await.unwrap();
+    }
+    text(&mut b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    b.query_drop("START TRANSACTION").await.unwrap();
+    b.query_drop("UPDATE accounts SET balance = balance + 10 WHERE id = 1")
+        .await
+        .unwrap();
+    // Gone before its COMMIT: the server rolls its branch back, unprepared.
+    drop(b);
+    let e = text(&mut a, "SELECT tandem_commit()")
+        .await
+        .expect_err("a branch never prepared: no commit");
+    assert_eq!(code(&e), 1205, "{e}");
+    rolled_back(&mut a).await;
+    let mut direct = one.direct().await;
+    assert_eq!(
+        balances(&mut direct).await,
+        [(1, 1000), (2, 1000), (3, 1000)]
+    );
+    assert_eq!(
+        balances(&mut two.direct().await).await,
+        [(1, 1000), (2, 1000), (3, 1000)]
+    );
+    assert_eq!(tandem_prepared(&mut direct, &xid).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

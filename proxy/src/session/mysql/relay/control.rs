@@ -652,14 +652,17 @@ impl Relay<'_> {
                 outcome = rolled_back;
             }
         }
-        if commit {
-            let lock = self.ctx.lock.clone();
-            let (xid, branch_id, success) = (branch.xid.clone(), branch.branch_id, outcome.is_ok());
-            tokio::spawn(async move {
-                if let Err(e) = lock.report(&xid, branch_id, success).await {
-                    tracing::debug!(%xid, branch = branch_id, error = %e, "phase-1 report failed");
-                }
-            });
+        // The client's answer waits for the report: the global commit waits for every
+        // XA branch's (a branch registered at XA START may never prepare), so a client
+        // told its COMMIT went through lets its transaction commit. A ROLLBACK reports a
+        // failed branch, which a global commit then owes nothing.
+        let reported = self
+            .ctx
+            .lock
+            .report(&branch.xid, branch.branch_id, commit && outcome.is_ok())
+            .await;
+        if let Err(e) = &reported {
+            tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %e, "phase-1 report failed");
         }
         if commit && outcome.is_ok() {
             self.ctx
@@ -669,6 +672,18 @@ impl Relay<'_> {
             self.owned.push((branch.xid.clone(), branch.branch_id));
         }
         match outcome {
+            // Prepared, but the lockserver does not know: the global transaction cannot
+            // commit, and the branch follows its rollback.
+            Ok(_) if commit && reported.is_err() => {
+                let e = Error::from(
+                    reported
+                        .err()
+                        .unwrap_or(tandem_lockserver::Error::ShuttingDown),
+                );
+                self.put_error(&e);
+                self.exchange
+                    .on_authenticated(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+            }
             Ok(status) => {
                 // The branch is detached from the session now (prepared or rolled back):
                 // the client's transaction is over, whatever the server's flag says.

@@ -16,8 +16,10 @@
 //! after it; if it changed more rows than were checked (a row that began to match under
 //! READ COMMITTED), it is rolled back and checked again.
 //!
-//! A plain INSERT (or INSERT IGNORE) has no rows to lock before it runs, but it may
-//! recreate a row a global transaction deleted and still holds. Its rows are checked
+//! A plain INSERT (or INSERT IGNORE, or an upsert or REPLACE that gives its keys) has
+//! no rows to lock before it runs, but it may recreate a row a global transaction
+//! deleted and still holds; the rows an upsert or REPLACE collides with are read and
+//! locked first, and asked with its own. Its rows are checked
 //! once it has run, by the primary keys its VALUES give (read back, so compared as the
 //! server stores them): in tandem's transaction around an autocommit one, or after a
 //! savepoint inside the client's, so that a held key undoes it alone. Its new rows are
@@ -31,7 +33,8 @@
 //! or a variable assignment (the rows checked need not be those it then changes; AT
 //! refuses such writes), an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
 //! multi-statement query, CALL, writes in stored programs and triggers, statements
-//! tandem cannot analyse (or could not read whole: 16 MiB or more, long data), a
+//! tandem cannot analyse (a multi-table write to several tables among them) or could
+//! not read whole (16 MiB or more, long data), SQL-level PREPARE/EXECUTE, a
 //! write whose executable comment the server reads otherwise than tandem (which runs
 //! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an autocommit write with RETURNING, and
@@ -218,7 +221,16 @@ impl Relay<'_> {
             // No other session sees its rows: no global transaction holds them.
             return Ok(None);
         }
-        if write.kind == WriteKind::Insert && !upsert {
+        // An upsert or REPLACE that gives its keys may recreate a row a global
+        // transaction deleted, as a plain INSERT may: it is checked the same way, the
+        // rows it collides with included.
+        let gives_keys = || {
+            table
+                .mysql
+                .insert_plan(write)
+                .is_ok_and(|plan| plan.after.is_some())
+        };
+        if write.kind == WriteKind::Insert && (!upsert || (!write.has_returning && gives_keys())) {
             return self.guard_plain_insert(&table, write, source).await;
         }
         let capture = match rows_of(&table, write) {
@@ -370,11 +382,11 @@ impl Relay<'_> {
         let Ok(params) = source.bind(&after.params) else {
             return Ok(None);
         };
-        // An INSERT IGNORE leaves the rows it meets alone: those are read first, and
-        // only the others are its own.
+        // The rows it meets are read first, locked: an INSERT IGNORE leaves them alone
+        // (only the others are its own), an upsert or REPLACE changes them.
         let existing = match plan
             .before
-            .filter(|_| write.on_duplicate == OnDuplicate::Ignore)
+            .filter(|_| write.on_duplicate != OnDuplicate::Error)
         {
             Some(before) => match source.bind(&before.params) {
                 Ok(before_params) => Some((before.sql, before_params)),
@@ -384,7 +396,10 @@ impl Relay<'_> {
         };
         // A locking read: a consistent one would fix the snapshot of the client's
         // REPEATABLE READ transaction here rather than at its own first read.
-        let read_back = format!("{} LOCK IN SHARE MODE", after.sql);
+        let read_back = format!(
+            "{} LOCK IN SHARE MODE",
+            after.sql.strip_suffix(" FOR UPDATE").unwrap_or(&after.sql)
+        );
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         let mut scope = if in_transaction(status) {
             InsertScope::Savepoint
@@ -445,7 +460,16 @@ impl Relay<'_> {
                         _ => Vec::new(),
                     };
                     let mut keys = self.keys_of(table, &rows).await;
-                    keys.retain(|k| !met.contains(k));
+                    if write.on_duplicate == OnDuplicate::Ignore {
+                        keys.retain(|k| !met.contains(k));
+                    } else {
+                        // An upsert's or REPLACE's: the rows it changed or deleted too.
+                        keys.extend(
+                            met.into_iter()
+                                .filter(|k| !keys.contains(k))
+                                .collect::<Vec<_>>(),
+                        );
+                    }
                     keys
                 }
                 Some(Err(e)) if self.exchange.server.may_end_transaction(e.code) => {
