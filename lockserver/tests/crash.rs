@@ -135,9 +135,12 @@ async fn embedded_kill9_loses_no_acknowledged_state() {
         c.register_branch(&x, R, BranchKind::AT, &[key(i * 2)], Duration::ZERO)
             .await
             .unwrap();
-        c.register_branch(&x, R, BranchKind::XA, &[key(i * 2 + 1)], Duration::ZERO)
+        let xa = c
+            .register_branch(&x, R, BranchKind::XA, &[key(i * 2 + 1)], Duration::ZERO)
             .await
             .unwrap();
+        // An XA branch reports its prepare before its transaction may commit.
+        c.report(&x, xa, true).await.unwrap();
         xs.push(x);
     }
     for x in &xs[..10] {

@@ -538,6 +538,10 @@ fn refuse_data_modifying_ctes(query: &Query) -> Result<(), Error> {
             SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
         )
     };
+    if writes(&query.body) && query.with.is_some() {
+        // Its before image would have to repeat the WITH clause, which tandem does not.
+        return Err(Error::unsupported("a write with a WITH clause"));
+    }
     if writes(&query.body) {
         return Err(Error::unsupported(
             "a data-modifying statement nested in a query",
