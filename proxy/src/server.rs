@@ -123,7 +123,6 @@ pub async fn run(
                 Arc::clone(&side),
                 metrics.undo_sweep.rows_awaited.clone(),
             ),
-            unprepared: crate::xa::UnpreparedCommits::default(),
         });
         let tables = tandem_lockserver::client::TableLockView::new(TABLE_VIEW_LEASE);
         let ctx = Arc::new(PgFrontendContext {

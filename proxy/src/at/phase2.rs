@@ -26,8 +26,6 @@ pub struct PgBranchHandler {
     pub side: Arc<SidePools>,
     /// Deletes committed branches' undo rows in batches.
     pub cleanup: super::cleanup::Cleanup,
-    /// XA branches a global commit found not prepared yet.
-    pub unprepared: crate::xa::UnpreparedCommits,
 }
 
 impl PgBranchHandler {
@@ -42,8 +40,7 @@ impl PgBranchHandler {
         };
         if work.kind == BranchKind::XA {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
-            return crate::xa::pg::finish(&self.side, database, &gid, true, Some(&self.unprepared))
-                .await;
+            return crate::xa::pg::finish(&self.side, database, &gid, true).await;
         }
         self.cleanup
             .commit_branch(database, work.xid.as_str(), work.branch_id)
@@ -56,7 +53,7 @@ impl PgBranchHandler {
         };
         if work.kind == BranchKind::XA {
             let gid = crate::xa::gid(&work.xid, work.branch_id);
-            return crate::xa::pg::finish(&self.side, database, &gid, false, None).await;
+            return crate::xa::pg::finish(&self.side, database, &gid, false).await;
         }
         look_for_undo(&work, || self.replay(database, &work)).await
     }

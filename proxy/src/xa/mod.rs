@@ -10,87 +10,8 @@
 pub mod mysql;
 pub mod pg;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use tandem_lockserver::client::{BranchOutcome, GlobalStatus, LockClient, Xid};
-
-/// How long a global commit keeps retrying a branch it finds not prepared. A branch
-/// registers before its PREPARE, so a commit decided meanwhile (another service
-/// commits first) can reach it first; taking "not prepared" as done then would leave
-/// the branch prepared after its global transaction was forgotten, and recovery would
-/// roll it back as an orphan. As long as AT's wait for an undo row (`at::cleanup`).
-const PREPARE_PATIENCE: Duration = Duration::from_secs(600);
-
-/// Branches remembered at most; past it a branch not prepared is taken as done at once.
-const UNPREPARED_KEPT: usize = 10_000;
-
-/// The branches a global commit found not prepared, and since when (see
-/// `PREPARE_PATIENCE`); and those this proxy committed lately, so that a second
-/// delivery of one (a lease that ran out while it committed) is done at once. Keyed by
-/// the database's id of the branch.
-#[derive(Default)]
-pub struct UnpreparedCommits(Mutex<HashMap<String, Seen>>);
-
-#[derive(Clone, Copy)]
-enum Seen {
-    NotPrepared(Instant),
-    Committed(Instant),
-}
-
-impl Seen {
-    fn since(self) -> Instant {
-        match self {
-            Seen::NotPrepared(at) | Seen::Committed(at) => at,
-        }
-    }
-}
-
-impl UnpreparedCommits {
-    /// A commit found `branch` not prepared: Retry while its PREPARE may still come,
-    /// then Done (phase 1 never reached the prepare, or an earlier delivery finished
-    /// it); Done at once if this proxy committed it.
-    pub fn not_prepared(&self, branch: &str) -> BranchOutcome {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if seen.len() >= UNPREPARED_KEPT && !seen.contains_key(branch) {
-            seen.retain(|_, s| now.duration_since(s.since()) < PREPARE_PATIENCE);
-            if seen.len() >= UNPREPARED_KEPT {
-                return BranchOutcome::Done;
-            }
-        }
-        match *seen
-            .entry(branch.to_owned())
-            .or_insert(Seen::NotPrepared(now))
-        {
-            Seen::Committed(_) => BranchOutcome::Done,
-            Seen::NotPrepared(first) if now.duration_since(first) < PREPARE_PATIENCE => {
-                BranchOutcome::Retry {
-                    reason: format!(
-                        "{branch} is not prepared (yet): its PREPARE may still be on its way"
-                    ),
-                }
-            }
-            Seen::NotPrepared(_) => {
-                seen.remove(branch);
-                BranchOutcome::Done
-            }
-        }
-    }
-
-    /// This proxy committed `branch`: it is no longer waited for, and a second delivery
-    /// of its commit finds it done.
-    pub fn finished(&self, branch: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if seen.len() >= UNPREPARED_KEPT {
-            seen.retain(|_, s| now.duration_since(s.since()) < PREPARE_PATIENCE);
-        }
-        if seen.len() < UNPREPARED_KEPT {
-            seen.insert(branch.to_owned(), Seen::Committed(now));
-        }
-    }
-}
+use std::time::Duration;
+use tandem_lockserver::client::{GlobalStatus, LockClient, Xid};
 
 /// Every tandem branch id starts with this, so recovery and operators tell tandem's
 /// prepared transactions from anyone else's.

@@ -72,8 +72,6 @@ struct Handler {
     upstream: String,
     /// Deletes committed AT branches' undo rows in batches.
     cleanup: crate::at::cleanup::Cleanup,
-    /// XA branches a global commit found not prepared yet.
-    unprepared: super::UnpreparedCommits,
 }
 
 /// Phase 2 of a branch, for the session whose connection prepared it.
@@ -142,7 +140,6 @@ impl MysqlXa {
                 Arc::new(crate::at::mysql::MysqlDelete(pool.clone())),
                 undo_rows_awaited,
             ),
-            unprepared: super::UnpreparedCommits::default(),
         });
         MysqlXa {
             owners,
@@ -328,7 +325,7 @@ impl MysqlXa {
                     continue;
                 }
             };
-            match finish(&self.pool, &xid, branch, commit, None).await {
+            match finish(&self.pool, &xid, branch, commit).await {
                 BranchOutcome::Done => {
                     done += 1;
                     self.first_seen
@@ -347,39 +344,27 @@ impl MysqlXa {
     }
 }
 
-/// `XA COMMIT` or `XA ROLLBACK` of one branch on a side connection. A global commit's
-/// delivery (`unprepared`) waits a while for a branch not prepared yet
-/// ([`super::UnpreparedCommits`]).
+/// `XA COMMIT` or `XA ROLLBACK` of one branch on a side connection.
 pub async fn finish(
     pool: &mysql_async::Pool,
     xid: &Xid,
     branch_id: u64,
     commit: bool,
-    unprepared: Option<&super::UnpreparedCommits>,
 ) -> BranchOutcome {
     let verb = if commit { "COMMIT" } else { "ROLLBACK" };
-    let id = xa_id(xid, branch_id);
-    let sql = format!("XA {verb} {id}");
+    let sql = format!("XA {verb} {}", xa_id(xid, branch_id));
     let result = async {
         let mut conn = pool.get_conn().await?;
         conn.query_drop(&sql).await
     }
     .await;
     match result {
-        Ok(()) => {
-            if let Some(unprepared) = unprepared {
-                unprepared.finished(&id);
-            }
-            BranchOutcome::Done
-        }
+        Ok(()) => BranchOutcome::Done,
         Err(mysql_async::Error::Server(e)) if e.code == XAER_NOTA => {
             // Not prepared, or prepared but still attached to a live connection
             // (MariaDB): only the first is finished.
             match still_listed(pool, xid, branch_id).await {
-                Ok(false) => match unprepared {
-                    Some(unprepared) => unprepared.not_prepared(&id),
-                    None => BranchOutcome::Done,
-                },
+                Ok(false) => BranchOutcome::Done,
                 Ok(true) => BranchOutcome::Retry {
                     reason: "the prepared branch is still attached to its connection".into(),
                 },
@@ -452,8 +437,7 @@ impl Handler {
             // The session ended meanwhile: its connection let go of the branch.
             self.owners.release(&work.xid, work.branch_id);
         }
-        let unprepared = Some(&self.unprepared).filter(|_| commit);
-        finish(&self.pool, &work.xid, work.branch_id, commit, unprepared).await
+        finish(&self.pool, &work.xid, work.branch_id, commit).await
     }
 }
 

@@ -5,7 +5,7 @@
 //! Both run on side connections only, and both are idempotent: a branch that is no
 //! longer prepared was finished already (by another proxy, or by an earlier delivery).
 
-use super::{Decision, UnpreparedCommits, decide_for, parse_gid};
+use super::{Decision, decide_for, parse_gid};
 use crate::control::quote_literal;
 use crate::upstream::SidePools;
 use std::time::Duration;
@@ -15,17 +15,10 @@ use tandem_lockserver::client::{BranchOutcome, LockClient};
 const UNDEFINED_OBJECT: &str = "42704";
 
 /// Finishes the prepared branch `gid` in `database`. A branch that is not prepared
-/// (any more) is done: phase 1 never reached the prepare, or phase 2 ran already;
-/// except that a global commit's delivery (`unprepared`) waits a while for a PREPARE
-/// still on its way ([`UnpreparedCommits`]).
-pub async fn finish(
-    side: &SidePools,
-    database: &str,
-    gid: &str,
-    commit: bool,
-    unprepared: Option<&UnpreparedCommits>,
-) -> BranchOutcome {
-    let branch = format!("{database}/{gid}");
+/// (any more) is done: phase 1 never reached the prepare, or phase 2 ran already. (A
+/// PREPARE still on its way cannot be overtaken: the lockserver commits only once
+/// every XA branch has reported its prepare.)
+pub async fn finish(side: &SidePools, database: &str, gid: &str, commit: bool) -> BranchOutcome {
     let verb = if commit { "COMMIT" } else { "ROLLBACK" };
     let sql = format!("{verb} PREPARED {}", quote_literal(gid));
     let result = async {
@@ -36,16 +29,10 @@ pub async fn finish(
     match result {
         Ok(()) => {
             tracing::debug!(gid, database, verb, "prepared branch finished");
-            if let Some(unprepared) = unprepared {
-                unprepared.finished(&branch);
-            }
             BranchOutcome::Done
         }
         Err(crate::Error::SideQuery(e)) if e.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) => {
-            match unprepared {
-                Some(unprepared) if commit => unprepared.not_prepared(&branch),
-                _ => BranchOutcome::Done,
-            }
+            BranchOutcome::Done
         }
         Err(e) => BranchOutcome::Retry {
             reason: e.to_string(),
@@ -104,7 +91,7 @@ pub async fn recover(
                 continue;
             }
         };
-        match finish(side, &database, &gid, commit, None).await {
+        match finish(side, &database, &gid, commit).await {
             BranchOutcome::Done if commit => done.committed += 1,
             BranchOutcome::Done => done.rolled_back += 1,
             other => {
