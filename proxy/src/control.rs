@@ -275,7 +275,8 @@ fn is_ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+/// Whether `needle` occurs in `haystack`, ASCII case ignored.
+pub(crate) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))

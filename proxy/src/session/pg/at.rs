@@ -209,12 +209,7 @@ impl Relay<'_> {
             Ok(a) => a,
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
-        match self.writing_function_in(&sql).await {
-            Ok(None) => {}
-            Ok(Some(function)) => return Ok(self.refuse(Self::writing_function_refused(&function))),
-            Err(e) => return Ok(self.refuse(e)),
-        }
-        if let Some(e) = self.key_setting_change_refused(&sql) {
+        if let Some(e) = self.refusal_before_analysis(&sql).await {
             return Ok(self.refuse(e));
         }
         if analyses.len() > 1 {
@@ -403,26 +398,28 @@ impl Relay<'_> {
             .find(|name| names.contains(name)))
     }
 
-    /// A statement that names `bytea_output` while the branch holds rows: the server
-    /// prints a bytea key by it, and does not report it (ParameterStatus), so the rows
-    /// the branch names by their printed keys would be named anew (one row twice).
-    pub(super) fn key_setting_change_refused(&self, sql: &str) -> Option<Error> {
-        const NAME: &[u8] = b"bytea_output";
-        let names_it = sql
-            .as_bytes()
-            .windows(NAME.len())
-            .any(|w| w.eq_ignore_ascii_case(NAME));
-        (names_it && !self.branch.is_empty()).then_some(Error::Unsupported {
+    /// Why AT mode refuses `sql` whatever it is, over either protocol:
+    /// - it calls a function that may write (`writing_function_in`), or the database's
+    ///   list of them cannot be read;
+    /// - it names `bytea_output` while the branch holds rows: the server prints a bytea
+    ///   key by it, and does not report it (ParameterStatus), so the rows the branch
+    ///   names by their printed keys would be named anew (one row twice).
+    pub(super) async fn refusal_before_analysis(&mut self, sql: &str) -> Option<Error> {
+        match self.writing_function_in(sql).await {
+            Ok(None) => {}
+            Ok(Some(function)) => {
+                return Some(Error::Undo(tandem_undo::Error::Unsupported {
+                    what: format!(
+                        "a call of function {function}, which may write (VOLATILE, in SQL or a procedural language; tandem captures no write a function makes: declare it STABLE if it only reads),"
+                    ),
+                }));
+            }
+            Err(e) => return Some(e),
+        }
+        let names_bytea_output =
+            crate::control::contains_ignore_case(sql.as_bytes(), b"bytea_output");
+        (names_bytea_output && !self.branch.is_empty()).then_some(Error::Unsupported {
             what: "a statement naming bytea_output while the branch holds rows (tandem names them by their keys as printed under the setting of their first write)",
-        })
-    }
-
-    /// The refusal of a statement that calls `function` in AT mode.
-    pub(super) fn writing_function_refused(function: &str) -> Error {
-        Error::Undo(tandem_undo::Error::Unsupported {
-            what: format!(
-                "a call of function {function}, which may write (VOLATILE, in SQL or a procedural language; tandem captures no write a function makes: declare it STABLE if it only reads),"
-            ),
         })
     }
 
@@ -561,11 +558,7 @@ impl Relay<'_> {
     /// function goes unseen: a global transaction's write still catches it by its
     /// table's OID, a write outside one does not.
     pub(super) fn note_set_config(&mut self, sql: &[u8]) {
-        const NAME: &[u8] = b"set_config";
-        if sql
-            .windows(NAME.len())
-            .any(|w| w.eq_ignore_ascii_case(NAME))
-        {
+        if crate::control::contains_ignore_case(sql, b"set_config") {
             self.forget_resolved_tables();
             self.resolutions_end_with_transaction = true;
         }

@@ -82,19 +82,10 @@ impl Relay<'_> {
         if self.branch_mode() == crate::binding::Mode::Xa {
             return self.extended_in_xa(rest, tag, &sql).await;
         }
-        if tag == frontend::BIND {
-            match self.writing_function_in(&sql).await {
-                Ok(None) => {}
-                Ok(Some(function)) => {
-                    return Ok(Extended::RefuseBind(refusal(
-                        Self::writing_function_refused(&function),
-                    )));
-                }
-                Err(e) => return Ok(Extended::RefuseBind(refusal(e))),
-            }
-            if let Some(e) = self.key_setting_change_refused(&sql) {
-                return Ok(Extended::RefuseBind(refusal(e)));
-            }
+        if tag == frontend::BIND
+            && let Some(e) = self.refusal_before_analysis(&sql).await
+        {
+            return Ok(Extended::RefuseBind(refusal(e)));
         }
         let (write, locking_read) = match self.ctx.analyses.analyze(&sql) {
             Ok(mut a) if a.len() == 1 => match a.remove(0) {

@@ -116,10 +116,7 @@ impl Relay<'_> {
                 what: "a statement that is not UTF-8, in AT mode",
             });
         };
-        if tandem_undo::has_executable_comment(text) {
-            return self.refuse(EXECUTABLE_COMMENT);
-        }
-        if let Some(refusal) = self.stored_function_refusal(text).await {
+        if let Some(refusal) = self.refusal_before_analysis(text).await {
             return self.refuse(refusal);
         }
         let analyses = match tandem_undo::analyze(&Mysql, text) {
@@ -223,10 +220,7 @@ impl Relay<'_> {
         source: Source<'_>,
         payload: &[u8],
     ) -> Result<Handled> {
-        if tandem_undo::has_executable_comment(sql) {
-            return self.refuse(EXECUTABLE_COMMENT);
-        }
-        if let Some(refusal) = self.stored_function_refusal(sql).await {
+        if let Some(refusal) = self.refusal_before_analysis(sql).await {
             return self.refuse(refusal);
         }
         let analysis = match self.ctx.analyses.analyze(sql) {
@@ -319,6 +313,15 @@ impl Relay<'_> {
             Analysis::LockingRead(Some(read)) => self.at_locking_read(&read, source).await,
             Analysis::Write(write) => self.at_write(&write, source).await,
         }
+    }
+
+    /// Why AT mode refuses `sql` whatever it is, text or prepared: an executable
+    /// comment, or a call of a stored function.
+    async fn refusal_before_analysis(&self, sql: &str) -> Option<Error> {
+        if tandem_undo::has_executable_comment(sql) {
+            return Some(EXECUTABLE_COMMENT);
+        }
+        self.stored_function_refusal(sql).await
     }
 
     /// Why `sql` must not run in AT mode if it calls a stored function (tandem captures

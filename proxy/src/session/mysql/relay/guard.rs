@@ -224,14 +224,17 @@ impl Relay<'_> {
         // An upsert or REPLACE that gives its keys may recreate a row a global
         // transaction deleted, as a plain INSERT may: it is checked the same way, the
         // rows it collides with included.
-        let gives_keys = || {
-            table
-                .mysql
-                .insert_plan(write)
-                .is_ok_and(|plan| plan.after.is_some())
-        };
-        if write.kind == WriteKind::Insert && (!upsert || (!write.has_returning && gives_keys())) {
-            return self.guard_plain_insert(&table, write, source).await;
+        if write.kind == WriteKind::Insert {
+            let plan = table.mysql.insert_plan(write);
+            let gives_keys = plan.as_ref().is_ok_and(|plan| plan.after.is_some());
+            if !upsert || (!write.has_returning && gives_keys) {
+                return match plan {
+                    Ok(plan) => self.guard_plain_insert(&table, write, plan, source).await,
+                    // Rows tandem does not see (INSERT … SELECT), say: see the module
+                    // comment.
+                    Err(_) => Ok(None),
+                };
+            }
         }
         let capture = match rows_of(&table, write) {
             Ok(Some(capture)) => capture,
@@ -368,13 +371,9 @@ impl Relay<'_> {
         &mut self,
         table: &AtTable,
         write: &Write,
+        plan: tandem_undo::mysql::capture::InsertPlan,
         source: &Source<'_>,
     ) -> Result<Option<Handled>> {
-        let plan = match table.mysql.insert_plan(write) {
-            Ok(plan) => plan,
-            // Rows tandem does not see (INSERT … SELECT), say: see the module comment.
-            Err(_) => return Ok(None),
-        };
         let Some(after) = plan.after else {
             // Generated keys: see the module comment.
             return Ok(None);
