@@ -250,8 +250,7 @@ fn take_unannounced(
 }
 
 /// Runs a registration on its own task through `Coordinator::register` (lock waits,
-/// table announcements); its admission permit is given back when it is answered.
-/// Returns false once the stream is going away.
+/// table announcements). Returns false once the stream is going away.
 async fn spawn_register(
     api: &GrpcApi,
     tx: &AnswerTx,
@@ -269,23 +268,15 @@ async fn spawn_register(
     else {
         return true;
     };
-    let Ok(permit) = limit.clone().acquire_owned().await else {
-        return false;
-    };
-    let (api, tx) = (api.clone(), tx.clone());
-    tokio::spawn(async move {
+    spawn_admitted(api, tx, limit, id, async move |api: GrpcApi| {
         let wait = Duration::from_millis(wait_ms.into());
-        let r = api.coord.register(xid, resource, kind, keys, wait).await;
-        let _ = tx.send(vec![answer(id, register_result(r))]).await;
-        api.coord.release(1);
-        drop(permit);
-    });
-    true
+        register_result(api.coord.register(xid, resource, kind, keys, wait).await)
+    })
+    .await
 }
 
 /// Runs a commit on its own task through `Coordinator::commit`, which waits for XA
-/// branches still preparing; its admission permit is given back when it is answered.
-/// Returns false once the stream is going away.
+/// branches still preparing. Returns false once the stream is going away.
 async fn spawn_commit(
     api: &GrpcApi,
     tx: &AnswerTx,
@@ -293,17 +284,36 @@ async fn spawn_commit(
     id: u64,
     xid: crate::core::txn::Xid,
 ) -> bool {
+    spawn_admitted(api, tx, limit, id, async move |api: GrpcApi| {
+        match api.coord.commit(xid).await {
+            Ok(status) => A::Status(pb::StatusResponse {
+                status: status.to_string(),
+            }),
+            Err(e) => failure(super::grpc::to_status(e)),
+        }
+    })
+    .await
+}
+
+/// Runs one admitted call of a batch on its own task, with a permit of `limit`; its
+/// admission is given back once it is answered. Returns false once the stream is
+/// going away.
+async fn spawn_admitted<F>(
+    api: &GrpcApi,
+    tx: &AnswerTx,
+    limit: &Arc<Semaphore>,
+    id: u64,
+    call: impl FnOnce(GrpcApi) -> F + Send + 'static,
+) -> bool
+where
+    F: std::future::Future<Output = A> + Send,
+{
     let Ok(permit) = limit.clone().acquire_owned().await else {
         return false;
     };
     let (api, tx) = (api.clone(), tx.clone());
     tokio::spawn(async move {
-        let result = match api.coord.commit(xid).await {
-            Ok(status) => A::Status(pb::StatusResponse {
-                status: status.to_string(),
-            }),
-            Err(e) => failure(super::grpc::to_status(e)),
-        };
+        let result = call(api.clone()).await;
         let _ = tx.send(vec![answer(id, result)]).await;
         api.coord.release(1);
         drop(permit);
