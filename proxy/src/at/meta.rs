@@ -101,67 +101,93 @@ pub const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_cat
 pub const PARTITIONS: &str =
     "SELECT DISTINCT relname::text FROM pg_catalog.pg_class WHERE relispartition";
 
-/// How long a database's names are used before they are read again: one created on
-/// another connection is known within this.
+/// How long names are used before they are read again: one created on another
+/// connection is known within this.
 const NAMES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Per database, a set of names one catalog query gives (`WRITING_FUNCTIONS`,
-/// `PARTITIONS`), read over a side connection at most every `NAMES_TTL` and after DDL.
-/// A read that fails keeps the names read last, if any.
-pub struct CatalogNames {
-    query: &'static str,
+/// Sets of names by key (a database, say), each read at most every `NAMES_TTL`
+/// and after `invalidate`. A read that fails keeps the names read last, if any.
+#[derive(Default)]
+pub struct NamesCache {
     // A std Mutex: held only to look up or insert, never across an await.
-    by_database: Mutex<HashMap<String, NamesRead>>,
+    by_key: Mutex<HashMap<String, NamesRead>>,
 }
 
-/// When a database's names were read, and the names.
+/// When a key's names were read, and the names.
 type NamesRead = (std::time::Instant, Arc<HashSet<String>>);
 
-impl CatalogNames {
-    pub fn new(query: &'static str) -> Self {
-        CatalogNames {
-            query,
-            by_database: Mutex::default(),
-        }
-    }
-
-    pub async fn get(&self, side: &SidePools, database: &str) -> Result<Arc<HashSet<String>>> {
-        let last = self.lock().get(database).cloned();
+impl NamesCache {
+    /// The names of `key`, from `read` if those held are older than `NAMES_TTL`.
+    pub async fn get<E: std::fmt::Display>(
+        &self,
+        key: &str,
+        read: impl std::future::Future<Output = std::result::Result<HashSet<String>, E>>,
+    ) -> std::result::Result<Arc<HashSet<String>>, E> {
+        let last = self.lock().get(key).cloned();
         if let Some((read_at, names)) = &last
             && read_at.elapsed() < NAMES_TTL
         {
             return Ok(Arc::clone(names));
         }
-        let read = async {
-            let client = side.get(database).await?;
-            let rows = client.query(self.query, &[]).await?;
-            Ok::<_, Error>(rows.iter().map(|r| r.get(0)).collect::<HashSet<String>>())
-        }
-        .await;
-        match (read, last) {
+        match (read.await, last) {
             (Ok(names), _) => {
                 let names = Arc::new(names);
                 self.lock().insert(
-                    database.to_owned(),
+                    key.to_owned(),
                     (std::time::Instant::now(), Arc::clone(&names)),
                 );
                 Ok(names)
             }
             (Err(e), Some((_, names))) => {
-                tracing::warn!(database, error = %e, "catalog names not read again; the last ones stay in use");
+                tracing::warn!(key, error = %e, "names not read again; the last ones stay in use");
                 Ok(names)
             }
             (Err(e), None) => Err(e),
         }
     }
 
-    /// DDL ran in `database`: read its names again.
-    pub fn invalidate(&self, database: &str) {
-        self.lock().remove(database);
+    /// What `key` names may have changed (DDL): read them again.
+    pub fn invalidate(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// Read every key's names again.
+    pub fn invalidate_all(&self) {
+        self.lock().clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NamesRead>> {
-        self.by_database.lock().unwrap_or_else(|p| p.into_inner())
+        self.by_key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Per database, a set of names one catalog query gives (`WRITING_FUNCTIONS`,
+/// `PARTITIONS`), read over a side connection (see `NamesCache`).
+pub struct CatalogNames {
+    query: &'static str,
+    cache: NamesCache,
+}
+
+impl CatalogNames {
+    pub fn new(query: &'static str) -> Self {
+        CatalogNames {
+            query,
+            cache: NamesCache::default(),
+        }
+    }
+
+    pub async fn get(&self, side: &SidePools, database: &str) -> Result<Arc<HashSet<String>>> {
+        let read = async {
+            let client = side.get(database).await?;
+            let rows = client.query(self.query, &[]).await?;
+            Ok::<_, Error>(rows.iter().map(|r| r.get(0)).collect())
+        };
+        self.cache.get(database, read).await
+    }
+
+    /// DDL ran in `database`: read its names again.
+    pub fn invalidate(&self, database: &str) {
+        self.cache.invalidate(database);
     }
 }
 

@@ -36,9 +36,6 @@ pub struct AtTable {
     pub meta: Arc<tandem_undo::TableMeta>,
 }
 
-/// When the stored functions were read, and their names.
-type FunctionsRead = (Instant, Arc<HashSet<String>>);
-
 /// Cached tables by (database, table), each with when it was read.
 type Tables = HashMap<(String, TableRef), (Instant, Arc<AtTable>)>;
 
@@ -47,8 +44,8 @@ type Tables = HashMap<(String, TableRef), (Instant, Arc<AtTable>)>;
 pub struct MysqlMetaCache {
     // A std Mutex: held only to look up or insert, never across an await.
     tables: Mutex<Tables>,
-    /// The server's stored functions (names lower-cased), and when they were read.
-    functions: Mutex<Option<FunctionsRead>>,
+    /// The server's stored functions (names lower-cased), under the key "".
+    functions: super::meta::NamesCache,
 }
 
 /// Every stored function of the server, by name. MySQL does not enforce `READS SQL
@@ -78,44 +75,22 @@ impl MysqlMetaCache {
         Ok(meta)
     }
 
-    /// The names of the server's stored functions (see `STORED_FUNCTIONS`), read
-    /// again after `META_TTL` or DDL: tandem captures no write one makes.
+    /// The names of the server's stored functions (see `STORED_FUNCTIONS`), read again
+    /// every few seconds or after DDL (`NamesCache`): tandem captures no write one
+    /// makes.
     pub async fn stored_functions(&self, pool: &mysql_async::Pool) -> Result<Arc<HashSet<String>>> {
-        if let Some((at, names)) = self.functions_lock().as_ref()
-            && at.elapsed() < META_TTL
-        {
-            return Ok(Arc::clone(names));
-        }
         let read = async {
             let mut conn = pool.get_conn().await?;
-            conn.query::<String, _>(STORED_FUNCTIONS).await
-        }
-        .await;
-        match read {
-            Ok(names) => {
-                let names = Arc::new(names.into_iter().collect::<HashSet<_>>());
-                *self.functions_lock() = Some((Instant::now(), Arc::clone(&names)));
-                Ok(names)
-            }
-            Err(e) => match self.functions_lock().as_ref() {
-                // The names read last stay in use while the server cannot be asked.
-                Some((_, names)) => {
-                    tracing::warn!(error = %e, "stored functions not read again; the last ones stay in use");
-                    Ok(Arc::clone(names))
-                }
-                None => Err(e.into()),
-            },
-        }
+            let names: Vec<String> = conn.query(STORED_FUNCTIONS).await?;
+            Ok::<_, crate::error::Error>(names.into_iter().collect())
+        };
+        self.functions.get("", read).await
     }
 
     /// DDL ran through this proxy: forget every table and function.
     pub fn invalidate(&self) {
         self.lock().clear();
-        *self.functions_lock() = None;
-    }
-
-    fn functions_lock(&self) -> std::sync::MutexGuard<'_, Option<FunctionsRead>> {
-        self.functions.lock().unwrap_or_else(|p| p.into_inner())
+        self.functions.invalidate_all();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
