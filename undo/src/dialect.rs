@@ -59,6 +59,23 @@ pub trait Dialect: Send + Sync {
     fn grammar(&self) -> Grammar {
         Grammar::PostgreSql
     }
+    /// Built-in functions that return another value at each call, as
+    /// [`crate::called_functions`] names them: a predicate that calls one chooses other
+    /// rows when evaluated again. Functions whose value only grows (`clock_timestamp()`,
+    /// `NOW()`) choose more rows the second time, which the proxy's check of the rows a
+    /// write returns or counts catches.
+    fn volatile_functions(&self) -> &'static [&'static str] {
+        &[
+            "random",
+            "random_normal",
+            "nextval",
+            "setval",
+            "gen_random_uuid",
+            "uuid_generate_v1",
+            "uuid_generate_v1mc",
+            "uuid_generate_v4",
+        ]
+    }
     /// Whether placeholders are anonymous and bound by position (MySQL's `?`): then the
     /// SQL undo builds from a statement's fragments says which of the statement's
     /// parameters it binds (see [`crate::Capture`]).
@@ -169,6 +186,18 @@ impl Dialect for Mysql {
 
     fn positional_placeholders(&self) -> bool {
         true
+    }
+    fn volatile_functions(&self) -> &'static [&'static str] {
+        // MariaDB's sequences move on at each evaluation too.
+        &[
+            "rand",
+            "uuid",
+            "uuid_short",
+            "random_bytes",
+            "sys_guid",
+            "nextval",
+            "setval",
+        ]
     }
 
     fn capture(&self, column: &str, type_code: u32) -> String {

@@ -35,91 +35,6 @@ impl Capture {
     }
 }
 
-/// Built-in functions that return another value at each call (PostgreSQL's volatile
-/// ones, which a second evaluation of a predicate would answer differently). Functions
-/// whose value only grows (clock_timestamp()) choose more rows the second time, which
-/// the proxy's check of the returned keys catches.
-const VOLATILE_FUNCTIONS: &[&str] = &[
-    "random",
-    "random_normal",
-    "nextval",
-    "setval",
-    "gen_random_uuid",
-    "uuid_generate_v1",
-    "uuid_generate_v1mc",
-    "uuid_generate_v4",
-];
-
-/// Whether `sql` calls one of [`VOLATILE_FUNCTIONS`] (schema-qualified or not; ASCII
-/// case ignored), outside quotes. A backslash escapes within quotes, as on MySQL: a
-/// PostgreSQL literal that ends in one hides what follows, which the proxy's check of
-/// the returned keys still catches.
-fn calls_volatile_function(sql: &str) -> bool {
-    let bytes = sql.as_bytes();
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
-    let mut at = 0;
-    while at < bytes.len() {
-        // A dollar-quoted string (`$$…$$`, `$tag$…$tag$`); `$1` is a parameter.
-        if let Some(tag) = dollar_tag(&bytes[at..]) {
-            let body = &bytes[at + tag.len()..];
-            at += tag.len()
-                + body
-                    .windows(tag.len())
-                    .position(|w| w == tag)
-                    .map_or(body.len(), |end| end + tag.len());
-            continue;
-        }
-        match bytes[at] {
-            quote @ (b'\'' | b'"' | b'`') => {
-                at += 1;
-                while at < bytes.len() {
-                    match bytes[at] {
-                        b'\\' => at += 2,
-                        b if b == quote => {
-                            at += 1;
-                            // A doubled quote is one quote character, still inside.
-                            if bytes.get(at) != Some(&quote) {
-                                break;
-                            }
-                            at += 1;
-                        }
-                        _ => at += 1,
-                    }
-                }
-            }
-            b if word(b) => {
-                let start = at;
-                while at < bytes.len() && word(bytes[at]) {
-                    at += 1;
-                }
-                let name = &bytes[start..at];
-                if bytes[at..].trim_ascii_start().first() == Some(&b'(')
-                    && VOLATILE_FUNCTIONS
-                        .iter()
-                        .any(|f| f.as_bytes().eq_ignore_ascii_case(name))
-                {
-                    return true;
-                }
-            }
-            _ => at += 1,
-        }
-    }
-    false
-}
-
-/// The opening tag of a PostgreSQL dollar-quoted string at the start of `sql`.
-fn dollar_tag(sql: &[u8]) -> Option<&[u8]> {
-    if sql.first() != Some(&b'$') {
-        return None;
-    }
-    let name_len = sql
-        .get(1..)?
-        .iter()
-        .take_while(|b| b.is_ascii_alphabetic() || **b == b'_')
-        .count();
-    (sql.get(1 + name_len) == Some(&b'$')).then(|| &sql[..name_len + 2])
-}
-
 /// One column value in binary wire format; `None` is SQL NULL.
 pub type Value = Option<Vec<u8>>;
 /// One row, in the column order of its [`TableMeta`].
@@ -186,7 +101,7 @@ pub struct TableMeta {
 
 impl TableMeta {
     /// Refuses a write to this table that AT mode cannot undo exactly.
-    pub fn check_capturable(&self, write: &Write) -> Result<(), Error> {
+    pub fn check_capturable(&self, dialect: &dyn Dialect, write: &Write) -> Result<(), Error> {
         let table = &self.table.name;
         if self.inheritance {
             return Err(Error::unsupported(format!(
@@ -219,12 +134,11 @@ impl TableMeta {
         // The before image evaluates what chooses the rows once, the write once more.
         // (An upsert's conflict keys are left to the proxy's check of the rows it
         // returns: `VALUES (nextval('s'), …)` usually inserts, and did before.)
-        if let Some(part) = write
-            .selection
-            .iter()
-            .chain(&write.from)
-            .find(|sql| calls_volatile_function(sql))
-        {
+        if let Some(part) = write.selection.iter().chain(&write.from).find(|sql| {
+            crate::called_functions(dialect, sql)
+                .iter()
+                .any(|name| dialect.volatile_functions().contains(&name.as_str()))
+        }) {
             return Err(Error::unsupported(format!(
                 "a write whose rows are chosen by something that differs from one evaluation to the next ({part}), whose before image could read other rows than it changes,"
             )));
@@ -686,7 +600,10 @@ mod tests {
             "DELETE FROM accounts WHERE id = 1",
             "INSERT INTO accounts (id, balance, note) VALUES (1, 2, 'x') ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note",
         ] {
-            assert!(m.check_capturable(&write(refused)).is_err(), "{refused}");
+            assert!(
+                m.check_capturable(&Postgres, &write(refused)).is_err(),
+                "{refused}"
+            );
         }
     }
 
@@ -699,8 +616,13 @@ mod tests {
             "UPDATE accounts SET balance = 0 WHERE id = pg_catalog.nextval ('s')",
             "UPDATE accounts a SET balance = 0 FROM (SELECT random() AS r) x WHERE a.id = 1 AND x.r < 0.5",
             "DELETE FROM accounts WHERE note = $$a$$ AND random() < 0.5",
+            "DELETE FROM accounts WHERE \"random\"() < 0.5",
+            "DELETE FROM accounts WHERE note = 'x\\' AND random() < 0.5",
         ] {
-            let refusal = m.check_capturable(&write(refused)).unwrap_err().to_string();
+            let refusal = m
+                .check_capturable(&Postgres, &write(refused))
+                .unwrap_err()
+                .to_string();
             assert!(
                 refusal.contains("differs from one evaluation"),
                 "{refused}: {refusal}"
@@ -717,7 +639,10 @@ mod tests {
             "UPDATE accounts SET balance = 0 WHERE note = $$see nextval(x)$$ AND id = $1",
             "UPDATE accounts SET balance = 0 WHERE note = $t$random()$t$",
         ] {
-            assert!(m.check_capturable(&write(accepted)).is_ok(), "{accepted}");
+            assert!(
+                m.check_capturable(&Postgres, &write(accepted)).is_ok(),
+                "{accepted}"
+            );
         }
     }
 
@@ -824,19 +749,22 @@ mod tests {
     fn uncapturable_writes_are_refused() {
         let mut m = meta();
         assert!(
-            m.check_capturable(&write("UPDATE accounts SET id = 2"))
+            m.check_capturable(&Postgres, &write("UPDATE accounts SET id = 2"))
                 .is_err()
         );
         assert!(
-            m.check_capturable(&write("UPDATE accounts SET note = 'x'"))
+            m.check_capturable(&Postgres, &write("UPDATE accounts SET note = 'x'"))
                 .is_ok()
         );
         m.has_triggers = true;
-        assert!(m.check_capturable(&write("DELETE FROM accounts")).is_err());
+        assert!(
+            m.check_capturable(&Postgres, &write("DELETE FROM accounts"))
+                .is_err()
+        );
         m.has_triggers = false;
         m.pk.clear();
         assert!(
-            m.check_capturable(&write("INSERT INTO accounts VALUES (1)"))
+            m.check_capturable(&Postgres, &write("INSERT INTO accounts VALUES (1)"))
                 .is_err()
         );
     }

@@ -64,7 +64,7 @@ impl MysqlTable {
                 "a write to table {table}, where {reason},"
             )));
         }
-        self.meta.check_capturable(write)?;
+        self.meta.check_capturable(&Mysql, write)?;
         let listed = write.rows.iter().flat_map(|r| r.columns.iter().flatten());
         if let Some(unknown) = write
             .assigned
@@ -349,23 +349,15 @@ impl MysqlTable {
 }
 
 /// Whether SQL that chooses a write's rows may choose others when evaluated again (the
-/// before image evaluates it once, the write once more). Functions whose value only
-/// grows (NOW()) choose more rows the second time, which the proxy's count catches.
+/// before image evaluates it once, the write once more): it calls one of
+/// [`Dialect::volatile_functions`], assigns a variable, or takes a sequence's next value.
 fn varies_between_runs(sql: &str) -> bool {
     let upper = sql.to_ascii_uppercase();
-    // MariaDB's sequences move on at each evaluation too.
-    [
-        ":=",
-        "RAND(",
-        "UUID(",
-        "UUID_SHORT(",
-        "RANDOM_BYTES(",
-        "NEXTVAL(",
-        "NEXT VALUE FOR",
-        "SETVAL(",
-    ]
-    .iter()
-    .any(|f| upper.contains(f))
+    upper.contains(":=")
+        || upper.contains("NEXT VALUE FOR")
+        || crate::called_functions(&Mysql, sql)
+            .iter()
+            .any(|name| Mysql.volatile_functions().contains(&name.as_str()))
 }
 
 /// A literal zero, whatever its spelling (`0`, `-0`, `'0'`, `0.0`).

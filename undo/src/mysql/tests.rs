@@ -488,6 +488,9 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
         "DELETE FROM accounts WHERE id = 1 OR (@n := @n + 1) < 3",
         "UPDATE accounts SET balance = 0 WHERE id > 0 ORDER BY rand(), id LIMIT 1",
         "DELETE FROM accounts WHERE id = NEXTVAL(s)",
+        "UPDATE accounts SET balance = 0 WHERE `rand` () < 0.5",
+        "UPDATE accounts SET balance = 0 WHERE name = 'it\\'s' AND RAND /* a */ () < 0.5",
+        "DELETE FROM accounts WHERE id = `UUID_SHORT`() % 2",
     ] {
         let refused = t.before_image(&write(sql)).unwrap_err().to_string();
         assert!(
@@ -498,6 +501,12 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
     assert!(
         t.before_image(&write("UPDATE accounts SET balance = RAND() WHERE id = 1"))
             .is_ok()
+    );
+    assert!(
+        t.before_image(&write(
+            "UPDATE accounts SET balance = 0 WHERE name = 'RAND()' OR operand(id) = 1"
+        ))
+        .is_ok()
     );
 }
 

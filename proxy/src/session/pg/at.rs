@@ -575,7 +575,7 @@ impl Relay<'_> {
             Ok(meta) => meta,
             Err(e) => return Ok(self.refuse(e)),
         };
-        if let Err(e) = meta.check_capturable(&write) {
+        if let Err(e) = meta.check_capturable(&Postgres, &write) {
             return Ok(self.refuse(Error::Undo(e)));
         }
         if let Err(e) = self.check_session_for_images(&meta) {

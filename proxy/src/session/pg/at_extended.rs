@@ -460,7 +460,7 @@ impl Relay<'_> {
         batch: Batch<'_>,
     ) -> Result<BytesMut> {
         let meta = self.captured_table_meta(&write.table).await?;
-        meta.check_capturable(&write)?;
+        meta.check_capturable(&Postgres, &write)?;
         self.check_session_for_images(&meta)?;
         if write.has_returning && batch.max_rows != 0 && !batch.bind.portal.is_empty() {
             // tandem's Execute takes every row: a later Execute of the portal, which

@@ -245,6 +245,10 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         "UPDATE accounts SET balance = 0; UPDATE accounts SET balance = 1",
         "INSERT INTO accounts VALUES (9, 9, 'r') RETURNING id",
         "UPDATE accounts SET balance = 0 WHERE RAND() < 0.5",
+        // Spaces, comments and quotes do not make it another function.
+        "UPDATE accounts SET balance = 0 WHERE RAND /**/ () < 0.5",
+        "UPDATE accounts SET balance = 0 WHERE `rand`() < 0.5",
+        "DELETE FROM accounts WHERE id = `UUID_SHORT` () % 2",
     ] {
         let e = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");

@@ -205,6 +205,15 @@ async fn writes_that_cannot_be_captured_are_refused() {
             "DELETE FROM accounts WHERE random() < 0.5",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
+        // A quoted name calls the same function.
+        (
+            "DELETE FROM accounts WHERE \"random\"() < 0.5",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
+        (
+            "DELETE FROM accounts WHERE pg_catalog.\"random\" () < 0.5",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
     ] {
         let err = a.simple_query(sql).await.expect_err(sql);
         assert_eq!(err.code(), Some(&state), "{sql}: {err:?}");
