@@ -19,6 +19,11 @@ pub enum Error {
     #[error("malformed {what} message")]
     Malformed { what: &'static str },
 
+    /// A whole command that does not decode, answered as the server answers it: the
+    /// stream is still at a message boundary, so the session goes on.
+    #[error("malformed {what}")]
+    MalformedCommand { what: &'static str },
+
     #[error("unexpected message type {tag:#04x} {context}")]
     UnexpectedMessage { tag: u8, context: &'static str },
 
@@ -179,6 +184,7 @@ impl Error {
             Error::MysqlPacket(_) => SqlState::ProtocolViolation,
             Error::Frame(_)
             | Error::Malformed { .. }
+            | Error::MalformedCommand { .. }
             | Error::UnexpectedMessage { .. }
             | Error::UnsupportedStartup(_)
             | Error::UpstreamProtocol(_) => SqlState::ProtocolViolation,
@@ -242,6 +248,7 @@ impl Error {
             | Error::UnsupportedStartup(_)
             | Error::TlsHandshake(_) => MyErr::HandshakeError,
             Error::UnexpectedMessage { .. } => MyErr::UnknownCommand,
+            Error::MalformedCommand { .. } => MyErr::MalformedPacket,
             Error::Unsupported { .. } | Error::Undo(_) => MyErr::NotSupportedYet,
             Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
                 MyErr::CantConnect
@@ -292,6 +299,7 @@ impl Error {
         !matches!(
             self,
             Error::Unsupported { .. }
+                | Error::MalformedCommand { .. }
                 | Error::SidePool(_)
                 | Error::SideQuery(_)
                 | Error::MysqlSide(_)
@@ -322,6 +330,7 @@ impl Error {
             Error::Frame(_)
                 | Error::MysqlPacket(_)
                 | Error::Malformed { .. }
+                | Error::MalformedCommand { .. }
                 | Error::UnexpectedMessage { .. }
                 | Error::UnsupportedStartup(_)
                 | Error::Unsupported { .. }
@@ -360,6 +369,7 @@ impl Error {
             Error::Frame(_)
             | Error::MysqlPacket(_)
             | Error::Malformed { .. }
+            | Error::MalformedCommand { .. }
             | Error::UnexpectedMessage { .. }
             | Error::UnsupportedStartup(_) => "client_protocol",
             Error::Unsupported { .. } => "unsupported",

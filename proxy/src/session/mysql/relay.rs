@@ -52,6 +52,12 @@ pub struct Relay<'a> {
     pub(super) pending_closes: BytesMut,
     /// Bytes of a large client packet still to pass through without buffering it.
     pub(super) client_streaming: usize,
+    /// Bytes of a client packet tandem answered or replaced before all of it arrived,
+    /// still to drop.
+    pub(super) client_dropping: usize,
+    /// Whether the command in progress is one tandem answered or replaced: its later
+    /// packets are dropped too.
+    pub(super) dropping_message: bool,
     /// The same for a large server packet.
     pub(super) server_streaming: usize,
     pub(super) client_message: MessageSize,
@@ -144,6 +150,8 @@ impl<'a> Relay<'a> {
             to_server: BytesMut::new(),
             pending_closes: BytesMut::new(),
             client_streaming: 0,
+            client_dropping: 0,
+            dropping_message: false,
             server_streaming: 0,
             client_message: MessageSize::default(),
             server_message: MessageSize::default(),

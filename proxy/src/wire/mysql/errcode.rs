@@ -33,6 +33,9 @@ pub enum MyErr {
     CantConnect,
     /// 1043 ER_HANDSHAKE_ERROR, 08S01: malformed packet or a bad handshake.
     HandshakeError,
+    /// 1835 ER_MALFORMED_PACKET, HY000: a whole command packet that does not decode
+    /// (the server answers so and keeps the connection).
+    MalformedPacket,
 }
 
 impl MyErr {
@@ -51,6 +54,7 @@ impl MyErr {
             MyErr::Deadlock => 1213,
             MyErr::NotSupportedYet => 1235,
             MyErr::CantConnect => 2003,
+            MyErr::MalformedPacket => 1835,
         }
     }
 
@@ -66,7 +70,10 @@ impl MyErr {
             | MyErr::HandshakeError => b"08S01",
             MyErr::Deadlock => b"40001",
             MyErr::NotSupportedYet => b"42000",
-            MyErr::Unknown | MyErr::LockWaitTimeout | MyErr::CantConnect => b"HY000",
+            MyErr::Unknown
+            | MyErr::LockWaitTimeout
+            | MyErr::CantConnect
+            | MyErr::MalformedPacket => b"HY000",
         }
     }
 }

@@ -2251,3 +2251,37 @@ async fn inserts_and_upserts_behind_an_older_snapshot_are_captured() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn use_inside_a_branch_with_writes_runs_and_the_rollback_restores_both_databases() {
+    let one = prepare("at_use_a").await;
+    let two = prepare("at_use_b").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &one.name).await;
+    let before = (
+        dump(&mut one.direct().await, "accounts").await,
+        dump(&mut two.direct().await, "accounts").await,
+    );
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // USE ends no transaction: it runs, and the next write is captured in the new
+    // current database.
+    conn.query_drop(format!("USE {}", two.name)).await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    rolled_back(&mut conn).await;
+    let after = (
+        dump(&mut one.direct().await, "accounts").await,
+        dump(&mut two.direct().await, "accounts").await,
+    );
+    assert_eq!(after, before);
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

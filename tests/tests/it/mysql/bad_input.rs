@@ -4,7 +4,8 @@
 
 use mysql_async::prelude::*;
 use tandem_tests::harness::eventually;
-use tandem_tests::mysql::{self as my, MyTestDb, RawMy, err_code, packet, raw_login};
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::mysql::{self as my, MyTestDb, Packet, RawMy, err_code, packet, raw_login};
 use tokio::io::AsyncWriteExt;
 
 /// Asserts that the connection's last packet before it closed is an ERR with `code`.
@@ -38,10 +39,22 @@ async fn malformed_packets_close_only_their_own_session() {
     raw.send(&[0xff, 0xff, 0x7f, 0, 0x03, b'S']).await;
     expect_error_then_close(&mut raw, 1153).await;
 
-    // An empty command packet.
+    // An empty command packet is an unknown command, as the server answers it.
     let (mut raw, _) = raw_login(addr).await;
     raw.send(&packet(0, b"")).await;
-    expect_error_then_close(&mut raw, 1043).await;
+    let (seq, reply) = raw.recv().await.unwrap();
+    assert_eq!((seq, err_code(&reply)), (1, Some(1047)));
+    raw.send(&packet(0, b"\x0e")).await;
+    assert_eq!(raw.recv().await.unwrap().1[0], 0, "COM_PING after it");
+
+    // A COM_STMT_EXECUTE too short to name a statement: the server's 1835, and the
+    // session goes on (it used to wait for bytes that were never coming).
+    raw.send(&packet(0, b"\x17\x01")).await;
+    let (seq, reply) = raw.recv().await.unwrap();
+    assert_eq!((seq, err_code(&reply)), (1, Some(1835)));
+    raw.send(&packet(0, b"\x0e")).await;
+    assert_eq!(raw.recv().await.unwrap().1[0], 0, "COM_PING after it");
+    drop(raw);
 
     // An unknown command is answered, and the session goes on.
     let (mut raw, _) = raw_login(addr).await;
@@ -87,6 +100,84 @@ async fn malformed_packets_close_only_their_own_session() {
     my::assert_no_sessions_left(&tandem).await;
     eventually("backends gone", || async { db.backend_count().await == 0 }).await;
     tandem.shutdown().await;
+}
+
+/// The packets of a COM_QUERY's reply, up to its OK, ERR or the OK that ends its rows
+/// (the raw client asks for CLIENT_DEPRECATE_EOF).
+async fn reply_of(raw: &mut RawMy) -> Vec<Packet> {
+    let mut packets: Vec<Packet> = Vec::new();
+    loop {
+        let p = raw.recv().await.expect("a reply");
+        let first = <[u8]>::first(&p.1).copied();
+        let ends = match first {
+            Some(0xff) => true,
+            Some(0x00) => packets.is_empty(),
+            Some(0xfe) => p.1.len() < 0xff_ffff && !packets.is_empty(),
+            _ => false,
+        };
+        packets.push(p);
+        if ends {
+            return packets;
+        }
+    }
+}
+
+async fn raw_query(raw: &mut RawMy, sql: &str) -> Vec<Packet> {
+    let mut payload = vec![0x03];
+    payload.extend_from_slice(sql.as_bytes());
+    raw.send(&packet(0, &payload)).await;
+    reply_of(raw).await
+}
+
+#[tokio::test]
+async fn a_bound_sessions_command_of_16_mib_or_a_short_execute_is_answered_and_the_session_goes_on()
+{
+    let db = super::at_mode::prepare("bound_big").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = my::start_with(|c| c.lockserver.endpoint = endpoint).await;
+    let addr = my::addr(&tandem);
+    let mut direct = db.direct().await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+
+    let (mut raw, _) = raw_login(addr).await;
+    let used = raw_query(&mut raw, &format!("USE {}", db.name)).await;
+    assert_eq!(used[0].1[0], 0, "{used:?}");
+    let begun = raw_query(&mut raw, "SELECT tandem_begin(30000)").await;
+    assert!(err_code(&begun.last().unwrap().1).is_none(), "{begun:?}");
+    let updated = raw_query(&mut raw, "UPDATE accounts SET balance = 1 WHERE id = 1").await;
+    assert_eq!(updated[0].1[0], 0, "{updated:?}");
+
+    // A COM_QUERY of more than 16 MiB, in two packets: refused before its second
+    // packet arrives, which goes nowhere.
+    let mut sql = b"\x03INSERT INTO accounts VALUES (9, 9, '".to_vec();
+    sql.resize(0xff_ffff + 100, b'x');
+    sql.extend_from_slice(b"')");
+    let mut wire = packet(0, &sql[..0xff_ffff]);
+    wire.extend_from_slice(&packet(1, &sql[0xff_ffff..]));
+    raw.send(&wire).await;
+    let refused = reply_of(&mut raw).await;
+    assert_eq!(err_code(&refused[0].1), Some(1235), "{refused:?}");
+    // A COM_STMT_EXECUTE too short to name a statement gets the server's 1835.
+    raw.send(&packet(0, b"\x17\x05\x00")).await;
+    let (seq, reply) = raw.recv().await.unwrap();
+    assert_eq!((seq, err_code(&reply)), (1, Some(1835)));
+    // The session goes on, still in its global transaction.
+    let status = raw_query(&mut raw, "SELECT tandem_status()").await;
+    assert!(
+        status.iter().any(|(_, p)| p.ends_with(b"Begin")),
+        "{status:?}"
+    );
+    let rolled = raw_query(&mut raw, "SELECT tandem_rollback()").await;
+    assert!(
+        rolled.iter().any(|(_, p)| p.ends_with(b"Rollbacked")),
+        "{rolled:?}"
+    );
+    drop(raw);
+    assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
+    my::assert_no_sessions_left(&tandem).await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }
 
 #[tokio::test]

@@ -826,3 +826,121 @@ async fn a_global_commit_waits_for_xa_branches_still_preparing_and_never_splits(
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_reset_of_a_connection_holding_a_prepared_branch_waits_for_the_decision() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_reset_prepared").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let mut want = balances(&mut direct).await;
+    for how in ["COM_RESET_CONNECTION", "COM_CHANGE_USER"] {
+        let mut a = my::connect(&tandem, &db.name).await;
+        text(&mut a, "SELECT tandem_mode('xa')").await.unwrap();
+        let xid = text(&mut a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        for sql in [
+            "START TRANSACTION",
+            "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+            "COMMIT",
+        ] {
+            a.query_drop(sql).await.unwrap();
+        }
+        assert_eq!(tandem_prepared(&mut direct, &xid).await, 1, "{how}");
+        // MariaDB answers a reset of this connection with OK and drops the prepared
+        // branch; an XA COMMIT of it afterwards answers OK and commits nothing.
+        let reset = tokio::spawn(async move {
+            match how {
+                "COM_RESET_CONNECTION" => a.reset().await.map(|_| ()),
+                _ => a.change_user(Default::default()).await,
+            }
+            .map(|()| a)
+        });
+        // Ordering only: the reset reaches tandem before the decision is made.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut b = my::connect(&tandem, &db.name).await;
+        text(&mut b, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&mut b, "SELECT tandem_commit()")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Committed"),
+            "{how}"
+        );
+        let mut a = reset.await.unwrap().unwrap();
+        want[0].1 -= 10;
+        assert_eq!(balances(&mut direct).await, want, "{how}: committed");
+        assert_eq!(tandem_prepared(&mut direct, &xid).await, 0, "{how}");
+        assert_eq!(text(&mut a, "SELECT tandem_xid()").await.unwrap(), None);
+        drop((a, b));
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_reset_in_the_middle_of_an_xa_branch_the_session_begins_again() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_reset_open").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let abandoned = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    // The server rolls the open branch back with the session.
+    conn.reset().await.unwrap();
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .expect("the session begins again")
+        .unwrap();
+    assert_ne!(xid, abandoned);
+    for sql in [
+        "START TRANSACTION",
+        "UPDATE accounts SET balance = balance + 5 WHERE id = 2",
+        "COMMIT",
+    ] {
+        conn.query_drop(sql).await.unwrap();
+    }
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    assert_eq!(
+        balances(&mut direct).await,
+        [(1, 1000), (2, 1005), (3, 1000)]
+    );
+    // The abandoned transaction cannot commit without its branch.
+    text(&mut conn, &format!("SELECT tandem_join('{abandoned}')"))
+        .await
+        .unwrap();
+    let e = text(&mut conn, "SELECT tandem_commit()")
+        .await
+        .expect_err("a branch never prepared: no commit");
+    assert_eq!(code(&e), 1205, "{e}");
+    rolled_back(&mut conn).await;
+    assert_eq!(
+        balances(&mut direct).await,
+        [(1, 1000), (2, 1005), (3, 1000)]
+    );
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

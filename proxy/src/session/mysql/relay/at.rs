@@ -200,7 +200,11 @@ impl Relay<'_> {
                 what: "COM_STMT_SEND_LONG_DATA parameters, in AT mode",
             });
         }
-        let Some((values, types)) = execute_parameters(payload, &prepared)? else {
+        let parameters = match execute_parameters(payload, &prepared) {
+            Ok(parameters) => parameters,
+            Err(e) => return self.refuse(e),
+        };
+        let Some((values, types)) = parameters else {
             return self.refuse(Error::Unsupported {
                 what: "an execute that binds no parameter types before any execute that did, in AT mode",
             });
@@ -1163,8 +1167,8 @@ pub(super) fn execute_parameters(
     prepared: &super::control::Prepared,
 ) -> Result<Option<ExecuteParameters>> {
     use crate::wire::mysql::messages::statement::{execute_head, execute_values};
-    let malformed = |_| Error::Malformed {
-        what: "COM_STMT_EXECUTE",
+    let malformed = |_| Error::MalformedCommand {
+        what: "COM_STMT_EXECUTE (its parameters do not decode)",
     };
     let head = execute_head(payload, prepared.params).map_err(malformed)?;
     match head.new_types.or_else(|| prepared.types.clone()) {
@@ -1238,7 +1242,7 @@ fn harmless_in_transaction(sql: &str) -> bool {
     let (first, second) = super::control::first_two_words(sql.as_bytes());
     match first.as_slice() {
         b"SAVEPOINT" | b"RELEASE" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"HELP"
-        | b"DO" | b"SELECT" | b"VALUES" | b"TABLE" | b"WITH" => true,
+        | b"DO" | b"SELECT" | b"VALUES" | b"TABLE" | b"WITH" | b"USE" => true,
         b"ROLLBACK" => second == b"TO",
         // SET PASSWORD commits; SET TRANSACTION inside a transaction fails anyway.
         b"SET" => !matches!(second.as_slice(), b"PASSWORD" | b"TRANSACTION" | b"GLOBAL"),

@@ -55,26 +55,47 @@ impl Relay<'_> {
         let max = self.ctx.config.max_message_bytes;
         let mut pos = skip_streaming(&mut self.client_streaming, buf.len());
         let mut run_start = 0;
+        if self.client_dropping > 0 {
+            // Streaming and dropping never overlap: a packet is relayed or dropped whole.
+            pos += skip_streaming(&mut self.client_dropping, buf.len() - pos);
+            run_start = pos;
+        }
         self.client_paused = false;
-        while self.client_streaming == 0 {
+        while self.client_streaming == 0 && self.client_dropping == 0 {
             let Some(header) = Header::peek(&buf[pos..]) else {
                 break;
             };
             let packet = &buf[pos..];
-            let tandems = match self.exchange.phase {
-                Phase::ChangingUser { .. } | Phase::InfileUpload { .. } => None,
-                _ if self.client_message.in_message() => None,
-                _ => self.intercept_query(header, packet).await?,
-            };
-            let handled = match (tandems, self.exchange.phase) {
-                (Some(handled), _) => handled,
-                (None, Phase::ChangingUser { .. }) => self.on_change_user_packet(header, packet)?,
-                (None, Phase::InfileUpload { .. }) => self.on_infile_packet(header)?,
-                _ if self.client_message.in_message() => self.on_continuation(header)?,
-                _ => self.on_command(header, packet)?,
+            let handled = if self.dropping_message {
+                // A later packet of a command tandem refused or replaced.
+                Handled::Answer
+            } else {
+                let tandems = match self.exchange.phase {
+                    Phase::ChangingUser { .. } | Phase::InfileUpload { .. } => None,
+                    _ if self.client_message.in_message() => None,
+                    _ => self.intercept_query(header, packet).await?,
+                };
+                match (tandems, self.exchange.phase) {
+                    (Some(handled), _) => handled,
+                    (None, Phase::ChangingUser { .. }) => {
+                        self.on_change_user_packet(header, packet)?
+                    }
+                    (None, Phase::InfileUpload { .. }) => self.on_infile_packet(header)?,
+                    _ if self.client_message.in_message() => self.on_continuation(header)?,
+                    _ => self.on_command(header, packet)?,
+                }
             };
             match handled {
-                Handled::NeedMore => break,
+                Handled::NeedMore => {
+                    if packet.len() >= header.wire_len() {
+                        // Waiting for bytes that are here would buffer the client's
+                        // stream without bound.
+                        return Err(Error::Malformed {
+                            what: "command (tandem could not read it whole)",
+                        });
+                    }
+                    break;
+                }
                 Handled::Pause => {
                     self.client_paused = true;
                     break;
@@ -83,10 +104,19 @@ impl Relay<'_> {
                 Handled::Replace | Handled::Answer => {
                     self.write_server(&buf[run_start..pos]).await?;
                     self.flush_staged().await?;
-                    pos += header.wire_len();
-                    run_start = pos;
                     self.client_message.on_packet(header, max)?;
                     self.last_seq = header.seq;
+                    // What has not arrived of the packet, and the command's later
+                    // packets (16 MiB or more), go nowhere either.
+                    self.dropping_message = self.client_message.in_message();
+                    let arrived = buf.len() - pos;
+                    if arrived >= header.wire_len() {
+                        pos += header.wire_len();
+                    } else {
+                        self.client_dropping = header.wire_len() - arrived;
+                        pos = buf.len();
+                    }
+                    run_start = pos;
                     continue;
                 }
             }
@@ -113,9 +143,14 @@ impl Relay<'_> {
         let payload = header.payload(packet);
         let Some(&byte) = payload.first() else {
             if header.payload_len == 0 {
-                return Err(Error::Malformed {
-                    what: "command (an empty packet)",
-                });
+                // As the server answers it: an unknown command, and the session goes on.
+                if !self.exchange.at_sync_point() {
+                    return Ok(Handled::Pause);
+                }
+                return Ok(self.answer_error(&Error::UnexpectedMessage {
+                    tag: 0,
+                    context: "(an empty command packet)",
+                }));
             }
             return Ok(Handled::NeedMore);
         };
@@ -151,6 +186,14 @@ impl Relay<'_> {
         {
             // tandem's answer, or the new authentication, must come after the replies
             // still due.
+            return Ok(Handled::Pause);
+        }
+        if matches!(byte, command::RESET_CONNECTION | command::CHANGE_USER)
+            && !self.owned.is_empty()
+        {
+            // MariaDB answers OK, then drops the prepared branch this connection holds,
+            // and a later XA COMMIT of it answers OK having committed nothing: the reset
+            // waits for the global decision, which finishes the branch first.
             return Ok(Handled::Pause);
         }
         self.ctx.metrics.mysql.commands.inc();
@@ -302,14 +345,12 @@ impl Relay<'_> {
                 context: "(unknown command)",
             },
         };
-        let code = e.mysql_error();
-        crate::wire::mysql::messages::response::put_err(
-            &mut self.to_client,
-            1,
-            code.code(),
-            code.sqlstate(),
-            &e.to_string(),
-        );
+        self.answer_error(&e)
+    }
+
+    /// Answers the command with `e` (at a sync point).
+    fn answer_error(&mut self, e: &Error) -> Handled {
+        self.put_error(e);
         Handled::Answer
     }
 
@@ -392,6 +433,12 @@ impl Relay<'_> {
     fn on_session_reset(&mut self, what: &'static str) {
         tracing::debug!(parent: &self.span, what, "session reset: unbound");
         self.binding.unbind();
+        // The server rolls back an open XA branch with the session. It stays registered,
+        // never prepared: a global commit waits for it, then fails, as when its
+        // connection is lost (reported failed, the commit would go on without it).
+        if self.xa.take().is_some() {
+            tracing::debug!(parent: &self.span, "the open XA branch ended with the reset");
+        }
         // The server ends the local transaction with the session: nothing of it stays,
         // and it drops every prepared statement, tandem's too.
         self.at_branch = crate::at::branch::Branch::default();

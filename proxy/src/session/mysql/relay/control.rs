@@ -345,7 +345,14 @@ impl Relay<'_> {
         }
         let payload = header.payload(packet);
         let Some(id) = super::client_side::statement_id(payload) else {
-            return Ok(Some(Handled::NeedMore));
+            if payload.len() < header.payload_len {
+                return Ok(Some(Handled::NeedMore));
+            }
+            return self
+                .refuse(Error::MalformedCommand {
+                    what: "COM_STMT_EXECUTE (too short for a statement id)",
+                })
+                .map(Some);
         };
         let kind = self.prepared.get(&id).map_or(Kind::Work, |p| p.kind);
         let mode = if self.xa.is_some() {

@@ -111,7 +111,9 @@ impl Relay<'_> {
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
         let Some(id) = super::client_side::statement_id(payload) else {
-            return Ok(Some(Handled::NeedMore));
+            // Whole and still too short: the server answers it as malformed.
+            let whole = payload.len() == header.payload_len;
+            return Ok((!whole).then_some(Handled::NeedMore));
         };
         // Every execute of every session comes here: reads leave at once.
         if self.prepared.get(&id).is_some_and(|p| p.kind != Kind::Work)
@@ -138,7 +140,8 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
-        let Some((values, types)) = execute_parameters(payload, &prepared)? else {
+        // Parameters that do not decode: the server answers the execute as malformed.
+        let Ok(Some((values, types))) = execute_parameters(payload, &prepared) else {
             return Ok(None);
         };
         let write = match self.ctx.analyses.analyze(&sql) {
