@@ -71,17 +71,36 @@ impl Binding {
         }
     }
 
+    /// A hint in a bound session: it must name the transaction the session is bound
+    /// to.
+    pub fn check_hint(&self, xid: &str) -> Result<()> {
+        let xid = Xid::parse(xid)?;
+        match &self.xid {
+            Some(bound) if *bound != xid => Err(Error::AlreadyBound {
+                xid: bound.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Binds for one statement (and its local transaction) from an XID hint, after the
     /// lockserver confirmed the transaction is open. A session bound already keeps its
-    /// binding; a hint naming another xid is refused.
-    pub async fn bind_from_hint(&mut self, lock: &LockClient, xid: &str) -> Result<()> {
+    /// binding; a hint naming another xid is refused. So is one inside an open local
+    /// transaction (`local_transaction_open`), as tandem_join() is: the writes made
+    /// before it, not captured, would commit in the branch.
+    pub async fn bind_from_hint(
+        &mut self,
+        lock: &LockClient,
+        xid: &str,
+        local_transaction_open: bool,
+    ) -> Result<()> {
+        if self.xid.is_some() {
+            return self.check_hint(xid);
+        }
         let xid = Xid::parse(xid)?;
-        if let Some(bound) = &self.xid {
-            if *bound == xid {
-                return Ok(());
-            }
-            return Err(Error::AlreadyBound {
-                xid: bound.to_string(),
+        if local_transaction_open {
+            return Err(Error::LocalTransactionOpen {
+                what: "a statement with an XID hint",
             });
         }
         let status = lock.status(&xid).await?;

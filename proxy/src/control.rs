@@ -284,7 +284,13 @@ pub(crate) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The xid of a leading `/*+ XID('…') */` hint, if the statement starts with one.
 pub fn xid_hint(sql: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(sql).ok()?.trim_start();
+    // Only the start is read: text past it need not be UTF-8 (a MySQL latin1 literal,
+    // or a packet that has not all arrived).
+    let text = match std::str::from_utf8(sql) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&sql[..e.valid_up_to()]).ok()?,
+    }
+    .trim_start();
     let rest = text.strip_prefix("/*+")?.trim_start();
     let (keyword, rest) = rest.split_at_checked(3)?;
     if !keyword.eq_ignore_ascii_case("xid") {
@@ -509,6 +515,10 @@ mod tests {
         assert_eq!(xid_hint(b"/* XID('x') */ SELECT 1"), None);
         assert_eq!(xid_hint(b"SELECT 1 /*+ XID('x') */"), None);
         assert_eq!(xid_hint(b"/*+ XID('x' */"), None);
+        assert_eq!(
+            xid_hint(b"/*+ XID('x') */ UPDATE t SET v = '\xe9'"),
+            Some("x".into())
+        );
     }
 
     #[test]

@@ -476,6 +476,7 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
         }
         // EXPLAIN ANALYZE runs its statement.
         Statement::Set(_)
+        | Statement::Reset(_)
         | Statement::ShowVariable { .. }
         | Statement::Discard { .. }
         | Statement::Declare { .. }

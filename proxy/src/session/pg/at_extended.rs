@@ -604,20 +604,40 @@ impl Relay<'_> {
         };
         if tag == frontend::BIND {
             self.note_set_config(&sql);
-        }
-        if self.binding.xid().is_none()
-            && let Some(xid) = crate::control::xid_hint(&sql)
-        {
-            // Mid-batch it cannot join its global transaction, so it must not run.
-            if let Some(instead) = self.unless_at_sync_point(
-                tag,
-                "a statement with an XID hint in the middle of a pipelined batch (send it with its own Sync)",
-            ) {
-                return Ok(instead);
+            if super::intercept::is_pool_reset(&sql) {
+                let open = matches!(
+                    self.phase.tx_status(),
+                    Some(TxStatus::InTransaction | TxStatus::Failed)
+                );
+                self.binding.on_pool_reset(open);
             }
-            if let Err(e) = self.binding.bind_from_hint(&self.ctx.lock, &xid).await {
-                let max = self.ctx.config.max_message_bytes;
-                return self.answer_directly(rest_len(rest, max)?, e).await;
+        }
+        if let Some(xid) = crate::control::xid_hint(&sql) {
+            if self.binding.xid().is_some() {
+                // Bound already: a hint naming another transaction is refused (its
+                // statement would run in this one), as over the simple protocol.
+                if tag == frontend::BIND
+                    && let Err(e) = self.binding.check_hint(&xid)
+                {
+                    return Ok(Extended::RefuseBind(refusal(e)));
+                }
+            } else {
+                // Mid-batch it cannot join its global transaction, so it must not run.
+                if let Some(instead) = self.unless_at_sync_point(
+                    tag,
+                    "a statement with an XID hint in the middle of a pipelined batch (send it with its own Sync)",
+                ) {
+                    return Ok(instead);
+                }
+                let open = self.phase.tx_status() != Some(TxStatus::Idle);
+                if let Err(e) = self
+                    .binding
+                    .bind_from_hint(&self.ctx.lock, &xid, open)
+                    .await
+                {
+                    let max = self.ctx.config.max_message_bytes;
+                    return self.answer_directly(rest_len(rest, max)?, e).await;
+                }
             }
         }
         let opens_block = self.begins_a_block_ahead(&sql);

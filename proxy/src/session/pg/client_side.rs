@@ -25,6 +25,16 @@ impl Relay<'_> {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;
             };
+            if is_small_client_message(frame.tag) && frame.wire_len > 5 + SMALL_MESSAGE_BYTES {
+                // Buffered whole (see client_message_is_read): held to PostgreSQL's own
+                // bound for these, not max_message_bytes.
+                return Err(crate::wire::pg::FrameError::TooLarge {
+                    tag: frame.tag,
+                    declared: frame.wire_len - 1,
+                    max: SMALL_MESSAGE_BYTES,
+                }
+                .into());
+            }
             if let Some(status) = self.skip_to_client_sync
                 && frame.tag != frontend::TERMINATE
             {
@@ -156,6 +166,16 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if frame.tag == frontend::FUNCTION_CALL && self.function_call_escapes_branch() {
+                // Refused as a failing Query, which the backend answers as it would the
+                // call: an ErrorResponse, then ReadyForQuery.
+                let replacement = self.refusal_query(Error::Unsupported {
+                    what: "the protocol's FunctionCall (large-object calls among them) in a global transaction outside an XA branch's block (what the function writes is not captured)",
+                });
+                self.write_server(&buf[run_start..pos]).await?;
+                self.write_server(&replacement).await?;
+                run_start = pos + frame.wire_len;
+            }
             if frame.tag == frontend::QUERY {
                 // What came before goes first: tandem may send statements of its own.
                 self.write_server(&buf[run_start..pos]).await?;
@@ -238,6 +258,15 @@ impl Relay<'_> {
         self.from_client = buf;
         self.from_client.advance(pos);
         Ok(terminated)
+    }
+
+    /// Whether a FunctionCall would run outside what the session's global transaction
+    /// captures: in AT mode always (a function's writes are not seen), in XA mode
+    /// outside the branch's transaction block.
+    fn function_call_escapes_branch(&self) -> bool {
+        self.binding.xid().is_some()
+            && (self.branch_mode() == crate::binding::Mode::At
+                || self.phase.tx_status() != Some(TxStatus::InTransaction))
     }
 
     /// An error answered extended-protocol messages sent since the last sync point, and
@@ -369,4 +398,24 @@ impl Relay<'_> {
         self.phase = self.phase.on_request(ends_with_ready);
         Ok(())
     }
+}
+
+/// The length PostgreSQL allows a client message that carries no statement or data
+/// (PQ_SMALL_MESSAGE_LIMIT).
+const SMALL_MESSAGE_BYTES: usize = 10_000;
+
+/// Close, Describe, Execute, Flush, Sync, Terminate, CopyDone and CopyFail: the
+/// messages PostgreSQL holds to `SMALL_MESSAGE_BYTES`.
+fn is_small_client_message(tag: u8) -> bool {
+    matches!(
+        tag,
+        frontend::CLOSE
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::FLUSH
+            | frontend::SYNC
+            | frontend::TERMINATE
+            | frontend::COPY_DONE
+            | frontend::COPY_FAIL
+    )
 }

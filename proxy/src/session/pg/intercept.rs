@@ -73,7 +73,12 @@ impl Relay<'_> {
             if !self.phase.at_sync_point() {
                 return Ok(Intercepted::WaitForSyncPoint);
             }
-            if let Err(e) = self.binding.bind_from_hint(&self.ctx.lock, &xid).await {
+            let open = self.phase.tx_status() != Some(TxStatus::Idle);
+            if let Err(e) = self
+                .binding
+                .bind_from_hint(&self.ctx.lock, &xid, open)
+                .await
+            {
                 let mut replacement = BytesMut::new();
                 put_query(
                     &mut replacement,
@@ -163,7 +168,7 @@ pub(super) fn error_sql(sqlstate: &str, message: &str) -> String {
 
 /// `DISCARD ALL` and `RESET ALL`: what connection pools send when they hand a
 /// connection to someone else.
-fn is_pool_reset(sql: &[u8]) -> bool {
+pub(super) fn is_pool_reset(sql: &[u8]) -> bool {
     // Runs on every simple Query: decide without allocating.
     let Ok(text) = std::str::from_utf8(sql) else {
         return false;

@@ -459,12 +459,12 @@ fn skip_streaming(streaming: &mut usize, available: usize) -> usize {
     take
 }
 
-/// Client messages tandem decodes, and so must buffer whole.
+/// Client messages tandem must see whole: every one but CopyData, which belongs to the
+/// request that started the COPY and streams through. Each other one moves the
+/// session's state (`on_client_message`), so one split across reads is waited for:
+/// relayed unseen, a FunctionCall's or Execute's reply would arrive unaccounted for.
 fn client_message_is_read(tag: u8) -> bool {
-    matches!(
-        tag,
-        frontend::QUERY | frontend::PARSE | frontend::BIND | frontend::CLOSE | frontend::TERMINATE
-    )
+    tag != frontend::COPY_DATA
 }
 
 /// Backend messages tandem decodes, and so must buffer whole.

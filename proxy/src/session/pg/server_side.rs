@@ -201,6 +201,14 @@ impl Relay<'_> {
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
                 }
+                if tag == b"DISCARD ALL" && self.binding.xid().is_some() {
+                    // A pool's reset, however it was sent (the extended protocol, a
+                    // comment before it): the next user of the connection must not
+                    // write inside this global transaction. It never runs inside a
+                    // transaction block, so nothing of the branch is left open.
+                    tracing::debug!(parent: &self.span, "DISCARD ALL: unbound");
+                    self.binding.unbind();
+                }
                 if [&b"CREATE"[..], b"ALTER", b"DROP"]
                     .iter()
                     .any(|ddl| tag.starts_with(ddl))

@@ -271,6 +271,22 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         .unwrap();
     let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
     assert_eq!(status.as_deref(), Some("Rollbacked"));
+    // The XID hint is not read on MySQL: the server would run the statement outside
+    // the global transaction, so it is refused, text or prepared.
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    text(&mut conn, "SELECT tandem_leave()").await.unwrap();
+    let hinted = format!("/*+ XID('{xid}') */ UPDATE accounts SET balance = 0 WHERE id = 2");
+    let e = conn.query_drop(&hinted).await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    let e = conn.exec_drop(&hinted, ()).await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    text(&mut conn, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    rolled_back(&mut conn).await;
     let mut after = Vec::new();
     for t in ["accounts", "parent", "child", "audited", "nokey", "items"] {
         after.push(dump(&mut direct, t).await);

@@ -2170,3 +2170,170 @@ async fn commit_and_chain_commits_a_branch_and_captures_the_next_transaction() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_hint_naming_another_transaction_or_inside_an_open_block_is_refused() {
+    let orders = prepare("at_hint_refused").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let x = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let y = one(&b, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    // Bound to X, a statement hinted for Y or an unknown xid is refused over the
+    // extended protocol as over the simple one.
+    for hinted in [y.as_str(), "no-such-xid"] {
+        let sql = format!("/*+ XID('{hinted}') */ UPDATE accounts SET balance = $1 WHERE id = $2");
+        let err = a.execute(&sql, &[&7i64, &1i32]).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+            "{hinted}: {err:?}"
+        );
+    }
+    // Its own xid is fine.
+    let own = format!("/*+ XID('{x}') */ UPDATE accounts SET balance = $1 WHERE id = $2");
+    assert_eq!(a.execute(&own, &[&7i64, &2i32]).await.unwrap(), 1);
+    // An unbound session's open block: the write before the hint would commit in the
+    // branch without its image.
+    let c = tandem.connect(&orders.name).await;
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 3")
+        .await
+        .unwrap();
+    let err = c
+        .batch_execute(&format!(
+            "/*+ XID('{y}') */ UPDATE accounts SET balance = 6 WHERE id = 4"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::ACTIVE_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 3")
+        .await
+        .unwrap();
+    let sql = format!("/*+ XID('{y}') */ UPDATE accounts SET balance = $1 WHERE id = $2");
+    let err = c.execute(&sql, &[&6i64, &4i32]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::ACTIVE_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    rolled_back(&a).await;
+    rolled_back(&b).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A FunctionCall message: `oid` with text arguments, a text result.
+fn function_call(oid: u32, args: &[&str]) -> Vec<u8> {
+    let mut body = oid.to_be_bytes().to_vec();
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(args.len() as i16).to_be_bytes());
+    for arg in args {
+        body.extend_from_slice(&(arg.len() as i32).to_be_bytes());
+        body.extend_from_slice(arg.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    tandem_tests::raw_pg::frame(b'F', &body)
+}
+
+/// Sends `bytes` in two writes, apart long enough to arrive in two reads.
+async fn send_split(client: &mut tandem_tests::raw_pg::RawPg, bytes: &[u8], at: usize) {
+    client.send(&bytes[..at]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    client.send(&bytes[at..]).await;
+}
+
+#[tokio::test]
+async fn messages_split_across_reads_are_followed_and_a_function_call_in_a_branch_is_refused() {
+    use tandem_tests::expect_msg;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("at_split").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION zero_first() RETURNS int VOLATILE LANGUAGE sql
+             AS $$ UPDATE accounts SET balance = 0 WHERE id = 1 RETURNING 1 $$",
+        )
+        .await
+        .unwrap();
+    let writer: u32 = direct
+        .query_one("SELECT 'zero_first'::regproc::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let adder: u32 = direct
+        .query_one("SELECT 'int4pl'::regproc::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+
+    // A FunctionCall that arrives in two reads is answered as a whole one is.
+    send_split(&mut raw, &function_call(adder, &["40", "2"]), 9).await;
+    let answer = expect_msg!(raw, b'V');
+    assert!(answer.body.ends_with(b"42"), "{answer:?}");
+    expect_msg!(raw, b'Z');
+
+    // Inside a global transaction a FunctionCall is refused: what the function
+    // writes would not be captured.
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&function_call(writer, &[])).await;
+    let refused = expect_msg!(raw, b'E');
+    assert_eq!(refused.sqlstate().as_deref(), Some("0A000"), "{refused:?}");
+    expect_msg!(raw, b'Z');
+
+    // An Execute split across reads, then a Query behind it with no Sync: the Query
+    // is refused, and the Execute's rows reach the client in order.
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    let mut batch = frame(b'P', b"\0SELECT id FROM accounts ORDER BY id\0\0\0");
+    batch.extend_from_slice(&frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend_from_slice(&frame(b'S', b""));
+    raw.send(&batch).await;
+    raw.recv_until(b'Z').await;
+    send_split(&mut raw, &frame(b'E', b"\0\0\0\0\0"), 6).await;
+    raw.query("UPDATE accounts SET balance = 1 WHERE id = 2")
+        .await;
+    raw.send(&frame(b'S', b"")).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(
+        tags,
+        ['D', 'D', 'D', 'D', 'D', 'C', 'E', 'Z'],
+        "{replies:?}"
+    );
+    assert_eq!(replies[6].sqlstate().as_deref(), Some("0A000"));
+    let synced = raw.recv_until(b'Z').await;
+    assert_eq!(synced.len(), 1, "{synced:?}");
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before, "the function wrote nothing");
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -160,13 +160,23 @@ async fn pool_resets_unbind_and_timeouts_roll_back() {
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let client = tandem.connect(&db.name).await;
-    for reset in ["DISCARD ALL", "reset all;"] {
+    for reset in ["DISCARD ALL", "reset all;", "/* pool */ DISCARD ALL"] {
         value(&client, "SELECT tandem_begin()").await.unwrap();
         client.batch_execute(reset).await.unwrap();
         assert_eq!(
             value(&client, "SELECT tandem_xid()").await,
             None,
             "{reset} unbinds"
+        );
+    }
+    // Over the extended protocol too.
+    for reset in ["DISCARD ALL", "RESET ALL"] {
+        value(&client, "SELECT tandem_begin()").await.unwrap();
+        client.execute(reset, &[]).await.unwrap();
+        assert_eq!(
+            value(&client, "SELECT tandem_xid()").await,
+            None,
+            "{reset} (extended) unbinds"
         );
     }
     let xid = value(&client, "SELECT tandem_begin(100)").await.unwrap();

@@ -225,6 +225,17 @@ impl Relay<'_> {
         {
             self.temporary_tables.clear();
         }
+        let prepares = payload.first() == Some(&command::STMT_PREPARE);
+        if (prepares || payload.first() == Some(&command::QUERY))
+            && header.seq == 0
+            && control::xid_hint(&payload[1..]).is_some()
+        {
+            return self
+                .refuse(Error::Unsupported {
+                    what: "the /*+ XID('…') */ hint on MySQL (the server would run the statement outside the global transaction; bind the session with SELECT tandem_join('…'))",
+                })
+                .map(Some);
+        }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 {
             return Ok(None);
         }
