@@ -206,6 +206,11 @@ pub struct PgFrontend {
     /// Timeout for opening an upstream connection, in milliseconds. Default 5000. The
     /// client then gets SQLSTATE 08001.
     pub connect_timeout_ms: u64,
+    /// How long a client has to send its StartupMessage (TLS negotiation included),
+    /// in milliseconds; then the connection is closed. Default 60000, as PostgreSQL's
+    /// authentication_timeout: a connection that never starts would hold one of
+    /// `max_client_connections` for ever.
+    pub startup_timeout_ms: u64,
     /// Connections per database in the side pool. Default 4.
     pub side_pool_size: usize,
     /// The branch mode of sessions that did not choose one with `tandem_mode`:
@@ -245,6 +250,7 @@ impl Default for PgFrontend {
             max_client_connections: 10_000,
             max_message_bytes: 1 << 30,
             connect_timeout_ms: 5_000,
+            startup_timeout_ms: 60_000,
             side_pool_size: 4,
             mode: BranchMode::At,
             xa_recovery_interval_ms: 10_000,
@@ -257,6 +263,10 @@ impl Default for PgFrontend {
 impl PgFrontend {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
     }
 }
 
@@ -368,6 +378,9 @@ impl Config {
             }
             if pg.connect_timeout_ms == 0 {
                 problems.push(format!("{at}.connect_timeout_ms must be at least 1"));
+            }
+            if pg.startup_timeout_ms == 0 {
+                problems.push(format!("{at}.startup_timeout_ms must be at least 1"));
             }
             if pg.side_pool_size == 0 {
                 problems.push(format!("{at}.side_pool_size must be at least 1"));

@@ -63,6 +63,23 @@ impl Relay<'_> {
                 break;
             }
             let body = frame.body(&buf[pos..]);
+            if self.tracked.copying_in()
+                && matches!(
+                    frame.tag,
+                    frontend::QUERY
+                        | frontend::PARSE
+                        | frontend::BIND
+                        | frontend::EXECUTE
+                        | frontend::FUNCTION_CALL
+                )
+            {
+                // Not COPY data: the backend answers it with a protocol error and ends
+                // the session. Held for a sync point instead, it would leave both ends
+                // waiting for each other.
+                self.on_client_message(frame.tag, body)?;
+                pos += frame.wire_len;
+                continue;
+            }
             let control = match frame.tag {
                 frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
                 _ => None,

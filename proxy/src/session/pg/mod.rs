@@ -98,8 +98,12 @@ pub async fn serve(ctx: Arc<PgFrontendContext>, socket: TcpStream, session_id: u
 }
 
 async fn run(ctx: &PgFrontendContext, socket: TcpStream, span: &tracing::Span) -> Result<()> {
-    let (mut client, startup_packet, params, leftover) = match startup::negotiate(ctx, socket).await
-    {
+    let negotiated = startup::negotiate(ctx, socket);
+    let Ok(opening) = tokio::time::timeout(ctx.config.startup_timeout(), negotiated).await else {
+        tracing::debug!(parent: span, "no StartupMessage in time: closed");
+        return Ok(());
+    };
+    let (mut client, startup_packet, params, leftover) = match opening {
         Ok(Opening::Session {
             client,
             startup_packet,
@@ -349,7 +353,10 @@ impl<'a> Relay<'a> {
                     if self.draining && self.phase.at_sync_point() {
                         return Err(Error::ShuttingDown);
                     }
-                    if self.client_paused && self.phase.at_sync_point() && self.relay_from_client_then_buffered().await? {
+                    // A message held for a sync point while the backend went into
+                    // copy-in mode is relayed (see relay_from_client).
+                    let resumes = self.phase.at_sync_point() || self.tracked.copying_in();
+                    if self.client_paused && resumes && self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }
                 }

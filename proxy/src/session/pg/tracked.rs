@@ -277,6 +277,12 @@ impl Tracked {
         }
     }
 
+    /// Whether the backend is in copy-in mode and the client has not ended it: what
+    /// the client sends now is COPY data, or a protocol error the backend reports.
+    pub fn copying_in(&self) -> bool {
+        self.copy_in
+    }
+
     /// The backend sent ErrorResponse: an error ends copy-in mode on its side.
     pub fn on_error_response(&mut self) {
         self.copy_in = false;

@@ -220,3 +220,65 @@ async fn a_side_connection_error_names_the_servers_message() {
         "{shown}"
     );
 }
+
+#[tokio::test]
+async fn a_statement_sent_in_the_middle_of_copy_from_stdin_gets_the_servers_error() {
+    let db = TestDb::create("copy_interrupted").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let tandem = Tandem::start().await;
+    for interruption in [
+        frame(b'Q', b"SELECT tandem_begin()\0"),
+        [
+            frame(b'P', b"\0UPDATE t SET id = 2\0\0\0"),
+            frame(b'B', b"\0\0\0\0\0\0\0\0"),
+            frame(b'S', b""),
+        ]
+        .concat(),
+    ] {
+        let mut client = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        client.query("COPY t FROM STDIN").await;
+        expect_msg!(client, b'G');
+        client.send(&frame(b'd', b"1\n")).await;
+        // tandem would act on these at a sync point, which never comes in copy-in
+        // mode: the backend reports them instead, and ends the session.
+        client.send(&interruption).await;
+        let msgs = client.recv_to_close().await;
+        let errors: Vec<_> = msgs
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| (m.field(b'V'), m.sqlstate()))
+            .collect();
+        assert_eq!(
+            errors.last(),
+            Some(&(Some("FATAL".to_owned()), Some("08P01".to_owned()))),
+            "{msgs:?}"
+        );
+    }
+    tandem.assert_no_sessions_left().await;
+    eventually("backends gone", || async { db.backend_count().await == 0 }).await;
+    let n: i64 = db
+        .direct()
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the COPY did not commit");
+    tandem.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_startup_message_is_closed() {
+    let tandem = Tandem::start_with(|c| c.postgres[0].startup_timeout_ms = 200).await;
+    let mut client = RawPg::connect(tandem.pg).await;
+    // Half a length word, then nothing.
+    client.send(&[0, 0]).await;
+    let msgs = client.recv_to_close().await;
+    assert!(msgs.is_empty(), "{msgs:?}");
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}
