@@ -281,16 +281,16 @@ impl LockClient {
         }
     }
 
-    /// Commits; `Committed` once the decision is durable.
+    /// Commits; `Committed` once the decision is durable. The server may first wait up
+    /// to its rollback wait for XA branches still preparing (then PhaseOnePending): the
+    /// call waits as long as a rollback's, so that it hears that answer rather than
+    /// timing out first.
     pub async fn commit(&self, xid: &Xid) -> Result<GlobalStatus> {
-        self.status_call(
-            "commit",
-            Duration::ZERO,
-            pb::call::Op::Commit(pb::XidRequest {
-                xid: xid.to_string(),
-            }),
-        )
-        .await
+        let op = pb::call::Op::Commit(pb::XidRequest {
+            xid: xid.to_string(),
+        });
+        self.status_call("commit", Duration::from_secs(10), op)
+            .await
     }
 
     /// Rolls back; `Rollbacked` once every branch is undone, or a `*Retrying` /

@@ -782,7 +782,14 @@ async fn a_write_behind_a_passive_statement_does_not_escape_the_xa_branch() {
 async fn a_global_commit_waits_for_xa_branches_still_preparing_and_never_splits() {
     let (one, two) = (bank("xa_unprepared_a").await, bank("xa_unprepared_b").await);
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = start(&lockserver).await;
+    // The lockserver waits its rollback_wait_ms (3 s here) for the branch to prepare,
+    // longer than a call's timeout: the commit still hears its answer.
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.call_timeout_ms = 1_500;
+    })
+    .await;
     let mut a = my::connect(&tandem, &one.name).await;
     let mut b = my::connect(&tandem, &two.name).await;
     for conn in [&mut a, &mut b] {
@@ -941,6 +948,59 @@ async fn after_a_reset_in_the_middle_of_an_xa_branch_the_session_begins_again() 
         [(1, 1000), (2, 1005), (3, 1000)]
     );
     drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn an_xa_commit_after_the_global_rollback_rolls_the_branch_back_and_the_session_goes_on() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_late_commit").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = balances(&mut direct).await;
+    let mut a = my::connect(&tandem, &db.name).await;
+    let mut b = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    text(&mut b, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    b.query_drop("START TRANSACTION").await.unwrap();
+    b.query_drop("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    // Decided while the branch is still open: its COMMIT comes too late.
+    assert_eq!(
+        text(&mut a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    let e = b.query_drop("COMMIT").await.unwrap_err();
+    assert_eq!(code(&e), 1213, "{e}");
+    // Nothing of the branch stays prepared, holding its row locks, and the session
+    // is not left waiting for a phase 2 that will never come.
+    let n: Option<i64> = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        b.query_first("SELECT COUNT(*) FROM accounts"),
+    )
+    .await
+    .expect("the session answers")
+    .unwrap();
+    assert_eq!(n, Some(3));
+    assert_eq!(tandem_prepared(&mut direct, &xid).await, 0);
+    direct
+        .query_drop("UPDATE accounts SET note = 'free' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balances(&mut direct).await, before);
+    drop((a, b));
     tandem.shutdown().await;
     lockserver.stop().await;
 }

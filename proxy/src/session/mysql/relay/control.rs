@@ -682,6 +682,25 @@ impl Relay<'_> {
         if let Err(e) = &reported {
             tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %e, "phase-1 report failed");
         }
+        if commit
+            && outcome.is_ok()
+            && let Err(e) = &reported
+            && e.is_client_fault()
+        {
+            // The global transaction ended without this branch (rolled back, timed out,
+            // forgotten): no phase 2 will come for it, and recovery leaves alone a
+            // branch attached to a live connection. Its locks would be held for ever.
+            if let Err(rollback) = self.run_own(&format!("XA ROLLBACK {id}")).await? {
+                tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed");
+            }
+            let e = Error::RolledBackDuringCommit {
+                xid: branch.xid.to_string(),
+            };
+            self.put_error(&e);
+            self.exchange
+                .on_authenticated(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+            return Ok(Handled::Answer);
+        }
         if commit && outcome.is_ok() {
             self.ctx
                 .xa
