@@ -184,6 +184,21 @@ impl Error {
         }
     }
 
+    /// The global transaction is decided, timed out or forgotten (or never was):
+    /// nothing can register in it any more, so a session bound to it is bound to nothing.
+    pub fn transaction_is_over(&self) -> bool {
+        match self {
+            Error::UnknownXid { .. } | Error::InvalidState { .. } | Error::Expired { .. } => true,
+            Error::Rpc { code, .. } => {
+                matches!(
+                    code,
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                )
+            }
+            _ => false,
+        }
+    }
+
     /// The caller sent something wrong; not the server's fault, not logged as an error.
     pub fn is_client_fault(&self) -> bool {
         match self {

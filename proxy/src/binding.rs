@@ -60,6 +60,16 @@ impl Binding {
         self.reset_at_transaction_end = false;
     }
 
+    /// A branch registration refused because the global transaction is over (decided,
+    /// timed out, forgotten): the session is bound to nothing any more, as after
+    /// tandem_commit(), rather than failing every later write until it unbinds.
+    pub fn unbind_if_over(&mut self, e: &tandem_lockserver::Error) {
+        if e.transaction_is_over() {
+            tracing::debug!(xid = ?self.xid, error = %e, "the global transaction is over: unbound");
+            self.unbind();
+        }
+    }
+
     /// A pool reset that may arrive inside a local transaction (`RESET ALL`): there it
     /// takes effect when the transaction ends, or the transaction's writes would
     /// commit outside the global transaction they were captured for.

@@ -134,6 +134,14 @@ pub enum Error {
     )]
     RolledBackDuringCommit { xid: String },
 
+    /// A statement on a MariaDB connection that holds a prepared XA branch, from a
+    /// session bound to that branch's transaction: waiting for the decision could wait
+    /// for this very session.
+    #[error(
+        "this connection holds the prepared XA branch of global transaction {xid}, and MariaDB runs nothing else on it until the transaction is decided: call tandem_commit() or tandem_rollback() first, or run the statement on another connection"
+    )]
+    BranchPrepared { xid: String },
+
     /// tandem's own statement on the client's connection met what the client's own
     /// statement could have met: a deadlock, a serialization failure, a lock or
     /// statement timeout. The client gets the backend's SQLSTATE, to retry as it would.
@@ -228,9 +236,10 @@ impl Error {
                 e if e.is_client_fault() => SqlState::InvalidParameterValue,
                 _ => SqlState::SystemError,
             },
-            Error::NotBound | Error::AlreadyBound { .. } | Error::NotJoinable { .. } => {
-                SqlState::ObjectNotInPrerequisiteState
-            }
+            Error::NotBound
+            | Error::AlreadyBound { .. }
+            | Error::NotJoinable { .. }
+            | Error::BranchPrepared { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::LocalTransactionOpen { .. } => SqlState::ActiveSqlTransaction,
             Error::BadControlCall(_) => SqlState::InvalidParameterValue,
             Error::InFailedTransaction => SqlState::InFailedSqlTransaction,
@@ -249,6 +258,7 @@ impl Error {
             | Error::TlsHandshake(_) => MyErr::HandshakeError,
             Error::UnexpectedMessage { .. } => MyErr::UnknownCommand,
             Error::MalformedCommand { .. } => MyErr::MalformedPacket,
+            Error::BranchPrepared { .. } => MyErr::XaRmFail,
             Error::Unsupported { .. } | Error::Undo(_) => MyErr::NotSupportedYet,
             Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
                 MyErr::CantConnect
@@ -300,6 +310,7 @@ impl Error {
             self,
             Error::Unsupported { .. }
                 | Error::MalformedCommand { .. }
+                | Error::BranchPrepared { .. }
                 | Error::SidePool(_)
                 | Error::SideQuery(_)
                 | Error::MysqlSide(_)
@@ -340,6 +351,7 @@ impl Error {
                 | Error::AlreadyBound { .. }
                 | Error::NotJoinable { .. }
                 | Error::LocalTransactionOpen { .. }
+                | Error::BranchPrepared { .. }
                 | Error::BadControlCall(_)
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
@@ -400,6 +412,7 @@ impl Error {
             | Error::AlreadyBound { .. }
             | Error::NotJoinable { .. }
             | Error::LocalTransactionOpen { .. }
+            | Error::BranchPrepared { .. }
             | Error::BadControlCall(_)
             | Error::InFailedTransaction => "control",
         }

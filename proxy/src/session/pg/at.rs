@@ -1044,11 +1044,12 @@ impl Relay<'_> {
         let resource = resource_id(&self.ctx.upstream, &self.database);
         let (record, keys) = std::mem::take(&mut self.branch).finish(&resource);
         self.ctx.phase2.serve(&resource);
-        let branch_id = self
+        let registered = self
             .ctx
             .lock
             .register_branch(&xid, &resource, BranchKind::AT, &keys, self.ctx.lock_wait)
-            .await?;
+            .await;
+        let branch_id = registered.inspect_err(|e| self.binding.unbind_if_over(e))?;
         tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
         Ok(Some(UndoRow {
             id: crate::at::undo_row_id(xid.as_str(), branch_id).to_be_bytes(),

@@ -303,6 +303,7 @@ impl Relay<'_> {
         let branch_id = match registered {
             Ok(id) => id,
             Err(e) => {
+                self.binding.unbind_if_over(&e);
                 self.exchange_required("ROLLBACK").await?;
                 let e = Error::from(e);
                 return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
@@ -317,6 +318,21 @@ impl Relay<'_> {
         // XA branch's, so a client told its COMMIT went through lets its transaction
         // commit.
         let reported = self.ctx.lock.report(&xid, branch_id, success).await;
+        if success
+            && let Err(e) = &reported
+            && e.is_client_fault()
+        {
+            // Decided without this branch in the meantime (a timeout): no phase 2 will
+            // come for it, and recovery would hold its locks until xa_orphan_after_ms.
+            let gid = quote_literal(&gid);
+            if let Some(e) = self
+                .exchange_simple(&format!("ROLLBACK PREPARED {gid}"))
+                .await?
+                .error
+            {
+                tracing::warn!(parent: &self.span, xid = %xid, branch = branch_id, error = %e.message, "ROLLBACK PREPARED of a branch its transaction ended without failed");
+            }
+        }
         match prepared.error {
             // Prepared, but the lockserver does not know: the global transaction cannot
             // commit, and the branch follows its rollback.

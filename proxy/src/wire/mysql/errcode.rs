@@ -36,6 +36,8 @@ pub enum MyErr {
     /// 1835 ER_MALFORMED_PACKET, HY000: a whole command packet that does not decode
     /// (the server answers so and keeps the connection).
     MalformedPacket,
+    /// 1399 ER_XAER_RMFAIL, XAE07: the connection holds a prepared XA branch.
+    XaRmFail,
 }
 
 impl MyErr {
@@ -55,6 +57,7 @@ impl MyErr {
             MyErr::NotSupportedYet => 1235,
             MyErr::CantConnect => 2003,
             MyErr::MalformedPacket => 1835,
+            MyErr::XaRmFail => 1399,
         }
     }
 
@@ -70,6 +73,7 @@ impl MyErr {
             | MyErr::HandshakeError => b"08S01",
             MyErr::Deadlock => b"40001",
             MyErr::NotSupportedYet => b"42000",
+            MyErr::XaRmFail => b"XAE07",
             MyErr::Unknown
             | MyErr::LockWaitTimeout
             | MyErr::CantConnect

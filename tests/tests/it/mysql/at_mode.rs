@@ -2301,3 +2301,46 @@ async fn use_inside_a_branch_with_writes_runs_and_the_rollback_restores_both_dat
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_whose_global_transaction_ended_elsewhere_is_unbound_by_its_next_write() {
+    let db = prepare("at_stale_binding").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut a = my::connect(&tandem, &db.name).await;
+    let mut b = my::connect(&tandem, &db.name).await;
+    let mut direct = db.direct().await;
+    let xid = text(&mut a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    text(&mut b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&mut a, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let before = dump(&mut direct, "accounts").await;
+    let e = b
+        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert!(code(&e) > 0, "{e}");
+    assert_eq!(dump(&mut direct, "accounts").await, before, "undone");
+    assert_eq!(text(&mut b, "SELECT tandem_xid()").await.unwrap(), None);
+    b.query_drop("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(2));
+    drop((a, b));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

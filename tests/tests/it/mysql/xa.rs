@@ -930,6 +930,11 @@ async fn after_a_reset_in_the_middle_of_an_xa_branch_the_session_begins_again() 
             .as_deref(),
         Some("Committed")
     );
+    eventually("the XA branch is finished", || async {
+        let mut d = db.direct().await;
+        tandem_prepared(&mut d, &xid).await == 0
+    })
+    .await;
     assert_eq!(
         balances(&mut direct).await,
         [(1, 1000), (2, 1005), (3, 1000)]
@@ -1001,6 +1006,59 @@ async fn an_xa_commit_after_the_global_rollback_rolls_the_branch_back_and_the_se
         .unwrap();
     assert_eq!(balances(&mut direct).await, before);
     drop((a, b));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_statement_after_its_own_xa_commit_is_refused_at_once_not_left_waiting_for_itself() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_self_wait").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        "START TRANSACTION",
+        "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+        "COMMIT",
+    ] {
+        conn.query_drop(sql).await.unwrap();
+    }
+    // MariaDB runs nothing beside the prepared branch until the decision, which this
+    // session has yet to make: waiting would last until the transaction timed out.
+    let e = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.query_drop("SELECT COUNT(*) FROM accounts"),
+    )
+    .await
+    .expect("answered at once")
+    .unwrap_err();
+    assert_eq!(code(&e), 1399, "{e}");
+    let e = conn
+        .exec_drop("SELECT balance FROM accounts WHERE id = ?", (1,))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1399, "{e}");
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let n: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM accounts")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(3));
+    assert_eq!(
+        balances(&mut direct).await,
+        [(1, 990), (2, 1000), (3, 1000)]
+    );
+    drop(conn);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

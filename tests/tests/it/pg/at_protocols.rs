@@ -2337,3 +2337,53 @@ async fn messages_split_across_reads_are_followed_and_a_function_call_in_a_branc
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_whose_global_transaction_ended_elsewhere_is_unbound_by_its_next_write() {
+    let orders = prepare("at_stale_binding").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    // B never left: its write cannot join a committed transaction, and is undone.
+    let err = b
+        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "{err:?}"
+    );
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1000);
+    // The session is bound to nothing now: its next write is an ordinary one.
+    assert_eq!(one(&b, "SELECT tandem_xid()").await.unwrap(), None);
+    b.batch_execute("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 2);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

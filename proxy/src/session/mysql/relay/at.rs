@@ -952,7 +952,10 @@ impl Relay<'_> {
         drop(queries);
         let branch_id = match registered {
             Ok(id) => id,
-            Err(e) => return self.abandon(AtFailure::Refused(e.into())).await,
+            Err(e) => {
+                self.binding.unbind_if_over(&e);
+                return self.abandon(AtFailure::Refused(e.into())).await;
+            }
         };
         tracing::debug!(parent: &self.span, %xid, branch = branch_id, "branch registered");
         for ((meta, ..), result) in reads.iter().zip(results) {

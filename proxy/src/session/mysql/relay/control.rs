@@ -262,10 +262,10 @@ impl Relay<'_> {
             self.database_uncertain = true;
         }
         let parsed = control::parse(sql);
-        if matches!(parsed, Ok(None)) && !self.owned.is_empty() {
-            // The server accepts nothing new on this connection until its prepared
-            // branch is finished, which the global decision brings shortly.
-            return Ok(Some(Handled::Pause));
+        if matches!(parsed, Ok(None))
+            && let Some(held) = self.held_by_owned_branches()?
+        {
+            return Ok(Some(held));
         }
         match parsed {
             Ok(Some(control)) => return self.answer_control(Ok(control)).await.map(Some),
@@ -344,6 +344,26 @@ impl Relay<'_> {
         }
     }
 
+    /// What a statement gets on a connection holding prepared XA branches, which the
+    /// server runs nothing beside until they are finished: it waits for the global
+    /// decision, which finishes them shortly; or, from a session bound to one of their
+    /// transactions, whose decision could be waiting for this very session, it is
+    /// refused at once. None: the connection holds none.
+    fn held_by_owned_branches(&mut self) -> Result<Option<Handled>> {
+        if self.owned.is_empty() {
+            return Ok(None);
+        }
+        if let Some(xid) = self.binding.xid()
+            && self.owned.iter().any(|(owned, _)| owned == xid)
+        {
+            let e = Error::BranchPrepared {
+                xid: xid.to_string(),
+            };
+            return self.refuse(e).map(Some);
+        }
+        Ok(Some(Handled::Pause))
+    }
+
     /// COM_STMT_EXECUTE in a bound session: the statement it runs (known from its
     /// COM_STMT_PREPARE; unknown counts as a write) follows the COM_QUERY rules.
     async fn intercept_execute(
@@ -351,8 +371,8 @@ impl Relay<'_> {
         header: Header,
         packet: &[u8],
     ) -> Result<Option<Handled>> {
-        if !self.owned.is_empty() {
-            return Ok(Some(Handled::Pause));
+        if let Some(held) = self.held_by_owned_branches()? {
+            return Ok(Some(held));
         }
         let payload = header.payload(packet);
         let Some(id) = super::client_side::statement_id(payload) else {
@@ -633,7 +653,10 @@ impl Relay<'_> {
             .await
         {
             Ok(id) => id,
-            Err(e) => return Ok(Err(e.into())),
+            Err(e) => {
+                self.binding.unbind_if_over(&e);
+                return Ok(Err(e.into()));
+            }
         };
         let start = format!("XA START {}", crate::xa::mysql::xa_id(&xid, branch_id));
         tracing::debug!(parent: &self.span, %xid, branch = branch_id, "XA branch started");
