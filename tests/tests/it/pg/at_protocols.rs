@@ -2387,3 +2387,38 @@ async fn a_session_whose_global_transaction_ended_elsewhere_is_unbound_by_its_ne
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete() {
+    use tandem_tests::raw_pg::RawPg;
+    let orders = prepare("at_held_complete").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let mut b = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    b.query(&format!("SELECT tandem_join('{xid}')")).await;
+    b.recv_until(b'Z').await;
+    one(&a, "SELECT tandem_commit()").await.unwrap();
+    // Its branch cannot register in a committed transaction, so tandem's COMMIT of it
+    // never happens: as from a backend whose implicit commit fails, the client hears
+    // the error alone, not "UPDATE 1" first.
+    b.query("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await;
+    let replies = b.recv_until(b'Z').await;
+    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, ['E', 'Z'], "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("55000"));
+    // A write that commits still gets its CommandComplete.
+    b.query("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await;
+    let replies = b.recv_until(b'Z').await;
+    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, ['C', 'Z'], "{replies:?}");
+    drop(b);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
