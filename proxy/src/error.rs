@@ -258,7 +258,13 @@ impl Error {
             | Error::TlsHandshake(_) => MyErr::HandshakeError,
             Error::UnexpectedMessage { .. } => MyErr::UnknownCommand,
             Error::MalformedCommand { .. } => MyErr::MalformedPacket,
-            Error::BranchPrepared { .. } => MyErr::XaRmFail,
+            // The session's binding is not in the state the call needs.
+            Error::BranchPrepared { .. }
+            | Error::NotBound
+            | Error::AlreadyBound { .. }
+            | Error::NotJoinable { .. } => MyErr::XaRmFail,
+            Error::LocalTransactionOpen { .. } => MyErr::TransactionInProgress,
+            Error::BadControlCall(_) => MyErr::WrongArguments,
             Error::Unsupported { .. } | Error::Undo(_) => MyErr::NotSupportedYet,
             Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
                 MyErr::CantConnect
@@ -291,11 +297,6 @@ impl Error {
             | Error::SidePoolBuild { .. }
             | Error::MysqlSide(_)
             | Error::Lockserver(_)
-            | Error::NotBound
-            | Error::AlreadyBound { .. }
-            | Error::NotJoinable { .. }
-            | Error::LocalTransactionOpen { .. }
-            | Error::BadControlCall(_)
             | Error::InFailedTransaction
             | Error::UnknownTable { .. }
             | Error::Injected { .. }
@@ -510,7 +511,7 @@ mod tests {
         }));
         let expected = [
             1043, 1153, 1043, 1047, 1043, 1235, 2003, 2003, 1158, 1158, 1158, 1158, 1043, 1040,
-            1053, 1105, 1105, 1105, 1105, 1105, 1105, 1105, 1153, 1156,
+            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1153, 1156,
         ];
         let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
         assert_eq!(got, expected);

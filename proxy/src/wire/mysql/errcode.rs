@@ -36,8 +36,13 @@ pub enum MyErr {
     /// 1835 ER_MALFORMED_PACKET, HY000: a whole command packet that does not decode
     /// (the server answers so and keeps the connection).
     MalformedPacket,
-    /// 1399 ER_XAER_RMFAIL, XAE07: the connection holds a prepared XA branch.
+    /// 1399 ER_XAER_RMFAIL, XAE07: the global transaction (the session's binding, or a
+    /// prepared branch its connection holds) is not in the state the command needs.
     XaRmFail,
+    /// 1568 ER_CANT_CHANGE_TX_CHARACTERISTICS, 25001: not while a transaction is open.
+    TransactionInProgress,
+    /// 1210 ER_WRONG_ARGUMENTS, HY000: a control function called with bad arguments.
+    WrongArguments,
 }
 
 impl MyErr {
@@ -58,6 +63,8 @@ impl MyErr {
             MyErr::CantConnect => 2003,
             MyErr::MalformedPacket => 1835,
             MyErr::XaRmFail => 1399,
+            MyErr::TransactionInProgress => 1568,
+            MyErr::WrongArguments => 1210,
         }
     }
 
@@ -74,10 +81,12 @@ impl MyErr {
             MyErr::Deadlock => b"40001",
             MyErr::NotSupportedYet => b"42000",
             MyErr::XaRmFail => b"XAE07",
+            MyErr::TransactionInProgress => b"25001",
             MyErr::Unknown
             | MyErr::LockWaitTimeout
             | MyErr::CantConnect
-            | MyErr::MalformedPacket => b"HY000",
+            | MyErr::MalformedPacket
+            | MyErr::WrongArguments => b"HY000",
         }
     }
 }

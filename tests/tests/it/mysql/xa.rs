@@ -85,10 +85,29 @@ async fn control_functions_answer_over_mysql_and_a_reset_unbinds() {
             .as_deref(),
         Some("Begin")
     );
+    // Refusals carry the server's codes for what they mean.
     let e = text(&mut conn, "SELECT tandem_join('x', 'y')")
         .await
         .unwrap_err();
-    assert!(code(&e) > 0, "{e}");
+    assert_eq!(code(&e), 1210, "bad arguments: {e}");
+    let e = text(&mut conn, "SELECT tandem_begin()").await.unwrap_err();
+    assert_eq!(code(&e), 1399, "already bound: {e}");
+    let mut other = my::connect(&tandem, &db.name).await;
+    other.query_drop("START TRANSACTION").await.unwrap();
+    let e = text(&mut other, "SELECT tandem_begin()").await.unwrap_err();
+    assert_eq!(code(&e), 1568, "inside a transaction: {e}");
+    other.query_drop("ROLLBACK").await.unwrap();
+    let e = text(&mut other, "SELECT tandem_commit()")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1399, "not bound: {e}");
+    // The server knows no such function: over COM_STMT_PREPARE tandem says so.
+    let e = other
+        .exec_drop("SELECT tandem_xid()", ())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1235, "prepared: {e}");
+    drop(other);
     // COM_RESET_CONNECTION unbinds, as a pool's reset does.
     conn.reset().await.unwrap();
     assert_eq!(text(&mut conn, "SELECT tandem_xid()").await.unwrap(), None);

@@ -236,6 +236,17 @@ impl Relay<'_> {
                 })
                 .map(Some);
         }
+        if prepares
+            && header.seq == 0
+            && payload.len() == header.payload_len
+            && !matches!(control::parse(&payload[1..]), Ok(None))
+        {
+            return self
+                .refuse(Error::Unsupported {
+                    what: "a control function in a server-side prepared statement on MySQL (send it as a text query: useServerPrepStmts=false, or the driver's plain query)",
+                })
+                .map(Some);
+        }
         if payload.first() != Some(&command::QUERY) || header.seq != 0 {
             return Ok(None);
         }
