@@ -46,6 +46,10 @@ pub(super) enum Extended {
     /// A Bind of a write that cannot be held (its batch is already under way): replace
     /// it with a failing Bind and answer with this error.
     RefuseBind(Refusal),
+    /// An Execute that cannot run nor be held (its batch is already under way): replace
+    /// it with a failing Bind of its portal, answered with this error; the backend then
+    /// skips the rest of the batch, as after the Execute's own error.
+    RefuseExecute(Refusal),
     /// Relay this Parse in place of the client's (a control statement being prepared).
     ReplaceParse(BytesMut),
     /// The batch (this many bytes) was handled: `to_backend` is what to send instead

@@ -132,6 +132,24 @@ impl Relay<'_> {
                         self.client_paused = true;
                         break;
                     }
+                    Extended::RefuseExecute(refusal) => {
+                        let portal = crate::wire::pg::reader::Reader::new(body)
+                            .cstr()
+                            .unwrap_or(b"");
+                        let mut bind = Vec::with_capacity(portal.len() + 16);
+                        bind.extend_from_slice(portal);
+                        bind.extend_from_slice(b"\0\0\0\0\0\0\0\0");
+                        let mut replacement = BytesMut::new();
+                        put_failing_bind(&mut replacement, &bind);
+                        self.write_server(&buf[run_start..pos]).await?;
+                        self.write_server(&replacement).await?;
+                        // The backend answers a Bind now, whose error is the client's.
+                        self.on_client_message(frontend::BIND, &replacement[5..])?;
+                        self.tracked.refuse_last(refusal);
+                        pos += frame.wire_len;
+                        run_start = pos;
+                        continue;
+                    }
                     Extended::RefuseBind(refusal) => {
                         let mut replacement = BytesMut::new();
                         put_failing_bind(&mut replacement, body);

@@ -129,13 +129,14 @@ impl Relay<'_> {
     /// a table that may hold global locks cannot be checked here (its rows were never
     /// locked by tandem), so its batch is refused; any other runs (under a guard).
     pub(super) async fn guard_execute(&mut self, rest: &[u8], body: &[u8]) -> Result<Extended> {
-        if !self.phase.at_sync_point() {
-            // Within a batch: its Bind was checked or guarded moments ago.
-            return Ok(Extended::NotAWrite);
-        }
         let Ok(portal) = crate::wire::pg::reader::Reader::new(body).cstr() else {
             return Ok(Extended::NotAWrite);
         };
+        let mid_batch = !self.phase.at_sync_point();
+        if mid_batch && self.tracked.bound_in_this_batch(portal) {
+            // Its Bind, in this batch, was checked or guarded moments ago.
+            return Ok(Extended::NotAWrite);
+        }
         let Some(sql) = self
             .tracked
             .portal(portal)
@@ -153,6 +154,18 @@ impl Relay<'_> {
             RowsToCheck::Check(_, _, Some(_)) => return Ok(Extended::NotAWrite),
             RowsToCheck::Check(..) | RowsToCheck::AtSyncPoint { .. } => {}
         }
+        let e = Error::Unsupported {
+            what: "executing, in a later batch than its Bind, a portal that writes to a table holding global locks (bind and execute it in one batch)",
+        };
+        if mid_batch {
+            // Behind a Query or Sync still in flight it waits for their answers, and is
+            // refused there with its batch; behind extended messages not yet synced no
+            // sync point comes first.
+            if !self.phase.unsynced() {
+                return Ok(Extended::WaitForSyncPoint);
+            }
+            return Ok(Extended::RefuseExecute(super::at_extended::refusal(e)));
+        }
         let max = self.ctx.config.max_message_bytes;
         let consumed = match batch_end(rest, max)? {
             BatchEnd::Sync(consumed) => consumed,
@@ -160,9 +173,6 @@ impl Relay<'_> {
             // The client waits for replies before any Sync: tandem cannot answer the
             // batch in order, so it runs (see the module comment).
             BatchEnd::Flush => return Ok(Extended::NotAWrite),
-        };
-        let e = Error::Unsupported {
-            what: "executing, in a later batch than its Bind, a portal that writes to a table holding global locks (bind and execute it in one batch)",
         };
         self.answer_directly(consumed, e).await
     }

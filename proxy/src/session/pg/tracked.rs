@@ -36,6 +36,8 @@ pub struct Statement {
 pub struct Portal {
     pub statement: Bytes,
     bind: Bytes,
+    /// The batch its Bind was sent in (see `Tracked::sync_points_sent`).
+    batch: u64,
 }
 
 impl Portal {
@@ -97,6 +99,8 @@ pub struct Tracked {
     outstanding: VecDeque<Outstanding>,
     /// The backend is in copy-in mode and the client has not ended it yet.
     copy_in: bool,
+    /// Sync, Query and FunctionCall messages sent: the number of the batch under way.
+    sync_points_sent: u64,
 }
 
 impl Tracked {
@@ -187,6 +191,7 @@ impl Tracked {
             portal: Portal {
                 statement,
                 bind: Bytes::copy_from_slice(body),
+                batch: self.sync_points_sent,
             },
             refused: None,
         });
@@ -210,7 +215,22 @@ impl Tracked {
             return false;
         }
         self.outstanding.push_back(Outstanding::SyncPoint(kind));
+        self.sync_points_sent += 1;
         true
+    }
+
+    /// Whether the portal an Execute sent now runs was bound in the same batch (since
+    /// the last Sync, Query or FunctionCall), its Bind still in flight or not.
+    pub fn bound_in_this_batch(&self, name: &[u8]) -> bool {
+        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
+            Outstanding::Bind {
+                name: n, portal, ..
+            } if n[..] == *name => Some(portal),
+            _ => None,
+        });
+        in_flight
+            .or_else(|| self.portals.get(name))
+            .is_some_and(|portal| portal.batch == self.sync_points_sent)
     }
 
     /// The client sent CopyDone or CopyFail.

@@ -332,6 +332,88 @@ async fn an_outside_upsert_over_a_held_row_fails_and_the_rollback_is_exact() {
 }
 
 #[tokio::test]
+async fn a_portal_from_an_earlier_batch_executed_behind_other_requests_is_refused_too() {
+    use tandem_tests::expect_msg;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("outside_portal_piped").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    // Two sessions bind a portal each while the table holds no global lock (nothing
+    // to check yet); then global transactions take both rows.
+    let mut sessions = Vec::new();
+    for id in [4, 5] {
+        let mut b = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+        b.query("BEGIN").await;
+        b.recv_until(b'Z').await;
+        let update = format!("w\0UPDATE accounts SET balance = 9 WHERE id = {id}\0\0\0");
+        let mut parse = frame(b'P', update.as_bytes());
+        parse.extend_from_slice(&frame(b'S', b""));
+        b.send(&parse).await;
+        b.recv_until(b'Z').await;
+        let mut bind = frame(b'B', b"p\0w\0\0\0\0\0\0\0");
+        bind.extend_from_slice(&frame(b'S', b""));
+        b.send(&bind).await;
+        let bound = b.recv_until(b'Z').await;
+        assert_eq!(bound.len(), 2, "{bound:?}");
+        sessions.push((id, b));
+    }
+    let mut holders = Vec::new();
+    for id in [4, 5] {
+        holders.push(hold_row(&global, &orders.name, id).await);
+    }
+    // The portal runs in a later batch: behind a Query still in flight, and behind
+    // extended messages not yet synced.
+    let aheads = [
+        (frame(b'Q', b"SELECT 1\0"), &[b'T', b'D', b'C', b'Z'][..]),
+        (
+            [
+                frame(b'P', b"\0SELECT 2\0\0\0"),
+                frame(b'B', b"\0\0\0\0\0\0\0\0"),
+                frame(b'E', b"\0\0\0\0\0"),
+            ]
+            .concat(),
+            &[b'1', b'2', b'D', b'C'][..],
+        ),
+    ];
+    for ((id, mut b), (ahead, answered)) in sessions.into_iter().zip(aheads) {
+        let mut later = ahead;
+        later.extend_from_slice(&frame(b'E', b"p\0\0\0\0\0"));
+        later.extend_from_slice(&frame(b'S', b""));
+        b.send(&later).await;
+        for &tag in answered {
+            expect_msg!(b, tag);
+        }
+        let refused = expect_msg!(b, b'E');
+        assert_eq!(refused.sqlstate().as_deref(), Some("0A000"), "{refused:?}");
+        expect_msg!(b, b'Z');
+        b.query("ROLLBACK").await;
+        b.recv_until(b'Z').await;
+        assert_eq!(
+            balance(&direct, id).await,
+            1,
+            "as the global transaction left it"
+        );
+    }
+    for a in holders {
+        assert_eq!(
+            one(&a, "SELECT tandem_rollback()")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Rollbacked"),
+            "no dirty write"
+        );
+    }
+    assert_eq!(balance(&direct, 4).await, 1000);
+    assert_eq!(balance(&direct, 5).await, 1000);
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
 async fn a_portal_bound_before_its_table_held_locks_is_not_executed_over_a_held_row() {
     let orders = prepare("outside_portal").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
