@@ -40,6 +40,11 @@ pub struct Binding {
     /// with that transaction, whose branch must still commit or roll back inside the
     /// global transaction.
     reset_at_transaction_end: bool,
+    /// A branch registration was refused because the transaction is over. The session
+    /// stays bound, so its writes keep failing (unbound, a client that carried on past
+    /// the error would commit the rest for good outside the transaction), but
+    /// tandem_begin() and tandem_join() may replace the binding.
+    over: bool,
 }
 
 impl Binding {
@@ -58,15 +63,27 @@ impl Binding {
         self.mode = None;
         self.from_hint = false;
         self.reset_at_transaction_end = false;
+        self.over = false;
     }
 
-    /// A branch registration refused because the global transaction is over (decided,
-    /// timed out, forgotten): the session is bound to nothing any more, as after
-    /// tandem_commit(), rather than failing every later write until it unbinds.
-    pub fn unbind_if_over(&mut self, e: &tandem_lockserver::Error) {
-        if e.transaction_is_over() {
-            tracing::debug!(xid = ?self.xid, error = %e, "the global transaction is over: unbound");
-            self.unbind();
+    /// A branch registration was refused: if because the global transaction is over
+    /// (decided, timed out, forgotten), tandem_begin() and tandem_join() may replace
+    /// the binding, which otherwise stays (see `over`).
+    pub fn on_registration_refused(&mut self, e: &tandem_lockserver::Error) {
+        if self.xid.is_some() && e.transaction_is_over() {
+            tracing::debug!(xid = ?self.xid, error = %e, "the bound global transaction is over");
+            self.over = true;
+        }
+    }
+
+    /// Whether a new binding may replace this one: none, or one whose transaction is
+    /// known to be over.
+    fn replaceable(&self) -> Result<()> {
+        match &self.xid {
+            Some(xid) if !self.over => Err(Error::AlreadyBound {
+                xid: xid.to_string(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -161,21 +178,14 @@ impl Binding {
         }
         match control {
             Control::Begin { timeout_ms } => {
-                if let Some(xid) = &self.xid {
-                    return Err(Error::AlreadyBound {
-                        xid: xid.to_string(),
-                    });
-                }
+                self.replaceable()?;
                 let xid = lock.begin(timeout_ms.map(Duration::from_millis)).await?;
                 self.xid = Some(xid.clone());
+                self.over = false;
                 Ok(Some(xid.to_string()))
             }
             Control::Join { xid } => {
-                if let Some(bound) = &self.xid {
-                    return Err(Error::AlreadyBound {
-                        xid: bound.to_string(),
-                    });
-                }
+                self.replaceable()?;
                 let xid = Xid::parse(&xid)?;
                 let status = lock.status(&xid).await?;
                 if status != GlobalStatus::Begin {
@@ -185,6 +195,7 @@ impl Binding {
                     });
                 }
                 self.xid = Some(xid.clone());
+                self.over = false;
                 Ok(Some(xid.to_string()))
             }
             Control::Commit | Control::Rollback => {

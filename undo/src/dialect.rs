@@ -71,6 +71,10 @@ pub trait Dialect: Send + Sync {
             "nextval",
             "setval",
             "gen_random_uuid",
+            "gen_random_bytes",
+            "gen_salt",
+            "uuidv4",
+            "uuidv7",
             "uuid_generate_v1",
             "uuid_generate_v1mc",
             "uuid_generate_v4",
@@ -197,6 +201,9 @@ impl Dialect for Mysql {
             "sys_guid",
             "nextval",
             "setval",
+            // tandem's own reading of the rows runs between, and changes them.
+            "row_count",
+            "found_rows",
         ]
     }
 

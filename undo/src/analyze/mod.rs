@@ -257,14 +257,18 @@ pub fn has_executable_comment(sql: &str) -> bool {
 /// parenthesis (`IN (`, `VALUES (`) come too: callers look the names up. Text that
 /// does not tokenize gives none (it does not parse either).
 pub fn called_functions(dialect: &dyn Dialect, sql: &str) -> Vec<String> {
+    try_called_functions(dialect, sql).unwrap_or_default()
+}
+
+/// As [`called_functions`], or None when the text does not tokenize (for a caller
+/// that must refuse what it cannot read).
+pub fn try_called_functions(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
     use sqlparser::tokenizer::{Token, Tokenizer};
     let tokens = match dialect.grammar() {
         Grammar::PostgreSql => Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize(),
         Grammar::MySql => Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql).tokenize(),
     };
-    let Ok(tokens) = tokens else {
-        return Vec::new();
-    };
+    let tokens = tokens.ok()?;
     let mut significant = tokens
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
@@ -281,7 +285,7 @@ pub fn called_functions(dialect: &dyn Dialect, sql: &str) -> Vec<String> {
             names.push(folded);
         }
     }
-    names
+    Some(names)
 }
 
 /// How a dialect turns identifiers into names.

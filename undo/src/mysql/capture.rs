@@ -355,9 +355,7 @@ fn varies_between_runs(sql: &str) -> bool {
     let upper = sql.to_ascii_uppercase();
     upper.contains(":=")
         || upper.contains("NEXT VALUE FOR")
-        || crate::called_functions(&Mysql, sql)
-            .iter()
-            .any(|name| Mysql.volatile_functions().contains(&name.as_str()))
+        || crate::image::calls_volatile_function(&Mysql, sql)
 }
 
 /// A literal zero, whatever its spelling (`0`, `-0`, `'0'`, `0.0`).

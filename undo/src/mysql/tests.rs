@@ -491,6 +491,7 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
         "UPDATE accounts SET balance = 0 WHERE `rand` () < 0.5",
         "UPDATE accounts SET balance = 0 WHERE name = 'it\\'s' AND RAND /* a */ () < 0.5",
         "DELETE FROM accounts WHERE id = `UUID_SHORT`() % 2",
+        "DELETE FROM accounts WHERE id = ROW_COUNT()",
     ] {
         let refused = t.before_image(&write(sql)).unwrap_err().to_string();
         assert!(

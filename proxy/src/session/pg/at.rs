@@ -1066,7 +1066,7 @@ impl Relay<'_> {
             .lock
             .register_branch(&xid, &resource, BranchKind::AT, &keys, self.ctx.lock_wait)
             .await;
-        let branch_id = registered.inspect_err(|e| self.binding.unbind_if_over(e))?;
+        let branch_id = registered.inspect_err(|e| self.binding.on_registration_refused(e))?;
         tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
         Ok(Some(UndoRow {
             id: crate::at::undo_row_id(xid.as_str(), branch_id).to_be_bytes(),

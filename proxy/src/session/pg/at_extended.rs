@@ -609,10 +609,13 @@ impl Relay<'_> {
         if tag == frontend::BIND {
             self.note_set_config(&sql);
             if super::intercept::is_pool_reset(&sql) {
-                let open = matches!(
-                    self.phase.tx_status(),
-                    Some(TxStatus::InTransaction | TxStatus::Failed)
-                );
+                // Mid-batch a block may have begun since the last ReadyForQuery: the
+                // binding then ends when the session is next outside one.
+                let open = !self.phase.at_sync_point()
+                    || matches!(
+                        self.phase.tx_status(),
+                        Some(TxStatus::InTransaction | TxStatus::Failed)
+                    );
                 self.binding.on_pool_reset(open);
             }
         }
@@ -633,7 +636,7 @@ impl Relay<'_> {
                 ) {
                     return Ok(instead);
                 }
-                let open = self.phase.tx_status() != Some(TxStatus::Idle);
+                let open = self.block_holds_work();
                 if let Err(e) = self
                     .binding
                     .bind_from_hint(&self.ctx.lock, &xid, open)

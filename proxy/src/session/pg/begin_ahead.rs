@@ -259,6 +259,17 @@ impl Relay<'_> {
         Ok(())
     }
 
+    /// Whether the session is in a transaction block that has run more than BEGIN and
+    /// SAVEPOINT (or has failed): one a binding must not start in, since its earlier
+    /// work was not captured.
+    pub(super) fn block_holds_work(&self) -> bool {
+        match self.phase.tx_status() {
+            Some(TxStatus::Idle) | None => false,
+            Some(TxStatus::InTransaction) => !self.block_untouched,
+            Some(TxStatus::Failed) => true,
+        }
+    }
+
     /// Keeps `block_untouched` as the client's message `tag`/`body` goes to the backend.
     pub(super) fn track_untouched_block(&mut self, tag: u8, body: &[u8]) {
         if self.phase == Phase::Ready(TxStatus::Idle) {

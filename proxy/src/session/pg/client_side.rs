@@ -201,7 +201,7 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
-            if frame.tag == frontend::FUNCTION_CALL && self.function_call_escapes_branch() {
+            if frame.tag == frontend::FUNCTION_CALL && self.function_call_escapes_branch(body) {
                 // Refused as a failing Query, which the backend answers as it would the
                 // call: an ErrorResponse, then ReadyForQuery.
                 let replacement = self.refusal_query(Error::Unsupported {
@@ -295,13 +295,18 @@ impl Relay<'_> {
         Ok(terminated)
     }
 
-    /// Whether a FunctionCall would run outside what the session's global transaction
-    /// captures: in AT mode always (a function's writes are not seen), in XA mode
-    /// outside the branch's transaction block.
-    fn function_call_escapes_branch(&self) -> bool {
-        self.binding.xid().is_some()
-            && (self.branch_mode() == crate::binding::Mode::At
-                || self.phase.tx_status() != Some(TxStatus::InTransaction))
+    /// Whether a FunctionCall (`body`) would write outside what the session's global
+    /// transaction captures: in AT mode any function but the large-object reads (a
+    /// function's writes are not seen), in XA mode any outside the branch's block.
+    fn function_call_escapes_branch(&self, body: &[u8]) -> bool {
+        if self.binding.xid().is_none() {
+            return false;
+        }
+        if self.branch_mode() == crate::binding::Mode::Xa {
+            return self.phase.tx_status() != Some(TxStatus::InTransaction);
+        }
+        let function = body.first_chunk::<4>().map(|oid| u32::from_be_bytes(*oid));
+        !function.is_some_and(|oid| LARGE_OBJECT_READS.contains(&oid))
     }
 
     /// An error answered extended-protocol messages sent since the last sync point, and
@@ -434,6 +439,11 @@ impl Relay<'_> {
         Ok(())
     }
 }
+
+/// The built-in large-object functions that write nothing (their OIDs are fixed):
+/// lo_open, lo_close, loread, lo_lseek, lo_tell, lo_lseek64, lo_tell64 and both
+/// lo_get. pgJDBC's LargeObject reads call them over FunctionCall.
+const LARGE_OBJECT_READS: [u32; 9] = [952, 953, 954, 956, 958, 3170, 3171, 3458, 3459];
 
 /// The length PostgreSQL allows a client message that carries no statement or data
 /// (PQ_SMALL_MESSAGE_LIMIT).

@@ -73,7 +73,7 @@ impl Relay<'_> {
             if !self.phase.at_sync_point() {
                 return Ok(Intercepted::WaitForSyncPoint);
             }
-            let open = self.phase.tx_status() != Some(TxStatus::Idle);
+            let open = self.block_holds_work();
             if let Err(e) = self
                 .binding
                 .bind_from_hint(&self.ctx.lock, &xid, open)

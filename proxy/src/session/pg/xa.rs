@@ -303,7 +303,7 @@ impl Relay<'_> {
         let branch_id = match registered {
             Ok(id) => id,
             Err(e) => {
-                self.binding.unbind_if_over(&e);
+                self.binding.on_registration_refused(&e);
                 self.exchange_required("ROLLBACK").await?;
                 let e = Error::from(e);
                 return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
@@ -320,7 +320,7 @@ impl Relay<'_> {
         let reported = self.ctx.lock.report(&xid, branch_id, success).await;
         if success
             && let Err(e) = &reported
-            && e.is_client_fault()
+            && e.transaction_is_over()
         {
             // Decided without this branch in the meantime (a timeout): no phase 2 will
             // come for it, and recovery would hold its locks until xa_orphan_after_ms.

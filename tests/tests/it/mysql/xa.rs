@@ -876,6 +876,14 @@ async fn a_reset_of_a_connection_holding_a_prepared_branch_waits_for_the_decisio
             a.query_drop(sql).await.unwrap();
         }
         assert_eq!(tandem_prepared(&mut direct, &xid).await, 1, "{how}");
+        // From the session still bound to the transaction, which may be the one to
+        // decide it, the reset is refused at once rather than left waiting for itself.
+        let refused = match how {
+            "COM_RESET_CONNECTION" => a.reset().await.map(|_| ()),
+            _ => a.change_user(Default::default()).await,
+        };
+        assert_eq!(code(&refused.unwrap_err()), 1399, "{how}");
+        text(&mut a, "SELECT tandem_leave()").await.unwrap();
         // MariaDB answers a reset of this connection with OK and drops the prepared
         // branch; an XA COMMIT of it afterwards answers OK and commits nothing.
         let reset = tokio::spawn(async move {
@@ -885,8 +893,12 @@ async fn a_reset_of_a_connection_holding_a_prepared_branch_waits_for_the_decisio
             }
             .map(|()| a)
         });
-        // Ordering only: the reset reaches tandem before the decision is made.
+        // The reset reaches tandem before the decision is made, and waits for it.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !reset.is_finished(),
+            "{how}: the reset waits for the decision"
+        );
         let mut b = my::connect(&tandem, &db.name).await;
         text(&mut b, &format!("SELECT tandem_join('{xid}')"))
             .await

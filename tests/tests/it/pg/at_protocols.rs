@@ -2233,6 +2233,19 @@ async fn a_hint_naming_another_transaction_or_inside_an_open_block_is_refused() 
         "{err:?}"
     );
     c.batch_execute("ROLLBACK").await.unwrap();
+    // A block that has run nothing but BEGIN (psycopg's default) takes a hint: the
+    // binding lasts for the block, whose later writes are captured too.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!(
+        "/*+ XID('{y}') */ UPDATE accounts SET balance = 6 WHERE id = 4"
+    ))
+    .await
+    .unwrap();
+    c.batch_execute("UPDATE accounts SET balance = 7 WHERE id = 5")
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(one(&c, "SELECT tandem_xid()").await.unwrap(), None);
     rolled_back(&a).await;
     rolled_back(&b).await;
     assert_eq!(dump(&direct).await, before);
@@ -2303,6 +2316,17 @@ async fn messages_split_across_reads_are_followed_and_a_function_call_in_a_branc
     let refused = expect_msg!(raw, b'E');
     assert_eq!(refused.sqlstate().as_deref(), Some("0A000"), "{refused:?}");
     expect_msg!(raw, b'Z');
+    // Large-object reads write nothing: they run (pgJDBC reads a LargeObject so).
+    let large_object: u32 = direct
+        .query_one("SELECT lo_from_bytea(0, 'stored')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    raw.send(&function_call(3458, &[&large_object.to_string()]))
+        .await;
+    let read = expect_msg!(raw, b'V');
+    assert!(read.body.ends_with(b"\\x73746f726564"), "{read:?}");
+    expect_msg!(raw, b'Z');
 
     // An Execute split across reads, then a Query behind it with no Sync: the Query
     // is refused, and the Execute's rows reach the client in order.
@@ -2339,13 +2363,15 @@ async fn messages_split_across_reads_are_followed_and_a_function_call_in_a_branc
 }
 
 #[tokio::test]
-async fn a_session_whose_global_transaction_ended_elsewhere_is_unbound_by_its_next_write() {
+async fn a_session_whose_global_transaction_ended_elsewhere_fails_its_writes_until_it_begins_again()
+{
     let orders = prepare("at_stale_binding").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
     let b = tandem.connect(&orders.name).await;
     let direct = orders.direct().await;
+    let before = dump(&direct).await;
     let xid = one(&a, "SELECT tandem_begin(30000)")
         .await
         .unwrap()
@@ -2357,33 +2383,36 @@ async fn a_session_whose_global_transaction_ended_elsewhere_is_unbound_by_its_ne
         one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
         Some("Committed")
     );
-    // B never left: its write cannot join a committed transaction, and is undone.
-    let err = b
-        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
-        .await
-        .unwrap_err();
+    // B never left: its writes cannot join a committed transaction, and are undone;
+    // it stays bound, so a client that carries on past the error commits nothing
+    // outside the transaction it meant to write in.
+    for _ in 0..2 {
+        let err = b
+            .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+            "{err:?}"
+        );
+    }
+    assert_eq!(dump(&direct).await, before);
     assert_eq!(
-        err.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-        "{err:?}"
+        one(&b, "SELECT tandem_xid()").await.unwrap(),
+        Some(xid.clone())
     );
-    let balance: i64 = direct
-        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+    // A new global transaction replaces the binding of the one that is over.
+    let next = one(&b, "SELECT tandem_begin(30000)")
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(balance, 1000);
-    // The session is bound to nothing now: its next write is an ordinary one.
-    assert_eq!(one(&b, "SELECT tandem_xid()").await.unwrap(), None);
+        .unwrap();
+    assert_ne!(next, xid);
     b.batch_execute("UPDATE accounts SET balance = 2 WHERE id = 1")
         .await
         .unwrap();
-    let balance: i64 = direct
-        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(balance, 2);
+    rolled_back(&b).await;
+    assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -2413,6 +2442,8 @@ async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete
     assert_eq!(tags, ['E', 'Z'], "{replies:?}");
     assert_eq!(replies[0].sqlstate().as_deref(), Some("55000"));
     // A write that commits still gets its CommandComplete.
+    b.query("SELECT tandem_leave()").await;
+    b.recv_until(b'Z').await;
     b.query("UPDATE accounts SET balance = 2 WHERE id = 1")
         .await;
     let replies = b.recv_until(b'Z').await;

@@ -953,7 +953,7 @@ impl Relay<'_> {
         let branch_id = match registered {
             Ok(id) => id,
             Err(e) => {
-                self.binding.unbind_if_over(&e);
+                self.binding.on_registration_refused(&e);
                 return self.abandon(AtFailure::Refused(e.into())).await;
             }
         };

@@ -189,12 +189,13 @@ impl Relay<'_> {
             return Ok(Handled::Pause);
         }
         if matches!(byte, command::RESET_CONNECTION | command::CHANGE_USER)
-            && !self.owned.is_empty()
+            && let Some(held) = self.held_by_owned_branches()?
         {
             // MariaDB answers OK, then drops the prepared branch this connection holds,
             // and a later XA COMMIT of it answers OK having committed nothing: the reset
-            // waits for the global decision, which finishes the branch first.
-            return Ok(Handled::Pause);
+            // waits for the global decision, which finishes the branch first (or, from
+            // the session bound to that transaction, is refused).
+            return Ok(held);
         }
         self.ctx.metrics.mysql.commands.inc();
         self.client_seq = header.seq.wrapping_add(1);

@@ -360,7 +360,7 @@ impl Relay<'_> {
     /// decision, which finishes them shortly; or, from a session bound to one of their
     /// transactions, whose decision could be waiting for this very session, it is
     /// refused at once. None: the connection holds none.
-    fn held_by_owned_branches(&mut self) -> Result<Option<Handled>> {
+    pub(super) fn held_by_owned_branches(&mut self) -> Result<Option<Handled>> {
         if self.owned.is_empty() {
             return Ok(None);
         }
@@ -665,7 +665,7 @@ impl Relay<'_> {
         {
             Ok(id) => id,
             Err(e) => {
-                self.binding.unbind_if_over(&e);
+                self.binding.on_registration_refused(&e);
                 return Ok(Err(e.into()));
             }
         };
@@ -719,17 +719,18 @@ impl Relay<'_> {
         if commit
             && outcome.is_ok()
             && let Err(e) = &reported
-            && e.is_client_fault()
+            && e.transaction_is_over()
         {
             // The global transaction ended without this branch (rolled back, timed out,
             // forgotten): no phase 2 will come for it, and recovery leaves alone a
             // branch attached to a live connection. Its locks would be held for ever.
-            if let Err(rollback) = self.run_own(&format!("XA ROLLBACK {id}")).await? {
-                tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed");
-            }
             let e = Error::RolledBackDuringCommit {
                 xid: branch.xid.to_string(),
             };
+            if let Err(rollback) = self.run_own(&format!("XA ROLLBACK {id}")).await? {
+                tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed: the connection is closed, and recovery finishes the branch");
+                return Err(e);
+            }
             self.put_error(&e);
             self.exchange
                 .on_authenticated(StatusFlags::SERVER_STATUS_AUTOCOMMIT);

@@ -140,9 +140,15 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
-        // Parameters that do not decode: the server answers the execute as malformed.
-        let Ok(Some((values, types))) = execute_parameters(payload, &prepared) else {
-            return Ok(None);
+        let (values, types) = match execute_parameters(payload, &prepared) {
+            Ok(Some(parameters)) => parameters,
+            Ok(None) => return Ok(None),
+            // Parameters that do not decode: the server should answer the execute as
+            // malformed; if it reads them after all, the write ran unchecked.
+            Err(_) => {
+                self.count_unchecked();
+                return Ok(None);
+            }
         };
         let write = match self.ctx.analyses.analyze(&sql) {
             Ok(analyses) => match analyses.into_iter().next() {
