@@ -293,8 +293,9 @@ impl LockClient {
             .await
     }
 
-    /// Rolls back; `Rollbacked` once every branch is undone, or a `*Retrying` /
-    /// `*Failed` status if that did not happen within the server's rollback wait.
+    /// Rolls back; `Rollbacked` once every branch is undone, or else the status the
+    /// transaction is in when the server's rollback wait ends (`Rollbacking` while
+    /// branches are still being undone, a `*Retrying` or `*Failed` one after a failure).
     pub async fn rollback(&self, xid: &Xid) -> Result<GlobalStatus> {
         let op = pb::call::Op::Rollback(pb::XidRequest {
             xid: xid.to_string(),
