@@ -258,6 +258,9 @@ impl Error {
             | Error::TlsHandshake(_) => MyErr::HandshakeError,
             Error::UnexpectedMessage { .. } => MyErr::UnknownCommand,
             Error::MalformedCommand { .. } => MyErr::MalformedPacket,
+            // The global transaction cannot take the request any more (decided, timed
+            // out, forgotten): not 1105, and not a code retries loop on.
+            Error::Lockserver(e) if e.transaction_is_over() => MyErr::XaRmFail,
             // The session's binding is not in the state the call needs.
             Error::BranchPrepared { .. }
             | Error::NotBound

@@ -243,6 +243,31 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
     }
 }
 
+/// Whether PostgreSQL text holds `RESET ALL` or `DISCARD ALL` among its statements: a
+/// connection pool's reset, which may come with others (asyncpg's pool sends
+/// `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`). Text that
+/// does not parse is read by its words.
+pub fn resets_session(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if !(lower.contains("reset") || lower.contains("discard")) || !lower.contains("all") {
+        return false;
+    }
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements.iter().any(|s| {
+            matches!(
+                s,
+                Statement::Discard {
+                    object_type: sqlparser::ast::DiscardObject::ALL
+                }
+            ) || matches!(s, Statement::Reset(r) if r.reset == sqlparser::ast::Reset::ALL)
+        }),
+        Err(_) => {
+            let words = lower.split_whitespace().collect::<Vec<_>>().join(" ");
+            words.contains("reset all") || words.contains("discard all")
+        }
+    }
+}
+
 /// Whether MySQL text holds `/*!…*/` or MariaDB's `/*M!…*/` anywhere, a string literal
 /// included. sqlparser reads the first always and the second never, while the server
 /// runs either only if its version gate lets it (MariaDB skips MySQL's 5.7 and later):

@@ -282,3 +282,23 @@ fn a_statement_body_ends_at_its_last_token() {
         assert_eq!(statement_body(sql), body, "{sql}");
     }
 }
+
+#[test]
+fn a_pool_reset_is_found_among_other_statements() {
+    for sql in [
+        "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+        "discard all",
+        "SELECT 1; RESET  ALL",
+    ] {
+        assert!(crate::resets_session(sql), "{sql}");
+    }
+    for sql in [
+        "RESET search_path",
+        "DISCARD PLANS",
+        "SELECT 'reset all'",
+        "CLOSE ALL",
+        "UPDATE t SET v = 1",
+    ] {
+        assert!(!crate::resets_session(sql), "{sql}");
+    }
+}

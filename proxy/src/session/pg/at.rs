@@ -59,6 +59,20 @@ pub(super) enum RowDescriptionRule {
     ToNoData,
 }
 
+/// The built-in functions that write large objects (pg_largeobject, which no image
+/// captures): the catalog's list of functions that may write leaves pg_catalog out.
+const LARGE_OBJECT_WRITES: [&str; 9] = [
+    "lo_put",
+    "lo_from_bytea",
+    "lowrite",
+    "lo_unlink",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_creat",
+    "lo_create",
+    "lo_import",
+];
+
 pub(super) struct WriteInFlight {
     pub(super) meta: Arc<TableMeta>,
     row_description: RowDescriptionRule,
@@ -396,12 +410,14 @@ impl Relay<'_> {
             .writing_functions
             .get(&self.ctx.side, &self.database)
             .await?;
-        if names.is_empty() {
+        let writes_large_objects = crate::control::contains_ignore_case(sql.as_bytes(), b"lo_")
+            || crate::control::contains_ignore_case(sql.as_bytes(), b"lowrite");
+        if names.is_empty() && !writes_large_objects {
             return Ok(None);
         }
         Ok(tandem_undo::called_functions(&Postgres, sql)
             .into_iter()
-            .find(|name| names.contains(name)))
+            .find(|name| names.contains(name) || LARGE_OBJECT_WRITES.contains(&name.as_str())))
     }
 
     /// Why AT mode refuses `sql` whatever it is, over either protocol:

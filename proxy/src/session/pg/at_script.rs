@@ -158,7 +158,9 @@ impl Relay<'_> {
             (backend_status, None)
         };
         if let Some((code, message)) = &error {
-            // The write could not stay and its transaction is rolled back already.
+            // The write could not stay and its transaction is rolled back already (its
+            // held CommandComplete with it).
+            self.held_complete = None;
             put_error(&mut out, Severity::Error, code, message);
             self.script = None;
             self.finish_status(status, &mut out);
@@ -184,7 +186,10 @@ impl Relay<'_> {
             return Ok(BytesMut::new());
         };
         let mut out = BytesMut::new();
+        let held_complete = self.held_complete.take();
         if failed {
+            // An earlier statement's, sent as the backend would have.
+            out.extend_from_slice(held_complete.as_deref().unwrap_or_default());
             let status = if script.implicit {
                 self.exchange_required("ROLLBACK").await?;
                 self.branch = Branch::default();
@@ -196,16 +201,28 @@ impl Relay<'_> {
             return Ok(out);
         }
         if !(script.implicit || script.commit_at_end) {
+            out.extend_from_slice(held_complete.as_deref().unwrap_or_default());
             self.finish_status(status, &mut out);
             return Ok(out);
         }
         match self.commit_branch().await? {
             None if script.commit_at_end => put_command_complete(&mut out, "COMMIT"),
-            None => {}
+            None => out.extend_from_slice(held_complete.as_deref().unwrap_or_default()),
             Some((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
         }
         self.finish_status(TxStatus::Idle, &mut out);
         Ok(out)
+    }
+
+    /// Whether the query in flight runs in a transaction tandem opened and commits
+    /// itself at its ReadyForQuery (see `held_complete`): an XA autocommit statement,
+    /// or a multi-statement query sent outside a block.
+    pub(super) fn ends_implicit_transaction_itself(&self) -> bool {
+        self.xa == super::xa::XaBranch::Implicit
+            || self
+                .script
+                .as_ref()
+                .is_some_and(|s| s.implicit && !s.commit_at_end)
     }
 
     fn finish_status(&mut self, status: TxStatus, out: &mut BytesMut) {

@@ -297,16 +297,24 @@ impl Relay<'_> {
 
     /// Whether a FunctionCall (`body`) would write outside what the session's global
     /// transaction captures: in AT mode any function but the large-object reads (a
-    /// function's writes are not seen), in XA mode any outside the branch's block.
-    fn function_call_escapes_branch(&self, body: &[u8]) -> bool {
+    /// function's writes are not seen), in XA mode any outside the branch's block. In
+    /// XA mode one that may write makes its block the branch, as a write does.
+    fn function_call_escapes_branch(&mut self, body: &[u8]) -> bool {
         if self.binding.xid().is_none() {
             return false;
         }
+        let reads = body
+            .first_chunk::<4>()
+            .map(|oid| u32::from_be_bytes(*oid))
+            .is_some_and(|oid| LARGE_OBJECT_READS.contains(&oid));
         if self.branch_mode() == crate::binding::Mode::Xa {
-            return self.phase.tx_status() != Some(TxStatus::InTransaction);
+            let in_block = self.phase.tx_status() == Some(TxStatus::InTransaction);
+            if in_block && !reads {
+                self.xa = super::xa::XaBranch::Open;
+            }
+            return !in_block;
         }
-        let function = body.first_chunk::<4>().map(|oid| u32::from_be_bytes(*oid));
-        !function.is_some_and(|oid| LARGE_OBJECT_READS.contains(&oid))
+        !reads
     }
 
     /// An error answered extended-protocol messages sent since the last sync point, and
@@ -413,7 +421,10 @@ impl Relay<'_> {
                     .map_err(|_| Error::Malformed { what: "Close" })?;
                 false
             }
-            frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => false,
+            frontend::DESCRIBE | frontend::EXECUTE => false,
+            // It asks the backend to send what it has; it leaves nothing to sync (psycopg
+            // sends one after its Sync, which must not leave the session mid-batch).
+            frontend::FLUSH => return Ok(()),
             // COPY data belongs to the request that started the COPY.
             frontend::COPY_DATA => return Ok(()),
             frontend::COPY_DONE | frontend::COPY_FAIL => {

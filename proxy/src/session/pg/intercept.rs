@@ -69,6 +69,13 @@ impl Relay<'_> {
             self.binding.on_pool_reset(open);
             return Ok(Intercepted::Relay);
         }
+        if self.binding.xid().is_some()
+            && tandem_undo::resets_session(&String::from_utf8_lossy(query.sql))
+        {
+            // A pool's reset among other statements: the binding ends with the query's
+            // transaction, and its other statements go through as bound ones do.
+            self.binding.on_pool_reset(true);
+        }
         if let Some(xid) = control::xid_hint(query.sql) {
             if !self.phase.at_sync_point() {
                 return Ok(Intercepted::WaitForSyncPoint);

@@ -246,6 +246,11 @@ struct Relay<'a> {
     xa: xa::XaBranch,
     /// A multi-statement query of a bound AT session, sent one statement at a time.
     script: Option<at_script::Script>,
+    /// The latest CommandComplete of a query whose transaction tandem opened and ends
+    /// (an XA autocommit statement, an AT multi-statement query outside a block): held
+    /// until that commit has gone through, since a backend whose implicit commit fails
+    /// sends the error in its place. Relayed as soon as anything else follows it.
+    held_complete: Option<BytesMut>,
     /// The ParameterDescription of tandem's last describe exchange.
     describe_reply: Option<Vec<u32>>,
     /// What this session's unqualified table names resolve to under its own
@@ -312,6 +317,7 @@ impl<'a> Relay<'a> {
             commit_in_flight: None,
             xa: xa::XaBranch::None,
             script: None,
+            held_complete: None,
             describe_reply: None,
             resolved_tables: std::collections::HashMap::new(),
             resolutions_end_with_transaction: false,

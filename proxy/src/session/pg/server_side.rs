@@ -32,6 +32,14 @@ impl Relay<'_> {
                 }
                 break;
             }
+            if frame.tag != backend::READY_FOR_QUERY
+                && let Some(held) = self.held_complete.take()
+            {
+                // Another statement's reply follows: the held one was not the last.
+                self.write_client(&buf[run_start..pos]);
+                self.write_client(&held);
+                run_start = pos;
+            }
             if frame.tag == backend::ERROR_RESPONSE
                 && let Some(refusal) = self.tracked.take_refusal()
             {
@@ -113,7 +121,18 @@ impl Relay<'_> {
                     continue;
                 }
             }
-            match self.on_server_message(frame.tag, frame.body(&buf[pos..]))? {
+            let relayed = self.on_server_message(frame.tag, frame.body(&buf[pos..]))?;
+            if frame.tag == backend::COMMAND_COMPLETE
+                && matches!(relayed, Relayed::AsIs)
+                && self.ends_implicit_transaction_itself()
+            {
+                self.write_client(&buf[run_start..pos]);
+                self.held_complete = Some(BytesMut::from(&buf[pos..pos + frame.wire_len]));
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
+            match relayed {
                 Relayed::AsIs => {}
                 Relayed::Rewritten(replacement) => {
                     self.write_client(&buf[run_start..pos]);

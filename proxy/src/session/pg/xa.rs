@@ -267,13 +267,16 @@ impl Relay<'_> {
     pub(super) async fn on_xa_implicit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = self.on_block_ending_ready(body)?;
         self.xa = XaBranch::None;
+        let held_complete = self.held_complete.take();
         let mut out = BytesMut::new();
         if status == TxStatus::InTransaction {
-            if let Err((code, message)) = self.prepare_xa_branch().await? {
-                put_error(&mut out, Severity::Error, &code, &message);
+            match self.prepare_xa_branch().await? {
+                Ok(()) => out.extend_from_slice(held_complete.as_deref().unwrap_or_default()),
+                Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
             }
         } else {
             // The statement failed (the client has its error): nothing to prepare.
+            out.extend_from_slice(held_complete.as_deref().unwrap_or_default());
             self.exchange_required("ROLLBACK").await?;
         }
         self.phase = super::Phase::Ready(TxStatus::Idle);

@@ -2424,6 +2424,7 @@ async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
+    let before = dump(&orders.direct().await).await;
     let mut b = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
     let xid = one(&a, "SELECT tandem_begin(30000)")
         .await
@@ -2441,6 +2442,31 @@ async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete
     let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
     assert_eq!(tags, ['E', 'Z'], "{replies:?}");
     assert_eq!(replies[0].sqlstate().as_deref(), Some("55000"));
+    // A multi-statement query outside a block: the statements before the last keep
+    // theirs, as the backend sends them before its commit.
+    b.query("UPDATE accounts SET balance = 1 WHERE id = 1; UPDATE accounts SET balance = 1 WHERE id = 2")
+        .await;
+    let replies = b.recv_until(b'Z').await;
+    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, ['C', 'E', 'Z'], "{replies:?}");
+    // In XA mode, the autocommit statement whose branch cannot prepare.
+    b.query("SELECT tandem_leave()").await;
+    b.recv_until(b'Z').await;
+    b.query("SELECT tandem_mode('xa')").await;
+    b.recv_until(b'Z').await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    b.query(&format!("SELECT tandem_join('{xid}')")).await;
+    b.recv_until(b'Z').await;
+    one(&a, "SELECT tandem_rollback()").await.unwrap();
+    b.query("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await;
+    let replies = b.recv_until(b'Z').await;
+    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, ['E', 'Z'], "XA: {replies:?}");
+    assert_eq!(dump(&orders.direct().await).await, before, "nothing stayed");
     // A write that commits still gets its CommandComplete.
     b.query("SELECT tandem_leave()").await;
     b.recv_until(b'Z').await;
@@ -2450,6 +2476,124 @@ async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete
     let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
     assert_eq!(tags, ['C', 'Z'], "{replies:?}");
     drop(b);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn large_object_writes_are_refused_in_at_mode_and_make_an_xa_block_the_branch() {
+    use tandem_tests::expect_msg;
+    use tandem_tests::raw_pg::RawPg;
+    let orders = prepare("at_large_objects").await;
+    let direct = orders.direct().await;
+    let large_objects = || async {
+        let n: i64 = orders
+            .direct()
+            .await
+            .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let stored: u32 = direct
+        .query_one("SELECT lo_from_bytea(0, 'precious')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    // AT: pg_largeobject takes no image, so its writers are refused, however called.
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        format!("SELECT lo_put({stored}, 0, 'XXXX')"),
+        "SELECT lo_from_bytea(0, 'new')".to_owned(),
+        format!("SELECT pg_catalog.lo_unlink({stored})"),
+    ] {
+        let err = a.simple_query(&sql).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {err:?}"
+        );
+    }
+    rolled_back(&a).await;
+    let content: Vec<u8> = direct
+        .query_one(&format!("SELECT lo_get({stored})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(content, b"precious");
+    let before = large_objects().await;
+    // XA: a block whose only work creates a large object is the branch, over SQL and
+    // over FunctionCall (lo_creat), and the global rollback takes it back.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    for sql in [
+        "SELECT tandem_mode('xa')",
+        "SELECT tandem_begin(30000)",
+        "BEGIN",
+        "SELECT lo_from_bytea(0, 'via sql')",
+        "COMMIT",
+        "BEGIN",
+    ] {
+        raw.query(sql).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+    }
+    raw.send(&function_call(957, &["131072"])).await;
+    expect_msg!(raw, b'V');
+    expect_msg!(raw, b'Z');
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.tag == b'D' && m.body.ends_with(b"Rollbacked")),
+        "{replies:?}"
+    );
+    assert_eq!(
+        large_objects().await,
+        before,
+        "both large objects rolled back"
+    );
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_flush_after_a_sync_leaves_the_session_at_its_sync_point() {
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("at_trailing_flush").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    // psycopg's executemany ends its batch with Sync, then Flush.
+    for id in [1, 2] {
+        let mut batch = frame(
+            b'P',
+            format!("\0UPDATE accounts SET balance = {id} WHERE id = {id}\0\0\0").as_bytes(),
+        );
+        batch.extend_from_slice(&frame(b'B', b"\0\0\0\0\0\0\0\0"));
+        batch.extend_from_slice(&frame(b'D', b"P\0"));
+        batch.extend_from_slice(&frame(b'E', b"\0\0\0\0\0"));
+        batch.extend_from_slice(&frame(b'S', b""));
+        batch.extend_from_slice(&frame(b'H', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{id}: {replies:?}");
+    }
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before);
+    drop(raw);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -160,7 +160,13 @@ async fn pool_resets_unbind_and_timeouts_roll_back() {
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let client = tandem.connect(&db.name).await;
-    for reset in ["DISCARD ALL", "reset all;", "/* pool */ DISCARD ALL"] {
+    for reset in [
+        "DISCARD ALL",
+        "reset all;",
+        "/* pool */ DISCARD ALL",
+        // asyncpg's pool, as it hands a connection back.
+        "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+    ] {
         value(&client, "SELECT tandem_begin()").await.unwrap();
         client.batch_execute(reset).await.unwrap();
         assert_eq!(

@@ -1142,14 +1142,20 @@ impl Relay<'_> {
     /// The client's COMMIT failed and tandem rolled the local transaction back: it is
     /// told so with ER_LOCK_DEADLOCK (40001), the code that means "your transaction is
     /// gone, run it again". A statement-level code such as 1205 would invite a second
-    /// COMMIT, which would then commit an empty transaction and answer OK.
+    /// COMMIT, which would then commit an empty transaction and answer OK. When the
+    /// global transaction is over, 1399 (XAER_RMFAIL) says so instead.
     fn put_commit_failure(&mut self, failure: &AtFailure) {
         let cause = match failure {
             AtFailure::Refused(e) | AtFailure::Uncaptured(e) => e.to_string(),
             AtFailure::Server(e) => format!("{} ({})", e.message, e.code),
         };
         tracing::debug!(parent: &self.span, %cause, "COMMIT of a branch failed");
-        let code = MyErr::Deadlock;
+        // Unless the global transaction is over: running it again would fail again
+        // (until the session leaves it), and 1213 is what deadlock retries loop on.
+        let code = match failure {
+            AtFailure::Refused(Error::Lockserver(e)) if e.transaction_is_over() => MyErr::XaRmFail,
+            _ => MyErr::Deadlock,
+        };
         put_err(
             &mut self.to_client,
             1,
