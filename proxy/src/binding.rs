@@ -138,6 +138,7 @@ impl Binding {
             });
         }
         self.xid = Some(xid);
+        self.over = false;
         self.from_hint = true;
         Ok(())
     }
@@ -150,6 +151,7 @@ impl Binding {
         }
         if self.from_hint {
             self.xid = None;
+            self.over = false;
             self.from_hint = false;
         }
     }
@@ -232,6 +234,7 @@ impl Binding {
                     // the client can retry.
                     Err(e) if e.is_client_fault() => {
                         self.xid = None;
+                        self.over = false;
                         return Err(e.into());
                     }
                     Err(e) => return Err(e.into()),
@@ -239,6 +242,7 @@ impl Binding {
                 // The decision is taken: the session is free for its next transaction,
                 // whether or not every branch has finished yet.
                 self.xid = None;
+                self.over = false;
                 Ok(Some(status.as_str().to_owned()))
             }
             Control::Status { xid } => {
@@ -248,7 +252,10 @@ impl Binding {
                 };
                 Ok(Some(lock.status(&xid).await?.as_str().to_owned()))
             }
-            Control::Leave => Ok(self.xid.take().map(|xid| xid.to_string())),
+            Control::Leave => {
+                self.over = false;
+                Ok(self.xid.take().map(|xid| xid.to_string()))
+            }
             Control::Xid => Ok(self.xid.as_ref().map(|xid| xid.to_string())),
             Control::Mode { mode } => {
                 self.mode = Some(if mode == "xa" { Mode::Xa } else { Mode::At });
