@@ -245,27 +245,30 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
 
 /// Whether PostgreSQL text holds `RESET ALL` or `DISCARD ALL` among its statements: a
 /// connection pool's reset, which may come with others (asyncpg's pool sends
-/// `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`). Text that
-/// does not parse is read by its words.
+/// `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`). Read by its
+/// tokens, so literals, quoted names and comments never count; text that does not
+/// tokenize holds none.
 pub fn resets_session(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
     let lower = sql.to_ascii_lowercase();
     if !(lower.contains("reset") || lower.contains("discard")) || !lower.contains("all") {
         return false;
     }
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => statements.iter().any(|s| {
-            matches!(
-                s,
-                Statement::Discard {
-                    object_type: sqlparser::ast::DiscardObject::ALL
-                }
-            ) || matches!(s, Statement::Reset(r) if r.reset == sqlparser::ast::Reset::ALL)
-        }),
-        Err(_) => {
-            let words = lower.split_whitespace().collect::<Vec<_>>().join(" ");
-            words.contains("reset all") || words.contains("discard all")
-        }
-    }
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return false;
+    };
+    tokens.split(|t| *t == Token::SemiColon).any(|statement| {
+        let mut words = statement
+            .iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)));
+        let word = |t: Option<&Token>, expected: &[&str]| {
+            matches!(t, Some(Token::Word(w)) if w.quote_style.is_none()
+                    && expected.iter().any(|e| w.value.eq_ignore_ascii_case(e)))
+        };
+        word(words.next(), &["reset", "discard"])
+            && word(words.next(), &["all"])
+            && words.next().is_none()
+    })
 }
 
 /// Whether MySQL text holds `/*!…*/` or MariaDB's `/*M!…*/` anywhere, a string literal

@@ -289,6 +289,7 @@ fn a_pool_reset_is_found_among_other_statements() {
         "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
         "discard all",
         "SELECT 1; RESET  ALL",
+        "/* pool */ DISCARD ALL;",
     ] {
         assert!(crate::resets_session(sql), "{sql}");
     }
@@ -296,6 +297,9 @@ fn a_pool_reset_is_found_among_other_statements() {
         "RESET search_path",
         "DISCARD PLANS",
         "SELECT 'reset all'",
+        "VACUUM (VERBOSE) t; SELECT 'reset all'",
+        "UPDATE t SET preset = 1 WHERE preset all_flag",
+        "SELECT 1 /* RESET ALL */",
         "CLOSE ALL",
         "UPDATE t SET v = 1",
     ] {

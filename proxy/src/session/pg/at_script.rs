@@ -217,7 +217,14 @@ impl Relay<'_> {
     /// Whether the query in flight runs in a transaction tandem opened and commits
     /// itself at its ReadyForQuery (see `held_complete`): an XA autocommit statement,
     /// or a multi-statement query sent outside a block.
+    /// Not while extended messages are unsynced: a client that ends its batch with
+    /// Flush waits for the CommandComplete before it sends the Sync whose
+    /// ReadyForQuery would release it (and over the extended protocol PostgreSQL itself
+    /// commits at the Sync, after the CommandComplete).
     pub(super) fn ends_implicit_transaction_itself(&self) -> bool {
+        if self.phase.unsynced() {
+            return false;
+        }
         self.xa == super::xa::XaBranch::Implicit
             || self
                 .script

@@ -309,7 +309,8 @@ impl Relay<'_> {
             .is_some_and(|oid| LARGE_OBJECT_READS.contains(&oid));
         if self.branch_mode() == crate::binding::Mode::Xa {
             let in_block = self.phase.tx_status() == Some(TxStatus::InTransaction);
-            if in_block && !reads {
+            // tandem's own block of autocommit work (Implicit) stays tandem's.
+            if in_block && !reads && self.xa == super::xa::XaBranch::None {
                 self.xa = super::xa::XaBranch::Open;
             }
             return !in_block;

@@ -39,6 +39,9 @@ pub enum MyErr {
     /// 1399 ER_XAER_RMFAIL, XAE07: the global transaction (the session's binding, or a
     /// prepared branch its connection holds) is not in the state the command needs.
     XaRmFail,
+    /// 1402 ER_XA_RBROLLBACK, XA100: the branch was rolled back (its global transaction
+    /// is over), and retrying it would fail the same way.
+    XaRbRollback,
     /// 1568 ER_CANT_CHANGE_TX_CHARACTERISTICS, 25001: not while a transaction is open.
     TransactionInProgress,
     /// 1210 ER_WRONG_ARGUMENTS, HY000: a control function called with bad arguments.
@@ -63,6 +66,7 @@ impl MyErr {
             MyErr::CantConnect => 2003,
             MyErr::MalformedPacket => 1835,
             MyErr::XaRmFail => 1399,
+            MyErr::XaRbRollback => 1402,
             MyErr::TransactionInProgress => 1568,
             MyErr::WrongArguments => 1210,
         }
@@ -81,6 +85,7 @@ impl MyErr {
             MyErr::Deadlock => b"40001",
             MyErr::NotSupportedYet => b"42000",
             MyErr::XaRmFail => b"XAE07",
+            MyErr::XaRbRollback => b"XA100",
             MyErr::TransactionInProgress => b"25001",
             MyErr::Unknown
             | MyErr::LockWaitTimeout

@@ -2338,8 +2338,9 @@ async fn a_session_whose_global_transaction_ended_elsewhere_fails_its_writes_unt
     b.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
         .await
         .unwrap();
+    // The COMMIT says the work was rolled back, without the code retries loop on.
     let e = b.query_drop("COMMIT").await.unwrap_err();
-    assert_eq!(code(&e), 1399, "{e}");
+    assert_eq!(code(&e), 1402, "{e}");
     assert_eq!(dump(&mut direct, "accounts").await, before, "undone");
     assert_eq!(
         text(&mut b, "SELECT tandem_xid()").await.unwrap(),

@@ -1092,3 +1092,37 @@ async fn writes_made_by_functions_never_escape_the_global_transaction() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+#[tokio::test]
+async fn an_autocommit_batch_ended_by_flush_gets_its_command_complete_before_the_sync() {
+    use tandem_tests::raw_pg::frame;
+    let orders = prepare("xa_flushed_batch").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = raw_in_xa(&tandem, &orders.name).await;
+    // libpq's pipeline mode (PQsendFlushRequest), psycopg's pipeline fetch: the client
+    // waits for the CommandComplete before it sends its Sync.
+    let mut flushed = super::at_protocols::statements_without_sync(&[
+        "UPDATE accounts SET balance = 9 WHERE id = 5",
+    ]);
+    flushed.extend(frame(b'H', b""));
+    raw.send(&flushed).await;
+    let replies = raw.recv_until(b'C').await;
+    assert!(
+        replies.iter().all(|m| m.tag != b'E'),
+        "{}",
+        super::at_protocols::tags(&replies)
+    );
+    raw.send(&frame(b'S', b"")).await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    eventually("the branch is rolled back", || async {
+        dump(&orders.direct().await).await == before
+    })
+    .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1143,7 +1143,8 @@ impl Relay<'_> {
     /// told so with ER_LOCK_DEADLOCK (40001), the code that means "your transaction is
     /// gone, run it again". A statement-level code such as 1205 would invite a second
     /// COMMIT, which would then commit an empty transaction and answer OK. When the
-    /// global transaction is over, 1399 (XAER_RMFAIL) says so instead.
+    /// global transaction is over, 1402 (XA_RBROLLBACK) says so instead: it was rolled
+    /// back all the same.
     fn put_commit_failure(&mut self, failure: &AtFailure) {
         let cause = match failure {
             AtFailure::Refused(e) | AtFailure::Uncaptured(e) => e.to_string(),
@@ -1153,7 +1154,9 @@ impl Relay<'_> {
         // Unless the global transaction is over: running it again would fail again
         // (until the session leaves it), and 1213 is what deadlock retries loop on.
         let code = match failure {
-            AtFailure::Refused(Error::Lockserver(e)) if e.transaction_is_over() => MyErr::XaRmFail,
+            AtFailure::Refused(Error::Lockserver(e)) if e.transaction_is_over() => {
+                MyErr::XaRbRollback
+            }
             _ => MyErr::Deadlock,
         };
         put_err(
