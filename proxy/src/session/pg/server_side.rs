@@ -32,10 +32,17 @@ impl Relay<'_> {
                 }
                 break;
             }
-            if frame.tag != backend::READY_FOR_QUERY
-                && let Some(held) = self.held_complete.take()
+            if !matches!(
+                frame.tag,
+                backend::READY_FOR_QUERY
+                    | backend::PARAMETER_STATUS
+                    | backend::NOTICE_RESPONSE
+                    | backend::NOTIFICATION_RESPONSE
+            ) && let Some(held) = self.held_complete.take()
             {
                 // Another statement's reply follows: the held one was not the last.
+                // (Asynchronous messages may come anywhere, and pass it: PostgreSQL
+                // reports changed settings just before ReadyForQuery.)
                 self.write_client(&buf[run_start..pos]);
                 self.write_client(&held);
                 run_start = pos;

@@ -2449,6 +2449,17 @@ async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete
     let replies = b.recv_until(b'Z').await;
     let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
     assert_eq!(tags, ['C', 'E', 'Z'], "{replies:?}");
+    // The setting the last statement changes is reported before ReadyForQuery: the
+    // held CommandComplete stays held.
+    b.query("UPDATE accounts SET balance = 1 WHERE id = 1; SET application_name = 'held'")
+        .await;
+    let replies = b.recv_until(b'Z').await;
+    let tags: Vec<char> = replies
+        .iter()
+        .map(|m| m.tag as char)
+        .filter(|&t| t != 'S')
+        .collect();
+    assert_eq!(tags, ['C', 'E', 'Z'], "{replies:?}");
     // In XA mode, the autocommit statement whose branch cannot prepare.
     b.query("SELECT tandem_leave()").await;
     b.recv_until(b'Z').await;
