@@ -275,12 +275,7 @@ fn is_ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
-/// Whether `needle` occurs in `haystack`, ASCII case ignored.
-pub(crate) fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
+pub(crate) use tandem_undo::contains_ignore_case;
 
 /// The xid of a leading `/*+ XID('…') */` hint, if the statement starts with one.
 pub fn xid_hint(sql: &[u8]) -> Option<String> {

@@ -250,8 +250,11 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
 /// tokenize holds none.
 pub fn resets_session(sql: &str) -> bool {
     use sqlparser::tokenizer::{Token, Tokenizer};
-    let lower = sql.to_ascii_lowercase();
-    if !(lower.contains("reset") || lower.contains("discard")) || !lower.contains("all") {
+    // Every query of a bound session comes here: most leave without allocating.
+    let text = sql.as_bytes();
+    if !contains_ignore_case(text, b"all")
+        || !(contains_ignore_case(text, b"reset") || contains_ignore_case(text, b"discard"))
+    {
         return false;
     }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
@@ -269,6 +272,13 @@ pub fn resets_session(sql: &str) -> bool {
             && word(words.next(), &["all"])
             && words.next().is_none()
     })
+}
+
+/// Whether `needle` occurs in `haystack`, ASCII case ignored.
+pub fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Whether MySQL text holds `/*!…*/` or MariaDB's `/*M!…*/` anywhere, a string literal

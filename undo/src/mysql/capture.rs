@@ -352,9 +352,8 @@ impl MysqlTable {
 /// before image evaluates it once, the write once more): it calls one of
 /// [`Dialect::volatile_functions`], assigns a variable, or takes a sequence's next value.
 fn varies_between_runs(sql: &str) -> bool {
-    let upper = sql.to_ascii_uppercase();
-    upper.contains(":=")
-        || upper.contains("NEXT VALUE FOR")
+    sql.contains(":=")
+        || crate::contains_ignore_case(sql.as_bytes(), b"NEXT VALUE FOR")
         || crate::image::calls_volatile_function(&Mysql, sql)
 }
 

@@ -106,10 +106,6 @@ pub(super) struct WriteInFlight {
     /// A plain INSERT outside a global transaction: the keys its VALUES gave, checked
     /// again when it is over (it returns no rows of tandem's).
     pub(super) inserted_keys: Vec<tandem_lockserver::client::LockKey>,
-    /// An autocommit write's CommandComplete, held until tandem's COMMIT of it has
-    /// gone through: if that fails, the client gets only the error, as from a backend
-    /// whose implicit commit fails.
-    pub(super) held_complete: Option<BytesMut>,
 }
 
 impl WriteInFlight {
@@ -141,7 +137,6 @@ impl WriteInFlight {
             guard_only: false,
             table_changed: false,
             inserted_keys: Vec::new(),
-            held_complete: None,
         }
     }
 
@@ -171,7 +166,6 @@ impl WriteInFlight {
             guard_only: true,
             table_changed: false,
             inserted_keys: Vec::new(),
-            held_complete: None,
         }
     }
 
@@ -753,18 +747,14 @@ impl Relay<'_> {
     /// write with RETURNING whole under a row limit too, and keeps the rest for a later
     /// Execute of the portal, which tandem's portal no longer has: only the unnamed
     /// portal, which the client's next Bind replaces, gets a limit (`rewrite_batch`).
-    pub(super) fn on_write_command_complete(&mut self, frame: &[u8]) -> Option<BytesMut> {
-        let w = self.write_in_flight.as_mut()?;
-        if w.rows_left_for_client == Some(0) {
-            let mut out = BytesMut::new();
-            put_empty(&mut out, backend::PORTAL_SUSPENDED);
-            return Some(out);
+    pub(super) fn on_write_command_complete(&mut self) -> Option<BytesMut> {
+        let w = self.write_in_flight.as_ref()?;
+        if w.rows_left_for_client != Some(0) {
+            return None;
         }
-        if w.implicit {
-            w.held_complete = Some(BytesMut::from(frame));
-            return Some(BytesMut::new());
-        }
-        None
+        let mut out = BytesMut::new();
+        put_empty(&mut out, backend::PORTAL_SUSPENDED);
+        Some(out)
     }
 
     /// ErrorResponse of the write in flight (or of its before image, which the backend
@@ -915,10 +905,7 @@ impl Relay<'_> {
     pub(super) async fn on_write_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
-        let held_complete = self
-            .write_in_flight
-            .as_mut()
-            .and_then(|w| w.held_complete.take());
+        let held_complete = self.held_complete.take();
         let (status, error) = self.finish_write(status).await?;
         self.phase = super::Phase::Ready(status);
         if status == TxStatus::Idle {

@@ -215,8 +215,9 @@ impl Relay<'_> {
     }
 
     /// Whether the query in flight runs in a transaction tandem opened and commits
-    /// itself at its ReadyForQuery (see `held_complete`): an XA autocommit statement,
-    /// or a multi-statement query sent outside a block.
+    /// itself at its ReadyForQuery (see `held_complete`): an autocommit write (AT, or
+    /// checked outside a global transaction), an XA autocommit statement, or a
+    /// multi-statement query sent outside a block.
     /// Not while extended messages are unsynced: a client that ends its batch with
     /// Flush waits for the CommandComplete before it sends the Sync whose
     /// ReadyForQuery would release it (and over the extended protocol PostgreSQL itself
@@ -226,6 +227,7 @@ impl Relay<'_> {
             return false;
         }
         self.xa == super::xa::XaBranch::Implicit
+            || self.write_in_flight.as_ref().is_some_and(|w| w.implicit)
             || self
                 .script
                 .as_ref()

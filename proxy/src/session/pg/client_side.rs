@@ -136,11 +136,8 @@ impl Relay<'_> {
                         let portal = crate::wire::pg::reader::Reader::new(body)
                             .cstr()
                             .unwrap_or(b"");
-                        let mut bind = Vec::with_capacity(portal.len() + 16);
-                        bind.extend_from_slice(portal);
-                        bind.extend_from_slice(b"\0\0\0\0\0\0\0\0");
                         let mut replacement = BytesMut::new();
-                        put_failing_bind(&mut replacement, &bind);
+                        super::intercept::put_failing_bind_of(&mut replacement, portal);
                         self.write_server(&buf[run_start..pos]).await?;
                         self.write_server(&replacement).await?;
                         // The backend answers a Bind now, whose error is the client's.

@@ -208,10 +208,15 @@ pub(super) fn put_failing_parse(buf: &mut BytesMut, original: &[u8]) {
 /// A Bind of the client's portal to a statement that does not exist; its ErrorResponse
 /// is replaced by tandem's own.
 pub(super) fn put_failing_bind(buf: &mut BytesMut, original: &[u8]) {
-    use bytes::BufMut;
     let portal = crate::wire::pg::messages::extended::Bind::decode(original)
         .map(|b| b.portal)
         .unwrap_or(b"");
+    put_failing_bind_of(buf, portal);
+}
+
+/// A Bind of `portal` to a statement that does not exist (see `put_failing_bind`).
+pub(super) fn put_failing_bind_of(buf: &mut BytesMut, portal: &[u8]) {
+    use bytes::BufMut;
     let statement: &[u8] = b"tandem refused this statement";
     buf.put_u8(crate::wire::pg::codes::frontend::BIND);
     buf.put_i32((4 + portal.len() + 1 + statement.len() + 1 + 2 + 2 + 2) as i32);

@@ -247,7 +247,7 @@ struct Relay<'a> {
     /// A multi-statement query of a bound AT session, sent one statement at a time.
     script: Option<at_script::Script>,
     /// The latest CommandComplete of a query whose transaction tandem opened and ends
-    /// (an XA autocommit statement, an AT multi-statement query outside a block): held
+    /// (`ends_implicit_transaction_itself`): held
     /// until that commit has gone through, since a backend whose implicit commit fails
     /// sends the error in its place. Relayed as soon as anything else follows it.
     held_complete: Option<BytesMut>,

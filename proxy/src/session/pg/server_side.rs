@@ -108,9 +108,7 @@ impl Relay<'_> {
                 let rewritten = match frame.tag {
                     backend::ROW_DESCRIPTION => self.on_write_row_description(body)?,
                     backend::DATA_ROW => self.on_write_data_row(body)?,
-                    backend::COMMAND_COMPLETE => {
-                        self.on_write_command_complete(&buf[pos..pos + frame.wire_len])
-                    }
+                    backend::COMMAND_COMPLETE => self.on_write_command_complete(),
                     backend::ERROR_RESPONSE => {
                         self.on_write_error();
                         // The backend's own bookkeeping of the error still applies.
