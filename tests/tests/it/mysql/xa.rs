@@ -59,6 +59,24 @@ async fn start(lockserver: &TestLockserver) -> Tandem {
     my::start_with(|c| c.lockserver.endpoint = endpoint).await
 }
 
+/// `conn`, in XA mode, begins a global transaction and prepares a branch of it that
+/// takes 10 from account 1 (MariaDB keeps it attached to the connection); its xid.
+async fn begin_and_prepare(conn: &mut Conn) -> String {
+    text(conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = text(conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    for sql in [
+        "START TRANSACTION",
+        "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+        "COMMIT",
+    ] {
+        conn.query_drop(sql).await.unwrap();
+    }
+    xid
+}
+
 #[tokio::test]
 async fn control_functions_answer_over_mysql_and_a_reset_unbinds() {
     let db = bank("ctl").await;
@@ -811,20 +829,8 @@ async fn a_global_commit_waits_for_xa_branches_still_preparing_and_never_splits(
     .await;
     let mut a = my::connect(&tandem, &one.name).await;
     let mut b = my::connect(&tandem, &two.name).await;
-    for conn in [&mut a, &mut b] {
-        text(conn, "SELECT tandem_mode('xa')").await.unwrap();
-    }
-    let xid = text(&mut a, "SELECT tandem_begin()")
-        .await
-        .unwrap()
-        .unwrap();
-    for sql in [
-        "START TRANSACTION",
-        "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
-        "COMMIT",
-    ] {
-        a.query_drop(sql).await.unwrap();
-    }
+    text(&mut b, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = begin_and_prepare(&mut a).await;
     text(&mut b, &format!("SELECT tandem_join('{xid}')"))
         .await
         .unwrap();
@@ -863,18 +869,7 @@ async fn a_reset_of_a_connection_holding_a_prepared_branch_waits_for_the_decisio
     let mut want = balances(&mut direct).await;
     for how in ["COM_RESET_CONNECTION", "COM_CHANGE_USER"] {
         let mut a = my::connect(&tandem, &db.name).await;
-        text(&mut a, "SELECT tandem_mode('xa')").await.unwrap();
-        let xid = text(&mut a, "SELECT tandem_begin(30000)")
-            .await
-            .unwrap()
-            .unwrap();
-        for sql in [
-            "START TRANSACTION",
-            "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
-            "COMMIT",
-        ] {
-            a.query_drop(sql).await.unwrap();
-        }
+        let xid = begin_and_prepare(&mut a).await;
         assert_eq!(tandem_prepared(&mut direct, &xid).await, 1, "{how}");
         // From the session still bound to the transaction, which may be the one to
         // decide it, the reset is refused at once rather than left waiting for itself.
@@ -1049,15 +1044,7 @@ async fn a_statement_after_its_own_xa_commit_is_refused_at_once_not_left_waiting
     let tandem = start(&lockserver).await;
     let mut direct = db.direct().await;
     let mut conn = my::connect(&tandem, &db.name).await;
-    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
-    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
-    for sql in [
-        "START TRANSACTION",
-        "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
-        "COMMIT",
-    ] {
-        conn.query_drop(sql).await.unwrap();
-    }
+    begin_and_prepare(&mut conn).await;
     // MariaDB runs nothing beside the prepared branch until the decision, which this
     // session has yet to make: waiting would last until the transaction timed out.
     let e = tokio::time::timeout(
