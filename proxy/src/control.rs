@@ -49,8 +49,110 @@ impl Control {
 pub struct BadCall(pub String);
 
 /// Recognises a control statement. `Ok(None)`: not one (relay it). `Err`: it calls a
-/// `tandem_` function in a way tandem does not accept (tell the client why).
+/// `tandem_` function in a way tandem does not accept (tell the client why), a
+/// parameter (`$1`) included: no value comes with a text query.
 pub fn parse(sql: &[u8]) -> Result<Option<Control>, BadCall> {
+    parse_call(sql)?.map(|call| call.bind(&[])).transpose()
+}
+
+/// A control call as written, its parameter (`$1`, over PostgreSQL's extended
+/// protocol) not bound yet: drivers pass the xid as one (psycopg's
+/// `execute("SELECT tandem_join(%s)", [xid])`, a JDBC `setString`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    function: String,
+    args: Vec<Arg>,
+}
+
+/// What a call's parameter holds, and so the type it has when the client leaves it
+/// to the server: the timeout of `tandem_begin($1)` is an integer, the rest text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParameterKind {
+    Integer,
+    Text,
+}
+
+impl Call {
+    /// The function's name after `tandem_`, lower case.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// The name of the one column the answer has.
+    pub fn column(&self) -> &'static str {
+        column_of(&self.function)
+    }
+
+    /// The kinds of the parameters the call takes (`$1` only, however often it appears):
+    /// none for literals.
+    pub fn parameters(&self) -> Vec<ParameterKind> {
+        let kind = match self.function.as_str() {
+            "begin" => ParameterKind::Integer,
+            _ => ParameterKind::Text,
+        };
+        if self.args.contains(&Arg::Parameter) {
+            vec![kind]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The control statement, its parameter taken from `values` (`$1` first, as text;
+    /// None for NULL).
+    pub fn bind(&self, values: &[Option<String>]) -> Result<Control, BadCall> {
+        let function = self.function.as_str();
+        let bad = |what: &str| Err(BadCall(format!("tandem_{function}: {what}")));
+        let mut args = Vec::with_capacity(self.args.len());
+        for arg in &self.args {
+            args.push(match arg {
+                Arg::Parameter => match values.first() {
+                    None => {
+                        return bad("there is no parameter $1 (a text query has no parameters)");
+                    }
+                    Some(None) => return bad("its parameter is NULL"),
+                    Some(Some(value)) if function == "begin" => match value.trim().parse() {
+                        Ok(ms) => Arg::Int(ms),
+                        Err(_) => return bad("its parameter is not a timeout in milliseconds"),
+                    },
+                    Some(Some(value)) => Arg::Text(value.clone()),
+                },
+                literal => literal.clone(),
+            });
+        }
+        let control = match (function, args.as_slice()) {
+            ("begin", []) => Control::Begin { timeout_ms: None },
+            ("begin", [Arg::Int(ms)]) if *ms > 0 => Control::Begin {
+                timeout_ms: Some(*ms),
+            },
+            ("begin", _) => return bad("takes no argument or a positive timeout in milliseconds"),
+            ("join", [Arg::Text(xid)]) => Control::Join { xid: xid.clone() },
+            ("join", _) => return bad("takes the xid as a string literal or a parameter"),
+            ("commit", []) => Control::Commit,
+            ("rollback", []) => Control::Rollback,
+            ("leave", []) => Control::Leave,
+            ("xid", []) => Control::Xid,
+            ("commit" | "rollback" | "leave" | "xid", _) => return bad("takes no argument"),
+            ("status", []) => Control::Status { xid: None },
+            ("status", [Arg::Text(xid)]) => Control::Status {
+                xid: Some(xid.clone()),
+            },
+            ("status", _) => return bad("takes no argument or an xid string literal"),
+            ("mode", [Arg::Text(mode)])
+                if matches!(mode.to_ascii_lowercase().as_str(), "at" | "xa") =>
+            {
+                Control::Mode {
+                    mode: mode.to_ascii_lowercase(),
+                }
+            }
+            ("mode", _) => return bad("takes 'at' or 'xa'"),
+            _ => return bad("is not a tandem control function"),
+        };
+        Ok(control)
+    }
+}
+
+/// Recognises a control call: as [`parse`], its parameter left to bind.
+pub fn parse_call(sql: &[u8]) -> Result<Option<Call>, BadCall> {
     // Cheap rejection first: this runs on every simple query.
     if sql.len() > 512 || !contains_ignore_case(sql, b"tandem_") {
         return Ok(None);
@@ -92,35 +194,13 @@ pub fn parse(sql: &[u8]) -> Result<Option<Control>, BadCall> {
     if !p.rest.is_empty() {
         return Ok(None);
     }
-    let control = match (function, args.as_slice()) {
-        ("begin", []) => Control::Begin { timeout_ms: None },
-        ("begin", [Arg::Int(ms)]) if *ms > 0 => Control::Begin {
-            timeout_ms: Some(*ms),
-        },
-        ("begin", _) => return bad("takes no argument or a positive timeout in milliseconds"),
-        ("join", [Arg::Text(xid)]) => Control::Join { xid: xid.clone() },
-        ("join", _) => return bad("takes the xid as a string literal"),
-        ("commit", []) => Control::Commit,
-        ("rollback", []) => Control::Rollback,
-        ("leave", []) => Control::Leave,
-        ("xid", []) => Control::Xid,
-        ("commit" | "rollback" | "leave" | "xid", _) => return bad("takes no argument"),
-        ("status", []) => Control::Status { xid: None },
-        ("status", [Arg::Text(xid)]) => Control::Status {
-            xid: Some(xid.clone()),
-        },
-        ("status", _) => return bad("takes no argument or an xid string literal"),
-        ("mode", [Arg::Text(mode)])
-            if matches!(mode.to_ascii_lowercase().as_str(), "at" | "xa") =>
-        {
-            Control::Mode {
-                mode: mode.to_ascii_lowercase(),
-            }
-        }
-        ("mode", _) => return bad("takes 'at' or 'xa'"),
-        _ => return bad("is not a tandem control function"),
-    };
-    Ok(Some(control))
+    if !CONTROL_FUNCTIONS.contains(&function) {
+        return bad("is not a tandem control function");
+    }
+    Ok(Some(Call {
+        function: function.to_owned(),
+        args,
+    }))
 }
 
 /// The control functions, by their name after `tandem_`.
@@ -137,10 +217,12 @@ fn column_of(function: &str) -> &'static str {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Arg {
     Int(u64),
     Text(String),
+    /// `$1`: the one parameter a call may take.
+    Parameter,
 }
 
 #[derive(Clone)]
@@ -216,7 +298,7 @@ impl Cursor<'_> {
         Some(ident)
     }
 
-    /// Comma-separated integer or string literals up to the closing parenthesis.
+    /// Comma-separated integer or string literals, or `$1`, up to the closing parenthesis.
     fn arguments(&mut self) -> Result<Vec<Arg>, &'static str> {
         let mut args = Vec::new();
         self.skip_space();
@@ -237,6 +319,12 @@ impl Cursor<'_> {
     }
 
     fn literal(&mut self) -> Result<Arg, &'static str> {
+        if self.eat('$') {
+            return match self.identifier() {
+                Some("1") => Ok(Arg::Parameter),
+                _ => Err("a call's one parameter is $1"),
+            };
+        }
         if self.eat('\'') {
             let mut out = String::new();
             loop {
@@ -497,6 +585,46 @@ mod tests {
             "SELECT tandem_join('unterminated)",
         ] {
             assert!(parse(sql.as_bytes()).is_err(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_parameter_is_bound_later_and_read_as_the_call_reads_it() {
+        let call = |sql: &str| parse_call(sql.as_bytes()).unwrap().unwrap();
+        let join = call("SELECT tandem_join( $1 )");
+        assert_eq!(join.parameters(), [ParameterKind::Text]);
+        assert_eq!(join.column(), "xid");
+        assert_eq!(
+            join.bind(&[Some("ab-1".into())]),
+            Ok(Control::Join { xid: "ab-1".into() })
+        );
+        assert!(join.bind(&[None]).is_err(), "NULL");
+        assert!(join.bind(&[]).is_err(), "no value");
+        let begin = call("select TANDEM_BEGIN($1);");
+        assert_eq!(begin.parameters(), [ParameterKind::Integer]);
+        assert_eq!(
+            begin.bind(&[Some("5000".into())]),
+            Ok(Control::Begin {
+                timeout_ms: Some(5000)
+            })
+        );
+        for bad in ["0", "-5", "5s", ""] {
+            assert!(begin.bind(&[Some(bad.into())]).is_err(), "{bad}");
+        }
+        assert_eq!(
+            call("SELECT tandem_mode($1)").bind(&[Some("XA".into())]),
+            Ok(Control::Mode { mode: "xa".into() })
+        );
+        assert!(call("SELECT tandem_commit()").parameters().is_empty());
+        // A text query has no values: the call says so instead of being relayed.
+        assert!(parse(b"SELECT tandem_join($1)").is_err());
+        assert!(parse(b"SELECT tandem_commit($1)").is_err());
+        for other in [
+            "SELECT tandem_join($2)",
+            "SELECT tandem_join($)",
+            "SELECT tandem_join($1x)",
+        ] {
+            assert!(parse_call(other.as_bytes()).is_err(), "{other}");
         }
     }
 

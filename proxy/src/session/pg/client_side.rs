@@ -346,7 +346,7 @@ impl Relay<'_> {
         &self,
         tag: u8,
         body: &[u8],
-    ) -> Option<std::result::Result<crate::control::Control, crate::control::BadCall>> {
+    ) -> Option<std::result::Result<crate::control::Call, crate::control::BadCall>> {
         use crate::wire::pg::messages::extended::{Bind, Parse};
         let sql = match tag {
             frontend::PARSE => Parse::sql_of(body).ok()?,

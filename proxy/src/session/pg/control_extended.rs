@@ -4,11 +4,13 @@
 //! itself, as the backend would for a one-row, one-text-column query. The client's
 //! statement is created on the backend as `SELECT NULL::text AS "<column>"` (same shape),
 //! so that a later Describe of it, or a Close, works; binding it again is a control
-//! statement again. A Parse alone is relayed with that same replacement SQL.
+//! statement again. A Parse alone is relayed with that same replacement SQL. A call's
+//! parameter (`tandem_join($1)`) is read from the Bind, in text or binary format; the
+//! stand-in takes it too, so that the backend describes it as it would the call.
 
 use super::Relay;
 use super::at_extended::{Extended, Shape, read_batch, rest_len};
-use crate::control::{self, BadCall, Control};
+use crate::control::{self, BadCall, Call, ParameterKind};
 use crate::error::{Error, Result};
 use crate::wire::pg::codes::{backend, frontend, target};
 use crate::wire::pg::messages::extended::Parse;
@@ -19,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 
 /// The type of every control answer: text.
 const TEXT_OID: u32 = 25;
+const INT8_OID: u32 = 20;
 
 impl Relay<'_> {
     /// A Parse or Bind whose statement is a control statement.
@@ -27,7 +30,7 @@ impl Relay<'_> {
         rest: &[u8],
         tag: u8,
         body: &[u8],
-        parsed: std::result::Result<Control, BadCall>,
+        parsed: std::result::Result<Call, BadCall>,
     ) -> Result<Extended> {
         // Earlier messages of a batch at the backend already: tandem cannot answer in
         // their place. A Parse is refused by `refusal_for_parse`; a Bind is refused here,
@@ -39,11 +42,16 @@ impl Relay<'_> {
             return Ok(instead);
         }
         let max = self.ctx.config.max_message_bytes;
-        let column = parsed.as_ref().map(Control::column).unwrap_or("xid");
+        let column = parsed.as_ref().map(Call::column).unwrap_or("xid");
+        let parameters = parsed.as_ref().map(Call::parameters).unwrap_or_default();
         let batch = match read_batch(rest, max)? {
             Shape::Incomplete => return Ok(Extended::NeedMore),
             Shape::PrepareOnly | Shape::Flushed if tag == frontend::PARSE => {
-                return Ok(Extended::ReplaceParse(stand_in_parse(body, column)));
+                return Ok(Extended::ReplaceParse(stand_in_parse(
+                    body,
+                    column,
+                    &parameters,
+                )));
             }
             // The client waits for replies before its Sync: tandem cannot answer in
             // order there.
@@ -69,7 +77,7 @@ impl Relay<'_> {
         // name in use) fails the batch before the call runs.
         let mut out = BytesMut::new();
         if let Some(frame) = batch.parse_frame {
-            let stand_in = stand_in_parse(&frame[5..], column);
+            let stand_in = stand_in_parse(&frame[5..], column, &parameters);
             if let Some((code, message)) = self.create_statement(&stand_in, &frame[5..]).await? {
                 let status = match self.phase.tx_status() {
                     // The Parse error failed the block on the backend too.
@@ -83,7 +91,21 @@ impl Relay<'_> {
             }
             put_empty(&mut out, backend::PARSE_COMPLETE);
         }
-        let answer = match parsed {
+        // The statement's declared parameter types, as the backend has them.
+        let declared = match &batch.parse {
+            Some(parse) => parse.param_types.clone(),
+            None => self
+                .tracked
+                .statement_for_bind(batch.bind.statement)
+                .map(|s| s.param_types.clone())
+                .unwrap_or_default(),
+        };
+        let parameter_types = parameter_types(&declared, &parameters);
+        let bound = parsed.and_then(|call| {
+            let values = bound_values(&call, &batch.bind, &parameter_types)?;
+            call.bind(&values)
+        });
+        let answer = match bound {
             _ if self.phase.tx_status() == Some(TxStatus::Failed) => Err(Error::Unsupported {
                 what: "a control function in a failed transaction block (ROLLBACK first)",
             }),
@@ -110,8 +132,11 @@ impl Relay<'_> {
         match batch.describe {
             Some((target::STATEMENT, _)) => {
                 out.put_u8(backend::PARAMETER_DESCRIPTION);
-                out.put_i32(6);
-                out.put_i16(0);
+                out.put_i32(6 + 4 * parameter_types.len() as i32);
+                out.put_i16(parameter_types.len() as i16);
+                for &oid in &parameter_types {
+                    out.put_u32(oid);
+                }
                 put_row_description(&mut out, column, 0);
             }
             Some(_) => put_row_description(&mut out, column, format),
@@ -159,23 +184,111 @@ impl Relay<'_> {
 
 /// Whether `sql` may be a control statement: the cheap test that runs on every Parse
 /// and Bind.
-pub(super) fn maybe_control(sql: &[u8]) -> Option<std::result::Result<Control, BadCall>> {
-    control::parse(sql).transpose()
+pub(super) fn maybe_control(sql: &[u8]) -> Option<std::result::Result<Call, BadCall>> {
+    control::parse_call(sql).transpose()
+}
+
+/// The type the server gives a parameter of `kind` that the client left unspecified.
+fn inferred_type(kind: ParameterKind) -> u32 {
+    match kind {
+        ParameterKind::Integer => INT8_OID,
+        ParameterKind::Text => TEXT_OID,
+    }
+}
+
+/// The statement's parameter types as the backend describes them: those the client
+/// declared, an unspecified one (0) as the server infers it for the call's parameter.
+fn parameter_types(declared: &[u32], parameters: &[ParameterKind]) -> Vec<u32> {
+    let mut types = declared.to_vec();
+    if types.len() < parameters.len() {
+        types.resize(parameters.len(), 0);
+    }
+    for (oid, &kind) in types.iter_mut().zip(parameters) {
+        if *oid == 0 {
+            *oid = inferred_type(kind);
+        }
+    }
+    types
+}
+
+/// The Bind's parameter values as text (None for NULL): text format as sent; binary
+/// format read by the parameter's type (text types as their bytes, integers as
+/// numbers).
+fn bound_values(
+    call: &Call,
+    bind: &crate::wire::pg::messages::extended::Bind<'_>,
+    types: &[u32],
+) -> std::result::Result<Vec<Option<String>>, BadCall> {
+    let function = call.function();
+    let bad = |what: String| BadCall(format!("tandem_{function}: {what}"));
+    if bind.params.len() != types.len() {
+        return Err(bad(format!(
+            "the Bind supplies {} parameters, but the statement takes {}",
+            bind.params.len(),
+            types.len()
+        )));
+    }
+    let format_of = |i: usize| match bind.param_formats.as_slice() {
+        [] => 0,
+        [one] => *one,
+        formats => formats.get(i).copied().unwrap_or(0),
+    };
+    let mut values = Vec::with_capacity(bind.params.len());
+    for (i, (value, &oid)) in bind.params.iter().zip(types).enumerate() {
+        let Some(bytes) = value else {
+            values.push(None);
+            continue;
+        };
+        let text = match (format_of(i), oid, bytes.len()) {
+            // text, varchar, bpchar, name, unknown: the same bytes in either format.
+            (0, ..) | (1, 25 | 1043 | 1042 | 19 | 705, _) => std::str::from_utf8(bytes)
+                .map(str::to_owned)
+                .map_err(|_| bad(format!("parameter ${} is not UTF-8", i + 1)))?,
+            (1, 20, 8) => i64::from_be_bytes(bytes[..8].try_into().unwrap_or_default()).to_string(),
+            (1, 23, 4) => i32::from_be_bytes(bytes[..4].try_into().unwrap_or_default()).to_string(),
+            (1, 21, 2) => i16::from_be_bytes(bytes[..2].try_into().unwrap_or_default()).to_string(),
+            (format, oid, _) => {
+                return Err(bad(format!(
+                    "parameter ${} (type OID {oid}, format {format}) cannot be read: send it as text",
+                    i + 1
+                )));
+            }
+        };
+        values.push(Some(text));
+    }
+    Ok(values)
 }
 
 /// The client's Parse with its SQL replaced by a statement of the control answer's
-/// shape: no parameters, one text column named as the answer is.
-fn stand_in_parse(original: &[u8], column: &str) -> BytesMut {
-    let name = Parse::decode(original).map(|p| p.name).unwrap_or(b"");
-    let sql = format!("SELECT NULL::text AS \"{column}\"");
+/// shape: one text column named as the answer is, taking the call's parameter (cast as
+/// the call reads it) and keeping the parameter types the client declared.
+fn stand_in_parse(original: &[u8], column: &str, parameters: &[ParameterKind]) -> BytesMut {
+    let parse = Parse::decode(original).ok();
+    let name = parse.as_ref().map_or(&b""[..], |p| p.name);
+    let declared = parse.as_ref().map_or(&[][..], |p| p.param_types.as_slice());
+    let sql = match parameters.first() {
+        None => format!("SELECT NULL::text AS \"{column}\""),
+        Some(kind) => {
+            let cast = match kind {
+                ParameterKind::Integer => "bigint",
+                ParameterKind::Text => "text",
+            };
+            format!(
+                "SELECT NULL::text AS \"{column}\" FROM (SELECT $1::{cast}) AS tandem_parameter"
+            )
+        }
+    };
     let mut out = BytesMut::new();
     out.put_u8(frontend::PARSE);
-    out.put_i32((4 + name.len() + 1 + sql.len() + 1 + 2) as i32);
+    out.put_i32((4 + name.len() + 1 + sql.len() + 1 + 2 + 4 * declared.len()) as i32);
     out.put_slice(name);
     out.put_u8(0);
     out.put_slice(sql.as_bytes());
     out.put_u8(0);
-    out.put_i16(0);
+    out.put_i16(declared.len() as i16);
+    for &oid in declared {
+        out.put_u32(oid);
+    }
     out
 }
 

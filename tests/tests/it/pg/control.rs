@@ -455,3 +455,133 @@ async fn a_control_call_whose_parse_is_refused_fails_and_the_session_goes_on() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Drivers pass the xid as a parameter (psycopg's `execute("SELECT tandem_join(%s)",
+/// [xid])`, a JDBC `setString`, node-postgres' values): `$1`, bound in text or binary
+/// format, declared or left to the server.
+#[tokio::test]
+async fn control_calls_take_their_argument_as_a_parameter() {
+    use tokio_postgres::types::Type;
+    let (orders, stock) = (
+        super::at_mode::prepare("control_param_a").await,
+        super::at_mode::prepare("control_param_b").await,
+    );
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let (da, db) = (orders.direct().await, stock.direct().await);
+    let (before_a, before_b) = (
+        super::at_mode::dump(&da).await,
+        super::at_mode::dump(&db).await,
+    );
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&stock.name).await;
+
+    // tokio-postgres prepares first: the backend describes the parameter as the call
+    // reads it, and binds it in binary format.
+    let begin = a.prepare("SELECT tandem_begin($1)").await.unwrap();
+    assert_eq!(begin.params(), &[Type::INT8]);
+    let join = b.prepare("SELECT tandem_join($1)").await.unwrap();
+    assert_eq!(join.params(), &[Type::TEXT]);
+    assert_eq!(join.columns()[0].name(), "xid");
+    let xid: String = a.query_one(&begin, &[&30_000i64]).await.unwrap().get(0);
+    let (status, body) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(status, 200, "{body}");
+    let timeout = |body: &serde_json::Value| {
+        body["deadline"].as_i64().unwrap_or(0) - body["begun_at"].as_i64().unwrap_or(0)
+    };
+    assert_eq!(timeout(&body), 30_000, "{body}");
+    let joined: String = b.query_one(&join, &[&xid]).await.unwrap().get(0);
+    assert_eq!(joined, xid);
+    // A type the client declares (pgJDBC's setString declares varchar), in one batch.
+    let status: String = b
+        .query_typed("SELECT tandem_status($1)", &[(&xid, Type::VARCHAR)])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_eq!(status, "Begin");
+    a.execute(
+        "UPDATE accounts SET balance = balance - 7 WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    b.execute(
+        "UPDATE accounts SET balance = balance + 7 WHERE id = 2",
+        &[],
+    )
+    .await
+    .unwrap();
+    let status: String = a
+        .query_one("SELECT tandem_rollback()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "Rollbacked");
+    assert_eq!(super::at_mode::dump(&da).await, before_a);
+    assert_eq!(super::at_mode::dump(&db).await, before_b);
+    b.query_one("SELECT tandem_leave()", &[]).await.unwrap();
+
+    // An int4 timeout, and a text-format xid, both declared.
+    let xid: String = a
+        .query_typed("SELECT tandem_begin($1)", &[(&5_000i32, Type::INT4)])
+        .await
+        .unwrap()[0]
+        .get(0);
+    let (_, body) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    assert_eq!(timeout(&body), 5_000, "{body}");
+    let mode: String = b
+        .query_typed("SELECT tandem_mode($1)", &[(&"at", Type::TEXT)])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_eq!(mode, "at");
+    b.query_one(&join, &[&xid]).await.unwrap();
+    b.execute(
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 3",
+        &[],
+    )
+    .await
+    .unwrap();
+    let status: String = a
+        .query_one("SELECT tandem_commit()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "Committed");
+    let balance: i64 = db
+        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 1001);
+    b.query_one("SELECT tandem_leave()", &[]).await.unwrap();
+
+    // What cannot be a call's argument is refused, and the session goes on unbound.
+    let err = b.query_one(&join, &[&None::<String>]).await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE, "{err}");
+    let err = a.query_one(&begin, &[&0i64]).await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE, "{err}");
+    let err = b
+        .query_typed("SELECT tandem_join($1)", &[(&7.5f64, Type::FLOAT8)])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE, "{err}");
+    let err = control(&b, "SELECT tandem_join($1)").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE, "{err}");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("no parameter $1"), "{message}");
+    let err = control(&b, "SELECT tandem_join($2)").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::INVALID_PARAMETER_VALUE, "{err}");
+    assert_eq!(value(&b, "SELECT tandem_xid()").await, None);
+    assert_eq!(value(&a, "SELECT tandem_xid()").await, None);
+    let n: i32 = b
+        .query_one("SELECT $1::int + 1", &[&41i32])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    drop((a, b));
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
