@@ -26,6 +26,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::api::grpc::{MAX_MESSAGE_BYTES, batches_within};
 pub use crate::core::locks::LockKey;
 pub use crate::core::txn::{BranchKind, GlobalStatus, Xid};
 use crate::error::{Error, Result};
@@ -51,6 +52,14 @@ impl Default for ClientOptions {
 
 /// Calls queued towards the lockserver on one pipeline stream; callers beyond it wait.
 const PIPE_QUEUE: usize = 4096;
+
+/// The most bytes of calls in one pipeline message, below [`MAX_MESSAGE_BYTES`] with
+/// room for one more call as large as [`MAX_CALL_BYTES`] allows.
+const MAX_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+
+/// The largest call the client sends (a branch's lock keys): larger ones are refused
+/// as a limit before they reach the stream, which they would break for every caller.
+const MAX_CALL_BYTES: usize = MAX_BATCH_BYTES;
 
 /// HTTP/2 flow-control window of each stream, in bytes, on both sides (the default
 /// 64 KiB throttled a pipeline stream to about 90 registrations in flight). It bounds
@@ -150,7 +159,9 @@ impl LockClient {
             .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(LockClient {
-            rpc: CoordinatorClient::new(ch),
+            rpc: CoordinatorClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             opts,
             pipe: Arc::default(),
             current: Arc::default(),
@@ -175,7 +186,12 @@ impl LockClient {
         let mut inbound = self
             .rpc
             .clone()
-            .pipeline(crate::api::grpc::batches(rx).map(|calls| pb::Calls { calls }))
+            .pipeline(
+                batches_within(rx, MAX_BATCH_BYTES, |c: &pb::Call| {
+                    prost::Message::encoded_len(c) + 16
+                })
+                .map(|calls| pb::Calls { calls }),
+            )
             .await
             .map_err(from_status)?
             .into_inner();
@@ -219,6 +235,16 @@ impl LockClient {
         extra: Duration,
         call: pb::call::Op,
     ) -> Result<pb::answer::Result> {
+        let call = pb::Call {
+            id: 0,
+            op: Some(call),
+        };
+        if prost::Message::encoded_len(&call) > MAX_CALL_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "bytes in one call to the lockserver (a branch's lock keys)",
+                limit: MAX_CALL_BYTES,
+            });
+        }
         let fut = async {
             let pipe = self.open_pipe().await?;
             let id = pipe.next.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +257,7 @@ impl LockClient {
             let sender = pipe.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let sent = match sender {
                 Some(tx) if pipe.alive.load(Ordering::SeqCst) => {
-                    tx.send(pb::Call { id, op: Some(call) }).await.is_ok()
+                    tx.send(pb::Call { id, ..call }).await.is_ok()
                 }
                 _ => false,
             };

@@ -199,6 +199,19 @@ impl Error {
         }
     }
 
+    /// A configured bound refused the request (here or, over gRPC, on the lockserver):
+    /// the same request will never pass.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Error::LimitExceeded { .. }
+                | Error::Rpc {
+                    code: tonic::Code::OutOfRange,
+                    ..
+                }
+        )
+    }
+
     /// The caller sent something wrong; not the server's fault, not logged as an error.
     pub fn is_client_fault(&self) -> bool {
         match self {
@@ -215,6 +228,7 @@ impl Error {
             Error::Rpc { code, .. } => matches!(
                 code,
                 tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
                     | tonic::Code::NotFound
                     | tonic::Code::AlreadyExists
                     | tonic::Code::FailedPrecondition

@@ -233,6 +233,7 @@ impl Error {
                     code: tonic::Code::FailedPrecondition,
                     ..
                 } => SqlState::ObjectNotInPrerequisiteState,
+                e if e.is_limit() => SqlState::ProgramLimitExceeded,
                 e if e.is_client_fault() => SqlState::InvalidParameterValue,
                 _ => SqlState::SystemError,
             },
@@ -261,6 +262,7 @@ impl Error {
             // The global transaction cannot take the request any more (decided, timed
             // out, forgotten): not 1105, and not a code retries loop on.
             Error::Lockserver(e) if e.transaction_is_over() => MyErr::XaRmFail,
+            Error::Lockserver(e) if e.is_limit() => MyErr::LockTableFull,
             // The session's binding is not in the state the call needs.
             Error::BranchPrepared { .. }
             | Error::NotBound

@@ -31,9 +31,10 @@ const CALLS_IN_FLIGHT: usize = 4096;
 pub fn to_status(e: Error) -> Status {
     use tonic::Code;
     let code = match &e {
-        Error::InvalidArgument { .. } | Error::BadLockKey(_) | Error::LimitExceeded { .. } => {
-            Code::InvalidArgument
-        }
+        Error::InvalidArgument { .. } | Error::BadLockKey(_) => Code::InvalidArgument,
+        // Not INVALID_ARGUMENT: the request is well formed, but past a configured bound,
+        // which the proxies report as such (54000, ER_LOCK_TABLE_FULL).
+        Error::LimitExceeded { .. } => Code::OutOfRange,
         Error::UnknownXid { .. } | Error::UnknownBranch { .. } => Code::NotFound,
         Error::DuplicateXid { .. } => Code::AlreadyExists,
         Error::InvalidState { .. } | Error::Expired { .. } => Code::FailedPrecondition,
@@ -148,17 +149,40 @@ pub(crate) const MAX_BATCH: usize = 512;
 pub(crate) fn batches<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl Stream<Item = Vec<T>> + Send {
-    futures::stream::unfold(rx, |mut rx| async move {
-        let first = rx.recv().await?;
+    batches_within(rx, usize::MAX, |_| 0)
+}
+
+/// As [`batches`], each batch holding at most `budget` bytes by `size` (an item
+/// larger than that goes alone): what is queued behind a large item waits for the
+/// next batch rather than make one message past the peer's limit.
+pub(crate) fn batches_within<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+    budget: usize,
+    size: fn(&T) -> usize,
+) -> impl Stream<Item = Vec<T>> + Send {
+    futures::stream::unfold((rx, None), move |(mut rx, carried)| async move {
+        let first = match carried {
+            Some(item) => item,
+            None => rx.recv().await?,
+        };
+        let mut bytes = size(&first);
         let mut v = Vec::with_capacity(16);
         v.push(first);
+        let mut next = None;
         while v.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(x) => v.push(x),
+                Ok(x) if bytes.saturating_add(size(&x)) > budget => {
+                    next = Some(x);
+                    break;
+                }
+                Ok(x) => {
+                    bytes += size(&x);
+                    v.push(x);
+                }
                 Err(_) => break,
             }
         }
-        Some((v, rx))
+        Some((v, (rx, next)))
     })
 }
 
@@ -176,7 +200,15 @@ pub fn grpc_service(
     cancel: CancellationToken,
 ) -> CoordinatorServer<GrpcApi> {
     CoordinatorServer::new(GrpcApi { coord, cancel })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
+
+/// The largest gRPC message either side takes (tonic's default is 4 MiB, less than a
+/// registration of 10,000 long keys). The client keeps each call below it and its
+/// batches well below it: a message past the receiver's limit ends the whole stream,
+/// failing every call in flight.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Unregisters a phase-2 stream (and its table notices) when its reader task ends.
 struct Connected(Arc<Coordinator>, u64);
@@ -473,5 +505,21 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             .take_until(kill.cancelled_owned())
             .take_until(stop);
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_keep_within_their_byte_budget_and_a_large_item_goes_alone() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for size in [3usize, 4, 2, 9, 1, 1] {
+            tx.send(size).await.unwrap();
+        }
+        drop(tx);
+        let got: Vec<Vec<usize>> = batches_within(rx, 8, |&n| n).collect().await;
+        assert_eq!(got, [vec![3, 4], vec![2], vec![9], vec![1, 1]]);
     }
 }

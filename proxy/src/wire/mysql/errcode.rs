@@ -22,8 +22,14 @@ pub enum MyErr {
     PacketsOutOfOrder,
     /// 1158 ER_NET_READ_ERROR, 08S01: the connection to the database broke.
     NetReadError,
+    /// 1197 ER_TRANS_CACHE_FULL, HY000: the transaction is too large for a server
+    /// limit (a branch's undo row past max_allowed_packet).
+    TransactionTooLarge,
     /// 1205 ER_LOCK_WAIT_TIMEOUT, HY000: retry the transaction.
     LockWaitTimeout,
+    /// 1206 ER_LOCK_TABLE_FULL, HY000: more locks than a configured bound (a branch's
+    /// lock keys past the lockserver's limits).
+    LockTableFull,
     /// 1213 ER_LOCK_DEADLOCK, 40001: retry the transaction.
     Deadlock,
     /// 1235 ER_NOT_SUPPORTED_YET, 42000: a feature tandem does not relay.
@@ -60,7 +66,9 @@ impl MyErr {
             MyErr::PacketTooLarge => 1153,
             MyErr::PacketsOutOfOrder => 1156,
             MyErr::NetReadError => 1158,
+            MyErr::TransactionTooLarge => 1197,
             MyErr::LockWaitTimeout => 1205,
+            MyErr::LockTableFull => 1206,
             MyErr::Deadlock => 1213,
             MyErr::NotSupportedYet => 1235,
             MyErr::CantConnect => 2003,
@@ -88,6 +96,8 @@ impl MyErr {
             MyErr::XaRbRollback => b"XA100",
             MyErr::TransactionInProgress => b"25001",
             MyErr::Unknown
+            | MyErr::TransactionTooLarge
+            | MyErr::LockTableFull
             | MyErr::LockWaitTimeout
             | MyErr::CantConnect
             | MyErr::MalformedPacket

@@ -491,3 +491,98 @@ async fn a_row_is_one_lock_through_its_partitioned_table_and_its_partition() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A branch's lock keys travel in one registration: megabytes of them (long keys, many
+/// rows) register like any other, while a branch past the lockserver's
+/// `max_keys_per_branch` gets 54000 (a program limit, not a retry) and changes nothing.
+/// Before, a registration over gRPC's 4 MiB default broke the pipeline stream, and every
+/// session's call in flight with it.
+#[tokio::test]
+async fn megabytes_of_lock_keys_register_and_a_branch_past_the_key_limit_gets_54000() {
+    let db = prepare("at_long_keys").await;
+    let (mut config, dir) = tandem_tests::lockserver::test_config(Kind::Embedded);
+    config.limits.max_keys_per_branch = 8_000;
+    let lockserver = TestLockserver::start_with(config, dir).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    // 7,000 keys of five 60-character parts (a lock key holds each part in hex, up to
+    // 64 bytes): 4.5 MB of lock keys.
+    direct
+        .batch_execute(
+            "CREATE TABLE wide (a text, b text, c text, d text, e text, v int NOT NULL,
+                                PRIMARY KEY (a, b, c, d, e));
+             INSERT INTO wide SELECT p, p, p, p, p, g
+               FROM generate_series(1, 7000) g, lpad(g::text, 60, 'k') p;",
+        )
+        .await
+        .unwrap();
+    let wide_before: i64 = direct
+        .query_one("SELECT sum(v)::int8 FROM wide", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let a = tandem.connect(&db.name).await;
+    let b = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("BEGIN; UPDATE wide SET v = v + 1; COMMIT")
+        .await
+        .unwrap();
+    // Another session's global transaction goes on meanwhile.
+    one(&b, "SELECT tandem_begin()").await.unwrap();
+    b.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&b, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
+        "{status:?}"
+    );
+    eventually("the long-keyed rows restored", || async {
+        let now: i64 = direct
+            .query_one("SELECT sum(v)::int8 FROM wide", &[])
+            .await
+            .unwrap()
+            .get(0);
+        now == wide_before && undo_rows(&direct).await == 0
+    })
+    .await;
+
+    // 8,001 rows in one branch: one key past the limit.
+    direct
+        .batch_execute(
+            "INSERT INTO wide SELECT p, p, p, p, p, g FROM generate_series(1, 1001) g, concat('s', g) p",
+        )
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("BEGIN; UPDATE wide SET v = v + 1; UPDATE accounts SET balance = 0")
+        .await
+        .unwrap();
+    let err = a.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "{err:?}"
+    );
+    let total: i64 = direct
+        .query_one("SELECT sum(v)::int8 FROM wide", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        total,
+        wide_before + 1001 * 1002 / 2,
+        "nothing of the branch applied"
+    );
+    assert_eq!(dump(&direct).await, before);
+    rolled_back(&a).await;
+    drop((a, b));
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
