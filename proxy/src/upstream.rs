@@ -8,6 +8,7 @@
 use crate::config::PgFrontend;
 use crate::error::{Error, Result};
 use crate::wire::pg::messages::startup::CancelKey;
+use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::HashMap;
 use std::io;
@@ -15,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A connection to the database: TCP, or a unix-domain socket when the upstream is a
@@ -52,6 +53,56 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<ServerStream> {
     // Each relayed message is a complete request or reply: Nagle would only add latency.
     stream.set_nodelay(true).map_err(Error::UpstreamIo)?;
     Ok(ServerStream::Tcp(stream))
+}
+
+impl ServerStream {
+    /// Writes all of `bytes` while reading what the server sends meanwhile into
+    /// `received`. The server answers a flight of statements one by one: once nobody
+    /// reads its reply to an earlier one (a before image of a large row), it blocks on
+    /// sending and stops reading, and a long later statement (the write itself) written
+    /// without reading would wait for ever, with the row locks the earlier one took.
+    pub async fn write_all_reading(
+        &mut self,
+        bytes: &[u8],
+        received: &mut BytesMut,
+    ) -> io::Result<()> {
+        match self {
+            ServerStream::Tcp(s) => {
+                let (reader, writer) = s.split();
+                write_all_reading(reader, writer, bytes, received).await
+            }
+            #[cfg(unix)]
+            ServerStream::Unix(s) => {
+                let (reader, writer) = s.split();
+                write_all_reading(reader, writer, bytes, received).await
+            }
+        }
+    }
+}
+
+async fn write_all_reading(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
+    mut bytes: &[u8],
+    received: &mut BytesMut,
+) -> io::Result<()> {
+    let mut server_closed = false;
+    while !bytes.is_empty() {
+        if received.capacity() - received.len() < 8 * 1024 {
+            received.reserve(64 * 1024);
+        }
+        tokio::select! {
+            // Writing first: a flight that fits the socket's buffer goes in one call.
+            biased;
+            written = writer.write(bytes) => match written? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => bytes = &bytes[n..],
+            },
+            // Closed: the write fails next, and the reader of the replies finds out.
+            read = reader.read_buf(received), if !server_closed => server_closed = read? == 0,
+        }
+    }
+    writer.flush().await
 }
 
 impl AsyncRead for ServerStream {

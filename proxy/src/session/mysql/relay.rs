@@ -90,6 +90,9 @@ pub struct Relay<'a> {
     pub(super) own_statements: own::OwnStatements,
     /// AT mode's branch in the current local transaction: the rows it changed.
     pub(super) at_branch: crate::at::branch::Branch,
+    /// The server's max_allowed_packet for this connection (fixed at connect), read
+    /// the first time a branch's undo row is large.
+    pub(super) max_allowed_packet: Option<u64>,
     /// XA mode's branch in the current local transaction.
     pub(super) xa: Option<control::XaBranch>,
     /// The session's current database (the resource of its branches): the one named at
@@ -171,6 +174,7 @@ impl<'a> Relay<'a> {
             binding: crate::binding::Binding::default(),
             own_statements: own::OwnStatements::default(),
             at_branch: crate::at::branch::Branch::default(),
+            max_allowed_packet: None,
             xa: None,
             database: opened.database.clone(),
             database_uncertain: false,

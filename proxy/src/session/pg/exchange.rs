@@ -72,7 +72,7 @@ impl Relay<'_> {
         }
         put_msg(&mut out, frontend::SYNC, &[]);
         self.server
-            .write_all(&out)
+            .write_all_reading(&out, &mut self.from_server)
             .await
             .map_err(Error::UpstreamIo)?;
         self.read_exchange_replies(statements.len()).await
@@ -96,7 +96,7 @@ impl Relay<'_> {
         }
         out.extend_from_slice(then);
         self.server
-            .write_all(&out)
+            .write_all_reading(&out, &mut self.from_server)
             .await
             .map_err(Error::UpstreamIo)?;
         self.read_replies(statements.len(), ReplyEnd::LastComplete)

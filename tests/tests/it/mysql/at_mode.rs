@@ -2360,3 +2360,110 @@ async fn a_session_whose_global_transaction_ended_elsewhere_fails_its_writes_unt
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A large value written over a large value inside a local transaction: the before
+/// image's read travels with the write, and MariaDB answers it (the large row) before
+/// it reads the write. tandem must read while it writes, or both wait for ever.
+#[tokio::test]
+async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_image() {
+    let db = prepare("at_large_value").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    // 3 MB: the undo row (both images, hex) stays under the default 16 MB packet.
+    let size = 3 << 20;
+    direct
+        .query_drop(format!(
+            "CREATE TABLE big (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB;
+             INSERT INTO big VALUES (1, REPEAT('o', {size})), (2, REPEAT('p', {size}))"
+        ))
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "big").await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(60000)").await.unwrap();
+    let patience = std::time::Duration::from_secs(60);
+    // A prepared write, then a text one with the value in its text; a branch each.
+    let new = "n".repeat(size);
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    tokio::time::timeout(
+        patience,
+        conn.exec_drop("UPDATE big SET b = ? WHERE id = 1", (new.as_str(),)),
+    )
+    .await
+    .expect("the prepared write hung")
+    .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    tokio::time::timeout(
+        patience,
+        conn.query_drop(format!("UPDATE big SET b = '{new}' WHERE id = 2")),
+    )
+    .await
+    .expect("the text write hung")
+    .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    let written: Option<usize> = conn
+        .query_first("SELECT COUNT(*) FROM big WHERE b = REPEAT('n', 3145728)")
+        .await
+        .unwrap();
+    assert_eq!(written, Some(2), "both writes took effect");
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
+        "{status:?}"
+    );
+    let before = &before;
+    let mut check = db.direct().await;
+    for _ in 0..600 {
+        if dump(&mut check, "big").await == *before && undo_rows(&mut check).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        dump(&mut check, "big").await == *before,
+        "both rows restored"
+    );
+    assert_eq!(undo_rows(&mut check).await, 0);
+
+    // Both rows in one branch: an undo row past max_allowed_packet (16 MB) is refused
+    // at COMMIT with 1197, the local transaction rolled back and the branch reported
+    // failed (its rollback has nothing to undo). The session goes on.
+    let xid = text(&mut conn, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.exec_drop("UPDATE big SET b = ? WHERE id IN (1, 2)", (new.as_str(),))
+        .await
+        .unwrap();
+    let err = conn.query_drop("COMMIT").await.unwrap_err();
+    assert_eq!(code(&err), 1197, "{err:?}");
+    let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    assert!(
+        dump(&mut check, "big").await == *before,
+        "nothing committed"
+    );
+    eventually("the branch reported failed", || async {
+        let (_, body) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+        body["branches"][0]["status"] == "PhaseOneFailed"
+    })
+    .await;
+    rolled_back(&mut conn).await;
+    let mut other = my::connect(&tandem, &db.name).await;
+    text(&mut other, "SELECT tandem_begin()").await.unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        other.query_drop("UPDATE big SET b = 'x' WHERE id = 1"),
+    )
+    .await
+    .expect("the refused branch still held its lock")
+    .unwrap();
+    rolled_back(&mut other).await;
+    assert!(dump(&mut check, "big").await == *before);
+    drop((conn, other));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

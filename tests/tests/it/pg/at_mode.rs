@@ -820,3 +820,61 @@ async fn writes_that_rules_or_row_security_would_change_are_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A large value written over a large value: tandem sends the before image's read and
+/// the write in one flight, and PostgreSQL answers the read (the large row) before it
+/// reads the write. tandem must read while it writes, or both wait for ever, the row
+/// locked (8 MB each way is past any socket buffer on this machine).
+#[tokio::test]
+async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_image() {
+    let db = prepare("at_large_value").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let old = "o".repeat(8 << 20);
+    direct
+        .execute("UPDATE accounts SET note = $1 WHERE id IN (1, 2)", &[&old])
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    let new = "n".repeat(8 << 20);
+    let patience = std::time::Duration::from_secs(60);
+    // Over the extended protocol, then as a simple Query with the value in its text.
+    let updated = tokio::time::timeout(
+        patience,
+        a.execute("UPDATE accounts SET note = $1 WHERE id = 1", &[&new]),
+    )
+    .await
+    .expect("the extended write hung")
+    .unwrap();
+    assert_eq!(updated, 1);
+    tokio::time::timeout(
+        patience,
+        a.batch_execute(&format!("UPDATE accounts SET note = '{new}' WHERE id = 2")),
+    )
+    .await
+    .expect("the simple write hung")
+    .unwrap();
+    let written: String = a
+        .query_one("SELECT note FROM accounts WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(written == new, "the write took effect");
+    // Replaying 16 MB of images may outlast the call's answer (5 s): then it goes on.
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
+        "{status:?}"
+    );
+    eventually("both rows restored", || async {
+        dump(&direct).await == before && undo_rows(&direct).await == 0
+    })
+    .await;
+    drop(a);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1000,9 +1000,33 @@ impl Relay<'_> {
                 value: Some(&status),
             },
         ];
+        // A packet past max_allowed_packet, the server answers by closing the
+        // connection: refused here instead, the session kept.
+        let packet = info.len() + xid.as_str().len() + 64;
+        if let Some(limit) = self.packet_limit_for(packet).await?
+            && packet as u64 > limit
+        {
+            self.report_phase_one_failed(&xid, branch_id);
+            let code = MyErr::TransactionTooLarge;
+            return self
+                .abandon(AtFailure::Server(OwnError {
+                    code: code.code(),
+                    sqlstate: *code.sqlstate(),
+                    message: format!(
+                        "the branch's undo row ({packet} bytes: its rows' before and after images) is larger than the server's max_allowed_packet ({limit}); write fewer or smaller rows per local transaction, or raise max_allowed_packet"
+                    ),
+                }))
+                .await;
+        }
         // Not pipelined with the COMMIT: a failed INSERT does not fail MySQL's
         // transaction, and the COMMIT would then commit the rows without their undo.
-        if let Err(mut e) = self.own_select(&insert, &params).await? {
+        let inserted = self.own_select(&insert, &params).await;
+        if inserted.is_err() {
+            // The connection is gone before the COMMIT was sent: nothing of the branch
+            // was committed, and its locks need not wait for the timeout.
+            self.report_phase_one_failed(&xid, branch_id);
+        }
+        if let Err(mut e) = inserted? {
             if e.code == NO_SUCH_TABLE {
                 e.message = format!(
                     "{} (tandem's undo_log: run `tandem migrate` on database {})",
@@ -1019,6 +1043,28 @@ impl Relay<'_> {
                 self.abandon(AtFailure::Server(e)).await
             }
         }
+    }
+
+    /// The server's max_allowed_packet, when a packet of `bytes` might exceed it (read
+    /// once per connection). None: unknown, the server decides. Packets under 64 KiB
+    /// never ask: a server set below that closes the connection, and the branch is
+    /// reported failed then.
+    async fn packet_limit_for(&mut self, bytes: usize) -> Result<Option<u64>> {
+        const NEVER_TOO_LARGE: usize = 64 << 10;
+        if bytes < NEVER_TOO_LARGE {
+            return Ok(None);
+        }
+        if self.max_allowed_packet.is_none()
+            && let Ok(rows) = self.own_select("SELECT @@max_allowed_packet", &[]).await?
+        {
+            self.max_allowed_packet = rows
+                .first()
+                .and_then(|row| row.first())
+                .and_then(|value| value.as_deref())
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map(u64::from_le_bytes);
+        }
+        Ok(self.max_allowed_packet)
     }
 
     /// Ends the local transaction after a failed COMMIT of a branch.
@@ -1156,6 +1202,11 @@ impl Relay<'_> {
         let code = match failure {
             AtFailure::Refused(Error::Lockserver(e)) if e.transaction_is_over() => {
                 MyErr::XaRbRollback
+            }
+            // Past a limit: it would fail the same way again.
+            AtFailure::Refused(Error::Lockserver(e)) if e.is_limit() => MyErr::LockTableFull,
+            AtFailure::Server(e) if e.code == MyErr::TransactionTooLarge.code() => {
+                MyErr::TransactionTooLarge
             }
             _ => MyErr::Deadlock,
         };

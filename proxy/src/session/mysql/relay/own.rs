@@ -549,8 +549,22 @@ impl Own<'_> {
         Ok(())
     }
 
+    /// Writes tandem's commands, reading meanwhile what the server answers (see
+    /// `ServerStream::write_all_reading`: a large before image read ahead of a large
+    /// write).
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        write_after_closes(self.server, self.pending_closes, bytes).await
+        let written = if self.pending_closes.is_empty() {
+            self.server.write_all_reading(bytes, self.from_server).await
+        } else {
+            self.pending_closes.extend_from_slice(bytes);
+            let written = self
+                .server
+                .write_all_reading(self.pending_closes, self.from_server)
+                .await;
+            self.pending_closes.clear();
+            written
+        };
+        written.map_err(Error::UpstreamIo)
     }
 
     /// The payload of the server's next packet. tandem's own results stay under 16 MiB
