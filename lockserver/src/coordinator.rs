@@ -372,14 +372,22 @@ impl Coordinator {
         global.ok_or_else(|| Error::UnknownXid { xid: xid.clone() })
     }
 
-    /// Up to `max_list` transactions.
-    pub async fn globals(&self) -> Result<Vec<Global>> {
-        self.store.globals(self.config.limits.max_list).await
+    /// Up to `max_list` transactions, live ones first, and whether more were left out.
+    pub async fn globals(&self) -> Result<(Vec<Global>, bool)> {
+        let limit = self.config.limits.max_list;
+        let mut v = self.store.globals(limit.saturating_add(1)).await?;
+        let truncated = v.len() > limit;
+        v.truncate(limit);
+        Ok((v, truncated))
     }
 
-    /// Up to `max_list` held locks.
-    pub async fn locks(&self) -> Result<Vec<(LockKey, Xid)>> {
-        self.store.locks(self.config.limits.max_list).await
+    /// Up to `max_list` held locks, and whether more were left out.
+    pub async fn locks(&self) -> Result<(Vec<(LockKey, Xid)>, bool)> {
+        let limit = self.config.limits.max_list;
+        let mut v = self.store.locks(limit.saturating_add(1)).await?;
+        let truncated = v.len() > limit;
+        v.truncate(limit);
+        Ok((v, truncated))
     }
 
     /// The first of `keys` held by an unfinished global transaction.

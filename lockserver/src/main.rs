@@ -23,8 +23,21 @@ struct Args {
 
 // This runtime only binds the listeners and waits for a signal: the lockserver runs
 // on its own (`worker_threads`).
+fn main() -> std::process::ExitCode {
+    match main_result() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "tandem-lockserver: {}",
+                tandem_lockserver::error::chain(e.as_ref())
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main_result() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -36,8 +49,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
-    let http = tokio::net::TcpListener::bind(config.http_listen).await?;
+    let bind = |name: &'static str, addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{name} on {addr}: {e}")))
+    };
+    let grpc = bind("grpc_listen", config.grpc_listen).await?;
+    let http = bind("http_listen", config.http_listen).await?;
     // Tests read these lines to find ephemeral ports.
     println!("grpc_listen={}", grpc.local_addr()?);
     println!("http_listen={}", http.local_addr()?);

@@ -125,7 +125,13 @@ async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let store = open_store(&config).await?;
+    tokio::pin!(shutdown);
+    // Opening may take long (a large log to replay, a store that is slow to answer):
+    // a shutdown meanwhile ends it.
+    let store = tokio::select! {
+        store = open_store(&config) => store?,
+        _ = &mut shutdown => return Ok(()),
+    };
     let coord = Arc::new(Coordinator::new(store, config, Arc::new(SystemClock)));
     tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), "lockserver listening");
 
@@ -151,13 +157,14 @@ async fn serve(
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stop_apis.clone().cancelled_owned(),
         );
+    let http = api::listener::BoundedListener::new(http);
     let http_server = axum::serve(http, api::http::router(coord.clone()))
         .with_graceful_shutdown(stop_apis.clone().cancelled_owned());
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(async move { http_server.await });
 
     let early = tokio::select! {
-        _ = shutdown => None,
+        _ = &mut shutdown => None,
         r = &mut grpc_task => Some(("grpc", r.map(|r| r.map_err(Error::from)))),
         r = &mut http_task => Some(("http", r.map(|r| r.map_err(|e| Error::Io { op: "serve http", path: Default::default(), source: e })))),
     };

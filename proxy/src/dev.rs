@@ -17,9 +17,14 @@ pub struct LockserverListeners {
 
 impl LockserverListeners {
     pub async fn bind(config: &tandem_lockserver::Config) -> std::io::Result<Self> {
+        let bind = |name: &'static str, addr: std::net::SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("lockserver {name} on {addr}: {e}"))
+            })
+        };
         Ok(LockserverListeners {
-            grpc: TcpListener::bind(config.grpc_listen).await?,
-            http: TcpListener::bind(config.http_listen).await?,
+            grpc: bind("grpc_listen", config.grpc_listen).await?,
+            http: bind("http_listen", config.http_listen).await?,
         })
     }
 }

@@ -57,7 +57,17 @@ enum Command {
     },
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match main_result() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem: {}", tandem_lockserver::error::chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_result() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
     // The proxy's configuration says how many threads its runtime gets.

@@ -245,7 +245,8 @@ pub async fn run(
         });
         let stop = admin_stop.clone();
         async move {
-            axum::serve(listeners.admin, app)
+            let admin = tandem_lockserver::api::listener::BoundedListener::new(listeners.admin);
+            axum::serve(admin, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         }

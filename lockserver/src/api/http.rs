@@ -133,7 +133,10 @@ async fn show(
 
 async fn list(State(c): State<Arc<Coordinator>>) -> ApiResult<Json<serde_json::Value>> {
     let _p = c.permit()?;
-    Ok(Json(json!({ "transactions": c.globals().await? })))
+    let (transactions, truncated) = c.globals().await?;
+    Ok(Json(
+        json!({ "transactions": transactions, "truncated": truncated }),
+    ))
 }
 
 #[derive(Serialize)]
@@ -147,7 +150,7 @@ struct LockRow<'a> {
 
 async fn locks(State(c): State<Arc<Coordinator>>) -> ApiResult<Json<serde_json::Value>> {
     let _p = c.permit()?;
-    let held = c.locks().await?;
+    let (held, truncated) = c.locks().await?;
     let rows: Vec<LockRow> = held
         .iter()
         .map(|(k, x)| LockRow {
@@ -158,7 +161,7 @@ async fn locks(State(c): State<Arc<Coordinator>>) -> ApiResult<Json<serde_json::
             xid: x.as_str(),
         })
         .collect();
-    Ok(Json(json!({ "locks": rows })))
+    Ok(Json(json!({ "locks": rows, "truncated": truncated })))
 }
 
 async fn metrics(State(c): State<Arc<Coordinator>>) -> ApiResult<impl IntoResponse> {

@@ -76,6 +76,24 @@ fn lock_dir(dir: &Path) -> Result<fs::File> {
     }
 }
 
+/// The first `limit` of `items` by `order`, in order: a partial selection, not a sort
+/// of them all, since it runs under the store's lock.
+fn first_by<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    if items.len() > limit {
+        items.select_nth_unstable_by(limit - 1, &order);
+        items.truncate(limit);
+    }
+    items.sort_by(order);
+    items
+}
+
 /// Whether `cmd`'s reply must wait for its records' fsync (see the `Store` contract).
 /// The others are harmless to lose and still ordered before every later record, so
 /// they are queued lazily: written with the next append that waits, or within
@@ -402,22 +420,26 @@ impl Store for EmbeddedStore {
     }
 
     async fn globals(&self, limit: usize) -> Result<Vec<Global>> {
-        let mut v: Vec<Global> = self.state().core.globals().take(limit).cloned().collect();
-        v.sort_by(|a, b| (a.begun_at, &a.xid).cmp(&(b.begun_at, &b.xid)));
-        Ok(v)
+        let st = self.state();
+        let order = |a: &&Global, b: &&Global| {
+            (a.status.is_finished(), a.begun_at, &a.xid).cmp(&(
+                b.status.is_finished(),
+                b.begun_at,
+                &b.xid,
+            ))
+        };
+        Ok(first_by(st.core.globals().collect(), limit, order)
+            .into_iter()
+            .cloned()
+            .collect())
     }
 
     async fn locks(&self, limit: usize) -> Result<Vec<(LockKey, Xid)>> {
-        let mut v: Vec<(LockKey, Xid)> = self
-            .state()
-            .core
-            .locks()
-            .iter()
-            .take(limit)
+        let st = self.state();
+        Ok(first_by(st.core.locks().iter().collect(), limit, Ord::cmp)
+            .into_iter()
             .map(|(k, x)| (k.clone(), x.clone()))
-            .collect();
-        v.sort();
-        Ok(v)
+            .collect())
     }
 
     async fn first_held(&self, keys: &[LockKey]) -> Result<Option<(LockKey, Xid)>> {

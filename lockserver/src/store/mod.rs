@@ -77,7 +77,8 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves once everything applied so far is durable: a state read before it can
     /// no longer be taken back by a crash.
     fn settled(&self) -> impl Future<Output = Result<()>> + Send;
-    /// Up to `limit` known transactions (live and recently finished).
+    /// Up to `limit` known transactions, live ones first (then recently finished ones),
+    /// each group by begin time.
     fn globals(&self, limit: usize) -> impl Future<Output = Result<Vec<Global>>> + Send;
     /// Up to `limit` held lock keys with their holders.
     fn locks(&self, limit: usize) -> impl Future<Output = Result<Vec<(LockKey, Xid)>>> + Send;

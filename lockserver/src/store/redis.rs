@@ -127,7 +127,16 @@ impl RedisStore {
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(REDIS_TIMEOUT)
             .set_connection_timeout(REDIS_TIMEOUT);
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        // The manager retries its first connection for minutes by default: a Redis
+        // that cannot be reached at start is an error the operator sees at once.
+        let conn = tokio::time::timeout(
+            REDIS_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            op: "connecting to the Redis store (is it running, and is store.url right?)",
+        })??;
         warn_unless_durable(&mut conn.clone()).await;
         Ok(RedisStore {
             conn,
@@ -279,19 +288,25 @@ impl Store for RedisStore {
 
     async fn globals(&self, limit: usize) -> Result<Vec<Global>> {
         let mut conn = self.conn.clone();
-        let xids: Vec<String> = conn
-            .zrange(self.key("globals"), 0, limit as isize - 1)
-            .await?;
-        if xids.is_empty() {
-            return Ok(vec![]);
+        // All of them (live and those finished within the retention), for the live ones
+        // to come first: the set is ordered by begin time only.
+        let xids: Vec<String> = conn.zrange(self.key("globals"), 0, -1).await?;
+        let mut globals = Vec::with_capacity(xids.len());
+        for chunk in xids.chunks(1_000) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|x| format!("{}:g:{x}", self.prefix))
+                .collect();
+            let vals: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            for val in vals.into_iter().flatten() {
+                globals.push(decode(&val)?);
+            }
         }
-        let keys: Vec<String> = xids
-            .iter()
-            .map(|x| format!("{}:g:{x}", self.prefix))
-            .collect();
-        let vals: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        vals.into_iter().flatten().map(|s| decode(&s)).collect()
+        // Stable: each group stays in begin-time order.
+        globals.sort_by_key(|g: &Global| g.status.is_finished());
+        globals.truncate(limit);
+        Ok(globals)
     }
 
     async fn locks(&self, limit: usize) -> Result<Vec<(LockKey, Xid)>> {

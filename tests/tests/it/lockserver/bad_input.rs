@@ -10,7 +10,11 @@ use tonic::Code;
 
 use super::{RESOURCE, both, key};
 
-both!(http_bad_input, grpc_bad_input);
+both!(
+    http_bad_input,
+    grpc_bad_input,
+    listings_show_live_transactions_first
+);
 
 async fn http_bad_input(kind: Kind) {
     let ls = TestLockserver::start(kind).await;
@@ -171,5 +175,46 @@ async fn grpc_bad_input(kind: Kind) {
             ..
         })
     ));
+    ls.stop().await;
+}
+
+/// Operators list what is live: `GET /v1/transactions` puts unfinished transactions
+/// before finished ones (kept for `finished_retention_ms`), and both listings say when
+/// `limits.max_list` cut them short.
+async fn listings_show_live_transactions_first(kind: Kind) {
+    let (mut config, dir) = tandem_tests::lockserver::test_config(kind);
+    config.limits.max_list = 3;
+    let ls = TestLockserver::start_with(config, dir).await;
+    let begin = || async {
+        let (code, b) = ls.post("/v1/transactions", None).await;
+        assert_eq!(code, 201, "{b}");
+        b["xid"].as_str().unwrap().to_owned()
+    };
+    for _ in 0..3 {
+        let xid = begin().await;
+        let (code, _) = ls
+            .post(&format!("/v1/transactions/{xid}/commit"), None)
+            .await;
+        assert_eq!(code, 200);
+    }
+    let live = [begin().await, begin().await];
+    let (code, b) = ls.get("/v1/transactions").await;
+    assert_eq!(code, 200);
+    let listed: Vec<(&str, &str)> = b["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["xid"].as_str().unwrap(), g["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed.len(), 3, "{b}");
+    assert_eq!(
+        listed[..2],
+        [(live[0].as_str(), "Begin"), (live[1].as_str(), "Begin")],
+        "{b}"
+    );
+    assert_eq!(listed[2].1, "Committed", "{b}");
+    assert_eq!(b["truncated"], true, "{b}");
+    let (_, locks) = ls.get("/v1/locks").await;
+    assert_eq!(locks["truncated"], false, "{locks}");
     ls.stop().await;
 }
