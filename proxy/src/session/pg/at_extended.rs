@@ -66,6 +66,8 @@ pub(super) struct Batch<'a> {
     pub(super) bind: Bind<'a>,
     pub(super) bind_frame: &'a [u8],
     pub(super) describe: Option<(u8, &'a [u8])>,
+    /// The Describe comes before the Bind (`read_answered_batch`).
+    pub(super) describe_before_bind: bool,
     /// The most rows its Execute asks for, 0 for all (pgJDBC asks for 1 when it wants
     /// none, asyncpg's fetchrow for 1): it matters only to a statement that returns
     /// rows. tandem's rewritten batch asks for all, and passes on this many.
@@ -725,6 +727,18 @@ pub(super) enum Shape<'a> {
 }
 
 pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
+    read_batch_of(rest, max, false)
+}
+
+/// As [`read_batch`], also taking `Parse Describe(statement) Bind Execute Sync`: a
+/// batch tandem answers whole (a control call), whose Describe it can answer ahead of
+/// the Bind. pgJDBC sends it once a statement is server-prepared and a parameter's type
+/// is left to the server (`stringtype=unspecified`, `setObject(…, Types.OTHER)`).
+pub(super) fn read_answered_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
+    read_batch_of(rest, max, true)
+}
+
+fn read_batch_of(rest: &[u8], max: usize, describe_first: bool) -> Result<Shape<'_>> {
     let mut frames = Vec::new();
     let mut at = 0;
     loop {
@@ -787,6 +801,13 @@ pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
             frontend::SYNC,
         ] => (None, 0, Some(1)),
         [frontend::BIND, frontend::EXECUTE, frontend::SYNC] => (None, 0, None),
+        [
+            frontend::PARSE,
+            frontend::DESCRIBE,
+            frontend::BIND,
+            frontend::EXECUTE,
+            frontend::SYNC,
+        ] if describe_first => (Some(0), 2, Some(1)),
         _ => return other(),
     };
     decode_batch(&frames, parse_at, bind_at, describe_at, at)
@@ -879,7 +900,11 @@ fn decode_batch<'a>(
         }
         None => None,
     };
-    let execute = body(bind_at + 1 + usize::from(describe_at.is_some()));
+    let execute_at = frames
+        .iter()
+        .rposition(|(tag, _)| *tag == frontend::EXECUTE)
+        .ok_or(malformed("Execute"))?;
+    let execute = body(execute_at);
     let max_rows = execute
         .iter()
         .position(|&b| b == 0)
@@ -892,6 +917,7 @@ fn decode_batch<'a>(
         bind,
         bind_frame: frames[bind_at].1,
         describe,
+        describe_before_bind: describe_at.is_some_and(|d| d < bind_at),
         max_rows: u32::try_from(max_rows).unwrap_or(0),
         len,
     }))

@@ -9,7 +9,7 @@
 //! stand-in takes it too, so that the backend describes it as it would the call.
 
 use super::Relay;
-use super::at_extended::{Extended, Shape, read_batch, rest_len};
+use super::at_extended::{Extended, Shape, read_answered_batch, rest_len};
 use crate::control::{self, BadCall, Call, ParameterKind};
 use crate::error::{Error, Result};
 use crate::wire::pg::codes::{backend, frontend, target};
@@ -44,7 +44,7 @@ impl Relay<'_> {
         let max = self.ctx.config.max_message_bytes;
         let column = parsed.as_ref().map(Call::column).unwrap_or("xid");
         let parameters = parsed.as_ref().map(Call::parameters).unwrap_or_default();
-        let batch = match read_batch(rest, max)? {
+        let batch = match read_answered_batch(rest, max)? {
             Shape::Incomplete => return Ok(Extended::NeedMore),
             Shape::PrepareOnly | Shape::Flushed if tag == frontend::PARSE => {
                 return Ok(Extended::ReplaceParse(stand_in_parse(
@@ -101,6 +101,25 @@ impl Relay<'_> {
                 .unwrap_or_default(),
         };
         let parameter_types = parameter_types(&declared, &parameters);
+        let format = batch.bind.result_formats.first().copied().unwrap_or(0);
+        // What the Describe answers: a statement's parameters and columns (text), a
+        // portal's columns in the Bind's format.
+        let put_description = |out: &mut BytesMut| match batch.describe {
+            Some((target::STATEMENT, _)) => {
+                out.put_u8(backend::PARAMETER_DESCRIPTION);
+                out.put_i32(6 + 4 * parameter_types.len() as i32);
+                out.put_i16(parameter_types.len() as i16);
+                for &oid in &parameter_types {
+                    out.put_u32(oid);
+                }
+                put_row_description(out, column, 0);
+            }
+            Some(_) => put_row_description(out, column, format),
+            None => {}
+        };
+        if batch.describe_before_bind {
+            put_description(&mut out);
+        }
         let bound = parsed.and_then(|call| {
             let values = bound_values(&call, &batch.bind, &parameter_types)?;
             call.bind(&values)
@@ -128,19 +147,8 @@ impl Relay<'_> {
             }
         };
         put_empty(&mut out, backend::BIND_COMPLETE);
-        let format = batch.bind.result_formats.first().copied().unwrap_or(0);
-        match batch.describe {
-            Some((target::STATEMENT, _)) => {
-                out.put_u8(backend::PARAMETER_DESCRIPTION);
-                out.put_i32(6 + 4 * parameter_types.len() as i32);
-                out.put_i16(parameter_types.len() as i16);
-                for &oid in &parameter_types {
-                    out.put_u32(oid);
-                }
-                put_row_description(&mut out, column, 0);
-            }
-            Some(_) => put_row_description(&mut out, column, format),
-            None => {}
+        if !batch.describe_before_bind {
+            put_description(&mut out);
         }
         put_answer_rows(&mut out, value.as_deref());
         let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);

@@ -585,3 +585,49 @@ async fn control_calls_take_their_argument_as_a_parameter() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// pgJDBC, once a statement is server-prepared and its parameter's type is left to the
+/// server (`stringtype=unspecified`), sends `Parse S_1 ([0]) / Describe S / Bind /
+/// Execute / Sync` and reads the parameter's type from the Describe before binding.
+/// tandem answers that batch too, in the backend's order.
+#[tokio::test]
+async fn a_control_call_described_before_its_bind_is_answered_in_order() {
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = TestDb::create("control_describe_first").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    let xid = value(&a, "SELECT tandem_begin()").await.expect("an xid");
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    for name in ["S_1", "S_2"] {
+        let mut parse = format!("{name}\0SELECT tandem_status($1)\0").into_bytes();
+        parse.extend_from_slice(&1i16.to_be_bytes());
+        parse.extend_from_slice(&0u32.to_be_bytes());
+        let mut bind = format!("\0{name}\0").into_bytes();
+        bind.extend_from_slice(&0i16.to_be_bytes()); // parameters in text
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&(xid.len() as i32).to_be_bytes());
+        bind.extend_from_slice(xid.as_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes()); // results in text
+        let mut batch = frame(b'P', &parse);
+        batch.extend(frame(b'D', format!("S{name}\0").as_bytes()));
+        batch.extend(frame(b'B', &bind));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        let tags: Vec<u8> = replies.iter().map(|m| m.tag).collect();
+        assert_eq!(tags, b"1tT2DCZ", "{replies:?}");
+        // One parameter, text as the server infers it.
+        assert_eq!(&replies[1].body[..], &[0, 1, 0, 0, 0, 25][..]);
+        assert_eq!(&replies[4].body[6..], b"Begin", "{:?}", replies[4]);
+    }
+    drop(raw);
+    assert_eq!(
+        value(&a, "SELECT tandem_rollback()").await.as_deref(),
+        Some("Rollbacked")
+    );
+    drop(a);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1003,7 +1003,12 @@ impl Relay<'_> {
         // A packet past max_allowed_packet, the server answers by closing the
         // connection: refused here instead, the session kept.
         let packet = info.len() + xid.as_str().len() + 64;
-        if let Some(limit) = self.packet_limit_for(packet).await?
+        let limit = self.packet_limit_for(packet).await;
+        if limit.is_err() {
+            // As for the INSERT below: the connection is gone before any COMMIT.
+            self.report_phase_one_failed(&xid, branch_id);
+        }
+        if let Some(limit) = limit?
             && packet as u64 > limit
         {
             self.report_phase_one_failed(&xid, branch_id);

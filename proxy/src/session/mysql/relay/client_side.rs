@@ -444,6 +444,8 @@ impl Relay<'_> {
         // and it drops every prepared statement, tandem's too.
         self.at_branch = crate::at::branch::Branch::default();
         self.own_statements.clear();
+        // The reset session takes the server's max_allowed_packet anew.
+        self.max_allowed_packet = None;
         // And its temporary tables.
         self.temporary_tables.clear();
         // And its table locks.
