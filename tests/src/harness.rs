@@ -235,12 +235,22 @@ fn admin_config() -> tokio_postgres::Config {
 }
 
 /// Polls `check` until it holds, failing the test after 15 seconds.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    eventually_within(what, Duration::from_secs(15), check).await
+}
+
+/// As [`eventually`], waiting up to `patience` (work whose size, not a timer, sets
+/// how long it takes: replaying megabytes of images on a loaded machine).
+pub async fn eventually_within<F, Fut>(what: &str, patience: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if check().await {
             return;

@@ -42,6 +42,16 @@ pub(crate) async fn rolled_back(client: &Client) {
     );
 }
 
+/// Rolls the session's global transaction back when the rollback may outlast the
+/// call's answer (large images): it is done, or under way (check the rows after).
+pub(crate) async fn rollback_begun(client: &Client) {
+    let status = one(client, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
+        "{status:?}"
+    );
+}
+
 pub(crate) async fn undo_rows(client: &Client) -> i64 {
     client
         .query_one("SELECT count(*) FROM undo_log WHERE log_status = 0", &[])
@@ -863,13 +873,9 @@ async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_im
         .unwrap()
         .get(0);
     assert!(written == new, "the write took effect");
-    // Replaying 16 MB of images may outlast the call's answer (5 s): then it goes on.
-    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
-    assert!(
-        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
-        "{status:?}"
-    );
-    eventually("both rows restored", || async {
+    // Replaying 16 MB of images may outlast the call's answer (5 s).
+    rollback_begun(&a).await;
+    tandem_tests::harness::eventually_within("both rows restored", patience, || async {
         dump(&direct).await == before && undo_rows(&direct).await == 0
     })
     .await;
