@@ -103,6 +103,12 @@ postgres_ticks() {
 
 run() { # target -> tps; appends "target component ms-per-transaction" lines to cpu.log
   local out pg_before proxy_before lock_before bench_before tps pgbench_pid
+  # Every run starts from tables without dead rows, as pgbench's own vacuum gives the
+  # built-in scripts, whatever autovacuum does (some machines run PostgreSQL with it
+  # off, and then undo_log, written and deleted by every AT transaction, bloats run
+  # after run: 190,000 dead rows slowed each later run by half and more).
+  psql -q -h "$PGHOST_DIRECT" -p "$PGPORT_DIRECT" -d "$DB" \
+    -c "VACUUM pgbench_branches, pgbench_tellers, pgbench_history, undo_log" >/dev/null
   pg_before=$(postgres_ticks)
   proxy_before=$(cpu_ticks "$proxy_pid")
   lock_before=$(cpu_ticks "$lock_pid")
