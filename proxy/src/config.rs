@@ -394,11 +394,23 @@ impl Config {
             }
         }
         mysql::validate(&self.mysql, &mut listens, &mut problems);
-        if !self.lockserver.endpoint.starts_with("http://")
-            && !self.lockserver.endpoint.starts_with("https://")
-        {
+        // Parsed as the client will: a port that is not a number would otherwise pass,
+        // and every control call then fail with "tcp connect error".
+        let endpoint = self.lockserver.endpoint.parse::<tonic::transport::Uri>();
+        let usable = endpoint.as_ref().is_ok_and(|uri| {
+            // The URI parser takes any text after the host's colon as its port.
+            let port_text = uri
+                .authority()
+                .and_then(|a| a.as_str().rsplit_once(':'))
+                .map(|(_, port)| port)
+                .filter(|port| !port.contains(']'));
+            matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some_and(|h| !h.is_empty())
+                && port_text.is_none_or(|p| p.parse::<u16>().is_ok())
+        });
+        if !usable {
             problems.push(format!(
-                "lockserver.endpoint {:?} must be an http:// or https:// URI",
+                "lockserver.endpoint {:?} must be an http:// or https:// URI with a host and, optionally, a numeric port",
                 self.lockserver.endpoint
             ));
         }
@@ -422,6 +434,30 @@ mod tests {
         let config = Config::parse("").unwrap();
         assert_eq!(config, Config::default());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_lockserver_endpoint_must_be_a_uri_the_client_can_dial() {
+        for bad in [
+            "127.0.0.1:8091",
+            "http://127.0.0.1:notaport",
+            "http://",
+            "ftp://127.0.0.1:8091",
+            "http://127.0.0.1:99999",
+        ] {
+            let mut config = Config::default();
+            config.lockserver.endpoint = bad.to_owned();
+            assert!(config.validate().is_err(), "{bad}");
+        }
+        for good in [
+            "http://127.0.0.1:8091",
+            "https://lock.example:443",
+            "http://lock",
+        ] {
+            let mut config = Config::default();
+            config.lockserver.endpoint = good.to_owned();
+            config.validate().unwrap();
+        }
     }
 
     #[test]

@@ -82,7 +82,41 @@ pub fn router(coord: Arc<Coordinator>) -> Router {
         .route("/v1/locks", get(locks))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(json_errors))
+        .fallback(|| async {
+            let body =
+                json!({ "error": "no such endpoint (see /v1/transactions, /v1/locks, /metrics)" });
+            (StatusCode::NOT_FOUND, Json(body))
+        })
         .with_state(coord)
+}
+
+/// Every error answers JSON, those axum gives itself too: a wrong method, a body past
+/// the limit, a path that does not decode.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let mut out = (status, Json(json!({ "error": message }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 #[derive(Deserialize)]

@@ -35,7 +35,7 @@ async fn http_bad_input(kind: Kind) {
         assert_eq!(code, 400, "{why}: {b}");
         assert!(b["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    let (code, _) = http_raw(
+    let (code, body) = http_raw(
         ls.http,
         "POST",
         "/v1/transactions",
@@ -43,6 +43,16 @@ async fn http_bad_input(kind: Kind) {
     )
     .await;
     assert_eq!(code, 413, "oversized body");
+    let json = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|b| b["error"].as_str().map(str::to_owned))
+    };
+    assert!(json(&body).is_some(), "a JSON error: {body:?}");
+    // A wrong method, too.
+    let (code, body) = http_raw(ls.http, "GET", &format!("{show}/commit"), None).await;
+    assert_eq!(code, 405);
+    assert!(json(&body).is_some(), "a JSON error: {body:?}");
     for p in [
         "/v1/transactions/nope",
         "/v1/transactions/nope/commit",
@@ -67,8 +77,9 @@ async fn http_bad_input(kind: Kind) {
     let (code, _) = ls.post(&format!("{show}/rollback"), None).await;
     assert_eq!(code, 409, "rollback after commit");
     assert_eq!(ls.get(&show).await.1["status"], "Committed");
-    let (code, _) = ls.get("/v1/nothing-here").await;
+    let (code, b) = ls.get("/v1/nothing-here").await;
     assert_eq!(code, 404);
+    assert!(b["error"].as_str().is_some(), "{b}");
     ls.stop().await;
 }
 
