@@ -126,8 +126,8 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
-    // Opening may take long (a large log to replay, a store that is slow to answer):
-    // a shutdown meanwhile ends it.
+    // Opening may take long (a store that is slow to answer, a large log to replay):
+    // a shutdown meanwhile stops waiting for it (a replay already running finishes).
     let store = tokio::select! {
         store = open_store(&config) => store?,
         _ = &mut shutdown => return Ok(()),
@@ -157,7 +157,15 @@ async fn serve(
             tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stop_apis.clone().cancelled_owned(),
         );
-    let http = api::listener::BoundedListener::new(http);
+    // A request's own wait (a commit or rollback waits up to rollback_wait_ms) must
+    // never count as idleness: hyper keeps reading while a handler runs.
+    let idle = api::listener::HTTP_IDLE_TIMEOUT
+        .max(Duration::from_millis(coord.config.rollback_wait_ms) + Duration::from_secs(30));
+    let http = api::listener::BoundedListener::with_limits(
+        http,
+        api::listener::MAX_HTTP_CONNECTIONS,
+        idle,
+    );
     let http_server = axum::serve(http, api::http::router(coord.clone()))
         .with_graceful_shutdown(stop_apis.clone().cancelled_owned());
     let mut grpc_task = tokio::spawn(grpc_server);

@@ -401,7 +401,8 @@ impl Config {
             // The URI parser takes any text after the host's colon as its port.
             let port_text = uri
                 .authority()
-                .and_then(|a| a.as_str().rsplit_once(':'))
+                .and_then(|a| a.as_str().rsplit('@').next())
+                .and_then(|host_port| host_port.rsplit_once(':'))
                 .map(|(_, port)| port)
                 .filter(|port| !port.contains(']'));
             matches!(uri.scheme_str(), Some("http" | "https"))
@@ -453,6 +454,10 @@ mod tests {
             "http://127.0.0.1:8091",
             "https://lock.example:443",
             "http://lock",
+            "http://[::1]:8091",
+            "http://[::1]",
+            "http://user:secret@lock",
+            "http://lock:8091/",
         ] {
             let mut config = Config::default();
             config.lockserver.endpoint = good.to_owned();

@@ -113,7 +113,7 @@ async fn json_errors(response: Response) -> Response {
     let mut out = (status, Json(json!({ "error": message }))).into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            out.headers_mut().insert(name.clone(), value.clone());
+            out.headers_mut().append(name.clone(), value.clone());
         }
     }
     out

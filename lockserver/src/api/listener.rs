@@ -21,8 +21,10 @@ use tokio::time::{Instant, Sleep};
 /// Open HTTP connections at most; past it, new ones wait in the kernel's backlog.
 pub const MAX_HTTP_CONNECTIONS: usize = 512;
 
-/// A connection with nothing read or written for this long is closed: longer than any
-/// request's own wait (a rollback answers within `rollback_wait_ms`).
+/// A connection with nothing read or written for this long is closed. While a handler
+/// runs, hyper keeps a read pending on the connection (to see the client leave), so
+/// the timeout must outlast every handler's own wait: the lockserver raises it past
+/// `rollback_wait_ms`, the longest of its requests.
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An [`axum::serve::Listener`] that keeps at most `max` connections open and closes
