@@ -59,11 +59,17 @@ impl Binding {
 
     /// A pool reset (`DISCARD ALL`, `RESET ALL`, `COM_RESET_CONNECTION`…) unbinds.
     pub fn unbind(&mut self) {
-        self.xid = None;
+        self.set_xid(None);
         self.mode = None;
         self.from_hint = false;
         self.reset_at_transaction_end = false;
+    }
+
+    /// Binds the session to `xid` (None: to nothing); returns the binding it had. A new
+    /// binding is not over, whatever the old one was.
+    fn set_xid(&mut self, xid: Option<Xid>) -> Option<Xid> {
         self.over = false;
+        std::mem::replace(&mut self.xid, xid)
     }
 
     /// A branch registration was refused: if because the global transaction is over
@@ -137,8 +143,7 @@ impl Binding {
                 status: status.as_str().to_owned(),
             });
         }
-        self.xid = Some(xid);
-        self.over = false;
+        self.set_xid(Some(xid));
         self.from_hint = true;
         Ok(())
     }
@@ -150,8 +155,7 @@ impl Binding {
             self.unbind();
         }
         if self.from_hint {
-            self.xid = None;
-            self.over = false;
+            self.set_xid(None);
             self.from_hint = false;
         }
     }
@@ -182,8 +186,7 @@ impl Binding {
             Control::Begin { timeout_ms } => {
                 self.replaceable()?;
                 let xid = lock.begin(timeout_ms.map(Duration::from_millis)).await?;
-                self.xid = Some(xid.clone());
-                self.over = false;
+                self.set_xid(Some(xid.clone()));
                 Ok(Some(xid.to_string()))
             }
             Control::Join { xid } => {
@@ -196,8 +199,7 @@ impl Binding {
                         status: status.as_str().to_owned(),
                     });
                 }
-                self.xid = Some(xid.clone());
-                self.over = false;
+                self.set_xid(Some(xid.clone()));
                 Ok(Some(xid.to_string()))
             }
             Control::Commit | Control::Rollback => {
@@ -233,16 +235,14 @@ impl Binding {
                     // binding goes with it. A lockserver that is away keeps it, so that
                     // the client can retry.
                     Err(e) if e.is_client_fault() => {
-                        self.xid = None;
-                        self.over = false;
+                        self.set_xid(None);
                         return Err(e.into());
                     }
                     Err(e) => return Err(e.into()),
                 };
                 // The decision is taken: the session is free for its next transaction,
                 // whether or not every branch has finished yet.
-                self.xid = None;
-                self.over = false;
+                self.set_xid(None);
                 Ok(Some(status.as_str().to_owned()))
             }
             Control::Status { xid } => {
@@ -252,10 +252,7 @@ impl Binding {
                 };
                 Ok(Some(lock.status(&xid).await?.as_str().to_owned()))
             }
-            Control::Leave => {
-                self.over = false;
-                Ok(self.xid.take().map(|xid| xid.to_string()))
-            }
+            Control::Leave => Ok(self.set_xid(None).map(|xid| xid.to_string())),
             Control::Xid => Ok(self.xid.as_ref().map(|xid| xid.to_string())),
             Control::Mode { mode } => {
                 self.mode = Some(if mode == "xa" { Mode::Xa } else { Mode::At });

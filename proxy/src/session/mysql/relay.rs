@@ -329,7 +329,8 @@ impl<'a> Relay<'a> {
         if bytes.is_empty() {
             return Ok(());
         }
-        own::write_after_closes(&mut self.server, &mut self.pending_closes, bytes).await
+        // The relay reads the server's replies in its own loop.
+        own::write_after_closes(&mut self.server, &mut self.pending_closes, bytes, None).await
     }
 
     /// Writes and empties what tandem staged for each side.

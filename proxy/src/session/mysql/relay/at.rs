@@ -1003,12 +1003,13 @@ impl Relay<'_> {
         // A packet past max_allowed_packet, the server answers by closing the
         // connection: refused here instead, the session kept.
         let packet = info.len() + xid.as_str().len() + 64;
-        let limit = self.packet_limit_for(packet).await;
-        if limit.is_err() {
-            // As for the INSERT below: the connection is gone before any COMMIT.
-            self.report_phase_one_failed(&xid, branch_id);
-        }
-        if let Some(limit) = limit?
+        // The connection gone here or at the INSERT, no COMMIT was sent: nothing of the
+        // branch was committed, and its locks need not wait for the timeout.
+        let limit = self
+            .packet_limit_for(packet)
+            .await
+            .inspect_err(|_| self.report_phase_one_failed(&xid, branch_id))?;
+        if let Some(limit) = limit
             && packet as u64 > limit
         {
             self.report_phase_one_failed(&xid, branch_id);
@@ -1025,13 +1026,11 @@ impl Relay<'_> {
         }
         // Not pipelined with the COMMIT: a failed INSERT does not fail MySQL's
         // transaction, and the COMMIT would then commit the rows without their undo.
-        let inserted = self.own_select(&insert, &params).await;
-        if inserted.is_err() {
-            // The connection is gone before the COMMIT was sent: nothing of the branch
-            // was committed, and its locks need not wait for the timeout.
-            self.report_phase_one_failed(&xid, branch_id);
-        }
-        if let Err(mut e) = inserted? {
+        let inserted = self
+            .own_select(&insert, &params)
+            .await
+            .inspect_err(|_| self.report_phase_one_failed(&xid, branch_id))?;
+        if let Err(mut e) = inserted {
             if e.code == NO_SUCH_TABLE {
                 e.message = format!(
                     "{} (tandem's undo_log: run `tandem migrate` on database {})",

@@ -158,20 +158,29 @@ enum Staged {
 }
 
 /// Writes `bytes` to the server, with the COM_STMT_CLOSEs still pending (which have
-/// no replies) ahead of them in the same write.
+/// no replies) ahead of them in the same write. With `received`, what the server sends
+/// meanwhile is read into it (`ServerStream::write_all_reading`): tandem's own
+/// commands, whose replies are read from that buffer (a large before image read ahead
+/// of a large write).
 pub(in crate::session::mysql) async fn write_after_closes(
     server: &mut ServerStream,
     pending_closes: &mut BytesMut,
     bytes: &[u8],
+    received: Option<&mut BytesMut>,
 ) -> Result<()> {
-    let written = if pending_closes.is_empty() {
-        server.write_all(bytes).await
-    } else {
+    if !pending_closes.is_empty() {
         pending_closes.extend_from_slice(bytes);
-        let written = server.write_all(pending_closes).await;
-        pending_closes.clear();
-        written
+    }
+    let out: &[u8] = if pending_closes.is_empty() {
+        bytes
+    } else {
+        pending_closes
     };
+    let written = match received {
+        Some(received) => server.write_all_reading(out, received).await,
+        None => server.write_all(out).await,
+    };
+    pending_closes.clear();
     written.map_err(Error::UpstreamIo)
 }
 
@@ -549,22 +558,14 @@ impl Own<'_> {
         Ok(())
     }
 
-    /// Writes tandem's commands, reading meanwhile what the server answers (see
-    /// `ServerStream::write_all_reading`: a large before image read ahead of a large
-    /// write).
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let written = if self.pending_closes.is_empty() {
-            self.server.write_all_reading(bytes, self.from_server).await
-        } else {
-            self.pending_closes.extend_from_slice(bytes);
-            let written = self
-                .server
-                .write_all_reading(self.pending_closes, self.from_server)
-                .await;
-            self.pending_closes.clear();
-            written
-        };
-        written.map_err(Error::UpstreamIo)
+        write_after_closes(
+            self.server,
+            self.pending_closes,
+            bytes,
+            Some(self.from_server),
+        )
+        .await
     }
 
     /// The payload of the server's next packet. tandem's own results stay under 16 MiB
