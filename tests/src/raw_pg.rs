@@ -129,6 +129,12 @@ impl RawPg {
         self.send_msg(b'Q', &body).await;
     }
 
+    /// Sends `sql` as a simple Query and receives its replies, ReadyForQuery included.
+    pub async fn simple(&mut self, sql: &str) -> Vec<Msg> {
+        self.query(sql).await;
+        self.recv_until(b'Z').await
+    }
+
     /// The next message, or None once the server closed the connection.
     pub async fn recv(&mut self) -> Option<Msg> {
         loop {
@@ -182,6 +188,11 @@ impl RawPg {
 }
 
 /// A tagged frame.
+/// The tags of `replies`, as characters: what a test compares the shape of an answer by.
+pub fn reply_tags(replies: &[Msg]) -> Vec<char> {
+    replies.iter().map(|m| m.tag as char).collect()
+}
+
 pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(body.len() + 5);
     out.put_u8(tag);

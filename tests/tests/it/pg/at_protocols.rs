@@ -2415,7 +2415,7 @@ async fn a_session_whose_global_transaction_ended_elsewhere_fails_its_writes_unt
 
 #[tokio::test]
 async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete() {
-    use tandem_tests::raw_pg::RawPg;
+    use tandem_tests::raw_pg::{RawPg, reply_tags};
     let orders = prepare("at_held_complete").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
@@ -2426,61 +2426,53 @@ async fn an_autocommit_write_whose_branch_cannot_commit_gets_no_command_complete
         .await
         .unwrap()
         .unwrap();
-    b.query(&format!("SELECT tandem_join('{xid}')")).await;
-    b.recv_until(b'Z').await;
+    b.simple(&format!("SELECT tandem_join('{xid}')")).await;
     one(&a, "SELECT tandem_commit()").await.unwrap();
     // Its branch cannot register in a committed transaction, so tandem's COMMIT of it
     // never happens: as from a backend whose implicit commit fails, the client hears
     // the error alone, not "UPDATE 1" first.
-    b.query("UPDATE accounts SET balance = 1 WHERE id = 1")
+    let replies = b
+        .simple("UPDATE accounts SET balance = 1 WHERE id = 1")
         .await;
-    let replies = b.recv_until(b'Z').await;
-    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    let tags = reply_tags(&replies);
     assert_eq!(tags, ['E', 'Z'], "{replies:?}");
     assert_eq!(replies[0].sqlstate().as_deref(), Some("55000"));
     // A multi-statement query outside a block: the statements before the last keep
     // theirs, as the backend sends them before its commit.
-    b.query("UPDATE accounts SET balance = 1 WHERE id = 1; UPDATE accounts SET balance = 1 WHERE id = 2")
-        .await;
-    let replies = b.recv_until(b'Z').await;
-    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    let replies = b.simple("UPDATE accounts SET balance = 1 WHERE id = 1; UPDATE accounts SET balance = 1 WHERE id = 2").await;
+    let tags = reply_tags(&replies);
     assert_eq!(tags, ['C', 'E', 'Z'], "{replies:?}");
     // The setting the last statement changes is reported before ReadyForQuery: the
     // held CommandComplete stays held.
-    b.query("UPDATE accounts SET balance = 1 WHERE id = 1; SET application_name = 'held'")
+    let replies = b
+        .simple("UPDATE accounts SET balance = 1 WHERE id = 1; SET application_name = 'held'")
         .await;
-    let replies = b.recv_until(b'Z').await;
-    let tags: Vec<char> = replies
-        .iter()
-        .map(|m| m.tag as char)
+    let tags: Vec<char> = reply_tags(&replies)
+        .into_iter()
         .filter(|&t| t != 'S')
         .collect();
     assert_eq!(tags, ['C', 'E', 'Z'], "{replies:?}");
     // In XA mode, the autocommit statement whose branch cannot prepare.
-    b.query("SELECT tandem_leave()").await;
-    b.recv_until(b'Z').await;
-    b.query("SELECT tandem_mode('xa')").await;
-    b.recv_until(b'Z').await;
+    b.simple("SELECT tandem_leave()").await;
+    b.simple("SELECT tandem_mode('xa')").await;
     let xid = one(&a, "SELECT tandem_begin(30000)")
         .await
         .unwrap()
         .unwrap();
-    b.query(&format!("SELECT tandem_join('{xid}')")).await;
-    b.recv_until(b'Z').await;
+    b.simple(&format!("SELECT tandem_join('{xid}')")).await;
     one(&a, "SELECT tandem_rollback()").await.unwrap();
-    b.query("UPDATE accounts SET balance = 1 WHERE id = 1")
+    let replies = b
+        .simple("UPDATE accounts SET balance = 1 WHERE id = 1")
         .await;
-    let replies = b.recv_until(b'Z').await;
-    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    let tags = reply_tags(&replies);
     assert_eq!(tags, ['E', 'Z'], "XA: {replies:?}");
     assert_eq!(dump(&orders.direct().await).await, before, "nothing stayed");
     // A write that commits still gets its CommandComplete.
-    b.query("SELECT tandem_leave()").await;
-    b.recv_until(b'Z').await;
-    b.query("UPDATE accounts SET balance = 2 WHERE id = 1")
+    b.simple("SELECT tandem_leave()").await;
+    let replies = b
+        .simple("UPDATE accounts SET balance = 2 WHERE id = 1")
         .await;
-    let replies = b.recv_until(b'Z').await;
-    let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+    let tags = reply_tags(&replies);
     assert_eq!(tags, ['C', 'Z'], "{replies:?}");
     drop(b);
     tandem.shutdown().await;

@@ -104,14 +104,8 @@ async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over
         "the held row is as the global transaction left it"
     );
 
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked"),
-        "the rollback met no dirty write"
-    );
+    // The rollback meets no dirty write.
+    rolled_back(&a).await;
     let (r, _b) = simple.await.unwrap();
     r.expect("the simple write runs once the row is free");
     let (r, _c) = extended.await.unwrap();
@@ -397,14 +391,8 @@ async fn a_portal_from_an_earlier_batch_executed_behind_other_requests_is_refuse
         );
     }
     for a in holders {
-        assert_eq!(
-            one(&a, "SELECT tandem_rollback()")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("Rollbacked"),
-            "no dirty write"
-        );
+        // No dirty write: the rollback completes.
+        rolled_back(&a).await;
     }
     assert_eq!(balance(&direct, 4).await, 1000);
     assert_eq!(balance(&direct, 5).await, 1000);
@@ -445,14 +433,8 @@ async fn a_portal_bound_before_its_table_held_locks_is_not_executed_over_a_held_
         1,
         "as the global transaction left it"
     );
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked"),
-        "no dirty write"
-    );
+    // No dirty write: the rollback completes.
+    rolled_back(&a).await;
     assert_eq!(balance(&direct, 4).await, 1000);
     drop(b);
     outside.shutdown().await;
@@ -1085,13 +1067,7 @@ async fn a_search_path_set_by_set_config_is_followed_by_outside_writes() {
         .unwrap()
         .get(0);
     assert_eq!(v, "global");
-    assert_eq!(
-        one(&g, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacked")
-    );
+    rolled_back(&g).await;
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;
