@@ -58,6 +58,9 @@ pub struct Relay<'a> {
     /// Whether the command in progress is one tandem answered or replaced: its later
     /// packets are dropped too.
     pub(super) dropping_message: bool,
+    /// tandem's answer to a command whose later packets are still arriving (16 MiB or
+    /// more): it is numbered after the command's last packet, so it waits for it.
+    pub(super) held_answer: BytesMut,
     /// The same for a large server packet.
     pub(super) server_streaming: usize,
     pub(super) client_message: MessageSize,
@@ -79,7 +82,9 @@ pub struct Relay<'a> {
     pub(super) client_paused: bool,
     /// The client connection failed or closed; nothing more can be written to it.
     pub(super) client_lost: bool,
-    /// The backend sent an unsolicited ERR (it is closing the connection and said why).
+    /// The backend said it is closing the connection and why: an unsolicited ERR, or an
+    /// ERR of SQLSTATE class 08 answering a command (1153, a packet over
+    /// max_allowed_packet).
     pub(super) backend_said_fatal: bool,
     draining: bool,
     /// The sequence id of the last packet either side sent, for tandem's own ERR.
@@ -155,6 +160,7 @@ impl<'a> Relay<'a> {
             client_streaming: 0,
             client_dropping: 0,
             dropping_message: false,
+            held_answer: BytesMut::new(),
             server_streaming: 0,
             client_message: MessageSize::default(),
             server_message: MessageSize::default(),
@@ -275,7 +281,11 @@ impl<'a> Relay<'a> {
             let seq = match error {
                 // At a sync point nothing is due: an unsolicited ERR starts at 0, as the
                 // server's own (ER_CLIENT_INTERACTION_TIMEOUT) does.
-                Error::ShuttingDown if self.exchange.at_sync_point() => 0,
+                Error::ShuttingDown | Error::UpstreamClosed | Error::UpstreamIo(_)
+                    if self.exchange.at_sync_point() =>
+                {
+                    0
+                }
                 _ => self.last_seq.wrapping_add(1),
             };
             super::report(&mut self.client, seq, false, error).await;

@@ -110,6 +110,19 @@ pub fn set_seq(packet: &mut [u8], seq: u8) {
     }
 }
 
+/// Rewrites the sequence ids of the whole packets in `packets` to run from `first`;
+/// returns the id after the last.
+pub fn renumber(packets: &mut [u8], first: u8) -> u8 {
+    let mut seq = first;
+    let mut pos = 0;
+    while let Some(header) = packets.get(pos..).and_then(Header::peek) {
+        set_seq(&mut packets[pos..], seq);
+        seq = seq.wrapping_add(1);
+        pos += header.wire_len();
+    }
+    seq
+}
+
 /// A packet that cannot be accepted, whatever bytes follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PacketError {
@@ -222,6 +235,20 @@ mod tests {
             ),
             Err(PacketError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn renumber_runs_the_ids_on_from_the_first() {
+        let mut out = BytesMut::new();
+        put_message(&mut out, 1, b"ab");
+        put_message(&mut out, 2, b"");
+        put_message(&mut out, 7, b"c");
+        assert_eq!(renumber(&mut out, 4), 7);
+        let ids: Vec<u8> = [0, 6, 10].iter().map(|&at| out[at + 3]).collect();
+        assert_eq!(ids, [4, 5, 6]);
+        assert_eq!(&out[4..6], b"ab");
+        assert_eq!(&out[14..], b"c");
+        assert_eq!(renumber(&mut [], 9), 9);
     }
 
     #[test]

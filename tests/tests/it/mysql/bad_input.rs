@@ -157,7 +157,12 @@ async fn a_bound_sessions_command_of_16_mib_or_a_short_execute_is_answered_and_t
     wire.extend_from_slice(&packet(1, &sql[0xff_ffff..]));
     raw.send(&wire).await;
     let refused = reply_of(&mut raw).await;
-    assert_eq!(err_code(&refused[0].1), Some(1235), "{refused:?}");
+    // Numbered after the command's last packet, as the server numbers its replies.
+    assert_eq!(
+        (refused[0].0, err_code(&refused[0].1)),
+        (2, Some(1235)),
+        "{refused:?}"
+    );
     // A COM_STMT_EXECUTE too short to name a statement gets the server's 1835.
     raw.send(&packet(0, b"\x17\x05\x00")).await;
     let (seq, reply) = raw.recv().await.unwrap();
@@ -178,6 +183,46 @@ async fn a_bound_sessions_command_of_16_mib_or_a_short_execute_is_answered_and_t
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;
     lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_over_the_servers_max_allowed_packet_gets_the_servers_error_alone() {
+    let db = MyTestDb::create("over_max_packet").await;
+    let tandem = my::start().await;
+    let mut direct = db.direct().await;
+    let max: Option<u64> = direct
+        .query_first("SELECT @@global.max_allowed_packet")
+        .await
+        .unwrap();
+    let max = usize::try_from(max.unwrap()).unwrap();
+    assert!(
+        max <= 64 << 20,
+        "the test sends max_allowed_packet bytes: {max}"
+    );
+
+    let (mut raw, _) = raw_login(my::addr(&tandem)).await;
+    let mut sql = b"\x03SELECT '".to_vec();
+    sql.resize(max + 100, b'x');
+    sql.extend_from_slice(b"'");
+    let mut wire = vec![];
+    let mut packets_sent = 0u8;
+    for chunk in sql.chunks(0xff_ffff) {
+        wire.extend_from_slice(&packet(packets_sent, chunk));
+        packets_sent += 1;
+    }
+    // The server may close before it has read the rest, so a failed write is expected.
+    let _ = raw.stream.write_all(&wire).await;
+    let packets = raw.recv_to_close().await;
+    // Its 1153 (08S01) said why it closes: nothing of tandem's follows, which a driver
+    // would read as the reply to its next command.
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    assert_eq!(
+        (packets[0].0, err_code(&packets[0].1)),
+        (packets_sent, Some(1153))
+    );
+    drop(raw);
+    my::assert_no_sessions_left(&tandem).await;
+    tandem.shutdown().await;
 }
 
 #[tokio::test]
@@ -202,6 +247,28 @@ async fn a_backend_that_dies_is_reported_with_an_error() {
         "{err}"
     );
     drop(conn);
+
+    // Killed while idle: tandem's ERR saying so is unsolicited, sequence id 0, as the
+    // server's own is (a driver takes any other id for a broken exchange).
+    let (mut raw, _) = raw_login(my::addr(&tandem)).await;
+    let used = raw_query(&mut raw, &format!("USE {}", db.name)).await;
+    assert_eq!(used[0].1[0], 0, "{used:?}");
+    let thread: Option<u64> = admin
+        .exec_first(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",
+            (&db.name,),
+        )
+        .await
+        .unwrap();
+    admin
+        .query_drop(format!("KILL CONNECTION {}", thread.unwrap()))
+        .await
+        .unwrap();
+    let packets = raw.recv_to_close().await;
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    assert_eq!(packets[0].0, 0, "{packets:?}");
+    assert_eq!(packets[0].1.get(..1), Some(&[0xff][..]), "{packets:?}");
+    drop(raw);
     admin.disconnect().await.unwrap();
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;

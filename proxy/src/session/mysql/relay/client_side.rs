@@ -12,7 +12,7 @@ use crate::session::mysql::phase::{CommandKind, Phase, command_kind};
 use crate::wire::mysql::codes::command;
 use crate::wire::mysql::messages::command::{Kill, process_kill_id};
 use crate::wire::mysql::messages::handshake::ChangeUser;
-use crate::wire::mysql::packet::{HEADER_LEN, put_message};
+use crate::wire::mysql::packet::{HEADER_LEN, put_message, renumber};
 use crate::wire::mysql::{Header, PacketError};
 use bytes::Buf;
 
@@ -66,6 +66,7 @@ impl Relay<'_> {
                 break;
             };
             let packet = &buf[pos..];
+            let staged = self.to_client.len();
             let handled = if self.dropping_message {
                 // A later packet of a command tandem refused or replaced.
                 Handled::Answer
@@ -103,6 +104,9 @@ impl Relay<'_> {
                 Handled::Relay => {}
                 Handled::Replace | Handled::Answer => {
                     self.write_server(&buf[run_start..pos]).await?;
+                    if matches!(handled, Handled::Answer) {
+                        self.hold_answer_to_the_last_packet(header, staged);
+                    }
                     self.flush_staged().await?;
                     self.client_message.on_packet(header, max)?;
                     self.last_seq = header.seq;
@@ -249,6 +253,19 @@ impl Relay<'_> {
             self.on_command_complete(header.seq);
         }
         Ok(handled)
+    }
+
+    /// A command of several packets that tandem answers at its first: the client reads
+    /// the answer as the packets after its last (the server would answer a refused one
+    /// so, 1153 too), so the answer tandem staged from `staged` on is held until then.
+    fn hold_answer_to_the_last_packet(&mut self, header: Header, staged: usize) {
+        if !self.dropping_message && header.is_continued() {
+            self.held_answer = self.to_client.split_off(staged);
+        } else if self.dropping_message && !header.is_continued() {
+            let mut held = std::mem::take(&mut self.held_answer);
+            renumber(&mut held, header.seq.wrapping_add(1));
+            self.to_client.unsplit(held);
+        }
     }
 
     /// A later packet of a command longer than one packet (16 MiB or more).

@@ -87,6 +87,9 @@ impl Relay<'_> {
                     prepared.params = ok.params;
                     self.prepared.insert(ok.statement_id, prepared);
                 }
+                if starts_message && is_connection_error(prefix) {
+                    self.backend_said_fatal = true;
+                }
                 if starts_message {
                     let packet = ServerPacket {
                         prefix,
@@ -161,4 +164,10 @@ impl Relay<'_> {
 
 fn unexpected(e: Unexpected) -> Error {
     Error::UpstreamProtocol(e.0)
+}
+
+/// An ERR packet's payload of SQLSTATE class 08 (connection exception): the server
+/// closes the connection after it.
+fn is_connection_error(payload: &[u8]) -> bool {
+    payload.first() == Some(&reply::ERR) && payload.get(3..6) == Some(b"#08")
 }
