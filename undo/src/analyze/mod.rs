@@ -399,6 +399,11 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
         return explain_analyze(target, analyze_statement);
     }
     Ok(match statement {
+        Statement::Query(query) if creates_a_table(&query.body) => {
+            return Err(Error::unsupported(
+                "SELECT … INTO, which creates a table (DDL)",
+            ));
+        }
         Statement::Query(query) => analyze_query(query, POSTGRES_NAMES)?,
         Statement::Insert(insert) => {
             let upsert = match &insert.on {
@@ -571,6 +576,19 @@ fn analyze_query(query: &Query, names: Names) -> Result<Analysis, Error> {
         _ => None,
     };
     Ok(Analysis::LockingRead(single))
+}
+
+/// PostgreSQL's `SELECT … INTO t` is `CREATE TABLE t AS SELECT …` (MySQL's INTO names
+/// variables or a file instead).
+fn creates_a_table(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(select) => select.into.is_some(),
+        SetExpr::SetOperation { left, right, .. } => {
+            creates_a_table(left) || creates_a_table(right)
+        }
+        SetExpr::Query(query) => creates_a_table(&query.body),
+        _ => false,
+    }
 }
 
 /// `WITH x AS (UPDATE …) SELECT …` writes where tandem would not capture it.

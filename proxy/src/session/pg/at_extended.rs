@@ -932,7 +932,9 @@ impl Relay<'_> {
     async fn extended_in_xa(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
         use super::xa::{XaBranch, XaStatement, classify};
         let analyses = analyze(&Postgres, sql);
-        let mut statements = classify(&analyses);
+        // A Parse holds one statement (the server refuses more), so text that cannot
+        // be split hides no COMMIT behind other work.
+        let mut statements = classify(sql, &analyses).unwrap_or_else(|_| vec![XaStatement::Work]);
         if !statements.contains(&XaStatement::Work)
             && !matches!(self.writing_function_in(sql).await, Ok(None))
         {

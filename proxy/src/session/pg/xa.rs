@@ -23,7 +23,7 @@ use crate::wire::pg::messages::write::put_empty;
 use bytes::{BufMut, BytesMut};
 use std::time::Duration;
 use tandem_lockserver::client::BranchKind;
-use tandem_undo::{Analysis, Postgres, analyze};
+use tandem_undo::{Analysis, Postgres, analyze, split_statements};
 
 /// The XA branch of the session's current local transaction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,25 +50,42 @@ pub(super) enum XaStatement {
     Work,
 }
 
+/// Each statement of `sql` as XA mode treats it. One tandem cannot analyse is work, and
+/// the others keep their meaning beside it: the COMMIT of `BEGIN; CREATE TABLE …;
+/// COMMIT` would otherwise commit the DDL outside the branch. Text with a semicolon
+/// that cannot even be split into statements might hide such a COMMIT: refused.
 pub(super) fn classify(
+    sql: &str,
     analyses: &std::result::Result<Vec<Analysis>, tandem_undo::Error>,
-) -> Vec<XaStatement> {
+) -> Result<Vec<XaStatement>> {
     let Ok(analyses) = analyses else {
-        return vec![XaStatement::Work];
+        return match split_statements(&Postgres, sql) {
+            Ok(pieces) => Ok(pieces
+                .iter()
+                .map(|piece| match analyze(&Postgres, piece).as_deref() {
+                    Ok([analysis]) => xa_statement(analysis),
+                    _ => XaStatement::Work,
+                })
+                .collect()),
+            Err(_) if !sql.contains(';') => Ok(vec![XaStatement::Work]),
+            Err(_) => Err(Error::Unsupported {
+                what: "in XA mode, a query of several statements that tandem cannot split (it could not tell whether one ends the transaction)",
+            }),
+        };
     };
-    analyses
-        .iter()
-        .map(|a| match a {
-            Analysis::Begin => XaStatement::Begin,
-            Analysis::Commit => XaStatement::Commit,
-            Analysis::Rollback => XaStatement::Rollback,
-            Analysis::Read
-            | Analysis::LockingRead(_)
-            | Analysis::Savepoint(_)
-            | Analysis::Other => XaStatement::Passive,
-            Analysis::Write(_) => XaStatement::Work,
-        })
-        .collect()
+    Ok(analyses.iter().map(xa_statement).collect())
+}
+
+fn xa_statement(analysis: &Analysis) -> XaStatement {
+    match analysis {
+        Analysis::Begin => XaStatement::Begin,
+        Analysis::Commit => XaStatement::Commit,
+        Analysis::Rollback => XaStatement::Rollback,
+        Analysis::Read | Analysis::LockingRead(_) | Analysis::Savepoint(_) | Analysis::Other => {
+            XaStatement::Passive
+        }
+        Analysis::Write(_) => XaStatement::Work,
+    }
 }
 
 /// Whether a Query is a COPY that reads its rows from the client (`FROM STDIN`).
@@ -119,7 +136,10 @@ impl Relay<'_> {
                 },
             )));
         }
-        let mut statements = classify(&analyze(&Postgres, sql));
+        let mut statements = match classify(sql, &analyze(&Postgres, sql)) {
+            Ok(statements) => statements,
+            Err(e) => return Ok(self.refuse(e)),
+        };
         if !statements.contains(&XaStatement::Work)
             && !matches!(self.writing_function_in(sql).await, Ok(None))
         {

@@ -1093,6 +1093,117 @@ async fn writes_made_by_functions_never_escape_the_global_transaction() {
     lockserver.stop().await;
 }
 
+/// Whether the database `client` is connected to has a table `name` in its search_path.
+async fn table_exists(client: &Client, name: &str) -> bool {
+    client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_select_into_a_new_table_never_escapes_the_global_transaction() {
+    let (orders, stock) = (prepare("into_at").await, prepare("into_xa").await);
+    let (da, db) = (orders.direct().await, stock.direct().await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&stock.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    // AT mode: it is DDL (CREATE TABLE … AS), refused however it is sent.
+    let refused = a
+        .simple_query("SELECT * INTO copied FROM accounts")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused}"
+    );
+    let refused = a
+        .query("SELECT * INTO copied FROM accounts WHERE id = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused}"
+    );
+    assert!(!table_exists(&da, "copied").await);
+    // XA mode: it is work of a branch, prepared, then rolled back with the rest.
+    one(&b, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    b.simple_query("SELECT * INTO copied FROM accounts")
+        .await
+        .unwrap();
+    // Around statements tandem cannot analyse, a BEGIN and COMMIT in the same query
+    // are still seen (the COMMIT would commit them outside the branch): refused.
+    for batch in [
+        "BEGIN; SELECT * INTO also_copied FROM accounts; COMMIT",
+        "BEGIN; CREATE TABLE also_copied (a int); COMMIT",
+    ] {
+        let refused = b.batch_execute(batch).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{batch}: {refused}"
+        );
+    }
+    b.batch_execute(
+        "SELECT 1 AS a INTO unioned UNION SELECT 2; SELECT * INTO also_copied FROM accounts",
+    )
+    .await
+    .unwrap();
+    assert_eq!(tandem_prepared(&db).await.len(), 2);
+    // Over the extended protocol outside a block it would commit on its own: refused.
+    let refused = b
+        .query(
+            "SELECT * INTO copied_too FROM accounts WHERE id = $1",
+            &[&1i32],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{refused}"
+    );
+    b.batch_execute("BEGIN").await.unwrap();
+    b.query(
+        "SELECT * INTO copied_too FROM accounts WHERE id = $1",
+        &[&1i32],
+    )
+    .await
+    .unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(tandem_prepared(&db).await.len(), 3);
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    eventually("the XA branches finished", || async {
+        tandem_prepared(&db).await.is_empty()
+    })
+    .await;
+    for name in ["copied", "unioned", "also_copied", "copied_too"] {
+        assert!(
+            !table_exists(&db, name).await,
+            "{name} outlived the rollback"
+        );
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn an_autocommit_batch_ended_by_flush_gets_its_command_complete_before_the_sync() {
     use tandem_tests::raw_pg::frame;
