@@ -107,6 +107,11 @@ pub struct TableMeta {
     /// PostgreSQL row-level security is on: the RETURNING tandem appends to a write
     /// applies the table's SELECT policies, and would change which rows it writes.
     pub row_security: bool,
+    /// A primary-key column's values print inexactly under some session settings
+    /// (PostgreSQL: real, double precision or money, or a domain, array, range or
+    /// composite type built on one): two keys could print alike, and tandem names a
+    /// branch's rows by their printed keys.
+    pub inexact_key: bool,
 }
 
 impl TableMeta {

@@ -50,6 +50,25 @@ const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
     JOIN pg_class child ON child.oid = i.inhrelid JOIN pg_class parent ON parent.oid = i.inhparent
     WHERE (i.inhrelid = to_regclass($1) OR i.inhparent = to_regclass($1))
     AND NOT child.relispartition AND parent.relkind <> 'p'";
+/// Whether a primary-key column's type is real, double precision or money, or is built
+/// on one: followed through domains, arrays, ranges, multiranges and composite types.
+const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
+        SELECT a.atttypid FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = to_regclass($1) AND i.indisprimary
+    UNION
+        SELECT part.oid FROM parts p JOIN pg_type t ON t.oid = p.oid
+        CROSS JOIN LATERAL (
+            SELECT t.typbasetype UNION ALL SELECT t.typelem
+            UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
+            UNION ALL SELECT rngtypid FROM pg_range WHERE rngmultitypid = t.oid
+            UNION ALL SELECT atttypid FROM pg_attribute
+                WHERE attrelid = t.typrelid AND attnum > 0 AND NOT attisdropped
+        ) AS part(oid)
+        WHERE part.oid <> 0
+    )
+    SELECT EXISTS (SELECT FROM parts WHERE oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype))";
 const CASCADES: &str =
     "SELECT count(*) FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'
     AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))";
@@ -235,6 +254,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         .filter(|root| *root != resolved);
     let inheritance: i64 = client.query_one(INHERITANCE, &[&name]).await?.get(0);
     let row_security: bool = client.query_one(ROW_SECURITY, &[&name]).await?.get(0);
+    let inexact_key: bool = client.query_one(INEXACT_KEY, &[&name]).await?.get(0);
     Ok(TableMeta {
         table: resolved,
         columns,
@@ -245,5 +265,6 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         lock_table,
         inheritance: inheritance > 0,
         row_security,
+        inexact_key,
     })
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchKind, BranchOutcome, Phase2Work};
 use tandem_undo::{Postgres, UndoRecord, replay};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Kind, ToSql, Type};
 
 /// log_status of a normal undo row, as phase 1 writes it.
 pub const LOG_NORMAL: i32 = 0;
@@ -204,7 +204,11 @@ async fn run_steps(
             let params: Vec<Raw> = apply.params.iter().cloned().map(Raw).collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            match tx.execute(apply.sql.as_str(), &refs).await {
+            let applied = match prepare(tx, apply).await {
+                Ok(statement) => tx.execute(&statement, &refs).await,
+                Err(e) => Err(e),
+            };
+            match applied {
                 Ok(_) if careful => tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?,
                 Ok(_) => {}
                 Err(e) if refused_by_a_key(&e) && order == Order::Plan => {
@@ -235,6 +239,25 @@ fn refused_by_a_key(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// Prepares a replay statement with its parameters' types declared: left to the server,
+/// a parameter compared with a composite-typed key would be an anonymous `record`,
+/// which has no binary input.
+async fn prepare(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmt: &replay::Stmt,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    let types: Vec<Type> = stmt
+        .types
+        .iter()
+        .map(|&oid| {
+            Type::from_oid(oid).unwrap_or_else(|| {
+                Type::new(format!("oid {oid}"), oid, Kind::Simple, String::new())
+            })
+        })
+        .collect();
+    tx.prepare_typed(&stmt.sql, &types).await
+}
+
 /// Reads the step's row, locked; a RollbackFailed outcome if it is not what the branch
 /// left.
 async fn check_step(
@@ -243,7 +266,7 @@ async fn check_step(
 ) -> crate::Result<Option<BranchOutcome>> {
     let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let rows = tx.query(step.check.sql.as_str(), &refs).await?;
+    let rows = tx.query(&prepare(tx, &step.check).await?, &refs).await?;
     let now: Option<Vec<Option<Vec<u8>>>> = match rows.as_slice() {
         [] => None,
         [row] => Some(

@@ -198,6 +198,7 @@ impl MysqlTable {
                 lock_table: None,
                 inheritance: false,
                 row_security: false,
+                inexact_key: false,
             },
             auto_increment,
             unique_keys: keys.into_iter().map(|(_, parts)| parts).collect(),

@@ -36,10 +36,6 @@ use tandem_undo::{Analysis, Dialect, Postgres, TableMeta, Write, WriteKind, anal
 /// printed key names when it is read back.
 pub(super) const KEY_SETTINGS: &[&str] =
     &["DateStyle", "TimeZone", "IntervalStyle", "client_encoding"];
-/// Type OIDs whose values print inexactly under some session settings.
-const FLOAT4: u32 = 700;
-const FLOAT8: u32 = 701;
-const MONEY: u32 = 790;
 
 const RESOLVE_TABLE: &str = "SELECT n.nspname, c.relname, c.oid FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -353,8 +349,9 @@ impl Relay<'_> {
     /// phase 2 reads them otherwise:
     /// - images are the row's binary form in the session's client_encoding, and phase 2
     ///   replays them over a UTF8 connection: other encodings would write other text;
-    /// - keys of real, double precision or money print inexactly under some
-    ///   extra_float_digits or lc_monetary, which ParameterStatus does not report;
+    /// - keys of real, double precision or money (or a type built on one) print
+    ///   inexactly under some extra_float_digits or lc_monetary, which
+    ///   ParameterStatus does not report;
     /// - the branch's keys, printed under the settings of its first write, are bound
     ///   back at its COMMIT: a later write under other ones would name other rows.
     ///
@@ -370,13 +367,9 @@ impl Relay<'_> {
                 what: "a write in a global transaction from a session whose client_encoding is not UTF8 (tandem's images are read in it, and phase 2 replays them as UTF8)",
             });
         }
-        if meta
-            .pk
-            .iter()
-            .any(|&i| matches!(meta.columns[i].type_oid, FLOAT4 | FLOAT8 | MONEY))
-        {
+        if meta.inexact_key {
             return Err(Error::Unsupported {
-                what: "a write to a table whose primary key is real, double precision or money (their keys do not print exactly under every extra_float_digits or lc_monetary)",
+                what: "a write to a table whose primary key is real, double precision or money, or a type built on one (their keys do not print exactly under every extra_float_digits or lc_monetary)",
             });
         }
         let settings = self.key_settings();
