@@ -92,11 +92,18 @@ pub trait Dialect: Send + Sync {
         let _ = type_code;
         column.to_owned()
     }
-    /// How a value read through [`Dialect::capture`] and bound at `placeholder` is written
-    /// back into a column of type `type_code`.
-    fn restore(&self, placeholder: &str, type_code: u32) -> String {
+    /// How many times [`Dialect::restore`] reads the value it writes back into a column
+    /// of type `type_code`: each read is a placeholder bound to it.
+    fn restore_binds(&self, type_code: u32) -> usize {
         let _ = type_code;
-        placeholder.to_owned()
+        1
+    }
+    /// How a value read through [`Dialect::capture`] and bound at `placeholders` (as
+    /// many as [`Dialect::restore_binds`] says) is written back into a column of type
+    /// `type_code`.
+    fn restore(&self, placeholders: &[String], type_code: u32) -> String {
+        let _ = type_code;
+        placeholders.join(", ")
     }
     /// The parameter type that binds a captured value of a column of type `type_code`.
     fn param_type(&self, type_code: u32) -> u32 {
@@ -211,8 +218,12 @@ impl Dialect for Mysql {
         types::capture(column, type_code)
     }
 
-    fn restore(&self, placeholder: &str, type_code: u32) -> String {
-        types::restore(placeholder, type_code)
+    fn restore_binds(&self, type_code: u32) -> usize {
+        types::restore_binds(type_code)
+    }
+
+    fn restore(&self, placeholders: &[String], type_code: u32) -> String {
+        types::restore(placeholders, type_code)
     }
 
     fn param_type(&self, type_code: u32) -> u32 {

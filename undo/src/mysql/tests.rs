@@ -111,7 +111,7 @@ fn capture(sql: &str, params: &[usize]) -> Capture {
 }
 
 /// The SELECT list every capture of `accounts` reads.
-const COLUMNS: &str = "`id`, CAST(`email` AS BINARY), CAST(TRIM(TRAILING ' ' FROM `name`) AS BINARY), `balance`, IF(UNIX_TIMESTAMP(`seen`) = 0, CAST(`seen` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`seen`) * 1000000 AS SIGNED) MICROSECOND), `total`";
+const COLUMNS: &str = "`id`, CAST(`email` AS BINARY), IFNULL(CAST(TRIM(TRAILING ' ' FROM `name`) AS BINARY), LEFT(CAST(`name` AS BINARY), 0)), `balance`, TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`seen`) * 1000000 AS SIGNED) MICROSECOND, `total`";
 
 #[test]
 fn the_catalog_builds_the_table() {
@@ -238,7 +238,7 @@ fn the_before_image_takes_the_rows_the_write_takes() {
     assert_eq!(
         table().before_image(&w).unwrap(),
         capture(
-            "SELECT `accounts`.`id`, CAST(`accounts`.`email` AS BINARY), CAST(TRIM(TRAILING ' ' FROM `accounts`.`name`) AS BINARY), `accounts`.`balance`, IF(UNIX_TIMESTAMP(`accounts`.`seen`) = 0, CAST(`accounts`.`seen` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`accounts`.`seen`) * 1000000 AS SIGNED) MICROSECOND), `accounts`.`total` FROM `accounts` WHERE email LIKE ? ORDER BY balance DESC, ID LIMIT ? FOR UPDATE",
+            "SELECT `accounts`.`id`, CAST(`accounts`.`email` AS BINARY), IFNULL(CAST(TRIM(TRAILING ' ' FROM `accounts`.`name`) AS BINARY), LEFT(CAST(`accounts`.`name` AS BINARY), 0)), `accounts`.`balance`, TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`accounts`.`seen`) * 1000000 AS SIGNED) MICROSECOND, `accounts`.`total` FROM `accounts` WHERE email LIKE ? ORDER BY balance DESC, ID LIMIT ? FOR UPDATE",
             &[1, 2]
         )
     );

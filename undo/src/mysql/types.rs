@@ -176,39 +176,56 @@ pub fn lock_key_part(mut weight: Vec<u8>, pad: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// Whether a column of this type can be part of a key that tandem binds: a key is
-/// compared as the column itself, so its capture must be the plain column.
+/// compared as the column itself, so its capture must be the plain column. A FLOAT
+/// key is single precision, so the double a statement names it by (`0.1`) does not
+/// find the row it stored.
 pub fn usable_in_key(type_code: u32) -> bool {
-    !matches!(base(type_code), TIMESTAMP | JSON | GEOMETRY)
+    !matches!(base(type_code), TIMESTAMP | JSON | GEOMETRY | FLOAT)
 }
 
 /// See [`crate::Dialect::capture`].
 pub fn capture(column: &str, type_code: u32) -> String {
     match base(type_code) {
         // The UTC wall-clock time, by arithmetic on the epoch rather than through the
-        // session's time_zone (which folds an hour at each DST change); the zero
-        // TIMESTAMP stays the zero DATETIME.
+        // session's time_zone (which folds an hour at each DST change). The zero
+        // TIMESTAMP reads as 1970-01-01 00:00:00, the epoch, which no other TIMESTAMP
+        // holds: a zero DATETIME would be NULL under the session's NO_ZERO_DATE.
         TIMESTAMP => format!(
-            "IF(UNIX_TIMESTAMP({column}) = 0, CAST({column} AS DATETIME(6)), \
-             TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP({column}) * 1000000 AS SIGNED) MICROSECOND)"
+            "TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP({column}) * 1000000 AS SIGNED) MICROSECOND"
         ),
         JSON => format!("CAST(CAST({column} AS CHAR CHARACTER SET utf8mb4) AS BINARY)"),
         // PAD_CHAR_TO_FULL_LENGTH would pad what is read; what CHAR stores has no
-        // trailing spaces to keep.
-        STRING if type_code & CHARACTER != 0 => {
-            format!("CAST(TRIM(TRAILING ' ' FROM {column}) AS BINARY)")
-        }
+        // trailing spaces to keep. Under sql_mode ORACLE, TRIM makes '' NULL: the
+        // empty binary string is put back.
+        STRING if type_code & CHARACTER != 0 => format!(
+            "IFNULL(CAST(TRIM(TRAILING ' ' FROM {column}) AS BINARY), LEFT(CAST({column} AS BINARY), 0))"
+        ),
         // The column's own bytes, not converted to character_set_results.
         _ if type_code & CHARACTER != 0 => format!("CAST({column} AS BINARY)"),
         _ => column.to_owned(),
     }
 }
 
-/// See [`crate::Dialect::restore`].
-pub fn restore(placeholder: &str, type_code: u32) -> String {
+/// See [`crate::Dialect::restore_binds`].
+pub fn restore_binds(type_code: u32) -> usize {
     match base(type_code) {
+        TIMESTAMP => 2,
+        _ => 1,
+    }
+}
+
+/// See [`crate::Dialect::restore`].
+pub fn restore(placeholders: &[String], type_code: u32) -> String {
+    match (base(type_code), placeholders) {
         // A JSON column refuses a binary string; the bytes are utf8mb4 JSON text.
-        JSON => format!("CONVERT({placeholder} USING utf8mb4)"),
-        _ => placeholder.to_owned(),
+        (JSON, [value]) => format!("CONVERT({value} USING utf8mb4)"),
+        // The epoch is how [`capture`] reads the zero TIMESTAMP, which only the number
+        // 0 stores (the replay session's time_zone is UTC); the others are stored as
+        // their UTC wall-clock time, given as a number that no time_zone reads.
+        (TIMESTAMP, [value, again]) => {
+            format!("IF(UNIX_TIMESTAMP({value}) = 0, 0, CAST({again} AS DATETIME(6)) + 0)")
+        }
+        _ => placeholders.join(", "),
     }
 }
 
@@ -264,7 +281,7 @@ mod tests {
         assert_eq!(capture("`b`", VAR_STRING), "`b`");
         assert_eq!(
             capture("`c`", STRING | CHARACTER),
-            "CAST(TRIM(TRAILING ' ' FROM `c`) AS BINARY)"
+            "IFNULL(CAST(TRIM(TRAILING ' ' FROM `c`) AS BINARY), LEFT(CAST(`c` AS BINARY), 0))"
         );
         assert_eq!(
             capture("`j`", JSON),
@@ -272,7 +289,7 @@ mod tests {
         );
         assert_eq!(
             capture("`t`", TIMESTAMP),
-            "IF(UNIX_TIMESTAMP(`t`) = 0, CAST(`t` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`t`) * 1000000 AS SIGNED) MICROSECOND)"
+            "TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`t`) * 1000000 AS SIGNED) MICROSECOND"
         );
     }
 
@@ -284,9 +301,17 @@ mod tests {
         assert_eq!(param_type(STRING), BLOB);
         assert_eq!(param_type(BIT), BIT | UNSIGNED);
         assert_eq!(param_type(NEWDECIMAL), NEWDECIMAL);
-        assert_eq!(restore("?", JSON), "CONVERT(? USING utf8mb4)");
-        assert_eq!(restore("?", TIMESTAMP), "?");
+        let q = || "?".to_owned();
+        assert_eq!(restore(&[q()], JSON), "CONVERT(? USING utf8mb4)");
+        assert_eq!(restore(&[q()], DATETIME), "?");
+        assert_eq!(restore_binds(TIMESTAMP), 2);
+        assert_eq!(
+            restore(&[q(), q()], TIMESTAMP),
+            "IF(UNIX_TIMESTAMP(?) = 0, 0, CAST(? AS DATETIME(6)) + 0)"
+        );
         assert!(!usable_in_key(TIMESTAMP));
+        assert!(!usable_in_key(FLOAT));
+        assert!(usable_in_key(DOUBLE));
         assert!(usable_in_key(VAR_STRING | CHARACTER));
     }
 }

@@ -78,6 +78,15 @@ impl Stmt {
         self.types.push(d.param_type(t.types[i]));
         d.placeholder(self.params.len())
     }
+
+    /// Binds column `i`'s value from `row` as often as the dialect's restore reads it;
+    /// returns the expression that writes it back.
+    fn bind_restored(&mut self, d: &dyn Dialect, t: &TableUndo, row: &Row, i: usize) -> String {
+        let placeholders: Vec<String> = (0..d.restore_binds(t.types[i]))
+            .map(|_| self.bind(d, t, row, i))
+            .collect();
+        d.restore(&placeholders, t.types[i])
+    }
 }
 
 /// `pk1 = $n AND pk2 = $n+1 …`, parameters appended to `stmt`.
@@ -140,12 +149,8 @@ fn update(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
     let sets = writable(t)
         .filter(|i| !t.pk.contains(i))
         .map(|i| {
-            let p = stmt.bind(d, t, before, i);
-            format!(
-                "{} = {}",
-                d.quote_ident(&t.columns[i]),
-                d.restore(&p, t.types[i])
-            )
+            let value = stmt.bind_restored(d, t, before, i);
+            format!("{} = {value}", d.quote_ident(&t.columns[i]))
         })
         .collect::<Vec<_>>()
         .join(", ");
@@ -159,9 +164,8 @@ fn insert(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
     let mut names = Vec::new();
     let mut values = Vec::new();
     for i in writable(t) {
-        let p = stmt.bind(d, t, before, i);
         names.push(d.quote_ident(&t.columns[i]));
-        values.push(d.restore(&p, t.types[i]));
+        values.push(stmt.bind_restored(d, t, before, i));
     }
     let columns = format!("({})", names.join(", "));
     let head = match d.insert_override() {
@@ -272,7 +276,10 @@ mod tests {
             }
         }
 
-        const COLUMNS: &str = "`id`, CAST(`v` AS BINARY), IF(UNIX_TIMESTAMP(`ts`) = 0, CAST(`ts` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`ts`) * 1000000 AS SIGNED) MICROSECOND), CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY)";
+        const COLUMNS: &str = "`id`, CAST(`v` AS BINARY), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`ts`) * 1000000 AS SIGNED) MICROSECOND, CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY)";
+
+        /// A TIMESTAMP is written back from its value bound twice.
+        const TS: &str = "IF(UNIX_TIMESTAMP(?) = 0, 0, CAST(? AS DATETIME(6)) + 0)";
 
         #[test]
         fn each_step_checks_every_column_null_safely_then_restores() {
@@ -290,7 +297,7 @@ mod tests {
             };
             let steps = plan(&Mysql, &record(vec![updated, deleted, inserted]));
             let table = "`shop`.`t``x`";
-            let compare = "AND `id` <=> ? AND CAST(`v` AS BINARY) <=> ? AND IF(UNIX_TIMESTAMP(`ts`) = 0, CAST(`ts` AS DATETIME(6)), TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`ts`) * 1000000 AS SIGNED) MICROSECOND) <=> ? AND CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY) <=> ?";
+            let compare = "AND `id` <=> ? AND CAST(`v` AS BINARY) <=> ? AND TIMESTAMP'1970-01-01 00:00:00' + INTERVAL CAST(UNIX_TIMESTAMP(`ts`) * 1000000 AS SIGNED) MICROSECOND <=> ? AND CAST(CAST(`j` AS CHAR CHARACTER SET utf8mb4) AS BINARY) <=> ?";
             let types = vec![LONG, LONG, BLOB, DATETIME, BLOB];
 
             assert_eq!(
@@ -325,10 +332,10 @@ mod tests {
                 steps[1].apply,
                 Some(Stmt {
                     sql: format!(
-                        "INSERT INTO {table} (`id`, `v`, `ts`, `j`) VALUES (?, ?, ?, CONVERT(? USING utf8mb4))"
+                        "INSERT INTO {table} (`id`, `v`, `ts`, `j`) VALUES (?, ?, {TS}, CONVERT(? USING utf8mb4))"
                     ),
-                    params: vec![v(2), None, v(3), None],
-                    types: vec![LONG, BLOB, DATETIME, BLOB],
+                    params: vec![v(2), None, v(3), v(3), None],
+                    types: vec![LONG, BLOB, DATETIME, DATETIME, BLOB],
                 })
             );
 
@@ -338,10 +345,10 @@ mod tests {
                 steps[2].apply,
                 Some(Stmt {
                     sql: format!(
-                        "UPDATE {table} SET `v` = ?, `ts` = ?, `j` = CONVERT(? USING utf8mb4) WHERE `id` = ?"
+                        "UPDATE {table} SET `v` = ?, `ts` = {TS}, `j` = CONVERT(? USING utf8mb4) WHERE `id` = ?"
                     ),
-                    params: vec![v(10), None, v(7), v(1)],
-                    types: vec![BLOB, DATETIME, BLOB, LONG],
+                    params: vec![v(10), None, None, v(7), v(1)],
+                    types: vec![BLOB, DATETIME, DATETIME, BLOB, LONG],
                 })
             );
         }
