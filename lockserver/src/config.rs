@@ -311,6 +311,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compose_file_parses_to_a_redis_store() {
+        let c = Config::from_toml(include_str!("../../compose/lockserver.toml")).unwrap();
+        assert_eq!(
+            c.store,
+            StoreConfig::Redis {
+                url: "redis://redis:6379".into(),
+                prefix: "tandem".into()
+            }
+        );
+        assert_eq!(c.grpc_listen.port(), 8091);
+    }
+
+    #[test]
     fn example_file_parses_and_empty_means_defaults() {
         let example = include_str!("../lockserver.example.toml");
         let c = Config::from_toml(example).unwrap();

@@ -475,6 +475,16 @@ mod tests {
     }
 
     #[test]
+    fn compose_config_parses_and_validates() {
+        let text = include_str!("../../compose/proxy.toml");
+        let config = Config::parse(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.postgres[0].upstream, "postgres:5432");
+        assert_eq!(config.mysql[0].upstream, "mysql:3306");
+        assert_eq!(config.lockserver.endpoint, "http://lockserver:8091");
+    }
+
+    #[test]
     fn front_ends_of_one_protocol_leave_out_the_other_default() {
         let pg_only = Config::parse("[[postgres]]\nlisten = \"127.0.0.1:1\"\n").unwrap();
         assert!(pg_only.mysql.is_empty());
