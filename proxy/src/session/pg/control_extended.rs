@@ -128,6 +128,10 @@ impl Relay<'_> {
             _ if self.phase.tx_status() == Some(TxStatus::Failed) => Err(Error::Unsupported {
                 what: "a control function in a failed transaction block (ROLLBACK first)",
             }),
+            // As the backend answers it: a protocol violation, not a bad argument.
+            _ if batch.bind.params.len() != parameter_types.len() => Err(Error::MalformedCommand {
+                what: "Bind: it supplies another number of parameters than its statement takes",
+            }),
             Err(BadCall(message)) => Err(Error::BadControlCall(message)),
             Ok(control) => {
                 let local = crate::binding::LocalTransaction {
@@ -229,13 +233,6 @@ fn bound_values(
 ) -> std::result::Result<Vec<Option<String>>, BadCall> {
     let function = call.function();
     let bad = |what: String| BadCall(format!("tandem_{function}: {what}"));
-    if bind.params.len() != types.len() {
-        return Err(bad(format!(
-            "the Bind supplies {} parameters, but the statement takes {}",
-            bind.params.len(),
-            types.len()
-        )));
-    }
     let format_of = |i: usize| match bind.param_formats.as_slice() {
         [] => 0,
         [one] => *one,

@@ -450,6 +450,21 @@ async fn a_control_call_whose_parse_is_refused_fails_and_the_session_goes_on() {
         b"\0\x01\xff\xff\xff\xff",
         "the call did not run: not bound"
     );
+    // A Bind with a parameter the statement does not take is a protocol violation, as
+    // the backend answers it (not a bad argument); the session goes on.
+    let mut batch = frame(b'P', &parse_body("", "SELECT tandem_begin()"));
+    let mut bind = b"\0\0\0\0\0\x01\0\0\0\x011".to_vec();
+    bind.extend_from_slice(&[0, 0]);
+    batch.extend(frame(b'B', &bind));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.sqlstate().as_deref(), Some("08P01"), "{replies:?}");
+    let replies = raw.simple("SELECT tandem_xid()").await;
+    let row = replies.iter().find(|m| m.tag == b'D').expect("a row");
+    assert_eq!(&row.body[..], b"\0\x01\xff\xff\xff\xff", "not bound");
     drop(raw);
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
