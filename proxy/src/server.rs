@@ -408,8 +408,16 @@ fn admin_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn metrics_page(State(state): State<AdminState>) -> String {
-    state.metrics.render()
+/// The registry renders OpenMetrics text (`# EOF` and all), so it is served as such:
+/// Prometheus reads `text/plain` with its older parser.
+async fn metrics_page(State(state): State<AdminState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// 200 when every upstream answers a side connection, 503 naming the one that does not.

@@ -9,6 +9,14 @@ async fn ready_uses_a_side_connection_and_metrics_count_the_traffic() {
     let tandem = Tandem::start().await;
     let ready = http_get(tandem.admin, "/ready").await;
     assert!(ready.contains(" 200 "), "{ready}");
+    let metrics = http_get(tandem.admin, "/metrics").await;
+    assert!(
+        metrics
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{metrics}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 
     let before = tandem.metric("tandem_pg_queries_total").await;
     let client = tandem.connect(&db.name).await;
