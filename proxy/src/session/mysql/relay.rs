@@ -82,9 +82,8 @@ pub struct Relay<'a> {
     pub(super) client_paused: bool,
     /// The client connection failed or closed; nothing more can be written to it.
     pub(super) client_lost: bool,
-    /// The backend said it is closing the connection and why: an unsolicited ERR, or an
-    /// ERR of SQLSTATE class 08 answering a command (1153, a packet over
-    /// max_allowed_packet).
+    /// The backend said it is closing the connection and why: an unsolicited ERR, or a
+    /// network error answering a command (1153, a packet over max_allowed_packet).
     pub(super) backend_said_fatal: bool,
     draining: bool,
     /// The sequence id of the last packet either side sent, for tandem's own ERR.

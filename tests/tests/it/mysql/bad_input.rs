@@ -253,6 +253,9 @@ async fn a_backend_that_dies_is_reported_with_an_error() {
     let (mut raw, _) = raw_login(my::addr(&tandem)).await;
     let used = raw_query(&mut raw, &format!("USE {}", db.name)).await;
     assert_eq!(used[0].1[0], 0, "{used:?}");
+    // An error of SQLSTATE class 08 that leaves the connection open changes nothing.
+    let signalled = raw_query(&mut raw, "SIGNAL SQLSTATE '08000' SET MESSAGE_TEXT = 'x'").await;
+    assert_eq!(err_code(&signalled[0].1), Some(1644), "{signalled:?}");
     let thread: Option<u64> = admin
         .exec_first(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()",

@@ -87,7 +87,7 @@ impl Relay<'_> {
                     prepared.params = ok.params;
                     self.prepared.insert(ok.statement_id, prepared);
                 }
-                if starts_message && is_connection_error(prefix) {
+                if starts_message && closes_after(prefix) {
                     self.backend_said_fatal = true;
                 }
                 if starts_message {
@@ -166,8 +166,15 @@ fn unexpected(e: Unexpected) -> Error {
     Error::UpstreamProtocol(e.0)
 }
 
-/// An ERR packet's payload of SQLSTATE class 08 (connection exception): the server
-/// closes the connection after it.
-fn is_connection_error(payload: &[u8]) -> bool {
-    payload.first() == Some(&reply::ERR) && payload.get(3..6) == Some(b"#08")
+/// An ERR packet's payload for one of the server's network errors, after which it
+/// closes the connection: a packet over max_allowed_packet (1153), one out of order
+/// (1156), one it could not uncompress (1157), a read or write that failed or timed
+/// out (1158–1161). Not any SQLSTATE of class 08: `SIGNAL SQLSTATE '08000'` and an
+/// unknown command (1047, 08S01) leave the connection open.
+fn closes_after(payload: &[u8]) -> bool {
+    const NETWORK_ERRORS: [u16; 7] = [1153, 1156, 1157, 1158, 1159, 1160, 1161];
+    match payload {
+        [reply::ERR, low, high, ..] => NETWORK_ERRORS.contains(&u16::from_le_bytes([*low, *high])),
+        _ => false,
+    }
 }
