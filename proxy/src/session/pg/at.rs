@@ -407,6 +407,20 @@ impl Relay<'_> {
             .find(|name| names.contains(name) || LARGE_OBJECT_WRITES.contains(&name.as_str())))
     }
 
+    /// Refuses a bound session's statement whose string literals tandem would read
+    /// otherwise than the server: with standard_conforming_strings off, `\'` inside
+    /// '…' escapes the quote, and a COMMIT or a write could hide where tandem sees a
+    /// literal. Text without a backslash reads the same either way.
+    pub(super) fn literals_misread(&self, sql: &[u8]) -> Option<Error> {
+        (sql.contains(&b'\\')
+            && self
+                .server_param("standard_conforming_strings")
+                .eq_ignore_ascii_case("off"))
+        .then_some(Error::Unsupported {
+            what: "a statement with a backslash in its text inside a global transaction while standard_conforming_strings is off (tandem reads string literals as the SQL standard does: turn it on)",
+        })
+    }
+
     /// Why AT mode refuses `sql` whatever it is, over either protocol:
     /// - it calls a function that may write (`writing_function_in`), or the database's
     ///   list of them cannot be read;

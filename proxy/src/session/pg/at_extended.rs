@@ -84,6 +84,11 @@ impl Relay<'_> {
         tag: u8,
         sql: &[u8],
     ) -> Result<Extended> {
+        if tag == frontend::BIND
+            && let Some(e) = self.literals_misread(sql)
+        {
+            return Ok(Extended::RefuseBind(refusal(e)));
+        }
         let sql = String::from_utf8_lossy(sql).into_owned();
         if self.branch_mode() == crate::binding::Mode::Xa {
             return self.extended_in_xa(rest, tag, &sql).await;

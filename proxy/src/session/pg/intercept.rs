@@ -96,6 +96,9 @@ impl Relay<'_> {
         }
         let control = match control::parse(query.sql) {
             Ok(None) if self.binding.xid().is_some() => {
+                if let Some(e) = self.literals_misread(query.sql) {
+                    return Ok(self.refuse(e));
+                }
                 if super::xa::is_two_phase_statement(query.sql) {
                     return Ok(self.refuse(Error::Unsupported {
                         what: "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction",

@@ -333,6 +333,61 @@ async fn rows_keyed_by_composite_types_roll_back() {
     lockserver.stop().await;
 }
 
+/// With standard_conforming_strings off, `\'` escapes a quote: where tandem (reading
+/// literals as the standard does) saw `'a\'` and a comment, the server ran the UPDATE or
+/// COMMIT between them, uncaptured. A bound session's text with a backslash is refused
+/// then, over either protocol and in either mode.
+#[tokio::test]
+async fn backslashes_are_refused_while_standard_conforming_strings_is_off() {
+    let orders = prepare("at_scs_off").await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let b = tandem.connect(&orders.name).await;
+    let xid = one(&a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    one(&b, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    for session in [&a, &b] {
+        session
+            .batch_execute("SET standard_conforming_strings = off")
+            .await
+            .unwrap();
+    }
+    let hidden_write = "SELECT 'a\\'; UPDATE accounts SET balance = 0 WHERE id = 1; SELECT 1 --'";
+    let err = a.batch_execute(hidden_write).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    let err = a
+        .query("SELECT $1::text || 'x\\\\'", &[&"y"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    b.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("UPDATE accounts SET balance = 7 WHERE id = 2")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute("SELECT 'a\\'; COMMIT; SELECT 1 --'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    b.batch_execute("ROLLBACK").await.unwrap();
+    // Text without a backslash reads the same either way.
+    a.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 3")
+        .await
+        .unwrap();
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A branch's images are read in the session's client_encoding and replayed as UTF8,
 /// and its rows are named by their keys as the server prints them, bound back at its
 /// COMMIT: a session whose settings would make either read back differently is
