@@ -52,28 +52,37 @@ pub(super) enum XaStatement {
 
 /// Each statement of `sql` as XA mode treats it. One tandem cannot analyse is work, and
 /// the others keep their meaning beside it: the COMMIT of `BEGIN; CREATE TABLE …;
-/// COMMIT` would otherwise commit the DDL outside the branch. Text with a semicolon
-/// that cannot even be split into statements might hide such a COMMIT: refused.
+/// COMMIT` would otherwise commit the DDL outside the branch. The client's own
+/// `PREPARE TRANSACTION` (or `COMMIT`/`ROLLBACK PREPARED`) among others ends the
+/// transaction too. Text with a semicolon that cannot even be split into statements
+/// might hide such an end: refused.
 pub(super) fn classify(
     sql: &str,
     analyses: &std::result::Result<Vec<Analysis>, tandem_undo::Error>,
 ) -> Result<Vec<XaStatement>> {
-    let Ok(analyses) = analyses else {
-        return match split_statements(&Postgres, sql) {
-            Ok(pieces) => Ok(pieces
-                .iter()
-                .map(|piece| match analyze(&Postgres, piece).as_deref() {
-                    Ok([analysis]) => xa_statement(analysis),
-                    _ => XaStatement::Work,
-                })
-                .collect()),
-            Err(_) if !sql.contains(';') => Ok(vec![XaStatement::Work]),
-            Err(_) => Err(Error::Unsupported {
-                what: "in XA mode, a query of several statements that tandem cannot split (it could not tell whether one ends the transaction)",
-            }),
-        };
-    };
-    Ok(analyses.iter().map(xa_statement).collect())
+    match analyses {
+        Ok(analyses)
+            if analyses.len() == 1
+                || !crate::control::contains_ignore_case(sql.as_bytes(), b"prepare") =>
+        {
+            return Ok(analyses.iter().map(xa_statement).collect());
+        }
+        _ => {}
+    }
+    match split_statements(&Postgres, sql) {
+        Ok(pieces) => Ok(pieces
+            .iter()
+            .map(|piece| match analyze(&Postgres, piece).as_deref() {
+                _ if is_two_phase_statement(piece.as_bytes()) => XaStatement::Commit,
+                Ok([analysis]) => xa_statement(analysis),
+                _ => XaStatement::Work,
+            })
+            .collect()),
+        Err(_) if !sql.contains(';') => Ok(vec![XaStatement::Work]),
+        Err(_) => Err(Error::Unsupported {
+            what: "in XA mode, a query of several statements that tandem cannot split (it could not tell whether one ends the transaction)",
+        }),
+    }
 }
 
 fn xa_statement(analysis: &Analysis) -> XaStatement {

@@ -1147,6 +1147,9 @@ async fn a_select_into_a_new_table_never_escapes_the_global_transaction() {
     for batch in [
         "BEGIN; SELECT * INTO also_copied FROM accounts; COMMIT",
         "BEGIN; CREATE TABLE also_copied (a int); COMMIT",
+        // The client's own 2PC behind another statement ends the transaction too.
+        "SELECT * INTO also_copied FROM accounts; PREPARE TRANSACTION 'mine'",
+        "SELECT 1; PREPARE TRANSACTION 'mine'",
     ] {
         let refused = b.batch_execute(batch).await.unwrap_err();
         assert_eq!(
