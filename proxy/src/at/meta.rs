@@ -52,6 +52,8 @@ const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
     AND NOT child.relispartition AND parent.relkind <> 'p'";
 /// Whether a primary-key column's type is real, double precision or money, or is built
 /// on one: followed through domains, arrays, ranges, multiranges and composite types.
+/// The contrib types cube and seg print floats too (a base type's output function
+/// cannot be looked into: other extensions' types are taken as exact).
 const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
         SELECT a.atttypid FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
@@ -68,7 +70,9 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
         ) AS part(oid)
         WHERE part.oid <> 0
     )
-    SELECT EXISTS (SELECT FROM parts WHERE oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype))";
+    SELECT EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
+        WHERE p.oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype)
+        OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg')))";
 const CASCADES: &str =
     "SELECT count(*) FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'
     AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))";

@@ -9,6 +9,7 @@
 
 use super::raw::Raw;
 use crate::upstream::SidePools;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchKind, BranchOutcome, Phase2Work};
 use tandem_undo::{Postgres, UndoRecord, replay};
@@ -127,7 +128,8 @@ impl PgBranchHandler {
                 })));
             }
         };
-        match run_steps(&tx, replay::plan(&Postgres, &record), order).await? {
+        let types = DeclaredTypes::of(&tx, &record).await?;
+        match run_steps(&tx, &types, replay::plan(&Postgres, &record), order).await? {
             Ran::Done => {}
             Ran::Stopped(outcome) => {
                 tracing::warn!(xid, branch, "dirty write found: rollback stopped");
@@ -181,6 +183,7 @@ enum Attempt {
 
 async fn run_steps(
     tx: &tokio_postgres::Transaction<'_>,
+    types: &DeclaredTypes,
     steps: Vec<replay::Step>,
     order: Order,
 ) -> crate::Result<Ran> {
@@ -192,7 +195,7 @@ async fn run_steps(
         let mut put_off = Vec::new();
         let mut refusal = None;
         for step in pending {
-            if let Some(outcome) = check_step(tx, &step).await? {
+            if let Some(outcome) = check_step(tx, types, &step).await? {
                 return Ok(Ran::Stopped(outcome));
             }
             let Some(apply) = &step.apply else {
@@ -204,7 +207,7 @@ async fn run_steps(
             let params: Vec<Raw> = apply.params.iter().cloned().map(Raw).collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            let applied = match prepare(tx, apply).await {
+            let applied = match types.prepare(tx, apply).await {
                 Ok(statement) => tx.execute(&statement, &refs).await,
                 Err(e) => Err(e),
             };
@@ -239,34 +242,75 @@ fn refused_by_a_key(e: &tokio_postgres::Error) -> bool {
     )
 }
 
-/// Prepares a replay statement with its parameters' types declared: left to the server,
-/// a parameter compared with a composite-typed key would be an anonymous `record`,
-/// which has no binary input.
-async fn prepare(
-    tx: &tokio_postgres::Transaction<'_>,
-    stmt: &replay::Stmt,
-) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
-    let types: Vec<Type> = stmt
-        .types
-        .iter()
-        .map(|&oid| {
-            Type::from_oid(oid).unwrap_or_else(|| {
-                Type::new(format!("oid {oid}"), oid, Kind::Simple, String::new())
+/// The parameter types a replay declares: left to the server, a parameter compared with
+/// a composite-typed key would be an anonymous `record`, which has no binary input. The
+/// images were read with the OIDs they hold; a user type dropped and created again since
+/// has another, and its parameters are left to the server to infer.
+struct DeclaredTypes {
+    /// The record's user-defined type OIDs that still exist.
+    live: HashSet<u32>,
+}
+
+impl DeclaredTypes {
+    async fn of(
+        tx: &tokio_postgres::Transaction<'_>,
+        record: &UndoRecord,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let user: HashSet<u32> = record
+            .tables
+            .iter()
+            .flat_map(|t| t.types.iter().copied())
+            .filter(|&oid| Type::from_oid(oid).is_none())
+            .collect();
+        let mut live = HashSet::new();
+        if !user.is_empty() {
+            let user: Vec<u32> = user.into_iter().collect();
+            for row in tx
+                .query(
+                    "SELECT oid FROM pg_catalog.pg_type WHERE oid = ANY($1)",
+                    &[&user],
+                )
+                .await?
+            {
+                live.insert(row.get::<_, u32>(0));
+            }
+        }
+        Ok(DeclaredTypes { live })
+    }
+
+    async fn prepare(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        stmt: &replay::Stmt,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        let types: Vec<Type> = stmt
+            .types
+            .iter()
+            .map(|&oid| match Type::from_oid(oid) {
+                Some(builtin) => builtin,
+                // 0: unspecified, for the server to infer.
+                None => {
+                    let declared = if self.live.contains(&oid) { oid } else { 0 };
+                    Type::new(format!("oid {oid}"), declared, Kind::Simple, String::new())
+                }
             })
-        })
-        .collect();
-    tx.prepare_typed(&stmt.sql, &types).await
+            .collect();
+        tx.prepare_typed(&stmt.sql, &types).await
+    }
 }
 
 /// Reads the step's row, locked; a RollbackFailed outcome if it is not what the branch
 /// left.
 async fn check_step(
     tx: &tokio_postgres::Transaction<'_>,
+    types: &DeclaredTypes,
     step: &replay::Step,
 ) -> crate::Result<Option<BranchOutcome>> {
     let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let rows = tx.query(&prepare(tx, &step.check).await?, &refs).await?;
+    let rows = tx
+        .query(&types.prepare(tx, &step.check).await?, &refs)
+        .await?;
     let now: Option<Vec<Option<Vec<u8>>>> = match rows.as_slice() {
         [] => None,
         [row] => Some(

@@ -333,6 +333,55 @@ async fn rows_keyed_by_composite_types_roll_back() {
     lockserver.stop().await;
 }
 
+/// The replay declares its parameters' types by the OIDs the images were read with; a
+/// type dropped and created again before the rollback has another, and its parameter is
+/// left to the server to infer (the declared OID failed every retry: "cache lookup
+/// failed for type").
+#[tokio::test]
+async fn a_type_created_again_before_the_rollback_is_bound_as_the_new_one() {
+    let orders = prepare("at_type_again").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('sad', 'ok');
+             CREATE TABLE moods (id int PRIMARY KEY, m mood);
+             INSERT INTO moods VALUES (1, 'sad'), (2, 'ok');",
+        )
+        .await
+        .unwrap();
+    let rows = || async {
+        direct
+            .query("SELECT id, m::text FROM moods ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let before = rows().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("UPDATE moods SET m = 'ok' WHERE id = 1; DELETE FROM moods WHERE id = 2")
+        .await
+        .unwrap();
+    direct
+        .batch_execute(
+            "ALTER TABLE moods ALTER m TYPE text;
+             DROP TYPE mood;
+             CREATE TYPE mood AS ENUM ('sad', 'ok');
+             ALTER TABLE moods ALTER m TYPE mood USING m::mood;",
+        )
+        .await
+        .unwrap();
+    rolled_back(&a).await;
+    assert_eq!(rows().await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// With standard_conforming_strings off, `\'` escapes a quote: where tandem (reading
 /// literals as the standard does) saw `'a\'` and a comment, the server ran the UPDATE or
 /// COMMIT between them, uncaptured. A bound session's text with a backslash is refused
@@ -410,6 +459,10 @@ async fn sessions_whose_settings_would_misread_images_or_keys_are_refused() {
              CREATE TABLE float_ranges (f float_range PRIMARY KEY, v int);
              CREATE TYPE with_money AS (id int, m money);
              CREATE TABLE composites (k with_money PRIMARY KEY, v int);
+             CREATE EXTENSION cube;
+             CREATE DOMAIN cube_key AS cube;
+             CREATE TABLE cubes (k cube_key PRIMARY KEY, v int);
+             INSERT INTO cubes VALUES ('(0.3)', 1), (cube(0.1::float8 + 0.2::float8), 2);
              INSERT INTO f8s VALUES (0.3, 1), (0.1::float8 + 0.2::float8, 2);",
         )
         .await
@@ -453,6 +506,7 @@ async fn sessions_whose_settings_would_misread_images_or_keys_are_refused() {
         "UPDATE float_arrays SET v = 2",
         "INSERT INTO float_ranges VALUES ('[0.1,0.3)', 1)",
         "INSERT INTO composites VALUES (ROW(1, 2), 1)",
+        "DELETE FROM cubes",
     ] {
         refused(a.batch_execute(write).await.unwrap_err(), write);
     }
