@@ -190,6 +190,12 @@ pub struct PgFrontend {
     /// runs beside the database (pg_hba.conf then applies its `local` rules). Default
     /// `127.0.0.1:5432`.
     pub upstream: String,
+    /// How resource ids and global lock keys name this server:
+    /// `postgres://<name>/<database>`. Default: `upstream` as written. Every proxy of
+    /// one server must name it alike, or their global locks never meet (one reaching it
+    /// as `localhost:5432`, another as `127.0.0.1:5432` or through its socket): name it
+    /// here where their upstreams are spelled otherwise.
+    pub name: Option<String>,
     /// Certificate and key for TLS to clients. Default: none, and SSLRequest is
     /// answered `N` so that clients continue in plain text.
     pub tls: Option<TlsConfig>,
@@ -245,6 +251,7 @@ impl Default for PgFrontend {
         PgFrontend {
             listen: SocketAddr::from(([127, 0, 0, 1], 6433)),
             upstream: "127.0.0.1:5432".to_owned(),
+            name: None,
             tls: None,
             service: ServiceCredentials::default(),
             max_client_connections: 10_000,
@@ -261,6 +268,11 @@ impl Default for PgFrontend {
 }
 
 impl PgFrontend {
+    /// The server as resource ids and lock keys name it (`name`, else `upstream`).
+    pub fn server(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.upstream)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }

@@ -117,7 +117,7 @@ pub async fn run(
         };
         let side = Arc::new(SidePools::new(frontend));
         let handler = Arc::new(crate::at::phase2::PgBranchHandler {
-            upstream: frontend.upstream.clone(),
+            server: frontend.server().to_owned(),
             side: Arc::clone(&side),
             cleanup: crate::at::cleanup::Cleanup::postgres(
                 Arc::clone(&side),
@@ -128,6 +128,7 @@ pub async fn run(
         let ctx = Arc::new(PgFrontendContext {
             config: frontend.clone(),
             upstream: frontend.upstream.as_str().into(),
+            server: frontend.server().into(),
             metrics: Arc::clone(&metrics),
             cancels: Arc::clone(&cancels),
             tls,
@@ -162,7 +163,7 @@ pub async fn run(
                         .phase2
                         .served()
                         .iter()
-                        .filter_map(|r| crate::at::database_of(r, &served.upstream))
+                        .filter_map(|r| crate::at::database_of(r, &served.server))
                         .map(str::to_owned)
                         .collect()
                 },
@@ -298,7 +299,7 @@ async fn serve_existing_databases(ctx: Arc<PgFrontendContext>) {
         Ok(names) => ctx.phase2.serve_all(
             names
                 .iter()
-                .map(|db| crate::at::resource_id(&ctx.upstream, db)),
+                .map(|db| crate::at::resource_id(&ctx.server, db)),
         ),
         Err(e) => tracing::warn!(error = %e, "could not list the upstream's databases for phase 2"),
     }

@@ -22,8 +22,9 @@ pub const LOG_NORMAL: i32 = 0;
 pub const LOG_GLOBAL_FINISHED: i32 = 1;
 
 pub struct PgBranchHandler {
-    /// The upstream `host:port` whose databases these are.
-    pub upstream: String,
+    /// The server whose databases these are, as resource ids name it
+    /// (`PgFrontend::server`).
+    pub server: String,
     pub side: Arc<SidePools>,
     /// Deletes committed branches' undo rows in batches.
     pub cleanup: super::cleanup::Cleanup,
@@ -32,7 +33,7 @@ pub struct PgBranchHandler {
 impl PgBranchHandler {
     /// The database of a resource id of ours.
     fn database<'a>(&self, resource: &'a str) -> Option<&'a str> {
-        super::database_of(resource, &self.upstream)
+        super::database_of(resource, &self.server)
     }
 
     async fn commit_branch(&self, work: Phase2Work) -> BranchOutcome {

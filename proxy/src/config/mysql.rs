@@ -17,6 +17,12 @@ pub struct MysqlFrontend {
     /// a secure link for caching_sha2_password, so clear passwords from TLS clients go
     /// through as they are; over TCP tandem encrypts them with the server's RSA key.
     pub upstream: String,
+    /// How resource ids and global lock keys name this server:
+    /// `mysql://<name>/<database>`. Default: `upstream` as written. Every proxy of one
+    /// server must name it alike, or their global locks never meet (one reaching it as
+    /// `localhost:3306`, another as `127.0.0.1:3306` or through its socket): name it here
+    /// where their upstreams are spelled otherwise.
+    pub name: Option<String>,
     /// Certificate and key for TLS to clients. Default: none, and the greeting does not
     /// offer CLIENT_SSL.
     pub tls: Option<TlsConfig>,
@@ -51,6 +57,7 @@ impl Default for MysqlFrontend {
         MysqlFrontend {
             listen: SocketAddr::from(([127, 0, 0, 1], 3307)),
             upstream: "127.0.0.1:3306".to_owned(),
+            name: None,
             tls: None,
             service: MysqlServiceCredentials::default(),
             max_client_connections: 10_000,
@@ -64,6 +71,11 @@ impl Default for MysqlFrontend {
 }
 
 impl MysqlFrontend {
+    /// The server as resource ids and lock keys name it (`name`, else `upstream`).
+    pub fn server(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.upstream)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }

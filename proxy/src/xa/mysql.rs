@@ -68,8 +68,8 @@ pub struct MysqlXa {
 struct Handler {
     pool: mysql_async::Pool,
     owners: Arc<Owners>,
-    /// The upstream `host:port` (or socket) whose databases the resources name.
-    upstream: String,
+    /// The server whose databases the resources name (`MysqlFrontend::server`).
+    server: String,
     /// Deletes committed AT branches' undo rows in batches.
     cleanup: crate::at::cleanup::Cleanup,
 }
@@ -135,7 +135,7 @@ impl MysqlXa {
         let handler = Arc::new(Handler {
             pool: pool.clone(),
             owners: Arc::clone(&owners),
-            upstream: config.upstream.clone(),
+            server: config.server().to_owned(),
             cleanup: crate::at::cleanup::Cleanup::new(
                 Arc::new(crate::at::mysql::MysqlDelete(pool.clone())),
                 undo_rows_awaited,
@@ -197,14 +197,14 @@ impl MysqlXa {
 
     /// The resource id of `database` on this front end's server.
     pub fn resource_id(&self, database: &str) -> String {
-        format!("mysql://{}/{database}", self.config.upstream)
+        format!("mysql://{}/{database}", self.config.server())
     }
 
     /// What AT's lock keys on this server are scoped by: the server, not a database
     /// (tables are named with their schema), so that sessions whose current
     /// databases differ still meet on the same rows.
     pub fn lock_scope(&self) -> String {
-        format!("mysql://{}", self.config.upstream)
+        format!("mysql://{}", self.config.server())
     }
 
     /// Makes sure phase-2 work for `resource` reaches this proxy.
@@ -229,7 +229,7 @@ impl MysqlXa {
                 me.registry
                     .served()
                     .iter()
-                    .filter_map(|r| crate::at::mysql::database_of(r, &me.config.upstream))
+                    .filter_map(|r| crate::at::mysql::database_of(r, me.config.server()))
                     .map(str::to_owned)
                     .collect()
             },
@@ -407,7 +407,7 @@ impl BranchHandler for Handler {
 impl Handler {
     async fn phase2(&self, work: Phase2Work, commit: bool) -> BranchOutcome {
         if work.kind == BranchKind::AT {
-            let Some(database) = crate::at::mysql::database_of(&work.resource_id, &self.upstream)
+            let Some(database) = crate::at::mysql::database_of(&work.resource_id, &self.server)
             else {
                 return BranchOutcome::Retry {
                     reason: format!("resource {} is not served here", work.resource_id),

@@ -898,7 +898,7 @@ impl Relay<'_> {
             tracing::debug!(parent: &self.span, error = %e.message, "locking read check failed");
             return Ok(());
         }
-        let resource = resource_id(&self.ctx.upstream, &self.database);
+        let resource = resource_id(&self.ctx.server, &self.database);
         let keys: Vec<_> = got
             .rows
             .iter()
@@ -1068,7 +1068,7 @@ impl Relay<'_> {
             let rows = split_rows(got.rows, meta.columns.len());
             self.branch.record_after(meta, rows);
         }
-        let resource = resource_id(&self.ctx.upstream, &self.database);
+        let resource = resource_id(&self.ctx.server, &self.database);
         let (record, keys) = std::mem::take(&mut self.branch).finish(&resource);
         self.ctx.phase2.serve(&resource);
         let registered = self

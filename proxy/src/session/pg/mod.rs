@@ -51,6 +51,8 @@ use tracked::{SyncKind, Tracked};
 pub struct PgFrontendContext {
     pub config: PgFrontend,
     pub upstream: Arc<str>,
+    /// The server as resource ids name it (`PgFrontend::server`).
+    pub server: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub cancels: Arc<CancelRegistry>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -297,7 +299,7 @@ impl<'a> Relay<'a> {
             draining: false,
             client_paused: false,
             binding: Binding::default(),
-            resource: crate::at::resource_id(&ctx.upstream, &database),
+            resource: crate::at::resource_id(&ctx.server, &database),
             database,
             unchecked: crate::session::outside::UncheckedGuards::default(),
             branch: at_branch::Branch::default(),

@@ -325,7 +325,7 @@ impl Relay<'_> {
             let e = Error::NotBound;
             return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
         };
-        let resource = resource_id(&self.ctx.upstream, &self.database);
+        let resource = resource_id(&self.ctx.server, &self.database);
         self.ctx.phase2.serve(&resource);
         let registered = self
             .ctx

@@ -576,3 +576,53 @@ async fn megabytes_of_lock_keys_register_and_a_branch_past_the_key_limit_gets_54
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Two proxies reaching one server by different spellings (`127.0.0.1:5432`,
+/// `localhost:5432`) named different resources, whose global locks never met: a second
+/// transaction wrote a held row and the first one's rollback found a dirty write.
+/// `name` makes them one server.
+#[tokio::test]
+async fn proxies_that_name_one_server_alike_share_its_global_locks() {
+    let orders = prepare("at_named_server").await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let upstream = tandem_tests::env::pg_upstream();
+    let (host, port) = upstream.rsplit_once(':').expect("host:port");
+    let other_spelling = match host {
+        "localhost" => format!("127.0.0.1:{port}"),
+        _ => format!("localhost:{port}"),
+    };
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let a_proxy = Tandem::start_for(&lockserver).await;
+    let b_proxy = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 300;
+        c.postgres[0].upstream = other_spelling;
+        c.postgres[0].name = Some(upstream.clone());
+    })
+    .await;
+    let a = a_proxy.connect(&orders.name).await;
+    let b = b_proxy.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    one(&b, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = b
+        .batch_execute("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err}"
+    );
+    rolled_back(&b).await;
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    a_proxy.shutdown().await;
+    b_proxy.shutdown().await;
+    lockserver.stop().await;
+}
