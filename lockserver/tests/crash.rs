@@ -23,6 +23,7 @@ fn key(i: u32) -> LockKey {
 struct Proc {
     child: Child,
     client: LockClient,
+    grpc: String,
 }
 
 /// Starts the binary with `config` and waits until it prints its addresses.
@@ -55,7 +56,11 @@ async fn spawn(dir: &Path, name: &str, config: &str) -> Proc {
         assert!(Instant::now() < deadline, "lockserver not ready");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Proc { child, client }
+    Proc {
+        child,
+        client,
+        grpc,
+    }
 }
 
 impl Proc {
@@ -323,4 +328,92 @@ async fn two_lockservers_on_one_redis_survive_one_kill() {
     );
     wb.shutdown().await;
     b.kill9().await;
+}
+
+/// A TCP relay to `to`, standing in for the network between a lockserver and Redis.
+struct Relay {
+    addr: std::net::SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+    pipes: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(at: &str, to: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pipes: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let kept = Arc::clone(&pipes);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = to.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                kept.lock().unwrap().push(pipe);
+            }
+        });
+        Relay {
+            addr,
+            accept,
+            pipes,
+        }
+    }
+
+    /// Redis is gone: open connections drop, new ones are refused.
+    fn cut(self) {
+        self.accept.abort();
+        for pipe in self.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+}
+
+/// The Redis connection's own response timeout does not cover the wait for its
+/// reconnection: a lockserver whose Redis went away left calls unanswered for over a
+/// minute. Each call now fails within the store's bound, and Redis is used again as
+/// soon as it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockserver_that_loses_redis_fails_calls_promptly_and_recovers() {
+    let url =
+        std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let relay = Relay::start("127.0.0.1:0", redis.clone()).await;
+    let addr = relay.addr;
+    let prefix = format!("tandem-cut:{:016x}", rand::random::<u64>());
+    let tmp = tempfile::tempdir().unwrap();
+    let config =
+        format!("{FAST}[store]\nkind = \"redis\"\nurl = \"redis://{addr}\"\nprefix = {prefix:?}\n");
+    let s = spawn(tmp.path(), "cut", &config).await;
+    let patient = LockClient::connect_lazy(
+        &format!("http://{}", s.grpc),
+        ClientOptions {
+            call_timeout: Duration::from_secs(120),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    patient.begin(None).await.unwrap();
+
+    relay.cut();
+    for _ in 0..2 {
+        let asked = Instant::now();
+        assert!(patient.begin(None).await.is_err());
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "a call waited {:?} for a Redis that is gone",
+            asked.elapsed()
+        );
+    }
+
+    let _back = Relay::start(&addr.to_string(), redis).await;
+    eventually("calls succeed once Redis is back", async || {
+        patient.begin(None).await.is_ok()
+    })
+    .await;
+    s.kill9().await;
 }

@@ -73,9 +73,55 @@ if at and tonumber(at) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[
 return 0
 "#;
 
+/// The connection every call goes through, each command bounded by `REDIS_TIMEOUT`:
+/// the manager's response timeout does not cover the wait for its reconnection (with
+/// retries and backoff) after Redis went away, and a caller waited over a minute.
+#[derive(Clone)]
+struct BoundedConnection(ConnectionManager);
+
+fn redis_timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer from Redis",
+    ))
+}
+
+impl redis::aio::ConnectionLike for BoundedConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            tokio::time::timeout(REDIS_TIMEOUT, self.0.req_packed_command(cmd))
+                .await
+                .map_err(|_| redis_timed_out())?
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            tokio::time::timeout(
+                REDIS_TIMEOUT,
+                self.0.req_packed_commands(cmd, offset, count),
+            )
+            .await
+            .map_err(|_| redis_timed_out())?
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// Coordinator state in Redis, shareable by several lockservers.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: BoundedConnection,
     prefix: String,
     limits: Limits,
     cas: Script,
@@ -96,8 +142,8 @@ fn score(v: Option<Millis>) -> String {
 /// Logs a warning when Redis would lose an acknowledged decision in a crash: the store
 /// is as durable as the server's `appendonly` and `appendfsync`. A server that does not
 /// answer CONFIG (renamed or forbidden, as managed services do) is left unchecked.
-async fn warn_unless_durable(conn: &mut ConnectionManager) {
-    let setting = async |conn: &mut ConnectionManager, name: &str| -> Option<String> {
+async fn warn_unless_durable(conn: &mut BoundedConnection) {
+    let setting = async |conn: &mut BoundedConnection, name: &str| -> Option<String> {
         let pair: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg(name)
@@ -124,9 +170,13 @@ impl RedisStore {
     pub async fn open(url: &str, prefix: &str, limits: Limits) -> Result<Self> {
         let client = redis::Client::open(url)?;
         // Every Redis call is bounded; a hung Redis surfaces as a (retryable) error.
+        // Reconnection gives up within seconds (the next call tries again), so that a
+        // Redis that comes back is used at once.
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(REDIS_TIMEOUT)
-            .set_connection_timeout(REDIS_TIMEOUT);
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(1_000);
         // The manager retries its first connection for minutes by default: a Redis
         // that cannot be reached at start is an error the operator sees at once.
         let conn = tokio::time::timeout(
@@ -137,6 +187,7 @@ impl RedisStore {
         .map_err(|_| Error::Timeout {
             op: "connecting to the Redis store (is it running, and is store.url right?)",
         })??;
+        let conn = BoundedConnection(conn);
         warn_unless_durable(&mut conn.clone()).await;
         Ok(RedisStore {
             conn,
