@@ -293,6 +293,18 @@ impl MysqlTable {
     fn collisions(&self, rows: &[Vec<&InsertValue>]) -> Result<String, Error> {
         let mut predicates = Vec::new();
         for key in std::iter::once(&self.meta.pk).chain(&self.unique_keys) {
+            // A FLOAT unique key: the double a statement names is not the single
+            // precision value stored, and the collision would go unfound.
+            if let Some(&i) = key
+                .iter()
+                .find(|&&i| types::is_single_precision(self.meta.columns[i].type_oid))
+            {
+                return Err(Error::unsupported(format!(
+                    "an upsert or REPLACE into table {}, whose unique-key column {} is a FLOAT (stored in single precision, it is not found by the value the statement gives),",
+                    self.meta.table.name,
+                    self.name(i)
+                )));
+            }
             let mut tuples = Vec::new();
             for row in rows {
                 let mut tuple = Vec::new();

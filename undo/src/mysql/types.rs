@@ -183,6 +183,12 @@ pub fn usable_in_key(type_code: u32) -> bool {
     !matches!(base(type_code), TIMESTAMP | JSON | GEOMETRY | FLOAT)
 }
 
+/// A FLOAT column: stored in single precision, so the double a statement names a row
+/// by (`0.1`) does not equal what it stored.
+pub fn is_single_precision(type_code: u32) -> bool {
+    base(type_code) == FLOAT
+}
+
 /// See [`crate::Dialect::capture`].
 pub fn capture(column: &str, type_code: u32) -> String {
     match base(type_code) {

@@ -278,6 +278,8 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
              INSERT INTO audited VALUES (1, 1);
              CREATE TABLE myisam (id INT PRIMARY KEY) ENGINE=MyISAM;
              CREATE TABLE floats (id FLOAT, k INT, v INT, PRIMARY KEY (id, k)) ENGINE=InnoDB;
+             CREATE TABLE unique_floats (id INT PRIMARY KEY, f FLOAT UNIQUE, v INT) ENGINE=InnoDB;
+             INSERT INTO unique_floats VALUES (1, 0.1, 1);
              INSERT INTO nokey VALUES (1);",
         )
         .await
@@ -287,7 +289,15 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
     let mut conn = my::connect(&tandem, &db.name).await;
     let before: Vec<Vec<String>> = {
         let mut all = Vec::new();
-        for t in ["accounts", "parent", "child", "audited", "nokey", "items"] {
+        for t in [
+            "accounts",
+            "parent",
+            "child",
+            "audited",
+            "nokey",
+            "items",
+            "unique_floats",
+        ] {
             all.push(dump(&mut direct, t).await);
         }
         all
@@ -315,6 +325,8 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         // Stored single precision, read back by the double 0.1 names: never found
         // (it used to fail every time with 1213, which invites a retry).
         "INSERT INTO floats VALUES (0.1, 1, 5)",
+        "INSERT INTO unique_floats VALUES (2, 0.1, 7) ON DUPLICATE KEY UPDATE v = v + 1",
+        "REPLACE INTO unique_floats VALUES (3, 0.1, 9)",
     ] {
         let e = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");
@@ -354,7 +366,15 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         .unwrap();
     rolled_back(&mut conn).await;
     let mut after = Vec::new();
-    for t in ["accounts", "parent", "child", "audited", "nokey", "items"] {
+    for t in [
+        "accounts",
+        "parent",
+        "child",
+        "audited",
+        "nokey",
+        "items",
+        "unique_floats",
+    ] {
         after.push(dump(&mut direct, t).await);
     }
     assert_eq!(after, before);
