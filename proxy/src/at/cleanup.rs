@@ -21,7 +21,10 @@
 //! row behind for good once the COMMIT lands. So a branch whose row is not found is
 //! retried (the lockserver redelivers it with backoff) for `ABSENT_ROW_PATIENCE`, and
 //! only then taken as a branch that never committed (its local transaction died with
-//! its proxy) or whose row an earlier delivery already deleted. A local COMMIT held up
+//! its proxy) or whose row an earlier delivery already deleted. A row this proxy
+//! deleted is remembered for as long (`DELETED_ROWS_KEPT`), so that a delivery repeated
+//! after a lost acknowledgement is answered at once; one that reaches another proxy
+//! still waits. A local COMMIT held up
 //! longer than that, after a global commit overtook it, still leaves its row (counted
 //! by the sweep once past the retention).
 
@@ -57,6 +60,13 @@ const ABSENT_ROW_PATIENCE: Duration = Duration::from_secs(600);
 /// still full, a missing row is taken as gone at once, as before this wait existed.
 const ABSENT_ROWS_KEPT: usize = 10_000;
 
+/// Rows this proxy deleted, remembered at most (the oldest forgotten first), and for
+/// no longer than `ABSENT_ROW_PATIENCE`: a second delivery of a commit whose
+/// acknowledgement the lockserver lost (it died, or its record of the answer did not
+/// reach its store) finds the row gone, which would otherwise wait out the patience
+/// as a local COMMIT still on its way.
+const DELETED_ROWS_KEPT: usize = 50_000;
+
 /// Deletions per statement, at most.
 const MAX_BATCH: usize = 512;
 
@@ -76,6 +86,8 @@ pub struct Cleanup {
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
     /// Branches whose undo row a delivery did not find → when it first did not.
     absent_since: Mutex<HashMap<(String, UndoKey), Instant>>,
+    /// Rows this proxy deleted, and when (see `DELETED_ROWS_KEPT`).
+    deleted: Mutex<RecentlyDeleted>,
     /// Counts the Retry answers for a row not there yet.
     rows_awaited: Counter,
 }
@@ -86,6 +98,7 @@ impl Cleanup {
             engine,
             queues: Mutex::new(HashMap::new()),
             absent_since: Mutex::new(HashMap::new()),
+            deleted: Mutex::new(RecentlyDeleted::default()),
             rows_awaited,
         }
     }
@@ -104,12 +117,20 @@ impl Cleanup {
             Err(reason) => return BranchOutcome::Retry { reason },
         };
         let key = (database.to_owned(), (xid.to_owned(), branch_id));
+        let now = Instant::now();
+        {
+            let mut recent = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+            if deleted {
+                recent.remember(key.clone(), now);
+            } else if recent.holds(&key, now) {
+                return BranchOutcome::Done;
+            }
+        }
         let mut absent = self.absent_since.lock().unwrap_or_else(|p| p.into_inner());
         if deleted {
             absent.remove(&key);
             return BranchOutcome::Done;
         }
-        let now = Instant::now();
         if absent.len() >= ABSENT_ROWS_KEPT && !absent.contains_key(&key) {
             absent.retain(|_, since| now.duration_since(*since) < ABSENT_ROW_PATIENCE);
         }
@@ -160,6 +181,42 @@ impl Cleanup {
         tokio::spawn(drain(Arc::clone(&self.engine), database.to_owned(), jobs));
         queues.insert(database.to_owned(), queue.clone());
         queue
+    }
+}
+
+/// The undo rows this proxy deleted lately, oldest first.
+#[derive(Default)]
+struct RecentlyDeleted {
+    keys: HashSet<(String, UndoKey)>,
+    order: std::collections::VecDeque<(Instant, (String, UndoKey))>,
+}
+
+impl RecentlyDeleted {
+    fn remember(&mut self, key: (String, UndoKey), now: Instant) {
+        self.forget_old(now);
+        if self.keys.len() >= DELETED_ROWS_KEPT
+            && let Some((_, oldest)) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        if self.keys.insert(key.clone()) {
+            self.order.push_back((now, key));
+        }
+    }
+
+    fn holds(&mut self, key: &(String, UndoKey), now: Instant) -> bool {
+        self.forget_old(now);
+        self.keys.contains(key)
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front()
+            && now.duration_since(*at) >= ABSENT_ROW_PATIENCE
+        {
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
     }
 }
 
@@ -243,6 +300,53 @@ fn delete_sql(batch: &[UndoKey]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An undo_log holding these rows: a batch deletes the ones it names.
+    struct UndoLog(Mutex<HashSet<UndoKey>>);
+
+    impl BatchDelete for UndoLog {
+        fn delete<'a>(
+            &'a self,
+            _database: &'a str,
+            keys: &'a [UndoKey],
+        ) -> BoxFuture<'a, Result<HashSet<UndoKey>, String>> {
+            Box::pin(async move {
+                let mut rows = self.0.lock().unwrap();
+                Ok(keys.iter().filter(|k| rows.remove(*k)).cloned().collect())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_delivery_of_a_commit_this_proxy_finished_is_done_at_once() {
+        let rows = HashSet::from([("x-1".to_owned(), 1)]);
+        let cleanup = Cleanup::new(Arc::new(UndoLog(Mutex::new(rows))), Counter::default());
+        let first = cleanup.commit_branch("db", "x-1", 1).await;
+        assert_eq!(first, BranchOutcome::Done);
+        // The lockserver lost the answer and delivers again: the row is gone because
+        // this proxy deleted it, not because its COMMIT is still on its way.
+        let again = cleanup.commit_branch("db", "x-1", 1).await;
+        assert_eq!(again, BranchOutcome::Done);
+        // A row never seen deleted is still awaited.
+        let other = cleanup.commit_branch("db", "x-2", 1).await;
+        assert!(matches!(other, BranchOutcome::Retry { .. }), "{other:?}");
+    }
+
+    #[test]
+    fn recently_deleted_rows_are_kept_for_the_patience_and_up_to_the_cap() {
+        let mut recent = RecentlyDeleted::default();
+        let start = Instant::now();
+        let key = |i: u64| ("db".to_owned(), ("x".to_owned(), i));
+        recent.remember(key(1), start);
+        assert!(recent.holds(&key(1), start + ABSENT_ROW_PATIENCE / 2));
+        assert!(!recent.holds(&key(1), start + ABSENT_ROW_PATIENCE));
+        for i in 0..=DELETED_ROWS_KEPT as u64 {
+            recent.remember(key(i), start);
+        }
+        assert_eq!(recent.keys.len(), DELETED_ROWS_KEPT);
+        assert!(!recent.holds(&key(0), start), "the oldest goes first");
+        assert!(recent.holds(&key(DELETED_ROWS_KEPT as u64), start));
+    }
 
     #[test]
     fn one_statement_deletes_the_whole_batch_with_quoted_xids() {
