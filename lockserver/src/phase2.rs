@@ -294,6 +294,10 @@ pub async fn dispatch(coord: Arc<Coordinator>, cancel: CancellationToken) {
     }
 }
 
+/// How soon work that found no stream here is offered again when other lockservers
+/// share the store (one of them may hold the stream).
+const NO_STREAM_RETRY_MS: u64 = 1_000;
+
 async fn dispatch_once(coord: &Coordinator) -> Result<()> {
     let p2 = &coord.phase2;
     let now = coord.now();
@@ -310,7 +314,9 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
         .store
         .claim_phase2(now, p2.cfg.ack_timeout_ms, p2.cfg.batch)
         .await?;
-    let mut retry: HashMap<Xid, u64> = HashMap::new();
+    // Per transaction: a branch to answer Retry for, and whether every offer found no
+    // stream here (where another lockserver may hold the proxy's).
+    let mut retry: HashMap<Xid, (u64, bool)> = HashMap::new();
     for w in work {
         if !p2.mark_sent(&w, now) {
             continue; // delivered recently, answer pending
@@ -322,14 +328,16 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
             }
             offered => {
                 p2.unmark(&w);
-                if matches!(offered, Offered::NoStream) {
+                let no_stream = matches!(offered, Offered::NoStream);
+                if no_stream {
                     p2.undeliverable(&w.resource, &w.xid);
                 }
-                retry.insert(w.xid.clone(), w.branch_id);
+                let entry = retry.entry(w.xid.clone()).or_insert((w.branch_id, true));
+                entry.1 &= no_stream;
             }
         }
     }
-    for (xid, branch_id) in retry {
+    for (xid, (branch_id, no_stream)) in retry {
         coord.metrics.phase2_retries.inc();
         // Undeliverable counts as a retryable failure: a rollback shows *Retrying.
         coord
@@ -339,7 +347,15 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
                 outcome: Phase2Outcome::Retry,
             })
             .await?;
-        let at = now + p2.backoff(&xid);
+        // With a shared store the proxy's stream may be another lockserver's: its
+        // polls must get the work soon, not after this one's growing backoff (5 s
+        // apart, each lost race doubling it; branches waited 20 s).
+        let cap = if no_stream && coord.store.is_shared() {
+            NO_STREAM_RETRY_MS
+        } else {
+            u64::MAX
+        };
+        let at = now + p2.backoff(&xid).min(cap);
         coord.store.schedule_phase2(&xid, at).await?;
     }
     Ok(())

@@ -120,6 +120,13 @@ pub enum AnyStore {
     Redis(redis::RedisStore),
 }
 
+impl AnyStore {
+    /// Whether other lockservers share this state (and its phase-2 schedule).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, AnyStore::Redis(_))
+    }
+}
+
 macro_rules! each {
     ($s:expr, $v:ident => $e:expr) => {
         match $s {
