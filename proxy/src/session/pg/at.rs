@@ -407,17 +407,28 @@ impl Relay<'_> {
             .find(|name| names.contains(name) || LARGE_OBJECT_WRITES.contains(&name.as_str())))
     }
 
-    /// Refuses a bound session's statement whose string literals tandem would read
-    /// otherwise than the server: with standard_conforming_strings off, `\'` inside
-    /// '…' escapes the quote, and a COMMIT or a write could hide where tandem sees a
-    /// literal. Text without a backslash reads the same either way.
-    pub(super) fn literals_misread(&self, sql: &[u8]) -> Option<Error> {
-        (sql.contains(&b'\\')
-            && self
-                .server_param("standard_conforming_strings")
-                .eq_ignore_ascii_case("off"))
-        .then_some(Error::Unsupported {
-            what: "a statement with a backslash in its text inside a global transaction while standard_conforming_strings is off (tandem reads string literals as the SQL standard does: turn it on)",
+    /// Refuses a bound session's statement whose text tandem's parser would read
+    /// otherwise than the server, where a COMMIT or a write could hide in what tandem
+    /// takes for a literal:
+    /// - with standard_conforming_strings off, `\'` inside '…' escapes the quote. Text
+    ///   without a backslash reads the same either way; with one, the setting the
+    ///   server parsed it under must be known (callers check at a sync point), and a
+    ///   statement prepared while it was off may be bound later (`escapes_seen`);
+    /// - a dollar-quote tag may hold any non-ASCII character for the server, only
+    ///   letters and digits for tandem's parser (`$€$ … $€$`).
+    pub(super) fn text_misread(&self, sql: &[u8]) -> Option<Error> {
+        if sql.contains(&b'\\')
+            && (self.escapes_seen
+                || self
+                    .server_param("standard_conforming_strings")
+                    .eq_ignore_ascii_case("off"))
+        {
+            return Some(Error::Unsupported {
+                what: "a statement with a backslash in its text inside a global transaction from a session that turned standard_conforming_strings off (tandem reads string literals as the SQL standard does)",
+            });
+        }
+        dollar_tag_misread(sql).then_some(Error::Unsupported {
+            what: "a dollar-quote tag with a character other than a letter, a digit or _ inside a global transaction",
         })
     }
 
@@ -1380,9 +1391,55 @@ fn split_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>> {
     Ok(values)
 }
 
+/// Whether a `$` starts what PostgreSQL reads as a dollar-quote tag or a name (letters,
+/// digits, `_`, any non-ASCII character) holding a non-ASCII character that is no
+/// letter or digit, which tandem's parser does not take for part of one.
+fn dollar_tag_misread(sql: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return false;
+    };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            continue;
+        }
+        while let Some(&next) = chars.peek() {
+            if next.is_alphanumeric() || next == '_' {
+                chars.next();
+            } else if !next.is_ascii() {
+                return true;
+            } else {
+                break;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
-    use super::chains;
+
+    #[test]
+    fn dollar_tags_tandem_reads_otherwise_are_found() {
+        for misread in [
+            "SELECT $€$ ' $€$; COMMIT; --'",
+            "SELECT $a€$x$a€$",
+            "SELECT $\u{2028}$",
+        ] {
+            assert!(dollar_tag_misread(misread.as_bytes()), "{misread}");
+        }
+        for read_alike in [
+            "SELECT $$a$$",
+            "SELECT $tag_1$x$tag_1$",
+            "SELECT $é$x$é$",
+            "SELECT $1, '€'",
+            "SELECT 'a $ €'",
+        ] {
+            assert!(!dollar_tag_misread(read_alike.as_bytes()), "{read_alike}");
+        }
+    }
+
+    use super::{chains, dollar_tag_misread};
 
     #[test]
     fn only_and_chain_chains() {

@@ -84,10 +84,18 @@ impl Relay<'_> {
         tag: u8,
         sql: &[u8],
     ) -> Result<Extended> {
-        if tag == frontend::BIND
-            && let Some(e) = self.literals_misread(sql)
-        {
-            return Ok(Extended::RefuseBind(refusal(e)));
+        if tag == frontend::BIND {
+            if sql.contains(&b'\\')
+                && let Some(instead) = self.unless_at_sync_point(
+                    tag,
+                    "a statement with a backslash in the middle of a pipelined batch inside a global transaction",
+                )
+            {
+                return Ok(instead);
+            }
+            if let Some(e) = self.text_misread(sql) {
+                return Ok(Extended::RefuseBind(refusal(e)));
+            }
         }
         let sql = String::from_utf8_lossy(sql).into_owned();
         if self.branch_mode() == crate::binding::Mode::Xa {

@@ -96,7 +96,11 @@ impl Relay<'_> {
         }
         let control = match control::parse(query.sql) {
             Ok(None) if self.binding.xid().is_some() => {
-                if let Some(e) = self.literals_misread(query.sql) {
+                if query.sql.contains(&b'\\') && !self.phase.at_sync_point() {
+                    // The setting it is read under may be changing in what is in flight.
+                    return Ok(Intercepted::WaitForSyncPoint);
+                }
+                if let Some(e) = self.text_misread(query.sql) {
                     return Ok(self.refuse(e));
                 }
                 if super::xa::is_two_phase_statement(query.sql) {

@@ -180,6 +180,10 @@ struct Relay<'a> {
     tracked: Tracked,
     /// ParameterStatus values the backend reported, latest first wins.
     server_params: Vec<(String, String)>,
+    /// standard_conforming_strings was reported off at some point: a statement parsed
+    /// then (a prepared one) read `\'` as an escaped quote, so a bound session's text
+    /// with a backslash is not trusted from then on (`text_misread`).
+    escapes_seen: bool,
     cancel: Option<Registration>,
     request_started: Option<Instant>,
     /// The backend already told the client why it is closing (a FATAL ErrorResponse).
@@ -292,6 +296,7 @@ impl<'a> Relay<'a> {
             phase: Phase::Authenticating,
             tracked: Tracked::default(),
             server_params: Vec::new(),
+            escapes_seen: false,
             cancel: None,
             request_started: None,
             backend_said_fatal: false,

@@ -162,6 +162,11 @@ impl Relay<'_> {
     pub(super) fn note_parameter_status(&mut self, body: &[u8]) -> Result<()> {
         let (name, value) = decode_parameter_status(body)
             .map_err(|_| Error::UpstreamProtocol("bad ParameterStatus"))?;
+        if name.eq_ignore_ascii_case("standard_conforming_strings")
+            && value.eq_ignore_ascii_case("off")
+        {
+            self.escapes_seen = true;
+        }
         self.server_params.retain(|(n, _)| *n != name);
         self.server_params.push((name, value));
         Ok(())

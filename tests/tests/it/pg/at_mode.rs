@@ -431,6 +431,48 @@ async fn backslashes_are_refused_while_standard_conforming_strings_is_off() {
     a.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 3")
         .await
         .unwrap();
+    // A tag the server reads as a dollar quote and tandem's parser does not.
+    b.batch_execute("RESET standard_conforming_strings")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute(
+            "SELECT $€$ ' $€$; UPDATE accounts SET balance = 0 WHERE id = 1; SELECT 1 --'",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    // The setting changed by a statement still in flight (pipelined in one write),
+    // and a statement prepared while it was off and bound once it is on again.
+    {
+        use tandem_tests::raw_pg::{RawPg, frame};
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+        raw.simple(&format!("SELECT tandem_join('{xid}')")).await;
+        let mut both = frame(b'Q', b"SET standard_conforming_strings = off\0");
+        both.extend(frame(
+            b'Q',
+            b"SELECT 'a\\''; UPDATE accounts SET balance = 0 WHERE id = 1; SELECT 1 --'\0",
+        ));
+        raw.send(&both).await;
+        raw.recv_until(b'Z').await;
+        let replies = raw.recv_until(b'Z').await;
+        let error = replies.iter().find(|m| m.tag == b'E').expect("refused");
+        assert_eq!(error.sqlstate().as_deref(), Some("0A000"), "{replies:?}");
+        let mut parse = b"escaped\0SELECT 'a\\\\b'\0".to_vec();
+        parse.extend_from_slice(&0i16.to_be_bytes());
+        let mut prepared = frame(b'P', &parse);
+        prepared.extend(frame(b'S', b""));
+        raw.send(&prepared).await;
+        raw.recv_until(b'Z').await;
+        raw.simple("SET standard_conforming_strings = on").await;
+        let mut run = frame(b'B', b"\0escaped\0\0\0\0\0\0\0");
+        run.extend(frame(b'E', b"\0\0\0\0\0"));
+        run.extend(frame(b'S', b""));
+        raw.send(&run).await;
+        let replies = raw.recv_until(b'Z').await;
+        let error = replies.iter().find(|m| m.tag == b'E').expect("refused");
+        assert_eq!(error.sqlstate().as_deref(), Some("0A000"), "{replies:?}");
+    }
     rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
