@@ -374,6 +374,26 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
         .await
         .expect_err("a held row is not recreated by a prepared INSERT");
     assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    // A key the column converts (2.4 stored as 2 in an INT) is not found by the value
+    // given: such a write cannot be checked, and is undone and refused.
+    for sql in [
+        "INSERT INTO accounts VALUES (2.4, 99, 'f')",
+        "INSERT IGNORE INTO accounts VALUES (2.4, 99, 'f')",
+        "INSERT INTO accounts VALUES (1.4, 99, 'f') ON DUPLICATE KEY UPDATE balance = 99",
+        "REPLACE INTO accounts VALUES (1.4, 99, 'f')",
+    ] {
+        let e = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    let e = b
+        .exec_drop(
+            "INSERT INTO accounts VALUES (?, ?, ?)",
+            (2.4f64, 99i64, "f"),
+        )
+        .await
+        .expect_err("a converted key, prepared");
+    assert_eq!(code(&e), 1235, "{e}");
+    assert_eq!(balance(&mut direct, 2).await, None, "still deleted");
 
     // Inside the client's transaction only the INSERT is undone.
     b.query_drop("START TRANSACTION").await.unwrap();

@@ -459,6 +459,24 @@ impl Relay<'_> {
                     return Ok(Some(Handled::Answer));
                 }
             };
+            let met_rows = match &around.before {
+                Some(Ok(met)) => met.len(),
+                _ => 0,
+            };
+            if let Some(Ok(rows)) = &around.after
+                && ok.affected_rows > (rows.len() + met_rows) as u64
+            {
+                // A row went where the key its VALUES give does not name it (MySQL
+                // stores 2.4 in an INT key as 2), so its key was never read back nor
+                // asked: each row read back or met accounts for at most one change
+                // (an upsert's update counts 2, but its row is both met and read back).
+                let _ = self.end_insert_scope(scope, true).await?;
+                return self
+                    .refuse(Error::Unsupported {
+                        what: "an INSERT, upsert or REPLACE into a table that may hold global locks, whose rows tandem could not read back by the keys it gives (a value the column converts, as 2.4 into an INT key)",
+                    })
+                    .map(Some);
+            }
             let keys = match around.after {
                 // An INSERT IGNORE that inserted nothing recreated nothing.
                 Some(Ok(_)) if ok.affected_rows == 0 => Vec::new(),
