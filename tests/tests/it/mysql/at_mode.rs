@@ -973,6 +973,50 @@ async fn a_global_commit_that_overtakes_a_branchs_local_commit_still_deletes_its
     lockserver.stop().await;
 }
 
+/// Two proxies reaching one server by different spellings named different resources
+/// and lock scopes, whose global locks never met; `name` makes them one server.
+#[tokio::test]
+async fn proxies_that_name_one_server_alike_share_its_global_locks() {
+    let db = prepare("at_named_server").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let upstream = my::upstream();
+    let (host, port) = upstream.rsplit_once(':').expect("host:port");
+    let other_spelling = match host {
+        "localhost" => format!("127.0.0.1:{port}"),
+        _ => format!("localhost:{port}"),
+    };
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let a_proxy = start(&lockserver).await;
+    let b_proxy = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 300;
+        c.mysql[0].upstream = other_spelling;
+        c.mysql[0].name = Some(upstream.clone());
+    })
+    .await;
+    let mut a = my::connect(&a_proxy, &db.name).await;
+    let mut b = my::connect(&b_proxy, &db.name).await;
+    text(&mut a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    text(&mut b, "SELECT tandem_begin(30000)").await.unwrap();
+    let e = b
+        .query_drop("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    rolled_back(&mut b).await;
+    rolled_back(&mut a).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    a_proxy.shutdown().await;
+    b_proxy.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_1205() {
     let db = prepare("at_conflict").await;
