@@ -14,7 +14,6 @@ use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{Branch, TextKey};
 use crate::at::phase2::LOG_NORMAL;
-use crate::at::resource_id;
 use crate::error::{Error, Result};
 use crate::wire::pg::codes::backend;
 use crate::wire::pg::messages::response::{
@@ -412,17 +411,14 @@ impl Relay<'_> {
     /// takes for a literal:
     /// - with standard_conforming_strings off, `\'` inside '…' escapes the quote. Text
     ///   without a backslash reads the same either way; with one, the setting the
-    ///   server parsed it under must be known (callers check at a sync point), and a
-    ///   statement prepared while it was off may be bound later (`escapes_seen`);
+    ///   server parsed it under must be known (callers check at a sync point). A
+    ///   statement prepared while it was off may be bound once it is on again, so a
+    ///   session that ever reported it off is not trusted (`escapes_seen`, which the
+    ///   setting's being off now implies);
     /// - a dollar-quote tag may hold any non-ASCII character for the server, only
     ///   letters and digits for tandem's parser (`$€$ … $€$`).
     pub(super) fn text_misread(&self, sql: &[u8]) -> Option<Error> {
-        if sql.contains(&b'\\')
-            && (self.escapes_seen
-                || self
-                    .server_param("standard_conforming_strings")
-                    .eq_ignore_ascii_case("off"))
-        {
+        if sql.contains(&b'\\') && self.escapes_seen {
             return Some(Error::Unsupported {
                 what: "a statement with a backslash in its text inside a global transaction from a session that turned standard_conforming_strings off (tandem reads string literals as the SQL standard does)",
             });
@@ -909,7 +905,7 @@ impl Relay<'_> {
             tracing::debug!(parent: &self.span, error = %e.message, "locking read check failed");
             return Ok(());
         }
-        let resource = resource_id(&self.ctx.server, &self.database);
+        let resource = self.resource.clone();
         let keys: Vec<_> = got
             .rows
             .iter()
@@ -1079,7 +1075,7 @@ impl Relay<'_> {
             let rows = split_rows(got.rows, meta.columns.len());
             self.branch.record_after(meta, rows);
         }
-        let resource = resource_id(&self.ctx.server, &self.database);
+        let resource = self.resource.clone();
         let (record, keys) = std::mem::take(&mut self.branch).finish(&resource);
         self.ctx.phase2.serve(&resource);
         let registered = self
@@ -1418,6 +1414,7 @@ fn dollar_tag_misread(sql: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{chains, dollar_tag_misread};
 
     #[test]
     fn dollar_tags_tandem_reads_otherwise_are_found() {
@@ -1438,8 +1435,6 @@ mod tests {
             assert!(!dollar_tag_misread(read_alike.as_bytes()), "{read_alike}");
         }
     }
-
-    use super::{chains, dollar_tag_misread};
 
     #[test]
     fn only_and_chain_chains() {

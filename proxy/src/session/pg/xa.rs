@@ -11,7 +11,6 @@
 use super::Relay;
 use super::at_extended::Extended;
 use super::intercept::Intercepted;
-use crate::at::resource_id;
 use crate::binding::Mode;
 use crate::control::quote_literal;
 use crate::error::{Error, Result};
@@ -72,10 +71,14 @@ pub(super) fn classify(
     match split_statements(&Postgres, sql) {
         Ok(pieces) => Ok(pieces
             .iter()
-            .map(|piece| match analyze(&Postgres, piece).as_deref() {
-                _ if is_two_phase_statement(piece.as_bytes()) => XaStatement::Commit,
-                Ok([analysis]) => xa_statement(analysis),
-                _ => XaStatement::Work,
+            .map(|piece| {
+                if is_two_phase_statement(piece.as_bytes()) {
+                    return XaStatement::Commit;
+                }
+                match analyze(&Postgres, piece).as_deref() {
+                    Ok([analysis]) => xa_statement(analysis),
+                    _ => XaStatement::Work,
+                }
             })
             .collect()),
         Err(_) if !sql.contains(';') => Ok(vec![XaStatement::Work]),
@@ -325,7 +328,7 @@ impl Relay<'_> {
             let e = Error::NotBound;
             return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
         };
-        let resource = resource_id(&self.ctx.server, &self.database);
+        let resource = self.resource.clone();
         self.ctx.phase2.serve(&resource);
         let registered = self
             .ctx
