@@ -60,6 +60,13 @@ pub struct Coordinator {
     permits: Semaphore,
 }
 
+/// The first `limit` of a listing asked for one more, and whether there were more.
+fn cut_to<T>(mut listed: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let truncated = listed.len() > limit;
+    listed.truncate(limit);
+    (listed, truncated)
+}
+
 impl Coordinator {
     /// A coordinator over `store`. The node id (random per process) prefixes xids.
     pub fn new(store: AnyStore, config: Config, clock: Arc<dyn Clock>) -> Self {
@@ -375,19 +382,15 @@ impl Coordinator {
     /// Up to `max_list` transactions, live ones first, and whether more were left out.
     pub async fn globals(&self) -> Result<(Vec<Global>, bool)> {
         let limit = self.config.limits.max_list;
-        let mut v = self.store.globals(limit.saturating_add(1)).await?;
-        let truncated = v.len() > limit;
-        v.truncate(limit);
-        Ok((v, truncated))
+        let listed = self.store.globals(limit.saturating_add(1)).await?;
+        Ok(cut_to(listed, limit))
     }
 
     /// Up to `max_list` held locks, and whether more were left out.
     pub async fn locks(&self) -> Result<(Vec<(LockKey, Xid)>, bool)> {
         let limit = self.config.limits.max_list;
-        let mut v = self.store.locks(limit.saturating_add(1)).await?;
-        let truncated = v.len() > limit;
-        v.truncate(limit);
-        Ok((v, truncated))
+        let listed = self.store.locks(limit.saturating_add(1)).await?;
+        Ok(cut_to(listed, limit))
     }
 
     /// The first of `keys` held by an unfinished global transaction.

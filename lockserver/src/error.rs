@@ -261,6 +261,21 @@ impl Error {
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How a command ends: success, or its error printed as one line (`program: what:
+/// cause`) and exit status 1.
+pub fn exit_code(
+    program: &str,
+    result: std::result::Result<(), Box<dyn std::error::Error>>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {}", chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// An error and its causes as one line (`outer: cause: root cause`), each cause left
 /// out when the text before it already says it: what a command prints when it fails.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {

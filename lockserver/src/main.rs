@@ -24,16 +24,7 @@ struct Args {
 // This runtime only binds the listeners and waits for a signal: the lockserver runs
 // on its own (`worker_threads`).
 fn main() -> std::process::ExitCode {
-    match main_result() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!(
-                "tandem-lockserver: {}",
-                tandem_lockserver::error::chain(e.as_ref())
-            );
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tandem_lockserver::error::exit_code("tandem-lockserver", main_result())
 }
 
 #[tokio::main(flavor = "current_thread")]

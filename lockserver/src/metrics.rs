@@ -12,6 +12,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::core::txn::GlobalStatus;
+
+/// The Content-Type of what the registries render (OpenMetrics text, `# EOF` and all):
+/// served as `text/plain`, Prometheus would read it with its older parser.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 use crate::store::Counts;
 
 type Labels = [(&'static str, &'static str); 1];

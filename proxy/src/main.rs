@@ -58,13 +58,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    match main_result() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tandem: {}", tandem_lockserver::error::chain(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tandem_lockserver::error::exit_code("tandem", main_result())
 }
 
 fn main_result() -> Result<(), Box<dyn std::error::Error>> {

@@ -409,13 +409,11 @@ fn admin_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// The registry renders OpenMetrics text (`# EOF` and all), so it is served as such:
-/// Prometheus reads `text/plain` with its older parser.
 async fn metrics_page(State(state): State<AdminState>) -> impl axum::response::IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            tandem_lockserver::metrics::OPENMETRICS_CONTENT_TYPE,
         )],
         state.metrics.render(),
     )

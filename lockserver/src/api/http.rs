@@ -203,7 +203,7 @@ async fn metrics(State(c): State<Arc<Coordinator>>) -> ApiResult<impl IntoRespon
     Ok((
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::OPENMETRICS_CONTENT_TYPE,
         )],
         text,
     ))

@@ -79,11 +79,20 @@ return 0
 #[derive(Clone)]
 struct BoundedConnection(ConnectionManager);
 
-fn redis_timed_out() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no answer from Redis",
-    ))
+/// `command`, failed as timed out past `REDIS_TIMEOUT`.
+fn bounded<'a, T: 'a>(
+    command: impl Future<Output = redis::RedisResult<T>> + Send + 'a,
+) -> redis::RedisFuture<'a, T> {
+    Box::pin(async move {
+        tokio::time::timeout(REDIS_TIMEOUT, command)
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from Redis",
+                ))
+            })?
+    })
 }
 
 impl redis::aio::ConnectionLike for BoundedConnection {
@@ -91,11 +100,7 @@ impl redis::aio::ConnectionLike for BoundedConnection {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        Box::pin(async move {
-            tokio::time::timeout(REDIS_TIMEOUT, self.0.req_packed_command(cmd))
-                .await
-                .map_err(|_| redis_timed_out())?
-        })
+        bounded(self.0.req_packed_command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -104,14 +109,7 @@ impl redis::aio::ConnectionLike for BoundedConnection {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(async move {
-            tokio::time::timeout(
-                REDIS_TIMEOUT,
-                self.0.req_packed_commands(cmd, offset, count),
-            )
-            .await
-            .map_err(|_| redis_timed_out())?
-        })
+        bounded(self.0.req_packed_commands(cmd, offset, count))
     }
 
     fn get_db(&self) -> i64 {
