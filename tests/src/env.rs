@@ -48,6 +48,16 @@ pub fn pg_upstream() -> String {
     format!("{host}:{port}")
 }
 
+/// The same `host:port` spelled otherwise (`localhost` for `127.0.0.1`, and the
+/// other way round): another way a proxy can name one server.
+pub fn other_spelling(upstream: &str) -> String {
+    let (host, port) = upstream.rsplit_once(':').expect("host:port");
+    match host {
+        "localhost" => format!("127.0.0.1:{port}"),
+        _ => format!("localhost:{port}"),
+    }
+}
+
 /// The Redis server's URL.
 pub fn redis_url() -> String {
     server_url(REDIS_URL, "redis://127.0.0.1:6379")

@@ -982,11 +982,7 @@ async fn proxies_that_name_one_server_alike_share_its_global_locks() {
     let before = dump(&mut direct, "accounts").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let upstream = my::upstream();
-    let (host, port) = upstream.rsplit_once(':').expect("host:port");
-    let other_spelling = match host {
-        "localhost" => format!("127.0.0.1:{port}"),
-        _ => format!("localhost:{port}"),
-    };
+    let other_spelling = tandem_tests::env::other_spelling(&upstream);
     let endpoint = format!("http://{}", lockserver.grpc);
     let a_proxy = start(&lockserver).await;
     let b_proxy = my::start_with(|c| {

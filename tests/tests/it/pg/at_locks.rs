@@ -588,11 +588,7 @@ async fn proxies_that_name_one_server_alike_share_its_global_locks() {
     let before = dump(&direct).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let upstream = tandem_tests::env::pg_upstream();
-    let (host, port) = upstream.rsplit_once(':').expect("host:port");
-    let other_spelling = match host {
-        "localhost" => format!("127.0.0.1:{port}"),
-        _ => format!("localhost:{port}"),
-    };
+    let other_spelling = tandem_tests::env::other_spelling(&upstream);
     let endpoint = format!("http://{}", lockserver.grpc);
     let a_proxy = Tandem::start_for(&lockserver).await;
     let b_proxy = Tandem::start_with(|c| {
