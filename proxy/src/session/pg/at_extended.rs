@@ -956,6 +956,13 @@ impl Relay<'_> {
             statements.push(XaStatement::Work);
         }
         if statements == [XaStatement::Commit] && self.xa == XaBranch::Open {
+            if super::at::chains(sql) {
+                return Ok(if tag == frontend::BIND {
+                    Extended::RefuseBind(refusal(super::xa::CHAINED_XA_COMMIT))
+                } else {
+                    Extended::NotAWrite
+                });
+            }
             return self.xa_commit_extended(rest, tag).await;
         }
         // Only statements tandem reads: COPY, say, would wait for data from a client

@@ -37,6 +37,13 @@ pub(super) enum XaBranch {
     Implicit,
 }
 
+/// The chained transaction would start after the prepare, outside any branch, where
+/// the client believes its next statements run in one transaction it may still roll
+/// back; tandem does not carry the transaction's characteristics across the prepare.
+pub(super) const CHAINED_XA_COMMIT: Error = Error::Unsupported {
+    what: "COMMIT AND CHAIN of a branch in XA mode (send COMMIT, then BEGIN)",
+};
+
 /// What a statement means to an XA branch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum XaStatement {
@@ -172,6 +179,9 @@ impl Relay<'_> {
         }
         let status = self.phase.tx_status();
         match statements.first() {
+            Some(XaStatement::Commit) if self.xa == XaBranch::Open && super::at::chains(sql) => {
+                Ok(self.refuse(CHAINED_XA_COMMIT))
+            }
             Some(XaStatement::Commit) if self.xa == XaBranch::Open => {
                 if !self.phase.at_sync_point() {
                     return Ok(Intercepted::WaitForSyncPoint);

@@ -1240,3 +1240,82 @@ async fn an_autocommit_batch_ended_by_flush_gets_its_command_complete_before_the
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// `COMMIT AND CHAIN` would prepare the branch and then open a transaction outside it,
+/// whose writes the client believes it may still roll back, while tandem makes each of
+/// them a branch of its own. Refused over either protocol: nothing is prepared, and the
+/// session goes on.
+#[tokio::test]
+async fn commit_and_chain_of_a_branch_is_refused_and_prepares_nothing() {
+    let orders = prepare("xa_commit_and_chain").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let before = dump(&da).await;
+
+    for extended in [false, true] {
+        let a = tandem.connect(&orders.name).await;
+        one(&a, "SELECT tandem_mode('xa')").await.unwrap();
+        one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        a.batch_execute("BEGIN").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+            .await
+            .unwrap();
+        let refused = if extended {
+            a.execute("COMMIT AND CHAIN", &[]).await.map(|_| ())
+        } else {
+            a.batch_execute("commit and chain").await
+        }
+        .expect_err("COMMIT AND CHAIN of an XA branch");
+        assert_eq!(
+            refused.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "extended {extended}: {refused:?}"
+        );
+        assert!(tandem_prepared(&da).await.is_empty(), "extended {extended}");
+        a.batch_execute("ROLLBACK").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+            .await
+            .unwrap();
+        assert_eq!(
+            one(&a, "SELECT tandem_rollback()")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Rollbacked")
+        );
+        eventually("the prepared branch finished", || async {
+            tandem_prepared(&da).await.is_empty()
+        })
+        .await;
+        assert_eq!(dump(&da).await, before, "extended {extended}");
+
+        // A plain COMMIT still prepares the branch, which the global commit commits.
+        one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        a.batch_execute(
+            "BEGIN; UPDATE accounts SET balance = balance - 10 WHERE id = 1; COMMIT AND NO CHAIN",
+        )
+        .await
+        .expect_err("a multi-statement query that ends a transaction");
+        a.batch_execute("BEGIN").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+            .await
+            .unwrap();
+        a.batch_execute("COMMIT AND NO CHAIN").await.unwrap();
+        assert_eq!(tandem_prepared(&da).await.len(), 1, "extended {extended}");
+        assert_eq!(
+            one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+            Some("Committed")
+        );
+        eventually("the prepared branch committed", || async {
+            tandem_prepared(&da).await.is_empty()
+        })
+        .await;
+        a.batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1")
+            .await
+            .unwrap();
+    }
+    assert_eq!(dump(&da).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
