@@ -301,12 +301,8 @@ pub fn called_functions(dialect: &dyn Dialect, sql: &str) -> Vec<String> {
 /// As [`called_functions`], or None when the text does not tokenize (for a caller
 /// that must refuse what it cannot read).
 pub fn try_called_functions(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
-    use sqlparser::tokenizer::{Token, Tokenizer};
-    let tokens = match dialect.grammar() {
-        Grammar::PostgreSql => Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize(),
-        Grammar::MySql => Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql).tokenize(),
-    };
-    let tokens = tokens.ok()?;
+    use sqlparser::tokenizer::Token;
+    let tokens = tokens(dialect, sql)?;
     let mut significant = tokens
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
@@ -324,6 +320,30 @@ pub fn try_called_functions(dialect: &dyn Dialect, sql: &str) -> Option<Vec<Stri
         }
     }
     Some(names)
+}
+
+/// Every word of `sql`, keyword or name, quoted or not, in lower case; None when the
+/// text does not tokenize.
+pub fn try_words(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
+    use sqlparser::tokenizer::Token;
+    Some(
+        tokens(dialect, sql)?
+            .into_iter()
+            .filter_map(|t| match t {
+                Token::Word(word) => Some(word.value.to_lowercase()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+fn tokens(dialect: &dyn Dialect, sql: &str) -> Option<Vec<sqlparser::tokenizer::Token>> {
+    use sqlparser::tokenizer::Tokenizer;
+    match dialect.grammar() {
+        Grammar::PostgreSql => Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize(),
+        Grammar::MySql => Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql).tokenize(),
+    }
+    .ok()
 }
 
 /// How a dialect turns identifiers into names.
@@ -651,9 +671,12 @@ fn values_rows(
     Ok(Some(InsertRows { columns, rows }))
 }
 
-/// One VALUES entry: a literal (signed or not) or a placeholder is a constant.
+/// One VALUES entry: a literal (signed or not) or a placeholder is a constant. A
+/// double-quoted one is not: under MySQL's sql_mode ANSI_QUOTES the server reads it as
+/// a column, and tandem would look for a key the statement does not give.
 fn insert_value(expr: &Expr) -> InsertValue {
-    let literal = |e: &Expr| matches!(e, Expr::Value(_));
+    let literal =
+        |e: &Expr| matches!(e, Expr::Value(v) if !matches!(v.value, Value::DoubleQuotedString(_)));
     match expr {
         Expr::Value(v) if v.value == Value::Null => InsertValue::Null,
         Expr::Identifier(ident)
@@ -661,7 +684,7 @@ fn insert_value(expr: &Expr) -> InsertValue {
         {
             InsertValue::Default
         }
-        Expr::Value(_) => InsertValue::Constant(expr.to_string()),
+        _ if literal(expr) => InsertValue::Constant(expr.to_string()),
         Expr::UnaryOp {
             op: UnaryOperator::Minus | UnaryOperator::Plus,
             expr: inner,

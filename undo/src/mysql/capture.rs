@@ -98,6 +98,18 @@ impl MysqlTable {
             )));
         }
         if write.limit.is_some()
+            && let Some(part) = chooses_rows
+                .into_iter()
+                .flatten()
+                .find(|sql| reads_the_clock(sql))
+        {
+            // Without a LIMIT the write changing more rows than were read is caught;
+            // with one, it changes as many, but maybe others.
+            return Err(Error::unsupported(format!(
+                "UPDATE or DELETE … LIMIT whose rows are chosen by the time ({part}), which moves on between its before image and the write,"
+            )));
+        }
+        if write.limit.is_some()
             && !self
                 .meta
                 .pk
@@ -366,7 +378,31 @@ impl MysqlTable {
 fn varies_between_runs(sql: &str) -> bool {
     sql.contains(":=")
         || crate::contains_ignore_case(sql.as_bytes(), b"NEXT VALUE FOR")
+        // sql_mode ORACLE's `seq.nextval`, a name rather than a call.
+        || crate::try_words(&Mysql, sql).is_none_or(|words| words.iter().any(|w| w == "nextval"))
         || crate::image::calls_volatile_function(&Mysql, sql)
+}
+
+/// Whether SQL reads the clock: the same within one statement, but not between the
+/// before image and the write (`SYSDATE()` not even within one).
+fn reads_the_clock(sql: &str) -> bool {
+    const CLOCK: &[&str] = &[
+        "now",
+        "sysdate",
+        "current_timestamp",
+        "current_time",
+        "current_date",
+        "curdate",
+        "curtime",
+        "localtime",
+        "localtimestamp",
+        "utc_timestamp",
+        "utc_time",
+        "utc_date",
+        "unix_timestamp",
+    ];
+    crate::try_words(&Mysql, sql)
+        .is_none_or(|words| words.iter().any(|w| CLOCK.contains(&w.as_str())))
 }
 
 /// A literal zero, whatever its spelling (`0`, `-0`, `'0'`, `0.0`).

@@ -492,6 +492,9 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
         "UPDATE accounts SET balance = 0 WHERE name = 'it\\'s' AND RAND /* a */ () < 0.5",
         "DELETE FROM accounts WHERE id = `UUID_SHORT`() % 2",
         "DELETE FROM accounts WHERE id = ROW_COUNT()",
+        // sql_mode ORACLE's sequence reads.
+        "DELETE FROM accounts WHERE id < sq.nextval ORDER BY id DESC LIMIT 1",
+        "UPDATE accounts SET balance = 0 WHERE id < `sq` . NEXTVAL",
     ] {
         let refused = t.before_image(&write(sql)).unwrap_err().to_string();
         assert!(
@@ -509,6 +512,28 @@ fn rows_chosen_by_a_random_function_or_a_variable_are_refused() {
         ))
         .is_ok()
     );
+}
+
+#[test]
+fn rows_a_limit_chooses_by_the_clock_are_refused() {
+    let t = table();
+    for sql in [
+        "UPDATE accounts SET balance = 0 WHERE id <= MOD(UNIX_TIMESTAMP(SYSDATE(6)), 4) ORDER BY id DESC LIMIT 1",
+        "DELETE FROM accounts WHERE name <= NOW(6) ORDER BY id LIMIT 1",
+        "DELETE FROM accounts WHERE name <= CURRENT_TIMESTAMP ORDER BY id LIMIT 1",
+        "UPDATE accounts SET balance = 0 WHERE id > 0 ORDER BY id, now() LIMIT 2",
+    ] {
+        let refused = t.before_image(&write(sql)).unwrap_err().to_string();
+        assert!(refused.contains("chosen by the time"), "{sql}: {refused}");
+    }
+    // Without a LIMIT, a write that takes more rows than it read is caught; the value
+    // it writes is read back after.
+    for sql in [
+        "DELETE FROM accounts WHERE name <= NOW()",
+        "UPDATE accounts SET name = NOW() WHERE id > 0 ORDER BY id LIMIT 1",
+    ] {
+        assert!(t.before_image(&write(sql)).is_ok(), "{sql}");
+    }
 }
 
 #[test]

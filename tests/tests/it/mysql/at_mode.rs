@@ -384,6 +384,84 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
     lockserver.stop().await;
 }
 
+/// Statements whose meaning the session decides where tandem's reading could not tell:
+/// a double-quoted key is a column under ANSI_QUOTES, `seq.nextval` a sequence under
+/// ORACLE, and the time moves on between a LIMIT write's before image and the write.
+/// Each is refused with 1235 and changes nothing, and the rows come back as they were.
+#[tokio::test]
+async fn writes_whose_rows_depend_on_the_session_or_the_clock_are_refused() {
+    let db = prepare("at_session_reading").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20), n INT DEFAULT 42) ENGINE=InnoDB;
+             INSERT INTO t VALUES (7, 'seven', 7), (42, 'x', 0);
+             CREATE SEQUENCE sq NOCACHE;",
+        )
+        .await
+        .unwrap();
+    let before = (
+        dump(&mut direct, "t").await,
+        dump(&mut direct, "accounts").await,
+    );
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    for (mode, sql) in [
+        (
+            "ANSI_QUOTES",
+            r#"REPLACE INTO t (id, v) VALUES ("n", 'rr')"#,
+        ),
+        (
+            "ANSI_QUOTES",
+            r#"INSERT INTO t (id, v) VALUES ("n", 'q') ON DUPLICATE KEY UPDATE n = id"#,
+        ),
+        ("ANSI_QUOTES", r#"INSERT INTO t (id, v) VALUES ("n", 'q')"#),
+        (
+            "ORACLE",
+            "DELETE FROM accounts WHERE id < sq.nextval ORDER BY id DESC LIMIT 1",
+        ),
+        (
+            "ORACLE",
+            "UPDATE accounts SET balance = 0 WHERE id < sq.nextval",
+        ),
+        (
+            "",
+            "UPDATE accounts SET balance = 0 WHERE id <= MOD(FLOOR(UNIX_TIMESTAMP(SYSDATE(6)) * 100000), 3) + 1 ORDER BY id DESC LIMIT 1",
+        ),
+    ] {
+        conn.query_drop(format!("SET sql_mode = '{mode}'"))
+            .await
+            .unwrap();
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{mode}: {sql}: {e}");
+        let e = conn.exec_drop(sql, ()).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{mode}, prepared: {sql}: {e}");
+    }
+    conn.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    // What the session may still do: the same statements with a key, and a write whose
+    // time-chosen rows are counted.
+    run_each(
+        &mut conn,
+        &[
+            "REPLACE INTO t (id, v) VALUES (7, 'rr')",
+            "UPDATE accounts SET balance = 5 WHERE id = 1 AND NOW() > '2000-01-01'",
+        ],
+    )
+    .await;
+    rolled_back(&mut conn).await;
+    assert_eq!(
+        (
+            dump(&mut direct, "t").await,
+            dump(&mut direct, "accounts").await
+        ),
+        before
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     let db = prepare("at_dirty").await;
