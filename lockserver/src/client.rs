@@ -14,7 +14,7 @@ mod worker;
 
 pub use tables::{TableLockView, UncheckedWrite};
 pub use worker::{
-    BoxFuture, BranchHandler, BranchOutcome, Phase2Work, Phase2Worker, WorkerOptions,
+    BoxFuture, BranchHandler, BranchOutcome, InFlight, Phase2Work, Phase2Worker, WorkerOptions,
 };
 
 use std::collections::HashMap;

@@ -7,10 +7,11 @@
 //! itself (the lockserver redelivers). Invariant: a stream's table view is marked
 //! down the moment the stream ends, whatever ends it.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -82,6 +83,51 @@ pub struct WorkerOptions {
     /// view trusted. Default `None`: no notices (the lockserver does not wait for
     /// this proxy).
     pub table_view: Option<Arc<TableLockView>>,
+    /// The items being handled. Give the workers that succeed one another for one
+    /// handler the same. Default: a set of this worker's own.
+    pub in_flight: InFlight,
+}
+
+/// The phase-2 items a handler is working on. The lockserver delivers an item again
+/// when no outcome came within its `ack_timeout_ms`; a rollback that waits on a row
+/// lock is still running then, and a second copy beside it would take another side
+/// connection only to wait behind the first (and find its undo row gone after).
+/// A delivery of an item in flight is dropped: the lockserver delivers it again if
+/// the first copy's outcome never comes.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<Mutex<HashSet<(String, u64)>>>);
+
+impl InFlight {
+    /// Marks the item in flight until the claim is dropped; None if it already is.
+    fn claim(&self, xid: &str, branch_id: u64) -> Option<Claim> {
+        let key = (xid.to_owned(), branch_id);
+        let fresh = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        fresh.then(|| Claim {
+            set: self.clone(),
+            key,
+        })
+    }
+}
+
+/// An item's place in [`InFlight`], given up when the item's handling ends however it
+/// ends.
+struct Claim {
+    set: InFlight,
+    key: (String, u64),
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl Default for WorkerOptions {
@@ -92,6 +138,7 @@ impl Default for WorkerOptions {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             table_view: None,
+            in_flight: InFlight::default(),
         }
     }
 }
@@ -234,6 +281,10 @@ async fn one_stream(
             } else {
                 BranchKind::AT
             };
+            let Some(claim) = opts.in_flight.claim(&w.xid, w.branch_id) else {
+                tracing::debug!(xid = %w.xid, branch = w.branch_id, "phase-2 item delivered again while still being handled");
+                continue;
+            };
             let commit = w.action == pb::Action::Commit as i32;
             let work = Phase2Work {
                 xid,
@@ -267,6 +318,7 @@ async fn one_stream(
                     detail,
                 };
                 let _ = tx.send(r).await;
+                drop(claim);
                 drop(permit);
             });
         }

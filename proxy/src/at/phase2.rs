@@ -386,6 +386,8 @@ pub struct Phase2Registry {
     /// Fed with the lockserver's table notices, for writes outside global
     /// transactions.
     tables: Option<Arc<tandem_lockserver::client::TableLockView>>,
+    /// Shared by the workers that replace one another as resources are added.
+    in_flight: tandem_lockserver::client::InFlight,
     // A std Mutex: never held across an await (the old worker is shut down in a task).
     state: std::sync::Mutex<(Vec<String>, Option<tandem_lockserver::client::Phase2Worker>)>,
 }
@@ -400,6 +402,7 @@ impl Phase2Registry {
             lock,
             handler,
             tables,
+            in_flight: Default::default(),
             state: std::sync::Mutex::new((Vec::new(), None)),
         }
     }
@@ -435,6 +438,7 @@ impl Phase2Registry {
             Arc::clone(&self.handler),
             tandem_lockserver::client::WorkerOptions {
                 table_view: self.tables.clone(),
+                in_flight: self.in_flight.clone(),
                 ..Default::default()
             },
         );

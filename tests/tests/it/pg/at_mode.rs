@@ -1123,3 +1123,80 @@ async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_im
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+async fn phase2_sent(lockserver: &TestLockserver) -> f64 {
+    let (_, metrics) =
+        tandem_tests::lockserver::http_raw(lockserver.http, "GET", "/metrics", None).await;
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_lockserver_phase2_sent_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A rollback whose replay waits on a row another transaction holds is delivered again
+/// each `ack_timeout_ms`: the copies must not pile up beside it, each on a side
+/// connection of its own and waiting behind it, and then find its undo row gone and
+/// leave a GlobalFinished marker for a branch that did roll back.
+#[tokio::test]
+async fn a_replay_waiting_on_a_row_lock_runs_once_however_often_it_is_delivered() {
+    let db = prepare("replay_once").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let a = tandem.connect(&db.name).await;
+    let xid = one(&a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3")
+        .await
+        .unwrap();
+    let mut holder = db.direct().await;
+    let holding = holder.transaction().await.unwrap();
+    holding
+        .batch_execute("SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
+        .await
+        .unwrap();
+    let sent_before = phase2_sent(&lockserver).await;
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacking"));
+    // Delivered three times more (the test lockserver's ack_timeout_ms is 2 s).
+    tandem_tests::harness::eventually_within(
+        "the branch delivered again",
+        std::time::Duration::from_secs(30),
+        || async { phase2_sent(&lockserver).await >= sent_before + 4.0 },
+    )
+    .await;
+    let waiting: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 1, "one replay waits, and nothing beside it");
+    holding.rollback().await.unwrap();
+    eventually("the branch rolled back", || async {
+        one(&a, &format!("SELECT tandem_status('{xid}')"))
+            .await
+            .unwrap()
+            .as_deref()
+            == Some("Rollbacked")
+    })
+    .await;
+    assert_eq!(dump(&direct).await, before);
+    let markers: i64 = direct
+        .query_one("SELECT count(*) FROM undo_log WHERE xid = $1", &[&xid])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        markers, 0,
+        "no GlobalFinished marker for a branch that rolled back"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
