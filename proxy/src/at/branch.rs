@@ -369,13 +369,19 @@ pub fn lock_key(resource: &str, meta: &TableMeta, key: &[Option<Vec<u8>>]) -> Lo
 const LONGEST_KEY_PART: usize = 64;
 
 /// `schema.table`, as lock keys and checks of writes outside global transactions name
-/// a table.
+/// a table. A part with a dot or a double quote in it is double-quoted, so that no two
+/// tables share a name (`"a.b".c` and `a."b.c"`); other names read as they always have.
 pub fn qualified_name(meta: &TableMeta) -> String {
     let table = meta.lock_table.as_ref().unwrap_or(&meta.table);
-    match &table.schema {
-        Some(schema) => format!("{schema}.{}", table.name),
-        None => format!("public.{}", table.name),
-    }
+    let part = |name: &str| {
+        if name.contains(['.', '"']) {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        } else {
+            name.to_owned()
+        }
+    };
+    let schema = table.schema.as_deref().unwrap_or("public");
+    format!("{}.{}", part(schema), part(&table.name))
 }
 
 /// Bytes as lower-case hex.
@@ -425,6 +431,25 @@ mod tests {
             oid: 0,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn tables_whose_names_hold_dots_or_quotes_are_named_apart() {
+        let named = |schema: &str, name: &str| {
+            qualified_name(&TableMeta {
+                table: TableRef {
+                    schema: Some(schema.into()),
+                    name: name.into(),
+                },
+                ..Default::default()
+            })
+        };
+        assert_eq!(named("public", "t"), "public.t");
+        assert_eq!(named("a", "b.c"), "a.\"b.c\"");
+        assert_eq!(named("a.b", "c"), "\"a.b\".c");
+        assert_eq!(named("a", "say \"hi\""), "a.\"say \"\"hi\"\"\"");
+        assert_ne!(named("a", "b.c"), named("a.b", "c"));
+        assert_ne!(named("a\".\"b", "c"), named("a", "b\".\"c"));
     }
 
     fn row(id: u8, v: &str) -> Row {
