@@ -104,9 +104,11 @@ pub enum Error {
 
     /// The write's table name resolved, where it ran, to another table than the one
     /// tandem read the metadata of (the client's search_path changed in a way tandem
-    /// could not see, or the table was replaced): the local transaction is rolled back.
+    /// could not see, or the table was replaced), or the rows it returned have other
+    /// columns than that metadata (DDL from elsewhere): the local transaction is rolled
+    /// back.
     #[error(
-        "{table} is no longer the table this statement's table name means in this session (its search_path or the table changed); the local transaction was rolled back, retry it"
+        "{table} is no longer the table tandem read the definition of (the session's search_path changed, or the table was replaced or altered since); the local transaction was rolled back, retry it"
     )]
     TableChanged { table: String },
 

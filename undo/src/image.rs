@@ -112,6 +112,16 @@ pub struct TableMeta {
     /// composite type built on one): two keys could print alike, and tandem names a
     /// branch's rows by their printed keys.
     pub inexact_key: bool,
+    /// PostgreSQL: the primary key is DEFERRABLE, checked at COMMIT: a transaction may
+    /// hold two rows with one key until then, and tandem keeps one pair of images per
+    /// key.
+    pub key_checked_at_commit: bool,
+    /// PostgreSQL: a partitioned table (its rows are in its partitions).
+    pub partitioned: bool,
+    /// PostgreSQL: a partition whose partition tree's root has no primary key: a key
+    /// is unique in this partition only, while global locks name rows by the root
+    /// (`lock_table`), and writes through the root cannot be checked by key.
+    pub root_without_key: bool,
 }
 
 impl TableMeta {
@@ -128,9 +138,19 @@ impl TableMeta {
                 "a write to table {table}, which has no primary key,"
             )));
         }
+        if self.root_without_key {
+            return Err(Error::unsupported(format!(
+                "a write to partition {table}, whose partitioned table has no primary key (a key is unique in one partition only),"
+            )));
+        }
+        if self.key_checked_at_commit {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, whose primary key is DEFERRABLE (two rows may share a key until COMMIT),"
+            )));
+        }
         if self.has_triggers {
             return Err(Error::unsupported(format!(
-                "a write to table {table}, which has triggers or rewrite rules,"
+                "a write to table {table}, which has triggers or rewrite rules (or a partition of it has),"
             )));
         }
         if self.row_security {
@@ -157,6 +177,21 @@ impl TableMeta {
         {
             return Err(Error::unsupported(format!(
                 "a write whose rows are chosen by something that differs from one evaluation to the next ({part}), whose before image could read other rows than it changes,"
+            )));
+        }
+        if write.upsert.is_some() && self.partitioned {
+            // Which rows it inserted is told by their xmax, which PostgreSQL does not
+            // return from a partitioned table's ON CONFLICT DO UPDATE.
+            return Err(Error::unsupported(format!(
+                "INSERT … ON CONFLICT DO UPDATE into partitioned table {table} (write it into the partition)"
+            )));
+        }
+        if write.kind == WriteKind::Update
+            && let Some(&i) = self.pk.iter().find(|&&i| self.columns[i].generated)
+        {
+            return Err(Error::unsupported(format!(
+                "an update of table {table}, whose primary-key column {} is generated from other columns (the update may change it),",
+                self.columns[i].name
             )));
         }
         if write.kind == WriteKind::Update
@@ -386,10 +421,25 @@ impl TableMeta {
         d.quote_ident(write.alias.as_deref().unwrap_or(&write.table.name))
     }
 
-    /// Whether [`Self::with_returning_key`] appends the row's after image to `write`
-    /// (before the key columns): an INSERT's or UPDATE's, where the dialect can.
-    pub fn returns_image(d: &dyn Dialect, write: &Write) -> bool {
-        write.kind != WriteKind::Delete && d.row_image("t").is_some()
+    /// Whether [`Self::with_returning_key`] appends the row's image to `write` (before
+    /// the key columns), where the dialect can: an INSERT's or UPDATE's row as the
+    /// write left it; a DELETE's as it was, whose column types alone are looked at
+    /// (metadata read before the table changed would miss a column in its before
+    /// image).
+    pub fn returns_image(d: &dyn Dialect) -> bool {
+        d.row_image("t").is_some()
+    }
+
+    /// Whether the table's columns have these types, in this order: whether a row
+    /// image the server returned (`row_from_returned_image`) is of the table this
+    /// metadata describes, or of the table as DDL since left it.
+    pub fn has_column_types(&self, types: &[u32]) -> bool {
+        self.columns.len() == types.len()
+            && self
+                .columns
+                .iter()
+                .zip(types)
+                .all(|(c, &t)| c.type_oid == t)
     }
 
     /// The client's statement with the primary key appended to what it returns, so that
@@ -402,7 +452,7 @@ impl TableMeta {
         let qualifier = self.qualifier(d, write);
         let image = d
             .row_image(&qualifier)
-            .filter(|_| Self::returns_image(d, write))
+            .filter(|_| Self::returns_image(d))
             .map(|image| {
                 let image = d.as_output_text(&image);
                 format!("{image} AS {}, ", d.quote_ident("tandem_image"))
@@ -507,8 +557,10 @@ impl TableMeta {
 
 /// The row a write returned with [`TableMeta::with_returning_key`]'s image column, as
 /// the session printed that bytea (hex or escape `bytea_output`): each column's binary
-/// value. None if it is not such a value.
-pub fn row_from_returned_image(text: &[u8]) -> Option<Row> {
+/// value, and each column's type OID (the table's columns as the server has them now,
+/// which [`TableMeta::has_column_types`] compares with the metadata). None if it is
+/// not such a value.
+pub fn row_from_returned_image(text: &[u8]) -> Option<(Row, Vec<u32>)> {
     let bytes = bytea_from_text(text)?;
     let mut at = 0usize;
     let mut take = |n: usize| {
@@ -519,8 +571,9 @@ pub fn row_from_returned_image(text: &[u8]) -> Option<Row> {
     let word = |b: &[u8]| i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let columns = word(take(4)?);
     let mut row = Vec::with_capacity(usize::try_from(columns).ok()?.min(1600));
+    let mut types = Vec::with_capacity(row.capacity());
     for _ in 0..columns {
-        let _type_oid = take(4)?;
+        types.push(word(take(4)?) as u32);
         let len = word(take(4)?);
         row.push(match usize::try_from(len) {
             Ok(len) => Some(take(len)?.to_vec()),
@@ -528,7 +581,7 @@ pub fn row_from_returned_image(text: &[u8]) -> Option<Row> {
             Err(_) => return None,
         });
     }
-    (at == bytes.len()).then_some(row)
+    (at == bytes.len()).then_some((row, types))
 }
 
 /// A bytea's text output in either `bytea_output` format.
@@ -717,7 +770,7 @@ mod tests {
         let w = write("DELETE FROM accounts WHERE id = 1;");
         assert_eq!(
             m.with_returning_key(&Postgres, "DELETE FROM accounts WHERE id = 1;", &w),
-            "DELETE FROM accounts WHERE id = 1\nRETURNING pg_catalog.format('%s', \"accounts\".\"id\") AS \"tandem_pk_0\""
+            "DELETE FROM accounts WHERE id = 1\nRETURNING pg_catalog.format('%s', record_send(\"accounts\".*)) AS \"tandem_image\", pg_catalog.format('%s', \"accounts\".\"id\") AS \"tandem_pk_0\""
         );
         let sql = "UPDATE accounts SET balance = 2 RETURNING balance -- the new balance";
         let w = write(sql);
@@ -735,7 +788,10 @@ mod tests {
         record.extend_from_slice(&[0, 0, 0, 25, 0xff, 0xff, 0xff, 0xff]);
         record.extend_from_slice(&[0, 0, 0, 25, 0, 0, 0, 2, b'a', b'b']);
         let hex: String = record.iter().map(|b| format!("{b:02x}")).collect();
-        let expected: Row = vec![Some(vec![0, 0, 0, 1]), None, Some(b"ab".to_vec())];
+        let expected: (Row, Vec<u32>) = (
+            vec![Some(vec![0, 0, 0, 1]), None, Some(b"ab".to_vec())],
+            vec![23, 25, 25],
+        );
         assert_eq!(
             row_from_returned_image(format!("\\x{hex}").as_bytes()),
             Some(expected.clone())

@@ -6,7 +6,8 @@
 //! role, so it is only ever asked about schema-qualified names: a session resolves
 //! the names its statements use on its own connection first (session/pg/at.rs).
 //! Invariant: a cached entry is dropped as soon as any session of the database runs
-//! DDL through this proxy, or finds that the name now resolves to another table.
+//! DDL through this proxy, or finds that the name now resolves to another table or
+//! that the table's columns changed; and it is read again after `META_TTL` anyway.
 
 use crate::error::{Error, Result};
 use crate::upstream::SidePools;
@@ -17,32 +18,56 @@ use tandem_undo::{Column, Dialect, Postgres, TableMeta, TableRef};
 #[derive(Default)]
 pub struct MetaCache {
     // A std Mutex: held only to look up or insert, never across an await.
-    tables: Mutex<HashMap<(String, TableRef), Arc<TableMeta>>>,
+    tables: Mutex<Tables>,
 }
+
+/// Cached tables by (database, table), each with when it was read.
+type Tables = HashMap<(String, TableRef), (std::time::Instant, Arc<TableMeta>)>;
+
+/// How long a table's metadata is used without DDL seen through this proxy. DDL from
+/// elsewhere that changes the table's columns is caught at the write (the row image
+/// it returns has other column types); a trigger, rule, key or foreign key added
+/// elsewhere is seen within this.
+const META_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A column's type for a cast (`Column::sql_type`): a built-in one as `format_type`
 /// spells it, with its modifier (`numeric(10,2)`); any other schema-qualified, since a
 /// client session's search_path need not see the schema this connection sees.
 const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> '', c.oid::int8,
     CASE WHEN tn.nspname = 'pg_catalog' THEN pg_catalog.format_type(a.atttypid, a.atttypmod)
-        ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END
+        ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END,
+    c.relkind = 'p'
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
     WHERE c.oid = to_regclass($1) ORDER BY a.attnum";
-const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_index i
+/// The key's columns in key order, each with whether the key is DEFERRABLE.
+const PRIMARY_KEY: &str = "SELECT a.attname::text, NOT i.indimmediate FROM pg_index i
     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY k.ord";
-/// User triggers and rewrite rules (a table's own; a view's `_RETURN` is no table's):
-/// what either does on a write is not captured, and would happen again at replay.
-const TRIGGERS: &str =
-    "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal)
-    + (SELECT count(*) FROM pg_rewrite WHERE ev_class = to_regclass($1) AND rulename <> '_RETURN')";
+/// The table and, if it is partitioned, every partition under it: a write through a
+/// partitioned table fires its partitions' triggers and their foreign keys' actions.
+macro_rules! with_tree {
+    () => {
+        "WITH tree(oid) AS (SELECT to_regclass($1)
+    UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1)))"
+    };
+}
+/// User triggers and rewrite rules (a view's `_RETURN` is no table's) of the table's
+/// `with_tree`: what either does on a write is not captured, and would happen again at
+/// replay.
+const TRIGGERS: &str = concat!(
+    with_tree!(),
+    " SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM tree) AND NOT tgisinternal)
+    + (SELECT count(*) FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM tree) AND rulename <> '_RETURN')"
+);
 /// Whether row-level security is on for the table.
 const ROW_SECURITY: &str = "SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass($1)";
-/// The root of the partition tree a table belongs to, if it does.
-const PARTITION_ROOT: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c
+/// The root of the partition tree a table belongs to, if it does, and whether the
+/// root has a primary key.
+const PARTITION_ROOT: &str = "SELECT n.nspname::text, c.relname::text,
+    EXISTS (SELECT FROM pg_index WHERE indrelid = c.oid AND indisprimary) FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = pg_catalog.pg_partition_root(to_regclass($1))";
 /// Whether a table has an inheritance parent or child other than by partitioning.
@@ -73,9 +98,12 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
     SELECT EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
         WHERE p.oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype)
         OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg')))";
-const CASCADES: &str =
-    "SELECT count(*) FROM pg_constraint WHERE confrelid = to_regclass($1) AND contype = 'f'
-    AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))";
+/// Foreign keys with actions that reference the table's `with_tree`.
+const CASCADES: &str = concat!(
+    with_tree!(),
+    " SELECT count(*) FROM pg_constraint WHERE confrelid IN (SELECT oid FROM tree) AND contype = 'f'
+    AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))"
+);
 
 impl MetaCache {
     pub async fn get(
@@ -85,11 +113,14 @@ impl MetaCache {
         table: &TableRef,
     ) -> Result<Arc<TableMeta>> {
         let key = (database.to_owned(), table.clone());
-        if let Some(meta) = self.lock().get(&key) {
+        if let Some((at, meta)) = self.lock().get(&key)
+            && at.elapsed() < META_TTL
+        {
             return Ok(Arc::clone(meta));
         }
         let meta = Arc::new(load(side, database, table).await?);
-        self.lock().insert(key, Arc::clone(&meta));
+        self.lock()
+            .insert(key, (std::time::Instant::now(), Arc::clone(&meta)));
         Ok(meta)
     }
 
@@ -103,7 +134,7 @@ impl MetaCache {
         self.lock().retain(|(db, _), _| db != database);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, TableRef), Arc<TableMeta>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -236,26 +267,27 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
             collation: None,
         })
         .collect();
-    let pk_names: Vec<String> = client
-        .query(PRIMARY_KEY, &[&name])
-        .await?
+    let partitioned: bool = first.get(7);
+    let key_rows = client.query(PRIMARY_KEY, &[&name]).await?;
+    let key_checked_at_commit = key_rows.iter().any(|r| r.get::<_, bool>(1));
+    let pk = key_rows
         .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let pk = pk_names
-        .iter()
-        .filter_map(|n| columns.iter().position(|c| &c.name == n))
+        .filter_map(|r| columns.iter().position(|c| c.name == r.get::<_, &str>(0)))
         .collect();
     let triggers: i64 = client.query_one(TRIGGERS, &[&name]).await?.get(0);
     let cascades: i64 = client.query_one(CASCADES, &[&name]).await?.get(0);
-    let lock_table = client
-        .query_opt(PARTITION_ROOT, &[&name])
-        .await?
-        .map(|r| TableRef {
-            schema: Some(r.get(0)),
-            name: r.get(1),
-        })
-        .filter(|root| *root != resolved);
+    let (lock_table, root_without_key) = match client.query_opt(PARTITION_ROOT, &[&name]).await? {
+        Some(r) => {
+            let root = TableRef {
+                schema: Some(r.get(0)),
+                name: r.get(1),
+            };
+            let keyed: bool = r.get(2);
+            let without_key = !keyed && root != resolved;
+            ((root != resolved).then_some(root), without_key)
+        }
+        None => (None, false),
+    };
     let inheritance: i64 = client.query_one(INHERITANCE, &[&name]).await?.get(0);
     let row_security: bool = client.query_one(ROW_SECURITY, &[&name]).await?.get(0);
     let inexact_key: bool = client.query_one(INEXACT_KEY, &[&name]).await?.get(0);
@@ -270,5 +302,8 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         inheritance: inheritance > 0,
         row_security,
         inexact_key,
+        key_checked_at_commit,
+        partitioned,
+        root_without_key,
     })
 }

@@ -113,7 +113,7 @@ impl WriteInFlight {
         swallow: VecDeque<u8>,
     ) -> Self {
         let upsert = write.upsert.is_some();
-        let image = TableMeta::returns_image(&Postgres, write);
+        let image = TableMeta::returns_image(&Postgres);
         WriteInFlight {
             appended: appended_columns(&meta, write),
             upsert,
@@ -702,8 +702,16 @@ impl Relay<'_> {
         if w.image
             && let Some((image, rest)) = ours.split_first()
         {
-            w.images
-                .push(image.and_then(tandem_undo::row_from_returned_image));
+            let image = image.and_then(tandem_undo::row_from_returned_image);
+            if let Some((_, types)) = &image
+                && !w.meta.has_column_types(types)
+            {
+                // DDL from elsewhere (another connection, a function) changed the
+                // table after tandem read its metadata: the images would miss or
+                // misread a column.
+                w.table_changed = true;
+            }
+            w.images.push(image.map(|(row, _)| row));
             ours = rest;
         }
         if let Some((table, rest)) = ours.split_last() {
@@ -1278,7 +1286,7 @@ fn is_temporary(table: &tandem_undo::TableRef) -> bool {
 /// How many columns `with_returning_key_and_table` appends to what `write` returns:
 /// the image, the key, the upsert's flag, the table's OID.
 pub(super) fn appended_columns(meta: &TableMeta, write: &Write) -> usize {
-    let image = TableMeta::returns_image(&Postgres, write);
+    let image = TableMeta::returns_image(&Postgres);
     usize::from(image) + meta.pk.len() + usize::from(write.upsert.is_some()) + 1
 }
 
