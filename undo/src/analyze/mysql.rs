@@ -43,6 +43,18 @@ pub(super) fn parse(
         .map_err(|e| parse_error(e.to_string()))
 }
 
+/// Whether the tokenizer took a non-ASCII space character (U+00A0, say) for the space
+/// that makes `--` a comment: MySQL counts only ASCII ones, and to it such a character
+/// is part of a name, so that text tandem reads as a comment would run. (Between
+/// tokens the tokenizer reads such characters as part of a name too.)
+fn comment_read_otherwise(tokens: &[TokenWithSpan]) -> bool {
+    use sqlparser::tokenizer::Whitespace;
+    tokens.iter().any(|t| {
+        matches!(&t.token, Token::Whitespace(Whitespace::SingleLineComment { prefix, comment })
+            if prefix == "--" && comment.chars().next().is_some_and(|c| !c.is_ascii()))
+    })
+}
+
 /// The statement's text with each `?` numbered in order (`?1` …), `LOCK IN SHARE MODE`
 /// spelled `FOR SHARE`, UPDATE's and DELETE's modifiers (`LOW_PRIORITY`, `QUICK`,
 /// `IGNORE`: they never widen which rows are written) dropped, and the tables of
@@ -51,6 +63,11 @@ fn respell(sql: &str, parse_error: &impl Fn(String) -> Error) -> Result<String, 
     let tokens = Tokenizer::new(&MySqlDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| parse_error(e.to_string()))?;
+    if !sql.is_ascii() && comment_read_otherwise(&tokens) {
+        return Err(Error::unsupported(
+            "`--` followed by a space character other than ASCII's (MySQL reads no comment there, where tandem's parser reads one)",
+        ));
+    }
     let tokens: Vec<&TokenWithSpan> = tokens
         .iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))

@@ -306,3 +306,26 @@ fn a_pool_reset_is_found_among_other_statements() {
         assert!(!crate::resets_session(sql), "{sql}");
     }
 }
+
+#[test]
+fn mysql_spaces_the_server_reads_as_name_characters_are_refused() {
+    for sql in [
+        "UPDATE t SET v = 'z' WHERE id = 3 --\u{a0}\n",
+        "UPDATE t SET v = 'z' WHERE id = 3 --\u{2003}x",
+    ] {
+        match analyze(&Mysql, sql) {
+            Err(Error::Unsupported { what }) => assert!(what.contains("ASCII"), "{sql}: {what}"),
+            other => panic!("{sql}: expected a refusal, got {other:?}"),
+        }
+    }
+    for sql in [
+        "UPDATE t SET v = 'a\u{a0}b' WHERE id = 3",
+        "UPDATE t SET v = 1 WHERE id = 3 -- comment\u{a0}with it\n",
+        "UPDATE t SET v = 1 /* \u{a0} */ WHERE `a\u{a0}b` = 3",
+        "UPDATE t SET v = 'é' WHERE id = 3",
+    ] {
+        assert!(analyze(&Mysql, sql).is_ok(), "{sql}");
+    }
+    // PostgreSQL's `--` needs no space after it: nothing to refuse there.
+    assert!(analyze(&Postgres, "UPDATE t SET v = 1 WHERE id = 3 --\u{a0}x").is_ok());
+}
