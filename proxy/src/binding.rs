@@ -83,14 +83,26 @@ impl Binding {
     }
 
     /// Whether a new binding may replace this one: none, or one whose transaction is
-    /// known to be over.
-    fn replaceable(&self) -> Result<()> {
-        match &self.xid {
-            Some(xid) if !self.over => Err(Error::AlreadyBound {
-                xid: xid.to_string(),
-            }),
-            _ => Ok(()),
+    /// over. Another service may have ended it (a session that joined and never left):
+    /// the lockserver is asked, which costs a call only here.
+    async fn replaceable(&mut self, lock: &LockClient) -> Result<()> {
+        let Some(xid) = &self.xid else {
+            return Ok(());
+        };
+        if self.over {
+            return Ok(());
         }
+        let over = match lock.status(xid).await {
+            Ok(status) => status != GlobalStatus::Begin,
+            Err(e) => e.transaction_is_over(),
+        };
+        if !over {
+            return Err(Error::AlreadyBound {
+                xid: xid.to_string(),
+            });
+        }
+        self.over = true;
+        Ok(())
     }
 
     /// A pool reset that may arrive inside a local transaction (`RESET ALL`): there it
@@ -184,13 +196,13 @@ impl Binding {
         }
         match control {
             Control::Begin { timeout_ms } => {
-                self.replaceable()?;
+                self.replaceable(lock).await?;
                 let xid = lock.begin(timeout_ms.map(Duration::from_millis)).await?;
                 self.set_xid(Some(xid.clone()));
                 Ok(Some(xid.to_string()))
             }
             Control::Join { xid } => {
-                self.replaceable()?;
+                self.replaceable(lock).await?;
                 let xid = Xid::parse(&xid)?;
                 let status = lock.status(&xid).await?;
                 if status != GlobalStatus::Begin {

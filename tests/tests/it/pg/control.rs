@@ -154,6 +154,48 @@ async fn begin_join_commit_rollback_status_through_the_proxy() {
     lockserver.stop().await;
 }
 
+/// A session that joined and never left stays bound after another service ends the
+/// transaction; its next tandem_begin() or tandem_join() replaces the binding rather
+/// than failing until one of its writes is refused.
+#[tokio::test]
+async fn a_session_whose_transaction_ended_elsewhere_may_begin_or_join_another() {
+    let db = TestDb::create("control_ended").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    let b = tandem.connect(&db.name).await;
+    for (end, next) in [("commit", "begin"), ("rollback", "join")] {
+        let xid = value(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        value(&b, &format!("SELECT tandem_join('{xid}')")).await;
+        // Live: b may not leave it by binding to another.
+        let err = control(&b, "SELECT tandem_begin()").await.unwrap_err();
+        assert_eq!(code(&err), &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE);
+        value(&a, &format!("SELECT tandem_{end}()")).await;
+        assert_eq!(
+            value(&b, "SELECT tandem_xid()").await.as_deref(),
+            Some(xid.as_str()),
+            "{end}: b stays bound"
+        );
+        let other = value(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        let sql = if next == "begin" {
+            "SELECT tandem_begin()".to_owned()
+        } else {
+            format!("SELECT tandem_join('{other}')")
+        };
+        let bound = value(&b, &sql).await.unwrap();
+        assert_ne!(bound, xid, "{end}, then {next}");
+        assert_eq!(value(&b, "SELECT tandem_xid()").await, Some(bound.clone()));
+        value(&b, "SELECT tandem_rollback()").await;
+        if bound != other {
+            value(&a, "SELECT tandem_rollback()").await;
+        } else {
+            value(&a, "SELECT tandem_leave()").await;
+        }
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn pool_resets_unbind_and_timeouts_roll_back() {
     let db = TestDb::create("reset").await;
