@@ -1201,8 +1201,8 @@ async fn a_replay_waiting_on_a_row_lock_runs_once_however_often_it_is_delivered(
     lockserver.stop().await;
 }
 
-/// Every row of `table` as text, in key order.
-async fn rows_of(client: &Client, table: &str) -> Vec<String> {
+/// Every row of `table` (schema-qualified or not) as text, in text order.
+pub(crate) async fn rows_of(client: &Client, table: &str) -> Vec<String> {
     client
         .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
         .await

@@ -1,7 +1,7 @@
 //! AT mode across the ways a statement arrives: the extended protocol, XID hints,
 //! autocommit, and local transactions that fail.
 
-use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
+use super::at_mode::{dump, one, prepare, rolled_back, rows_of, undo_rows};
 use tandem_tests::harness::TestDb;
 
 /// `uniq(id, v)` whose unique `v` is checked at COMMIT: a way to make a local COMMIT
@@ -787,17 +787,6 @@ async fn a_branch_commits_over_the_extended_protocol() {
     lockserver.stop().await;
 }
 
-/// Every row of `table` (schema-qualified) as text, in key order.
-async fn dump_of(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
-    client
-        .query(&format!("SELECT t::text FROM {table} t ORDER BY id"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
     let orders = prepare("at_search_path").await;
@@ -811,8 +800,8 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
         )
         .await
         .unwrap();
-    let public_before = dump_of(&direct, "public.accounts").await;
-    let tenant_before = dump_of(&direct, "tenant.accounts").await;
+    let public_before = rows_of(&direct, "public.accounts").await;
+    let tenant_before = rows_of(&direct, "tenant.accounts").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
 
@@ -840,10 +829,10 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
         keys.contains("tenant.accounts") && !keys.contains("public.accounts"),
         "the locks name tenant's table: {locks}"
     );
-    assert_ne!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_ne!(rows_of(&direct, "tenant.accounts").await, tenant_before);
     rolled_back(&a).await;
-    assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
-    assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
+    assert_eq!(rows_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_eq!(rows_of(&direct, "public.accounts").await, public_before);
 
     // SET LOCAL lasts until the transaction ends: afterwards the name means the
     // session's own search_path again.
@@ -857,11 +846,11 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
     c.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 5")
         .await
         .expect("public.accounts, with the search_path restored");
-    assert_ne!(dump_of(&direct, "public.accounts").await, public_before);
-    assert_ne!(dump_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_ne!(rows_of(&direct, "public.accounts").await, public_before);
+    assert_ne!(rows_of(&direct, "tenant.accounts").await, tenant_before);
     rolled_back(&c).await;
-    assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
-    assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
+    assert_eq!(rows_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_eq!(rows_of(&direct, "public.accounts").await, public_before);
 
     // A session whose name changes meaning in a way tandem does not see (search_path
     // set inside a function; a set_config call in the statement's own text is seen):
@@ -890,18 +879,18 @@ async fn a_table_name_means_the_table_the_sessions_search_path_finds() {
         "{err}"
     );
     assert_eq!(
-        dump_of(&direct, "tenant.accounts").await,
+        rows_of(&direct, "tenant.accounts").await,
         tenant_before,
         "the write that met the other table was rolled back"
     );
     b.execute("UPDATE accounts SET balance = 3 WHERE id = 4", &[])
         .await
         .unwrap();
-    assert_ne!(dump_of(&direct, "tenant.accounts").await, tenant_before);
-    assert_ne!(dump_of(&direct, "public.accounts").await, public_before);
+    assert_ne!(rows_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_ne!(rows_of(&direct, "public.accounts").await, public_before);
     rolled_back(&b).await;
-    assert_eq!(dump_of(&direct, "tenant.accounts").await, tenant_before);
-    assert_eq!(dump_of(&direct, "public.accounts").await, public_before);
+    assert_eq!(rows_of(&direct, "tenant.accounts").await, tenant_before);
+    assert_eq!(rows_of(&direct, "public.accounts").await, public_before);
     assert_eq!(undo_rows(&direct).await, 0);
     tandem.shutdown().await;
     lockserver.stop().await;

@@ -2,7 +2,7 @@
 //! tandem's branch id, the lockserver's decision runs COMMIT/ROLLBACK PREPARED, and a
 //! proxy that dies in between leaves a branch that recovery finishes.
 
-use super::at_mode::{dump, one, prepare, undo_rows};
+use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
 use std::time::Duration;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
@@ -1277,13 +1277,7 @@ async fn commit_and_chain_of_a_branch_is_refused_and_prepares_nothing() {
         a.batch_execute("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
             .await
             .unwrap();
-        assert_eq!(
-            one(&a, "SELECT tandem_rollback()")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("Rollbacked")
-        );
+        rolled_back(&a).await;
         eventually("the prepared branch finished", || async {
             tandem_prepared(&da).await.is_empty()
         })
