@@ -1199,13 +1199,11 @@ impl Relay<'_> {
 
 /// Whether a COMMIT (or END) statement opens the next transaction: `AND CHAIN`, not
 /// `AND NO CHAIN`.
+/// Read by its tokens, so that comments never count; text that does not tokenize is
+/// taken to chain (the refusal is the safe side).
 pub(super) fn chains(commit: &str) -> bool {
-    let lower = commit.to_ascii_lowercase();
-    let words: Vec<&str> = lower
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
-    words.contains(&"chain") && !words.contains(&"no")
+    tandem_undo::try_words(&Postgres, commit)
+        .is_none_or(|words| words.iter().any(|w| w == "chain") && !words.iter().any(|w| w == "no"))
 }
 
 const INSERT_UNDO: &str = "INSERT INTO undo_log (id, branch_id, xid, context, rollback_info, log_status) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -1451,5 +1449,8 @@ mod tests {
         assert!(!chains("COMMIT AND NO CHAIN"));
         assert!(!chains("COMMIT"));
         assert!(!chains("COMMIT /* chained */"));
+        assert!(!chains("COMMIT /* chain */"));
+        assert!(chains("COMMIT AND CHAIN /* no */"));
+        assert!(chains("COMMIT AND CHAIN -- no\n"));
     }
 }
