@@ -849,14 +849,24 @@ impl Relay<'_> {
             // client, which already has its CommandComplete, must hear it.
             Ok(()) if w.implicit => Ok((TxStatus::Idle, self.commit_branch().await?)),
             Ok(()) => Ok((status, None)),
-            Err(e) => {
-                // The write cannot stay: roll the local transaction back and say why.
+            Err(e) if w.implicit => {
+                // The write cannot stay: roll tandem's transaction back and say why.
                 self.exchange_simple("ROLLBACK").await?;
                 self.branch = Branch::default();
                 Ok((
                     TxStatus::Idle,
                     Some((e.sqlstate().code().to_owned(), e.to_string())),
                 ))
+            }
+            Err(e) => {
+                // Inside the client's block the block fails, as at any error: what the
+                // client sends next must not run outside the transaction it believes
+                // open. Its ROLLBACK (or ROLLBACK TO a savepoint taken before the
+                // write, which gives back the rows captured since) undoes the write.
+                let refused = (e.sqlstate().code().to_owned(), e.to_string());
+                let sql = super::intercept::error_sql(&refused.0, &refused.1);
+                self.exchange_simple(&sql).await?;
+                Ok((TxStatus::Failed, Some(refused)))
             }
         }
     }
