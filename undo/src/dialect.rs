@@ -78,6 +78,11 @@ pub trait Dialect: Send + Sync {
             "uuid_generate_v1",
             "uuid_generate_v1mc",
             "uuid_generate_v4",
+            // TABLESAMPLE's methods (`TABLESAMPLE BERNOULLI (50)`) sample anew each time.
+            "bernoulli",
+            "system",
+            "system_rows",
+            "system_time",
         ]
     }
     /// Whether placeholders are anonymous and bound by position (MySQL's `?`): then the

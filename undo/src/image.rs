@@ -194,7 +194,7 @@ impl TableMeta {
                 self.columns[i].name
             )));
         }
-        if write.kind == WriteKind::Update
+        if (write.kind == WriteKind::Update || write.upsert.is_some())
             && let Some(pk) = write
                 .assigned
                 .iter()
@@ -397,10 +397,22 @@ impl TableMeta {
         // A DEFAULT key is the server's to choose (a new identity value, usually): it is
         // no value to look up, and SQL allows it in VALUES only. What such a row met, if
         // anything, the check of the rows the write returns catches.
+        // Each value as the INSERT stores it (`2.4` is 2 in an int key, a timestamp a
+        // date in a date key): the existing row it meets is the one with that key.
         let tuples: Vec<String> = rows
             .iter()
             .filter(|values| !values.iter().any(|v| v.eq_ignore_ascii_case("DEFAULT")))
-            .map(|values| format!("({})", values.join(", ")))
+            .map(|values| {
+                let stored: Vec<String> = values
+                    .iter()
+                    .zip(&self.pk)
+                    .map(|(value, &i)| match self.columns[i].sql_type.as_str() {
+                        "" => value.to_string(),
+                        sql_type => format!("CAST({value} AS {sql_type})"),
+                    })
+                    .collect();
+                format!("({})", stored.join(", "))
+            })
             .collect();
         let columns = self.column_list(d);
         let table = d.qualified(&write.table);
@@ -677,6 +689,27 @@ mod tests {
     }
 
     #[test]
+    fn an_upsert_that_would_change_a_key_is_refused_and_its_keys_are_read_as_stored() {
+        let m = meta();
+        let refused = m
+            .check_capturable(
+                &Postgres,
+                &write("INSERT INTO accounts VALUES (2, 1, 'x') ON CONFLICT (id) DO UPDATE SET id = 100"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("primary-key column id"), "{refused}");
+        let upsert = write(
+            "INSERT INTO accounts (id, note) VALUES (2.4, 'q'), (DEFAULT, 'd'), ($1, 'p') ON CONFLICT (id) DO UPDATE SET note = 'u'",
+        );
+        assert!(m.check_capturable(&Postgres, &upsert).is_ok());
+        assert_eq!(
+            m.upsert_before_image_sql(&Postgres, &upsert).unwrap(),
+            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"id\") IN ((CAST(2.4 AS integer)), (CAST($1 AS integer))) FOR UPDATE"
+        );
+    }
+
+    #[test]
     fn rows_chosen_by_a_volatile_function_are_refused() {
         let m = meta();
         for refused in [
@@ -689,6 +722,8 @@ mod tests {
             "DELETE FROM accounts WHERE note = uuidv7()::text",
             "DELETE FROM accounts WHERE note = encode(gen_random_bytes(1), 'hex')",
             "DELETE FROM accounts WHERE note = 'x\\' AND random() < 0.5",
+            "UPDATE accounts SET balance = 1 WHERE id IN (SELECT id FROM accounts TABLESAMPLE BERNOULLI (50))",
+            "DELETE FROM accounts WHERE id IN (SELECT id FROM accounts TABLESAMPLE SYSTEM (10) REPEATABLE (1))",
         ] {
             let refusal = m
                 .check_capturable(&Postgres, &write(refused))

@@ -461,10 +461,18 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 Some(_) => OnDuplicate::Update,
                 None => OnDuplicate::Error,
             };
+            let assigned = match &insert.on {
+                Some(OnInsert::OnConflict(OnConflict {
+                    action: OnConflictAction::DoUpdate(update),
+                    ..
+                })) => assigned_columns(&update.assignments, POSTGRES_NAMES)?,
+                _ => Vec::new(),
+            };
             Analysis::Write(Write {
                 has_returning: insert.returning.is_some(),
                 upsert,
                 on_duplicate,
+                assigned,
                 // OVERRIDING USER VALUE replaces given identity values with generated
                 // ones: the rows' keys are not what VALUES says.
                 rows: match insert.overriding {

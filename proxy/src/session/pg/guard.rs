@@ -653,6 +653,16 @@ impl Relay<'_> {
         let before = match super::at::before_image_query(meta, write) {
             Ok(Some(before)) => row_lock_of_the_write(before, write),
             Ok(None) => return Ok(None),
+            Err(_) if write.upsert.is_some() => {
+                // An upsert whose rows cannot be read in advance (its target is another
+                // unique key than the primary key): the rows it returns are checked
+                // once it has run (`finish_outside_write`), in tandem's transaction
+                // around an autocommit one.
+                if implicit {
+                    self.exchange_required("BEGIN").await?;
+                }
+                return Ok(None);
+            }
             Err(e) => return refused(Error::Undo(e), open),
         };
         let formats = super::at::image_formats(meta);

@@ -1332,6 +1332,92 @@ async fn a_column_added_elsewhere_is_never_missing_from_an_image() {
         rolled_back(&a).await;
         assert_eq!(rows_of(&direct, "accounts").await, before, "{label}");
     }
+    // Inside the client's block, the block fails as at any error: nothing the client
+    // sends after it runs outside the transaction, and its ROLLBACK undoes it all.
+    direct
+        .batch_execute("ALTER TABLE accounts ALTER COLUMN balance TYPE numeric")
+        .await
+        .unwrap();
+    let before = rows_of(&direct, "accounts").await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let err = a
+        .simple_query("UPDATE accounts SET balance = 7 WHERE id = 3")
+        .await
+        .expect_err("a table changed elsewhere");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err:?}"
+    );
+    let err = a
+        .simple_query("UPDATE accounts SET balance = 8 WHERE id = 4")
+        .await
+        .expect_err("a failed block");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    assert_eq!(rows_of(&direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// An upsert's key is read as the INSERT stores it (`2.4` is 2 in an int key), so the
+/// row it updates has its before image and the rollback restores it; an upsert whose
+/// DO UPDATE would change the key is refused like any key update, and a TABLESAMPLE
+/// choosing rows like random().
+#[tokio::test]
+async fn upserts_are_read_by_the_keys_they_store_and_may_not_change_them() {
+    let db = prepare("at_upsert_cast").await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute(
+        "INSERT INTO accounts (id, balance) VALUES (2.4, 1) ON CONFLICT (id) DO UPDATE SET balance = 77",
+    )
+    .await
+    .unwrap();
+    a.execute(
+        // 2.6 as a float8 parameter: stored in the int key as 3.
+        "INSERT INTO accounts (id, balance) VALUES ($1::float8, 1) ON CONFLICT (id) DO UPDATE SET balance = 78",
+        &[&2.6f64],
+    )
+    .await
+    .unwrap();
+    for refused in [
+        "INSERT INTO accounts (id, balance) VALUES (3, 1) ON CONFLICT (id) DO UPDATE SET id = 100",
+        "UPDATE accounts SET balance = 0 WHERE id IN (SELECT id FROM accounts TABLESAMPLE BERNOULLI (50))",
+    ] {
+        let err = a.simple_query(refused).await.expect_err(refused);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{refused}: {err:?}"
+        );
+    }
+    let balances: Vec<i64> = direct
+        .query(
+            "SELECT balance FROM accounts WHERE id IN (2, 3) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(balances, [77, 78]);
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

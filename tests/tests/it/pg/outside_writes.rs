@@ -1072,3 +1072,48 @@ async fn a_search_path_set_by_set_config_is_followed_by_outside_writes() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// An upsert whose target is another unique key than the primary key: its rows cannot
+/// be read before it runs, so the rows it returns are checked after. One over a held
+/// row fails (55P03) and changes nothing; one over a free row is written at once.
+#[tokio::test]
+async fn an_outside_upsert_on_another_unique_key_is_checked_by_the_rows_it_changed() {
+    let orders = prepare("outside_natural_key").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute("CREATE UNIQUE INDEX accounts_note ON accounts (note)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let a = hold_row(&global, &orders.name, 4).await;
+    let b = outside.connect(&orders.name).await;
+    let upsert = |note: &str| {
+        format!(
+            "INSERT INTO accounts (id, balance, note) VALUES (40, 7, '{note}') ON CONFLICT (note) DO UPDATE SET balance = 99"
+        )
+    };
+    for in_block in [false, true] {
+        if in_block {
+            b.batch_execute("BEGIN").await.unwrap();
+        }
+        let err = b
+            .batch_execute(&upsert("n4"))
+            .await
+            .expect_err("a held row is not upserted");
+        assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        if in_block {
+            b.batch_execute("ROLLBACK").await.unwrap();
+        }
+        assert_eq!(balance(&direct, 4).await, 1, "in a block: {in_block}");
+    }
+    // A free row, and a new one.
+    b.batch_execute(&upsert("n5")).await.unwrap();
+    assert_eq!(balance(&direct, 5).await, 99);
+    b.batch_execute(&upsert("n40")).await.unwrap();
+    assert_eq!(balance(&direct, 40).await, 7);
+    rolled_back(&a).await;
+    assert_eq!(balance(&direct, 4).await, 1000, "rolled back exactly");
+    finish(lockserver, [global, outside]).await;
+}
