@@ -104,6 +104,18 @@ pub struct InsertRows {
     pub columns: Option<Vec<String>>,
     /// Each row, one value per column.
     pub rows: Vec<Vec<InsertValue>>,
+    /// A value is a double-quoted literal: under MySQL's sql_mode ANSI_QUOTES the
+    /// server reads it as a column, not as the string tandem takes it for.
+    pub double_quoted: bool,
+}
+
+/// Whether an INSERT value is a double-quoted literal (signed or not).
+fn double_quoted(expr: &Expr) -> bool {
+    match expr {
+        Expr::Value(v) => matches!(v.value, Value::DoubleQuotedString(_)),
+        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => double_quoted(expr),
+        _ => false,
+    }
 }
 
 /// One value of an INSERT's row, as SQL with the statement's placeholders numbered
@@ -676,15 +688,20 @@ fn values_rows(
             .collect::<Result<Vec<_>, _>>()?;
         Some(columns)
     };
-    Ok(Some(InsertRows { columns, rows }))
+    let double_quoted = values
+        .rows
+        .iter()
+        .any(|row| row.content.iter().any(double_quoted));
+    Ok(Some(InsertRows {
+        columns,
+        rows,
+        double_quoted,
+    }))
 }
 
-/// One VALUES entry: a literal (signed or not) or a placeholder is a constant. A
-/// double-quoted one is not: under MySQL's sql_mode ANSI_QUOTES the server reads it as
-/// a column, and tandem would look for a key the statement does not give.
+/// One VALUES entry: a literal (signed or not) or a placeholder is a constant.
 fn insert_value(expr: &Expr) -> InsertValue {
-    let literal =
-        |e: &Expr| matches!(e, Expr::Value(v) if !matches!(v.value, Value::DoubleQuotedString(_)));
+    let literal = |e: &Expr| matches!(e, Expr::Value(_));
     match expr {
         Expr::Value(v) if v.value == Value::Null => InsertValue::Null,
         Expr::Identifier(ident)

@@ -530,6 +530,10 @@ fn insert_rows(insert: &Insert) -> Result<InsertRows, Error> {
         return Ok(InsertRows {
             columns: Some(columns),
             rows: vec![row],
+            double_quoted: insert
+                .assignments
+                .iter()
+                .any(|a| super::double_quoted(&a.value)),
         });
     }
     values_rows(insert, MYSQL_NAMES, insert_value)?.ok_or_else(|| {

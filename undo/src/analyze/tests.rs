@@ -94,6 +94,9 @@ fn mysql_summary(a: &Analysis) -> String {
             })
             .collect();
         out.push_str(&format!(" values={columns}[{}]", rows.join(",")));
+        if w.rows.as_ref().is_some_and(|r| r.double_quoted) {
+            out.push_str(" double-quoted");
+        }
     }
     out
 }

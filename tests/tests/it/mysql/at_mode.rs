@@ -447,6 +447,9 @@ async fn writes_whose_rows_depend_on_the_session_or_the_clock_are_refused() {
         &[
             "REPLACE INTO t (id, v) VALUES (7, 'rr')",
             "UPDATE accounts SET balance = 5 WHERE id = 1 AND NOW() > '2000-01-01'",
+            // Without ANSI_QUOTES a double-quoted value is a string, as tandem reads it.
+            r#"INSERT INTO t (id, v) VALUES ("8", "eight")"#,
+            r#"INSERT INTO t (id, v) VALUES ("42", 'q') ON DUPLICATE KEY UPDATE v = 'up'"#,
         ],
     )
     .await;

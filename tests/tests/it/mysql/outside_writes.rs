@@ -670,3 +670,42 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A double-quoted VALUES key is a string to tandem and, under ANSI_QUOTES, a column to
+/// the server: such an INSERT is let through unchecked (and counted), never checked by
+/// the wrong key; without ANSI_QUOTES it is checked as any INSERT.
+#[tokio::test]
+async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
+    let db = prepare("my_outside_ansi_quotes").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut a = delete_held_row(&global, &db, 2).await;
+    let mut b = my::connect(&outside, &db.name).await;
+    let e = b
+        .query_drop(r#"INSERT INTO accounts VALUES ("2", 5, 'o')"#)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    assert_eq!(
+        outside
+            .metric("tandem_mysql_outside_writes_unchecked_total")
+            .await,
+        0.0
+    );
+    b.query_drop("SET sql_mode = 'ANSI_QUOTES'").await.unwrap();
+    // `"note"` is the column itself here (NULL in a new row).
+    b.query_drop(r#"INSERT INTO accounts (id, balance, note) VALUES (7, 7, "note")"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        outside
+            .metric("tandem_mysql_outside_writes_unchecked_total")
+            .await,
+        1.0
+    );
+    rolled_back(&mut a).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}

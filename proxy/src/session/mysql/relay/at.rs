@@ -575,6 +575,17 @@ impl Relay<'_> {
         source: &Source<'_>,
     ) -> Result<Outcome<OkPacket>> {
         let meta = &table.meta;
+        if write.rows.as_ref().is_some_and(|r| r.double_quoted) {
+            match self.ansi_quotes().await? {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Ok(Err(AtFailure::Refused(Error::Unsupported {
+                        what: "an INSERT with a double-quoted value under sql_mode ANSI_QUOTES (the server reads it as a column, tandem as a string)",
+                    })));
+                }
+                Err(e) => return Ok(Err(AtFailure::Server(e))),
+            }
+        }
         if write.kind != WriteKind::Insert {
             let capture = match table.mysql.before_image(write) {
                 Ok(capture) => capture,
@@ -744,6 +755,21 @@ impl Relay<'_> {
         let keys = rows.iter().map(|(_, k)| k.clone()).collect();
         self.at_branch.record_before(meta, rows);
         Ok(keys)
+    }
+
+    /// Whether the session's sql_mode has ANSI_QUOTES: asked only of a statement with
+    /// a double-quoted VALUES entry, which tandem reads as a string and the server
+    /// then as a column.
+    pub(super) async fn ansi_quotes(&mut self) -> Result<std::result::Result<bool, OwnError>> {
+        Ok(self
+            .own_select("SELECT @@SESSION.sql_mode", &[])
+            .await?
+            .map(|rows| {
+                first_value(rows).is_some_and(|mode| {
+                    mode.split(|&b| b == b',')
+                        .any(|m| m.eq_ignore_ascii_case(b"ANSI_QUOTES"))
+                })
+            }))
     }
 
     /// A write with LIMIT takes the first rows its ORDER BY finds: only next-key locks

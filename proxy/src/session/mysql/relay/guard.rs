@@ -37,7 +37,8 @@
 //! not read whole (16 MiB or more, long data), SQL-level PREPARE/EXECUTE, a
 //! write whose executable comment the server reads otherwise than tandem (which runs
 //! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
-//! with a backslash under NO_BACKSLASH_ESCAPES, an autocommit write with RETURNING, and
+//! with a backslash under NO_BACKSLASH_ESCAPES, an INSERT with a double-quoted value
+//! under ANSI_QUOTES, an autocommit write with RETURNING, and
 //! every write while the lockserver is unreachable (counted in
 //! `tandem_mysql_outside_writes_unchecked`).
 
@@ -228,6 +229,13 @@ impl Relay<'_> {
         }
         if matches!(self.is_temporary(&write.table).await?, Ok(true)) {
             // No other session sees its rows: no global transaction holds them.
+            return Ok(None);
+        }
+        if write.rows.as_ref().is_some_and(|r| r.double_quoted)
+            && !matches!(self.ansi_quotes().await?, Ok(false))
+        {
+            // Its keys are not what tandem reads: see the module comment.
+            self.count_unchecked();
             return Ok(None);
         }
         // An upsert or REPLACE that gives its keys may recreate a row a global
