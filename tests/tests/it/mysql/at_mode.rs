@@ -465,6 +465,36 @@ async fn writes_whose_rows_depend_on_the_session_or_the_clock_are_refused() {
     lockserver.stop().await;
 }
 
+/// A connection whose database has no undo_log writes to another database's table: the
+/// branch (registered under the connection's database) cannot commit, and its global
+/// rollback finds no undo_log there. Nothing of it committed, so the rollback is done
+/// and its locks go, rather than retried for ever.
+#[tokio::test]
+async fn a_branch_in_a_database_without_undo_log_rolls_back_at_once() {
+    let db = prepare("at_no_undo_target").await;
+    let bare = MyTestDb::create("at_no_undo_conn").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &bare.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let e = conn
+        .query_drop(format!(
+            "UPDATE {}.accounts SET balance = 0 WHERE id = 1",
+            db.name
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1146, "{e}");
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     let db = prepare("at_dirty").await;

@@ -1421,3 +1421,38 @@ async fn upserts_are_read_by_the_keys_they_store_and_may_not_change_them() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A database without undo_log: a branch's commit fails (the client hears to run
+/// `tandem migrate`), and its global rollback, finding no undo_log, is done at once
+/// with the locks released rather than retried for ever.
+#[tokio::test]
+async fn a_branch_in_a_database_without_undo_log_rolls_back_at_once() {
+    let db = TestDb::create("at_no_undo_log").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint); INSERT INTO accounts VALUES (1, 10)")
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = a
+        .simple_query("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .expect_err("no undo_log");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("tandem migrate")),
+        "{err:?}"
+    );
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
