@@ -112,6 +112,10 @@ pub struct TableMeta {
     /// composite type built on one): two keys could print alike, and tandem names a
     /// branch's rows by their printed keys.
     pub inexact_key: bool,
+    /// PostgreSQL: a primary-key column calls values of other bytes equal (a
+    /// nondeterministic collation, citext): a global lock names a row by its bytes, so
+    /// two global transactions could hold one row under two names.
+    pub loose_key: bool,
     /// PostgreSQL: the primary key is DEFERRABLE, checked at COMMIT: a transaction may
     /// hold two rows with one key until then, and tandem keeps one pair of images per
     /// key.
@@ -141,6 +145,11 @@ impl TableMeta {
         if self.root_without_key {
             return Err(Error::unsupported(format!(
                 "a write to partition {table}, whose partitioned table has no primary key (a key is unique in one partition only),"
+            )));
+        }
+        if self.loose_key {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, whose primary key compares values of other bytes as equal (a nondeterministic collation or citext),"
             )));
         }
         if self.key_checked_at_commit {

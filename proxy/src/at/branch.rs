@@ -354,15 +354,58 @@ fn same_rows(a: &TableMeta, b: &TableMeta) -> bool {
 /// lockserver's bound however long the values: a collision would only make two rows
 /// lock each other.
 pub fn lock_key(resource: &str, meta: &TableMeta, key: &[Option<Vec<u8>>]) -> LockKey {
-    let pk = key.iter().map(|v| match v {
-        Some(bytes) if bytes.len() > LONGEST_KEY_PART => {
-            use sha2::Digest;
-            format!("sha256:{}", hex(&sha2::Sha256::digest(bytes)))
-        }
-        Some(bytes) => hex(bytes),
-        None => "null".to_owned(),
-    });
+    let types = meta
+        .pk
+        .iter()
+        .map(|&i| meta.columns.get(i).map_or(0, |c| c.type_oid));
+    let pk = key
+        .iter()
+        .zip(types.chain(std::iter::repeat(0)))
+        .map(|(v, type_oid)| {
+            let canonical = v.as_deref().map(|bytes| equality_bytes(type_oid, bytes));
+            match canonical.as_deref() {
+                Some(bytes) if bytes.len() > LONGEST_KEY_PART => {
+                    use sha2::Digest;
+                    format!("sha256:{}", hex(&sha2::Sha256::digest(bytes)))
+                }
+                Some(bytes) => hex(bytes),
+                None => "null".to_owned(),
+            }
+        });
     LockKey::new(resource, &qualified_name(meta), pk)
+}
+
+/// PostgreSQL's numeric type, and interval.
+const NUMERIC: u32 = 1700;
+const INTERVAL: u32 = 1186;
+
+/// A key part's binary value as its type's equality sees it, so that two values a
+/// unique index calls equal take one lock: a numeric without its display scale (`1.0`
+/// and `1.00`), an interval as its whole span (`1 day` and `24 hours`, `1 mon` and `30
+/// days`, as PostgreSQL compares them). Other types' bytes are their identity already
+/// (MySQL's collations have their weights taken before this).
+fn equality_bytes(type_oid: u32, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match (type_oid, bytes.len()) {
+        // ndigits, weight, sign, dscale, then the digits: PostgreSQL keeps no leading
+        // or trailing zero digit, so only the display scale tells equal values apart.
+        (NUMERIC, 8..) => {
+            let mut canonical = bytes.to_vec();
+            canonical[6..8].fill(0);
+            std::borrow::Cow::Owned(canonical)
+        }
+        // time (µs), days, months: compared as one span of 30-day months and 24-hour
+        // days.
+        (INTERVAL, 16) => {
+            let time = i64::from_be_bytes(bytes[0..8].try_into().unwrap_or_default());
+            let days = i32::from_be_bytes(bytes[8..12].try_into().unwrap_or_default());
+            let months = i32::from_be_bytes(bytes[12..16].try_into().unwrap_or_default());
+            const USECS_PER_DAY: i128 = 86_400_000_000;
+            let span =
+                i128::from(time) + (i128::from(days) + i128::from(months) * 30) * USECS_PER_DAY;
+            std::borrow::Cow::Owned(span.to_be_bytes().to_vec())
+        }
+        _ => std::borrow::Cow::Borrowed(bytes),
+    }
 }
 
 /// Key values longer than this are hashed in a lock key.
@@ -431,6 +474,57 @@ mod tests {
             oid: 0,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn keys_equal_to_their_type_take_one_lock() {
+        let keyed = |type_oid: u32| TableMeta {
+            columns: vec![Column {
+                name: "k".into(),
+                type_oid,
+                ..Default::default()
+            }],
+            pk: vec![0],
+            ..Default::default()
+        };
+        let lock =
+            |type_oid: u32, bytes: &[u8]| lock_key("r", &keyed(type_oid), &[Some(bytes.to_vec())]);
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        // numeric_send of 1.0 and 1.00; of 0 and 0.0; and 10 (another value).
+        let one = hex("00010000000000010001");
+        assert_eq!(
+            lock(NUMERIC, &one),
+            lock(NUMERIC, &hex("00010000000000020001"))
+        );
+        assert_eq!(
+            lock(NUMERIC, &hex("0000000000000000")),
+            lock(NUMERIC, &hex("0000000000000001"))
+        );
+        assert_ne!(
+            lock(NUMERIC, &one),
+            lock(NUMERIC, &hex("0001000000000000000a"))
+        );
+        // interval_send of '1 day' and '24 hours'; '1 mon' and '30 days'; '1 day 1 µs'.
+        let day = hex("00000000000000000000000100000000");
+        assert_eq!(
+            lock(INTERVAL, &day),
+            lock(INTERVAL, &hex("000000141dd760000000000000000000"))
+        );
+        assert_eq!(
+            lock(INTERVAL, &hex("00000000000000000000000000000001")),
+            lock(INTERVAL, &hex("00000000000000000000001e00000000"))
+        );
+        assert_ne!(
+            lock(INTERVAL, &day),
+            lock(INTERVAL, &hex("00000000000000010000000100000000"))
+        );
+        // Other types keep their bytes.
+        assert_ne!(lock(25, b"1.0"), lock(25, b"1.00"));
     }
 
     #[test]

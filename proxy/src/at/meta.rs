@@ -78,7 +78,9 @@ const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
 /// Whether a primary-key column's type is real, double precision or money, or is built
 /// on one: followed through domains, arrays, ranges, multiranges and composite types.
 /// The contrib types cube and seg print floats too (a base type's output function
-/// cannot be looked into: other extensions' types are taken as exact).
+/// cannot be looked into: other extensions' types are taken as exact). And whether a
+/// key column compares values of other bytes as equal (a nondeterministic collation,
+/// citext): see `TableMeta::loose_key`.
 const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
         SELECT a.atttypid FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
@@ -97,7 +99,13 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
     )
     SELECT EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
         WHERE p.oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype)
-        OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg')))";
+        OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg'))),
+    EXISTS (SELECT FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indcollation::oid[]) AS k(attnum, coll)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_collation c ON c.oid = k.coll
+        WHERE i.indrelid = to_regclass($1) AND i.indisprimary
+        AND (NOT coalesce(c.collisdeterministic, true) OR t.typname = 'citext'))";
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(
     with_tree!(),
@@ -290,7 +298,8 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
     };
     let inheritance: i64 = client.query_one(INHERITANCE, &[&name]).await?.get(0);
     let row_security: bool = client.query_one(ROW_SECURITY, &[&name]).await?.get(0);
-    let inexact_key: bool = client.query_one(INEXACT_KEY, &[&name]).await?.get(0);
+    let key_types = client.query_one(INEXACT_KEY, &[&name]).await?;
+    let (inexact_key, loose_key): (bool, bool) = (key_types.get(0), key_types.get(1));
     Ok(TableMeta {
         table: resolved,
         columns,
@@ -302,6 +311,7 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         inheritance: inheritance > 0,
         row_security,
         inexact_key,
+        loose_key,
         key_checked_at_commit,
         partitioned,
         root_without_key,

@@ -199,6 +199,8 @@ impl MysqlTable {
                 inheritance: false,
                 row_security: false,
                 inexact_key: false,
+                // Collations are weighed (WEIGHT_STRING) before keys are locked.
+                loose_key: false,
                 key_checked_at_commit: false,
                 partitioned: false,
                 root_without_key: false,

@@ -1456,3 +1456,69 @@ async fn a_branch_in_a_database_without_undo_log_rolls_back_at_once() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Keys their type calls equal though their bytes differ take one global lock: numeric
+/// `1.0` and `1.00`, interval `1 day` and `24 hours`. Otherwise a second global
+/// transaction could insert the key a first one deleted, and the first one's rollback
+/// would stop at it. A key a nondeterministic collation compares cannot be named by its
+/// bytes at all: refused.
+#[tokio::test]
+async fn keys_their_type_calls_equal_take_one_global_lock() {
+    let db = prepare("at_equal_keys").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE nk (k numeric PRIMARY KEY, n int); INSERT INTO nk VALUES (1.0, 1), (2, 2);
+             CREATE TABLE ik (k interval PRIMARY KEY, n int); INSERT INTO ik VALUES ('1 day', 1);
+             CREATE COLLATION IF NOT EXISTS loose (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE ck (k text COLLATE loose PRIMARY KEY, n int); INSERT INTO ck VALUES ('abc', 1);",
+        )
+        .await
+        .unwrap();
+    let tables = ["nk", "ik", "ck"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(rows_of(&direct, t).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("DELETE FROM nk WHERE k = 1; DELETE FROM ik WHERE k = '1 day'")
+        .await
+        .unwrap();
+    let b = tandem.connect(&db.name).await;
+    one(&b, "SELECT tandem_begin(60000)").await.unwrap();
+    for insert in [
+        "INSERT INTO nk VALUES (1.00, 5)",
+        "INSERT INTO ik VALUES ('24 hours', 5)",
+    ] {
+        let err = b.simple_query(insert).await.expect_err(insert);
+        assert!(
+            [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::LOCK_NOT_AVAILABLE
+            ]
+            .contains(err.code().unwrap_or(&SqlState::INTERNAL_ERROR)),
+            "{insert}: {err:?}"
+        );
+    }
+    let err = b
+        .simple_query("UPDATE ck SET n = 2 WHERE k = 'ABC'")
+        .await
+        .expect_err("a loosely compared key");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    rolled_back(&a).await;
+    rolled_back(&b).await;
+    let mut after = Vec::new();
+    for t in tables {
+        after.push(rows_of(&direct, t).await);
+    }
+    assert_eq!(after, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
