@@ -7,12 +7,12 @@
 //! itself (the lockserver redelivers). Invariant: a stream's table view is marked
 //! down the moment the stream ends, whatever ends it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
@@ -93,23 +93,58 @@ pub struct WorkerOptions {
 /// lock is still running then, and a second copy beside it would take another side
 /// connection only to wait behind the first (and find its undo row gone after).
 /// A delivery of an item in flight is dropped: the lockserver delivers it again if
-/// the first copy's outcome never comes.
+/// the first copy's outcome never comes. An item done lately is answered with its
+/// outcome again without being handled again: that outcome may have gone down with
+/// the stream it was sent on (a reconnect, a worker replaced), and a rollback run
+/// twice finds its undo row gone and leaves a GlobalFinished marker.
 #[derive(Clone, Debug, Default)]
-pub struct InFlight(Arc<Mutex<HashSet<(String, u64)>>>);
+pub struct InFlight(Arc<Mutex<Items>>);
+
+#[derive(Debug, Default)]
+struct Items {
+    running: HashSet<(String, u64)>,
+    /// Items done (not put off, not failed), with when.
+    done: HashMap<(String, u64), (Instant, pb::Phase2Result)>,
+}
+
+/// How long, and how many, done items are remembered.
+const DONE_KEPT_FOR: Duration = Duration::from_secs(300);
+const DONE_KEPT: usize = 10_000;
 
 impl InFlight {
+    fn items(&self) -> std::sync::MutexGuard<'_, Items> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Marks the item in flight until the claim is dropped; None if it already is.
     fn claim(&self, xid: &str, branch_id: u64) -> Option<Claim> {
         let key = (xid.to_owned(), branch_id);
-        let fresh = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
+        let fresh = self.items().running.insert(key.clone());
         fresh.then(|| Claim {
             set: self.clone(),
             key,
         })
+    }
+
+    /// The outcome of the item if it was done lately.
+    fn done_lately(&self, xid: &str, branch_id: u64) -> Option<pb::Phase2Result> {
+        let items = self.items();
+        let (at, result) = items.done.get(&(xid.to_owned(), branch_id))?;
+        (at.elapsed() < DONE_KEPT_FOR).then(|| result.clone())
+    }
+
+    fn remember_done(&self, result: &pb::Phase2Result) {
+        let mut items = self.items();
+        if items.done.len() >= DONE_KEPT {
+            items.done.retain(|_, (at, _)| at.elapsed() < DONE_KEPT_FOR);
+            if items.done.len() >= DONE_KEPT {
+                items.done.clear();
+            }
+        }
+        items.done.insert(
+            (result.xid.clone(), result.branch_id),
+            (Instant::now(), result.clone()),
+        );
     }
 }
 
@@ -122,11 +157,7 @@ struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.set
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        self.set.items().running.remove(&self.key);
     }
 }
 
@@ -285,6 +316,15 @@ async fn one_stream(
                 tracing::debug!(xid = %w.xid, branch = w.branch_id, "phase-2 item delivered again while still being handled");
                 continue;
             };
+            if let Some(result) = opts.in_flight.done_lately(&w.xid, w.branch_id) {
+                tracing::debug!(xid = %w.xid, branch = w.branch_id, "phase-2 item delivered again after it was done");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(result).await;
+                    drop(claim);
+                });
+                continue;
+            }
             let commit = w.action == pb::Action::Commit as i32;
             let work = Phase2Work {
                 xid,
@@ -295,7 +335,7 @@ async fn one_stream(
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return true;
             };
-            let (handler, tx) = (handler.clone(), tx.clone());
+            let (handler, tx, in_flight) = (handler.clone(), tx.clone(), opts.in_flight.clone());
             tokio::spawn(async move {
                 let (xid, branch_id) = (work.xid.to_string(), work.branch_id);
                 let outcome = if commit {
@@ -317,6 +357,12 @@ async fn one_stream(
                     outcome: o as i32,
                     detail,
                 };
+                if matches!(
+                    r.outcome(),
+                    pb::Outcome::Committed | pb::Outcome::Rollbacked
+                ) {
+                    in_flight.remember_done(&r);
+                }
                 let _ = tx.send(r).await;
                 drop(claim);
                 drop(permit);

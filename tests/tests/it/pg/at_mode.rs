@@ -1522,3 +1522,74 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A replay waiting on a row lock while the proxy's phase-2 stream is replaced (a
+/// database used for the first time adds its resource): its outcome, which the old
+/// stream can no longer carry, answers the next delivery, rather than a second replay
+/// that would find the undo row gone and leave a GlobalFinished marker.
+#[tokio::test]
+async fn a_replay_outcome_outlives_the_stream_it_was_delivered_on() {
+    let db = prepare("replay_stream_swap").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let a = tandem.connect(&db.name).await;
+    let xid = one(&a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3")
+        .await
+        .unwrap();
+    let mut holder = db.direct().await;
+    let holding = holder.transaction().await.unwrap();
+    holding
+        .batch_execute("SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
+        .await
+        .unwrap();
+    let sent = phase2_sent(&lockserver).await;
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacking")
+    );
+    // A database first used now: its branch adds a resource, and a new stream.
+    let other = prepare("replay_stream_swap_other").await;
+    let b = tandem.connect(&other.name).await;
+    one(&b, "SELECT tandem_begin(60000)").await.unwrap();
+    b.batch_execute("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    rolled_back(&b).await;
+    // The branch delivered again, on the new stream, while the replay still waits.
+    tandem_tests::harness::eventually_within(
+        "the branch delivered again",
+        std::time::Duration::from_secs(30),
+        || async { phase2_sent(&lockserver).await >= sent + 4.0 },
+    )
+    .await;
+    holding.rollback().await.unwrap();
+    eventually("the branch rolled back", || async {
+        one(&a, &format!("SELECT tandem_status('{xid}')"))
+            .await
+            .unwrap()
+            .as_deref()
+            == Some("Rollbacked")
+    })
+    .await;
+    assert_eq!(dump(&direct).await, before);
+    let markers: i64 = direct
+        .query_one("SELECT count(*) FROM undo_log WHERE xid = $1", &[&xid])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        markers, 0,
+        "no GlobalFinished marker for a branch that rolled back"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
