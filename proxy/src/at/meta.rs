@@ -24,10 +24,10 @@ pub struct MetaCache {
 /// Cached tables by (database, table), each with when it was read.
 type Tables = HashMap<(String, TableRef), (std::time::Instant, Arc<TableMeta>)>;
 
-/// How long a table's metadata is used without DDL seen through this proxy. DDL from
-/// elsewhere that changes the table's columns is caught at the write (the row image
-/// it returns has other column types); a trigger, rule, key or foreign key added
-/// elsewhere is seen within this.
+/// How long a table's metadata is used without DDL seen through this proxy, on either
+/// engine. On PostgreSQL, DDL from elsewhere that changes the table's column types is
+/// caught at the write (the row image it returns has other column types); anything
+/// else DDL from elsewhere changes is seen within this.
 const META_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A column's type for a cast (`Column::sql_type`): a built-in one as `format_type`
@@ -113,6 +113,21 @@ const CASCADES: &str = concat!(
     AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))"
 );
 
+/// A cached entry still fresh; or, the first time one is found expired, None, with
+/// the entry made fresh for the others: the caller reads it again while the other
+/// sessions go on with it, rather than every session reading it at once.
+pub(crate) fn fresh_or_claimed<K: Eq + std::hash::Hash, V: Clone>(
+    entries: &mut HashMap<K, (std::time::Instant, V)>,
+    key: &K,
+) -> Option<V> {
+    let (at, value) = entries.get_mut(key)?;
+    if at.elapsed() < META_TTL {
+        return Some(value.clone());
+    }
+    *at = std::time::Instant::now();
+    None
+}
+
 impl MetaCache {
     pub async fn get(
         &self,
@@ -121,15 +136,21 @@ impl MetaCache {
         table: &TableRef,
     ) -> Result<Arc<TableMeta>> {
         let key = (database.to_owned(), table.clone());
-        if let Some((at, meta)) = self.lock().get(&key)
-            && at.elapsed() < META_TTL
-        {
-            return Ok(Arc::clone(meta));
+        if let Some(fresh) = fresh_or_claimed(&mut self.lock(), &key) {
+            return Ok(fresh);
         }
-        let meta = Arc::new(load(side, database, table).await?);
-        self.lock()
-            .insert(key, (std::time::Instant::now(), Arc::clone(&meta)));
-        Ok(meta)
+        match load(side, database, table).await {
+            Ok(meta) => {
+                let meta = Arc::new(meta);
+                self.lock()
+                    .insert(key, (std::time::Instant::now(), Arc::clone(&meta)));
+                Ok(meta)
+            }
+            Err(e) => {
+                self.lock().remove(&key);
+                Err(e)
+            }
+        }
     }
 
     /// `table` of `database` (schema-qualified) is not the table it was: forget it.

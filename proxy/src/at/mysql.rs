@@ -14,15 +14,11 @@ use mysql_async::Value;
 use mysql_async::prelude::Queryable;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tandem_lockserver::client::{BranchOutcome, Phase2Work};
 use tandem_undo::mysql::catalog::{self, Catalog, CatalogRow, MysqlTable};
 use tandem_undo::mysql::types;
 use tandem_undo::{Mysql, TableRef, UndoRecord, replay};
-
-/// How long a table's metadata is trusted without DDL seen through this proxy: DDL run
-/// directly against the server is picked up after this.
-const META_TTL: Duration = Duration::from_secs(5);
 
 /// What the replay connection runs first (undo/ARCHITECTURE.md, "MySQL and MariaDB"):
 /// parameters are binary strings, TIMESTAMP images are UTC, zero dates and key 0 go
@@ -61,12 +57,16 @@ impl MysqlMetaCache {
         table: &TableRef,
     ) -> Result<Arc<AtTable>> {
         let key = (database.to_owned(), table.clone());
-        if let Some((at, meta)) = self.lock().get(&key)
-            && at.elapsed() < META_TTL
-        {
-            return Ok(Arc::clone(meta));
+        if let Some(fresh) = super::meta::fresh_or_claimed(&mut self.lock(), &key) {
+            return Ok(fresh);
         }
-        let mysql = load(pool, database, table).await?;
+        let mysql = match load(pool, database, table).await {
+            Ok(mysql) => mysql,
+            Err(e) => {
+                self.lock().remove(&key);
+                return Err(e);
+            }
+        };
         let meta = Arc::new(AtTable {
             meta: Arc::new(mysql.meta.clone()),
             mysql,
