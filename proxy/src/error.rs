@@ -108,7 +108,7 @@ pub enum Error {
     /// columns than that metadata (DDL from elsewhere): the local transaction is rolled
     /// back.
     #[error(
-        "{table} is no longer the table tandem read the definition of (the session's search_path changed, or the table was replaced or altered since); the local transaction was rolled back, retry it"
+        "{table} is no longer the table tandem read the definition of (the session's search_path changed, or the table was replaced or altered since); the write cannot stay (outside a transaction block it was rolled back; inside one, roll the block back): retry the transaction"
     )]
     TableChanged { table: String },
 

@@ -149,7 +149,7 @@ impl TableMeta {
         }
         if self.loose_key {
             return Err(Error::unsupported(format!(
-                "a write to table {table}, whose primary key compares values of other bytes as equal (a nondeterministic collation or citext),"
+                "a write to table {table}, whose primary key compares values of other bytes as equal (a nondeterministic collation, citext, or numeric or interval inside a domain, array, range or composite type),"
             )));
         }
         if self.key_checked_at_commit {

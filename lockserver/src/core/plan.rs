@@ -236,10 +236,7 @@ fn start_rollback(g: &Global, next: GlobalStatus, now: Millis) -> (Vec<Record>, 
             status: BranchStatus::Registered,
         })
         .collect();
-    let all_undone = g
-        .branches
-        .iter()
-        .all(|b| b.status == BranchStatus::PhaseTwoRollbacked);
+    let all_undone = g.branches.iter().all(|b| !b.status.owes_rollback());
     let next = if all_undone { rolled_back(next) } else { next };
     recs.push(status(xid, next, now));
     (recs, Reply::Status(next))
@@ -301,7 +298,7 @@ fn phase2_result(
                     .branches
                     .iter()
                     .filter(|o| o.branch_id != branch_id)
-                    .all(|o| o.status == BranchStatus::PhaseTwoRollbacked);
+                    .all(|o| !o.status.owes_rollback());
                 if rest {
                     recs.push(status(xid, rolled_back(g.status), now));
                 }

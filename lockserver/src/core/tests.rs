@@ -191,6 +191,35 @@ fn a_commit_owes_no_phase_two_to_a_branch_whose_local_commit_failed() {
 }
 
 #[test]
+fn a_rollback_owes_no_phase_two_to_a_branch_whose_local_commit_failed() {
+    // The failed branch is passed over: only branch 1 is undone, and that ends it.
+    let mut c = Core::default();
+    begin(&mut c, "a", 1000);
+    reg(&mut c, "a", &[1], T0).unwrap();
+    reg(&mut c, "a", &[2], T0).unwrap();
+    failed(&mut c, "a", 2);
+    c.apply(&Command::Rollback { xid: x("a") }, T0 + 6).unwrap();
+    let work = c.global(&x("a")).unwrap().pending_work();
+    assert_eq!(work.iter().map(|w| w.branch_id).collect::<Vec<_>>(), [1]);
+    let out = p2(&mut c, "a", 1, Phase2Outcome::Rollbacked);
+    assert!(out.effects.contains(&Effect::Ended {
+        xid: x("a"),
+        status: GlobalStatus::Rollbacked
+    }));
+
+    // Every branch failed: rolled back at the decision, its locks released.
+    begin(&mut c, "b", 1000);
+    reg(&mut c, "b", &[3], T0).unwrap();
+    failed(&mut c, "b", 1);
+    let out = c.apply(&Command::Rollback { xid: x("b") }, T0 + 6).unwrap();
+    assert!(out.effects.contains(&Effect::Ended {
+        xid: x("b"),
+        status: GlobalStatus::Rollbacked
+    }));
+    assert_eq!(c.active(), 0);
+}
+
+#[test]
 fn rollback_goes_in_reverse_order_and_keeps_locks_until_all_undone() {
     let mut c = Core::default();
     begin(&mut c, "a", 1000);

@@ -208,6 +208,18 @@ impl BranchStatus {
             BranchStatus::PhaseTwoCommitted | BranchStatus::PhaseOneFailed
         )
     }
+
+    /// Whether a rolling-back transaction still owes this branch its phase-2 rollback.
+    /// A branch whose local transaction failed committed nothing, nor ever will (its
+    /// proxy reports the failure only once the local transaction is over): there is
+    /// nothing to undo, and no late commit for a GlobalFinished marker to stop. Its
+    /// database may not even take the marker (no undo_log there).
+    pub fn owes_rollback(self) -> bool {
+        !matches!(
+            self,
+            BranchStatus::PhaseTwoRollbacked | BranchStatus::PhaseOneFailed
+        )
+    }
 }
 
 named_enum!(
@@ -558,7 +570,7 @@ impl Global {
                 .branches
                 .iter()
                 .rev()
-                .find(|b| b.status != BranchStatus::PhaseTwoRollbacked)
+                .find(|b| b.status.owes_rollback())
         {
             f(b, false);
         }

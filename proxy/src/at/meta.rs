@@ -80,14 +80,15 @@ const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
 /// The contrib types cube and seg print floats too (a base type's output function
 /// cannot be looked into: other extensions' types are taken as exact). And whether a
 /// key column compares values of other bytes as equal (a nondeterministic collation,
-/// citext): see `TableMeta::loose_key`.
-const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
-        SELECT a.atttypid FROM pg_index i
+/// citext anywhere in its type, numeric or interval inside a domain, array, range or
+/// composite type, which lock keys do not see into): see `TableMeta::loose_key`.
+const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested) AS (
+        SELECT a.atttypid, false FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
         WHERE i.indrelid = to_regclass($1) AND i.indisprimary
     UNION
-        SELECT part.oid FROM parts p JOIN pg_type t ON t.oid = p.oid
+        SELECT part.oid, true FROM parts p JOIN pg_type t ON t.oid = p.oid
         CROSS JOIN LATERAL (
             SELECT t.typbasetype UNION ALL SELECT t.typelem
             UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
@@ -100,12 +101,13 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid) AS (
     SELECT EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
         WHERE p.oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype)
         OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg'))),
-    EXISTS (SELECT FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indcollation::oid[]) AS k(attnum, coll)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_collation c ON c.oid = k.coll
-        WHERE i.indrelid = to_regclass($1) AND i.indisprimary
-        AND (NOT coalesce(c.collisdeterministic, true) OR t.typname = 'citext'))";
+    EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
+        WHERE t.typname = 'citext'
+        OR (p.nested AND p.oid IN ('numeric'::regtype, 'interval'::regtype)))
+    OR EXISTS (SELECT FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indcollation::oid[]) AS k(coll)
+        JOIN pg_collation c ON c.oid = k.coll
+        WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND NOT c.collisdeterministic)";
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(
     with_tree!(),

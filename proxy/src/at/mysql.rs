@@ -306,8 +306,6 @@ pub async fn rollback(
 
 /// MySQL's ER_DUP_ENTRY.
 const DUPLICATE_KEY: u16 = 1062;
-/// MySQL's ER_NO_SUCH_TABLE.
-const NO_SUCH_TABLE: u16 = 1146;
 /// Errors a restore may meet only because of the order restores run in: a duplicate
 /// key, a child row without its parent (ER_NO_REFERENCED_ROW_2), a parent row a child
 /// still refers to (ER_ROW_IS_REFERENCED_2).
@@ -327,28 +325,14 @@ async fn replay_branch(
     let mut tx = conn
         .start_transaction(mysql_async::TxOpts::default())
         .await?;
-    let row: std::result::Result<Option<(Vec<u8>, i32)>, _> = tx
+    let row: Option<(Vec<u8>, i32)> = tx
         .exec_first(
             format!(
                 "SELECT rollback_info, log_status FROM {undo_log} WHERE xid = ? AND branch_id = ? FOR UPDATE"
             ),
             (xid, branch),
         )
-        .await;
-    let row = match row {
-        Err(mysql_async::Error::Server(e)) if e.code == NO_SUCH_TABLE => {
-            // Phase 1 inserts the undo row in the transaction it commits: with no
-            // undo_log it committed nothing (the client heard why), nor can it later.
-            tracing::warn!(
-                xid,
-                branch,
-                database,
-                "no undo_log in the branch's database: it has nothing to undo"
-            );
-            return Ok(Some(BranchOutcome::Done));
-        }
-        row => row?,
-    };
+        .await?;
     let Some((info, status)) = row else {
         // Phase 1 never committed, or has not yet: the marker makes a late phase-1 commit
         // of this branch fail on the unique (xid, branch_id). Under READ COMMITTED the

@@ -87,21 +87,12 @@ impl PgBranchHandler {
         let tx = client.transaction().await?;
         let xid = work.xid.as_str();
         let branch = work.branch_id as i64;
-        let row = match tx
+        let row = tx
             .query_opt(
                 "SELECT rollback_info, log_status FROM undo_log WHERE xid = $1 AND branch_id = $2 FOR UPDATE",
                 &[&xid, &branch],
             )
-            .await
-        {
-            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
-                // Phase 1 inserts the undo row in the transaction it commits: with no
-                // undo_log it committed nothing (the client heard why), nor can it later.
-                tracing::warn!(xid, branch, database, "no undo_log in the branch's database: it has nothing to undo");
-                return Ok(Attempt::Outcome(Some(BranchOutcome::Done)));
-            }
-            row => row?,
-        };
+            .await?;
         let Some(row) = row else {
             // Phase 1 never committed, or has not yet: the marker makes a late phase-1
             // commit of this branch fail on the unique (xid, branch_id). A phase 1 whose

@@ -473,11 +473,38 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
                 Some(_) => OnDuplicate::Update,
                 None => OnDuplicate::Error,
             };
+            // `col = excluded.col` (or the row's own `col`), as ORMs write every column,
+            // keeps the value the conflict matched on: no change of the key.
+            let table_names: Vec<String> = match &insert.table {
+                TableObject::TableName(name) => name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(fold)
+                    .into_iter()
+                    .chain(insert.table_alias.as_ref().map(|a| fold(&a.alias)))
+                    .collect(),
+                _ => Vec::new(),
+            };
             let assigned = match &insert.on {
                 Some(OnInsert::OnConflict(OnConflict {
                     action: OnConflictAction::DoUpdate(update),
-                    ..
-                })) => assigned_columns(&update.assignments, POSTGRES_NAMES)?,
+                    conflict_target,
+                })) => {
+                    let target: Vec<String> = match conflict_target {
+                        Some(ConflictTarget::Columns { columns, .. }) => {
+                            columns.iter().map(fold).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    let changing: Vec<Assignment> = update
+                        .assignments
+                        .iter()
+                        .filter(|a| !keeps_its_value(a, &target, &table_names))
+                        .cloned()
+                        .collect();
+                    assigned_columns(&changing, POSTGRES_NAMES)?
+                }
                 _ => Vec::new(),
             };
             Analysis::Write(Write {
@@ -816,6 +843,27 @@ fn table_ref(name: &ObjectName, names: Names) -> Result<TableRef, Error> {
             name: table.clone(),
         }),
         _ => Err(Error::unsupported("a table name with a database part")),
+    }
+}
+
+/// Whether an upsert's DO UPDATE assignment sets a column to itself: `c = t.c`
+/// (`tables`: the table's name and alias), or `c = excluded.c` for a column of the
+/// conflict `target` (the row met is the one equal in it).
+fn keeps_its_value(assignment: &Assignment, target: &[String], tables: &[String]) -> bool {
+    let AssignmentTarget::ColumnName(assigned) = &assignment.target else {
+        return false;
+    };
+    let Some(column) = assigned.0.last().and_then(|p| p.as_ident()).map(fold) else {
+        return false;
+    };
+    match &assignment.value {
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+            let (qualifier, name) = (fold(&parts[0]), fold(&parts[1]));
+            name == column
+                && ((qualifier == "excluded" && target.contains(&column))
+                    || tables.contains(&qualifier))
+        }
+        _ => false,
     }
 }
 

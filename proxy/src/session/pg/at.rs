@@ -1113,8 +1113,10 @@ impl Relay<'_> {
 
     /// The INSERT of an undo row, into the undo_log that phase 2 reads: the one the
     /// side connection's search_path finds, named with its schema, since the client's
-    /// search_path (a tenant's schema alone, say) may not find it.
-    async fn insert_undo_sql(&self) -> String {
+    /// search_path (a tenant's schema alone, say) may not find it. None that phase 2
+    /// would find: the branch cannot commit (an undo_log the client's search_path
+    /// finds instead would hold a row no rollback reads).
+    async fn insert_undo_sql(&self) -> Result<String> {
         let undo_log = tandem_undo::TableRef {
             schema: None,
             name: "undo_log".to_owned(),
@@ -1125,9 +1127,15 @@ impl Relay<'_> {
             .get(&self.ctx.side, &self.database, &undo_log)
             .await
         {
-            Ok(meta) => INSERT_UNDO.replacen("undo_log", &Postgres.qualified(&meta.table), 1),
-            // Not created: the unqualified INSERT fails and says so (`Error::Injected`).
-            Err(_) => INSERT_UNDO.to_owned(),
+            Ok(meta) => Ok(INSERT_UNDO.replacen("undo_log", &Postgres.qualified(&meta.table), 1)),
+            Err(Error::UnknownTable { .. }) => Err(Error::injected(
+                "42P01",
+                format!(
+                    "relation \"undo_log\" does not exist for tandem's own connection to database {}",
+                    self.database
+                ),
+            )),
+            Err(e) => Err(e),
         }
     }
 
@@ -1136,7 +1144,7 @@ impl Relay<'_> {
         let Some(undo) = undo else {
             return Ok(());
         };
-        let insert = self.insert_undo_sql().await;
+        let insert = self.insert_undo_sql().await?;
         let got = self.exchange(&insert, &undo.params(), &[]).await?;
         match got.error {
             Some(e) => Err(undo.refused(&e.code, e.message)),
@@ -1158,7 +1166,18 @@ impl Relay<'_> {
             }
         };
         let params = undo.as_ref().map(UndoRow::params);
-        let insert = self.insert_undo_sql().await;
+        let insert = match &undo {
+            Some(_) => match self.insert_undo_sql().await {
+                Ok(insert) => insert,
+                Err(e) => {
+                    self.branch = Branch::default();
+                    self.exchange_required("ROLLBACK").await?;
+                    self.report_phase_one_failed(undo.as_ref());
+                    return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
+                }
+            },
+            None => String::new(),
+        };
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
         if let Some(params) = &params {
             statements.push((insert.as_str(), params.as_slice(), &[]));

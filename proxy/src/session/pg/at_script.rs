@@ -158,11 +158,19 @@ impl Relay<'_> {
             (backend_status, None)
         };
         if let Some((code, message)) = &error {
-            // The write could not stay and its transaction is rolled back already (its
-            // held CommandComplete with it).
+            // The write could not stay: its transaction is rolled back, or failed (its
+            // held CommandComplete with it). A failed one that tandem opened for the
+            // script ends here, as PostgreSQL ends a failed query sent outside a block.
             self.held_complete = None;
             put_error(&mut out, Severity::Error, code, message);
-            self.script = None;
+            let implicit = self.script.take().is_some_and(|script| script.implicit);
+            let status = if implicit && status == TxStatus::Failed {
+                self.exchange_required("ROLLBACK").await?;
+                self.branch = Branch::default();
+                TxStatus::Idle
+            } else {
+                status
+            };
             self.finish_status(status, &mut out);
             return Ok(out);
         }

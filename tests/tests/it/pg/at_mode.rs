@@ -1365,6 +1365,34 @@ async fn a_column_added_elsewhere_is_never_missing_from_an_image() {
         Some("Committed")
     );
     assert_eq!(rows_of(&direct, "accounts").await, before);
+
+    // A multi-statement query sent outside a block runs in a block of tandem's, which
+    // ends with it, as PostgreSQL ends a failed query: the session is idle after.
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 7 WHERE id = 3")
+        .await
+        .unwrap();
+    rolled_back(&a).await;
+    direct
+        .batch_execute("ALTER TABLE accounts ALTER COLUMN balance TYPE bigint")
+        .await
+        .unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = a
+        .simple_query("UPDATE accounts SET balance = 7 WHERE id = 3; SELECT 1")
+        .await
+        .expect_err("a table changed elsewhere");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err:?}"
+    );
+    assert!(
+        a.is_closed() || a.simple_query("SELECT 1").await.is_ok(),
+        "the session is idle"
+    );
+    rolled_back(&a).await;
+    assert_eq!(rows_of(&direct, "accounts").await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -1394,8 +1422,15 @@ async fn upserts_are_read_by_the_keys_they_store_and_may_not_change_them() {
     )
     .await
     .unwrap();
+    // Setting the key to itself, as ORMs write every column, changes no key.
+    a.batch_execute(
+        "INSERT INTO accounts AS t (id, balance) VALUES (4, 1) ON CONFLICT (id) DO UPDATE SET id = excluded.id, balance = 79, note = t.note",
+    )
+    .await
+    .unwrap();
     for refused in [
         "INSERT INTO accounts (id, balance) VALUES (3, 1) ON CONFLICT (id) DO UPDATE SET id = 100",
+        "INSERT INTO accounts (id, balance) VALUES (3, 1) ON CONFLICT (id) DO UPDATE SET id = excluded.id + 100",
         "UPDATE accounts SET balance = 0 WHERE id IN (SELECT id FROM accounts TABLESAMPLE BERNOULLI (50))",
     ] {
         let err = a.simple_query(refused).await.expect_err(refused);
@@ -1407,7 +1442,7 @@ async fn upserts_are_read_by_the_keys_they_store_and_may_not_change_them() {
     }
     let balances: Vec<i64> = direct
         .query(
-            "SELECT balance FROM accounts WHERE id IN (2, 3) ORDER BY id",
+            "SELECT balance FROM accounts WHERE id IN (2, 3, 4) ORDER BY id",
             &[],
         )
         .await
@@ -1415,7 +1450,7 @@ async fn upserts_are_read_by_the_keys_they_store_and_may_not_change_them() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(balances, [77, 78]);
+    assert_eq!(balances, [77, 78, 79]);
     rolled_back(&a).await;
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
@@ -1453,6 +1488,29 @@ async fn a_branch_in_a_database_without_undo_log_rolls_back_at_once() {
     assert_eq!(dump(&direct).await, before);
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+
+    // An undo_log only the client's search_path finds holds rows no rollback would
+    // read (phase 2 looks with tandem's own connection): the branch cannot commit.
+    db.migrate().await;
+    direct
+        .batch_execute("CREATE SCHEMA tenant; ALTER TABLE public.undo_log SET SCHEMA tenant")
+        .await
+        .unwrap();
+    a.batch_execute("SET search_path = tenant, public")
+        .await
+        .unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = a
+        .simple_query("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .expect_err("no undo_log for tandem's own connection");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "{err:?}"
+    );
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -1471,11 +1529,14 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
             "CREATE TABLE nk (k numeric PRIMARY KEY, n int); INSERT INTO nk VALUES (1.0, 1), (2, 2);
              CREATE TABLE ik (k interval PRIMARY KEY, n int); INSERT INTO ik VALUES ('1 day', 1);
              CREATE COLLATION IF NOT EXISTS loose (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
-             CREATE TABLE ck (k text COLLATE loose PRIMARY KEY, n int); INSERT INTO ck VALUES ('abc', 1);",
+             CREATE TABLE ck (k text COLLATE loose PRIMARY KEY, n int); INSERT INTO ck VALUES ('abc', 1);
+             CREATE DOMAIN plain_number AS numeric;
+             CREATE TABLE dk (k plain_number PRIMARY KEY, n int); INSERT INTO dk VALUES (1.0, 1);
+             CREATE TABLE ak (k numeric[] PRIMARY KEY, n int); INSERT INTO ak VALUES ('{1.0}', 1);",
         )
         .await
         .unwrap();
-    let tables = ["nk", "ik", "ck"];
+    let tables = ["nk", "ik", "ck", "dk", "ak"];
     let mut before = Vec::new();
     for t in tables {
         before.push(rows_of(&direct, t).await);
@@ -1503,15 +1564,19 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
             "{insert}: {err:?}"
         );
     }
-    let err = b
-        .simple_query("UPDATE ck SET n = 2 WHERE k = 'ABC'")
-        .await
-        .expect_err("a loosely compared key");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::FEATURE_NOT_SUPPORTED),
-        "{err:?}"
-    );
+    // Compared loosely, or numeric inside a domain or an array (not seen into).
+    for loose in [
+        "UPDATE ck SET n = 2 WHERE k = 'ABC'",
+        "UPDATE dk SET n = 2 WHERE k = 1",
+        "UPDATE ak SET n = 2 WHERE k = '{1}'",
+    ] {
+        let err = b.simple_query(loose).await.expect_err(loose);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{loose}: {err:?}"
+        );
+    }
     rolled_back(&a).await;
     rolled_back(&b).await;
     let mut after = Vec::new();
