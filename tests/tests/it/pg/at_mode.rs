@@ -1124,6 +1124,62 @@ async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_im
     lockserver.stop().await;
 }
 
+/// A global rollback under way, its replay waiting on row 3 of `db`'s accounts, which
+/// the returned `holder` (a direct connection) keeps locked: session `a`, its xid, the
+/// holder, and the lockserver's phase-2 deliveries when the rollback began.
+async fn a_replay_waiting_on_row_3(
+    db: &TestDb,
+    tandem: &Tandem,
+    lockserver: &TestLockserver,
+) -> (Client, String, Client, f64) {
+    let a = tandem.connect(&db.name).await;
+    let xid = one(&a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3")
+        .await
+        .unwrap();
+    let holder = db.direct().await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
+        .await
+        .unwrap();
+    let sent = phase2_sent(lockserver).await;
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacking")
+    );
+    (a, xid, holder, sent)
+}
+
+/// `holder` lets row 3 go: the branch rolls back to `before`, leaving no
+/// GlobalFinished marker (which only a second replay would write).
+async fn rolled_back_once_released(a: &Client, xid: &str, holder: &Client, before: &[String]) {
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    eventually("the branch rolled back", || async {
+        one(a, &format!("SELECT tandem_status('{xid}')"))
+            .await
+            .unwrap()
+            .as_deref()
+            == Some("Rollbacked")
+    })
+    .await;
+    assert_eq!(dump(holder).await, before);
+    let markers: i64 = holder
+        .query_one("SELECT count(*) FROM undo_log WHERE xid = $1", &[&xid])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        markers, 0,
+        "no GlobalFinished marker for a branch that rolled back"
+    );
+}
+
 async fn phase2_sent(lockserver: &TestLockserver) -> f64 {
     let (_, metrics) =
         tandem_tests::lockserver::http_raw(lockserver.http, "GET", "/metrics", None).await;
@@ -1145,28 +1201,12 @@ async fn a_replay_waiting_on_a_row_lock_runs_once_however_often_it_is_delivered(
     let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
-    let a = tandem.connect(&db.name).await;
-    let xid = one(&a, "SELECT tandem_begin(60000)")
-        .await
-        .unwrap()
-        .unwrap();
-    a.batch_execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3")
-        .await
-        .unwrap();
-    let mut holder = db.direct().await;
-    let holding = holder.transaction().await.unwrap();
-    holding
-        .batch_execute("SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
-        .await
-        .unwrap();
-    let sent_before = phase2_sent(&lockserver).await;
-    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
-    assert_eq!(status.as_deref(), Some("Rollbacking"));
+    let (a, xid, holder, sent) = a_replay_waiting_on_row_3(&db, &tandem, &lockserver).await;
     // Delivered three times more (the test lockserver's ack_timeout_ms is 2 s).
     tandem_tests::harness::eventually_within(
         "the branch delivered again",
         std::time::Duration::from_secs(30),
-        || async { phase2_sent(&lockserver).await >= sent_before + 4.0 },
+        || async { phase2_sent(&lockserver).await >= sent + 4.0 },
     )
     .await;
     let waiting: i64 = direct
@@ -1178,25 +1218,7 @@ async fn a_replay_waiting_on_a_row_lock_runs_once_however_often_it_is_delivered(
         .unwrap()
         .get(0);
     assert_eq!(waiting, 1, "one replay waits, and nothing beside it");
-    holding.rollback().await.unwrap();
-    eventually("the branch rolled back", || async {
-        one(&a, &format!("SELECT tandem_status('{xid}')"))
-            .await
-            .unwrap()
-            .as_deref()
-            == Some("Rollbacked")
-    })
-    .await;
-    assert_eq!(dump(&direct).await, before);
-    let markers: i64 = direct
-        .query_one("SELECT count(*) FROM undo_log WHERE xid = $1", &[&xid])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        markers, 0,
-        "no GlobalFinished marker for a branch that rolled back"
-    );
+    rolled_back_once_released(&a, &xid, &holder, &before).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -1597,30 +1619,8 @@ async fn a_replay_outcome_outlives_the_stream_it_was_delivered_on() {
     let db = prepare("replay_stream_swap").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
-    let direct = db.direct().await;
-    let before = dump(&direct).await;
-    let a = tandem.connect(&db.name).await;
-    let xid = one(&a, "SELECT tandem_begin(60000)")
-        .await
-        .unwrap()
-        .unwrap();
-    a.batch_execute("UPDATE accounts SET balance = balance - 1 WHERE id = 3")
-        .await
-        .unwrap();
-    let mut holder = db.direct().await;
-    let holding = holder.transaction().await.unwrap();
-    holding
-        .batch_execute("SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
-        .await
-        .unwrap();
-    let sent = phase2_sent(&lockserver).await;
-    assert_eq!(
-        one(&a, "SELECT tandem_rollback()")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("Rollbacking")
-    );
+    let before = dump(&db.direct().await).await;
+    let (a, xid, holder, sent) = a_replay_waiting_on_row_3(&db, &tandem, &lockserver).await;
     // A database first used now: its branch adds a resource, and a new stream.
     let other = prepare("replay_stream_swap_other").await;
     let b = tandem.connect(&other.name).await;
@@ -1636,25 +1636,7 @@ async fn a_replay_outcome_outlives_the_stream_it_was_delivered_on() {
         || async { phase2_sent(&lockserver).await >= sent + 4.0 },
     )
     .await;
-    holding.rollback().await.unwrap();
-    eventually("the branch rolled back", || async {
-        one(&a, &format!("SELECT tandem_status('{xid}')"))
-            .await
-            .unwrap()
-            .as_deref()
-            == Some("Rollbacked")
-    })
-    .await;
-    assert_eq!(dump(&direct).await, before);
-    let markers: i64 = direct
-        .query_one("SELECT count(*) FROM undo_log WHERE xid = $1", &[&xid])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        markers, 0,
-        "no GlobalFinished marker for a branch that rolled back"
-    );
+    rolled_back_once_released(&a, &xid, &holder, &before).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
