@@ -305,9 +305,9 @@ impl Error {
             | Error::MysqlSide(_)
             | Error::Lockserver(_)
             | Error::InFailedTransaction
-            | Error::UnknownTable { .. }
             | Error::Injected { .. }
             | Error::InjectedTransient { .. } => MyErr::Unknown,
+            Error::UnknownTable { .. } => MyErr::NoSuchTable,
         }
     }
 

@@ -106,8 +106,15 @@ async fn load(pool: &mysql_async::Pool, database: &str, table: &TableRef) -> Res
         let rows: Vec<mysql_async::Row> = conn.exec(sql, params.clone()).await?;
         Ok(rows.into_iter().map(catalog_row).collect())
     };
+    let table_rows = query(catalog::TABLE).await?;
+    if table_rows.is_empty() {
+        // The server would answer the write so (1146), not tandem's metadata.
+        return Err(crate::error::Error::UnknownTable {
+            table: format!("{}.{}", params.0, params.1),
+        });
+    }
     let found = Catalog {
-        table: query(catalog::TABLE).await?,
+        table: table_rows,
         columns: query(catalog::COLUMNS).await?,
         unique_keys: query(catalog::UNIQUE_KEYS).await?,
         triggers: query(catalog::TRIGGERS).await?,

@@ -52,6 +52,8 @@ pub enum MyErr {
     TransactionInProgress,
     /// 1210 ER_WRONG_ARGUMENTS, HY000: a control function called with bad arguments.
     WrongArguments,
+    /// 1146 ER_NO_SUCH_TABLE, 42S02: a write to a table that does not exist.
+    NoSuchTable,
 }
 
 impl MyErr {
@@ -77,6 +79,7 @@ impl MyErr {
             MyErr::XaRbRollback => 1402,
             MyErr::TransactionInProgress => 1568,
             MyErr::WrongArguments => 1210,
+            MyErr::NoSuchTable => 1146,
         }
     }
 
@@ -95,6 +98,7 @@ impl MyErr {
             MyErr::XaRmFail => b"XAE07",
             MyErr::XaRbRollback => b"XA100",
             MyErr::TransactionInProgress => b"25001",
+            MyErr::NoSuchTable => b"42S02",
             MyErr::Unknown
             | MyErr::TransactionTooLarge
             | MyErr::LockTableFull

@@ -495,6 +495,31 @@ async fn a_branch_in_a_database_without_undo_log_rolls_back_at_once() {
     lockserver.stop().await;
 }
 
+/// A write to a table that does not exist gets the server's own answer (1146), in a
+/// global transaction as outside one, and the session goes on.
+#[tokio::test]
+async fn a_write_to_a_missing_table_gets_1146() {
+    let db = prepare("at_missing_table").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        "INSERT INTO no_such_table VALUES (1)",
+        "UPDATE no_such_table SET v = 1 WHERE id = 1",
+        "DELETE FROM no_such_table WHERE id = 1",
+    ] {
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1146, "{sql}: {e}");
+    }
+    conn.query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    rolled_back(&mut conn).await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     let db = prepare("at_dirty").await;
