@@ -934,6 +934,27 @@ impl Relay<'_> {
 
     /// ReadyForQuery of the write in flight: the relay reaches its sync point, tandem
     /// finishes the write, and the client gets the status (and error) it should see.
+    /// ReadyForQuery after a branch's COMMIT failed but left its block open (an error
+    /// before the COMMIT ran: its Bind refused, say). The branch was taken and
+    /// registered and its undo row inserted: a ROLLBACK TO SAVEPOINT could keep the
+    /// writes and drop the undo row, and the next COMMIT commit them unseen. tandem
+    /// ends the block, as a failed COMMIT does, and only then reports the branch failed.
+    pub(super) async fn on_failed_commit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
+        let undo = self.commit_in_flight.take();
+        let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
+        self.exchange_required("ROLLBACK").await?;
+        if let Some((undo, _)) = undo {
+            self.report_phase_one_failed(Some(&undo));
+        }
+        self.phase = super::Phase::Ready(TxStatus::Idle);
+        self.branch = Branch::default();
+        self.binding.on_local_transaction_end();
+        self.forget_resolutions_of_ended_transaction();
+        let mut out = BytesMut::new();
+        put_ready_for_query(&mut out, TxStatus::Idle);
+        Ok(out)
+    }
+
     pub(super) async fn on_write_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;

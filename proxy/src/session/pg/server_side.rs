@@ -74,6 +74,17 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if frame.tag == backend::READY_FOR_QUERY
+                && matches!(self.commit_in_flight, Some((_, true)))
+                && TxStatus::decode(frame.body(&buf[pos..])) != Some(TxStatus::Idle)
+            {
+                let replacement = self.on_failed_commit_ready(frame.body(&buf[pos..])).await?;
+                self.write_client(&buf[run_start..pos]);
+                self.write_client(&replacement);
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             if self.script.is_some() && frame.tag == backend::READY_FOR_QUERY {
                 let replacement = self.on_script_ready(frame.body(&buf[pos..])).await?;
                 self.write_client(&buf[run_start..pos]);

@@ -2584,3 +2584,64 @@ async fn a_flush_after_a_sync_leaves_the_session_at_its_sync_point() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A branch's COMMIT that fails before it runs (its Bind carries a parameter COMMIT
+/// does not take) leaves PostgreSQL's block open and failed; the branch is already
+/// registered and its undo row inserted, so a ROLLBACK TO SAVEPOINT would keep the
+/// writes and drop the undo row, and the next COMMIT commit them unseen. tandem ends
+/// the block, as a failed COMMIT does: the client is idle, and the global rollback
+/// leaves the rows as they were.
+#[tokio::test]
+async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("commit_bind_fails").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    for sql in [
+        "SELECT tandem_begin(30000)",
+        "BEGIN",
+        "UPDATE accounts SET balance = 100 WHERE id = 1",
+        "SAVEPOINT s",
+    ] {
+        raw.query(sql).await;
+        raw.recv_until(b'Z').await;
+    }
+    let mut bind = b"\0c\0".to_vec();
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&1i32.to_be_bytes());
+    bind.extend_from_slice(b"1");
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut batch = frame(b'P', &super::control::parse_body("c", "COMMIT"));
+    batch.extend(frame(b'B', &bind));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.sqlstate().as_deref(), Some("08P01"), "{replies:?}");
+    assert_eq!(
+        replies.last().map(|m| m.body.to_vec()),
+        Some(b"I".to_vec()),
+        "the block is over: {replies:?}"
+    );
+    raw.query("ROLLBACK TO SAVEPOINT s").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(replies.iter().any(|m| m.tag == b'E'), "{replies:?}");
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.tag == b'D' && m.body.ends_with(b"Rollbacked")),
+        "{replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
