@@ -2533,14 +2533,7 @@ async fn large_object_writes_are_refused_in_at_mode_and_make_an_xa_block_the_bra
     expect_msg!(raw, b'Z');
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
-    raw.query("SELECT tandem_rollback()").await;
-    let replies = raw.recv_until(b'Z').await;
-    assert!(
-        replies
-            .iter()
-            .any(|m| m.tag == b'D' && m.body.ends_with(b"Rollbacked")),
-        "{replies:?}"
-    );
+    raw_rolled_back(&mut raw).await;
     assert_eq!(
         large_objects().await,
         before,
@@ -2609,14 +2602,8 @@ async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
         raw.query(sql).await;
         raw.recv_until(b'Z').await;
     }
-    let mut bind = b"\0c\0".to_vec();
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    bind.extend_from_slice(&1i16.to_be_bytes());
-    bind.extend_from_slice(&1i32.to_be_bytes());
-    bind.extend_from_slice(b"1");
-    bind.extend_from_slice(&0i16.to_be_bytes());
     let mut batch = frame(b'P', &super::control::parse_body("c", "COMMIT"));
-    batch.extend(frame(b'B', &bind));
+    batch.extend(frame(b'B', &super::control::bind_body_with("c", b"1")));
     batch.extend(frame(b'E', b"\0\0\0\0\0"));
     batch.extend(frame(b'S', b""));
     raw.send(&batch).await;
@@ -2633,6 +2620,14 @@ async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
     assert!(replies.iter().any(|m| m.tag == b'E'), "{replies:?}");
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
+    raw_rolled_back(&mut raw).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// Rolls `raw`'s global transaction back; every branch must be undone.
+async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg) {
     raw.query("SELECT tandem_rollback()").await;
     let replies = raw.recv_until(b'Z').await;
     assert!(
@@ -2641,7 +2636,4 @@ async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
             .any(|m| m.tag == b'D' && m.body.ends_with(b"Rollbacked")),
         "{replies:?}"
     );
-    assert_eq!(dump(&direct).await, before);
-    tandem.shutdown().await;
-    lockserver.stop().await;
 }

@@ -400,6 +400,18 @@ pub(crate) fn parse_body(name: &str, sql: &str) -> Vec<u8> {
     b
 }
 
+/// Bind body of `statement` into the unnamed portal with one text parameter, text
+/// results.
+pub(crate) fn bind_body_with(statement: &str, value: &[u8]) -> Vec<u8> {
+    let mut b = format!("\0{statement}\0").into_bytes();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    b.extend_from_slice(value);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b
+}
+
 /// Bind body of `statement` into the unnamed portal, no parameters, text results.
 pub(crate) fn bind_body(statement: &str) -> Vec<u8> {
     let mut b = format!("\0{statement}\0").into_bytes();
@@ -495,9 +507,7 @@ async fn a_control_call_whose_parse_is_refused_fails_and_the_session_goes_on() {
     // A Bind with a parameter the statement does not take is a protocol violation, as
     // the backend answers it (not a bad argument); the session goes on.
     let mut batch = frame(b'P', &parse_body("", "SELECT tandem_begin()"));
-    let mut bind = b"\0\0\0\0\0\x01\0\0\0\x011".to_vec();
-    bind.extend_from_slice(&[0, 0]);
-    batch.extend(frame(b'B', &bind));
+    batch.extend(frame(b'B', &bind_body_with("", b"1")));
     batch.extend(frame(b'E', b"\0\0\0\0\0"));
     batch.extend(frame(b'S', b""));
     raw.send(&batch).await;
