@@ -218,10 +218,21 @@ pub enum SavepointOp {
 
 /// A savepoint's name as PostgreSQL compares it: unquoted names fold to lower case.
 fn postgres_savepoint_name(name: &sqlparser::ast::Ident) -> String {
-    match name.quote_style {
+    let mut name = match name.quote_style {
         Some(_) => name.value.clone(),
         None => name.value.to_ascii_lowercase(),
+    };
+    // PostgreSQL cuts every identifier to 63 bytes (NAMEDATALEN - 1), at a character
+    // boundary: two names alike in those are one savepoint.
+    const LONGEST_NAME: usize = 63;
+    if name.len() > LONGEST_NAME {
+        let mut cut = LONGEST_NAME;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
     }
+    name
 }
 
 /// Deep enough for real statements; a statement nested deeper is refused rather than

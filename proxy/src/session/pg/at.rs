@@ -222,18 +222,13 @@ impl Relay<'_> {
             return Ok(self.refuse(e));
         }
         if analyses.len() > 1 {
+            // Savepoints among them run one at a time too: the branch follows each only
+            // once the one before it ran (a failure stops the rest).
             if analyses
                 .iter()
-                .any(|a| !matches!(a, Analysis::Read | Analysis::Other | Analysis::Savepoint(_)))
+                .any(|a| !matches!(a, Analysis::Read | Analysis::Other))
             {
                 return self.start_script(&sql, analyses).await;
-            }
-            // Relayed whole: its savepoints take effect in order (a failure stops the
-            // rest, and fails the transaction, which then commits nothing).
-            for analysis in &analyses {
-                if let Analysis::Savepoint(op) = analysis {
-                    self.branch.on_savepoint(op, true);
-                }
             }
         }
         match analyses.into_iter().next() {
@@ -304,12 +299,46 @@ impl Relay<'_> {
                 self.branch.forget_all_after();
                 Ok(Intercepted::Relay)
             }
-            Some(Analysis::Savepoint(op)) => {
-                self.branch.on_savepoint(&op, true);
+            Some(Analysis::Savepoint(op)) => match self.on_savepoint_statement(&op) {
+                Ok(()) => Ok(Intercepted::Relay),
+                Err(e) => Ok(self.refuse(e)),
+            },
+            Some(Analysis::Rollback) if chains(&sql) => {
+                self.on_rollback_and_chain();
                 Ok(Intercepted::Relay)
             }
             _ => Ok(Intercepted::Relay),
         }
+    }
+
+    /// A savepoint statement about to run in the branch's transaction: the branch
+    /// follows it as the server will run it. In a failed block SAVEPOINT and RELEASE
+    /// fail, so they change nothing; ROLLBACK TO runs there too. A ROLLBACK TO a
+    /// savepoint the branch never saw set (a name it read otherwise than the server,
+    /// or one set before a hint bound the session) cannot say which captured rows it
+    /// undoes: refused while the branch holds any, rather than dropping rows that stay
+    /// changed, or keeping images of rows that do not.
+    pub(super) fn on_savepoint_statement(&mut self, op: &tandem_undo::SavepointOp) -> Result<()> {
+        use tandem_undo::SavepointOp;
+        match op {
+            SavepointOp::Set(_) | SavepointOp::Release(_)
+                if self.phase.tx_status() == Some(TxStatus::Failed) => {}
+            SavepointOp::RollbackTo(name)
+                if !self.branch.is_empty() && !self.branch.has_savepoint(name) =>
+            {
+                return Err(Error::Unsupported {
+                    what: "ROLLBACK TO a savepoint tandem did not see set, while the branch holds captured rows (ROLLBACK the transaction instead)",
+                });
+            }
+            _ => self.branch.on_savepoint(op, true),
+        }
+        Ok(())
+    }
+
+    /// `ROLLBACK AND CHAIN` (or `ABORT AND CHAIN`): the transaction's writes are undone
+    /// and the next one begins at once, with no idle ReadyForQuery to end the branch.
+    pub(super) fn on_rollback_and_chain(&mut self) {
+        self.branch = Branch::default();
     }
 
     pub(super) fn refuse(&self, e: Error) -> Intercepted {

@@ -121,9 +121,15 @@ impl Relay<'_> {
                     return Ok(Extended::NotAWrite);
                 }
                 Analysis::Savepoint(op) => {
-                    if tag == frontend::BIND {
-                        self.branch.on_savepoint(&op, true);
+                    if tag == frontend::BIND
+                        && let Err(e) = self.on_savepoint_statement(&op)
+                    {
+                        return Ok(Extended::RefuseBind(refusal(e)));
                     }
+                    return Ok(Extended::NotAWrite);
+                }
+                Analysis::Rollback if tag == frontend::BIND && super::at::chains(&sql) => {
+                    self.on_rollback_and_chain();
                     return Ok(Extended::NotAWrite);
                 }
                 Analysis::LockingRead(None) if tag == frontend::BIND => {

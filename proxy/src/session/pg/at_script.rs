@@ -123,10 +123,10 @@ impl Relay<'_> {
                 self.branch.forget_all_after();
                 Intercepted::Relay
             }
-            Analysis::Savepoint(op) => {
-                self.branch.on_savepoint(&op, true);
-                Intercepted::Relay
-            }
+            Analysis::Savepoint(op) => match self.on_savepoint_statement(&op) {
+                Ok(()) => Intercepted::Relay,
+                Err(e) => self.refuse(e),
+            },
             _ => Intercepted::Relay,
         };
         let query = match intercepted {

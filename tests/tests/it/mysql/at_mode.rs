@@ -520,6 +520,49 @@ async fn a_write_to_a_missing_table_gets_1146() {
     lockserver.stop().await;
 }
 
+/// MariaDB compares savepoint names by a collation (`SAVEPOINT e` moves `é`): a name
+/// that is not ASCII is refused in a global transaction, and the branch's rows still
+/// roll back exactly.
+#[tokio::test]
+async fn savepoint_names_that_are_not_ascii_are_refused() {
+    let db = prepare("at_savepoint_names").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "START TRANSACTION",
+            "UPDATE accounts SET balance = 1 WHERE id = 1",
+        ],
+    )
+    .await;
+    for sql in [
+        "SAVEPOINT é",
+        "ROLLBACK TO SAVEPOINT é",
+        "RELEASE SAVEPOINT `é`",
+    ] {
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    run_each(
+        &mut conn,
+        &[
+            "SAVEPOINT e",
+            "UPDATE accounts SET balance = 2 WHERE id = 2",
+            "COMMIT",
+        ],
+    )
+    .await;
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     let db = prepare("at_dirty").await;

@@ -1640,3 +1640,81 @@ async fn a_replay_outcome_outlives_the_stream_it_was_delivered_on() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// The branch follows savepoints as the server runs them: a RELEASE that fails in a
+/// failed block releases nothing, a savepoint statement behind a failing one in the
+/// same query never runs, a name PostgreSQL cuts to 63 bytes is one savepoint, and
+/// `ROLLBACK AND CHAIN` leaves no captured row behind. Each transaction is then rolled
+/// back globally, exactly.
+#[tokio::test]
+async fn savepoints_are_followed_as_the_server_runs_them() {
+    let db = prepare("at_savepoints_followed").await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    let long = "s".repeat(63);
+    let scripts: Vec<Vec<String>> = vec![
+        vec![
+            "BEGIN".into(),
+            "UPDATE accounts SET balance = 1 WHERE id = 1".into(),
+            "SAVEPOINT a".into(),
+            "UPDATE accounts SET balance = 2 WHERE id = 2".into(),
+            "!SELECT 1/0".into(),
+            "!RELEASE a".into(),
+            "ROLLBACK TO a".into(),
+            "UPDATE accounts SET balance = 3 WHERE id = 3".into(),
+            "COMMIT".into(),
+        ],
+        vec![
+            "BEGIN".into(),
+            "UPDATE accounts SET balance = 1 WHERE id = 1".into(),
+            "SAVEPOINT a".into(),
+            "UPDATE accounts SET balance = 2 WHERE id = 2".into(),
+            "SAVEPOINT c".into(),
+            "UPDATE accounts SET balance = 3 WHERE id = 3".into(),
+            "!SELECT 1/0; ROLLBACK TO a".into(),
+            "ROLLBACK TO c".into(),
+            "COMMIT".into(),
+        ],
+        vec![
+            "BEGIN".into(),
+            "UPDATE accounts SET balance = 1 WHERE id = 1".into(),
+            format!("SAVEPOINT {long}_one"),
+            "UPDATE accounts SET balance = 2 WHERE id = 2".into(),
+            format!("ROLLBACK TO {long}_two"),
+            "COMMIT".into(),
+        ],
+        vec![
+            "BEGIN".into(),
+            "UPDATE accounts SET balance = 1 WHERE id = 1".into(),
+            "ROLLBACK AND CHAIN".into(),
+            "UPDATE accounts SET balance = 2 WHERE id = 2".into(),
+            "COMMIT".into(),
+        ],
+    ];
+    for script in &scripts {
+        one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        for sql in script {
+            match sql.strip_prefix('!') {
+                Some(failing) => {
+                    a.batch_execute(failing).await.expect_err(failing);
+                }
+                None => a
+                    .batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e:?}")),
+            }
+        }
+        assert_ne!(
+            dump(&direct).await,
+            before,
+            "{script:?} committed something"
+        );
+        rolled_back(&a).await;
+        assert_eq!(dump(&direct).await, before, "{script:?}");
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -283,6 +283,13 @@ impl Relay<'_> {
                 self.at_branch.forget_all_after();
                 Ok(Handled::Relay)
             }
+            // MariaDB compares savepoint names by a collation (`é` is `e`): tandem,
+            // which follows them by their letters, could take one for another.
+            Analysis::Savepoint(
+                SavepointOp::Set(name) | SavepointOp::Release(name) | SavepointOp::RollbackTo(name),
+            ) if !name.is_ascii() => self.refuse(Error::Unsupported {
+                what: "a savepoint whose name is not ASCII, in AT mode on MySQL (the server compares such names by a collation tandem does not follow)",
+            }),
             // MySQL moves a savepoint set again to the top, keeping those set since;
             // the branch's record (a stack, as PostgreSQL keeps them) cannot follow.
             Analysis::Savepoint(SavepointOp::Set(name)) if self.at_branch.has_savepoint(&name) => {
