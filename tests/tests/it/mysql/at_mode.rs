@@ -22,6 +22,14 @@ pub(crate) async fn run_each(conn: &mut Conn, statements: &[&str]) {
     }
 }
 
+/// Runs each statement in turn; each must fail with the server error `expected`.
+pub(crate) async fn each_fails_with(conn: &mut Conn, expected: u16, statements: &[&str]) {
+    for sql in statements {
+        let e = conn.query_drop(*sql).await.unwrap_err();
+        assert_eq!(code(&e), expected, "{sql}: {e}");
+    }
+}
+
 pub(crate) fn code(e: &mysql_async::Error) -> u16 {
     match e {
         mysql_async::Error::Server(s) => s.code,
@@ -504,14 +512,16 @@ async fn a_write_to_a_missing_table_gets_1146() {
     let tandem = start(&lockserver).await;
     let mut conn = my::connect(&tandem, &db.name).await;
     text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
-    for sql in [
-        "INSERT INTO no_such_table VALUES (1)",
-        "UPDATE no_such_table SET v = 1 WHERE id = 1",
-        "DELETE FROM no_such_table WHERE id = 1",
-    ] {
-        let e = conn.query_drop(sql).await.unwrap_err();
-        assert_eq!(code(&e), 1146, "{sql}: {e}");
-    }
+    each_fails_with(
+        &mut conn,
+        1146,
+        &[
+            "INSERT INTO no_such_table VALUES (1)",
+            "UPDATE no_such_table SET v = 1 WHERE id = 1",
+            "DELETE FROM no_such_table WHERE id = 1",
+        ],
+    )
+    .await;
     conn.query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
         .await
         .unwrap();
@@ -540,14 +550,16 @@ async fn savepoint_names_that_are_not_ascii_are_refused() {
         ],
     )
     .await;
-    for sql in [
-        "SAVEPOINT é",
-        "ROLLBACK TO SAVEPOINT é",
-        "RELEASE SAVEPOINT `é`",
-    ] {
-        let e = conn.query_drop(sql).await.unwrap_err();
-        assert_eq!(code(&e), 1235, "{sql}: {e}");
-    }
+    each_fails_with(
+        &mut conn,
+        1235,
+        &[
+            "SAVEPOINT é",
+            "ROLLBACK TO SAVEPOINT é",
+            "RELEASE SAVEPOINT `é`",
+        ],
+    )
+    .await;
     run_each(
         &mut conn,
         &[
@@ -2431,14 +2443,16 @@ async fn writes_the_server_reads_otherwise_than_tandem_are_refused_or_captured_e
             .unwrap();
         text(&mut conn, "SELECT tandem_begin()").await.unwrap();
         // MariaDB runs the first two comments, skips the third.
-        for sql in [
-            "DELETE FROM p1 WHERE id = 1 /*M! + 1 */",
-            "DELETE FROM p1 WHERE id = 1 /*M!100000 + 1 */",
-            "DELETE FROM p1 WHERE id = 1 /*!99999 + 1 */",
-        ] {
-            let e = conn.query_drop(sql).await.unwrap_err();
-            assert_eq!(code(&e), 1235, "{sql}: {e}");
-        }
+        each_fails_with(
+            &mut conn,
+            1235,
+            &[
+                "DELETE FROM p1 WHERE id = 1 /*M! + 1 */",
+                "DELETE FROM p1 WHERE id = 1 /*M!100000 + 1 */",
+                "DELETE FROM p1 WHERE id = 1 /*!99999 + 1 */",
+            ],
+        )
+        .await;
         run_each(
             &mut conn,
             &[
