@@ -1014,23 +1014,8 @@ async fn writes_that_rules_or_row_security_would_change_are_refused() {
         )
         .await
         .unwrap();
-    let snapshot = |table: &'static str| {
-        let direct = &direct;
-        async move {
-            direct
-                .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
     let tables = ["r1", "r1log", "rls1", "u1", "b1"];
-    let mut before = Vec::new();
-    for t in tables {
-        before.push(snapshot(t).await);
-    }
+    let before = rows_of_each(&direct, &tables).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&orders.name).await;
@@ -1061,10 +1046,7 @@ async fn writes_that_rules_or_row_security_would_change_are_refused() {
     assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
     a.batch_execute("ROLLBACK").await.unwrap();
     rolled_back(&a).await;
-    let mut after = Vec::new();
-    for t in tables {
-        after.push(snapshot(t).await);
-    }
+    let after = rows_of_each(&direct, &tables).await;
     assert_eq!(after, before);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -1223,6 +1205,15 @@ async fn a_replay_waiting_on_a_row_lock_runs_once_however_often_it_is_delivered(
     lockserver.stop().await;
 }
 
+/// `rows_of` each of `tables`, in order.
+async fn rows_of_each(client: &Client, tables: &[&str]) -> Vec<Vec<String>> {
+    let mut all = Vec::with_capacity(tables.len());
+    for table in tables {
+        all.push(rows_of(client, table).await);
+    }
+    all
+}
+
 /// Every row of `table` (schema-qualified or not) as text, in text order.
 pub(crate) async fn rows_of(client: &Client, table: &str) -> Vec<String> {
     client
@@ -1269,10 +1260,7 @@ async fn writes_partitions_or_keys_would_make_inexact_are_refused() {
         .await
         .unwrap();
     let tables = ["tp", "fired", "kid", "gp", "np", "dpk", "gk"];
-    let mut before = Vec::new();
-    for t in tables {
-        before.push(rows_of(&direct, t).await);
-    }
+    let before = rows_of_each(&direct, &tables).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&db.name).await;
@@ -1303,10 +1291,7 @@ async fn writes_partitions_or_keys_would_make_inexact_are_refused() {
     .await
     .unwrap();
     rolled_back(&a).await;
-    let mut after = Vec::new();
-    for t in tables {
-        after.push(rows_of(&direct, t).await);
-    }
+    let after = rows_of_each(&direct, &tables).await;
     assert_eq!(after, before);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -1559,10 +1544,7 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
         .await
         .unwrap();
     let tables = ["nk", "ik", "ck", "dk", "ak"];
-    let mut before = Vec::new();
-    for t in tables {
-        before.push(rows_of(&direct, t).await);
-    }
+    let before = rows_of_each(&direct, &tables).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&db.name).await;
@@ -1601,10 +1583,7 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
     }
     rolled_back(&a).await;
     rolled_back(&b).await;
-    let mut after = Vec::new();
-    for t in tables {
-        after.push(rows_of(&direct, t).await);
-    }
+    let after = rows_of_each(&direct, &tables).await;
     assert_eq!(after, before);
     tandem.shutdown().await;
     lockserver.stop().await;

@@ -2586,7 +2586,7 @@ async fn a_flush_after_a_sync_leaves_the_session_at_its_sync_point() {
 /// leaves the rows as they were.
 #[tokio::test]
 async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
-    use tandem_tests::raw_pg::{RawPg, frame};
+    use tandem_tests::raw_pg::RawPg;
     let db = prepare("commit_bind_fails").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
@@ -2602,11 +2602,8 @@ async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
         raw.query(sql).await;
         raw.recv_until(b'Z').await;
     }
-    let mut batch = frame(b'P', &super::control::parse_body("c", "COMMIT"));
-    batch.extend(frame(b'B', &super::control::bind_body_with("c", b"1")));
-    batch.extend(frame(b'E', b"\0\0\0\0\0"));
-    batch.extend(frame(b'S', b""));
-    raw.send(&batch).await;
+    raw.send(&super::control::batch_with_a_parameter("c", "COMMIT"))
+        .await;
     let replies = raw.recv_until(b'Z').await;
     let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
     assert_eq!(error.sqlstate().as_deref(), Some("08P01"), "{replies:?}");

@@ -402,7 +402,7 @@ pub(crate) fn parse_body(name: &str, sql: &str) -> Vec<u8> {
 
 /// Bind body of `statement` into the unnamed portal with one text parameter, text
 /// results.
-pub(crate) fn bind_body_with(statement: &str, value: &[u8]) -> Vec<u8> {
+fn bind_body_with(statement: &str, value: &[u8]) -> Vec<u8> {
     let mut b = format!("\0{statement}\0").into_bytes();
     b.extend_from_slice(&0i16.to_be_bytes());
     b.extend_from_slice(&1i16.to_be_bytes());
@@ -410,6 +410,17 @@ pub(crate) fn bind_body_with(statement: &str, value: &[u8]) -> Vec<u8> {
     b.extend_from_slice(value);
     b.extend_from_slice(&0i16.to_be_bytes());
     b
+}
+
+/// Parse of `sql` as `statement`, then a Bind of it with one text parameter, Execute
+/// and Sync: a Bind the backend refuses when `sql` takes no parameter (08P01).
+pub(crate) fn batch_with_a_parameter(statement: &str, sql: &str) -> Vec<u8> {
+    use tandem_tests::raw_pg::frame;
+    let mut batch = frame(b'P', &parse_body(statement, sql));
+    batch.extend(frame(b'B', &bind_body_with(statement, b"1")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    batch
 }
 
 /// Bind body of `statement` into the unnamed portal, no parameters, text results.
@@ -506,11 +517,8 @@ async fn a_control_call_whose_parse_is_refused_fails_and_the_session_goes_on() {
     );
     // A Bind with a parameter the statement does not take is a protocol violation, as
     // the backend answers it (not a bad argument); the session goes on.
-    let mut batch = frame(b'P', &parse_body("", "SELECT tandem_begin()"));
-    batch.extend(frame(b'B', &bind_body_with("", b"1")));
-    batch.extend(frame(b'E', b"\0\0\0\0\0"));
-    batch.extend(frame(b'S', b""));
-    raw.send(&batch).await;
+    raw.send(&batch_with_a_parameter("", "SELECT tandem_begin()"))
+        .await;
     let replies = raw.recv_until(b'Z').await;
     let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
     assert_eq!(error.sqlstate().as_deref(), Some("08P01"), "{replies:?}");
