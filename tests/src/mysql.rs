@@ -177,6 +177,70 @@ impl MyTestDb {
         let _ = admin.disconnect().await;
         n.unwrap_or(0)
     }
+
+    /// The InnoDB transactions of the sessions on this database, as InnoDB sees them
+    /// now.
+    ///
+    /// Read from SHOW ENGINE INNODB STATUS, not information_schema.innodb_trx: InnoDB
+    /// refreshes that table only once nobody has read it for 0.1 s, so tests polling it
+    /// at the same time keep it from ever changing.
+    pub async fn innodb_transactions(&self, conn: &mut Conn) -> Vec<InnodbTransaction> {
+        let sessions: Vec<u64> = conn
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ?",
+                (self.name.as_str(),),
+            )
+            .await
+            .expect("list the database's sessions");
+        let status: Option<(String, String, String)> = conn
+            .query_first("SHOW ENGINE INNODB STATUS")
+            .await
+            .expect("SHOW ENGINE INNODB STATUS");
+        let (_, _, status) = status.expect("InnoDB reports its status");
+        status
+            .split("\n---TRANSACTION ")
+            .skip(1)
+            .filter_map(InnodbTransaction::parse)
+            .filter(|t| sessions.contains(&t.thread_id))
+            .collect()
+    }
+}
+
+/// One transaction of SHOW ENGINE INNODB STATUS.
+#[derive(Debug)]
+pub struct InnodbTransaction {
+    pub thread_id: u64,
+    /// Waits for a lock.
+    pub waiting: bool,
+    pub row_locks: u64,
+}
+
+impl InnodbTransaction {
+    /// Parses the transaction's paragraph; None for one of no session (a purge or a
+    /// recovered transaction).
+    fn parse(paragraph: &str) -> Option<InnodbTransaction> {
+        let number_after = |marker: &str| -> Option<u64> {
+            let at = paragraph.find(marker)? + marker.len();
+            let digits: String = paragraph[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        };
+        let thread_id =
+            number_after("MariaDB thread id ").or_else(|| number_after("MySQL thread id "))?;
+        let row_locks = paragraph
+            .lines()
+            .flat_map(|line| line.split(", "))
+            .find_map(|part| part.strip_suffix(" row lock(s)"))
+            .and_then(|n| n.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        Some(InnodbTransaction {
+            thread_id,
+            waiting: paragraph.lines().any(|line| line.starts_with("LOCK WAIT")),
+            row_locks,
+        })
+    }
 }
 
 impl Drop for MyTestDb {

@@ -679,37 +679,17 @@ async fn heavy_holder_of_row_1(db: &MyTestDb) -> Conn {
 /// Waits until a transaction of a session on `db` waits for a row lock.
 async fn a_transaction_waits_for_a_lock(db: &MyTestDb) {
     let mut watcher = db.direct().await;
-    // A deadline in time, not in polls: under CI's load one poll of innodb_trx can
-    // take long.
+    // A deadline in time, not in polls: under CI's load one poll can take long.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let waiting: Option<usize> = watcher
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.innodb_trx t \
-                 JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
-                 WHERE t.trx_state = 'LOCK WAIT' AND p.db = ?",
-                (db.name.as_str(),),
-            )
-            .await
-            .unwrap();
-        if waiting == Some(1) {
+        let transactions = db.innodb_transactions(&mut watcher).await;
+        if transactions.iter().filter(|t| t.waiting).count() == 1 {
             return;
         }
-        if tokio::time::Instant::now() > deadline {
-            let sessions: Vec<mysql_async::Row> = watcher
-                .exec(
-                    "SELECT p.id, p.state, p.info, t.trx_state \
-                     FROM information_schema.processlist p \
-                     LEFT JOIN information_schema.innodb_trx t ON p.id = t.trx_mysql_thread_id \
-                     WHERE p.db = ?",
-                    (db.name.as_str(),),
-                )
-                .await
-                .unwrap();
-            panic!(
-                "no transaction waited for a lock ({waiting:?} waiting); sessions: {sessions:?}"
-            );
-        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no transaction waited for a lock; transactions: {transactions:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
@@ -1501,18 +1481,9 @@ async fn a_locking_read_gives_way_at_once_to_a_holder_that_rolls_back() {
         (second, read)
     });
     eventually("the reader holds the row's local lock", || async {
-        let locking: Option<i64> = db
-            .direct()
-            .await
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
-                 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
-                 WHERE p.DB = ? AND t.trx_rows_locked > 0",
-                (&db.name,),
-            )
-            .await
-            .unwrap();
-        locking == Some(1)
+        let mut watcher = db.direct().await;
+        let transactions = db.innodb_transactions(&mut watcher).await;
+        transactions.iter().filter(|t| t.row_locks > 0).count() == 1
     })
     .await;
     // The holder rolls back: its undo needs the row the reader has locked locally.
