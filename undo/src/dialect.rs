@@ -126,6 +126,12 @@ pub trait Dialect: Send + Sync {
         let _ = (left, right);
         None
     }
+    /// The LIMIT clause that lets a SELECT of tandem's, run on a client's session,
+    /// return every row it matches, where the session can cap a SELECT that has none
+    /// (MySQL's sql_select_limit); it goes before the locking clause.
+    fn every_row(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// PostgreSQL.
@@ -243,6 +249,11 @@ impl Dialect for Mysql {
 
     fn null_safe_equal(&self, left: &str, right: &str) -> Option<String> {
         Some(format!("{left} <=> {right}"))
+    }
+
+    fn every_row(&self) -> Option<&'static str> {
+        // The largest LIMIT there is: MySQL's own advice for "all rows".
+        Some("LIMIT 18446744073709551615")
     }
 }
 

@@ -305,8 +305,10 @@ impl TableMeta {
         if let Some(order_by) = &write.order_by {
             sql.push_str(&format!(" ORDER BY {order_by}"));
         }
-        if let Some(limit) = &write.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
+        match (&write.limit, d.every_row()) {
+            (Some(limit), _) => sql.push_str(&format!(" LIMIT {limit}")),
+            (None, Some(every_row)) => sql.push_str(&format!(" {every_row}")),
+            (None, None) => {}
         }
         // Only the written table's rows are locked, not those of an UPDATE's FROM list,
         // where the dialect can say so.
@@ -343,6 +345,11 @@ impl TableMeta {
         }
         if let Some(selection) = &read.selection {
             sql.push_str(&format!(" WHERE {selection}"));
+        }
+        // Every row the predicate matches, even where the read itself was capped: a
+        // global lock too many waits, one too few lets a write in.
+        if let Some(every_row) = d.every_row() {
+            sql.push_str(&format!(" {every_row}"));
         }
         sql.push(' ');
         sql.push_str(&d.lock_rows(&qualifier));
@@ -567,12 +574,16 @@ impl TableMeta {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        format!(
+        let mut sql = format!(
             "SELECT {} FROM {} WHERE ({}) IN ({tuples})",
             self.column_list(d),
             d.qualified(&self.table),
             self.pk_list(d)
-        )
+        );
+        if let Some(every_row) = d.every_row() {
+            sql.push_str(&format!(" {every_row}"));
+        }
+        sql
     }
 }
 

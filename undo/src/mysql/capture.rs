@@ -179,6 +179,9 @@ impl MysqlTable {
             self.captured_columns(),
             Mysql.qualified(&self.meta.table)
         );
+        let every_row = Mysql.every_row().unwrap_or_default();
+        let unlocked = |predicate: &str| format!("{from} WHERE {predicate} {every_row}");
+        let locked = |predicate: &str| format!("{} FOR UPDATE", unlocked(predicate));
         if given.len() < rows.len() {
             if !given.is_empty() {
                 return Err(Error::unsupported(
@@ -199,30 +202,25 @@ impl MysqlTable {
             };
             return Ok(InsertPlan {
                 before: before
-                    .map(|predicate| {
-                        Capture::of(&Mysql, format!("{from} WHERE {predicate} FOR UPDATE"))
-                    })
+                    .map(|predicate| Capture::of(&Mysql, locked(&predicate)))
                     .transpose()?,
                 after: None,
                 generated: rows.len(),
             });
         }
-        let by_key = format!("{from} WHERE {}", self.in_list(&self.meta.pk, &given));
+        let by_key = self.in_list(&self.meta.pk, &given);
         let (before, after) = match write.on_duplicate {
             // Not locked: a gap lock here would make concurrent INSERTs deadlock.
-            OnDuplicate::Error => (by_key.clone(), by_key),
-            OnDuplicate::Ignore => (format!("{by_key} FOR UPDATE"), by_key),
+            OnDuplicate::Error => (unlocked(&by_key), unlocked(&by_key)),
+            OnDuplicate::Ignore => (locked(&by_key), unlocked(&by_key)),
             // Both current reads: the rows it collided with are compared as they are,
             // not as an older snapshot of a REPEATABLE READ transaction shows them.
             // `before` holds their locks already.
             OnDuplicate::Update => {
-                let collisions = format!("{from} WHERE {} FOR UPDATE", self.collisions(&rows)?);
+                let collisions = locked(&self.collisions(&rows)?);
                 (collisions.clone(), collisions)
             }
-            OnDuplicate::Replace => (
-                format!("{from} WHERE {} FOR UPDATE", self.collisions(&rows)?),
-                by_key,
-            ),
+            OnDuplicate::Replace => (locked(&self.collisions(&rows)?), unlocked(&by_key)),
         };
         Ok(InsertPlan {
             before: Some(Capture::of(&Mysql, before)?),

@@ -252,7 +252,7 @@ fn a_multi_table_write_selects_its_table_through_the_join() {
     assert_eq!(
         t.before_image(&w).unwrap(),
         capture(
-            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM accounts a JOIN bans b ON b.email = a.email WHERE (b.since < ?) AND `a`.`id` IS NOT NULL FOR UPDATE",
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM accounts a JOIN bans b ON b.email = a.email WHERE (b.since < ?) AND `a`.`id` IS NOT NULL LIMIT 18446744073709551615 FOR UPDATE",
             &[0]
         )
     );
@@ -261,7 +261,7 @@ fn a_multi_table_write_selects_its_table_through_the_join() {
     assert_eq!(
         t.before_image(&w).unwrap(),
         capture(
-            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM bans b LEFT JOIN accounts a ON a.email = b.email WHERE `a`.`id` IS NOT NULL FOR UPDATE",
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM bans b LEFT JOIN accounts a ON a.email = b.email WHERE `a`.`id` IS NOT NULL LIMIT 18446744073709551615 FOR UPDATE",
             &[]
         )
     );
@@ -274,7 +274,7 @@ fn after_images_are_read_by_key() {
     t.meta.pk = vec![0, 1];
     assert_eq!(
         t.select_by_keys(2),
-        "SELECT `id`, CAST(`email` AS BINARY) FROM `shop`.`accounts` WHERE (`id`, `email`) IN ((?, ?), (?, ?))"
+        "SELECT `id`, CAST(`email` AS BINARY) FROM `shop`.`accounts` WHERE (`id`, `email`) IN ((?, ?), (?, ?)) LIMIT 18446744073709551615"
     );
 }
 
@@ -334,7 +334,9 @@ fn an_insert_that_gives_its_keys_reads_them_back() {
         .unwrap();
     // The same rows before, unlocked: those the keys compare equal to already.
     let by_key = capture(
-        &format!("SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`id`) IN ((?), (-7))"),
+        &format!(
+            "SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`id`) IN ((?), (-7)) LIMIT 18446744073709551615"
+        ),
         &[1],
     );
     assert_eq!(plan.before, Some(by_key.clone()));
@@ -386,7 +388,9 @@ fn an_insert_that_leaves_its_keys_to_auto_increment_counts_them() {
     assert_eq!(plan.after, None);
     assert_eq!(
         plan.before.unwrap().sql,
-        format!("SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`email`) IN (('a')) FOR UPDATE")
+        format!(
+            "SELECT {COLUMNS} FROM `shop`.`accounts` WHERE (`email`) IN (('a')) LIMIT 18446744073709551615 FOR UPDATE"
+        )
     );
     assert_eq!(
         refusal(t.insert_plan(&write("INSERT INTO accounts (id) VALUES ('0')"))),
@@ -416,10 +420,15 @@ fn an_upsert_locks_every_row_it_may_collide_with() {
         t.insert_plan(&w).unwrap(),
         InsertPlan {
             before: Some(capture(
-                &format!("{select} (`id`) IN ((?), (2)) OR (`email`) IN ((?), ('b')) FOR UPDATE"),
+                &format!(
+                    "{select} (`id`) IN ((?), (2)) OR (`email`) IN ((?), ('b')) LIMIT 18446744073709551615 FOR UPDATE"
+                ),
                 &[0, 1]
             )),
-            after: Some(capture(&format!("{select} (`id`) IN ((?), (2))"), &[0])),
+            after: Some(capture(
+                &format!("{select} (`id`) IN ((?), (2)) LIMIT 18446744073709551615"),
+                &[0]
+            )),
             generated: 0,
         }
     );
@@ -431,8 +440,14 @@ fn an_upsert_locks_every_row_it_may_collide_with() {
     assert_eq!(
         t.insert_plan(&w).unwrap(),
         InsertPlan {
-            before: Some(capture(&format!("{collisions} FOR UPDATE"), &[0, 1])),
-            after: Some(capture(&format!("{collisions} FOR UPDATE"), &[0, 1])),
+            before: Some(capture(
+                &format!("{collisions} LIMIT 18446744073709551615 FOR UPDATE"),
+                &[0, 1]
+            )),
+            after: Some(capture(
+                &format!("{collisions} LIMIT 18446744073709551615 FOR UPDATE"),
+                &[0, 1]
+            )),
             generated: 0,
         }
     );
@@ -440,7 +455,7 @@ fn an_upsert_locks_every_row_it_may_collide_with() {
     assert_eq!(
         t.insert_plan(&w).unwrap().before,
         Some(capture(
-            &format!("{select} (`id`) IN ((1)) FOR UPDATE"),
+            &format!("{select} (`id`) IN ((1)) LIMIT 18446744073709551615 FOR UPDATE"),
             &[]
         ))
     );
@@ -463,7 +478,7 @@ fn a_locking_read_locks_the_keys_it_reads() {
     assert_eq!(
         t.meta.locked_keys(&Mysql, &read).unwrap(),
         capture(
-            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM `accounts` AS `a` WHERE a.email = ? FOR UPDATE",
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM `accounts` AS `a` WHERE a.email = ? LIMIT 18446744073709551615 FOR UPDATE",
             &[0]
         )
     );

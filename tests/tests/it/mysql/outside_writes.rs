@@ -709,3 +709,66 @@ async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// `sql_select_limit` caps a SELECT that has no LIMIT of its own, tandem's reads on the
+/// session included: capped, a before image missed rows the write then changed (a
+/// global transaction's write failed as uncaptured), and the check of a write in the
+/// client's own transaction locked fewer rows than the write took, so it went past a
+/// held row.
+#[tokio::test]
+async fn a_session_select_limit_caps_none_of_tandems_reads() {
+    let db = prepare("my_select_limit").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+
+    // In a global transaction: every write's rows are captured, and all come back.
+    let mut a = my::connect(&global, &db.name).await;
+    text(&mut a, "SELECT tandem_begin(60000)").await.unwrap();
+    for write in [
+        "SET SESSION sql_select_limit = 1",
+        "UPDATE accounts SET balance = balance + 1",
+        "INSERT INTO accounts VALUES (4, 4, 'd'), (5, 5, 'e')",
+        "INSERT INTO accounts VALUES (1, 0, 'x'), (2, 0, 'y') \
+         ON DUPLICATE KEY UPDATE note = VALUES(note)",
+        "DELETE FROM accounts WHERE id > 3",
+        "START TRANSACTION",
+        "UPDATE accounts SET note = 'in a block' WHERE id IN (2, 3)",
+        "COMMIT",
+    ] {
+        a.query_drop(write)
+            .await
+            .unwrap_or_else(|e| panic!("{write}: {e}"));
+    }
+    assert_eq!(
+        text(&mut a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Rollbacked")
+    );
+    assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
+
+    // Outside one, in the client's own transaction: the check locks both rows the
+    // write takes, and so meets the held one.
+    let mut holder = hold_row(&global, &db, 3).await;
+    let mut b = my::connect(&outside, &db.name).await;
+    b.query_drop("SET SESSION sql_select_limit = 1")
+        .await
+        .unwrap();
+    b.query_drop("START TRANSACTION").await.unwrap();
+    let e = b
+        .query_drop("UPDATE accounts SET note = 'outside' WHERE id IN (1, 3)")
+        .await
+        .expect_err("row 3 is held");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    b.query_drop("ROLLBACK").await.unwrap();
+    rolled_back(&mut holder).await;
+    assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
