@@ -2755,3 +2755,38 @@ async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_im
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Under gbk (as under big5, sjis, cp932) the byte after a non-ASCII one may belong to
+/// the same character: the server reads `'中\', note='` as a string and a
+/// comma, where tandem (reading UTF-8) sees a backslash escape. The WHERE the server
+/// runs is then not the one tandem captures, so such a statement is refused, as text
+/// or prepared; the same text under utf8mb4 is captured and undone.
+#[tokio::test]
+async fn a_statement_a_client_charset_reads_otherwise_is_refused() {
+    let db = prepare("at_gbk").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let misread = "UPDATE accounts SET note = '中\\', note = ' WHERE id = 1 -- ' WHERE id = 2";
+    let mut conn = my::connect(&tandem, &db.name).await;
+    run_each(&mut conn, &["SET NAMES gbk", "SELECT tandem_begin()"]).await;
+    let e = conn.query_drop(misread).await.expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    assert!(e.to_string().contains("character_set_client"), "{e}");
+    let e = conn.exec_drop(misread, ()).await.expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+
+    // Read as UTF-8, it changes row 1, which the rollback restores.
+    run_each(&mut conn, &["SET NAMES utf8mb4", misread]).await;
+    let note: Option<String> = direct
+        .query_first("SELECT note FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(note.as_deref(), Some("中', note = "));
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -119,6 +119,9 @@ impl Relay<'_> {
         if let Some(refusal) = self.refusal_before_analysis(text).await {
             return self.refuse(refusal);
         }
+        if let Some(refused) = self.refused_for_charset(text).await? {
+            return Ok(refused);
+        }
         let analyses = match tandem_undo::analyze(&Mysql, text) {
             Ok(analyses) => analyses,
             Err(e) => return self.refuse(e.into()),
@@ -226,6 +229,9 @@ impl Relay<'_> {
     ) -> Result<Handled> {
         if let Some(refusal) = self.refusal_before_analysis(sql).await {
             return self.refuse(refusal);
+        }
+        if let Some(refused) = self.refused_for_charset(sql).await? {
+            return Ok(refused);
         }
         let analysis = match self.ctx.analyses.analyze(sql) {
             Ok(analyses) => analyses.into_iter().next(),
@@ -779,6 +785,40 @@ impl Relay<'_> {
             }))
     }
 
+    /// Whether the session's character set for statements reads `sql` otherwise than
+    /// tandem does: asked only of a statement where it may (`may_swallow_a_quote`).
+    pub(super) async fn charset_misreads(
+        &mut self,
+        sql: &str,
+    ) -> Result<std::result::Result<bool, OwnError>> {
+        if !may_swallow_a_quote(sql.as_bytes()) {
+            return Ok(Ok(false));
+        }
+        Ok(self
+            .own_select("SELECT @@SESSION.character_set_client", &[])
+            .await?
+            .map(|rows| {
+                first_value(rows).is_some_and(|name| {
+                    ASCII_SECOND_BYTE_CHARSETS
+                        .iter()
+                        .any(|set| name.eq_ignore_ascii_case(set))
+                })
+            }))
+    }
+
+    /// Refuses `sql`, before any of it runs, where the session's character set reads it
+    /// otherwise than tandem does. None: it may go on.
+    async fn refused_for_charset(&mut self, sql: &str) -> Result<Option<Handled>> {
+        match self.charset_misreads(sql).await? {
+            Ok(false) => Ok(None),
+            Ok(true) => self.refuse(CHARSET_MISREAD).map(Some),
+            Err(e) => {
+                self.put_failure(&AtFailure::Server(e));
+                Ok(Some(Handled::Answer))
+            }
+        }
+    }
+
     /// A write with LIMIT takes the first rows its ORDER BY finds: only next-key locks
     /// (REPEATABLE READ or SERIALIZABLE) keep a row from being inserted ahead of them
     /// between the before image and the write, which would then change that row
@@ -1281,6 +1321,23 @@ pub(super) fn execute_parameters(
     }
 }
 
+/// Client character sets whose characters' second byte may be an ASCII one: a
+/// backslash there no longer escapes, nor a backtick quote, as tandem (reading the
+/// statement as UTF-8) takes them to.
+const ASCII_SECOND_BYTE_CHARSETS: [&[u8]; 5] = [b"big5", b"cp932", b"gbk", b"sjis", b"gb18030"];
+
+/// Whether `sql` has a non-ASCII byte right before a backslash or a backtick, which one
+/// of [`ASCII_SECOND_BYTE_CHARSETS`] may read as one character with it.
+fn may_swallow_a_quote(sql: &[u8]) -> bool {
+    sql.windows(2)
+        .any(|pair| !pair[0].is_ascii() && matches!(pair[1], b'\\' | b'`'))
+}
+
+/// A statement the session's character set reads otherwise than tandem does.
+const CHARSET_MISREAD: Error = Error::Unsupported {
+    what: "a statement with a non-ASCII character before a backslash or a backtick from a session whose character_set_client is big5, cp932, gbk, sjis or gb18030 (the server may read them as one character, tandem reads the statement as UTF-8), in AT mode on MySQL",
+};
+
 /// tandem's parser reads `/*!…*/` always and `/*M!…*/` never; the server, by its
 /// version: a write's before image could read other rows than it changes, and a read
 /// could hold a write.
@@ -1360,6 +1417,14 @@ fn is_commit(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_non_ascii_byte_before_a_backslash_or_backtick_may_be_misread() {
+        assert!(may_swallow_a_quote("SET s = '中\\'".as_bytes()));
+        assert!(may_swallow_a_quote("SELECT `用户` FROM t".as_bytes()));
+        assert!(!may_swallow_a_quote("SET s = '中', t = 'a\\'".as_bytes()));
+        assert!(!may_swallow_a_quote(b"SET s = 'a\\', t = `b`"));
+    }
 
     #[test]
     fn keys_round_trip_through_hex_and_commit_is_told_from_set_autocommit() {

@@ -38,7 +38,9 @@
 //! write whose executable comment the server reads otherwise than tandem (which runs
 //! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an INSERT with a double-quoted value
-//! under ANSI_QUOTES, an autocommit write with RETURNING, and
+//! under ANSI_QUOTES, a write with a non-ASCII character before a backslash or a
+//! backtick from a session whose character set may read them as one character (gbk,
+//! big5, sjis, cp932, gb18030), an autocommit write with RETURNING, and
 //! every write while the lockserver is unreachable (counted in
 //! `tandem_mysql_outside_writes_unchecked`).
 
@@ -85,7 +87,7 @@ impl Relay<'_> {
         if self.backslashes_misread(text) {
             return Ok(None);
         }
-        self.guard_write(&write, &Source::Query(text)).await
+        self.guard_write(text, &write, &Source::Query(text)).await
     }
 
     /// The first bytes of a COM_QUERY of an unbound session that tandem does not read
@@ -167,7 +169,7 @@ impl Relay<'_> {
             types,
         };
         self.execute_forwarded = false;
-        let handled = self.guard_write(&write, &source).await?;
+        let handled = self.guard_write(&sql, &write, &source).await?;
         if matches!(handled, Some(Handled::Answer)) && self.execute_forwarded {
             // tandem answered after the server ran it: the relay's own bookkeeping.
             self.on_execute(payload);
@@ -198,7 +200,12 @@ impl Relay<'_> {
 
     /// Checks the rows `write` will change (see the module comment). None: the write
     /// goes on as sent; `Answer`: tandem ran it, or refused it.
-    async fn guard_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Option<Handled>> {
+    async fn guard_write(
+        &mut self,
+        sql: &str,
+        write: &Write,
+        source: &Source<'_>,
+    ) -> Result<Option<Handled>> {
         let upsert = matches!(
             write.on_duplicate,
             OnDuplicate::Update | OnDuplicate::Replace
@@ -229,6 +236,11 @@ impl Relay<'_> {
         }
         if matches!(self.is_temporary(&write.table).await?, Ok(true)) {
             // No other session sees its rows: no global transaction holds them.
+            return Ok(None);
+        }
+        if !matches!(self.charset_misreads(sql).await?, Ok(false)) {
+            // Its rows are not those tandem reads: see the module comment.
+            self.count_unchecked();
             return Ok(None);
         }
         if write.rows.as_ref().is_some_and(|r| r.double_quoted)
