@@ -105,15 +105,17 @@ impl Binding {
         Ok(())
     }
 
-    /// A pool reset that may arrive inside a local transaction (`RESET ALL`): there it
-    /// takes effect when the transaction ends, or the transaction's writes would
-    /// commit outside the global transaction they were captured for.
-    pub fn on_pool_reset(&mut self, local_transaction_open: bool) {
-        if local_transaction_open {
-            self.reset_at_transaction_end = true;
-        } else {
-            self.unbind();
-        }
+    /// A pool reset that ran inside a local transaction (`RESET ALL`): it takes effect
+    /// when the transaction ends, or the transaction's writes would commit outside the
+    /// global transaction they were captured for.
+    pub fn unbind_at_transaction_end(&mut self) {
+        self.reset_at_transaction_end = true;
+    }
+
+    /// The local transaction rolled back (perhaps to a savepoint): a pool reset that
+    /// ran in it may be undone, so the binding stays.
+    pub fn keep_after_rollback(&mut self) {
+        self.reset_at_transaction_end = false;
     }
 
     /// A hint in a bound session: it must name the transaction the session is bound

@@ -630,14 +630,7 @@ impl Relay<'_> {
         if tag == frontend::BIND {
             self.note_set_config(&sql);
             if super::intercept::is_pool_reset(&sql) {
-                // Mid-batch a block may have begun since the last ReadyForQuery: the
-                // binding then ends when the session is next outside one.
-                let open = !self.phase.at_sync_point()
-                    || matches!(
-                        self.phase.tx_status(),
-                        Some(TxStatus::InTransaction | TxStatus::Failed)
-                    );
-                self.binding.on_pool_reset(open);
+                self.pool_reset = super::PoolReset::Sent;
             }
         }
         if let Some(xid) = crate::control::xid_hint(&sql) {

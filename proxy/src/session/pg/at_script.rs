@@ -244,6 +244,8 @@ impl Relay<'_> {
 
     fn finish_status(&mut self, status: TxStatus, out: &mut BytesMut) {
         self.phase = super::Phase::Ready(status);
+        // A reset the script did not reach never ran.
+        self.pool_reset = super::PoolReset::None;
         if status == TxStatus::Idle {
             self.binding.on_local_transaction_end();
             self.forget_resolutions_of_ended_transaction();

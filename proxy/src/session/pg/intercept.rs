@@ -62,19 +62,15 @@ impl Relay<'_> {
         };
         self.note_set_config(query.sql);
         if is_pool_reset(query.sql) {
-            let open = matches!(
-                self.phase.tx_status(),
-                Some(TxStatus::InTransaction | TxStatus::Failed)
-            );
-            self.binding.on_pool_reset(open);
+            self.pool_reset = super::PoolReset::Sent;
             return Ok(Intercepted::Relay);
         }
         if self.binding.xid().is_some()
             && tandem_undo::resets_session(&String::from_utf8_lossy(query.sql))
         {
-            // A pool's reset among other statements: the binding ends with the query's
-            // transaction, and its other statements go through as bound ones do.
-            self.binding.on_pool_reset(true);
+            // A pool's reset among other statements: they go through as bound ones do,
+            // and the binding ends with the transaction the reset runs in.
+            self.pool_reset = super::PoolReset::Sent;
         }
         if let Some(xid) = control::xid_hint(query.sql) {
             if !self.phase.at_sync_point() {

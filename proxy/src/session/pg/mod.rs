@@ -241,6 +241,9 @@ struct Relay<'a> {
     /// The backend reported an error since its last ReadyForQuery: it skips what the
     /// client sends up to the next Sync.
     error_since_ready: bool,
+    /// A pool reset (RESET ALL, DISCARD ALL) the client sent, on its way to unbinding
+    /// the session: only once it has run, and stays done.
+    pool_reset: PoolReset,
     /// The batch so far is Close messages only (pgJDBC closes the statements it
     /// dropped ahead of a transaction's BEGIN): a BEGIN may still run ahead.
     closes_only_in_batch: bool,
@@ -320,6 +323,7 @@ impl<'a> Relay<'a> {
             block_may_have_ended: false,
             unnamed_portal_keeps_block: false,
             error_since_ready: false,
+            pool_reset: PoolReset::None,
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
@@ -507,4 +511,20 @@ fn reserve_for_read(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
+}
+
+/// Where a pool reset the client sent stands. RESET ALL runs inside transactions and
+/// goes with them: the session is unbound once one has run and its transaction ended
+/// without a rollback, never at the sight of it (a reset that fails, or that an
+/// earlier error keeps from running, changes nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PoolReset {
+    None,
+    /// Sent, not run yet.
+    Sent,
+    /// Its CommandComplete came.
+    Ran,
+    /// An error followed it in the same query: undone with the query's implicit
+    /// transaction, or with the explicit block it failed.
+    RanThenFailed,
 }

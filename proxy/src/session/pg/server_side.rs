@@ -204,6 +204,23 @@ impl Relay<'_> {
                 {
                     self.report_phase_one_failed(Some(&undo));
                 }
+                self.pool_reset = match self.pool_reset {
+                    PoolReset::Ran if status == TxStatus::Idle => {
+                        tracing::debug!(parent: &self.span, "pool reset: unbound");
+                        self.binding.unbind();
+                        PoolReset::None
+                    }
+                    PoolReset::Ran => {
+                        // The branch, if any, commits or rolls back in the global
+                        // transaction first.
+                        self.binding.unbind_at_transaction_end();
+                        PoolReset::None
+                    }
+                    // A script runs its statements one at a time: the reset may be
+                    // ahead still.
+                    PoolReset::Sent if self.script.is_some() => PoolReset::Sent,
+                    _ => PoolReset::None,
+                };
                 if self.phase == Phase::Ready(TxStatus::Idle) {
                     // A branch never outlives its local transaction: every COMMIT path
                     // has taken it by now, and after a ROLLBACK (over either protocol)
@@ -243,6 +260,17 @@ impl Relay<'_> {
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
                 }
+                if tag == b"RESET" && self.pool_reset == PoolReset::Sent {
+                    self.pool_reset = PoolReset::Ran;
+                }
+                if tag.starts_with(b"ROLLBACK") {
+                    // It may undo a reset that ran in the transaction (or after the
+                    // savepoint): the session stays bound.
+                    if self.pool_reset == PoolReset::Ran {
+                        self.pool_reset = PoolReset::Sent;
+                    }
+                    self.binding.keep_after_rollback();
+                }
                 if tag == b"DISCARD ALL" && self.binding.xid().is_some() {
                     // A pool's reset, however it was sent (the extended protocol, a
                     // comment before it): the next user of the connection must not
@@ -276,6 +304,9 @@ impl Relay<'_> {
             }
             backend::ERROR_RESPONSE => {
                 self.error_since_ready = true;
+                if self.pool_reset == PoolReset::Ran {
+                    self.pool_reset = PoolReset::RanThenFailed;
+                }
                 let fields = ErrorFields::decode(body)
                     .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
                 if fields.is_fatal() || self.phase == Phase::Authenticating {

@@ -258,6 +258,91 @@ async fn pool_resets_unbind_and_timeouts_roll_back() {
     lockserver.stop().await;
 }
 
+/// A pool reset unbinds once it has run and stayed: one the server refused, one an
+/// earlier error kept from running, and one a rollback undid leave the session bound,
+/// so the writes after it are still captured (unbound, they would commit for good
+/// outside the global transaction the client still believes it is in).
+#[tokio::test]
+async fn a_pool_reset_that_never_ran_or_was_undone_keeps_the_binding() {
+    let db = TestDb::create("reset_kept").await;
+    db.migrate().await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+             INSERT INTO accounts VALUES (1, 100), (2, 200);",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let client = tandem.connect(&db.name).await;
+    let xid = value(&client, "SELECT tandem_begin()").await;
+    assert!(xid.is_some());
+    for (batch, fails) in [
+        // DISCARD ALL cannot run in a transaction block, nor in a multi-statement query.
+        ("SELECT 1; DISCARD ALL", true),
+        ("SELECT 1/0; RESET ALL", true),
+        // Run in the query's implicit transaction, which the error rolls back.
+        ("RESET ALL; SELECT 1/0", true),
+    ] {
+        let result = client.batch_execute(batch).await;
+        assert_eq!(result.is_err(), fails, "{batch}: {result:?}");
+        assert_eq!(
+            value(&client, "SELECT tandem_xid()").await,
+            xid,
+            "{batch} leaves the session bound"
+        );
+    }
+    // A reset in a block that rolls back, or back to a savepoint before it.
+    for statements in [
+        &["BEGIN", "RESET ALL", "ROLLBACK"][..],
+        &[
+            "BEGIN",
+            "SAVEPOINT s",
+            "RESET ALL",
+            "ROLLBACK TO s",
+            "COMMIT",
+        ],
+    ] {
+        for sql in statements {
+            client.batch_execute(sql).await.unwrap();
+        }
+        assert_eq!(
+            value(&client, "SELECT tandem_xid()").await,
+            xid,
+            "{statements:?} leave the session bound"
+        );
+    }
+    // The writes are still the transaction's.
+    client
+        .batch_execute("UPDATE accounts SET balance = 0")
+        .await
+        .unwrap();
+    assert_eq!(
+        value(&client, "SELECT tandem_rollback()").await.as_deref(),
+        Some("Rollbacked")
+    );
+    let rows: Vec<(i32, i32)> = direct
+        .query("SELECT id, balance FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(1, 100), (2, 200)]);
+    // One that ran and whose block committed unbinds.
+    value(&client, "SELECT tandem_begin()").await.unwrap();
+    client
+        .batch_execute("BEGIN; RESET ALL; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
     let db = TestDb::create("lsdown").await;
