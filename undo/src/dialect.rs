@@ -117,7 +117,14 @@ pub trait Dialect: Send + Sync {
     /// The clause that locks a before image's rows (`qualifier`: how the statement names
     /// the written table).
     fn lock_rows(&self, qualifier: &str) -> String {
-        format!("FOR UPDATE OF {qualifier}")
+        self.lock_read_rows(qualifier, false, false)
+    }
+    /// The clause that locks a locking read's rows as the read itself does: shared
+    /// (FOR SHARE) or not, failing at once on a row locked elsewhere (NOWAIT) or not.
+    fn lock_read_rows(&self, qualifier: &str, shared: bool, nowait: bool) -> String {
+        let strength = if shared { "SHARE" } else { "UPDATE" };
+        let nowait = if nowait { " NOWAIT" } else { "" };
+        format!("FOR {strength} OF {qualifier}{nowait}")
     }
     /// A NULL-safe equality the replay check adds for every column, so that the server
     /// itself passes over a row that changed since; None where only the proxy compares
@@ -241,10 +248,16 @@ impl Dialect for Mysql {
         types::param_type(type_code)
     }
 
-    fn lock_rows(&self, _qualifier: &str) -> String {
-        // MariaDB has no FOR UPDATE OF; the other tables of a multi-table write are
-        // locked too, as the write itself would read them under lock.
-        "FOR UPDATE".to_owned()
+    fn lock_read_rows(&self, _qualifier: &str, shared: bool, nowait: bool) -> String {
+        // MariaDB has no FOR UPDATE OF (the other tables of a multi-table write are
+        // locked too, as the write itself would read them under lock), nor FOR SHARE.
+        let clause = if shared {
+            "LOCK IN SHARE MODE"
+        } else {
+            "FOR UPDATE"
+        };
+        let nowait = if nowait { " NOWAIT" } else { "" };
+        format!("{clause}{nowait}")
     }
 
     fn null_safe_equal(&self, left: &str, right: &str) -> Option<String> {

@@ -324,7 +324,23 @@ impl TableMeta {
 
     /// `SELECT <key columns> FROM <table> WHERE <predicate> FOR UPDATE OF <table>`: the
     /// keys (binary) of the rows a locking read takes, locked the same way.
-    pub fn locked_keys_sql(&self, d: &dyn Dialect, read: &crate::analyze::LockedRead) -> String {
+    ///
+    /// Refused where the predicate calls a volatile function: evaluated again, it could
+    /// choose other rows than the read then locks.
+    pub fn locked_keys_sql(
+        &self,
+        d: &dyn Dialect,
+        read: &crate::analyze::LockedRead,
+    ) -> Result<String, Error> {
+        if let Some(selection) = read
+            .selection
+            .as_ref()
+            .filter(|sql| calls_volatile_function(d, sql))
+        {
+            return Err(Error::unsupported(format!(
+                "a locking read whose rows are chosen by something that differs from one evaluation to the next ({selection}), in a global transaction,"
+            )));
+        }
         let qualifier = d.quote_ident(read.alias.as_deref().unwrap_or(&read.table.name));
         let keys = self
             .pk
@@ -352,8 +368,8 @@ impl TableMeta {
             sql.push_str(&format!(" {every_row}"));
         }
         sql.push(' ');
-        sql.push_str(&d.lock_rows(&qualifier));
-        sql
+        sql.push_str(&d.lock_read_rows(&qualifier, read.shared, read.nowait));
+        Ok(sql)
     }
 
     /// [`Self::locked_keys_sql`] with the statement parameters it binds.
@@ -362,7 +378,7 @@ impl TableMeta {
         d: &dyn Dialect,
         read: &crate::analyze::LockedRead,
     ) -> Result<Capture, Error> {
-        Capture::of(d, self.locked_keys_sql(d, read))
+        Capture::of(d, self.locked_keys_sql(d, read)?)
     }
 
     /// The before image of an upsert: the existing rows whose primary key equals a

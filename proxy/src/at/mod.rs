@@ -46,6 +46,19 @@ pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
 /// be held by another unfinished global transaction. Waits up to `wait` for such a
 /// lock, then fails (`GloballyLocked`); gives way at once to a holder that is rolling
 /// back, whose undo needs the rows the read now holds locked locally.
+/// How long a locking read waits for rows another global transaction holds: not at
+/// all under NOWAIT, as for a local lock.
+pub fn read_lock_wait(
+    read: &tandem_undo::LockedRead,
+    lock_wait: std::time::Duration,
+) -> std::time::Duration {
+    if read.nowait {
+        std::time::Duration::ZERO
+    } else {
+        lock_wait
+    }
+}
+
 pub async fn wait_for_read_locks(
     lock: &tandem_lockserver::client::LockClient,
     keys: &[tandem_lockserver::client::LockKey],

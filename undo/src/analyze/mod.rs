@@ -176,6 +176,10 @@ pub struct LockedRead {
     pub alias: Option<String>,
     /// The WHERE predicate as SQL, with the statement's own placeholders.
     pub selection: Option<String>,
+    /// FOR SHARE (LOCK IN SHARE MODE), not FOR UPDATE.
+    pub shared: bool,
+    /// NOWAIT: a row locked elsewhere fails the read at once.
+    pub nowait: bool,
 }
 
 /// What a statement means for AT mode.
@@ -257,13 +261,72 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
                 .try_with_sql(sql)
                 .and_then(|mut p| p.parse_statements())
                 .map_err(|e| parse_error(e.to_string()))?;
-            statements.iter().map(analyze_statement).collect()
+            let may_lock = may_lock_rows(sql);
+            statements
+                .iter()
+                .map(|s| unless_locked_below(dialect, s, analyze_statement(s)?, may_lock))
+                .collect()
         }
         Grammar::MySql => {
             let statements = mysql::parse(sql, parse_error)?;
-            statements.iter().map(mysql::analyze_statement).collect()
+            let may_lock = may_lock_rows(sql);
+            statements
+                .iter()
+                .map(|s| unless_locked_below(dialect, s, mysql::analyze_statement(s)?, may_lock))
+                .collect()
         }
     }
+}
+
+/// Whether text may hold a lock clause (`FOR UPDATE`, `FOR SHARE`, `LOCK IN SHARE
+/// MODE`): most reads do not, and leave without a second look.
+fn may_lock_rows(sql: &str) -> bool {
+    contains_ignore_case(sql.as_bytes(), b"update")
+        || contains_ignore_case(sql.as_bytes(), b"share")
+}
+
+/// `analysis` of `statement`, unless the statement is a read that locks rows where
+/// tandem does not look: a global transaction's locking read is checked against the
+/// global locks by its outer lock clause only, and one in a subquery, a CTE, a derived
+/// table or parentheses would read rows another global transaction may yet roll back.
+fn unless_locked_below(
+    dialect: &dyn Dialect,
+    statement: &Statement,
+    analysis: Analysis,
+    may_lock: bool,
+) -> Result<Analysis, Error> {
+    if may_lock
+        && matches!(analysis, Analysis::Read | Analysis::LockingRead(_))
+        && let Statement::Query(query) = statement
+        && locks_below(dialect, query)
+    {
+        return Err(Error::unsupported(
+            "a lock clause in a subquery, a CTE, a derived table or parentheses (tandem checks a top-level SELECT … FOR UPDATE's rows against global locks only)",
+        ));
+    }
+    Ok(analysis)
+}
+
+/// Whether `query` has more lock clauses than its own: counted in its text as the
+/// parser prints it back (MySQL's LOCK IN SHARE MODE as FOR SHARE), where literals and
+/// comments are tokens of their own.
+fn locks_below(dialect: &dyn Dialect, query: &Query) -> bool {
+    use sqlparser::tokenizer::Token;
+    let Some(tokens) = tokens(dialect, &query.to_string()) else {
+        return true;
+    };
+    let keyword = |token: &Token, expected: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(expected));
+    let significant: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let clauses = significant
+        .windows(2)
+        .filter(|pair| {
+            keyword(pair[0], "FOR") && (keyword(pair[1], "UPDATE") || keyword(pair[1], "SHARE"))
+        })
+        .count();
+    clauses > query.locks.len()
 }
 
 /// Whether PostgreSQL text holds `RESET ALL` or `DISCARD ALL` among its statements: a
@@ -636,18 +699,30 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
 }
 
 fn analyze_query(query: &Query, names: Names) -> Result<Analysis, Error> {
+    use sqlparser::ast::{LockType, NonBlock};
     refuse_data_modifying_ctes(query)?;
     if query.locks.is_empty() {
         return Ok(Analysis::Read);
     }
-    let single = match query.body.as_ref() {
-        SetExpr::Select(select) if query.with.is_none() => match select.from.as_slice() {
+    if query
+        .locks
+        .iter()
+        .any(|l| l.nonblock == Some(NonBlock::SkipLocked))
+    {
+        return Err(Error::unsupported(
+            "SELECT … SKIP LOCKED in a global transaction (tandem cannot make the read pass over rows another global transaction holds)",
+        ));
+    }
+    let single = match (query.body.as_ref(), query.locks.as_slice()) {
+        (SetExpr::Select(select), [lock]) if query.with.is_none() => match select.from.as_slice() {
             [only] => single_table(only, names)
                 .ok()
                 .map(|(table, alias)| LockedRead {
                     table,
                     alias,
                     selection: select.selection.as_ref().map(|e| e.to_string()),
+                    shared: lock.lock_type == LockType::Share,
+                    nowait: lock.nonblock == Some(NonBlock::Nowait),
                 }),
             _ => None,
         },

@@ -8,13 +8,15 @@ fn summary(a: &Analysis) -> String {
         Analysis::Read => "read".into(),
         Analysis::LockingRead(None) => "locking-read".into(),
         Analysis::LockingRead(Some(r)) => format!(
-            "locking-read {} alias={} where={}",
+            "locking-read {} alias={} where={}{}{}",
             r.table.name,
             r.alias.as_deref().unwrap_or("-"),
             r.selection
                 .as_ref()
                 .map(|s| format!("[{s}]"))
-                .unwrap_or("-".into())
+                .unwrap_or("-".into()),
+            if r.shared { " shared" } else { "" },
+            if r.nowait { " nowait" } else { "" },
         ),
         Analysis::Begin => "begin".into(),
         Analysis::Commit => "commit".into(),

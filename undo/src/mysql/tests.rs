@@ -478,7 +478,7 @@ fn a_locking_read_locks_the_keys_it_reads() {
     assert_eq!(
         t.meta.locked_keys(&Mysql, &read).unwrap(),
         capture(
-            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM `accounts` AS `a` WHERE a.email = ? LIMIT 18446744073709551615 FOR UPDATE",
+            "SELECT `a`.`id`, CAST(`a`.`email` AS BINARY) FROM `accounts` AS `a` WHERE a.email = ? LIMIT 18446744073709551615 LOCK IN SHARE MODE",
             &[0]
         )
     );

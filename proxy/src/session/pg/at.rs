@@ -289,7 +289,7 @@ impl Relay<'_> {
                 }
                 match self.check_read_locks(&read, &[]).await {
                     Ok(()) => Ok(Intercepted::Relay),
-                    Err(e) => Ok(self.refuse(e)),
+                    Err(e) => Ok(self.refuse_or_answer(e)),
                 }
             }
             Some(Analysis::LockingRead(None)) => Ok(self.refuse(Error::Unsupported {
@@ -343,6 +343,24 @@ impl Relay<'_> {
 
     pub(super) fn refuse(&self, e: Error) -> Intercepted {
         Intercepted::Replace(self.refusal_query(e))
+    }
+
+    /// As [`Self::refuse`], but where the block has failed already (no statement runs
+    /// there), tandem answers `e` itself.
+    pub(super) fn refuse_or_answer(&self, e: Error) -> Intercepted {
+        if self.phase.tx_status() != Some(TxStatus::Failed) {
+            return self.refuse(e);
+        }
+        tracing::debug!(parent: &self.span, error = %e, "statement refused in a failed block");
+        let mut out = BytesMut::new();
+        put_error(
+            &mut out,
+            Severity::Error,
+            e.sqlstate().code(),
+            &e.to_string(),
+        );
+        put_ready_for_query(&mut out, TxStatus::Failed);
+        Intercepted::Answer(out)
     }
 
     /// The Query that fails on the backend as `e`, sent in place of a refused one.
@@ -945,11 +963,19 @@ impl Relay<'_> {
                 what: "SELECT … FOR UPDATE of a view or a table without a primary key inside a global transaction",
             });
         }
-        let sql = meta.locked_keys_sql(&Postgres, read);
+        let sql = meta.locked_keys_sql(&Postgres, read)?;
         let got = self.exchange(&sql, params, &[1]).await?;
         if let Some(e) = got.error {
-            // The read itself fails the same way: let the client see the real error.
             tracing::debug!(parent: &self.span, error = %e.message, "locking read check failed");
+            if got.status == Some(TxStatus::Failed) {
+                // In a block, the check's failure (a deadlock, a lock or statement
+                // timeout) failed it: the read would only get 25P02. The client hears
+                // the check's own error, as the read's.
+                self.phase = super::Phase::Ready(TxStatus::Failed);
+                return Err(Error::injected(&e.code, e.message));
+            }
+            // Outside one, the read itself fails the same way: the client sees the real
+            // error.
             return Ok(());
         }
         let resource = self.resource.clone();
@@ -958,7 +984,8 @@ impl Relay<'_> {
             .iter()
             .map(|key| crate::at::branch::lock_key(&resource, &meta, key))
             .collect();
-        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, self.ctx.lock_wait).await
+        let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
+        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait).await
     }
 
     /// ReadyForQuery of the write in flight: the relay reaches its sync point, tandem

@@ -2790,3 +2790,71 @@ async fn a_statement_a_client_charset_reads_otherwise_is_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A locking read in a global transaction on MariaDB: one nested where tandem would not
+/// check it, or with SKIP LOCKED, is refused before it runs; NOWAIT fails at once on a
+/// row another global transaction holds; and LOCK IN SHARE MODE readers in two global
+/// transactions' blocks do not exclude each other.
+#[tokio::test]
+async fn locking_reads_are_checked_as_they_lock_or_refused() {
+    let db = prepare("at_lock_forms").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start_waiting(&lockserver, 5_000).await;
+    let mut holder = my::connect(&tandem, &db.name).await;
+    let mut reader = my::connect(&tandem, &db.name).await;
+    let mut other = my::connect(&tandem, &db.name).await;
+    run_each(
+        &mut holder,
+        &[
+            "SELECT tandem_begin(60000)",
+            "UPDATE accounts SET balance = 1 WHERE id = 1",
+        ],
+    )
+    .await;
+    text(&mut reader, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap();
+    each_fails_with(
+        &mut reader,
+        1235,
+        &[
+            "SELECT * FROM (SELECT balance FROM accounts WHERE id = 1 FOR UPDATE) s",
+            "SELECT balance FROM accounts WHERE id IN (SELECT id FROM accounts WHERE id = 1 LOCK IN SHARE MODE)",
+            "SELECT balance FROM accounts FOR UPDATE SKIP LOCKED",
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let e = reader
+        .query_drop("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE NOWAIT")
+        .await
+        .expect_err("held by the holder");
+    assert_eq!(code(&e), 1205, "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    text(&mut other, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap();
+    for conn in [&mut reader, &mut other] {
+        run_each(
+            conn,
+            &[
+                "SET SESSION innodb_lock_wait_timeout = 2",
+                "START TRANSACTION",
+            ],
+        )
+        .await;
+        let balance: Option<i64> = conn
+            .query_first("SELECT balance FROM accounts WHERE id = 3 LOCK IN SHARE MODE")
+            .await
+            .unwrap();
+        assert_eq!(balance, Some(1000));
+    }
+    for conn in [&mut reader, &mut other, &mut holder] {
+        run_each(conn, &["COMMIT"]).await;
+        rolled_back(conn).await;
+    }
+    assert_eq!(balances(&db).await, vec![(1, 1000), (2, 1000), (3, 1000)]);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -622,3 +622,113 @@ async fn proxies_that_name_one_server_alike_share_its_global_locks() {
     b_proxy.shutdown().await;
     lockserver.stop().await;
 }
+
+/// How a locking read behaves in a global transaction beyond the plain FOR UPDATE: a
+/// lock clause tandem would not check (nested, SKIP LOCKED) or a predicate it would
+/// evaluate twice (nextval) is refused before anything runs; NOWAIT fails at once on a
+/// row held locally or globally; FOR SHARE readers do not exclude each other; and a
+/// check that fails a client's block reports its own error, not 25P02.
+#[tokio::test]
+async fn locking_reads_are_checked_as_they_lock_or_refused() {
+    let orders = prepare("at_lock_forms").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute("CREATE SEQUENCE s MINVALUE 0 START 0")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 5_000;
+    })
+    .await;
+    let holder = tandem.connect(&orders.name).await;
+    let reader = tandem.connect(&orders.name).await;
+    one(&holder, "SELECT tandem_begin(60000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    one(&reader, "SELECT tandem_begin(60000)").await.unwrap();
+
+    for refused in [
+        "(SELECT balance FROM accounts WHERE id = 1 FOR UPDATE)",
+        "SELECT * FROM (SELECT balance FROM accounts WHERE id = 1 FOR UPDATE) s",
+        "WITH c AS (SELECT balance FROM accounts WHERE id = 1 FOR UPDATE) SELECT * FROM c",
+        "SELECT balance FROM accounts WHERE id IN (SELECT id FROM accounts WHERE id = 1 FOR UPDATE)",
+        "SELECT balance FROM accounts FOR UPDATE SKIP LOCKED",
+        "SELECT balance FROM accounts WHERE id = (SELECT nextval('s')) FOR UPDATE",
+    ] {
+        let err = reader.simple_query(refused).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{refused}: {err:?}"
+        );
+    }
+    let next: i64 = direct
+        .query_one("SELECT nextval('s')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 0, "the refused read never ran");
+
+    // NOWAIT: a row another global transaction holds fails the read at once.
+    let started = std::time::Instant::now();
+    let err = reader
+        .simple_query("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE NOWAIT")
+        .await
+        .unwrap_err();
+    assert_retryable_conflict(&err);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // And one held by a local transaction elsewhere, inside the reader's block too.
+    let local = orders.direct().await;
+    local
+        .batch_execute("BEGIN; SELECT * FROM accounts WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap();
+    reader.batch_execute("BEGIN").await.unwrap();
+    let err = reader
+        .simple_query("SELECT balance FROM accounts WHERE id = 2 FOR UPDATE NOWAIT")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    reader.batch_execute("ROLLBACK").await.unwrap();
+    // A lock timeout met by the check inside a block is the client's error, not 25P02.
+    reader
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '200ms'")
+        .await
+        .unwrap();
+    let err = reader
+        .simple_query("SELECT balance FROM accounts WHERE id = 2 FOR UPDATE")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    reader.batch_execute("ROLLBACK").await.unwrap();
+    local.batch_execute("ROLLBACK").await.unwrap();
+
+    // FOR SHARE: two global transactions' blocks read row 3 together.
+    let other = tandem.connect(&orders.name).await;
+    one(&other, "SELECT tandem_begin(60000)").await.unwrap();
+    for client in [&reader, &other] {
+        client
+            .batch_execute("BEGIN; SET LOCAL lock_timeout = '2s'")
+            .await
+            .unwrap();
+        let balance = one(
+            client,
+            "SELECT balance FROM accounts WHERE id = 3 FOR SHARE",
+        )
+        .await
+        .unwrap();
+        assert_eq!(balance.as_deref(), Some("1000"));
+    }
+    for client in [&reader, &other] {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    for client in [&holder, &reader, &other] {
+        rolled_back(client).await;
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1209,8 +1209,8 @@ impl Relay<'_> {
             Ok(keys) => keys,
             Err(e) => return self.refuse(e),
         };
-        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, self.ctx.lock_wait).await
-        {
+        let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
+        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait).await {
             Ok(()) => Ok(Handled::Relay),
             Err(e) => self.refuse(e),
         }
