@@ -630,7 +630,7 @@ impl Relay<'_> {
         if tag == frontend::BIND {
             self.note_set_config(&sql);
             if super::intercept::is_pool_reset(&sql) {
-                self.pool_reset = super::PoolReset::Sent;
+                self.on_pool_reset_sent();
             }
         }
         if let Some(xid) = crate::control::xid_hint(&sql) {

@@ -167,6 +167,8 @@ impl Relay<'_> {
             let status = if implicit && status == TxStatus::Failed {
                 self.exchange_required("ROLLBACK").await?;
                 self.branch = Branch::default();
+                // It undid whatever reset the script ran.
+                self.binding.keep_after_rollback();
                 TxStatus::Idle
             } else {
                 status
@@ -201,6 +203,8 @@ impl Relay<'_> {
             let status = if script.implicit {
                 self.exchange_required("ROLLBACK").await?;
                 self.branch = Branch::default();
+                // It undid whatever reset the script ran.
+                self.binding.keep_after_rollback();
                 TxStatus::Idle
             } else {
                 status
@@ -244,7 +248,8 @@ impl Relay<'_> {
 
     fn finish_status(&mut self, status: TxStatus, out: &mut BytesMut) {
         self.phase = super::Phase::Ready(status);
-        // A reset the script did not reach never ran.
+        // A reset the script did not reach never ran (one it ran was taken at its own
+        // ReadyForQuery).
         self.pool_reset = super::PoolReset::None;
         if status == TxStatus::Idle {
             self.binding.on_local_transaction_end();

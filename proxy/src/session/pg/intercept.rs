@@ -62,7 +62,7 @@ impl Relay<'_> {
         };
         self.note_set_config(query.sql);
         if is_pool_reset(query.sql) {
-            self.pool_reset = super::PoolReset::Sent;
+            self.on_pool_reset_sent();
             return Ok(Intercepted::Relay);
         }
         if self.binding.xid().is_some()
@@ -70,7 +70,7 @@ impl Relay<'_> {
         {
             // A pool's reset among other statements: they go through as bound ones do,
             // and the binding ends with the transaction the reset runs in.
-            self.pool_reset = super::PoolReset::Sent;
+            self.on_pool_reset_sent();
         }
         if let Some(xid) = control::xid_hint(query.sql) {
             if !self.phase.at_sync_point() {

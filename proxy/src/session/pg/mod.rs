@@ -244,6 +244,9 @@ struct Relay<'a> {
     /// A pool reset (RESET ALL, DISCARD ALL) the client sent, on its way to unbinding
     /// the session: only once it has run, and stays done.
     pool_reset: PoolReset,
+    /// The batch (see `Tracked::batch_being_sent`) that carries `pool_reset`: only its
+    /// replies tell whether the reset ran.
+    pool_reset_batch: u64,
     /// The batch so far is Close messages only (pgJDBC closes the statements it
     /// dropped ahead of a transaction's BEGIN): a BEGIN may still run ahead.
     closes_only_in_batch: bool,
@@ -324,6 +327,7 @@ impl<'a> Relay<'a> {
             unnamed_portal_keeps_block: false,
             error_since_ready: false,
             pool_reset: PoolReset::None,
+            pool_reset_batch: 0,
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
@@ -516,7 +520,8 @@ fn reserve_for_read(buf: &mut BytesMut) {
 /// Where a pool reset the client sent stands. RESET ALL runs inside transactions and
 /// goes with them: the session is unbound once one has run and its transaction ended
 /// without a rollback, never at the sight of it (a reset that fails, or that an
-/// earlier error keeps from running, changes nothing).
+/// earlier error keeps from running, changes nothing). An error after it in its batch
+/// undoes it with the batch's implicit transaction, or fails its block: no reset then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PoolReset {
     None,
@@ -524,7 +529,4 @@ enum PoolReset {
     Sent,
     /// Its CommandComplete came.
     Ran,
-    /// An error followed it in the same query: undone with the query's implicit
-    /// transaction, or with the explicit block it failed.
-    RanThenFailed,
 }

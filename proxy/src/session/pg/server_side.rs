@@ -169,6 +169,37 @@ impl Relay<'_> {
         Ok(true)
     }
 
+    /// The client sent a pool reset (RESET ALL, DISCARD ALL) in the batch it is
+    /// sending: it unbinds the session once it has run (`on_pool_reset_batch_answered`).
+    pub(super) fn on_pool_reset_sent(&mut self) {
+        self.pool_reset = PoolReset::Sent;
+        self.pool_reset_batch = self.tracked.batch_being_sent();
+    }
+
+    /// The ReadyForQuery of the batch that carried a pool reset (`status` after it).
+    fn on_pool_reset_batch_answered(&mut self, status: TxStatus) {
+        self.pool_reset = match self.pool_reset {
+            PoolReset::Ran if status == TxStatus::Idle => {
+                tracing::debug!(parent: &self.span, "pool reset: unbound");
+                self.binding.unbind();
+                PoolReset::None
+            }
+            PoolReset::Ran => {
+                // The branch, if any, commits or rolls back in the global transaction
+                // first.
+                self.binding.unbind_at_transaction_end();
+                PoolReset::None
+            }
+            // A script sends its statements one at a time, each a batch of its own:
+            // the reset may be ahead still.
+            PoolReset::Sent if self.script.is_some() => {
+                self.pool_reset_batch = self.tracked.batch_being_answered();
+                PoolReset::Sent
+            }
+            _ => PoolReset::None,
+        };
+    }
+
     /// Records a ParameterStatus (its body), whoever's statement it followed.
     pub(super) fn note_parameter_status(&mut self, body: &[u8]) -> Result<()> {
         let (name, value) = decode_parameter_status(body)
@@ -204,23 +235,11 @@ impl Relay<'_> {
                 {
                     self.report_phase_one_failed(Some(&undo));
                 }
-                self.pool_reset = match self.pool_reset {
-                    PoolReset::Ran if status == TxStatus::Idle => {
-                        tracing::debug!(parent: &self.span, "pool reset: unbound");
-                        self.binding.unbind();
-                        PoolReset::None
-                    }
-                    PoolReset::Ran => {
-                        // The branch, if any, commits or rolls back in the global
-                        // transaction first.
-                        self.binding.unbind_at_transaction_end();
-                        PoolReset::None
-                    }
-                    // A script runs its statements one at a time: the reset may be
-                    // ahead still.
-                    PoolReset::Sent if self.script.is_some() => PoolReset::Sent,
-                    _ => PoolReset::None,
-                };
+                if self.pool_reset != PoolReset::None
+                    && self.tracked.batch_being_answered() > self.pool_reset_batch
+                {
+                    self.on_pool_reset_batch_answered(status);
+                }
                 if self.phase == Phase::Ready(TxStatus::Idle) {
                     // A branch never outlives its local transaction: every COMMIT path
                     // has taken it by now, and after a ROLLBACK (over either protocol)
@@ -260,10 +279,13 @@ impl Relay<'_> {
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
                 }
-                if tag == b"RESET" && self.pool_reset == PoolReset::Sent {
+                if tag == b"RESET"
+                    && self.pool_reset == PoolReset::Sent
+                    && self.tracked.batch_being_answered() == self.pool_reset_batch
+                {
                     self.pool_reset = PoolReset::Ran;
                 }
-                if tag.starts_with(b"ROLLBACK") {
+                if tag == b"ROLLBACK" {
                     // It may undo a reset that ran in the transaction (or after the
                     // savepoint): the session stays bound.
                     if self.pool_reset == PoolReset::Ran {
@@ -305,7 +327,7 @@ impl Relay<'_> {
             backend::ERROR_RESPONSE => {
                 self.error_since_ready = true;
                 if self.pool_reset == PoolReset::Ran {
-                    self.pool_reset = PoolReset::RanThenFailed;
+                    self.pool_reset = PoolReset::Sent;
                 }
                 let fields = ErrorFields::decode(body)
                     .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;

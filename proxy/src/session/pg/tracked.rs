@@ -101,6 +101,8 @@ pub struct Tracked {
     copy_in: bool,
     /// Sync, Query and FunctionCall messages sent: the number of the batch under way.
     sync_points_sent: u64,
+    /// ReadyForQuery messages received: the number of the last batch answered.
+    sync_points_answered: u64,
 }
 
 impl Tracked {
@@ -217,6 +219,17 @@ impl Tracked {
         self.outstanding.push_back(Outstanding::SyncPoint(kind));
         self.sync_points_sent += 1;
         true
+    }
+
+    /// The number of the batch the client is sending now (its sync point not sent yet).
+    pub fn batch_being_sent(&self) -> u64 {
+        self.sync_points_sent + 1
+    }
+
+    /// The number of the batch the backend is answering now (its ReadyForQuery not
+    /// received yet).
+    pub fn batch_being_answered(&self) -> u64 {
+        self.sync_points_answered + 1
     }
 
     /// Whether the portal an Execute sent now runs was bound in the same batch (since
@@ -357,6 +370,7 @@ impl Tracked {
                 None => return Err(OutOfOrder("ReadyForQuery without a Sync or Query")),
             }
         };
+        self.sync_points_answered += 1;
         // The end of a COPY the client sent right behind a Query that was to start it:
         // the Query is over and no COPY started (it failed, or tandem refused it), and
         // the backend ignores CopyDone and CopyFail outside copy-in mode. (Behind a

@@ -314,6 +314,27 @@ async fn a_pool_reset_that_never_ran_or_was_undone_keeps_the_binding() {
             "{statements:?} leave the session bound"
         );
     }
+    // A script (writes among the statements) that fails: tandem rolls its block back,
+    // and the reset in it with it.
+    for script in [
+        "RESET ALL; UPDATE accounts SET balance = 1 WHERE id = 1; SELECT 1/0",
+        "UPDATE accounts SET balance = 1 WHERE id = 1; RESET ALL; SELECT 1/0",
+    ] {
+        client.batch_execute(script).await.unwrap_err();
+        assert_eq!(
+            value(&client, "SELECT tandem_xid()").await,
+            xid,
+            "{script} leaves the session bound"
+        );
+    }
+    // Another batch's RESET, pipelined ahead of a reset that fails, is not it.
+    let (reset_one, failed_reset) = tokio::join!(
+        client.execute("RESET search_path", &[]),
+        client.batch_execute("SELECT 1/0; RESET ALL")
+    );
+    reset_one.unwrap();
+    failed_reset.unwrap_err();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, xid);
     // The writes are still the transaction's.
     client
         .batch_execute("UPDATE accounts SET balance = 0")
@@ -337,6 +358,15 @@ async fn a_pool_reset_that_never_ran_or_was_undone_keeps_the_binding() {
         .batch_execute("BEGIN; RESET ALL; COMMIT")
         .await
         .unwrap();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
+    // So does one pipelined behind another batch.
+    value(&client, "SELECT tandem_begin()").await.unwrap();
+    let (one, reset) = tokio::join!(
+        client.execute("SELECT 1", &[]),
+        client.execute("RESET ALL", &[])
+    );
+    one.unwrap();
+    reset.unwrap();
     assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
     drop(client);
     tandem.shutdown().await;
