@@ -264,7 +264,7 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
             let may_lock = may_lock_rows(sql);
             statements
                 .iter()
-                .map(|s| unless_locked_below(dialect, s, analyze_statement(s)?, may_lock))
+                .map(|s| unless_locked_below(s, analyze_statement(s)?, may_lock))
                 .collect()
         }
         Grammar::MySql => {
@@ -272,7 +272,7 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
             let may_lock = may_lock_rows(sql);
             statements
                 .iter()
-                .map(|s| unless_locked_below(dialect, s, mysql::analyze_statement(s)?, may_lock))
+                .map(|s| unless_locked_below(s, mysql::analyze_statement(s)?, may_lock))
                 .collect()
         }
     }
@@ -288,45 +288,42 @@ fn may_lock_rows(sql: &str) -> bool {
 /// `analysis` of `statement`, unless the statement is a read that locks rows where
 /// tandem does not look: a global transaction's locking read is checked against the
 /// global locks by its outer lock clause only, and one in a subquery, a CTE, a derived
-/// table or parentheses would read rows another global transaction may yet roll back.
+/// table, parentheses or a cursor would read rows another global transaction may yet
+/// roll back. (A write's own rows are locked globally whatever chose them.)
 fn unless_locked_below(
-    dialect: &dyn Dialect,
     statement: &Statement,
     analysis: Analysis,
     may_lock: bool,
 ) -> Result<Analysis, Error> {
-    if may_lock
-        && matches!(analysis, Analysis::Read | Analysis::LockingRead(_))
-        && let Statement::Query(query) = statement
-        && locks_below(dialect, query)
-    {
+    let checked = match (statement, &analysis) {
+        _ if !may_lock => return Ok(analysis),
+        (Statement::Query(query), Analysis::Read | Analysis::LockingRead(_)) => query.locks.len(),
+        (Statement::Declare { .. }, _) => 0,
+        _ => return Ok(analysis),
+    };
+    if lock_clauses(statement) > checked {
         return Err(Error::unsupported(
-            "a lock clause in a subquery, a CTE, a derived table or parentheses (tandem checks a top-level SELECT … FOR UPDATE's rows against global locks only)",
+            "a lock clause in a subquery, a CTE, a derived table, parentheses or a cursor (tandem checks a top-level SELECT … FOR UPDATE's rows against global locks only)",
         ));
     }
     Ok(analysis)
 }
 
-/// Whether `query` has more lock clauses than its own: counted in its text as the
-/// parser prints it back (MySQL's LOCK IN SHARE MODE as FOR SHARE), where literals and
-/// comments are tokens of their own.
-fn locks_below(dialect: &dyn Dialect, query: &Query) -> bool {
-    use sqlparser::tokenizer::Token;
-    let Some(tokens) = tokens(dialect, &query.to_string()) else {
-        return true;
-    };
-    let keyword = |token: &Token, expected: &str| matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(expected));
-    let significant: Vec<&Token> = tokens
-        .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
-    let clauses = significant
-        .windows(2)
-        .filter(|pair| {
-            keyword(pair[0], "FOR") && (keyword(pair[1], "UPDATE") || keyword(pair[1], "SHARE"))
-        })
-        .count();
-    clauses > query.locks.len()
+/// How many lock clauses `statement` has, in every query it holds.
+fn lock_clauses(statement: &Statement) -> usize {
+    use sqlparser::ast::{Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Count(usize);
+    impl Visitor for Count {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            self.0 += query.locks.len();
+            ControlFlow::Continue(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = statement.visit(&mut count);
+    count.0
 }
 
 /// Whether PostgreSQL text holds `RESET ALL` or `DISCARD ALL` among its statements: a

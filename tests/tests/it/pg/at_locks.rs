@@ -657,6 +657,7 @@ async fn locking_reads_are_checked_as_they_lock_or_refused() {
         "WITH c AS (SELECT balance FROM accounts WHERE id = 1 FOR UPDATE) SELECT * FROM c",
         "SELECT balance FROM accounts WHERE id IN (SELECT id FROM accounts WHERE id = 1 FOR UPDATE)",
         "SELECT balance FROM accounts FOR UPDATE SKIP LOCKED",
+        "DECLARE c CURSOR FOR SELECT balance FROM accounts WHERE id = 1 FOR UPDATE",
         "SELECT balance FROM accounts WHERE id = (SELECT nextval('s')) FOR UPDATE",
     ] {
         let err = reader.simple_query(refused).await.unwrap_err();
