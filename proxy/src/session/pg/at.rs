@@ -1473,7 +1473,7 @@ pub(super) fn split_rows(
 fn split_row_description(body: &[u8]) -> Result<Vec<&[u8]>> {
     let bad = || Error::UpstreamProtocol("bad RowDescription");
     let mut r = Reader::new(body);
-    let n = r.i16().map_err(|_| bad())?;
+    let n = r.count().map_err(|_| bad())?;
     let mut fields = Vec::new();
     for _ in 0..n {
         let start = r.remaining();
@@ -1487,7 +1487,7 @@ fn split_row_description(body: &[u8]) -> Result<Vec<&[u8]>> {
 fn split_data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>> {
     let bad = || Error::UpstreamProtocol("bad DataRow");
     let mut r = Reader::new(body);
-    let n = r.i16().map_err(|_| bad())?;
+    let n = r.count().map_err(|_| bad())?;
     let mut values = Vec::new();
     for _ in 0..n {
         let len = r.i32().map_err(|_| bad())?;

@@ -317,7 +317,7 @@ fn put_statement(out: &mut BytesMut, sql: &str, params: &[Param<'_>], result_for
 fn decode_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
     let bad = || Error::UpstreamProtocol("bad ParameterDescription");
     let mut r = crate::wire::pg::reader::Reader::new(body);
-    let n = r.i16().map_err(|_| bad())?;
+    let n = r.count().map_err(|_| bad())?;
     (0..n)
         .map(|_| r.i32().map(|t| t as u32).map_err(|_| bad()))
         .collect()
@@ -326,8 +326,8 @@ fn decode_parameter_description(body: &[u8]) -> Result<Vec<u32>> {
 fn decode_data_row(body: &[u8]) -> Result<Vec<Option<Vec<u8>>>> {
     let bad = || Error::UpstreamProtocol("bad DataRow");
     let mut r = crate::wire::pg::reader::Reader::new(body);
-    let n = r.i16().map_err(|_| bad())?;
-    let mut row = Vec::with_capacity(n.max(0) as usize);
+    let n = r.count().map_err(|_| bad())?;
+    let mut row = Vec::with_capacity(n);
     for _ in 0..n {
         let len = r.i32().map_err(|_| bad())?;
         row.push(match usize::try_from(len) {

@@ -39,6 +39,13 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    /// A count: the protocol's Int16 counts (parameters, formats, columns) run to
+    /// 65535, read unsigned as PostgreSQL reads them.
+    pub fn count(&mut self) -> Result<usize, Truncated> {
+        let bytes = self.bytes(2)?;
+        Ok(usize::from(u16::from_be_bytes([bytes[0], bytes[1]])))
+    }
+
     pub fn i16(&mut self) -> Result<i16, Truncated> {
         let bytes = self.bytes(2)?;
         Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
@@ -81,5 +88,11 @@ mod tests {
         assert_eq!(r.i32(), Err(Truncated));
         assert_eq!(Reader::new(b"no terminator").cstr(), Err(Truncated));
         assert_eq!(Reader::new(b"x").bytes(2), Err(Truncated));
+    }
+
+    #[test]
+    fn counts_run_to_65535() {
+        assert_eq!(Reader::new(&[0x9c, 0x40]).count(), Ok(40_000));
+        assert_eq!(Reader::new(&[0xff, 0xff]).count(), Ok(65_535));
     }
 }

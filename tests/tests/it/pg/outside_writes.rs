@@ -1117,3 +1117,96 @@ async fn an_outside_upsert_on_another_unique_key_is_checked_by_the_rows_it_chang
     assert_eq!(balance(&direct, 4).await, 1000, "rolled back exactly");
     finish(lockserver, [global, outside]).await;
 }
+
+/// The protocol's counts of parameters run to 65535. Read as signed, a statement with
+/// more than 32767 went unseen: outside a global transaction its INSERT was not
+/// checked (it recreated a row a global transaction had deleted, whose rollback then
+/// failed), and inside one it was refused with 08P01 naming tandem's statement.
+#[tokio::test]
+async fn a_statement_of_more_than_32767_parameters_is_read_whole() {
+    let db = prepare("outside_many_params").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL, w text, x text, y text)",
+        )
+        .await
+        .unwrap();
+    // 33,000 parameters in 6,600 rows (a branch locks at most 10,000 keys).
+    const ROWS: i32 = 6_600;
+    let sql = format!(
+        "INSERT INTO big (id, v, w, x, y) VALUES {}",
+        (0..ROWS)
+            .map(|r| {
+                let p = 5 * r;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let ids: Vec<i32> = (1..=ROWS).collect();
+    let texts: Vec<String> = ids.iter().map(|id| format!("v{id}")).collect();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ids
+        .iter()
+        .zip(&texts)
+        .flat_map(|(id, v)| [id as _, v as _, v as _, v as _, v as _])
+        .collect();
+    let count = || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+
+    // In a global transaction: captured, and rolled back.
+    let a = global.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    assert_eq!(a.execute(&sql, &params).await.unwrap(), ROWS as u64);
+    // Undoing 6,600 rows may outlast the rollback's wait: it goes on in phase 2.
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert!(
+        matches!(status.as_deref(), Some("Rollbacked" | "Rollbacking")),
+        "{status:?}"
+    );
+    tandem_tests::harness::eventually_within(
+        "the rows are undone",
+        Duration::from_secs(60),
+        || async { count().await == 0 },
+    )
+    .await;
+
+    // Outside one: a key a global transaction deleted is held.
+    direct
+        .batch_execute("INSERT INTO big (id, v) VALUES (5, 'kept')")
+        .await
+        .unwrap();
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("DELETE FROM big WHERE id = 5")
+        .await
+        .unwrap();
+    let b = outside.connect(&db.name).await;
+    let err = b.execute(&sql, &params).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    rolled_back(&a).await;
+    let rows: Vec<(i32, String)> = direct
+        .query("SELECT id, v FROM big", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(5, "kept".to_owned())]);
+    finish(lockserver, [global, outside]).await;
+}

@@ -25,9 +25,9 @@ impl<'a> Parse<'a> {
         let mut r = Reader::new(body);
         let name = r.cstr()?;
         let sql = r.cstr()?;
-        let count = r.i16()?;
-        let mut param_types = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(64));
-        for _ in 0..count.max(0) {
+        let count = r.count()?;
+        let mut param_types = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
             param_types.push(r.i32()? as u32);
         }
         Ok(Parse {
@@ -69,9 +69,9 @@ impl<'a> Bind<'a> {
         let portal = r.cstr()?;
         let statement = r.cstr()?;
         let param_formats = read_i16s(&mut r)?;
-        let count = r.i16()?;
-        let mut params = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(64));
-        for _ in 0..count.max(0) {
+        let count = r.count()?;
+        let mut params = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
             let len = r.i32()?;
             params.push(match usize::try_from(len) {
                 Ok(len) => Some(r.bytes(len)?),
@@ -113,9 +113,9 @@ impl<'a> Bind<'a> {
 }
 
 fn read_i16s(r: &mut Reader<'_>) -> Result<Vec<i16>, Truncated> {
-    let count = r.i16()?;
-    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(64));
-    for _ in 0..count.max(0) {
+    let count = r.count()?;
+    let mut out = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
         out.push(r.i16()?);
     }
     Ok(out)
