@@ -28,8 +28,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use tandem_undo::{Analysis, Postgres, analyze};
 
-/// tandem's own name for the write it prepares again.
-const WRITE_STATEMENT: &[u8] = b"tandem_write";
+/// tandem's own name for the write it prepares again (see exchange.rs's `STATEMENT`).
+const WRITE_STATEMENT: &[u8] = b"\x01tandem_write";
 
 /// What happens to a Parse or Bind of a bound session.
 pub(super) enum Extended {

@@ -22,9 +22,11 @@ use crate::wire::pg::messages::write::{put_cstr, put_msg};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The statement and portal names tandem uses for its own statements.
-const STATEMENT: &[u8] = b"tandem_stmt";
-const PORTAL: &[u8] = b"tandem_portal";
+/// The statement and portal names tandem uses for its own statements. They share the
+/// session's namespace with the client's: a control character ahead keeps a client's
+/// names (`s1`, `__asyncpg_stmt_2__`, even `tandem_stmt`) from ever meeting them.
+const STATEMENT: &[u8] = b"\x01tandem_stmt";
+const PORTAL: &[u8] = b"\x01tandem_portal";
 
 /// What one injected statement returned.
 #[derive(Debug, Default)]

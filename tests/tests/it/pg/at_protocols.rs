@@ -2634,3 +2634,55 @@ async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg) {
         "{replies:?}"
     );
 }
+
+/// tandem's own statements share the session's namespace with the client's. A client
+/// statement named as one of tandem's (`tandem_write`, `tandem_stmt`) stays the
+/// client's: tandem's names cannot be spelled by a client by accident, so its capture
+/// of a write never replaces the client's statement, nor runs again in its place.
+#[tokio::test]
+async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
+    use super::control::{bind_body, parse_body, unnamed_batch};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("names_clash").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut prepare_both = frame(b'P', &parse_body("tandem_write", "SELECT 42"));
+    prepare_both.extend(frame(b'P', &parse_body("tandem_stmt", "SELECT 43")));
+    prepare_both.extend(frame(b'S', b""));
+    raw.send(&prepare_both).await;
+    raw.recv_until(b'Z').await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&unnamed_batch(&[
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    for (statement, value) in [("tandem_write", "42"), ("tandem_stmt", "43")] {
+        let mut run = frame(b'B', &bind_body(statement));
+        run.extend(frame(b'E', b"\0\0\0\0\0"));
+        run.extend(frame(b'S', b""));
+        raw.send(&run).await;
+        let replies = raw.recv_until(b'Z').await;
+        let row = replies
+            .iter()
+            .find(|m| m.tag == b'D')
+            .unwrap_or_else(|| panic!("{statement}: {replies:?}"));
+        assert_eq!(&row.body[6..], value.as_bytes(), "{statement}");
+    }
+    raw.query("SELECT tandem_rollback()").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
+        "{replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
