@@ -821,6 +821,7 @@ impl Relay<'_> {
         if w.rows_left_for_client != Some(0) {
             return None;
         }
+        self.unnamed_portal_spent = true;
         let mut out = BytesMut::new();
         put_empty(&mut out, backend::PORTAL_SUSPENDED);
         Some(out)

@@ -490,6 +490,7 @@ impl Relay<'_> {
         if write.has_returning && batch.max_rows != 0 && !batch.bind.portal.is_empty() {
             // tandem's Execute takes every row: a later Execute of the portal, which
             // the backend would answer with the rows past the limit, would get none.
+            // (The unnamed portal's is refused when it comes: `unnamed_portal_spent`.)
             return Err(Error::Unsupported {
                 what: "a write with RETURNING executed into a named portal with a row limit inside a global transaction",
             });

@@ -85,6 +85,10 @@ impl Relay<'_> {
                 _ => None,
             };
             let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
+            // An Execute of the unnamed portal (its name, empty, is the body's first byte).
+            let execute_spent = frame.tag == frontend::EXECUTE
+                && self.unnamed_portal_spent
+                && body.first() == Some(&0);
             if matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 && (self.after_leading_closes(TxStatus::Idle)
                     || (self.after_leading_closes(TxStatus::InTransaction)
@@ -98,11 +102,17 @@ impl Relay<'_> {
             if control.is_some()
                 || matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 || execute_outside
+                || execute_spent
             {
                 let handled = match control {
                     Some(parsed) => {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
+                    }
+                    None if execute_spent => {
+                        Extended::RefuseExecute(super::at_extended::refusal(Error::Unsupported {
+                            what: "executing again, for the rows past its row limit, a write with RETURNING inside a global transaction (tandem ran it whole; take its rows in one Execute)",
+                        }))
                     }
                     None if execute_outside => self.guard_execute(&buf[pos..], body).await?,
                     None => {
@@ -368,7 +378,12 @@ impl Relay<'_> {
                 self.block_may_have_ended |=
                     body.first() != Some(&0) || !self.unnamed_portal_keeps_block;
             }
-            frontend::BIND => self.bound_in_batch = true,
+            frontend::BIND => {
+                self.bound_in_batch = true;
+                // A new unnamed portal replaces the spent one.
+                self.unnamed_portal_spent &= body.first() != Some(&0);
+            }
+            frontend::CLOSE if body.starts_with(b"P\0") => self.unnamed_portal_spent = false,
             frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
                 self.executed_in_batch = false;
                 self.bound_in_batch = false;

@@ -241,6 +241,10 @@ struct Relay<'a> {
     /// The backend reported an error since its last ReadyForQuery: it skips what the
     /// client sends up to the next Sync.
     error_since_ready: bool,
+    /// The unnamed portal holds a write with RETURNING that tandem ran whole under the
+    /// client's row limit (see `on_write_command_complete`): executed again, it would
+    /// give none of the rows past the limit, so such an Execute is refused.
+    unnamed_portal_spent: bool,
     /// A pool reset (RESET ALL, DISCARD ALL) the client sent, on its way to unbinding
     /// the session: only once it has run, and stays done.
     pool_reset: PoolReset,
@@ -326,6 +330,7 @@ impl<'a> Relay<'a> {
             block_may_have_ended: false,
             unnamed_portal_keeps_block: false,
             error_since_ready: false,
+            unnamed_portal_spent: false,
             pool_reset: PoolReset::None,
             pool_reset_batch: 0,
             closes_only_in_batch: true,

@@ -246,6 +246,8 @@ impl Relay<'_> {
                     // the rows it captured are undone and their row locks gone, as are
                     // the transaction's savepoints.
                     self.branch = at_branch::Branch::default();
+                    // Portals end with their transaction.
+                    self.unnamed_portal_spent = false;
                     self.binding.on_local_transaction_end();
                     self.forget_resolutions_of_ended_transaction();
                     if self.xa == xa::XaBranch::Open {

@@ -1537,6 +1537,29 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     raw.query("COMMIT").await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "CZ", "{replies:?}");
+    // In a block the unnamed portal outlives the Sync, but the rows past the limit
+    // are gone (tandem ran the write whole): executing it again is refused, not
+    // answered with none of them.
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&limited(
+        "UPDATE accounts SET balance = balance + 1 WHERE id IN (1, 2) RETURNING id",
+        1,
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DsZ", "{replies:?}");
+    let mut again = frame(b'E', b"\0\0\0\0\0");
+    again.extend(frame(b'S', b""));
+    raw.send(&again).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("0A000"),
+        "{replies:?}"
+    );
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
 
     // Autocommit, fewer rows than the limit: all of them, and CommandComplete.
     raw.send(&limited(
