@@ -150,6 +150,11 @@ pub enum Error {
     #[error("{message}")]
     InjectedTransient { state: SqlState, message: String },
 
+    /// The client's own statement failed to prepare when tandem described it, before
+    /// running it: the server's error, as it would have reached the client.
+    #[error("{message}")]
+    Unprepared { state: SqlState, message: String },
+
     #[error("tandem's side connection to MySQL: {0}")]
     MysqlSide(#[from] mysql_async::Error),
 
@@ -176,11 +181,22 @@ impl Error {
         }
     }
 
-    /// The backend's error to one of tandem's own statements (`Error::injected`).
+    /// The backend's error (`code`, `message`) for the describe of a client's
+    /// statement: `Unprepared` where the statement itself does not prepare, else as
+    /// [`Error::injected`].
+    pub fn describing(code: &str, message: String) -> Error {
+        match SqlState::of_unprepared_statement(code) {
+            Some(state) => Error::Unprepared { state, message },
+            None => Error::injected(code, message),
+        }
+    }
+
+    /// The backend's error to one of tandem's own statements (`Error::injected`), the
+    /// describe of a client's statement included.
     pub fn is_injected(&self) -> bool {
         matches!(
             self,
-            Error::Injected { .. } | Error::InjectedTransient { .. }
+            Error::Injected { .. } | Error::InjectedTransient { .. } | Error::Unprepared { .. }
         )
     }
 
@@ -220,7 +236,7 @@ impl Error {
             | Error::GloballyLocked { .. } => SqlState::SerializationFailure,
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
-            Error::InjectedTransient { state, .. } => *state,
+            Error::InjectedTransient { state, .. } | Error::Unprepared { state, .. } => *state,
             Error::RolledBackDuringCommit { .. } => SqlState::SerializationFailure,
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. }
@@ -306,7 +322,8 @@ impl Error {
             | Error::Lockserver(_)
             | Error::InFailedTransaction
             | Error::Injected { .. }
-            | Error::InjectedTransient { .. } => MyErr::Unknown,
+            | Error::InjectedTransient { .. }
+            | Error::Unprepared { .. } => MyErr::Unknown,
             Error::UnknownTable { .. } => MyErr::NoSuchTable,
         }
     }
@@ -338,6 +355,7 @@ impl Error {
                 | Error::RowGloballyLocked { .. }
                 | Error::Injected { .. }
                 | Error::InjectedTransient { .. }
+                | Error::Unprepared { .. }
                 | Error::RolledBackDuringCommit { .. }
         )
     }
@@ -363,6 +381,7 @@ impl Error {
                 | Error::BadControlCall(_)
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
+                | Error::Unprepared { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
 
@@ -409,6 +428,7 @@ impl Error {
             Error::Lockserver(_) => "lockserver",
             Error::Undo(_)
             | Error::UnknownTable { .. }
+            | Error::Unprepared { .. }
             | Error::Uncaptured { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }

@@ -140,7 +140,7 @@ impl Relay<'_> {
             .pop()
             .unwrap_or_default();
         if let Some(e) = got.error {
-            return Err(Error::injected(&e.code, e.message));
+            return Err(Error::describing(&e.code, e.message));
         }
         Ok(self.describe_reply.take().unwrap_or_default())
     }

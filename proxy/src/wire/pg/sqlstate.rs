@@ -43,6 +43,25 @@ pub enum SqlState {
     InFailedSqlTransaction,
     /// 57014 query_canceled: a cancel or statement_timeout.
     QueryCanceled,
+    /// 42601 syntax_error, and the others below: a client's statement that does not
+    /// prepare when tandem describes it (see `of_unprepared_statement`).
+    SyntaxError,
+    /// 42702 ambiguous_column.
+    AmbiguousColumn,
+    /// 42703 undefined_column.
+    UndefinedColumn,
+    /// 42704 undefined_object.
+    UndefinedObject,
+    /// 42804 datatype_mismatch.
+    DatatypeMismatch,
+    /// 42883 undefined_function.
+    UndefinedFunction,
+    /// 42501 insufficient_privilege.
+    InsufficientPrivilege,
+    /// 42P08 ambiguous_parameter.
+    AmbiguousParameter,
+    /// 42P18 indeterminate_datatype.
+    IndeterminateDatatype,
 }
 
 impl SqlState {
@@ -55,6 +74,25 @@ impl SqlState {
             "40P01" => SqlState::DeadlockDetected,
             "55P03" => SqlState::LockNotAvailable,
             "57014" => SqlState::QueryCanceled,
+            _ => return None,
+        })
+    }
+
+    /// The SQLSTATEs with which a client's statement fails to prepare, which tandem
+    /// meets first when it describes the statement before running it: the client gets
+    /// them as the server gave them, as it would without tandem.
+    pub fn of_unprepared_statement(code: &str) -> Option<SqlState> {
+        Some(match code {
+            "42601" => SqlState::SyntaxError,
+            "42702" => SqlState::AmbiguousColumn,
+            "42703" => SqlState::UndefinedColumn,
+            "42704" => SqlState::UndefinedObject,
+            "42804" => SqlState::DatatypeMismatch,
+            "42883" => SqlState::UndefinedFunction,
+            "42501" => SqlState::InsufficientPrivilege,
+            "42P08" => SqlState::AmbiguousParameter,
+            "42P18" => SqlState::IndeterminateDatatype,
+            "42P01" => SqlState::UndefinedTable,
             _ => return None,
         })
     }
@@ -79,6 +117,15 @@ impl SqlState {
             SqlState::UndefinedTable => "42P01",
             SqlState::InFailedSqlTransaction => "25P02",
             SqlState::QueryCanceled => "57014",
+            SqlState::SyntaxError => "42601",
+            SqlState::AmbiguousColumn => "42702",
+            SqlState::UndefinedColumn => "42703",
+            SqlState::UndefinedObject => "42704",
+            SqlState::DatatypeMismatch => "42804",
+            SqlState::UndefinedFunction => "42883",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::AmbiguousParameter => "42P08",
+            SqlState::IndeterminateDatatype => "42P18",
         }
     }
 }
@@ -107,6 +154,16 @@ mod tests {
             SystemError,
             UndefinedTable,
             InFailedSqlTransaction,
+            QueryCanceled,
+            SyntaxError,
+            AmbiguousColumn,
+            UndefinedColumn,
+            UndefinedObject,
+            DatatypeMismatch,
+            UndefinedFunction,
+            InsufficientPrivilege,
+            AmbiguousParameter,
+            IndeterminateDatatype,
         ];
         let mut codes: Vec<_> = all.iter().map(|s| s.code()).collect();
         assert!(codes.iter().all(|c| c.len() == 5));

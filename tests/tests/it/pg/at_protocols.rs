@@ -2709,3 +2709,47 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A write of a global transaction that does not prepare (a column that is not there,
+/// a parameter used two ways) fails with the server's own SQLSTATE when tandem meets
+/// it first, describing the statement before running it: not as tandem's own failure.
+#[tokio::test]
+async fn a_write_that_does_not_prepare_fails_with_the_servers_sqlstate() {
+    use super::control::batch_with_a_parameter;
+    use tandem_tests::raw_pg::RawPg;
+    let db = prepare("unprepared_write").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin(30000)").await;
+    raw.recv_until(b'Z').await;
+    for (sql, sqlstate) in [
+        (
+            "UPDATE accounts SET no_such_column = $1 WHERE id = 1",
+            "42703",
+        ),
+        (
+            "UPDATE accounts SET note = $1 WHERE $1 IS NOT NULL AND id = $1",
+            "42P08",
+        ),
+    ] {
+        raw.send(&batch_with_a_parameter("", sql)).await;
+        let replies = raw.recv_until(b'Z').await;
+        let error = replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("{sql}: {replies:?}"));
+        assert_eq!(
+            error.sqlstate().as_deref(),
+            Some(sqlstate),
+            "{sql}: {replies:?}"
+        );
+    }
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
