@@ -19,6 +19,15 @@ pub enum Error {
         /// What was refused.
         what: String,
     },
+    /// A locking read whose rows cannot be checked against the global locks, so it is
+    /// refused.
+    #[error(
+        "{what} cannot run inside a global transaction: tandem cannot check the rows it locks against the global locks"
+    )]
+    Unchecked {
+        /// What was refused.
+        what: String,
+    },
     /// Catalog query results that do not have the shape their query gives.
     #[error("table metadata does not fit its query: {what}")]
     Catalog {
@@ -36,5 +45,9 @@ pub enum Error {
 impl Error {
     pub(crate) fn unsupported(what: impl Into<String>) -> Self {
         Error::Unsupported { what: what.into() }
+    }
+
+    pub(crate) fn unchecked(what: impl Into<String>) -> Self {
+        Error::Unchecked { what: what.into() }
     }
 }

@@ -337,8 +337,8 @@ impl TableMeta {
             .as_ref()
             .filter(|sql| calls_volatile_function(d, sql))
         {
-            return Err(Error::unsupported(format!(
-                "a locking read whose rows are chosen by something that differs from one evaluation to the next ({selection}), in a global transaction,"
+            return Err(Error::unchecked(format!(
+                "a locking read whose rows are chosen by something that differs from one evaluation to the next ({selection})"
             )));
         }
         let qualifier = d.quote_ident(read.alias.as_deref().unwrap_or(&read.table.name));

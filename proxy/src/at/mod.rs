@@ -42,10 +42,6 @@ pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
         .strip_prefix('/')
 }
 
-/// A locking read's check in a global transaction: the rows it locks (`keys`) must not
-/// be held by another unfinished global transaction. Waits up to `wait` for such a
-/// lock, then fails (`GloballyLocked`); gives way at once to a holder that is rolling
-/// back, whose undo needs the rows the read now holds locked locally.
 /// How long a locking read waits for rows another global transaction holds: not at
 /// all under NOWAIT, as for a local lock.
 pub fn read_lock_wait(
@@ -59,6 +55,10 @@ pub fn read_lock_wait(
     }
 }
 
+/// A locking read's check in a global transaction: the rows it locks (`keys`) must not
+/// be held by another unfinished global transaction. Waits up to `wait` for such a
+/// lock, then fails (`GloballyLocked`); gives way at once to a holder that is rolling
+/// back, whose undo needs the rows the read now holds locked locally.
 pub async fn wait_for_read_locks(
     lock: &tandem_lockserver::client::LockClient,
     keys: &[tandem_lockserver::client::LockKey],

@@ -302,8 +302,8 @@ fn unless_locked_below(
         _ => return Ok(analysis),
     };
     if lock_clauses(statement) > checked {
-        return Err(Error::unsupported(
-            "a lock clause in a subquery, a CTE, a derived table, parentheses or a cursor (tandem checks a top-level SELECT … FOR UPDATE's rows against global locks only)",
+        return Err(Error::unchecked(
+            "a lock clause in a subquery, a CTE, a derived table, parentheses or a cursor (only a top-level SELECT … FOR UPDATE is checked)",
         ));
     }
     Ok(analysis)
@@ -706,8 +706,8 @@ fn analyze_query(query: &Query, names: Names) -> Result<Analysis, Error> {
         .iter()
         .any(|l| l.nonblock == Some(NonBlock::SkipLocked))
     {
-        return Err(Error::unsupported(
-            "SELECT … SKIP LOCKED in a global transaction (tandem cannot make the read pass over rows another global transaction holds)",
+        return Err(Error::unchecked(
+            "SELECT … SKIP LOCKED (tandem cannot make the read pass over rows another global transaction holds)",
         ));
     }
     let single = match (query.body.as_ref(), query.locks.as_slice()) {
