@@ -2778,6 +2778,18 @@ async fn a_statement_a_client_charset_reads_otherwise_is_refused() {
     assert_eq!(code(&e), 1235, "{e}");
     assert_eq!(dump(&mut direct, "accounts").await, before);
 
+    // The character set set by a statement ahead in the same text: the session's
+    // now is not the one that reads the rest.
+    run_each(&mut conn, &["SET NAMES utf8mb4"]).await;
+    let e = conn
+        .query_drop(
+            "SET NAMES gbk; SELECT '中\\'; UPDATE accounts SET balance = 0 WHERE id = 1; -- '",
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+
     // Read as UTF-8, it changes row 1, which the rollback restores.
     run_each(&mut conn, &["SET NAMES utf8mb4", misread]).await;
     let note: Option<String> = direct

@@ -794,6 +794,11 @@ impl Relay<'_> {
         if !may_swallow_a_quote(sql.as_bytes()) {
             return Ok(Ok(false));
         }
+        if may_change_the_charset(sql.as_bytes()) {
+            // A statement ahead of the others in the text may set it (SET NAMES gbk;
+            // …): what the session says now is not what reads them.
+            return Ok(Ok(true));
+        }
         Ok(self
             .own_select("SELECT @@SESSION.character_set_client", &[])
             .await?
@@ -1333,6 +1338,14 @@ fn may_swallow_a_quote(sql: &[u8]) -> bool {
         .any(|pair| !pair[0].is_ascii() && matches!(pair[1], b'\\' | b'`'))
 }
 
+/// Whether `sql` may set the session's character set for statements (SET NAMES, SET
+/// CHARACTER SET or CHARSET, character_set_client), ASCII case ignored.
+fn may_change_the_charset(sql: &[u8]) -> bool {
+    [&b"names"[..], b"charset", b"character"]
+        .iter()
+        .any(|word| tandem_undo::contains_ignore_case(sql, word))
+}
+
 /// A statement the session's character set reads otherwise than tandem does.
 const CHARSET_MISREAD: Error = Error::Unsupported {
     what: "a statement with a non-ASCII character before a backslash or a backtick from a session whose character_set_client is big5, cp932, gbk, sjis or gb18030 (the server may read them as one character, tandem reads the statement as UTF-8), in AT mode on MySQL",
@@ -1424,6 +1437,9 @@ mod tests {
         assert!(may_swallow_a_quote("SELECT `用户` FROM t".as_bytes()));
         assert!(!may_swallow_a_quote("SET s = '中', t = 'a\\'".as_bytes()));
         assert!(!may_swallow_a_quote(b"SET s = 'a\\', t = `b`"));
+        assert!(may_change_the_charset(b"set Names gbk; SELECT 1"));
+        assert!(may_change_the_charset(b"SET @@character_set_client = sjis"));
+        assert!(!may_change_the_charset(b"UPDATE t SET v = 1"));
     }
 
     #[test]
