@@ -113,6 +113,11 @@ pub struct Relay<'a> {
     /// since the server last said it holds none: tandem asks before it opens a
     /// transaction of its own, which would release them.
     pub(super) may_hold_table_locks: bool,
+    /// Counts what may have set the session's character set for statements (SET NAMES
+    /// and the like, CALL, a reset): a prepared statement whose text the set may read
+    /// otherwise than tandem, prepared under another count, was read under a set
+    /// tandem can no longer ask.
+    pub(super) charset_changes: u64,
     /// Column definitions tandem writes carry MariaDB's extended metadata.
     pub(super) extended_metadata: bool,
     pub(super) executes_last_prepared: bool,
@@ -185,6 +190,7 @@ impl<'a> Relay<'a> {
             database_uncertain: false,
             temporary_tables: std::collections::HashMap::new(),
             may_hold_table_locks: false,
+            charset_changes: 0,
             execute_forwarded: false,
             extended_metadata: opened.extended_metadata,
             executes_last_prepared: opened.executes_last_prepared,

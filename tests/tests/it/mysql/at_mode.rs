@@ -2790,6 +2790,15 @@ async fn a_statement_a_client_charset_reads_otherwise_is_refused() {
     assert_eq!(code(&e), 1235, "{e}");
     assert_eq!(dump(&mut direct, "accounts").await, before);
 
+    // Prepared under gbk, executed under utf8mb4: the server read it as gbk, which
+    // asking the session now would not tell.
+    run_each(&mut conn, &["SET NAMES gbk"]).await;
+    let statement = conn.prep(misread).await.unwrap();
+    run_each(&mut conn, &["SET NAMES utf8mb4"]).await;
+    let e = conn.exec_drop(&statement, ()).await.expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+
     // Read as UTF-8, it changes row 1, which the rollback restores.
     run_each(&mut conn, &["SET NAMES utf8mb4", misread]).await;
     let note: Option<String> = direct

@@ -212,6 +212,9 @@ impl Relay<'_> {
                 what: "an execute that binds no parameter types before any execute that did, in AT mode",
             });
         };
+        if self.prepared_under_another_charset(&prepared, &sql) {
+            return self.refuse(CHARSET_MISREAD);
+        }
         let source = Source::Execute {
             // This command alone: what the client sent after it is relayed in turn.
             packet: &packet[..header.wire_len()],
@@ -811,6 +814,17 @@ impl Relay<'_> {
             }))
     }
 
+    /// Whether `prepared` (its text `sql`) was read by the server under a character set
+    /// the session may have changed since, and which may read it otherwise than
+    /// tandem: asking the session now would not tell.
+    pub(super) fn prepared_under_another_charset(
+        &self,
+        prepared: &super::control::Prepared,
+        sql: &str,
+    ) -> bool {
+        prepared.charset_changes != self.charset_changes && may_swallow_a_quote(sql.as_bytes())
+    }
+
     /// Refuses `sql`, before any of it runs, where the session's character set reads it
     /// otherwise than tandem does. None: it may go on.
     async fn refused_for_charset(&mut self, sql: &str) -> Result<Option<Handled>> {
@@ -1340,7 +1354,7 @@ fn may_swallow_a_quote(sql: &[u8]) -> bool {
 
 /// Whether `sql` may set the session's character set for statements (SET NAMES, SET
 /// CHARACTER SET or CHARSET, character_set_client), ASCII case ignored.
-fn may_change_the_charset(sql: &[u8]) -> bool {
+pub(super) fn may_change_the_charset(sql: &[u8]) -> bool {
     [&b"names"[..], b"charset", b"character"]
         .iter()
         .any(|word| tandem_undo::contains_ignore_case(sql, word))

@@ -220,6 +220,13 @@ impl Relay<'_> {
         // answers never do), so an UNLOCK TABLES here is one the server runs.
         if matches!(byte, command::QUERY | command::STMT_PREPARE) {
             let sql = payload.get(1..).unwrap_or(&[]);
+            // A procedure may set it too; so may what tandem did not read whole.
+            let calls = crate::control::leading_words(sql, true)
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"CALL"));
+            if super::at::may_change_the_charset(sql) || calls || !whole {
+                self.charset_changes += 1;
+            }
             if super::control::may_take_table_locks(sql, whole) {
                 self.may_hold_table_locks = true;
             } else if byte == command::QUERY && whole && super::control::ends_table_locks(sql) {
@@ -229,8 +236,9 @@ impl Relay<'_> {
         match byte {
             command::STMT_PREPARE => {
                 let sql = payload.get(1..).unwrap_or(&[]);
-                self.pending_prepares
-                    .push_back(super::control::Prepared::new(whole.then_some(sql)));
+                let mut prepared = super::control::Prepared::new(whole.then_some(sql));
+                prepared.charset_changes = self.charset_changes;
+                self.pending_prepares.push_back(prepared);
             }
             command::STMT_CLOSE => {
                 if let Some(id) = statement_id(payload) {
@@ -450,6 +458,7 @@ impl Relay<'_> {
     /// asks, and forgets what the server forgot with it.
     fn on_session_reset(&mut self, what: &'static str) {
         tracing::debug!(parent: &self.span, what, "session reset: unbound");
+        self.charset_changes += 1;
         self.binding.unbind();
         // The server rolls back an open XA branch with the session. It stays registered,
         // never prepared: a global commit waits for it, then fails, as when its

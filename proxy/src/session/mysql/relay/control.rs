@@ -67,6 +67,8 @@ pub(in crate::session::mysql) struct Prepared {
     pub types: Option<Vec<u16>>,
     /// COM_STMT_SEND_LONG_DATA sent values that its next execute does not carry.
     pub long_data: bool,
+    /// `Relay::charset_changes` when it was prepared.
+    pub charset_changes: u64,
 }
 
 impl Prepared {
@@ -79,6 +81,7 @@ impl Prepared {
             params: 0,
             types: None,
             long_data: false,
+            charset_changes: 0,
         }
     }
 }

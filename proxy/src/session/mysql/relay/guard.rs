@@ -163,6 +163,11 @@ impl Relay<'_> {
         if self.backslashes_misread(&sql) {
             return Ok(None);
         }
+        if self.prepared_under_another_charset(&prepared, &sql) {
+            // Its rows are not those tandem reads: see the module comment.
+            self.count_unchecked();
+            return Ok(None);
+        }
         let source = Source::Execute {
             packet: &packet[..header.wire_len()],
             values,
