@@ -102,6 +102,14 @@ pub enum Error {
     )]
     Uncaptured { table: String },
 
+    /// A plain INSERT whose rows tandem could not read back by the keys it gave: the
+    /// server stored a key otherwise than it was written. Not a race (no other
+    /// transaction can take a key it inserts), so retrying would fail the same way.
+    #[error(
+        "an INSERT into {table} whose rows tandem cannot find again by the keys it gives (the server stores a key otherwise than written: a BINARY key padded, a number rounded, a string converted), in a global transaction; the local transaction was rolled back. Write the keys as the server stores them"
+    )]
+    InsertedUnseen { table: String },
+
     /// The write's table name resolved, where it ran, to another table than the one
     /// tandem read the metadata of (the client's search_path changed in a way tandem
     /// could not see, or the table was replaced), or the rows it returned have other
@@ -228,7 +236,7 @@ impl Error {
             | Error::SideQuery(_)
             | Error::MysqlSide(_)
             | Error::SidePoolBuild { .. } => SqlState::InternalError,
-            Error::Undo(_) => SqlState::FeatureNotSupported,
+            Error::Undo(_) | Error::InsertedUnseen { .. } => SqlState::FeatureNotSupported,
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
             Error::Uncaptured { .. }
             | Error::TableChanged { .. }
@@ -288,7 +296,9 @@ impl Error {
             | Error::NotJoinable { .. } => MyErr::XaRmFail,
             Error::LocalTransactionOpen { .. } => MyErr::TransactionInProgress,
             Error::BadControlCall(_) => MyErr::WrongArguments,
-            Error::Unsupported { .. } | Error::Undo(_) => MyErr::NotSupportedYet,
+            Error::Unsupported { .. } | Error::Undo(_) | Error::InsertedUnseen { .. } => {
+                MyErr::NotSupportedYet
+            }
             Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
                 MyErr::CantConnect
             }
@@ -349,6 +359,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::Uncaptured { .. }
+                | Error::InsertedUnseen { .. }
                 | Error::TableChanged { .. }
                 | Error::ImageUnread { .. }
                 | Error::GloballyLocked { .. }
@@ -382,6 +393,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::Unprepared { .. }
+                | Error::InsertedUnseen { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
 
@@ -430,6 +442,7 @@ impl Error {
             | Error::UnknownTable { .. }
             | Error::Unprepared { .. }
             | Error::Uncaptured { .. }
+            | Error::InsertedUnseen { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. }

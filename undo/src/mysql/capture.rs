@@ -208,6 +208,20 @@ impl MysqlTable {
                 generated: rows.len(),
             });
         }
+        if matches!(
+            write.on_duplicate,
+            OnDuplicate::Update | OnDuplicate::Replace
+        ) && given
+            .iter()
+            .enumerate()
+            .any(|(i, key)| given[..i].contains(key))
+        {
+            // The second row meets the first: the server's row count then tells
+            // nothing tandem can check.
+            return Err(Error::unsupported(
+                "an upsert or REPLACE that gives one key twice in its VALUES",
+            ));
+        }
         let by_key = self.in_list(&self.meta.pk, &given);
         let (before, after) = match write.on_duplicate {
             // Not locked: a gap lock here would make concurrent INSERTs deadlock.

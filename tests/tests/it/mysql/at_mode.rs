@@ -2879,3 +2879,48 @@ async fn locking_reads_are_checked_as_they_lock_or_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// INSERTs whose rows tandem cannot check by the keys they give fail the same way on
+/// every try, so they get 1235, never the 1213 that drivers retry for ever: a key the
+/// server stores otherwise than written (a BINARY key padded, a number rounded), found
+/// after the write, which rolls back the local transaction; an upsert or REPLACE
+/// giving one key twice, refused before it runs.
+#[tokio::test]
+async fn an_insert_tandem_cannot_check_by_its_keys_is_refused_not_retried() {
+    let db = prepare("at_keys_otherwise").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop("CREATE TABLE bin4 (k BINARY(4) PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    for insert in [
+        "INSERT INTO bin4 VALUES ('ab', 1)",
+        "INSERT INTO accounts VALUES (4.6, 1, 'x')",
+        "REPLACE INTO accounts VALUES (8, 1, 'a'), (8, 2, 'b')",
+        "INSERT INTO accounts VALUES (7, 1, 'a'), (7, 2, 'b') ON DUPLICATE KEY UPDATE note = 'c'",
+    ] {
+        for in_block in [false, true] {
+            if in_block {
+                run_each(&mut conn, &["START TRANSACTION"]).await;
+            }
+            let e = conn.query_drop(insert).await.expect_err(insert);
+            assert_eq!(code(&e), 1235, "{insert}: {e}");
+            if in_block {
+                run_each(&mut conn, &["ROLLBACK"]).await;
+            }
+        }
+    }
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(dump(&mut direct, "bin4").await, Vec::<String>::new());
+    // Keys written as they are stored go in, and come out again.
+    run_each(&mut conn, &["INSERT INTO bin4 VALUES (0x61620000, 1)"]).await;
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "bin4").await, Vec::<String>::new());
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -749,6 +749,13 @@ impl Relay<'_> {
                     && (plan.generated == 0 || inserted_count == 1)
             }
         };
+        if !consistent && write.on_duplicate == OnDuplicate::Error {
+            // No other transaction can take a key a plain INSERT inserts: the server
+            // stored one otherwise than written, and always will.
+            return Ok(Err(AtFailure::Uncaptured(Error::InsertedUnseen {
+                table: meta.table.name.clone(),
+            })));
+        }
         if !consistent {
             return Ok(Err(uncaptured(meta)));
         }
