@@ -248,9 +248,8 @@ impl Relay<'_> {
 
     fn finish_status(&mut self, status: TxStatus, out: &mut BytesMut) {
         self.phase = super::Phase::Ready(status);
-        // A reset the script did not reach never ran (one it ran was taken at its own
-        // ReadyForQuery).
-        self.pool_reset = super::PoolReset::None;
+        self.pool_resets
+            .on_script_end(self.tracked.batch_being_sent());
         if status == TxStatus::Idle {
             self.binding.on_local_transaction_end();
             self.forget_resolutions_of_ended_transaction();

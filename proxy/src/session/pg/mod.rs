@@ -15,6 +15,7 @@ mod exchange;
 mod guard;
 mod intercept;
 mod phase;
+mod pool_reset;
 mod server_side;
 pub mod startup;
 pub mod tracked;
@@ -245,12 +246,9 @@ struct Relay<'a> {
     /// client's row limit (see `on_write_command_complete`): executed again, it would
     /// give none of the rows past the limit, so such an Execute is refused.
     unnamed_portal_spent: bool,
-    /// A pool reset (RESET ALL, DISCARD ALL) the client sent, on its way to unbinding
-    /// the session: only once it has run, and stays done.
-    pool_reset: PoolReset,
-    /// The batch (see `Tracked::batch_being_sent`) that carries `pool_reset`: only its
-    /// replies tell whether the reset ran.
-    pool_reset_batch: u64,
+    /// Pool resets (RESET ALL, DISCARD ALL) the client sent, on their way to
+    /// unbinding the session.
+    pool_resets: pool_reset::PoolResets,
     /// The batch so far is Close messages only (pgJDBC closes the statements it
     /// dropped ahead of a transaction's BEGIN): a BEGIN may still run ahead.
     closes_only_in_batch: bool,
@@ -331,8 +329,7 @@ impl<'a> Relay<'a> {
             unnamed_portal_keeps_block: false,
             error_since_ready: false,
             unnamed_portal_spent: false,
-            pool_reset: PoolReset::None,
-            pool_reset_batch: 0,
+            pool_resets: pool_reset::PoolResets::default(),
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
@@ -520,18 +517,4 @@ fn reserve_for_read(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
-}
-
-/// Where a pool reset the client sent stands. RESET ALL runs inside transactions and
-/// goes with them: the session is unbound once one has run and its transaction ended
-/// without a rollback, never at the sight of it (a reset that fails, or that an
-/// earlier error keeps from running, changes nothing). An error after it in its batch
-/// undoes it with the batch's implicit transaction, or fails its block: no reset then.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PoolReset {
-    None,
-    /// Sent, not run yet.
-    Sent,
-    /// Its CommandComplete came.
-    Ran,
 }

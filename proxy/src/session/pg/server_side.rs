@@ -170,34 +170,9 @@ impl Relay<'_> {
     }
 
     /// The client sent a pool reset (RESET ALL, DISCARD ALL) in the batch it is
-    /// sending: it unbinds the session once it has run (`on_pool_reset_batch_answered`).
+    /// sending: it unbinds the session once it has run (pool_reset.rs).
     pub(super) fn on_pool_reset_sent(&mut self) {
-        self.pool_reset = PoolReset::Sent;
-        self.pool_reset_batch = self.tracked.batch_being_sent();
-    }
-
-    /// The ReadyForQuery of the batch that carried a pool reset (`status` after it).
-    fn on_pool_reset_batch_answered(&mut self, status: TxStatus) {
-        self.pool_reset = match self.pool_reset {
-            PoolReset::Ran if status == TxStatus::Idle => {
-                tracing::debug!(parent: &self.span, "pool reset: unbound");
-                self.binding.unbind();
-                PoolReset::None
-            }
-            PoolReset::Ran => {
-                // The branch, if any, commits or rolls back in the global transaction
-                // first.
-                self.binding.unbind_at_transaction_end();
-                PoolReset::None
-            }
-            // A script sends its statements one at a time, each a batch of its own:
-            // the reset may be ahead still.
-            PoolReset::Sent if self.script.is_some() => {
-                self.pool_reset_batch = self.tracked.batch_being_answered();
-                PoolReset::Sent
-            }
-            _ => PoolReset::None,
-        };
+        self.pool_resets.sent(self.tracked.batch_being_sent());
     }
 
     /// Records a ParameterStatus (its body), whoever's statement it followed.
@@ -235,10 +210,26 @@ impl Relay<'_> {
                 {
                     self.report_phase_one_failed(Some(&undo));
                 }
-                if self.pool_reset != PoolReset::None
-                    && self.tracked.batch_being_answered() > self.pool_reset_batch
-                {
-                    self.on_pool_reset_batch_answered(status);
+                // A script sends its statements one at a time, each a batch of its own:
+                // its reset may be ahead still.
+                let next_of_script = self
+                    .script
+                    .is_some()
+                    .then(|| self.tracked.batch_being_sent());
+                let verdict = self.pool_resets.on_ready(
+                    self.tracked.last_batch_answered(),
+                    status != TxStatus::Idle,
+                    next_of_script,
+                );
+                match verdict {
+                    pool_reset::Verdict::Keep => {}
+                    pool_reset::Verdict::Unbind => {
+                        tracing::debug!(parent: &self.span, "pool reset: unbound");
+                        self.binding.unbind();
+                    }
+                    pool_reset::Verdict::UnbindAtTransactionEnd => {
+                        self.binding.unbind_at_transaction_end();
+                    }
                 }
                 if self.phase == Phase::Ready(TxStatus::Idle) {
                     // A branch never outlives its local transaction: every COMMIT path
@@ -281,18 +272,11 @@ impl Relay<'_> {
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
                 }
-                if tag == b"RESET"
-                    && self.pool_reset == PoolReset::Sent
-                    && self.tracked.batch_being_answered() == self.pool_reset_batch
-                {
-                    self.pool_reset = PoolReset::Ran;
-                }
+                self.pool_resets
+                    .on_command_complete(tag, self.tracked.batch_being_answered());
                 if tag == b"ROLLBACK" {
                     // It may undo a reset that ran in the transaction (or after the
                     // savepoint): the session stays bound.
-                    if self.pool_reset == PoolReset::Ran {
-                        self.pool_reset = PoolReset::Sent;
-                    }
                     self.binding.keep_after_rollback();
                 }
                 if tag == b"DISCARD ALL" && self.binding.xid().is_some() {
@@ -328,9 +312,8 @@ impl Relay<'_> {
             }
             backend::ERROR_RESPONSE => {
                 self.error_since_ready = true;
-                if self.pool_reset == PoolReset::Ran {
-                    self.pool_reset = PoolReset::Sent;
-                }
+                self.pool_resets
+                    .on_error(self.tracked.batch_being_answered());
                 let fields = ErrorFields::decode(body)
                     .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
                 if fields.is_fatal() || self.phase == Phase::Authenticating {

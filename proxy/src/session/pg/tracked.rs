@@ -66,8 +66,12 @@ enum Outstanding {
         target: Target,
         name: Bytes,
     },
-    /// Sync, Query or FunctionCall: each ends with ReadyForQuery.
-    SyncPoint(SyncKind),
+    /// Sync, Query or FunctionCall: each ends with ReadyForQuery. `batch`: its number
+    /// (see `Tracked::batch_being_sent`).
+    SyncPoint {
+        kind: SyncKind,
+        batch: u64,
+    },
     /// The client ended a COPY IN (CopyDone or CopyFail) before the backend said
     /// it had started one.
     CopyEnd,
@@ -101,8 +105,9 @@ pub struct Tracked {
     copy_in: bool,
     /// Sync, Query and FunctionCall messages sent: the number of the batch under way.
     sync_points_sent: u64,
-    /// ReadyForQuery messages received: the number of the last batch answered.
-    sync_points_answered: u64,
+    /// The number of the last batch a ReadyForQuery answered (a Sync the backend
+    /// ignored in copy-in mode gets none, and leaves a gap).
+    last_batch_answered: u64,
 }
 
 impl Tracked {
@@ -216,20 +221,35 @@ impl Tracked {
         if self.copy_in && kind == SyncKind::Sync {
             return false;
         }
-        self.outstanding.push_back(Outstanding::SyncPoint(kind));
         self.sync_points_sent += 1;
+        self.outstanding.push_back(Outstanding::SyncPoint {
+            kind,
+            batch: self.sync_points_sent,
+        });
         true
     }
 
-    /// The number of the batch the client is sending now (its sync point not sent yet).
+    /// The number of the batch the client is sending now: its sync point, not sent
+    /// yet, will be the next one.
     pub fn batch_being_sent(&self) -> u64 {
         self.sync_points_sent + 1
     }
 
-    /// The number of the batch the backend is answering now (its ReadyForQuery not
-    /// received yet).
+    /// The number of the batch the backend is answering now: the first sync point
+    /// still waiting for its ReadyForQuery (or the next one to be sent).
     pub fn batch_being_answered(&self) -> u64 {
-        self.sync_points_answered + 1
+        self.outstanding
+            .iter()
+            .find_map(|o| match o {
+                Outstanding::SyncPoint { batch, .. } => Some(*batch),
+                _ => None,
+            })
+            .unwrap_or(self.sync_points_sent + 1)
+    }
+
+    /// The number of the batch the last ReadyForQuery answered.
+    pub fn last_batch_answered(&self) -> u64 {
+        self.last_batch_answered
     }
 
     /// Whether the portal an Execute sent now runs was bound in the same batch (since
@@ -267,7 +287,10 @@ impl Tracked {
                 return true;
             }
             match o {
-                Outstanding::SyncPoint(SyncKind::Sync) => {
+                Outstanding::SyncPoint {
+                    kind: SyncKind::Sync,
+                    ..
+                } => {
                     ignored += 1;
                     false
                 }
@@ -365,12 +388,14 @@ impl Tracked {
     pub fn on_ready_for_query(&mut self, transaction_ended: bool) -> Result<(), OutOfOrder> {
         let answered = loop {
             match self.outstanding.pop_front() {
-                Some(Outstanding::SyncPoint(kind)) => break kind,
+                Some(Outstanding::SyncPoint { kind, batch }) => {
+                    self.last_batch_answered = batch;
+                    break kind;
+                }
                 Some(_) => continue,
                 None => return Err(OutOfOrder("ReadyForQuery without a Sync or Query")),
             }
         };
-        self.sync_points_answered += 1;
         // The end of a COPY the client sent right behind a Query that was to start it:
         // the Query is over and no COPY started (it failed, or tandem refused it), and
         // the backend ignores CopyDone and CopyFail outside copy-in mode. (Behind a

@@ -368,6 +368,28 @@ async fn a_pool_reset_that_never_ran_or_was_undone_keeps_the_binding() {
     one.unwrap();
     reset.unwrap();
     assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
+    // And one that ran, pipelined ahead of one that did not.
+    value(&client, "SELECT tandem_begin()").await.unwrap();
+    let (reset, failed) = tokio::join!(
+        client.batch_execute("RESET ALL"),
+        client.batch_execute("SELECT 1/0; RESET ALL")
+    );
+    reset.unwrap();
+    failed.unwrap_err();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
+    // After a COPY over the extended protocol, whose first Sync the backend ignores.
+    let sink = client
+        .copy_in::<_, bytes::Bytes>("COPY accounts FROM STDIN")
+        .await
+        .unwrap();
+    futures::pin_mut!(sink);
+    futures::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"3\t300\n"))
+        .await
+        .unwrap();
+    sink.finish().await.unwrap();
+    value(&client, "SELECT tandem_begin()").await.unwrap();
+    client.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
     drop(client);
     tandem.shutdown().await;
     lockserver.stop().await;
