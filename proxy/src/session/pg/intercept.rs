@@ -30,6 +30,11 @@ impl Relay<'_> {
                 message: e.to_string(),
             })
         };
+        if body.first() == Some(&OWN_NAME_MARK) {
+            return refuse(Error::Unsupported {
+                what: "a statement name starting with \\x01 (tandem's own statements are named so)",
+            });
+        }
         if !matches!(control::parse(sql), Ok(None)) {
             // Not at a sync point inside an unsynced batch: tandem cannot answer it in order.
             return refuse(Error::Unsupported {
@@ -193,6 +198,10 @@ pub(super) fn is_pool_reset(sql: &[u8]) -> bool {
     }
 }
 
+/// The first byte of the names of tandem's own statements and portals, which no
+/// client's may start with.
+pub(super) const OWN_NAME_MARK: u8 = 0x01;
+
 /// A Parse with the client's statement name whose SQL fails at parse time; its
 /// ErrorResponse is replaced by tandem's own (see `Tracked::take_refusal`).
 pub(super) fn put_failing_parse(buf: &mut BytesMut, original: &[u8]) {
@@ -220,7 +229,9 @@ pub(super) fn put_failing_bind(buf: &mut BytesMut, original: &[u8]) {
 /// A Bind of `portal` to a statement that does not exist (see `put_failing_bind`).
 pub(super) fn put_failing_bind_of(buf: &mut BytesMut, portal: &[u8]) {
     use bytes::BufMut;
-    let statement: &[u8] = b"tandem refused this statement";
+    // Named as tandem names its own (exchange.rs's `STATEMENT`): no client's statement
+    // can be bound in its place.
+    let statement: &[u8] = b"\x01tandem refused this statement";
     buf.put_u8(crate::wire::pg::codes::frontend::BIND);
     buf.put_i32((4 + portal.len() + 1 + statement.len() + 1 + 2 + 2 + 2) as i32);
     buf.put_slice(portal);

@@ -2697,6 +2697,44 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
             .unwrap_or_else(|| panic!("{statement}: {replies:?}"));
         assert_eq!(&row.body[6..], value.as_bytes(), "{statement}");
     }
+    // The statement tandem binds to fail a refused Bind cannot be the client's either:
+    // a write followed by Flush is refused, and stays refused.
+    for (name, sql) in [
+        (
+            "tandem refused this statement",
+            "UPDATE accounts SET balance = 777 WHERE id = 4",
+        ),
+        ("w", "UPDATE accounts SET balance = 1 WHERE id = 1"),
+    ] {
+        let mut prepare = frame(b'P', &parse_body(name, sql));
+        prepare.extend(frame(b'S', b""));
+        raw.send(&prepare).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    }
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    let mut flushed = frame(b'B', &bind_body("w"));
+    flushed.extend(frame(b'E', b"\0\0\0\0\0"));
+    flushed.extend(frame(b'H', b""));
+    raw.send(&flushed).await;
+    let reply = raw.recv().await.expect("an answer to the flushed batch");
+    assert_eq!(reply.sqlstate().as_deref(), Some("0A000"), "{reply:?}");
+    raw.send(&frame(b'S', b"")).await;
+    raw.recv_until(b'Z').await;
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    // A client's name cannot start as tandem's do.
+    let mut parse = frame(b'P', &parse_body("\u{1}mine", "SELECT 1"));
+    parse.extend(frame(b'S', b""));
+    raw.send(&parse).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("0A000"),
+        "{replies:?}"
+    );
+
     raw.query("SELECT tandem_rollback()").await;
     let replies = raw.recv_until(b'Z').await;
     assert!(
