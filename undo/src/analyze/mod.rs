@@ -297,9 +297,13 @@ fn unless_locked_below(
 ) -> Result<Analysis, Error> {
     let checked = match (statement, &analysis) {
         _ if !may_lock => return Ok(analysis),
-        (Statement::Query(query), Analysis::Read | Analysis::LockingRead(_)) => query.locks.len(),
-        (Statement::Declare { .. }, _) => 0,
-        _ => return Ok(analysis),
+        (_, Analysis::Write(_)) => return Ok(analysis),
+        // A plan only: nothing runs.
+        (Statement::Explain { analyze: false, .. }, _) => return Ok(analysis),
+        (Statement::Query(query), _) => query.locks.len(),
+        // DECLARE … CURSOR, EXPLAIN ANALYZE, MySQL's SET @v = (SELECT … FOR UPDATE):
+        // none of their lock clauses is checked.
+        _ => 0,
     };
     if lock_clauses(statement) > checked {
         return Err(Error::unchecked(
@@ -493,6 +497,7 @@ fn explain_analyze(
 ) -> Result<Analysis, Error> {
     match analyze(target)? {
         Analysis::Read => Ok(Analysis::Read),
+        Analysis::LockingRead(_) => Err(Error::unchecked("EXPLAIN ANALYZE of a locking read")),
         _ => Err(Error::unsupported("EXPLAIN ANALYZE of a write")),
     }
 }
