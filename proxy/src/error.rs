@@ -158,10 +158,11 @@ pub enum Error {
     #[error("{message}")]
     InjectedTransient { state: SqlState, message: String },
 
-    /// The client's own statement failed to prepare when tandem described it, before
-    /// running it: the server's error, as it would have reached the client.
+    /// The server's error for the client's own statement, which tandem met first (the
+    /// statement did not prepare when tandem described it, or a script tandem would
+    /// run otherwise than the server fails so): as it would have reached the client.
     #[error("{message}")]
-    Unprepared { state: SqlState, message: String },
+    ServerError { state: SqlState, message: String },
 
     #[error("tandem's side connection to MySQL: {0}")]
     MysqlSide(#[from] mysql_async::Error),
@@ -190,11 +191,11 @@ impl Error {
     }
 
     /// The backend's error (`code`, `message`) for the describe of a client's
-    /// statement: `Unprepared` where the statement itself does not prepare, else as
+    /// statement: `ServerError` where the statement itself does not prepare, else as
     /// [`Error::injected`].
     pub fn describing(code: &str, message: String) -> Error {
         match SqlState::of_unprepared_statement(code) {
-            Some(state) => Error::Unprepared { state, message },
+            Some(state) => Error::ServerError { state, message },
             None => Error::injected(code, message),
         }
     }
@@ -204,7 +205,7 @@ impl Error {
     pub fn is_injected(&self) -> bool {
         matches!(
             self,
-            Error::Injected { .. } | Error::InjectedTransient { .. } | Error::Unprepared { .. }
+            Error::Injected { .. } | Error::InjectedTransient { .. } | Error::ServerError { .. }
         )
     }
 
@@ -244,7 +245,7 @@ impl Error {
             | Error::GloballyLocked { .. } => SqlState::SerializationFailure,
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
-            Error::InjectedTransient { state, .. } | Error::Unprepared { state, .. } => *state,
+            Error::InjectedTransient { state, .. } | Error::ServerError { state, .. } => *state,
             Error::RolledBackDuringCommit { .. } => SqlState::SerializationFailure,
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. }
@@ -333,7 +334,7 @@ impl Error {
             | Error::InFailedTransaction
             | Error::Injected { .. }
             | Error::InjectedTransient { .. }
-            | Error::Unprepared { .. } => MyErr::Unknown,
+            | Error::ServerError { .. } => MyErr::Unknown,
             Error::UnknownTable { .. } => MyErr::NoSuchTable,
         }
     }
@@ -366,7 +367,7 @@ impl Error {
                 | Error::RowGloballyLocked { .. }
                 | Error::Injected { .. }
                 | Error::InjectedTransient { .. }
-                | Error::Unprepared { .. }
+                | Error::ServerError { .. }
                 | Error::RolledBackDuringCommit { .. }
         )
     }
@@ -392,7 +393,7 @@ impl Error {
                 | Error::BadControlCall(_)
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
-                | Error::Unprepared { .. }
+                | Error::ServerError { .. }
                 | Error::InsertedUnseen { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
@@ -440,7 +441,7 @@ impl Error {
             Error::Lockserver(_) => "lockserver",
             Error::Undo(_)
             | Error::UnknownTable { .. }
-            | Error::Unprepared { .. }
+            | Error::ServerError { .. }
             | Error::Uncaptured { .. }
             | Error::InsertedUnseen { .. }
             | Error::TableChanged { .. }

@@ -220,6 +220,17 @@ pub enum SavepointOp {
     RollbackTo(String),
 }
 
+impl SavepointOp {
+    /// The statement, as the server names it in its messages.
+    pub fn statement(&self) -> &'static str {
+        match self {
+            SavepointOp::Set(_) => "SAVEPOINT",
+            SavepointOp::Release(_) => "RELEASE SAVEPOINT",
+            SavepointOp::RollbackTo(_) => "ROLLBACK TO SAVEPOINT",
+        }
+    }
+}
+
 /// A savepoint's name as PostgreSQL compares it: unquoted names fold to lower case.
 fn postgres_savepoint_name(name: &sqlparser::ast::Ident) -> String {
     let mut name = match name.quote_style {

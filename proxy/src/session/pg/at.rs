@@ -301,7 +301,8 @@ impl Relay<'_> {
             }
             Some(Analysis::Savepoint(op)) => match self.on_savepoint_statement(&op) {
                 Ok(()) => Ok(Intercepted::Relay),
-                Err(e) => Ok(self.refuse(e)),
+                // In a failed block (where only ROLLBACK TO runs) tandem answers.
+                Err(e) => Ok(self.refuse_or_answer(e)),
             },
             Some(Analysis::Rollback) if chains(&sql) => {
                 self.on_rollback_and_chain();

@@ -87,6 +87,19 @@ impl Relay<'_> {
         }
         let opens_block = matches!(rest.front(), Some((_, Analysis::Begin)));
         let implicit = status == Some(TxStatus::Idle) && !opens_block;
+        if implicit
+            && let Some(statement) = rest.iter().find_map(|(_, a)| match a {
+                Analysis::Savepoint(op) => Some(op.statement()),
+                _ => None,
+            })
+        {
+            // The server runs the query in an implicit transaction, not a block, and
+            // fails it whole there; tandem's block for the script would let it run.
+            return Ok(self.refuse(Error::ServerError {
+                state: crate::wire::pg::sqlstate::SqlState::NoActiveSqlTransaction,
+                message: format!("{statement} can only be used in transaction blocks"),
+            }));
+        }
         if implicit {
             self.exchange_required("BEGIN").await?;
             self.phase = super::Phase::Ready(TxStatus::InTransaction);

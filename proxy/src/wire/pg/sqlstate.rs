@@ -41,6 +41,8 @@ pub enum SqlState {
     UndefinedTable,
     /// 25P02 in_failed_sql_transaction.
     InFailedSqlTransaction,
+    /// 25P01 no_active_sql_transaction.
+    NoActiveSqlTransaction,
     /// 57014 query_canceled: a cancel or statement_timeout.
     QueryCanceled,
     /// 42601 syntax_error, and the others below: a client's statement that does not
@@ -62,6 +64,16 @@ pub enum SqlState {
     AmbiguousParameter,
     /// 42P18 indeterminate_datatype.
     IndeterminateDatatype,
+    /// 428C9 generated_always.
+    GeneratedAlways,
+    /// 42725 ambiguous_function.
+    AmbiguousFunction,
+    /// 42846 cannot_coerce.
+    CannotCoerce,
+    /// 42803 grouping_error.
+    GroupingError,
+    /// 42809 wrong_object_type.
+    WrongObjectType,
 }
 
 impl SqlState {
@@ -93,6 +105,13 @@ impl SqlState {
             "42P08" => SqlState::AmbiguousParameter,
             "42P18" => SqlState::IndeterminateDatatype,
             "42P01" => SqlState::UndefinedTable,
+            "428C9" => SqlState::GeneratedAlways,
+            "42725" => SqlState::AmbiguousFunction,
+            "42846" => SqlState::CannotCoerce,
+            "42803" => SqlState::GroupingError,
+            "42809" => SqlState::WrongObjectType,
+            // Not the statement's fault, but the client's block's, as the server says.
+            "25P02" => SqlState::InFailedSqlTransaction,
             _ => return None,
         })
     }
@@ -116,6 +135,7 @@ impl SqlState {
             SqlState::SystemError => "58000",
             SqlState::UndefinedTable => "42P01",
             SqlState::InFailedSqlTransaction => "25P02",
+            SqlState::NoActiveSqlTransaction => "25P01",
             SqlState::QueryCanceled => "57014",
             SqlState::SyntaxError => "42601",
             SqlState::AmbiguousColumn => "42702",
@@ -126,6 +146,11 @@ impl SqlState {
             SqlState::InsufficientPrivilege => "42501",
             SqlState::AmbiguousParameter => "42P08",
             SqlState::IndeterminateDatatype => "42P18",
+            SqlState::GeneratedAlways => "428C9",
+            SqlState::AmbiguousFunction => "42725",
+            SqlState::CannotCoerce => "42846",
+            SqlState::GroupingError => "42803",
+            SqlState::WrongObjectType => "42809",
         }
     }
 }
@@ -154,6 +179,7 @@ mod tests {
             SystemError,
             UndefinedTable,
             InFailedSqlTransaction,
+            NoActiveSqlTransaction,
             QueryCanceled,
             SyntaxError,
             AmbiguousColumn,
@@ -164,6 +190,11 @@ mod tests {
             InsufficientPrivilege,
             AmbiguousParameter,
             IndeterminateDatatype,
+            GeneratedAlways,
+            AmbiguousFunction,
+            CannotCoerce,
+            GroupingError,
+            WrongObjectType,
         ];
         let mut codes: Vec<_> = all.iter().map(|s| s.code()).collect();
         assert!(codes.iter().all(|c| c.len() == 5));

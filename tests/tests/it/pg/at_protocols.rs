@@ -2785,6 +2785,37 @@ async fn a_write_that_does_not_prepare_fails_with_the_servers_sqlstate() {
             "{sql}: {replies:?}"
         );
     }
+    // In a failed block any write fails as the block does (25P02).
+    for sql in [
+        "BEGIN",
+        "UPDATE accounts SET note = 'x' WHERE id = 2",
+        "SELECT 1/0",
+    ] {
+        raw.query(sql).await;
+        raw.recv_until(b'Z').await;
+    }
+    raw.send(&batch_with_a_parameter(
+        "",
+        "UPDATE accounts SET note = $1 WHERE id = 1",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("25P02"),
+        "{replies:?}"
+    );
+    // A ROLLBACK TO a savepoint tandem never saw, which it refuses itself: its own
+    // error, not the failed block's.
+    raw.query("ROLLBACK TO nowhere").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("0A000"),
+        "{replies:?}"
+    );
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
     raw.query("SELECT tandem_rollback()").await;
     raw.recv_until(b'Z').await;
     assert_eq!(dump(&direct).await, before);

@@ -145,3 +145,34 @@ async fn an_error_in_a_multi_statement_query_undoes_all_of_it() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Outside a transaction block PostgreSQL runs a multi-statement query in an implicit
+/// transaction, where SAVEPOINT, RELEASE and ROLLBACK TO fail (25P01) and take the
+/// whole query with them. tandem runs such a script in a block of its own, where they
+/// would run: it answers as the server would instead, and nothing of the query stays.
+#[tokio::test]
+async fn a_savepoint_in_a_query_outside_a_block_fails_it_whole_as_without_tandem() {
+    let db = prepare("script_savepoint").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin()").await.unwrap();
+    for script in [
+        "UPDATE accounts SET balance = 7 WHERE id = 1; SAVEPOINT s; UPDATE accounts SET balance = 8 WHERE id = 2",
+        "RELEASE SAVEPOINT s; SELECT 1",
+        "ROLLBACK TO s; UPDATE accounts SET balance = 9 WHERE id = 3",
+    ] {
+        let err = client.batch_execute(script).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION),
+            "{script}: {err:?}"
+        );
+        assert_eq!(dump(&direct).await, before, "{script}");
+    }
+    rolled_back(&client).await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
