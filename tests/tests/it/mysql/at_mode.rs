@@ -2806,8 +2806,29 @@ async fn a_statement_a_client_charset_reads_otherwise_is_refused() {
         .await
         .unwrap();
     assert_eq!(note.as_deref(), Some("中', note = "));
+    // Names that only look like a change of character set, in one statement or in a
+    // statement that is no SET: asked, and let through.
+    direct
+        .query_drop("CREATE TABLE `用户` (id INT PRIMARY KEY, character_name VARCHAR(10)) ENGINE=InnoDB; INSERT INTO `用户` VALUES (1, 'a')")
+        .await
+        .unwrap();
+    let users_before = dump(&mut direct, "用户").await;
+    let rename = conn
+        .prep("UPDATE `用户` SET character_name = ? WHERE id = 1")
+        .await
+        .unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "UPDATE `用户` SET character_name = 'names' WHERE id = 1",
+            "SELECT character_name AS names FROM `用户`",
+        ],
+    )
+    .await;
+    conn.exec_drop(&rename, ("b",)).await.unwrap();
     rolled_back(&mut conn).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(dump(&mut direct, "用户").await, users_before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -804,7 +804,7 @@ impl Relay<'_> {
         if !may_swallow_a_quote(sql.as_bytes()) {
             return Ok(Ok(false));
         }
-        if may_change_the_charset(sql.as_bytes()) {
+        if holds_several_statements(sql) && may_change_the_charset(sql.as_bytes()) {
             // A statement ahead of the others in the text may set it (SET NAMES gbk;
             // …): what the session says now is not what reads them.
             return Ok(Ok(true));
@@ -1367,6 +1367,12 @@ pub(super) fn may_change_the_charset(sql: &[u8]) -> bool {
         .any(|word| tandem_undo::contains_ignore_case(sql, word))
 }
 
+/// Whether `sql` may hold more than one statement: a semicolon before its end (one in
+/// a literal too, which costs only a question to the server).
+fn holds_several_statements(sql: &str) -> bool {
+    sql.trim_end().trim_end_matches(';').contains(';')
+}
+
 /// A statement the session's character set reads otherwise than tandem does.
 const CHARSET_MISREAD: Error = Error::Unsupported {
     what: "a statement with a non-ASCII character before a backslash or a backtick from a session whose character_set_client is big5, cp932, gbk, sjis or gb18030 (the server may read them as one character, tandem reads the statement as UTF-8), in AT mode on MySQL",
@@ -1461,6 +1467,8 @@ mod tests {
         assert!(may_change_the_charset(b"set Names gbk; SELECT 1"));
         assert!(may_change_the_charset(b"SET @@character_set_client = sjis"));
         assert!(!may_change_the_charset(b"UPDATE t SET v = 1"));
+        assert!(holds_several_statements("SET NAMES gbk; SELECT 1"));
+        assert!(!holds_several_statements("UPDATE `名` SET names = 1;  "));
     }
 
     #[test]

@@ -220,11 +220,13 @@ impl Relay<'_> {
         // answers never do), so an UNLOCK TABLES here is one the server runs.
         if matches!(byte, command::QUERY | command::STMT_PREPARE) {
             let sql = payload.get(1..).unwrap_or(&[]);
-            // A procedure may set it too; so may what tandem did not read whole.
-            let calls = crate::control::leading_words(sql, true)
-                .next()
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"CALL"));
-            if super::at::may_change_the_charset(sql) || calls || !whole {
+            // A SET of it, alone or among other statements; a procedure may set it too,
+            // and so may what tandem did not read whole.
+            let first = crate::control::leading_words(sql, true).next();
+            let first_is = |word: &[u8]| first.is_some_and(|w| w.eq_ignore_ascii_case(word));
+            let sets =
+                super::at::may_change_the_charset(sql) && (first_is(b"SET") || sql.contains(&b';'));
+            if sets || first_is(b"CALL") || !whole {
                 self.charset_changes += 1;
             }
             if super::control::may_take_table_locks(sql, whole) {
