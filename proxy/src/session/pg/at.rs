@@ -785,6 +785,8 @@ impl Relay<'_> {
         }
         if let Some(left) = w.rows_left_for_client.as_mut() {
             if *left == 0 {
+                // Withheld: only a later Execute of the portal would have had it.
+                self.unnamed_portal_spent = true;
                 return Ok(Some(BytesMut::new()));
             }
             *left -= 1;
@@ -822,7 +824,6 @@ impl Relay<'_> {
         if w.rows_left_for_client != Some(0) {
             return None;
         }
-        self.unnamed_portal_spent = true;
         let mut out = BytesMut::new();
         put_empty(&mut out, backend::PORTAL_SUSPENDED);
         Some(out)

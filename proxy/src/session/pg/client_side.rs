@@ -385,6 +385,8 @@ impl Relay<'_> {
             }
             frontend::CLOSE if body.starts_with(b"P\0") => self.unnamed_portal_spent = false,
             frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
+                // A Query replaces the unnamed portal.
+                self.unnamed_portal_spent &= tag != frontend::QUERY;
                 self.executed_in_batch = false;
                 self.bound_in_batch = false;
                 self.block_may_have_ended = false;

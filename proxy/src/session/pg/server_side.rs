@@ -276,8 +276,10 @@ impl Relay<'_> {
                     .on_command_complete(tag, self.tracked.batch_being_answered());
                 if tag == b"ROLLBACK" {
                     // It may undo a reset that ran in the transaction (or after the
-                    // savepoint): the session stays bound.
+                    // savepoint): the session stays bound. And a rollback to a
+                    // savepoint drops the portals made since.
                     self.binding.keep_after_rollback();
+                    self.unnamed_portal_spent = false;
                 }
                 if tag == b"DISCARD ALL" && self.binding.xid().is_some() {
                     // A pool's reset, however it was sent (the extended protocol, a

@@ -1560,6 +1560,22 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     );
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
+    // Exactly as many rows as the limit: none withheld, so executing it again is
+    // the server's to answer.
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&limited(
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 1 RETURNING id",
+        1,
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DsZ", "{replies:?}");
+    raw.send(&again).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
 
     // Autocommit, fewer rows than the limit: all of them, and CommandComplete.
     raw.send(&limited(
