@@ -729,7 +729,7 @@ impl Relay<'_> {
         let kept: Vec<&[u8]> = fields[..keep].to_vec();
         let len: usize = 4 + 2 + kept.iter().map(|f| f.len()).sum::<usize>();
         out.put_i32(len as i32);
-        out.put_i16(keep as i16);
+        out.put_u16(keep as u16);
         for f in kept {
             out.put_slice(f);
         }
@@ -800,7 +800,7 @@ impl Relay<'_> {
                 .map(|v| 4 + v.map_or(0, <[u8]>::len))
                 .sum::<usize>();
         out.put_i32(len as i32);
-        out.put_i16(keep as i16);
+        out.put_u16(keep as u16);
         for v in &values[..keep] {
             match v {
                 Some(b) => {

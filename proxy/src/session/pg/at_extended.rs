@@ -413,7 +413,7 @@ impl Relay<'_> {
         let mut parse = BytesMut::new();
         put_cstr(&mut parse, WRITE_STATEMENT);
         put_cstr(&mut parse, rewritten.as_bytes());
-        parse.put_i16(param_types.len() as i16);
+        parse.put_u16(param_types.len() as u16);
         for t in param_types {
             parse.put_u32(*t);
         }
@@ -427,11 +427,11 @@ impl Relay<'_> {
         let mut bind = BytesMut::new();
         put_cstr(&mut bind, batch.bind.portal);
         put_cstr(&mut bind, WRITE_STATEMENT);
-        bind.put_i16(batch.bind.param_formats.len() as i16);
+        bind.put_u16(batch.bind.param_formats.len() as u16);
         for f in &batch.bind.param_formats {
             bind.put_i16(*f);
         }
-        bind.put_i16(batch.bind.params.len() as i16);
+        bind.put_u16(batch.bind.params.len() as u16);
         for v in &batch.bind.params {
             match v {
                 Some(v) => {
@@ -551,7 +551,7 @@ impl Relay<'_> {
 /// tandem's.
 fn put_result_formats(bind: &mut BytesMut, client: &[i16], appended: usize) {
     let ours = if client.len() > 1 { appended } else { 0 };
-    bind.put_i16((client.len() + ours) as i16);
+    bind.put_u16((client.len() + ours) as u16);
     for code in client {
         bind.put_i16(*code);
     }

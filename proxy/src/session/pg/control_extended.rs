@@ -108,7 +108,7 @@ impl Relay<'_> {
             Some((target::STATEMENT, _)) => {
                 out.put_u8(backend::PARAMETER_DESCRIPTION);
                 out.put_i32(6 + 4 * parameter_types.len() as i32);
-                out.put_i16(parameter_types.len() as i16);
+                out.put_u16(parameter_types.len() as u16);
                 for &oid in &parameter_types {
                     out.put_u32(oid);
                 }
@@ -290,7 +290,7 @@ fn stand_in_parse(original: &[u8], column: &str, parameters: &[ParameterKind]) -
     out.put_u8(0);
     out.put_slice(sql.as_bytes());
     out.put_u8(0);
-    out.put_i16(declared.len() as i16);
+    out.put_u16(declared.len() as u16);
     for &oid in declared {
         out.put_u32(oid);
     }

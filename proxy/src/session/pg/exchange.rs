@@ -280,7 +280,7 @@ fn put_statement(out: &mut BytesMut, sql: &str, params: &[Param<'_>], result_for
     let mut body = BytesMut::new();
     put_cstr(&mut body, STATEMENT);
     put_cstr(&mut body, sql.as_bytes());
-    body.put_i16(params.len() as i16);
+    body.put_u16(params.len() as u16);
     for p in params {
         body.put_u32(p.type_oid);
     }
@@ -288,11 +288,11 @@ fn put_statement(out: &mut BytesMut, sql: &str, params: &[Param<'_>], result_for
     let mut body = BytesMut::new();
     put_cstr(&mut body, PORTAL);
     put_cstr(&mut body, STATEMENT);
-    body.put_i16(params.len() as i16);
+    body.put_u16(params.len() as u16);
     for p in params {
         body.put_i16(if p.text { 0 } else { 1 });
     }
-    body.put_i16(params.len() as i16);
+    body.put_u16(params.len() as u16);
     for p in params {
         match p.value {
             Some(v) => {
@@ -302,7 +302,7 @@ fn put_statement(out: &mut BytesMut, sql: &str, params: &[Param<'_>], result_for
             None => body.put_i32(-1),
         }
     }
-    body.put_i16(result_formats.len() as i16);
+    body.put_u16(result_formats.len() as u16);
     for f in result_formats {
         body.put_i16(*f);
     }
