@@ -354,13 +354,7 @@ impl Relay<'_> {
         }
         tracing::debug!(parent: &self.span, error = %e, "statement refused in a failed block");
         let mut out = BytesMut::new();
-        put_error(
-            &mut out,
-            Severity::Error,
-            e.sqlstate().code(),
-            &e.to_string(),
-        );
-        put_ready_for_query(&mut out, TxStatus::Failed);
+        super::control_extended::put_refusal(&mut out, &e, TxStatus::Failed);
         Intercepted::Answer(out)
     }
 

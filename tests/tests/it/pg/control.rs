@@ -344,14 +344,10 @@ async fn a_pool_reset_that_never_ran_or_was_undone_keeps_the_binding() {
         value(&client, "SELECT tandem_rollback()").await.as_deref(),
         Some("Rollbacked")
     );
-    let rows: Vec<(i32, i32)> = direct
-        .query("SELECT id, balance FROM accounts ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(rows, [(1, 100), (2, 200)]);
+    assert_eq!(
+        super::at_mode::rows_of(&direct, "accounts").await,
+        ["(1,100)", "(2,200)"]
+    );
     // One that ran and whose block committed unbinds.
     value(&client, "SELECT tandem_begin()").await.unwrap();
     client
