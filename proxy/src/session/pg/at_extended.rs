@@ -384,6 +384,8 @@ impl Relay<'_> {
     /// tandem answered the client's batch (`consumed` bytes) itself with `out`: sent
     /// at once, since the client waits for it.
     pub(super) async fn answered(&mut self, out: &[u8], consumed: usize) -> Result<Extended> {
+        // The server never sees this batch: a reset in it never ran.
+        self.pool_resets.forget(self.tracked.batch_being_sent());
         self.write_client(out);
         self.flush_client().await?;
         Ok(Extended::Handled {

@@ -255,6 +255,8 @@ impl Relay<'_> {
                         run_start = pos + frame.wire_len;
                     }
                     Intercepted::Answer(answer) => {
+                        // The server never sees this batch: a reset in it never ran.
+                        self.pool_resets.forget(self.tracked.batch_being_sent());
                         self.write_server(&buf[run_start..pos]).await?;
                         self.write_client(&answer);
                         self.flush_client().await?;

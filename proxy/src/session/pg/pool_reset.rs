@@ -89,8 +89,10 @@ impl PoolResets {
                 break;
             }
             self.pending.pop_front();
-            // An earlier batch's, whose ReadyForQuery never came (a Sync the backend
-            // ignored in copy-in mode): it never ran.
+            // An earlier batch's, whose ReadyForQuery never came: a Sync the backend
+            // ignored in copy-in mode, which merged the batch into the next one.
+            // Dropped as never run, though it may have: a RESET ALL and a COPY in one
+            // batch is left bound (see the closing notes).
             if reset.batch < batch {
                 continue;
             }
@@ -108,6 +110,11 @@ impl PoolResets {
             }
         }
         verdict
+    }
+
+    /// tandem answered batch `batch` itself: nothing of it reached the server.
+    pub fn forget(&mut self, batch: u64) {
+        self.pending.retain(|r| r.batch != batch);
     }
 
     /// A script is over: a reset it did not reach never ran.
@@ -187,6 +194,16 @@ mod tests {
         resets.on_script_end(11);
         assert_eq!(resets.on_ready(11, false, None), Verdict::Keep);
         assert!(resets.pending.is_empty());
+    }
+
+    #[test]
+    fn a_reset_in_a_batch_tandem_answered_never_ran() {
+        let mut resets = PoolResets::default();
+        resets.sent(3);
+        resets.forget(3);
+        // The client's next batch is numbered 3 in its turn: its RESET is not the pool's.
+        resets.on_command_complete(b"RESET", 3);
+        assert_eq!(resets.on_ready(3, false, None), Verdict::Keep);
     }
 
     #[test]

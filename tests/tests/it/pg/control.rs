@@ -327,6 +327,14 @@ async fn a_pool_reset_that_never_ran_or_was_undone_keeps_the_binding() {
             "{script} leaves the session bound"
         );
     }
+    // A reset in a query tandem answers itself (a bad control call ahead of it)
+    // never reaches the server; the next query's RESET of one setting is not it.
+    client
+        .batch_execute("SELECT tandem_xid(x); RESET ALL")
+        .await
+        .unwrap_err();
+    client.batch_execute("RESET search_path").await.unwrap();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, xid);
     // Another batch's RESET, pipelined ahead of a reset that fails, is not it.
     let (reset_one, failed_reset) = tokio::join!(
         client.execute("RESET search_path", &[]),
