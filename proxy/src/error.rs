@@ -102,9 +102,9 @@ pub enum Error {
     )]
     Uncaptured { table: String },
 
-    /// A plain INSERT whose rows tandem could not read back by the keys it gave: the
-    /// server stored a key otherwise than it was written. Not a race (no other
-    /// transaction can take a key it inserts), so retrying would fail the same way.
+    /// An INSERT (IGNORE, REPLACE, upsert) whose rows tandem could not read back by the
+    /// keys it gave: the server stored a key otherwise than it was written, so retrying
+    /// would fail the same way.
     #[error(
         "an INSERT into {table} whose rows tandem cannot find again by the keys it gives (the server stores a key otherwise than written: a BINARY key padded, a number rounded, a string converted), in a global transaction; the local transaction was rolled back. Write the keys as the server stores them"
     )]

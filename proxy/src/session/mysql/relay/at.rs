@@ -749,9 +749,17 @@ impl Relay<'_> {
                     && (plan.generated == 0 || inserted_count == 1)
             }
         };
-        if !consistent && write.on_duplicate == OnDuplicate::Error {
-            // No other transaction can take a key a plain INSERT inserts: the server
-            // stored one otherwise than written, and always will.
+        // Fewer rows found by the keys the statement gives than it inserted (or none at
+        // all where an upsert's count cannot say): the server stored a key otherwise
+        // than written, and always will. Any other mismatch may be a race.
+        let stored_otherwise = plan.generated == 0
+            && match write.on_duplicate {
+                OnDuplicate::Error | OnDuplicate::Ignore => (found.len() as u64) < ok.affected_rows,
+                OnDuplicate::Update | OnDuplicate::Replace => {
+                    found.is_empty() && before_keys.is_empty() && ok.affected_rows > 0
+                }
+            };
+        if !consistent && stored_otherwise {
             return Ok(Err(AtFailure::Uncaptured(Error::InsertedUnseen {
                 table: meta.table.name.clone(),
             })));
