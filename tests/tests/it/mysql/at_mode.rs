@@ -2439,7 +2439,9 @@ async fn writes_the_server_reads_otherwise_than_tandem_are_refused_or_captured_e
         .await;
         // 4.6 is stored as 5 and 2.6 as 3, which compare equal to neither: the rows
         // tandem finds do not add up to what the server counted. (2, 5) finds the row
-        // (2, '05') it does not insert, which made the counts agree before.
+        // (2, '05') it does not insert, which made the counts agree before. Both find
+        // as many rows as the server counted, so tandem cannot tell a key stored
+        // otherwise from a race here: 1213.
         for sql in [
             "INSERT INTO t4 (a, b, v) VALUES (2, 5, 2), (4.6, 'x', 3)",
             "INSERT INTO p1 (id, v) VALUES (1, 10), (2.6, 99) ON DUPLICATE KEY UPDATE v = VALUES(v)",
