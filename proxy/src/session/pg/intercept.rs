@@ -229,18 +229,21 @@ pub(super) fn put_failing_bind(buf: &mut BytesMut, original: &[u8]) {
 /// A Bind of `portal` to a statement that does not exist (see `put_failing_bind`).
 pub(super) fn put_failing_bind_of(buf: &mut BytesMut, portal: &[u8]) {
     use bytes::BufMut;
-    // Named as tandem names its own (exchange.rs's `STATEMENT`): no client's statement
-    // can be bound in its place.
+    // Named as tandem names its own (exchange.rs's `STATEMENT`), so no client's Parse
+    // made it; and with two parameter format codes for no parameter, the server
+    // refuses it even where a client's SQL-level PREPARE did.
     let statement: &[u8] = b"\x01tandem refused this statement";
     buf.put_u8(crate::wire::pg::codes::frontend::BIND);
-    buf.put_i32((4 + portal.len() + 1 + statement.len() + 1 + 2 + 2 + 2) as i32);
+    buf.put_i32((4 + portal.len() + 1 + statement.len() + 1 + 2 + 4 + 2 + 2) as i32);
     buf.put_slice(portal);
     buf.put_u8(0);
     buf.put_slice(statement);
     buf.put_u8(0);
+    buf.put_u16(2);
     buf.put_i16(0);
     buf.put_i16(0);
-    buf.put_i16(0);
+    buf.put_u16(0);
+    buf.put_u16(0);
 }
 
 #[cfg(test)]

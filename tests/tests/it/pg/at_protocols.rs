@@ -2740,6 +2740,34 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
     raw.recv_until(b'Z').await;
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
+    // Nor one a client made with SQL-level PREPARE before its global transaction.
+    let mut other = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    for sql in [
+        "PREPARE U&\"\\0001tandem refused this statement\" AS UPDATE accounts SET balance = 778 WHERE id = 5",
+        "SELECT tandem_begin(30000)",
+    ] {
+        other.query(sql).await;
+        let replies = other.recv_until(b'Z').await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+    }
+    let mut prepare = frame(
+        b'P',
+        &parse_body("w", "UPDATE accounts SET balance = 1 WHERE id = 1"),
+    );
+    prepare.extend(frame(b'S', b""));
+    other.send(&prepare).await;
+    other.recv_until(b'Z').await;
+    other.query("BEGIN").await;
+    other.recv_until(b'Z').await;
+    other.send(&flushed).await;
+    let reply = other.recv().await.expect("an answer to the flushed batch");
+    assert_eq!(reply.sqlstate().as_deref(), Some("0A000"), "{reply:?}");
+    other.send(&frame(b'S', b"")).await;
+    other.recv_until(b'Z').await;
+    for sql in ["ROLLBACK", "SELECT tandem_rollback()"] {
+        other.query(sql).await;
+        other.recv_until(b'Z').await;
+    }
     // A client's name cannot start as tandem's do.
     let mut parse = frame(b'P', &parse_body("\u{1}mine", "SELECT 1"));
     parse.extend(frame(b'S', b""));
