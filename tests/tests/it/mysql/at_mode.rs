@@ -2800,6 +2800,27 @@ async fn a_statement_a_client_charset_reads_otherwise_is_refused() {
     let e = conn.exec_drop(&statement, ()).await.expect_err("refused");
     assert_eq!(code(&e), 1235, "{e}");
     assert_eq!(dump(&mut direct, "accounts").await, before);
+    // The same, the character set changed by an executable comment before the global
+    // transaction began (inside one such a comment is refused).
+    let mut other = my::connect(&tandem, &db.name).await;
+    run_each(&mut other, &["SET NAMES gbk"]).await;
+    let statement = other.prep(misread).await.unwrap();
+    run_each(
+        &mut other,
+        &["/*!40101 SET NAMES utf8mb4 */", "SELECT tandem_begin()"],
+    )
+    .await;
+    let e = other.exec_drop(&statement, ()).await.expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    rolled_back(&mut other).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    // A character_name in a literal with a semicolon is one statement: asked, not
+    // refused.
+    run_each(
+        &mut conn,
+        &["SELECT 'character_name;' FROM accounts WHERE `note` = '中'"],
+    )
+    .await;
 
     // Read as UTF-8, it changes row 1, which the rollback restores.
     run_each(&mut conn, &["SET NAMES utf8mb4", misread]).await;

@@ -1375,10 +1375,10 @@ pub(super) fn may_change_the_charset(sql: &[u8]) -> bool {
         .any(|word| tandem_undo::contains_ignore_case(sql, word))
 }
 
-/// Whether `sql` may hold more than one statement: a semicolon before its end (one in
-/// a literal too, which costs only a question to the server).
+/// Whether `sql` holds more than one statement, by MySQL's tokens (a semicolon in a
+/// literal separates none); text that does not tokenize may.
 fn holds_several_statements(sql: &str) -> bool {
-    sql.trim_end().trim_end_matches(';').contains(';')
+    tandem_undo::count_mysql_statements(sql).map_or(true, |count| count > 1)
 }
 
 /// A statement the session's character set reads otherwise than tandem does.
@@ -1477,6 +1477,7 @@ mod tests {
         assert!(!may_change_the_charset(b"UPDATE t SET v = 1"));
         assert!(holds_several_statements("SET NAMES gbk; SELECT 1"));
         assert!(!holds_several_statements("UPDATE `名` SET names = 1;  "));
+        assert!(!holds_several_statements("UPDATE `名` SET names = 'a;b'"));
     }
 
     #[test]

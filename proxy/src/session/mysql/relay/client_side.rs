@@ -220,13 +220,7 @@ impl Relay<'_> {
         // answers never do), so an UNLOCK TABLES here is one the server runs.
         if matches!(byte, command::QUERY | command::STMT_PREPARE) {
             let sql = payload.get(1..).unwrap_or(&[]);
-            // A SET of it, alone or among other statements; a procedure may set it too,
-            // and so may what tandem did not read whole.
-            let first = crate::control::leading_words(sql, true).next();
-            let first_is = |word: &[u8]| first.is_some_and(|w| w.eq_ignore_ascii_case(word));
-            let sets =
-                super::at::may_change_the_charset(sql) && (first_is(b"SET") || sql.contains(&b';'));
-            if sets || first_is(b"CALL") || !whole {
+            if !whole || may_set_the_charset(sql) {
                 self.charset_changes += 1;
             }
             if super::control::may_take_table_locks(sql, whole) {
@@ -442,6 +436,10 @@ impl Relay<'_> {
         if text.is_none_or(super::control::may_change_temporary_tables) {
             self.temporary_tables.clear();
         }
+        // A prepared SET NAMES sets it at each execute.
+        if text.is_none_or(may_set_the_charset) {
+            self.charset_changes += 1;
+        }
         // A prepared LOCK TABLES takes its locks at each execute.
         if text.is_none_or(|sql| super::control::may_take_table_locks(sql, true)) {
             self.may_hold_table_locks = true;
@@ -485,4 +483,40 @@ impl Relay<'_> {
 pub(super) fn statement_id(payload: &[u8]) -> Option<u32> {
     let id = payload.get(1..5)?;
     Some(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+}
+
+/// Whether `sql` (a COM_QUERY's or a prepared statement's text) may set the session's
+/// character set for statements: a SET of it (behind an executable comment too, of
+/// which `leading_words` reads nothing), alone or among other statements; a procedure;
+/// an SQL-level EXECUTE of a statement that may.
+fn may_set_the_charset(sql: &[u8]) -> bool {
+    let first = crate::control::leading_words(sql, true).next();
+    let first_is = |word: &[u8]| first.is_some_and(|w| w.eq_ignore_ascii_case(word));
+    let names_one = super::at::may_change_the_charset(sql)
+        && (first.is_none() || first_is(b"SET") || sql.contains(&b';'));
+    names_one || first_is(b"CALL") || first_is(b"EXECUTE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_may_set_the_charset() {
+        for sql in [
+            "SET NAMES gbk",
+            "/*!40101 SET NAMES utf8mb4 */",
+            "SELECT 1; SET character_set_client = gbk",
+            "EXECUTE s",
+            "CALL p()",
+        ] {
+            assert!(may_set_the_charset(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT character_name FROM t",
+            "UPDATE t SET character_name = 'x' WHERE id = 1",
+        ] {
+            assert!(!may_set_the_charset(sql.as_bytes()), "{sql}");
+        }
+    }
 }
