@@ -135,6 +135,14 @@ impl RawPg {
         self.recv_until(b'Z').await
     }
 
+    /// Sends each of `statements` as a simple Query in turn; each must succeed.
+    pub async fn run_each(&mut self, statements: &[&str]) {
+        for sql in statements {
+            let replies = self.simple(sql).await;
+            assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+        }
+    }
+
     /// The next message, or None once the server closed the connection.
     pub async fn recv(&mut self) -> Option<Msg> {
         loop {

@@ -1217,14 +1217,11 @@ async fn a_rollback_call_behind_begin_and_an_autosave_savepoint_runs() {
     let before = dump(&direct).await;
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
     let begin_with_a_branch = async |raw: &mut RawPg| {
-        for sql in [
+        raw.run_each(&[
             "SELECT tandem_begin(30000)",
             "UPDATE accounts SET balance = 7 WHERE id = 1",
-        ] {
-            raw.query(sql).await;
-            let replies = raw.recv_until(b'Z').await;
-            assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
-        }
+        ])
+        .await;
         assert_ne!(dump(&direct).await, before, "the branch committed");
     };
     let rolled_back_in_the_block = async |raw: &mut RawPg, replies: Vec<Msg>| {
@@ -2555,18 +2552,15 @@ async fn large_object_writes_are_refused_in_at_mode_and_make_an_xa_block_the_bra
     // XA: a block whose only work creates a large object is the branch, over SQL and
     // over FunctionCall (lo_creat), and the global rollback takes it back.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
-    for sql in [
+    raw.run_each(&[
         "SELECT tandem_mode('xa')",
         "SELECT tandem_begin(30000)",
         "BEGIN",
         "SELECT lo_from_bytea(0, 'via sql')",
         "COMMIT",
         "BEGIN",
-    ] {
-        raw.query(sql).await;
-        let replies = raw.recv_until(b'Z').await;
-        assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
-    }
+    ])
+    .await;
     raw.send(&function_call(957, &["131072"])).await;
     expect_msg!(raw, b'V');
     expect_msg!(raw, b'Z');
@@ -2742,14 +2736,12 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
     raw.recv_until(b'Z').await;
     // Nor one a client made with SQL-level PREPARE before its global transaction.
     let mut other = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    for sql in [
+    other
+        .run_each(&[
         "PREPARE U&\"\\0001tandem refused this statement\" AS UPDATE accounts SET balance = 778 WHERE id = 5",
         "SELECT tandem_begin(30000)",
-    ] {
-        other.query(sql).await;
-        let replies = other.recv_until(b'Z').await;
-        assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
-    }
+        ])
+        .await;
     let mut prepare = frame(
         b'P',
         &parse_body("w", "UPDATE accounts SET balance = 1 WHERE id = 1"),
