@@ -234,6 +234,7 @@ impl Relay<'_> {
                 let sql = payload.get(1..).unwrap_or(&[]);
                 let mut prepared = super::control::Prepared::new(whole.then_some(sql));
                 prepared.charset_changes = self.charset_changes;
+                prepared.sets_charset = !whole || may_set_the_charset(sql);
                 self.pending_prepares.push_back(prepared);
             }
             command::STMT_CLOSE => {
@@ -437,7 +438,7 @@ impl Relay<'_> {
             self.temporary_tables.clear();
         }
         // A prepared SET NAMES sets it at each execute.
-        if text.is_none_or(may_set_the_charset) {
+        if prepared.sets_charset {
             self.charset_changes += 1;
         }
         // A prepared LOCK TABLES takes its locks at each execute.

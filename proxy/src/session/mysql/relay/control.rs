@@ -69,6 +69,8 @@ pub(in crate::session::mysql) struct Prepared {
     pub long_data: bool,
     /// `Relay::charset_changes` when it was prepared.
     pub charset_changes: u64,
+    /// Each execute may set the session's character set (a prepared SET NAMES).
+    pub sets_charset: bool,
 }
 
 impl Prepared {
@@ -82,6 +84,7 @@ impl Prepared {
             types: None,
             long_data: false,
             charset_changes: 0,
+            sets_charset: false,
         }
     }
 }
