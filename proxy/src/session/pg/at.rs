@@ -985,8 +985,6 @@ impl Relay<'_> {
         crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait).await
     }
 
-    /// ReadyForQuery of the write in flight: the relay reaches its sync point, tandem
-    /// finishes the write, and the client gets the status (and error) it should see.
     /// ReadyForQuery after a branch's COMMIT failed but left its block open (an error
     /// before the COMMIT ran: its Bind refused, say). The branch was taken and
     /// registered and its undo row inserted: a ROLLBACK TO SAVEPOINT could keep the
@@ -1008,6 +1006,8 @@ impl Relay<'_> {
         Ok(out)
     }
 
+    /// ReadyForQuery of the write in flight: the relay reaches its sync point, tandem
+    /// finishes the write, and the client gets the status (and error) it should see.
     pub(super) async fn on_write_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;

@@ -178,11 +178,7 @@ impl Relay<'_> {
             put_error(&mut out, Severity::Error, code, message);
             let implicit = self.script.take().is_some_and(|script| script.implicit);
             let status = if implicit && status == TxStatus::Failed {
-                self.exchange_required("ROLLBACK").await?;
-                self.branch = Branch::default();
-                // It undid whatever reset the script ran.
-                self.binding.keep_after_rollback();
-                TxStatus::Idle
+                self.roll_back_scripts_block().await?
             } else {
                 status
             };
@@ -203,6 +199,16 @@ impl Relay<'_> {
         Ok(out)
     }
 
+    /// Rolls back the block tandem opened for a failed script, as PostgreSQL ends a
+    /// failed query sent outside a block; returns the status after it.
+    async fn roll_back_scripts_block(&mut self) -> Result<TxStatus> {
+        self.exchange_required("ROLLBACK").await?;
+        self.branch = Branch::default();
+        // It undid whatever reset the script ran.
+        self.binding.keep_after_rollback();
+        Ok(TxStatus::Idle)
+    }
+
     /// Ends the script's transaction as PostgreSQL would have ended the query's.
     async fn finish_script(&mut self, status: TxStatus, failed: bool) -> Result<BytesMut> {
         let Some(script) = self.script.take() else {
@@ -214,11 +220,7 @@ impl Relay<'_> {
             // An earlier statement's, sent as the backend would have.
             out.extend_from_slice(held_complete.as_deref().unwrap_or_default());
             let status = if script.implicit {
-                self.exchange_required("ROLLBACK").await?;
-                self.branch = Branch::default();
-                // It undid whatever reset the script ran.
-                self.binding.keep_after_rollback();
-                TxStatus::Idle
+                self.roll_back_scripts_block().await?
             } else {
                 status
             };

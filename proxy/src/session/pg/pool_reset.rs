@@ -112,6 +112,11 @@ impl PoolResets {
         verdict
     }
 
+    /// No reset is on its way: the replies need not be looked at.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// tandem answered batch `batch` itself: nothing of it reached the server.
     pub fn forget(&mut self, batch: u64) {
         self.pending.retain(|r| r.batch != batch);

@@ -272,8 +272,10 @@ impl Relay<'_> {
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
                 }
-                self.pool_resets
-                    .on_command_complete(tag, self.tracked.batch_being_answered());
+                if !self.pool_resets.is_empty() {
+                    self.pool_resets
+                        .on_command_complete(tag, self.tracked.batch_being_answered());
+                }
                 if tag == b"ROLLBACK" {
                     // It may undo a reset that ran in the transaction (or after the
                     // savepoint): the session stays bound. And a rollback to a
@@ -314,8 +316,10 @@ impl Relay<'_> {
             }
             backend::ERROR_RESPONSE => {
                 self.error_since_ready = true;
-                self.pool_resets
-                    .on_error(self.tracked.batch_being_answered());
+                if !self.pool_resets.is_empty() {
+                    self.pool_resets
+                        .on_error(self.tracked.batch_being_answered());
+                }
                 let fields = ErrorFields::decode(body)
                     .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
                 if fields.is_fatal() || self.phase == Phase::Authenticating {

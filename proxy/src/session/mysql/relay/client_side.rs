@@ -218,11 +218,14 @@ impl Relay<'_> {
         }
         // What reaches this point runs as the client sent it (tandem's refusals and
         // answers never do), so an UNLOCK TABLES here is one the server runs.
+        // Read once: a prepared statement keeps the answer for its executes.
+        let sets_charset = matches!(byte, command::QUERY | command::STMT_PREPARE)
+            && (!whole || may_set_the_charset(payload.get(1..).unwrap_or(&[])));
+        if sets_charset {
+            self.charset_changes += 1;
+        }
         if matches!(byte, command::QUERY | command::STMT_PREPARE) {
             let sql = payload.get(1..).unwrap_or(&[]);
-            if !whole || may_set_the_charset(sql) {
-                self.charset_changes += 1;
-            }
             if super::control::may_take_table_locks(sql, whole) {
                 self.may_hold_table_locks = true;
             } else if byte == command::QUERY && whole && super::control::ends_table_locks(sql) {
@@ -234,7 +237,7 @@ impl Relay<'_> {
                 let sql = payload.get(1..).unwrap_or(&[]);
                 let mut prepared = super::control::Prepared::new(whole.then_some(sql));
                 prepared.charset_changes = self.charset_changes;
-                prepared.sets_charset = !whole || may_set_the_charset(sql);
+                prepared.sets_charset = sets_charset;
                 self.pending_prepares.push_back(prepared);
             }
             command::STMT_CLOSE => {
