@@ -35,6 +35,15 @@ impl Capture {
     }
 }
 
+/// Appends the dialect's [`Dialect::every_row`] LIMIT to a SELECT of tandem's, where
+/// it has one.
+fn push_every_row(d: &dyn Dialect, sql: &mut String) {
+    if let Some(every_row) = d.every_row() {
+        sql.push(' ');
+        sql.push_str(every_row);
+    }
+}
+
 /// Whether `sql`, part of a statement that chooses a write's rows, calls one of the
 /// dialect's [`Dialect::volatile_functions`]; true as well when it cannot be read.
 pub(crate) fn calls_volatile_function(dialect: &dyn Dialect, sql: &str) -> bool {
@@ -305,10 +314,9 @@ impl TableMeta {
         if let Some(order_by) = &write.order_by {
             sql.push_str(&format!(" ORDER BY {order_by}"));
         }
-        match (&write.limit, d.every_row()) {
-            (Some(limit), _) => sql.push_str(&format!(" LIMIT {limit}")),
-            (None, Some(every_row)) => sql.push_str(&format!(" {every_row}")),
-            (None, None) => {}
+        match &write.limit {
+            Some(limit) => sql.push_str(&format!(" LIMIT {limit}")),
+            None => push_every_row(d, &mut sql),
         }
         // Only the written table's rows are locked, not those of an UPDATE's FROM list,
         // where the dialect can say so.
@@ -364,9 +372,7 @@ impl TableMeta {
         }
         // Every row the predicate matches, even where the read itself was capped: a
         // global lock too many waits, one too few lets a write in.
-        if let Some(every_row) = d.every_row() {
-            sql.push_str(&format!(" {every_row}"));
-        }
+        push_every_row(d, &mut sql);
         sql.push(' ');
         sql.push_str(&d.lock_read_rows(&qualifier, read.shared, read.nowait));
         Ok(sql)
@@ -596,9 +602,7 @@ impl TableMeta {
             d.qualified(&self.table),
             self.pk_list(d)
         );
-        if let Some(every_row) = d.every_row() {
-            sql.push_str(&format!(" {every_row}"));
-        }
+        push_every_row(d, &mut sql);
         sql
     }
 }
