@@ -84,6 +84,7 @@ impl Relay<'_> {
                 frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
                 _ => None,
             };
+            let names_own = super::intercept::names_tandems_own(frame.tag, body);
             let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
             // An Execute of the unnamed portal (its name, empty, is the body's first byte).
             let execute_spent = frame.tag == frontend::EXECUTE
@@ -103,8 +104,17 @@ impl Relay<'_> {
                 || matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 || execute_outside
                 || execute_spent
+                || names_own
             {
                 let handled = match control {
+                    // tandem's own statement (its last rewritten write, its undo row's
+                    // INSERT) stays prepared between uses: run by the client, it would
+                    // write uncaptured.
+                    _ if names_own => {
+                        Extended::RefuseExecute(super::at_extended::refusal(Error::Unsupported {
+                            what: "a statement or portal name starting with \\x01 (tandem's own statements are named so)",
+                        }))
+                    }
                     Some(parsed) => {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
@@ -143,9 +153,15 @@ impl Relay<'_> {
                         break;
                     }
                     Extended::RefuseExecute(refusal) => {
-                        let portal = crate::wire::pg::reader::Reader::new(body)
-                            .cstr()
-                            .unwrap_or(b"");
+                        // Bind and Execute begin with their portal's name.
+                        let portal = match frame.tag {
+                            frontend::BIND | frontend::EXECUTE => {
+                                crate::wire::pg::reader::Reader::new(body)
+                                    .cstr()
+                                    .unwrap_or(b"")
+                            }
+                            _ => b"",
+                        };
                         let mut replacement = BytesMut::new();
                         super::intercept::put_failing_bind_of(&mut replacement, portal);
                         self.write_server(&buf[run_start..pos]).await?;

@@ -202,6 +202,24 @@ pub(super) fn is_pool_reset(sql: &[u8]) -> bool {
 /// client's may start with.
 pub(super) const OWN_NAME_MARK: u8 = 0x01;
 
+/// Whether a client's Bind, Describe, Execute or Close names one of tandem's own
+/// statements or portals (Parse of such a name is refused in `refusal_for_parse`).
+pub(super) fn names_tandems_own(tag: u8, body: &[u8]) -> bool {
+    use crate::wire::pg::codes::frontend;
+    let starts_own = |name: &[u8]| name.first() == Some(&OWN_NAME_MARK);
+    match tag {
+        frontend::BIND => {
+            let mut names = body.splitn(3, |&b| b == 0);
+            let portal = names.next().unwrap_or_default();
+            let statement = names.next().unwrap_or_default();
+            starts_own(portal) || starts_own(statement)
+        }
+        frontend::EXECUTE => starts_own(body),
+        frontend::DESCRIBE | frontend::CLOSE => starts_own(body.get(1..).unwrap_or_default()),
+        _ => false,
+    }
+}
+
 /// A Parse with the client's statement name whose SQL fails at parse time; its
 /// ErrorResponse is replaced by tandem's own (see `Tracked::take_refusal`).
 pub(super) fn put_failing_parse(buf: &mut BytesMut, original: &[u8]) {
@@ -248,7 +266,31 @@ pub(super) fn put_failing_bind_of(buf: &mut BytesMut, portal: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_pool_reset;
+    use super::{is_pool_reset, names_tandems_own};
+    use crate::wire::pg::codes::frontend;
+
+    #[test]
+    fn own_names_in_bind_describe_execute_and_close() {
+        for (tag, body) in [
+            (frontend::BIND, &b"\0\x01tandem_write\0\0\0\0\0\0\0"[..]),
+            (frontend::BIND, b"\x01tandem_portal\0s1\0\0\0\0\0\0\0"),
+            (frontend::EXECUTE, b"\x01tandem_portal\0\0\0\0\0"),
+            (frontend::DESCRIBE, b"S\x01tandem_stmt\0"),
+            (frontend::CLOSE, b"P\x01tandem_portal\0"),
+        ] {
+            assert!(names_tandems_own(tag, body), "{body:?}");
+        }
+        for (tag, body) in [
+            (frontend::BIND, &b"\0s1\0\0\0\0\0\0\0"[..]),
+            (frontend::BIND, b"\0\0\0\0\0\0\0\0"),
+            (frontend::EXECUTE, b"\0\0\0\0\x01"),
+            (frontend::DESCRIBE, b"S\0"),
+            (frontend::CLOSE, b""),
+            (frontend::PARSE, b"\x01x\0SELECT 1\0\0\0"),
+        ] {
+            assert!(!names_tandems_own(tag, body), "{body:?}");
+        }
+    }
 
     #[test]
     fn pool_resets() {

@@ -2675,7 +2675,7 @@ async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg) {
 #[tokio::test]
 async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
     use super::control::{bind_body, parse_body, unnamed_batch};
-    use tandem_tests::raw_pg::{RawPg, frame};
+    use tandem_tests::raw_pg::{RawPg, frame, reply_tags};
     let db = prepare("names_clash").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
@@ -2770,6 +2770,31 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
         Some("0A000"),
         "{replies:?}"
     );
+    // Nor can it reach tandem's own statements, which stay prepared between uses: run
+    // again by the client, the captured write would write uncaptured.
+    let describe_own = [&b"S"[..], b"\x01tandem_stmt\0"].concat();
+    let close_own = [&b"S"[..], b"\x01tandem_write\0"].concat();
+    for (tag, body) in [
+        (b'B', bind_body("\u{1}tandem_write")),
+        (b'E', b"\x01tandem_portal\0\0\0\0\0".to_vec()),
+        (b'D', describe_own),
+        (b'C', close_own),
+    ] {
+        let mut batch = frame(tag, &body);
+        if tag == b'B' {
+            batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        }
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(
+            replies[0].sqlstate().as_deref(),
+            Some("0A000"),
+            "{}: {replies:?}",
+            tag as char
+        );
+        assert_eq!(reply_tags(&replies), ['E', 'Z'], "{}", tag as char);
+    }
 
     raw.query("SELECT tandem_rollback()").await;
     let replies = raw.recv_until(b'Z').await;
