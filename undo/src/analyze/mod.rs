@@ -452,11 +452,15 @@ struct Names {
     /// Fold column names to lower case even when quoted (MySQL, whose column names
     /// are case-insensitive).
     lower_columns: bool,
+    /// A quoted name still holds its quote character doubled (MySQL, parsed without
+    /// unescaping so that literals keep their escapes): `` `a``b` `` names a`b.
+    doubled_quotes: bool,
 }
 
 const POSTGRES_NAMES: Names = Names {
     fold_tables: true,
     lower_columns: false,
+    doubled_quotes: false,
 };
 
 impl Names {
@@ -464,17 +468,54 @@ impl Names {
         if self.fold_tables {
             fold(ident)
         } else {
-            ident.value.clone()
+            self.as_named(ident)
         }
     }
 
     fn column(self, ident: &Ident) -> String {
         if self.lower_columns {
-            ident.value.to_lowercase()
+            fold_mysql_column(&self.as_named(ident))
         } else {
             fold(ident)
         }
     }
+
+    /// The name an identifier gives, as written otherwise.
+    fn as_named(self, ident: &Ident) -> String {
+        match ident.quote_style {
+            Some(quote) if self.doubled_quotes => undouble(&ident.value, quote),
+            _ => ident.value.clone(),
+        }
+    }
+}
+
+/// A quoted identifier's text with each doubled `quote` made single.
+fn undouble(quoted: &str, quote: char) -> String {
+    let mut name = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars().peekable();
+    while let Some(c) = chars.next() {
+        name.push(c);
+        if c == quote && chars.peek() == Some(&quote) {
+            chars.next();
+        }
+    }
+    name
+}
+
+/// A MySQL column name as tandem compares and writes it: in lower case, each character
+/// on its own. MySQL's column names are case-insensitive, but a character whose lower
+/// case is several (`İ`), or a lower case that hangs on context (a word's last `Σ`),
+/// gives a name the server does not match; such a character stays as written.
+pub fn fold_mysql_column(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            let mut lower = c.to_lowercase();
+            match (lower.next(), lower.next()) {
+                (Some(single), None) => single,
+                _ => c,
+            }
+        })
+        .collect()
 }
 
 /// The statement an `EXPLAIN ANALYZE` runs (it executes it), if `statement` is one.

@@ -25,7 +25,13 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 const MYSQL_NAMES: Names = Names {
     fold_tables: false,
     lower_columns: true,
+    doubled_quotes: true,
 };
+
+/// A savepoint's name as MySQL compares it.
+fn savepoint_name(name: &sqlparser::ast::Ident) -> String {
+    MYSQL_NAMES.as_named(name).to_lowercase()
+}
 
 /// Parses `sql` as MySQL, after [`respell`].
 pub(super) fn parse(
@@ -230,12 +236,12 @@ pub(super) fn analyze_statement(statement: &Statement) -> Result<Analysis, Error
         Statement::Rollback {
             savepoint: Some(name),
             ..
-        } => Analysis::Savepoint(SavepointOp::RollbackTo(name.value.to_lowercase())),
+        } => Analysis::Savepoint(SavepointOp::RollbackTo(savepoint_name(name))),
         Statement::Savepoint { name } => {
-            Analysis::Savepoint(SavepointOp::Set(name.value.to_lowercase()))
+            Analysis::Savepoint(SavepointOp::Set(savepoint_name(name)))
         }
         Statement::ReleaseSavepoint { name } => {
-            Analysis::Savepoint(SavepointOp::Release(name.value.to_lowercase()))
+            Analysis::Savepoint(SavepointOp::Release(savepoint_name(name)))
         }
         Statement::ShowVariable { .. }
         | Statement::ShowVariables { .. }

@@ -249,7 +249,7 @@ impl MysqlTable {
 
     /// A column's position; MySQL's column names are case-insensitive.
     fn position(&self, name: &str) -> Option<usize> {
-        let name = name.to_lowercase();
+        let name = crate::analyze::fold_mysql_column(name);
         self.meta.columns.iter().position(|c| c.name == name)
     }
 

@@ -121,7 +121,7 @@ impl MysqlTable {
         let mut columns = Vec::new();
         let mut auto_increment = None;
         for (i, row) in catalog.columns.iter().enumerate() {
-            let name = text(row, 0, "COLUMN_NAME")?.to_lowercase();
+            let name = crate::analyze::fold_mysql_column(text(row, 0, "COLUMN_NAME")?);
             let data_type = text(row, 1, "DATA_TYPE")?;
             let extra = field(row, 3, "EXTRA")?
                 .unwrap_or_default()
@@ -160,7 +160,10 @@ impl MysqlTable {
                 collation,
             });
         }
-        let position = |name: &str| columns.iter().position(|c| c.name == name.to_lowercase());
+        let position = |name: &str| {
+            let name = crate::analyze::fold_mysql_column(name);
+            columns.iter().position(|c| c.name == name)
+        };
         let mut keys: Vec<(String, Vec<usize>)> = Vec::new();
         for row in &catalog.unique_keys {
             let index = text(row, 0, "INDEX_NAME")?;

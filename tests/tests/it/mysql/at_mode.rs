@@ -2990,3 +2990,55 @@ async fn an_insert_tandem_cannot_check_by_its_keys_is_refused_not_retried() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A quoted name's doubled quote is one character of the name (`` `a``b` `` names
+/// a`b), and MySQL folds a column name's case but not into several characters (`İ`)
+/// nor by context (a last `Σ`): tandem reads each name as the server does, so a key
+/// update through such a name is refused, every other write is captured and locked,
+/// and a write outside the transaction meets its locks.
+#[tokio::test]
+async fn names_with_doubled_quotes_or_unusual_case_are_read_as_the_server_reads_them() {
+    let db = prepare("at_quoted_names").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE `a``b` (`k``k` INT PRIMARY KEY, `k````k` INT, `İd` INT, `ΑΣ` VARCHAR(10)) ENGINE=InnoDB;
+             INSERT INTO `a``b` VALUES (1, 100, 1, 'x'), (2, 200, 2, 'y'), (3, 300, 3, 'z');",
+        )
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "a``b").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start_waiting(&lockserver, 300).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    each_fails_with(
+        &mut conn,
+        1235,
+        &["UPDATE `a``b` SET `k``k` = 10 WHERE `k``k` = 1"],
+    )
+    .await;
+    run_each(
+        &mut conn,
+        &[
+            "UPDATE `a``b` SET `k````k` = 111, `İd` = 7, `ΑΣ` = 'w' WHERE `k``k` = 1",
+            "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",
+            "DELETE FROM \"a`b\" WHERE \"k`k\" = 2",
+            "INSERT INTO `a``b` (`k``k`, `İd`) VALUES (4, 4)",
+        ],
+    )
+    .await;
+    let mut outside = my::connect(&tandem, &db.name).await;
+    for sql in [
+        "UPDATE `a``b` SET `İd` = 9 WHERE `k``k` = 1",
+        "DELETE FROM `a``b` WHERE `k``k` = 4",
+    ] {
+        let e = outside.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1205, "{sql}: {e}");
+    }
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "a``b").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
