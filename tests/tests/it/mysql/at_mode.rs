@@ -3042,3 +3042,63 @@ async fn names_with_doubled_quotes_or_unusual_case_are_read_as_the_server_reads_
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// COM_REFRESH is FLUSH, which commits implicitly: while the branch holds uncommitted
+/// rows it is refused (1235), as FLUSH over COM_QUERY is, and the rows stay the
+/// branch's, undone by the global rollback; with none it runs.
+#[tokio::test]
+async fn com_refresh_never_commits_a_branchs_rows_behind_tandems_back() {
+    let db = prepare("at_refresh").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
+    let mut init_db = vec![0x02];
+    init_db.extend_from_slice(db.name.as_bytes());
+    raw.send(&my::packet(0, &init_db)).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
+    let refresh = my::packet(0, b"\x07\x00");
+    for sql in ["SELECT tandem_begin()", "START TRANSACTION"] {
+        raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
+            .await;
+        let reply = raw_reply(&mut raw).await;
+        assert_ne!(reply[0].1[0], 0xff, "{sql}: {reply:?}");
+    }
+    raw.send(&refresh).await;
+    let reply = raw_reply(&mut raw).await;
+    assert_eq!(
+        reply[0].1[0], 0x00,
+        "COM_REFRESH with no rows captured: {reply:?}"
+    );
+    for sql in [
+        "START TRANSACTION",
+        "UPDATE accounts SET note = 'refreshed' WHERE id = 1",
+    ] {
+        raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
+            .await;
+        let reply = raw_reply(&mut raw).await;
+        assert_eq!(reply[0].1[0], 0x00, "{sql}: {reply:?}");
+    }
+    raw.send(&refresh).await;
+    let reply = raw_reply(&mut raw).await;
+    assert_eq!(my::err_code(&reply[0].1), Some(1235), "{reply:?}");
+    for sql in ["COMMIT", "SELECT tandem_rollback()"] {
+        raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
+            .await;
+        let reply = raw_reply(&mut raw).await;
+        assert_ne!(reply[0].1[0], 0xff, "{sql}: {reply:?}");
+        if sql.contains("rollback") {
+            assert!(
+                reply
+                    .iter()
+                    .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
+                "{reply:?}"
+            );
+        }
+    }
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

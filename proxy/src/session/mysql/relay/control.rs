@@ -231,6 +231,9 @@ impl Relay<'_> {
         {
             self.temporary_tables.clear();
         }
+        if payload.first() == Some(&command::REFRESH) && header.seq == 0 && bound {
+            return self.bound_refresh();
+        }
         let prepares = payload.first() == Some(&command::STMT_PREPARE);
         if (prepares || payload.first() == Some(&command::QUERY))
             && header.seq == 0
@@ -349,6 +352,28 @@ impl Relay<'_> {
                 .map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// COM_REFRESH of a bound session: it is FLUSH, which commits implicitly. In AT mode
+    /// a branch's uncommitted rows would commit without their undo row, as FLUSH over
+    /// COM_QUERY would (refused alike); with none, the transaction it may end takes its
+    /// savepoints along. In XA mode the server refuses it inside a branch itself.
+    fn bound_refresh(&mut self) -> Result<Option<Handled>> {
+        if self.xa.is_some() || self.binding.mode().unwrap_or(self.ctx.config.mode) != Mode::At {
+            return Ok(None);
+        }
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
+        }
+        if !self.at_branch.is_empty() {
+            return self
+                .refuse(Error::Unsupported {
+                    what: "COM_REFRESH (FLUSH, which commits implicitly) while the branch has uncommitted writes (MySQL would commit them without their undo log): COMMIT or ROLLBACK first",
+                })
+                .map(Some);
+        }
+        self.at_branch = crate::at::branch::Branch::default();
+        Ok(None)
     }
 
     /// In XA mode, a read that calls a stored function (or whose functions cannot be
