@@ -97,6 +97,11 @@ pub enum Error {
     #[error("table {table} does not exist")]
     UnknownTable { table: String },
 
+    /// A MySQL execute of a statement id the session never prepared (or closed): the
+    /// server's own error for it.
+    #[error("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute")]
+    UnknownStatement { id: u32 },
+
     #[error(
         "a row of {table} changed without a before image (it appeared after tandem read the rows); retry the transaction"
     )]
@@ -239,6 +244,7 @@ impl Error {
             | Error::SidePoolBuild { .. } => SqlState::InternalError,
             Error::Undo(_) | Error::InsertedUnseen { .. } => SqlState::FeatureNotSupported,
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
+            Error::UnknownStatement { .. } => SqlState::InvalidSqlStatementName,
             Error::Uncaptured { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
@@ -336,6 +342,7 @@ impl Error {
             | Error::InjectedTransient { .. }
             | Error::ServerError { .. } => MyErr::Unknown,
             Error::UnknownTable { .. } => MyErr::NoSuchTable,
+            Error::UnknownStatement { .. } => MyErr::UnknownStmtHandler,
         }
     }
 
@@ -359,6 +366,7 @@ impl Error {
                 | Error::InFailedTransaction
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
+                | Error::UnknownStatement { .. }
                 | Error::Uncaptured { .. }
                 | Error::InsertedUnseen { .. }
                 | Error::TableChanged { .. }
@@ -393,6 +401,7 @@ impl Error {
                 | Error::BadControlCall(_)
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
+                | Error::UnknownStatement { .. }
                 | Error::ServerError { .. }
                 | Error::InsertedUnseen { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
@@ -441,6 +450,7 @@ impl Error {
             Error::Lockserver(_) => "lockserver",
             Error::Undo(_)
             | Error::UnknownTable { .. }
+            | Error::UnknownStatement { .. }
             | Error::ServerError { .. }
             | Error::Uncaptured { .. }
             | Error::InsertedUnseen { .. }
@@ -522,6 +532,7 @@ mod tests {
                 what: "tandem_commit()",
             },
             Error::BadControlCall("bad".into()),
+            Error::UnknownStatement { id: 7 },
         ]
     }
 
@@ -530,7 +541,7 @@ mod tests {
         let expected = [
             "08P01", "54000", "08P01", "08P01", "08P01", "0A000", "08001", "08001", "08006",
             "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000", "22023", "55000",
-            "55000", "55000", "25001", "22023",
+            "55000", "55000", "25001", "22023", "26000",
         ];
         let got: Vec<_> = every_variant()
             .iter()
@@ -552,7 +563,7 @@ mod tests {
         }));
         let expected = [
             1043, 1153, 1043, 1047, 1043, 1235, 2003, 2003, 1158, 1158, 1158, 1158, 1043, 1040,
-            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1153, 1156,
+            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1243, 1153, 1156,
         ];
         let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
         assert_eq!(got, expected);

@@ -54,6 +54,9 @@ pub enum MyErr {
     WrongArguments,
     /// 1146 ER_NO_SUCH_TABLE, 42S02: a write to a table that does not exist.
     NoSuchTable,
+    /// 1243 ER_UNKNOWN_STMT_HANDLER, HY000: an execute of a statement id never
+    /// prepared (or closed).
+    UnknownStmtHandler,
 }
 
 impl MyErr {
@@ -80,6 +83,7 @@ impl MyErr {
             MyErr::TransactionInProgress => 1568,
             MyErr::WrongArguments => 1210,
             MyErr::NoSuchTable => 1146,
+            MyErr::UnknownStmtHandler => 1243,
         }
     }
 
@@ -105,6 +109,7 @@ impl MyErr {
             | MyErr::LockWaitTimeout
             | MyErr::CantConnect
             | MyErr::MalformedPacket
+            | MyErr::UnknownStmtHandler
             | MyErr::WrongArguments => b"HY000",
         }
     }

@@ -39,6 +39,8 @@ pub enum SqlState {
     SystemError,
     /// 42P01 undefined_table.
     UndefinedTable,
+    /// 26000 invalid_sql_statement_name: a prepared statement that does not exist.
+    InvalidSqlStatementName,
     /// 25P02 in_failed_sql_transaction.
     InFailedSqlTransaction,
     /// 25P01 no_active_sql_transaction.
@@ -134,6 +136,7 @@ impl SqlState {
             SqlState::ActiveSqlTransaction => "25001",
             SqlState::SystemError => "58000",
             SqlState::UndefinedTable => "42P01",
+            SqlState::InvalidSqlStatementName => "26000",
             SqlState::InFailedSqlTransaction => "25P02",
             SqlState::NoActiveSqlTransaction => "25P01",
             SqlState::QueryCanceled => "57014",
@@ -178,6 +181,7 @@ mod tests {
             ActiveSqlTransaction,
             SystemError,
             UndefinedTable,
+            InvalidSqlStatementName,
             InFailedSqlTransaction,
             NoActiveSqlTransaction,
             QueryCanceled,

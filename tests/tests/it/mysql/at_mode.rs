@@ -3102,3 +3102,31 @@ async fn com_refresh_never_commits_a_branchs_rows_behind_tandems_back() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// An execute of a statement id never prepared gets the server's own 1243 in a global
+/// transaction too; MariaDB's "last prepared" id, whose statement tandem cannot know
+/// for sure, is refused (1235). The session goes on.
+#[tokio::test]
+async fn an_execute_of_an_unknown_statement_id_gets_1243() {
+    let _db = prepare("at_unknown_id").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
+    raw.send(&my::packet(0, b"\x03SELECT tandem_begin()")).await;
+    assert_eq!(raw_reply(&mut raw).await.len(), 4, "tandem_begin");
+    for (id, code) in [(9999u32, 1243), (u32::MAX, 1235)] {
+        let mut execute = vec![0x17];
+        execute.extend_from_slice(&id.to_le_bytes());
+        execute.extend_from_slice(&[0, 1, 0, 0, 0]);
+        raw.send(&my::packet(0, &execute)).await;
+        let reply = raw_reply(&mut raw).await;
+        assert_eq!(my::err_code(&reply[0].1), Some(code), "{id}: {reply:?}");
+    }
+    raw.send(&my::packet(0, b"\x0e")).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_PING");
+    raw.send(&my::packet(0, b"\x03SELECT tandem_rollback()"))
+        .await;
+    assert_eq!(raw_reply(&mut raw).await.len(), 4, "tandem_rollback");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -183,14 +183,16 @@ impl Relay<'_> {
         if payload.len() < header.payload_len {
             return Ok(Handled::NeedMore);
         }
-        let Some(prepared) = super::client_side::statement_id(payload)
-            .and_then(|id| self.prepared.get(&id))
-            .cloned()
-        else {
-            // Not one tandem saw prepared (MariaDB also takes id 0xFFFFFFFF for "the last
-            // statement prepared"): what it runs is not known.
-            return self.refuse(Error::Unsupported {
-                what: "executing a statement id tandem did not see prepared, in AT mode",
+        let id = super::client_side::statement_id(payload);
+        let Some(prepared) = id.and_then(|id| self.prepared.get(&id)).cloned() else {
+            return self.refuse(match id {
+                // MariaDB's "the statement prepared last", in one round trip with it:
+                // what it runs is not known.
+                Some(u32::MAX) | None => Error::Unsupported {
+                    what: "executing a statement id tandem did not see prepared, in AT mode",
+                },
+                // Never prepared, or closed: the server does not know it either.
+                Some(id) => Error::UnknownStatement { id },
             });
         };
         let Some(sql) = prepared.sql.clone() else {
