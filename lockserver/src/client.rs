@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::api::grpc::{MAX_MESSAGE_BYTES, batches_within};
-pub use crate::core::locks::LockKey;
+pub use crate::core::locks::{LockKey, MAX_LOCK_KEY_BYTES};
 pub use crate::core::txn::{BranchKind, GlobalStatus, Xid};
 use crate::error::{Error, Result};
 use crate::proto::{self as pb, coordinator_client::CoordinatorClient};

@@ -350,9 +350,10 @@ fn same_rows(a: &TableMeta, b: &TableMeta) -> bool {
 
 /// The global lock key of a row, from its binary key values: binary does not depend on
 /// session settings (DateStyle and the like), so every session names a row alike. A
-/// value longer than 64 bytes is named by its SHA-256, so that a key stays within the
-/// lockserver's bound however long the values: a collision would only make two rows
-/// lock each other.
+/// value longer than 64 bytes is named by its SHA-256; and a key whose parts together
+/// still pass the lockserver's bound (a primary key of some 30 columns) has them all
+/// named by one SHA-256, so that a key stays within the bound however long and many the
+/// values: a collision would only make two rows lock each other.
 pub fn lock_key(resource: &str, meta: &TableMeta, key: &[Option<Vec<u8>>]) -> LockKey {
     let types = meta
         .pk
@@ -372,7 +373,17 @@ pub fn lock_key(resource: &str, meta: &TableMeta, key: &[Option<Vec<u8>>]) -> Lo
                 None => "null".to_owned(),
             }
         });
-    LockKey::new(resource, &qualified_name(meta), pk)
+    let table = qualified_name(meta);
+    let whole = LockKey::new(resource, &table, pk);
+    if whole.as_str().len() <= tandem_lockserver::client::MAX_LOCK_KEY_BYTES {
+        return whole;
+    }
+    use sha2::Digest;
+    // The parts as the key spells them (length-prefixed): no two tuples hash alike
+    // but by a collision.
+    let parts = &whole.as_str()[LockKey::new(resource, &table, [""; 0]).as_str().len()..];
+    let digest = format!("sha256:{}", hex(&sha2::Sha256::digest(parts.as_bytes())));
+    LockKey::new(resource, &table, [digest])
 }
 
 /// PostgreSQL's numeric type, and interval.
@@ -474,6 +485,35 @@ mod tests {
             oid: 0,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_key_of_many_wide_columns_stays_within_the_lockservers_bound() {
+        let columns = 32;
+        let meta = TableMeta {
+            columns: (0..columns)
+                .map(|i| Column {
+                    name: format!("c{i}"),
+                    type_oid: 25,
+                    ..Default::default()
+                })
+                .collect(),
+            pk: (0..columns).collect(),
+            ..Default::default()
+        };
+        let row = |last: u8| -> Vec<Option<Vec<u8>>> {
+            (0..columns)
+                .map(|i| Some(vec![if i + 1 == columns { last } else { b'a' }; 64]))
+                .collect()
+        };
+        let key = lock_key("postgres://h/db", &meta, &row(b'a'));
+        assert!(key.as_str().len() <= tandem_lockserver::client::MAX_LOCK_KEY_BYTES);
+        assert!(LockKey::parse(key.as_str()).is_ok());
+        assert_eq!(key, lock_key("postgres://h/db", &meta, &row(b'a')));
+        assert_ne!(key, lock_key("postgres://h/db", &meta, &row(b'b')));
+        // A narrow key keeps its parts as they were.
+        let narrow = lock_key("r", &meta, &vec![Some(b"ab".to_vec()); columns]);
+        assert_eq!(narrow.pk(), vec!["6162"; columns]);
     }
 
     #[test]

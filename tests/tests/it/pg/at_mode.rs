@@ -1697,3 +1697,62 @@ async fn savepoints_are_followed_as_the_server_runs_them() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A primary key of 32 text columns, each value 64 bytes (hex in the lock key, short
+/// of the hashed length): its lock key would pass the lockserver's bound, and is named
+/// by one hash instead. Writes are captured and roll back exactly; the same row
+/// conflicts, another does not.
+#[tokio::test]
+async fn rows_of_a_key_of_many_wide_columns_lock_and_roll_back() {
+    let db = prepare("at_wide_key").await;
+    let direct = db.direct().await;
+    let columns: Vec<String> = (0..32).map(|i| format!("c{i}")).collect();
+    direct
+        .batch_execute(&format!(
+            "CREATE TABLE wide ({} text, v text, PRIMARY KEY ({}));
+             INSERT INTO wide SELECT {}, 'a';
+             INSERT INTO wide SELECT {}, 'b';",
+            columns.join(" text, "),
+            columns.join(", "),
+            vec!["repeat('a', 64)"; 32].join(", "),
+            [vec!["repeat('a', 64)"; 31], vec!["repeat('b', 64)"]]
+                .concat()
+                .join(", "),
+        ))
+        .await
+        .unwrap();
+    let before = rows_of(&direct, "wide").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await;
+    let a = tandem.connect(&db.name).await;
+    let b = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("UPDATE wide SET v = 'x' WHERE c31 LIKE 'a%'")
+        .await
+        .unwrap();
+    one(&b, "SELECT tandem_begin(30000)").await.unwrap();
+    let err = b
+        .batch_execute("UPDATE wide SET v = 'y' WHERE c31 LIKE 'a%'")
+        .await
+        .expect_err("the same row is held");
+    assert!(
+        matches!(
+            err.code(),
+            Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::LOCK_NOT_AVAILABLE)
+        ),
+        "{err}"
+    );
+    b.batch_execute("UPDATE wide SET v = 'y' WHERE c31 LIKE 'b%'")
+        .await
+        .expect("another row is free");
+    rolled_back(&b).await;
+    rolled_back(&a).await;
+    assert_eq!(rows_of(&direct, "wide").await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
