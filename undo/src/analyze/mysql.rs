@@ -46,7 +46,35 @@ pub(super) fn parse(
         .with_recursion_limit(RECURSION_LIMIT)
         .try_with_sql(&text)
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| parse_error(e.to_string()))
+        .map_err(|e| match unparsed_form(&text) {
+            Some(what) => Error::unsupported(what),
+            None => parse_error(e.to_string()),
+        })
+}
+
+/// What a statement the parser does not read is, where its first words say: a clearer
+/// refusal than the parser's complaint about the word it stopped at.
+fn unparsed_form(sql: &str) -> Option<&'static str> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql).tokenize().ok()?;
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+            _ => String::new(),
+        });
+    let first = words.next()?;
+    let second = words.next().unwrap_or_default();
+    Some(match (first.as_str(), second.as_str()) {
+        ("PREPARE", _) => "SQL-level PREPARE … FROM (use the protocol's prepared statements)",
+        ("EXECUTE", "IMMEDIATE") => "EXECUTE IMMEDIATE",
+        ("LOAD", _) => "LOAD DATA or LOAD XML (rows loaded from a file are not captured)",
+        ("BEGIN", "NOT") => "MariaDB's compound statement BEGIN NOT ATOMIC … END",
+        ("SET", "STATEMENT") => {
+            "MariaDB's SET STATEMENT … FOR (set the variable in the session around the statement instead)"
+        }
+        _ => return None,
+    })
 }
 
 /// Whether the tokenizer took a non-ASCII space character (U+00A0, say) for the space
