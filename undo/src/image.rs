@@ -135,6 +135,11 @@ pub struct TableMeta {
     /// is unique in this partition only, while global locks name rows by the root
     /// (`lock_table`), and writes through the root cannot be checked by key.
     pub root_without_key: bool,
+    /// PostgreSQL: a column (its name, its type) whose values may not come back from
+    /// their binary form, in which images are kept and replayed: a type with no binary
+    /// send or receive (contrib's seg, isn), or one whose receive refuses a value its
+    /// send gives (an empty int2vector or oidvector), also inside another type.
+    pub imageless_column: Option<(String, String)>,
 }
 
 impl TableMeta {
@@ -158,7 +163,12 @@ impl TableMeta {
         }
         if self.loose_key {
             return Err(Error::unsupported(format!(
-                "a write to table {table}, whose primary key compares values of other bytes as equal (a nondeterministic collation, citext, or numeric or interval inside a domain, array, range or composite type),"
+                "a write to table {table}, whose primary key compares values of other bytes as equal (a nondeterministic collation, citext, jsonb, character without a length, or numeric, interval or character inside a domain, array, range or composite type),"
+            )));
+        }
+        if let Some((column, type_name)) = &self.imageless_column {
+            return Err(Error::unsupported(format!(
+                "a write to table {table}, whose column {column} has type {type_name}, whose values may not come back from their binary form (in which tandem keeps images),"
             )));
         }
         if self.key_checked_at_commit {

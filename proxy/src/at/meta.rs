@@ -81,14 +81,16 @@ const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
 /// cannot be looked into: other extensions' types are taken as exact). And whether a
 /// key column compares values of other bytes as equal (a nondeterministic collation,
 /// citext anywhere in its type, numeric or interval inside a domain, array, range or
-/// composite type, which lock keys do not see into): see `TableMeta::loose_key`.
-const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested) AS (
-        SELECT a.atttypid, false FROM pg_index i
+/// composite type, which lock keys do not see into; jsonb, which compares the numbers
+/// in it by value; character without a length, or inside another type, which compares
+/// without trailing spaces it keeps): see `TableMeta::loose_key`.
+const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested, typmod) AS (
+        SELECT a.atttypid, false, a.atttypmod FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
         WHERE i.indrelid = to_regclass($1) AND i.indisprimary
     UNION
-        SELECT part.oid, true FROM parts p JOIN pg_type t ON t.oid = p.oid
+        SELECT part.oid, true, -1 FROM parts p JOIN pg_type t ON t.oid = p.oid
         CROSS JOIN LATERAL (
             SELECT t.typbasetype UNION ALL SELECT t.typelem
             UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
@@ -102,12 +104,35 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested) AS (
         WHERE p.oid IN ('float4'::regtype, 'float8'::regtype, 'money'::regtype)
         OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg'))),
     EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
-        WHERE t.typname = 'citext'
+        WHERE t.typname = 'citext' OR p.oid = 'jsonb'::regtype
+        OR (p.oid = 'bpchar'::regtype AND (p.nested OR p.typmod < 0))
         OR (p.nested AND p.oid IN ('numeric'::regtype, 'interval'::regtype)))
     OR EXISTS (SELECT FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indcollation::oid[]) AS k(coll)
         JOIN pg_collation c ON c.oid = k.coll
         WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND NOT c.collisdeterministic)";
+/// A column whose values may not come back from their binary form (see
+/// `TableMeta::imageless_column`), with its type, followed through domains, arrays,
+/// ranges, multiranges and composite types.
+const IMAGELESS_COLUMN: &str = "WITH RECURSIVE parts(attname, oid) AS (
+        SELECT a.attname::text, a.atttypid FROM pg_attribute a
+        WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION
+        SELECT p.attname, part.oid FROM parts p JOIN pg_type t ON t.oid = p.oid
+        CROSS JOIN LATERAL (
+            SELECT t.typbasetype UNION ALL SELECT t.typelem
+            UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
+            UNION ALL SELECT rngtypid FROM pg_range WHERE rngmultitypid = t.oid
+            UNION ALL SELECT atttypid FROM pg_attribute
+                WHERE attrelid = t.typrelid AND attnum > 0 AND NOT attisdropped
+        ) AS part(oid)
+        WHERE part.oid <> 0
+    )
+    SELECT p.attname, pg_catalog.format_type(t.oid, NULL) FROM parts p
+    JOIN pg_type t ON t.oid = p.oid
+    WHERE t.typsend::oid = 0 OR t.typreceive::oid = 0
+        OR t.oid IN ('int2vector'::regtype, 'oidvector'::regtype)
+    LIMIT 1";
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(
     with_tree!(),
@@ -323,6 +348,10 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
     let row_security: bool = client.query_one(ROW_SECURITY, &[&name]).await?.get(0);
     let key_types = client.query_one(INEXACT_KEY, &[&name]).await?;
     let (inexact_key, loose_key): (bool, bool) = (key_types.get(0), key_types.get(1));
+    let imageless_column = client
+        .query_opt(IMAGELESS_COLUMN, &[&name])
+        .await?
+        .map(|r| (r.get(0), r.get(1)));
     Ok(TableMeta {
         table: resolved,
         columns,
@@ -338,5 +367,6 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         key_checked_at_commit,
         partitioned,
         root_without_key,
+        imageless_column,
     })
 }

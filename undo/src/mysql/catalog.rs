@@ -207,6 +207,8 @@ impl MysqlTable {
                 key_checked_at_commit: false,
                 partitioned: false,
                 root_without_key: false,
+                // Images are the text protocol's, and types without one refused above.
+                imageless_column: None,
             },
             auto_increment,
             unique_keys: keys.into_iter().map(|(_, parts)| parts).collect(),
