@@ -70,9 +70,6 @@ fn unparsed_form(sql: &str) -> Option<&'static str> {
         ("EXECUTE", "IMMEDIATE") => "EXECUTE IMMEDIATE",
         ("LOAD", _) => "LOAD DATA or LOAD XML (rows loaded from a file are not captured)",
         ("BEGIN", "NOT") => "MariaDB's compound statement BEGIN NOT ATOMIC … END",
-        ("SET", "STATEMENT") => {
-            "MariaDB's SET STATEMENT … FOR (set the variable in the session around the statement instead)"
-        }
         _ => return None,
     })
 }
@@ -141,6 +138,19 @@ fn respell(sql: &str, parse_error: &impl Fn(String) -> Error) -> Result<String, 
             Token::LParen => depth += 1,
             Token::RParen => depth = depth.saturating_sub(1),
             Token::Comma if before_set && depth == 0 => edit(i, i, " CROSS JOIN")?,
+            Token::Word(_)
+                if first_word.is_none()
+                    && plain_word(t).as_deref() == Some("SET")
+                    && tokens.get(i + 1).and_then(|n| plain_word(n)).as_deref()
+                        == Some("STATEMENT") =>
+            {
+                // Read as the statement after FOR: the settings it may name change
+                // nothing tandem's own statements read.
+                let statement = settings_for_one_statement(&tokens, i)?;
+                edit(i, statement - 1, "")?;
+                i = statement;
+                continue;
+            }
             Token::Word(_) if first_word.is_none() => {
                 let word = plain_word(t).unwrap_or_default();
                 let modifiers: &[&str] = match word.as_str() {
@@ -187,6 +197,70 @@ fn respell(sql: &str, parse_error: &impl Fn(String) -> Error) -> Result<String, 
     }
     text.push_str(&sql[from..]);
     Ok(text)
+}
+
+/// Settings MariaDB's `SET STATEMENT … FOR` may give a statement that tandem reads
+/// past: limits, timeouts and the optimizer's choices, which change whether and how
+/// fast the statement runs, never which rows it reads or writes nor how tandem's own
+/// statements read them.
+const SETTINGS_READ_PAST: &[&str] = &[
+    "MAX_STATEMENT_TIME",
+    "LOCK_WAIT_TIMEOUT",
+    "INNODB_LOCK_WAIT_TIMEOUT",
+    "LONG_QUERY_TIME",
+    "OPTIMIZER_SWITCH",
+    "OPTIMIZER_SEARCH_DEPTH",
+    "OPTIMIZER_PRUNE_LEVEL",
+    "JOIN_BUFFER_SIZE",
+    "SORT_BUFFER_SIZE",
+    "READ_BUFFER_SIZE",
+    "READ_RND_BUFFER_SIZE",
+    "TMP_TABLE_SIZE",
+    "MAX_HEAP_TABLE_SIZE",
+];
+
+/// Where the statement after `SET STATEMENT a = 1, b = 2 FOR` begins, `set` being the
+/// index of SET: the token after FOR. Refused if it sets anything but
+/// `SETTINGS_READ_PAST`, or binds a parameter (whose number would shift).
+fn settings_for_one_statement(tokens: &[&TokenWithSpan], set: usize) -> Result<usize, Error> {
+    let mut i = set + 2;
+    let mut expect_name = true;
+    let mut depth = 0usize;
+    while let Some(t) = tokens.get(i) {
+        match &t.token {
+            Token::Word(_) if expect_name => {
+                let name = plain_word(t).unwrap_or_default();
+                if !SETTINGS_READ_PAST.contains(&name.as_str()) {
+                    return Err(Error::unsupported(format!(
+                        "MariaDB's SET STATEMENT of {} (only limits, timeouts and optimizer settings may be set so)",
+                        if name.is_empty() {
+                            "a quoted name"
+                        } else {
+                            &name
+                        }
+                    )));
+                }
+                expect_name = false;
+            }
+            Token::Word(_) if depth == 0 && plain_word(t).as_deref() == Some("FOR") => {
+                return Ok(i + 1);
+            }
+            Token::Placeholder(_) => {
+                return Err(Error::unsupported(
+                    "a parameter in MariaDB's SET STATEMENT … FOR",
+                ));
+            }
+            Token::SemiColon => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 0 => expect_name = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(Error::unsupported(
+        "MariaDB's SET STATEMENT without FOR and a statement",
+    ))
 }
 
 /// An unquoted word, upper case.

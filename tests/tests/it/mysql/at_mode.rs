@@ -3130,3 +3130,43 @@ async fn an_execute_of_an_unknown_statement_id_gets_1243() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// MariaDB's `SET STATEMENT … FOR` runs the statement after FOR: one that sets only
+/// limits, timeouts or optimizer settings is captured as its statement, and checked
+/// as one outside a global transaction; one setting anything else is refused in a
+/// global transaction, since tandem's own statements would read rows otherwise.
+#[tokio::test]
+async fn set_statement_for_a_write_is_captured_or_refused_never_run_unseen() {
+    let db = prepare("at_set_statement").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start_waiting(&lockserver, 300).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "SET STATEMENT max_statement_time = 10, innodb_lock_wait_timeout = 5 FOR UPDATE accounts SET note = 'set' WHERE id = 1",
+            "SET STATEMENT max_statement_time = 10 FOR DELETE FROM accounts WHERE id = 2",
+        ],
+    )
+    .await;
+    each_fails_with(
+        &mut conn,
+        1235,
+        &["SET STATEMENT sql_mode = '' FOR UPDATE accounts SET note = 'mode' WHERE id = 3"],
+    )
+    .await;
+    let mut outside = my::connect(&tandem, &db.name).await;
+    let e = outside
+        .query_drop("SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

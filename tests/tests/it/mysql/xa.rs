@@ -175,12 +175,15 @@ async fn a_mariadb_xa_branch_and_a_postgres_branch_commit_or_roll_back_together(
         text(&mut conn, &format!("SELECT tandem_join('{xid}')"))
             .await
             .unwrap();
-        // A write outside START TRANSACTION would commit outside the branch.
-        let e = conn
-            .query_drop("UPDATE accounts SET note = 'x' WHERE id = 2")
-            .await
-            .unwrap_err();
-        assert_eq!(code(&e), 1235, "{e}");
+        // A write outside START TRANSACTION would commit outside the branch, MariaDB's
+        // SET STATEMENT … FOR one too.
+        for write in [
+            "UPDATE accounts SET note = 'x' WHERE id = 2",
+            "SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'x' WHERE id = 2",
+        ] {
+            let e = conn.query_drop(write).await.unwrap_err();
+            assert_eq!(code(&e), 1235, "{write}: {e}");
+        }
         conn.query_drop("START TRANSACTION").await.unwrap();
         conn.query_drop("UPDATE accounts SET balance = balance + 10 WHERE id = 1")
             .await

@@ -1451,8 +1451,12 @@ fn harmless_in_transaction(sql: &str) -> bool {
         b"SAVEPOINT" | b"RELEASE" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"HELP"
         | b"DO" | b"SELECT" | b"VALUES" | b"TABLE" | b"WITH" | b"USE" => true,
         b"ROLLBACK" => second == b"TO",
-        // SET PASSWORD commits; SET TRANSACTION inside a transaction fails anyway.
-        b"SET" => !matches!(second.as_slice(), b"PASSWORD" | b"TRANSACTION" | b"GLOBAL"),
+        // SET PASSWORD commits; SET TRANSACTION inside a transaction fails anyway;
+        // SET STATEMENT … FOR runs the statement after FOR.
+        b"SET" => !matches!(
+            second.as_slice(),
+            b"PASSWORD" | b"TRANSACTION" | b"GLOBAL" | b"STATEMENT"
+        ),
         _ => false,
     }
 }

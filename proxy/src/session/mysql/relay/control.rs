@@ -174,6 +174,17 @@ pub(super) fn first_two_words(sql: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (first, words.next().unwrap_or_default())
 }
 
+/// Whether any word of `sql` is a write's (a text that does not tokenize may be one).
+fn may_hold_a_write(sql: &[u8]) -> bool {
+    let Some(words) = tandem_undo::try_words(&tandem_undo::Mysql, &String::from_utf8_lossy(sql))
+    else {
+        return true;
+    };
+    words
+        .iter()
+        .any(|w| matches!(w.as_str(), "update" | "delete" | "insert" | "replace"))
+}
+
 fn several_statements(sql: &[u8]) -> bool {
     sql.contains(&b';')
 }
@@ -189,6 +200,11 @@ pub(super) fn classify(sql: &[u8]) -> Kind {
         (b"ROLLBACK", _) => Kind::Rollback,
         (b"XA", b"RECOVER") => Kind::Passive,
         (b"XA", _) => Kind::ClientXa,
+        // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR; MySQL 8's
+        // `EXPLAIN ANALYZE` runs the statement it explains.
+        (b"SET", b"STATEMENT") | (b"EXPLAIN" | b"DESCRIBE" | b"DESC", b"ANALYZE") => Kind::Work,
+        // MySQL 8 takes a WITH clause before UPDATE and DELETE.
+        (b"WITH", _) if may_hold_a_write(sql) => Kind::Work,
         (
             b"SELECT" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"SET" | b"USE" | b"HELP"
             | b"SAVEPOINT" | b"RELEASE" | b"WITH" | b"VALUES" | b"TABLE",
@@ -898,6 +914,14 @@ mod tests {
             ("XA START 'x'", Kind::ClientXa),
             ("# c\nSELECT 1", Kind::Passive),
             ("SET autocommit = 0", Kind::Passive),
+            (
+                "SET STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1",
+                Kind::Work,
+            ),
+            ("EXPLAIN ANALYZE DELETE FROM t", Kind::Work),
+            ("EXPLAIN DELETE FROM t", Kind::Passive),
+            ("WITH x AS (SELECT 1) SELECT * FROM x", Kind::Passive),
+            ("WITH x AS (SELECT 1) UPDATE t, x SET v = 1", Kind::Work),
             ("UPDATE t SET v = 1", Kind::Work),
             ("REPLACE INTO t VALUES (1)", Kind::Work),
             ("CALL p()", Kind::Work),

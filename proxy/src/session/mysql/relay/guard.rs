@@ -701,10 +701,17 @@ fn rows_of(table: &AtTable, write: &Write) -> std::result::Result<Option<Capture
 /// Whether a statement may change rows, from its first word: cheap enough for every
 /// statement of every session.
 fn may_write(sql: &[u8]) -> bool {
-    let Some(word) = crate::control::leading_words(sql, true).next() else {
+    let mut words = crate::control::leading_words(sql, true);
+    let Some(word) = words.next() else {
         // An executable comment may hold a write (`leading_words` reads none there).
         return sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!");
     };
+    // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR.
+    if word.eq_ignore_ascii_case(b"SET") {
+        return words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"STATEMENT"));
+    }
     [&b"update"[..], b"delete", b"insert", b"replace"]
         .iter()
         .any(|w| word.eq_ignore_ascii_case(w))
@@ -725,5 +732,9 @@ mod tests {
         assert!(!may_write(b"updated"));
         assert!(may_write(b"/*!50000 UPDATE t SET v = 1 */"));
         assert!(may_write(b"/*!50000*/ DELETE FROM t"));
+        assert!(may_write(
+            b"SET STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1"
+        ));
+        assert!(!may_write(b"SET autocommit = 1"));
     }
 }
