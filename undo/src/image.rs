@@ -137,8 +137,9 @@ pub struct TableMeta {
     pub root_without_key: bool,
     /// PostgreSQL: a column (its name, its type) whose values may not come back from
     /// their binary form, in which images are kept and replayed: a type with no binary
-    /// send or receive (contrib's seg, isn), or one whose receive refuses a value its
-    /// send gives (an empty int2vector or oidvector), also inside another type.
+    /// send or receive (contrib's seg, isn), one whose receive refuses a value its send
+    /// gives (an empty int2vector or oidvector; the planner's statistics types), or
+    /// changes it (xml drops a document's declaration), also inside another type.
     pub imageless_column: Option<(String, String)>,
 }
 

@@ -82,22 +82,23 @@ const INHERITANCE: &str = "SELECT count(*) FROM pg_inherits i
 /// key column compares values of other bytes as equal (a nondeterministic collation,
 /// citext anywhere in its type, numeric or interval inside a domain, array, range or
 /// composite type, which lock keys do not see into; jsonb, which compares the numbers
-/// in it by value; character without a length, or inside another type, which compares
-/// without trailing spaces it keeps): see `TableMeta::loose_key`.
+/// in it by value; character without a length, which compares without the trailing
+/// spaces it keeps: a length, the column's or its domain's or its attribute's, pads
+/// values to it, arrays' elements too): see `TableMeta::loose_key`.
 const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested, typmod) AS (
         SELECT a.atttypid, false, a.atttypmod FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indkey) AS k(attnum)
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
         WHERE i.indrelid = to_regclass($1) AND i.indisprimary
     UNION
-        SELECT part.oid, true, -1 FROM parts p JOIN pg_type t ON t.oid = p.oid
+        SELECT part.oid, true, part.typmod FROM parts p JOIN pg_type t ON t.oid = p.oid
         CROSS JOIN LATERAL (
-            SELECT t.typbasetype UNION ALL SELECT t.typelem
-            UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
-            UNION ALL SELECT rngtypid FROM pg_range WHERE rngmultitypid = t.oid
-            UNION ALL SELECT atttypid FROM pg_attribute
+            SELECT t.typbasetype, t.typtypmod UNION ALL SELECT t.typelem, p.typmod
+            UNION ALL SELECT rngsubtype, -1 FROM pg_range WHERE rngtypid = t.oid
+            UNION ALL SELECT rngtypid, -1 FROM pg_range WHERE rngmultitypid = t.oid
+            UNION ALL SELECT atttypid, atttypmod FROM pg_attribute
                 WHERE attrelid = t.typrelid AND attnum > 0 AND NOT attisdropped
-        ) AS part(oid)
+        ) AS part(oid, typmod)
         WHERE part.oid <> 0
     )
     SELECT EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
@@ -105,7 +106,7 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested, typmod) AS (
         OR (t.typtype = 'b' AND t.typname IN ('cube', 'seg'))),
     EXISTS (SELECT FROM parts p JOIN pg_type t ON t.oid = p.oid
         WHERE t.typname = 'citext' OR p.oid = 'jsonb'::regtype
-        OR (p.oid = 'bpchar'::regtype AND (p.nested OR p.typmod < 0))
+        OR (p.oid = 'bpchar'::regtype AND p.typmod < 0)
         OR (p.nested AND p.oid IN ('numeric'::regtype, 'interval'::regtype)))
     OR EXISTS (SELECT FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indcollation::oid[]) AS k(coll)
@@ -131,7 +132,9 @@ const IMAGELESS_COLUMN: &str = "WITH RECURSIVE parts(attname, oid) AS (
     SELECT p.attname, pg_catalog.format_type(t.oid, NULL) FROM parts p
     JOIN pg_type t ON t.oid = p.oid
     WHERE t.typsend::oid = 0 OR t.typreceive::oid = 0
-        OR t.oid IN ('int2vector'::regtype, 'oidvector'::regtype)
+        OR (t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN ('int2vector',
+            'oidvector', 'xml', 'pg_node_tree', 'pg_ndistinct', 'pg_dependencies',
+            'pg_mcv_list', 'pg_brin_bloom_summary', 'pg_brin_minmax_multi_summary'))
     LIMIT 1";
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(

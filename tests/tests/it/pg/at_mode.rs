@@ -1543,11 +1543,20 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
              CREATE TABLE jk (k jsonb PRIMARY KEY, n int); INSERT INTO jk VALUES ('{\"a\": 1.0}', 1);
              CREATE TABLE bk (k bpchar PRIMARY KEY, n int); INSERT INTO bk VALUES ('a', 1);
              CREATE TABLE fk (k char(3) PRIMARY KEY, n int); INSERT INTO fk VALUES ('a', 1);
-             CREATE TABLE vk (id int PRIMARY KEY, v int2vector); INSERT INTO vk VALUES (1, '');",
+             CREATE TABLE vk (id int PRIMARY KEY, v int2vector); INSERT INTO vk VALUES (1, '');
+             CREATE TABLE xk (id int PRIMARY KEY, doc xml, n int);
+             INSERT INTO xk VALUES (1, '<?xml version=\"1.0\" encoding=\"UTF-8\"?><a>x</a>', 1);
+             CREATE DOMAIN country AS char(2);
+             CREATE TABLE dck (k country PRIMARY KEY, n int); INSERT INTO dck VALUES ('a', 1);
+             CREATE TABLE ack (k char(2)[] PRIMARY KEY, n int); INSERT INTO ack VALUES ('{a}', 1);
+             CREATE DOMAIN loose_country AS bpchar;
+             CREATE TABLE lck (k loose_country PRIMARY KEY, n int); INSERT INTO lck VALUES ('a', 1);",
         )
         .await
         .unwrap();
-    let tables = ["nk", "ik", "ck", "dk", "ak", "jk", "bk", "fk", "vk"];
+    let tables = [
+        "nk", "ik", "ck", "dk", "ak", "jk", "bk", "fk", "vk", "xk", "dck", "ack", "lck",
+    ];
     let before = rows_of_each(&direct, &tables).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
@@ -1572,7 +1581,6 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
             "{insert}: {err:?}"
         );
     }
-    // Compared loosely, or numeric inside a domain or an array (not seen into).
     // Compared loosely, or numeric inside a domain or an array (not seen into); jsonb,
     // whose numbers compare by value; character without a length, which compares
     // without the trailing spaces it keeps. And a column whose binary form does not
@@ -1584,6 +1592,8 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
         "UPDATE jk SET n = 2",
         "UPDATE bk SET n = 2",
         "UPDATE vk SET v = '1 2' WHERE id = 1",
+        "UPDATE xk SET n = 2 WHERE id = 1",
+        "UPDATE lck SET n = 2",
     ] {
         let err = b.simple_query(loose).await.expect_err(loose);
         assert_eq!(
@@ -1592,10 +1602,14 @@ async fn keys_their_type_calls_equal_take_one_global_lock() {
             "{loose}: {err:?}"
         );
     }
-    // A character key with a length is padded to it: its bytes are its identity.
-    b.batch_execute("UPDATE fk SET n = 2 WHERE k = 'a  '")
-        .await
-        .unwrap();
+    // A character key with a length (its own, its domain's, its array's) is padded to
+    // it: its bytes are its identity.
+    b.batch_execute(
+        "UPDATE fk SET n = 2 WHERE k = 'a  '; UPDATE dck SET n = 2 WHERE k = 'a';
+         UPDATE ack SET n = 2 WHERE k = '{a}'",
+    )
+    .await
+    .unwrap();
     rolled_back(&a).await;
     rolled_back(&b).await;
     let after = rows_of_each(&direct, &tables).await;
