@@ -2992,18 +2992,19 @@ async fn an_insert_tandem_cannot_check_by_its_keys_is_refused_not_retried() {
 }
 
 /// A quoted name's doubled quote is one character of the name (`` `a``b` `` names
-/// a`b), and MySQL folds a column name's case but not into several characters (`İ`)
-/// nor by context (a last `Σ`): tandem reads each name as the server does, so a key
-/// update through such a name is refused, every other write is captured and locked,
-/// and a write outside the transaction meets its locks.
+/// a`b), and MariaDB folds a column name's case by tables older than Unicode's (`ẞ`
+/// and `ß` are two names to it; `İ`'s lower case is two characters): tandem reads
+/// each name as the server does, so a key update through such a name is refused,
+/// every other write is captured and locked, and a write outside the transaction
+/// meets its locks.
 #[tokio::test]
 async fn names_with_doubled_quotes_or_unusual_case_are_read_as_the_server_reads_them() {
     let db = prepare("at_quoted_names").await;
     let mut direct = db.direct().await;
     direct
         .query_drop(
-            "CREATE TABLE `a``b` (`k``k` INT PRIMARY KEY, `k````k` INT, `İd` INT, `ΑΣ` VARCHAR(10)) ENGINE=InnoDB;
-             INSERT INTO `a``b` VALUES (1, 100, 1, 'x'), (2, 200, 2, 'y'), (3, 300, 3, 'z');",
+            "CREATE TABLE `a``b` (`k``k` INT PRIMARY KEY, `k````k` INT, `İd` INT, `ΑΣ` VARCHAR(10), `Straẞe` INT, `straße` INT) ENGINE=InnoDB;
+             INSERT INTO `a``b` VALUES (1, 100, 1, 'x', 1, 1), (2, 200, 2, 'y', 2, 2), (3, 300, 3, 'z', 3, 3);",
         )
         .await
         .unwrap();
@@ -3021,7 +3022,8 @@ async fn names_with_doubled_quotes_or_unusual_case_are_read_as_the_server_reads_
     run_each(
         &mut conn,
         &[
-            "UPDATE `a``b` SET `k````k` = 111, `İd` = 7, `ΑΣ` = 'w' WHERE `k``k` = 1",
+            "UPDATE `a``b` SET `k````k` = 111, `İd` = 7, `ΑΣ` = 'w', `Straẞe` = 8 WHERE `k``k` = 1",
+            "UPDATE `a``b` SET `straße` = 9 WHERE `k``k` = 3",
             "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')",
             "DELETE FROM \"a`b\" WHERE \"k`k\" = 2",
             "INSERT INTO `a``b` (`k``k`, `İd`) VALUES (4, 4)",
