@@ -99,8 +99,8 @@ pub enum Error {
 
     /// A MySQL execute of a statement id the session never prepared (or closed): the
     /// server's own error for it.
-    #[error("Unknown prepared statement handler ({id}) given to mysqld_stmt_execute")]
-    UnknownStatement { id: u32 },
+    #[error("Unknown prepared statement handler ({id}) given to {given_to}")]
+    UnknownStatement { id: u32, given_to: &'static str },
 
     #[error(
         "a row of {table} changed without a before image (it appeared after tandem read the rows); retry the transaction"
@@ -532,7 +532,10 @@ mod tests {
                 what: "tandem_commit()",
             },
             Error::BadControlCall("bad".into()),
-            Error::UnknownStatement { id: 7 },
+            Error::UnknownStatement {
+                id: 7,
+                given_to: "mysqld_stmt_execute",
+            },
         ]
     }
 

@@ -3172,3 +3172,85 @@ async fn set_statement_for_a_write_is_captured_or_refused_never_run_unseen() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// tandem keeps its own image reads prepared on the client's connection, under ids the
+/// client never prepared: the client's long data for such an id is dropped (it would
+/// replace the key of tandem's next image read), and an execute, reset or fetch of one
+/// gets the server's 1243 for an unknown id, bound or not.
+#[tokio::test]
+async fn tandems_own_prepared_statements_are_out_of_the_clients_reach() {
+    let db = prepare("at_own_ids").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
+    let mut init_db = vec![0x02];
+    init_db.extend_from_slice(db.name.as_bytes());
+    raw.send(&my::packet(0, &init_db)).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
+    raw.send(&my::packet(0, b"\x03SELECT tandem_begin()")).await;
+    assert_eq!(raw_reply(&mut raw).await.len(), 4, "tandem_begin");
+    raw.send(&my::packet(
+        0,
+        b"\x16UPDATE accounts SET balance = balance + ? WHERE id = ?",
+    ))
+    .await;
+    let (_, prepared) = raw.recv().await.expect("prepare OK");
+    assert_eq!(prepared[0], 0x00, "{prepared:?}");
+    let client_id = u32::from_le_bytes([prepared[1], prepared[2], prepared[3], prepared[4]]);
+    for _ in 0..2 {
+        raw.recv().await.expect("a parameter definition");
+    }
+    let execute = |id: u32, key: i32| {
+        let mut execute = vec![0x17];
+        execute.extend_from_slice(&id.to_le_bytes());
+        execute.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 0x08, 0, 0x03, 0]);
+        execute.extend_from_slice(&5i64.to_le_bytes());
+        execute.extend_from_slice(&key.to_le_bytes());
+        my::packet(0, &execute)
+    };
+    raw.send(&execute(client_id, 1)).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "the first write");
+    // Long data for every id the client did not prepare, the next few among them
+    // tandem's: the key of its image read, were it taken, would be 3.
+    let others: Vec<u32> = (client_id + 1..client_id + 16).collect();
+    for &id in &others {
+        let mut long_data = vec![0x18];
+        long_data.extend_from_slice(&id.to_le_bytes());
+        long_data.extend_from_slice(&0u16.to_le_bytes());
+        long_data.extend_from_slice(b"3");
+        raw.send(&my::packet(0, &long_data)).await;
+    }
+    raw.send(&execute(client_id, 2)).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "the second write");
+    raw.send(&my::packet(0, b"\x03SELECT tandem_rollback()"))
+        .await;
+    let rollback = raw_reply(&mut raw).await;
+    assert!(
+        rollback
+            .iter()
+            .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
+        "{rollback:?}"
+    );
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    // Unbound now: an execute or a reset of any of them is the server's unknown id.
+    for &id in &others {
+        for command in [0x17u8, 0x1a] {
+            let mut packet = vec![command];
+            packet.extend_from_slice(&id.to_le_bytes());
+            if command == 0x17 {
+                packet.extend_from_slice(&[0, 1, 0, 0, 0]);
+            }
+            raw.send(&my::packet(0, &packet)).await;
+            let reply = raw_reply(&mut raw).await;
+            assert_eq!(
+                my::err_code(&reply[0].1),
+                Some(1243),
+                "{command:#x} of {id}: {reply:?}"
+            );
+        }
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

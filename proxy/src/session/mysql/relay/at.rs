@@ -192,7 +192,10 @@ impl Relay<'_> {
                     what: "executing a statement id tandem did not see prepared, in AT mode",
                 },
                 // Never prepared, or closed: the server does not know it either.
-                Some(id) => Error::UnknownStatement { id },
+                Some(id) => Error::UnknownStatement {
+                    id,
+                    given_to: "mysqld_stmt_execute",
+                },
             });
         };
         let Some(sql) = prepared.sql.clone() else {

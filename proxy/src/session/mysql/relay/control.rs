@@ -223,6 +223,11 @@ impl Relay<'_> {
         packet: &[u8],
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
+        if header.seq == 0
+            && let Some(handled) = self.refuse_own_statement(payload)?
+        {
+            return Ok(Some(handled));
+        }
         let bound = self.binding.xid().is_some();
         if payload.first() == Some(&command::STMT_EXECUTE) && header.seq == 0 {
             return match bound {
@@ -368,6 +373,31 @@ impl Relay<'_> {
                 .map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// A client's command naming one of tandem's own prepared statements (an image read
+    /// kept on the connection), which the client never prepared: as the server treats
+    /// an id it does not know. Run by the client, or given its long data, it would read
+    /// or change what tandem's next capture reads. None: not one of tandem's.
+    fn refuse_own_statement(&mut self, payload: &[u8]) -> Result<Option<Handled>> {
+        let given_to = match payload.first() {
+            Some(&command::STMT_EXECUTE) => "mysqld_stmt_execute",
+            Some(&command::STMT_RESET) => "mysqld_stmt_reset",
+            Some(&command::STMT_FETCH) => "mysqld_stmt_fetch",
+            // No reply is due.
+            Some(&(command::STMT_SEND_LONG_DATA | command::STMT_CLOSE)) => "",
+            _ => return Ok(None),
+        };
+        let Some(id) =
+            super::client_side::statement_id(payload).filter(|&id| self.own_statements.holds(id))
+        else {
+            return Ok(None);
+        };
+        if given_to.is_empty() {
+            return Ok(Some(Handled::Answer));
+        }
+        self.refuse(Error::UnknownStatement { id, given_to })
+            .map(Some)
     }
 
     /// COM_REFRESH of a bound session: it is FLUSH, which commits implicitly. In AT mode

@@ -44,6 +44,11 @@ impl OwnStatements {
         self.order.clear();
     }
 
+    /// Whether `id` is one of tandem's statements.
+    pub fn holds(&self, id: u32) -> bool {
+        self.by_sql.values().any(|&own| own == id)
+    }
+
     /// Forgets every statement; returns the COM_STMT_CLOSEs (no replies) that free them.
     pub fn drain_closes(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
