@@ -260,12 +260,12 @@ impl Relay<'_> {
                             }
                             Err(e) => {
                                 self.report_phase_one_failed(undo.as_ref());
-                                self.exchange_simple("ROLLBACK").await?;
+                                self.roll_back_local().await?;
                                 Ok(self.refuse(e))
                             }
                         },
                         Err(e) => {
-                            self.exchange_simple("ROLLBACK").await?;
+                            self.roll_back_local().await?;
                             Ok(self.refuse(e))
                         }
                     };
@@ -847,7 +847,7 @@ impl Relay<'_> {
         }
         if w.failed || status == TxStatus::Failed {
             if w.implicit {
-                self.exchange_simple("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 self.branch = Branch::default();
                 return Ok((TxStatus::Idle, None));
             }
@@ -895,7 +895,7 @@ impl Relay<'_> {
             Ok(()) => Ok((status, None)),
             Err(e) if w.implicit => {
                 // The write cannot stay: roll tandem's transaction back and say why.
-                self.exchange_simple("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 self.branch = Branch::default();
                 Ok((
                     TxStatus::Idle,
@@ -993,7 +993,7 @@ impl Relay<'_> {
     pub(super) async fn on_failed_commit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let undo = self.commit_in_flight.take();
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
-        self.exchange_required("ROLLBACK").await?;
+        self.roll_back_local().await?;
         if let Some((undo, _)) = undo {
             self.report_phase_one_failed(Some(&undo));
         }
@@ -1063,7 +1063,7 @@ impl Relay<'_> {
         let failed = match status {
             TxStatus::InTransaction => self.commit_branch().await?,
             TxStatus::Failed => {
-                self.exchange_required("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 self.branch = Branch::default();
                 None
             }
@@ -1235,7 +1235,7 @@ impl Relay<'_> {
             Ok(undo) => undo,
             Err(e) => {
                 self.branch = Branch::default();
-                self.exchange_required("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
             }
         };
@@ -1245,7 +1245,7 @@ impl Relay<'_> {
                 Ok(insert) => insert,
                 Err(e) => {
                     self.branch = Branch::default();
-                    self.exchange_required("ROLLBACK").await?;
+                    self.roll_back_local().await?;
                     self.report_phase_one_failed(undo.as_ref());
                     return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
                 }
@@ -1263,15 +1263,20 @@ impl Relay<'_> {
         {
             // The backend skipped the COMMIT; the block is failed: end it.
             let e = row.refused(&e.code, e.message.clone());
-            self.exchange_simple("ROLLBACK").await?;
+            self.roll_back_local().await?;
             self.report_phase_one_failed(undo.as_ref());
             return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
         }
-        let failed = results
-            .last()
+        let last = results.last();
+        let failed = last
             .and_then(|r| r.error.as_ref())
             .map(|e| (e.code.clone(), e.message.clone()));
         if failed.is_some() {
+            if last.and_then(|r| r.status) != Some(TxStatus::Idle) {
+                // Cancelled before it ran (the client's statement_timeout): the block
+                // is failed, not over.
+                self.roll_back_local().await?;
+            }
             self.report_phase_one_failed(undo.as_ref());
         }
         Ok(failed)

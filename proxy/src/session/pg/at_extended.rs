@@ -322,7 +322,7 @@ impl Relay<'_> {
     /// the client's batch is answered with `e`.
     async fn abandon_commit(&mut self, consumed: usize, e: Error) -> Result<Extended> {
         self.branch = Branch::default();
-        self.exchange_required("ROLLBACK").await?;
+        self.roll_back_local().await?;
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
         self.forget_resolutions_of_ended_transaction();

@@ -202,10 +202,8 @@ impl Relay<'_> {
     /// Rolls back the block tandem opened for a failed script, as PostgreSQL ends a
     /// failed query sent outside a block; returns the status after it.
     async fn roll_back_scripts_block(&mut self) -> Result<TxStatus> {
-        self.exchange_required("ROLLBACK").await?;
+        self.roll_back_local().await?;
         self.branch = Branch::default();
-        // It undid whatever reset the script ran.
-        self.binding.keep_after_rollback();
         Ok(TxStatus::Idle)
     }
 

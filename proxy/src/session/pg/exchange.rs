@@ -154,6 +154,29 @@ impl Relay<'_> {
         }
     }
 
+    /// Rolls back the session's local transaction, the client's block or tandem's own.
+    /// A ROLLBACK the client's statement_timeout cancels before it runs leaves the
+    /// block failed, behind the ReadyForQuery 'I' tandem then answers, and the client's
+    /// next statements (tandem_rollback() too) would meet 25P02: it is sent again until
+    /// the block is over. Whatever a pool reset did in the block is undone with it, so
+    /// the session stays bound.
+    pub(super) async fn roll_back_local(&mut self) -> Result<()> {
+        const ATTEMPTS: usize = 3;
+        let mut error = None;
+        for _ in 0..ATTEMPTS {
+            let rolled_back = self.exchange_simple("ROLLBACK").await?;
+            if rolled_back.status == Some(TxStatus::Idle) {
+                self.binding.keep_after_rollback();
+                return Ok(());
+            }
+            error = rolled_back.error;
+        }
+        Err(match error {
+            Some(e) => Error::injected(&e.code, e.message),
+            None => Error::UpstreamProtocol("a transaction still open after ROLLBACK"),
+        })
+    }
+
     /// Runs a statement without parameters and with no rows expected.
     pub(super) async fn exchange_simple(&mut self, sql: &str) -> Result<Exchanged> {
         self.exchange(sql, &[], &[]).await

@@ -188,7 +188,7 @@ impl Relay<'_> {
     ) -> Result<(TxStatus, Option<(String, String)>)> {
         if w.failed || status == TxStatus::Failed {
             if w.implicit {
-                self.exchange_required("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 return Ok((TxStatus::Idle, None));
             }
             return Ok((status, None));
@@ -203,7 +203,7 @@ impl Relay<'_> {
         if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline).await {
             let refused = (e.sqlstate().code().to_owned(), e.to_string());
             if w.implicit {
-                self.exchange_required("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 return Ok((TxStatus::Idle, Some(refused)));
             }
             // The client's transaction holds the write: it must fail.
@@ -575,7 +575,7 @@ impl Relay<'_> {
         if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
             let e = (e.code.clone(), e.message.clone());
             if implicit {
-                self.exchange_required("ROLLBACK").await?;
+                self.roll_back_local().await?;
             } else {
                 let undone = self
                     .exchange_many(&[
@@ -618,7 +618,7 @@ impl Relay<'_> {
             }
             // tandem's transaction holds nothing yet: it is not kept open while waiting
             // (idle_in_transaction_session_timeout), and opens again for the INSERT.
-            self.exchange_required("ROLLBACK").await?;
+            self.roll_back_local().await?;
             return Ok(match self.wait_until_free(meta, &keys, deadline).await {
                 None => {
                     self.exchange_required("BEGIN").await?;
@@ -681,7 +681,7 @@ impl Relay<'_> {
                 // state the failure leaves (tandem's transaction is ended).
                 let (code, message) = (e.code.clone(), e.message.clone());
                 let status = if implicit {
-                    self.exchange_required("ROLLBACK").await?;
+                    self.roll_back_local().await?;
                     TxStatus::Idle
                 } else {
                     TxStatus::Failed
@@ -707,7 +707,7 @@ impl Relay<'_> {
                 return Ok(None);
             };
             // The holder's rollback needs the rows: release them while waiting.
-            self.exchange_required("ROLLBACK").await?;
+            self.roll_back_local().await?;
             if waits && Instant::now() + RECHECK <= deadline {
                 tokio::time::sleep(RECHECK).await;
                 continue;

@@ -319,7 +319,7 @@ impl Relay<'_> {
         } else {
             // The statement failed (the client has its error): nothing to prepare.
             out.extend_from_slice(held_complete.as_deref().unwrap_or_default());
-            self.exchange_required("ROLLBACK").await?;
+            self.roll_back_local().await?;
         }
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
@@ -334,7 +334,7 @@ impl Relay<'_> {
     async fn prepare_xa_branch(&mut self) -> Result<std::result::Result<(), (String, String)>> {
         self.xa = XaBranch::None;
         let Some(xid) = self.binding.xid().cloned() else {
-            self.exchange_required("ROLLBACK").await?;
+            self.roll_back_local().await?;
             let e = Error::NotBound;
             return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
         };
@@ -349,7 +349,7 @@ impl Relay<'_> {
             Ok(id) => id,
             Err(e) => {
                 self.binding.on_registration_refused(&e);
-                self.exchange_required("ROLLBACK").await?;
+                self.roll_back_local().await?;
                 let e = Error::from(e);
                 return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
             }
