@@ -94,7 +94,10 @@ impl Binding {
         }
         let over = match lock.status(xid).await {
             Ok(status) => status != GlobalStatus::Begin,
-            Err(e) => e.transaction_is_over(),
+            Err(e) if e.transaction_is_over() => true,
+            // Unknown while the lockserver cannot answer: its error says why, not
+            // "already bound" (whose advice would not help).
+            Err(e) => return Err(Error::Lockserver(e)),
         };
         if !over {
             return Err(Error::AlreadyBound {

@@ -419,6 +419,39 @@ async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
     tandem.shutdown().await;
 }
 
+/// A session still bound to a transaction decided elsewhere asks the lockserver before
+/// a new binding replaces it; while the lockserver cannot answer, the session hears
+/// that (58000), not that it is "already bound", and stays usable.
+#[tokio::test]
+async fn a_rebinding_while_the_lockserver_is_down_says_so() {
+    let db = TestDb::create("rebind_lsdown").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.call_timeout_ms = 2_000;
+    })
+    .await;
+    let a = tandem.connect(&db.name).await;
+    let b = tandem.connect(&db.name).await;
+    let xid = value(&a, "SELECT tandem_begin()").await.expect("an xid");
+    value(&b, &format!("SELECT tandem_join('{xid}')")).await;
+    assert_eq!(
+        value(&a, "SELECT tandem_rollback()").await.as_deref(),
+        Some("Rollbacked")
+    );
+    lockserver.stop().await;
+    let err = control(&b, "SELECT tandem_begin()").await.unwrap_err();
+    assert_eq!(code(&err), &SqlState::SYSTEM_ERROR, "{err}");
+    assert_eq!(
+        value(&b, "SELECT tandem_xid()").await.as_deref(),
+        Some(&xid[..])
+    );
+    let one: i32 = b.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    tandem.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_control_statement_pipelined_behind_a_query_waits_for_it() {
     let db = TestDb::create("pipelined").await;
