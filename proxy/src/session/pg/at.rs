@@ -1252,6 +1252,12 @@ impl Relay<'_> {
             },
             None => String::new(),
         };
+        if self.backend_ended_unasked().await {
+            // While the branch waited for its locks: its COMMIT can never run.
+            self.branch = Branch::default();
+            self.report_phase_one_failed(undo.as_ref());
+            return Err(Error::UpstreamClosed);
+        }
         let mut statements: Vec<(&str, &[Param<'_>], &[i16])> = Vec::with_capacity(2);
         if let Some(params) = &params {
             statements.push((insert.as_str(), params.as_slice(), &[]));

@@ -250,6 +250,40 @@ impl Relay<'_> {
         }
     }
 
+    /// Whether the backend ended the session while tandem was waiting elsewhere (on the
+    /// lockserver, at a sync point): a FATAL it sent unasked (pg_terminate_backend, an
+    /// idle timeout) or its closing, read without waiting. Nothing tandem sends next
+    /// would run. The FATAL goes on to the client, as the relay would have passed it.
+    pub(super) async fn backend_ended_unasked(&mut self) -> bool {
+        use futures::FutureExt;
+        if self.from_server.capacity() - self.from_server.len() < 1024 {
+            self.from_server.reserve(8 * 1024);
+        }
+        if let Some(read) = self.server.read_buf(&mut self.from_server).now_or_never()
+            && !matches!(read, Ok(n) if n > 0)
+        {
+            return true;
+        }
+        let max = self.ctx.config.max_message_bytes;
+        let mut at = 0;
+        while let Ok(Some(frame)) = Frame::peek(&self.from_server[at..], max) {
+            let whole = &self.from_server[at..at + frame.wire_len];
+            if frame.tag == backend::ERROR_RESPONSE
+                && ErrorFields::decode(frame.body(&self.from_server[at..]))
+                    .is_ok_and(|e| e.is_fatal())
+            {
+                let fatal = whole.to_vec();
+                self.write_client(&fatal);
+                // A client already gone hears nothing either way.
+                let _ = self.flush_client().await;
+                self.backend_said_fatal = true;
+                return true;
+            }
+            at += frame.wire_len;
+        }
+        false
+    }
+
     /// Reads what the backend sent next into `from_server`, for a reader of tandem's
     /// own replies; the backend closing is an error there.
     pub(super) async fn read_more_from_server(&mut self) -> Result<()> {

@@ -733,3 +733,70 @@ async fn locking_reads_are_checked_as_they_lock_or_refused() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A backend terminated while its branch's COMMIT waits for a global lock: once the
+/// lock is free, tandem finds the backend gone before it sends the COMMIT, so the
+/// branch failed phase one, and says so. Its global commit then answers Committed at
+/// once, not AsyncCommitting for the ten minutes phase 2 would look for its undo row;
+/// the client hears the backend's own 57P01.
+#[tokio::test]
+async fn a_branch_whose_backend_ends_during_its_lock_wait_is_reported_failed() {
+    let db = prepare("at_terminated_wait").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let holder = tandem.connect(&db.name).await;
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let waiter = tandem.connect(&db.name).await;
+    let xid = one(&waiter, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let pid: i32 = waiter
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    waiter
+        .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 100 WHERE id = 2; UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+        .await
+        .unwrap();
+    let commit = tokio::spawn(async move { waiter.batch_execute("COMMIT").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    direct
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    rolled_back(&holder).await;
+    let err = commit.await.unwrap().expect_err("its backend is gone");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+    super::at_protocols::reported_phase_one_failed(&lockserver, &xid).await;
+    let other = tandem.connect(&db.name).await;
+    one(&other, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&other, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let path = format!("/v1/transactions/{xid}");
+    let path = &path;
+    let lockserver_ref = &lockserver;
+    eventually("the global commit is over", || async move {
+        let (_, txn) = lockserver_ref.get(path).await;
+        txn["status"] == "Committed"
+    })
+    .await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -20,7 +20,7 @@ use tandem_tests::harness::Tandem;
 use tandem_tests::lockserver::{Kind, TestLockserver};
 
 /// Waits until the lockserver shows the first branch of `xid` as PhaseOneFailed.
-async fn reported_phase_one_failed(lockserver: &TestLockserver, xid: &str) {
+pub(crate) async fn reported_phase_one_failed(lockserver: &TestLockserver, xid: &str) {
     let path = format!("/v1/transactions/{xid}");
     let path = &path;
     tandem_tests::harness::eventually("the branch is reported PhaseOneFailed", || async move {
