@@ -68,7 +68,9 @@ fn unparsed_form(sql: &str) -> Option<&'static str> {
     Some(match (first.as_str(), second.as_str()) {
         ("PREPARE", _) => "SQL-level PREPARE … FROM (use the protocol's prepared statements)",
         ("EXECUTE", "IMMEDIATE") => "EXECUTE IMMEDIATE",
-        ("LOAD", _) => "LOAD DATA or LOAD XML (rows loaded from a file are not captured)",
+        ("LOAD", "DATA" | "XML") => {
+            "LOAD DATA or LOAD XML (rows loaded from a file are not captured)"
+        }
         ("BEGIN", "NOT") => "MariaDB's compound statement BEGIN NOT ATOMIC … END",
         _ => return None,
     })
