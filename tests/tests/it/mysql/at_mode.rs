@@ -2163,24 +2163,37 @@ async fn raw_reply(raw: &mut my::RawMy) -> Vec<my::Packet> {
     }
 }
 
-#[tokio::test]
-async fn a_command_pipelined_behind_a_captured_execute_is_sent_once() {
-    let db = prepare("at_pipelined").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = start(&lockserver).await;
-    let mut direct = db.direct().await;
-    let before = dump(&mut direct, "accounts").await;
-    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
+/// A raw client logged in through tandem, in `database`.
+async fn raw_session(tandem: &Tandem, database: &str) -> my::RawMy {
+    let (mut raw, _) = my::raw_login(my::addr(tandem)).await;
     let mut init_db = vec![0x02];
-    init_db.extend_from_slice(db.name.as_bytes());
+    init_db.extend_from_slice(database.as_bytes());
     raw.send(&my::packet(0, &init_db)).await;
     assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
-    raw.send(&my::packet(0, b"\x03SELECT tandem_begin()")).await;
-    assert_eq!(
-        raw_reply(&mut raw).await.len(),
-        4,
-        "tandem_begin's result set"
+    raw
+}
+
+/// A COM_QUERY of `sql`, and its whole reply.
+async fn raw_query(raw: &mut my::RawMy, sql: &str) -> Vec<my::Packet> {
+    raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
+        .await;
+    raw_reply(raw).await
+}
+
+/// Rolls the raw session's global transaction back; every branch must be undone.
+async fn raw_rolled_back(raw: &mut my::RawMy) {
+    let reply = raw_query(raw, "SELECT tandem_rollback()").await;
+    assert!(
+        reply
+            .iter()
+            .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
+        "{reply:?}"
     );
+}
+
+/// Prepares `UPDATE accounts SET balance = balance + ? WHERE id = ?` (COM_STMT_PREPARE);
+/// returns its statement id.
+async fn raw_prepare_balance_update(raw: &mut my::RawMy) -> u32 {
     raw.send(&my::packet(
         0,
         b"\x16UPDATE accounts SET balance = balance + ? WHERE id = ?",
@@ -2188,19 +2201,40 @@ async fn a_command_pipelined_behind_a_captured_execute_is_sent_once() {
     .await;
     let (_, prepared) = raw.recv().await.expect("prepare OK");
     assert_eq!(prepared[0], 0x00, "{prepared:?}");
-    let statement_id = &prepared[1..5];
     for _ in 0..2 {
         raw.recv().await.expect("a parameter definition");
     }
+    u32::from_le_bytes([prepared[1], prepared[2], prepared[3], prepared[4]])
+}
+
+/// COM_STMT_EXECUTE of `raw_prepare_balance_update`'s statement: `add` to row `key`.
+fn balance_update(statement: u32, add: i64, key: i32) -> Vec<u8> {
+    let mut execute = vec![0x17];
+    execute.extend_from_slice(&statement.to_le_bytes());
+    execute.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 0x08, 0, 0x03, 0]);
+    execute.extend_from_slice(&add.to_le_bytes());
+    execute.extend_from_slice(&key.to_le_bytes());
+    my::packet(0, &execute)
+}
+
+#[tokio::test]
+async fn a_command_pipelined_behind_a_captured_execute_is_sent_once() {
+    let db = prepare("at_pipelined").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let mut raw = raw_session(&tandem, &db.name).await;
+    assert_eq!(
+        raw_query(&mut raw, "SELECT tandem_begin()").await.len(),
+        4,
+        "tandem_begin's result set"
+    );
+    let statement = raw_prepare_balance_update(&mut raw).await;
 
     // One write: the execute (autocommit, so captured in a transaction of tandem's) and
     // a second command right behind it, before any reply.
-    let mut execute = vec![0x17];
-    execute.extend_from_slice(statement_id);
-    execute.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 0x08, 0, 0x03, 0]);
-    execute.extend_from_slice(&5i64.to_le_bytes());
-    execute.extend_from_slice(&1i32.to_le_bytes());
-    let mut pipelined = my::packet(0, &execute);
+    let mut pipelined = balance_update(statement, 5, 1);
     pipelined.extend_from_slice(&my::packet(0, b"\x03SELECT 41 + 1"));
     raw.send(&pipelined).await;
     let executed = raw_reply(&mut raw).await;
@@ -2221,15 +2255,7 @@ async fn a_command_pipelined_behind_a_captured_execute_is_sent_once() {
         .unwrap();
     assert_eq!(balance, Some(1005));
 
-    raw.send(&my::packet(0, b"\x03SELECT tandem_rollback()"))
-        .await;
-    let rollback = raw_reply(&mut raw).await;
-    assert!(
-        rollback
-            .iter()
-            .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
-        "{rollback:?}"
-    );
+    raw_rolled_back(&mut raw).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -3055,16 +3081,10 @@ async fn com_refresh_never_commits_a_branchs_rows_behind_tandems_back() {
     let tandem = start(&lockserver).await;
     let mut direct = db.direct().await;
     let before = dump(&mut direct, "accounts").await;
-    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
-    let mut init_db = vec![0x02];
-    init_db.extend_from_slice(db.name.as_bytes());
-    raw.send(&my::packet(0, &init_db)).await;
-    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
+    let mut raw = raw_session(&tandem, &db.name).await;
     let refresh = my::packet(0, b"\x07\x00");
     for sql in ["SELECT tandem_begin()", "START TRANSACTION"] {
-        raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
-            .await;
-        let reply = raw_reply(&mut raw).await;
+        let reply = raw_query(&mut raw, sql).await;
         assert_ne!(reply[0].1[0], 0xff, "{sql}: {reply:?}");
     }
     raw.send(&refresh).await;
@@ -3077,28 +3097,15 @@ async fn com_refresh_never_commits_a_branchs_rows_behind_tandems_back() {
         "START TRANSACTION",
         "UPDATE accounts SET note = 'refreshed' WHERE id = 1",
     ] {
-        raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
-            .await;
-        let reply = raw_reply(&mut raw).await;
+        let reply = raw_query(&mut raw, sql).await;
         assert_eq!(reply[0].1[0], 0x00, "{sql}: {reply:?}");
     }
     raw.send(&refresh).await;
     let reply = raw_reply(&mut raw).await;
     assert_eq!(my::err_code(&reply[0].1), Some(1235), "{reply:?}");
-    for sql in ["COMMIT", "SELECT tandem_rollback()"] {
-        raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
-            .await;
-        let reply = raw_reply(&mut raw).await;
-        assert_ne!(reply[0].1[0], 0xff, "{sql}: {reply:?}");
-        if sql.contains("rollback") {
-            assert!(
-                reply
-                    .iter()
-                    .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
-                "{reply:?}"
-            );
-        }
-    }
+    let reply = raw_query(&mut raw, "COMMIT").await;
+    assert_eq!(reply[0].1[0], 0x00, "COMMIT: {reply:?}");
+    raw_rolled_back(&mut raw).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
     assert_eq!(undo_rows(&mut direct).await, 0);
     tandem.shutdown().await;
@@ -3114,8 +3121,11 @@ async fn an_execute_of_an_unknown_statement_id_gets_1243() {
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = start(&lockserver).await;
     let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
-    raw.send(&my::packet(0, b"\x03SELECT tandem_begin()")).await;
-    assert_eq!(raw_reply(&mut raw).await.len(), 4, "tandem_begin");
+    assert_eq!(
+        raw_query(&mut raw, "SELECT tandem_begin()").await.len(),
+        4,
+        "tandem_begin"
+    );
     for (id, code) in [(9999u32, 1243), (u32::MAX, 1235)] {
         let mut execute = vec![0x17];
         execute.extend_from_slice(&id.to_le_bytes());
@@ -3126,9 +3136,7 @@ async fn an_execute_of_an_unknown_statement_id_gets_1243() {
     }
     raw.send(&my::packet(0, b"\x0e")).await;
     assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_PING");
-    raw.send(&my::packet(0, b"\x03SELECT tandem_rollback()"))
-        .await;
-    assert_eq!(raw_reply(&mut raw).await.len(), 4, "tandem_rollback");
+    raw_rolled_back(&mut raw).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -3184,33 +3192,14 @@ async fn tandems_own_prepared_statements_are_out_of_the_clients_reach() {
     let tandem = start(&lockserver).await;
     let mut direct = db.direct().await;
     let before = dump(&mut direct, "accounts").await;
-    let (mut raw, _) = my::raw_login(my::addr(&tandem)).await;
-    let mut init_db = vec![0x02];
-    init_db.extend_from_slice(db.name.as_bytes());
-    raw.send(&my::packet(0, &init_db)).await;
-    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
-    raw.send(&my::packet(0, b"\x03SELECT tandem_begin()")).await;
-    assert_eq!(raw_reply(&mut raw).await.len(), 4, "tandem_begin");
-    raw.send(&my::packet(
-        0,
-        b"\x16UPDATE accounts SET balance = balance + ? WHERE id = ?",
-    ))
-    .await;
-    let (_, prepared) = raw.recv().await.expect("prepare OK");
-    assert_eq!(prepared[0], 0x00, "{prepared:?}");
-    let client_id = u32::from_le_bytes([prepared[1], prepared[2], prepared[3], prepared[4]]);
-    for _ in 0..2 {
-        raw.recv().await.expect("a parameter definition");
-    }
-    let execute = |id: u32, key: i32| {
-        let mut execute = vec![0x17];
-        execute.extend_from_slice(&id.to_le_bytes());
-        execute.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 0x08, 0, 0x03, 0]);
-        execute.extend_from_slice(&5i64.to_le_bytes());
-        execute.extend_from_slice(&key.to_le_bytes());
-        my::packet(0, &execute)
-    };
-    raw.send(&execute(client_id, 1)).await;
+    let mut raw = raw_session(&tandem, &db.name).await;
+    assert_eq!(
+        raw_query(&mut raw, "SELECT tandem_begin()").await.len(),
+        4,
+        "tandem_begin"
+    );
+    let client_id = raw_prepare_balance_update(&mut raw).await;
+    raw.send(&balance_update(client_id, 5, 1)).await;
     assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "the first write");
     // Long data for every id the client did not prepare, the next few among them
     // tandem's: the key of its image read, were it taken, would be 3.
@@ -3222,17 +3211,9 @@ async fn tandems_own_prepared_statements_are_out_of_the_clients_reach() {
         long_data.extend_from_slice(b"3");
         raw.send(&my::packet(0, &long_data)).await;
     }
-    raw.send(&execute(client_id, 2)).await;
+    raw.send(&balance_update(client_id, 5, 2)).await;
     assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "the second write");
-    raw.send(&my::packet(0, b"\x03SELECT tandem_rollback()"))
-        .await;
-    let rollback = raw_reply(&mut raw).await;
-    assert!(
-        rollback
-            .iter()
-            .any(|(_, p)| p.windows(10).any(|w| w == b"Rollbacked")),
-        "{rollback:?}"
-    );
+    raw_rolled_back(&mut raw).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
     // Unbound now: an execute or a reset of any of them is the server's unknown id.
     for &id in &others {
