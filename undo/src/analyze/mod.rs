@@ -530,9 +530,12 @@ fn explain_analyze_target(statement: &Statement) -> Option<&Statement> {
             "false" | "off" | "0"
         )
     };
+    // PostgreSQL takes the British spelling too.
     let analyzes = *analyze
         || options.iter().flatten().any(|o| {
-            o.name.value.eq_ignore_ascii_case("analyze") && !o.arg.as_ref().is_some_and(off)
+            (o.name.value.eq_ignore_ascii_case("analyze")
+                || o.name.value.eq_ignore_ascii_case("analyse"))
+                && !o.arg.as_ref().is_some_and(off)
         });
     analyzes.then_some(statement.as_ref())
 }

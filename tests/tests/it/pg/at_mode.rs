@@ -206,6 +206,11 @@ async fn writes_that_cannot_be_captured_are_refused() {
             "EXPLAIN ANALYZE UPDATE accounts SET balance = 0",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
+        // The British spelling runs it too.
+        (
+            "EXPLAIN (VERBOSE, ANALYSE TRUE) DELETE FROM accounts WHERE id = 1",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
         // The before image and the write would each pick their own rows.
         (
             "UPDATE accounts SET balance = 0 WHERE id = nextval('picks')",
