@@ -3169,11 +3169,13 @@ async fn set_statement_for_a_write_is_captured_or_refused_never_run_unseen() {
     )
     .await;
     let mut outside = my::connect(&tandem, &db.name).await;
-    let e = outside
-        .query_drop("SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1")
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), 1205, "{e}");
+    for sql in [
+        "SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1",
+        "SET /*!*/ STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1",
+    ] {
+        let e = outside.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1205, "{sql}: {e}");
+    }
     rolled_back(&mut conn).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
     assert_eq!(undo_rows(&mut direct).await, 0);

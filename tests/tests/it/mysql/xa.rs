@@ -180,10 +180,15 @@ async fn a_mariadb_xa_branch_and_a_postgres_branch_commit_or_roll_back_together(
         for write in [
             "UPDATE accounts SET note = 'x' WHERE id = 2",
             "SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'x' WHERE id = 2",
+            "SET /*!*/ STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'x' WHERE id = 2",
         ] {
             let e = conn.query_drop(write).await.unwrap_err();
             assert_eq!(code(&e), 1235, "{write}: {e}");
         }
+        // A read with a timeout of its own is no write.
+        conn.query_drop("SET STATEMENT max_statement_time = 10 FOR SELECT * FROM accounts")
+            .await
+            .unwrap();
         conn.query_drop("START TRANSACTION").await.unwrap();
         conn.query_drop("UPDATE accounts SET balance = balance + 10 WHERE id = 1")
             .await

@@ -174,15 +174,21 @@ pub(super) fn first_two_words(sql: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (first, words.next().unwrap_or_default())
 }
 
-/// Whether any word of `sql` is a write's (a text that does not tokenize may be one).
-fn may_hold_a_write(sql: &[u8]) -> bool {
-    let Some(words) = tandem_undo::try_words(&tandem_undo::Mysql, &String::from_utf8_lossy(sql))
-    else {
-        return true;
-    };
-    words
-        .iter()
-        .any(|w| matches!(w.as_str(), "update" | "delete" | "insert" | "replace"))
+/// Whether `sql` is one statement that only reads (a locking read too), as the analysis
+/// reads it: what `SET STATEMENT … FOR` runs, or what follows a WITH clause.
+fn reads_only(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql);
+    !has_executable_comment(sql)
+        && matches!(
+            tandem_undo::analyze(&tandem_undo::Mysql, &text).as_deref(),
+            Ok([tandem_undo::Analysis::Read | tandem_undo::Analysis::LockingRead(_)])
+        )
+}
+
+/// Whether `sql` holds an executable comment (`/*! … */`, `/*M! … */`), whose text the
+/// server runs and tandem's reading of the words does not see.
+pub(super) fn has_executable_comment(sql: &[u8]) -> bool {
+    sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!")
 }
 
 fn several_statements(sql: &[u8]) -> bool {
@@ -200,14 +206,23 @@ pub(super) fn classify(sql: &[u8]) -> Kind {
         (b"ROLLBACK", _) => Kind::Rollback,
         (b"XA", b"RECOVER") => Kind::Passive,
         (b"XA", _) => Kind::ClientXa,
-        // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR; MySQL 8's
-        // `EXPLAIN ANALYZE` runs the statement it explains.
-        (b"SET", b"STATEMENT") | (b"EXPLAIN" | b"DESCRIBE" | b"DESC", b"ANALYZE") => Kind::Work,
-        // MySQL 8 takes a WITH clause before UPDATE and DELETE.
-        (b"WITH", _) if may_hold_a_write(sql) => Kind::Work,
+        // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR, which may be
+        // a read; MySQL 8 takes a WITH clause before UPDATE and DELETE.
+        (b"SET", b"STATEMENT") | (b"WITH", _) => match reads_only(sql) {
+            true => Kind::Passive,
+            false => Kind::Work,
+        },
+        // MySQL 8's `EXPLAIN ANALYZE` runs the statement it explains.
+        (b"EXPLAIN" | b"DESCRIBE" | b"DESC", b"ANALYZE") => Kind::Work,
+        // The words stopped at an executable comment, which may hold the rest of the
+        // statement (`SET /*!*/ STATEMENT … FOR UPDATE`): read as the server would run
+        // it.
+        (b"SET" | b"EXPLAIN" | b"DESCRIBE" | b"DESC", _) if has_executable_comment(sql) => {
+            Kind::Work
+        }
         (
             b"SELECT" | b"SHOW" | b"DESCRIBE" | b"DESC" | b"EXPLAIN" | b"SET" | b"USE" | b"HELP"
-            | b"SAVEPOINT" | b"RELEASE" | b"WITH" | b"VALUES" | b"TABLE",
+            | b"SAVEPOINT" | b"RELEASE" | b"VALUES" | b"TABLE",
             _,
         ) => Kind::Passive,
         _ => Kind::Work,
@@ -948,10 +963,24 @@ mod tests {
                 "SET STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1",
                 Kind::Work,
             ),
+            (
+                "SET /*!*/ STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1",
+                Kind::Work,
+            ),
+            (
+                "SET STATEMENT max_statement_time = 1 FOR SELECT * FROM t",
+                Kind::Passive,
+            ),
             ("EXPLAIN ANALYZE DELETE FROM t", Kind::Work),
+            ("EXPLAIN /*!*/ ANALYZE DELETE FROM t", Kind::Work),
             ("EXPLAIN DELETE FROM t", Kind::Passive),
             ("WITH x AS (SELECT 1) SELECT * FROM x", Kind::Passive),
+            (
+                "WITH x AS (SELECT 1) SELECT * FROM t FOR UPDATE",
+                Kind::Passive,
+            ),
             ("WITH x AS (SELECT 1) UPDATE t, x SET v = 1", Kind::Work),
+            ("SET @a = 1", Kind::Passive),
             ("UPDATE t SET v = 1", Kind::Work),
             ("REPLACE INTO t VALUES (1)", Kind::Work),
             ("CALL p()", Kind::Work),

@@ -704,13 +704,15 @@ fn may_write(sql: &[u8]) -> bool {
     let mut words = crate::control::leading_words(sql, true);
     let Some(word) = words.next() else {
         // An executable comment may hold a write (`leading_words` reads none there).
-        return sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!");
+        return super::control::has_executable_comment(sql);
     };
-    // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR.
+    // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR; the words stop at
+    // an executable comment, which may hold STATEMENT.
     if word.eq_ignore_ascii_case(b"SET") {
-        return words
-            .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case(b"STATEMENT"));
+        return match words.next() {
+            Some(second) => second.eq_ignore_ascii_case(b"STATEMENT"),
+            None => super::control::has_executable_comment(sql),
+        };
     }
     [&b"update"[..], b"delete", b"insert", b"replace"]
         .iter()
@@ -736,5 +738,8 @@ mod tests {
             b"SET STATEMENT max_statement_time = 1 FOR UPDATE t SET v = 1"
         ));
         assert!(!may_write(b"SET autocommit = 1"));
+        assert!(may_write(
+            b"SET /*!*/ STATEMENT max_statement_time = 1 FOR DELETE FROM t"
+        ));
     }
 }
