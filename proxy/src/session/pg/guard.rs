@@ -213,6 +213,11 @@ impl Relay<'_> {
         }
         if w.implicit {
             let got = self.exchange_simple("COMMIT").await?;
+            if got.error.is_some() && got.status != Some(TxStatus::Idle) {
+                // Cancelled before it ran (the client's statement_timeout): the block
+                // is failed, not over.
+                self.roll_back_local().await?;
+            }
             // A COMMIT that failed (a deferred constraint, say) undid the write.
             return Ok((TxStatus::Idle, got.error.map(|e| (e.code, e.message))));
         }

@@ -359,6 +359,11 @@ impl Relay<'_> {
             .exchange_simple(&format!("PREPARE TRANSACTION {}", quote_literal(&gid)))
             .await?;
         let success = prepared.error.is_none();
+        if !success && prepared.status != Some(TxStatus::Idle) {
+            // Cancelled before it ran (the client's statement_timeout): the block is
+            // failed, not over, and the client is told it is.
+            self.roll_back_local().await?;
+        }
         // The client's answer waits for the report: the global commit waits for every
         // XA branch's, so a client told its COMMIT went through lets its transaction
         // commit.
