@@ -216,10 +216,16 @@ impl Relay<'_> {
                         self.describe_reply = Some(decode_parameter_description(&body)?);
                     }
                     backend::ERROR_RESPONSE => {
-                        results[current].error = Some(
-                            ErrorFields::decode(&body)
-                                .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?,
-                        );
+                        let error = ErrorFields::decode(&body)
+                            .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
+                        if completed < results.len() {
+                            results[current].error = Some(error);
+                        } else {
+                            // Every statement had completed (a cancel that came late, at
+                            // the Sync): none of them failed, a COMMIT among them committed.
+                            // The status at ReadyForQuery says where the session stands.
+                            tracing::debug!(parent: &self.span, code = %error.code, "an error after every statement of tandem's completed");
+                        }
                         if end == ReplyEnd::LastComplete {
                             // Left for the relay: the client's reply (see exchange_many_then).
                             return Ok(results);
