@@ -115,6 +115,15 @@ pub enum Error {
     )]
     InsertedUnseen { table: String },
 
+    /// A multi-row upsert or REPLACE whose rows met one another on a unique key (a
+    /// secondary key given twice, keys equal under their collation): its before image
+    /// locked every row and gap its keys name, so nothing else came between, and a
+    /// retry would meet the same way.
+    #[error(
+        "an upsert or REPLACE into {table} whose VALUES rows meet one another on a unique key (one key given twice, or keys equal under their collation), in a global transaction; the local transaction was rolled back. Give each key once"
+    )]
+    RowsMetEachOther { table: String },
+
     /// The write's table name resolved, where it ran, to another table than the one
     /// tandem read the metadata of (the client's search_path changed in a way tandem
     /// could not see, or the table was replaced), or the rows it returned have other
@@ -242,7 +251,9 @@ impl Error {
             | Error::SideQuery(_)
             | Error::MysqlSide(_)
             | Error::SidePoolBuild { .. } => SqlState::InternalError,
-            Error::Undo(_) | Error::InsertedUnseen { .. } => SqlState::FeatureNotSupported,
+            Error::Undo(_) | Error::InsertedUnseen { .. } | Error::RowsMetEachOther { .. } => {
+                SqlState::FeatureNotSupported
+            }
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
             Error::UnknownStatement { .. } => SqlState::InvalidSqlStatementName,
             Error::Uncaptured { .. }
@@ -303,9 +314,10 @@ impl Error {
             | Error::NotJoinable { .. } => MyErr::XaRmFail,
             Error::LocalTransactionOpen { .. } => MyErr::TransactionInProgress,
             Error::BadControlCall(_) => MyErr::WrongArguments,
-            Error::Unsupported { .. } | Error::Undo(_) | Error::InsertedUnseen { .. } => {
-                MyErr::NotSupportedYet
-            }
+            Error::Unsupported { .. }
+            | Error::Undo(_)
+            | Error::InsertedUnseen { .. }
+            | Error::RowsMetEachOther { .. } => MyErr::NotSupportedYet,
             Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
                 MyErr::CantConnect
             }
@@ -369,6 +381,7 @@ impl Error {
                 | Error::UnknownStatement { .. }
                 | Error::Uncaptured { .. }
                 | Error::InsertedUnseen { .. }
+                | Error::RowsMetEachOther { .. }
                 | Error::TableChanged { .. }
                 | Error::ImageUnread { .. }
                 | Error::GloballyLocked { .. }
@@ -404,6 +417,7 @@ impl Error {
                 | Error::UnknownStatement { .. }
                 | Error::ServerError { .. }
                 | Error::InsertedUnseen { .. }
+                | Error::RowsMetEachOther { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
 
@@ -454,6 +468,7 @@ impl Error {
             | Error::ServerError { .. }
             | Error::Uncaptured { .. }
             | Error::InsertedUnseen { .. }
+            | Error::RowsMetEachOther { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. }

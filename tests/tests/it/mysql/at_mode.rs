@@ -2960,10 +2960,14 @@ async fn an_insert_tandem_cannot_check_by_its_keys_is_refused_not_retried() {
     let db = prepare("at_keys_otherwise").await;
     let mut direct = db.direct().await;
     direct
-        .query_drop("CREATE TABLE bin4 (k BINARY(4) PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .query_drop(
+            "CREATE TABLE bin4 (k BINARY(4) PRIMARY KEY, v INT) ENGINE=InnoDB;
+             CREATE TABLE ci (name VARCHAR(16) COLLATE utf8mb4_general_ci PRIMARY KEY, n INT) ENGINE=InnoDB;",
+        )
         .await
         .unwrap();
     let before = dump(&mut direct, "accounts").await;
+    let items_before = dump(&mut direct, "items").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = start(&lockserver).await;
     let mut conn = my::connect(&tandem, &db.name).await;
@@ -2977,6 +2981,11 @@ async fn an_insert_tandem_cannot_check_by_its_keys_is_refused_not_retried() {
         "INSERT IGNORE INTO accounts VALUES (4.6, 1, 'x')",
         "REPLACE INTO accounts VALUES (8, 1, 'a'), (8, 2, 'b')",
         "INSERT INTO accounts VALUES (7, 1, 'a'), (7, 2, 'b') ON DUPLICATE KEY UPDATE note = 'c'",
+        // Rows that meet one another on a secondary unique key, or on keys equal under
+        // their collation: they would on every retry.
+        "REPLACE INTO items (id, name) VALUES (10, 'twice'), (11, 'twice')",
+        "INSERT INTO items (id, name) VALUES (20, 'again'), (21, 'again') ON DUPLICATE KEY UPDATE name = 'changed'",
+        "REPLACE INTO ci VALUES ('zz', 1), ('ZZ', 2)",
     ] {
         for in_block in [false, true] {
             if in_block {
@@ -2990,7 +2999,9 @@ async fn an_insert_tandem_cannot_check_by_its_keys_is_refused_not_retried() {
         }
     }
     assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(dump(&mut direct, "items").await, items_before);
     assert_eq!(dump(&mut direct, "bin4").await, Vec::<String>::new());
+    assert_eq!(dump(&mut direct, "ci").await, Vec::<String>::new());
     // A row deleted elsewhere since the transaction's snapshot, inserted again with
     // the same values: tandem cannot tell it from the one its snapshot shows, a race
     // that a retry gets past (1213).
