@@ -88,7 +88,7 @@ pub enum Error {
     /// A registration would lock a table not yet announced to every proxy of its
     /// resource, and some did not acknowledge the announcement within
     /// `table_ack_timeout_ms`. Nothing was registered or locked; retrying may succeed.
-    /// Reaches a client as `Rpc { code: Unavailable, .. }`.
+    /// Reaches a client as `Rpc { code: Aborted, .. }`, as a conflict does.
     #[error(
         "table {table} of {resource} may not be locked yet: not every proxy acknowledged its announcement within {waited_ms} ms (nothing registered; retry)"
     )]

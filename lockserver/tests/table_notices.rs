@@ -183,11 +183,13 @@ impl RawSub {
     }
 }
 
-fn unavailable(r: &tandem_lockserver::Result<u64>) -> bool {
+/// A registration refused because an announcement went unacknowledged: a conflict
+/// (Aborted), which the caller may retry.
+fn unacknowledged(r: &tandem_lockserver::Result<u64>) -> bool {
     matches!(
         r,
-        Err(e @ tandem_lockserver::Error::Rpc { code: tonic::Code::Unavailable, .. })
-            if e.is_retryable()
+        Err(e @ tandem_lockserver::Error::Rpc { code: tonic::Code::Aborted, message })
+            if e.is_retryable() && message.contains("acknowledged")
     )
 }
 
@@ -273,7 +275,7 @@ async fn a_proxy_that_never_acks_fails_the_registration_without_locking() {
 
     let started = Instant::now();
     let r = s.register("public.t", &[1]).await;
-    assert!(unavailable(&r), "{r:?}");
+    assert!(unacknowledged(&r), "{r:?}");
     assert!(started.elapsed() >= Duration::from_millis(350));
     assert_eq!(
         s.client.lock_holder(&[key("public.t", 1)]).await.unwrap(),
@@ -287,7 +289,7 @@ async fn a_proxy_that_never_acks_fails_the_registration_without_locking() {
         (2, vec!["public.t".to_string()])
     );
     // Still not acked: the table stays announced, and a retry waits again.
-    assert!(unavailable(&s.register("public.t", &[1]).await));
+    assert!(unacknowledged(&s.register("public.t", &[1]).await));
     sub.ack(n[0].seq).await;
     let started = Instant::now();
     s.register("public.t", &[1])

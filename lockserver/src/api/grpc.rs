@@ -38,13 +38,19 @@ pub fn to_status(e: Error) -> Status {
         Error::UnknownXid { .. } | Error::UnknownBranch { .. } => Code::NotFound,
         Error::DuplicateXid { .. } => Code::AlreadyExists,
         Error::InvalidState { .. } | Error::Expired { .. } => Code::FailedPrecondition,
-        Error::LockConflict { .. } | Error::Contention { .. } | Error::PhaseOnePending { .. } => {
-            Code::Aborted
-        }
+        // An announcement not acknowledged in time is a conflict too: a proxy's write
+        // to the table, unchecked while the table held no locks, was still running,
+        // most often waiting for a row lock of the very transaction registering. The
+        // proxies tell their clients to retry the transaction (40001, 1205), as for a
+        // lock held.
+        Error::LockConflict { .. }
+        | Error::Contention { .. }
+        | Error::PhaseOnePending { .. }
+        | Error::Unacknowledged { .. } => Code::Aborted,
         Error::Overloaded => Code::ResourceExhausted,
         // Not applied, safe to retry: gRPC's UNAVAILABLE, not ABORTED (no transaction
         // conflict) nor DEADLINE_EXCEEDED (which leaves open whether it was applied).
-        Error::ShuttingDown | Error::Unacknowledged { .. } => Code::Unavailable,
+        Error::ShuttingDown => Code::Unavailable,
         Error::Timeout { .. } => Code::DeadlineExceeded,
         Error::Rpc { code, .. } => *code,
         Error::Io { .. }

@@ -1206,3 +1206,48 @@ async fn a_statement_of_more_than_32767_parameters_is_read_whole() {
     );
     finish(lockserver, [global, outside]).await;
 }
+
+/// A global transaction's COMMIT announces its first lock on a table while a write
+/// outside it, let through unchecked while the table held no locks, waits for that
+/// transaction's own row lock: the announcement is not acknowledged in time, nothing
+/// is registered, and the COMMIT fails with the 40001 that clients retry (not
+/// 58000); the outside write then runs, and the retry commits.
+#[tokio::test]
+async fn an_announcement_an_outside_write_holds_up_is_a_retryable_conflict() {
+    let db = prepare("announce_conflict").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let global = tandem.connect(&db.name).await;
+    one(&global, "SELECT tandem_begin(30000)").await.unwrap();
+    global
+        .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let outside = tandem.connect(&db.name).await;
+    let blocked = tokio::spawn(async move {
+        outside
+            .batch_execute("UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+            .await
+            .map(|()| outside)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = global
+        .batch_execute("COMMIT")
+        .await
+        .expect_err("the announcement waits for the outside write");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err:?}"
+    );
+    let outside = blocked.await.unwrap().expect("the outside write runs");
+    assert_eq!(balance(&outside, 1).await, 1100);
+    global
+        .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1; COMMIT")
+        .await
+        .unwrap();
+    rolled_back(&global).await;
+    assert_eq!(balance(&outside, 1).await, 1100);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
