@@ -277,6 +277,9 @@ impl Error {
                     code: tonic::Code::FailedPrecondition,
                     ..
                 } => SqlState::ObjectNotInPrerequisiteState,
+                // Forgotten since it ended (past the lockserver's retention): as over as
+                // one decided, not a bad argument.
+                e if e.transaction_is_over() => SqlState::ObjectNotInPrerequisiteState,
                 e if e.is_limit() => SqlState::ProgramLimitExceeded,
                 e if e.is_client_fault() => SqlState::InvalidParameterValue,
                 _ => SqlState::SystemError,
@@ -610,6 +613,18 @@ mod tests {
             denied.to_string(),
             "tandem's own statement failed: permission denied for table t"
         );
+    }
+
+    #[test]
+    fn a_transaction_the_lockserver_forgot_is_over_not_a_bad_argument() {
+        let forgotten = Error::Lockserver(tandem_lockserver::Error::Rpc {
+            code: tonic::Code::NotFound,
+            message: "unknown transaction ab-1".into(),
+        });
+        assert_eq!(forgotten.sqlstate().code(), "55000");
+        assert_eq!(forgotten.mysql_error().code(), 1399);
+        let bad = Error::Lockserver(tandem_lockserver::Error::InvalidArgument { what: "w" });
+        assert_eq!(bad.sqlstate().code(), "22023");
     }
 
     #[test]
