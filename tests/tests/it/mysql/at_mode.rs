@@ -61,6 +61,14 @@ pub(crate) async fn rolled_back(conn: &mut Conn) {
     );
 }
 
+/// Rolls the session's global transaction back: `table` must hold `before` again, and
+/// no undo row may be left.
+async fn rolled_back_to(conn: &mut Conn, direct: &mut Conn, table: &str, before: &[String]) {
+    rolled_back(conn).await;
+    assert_eq!(dump(direct, table).await, before);
+    assert_eq!(undo_rows(direct).await, 0);
+}
+
 pub(crate) async fn undo_rows(conn: &mut Conn) -> usize {
     let n: Option<usize> = conn
         .query_first("SELECT COUNT(*) FROM undo_log WHERE log_status = 0")
@@ -3068,16 +3076,16 @@ async fn names_with_doubled_quotes_or_unusual_case_are_read_as_the_server_reads_
     )
     .await;
     let mut outside = my::connect(&tandem, &db.name).await;
-    for sql in [
-        "UPDATE `a``b` SET `İd` = 9 WHERE `k``k` = 1",
-        "DELETE FROM `a``b` WHERE `k``k` = 4",
-    ] {
-        let e = outside.query_drop(sql).await.unwrap_err();
-        assert_eq!(code(&e), 1205, "{sql}: {e}");
-    }
-    rolled_back(&mut conn).await;
-    assert_eq!(dump(&mut direct, "a``b").await, before);
-    assert_eq!(undo_rows(&mut direct).await, 0);
+    each_fails_with(
+        &mut outside,
+        1205,
+        &[
+            "UPDATE `a``b` SET `İd` = 9 WHERE `k``k` = 1",
+            "DELETE FROM `a``b` WHERE `k``k` = 4",
+        ],
+    )
+    .await;
+    rolled_back_to(&mut conn, &mut direct, "a``b", &before).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -3180,16 +3188,16 @@ async fn set_statement_for_a_write_is_captured_or_refused_never_run_unseen() {
     )
     .await;
     let mut outside = my::connect(&tandem, &db.name).await;
-    for sql in [
-        "SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1",
-        "SET /*!*/ STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1",
-    ] {
-        let e = outside.query_drop(sql).await.unwrap_err();
-        assert_eq!(code(&e), 1205, "{sql}: {e}");
-    }
-    rolled_back(&mut conn).await;
-    assert_eq!(dump(&mut direct, "accounts").await, before);
-    assert_eq!(undo_rows(&mut direct).await, 0);
+    each_fails_with(
+        &mut outside,
+        1205,
+        &[
+            "SET STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1",
+            "SET /*!*/ STATEMENT max_statement_time = 10 FOR UPDATE accounts SET note = 'out' WHERE id = 1",
+        ],
+    )
+    .await;
+    rolled_back_to(&mut conn, &mut direct, "accounts", &before).await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
