@@ -115,14 +115,16 @@ pub enum Error {
     )]
     InsertedUnseen { table: String },
 
-    /// A multi-row upsert or REPLACE whose rows met one another on a unique key (a
-    /// secondary key given twice, keys equal under their collation): its before image
-    /// locked every row and gap its keys name, so nothing else came between, and a
-    /// retry would meet the same way.
+    /// A multi-row upsert or REPLACE whose row count does not add up to the rows tandem
+    /// read before and after it: its rows met one another on a unique key (a secondary
+    /// key given twice, keys equal under their collation), or a key was stored
+    /// otherwise than written and met another row. Its before image locked every row
+    /// and gap its keys name, so nothing else came between, and a retry would fail the
+    /// same way.
     #[error(
-        "an upsert or REPLACE into {table} whose VALUES rows meet one another on a unique key (one key given twice, or keys equal under their collation), in a global transaction; the local transaction was rolled back. Give each key once"
+        "an upsert or REPLACE into {table} whose rows tandem cannot account for (its VALUES rows meet one another on a unique key: one key given twice, or keys equal under their collation; or a key stored otherwise than written meets another row), in a global transaction; the local transaction was rolled back. Give each key once, as the server stores it"
     )]
-    RowsMetEachOther { table: String },
+    UpsertDoesNotAddUp { table: String },
 
     /// The write's table name resolved, where it ran, to another table than the one
     /// tandem read the metadata of (the client's search_path changed in a way tandem
@@ -251,7 +253,7 @@ impl Error {
             | Error::SideQuery(_)
             | Error::MysqlSide(_)
             | Error::SidePoolBuild { .. } => SqlState::InternalError,
-            Error::Undo(_) | Error::InsertedUnseen { .. } | Error::RowsMetEachOther { .. } => {
+            Error::Undo(_) | Error::InsertedUnseen { .. } | Error::UpsertDoesNotAddUp { .. } => {
                 SqlState::FeatureNotSupported
             }
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
@@ -320,7 +322,7 @@ impl Error {
             Error::Unsupported { .. }
             | Error::Undo(_)
             | Error::InsertedUnseen { .. }
-            | Error::RowsMetEachOther { .. } => MyErr::NotSupportedYet,
+            | Error::UpsertDoesNotAddUp { .. } => MyErr::NotSupportedYet,
             Error::UpstreamConnect { .. } | Error::UpstreamConnectTimeout { .. } => {
                 MyErr::CantConnect
             }
@@ -384,7 +386,7 @@ impl Error {
                 | Error::UnknownStatement { .. }
                 | Error::Uncaptured { .. }
                 | Error::InsertedUnseen { .. }
-                | Error::RowsMetEachOther { .. }
+                | Error::UpsertDoesNotAddUp { .. }
                 | Error::TableChanged { .. }
                 | Error::ImageUnread { .. }
                 | Error::GloballyLocked { .. }
@@ -420,7 +422,7 @@ impl Error {
                 | Error::UnknownStatement { .. }
                 | Error::ServerError { .. }
                 | Error::InsertedUnseen { .. }
-                | Error::RowsMetEachOther { .. }
+                | Error::UpsertDoesNotAddUp { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_client_fault())
     }
 
@@ -471,7 +473,7 @@ impl Error {
             | Error::ServerError { .. }
             | Error::Uncaptured { .. }
             | Error::InsertedUnseen { .. }
-            | Error::RowsMetEachOther { .. }
+            | Error::UpsertDoesNotAddUp { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. }

@@ -2474,15 +2474,23 @@ async fn writes_the_server_reads_otherwise_than_tandem_are_refused_or_captured_e
         // 4.6 is stored as 5 and 2.6 as 3, which compare equal to neither: the rows
         // tandem finds do not add up to what the server counted. (2, 5) finds the row
         // (2, '05') it does not insert, which made the counts agree before. Both find
-        // as many rows as the server counted, so tandem cannot tell a key stored
-        // otherwise from a race here: 1213.
-        for sql in [
-            "INSERT INTO t4 (a, b, v) VALUES (2, 5, 2), (4.6, 'x', 3)",
-            "INSERT INTO p1 (id, v) VALUES (1, 10), (2.6, 99) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+        // as many rows as the server counted, so for the plain INSERT tandem cannot
+        // tell a key stored otherwise from a race: 1213. The multi-row upsert's before
+        // image took gap locks (REPEATABLE READ): no race could come between, and it
+        // would fail the same way on every retry: 1235.
+        for (sql, expected) in [
+            (
+                "INSERT INTO t4 (a, b, v) VALUES (2, 5, 2), (4.6, 'x', 3)",
+                1213,
+            ),
+            (
+                "INSERT INTO p1 (id, v) VALUES (1, 10), (2.6, 99) ON DUPLICATE KEY UPDATE v = VALUES(v)",
+                1235,
+            ),
         ] {
             conn.query_drop("START TRANSACTION").await.unwrap();
             let e = conn.query_drop(sql).await.unwrap_err();
-            assert_eq!(code(&e), 1213, "{sql}: {e}");
+            assert_eq!(code(&e), expected, "{sql}: {e}");
         }
         rolled_back(&mut conn).await;
         let mut after = Vec::new();

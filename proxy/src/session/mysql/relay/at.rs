@@ -771,7 +771,8 @@ impl Relay<'_> {
         }
         // Several rows of an upsert or REPLACE: where the before image locked every row
         // and gap their keys name, a count that does not add up is its rows meeting one
-        // another, which they will on every retry. Without gap locks it may be a race.
+        // another (or a key stored otherwise meeting a row), which they will on every
+        // retry. Without gap locks it may be a race.
         let several_rows = write.rows.as_ref().is_some_and(|r| r.rows.len() > 1);
         if !consistent
             && several_rows
@@ -781,7 +782,7 @@ impl Relay<'_> {
             )
             && matches!(self.takes_gap_locks().await?, Ok(true))
         {
-            return Ok(Err(AtFailure::Uncaptured(Error::RowsMetEachOther {
+            return Ok(Err(AtFailure::Uncaptured(Error::UpsertDoesNotAddUp {
                 table: meta.table.name.clone(),
             })));
         }
