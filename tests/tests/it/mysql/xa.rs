@@ -1100,3 +1100,82 @@ async fn a_statement_after_its_own_xa_commit_is_refused_at_once_not_left_waiting
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// An XA-mode write inside its branch is checked against the global locks AT-mode
+/// transactions hold, as a write outside a global transaction is: a row another
+/// transaction's AT branch holds makes it wait, then fail with 1205 (over COM_QUERY and
+/// COM_STMT_EXECUTE), so that transaction's rollback finds its row as it left it. Rows
+/// its own transaction's AT branch holds are its own to change.
+#[tokio::test]
+async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
+    let db = bank("xa_meets_at_locks").await;
+    db.migrate().await;
+    let mut direct = db.direct().await;
+    let before = balances(&mut direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await;
+    let mut at = my::connect(&tandem, &db.name).await;
+    text(&mut at, "SELECT tandem_begin(30000)").await.unwrap();
+    at.query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let mut xa = my::connect(&tandem, &db.name).await;
+    text(&mut xa, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = text(&mut xa, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    xa.query_drop("START TRANSACTION").await.unwrap();
+    let e = xa
+        .query_drop("UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    let e = xa
+        .exec_drop(
+            "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+            (100, 1),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    // A row the same global transaction's AT branch holds.
+    let mut joined = my::connect(&tandem, &db.name).await;
+    text(&mut joined, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    joined
+        .query_drop("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+        .await
+        .unwrap();
+    xa.query_drop("UPDATE accounts SET balance = balance + 50 WHERE id = 2")
+        .await
+        .unwrap();
+    xa.query_drop("COMMIT").await.unwrap();
+    // The refused writes' check locked row 1 in the XA branch, as a checked write's
+    // does in the client's transaction: the AT rollback's replay of it waits for the
+    // branch to end.
+    assert_eq!(
+        text(&mut xa, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    rolled_back(&mut at).await;
+    let mut want = before.clone();
+    want[1].1 += 55;
+    eventually("the XA branch is committed", || {
+        let db = &db;
+        let want = &want;
+        async move { balances(&mut db.direct().await).await == *want }
+    })
+    .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

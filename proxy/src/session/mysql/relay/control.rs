@@ -376,16 +376,22 @@ impl Relay<'_> {
             Kind::Commit if self.xa.is_some() => self.xa_end(true).await.map(Some),
             Kind::Rollback if self.xa.is_some() => self.xa_end(false).await.map(Some),
             _ if self.opens_xa_branch_implicitly(kind, Some(sql)) => {
-                Ok(match self.xa_begin_implicitly().await? {
-                    Handled::Relay => None,
-                    handled => Some(handled),
-                })
+                match self.xa_begin_implicitly().await? {
+                    Handled::Relay if kind == Kind::Work => self.guard_query(sql).await,
+                    Handled::Relay => Ok(None),
+                    handled => Ok(Some(handled)),
+                }
             }
             Kind::Work if self.xa.is_none() => self
                 .refuse(Error::Unsupported {
                     what: "a write outside START TRANSACTION … COMMIT in XA mode on MySQL (start the transaction inside the global one, or turn autocommit off)",
                 })
                 .map(Some),
+            // Inside the branch: its rows must not be ones an AT-mode global
+            // transaction holds, whose rollback would then stop at them. Checked as a
+            // write outside a global transaction is, the session's own transaction's
+            // locks excepted.
+            Kind::Work => self.guard_query(sql).await,
             _ => Ok(None),
         }
     }
@@ -509,13 +515,20 @@ impl Relay<'_> {
             None => kind,
         };
         if self.opens_xa_branch_implicitly(kind, sql.as_deref().map(str::as_bytes)) {
-            return Ok(match self.xa_begin_implicitly().await? {
-                Handled::Relay => None,
-                handled => Some(handled),
-            });
+            return match self.xa_begin_implicitly().await? {
+                // Checked against AT-mode global locks, as below.
+                Handled::Relay if kind == Kind::Work => self.guard_execute(header, packet).await,
+                Handled::Relay => Ok(None),
+                handled => Ok(Some(handled)),
+            };
         }
-        if kind == Kind::Passive || self.xa.is_some() {
+        if kind == Kind::Passive {
             return Ok(None);
+        }
+        if self.xa.is_some() {
+            // Inside the branch: checked against AT-mode global locks (see
+            // `intercept_query`).
+            return self.guard_execute(header, packet).await;
         }
         self.refuse(Error::Unsupported {
             what: "a prepared statement that may write outside an XA branch inside a global transaction (in XA mode run it inside START TRANSACTION … COMMIT)",

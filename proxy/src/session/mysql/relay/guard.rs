@@ -627,6 +627,27 @@ impl Relay<'_> {
     /// the write runs, and so do the next ones for a while (see `session::outside`).
     async fn check(&mut self, keys: &[LockKey]) -> Check {
         match self.ctx.outside.holder_of(&self.ctx.lock, keys).await {
+            // An XA-mode session's own global transaction (an AT branch of it holds
+            // the row): its rows are its own to change, but no other's.
+            Ok(Some(holder)) if self.binding.xid() == Some(&holder) => {
+                for key in keys {
+                    match self
+                        .ctx
+                        .outside
+                        .holder_of(&self.ctx.lock, std::slice::from_ref(key))
+                        .await
+                    {
+                        Ok(Some(other)) if other != holder => return Check::Held(other),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                            self.count_unchecked();
+                            return Check::Free;
+                        }
+                    }
+                }
+                Check::Free
+            }
             Ok(Some(holder)) => Check::Held(holder),
             Ok(None) => Check::Free,
             Err(e) => {
