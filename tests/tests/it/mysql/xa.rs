@@ -1102,10 +1102,11 @@ async fn a_statement_after_its_own_xa_commit_is_refused_at_once_not_left_waiting
 }
 
 /// An XA-mode write inside its branch is checked against the global locks AT-mode
-/// transactions hold, as a write outside a global transaction is: a row another
-/// transaction's AT branch holds makes it wait, then fail with 1205 (over COM_QUERY and
-/// COM_STMT_EXECUTE), so that transaction's rollback finds its row as it left it. Rows
-/// its own transaction's AT branch holds are its own to change.
+/// transactions hold, as a write outside a global transaction is: a row an AT branch
+/// holds makes it wait, then fail with 1205 (over COM_QUERY and COM_STMT_EXECUTE), so
+/// that transaction's rollback finds its row as it left it. Its own transaction's AT
+/// branch is a holder too: that rollback replays the newest branch first, and would
+/// wait on the XA branch's row lock. Other rows it writes.
 #[tokio::test]
 async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     let db = bank("xa_meets_at_locks").await;
@@ -1144,7 +1145,7 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), 1205, "{e}");
-    // A row the same global transaction's AT branch holds.
+    // A row the same global transaction's AT branch holds, and one nobody holds.
     let mut joined = my::connect(&tandem, &db.name).await;
     text(&mut joined, &format!("SELECT tandem_join('{xid}')"))
         .await
@@ -1153,7 +1154,12 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         .query_drop("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
         .await
         .unwrap();
-    xa.query_drop("UPDATE accounts SET balance = balance + 50 WHERE id = 2")
+    let e = xa
+        .query_drop("UPDATE accounts SET balance = balance + 50 WHERE id = 2")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1205, "{e}");
+    xa.query_drop("INSERT INTO accounts VALUES (4, 50, 'd')")
         .await
         .unwrap();
     xa.query_drop("COMMIT").await.unwrap();
@@ -1169,7 +1175,8 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     );
     rolled_back(&mut at).await;
     let mut want = before.clone();
-    want[1].1 += 55;
+    want[1].1 += 5;
+    want.push((4, 50));
     eventually("the XA branch is committed", || {
         let db = &db;
         let want = &want;

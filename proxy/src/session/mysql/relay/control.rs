@@ -389,8 +389,7 @@ impl Relay<'_> {
                 .map(Some),
             // Inside the branch: its rows must not be ones an AT-mode global
             // transaction holds, whose rollback would then stop at them. Checked as a
-            // write outside a global transaction is, the session's own transaction's
-            // locks excepted.
+            // write outside a global transaction is, inside the client's transaction.
             Kind::Work => self.guard_query(sql).await,
             _ => Ok(None),
         }

@@ -67,8 +67,9 @@ enum Check {
 }
 
 impl Relay<'_> {
-    /// A COM_QUERY of a session bound to no global transaction, read whole and not a
-    /// control call. None: it goes on as sent.
+    /// A COM_QUERY of a session bound to no global transaction, or of an XA-mode
+    /// session inside its branch, read whole and not a control call. None: it goes on
+    /// as sent.
     pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Option<Handled>> {
         if !may_write(sql) || self.enter_unchecked_anywhere() {
             return Ok(None);
@@ -105,8 +106,8 @@ impl Relay<'_> {
         true
     }
 
-    /// A COM_STMT_EXECUTE of a session bound to no global transaction. None: it goes on
-    /// as sent.
+    /// A COM_STMT_EXECUTE of a session bound to no global transaction, or of an XA-mode
+    /// session inside its branch. None: it goes on as sent.
     pub(super) async fn guard_execute(
         &mut self,
         header: Header,
@@ -627,27 +628,9 @@ impl Relay<'_> {
     /// the write runs, and so do the next ones for a while (see `session::outside`).
     async fn check(&mut self, keys: &[LockKey]) -> Check {
         match self.ctx.outside.holder_of(&self.ctx.lock, keys).await {
-            // An XA-mode session's own global transaction (an AT branch of it holds
-            // the row): its rows are its own to change, but no other's.
-            Ok(Some(holder)) if self.binding.xid() == Some(&holder) => {
-                for key in keys {
-                    match self
-                        .ctx
-                        .outside
-                        .holder_of(&self.ctx.lock, std::slice::from_ref(key))
-                        .await
-                    {
-                        Ok(Some(other)) if other != holder => return Check::Held(other),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
-                            self.count_unchecked();
-                            return Check::Free;
-                        }
-                    }
-                }
-                Check::Free
-            }
+            // An XA-mode session's own global transaction holding the row (an AT
+            // branch of it) is a holder too: its rollback replays newest branch first,
+            // and would wait on this XA branch's row lock if the XA branch came first.
             Ok(Some(holder)) => Check::Held(holder),
             Ok(None) => Check::Free,
             Err(e) => {
