@@ -295,19 +295,22 @@ async fn the_clients_own_xa_passes_through_unless_bound_and_at_mode_needs_its_un
         .unwrap();
     assert_eq!(n, Some(3));
     assert_eq!(balances(&mut direct).await[2], (3, 1), "nothing ran");
-    // In XA mode a prepared write runs inside the branch, and only there.
+    // In XA mode a prepared write runs inside the branch, and only there. (Row 2: the
+    // failed AT branches above keep their global locks on row 3 until the global
+    // transaction ends, and a write inside the XA branch meets them.)
     text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
     let e = conn
-        .exec_drop("UPDATE accounts SET balance = ? WHERE id = 3", (2,))
+        .exec_drop("UPDATE accounts SET balance = ? WHERE id = 2", (2,))
         .await
         .unwrap_err();
     assert_eq!(code(&e), 1235, "{e}");
     conn.query_drop("START TRANSACTION").await.unwrap();
-    conn.exec_drop("UPDATE accounts SET balance = ? WHERE id = 3", (2,))
+    conn.exec_drop("UPDATE accounts SET balance = ? WHERE id = 2", (2,))
         .await
         .unwrap();
     conn.query_drop("ROLLBACK").await.unwrap();
-    assert_eq!(balances(&mut direct).await[2], (3, 1), "rolled back");
+    assert_eq!(balances(&mut direct).await[1], (2, 1000), "rolled back");
+    assert_eq!(balances(&mut direct).await[2], (3, 1), "nothing ran");
     text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
     drop(conn);
     tandem.shutdown().await;
