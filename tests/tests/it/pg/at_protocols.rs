@@ -1151,9 +1151,6 @@ async fn a_write_batched_behind_its_begin_is_captured_and_a_failed_begin_drops_t
         batch.extend(frame(b'S', b""));
         batch
     };
-    let tags = |replies: &[tandem_tests::raw_pg::Msg]| -> String {
-        replies.iter().map(|m| m.tag as char).collect()
-    };
 
     raw.send(&batch(
         "BEGIN",
@@ -1360,7 +1357,6 @@ async fn a_query_behind_unsynced_execute_is_refused_not_held() {
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
     raw.query("SELECT tandem_begin(30000)").await;
     raw.recv_until(b'Z').await;
-    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
     let refused = |replies: &[Msg]| {
         let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
         assert_eq!(error.sqlstate().as_deref(), Some("0A000"), "{replies:?}");
@@ -1447,14 +1443,13 @@ async fn a_query_behind_unsynced_execute_is_refused_not_held() {
 #[tokio::test]
 async fn a_query_the_backend_discards_after_an_error_is_not_awaited() {
     use super::control::parse_body;
-    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    use tandem_tests::raw_pg::{RawPg, frame};
     let db = prepare("query_after_error").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
     raw.query("SELECT tandem_begin(30000)").await;
     raw.recv_until(b'Z').await;
 
@@ -1517,9 +1512,6 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
         batch.extend(frame(b'E', &execute));
         batch.extend(frame(b'S', b""));
         batch
-    };
-    let tags = |replies: &[tandem_tests::raw_pg::Msg]| -> String {
-        replies.iter().map(|m| m.tag as char).collect()
     };
 
     raw.query("BEGIN").await;

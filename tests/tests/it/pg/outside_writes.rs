@@ -4,6 +4,7 @@
 //! at once.
 
 use super::at_mode::{one, prepare, rolled_back};
+use super::at_protocols::tags;
 use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
 use tandem_tests::harness::{Tandem, eventually};
@@ -878,7 +879,7 @@ async fn writes_in_a_failed_transaction_get_25p02_and_the_session_goes_on() {
 #[tokio::test]
 async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
     use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    use tandem_tests::raw_pg::{RawPg, frame};
     let orders = prepare("outside_closes_begin").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let global = Tandem::start_for(&lockserver).await;
@@ -900,7 +901,6 @@ async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
         batch.extend(frame(b'S', b""));
         batch
     };
-    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
 
     raw.send(&batch(
         "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
@@ -932,7 +932,7 @@ async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
 #[tokio::test]
 async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() {
     use super::control::unnamed_batch;
-    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    use tandem_tests::raw_pg::{RawPg, frame};
     let orders = prepare("outside_autosave").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let global = Tandem::start_for(&lockserver).await;
@@ -945,7 +945,6 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
         batch.extend(unnamed_batch(&[savepoint, update]));
         batch
     };
-    let tags = |replies: &[Msg]| -> String { replies.iter().map(|m| m.tag as char).collect() };
     let begin = async |raw: &mut RawPg| {
         raw.query("BEGIN").await;
         raw.recv_until(b'Z').await;
