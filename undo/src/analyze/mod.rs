@@ -383,8 +383,9 @@ pub fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 /// included. sqlparser reads the first always and the second never, while the server
 /// runs either only if its version gate lets it (MariaDB skips MySQL's 5.7 and later):
 /// the rows tandem reads for a write could differ from those the server changes.
-pub fn has_executable_comment(sql: &str) -> bool {
-    sql.contains("/*!") || sql.contains("/*M!")
+pub fn has_executable_comment(sql: impl AsRef<[u8]>) -> bool {
+    let sql = sql.as_ref();
+    sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!")
 }
 
 /// The names `sql` calls as functions: each word right before a `(`, the last part of

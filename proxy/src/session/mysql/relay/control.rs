@@ -178,17 +178,11 @@ pub(super) fn first_two_words(sql: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// reads it: what `SET STATEMENT … FOR` runs, or what follows a WITH clause.
 fn reads_only(sql: &[u8]) -> bool {
     let text = String::from_utf8_lossy(sql);
-    !has_executable_comment(sql)
+    !tandem_undo::has_executable_comment(sql)
         && matches!(
             tandem_undo::analyze(&tandem_undo::Mysql, &text).as_deref(),
             Ok([tandem_undo::Analysis::Read | tandem_undo::Analysis::LockingRead(_)])
         )
-}
-
-/// Whether `sql` holds an executable comment (`/*! … */`, `/*M! … */`), whose text the
-/// server runs and tandem's reading of the words does not see.
-pub(super) fn has_executable_comment(sql: &[u8]) -> bool {
-    sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!")
 }
 
 fn several_statements(sql: &[u8]) -> bool {
@@ -217,7 +211,9 @@ pub(super) fn classify(sql: &[u8]) -> Kind {
         // The words stopped at an executable comment, which may hold the rest of the
         // statement (`SET /*!*/ STATEMENT … FOR UPDATE`): read as the server would run
         // it.
-        (b"SET" | b"EXPLAIN" | b"DESCRIBE" | b"DESC", _) if has_executable_comment(sql) => {
+        (b"SET" | b"EXPLAIN" | b"DESCRIBE" | b"DESC", _)
+            if tandem_undo::has_executable_comment(sql) =>
+        {
             Kind::Work
         }
         (

@@ -708,14 +708,14 @@ fn may_write(sql: &[u8]) -> bool {
     let mut words = crate::control::leading_words(sql, true);
     let Some(word) = words.next() else {
         // An executable comment may hold a write (`leading_words` reads none there).
-        return super::control::has_executable_comment(sql);
+        return tandem_undo::has_executable_comment(sql);
     };
     // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR; the words stop at
     // an executable comment, which may hold STATEMENT.
     if word.eq_ignore_ascii_case(b"SET") {
         return match words.next() {
             Some(second) => second.eq_ignore_ascii_case(b"STATEMENT"),
-            None => super::control::has_executable_comment(sql),
+            None => tandem_undo::has_executable_comment(sql),
         };
     }
     [&b"update"[..], b"delete", b"insert", b"replace"]
