@@ -1013,6 +1013,10 @@ impl Relay<'_> {
         let _ = self.on_server_message(crate::wire::pg::codes::backend::READY_FOR_QUERY, body)?;
         let held_complete = self.held_complete.take();
         let (status, error) = self.finish_write(status).await?;
+        if self.xa == super::xa::XaBranch::Implicit && !self.batch_continues {
+            // A checked write of XA autocommit work (guard.rs): its branch now.
+            return self.end_xa_implicit(status, held_complete, error).await;
+        }
         self.phase = super::Phase::Ready(status);
         if status == TxStatus::Idle {
             self.binding.on_local_transaction_end();
@@ -1081,8 +1085,8 @@ impl Relay<'_> {
     }
 
     /// The ReadyForQuery that ends a client's batch, the session in `status`, put in
-    /// `out`; if the batch ran in tandem's block (`begin_implicit_batch`), that block
-    /// ends first and the client sees the session idle.
+    /// `out`; if the batch ran in tandem's block (`begin_implicit_batch`, or around XA
+    /// autocommit work), that block ends first and the client sees the session idle.
     pub(super) async fn put_batch_end(
         &mut self,
         out: &mut BytesMut,
@@ -1090,6 +1094,8 @@ impl Relay<'_> {
     ) -> Result<()> {
         if self.implicit_batch {
             out.extend_from_slice(&self.end_implicit_batch(status).await?);
+        } else if self.xa == super::xa::XaBranch::Implicit {
+            out.extend_from_slice(&self.end_xa_implicit(status, None, None).await?);
         } else {
             put_ready_for_query(out, status);
         }

@@ -332,7 +332,11 @@ impl Relay<'_> {
     /// A statement leading a longer batch was refused: the client's transaction fails as
     /// the statement would have made it fail, and the rest of its batch is dropped up
     /// to its Sync (`skip_to_client_sync`).
-    async fn fail_rest_of_batch(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+    pub(super) async fn fail_rest_of_batch(
+        &mut self,
+        consumed: usize,
+        e: Error,
+    ) -> Result<Extended> {
         self.fail_block(&e).await?;
         let mut out = BytesMut::new();
         put_error(
@@ -992,7 +996,8 @@ impl Relay<'_> {
             self.phase = super::Phase::Ready(TxStatus::InTransaction);
             self.xa = XaBranch::Implicit;
             tracing::debug!(parent: &self.span, "autocommit work over the extended protocol runs in tandem's block");
-            return Ok(Extended::NotAWrite);
+            // Checked in there against AT-mode global locks, as in the client's block.
+            return self.guard_extended(rest, tag, sql.as_bytes()).await;
         }
         if self.xa == XaBranch::None
             && matches!(
@@ -1010,11 +1015,43 @@ impl Relay<'_> {
             // it, in the middle of a batch.
             return Ok(Extended::WaitForSyncPoint);
         }
+        let work = statements.contains(&XaStatement::Work);
         if tag != frontend::BIND {
+            if work && self.phase.tx_status() == Some(TxStatus::InTransaction) {
+                // A batch that runs it in the client's block is checked whole from its
+                // Parse, at a sync point (guard.rs).
+                return self.guard_in_block(rest, tag, sql).await;
+            }
             // Preparing a statement changes nothing; the Parse checks refuse the rest.
             return Ok(Extended::NotAWrite);
         }
-        Ok(self.bind_in_xa(&statements))
+        match self.bind_in_xa(&statements) {
+            Extended::NotAWrite if work && self.xa != XaBranch::None => {
+                self.guard_in_block(rest, tag, sql).await
+            }
+            bound => Ok(bound),
+        }
+    }
+
+    /// Work of an XA branch in a transaction block (the client's, or tandem's around
+    /// autocommit work): its rows must not be ones an AT-mode global transaction holds
+    /// (its own too, as on MySQL), and are checked as a write outside a global
+    /// transaction is inside the client's transaction (guard.rs). A batch tandem sends
+    /// itself makes the block the branch.
+    async fn guard_in_block(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
+        let guarded = self.guard_extended(rest, tag, sql.as_bytes()).await?;
+        if self.xa == super::xa::XaBranch::None
+            && matches!(
+                guarded,
+                Extended::Handled {
+                    to_backend: Some(_),
+                    ..
+                }
+            )
+        {
+            self.xa = super::xa::XaBranch::Open;
+        }
+        Ok(guarded)
     }
 
     /// A Bind in XA mode of anything but the branch's COMMIT.

@@ -52,8 +52,10 @@ impl Relay<'_> {
     /// Whether `sql`, a Parse's or Bind's statement, is a SAVEPOINT that may run ahead
     /// of more of its batch (pgJDBC's `autosave`): in an open block at a sync point;
     /// outside a global transaction while a write may need a check; in XA mode before
-    /// the block's first work, which joins the branch at a sync point (xa.rs). Not in
-    /// AT mode, where a savepoint goes through the branch's savepoint tracking.
+    /// the block's first work, which joins the branch at a sync point (xa.rs), and
+    /// after it while a write may need a check (XA-mode writes are checked as those
+    /// outside are). Not in AT mode, where a savepoint goes through the branch's
+    /// savepoint tracking.
     pub(super) fn sets_a_savepoint_ahead(&self, sql: &[u8]) -> bool {
         (self.phase == Phase::Ready(TxStatus::InTransaction)
             || self.after_leading_closes(TxStatus::InTransaction))
@@ -68,9 +70,16 @@ impl Relay<'_> {
             None => self.writes_may_need_a_check(),
             Some(_) => {
                 self.branch_mode() == crate::binding::Mode::Xa
-                    && self.xa == super::xa::XaBranch::None
+                    && (self.xa == super::xa::XaBranch::None || self.writes_may_need_a_check())
             }
         }
+    }
+
+    /// Whether a BEGIN or SAVEPOINT runs ahead only so that a write behind it can be
+    /// checked against global locks: outside a global transaction, or inside an XA
+    /// branch's block once it holds work. Then it need not if nothing behind it writes.
+    fn runs_ahead_for_the_check_only(&self) -> bool {
+        self.binding.xid().is_none() || self.xa != super::xa::XaBranch::None
     }
 
     /// `rest` starts with the Parse or Bind of a BEGIN (`begins_a_block_ahead`), or of a
@@ -101,7 +110,9 @@ impl Relay<'_> {
         if batch_len == begin_len + SYNC_LEN {
             return Ok(Extended::NotAWrite);
         }
-        if self.binding.xid().is_none() && !self.next_may_write(&rest[begin_len..batch_len])? {
+        if self.runs_ahead_for_the_check_only()
+            && !self.next_may_write(&rest[begin_len..batch_len])?
+        {
             return Ok(Extended::NotAWrite);
         }
         let begin = &rest[..begin_len];

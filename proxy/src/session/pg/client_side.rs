@@ -85,7 +85,10 @@ impl Relay<'_> {
                 _ => None,
             };
             let names_own = super::intercept::names_tandems_own(frame.tag, body);
-            let execute_outside = frame.tag == frontend::EXECUTE && self.binding.xid().is_none();
+            // Outside a global transaction, or in XA mode (whose writes are checked as
+            // those outside are: guard.rs).
+            let execute_outside = frame.tag == frontend::EXECUTE
+                && (self.binding.xid().is_none() || self.branch_mode() == crate::binding::Mode::Xa);
             // An Execute of the unnamed portal (its name, empty, is the body's first byte).
             let execute_spent = frame.tag == frontend::EXECUTE
                 && self.unnamed_portal_spent

@@ -1,6 +1,9 @@
 //! Writes outside a global transaction (DESIGN.md, "Global row locks"): they must not
 //! change a row that an unfinished global transaction holds, or that transaction's
-//! rollback would undo someone else's committed work.
+//! rollback would undo someone else's committed work. An XA-mode session's writes are
+//! checked the same way, inside its branch's local transaction (the client's block, or
+//! tandem's around autocommit work, which xa.rs ends): an XA branch changes rows as
+//! the database does, and an AT transaction's rollback would stop at its change.
 //!
 //! The lockserver tells every proxy which tables may hold global locks (the
 //! `TableLockView`). A write to any other table runs as the client sent it, under an
@@ -36,8 +39,10 @@
 //! (random(), nextval(): the rows tandem reads and checks are not those the write then
 //! chooses; AT refuses such writes), an INSERT whose keys the server generates (they
 //! are new) or computes (`INSERT … SELECT`, a function call), an INSERT pipelined in a
-//! batch of several (a driver's executeBatch; a BEGIN ahead of one statement, as
-//! pgJDBC sends it, runs first on its own: begin_ahead.rs), writes in a failed
+//! batch of several outside a transaction block (a driver's executeBatch with
+//! autocommit on; inside a block each write of such a batch runs on its own under a
+//! Sync of tandem's, checked, and a BEGIN ahead of one statement, as pgJDBC sends it,
+//! runs first on its own: begin_ahead.rs), writes in a failed
 //! transaction block (they run nothing), multi-statement queries, statements tandem
 //! cannot analyse (MERGE, a data-modifying WITH, INSERT … SELECT … ON CONFLICT),
 //! statements whose first word is not a write's (EXPLAIN ANALYZE of a write, SQL-level
@@ -48,15 +53,16 @@
 
 use super::Relay;
 use super::at::WriteInFlight;
-use super::at_extended::{Extended, Shape, read_batch, rest_len};
+use super::at_extended::{Extended, Shape, leading_statement, read_batch, rest_len};
 use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, qualified_name};
 use crate::error::{Error, Result};
 use crate::session::outside::RECHECK;
 use crate::wire::pg::codes::frontend;
-use crate::wire::pg::messages::response::{Severity, TxStatus, put_error, put_ready_for_query};
+use crate::wire::pg::messages::response::{Severity, TxStatus, put_error};
 use crate::wire::pg::messages::simple::put_query;
+use crate::wire::pg::messages::write::put_msg;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,7 +70,8 @@ use tandem_lockserver::client::{LockKey, Xid};
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
 impl Relay<'_> {
-    /// A simple Query outside a global transaction.
+    /// A simple Query outside a global transaction, or XA-mode work in a transaction
+    /// block (xa.rs).
     pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Intercepted> {
         // In a failed transaction block nothing runs: there is nothing to check. Only
         // at a sync point: a ROLLBACK TO SAVEPOINT still in flight may revive the block.
@@ -93,7 +100,9 @@ impl Relay<'_> {
                 );
                 Ok(Intercepted::Replace(replacement))
             }
-            Checked::Refused(refused) => Ok(Intercepted::Answer(self.answer_refused(refused))),
+            Checked::Refused(refused) => {
+                Ok(Intercepted::Answer(self.answer_refused(refused).await?))
+            }
             Checked::KeysUnread => Ok(Intercepted::Relay),
             Checked::Free(keys) if inserted_keys.is_some() => {
                 // Its keys are checked again when it is over: a global transaction
@@ -124,7 +133,7 @@ impl Relay<'_> {
         }
     }
 
-    /// An Execute outside a global transaction that opens a batch (at a sync point): its
+    /// An Execute outside a global transaction (or in XA mode) that opens a batch: its
     /// portal was bound in an earlier batch, whose guard is gone. A write through it to
     /// a table that may hold global locks cannot be checked here (its rows were never
     /// locked by tandem), so its batch is refused; any other runs (under a guard).
@@ -263,8 +272,8 @@ impl Relay<'_> {
         }
     }
 
-    /// A Parse or Bind outside a global transaction (`rest` starts with it; `sql` is
-    /// the statement it prepares or binds). A checked write's whole batch is sent by
+    /// A Parse or Bind outside a global transaction, or of XA-mode work in a transaction
+    /// block (`rest` starts with it; `sql` is the statement it prepares or binds). A checked write's whole batch is sent by
     /// tandem (`Handled`).
     pub(super) async fn guard_extended(
         &mut self,
@@ -312,7 +321,16 @@ impl Relay<'_> {
             return Ok(Extended::WaitForSyncPoint);
         };
         let max = self.ctx.config.max_message_bytes;
-        let batch = match read_batch(rest, max)? {
+        // Inside a transaction block (the client's, or tandem's around XA autocommit
+        // work), a write that leads a longer batch (pgJDBC's executeBatch) is checked
+        // and runs on its own first, under a Sync of tandem's: the rest of the batch
+        // comes back here statement by statement, as in AT mode.
+        let leading = match self.phase {
+            super::Phase::Ready(TxStatus::InTransaction) => leading_statement(rest, max)?,
+            _ => None,
+        };
+        let leads = leading.is_some();
+        let batch = match leading.map_or_else(|| read_batch(rest, max), |b| Ok(Shape::Run(b)))? {
             Shape::Incomplete => return Ok(Extended::NeedMore),
             Shape::Run(batch) => batch,
             // Preparing a write changes nothing; it is checked when it is bound.
@@ -346,9 +364,21 @@ impl Relay<'_> {
             Ok(types) => types,
             // The statement does not prepare (tandem's describe, with the client's
             // types, failed as the client's Parse would): the client hears why.
+            Err(e) if e.is_injected() && leads => {
+                return self.fail_rest_of_batch(consumed, e).await;
+            }
             Err(e) if e.is_injected() => return self.answer_directly(consumed, e).await,
             Err(e) => return Err(e),
         };
+        let rewritable = !write.has_returning || batch.max_rows == 0;
+        if leads && !rewritable && !plain_insert {
+            // Its rows could not be checked once it has run (see below), and tandem's
+            // Sync after it would end its portal.
+            let e = Error::Unsupported {
+                what: "a write with RETURNING and a row limit batched with other messages, to a table that holds global locks (send it as Bind [Describe] Execute Sync)",
+            };
+            return self.fail_rest_of_batch(consumed, e).await;
+        }
         let params = super::at_extended::bind_params(&batch, &param_types);
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let keys = match self
@@ -365,20 +395,37 @@ impl Relay<'_> {
                     self.exchange_simple(&sql).await?;
                     refused.status = TxStatus::Failed;
                 }
-                let out = self.answer_refused(refused);
+                if leads {
+                    // The rest of the batch is skipped, as the backend skips it after
+                    // an error, up to the client's Sync.
+                    let mut out = BytesMut::new();
+                    put_error(&mut out, Severity::Error, &refused.code, &refused.message);
+                    self.write_client(&out);
+                    self.phase = super::Phase::Ready(refused.status);
+                    self.skip_to_client_sync = Some(refused.status);
+                    return Ok(Extended::Handled {
+                        consumed,
+                        to_backend: None,
+                    });
+                }
+                let out = self.answer_refused(refused).await?;
                 return self.answered(&out, consumed).await;
             }
         };
+        self.batch_continues = leads;
         if plain_insert {
             // As sent; its keys are checked again when it is over (see guard_query).
-            let out = self.forward_batch(&rest[..consumed])?;
+            let mut out = self.forward_batch(&rest[..consumed])?;
+            if leads {
+                put_msg(&mut out, frontend::SYNC, &[]);
+                self.on_client_message(frontend::SYNC, &[])?;
+            }
             self.write_in_flight = Some(WriteInFlight::inserted(meta, implicit, keys));
             return Ok(Extended::Handled {
                 consumed,
                 to_backend: Some(out),
             });
         }
-        let rewritable = !write.has_returning || batch.max_rows == 0;
         let to_backend = if rewritable {
             // Prepared again with the changed rows returned, checked as over the
             // simple protocol when it is over (see guard_query).
@@ -413,13 +460,13 @@ impl Relay<'_> {
     }
 
     /// The client's answer to a refused write: the error and the ReadyForQuery of the
-    /// state the backend is in.
-    fn answer_refused(&mut self, refused: Refused) -> BytesMut {
+    /// state the backend is in (tandem's block around XA autocommit work ends first).
+    async fn answer_refused(&mut self, refused: Refused) -> Result<BytesMut> {
         self.phase = super::Phase::Ready(refused.status);
         let mut out = BytesMut::new();
         put_error(&mut out, Severity::Error, &refused.code, &refused.message);
-        put_ready_for_query(&mut out, refused.status);
-        out
+        self.put_batch_end(&mut out, refused.status).await?;
+        Ok(out)
     }
 
     /// Whether a write must have its rows checked before it runs (see `RowsToCheck`).

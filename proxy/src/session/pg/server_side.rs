@@ -106,7 +106,10 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
-            if self.xa == xa::XaBranch::Implicit && frame.tag == backend::READY_FOR_QUERY {
+            if self.xa == xa::XaBranch::Implicit
+                && self.write_in_flight.is_none()
+                && frame.tag == backend::READY_FOR_QUERY
+            {
                 let replacement = self.on_xa_implicit_ready(frame.body(&buf[pos..])).await?;
                 self.write_client(&buf[run_start..pos]);
                 self.write_client(&replacement);

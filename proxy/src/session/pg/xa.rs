@@ -220,16 +220,34 @@ impl Relay<'_> {
                     }
                     Some(TxStatus::Idle) => {
                         // An autocommit statement: its own branch, in a transaction of
-                        // tandem's that ends in the prepare.
+                        // tandem's that ends in the prepare, checked in there as in the
+                        // client's own.
                         self.exchange_required("BEGIN").await?;
+                        self.phase = super::Phase::Ready(TxStatus::InTransaction);
                         self.xa = XaBranch::Implicit;
-                        let mut replacement = BytesMut::new();
-                        crate::wire::pg::messages::simple::put_query(&mut replacement, sql);
-                        Ok(Intercepted::ReplaceAndHold(replacement))
+                        let held = |query: BytesMut| Intercepted::ReplaceAndHold(query);
+                        Ok(match self.guard_query(sql.as_bytes()).await? {
+                            Intercepted::Replace(refusal) => held(refusal),
+                            // Ended by guard.rs's answer (`put_batch_end`).
+                            answered @ (Intercepted::Answer(_) | Intercepted::SentAndHold) => {
+                                answered
+                            }
+                            Intercepted::Relay
+                            | Intercepted::WaitForSyncPoint
+                            | Intercepted::ReplaceAndHold(_) => {
+                                let mut query = BytesMut::new();
+                                crate::wire::pg::messages::simple::put_query(&mut query, sql);
+                                held(query)
+                            }
+                        })
                     }
                     Some(TxStatus::InTransaction) => {
                         self.xa = XaBranch::Open;
-                        Ok(Intercepted::Relay)
+                        // Its rows must not be ones an AT-mode global transaction holds
+                        // (its own too, as on MySQL, where that rollback would wait on
+                        // this branch's row locks): checked as a write outside a global
+                        // transaction is (guard.rs).
+                        self.guard_query(sql.as_bytes()).await
                     }
                     _ => Ok(Intercepted::Relay),
                 }
@@ -308,10 +326,27 @@ impl Relay<'_> {
     /// roll back what failed), and tell the client the session is idle, as it would be.
     pub(super) async fn on_xa_implicit_ready(&mut self, body: &[u8]) -> Result<BytesMut> {
         let status = self.on_block_ending_ready(body)?;
-        self.xa = XaBranch::None;
         let held_complete = self.held_complete.take();
+        self.end_xa_implicit(status, held_complete, None).await
+    }
+
+    /// Ends tandem's block around XA autocommit work, in `status`: its branch prepared
+    /// if the work went through, else rolled back. `refused` is tandem's error for the
+    /// work (a checked write that met a global lock, guard.rs), which failed the block;
+    /// `held_complete` the work's CommandComplete, which the client gets only if its
+    /// work stays. Returns the rest of the client's answer, ReadyForQuery 'I' last.
+    pub(super) async fn end_xa_implicit(
+        &mut self,
+        status: TxStatus,
+        held_complete: Option<BytesMut>,
+        refused: Option<(String, String)>,
+    ) -> Result<BytesMut> {
+        self.xa = XaBranch::None;
         let mut out = BytesMut::new();
-        if status == TxStatus::InTransaction {
+        if let Some((code, message)) = refused {
+            put_error(&mut out, Severity::Error, &code, &message);
+            self.roll_back_local().await?;
+        } else if status == TxStatus::InTransaction {
             match self.prepare_xa_branch().await? {
                 Ok(()) => out.extend_from_slice(held_complete.as_deref().unwrap_or_default()),
                 Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),

@@ -1250,3 +1250,66 @@ async fn an_announcement_an_outside_write_holds_up_is_a_retryable_conflict() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// pgJDBC's executeBatch with autocommit off: several statements and one Sync inside
+/// the client's block. Each write runs on its own, checked, under a Sync of tandem's
+/// the client never sees; one on a held row fails the block and the rest of the batch.
+#[tokio::test]
+async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
+    use super::control::unnamed_batch;
+    use tandem_tests::raw_pg::RawPg;
+    let orders = prepare("outside_batch").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+    let begin = async |raw: &mut RawPg| {
+        raw.query("BEGIN").await;
+        raw.recv_until(b'Z').await;
+    };
+
+    begin(&mut raw).await;
+    raw.send(&unnamed_batch(&[
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+        "INSERT INTO accounts (id, balance) VALUES (9, 9)",
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"T".to_vec()));
+    raw.query("COMMIT").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 1).await, 1010, "the writes committed");
+    assert_eq!(balance(&direct, 2).await, 1010, "the writes committed");
+    assert_eq!(balance(&direct, 9).await, 9, "the writes committed");
+
+    // The held row, second of three: refused, the rest skipped, the block failed.
+    begin(&mut raw).await;
+    raw.send(&unnamed_batch(&[
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+        "UPDATE accounts SET balance = 99 WHERE id = 5",
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
+    assert_eq!(
+        replies[3].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"E".to_vec()));
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
+    assert_eq!(
+        balance(&direct, 1).await,
+        1010,
+        "the failed block left nothing"
+    );
+    rolled_back(&a).await;
+    finish(lockserver, [outside, global]).await;
+}

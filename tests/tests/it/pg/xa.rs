@@ -1310,3 +1310,227 @@ async fn commit_and_chain_of_a_branch_is_refused_and_prepares_nothing() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// An XA-mode write is checked against the global locks AT-mode transactions hold, as a
+/// write outside a global transaction is: a row an AT branch holds (its own global
+/// transaction's too) makes it wait, then fail with 55P03, in the client's block and as
+/// autocommit work, over the simple and the extended protocol, so that the AT
+/// transaction's rollback finds its rows as it left them. Other rows it writes, and its
+/// branches are prepared and committed.
+#[tokio::test]
+async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
+    use super::control::{bind_body, parse_body, unnamed_batch};
+    use tandem_tests::raw_pg::frame;
+    let db = prepare("xa_meets_at_locks").await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await;
+    let at = tandem.connect(&db.name).await;
+    one(&at, "SELECT tandem_begin(30000)").await.unwrap();
+    at.batch_execute(
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 1; DELETE FROM accounts WHERE id = 3",
+    )
+    .await
+    .unwrap();
+    let xa = tandem.connect(&db.name).await;
+    one(&xa, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = one(&xa, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let locked = |e: tokio_postgres::Error| {
+        assert_eq!(e.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{e:?}");
+    };
+    // Autocommit work, simple and extended: an UPDATE of a held row, an INSERT of a
+    // key a held DELETE took.
+    locked(
+        xa.batch_execute("UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+            .await
+            .unwrap_err(),
+    );
+    locked(
+        xa.execute(
+            "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+            &[&100i64, &1i32],
+        )
+        .await
+        .unwrap_err(),
+    );
+    locked(
+        xa.batch_execute("INSERT INTO accounts (id, balance) VALUES (3, 7)")
+            .await
+            .unwrap_err(),
+    );
+    locked(
+        xa.execute(
+            "INSERT INTO accounts (id, balance) VALUES ($1, $2)",
+            &[&3i32, &7i64],
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(
+        tandem_prepared(&direct).await.is_empty(),
+        "refused autocommit work prepares nothing"
+    );
+    // In the client's block, simple and extended.
+    xa.batch_execute("BEGIN").await.unwrap();
+    locked(
+        xa.batch_execute("UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+            .await
+            .unwrap_err(),
+    );
+    xa.batch_execute("ROLLBACK").await.unwrap();
+    xa.batch_execute("BEGIN").await.unwrap();
+    locked(
+        xa.execute("DELETE FROM accounts WHERE id = $1", &[&1i32])
+            .await
+            .unwrap_err(),
+    );
+    xa.batch_execute("ROLLBACK").await.unwrap();
+    // pgJDBC's first run of a statement: Parse, Bind, Execute in one batch, as
+    // autocommit work and in the client's block.
+    let mut raw = raw_in_xa(&tandem, &db.name).await;
+    for (block, status) in [(false, "I"), (true, "E")] {
+        if block {
+            raw.query("BEGIN").await;
+            raw.recv_until(b'Z').await;
+        }
+        let mut batch = frame(
+            b'P',
+            &parse_body("", "UPDATE accounts SET balance = 5 WHERE id = 1"),
+        );
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        let tags: String = replies.iter().map(|m| m.tag as char).collect();
+        assert_eq!(tags, "EZ", "{replies:?}");
+        assert_eq!(replies[0].sqlstate().as_deref(), Some("55P03"));
+        assert_eq!(replies[1].strings()[0], status, "{replies:?}");
+    }
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    // pgJDBC's executeBatch: several statements, one Sync. Each runs on its own, checked;
+    // one on a held row fails the batch, and nothing of it stays.
+    let batch = [
+        "INSERT INTO accounts (id, balance) VALUES (8, 80)",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 8",
+    ];
+    for (block, status) in [(false, "I"), (true, "E")] {
+        if block {
+            raw.query("BEGIN").await;
+            raw.recv_until(b'Z').await;
+        }
+        raw.send(&unnamed_batch(&[
+            batch[0],
+            "UPDATE accounts SET balance = 5 WHERE id = 1",
+        ]))
+        .await;
+        let replies = raw.recv_until(b'Z').await;
+        let tags: String = replies.iter().map(|m| m.tag as char).collect();
+        assert_eq!(tags, "12CEZ", "{replies:?}");
+        assert_eq!(replies[3].sqlstate().as_deref(), Some("55P03"));
+        assert_eq!(replies[4].strings()[0], status, "{replies:?}");
+    }
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    assert!(tandem_prepared(&direct).await.is_empty());
+    // And on rows nobody holds, as autocommit work: one branch.
+    raw.send(&unnamed_batch(&batch)).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12C12CZ", "{replies:?}");
+    assert_eq!(replies[6].strings()[0], "I", "{replies:?}");
+    assert_eq!(tandem_prepared(&direct).await.len(), 1);
+    raw.query("SELECT tandem_commit()").await;
+    raw.recv_until(b'Z').await;
+    drop(raw);
+    eventually("the batch's branch is committed", || async {
+        tandem_prepared(&direct).await.is_empty()
+    })
+    .await;
+    // A row the same global transaction's AT branch holds.
+    let joined = tandem.connect(&db.name).await;
+    one(&joined, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    joined
+        .batch_execute("UPDATE accounts SET balance = balance + 5 WHERE id = 2")
+        .await
+        .unwrap();
+    xa.batch_execute("BEGIN").await.unwrap();
+    locked(
+        xa.batch_execute("UPDATE accounts SET balance = balance + 50 WHERE id = 2")
+            .await
+            .unwrap_err(),
+    );
+    xa.batch_execute("ROLLBACK").await.unwrap();
+    // Rows nobody holds: a block's branch and an autocommit one, each protocol.
+    xa.batch_execute("BEGIN").await.unwrap();
+    xa.batch_execute("UPDATE accounts SET balance = balance - 40 WHERE id = 4")
+        .await
+        .unwrap();
+    xa.execute(
+        "INSERT INTO accounts (id, balance) VALUES ($1, $2)",
+        &[&6i32, &60i64],
+    )
+    .await
+    .unwrap();
+    xa.batch_execute("COMMIT").await.unwrap();
+    xa.batch_execute("INSERT INTO accounts (id, balance) VALUES (7, 70)")
+        .await
+        .unwrap();
+    xa.execute(
+        "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+        &[&40i64, &5i32],
+    )
+    .await
+    .unwrap();
+    assert_eq!(tandem_prepared(&direct).await.len(), 3);
+    assert_eq!(
+        one(&xa, "SELECT tandem_commit()").await.unwrap().as_deref(),
+        Some("Committed")
+    );
+    rolled_back(&at).await;
+    eventually("the XA branches are committed", || async {
+        tandem_prepared(&direct).await.is_empty()
+    })
+    .await;
+    let after = direct
+        .query("SELECT id, balance FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        after,
+        [
+            (1, 1000),
+            (2, 1005),
+            (3, 1000),
+            (4, 960),
+            (5, 1040),
+            (6, 60),
+            (7, 70),
+            (8, 81)
+        ]
+    );
+    let untouched = |row: &String| ["(1,", "(3,"].iter().any(|id| row.starts_with(id));
+    let kept: Vec<_> = dump(&direct).await.into_iter().filter(untouched).collect();
+    let want: Vec<_> = before.into_iter().filter(untouched).collect();
+    assert_eq!(
+        kept, want,
+        "the AT rollback restored its rows byte for byte"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
