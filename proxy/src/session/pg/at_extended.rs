@@ -675,11 +675,17 @@ impl Relay<'_> {
                 handled => return Ok(handled),
             }
         }
-        if self.binding.xid().is_some() {
-            self.intercept_extended(rest, tag, &sql).await
+        let handled = if self.binding.xid().is_some() {
+            self.intercept_extended(rest, tag, &sql).await?
         } else {
-            self.guard_extended(rest, tag, &sql).await
+            self.guard_extended(rest, tag, &sql).await?
+        };
+        if matches!(handled, Extended::NotAWrite) && self.may_run_ahead_of_a_write(&sql) {
+            // Let through unchecked: a later write of its batch must not be (see
+            // begin_ahead.rs).
+            return self.run_ahead_of_a_write(rest).await;
         }
+        Ok(handled)
     }
 
     /// The statement this Parse prepares or this Bind binds (the Parse still in flight
@@ -947,7 +953,8 @@ impl Relay<'_> {
     /// the block's COMMIT prepares it (`xa_commit_extended`). Work that arrives outside
     /// a block (an autocommit statement, or pgJDBC's executeBatch with autocommit on)
     /// gets a block of tandem's, begun ahead of it, whose branch is prepared at the
-    /// client's Sync (`on_xa_implicit_ready`), as over the simple protocol.
+    /// client's Sync (`end_xa_implicit`), as over the simple protocol. Its writes are
+    /// checked against AT-mode global locks inside the block (guard.rs).
     async fn extended_in_xa(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
         use super::xa::{XaBranch, XaStatement, classify};
         let analyses = analyze(&Postgres, sql);

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::wire::pg::Frame;
 use crate::wire::pg::codes::{backend, frontend};
 use crate::wire::pg::messages::extended::Bind;
-use crate::wire::pg::messages::response::{TxStatus, put_ready_for_query};
+use crate::wire::pg::messages::response::TxStatus;
 use crate::wire::pg::messages::write::put_msg;
 use bytes::{Buf, BytesMut};
 
@@ -69,8 +69,15 @@ impl Relay<'_> {
         match self.binding.xid() {
             None => self.writes_may_need_a_check(),
             Some(_) => {
+                use super::xa::XaBranch;
+                // Not in tandem's block around autocommit work, where the backend
+                // would refuse a SAVEPOINT (no block of the client's is open).
                 self.branch_mode() == crate::binding::Mode::Xa
-                    && (self.xa == super::xa::XaBranch::None || self.writes_may_need_a_check())
+                    && match self.xa {
+                        XaBranch::None => true,
+                        XaBranch::Open => self.writes_may_need_a_check(),
+                        XaBranch::Implicit => false,
+                    }
             }
         }
     }
@@ -87,6 +94,51 @@ impl Relay<'_> {
     /// [Describe] Execute` ahead when more of the batch follows it; one alone in its
     /// batch, or in another shape, is relayed as usual.
     pub(super) async fn begin_ahead(&mut self, rest: &[u8], opens_block: bool) -> Result<Extended> {
+        let behind = if self.runs_ahead_for_the_check_only() {
+            Behind::NextWrites
+        } else {
+            Behind::Anything
+        };
+        self.run_ahead(rest, behind, opens_block).await
+    }
+
+    /// Whether a statement (`sql`, a Parse's or Bind's at a sync point, that its
+    /// interception let through) may run ahead of a later write in its batch: inside a
+    /// transaction block whose writes are checked against global locks (outside a
+    /// global transaction, or in XA mode) while some table may hold them, a statement
+    /// that cannot end the block. Between sync points a write cannot be checked: a
+    /// plain INSERT there would run unchecked, any other write be refused.
+    pub(super) fn may_run_ahead_of_a_write(&self, sql: &[u8]) -> bool {
+        self.phase == Phase::Ready(TxStatus::InTransaction)
+            && (self.binding.xid().is_none() || self.branch_mode() == crate::binding::Mode::Xa)
+            && (keeps_block(sql) || super::guard::may_write(sql))
+            && self.writes_may_need_a_check()
+    }
+
+    /// `rest` starts with the Parse or Bind of a statement `may_run_ahead_of_a_write`
+    /// lets run ahead: it does when a later statement of its batch may write, so that
+    /// one starts at a sync point. In XA mode what runs ahead is the branch's work.
+    pub(super) async fn run_ahead_of_a_write(&mut self, rest: &[u8]) -> Result<Extended> {
+        let ran = self.run_ahead(rest, Behind::SomeWrite, false).await?;
+        if self.binding.xid().is_some()
+            && self.xa == super::xa::XaBranch::None
+            && matches!(ran, Extended::Handled { .. })
+        {
+            self.xa = super::xa::XaBranch::Open;
+        }
+        Ok(ran)
+    }
+
+    /// Runs the `[Parse] Bind [Describe] Execute` at the head of `rest` (and the Closes
+    /// behind it) ahead of the rest of its batch, under a Sync of tandem's, when what
+    /// is `behind` it calls for that; one alone in its batch, or in another shape, is
+    /// relayed as usual.
+    async fn run_ahead(
+        &mut self,
+        rest: &[u8],
+        behind: Behind,
+        opens_block: bool,
+    ) -> Result<Extended> {
         let max = self.ctx.config.max_message_bytes;
         let mut begin_len = match begin_messages(rest, max)? {
             BeginShape::Messages(len) => len,
@@ -110,9 +162,13 @@ impl Relay<'_> {
         if batch_len == begin_len + SYNC_LEN {
             return Ok(Extended::NotAWrite);
         }
-        if self.runs_ahead_for_the_check_only()
-            && !self.next_may_write(&rest[begin_len..batch_len])?
-        {
+        let after = &rest[begin_len..batch_len];
+        let wanted = match behind {
+            Behind::Anything => true,
+            Behind::NextWrites => self.next_may_write(after)?,
+            Behind::SomeWrite => self.some_may_write(after)?,
+        };
+        if !wanted {
             return Ok(Extended::NotAWrite);
         }
         let begin = &rest[..begin_len];
@@ -129,15 +185,16 @@ impl Relay<'_> {
         let (to_client, failed, status) = self.read_to_ready().await?;
         self.write_client(&to_client);
         if !failed {
-            tracing::debug!(parent: &self.span, opens_block, "BEGIN or SAVEPOINT run ahead of its batch");
+            tracing::debug!(parent: &self.span, opens_block, "statement run ahead of its batch");
             return Ok(Extended::Handled {
                 consumed: begin_len,
                 to_backend: None,
             });
         }
-        // The backend would have skipped the rest up to the client's Sync.
+        // The backend would have skipped the rest up to the client's Sync (and
+        // tandem's block around XA autocommit work ends there).
         let mut ready = BytesMut::new();
-        put_ready_for_query(&mut ready, status);
+        self.put_batch_end(&mut ready, status).await?;
         self.answered(&ready, batch_len).await
     }
 
@@ -197,6 +254,23 @@ impl Relay<'_> {
                 BeginShape::NotYet | BeginShape::Other => return Ok(false),
             }
         }
+    }
+
+    /// Whether any statement of the batch `after` (up to its Sync) may write.
+    fn some_may_write(&self, after: &[u8]) -> Result<bool> {
+        let max = self.ctx.config.max_message_bytes;
+        let mut at = 0;
+        while let Some(frame) = Frame::peek(&after[at..], max)? {
+            if matches!(frame.tag, frontend::PARSE | frontend::BIND)
+                && self
+                    .statement_sql(frame.tag, frame.body(&after[at..]))
+                    .is_some_and(|sql| super::guard::may_write(&sql))
+            {
+                return Ok(true);
+            }
+            at += frame.wire_len;
+        }
+        Ok(false)
     }
 
     /// The replies to what went ahead under a Sync of tandem's, up to its ReadyForQuery
@@ -364,6 +438,16 @@ fn is_savepoint(sql: &[u8]) -> bool {
 }
 
 const SYNC_LEN: usize = 5;
+
+/// What must follow a statement in its batch for it to run ahead.
+#[derive(Clone, Copy)]
+enum Behind {
+    Anything,
+    /// The next statement (past SAVEPOINTs) may write.
+    NextWrites,
+    /// Some later statement may write.
+    SomeWrite,
+}
 
 /// The BEGIN's own messages at the head of a batch.
 #[derive(Debug, PartialEq, Eq)]

@@ -32,8 +32,11 @@ pub(super) enum XaBranch {
     None,
     /// The client's own transaction block did work: its COMMIT prepares the branch.
     Open,
-    /// An autocommit statement that tandem wrapped in BEGIN is in flight; its
-    /// ReadyForQuery prepares the branch (or rolls back a failed statement).
+    /// Autocommit work that tandem wrapped in BEGIN is in flight; the end of the
+    /// client's batch prepares the branch (or rolls back what failed): its
+    /// ReadyForQuery, a checked write's (`on_write_ready`), or tandem's own answer
+    /// (`put_batch_end`), whichever ends it (`end_xa_implicit`). Statements of the
+    /// batch that ran ahead under Syncs of tandem's do not.
     Implicit,
 }
 
@@ -232,12 +235,17 @@ impl Relay<'_> {
                             answered @ (Intercepted::Answer(_) | Intercepted::SentAndHold) => {
                                 answered
                             }
-                            Intercepted::Relay
-                            | Intercepted::WaitForSyncPoint
-                            | Intercepted::ReplaceAndHold(_) => {
+                            Intercepted::Relay => {
                                 let mut query = BytesMut::new();
                                 crate::wire::pg::messages::simple::put_query(&mut query, sql);
                                 held(query)
+                            }
+                            // Not from a check at a sync point; never let through
+                            // unchecked.
+                            Intercepted::WaitForSyncPoint | Intercepted::ReplaceAndHold(_) => {
+                                held(self.refusal_query(Error::Unsupported {
+                                    what: "an XA-mode write whose check against global locks could not run at a sync point",
+                                }))
                             }
                         })
                     }

@@ -1310,6 +1310,25 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
         1010,
         "the failed block left nothing"
     );
+
+    // Behind a read, an INSERT of the held row's key: the read runs ahead, so the
+    // INSERT is checked at a sync point of its own.
+    begin(&mut raw).await;
+    raw.send(&unnamed_batch(&[
+        "SELECT 1",
+        "INSERT INTO accounts (id, balance) VALUES (5, 5) ON CONFLICT DO NOTHING",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DCEZ", "{replies:?}");
+    assert_eq!(
+        replies[4].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;
 }

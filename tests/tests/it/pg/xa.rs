@@ -1442,7 +1442,34 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     }
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
+    // Behind a statement that needs no check (a table that cannot hold global locks,
+    // a read), a write is still checked: what goes before it runs ahead.
+    for (block, status) in [(false, "I"), (true, "E")] {
+        if block {
+            raw.query("BEGIN").await;
+            raw.recv_until(b'Z').await;
+        }
+        raw.send(&unnamed_batch(&[
+            "INSERT INTO nokey VALUES (1)",
+            "SELECT 1",
+            "INSERT INTO accounts (id, balance) VALUES (3, 7)",
+        ]))
+        .await;
+        let replies = raw.recv_until(b'Z').await;
+        let tags: String = replies.iter().map(|m| m.tag as char).collect();
+        assert_eq!(tags, "12C12DCEZ", "{replies:?}");
+        assert_eq!(replies[7].sqlstate().as_deref(), Some("55P03"));
+        assert_eq!(replies[8].strings()[0], status, "{replies:?}");
+    }
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
     assert!(tandem_prepared(&direct).await.is_empty());
+    let nokey: i64 = direct
+        .query_one("SELECT count(*) FROM nokey", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nokey, 0, "nothing of the refused batches stayed");
     // And on rows nobody holds, as autocommit work: one branch.
     raw.send(&unnamed_batch(&batch)).await;
     let replies = raw.recv_until(b'Z').await;
