@@ -678,7 +678,7 @@ impl Relay<'_> {
         let handled = if self.binding.xid().is_some() {
             self.intercept_extended(rest, tag, &sql).await?
         } else {
-            self.guard_extended(rest, tag, &sql).await?
+            self.guard_extended(rest, tag, &sql, false).await?
         };
         if matches!(handled, Extended::NotAWrite) && self.may_run_ahead_of_a_write(&sql) {
             // Let through unchecked: a later write of its batch must not be (see
@@ -1004,7 +1004,7 @@ impl Relay<'_> {
             self.xa = XaBranch::Implicit;
             tracing::debug!(parent: &self.span, "autocommit work over the extended protocol runs in tandem's block");
             // Checked in there against AT-mode global locks, as in the client's block.
-            return self.guard_extended(rest, tag, sql.as_bytes()).await;
+            return self.guard_extended(rest, tag, sql.as_bytes(), true).await;
         }
         if self.xa == XaBranch::None
             && matches!(
@@ -1046,7 +1046,9 @@ impl Relay<'_> {
     /// transaction is inside the client's transaction (guard.rs). A batch tandem sends
     /// itself makes the block the branch.
     async fn guard_in_block(&mut self, rest: &[u8], tag: u8, sql: &str) -> Result<Extended> {
-        let guarded = self.guard_extended(rest, tag, sql.as_bytes()).await?;
+        let guarded = self
+            .guard_extended(rest, tag, sql.as_bytes(), false)
+            .await?;
         if self.xa == super::xa::XaBranch::None
             && matches!(
                 guarded,

@@ -59,10 +59,10 @@ use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, qualified_name};
 use crate::error::{Error, Result};
 use crate::session::outside::RECHECK;
-use crate::wire::pg::codes::frontend;
+use crate::wire::pg::codes::{backend, frontend};
 use crate::wire::pg::messages::response::{Severity, TxStatus, put_error};
 use crate::wire::pg::messages::simple::put_query;
-use crate::wire::pg::messages::write::put_msg;
+use crate::wire::pg::messages::write::{put_empty, put_msg};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,8 +71,13 @@ use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
 impl Relay<'_> {
     /// A simple Query outside a global transaction, or XA-mode work in a transaction
-    /// block (xa.rs).
-    pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Intercepted> {
+    /// block (xa.rs; `own_block_empty`: tandem's block around autocommit work, begun for
+    /// this statement).
+    pub(super) async fn guard_query(
+        &mut self,
+        sql: &[u8],
+        own_block_empty: bool,
+    ) -> Result<Intercepted> {
         // In a failed transaction block nothing runs: there is nothing to check. Only
         // at a sync point: a ROLLBACK TO SAVEPOINT still in flight may revive the block.
         if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
@@ -86,9 +91,10 @@ impl Relay<'_> {
         if !self.phase.at_sync_point() {
             return Ok(Intercepted::WaitForSyncPoint);
         }
-        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        let check_in = self.check_in(own_block_empty);
+        let implicit = check_in == CheckIn::Autocommit;
         match self
-            .check(&meta, &write, inserted_keys.as_deref(), &[], implicit)
+            .check(&meta, &write, inserted_keys.as_deref(), &[], check_in)
             .await?
         {
             Checked::Refused(refused) if refused.status == TxStatus::InTransaction => {
@@ -273,13 +279,15 @@ impl Relay<'_> {
     }
 
     /// A Parse or Bind outside a global transaction, or of XA-mode work in a transaction
-    /// block (`rest` starts with it; `sql` is the statement it prepares or binds). A checked write's whole batch is sent by
+    /// block (`rest` starts with it; `sql` is the statement it prepares or binds;
+    /// `own_block_empty` as for `guard_query`). A checked write's whole batch is sent by
     /// tandem (`Handled`).
     pub(super) async fn guard_extended(
         &mut self,
         rest: &[u8],
         tag: u8,
         sql: &[u8],
+        own_block_empty: bool,
     ) -> Result<Extended> {
         // As in guard_query: a batch that opens in a failed block runs nothing.
         if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
@@ -380,14 +388,26 @@ impl Relay<'_> {
             return self.fail_rest_of_batch(consumed, e).await;
         }
         let params = super::at_extended::bind_params(&batch, &param_types);
-        let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
+        let check_in = self.check_in(own_block_empty);
+        let implicit = check_in == CheckIn::Autocommit;
         let keys = match self
-            .check(&meta, &write, inserted_keys.as_deref(), &params, implicit)
+            .check(&meta, &write, inserted_keys.as_deref(), &params, check_in)
             .await?
         {
             Checked::Free(keys) => keys,
             Checked::KeysUnread => return Ok(Extended::NotAWrite),
             Checked::Refused(mut refused) => {
+                // The backend would have run the batch's Parse before the write failed:
+                // the client's statement exists afterwards (drivers that prepare in the
+                // same batch, psycopg's, bind it again). Not in a failed block, where
+                // the backend would refuse it.
+                let mut out = BytesMut::new();
+                if let Some(frame) = batch.parse_frame
+                    && refused.status != TxStatus::Failed
+                    && self.create_statement(frame, &frame[5..]).await?.is_none()
+                {
+                    put_empty(&mut out, backend::PARSE_COMPLETE);
+                }
                 if refused.status == TxStatus::InTransaction {
                     // The client's transaction must fail as the write would have made it
                     // fail.
@@ -398,7 +418,6 @@ impl Relay<'_> {
                 if leads {
                     // The rest of the batch is skipped, as the backend skips it after
                     // an error, up to the client's Sync.
-                    let mut out = BytesMut::new();
                     put_error(&mut out, Severity::Error, &refused.code, &refused.message);
                     self.write_client(&out);
                     self.phase = super::Phase::Ready(refused.status);
@@ -408,7 +427,7 @@ impl Relay<'_> {
                         to_backend: None,
                     });
                 }
-                let out = self.answer_refused(refused).await?;
+                out.extend_from_slice(&self.answer_refused(refused).await?);
                 return self.answered(&out, consumed).await;
             }
         };
@@ -578,6 +597,15 @@ impl Relay<'_> {
         Ok(Some((meta, write, inserted_keys)))
     }
 
+    /// Whose transaction a check about to run is in, at a sync point.
+    fn check_in(&self, own_block_empty: bool) -> CheckIn {
+        match self.phase.tx_status() {
+            Some(TxStatus::Idle) => CheckIn::Autocommit,
+            _ if own_block_empty => CheckIn::EmptyOwnBlock,
+            _ => CheckIn::Block,
+        }
+    }
+
     /// The check a write needs before it runs: a plain INSERT's keys by
     /// `inserted_keys` (`check_inserted_keys`), any other write's rows (`check_rows`).
     async fn check(
@@ -586,15 +614,16 @@ impl Relay<'_> {
         write: &Write,
         inserted_keys: Option<&str>,
         params: &[Param<'_>],
-        implicit: bool,
+        check_in: CheckIn,
     ) -> Result<Checked> {
+        let implicit = check_in == CheckIn::Autocommit;
         if let Some(keys_sql) = inserted_keys {
             return self
                 .check_inserted_keys(meta, keys_sql, params, implicit)
                 .await;
         }
         Ok(
-            match self.check_rows(meta, write, params, implicit).await? {
+            match self.check_rows(meta, write, params, check_in).await? {
                 Some(refused) => Checked::Refused(refused),
                 None => Checked::Free(Vec::new()),
             },
@@ -687,15 +716,18 @@ impl Relay<'_> {
 
     /// Locks the rows the write will change and waits (or not) until no unfinished
     /// global transaction holds them. `Some`: the write must not run. On `None` the rows
-    /// stay locked in the open local transaction (tandem's own BEGIN when `implicit`) for
-    /// the write that follows.
+    /// stay locked in the open local transaction (tandem's own BEGIN for an autocommit
+    /// write) for the write that follows. While it waits, the rows stay locked in a
+    /// block that holds other work; in a transaction of tandem's that holds nothing
+    /// else they are let go (the holder's rollback needs them), and locked again.
     async fn check_rows(
         &mut self,
         meta: &Arc<TableMeta>,
         write: &Write,
         params: &[Param<'_>],
-        implicit: bool,
+        check_in: CheckIn,
     ) -> Result<Option<Refused>> {
+        let implicit = check_in == CheckIn::Autocommit;
         let open = if implicit {
             TxStatus::Idle
         } else {
@@ -748,8 +780,8 @@ impl Relay<'_> {
                 .iter()
                 .map(|(image, _)| lock_key(&self.resource, meta, &meta.key_of(image)))
                 .collect();
-            if !implicit {
-                // Inside the client's transaction: keep the rows locked while waiting.
+            if check_in == CheckIn::Block {
+                // Its other work keeps the block: the rows stay locked while waiting.
                 return match self.wait_until_free(meta, &keys, deadline).await {
                     None => Ok(None),
                     Some(e) => refused(e, open),
@@ -760,11 +792,18 @@ impl Relay<'_> {
             };
             // The holder's rollback needs the rows: release them while waiting.
             self.roll_back_local().await?;
+            if check_in == CheckIn::EmptyOwnBlock && statements.len() == 1 {
+                statements.insert(0, ("BEGIN", &[], &[]));
+            }
             if waits && Instant::now() + RECHECK <= deadline {
                 tokio::time::sleep(RECHECK).await;
                 continue;
             }
             tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
+            if check_in == CheckIn::EmptyOwnBlock {
+                // Open again, as its caller left it: the refusal fails it.
+                self.exchange_required("BEGIN").await?;
+            }
             let e = Error::RowGloballyLocked {
                 table: qualified_name(meta),
                 holder: holder.to_string(),
@@ -772,6 +811,18 @@ impl Relay<'_> {
             return refused(e, open);
         }
     }
+}
+
+/// Whose transaction a write's check runs in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckIn {
+    /// An autocommit write's, which tandem begins for the check and ends after the write.
+    Autocommit,
+    /// tandem's block around XA autocommit work, begun for this statement and holding
+    /// nothing yet: it may be ended and begun again while the check waits.
+    EmptyOwnBlock,
+    /// A block that holds other work (the client's, as a rule).
+    Block,
 }
 
 /// What a write outside a global transaction needs before it runs.

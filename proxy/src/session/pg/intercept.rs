@@ -115,7 +115,7 @@ impl Relay<'_> {
                 }
                 return self.intercept_at(&sql).await;
             }
-            Ok(None) => return self.guard_query(query.sql).await,
+            Ok(None) => return self.guard_query(query.sql, false).await,
             Ok(Some(control)) => Ok(control),
             Err(BadCall(message)) => Err(Error::BadControlCall(message)),
         };

@@ -229,7 +229,7 @@ impl Relay<'_> {
                         self.phase = super::Phase::Ready(TxStatus::InTransaction);
                         self.xa = XaBranch::Implicit;
                         let held = |query: BytesMut| Intercepted::ReplaceAndHold(query);
-                        Ok(match self.guard_query(sql.as_bytes()).await? {
+                        Ok(match self.guard_query(sql.as_bytes(), true).await? {
                             Intercepted::Replace(refusal) => held(refusal),
                             // Ended by guard.rs's answer (`put_batch_end`).
                             answered @ (Intercepted::Answer(_) | Intercepted::SentAndHold) => {
@@ -255,7 +255,7 @@ impl Relay<'_> {
                         // (its own too, as on MySQL, where that rollback would wait on
                         // this branch's row locks): checked as a write outside a global
                         // transaction is (guard.rs).
-                        self.guard_query(sql.as_bytes()).await
+                        self.guard_query(sql.as_bytes(), false).await
                     }
                     _ => Ok(Intercepted::Relay),
                 }

@@ -576,7 +576,7 @@ pub(crate) fn parse_body(name: &str, sql: &str) -> Vec<u8> {
 
 /// Bind body of `statement` into the unnamed portal with one text parameter, text
 /// results.
-fn bind_body_with(statement: &str, value: &[u8]) -> Vec<u8> {
+pub(crate) fn bind_body_with(statement: &str, value: &[u8]) -> Vec<u8> {
     let mut b = format!("\0{statement}\0").into_bytes();
     b.extend_from_slice(&0i16.to_be_bytes());
     b.extend_from_slice(&1i16.to_be_bytes());

@@ -1295,9 +1295,9 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     ]))
     .await;
     let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "12CEZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
     assert_eq!(
-        replies[3].sqlstate().as_deref(),
+        replies[4].sqlstate().as_deref(),
         Some("55P03"),
         "{replies:?}"
     );
@@ -1320,9 +1320,9 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     ]))
     .await;
     let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "12DCEZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12DC1EZ", "{replies:?}");
     assert_eq!(
-        replies[4].sqlstate().as_deref(),
+        replies[5].sqlstate().as_deref(),
         Some("55P03"),
         "{replies:?}"
     );

@@ -1319,7 +1319,9 @@ async fn commit_and_chain_of_a_branch_is_refused_and_prepares_nothing() {
 /// branches are prepared and committed.
 #[tokio::test]
 async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
-    use super::control::{bind_body, parse_body, unnamed_batch};
+    use super::control::{
+        batch_with_a_parameter, bind_body, bind_body_with, parse_body, unnamed_batch,
+    };
     use tandem_tests::raw_pg::frame;
     let db = prepare("xa_meets_at_locks").await;
     let direct = db.direct().await;
@@ -1412,10 +1414,36 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         raw.send(&batch).await;
         let replies = raw.recv_until(b'Z').await;
         let tags: String = replies.iter().map(|m| m.tag as char).collect();
-        assert_eq!(tags, "EZ", "{replies:?}");
-        assert_eq!(replies[0].sqlstate().as_deref(), Some("55P03"));
-        assert_eq!(replies[1].strings()[0], status, "{replies:?}");
+        assert_eq!(tags, "1EZ", "{replies:?}");
+        assert_eq!(replies[1].sqlstate().as_deref(), Some("55P03"));
+        assert_eq!(replies[2].strings()[0], status, "{replies:?}");
     }
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    // The statement a refused batch prepared exists afterwards, as without tandem:
+    // psycopg binds it again.
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    raw.send(&batch_with_a_parameter(
+        "by_id",
+        "UPDATE accounts SET balance = balance WHERE id = $1",
+    ))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "1EZ", "{replies:?}");
+    assert_eq!(replies[1].sqlstate().as_deref(), Some("55P03"));
+    raw.query("ROLLBACK").await;
+    raw.recv_until(b'Z').await;
+    raw.query("BEGIN").await;
+    raw.recv_until(b'Z').await;
+    let mut again = frame(b'B', &bind_body_with("by_id", b"4"));
+    again.extend(frame(b'E', b"\0\0\0\0\0"));
+    again.extend(frame(b'S', b""));
+    raw.send(&again).await;
+    let replies = raw.recv_until(b'Z').await;
+    let tags: String = replies.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "2CZ", "{replies:?}");
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
     // pgJDBC's executeBatch: several statements, one Sync. Each runs on its own, checked;
@@ -1436,9 +1464,9 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         .await;
         let replies = raw.recv_until(b'Z').await;
         let tags: String = replies.iter().map(|m| m.tag as char).collect();
-        assert_eq!(tags, "12CEZ", "{replies:?}");
-        assert_eq!(replies[3].sqlstate().as_deref(), Some("55P03"));
-        assert_eq!(replies[4].strings()[0], status, "{replies:?}");
+        assert_eq!(tags, "12C1EZ", "{replies:?}");
+        assert_eq!(replies[4].sqlstate().as_deref(), Some("55P03"));
+        assert_eq!(replies[5].strings()[0], status, "{replies:?}");
     }
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
@@ -1457,9 +1485,9 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         .await;
         let replies = raw.recv_until(b'Z').await;
         let tags: String = replies.iter().map(|m| m.tag as char).collect();
-        assert_eq!(tags, "12C12DCEZ", "{replies:?}");
-        assert_eq!(replies[7].sqlstate().as_deref(), Some("55P03"));
-        assert_eq!(replies[8].strings()[0], status, "{replies:?}");
+        assert_eq!(tags, "12C12DC1EZ", "{replies:?}");
+        assert_eq!(replies[8].sqlstate().as_deref(), Some("55P03"));
+        assert_eq!(replies[9].strings()[0], status, "{replies:?}");
     }
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
@@ -1557,6 +1585,68 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     assert_eq!(
         kept, want,
         "the AT rollback restored its rows byte for byte"
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// An XA autocommit write that waits for a row an AT transaction holds lets the row go
+/// while it waits, as an autocommit write outside a global transaction does: that
+/// transaction's rollback, which needs the row, goes through, and the write then runs
+/// on the restored row (over the simple and the extended protocol).
+#[tokio::test]
+async fn an_xa_autocommit_write_waiting_for_a_row_lets_its_holder_roll_back() {
+    let db = prepare("xa_waits_for_rollback").await;
+    let direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.lock_wait_ms = 20_000;
+    })
+    .await;
+    for extended in [false, true] {
+        let at = tandem.connect(&db.name).await;
+        one(&at, "SELECT tandem_begin(60000)").await.unwrap();
+        at.batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+            .await
+            .unwrap();
+        let xa = tandem.connect(&db.name).await;
+        one(&xa, "SELECT tandem_mode('xa')").await.unwrap();
+        one(&xa, "SELECT tandem_begin(60000)").await.unwrap();
+        let write = tokio::spawn(async move {
+            let written = if extended {
+                xa.execute(
+                    "UPDATE accounts SET balance = balance + $1 WHERE id = 1",
+                    &[&1000i64],
+                )
+                .await
+                .map(drop)
+            } else {
+                xa.batch_execute("UPDATE accounts SET balance = balance + 1000 WHERE id = 1")
+                    .await
+            };
+            written.map(|()| xa)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rolled_back(&at).await;
+        let xa = write
+            .await
+            .unwrap()
+            .expect("the XA write runs once the row is free");
+        assert_eq!(
+            one(&xa, "SELECT tandem_commit()").await.unwrap().as_deref(),
+            Some("Committed")
+        );
+        eventually("the XA branch is committed", || async {
+            tandem_prepared(&direct).await.is_empty()
+        })
+        .await;
+    }
+    assert_eq!(
+        balance(&direct, 1).await,
+        3000,
+        "both writes, on restored rows"
     );
     tandem.shutdown().await;
     lockserver.stop().await;
