@@ -99,9 +99,24 @@ async fn run(
             tandem_lockserver::server::run(l.grpc, l.http, config, os_signal()).await?;
         }
         Command::Migrate { urls } => {
+            // Each database on its own: one that fails does not keep the others back.
+            let mut failed = None;
             for url in urls {
-                let applied = tandem_proxy::migrate::apply(&url).await?;
-                println!("tandem migrate: {} applied to {url}", applied.join(", "));
+                match tandem_proxy::migrate::apply(&url).await {
+                    Ok(applied) => println!(
+                        "tandem migrate: {} applied to {} (undo_log in {})",
+                        applied.migrations.join(", "),
+                        tandem_proxy::migrate::redact(&url),
+                        applied.schema
+                    ),
+                    Err(e) => {
+                        eprintln!("tandem migrate: {e}");
+                        failed = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e.into());
             }
         }
         Command::Dev {

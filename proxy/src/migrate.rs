@@ -4,6 +4,13 @@
 //! Never alters a table it did not create. Invariant: every migration is idempotent; a
 //! PostgreSQL database's migrations apply in one transaction or not at all (MySQL
 //! commits each DDL statement on its own, so a run cut short is finished by the next).
+//!
+//! `CREATE TABLE IF NOT EXISTS` accepts any table of that name: an `undo_log` made by
+//! hand, or another tool's, may lack what tandem's correctness rests on (the unique
+//! `(xid, branch_id)` that makes a late phase-1 commit fail after a rollback wrote
+//! its marker; room for a whole undo record, which a non-strict MySQL session would
+//! otherwise truncate). So the table found afterwards is checked, and one of another
+//! shape fails the migration with what is wrong.
 
 /// The PostgreSQL migrations, in order.
 pub const POSTGRES: &[(&str, &str)] = &[(
@@ -32,11 +39,114 @@ pub enum MigrateError {
         url: String,
         source: tokio_postgres::Error,
     },
+    #[error("{url}: no database named (tandem's undo_log lives in each database it serves)")]
+    NoDatabase { url: String },
+    #[error(
+        "{url}: the undo_log in {schema} is not of tandem's shape: {problem} (rename or drop it, then migrate again)"
+    )]
+    Shape {
+        url: String,
+        schema: String,
+        problem: String,
+    },
 }
 
-/// Applies every migration of the URL's dialect to that database; returns the names
-/// applied.
-pub async fn apply(url: &str) -> Result<Vec<&'static str>, MigrateError> {
+/// What `apply` did to one database.
+#[derive(Debug)]
+pub struct Applied {
+    /// The migrations applied (each is idempotent: applied again, it changes nothing).
+    pub migrations: Vec<&'static str>,
+    /// Where the undo_log is: the schema (PostgreSQL) or database (MySQL).
+    pub schema: String,
+}
+
+/// A column tandem's undo_log must have, and the types it accepts for it (lower-case,
+/// as the catalog spells them; MySQL's `DATA_TYPE`, PostgreSQL's `format_type`).
+struct Column {
+    name: &'static str,
+    postgres: &'static [&'static str],
+    mysql: &'static [&'static str],
+}
+
+const COLUMNS: &[Column] = &[
+    Column {
+        name: "id",
+        postgres: &["bigint"],
+        mysql: &["bigint"],
+    },
+    Column {
+        name: "branch_id",
+        postgres: &["bigint"],
+        mysql: &["bigint"],
+    },
+    Column {
+        name: "xid",
+        postgres: &["character varying(128)", "text"],
+        mysql: &["varchar"],
+    },
+    Column {
+        name: "context",
+        postgres: &["character varying(128)", "text"],
+        mysql: &["varchar"],
+    },
+    Column {
+        name: "rollback_info",
+        postgres: &["bytea"],
+        // Nothing smaller: a BLOB's 64 KiB would cut long records short.
+        mysql: &["longblob"],
+    },
+    Column {
+        name: "log_status",
+        postgres: &["integer"],
+        mysql: &["int"],
+    },
+    Column {
+        name: "log_created",
+        postgres: &["timestamp with time zone", "timestamp without time zone"],
+        mysql: &["datetime", "timestamp"],
+    },
+    Column {
+        name: "log_modified",
+        postgres: &["timestamp with time zone", "timestamp without time zone"],
+        mysql: &["datetime", "timestamp"],
+    },
+];
+
+/// What is wrong with an undo_log whose columns (name, type) and unique keys (their
+/// column lists) are these; None: it is of tandem's shape.
+fn shape_problem(
+    columns: &[(String, String)],
+    unique_keys: &[Vec<String>],
+    mysql: bool,
+) -> Option<String> {
+    for wanted in COLUMNS {
+        let accepted = if mysql { wanted.mysql } else { wanted.postgres };
+        match columns.iter().find(|(name, _)| name == wanted.name) {
+            None => return Some(format!("it has no column {}", wanted.name)),
+            Some((_, found)) if !accepted.contains(&found.as_str()) => {
+                return Some(format!(
+                    "its column {} is {found}, not {}",
+                    wanted.name,
+                    accepted.join(" or ")
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let xid_and_branch = |key: &Vec<String>| {
+        let mut key: Vec<&str> = key.iter().map(String::as_str).collect();
+        key.sort_unstable();
+        key == ["branch_id", "xid"]
+    };
+    if !unique_keys.iter().any(xid_and_branch) {
+        return Some("it has no unique key on exactly (xid, branch_id)".to_owned());
+    }
+    None
+}
+
+/// Applies every migration of the URL's dialect to that database, then checks the
+/// undo_log it finds there.
+pub async fn apply(url: &str) -> Result<Applied, MigrateError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         apply_postgres(url).await
     } else if url.starts_with("mysql://") {
@@ -48,27 +158,86 @@ pub async fn apply(url: &str) -> Result<Vec<&'static str>, MigrateError> {
     }
 }
 
-async fn apply_postgres(url: &str) -> Result<Vec<&'static str>, MigrateError> {
+/// The advisory lock concurrent `tandem migrate` runs on one PostgreSQL database take:
+/// `CREATE TABLE IF NOT EXISTS` run at once from two sessions fails in one of them.
+const POSTGRES_MIGRATE_LOCK: i64 = 0x7461_6e64_656d_0001;
+
+async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
     let err = |source| MigrateError::Postgres {
         url: redact(url),
         source,
     };
     let config: tokio_postgres::Config = url.parse().map_err(err)?;
+    if config.get_dbname().is_none() {
+        // PostgreSQL would pick the database named after the user.
+        return Err(MigrateError::NoDatabase { url: redact(url) });
+    }
     let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(err)?;
     let driver = tokio::spawn(connection);
     let tx = client.transaction().await.map_err(err)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&POSTGRES_MIGRATE_LOCK],
+    )
+    .await
+    .map_err(err)?;
     for (_, sql) in POSTGRES {
         tx.batch_execute(sql).await.map_err(err)?;
+    }
+    // The undo_log tandem's own connections find: the one this session's search_path
+    // finds (the same role's, with no options of the client's).
+    let schema: String = tx
+        .query_one(
+            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = to_regclass('undo_log')",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    let columns = tx
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = to_regclass('undo_log') AND attnum > 0 AND NOT attisdropped",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect::<Vec<_>>();
+    let unique_keys = tx
+        .query(
+            "SELECT ARRAY(SELECT attname::text FROM pg_attribute a \
+                          WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) \
+             FROM pg_index i WHERE i.indrelid = to_regclass('undo_log') AND i.indisunique \
+             AND i.indpred IS NULL AND i.indexprs IS NULL",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<Vec<Vec<String>>>();
+    if let Some(problem) = shape_problem(&columns, &unique_keys, false) {
+        return Err(MigrateError::Shape {
+            url: redact(url),
+            schema: format!("schema {schema}"),
+            problem,
+        });
     }
     tx.commit().await.map_err(err)?;
     drop(client);
     let _ = driver.await;
-    Ok(POSTGRES.iter().map(|(name, _)| *name).collect())
+    Ok(Applied {
+        migrations: POSTGRES.iter().map(|(name, _)| *name).collect(),
+        schema: format!("schema {schema}"),
+    })
 }
 
 /// MySQL commits DDL on its own, one statement at a time: each migration is idempotent
 /// (`CREATE TABLE IF NOT EXISTS`), so a run cut short is finished by the next.
-async fn apply_mysql(url: &str) -> Result<Vec<&'static str>, MigrateError> {
+async fn apply_mysql(url: &str) -> Result<Applied, MigrateError> {
     let err = |source| MigrateError::Mysql {
         url: redact(url),
         source,
@@ -79,13 +248,58 @@ async fn apply_mysql(url: &str) -> Result<Vec<&'static str>, MigrateError> {
     for (_, sql) in MYSQL {
         conn.query_drop(*sql).await.map_err(err)?;
     }
+    let schema: String = conn
+        .query_first("SELECT DATABASE()")
+        .await
+        .map_err(err)?
+        .unwrap_or_default();
+    let columns: Vec<(String, String)> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'undo_log'",
+            (),
+        )
+        .await
+        .map_err(err)?;
+    let key_columns: Vec<(String, String)> = conn
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'undo_log' AND NON_UNIQUE = 0 \
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+            (),
+        )
+        .await
+        .map_err(err)?;
     conn.disconnect().await.map_err(err)?;
-    Ok(MYSQL.iter().map(|(name, _)| *name).collect())
+    let mut unique_keys: Vec<(String, Vec<String>)> = Vec::new();
+    for (index, column) in key_columns {
+        match unique_keys.last_mut() {
+            Some((name, columns)) if *name == index => columns.push(column),
+            _ => unique_keys.push((index, vec![column])),
+        }
+    }
+    let unique_keys: Vec<Vec<String>> = unique_keys.into_iter().map(|(_, c)| c).collect();
+    if let Some(problem) = shape_problem(&columns, &unique_keys, true) {
+        return Err(MigrateError::Shape {
+            url: redact(url),
+            schema: format!("database {schema}"),
+            problem,
+        });
+    }
+    Ok(Applied {
+        migrations: MYSQL.iter().map(|(name, _)| *name).collect(),
+        schema: format!("database {schema}"),
+    })
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// The URL without its password (in its user info, or a `password=` option), for
+/// messages.
+pub fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut redacted = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.split_once(':') {
@@ -94,7 +308,19 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    if let Some(query) = query {
+        let options: Vec<String> = query
+            .split('&')
+            .map(|option| match option.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => option.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&options.join("&"));
     }
+    redacted
 }
 
 #[cfg(test)]
@@ -108,6 +334,59 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&password=s3cret"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("mysql://u:pw@h/db?Password=x"),
+            "mysql://u:***@h/db?Password=***"
+        );
+    }
+
+    fn owned(columns: &[(&str, &str)]) -> Vec<(String, String)> {
+        columns
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_undo_log_of_another_shape_is_named_for_what_it_lacks() {
+        let postgres = [
+            ("id", "bigint"),
+            ("branch_id", "bigint"),
+            ("xid", "character varying(128)"),
+            ("context", "character varying(128)"),
+            ("rollback_info", "bytea"),
+            ("log_status", "integer"),
+            ("log_created", "timestamp with time zone"),
+            ("log_modified", "timestamp with time zone"),
+        ];
+        let unique = vec![vec!["xid".to_owned(), "branch_id".to_owned()]];
+        assert_eq!(shape_problem(&owned(&postgres), &unique, false), None);
+        assert_eq!(
+            shape_problem(&owned(&postgres), &[vec!["id".to_owned()]], false).as_deref(),
+            Some("it has no unique key on exactly (xid, branch_id)")
+        );
+        assert_eq!(
+            shape_problem(&owned(&postgres[1..]), &unique, false).as_deref(),
+            Some("it has no column id")
+        );
+        let mysql = [
+            ("id", "bigint"),
+            ("branch_id", "bigint"),
+            ("xid", "varchar"),
+            ("context", "varchar"),
+            ("rollback_info", "blob"),
+            ("log_status", "int"),
+            ("log_created", "datetime"),
+            ("log_modified", "datetime"),
+        ];
+        assert_eq!(
+            shape_problem(&owned(&mysql), &unique, true).as_deref(),
+            Some("its column rollback_info is blob, not longblob")
+        );
     }
 
     #[test]

@@ -87,6 +87,28 @@ impl PgBranchHandler {
         let tx = client.transaction().await?;
         let xid = work.xid.as_str();
         let branch = work.branch_id as i64;
+        // The branch wrote its row into the undo_log this connection's search_path
+        // found then. A second one on that path now (a user's table of that name in a
+        // schema ahead of tandem's) could hide the row, and a rollback that finds none
+        // writes its marker and reports the branch done: it waits for a person instead.
+        let undo_logs: Vec<String> = tx
+            .query(
+                "SELECT n.nspname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = 'undo_log' AND c.relkind IN ('r', 'p') \
+                 AND n.nspname = ANY (current_schemas(false)) ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if undo_logs.len() > 1 {
+            return Ok(Attempt::Outcome(Some(retry(format!(
+                "several tables named undo_log on tandem's search_path in database {database} (schemas {}): the branch's undo row may be in either; rename or drop the one that is not tandem's",
+                undo_logs.join(", ")
+            )))));
+        }
         let row = tx
             .query_opt(
                 "SELECT rollback_info, log_status FROM undo_log WHERE xid = $1 AND branch_id = $2 FOR UPDATE",

@@ -511,6 +511,37 @@ async fn a_branch_in_a_database_without_undo_log_rolls_back_at_once() {
     lockserver.stop().await;
 }
 
+/// The COMMIT of a branch whose database has no undo_log rolls it back and says so
+/// with 1402 (rolled back), not 1213, which deadlock retries would loop on for ever.
+#[tokio::test]
+async fn a_commit_without_undo_log_is_not_answered_as_a_deadlock() {
+    let bare = MyTestDb::create("at_commit_no_undo").await;
+    let mut direct = bare.direct().await;
+    direct
+        .query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &bare.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE t SET v = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    let e = conn.query_drop("COMMIT").await.unwrap_err();
+    assert_eq!(code(&e), 1402, "{e}");
+    assert!(e.to_string().contains("undo_log"), "{e}");
+    let v: Option<i32> = direct
+        .query_first("SELECT v FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(1), "nothing committed");
+    rolled_back(&mut conn).await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A write to a table that does not exist gets the server's own answer (1146), in a
 /// global transaction as outside one, and the session goes on.
 #[tokio::test]

@@ -1790,3 +1790,48 @@ async fn rows_of_a_key_of_many_wide_columns_lock_and_roll_back() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A second undo_log on the search_path of tandem's own connections, ahead of the one a
+/// branch wrote its row into (a user's table of that name in a schema named after the
+/// role), does not make a rollback find no row, mark the branch done and leave its
+/// change in place: the rollback waits, the change and its locks kept, until the
+/// extra table is gone; then it restores the row.
+#[tokio::test]
+async fn a_rollback_waits_while_two_undo_logs_are_on_tandems_search_path() {
+    let db = prepare("two_undo_logs").await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = balance + 100 WHERE id = 1")
+        .await
+        .unwrap();
+    direct
+        .batch_execute(
+            "CREATE SCHEMA postgres; CREATE TABLE postgres.undo_log (LIKE public.undo_log INCLUDING ALL)",
+        )
+        .await
+        .unwrap();
+    let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+    assert_ne!(status.as_deref(), Some("Rollbacked"));
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(1), "{locks}");
+    let marker: i64 = direct
+        .query_one("SELECT count(*) FROM postgres.undo_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(marker, 0, "no marker in the user's table");
+    direct
+        .batch_execute("DROP SCHEMA postgres CASCADE")
+        .await
+        .unwrap();
+    eventually("the rollback restores the row", || async {
+        dump(&direct).await == before
+    })
+    .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1347,6 +1347,9 @@ impl Relay<'_> {
             AtFailure::Server(e) if e.code == MyErr::TransactionTooLarge.code() => {
                 MyErr::TransactionTooLarge
             }
+            // The undo_log missing, or not of tandem's shape: running it again would
+            // fail again. Rolled back all the same, and not a code retries loop on.
+            AtFailure::Server(e) if UNDO_LOG_UNFIT.contains(&e.code) => MyErr::XaRbRollback,
             _ => MyErr::Deadlock,
         };
         put_err(
@@ -1358,6 +1361,12 @@ impl Relay<'_> {
         );
     }
 }
+
+/// What the server answers tandem's undo row INSERT when the database's undo_log is
+/// missing or of another shape than `tandem migrate` makes: no such table (1146), no such
+/// column (1054), no privilege (1142, 1143), a column without default (1364), too long
+/// or truncated data (1406, 1265), NULL or a bad value (1048, 1366).
+const UNDO_LOG_UNFIT: [u16; 9] = [1146, 1054, 1142, 1143, 1364, 1406, 1265, 1048, 1366];
 
 /// An execute's parameter values (None: NULL) and their types (`type | flags << 8`).
 pub(super) type ExecuteParameters = (Vec<Option<Vec<u8>>>, Vec<u16>);
