@@ -100,23 +100,23 @@ async fn run(
         }
         Command::Migrate { urls } => {
             // Each database on its own: one that fails does not keep the others back.
-            let mut failed = None;
-            for url in urls {
-                match tandem_proxy::migrate::apply(&url).await {
+            let mut failed = 0;
+            for url in &urls {
+                match tandem_proxy::migrate::apply(url).await {
                     Ok(applied) => println!(
                         "tandem migrate: {} applied to {} (undo_log in {})",
                         applied.migrations.join(", "),
-                        tandem_proxy::migrate::redact(&url),
+                        tandem_proxy::migrate::redact(url),
                         applied.schema
                     ),
                     Err(e) => {
                         eprintln!("tandem migrate: {e}");
-                        failed = Some(e);
+                        failed += 1;
                     }
                 }
             }
-            if let Some(e) = failed {
-                return Err(e.into());
+            if failed > 0 {
+                return Err(format!("{failed} of {} databases not migrated", urls.len()).into());
             }
         }
         Command::Dev {

@@ -61,11 +61,14 @@ pub struct Applied {
 }
 
 /// A column tandem's undo_log must have, and the types it accepts for it (lower-case,
-/// as the catalog spells them; MySQL's `DATA_TYPE`, PostgreSQL's `format_type`).
+/// without modifiers, as the catalog spells them: MySQL's `DATA_TYPE`, PostgreSQL's
+/// `format_type(type, NULL)`).
 struct Column {
     name: &'static str,
     postgres: &'static [&'static str],
     mysql: &'static [&'static str],
+    /// tandem's inserts leave it out (the rollback's marker leaves out `id`).
+    defaulted: bool,
 }
 
 const COLUMNS: &[Column] = &[
@@ -73,64 +76,99 @@ const COLUMNS: &[Column] = &[
         name: "id",
         postgres: &["bigint"],
         mysql: &["bigint"],
+        defaulted: true,
     },
     Column {
         name: "branch_id",
         postgres: &["bigint"],
         mysql: &["bigint"],
+        defaulted: false,
     },
     Column {
         name: "xid",
-        postgres: &["character varying(128)", "text"],
+        postgres: &["character varying", "text"],
         mysql: &["varchar"],
+        defaulted: false,
     },
     Column {
         name: "context",
-        postgres: &["character varying(128)", "text"],
+        postgres: &["character varying", "text"],
         mysql: &["varchar"],
+        defaulted: false,
     },
     Column {
         name: "rollback_info",
         postgres: &["bytea"],
         // Nothing smaller: a BLOB's 64 KiB would cut long records short.
         mysql: &["longblob"],
+        defaulted: false,
     },
     Column {
         name: "log_status",
         postgres: &["integer"],
         mysql: &["int"],
+        defaulted: false,
     },
     Column {
         name: "log_created",
         postgres: &["timestamp with time zone", "timestamp without time zone"],
         mysql: &["datetime", "timestamp"],
+        defaulted: true,
     },
     Column {
         name: "log_modified",
         postgres: &["timestamp with time zone", "timestamp without time zone"],
         mysql: &["datetime", "timestamp"],
+        defaulted: true,
     },
 ];
 
-/// What is wrong with an undo_log whose columns (name, type) and unique keys (their
-/// column lists) are these; None: it is of tandem's shape.
+/// The shortest character column tandem writes xids and contexts into.
+const MIN_CHARS: i64 = 128;
+
+/// One column of an undo_log found in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FoundColumn {
+    name: String,
+    /// Without modifiers (see `Column`).
+    ty: String,
+    /// A character column's declared length; None: unlimited, or not one.
+    length: Option<i64>,
+    /// It has a default (or is generated, or takes NULL): an insert may leave it out.
+    defaulted: bool,
+}
+
+/// What is wrong with an undo_log whose columns and unique keys (their key column
+/// lists) are these; None: it is of tandem's shape.
 fn shape_problem(
-    columns: &[(String, String)],
+    columns: &[FoundColumn],
     unique_keys: &[Vec<String>],
     mysql: bool,
 ) -> Option<String> {
     for wanted in COLUMNS {
         let accepted = if mysql { wanted.mysql } else { wanted.postgres };
-        match columns.iter().find(|(name, _)| name == wanted.name) {
-            None => return Some(format!("it has no column {}", wanted.name)),
-            Some((_, found)) if !accepted.contains(&found.as_str()) => {
-                return Some(format!(
-                    "its column {} is {found}, not {}",
-                    wanted.name,
-                    accepted.join(" or ")
-                ));
-            }
-            Some(_) => {}
+        let Some(found) = columns.iter().find(|c| c.name == wanted.name) else {
+            return Some(format!("it has no column {}", wanted.name));
+        };
+        if !accepted.contains(&found.ty.as_str()) {
+            return Some(format!(
+                "its column {} is {}, not {}",
+                wanted.name,
+                found.ty,
+                accepted.join(" or ")
+            ));
+        }
+        if let Some(length) = found.length.filter(|&l| l < MIN_CHARS) {
+            return Some(format!(
+                "its column {} holds {length} characters, fewer than {MIN_CHARS}",
+                wanted.name
+            ));
+        }
+        if wanted.defaulted && !found.defaulted {
+            return Some(format!(
+                "its column {} has no default (tandem's inserts leave it out)",
+                wanted.name
+            ));
         }
     }
     let xid_and_branch = |key: &Vec<String>| {
@@ -181,8 +219,23 @@ async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
     )
     .await
     .map_err(err)?;
-    for (_, sql) in POSTGRES {
-        tx.batch_execute(sql).await.map_err(err)?;
+    // `CREATE TABLE IF NOT EXISTS` looks in the schema it would create in only: an
+    // undo_log further along the search_path (the one tandem's connections use now)
+    // would be shadowed by a second, empty one. It is checked instead.
+    let elsewhere = tx
+        .query_one(
+            "SELECT to_regclass('undo_log') IS NOT NULL AND \
+             (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('undo_log')) \
+             IS DISTINCT FROM (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get::<_, bool>(0);
+    if !elsewhere {
+        for (_, sql) in POSTGRES {
+            tx.batch_execute(sql).await.map_err(err)?;
+        }
     }
     // The undo_log tandem's own connections find: the one this session's search_path
     // finds (the same role's, with no options of the client's).
@@ -197,19 +250,29 @@ async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
         .get(0);
     let columns = tx
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+            "SELECT attname::text, format_type(atttypid, NULL), \
+                    CASE WHEN atttypid = 'varchar'::regtype AND atttypmod > 4 \
+                         THEN (atttypmod - 4)::int8 END, \
+                    atthasdef OR attidentity <> '' OR attgenerated <> '' OR NOT attnotnull \
+             FROM pg_attribute \
              WHERE attrelid = to_regclass('undo_log') AND attnum > 0 AND NOT attisdropped",
             &[],
         )
         .await
         .map_err(err)?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| FoundColumn {
+            name: r.get(0),
+            ty: r.get(1),
+            length: r.get(2),
+            defaulted: r.get(3),
+        })
         .collect::<Vec<_>>();
+    // Key columns only: an index's INCLUDE columns do not make it unique on them.
     let unique_keys = tx
         .query(
-            "SELECT ARRAY(SELECT attname::text FROM pg_attribute a \
-                          WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) \
+            "SELECT ARRAY(SELECT a.attname::text FROM unnest(i.indkey[0:i.indnkeyatts - 1]) k \
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k) \
              FROM pg_index i WHERE i.indrelid = to_regclass('undo_log') AND i.indisunique \
              AND i.indpred IS NULL AND i.indexprs IS NULL",
             &[],
@@ -253,14 +316,28 @@ async fn apply_mysql(url: &str) -> Result<Applied, MigrateError> {
         .await
         .map_err(err)?
         .unwrap_or_default();
-    let columns: Vec<(String, String)> = conn
+    type Row = (String, String, Option<i64>, bool);
+    let columns: Vec<Row> = conn
         .exec(
-            "SELECT COLUMN_NAME, LOWER(DATA_TYPE) FROM information_schema.COLUMNS \
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), \
+                    IF(DATA_TYPE IN ('varchar', 'char'), CHARACTER_MAXIMUM_LENGTH, NULL), \
+                    COLUMN_DEFAULT IS NOT NULL OR IS_NULLABLE = 'YES' \
+                    OR EXTRA LIKE '%auto_increment%' OR EXTRA LIKE '%GENERATED%' \
+             FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'undo_log'",
             (),
         )
         .await
         .map_err(err)?;
+    let columns: Vec<FoundColumn> = columns
+        .into_iter()
+        .map(|(name, ty, length, defaulted)| FoundColumn {
+            name,
+            ty,
+            length,
+            defaulted,
+        })
+        .collect();
     let key_columns: Vec<(String, String)> = conn
         .exec(
             "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
@@ -295,6 +372,28 @@ async fn apply_mysql(url: &str) -> Result<Applied, MigrateError> {
 /// The URL without its password (in its user info, or a `password=` option), for
 /// messages.
 pub fn redact(url: &str) -> String {
+    let redacted = redact_by_shape(url);
+    // A password with a raw `?` or `@` in it fools the shape; the drivers' own parsers
+    // read it whole.
+    let password = if url.starts_with("mysql://") {
+        mysql_async::Opts::from_url(url)
+            .ok()
+            .and_then(|o| o.pass().map(str::to_owned))
+    } else {
+        url.parse::<tokio_postgres::Config>().ok().and_then(|c| {
+            c.get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+        })
+    };
+    match password {
+        Some(password) if !password.is_empty() => {
+            redacted.replacen(&format!(":{password}@"), ":***@", 1)
+        }
+        _ => redacted,
+    }
+}
+
+fn redact_by_shape(url: &str) -> String {
     let (url, query) = match url.split_once('?') {
         Some((url, query)) => (url, Some(query)),
         None => (url, None),
@@ -342,12 +441,18 @@ mod tests {
             redact("mysql://u:pw@h/db?Password=x"),
             "mysql://u:***@h/db?Password=***"
         );
+        assert_eq!(redact("postgres://u:p?w@h/db"), "postgres://u:***@h/db");
     }
 
-    fn owned(columns: &[(&str, &str)]) -> Vec<(String, String)> {
+    fn owned(columns: &[(&str, &str)]) -> Vec<FoundColumn> {
         columns
             .iter()
-            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .map(|(n, t)| FoundColumn {
+                name: n.to_string(),
+                ty: t.to_string(),
+                length: None,
+                defaulted: true,
+            })
             .collect()
     }
 
@@ -356,8 +461,8 @@ mod tests {
         let postgres = [
             ("id", "bigint"),
             ("branch_id", "bigint"),
-            ("xid", "character varying(128)"),
-            ("context", "character varying(128)"),
+            ("xid", "character varying"),
+            ("context", "character varying"),
             ("rollback_info", "bytea"),
             ("log_status", "integer"),
             ("log_created", "timestamp with time zone"),
@@ -387,6 +492,21 @@ mod tests {
             shape_problem(&owned(&mysql), &unique, true).as_deref(),
             Some("its column rollback_info is blob, not longblob")
         );
+        let mut short = owned(&postgres);
+        short[2].length = Some(16);
+        assert_eq!(
+            shape_problem(&short, &unique, false).as_deref(),
+            Some("its column xid holds 16 characters, fewer than 128")
+        );
+        let mut undefaulted = owned(&postgres);
+        undefaulted[6].defaulted = false;
+        assert_eq!(
+            shape_problem(&undefaulted, &unique, false).as_deref(),
+            Some("its column log_created has no default (tandem's inserts leave it out)")
+        );
+        let mut wide = owned(&postgres);
+        wide[2].length = Some(255);
+        assert_eq!(shape_problem(&wide, &unique, false), None);
     }
 
     #[test]

@@ -87,44 +87,65 @@ impl PgBranchHandler {
         let tx = client.transaction().await?;
         let xid = work.xid.as_str();
         let branch = work.branch_id as i64;
-        // The branch wrote its row into the undo_log this connection's search_path
-        // found then. A second one on that path now (a user's table of that name in a
-        // schema ahead of tandem's) could hide the row, and a rollback that finds none
-        // writes its marker and reports the branch done: it waits for a person instead.
+        // The branch wrote its row into the undo_log its session found on the search
+        // path of tandem's own connections, as here. A table of that name in another
+        // schema of that path (put ahead of it since, say) must not hide the row: each
+        // is asked, in path order, and the row is undone from the one that holds it.
         let undo_logs: Vec<String> = tx
             .query(
                 "SELECT n.nspname::text FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relname = 'undo_log' AND c.relkind IN ('r', 'p') \
-                 AND n.nspname = ANY (current_schemas(false)) ORDER BY 1",
+                 WHERE c.relname = 'undo_log' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+                 AND n.nspname = ANY (current_schemas(false)) \
+                 ORDER BY array_position(current_schemas(false), n.nspname)",
                 &[],
             )
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| {
+                format!(
+                    "\"{}\".undo_log",
+                    r.get::<_, String>(0).replace('"', "\"\"")
+                )
+            })
             .collect();
-        if undo_logs.len() > 1 {
-            return Ok(Attempt::Outcome(Some(retry(format!(
-                "several tables named undo_log on tandem's search_path in database {database} (schemas {}): the branch's undo row may be in either; rename or drop the one that is not tandem's",
-                undo_logs.join(", ")
-            )))));
+        let tables = match undo_logs.len() {
+            // The usual case, and none at all (its error says so): by its plain name.
+            0 | 1 => vec!["undo_log".to_owned()],
+            _ => undo_logs,
+        };
+        let mut found = None;
+        for table in &tables {
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT rollback_info, log_status FROM {table} WHERE xid = $1 AND branch_id = $2 FOR UPDATE"
+                    ),
+                    &[&xid, &branch],
+                )
+                .await?;
+            if let Some(row) = row {
+                found = Some((table.as_str(), row));
+                break;
+            }
         }
-        let row = tx
-            .query_opt(
-                "SELECT rollback_info, log_status FROM undo_log WHERE xid = $1 AND branch_id = $2 FOR UPDATE",
-                &[&xid, &branch],
-            )
-            .await?;
+        let row = found.as_ref().map(|(_, row)| row);
+        let undo_log = found
+            .as_ref()
+            .map_or(tables[0].as_str(), |(table, _)| table);
         let Some(row) = row else {
             // Phase 1 never committed, or has not yet: the marker makes a late phase-1
             // commit of this branch fail on the unique (xid, branch_id). A phase 1 whose
             // undo row is inserted but not yet committed is invisible to the SELECT; the
             // marker's INSERT waits for it and then fails on the key if it commits. It
             // must fail (no ON CONFLICT DO NOTHING): the branch then has data to undo.
+            // Into the first undo_log on the path: the one a phase 1 finds now.
             let marked = tx
                 .execute(
-                    "INSERT INTO undo_log (branch_id, xid, context, rollback_info, log_status) \
-                     VALUES ($1, $2, 'tandem', '\\x', $3)",
+                    &format!(
+                        "INSERT INTO {undo_log} (branch_id, xid, context, rollback_info, log_status) \
+                         VALUES ($1, $2, 'tandem', '\\x', $3)"
+                    ),
                     &[&branch, &xid, &LOG_GLOBAL_FINISHED],
                 )
                 .await;
@@ -162,7 +183,7 @@ impl PgBranchHandler {
         }
         // Undone in the same local transaction as the replay: both happen, or neither.
         tx.execute(
-            "DELETE FROM undo_log WHERE xid = $1 AND branch_id = $2",
+            &format!("DELETE FROM {undo_log} WHERE xid = $1 AND branch_id = $2"),
             &[&xid, &branch],
         )
         .await?;

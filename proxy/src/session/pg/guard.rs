@@ -404,9 +404,19 @@ impl Relay<'_> {
                 let mut out = BytesMut::new();
                 if let Some(frame) = batch.parse_frame
                     && refused.status != TxStatus::Failed
-                    && self.create_statement(frame, &frame[5..]).await?.is_none()
                 {
-                    put_empty(&mut out, backend::PARSE_COMPLETE);
+                    match self.create_statement(frame, &frame[5..]).await? {
+                        None => put_empty(&mut out, backend::PARSE_COMPLETE),
+                        // The Parse itself fails (its name in use): that is the
+                        // batch's answer, as without tandem, and it failed the block.
+                        Some((code, message)) => {
+                            refused.code = code;
+                            refused.message = message;
+                            if refused.status == TxStatus::InTransaction {
+                                refused.status = TxStatus::Failed;
+                            }
+                        }
+                    }
                 }
                 if refused.status == TxStatus::InTransaction {
                     // The client's transaction must fail as the write would have made it
@@ -790,20 +800,22 @@ impl Relay<'_> {
             let Some(holder) = self.holder_of(&keys).await else {
                 return Ok(None);
             };
-            // The holder's rollback needs the rows: release them while waiting.
-            self.roll_back_local().await?;
-            if check_in == CheckIn::EmptyOwnBlock && statements.len() == 1 {
-                statements.insert(0, ("BEGIN", &[], &[]));
+            let waiting = waits && Instant::now() + RECHECK <= deadline;
+            if waiting || check_in == CheckIn::Autocommit {
+                // Let go for the wait (the holder's rollback needs the rows), or, for
+                // an autocommit write refused now, with tandem's transaction.
+                self.roll_back_local().await?;
             }
-            if waits && Instant::now() + RECHECK <= deadline {
+            if waiting {
+                if check_in == CheckIn::EmptyOwnBlock && statements.len() == 1 {
+                    statements.insert(0, ("BEGIN", &[], &[]));
+                }
                 tokio::time::sleep(RECHECK).await;
                 continue;
             }
+            // tandem's own block is still open here, as its caller left it (the refusal
+            // fails it): it is ended only to wait, and each wait begins it again.
             tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
-            if check_in == CheckIn::EmptyOwnBlock {
-                // Open again, as its caller left it: the refusal fails it.
-                self.exchange_required("BEGIN").await?;
-            }
             let e = Error::RowGloballyLocked {
                 table: qualified_name(meta),
                 holder: holder.to_string(),

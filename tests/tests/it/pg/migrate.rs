@@ -98,6 +98,25 @@ async fn migrate_refuses_an_undo_log_of_another_shape() {
         "{err}"
     );
     client.batch_execute("DROP TABLE undo_log").await.unwrap();
+    // One further along the search_path is the one used: no second one is made ahead
+    // of it, in a schema named after the role.
+    tandem_proxy::migrate::apply(&url).await.expect("migrate");
+    client
+        .batch_execute("CREATE SCHEMA postgres")
+        .await
+        .unwrap();
+    let applied = tandem_proxy::migrate::apply(&url).await.expect("migrate");
+    assert_eq!(applied.schema, "schema public");
+    let shadow: Option<String> = client
+        .query_one("SELECT to_regclass('postgres.undo_log')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shadow, None, "no second undo_log");
+    client
+        .batch_execute("DROP SCHEMA postgres; DROP TABLE undo_log")
+        .await
+        .unwrap();
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();

@@ -1365,8 +1365,8 @@ impl Relay<'_> {
 /// What the server answers tandem's undo row INSERT when the database's undo_log is
 /// missing or of another shape than `tandem migrate` makes: no such table (1146), no such
 /// column (1054), no privilege (1142, 1143), a column without default (1364), too long
-/// or truncated data (1406, 1265), NULL or a bad value (1048, 1366).
-const UNDO_LOG_UNFIT: [u16; 9] = [1146, 1054, 1142, 1143, 1364, 1406, 1265, 1048, 1366];
+/// or truncated data (1406, 1265), NULL, a bad or out-of-range value (1048, 1366, 1264).
+const UNDO_LOG_UNFIT: [u16; 10] = [1146, 1054, 1142, 1143, 1364, 1406, 1265, 1048, 1366, 1264];
 
 /// An execute's parameter values (None: NULL) and their types (`type | flags << 8`).
 pub(super) type ExecuteParameters = (Vec<Option<Vec<u8>>>, Vec<u16>);
