@@ -1265,12 +1265,8 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 5).await;
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
-    let begin = async |raw: &mut RawPg| {
-        raw.query("BEGIN").await;
-        raw.recv_until(b'Z').await;
-    };
 
-    begin(&mut raw).await;
+    raw.simple("BEGIN").await;
     raw.send(&unnamed_batch(&[
         "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
         "INSERT INTO accounts (id, balance) VALUES (9, 9)",
@@ -1280,14 +1276,13 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
     assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"T".to_vec()));
-    raw.query("COMMIT").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("COMMIT").await;
     assert_eq!(balance(&direct, 1).await, 1010, "the writes committed");
     assert_eq!(balance(&direct, 2).await, 1010, "the writes committed");
     assert_eq!(balance(&direct, 9).await, 9, "the writes committed");
 
     // The held row, second of three: refused, the rest skipped, the block failed.
-    begin(&mut raw).await;
+    raw.simple("BEGIN").await;
     raw.send(&unnamed_batch(&[
         "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
         "UPDATE accounts SET balance = 99 WHERE id = 5",
@@ -1302,8 +1297,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
         "{replies:?}"
     );
     assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"E".to_vec()));
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("ROLLBACK").await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     assert_eq!(
         balance(&direct, 1).await,
@@ -1313,7 +1307,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
 
     // Behind a read, an INSERT of the held row's key: the read runs ahead, so the
     // INSERT is checked at a sync point of its own.
-    begin(&mut raw).await;
+    raw.simple("BEGIN").await;
     raw.send(&unnamed_batch(&[
         "SELECT 1",
         "INSERT INTO accounts (id, balance) VALUES (5, 5) ON CONFLICT DO NOTHING",
@@ -1326,8 +1320,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
         Some("55P03"),
         "{replies:?}"
     );
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("ROLLBACK").await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;

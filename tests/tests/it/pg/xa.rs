@@ -3,6 +3,7 @@
 //! proxy that dies in between leaves a branch that recovery finishes.
 
 use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
+use super::at_protocols::tags;
 use std::time::Duration;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
@@ -577,8 +578,7 @@ async fn a_write_parsed_and_bound_in_one_batch_joins_the_xa_branch() {
     batch.extend(frame(b'S', b""));
     raw.send(&batch).await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "12CZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12CZ", "{replies:?}");
     raw.query("COMMIT").await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
@@ -606,8 +606,7 @@ async fn a_write_behind_begin_and_an_autosave_savepoint_joins_the_xa_branch() {
     ]))
     .await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "12C12C12CZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
     branch_prepared_then_rolled_back(&mut raw, &da).await;
@@ -642,12 +641,10 @@ async fn a_write_behind_a_savepoint_query_joins_the_xa_branch() {
     batch.extend(frame(b'S', b""));
     raw.send(&batch).await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "12CCZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12CCZ", "{replies:?}");
     assert_eq!(&replies[4].body[..], b"T", "the SAVEPOINT ran in the block");
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "12nCZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12nCZ", "{replies:?}");
     raw.query("COMMIT").await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
@@ -684,8 +681,7 @@ async fn a_write_behind_a_read_in_its_batch_joins_the_xa_branch() {
     raw.send(&batch).await;
     let mut replies = raw.recv_until(b'Z').await;
     replies.extend(raw.recv_until(b'Z').await);
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "CZ12DC12CZ", "{replies:?}");
+    assert_eq!(tags(&replies), "CZ12DC12CZ", "{replies:?}");
     raw.query("COMMIT").await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(replies[0].strings()[0], "COMMIT", "{replies:?}");
@@ -740,8 +736,7 @@ async fn an_xa_commit_whose_parse_is_refused_prepares_nothing() {
     taken.extend(frame(b'S', b""));
     raw.send(&taken).await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "1Z", "{replies:?}");
+    assert_eq!(tags(&replies), "1Z", "{replies:?}");
 
     let mut commit = frame(b'P', &parse_body("taken", "COMMIT"));
     commit.extend(frame(b'B', &bind_body("taken")));
@@ -749,8 +744,7 @@ async fn an_xa_commit_whose_parse_is_refused_prepares_nothing() {
     commit.extend(frame(b'S', b""));
     raw.send(&commit).await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "EZ", "{replies:?}");
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
     assert_eq!(
         replies[0].sqlstate().as_deref(),
         Some(SqlState::DUPLICATE_PSTATEMENT.code())
@@ -783,7 +777,7 @@ async fn an_xa_commit_whose_parse_is_refused_prepares_nothing() {
 /// Sync waits for the prepare. A Parse alone begins nothing.
 #[tokio::test]
 async fn autocommit_writes_over_the_extended_protocol_are_prepared_as_branches() {
-    use super::at_protocols::{jdbc_batch, tags};
+    use super::at_protocols::jdbc_batch;
     use super::control::parse_body;
     use tandem_tests::raw_pg::{RawPg, frame};
     let orders = prepare("xa_autocommit_extended").await;
@@ -1319,9 +1313,7 @@ async fn commit_and_chain_of_a_branch_is_refused_and_prepares_nothing() {
 /// branches are prepared and committed.
 #[tokio::test]
 async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
-    use super::control::{
-        batch_with_a_parameter, bind_body, bind_body_with, parse_body, unnamed_batch,
-    };
+    use super::control::{batch_with_a_parameter, bind_body_with, unnamed_batch};
     use tandem_tests::raw_pg::frame;
     let db = prepare("xa_meets_at_locks").await;
     let direct = db.direct().await;
@@ -1401,51 +1393,38 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     let mut raw = raw_in_xa(&tandem, &db.name).await;
     for (block, status) in [(false, "I"), (true, "E")] {
         if block {
-            raw.query("BEGIN").await;
-            raw.recv_until(b'Z').await;
+            raw.simple("BEGIN").await;
         }
-        let mut batch = frame(
-            b'P',
-            &parse_body("", "UPDATE accounts SET balance = 5 WHERE id = 1"),
-        );
-        batch.extend(frame(b'B', &bind_body("")));
-        batch.extend(frame(b'E', b"\0\0\0\0\0"));
-        batch.extend(frame(b'S', b""));
-        raw.send(&batch).await;
+        raw.send(&unnamed_batch(&[
+            "UPDATE accounts SET balance = 5 WHERE id = 1",
+        ]))
+        .await;
         let replies = raw.recv_until(b'Z').await;
-        let tags: String = replies.iter().map(|m| m.tag as char).collect();
-        assert_eq!(tags, "1EZ", "{replies:?}");
+        assert_eq!(tags(&replies), "1EZ", "{replies:?}");
         assert_eq!(replies[1].sqlstate().as_deref(), Some("55P03"));
         assert_eq!(replies[2].strings()[0], status, "{replies:?}");
     }
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("ROLLBACK").await;
     // The statement a refused batch prepared exists afterwards, as without tandem:
     // psycopg binds it again.
-    raw.query("BEGIN").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("BEGIN").await;
     raw.send(&batch_with_a_parameter(
         "by_id",
         "UPDATE accounts SET balance = balance WHERE id = $1",
     ))
     .await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "1EZ", "{replies:?}");
+    assert_eq!(tags(&replies), "1EZ", "{replies:?}");
     assert_eq!(replies[1].sqlstate().as_deref(), Some("55P03"));
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
-    raw.query("BEGIN").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("ROLLBACK").await;
+    raw.simple("BEGIN").await;
     let mut again = frame(b'B', &bind_body_with("by_id", b"4"));
     again.extend(frame(b'E', b"\0\0\0\0\0"));
     again.extend(frame(b'S', b""));
     raw.send(&again).await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "2CZ", "{replies:?}");
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2CZ", "{replies:?}");
+    raw.simple("ROLLBACK").await;
     // pgJDBC's executeBatch: several statements, one Sync. Each runs on its own, checked;
     // one on a held row fails the batch, and nothing of it stays.
     let batch = [
@@ -1454,8 +1433,7 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     ];
     for (block, status) in [(false, "I"), (true, "E")] {
         if block {
-            raw.query("BEGIN").await;
-            raw.recv_until(b'Z').await;
+            raw.simple("BEGIN").await;
         }
         raw.send(&unnamed_batch(&[
             batch[0],
@@ -1463,19 +1441,16 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         ]))
         .await;
         let replies = raw.recv_until(b'Z').await;
-        let tags: String = replies.iter().map(|m| m.tag as char).collect();
-        assert_eq!(tags, "12C1EZ", "{replies:?}");
+        assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
         assert_eq!(replies[4].sqlstate().as_deref(), Some("55P03"));
         assert_eq!(replies[5].strings()[0], status, "{replies:?}");
     }
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("ROLLBACK").await;
     // Behind a statement that needs no check (a table that cannot hold global locks,
     // a read), a write is still checked: what goes before it runs ahead.
     for (block, status) in [(false, "I"), (true, "E")] {
         if block {
-            raw.query("BEGIN").await;
-            raw.recv_until(b'Z').await;
+            raw.simple("BEGIN").await;
         }
         raw.send(&unnamed_batch(&[
             "INSERT INTO nokey VALUES (1)",
@@ -1484,13 +1459,11 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         ]))
         .await;
         let replies = raw.recv_until(b'Z').await;
-        let tags: String = replies.iter().map(|m| m.tag as char).collect();
-        assert_eq!(tags, "12C12DC1EZ", "{replies:?}");
+        assert_eq!(tags(&replies), "12C12DC1EZ", "{replies:?}");
         assert_eq!(replies[8].sqlstate().as_deref(), Some("55P03"));
         assert_eq!(replies[9].strings()[0], status, "{replies:?}");
     }
-    raw.query("ROLLBACK").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("ROLLBACK").await;
     assert!(tandem_prepared(&direct).await.is_empty());
     let nokey: i64 = direct
         .query_one("SELECT count(*) FROM nokey", &[])
@@ -1501,12 +1474,10 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     // And on rows nobody holds, as autocommit work: one branch.
     raw.send(&unnamed_batch(&batch)).await;
     let replies = raw.recv_until(b'Z').await;
-    let tags: String = replies.iter().map(|m| m.tag as char).collect();
-    assert_eq!(tags, "12C12CZ", "{replies:?}");
+    assert_eq!(tags(&replies), "12C12CZ", "{replies:?}");
     assert_eq!(replies[6].strings()[0], "I", "{replies:?}");
     assert_eq!(tandem_prepared(&direct).await.len(), 1);
-    raw.query("SELECT tandem_commit()").await;
-    raw.recv_until(b'Z').await;
+    raw.simple("SELECT tandem_commit()").await;
     drop(raw);
     eventually("the batch's branch is committed", || async {
         tandem_prepared(&direct).await.is_empty()
