@@ -12,7 +12,7 @@ use crate::config::OutsideWrites;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tandem_lockserver::client::{LockClient, LockKey, TableLockView, UncheckedWrite, Xid};
+use tandem_lockserver::client::{HeldLock, LockClient, LockKey, TableLockView, UncheckedWrite};
 
 /// How often a waiting write asks the lockserver again.
 pub const RECHECK: Duration = Duration::from_millis(20);
@@ -61,18 +61,19 @@ impl OutsideWriteChecks {
             .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// The unfinished global transaction holding any of `keys`, if one does. `Err`:
-    /// the lockserver did not answer, and writes skip their checks for a while (the
-    /// caller lets this one run, and counts it).
-    pub async fn holder_of(
+    /// The first of `keys` an unfinished global transaction holds, if one does: its
+    /// holder, and whether that is rolling back. `Err`: the lockserver did not answer,
+    /// and writes skip their checks for a while (the caller lets this one run, and
+    /// counts it).
+    pub async fn held(
         &self,
         lock: &LockClient,
         keys: &[LockKey],
-    ) -> Result<Option<Xid>, tandem_lockserver::Error> {
+    ) -> Result<Option<HeldLock>, tandem_lockserver::Error> {
         for chunk in by_query_size(keys) {
-            match lock.lock_holder(chunk).await {
+            match lock.held_lock(chunk).await {
                 Ok(None) => {}
-                Ok(Some((_, holder))) => return Ok(Some(holder)),
+                Ok(Some(held)) => return Ok(Some(held)),
                 Err(e) => {
                     self.skip_for_a_while();
                     return Err(e);

@@ -66,7 +66,7 @@ use crate::wire::pg::messages::write::{put_empty, put_msg};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
-use tandem_lockserver::client::{LockKey, Xid};
+use tandem_lockserver::client::{HeldLock, LockKey, Xid};
 use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
 
 impl Relay<'_> {
@@ -215,7 +215,7 @@ impl Relay<'_> {
             .map(|row| lock_key(&self.resource, &w.meta, &w.meta.key_of(row)));
         let keys: Vec<_> = returned.chain(w.inserted_keys.iter().cloned()).collect();
         let deadline = Instant::now() + self.ctx.lock_wait;
-        if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline).await {
+        if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline, true).await {
             let refused = (e.sqlstate().code().to_owned(), e.to_string());
             if w.implicit {
                 self.roll_back_local().await?;
@@ -240,36 +240,48 @@ impl Relay<'_> {
     }
 
     /// Waits (as configured, up to `deadline`) until no unfinished global transaction
-    /// holds `keys`, which this session has locked; the error when one still does. A
-    /// lockserver that does not answer lets the write stay (see rows_to_check).
+    /// holds `keys`; the error when one still does. When this session holds their rows
+    /// locked (`rows_locked`), a holder that is rolling back is not waited for: its
+    /// undo needs those rows, and would wait until this wait gave up. A lockserver that
+    /// does not answer lets the write stay (see rows_to_check).
     async fn wait_until_free(
         &mut self,
         meta: &TableMeta,
         keys: &[LockKey],
         deadline: Instant,
+        rows_locked: bool,
     ) -> Option<Error> {
         if self.ctx.outside.failed_lately() {
             return None;
         }
         let waits = self.ctx.outside.waits();
         loop {
-            let holder = self.holder_of(keys).await?;
-            if !waits || Instant::now() + RECHECK > deadline {
+            let held = self.held(keys).await?;
+            if !waits
+                || Instant::now() + RECHECK > deadline
+                || (rows_locked && held.holder_rolling_back)
+            {
                 return Some(Error::RowGloballyLocked {
                     table: qualified_name(meta),
-                    holder: holder.to_string(),
+                    holder: held.holder.to_string(),
                 });
             }
             tokio::time::sleep(RECHECK).await;
         }
     }
 
-    /// The unfinished global transaction holding any of `keys`, if one does. A
+    /// The unfinished global transaction holding any of `keys`, if one does (see
+    /// `held`).
+    async fn holder_of(&mut self, keys: &[LockKey]) -> Option<Xid> {
+        self.held(keys).await.map(|held| held.holder)
+    }
+
+    /// The first of `keys` an unfinished global transaction holds, if one does. A
     /// lockserver that does not answer counts as none: the write runs, and so do the
     /// next ones for a while without asking (see rows_to_check).
-    async fn holder_of(&mut self, keys: &[LockKey]) -> Option<Xid> {
-        match self.ctx.outside.holder_of(&self.ctx.lock, keys).await {
-            Ok(holder) => holder,
+    async fn held(&mut self, keys: &[LockKey]) -> Option<HeldLock> {
+        match self.ctx.outside.held(&self.ctx.lock, keys).await {
+            Ok(held) => held,
             Err(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
                 self.unchecked_outside_write();
@@ -710,18 +722,22 @@ impl Relay<'_> {
             // tandem's transaction holds nothing yet: it is not kept open while waiting
             // (idle_in_transaction_session_timeout), and opens again for the INSERT.
             self.roll_back_local().await?;
-            return Ok(match self.wait_until_free(meta, &keys, deadline).await {
-                None => {
-                    self.exchange_required("BEGIN").await?;
-                    Checked::Free(keys)
-                }
-                Some(e) => Checked::Refused(Refused::of(&e, TxStatus::Idle)),
-            });
+            return Ok(
+                match self.wait_until_free(meta, &keys, deadline, false).await {
+                    None => {
+                        self.exchange_required("BEGIN").await?;
+                        Checked::Free(keys)
+                    }
+                    Some(e) => Checked::Refused(Refused::of(&e, TxStatus::Idle)),
+                },
+            );
         }
-        Ok(match self.wait_until_free(meta, &keys, deadline).await {
-            None => Checked::Free(keys),
-            Some(e) => Checked::Refused(Refused::of(&e, TxStatus::InTransaction)),
-        })
+        Ok(
+            match self.wait_until_free(meta, &keys, deadline, false).await {
+                None => Checked::Free(keys),
+                Some(e) => Checked::Refused(Refused::of(&e, TxStatus::InTransaction)),
+            },
+        )
     }
 
     /// Locks the rows the write will change and waits (or not) until no unfinished
@@ -792,7 +808,7 @@ impl Relay<'_> {
                 .collect();
             if check_in == CheckIn::Block {
                 // Its other work keeps the block: the rows stay locked while waiting.
-                return match self.wait_until_free(meta, &keys, deadline).await {
+                return match self.wait_until_free(meta, &keys, deadline, true).await {
                     None => Ok(None),
                     Some(e) => refused(e, open),
                 };

@@ -772,3 +772,42 @@ async fn a_session_select_limit_caps_none_of_tandems_reads() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A checked write inside the client's transaction holds its rows locked while it
+/// waits for their global lock. When the holder starts rolling back (its undo needs
+/// those rows), the write gives up at once with 1205 rather than waiting out
+/// `lock_wait_ms` with the rollback stuck behind it: once the client ends its
+/// transaction, the rollback goes through.
+#[tokio::test]
+async fn a_waiting_write_in_a_transaction_gives_way_to_a_rollback() {
+    let db = prepare("my_outside_gives_way").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let mut direct = db.direct().await;
+    let before = balance(&mut direct, 2).await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let mut writer = my::connect(&outside, &db.name).await;
+    let write = tokio::spawn(async move {
+        writer.query_drop("START TRANSACTION").await.unwrap();
+        let refused = writer
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+            .await
+            .unwrap_err();
+        writer.query_drop("ROLLBACK").await.unwrap();
+        refused
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rolled_back(&mut a).await;
+    let refused = write.await.unwrap();
+    assert_eq!(code(&refused), LOCK_WAIT_TIMEOUT, "{refused}");
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        before,
+        "restored, and not written"
+    );
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}

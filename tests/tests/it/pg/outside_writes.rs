@@ -1325,3 +1325,38 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;
 }
+
+/// A checked write inside the client's block holds its rows locked while it waits for
+/// their global lock. When the holder starts rolling back (its undo needs those rows),
+/// the write gives up at once with 55P03 rather than waiting out `lock_wait_ms` with
+/// the rollback stuck behind it: once the client ends its block, the rollback goes
+/// through.
+#[tokio::test]
+async fn a_waiting_write_in_a_block_gives_way_to_a_rollback() {
+    let orders = prepare("outside_gives_way").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let writer = outside.connect(&orders.name).await;
+    let write = tokio::spawn(async move {
+        writer.batch_execute("BEGIN").await.unwrap();
+        let refused = writer
+            .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 5")
+            .await
+            .unwrap_err();
+        writer.batch_execute("ROLLBACK").await.unwrap();
+        refused
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    rolled_back(&a).await;
+    let refused = write.await.unwrap();
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::LOCK_NOT_AVAILABLE),
+        "{refused:?}"
+    );
+    assert_eq!(balance(&direct, 5).await, 1000, "restored, and not written");
+    finish(lockserver, [outside, global]).await;
+}

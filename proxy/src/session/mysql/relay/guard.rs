@@ -63,7 +63,8 @@ use tandem_undo::{Analysis, Capture, Mysql, OnDuplicate, Write, WriteKind};
 /// What a checked write waits for: a lock holder, or the lockserver's silence.
 enum Check {
     Free,
-    Held(Xid),
+    /// By this transaction; `true`: it is rolling back.
+    Held(Xid, bool),
 }
 
 impl Relay<'_> {
@@ -321,10 +322,12 @@ impl Relay<'_> {
             }
         };
         loop {
-            let Check::Held(holder) = self.check(&keys).await else {
+            let Check::Held(holder, rolling_back) = self.check(&keys).await else {
                 return Ok(None);
             };
-            if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline {
+            // A holder rolling back needs the rows this transaction holds locked: its
+            // undo would wait until this wait gave up.
+            if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline || rolling_back {
                 return Ok(Some(self.refuse_held(table, &holder)));
             }
             tokio::time::sleep(RECHECK).await;
@@ -355,7 +358,7 @@ impl Relay<'_> {
                 Ok(rows) => self.keys_of(table, &rows).await,
                 Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
             };
-            if let Check::Held(holder) = self.check(&keys).await {
+            if let Check::Held(holder, _) = self.check(&keys).await {
                 self.own_rollback().await?;
                 if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
                     tokio::time::sleep(RECHECK).await;
@@ -538,7 +541,7 @@ impl Relay<'_> {
                     Vec::new()
                 }
             };
-            let Check::Held(holder) = self.check(&keys).await else {
+            let Check::Held(holder, _) = self.check(&keys).await else {
                 match self.end_insert_scope(scope, false).await? {
                     Ok(status) => {
                         if let Some(status) = status {
@@ -627,11 +630,11 @@ impl Relay<'_> {
     /// Who holds any of `keys`. A lockserver that does not answer counts as nobody:
     /// the write runs, and so do the next ones for a while (see `session::outside`).
     async fn check(&mut self, keys: &[LockKey]) -> Check {
-        match self.ctx.outside.holder_of(&self.ctx.lock, keys).await {
+        match self.ctx.outside.held(&self.ctx.lock, keys).await {
             // An XA-mode session's own global transaction holding the row (an AT
             // branch of it) is a holder too: its rollback replays newest branch first,
             // and would wait on this XA branch's row lock if the XA branch came first.
-            Ok(Some(holder)) => Check::Held(holder),
+            Ok(Some(held)) => Check::Held(held.holder, held.holder_rolling_back),
             Ok(None) => Check::Free,
             Err(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
