@@ -6,8 +6,10 @@
 //! (guard.rs); in the middle of a batch there is none. So the BEGIN runs ahead, under a
 //! Sync of tandem's whose ReadyForQuery the client never sees, and the rest of the batch
 //! then starts at a sync point inside the block. Outside a global transaction this
-//! happens only while some table of the database may hold global locks and the
-//! statement after the BEGIN may write: it costs a round trip.
+//! happens only while some table of the database may hold global locks and a
+//! statement after the BEGIN may write: it costs a round trip. The same goes for any
+//! statement of a block that tandem lets through unchecked, ahead of a later write
+//! of its batch (`run_ahead_of_a_write`).
 //!
 //! A SAVEPOINT sent the same way, in one batch with a later statement of the block,
 //! runs ahead likewise outside a global transaction, under the same conditions.
@@ -94,8 +96,10 @@ impl Relay<'_> {
     /// [Describe] Execute` ahead when more of the batch follows it; one alone in its
     /// batch, or in another shape, is relayed as usual.
     pub(super) async fn begin_ahead(&mut self, rest: &[u8], opens_block: bool) -> Result<Extended> {
+        // Only for the check: when some later statement may write (a read between
+        // them runs ahead in turn).
         let behind = if self.runs_ahead_for_the_check_only() {
-            Behind::NextWrites
+            Behind::SomeWrite
         } else {
             Behind::Anything
         };
@@ -120,9 +124,12 @@ impl Relay<'_> {
     /// one starts at a sync point. In XA mode what runs ahead is the branch's work.
     pub(super) async fn run_ahead_of_a_write(&mut self, rest: &[u8]) -> Result<Extended> {
         let ran = self.run_ahead(rest, Behind::SomeWrite, false).await?;
+        // Only if it ran and the block goes on: one that failed ended tandem's block
+        // around autocommit work, or failed the client's, and nothing is the branch's.
         if self.binding.xid().is_some()
             && self.xa == super::xa::XaBranch::None
             && matches!(ran, Extended::Handled { .. })
+            && self.phase == Phase::Ready(TxStatus::InTransaction)
         {
             self.xa = super::xa::XaBranch::Open;
         }
@@ -165,7 +172,6 @@ impl Relay<'_> {
         let after = &rest[begin_len..batch_len];
         let wanted = match behind {
             Behind::Anything => true,
-            Behind::NextWrites => self.next_may_write(after)?,
             Behind::SomeWrite => self.some_may_write(after)?,
         };
         if !wanted {
@@ -224,36 +230,6 @@ impl Relay<'_> {
                 .tables
                 .enter_unchecked(&self.resource, None)
                 .is_none()
-    }
-
-    /// Whether the statement the batch runs after its BEGIN or SAVEPOINT (and the
-    /// Closes sent with it) may write. A SAVEPOINT there (pgJDBC's autosave, behind the
-    /// BEGIN of a transaction's first statement) is looked past: it runs ahead in turn.
-    fn next_may_write(&self, after: &[u8]) -> Result<bool> {
-        let max = self.ctx.config.max_message_bytes;
-        let mut at = 0;
-        loop {
-            let Some(frame) = Frame::peek(&after[at..], max)? else {
-                return Ok(false);
-            };
-            if frame.tag == frontend::CLOSE {
-                at += frame.wire_len;
-                continue;
-            }
-            let sql = matches!(frame.tag, frontend::PARSE | frontend::BIND)
-                .then(|| self.statement_sql(frame.tag, frame.body(&after[at..])))
-                .flatten();
-            let Some(sql) = sql else {
-                return Ok(false);
-            };
-            if !is_savepoint(&sql) {
-                return Ok(super::guard::may_write(&sql));
-            }
-            match begin_messages(&after[at..], max)? {
-                BeginShape::Messages(len) => at += len,
-                BeginShape::NotYet | BeginShape::Other => return Ok(false),
-            }
-        }
     }
 
     /// Whether any statement of the batch `after` (up to its Sync) may write.
@@ -443,8 +419,6 @@ const SYNC_LEN: usize = 5;
 #[derive(Clone, Copy)]
 enum Behind {
     Anything,
-    /// The next statement (past SAVEPOINTs) may write.
-    NextWrites,
     /// Some later statement may write.
     SomeWrite,
 }

@@ -1305,6 +1305,18 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
         "the failed block left nothing"
     );
 
+    // A BEGIN, a read, then a write, in one batch: the BEGIN and the read run ahead.
+    raw.send(&unnamed_batch(&[
+        "BEGIN",
+        "SELECT 1",
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 3",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12DC12CZ", "{replies:?}");
+    raw.simple("COMMIT").await;
+    assert_eq!(balance(&direct, 3).await, 1010, "the write committed");
+
     // Behind a read, an INSERT of the held row's key: the read runs ahead, so the
     // INSERT is checked at a sync point of its own.
     raw.simple("BEGIN").await;

@@ -1471,6 +1471,18 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         .unwrap()
         .get(0);
     assert_eq!(nokey, 0, "nothing of the refused batches stayed");
+    // A statement run ahead that fails ends tandem's block around the batch: the
+    // next autocommit write is a branch of its own again.
+    raw.send(&unnamed_batch(&[
+        "INSERT INTO nokey VALUES (2)",
+        "SELECT 1/0",
+        "UPDATE accounts SET balance = balance WHERE id = 4",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
+    assert_eq!(replies[4].sqlstate().as_deref(), Some("22012"));
+    assert_eq!(replies[5].strings()[0], "I", "{replies:?}");
     // And on rows nobody holds, as autocommit work: one branch.
     raw.send(&unnamed_batch(&batch)).await;
     let replies = raw.recv_until(b'Z').await;
