@@ -979,18 +979,25 @@ impl Relay<'_> {
             return self.xa_commit_extended(rest, tag).await;
         }
         // Only statements tandem reads: COPY, say, would wait for data from a client
-        // paused at its Sync.
-        if self.xa == XaBranch::None
+        // paused at its Sync. A read ahead of work in its batch opens the block too:
+        // the batch is one implicit transaction, whose work must be the branch's.
+        let autocommit = self.xa == XaBranch::None
             && analyses.is_ok()
             && self.phase == super::Phase::Ready(TxStatus::Idle)
-            && statements.contains(&XaStatement::Work)
             && !statements.iter().any(|s| {
                 matches!(
                     s,
                     XaStatement::Begin | XaStatement::Commit | XaStatement::Rollback
                 )
-            })
-        {
+            });
+        let work_behind = match autocommit && !statements.contains(&XaStatement::Work) {
+            true => match self.later_statement_may_write(rest)? {
+                Some(writes) => writes,
+                None => return Ok(Extended::NeedMore),
+            },
+            false => false,
+        };
+        if autocommit && (statements.contains(&XaStatement::Work) || work_behind) {
             if tag == frontend::PARSE {
                 // A Parse alone runs nothing: the block waits for a batch that executes.
                 match batch_executes(rest, self.ctx.config.max_message_bytes)? {

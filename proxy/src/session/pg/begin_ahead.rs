@@ -232,6 +232,25 @@ impl Relay<'_> {
                 .is_none()
     }
 
+    /// Whether a statement of the batch behind the `[Parse] Bind [Describe] Execute`
+    /// at the head of `rest` may write; None: the batch is not all here yet. Another
+    /// shape at the head (a Parse alone) has nothing behind it that runs with it.
+    pub(super) fn later_statement_may_write(&self, rest: &[u8]) -> Result<Option<bool>> {
+        let max = self.ctx.config.max_message_bytes;
+        let len = match begin_messages(rest, max)? {
+            BeginShape::Messages(len) => len,
+            BeginShape::NotYet if rest.len() <= max => return Ok(None),
+            BeginShape::NotYet | BeginShape::Other => return Ok(Some(false)),
+        };
+        match batch_len(rest, max)? {
+            BatchLen::Sync(end) => Ok(Some(self.some_may_write(&rest[len..end])?)),
+            BatchLen::NotYet if rest.len() <= max => Ok(None),
+            // Flushed: the client reads replies mid-batch; as before, its writes come
+            // between sync points.
+            BatchLen::NotYet | BatchLen::Flushed => Ok(Some(false)),
+        }
+    }
+
     /// Whether any statement of the batch `after` (up to its Sync) may write.
     fn some_may_write(&self, after: &[u8]) -> Result<bool> {
         let max = self.ctx.config.max_message_bytes;

@@ -1471,6 +1471,18 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         .unwrap()
         .get(0);
     assert_eq!(nokey, 0, "nothing of the refused batches stayed");
+    // Autocommit work behind a read in its batch: the read opens tandem's block and
+    // runs ahead, and the write is checked.
+    raw.send(&unnamed_batch(&[
+        "SELECT 1",
+        "INSERT INTO accounts (id, balance) VALUES (3, 7)",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DC1EZ", "{replies:?}");
+    assert_eq!(replies[5].sqlstate().as_deref(), Some("55P03"));
+    assert_eq!(replies[6].strings()[0], "I", "{replies:?}");
+    assert!(tandem_prepared(&direct).await.is_empty());
     // A statement run ahead that fails ends tandem's block around the batch: the
     // next autocommit write is a branch of its own again.
     raw.send(&unnamed_batch(&[
@@ -1631,6 +1643,31 @@ async fn an_xa_autocommit_write_waiting_for_a_row_lets_its_holder_roll_back() {
         3000,
         "both writes, on restored rows"
     );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// An autocommit batch whose write comes behind a read is one implicit transaction:
+/// in XA mode the read opens tandem's block, and the batch is prepared as one branch
+/// (it was refused with 0A000, the write coming between sync points outside a block).
+#[tokio::test]
+async fn an_autocommit_batch_with_a_read_ahead_of_its_write_is_one_xa_branch() {
+    use super::control::unnamed_batch;
+    let orders = prepare("xa_read_then_write").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let da = orders.direct().await;
+    let mut raw = raw_in_xa(&tandem, &orders.name).await;
+    raw.send(&unnamed_batch(&[
+        "SELECT 1",
+        "UPDATE accounts SET balance = 5 WHERE id = 1",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12DC12CZ", "{replies:?}");
+    assert_eq!(replies[7].strings()[0], "I", "{replies:?}");
+    branch_prepared_then_rolled_back(&mut raw, &da).await;
+    drop(raw);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
