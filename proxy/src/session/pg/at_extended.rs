@@ -991,10 +991,17 @@ impl Relay<'_> {
                 )
             });
         let work_behind = match autocommit && !statements.contains(&XaStatement::Work) {
-            true => match self.later_statement_may_write(rest)? {
-                Some(writes) => writes,
-                None => return Ok(Extended::NeedMore),
-            },
+            true => {
+                let is_work = |sql: &[u8]| {
+                    let sql = String::from_utf8_lossy(sql);
+                    classify(&sql, &analyze(&Postgres, &sql))
+                        .map_or(true, |s| s.contains(&XaStatement::Work))
+                };
+                match self.read_leads_xa_work(sql.as_bytes(), rest, is_work)? {
+                    Some(work) => work,
+                    None => return Ok(Extended::NeedMore),
+                }
+            }
             false => false,
         };
         if autocommit && (statements.contains(&XaStatement::Work) || work_behind) {

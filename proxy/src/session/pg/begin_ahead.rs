@@ -232,10 +232,20 @@ impl Relay<'_> {
                 .is_none()
     }
 
-    /// Whether a statement of the batch behind the `[Parse] Bind [Describe] Execute`
-    /// at the head of `rest` may write; None: the batch is not all here yet. Another
-    /// shape at the head (a Parse alone) has nothing behind it that runs with it.
-    pub(super) fn later_statement_may_write(&self, rest: &[u8]) -> Result<Option<bool>> {
+    /// Whether the read `sql` leads XA autocommit work in its batch (`rest` starts
+    /// with its messages): a later statement is work of a branch (`is_work`), and
+    /// where writes may need a check the read can run ahead of it, so that the write
+    /// starts at a sync point (a SET cannot: the write behind it would come between
+    /// sync points inside tandem's block). None: the batch is not all here yet.
+    pub(super) fn read_leads_xa_work(
+        &self,
+        sql: &[u8],
+        rest: &[u8],
+        is_work: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<bool>> {
+        if !keeps_block(sql) && self.writes_may_need_a_check() {
+            return Ok(Some(false));
+        }
         let max = self.ctx.config.max_message_bytes;
         let len = match begin_messages(rest, max)? {
             BeginShape::Messages(len) => len,
@@ -243,23 +253,28 @@ impl Relay<'_> {
             BeginShape::NotYet | BeginShape::Other => return Ok(Some(false)),
         };
         match batch_len(rest, max)? {
-            BatchLen::Sync(end) => Ok(Some(self.some_may_write(&rest[len..end])?)),
+            BatchLen::Sync(end) => Ok(Some(self.some_statement(&rest[len..end], is_work)?)),
             BatchLen::NotYet if rest.len() <= max => Ok(None),
-            // Flushed: the client reads replies mid-batch; as before, its writes come
-            // between sync points.
+            // The client reads replies mid-batch: as before, its writes come between
+            // sync points.
             BatchLen::NotYet | BatchLen::Flushed => Ok(Some(false)),
         }
     }
 
     /// Whether any statement of the batch `after` (up to its Sync) may write.
     fn some_may_write(&self, after: &[u8]) -> Result<bool> {
+        self.some_statement(after, super::guard::may_write)
+    }
+
+    /// Whether any statement of the batch `after` (up to its Sync) is one `wanted` says.
+    fn some_statement(&self, after: &[u8], wanted: impl Fn(&[u8]) -> bool) -> Result<bool> {
         let max = self.ctx.config.max_message_bytes;
         let mut at = 0;
         while let Some(frame) = Frame::peek(&after[at..], max)? {
             if matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 && self
                     .statement_sql(frame.tag, frame.body(&after[at..]))
-                    .is_some_and(|sql| super::guard::may_write(&sql))
+                    .is_some_and(|sql| wanted(&sql))
             {
                 return Ok(true);
             }
@@ -478,6 +493,7 @@ fn begin_messages(rest: &[u8], max: usize) -> Result<BeginShape> {
 
 enum BatchLen {
     Sync(usize),
+    /// A Flush, Query or FunctionCall before any Sync: the client waits for replies.
     Flushed,
     NotYet,
 }
@@ -490,7 +506,11 @@ fn batch_len(rest: &[u8], max: usize) -> Result<BatchLen> {
         at += frame.wire_len;
         match frame.tag {
             frontend::SYNC => return Ok(BatchLen::Sync(at)),
-            frontend::FLUSH => return Ok(BatchLen::Flushed),
+            // A Query or FunctionCall ends the batch without a Sync, and the client
+            // waits for its reply: no Sync may come.
+            frontend::FLUSH | frontend::QUERY | frontend::FUNCTION_CALL => {
+                return Ok(BatchLen::Flushed);
+            }
             _ => {}
         }
     }

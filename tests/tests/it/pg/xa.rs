@@ -1483,6 +1483,17 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
     assert_eq!(replies[5].sqlstate().as_deref(), Some("55P03"));
     assert_eq!(replies[6].strings()[0], "I", "{replies:?}");
     assert!(tandem_prepared(&direct).await.is_empty());
+    // Behind a statement that cannot run ahead (a SET), the write would come between
+    // sync points, where it cannot be checked: refused, as before, not run unchecked.
+    raw.send(&unnamed_batch(&[
+        "SET application_name = 'batch'",
+        "INSERT INTO accounts (id, balance) VALUES (3, 7)",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
+    assert_eq!(replies[4].sqlstate().as_deref(), Some("0A000"));
+    assert!(tandem_prepared(&direct).await.is_empty());
     // A statement run ahead that fails ends tandem's block around the batch: the
     // next autocommit write is a branch of its own again.
     raw.send(&unnamed_batch(&[
