@@ -27,6 +27,15 @@ async fn global_proxy(lockserver: &TestLockserver) -> Tandem {
     my::start_with(|c| c.lockserver.endpoint = endpoint).await
 }
 
+/// An embedded lockserver, a proxy of it for global transactions, and a second one for
+/// the writes outside them (`mode`).
+async fn proxies(mode: OutsideWrites) -> (TestLockserver, Tandem, Tandem) {
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = global_proxy(&lockserver).await;
+    let outside = outside_proxy(&lockserver, mode).await;
+    (lockserver, global, outside)
+}
+
 /// A second proxy of the same lockserver, for the writes outside global transactions.
 async fn outside_proxy(lockserver: &TestLockserver, mode: OutsideWrites) -> Tandem {
     let endpoint = format!("http://{}", lockserver.grpc);
@@ -73,9 +82,7 @@ async fn no_locks_left(lockserver: &TestLockserver) {
 async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over_the_restored_row()
 {
     let db = prepare("my_outside_wait").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Wait).await;
     let mut direct = db.direct().await;
     let mut a = hold_row(&global, &db, 2).await;
 
@@ -187,9 +194,7 @@ async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over
 #[tokio::test]
 async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail() {
     let db = prepare("my_outside_fail").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut direct = db.direct().await;
     let mut a = hold_row(&global, &db, 2).await;
     let before = super::at_mode::dump(&mut direct, "accounts").await;
@@ -277,9 +282,7 @@ async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail(
 #[tokio::test]
 async fn a_checked_write_under_lock_tables_is_refused_and_the_tables_stay_locked() {
     let db = prepare("my_outside_lock_tables").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut direct = db.direct().await;
     let mut a = hold_row(&global, &db, 2).await;
     let before = super::at_mode::dump(&mut direct, "accounts").await;
@@ -346,9 +349,7 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
 #[tokio::test]
 async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_exact() {
     let db = prepare("my_outside_insert_fail").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut direct = db.direct().await;
     let before = super::at_mode::dump(&mut direct, "accounts").await;
     let mut a = delete_held_row(&global, &db, 2).await;
@@ -491,9 +492,7 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
 #[tokio::test]
 async fn an_outside_insert_of_a_held_key_waits_for_the_commit_then_goes_in() {
     let db = prepare("my_outside_insert_wait").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Wait).await;
     let mut direct = db.direct().await;
     let mut a = delete_held_row(&global, &db, 2).await;
     let mut b = my::connect(&outside, &db.name).await;
@@ -532,9 +531,7 @@ async fn an_outside_insert_of_a_held_key_waits_for_the_commit_then_goes_in() {
 #[tokio::test]
 async fn an_insert_only_role_still_inserts_into_a_table_that_holds_global_locks() {
     let db = prepare("my_outside_insert_only").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut a = hold_row(&global, &db, 1).await;
     let user = format!("tandem_ins_{:06x}", rand::random::<u32>() & 0xff_ffff);
     super::auth::create_user(&user, "pw", &db.name).await;
@@ -677,9 +674,7 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
 #[tokio::test]
 async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
     let db = prepare("my_outside_ansi_quotes").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut a = delete_held_row(&global, &db, 2).await;
     let mut b = my::connect(&outside, &db.name).await;
     let e = b
@@ -718,9 +713,7 @@ async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
 #[tokio::test]
 async fn a_session_select_limit_caps_none_of_tandems_reads() {
     let db = prepare("my_select_limit").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut direct = db.direct().await;
     let before = super::at_mode::dump(&mut direct, "accounts").await;
 
@@ -781,9 +774,7 @@ async fn a_session_select_limit_caps_none_of_tandems_reads() {
 #[tokio::test]
 async fn a_waiting_write_in_a_transaction_gives_way_to_a_rollback() {
     let db = prepare("my_outside_gives_way").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = global_proxy(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Wait).await;
     let mut direct = db.direct().await;
     let before = balance(&mut direct, 2).await;
     let mut a = hold_row(&global, &db, 2).await;

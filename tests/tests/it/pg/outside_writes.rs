@@ -20,6 +20,15 @@ async fn balance(client: &Client, id: i32) -> i64 {
         .get(0)
 }
 
+/// An embedded lockserver, a proxy of it for global transactions, and a second one for
+/// the writes outside them (`mode`).
+async fn proxies(mode: OutsideWrites) -> (TestLockserver, Tandem, Tandem) {
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, mode).await;
+    (lockserver, global, outside)
+}
+
 /// A second proxy of the same lockserver, for the writes outside global transactions.
 async fn outside_proxy(lockserver: &TestLockserver, mode: OutsideWrites) -> Tandem {
     let endpoint = format!("http://{}", lockserver.grpc);
@@ -56,9 +65,7 @@ async fn hold_row(tandem: &Tandem, database: &str, id: i32) -> Client {
 async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over_the_restored_row()
 {
     let orders = prepare("outside_wait").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Wait).await;
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 2).await;
 
@@ -122,9 +129,7 @@ async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over
 #[tokio::test]
 async fn an_outside_write_to_a_held_row_fails_with_55p03_when_configured_to_fail() {
     let orders = prepare("outside_fail").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 4).await;
 
@@ -242,9 +247,7 @@ async fn upsert_meets_a_row_inserted_by_a_global_transaction(
     Option<String>,
 ) {
     let orders = prepare(&format!("outside_upsert_{decision}_{extended}")).await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, mode).await;
+    let (lockserver, global, outside) = proxies(mode).await;
     // Another row held: the table is announced, so outside writes to it are checked.
     let _holder = hold_row(&global, &orders.name, 5).await;
     let g = global.connect(&orders.name).await;
@@ -331,9 +334,7 @@ async fn a_portal_from_an_earlier_batch_executed_behind_other_requests_is_refuse
     use tandem_tests::expect_msg;
     use tandem_tests::raw_pg::{RawPg, frame};
     let orders = prepare("outside_portal_piped").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let direct = orders.direct().await;
     // Two sessions bind a portal each while the table holds no global lock (nothing
     // to check yet); then global transactions take both rows.
@@ -405,9 +406,7 @@ async fn a_portal_from_an_earlier_batch_executed_behind_other_requests_is_refuse
 #[tokio::test]
 async fn a_portal_bound_before_its_table_held_locks_is_not_executed_over_a_held_row() {
     let orders = prepare("outside_portal").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let mut b = outside.connect(&orders.name).await;
     let tx = b.transaction().await.unwrap();
     let update = tx
@@ -459,9 +458,7 @@ async fn a_pipelined_write_is_checked_against_the_table_its_search_path_finds() 
         )
         .await
         .unwrap();
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let a = global.connect(&orders.name).await;
     one(&a, "SELECT tandem_begin(60000)").await.unwrap();
     a.batch_execute("UPDATE tenant.accounts SET balance = 1 WHERE id = 1")
@@ -526,9 +523,7 @@ async fn a_pipelined_write_is_checked_against_the_table_its_search_path_finds() 
 async fn copy_freeze_works_after_a_checked_write_in_the_same_transaction() {
     use futures::SinkExt;
     let orders = prepare("outside_copy_freeze").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     // Another row held: the table is announced, so the write below is checked.
     let _holder = hold_row(&global, &orders.name, 5).await;
     let b = outside.connect(&orders.name).await;
@@ -594,9 +589,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
         .await
         .unwrap();
     let before = super::at_mode::dump(&direct).await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let a = delete_held_row(&global, &orders.name, 2).await;
     let b = outside.connect(&orders.name).await;
 
@@ -773,9 +766,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
 #[tokio::test]
 async fn an_outside_insert_of_a_held_key_waits_for_the_global_transaction() {
     let orders = prepare("outside_insert_wait").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Wait).await;
     let direct = orders.direct().await;
     let before = super::at_mode::dump(&direct).await;
 
@@ -821,9 +812,7 @@ async fn an_outside_insert_of_a_held_key_waits_for_the_global_transaction() {
 #[tokio::test]
 async fn writes_in_a_failed_transaction_get_25p02_and_the_session_goes_on() {
     let orders = prepare("outside_failed_block").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let a = hold_row(&global, &orders.name, 5).await;
     let b = outside.connect(&orders.name).await;
     // Prepared before the block: their first Bind is where tandem would describe them.
@@ -881,9 +870,7 @@ async fn a_begin_behind_closes_in_one_batch_still_lets_the_write_be_checked() {
     use super::control::{bind_body, parse_body};
     use tandem_tests::raw_pg::{RawPg, frame};
     let orders = prepare("outside_closes_begin").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 5).await;
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
@@ -934,9 +921,7 @@ async fn a_savepoint_batched_with_a_write_runs_ahead_and_the_write_is_checked() 
     use super::control::unnamed_batch;
     use tandem_tests::raw_pg::{RawPg, frame};
     let orders = prepare("outside_autosave").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 5).await;
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
@@ -1030,9 +1015,7 @@ async fn a_search_path_set_by_set_config_is_followed_by_outside_writes() {
         )
         .await
         .unwrap();
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let g = global.connect(&orders.name).await;
     one(&g, "SELECT tandem_begin(60000)").await.unwrap();
     g.batch_execute("UPDATE s2.t5 SET v = 'global' WHERE id = 1")
@@ -1083,9 +1066,7 @@ async fn an_outside_upsert_on_another_unique_key_is_checked_by_the_rows_it_chang
         .batch_execute("CREATE UNIQUE INDEX accounts_note ON accounts (note)")
         .await
         .unwrap();
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let a = hold_row(&global, &orders.name, 4).await;
     let b = outside.connect(&orders.name).await;
     let upsert = |note: &str| {
@@ -1124,9 +1105,7 @@ async fn an_outside_upsert_on_another_unique_key_is_checked_by_the_rows_it_chang
 #[tokio::test]
 async fn a_statement_of_more_than_32767_parameters_is_read_whole() {
     let db = prepare("outside_many_params").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let direct = db.direct().await;
     direct
         .batch_execute(
@@ -1259,9 +1238,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     use super::control::unnamed_batch;
     use tandem_tests::raw_pg::RawPg;
     let orders = prepare("outside_batch").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 5).await;
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
@@ -1346,9 +1323,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
 #[tokio::test]
 async fn a_waiting_write_in_a_block_gives_way_to_a_rollback() {
     let orders = prepare("outside_gives_way").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let global = Tandem::start_for(&lockserver).await;
-    let outside = outside_proxy(&lockserver, OutsideWrites::Wait).await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Wait).await;
     let direct = orders.direct().await;
     let a = hold_row(&global, &orders.name, 5).await;
     let writer = outside.connect(&orders.name).await;
