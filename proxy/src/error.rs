@@ -7,6 +7,9 @@ use crate::wire::pg::FrameError;
 use crate::wire::pg::sqlstate::SqlState;
 use std::io;
 
+/// What a write refused for a holder that is rolling back is told to do.
+const ROLLING_BACK_HINT: &str = " and is rolling back, which needs the rows this transaction has locked: end the transaction, then retry";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -146,8 +149,18 @@ pub enum Error {
     #[error("a row is locked by unfinished global transaction {holder}; retry the transaction")]
     GloballyLocked { holder: String },
 
-    #[error("could not change a row of {table}: unfinished global transaction {holder} holds it")]
-    RowGloballyLocked { table: String, holder: String },
+    #[error(
+        "could not change a row of {table}: unfinished global transaction {holder} holds it{}",
+        if *rolling_back { ROLLING_BACK_HINT } else { "" }
+    )]
+    RowGloballyLocked {
+        table: String,
+        holder: String,
+        /// The holder is rolling back, and its undo needs the rows the refused write's
+        /// transaction has locked: retrying before that transaction ends is refused
+        /// again.
+        rolling_back: bool,
+    },
 
     #[error("tandem's own statement failed: {message}")]
     Injected { message: String },

@@ -257,13 +257,12 @@ impl Relay<'_> {
         let waits = self.ctx.outside.waits();
         loop {
             let held = self.held(keys).await?;
-            if !waits
-                || Instant::now() + RECHECK > deadline
-                || (rows_locked && held.holder_rolling_back)
-            {
+            let gives_way = rows_locked && held.holder_rolling_back;
+            if !waits || Instant::now() + RECHECK > deadline || gives_way {
                 return Some(Error::RowGloballyLocked {
                     table: qualified_name(meta),
                     holder: held.holder.to_string(),
+                    rolling_back: gives_way,
                 });
             }
             tokio::time::sleep(RECHECK).await;
@@ -835,6 +834,7 @@ impl Relay<'_> {
             let e = Error::RowGloballyLocked {
                 table: qualified_name(meta),
                 holder: holder.to_string(),
+                rolling_back: false,
             };
             return refused(e, open);
         }

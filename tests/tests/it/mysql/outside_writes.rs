@@ -792,6 +792,7 @@ async fn a_waiting_write_in_a_transaction_gives_way_to_a_rollback() {
     rolled_back(&mut a).await;
     let refused = write.await.unwrap();
     assert_eq!(code(&refused), LOCK_WAIT_TIMEOUT, "{refused}");
+    assert!(refused.to_string().contains("is rolling back"), "{refused}");
     assert_eq!(
         balance(&mut direct, 2).await,
         before,

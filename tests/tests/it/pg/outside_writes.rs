@@ -1344,6 +1344,13 @@ async fn a_waiting_write_in_a_block_gives_way_to_a_rollback() {
         Some(&SqlState::LOCK_NOT_AVAILABLE),
         "{refused:?}"
     );
+    let message = refused.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().is_some_and(
+            |m| m.contains("is rolling back") && m.contains("end the transaction, then retry")
+        ),
+        "{message:?}"
+    );
     assert_eq!(balance(&direct, 5).await, 1000, "restored, and not written");
     finish(lockserver, [outside, global]).await;
 }

@@ -328,7 +328,7 @@ impl Relay<'_> {
             // A holder rolling back needs the rows this transaction holds locked: its
             // undo would wait until this wait gave up.
             if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline || rolling_back {
-                return Ok(Some(self.refuse_held(table, &holder)));
+                return Ok(Some(self.refuse_held(table, &holder, rolling_back)));
             }
             tokio::time::sleep(RECHECK).await;
         }
@@ -365,7 +365,7 @@ impl Relay<'_> {
                     continue;
                 }
                 tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
-                return Ok(Some(self.refuse_held(table, &holder)));
+                return Ok(Some(self.refuse_held(table, &holder, false)));
             }
             let around = self.around_write(None, source, None).await?;
             let mut ok = match around.write {
@@ -561,7 +561,7 @@ impl Relay<'_> {
                 continue;
             }
             tracing::debug!(parent: &self.span, holder = %holder, "outside insert refused: key globally locked");
-            return Ok(Some(self.refuse_held(table, &holder)));
+            return Ok(Some(self.refuse_held(table, &holder, false)));
         }
     }
 
@@ -644,10 +644,11 @@ impl Relay<'_> {
         }
     }
 
-    fn refuse_held(&mut self, table: &AtTable, holder: &Xid) -> Handled {
+    fn refuse_held(&mut self, table: &AtTable, holder: &Xid, rolling_back: bool) -> Handled {
         let e = Error::RowGloballyLocked {
             table: qualified_name(&table.meta),
             holder: holder.to_string(),
+            rolling_back,
         };
         self.put_error(&e);
         Handled::Answer
