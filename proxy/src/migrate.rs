@@ -248,6 +248,7 @@ async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
         .await
         .map_err(err)?
         .get(0);
+    let schema = format!("schema {schema}");
     let columns = tx
         .query(
             "SELECT attname::text, format_type(atttypid, NULL), \
@@ -285,7 +286,7 @@ async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
     if let Some(problem) = shape_problem(&columns, &unique_keys, false) {
         return Err(MigrateError::Shape {
             url: redact(url),
-            schema: format!("schema {schema}"),
+            schema,
             problem,
         });
     }
@@ -294,7 +295,7 @@ async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
     let _ = driver.await;
     Ok(Applied {
         migrations: POSTGRES.iter().map(|(name, _)| *name).collect(),
-        schema: format!("schema {schema}"),
+        schema,
     })
 }
 
@@ -311,11 +312,12 @@ async fn apply_mysql(url: &str) -> Result<Applied, MigrateError> {
     for (_, sql) in MYSQL {
         conn.query_drop(*sql).await.map_err(err)?;
     }
-    let schema: String = conn
+    let database: String = conn
         .query_first("SELECT DATABASE()")
         .await
         .map_err(err)?
         .unwrap_or_default();
+    let schema = format!("database {database}");
     type Row = (String, String, Option<i64>, bool);
     let columns: Vec<Row> = conn
         .exec(
@@ -359,13 +361,13 @@ async fn apply_mysql(url: &str) -> Result<Applied, MigrateError> {
     if let Some(problem) = shape_problem(&columns, &unique_keys, true) {
         return Err(MigrateError::Shape {
             url: redact(url),
-            schema: format!("database {schema}"),
+            schema,
             problem,
         });
     }
     Ok(Applied {
         migrations: MYSQL.iter().map(|(name, _)| *name).collect(),
-        schema: format!("database {schema}"),
+        schema,
     })
 }
 

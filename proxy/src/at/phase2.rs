@@ -129,10 +129,10 @@ impl PgBranchHandler {
                 break;
             }
         }
-        let row = found.as_ref().map(|(_, row)| row);
-        let undo_log = found
-            .as_ref()
-            .map_or(tables[0].as_str(), |(table, _)| table);
+        let (undo_log, row) = match found {
+            Some((table, row)) => (table, Some(row)),
+            None => (tables[0].as_str(), None),
+        };
         let Some(row) = row else {
             // Phase 1 never committed, or has not yet: the marker makes a late phase-1
             // commit of this branch fail on the unique (xid, branch_id). A phase 1 whose

@@ -1013,10 +1013,7 @@ impl Relay<'_> {
                     None => return Ok(Extended::NeedMore),
                 }
             }
-            self.exchange_required("BEGIN").await?;
-            self.phase = super::Phase::Ready(TxStatus::InTransaction);
-            self.xa = XaBranch::Implicit;
-            tracing::debug!(parent: &self.span, "autocommit work over the extended protocol runs in tandem's block");
+            self.begin_xa_implicit_block().await?;
             // Checked in there against AT-mode global locks, as in the client's block.
             return self.guard_extended(rest, tag, sql.as_bytes(), true).await;
         }

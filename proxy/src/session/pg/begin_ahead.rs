@@ -147,28 +147,12 @@ impl Relay<'_> {
         opens_block: bool,
     ) -> Result<Extended> {
         let max = self.ctx.config.max_message_bytes;
-        let mut begin_len = match begin_messages(rest, max)? {
-            BeginShape::Messages(len) => len,
-            BeginShape::NotYet => return Ok(Extended::NeedMore),
-            BeginShape::Other => return Ok(Extended::NotAWrite),
+        // The whole batch must be here: if the statement fails, the rest is dropped.
+        let (begin_len, batch_len) = match head_of_batch(rest, max)? {
+            Head::Incomplete => return Ok(Extended::NeedMore),
+            Head::Unsplittable => return Ok(Extended::NotAWrite),
+            Head::Split { head, batch } => (head, batch),
         };
-        // Closes right behind the BEGIN (pgJDBC's of statements it dropped) go with it:
-        // the statement after them must still start at a sync point.
-        while let Some(frame) = Frame::peek(&rest[begin_len..], max)?
-            && frame.tag == frontend::CLOSE
-        {
-            begin_len += frame.wire_len;
-        }
-        // The whole batch must be here: if the BEGIN fails, the rest is dropped.
-        let batch_len = match batch_len(rest, max)? {
-            BatchLen::Sync(len) => len,
-            BatchLen::NotYet if rest.len() <= max => return Ok(Extended::NeedMore),
-            // A batch that long, or that waits for replies before its Sync: as usual.
-            BatchLen::NotYet | BatchLen::Flushed => return Ok(Extended::NotAWrite),
-        };
-        if batch_len == begin_len + SYNC_LEN {
-            return Ok(Extended::NotAWrite);
-        }
         let after = &rest[begin_len..batch_len];
         let wanted = match behind {
             Behind::Anything => true,
@@ -246,19 +230,16 @@ impl Relay<'_> {
         if !keeps_block(sql) && self.writes_may_need_a_check() {
             return Ok(Some(false));
         }
-        let max = self.ctx.config.max_message_bytes;
-        let len = match begin_messages(rest, max)? {
-            BeginShape::Messages(len) => len,
-            BeginShape::NotYet if rest.len() <= max => return Ok(None),
-            BeginShape::NotYet | BeginShape::Other => return Ok(Some(false)),
-        };
-        match batch_len(rest, max)? {
-            BatchLen::Sync(end) => Ok(Some(self.some_statement(&rest[len..end], is_work)?)),
-            BatchLen::NotYet if rest.len() <= max => Ok(None),
-            // The client reads replies mid-batch: as before, its writes come between
-            // sync points.
-            BatchLen::NotYet | BatchLen::Flushed => Ok(Some(false)),
-        }
+        Ok(
+            match head_of_batch(rest, self.ctx.config.max_message_bytes)? {
+                Head::Incomplete => None,
+                // As before, its writes come between sync points.
+                Head::Unsplittable => Some(false),
+                Head::Split { head, batch } => {
+                    Some(self.some_statement(&rest[head..batch], is_work)?)
+                }
+            },
+        )
     }
 
     /// Whether any statement of the batch `after` (up to its Sync) may write.
@@ -489,6 +470,41 @@ fn begin_messages(rest: &[u8], max: usize) -> Result<BeginShape> {
         last = Some(frame.tag);
     }
     Ok(BeginShape::NotYet)
+}
+
+/// The statement at the head of a batch, and the batch.
+enum Head {
+    /// Not all here yet.
+    Incomplete,
+    /// The head is not `[Parse] Bind [Describe] Execute`, or it is alone in its batch
+    /// but for the Sync, or the batch is too long to wait for, or the client reads
+    /// replies before its Sync.
+    Unsplittable,
+    /// The head's messages (with the Closes right behind them) end `head` bytes in,
+    /// the batch at its Sync, `batch` bytes in.
+    Split { head: usize, batch: usize },
+}
+
+/// Where the statement at the head of `rest` ends, and its batch.
+fn head_of_batch(rest: &[u8], max: usize) -> Result<Head> {
+    let mut head = match begin_messages(rest, max)? {
+        BeginShape::Messages(len) => len,
+        BeginShape::NotYet => return Ok(Head::Incomplete),
+        BeginShape::Other => return Ok(Head::Unsplittable),
+    };
+    // Closes right behind it (pgJDBC's of statements it dropped) go with it: the
+    // statement after them must still start at a sync point.
+    while let Some(frame) = Frame::peek(&rest[head..], max)?
+        && frame.tag == frontend::CLOSE
+    {
+        head += frame.wire_len;
+    }
+    Ok(match batch_len(rest, max)? {
+        BatchLen::Sync(batch) if batch == head + SYNC_LEN => Head::Unsplittable,
+        BatchLen::Sync(batch) => Head::Split { head, batch },
+        BatchLen::NotYet if rest.len() <= max => Head::Incomplete,
+        BatchLen::NotYet | BatchLen::Flushed => Head::Unsplittable,
+    })
 }
 
 enum BatchLen {

@@ -225,9 +225,7 @@ impl Relay<'_> {
                         // An autocommit statement: its own branch, in a transaction of
                         // tandem's that ends in the prepare, checked in there as in the
                         // client's own.
-                        self.exchange_required("BEGIN").await?;
-                        self.phase = super::Phase::Ready(TxStatus::InTransaction);
-                        self.xa = XaBranch::Implicit;
+                        self.begin_xa_implicit_block().await?;
                         let held = |query: BytesMut| Intercepted::ReplaceAndHold(query);
                         Ok(match self.guard_query(sql.as_bytes(), true).await? {
                             Intercepted::Replace(refusal) => held(refusal),
@@ -262,6 +260,17 @@ impl Relay<'_> {
             }
             _ => Ok(Intercepted::Relay),
         }
+    }
+
+    /// Begins tandem's block around autocommit work of an XA-mode session: the work
+    /// runs and is checked in it, and the end of the client's batch prepares it as a
+    /// branch (`end_xa_implicit`).
+    pub(super) async fn begin_xa_implicit_block(&mut self) -> Result<()> {
+        self.exchange_required("BEGIN").await?;
+        self.phase = super::Phase::Ready(TxStatus::InTransaction);
+        self.xa = XaBranch::Implicit;
+        tracing::debug!(parent: &self.span, "autocommit work runs in tandem's block");
+        Ok(())
     }
 
     /// COMMIT of an open XA branch over the extended protocol (`[Parse] Bind [Describe]
