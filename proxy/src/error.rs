@@ -100,6 +100,11 @@ pub enum Error {
     #[error("table {table} does not exist")]
     UnknownTable { table: String },
 
+    /// A PostgreSQL Bind of the unnamed statement where the client has none (a simple
+    /// Query dropped it): the server's own error for it.
+    #[error("unnamed prepared statement does not exist")]
+    UnnamedStatementGone,
+
     /// A MySQL execute of a statement id the session never prepared (or closed): the
     /// server's own error for it.
     #[error("Unknown prepared statement handler ({id}) given to {given_to}")]
@@ -270,7 +275,9 @@ impl Error {
                 SqlState::FeatureNotSupported
             }
             Error::UnknownTable { .. } => SqlState::UndefinedTable,
-            Error::UnknownStatement { .. } => SqlState::InvalidSqlStatementName,
+            Error::UnknownStatement { .. } | Error::UnnamedStatementGone => {
+                SqlState::InvalidSqlStatementName
+            }
             Error::Uncaptured { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
@@ -372,7 +379,9 @@ impl Error {
             | Error::InjectedTransient { .. }
             | Error::ServerError { .. } => MyErr::Unknown,
             Error::UnknownTable { .. } => MyErr::NoSuchTable,
-            Error::UnknownStatement { .. } => MyErr::UnknownStmtHandler,
+            Error::UnknownStatement { .. } | Error::UnnamedStatementGone => {
+                MyErr::UnknownStmtHandler
+            }
         }
     }
 
@@ -397,6 +406,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::UnknownStatement { .. }
+                | Error::UnnamedStatementGone
                 | Error::Uncaptured { .. }
                 | Error::InsertedUnseen { .. }
                 | Error::UpsertDoesNotAddUp { .. }
@@ -433,6 +443,7 @@ impl Error {
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::UnknownStatement { .. }
+                | Error::UnnamedStatementGone
                 | Error::ServerError { .. }
                 | Error::InsertedUnseen { .. }
                 | Error::UpsertDoesNotAddUp { .. }
@@ -483,6 +494,7 @@ impl Error {
             Error::Undo(_)
             | Error::UnknownTable { .. }
             | Error::UnknownStatement { .. }
+            | Error::UnnamedStatementGone
             | Error::ServerError { .. }
             | Error::Uncaptured { .. }
             | Error::InsertedUnseen { .. }
@@ -569,6 +581,7 @@ mod tests {
                 id: 7,
                 given_to: "mysqld_stmt_execute",
             },
+            Error::UnnamedStatementGone,
         ]
     }
 
@@ -577,7 +590,7 @@ mod tests {
         let expected = [
             "08P01", "54000", "08P01", "08P01", "08P01", "0A000", "08001", "08001", "08006",
             "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000", "22023", "55000",
-            "55000", "55000", "25001", "22023", "26000",
+            "55000", "55000", "25001", "22023", "26000", "26000",
         ];
         let got: Vec<_> = every_variant()
             .iter()
@@ -599,7 +612,7 @@ mod tests {
         }));
         let expected = [
             1043, 1153, 1043, 1047, 1043, 1235, 2003, 2003, 1158, 1158, 1158, 1158, 1043, 1040,
-            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1243, 1153, 1156,
+            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1243, 1243, 1153, 1156,
         ];
         let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
         assert_eq!(got, expected);

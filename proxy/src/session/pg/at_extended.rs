@@ -631,6 +631,14 @@ impl Relay<'_> {
         body: &[u8],
     ) -> Result<Extended> {
         let Some(sql) = self.statement_sql(tag, body) else {
+            if tag == frontend::BIND
+                && self.unnamed_statement_is_tandems
+                && Bind::statement_of(body).is_ok_and(<[u8]>::is_empty)
+            {
+                // The backend's unnamed statement is tandem's, where PostgreSQL would
+                // have none: the client's Bind must not run it.
+                return Ok(Extended::RefuseBind(refusal(Error::UnnamedStatementGone)));
+            }
             // Malformed, or a Bind of an unknown statement: the backend says so.
             return Ok(Extended::NotAWrite);
         };

@@ -443,6 +443,7 @@ impl Relay<'_> {
                 self.tracked
                     .on_parse(body)
                     .map_err(|_| Error::Malformed { what: "Parse" })?;
+                self.unnamed_statement_is_tandems &= body.first() != Some(&0);
                 false
             }
             frontend::BIND => {

@@ -405,6 +405,12 @@ impl Tracked {
         {
             self.outstanding.pop_front();
         }
+        if answered == SyncKind::Query {
+            // PostgreSQL runs a simple Query as if in the unnamed statement and portal,
+            // dropping the client's (docs, "Simple Query").
+            self.statements.remove(&b""[..]);
+            self.portals.remove(&b""[..]);
+        }
         if transaction_ended {
             self.portals.clear();
         }
@@ -499,6 +505,29 @@ mod tests {
         assert_eq!(t.on_copy_in_response(), 0, "its own Sync is not ignored");
         t.on_ready_for_query(false).unwrap();
         assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn a_query_drops_the_unnamed_statement_and_portal_and_no_other() {
+        let mut t = Tracked::default();
+        for name in ["", "s1"] {
+            t.on_parse(&parse_body(name, "select 1")).unwrap();
+            t.on_bind(&bind_body(name, name, b"")).unwrap();
+        }
+        t.on_sync_point_request(SyncKind::Sync);
+        for _ in 0..2 {
+            t.on_parse_complete().unwrap();
+            t.on_bind_complete().unwrap();
+        }
+        t.on_ready_for_query(false).unwrap();
+        // A Query, and behind it (not yet run) a Parse of the unnamed statement.
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_parse(&parse_body("", "select 2")).unwrap();
+        t.on_ready_for_query(false).unwrap();
+        assert!(t.statement(b"").is_none() && t.portal(b"").is_none());
+        assert!(t.statement(b"s1").is_some() && t.portal(b"s1").is_some());
+        t.on_parse_complete().unwrap();
+        assert_eq!(&t.statement(b"").unwrap().sql[..], b"select 2");
     }
 
     #[test]

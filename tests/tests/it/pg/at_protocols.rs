@@ -2875,3 +2875,78 @@ async fn a_write_that_does_not_prepare_fails_with_the_servers_sqlstate() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A simple Query drops the unnamed statement and portal (PostgreSQL docs, "Simple
+/// Query"), so a Bind of the unnamed statement behind one, with no Parse, fails with
+/// 26000. tandem runs statements of its own unnamed on the backend while it serves a
+/// Query (a captured write is one of them): such a Bind is answered as PostgreSQL
+/// answers it, and runs nothing of tandem's, in or out of a global transaction.
+#[tokio::test]
+async fn a_bind_of_the_unnamed_statement_behind_a_query_fails_as_on_postgresql() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("unnamed_after_query").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut bind_unnamed = frame(b'B', &bind_body(""));
+    bind_unnamed.extend(frame(b'E', b"\0\0\0\0\0"));
+    bind_unnamed.extend(frame(b'S', b""));
+    let global = ["SELECT tandem_begin(30000)"];
+    let autocommit_write = ["UPDATE accounts SET balance = balance + 1 WHERE id = 1"];
+    let committed_block = [
+        "BEGIN",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = 2",
+        "COMMIT",
+    ];
+    for (label, queries) in [
+        (
+            "an autocommit write",
+            &[&global[..], &autocommit_write[..]].concat(),
+        ),
+        (
+            "a branch's COMMIT",
+            &[&global[..], &committed_block[..]].concat(),
+        ),
+        ("a plain query", &vec!["SELECT 1"]),
+    ] {
+        for sql in queries {
+            let replies = raw.simple(sql).await;
+            assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+        }
+        raw.send(&bind_unnamed).await;
+        let replies = raw.recv_until(b'Z').await;
+        let error = replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("behind {label}: {replies:?}"));
+        assert_eq!(
+            error.sqlstate().as_deref(),
+            Some("26000"),
+            "behind {label}: {replies:?}"
+        );
+        assert!(
+            replies.iter().all(|m| m.tag != b'C' && m.tag != b'D'),
+            "behind {label}: {replies:?}"
+        );
+        if queries[0] == global[0] {
+            let replies = raw.simple("SELECT tandem_rollback()").await;
+            assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+            assert_eq!(dump(&direct).await, before, "rolled back, behind {label}");
+        }
+    }
+    // The client's own unnamed statement is bound as ever.
+    let mut prepare_unnamed = frame(b'P', &parse_body("", "SELECT 2"));
+    prepare_unnamed.extend(frame(b'S', b""));
+    raw.send(&prepare_unnamed).await;
+    raw.recv_until(b'Z').await;
+    raw.send(&bind_unnamed).await;
+    let replies = raw.recv_until(b'Z').await;
+    let row = replies.iter().find(|m| m.tag == b'D');
+    assert_eq!(row.map(|m| &m.body[6..]), Some(&b"2"[..]), "{replies:?}");
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
