@@ -1104,6 +1104,72 @@ async fn a_statement_after_its_own_xa_commit_is_refused_at_once_not_left_waiting
     lockserver.stop().await;
 }
 
+/// What frameworks send right after a COMMIT that prepared the branch (Django's
+/// `atomic()` restores autocommit, pools roll back on release) is answered as the
+/// server answers it once the branch is finished, not refused: the client would take
+/// its committed work for failed, and do it again. `SET autocommit` takes effect on the
+/// server once the connection holds no branch; other statements are still refused.
+#[tokio::test]
+async fn autocommit_and_an_empty_rollback_after_an_xa_commit_are_answered_ok() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_after_commit").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    for (decision, after) in [
+        ("SELECT tandem_commit()", [(1, 990), (2, 1000), (3, 1000)]),
+        ("SELECT tandem_rollback()", [(1, 990), (2, 1000), (3, 1000)]),
+    ] {
+        let mut conn = my::connect(&tandem, &db.name).await;
+        conn.query_drop("SET AUTOCOMMIT = 0").await.unwrap();
+        begin_and_prepare(&mut conn).await;
+        for sql in [
+            "SET AUTOCOMMIT = 1",
+            "ROLLBACK",
+            "COMMIT",
+            "set @@session.autocommit=on;",
+        ] {
+            tokio::time::timeout(std::time::Duration::from_secs(10), conn.query_drop(sql))
+                .await
+                .expect("answered at once")
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let e = conn
+            .query_drop("SET AUTOCOMMIT = 1, sql_mode = ''")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), 1399, "{e}");
+        let e = conn.query_drop("ROLLBACK AND CHAIN").await.unwrap_err();
+        assert_eq!(code(&e), 1399, "{e}");
+        let decided = text(&mut conn, decision).await.unwrap();
+        assert!(
+            matches!(decided.as_deref(), Some("Committed" | "Rollbacked")),
+            "{decided:?}"
+        );
+        let autocommit: Option<i64> = conn.query_first("SELECT @@autocommit").await.unwrap();
+        assert_eq!(autocommit, Some(1), "after {decision}");
+        // In autocommit again (the decision unbound the session): a plain UPDATE
+        // commits on its own.
+        conn.query_drop("UPDATE accounts SET note = 'after' WHERE id = 3")
+            .await
+            .unwrap();
+        let note: Option<String> = direct
+            .query_first("SELECT note FROM accounts WHERE id = 3")
+            .await
+            .unwrap();
+        assert_eq!(note.as_deref(), Some("after"), "committed in autocommit");
+        direct
+            .query_drop("UPDATE accounts SET note = NULL WHERE id = 3")
+            .await
+            .unwrap();
+        // The rollback undoes its own round's UPDATE only.
+        assert_eq!(balances(&mut direct).await, after, "after {decision}");
+        drop(conn);
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// An XA-mode write inside its branch is checked against the global locks AT-mode
 /// transactions hold, as a write outside a global transaction is: a row an AT branch
 /// holds makes it wait, then fail with 1205 (over COM_QUERY and COM_STMT_EXECUTE), so

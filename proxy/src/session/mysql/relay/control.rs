@@ -315,6 +315,12 @@ impl Relay<'_> {
         }
         let parsed = control::parse(sql);
         if matches!(parsed, Ok(None))
+            && !self.owned.is_empty()
+            && let Some(settles) = SettlesNothing::of(sql)
+        {
+            return self.answer_while_held(settles).map(Some);
+        }
+        if matches!(parsed, Ok(None))
             && let Some(held) = self.held_by_owned_branches()?
         {
             return Ok(Some(held));
@@ -468,6 +474,47 @@ impl Relay<'_> {
         Ok(Some(Handled::Pause))
     }
 
+    /// What frameworks send right after a COMMIT that prepared an XA branch (Django's
+    /// `atomic()` and JDBC pools restore autocommit, SQLAlchemy's pool and pymysql
+    /// roll back on release), answered OK on a connection that holds prepared branches
+    /// as the server would answer it once they are finished: no local transaction is
+    /// open, so COMMIT and ROLLBACK end nothing, and `SET autocommit` runs when the
+    /// connection holds no branch any more. Refused or held like any other statement,
+    /// the client would take its committed work for failed.
+    fn answer_while_held(&mut self, settles: SettlesNothing) -> Result<Handled> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Handled::Pause);
+        }
+        let mut status = self.exchange.status().unwrap_or(StatusFlags::empty())
+            - StatusFlags::SERVER_STATUS_IN_TRANS;
+        if let SettlesNothing::Autocommit(on) = settles {
+            status.set(StatusFlags::SERVER_STATUS_AUTOCOMMIT, on);
+            self.deferred_autocommit = Some(on);
+        }
+        put_ok(&mut self.to_client, 1, status);
+        self.exchange.on_authenticated(status);
+        Ok(Handled::Answer)
+    }
+
+    /// Runs the `SET autocommit` answered while the connection held prepared branches,
+    /// once it holds none (at a sync point, before anything more of the client's).
+    pub(super) async fn run_deferred_autocommit(&mut self) -> Result<()> {
+        if !self.owned.is_empty() || !self.exchange.at_sync_point() {
+            return Ok(());
+        }
+        let Some(on) = self.deferred_autocommit.take() else {
+            return Ok(());
+        };
+        let sql = format!("SET autocommit = {}", u8::from(on));
+        match own_statement(&mut self.server, &mut self.from_server, &sql).await? {
+            Ok(status) => self.exchange.on_authenticated(status),
+            Err(e) => {
+                tracing::warn!(parent: &self.span, code = e.code, message = %e.message, "the client's SET autocommit, answered while the connection held a prepared XA branch, failed when run");
+            }
+        }
+        Ok(())
+    }
+
     /// COM_STMT_EXECUTE in a bound session: the statement it runs (known from its
     /// COM_STMT_PREPARE; unknown counts as a write) follows the COM_QUERY rules.
     async fn intercept_execute(
@@ -571,6 +618,7 @@ impl Relay<'_> {
             }
             Err(e) => Err(e),
         };
+        self.run_deferred_autocommit().await?;
         match answer {
             Ok((value, column)) => put_single_value(
                 &mut self.to_client,
@@ -899,10 +947,55 @@ impl Relay<'_> {
             )
             .await?;
         }
+        self.run_deferred_autocommit().await?;
         if self.client_paused && self.owned.is_empty() && self.exchange.at_sync_point() {
             return self.relay_from_client().await;
         }
         Ok(false)
+    }
+}
+
+/// A statement that changes nothing a prepared XA branch holds (see
+/// `Relay::answer_while_held`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SettlesNothing {
+    /// COMMIT or ROLLBACK with no local transaction open.
+    EndsNoTransaction,
+    /// `SET [SESSION] autocommit = …`.
+    Autocommit(bool),
+}
+
+impl SettlesNothing {
+    /// Reads `sql` as one of them: only the plain spellings, without comments, chaining
+    /// or other settings; anything else is not one.
+    fn of(sql: &[u8]) -> Option<SettlesNothing> {
+        let text = std::str::from_utf8(sql).ok()?.trim_ascii();
+        let text = text.strip_suffix(';').unwrap_or(text).trim_ascii();
+        let words: Vec<String> = text
+            .split_ascii_whitespace()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        match words[..] {
+            ["commit" | "rollback"] | ["commit" | "rollback", "work"] => {
+                return Some(SettlesNothing::EndsNoTransaction);
+            }
+            ["set", ..] => {}
+            _ => return None,
+        }
+        let setting = words[1..].concat();
+        let setting = ["@@session.", "@@local.", "@@", "session", "local"]
+            .iter()
+            .find_map(|scope| setting.strip_prefix(scope))
+            .unwrap_or(&setting);
+        let value = setting
+            .strip_prefix("autocommit:=")
+            .or_else(|| setting.strip_prefix("autocommit="))?;
+        match value {
+            "1" | "on" | "true" => Some(SettlesNothing::Autocommit(true)),
+            "0" | "off" | "false" => Some(SettlesNothing::Autocommit(false)),
+            _ => None,
+        }
     }
 }
 
@@ -952,6 +1045,32 @@ async fn serve_owned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_settles_nothing_on_a_held_connection_is_read_in_its_plain_spellings_only() {
+        use SettlesNothing::*;
+        for (sql, expected) in [
+            ("COMMIT", Some(EndsNoTransaction)),
+            (" rollback work ; ", Some(EndsNoTransaction)),
+            ("ROLLBACK AND CHAIN", None),
+            ("COMMIT RELEASE", None),
+            ("ROLLBACK TO SAVEPOINT a", None),
+            ("SET AUTOCOMMIT = 1", Some(Autocommit(true))),
+            ("set autocommit=0", Some(Autocommit(false))),
+            ("SET @@session.autocommit = OFF;", Some(Autocommit(false))),
+            ("SET SESSION autocommit := on", Some(Autocommit(true))),
+            ("SET LOCAL autocommit = TRUE", Some(Autocommit(true))),
+            ("SET @@autocommit=1", Some(Autocommit(true))),
+            ("SET GLOBAL autocommit = 1", None),
+            ("SET autocommit = 1, sql_mode = ''", None),
+            ("SET autocommit = 2", None),
+            ("SET /* x */ autocommit = 1", None),
+            ("SET autocommitx = 1", None),
+            ("SELECT 1", None),
+        ] {
+            assert_eq!(SettlesNothing::of(sql.as_bytes()), expected, "{sql}");
+        }
+    }
 
     #[test]
     fn statements_are_classified_by_their_leading_words() {
