@@ -681,7 +681,7 @@ impl Relay<'_> {
         } else {
             let mut then = BytesMut::new();
             super::exchange::put_as_extended(&mut then, &rewritten);
-            self.unnamed_statement_is_tandems = true;
+            self.tracked.tandem_parsed_unnamed();
             swallow.extend([backend::PARSE_COMPLETE, backend::BIND_COMPLETE]);
             let mut results = self.exchange_many_then(&statements, &then).await?;
             if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {

@@ -632,8 +632,7 @@ impl Relay<'_> {
     ) -> Result<Extended> {
         let Some(sql) = self.statement_sql(tag, body) else {
             if tag == frontend::BIND
-                && self.unnamed_statement_is_tandems
-                && Bind::statement_of(body).is_ok_and(<[u8]>::is_empty)
+                && Bind::statement_of(body).is_ok_and(|s| self.tracked.meets_tandems_unnamed(s))
             {
                 // The backend's unnamed statement is tandem's, where PostgreSQL would
                 // have none: the client's Bind must not run it.

@@ -85,6 +85,12 @@ impl Relay<'_> {
                 _ => None,
             };
             let names_own = super::intercept::names_tandems_own(frame.tag, body);
+            // A Describe of the unnamed statement where the backend's is tandem's.
+            let describes_tandems = frame.tag == frontend::DESCRIBE
+                && body.strip_prefix(b"S").is_some_and(|name| {
+                    name.strip_suffix(b"\0")
+                        .is_some_and(|name| self.tracked.meets_tandems_unnamed(name))
+                });
             // Outside a global transaction, or in XA mode (whose writes are checked as
             // those outside are: guard.rs).
             let execute_outside = frame.tag == frontend::EXECUTE
@@ -108,6 +114,7 @@ impl Relay<'_> {
                 || execute_outside
                 || execute_spent
                 || names_own
+                || describes_tandems
             {
                 let handled = match control {
                     // tandem's own statement (its last rewritten write, its undo row's
@@ -118,6 +125,9 @@ impl Relay<'_> {
                             what: "a statement or portal name starting with \\x01 (tandem's own statements are named so)",
                         }))
                     }
+                    _ if describes_tandems => Extended::RefuseExecute(super::at_extended::refusal(
+                        Error::UnnamedStatementGone,
+                    )),
                     Some(parsed) => {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
@@ -443,7 +453,6 @@ impl Relay<'_> {
                 self.tracked
                     .on_parse(body)
                     .map_err(|_| Error::Malformed { what: "Parse" })?;
-                self.unnamed_statement_is_tandems &= body.first() != Some(&0);
                 false
             }
             frontend::BIND => {

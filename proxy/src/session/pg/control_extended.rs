@@ -190,7 +190,6 @@ impl Relay<'_> {
         self.tracked
             .record_statement(client_body)
             .map_err(|_| Error::Malformed { what: "Parse" })?;
-        self.unnamed_statement_is_tandems &= client_body.first() != Some(&0);
         Ok(None)
     }
 }

@@ -246,11 +246,6 @@ struct Relay<'a> {
     /// client's row limit (see `on_write_command_complete`): executed again, it would
     /// give none of the rows past the limit, so such an Execute is refused.
     unnamed_portal_spent: bool,
-    /// The backend's unnamed statement is tandem's (a client's write sent as a Query,
-    /// which tandem ran as Parse/Bind/Execute), not the client's: a client's Bind of
-    /// an unnamed statement it has not parsed since its last Query is answered as
-    /// PostgreSQL answers it, never run against tandem's.
-    unnamed_statement_is_tandems: bool,
     /// Pool resets (RESET ALL, DISCARD ALL) the client sent, on their way to
     /// unbinding the session.
     pool_resets: pool_reset::PoolResets,
@@ -334,7 +329,6 @@ impl<'a> Relay<'a> {
             unnamed_portal_keeps_block: false,
             error_since_ready: false,
             unnamed_portal_spent: false,
-            unnamed_statement_is_tandems: false,
             pool_resets: pool_reset::PoolResets::default(),
             closes_only_in_batch: true,
             commit_in_flight: None,

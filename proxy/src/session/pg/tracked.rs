@@ -108,6 +108,9 @@ pub struct Tracked {
     /// The number of the last batch a ReadyForQuery answered (a Sync the backend
     /// ignored in copy-in mode gets none, and leaves a gap).
     last_batch_answered: u64,
+    /// The backend's unnamed statement is tandem's (a client's write sent as a Query,
+    /// which tandem ran as Parse/Bind/Execute) until a client's Parse of it completes.
+    unnamed_is_tandems: bool,
 }
 
 impl Tracked {
@@ -178,6 +181,7 @@ impl Tracked {
     /// Parse was answered by tandem, not relayed).
     pub fn record_statement(&mut self, body: &[u8]) -> Result<(), Truncated> {
         let parse = Parse::decode(body)?;
+        self.unnamed_is_tandems &= !parse.name.is_empty();
         self.statements.insert(
             Bytes::copy_from_slice(parse.name),
             Statement {
@@ -349,6 +353,7 @@ impl Tracked {
             Some(Outstanding::Parse {
                 name, statement, ..
             }) => {
+                self.unnamed_is_tandems &= !name.is_empty();
                 self.statements.insert(name, statement);
                 Ok(())
             }
@@ -415,6 +420,18 @@ impl Tracked {
             self.portals.clear();
         }
         Ok(())
+    }
+
+    /// tandem parsed the unnamed statement on the backend itself.
+    pub fn tandem_parsed_unnamed(&mut self) {
+        self.unnamed_is_tandems = true;
+    }
+
+    /// Whether a client's Bind or Describe of `statement` would meet tandem's unnamed
+    /// statement where PostgreSQL has none of the client's (a Query dropped it, or there
+    /// never was one): PostgreSQL answers 26000 there.
+    pub fn meets_tandems_unnamed(&self, statement: &[u8]) -> bool {
+        statement.is_empty() && self.unnamed_is_tandems && self.statement_for_bind(b"").is_none()
     }
 
     /// `DISCARD ALL` or `DEALLOCATE ALL` completed.

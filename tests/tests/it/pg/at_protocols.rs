@@ -2937,6 +2937,59 @@ async fn a_bind_of_the_unnamed_statement_behind_a_query_fails_as_on_postgresql()
             assert_eq!(dump(&direct).await, before, "rolled back, behind {label}");
         }
     }
+    // A Describe of it too; and a Parse of it that the backend skips, behind an error,
+    // leaves tandem's in place: a Bind after it still fails.
+    let replies = raw.simple("SELECT tandem_begin(30000)").await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    let replies = raw.simple(autocommit_write[0]).await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    let mut describe = frame(b'D', b"S\0");
+    describe.extend(frame(b'S', b""));
+    raw.send(&describe).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .and_then(|m| m.sqlstate())
+            .as_deref(),
+        Some("26000"),
+        "{replies:?}"
+    );
+    assert!(
+        replies.iter().all(|m| m.tag != b'T' && m.tag != b't'),
+        "{replies:?}"
+    );
+    let mut skipped_parse = frame(b'B', &bind_body(""));
+    skipped_parse.extend(frame(b'P', &parse_body("", "SELECT 7")));
+    skipped_parse.extend(frame(b'B', &bind_body("")));
+    skipped_parse.extend(frame(b'E', b"\0\0\0\0\0"));
+    skipped_parse.extend(frame(b'S', b""));
+    raw.send(&skipped_parse).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(replies.iter().any(|m| m.tag == b'E'), "{replies:?}");
+    raw.send(&bind_unnamed).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies
+            .iter()
+            .find(|m| m.tag == b'E')
+            .and_then(|m| m.sqlstate())
+            .as_deref(),
+        Some("26000"),
+        "behind a skipped Parse: {replies:?}"
+    );
+    assert!(
+        replies.iter().all(|m| m.tag != b'C' && m.tag != b'D'),
+        "{replies:?}"
+    );
+    let replies = raw.simple("SELECT tandem_rollback()").await;
+    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    assert_eq!(
+        dump(&direct).await,
+        before,
+        "rolled back behind a skipped Parse"
+    );
     // The client's own unnamed statement is bound as ever.
     let mut prepare_unnamed = frame(b'P', &parse_body("", "SELECT 2"));
     prepare_unnamed.extend(frame(b'S', b""));
