@@ -133,9 +133,10 @@ pub struct Relay<'a> {
     pub(super) pending_prepares: std::collections::VecDeque<control::Prepared>,
     /// Prepared branches attached to this connection.
     pub(super) owned: Vec<(tandem_lockserver::client::Xid, u64)>,
-    /// A `SET autocommit` answered while the connection held prepared branches (the
-    /// server runs nothing beside them), run once it holds none.
-    pub(super) deferred_autocommit: Option<bool>,
+    /// A `SET autocommit` that turns autocommit on, answered while the connection held
+    /// prepared branches (MariaDB refuses it beside them: it would commit), to run
+    /// once the connection holds none.
+    pub(super) deferred_autocommit: bool,
     /// Writes outside a global transaction let through unchecked and not yet over.
     pub(super) unchecked: crate::session::outside::UncheckedGuards,
     pub(super) span: tracing::Span,
@@ -201,7 +202,7 @@ impl<'a> Relay<'a> {
             phase2_rx,
             phase2_queue: std::collections::VecDeque::new(),
             owned: Vec::new(),
-            deferred_autocommit: None,
+            deferred_autocommit: false,
             prepared: std::collections::HashMap::new(),
             pending_prepares: std::collections::VecDeque::new(),
             unchecked: crate::session::outside::UncheckedGuards::default(),

@@ -1116,21 +1116,42 @@ async fn autocommit_and_an_empty_rollback_after_an_xa_commit_are_answered_ok() {
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = start(&lockserver).await;
     let mut direct = db.direct().await;
-    for (decision, after) in [
-        ("SELECT tandem_commit()", [(1, 990), (2, 1000), (3, 1000)]),
-        ("SELECT tandem_rollback()", [(1, 990), (2, 1000), (3, 1000)]),
-    ] {
+    // SET autocommit = 1 turns autocommit on, which MariaDB refuses beside the branch
+    // (it would commit): answered, it runs once the branch is finished. One that
+    // leaves it off runs at once, and cancels it.
+    let rounds: [(&str, &[&str], i64); 2] = [
+        (
+            "SELECT tandem_commit()",
+            &[
+                "SET AUTOCOMMIT = 1",
+                "ROLLBACK",
+                "COMMIT",
+                "set @@session.autocommit=on;",
+            ],
+            1,
+        ),
+        (
+            "SELECT tandem_rollback()",
+            &[
+                "SET AUTOCOMMIT = 1",
+                "PING",
+                "SET autocommit = 0",
+                "ROLLBACK",
+            ],
+            0,
+        ),
+    ];
+    for (decision, statements, autocommit_after) in rounds {
         let mut conn = my::connect(&tandem, &db.name).await;
         conn.query_drop("SET AUTOCOMMIT = 0").await.unwrap();
         begin_and_prepare(&mut conn).await;
-        for sql in [
-            "SET AUTOCOMMIT = 1",
-            "ROLLBACK",
-            "COMMIT",
-            "set @@session.autocommit=on;",
-        ] {
-            tokio::time::timeout(std::time::Duration::from_secs(10), conn.query_drop(sql))
-                .await
+        for &sql in statements {
+            let answered = if sql == "PING" {
+                tokio::time::timeout(std::time::Duration::from_secs(10), conn.ping()).await
+            } else {
+                tokio::time::timeout(std::time::Duration::from_secs(10), conn.query_drop(sql)).await
+            };
+            answered
                 .expect("answered at once")
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
@@ -1147,9 +1168,9 @@ async fn autocommit_and_an_empty_rollback_after_an_xa_commit_are_answered_ok() {
             "{decided:?}"
         );
         let autocommit: Option<i64> = conn.query_first("SELECT @@autocommit").await.unwrap();
-        assert_eq!(autocommit, Some(1), "after {decision}");
-        // In autocommit again (the decision unbound the session): a plain UPDATE
-        // commits on its own.
+        assert_eq!(autocommit, Some(autocommit_after), "after {decision}");
+        // The decision unbound the session: a plain UPDATE commits on its own in
+        // autocommit, and inside a transaction otherwise.
         conn.query_drop("UPDATE accounts SET note = 'after' WHERE id = 3")
             .await
             .unwrap();
@@ -1157,13 +1178,19 @@ async fn autocommit_and_an_empty_rollback_after_an_xa_commit_are_answered_ok() {
             .query_first("SELECT note FROM accounts WHERE id = 3")
             .await
             .unwrap();
-        assert_eq!(note.as_deref(), Some("after"), "committed in autocommit");
+        let expected = if autocommit_after == 1 { "after" } else { "c" };
+        assert_eq!(note.as_deref(), Some(expected), "after {decision}");
+        conn.query_drop("ROLLBACK").await.unwrap();
         direct
-            .query_drop("UPDATE accounts SET note = NULL WHERE id = 3")
+            .query_drop("UPDATE accounts SET note = 'c' WHERE id = 3")
             .await
             .unwrap();
-        // The rollback undoes its own round's UPDATE only.
-        assert_eq!(balances(&mut direct).await, after, "after {decision}");
+        // The commit applied the branch's UPDATE; the rollback undid its own.
+        assert_eq!(
+            balances(&mut direct).await,
+            [(1, 990), (2, 1000), (3, 1000)],
+            "after {decision}"
+        );
         drop(conn);
     }
     tandem.shutdown().await;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::session::mysql::auth::AuthExchange;
 use crate::session::mysql::handshake::{MAX_HANDSHAKE_PACKET, upstream_is_secure};
 use crate::session::mysql::phase::{CommandKind, Phase, command_kind};
-use crate::wire::mysql::codes::command;
+use crate::wire::mysql::codes::{StatusFlags, command};
 use crate::wire::mysql::messages::command::{Kill, process_kill_id};
 use crate::wire::mysql::messages::handshake::ChangeUser;
 use crate::wire::mysql::packet::{HEADER_LEN, put_message, renumber};
@@ -191,6 +191,16 @@ impl Relay<'_> {
             // tandem's answer, or the new authentication, must come after the replies
             // still due.
             return Ok(Handled::Pause);
+        }
+        if byte == command::PING && self.deferred_autocommit && !self.owned.is_empty() {
+            // The server would answer with autocommit off, which the client set on
+            // (pymysql sets it again only where the status says otherwise).
+            if !self.exchange.at_sync_point() {
+                return Ok(Handled::Pause);
+            }
+            self.client_seq = header.seq.wrapping_add(1);
+            let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+            return self.answer_ok(status);
         }
         if matches!(byte, command::RESET_CONNECTION | command::CHANGE_USER)
             && let Some(held) = self.held_by_owned_branches()?

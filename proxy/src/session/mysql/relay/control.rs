@@ -314,13 +314,23 @@ impl Relay<'_> {
             self.database_uncertain = true;
         }
         let parsed = control::parse(sql);
-        if matches!(parsed, Ok(None))
-            && !self.owned.is_empty()
-            && let Some(settles) = SettlesNothing::of(sql)
-        {
-            return self.answer_while_held(settles).map(Some);
+        let beside_held = match parsed {
+            Ok(None) if !self.owned.is_empty() => BesideHeldBranch::of(sql),
+            _ => None,
+        };
+        match beside_held {
+            Some(BesideHeldBranch::EndsNoTransaction) => {
+                return self.answer_no_transaction_to_end().map(Some);
+            }
+            Some(BesideHeldBranch::Autocommit(on)) => {
+                if let Some(answered) = self.autocommit_beside_held_branch(on)? {
+                    return Ok(Some(answered));
+                }
+            }
+            None => {}
         }
         if matches!(parsed, Ok(None))
+            && beside_held.is_none()
             && let Some(held) = self.held_by_owned_branches()?
         {
             return Ok(Some(held));
@@ -474,45 +484,70 @@ impl Relay<'_> {
         Ok(Some(Handled::Pause))
     }
 
-    /// What frameworks send right after a COMMIT that prepared an XA branch (Django's
-    /// `atomic()` and JDBC pools restore autocommit, SQLAlchemy's pool and pymysql
-    /// roll back on release), answered OK on a connection that holds prepared branches
-    /// as the server would answer it once they are finished: no local transaction is
-    /// open, so COMMIT and ROLLBACK end nothing, and `SET autocommit` runs when the
-    /// connection holds no branch any more. Refused or held like any other statement,
-    /// the client would take its committed work for failed.
-    fn answer_while_held(&mut self, settles: SettlesNothing) -> Result<Handled> {
+    /// COMMIT or ROLLBACK on a connection holding prepared branches: what frameworks
+    /// send right after the COMMIT that prepared one (Django's `atomic()`, pools
+    /// releasing a connection). No local transaction is open, so it ends nothing and is
+    /// answered OK, as the server answers it without XA; MariaDB itself refuses it
+    /// beside a prepared branch (1399), and the client would take its committed work
+    /// for failed.
+    fn answer_no_transaction_to_end(&mut self) -> Result<Handled> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
-        let mut status = self.exchange.status().unwrap_or(StatusFlags::empty())
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty())
             - StatusFlags::SERVER_STATUS_IN_TRANS;
-        if let SettlesNothing::Autocommit(on) = settles {
-            status.set(StatusFlags::SERVER_STATUS_AUTOCOMMIT, on);
-            self.deferred_autocommit = Some(on);
-        }
-        put_ok(&mut self.to_client, 1, status);
-        self.exchange.on_authenticated(status);
-        Ok(Handled::Answer)
+        self.answer_ok(status)
     }
 
-    /// Runs the `SET autocommit` answered while the connection held prepared branches,
-    /// once it holds none (at a sync point, before anything more of the client's).
+    /// `SET autocommit` on a connection holding prepared branches: MariaDB runs one that
+    /// leaves autocommit off, which is relayed (None, and it cancels one deferred), but
+    /// refuses one that turns it on (that would commit): that one is answered OK with
+    /// the status it sets, and runs once the connection holds no branch
+    /// (`run_deferred_autocommit`); COM_PING is answered with that status meanwhile.
+    fn autocommit_beside_held_branch(&mut self, on: bool) -> Result<Option<Handled>> {
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
+        }
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        let server_on =
+            status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT) && !self.deferred_autocommit;
+        if !on || server_on {
+            self.deferred_autocommit = false;
+            return Ok(None);
+        }
+        self.deferred_autocommit = true;
+        self.answer_ok(status | StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+            .map(Some)
+    }
+
+    /// Runs the `SET autocommit = 1` answered while the connection held prepared
+    /// branches, once it holds none (at a sync point, before anything more of the
+    /// client's).
     pub(super) async fn run_deferred_autocommit(&mut self) -> Result<()> {
-        if !self.owned.is_empty() || !self.exchange.at_sync_point() {
+        if !self.deferred_autocommit || !self.owned.is_empty() || !self.exchange.at_sync_point() {
             return Ok(());
         }
-        let Some(on) = self.deferred_autocommit.take() else {
-            return Ok(());
-        };
-        let sql = format!("SET autocommit = {}", u8::from(on));
-        match own_statement(&mut self.server, &mut self.from_server, &sql).await? {
+        self.deferred_autocommit = false;
+        match own_statement(
+            &mut self.server,
+            &mut self.from_server,
+            "SET autocommit = 1",
+        )
+        .await?
+        {
             Ok(status) => self.exchange.on_authenticated(status),
             Err(e) => {
-                tracing::warn!(parent: &self.span, code = e.code, message = %e.message, "the client's SET autocommit, answered while the connection held a prepared XA branch, failed when run");
+                tracing::warn!(parent: &self.span, code = e.code, message = %e.message, "the client's SET autocommit = 1, answered while the connection held a prepared XA branch, failed when run");
             }
         }
         Ok(())
+    }
+
+    /// An OK with `status`, as the answer to the client's command.
+    pub(super) fn answer_ok(&mut self, status: StatusFlags) -> Result<Handled> {
+        put_ok(&mut self.to_client, 1, status);
+        self.exchange.on_authenticated(status);
+        Ok(Handled::Answer)
     }
 
     /// COM_STMT_EXECUTE in a bound session: the statement it runs (known from its
@@ -955,45 +990,47 @@ impl Relay<'_> {
     }
 }
 
-/// A statement that changes nothing a prepared XA branch holds (see
-/// `Relay::answer_while_held`).
+/// A statement a connection holding prepared XA branches takes at once, where every
+/// other waits for the global decision or is refused (`held_by_owned_branches`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SettlesNothing {
-    /// COMMIT or ROLLBACK with no local transaction open.
+enum BesideHeldBranch {
+    /// COMMIT or ROLLBACK: no local transaction is open (see
+    /// `Relay::answer_no_transaction_to_end`).
     EndsNoTransaction,
-    /// `SET [SESSION] autocommit = …`.
+    /// `SET [SESSION] autocommit = …` (Django, JDBC pools, pymysql): see
+    /// `Relay::autocommit_beside_held_branch`.
     Autocommit(bool),
 }
 
-impl SettlesNothing {
+impl BesideHeldBranch {
     /// Reads `sql` as one of them: only the plain spellings, without comments, chaining
     /// or other settings; anything else is not one.
-    fn of(sql: &[u8]) -> Option<SettlesNothing> {
+    fn of(sql: &[u8]) -> Option<BesideHeldBranch> {
         let text = std::str::from_utf8(sql).ok()?.trim_ascii();
-        let text = text.strip_suffix(';').unwrap_or(text).trim_ascii();
-        let words: Vec<String> = text
+        let text = text.strip_suffix(';').unwrap_or(text);
+        let spaced = text.replace(":=", " = ").replace('=', " = ");
+        let words: Vec<String> = spaced
             .split_ascii_whitespace()
             .map(str::to_ascii_lowercase)
             .collect();
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
-        match words[..] {
+        let (name, value) = match words[..] {
             ["commit" | "rollback"] | ["commit" | "rollback", "work"] => {
-                return Some(SettlesNothing::EndsNoTransaction);
+                return Some(BesideHeldBranch::EndsNoTransaction);
             }
-            ["set", ..] => {}
+            ["set", "session" | "local", name, "=", value] => (name, value),
+            ["set", name, "=", value] => (name, value),
             _ => return None,
+        };
+        if !matches!(
+            name,
+            "autocommit" | "@@autocommit" | "@@session.autocommit" | "@@local.autocommit"
+        ) {
+            return None;
         }
-        let setting = words[1..].concat();
-        let setting = ["@@session.", "@@local.", "@@", "session", "local"]
-            .iter()
-            .find_map(|scope| setting.strip_prefix(scope))
-            .unwrap_or(&setting);
-        let value = setting
-            .strip_prefix("autocommit:=")
-            .or_else(|| setting.strip_prefix("autocommit="))?;
         match value {
-            "1" | "on" | "true" => Some(SettlesNothing::Autocommit(true)),
-            "0" | "off" | "false" => Some(SettlesNothing::Autocommit(false)),
+            "1" | "on" | "true" => Some(BesideHeldBranch::Autocommit(true)),
+            "0" | "off" | "false" => Some(BesideHeldBranch::Autocommit(false)),
             _ => None,
         }
     }
@@ -1047,8 +1084,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn what_settles_nothing_on_a_held_connection_is_read_in_its_plain_spellings_only() {
-        use SettlesNothing::*;
+    fn what_a_held_connection_takes_is_read_in_its_plain_spellings_only() {
+        use BesideHeldBranch::*;
         for (sql, expected) in [
             ("COMMIT", Some(EndsNoTransaction)),
             (" rollback work ; ", Some(EndsNoTransaction)),
@@ -1066,9 +1103,11 @@ mod tests {
             ("SET autocommit = 2", None),
             ("SET /* x */ autocommit = 1", None),
             ("SET autocommitx = 1", None),
+            ("SET auto commit = 0", None),
+            ("SET sessionautocommit=1", None),
             ("SELECT 1", None),
         ] {
-            assert_eq!(SettlesNothing::of(sql.as_bytes()), expected, "{sql}");
+            assert_eq!(BesideHeldBranch::of(sql.as_bytes()), expected, "{sql}");
         }
     }
 
