@@ -60,6 +60,10 @@ pub struct Write {
     pub selection: Option<String>,
     /// Columns an UPDATE assigns.
     pub assigned: Vec<String>,
+    /// Those of `assigned` that a MySQL ON DUPLICATE KEY UPDATE sets to the value the
+    /// row would have inserted (`c = VALUES(c)`, knex's `merge()`): unchanged in a row
+    /// that collided on that column's key.
+    pub assigned_as_inserted: Vec<String>,
     /// Whether the statement has its own RETURNING list.
     pub has_returning: bool,
     /// The other tables of an UPDATE … FROM or DELETE … USING, as SQL.
@@ -142,6 +146,7 @@ impl Write {
             alias,
             selection: None,
             assigned: vec![],
+            assigned_as_inserted: vec![],
             has_returning: false,
             from: None,
             upsert: None,

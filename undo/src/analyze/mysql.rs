@@ -607,26 +607,71 @@ fn analyze_insert(insert: &Insert) -> Result<Write, Error> {
     let TableObject::TableName(name) = &insert.table else {
         return Err(Error::unsupported("INSERT into a table function"));
     };
-    let (on_duplicate, assigned) = match &insert.on {
-        _ if insert.replace_into => (OnDuplicate::Replace, vec![]),
+    let (on_duplicate, assigned, assigned_as_inserted) = match &insert.on {
+        _ if insert.replace_into => (OnDuplicate::Replace, vec![], vec![]),
         Some(OnInsert::DuplicateKeyUpdate(assignments)) => (
             OnDuplicate::Update,
             assigned_columns(assignments, MYSQL_NAMES)?,
+            assignments
+                .iter()
+                .filter_map(assigns_the_inserted_value)
+                .collect(),
         ),
         Some(_) => return Err(Error::unsupported("INSERT … ON CONFLICT")),
-        None if insert.ignore => (OnDuplicate::Ignore, vec![]),
-        None => (OnDuplicate::Error, vec![]),
+        None if insert.ignore => (OnDuplicate::Ignore, vec![], vec![]),
+        None => (OnDuplicate::Error, vec![], vec![]),
     };
     if let Some(source) = &insert.source {
         refuse_data_modifying_ctes(source)?;
     }
     Ok(Write {
         assigned,
+        assigned_as_inserted,
         has_returning: insert.returning.is_some(),
         on_duplicate,
         rows: Some(insert_rows(insert)?),
         ..Write::of(WriteKind::Insert, table_ref(name, MYSQL_NAMES)?, None)
     })
+}
+
+/// The column an ON DUPLICATE KEY UPDATE assignment sets to the value the row would
+/// have inserted: `c = VALUES(c)` (or MariaDB's `VALUE(c)`), the column named alike on
+/// both sides.
+fn assigns_the_inserted_value(assignment: &Assignment) -> Option<String> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let AssignmentTarget::ColumnName(target) = &assignment.target else {
+        return None;
+    };
+    let Some(ObjectNamePart::Identifier(target)) = target.0.last() else {
+        return None;
+    };
+    let Expr::Function(call) = &assignment.value else {
+        return None;
+    };
+    let [ObjectNamePart::Identifier(name)] = &call.name.0[..] else {
+        return None;
+    };
+    let plain = call.filter.is_none()
+        && call.over.is_none()
+        && call.within_group.is_empty()
+        && matches!(call.parameters, FunctionArguments::None);
+    if !plain
+        || !(name.value.eq_ignore_ascii_case("values") || name.value.eq_ignore_ascii_case("value"))
+    {
+        return None;
+    }
+    let FunctionArguments::List(list) = &call.args else {
+        return None;
+    };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(column)))] = &list.args[..]
+    else {
+        return None;
+    };
+    let target = MYSQL_NAMES.column(target);
+    (list.duplicate_treatment.is_none()
+        && list.clauses.is_empty()
+        && MYSQL_NAMES.column(column) == target)
+        .then_some(target)
 }
 
 fn insert_rows(insert: &Insert) -> Result<InsertRows, Error> {

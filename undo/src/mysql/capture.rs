@@ -120,12 +120,19 @@ impl MysqlTable {
                 "UPDATE or DELETE … LIMIT whose ORDER BY does not name every primary-key column (which rows it takes would not be certain)",
             ));
         }
+        // `id = VALUES(id)` changes nothing where the row collided on its primary key:
+        // the only unique key, of integers (a string equal under its collation may be
+        // stored as other bytes).
+        let keeps_its_key = |i: usize| {
+            self.unique_keys.is_empty()
+                && types::is_integer(self.meta.columns[i].type_oid)
+                && write.assigned_as_inserted.iter().any(|c| c == self.name(i))
+        };
         if write.on_duplicate == OnDuplicate::Update
-            && let Some(&i) = self
-                .meta
-                .pk
-                .iter()
-                .find(|&&i| write.assigned.iter().any(|c| c == self.name(i)))
+            && let Some(&i) =
+                self.meta.pk.iter().find(|&&i| {
+                    write.assigned.iter().any(|c| c == self.name(i)) && !keeps_its_key(i)
+                })
         {
             return Err(Error::unsupported(format!(
                 "an update of primary-key column {}",

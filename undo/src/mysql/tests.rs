@@ -278,6 +278,56 @@ fn after_images_are_read_by_key() {
     );
 }
 
+/// knex's `merge()` assigns every inserted column its inserted value, the primary key
+/// too: `id = VALUES(id)` changes nothing where the key collided, when that is the only
+/// unique key and a stored integer. With another unique key the collision may be on it,
+/// and the assignment moves the row's key; a string key equal under its collation may
+/// be stored as other bytes.
+#[test]
+fn an_upsert_that_assigns_the_key_its_inserted_value_is_captured_where_that_changes_nothing() {
+    let merge = "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE `id` = values(`id`), email = VALUES(email)";
+    let mut only_the_key = catalog();
+    only_the_key.unique_keys.truncate(1);
+    let t = MysqlTable::from_catalog(&TableRef::default(), &only_the_key).unwrap();
+    assert!(t.check_capturable(&write(merge)).is_ok());
+    assert!(
+        t.check_capturable(&write(
+            "INSERT INTO accounts (id) VALUES (1) ON DUPLICATE KEY UPDATE id = VALUE(id)"
+        ))
+        .is_ok()
+    );
+    for other in [
+        "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = VALUES(balance)",
+        "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = VALUES(id) + 1",
+        "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = LAST_VALUE(id)",
+    ] {
+        assert_eq!(
+            refusal(t.check_capturable(&write(other))),
+            "an update of primary-key column id",
+            "{other}"
+        );
+    }
+    // With the unique key on Email as well.
+    assert_eq!(
+        refusal(table().check_capturable(&write(merge))),
+        "an update of primary-key column id"
+    );
+    let mut string_key = only_the_key.clone();
+    string_key.columns[0] = row(&[
+        Some("id"),
+        Some("varchar"),
+        Some("varchar(20)"),
+        Some(""),
+        None,
+        Some("utf8mb4_general_ci"),
+    ]);
+    let t = MysqlTable::from_catalog(&TableRef::default(), &string_key).unwrap();
+    assert_eq!(
+        refusal(t.check_capturable(&write(merge))),
+        "an update of primary-key column id"
+    );
+}
+
 #[test]
 fn writes_mysql_cannot_undo_exactly_are_refused() {
     let t = table();

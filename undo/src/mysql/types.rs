@@ -183,6 +183,11 @@ pub fn usable_in_key(type_code: u32) -> bool {
     !matches!(base(type_code), TIMESTAMP | JSON | GEOMETRY | FLOAT)
 }
 
+/// An integer column: a value that equals a stored one is stored as the same bytes.
+pub fn is_integer(type_code: u32) -> bool {
+    matches!(base(type_code), TINY | SHORT | LONG | LONGLONG | INT24)
+}
+
 /// A FLOAT column: stored in single precision, so the double a statement names a row
 /// by (`0.1`) does not equal what it stored.
 pub fn is_single_precision(type_code: u32) -> bool {

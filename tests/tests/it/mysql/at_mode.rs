@@ -3295,3 +3295,65 @@ async fn tandems_own_prepared_statements_are_out_of_the_clients_reach() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// knex's `.onConflict().merge()` assigns every inserted column its inserted value, the
+/// primary key too (`id = values(id)`). Where the primary key is the only unique key
+/// and an integer, that changes no key, and the upsert is captured: its rollback
+/// restores the row it updated and removes the one it inserted, byte for byte; its
+/// commit keeps both. Where another unique key could be the one that collided, it is
+/// still refused as a primary-key update (1235).
+#[tokio::test]
+async fn an_upsert_assigning_the_key_its_inserted_value_is_captured_where_no_key_moves() {
+    let db = prepare("merge_upsert").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let merge = "INSERT INTO `accounts` (`id`, `balance`, `note`) VALUES (2, 5, 'merged'), (7, 70, 'new') ON DUPLICATE KEY UPDATE `id` = values(`id`), `balance` = values(`balance`), `note` = values(`note`)";
+    for decision in ["SELECT tandem_rollback()", "SELECT tandem_commit()"] {
+        text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+        conn.query_drop(merge).await.unwrap();
+        let decided = text(&mut conn, decision).await.unwrap();
+        if decision.contains("rollback") {
+            assert_eq!(decided.as_deref(), Some("Rollbacked"));
+            assert_eq!(dump(&mut direct, "accounts").await, before);
+        } else {
+            assert_eq!(decided.as_deref(), Some("Committed"));
+            let rows: Vec<(i32, i64, String)> = direct
+                .query("SELECT id, balance, note FROM accounts ORDER BY id")
+                .await
+                .unwrap();
+            assert_eq!(
+                rows,
+                [
+                    (1, 1000, "a".to_owned()),
+                    (2, 5, "merged".to_owned()),
+                    (3, 1000, "c".to_owned()),
+                    (7, 70, "new".to_owned())
+                ]
+            );
+        }
+    }
+    // items has a unique key on name: a collision there would move the row's id.
+    let items = dump(&mut direct, "items").await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    each_fails_with(
+        &mut conn,
+        1235,
+        &["INSERT INTO items (id, name) VALUES (9, 'first') ON DUPLICATE KEY UPDATE id = VALUES(id), name = VALUES(name)"],
+    )
+    .await;
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "items").await, items);
+    for _ in 0..50 {
+        if undo_rows(&mut direct).await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
