@@ -122,11 +122,13 @@ impl MysqlTable {
         }
         // `id = VALUES(id)` changes nothing where the row collided on its primary key:
         // the only unique key, of integers (a string equal under its collation may be
-        // stored as other bytes).
+        // stored as other bytes), and every assignment of the column that one (MySQL
+        // runs them all, in order: `id = VALUES(id), id = id + 1` moves the key).
         let keeps_its_key = |i: usize| {
+            let times = |columns: &[String]| columns.iter().filter(|c| *c == self.name(i)).count();
             self.unique_keys.is_empty()
                 && types::is_integer(self.meta.columns[i].type_oid)
-                && write.assigned_as_inserted.iter().any(|c| c == self.name(i))
+                && times(&write.assigned) == times(&write.assigned_as_inserted)
         };
         if write.on_duplicate == OnDuplicate::Update
             && let Some(&i) =

@@ -300,6 +300,9 @@ fn an_upsert_that_assigns_the_key_its_inserted_value_is_captured_where_that_chan
         "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = VALUES(balance)",
         "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = VALUES(id) + 1",
         "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = LAST_VALUE(id)",
+        // Assigned again after: MySQL runs every assignment, in order.
+        "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = VALUES(id), id = id + 100",
+        "INSERT INTO accounts (id, email) VALUES (1, 'a') ON DUPLICATE KEY UPDATE id = 2, id = VALUE(id)",
     ] {
         assert_eq!(
             refusal(t.check_capturable(&write(other))),
