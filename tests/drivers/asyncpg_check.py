@@ -75,6 +75,20 @@ async def at_mode(c, direct):
     assert [r[0] for r in got] == [1007, 1008], got
 
 
+async def uncached(proxy, direct):
+    """asyncpg without a statement cache (statement_cache_size=0, as behind PgBouncer)
+    sends every statement's Parse again with its Bind, behind the Parse, Describe and
+    Flush that prepared it."""
+    c = await asyncpg.connect(proxy, ssl=False, statement_cache_size=0)
+    before = await rows(direct)
+    assert await c.fetchval("SELECT tandem_begin(30000)"), "an xid"
+    await c.execute("UPDATE apg_accounts SET balance = balance - $1 WHERE id = $2", 5, 1)
+    assert await c.fetchval("SELECT tandem_status()") == "Begin"
+    assert await c.fetchval("SELECT tandem_rollback()") == "Rollbacked"
+    assert await rows(direct) == before, "uncached: rolled back exactly"
+    await c.close()
+
+
 async def xa_mode(c, direct):
     assert await c.fetchval("SELECT tandem_mode('xa')") == "xa"
     for decision in ["rollback", "commit"]:
@@ -124,6 +138,7 @@ async def main(proxy, direct_dsn):
         "INSERT INTO apg_accounts SELECT g, 1000, 'n' || g FROM generate_series(1, 5) g")
     c = await asyncpg.connect(proxy, ssl=False)
     holder = await asyncpg.connect(proxy, ssl=False)
+    await uncached(proxy, direct)
     await at_mode(c, direct)
     await xa_mode(c, direct)
     await outside(c, holder, direct)

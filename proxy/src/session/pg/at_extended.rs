@@ -270,9 +270,10 @@ impl Relay<'_> {
     }
 
     /// What a Parse or Bind that must run alone at a sync point gets when the session is
-    /// not at one: it waits for it; or, when earlier messages of its batch are already at
-    /// the backend, the Parse is relayed (it runs nothing) and the Bind is refused with
-    /// `mid_batch`. None: the session is at a sync point.
+    /// not at one: a sync point of tandem's where nothing ran since the last one; else it
+    /// waits for it; or, when earlier messages of its batch are already at the backend,
+    /// the Parse is relayed (it runs nothing) and the Bind is refused with `mid_batch`.
+    /// None: the session is at a sync point.
     pub(super) fn unless_at_sync_point(
         &self,
         tag: u8,
@@ -282,7 +283,12 @@ impl Relay<'_> {
             return None;
         }
         Some(match self.phase {
-            _ if tag == frontend::BIND && self.may_settle() => Extended::SettleFirst,
+            // Nothing ran since the last sync point (a Parse, Describe and Flush: how
+            // asyncpg prepares, and without its statement cache it sends the Parse again
+            // with the Bind): one of tandem's is made first.
+            _ if matches!(tag, frontend::BIND | frontend::PARSE) && self.may_settle() => {
+                Extended::SettleFirst
+            }
             super::Phase::Busy { unsynced: true, .. } if tag == frontend::BIND => {
                 Extended::RefuseBind(refusal(Error::Unsupported { what: mid_batch }))
             }
