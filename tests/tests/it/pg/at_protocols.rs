@@ -2891,6 +2891,28 @@ async fn a_bind_of_the_unnamed_statement_behind_a_query_fails_as_on_postgresql()
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let run = async |raw: &mut RawPg, sql: &str| {
+        let replies = raw.simple(sql).await;
+        assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+    };
+    // `request` fails with 26000 and runs or describes nothing.
+    let gone = async |raw: &mut RawPg, request: &[u8], label: &str| {
+        raw.send(request).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(
+            replies
+                .iter()
+                .find(|m| m.tag == b'E')
+                .and_then(|m| m.sqlstate())
+                .as_deref(),
+            Some("26000"),
+            "{label}: {replies:?}"
+        );
+        assert!(
+            replies.iter().all(|m| !b"CDTt".contains(&m.tag)),
+            "{label}: {replies:?}"
+        );
+    };
     let mut bind_unnamed = frame(b'B', &bind_body(""));
     bind_unnamed.extend(frame(b'E', b"\0\0\0\0\0"));
     bind_unnamed.extend(frame(b'S', b""));
@@ -2913,78 +2935,29 @@ async fn a_bind_of_the_unnamed_statement_behind_a_query_fails_as_on_postgresql()
         ("a plain query", &vec!["SELECT 1"]),
     ] {
         for sql in queries {
-            let replies = raw.simple(sql).await;
-            assert!(replies.iter().all(|m| m.tag != b'E'), "{sql}: {replies:?}");
+            run(&mut raw, sql).await;
         }
-        raw.send(&bind_unnamed).await;
-        let replies = raw.recv_until(b'Z').await;
-        let error = replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .unwrap_or_else(|| panic!("behind {label}: {replies:?}"));
-        assert_eq!(
-            error.sqlstate().as_deref(),
-            Some("26000"),
-            "behind {label}: {replies:?}"
-        );
-        assert!(
-            replies.iter().all(|m| m.tag != b'C' && m.tag != b'D'),
-            "behind {label}: {replies:?}"
-        );
+        gone(&mut raw, &bind_unnamed, &format!("behind {label}")).await;
         if queries[0] == global[0] {
-            let replies = raw.simple("SELECT tandem_rollback()").await;
-            assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+            run(&mut raw, "SELECT tandem_rollback()").await;
             assert_eq!(dump(&direct).await, before, "rolled back, behind {label}");
         }
     }
     // A Describe of it too; and a Parse of it that the backend skips, behind an error,
     // leaves tandem's in place: a Bind after it still fails.
-    let replies = raw.simple("SELECT tandem_begin(30000)").await;
-    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
-    let replies = raw.simple(autocommit_write[0]).await;
-    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    run(&mut raw, global[0]).await;
+    run(&mut raw, autocommit_write[0]).await;
     let mut describe = frame(b'D', b"S\0");
     describe.extend(frame(b'S', b""));
-    raw.send(&describe).await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(
-        replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .and_then(|m| m.sqlstate())
-            .as_deref(),
-        Some("26000"),
-        "{replies:?}"
-    );
-    assert!(
-        replies.iter().all(|m| m.tag != b'T' && m.tag != b't'),
-        "{replies:?}"
-    );
+    gone(&mut raw, &describe, "a Describe").await;
     let mut skipped_parse = frame(b'B', &bind_body(""));
     skipped_parse.extend(frame(b'P', &parse_body("", "SELECT 7")));
     skipped_parse.extend(frame(b'B', &bind_body("")));
     skipped_parse.extend(frame(b'E', b"\0\0\0\0\0"));
     skipped_parse.extend(frame(b'S', b""));
-    raw.send(&skipped_parse).await;
-    let replies = raw.recv_until(b'Z').await;
-    assert!(replies.iter().any(|m| m.tag == b'E'), "{replies:?}");
-    raw.send(&bind_unnamed).await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(
-        replies
-            .iter()
-            .find(|m| m.tag == b'E')
-            .and_then(|m| m.sqlstate())
-            .as_deref(),
-        Some("26000"),
-        "behind a skipped Parse: {replies:?}"
-    );
-    assert!(
-        replies.iter().all(|m| m.tag != b'C' && m.tag != b'D'),
-        "{replies:?}"
-    );
-    let replies = raw.simple("SELECT tandem_rollback()").await;
-    assert!(replies.iter().all(|m| m.tag != b'E'), "{replies:?}");
+    gone(&mut raw, &skipped_parse, "a Bind ahead of a Parse").await;
+    gone(&mut raw, &bind_unnamed, "behind a skipped Parse").await;
+    run(&mut raw, "SELECT tandem_rollback()").await;
     assert_eq!(
         dump(&direct).await,
         before,
