@@ -178,6 +178,12 @@ pub enum Error {
     )]
     RolledBackDuringCommit { xid: String },
 
+    /// A branch's COMMIT whose registration failed for a while (the lockserver timed
+    /// out or could not be reached): its local transaction was rolled back, and may be
+    /// run again.
+    #[error("the transaction was rolled back at COMMIT: {cause}")]
+    RolledBackAtCommit { cause: String },
+
     /// A statement on a MariaDB connection that holds a prepared XA branch, from a
     /// session bound to that branch's transaction: waiting for the decision could wait
     /// for this very session.
@@ -285,7 +291,9 @@ impl Error {
             Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::InjectedTransient { state, .. } | Error::ServerError { state, .. } => *state,
-            Error::RolledBackDuringCommit { .. } => SqlState::SerializationFailure,
+            Error::RolledBackDuringCommit { .. } | Error::RolledBackAtCommit { .. } => {
+                SqlState::SerializationFailure
+            }
             Error::Lockserver(e) => match e {
                 tandem_lockserver::Error::LockConflict { .. }
                 | tandem_lockserver::Error::PhaseOnePending { .. }
@@ -368,7 +376,8 @@ impl Error {
             Error::Uncaptured { .. }
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
-            | Error::RolledBackDuringCommit { .. } => MyErr::Deadlock,
+            | Error::RolledBackDuringCommit { .. }
+            | Error::RolledBackAtCommit { .. } => MyErr::Deadlock,
             Error::SidePool(_)
             | Error::SideQuery(_)
             | Error::SidePoolBuild { .. }
@@ -418,6 +427,7 @@ impl Error {
                 | Error::InjectedTransient { .. }
                 | Error::ServerError { .. }
                 | Error::RolledBackDuringCommit { .. }
+                | Error::RolledBackAtCommit { .. }
         )
     }
 
@@ -464,6 +474,7 @@ impl Error {
                 | Error::TableChanged { .. }
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
+                | Error::RolledBackAtCommit { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
 
@@ -502,7 +513,8 @@ impl Error {
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. }
-            | Error::RolledBackDuringCommit { .. } => "at_refused",
+            | Error::RolledBackDuringCommit { .. }
+            | Error::RolledBackAtCommit { .. } => "at_refused",
             Error::RowGloballyLocked { .. } => "outside_write_locked",
             Error::Injected { .. } | Error::InjectedTransient { .. } => "at_injected",
             Error::NotBound

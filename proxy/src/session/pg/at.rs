@@ -1243,6 +1243,14 @@ impl Relay<'_> {
             Err(e) => {
                 self.branch = Branch::default();
                 self.roll_back_local().await?;
+                let e = match e {
+                    // The lockserver did not answer in time, or was unreachable: the
+                    // work is rolled back and may be done again.
+                    Error::Lockserver(l) if l.is_retryable() => Error::RolledBackAtCommit {
+                        cause: Error::Lockserver(l).to_string(),
+                    },
+                    e => e,
+                };
                 return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
             }
         };
