@@ -84,6 +84,13 @@ async def uncached(proxy, direct):
     assert await c.fetchval("SELECT tandem_begin(30000)"), "an xid"
     await c.execute("UPDATE apg_accounts SET balance = balance - $1 WHERE id = $2", 5, 1)
     assert await c.fetchval("SELECT tandem_status()") == "Begin"
+    # Outside the global transaction, while it holds row 1: a write to another row of
+    # the table is checked, and runs.
+    plain = await asyncpg.connect(proxy, ssl=False, statement_cache_size=0)
+    await plain.execute("UPDATE apg_accounts SET note = $1 WHERE id = $2", "plain", 2)
+    assert await direct.fetchval("SELECT note FROM apg_accounts WHERE id = 2") == "plain"
+    await plain.execute("UPDATE apg_accounts SET note = $1 WHERE id = $2", "n2", 2)
+    await plain.close()
     assert await c.fetchval("SELECT tandem_rollback()") == "Rollbacked"
     assert await rows(direct) == before, "uncached: rolled back exactly"
     await c.close()

@@ -266,7 +266,7 @@ impl Relay<'_> {
                         },
                         Err(e) => {
                             self.roll_back_local().await?;
-                            Ok(self.refuse(e))
+                            Ok(self.refuse(rolled_back_at_commit(e)))
                         }
                     };
                 }
@@ -1243,14 +1243,7 @@ impl Relay<'_> {
             Err(e) => {
                 self.branch = Branch::default();
                 self.roll_back_local().await?;
-                let e = match e {
-                    // The lockserver did not answer in time, or was unreachable: the
-                    // work is rolled back and may be done again.
-                    Error::Lockserver(l) if l.is_retryable() => Error::RolledBackAtCommit {
-                        cause: Error::Lockserver(l).to_string(),
-                    },
-                    e => e,
-                };
+                let e = rolled_back_at_commit(e);
                 return Ok(Some((e.sqlstate().code().to_owned(), e.to_string())));
             }
         };
@@ -1330,6 +1323,18 @@ impl Relay<'_> {
 /// `AND NO CHAIN`.
 /// Read by its tokens, so that comments never count; text that does not tokenize is
 /// taken to chain (the refusal is the safe side).
+/// The error a branch's COMMIT answers when preparing it failed and its local
+/// transaction was rolled back: one the lockserver gave because it timed out or could not
+/// be reached says the work may be run again (40001, as MySQL's front end answers 1213).
+pub(super) fn rolled_back_at_commit(e: Error) -> Error {
+    match e {
+        Error::Lockserver(l) if l.is_retryable() => Error::RolledBackAtCommit {
+            cause: Error::Lockserver(l).to_string(),
+        },
+        e => e,
+    }
+}
+
 pub(super) fn chains(commit: &str) -> bool {
     tandem_undo::try_words(&Postgres, commit)
         .is_none_or(|words| words.iter().any(|w| w == "chain") && !words.iter().any(|w| w == "no"))

@@ -255,7 +255,11 @@ impl Relay<'_> {
         };
         let undo = match self.prepare_commit().await {
             Ok(undo) => undo,
-            Err(e) => return self.abandon_commit(consumed, e).await,
+            Err(e) => {
+                return self
+                    .abandon_commit(consumed, super::at::rolled_back_at_commit(e))
+                    .await;
+            }
         };
         if let Err(e) = self.write_undo_row(&undo).await {
             self.report_phase_one_failed(undo.as_ref());

@@ -317,14 +317,16 @@ impl Relay<'_> {
         };
         if !self.phase.at_sync_point() {
             if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
+                // Nothing ran since the last sync point (asyncpg without its statement
+                // cache sends a Parse again behind Parse, Describe and Flush).
+                if !plain_insert && self.may_settle() {
+                    return Ok(Extended::SettleFirst);
+                }
                 if tag == frontend::PARSE || plain_insert {
                     // An INSERT that cannot be checked runs unchecked, as it did
                     // before tandem checked INSERTs (see the module comment).
                     // Preparing changes nothing: the Bind is refused.
                     return Ok(Extended::NotAWrite);
-                }
-                if self.may_settle() {
-                    return Ok(Extended::SettleFirst);
                 }
                 // Earlier messages of this batch are at the backend already: tandem
                 // cannot run its check in between.

@@ -1832,45 +1832,48 @@ async fn a_rollback_finds_its_undo_row_behind_another_undo_log() {
 
 /// A branch's COMMIT whose registration cannot reach the lockserver rolls its local
 /// transaction back and says so with 40001, which invites running the transaction again
-/// (as MySQL's front end answers 1213), not 58000.
+/// (as MySQL's front end answers 1213), not 58000: over the simple protocol, as COMMIT
+/// AND CHAIN, and over the extended protocol (pgJDBC's commit()).
 #[tokio::test]
 async fn a_commit_whose_registration_cannot_reach_the_lockserver_is_rolled_back_with_40001() {
     let db = prepare("register_unreachable").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
-    let client = tandem.connect(&db.name).await;
-    client
-        .simple_query("SELECT tandem_begin(30000)")
-        .await
-        .unwrap();
-    client.batch_execute("BEGIN").await.unwrap();
-    client
-        .batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
-        .await
-        .unwrap();
-    lockserver.stop().await;
-    let e = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        client.batch_execute("COMMIT"),
-    )
-    .await
-    .expect("answered")
-    .unwrap_err();
-    let db_error = e.as_db_error().expect("a server error");
-    assert_eq!(db_error.code().code(), "40001", "{db_error:?}");
-    assert!(
-        db_error.message().contains("rolled back at COMMIT"),
-        "{db_error:?}"
-    );
-    assert_eq!(
-        dump(&direct).await,
-        before,
-        "the local transaction was rolled back"
-    );
-    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1, "the session goes on");
-    drop(client);
-    tandem.shutdown().await;
+    for commit in ["COMMIT", "COMMIT AND CHAIN", "extended COMMIT"] {
+        let lockserver = TestLockserver::start(Kind::Embedded).await;
+        let tandem = Tandem::start_for(&lockserver).await;
+        let client = tandem.connect(&db.name).await;
+        client
+            .simple_query("SELECT tandem_begin(30000)")
+            .await
+            .unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+            .await
+            .unwrap();
+        lockserver.stop().await;
+        let answered = async {
+            match commit {
+                "extended COMMIT" => client.execute("COMMIT", &[]).await.map(drop),
+                sql => client.batch_execute(sql).await,
+            }
+        };
+        let e = tokio::time::timeout(std::time::Duration::from_secs(30), answered)
+            .await
+            .expect("answered")
+            .unwrap_err();
+        let db_error = e.as_db_error().expect("a server error");
+        assert_eq!(db_error.code().code(), "40001", "{commit}: {db_error:?}");
+        assert!(
+            db_error.message().contains("rolled back at COMMIT"),
+            "{commit}: {db_error:?}"
+        );
+        assert_eq!(dump(&direct).await, before, "{commit}: rolled back");
+        client.batch_execute("ROLLBACK").await.unwrap();
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1, "{commit}: the session goes on");
+        drop(client);
+        tandem.shutdown().await;
+    }
 }
