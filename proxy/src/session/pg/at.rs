@@ -1319,10 +1319,6 @@ impl Relay<'_> {
     }
 }
 
-/// Whether a COMMIT (or END) statement opens the next transaction: `AND CHAIN`, not
-/// `AND NO CHAIN`.
-/// Read by its tokens, so that comments never count; text that does not tokenize is
-/// taken to chain (the refusal is the safe side).
 /// The error a branch's COMMIT answers when preparing it failed and its local
 /// transaction was rolled back: one the lockserver gave because it timed out or could not
 /// be reached says the work may be run again (40001, as MySQL's front end answers 1213).
@@ -1335,6 +1331,10 @@ pub(super) fn rolled_back_at_commit(e: Error) -> Error {
     }
 }
 
+/// Whether a COMMIT (or END) statement opens the next transaction: `AND CHAIN`, not
+/// `AND NO CHAIN`.
+/// Read by its tokens, so that comments never count; text that does not tokenize is
+/// taken to chain (the refusal is the safe side).
 pub(super) fn chains(commit: &str) -> bool {
     tandem_undo::try_words(&Postgres, commit)
         .is_none_or(|words| words.iter().any(|w| w == "chain") && !words.iter().any(|w| w == "no"))

@@ -315,28 +315,18 @@ impl Relay<'_> {
             // Only between sync points: handled as a check there.
             RowsToCheck::AtSyncPoint { plain_insert } => (None, plain_insert),
         };
-        if !self.phase.at_sync_point() {
-            if matches!(self.phase, super::Phase::Busy { unsynced: true, .. }) {
-                // Nothing ran since the last sync point (asyncpg without its statement
-                // cache sends a Parse again behind Parse, Describe and Flush).
-                if !plain_insert && self.may_settle() {
-                    return Ok(Extended::SettleFirst);
-                }
-                if tag == frontend::PARSE || plain_insert {
-                    // An INSERT that cannot be checked runs unchecked, as it did
-                    // before tandem checked INSERTs (see the module comment).
-                    // Preparing changes nothing: the Bind is refused.
-                    return Ok(Extended::NotAWrite);
-                }
-                // Earlier messages of this batch are at the backend already: tandem
-                // cannot run its check in between.
-                return Ok(Extended::RefuseBind(super::at_extended::refusal(
-                    Error::Unsupported {
-                        what: "a write to a table that holds global locks in the middle of a pipelined batch (send it with its own Sync)",
-                    },
-                )));
-            }
-            return Ok(Extended::WaitForSyncPoint);
+        if plain_insert && self.phase.unsynced() {
+            // An INSERT that cannot be checked runs unchecked, as it did before tandem
+            // checked INSERTs (see the module comment).
+            return Ok(Extended::NotAWrite);
+        }
+        // Earlier messages of this batch may be at the backend already: tandem cannot
+        // run its check in between.
+        if let Some(instead) = self.unless_at_sync_point(
+            tag,
+            "a write to a table that holds global locks in the middle of a pipelined batch (send it with its own Sync)",
+        ) {
+            return Ok(instead);
         }
         let Some((meta, write, inserted_keys)) = checked else {
             return Ok(Extended::WaitForSyncPoint);

@@ -944,8 +944,7 @@ impl Relay<'_> {
                 // the client's transaction is over, whatever the server's flag says.
                 let status = status - StatusFlags::SERVER_STATUS_IN_TRANS;
                 tracing::debug!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, commit, "XA branch ended");
-                put_ok(&mut self.to_client, 1, status);
-                self.exchange.on_authenticated(status);
+                return self.answer_ok(status);
             }
             Err(e) => {
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message);
