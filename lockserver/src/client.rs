@@ -5,7 +5,8 @@
 //!
 //! Owns: one long-lived gRPC channel per client (cloning shares it), per-call
 //! timeouts, and the phase-2 stream's reconnect loop. Never retries a call by itself
-//! (callers decide with [`Error::is_retryable`]). Invariant: every call is bounded by
+//! (callers decide with [`Error::is_retryable`]), but for one: it withdraws a branch
+//! registration whose answer never came, since its caller cannot name that branch. Invariant: every call is bounded by
 //! its timeout, and a lock conflict comes back as [`Error::LockConflict`] naming the holder.
 #![deny(missing_docs)]
 
@@ -67,6 +68,16 @@ const MAX_CALL_BYTES: usize = MAX_BATCH_BYTES;
 pub const H2_STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of each connection, in bytes, on both sides.
 pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
+
+/// How long a registration whose answer never came is withdrawn for, at most: the
+/// lockserver's default `max_timeout_ms`. Once the transaction is over nothing is left
+/// to withdraw.
+const WITHDRAW_FOR: Duration = Duration::from_secs(3600);
+
+/// Withdrawals pending at most, in the process: beyond, a lockserver that stays away
+/// while registrations keep failing would pile up tasks without bound.
+const MAX_WITHDRAWING: usize = 10_000;
+static WITHDRAWING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A lock that a lock query found held.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +145,13 @@ fn parse_status(s: &str) -> Result<GlobalStatus> {
     GlobalStatus::from_name(s).ok_or(Error::Corrupt {
         what: "unknown status name from the lockserver",
     })
+}
+
+fn branch_type(kind: BranchKind) -> i32 {
+    match kind {
+        BranchKind::AT => pb::BranchType::At as i32,
+        BranchKind::XA => pb::BranchType::Xa as i32,
+    }
 }
 
 fn unexpected() -> Error {
@@ -235,6 +253,34 @@ impl LockClient {
         extra: Duration,
         call: pb::call::Op,
     ) -> Result<pb::answer::Result> {
+        self.call_unheard(op, extra, call).await.0
+    }
+
+    /// As [`LockClient::call`], and whether the call failed after it was sent without
+    /// an answer: the lockserver may have carried it out.
+    async fn call_unheard(
+        &self,
+        op: &'static str,
+        extra: Duration,
+        call: pb::call::Op,
+    ) -> (Result<pb::answer::Result>, bool) {
+        let mut sent = false;
+        let mut answered = false;
+        let result = self
+            .call_noting(op, extra, call, &mut sent, &mut answered)
+            .await;
+        let unheard = result.is_err() && sent && !answered;
+        (result, unheard)
+    }
+
+    async fn call_noting(
+        &self,
+        op: &'static str,
+        extra: Duration,
+        call: pb::call::Op,
+        sent_flag: &mut bool,
+        answered: &mut bool,
+    ) -> Result<pb::answer::Result> {
         let call = pb::Call {
             id: 0,
             op: Some(call),
@@ -265,7 +311,10 @@ impl LockClient {
                 pipe.alive.store(false, Ordering::SeqCst);
                 return Err(closed());
             }
-            match rx.await.map_err(|_| closed())? {
+            *sent_flag = true;
+            let answer = rx.await.map_err(|_| closed())?;
+            *answered = true;
+            match answer {
                 pb::answer::Result::Failure(f) => Err(Error::Rpc {
                     code: tonic::Code::from(f.code),
                     message: f.message,
@@ -357,21 +406,22 @@ impl LockClient {
         keys: &[LockKey],
         wait: Duration,
     ) -> Result<u64> {
+        let token = rand::random::<u64>().max(1);
         let req = pb::RegisterRequest {
             xid: xid.to_string(),
             resource_id: resource_id.to_string(),
-            branch_type: if kind == BranchKind::AT {
-                pb::BranchType::At
-            } else {
-                pb::BranchType::Xa
-            } as i32,
+            branch_type: branch_type(kind),
             lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
             wait_ms: wait.as_millis().min(u32::MAX as u128) as u32,
+            token,
         };
-        let r = match self
-            .call("register_branch", wait, pb::call::Op::Register(req))
-            .await?
-        {
+        let (answer, unheard) = self
+            .call_unheard("register_branch", wait, pb::call::Op::Register(req))
+            .await;
+        if unheard {
+            self.withdraw_in_background(xid, resource_id, kind, token);
+        }
+        let r = match answer? {
             pb::answer::Result::Register(r) => r,
             _ => return Err(unexpected()),
         };
@@ -395,6 +445,7 @@ impl LockClient {
             xid: xid.to_string(),
             branch_id,
             success,
+            ..Default::default()
         };
         match self
             .call("report", Duration::ZERO, pb::call::Op::Report(req))
@@ -403,6 +454,46 @@ impl LockClient {
             pb::answer::Result::Report(_) => Ok(()),
             _ => Err(unexpected()),
         }
+    }
+
+    /// Withdraws the registration named `token`, whose answer never came: the
+    /// lockserver may have registered the branch, which would then hold up the global
+    /// commit (an XA branch that never reports) for good. Retried on its own task
+    /// until the lockserver answers, for at most [`WITHDRAW_FOR`].
+    fn withdraw_in_background(&self, xid: &Xid, resource_id: &str, kind: BranchKind, token: u64) {
+        if WITHDRAWING.fetch_add(1, Ordering::Relaxed) >= MAX_WITHDRAWING {
+            WITHDRAWING.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%xid, resource = resource_id, "a registration whose answer was lost is not withdrawn: too many withdrawals pending; its transaction cannot commit");
+            return;
+        }
+        let client = self.clone();
+        let req = pb::ReportRequest {
+            xid: xid.to_string(),
+            branch_id: 0,
+            success: false,
+            token,
+            resource_id: resource_id.to_string(),
+            branch_type: branch_type(kind),
+        };
+        tokio::spawn(async move {
+            let give_up = tokio::time::Instant::now() + WITHDRAW_FOR;
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let op = pb::call::Op::Report(req.clone());
+                match client.call("withdraw", Duration::ZERO, op).await {
+                    Ok(_) => break,
+                    Err(e) if !e.is_retryable() || tokio::time::Instant::now() >= give_up => {
+                        tracing::warn!(xid = %req.xid, error = %e, "could not withdraw a registration whose answer was lost");
+                        break;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            WITHDRAWING.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// The first of `keys` held by an unfinished global transaction, with its holder.

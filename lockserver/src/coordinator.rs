@@ -17,9 +17,7 @@ use crate::config::Config;
 use crate::core::Effect;
 use crate::core::clock::{Clock, Millis};
 use crate::core::locks::LockKey;
-use crate::core::txn::{
-    BranchKind, BranchStatus, Command, Global, GlobalStatus, Phase2Outcome, Reply, Xid,
-};
+use crate::core::txn::{Command, Global, GlobalStatus, Phase2Outcome, Reply, Xid};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::phase2::Phase2;
@@ -190,24 +188,23 @@ impl Coordinator {
 
     /// Registers a branch, waiting up to `wait` (capped by `max_lock_wait_ms`) for
     /// conflicting locks. A holder that is rolling back fails the wait at once.
-    pub async fn register(
-        &self,
-        xid: Xid,
-        resource: String,
-        kind: BranchKind,
-        keys: Vec<LockKey>,
-        wait: Duration,
-    ) -> Result<u64> {
+    /// `cmd` is a [`Command::Register`].
+    pub async fn register(&self, cmd: Command, wait: Duration) -> Result<u64> {
         let started = Instant::now();
+        let Command::Register {
+            xid,
+            resource,
+            keys,
+            ..
+        } = &cmd
+        else {
+            return Err(Error::Corrupt {
+                what: "register given another command",
+            });
+        };
         let span = tracing::debug_span!("register", %xid, %resource, keys = keys.len());
         let wait = wait.min(Duration::from_millis(self.config.max_lock_wait_ms));
         let deadline = started + wait;
-        let cmd = Command::Register {
-            xid,
-            resource,
-            kind,
-            keys,
-        };
         let mut cmd = Some(cmd);
         let r = async {
             loop {
@@ -293,22 +290,24 @@ impl Coordinator {
         }
     }
 
-    /// Records a branch's phase-1 result.
-    pub async fn report(&self, xid: Xid, branch_id: u64, success: bool) -> Result<()> {
+    /// Records a branch's phase-1 result: `cmd` is a [`Command::Report`], or a
+    /// [`Command::Withdraw`] of a registration whose answer its caller never heard.
+    pub async fn report(&self, cmd: Command) -> Result<()> {
         let started = Instant::now();
-        let status = if success {
-            BranchStatus::PhaseOneDone
-        } else {
-            BranchStatus::PhaseOneFailed
+        let span = match &cmd {
+            Command::Report { xid, branch_id, .. } => {
+                tracing::debug_span!("report", %xid, branch = branch_id)
+            }
+            Command::Withdraw { xid, token, .. } => {
+                tracing::debug_span!("withdraw", %xid, token)
+            }
+            _ => {
+                return Err(Error::Corrupt {
+                    what: "report given another command",
+                });
+            }
         };
-        let span = tracing::debug_span!("report", %xid, branch = branch_id);
-        self.exec(Command::Report {
-            xid,
-            branch_id,
-            status,
-        })
-        .instrument(span)
-        .await?;
+        self.exec(cmd).instrument(span).await?;
         self.metrics.observe("report", started);
         Ok(())
     }

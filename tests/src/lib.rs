@@ -5,6 +5,7 @@
 //! - `raw_pg`: a byte-level PostgreSQL client for malformed-input tests.
 //! - `lockserver`: the lockserver harness.
 //! - `mysql`: the MySQL side of the harness (front end, test databases, raw packets).
+//! - `relay`: a TCP relay that loses a server's answers on demand.
 #![forbid(unsafe_code)]
 
 pub mod env;
@@ -13,3 +14,4 @@ pub mod lockserver;
 pub mod mysql;
 pub mod process;
 pub mod raw_pg;
+pub mod relay;

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::coordinator::Coordinator;
 use crate::core::locks::LockKey;
-use crate::core::txn::{BranchKind, Phase2Outcome, Work, Xid};
+use crate::core::txn::{BranchKind, BranchStatus, Command, Phase2Outcome, Work, Xid};
 use crate::error::Error;
 use crate::proto::{self as pb, coordinator_server::CoordinatorServer};
 use crate::tables::Down;
@@ -83,6 +83,35 @@ pub(super) fn kind(t: i32) -> Result<BranchKind, Status> {
             what: "branch_type must be AT or XA",
         })),
     }
+}
+
+/// A phase-1 report of the branch named by its id, or the withdrawal of the
+/// registration named by its token.
+pub(super) fn report_command(r: pb::ReportRequest) -> Result<Command, Status> {
+    let xid = xid(&r.xid)?;
+    if r.branch_id != 0 || r.token == 0 {
+        let status = if r.success {
+            BranchStatus::PhaseOneDone
+        } else {
+            BranchStatus::PhaseOneFailed
+        };
+        return Ok(Command::Report {
+            xid,
+            branch_id: r.branch_id,
+            status,
+        });
+    }
+    if r.success {
+        return Err(to_status(Error::InvalidArgument {
+            what: "a registration named by its token can only be withdrawn (success false)",
+        }));
+    }
+    Ok(Command::Withdraw {
+        xid,
+        resource: r.resource_id,
+        kind: kind(r.branch_type)?,
+        token: r.token,
+    })
 }
 
 fn outcome(o: i32) -> Option<Phase2Outcome> {
@@ -350,10 +379,16 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
         let r = req.into_inner();
-        let (x, k, keys) = (xid(&r.xid)?, kind(r.branch_type)?, keys(&r.lock_keys)?);
+        let cmd = Command::Register {
+            xid: xid(&r.xid)?,
+            kind: kind(r.branch_type)?,
+            keys: keys(&r.lock_keys)?,
+            resource: r.resource_id,
+            token: (r.token != 0).then_some(r.token),
+        };
         let wait = Duration::from_millis(r.wait_ms.into());
         use pb::register_response::Result as R;
-        let result = match self.coord.register(x, r.resource_id, k, keys, wait).await {
+        let result = match self.coord.register(cmd, wait).await {
             Ok(id) => R::BranchId(id),
             Err(Error::LockConflict {
                 key,
@@ -372,11 +407,8 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         req: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
-        let r = req.into_inner();
-        self.coord
-            .report(xid(&r.xid)?, r.branch_id, r.success)
-            .await
-            .map_err(to_status)?;
+        let cmd = report_command(req.into_inner())?;
+        self.coord.report(cmd).await.map_err(to_status)?;
         Ok(Response::new(pb::ReportResponse {}))
     }
 

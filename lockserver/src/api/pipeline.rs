@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::grpc::{GrpcApi, failure, keys, kind, register_result, xid};
-use crate::core::txn::{BranchStatus, Command, Reply};
+use super::grpc::{GrpcApi, failure, keys, kind, register_result, report_command, xid};
+use crate::core::txn::{Command, Reply};
 use crate::error::Error;
 use crate::proto as pb;
 use crate::proto::answer::Result as A;
@@ -80,22 +80,11 @@ fn sort(api: &GrpcApi, call: pb::Call) -> Sorted {
                 kind: kind(r.branch_type)?,
                 keys: keys(&r.lock_keys)?,
                 resource: r.resource_id,
+                token: (r.token != 0).then_some(r.token),
             };
             Ok((Op::Register { wait_ms: r.wait_ms }, cmd))
         })(),
-        Some(C::Report(r)) => xid(&r.xid).map(|x| {
-            let status = if r.success {
-                BranchStatus::PhaseOneDone
-            } else {
-                BranchStatus::PhaseOneFailed
-            };
-            let cmd = Command::Report {
-                xid: x,
-                branch_id: r.branch_id,
-                status,
-            };
-            (Op::Report, cmd)
-        }),
+        Some(C::Report(r)) => report_command(r).map(|cmd| (Op::Report, cmd)),
         Some(C::Commit(r)) => xid(&r.xid).map(|x| (Op::Commit, Command::Commit { xid: x })),
         op => return Sorted::Alone(pb::Call { id, op }),
     };
@@ -259,18 +248,12 @@ async fn spawn_register(
     wait_ms: u32,
     cmd: Command,
 ) -> bool {
-    let Command::Register {
-        xid,
-        resource,
-        kind,
-        keys,
-    } = cmd
-    else {
+    if !matches!(cmd, Command::Register { .. }) {
         return true;
-    };
+    }
     spawn_admitted(api, tx, limit, id, async move |api: GrpcApi| {
         let wait = Duration::from_millis(wait_ms.into());
-        register_result(api.coord.register(xid, resource, kind, keys, wait).await)
+        register_result(api.coord.register(cmd, wait).await)
     })
     .await
 }

@@ -316,6 +316,7 @@ async fn in_process(a: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::
                         resource: RESOURCE.into(),
                         kind: BranchKind::AT,
                         keys,
+                        token: None,
                     };
                     store.apply(cmd, now).await?;
                     lat.push(s.elapsed().as_micros() as u32);

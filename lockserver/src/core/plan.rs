@@ -56,10 +56,12 @@ pub fn plan(
                     Reply::Began { deadline },
                 ))
             }
-            // Late phase-2 answers for a forgotten transaction are harmless duplicates.
-            Command::Phase2Result { .. } | Command::Timeout { .. } | Command::Forget { .. } => {
-                Ok((vec![], Reply::Ok))
-            }
+            // Late phase-2 answers for a forgotten transaction are harmless duplicates,
+            // and a registration withdrawn from it can no longer arrive.
+            Command::Phase2Result { .. }
+            | Command::Timeout { .. }
+            | Command::Forget { .. }
+            | Command::Withdraw { .. } => Ok((vec![], Reply::Ok)),
             _ => Err(Error::UnknownXid {
                 xid: cmd.xid().clone(),
             }),
@@ -72,6 +74,7 @@ pub fn plan(
             resource,
             kind,
             keys,
+            token,
             ..
         } => {
             if g.status != GlobalStatus::Begin {
@@ -79,6 +82,24 @@ pub fn plan(
             }
             if now >= g.deadline {
                 return Err(Error::Expired { xid: xid.clone() });
+            }
+            if let Some(b) = token.and_then(|t| g.branch_by_token(t)) {
+                // The same registration again: the answer is the branch it made. A
+                // withdrawn one (or one already past phase 1) is spent.
+                if b.status != BranchStatus::Registered
+                    || b.resource != *resource
+                    || b.kind != *kind
+                {
+                    return Err(Error::InvalidArgument {
+                        what: "a registration under a token already withdrawn or used",
+                    });
+                }
+                return Ok((
+                    vec![],
+                    Reply::Registered {
+                        branch_id: b.branch_id,
+                    },
+                ));
             }
             if resource.is_empty() || resource.len() > 1024 {
                 return Err(Error::InvalidArgument {
@@ -104,6 +125,7 @@ pub fn plan(
                 kind: *kind,
                 keys: keys.clone(),
                 status: BranchStatus::Registered,
+                token: *token,
             };
             Ok((
                 vec![Record::Branch {
@@ -126,27 +148,42 @@ pub fn plan(
                     what: "a phase-1 report is PhaseOneDone or PhaseOneFailed",
                 });
             }
-            let b = g.branch(*branch_id).ok_or(Error::UnknownBranch {
-                xid: xid.clone(),
-                branch_id: *branch_id,
-            })?;
-            if b.status == *st {
+            report(g, *branch_id, *st, now)
+        }
+        Command::Withdraw {
+            resource,
+            kind,
+            token,
+            ..
+        } => {
+            if let Some(b) = g.branch_by_token(*token) {
+                return report(g, b.branch_id, BranchStatus::PhaseOneFailed, now);
+            }
+            // The registration has not arrived (it may never): a failed branch in its
+            // name refuses it should it come. None can once the transaction is decided,
+            // nor past the limits that would refuse it.
+            let refused_anyway = g.status != GlobalStatus::Begin
+                || g.branches.len() >= limits.max_branches
+                || resource.is_empty()
+                || resource.len() > 1024;
+            if refused_anyway {
                 return Ok((vec![], Reply::Ok));
             }
-            if b.status != BranchStatus::Registered {
-                return Err(invalid(g, "report phase 1 of a branch already past it"));
-            }
-            let mut recs = vec![Record::BranchStatus {
-                xid: xid.clone(),
-                branch_id: *branch_id,
-                status: *st,
-            }];
-            // A failed branch of a committing transaction owes no phase 2: it may have been
-            // the last one that did.
-            if g.status.is_committing() && !st.owes_commit() && !g.commit_owed(Some(*branch_id)) {
-                recs.push(status(xid, GlobalStatus::Committed, now));
-            }
-            Ok((recs, Reply::Ok))
+            let branch = Branch {
+                branch_id: g.branches.len() as u64 + 1,
+                resource: resource.clone(),
+                kind: *kind,
+                keys: vec![],
+                status: BranchStatus::PhaseOneFailed,
+                token: Some(*token),
+            };
+            Ok((
+                vec![Record::Branch {
+                    xid: xid.clone(),
+                    branch,
+                }],
+                Reply::Ok,
+            ))
         }
         Command::Commit { .. } => {
             match g.status {
@@ -220,6 +257,37 @@ pub fn plan(
             Ok((vec![Record::Forget { xid: xid.clone() }], Reply::Ok))
         }
     }
+}
+
+/// A branch's phase-1 result: `PhaseOneDone` or `PhaseOneFailed`.
+fn report(
+    g: &Global,
+    branch_id: u64,
+    st: BranchStatus,
+    now: Millis,
+) -> Result<(Vec<Record>, Reply), Error> {
+    let xid = &g.xid;
+    let b = g.branch(branch_id).ok_or(Error::UnknownBranch {
+        xid: xid.clone(),
+        branch_id,
+    })?;
+    if b.status == st {
+        return Ok((vec![], Reply::Ok));
+    }
+    if b.status != BranchStatus::Registered {
+        return Err(invalid(g, "report phase 1 of a branch already past it"));
+    }
+    let mut recs = vec![Record::BranchStatus {
+        xid: xid.clone(),
+        branch_id,
+        status: st,
+    }];
+    // A failed branch of a committing transaction owes no phase 2: it may have been
+    // the last one that did.
+    if g.status.is_committing() && !st.owes_commit() && !g.commit_owed(Some(branch_id)) {
+        recs.push(status(xid, GlobalStatus::Committed, now));
+    }
+    Ok((recs, Reply::Ok))
 }
 
 /// Enters a rollback status. Failed branches get another go; with nothing left

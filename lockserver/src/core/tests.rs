@@ -28,6 +28,7 @@ fn reg(c: &mut Core, xid: &str, keys: &[u32], now: Millis) -> Result<u64, Error>
         resource: "pg://h/db".into(),
         kind: BranchKind::AT,
         keys: keys.iter().map(|i| k(*i)).collect(),
+        token: None,
     };
     match c.apply(&cmd, now)?.reply {
         Reply::Registered { branch_id } => Ok(branch_id),
@@ -171,6 +172,7 @@ fn a_commit_owes_no_phase_two_to_a_branch_whose_local_commit_failed() {
                 kind: BranchKind::AT,
                 keys: vec![k(6)],
                 status: BranchStatus::Registered,
+                token: None,
             },
         },
         Record::BranchStatus {
@@ -360,6 +362,7 @@ fn bad_input_leaves_state_unchanged() {
             resource: String::new(),
             kind: BranchKind::AT,
             keys: vec![],
+            token: None,
         },
         Command::Phase2Result {
             xid: x("a"),
@@ -529,6 +532,7 @@ fn replay_and_snapshot_reproduce_state() {
             resource: "r".into(),
             kind: BranchKind::XA,
             keys: vec![k(key)],
+            token: None,
         };
         run(&mut c, cmd, T0);
     }
@@ -704,6 +708,7 @@ fn unheld_key_reports_a_log_that_gave_two_open_transactions_one_key() {
             kind: BranchKind::AT,
             keys: vec![k(1)],
             status: BranchStatus::Registered,
+            token: None,
         },
     };
     let begin = |xid: &str| Record::Begin {
@@ -718,4 +723,158 @@ fn unheld_key_reports_a_log_that_gave_two_open_transactions_one_key() {
         "replay never moves a held key"
     );
     assert_eq!(r.unheld_key(), Some((&x("b"), &k(1))));
+}
+
+fn xa_reg(c: &mut Core, xid: &str, token: u64) -> Result<u64, Error> {
+    let cmd = Command::Register {
+        xid: x(xid),
+        resource: "my://h/db".into(),
+        kind: BranchKind::XA,
+        keys: vec![],
+        token: Some(token),
+    };
+    match c.apply(&cmd, T0)?.reply {
+        Reply::Registered { branch_id } => Ok(branch_id),
+        r => panic!("unexpected {r:?}"),
+    }
+}
+fn withdraw(c: &mut Core, xid: &str, token: u64) -> Output {
+    let cmd = Command::Withdraw {
+        xid: x(xid),
+        resource: "my://h/db".into(),
+        kind: BranchKind::XA,
+        token,
+    };
+    c.apply(&cmd, T0).unwrap()
+}
+fn commit(c: &mut Core, xid: &str) -> Result<Output, Error> {
+    c.apply(&Command::Commit { xid: x(xid) }, T0 + 1)
+}
+
+#[test]
+fn a_registration_delivered_twice_answers_the_branch_it_made() {
+    let mut c = Core::default();
+    begin(&mut c, "a", 1000);
+    assert_eq!(xa_reg(&mut c, "a", 7).unwrap(), 1);
+    let again = c
+        .apply(
+            &Command::Register {
+                xid: x("a"),
+                resource: "my://h/db".into(),
+                kind: BranchKind::XA,
+                keys: vec![],
+                token: Some(7),
+            },
+            T0,
+        )
+        .unwrap();
+    assert_eq!(again.reply, Reply::Registered { branch_id: 1 });
+    assert!(again.records.is_empty(), "nothing written the second time");
+    assert_eq!(
+        xa_reg(&mut c, "a", 8).unwrap(),
+        2,
+        "another token, another branch"
+    );
+    assert_eq!(c.global(&x("a")).unwrap().branches.len(), 2);
+}
+
+#[test]
+fn a_withdrawn_xa_registration_no_longer_holds_up_the_commit() {
+    // Registered, answer lost, withdrawn: the branch did no work.
+    let mut c = Core::default();
+    begin(&mut c, "a", 1000);
+    assert_eq!(xa_reg(&mut c, "a", 7).unwrap(), 1);
+    assert!(matches!(
+        commit(&mut c, "a"),
+        Err(Error::PhaseOnePending { branch_id: 1, .. })
+    ));
+    let out = withdraw(&mut c, "a", 7);
+    assert_eq!(out.reply, Reply::Ok);
+    let b = c.global(&x("a")).unwrap().branch(1).unwrap().clone();
+    assert_eq!(b.status, BranchStatus::PhaseOneFailed);
+    assert!(
+        withdraw(&mut c, "a", 7).records.is_empty(),
+        "withdrawn twice"
+    );
+    assert!(
+        matches!(xa_reg(&mut c, "a", 7), Err(Error::InvalidArgument { .. })),
+        "the token is spent"
+    );
+    assert_eq!(
+        commit(&mut c, "a").unwrap().reply,
+        Reply::Status(GlobalStatus::Committed)
+    );
+    assert_eq!(
+        status(&c, "a"),
+        GlobalStatus::Committed,
+        "no branch owes phase 2"
+    );
+}
+
+#[test]
+fn a_withdrawal_ahead_of_its_registration_refuses_the_registration() {
+    let mut c = Core::default();
+    begin(&mut c, "a", 1000);
+    let out = withdraw(&mut c, "a", 7);
+    let b = &c.global(&x("a")).unwrap().branches[0];
+    assert_eq!(
+        (b.branch_id, b.status, b.token, b.kind, b.resource.as_str()),
+        (
+            1,
+            BranchStatus::PhaseOneFailed,
+            Some(7),
+            BranchKind::XA,
+            "my://h/db"
+        )
+    );
+    assert_eq!(out.records.len(), 1);
+    assert!(matches!(
+        xa_reg(&mut c, "a", 7),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(
+        c.global(&x("a")).unwrap().branches.len(),
+        1,
+        "refused: nothing added"
+    );
+    assert_eq!(
+        xa_reg(&mut c, "a", 9).unwrap(),
+        2,
+        "a new registration goes on"
+    );
+    // Replaying the log gives the same branches.
+    let mut log = vec![Record::Begin {
+        xid: x("a"),
+        at: T0,
+        deadline: T0 + 1000,
+    }];
+    log.extend(
+        c.global(&x("a"))
+            .unwrap()
+            .branches
+            .iter()
+            .map(|b| Record::Branch {
+                xid: x("a"),
+                branch: b.clone(),
+            }),
+    );
+    assert_eq!(
+        replayed(&log).global(&x("a")).unwrap().branches,
+        c.global(&x("a")).unwrap().branches
+    );
+}
+
+#[test]
+fn a_withdrawal_after_the_decision_or_the_transaction_writes_nothing() {
+    let mut c = Core::default();
+    let out = withdraw(&mut c, "gone", 7);
+    assert_eq!(
+        (out.reply, out.records.len()),
+        (Reply::Ok, 0),
+        "unknown xid"
+    );
+    begin(&mut c, "a", 1000);
+    c.apply(&Command::Rollback { xid: x("a") }, T0).unwrap();
+    let out = withdraw(&mut c, "a", 7);
+    assert_eq!((out.reply, out.records.len()), (Reply::Ok, 0), "decided");
 }

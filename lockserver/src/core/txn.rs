@@ -259,6 +259,10 @@ pub struct Branch {
     pub keys: Vec<LockKey>,
     /// Phase-1/phase-2 status.
     pub status: BranchStatus,
+    /// The caller's name for the registration that made it, when it gave one: what a
+    /// caller that never heard the answer withdraws it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
 }
 
 /// A global transaction with its branches.
@@ -357,6 +361,8 @@ pub enum Command {
         kind: BranchKind,
         /// Lock keys.
         keys: Vec<LockKey>,
+        /// The caller's name for this registration (see [`Command::Withdraw`]).
+        token: Option<u64>,
     },
     /// Report a branch's phase-1 result.
     Report {
@@ -366,6 +372,19 @@ pub enum Command {
         branch_id: u64,
         /// `PhaseOneDone` or `PhaseOneFailed`.
         status: BranchStatus,
+    },
+    /// A caller gives up on its registration named `token`, whose answer it never
+    /// heard: the branch, registered or not, did no work and reports phase 1 failed. A
+    /// registration under `token` arriving later is refused.
+    Withdraw {
+        /// Transaction.
+        xid: Xid,
+        /// Resource id of the registration.
+        resource: String,
+        /// AT or XA.
+        kind: BranchKind,
+        /// The registration's token.
+        token: u64,
     },
     /// The application commits.
     Commit {
@@ -405,6 +424,7 @@ impl Command {
             Command::Begin { xid, .. }
             | Command::Register { xid, .. }
             | Command::Report { xid, .. }
+            | Command::Withdraw { xid, .. }
             | Command::Commit { xid }
             | Command::Rollback { xid }
             | Command::Timeout { xid }
@@ -512,6 +532,10 @@ impl Global {
     /// The branch with this id.
     pub fn branch(&self, id: u64) -> Option<&Branch> {
         self.branches.iter().find(|b| b.branch_id == id)
+    }
+    /// The branch registered under `token`.
+    pub fn branch_by_token(&self, token: u64) -> Option<&Branch> {
+        self.branches.iter().find(|b| b.token == Some(token))
     }
     fn branch_mut(&mut self, id: u64) -> Option<&mut Branch> {
         self.branches.iter_mut().find(|b| b.branch_id == id)

@@ -9,7 +9,9 @@ use super::redis::RedisStore;
 use super::{Applied, Store};
 use crate::core::clock::Millis;
 use crate::core::locks::LockKey;
-use crate::core::txn::{BranchKind, Command, GlobalStatus, Limits, Phase2Outcome, Reply, Xid};
+use crate::core::txn::{
+    BranchKind, BranchStatus, Command, GlobalStatus, Limits, Phase2Outcome, Reply, Xid,
+};
 use crate::error::Error;
 
 const T0: Millis = 1_700_000_000_000;
@@ -38,6 +40,7 @@ async fn reg<S: Store>(s: &S, xid: &str, keys: &[u32], now: Millis) -> Result<u6
         resource: "pg://h/db".into(),
         kind: BranchKind::AT,
         keys: keys.iter().map(|i| k(*i)).collect(),
+        token: None,
     };
     match s.apply(cmd, now).await?.reply {
         Reply::Registered { branch_id } => Ok(branch_id),
@@ -363,6 +366,56 @@ async fn concurrent_all_or_nothing<S: Store>(s: S) {
     assert_eq!(holders(&*s).await.len(), won * 3);
 }
 
+/// A withdrawn registration (its answer was lost) and one withdrawn before it arrived.
+async fn withdrawn_registrations<S: Store>(s: S) {
+    begin(&s, "a", 10_000).await;
+    let register = |token: u64| Command::Register {
+        xid: x("a"),
+        resource: "my://h/db".into(),
+        kind: BranchKind::XA,
+        keys: vec![],
+        token: Some(token),
+    };
+    let withdraw = |token: u64| Command::Withdraw {
+        xid: x("a"),
+        resource: "my://h/db".into(),
+        kind: BranchKind::XA,
+        token,
+    };
+    let registered = s.apply(register(7), T0).await.unwrap().reply;
+    assert_eq!(registered, Reply::Registered { branch_id: 1 });
+    assert_eq!(
+        s.apply(register(7), T0).await.unwrap().reply,
+        registered,
+        "delivered twice"
+    );
+    s.apply(withdraw(7), T0).await.unwrap();
+    s.apply(withdraw(8), T0).await.unwrap();
+    for token in [7, 8] {
+        let e = s.apply(register(token), T0).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{token}: {e:?}");
+    }
+    let g = s.global(&x("a")).await.unwrap().unwrap();
+    let branches: Vec<_> = g
+        .branches
+        .iter()
+        .map(|b| (b.branch_id, b.status, b.token))
+        .collect();
+    assert_eq!(
+        branches,
+        [
+            (1, BranchStatus::PhaseOneFailed, Some(7)),
+            (2, BranchStatus::PhaseOneFailed, Some(8))
+        ]
+    );
+    let commit = s.apply(Command::Commit { xid: x("a") }, T0 + 1).await;
+    assert_eq!(
+        commit.unwrap().reply,
+        Reply::Status(GlobalStatus::Committed)
+    );
+    assert_eq!(status(&s, "a").await, GlobalStatus::Committed);
+}
+
 async fn redis_store() -> RedisStore {
     let url =
         std::env::var("TANDEM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -406,6 +459,7 @@ conformance!(
     bad_input_leaves_state_unchanged,
     concurrent_all_or_nothing,
     repeated_decisions_answer_the_status,
+    withdrawn_registrations,
 );
 
 /// A repeated decision writes nothing but must not be answered before the record

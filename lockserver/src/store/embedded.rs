@@ -103,6 +103,7 @@ fn must_wait(cmd: &Command) -> bool {
         cmd,
         Command::Register { .. }
             | Command::Report { .. }
+            | Command::Withdraw { .. }
             | Command::Commit { .. }
             | Command::Rollback { .. }
     )

@@ -100,6 +100,7 @@ async fn grpc_bad_input(kind: Kind) {
         branch_type: t as i32,
         lock_keys: keys,
         wait_ms: 0,
+        token: 0,
     };
     let cases = [
         (
@@ -132,10 +133,28 @@ async fn grpc_bad_input(kind: Kind) {
             xid: x.to_string(),
             branch_id: 99,
             success: true,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // A registration named by its token can be withdrawn, not reported done, and the
+    // withdrawal names a branch type.
+    let withdraw = |success: bool, t: pb::BranchType| pb::ReportRequest {
+        xid: x.to_string(),
+        branch_id: 0,
+        success,
+        token: 7,
+        resource_id: RESOURCE.into(),
+        branch_type: t as i32,
+    };
+    for req in [
+        withdraw(true, pb::BranchType::Xa),
+        withdraw(false, pb::BranchType::Unspecified),
+    ] {
+        let e = raw.report_branch(req.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{req:?}: {e:?}");
+    }
     let e = raw
         .commit(pb::XidRequest {
             xid: "bad xid with spaces".into(),

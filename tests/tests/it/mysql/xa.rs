@@ -10,6 +10,7 @@ use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tandem_tests::mysql::{self as my, MyTestDb};
 use tandem_tests::process::ProxyProcess;
+use tandem_tests::relay::LossyRelay;
 
 /// XA RECOVER is server-wide: the tests that leave prepared branches behind for a
 /// while, and the one whose recovery rolls back orphans after a second, take turns.
@@ -1279,6 +1280,80 @@ async fn an_xa_write_meets_the_global_locks_of_at_transactions() {
         async move { balances(&mut db.direct().await).await == *want }
     })
     .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// The lockserver registers an XA branch at START TRANSACTION, but its answer is lost:
+/// the client gets an error and no XA START runs. The branch tandem never heard of must
+/// not hold up the global commit once the client's retry has prepared its work.
+#[tokio::test]
+async fn an_xa_registration_whose_answer_was_lost_does_not_hold_up_the_commit() {
+    let db = bank("xa_lost_register").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let relay = LossyRelay::start(lockserver.grpc).await;
+    let endpoint = format!("http://{}", relay.addr);
+    let tandem = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.call_timeout_ms = 1_000;
+    })
+    .await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    relay.lose_answers();
+    conn.query_drop("START TRANSACTION")
+        .await
+        .expect_err("the registration timed out");
+    relay.heal();
+    // The proxy's lockserver connection broke with the lost answers: the first call
+    // after it may find it closed.
+    eventually("the lockserver answers again", || async {
+        text(
+            &mut my::connect(&tandem, &db.name).await,
+            &format!("SELECT tandem_status('{xid}')"),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    for sql in [
+        "START TRANSACTION",
+        "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+        "COMMIT",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    assert_eq!(
+        text(&mut conn, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (_, global) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    let statuses: Vec<_> = global["branches"]
+        .as_array()
+        .expect("branches")
+        .iter()
+        .map(|b| b["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        (statuses.len(), statuses[0].as_str()),
+        (2, "PhaseOneFailed"),
+        "the lost registration reached the lockserver and was withdrawn: {global}"
+    );
+    eventually("the branch committed", || async {
+        let mut direct = db.direct().await;
+        balances(&mut direct).await == [(1, 990), (2, 1000), (3, 1000)]
+    })
+    .await;
+    drop(conn);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tandem_tests::process::ProxyProcess;
+use tandem_tests::relay::LossyRelay;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -1679,6 +1680,85 @@ async fn an_autocommit_batch_with_a_read_ahead_of_its_write_is_one_xa_branch() {
     assert_eq!(replies[7].strings()[0], "I", "{replies:?}");
     branch_prepared_then_rolled_back(&mut raw, &da).await;
     drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// The lockserver registers the branch at COMMIT, but its answer is lost: the client's
+/// COMMIT fails and nothing is prepared. The branch tandem never heard of must not hold
+/// up the global commit once the client's retry has prepared its work.
+#[tokio::test]
+async fn an_xa_registration_whose_answer_was_lost_does_not_hold_up_the_commit() {
+    let db = prepare("xa_lost_register").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let relay = LossyRelay::start(lockserver.grpc).await;
+    let endpoint = format!("http://{}", relay.addr);
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.call_timeout_ms = 1_000;
+    })
+    .await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = one(&client, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let work = async || {
+        client.batch_execute("BEGIN").await.unwrap();
+        let update = "UPDATE accounts SET balance = balance - 10 WHERE id = 1";
+        client.batch_execute(update).await.unwrap();
+    };
+    work().await;
+    relay.lose_answers();
+    client
+        .batch_execute("COMMIT")
+        .await
+        .expect_err("the registration timed out");
+    relay.heal();
+    // The proxy's lockserver connection broke with the lost answers: the first call
+    // after it may find it closed.
+    eventually("the lockserver answers again", || async {
+        one(
+            &tandem.connect(&db.name).await,
+            &format!("SELECT tandem_status('{xid}')"),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    assert_eq!(
+        balance(&db.direct().await, 1).await,
+        1000,
+        "nothing prepared"
+    );
+    work().await;
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        one(&client, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let (_, global) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+    let statuses: Vec<_> = global["branches"]
+        .as_array()
+        .expect("branches")
+        .iter()
+        .map(|b| b["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        (statuses.len(), statuses[0].as_str()),
+        (2, "PhaseOneFailed"),
+        "the lost registration reached the lockserver and was withdrawn: {global}"
+    );
+    eventually("the branch committed", || async {
+        balance(&db.direct().await, 1).await == 990
+    })
+    .await;
+    assert!(tandem_prepared(&db.direct().await).await.is_empty());
+    drop(client);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
