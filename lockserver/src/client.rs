@@ -79,6 +79,26 @@ const WITHDRAW_FOR: Duration = Duration::from_secs(3600);
 const MAX_WITHDRAWING: usize = 10_000;
 static WITHDRAWING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// One pending withdrawal, counted in [`WITHDRAWING`] while it lives (also when its
+/// task is dropped with its runtime).
+struct Withdrawing;
+
+impl Withdrawing {
+    fn enter() -> Option<Withdrawing> {
+        if WITHDRAWING.fetch_add(1, Ordering::Relaxed) >= MAX_WITHDRAWING {
+            WITHDRAWING.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Withdrawing)
+    }
+}
+
+impl Drop for Withdrawing {
+    fn drop(&mut self) {
+        WITHDRAWING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A lock that a lock query found held.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldLock {
@@ -418,7 +438,16 @@ impl LockClient {
         let (answer, unheard) = self
             .call_unheard("register_branch", wait, pb::call::Op::Register(req))
             .await;
-        if unheard {
+        // The lockserver may also not know what became of it: its store's write timed
+        // out or failed after it may have landed (Redis).
+        let indeterminate = matches!(
+            &answer,
+            Err(Error::Rpc {
+                code: tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DeadlineExceeded,
+                ..
+            })
+        );
+        if unheard || indeterminate {
             self.withdraw_in_background(xid, resource_id, kind, token);
         }
         let r = match answer? {
@@ -459,13 +488,13 @@ impl LockClient {
     /// Withdraws the registration named `token`, whose answer never came: the
     /// lockserver may have registered the branch, which would then hold up the global
     /// commit (an XA branch that never reports) for good. Retried on its own task
-    /// until the lockserver answers, for at most [`WITHDRAW_FOR`].
+    /// until the lockserver answers, for at most [`WITHDRAW_FOR`]. A process that stops
+    /// meanwhile drops it: the transaction then commits only by its timeout's rollback.
     fn withdraw_in_background(&self, xid: &Xid, resource_id: &str, kind: BranchKind, token: u64) {
-        if WITHDRAWING.fetch_add(1, Ordering::Relaxed) >= MAX_WITHDRAWING {
-            WITHDRAWING.fetch_sub(1, Ordering::Relaxed);
+        let Some(pending) = Withdrawing::enter() else {
             tracing::warn!(%xid, resource = resource_id, "a registration whose answer was lost is not withdrawn: too many withdrawals pending; its transaction cannot commit");
             return;
-        }
+        };
         let client = self.clone();
         let req = pb::ReportRequest {
             xid: xid.to_string(),
@@ -476,13 +505,15 @@ impl LockClient {
             branch_type: branch_type(kind),
         };
         tokio::spawn(async move {
+            let _pending = pending;
             let give_up = tokio::time::Instant::now() + WITHDRAW_FOR;
             let mut pause = Duration::from_millis(100);
             loop {
                 let op = pb::call::Op::Report(req.clone());
+                // A withdrawal may be repeated: only a refusal of it ends the retries.
                 match client.call("withdraw", Duration::ZERO, op).await {
                     Ok(_) => break,
-                    Err(e) if !e.is_retryable() || tokio::time::Instant::now() >= give_up => {
+                    Err(e) if e.is_refusal() || tokio::time::Instant::now() >= give_up => {
                         tracing::warn!(xid = %req.xid, error = %e, "could not withdraw a registration whose answer was lost");
                         break;
                     }
@@ -492,7 +523,6 @@ impl LockClient {
                     }
                 }
             }
-            WITHDRAWING.fetch_sub(1, Ordering::Relaxed);
         });
     }
 

@@ -199,6 +199,30 @@ impl Error {
         }
     }
 
+    /// The lockserver refused the request as it stands (malformed, or moot in the
+    /// transaction's state): sending it again changes nothing.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::InvalidArgument { .. }
+            | Error::BadLockKey(_)
+            | Error::UnknownXid { .. }
+            | Error::UnknownBranch { .. }
+            | Error::InvalidState { .. }
+            | Error::LimitExceeded { .. } => true,
+            Error::Rpc { code, .. } => matches!(
+                code,
+                tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::Unimplemented
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+            ),
+            _ => false,
+        }
+    }
+
     /// A configured bound refused the request (here or, over gRPC, on the lockserver):
     /// the same request will never pass.
     pub fn is_limit(&self) -> bool {

@@ -86,10 +86,8 @@ pub fn plan(
             if let Some(b) = token.and_then(|t| g.branch_by_token(t)) {
                 // The same registration again: the answer is the branch it made. A
                 // withdrawn one (or one already past phase 1) is spent.
-                if b.status != BranchStatus::Registered
-                    || b.resource != *resource
-                    || b.kind != *kind
-                {
+                let same = b.resource == *resource && b.kind == *kind && b.keys == *keys;
+                if b.status != BranchStatus::Registered || !same {
                     return Err(Error::InvalidArgument {
                         what: "a registration under a token already withdrawn or used",
                     });
@@ -157,6 +155,10 @@ pub fn plan(
             ..
         } => {
             if let Some(b) = g.branch_by_token(*token) {
+                // Past phase 1 already: phase 2 found nothing of it to finish.
+                if b.status != BranchStatus::Registered {
+                    return Ok((vec![], Reply::Ok));
+                }
                 return report(g, b.branch_id, BranchStatus::PhaseOneFailed, now);
             }
             // The registration has not arrived (it may never): a failed branch in its
@@ -282,10 +284,20 @@ fn report(
         branch_id,
         status: st,
     }];
-    // A failed branch of a committing transaction owes no phase 2: it may have been
-    // the last one that did.
+    // A failed branch owes no phase 2: it may have been the last one that did, of a
+    // committing transaction or of one rolling back (a report or a withdrawal that
+    // comes after the decision).
     if g.status.is_committing() && !st.owes_commit() && !g.commit_owed(Some(branch_id)) {
         recs.push(status(xid, GlobalStatus::Committed, now));
+    }
+    let others_undone = || {
+        g.branches
+            .iter()
+            .filter(|o| o.branch_id != branch_id)
+            .all(|o| !o.status.owes_rollback())
+    };
+    if g.status.is_rolling_back() && !st.owes_rollback() && others_undone() {
+        recs.push(status(xid, rolled_back(g.status), now));
     }
     Ok((recs, Reply::Ok))
 }

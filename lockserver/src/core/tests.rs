@@ -878,3 +878,82 @@ fn a_withdrawal_after_the_decision_or_the_transaction_writes_nothing() {
     let out = withdraw(&mut c, "a", 7);
     assert_eq!((out.reply, out.records.len()), (Reply::Ok, 0), "decided");
 }
+
+#[test]
+fn a_withdrawal_after_the_rollback_began_lets_it_end() {
+    // The rollback (the application's, or the timeout's) owed only the withdrawn branch.
+    for timeout in [false, true] {
+        let mut c = Core::default();
+        begin(&mut c, "a", 1000);
+        let cmd = Command::Register {
+            xid: x("a"),
+            resource: "pg://h/db".into(),
+            kind: BranchKind::AT,
+            keys: vec![k(1)],
+            token: Some(7),
+        };
+        c.apply(&cmd, T0).unwrap();
+        let (decide, now) = if timeout {
+            (Command::Timeout { xid: x("a") }, T0 + 1000)
+        } else {
+            (Command::Rollback { xid: x("a") }, T0)
+        };
+        c.apply(&decide, now).unwrap();
+        assert!(status(&c, "a").is_rolling_back());
+        let withdrawn = Command::Withdraw {
+            xid: x("a"),
+            resource: "pg://h/db".into(),
+            kind: BranchKind::AT,
+            token: 7,
+        };
+        c.apply(&withdrawn, now).unwrap();
+        let ended = if timeout {
+            GlobalStatus::TimeoutRollbacked
+        } else {
+            GlobalStatus::Rollbacked
+        };
+        assert_eq!(status(&c, "a"), ended, "timeout: {timeout}");
+        assert_eq!(c.locks().holder(&k(1)), None, "timeout: {timeout}");
+        // Phase 2 answering after all, and the withdrawal again, change nothing.
+        p2(&mut c, "a", 1, Phase2Outcome::Rollbacked);
+        assert!(c.apply(&withdrawn, now).unwrap().records.is_empty());
+        assert_eq!(status(&c, "a"), ended);
+    }
+}
+
+#[test]
+fn a_withdrawal_that_phase_two_overtook_answers_ok() {
+    let mut c = Core::default();
+    begin(&mut c, "a", 1000);
+    begin(&mut c, "b", 1000);
+    xa_reg(&mut c, "a", 8).unwrap();
+    assert_eq!(xa_reg(&mut c, "a", 7).unwrap(), 2);
+    c.apply(&Command::Rollback { xid: x("a") }, T0).unwrap();
+    // Rollbacks run in reverse order: branch 2 first.
+    p2(&mut c, "a", 2, Phase2Outcome::Rollbacked);
+    let out = withdraw(&mut c, "a", 7);
+    assert_eq!((out.reply, out.records.len()), (Reply::Ok, 0));
+    assert_eq!(
+        status(&c, "a"),
+        GlobalStatus::Rollbacking,
+        "branch 1 still owed"
+    );
+    // A second delivery of a registration under a token must match it to answer it.
+    let other_keys = Command::Register {
+        xid: x("b"),
+        resource: "pg://h/db".into(),
+        kind: BranchKind::AT,
+        keys: vec![k(5)],
+        token: Some(9),
+    };
+    c.apply(&other_keys, T0).unwrap();
+    let mut changed = other_keys;
+    if let Command::Register { keys, .. } = &mut changed {
+        keys.push(k(6));
+    }
+    assert!(matches!(
+        c.apply(&changed, T0),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(c.locks().holder(&k(6)), None);
+}
