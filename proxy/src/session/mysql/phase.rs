@@ -288,6 +288,8 @@ pub struct Exchange {
     /// An error that may have ended the transaction came since the last status flags:
     /// IN_TRANS is to be asked of the server before it decides anything.
     pub status_uncertain: bool,
+    /// The status flags the last server packet carried, when it ended a reply.
+    pub status_read: Option<StatusFlags>,
 }
 
 /// What one server packet did to the exchange.
@@ -309,6 +311,7 @@ impl Exchange {
             server_seq: 0,
             server,
             status_uncertain: false,
+            status_read: None,
         }
     }
 
@@ -324,6 +327,18 @@ impl Exchange {
             | Phase::InfileUpload { status }
             | Phase::ChangingUser { status } => Some(status),
             Phase::Authenticating | Phase::Quitting => None,
+        }
+    }
+
+    /// Takes `flags` out of the status flags kept: the server's, which say what they
+    /// do not mean for this client.
+    pub fn clear_status(&mut self, flags: StatusFlags) {
+        match &mut self.phase {
+            Phase::Ready { status }
+            | Phase::Busy { status, .. }
+            | Phase::InfileUpload { status }
+            | Phase::ChangingUser { status } => status.remove(flags),
+            Phase::Authenticating | Phase::Quitting => {}
         }
     }
 
@@ -390,6 +405,7 @@ impl Exchange {
 
     /// Advances by the first packet of one server message.
     pub fn on_server_packet(&mut self, packet: ServerPacket<'_>) -> Result<Progress, Unexpected> {
+        self.status_read = None;
         let Phase::Busy { status, reply } = self.phase else {
             return Err(Unexpected("a server packet while no reply is due"));
         };
@@ -406,6 +422,7 @@ impl Exchange {
                 let status = match step {
                     Step::Done(Some(new_status)) => {
                         self.status_uncertain = false;
+                        self.status_read = Some(new_status);
                         new_status
                     }
                     Step::Done(None) => status,

@@ -2186,7 +2186,7 @@ async fn a_write_to_a_temporary_table_inside_a_global_transaction_is_refused() {
 
 /// Packets up to and including the one that ends a reply: an OK or ERR, or the
 /// EOF-marked OK after a result set's rows (the raw client sets DEPRECATE_EOF).
-async fn raw_reply(raw: &mut my::RawMy) -> Vec<my::Packet> {
+pub(crate) async fn raw_reply(raw: &mut my::RawMy) -> Vec<my::Packet> {
     let mut packets = Vec::new();
     loop {
         let (seq, payload) = raw.recv().await.expect("a reply");
@@ -2203,7 +2203,7 @@ async fn raw_reply(raw: &mut my::RawMy) -> Vec<my::Packet> {
 }
 
 /// A raw client logged in through tandem, in `database`.
-async fn raw_session(tandem: &Tandem, database: &str) -> my::RawMy {
+pub(crate) async fn raw_session(tandem: &Tandem, database: &str) -> my::RawMy {
     let (mut raw, _) = my::raw_login(my::addr(tandem)).await;
     let mut init_db = vec![0x02];
     init_db.extend_from_slice(database.as_bytes());
@@ -2213,14 +2213,14 @@ async fn raw_session(tandem: &Tandem, database: &str) -> my::RawMy {
 }
 
 /// A COM_QUERY of `sql`, and its whole reply.
-async fn raw_query(raw: &mut my::RawMy, sql: &str) -> Vec<my::Packet> {
+pub(crate) async fn raw_query(raw: &mut my::RawMy, sql: &str) -> Vec<my::Packet> {
     raw.send(&my::packet(0, &[b"\x03", sql.as_bytes()].concat()))
         .await;
     raw_reply(raw).await
 }
 
 /// Rolls the raw session's global transaction back; every branch must be undone.
-async fn raw_rolled_back(raw: &mut my::RawMy) {
+pub(crate) async fn raw_rolled_back(raw: &mut my::RawMy) {
     let reply = raw_query(raw, "SELECT tandem_rollback()").await;
     assert!(
         reply

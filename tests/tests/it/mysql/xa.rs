@@ -2,7 +2,7 @@
 //! and a PostgreSQL branch in one global transaction, committed or rolled back
 //! together; the client's own XA statements; a proxy killed between prepare and phase 2.
 
-use super::at_mode::{code, rolled_back, text};
+use super::at_mode::{code, raw_query, raw_reply, raw_session, rolled_back, text};
 use futures::FutureExt;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -1354,6 +1354,59 @@ async fn an_xa_registration_whose_answer_was_lost_does_not_hold_up_the_commit() 
     })
     .await;
     drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// The status flags of the OK packet `payload` (affected rows and insert id under 251).
+fn ok_flags(payload: &[u8]) -> u16 {
+    assert!(
+        matches!(payload.first(), Some(0x00 | 0xfe)),
+        "an OK: {payload:?}"
+    );
+    u16::from_le_bytes([payload[3], payload[4]])
+}
+
+/// After the COMMIT that prepared the branch, MariaDB reports IN_TRANS on the
+/// connection holding it; the client's transaction is over all the same. A pool's
+/// COM_PING must neither say otherwise nor make tandem take the session for inside a
+/// transaction, which refused the global decision with 1568.
+#[tokio::test]
+async fn a_ping_beside_a_prepared_branch_reports_no_transaction_and_the_decision_goes_on() {
+    const IN_TRANS: u16 = 0x0001;
+    let db = bank("xa_ping_prepared").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    for decision in ["tandem_rollback", "tandem_commit"] {
+        let mut raw = raw_session(&tandem, &db.name).await;
+        for sql in [
+            "SELECT tandem_mode('xa')",
+            "SELECT tandem_begin(30000)",
+            "START TRANSACTION",
+            "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+        ] {
+            let reply = raw_query(&mut raw, sql).await;
+            assert_ne!(reply[0].1[0], 0xff, "{sql}: {reply:?}");
+        }
+        let commit = raw_query(&mut raw, "COMMIT").await;
+        assert_eq!(ok_flags(&commit[0].1) & IN_TRANS, 0, "COMMIT");
+        raw.send(&my::packet(0, &[0x0e])).await;
+        let ping = raw_reply(&mut raw).await;
+        assert_eq!(ok_flags(&ping[0].1) & IN_TRANS, 0, "{decision}: COM_PING");
+        let reply = raw_query(&mut raw, &format!("SELECT {decision}()")).await;
+        let answered = reply.iter().any(|(_, p)| {
+            p.windows(10).any(|w| w == b"Rollbacked") || p.windows(9).any(|w| w == b"Committed")
+        });
+        assert!(answered, "{decision}: {reply:?}");
+        let expected = match decision {
+            "tandem_rollback" => 1000,
+            _ => 990,
+        };
+        eventually("the branch is finished", || async {
+            balances(&mut db.direct().await).await[0] == (1, expected)
+        })
+        .await;
+    }
     tandem.shutdown().await;
     lockserver.stop().await;
 }

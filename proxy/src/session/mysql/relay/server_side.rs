@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::session::mysql::auth::AuthOutcome;
 use crate::session::mysql::phase::{Progress, ServerPacket, Unexpected};
 use crate::wire::mysql::Header;
-use crate::wire::mysql::codes::reply;
-use crate::wire::mysql::messages::response::CLASSIFY_BYTES;
+use crate::wire::mysql::codes::{StatusFlags, reply};
+use crate::wire::mysql::messages::response::{self, CLASSIFY_BYTES};
 use crate::wire::mysql::packet::HEADER_LEN;
 use bytes::Buf;
 
@@ -19,8 +19,8 @@ impl Relay<'_> {
         if self.change_user.is_some() {
             return self.change_user_from_server().await;
         }
-        let buf = std::mem::take(&mut self.from_server);
-        let result = self.classify_server_packets(&buf);
+        let mut buf = std::mem::take(&mut self.from_server);
+        let result = self.classify_server_packets(&mut buf);
         let pos = match result {
             Ok(pos) => pos,
             Err(e) => {
@@ -40,7 +40,7 @@ impl Relay<'_> {
 
     /// Walks the packets at the front of `buf`, keeping the exchange in step; returns
     /// how many bytes can be forwarded now.
-    fn classify_server_packets(&mut self, buf: &[u8]) -> Result<usize> {
+    fn classify_server_packets(&mut self, buf: &mut [u8]) -> Result<usize> {
         let max = self.ctx.config.max_message_bytes;
         let mut pos = skip_streaming(&mut self.server_streaming, buf.len());
         while self.server_streaming == 0 {
@@ -100,6 +100,12 @@ impl Relay<'_> {
                     {
                         self.client_seq = self.exchange.infile_seq();
                     }
+                    if !self.owned.is_empty() {
+                        let prefix_at = pos + HEADER_LEN;
+                        self.not_in_transaction_beside_held_branch(
+                            &mut buf[prefix_at..prefix_at + need],
+                        );
+                    }
                 }
             }
             self.server_message
@@ -114,6 +120,28 @@ impl Relay<'_> {
             }
         }
         Ok(pos)
+    }
+
+    /// MariaDB reports IN_TRANS while the connection holds a prepared XA branch, but
+    /// the client's transaction ended with the COMMIT that prepared it: the flag comes
+    /// off the reply that ended with `prefix` (and off the status kept), or the client
+    /// and tandem would take the session for inside a transaction (`tandem_rollback()`
+    /// refused with 1568 after a pool's COM_PING).
+    fn not_in_transaction_beside_held_branch(&mut self, prefix: &mut [u8]) {
+        let in_trans = StatusFlags::SERVER_STATUS_IN_TRANS;
+        let Some(read) = self.exchange.status_read.filter(|s| s.contains(in_trans)) else {
+            return;
+        };
+        self.exchange.clear_status(in_trans);
+        let at = response::ok_status_offset(prefix)
+            .filter(|_| response::ok_status(prefix) == Some(read))
+            .or_else(|| {
+                (response::eof_status(prefix) == Some(read)).then_some(response::EOF_STATUS_OFFSET)
+            });
+        if let Some(at) = at {
+            let cleared = read - in_trans;
+            prefix[at..at + 2].copy_from_slice(&cleared.bits().to_le_bytes());
+        }
     }
 
     /// COM_CHANGE_USER's exchange, server half: whole packets through the auth relay.

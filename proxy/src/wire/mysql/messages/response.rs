@@ -23,6 +23,19 @@ pub fn ok_status(payload: &[u8]) -> Option<StatusFlags> {
     Some(StatusFlags::from_bits_retain(r.u16().ok()?))
 }
 
+/// Where the status flags of an OK packet sit in its payload (see [`ok_status`]).
+pub fn ok_status_offset(payload: &[u8]) -> Option<usize> {
+    let mut r = Reader::new(payload);
+    r.u8().ok()?;
+    r.lenenc().ok()?;
+    r.lenenc().ok()?;
+    let at = payload.len() - r.remaining().len();
+    (payload.len() >= at + 2).then_some(at)
+}
+
+/// Where the status flags of a classic EOF packet sit in its payload.
+pub const EOF_STATUS_OFFSET: usize = 3;
+
 /// The status flags of a classic EOF packet: 0xFE, warnings, status.
 pub fn eof_status(payload: &[u8]) -> Option<StatusFlags> {
     let mut r = Reader::new(payload);
@@ -219,6 +232,13 @@ mod tests {
         assert!(status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS));
         assert_eq!(ok_status(b"\x00\xfc"), None);
         assert_eq!(eof_status(b"\xfe\x00"), None);
+        assert_eq!(ok_status_offset(ok), Some(5));
+        assert_eq!(&eof[EOF_STATUS_OFFSET..], b"\x0a\x00");
+        assert_eq!(
+            ok_status_offset(b"\x00\x00\xfc\x2c\x01\x03"),
+            None,
+            "cut short"
+        );
     }
 
     #[test]
