@@ -218,6 +218,21 @@ impl Relay<'_> {
             Ok(a) => a,
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
+        let ends_failed_block = matches!(
+            analyses.first(),
+            Some(
+                Analysis::Commit
+                    | Analysis::Rollback
+                    | Analysis::Savepoint(tandem_undo::SavepointOp::RollbackTo(_))
+            )
+        );
+        if self.phase == super::Phase::Ready(TxStatus::Failed) && !ends_failed_block {
+            // In a failed block the backend refuses this (25P02), and the rest of the
+            // Query with it: nothing runs, so nothing is captured, and nothing of
+            // tandem's is sent into the block. Only at a sync point: a ROLLBACK TO
+            // SAVEPOINT still in flight may revive the block.
+            return Ok(Intercepted::Relay);
+        }
         if let Some(e) = self.refusal_before_analysis(&sql).await {
             return Ok(self.refuse(e));
         }

@@ -72,8 +72,13 @@ impl Relay<'_> {
             return Ok(Intercepted::WaitForSyncPoint);
         }
         let status = self.phase.tx_status();
-        if status == Some(TxStatus::Failed) {
-            // Nothing runs in a failed block; the backend says so.
+        let revives = matches!(
+            analyses.first(),
+            Some(Analysis::Savepoint(tandem_undo::SavepointOp::RollbackTo(_)))
+        );
+        if status == Some(TxStatus::Failed) && !revives {
+            // Nothing runs in a failed block; the backend says so. A ROLLBACK TO
+            // SAVEPOINT first brings the block back, and what follows it runs.
             return Ok(Intercepted::Relay);
         }
         let mut rest: VecDeque<(String, Analysis)> = pieces

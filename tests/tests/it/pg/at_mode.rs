@@ -1877,3 +1877,72 @@ async fn a_commit_whose_registration_cannot_reach_the_lockserver_is_rolled_back_
         tandem.shutdown().await;
     }
 }
+
+/// In a failed transaction block PostgreSQL refuses every statement but one that ends
+/// the block or rolls back to a savepoint (25P02), and nothing runs: tandem captures
+/// nothing there, refuses nothing of its own, and sends nothing of its own into the
+/// block (a catalog lookup there once met a PostgreSQL crash). A ROLLBACK TO SAVEPOINT
+/// at the head of a Query revives the block, and the write behind it is captured (it
+/// once ran uncaptured, and stayed after the global rollback).
+#[tokio::test]
+async fn writes_in_a_failed_block_get_postgresqls_own_refusal() {
+    let db = prepare("at_failed_block").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    client
+        .batch_execute("BEGIN; UPDATE accounts SET balance = 0 WHERE id = 2; SAVEPOINT s")
+        .await
+        .unwrap();
+    client.batch_execute("SELECT 1/0").await.unwrap_err();
+    for write in [
+        "UPDATE nokey SET v = 1",
+        "DELETE FROM accounts WHERE id = 1 RETURNING *",
+        "INSERT INTO accounts (id, balance) VALUES (99, 1); UPDATE accounts SET balance = 1",
+    ] {
+        let e = client.batch_execute(write).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+            "{write}: {e:?}"
+        );
+        let last: String = direct
+            .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            last, write,
+            "the backend got the client's statement, and last"
+        );
+    }
+    // The block comes back to life: captured as before.
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT s; UPDATE accounts SET balance = 7 WHERE id = 3")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    let balances: Vec<i64> = direct
+        .query(
+            "SELECT balance FROM accounts WHERE id IN (1, 2, 3, 99) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(balances, [1000, 0, 7]);
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
