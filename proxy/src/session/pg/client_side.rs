@@ -359,7 +359,7 @@ impl Relay<'_> {
     /// An error answered extended-protocol messages sent since the last sync point, and
     /// no Sync has followed them: the backend discards what it receives up to a Sync
     /// (every earlier Sync or Query has had its ReadyForQuery, so the error was theirs).
-    fn backend_skips_to_sync(&self) -> bool {
+    pub(super) fn backend_skips_to_sync(&self) -> bool {
         self.error_since_ready
             && matches!(
                 self.phase,

@@ -378,7 +378,11 @@ impl<'a> Relay<'a> {
                     }
                     // A message held for a sync point while the backend went into
                     // copy-in mode is relayed (see relay_from_client).
-                    let resumes = self.phase.at_sync_point() || self.tracked.copying_in();
+                    // So is one held while an error made the backend skip to the
+                    // client's Sync (a refusal held behind it got no reply).
+                    let resumes = self.phase.at_sync_point()
+                        || self.tracked.copying_in()
+                        || self.backend_skips_to_sync();
                     if self.client_paused && resumes && self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }

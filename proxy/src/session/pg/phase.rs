@@ -94,6 +94,26 @@ impl Phase {
         }
     }
 
+    /// An error in an extended-protocol batch: `count` Queries or FunctionCalls already
+    /// counted get no ReadyForQuery, and without a Sync sent after them
+    /// (`!sync_queued`) the batch is unsynced again.
+    pub fn on_skipped_to_sync(self, count: u32, sync_queued: bool) -> Phase {
+        match self.on_syncs_ignored(count) {
+            Phase::Busy {
+                tx,
+                awaiting,
+                unsynced,
+                copy,
+            } => Phase::Busy {
+                tx,
+                awaiting,
+                unsynced: unsynced || !sync_queued,
+                copy,
+            },
+            other => other,
+        }
+    }
+
     /// The backend sent ReadyForQuery with `status`.
     pub fn on_ready(self, status: TxStatus) -> Result<Phase, UnexpectedReady> {
         match self {

@@ -50,7 +50,8 @@ impl Relay<'_> {
             if frame.tag == backend::ERROR_RESPONSE
                 && let Some(refusal) = self.tracked.take_refusal()
             {
-                self.tracked.on_error_response();
+                let skipped = self.tracked.on_refusal_error();
+                self.on_skipped_to_sync(skipped);
                 self.error_since_ready = true;
                 let mut replacement = BytesMut::new();
                 put_error(
@@ -192,6 +193,16 @@ impl Relay<'_> {
         Ok(())
     }
 
+    /// An error made the backend skip Queries or FunctionCalls up to the client's
+    /// Sync: their ReadyForQuery is no longer awaited.
+    fn on_skipped_to_sync(&mut self, skipped: tracked::SkippedToSync) {
+        if skipped.sync_points > 0 {
+            self.phase = self
+                .phase
+                .on_skipped_to_sync(skipped.sync_points, skipped.sync_queued);
+        }
+    }
+
     pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {
         match tag {
             backend::READY_FOR_QUERY => {
@@ -328,7 +339,8 @@ impl Relay<'_> {
                 if fields.is_fatal() || self.phase == Phase::Authenticating {
                     self.backend_said_fatal = true;
                 }
-                self.tracked.on_error_response();
+                let skipped = self.tracked.on_error_response();
+                self.on_skipped_to_sync(skipped);
                 if let Some((_, failed)) = &mut self.commit_in_flight {
                     *failed = true;
                 }

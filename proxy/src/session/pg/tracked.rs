@@ -85,6 +85,17 @@ pub enum SyncKind {
     FunctionCall,
 }
 
+/// What an error in an extended-protocol batch made the backend skip
+/// (`Tracked::on_error_response`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkippedToSync {
+    /// Queries and FunctionCalls sent before the client's next Sync: no ReadyForQuery
+    /// comes for them.
+    pub sync_points: u32,
+    /// That Sync is sent already.
+    pub sync_queued: bool,
+}
+
 /// The error tandem answers a refused Parse with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -343,9 +354,50 @@ impl Tracked {
         self.copy_in
     }
 
-    /// The backend sent ErrorResponse: an error ends copy-in mode on its side.
-    pub fn on_error_response(&mut self) {
+    /// The backend sent ErrorResponse: an error ends copy-in mode on its side. When it
+    /// answers an extended-protocol message (the first request still awaiting its
+    /// reply is a Parse, Bind or Close), the backend discards everything up to the
+    /// client's next Sync: the Queries and FunctionCalls queued before that Sync get
+    /// no reply at all, and are forgotten here. (With a Query first in line the error
+    /// is the Query's own, or an Execute's or Describe's ahead of it, which are not
+    /// tracked: nothing is forgotten then.)
+    pub fn on_error_response(&mut self) -> SkippedToSync {
         self.copy_in = false;
+        let extended = matches!(
+            self.outstanding.front(),
+            Some(Outstanding::Parse { .. } | Outstanding::Bind { .. } | Outstanding::Close { .. })
+        );
+        if !extended {
+            return SkippedToSync::default();
+        }
+        self.skip_to_sync()
+    }
+
+    /// The error of a Parse or Bind tandem refused (`take_refusal` took it): as
+    /// `on_error_response` for any extended-protocol message.
+    pub fn on_refusal_error(&mut self) -> SkippedToSync {
+        self.copy_in = false;
+        self.skip_to_sync()
+    }
+
+    fn skip_to_sync(&mut self) -> SkippedToSync {
+        let mut skipped = SkippedToSync::default();
+        self.outstanding.retain(|o| match o {
+            _ if skipped.sync_queued => true,
+            Outstanding::SyncPoint {
+                kind: SyncKind::Sync,
+                ..
+            } => {
+                skipped.sync_queued = true;
+                true
+            }
+            Outstanding::SyncPoint { .. } => {
+                skipped.sync_points += 1;
+                false
+            }
+            _ => true,
+        });
+        skipped
     }
 
     pub fn on_parse_complete(&mut self) -> Result<(), OutOfOrder> {
@@ -522,6 +574,45 @@ mod tests {
         assert_eq!(t.on_copy_in_response(), 0, "its own Sync is not ignored");
         t.on_ready_for_query(false).unwrap();
         assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn an_extended_error_skips_the_queries_up_to_the_next_sync() {
+        let mut t = Tracked::default();
+        t.on_bind(&bind_body("", "nosuch", b"")).unwrap();
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_sync_point_request(SyncKind::FunctionCall);
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_sync_point_request(SyncKind::Query);
+        let skipped = t.on_error_response();
+        assert_eq!(
+            skipped,
+            SkippedToSync {
+                sync_points: 2,
+                sync_queued: true
+            }
+        );
+        // The Sync's ReadyForQuery, then the Query's after it.
+        t.on_ready_for_query(false).unwrap();
+        assert_eq!(t.last_batch_answered(), 3);
+        t.on_ready_for_query(false).unwrap();
+        assert!(!t.has_outstanding());
+        // An error with a Query first in line is the Query's own: nothing is skipped.
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_sync_point_request(SyncKind::Query);
+        assert_eq!(t.on_error_response(), SkippedToSync::default());
+        // No Sync sent yet: the batch is unsynced again.
+        t.on_ready_for_query(false).unwrap();
+        t.on_ready_for_query(false).unwrap();
+        t.on_parse(&parse_body("", "selec")).unwrap();
+        t.on_sync_point_request(SyncKind::Query);
+        assert_eq!(
+            t.on_error_response(),
+            SkippedToSync {
+                sync_points: 1,
+                sync_queued: false
+            }
+        );
     }
 
     #[test]

@@ -2976,3 +2976,82 @@ async fn a_bind_of_the_unnamed_statement_behind_a_query_fails_as_on_postgresql()
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// After an error in an extended-protocol batch PostgreSQL discards everything up to
+/// the client's Sync, a simple Query among it too: no reply at all comes for it. A
+/// Query tandem acts on there (a write in a global transaction, a control function)
+/// once waited for a reply that never came, the session hung with its locks; a Query
+/// merely relayed there put tandem's count of replies out of step, and the next batch
+/// closed the session with 08P01.
+#[tokio::test]
+async fn a_query_behind_a_failed_extended_message_is_skipped_as_postgresql_skips_it() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("skip_to_sync").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let query = |sql: &str| frame(b'Q', format!("{sql}\0").as_bytes());
+    for (mode, begin) in [
+        ("outside", &[][..]),
+        ("at", &["SELECT tandem_begin()"][..]),
+        (
+            "xa",
+            &["SELECT tandem_mode('xa')", "SELECT tandem_begin()"][..],
+        ),
+    ] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        raw.run_each(begin).await;
+        for skipped in [
+            "UPDATE accounts SET balance = 7 WHERE id = 1",
+            "SELECT tandem_xid()",
+            "SELECT 1",
+        ] {
+            // A Bind of a statement that does not exist fails; the Query is skipped.
+            let mut batch = frame(b'B', &bind_body("nosuch"));
+            batch.extend(query(skipped));
+            batch.extend(frame(b'S', b""));
+            batch.extend(query("SELECT 'after'"));
+            raw.send(&batch).await;
+            let replies = raw.recv_until(b'Z').await;
+            assert_eq!(tags(&replies), "EZ", "{mode}, {skipped}: {replies:?}");
+            assert_eq!(replies[0].sqlstate().as_deref(), Some("26000"));
+            let replies = raw.recv_until(b'Z').await;
+            assert_eq!(tags(&replies), "TDCZ", "{mode}, {skipped}: {replies:?}");
+            // A Parse that fails, a Query behind it, then the next batch.
+            let mut batch = frame(b'P', &parse_body("", "SELEC 1"));
+            batch.extend(query(skipped));
+            batch.extend(frame(b'S', b""));
+            batch.extend(frame(b'P', &parse_body("", "SELECT 2")));
+            batch.extend(frame(b'B', &bind_body("")));
+            batch.extend(frame(b'E', b"\0\0\0\0\0"));
+            batch.extend(frame(b'S', b""));
+            raw.send(&batch).await;
+            let replies = raw.recv_until(b'Z').await;
+            assert_eq!(tags(&replies), "EZ", "{mode}, {skipped}: {replies:?}");
+            // AT mode refuses a statement it cannot parse before PostgreSQL sees it.
+            let refused = replies[0].sqlstate();
+            let expected = if mode == "at" { "0A000" } else { "42601" };
+            assert_eq!(refused.as_deref(), Some(expected), "{mode}, {skipped}");
+            let replies = raw.recv_until(b'Z').await;
+            assert_eq!(tags(&replies), "12DCZ", "{mode}, {skipped}: {replies:?}");
+        }
+        if !begin.is_empty() {
+            raw.query("SELECT tandem_rollback()").await;
+            let replies = raw.recv_until(b'Z').await;
+            let row = replies
+                .iter()
+                .find(|m| m.tag == b'D')
+                .unwrap_or_else(|| panic!("{mode}: {replies:?}"));
+            assert!(
+                String::from_utf8_lossy(&row.body).contains("Rollbacked"),
+                "{mode}: {replies:?}"
+            );
+        }
+        assert_eq!(dump(&direct).await, before, "{mode}: nothing ran");
+    }
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
