@@ -142,6 +142,11 @@ impl Relay<'_> {
             // Unparseable or several statements: the Parse refusal deals with it.
             _ => return Ok(Extended::NotAWrite),
         };
+        if self.phase == super::Phase::Ready(TxStatus::Failed) {
+            // In a failed block the backend refuses it (25P02) and runs nothing: nothing
+            // to capture or check, and nothing of tandem's goes into the block.
+            return Ok(Extended::NotAWrite);
+        }
         if let Some(instead) = self.unless_at_sync_point(
             tag,
             "a write in the middle of a pipelined batch inside a global transaction",

@@ -59,6 +59,13 @@ pub(super) enum XaStatement {
     Work,
 }
 
+/// Whether the first statement of `sql` is a ROLLBACK of some kind.
+fn starts_with_rollback(sql: &str) -> bool {
+    crate::control::leading_words(sql.as_bytes(), false)
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"rollback"))
+}
+
 /// Each statement of `sql` as XA mode treats it. One tandem cannot analyse is work, and
 /// the others keep their meaning beside it: the COMMIT of `BEGIN; CREATE TABLE …;
 /// COMMIT` would otherwise commit the DDL outside the branch. The client's own
@@ -246,6 +253,13 @@ impl Relay<'_> {
                                 }))
                             }
                         })
+                    }
+                    // A failed block that the Query's ROLLBACK TO SAVEPOINT revives (a
+                    // plain ROLLBACK among others was refused above): what follows runs
+                    // in the block, which is the branch then.
+                    Some(TxStatus::Failed) if starts_with_rollback(sql) => {
+                        self.xa = XaBranch::Open;
+                        Ok(Intercepted::Relay)
                     }
                     Some(TxStatus::InTransaction) => {
                         self.xa = XaBranch::Open;

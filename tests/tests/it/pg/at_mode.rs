@@ -1924,6 +1924,43 @@ async fn writes_in_a_failed_block_get_postgresqls_own_refusal() {
             "the backend got the client's statement, and last"
         );
     }
+    // Over the extended protocol too: Parse, Bind, Execute and Sync in one batch.
+    {
+        use super::control::{bind_body, parse_body};
+        use tandem_tests::raw_pg::{RawPg, frame};
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        let replies = raw.simple("SELECT pg_backend_pid()").await;
+        let row = replies.iter().find(|m| m.tag == b'D').expect("a pid");
+        let raw_pid: i32 = String::from_utf8_lossy(&row.body[6..]).parse().unwrap();
+        raw.run_each(&["SELECT tandem_begin(30000)", "BEGIN"]).await;
+        raw.simple("SELECT 1/0").await;
+        let write = "UPDATE accounts SET balance = 5 WHERE id = 4";
+        let mut batch = frame(b'P', &parse_body("", write));
+        batch.extend(frame(b'B', &bind_body("")));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(
+            replies[0].sqlstate().as_deref(),
+            Some("25P02"),
+            "{replies:?}"
+        );
+        let last: String = direct
+            .query_one(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1",
+                &[&raw_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            last, write,
+            "extended: the backend got the client's statement, and last"
+        );
+        raw.run_each(&["ROLLBACK"]).await;
+        raw.simple("SELECT tandem_rollback()").await;
+    }
     // The block comes back to life: captured as before.
     client
         .batch_execute("ROLLBACK TO SAVEPOINT s; UPDATE accounts SET balance = 7 WHERE id = 3")

@@ -1762,3 +1762,40 @@ async fn an_xa_registration_whose_answer_was_lost_does_not_hold_up_the_commit() 
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A ROLLBACK TO SAVEPOINT at the head of a Query revives a failed block, and what
+/// follows it runs there: in XA mode that block is the branch, which its COMMIT
+/// prepares. (It once committed outside the global transaction when the block had done
+/// nothing before it failed.)
+#[tokio::test]
+async fn a_failed_block_revived_by_its_query_is_the_xa_branch() {
+    let db = prepare("xa_revived_block").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("SAVEPOINT s").await.unwrap();
+    client.batch_execute("SELECT 1/0").await.unwrap_err();
+    client
+        .batch_execute("ROLLBACK TO SAVEPOINT s; UPDATE accounts SET balance = 7 WHERE id = 3")
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        tandem_prepared(&direct).await.len(),
+        1,
+        "prepared, not committed"
+    );
+    rolled_back(&client).await;
+    eventually("the branch rolled back", || async {
+        tandem_prepared(&direct).await.is_empty()
+    })
+    .await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
