@@ -314,6 +314,17 @@ impl Relay<'_> {
                 self.branch.forget_all_after();
                 Ok(Intercepted::Relay)
             }
+            // Behind extended-protocol messages with no Sync, an error among them makes
+            // the backend skip this Query: the branch must not follow it before then.
+            // (pgJDBC's autosave sends its SAVEPOINT so, behind BEGIN: that one is
+            // followed as sent. Had the backend skipped it, only a later ROLLBACK TO an
+            // older savepoint of the same name would be misread.)
+            Some(Analysis::Savepoint(tandem_undo::SavepointOp::RollbackTo(_)))
+            | Some(Analysis::Rollback)
+                if self.phase.unsynced() =>
+            {
+                Ok(Intercepted::WaitForSyncPoint)
+            }
             Some(Analysis::Savepoint(op)) => match self.on_savepoint_statement(&op) {
                 Ok(()) => Ok(Intercepted::Relay),
                 // In a failed block (where only ROLLBACK TO runs) tandem answers.

@@ -59,13 +59,6 @@ pub(super) enum XaStatement {
     Work,
 }
 
-/// Whether the first statement of `sql` is a ROLLBACK of some kind.
-fn starts_with_rollback(sql: &str) -> bool {
-    crate::control::leading_words(sql.as_bytes(), false)
-        .next()
-        .is_some_and(|w| w.eq_ignore_ascii_case(b"rollback"))
-}
-
 /// Each statement of `sql` as XA mode treats it. One tandem cannot analyse is work, and
 /// the others keep their meaning beside it: the COMMIT of `BEGIN; CREATE TABLE …;
 /// COMMIT` would otherwise commit the DDL outside the branch. The client's own
@@ -213,6 +206,11 @@ impl Relay<'_> {
                 self.forget_resolutions_of_ended_transaction();
                 Ok(Intercepted::Answer(out))
             }
+            // Behind extended-protocol messages with no Sync, an error among them makes
+            // the backend skip this Query: the branch stays until it has run.
+            Some(XaStatement::Rollback) if self.phase.unsynced() => {
+                Ok(Intercepted::WaitForSyncPoint)
+            }
             Some(XaStatement::Rollback) => {
                 self.xa = XaBranch::None;
                 Ok(Intercepted::Relay)
@@ -254,10 +252,11 @@ impl Relay<'_> {
                             }
                         })
                     }
-                    // A failed block that the Query's ROLLBACK TO SAVEPOINT revives (a
+                    // A failed block that the Query's ROLLBACK TO SAVEPOINT may revive (a
                     // plain ROLLBACK among others was refused above): what follows runs
-                    // in the block, which is the branch then.
-                    Some(TxStatus::Failed) if starts_with_rollback(sql) => {
+                    // in the block, which is the branch then. A block left failed
+                    // prepares nothing: its COMMIT is a ROLLBACK.
+                    Some(TxStatus::Failed) => {
                         self.xa = XaBranch::Open;
                         Ok(Intercepted::Relay)
                     }

@@ -3055,3 +3055,62 @@ async fn a_query_behind_a_failed_extended_message_is_skipped_as_postgresql_skips
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A ROLLBACK, ROLLBACK AND CHAIN or ROLLBACK TO SAVEPOINT sent as a Query behind a
+/// failing extended message is skipped by the backend: the branch must not have
+/// followed it. It once did, and the block, revived by a later ROLLBACK TO SAVEPOINT,
+/// committed with its write uncaptured (AT) or outside the branch (XA).
+#[tokio::test]
+async fn a_skipped_rollback_query_leaves_the_branch_as_it_was() {
+    use super::control::bind_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("skipped_rollback").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    for (mode, skipped, revive) in [
+        ("at", "ROLLBACK AND CHAIN", "ROLLBACK TO SAVEPOINT s"),
+        ("at", "ROLLBACK TO SAVEPOINT s", "ROLLBACK TO SAVEPOINT s2"),
+        ("xa", "ROLLBACK", "ROLLBACK TO SAVEPOINT s"),
+    ] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        let mode_call = format!("SELECT tandem_mode('{mode}')");
+        raw.run_each(&[
+            &mode_call,
+            "SELECT tandem_begin(30000)",
+            "BEGIN",
+            "SAVEPOINT s",
+        ])
+        .await;
+        raw.run_each(&[
+            "UPDATE accounts SET balance = 5 WHERE id = 2",
+            "SAVEPOINT s2",
+        ])
+        .await;
+        let mut batch = frame(b'B', &bind_body("nosuch"));
+        batch.extend(frame(b'Q', format!("{skipped}\0").as_bytes()));
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "EZ", "{mode} {skipped}: {replies:?}");
+        assert_eq!(
+            replies[1].body[..],
+            b"E"[..],
+            "{mode} {skipped}: the block failed"
+        );
+        raw.run_each(&[revive, "COMMIT"]).await;
+        let replies = raw.simple("SELECT tandem_rollback()").await;
+        let row = replies.iter().find(|m| m.tag == b'D');
+        assert!(
+            row.is_some_and(|r| String::from_utf8_lossy(&r.body).contains("Rollbacked")),
+            "{mode} {skipped}: {replies:?}"
+        );
+        tandem_tests::harness::eventually("the branch is undone", || async {
+            dump(&direct).await == before
+        })
+        .await;
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1776,26 +1776,24 @@ async fn a_failed_block_revived_by_its_query_is_the_xa_branch() {
     let before = dump(&direct).await;
     let client = tandem.connect(&db.name).await;
     one(&client, "SELECT tandem_mode('xa')").await.unwrap();
-    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
-    client.batch_execute("BEGIN").await.unwrap();
-    client.batch_execute("SAVEPOINT s").await.unwrap();
-    client.batch_execute("SELECT 1/0").await.unwrap_err();
-    client
-        .batch_execute("ROLLBACK TO SAVEPOINT s; UPDATE accounts SET balance = 7 WHERE id = 3")
-        .await
-        .unwrap();
-    client.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(
-        tandem_prepared(&direct).await.len(),
-        1,
-        "prepared, not committed"
-    );
-    rolled_back(&client).await;
-    eventually("the branch rolled back", || async {
-        tandem_prepared(&direct).await.is_empty()
-    })
-    .await;
-    assert_eq!(dump(&direct).await, before);
+    // An empty statement first, too: PostgreSQL runs what follows it.
+    for revive in ["ROLLBACK TO SAVEPOINT s", "; ROLLBACK TO SAVEPOINT s"] {
+        one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute("SAVEPOINT s").await.unwrap();
+        client.batch_execute("SELECT 1/0").await.unwrap_err();
+        let query = format!("{revive}; UPDATE accounts SET balance = 7 WHERE id = 3");
+        client.batch_execute(&query).await.unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+        let prepared = tandem_prepared(&direct).await.len();
+        assert_eq!(prepared, 1, "{revive}: prepared, not committed");
+        rolled_back(&client).await;
+        eventually("the branch rolled back", || async {
+            tandem_prepared(&direct).await.is_empty()
+        })
+        .await;
+        assert_eq!(dump(&direct).await, before, "{revive}");
+    }
     tandem.shutdown().await;
     lockserver.stop().await;
 }
