@@ -142,6 +142,23 @@ impl TestLockserver {
         http(self.http, "GET", path, None).await
     }
 
+    /// Asserts that `xid` has two branches, the first withdrawn (PhaseOneFailed): a
+    /// registration whose answer was lost, and the one that replaced it.
+    pub async fn assert_first_of_two_branches_withdrawn(&self, xid: &str) {
+        let (_, global) = self.get(&format!("/v1/transactions/{xid}")).await;
+        let statuses: Vec<_> = global["branches"]
+            .as_array()
+            .expect("branches")
+            .iter()
+            .map(|b| b["status"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            (statuses.len(), statuses[0].as_str()),
+            (2, "PhaseOneFailed"),
+            "the lost registration reached the lockserver and was withdrawn: {global}"
+        );
+    }
+
     /// `POST path` with an optional body.
     pub async fn post(&self, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
         http(self.http, "POST", path, body).await

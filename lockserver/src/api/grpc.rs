@@ -85,6 +85,17 @@ pub(super) fn kind(t: i32) -> Result<BranchKind, Status> {
     }
 }
 
+/// A branch registration.
+pub(super) fn register_command(r: pb::RegisterRequest) -> Result<Command, Status> {
+    Ok(Command::Register {
+        xid: xid(&r.xid)?,
+        kind: kind(r.branch_type)?,
+        keys: keys(&r.lock_keys)?,
+        resource: r.resource_id,
+        token: (r.token != 0).then_some(r.token),
+    })
+}
+
 /// A phase-1 report of the branch named by its id, or the withdrawal of the
 /// registration named by its token.
 pub(super) fn report_command(r: pb::ReportRequest) -> Result<Command, Status> {
@@ -379,14 +390,8 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
         let r = req.into_inner();
-        let cmd = Command::Register {
-            xid: xid(&r.xid)?,
-            kind: kind(r.branch_type)?,
-            keys: keys(&r.lock_keys)?,
-            resource: r.resource_id,
-            token: (r.token != 0).then_some(r.token),
-        };
         let wait = Duration::from_millis(r.wait_ms.into());
+        let cmd = register_command(r)?;
         use pb::register_response::Result as R;
         let result = match self.coord.register(cmd, wait).await {
             Ok(id) => R::BranchId(id),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::grpc::{GrpcApi, failure, keys, kind, register_result, report_command, xid};
+use super::grpc::{GrpcApi, failure, register_command, register_result, report_command, xid};
 use crate::core::txn::{Command, Reply};
 use crate::error::Error;
 use crate::proto as pb;
@@ -74,16 +74,10 @@ fn sort(api: &GrpcApi, call: pb::Call) -> Sorted {
             let xid = api.coord.next_xid();
             Ok((Op::Begin, Command::Begin { xid, timeout_ms }))
         }
-        Some(C::Register(r)) => (|| {
-            let cmd = Command::Register {
-                xid: xid(&r.xid)?,
-                kind: kind(r.branch_type)?,
-                keys: keys(&r.lock_keys)?,
-                resource: r.resource_id,
-                token: (r.token != 0).then_some(r.token),
-            };
-            Ok((Op::Register { wait_ms: r.wait_ms }, cmd))
-        })(),
+        Some(C::Register(r)) => {
+            let wait_ms = r.wait_ms;
+            register_command(r).map(|cmd| (Op::Register { wait_ms }, cmd))
+        }
         Some(C::Report(r)) => report_command(r).map(|cmd| (Op::Report, cmd)),
         Some(C::Commit(r)) => xid(&r.xid).map(|x| (Op::Commit, Command::Commit { xid: x })),
         op => return Sorted::Alone(pb::Call { id, op }),

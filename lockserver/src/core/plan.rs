@@ -290,13 +290,7 @@ fn report(
     if g.status.is_committing() && !st.owes_commit() && !g.commit_owed(Some(branch_id)) {
         recs.push(status(xid, GlobalStatus::Committed, now));
     }
-    let others_undone = || {
-        g.branches
-            .iter()
-            .filter(|o| o.branch_id != branch_id)
-            .all(|o| !o.status.owes_rollback())
-    };
-    if g.status.is_rolling_back() && !st.owes_rollback() && others_undone() {
+    if g.status.is_rolling_back() && !st.owes_rollback() && !g.rollback_owed(Some(branch_id)) {
         recs.push(status(xid, rolled_back(g.status), now));
     }
     Ok((recs, Reply::Ok))
@@ -316,8 +310,11 @@ fn start_rollback(g: &Global, next: GlobalStatus, now: Millis) -> (Vec<Record>, 
             status: BranchStatus::Registered,
         })
         .collect();
-    let all_undone = g.branches.iter().all(|b| !b.status.owes_rollback());
-    let next = if all_undone { rolled_back(next) } else { next };
+    let next = if g.rollback_owed(None) {
+        next
+    } else {
+        rolled_back(next)
+    };
     recs.push(status(xid, next, now));
     (recs, Reply::Status(next))
 }
@@ -374,12 +371,7 @@ fn phase2_result(
         match outcome {
             Phase2Outcome::Rollbacked => {
                 recs.push(set(BranchStatus::PhaseTwoRollbacked));
-                let rest = g
-                    .branches
-                    .iter()
-                    .filter(|o| o.branch_id != branch_id)
-                    .all(|o| !o.status.owes_rollback());
-                if rest {
+                if !g.rollback_owed(Some(branch_id)) {
                     recs.push(status(xid, rolled_back(g.status), now));
                 }
             }

@@ -554,6 +554,14 @@ impl Global {
             .any(|b| Some(b.branch_id) != except && b.status.owes_commit())
     }
 
+    /// Whether a branch, other than `except`, is still owed its phase-2 rollback
+    /// (`BranchStatus::owes_rollback`).
+    pub fn rollback_owed(&self, except: Option<u64>) -> bool {
+        self.branches
+            .iter()
+            .any(|b| Some(b.branch_id) != except && b.status.owes_rollback())
+    }
+
     /// The phase-2 work still owed. Commit goes to every branch at once; rollback
     /// goes one branch at a time in reverse registration order, and stops at a
     /// branch that failed (dirty write) until an operator rolls back again.

@@ -77,41 +77,22 @@ impl Phase {
     }
 
     /// `count` Syncs already counted will get no ReadyForQuery (sent during copy-in).
-    pub fn on_syncs_ignored(self, count: u32) -> Phase {
-        match self {
-            Phase::Busy {
-                tx,
-                awaiting,
-                unsynced,
-                copy,
-            } => Phase::Busy {
-                tx,
-                awaiting: awaiting.saturating_sub(count),
-                unsynced,
-                copy,
-            },
-            other => other,
+    pub fn on_syncs_ignored(mut self, count: u32) -> Phase {
+        if let Phase::Busy { awaiting, .. } = &mut self {
+            *awaiting = awaiting.saturating_sub(count);
         }
+        self
     }
 
     /// An error in an extended-protocol batch: `count` Queries or FunctionCalls already
     /// counted get no ReadyForQuery, and without a Sync sent after them
     /// (`!sync_queued`) the batch is unsynced again.
     pub fn on_skipped_to_sync(self, count: u32, sync_queued: bool) -> Phase {
-        match self.on_syncs_ignored(count) {
-            Phase::Busy {
-                tx,
-                awaiting,
-                unsynced,
-                copy,
-            } => Phase::Busy {
-                tx,
-                awaiting,
-                unsynced: unsynced || !sync_queued,
-                copy,
-            },
-            other => other,
+        let mut phase = self.on_syncs_ignored(count);
+        if let Phase::Busy { unsynced, .. } = &mut phase {
+            *unsynced |= !sync_queued;
         }
+        phase
     }
 
     /// The backend sent ReadyForQuery with `status`.

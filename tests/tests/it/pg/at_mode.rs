@@ -1878,6 +1878,15 @@ async fn a_commit_whose_registration_cannot_reach_the_lockserver_is_rolled_back_
     }
 }
 
+/// The statement the backend `pid` received last.
+async fn last_statement(direct: &Client, pid: i32) -> String {
+    direct
+        .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// In a failed transaction block PostgreSQL refuses every statement but one that ends
 /// the block or rolls back to a savepoint (25P02), and nothing runs: tandem captures
 /// nothing there, refuses nothing of its own, and sends nothing of its own into the
@@ -1914,11 +1923,7 @@ async fn writes_in_a_failed_block_get_postgresqls_own_refusal() {
             Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
             "{write}: {e:?}"
         );
-        let last: String = direct
-            .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
-            .await
-            .unwrap()
-            .get(0);
+        let last = last_statement(&direct, pid).await;
         assert_eq!(
             last, write,
             "the backend got the client's statement, and last"
@@ -1946,14 +1951,7 @@ async fn writes_in_a_failed_block_get_postgresqls_own_refusal() {
             Some("25P02"),
             "{replies:?}"
         );
-        let last: String = direct
-            .query_one(
-                "SELECT query FROM pg_stat_activity WHERE pid = $1",
-                &[&raw_pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let last = last_statement(&direct, raw_pid).await;
         assert_eq!(
             last, write,
             "extended: the backend got the client's statement, and last"
