@@ -6,8 +6,9 @@
 //! Owns: one long-lived gRPC channel per client (cloning shares it), per-call
 //! timeouts, and the phase-2 stream's reconnect loop. Never retries a call by itself
 //! (callers decide with [`Error::is_retryable`]), but for one: it withdraws a branch
-//! registration whose answer never came, since its caller cannot name that branch. Invariant: every call is bounded by
-//! its timeout, and a lock conflict comes back as [`Error::LockConflict`] naming the holder.
+//! registration whose answer never came, since its caller cannot name that branch.
+//! Invariant: every call is bounded by its timeout, and a lock conflict comes back as
+//! [`Error::LockConflict`] naming the holder.
 #![deny(missing_docs)]
 
 mod tables;

@@ -202,25 +202,21 @@ impl Error {
     /// The lockserver refused the request as it stands (malformed, or moot in the
     /// transaction's state): sending it again changes nothing.
     pub fn is_refusal(&self) -> bool {
-        match self {
-            Error::InvalidArgument { .. }
-            | Error::BadLockKey(_)
-            | Error::UnknownXid { .. }
-            | Error::UnknownBranch { .. }
-            | Error::InvalidState { .. }
-            | Error::LimitExceeded { .. } => true,
-            Error::Rpc { code, .. } => matches!(
-                code,
-                tonic::Code::InvalidArgument
-                    | tonic::Code::NotFound
-                    | tonic::Code::FailedPrecondition
-                    | tonic::Code::OutOfRange
-                    | tonic::Code::Unimplemented
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::Unauthenticated
-            ),
-            _ => false,
-        }
+        self.transaction_is_over()
+            || self.is_limit()
+            || match self {
+                Error::InvalidArgument { .. }
+                | Error::BadLockKey(_)
+                | Error::UnknownBranch { .. } => true,
+                Error::Rpc { code, .. } => matches!(
+                    code,
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::Unimplemented
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                ),
+                _ => false,
+            }
     }
 
     /// A configured bound refused the request (here or, over gRPC, on the lockserver):

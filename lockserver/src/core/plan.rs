@@ -99,7 +99,7 @@ pub fn plan(
                     },
                 ));
             }
-            if resource.is_empty() || resource.len() > 1024 {
+            if !resource_id_fits(resource) {
                 return Err(Error::InvalidArgument {
                     what: "resource id must be 1 to 1024 bytes",
                 });
@@ -166,8 +166,7 @@ pub fn plan(
             // nor past the limits that would refuse it.
             let refused_anyway = g.status != GlobalStatus::Begin
                 || g.branches.len() >= limits.max_branches
-                || resource.is_empty()
-                || resource.len() > 1024;
+                || !resource_id_fits(resource);
             if refused_anyway {
                 return Ok((vec![], Reply::Ok));
             }
@@ -259,6 +258,12 @@ pub fn plan(
             Ok((vec![Record::Forget { xid: xid.clone() }], Reply::Ok))
         }
     }
+}
+
+/// Whether a registration's resource id is of a length the lockserver takes: 1 to
+/// 1024 bytes.
+fn resource_id_fits(resource: &str) -> bool {
+    (1..=1024).contains(&resource.len())
 }
 
 /// A branch's phase-1 result: `PhaseOneDone` or `PhaseOneFailed`.

@@ -71,16 +71,10 @@ impl Relay<'_> {
         if !self.phase.at_sync_point() {
             return Ok(Intercepted::WaitForSyncPoint);
         }
+        // In a failed block only a script that starts with ROLLBACK TO SAVEPOINT gets
+        // here (`intercept_at` relays the others; ROLLBACK and an early COMMIT are
+        // refused above): it brings the block back, and what follows it runs.
         let status = self.phase.tx_status();
-        let revives = matches!(
-            analyses.first(),
-            Some(Analysis::Savepoint(tandem_undo::SavepointOp::RollbackTo(_)))
-        );
-        if status == Some(TxStatus::Failed) && !revives {
-            // Nothing runs in a failed block; the backend says so. A ROLLBACK TO
-            // SAVEPOINT first brings the block back, and what follows it runs.
-            return Ok(Intercepted::Relay);
-        }
         let mut rest: VecDeque<(String, Analysis)> = pieces
             .into_iter()
             .map(str::to_owned)
