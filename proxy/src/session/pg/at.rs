@@ -314,6 +314,12 @@ impl Relay<'_> {
                 self.branch.forget_all_after();
                 Ok(Intercepted::Relay)
             }
+            // A statement bound before it is followed first, at its batch's end.
+            Some(Analysis::Savepoint(_)) | Some(Analysis::Rollback)
+                if self.bound_follow_up.is_some() =>
+            {
+                Ok(Intercepted::WaitForSyncPoint)
+            }
             // Behind extended-protocol messages with no Sync, an error among them makes
             // the backend skip this Query: the branch must not follow it before then.
             // (pgJDBC's autosave sends its SAVEPOINT so, behind BEGIN: that one is
@@ -347,19 +353,40 @@ impl Relay<'_> {
     /// changed, or keeping images of rows that do not.
     pub(super) fn on_savepoint_statement(&mut self, op: &tandem_undo::SavepointOp) -> Result<()> {
         use tandem_undo::SavepointOp;
+        self.check_savepoint_statement(op)?;
         match op {
             SavepointOp::Set(_) | SavepointOp::Release(_)
                 if self.phase.tx_status() == Some(TxStatus::Failed) => {}
-            SavepointOp::RollbackTo(name)
-                if !self.branch.is_empty() && !self.branch.has_savepoint(name) =>
-            {
-                return Err(Error::Unsupported {
-                    what: "ROLLBACK TO a savepoint tandem did not see set, while the branch holds captured rows (ROLLBACK the transaction instead)",
-                });
-            }
             _ => self.branch.on_savepoint(op, true),
         }
         Ok(())
+    }
+
+    /// Refuses a savepoint statement the branch could not follow (see
+    /// [`Self::on_savepoint_statement`]).
+    pub(super) fn check_savepoint_statement(&self, op: &tandem_undo::SavepointOp) -> Result<()> {
+        match op {
+            tandem_undo::SavepointOp::RollbackTo(name)
+                if !self.branch.is_empty() && !self.branch.has_savepoint(name) =>
+            {
+                Err(Error::Unsupported {
+                    what: "ROLLBACK TO a savepoint tandem did not see set, while the branch holds captured rows (ROLLBACK the transaction instead)",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A statement bound over the extended protocol that has now surely run
+    /// (follow_up.rs).
+    pub(super) fn follow_bound_statement(&mut self, follow_up: super::follow_up::FollowUp) {
+        use super::follow_up::FollowUp;
+        tracing::debug!(parent: &self.span, ?follow_up, "bound statement ran");
+        match follow_up {
+            FollowUp::Savepoint(op) => self.branch.on_savepoint(&op, true),
+            FollowUp::RollbackAndChain => self.on_rollback_and_chain(),
+            FollowUp::XaRollback => self.xa = super::xa::XaBranch::None,
+        }
     }
 
     /// `ROLLBACK AND CHAIN` (or `ABORT AND CHAIN`): the transaction's writes are undone

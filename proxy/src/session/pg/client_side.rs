@@ -21,6 +21,7 @@ impl Relay<'_> {
         let mut run_start = 0;
         let mut terminated = false;
         self.client_paused = false;
+        self.paused_for_follow_up = false;
         while self.client_streaming == 0 {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;
@@ -406,11 +407,28 @@ impl Relay<'_> {
         match tag {
             frontend::EXECUTE => {
                 self.executed_in_batch = true;
+                if let Some(bound) = &mut self.bound_follow_up {
+                    let portal = crate::wire::pg::reader::Reader::new(body)
+                        .cstr()
+                        .unwrap_or(b"");
+                    bound.on_execute(self.tracked.batch_being_sent(), portal);
+                }
                 self.block_may_have_ended |=
                     body.first() != Some(&0) || !self.unnamed_portal_keeps_block;
             }
             frontend::BIND => {
                 self.bound_in_batch = true;
+                let portal = crate::wire::pg::reader::Reader::new(body)
+                    .cstr()
+                    .unwrap_or(b"");
+                let batch = self.tracked.batch_being_sent();
+                if self
+                    .bound_follow_up
+                    .as_mut()
+                    .is_some_and(|bound| !bound.on_bind(batch, portal))
+                {
+                    self.bound_follow_up = None;
+                }
                 // A new unnamed portal replaces the spent one.
                 self.unnamed_portal_spent &= body.first() != Some(&0);
             }

@@ -206,13 +206,25 @@ impl Relay<'_> {
     pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {
         match tag {
             backend::READY_FOR_QUERY => {
-                self.error_since_ready = false;
+                let batch_failed = std::mem::take(&mut self.error_since_ready);
                 let status =
                     TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
                 if self.phase != Phase::Authenticating {
                     self.tracked
                         .on_ready_for_query(status == TxStatus::Idle)
                         .map_err(|e| Error::UpstreamProtocol(e.0))?;
+                }
+                let answered = self.tracked.last_batch_answered();
+                if self
+                    .bound_follow_up
+                    .as_ref()
+                    .is_some_and(|bound| bound.batch() <= answered)
+                    && let Some(follow_up) = self
+                        .bound_follow_up
+                        .take()
+                        .and_then(|bound| bound.ran(answered, batch_failed))
+                {
+                    self.follow_bound_statement(follow_up);
                 }
                 let was_startup = self.phase == Phase::Authenticating;
                 self.phase = self

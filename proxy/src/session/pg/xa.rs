@@ -297,8 +297,9 @@ impl Relay<'_> {
             return Ok(instead);
         }
         if self.phase.tx_status() == Some(TxStatus::Failed) {
-            // PostgreSQL answers it with ROLLBACK: there is nothing to prepare.
-            self.xa = XaBranch::None;
+            // PostgreSQL answers it with ROLLBACK: there is nothing to prepare. The
+            // branch ends at its ReadyForQuery: a Parse, or a Bind never executed,
+            // leaves the block to be revived by a ROLLBACK TO.
             return Ok(Extended::NotAWrite);
         }
         // Preparing COMMIT runs nothing (relayed); its Bind comes back here.

@@ -3070,9 +3070,9 @@ async fn a_skipped_rollback_query_leaves_the_branch_as_it_was() {
     let direct = db.direct().await;
     let before = dump(&direct).await;
     for (mode, skipped, revive) in [
-        ("at", "ROLLBACK AND CHAIN", "ROLLBACK TO SAVEPOINT s"),
+        ("at", "ROLLBACK AND CHAIN", "ROLLBACK TO SAVEPOINT s2"),
         ("at", "ROLLBACK TO SAVEPOINT s", "ROLLBACK TO SAVEPOINT s2"),
-        ("xa", "ROLLBACK", "ROLLBACK TO SAVEPOINT s"),
+        ("xa", "ROLLBACK", "ROLLBACK TO SAVEPOINT s2"),
     ] {
         let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
         let mode_call = format!("SELECT tandem_mode('{mode}')");
@@ -3111,6 +3111,188 @@ async fn a_skipped_rollback_query_leaves_the_branch_as_it_was() {
         })
         .await;
     }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// As [`a_skipped_rollback_query_leaves_the_branch_as_it_was`], with the rollback
+/// sent over the extended protocol: bound and executed behind a Bind that fails, so
+/// the backend skips it. The branch followed such a statement at its Bind once, and
+/// the revived block committed outside it. Also a Parse of COMMIT in a failed block,
+/// which runs nothing: the branch was dropped there once.
+#[tokio::test]
+async fn a_skipped_extended_rollback_leaves_the_branch_as_it_was() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("skipped_ext_rollback").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    for (mode, skipped, revive) in [
+        ("at", "ROLLBACK AND CHAIN", "ROLLBACK TO SAVEPOINT s2"),
+        ("at", "ROLLBACK TO SAVEPOINT s", "ROLLBACK TO SAVEPOINT s2"),
+        ("at", "RELEASE SAVEPOINT s2", "ROLLBACK TO SAVEPOINT s2"),
+        ("at", "COMMIT", "ROLLBACK TO SAVEPOINT s2"),
+        ("xa", "ROLLBACK", "ROLLBACK TO SAVEPOINT s2"),
+        ("xa", "ROLLBACK AND CHAIN", "ROLLBACK TO SAVEPOINT s2"),
+        ("xa", "COMMIT", "ROLLBACK TO SAVEPOINT s2"),
+    ] {
+        let case = format!("{mode} {skipped}");
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        let mode_call = format!("SELECT tandem_mode('{mode}')");
+        raw.run_each(&[
+            &mode_call,
+            "SELECT tandem_begin(30000)",
+            "BEGIN",
+            "SAVEPOINT s",
+        ])
+        .await;
+        raw.run_each(&[
+            "UPDATE accounts SET balance = 5 WHERE id = 2",
+            "SAVEPOINT s2",
+        ])
+        .await;
+        // Prepared while the block is sound; bound and run behind a failing Bind.
+        let mut prepare = frame(b'P', &parse_body("rb", skipped));
+        prepare.extend(frame(b'S', b""));
+        raw.send(&prepare).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "1Z", "{case}: {replies:?}");
+        let mut batch = frame(b'B', &bind_body("nosuch"));
+        batch.extend(frame(b'B', &bind_body("rb")));
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(frame(b'S', b""));
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "EZ", "{case}: {replies:?}");
+        assert_eq!(replies[1].body[..], b"E"[..], "{case}: the block failed");
+        // In the failed block a Parse of COMMIT runs nothing either.
+        let mut prepare = frame(b'P', &parse_body("c", "COMMIT"));
+        prepare.extend(frame(b'S', b""));
+        raw.send(&prepare).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "1Z", "{case}: {replies:?}");
+        raw.run_each(&[revive]).await;
+        let mut commit = frame(b'B', &bind_body("c"));
+        commit.extend(frame(b'E', b"\0\0\0\0\0"));
+        commit.extend(frame(b'S', b""));
+        raw.send(&commit).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "2CZ", "{case}: {replies:?}");
+        let replies = raw.simple("SELECT tandem_rollback()").await;
+        let row = replies.iter().find(|m| m.tag == b'D');
+        assert!(
+            row.is_some_and(|r| String::from_utf8_lossy(&r.body).contains("Rollbacked")),
+            "{case}: {replies:?}"
+        );
+        tandem_tests::harness::eventually("the branch is undone", || async {
+            dump(&direct).await == before
+        })
+        .await;
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// ROLLBACK TO, RELEASE and ROLLBACK AND CHAIN over the extended protocol are followed
+/// once their batch has run, in the order sent, also when the next batches come
+/// pipelined behind them; one bound behind another in a single batch is refused. The
+/// undo stays exact throughout.
+#[tokio::test]
+async fn an_extended_rollback_to_release_or_chain_is_followed_once_it_ran() {
+    use tandem_tests::raw_pg::RawPg;
+    let db = prepare("followed_ext_rollback").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let balance = |id: i32| {
+        let direct = &direct;
+        async move {
+            direct
+                .query_opt("SELECT balance FROM accounts WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .map(|row| row.get::<_, i64>(0))
+        }
+    };
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&[
+        "SELECT tandem_begin(30000)",
+        "BEGIN",
+        "SAVEPOINT s",
+        "UPDATE accounts SET balance = 2 WHERE id = 1",
+        "SAVEPOINT s2",
+        "UPDATE accounts SET balance = 3 WHERE id = 1",
+        "INSERT INTO accounts (id, balance) VALUES (40, 1)",
+    ])
+    .await;
+    // Three batches in one write: each waits for the one before it to be followed.
+    let mut batches = super::control::unnamed_batch(&["ROLLBACK TO SAVEPOINT s2"]);
+    batches.extend(super::control::unnamed_batch(&["RELEASE SAVEPOINT s2"]));
+    batches.extend(super::control::unnamed_batch(&[
+        "UPDATE accounts SET balance = 4 WHERE id = 2",
+    ]));
+    raw.send(&batches).await;
+    for _ in 0..3 {
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "12CZ", "{replies:?}");
+    }
+    // Bound behind another in one batch: refused, and the block fails.
+    raw.send(&super::control::unnamed_batch(&[
+        "ROLLBACK TO SAVEPOINT s",
+        "SAVEPOINT t",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
+    assert_eq!(replies[4].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(replies[5].body[..], b"E"[..]);
+    raw.run_each(&[
+        "ROLLBACK TO SAVEPOINT s",
+        "UPDATE accounts SET balance = 5 WHERE id = 3",
+        "COMMIT",
+    ])
+    .await;
+    assert_eq!(
+        (balance(1).await, balance(2).await, balance(3).await),
+        (Some(1000), Some(1000), Some(5))
+    );
+    assert_eq!(balance(40).await, None);
+    let replies = raw.simple("SELECT tandem_rollback()").await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
+        "{replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before);
+
+    // ROLLBACK AND CHAIN: the branch starts again in the next transaction.
+    raw.run_each(&[
+        "SELECT tandem_begin(30000)",
+        "BEGIN",
+        "UPDATE accounts SET balance = 6 WHERE id = 1",
+    ])
+    .await;
+    raw.send(&super::control::unnamed_batch(&["ROLLBACK AND CHAIN"]))
+        .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12CZ", "{replies:?}");
+    raw.run_each(&["UPDATE accounts SET balance = 7 WHERE id = 2", "COMMIT"])
+        .await;
+    assert_eq!((balance(1).await, balance(2).await), (Some(1000), Some(7)));
+    let replies = raw.simple("SELECT tandem_rollback()").await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
+        "{replies:?}"
+    );
+    assert_eq!(dump(&direct).await, before);
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
     lockserver.stop().await;
 }
