@@ -485,7 +485,14 @@ impl Relay<'_> {
                     .map_err(|_| Error::Malformed { what: "Close" })?;
                 false
             }
-            frontend::DESCRIBE | frontend::EXECUTE => false,
+            frontend::DESCRIBE => {
+                self.tracked.on_describe();
+                false
+            }
+            frontend::EXECUTE => {
+                self.tracked.on_execute();
+                false
+            }
             // It asks the backend to send what it has; it leaves nothing to sync (psycopg
             // sends one after its Sync, which must not leave the session mid-batch).
             frontend::FLUSH => return Ok(()),

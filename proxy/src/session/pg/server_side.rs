@@ -121,9 +121,13 @@ impl Relay<'_> {
             if self.write_in_flight.is_some() {
                 let body = frame.body(&buf[pos..]);
                 let rewritten = match frame.tag {
-                    backend::ROW_DESCRIPTION => self.on_write_row_description(body)?,
+                    backend::ROW_DESCRIPTION => self
+                        .on_write_row_description(body)?
+                        .inspect(|_| self.tracked.on_describe_done()),
                     backend::DATA_ROW => self.on_write_data_row(body)?,
-                    backend::COMMAND_COMPLETE => self.on_write_command_complete(),
+                    backend::COMMAND_COMPLETE => self
+                        .on_write_command_complete()
+                        .inspect(|_| self.tracked.on_execute_done()),
                     backend::ERROR_RESPONSE => {
                         self.on_write_error();
                         // The backend's own bookkeeping of the error still applies.
@@ -289,10 +293,15 @@ impl Relay<'_> {
                     }
                 }
             }
+            backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
+                self.tracked.on_execute_done();
+            }
+            backend::ROW_DESCRIPTION | backend::NO_DATA => self.tracked.on_describe_done(),
             backend::PARSE_COMPLETE => self.tracked.on_parse_complete().map_err(out_of_order)?,
             backend::BIND_COMPLETE => self.tracked.on_bind_complete().map_err(out_of_order)?,
             backend::CLOSE_COMPLETE => self.tracked.on_close_complete().map_err(out_of_order)?,
             backend::COMMAND_COMPLETE => {
+                self.tracked.on_execute_done();
                 let tag = decode_command_tag(body)
                     .map_err(|_| Error::UpstreamProtocol("bad CommandComplete"))?;
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {

@@ -66,6 +66,11 @@ enum Outstanding {
         target: Target,
         name: Bytes,
     },
+    /// Done at CommandComplete, EmptyQueryResponse or PortalSuspended (a COPY's after
+    /// its data).
+    Execute,
+    /// Done at RowDescription or NoData.
+    Describe,
     /// Sync, Query or FunctionCall: each ends with ReadyForQuery. `batch`: its number
     /// (see `Tracked::batch_being_sent`).
     SyncPoint {
@@ -230,6 +235,53 @@ impl Tracked {
         Ok(())
     }
 
+    pub fn on_execute(&mut self) {
+        self.outstanding.push_back(Outstanding::Execute);
+    }
+
+    pub fn on_describe(&mut self) {
+        self.outstanding.push_back(Outstanding::Describe);
+    }
+
+    /// An Execute's portal completed (CommandComplete, EmptyQueryResponse or
+    /// PortalSuspended). With no Execute in line the reply is a Query's.
+    pub fn on_execute_done(&mut self) {
+        self.pop_done(|o| matches!(o, Outstanding::Execute));
+    }
+
+    /// A Describe was answered (RowDescription or NoData). With no Describe in line the
+    /// reply is a Query's.
+    pub fn on_describe_done(&mut self) {
+        self.pop_done(|o| matches!(o, Outstanding::Describe));
+    }
+
+    /// Takes the first request that `done` matches off the queue, and the Executes and
+    /// Describes ahead of it, whose replies came before (replies come in request
+    /// order). Nothing if another request is ahead.
+    fn pop_done(&mut self, done: impl Fn(&Outstanding) -> bool) {
+        let Some(at) = self
+            .outstanding
+            .iter()
+            .position(|o| done(o) || !matches!(o, Outstanding::Execute | Outstanding::Describe))
+        else {
+            return;
+        };
+        if done(&self.outstanding[at]) {
+            self.outstanding.drain(..=at);
+        }
+    }
+
+    /// The reply of a Parse, Bind or Close arrived: Executes and Describes ahead of it
+    /// in line are over.
+    fn drop_answered_ahead(&mut self) {
+        while matches!(
+            self.outstanding.front(),
+            Some(Outstanding::Execute | Outstanding::Describe)
+        ) {
+            self.outstanding.pop_front();
+        }
+    }
+
     /// Sync, Query or FunctionCall was sent. Returns false for a Sync the backend will
     /// ignore because it arrives during copy-in mode.
     pub fn on_sync_point_request(&mut self, kind: SyncKind) -> bool {
@@ -356,16 +408,21 @@ impl Tracked {
 
     /// The backend sent ErrorResponse: an error ends copy-in mode on its side. When it
     /// answers an extended-protocol message (the first request still awaiting its
-    /// reply is a Parse, Bind or Close), the backend discards everything up to the
-    /// client's next Sync: the Queries and FunctionCalls queued before that Sync get
-    /// no reply at all, and are forgotten here. (With a Query first in line the error
-    /// is the Query's own, or an Execute's or Describe's ahead of it, which are not
-    /// tracked: nothing is forgotten then.)
+    /// reply is a Parse, Bind, Close, Execute or Describe), the backend discards
+    /// everything up to the client's next Sync: the Queries and FunctionCalls queued
+    /// before that Sync get no reply at all, and are forgotten here. (With a Query
+    /// first in line the error is the Query's own: nothing is forgotten then.)
     pub fn on_error_response(&mut self) -> SkippedToSync {
         self.copy_in = false;
         let extended = matches!(
             self.outstanding.front(),
-            Some(Outstanding::Parse { .. } | Outstanding::Bind { .. } | Outstanding::Close { .. })
+            Some(
+                Outstanding::Parse { .. }
+                    | Outstanding::Bind { .. }
+                    | Outstanding::Close { .. }
+                    | Outstanding::Execute
+                    | Outstanding::Describe
+            )
         );
         if !extended {
             return SkippedToSync::default();
@@ -401,6 +458,7 @@ impl Tracked {
     }
 
     pub fn on_parse_complete(&mut self) -> Result<(), OutOfOrder> {
+        self.drop_answered_ahead();
         match self.outstanding.pop_front() {
             Some(Outstanding::Parse {
                 name, statement, ..
@@ -414,6 +472,7 @@ impl Tracked {
     }
 
     pub fn on_bind_complete(&mut self) -> Result<(), OutOfOrder> {
+        self.drop_answered_ahead();
         match self.outstanding.pop_front() {
             Some(Outstanding::Bind { name, portal, .. }) => {
                 self.portals.insert(name, portal);
@@ -424,6 +483,7 @@ impl Tracked {
     }
 
     pub fn on_close_complete(&mut self) -> Result<(), OutOfOrder> {
+        self.drop_answered_ahead();
         match self.outstanding.pop_front() {
             Some(Outstanding::Close { target, name }) => {
                 match target {
@@ -510,6 +570,66 @@ mod tests {
         b.extend_from_slice(value);
         b.extend_from_slice(&0i16.to_be_bytes());
         b
+    }
+
+    #[test]
+    fn an_error_of_an_execute_or_describe_skips_the_queries_behind_it() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("", "select 1/0")).unwrap();
+        t.on_bind(&bind_body("", "", b"x")).unwrap();
+        t.on_execute();
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_bind_complete().unwrap();
+        let skipped = t.on_error_response();
+        assert_eq!(
+            skipped,
+            SkippedToSync {
+                sync_points: 1,
+                sync_queued: true
+            }
+        );
+        let mut t = Tracked::default();
+        t.on_describe();
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_sync_point_request(SyncKind::Sync);
+        assert_eq!(t.on_error_response().sync_points, 1);
+    }
+
+    #[test]
+    fn an_error_after_the_executes_completed_is_the_querys_own() {
+        let mut t = Tracked::default();
+        t.on_describe();
+        t.on_execute();
+        t.on_sync_point_request(SyncKind::Query);
+        t.on_describe_done();
+        t.on_execute_done();
+        // The Query's own replies: nothing extended is in line for them.
+        t.on_describe_done();
+        t.on_execute_done();
+        assert_eq!(t.on_error_response(), SkippedToSync::default());
+        t.on_ready_for_query(false).unwrap();
+        assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn a_later_reply_ends_the_executes_and_describes_ahead_of_it() {
+        let mut t = Tracked::default();
+        t.on_describe();
+        t.on_execute();
+        t.on_close(b"Sx\0").unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        // Replies tandem rewrote never reached the ledger: CloseComplete ends them.
+        t.on_close_complete().unwrap();
+        assert_eq!(t.on_error_response(), SkippedToSync::default());
+        let mut t = Tracked::default();
+        t.on_describe();
+        t.on_execute();
+        t.on_execute_done();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_ready_for_query(false).unwrap();
+        assert!(!t.has_outstanding());
     }
 
     #[test]

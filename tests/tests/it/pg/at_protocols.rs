@@ -3036,6 +3036,30 @@ async fn a_query_behind_a_failed_extended_message_is_skipped_as_postgresql_skips
             assert_eq!(refused.as_deref(), Some(expected), "{mode}, {skipped}");
             let replies = raw.recv_until(b'Z').await;
             assert_eq!(tags(&replies), "12DCZ", "{mode}, {skipped}: {replies:?}");
+            // An Execute that fails, and a Describe of no portal: the backend skips
+            // the Query behind either. tandem once waited for its reply for good.
+            let mut failing_execute = frame(
+                b'P',
+                &parse_body("", "SELECT 1/(g-1) FROM generate_series(1,1) g"),
+            );
+            failing_execute.extend(frame(b'B', &bind_body("")));
+            failing_execute.extend(frame(b'E', b"\0\0\0\0\0"));
+            for (failing, replied, sqlstate) in [
+                (failing_execute, "12EZ", "22012"),
+                (frame(b'D', b"Pnosuch\0"), "EZ", "34000"),
+            ] {
+                let mut batch = failing;
+                batch.extend(query(skipped));
+                batch.extend(frame(b'S', b""));
+                batch.extend(query("SELECT 'after'"));
+                raw.send(&batch).await;
+                let replies = raw.recv_until(b'Z').await;
+                assert_eq!(tags(&replies), replied, "{mode}, {skipped}: {replies:?}");
+                let error = replies.iter().find(|m| m.tag == b'E');
+                assert_eq!(error.and_then(|e| e.sqlstate()).as_deref(), Some(sqlstate));
+                let replies = raw.recv_until(b'Z').await;
+                assert_eq!(tags(&replies), "TDCZ", "{mode}, {skipped}: {replies:?}");
+            }
         }
         if !begin.is_empty() {
             raw.query("SELECT tandem_rollback()").await;
