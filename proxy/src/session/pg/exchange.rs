@@ -218,6 +218,7 @@ impl Relay<'_> {
                     backend::ERROR_RESPONSE => {
                         let error = ErrorFields::decode(&body)
                             .map_err(|_| Error::UpstreamProtocol("bad ErrorResponse"))?;
+                        let fatal = error.is_fatal();
                         if completed < results.len() {
                             results[current].error = Some(error);
                         } else {
@@ -229,6 +230,16 @@ impl Relay<'_> {
                         if end == ReplyEnd::LastComplete {
                             // Left for the relay: the client's reply (see exchange_many_then).
                             return Ok(results);
+                        }
+                        if fatal {
+                            // The backend is ending (pg_terminate_backend while tandem's
+                            // statements ran): the client hears why, as the relay would
+                            // have passed it, not only that the connection closed.
+                            let whole = self.from_server[..frame.wire_len].to_vec();
+                            self.write_client(&whole);
+                            // A client already gone hears nothing either way.
+                            let _ = self.flush_client().await;
+                            self.backend_said_fatal = true;
                         }
                     }
                     backend::READY_FOR_QUERY => {

@@ -772,6 +772,17 @@ async fn a_branch_whose_backend_ends_during_its_lock_wait_is_reported_failed() {
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap();
+    // Gone before the lock frees: on a busy machine the backend may take a while to
+    // end, and the COMMIT then meets it ending instead.
+    let direct_ref = &direct;
+    eventually("the backend has ended", || async move {
+        direct_ref
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
     rolled_back(&holder).await;
     let err = commit.await.unwrap().expect_err("its backend is gone");
     assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
@@ -797,6 +808,75 @@ async fn a_branch_whose_backend_ends_during_its_lock_wait_is_reported_failed() {
     .await;
     assert_eq!(dump(&direct).await, before);
     assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A backend terminated while tandem's own statements run on it (its undo row and
+/// COMMIT, held up by a deferred foreign key check waiting for a row lock): the client
+/// hears the backend's FATAL 57P01, as it would without tandem, not only that the
+/// connection closed (08006).
+#[tokio::test]
+async fn a_backend_terminated_during_tandems_commit_reports_its_own_error() {
+    let db = prepare("at_terminated_commit").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE parents (id int PRIMARY KEY);
+             INSERT INTO parents VALUES (1);
+             CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents
+               DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin(60000)").await.unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("BEGIN; INSERT INTO children VALUES (1, 1)")
+        .await
+        .unwrap();
+    // The check at COMMIT waits for this lock.
+    let holder = direct.transaction().await.unwrap();
+    holder
+        .execute("SELECT 1 FROM parents WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let commit = tokio::spawn(async move { client.batch_execute("COMMIT").await });
+    let watcher = db.direct().await;
+    let watcher = &watcher;
+    eventually("the COMMIT waits for the parent row", || async move {
+        watcher
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    watcher
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let err = commit.await.unwrap().expect_err("its backend is gone");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+    holder.rollback().await.unwrap();
+    assert_eq!(dump(&direct).await, before, "the COMMIT never ran");
+    let children: i64 = direct
+        .query_one("SELECT count(*) FROM children", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(children, 0);
     tandem.shutdown().await;
     lockserver.stop().await;
 }
