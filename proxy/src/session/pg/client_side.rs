@@ -81,6 +81,25 @@ impl Relay<'_> {
                 pos += frame.wire_len;
                 continue;
             }
+            if self.phase != Phase::Authenticating
+                && let Some(what) = crate::wire::pg::messages::extended::malformed(frame.tag, body)
+            {
+                // Refused in the backend's place, with a Bind that fails: the client
+                // hears 08P01, the backend skips to the Sync, and the session goes on,
+                // as PostgreSQL does with such a message.
+                let mut replacement = BytesMut::new();
+                super::intercept::put_failing_bind_of(&mut replacement, b"");
+                self.write_server(&buf[run_start..pos]).await?;
+                self.write_server(&replacement).await?;
+                self.on_client_message(frontend::BIND, &replacement[5..])?;
+                self.tracked
+                    .refuse_last(super::at_extended::refusal(Error::MalformedCommand {
+                        what,
+                    }));
+                pos += frame.wire_len;
+                run_start = pos;
+                continue;
+            }
             let control = match frame.tag {
                 frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
                 _ => None,

@@ -3,6 +3,7 @@
 
 use tandem_tests::expect_msg;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
+use tandem_tests::lockserver::{Kind, TestLockserver};
 use tandem_tests::raw_pg::{RawPg, frame};
 use tokio::io::AsyncWriteExt;
 
@@ -28,15 +29,49 @@ async fn malformed_messages_close_only_their_own_session() {
     let tandem = Tandem::start().await;
     let bystander = tandem.connect(&db.name).await;
 
-    // A Bind whose parameter claims more bytes than the message holds.
-    let mut client = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    let mut body = b"\0\0".to_vec();
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&1i16.to_be_bytes());
-    body.extend_from_slice(&1_000i32.to_be_bytes());
-    body.extend_from_slice(b"short");
-    client.send(&frame(b'B', &body)).await;
-    expect_fatal(&mut client, "08P01").await;
+    // Extended-protocol messages whose bodies do not decode: as PostgreSQL does, an
+    // error (08P01), the rest of the batch skipped, and the session goes on. Outside
+    // a global transaction and inside one. tandem closed the session once.
+    let mut short_bind = b"\0\0".to_vec();
+    short_bind.extend_from_slice(&0i16.to_be_bytes());
+    short_bind.extend_from_slice(&1i16.to_be_bytes());
+    short_bind.extend_from_slice(&1_000i32.to_be_bytes());
+    short_bind.extend_from_slice(b"short");
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let at = Tandem::start_for(&lockserver).await;
+    for (port, begin) in [(tandem.pg, None), (at.pg, Some("SELECT tandem_begin()"))] {
+        let mut client = RawPg::startup(port, "postgres", &db.name).await;
+        if let Some(begin) = begin {
+            client.run_each(&[begin]).await;
+        }
+        for (tag, body) in [
+            (b'B', &short_bind[..]),
+            (b'P', b"s\0SELECT 1\0"),
+            (b'C', b"Xs\0"),
+            (b'D', b"P"),
+            (b'E', b"\0\0"),
+        ] {
+            let mut batch = frame(tag, body);
+            batch.extend(frame(b'Q', b"SELECT 1\0"));
+            batch.extend(frame(b'S', b""));
+            batch.extend(frame(b'Q', b"SELECT 42\0"));
+            client.send(&batch).await;
+            let replies = client.recv_until(b'Z').await;
+            let tags: String = replies.iter().map(|m| m.tag as char).collect();
+            assert_eq!(tags, "EZ", "{}: {replies:?}", tag as char);
+            assert_eq!(replies[0].sqlstate().as_deref(), Some("08P01"));
+            assert_eq!(replies[0].field(b'V').as_deref(), Some("ERROR"));
+            let replies = client.recv_until(b'Z').await;
+            let row = replies.iter().find(|m| m.tag == b'D');
+            assert!(
+                row.is_some_and(|r| r.body.ends_with(b"42")),
+                "{}: {replies:?}",
+                tag as char
+            );
+        }
+    }
+    at.shutdown().await;
+    lockserver.stop().await;
 
     // A length word under 4.
     let mut client = RawPg::startup(tandem.pg, "postgres", &db.name).await;

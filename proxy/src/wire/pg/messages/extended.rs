@@ -152,9 +152,53 @@ impl<'a> Close<'a> {
     }
 }
 
+/// What an extended-protocol message (`tag`, `body`) is, if its body does not decode:
+/// PostgreSQL answers such a message with an error (08P01) and skips to the Sync,
+/// the session going on. Trailing bytes are left to the server, which refuses them
+/// itself.
+pub fn malformed(tag: u8, body: &[u8]) -> Option<&'static str> {
+    use super::super::codes::frontend;
+    let mut r = Reader::new(body);
+    let target_and_name = |r: &mut Reader<'_>| {
+        matches!(r.u8(), Ok(target::STATEMENT | target::PORTAL)) && r.cstr().is_ok()
+    };
+    let (what, decodes) = match tag {
+        frontend::PARSE => ("Parse message", Parse::decode(body).is_ok()),
+        frontend::BIND => ("Bind message", Bind::decode(body).is_ok()),
+        frontend::CLOSE => ("Close message", target_and_name(&mut r)),
+        frontend::DESCRIBE => ("Describe message", target_and_name(&mut r)),
+        frontend::EXECUTE => ("Execute message", r.cstr().is_ok() && r.i32().is_ok()),
+        _ => return None,
+    };
+    (!decodes).then_some(what)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::pg::codes::frontend;
+
+    #[test]
+    fn malformed_extended_messages_are_named() {
+        assert_eq!(malformed(frontend::PARSE, b"s\0select 1\0\0\0"), None);
+        assert_eq!(
+            malformed(frontend::PARSE, b"s\0select 1\0"),
+            Some("Parse message")
+        );
+        assert_eq!(malformed(frontend::BIND, b"\0\0"), Some("Bind message"));
+        assert_eq!(malformed(frontend::CLOSE, b"Ss\0"), None);
+        assert_eq!(malformed(frontend::CLOSE, b"Xs\0"), Some("Close message"));
+        assert_eq!(
+            malformed(frontend::DESCRIBE, b"P"),
+            Some("Describe message")
+        );
+        assert_eq!(malformed(frontend::EXECUTE, b"\0\0\0\0\0"), None);
+        assert_eq!(
+            malformed(frontend::EXECUTE, b"\0\0"),
+            Some("Execute message")
+        );
+        assert_eq!(malformed(frontend::SYNC, b"junk"), None);
+    }
 
     #[test]
     fn parse_decodes_name_sql_and_types() {
