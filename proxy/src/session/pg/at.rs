@@ -316,7 +316,7 @@ impl Relay<'_> {
             }
             // A statement bound before it is followed first, at its batch's end.
             Some(Analysis::Savepoint(_)) | Some(Analysis::Rollback)
-                if self.bound_follow_up.is_some() =>
+                if self.tracked.follow_up_in_flight() =>
             {
                 Ok(Intercepted::WaitForSyncPoint)
             }
@@ -367,7 +367,9 @@ impl Relay<'_> {
     pub(super) fn check_savepoint_statement(&self, op: &tandem_undo::SavepointOp) -> Result<()> {
         match op {
             tandem_undo::SavepointOp::RollbackTo(name)
-                if !self.branch.is_empty() && !self.branch.has_savepoint(name) =>
+                if !self.branch.is_empty()
+                    && !self.branch.has_savepoint(name)
+                    && !self.tracked.savepoint_set_in_flight(name) =>
             {
                 Err(Error::Unsupported {
                     what: "ROLLBACK TO a savepoint tandem did not see set, while the branch holds captured rows (ROLLBACK the transaction instead)",
@@ -377,16 +379,40 @@ impl Relay<'_> {
         }
     }
 
-    /// A statement bound over the extended protocol that has now surely run
-    /// (follow_up.rs).
-    pub(super) fn follow_bound_statement(&mut self, follow_up: super::follow_up::FollowUp) {
+    /// A statement bound over the extended protocol completed with CommandComplete
+    /// `tag` (follow_up.rs).
+    pub(super) fn follow_bound_statement(
+        &mut self,
+        follow_up: super::follow_up::FollowUp,
+        tag: &[u8],
+    ) {
         use super::follow_up::FollowUp;
+        if !follow_up.completes_with(tag) {
+            tracing::warn!(parent: &self.span, ?follow_up, tag = %String::from_utf8_lossy(tag), "a bound statement completed with another statement's tag: not followed");
+            return;
+        }
         tracing::debug!(parent: &self.span, ?follow_up, "bound statement ran");
         match follow_up {
             FollowUp::Savepoint(op) => self.branch.on_savepoint(&op, true),
-            FollowUp::RollbackAndChain => self.on_rollback_and_chain(),
-            FollowUp::XaRollback => self.xa = super::xa::XaBranch::None,
+            FollowUp::RolledBack => self.on_rollback_and_chain(),
+            FollowUp::XaRolledBack => self.xa = super::xa::XaBranch::None,
         }
+    }
+
+    /// The transaction block failed, and nothing sent since its ReadyForQuery may have
+    /// revived it (only Parse, Bind and the like, no Execute): a statement sent now
+    /// meets it failed.
+    pub(super) fn block_stays_failed(&self) -> bool {
+        let failed_at_last_ready = matches!(
+            self.phase,
+            super::Phase::Ready(TxStatus::Failed)
+                | super::Phase::Busy {
+                    tx: TxStatus::Failed,
+                    awaiting: 0,
+                    ..
+                }
+        );
+        failed_at_last_ready && !self.executed_in_batch
     }
 
     /// `ROLLBACK AND CHAIN` (or `ABORT AND CHAIN`): the transaction's writes are undone

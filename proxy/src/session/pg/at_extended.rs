@@ -121,26 +121,16 @@ impl Relay<'_> {
                     }
                     return Ok(Extended::NotAWrite);
                 }
+                // Followed once they ran, in the order they ran (follow_up.rs).
                 Analysis::Savepoint(op) if tag == frontend::BIND => {
-                    if let Some(instead) = self.behind_bound_follow_up() {
-                        return Ok(instead);
-                    }
                     if let Err(e) = self.check_savepoint_statement(&op) {
                         return Ok(Extended::RefuseBind(refusal(e)));
                     }
-                    match op {
-                        // Followed now: had the backend skipped it, the branch would
-                        // only keep more rows at a later ROLLBACK TO of that name.
-                        tandem_undo::SavepointOp::Set(_) => self.on_savepoint_statement(&op)?,
-                        op => self.bind_follow_up(FollowUp::Savepoint(op), rest),
-                    }
+                    self.bind_follow_up = Some(FollowUp::Savepoint(op));
                     return Ok(Extended::NotAWrite);
                 }
                 Analysis::Rollback if tag == frontend::BIND && super::at::chains(&sql) => {
-                    if let Some(instead) = self.behind_bound_follow_up() {
-                        return Ok(instead);
-                    }
-                    self.bind_follow_up(FollowUp::RollbackAndChain, rest);
+                    self.bind_follow_up = Some(FollowUp::RolledBack);
                     return Ok(Extended::NotAWrite);
                 }
                 Analysis::LockingRead(None) if tag == frontend::BIND => {
@@ -242,18 +232,21 @@ impl Relay<'_> {
     /// If registering or the undo row fails, the local transaction is rolled back and
     /// the batch is answered with the error without reaching the backend.
     async fn commit_extended(&mut self, rest: &[u8], tag: u8) -> Result<Extended> {
+        if self.block_stays_failed() {
+            // PostgreSQL answers the COMMIT of a failed transaction with ROLLBACK (and
+            // with AND CHAIN begins the next): nothing of the branch survives, so there
+            // is nothing to register. The branch ends once it has run: a Parse, or a
+            // Bind never executed, leaves the block to be revived by a ROLLBACK TO.
+            if tag == frontend::BIND {
+                self.bind_follow_up = Some(FollowUp::RolledBack);
+            }
+            return Ok(Extended::NotAWrite);
+        }
         if let Some(instead) = self.unless_at_sync_point(
             tag,
             "COMMIT of a branch in the middle of a pipelined batch (send it as [Parse] Bind [Describe] Execute Sync)",
         ) {
             return Ok(instead);
-        }
-        if self.phase.tx_status() == Some(TxStatus::Failed) {
-            // PostgreSQL answers the COMMIT of a failed transaction with ROLLBACK:
-            // nothing of the branch survives, so there is nothing to register. The
-            // branch ends at its ReadyForQuery: a Parse, or a Bind never executed,
-            // leaves the block to be revived by a ROLLBACK TO.
-            return Ok(Extended::NotAWrite);
         }
         // Preparing COMMIT runs nothing; its Bind comes back here.
         let consumed = match self
@@ -1051,7 +1044,7 @@ impl Relay<'_> {
             // Checked in there against AT-mode global locks, as in the client's block.
             return self.guard_extended(rest, tag, sql.as_bytes(), true).await;
         }
-        if self.xa == XaBranch::None
+        if (self.xa == XaBranch::None || self.tracked.follow_up_in_flight())
             && matches!(
                 self.phase,
                 super::Phase::Busy {
@@ -1077,7 +1070,7 @@ impl Relay<'_> {
             // Preparing a statement changes nothing; the Parse checks refuse the rest.
             return Ok(Extended::NotAWrite);
         }
-        match self.bind_in_xa(&statements, rest) {
+        match self.bind_in_xa(&statements) {
             Extended::NotAWrite if work && self.xa != XaBranch::None => {
                 self.guard_in_block(rest, tag, sql).await
             }
@@ -1108,36 +1101,8 @@ impl Relay<'_> {
         Ok(guarded)
     }
 
-    /// A statement the branch follows once it has run, bound now (its Bind at the
-    /// head of `rest`).
-    fn bind_follow_up(&mut self, follow_up: FollowUp, rest: &[u8]) {
-        let portal = rest
-            .get(5..)
-            .and_then(|body| crate::wire::pg::reader::Reader::new(body).cstr().ok())
-            .unwrap_or(b"");
-        self.bound_follow_up = Some(super::follow_up::Bound::new(
-            follow_up,
-            self.tracked.batch_being_sent(),
-            portal,
-        ));
-    }
-
-    /// A savepoint statement or rollback bound while one bound earlier waits to be
-    /// followed: the branch must follow them in order. Behind a Sync it waits for that
-    /// batch's end; in the same batch it is refused.
-    fn behind_bound_follow_up(&mut self) -> Option<Extended> {
-        let bound = self.bound_follow_up.as_ref()?;
-        if bound.batch() < self.tracked.batch_being_sent() {
-            self.paused_for_follow_up = true;
-            return Some(Extended::WaitForSyncPoint);
-        }
-        Some(Extended::RefuseBind(refusal(Error::Unsupported {
-            what: "a savepoint statement or ROLLBACK behind a ROLLBACK TO, RELEASE or ROLLBACK in one pipelined batch inside a global transaction (send each with a Sync of its own)",
-        })))
-    }
-
     /// A Bind in XA mode of anything but the branch's COMMIT.
-    fn bind_in_xa(&mut self, statements: &[super::xa::XaStatement], rest: &[u8]) -> Extended {
+    fn bind_in_xa(&mut self, statements: &[super::xa::XaStatement]) -> Extended {
         use super::xa::{XaBranch, XaStatement};
         let refuse =
             |what: &'static str| Extended::RefuseBind(refusal(Error::Unsupported { what }));
@@ -1158,17 +1123,14 @@ impl Relay<'_> {
         }
         if statements.contains(&XaStatement::Rollback) {
             if self.xa != XaBranch::None {
-                if let Some(instead) = self.behind_bound_follow_up() {
-                    return instead;
-                }
-                self.bind_follow_up(FollowUp::XaRollback, rest);
+                self.bind_follow_up = Some(FollowUp::XaRolledBack);
             }
             return Extended::NotAWrite;
         }
         // A rollback bound ahead of it may end the branch's block: the work waits as it
         // would outside a branch.
         let in_branch = matches!(self.xa, XaBranch::Open | XaBranch::Implicit)
-            && self.bound_follow_up.is_none();
+            && !self.tracked.follow_up_in_flight();
         if !statements.contains(&XaStatement::Work) || in_branch {
             return Extended::NotAWrite;
         }

@@ -21,7 +21,6 @@ impl Relay<'_> {
         let mut run_start = 0;
         let mut terminated = false;
         self.client_paused = false;
-        self.paused_for_follow_up = false;
         while self.client_streaming == 0 {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;
@@ -64,6 +63,8 @@ impl Relay<'_> {
                 break;
             }
             let body = frame.body(&buf[pos..]);
+            // Set for this message only, by its interception (follow_up.rs).
+            self.bind_follow_up = None;
             if self.tracked.copying_in()
                 && matches!(
                     frame.tag,
@@ -426,28 +427,11 @@ impl Relay<'_> {
         match tag {
             frontend::EXECUTE => {
                 self.executed_in_batch = true;
-                if let Some(bound) = &mut self.bound_follow_up {
-                    let portal = crate::wire::pg::reader::Reader::new(body)
-                        .cstr()
-                        .unwrap_or(b"");
-                    bound.on_execute(self.tracked.batch_being_sent(), portal);
-                }
                 self.block_may_have_ended |=
                     body.first() != Some(&0) || !self.unnamed_portal_keeps_block;
             }
             frontend::BIND => {
                 self.bound_in_batch = true;
-                let portal = crate::wire::pg::reader::Reader::new(body)
-                    .cstr()
-                    .unwrap_or(b"");
-                let batch = self.tracked.batch_being_sent();
-                if self
-                    .bound_follow_up
-                    .as_mut()
-                    .is_some_and(|bound| !bound.on_bind(batch, portal))
-                {
-                    self.bound_follow_up = None;
-                }
                 // A new unnamed portal replaces the spent one.
                 self.unnamed_portal_spent &= body.first() != Some(&0);
             }
@@ -493,8 +477,9 @@ impl Relay<'_> {
                 false
             }
             frontend::BIND => {
+                let follow_up = self.bind_follow_up.take();
                 self.tracked
-                    .on_bind(body)
+                    .on_bind(body, follow_up)
                     .map_err(|_| Error::Malformed { what: "Bind" })?;
                 false
             }
@@ -509,7 +494,7 @@ impl Relay<'_> {
                 false
             }
             frontend::EXECUTE => {
-                self.tracked.on_execute();
+                self.tracked.on_execute(body);
                 false
             }
             // It asks the backend to send what it has; it leaves nothing to sync (psycopg

@@ -196,10 +196,6 @@ struct Relay<'a> {
     /// Reading from the client waits for the next sync point (a control statement is
     /// queued behind requests in flight).
     client_paused: bool,
-    /// The client is paused until `bound_follow_up` is followed or dropped, which may
-    /// come before the next sync point (messages of the client's next batch went
-    /// ahead of the one that waits).
-    paused_for_follow_up: bool,
     binding: Binding,
     /// The database this session is connected to.
     database: String,
@@ -263,9 +259,9 @@ struct Relay<'a> {
     commit_in_flight: Option<(at::UndoRow, bool)>,
     /// XA mode's branch in the current local transaction.
     xa: xa::XaBranch,
-    /// A ROLLBACK TO, RELEASE or rollback bound over the extended protocol, followed
-    /// by the branch once its batch shows it ran (follow_up.rs).
-    bound_follow_up: Option<follow_up::Bound>,
+    /// What the branch does once the portal of the Bind being relayed has run, as its
+    /// interception decided (follow_up.rs); the Bind's ledger entry takes it.
+    bind_follow_up: Option<follow_up::FollowUp>,
     /// A multi-statement query of a bound AT session, sent one statement at a time.
     script: Option<at_script::Script>,
     /// The latest CommandComplete of a query whose transaction tandem opened and ends
@@ -319,7 +315,6 @@ impl<'a> Relay<'a> {
             client_lost: false,
             draining: false,
             client_paused: false,
-            paused_for_follow_up: false,
             binding: Binding::default(),
             resource: crate::at::resource_id(&ctx.server, &database),
             database,
@@ -342,7 +337,7 @@ impl<'a> Relay<'a> {
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
-            bound_follow_up: None,
+            bind_follow_up: None,
             script: None,
             held_complete: None,
             describe_reply: None,
@@ -392,8 +387,7 @@ impl<'a> Relay<'a> {
                     // client's Sync (a refusal held behind it got no reply).
                     let resumes = self.phase.at_sync_point()
                         || self.tracked.copying_in()
-                        || self.backend_skips_to_sync()
-                        || self.follow_up_settled();
+                        || self.backend_skips_to_sync();
                     if self.client_paused && resumes && self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }
@@ -427,7 +421,7 @@ impl<'a> Relay<'a> {
         while !self.from_server.is_empty() {
             let held = self.from_server.len();
             self.relay_from_server().await?;
-            if self.client_paused && (self.phase.at_sync_point() || self.follow_up_settled()) {
+            if self.client_paused && self.phase.at_sync_point() {
                 if self.relay_from_client().await? {
                     return Ok(true);
                 }
@@ -437,11 +431,6 @@ impl<'a> Relay<'a> {
             }
         }
         Ok(false)
-    }
-
-    /// The client waited for a bound statement to be followed, and it has been.
-    fn follow_up_settled(&self) -> bool {
-        self.paused_for_follow_up && self.bound_follow_up.is_none()
     }
 
     fn client_failed(&mut self, e: std::io::Error) -> Error {

@@ -125,9 +125,10 @@ impl Relay<'_> {
                         .on_write_row_description(body)?
                         .inspect(|_| self.tracked.on_describe_done()),
                     backend::DATA_ROW => self.on_write_data_row(body)?,
-                    backend::COMMAND_COMPLETE => self
-                        .on_write_command_complete()
-                        .inspect(|_| self.tracked.on_execute_done()),
+                    backend::COMMAND_COMPLETE => self.on_write_command_complete().inspect(|_| {
+                        // A write's portal carries no follow-up.
+                        let _ = self.tracked.on_execute_done();
+                    }),
                     backend::ERROR_RESPONSE => {
                         self.on_write_error();
                         // The backend's own bookkeeping of the error still applies.
@@ -210,25 +211,13 @@ impl Relay<'_> {
     pub(super) fn on_server_message(&mut self, tag: u8, body: &[u8]) -> Result<Relayed> {
         match tag {
             backend::READY_FOR_QUERY => {
-                let batch_failed = std::mem::take(&mut self.error_since_ready);
+                self.error_since_ready = false;
                 let status =
                     TxStatus::decode(body).ok_or(Error::UpstreamProtocol("bad ReadyForQuery"))?;
                 if self.phase != Phase::Authenticating {
                     self.tracked
                         .on_ready_for_query(status == TxStatus::Idle)
                         .map_err(|e| Error::UpstreamProtocol(e.0))?;
-                }
-                let answered = self.tracked.last_batch_answered();
-                if self
-                    .bound_follow_up
-                    .as_ref()
-                    .is_some_and(|bound| bound.batch() <= answered)
-                    && let Some(follow_up) = self
-                        .bound_follow_up
-                        .take()
-                        .and_then(|bound| bound.ran(answered, batch_failed))
-                {
-                    self.follow_bound_statement(follow_up);
                 }
                 let was_startup = self.phase == Phase::Authenticating;
                 self.phase = self
@@ -294,16 +283,19 @@ impl Relay<'_> {
                 }
             }
             backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
-                self.tracked.on_execute_done();
+                // Not a statement that completed: nothing to follow.
+                let _ = self.tracked.on_execute_done();
             }
             backend::ROW_DESCRIPTION | backend::NO_DATA => self.tracked.on_describe_done(),
             backend::PARSE_COMPLETE => self.tracked.on_parse_complete().map_err(out_of_order)?,
             backend::BIND_COMPLETE => self.tracked.on_bind_complete().map_err(out_of_order)?,
             backend::CLOSE_COMPLETE => self.tracked.on_close_complete().map_err(out_of_order)?,
             backend::COMMAND_COMPLETE => {
-                self.tracked.on_execute_done();
                 let tag = decode_command_tag(body)
                     .map_err(|_| Error::UpstreamProtocol("bad CommandComplete"))?;
+                if let Some(follow_up) = self.tracked.on_execute_done() {
+                    self.follow_bound_statement(follow_up, tag);
+                }
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
                 }

@@ -14,6 +14,7 @@
 //! request that started COPY FROM STDIN and its CopyDone/CopyFail gets no
 //! ReadyForQuery.
 
+use super::follow_up::FollowUp;
 use crate::wire::pg::messages::extended::{Bind, Close, Parse, Target};
 use crate::wire::pg::reader::Truncated;
 use bytes::Bytes;
@@ -38,6 +39,9 @@ pub struct Portal {
     bind: Bytes,
     /// The batch its Bind was sent in (see `Tracked::sync_points_sent`).
     batch: u64,
+    /// What the branch does once an Execute of it completes (follow_up.rs); taken
+    /// then, so that it is followed once.
+    follow_up: Option<FollowUp>,
 }
 
 impl Portal {
@@ -67,8 +71,12 @@ enum Outstanding {
         name: Bytes,
     },
     /// Done at CommandComplete, EmptyQueryResponse or PortalSuspended (a COPY's after
-    /// its data).
-    Execute,
+    /// its data). `follow_up`: its portal's when it was sent (the portal keeps the one
+    /// that is taken, so that it is followed once).
+    Execute {
+        portal: Bytes,
+        follow_up: Option<FollowUp>,
+    },
     /// Done at RowDescription or NoData.
     Describe,
     /// Sync, Query or FunctionCall: each ends with ReadyForQuery. `batch`: its number
@@ -209,7 +217,8 @@ impl Tracked {
         Ok(())
     }
 
-    pub fn on_bind(&mut self, body: &[u8]) -> Result<(), Truncated> {
+    /// `follow_up`: what the branch does once the portal has run.
+    pub fn on_bind(&mut self, body: &[u8], follow_up: Option<FollowUp>) -> Result<(), Truncated> {
         let bind = Bind::decode(body)?;
         let name = Bytes::copy_from_slice(bind.portal);
         let statement = Bytes::copy_from_slice(bind.statement);
@@ -219,6 +228,7 @@ impl Tracked {
                 statement,
                 bind: Bytes::copy_from_slice(body),
                 batch: self.sync_points_sent,
+                follow_up,
             },
             refused: None,
         });
@@ -235,8 +245,51 @@ impl Tracked {
         Ok(())
     }
 
-    pub fn on_execute(&mut self) {
-        self.outstanding.push_back(Outstanding::Execute);
+    pub fn on_execute(&mut self, body: &[u8]) {
+        let portal = crate::wire::pg::reader::Reader::new(body)
+            .cstr()
+            .unwrap_or(b"");
+        let follow_up = self
+            .portal_as_sent(portal)
+            .and_then(|p| p.follow_up.clone());
+        self.outstanding.push_back(Outstanding::Execute {
+            portal: Bytes::copy_from_slice(portal),
+            follow_up,
+        });
+    }
+
+    /// The portal `name` as the requests sent so far leave it: the latest Bind of it
+    /// still in flight, or else the recorded one.
+    fn portal_as_sent(&self, name: &[u8]) -> Option<&Portal> {
+        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
+            Outstanding::Bind {
+                name: n, portal, ..
+            } if n[..] == *name => Some(portal),
+            _ => None,
+        });
+        in_flight.or_else(|| self.portals.get(name))
+    }
+
+    /// Whether an Execute of a portal with a follow-up is in flight: until it completes
+    /// the branch may not be as it will be.
+    pub fn follow_up_in_flight(&self) -> bool {
+        self.follow_ups_in_flight().next().is_some()
+    }
+
+    /// Whether a SAVEPOINT of this name is in flight (its Execute sent, not complete).
+    pub fn savepoint_set_in_flight(&self, name: &str) -> bool {
+        self.follow_ups_in_flight().any(
+            |f| matches!(f, FollowUp::Savepoint(tandem_undo::SavepointOp::Set(set)) if set == name),
+        )
+    }
+
+    fn follow_ups_in_flight(&self) -> impl Iterator<Item = &FollowUp> {
+        self.outstanding.iter().filter_map(|o| match o {
+            Outstanding::Execute {
+                follow_up: Some(f), ..
+            } => Some(f),
+            _ => None,
+        })
     }
 
     pub fn on_describe(&mut self) {
@@ -244,9 +297,16 @@ impl Tracked {
     }
 
     /// An Execute's portal completed (CommandComplete, EmptyQueryResponse or
-    /// PortalSuspended). With no Execute in line the reply is a Query's.
-    pub fn on_execute_done(&mut self) {
-        self.pop_done(|o| matches!(o, Outstanding::Execute));
+    /// PortalSuspended). With no Execute in line the reply is a Query's. Returns the
+    /// portal's follow-up, now due if the reply is a CommandComplete.
+    pub fn on_execute_done(&mut self) -> Option<FollowUp> {
+        match self.pop_done(|o| matches!(o, Outstanding::Execute { .. }))? {
+            Outstanding::Execute {
+                portal,
+                follow_up: Some(_),
+            } => self.portals.get_mut(&portal)?.follow_up.take(),
+            _ => None,
+        }
     }
 
     /// A Describe was answered (RowDescription or NoData). With no Describe in line the
@@ -258,17 +318,14 @@ impl Tracked {
     /// Takes the first request that `done` matches off the queue, and the Executes and
     /// Describes ahead of it, whose replies came before (replies come in request
     /// order). Nothing if another request is ahead.
-    fn pop_done(&mut self, done: impl Fn(&Outstanding) -> bool) {
-        let Some(at) = self
-            .outstanding
-            .iter()
-            .position(|o| done(o) || !matches!(o, Outstanding::Execute | Outstanding::Describe))
-        else {
-            return;
-        };
-        if done(&self.outstanding[at]) {
-            self.outstanding.drain(..=at);
+    fn pop_done(&mut self, done: impl Fn(&Outstanding) -> bool) -> Option<Outstanding> {
+        let at = self.outstanding.iter().position(|o| {
+            done(o) || !matches!(o, Outstanding::Execute { .. } | Outstanding::Describe)
+        })?;
+        if !done(&self.outstanding[at]) {
+            return None;
         }
+        self.outstanding.drain(..=at).last()
     }
 
     /// The reply of a Parse, Bind or Close arrived: Executes and Describes ahead of it
@@ -276,7 +333,7 @@ impl Tracked {
     fn drop_answered_ahead(&mut self) {
         while matches!(
             self.outstanding.front(),
-            Some(Outstanding::Execute | Outstanding::Describe)
+            Some(Outstanding::Execute { .. } | Outstanding::Describe)
         ) {
             self.outstanding.pop_front();
         }
@@ -420,7 +477,7 @@ impl Tracked {
                 Outstanding::Parse { .. }
                     | Outstanding::Bind { .. }
                     | Outstanding::Close { .. }
-                    | Outstanding::Execute
+                    | Outstanding::Execute { .. }
                     | Outstanding::Describe
             )
         );
@@ -452,6 +509,8 @@ impl Tracked {
                 skipped.sync_points += 1;
                 false
             }
+            // The failed request's own reply was this error; the rest get none.
+            Outstanding::Execute { .. } | Outstanding::Describe => false,
             _ => true,
         });
         skipped
@@ -576,8 +635,8 @@ mod tests {
     fn an_error_of_an_execute_or_describe_skips_the_queries_behind_it() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("", "select 1/0")).unwrap();
-        t.on_bind(&bind_body("", "", b"x")).unwrap();
-        t.on_execute();
+        t.on_bind(&bind_body("", "", b"x"), None).unwrap();
+        t.on_execute(b"\0\0\0\0\0");
         t.on_sync_point_request(SyncKind::Query);
         t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
@@ -601,7 +660,7 @@ mod tests {
     fn an_error_after_the_executes_completed_is_the_querys_own() {
         let mut t = Tracked::default();
         t.on_describe();
-        t.on_execute();
+        t.on_execute(b"\0\0\0\0\0");
         t.on_sync_point_request(SyncKind::Query);
         t.on_describe_done();
         t.on_execute_done();
@@ -617,7 +676,7 @@ mod tests {
     fn a_later_reply_ends_the_executes_and_describes_ahead_of_it() {
         let mut t = Tracked::default();
         t.on_describe();
-        t.on_execute();
+        t.on_execute(b"\0\0\0\0\0");
         t.on_close(b"Sx\0").unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         // Replies tandem rewrote never reached the ledger: CloseComplete ends them.
@@ -625,11 +684,54 @@ mod tests {
         assert_eq!(t.on_error_response(), SkippedToSync::default());
         let mut t = Tracked::default();
         t.on_describe();
-        t.on_execute();
+        t.on_execute(b"\0\0\0\0\0");
         t.on_execute_done();
         t.on_sync_point_request(SyncKind::Sync);
         t.on_ready_for_query(false).unwrap();
         assert!(!t.has_outstanding());
+    }
+
+    #[test]
+    fn a_portals_follow_up_is_due_once_at_its_executes_completion() {
+        use tandem_undo::SavepointOp;
+        let rollback_to = FollowUp::Savepoint(SavepointOp::RollbackTo("s".into()));
+        let mut t = Tracked::default();
+        t.on_bind(&bind_body("p", "rb", b""), Some(rollback_to.clone()))
+            .unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_bind_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        assert!(!t.follow_up_in_flight(), "bound, not executed");
+        // Executed in a later batch, twice.
+        t.on_execute(b"p\0\0\0\0\0");
+        t.on_execute(b"p\0\0\0\0\0");
+        t.on_sync_point_request(SyncKind::Sync);
+        assert!(t.follow_up_in_flight());
+        assert_eq!(t.on_execute_done(), Some(rollback_to));
+        assert_eq!(t.on_execute_done(), None, "followed once");
+        assert!(!t.follow_up_in_flight());
+    }
+
+    #[test]
+    fn a_skipped_execute_leaves_its_follow_up_with_the_portal() {
+        let mut t = Tracked::default();
+        t.on_bind(&bind_body("p", "rb", b""), Some(FollowUp::RolledBack))
+            .unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_bind_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        t.on_bind(&bind_body("", "nosuch", b""), None).unwrap();
+        t.on_execute(b"p\0\0\0\0\0");
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_error_response();
+        assert!(
+            !t.follow_up_in_flight(),
+            "skipped with the rest of its batch"
+        );
+        t.on_ready_for_query(false).unwrap();
+        t.on_execute(b"p\0\0\0\0\0");
+        t.on_sync_point_request(SyncKind::Sync);
+        assert_eq!(t.on_execute_done(), Some(FollowUp::RolledBack));
     }
 
     #[test]
@@ -699,7 +801,7 @@ mod tests {
     #[test]
     fn an_extended_error_skips_the_queries_up_to_the_next_sync() {
         let mut t = Tracked::default();
-        t.on_bind(&bind_body("", "nosuch", b"")).unwrap();
+        t.on_bind(&bind_body("", "nosuch", b""), None).unwrap();
         t.on_sync_point_request(SyncKind::Query);
         t.on_sync_point_request(SyncKind::FunctionCall);
         t.on_sync_point_request(SyncKind::Sync);
@@ -740,7 +842,7 @@ mod tests {
         let mut t = Tracked::default();
         for name in ["", "s1"] {
             t.on_parse(&parse_body(name, "select 1")).unwrap();
-            t.on_bind(&bind_body(name, name, b"")).unwrap();
+            t.on_bind(&bind_body(name, name, b""), None).unwrap();
         }
         t.on_sync_point_request(SyncKind::Sync);
         for _ in 0..2 {
@@ -780,7 +882,7 @@ mod tests {
     fn requests_skipped_after_an_error_leave_no_trace() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("bad", "selec")).unwrap();
-        t.on_bind(&bind_body("", "bad", b"1")).unwrap();
+        t.on_bind(&bind_body("", "bad", b"1"), None).unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         // ErrorResponse, then ReadyForQuery: neither Parse nor Bind completed.
         t.on_ready_for_query(true).unwrap();
@@ -793,7 +895,7 @@ mod tests {
     fn portals_keep_their_parameters_until_the_transaction_ends() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("s", "update t set v = $1")).unwrap();
-        t.on_bind(&bind_body("p", "s", b"42")).unwrap();
+        t.on_bind(&bind_body("p", "s", b"42"), None).unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
         t.on_bind_complete().unwrap();
@@ -826,7 +928,7 @@ mod tests {
     fn syncs_sent_during_copy_in_get_no_ready_for_query() {
         // tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone, Sync.
         let mut t = Tracked::default();
-        t.on_bind(&bind_body("", "s", b"")).unwrap();
+        t.on_bind(&bind_body("", "s", b""), None).unwrap();
         assert!(t.on_sync_point_request(SyncKind::Sync));
         t.on_bind_complete().unwrap();
         assert_eq!(t.on_copy_in_response(), 1);

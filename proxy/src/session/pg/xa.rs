@@ -290,17 +290,20 @@ impl Relay<'_> {
     /// Execute Sync`, as pgx and other drivers send it): the branch is prepared as over
     /// the simple protocol, and tandem answers the batch as the backend answers COMMIT.
     pub(super) async fn xa_commit_extended(&mut self, rest: &[u8], tag: u8) -> Result<Extended> {
+        if self.block_stays_failed() {
+            // PostgreSQL answers it with ROLLBACK: there is nothing to prepare. The
+            // branch ends once it has run: a Parse, or a Bind never executed, leaves
+            // the block to be revived by a ROLLBACK TO.
+            if tag == crate::wire::pg::codes::frontend::BIND {
+                self.bind_follow_up = Some(super::follow_up::FollowUp::XaRolledBack);
+            }
+            return Ok(Extended::NotAWrite);
+        }
         if let Some(instead) = self.unless_at_sync_point(
             tag,
             "COMMIT of a branch in the middle of a pipelined batch (send it as [Parse] Bind [Describe] Execute Sync)",
         ) {
             return Ok(instead);
-        }
-        if self.phase.tx_status() == Some(TxStatus::Failed) {
-            // PostgreSQL answers it with ROLLBACK: there is nothing to prepare. The
-            // branch ends at its ReadyForQuery: a Parse, or a Bind never executed,
-            // leaves the block to be revived by a ROLLBACK TO.
-            return Ok(Extended::NotAWrite);
         }
         // Preparing COMMIT runs nothing (relayed); its Bind comes back here.
         let batch = match self

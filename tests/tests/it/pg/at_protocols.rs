@@ -3220,8 +3220,7 @@ async fn a_skipped_extended_rollback_leaves_the_branch_as_it_was() {
 }
 
 /// ROLLBACK TO, RELEASE and ROLLBACK AND CHAIN over the extended protocol are followed
-/// once their batch has run, in the order sent, also when the next batches come
-/// pipelined behind them; one bound behind another in a single batch is refused. The
+/// once they ran, in the order they ran, also pipelined and several in one batch. The
 /// undo stays exact throughout.
 #[tokio::test]
 async fn an_extended_rollback_to_release_or_chain_is_followed_once_it_ran() {
@@ -3263,22 +3262,17 @@ async fn an_extended_rollback_to_release_or_chain_is_followed_once_it_ran() {
         let replies = raw.recv_until(b'Z').await;
         assert_eq!(tags(&replies), "12CZ", "{replies:?}");
     }
-    // Bound behind another in one batch: refused, and the block fails.
+    // Several in one batch: followed in the order they ran.
     raw.send(&super::control::unnamed_batch(&[
         "ROLLBACK TO SAVEPOINT s",
         "SAVEPOINT t",
+        "ROLLBACK TO SAVEPOINT t",
     ]))
     .await;
     let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
-    assert_eq!(replies[4].sqlstate().as_deref(), Some("0A000"));
-    assert_eq!(replies[5].body[..], b"E"[..]);
-    raw.run_each(&[
-        "ROLLBACK TO SAVEPOINT s",
-        "UPDATE accounts SET balance = 5 WHERE id = 3",
-        "COMMIT",
-    ])
-    .await;
+    assert_eq!(tags(&replies), "12C12C12CZ", "{replies:?}");
+    raw.run_each(&["UPDATE accounts SET balance = 5 WHERE id = 3", "COMMIT"])
+        .await;
     assert_eq!(
         (balance(1).await, balance(2).await, balance(3).await),
         (Some(1000), Some(1000), Some(5))
@@ -3319,4 +3313,240 @@ async fn an_extended_rollback_to_release_or_chain_is_followed_once_it_ran() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
     lockserver.stop().await;
+}
+
+/// A statement the branch follows over the extended protocol is followed when, and only
+/// when, it runs: executed in a later batch than its Bind, run before a later message
+/// of its batch fails, or skipped with the Query behind it. A COMMIT of a failed block
+/// is the rollback PostgreSQL makes of it, in either mode, as one batch or as a prepared
+/// COMMIT AND CHAIN. (Each case here once lost the undo, committed outside the branch,
+/// hung, or was refused.)
+#[tokio::test]
+async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("bound_follow_ups").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let named_bind = |portal: &str, statement: &str| {
+        let mut body = format!("{portal}\0{statement}\0").into_bytes();
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        frame(b'B', &body)
+    };
+    let execute = |portal: &str| frame(b'E', format!("{portal}\0\0\0\0\0").as_bytes());
+    let sync = || frame(b'S', b"");
+    async fn send(raw: &mut RawPg, messages: Vec<Vec<u8>>) {
+        raw.send(&messages.concat()).await;
+    }
+    async fn expect(raw: &mut RawPg, case: &str, expected: &str) -> Vec<Msg> {
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), expected, "{case}: {replies:?}");
+        replies
+    }
+    async fn rolled_back_exactly(raw: &mut RawPg, case: &str) {
+        let replies = raw.simple("SELECT tandem_rollback()").await;
+        assert!(
+            replies
+                .iter()
+                .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
+            "{case}: {replies:?}"
+        );
+    }
+    async fn begun(port: std::net::SocketAddr, db: &str, mode: &str) -> RawPg {
+        let mut raw = RawPg::startup(port, "postgres", db).await;
+        let mode_call = format!("SELECT tandem_mode('{mode}')");
+        raw.run_each(&[&mode_call, "SELECT tandem_begin(30000)", "BEGIN"])
+            .await;
+        raw
+    }
+    let start = |mode: &'static str| begun(tandem.pg, &db.name, mode);
+
+    // Bound in one batch, executed in the next: ROLLBACK TO, and ROLLBACK AND CHAIN.
+    for (case, rollback) in [
+        ("later ROLLBACK TO", "ROLLBACK TO SAVEPOINT s"),
+        ("later ROLLBACK AND CHAIN", "ROLLBACK AND CHAIN"),
+    ] {
+        let mut raw = start("at").await;
+        raw.run_each(&[
+            "SAVEPOINT s",
+            "UPDATE accounts SET balance = 2 WHERE id = 1",
+        ])
+        .await;
+        send(
+            &mut raw,
+            vec![
+                frame(b'P', &parse_body("rb", rollback)),
+                named_bind("p", "rb"),
+                sync(),
+            ],
+        )
+        .await;
+        expect(&mut raw, case, "12Z").await;
+        send(&mut raw, vec![execute("p"), sync()]).await;
+        expect(&mut raw, case, "CZ").await;
+        raw.run_each(&["UPDATE accounts SET balance = 3 WHERE id = 2", "COMMIT"])
+            .await;
+        rolled_back_exactly(&mut raw, case).await;
+        assert_eq!(dump(&direct).await, before, "{case}");
+    }
+
+    // A RELEASE that ran before a later message of its batch failed. With the name
+    // set twice, PostgreSQL's next ROLLBACK TO goes back to the first: the branch must
+    // too, or its rollback writes over what others committed since.
+    let case = "RELEASE, then an error";
+    let mut raw = start("at").await;
+    raw.run_each(&[
+        "SAVEPOINT a",
+        "UPDATE accounts SET balance = 2 WHERE id = 1",
+        "SAVEPOINT a",
+        "UPDATE accounts SET balance = 2 WHERE id = 2",
+    ])
+    .await;
+    send(
+        &mut raw,
+        vec![
+            frame(b'P', &parse_body("rl", "RELEASE SAVEPOINT a")),
+            sync(),
+        ],
+    )
+    .await;
+    expect(&mut raw, case, "1Z").await;
+    send(
+        &mut raw,
+        vec![
+            frame(b'B', &bind_body("rl")),
+            execute(""),
+            frame(b'B', &bind_body("nosuch")),
+            sync(),
+        ],
+    )
+    .await;
+    expect(&mut raw, case, "2CEZ").await;
+    raw.run_each(&["ROLLBACK TO SAVEPOINT a"]).await;
+    direct
+        .execute("UPDATE accounts SET balance = 555 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    raw.run_each(&["UPDATE accounts SET balance = 3 WHERE id = 3", "COMMIT"])
+        .await;
+    rolled_back_exactly(&mut raw, case).await;
+    let others: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(others, 555, "{case}: another session's write survives");
+    direct
+        .execute("UPDATE accounts SET balance = 1000 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(dump(&direct).await, before, "{case}");
+
+    // Skipped, and the Query behind it with it: the session goes on.
+    let case = "skipped behind a Query";
+    let mut raw = start("at").await;
+    raw.run_each(&[
+        "SAVEPOINT s",
+        "UPDATE accounts SET balance = 2 WHERE id = 1",
+        "SAVEPOINT s2",
+    ])
+    .await;
+    send(
+        &mut raw,
+        vec![
+            frame(b'P', &parse_body("rb", "ROLLBACK TO SAVEPOINT s2")),
+            frame(b'P', &parse_body("rl", "RELEASE SAVEPOINT s")),
+            sync(),
+        ],
+    )
+    .await;
+    expect(&mut raw, case, "11Z").await;
+    send(
+        &mut raw,
+        vec![
+            frame(b'B', &bind_body("nosuch")),
+            frame(b'B', &bind_body("rb")),
+            execute(""),
+            frame(b'Q', b"SELECT 1\0"),
+            frame(b'B', &bind_body("rl")),
+            execute(""),
+            sync(),
+        ],
+    )
+    .await;
+    expect(&mut raw, case, "EZ").await;
+    raw.run_each(&["ROLLBACK"]).await;
+    rolled_back_exactly(&mut raw, case).await;
+    assert_eq!(dump(&direct).await, before, "{case}");
+
+    // COMMIT of a failed block: one batch, and a prepared COMMIT AND CHAIN.
+    for mode in ["at", "xa"] {
+        let case = format!("{mode}: COMMIT of a failed block");
+        let mut raw = start(mode).await;
+        raw.run_each(&["UPDATE accounts SET balance = 2 WHERE id = 1"])
+            .await;
+        raw.query("SELECT 1/0").await;
+        expect(&mut raw, &case, "EZ").await;
+        send(&mut raw, unnamed_commit()).await;
+        let replies = expect(&mut raw, &case, "12CZ").await;
+        assert_eq!(replies[3].body[..], b"I"[..], "{case}");
+        rolled_back_exactly(&mut raw, &case).await;
+        assert_eq!(dump(&direct).await, before, "{case}");
+    }
+    let case = "prepared COMMIT AND CHAIN of a failed block";
+    let mut raw = start("at").await;
+    raw.run_each(&["UPDATE accounts SET balance = 2 WHERE id = 1"])
+        .await;
+    send(
+        &mut raw,
+        vec![frame(b'P', &parse_body("cc", "COMMIT AND CHAIN")), sync()],
+    )
+    .await;
+    expect(&mut raw, case, "1Z").await;
+    raw.query("SELECT 1/0").await;
+    expect(&mut raw, case, "EZ").await;
+    send(
+        &mut raw,
+        vec![frame(b'B', &bind_body("cc")), execute(""), sync()],
+    )
+    .await;
+    expect(&mut raw, case, "2CZ").await;
+    raw.run_each(&["UPDATE accounts SET balance = 3 WHERE id = 2", "COMMIT"])
+        .await;
+    rolled_back_exactly(&mut raw, case).await;
+    assert_eq!(dump(&direct).await, before, "{case}");
+
+    // XA: autocommit work pipelined behind the ROLLBACK of the branch's block is a
+    // branch of its own, not refused.
+    let case = "xa: work pipelined behind ROLLBACK";
+    let mut raw = start("xa").await;
+    raw.run_each(&["UPDATE accounts SET balance = 2 WHERE id = 1"])
+        .await;
+    let mut batches = super::control::unnamed_batch(&["ROLLBACK"]);
+    batches.extend(super::control::unnamed_batch(&[
+        "UPDATE accounts SET balance = 7 WHERE id = 3",
+    ]));
+    raw.send(&batches).await;
+    expect(&mut raw, case, "12CZ").await;
+    expect(&mut raw, case, "12CZ").await;
+    let prepared: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 1, "{case}: prepared as a branch");
+    rolled_back_exactly(&mut raw, case).await;
+    assert_eq!(dump(&direct).await, before, "{case}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// Parse, Bind, Execute and Sync of an unnamed COMMIT.
+fn unnamed_commit() -> Vec<Vec<u8>> {
+    vec![super::control::unnamed_batch(&["COMMIT"])]
 }
