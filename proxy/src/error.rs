@@ -27,6 +27,11 @@ pub enum Error {
     #[error("malformed {what}")]
     MalformedCommand { what: &'static str },
 
+    /// A COM_STMT_EXECUTE whose parameter values do not decode, answered as MariaDB
+    /// answers it; the session goes on.
+    #[error("Incorrect arguments to mysqld_stmt_execute")]
+    ExecuteArguments,
+
     #[error("unexpected message type {tag:#04x} {context}")]
     UnexpectedMessage { tag: u8, context: &'static str },
 
@@ -260,6 +265,7 @@ impl Error {
             Error::Frame(_)
             | Error::Malformed { .. }
             | Error::MalformedCommand { .. }
+            | Error::ExecuteArguments
             | Error::UnexpectedMessage { .. }
             | Error::UnsupportedStartup(_)
             | Error::UpstreamProtocol(_) => SqlState::ProtocolViolation,
@@ -346,7 +352,7 @@ impl Error {
             | Error::AlreadyBound { .. }
             | Error::NotJoinable { .. } => MyErr::XaRmFail,
             Error::LocalTransactionOpen { .. } => MyErr::TransactionInProgress,
-            Error::BadControlCall(_) => MyErr::WrongArguments,
+            Error::BadControlCall(_) | Error::ExecuteArguments => MyErr::WrongArguments,
             Error::Unsupported { .. }
             | Error::Undo(_)
             | Error::InsertedUnseen { .. }
@@ -401,6 +407,7 @@ impl Error {
             self,
             Error::Unsupported { .. }
                 | Error::MalformedCommand { .. }
+                | Error::ExecuteArguments
                 | Error::BranchPrepared { .. }
                 | Error::SidePool(_)
                 | Error::SideQuery(_)
@@ -439,6 +446,7 @@ impl Error {
                 | Error::MysqlPacket(_)
                 | Error::Malformed { .. }
                 | Error::MalformedCommand { .. }
+                | Error::ExecuteArguments
                 | Error::UnexpectedMessage { .. }
                 | Error::UnsupportedStartup(_)
                 | Error::Unsupported { .. }
@@ -485,6 +493,7 @@ impl Error {
             | Error::MysqlPacket(_)
             | Error::Malformed { .. }
             | Error::MalformedCommand { .. }
+            | Error::ExecuteArguments
             | Error::UnexpectedMessage { .. }
             | Error::UnsupportedStartup(_) => "client_protocol",
             Error::Unsupported { .. } => "unsupported",
@@ -594,6 +603,7 @@ mod tests {
                 given_to: "mysqld_stmt_execute",
             },
             Error::UnnamedStatementGone,
+            Error::ExecuteArguments,
         ]
     }
 
@@ -602,7 +612,7 @@ mod tests {
         let expected = [
             "08P01", "54000", "08P01", "08P01", "08P01", "0A000", "08001", "08001", "08006",
             "08006", "08P01", "08006", "08P01", "53300", "57P01", "XX000", "22023", "55000",
-            "55000", "55000", "25001", "22023", "26000", "26000",
+            "55000", "55000", "25001", "22023", "26000", "26000", "08P01",
         ];
         let got: Vec<_> = every_variant()
             .iter()
@@ -624,7 +634,7 @@ mod tests {
         }));
         let expected = [
             1043, 1153, 1043, 1047, 1043, 1235, 2003, 2003, 1158, 1158, 1158, 1158, 1043, 1040,
-            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1243, 1243, 1153, 1156,
+            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1243, 1243, 1210, 1153, 1156,
         ];
         let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
         assert_eq!(got, expected);

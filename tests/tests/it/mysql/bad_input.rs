@@ -70,6 +70,16 @@ async fn malformed_packets_close_only_their_own_session() {
     // Replication is refused the same way.
     raw.send(&packet(0, b"\x12\x04\0\0\0\0\0\x01\0\0\0")).await;
     assert_eq!(err_code(&raw.recv().await.unwrap().1), Some(1235));
+    // A COM_CHANGE_USER that does not decode: the server's 1047, and the session goes
+    // on under its user (tandem closed it once).
+    raw.send(&packet(0, b"\x11\xff")).await;
+    let (seq, reply) = raw.recv().await.unwrap();
+    assert_eq!((seq, err_code(&reply)), (1, Some(1047)));
+    let user = raw_query(&mut raw, "SELECT CURRENT_USER()").await;
+    assert!(
+        user.iter().any(|(_, p)| p.windows(4).any(|w| w == b"root")),
+        "{user:?}"
+    );
     drop(raw);
 
     // Not MySQL at all: an HTTP request instead of a HandshakeResponse.
@@ -167,6 +177,26 @@ async fn a_bound_sessions_command_of_16_mib_or_a_short_execute_is_answered_and_t
     raw.send(&packet(0, b"\x17\x05\x00")).await;
     let (seq, reply) = raw.recv().await.unwrap();
     assert_eq!((seq, err_code(&reply)), (1, Some(1835)));
+    // A COM_STMT_EXECUTE of a write that sends fewer values than it has parameters:
+    // the server's 1210 (tandem, reading the values for the write's images, answered
+    // 1835 once).
+    let mut prepare = b"\x16UPDATE accounts SET balance = ? WHERE id = ?".to_vec();
+    raw.send(&packet(0, &prepare)).await;
+    let (_, prepared) = raw.recv().await.unwrap();
+    assert_eq!(prepared[0], 0, "{prepared:?}");
+    for _ in 0..2 {
+        raw.recv().await.unwrap();
+    }
+    prepare.clear();
+    prepare.push(0x17);
+    prepare.extend_from_slice(&prepared[1..5]);
+    prepare.extend_from_slice(&[0, 1, 0, 0, 0]);
+    // No NULLs, types sent (two BIGINTs), and one value of two.
+    prepare.extend_from_slice(&[0, 1, 8, 0, 8, 0]);
+    prepare.extend_from_slice(&7i64.to_le_bytes());
+    raw.send(&packet(0, &prepare)).await;
+    let (seq, reply) = raw.recv().await.unwrap();
+    assert_eq!((seq, err_code(&reply)), (1, Some(1210)), "{reply:?}");
     // The session goes on, still in its global transaction.
     let status = raw_query(&mut raw, "SELECT tandem_status()").await;
     assert!(

@@ -1378,9 +1378,7 @@ pub(super) fn execute_parameters(
     prepared: &super::control::Prepared,
 ) -> Result<Option<ExecuteParameters>> {
     use crate::wire::mysql::messages::statement::{execute_head, execute_values};
-    let malformed = |_| Error::MalformedCommand {
-        what: "COM_STMT_EXECUTE (its parameters do not decode)",
-    };
+    let malformed = |_| Error::ExecuteArguments;
     let head = execute_head(payload, prepared.params).map_err(malformed)?;
     match head.new_types.or_else(|| prepared.types.clone()) {
         Some(types) => {

@@ -392,10 +392,13 @@ impl Relay<'_> {
 
     /// COM_CHANGE_USER, at a sync point: a new authentication exchange.
     fn start_change_user(&mut self, header: Header, payload: &[u8]) -> Result<Handled> {
-        let change =
-            ChangeUser::decode(payload, self.capabilities).map_err(|_| Error::Malformed {
-                what: "COM_CHANGE_USER",
-            })?;
+        let Ok(change) = ChangeUser::decode(payload, self.capabilities) else {
+            // As the server answers it: the session goes on under its user.
+            return Ok(self.answer_error(&Error::UnexpectedMessage {
+                tag: command::CHANGE_USER,
+                context: "(a COM_CHANGE_USER whose payload does not decode)",
+            }));
+        };
         self.on_session_reset("COM_CHANGE_USER");
         self.database_uncertain = true;
         self.prepared.clear();
