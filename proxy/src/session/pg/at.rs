@@ -11,6 +11,7 @@
 
 use super::Relay;
 use super::exchange::Param;
+use super::follow_up::FollowUp;
 use super::intercept::Intercepted;
 use crate::at::branch::{Branch, TextKey};
 use crate::at::phase2::LOG_NORMAL;
@@ -314,30 +315,19 @@ impl Relay<'_> {
                 self.branch.forget_all_after();
                 Ok(Intercepted::Relay)
             }
-            // A statement bound before it is followed first, at its batch's end.
-            Some(Analysis::Savepoint(_)) | Some(Analysis::Rollback)
-                if self.tracked.follow_up_in_flight() =>
-            {
-                Ok(Intercepted::WaitForSyncPoint)
-            }
-            // Behind extended-protocol messages with no Sync, an error among them makes
-            // the backend skip this Query: the branch must not follow it before then.
-            // (pgJDBC's autosave sends its SAVEPOINT so, behind BEGIN: that one is
-            // followed as sent. Had the backend skipped it, only a later ROLLBACK TO an
-            // older savepoint of the same name would be misread.)
-            Some(Analysis::Savepoint(tandem_undo::SavepointOp::RollbackTo(_)))
-            | Some(Analysis::Rollback)
-                if self.phase.unsynced() =>
-            {
-                Ok(Intercepted::WaitForSyncPoint)
-            }
-            Some(Analysis::Savepoint(op)) => match self.on_savepoint_statement(&op) {
-                Ok(()) => Ok(Intercepted::Relay),
+            // Followed once it ran, at its CommandComplete (follow_up.rs): behind
+            // extended messages with no Sync, an error among them makes the backend skip
+            // it, and statements bound ahead of it are followed first.
+            Some(Analysis::Savepoint(op)) => match self.check_savepoint_statement(&op) {
+                Ok(()) => {
+                    self.next_follow_up = Some(FollowUp::Savepoint(op));
+                    Ok(Intercepted::Relay)
+                }
                 // In a failed block (where only ROLLBACK TO runs) tandem answers.
                 Err(e) => Ok(self.refuse_or_answer(e)),
             },
             Some(Analysis::Rollback) if chains(&sql) => {
-                self.on_rollback_and_chain();
+                self.next_follow_up = Some(FollowUp::RolledBack);
                 Ok(Intercepted::Relay)
             }
             _ => Ok(Intercepted::Relay),

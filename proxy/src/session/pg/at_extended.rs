@@ -126,11 +126,11 @@ impl Relay<'_> {
                     if let Err(e) = self.check_savepoint_statement(&op) {
                         return Ok(Extended::RefuseBind(refusal(e)));
                     }
-                    self.bind_follow_up = Some(FollowUp::Savepoint(op));
+                    self.next_follow_up = Some(FollowUp::Savepoint(op));
                     return Ok(Extended::NotAWrite);
                 }
                 Analysis::Rollback if tag == frontend::BIND && super::at::chains(&sql) => {
-                    self.bind_follow_up = Some(FollowUp::RolledBack);
+                    self.next_follow_up = Some(FollowUp::RolledBack);
                     return Ok(Extended::NotAWrite);
                 }
                 Analysis::LockingRead(None) if tag == frontend::BIND => {
@@ -238,7 +238,7 @@ impl Relay<'_> {
             // is nothing to register. The branch ends once it has run: a Parse, or a
             // Bind never executed, leaves the block to be revived by a ROLLBACK TO.
             if tag == frontend::BIND {
-                self.bind_follow_up = Some(FollowUp::RolledBack);
+                self.next_follow_up = Some(FollowUp::RolledBack);
             }
             return Ok(Extended::NotAWrite);
         }
@@ -1123,7 +1123,7 @@ impl Relay<'_> {
         }
         if statements.contains(&XaStatement::Rollback) {
             if self.xa != XaBranch::None {
-                self.bind_follow_up = Some(FollowUp::XaRolledBack);
+                self.next_follow_up = Some(FollowUp::XaRolledBack);
             }
             return Extended::NotAWrite;
         }

@@ -64,7 +64,7 @@ impl Relay<'_> {
             }
             let body = frame.body(&buf[pos..]);
             // Set for this message only, by its interception (follow_up.rs).
-            self.bind_follow_up = None;
+            self.next_follow_up = None;
             if self.tracked.copying_in()
                 && matches!(
                     frame.tag,
@@ -130,12 +130,17 @@ impl Relay<'_> {
                 self.write_server(&buf[run_start..pos]).await?;
                 run_start = pos;
             }
+            let late_execute = match frame.tag {
+                frontend::EXECUTE => self.late_execute_escapes(body),
+                _ => None,
+            };
             if control.is_some()
                 || matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 || execute_outside
                 || execute_spent
                 || names_own
                 || describes_tandems
+                || late_execute.is_some()
             {
                 let handled = match control {
                     // tandem's own statement (its last rewritten write, its undo row's
@@ -149,6 +154,9 @@ impl Relay<'_> {
                     _ if describes_tandems => Extended::RefuseExecute(super::at_extended::refusal(
                         Error::UnnamedStatementGone,
                     )),
+                    _ if let Some(e) = late_execute => {
+                        Extended::RefuseExecute(super::at_extended::refusal(e))
+                    }
                     Some(parsed) => {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
@@ -354,6 +362,38 @@ impl Relay<'_> {
         Ok(terminated)
     }
 
+    /// An Execute (`body`), in a bound session, of a portal bound in an earlier batch
+    /// whose statement tandem acts on only at its Bind: a write in AT mode (captured
+    /// there), or the COMMIT of a branch (registered, or prepared, there). Bound before
+    /// the session was bound, or before the branch had work, it would run as bound:
+    /// uncaptured, or committed outside the branch.
+    fn late_execute_escapes(&self, body: &[u8]) -> Option<Error> {
+        self.binding.xid()?;
+        let portal = crate::wire::pg::reader::Reader::new(body).cstr().ok()?;
+        if self.tracked.bound_in_this_batch(portal) {
+            return None;
+        }
+        let bound = self.tracked.portal(portal)?;
+        if bound.executed {
+            // Run already (captured at its Bind, or committed): executed again, it
+            // gives what rows its row limit left, or nothing.
+            return None;
+        }
+        let statement = bound.statement.clone();
+        let sql = String::from_utf8_lossy(&self.tracked.statement(&statement)?.sql).into_owned();
+        let analyses = self.ctx.analyses.analyze(&sql).ok()?;
+        let escapes = match analyses.as_slice() {
+            [tandem_undo::Analysis::Commit] => {
+                !self.branch.is_empty() || self.xa != super::xa::XaBranch::None
+            }
+            [tandem_undo::Analysis::Write(_)] => self.branch_mode() == crate::binding::Mode::At,
+            _ => false,
+        };
+        escapes.then_some(Error::Unsupported {
+            what: "executing, in a later batch than its Bind, a portal that writes or commits inside a global transaction (bind and execute it in one batch)",
+        })
+    }
+
     /// Whether a FunctionCall (`body`) would write outside what the session's global
     /// transaction captures: in AT mode any function but the large-object reads (a
     /// function's writes are not seen), in XA mode any outside the branch's block. In
@@ -461,7 +501,13 @@ impl Relay<'_> {
             };
         }
         let ends_with_ready = match tag {
-            frontend::QUERY => self.tracked.on_sync_point_request(SyncKind::Query),
+            frontend::QUERY => {
+                let sent = self.tracked.on_sync_point_request(SyncKind::Query);
+                if let Some(follow_up) = self.next_follow_up.take() {
+                    self.tracked.follow_up_last_query(follow_up);
+                }
+                sent
+            }
             frontend::FUNCTION_CALL => self.tracked.on_sync_point_request(SyncKind::FunctionCall),
             frontend::SYNC => {
                 if !self.tracked.on_sync_point_request(SyncKind::Sync) {
@@ -477,7 +523,7 @@ impl Relay<'_> {
                 false
             }
             frontend::BIND => {
-                let follow_up = self.bind_follow_up.take();
+                let follow_up = self.next_follow_up.take();
                 self.tracked
                     .on_bind(body, follow_up)
                     .map_err(|_| Error::Malformed { what: "Bind" })?;

@@ -259,9 +259,10 @@ struct Relay<'a> {
     commit_in_flight: Option<(at::UndoRow, bool)>,
     /// XA mode's branch in the current local transaction.
     xa: xa::XaBranch,
-    /// What the branch does once the portal of the Bind being relayed has run, as its
-    /// interception decided (follow_up.rs); the Bind's ledger entry takes it.
-    bind_follow_up: Option<follow_up::FollowUp>,
+    /// What the branch does once the statement of the Bind or Query being relayed has
+    /// run, as its interception decided (follow_up.rs); the message's ledger entry
+    /// takes it.
+    next_follow_up: Option<follow_up::FollowUp>,
     /// A multi-statement query of a bound AT session, sent one statement at a time.
     script: Option<at_script::Script>,
     /// The latest CommandComplete of a query whose transaction tandem opened and ends
@@ -337,7 +338,7 @@ impl<'a> Relay<'a> {
             closes_only_in_batch: true,
             commit_in_flight: None,
             xa: xa::XaBranch::None,
-            bind_follow_up: None,
+            next_follow_up: None,
             script: None,
             held_complete: None,
             describe_reply: None,
@@ -506,7 +507,8 @@ fn client_message_is_read(tag: u8) -> bool {
     tag != frontend::COPY_DATA
 }
 
-/// Backend messages tandem decodes, and so must buffer whole.
+/// Backend messages tandem decodes or counts (the ledger's replies), and so must buffer
+/// whole.
 fn server_message_is_read(tag: u8) -> bool {
     matches!(
         tag,
@@ -515,6 +517,10 @@ fn server_message_is_read(tag: u8) -> bool {
             | backend::BIND_COMPLETE
             | backend::CLOSE_COMPLETE
             | backend::COMMAND_COMPLETE
+            | backend::ROW_DESCRIPTION
+            | backend::NO_DATA
+            | backend::EMPTY_QUERY_RESPONSE
+            | backend::PORTAL_SUSPENDED
             | backend::ERROR_RESPONSE
             | backend::PARAMETER_STATUS
             | backend::AUTHENTICATION

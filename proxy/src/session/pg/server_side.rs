@@ -293,7 +293,7 @@ impl Relay<'_> {
             backend::COMMAND_COMPLETE => {
                 let tag = decode_command_tag(body)
                     .map_err(|_| Error::UpstreamProtocol("bad CommandComplete"))?;
-                if let Some(follow_up) = self.tracked.on_execute_done() {
+                if let Some(follow_up) = self.tracked.on_command_complete() {
                     self.follow_bound_statement(follow_up, tag);
                 }
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {

@@ -42,6 +42,8 @@ pub struct Portal {
     /// What the branch does once an Execute of it completes (follow_up.rs); taken
     /// then, so that it is followed once.
     follow_up: Option<FollowUp>,
+    /// An Execute of it was sent: its statement has run, or was skipped.
+    pub executed: bool,
 }
 
 impl Portal {
@@ -84,6 +86,8 @@ enum Outstanding {
     SyncPoint {
         kind: SyncKind,
         batch: u64,
+        /// A Query's: what the branch does once its statement completed.
+        follow_up: Option<FollowUp>,
     },
     /// The client ended a COPY IN (CopyDone or CopyFail) before the backend said
     /// it had started one.
@@ -229,6 +233,7 @@ impl Tracked {
                 bind: Bytes::copy_from_slice(body),
                 batch: self.sync_points_sent,
                 follow_up,
+                executed: false,
             },
             refused: None,
         });
@@ -249,9 +254,10 @@ impl Tracked {
         let portal = crate::wire::pg::reader::Reader::new(body)
             .cstr()
             .unwrap_or(b"");
-        let follow_up = self
-            .portal_as_sent(portal)
-            .and_then(|p| p.follow_up.clone());
+        let follow_up = self.portal_as_sent_mut(portal).and_then(|p| {
+            p.executed = true;
+            p.follow_up.clone()
+        });
         self.outstanding.push_back(Outstanding::Execute {
             portal: Bytes::copy_from_slice(portal),
             follow_up,
@@ -260,14 +266,17 @@ impl Tracked {
 
     /// The portal `name` as the requests sent so far leave it: the latest Bind of it
     /// still in flight, or else the recorded one.
-    fn portal_as_sent(&self, name: &[u8]) -> Option<&Portal> {
-        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
+    fn portal_as_sent_mut(&mut self, name: &[u8]) -> Option<&mut Portal> {
+        let in_flight = self.outstanding.iter_mut().rev().find_map(|o| match o {
             Outstanding::Bind {
                 name: n, portal, ..
             } if n[..] == *name => Some(portal),
             _ => None,
         });
-        in_flight.or_else(|| self.portals.get(name))
+        match in_flight {
+            Some(portal) => Some(portal),
+            None => self.portals.get_mut(name),
+        }
     }
 
     /// Whether an Execute of a portal with a follow-up is in flight: until it completes
@@ -287,9 +296,28 @@ impl Tracked {
         self.outstanding.iter().filter_map(|o| match o {
             Outstanding::Execute {
                 follow_up: Some(f), ..
+            }
+            | Outstanding::SyncPoint {
+                follow_up: Some(f), ..
             } => Some(f),
             _ => None,
         })
+    }
+
+    /// A CommandComplete arrived: an Execute's (`on_execute_done`), or else the
+    /// statement of the Query in line. Returns the follow-up now due, once.
+    pub fn on_command_complete(&mut self) -> Option<FollowUp> {
+        if let Some(popped) = self.pop_done(|o| matches!(o, Outstanding::Execute { .. })) {
+            return self.follow_up_of_executed(popped);
+        }
+        match self.outstanding.front_mut() {
+            Some(Outstanding::SyncPoint {
+                kind: SyncKind::Query,
+                follow_up,
+                ..
+            }) => follow_up.take(),
+            _ => None,
+        }
     }
 
     pub fn on_describe(&mut self) {
@@ -300,7 +328,12 @@ impl Tracked {
     /// PortalSuspended). With no Execute in line the reply is a Query's. Returns the
     /// portal's follow-up, now due if the reply is a CommandComplete.
     pub fn on_execute_done(&mut self) -> Option<FollowUp> {
-        match self.pop_done(|o| matches!(o, Outstanding::Execute { .. }))? {
+        let popped = self.pop_done(|o| matches!(o, Outstanding::Execute { .. }))?;
+        self.follow_up_of_executed(popped)
+    }
+
+    fn follow_up_of_executed(&mut self, executed: Outstanding) -> Option<FollowUp> {
+        match executed {
             Outstanding::Execute {
                 portal,
                 follow_up: Some(_),
@@ -349,8 +382,21 @@ impl Tracked {
         self.outstanding.push_back(Outstanding::SyncPoint {
             kind,
             batch: self.sync_points_sent,
+            follow_up: None,
         });
         true
+    }
+
+    /// The Query just sent is followed so once its statement completed.
+    pub fn follow_up_last_query(&mut self, follow_up: FollowUp) {
+        if let Some(Outstanding::SyncPoint {
+            kind: SyncKind::Query,
+            follow_up: slot,
+            ..
+        }) = self.outstanding.back_mut()
+        {
+            *slot = Some(follow_up);
+        }
     }
 
     /// The number of the batch the client is sending now: its sync point, not sent
@@ -564,7 +610,7 @@ impl Tracked {
     pub fn on_ready_for_query(&mut self, transaction_ended: bool) -> Result<(), OutOfOrder> {
         let answered = loop {
             match self.outstanding.pop_front() {
-                Some(Outstanding::SyncPoint { kind, batch }) => {
+                Some(Outstanding::SyncPoint { kind, batch, .. }) => {
                     self.last_batch_answered = batch;
                     break kind;
                 }

@@ -206,13 +206,13 @@ impl Relay<'_> {
                 self.forget_resolutions_of_ended_transaction();
                 Ok(Intercepted::Answer(out))
             }
-            // Behind extended-protocol messages with no Sync, an error among them makes
-            // the backend skip this Query: the branch stays until it has run.
-            Some(XaStatement::Rollback) if self.phase.unsynced() => {
-                Ok(Intercepted::WaitForSyncPoint)
-            }
+            // The branch stays until it has run, at its CommandComplete (follow_up.rs):
+            // behind extended messages with no Sync, an error among them makes the
+            // backend skip it.
             Some(XaStatement::Rollback) => {
-                self.xa = XaBranch::None;
+                if self.xa != XaBranch::None {
+                    self.next_follow_up = Some(super::follow_up::FollowUp::XaRolledBack);
+                }
                 Ok(Intercepted::Relay)
             }
             _ if statements.contains(&XaStatement::Work) => {
@@ -295,7 +295,7 @@ impl Relay<'_> {
             // branch ends once it has run: a Parse, or a Bind never executed, leaves
             // the block to be revived by a ROLLBACK TO.
             if tag == crate::wire::pg::codes::frontend::BIND {
-                self.bind_follow_up = Some(super::follow_up::FollowUp::XaRolledBack);
+                self.next_follow_up = Some(super::follow_up::FollowUp::XaRolledBack);
             }
             return Ok(Extended::NotAWrite);
         }

@@ -3518,6 +3518,38 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
     rolled_back_exactly(&mut raw, case).await;
     assert_eq!(dump(&direct).await, before, "{case}");
 
+    // A savepoint Query behind a bound one with no Sync between: runs, as on
+    // PostgreSQL, and both are followed in the order they ran.
+    let case = "savepoint Query behind a bound SAVEPOINT";
+    let mut raw = start("at").await;
+    raw.run_each(&[
+        "SAVEPOINT a",
+        "UPDATE accounts SET balance = 2 WHERE id = 1",
+    ])
+    .await;
+    send(
+        &mut raw,
+        vec![
+            frame(b'P', &parse_body("", "SAVEPOINT b")),
+            frame(b'B', &bind_body("")),
+            execute(""),
+            frame(b'Q', b"RELEASE b\0"),
+            sync(),
+        ],
+    )
+    .await;
+    expect(&mut raw, case, "12CCZ").await;
+    expect(&mut raw, case, "Z").await;
+    raw.run_each(&[
+        "UPDATE accounts SET balance = 3 WHERE id = 2",
+        "ROLLBACK TO SAVEPOINT a",
+        "UPDATE accounts SET balance = 4 WHERE id = 3",
+        "COMMIT",
+    ])
+    .await;
+    rolled_back_exactly(&mut raw, case).await;
+    assert_eq!(dump(&direct).await, before, "{case}");
+
     // XA: autocommit work pipelined behind the ROLLBACK of the branch's block is a
     // branch of its own, not refused.
     let case = "xa: work pipelined behind ROLLBACK";
@@ -3549,4 +3581,109 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
 /// Parse, Bind, Execute and Sync of an unnamed COMMIT.
 fn unnamed_commit() -> Vec<Vec<u8>> {
     vec![super::control::unnamed_batch(&["COMMIT"])]
+}
+
+/// A RowDescription too wide for one read (asyncpg's `prepare()` of a wide SELECT:
+/// Parse, Describe, Flush) still answers its Describe in the ledger: a Query that fails
+/// behind it is the Query's own error. The session was once closed there.
+#[tokio::test]
+async fn a_describe_answered_by_a_wide_row_description_is_counted() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("wide_describe").await;
+    let tandem = Tandem::start().await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let columns: Vec<String> = (0..400)
+        .map(|i| format!("{i} AS c{i:04}_{}", "x".repeat(50)))
+        .collect();
+    let wide = format!("SELECT {}", columns.join(", "));
+    let mut prepare = frame(b'P', &parse_body("w", &wide));
+    prepare.extend(frame(b'D', b"Sw\0"));
+    prepare.extend(frame(b'H', b""));
+    raw.send(&prepare).await;
+    let replies = raw.recv_until(b'T').await;
+    assert_eq!(tags(&replies), "1tT", "{replies:?}");
+    assert!(replies[2].body.len() > 16 * 1024, "wider than a read");
+    raw.query("SELECT 1/0").await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("22012"));
+    let replies = raw.simple("SELECT 42").await;
+    assert_eq!(tags(&replies), "TDCZ", "{replies:?}");
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}
+
+/// A COMMIT bound while the branch had no work, or a write bound before a hint bound
+/// the session, and executed in a later batch: refused (0A000), not run as bound,
+/// which committed outside the branch, or wrote uncaptured.
+#[tokio::test]
+async fn a_portal_bound_before_the_branch_had_work_is_refused_at_its_execute() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("late_execute").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let named_bind = |portal: &str, statement: &str| {
+        let mut body = format!("{portal}\0{statement}\0").into_bytes();
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        frame(b'B', &body)
+    };
+    let mut execute = frame(b'E', b"p\0\0\0\0\0");
+    execute.extend(frame(b'S', b""));
+    for mode in ["at", "xa"] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        let mode_call = format!("SELECT tandem_mode('{mode}')");
+        raw.run_each(&[&mode_call, "SELECT tandem_begin(30000)", "BEGIN"])
+            .await;
+        let mut bind = frame(b'P', &parse_body("cm", "COMMIT"));
+        bind.extend(named_bind("p", "cm"));
+        bind.extend(frame(b'S', b""));
+        raw.send(&bind).await;
+        assert_eq!(tags(&raw.recv_until(b'Z').await), "12Z", "{mode}");
+        raw.run_each(&["UPDATE accounts SET balance = 2 WHERE id = 1"])
+            .await;
+        raw.send(&execute).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "EZ", "{mode}: {replies:?}");
+        assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"), "{mode}");
+        raw.run_each(&["ROLLBACK"]).await;
+        raw.run_each(&["SELECT tandem_rollback()"]).await;
+        assert_eq!(dump(&direct).await, before, "{mode}");
+    }
+
+    // A write bound before a hint bound the session to a global transaction.
+    let mut owner = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let replies = owner.simple("SELECT tandem_begin(30000)").await;
+    let xid = replies
+        .iter()
+        .find(|m| m.tag == b'D')
+        .map(|m| String::from_utf8_lossy(&m.body[6..]).into_owned())
+        .expect("an xid");
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&["BEGIN"]).await;
+    let mut bind = frame(
+        b'P',
+        &parse_body("w", "UPDATE accounts SET balance = 5 WHERE id = 1"),
+    );
+    bind.extend(named_bind("p", "w"));
+    bind.extend(frame(b'S', b""));
+    raw.send(&bind).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "12Z");
+    raw.run_each(&[&format!(
+        "/*+ XID('{xid}') */ UPDATE accounts SET balance = 2 WHERE id = 2"
+    )])
+    .await;
+    raw.send(&execute).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"));
+    raw.run_each(&["ROLLBACK"]).await;
+    owner.run_each(&["SELECT tandem_rollback()"]).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }
