@@ -2558,7 +2558,7 @@ async fn large_object_writes_are_refused_in_at_mode_and_make_an_xa_block_the_bra
     expect_msg!(raw, b'Z');
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
-    raw_rolled_back(&mut raw).await;
+    raw_rolled_back(&mut raw, "").await;
     assert_eq!(
         large_objects().await,
         before,
@@ -2642,22 +2642,10 @@ async fn a_commit_whose_bind_fails_ends_the_block_it_leaves_open() {
     assert!(replies.iter().any(|m| m.tag == b'E'), "{replies:?}");
     raw.query("COMMIT").await;
     raw.recv_until(b'Z').await;
-    raw_rolled_back(&mut raw).await;
+    raw_rolled_back(&mut raw, "").await;
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
-}
-
-/// Rolls `raw`'s global transaction back; every branch must be undone.
-async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg) {
-    raw.query("SELECT tandem_rollback()").await;
-    let replies = raw.recv_until(b'Z').await;
-    assert!(
-        replies
-            .iter()
-            .any(|m| m.tag == b'D' && m.body.ends_with(b"Rollbacked")),
-        "{replies:?}"
-    );
 }
 
 /// tandem's own statements share the session's namespace with the client's. A client
@@ -3124,12 +3112,7 @@ async fn a_skipped_rollback_query_leaves_the_branch_as_it_was() {
             "{mode} {skipped}: the block failed"
         );
         raw.run_each(&[revive, "COMMIT"]).await;
-        let replies = raw.simple("SELECT tandem_rollback()").await;
-        let row = replies.iter().find(|m| m.tag == b'D');
-        assert!(
-            row.is_some_and(|r| String::from_utf8_lossy(&r.body).contains("Rollbacked")),
-            "{mode} {skipped}: {replies:?}"
-        );
+        raw_rolled_back(&mut raw, &format!("{mode} {skipped}")).await;
         tandem_tests::harness::eventually("the branch is undone", || async {
             dump(&direct).await == before
         })
@@ -3204,12 +3187,7 @@ async fn a_skipped_extended_rollback_leaves_the_branch_as_it_was() {
         raw.send(&commit).await;
         let replies = raw.recv_until(b'Z').await;
         assert_eq!(tags(&replies), "2CZ", "{case}: {replies:?}");
-        let replies = raw.simple("SELECT tandem_rollback()").await;
-        let row = replies.iter().find(|m| m.tag == b'D');
-        assert!(
-            row.is_some_and(|r| String::from_utf8_lossy(&r.body).contains("Rollbacked")),
-            "{case}: {replies:?}"
-        );
+        raw_rolled_back(&mut raw, &case).await;
         tandem_tests::harness::eventually("the branch is undone", || async {
             dump(&direct).await == before
         })
@@ -3278,13 +3256,7 @@ async fn an_extended_rollback_to_release_or_chain_is_followed_once_it_ran() {
         (Some(1000), Some(1000), Some(5))
     );
     assert_eq!(balance(40).await, None);
-    let replies = raw.simple("SELECT tandem_rollback()").await;
-    assert!(
-        replies
-            .iter()
-            .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
-        "{replies:?}"
-    );
+    raw_rolled_back(&mut raw, "").await;
     assert_eq!(dump(&direct).await, before);
 
     // ROLLBACK AND CHAIN: the branch starts again in the next transaction.
@@ -3301,13 +3273,7 @@ async fn an_extended_rollback_to_release_or_chain_is_followed_once_it_ran() {
     raw.run_each(&["UPDATE accounts SET balance = 7 WHERE id = 2", "COMMIT"])
         .await;
     assert_eq!((balance(1).await, balance(2).await), (Some(1000), Some(7)));
-    let replies = raw.simple("SELECT tandem_rollback()").await;
-    assert!(
-        replies
-            .iter()
-            .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
-        "{replies:?}"
-    );
+    raw_rolled_back(&mut raw, "").await;
     assert_eq!(dump(&direct).await, before);
     drop(raw);
     tandem.assert_no_sessions_left().await;
@@ -3330,11 +3296,6 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
     let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
-    let named_bind = |portal: &str, statement: &str| {
-        let mut body = format!("{portal}\0{statement}\0").into_bytes();
-        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        frame(b'B', &body)
-    };
     let execute = |portal: &str| frame(b'E', format!("{portal}\0\0\0\0\0").as_bytes());
     let sync = || frame(b'S', b"");
     async fn send(raw: &mut RawPg, messages: Vec<Vec<u8>>) {
@@ -3344,15 +3305,6 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
         let replies = raw.recv_until(b'Z').await;
         assert_eq!(tags(&replies), expected, "{case}: {replies:?}");
         replies
-    }
-    async fn rolled_back_exactly(raw: &mut RawPg, case: &str) {
-        let replies = raw.simple("SELECT tandem_rollback()").await;
-        assert!(
-            replies
-                .iter()
-                .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
-            "{case}: {replies:?}"
-        );
     }
     async fn begun(port: std::net::SocketAddr, db: &str, mode: &str) -> RawPg {
         let mut raw = RawPg::startup(port, "postgres", db).await;
@@ -3388,7 +3340,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
         expect(&mut raw, case, "CZ").await;
         raw.run_each(&["UPDATE accounts SET balance = 3 WHERE id = 2", "COMMIT"])
             .await;
-        rolled_back_exactly(&mut raw, case).await;
+        raw_rolled_back(&mut raw, case).await;
         assert_eq!(dump(&direct).await, before, "{case}");
     }
 
@@ -3431,7 +3383,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
         .unwrap();
     raw.run_each(&["UPDATE accounts SET balance = 3 WHERE id = 3", "COMMIT"])
         .await;
-    rolled_back_exactly(&mut raw, case).await;
+    raw_rolled_back(&mut raw, case).await;
     let others: i64 = direct
         .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
         .await
@@ -3478,7 +3430,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
     .await;
     expect(&mut raw, case, "EZ").await;
     raw.run_each(&["ROLLBACK"]).await;
-    rolled_back_exactly(&mut raw, case).await;
+    raw_rolled_back(&mut raw, case).await;
     assert_eq!(dump(&direct).await, before, "{case}");
 
     // COMMIT of a failed block: one batch, and a prepared COMMIT AND CHAIN.
@@ -3492,7 +3444,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
         send(&mut raw, unnamed_commit()).await;
         let replies = expect(&mut raw, &case, "12CZ").await;
         assert_eq!(replies[3].body[..], b"I"[..], "{case}");
-        rolled_back_exactly(&mut raw, &case).await;
+        raw_rolled_back(&mut raw, &case).await;
         assert_eq!(dump(&direct).await, before, "{case}");
     }
     let case = "prepared COMMIT AND CHAIN of a failed block";
@@ -3515,7 +3467,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
     expect(&mut raw, case, "2CZ").await;
     raw.run_each(&["UPDATE accounts SET balance = 3 WHERE id = 2", "COMMIT"])
         .await;
-    rolled_back_exactly(&mut raw, case).await;
+    raw_rolled_back(&mut raw, case).await;
     assert_eq!(dump(&direct).await, before, "{case}");
 
     // A savepoint Query behind a bound one with no Sync between: runs, as on
@@ -3547,7 +3499,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
         "COMMIT",
     ])
     .await;
-    rolled_back_exactly(&mut raw, case).await;
+    raw_rolled_back(&mut raw, case).await;
     assert_eq!(dump(&direct).await, before, "{case}");
 
     // XA: autocommit work pipelined behind the ROLLBACK of the branch's block is a
@@ -3572,7 +3524,7 @@ async fn a_bound_statement_is_followed_when_and_only_if_it_runs() {
         .unwrap()
         .get(0);
     assert_eq!(prepared, 1, "{case}: prepared as a branch");
-    rolled_back_exactly(&mut raw, case).await;
+    raw_rolled_back(&mut raw, case).await;
     assert_eq!(dump(&direct).await, before, "{case}");
     tandem.shutdown().await;
     lockserver.stop().await;
@@ -3627,11 +3579,6 @@ async fn a_portal_bound_before_the_branch_had_work_is_refused_at_its_execute() {
     let tandem = Tandem::start_for(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
-    let named_bind = |portal: &str, statement: &str| {
-        let mut body = format!("{portal}\0{statement}\0").into_bytes();
-        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        frame(b'B', &body)
-    };
     let mut execute = frame(b'E', b"p\0\0\0\0\0");
     execute.extend(frame(b'S', b""));
     for mode in ["at", "xa"] {
@@ -3686,4 +3633,23 @@ async fn a_portal_bound_before_the_branch_had_work_is_refused_at_its_execute() {
     assert_eq!(dump(&direct).await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
+}
+
+/// Bind of `statement` into `portal`, no parameters, text results.
+fn named_bind(portal: &str, statement: &str) -> Vec<u8> {
+    let mut body = format!("{portal}\0{statement}\0").into_bytes();
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    tandem_tests::raw_pg::frame(b'B', &body)
+}
+
+/// Rolls `raw`'s global transaction back (`case` names it in a failure); every branch
+/// must be undone.
+async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg, case: &str) {
+    let replies = raw.simple("SELECT tandem_rollback()").await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.tag == b'D' && String::from_utf8_lossy(&m.body).contains("Rollbacked")),
+        "{case}: {replies:?}"
+    );
 }
