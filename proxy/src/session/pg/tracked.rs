@@ -42,7 +42,7 @@ pub struct Portal {
     /// What the branch does once an Execute of it completes (follow_up.rs); taken
     /// then, so that it is followed once.
     follow_up: Option<FollowUp>,
-    /// An Execute of it was sent: its statement has run, or was skipped.
+    /// An Execute of it completed (not one the backend skipped): its statement ran.
     pub executed: bool,
 }
 
@@ -254,10 +254,9 @@ impl Tracked {
         let portal = crate::wire::pg::reader::Reader::new(body)
             .cstr()
             .unwrap_or(b"");
-        let follow_up = self.portal_as_sent_mut(portal).and_then(|p| {
-            p.executed = true;
-            p.follow_up.clone()
-        });
+        let follow_up = self
+            .portal_as_sent(portal)
+            .and_then(|p| p.follow_up.clone());
         self.outstanding.push_back(Outstanding::Execute {
             portal: Bytes::copy_from_slice(portal),
             follow_up,
@@ -266,17 +265,14 @@ impl Tracked {
 
     /// The portal `name` as the requests sent so far leave it: the latest Bind of it
     /// still in flight, or else the recorded one.
-    fn portal_as_sent_mut(&mut self, name: &[u8]) -> Option<&mut Portal> {
-        let in_flight = self.outstanding.iter_mut().rev().find_map(|o| match o {
+    fn portal_as_sent(&self, name: &[u8]) -> Option<&Portal> {
+        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
             Outstanding::Bind {
                 name: n, portal, ..
             } if n[..] == *name => Some(portal),
             _ => None,
         });
-        match in_flight {
-            Some(portal) => Some(portal),
-            None => self.portals.get_mut(name),
-        }
+        in_flight.or_else(|| self.portals.get(name))
     }
 
     /// Whether an Execute of a portal with a follow-up is in flight: until it completes
@@ -333,13 +329,12 @@ impl Tracked {
     }
 
     fn follow_up_of_executed(&mut self, executed: Outstanding) -> Option<FollowUp> {
-        match executed {
-            Outstanding::Execute {
-                portal,
-                follow_up: Some(_),
-            } => self.portals.get_mut(&portal)?.follow_up.take(),
-            _ => None,
-        }
+        let Outstanding::Execute { portal, follow_up } = executed else {
+            return None;
+        };
+        let portal = self.portals.get_mut(&portal)?;
+        portal.executed = true;
+        follow_up.and(portal.follow_up.take())
     }
 
     /// A Describe was answered (RowDescription or NoData). With no Describe in line the

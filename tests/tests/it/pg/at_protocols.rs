@@ -3591,8 +3591,23 @@ async fn a_portal_bound_before_the_branch_had_work_is_refused_at_its_execute() {
         bind.extend(frame(b'S', b""));
         raw.send(&bind).await;
         assert_eq!(tags(&raw.recv_until(b'Z').await), "12Z", "{mode}");
-        raw.run_each(&["UPDATE accounts SET balance = 2 WHERE id = 1"])
-            .await;
+        // An Execute of it skipped behind a failed one, and the block revived: it has
+        // still never run.
+        raw.run_each(&["SAVEPOINT s"]).await;
+        let mut skipped = frame(
+            b'P',
+            &parse_body("", "SELECT 1/(g-1) FROM generate_series(1,1) g"),
+        );
+        skipped.extend(frame(b'B', &super::control::bind_body("")));
+        skipped.extend(frame(b'E', b"\0\0\0\0\0"));
+        skipped.extend(execute.clone());
+        raw.send(&skipped).await;
+        assert_eq!(tags(&raw.recv_until(b'Z').await), "12EZ", "{mode}");
+        raw.run_each(&[
+            "ROLLBACK TO SAVEPOINT s",
+            "UPDATE accounts SET balance = 2 WHERE id = 1",
+        ])
+        .await;
         raw.send(&execute).await;
         let replies = raw.recv_until(b'Z').await;
         assert_eq!(tags(&replies), "EZ", "{mode}: {replies:?}");
