@@ -1340,7 +1340,19 @@ impl Relay<'_> {
             statements.push((insert.as_str(), params.as_slice(), &[]));
         }
         statements.push(("COMMIT", &[], &[]));
-        let results = self.exchange_many(&statements).await?;
+        let results = match self.exchange_many(&statements).await {
+            Ok(results) => results,
+            Err(e) => {
+                if self.fatal_before_tandems_replies {
+                    // The backend ended (terminated while the branch waited for its
+                    // locks, seen only now) before its undo row's INSERT completed:
+                    // the COMMIT behind it never ran.
+                    self.branch = Branch::default();
+                    self.report_phase_one_failed(undo.as_ref());
+                }
+                return Err(e);
+            }
+        };
         if let Some(row) = &undo
             && let Some(e) = results.first().and_then(|r| r.error.as_ref())
         {

@@ -240,6 +240,7 @@ impl Relay<'_> {
                             // A client already gone hears nothing either way.
                             let _ = self.flush_client().await;
                             self.backend_said_fatal = true;
+                            self.fatal_before_tandems_replies = completed == 0;
                         }
                     }
                     backend::READY_FOR_QUERY => {

@@ -190,6 +190,9 @@ struct Relay<'a> {
     request_started: Option<Instant>,
     /// The backend already told the client why it is closing (a FATAL ErrorResponse).
     backend_said_fatal: bool,
+    /// That FATAL came among the replies to tandem's own statements before any of them
+    /// completed: none of them ran (exchange.rs).
+    fatal_before_tandems_replies: bool,
     /// The client connection failed; nothing more can be written to it.
     client_lost: bool,
     draining: bool,
@@ -313,6 +316,7 @@ impl<'a> Relay<'a> {
             cancel: None,
             request_started: None,
             backend_said_fatal: false,
+            fatal_before_tandems_replies: false,
             client_lost: false,
             draining: false,
             client_paused: false,

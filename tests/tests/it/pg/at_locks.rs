@@ -880,3 +880,62 @@ async fn a_backend_terminated_during_tandems_commit_reports_its_own_error() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A backend terminated while tandem's undo row waits (its table locked by another
+/// session), before any of tandem's commit statements completed: the COMMIT behind the
+/// undo row never ran, so the branch is reported PhaseOneFailed, and the client hears
+/// the backend's 57P01. (Seen only by the exchange when the termination reaches tandem
+/// late: the lock-wait test above hit this path at random.)
+#[tokio::test]
+async fn a_backend_terminated_before_its_undo_row_is_written_is_reported_failed() {
+    let db = prepare("at_terminated_undo").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    let xid = one(&client, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 100 WHERE id = 2")
+        .await
+        .unwrap();
+    let holder = direct.transaction().await.unwrap();
+    holder
+        .batch_execute("LOCK TABLE undo_log IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let commit = tokio::spawn(async move { client.batch_execute("COMMIT").await });
+    let watcher = db.direct().await;
+    let watcher = &watcher;
+    eventually("the undo row waits for its table", || async move {
+        watcher
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    watcher
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let err = commit.await.unwrap().expect_err("its backend is gone");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+    super::at_protocols::reported_phase_one_failed(&lockserver, &xid).await;
+    holder.rollback().await.unwrap();
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
