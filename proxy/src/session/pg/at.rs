@@ -1343,7 +1343,7 @@ impl Relay<'_> {
         let results = match self.exchange_many(&statements).await {
             Ok(results) => results,
             Err(e) => {
-                if self.fatal_before_tandems_replies {
+                if undo.is_some() && self.backend_ended_before_replying().await {
                     // The backend ended (terminated while the branch waited for its
                     // locks, seen only now) before its undo row's INSERT completed:
                     // the COMMIT behind it never ran.

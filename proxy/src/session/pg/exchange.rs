@@ -302,6 +302,41 @@ impl Relay<'_> {
         false
     }
 
+    /// After an exchange of tandem's failed on the connection (a write to a backend
+    /// already gone fails before its replies are read): whether the backend's last
+    /// words were a FATAL ahead of any CommandComplete, so that none of tandem's
+    /// statements ran. Reads what is left, for a moment, and passes the FATAL on to the
+    /// client as the relay would.
+    pub(super) async fn backend_ended_before_replying(&mut self) -> bool {
+        if self.fatal_before_tandems_replies {
+            return true;
+        }
+        let drain = async { while self.read_more_from_server().await.is_ok() {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        let max = self.ctx.config.max_message_bytes;
+        let mut at = 0;
+        while let Ok(Some(frame)) = Frame::peek(&self.from_server[at..], max) {
+            match frame.tag {
+                backend::COMMAND_COMPLETE => return false,
+                backend::ERROR_RESPONSE
+                    if ErrorFields::decode(frame.body(&self.from_server[at..]))
+                        .is_ok_and(|e| e.is_fatal()) =>
+                {
+                    if !self.backend_said_fatal {
+                        let fatal = self.from_server[at..at + frame.wire_len].to_vec();
+                        self.write_client(&fatal);
+                        let _ = self.flush_client().await;
+                        self.backend_said_fatal = true;
+                    }
+                    return true;
+                }
+                _ => {}
+            }
+            at += frame.wire_len;
+        }
+        false
+    }
+
     /// Reads what the backend sent next into `from_server`, for a reader of tandem's
     /// own replies; the backend closing is an error there.
     pub(super) async fn read_more_from_server(&mut self) -> Result<()> {
