@@ -371,12 +371,7 @@ impl Relay<'_> {
 
     /// A statement bound over the extended protocol completed with CommandComplete
     /// `tag` (follow_up.rs).
-    pub(super) fn follow_bound_statement(
-        &mut self,
-        follow_up: super::follow_up::FollowUp,
-        tag: &[u8],
-    ) {
-        use super::follow_up::FollowUp;
+    pub(super) fn follow_bound_statement(&mut self, follow_up: FollowUp, tag: &[u8]) {
         if !follow_up.completes_with(tag) {
             tracing::warn!(parent: &self.span, ?follow_up, tag = %String::from_utf8_lossy(tag), "a bound statement completed with another statement's tag: not followed");
             return;
@@ -384,7 +379,9 @@ impl Relay<'_> {
         tracing::debug!(parent: &self.span, ?follow_up, "bound statement ran");
         match follow_up {
             FollowUp::Savepoint(op) => self.branch.on_savepoint(&op, true),
-            FollowUp::RolledBack => self.on_rollback_and_chain(),
+            // The transaction's writes are undone; with AND CHAIN the next one begins
+            // at once, with no idle ReadyForQuery to end the branch.
+            FollowUp::RolledBack => self.branch = Branch::default(),
             FollowUp::XaRolledBack => self.xa = super::xa::XaBranch::None,
         }
     }
@@ -403,12 +400,6 @@ impl Relay<'_> {
                 }
         );
         failed_at_last_ready && !self.executed_in_batch
-    }
-
-    /// `ROLLBACK AND CHAIN` (or `ABORT AND CHAIN`): the transaction's writes are undone
-    /// and the next one begins at once, with no idle ReadyForQuery to end the branch.
-    pub(super) fn on_rollback_and_chain(&mut self) {
-        self.branch = Branch::default();
     }
 
     pub(super) fn refuse(&self, e: Error) -> Intercepted {

@@ -373,14 +373,12 @@ impl Relay<'_> {
         if self.tracked.bound_in_this_batch(portal) {
             return None;
         }
-        let bound = self.tracked.portal(portal)?;
-        if bound.executed {
+        if self.tracked.portal(portal)?.executed {
             // Run already (captured at its Bind, or committed): executed again, it
             // gives what rows its row limit left, or nothing.
             return None;
         }
-        let statement = bound.statement.clone();
-        let sql = String::from_utf8_lossy(&self.tracked.statement(&statement)?.sql).into_owned();
+        let sql = String::from_utf8_lossy(&self.tracked.portal_statement(portal)?.sql).into_owned();
         let analyses = self.ctx.analyses.analyze(&sql).ok()?;
         let escapes = match analyses.as_slice() {
             [tandem_undo::Analysis::Commit] => {

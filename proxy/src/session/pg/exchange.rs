@@ -236,10 +236,7 @@ impl Relay<'_> {
                             // statements ran): the client hears why, as the relay would
                             // have passed it, not only that the connection closed.
                             let whole = self.from_server[..frame.wire_len].to_vec();
-                            self.write_client(&whole);
-                            // A client already gone hears nothing either way.
-                            let _ = self.flush_client().await;
-                            self.backend_said_fatal = true;
+                            self.pass_on_fatal(&whole).await;
                             self.fatal_before_tandems_replies = completed == 0;
                         }
                     }
@@ -282,24 +279,13 @@ impl Relay<'_> {
         {
             return true;
         }
-        let max = self.ctx.config.max_message_bytes;
-        let mut at = 0;
-        while let Ok(Some(frame)) = Frame::peek(&self.from_server[at..], max) {
-            let whole = &self.from_server[at..at + frame.wire_len];
-            if frame.tag == backend::ERROR_RESPONSE
-                && ErrorFields::decode(frame.body(&self.from_server[at..]))
-                    .is_ok_and(|e| e.is_fatal())
-            {
-                let fatal = whole.to_vec();
-                self.write_client(&fatal);
-                // A client already gone hears nothing either way.
-                let _ = self.flush_client().await;
-                self.backend_said_fatal = true;
-                return true;
+        match self.buffered_fatal(false) {
+            Some(fatal) => {
+                self.pass_on_fatal(&fatal).await;
+                true
             }
-            at += frame.wire_len;
+            None => false,
         }
-        false
     }
 
     /// After an exchange of tandem's failed on the connection (a write to a backend
@@ -313,28 +299,45 @@ impl Relay<'_> {
         }
         let drain = async { while self.read_more_from_server().await.is_ok() {} };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        match self.buffered_fatal(true) {
+            Some(fatal) => {
+                if !self.backend_said_fatal {
+                    self.pass_on_fatal(&fatal).await;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The first FATAL ErrorResponse among the backend's replies read so far, whole;
+    /// with `before_any_complete`, only one ahead of every CommandComplete.
+    fn buffered_fatal(&self, before_any_complete: bool) -> Option<Vec<u8>> {
         let max = self.ctx.config.max_message_bytes;
         let mut at = 0;
         while let Ok(Some(frame)) = Frame::peek(&self.from_server[at..], max) {
             match frame.tag {
-                backend::COMMAND_COMPLETE => return false,
+                backend::COMMAND_COMPLETE if before_any_complete => return None,
                 backend::ERROR_RESPONSE
                     if ErrorFields::decode(frame.body(&self.from_server[at..]))
                         .is_ok_and(|e| e.is_fatal()) =>
                 {
-                    if !self.backend_said_fatal {
-                        let fatal = self.from_server[at..at + frame.wire_len].to_vec();
-                        self.write_client(&fatal);
-                        let _ = self.flush_client().await;
-                        self.backend_said_fatal = true;
-                    }
-                    return true;
+                    return Some(self.from_server[at..at + frame.wire_len].to_vec());
                 }
                 _ => {}
             }
             at += frame.wire_len;
         }
-        false
+        None
+    }
+
+    /// Passes the backend's FATAL ErrorResponse (`whole`) on to the client, as the
+    /// relay would have: it ends the session, whose report then adds nothing.
+    async fn pass_on_fatal(&mut self, whole: &[u8]) {
+        self.write_client(whole);
+        // A client already gone hears nothing either way.
+        let _ = self.flush_client().await;
+        self.backend_said_fatal = true;
     }
 
     /// Reads what the backend sent next into `from_server`, for a reader of tandem's

@@ -154,8 +154,7 @@ impl Relay<'_> {
         }
         let Some(sql) = self
             .tracked
-            .portal(portal)
-            .and_then(|p| self.tracked.statement(&p.statement))
+            .portal_statement(portal)
             .map(|s| s.sql.to_vec())
             .filter(|sql| may_write(sql))
         else {

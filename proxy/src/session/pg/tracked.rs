@@ -182,6 +182,11 @@ impl Tracked {
         self.statements.len()
     }
 
+    /// The statement the recorded portal `name` was bound from.
+    pub fn portal_statement(&self, name: &[u8]) -> Option<&Statement> {
+        self.statements.get(&self.portals.get(name)?.statement)
+    }
+
     pub fn portal_count(&self) -> usize {
         self.portals.len()
     }
@@ -420,14 +425,7 @@ impl Tracked {
     /// Whether the portal an Execute sent now runs was bound in the same batch (since
     /// the last Sync, Query or FunctionCall), its Bind still in flight or not.
     pub fn bound_in_this_batch(&self, name: &[u8]) -> bool {
-        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
-            Outstanding::Bind {
-                name: n, portal, ..
-            } if n[..] == *name => Some(portal),
-            _ => None,
-        });
-        in_flight
-            .or_else(|| self.portals.get(name))
+        self.portal_as_sent(name)
             .is_some_and(|portal| portal.batch == self.sync_points_sent)
     }
 
