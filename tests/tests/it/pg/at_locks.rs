@@ -752,20 +752,12 @@ async fn a_branch_whose_backend_ends_during_its_lock_wait_is_reported_failed() {
         .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1")
         .await
         .unwrap();
-    let waiter = tandem.connect(&db.name).await;
-    let xid = one(&waiter, "SELECT tandem_begin(30000)")
-        .await
-        .unwrap()
-        .unwrap();
-    let pid: i32 = waiter
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    waiter
-        .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 100 WHERE id = 2; UPDATE accounts SET balance = balance + 100 WHERE id = 1")
-        .await
-        .unwrap();
+    let (waiter, xid, pid) = begun_in_a_block(
+        &tandem,
+        &db,
+        "UPDATE accounts SET balance = balance + 100 WHERE id = 2; UPDATE accounts SET balance = balance + 100 WHERE id = 1",
+    )
+    .await;
     let commit = tokio::spawn(async move { waiter.batch_execute("COMMIT").await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     direct
@@ -845,17 +837,8 @@ async fn a_backend_terminated_during_tandems_commit_reports_its_own_error() {
         .await
         .unwrap();
     let before = dump(&direct).await;
-    let client = tandem.connect(&db.name).await;
-    one(&client, "SELECT tandem_begin(60000)").await.unwrap();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    client
-        .batch_execute("BEGIN; INSERT INTO children VALUES (1, 1)")
-        .await
-        .unwrap();
+    let (client, _, pid) =
+        begun_in_a_block(&tandem, &db, "INSERT INTO children VALUES (1, 1)").await;
     // The check at COMMIT waits for this lock.
     let holder = direct.transaction().await.unwrap();
     holder
@@ -887,20 +870,12 @@ async fn a_backend_terminated_before_its_undo_row_is_written_is_reported_failed(
     let tandem = Tandem::start_for(&lockserver).await;
     let mut direct = db.direct().await;
     let before = dump(&direct).await;
-    let client = tandem.connect(&db.name).await;
-    let xid = one(&client, "SELECT tandem_begin(60000)")
-        .await
-        .unwrap()
-        .unwrap();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    client
-        .batch_execute("BEGIN; UPDATE accounts SET balance = balance + 100 WHERE id = 2")
-        .await
-        .unwrap();
+    let (client, xid, pid) = begun_in_a_block(
+        &tandem,
+        &db,
+        "UPDATE accounts SET balance = balance + 100 WHERE id = 2",
+    )
+    .await;
     let holder = direct.transaction().await.unwrap();
     holder
         .batch_execute("LOCK TABLE undo_log IN ACCESS EXCLUSIVE MODE")
@@ -943,4 +918,28 @@ async fn terminated_while_waiting(
         .unwrap();
     let err = commit.await.unwrap().expect_err("its backend is gone");
     assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err:?}");
+}
+
+/// A session through `tandem` in a global transaction of its own (60 s), inside a
+/// transaction block that ran `writes`: the client, its xid and its backend's pid.
+async fn begun_in_a_block(
+    tandem: &Tandem,
+    db: &tandem_tests::harness::TestDb,
+    writes: &str,
+) -> (tokio_postgres::Client, String, i32) {
+    let client = tandem.connect(&db.name).await;
+    let xid = one(&client, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!("BEGIN; {writes}"))
+        .await
+        .unwrap();
+    (client, xid, pid)
 }
