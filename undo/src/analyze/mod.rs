@@ -8,10 +8,12 @@
 
 mod cache;
 mod mysql;
+mod row_count;
 mod split;
 
 pub use cache::AnalysisCache;
 pub(crate) use mysql::bind_positionally;
+pub use row_count::with_row_count;
 pub use split::{count_mysql_statements, split_statements, statement_body};
 
 use crate::dialect::{Dialect, Grammar};

@@ -104,6 +104,10 @@ pub struct Relay<'a> {
     pub(super) database: String,
     /// AT sent the client's COM_STMT_EXECUTE on to the server while answering it.
     pub(super) execute_forwarded: bool,
+    /// The rows the client's last command, a write AT captured, affected: the server's
+    /// ROW_COUNT() now counts tandem's own statements after it, so the client's next
+    /// command reads this instead (`row_count::with_row_count`).
+    pub(super) row_count_after_write: Option<u64>,
     /// A `USE` or COM_INIT_DB passed since `database` was known: AT asks the server.
     pub(super) database_uncertain: bool,
     /// Whether a table (`database.table`) is one of this session's temporary tables, as
@@ -196,6 +200,7 @@ impl<'a> Relay<'a> {
             may_hold_table_locks: false,
             charset_changes: 0,
             execute_forwarded: false,
+            row_count_after_write: None,
             extended_metadata: opened.extended_metadata,
             executes_last_prepared: opened.executes_last_prepared,
             phase2_tx,

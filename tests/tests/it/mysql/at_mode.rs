@@ -2448,6 +2448,88 @@ async fn last_insert_id_after_a_branch_commit_is_the_clients_own() {
     lockserver.stop().await;
 }
 
+/// ROW_COUNT() after a captured write counts the client's write, as it does directly,
+/// though tandem runs statements of its own after it (the after images and undo row of
+/// an autocommit write, the inserted rows' read): directly, the same statements give the
+/// same counts.
+#[tokio::test]
+async fn row_count_after_a_captured_write_is_the_writes_own() {
+    let db = prepare("at_row_count").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    async fn counts(conn: &mut Conn, sql: &str) -> (Vec<String>, Vec<i64>) {
+        let row: Row = conn.query_first(sql).await.unwrap().unwrap();
+        let names = row
+            .columns_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        let values = (0..row.len())
+            .map(|i| row.get::<i64, _>(i).unwrap())
+            .collect();
+        (names, values)
+    }
+
+    conn.query_drop("UPDATE accounts SET balance = balance + 1 WHERE id <= 2")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&mut conn, "SELECT ROW_COUNT()").await,
+        (vec!["ROW_COUNT()".to_owned()], vec![2]),
+        "after an autocommit UPDATE"
+    );
+    assert_eq!(
+        counts(&mut conn, "select row_count()").await,
+        (vec!["row_count()".to_owned()], vec![-1]),
+        "after the SELECT"
+    );
+    conn.query_drop("INSERT INTO items (name) VALUES ('x'), ('y')")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&mut conn, "SELECT ROW_COUNT() AS n, ROW_COUNT() + 1")
+            .await
+            .1,
+        vec![2, 3],
+        "after an autocommit INSERT with generated keys"
+    );
+    run_each(
+        &mut conn,
+        &[
+            "BEGIN",
+            "INSERT INTO accounts VALUES (7, 1, 'g'), (8, 1, 'h'), (9, 1, 'i')",
+        ],
+    )
+    .await;
+    assert_eq!(
+        counts(&mut conn, "SELECT ROW_COUNT()").await.1,
+        vec![3],
+        "after an INSERT in a block"
+    );
+    run_each(&mut conn, &["COMMIT", "DELETE FROM accounts WHERE id = 99"]).await;
+    assert_eq!(
+        counts(&mut conn, "SELECT ROW_COUNT()").await.1,
+        vec![0],
+        "after a DELETE of no row"
+    );
+    conn.exec_drop("UPDATE accounts SET note = ? WHERE id = ?", ("p", 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&mut conn, "SELECT ROW_COUNT()").await.1,
+        vec![1],
+        "after a prepared UPDATE"
+    );
+
+    rolled_back_to(&mut conn, &mut direct, "accounts", &before).await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Statements MariaDB reads otherwise than tandem's analysis would: executable comments,
 /// an outer join's NULL rows of the written table, and key values the server converts
 /// one way to store and another way to compare. Each is refused, or captured exactly.

@@ -15,7 +15,7 @@ use super::own::{AroundWrite, Own, OwnError, OwnStatements};
 use crate::at::branch::{Branch, KeyValues, TextKey, hex, lock_key, unhex};
 use crate::at::mysql::{AtTable, undo_table, weigh_keys};
 use crate::error::{Error, Result};
-use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags};
+use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags, command};
 use crate::wire::mysql::errcode::MyErr;
 use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
@@ -340,6 +340,62 @@ impl Relay<'_> {
         }
     }
 
+    /// A COM_QUERY right after a write AT captured, that calls ROW_COUNT(): run with
+    /// the write's count in place of each call, as the command the session follows.
+    /// None: it calls none, and goes on as sent.
+    pub(super) async fn with_row_count(
+        &mut self,
+        header: crate::wire::mysql::Header,
+        packet: &[u8],
+        row_count: u64,
+    ) -> Result<Option<Handled>> {
+        let payload = header.payload(packet);
+        if payload.first() != Some(&command::QUERY)
+            || header.is_continued()
+            || payload.len() < header.payload_len
+        {
+            return Ok(None);
+        }
+        let Ok(sql) = std::str::from_utf8(&payload[1..]) else {
+            return Ok(None);
+        };
+        let no_backslash_escapes = self
+            .exchange
+            .status()
+            .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES));
+        if no_backslash_escapes && sql.contains('\\') {
+            // tandem would read where a literal ends otherwise than the server.
+            return Ok(None);
+        }
+        let Some(rewritten) = tandem_undo::with_row_count(sql, row_count) else {
+            return Ok(None);
+        };
+        let mut replacement = Vec::with_capacity(1 + rewritten.len());
+        replacement.push(command::QUERY);
+        replacement.extend_from_slice(rewritten.as_bytes());
+        let mut framed = bytes::BytesMut::new();
+        crate::wire::mysql::packet::put_message(&mut framed, 0, &replacement);
+        let Some(replaced) = crate::wire::mysql::Header::peek(&framed) else {
+            return Ok(None);
+        };
+        let handled = match Box::pin(self.intercept_query(replaced, &framed)).await? {
+            // The replacement is the command the state machine follows.
+            None | Some(Handled::Relay) => match self.on_command(replaced, &framed)? {
+                Handled::Relay => {
+                    self.to_server.extend_from_slice(&framed);
+                    Handled::Replace
+                }
+                handled => handled,
+            },
+            Some(handled) => handled,
+        };
+        if matches!(handled, Handled::Pause | Handled::NeedMore) {
+            // Read again at the next sync point, and rewritten again then.
+            self.row_count_after_write = Some(row_count);
+        }
+        Ok(Some(handled))
+    }
+
     /// Why AT mode refuses `sql` whatever it is, text or prepared: an executable
     /// comment, or a call of a stored function.
     async fn refusal_before_analysis(&self, sql: &str) -> Option<Error> {
@@ -567,6 +623,7 @@ impl Relay<'_> {
         match outcome {
             Ok(ok) => {
                 self.exchange.on_authenticated(ok.status);
+                self.row_count_after_write = Some(ok.affected_rows);
                 ok.put(&mut self.to_client, 1);
             }
             Err(failure) => {

@@ -239,6 +239,12 @@ impl Relay<'_> {
         {
             return Ok(Some(handled));
         }
+        if header.seq == 0
+            && let Some(row_count) = self.row_count_after_write.take()
+            && let Some(handled) = self.with_row_count(header, packet, row_count).await?
+        {
+            return Ok(Some(handled));
+        }
         let bound = self.binding.xid().is_some();
         if payload.first() == Some(&command::STMT_EXECUTE) && header.seq == 0 {
             return match bound {
