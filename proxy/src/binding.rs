@@ -188,10 +188,13 @@ impl Binding {
         // A local transaction belongs to the binding it began under. Binding inside
         // one would take writes made before it (not captured) into a branch; changing
         // mode would switch how its branch commits halfway; leaving it once it has
-        // captured writes would let them commit outside the global transaction.
+        // captured writes would let them commit outside the global transaction. One
+        // where only BEGIN and SAVEPOINT ran holds nothing yet (ORMs and drivers send
+        // BEGIN ahead of a transaction's first statement, the control call too): its
+        // work is the branch's, as under a hint.
         let changes_binding = match &control {
-            Control::Begin { .. } if local.open => Some("tandem_begin()"),
-            Control::Join { .. } if local.open => Some("tandem_join()"),
+            Control::Begin { .. } if local.open && !local.fresh => Some("tandem_begin()"),
+            Control::Join { .. } if local.open && !local.fresh => Some("tandem_join()"),
             Control::Mode { .. } if local.open => Some("tandem_mode()"),
             Control::Leave if local.has_branch => Some("tandem_leave()"),
             _ => None,

@@ -316,7 +316,8 @@ async fn a_local_transaction_keeps_the_binding_it_began_under() {
             "{sql}: {err:?}"
         );
     };
-    a.batch_execute("BEGIN").await.unwrap();
+    // A block that has run more than BEGIN (a read, here) may already hold locks.
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
     refused("SELECT tandem_begin()").await;
     a.batch_execute("ROLLBACK").await.unwrap();
     let xid = one(&a, "SELECT tandem_begin(30000)")
@@ -364,6 +365,90 @@ async fn a_local_transaction_keeps_the_binding_it_began_under() {
         .unwrap();
     rolled_back(&b).await;
     assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// ORMs and drivers begin a transaction block ahead of its first statement, the control
+/// call included (psycopg, SQLAlchemy, Django's `atomic()`): `tandem_begin` and
+/// `tandem_join` in a block where only BEGIN and SAVEPOINT ran bind the session, and
+/// the block's work is a branch like any other, over either protocol and in either
+/// mode.
+#[tokio::test]
+async fn a_binding_made_in_a_block_that_ran_only_begin_captures_its_work() {
+    let orders = prepare("at_bind_in_block").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    for mode in ["at", "xa"] {
+        let mut a = tandem.connect(&orders.name).await;
+        let b = tandem.connect(&orders.name).await;
+        one(&a, &format!("SELECT tandem_mode('{mode}')"))
+            .await
+            .unwrap();
+        one(&b, &format!("SELECT tandem_mode('{mode}')"))
+            .await
+            .unwrap();
+        // The extended protocol, as tokio-postgres's transaction sends it.
+        let tx = a.transaction().await.unwrap();
+        let xid: String = tx
+            .query_one("SELECT tandem_begin(30000)", &[])
+            .await
+            .unwrap()
+            .get(0);
+        tx.execute(
+            "UPDATE accounts SET balance = $1 WHERE id = $2",
+            &[&1i64, &1i32],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // The simple protocol, behind a savepoint (pgJDBC's autosave sets one ahead
+        // of every statement), with a write rolled back to a later one.
+        b.batch_execute("BEGIN").await.unwrap();
+        b.batch_execute("SAVEPOINT autosave").await.unwrap();
+        one(&b, &format!("SELECT tandem_join('{xid}')"))
+            .await
+            .unwrap();
+        b.batch_execute(
+            "SAVEPOINT autosave;
+             UPDATE accounts SET balance = 2 WHERE id = 2;
+             ROLLBACK TO SAVEPOINT autosave;
+             UPDATE accounts SET balance = 3 WHERE id = 3",
+        )
+        .await
+        .unwrap();
+        b.batch_execute("COMMIT").await.unwrap();
+        let balances: Vec<i64> = direct
+            .query(
+                "SELECT balance FROM accounts WHERE id <= 3 ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: Vec<i64> = match mode {
+            // XA branches are prepared, not committed, until the decision.
+            "xa" => vec![1000, 1000, 1000],
+            _ => vec![1, 1000, 3],
+        };
+        assert_eq!(balances, expected, "{mode}");
+        // The decision, from a block that ran only BEGIN as well.
+        let tx = a.transaction().await.unwrap();
+        let status: String = tx
+            .query_one("SELECT tandem_rollback()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(status, "Rollbacked", "{mode}");
+        tx.commit().await.unwrap();
+        assert_eq!(dump(&direct).await, before, "{mode}");
+        assert_eq!(undo_rows(&direct).await, 0, "{mode}");
+        drop(b);
+    }
     tandem.shutdown().await;
     lockserver.stop().await;
 }
