@@ -432,6 +432,13 @@ impl TableMeta {
             .ok_or_else(|| {
                 Error::unsupported("an upsert that does not give every primary-key column")
             })?;
+        let columns = self.column_list(d);
+        let table = d.qualified(&write.table);
+        if let Some(select) = &upsert.select {
+            return self.upsert_from_select_before_image_sql(
+                d, select, &listed, &positions, &columns, &table,
+            );
+        }
         let rows = upsert
             .rows
             .iter()
@@ -463,8 +470,6 @@ impl TableMeta {
                 format!("({})", stored.join(", "))
             })
             .collect();
-        let columns = self.column_list(d);
-        let table = d.qualified(&write.table);
         if tuples.is_empty() {
             return Ok(format!(
                 "SELECT {columns} FROM {table} WHERE false FOR UPDATE"
@@ -474,6 +479,50 @@ impl TableMeta {
             "SELECT {columns} FROM {table} WHERE ({}) IN ({}) FOR UPDATE",
             self.pk_list(d),
             tuples.join(", ")
+        ))
+    }
+
+    /// The before image of an `INSERT … SELECT … ON CONFLICT (primary key) DO UPDATE`:
+    /// the existing rows whose key one of the query's rows gives, locked. The query
+    /// runs twice, here and in the write: a query that may give other keys the second
+    /// time (a volatile function's) is refused; one whose data changes in between
+    /// updates a row tandem holds no image of, which the rows the write returns show
+    /// (the write then fails as uncaptured).
+    fn upsert_from_select_before_image_sql(
+        &self,
+        d: &dyn Dialect,
+        select: &str,
+        listed: &[&str],
+        positions: &[usize],
+        columns: &str,
+        table: &str,
+    ) -> Result<String, Error> {
+        if calls_volatile_function(d, select) {
+            return Err(Error::unsupported(format!(
+                "INSERT … SELECT … ON CONFLICT DO UPDATE whose query gives rows by something that differs from one evaluation to the next ({select}), read once more for its before image,"
+            )));
+        }
+        let source = d.quote_ident("tandem_upsert_source");
+        let aliases: Vec<String> = (0..listed.len())
+            .map(|i| d.quote_ident(&format!("tandem_{i}")))
+            .collect();
+        // Each value as the INSERT stores it, as for VALUES.
+        let keys: Vec<String> = positions
+            .iter()
+            .zip(&self.pk)
+            .map(|(&p, &i)| {
+                let value = format!("{source}.{}", aliases[p]);
+                match self.columns[i].sql_type.as_str() {
+                    "" => value,
+                    sql_type => format!("CAST({value} AS {sql_type})"),
+                }
+            })
+            .collect();
+        Ok(format!(
+            "SELECT {columns} FROM {table} WHERE ({}) IN (SELECT {} FROM ({select}) AS {source}({})) FOR UPDATE",
+            self.pk_list(d),
+            keys.join(", "),
+            aliases.join(", ")
         ))
     }
 
@@ -758,6 +807,35 @@ mod tests {
             m.upsert_before_image_sql(&Postgres, &upsert).unwrap(),
             "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"id\") IN ((CAST(2.4 AS integer)), (CAST($1 AS integer))) FOR UPDATE"
         );
+    }
+
+    #[test]
+    fn an_upsert_from_a_query_reads_the_keys_the_query_gives() {
+        let m = meta();
+        // Django 5.2's multi-row bulk_create(update_conflicts=True).
+        let upsert = write(
+            "INSERT INTO accounts (note, id) SELECT * FROM UNNEST($1::text[], $2::int[]) ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note",
+        );
+        assert!(m.check_capturable(&Postgres, &upsert).is_ok());
+        assert_eq!(
+            m.upsert_before_image_sql(&Postgres, &upsert).unwrap(),
+            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"id\") IN (SELECT CAST(\"tandem_upsert_source\".\"tandem_1\" AS integer) FROM (SELECT * FROM UNNEST($1::TEXT[], $2::INT[])) AS \"tandem_upsert_source\"(\"tandem_0\", \"tandem_1\")) FOR UPDATE"
+        );
+        let volatile = write(
+            "INSERT INTO accounts (id, note) SELECT nextval('s'), n FROM UNNEST($1::text[]) AS u(n) ON CONFLICT (id) DO UPDATE SET note = 'u'",
+        );
+        let refusal = m
+            .upsert_before_image_sql(&Postgres, &volatile)
+            .unwrap_err()
+            .to_string();
+        assert!(refusal.contains("differs from one evaluation"), "{refusal}");
+        let unlisted = crate::analyze(
+            &Postgres,
+            "INSERT INTO accounts SELECT * FROM UNNEST($1::int[]) ON CONFLICT (id) DO UPDATE SET note = 'u'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unlisted.contains("without a column list"), "{unlisted}");
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub struct Upsert {
     pub columns: Vec<String>,
     /// Each VALUES row, one SQL expression per column (the statement's placeholders kept).
     pub rows: Vec<Vec<String>>,
+    /// `INSERT … SELECT`'s query instead of VALUES (Django's multi-row upsert from
+    /// `UNNEST`), as SQL with the statement's placeholders; its columns are `columns`.
+    pub select: Option<String>,
 }
 
 /// A single-table SELECT … FOR UPDATE / FOR SHARE.
@@ -909,13 +912,10 @@ fn pg_insert_value(expr: &Expr) -> InsertValue {
 
 /// The VALUES rows of an upsert, as SQL per column.
 fn upsert(insert: &sqlparser::ast::Insert, target: &[Ident]) -> Result<Upsert, Error> {
-    let values = match insert.source.as_deref().map(|q| q.body.as_ref()) {
-        Some(SetExpr::Values(values)) => values,
-        _ => {
-            return Err(Error::unsupported(
-                "INSERT … SELECT … ON CONFLICT DO UPDATE",
-            ));
-        }
+    let Some(source) = insert.source.as_deref() else {
+        return Err(Error::unsupported(
+            "INSERT … DEFAULT VALUES … ON CONFLICT DO UPDATE",
+        ));
     };
     let columns: Vec<String> = insert
         .columns
@@ -930,15 +930,36 @@ fn upsert(insert: &sqlparser::ast::Insert, target: &[Ident]) -> Result<Upsert, E
             "INSERT … ON CONFLICT DO UPDATE with a column it cannot name",
         ));
     }
-    let rows = values
-        .rows
-        .iter()
-        .map(|row| row.content.iter().map(ToString::to_string).collect())
-        .collect();
+    let (rows, select) = match source.body.as_ref() {
+        SetExpr::Values(values)
+            if source.with.is_none()
+                && source.order_by.is_none()
+                && source.limit_clause.is_none()
+                && source.fetch.is_none() =>
+        {
+            (
+                values
+                    .rows
+                    .iter()
+                    .map(|row| row.content.iter().map(ToString::to_string).collect())
+                    .collect(),
+                None,
+            )
+        }
+        // Its rows are read again for the before image: their columns are named by the
+        // INSERT's list (without one, how many it gives is not known in advance).
+        _ if columns.is_empty() => {
+            return Err(Error::unsupported(
+                "INSERT … SELECT … ON CONFLICT DO UPDATE without a column list",
+            ));
+        }
+        _ => (Vec::new(), Some(source.to_string())),
+    };
     Ok(Upsert {
         target: target.iter().map(fold).collect(),
         columns,
         rows,
+        select,
     })
 }
 

@@ -811,6 +811,101 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
     lockserver.stop().await;
 }
 
+/// Django 5.2 sends a multi-row `bulk_create(update_conflicts=True)` as `INSERT … SELECT
+/// * FROM UNNEST(…) ON CONFLICT (id) DO UPDATE`: the rows the query names are read
+/// before it (the query runs twice), in autocommit and in a block, over either
+/// protocol; the global rollback restores them and removes the inserted ones.
+#[tokio::test]
+async fn an_upsert_from_a_query_is_captured_and_rolled_back() {
+    let orders = prepare("at_upsert_select").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute("CREATE SEQUENCE ids START 1")
+        .await
+        .unwrap();
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    let upsert = "INSERT INTO accounts (id, balance, note) \
+                  SELECT * FROM UNNEST($1::int[], $2::int8[], $3::text[]) \
+                  ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, note = EXCLUDED.note";
+    let n = a
+        .execute(
+            upsert,
+            &[
+                &vec![2i32, 3, 70],
+                &vec![20i64, 30, 70],
+                &vec!["u2", "u3", "n70"],
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    a.batch_execute("BEGIN").await.unwrap();
+    let returned: Vec<i32> = a
+        .query(
+            "INSERT INTO accounts (id, balance, note) \
+             SELECT * FROM UNNEST('{4,71}'::int[], '{40,71}'::int8[], '{u4,n71}'::text[]) \
+             ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(returned, vec![4, 71], "the client's own RETURNING");
+    a.batch_execute("COMMIT").await.unwrap();
+    let rows: Vec<(i32, i64, String)> = direct
+        .query(
+            "SELECT id, balance, note FROM accounts WHERE id IN (2, 3, 4, 70, 71) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (2, 20, "u2".to_owned()),
+            (3, 30, "u3".to_owned()),
+            (4, 40, "n4".to_owned()),
+            (70, 70, "n70".to_owned()),
+            (71, 71, "n71".to_owned()),
+        ]
+    );
+    // A query that gives other keys each time it runs cannot be read in advance.
+    let err = a
+        .batch_execute(
+            "INSERT INTO accounts (id, balance) SELECT nextval('ids'), b FROM UNNEST('{1}'::int8[]) AS u(b) \
+             ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    let (next,): (i64,) = {
+        let row = direct
+            .query_one("SELECT nextval('ids')", &[])
+            .await
+            .unwrap();
+        (row.get(0),)
+    };
+    assert_eq!(next, 1, "the refused query never ran");
+    rolled_back(&a).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_write_whose_before_image_fails_never_runs_without_it() {
     // Column privileges that let the UPDATE run but not the before image (which reads

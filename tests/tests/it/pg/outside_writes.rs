@@ -157,6 +157,16 @@ async fn an_outside_write_to_a_held_row_fails_with_55p03_when_configured_to_fail
         .await
         .expect_err("a held row is not upserted");
     assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    // An upsert from a query (Django's multi-row one) names its keys by that query.
+    let err = b
+        .execute(
+            "INSERT INTO accounts (id, balance) SELECT * FROM UNNEST($1::int[], $2::int8[]) \
+             ON CONFLICT (id) DO UPDATE SET balance = excluded.balance",
+            &[&vec![5i32, 4], &vec![98i64, 99]],
+        )
+        .await
+        .expect_err("a held row is not upserted from a query");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
     // The session goes on; autocommit writes elsewhere work.
     b.batch_execute("UPDATE accounts SET balance = 50 WHERE id = 5")
         .await
