@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -187,9 +188,17 @@ impl Coordinator {
     }
 
     /// Registers a branch, waiting up to `wait` (capped by `max_lock_wait_ms`) for
-    /// conflicting locks. A holder that is rolling back fails the wait at once.
-    /// `cmd` is a [`Command::Register`].
-    pub async fn register(&self, cmd: Command, wait: Duration) -> Result<u64> {
+    /// conflicting locks. A holder that is rolling back fails the wait at once, and so
+    /// does `caller_gone`: a registration granted once nobody can hear the answer
+    /// would hold locks for a branch whose local transaction died with its proxy (a
+    /// global commit would then answer Committed without it). `cmd` is a
+    /// [`Command::Register`].
+    pub async fn register(
+        &self,
+        cmd: Command,
+        wait: Duration,
+        caller_gone: &CancellationToken,
+    ) -> Result<u64> {
         let started = Instant::now();
         let Command::Register {
             xid,
@@ -223,11 +232,18 @@ impl Coordinator {
                 match self.exec_register(attempt).await {
                     Err(e @ Error::LockConflict { .. }) => {
                         let now = Instant::now();
-                        if !e.is_retryable() || now >= deadline {
+                        if !e.is_retryable() || now >= deadline || caller_gone.is_cancelled() {
                             self.metrics.conflicts.inc();
                             return Err(e);
                         }
-                        let _ = tokio::time::timeout(POLL.min(deadline - now), released).await;
+                        tokio::select! {
+                            _ = tokio::time::timeout(POLL.min(deadline - now), released) => {}
+                            () = caller_gone.cancelled() => {
+                                tracing::debug!("the caller went away while its registration waited");
+                                self.metrics.conflicts.inc();
+                                return Err(e);
+                            }
+                        }
                     }
                     Ok(Applied {
                         reply: Reply::Registered { branch_id },

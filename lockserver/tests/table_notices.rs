@@ -1,14 +1,17 @@
 //! Table notices end to end: an in-process lockserver on 127.0.0.1:0, proxies'
 //! phase-2 workers with a `TableLockView` (or raw `Phase2` streams where a test needs
 //! a proxy that misbehaves), and registrations through `LockClient`.
+//!
+//! Also over the same harness: a caller whose pipelined registration waits for a lock
+//! and who goes away meanwhile (a proxy killed mid-wait).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_lockserver::client::{
-    BoxFuture, BranchHandler, BranchKind, BranchOutcome, ClientOptions, LockClient, LockKey,
-    Phase2Work, Phase2Worker, TableLockView, WorkerOptions,
+    BoxFuture, BranchHandler, BranchKind, BranchOutcome, ClientOptions, GlobalStatus, LockClient,
+    LockKey, Phase2Work, Phase2Worker, TableLockView, WorkerOptions,
 };
 use tandem_lockserver::config::{Config, StoreConfig};
 use tandem_lockserver::proto as pb;
@@ -484,4 +487,81 @@ async fn with_redis_every_table_is_unknown_and_nothing_waits() {
     assert!(view.may_be_locked(R, "public.u"));
     w.shutdown().await;
     s.shutdown().await;
+}
+
+/// A proxy killed while its branch's registration waits for a lock: the registration
+/// must not be granted once the holder lets go, or the branch (whose local
+/// transaction died with the proxy) would hold locks, and a global commit answer
+/// Committed without it. Over the embedded store's batch path and Redis's per-call one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_caller_went_away_is_not_granted() {
+    for redis in [false, true] {
+        let s = start(|c| {
+            if redis {
+                let url = std::env::var("TANDEM_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+                let prefix = format!("tandem-gone:{:016x}", rand::random::<u64>());
+                c.store = StoreConfig::Redis { url, prefix };
+            }
+        })
+        .await;
+        let held = key("public.t", 8);
+        let holder = s.client.begin(None).await.unwrap();
+        s.client
+            .register_branch(
+                &holder,
+                R,
+                BranchKind::AT,
+                std::slice::from_ref(&held),
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
+        let waiter = s.client.begin(None).await.unwrap();
+        let mut rpc =
+            pb::coordinator_client::CoordinatorClient::connect(format!("http://{}", s.addr))
+                .await
+                .unwrap();
+        let (calls, rx) = mpsc::channel(4);
+        calls
+            .send(pb::Calls {
+                calls: vec![pb::Call {
+                    id: 1,
+                    op: Some(pb::call::Op::Register(pb::RegisterRequest {
+                        xid: waiter.to_string(),
+                        resource_id: R.into(),
+                        branch_type: pb::BranchType::At as i32,
+                        lock_keys: vec![held.as_str().to_owned()],
+                        wait_ms: 10_000,
+                        token: 7,
+                    })),
+                }],
+            })
+            .await
+            .unwrap();
+        let answers = rpc
+            .pipeline(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // The registration is waiting; then the caller's connection closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop((answers, calls, rpc));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            s.client.commit(&holder).await.unwrap(),
+            GlobalStatus::Committed,
+            "redis: {redis}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            s.client
+                .lock_holder(std::slice::from_ref(&held))
+                .await
+                .unwrap(),
+            None,
+            "redis: {redis}: granted to a caller that went away"
+        );
+        s.shutdown().await;
+    }
 }

@@ -289,8 +289,38 @@ fn down(d: Down) -> pb::Phase2Down {
 }
 
 impl GrpcApi {
-    /// One pipelined call, answered exactly as its unary twin would be.
-    pub(super) async fn one_call(&self, call: pb::Call) -> pb::Answer {
+    /// A registration, waiting for conflicting locks until `caller_gone` (see
+    /// `Coordinator::register`).
+    async fn register_unless_gone(
+        &self,
+        r: pb::RegisterRequest,
+        caller_gone: &CancellationToken,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let _p = self.coord.permit().map_err(to_status)?;
+        let wait = Duration::from_millis(r.wait_ms.into());
+        let cmd = register_command(r)?;
+        use pb::register_response::Result as R;
+        let result = match self.coord.register(cmd, wait, caller_gone).await {
+            Ok(id) => R::BranchId(id),
+            Err(Error::LockConflict {
+                key,
+                holder,
+                holder_rolling_back,
+            }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
+            Err(e) => return Err(to_status(e)),
+        };
+        Ok(Response::new(pb::RegisterResponse {
+            result: Some(result),
+        }))
+    }
+
+    /// One pipelined call, answered exactly as its unary twin would be. A registration
+    /// stops waiting once `caller_gone` fires: the stream it came on has ended.
+    pub(super) async fn one_call(
+        &self,
+        call: pb::Call,
+        caller_gone: &CancellationToken,
+    ) -> pb::Answer {
         use pb::answer::Result as A;
         use pb::call::Op;
         use pb::coordinator_server::Coordinator as _;
@@ -305,7 +335,9 @@ impl GrpcApi {
             Some(Op::Commit(r)) => done(self.commit(Request::new(r)).await, A::Status),
             Some(Op::Rollback(r)) => done(self.rollback(Request::new(r)).await, A::Status),
             Some(Op::Status(r)) => done(self.status(Request::new(r)).await, A::Status),
-            Some(Op::Register(r)) => done(self.register_branch(Request::new(r)).await, A::Register),
+            Some(Op::Register(r)) => {
+                done(self.register_unless_gone(r, caller_gone).await, A::Register)
+            }
             Some(Op::Report(r)) => done(self.report_branch(Request::new(r)).await, A::Report),
             Some(Op::LockQuery(r)) => done(self.lock_query(Request::new(r)).await, A::LockQuery),
             None => A::Failure(pb::Failure {
@@ -388,23 +420,9 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let _p = self.coord.permit().map_err(to_status)?;
-        let r = req.into_inner();
-        let wait = Duration::from_millis(r.wait_ms.into());
-        let cmd = register_command(r)?;
-        use pb::register_response::Result as R;
-        let result = match self.coord.register(cmd, wait).await {
-            Ok(id) => R::BranchId(id),
-            Err(Error::LockConflict {
-                key,
-                holder,
-                holder_rolling_back,
-            }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
-            Err(e) => return Err(to_status(e)),
-        };
-        Ok(Response::new(pb::RegisterResponse {
-            result: Some(result),
-        }))
+        // A unary call's handler is dropped, its wait with it, when its caller goes.
+        self.register_unless_gone(req.into_inner(), &CancellationToken::new())
+            .await
     }
 
     async fn report_branch(
@@ -441,16 +459,21 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(CALLS_IN_FLIGHT);
         let (api, cancel) = (self.clone(), self.cancel.clone());
+        // Fires when the answer stream is dropped: the caller is gone (its connection
+        // closed), and registrations still waiting for a lock give up.
+        let caller_gone = CancellationToken::new();
+        let gone_with_the_stream = caller_gone.clone().drop_guard();
         tokio::spawn(async move {
             let limit = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
             // Stops reading at shutdown, so the connection can close.
             while let Some(Ok(Some(batch))) = cancel.run_until_cancelled(inbound.message()).await {
-                if !super::pipeline::run(&api, batch.calls, &tx, &limit).await {
+                if !super::pipeline::run(&api, batch.calls, &tx, &limit, &caller_gone).await {
                     return;
                 }
             }
         });
-        let out = batches(rx).map(|chunks: Vec<Vec<pb::Answer>>| {
+        let out = batches(rx).map(move |chunks: Vec<Vec<pb::Answer>>| {
+            let _held_until_the_stream_is_dropped = &gone_with_the_stream;
             Ok(pb::Answers {
                 answers: chunks.into_iter().flatten().collect(),
             })

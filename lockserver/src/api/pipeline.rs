@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::grpc::{GrpcApi, failure, register_command, register_result, report_command, xid};
 use crate::core::txn::{Command, Reply};
@@ -95,10 +96,11 @@ pub(crate) async fn run(
     calls: Vec<pb::Call>,
     tx: &AnswerTx,
     limit: &Arc<Semaphore>,
+    caller_gone: &CancellationToken,
 ) -> bool {
     let Some(store) = api.coord.embedded() else {
         for call in calls {
-            if !alone(api, call, tx, limit).await {
+            if !alone(api, call, tx, limit, caller_gone).await {
                 return false;
             }
         }
@@ -118,7 +120,7 @@ pub(crate) async fn run(
             },
             Sorted::Answer(a) => now.push(a),
             Sorted::Alone(call) => {
-                if !alone(api, call, tx, limit).await {
+                if !alone(api, call, tx, limit, caller_gone).await {
                     return false;
                 }
             }
@@ -132,7 +134,7 @@ pub(crate) async fn run(
     };
     // Registrations on tables not announced yet wait for the proxies on their own.
     for (id, wait_ms, cmd) in announce {
-        if !spawn_register(api, tx, limit, id, wait_ms, cmd).await {
+        if !spawn_register(api, tx, limit, id, wait_ms, cmd, caller_gone).await {
             return false;
         }
     }
@@ -147,7 +149,7 @@ pub(crate) async fn run(
                 Err(e @ Error::LockConflict { .. }),
                 cmd @ Command::Register { .. },
             ) if wait_ms > 0 && e.is_retryable() => {
-                if !spawn_register(api, tx, limit, id, wait_ms, cmd).await {
+                if !spawn_register(api, tx, limit, id, wait_ms, cmd, caller_gone).await {
                     return false;
                 }
                 continue;
@@ -241,13 +243,15 @@ async fn spawn_register(
     id: u64,
     wait_ms: u32,
     cmd: Command,
+    caller_gone: &CancellationToken,
 ) -> bool {
     if !matches!(cmd, Command::Register { .. }) {
         return true;
     }
+    let caller_gone = caller_gone.clone();
     spawn_admitted(api, tx, limit, id, async move |api: GrpcApi| {
         let wait = Duration::from_millis(wait_ms.into());
-        register_result(api.coord.register(cmd, wait).await)
+        register_result(api.coord.register(cmd, wait, &caller_gone).await)
     })
     .await
 }
@@ -337,13 +341,19 @@ fn to_answer(
 }
 
 /// One call on its own task, through its unary twin.
-async fn alone(api: &GrpcApi, call: pb::Call, tx: &AnswerTx, limit: &Arc<Semaphore>) -> bool {
+async fn alone(
+    api: &GrpcApi,
+    call: pb::Call,
+    tx: &AnswerTx,
+    limit: &Arc<Semaphore>,
+    caller_gone: &CancellationToken,
+) -> bool {
     let Ok(permit) = limit.clone().acquire_owned().await else {
         return false;
     };
-    let (api, tx) = (api.clone(), tx.clone());
+    let (api, tx, caller_gone) = (api.clone(), tx.clone(), caller_gone.clone());
     tokio::spawn(async move {
-        let answer = api.one_call(call).await;
+        let answer = api.one_call(call, &caller_gone).await;
         let _ = tx.send(vec![answer]).await;
         drop(permit);
     });
