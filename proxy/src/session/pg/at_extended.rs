@@ -650,6 +650,15 @@ impl Relay<'_> {
         tag: u8,
         body: &[u8],
     ) -> Result<Extended> {
+        if tag == frontend::BIND
+            && Bind::statement_of(body).is_ok_and(|s| self.tracked.bind_statement_uncertain(s))
+            && let Some(instead) = self.unless_at_sync_point(
+                tag,
+                "a Bind of a statement whose Parse in an earlier batch may still fail (send it once that batch is answered)",
+            )
+        {
+            return Ok(instead);
+        }
         let Some(sql) = self.statement_sql(tag, body) else {
             if tag == frontend::BIND
                 && Bind::statement_of(body).is_ok_and(|s| self.tracked.meets_tandems_unnamed(s))

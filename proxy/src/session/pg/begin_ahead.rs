@@ -357,9 +357,11 @@ impl Relay<'_> {
                 self.block_untouched &= holds_nothing(sql);
             }
             frontend::BIND => {
+                // A statement that may turn out another one holds anything.
                 let unnamed = Bind::decode(body)
                     .ok()
                     .filter(|bind| bind.portal.is_empty())
+                    .filter(|bind| !self.tracked.bind_statement_uncertain(bind.statement))
                     .and_then(|bind| self.tracked.statement_for_bind(bind.statement));
                 self.unnamed_portal_holds_nothing =
                     unnamed.is_some_and(|statement| holds_nothing(&statement.sql));

@@ -160,6 +160,32 @@ impl Tracked {
         in_flight.or_else(|| self.statements.get(name))
     }
 
+    /// Whether a Bind of `name` sent now may run another statement than
+    /// `statement_for_bind` names: the latest Parse of that name in flight is in an
+    /// earlier batch, and an older definition of the name exists for the Bind to run
+    /// should that Parse fail (PostgreSQL refuses a Parse of a name in use, 42P05, and
+    /// skips what follows an error up to the batch's Sync). Within one batch the latest
+    /// Parse is right: if it fails, the Bind is skipped with it. The unnamed statement
+    /// is dropped before its Parse, so a failed one leaves none to run.
+    pub fn bind_statement_uncertain(&self, name: &[u8]) -> bool {
+        if name.is_empty() {
+            return false;
+        }
+        let mut definitions = usize::from(self.statements.contains_key(name));
+        let mut parse_in_an_earlier_batch = false;
+        for o in &self.outstanding {
+            match o {
+                Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name => {
+                    definitions += 1;
+                    parse_in_an_earlier_batch = false;
+                }
+                Outstanding::SyncPoint { .. } => parse_in_an_earlier_batch = definitions > 0,
+                _ => {}
+            }
+        }
+        parse_in_an_earlier_batch && definitions > 1
+    }
+
     /// Remembers the types the server inferred for the recorded statement `name` (not
     /// for one still in flight, which is a different statement until it completes).
     pub fn remember_inferred(&mut self, name: &[u8], types: &[u32]) {

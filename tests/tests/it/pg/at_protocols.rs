@@ -3753,3 +3753,74 @@ async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg, case: &str) {
         "{case}: {replies:?}"
     );
 }
+
+/// PostgreSQL refuses a Parse of a statement name in use (42P05) and keeps the
+/// statement: a Bind of that name sent behind the failed Parse's Sync runs the older
+/// statement. tandem, reading ahead, must not take the Bind for the new text: an older
+/// UPDATE so bound ran uncaptured (the global rollback answered Rollbacked and kept
+/// it), and an older UPDATE in a block let the block pass for one that had run only
+/// BEGIN, so that `tandem_begin()` took it into the branch.
+#[tokio::test]
+async fn a_bind_behind_a_failed_parse_of_its_name_is_read_as_the_statement_it_runs() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("bind_behind_failed_parse").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let sync = frame(b'S', b"");
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    let prepared = async |raw: &mut RawPg| {
+        let mut batch = frame(
+            b'P',
+            &parse_body("s", "UPDATE accounts SET balance = 0 WHERE id = 1"),
+        );
+        batch.extend(&sync);
+        raw.send(&batch).await;
+        assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z");
+    };
+
+    // Bound: the older UPDATE is captured.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    prepared(&mut raw).await;
+    let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
+    batch.extend(&sync);
+    batch.extend(named_bind("", "s"));
+    batch.extend(&execute);
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    let mut replies = raw.recv_until(b'Z').await;
+    replies.extend(raw.recv_until(b'Z').await);
+    assert_eq!(tags(&replies), "EZ2CZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("42P05"));
+    raw_rolled_back(&mut raw, "bound").await;
+    assert_eq!(dump(&direct).await, before, "the older UPDATE was undone");
+
+    // Unbound, in a block: the older UPDATE is work, and the block may not be bound.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    prepared(&mut raw).await;
+    let mut batch = frame(b'P', &parse_body("s", "SAVEPOINT a"));
+    batch.extend(&sync);
+    batch.extend(frame(b'Q', b"BEGIN\0"));
+    batch.extend(named_bind("", "s"));
+    batch.extend(&execute);
+    batch.extend(&sync);
+    batch.extend(frame(b'Q', b"SELECT tandem_begin()\0"));
+    raw.send(&batch).await;
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.extend(raw.recv_until(b'Z').await);
+    }
+    assert_eq!(tags(&replies), "EZCZ2CZEZ", "{replies:?}");
+    assert_eq!(
+        replies[7].sqlstate().as_deref(),
+        Some("25001"),
+        "{replies:?}"
+    );
+    raw.run_each(&["ROLLBACK"]).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
