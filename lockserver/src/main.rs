@@ -50,14 +50,7 @@ async fn main_result() -> Result<(), Box<dyn std::error::Error>> {
     // Tests read these lines to find ephemeral ports.
     println!("grpc_listen={}", grpc.local_addr()?);
     println!("http_listen={}", http.local_addr()?);
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    };
+    let shutdown = tandem_lockserver::server::shutdown_signal();
     tandem_lockserver::server::run(grpc, http, config, shutdown).await?;
     Ok(())
 }

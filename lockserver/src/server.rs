@@ -51,6 +51,32 @@ pub async fn open_store(config: &Config) -> Result<AnyStore> {
     })
 }
 
+/// Resolves on SIGINT or SIGTERM: the signal that begins a graceful shutdown. SIGHUP,
+/// which PgBouncer operators send to reload a configuration, is logged and otherwise
+/// ignored: tandem reads its configuration only at start, and the signal's default
+/// action would end the process at once, with no drain.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => return,
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::warn!("SIGHUP ignored: tandem reads its configuration only at start (restart it to apply a change)");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// Runs a lockserver on the given listeners until `shutdown` completes.
 ///
 /// The lockserver runs on its own runtime (`worker_threads`; one thread with the

@@ -417,3 +417,37 @@ async fn a_lockserver_that_loses_redis_fails_calls_promptly_and_recovers() {
     .await;
     s.kill9().await;
 }
+
+/// SIGHUP (a PgBouncer operator's reload) neither ends the process nor loses anything:
+/// it goes on answering, and SIGTERM still ends it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_ignored_and_sigterm_still_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{FAST}[store]\nkind = \"embedded\"\npath = {:?}\n",
+        tmp.path().join("data")
+    );
+    let mut s = spawn(tmp.path(), "hup", &config).await;
+    let x = s.client.begin(None).await.unwrap();
+    let signal = |name: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let pid = s.child.id().unwrap();
+    signal("HUP", pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process"
+    );
+    assert_eq!(s.client.status(&x).await.unwrap(), GlobalStatus::Begin);
+    signal("TERM", pid);
+    let exit = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .expect("SIGTERM did not stop it")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

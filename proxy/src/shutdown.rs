@@ -2,11 +2,15 @@
 //!
 //! The order, which `server::run` follows:
 //! 1. Stop accepting: every accept loop ends when `drain` is cancelled.
-//! 2. Let each session reach its next sync point (ReadyForQuery with nothing in
-//!    flight), where it tells its client `57P01 admin_shutdown` and closes; idle
-//!    sessions close at once. This is bounded by `shutdown.drain_timeout_ms`.
+//! 2. Let each session reach its next sync point outside a transaction (ReadyForQuery
+//!    with nothing in flight, outside a block), where it tells its client
+//!    `57P01 admin_shutdown` (MySQL: 1053) and closes; idle sessions close at once, and
+//!    one inside a transaction may still end it. This is bounded by
+//!    `shutdown.drain_timeout_ms`.
 //! 3. Sessions still busy then are cut (`abort`), each with the same FATAL message.
-//! 4. (With AT mode: open tandem transactions are rolled back and the lockserver told.)
+//! 4. Global transactions are not ended here: a session that closes is a client that
+//!    went away, and its global transaction is decided by its owner or rolled back by
+//!    its timeout, as after a client's disconnect.
 //! 5. The admin endpoint closes last, so metrics stay readable while sessions drain.
 
 use tokio_util::sync::CancellationToken;
@@ -20,26 +24,8 @@ pub struct Signals {
     pub abort: CancellationToken,
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM (SIGHUP is logged and ignored: see
+/// `tandem_lockserver::server::shutdown_signal`).
 pub async fn os_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    tandem_lockserver::server::shutdown_signal().await;
 }

@@ -233,7 +233,7 @@ impl<'a> Relay<'a> {
                 () = &mut abort => return Err(Error::ShuttingDown),
                 () = &mut drain, if !self.draining => {
                     self.draining = true;
-                    if self.exchange.at_sync_point() {
+                    if self.closes_for_drain() {
                         return Err(Error::ShuttingDown);
                     }
                 }
@@ -249,7 +249,7 @@ impl<'a> Relay<'a> {
                     }
                     self.ctx.metrics.mysql.bytes_from_backends.inc_by(n as u64);
                     self.relay_from_server().await?;
-                    if self.draining && self.exchange.at_sync_point() {
+                    if self.draining && self.closes_for_drain() {
                         return Err(Error::ShuttingDown);
                     }
                     if !self.phase2_queue.is_empty() && self.serve_owned_phase2().await? {
@@ -383,6 +383,22 @@ pub(super) fn skip_streaming(streaming: &mut usize, available: usize) -> usize {
 
 /// Whether a session with `status` is inside a transaction (explicit, or with
 /// autocommit off): a write there is not its own transaction.
+impl Relay<'_> {
+    /// Whether a draining session closes now: at a sync point with no transaction
+    /// started (autocommit off alone starts none). One inside a transaction (a branch
+    /// of a global transaction, perhaps) is given until the drain timeout to end it;
+    /// cut there, its work would be lost and its global transaction left to its
+    /// timeout.
+    fn closes_for_drain(&self) -> bool {
+        use crate::wire::mysql::codes::StatusFlags;
+        self.exchange.at_sync_point()
+            && !self
+                .exchange
+                .status()
+                .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_IN_TRANS))
+    }
+}
+
 fn in_transaction(status: crate::wire::mysql::codes::StatusFlags) -> bool {
     use crate::wire::mysql::codes::StatusFlags;
     !status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)

@@ -372,7 +372,7 @@ impl<'a> Relay<'a> {
                 () = &mut abort => return Err(Error::ShuttingDown),
                 () = &mut drain, if !self.draining => {
                     self.draining = true;
-                    if self.phase.at_sync_point() {
+                    if self.closes_for_drain() {
                         return Err(Error::ShuttingDown);
                     }
                 }
@@ -383,7 +383,7 @@ impl<'a> Relay<'a> {
                         return Err(Error::UpstreamClosed);
                     }
                     self.relay_from_server().await?;
-                    if self.draining && self.phase.at_sync_point() {
+                    if self.draining && self.closes_for_drain() {
                         return Err(Error::ShuttingDown);
                     }
                     // A message held for a sync point while the backend went into
@@ -441,6 +441,14 @@ impl<'a> Relay<'a> {
     fn client_failed(&mut self, e: std::io::Error) -> Error {
         self.client_lost = true;
         Error::ClientIo(e)
+    }
+
+    /// Whether a draining session closes now: at a sync point outside a transaction
+    /// block. One inside a block (a branch of a global transaction, perhaps) is given
+    /// until the drain timeout to end it, as PgBouncer's safe shutdown gives it; cut
+    /// there, its work would be lost and its global transaction left to its timeout.
+    fn closes_for_drain(&self) -> bool {
+        self.phase.at_sync_point() && self.phase.tx_status() == Some(TxStatus::Idle)
     }
 
     /// The client closed its connection without Terminate.

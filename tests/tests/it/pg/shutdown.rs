@@ -57,3 +57,46 @@ async fn a_session_busy_past_the_drain_timeout_is_cut() {
     })
     .await;
 }
+
+/// A session inside a transaction block (a branch of a global transaction, perhaps) is
+/// given the drain timeout to end it, as PgBouncer's safe shutdown gives it: its COMMIT
+/// runs, then it closes with 57P01. An idle one closes at once meanwhile.
+#[tokio::test]
+async fn a_session_inside_a_block_may_end_it_before_it_closes() {
+    let db = TestDb::create("drain_block").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let tandem = Tandem::start().await;
+    let mut idle = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut block = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    block
+        .run_each(&["BEGIN", "UPDATE t SET v = 1 WHERE id = 1"])
+        .await;
+    let stopping = tokio::spawn(tandem.shutdown());
+    let msgs = idle.recv_to_close().await;
+    let fatal = msgs
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("idle session told why");
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+
+    let replies = block.simple("COMMIT").await;
+    assert_eq!(
+        tandem_tests::raw_pg::reply_tags(&replies),
+        vec!['C', 'Z'],
+        "{replies:?}"
+    );
+    let fatal = expect_msg!(block, b'E');
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    assert!(block.recv().await.is_none());
+    stopping.await.expect("shutdown finished in time");
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1, "the block's work committed");
+}
