@@ -175,6 +175,18 @@ fn branch_type(kind: BranchKind) -> i32 {
     }
 }
 
+/// The lockserver answered that it cannot tell what became of the request: its
+/// store's write timed out or failed after it may have landed (Redis).
+fn indeterminate<T, E: std::borrow::Borrow<Error>>(answer: &std::result::Result<T, E>) -> bool {
+    matches!(
+        answer.as_ref().map_err(|e| e.borrow()),
+        Err(Error::Rpc {
+            code: tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DeadlineExceeded,
+            ..
+        })
+    )
+}
+
 fn unexpected() -> Error {
     Error::Corrupt {
         what: "lockserver answered with the wrong message type",
@@ -380,24 +392,38 @@ impl LockClient {
     /// Commits; `Committed` once the decision is durable. The server may first wait up
     /// to its rollback wait for XA branches still preparing (then PhaseOnePending): the
     /// call waits as long as a rollback's, so that it hears that answer rather than
-    /// timing out first.
+    /// timing out first. [`Error::OutcomeUnknown`] when it was sent and no answer came.
     pub async fn commit(&self, xid: &Xid) -> Result<GlobalStatus> {
         let op = pb::call::Op::Commit(pb::XidRequest {
             xid: xid.to_string(),
         });
-        self.status_call("commit", Duration::from_secs(10), op)
-            .await
+        self.decision_call("commit", op).await
     }
 
     /// Rolls back; `Rollbacked` once every branch is undone, or else the status the
     /// transaction is in when the server's rollback wait ends (`Rollbacking` while
     /// branches are still being undone, a `*Retrying` or `*Failed` one after a failure).
+    /// [`Error::OutcomeUnknown`] when it was sent and no answer came.
     pub async fn rollback(&self, xid: &Xid) -> Result<GlobalStatus> {
         let op = pb::call::Op::Rollback(pb::XidRequest {
             xid: xid.to_string(),
         });
-        self.status_call("rollback", Duration::from_secs(10), op)
-            .await
+        self.decision_call("rollback", op).await
+    }
+
+    /// A commit or rollback: as `status_call`, telling a decision that may have been
+    /// taken (sent, never answered) from one that was not.
+    async fn decision_call(&self, op: &'static str, call: pb::call::Op) -> Result<GlobalStatus> {
+        let (answer, unheard) = self.call_unheard(op, Duration::from_secs(10), call).await;
+        match answer {
+            Ok(pb::answer::Result::Status(s)) => parse_status(&s.status),
+            Ok(_) => Err(unexpected()),
+            Err(e) if unheard || indeterminate(&Err::<(), _>(&e)) => Err(Error::OutcomeUnknown {
+                op,
+                cause: e.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The transaction's status.
@@ -439,16 +465,7 @@ impl LockClient {
         let (answer, unheard) = self
             .call_unheard("register_branch", wait, pb::call::Op::Register(req))
             .await;
-        // The lockserver may also not know what became of it: its store's write timed
-        // out or failed after it may have landed (Redis).
-        let indeterminate = matches!(
-            &answer,
-            Err(Error::Rpc {
-                code: tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DeadlineExceeded,
-                ..
-            })
-        );
-        if unheard || indeterminate {
+        if unheard || indeterminate(&answer) {
             self.withdraw_in_background(xid, resource_id, kind, token);
         }
         let r = match answer? {

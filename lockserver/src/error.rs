@@ -112,6 +112,18 @@ pub enum Error {
         /// What timed out.
         op: &'static str,
     },
+    /// A decision (commit or rollback) was sent, and its answer never came or said the
+    /// lockserver itself could not tell whether it landed: it may have been taken.
+    /// Asking again is safe (a decision taken answers again, writing nothing).
+    #[error(
+        "the outcome of {op} is unknown ({cause}): call it again, or ask the transaction's status"
+    )]
+    OutcomeUnknown {
+        /// The decision sent.
+        op: &'static str,
+        /// Why no answer came.
+        cause: String,
+    },
     /// Concurrent updates to one transaction kept colliding (Redis store).
     #[error("too much contention on transaction {xid}")]
     Contention {
@@ -168,6 +180,7 @@ impl Error {
             | Error::PhaseOnePending { .. }
             | Error::Unacknowledged { .. }
             | Error::Timeout { .. }
+            | Error::OutcomeUnknown { .. }
             | Error::Contention { .. }
             | Error::Transport(_)
             | Error::Redis(_) => true,

@@ -316,6 +316,9 @@ impl Error {
                 // Forgotten since it ended (past the lockserver's retention): as over as
                 // one decided, not a bad argument.
                 e if e.transaction_is_over() => SqlState::ObjectNotInPrerequisiteState,
+                tandem_lockserver::Error::OutcomeUnknown { .. } => {
+                    SqlState::TransactionResolutionUnknown
+                }
                 e if e.is_limit() => SqlState::ProgramLimitExceeded,
                 e if e.is_client_fault() => SqlState::InvalidParameterValue,
                 _ => SqlState::SystemError,

@@ -51,7 +51,7 @@ pub fn to_status(e: Error) -> Status {
         // Not applied, safe to retry: gRPC's UNAVAILABLE, not ABORTED (no transaction
         // conflict) nor DEADLINE_EXCEEDED (which leaves open whether it was applied).
         Error::ShuttingDown => Code::Unavailable,
-        Error::Timeout { .. } => Code::DeadlineExceeded,
+        Error::Timeout { .. } | Error::OutcomeUnknown { .. } => Code::DeadlineExceeded,
         Error::Rpc { code, .. } => *code,
         Error::Io { .. }
         | Error::Corrupt { .. }

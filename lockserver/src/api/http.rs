@@ -46,7 +46,7 @@ impl IntoResponse for ApiError {
             | Error::ShuttingDown
             | Error::Contention { .. }
             | Error::Unacknowledged { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Timeout { .. } | Error::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Rpc { .. }
             | Error::Io { .. }
             | Error::Corrupt { .. }

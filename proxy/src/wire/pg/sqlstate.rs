@@ -11,6 +11,9 @@ pub enum SqlState {
     ConnectionFailure,
     /// 08001 sqlclient_unable_to_establish_sqlconnection: the database could not be reached.
     UnableToConnect,
+    /// 08007 transaction_resolution_unknown: a global decision was sent and no answer
+    /// came; it may have been taken.
+    TransactionResolutionUnknown,
     /// 08P01 protocol_violation: malformed or unexpected message.
     ProtocolViolation,
     /// 0A000 feature_not_supported.
@@ -122,6 +125,7 @@ impl SqlState {
         match self {
             SqlState::ConnectionFailure => "08006",
             SqlState::UnableToConnect => "08001",
+            SqlState::TransactionResolutionUnknown => "08007",
             SqlState::ProtocolViolation => "08P01",
             SqlState::FeatureNotSupported => "0A000",
             SqlState::SerializationFailure => "40001",

@@ -419,6 +419,66 @@ async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
     tandem.shutdown().await;
 }
 
+/// A `tandem_commit()` whose answer never comes may have committed: the client hears
+/// 08007 (transaction_resolution_unknown), not an error it would take for a failure
+/// and retry its business operation on. It stays bound, and calling it again answers
+/// the decision.
+#[tokio::test]
+async fn a_decision_whose_answer_is_lost_is_reported_unknown_and_asked_again() {
+    let db = TestDb::create("decision_lost").await;
+    db.migrate().await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let relay = tandem_tests::relay::LossyRelay::start(lockserver.grpc).await;
+    let endpoint = format!("http://{}", relay.addr);
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.call_timeout_ms = 1_000;
+    })
+    .await;
+    let client = tandem.connect(&db.name).await;
+    let xid = value(&client, "SELECT tandem_begin(60000)")
+        .await
+        .expect("an xid");
+    client
+        .batch_execute("UPDATE t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    relay.lose_answers();
+    let err = control(&client, "SELECT tandem_commit()")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&err),
+        &SqlState::TRANSACTION_RESOLUTION_UNKNOWN,
+        "{err}"
+    );
+    relay.heal();
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, Some(xid));
+    // The proxy's lockserver connection broke with the lost answers: the first call
+    // after it may find it closed.
+    tandem_tests::harness::eventually("the decision is answered again", || async {
+        matches!(
+            control(&client, "SELECT tandem_commit()").await,
+            Ok((_, Some(status))) if status == "Committed"
+        )
+    })
+    .await;
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1);
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A session still bound to a transaction decided elsewhere asks the lockserver before
 /// a new binding replaces it; while the lockserver cannot answer, the session hears
 /// that (58000), not that it is "already bound", and stays usable.
