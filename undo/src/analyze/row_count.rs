@@ -4,7 +4,8 @@
 //!
 //! Never changes anything but the calls themselves: a word in quotes, a comment, a
 //! qualified name (`db.row_count()`, a stored function) or a call with arguments is
-//! left as written.
+//! left as written, and so is every statement of a multi-statement text but the first
+//! (the server's ROW_COUNT() there counts the statement before it).
 
 use super::split::Offsets;
 use sqlparser::dialect::MySqlDialect;
@@ -16,6 +17,11 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 /// text that does not tokenize.
 pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
     if !super::contains_ignore_case(sql.as_bytes(), b"row_count") {
+        return None;
+    }
+    if sql.contains('"') && sql.contains('\\') {
+        // Under sql_mode ANSI_QUOTES `"…\"` is a name, in which a backslash escapes
+        // nothing; the tokenizer reads a string there, and could end it elsewhere.
         return None;
     }
     let tokens = Tokenizer::new(&MySqlDialect {}, sql)
@@ -31,7 +37,14 @@ pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
         row_count.min(i64::MAX as u64)
     );
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let mut depth = 0usize;
     for (i, t) in tokens.iter().enumerate() {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon if depth == 0 => break,
+            _ => {}
+        }
         let is_call = is_plain_word(t, "ROW_COUNT")
             && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::LParen))
             && matches!(tokens.get(i + 2).map(|t| &t.token), Some(Token::RParen))
@@ -51,7 +64,7 @@ pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
         };
         let before = i.checked_sub(1).and_then(|p| tokens.get(p));
         let after = tokens.get(i + 3);
-        let replacement = if is_whole_unnamed_item(before, after) {
+        let replacement = if depth == 0 && is_whole_unnamed_item(before, after) {
             format!("{value} AS {}", quoted_name(&sql[start..end]))
         } else {
             value.clone()
@@ -76,19 +89,32 @@ fn is_plain_word(t: &TokenWithSpan, word: &str) -> bool {
     matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
 
-/// Whether the call between `before` and `after` is a select item of its own with no
-/// alias: the server then names its column by its text.
+/// Whether the call between `before` and `after`, outside any parentheses, is a select
+/// item of its own with no alias: the server then names its column by its text.
 fn is_whole_unnamed_item(before: Option<&&TokenWithSpan>, after: Option<&&TokenWithSpan>) -> bool {
     let starts_item = before.is_some_and(|t| {
         matches!(t.token, Token::Comma)
-            || ["SELECT", "DISTINCT", "ALL", "DISTINCTROW"]
-                .iter()
-                .any(|w| is_plain_word(t, w))
+            || [
+                "SELECT",
+                "DISTINCT",
+                "ALL",
+                "DISTINCTROW",
+                "HIGH_PRIORITY",
+                "STRAIGHT_JOIN",
+                "SQL_SMALL_RESULT",
+                "SQL_BIG_RESULT",
+                "SQL_BUFFER_RESULT",
+                "SQL_CACHE",
+                "SQL_NO_CACHE",
+                "SQL_CALC_FOUND_ROWS",
+            ]
+            .iter()
+            .any(|w| is_plain_word(t, w))
     });
     let ends_item = match after {
         None => true,
         Some(t) => {
-            matches!(t.token, Token::Comma | Token::SemiColon | Token::RParen)
+            matches!(t.token, Token::Comma | Token::SemiColon)
                 || [
                     "FROM",
                     "INTO",
@@ -147,6 +173,56 @@ mod tests {
         assert_eq!(
             with_row_count("INSERT INTO log (n) VALUES (ROW_COUNT())", 3).as_deref(),
             Some(format!("INSERT INTO log (n) VALUES ({THREE})").as_str())
+        );
+        assert_eq!(
+            with_row_count("SELECT SQL_NO_CACHE ROW_COUNT()", 3).as_deref(),
+            Some(format!("SELECT SQL_NO_CACHE {THREE} AS `ROW_COUNT()`").as_str())
+        );
+    }
+
+    #[test]
+    fn a_call_inside_parentheses_is_an_argument_not_an_item() {
+        for (sql, expected) in [
+            (
+                "SELECT GREATEST(0, ROW_COUNT())",
+                format!("SELECT GREATEST(0, {THREE})"),
+            ),
+            (
+                "INSERT INTO log (s, n) VALUES ('x', ROW_COUNT())",
+                format!("INSERT INTO log (s, n) VALUES ('x', {THREE})"),
+            ),
+            (
+                "SELECT id FROM t WHERE id IN (1, ROW_COUNT())",
+                format!("SELECT id FROM t WHERE id IN (1, {THREE})"),
+            ),
+            (
+                "SELECT (SELECT ROW_COUNT())",
+                format!("SELECT (SELECT {THREE})"),
+            ),
+        ] {
+            assert_eq!(
+                with_row_count(sql, 3).as_deref(),
+                Some(expected.as_str()),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_first_statement_is_rewritten() {
+        assert_eq!(with_row_count("SELECT 1; SELECT ROW_COUNT()", 3), None);
+        assert_eq!(
+            with_row_count("SELECT ROW_COUNT(); SELECT ROW_COUNT()", 3).as_deref(),
+            Some(format!("SELECT {THREE} AS `ROW_COUNT()`; SELECT ROW_COUNT()").as_str())
+        );
+    }
+
+    #[test]
+    fn a_backslash_beside_a_double_quote_is_left_to_the_server() {
+        // Under ANSI_QUOTES, `"\"` is a name, and `'` then opens a string.
+        assert_eq!(
+            with_row_count(r#"SELECT 1 AS "\" , '", ROW_COUNT(), "' AS s"#, 3),
+            None
         );
     }
 

@@ -2524,6 +2524,19 @@ async fn row_count_after_a_captured_write_is_the_writes_own() {
         vec![1],
         "after a prepared UPDATE"
     );
+    conn.query_drop("UPDATE accounts SET note = 'q' WHERE id IN (1, 2)")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(
+            &mut conn,
+            "SELECT GREATEST(0, ROW_COUNT()), ROW_COUNT() IN (1, 2)"
+        )
+        .await
+        .1,
+        vec![2, 1],
+        "as an argument"
+    );
 
     rolled_back_to(&mut conn, &mut direct, "accounts", &before).await;
     tandem.shutdown().await;
