@@ -46,6 +46,13 @@ impl LossyRelay {
         }
     }
 
+    /// A proxy's lockserver settings for this relay: its address, and calls bounded to
+    /// a second, so that a lost answer shows soon.
+    pub fn proxy_settings(&self, config: &mut tandem_proxy::config::Config) {
+        config.lockserver.endpoint = format!("http://{}", self.addr);
+        config.lockserver.call_timeout_ms = 1_000;
+    }
+
     /// From now on the server's replies are read and dropped.
     pub fn lose_answers(&self) {
         self.answers_lost.store(true, Ordering::SeqCst);

@@ -171,8 +171,9 @@ pub(super) fn failure(s: Status) -> pb::answer::Result {
     })
 }
 
-/// A registration's answer: its branch id, or the conflict naming the holder.
-pub(super) fn register_result(r: crate::Result<u64>) -> pb::answer::Result {
+/// A registration's response: its branch id, or the conflict naming the holder; any
+/// other error stays one.
+fn register_response(r: crate::Result<u64>) -> crate::Result<pb::RegisterResponse> {
     use pb::register_response::Result as R;
     let result = match r {
         Ok(id) => R::BranchId(id),
@@ -181,11 +182,19 @@ pub(super) fn register_result(r: crate::Result<u64>) -> pb::answer::Result {
             holder,
             holder_rolling_back,
         }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
-        Err(e) => return failure(to_status(e)),
+        Err(e) => return Err(e),
     };
-    pb::answer::Result::Register(pb::RegisterResponse {
+    Ok(pb::RegisterResponse {
         result: Some(result),
     })
+}
+
+/// A registration's answer on the pipeline (see `register_response`).
+pub(super) fn register_result(r: crate::Result<u64>) -> pb::answer::Result {
+    match register_response(r) {
+        Ok(response) => pb::answer::Result::Register(response),
+        Err(e) => failure(to_status(e)),
+    }
 }
 
 /// Most answers (or calls) sent in one pipeline message.
@@ -299,19 +308,9 @@ impl GrpcApi {
         let _p = self.coord.permit().map_err(to_status)?;
         let wait = Duration::from_millis(r.wait_ms.into());
         let cmd = register_command(r)?;
-        use pb::register_response::Result as R;
-        let result = match self.coord.register(cmd, wait, caller_gone).await {
-            Ok(id) => R::BranchId(id),
-            Err(Error::LockConflict {
-                key,
-                holder,
-                holder_rolling_back,
-            }) => R::Conflict(conflict(key, holder, holder_rolling_back)),
-            Err(e) => return Err(to_status(e)),
-        };
-        Ok(Response::new(pb::RegisterResponse {
-            result: Some(result),
-        }))
+        register_response(self.coord.register(cmd, wait, caller_gone).await)
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     /// One pipelined call, answered exactly as its unary twin would be. A registration

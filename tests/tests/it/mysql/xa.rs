@@ -1292,12 +1292,7 @@ async fn an_xa_registration_whose_answer_was_lost_does_not_hold_up_the_commit() 
     let db = bank("xa_lost_register").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let relay = LossyRelay::start(lockserver.grpc).await;
-    let endpoint = format!("http://{}", relay.addr);
-    let tandem = my::start_with(|c| {
-        c.lockserver.endpoint = endpoint;
-        c.lockserver.call_timeout_ms = 1_000;
-    })
-    .await;
+    let tandem = my::start_with(|c| relay.proxy_settings(c)).await;
     let mut conn = my::connect(&tandem, &db.name).await;
     text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
     let xid = text(&mut conn, "SELECT tandem_begin(30000)")

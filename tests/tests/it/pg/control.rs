@@ -434,12 +434,7 @@ async fn a_decision_whose_answer_is_lost_is_reported_unknown_and_asked_again() {
         .unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let relay = tandem_tests::relay::LossyRelay::start(lockserver.grpc).await;
-    let endpoint = format!("http://{}", relay.addr);
-    let tandem = Tandem::start_with(|c| {
-        c.lockserver.endpoint = endpoint;
-        c.lockserver.call_timeout_ms = 1_000;
-    })
-    .await;
+    let tandem = Tandem::start_with(|c| relay.proxy_settings(c)).await;
     let client = tandem.connect(&db.name).await;
     let xid = value(&client, "SELECT tandem_begin(60000)")
         .await

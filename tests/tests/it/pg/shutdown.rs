@@ -6,6 +6,13 @@ use tandem_tests::expect_msg;
 use tandem_tests::harness::{Tandem, TestDb};
 use tandem_tests::raw_pg::RawPg;
 
+/// The session is told it ends (57P01), then closed.
+async fn told_why_and_closed(session: &mut RawPg) {
+    let msgs = session.recv_to_close().await;
+    let fatal = msgs.iter().find(|m| m.tag == b'E').expect("told why");
+    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+}
+
 #[tokio::test]
 async fn sessions_close_at_their_next_sync_point() {
     let db = TestDb::create("shutdown").await;
@@ -17,12 +24,7 @@ async fn sessions_close_at_their_next_sync_point() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stopping = tokio::spawn(tandem.shutdown());
 
-    let msgs = idle.recv_to_close().await;
-    let fatal = msgs
-        .iter()
-        .find(|m| m.tag == b'E')
-        .expect("idle session told why");
-    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    told_why_and_closed(&mut idle).await;
 
     // The busy session gets its result, then the same message.
     expect_msg!(busy, b'T');
@@ -49,9 +51,7 @@ async fn a_session_busy_past_the_drain_timeout_is_cut() {
     let started = std::time::Instant::now();
     tandem.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(10));
-    let msgs = busy.recv_to_close().await;
-    let fatal = msgs.iter().find(|m| m.tag == b'E').expect("told why");
-    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    told_why_and_closed(&mut busy).await;
     tandem_tests::harness::eventually("the backend is gone", || async {
         db.backend_count().await == 0
     })
@@ -76,12 +76,7 @@ async fn a_session_inside_a_block_may_end_it_before_it_closes() {
         .run_each(&["BEGIN", "UPDATE t SET v = 1 WHERE id = 1"])
         .await;
     let stopping = tokio::spawn(tandem.shutdown());
-    let msgs = idle.recv_to_close().await;
-    let fatal = msgs
-        .iter()
-        .find(|m| m.tag == b'E')
-        .expect("idle session told why");
-    assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
+    told_why_and_closed(&mut idle).await;
 
     let replies = block.simple("COMMIT").await;
     assert_eq!(

@@ -1692,12 +1692,7 @@ async fn an_xa_registration_whose_answer_was_lost_does_not_hold_up_the_commit() 
     let db = prepare("xa_lost_register").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let relay = LossyRelay::start(lockserver.grpc).await;
-    let endpoint = format!("http://{}", relay.addr);
-    let tandem = Tandem::start_with(|c| {
-        c.lockserver.endpoint = endpoint;
-        c.lockserver.call_timeout_ms = 1_000;
-    })
-    .await;
+    let tandem = Tandem::start_with(|c| relay.proxy_settings(c)).await;
     let client = tandem.connect(&db.name).await;
     one(&client, "SELECT tandem_mode('xa')").await.unwrap();
     let xid = one(&client, "SELECT tandem_begin(30000)")
