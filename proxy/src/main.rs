@@ -110,7 +110,9 @@ async fn run(
                         applied.schema
                     ),
                     Err(e) => {
-                        eprintln!("tandem migrate: {e}");
+                        // The driver's own message ("db error") names no cause; its
+                        // sources do.
+                        eprintln!("tandem migrate: {}", tandem_lockserver::error::chain(&e));
                         failed += 1;
                     }
                 }

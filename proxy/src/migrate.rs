@@ -34,7 +34,8 @@ pub enum MigrateError {
         url: String,
         source: mysql_async::Error,
     },
-    #[error("{url}: {source}")]
+    /// The driver's own message ("db error") names no cause; its sources do.
+    #[error("{url}: {}", tandem_lockserver::error::chain(source))]
     Postgres {
         url: String,
         source: tokio_postgres::Error,
@@ -212,6 +213,11 @@ async fn apply_postgres(url: &str) -> Result<Applied, MigrateError> {
     }
     let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(err)?;
     let driver = tokio::spawn(connection);
+    // A second run's `… IF NOT EXISTS, skipping` NOTICEs say nothing an operator needs.
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await
+        .map_err(err)?;
     let tx = client.transaction().await.map_err(err)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1)",

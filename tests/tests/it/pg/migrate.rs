@@ -97,6 +97,16 @@ async fn migrate_refuses_an_undo_log_of_another_shape() {
         ),
         "{err}"
     );
+    // A database that does not exist is named as the server names it.
+    let missing = format!(
+        "postgres://postgres@{upstream}/{}_missing?sslmode=disable",
+        db.name
+    );
+    let err = tandem_proxy::migrate::apply(&missing).await.unwrap_err();
+    assert!(
+        err.to_string().contains("_missing\" does not exist"),
+        "{err}"
+    );
     client.batch_execute("DROP TABLE undo_log").await.unwrap();
     // One further along the search_path is the one used: no second one is made ahead
     // of it, in a schema named after the role.
