@@ -231,6 +231,9 @@ async fn worker_loop(
     connected: Arc<AtomicBool>,
 ) {
     let mut delay = opts.reconnect_initial;
+    // An operator hears once that the lockserver cannot be reached (global
+    // transactions cannot begin or end meanwhile), not at every retry.
+    let mut said_unreachable = false;
     while !cancel.is_cancelled() {
         let had_work = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -239,6 +242,13 @@ async fn worker_loop(
         connected.store(false, Ordering::Relaxed);
         if had_work {
             delay = opts.reconnect_initial;
+            said_unreachable = false;
+            tracing::warn!("phase-2 stream to the lockserver ended; reconnecting");
+        } else if !said_unreachable && !cancel.is_cancelled() {
+            said_unreachable = true;
+            tracing::warn!(
+                "the lockserver cannot be reached (phase-2 stream not established); retrying: global transactions cannot begin or end meanwhile"
+            );
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
