@@ -601,6 +601,12 @@ pub(super) fn bind_params<'a>(batch: &Batch<'a>, param_types: &[u32]) -> Vec<Par
         .collect()
 }
 
+/// A Bind (or a later Execute) of a named statement tandem cannot tell, inside a global
+/// transaction.
+pub(super) const OPAQUE_STATEMENT: Error = Error::Unsupported {
+    what: "a Bind of a named statement after a SQL-level PREPARE or DEALLOCATE in the session, inside a global transaction (tandem cannot tell which statement the name binds; DISCARD ALL or DEALLOCATE ALL starts afresh)",
+};
+
 impl Relay<'_> {
     /// The parameter types the server resolved for the client's statement (declared,
     /// or asked for): tandem's own statements use only some of its parameters and
@@ -650,6 +656,16 @@ impl Relay<'_> {
         tag: u8,
         body: &[u8],
     ) -> Result<Extended> {
+        if tag == frontend::BIND
+            && Bind::statement_of(body).is_ok_and(|s| self.tracked.statement_opaque(s))
+        {
+            // Bound, it may write outside what the branch captures; unbound, it goes to
+            // the backend as sent, unchecked (as SQL-level EXECUTE does).
+            return Ok(match self.binding.xid() {
+                Some(_) => Extended::RefuseBind(refusal(OPAQUE_STATEMENT)),
+                None => Extended::NotAWrite,
+            });
+        }
         if tag == frontend::BIND
             && Bind::statement_of(body).is_ok_and(|s| self.tracked.bind_statement_uncertain(s))
             && let Some(instead) = self.unless_at_sync_point(

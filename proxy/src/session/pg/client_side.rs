@@ -373,10 +373,15 @@ impl Relay<'_> {
         if self.tracked.bound_in_this_batch(portal) {
             return None;
         }
-        if self.tracked.portal(portal)?.executed {
+        let bound = self.tracked.portal(portal)?;
+        if bound.executed {
             // Run already (captured at its Bind, or committed): executed again, it
             // gives what rows its row limit left, or nothing.
             return None;
+        }
+        if self.tracked.statement_opaque(&bound.statement) {
+            // Bound before the session was: what it runs is not known.
+            return Some(super::at_extended::OPAQUE_STATEMENT);
         }
         let sql = String::from_utf8_lossy(&self.tracked.portal_statement(portal)?.sql).into_owned();
         let analyses = self.ctx.analyses.analyze(&sql).ok()?;

@@ -298,6 +298,8 @@ impl Relay<'_> {
                 }
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
+                } else if tag == b"PREPARE" || tag == b"DEALLOCATE" {
+                    self.tracked.on_sql_level_prepare();
                 }
                 if !self.pool_resets.is_empty() {
                     self.pool_resets

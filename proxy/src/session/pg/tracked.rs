@@ -139,6 +139,9 @@ pub struct Tracked {
     /// The backend's unnamed statement is tandem's (a client's write sent as a Query,
     /// which tandem ran as Parse/Bind/Execute) until a client's Parse of it completes.
     unnamed_is_tandems: bool,
+    /// A SQL-level `PREPARE` or `DEALLOCATE` ran since the statements were last all
+    /// dropped: no named statement is known for sure (`statement_opaque`).
+    names_from_sql: bool,
 }
 
 impl Tracked {
@@ -163,14 +166,11 @@ impl Tracked {
     /// Whether a Bind of `name` sent now may run another statement than
     /// `statement_for_bind` names: the latest Parse of that name in flight is in an
     /// earlier batch, and an older definition of the name exists for the Bind to run
-    /// should that Parse fail (PostgreSQL refuses a Parse of a name in use, 42P05, and
-    /// skips what follows an error up to the batch's Sync). Within one batch the latest
-    /// Parse is right: if it fails, the Bind is skipped with it. The unnamed statement
-    /// is dropped before its Parse, so a failed one leaves none to run.
+    /// should that Parse not take effect (PostgreSQL refuses a Parse of a name in use,
+    /// 42P05, and skips what follows an error up to the batch's Sync: a skipped Parse
+    /// of the unnamed statement leaves the old one). Within one batch the latest Parse
+    /// is right: if it does not take effect, the Bind is skipped with it.
     pub fn bind_statement_uncertain(&self, name: &[u8]) -> bool {
-        if name.is_empty() {
-            return false;
-        }
         let mut definitions = usize::from(self.statements.contains_key(name));
         let mut parse_in_an_earlier_batch = false;
         for o in &self.outstanding {
@@ -673,6 +673,21 @@ impl Tracked {
     /// `DISCARD ALL` or `DEALLOCATE ALL` completed.
     pub fn forget_all_statements(&mut self) {
         self.statements.clear();
+        self.names_from_sql = false;
+    }
+
+    /// A SQL-level `PREPARE` or `DEALLOCATE` completed: it made or dropped a named
+    /// statement tandem cannot tell (its tag names none).
+    pub fn on_sql_level_prepare(&mut self) {
+        self.names_from_sql = true;
+    }
+
+    /// Whether tandem cannot tell what the named statement `name` is: a SQL-level
+    /// `PREPARE` or `DEALLOCATE` has run in the session, which may have made it (a Bind
+    /// may name a statement SQL prepared) or replaced it. Until then a name tandem
+    /// never saw prepared names no statement, and the backend says so.
+    pub fn statement_opaque(&self, name: &[u8]) -> bool {
+        !name.is_empty() && self.names_from_sql
     }
 }
 

@@ -3824,3 +3824,106 @@ async fn a_bind_behind_a_failed_parse_of_its_name_is_read_as_the_statement_it_ru
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Statements a Bind may run that tandem cannot read from the protocol: one made by
+/// SQL-level PREPARE (or replaced through DEALLOCATE and PREPARE), and the unnamed
+/// statement left in place when its new Parse is skipped behind an error. Inside a
+/// global transaction such a Bind is refused or waited for, never run uncaptured;
+/// outside one, a deallocated statement is the backend's to refuse.
+#[tokio::test]
+async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("bind_opaque").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let sync = frame(b'S', b"");
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    let update = "UPDATE accounts SET balance = 0 WHERE id = 1";
+    let bind_and_run = |statement: &str| {
+        let mut batch = named_bind("", statement);
+        batch.extend(&execute);
+        batch.extend(&sync);
+        batch
+    };
+
+    // Prepared with SQL before the binding, then bound over the protocol.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&[
+        &format!("PREPARE by_sql AS {update}"),
+        "SELECT tandem_begin()",
+    ])
+    .await;
+    raw.send(&bind_and_run("by_sql")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"));
+    raw_rolled_back(&mut raw, "prepared with SQL").await;
+    assert_eq!(dump(&direct).await, before);
+
+    // Prepared over the protocol as a read, replaced with SQL by a write.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    raw.recv_until(b'Z').await;
+    raw.run_each(&[
+        "DEALLOCATE s",
+        &format!("PREPARE s AS {update}"),
+        "SELECT tandem_begin()",
+    ])
+    .await;
+    raw.send(&bind_and_run("s")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    raw_rolled_back(&mut raw, "replaced with SQL").await;
+    assert_eq!(dump(&direct).await, before);
+
+    // The unnamed statement's new Parse skipped behind an error: the old UPDATE runs,
+    // captured.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    let mut batch = frame(b'P', &parse_body("", update));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    raw.recv_until(b'Z').await;
+    let mut batch = named_bind("", "no_such_statement");
+    batch.extend(frame(b'P', &parse_body("", "SELECT 1")));
+    batch.extend(&sync);
+    batch.extend(bind_and_run(""));
+    raw.send(&batch).await;
+    let mut replies = raw.recv_until(b'Z').await;
+    replies.extend(raw.recv_until(b'Z').await);
+    assert_eq!(tags(&replies), "EZ2CZ", "{replies:?}");
+    raw_rolled_back(&mut raw, "unnamed kept").await;
+    assert_eq!(dump(&direct).await, before);
+
+    // Outside a global transaction, on a table that holds global locks (so that writes
+    // are checked), a deallocated statement is not run from tandem's record: the
+    // backend answers 26000.
+    let holder = tandem.connect(&db.name).await;
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 5 WHERE id = 5")
+        .await
+        .unwrap();
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(b'P', &parse_body("gone", update));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    raw.recv_until(b'Z').await;
+    raw.run_each(&["DEALLOCATE gone"]).await;
+    raw.send(&bind_and_run("gone")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("26000"),
+        "{replies:?}"
+    );
+    rolled_back(&holder).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
