@@ -37,12 +37,21 @@ pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
         row_count.min(i64::MAX as u64)
     );
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
-    let mut depth = 0usize;
+    // For each open parenthesis, whether a query is inside it (a subquery, a derived
+    // table): its select items are named as the top level's are. The statement itself
+    // is the first entry.
+    let mut in_query = vec![true];
     for (i, t) in tokens.iter().enumerate() {
         match t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth = depth.saturating_sub(1),
-            Token::SemiColon if depth == 0 => break,
+            Token::LParen => in_query.push(
+                tokens
+                    .get(i + 1)
+                    .is_some_and(|n| is_plain_word(n, "SELECT") || is_plain_word(n, "WITH")),
+            ),
+            Token::RParen if in_query.len() > 1 => {
+                in_query.pop();
+            }
+            Token::SemiColon if in_query.len() == 1 => break,
             _ => {}
         }
         let is_call = is_plain_word(t, "ROW_COUNT")
@@ -64,7 +73,8 @@ pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
         };
         let before = i.checked_sub(1).and_then(|p| tokens.get(p));
         let after = tokens.get(i + 3);
-        let replacement = if depth == 0 && is_whole_unnamed_item(before, after) {
+        let replacement = if in_query.last() == Some(&true) && is_whole_unnamed_item(before, after)
+        {
             format!("{value} AS {}", quoted_name(&sql[start..end]))
         } else {
             value.clone()
@@ -89,8 +99,9 @@ fn is_plain_word(t: &TokenWithSpan, word: &str) -> bool {
     matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
 
-/// Whether the call between `before` and `after`, outside any parentheses, is a select
-/// item of its own with no alias: the server then names its column by its text.
+/// Whether the call between `before` and `after`, in a query's select list (not inside
+/// a function's parentheses), is a select item of its own with no alias: the server
+/// then names its column by its text.
 fn is_whole_unnamed_item(before: Option<&&TokenWithSpan>, after: Option<&&TokenWithSpan>) -> bool {
     let starts_item = before.is_some_and(|t| {
         matches!(t.token, Token::Comma)
@@ -114,7 +125,7 @@ fn is_whole_unnamed_item(before: Option<&&TokenWithSpan>, after: Option<&&TokenW
     let ends_item = match after {
         None => true,
         Some(t) => {
-            matches!(t.token, Token::Comma | Token::SemiColon)
+            matches!(t.token, Token::Comma | Token::SemiColon | Token::RParen)
                 || [
                     "FROM",
                     "INTO",
@@ -181,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_inside_parentheses_is_an_argument_not_an_item() {
+    fn a_call_inside_a_functions_parentheses_is_an_argument_not_an_item() {
         for (sql, expected) in [
             (
                 "SELECT GREATEST(0, ROW_COUNT())",
@@ -196,8 +207,12 @@ mod tests {
                 format!("SELECT id FROM t WHERE id IN (1, {THREE})"),
             ),
             (
-                "SELECT (SELECT ROW_COUNT())",
-                format!("SELECT (SELECT {THREE})"),
+                "SELECT * FROM (SELECT ROW_COUNT()) d",
+                format!("SELECT * FROM (SELECT {THREE} AS `ROW_COUNT()`) d"),
+            ),
+            (
+                "WITH c AS (SELECT ROW_COUNT(), 1) SELECT * FROM c",
+                format!("WITH c AS (SELECT {THREE} AS `ROW_COUNT()`, 1) SELECT * FROM c"),
             ),
         ] {
             assert_eq!(

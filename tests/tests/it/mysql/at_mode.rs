@@ -2537,6 +2537,14 @@ async fn row_count_after_a_captured_write_is_the_writes_own() {
         vec![2, 1],
         "as an argument"
     );
+    conn.query_drop("UPDATE accounts SET note = 'r' WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&mut conn, "SELECT * FROM (SELECT ROW_COUNT()) AS d").await,
+        (vec!["ROW_COUNT()".to_owned()], vec![1]),
+        "in a derived table"
+    );
 
     rolled_back_to(&mut conn, &mut direct, "accounts", &before).await;
     tandem.shutdown().await;
