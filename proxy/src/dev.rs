@@ -46,32 +46,39 @@ pub async fn run(
     lock_config: tandem_lockserver::Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DevError> {
-    let stop = CancellationToken::new();
+    // The signal stops the proxies first: the sessions they drain may still commit
+    // their branches, which needs the lockserver. It stops once they have.
+    let stop_proxies = CancellationToken::new();
+    let stop_lockserver = CancellationToken::new();
     let lockserver = tandem_lockserver::server::run(
         lock_listeners.grpc,
         lock_listeners.http,
         lock_config,
-        stop.clone().cancelled_owned(),
+        stop_lockserver.clone().cancelled_owned(),
     );
     let proxies = server::run(
         proxy_listeners,
         proxy_config,
-        stop.clone().cancelled_owned(),
+        stop_proxies.clone().cancelled_owned(),
     );
     let watch = async {
-        shutdown.await;
-        stop.cancel();
+        tokio::select! {
+            () = shutdown => stop_proxies.cancel(),
+            // A server ended on its own: nothing to wait for.
+            () = stop_proxies.cancelled() => {}
+            () = stop_lockserver.cancelled() => {}
+        }
     };
     // Whichever server ends first (an error, or the signal) takes the other down with it.
     let (proxy_result, lock_result, ()) = tokio::join!(
         async {
             let r = proxies.await;
-            stop.cancel();
+            stop_lockserver.cancel();
             r
         },
         async {
             let r = lockserver.await;
-            stop.cancel();
+            stop_proxies.cancel();
             r
         },
         watch

@@ -411,6 +411,11 @@ impl<'a> Relay<'a> {
                     if self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }
+                    // tandem answered it itself (a bound session's COMMIT, a control
+                    // call): no reply from the backend will bring the check.
+                    if self.draining && self.closes_for_drain() {
+                        return Err(Error::ShuttingDown);
+                    }
                 }
             }
         }

@@ -95,3 +95,52 @@ async fn a_session_inside_a_block_may_end_it_before_it_closes() {
         .get(0);
     assert_eq!(v, 1, "the block's work committed");
 }
+
+/// A session bound to a global transaction, inside a block, during the drain: its
+/// COMMIT (which tandem answers itself, after the branch's undo row) runs, and the
+/// session closes right after it: a statement sent next is not run.
+#[tokio::test]
+async fn a_bound_session_closes_once_its_branch_committed() {
+    use tandem_tests::lockserver::{Kind, TestLockserver};
+    let db = TestDb::create("drain_bound").await;
+    db.migrate().await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut bound = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    bound
+        .run_each(&[
+            "SELECT tandem_begin(30000)",
+            "BEGIN",
+            "UPDATE t SET v = 1 WHERE id = 1",
+        ])
+        .await;
+    let stopping = tokio::spawn(tandem.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let replies = bound.simple("COMMIT").await;
+    assert_eq!(
+        tandem_tests::raw_pg::reply_tags(&replies),
+        vec!['C', 'Z'],
+        "{replies:?}"
+    );
+    bound.query("SELECT 'not run'").await;
+    let msgs = bound.recv_to_close().await;
+    assert_eq!(
+        tandem_tests::raw_pg::reply_tags(&msgs),
+        vec!['E'],
+        "closed, the next statement not run: {msgs:?}"
+    );
+    assert_eq!(msgs[0].sqlstate().as_deref(), Some("57P01"));
+    stopping.await.expect("shutdown finished in time");
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1, "the branch committed");
+    lockserver.stop().await;
+}
