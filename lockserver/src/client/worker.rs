@@ -232,7 +232,9 @@ async fn worker_loop(
 ) {
     let mut delay = opts.reconnect_initial;
     // An operator hears once that the lockserver cannot be reached (global
-    // transactions cannot begin or end meanwhile), not at every retry.
+    // transactions cannot begin or end meanwhile), not at every retry, and not while
+    // one started beside the proxy is still coming up.
+    let mut unreachable_since: Option<std::time::Instant> = None;
     let mut said_unreachable = false;
     while !cancel.is_cancelled() {
         let had_work = tokio::select! {
@@ -242,9 +244,16 @@ async fn worker_loop(
         connected.store(false, Ordering::Relaxed);
         if had_work {
             delay = opts.reconnect_initial;
+            unreachable_since = None;
             said_unreachable = false;
             tracing::warn!("phase-2 stream to the lockserver ended; reconnecting");
-        } else if !said_unreachable && !cancel.is_cancelled() {
+        } else if !said_unreachable
+            && !cancel.is_cancelled()
+            && unreachable_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= std::time::Duration::from_secs(1)
+        {
             said_unreachable = true;
             tracing::warn!(
                 "the lockserver cannot be reached (phase-2 stream not established); retrying: global transactions cannot begin or end meanwhile"
