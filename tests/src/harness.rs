@@ -183,6 +183,28 @@ impl TestDb {
             .expect("tandem migrate");
     }
 
+    /// Creates table `t (id, v)` holding the one row (1, 0), for tests that need one
+    /// row to write and read back (`v_of_row_1`).
+    pub async fn one_row_table(&self) {
+        self.direct()
+            .await
+            .batch_execute(
+                "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)",
+            )
+            .await
+            .expect("create table t");
+    }
+
+    /// `v` of row 1 of `one_row_table`, read directly.
+    pub async fn v_of_row_1(&self) -> i32 {
+        self.direct()
+            .await
+            .query_one("SELECT v FROM t WHERE id = 1", &[])
+            .await
+            .expect("read row 1 of t")
+            .get(0)
+    }
+
     /// A direct client (no proxy) to this database.
     pub async fn direct(&self) -> Client {
         let mut config = admin_config();

@@ -427,11 +427,7 @@ async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
 async fn a_decision_whose_answer_is_lost_is_reported_unknown_and_asked_again() {
     let db = TestDb::create("decision_lost").await;
     db.migrate().await;
-    let direct = db.direct().await;
-    direct
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
-        .await
-        .unwrap();
+    db.one_row_table().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let relay = tandem_tests::relay::LossyRelay::start(lockserver.grpc).await;
     let tandem = Tandem::start_with(|c| relay.proxy_settings(c)).await;
@@ -463,12 +459,7 @@ async fn a_decision_whose_answer_is_lost_is_reported_unknown_and_asked_again() {
         )
     })
     .await;
-    let v: i32 = direct
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 1);
+    assert_eq!(db.v_of_row_1().await, 1);
     drop(client);
     tandem.shutdown().await;
     lockserver.stop().await;

@@ -64,11 +64,7 @@ async fn a_session_busy_past_the_drain_timeout_is_cut() {
 #[tokio::test]
 async fn a_session_inside_a_block_may_end_it_before_it_closes() {
     let db = TestDb::create("drain_block").await;
-    let direct = db.direct().await;
-    direct
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
-        .await
-        .unwrap();
+    db.one_row_table().await;
     let tandem = Tandem::start().await;
     let mut idle = RawPg::startup(tandem.pg, "postgres", &db.name).await;
     let mut block = RawPg::startup(tandem.pg, "postgres", &db.name).await;
@@ -88,12 +84,7 @@ async fn a_session_inside_a_block_may_end_it_before_it_closes() {
     assert_eq!(fatal.sqlstate().as_deref(), Some("57P01"));
     assert!(block.recv().await.is_none());
     stopping.await.expect("shutdown finished in time");
-    let v: i32 = direct
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 1, "the block's work committed");
+    assert_eq!(db.v_of_row_1().await, 1, "the block's work committed");
 }
 
 /// A session bound to a global transaction, inside a block, during the drain: its
@@ -104,11 +95,7 @@ async fn a_bound_session_closes_once_its_branch_committed() {
     use tandem_tests::lockserver::{Kind, TestLockserver};
     let db = TestDb::create("drain_bound").await;
     db.migrate().await;
-    let direct = db.direct().await;
-    direct
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)")
-        .await
-        .unwrap();
+    db.one_row_table().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let mut bound = RawPg::startup(tandem.pg, "postgres", &db.name).await;
@@ -136,11 +123,6 @@ async fn a_bound_session_closes_once_its_branch_committed() {
     );
     assert_eq!(msgs[0].sqlstate().as_deref(), Some("57P01"));
     stopping.await.expect("shutdown finished in time");
-    let v: i32 = direct
-        .query_one("SELECT v FROM t WHERE id = 1", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 1, "the branch committed");
+    assert_eq!(db.v_of_row_1().await, 1, "the branch committed");
     lockserver.stop().await;
 }
