@@ -604,7 +604,7 @@ pub(super) fn bind_params<'a>(batch: &Batch<'a>, param_types: &[u32]) -> Vec<Par
 /// A Bind (or a later Execute) of a named statement tandem cannot tell, inside a global
 /// transaction.
 pub(super) const OPAQUE_STATEMENT: Error = Error::Unsupported {
-    what: "a Bind of a named statement after a SQL-level PREPARE or DEALLOCATE in the session, inside a global transaction (tandem cannot tell which statement the name binds; DISCARD ALL or DEALLOCATE ALL starts afresh)",
+    what: "a Bind of a named statement tandem did not see prepared over the protocol, or of any after a SQL-level PREPARE or DEALLOCATE in the session, inside a global transaction (tandem cannot tell which statement the name binds; DISCARD ALL or DEALLOCATE ALL starts afresh)",
 };
 
 impl Relay<'_> {

@@ -379,11 +379,12 @@ impl Relay<'_> {
             // gives what rows its row limit left, or nothing.
             return None;
         }
-        if self.tracked.statement_opaque(&bound.statement) {
-            // Bound before the session was: what it runs is not known.
+        // Its statement as it was at the Bind: closed or replaced since, the portal
+        // still runs it.
+        let Some(sql) = &bound.sql else {
             return Some(super::at_extended::OPAQUE_STATEMENT);
-        }
-        let sql = String::from_utf8_lossy(&self.tracked.portal_statement(portal)?.sql).into_owned();
+        };
+        let sql = String::from_utf8_lossy(sql).into_owned();
         let analyses = self.ctx.analyses.analyze(&sql).ok()?;
         let escapes = match analyses.as_slice() {
             [tandem_undo::Analysis::Commit] => {

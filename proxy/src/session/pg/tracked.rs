@@ -36,6 +36,10 @@ pub struct Statement {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Portal {
     pub statement: Bytes,
+    /// The text of the statement it binds, as tandem could tell it at the Bind: the
+    /// statement may be closed or replaced since, the portal lives on. None: tandem
+    /// could not tell (`Tracked::statement_opaque`, `bind_statement_uncertain`).
+    pub sql: Option<Bytes>,
     bind: Bytes,
     /// The batch its Bind was sent in (see `Tracked::sync_points_sent`).
     batch: u64,
@@ -257,10 +261,19 @@ impl Tracked {
         let bind = Bind::decode(body)?;
         let name = Bytes::copy_from_slice(bind.portal);
         let statement = Bytes::copy_from_slice(bind.statement);
+        let sql = if self.statement_opaque(bind.statement)
+            || self.bind_statement_uncertain(bind.statement)
+        {
+            None
+        } else {
+            self.statement_for_bind(bind.statement)
+                .map(|s| s.sql.clone())
+        };
         self.outstanding.push_back(Outstanding::Bind {
             name,
             portal: Portal {
                 statement,
+                sql,
                 bind: Bytes::copy_from_slice(body),
                 batch: self.sync_points_sent,
                 follow_up,
@@ -682,12 +695,19 @@ impl Tracked {
         self.names_from_sql = true;
     }
 
-    /// Whether tandem cannot tell what the named statement `name` is: a SQL-level
-    /// `PREPARE` or `DEALLOCATE` has run in the session, which may have made it (a Bind
-    /// may name a statement SQL prepared) or replaced it. Until then a name tandem
-    /// never saw prepared names no statement, and the backend says so.
+    /// Whether tandem cannot tell what the named statement `name` is: it never saw it
+    /// prepared over the protocol (SQL-level `PREPARE` makes statements a Bind may
+    /// name, run by the client or inside a function, where no CommandComplete tells),
+    /// or a SQL-level `PREPARE` or `DEALLOCATE` has run since, which may have replaced
+    /// it.
     pub fn statement_opaque(&self, name: &[u8]) -> bool {
-        !name.is_empty() && self.names_from_sql
+        if name.is_empty() {
+            return false;
+        }
+        let parsed_in_flight = self.outstanding.iter().any(
+            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
+        );
+        self.names_from_sql || (!self.statements.contains_key(name) && !parsed_in_flight)
     }
 }
 

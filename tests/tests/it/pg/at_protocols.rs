@@ -3082,6 +3082,8 @@ async fn a_query_behind_a_failed_extended_message_is_skipped_as_postgresql_skips
             "SELECT 1",
         ] {
             // A Bind of a statement that does not exist fails; the Query is skipped.
+            // Inside a global transaction tandem refuses it itself: a statement made
+            // by SQL-level PREPARE inside a function would be there unseen.
             let mut batch = frame(b'B', &bind_body("nosuch"));
             batch.extend(query(skipped));
             batch.extend(frame(b'S', b""));
@@ -3089,7 +3091,8 @@ async fn a_query_behind_a_failed_extended_message_is_skipped_as_postgresql_skips
             raw.send(&batch).await;
             let replies = raw.recv_until(b'Z').await;
             assert_eq!(tags(&replies), "EZ", "{mode}, {skipped}: {replies:?}");
-            assert_eq!(replies[0].sqlstate().as_deref(), Some("26000"));
+            let refused_by = if mode == "outside" { "26000" } else { "0A000" };
+            assert_eq!(replies[0].sqlstate().as_deref(), Some(refused_by));
             let replies = raw.recv_until(b'Z').await;
             assert_eq!(tags(&replies), "TDCZ", "{mode}, {skipped}: {replies:?}");
             // A Parse that fails, a Query behind it, then the next batch.
@@ -3863,6 +3866,19 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     raw_rolled_back(&mut raw, "prepared with SQL").await;
     assert_eq!(dump(&direct).await, before);
 
+    // Prepared with SQL inside a function, where no CommandComplete says so.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&[
+        &format!("DO $$ BEGIN EXECUTE 'PREPARE in_do AS {update}'; END $$"),
+        "SELECT tandem_begin()",
+    ])
+    .await;
+    raw.send(&bind_and_run("in_do")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    raw_rolled_back(&mut raw, "prepared in a function").await;
+    assert_eq!(dump(&direct).await, before);
+
     // Prepared over the protocol as a read, replaced with SQL by a write.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
     let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
@@ -3899,6 +3915,46 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     assert_eq!(tags(&replies), "EZ2CZ", "{replies:?}");
     raw_rolled_back(&mut raw, "unnamed kept").await;
     assert_eq!(dump(&direct).await, before);
+
+    // A portal bound before the binding, from a statement closed and prepared anew as
+    // a read since: PostgreSQL keeps the portal, and its late Execute would run the
+    // UPDATE. (On a table of its
+    // own: one that held global locks a moment ago has its batches checked.)
+    direct
+        .batch_execute("CREATE TABLE q (id int PRIMARY KEY, v int); INSERT INTO q VALUES (1, 0)")
+        .await
+        .unwrap();
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(b'P', &parse_body("s", "UPDATE q SET v = 1 WHERE id = 1"));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    raw.recv_until(b'Z').await;
+    raw.run_each(&["BEGIN"]).await;
+    let mut batch = named_bind("p", "s");
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2Z", "{replies:?}");
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    let mut batch = frame(b'C', b"Ss\0");
+    batch.extend(frame(b'P', &parse_body("s", "SELECT 1")));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "31Z");
+    let mut batch = frame(b'E', b"p\0\0\0\0\0");
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"));
+    raw.run_each(&["ROLLBACK"]).await;
+    raw_rolled_back(&mut raw, "portal of a closed statement").await;
+    let v: i32 = direct
+        .query_one("SELECT v FROM q WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 0, "the portal's UPDATE never ran");
 
     // Outside a global transaction, on a table that holds global locks (so that writes
     // are checked), a deallocated statement is not run from tandem's record: the
