@@ -657,23 +657,24 @@ impl Relay<'_> {
         body: &[u8],
     ) -> Result<Extended> {
         if tag == frontend::BIND
-            && Bind::statement_of(body).is_ok_and(|s| self.tracked.statement_opaque(s))
+            && let Ok(statement) = Bind::statement_of(body)
         {
-            // Bound, it may write outside what the branch captures; unbound, it goes to
-            // the backend as sent, unchecked (as SQL-level EXECUTE does).
-            return Ok(match self.binding.xid() {
-                Some(_) => Extended::RefuseBind(refusal(OPAQUE_STATEMENT)),
-                None => Extended::NotAWrite,
-            });
-        }
-        if tag == frontend::BIND
-            && Bind::statement_of(body).is_ok_and(|s| self.tracked.bind_statement_uncertain(s))
-            && let Some(instead) = self.unless_at_sync_point(
-                tag,
-                "a Bind of a statement whose Parse in an earlier batch may still fail (send it once that batch is answered)",
-            )
-        {
-            return Ok(instead);
+            if self.tracked.statement_opaque(statement) {
+                // Bound, it may write outside what the branch captures; unbound, it
+                // goes to the backend as sent, unchecked (as SQL-level EXECUTE does).
+                return Ok(match self.binding.xid() {
+                    Some(_) => Extended::RefuseBind(refusal(OPAQUE_STATEMENT)),
+                    None => Extended::NotAWrite,
+                });
+            }
+            if self.tracked.bind_statement_uncertain(statement)
+                && let Some(instead) = self.unless_at_sync_point(
+                    tag,
+                    "a Bind of a statement whose Parse in an earlier batch may still fail (send it once that batch is answered)",
+                )
+            {
+                return Ok(instead);
+            }
         }
         let Some(sql) = self.statement_sql(tag, body) else {
             if tag == frontend::BIND

@@ -701,13 +701,7 @@ impl Tracked {
     /// or a SQL-level `PREPARE` or `DEALLOCATE` has run since, which may have replaced
     /// it.
     pub fn statement_opaque(&self, name: &[u8]) -> bool {
-        if name.is_empty() {
-            return false;
-        }
-        let parsed_in_flight = self.outstanding.iter().any(
-            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
-        );
-        self.names_from_sql || (!self.statements.contains_key(name) && !parsed_in_flight)
+        !name.is_empty() && (self.names_from_sql || self.statement_for_bind(name).is_none())
     }
 }
 

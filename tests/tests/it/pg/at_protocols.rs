@@ -3851,6 +3851,15 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
         batch.extend(&sync);
         batch
     };
+    // The Bind is refused, and the global rollback leaves nothing of the branch.
+    let refused_then_rolled_back = async |raw: &mut RawPg, statement: &str, case: &str| {
+        raw.send(&bind_and_run(statement)).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "EZ", "{case}: {replies:?}");
+        assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"), "{case}");
+        raw_rolled_back(raw, case).await;
+        assert_eq!(dump(&direct).await, before, "{case}");
+    };
 
     // Prepared with SQL before the binding, then bound over the protocol.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
@@ -3859,12 +3868,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
         "SELECT tandem_begin()",
     ])
     .await;
-    raw.send(&bind_and_run("by_sql")).await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "EZ", "{replies:?}");
-    assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"));
-    raw_rolled_back(&mut raw, "prepared with SQL").await;
-    assert_eq!(dump(&direct).await, before);
+    refused_then_rolled_back(&mut raw, "by_sql", "prepared with SQL").await;
 
     // Prepared with SQL inside a function, where no CommandComplete says so.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
@@ -3873,11 +3877,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
         "SELECT tandem_begin()",
     ])
     .await;
-    raw.send(&bind_and_run("in_do")).await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "EZ", "{replies:?}");
-    raw_rolled_back(&mut raw, "prepared in a function").await;
-    assert_eq!(dump(&direct).await, before);
+    refused_then_rolled_back(&mut raw, "in_do", "prepared in a function").await;
 
     // Prepared over the protocol as a read, replaced with SQL by a write.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
@@ -3891,11 +3891,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
         "SELECT tandem_begin()",
     ])
     .await;
-    raw.send(&bind_and_run("s")).await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "EZ", "{replies:?}");
-    raw_rolled_back(&mut raw, "replaced with SQL").await;
-    assert_eq!(dump(&direct).await, before);
+    refused_then_rolled_back(&mut raw, "s", "replaced with SQL").await;
 
     // The unnamed statement's new Parse skipped behind an error: the old UPDATE runs,
     // captured.
