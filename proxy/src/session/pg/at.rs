@@ -430,7 +430,7 @@ impl Relay<'_> {
     }
 
     /// A setting as ParameterStatus last reported it ("" if never).
-    fn server_param(&self, name: &str) -> &str {
+    pub(super) fn server_param(&self, name: &str) -> &str {
         self.server_params
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))

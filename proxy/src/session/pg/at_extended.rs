@@ -604,10 +604,48 @@ pub(super) fn bind_params<'a>(batch: &Batch<'a>, param_types: &[u32]) -> Vec<Par
 /// A Bind (or a later Execute) of a named statement tandem cannot tell, inside a global
 /// transaction.
 pub(super) const OPAQUE_STATEMENT: Error = Error::Unsupported {
-    what: "a Bind of a named statement tandem did not see prepared over the protocol, or of any after a SQL-level PREPARE or DEALLOCATE in the session, inside a global transaction (tandem cannot tell which statement the name binds; DISCARD ALL or DEALLOCATE ALL starts afresh)",
+    what: "a Bind of a named statement tandem did not see prepared over the protocol, or that was replaced since, inside a global transaction (tandem cannot tell which statement the name binds)",
 };
 
+const BYTEA_OID: u32 = 17;
+
 impl Relay<'_> {
+    /// Asks the backend whether its statement `name` is still the one tandem recorded,
+    /// after a statement that may have replaced it (`Tracked::statement_unverified`).
+    /// Names and texts are compared as UTF-8 bytes (as the client sent them, in a
+    /// UTF8 session), so that no conversion can fail the client's block. Left
+    /// unverified (opaque) where that cannot be asked: in a failed block, or in a
+    /// session of another client_encoding.
+    async fn verify_statement(&mut self, name: &[u8]) -> Result<()> {
+        let askable = matches!(
+            self.phase,
+            super::Phase::Ready(TxStatus::Idle | TxStatus::InTransaction)
+        ) && self
+            .server_param("client_encoding")
+            .eq_ignore_ascii_case("UTF8");
+        if !askable {
+            return Ok(());
+        }
+        let found = self
+            .exchange(
+                "SELECT pg_catalog.convert_to(statement, 'UTF8') FROM pg_catalog.pg_prepared_statements \
+                 WHERE pg_catalog.convert_to(name, 'UTF8') = $1 AND NOT from_sql",
+                &[Param {
+                    type_oid: BYTEA_OID,
+                    value: Some(name),
+                    text: false,
+                }],
+                &[1],
+            )
+            .await?;
+        if let Some(e) = found.error {
+            return Err(Error::injected(&e.code, e.message));
+        }
+        let backend_sql = found.rows.first().and_then(|row| row.first()?.as_deref());
+        self.tracked.confirm_statement(name, backend_sql);
+        Ok(())
+    }
+
     /// The parameter types the server resolved for the client's statement (declared,
     /// or asked for): tandem's own statements use only some of its parameters and
     /// could not infer the others.
@@ -659,6 +697,15 @@ impl Relay<'_> {
         if tag == frontend::BIND
             && let Ok(statement) = Bind::statement_of(body)
         {
+            if self.binding.xid().is_some() && self.tracked.statement_unverified(statement) {
+                if let Some(instead) = self.unless_at_sync_point(
+                    tag,
+                    "a Bind of a named statement, in the middle of a pipelined batch, after a SQL-level PREPARE or DEALLOCATE, DO or CALL (send it once that batch is answered)",
+                ) {
+                    return Ok(instead);
+                }
+                self.verify_statement(statement).await?;
+            }
             if self.tracked.statement_opaque(statement) {
                 // Bound, it may write outside what the branch captures; unbound, it
                 // goes to the backend as sent, unchecked (as SQL-level EXECUTE does).

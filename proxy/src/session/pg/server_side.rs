@@ -298,8 +298,8 @@ impl Relay<'_> {
                 }
                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                     self.tracked.forget_all_statements();
-                } else if tag == b"PREPARE" || tag == b"DEALLOCATE" {
-                    self.tracked.on_sql_level_prepare();
+                } else if matches!(tag, b"PREPARE" | b"DEALLOCATE" | b"DO" | b"CALL") {
+                    self.tracked.on_names_may_have_changed();
                 }
                 if !self.pool_resets.is_empty() {
                     self.pool_resets

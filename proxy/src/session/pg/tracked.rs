@@ -29,6 +29,10 @@ pub struct Statement {
     /// the parameters of its before image with them); a statement keeps its types
     /// until it is parsed again or closed.
     pub inferred: Option<Vec<u32>>,
+    /// The `Tracked::names_epoch` in which tandem last knew the backend's statement of
+    /// this name to be this one: from its ParseComplete, or from the backend's own list
+    /// (`confirm_statement`).
+    pub known_in_epoch: u64,
 }
 
 /// A portal: the statement it was bound from and the Bind body, kept whole so that the
@@ -143,9 +147,11 @@ pub struct Tracked {
     /// The backend's unnamed statement is tandem's (a client's write sent as a Query,
     /// which tandem ran as Parse/Bind/Execute) until a client's Parse of it completes.
     unnamed_is_tandems: bool,
-    /// A SQL-level `PREPARE` or `DEALLOCATE` ran since the statements were last all
-    /// dropped: no named statement is known for sure (`statement_opaque`).
-    names_from_sql: bool,
+    /// Counts the statements that completed and may have made, dropped or replaced
+    /// named statements where no message tells which: SQL-level `PREPARE` and
+    /// `DEALLOCATE`, and `DO` and `CALL` (whose code may run either). A named statement
+    /// known in an earlier epoch is unverified (`statement_unverified`).
+    names_epoch: u64,
 }
 
 impl Tracked {
@@ -234,6 +240,7 @@ impl Tracked {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
                 inferred: None,
+                known_in_epoch: 0,
             },
             refused: None,
         });
@@ -251,6 +258,7 @@ impl Tracked {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
                 inferred: None,
+                known_in_epoch: self.names_epoch,
             },
         );
         Ok(())
@@ -598,9 +606,13 @@ impl Tracked {
         self.drop_answered_ahead();
         match self.outstanding.pop_front() {
             Some(Outstanding::Parse {
-                name, statement, ..
+                name,
+                mut statement,
+                ..
             }) => {
                 self.unnamed_is_tandems &= !name.is_empty();
+                // What ran before this Parse cannot have replaced it.
+                statement.known_in_epoch = self.names_epoch;
                 self.statements.insert(name, statement);
                 Ok(())
             }
@@ -686,22 +698,54 @@ impl Tracked {
     /// `DISCARD ALL` or `DEALLOCATE ALL` completed.
     pub fn forget_all_statements(&mut self) {
         self.statements.clear();
-        self.names_from_sql = false;
     }
 
-    /// A SQL-level `PREPARE` or `DEALLOCATE` completed: it made or dropped a named
-    /// statement tandem cannot tell (its tag names none).
-    pub fn on_sql_level_prepare(&mut self) {
-        self.names_from_sql = true;
+    /// A statement that may have made, dropped or replaced named statements completed
+    /// (`names_epoch`): its tag names none.
+    pub fn on_names_may_have_changed(&mut self) {
+        self.names_epoch += 1;
     }
 
     /// Whether tandem cannot tell what the named statement `name` is: it never saw it
     /// prepared over the protocol (SQL-level `PREPARE` makes statements a Bind may
     /// name, run by the client or inside a function, where no CommandComplete tells),
-    /// or a SQL-level `PREPARE` or `DEALLOCATE` has run since, which may have replaced
-    /// it.
+    /// or it is unverified (`statement_unverified`).
     pub fn statement_opaque(&self, name: &[u8]) -> bool {
-        !name.is_empty() && (self.names_from_sql || self.statement_for_bind(name).is_none())
+        if name.is_empty() {
+            return false;
+        }
+        match self.statement_for_bind(name) {
+            None => true,
+            Some(_) => self.statement_unverified(name),
+        }
+    }
+
+    /// Whether the recorded statement `name` (none of that name in flight) may have
+    /// been replaced since tandem knew it: a statement that may replace named ones ran
+    /// since (`names_epoch`). The backend's list tells (`confirm_statement`).
+    pub fn statement_unverified(&self, name: &[u8]) -> bool {
+        let in_flight = self.outstanding.iter().any(
+            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
+        );
+        !name.is_empty()
+            && !in_flight
+            && self
+                .statements
+                .get(name)
+                .is_some_and(|s| s.known_in_epoch < self.names_epoch)
+    }
+
+    /// The backend's text of its statement `name` as made over the protocol, None for
+    /// none (dropped, or made by SQL-level PREPARE): the recorded statement is known
+    /// again if that is its text, and forgotten (opaque) otherwise.
+    pub fn confirm_statement(&mut self, name: &[u8], backend_sql: Option<&[u8]>) {
+        match self.statements.get_mut(name) {
+            Some(s) if backend_sql == Some(&s.sql[..]) => s.known_in_epoch = self.names_epoch,
+            Some(_) => {
+                self.statements.remove(name);
+            }
+            None => {}
+        }
     }
 }
 
@@ -723,6 +767,43 @@ mod tests {
         b.extend_from_slice(value);
         b.extend_from_slice(&0i16.to_be_bytes());
         b
+    }
+
+    #[test]
+    fn a_statement_known_before_a_names_changing_statement_is_unverified_until_confirmed() {
+        let mut t = Tracked::default();
+        t.on_parse(&parse_body("s", "select 1")).unwrap();
+        t.on_parse(&parse_body("w", "update t set v = 1")).unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        assert!(!t.statement_opaque(b"s"));
+        t.on_names_may_have_changed();
+        assert!(t.statement_unverified(b"s") && t.statement_opaque(b"s"));
+        // Parsed again after it: the Parse ran later, and tells.
+        t.on_parse(&parse_body("w", "update t set v = 2")).unwrap();
+        assert!(!t.statement_unverified(b"w") && !t.statement_opaque(b"w"));
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        assert!(!t.statement_opaque(b"w"));
+        // The backend holds another text (a DO block replaced it): forgotten for good.
+        t.confirm_statement(b"s", Some(b"PREPARE s AS update t set v = 3"));
+        assert!(!t.statement_unverified(b"s") && t.statement_opaque(b"s"));
+        assert!(t.statement(b"s").is_none());
+        // Confirmed, it is known again, until the next such statement.
+        t.on_parse(&parse_body("r", "select 2")).unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        t.on_names_may_have_changed();
+        t.confirm_statement(b"r", Some(b"select 2"));
+        assert!(!t.statement_opaque(b"r"));
+        t.on_names_may_have_changed();
+        assert!(t.statement_opaque(b"r"));
+        t.confirm_statement(b"r", None);
+        assert!(t.statement_opaque(b"r") && t.statement(b"r").is_none());
     }
 
     #[test]

@@ -3757,6 +3757,58 @@ async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg, case: &str) {
     );
 }
 
+/// A SQL-level DEALLOCATE, a DO block or a CALL may replace a named statement where
+/// no message tells which; tandem asks the backend once at the next Bind of each
+/// statement it recorded, so that those still the ones it read run (captured) as ever.
+#[tokio::test]
+async fn statements_the_backend_still_holds_run_after_a_sql_level_deallocate() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("bind_confirmed").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let sync = frame(b'S', b"");
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(
+        b'P',
+        &parse_body("w", "UPDATE accounts SET balance = 0 WHERE id = 2"),
+    );
+    batch.extend(frame(
+        b'P',
+        &parse_body("r", "SELECT balance FROM accounts WHERE id = 2"),
+    ));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "11Z");
+    // How Rails' statement cache evicts, and what a migration's DO block looks like.
+    raw.run_each(&[
+        "PREPARE other AS SELECT 1",
+        "DEALLOCATE other",
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "SELECT tandem_begin()",
+    ])
+    .await;
+    let run = |statement: &str| {
+        let mut batch = named_bind("", statement);
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(&sync);
+        batch
+    };
+    raw.send(&run("w")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2CZ", "{replies:?}");
+    raw.send(&run("r")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2DCZ", "{replies:?}");
+    assert_eq!(&replies[1].body[6..], b"0", "the UPDATE ran: {replies:?}");
+    raw_rolled_back(&mut raw, "confirmed statements").await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// PostgreSQL refuses a Parse of a statement name in use (42P05) and keeps the
 /// statement: a Bind of that name sent behind the failed Parse's Sync runs the older
 /// statement. tandem, reading ahead, must not take the Bind for the new text: an older
@@ -3892,6 +3944,20 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     ])
     .await;
     refused_then_rolled_back(&mut raw, "s", "replaced with SQL").await;
+
+    // Prepared over the protocol as a read, replaced by a write inside a DO block,
+    // whose tag names no statement.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    raw.recv_until(b'Z').await;
+    raw.run_each(&[
+        &format!("DO $$ BEGIN EXECUTE 'DEALLOCATE s'; EXECUTE 'PREPARE s AS {update}'; END $$"),
+        "SELECT tandem_begin()",
+    ])
+    .await;
+    refused_then_rolled_back(&mut raw, "s", "replaced in a DO block").await;
 
     // The unnamed statement's new Parse skipped behind an error: the old UPDATE runs,
     // captured.
