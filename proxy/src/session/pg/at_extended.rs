@@ -954,8 +954,10 @@ fn batch_executes(rest: &[u8], max: usize) -> Result<Option<bool>> {
 }
 
 /// The first statement of a longer batch, `[Parse] Bind [Describe] Execute` followed by
-/// more than its Sync (pgJDBC's executeBatch): its messages as a `Batch` of their own
-/// (`len` excludes what follows). None: another shape, or not all here yet.
+/// more than its Sync (pgJDBC's executeBatch), or by a Flush (psycopg's pipeline, whose
+/// client waits for the statement's replies before it sends the Sync): its messages as
+/// a `Batch` of their own (`len` excludes what follows). None: another shape, or not
+/// all here yet.
 pub(super) fn leading_statement(rest: &[u8], max: usize) -> Result<Option<Batch<'_>>> {
     let mut frames = Vec::new();
     let mut at = 0;
@@ -983,7 +985,7 @@ pub(super) fn leading_statement(rest: &[u8], max: usize) -> Result<Option<Batch<
         _ => return Ok(None),
     };
     match Frame::peek(&rest[at..], max)? {
-        Some(next) if next.tag != frontend::SYNC && next.tag != frontend::FLUSH => {}
+        Some(next) if next.tag != frontend::SYNC => {}
         _ => return Ok(None),
     }
     match decode_batch(&frames, parse_at, bind_at, describe_at, at)? {

@@ -2773,7 +2773,8 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
         assert_eq!(&row.body[6..], value.as_bytes(), "{statement}");
     }
     // The statement tandem binds to fail a refused Bind cannot be the client's either:
-    // a write followed by Flush is refused, and stays refused.
+    // a write behind a read in a pipeline flushed before its Sync is refused, and stays
+    // refused.
     for (name, sql) in [
         (
             "tandem refused this statement",
@@ -2789,12 +2790,23 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
     }
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
-    let mut flushed = frame(b'B', &bind_body("w"));
+    let mut flushed = frame(b'B', &bind_body("tandem_write"));
+    flushed.extend(frame(b'E', b"\0\0\0\0\0"));
+    flushed.extend(frame(b'B', &bind_body("w")));
     flushed.extend(frame(b'E', b"\0\0\0\0\0"));
     flushed.extend(frame(b'H', b""));
-    raw.send(&flushed).await;
-    let reply = raw.recv().await.expect("an answer to the flushed batch");
-    assert_eq!(reply.sqlstate().as_deref(), Some("0A000"), "{reply:?}");
+    let flushed_refused = async |raw: &mut RawPg| {
+        raw.send(&flushed).await;
+        let replies = raw.recv_until(b'E').await;
+        assert_eq!(
+            reply_tags(&replies).iter().collect::<String>(),
+            "2DCE",
+            "{replies:?}"
+        );
+        let refusal = replies.last().and_then(|m| m.sqlstate());
+        assert_eq!(refusal.as_deref(), Some("0A000"), "{replies:?}");
+    };
+    flushed_refused(&mut raw).await;
     raw.send(&frame(b'S', b"")).await;
     raw.recv_until(b'Z').await;
     raw.query("ROLLBACK").await;
@@ -2816,9 +2828,11 @@ async fn a_client_statement_named_like_tandems_own_stays_the_clients() {
     other.recv_until(b'Z').await;
     other.query("BEGIN").await;
     other.recv_until(b'Z').await;
-    other.send(&flushed).await;
-    let reply = other.recv().await.expect("an answer to the flushed batch");
-    assert_eq!(reply.sqlstate().as_deref(), Some("0A000"), "{reply:?}");
+    let mut prepare = frame(b'P', &parse_body("tandem_write", "SELECT 42"));
+    prepare.extend(frame(b'S', b""));
+    other.send(&prepare).await;
+    other.recv_until(b'Z').await;
+    flushed_refused(&mut other).await;
     other.send(&frame(b'S', b"")).await;
     other.recv_until(b'Z').await;
     for sql in ["ROLLBACK", "SELECT tandem_rollback()"] {

@@ -100,6 +100,38 @@ async fn asyncpg_works_through_the_proxy() {
     nothing_left(lockserver, tandem).await;
 }
 
+/// psycopg 3's pipelines (executemany with returning=True, `conn.pipeline()`): each
+/// statement's Bind, Describe and Execute, a Flush, and the Sync only once the
+/// replies are read; in global transactions with autocommit on and off, and outside
+/// them to a table that holds global locks.
+#[tokio::test]
+async fn psycopg_pipelines_work_in_global_transactions() {
+    let (db, lockserver, tandem) = global_transactions("psycopg_pipeline").await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/drivers/psycopg_pipeline_check.py"
+    );
+    let upstream = tandem_tests::env::pg_upstream();
+    let (host, port) = upstream.rsplit_once(':').unwrap();
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(format!(
+            "host={} port={} user=postgres dbname={} sslmode=disable",
+            tandem.pg.ip(),
+            tandem.pg.port(),
+            db.name
+        ))
+        .arg(format!(
+            "host={host} port={port} user=postgres dbname={} sslmode=disable",
+            db.name
+        ))
+        .output()
+        .await
+        .expect("python3 runs");
+    assert_checks_passed("psycopg pipeline", &output);
+    nothing_left(lockserver, tandem).await;
+}
+
 /// pgJDBC (Debian's libpostgresql-jdbc-java), run as a Java service runs it: global
 /// transactions in AT and XA mode around transactions with autocommit off, where the
 /// driver sends BEGIN in one batch with the first statement, every Execute with a row
