@@ -607,42 +607,102 @@ pub(super) const OPAQUE_STATEMENT: Error = Error::Unsupported {
     what: "a Bind of a named statement tandem did not see prepared over the protocol, or that was replaced since, inside a global transaction (tandem cannot tell which statement the name binds)",
 };
 
-const BYTEA_OID: u32 = 17;
+const TEXT_ARRAY_OID: u32 = 1009;
+
+/// The client's statements of the names given in hex, as made over the protocol: names
+/// and texts in the server's own bytes, which are the client's in a UTF8 session
+/// where the server's encoding is UTF8 or SQL_ASCII (and taken so, no conversion
+/// validates them, nor can fail).
+const LIST_PREPARED_STATEMENTS: &str = "SELECT pg_catalog.encode(pg_catalog.convert_to(name, 'SQL_ASCII'), 'hex'), pg_catalog.convert_to(statement, 'SQL_ASCII') \
+     FROM pg_catalog.pg_prepared_statements \
+     WHERE NOT from_sql AND pg_catalog.encode(pg_catalog.convert_to(name, 'SQL_ASCII'), 'hex') = ANY ($1)";
+/// As `LIST_PREPARED_STATEMENTS`, converted from the server's encoding to the UTF8
+/// session's (which takes any character a valid server text holds).
+const LIST_PREPARED_STATEMENTS_CONVERTED: &str = "SELECT pg_catalog.encode(pg_catalog.textsend(name), 'hex'), pg_catalog.textsend(statement) \
+     FROM pg_catalog.pg_prepared_statements \
+     WHERE NOT from_sql AND pg_catalog.encode(pg_catalog.textsend(name), 'hex') = ANY ($1)";
+const SAVEPOINT_VERIFY: &str = "SAVEPOINT tandem_verify_statements";
+const RELEASE_VERIFY: &str = "RELEASE SAVEPOINT tandem_verify_statements";
+const ROLLBACK_TO_VERIFY: &str = "ROLLBACK TO SAVEPOINT tandem_verify_statements";
 
 impl Relay<'_> {
-    /// Asks the backend whether its statement `name` is still the one tandem recorded,
-    /// after a statement that may have replaced it (`Tracked::statement_unverified`).
-    /// Names and texts are compared as UTF-8 bytes (as the client sent them, in a
-    /// UTF8 session), so that no conversion can fail the client's block. Left
-    /// unverified (opaque) where that cannot be asked: in a failed block, or in a
-    /// session of another client_encoding.
-    async fn verify_statement(&mut self, name: &[u8]) -> Result<()> {
-        let askable = matches!(
-            self.phase,
-            super::Phase::Ready(TxStatus::Idle | TxStatus::InTransaction)
-        ) && self
-            .server_param("client_encoding")
-            .eq_ignore_ascii_case("UTF8");
-        if !askable {
+    /// Asks the backend which unverified statements (`Tracked::unverified_names`) are
+    /// still the ones tandem recorded: those are known again, the others forgotten
+    /// (opaque). Names and texts are compared in the bytes the client sent them in;
+    /// nothing is converted from the client's encoding, so no conversion can fail
+    /// (`LIST_PREPARED_STATEMENTS`). In the client's block it runs
+    /// under a savepoint of its own, so that an error (the client's statement_timeout,
+    /// say) leaves the block as it was, and the statements unverified. Not asked in a
+    /// failed block (nothing can run there), nor from a session of another
+    /// client_encoding.
+    pub(super) async fn verify_statements(&mut self) -> Result<()> {
+        let in_block = match self.phase {
+            super::Phase::Ready(TxStatus::Idle) => false,
+            super::Phase::Ready(TxStatus::InTransaction) => true,
+            _ => return Ok(()),
+        };
+        let names = self.tracked.unverified_names();
+        if names.is_empty()
+            || !self
+                .server_param("client_encoding")
+                .eq_ignore_ascii_case("UTF8")
+        {
             return Ok(());
         }
-        let found = self
-            .exchange(
-                "SELECT pg_catalog.convert_to(statement, 'UTF8') FROM pg_catalog.pg_prepared_statements \
-                 WHERE pg_catalog.convert_to(name, 'UTF8') = $1 AND NOT from_sql",
-                &[Param {
-                    type_oid: BYTEA_OID,
-                    value: Some(name),
-                    text: false,
-                }],
-                &[1],
-            )
-            .await?;
-        if let Some(e) = found.error {
-            return Err(Error::injected(&e.code, e.message));
+        let hex_names: Vec<String> = names.iter().map(|n| crate::at::branch::hex(n)).collect();
+        let hex_list = format!("{{{}}}", hex_names.join(","));
+        let params = [Param {
+            type_oid: TEXT_ARRAY_OID,
+            value: Some(hex_list.as_bytes()),
+            text: true,
+        }];
+        let server_encoding = self.server_param("server_encoding");
+        let list = if ["UTF8", "SQL_ASCII"]
+            .iter()
+            .any(|e| server_encoding.eq_ignore_ascii_case(e))
+        {
+            LIST_PREPARED_STATEMENTS
+        } else {
+            LIST_PREPARED_STATEMENTS_CONVERTED
+        };
+        let list_statements = (list, &params[..], &[0i16, 1][..]);
+        let found = if in_block {
+            let mut results = self
+                .exchange_many(&[
+                    (SAVEPOINT_VERIFY, &[], &[]),
+                    list_statements,
+                    (RELEASE_VERIFY, &[], &[]),
+                ])
+                .await?;
+            if results.iter().any(|r| r.error.is_some()) {
+                let restored = self
+                    .exchange_many(&[(ROLLBACK_TO_VERIFY, &[], &[]), (RELEASE_VERIFY, &[], &[])])
+                    .await?;
+                return match restored.into_iter().find_map(|r| r.error) {
+                    Some(e) => Err(Error::injected(&e.code, e.message)),
+                    None => Ok(()),
+                };
+            }
+            results.swap_remove(1)
+        } else {
+            let found = self.exchange_many(&[list_statements]).await?;
+            match found.into_iter().next() {
+                Some(found) if found.error.is_none() => found,
+                _ => return Ok(()),
+            }
+        };
+        let backend: std::collections::HashMap<&[u8], &[u8]> = found
+            .rows
+            .iter()
+            .filter_map(|row| match row.as_slice() {
+                [Some(name), Some(sql)] => Some((name.as_slice(), sql.as_slice())),
+                _ => None,
+            })
+            .collect();
+        for (name, hex_name) in names.iter().zip(&hex_names) {
+            let sql = backend.get(hex_name.as_bytes()).copied();
+            self.tracked.confirm_statement(name, sql);
         }
-        let backend_sql = found.rows.first().and_then(|row| row.first()?.as_deref());
-        self.tracked.confirm_statement(name, backend_sql);
         Ok(())
     }
 
@@ -697,14 +757,19 @@ impl Relay<'_> {
         if tag == frontend::BIND
             && let Ok(statement) = Bind::statement_of(body)
         {
-            if self.binding.xid().is_some() && self.tracked.statement_unverified(statement) {
-                if let Some(instead) = self.unless_at_sync_point(
-                    tag,
-                    "a Bind of a named statement, in the middle of a pipelined batch, after a SQL-level PREPARE or DEALLOCATE, DO or CALL (send it once that batch is answered)",
-                ) {
-                    return Ok(instead);
-                }
-                self.verify_statement(statement).await?;
+            if self.binding.xid().is_some()
+                && self.tracked.statement_unverified(statement)
+                && self.phase != super::Phase::Ready(TxStatus::Failed)
+            {
+                // Not asked at the batch's start (`verify_statements`): replaced, or
+                // failed, in this batch, or not askable. In a failed block, where only
+                // the end of the block runs, the record is as good as it was.
+                return Ok(self
+                    .unless_at_sync_point(
+                        tag,
+                        "a Bind of a named statement that a statement earlier in its pipelined batch may have replaced (a SQL-level PREPARE or DEALLOCATE, a DO or CALL, or one that failed)",
+                    )
+                    .unwrap_or(Extended::RefuseBind(refusal(OPAQUE_STATEMENT))));
             }
             if self.tracked.statement_opaque(statement) {
                 // Bound, it may write outside what the branch captures; unbound, it

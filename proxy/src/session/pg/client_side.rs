@@ -101,6 +101,11 @@ impl Relay<'_> {
                 run_start = pos;
                 continue;
             }
+            if self.phase.at_sync_point() && self.verifies_statements_first(frame.tag, body) {
+                self.write_server(&buf[run_start..pos]).await?;
+                run_start = pos;
+                self.verify_statements().await?;
+            }
             let control = match frame.tag {
                 frontend::PARSE | frontend::BIND => self.control_in(frame.tag, body),
                 _ => None,
@@ -177,6 +182,9 @@ impl Relay<'_> {
                         self.write_server(&buf[run_start..pos]).await?;
                         self.write_server(&replacement).await?;
                         self.on_client_message(frame.tag, body)?;
+                        self.tracked
+                            .stand_in_last(&replacement[5..])
+                            .map_err(|_| Error::Malformed { what: "Parse" })?;
                         pos += frame.wire_len;
                         run_start = pos;
                         continue;
@@ -360,6 +368,27 @@ impl Relay<'_> {
         self.from_client = buf;
         self.from_client.advance(pos);
         Ok(terminated)
+    }
+
+    /// Whether the backend is asked which unverified statements it still holds
+    /// (`verify_statements`) before this message, the first of a batch: in a bound
+    /// session before any extended-protocol message (its batch may Bind them further
+    /// on, where nothing can be asked), otherwise before a Bind of one (outside a
+    /// global transaction a statement's text decides only whether its write is
+    /// checked, and whether its XID hint binds the session).
+    fn verifies_statements_first(&self, tag: u8, body: &[u8]) -> bool {
+        match tag {
+            frontend::BIND if self.binding.xid().is_none() => {
+                crate::wire::pg::messages::extended::Bind::statement_of(body)
+                    .is_ok_and(|statement| self.tracked.statement_unverified(statement))
+            }
+            frontend::PARSE
+            | frontend::BIND
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::CLOSE => self.binding.xid().is_some() && self.tracked.has_unverified(),
+            _ => false,
+        }
     }
 
     /// An Execute (`body`), in a bound session, of a portal bound in an earlier batch

@@ -188,7 +188,7 @@ impl Relay<'_> {
             return Ok(Some((e.code, e.message)));
         }
         self.tracked
-            .record_statement(client_body)
+            .record_statement(client_body, &parse[5..])
             .map_err(|_| Error::Malformed { what: "Parse" })?;
         Ok(None)
     }

@@ -345,6 +345,7 @@ impl Relay<'_> {
             }
             backend::ERROR_RESPONSE => {
                 self.error_since_ready = true;
+                self.tracked.on_names_may_have_changed();
                 if !self.pool_resets.is_empty() {
                     self.pool_resets
                         .on_error(self.tracked.batch_being_answered());

@@ -33,6 +33,9 @@ pub struct Statement {
     /// this name to be this one: from its ParseComplete, or from the backend's own list
     /// (`confirm_statement`).
     pub known_in_epoch: u64,
+    /// The text the backend holds under this name where tandem prepared a stand-in in
+    /// the client's stead (a control function's, which tandem answers itself).
+    pub stand_in: Option<Bytes>,
 }
 
 /// A portal: the statement it was bound from and the Bind body, kept whole so that the
@@ -147,10 +150,11 @@ pub struct Tracked {
     /// The backend's unnamed statement is tandem's (a client's write sent as a Query,
     /// which tandem ran as Parse/Bind/Execute) until a client's Parse of it completes.
     unnamed_is_tandems: bool,
-    /// Counts the statements that completed and may have made, dropped or replaced
-    /// named statements where no message tells which: SQL-level `PREPARE` and
-    /// `DEALLOCATE`, and `DO` and `CALL` (whose code may run either). A named statement
-    /// known in an earlier epoch is unverified (`statement_unverified`).
+    /// Counts the statements that may have made, dropped or replaced named statements
+    /// where no message tells which: SQL-level `PREPARE` and `DEALLOCATE`, `DO` and
+    /// `CALL` (whose code may run either), and any statement that failed (a `DO` that
+    /// fails half-way keeps what it prepared). A named statement known in an earlier
+    /// epoch is unverified (`statement_unverified`).
     names_epoch: u64,
 }
 
@@ -241,6 +245,7 @@ impl Tracked {
                 param_types: parse.param_types,
                 inferred: None,
                 known_in_epoch: 0,
+                stand_in: None,
             },
             refused: None,
         });
@@ -248,9 +253,10 @@ impl Tracked {
     }
 
     /// A statement tandem created on the backend itself for the client (the client's
-    /// Parse was answered by tandem, not relayed).
-    pub fn record_statement(&mut self, body: &[u8]) -> Result<(), Truncated> {
+    /// Parse, `body`, was answered by tandem, not relayed), as `stand_in`.
+    pub fn record_statement(&mut self, body: &[u8], stand_in: &[u8]) -> Result<(), Truncated> {
         let parse = Parse::decode(body)?;
+        let stand_in = Bytes::copy_from_slice(Parse::decode(stand_in)?.sql);
         self.unnamed_is_tandems &= !parse.name.is_empty();
         self.statements.insert(
             Bytes::copy_from_slice(parse.name),
@@ -259,6 +265,7 @@ impl Tracked {
                 param_types: parse.param_types,
                 inferred: None,
                 known_in_epoch: self.names_epoch,
+                stand_in: Some(stand_in),
             },
         );
         Ok(())
@@ -270,6 +277,7 @@ impl Tracked {
         let name = Bytes::copy_from_slice(bind.portal);
         let statement = Bytes::copy_from_slice(bind.statement);
         let sql = if self.statement_opaque(bind.statement)
+            || self.statement_unverified(bind.statement)
             || self.bind_statement_uncertain(bind.statement)
         {
             None
@@ -515,6 +523,16 @@ impl Tracked {
         ignored
     }
 
+    /// The Parse just queued (the client's) went to the backend as `stand_in` (a
+    /// Parse body) in its stead.
+    pub fn stand_in_last(&mut self, stand_in: &[u8]) -> Result<(), Truncated> {
+        let stand_in = Bytes::copy_from_slice(Parse::decode(stand_in)?.sql);
+        if let Some(Outstanding::Parse { statement, .. }) = self.outstanding.back_mut() {
+            statement.stand_in = Some(stand_in);
+        }
+        Ok(())
+    }
+
     /// Marks the Parse or Bind just queued as refused by tandem.
     pub fn refuse_last(&mut self, refusal: Refusal) {
         match self.outstanding.back_mut() {
@@ -709,15 +727,24 @@ impl Tracked {
     /// Whether tandem cannot tell what the named statement `name` is: it never saw it
     /// prepared over the protocol (SQL-level `PREPARE` makes statements a Bind may
     /// name, run by the client or inside a function, where no CommandComplete tells),
-    /// or it is unverified (`statement_unverified`).
+    /// or it forgot it once the backend's list showed it replaced (`confirm_statement`).
     pub fn statement_opaque(&self, name: &[u8]) -> bool {
-        if name.is_empty() {
-            return false;
-        }
-        match self.statement_for_bind(name) {
-            None => true,
-            Some(_) => self.statement_unverified(name),
-        }
+        !name.is_empty() && self.statement_for_bind(name).is_none()
+    }
+
+    /// The names of the recorded statements that are unverified (`statement_unverified`).
+    pub fn unverified_names(&self) -> Vec<Bytes> {
+        self.unverified().map(|(name, _)| name.clone()).collect()
+    }
+
+    pub fn has_unverified(&self) -> bool {
+        self.unverified().next().is_some()
+    }
+
+    fn unverified(&self) -> impl Iterator<Item = (&Bytes, &Statement)> {
+        self.statements
+            .iter()
+            .filter(|(name, s)| !name.is_empty() && s.known_in_epoch < self.names_epoch)
     }
 
     /// Whether the recorded statement `name` (none of that name in flight) may have
@@ -737,10 +764,12 @@ impl Tracked {
 
     /// The backend's text of its statement `name` as made over the protocol, None for
     /// none (dropped, or made by SQL-level PREPARE): the recorded statement is known
-    /// again if that is its text, and forgotten (opaque) otherwise.
+    /// again if that is its text (or its stand-in's), and forgotten (opaque) otherwise.
     pub fn confirm_statement(&mut self, name: &[u8], backend_sql: Option<&[u8]>) {
         match self.statements.get_mut(name) {
-            Some(s) if backend_sql == Some(&s.sql[..]) => s.known_in_epoch = self.names_epoch,
+            Some(s) if backend_sql == Some(s.stand_in.as_ref().unwrap_or(&s.sql)) => {
+                s.known_in_epoch = self.names_epoch
+            }
             Some(_) => {
                 self.statements.remove(name);
             }
@@ -779,15 +808,20 @@ mod tests {
         t.on_parse_complete().unwrap();
         t.on_ready_for_query(false).unwrap();
         assert!(!t.statement_opaque(b"s"));
+        assert!(!t.has_unverified());
         t.on_names_may_have_changed();
-        assert!(t.statement_unverified(b"s") && t.statement_opaque(b"s"));
+        assert!(t.statement_unverified(b"s") && !t.statement_opaque(b"s"));
+        let mut unverified = t.unverified_names();
+        unverified.sort();
+        assert_eq!(unverified, [&b"s"[..], &b"w"[..]]);
         // Parsed again after it: the Parse ran later, and tells.
         t.on_parse(&parse_body("w", "update t set v = 2")).unwrap();
         assert!(!t.statement_unverified(b"w") && !t.statement_opaque(b"w"));
         t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
         t.on_ready_for_query(false).unwrap();
-        assert!(!t.statement_opaque(b"w"));
+        assert!(!t.statement_unverified(b"w"));
+        assert_eq!(t.unverified_names(), [&b"s"[..]]);
         // The backend holds another text (a DO block replaced it): forgotten for good.
         t.confirm_statement(b"s", Some(b"PREPARE s AS update t set v = 3"));
         assert!(!t.statement_unverified(b"s") && t.statement_opaque(b"s"));
@@ -799,11 +833,29 @@ mod tests {
         t.on_ready_for_query(false).unwrap();
         t.on_names_may_have_changed();
         t.confirm_statement(b"r", Some(b"select 2"));
-        assert!(!t.statement_opaque(b"r"));
+        assert!(!t.statement_unverified(b"r"));
         t.on_names_may_have_changed();
-        assert!(t.statement_opaque(b"r"));
+        assert!(t.statement_unverified(b"r"));
         t.confirm_statement(b"r", None);
         assert!(t.statement_opaque(b"r") && t.statement(b"r").is_none());
+        // A control function's stand-in is what the backend holds under its name.
+        t.on_parse(&parse_body("c", "select tandem_begin()"))
+            .unwrap();
+        t.stand_in_last(&parse_body("c", "SELECT NULL::text AS \"xid\""))
+            .unwrap();
+        t.record_statement(
+            &parse_body("d", "select tandem_commit()"),
+            &parse_body("d", "SELECT NULL::text AS \"status\""),
+        )
+        .unwrap();
+        t.on_sync_point_request(SyncKind::Sync);
+        t.on_parse_complete().unwrap();
+        t.on_ready_for_query(false).unwrap();
+        t.on_names_may_have_changed();
+        t.confirm_statement(b"c", Some(b"SELECT NULL::text AS \"xid\""));
+        t.confirm_statement(b"d", Some(b"select tandem_commit()"));
+        assert!(!t.statement_opaque(b"c") && !t.statement_unverified(b"c"));
+        assert!(t.statement_opaque(b"d"), "not what the backend holds");
     }
 
     #[test]

@@ -3823,6 +3823,122 @@ async fn statements_the_backend_still_holds_run_after_a_sql_level_deallocate() {
     lockserver.stop().await;
 }
 
+/// Outside a global transaction, a named statement recorded before a DO block is
+/// still read for what tandem acts on there: its XID hint binds the session, and its
+/// write to a row a global transaction holds waits for it. Inside a failed block, a
+/// prepared ROLLBACK ends the block as it would directly. And a bound session's batch
+/// that binds such a statement after a BEGIN (pgJDBC's) runs, once asked about at the
+/// batch's start.
+#[tokio::test]
+async fn statements_recorded_before_a_do_block_keep_their_meaning() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("bind_after_do").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let sync = frame(b'S', b"");
+    let run = |statement: &str| {
+        let mut batch = named_bind("", statement);
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(&sync);
+        batch
+    };
+    let prepared_then_do = async |raw: &mut RawPg, name: &str, sql: &str| {
+        let mut batch = frame(b'P', &parse_body(name, sql));
+        batch.extend(&sync);
+        raw.send(&batch).await;
+        assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z");
+        raw.run_each(&["DO $$ BEGIN PERFORM 1; END $$"]).await;
+    };
+
+    // The XID hint binds the session: the write is captured, and rolled back.
+    let holder = tandem.connect(&db.name).await;
+    let xid = one(&holder, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .expect("an xid");
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let hinted = format!("/*+ XID('{xid}') */ UPDATE accounts SET balance = 5 WHERE id = 1");
+    prepared_then_do(&mut raw, "hinted", &hinted).await;
+    raw.send(&run("hinted")).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "2CZ");
+    rolled_back(&holder).await;
+    assert_eq!(dump(&direct).await, before, "the hinted write was captured");
+
+    // A write to a held row waits for its global transaction, and gives up (55P03).
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 6 WHERE id = 2")
+        .await
+        .unwrap();
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    prepared_then_do(
+        &mut raw,
+        "w",
+        "UPDATE accounts SET balance = 7 WHERE id = 2",
+    )
+    .await;
+    raw.send(&run("w")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    rolled_back(&holder).await;
+    assert_eq!(dump(&direct).await, before, "the held row kept its value");
+
+    // A prepared ROLLBACK in a failed block, in a global transaction.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    prepared_then_do(&mut raw, "rb", "ROLLBACK").await;
+    raw.run_each(&["SELECT tandem_begin()", "BEGIN"]).await;
+    let replies = raw.simple("SELECT 1 / 0").await;
+    assert_eq!(tags(&replies), "EZ");
+    raw.send(&run("rb")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2CZ", "{replies:?}");
+    assert_eq!(&replies[2].body[..], b"I", "the block ended");
+    raw_rolled_back(&mut raw, "prepared rollback").await;
+
+    // After a failed statement in a global transaction, pgJDBC's next block: BEGIN and
+    // a named read in one batch, then a named write.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let mut batch = frame(
+        b'P',
+        &parse_body("r", "SELECT balance FROM accounts WHERE id = 3"),
+    );
+    batch.extend(frame(
+        b'P',
+        &parse_body("w", "UPDATE accounts SET balance = 8 WHERE id = 3"),
+    ));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "11Z");
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
+    let mut batch = frame(b'P', &parse_body("", "BEGIN"));
+    batch.extend(named_bind("", ""));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(run("r"));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C2DCZ", "{replies:?}");
+    raw.send(&run("w")).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "2CZ");
+    raw.run_each(&["COMMIT"]).await;
+    assert_ne!(dump(&direct).await, before, "the write ran");
+    raw_rolled_back(&mut raw, "after a failed statement").await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// PostgreSQL refuses a Parse of a statement name in use (42P05) and keeps the
 /// statement: a Bind of that name sent behind the failed Parse's Sync runs the older
 /// statement. tandem, reading ahead, must not take the Bind for the new text: an older
@@ -3972,6 +4088,40 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     ])
     .await;
     refused_then_rolled_back(&mut raw, "s", "replaced in a DO block").await;
+
+    // The same by a DO block that fails after it (PostgreSQL keeps what it prepared),
+    // and by a procedure that commits it before it fails.
+    direct
+        .batch_execute(&format!(
+            "CREATE PROCEDURE replace_s() LANGUAGE plpgsql AS $$ BEGIN \
+             EXECUTE 'DEALLOCATE s'; EXECUTE 'PREPARE s AS {update}'; COMMIT; \
+             PERFORM 1 / 0; END $$"
+        ))
+        .await
+        .unwrap();
+    for (replace, case) in [
+        (
+            format!(
+                "DO $$ BEGIN EXECUTE 'DEALLOCATE s'; EXECUTE 'PREPARE s AS {update}'; \
+                 RAISE EXCEPTION 'after the PREPARE'; END $$"
+            ),
+            "replaced in a DO block that failed",
+        ),
+        (
+            "CALL replace_s()".to_string(),
+            "replaced in a procedure that failed",
+        ),
+    ] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
+        batch.extend(&sync);
+        raw.send(&batch).await;
+        raw.recv_until(b'Z').await;
+        let replies = raw.simple(&replace).await;
+        assert_eq!(tags(&replies), "EZ", "{case}: {replies:?}");
+        raw.run_each(&["SELECT tandem_begin()"]).await;
+        refused_then_rolled_back(&mut raw, "s", case).await;
+    }
 
     // The unnamed statement's new Parse skipped behind an error: the old UPDATE runs,
     // captured.
