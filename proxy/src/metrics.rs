@@ -49,6 +49,10 @@ impl UndoSweepMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    /// What belongs to neither protocol (prefix `tandem_proxy`).
+    proxy_registry: Registry,
+    /// 1 while every phase-2 stream of this proxy to the lockserver is established.
+    pub lockserver_connected: Gauge,
     pub client_connections: Counter,
     pub clients_active: Gauge,
     pub backends_active: Gauge,
@@ -132,8 +136,17 @@ impl Metrics {
         );
         let undo_sweep = UndoSweepMetrics::default();
         undo_sweep.register(&mut registry);
+        let mut proxy_registry = Registry::with_prefix("tandem_proxy");
+        let lockserver_connected = Gauge::default();
+        proxy_registry.register(
+            "lockserver_connected",
+            "1 while the proxy's phase-2 streams to the lockserver are established (it reaches the lockserver), 0 otherwise: global transactions cannot begin or end, and writes outside them run unchecked",
+            lockserver_connected.clone(),
+        );
         Metrics {
             registry,
+            proxy_registry,
+            lockserver_connected,
             undo_sweep,
             client_connections,
             clients_active,
@@ -158,6 +171,7 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
         let _ = encode_registry(&mut out, &self.mysql.registry);
+        let _ = encode_registry(&mut out, &self.proxy_registry);
         let _ = encode_eof(&mut out);
         out
     }

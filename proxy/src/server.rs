@@ -189,6 +189,7 @@ pub async fn run(
 
     let connection_ids = Arc::new(crate::session::mysql::ids::ConnectionIds::default());
     let mut mysql_upstreams = Vec::new();
+    let mut mysql_xa = Vec::new();
     for (frontend, listener) in config.mysql.iter().zip(listeners.mysql) {
         let tls = match &frontend.tls {
             Some(tls) => Some(crate::tls::acceptor(tls).map_err(Error::TlsHandshake)?),
@@ -228,6 +229,7 @@ pub async fn run(
         }
         tracing::info!(listen = %frontend.listen, upstream = %frontend.upstream, "mysql front end");
         mysql_upstreams.push((Arc::clone(&ctx.upstream), frontend.connect_timeout()));
+        mysql_xa.push(Arc::clone(&ctx.xa));
         tracker.spawn(mysql::accept_loop(
             listener,
             ctx,
@@ -243,6 +245,7 @@ pub async fn run(
             metrics: Arc::clone(&metrics),
             frontends,
             mysql_upstreams,
+            mysql_xa,
         });
         let stop = admin_stop.clone();
         async move {
@@ -400,6 +403,20 @@ struct AdminState {
     frontends: Vec<Arc<PgFrontendContext>>,
     /// Each MySQL front end's upstream and connect timeout.
     mysql_upstreams: Vec<(Arc<str>, Duration)>,
+    mysql_xa: Vec<Arc<crate::xa::mysql::MysqlXa>>,
+}
+
+impl AdminState {
+    /// Whether every front end's phase-2 stream to the lockserver is established; None
+    /// while none is wanted yet (no database served).
+    fn lockserver_connected(&self) -> Option<bool> {
+        let streams = self
+            .frontends
+            .iter()
+            .map(|f| f.phase2.connected())
+            .chain(self.mysql_xa.iter().map(|x| x.lockserver_connected()));
+        streams.flatten().reduce(|all, one| all && one)
+    }
 }
 
 fn admin_router(state: AdminState) -> Router {
@@ -410,6 +427,8 @@ fn admin_router(state: AdminState) -> Router {
 }
 
 async fn metrics_page(State(state): State<AdminState>) -> impl axum::response::IntoResponse {
+    let connected = state.lockserver_connected() == Some(true);
+    state.metrics.lockserver_connected.set(i64::from(connected));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -420,6 +439,9 @@ async fn metrics_page(State(state): State<AdminState>) -> impl axum::response::I
 }
 
 /// 200 when every upstream answers a side connection, 503 naming the one that does not.
+/// The lockserver does not decide it (plain traffic and local transactions go on
+/// without it, and a proxy taken out of service for it would stop them too): the
+/// body says whether it is reached.
 async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
     for frontend in &state.frontends {
         if let Err(e) = frontend.side.ping("postgres").await {
@@ -437,5 +459,10 @@ async fn ready(State(state): State<AdminState>) -> (StatusCode, String) {
             );
         }
     }
-    (StatusCode::OK, "ready\n".to_owned())
+    let lockserver = match state.lockserver_connected() {
+        Some(true) => "connected",
+        Some(false) => "unreachable (global transactions cannot begin or end)",
+        None => "not used yet",
+    };
+    (StatusCode::OK, format!("ready\nlockserver: {lockserver}\n"))
 }

@@ -490,6 +490,13 @@ impl Phase2Registry {
         }
     }
 
+    /// Whether phase-2 work reaches this proxy: its stream to the lockserver is
+    /// established. None while it serves no resource (no stream is wanted).
+    pub fn connected(&self) -> Option<bool> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.1.as_ref().map(|worker| worker.is_connected())
+    }
+
     /// Stops the worker (shutdown).
     pub async fn shutdown(&self) {
         let worker = self

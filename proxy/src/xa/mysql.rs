@@ -122,6 +122,12 @@ impl Owners {
 }
 
 impl MysqlXa {
+    /// Whether this front end's phase-2 stream to the lockserver is established
+    /// (`Phase2Registry::connected`).
+    pub fn lockserver_connected(&self) -> Option<bool> {
+        self.registry.connected()
+    }
+
     /// `tables` is fed with the lockserver's table notices for this server's lock
     /// scope (writes outside global transactions are checked against it).
     pub fn new(

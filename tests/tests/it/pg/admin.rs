@@ -43,3 +43,32 @@ async fn ready_uses_a_side_connection_and_metrics_count_the_traffic() {
     assert!(ready.contains("127.0.0.1:1"), "{ready}");
     down.shutdown().await;
 }
+
+/// `tandem_proxy_lockserver_connected` and `/ready`'s body follow the proxy's phase-2
+/// stream to the lockserver; `/ready` stays 200 without it (plain traffic goes on).
+#[tokio::test]
+async fn the_lockserver_connection_is_a_metric_and_reported_by_ready() {
+    use tandem_tests::lockserver::{Kind, TestLockserver};
+    let _db = TestDb::create("admin_lockserver").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let settled = async |connected: f64| {
+        for _ in 0..100 {
+            if tandem.metric("tandem_proxy_lockserver_connected").await == connected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("tandem_proxy_lockserver_connected never became {connected}");
+    };
+    settled(1.0).await;
+    let ready = http_get(tandem.admin, "/ready").await;
+    assert!(ready.contains(" 200 "), "{ready}");
+    assert!(ready.contains("lockserver: connected"), "{ready}");
+    lockserver.stop().await;
+    settled(0.0).await;
+    let ready = http_get(tandem.admin, "/ready").await;
+    assert!(ready.contains(" 200 "), "{ready}");
+    assert!(ready.contains("lockserver: unreachable"), "{ready}");
+    tandem.shutdown().await;
+}
