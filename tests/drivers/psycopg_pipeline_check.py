@@ -81,9 +81,12 @@ def global_transaction(proxy_dsn, direct, autocommit):
     assert after == before, (before, after)
 
 
-def outside_a_global_transaction(proxy_dsn, direct):
-    """Writes to a table that holds global locks are checked row by row."""
-    with psycopg.connect(proxy_dsn, autocommit=True) as holder, psycopg.connect(proxy_dsn) as c:
+def outside_a_global_transaction(proxy_dsn, direct, autocommit):
+    """Writes to a table that holds global locks are checked row by row; a pipeline
+    outside a block stays one implicit transaction."""
+    before = rows(direct)
+    with psycopg.connect(proxy_dsn, autocommit=True) as holder, \
+            psycopg.connect(proxy_dsn, autocommit=autocommit) as c:
         holder.execute("SELECT tandem_begin(30000)")
         holder.execute("UPDATE pipe_items SET n = 0 WHERE id = 1")
         cur = c.cursor()
@@ -92,8 +95,9 @@ def outside_a_global_transaction(proxy_dsn, direct):
             [(1, 2), (1, 3)],
             returning=True,
         )
-        assert returned_ids(cur) == [21, 31]
-        c.commit()
+        assert returned_ids(cur) == [before[1][2] + 1, before[2][2] + 1]
+        if not autocommit:
+            c.commit()
         try:
             cur.executemany(
                 "UPDATE pipe_items SET n = n + %s WHERE id = %s RETURNING n",
@@ -103,10 +107,14 @@ def outside_a_global_transaction(proxy_dsn, direct):
             raise AssertionError("a write to a held row ran")
         except psycopg.errors.LockNotAvailable:
             pass
-        c.rollback()
+        if not autocommit:
+            c.rollback()
         assert holder.execute("SELECT tandem_rollback()").fetchone()[0] == "Rollbacked"
     phase_two_done(direct)
-    assert rows(direct)[:3] == [(1, "one", 10), (2, "two", 21), (3, "three", 31)], rows(direct)
+    after = rows(direct)
+    # The first pipeline ran; of the second, nothing (the held row's write failed it).
+    expected = [before[0], (2, before[1][1], before[1][2] + 1), (3, before[2][1], before[2][2] + 1)]
+    assert after[:3] == expected, (before, after)
 
 
 def main(proxy_dsn, direct_dsn):
@@ -117,7 +125,8 @@ def main(proxy_dsn, direct_dsn):
             "INSERT INTO pipe_items (v, n) VALUES ('one', 10), ('two', 20), ('three', 30)")
         for autocommit in (False, True):
             global_transaction(proxy_dsn, direct, autocommit)
-        outside_a_global_transaction(proxy_dsn, direct)
+        for autocommit in (False, True):
+            outside_a_global_transaction(proxy_dsn, direct, autocommit)
     print("all checks passed")
 
 

@@ -1110,7 +1110,8 @@ impl Relay<'_> {
     }
 
     /// Opens tandem's transaction block for a batch of writes the client sent outside
-    /// one (pgJDBC's executeBatch with autocommit on), before its first write runs.
+    /// one (pgJDBC's executeBatch with autocommit on, psycopg's pipeline), before its
+    /// first write runs: a global transaction's, or writes checked outside one.
     pub(super) async fn begin_implicit_batch(&mut self) -> Result<()> {
         self.exchange_required("BEGIN").await?;
         self.phase = super::Phase::Ready(TxStatus::InTransaction);
@@ -1126,6 +1127,11 @@ impl Relay<'_> {
     pub(super) async fn end_implicit_batch(&mut self, status: TxStatus) -> Result<BytesMut> {
         self.implicit_batch = false;
         let failed = match status {
+            // Writes outside a global transaction, checked (guard.rs): a plain COMMIT.
+            TxStatus::InTransaction if self.binding.xid().is_none() => {
+                let committed = self.exchange_simple("COMMIT").await?;
+                committed.error.map(|e| (e.code, e.message))
+            }
             TxStatus::InTransaction => self.commit_branch().await?,
             TxStatus::Failed => {
                 self.roll_back_local().await?;

@@ -337,6 +337,18 @@ impl Relay<'_> {
         // comes back here statement by statement, as in AT mode.
         let leading = match self.phase {
             super::Phase::Ready(TxStatus::InTransaction) => leading_statement(rest, max)?,
+            // Outside a block the batch is one implicit transaction: run piecewise, it
+            // stays one inside a block of tandem's, committed at the client's Sync (as
+            // in AT mode; XA mode's autocommit work has blocks of its own).
+            super::Phase::Ready(TxStatus::Idle) if self.binding.xid().is_none() => {
+                match leading_statement(rest, max)? {
+                    Some(batch) => {
+                        self.begin_implicit_batch().await?;
+                        Some(batch)
+                    }
+                    None => None,
+                }
+            }
             _ => None,
         };
         let leads = leading.is_some();

@@ -1321,6 +1321,38 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     );
     raw.simple("ROLLBACK").await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
+
+    // Outside a block (executeBatch with autocommit on) the batch is one implicit
+    // transaction, run in a block of tandem's: committed at the Sync, or, once a write
+    // on the held row is refused, not at all.
+    raw.send(&unnamed_batch(&[
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C12CZ", "{replies:?}");
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"I".to_vec()));
+    assert_eq!(balance(&direct, 1).await, 1020, "committed at the Sync");
+    assert_eq!(balance(&direct, 2).await, 1020, "committed at the Sync");
+    raw.send(&unnamed_batch(&[
+        "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+        "UPDATE accounts SET balance = 99 WHERE id = 5",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
+    assert_eq!(
+        replies[4].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"I".to_vec()));
+    assert_eq!(balance(&direct, 1).await, 1020, "the batch left nothing");
+    assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
+    let idle = raw.simple("SELECT 1").await;
+    assert_eq!(tags(&idle), "TDCZ", "no block left open: {idle:?}");
+    assert_eq!(idle.last().map(|m| m.body.to_vec()), Some(b"I".to_vec()));
     rolled_back(&a).await;
     finish(lockserver, [outside, global]).await;
 }
