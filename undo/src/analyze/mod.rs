@@ -14,7 +14,7 @@ mod split;
 pub use cache::AnalysisCache;
 pub(crate) use mysql::bind_positionally;
 pub use row_count::with_row_count;
-pub use split::{count_mysql_statements, split_statements, statement_body};
+pub use split::{count_mysql_statements, split_mysql_statements, split_statements, statement_body};
 
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;

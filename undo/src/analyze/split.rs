@@ -42,8 +42,22 @@ impl<'a> Offsets<'a> {
 /// (not those inside quotes, dollar quotes or comments), without the semicolons and
 /// without empty statements, so that each can be sent as a query of its own.
 pub fn split_statements<'a>(dialect: &dyn Dialect, sql: &'a str) -> Result<Vec<&'a str>, Error> {
+    split_by(&PostgreSqlDialect {}, dialect, sql)
+}
+
+/// As [`split_statements`], by MySQL's tokenizer rules (backticks, backslash escapes
+/// in literals, `#` comments).
+pub fn split_mysql_statements(sql: &str) -> Result<Vec<&str>, Error> {
+    split_by(&sqlparser::dialect::MySqlDialect {}, &crate::Mysql, sql)
+}
+
+fn split_by<'a>(
+    tokenizing: &dyn sqlparser::dialect::Dialect,
+    dialect: &dyn Dialect,
+    sql: &'a str,
+) -> Result<Vec<&'a str>, Error> {
     use sqlparser::tokenizer::{Token, Tokenizer};
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+    let tokens = Tokenizer::new(tokenizing, sql)
         .tokenize_with_location()
         .map_err(|e| Error::Parse {
             dialect: dialect.name(),

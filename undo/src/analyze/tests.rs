@@ -255,6 +255,20 @@ fn statements_split_at_their_own_semicolons_only() {
 }
 
 #[test]
+fn mysql_statements_split_by_mysql_rules() {
+    let sql = "SET @a = 'x\\';y'; SELECT `a;b` # c; d\n FROM t; -- e;\nSHOW WARNINGS;";
+    let got = crate::analyze::split_mysql_statements(sql).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            "SET @a = 'x\\';y'",
+            " SELECT `a;b` # c; d\n FROM t",
+            " -- e;\nSHOW WARNINGS",
+        ]
+    );
+}
+
+#[test]
 fn mysql_statements_are_counted_by_mysql_rules() {
     use crate::analyze::count_mysql_statements as n;
     assert_eq!(n("UPDATE t SET v = 'a\\'; b' WHERE id = 1").unwrap(), 1);

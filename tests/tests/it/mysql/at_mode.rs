@@ -962,6 +962,47 @@ async fn savepoints_of_an_ended_transaction_do_not_drop_captured_rows() {
     lockserver.stop().await;
 }
 
+/// A multi-statement query while the branch holds rows: statements that cannot end the
+/// transaction (SET of a variable, SHOW, reads) run; one that may commit implicitly
+/// (DDL) is refused whole, and the branch keeps its rows.
+#[tokio::test]
+async fn a_multi_statement_query_of_variables_and_reads_runs_beside_captured_writes() {
+    let db = prepare("at_multi_set").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let before = balances(&db).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    run_each(
+        &mut conn,
+        &["BEGIN", "UPDATE accounts SET balance = 7 WHERE id = 1"],
+    )
+    .await;
+    let mut results = conn
+        .query_iter("SET @a = 5; /* ; */ SET @b = 'x;y'; SELECT @a, @b")
+        .await
+        .unwrap();
+    let mut last: Vec<(i64, String)> = Vec::new();
+    while !results.is_empty() {
+        last = results.collect().await.unwrap();
+    }
+    drop(results);
+    assert_eq!(last, [(5, "x;y".to_owned())]);
+    let e = conn
+        .query_drop("SET @c = 1; CREATE TABLE t_multi (id INT PRIMARY KEY)")
+        .await
+        .expect_err("refused");
+    assert_eq!(code(&e), 1235, "{e}");
+    let c: Option<Option<i64>> = conn.query_first("SELECT @c").await.unwrap();
+    assert_eq!(c, Some(None), "nothing of the refused query ran");
+    run_each(&mut conn, &["COMMIT"]).await;
+    assert_eq!(balances(&db).await[0], (1, 7));
+    rolled_back(&mut conn).await;
+    assert_eq!(balances(&db).await, before, "the write undone");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// As on PostgreSQL: a rollback puts off the restores a foreign key refuses in the
 /// plan's order, and finishes (it retried for ever, its locks held).
 #[tokio::test]

@@ -128,13 +128,23 @@ impl Relay<'_> {
         };
         if analyses.len() > 1 {
             // While the branch holds rows, a statement tandem does not capture may
-            // commit implicitly; only reads may come in a batch then.
-            let relayable = |a: &Analysis| match a {
+            // commit implicitly; only reads, and statements that cannot end the
+            // transaction (SET of a variable, SHOW …), may come in a batch then.
+            let texts = tandem_undo::split_mysql_statements(text)
+                .ok()
+                .filter(|texts| texts.len() == analyses.len());
+            let relayable = |(i, a): (usize, &Analysis)| match a {
                 Analysis::Read => true,
-                Analysis::Other | Analysis::Savepoint(_) => self.at_branch.is_empty(),
+                Analysis::Other => {
+                    self.at_branch.is_empty()
+                        || texts
+                            .as_ref()
+                            .is_some_and(|texts| harmless_in_transaction(texts[i]))
+                }
+                Analysis::Savepoint(_) => self.at_branch.is_empty(),
                 _ => false,
             };
-            if analyses.iter().all(relayable) {
+            if analyses.iter().enumerate().all(relayable) {
                 for analysis in &analyses {
                     if let Analysis::Savepoint(op) = analysis {
                         self.at_branch.on_savepoint(op, false);
@@ -153,7 +163,7 @@ impl Relay<'_> {
                 return Ok(Handled::Relay);
             }
             return self.refuse(Error::Unsupported {
-                what: "a multi-statement query that writes or ends a transaction, in AT mode on MySQL (send its statements one at a time)",
+                what: "a multi-statement query that writes or may end a transaction, in AT mode on MySQL (send its statements one at a time)",
             });
         }
         let Some(analysis) = analyses.into_iter().next() else {
