@@ -601,6 +601,10 @@ pub(super) fn bind_params<'a>(batch: &Batch<'a>, param_types: &[u32]) -> Vec<Par
         .collect()
 }
 
+/// A Bind of a named statement that may have been replaced, where tandem could not ask
+/// the backend (`Relay::verify_statements`).
+const UNVERIFIED_STATEMENT: &str = "a Bind of a named statement that a statement since its Parse may have replaced (a SQL-level PREPARE or DEALLOCATE, a DO or CALL, or one that failed), where tandem could not ask the backend which it is (in the middle of a pipelined batch, in a transaction block where only BEGIN has run, or under a statement_timeout too short for the question), inside a global transaction";
+
 /// A Bind (or a later Execute) of a named statement tandem cannot tell, inside a global
 /// transaction.
 pub(super) const OPAQUE_STATEMENT: Error = Error::Unsupported {
@@ -610,14 +614,14 @@ pub(super) const OPAQUE_STATEMENT: Error = Error::Unsupported {
 const TEXT_ARRAY_OID: u32 = 1009;
 
 /// The client's statements of the names given in hex, as made over the protocol: names
-/// and texts in the server's own bytes, which are the client's in a UTF8 session
-/// where the server's encoding is UTF8 or SQL_ASCII (and taken so, no conversion
-/// validates them, nor can fail).
+/// and texts in the server's own bytes, which are the client's where no conversion
+/// runs between them (and taken so, no conversion validates them, nor can fail).
 const LIST_PREPARED_STATEMENTS: &str = "SELECT pg_catalog.encode(pg_catalog.convert_to(name, 'SQL_ASCII'), 'hex'), pg_catalog.convert_to(statement, 'SQL_ASCII') \
      FROM pg_catalog.pg_prepared_statements \
      WHERE NOT from_sql AND pg_catalog.encode(pg_catalog.convert_to(name, 'SQL_ASCII'), 'hex') = ANY ($1)";
-/// As `LIST_PREPARED_STATEMENTS`, converted from the server's encoding to the UTF8
-/// session's (which takes any character a valid server text holds).
+/// As `LIST_PREPARED_STATEMENTS`, converted from the server's encoding to the
+/// session's (which may fail, in a UTF8 session never: the statements are then left
+/// unverified).
 const LIST_PREPARED_STATEMENTS_CONVERTED: &str = "SELECT pg_catalog.encode(pg_catalog.textsend(name), 'hex'), pg_catalog.textsend(statement) \
      FROM pg_catalog.pg_prepared_statements \
      WHERE NOT from_sql AND pg_catalog.encode(pg_catalog.textsend(name), 'hex') = ANY ($1)";
@@ -633,20 +637,17 @@ impl Relay<'_> {
     /// (`LIST_PREPARED_STATEMENTS`). In the client's block it runs
     /// under a savepoint of its own, so that an error (the client's statement_timeout,
     /// say) leaves the block as it was, and the statements unverified. Not asked in a
-    /// failed block (nothing can run there), nor from a session of another
-    /// client_encoding.
+    /// failed block (nothing can run there), nor in a block where only BEGIN (or
+    /// SAVEPOINT) has run: a query of tandem's would take the snapshot that
+    /// `SET TRANSACTION ISOLATION LEVEL` must come before.
     pub(super) async fn verify_statements(&mut self) -> Result<()> {
         let in_block = match self.phase {
             super::Phase::Ready(TxStatus::Idle) => false,
-            super::Phase::Ready(TxStatus::InTransaction) => true,
+            super::Phase::Ready(TxStatus::InTransaction) if !self.block_untouched => true,
             _ => return Ok(()),
         };
         let names = self.tracked.unverified_names();
-        if names.is_empty()
-            || !self
-                .server_param("client_encoding")
-                .eq_ignore_ascii_case("UTF8")
-        {
+        if names.is_empty() {
             return Ok(());
         }
         let hex_names: Vec<String> = names.iter().map(|n| crate::at::branch::hex(n)).collect();
@@ -656,11 +657,16 @@ impl Relay<'_> {
             value: Some(hex_list.as_bytes()),
             text: true,
         }];
-        let server_encoding = self.server_param("server_encoding");
-        let list = if ["UTF8", "SQL_ASCII"]
-            .iter()
-            .any(|e| server_encoding.eq_ignore_ascii_case(e))
-        {
+        // PostgreSQL converts nothing between a client and a server of one encoding,
+        // nor where either is SQL_ASCII.
+        let (client, server) = (
+            self.server_param("client_encoding"),
+            self.server_param("server_encoding"),
+        );
+        let unconverted = client.eq_ignore_ascii_case(server)
+            || client.eq_ignore_ascii_case("SQL_ASCII")
+            || server.eq_ignore_ascii_case("SQL_ASCII");
+        let list = if unconverted {
             LIST_PREPARED_STATEMENTS
         } else {
             LIST_PREPARED_STATEMENTS_CONVERTED
@@ -765,11 +771,10 @@ impl Relay<'_> {
                 // failed, in this batch, or not askable. In a failed block, where only
                 // the end of the block runs, the record is as good as it was.
                 return Ok(self
-                    .unless_at_sync_point(
-                        tag,
-                        "a Bind of a named statement that a statement earlier in its pipelined batch may have replaced (a SQL-level PREPARE or DEALLOCATE, a DO or CALL, or one that failed)",
-                    )
-                    .unwrap_or(Extended::RefuseBind(refusal(OPAQUE_STATEMENT))));
+                    .unless_at_sync_point(tag, UNVERIFIED_STATEMENT)
+                    .unwrap_or(Extended::RefuseBind(refusal(Error::Unsupported {
+                        what: UNVERIFIED_STATEMENT,
+                    }))));
             }
             if self.tracked.statement_opaque(statement) {
                 // Bound, it may write outside what the branch captures; unbound, it

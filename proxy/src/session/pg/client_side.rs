@@ -372,17 +372,19 @@ impl Relay<'_> {
 
     /// Whether the backend is asked which unverified statements it still holds
     /// (`verify_statements`) before this message, the first of a batch: in a bound
-    /// session before any extended-protocol message (its batch may Bind them further
-    /// on, where nothing can be asked), otherwise before a Bind of one (outside a
-    /// global transaction a statement's text decides only whether its write is
-    /// checked, and whether its XID hint binds the session).
+    /// session before any request (its batch may Bind them further on, where nothing
+    /// can be asked; a Query too, so that a BEGIN runs after the question, not
+    /// before), otherwise before a Bind of one (outside a global transaction a
+    /// statement's text decides only whether its write is checked, and whether its
+    /// XID hint binds the session).
     fn verifies_statements_first(&self, tag: u8, body: &[u8]) -> bool {
         match tag {
             frontend::BIND if self.binding.xid().is_none() => {
                 crate::wire::pg::messages::extended::Bind::statement_of(body)
                     .is_ok_and(|statement| self.tracked.statement_unverified(statement))
             }
-            frontend::PARSE
+            frontend::QUERY
+            | frontend::PARSE
             | frontend::BIND
             | frontend::DESCRIBE
             | frontend::EXECUTE

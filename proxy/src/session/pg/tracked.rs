@@ -135,6 +135,14 @@ pub struct Refusal {
 #[derive(Debug, PartialEq, Eq)]
 pub struct OutOfOrder(pub &'static str);
 
+/// The name PostgreSQL keeps for a statement or portal named `name`: the first
+/// NAMEDATALEN - 1 bytes (its hash tables of statements and portals compare no
+/// more), so that two longer names alike there are one.
+pub fn backend_name(name: &[u8]) -> &[u8] {
+    const NAME_BYTES: usize = 63;
+    &name[..name.len().min(NAME_BYTES)]
+}
+
 #[derive(Debug, Default)]
 pub struct Tracked {
     statements: HashMap<Bytes, Statement>,
@@ -160,12 +168,14 @@ pub struct Tracked {
 
 impl Tracked {
     pub fn statement(&self, name: &[u8]) -> Option<&Statement> {
+        let name = backend_name(name);
         self.statements.get(name)
     }
 
     /// The statement a Bind sent now binds: the latest Parse of that name still in
     /// flight (the backend runs messages in order), or else the recorded one.
     pub fn statement_for_bind(&self, name: &[u8]) -> Option<&Statement> {
+        let name = backend_name(name);
         let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
             Outstanding::Parse {
                 name: parsed,
@@ -185,6 +195,7 @@ impl Tracked {
     /// of the unnamed statement leaves the old one). Within one batch the latest Parse
     /// is right: if it does not take effect, the Bind is skipped with it.
     pub fn bind_statement_uncertain(&self, name: &[u8]) -> bool {
+        let name = backend_name(name);
         let mut definitions = usize::from(self.statements.contains_key(name));
         let mut parse_in_an_earlier_batch = false;
         for o in &self.outstanding {
@@ -203,6 +214,7 @@ impl Tracked {
     /// Remembers the types the server inferred for the recorded statement `name` (not
     /// for one still in flight, which is a different statement until it completes).
     pub fn remember_inferred(&mut self, name: &[u8], types: &[u32]) {
+        let name = backend_name(name);
         let in_flight = self.outstanding.iter().any(
             |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
         );
@@ -215,6 +227,7 @@ impl Tracked {
     }
 
     pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
+        let name = backend_name(name);
         self.portals.get(name)
     }
 
@@ -224,6 +237,7 @@ impl Tracked {
 
     /// The statement the recorded portal `name` was bound from.
     pub fn portal_statement(&self, name: &[u8]) -> Option<&Statement> {
+        let name = backend_name(name);
         self.statements.get(&self.portals.get(name)?.statement)
     }
 
@@ -239,7 +253,7 @@ impl Tracked {
     pub fn on_parse(&mut self, body: &[u8]) -> Result<(), Truncated> {
         let parse = Parse::decode(body)?;
         self.outstanding.push_back(Outstanding::Parse {
-            name: Bytes::copy_from_slice(parse.name),
+            name: Bytes::copy_from_slice(backend_name(parse.name)),
             statement: Statement {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
@@ -259,7 +273,7 @@ impl Tracked {
         let stand_in = Bytes::copy_from_slice(Parse::decode(stand_in)?.sql);
         self.unnamed_is_tandems &= !parse.name.is_empty();
         self.statements.insert(
-            Bytes::copy_from_slice(parse.name),
+            Bytes::copy_from_slice(backend_name(parse.name)),
             Statement {
                 sql: Bytes::copy_from_slice(parse.sql),
                 param_types: parse.param_types,
@@ -274,8 +288,8 @@ impl Tracked {
     /// `follow_up`: what the branch does once the portal has run.
     pub fn on_bind(&mut self, body: &[u8], follow_up: Option<FollowUp>) -> Result<(), Truncated> {
         let bind = Bind::decode(body)?;
-        let name = Bytes::copy_from_slice(bind.portal);
-        let statement = Bytes::copy_from_slice(bind.statement);
+        let name = Bytes::copy_from_slice(backend_name(bind.portal));
+        let statement = Bytes::copy_from_slice(backend_name(bind.statement));
         let sql = if self.statement_opaque(bind.statement)
             || self.statement_unverified(bind.statement)
             || self.bind_statement_uncertain(bind.statement)
@@ -304,16 +318,18 @@ impl Tracked {
         if let Some(close) = Close::decode(body)? {
             self.outstanding.push_back(Outstanding::Close {
                 target: close.target,
-                name: Bytes::copy_from_slice(close.name),
+                name: Bytes::copy_from_slice(backend_name(close.name)),
             });
         }
         Ok(())
     }
 
     pub fn on_execute(&mut self, body: &[u8]) {
-        let portal = crate::wire::pg::reader::Reader::new(body)
-            .cstr()
-            .unwrap_or(b"");
+        let portal = backend_name(
+            crate::wire::pg::reader::Reader::new(body)
+                .cstr()
+                .unwrap_or(b""),
+        );
         let follow_up = self
             .portal_as_sent(portal)
             .and_then(|p| p.follow_up.clone());
@@ -326,6 +342,7 @@ impl Tracked {
     /// The portal `name` as the requests sent so far leave it: the latest Bind of it
     /// still in flight, or else the recorded one.
     fn portal_as_sent(&self, name: &[u8]) -> Option<&Portal> {
+        let name = backend_name(name);
         let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
             Outstanding::Bind {
                 name: n, portal, ..
@@ -480,6 +497,7 @@ impl Tracked {
     /// Whether the portal an Execute sent now runs was bound in the same batch (since
     /// the last Sync, Query or FunctionCall), its Bind still in flight or not.
     pub fn bound_in_this_batch(&self, name: &[u8]) -> bool {
+        let name = backend_name(name);
         self.portal_as_sent(name)
             .is_some_and(|portal| portal.batch == self.sync_points_sent)
     }
@@ -710,6 +728,7 @@ impl Tracked {
     /// statement where PostgreSQL has none of the client's (a Query dropped it, or there
     /// never was one): PostgreSQL answers 26000 there.
     pub fn meets_tandems_unnamed(&self, statement: &[u8]) -> bool {
+        let statement = backend_name(statement);
         statement.is_empty() && self.unnamed_is_tandems && self.statement_for_bind(b"").is_none()
     }
 
@@ -729,6 +748,7 @@ impl Tracked {
     /// name, run by the client or inside a function, where no CommandComplete tells),
     /// or it forgot it once the backend's list showed it replaced (`confirm_statement`).
     pub fn statement_opaque(&self, name: &[u8]) -> bool {
+        let name = backend_name(name);
         !name.is_empty() && self.statement_for_bind(name).is_none()
     }
 
@@ -751,6 +771,7 @@ impl Tracked {
     /// been replaced since tandem knew it: a statement that may replace named ones ran
     /// since (`names_epoch`). The backend's list tells (`confirm_statement`).
     pub fn statement_unverified(&self, name: &[u8]) -> bool {
+        let name = backend_name(name);
         let in_flight = self.outstanding.iter().any(
             |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
         );
@@ -766,6 +787,7 @@ impl Tracked {
     /// none (dropped, or made by SQL-level PREPARE): the recorded statement is known
     /// again if that is its text (or its stand-in's), and forgotten (opaque) otherwise.
     pub fn confirm_statement(&mut self, name: &[u8], backend_sql: Option<&[u8]>) {
+        let name = backend_name(name);
         match self.statements.get_mut(name) {
             Some(s) if backend_sql == Some(s.stand_in.as_ref().unwrap_or(&s.sql)) => {
                 s.known_in_epoch = self.names_epoch

@@ -3939,6 +3939,139 @@ async fn statements_recorded_before_a_do_block_keep_their_meaning() {
     lockserver.stop().await;
 }
 
+/// An ordinary error may have replaced named statements (a DO that fails keeps what it
+/// prepared), so tandem asks after one; ordinary work goes on as directly: a
+/// `SET TRANSACTION` first in a block (the question is asked before the BEGIN, not
+/// after it), a session of another client_encoding, and names PostgreSQL cuts to 63
+/// bytes, two of which are one statement there.
+#[tokio::test]
+async fn named_statements_keep_working_after_an_ordinary_error() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("bind_after_error").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let sync = frame(b'S', b"");
+    let run = |statement: &str| {
+        let mut batch = named_bind("", statement);
+        batch.extend(frame(b'E', b"\0\0\0\0\0"));
+        batch.extend(&sync);
+        batch
+    };
+    let parsed = async |raw: &mut RawPg, statements: &[(&str, &str)]| {
+        let mut batch = Vec::new();
+        for (name, sql) in statements {
+            batch.extend(frame(b'P', &parse_body(name, sql)));
+        }
+        batch.extend(&sync);
+        raw.send(&batch).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert!(
+            replies.iter().all(|m| m.tag == b'1' || m.tag == b'Z'),
+            "{replies:?}"
+        );
+    };
+
+    // SET TRANSACTION, prepared, first in a block after an error.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    parsed(
+        &mut raw,
+        &[
+            ("iso", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            ("show", "SHOW transaction_isolation"),
+        ],
+    )
+    .await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
+    raw.run_each(&["BEGIN"]).await;
+    let replies = {
+        raw.send(&run("iso")).await;
+        raw.recv_until(b'Z').await
+    };
+    assert_eq!(tags(&replies), "2CZ", "{replies:?}");
+    raw.send(&run("show")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2DCZ", "{replies:?}");
+    assert_eq!(&replies[1].body[6..], b"serializable");
+    raw.run_each(&["COMMIT"]).await;
+    raw_rolled_back(&mut raw, "set transaction").await;
+
+    // A LATIN1 session: asked, its statements converted to it.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&["SET client_encoding = LATIN1"]).await;
+    parsed(
+        &mut raw,
+        &[("r", "SELECT balance FROM accounts WHERE id = 1")],
+    )
+    .await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
+    raw.send(&run("r")).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2DCZ", "{replies:?}");
+    raw_rolled_back(&mut raw, "latin1").await;
+
+    // Two names alike in their first 63 bytes name one statement: closing the second
+    // closes the first, and its Bind runs the write parsed since, captured.
+    let long = |last: char| format!("{}{last}", "s".repeat(66));
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    parsed(
+        &mut raw,
+        &[(&long('a'), "SELECT balance FROM accounts WHERE id = 1")],
+    )
+    .await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    let mut batch = frame(b'C', format!("S{}\0", long('b')).as_bytes());
+    batch.extend(frame(
+        b'P',
+        &parse_body(&long('b'), "UPDATE accounts SET balance = 3 WHERE id = 1"),
+    ));
+    batch.extend(&sync);
+    raw.send(&batch).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "31Z");
+    raw.send(&run(&long('a'))).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "2CZ", "{replies:?}");
+    assert_eq!(&replies[1].body[..], b"UPDATE 1\0");
+    assert_ne!(dump(&direct).await, before, "the write ran");
+    raw_rolled_back(&mut raw, "long names").await;
+    assert_eq!(dump(&direct).await, before, "and was captured");
+
+    // After an error, outside a global transaction, a long-named write to a held row
+    // is still checked.
+    let holder = tandem.connect(&db.name).await;
+    one(&holder, "SELECT tandem_begin(30000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 6 WHERE id = 2")
+        .await
+        .unwrap();
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    parsed(
+        &mut raw,
+        &[(&long('w'), "UPDATE accounts SET balance = 7 WHERE id = 2")],
+    )
+    .await;
+    assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
+    raw.send(&run(&long('w'))).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    rolled_back(&holder).await;
+    assert_eq!(dump(&direct).await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// PostgreSQL refuses a Parse of a statement name in use (42P05) and keeps the
 /// statement: a Bind of that name sent behind the failed Parse's Sync runs the older
 /// statement. tandem, reading ahead, must not take the Bind for the new text: an older
