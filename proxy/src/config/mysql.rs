@@ -37,7 +37,7 @@ pub struct MysqlFrontend {
     /// larger one is answered with error 1153 and the session is closed.
     pub max_message_bytes: usize,
     /// Timeout for opening an upstream connection and reading its greeting, in
-    /// milliseconds. Default 5000. The client then gets error 2003.
+    /// milliseconds. Default 5000. The client then gets error 1053.
     pub connect_timeout_ms: u64,
     /// The branch mode of sessions that did not choose one with `tandem_mode`: `"at"`
     /// (default) captures each write's images and keeps an undo log; `"xa"` runs a

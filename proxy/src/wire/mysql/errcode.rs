@@ -34,8 +34,11 @@ pub enum MyErr {
     Deadlock,
     /// 1235 ER_NOT_SUPPORTED_YET, 42000: a feature tandem does not relay.
     NotSupportedYet,
-    /// 2003 CR_CONN_HOST_ERROR, HY000: the database could not be reached. A client-range
-    /// code, because no server code says it and drivers already know this one.
+    /// 1053 ER_SERVER_SHUTDOWN, 08S01: the database could not be reached, so this
+    /// server cannot serve the connection now. Not the client-range 2003
+    /// (CR_CONN_HOST_ERROR), which drivers make themselves: MariaDB Connector/C (the
+    /// mariadb client, Python's mysqlclient) takes a server's error with a
+    /// client-range code for a malformed packet (2027).
     CantConnect,
     /// 1043 ER_HANDSHAKE_ERROR, 08S01: malformed packet or a bad handshake.
     HandshakeError,
@@ -76,7 +79,7 @@ impl MyErr {
             MyErr::LockTableFull => 1206,
             MyErr::Deadlock => 1213,
             MyErr::NotSupportedYet => 1235,
-            MyErr::CantConnect => 2003,
+            MyErr::CantConnect => 1053,
             MyErr::MalformedPacket => 1835,
             MyErr::XaRmFail => 1399,
             MyErr::XaRbRollback => 1402,
@@ -96,6 +99,7 @@ impl MyErr {
             | MyErr::PacketTooLarge
             | MyErr::PacketsOutOfOrder
             | MyErr::NetReadError
+            | MyErr::CantConnect
             | MyErr::HandshakeError => b"08S01",
             MyErr::Deadlock => b"40001",
             MyErr::NotSupportedYet => b"42000",
@@ -107,7 +111,6 @@ impl MyErr {
             | MyErr::TransactionTooLarge
             | MyErr::LockTableFull
             | MyErr::LockWaitTimeout
-            | MyErr::CantConnect
             | MyErr::MalformedPacket
             | MyErr::UnknownStmtHandler
             | MyErr::WrongArguments => b"HY000",

@@ -327,7 +327,9 @@ async fn an_upstream_that_never_greets_or_is_down_gives_a_clear_error() {
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;
 
-    // Nothing listens at all: error 2003, as a driver reports an unreachable server.
+    // Nothing listens at all: 1053 before the greeting, which the mariadb
+    // client (Connector/C, which takes a client-range code such as 2003 from a server
+    // for a malformed packet) shows as it is.
     let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = unused.local_addr().unwrap();
     drop(unused);
@@ -336,8 +338,30 @@ async fn an_upstream_that_never_greets_or_is_down_gives_a_clear_error() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, mysql_async::Error::Server(ref e) if e.code == 2003),
+        matches!(err, mysql_async::Error::Server(ref e) if e.code == 1053),
         "{err}"
+    );
+    let cli = tokio::process::Command::new("mariadb")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+            "--skip-ssl",
+            "-e",
+            "SELECT 1",
+        ])
+        .arg(format!(
+            "--port={}",
+            tandem.mysql.expect("a MySQL front end").port()
+        ))
+        .output()
+        .await
+        .expect("the mariadb client runs");
+    let said = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        said.contains("ERROR 1053") && said.contains("could not connect to the database"),
+        "{said}"
     );
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;
