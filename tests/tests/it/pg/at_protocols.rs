@@ -3759,6 +3759,42 @@ fn named_bind(portal: &str, statement: &str) -> Vec<u8> {
     tandem_tests::raw_pg::frame(b'B', &body)
 }
 
+/// `statement` bound into the unnamed portal, run whole, and synced.
+fn bind_and_run(statement: &str) -> Vec<u8> {
+    use tandem_tests::raw_pg::frame;
+    let mut batch = named_bind("", statement);
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    batch
+}
+
+/// Parses each (name, text) of `statements` in one batch; each must prepare.
+async fn parsed(raw: &mut tandem_tests::raw_pg::RawPg, statements: &[(&str, &str)]) {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::frame;
+    let mut batch = Vec::new();
+    for (name, sql) in statements {
+        batch.extend(frame(b'P', &parse_body(name, sql)));
+    }
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies.iter().all(|m| m.tag == b'1' || m.tag == b'Z'),
+        "{replies:?}"
+    );
+}
+
+/// tandem before `lockserver`, a write outside global transactions to a held row
+/// waiting 300 ms for it.
+async fn start_waiting_briefly(lockserver: &TestLockserver) -> Tandem {
+    Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 300;
+    })
+    .await
+}
+
 /// Rolls `raw`'s global transaction back (`case` names it in a failure); every branch
 /// must be undone.
 async fn raw_rolled_back(raw: &mut tandem_tests::raw_pg::RawPg, case: &str) {
@@ -3804,16 +3840,10 @@ async fn statements_the_backend_still_holds_run_after_a_sql_level_deallocate() {
         "SELECT tandem_begin()",
     ])
     .await;
-    let run = |statement: &str| {
-        let mut batch = named_bind("", statement);
-        batch.extend(frame(b'E', b"\0\0\0\0\0"));
-        batch.extend(&sync);
-        batch
-    };
-    raw.send(&run("w")).await;
+    raw.send(&bind_and_run("w")).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "2CZ", "{replies:?}");
-    raw.send(&run("r")).await;
+    raw.send(&bind_and_run("r")).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "2DCZ", "{replies:?}");
     assert_eq!(&replies[1].body[6..], b"0", "the UPDATE ran: {replies:?}");
@@ -3835,25 +3865,12 @@ async fn statements_recorded_before_a_do_block_keep_their_meaning() {
     use tandem_tests::raw_pg::{RawPg, frame};
     let db = prepare("bind_after_do").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = Tandem::start_with(|c| {
-        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
-        c.lockserver.lock_wait_ms = 300;
-    })
-    .await;
+    let tandem = start_waiting_briefly(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let sync = frame(b'S', b"");
-    let run = |statement: &str| {
-        let mut batch = named_bind("", statement);
-        batch.extend(frame(b'E', b"\0\0\0\0\0"));
-        batch.extend(&sync);
-        batch
-    };
     let prepared_then_do = async |raw: &mut RawPg, name: &str, sql: &str| {
-        let mut batch = frame(b'P', &parse_body(name, sql));
-        batch.extend(&sync);
-        raw.send(&batch).await;
-        assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z");
+        parsed(raw, &[(name, sql)]).await;
         raw.run_each(&["DO $$ BEGIN PERFORM 1; END $$"]).await;
     };
 
@@ -3866,7 +3883,7 @@ async fn statements_recorded_before_a_do_block_keep_their_meaning() {
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
     let hinted = format!("/*+ XID('{xid}') */ UPDATE accounts SET balance = 5 WHERE id = 1");
     prepared_then_do(&mut raw, "hinted", &hinted).await;
-    raw.send(&run("hinted")).await;
+    raw.send(&bind_and_run("hinted")).await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "2CZ");
     rolled_back(&holder).await;
     assert_eq!(dump(&direct).await, before, "the hinted write was captured");
@@ -3884,7 +3901,7 @@ async fn statements_recorded_before_a_do_block_keep_their_meaning() {
         "UPDATE accounts SET balance = 7 WHERE id = 2",
     )
     .await;
-    raw.send(&run("w")).await;
+    raw.send(&bind_and_run("w")).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(
         replies[0].sqlstate().as_deref(),
@@ -3900,7 +3917,7 @@ async fn statements_recorded_before_a_do_block_keep_their_meaning() {
     raw.run_each(&["SELECT tandem_begin()", "BEGIN"]).await;
     let replies = raw.simple("SELECT 1 / 0").await;
     assert_eq!(tags(&replies), "EZ");
-    raw.send(&run("rb")).await;
+    raw.send(&bind_and_run("rb")).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "2CZ", "{replies:?}");
     assert_eq!(&replies[2].body[..], b"I", "the block ended");
@@ -3925,11 +3942,11 @@ async fn statements_recorded_before_a_do_block_keep_their_meaning() {
     let mut batch = frame(b'P', &parse_body("", "BEGIN"));
     batch.extend(named_bind("", ""));
     batch.extend(frame(b'E', b"\0\0\0\0\0"));
-    batch.extend(run("r"));
+    batch.extend(bind_and_run("r"));
     raw.send(&batch).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "12C2DCZ", "{replies:?}");
-    raw.send(&run("w")).await;
+    raw.send(&bind_and_run("w")).await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "2CZ");
     raw.run_each(&["COMMIT"]).await;
     assert_ne!(dump(&direct).await, before, "the write ran");
@@ -3950,33 +3967,10 @@ async fn named_statements_keep_working_after_an_ordinary_error() {
     use tandem_tests::raw_pg::{RawPg, frame};
     let db = prepare("bind_after_error").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = Tandem::start_with(|c| {
-        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
-        c.lockserver.lock_wait_ms = 300;
-    })
-    .await;
+    let tandem = start_waiting_briefly(&lockserver).await;
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let sync = frame(b'S', b"");
-    let run = |statement: &str| {
-        let mut batch = named_bind("", statement);
-        batch.extend(frame(b'E', b"\0\0\0\0\0"));
-        batch.extend(&sync);
-        batch
-    };
-    let parsed = async |raw: &mut RawPg, statements: &[(&str, &str)]| {
-        let mut batch = Vec::new();
-        for (name, sql) in statements {
-            batch.extend(frame(b'P', &parse_body(name, sql)));
-        }
-        batch.extend(&sync);
-        raw.send(&batch).await;
-        let replies = raw.recv_until(b'Z').await;
-        assert!(
-            replies.iter().all(|m| m.tag == b'1' || m.tag == b'Z'),
-            "{replies:?}"
-        );
-    };
 
     // SET TRANSACTION, prepared, first in a block after an error.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
@@ -3992,11 +3986,11 @@ async fn named_statements_keep_working_after_an_ordinary_error() {
     assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
     raw.run_each(&["BEGIN"]).await;
     let replies = {
-        raw.send(&run("iso")).await;
+        raw.send(&bind_and_run("iso")).await;
         raw.recv_until(b'Z').await
     };
     assert_eq!(tags(&replies), "2CZ", "{replies:?}");
-    raw.send(&run("show")).await;
+    raw.send(&bind_and_run("show")).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "2DCZ", "{replies:?}");
     assert_eq!(&replies[1].body[6..], b"serializable");
@@ -4013,7 +4007,7 @@ async fn named_statements_keep_working_after_an_ordinary_error() {
     .await;
     raw.run_each(&["SELECT tandem_begin()"]).await;
     assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
-    raw.send(&run("r")).await;
+    raw.send(&bind_and_run("r")).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "2DCZ", "{replies:?}");
     raw_rolled_back(&mut raw, "latin1").await;
@@ -4036,7 +4030,7 @@ async fn named_statements_keep_working_after_an_ordinary_error() {
     batch.extend(&sync);
     raw.send(&batch).await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "31Z");
-    raw.send(&run(&long('a'))).await;
+    raw.send(&bind_and_run(&long('a'))).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "2CZ", "{replies:?}");
     assert_eq!(&replies[1].body[..], b"UPDATE 1\0");
@@ -4059,7 +4053,7 @@ async fn named_statements_keep_working_after_an_ordinary_error() {
     )
     .await;
     assert_eq!(tags(&raw.simple("SELECT 1 / 0").await), "EZ");
-    raw.send(&run(&long('w'))).await;
+    raw.send(&bind_and_run(&long('w'))).await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(
         replies[0].sqlstate().as_deref(),
@@ -4158,14 +4152,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     let direct = db.direct().await;
     let before = dump(&direct).await;
     let sync = frame(b'S', b"");
-    let execute = frame(b'E', b"\0\0\0\0\0");
     let update = "UPDATE accounts SET balance = 0 WHERE id = 1";
-    let bind_and_run = |statement: &str| {
-        let mut batch = named_bind("", statement);
-        batch.extend(&execute);
-        batch.extend(&sync);
-        batch
-    };
     // The Bind is refused, and the global rollback leaves nothing of the branch.
     let refused_then_rolled_back = async |raw: &mut RawPg, statement: &str, case: &str| {
         raw.send(&bind_and_run(statement)).await;
@@ -4196,10 +4183,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
 
     // Prepared over the protocol as a read, replaced with SQL by a write.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
-    batch.extend(&sync);
-    raw.send(&batch).await;
-    raw.recv_until(b'Z').await;
+    parsed(&mut raw, &[("s", "SELECT 1")]).await;
     raw.run_each(&[
         "DEALLOCATE s",
         &format!("PREPARE s AS {update}"),
@@ -4211,10 +4195,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     // Prepared over the protocol as a read, replaced by a write inside a DO block,
     // whose tag names no statement.
     let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-    let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
-    batch.extend(&sync);
-    raw.send(&batch).await;
-    raw.recv_until(b'Z').await;
+    parsed(&mut raw, &[("s", "SELECT 1")]).await;
     raw.run_each(&[
         &format!("DO $$ BEGIN EXECUTE 'DEALLOCATE s'; EXECUTE 'PREPARE s AS {update}'; END $$"),
         "SELECT tandem_begin()",
@@ -4246,10 +4227,7 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
         ),
     ] {
         let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
-        let mut batch = frame(b'P', &parse_body("s", "SELECT 1"));
-        batch.extend(&sync);
-        raw.send(&batch).await;
-        raw.recv_until(b'Z').await;
+        parsed(&mut raw, &[("s", "SELECT 1")]).await;
         let replies = raw.simple(&replace).await;
         assert_eq!(tags(&replies), "EZ", "{case}: {replies:?}");
         raw.run_each(&["SELECT tandem_begin()"]).await;

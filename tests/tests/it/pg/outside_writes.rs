@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::raw_pg::Msg;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -22,6 +23,18 @@ async fn balance(client: &Client, id: i32) -> i64 {
 
 /// An embedded lockserver, a proxy of it for global transactions, and a second one for
 /// the writes outside them (`mode`).
+/// A batch's replies, `tags` in all, the one at `failed` an error of `sqlstate`, and
+/// its ReadyForQuery of `status`.
+fn batch_failed(replies: &[Msg], tags_expected: &str, failed: usize, sqlstate: &str, status: u8) {
+    assert_eq!(tags(replies), tags_expected, "{replies:?}");
+    assert_eq!(
+        replies[failed].sqlstate().as_deref(),
+        Some(sqlstate),
+        "{replies:?}"
+    );
+    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(vec![status]));
+}
+
 async fn proxies(mode: OutsideWrites) -> (TestLockserver, Tandem, Tandem) {
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let global = Tandem::start_for(&lockserver).await;
@@ -1276,14 +1289,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
         "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
     ]))
     .await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
-    assert_eq!(
-        replies[4].sqlstate().as_deref(),
-        Some("55P03"),
-        "{replies:?}"
-    );
-    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"E".to_vec()));
+    batch_failed(&raw.recv_until(b'Z').await, "12C1EZ", 4, "55P03", b'E');
     raw.simple("ROLLBACK").await;
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     assert_eq!(
@@ -1340,14 +1346,7 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
         "UPDATE accounts SET balance = 99 WHERE id = 5",
     ]))
     .await;
-    let replies = raw.recv_until(b'Z').await;
-    assert_eq!(tags(&replies), "12C1EZ", "{replies:?}");
-    assert_eq!(
-        replies[4].sqlstate().as_deref(),
-        Some("55P03"),
-        "{replies:?}"
-    );
-    assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"I".to_vec()));
+    batch_failed(&raw.recv_until(b'Z').await, "12C1EZ", 4, "55P03", b'I');
     assert_eq!(balance(&direct, 1).await, 1020, "the batch left nothing");
     assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
     let idle = raw.simple("SELECT 1").await;
