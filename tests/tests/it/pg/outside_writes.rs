@@ -1356,6 +1356,49 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     finish(lockserver, [outside, global]).await;
 }
 
+/// A write behind a Flush runs at once in a block of tandem's standing for the client's
+/// implicit transaction, until its Sync. A simple Query sent before that Sync would end
+/// that block at its ReadyForQuery (a BEGIN there would only warn, and a later ROLLBACK
+/// undo nothing): it is refused, and the implicit transaction fails, the write with it.
+/// Outside a global transaction (a table that holds global locks) and inside one.
+#[tokio::test]
+async fn a_query_behind_a_flushed_write_is_refused_and_the_write_rolled_back() {
+    use super::control::unnamed_batch;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("outside_flush_query").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let mut flushed = unnamed_batch(&["UPDATE accounts SET balance = 7 WHERE id = 1"]);
+    flushed.truncate(flushed.len() - 5);
+    flushed.extend(frame(b'H', b""));
+    for (tandem, bound) in [(&outside, false), (&global, true)] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+        if bound {
+            raw.run_each(&["SELECT tandem_begin()"]).await;
+        }
+        raw.send(&flushed).await;
+        let replies = raw.recv_until(b'C').await;
+        assert_eq!(tags(&replies), "12C", "bound {bound}: {replies:?}");
+        assert_eq!(balance(&direct, 1).await, 1000, "not committed yet");
+        let replies = raw.simple("BEGIN").await;
+        batch_failed(&replies, "EZ", 0, "0A000", b'I');
+        assert_eq!(
+            balance(&direct, 1).await,
+            1000,
+            "bound {bound}: rolled back"
+        );
+        raw.send(&frame(b'S', b"")).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "Z", "bound {bound}: {replies:?}");
+        if bound {
+            assert_eq!(tags(&raw.simple("SELECT tandem_rollback()").await), "TDCZ");
+        }
+    }
+    rolled_back(&a).await;
+    finish(lockserver, [outside, global]).await;
+}
+
 /// A checked write inside the client's block holds its rows locked while it waits for
 /// their global lock. When the holder starts rolling back (its undo needs those rows),
 /// the write gives up at once with 55P03 rather than waiting out `lock_wait_ms` with
