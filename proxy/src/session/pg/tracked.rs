@@ -215,10 +215,7 @@ impl Tracked {
     /// for one still in flight, which is a different statement until it completes).
     pub fn remember_inferred(&mut self, name: &[u8], types: &[u32]) {
         let name = backend_name(name);
-        let in_flight = self.outstanding.iter().any(
-            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
-        );
-        if in_flight {
+        if self.parse_in_flight(name) {
             return;
         }
         if let Some(statement) = self.statements.get_mut(name) {
@@ -497,7 +494,6 @@ impl Tracked {
     /// Whether the portal an Execute sent now runs was bound in the same batch (since
     /// the last Sync, Query or FunctionCall), its Bind still in flight or not.
     pub fn bound_in_this_batch(&self, name: &[u8]) -> bool {
-        let name = backend_name(name);
         self.portal_as_sent(name)
             .is_some_and(|portal| portal.batch == self.sync_points_sent)
     }
@@ -728,7 +724,6 @@ impl Tracked {
     /// statement where PostgreSQL has none of the client's (a Query dropped it, or there
     /// never was one): PostgreSQL answers 26000 there.
     pub fn meets_tandems_unnamed(&self, statement: &[u8]) -> bool {
-        let statement = backend_name(statement);
         statement.is_empty() && self.unnamed_is_tandems && self.statement_for_bind(b"").is_none()
     }
 
@@ -748,7 +743,6 @@ impl Tracked {
     /// name, run by the client or inside a function, where no CommandComplete tells),
     /// or it forgot it once the backend's list showed it replaced (`confirm_statement`).
     pub fn statement_opaque(&self, name: &[u8]) -> bool {
-        let name = backend_name(name);
         !name.is_empty() && self.statement_for_bind(name).is_none()
     }
 
@@ -764,7 +758,19 @@ impl Tracked {
     fn unverified(&self) -> impl Iterator<Item = (&Bytes, &Statement)> {
         self.statements
             .iter()
-            .filter(|(name, s)| !name.is_empty() && s.known_in_epoch < self.names_epoch)
+            .filter(|(name, s)| !name.is_empty() && self.known_before_last_change(s))
+    }
+
+    /// Whether a statement that may replace named ones ran since tandem last knew `s`.
+    fn known_before_last_change(&self, s: &Statement) -> bool {
+        s.known_in_epoch < self.names_epoch
+    }
+
+    /// Whether a Parse of `name` (as the backend keeps it) awaits its reply.
+    fn parse_in_flight(&self, name: &[u8]) -> bool {
+        self.outstanding.iter().any(
+            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
+        )
     }
 
     /// Whether the recorded statement `name` (none of that name in flight) may have
@@ -772,15 +778,12 @@ impl Tracked {
     /// since (`names_epoch`). The backend's list tells (`confirm_statement`).
     pub fn statement_unverified(&self, name: &[u8]) -> bool {
         let name = backend_name(name);
-        let in_flight = self.outstanding.iter().any(
-            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
-        );
         !name.is_empty()
-            && !in_flight
+            && !self.parse_in_flight(name)
             && self
                 .statements
                 .get(name)
-                .is_some_and(|s| s.known_in_epoch < self.names_epoch)
+                .is_some_and(|s| self.known_before_last_change(s))
     }
 
     /// The backend's text of its statement `name` as made over the protocol, None for
