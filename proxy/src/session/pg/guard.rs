@@ -154,8 +154,8 @@ impl Relay<'_> {
         }
         let Some(sql) = self
             .tracked
-            .portal_statement(portal)
-            .map(|s| s.sql.to_vec())
+            .portal_sql(portal)
+            .map(|sql| sql.to_vec())
             .filter(|sql| may_write(sql))
         else {
             return Ok(Extended::NotAWrite);

@@ -232,10 +232,11 @@ impl Tracked {
         self.statements.len()
     }
 
-    /// The statement the recorded portal `name` was bound from.
-    pub fn portal_statement(&self, name: &[u8]) -> Option<&Statement> {
-        let name = backend_name(name);
-        self.statements.get(&self.portals.get(name)?.statement)
+    /// The text the recorded portal `name` runs: its statement's as it was at the Bind
+    /// (closed or replaced since, the portal still runs that). None: no such portal, or
+    /// tandem could not tell what it binds.
+    pub fn portal_sql(&self, name: &[u8]) -> Option<&Bytes> {
+        self.portal(name)?.sql.as_ref()
     }
 
     pub fn portal_count(&self) -> usize {

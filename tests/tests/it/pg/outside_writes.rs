@@ -21,8 +21,6 @@ async fn balance(client: &Client, id: i32) -> i64 {
         .get(0)
 }
 
-/// An embedded lockserver, a proxy of it for global transactions, and a second one for
-/// the writes outside them (`mode`).
 /// A batch's replies, `tags` in all, the one at `failed` an error of `sqlstate`, and
 /// its ReadyForQuery of `status`.
 fn batch_failed(replies: &[Msg], tags_expected: &str, failed: usize, sqlstate: &str, status: u8) {
@@ -35,6 +33,8 @@ fn batch_failed(replies: &[Msg], tags_expected: &str, failed: usize, sqlstate: &
     assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(vec![status]));
 }
 
+/// An embedded lockserver, a proxy of it for global transactions, and a second one for
+/// the writes outside them (`mode`).
 async fn proxies(mode: OutsideWrites) -> (TestLockserver, Tandem, Tandem) {
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let global = Tandem::start_for(&lockserver).await;
@@ -421,6 +421,55 @@ async fn a_portal_from_an_earlier_batch_executed_behind_other_requests_is_refuse
     }
     assert_eq!(balance(&direct, 4).await, 1000);
     assert_eq!(balance(&direct, 5).await, 1000);
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+#[tokio::test]
+async fn a_portal_whose_statement_was_replaced_by_a_read_still_counts_as_the_write_it_binds() {
+    use tandem_tests::expect_msg;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("outside_portal_replaced").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let mut b = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+    b.query("BEGIN").await;
+    b.recv_until(b'Z').await;
+    // Bound while the table holds no global lock; then its statement is closed and
+    // prepared anew, under the same name, as a read. The portal still runs the UPDATE.
+    let bound = [
+        frame(
+            b'P',
+            b"w\0UPDATE accounts SET balance = 9 WHERE id = 3\0\0\0",
+        ),
+        frame(b'B', b"p\0w\0\0\0\0\0\0\0"),
+        frame(b'C', b"Sw\0"),
+        frame(b'P', b"w\0SELECT 1\0\0\0"),
+        frame(b'S', b""),
+    ]
+    .concat();
+    b.send(&bound).await;
+    for tag in [b'1', b'2', b'3', b'1', b'Z'] {
+        expect_msg!(b, tag);
+    }
+    let holder = hold_row(&global, &orders.name, 3).await;
+    let mut execute = frame(b'E', b"p\0\0\0\0\0");
+    execute.extend_from_slice(&frame(b'S', b""));
+    b.send(&execute).await;
+    let refused = expect_msg!(b, b'E');
+    assert_eq!(refused.sqlstate().as_deref(), Some("0A000"), "{refused:?}");
+    expect_msg!(b, b'Z');
+    b.query("ROLLBACK").await;
+    b.recv_until(b'Z').await;
+    assert_eq!(
+        balance(&direct, 3).await,
+        1,
+        "as the global transaction left it"
+    );
+    // No dirty write: the rollback completes, and restores the row.
+    rolled_back(&holder).await;
+    assert_eq!(balance(&direct, 3).await, 1000);
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;
