@@ -435,7 +435,7 @@ impl Coordinator {
         outcome: Phase2Outcome,
     ) -> Result<()> {
         let span = tracing::debug_span!("phase2_result", %xid, branch = branch_id, %outcome);
-        self.phase2.answered(&xid, branch_id);
+        self.phase2.answered(&xid, branch_id, outcome);
         self.exec(Command::Phase2Result {
             xid: xid.clone(),
             branch_id,
@@ -467,7 +467,7 @@ impl Coordinator {
         let cmds: Vec<Command> = answers
             .iter()
             .map(|(xid, branch_id, outcome)| {
-                self.phase2.answered(xid, *branch_id);
+                self.phase2.answered(xid, *branch_id, *outcome);
                 Command::Phase2Result {
                     xid: xid.clone(),
                     branch_id: *branch_id,

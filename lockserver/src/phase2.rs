@@ -47,6 +47,12 @@ pub struct Phase2 {
     connected: AtomicUsize,
     /// (xid, branch) delivered and not answered yet → redelivery time.
     in_flight: Mutex<FastMap<(Xid, u64), Millis>>,
+    /// (xid, branch) offered and not done yet → where among its resource's streams its
+    /// next offer starts: the one after the last it went to. A branch that only one
+    /// proxy can answer at once (the one that saw its undo row go) reaches it within a
+    /// round of the proxies; started from `rr` alone, whose step per retry round is the
+    /// transaction's branch count, it could meet the same wrong proxy every round.
+    next_stream: Mutex<FastMap<(Xid, u64), usize>>,
     attempts: Mutex<FastMap<Xid, u32>>,
     /// Transactions whose work found no stream of its resource, by resource: sitting
     /// out their backoff in the store's schedule.
@@ -70,6 +76,7 @@ impl Phase2 {
             rr: AtomicUsize::new(0),
             connected: AtomicUsize::new(0),
             in_flight: Mutex::default(),
+            next_stream: Mutex::default(),
             attempts: Mutex::default(),
             undelivered: Mutex::default(),
             due_now: Mutex::default(),
@@ -144,11 +151,18 @@ impl Phase2 {
     }
 
     /// An answer arrived for (xid, branch).
-    pub fn answered(&self, xid: &Xid, branch_id: u64) {
+    pub fn answered(&self, xid: &Xid, branch_id: u64, outcome: Phase2Outcome) {
+        let key = (xid.clone(), branch_id);
+        if outcome != Phase2Outcome::Retry {
+            self.next_stream
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
         self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(xid.clone(), branch_id));
+            .remove(&key);
     }
 
     /// The next retry delay for `xid` (doubling from `retry_initial_ms` up to
@@ -173,23 +187,28 @@ impl Phase2 {
             .remove(xid);
     }
 
-    /// Hands `w` to a live stream of its resource (round robin).
+    /// Hands `w` to a live stream of its resource: round robin, and each offer of the
+    /// same branch again to the stream after the one it last went to.
     fn offer(&self, w: &Work) -> Offered {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         let Some(list) = workers.get(&w.resource) else {
             return Offered::NoStream;
         };
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let sent = (0..list.len()).any(|i| {
-            list[(start + i) % list.len()]
-                .tx
-                .try_send(w.clone())
-                .is_ok()
-        });
-        if sent {
-            Offered::Sent
-        } else {
-            Offered::QueuesFull
+        let key = (w.xid.clone(), w.branch_id);
+        let mut next_stream = self.next_stream.lock().unwrap_or_else(|p| p.into_inner());
+        let start = match next_stream.get(&key) {
+            Some(&next) => next,
+            None => self.rr.fetch_add(1, Ordering::Relaxed),
+        };
+        let sent = (0..list.len())
+            .map(|i| (start + i) % list.len())
+            .find(|&at| list[at].tx.try_send(w.clone()).is_ok());
+        match sent {
+            Some(at) => {
+                next_stream.insert(key, at + 1);
+                Offered::Sent
+            }
+            None => Offered::QueuesFull,
         }
     }
 
@@ -223,6 +242,13 @@ impl Phase2 {
         let mut a = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
         if a.len() > MAX_TRACKED {
             a.clear();
+        }
+        drop(a);
+        // Branches whose transaction ended unanswered (its records forgotten): a
+        // cleared one starts its next offer from `rr` again.
+        let mut next_stream = self.next_stream.lock().unwrap_or_else(|p| p.into_inner());
+        if next_stream.len() > MAX_TRACKED {
+            next_stream.clear();
         }
     }
 
@@ -359,4 +385,64 @@ async fn dispatch_once(coord: &Coordinator) -> Result<()> {
         coord.store.schedule_phase2(&xid, at).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::txn::BranchKind;
+
+    fn work(xid: &Xid, branch_id: u64) -> Work {
+        Work {
+            xid: xid.clone(),
+            branch_id,
+            resource: "db".into(),
+            kind: BranchKind::AT,
+            commit: true,
+        }
+    }
+
+    /// Two branches of one transaction retried round after round over two proxies:
+    /// each reaches both, whatever the other's offers do to the shared round robin.
+    #[test]
+    fn a_branch_offered_again_goes_to_the_next_stream() {
+        let phase2 = Phase2::new(&Config::default());
+        let (_, mut first) = phase2.connect(&["db".into()]).unwrap();
+        let (_, mut second) = phase2.connect(&["db".into()]).unwrap();
+        let xid = Xid::new("n", 1);
+        let mut reached = HashMap::<u64, Vec<usize>>::new();
+        for _ in 0..4 {
+            for branch in [1, 2] {
+                assert!(matches!(phase2.offer(&work(&xid, branch)), Offered::Sent));
+                phase2.answered(&xid, branch, Phase2Outcome::Retry);
+                let to = if first.try_recv().is_ok() {
+                    0
+                } else {
+                    second.try_recv().map(|_| 1).unwrap()
+                };
+                reached.entry(branch).or_default().push(to);
+            }
+        }
+        assert_eq!(
+            reached[&1],
+            [
+                reached[&1][0],
+                1 - reached[&1][0],
+                reached[&1][0],
+                1 - reached[&1][0]
+            ]
+        );
+        assert_eq!(
+            reached[&2],
+            [
+                reached[&2][0],
+                1 - reached[&2][0],
+                reached[&2][0],
+                1 - reached[&2][0]
+            ]
+        );
+        // Done: its next transaction's offers start from the round robin again.
+        phase2.answered(&xid, 1, Phase2Outcome::Committed);
+        assert!(!phase2.next_stream.lock().unwrap().contains_key(&(xid, 1)));
+    }
 }
