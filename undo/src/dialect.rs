@@ -139,6 +139,12 @@ pub trait Dialect: Send + Sync {
     fn every_row(&self) -> Option<&'static str> {
         None
     }
+    /// Whether the UPDATE that restores a row assigns every column, not only those the
+    /// branch changed: where a column changes unassigned when others do (MySQL's ON
+    /// UPDATE CURRENT_TIMESTAMP), it must be assigned to keep its before value.
+    fn restores_unchanged_columns(&self) -> bool {
+        false
+    }
 }
 
 /// PostgreSQL.
@@ -262,6 +268,10 @@ impl Dialect for Mysql {
 
     fn null_safe_equal(&self, left: &str, right: &str) -> Option<String> {
         Some(format!("{left} <=> {right}"))
+    }
+
+    fn restores_unchanged_columns(&self) -> bool {
+        true
     }
 
     fn every_row(&self) -> Option<&'static str> {

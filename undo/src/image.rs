@@ -72,6 +72,12 @@ pub struct Column {
     pub sql_type: String,
     /// A generated column: computed by the server, never written back.
     pub generated: bool,
+    /// PostgreSQL's GENERATED ALWAYS AS IDENTITY: an UPDATE may set it to DEFAULT only,
+    /// a new value that no UPDATE could write back.
+    pub identity_always: bool,
+    /// MySQL's ON UPDATE CURRENT_TIMESTAMP: every UPDATE that changes the row sets it
+    /// too, unassigned.
+    pub set_on_update: bool,
     /// MySQL: the character set and collation a string column's values are compared
     /// by, where equal values may differ in bytes (`'Bob'` and `'bob '` under
     /// utf8mb4_general_ci). None for other columns, and on PostgreSQL.
@@ -141,6 +147,10 @@ pub struct TableMeta {
     /// gives (an empty int2vector or oidvector; the planner's statistics types), or
     /// changes it (xml drops a document's declaration), also inside another type.
     pub imageless_column: Option<(String, String)>,
+    /// PostgreSQL: a CHECK or foreign-key constraint of the table added NOT VALID (and
+    /// not validated since): rows from before it may break it, and a row put back as
+    /// it was would be refused.
+    pub unvalidated_constraint: Option<String>,
 }
 
 impl TableMeta {
@@ -170,6 +180,12 @@ impl TableMeta {
         if let Some((column, type_name)) = &self.imageless_column {
             return Err(Error::unsupported(format!(
                 "a write to table {table}, whose column {column} has type {type_name}, whose values may not come back from their binary form (in which tandem keeps images),"
+            )));
+        }
+        let changes_rows = write.kind != WriteKind::Insert || write.upsert.is_some();
+        if changes_rows && let Some(constraint) = &self.unvalidated_constraint {
+            return Err(Error::unsupported(format!(
+                "an update or delete of table {table}, whose constraint {constraint} is NOT VALID (a row put back as it was may break it; VALIDATE it first),"
             )));
         }
         if self.key_checked_at_commit {
@@ -215,15 +231,22 @@ impl TableMeta {
                 "INSERT … ON CONFLICT DO UPDATE into partitioned table {table} (write it into the partition)"
             )));
         }
-        if write.kind == WriteKind::Update
-            && let Some(&i) = self.pk.iter().find(|&&i| self.columns[i].generated)
-        {
+        let updates = write.kind == WriteKind::Update || write.upsert.is_some();
+        if updates && let Some(&i) = self.pk.iter().find(|&&i| self.columns[i].generated) {
             return Err(Error::unsupported(format!(
                 "an update of table {table}, whose primary-key column {} is generated from other columns (the update may change it),",
                 self.columns[i].name
             )));
         }
-        if (write.kind == WriteKind::Update || write.upsert.is_some())
+        // The row would move to a key its before image does not know: its after image
+        // would not be found, nor the row it left undone.
+        if updates && let Some(&i) = self.pk.iter().find(|&&i| self.columns[i].set_on_update) {
+            return Err(Error::unsupported(format!(
+                "an update of table {table}, whose primary-key column {} is set by every update (ON UPDATE),",
+                self.columns[i].name
+            )));
+        }
+        if updates
             && let Some(pk) = write
                 .assigned
                 .iter()
@@ -231,6 +254,17 @@ impl TableMeta {
         {
             return Err(Error::unsupported(format!(
                 "an update of primary-key column {pk}"
+            )));
+        }
+        if updates
+            && let Some(column) = self
+                .columns
+                .iter()
+                .find(|c| c.identity_always && write.assigned.contains(&c.name))
+        {
+            return Err(Error::unsupported(format!(
+                "an update of column {}, GENERATED ALWAYS AS IDENTITY (the value it takes could not be written back),",
+                column.name
             )));
         }
         Ok(())
@@ -752,6 +786,7 @@ mod tests {
                     sql_type: "integer".into(),
                     generated: false,
                     collation: None,
+                    ..Default::default()
                 })
                 .collect(),
             pk: vec![0],
@@ -1000,6 +1035,25 @@ mod tests {
                 .is_err()
         );
         m.has_triggers = false;
+        m.columns[2].identity_always = true;
+        assert!(
+            m.check_capturable(&Postgres, &write("UPDATE accounts SET note = DEFAULT"))
+                .is_err()
+        );
+        assert!(
+            m.check_capturable(&Postgres, &write("UPDATE accounts SET balance = 2"))
+                .is_ok()
+        );
+        m.columns[0].set_on_update = true;
+        assert!(
+            m.check_capturable(&Postgres, &write("UPDATE accounts SET balance = 2"))
+                .is_err()
+        );
+        assert!(
+            m.check_capturable(&Postgres, &write("DELETE FROM accounts"))
+                .is_ok()
+        );
+        m.columns[0].set_on_update = false;
         m.pk.clear();
         assert!(
             m.check_capturable(&Postgres, &write("INSERT INTO accounts VALUES (1)"))

@@ -470,6 +470,7 @@ mod tests {
                     sql_type: "integer".into(),
                     generated: false,
                     collation: None,
+                    ..Default::default()
                 },
                 Column {
                     name: "v".into(),
@@ -477,6 +478,7 @@ mod tests {
                     sql_type: "text".into(),
                     generated: false,
                     collation: None,
+                    ..Default::default()
                 },
             ],
             pk: vec![0],

@@ -36,7 +36,7 @@ const META_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, a.atttypid::int8, a.attgenerated <> '', c.oid::int8,
     CASE WHEN tn.nspname = 'pg_catalog' THEN pg_catalog.format_type(a.atttypid, a.atttypmod)
         ELSE pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname) END,
-    c.relkind = 'p'
+    c.relkind = 'p', a.attidentity = 'a'
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
@@ -136,6 +136,12 @@ const IMAGELESS_COLUMN: &str = "WITH RECURSIVE parts(attname, oid) AS (
             'oidvector', 'xml', 'pg_node_tree', 'pg_ndistinct', 'pg_dependencies',
             'pg_mcv_list', 'pg_brin_bloom_summary', 'pg_brin_minmax_multi_summary'))
     LIMIT 1";
+/// A CHECK or foreign-key constraint of the table's `with_tree` not validated yet.
+const UNVALIDATED: &str = concat!(
+    with_tree!(),
+    " SELECT conname::text FROM pg_constraint WHERE conrelid IN (SELECT oid FROM tree)
+    AND contype IN ('c', 'f') AND NOT convalidated ORDER BY conname LIMIT 1"
+);
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(
     with_tree!(),
@@ -323,6 +329,8 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
             type_oid: r.get::<_, i64>(3) as u32,
             sql_type: r.get(6),
             generated: r.get(4),
+            identity_always: r.get(8),
+            set_on_update: false,
             collation: None,
         })
         .collect();
@@ -355,6 +363,10 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         .query_opt(IMAGELESS_COLUMN, &[&name])
         .await?
         .map(|r| (r.get(0), r.get(1)));
+    let unvalidated_constraint = client
+        .query_opt(UNVALIDATED, &[&name])
+        .await?
+        .map(|r| r.get(0));
     Ok(TableMeta {
         table: resolved,
         columns,
@@ -371,5 +383,6 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         partitioned,
         root_without_key,
         imageless_column,
+        unvalidated_constraint,
     })
 }

@@ -173,6 +173,10 @@ impl PgBranchHandler {
             }
         };
         let types = DeclaredTypes::of(&tx, &record).await?;
+        // A DEFERRABLE constraint lets a statement leave rows that break it for a moment
+        // (two rows swap their places in one UPDATE): restored row by row, they would
+        // be refused in any order. Checked at the COMMIT, they hold as they held before.
+        tx.batch_execute("SET CONSTRAINTS ALL DEFERRED").await?;
         match run_steps(&tx, &types, replay::plan(&Postgres, &record), order).await? {
             Ran::Done => {}
             Ran::Stopped(outcome) => {
@@ -197,7 +201,7 @@ impl PgBranchHandler {
 enum Order {
     /// The plan's (table by table, newest row first), each row checked then restored.
     Plan,
-    /// The plan's, but a row whose restore a foreign key or a unique key refuses at that
+    /// The plan's, but a row whose restore a foreign, unique or exclusion key refuses at that
     /// point is put off (under a savepoint, since the refusal fails the transaction)
     /// behind the others, checked again and retried, until a pass restores nothing more.
     /// A branch keeps one before image per row, not one per statement, so no fixed
@@ -279,10 +283,17 @@ async fn run_steps(
     }
 }
 
+/// A refusal that another order of restores may avoid: a row put back where another
+/// still holds its key, or its place under an exclusion constraint, or before the row
+/// it refers to.
 fn refused_by_a_key(e: &tokio_postgres::Error) -> bool {
     matches!(
         e.code(),
-        Some(&SqlState::FOREIGN_KEY_VIOLATION | &SqlState::UNIQUE_VIOLATION)
+        Some(
+            &SqlState::FOREIGN_KEY_VIOLATION
+                | &SqlState::UNIQUE_VIOLATION
+                | &SqlState::EXCLUSION_VIOLATION
+        )
     )
 }
 

@@ -466,12 +466,17 @@ struct Names {
     /// A quoted name still holds its quote character doubled (MySQL, parsed without
     /// unescaping so that literals keep their escapes): `` `a``b` `` names a`b.
     doubled_quotes: bool,
+    /// An assignment's target may name its table before the column (MySQL's
+    /// `SET t.c = 1`); else it names the column first, then a field of it
+    /// (PostgreSQL's `SET c.f = 1`).
+    qualified_targets: bool,
 }
 
 const POSTGRES_NAMES: Names = Names {
     fold_tables: true,
     lower_columns: false,
     doubled_quotes: false,
+    qualified_targets: false,
 };
 
 impl Names {
@@ -832,7 +837,20 @@ fn refuse_data_modifying_ctes(query: &Query) -> Result<(), Error> {
             refuse_data_modifying_ctes(&cte.query)?;
         }
     }
-    Ok(())
+    refuse_writes_in_operands(&query.body)
+}
+
+/// A query in parentheses, or an operand of UNION and the like, is a query of its own:
+/// `(WITH x AS (UPDATE …) SELECT …)` writes as the same without parentheses does.
+fn refuse_writes_in_operands(body: &SetExpr) -> Result<(), Error> {
+    match body {
+        SetExpr::Query(query) => refuse_data_modifying_ctes(query),
+        SetExpr::SetOperation { left, right, .. } => {
+            refuse_writes_in_operands(left)?;
+            refuse_writes_in_operands(right)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The rows of an INSERT … VALUES, each value as `value_of` reads it; None for any
@@ -1042,7 +1060,12 @@ fn assigned_columns(assignments: &[Assignment], names: Names) -> Result<Vec<Stri
             AssignmentTarget::Tuple(ns) => ns.iter().collect(),
         };
         for n in targets {
-            match n.0.last() {
+            let column = if names.qualified_targets {
+                n.0.last()
+            } else {
+                n.0.first()
+            };
+            match column {
                 Some(ObjectNamePart::Identifier(ident)) => out.push(names.column(ident)),
                 _ => {
                     return Err(Error::unsupported(

@@ -26,6 +26,7 @@ const MYSQL_NAMES: Names = Names {
     fold_tables: false,
     lower_columns: true,
     doubled_quotes: true,
+    qualified_targets: true,
 };
 
 /// A savepoint's name as MySQL compares it.

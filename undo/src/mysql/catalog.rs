@@ -157,6 +157,8 @@ impl MysqlTable {
                 sql_type: String::new(),
                 generated: extra.contains("virtual generated")
                     || extra.contains("stored generated"),
+                identity_always: false,
+                set_on_update: extra.contains("on update"),
                 collation,
             });
         }
@@ -209,6 +211,8 @@ impl MysqlTable {
                 root_without_key: false,
                 // Images are the text protocol's, and types without one refused above.
                 imageless_column: None,
+                // MySQL validates every constraint it adds.
+                unvalidated_constraint: None,
             },
             auto_increment,
             unique_keys: keys.into_iter().map(|(_, parts)| parts).collect(),

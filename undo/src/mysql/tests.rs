@@ -129,6 +129,7 @@ fn the_catalog_builds_the_table() {
         generated,
         sql_type: String::new(),
         collation: None,
+        ..Default::default()
     };
     let collated = |name: &str, type_oid: u32, charset: &str, collation: &str| Column {
         collation: Some(Collation {
@@ -149,7 +150,10 @@ fn the_catalog_builds_the_table() {
             ),
             collated("name", STRING | CHARACTER, "latin1", "latin1_bin"),
             column("balance", NEWDECIMAL, false),
-            column("seen", types::TIMESTAMP, false),
+            Column {
+                set_on_update: true,
+                ..column("seen", types::TIMESTAMP, false)
+            },
             column("total", NEWDECIMAL, true),
         ]
     );

@@ -48,7 +48,7 @@ pub fn plan(d: &dyn Dialect, record: &UndoRecord) -> Vec<Step> {
             };
             let apply = match (&row.before, &row.after) {
                 (Some(before), Some(after)) if before == after => None,
-                (Some(before), Some(_)) => Some(update(d, table, before)),
+                (Some(before), Some(after)) => Some(update(d, table, before, after)),
                 (Some(before), None) => Some(insert(d, table, before)),
                 (None, Some(after)) => Some(delete(d, table, after)),
                 (None, None) => None,
@@ -144,10 +144,25 @@ fn writable(t: &TableUndo) -> impl Iterator<Item = usize> + '_ {
     (0..t.columns.len()).filter(|&i| !t.generated[i])
 }
 
-fn update(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
+/// Assigns the columns the branch changed (PostgreSQL's GENERATED ALWAYS AS IDENTITY
+/// column may be assigned DEFAULT only, and the branch could not have changed it), or
+/// every one where the dialect needs that; every one, too, where none of them changed,
+/// so that a row that differs elsewhere fails loudly rather than stays as it is.
+fn update(d: &dyn Dialect, t: &TableUndo, before: &Row, after: &Row) -> Stmt {
     let mut stmt = empty();
-    let sets = writable(t)
-        .filter(|i| !t.pk.contains(i))
+    let assignable: Vec<usize> = writable(t).filter(|i| !t.pk.contains(i)).collect();
+    let changed: Vec<usize> = assignable
+        .iter()
+        .copied()
+        .filter(|&i| before[i] != after[i])
+        .collect();
+    let assigned = if d.restores_unchanged_columns() || changed.is_empty() {
+        assignable
+    } else {
+        changed
+    };
+    let sets = assigned
+        .into_iter()
         .map(|i| {
             let value = stmt.bind_restored(d, t, before, i);
             format!("{} = {value}", d.quote_ident(&t.columns[i]))
@@ -254,6 +269,24 @@ mod tests {
         );
         assert_eq!(steps[3].expect, Some(vec![v(1), v(11), v(0)]));
         assert_eq!(steps[2].expect, None);
+    }
+
+    #[test]
+    fn an_update_assigns_only_the_columns_the_branch_changed() {
+        // `seq` stands for a GENERATED ALWAYS AS IDENTITY column, which an UPDATE may
+        // only set to DEFAULT.
+        let mut r = record(vec![RowImages {
+            before: Some(vec![v(1), v(10), v(0), v(5)]),
+            after: Some(vec![v(1), v(11), v(0), v(5)]),
+        }]);
+        let t = &mut r.tables[0];
+        t.columns.push("seq".into());
+        t.types.push(23);
+        t.generated.push(false);
+        let steps = plan(&Postgres, &r);
+        let apply = steps[0].apply.as_ref().unwrap();
+        assert_eq!(apply.sql, "UPDATE \"t\" SET \"v\" = $1 WHERE \"id\" = $2");
+        assert_eq!(apply.params, vec![v(10), v(1)]);
     }
 
     mod mysql {

@@ -296,6 +296,8 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
              CREATE TABLE floats (id FLOAT, k INT, v INT, PRIMARY KEY (id, k)) ENGINE=InnoDB;
              CREATE TABLE unique_floats (id INT PRIMARY KEY, f FLOAT UNIQUE, v INT) ENGINE=InnoDB;
              INSERT INTO unique_floats VALUES (1, 0.1, 1);
+             CREATE TABLE stamped (id INT, d DATETIME(6) NOT NULL DEFAULT '2000-01-01' ON UPDATE CURRENT_TIMESTAMP(6), v INT, PRIMARY KEY (id, d)) ENGINE=InnoDB;
+             INSERT INTO stamped (id, v) VALUES (1, 10), (2, 20);
              INSERT INTO nokey VALUES (1);",
         )
         .await
@@ -313,6 +315,7 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
             "nokey",
             "items",
             "unique_floats",
+            "stamped",
         ] {
             all.push(dump(&mut direct, t).await);
         }
@@ -343,6 +346,9 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         "INSERT INTO floats VALUES (0.1, 1, 5)",
         "INSERT INTO unique_floats VALUES (2, 0.1, 7) ON DUPLICATE KEY UPDATE v = v + 1",
         "REPLACE INTO unique_floats VALUES (3, 0.1, 9)",
+        // The key's ON UPDATE column moves the row to a key its images do not know.
+        "UPDATE stamped SET v = 11 WHERE id = 1",
+        "INSERT INTO stamped (id, v) VALUES (2, 0) ON DUPLICATE KEY UPDATE v = 99",
     ] {
         let e = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");
@@ -390,12 +396,48 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         "nokey",
         "items",
         "unique_floats",
+        "stamped",
     ] {
         after.push(dump(&mut direct, t).await);
     }
     assert_eq!(after, before);
     let tables: Vec<String> = direct.query("SHOW TABLES LIKE 'other'").await.unwrap();
     assert!(tables.is_empty());
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A column the server sets on every UPDATE (ON UPDATE CURRENT_TIMESTAMP) is put back
+/// as it was, not set once more by the restore, whether the write moved it or kept it.
+#[tokio::test]
+async fn a_column_set_on_update_is_restored_as_it_was() {
+    let db = prepare("at_on_update").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE stamped (id INT PRIMARY KEY, v INT,
+                 at TIMESTAMP(6) NOT NULL DEFAULT '2001-02-03 04:05:06.789' ON UPDATE CURRENT_TIMESTAMP(6)) ENGINE=InnoDB;
+             INSERT INTO stamped (id, v) VALUES (1, 10), (2, 20), (3, 30);",
+        )
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "stamped").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    conn.query_drop("UPDATE stamped SET v = 11 WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop("UPDATE stamped SET v = 21, at = at WHERE id = 2")
+        .await
+        .unwrap();
+    conn.query_drop("INSERT INTO stamped (id, v) VALUES (3, 0) ON DUPLICATE KEY UPDATE v = 31")
+        .await
+        .unwrap();
+    assert_ne!(dump(&mut direct, "stamped").await, before);
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "stamped").await, before);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

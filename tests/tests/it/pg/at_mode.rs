@@ -195,6 +195,11 @@ async fn writes_that_cannot_be_captured_are_refused() {
             "WITH d AS (DELETE FROM accounts RETURNING *) SELECT count(*) FROM d",
             SqlState::FEATURE_NOT_SUPPORTED,
         ),
+        // In parentheses it is the same statement.
+        (
+            "(WITH d AS (UPDATE accounts SET balance = 0 RETURNING *) SELECT count(*) FROM d)",
+            SqlState::FEATURE_NOT_SUPPORTED,
+        ),
         ("UPDATE missing_table SET v = 1", SqlState::UNDEFINED_TABLE),
         // SQL-level prepared statements run by name where tandem cannot see them.
         (

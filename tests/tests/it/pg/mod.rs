@@ -1,6 +1,7 @@
 //! The PostgreSQL relay, through the real proxy over TCP to the real PostgreSQL.
 
 mod admin;
+mod at_constraints;
 mod at_locks;
 mod at_mode;
 pub(crate) use at_mode::{

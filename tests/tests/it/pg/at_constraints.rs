@@ -1,0 +1,150 @@
+//! AT mode on PostgreSQL against what a table's constraints and columns allow a restore
+//! to do: a rollback puts every row back byte for byte and ends, or the write it could
+//! not undo is refused up front (0A000) and changes nothing.
+
+use super::at_mode::{one, prepare, rolled_back, undo_rows};
+use tandem_tests::harness::Tandem;
+use tandem_tests::lockserver::{Kind, TestLockserver};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// Every row of `table` as text, in the order of its first column.
+async fn rows(client: &Client, table: &str) -> Vec<String> {
+    client
+        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Creates the tables (`setup`, run directly), runs `writes` in a global transaction
+/// through tandem, rolls it back, and checks that `table` is as before, byte for byte,
+/// and that nothing of the branch is left.
+async fn rolls_back_exactly(label: &str, setup: &str, table: &str, writes: &str) {
+    let db = prepare(label).await;
+    let direct = db.direct().await;
+    direct.batch_execute(setup).await.unwrap();
+    let before = rows(&direct, table).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute(writes).await.unwrap();
+    assert_ne!(
+        rows(&direct, table).await,
+        before,
+        "{writes}: the writes ran"
+    );
+    rolled_back(&a).await;
+    assert_eq!(rows(&direct, table).await, before, "{writes}");
+    assert_eq!(undo_rows(&direct).await, 0);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// An UPDATE may set a GENERATED ALWAYS AS IDENTITY column to DEFAULT only: the restore
+/// leaves it alone (it assigned every column, and was refused for ever).
+#[tokio::test]
+async fn a_table_with_an_identity_always_column_rolls_back() {
+    rolls_back_exactly(
+        "at_identity",
+        "CREATE TABLE tickets (id int PRIMARY KEY, seq int GENERATED ALWAYS AS IDENTITY, state text);
+         INSERT INTO tickets (id, state) VALUES (1, 'new'), (2, 'new'), (3, 'new');",
+        "tickets",
+        "UPDATE tickets SET state = 'paid' WHERE id = 1;
+         DELETE FROM tickets WHERE id = 2;
+         INSERT INTO tickets (id, state) VALUES (4, 'new');",
+    )
+    .await;
+}
+
+/// Two rows swap places under a DEFERRABLE unique key in one UPDATE, which the key
+/// checks at the statement's end: restored row by row, each would meet the other.
+#[tokio::test]
+async fn a_swap_under_a_deferrable_unique_key_rolls_back() {
+    rolls_back_exactly(
+        "at_deferrable_swap",
+        "CREATE TABLE slots (id int PRIMARY KEY, pos int UNIQUE DEFERRABLE INITIALLY IMMEDIATE);
+         INSERT INTO slots VALUES (1, 1), (2, 2);",
+        "slots",
+        "UPDATE slots SET pos = 3 - pos",
+    )
+    .await;
+}
+
+/// An exclusion constraint refuses a restore in the plan's order as a unique key does:
+/// the row is put off and restored once the other has moved back.
+#[tokio::test]
+async fn rows_an_exclusion_constraint_keeps_apart_roll_back_in_a_workable_order() {
+    rolls_back_exactly(
+        "at_exclusion_order",
+        "CREATE TABLE bookings (id int PRIMARY KEY, during int4range,
+             EXCLUDE USING gist (during WITH &&));
+         INSERT INTO bookings VALUES (1, '[10,15)'), (2, '[20,25)');",
+        "bookings",
+        "BEGIN;
+         UPDATE bookings SET during = '[50,55)' WHERE id = 1;
+         UPDATE bookings SET during = '[60,65)' WHERE id = 2;
+         UPDATE bookings SET during = '[20,25)' WHERE id = 1;
+         COMMIT;",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn writes_a_restore_could_not_undo_are_refused_and_change_nothing() {
+    let db = prepare("at_constraint_refusals").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TYPE pair AS (a int, b text);
+             CREATE TABLE pairs (k pair PRIMARY KEY, v int);
+             INSERT INTO pairs VALUES ('(1,x)', 0);
+             CREATE TABLE tickets (id int PRIMARY KEY, seq int GENERATED ALWAYS AS IDENTITY, state text);
+             INSERT INTO tickets (id, state) VALUES (1, 'new');
+             CREATE TABLE checked (id int PRIMARY KEY, v int);
+             INSERT INTO checked VALUES (1, -1), (2, 5);
+             ALTER TABLE checked ADD CONSTRAINT positive CHECK (v > 0) NOT VALID;",
+        )
+        .await
+        .unwrap();
+    let tables = ["pairs", "tickets", "checked"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(rows(&direct, table).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        // A field of the key column: the key changes.
+        "UPDATE pairs SET k.a = 9",
+        // A new identity value no UPDATE could write back.
+        "UPDATE tickets SET seq = DEFAULT WHERE id = 1",
+        // Row 1 breaks the constraint: put back, it would be refused.
+        "DELETE FROM checked WHERE id = 1",
+        "UPDATE checked SET v = 7",
+    ] {
+        let err = a.simple_query(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {err:?}"
+        );
+    }
+    // A plain INSERT is undone by a DELETE, which no CHECK refuses.
+    a.batch_execute("INSERT INTO checked VALUES (3, 3)")
+        .await
+        .unwrap();
+    rolled_back(&a).await;
+    for (table, before) in tables.into_iter().zip(before) {
+        assert_eq!(rows(&direct, table).await, before, "{table}");
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
