@@ -117,6 +117,67 @@ def outside_a_global_transaction(proxy_dsn, direct, autocommit):
     assert after[:3] == expected, (before, after)
 
 
+def reads_ahead_of_writes(proxy_dsn, direct, autocommit, in_global):
+    """A pipeline whose write follows a read, with one Sync at its end: the write is
+    captured (in a global transaction) or checked (outside one, while the table holds
+    global locks), and the pipeline stays one transaction."""
+    before = rows(direct)
+    with psycopg.connect(proxy_dsn, autocommit=True) as holder, \
+            psycopg.connect(proxy_dsn, autocommit=autocommit) as c:
+        holder.execute("SELECT tandem_begin(30000)")
+        holder.execute("UPDATE pipe_items SET n = 0 WHERE id = 1")
+        if in_global:
+            c.execute("SELECT tandem_begin(30000)")
+            if not autocommit:
+                c.commit()
+        with c.pipeline():
+            read = c.execute("SELECT n FROM pipe_items WHERE id = 3")
+            c.execute("UPDATE pipe_items SET n = n + 5 WHERE id = 2")
+            c.execute("UPDATE pipe_items SET n = n + 7 WHERE id = 3")
+        assert read.fetchall() == [(before[2][2],)]
+        if not autocommit:
+            c.commit()
+        changed = [(2, before[1][1], before[1][2] + 5), (3, before[2][1], before[2][2] + 7)]
+        assert rows(direct)[1:3] == changed, rows(direct)
+        # In a global transaction with autocommit on, a write to the held row would
+        # fail at the pipeline's Sync, where its branch takes its locks, as a deferred
+        # constraint fails there directly: psycopg then leaves the connection
+        # unusable, against PostgreSQL itself too.
+        if not (in_global and autocommit):
+            a_write_to_a_held_row_fails_its_pipeline(c, direct, changed, autocommit)
+        if in_global:
+            status = c.execute("SELECT tandem_rollback()").fetchone()[0]
+            assert status == "Rollbacked", status
+            if not autocommit:
+                c.commit()
+        assert holder.execute("SELECT tandem_rollback()").fetchone()[0] == "Rollbacked"
+    phase_two_done(direct)
+    after = rows(direct)
+    expected = before if in_global else [before[0]] + changed + before[3:]
+    assert after == expected, (before, after)
+    if not in_global:
+        # Back as it was, for the next round.
+        direct.execute("UPDATE pipe_items SET n = n - 5 WHERE id = 2")
+        direct.execute("UPDATE pipe_items SET n = n - 7 WHERE id = 3")
+
+
+def a_write_to_a_held_row_fails_its_pipeline(c, direct, changed, autocommit):
+    """Behind a read and a write: the pipeline (or its block, at COMMIT) fails as one
+    transaction, the first write undone with it."""
+    try:
+        with c.pipeline():
+            c.execute("SELECT n FROM pipe_items WHERE id = 2")
+            c.execute("UPDATE pipe_items SET n = n + 1 WHERE id = 2")
+            c.execute("UPDATE pipe_items SET n = n + 1 WHERE id = 1")
+        if not autocommit:
+            c.commit()
+        raise AssertionError("a write to a held row ran")
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.SerializationFailure):
+        if not autocommit:
+            c.rollback()
+    assert rows(direct)[1:3] == changed, rows(direct)
+
+
 def main(proxy_dsn, direct_dsn):
     with psycopg.connect(direct_dsn, autocommit=True) as direct:
         direct.execute("DROP TABLE IF EXISTS pipe_items")
@@ -127,6 +188,9 @@ def main(proxy_dsn, direct_dsn):
             global_transaction(proxy_dsn, direct, autocommit)
         for autocommit in (False, True):
             outside_a_global_transaction(proxy_dsn, direct, autocommit)
+        for in_global in (True, False):
+            for autocommit in (False, True):
+                reads_ahead_of_writes(proxy_dsn, direct, autocommit, in_global)
     print("all checks passed")
 
 

@@ -107,16 +107,33 @@ impl Relay<'_> {
     }
 
     /// Whether a statement (`sql`, a Parse's or Bind's at a sync point, that its
-    /// interception let through) may run ahead of a later write in its batch: inside a
-    /// transaction block whose writes are checked against global locks (outside a
-    /// global transaction, or in XA mode) while some table may hold them, a statement
-    /// that cannot end the block. Between sync points a write cannot be checked: a
-    /// plain INSERT there would run unchecked, any other write be refused.
+    /// interception let through) may run ahead of a later write in its batch, so that
+    /// the write starts at a sync point: between sync points a write cannot be checked
+    /// or captured (a plain INSERT there would run unchecked, any other write be
+    /// refused). Inside a transaction block whose writes are checked against global
+    /// locks (outside a global transaction, or in XA mode) while some table may hold
+    /// them, a statement that cannot end the block. In an AT branch, a plain read. Out
+    /// of a block, a plain read or DML, outside a global transaction while a write
+    /// may need a check, or in an AT branch: the batch then runs in a block of
+    /// tandem's (`begin_implicit_batch`), as one whose write leads it does.
     pub(super) fn may_run_ahead_of_a_write(&self, sql: &[u8]) -> bool {
-        self.phase == Phase::Ready(TxStatus::InTransaction)
-            && (self.binding.xid().is_none() || self.branch_mode() == crate::binding::Mode::Xa)
-            && (keeps_block(sql) || super::guard::may_write(sql))
-            && self.writes_may_need_a_check()
+        let in_at_branch =
+            self.binding.xid().is_some() && self.branch_mode() == crate::binding::Mode::At;
+        match self.phase {
+            Phase::Ready(TxStatus::InTransaction | TxStatus::Idle) if in_at_branch => {
+                is_plain_read(sql)
+            }
+            Phase::Ready(TxStatus::InTransaction)
+                if self.binding.xid().is_none()
+                    || self.branch_mode() == crate::binding::Mode::Xa =>
+            {
+                (keeps_block(sql) || super::guard::may_write(sql)) && self.writes_may_need_a_check()
+            }
+            Phase::Ready(TxStatus::Idle) if self.binding.xid().is_none() => {
+                (is_plain_read(sql) || is_dml(sql)) && self.writes_may_need_a_check()
+            }
+            _ => false,
+        }
     }
 
     /// `rest` starts with the Parse or Bind of a statement `may_run_ahead_of_a_write`
@@ -127,6 +144,7 @@ impl Relay<'_> {
         // Only if it ran and the block goes on: one that failed ended tandem's block
         // around autocommit work, or failed the client's, and nothing is the branch's.
         if self.binding.xid().is_some()
+            && self.branch_mode() == crate::binding::Mode::Xa
             && self.xa == super::xa::XaBranch::None
             && matches!(ran, Extended::Handled { .. })
             && self.phase == Phase::Ready(TxStatus::InTransaction)
@@ -160,6 +178,11 @@ impl Relay<'_> {
         };
         if !wanted {
             return Ok(Extended::NotAWrite);
+        }
+        if self.phase == Phase::Ready(TxStatus::Idle) && !opens_block {
+            // Out of a block the batch is one implicit transaction: piecewise, it stays
+            // one in a block of tandem's, ended at the client's Sync.
+            self.begin_implicit_batch().await?;
         }
         let begin = &rest[..begin_len];
         let mut out = BytesMut::with_capacity(begin_len + SYNC_LEN);
@@ -411,6 +434,23 @@ fn keeps_block(sql: &[u8]) -> bool {
         .any(|keeps| w.eq_ignore_ascii_case(keeps)),
         None => false,
     }
+}
+
+/// Whether `sql` is a plain read: SELECT, SHOW, VALUES or TABLE.
+fn is_plain_read(sql: &[u8]) -> bool {
+    first_word_is(sql, &[b"select", b"show", b"values", b"table"])
+}
+
+/// Whether `sql` is an INSERT, UPDATE or DELETE: what runs the same in a transaction
+/// block as in the implicit one of its batch.
+fn is_dml(sql: &[u8]) -> bool {
+    first_word_is(sql, &[b"insert", b"update", b"delete"])
+}
+
+fn first_word_is(sql: &[u8], words: &[&[u8]]) -> bool {
+    crate::control::leading_words(sql, false)
+        .next()
+        .is_some_and(|w| words.iter().any(|word| w.eq_ignore_ascii_case(word)))
 }
 
 fn is_begin(sql: &[u8]) -> bool {

@@ -1405,6 +1405,104 @@ async fn a_batch_of_writes_in_a_block_is_checked_statement_by_statement() {
     finish(lockserver, [outside, global]).await;
 }
 
+/// A batch outside a transaction block whose write comes behind a read (a pipeline of
+/// psycopg's, or of libpq's, with autocommit on): the read runs ahead in a block of
+/// tandem's standing for the implicit transaction, so that the write starts where it
+/// can be checked (outside a global transaction) or captured (inside one); committed at
+/// the Sync, or, once any of it fails, not at all.
+#[tokio::test]
+async fn a_write_behind_a_read_in_one_implicit_transaction_is_checked_or_captured() {
+    use super::control::unnamed_batch;
+    use tandem_tests::raw_pg::RawPg;
+    let orders = prepare("outside_read_ahead").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    for (tandem, bound) in [(&outside, false), (&global, true)] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+        if bound {
+            raw.run_each(&["SELECT tandem_begin()"]).await;
+        }
+        let start = (balance(&direct, 1).await, balance(&direct, 2).await);
+        raw.send(&unnamed_batch(&[
+            "SELECT balance FROM accounts WHERE id = 1",
+            "UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+            "SELECT 2",
+            "UPDATE accounts SET balance = balance + 10 WHERE id = 2",
+        ]))
+        .await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(
+            tags(&replies),
+            "12DC12C12DC12CZ",
+            "bound {bound}: {replies:?}"
+        );
+        assert_eq!(replies.last().map(|m| m.body.to_vec()), Some(b"I".to_vec()));
+        let written = (start.0 + 10, start.1 + 10);
+        assert_eq!(
+            balance(&direct, 1).await,
+            written.0,
+            "bound {bound}: committed"
+        );
+        assert_eq!(
+            balance(&direct, 2).await,
+            written.1,
+            "bound {bound}: committed"
+        );
+
+        // A read that fails: the rest of the batch is skipped, nothing is left open.
+        raw.send(&unnamed_batch(&[
+            "SELECT 1 / 0",
+            "UPDATE accounts SET balance = 0 WHERE id = 1",
+        ]))
+        .await;
+        batch_failed(&raw.recv_until(b'Z').await, "1EZ", 1, "22012", b'I');
+        // A write that fails behind a read and a write: the first write goes too.
+        raw.send(&unnamed_batch(&[
+            "SELECT 1",
+            "UPDATE accounts SET balance = 0 WHERE id = 1",
+            "UPDATE accounts SET balance = balance / (id - 3) WHERE id = 3",
+        ]))
+        .await;
+        batch_failed(&raw.recv_until(b'Z').await, "12DC12C12EZ", 9, "22012", b'I');
+        assert_eq!(
+            balance(&direct, 1).await,
+            written.0,
+            "bound {bound}: undone"
+        );
+        if !bound {
+            // The held row, behind a read: refused, and the batch undone.
+            raw.send(&unnamed_batch(&[
+                "SELECT 1",
+                "UPDATE accounts SET balance = 0 WHERE id = 1",
+                "UPDATE accounts SET balance = 99 WHERE id = 5",
+            ]))
+            .await;
+            batch_failed(&raw.recv_until(b'Z').await, "12DC12C1EZ", 8, "55P03", b'I');
+            assert_eq!(
+                balance(&direct, 1).await,
+                written.0,
+                "the batch left nothing"
+            );
+            assert_eq!(balance(&direct, 5).await, 1, "the held row is untouched");
+        }
+        let idle = raw.simple("SELECT 1").await;
+        assert_eq!(tags(&idle), "TDCZ", "no block left open: {idle:?}");
+        assert_eq!(idle.last().map(|m| m.body.to_vec()), Some(b"I".to_vec()));
+        if bound {
+            // The global transaction took the batch's writes: its rollback undoes them.
+            let status = raw.simple("SELECT tandem_rollback()").await;
+            assert!(format!("{status:?}").contains("Rollbacked"), "{status:?}");
+            eventually("the batch's writes undone", || async {
+                (balance(&direct, 1).await, balance(&direct, 2).await) == start
+            })
+            .await;
+        }
+    }
+    rolled_back(&a).await;
+    finish(lockserver, [outside, global]).await;
+}
+
 /// A write behind a Flush runs at once in a block of tandem's standing for the client's
 /// implicit transaction, until its Sync. A simple Query sent before that Sync would end
 /// that block at its ReadyForQuery (a BEGIN there would only warn, and a later ROLLBACK
