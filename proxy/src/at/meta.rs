@@ -136,12 +136,29 @@ const IMAGELESS_COLUMN: &str = "WITH RECURSIVE parts(attname, oid) AS (
             'oidvector', 'xml', 'pg_node_tree', 'pg_ndistinct', 'pg_dependencies',
             'pg_mcv_list', 'pg_brin_bloom_summary', 'pg_brin_minmax_multi_summary'))
     LIMIT 1";
-/// A CHECK or foreign-key constraint of the table's `with_tree` not validated yet.
-const UNVALIDATED: &str = concat!(
-    with_tree!(),
-    " SELECT conname::text FROM pg_constraint WHERE conrelid IN (SELECT oid FROM tree)
-    AND contype IN ('c', 'f') AND NOT convalidated ORDER BY conname LIMIT 1"
-);
+/// A CHECK or foreign-key constraint not validated yet: the table's, its partitions',
+/// or a domain's that a column's type is or holds (followed through domains, arrays,
+/// ranges, multiranges and composite types).
+const UNVALIDATED: &str = "WITH RECURSIVE tree(oid) AS (SELECT to_regclass($1)
+        UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1))),
+    parts(oid) AS (
+        SELECT a.atttypid FROM pg_attribute a
+        WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION
+        SELECT part.oid FROM parts p JOIN pg_type t ON t.oid = p.oid
+        CROSS JOIN LATERAL (
+            SELECT t.typbasetype UNION ALL SELECT t.typelem
+            UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
+            UNION ALL SELECT rngtypid FROM pg_range WHERE rngmultitypid = t.oid
+            UNION ALL SELECT atttypid FROM pg_attribute
+                WHERE attrelid = t.typrelid AND attnum > 0 AND NOT attisdropped
+        ) AS part(oid)
+        WHERE part.oid <> 0
+    )
+    SELECT conname::text FROM pg_constraint WHERE NOT convalidated
+    AND ((conrelid IN (SELECT oid FROM tree) AND contype IN ('c', 'f'))
+        OR contypid IN (SELECT oid FROM parts))
+    ORDER BY conname LIMIT 1";
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(
     with_tree!(),

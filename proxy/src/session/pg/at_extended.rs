@@ -805,6 +805,16 @@ impl Relay<'_> {
             return Ok(Extended::NotAWrite);
         };
         if tag == frontend::BIND {
+            if (self.implicit_batch || self.xa == super::xa::XaBranch::Implicit)
+                && let Some(what) = super::begin_ahead::needs_a_block(&sql)
+            {
+                // The client's batch is an implicit transaction, which tandem's block
+                // stands for: the backend would refuse it there.
+                return Ok(Extended::RefuseBind(refusal(Error::ServerError {
+                    state: crate::wire::pg::sqlstate::SqlState::NoActiveSqlTransaction,
+                    message: format!("{what} can only be used in transaction blocks"),
+                })));
+            }
             self.note_set_config(&sql);
             if super::intercept::is_pool_reset(&sql) {
                 self.on_pool_reset_sent();

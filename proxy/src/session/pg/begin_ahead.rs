@@ -59,8 +59,10 @@ impl Relay<'_> {
     /// outside are). Not in AT mode, where a savepoint goes through the branch's
     /// savepoint tracking.
     pub(super) fn sets_a_savepoint_ahead(&self, sql: &[u8]) -> bool {
-        (self.phase == Phase::Ready(TxStatus::InTransaction)
-            || self.after_leading_closes(TxStatus::InTransaction))
+        // In tandem's block standing for an implicit transaction, its Bind is refused.
+        !self.implicit_batch
+            && (self.phase == Phase::Ready(TxStatus::InTransaction)
+                || self.after_leading_closes(TxStatus::InTransaction))
             && self.savepoint_may_run_ahead()
             && is_savepoint(sql)
     }
@@ -103,7 +105,7 @@ impl Relay<'_> {
         } else {
             Behind::Anything
         };
-        self.run_ahead(rest, behind, opens_block).await
+        self.run_ahead(rest, behind, opens_block, false).await
     }
 
     /// Whether a statement (`sql`, a Parse's or Bind's at a sync point, that its
@@ -139,11 +141,18 @@ impl Relay<'_> {
     /// `rest` starts with the Parse or Bind of a statement `may_run_ahead_of_a_write`
     /// lets run ahead: it does when a later statement of its batch may write, so that
     /// one starts at a sync point. In XA mode what runs ahead is the branch's work.
+    /// A Parse runs ahead alone: its Bind then comes at a sync point of its own, where
+    /// it meets every check a Bind meets (a function that may write, a locking read
+    /// over several tables …) before it runs ahead in turn.
     pub(super) async fn run_ahead_of_a_write(&mut self, rest: &[u8]) -> Result<Extended> {
-        let ran = self.run_ahead(rest, Behind::SomeWrite, false).await?;
+        let parse_alone = rest.first() == Some(&frontend::PARSE);
+        let ran = self
+            .run_ahead(rest, Behind::SomeWrite, false, parse_alone)
+            .await?;
         // Only if it ran and the block goes on: one that failed ended tandem's block
         // around autocommit work, or failed the client's, and nothing is the branch's.
         if self.binding.xid().is_some()
+            && !parse_alone
             && self.branch_mode() == crate::binding::Mode::Xa
             && self.xa == super::xa::XaBranch::None
             && matches!(ran, Extended::Handled { .. })
@@ -155,14 +164,15 @@ impl Relay<'_> {
     }
 
     /// Runs the `[Parse] Bind [Describe] Execute` at the head of `rest` (and the Closes
-    /// behind it) ahead of the rest of its batch, under a Sync of tandem's, when what
-    /// is `behind` it calls for that; one alone in its batch, or in another shape, is
-    /// relayed as usual.
+    /// behind it), or its Parse alone (`parse_alone`), ahead of the rest of its batch,
+    /// under a Sync of tandem's, when what is `behind` it calls for that; one alone in
+    /// its batch, or in another shape, is relayed as usual.
     async fn run_ahead(
         &mut self,
         rest: &[u8],
         behind: Behind,
         opens_block: bool,
+        parse_alone: bool,
     ) -> Result<Extended> {
         let max = self.ctx.config.max_message_bytes;
         // The whole batch must be here: if the statement fails, the rest is dropped.
@@ -184,6 +194,10 @@ impl Relay<'_> {
             // one in a block of tandem's, ended at the client's Sync.
             self.begin_implicit_batch().await?;
         }
+        let begin_len = match Frame::peek(rest, max)? {
+            Some(parse) if parse_alone => parse.wire_len,
+            _ => begin_len,
+        };
         let begin = &rest[..begin_len];
         let mut out = BytesMut::with_capacity(begin_len + SYNC_LEN);
         out.extend_from_slice(begin);
@@ -447,6 +461,44 @@ fn is_dml(sql: &[u8]) -> bool {
     first_word_is(sql, &[b"insert", b"update", b"delete"])
 }
 
+/// What `sql` is, as PostgreSQL names it refusing it outside a transaction block (in the
+/// implicit one of a pipelined batch too): a statement that only a block gives meaning.
+pub(super) fn needs_a_block(sql: &[u8]) -> Option<&'static str> {
+    let mut words = crate::control::leading_words(sql, false);
+    let first = words.next()?;
+    let is = |word: &[u8]| first.eq_ignore_ascii_case(word);
+    if is(b"savepoint") {
+        Some("SAVEPOINT")
+    } else if is(b"release") {
+        Some("RELEASE SAVEPOINT")
+    } else if is(b"rollback") && words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"to")) {
+        Some("ROLLBACK TO SAVEPOINT")
+    } else if is(b"lock") {
+        Some("LOCK TABLE")
+    } else if is(b"declare") && !declares_with_hold(sql) {
+        Some("DECLARE CURSOR")
+    } else {
+        None
+    }
+}
+
+/// Whether the DECLARE `sql` may make its cursor WITH HOLD (it outlives its
+/// transaction): false only where its words up to FOR say WITHOUT HOLD, or nothing.
+fn declares_with_hold(sql: &[u8]) -> bool {
+    let mut previous: &[u8] = b"";
+    for word in crate::control::leading_words(sql, false) {
+        if word.eq_ignore_ascii_case(b"for") {
+            return false;
+        }
+        if word.eq_ignore_ascii_case(b"hold") {
+            return previous.eq_ignore_ascii_case(b"with");
+        }
+        previous = word;
+    }
+    // Words it cannot read (a quoted name): left to the backend, as before.
+    true
+}
+
 fn first_word_is(sql: &[u8], words: &[&[u8]]) -> bool {
     crate::control::leading_words(sql, false)
         .next()
@@ -627,6 +679,27 @@ mod tests {
             "",
         ] {
             assert!(!holds_nothing(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_only_a_block_gives_meaning_are_named_as_postgresql_names_them() {
+        for (sql, what) in [
+            ("SAVEPOINT a", Some("SAVEPOINT")),
+            ("release a", Some("RELEASE SAVEPOINT")),
+            ("ROLLBACK TO a", Some("ROLLBACK TO SAVEPOINT")),
+            ("/* x */ LOCK TABLE t IN SHARE MODE", Some("LOCK TABLE")),
+            ("DECLARE c CURSOR FOR SELECT 1", Some("DECLARE CURSOR")),
+            (
+                "DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1",
+                Some("DECLARE CURSOR"),
+            ),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", None),
+            ("DECLARE \"c\" CURSOR FOR SELECT 1", None),
+            ("ROLLBACK", None),
+            ("SELECT 1", None),
+        ] {
+            assert_eq!(needs_a_block(sql.as_bytes()), what, "{sql}");
         }
     }
 

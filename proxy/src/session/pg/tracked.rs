@@ -228,10 +228,6 @@ impl Tracked {
         self.portals.get(name)
     }
 
-    pub fn statement_count(&self) -> usize {
-        self.statements.len()
-    }
-
     /// The text the recorded portal `name` runs: its statement's as it was at the Bind
     /// (closed or replaced since, the portal still runs that). None: no such portal, or
     /// tandem could not tell what it binds.

@@ -108,11 +108,15 @@ async fn writes_a_restore_could_not_undo_are_refused_and_change_nothing() {
              INSERT INTO tickets (id, state) VALUES (1, 'new');
              CREATE TABLE checked (id int PRIMARY KEY, v int);
              INSERT INTO checked VALUES (1, -1), (2, 5);
-             ALTER TABLE checked ADD CONSTRAINT positive CHECK (v > 0) NOT VALID;",
+             ALTER TABLE checked ADD CONSTRAINT positive CHECK (v > 0) NOT VALID;
+             CREATE DOMAIN posint AS int;
+             CREATE TABLE typed (id int PRIMARY KEY, d posint[]);
+             INSERT INTO typed VALUES (1, '{-5}');
+             ALTER DOMAIN posint ADD CONSTRAINT posint_positive CHECK (VALUE > 0) NOT VALID;",
         )
         .await
         .unwrap();
-    let tables = ["pairs", "tickets", "checked"];
+    let tables = ["pairs", "tickets", "checked", "typed"];
     let mut before = Vec::new();
     for table in tables {
         before.push(rows(&direct, table).await);
@@ -129,6 +133,8 @@ async fn writes_a_restore_could_not_undo_are_refused_and_change_nothing() {
         // Row 1 breaks the constraint: put back, it would be refused.
         "DELETE FROM checked WHERE id = 1",
         "UPDATE checked SET v = 7",
+        // So would it under a domain's, in an array.
+        "UPDATE typed SET d = '{5}' WHERE id = 1",
     ] {
         let err = a.simple_query(sql).await.expect_err(sql);
         assert_eq!(

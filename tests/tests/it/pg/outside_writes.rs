@@ -1503,6 +1503,74 @@ async fn a_write_behind_a_read_in_one_implicit_transaction_is_checked_or_capture
     finish(lockserver, [outside, global]).await;
 }
 
+/// A statement that runs ahead of a write in its batch meets every check its Bind
+/// meets alone: a function that may write is refused in a global transaction, as is
+/// a locking read over several tables; and a statement only a transaction block gives
+/// meaning fails in the block tandem runs the implicit transaction in, as the backend
+/// fails it there (25P01). The batch leaves nothing.
+#[tokio::test]
+async fn what_runs_ahead_of_a_write_is_checked_as_its_bind_is() {
+    use super::control::unnamed_batch;
+    use tandem_tests::raw_pg::RawPg;
+    let orders = prepare("read_ahead_checks").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE log (n serial PRIMARY KEY, what text);
+             CREATE FUNCTION note(w text) RETURNS int LANGUAGE sql
+                 AS $$ INSERT INTO log (what) VALUES (w) RETURNING n $$;",
+        )
+        .await
+        .unwrap();
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut raw = RawPg::startup(global.pg, "postgres", &orders.name).await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    for (lead, sqlstate) in [
+        ("SELECT note('ahead')", "0A000"),
+        (
+            "SELECT a.balance FROM accounts a, nokey WHERE a.id = 2 FOR UPDATE",
+            "0A000",
+        ),
+    ] {
+        raw.send(&unnamed_batch(&[
+            lead,
+            "UPDATE accounts SET balance = 0 WHERE id = 1",
+        ]))
+        .await;
+        batch_failed(&raw.recv_until(b'Z').await, "1EZ", 1, sqlstate, b'I');
+    }
+    for (tandem, bound) in [(&global, true), (&outside, false)] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+        if bound {
+            raw.run_each(&["SELECT tandem_begin()"]).await;
+        }
+        // Outside a global transaction the write is checked only while the table may
+        // hold global locks.
+        let holder = hold_row(&global, &orders.name, 5).await;
+        raw.send(&unnamed_batch(&[
+            "SELECT 1",
+            "UPDATE accounts SET balance = 0 WHERE id = 1",
+            "SAVEPOINT a",
+            "SELECT 2",
+        ]))
+        .await;
+        batch_failed(&raw.recv_until(b'Z').await, "12DC12C1EZ", 8, "25P01", b'I');
+        rolled_back(&holder).await;
+        if bound {
+            let status = raw.simple("SELECT tandem_rollback()").await;
+            assert!(format!("{status:?}").contains("Rollbacked"), "{status:?}");
+        }
+    }
+    let logged: i64 = direct
+        .query_one("SELECT count(*) FROM log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0, "the function never ran");
+    assert_eq!(balance(&direct, 1).await, 1000, "the write never stayed");
+    finish(lockserver, [outside, global]).await;
+}
+
 /// A write behind a Flush runs at once in a block of tandem's standing for the client's
 /// implicit transaction, until its Sync. A simple Query sent before that Sync would end
 /// that block at its ReadyForQuery (a BEGIN there would only warn, and a later ROLLBACK
