@@ -257,8 +257,8 @@ impl MysqlXa {
         tokio::spawn(async move {
             let every = Duration::from_millis(me.config.xa_recovery_interval_ms.max(100));
             loop {
-                if let Err(e) = me.serve_databases_with_undo_log().await {
-                    tracing::debug!(upstream = %me.config.upstream, error = %e, "could not list the databases with an undo_log for phase 2");
+                if let Err(e) = me.serve_every_database().await {
+                    tracing::debug!(upstream = %me.config.upstream, error = %e, "could not list the databases for phase 2");
                 }
                 match me.recover().await {
                     Ok((done, left)) if done > 0 => {
@@ -279,20 +279,28 @@ impl MysqlXa {
         });
     }
 
-    /// Serves phase 2 for every database of the server that has an undo_log: its AT
-    /// branches may have been written through another proxy, or before this one
-    /// started, and their commit or rollback must not wait for a new branch there.
-    async fn serve_databases_with_undo_log(&self) -> Result<(), mysql_async::Error> {
+    /// Serves phase 2 for every database of the server, and for sessions with none: its
+    /// branches (AT ones in a database with an undo_log, XA ones anywhere) may have been
+    /// written through another proxy, or before this one started, and their commit or
+    /// rollback must not wait for a new branch there. (An XA branch that recovery
+    /// finished is still owed to the lockserver: its phase 2 finds it gone, and says so.)
+    async fn serve_every_database(&self) -> Result<(), mysql_async::Error> {
         let mut conn = self.pool.get_conn().await?;
         let names: Vec<String> = conn
             .query(
-                "SELECT table_schema FROM information_schema.tables \
-                 WHERE LOWER(table_name) = 'undo_log'",
+                "SELECT schema_name FROM information_schema.schemata WHERE schema_name \
+                 NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys')",
             )
             .await?;
         drop(conn);
-        self.registry
-            .serve_all(names.iter().map(|db| self.resource_id(db)));
+        let no_database = std::iter::once(String::new());
+        self.registry.serve_all(
+            names
+                .iter()
+                .cloned()
+                .chain(no_database)
+                .map(|db| self.resource_id(&db)),
+        );
         Ok(())
     }
 

@@ -318,6 +318,98 @@ async fn the_clients_own_xa_passes_through_unless_bound_and_at_mode_needs_its_un
     lockserver.stop().await;
 }
 
+/// Inside an XA-mode branch the client's own XA statements, and the transaction's
+/// start and end, are refused over server-side prepared statements as they are
+/// rewritten or refused over COM_QUERY: run as they are, beside the branch, an XA
+/// COMMIT … ONE PHASE committed what the global rollback then could not undo.
+#[tokio::test]
+async fn prepared_xa_and_transaction_statements_never_end_the_branch_beside_tandem() {
+    let db = bank("xa_prepared_own").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = balances(&mut direct).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    for sql in [
+        format!("XA END 'tandem:{xid}'"),
+        format!("XA COMMIT 'tandem:{xid}' ONE PHASE"),
+        "COMMIT".to_owned(),
+        "ROLLBACK".to_owned(),
+        "START TRANSACTION".to_owned(),
+    ] {
+        let e = conn.exec_drop(&sql, ()).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    // The branch goes on, and ends as the global transaction decides.
+    conn.query_drop("UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(
+        balances(&mut direct).await,
+        before,
+        "nothing of the branch stays"
+    );
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// XA START takes no access mode: START TRANSACTION READ ONLY still starts a branch
+/// that refuses writes, as MariaDB refuses them directly (1792).
+#[tokio::test]
+async fn start_transaction_read_only_stays_read_only_in_xa_mode() {
+    let db = bank("xa_read_only").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = balances(&mut direct).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .unwrap();
+    let e = conn
+        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 1792, "{e}");
+    assert_eq!(balances(&mut conn).await, before, "it reads");
+    conn.query_drop("COMMIT").await.unwrap();
+    let status = text(&mut conn, "SELECT tandem_commit()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Committed"));
+    // The next branch is read-write again.
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    conn.query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop("COMMIT").await.unwrap();
+    let status = text(&mut conn, "SELECT tandem_commit()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Committed"));
+    // Phase 2 (XA COMMIT) runs after the decision.
+    eventually("the branch's write committed", || async {
+        let mut d = db.direct().await;
+        balances(&mut d).await[0] == (1, 1)
+    })
+    .await;
+    drop(conn);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_mariadb_branch_prepared_by_a_killed_proxy_is_finished_after_the_decision() {
     let _server = XA_SERVER.lock().await;
@@ -368,6 +460,14 @@ async fn a_mariadb_branch_prepared_by_a_killed_proxy_is_finished_after_the_decis
             want[1].1 += 100;
         }
         assert_eq!(balances(&mut direct).await, want, "commit={commit}");
+        // The database has no undo_log (XA mode needs none): its phase 2 still reaches
+        // the restarted proxy, which finds the branch finished and says so.
+        let over = if commit { "Committed" } else { "Rollbacked" };
+        eventually("the lockserver hears the branch is finished", || async {
+            let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+            txn["status"] == over
+        })
+        .await;
         proxy.kill();
     }
     lockserver.stop().await;

@@ -390,7 +390,7 @@ impl Relay<'_> {
                 .map(Some);
         }
         match kind {
-            Kind::Begin => self.xa_begin().await.map(Some),
+            Kind::Begin => self.xa_begin(sql).await.map(Some),
             Kind::Commit if self.xa.is_some() => self.xa_end(true).await.map(Some),
             Kind::Rollback if self.xa.is_some() => self.xa_end(false).await.map(Some),
             _ if self.opens_xa_branch_implicitly(kind, Some(sql)) => {
@@ -578,11 +578,30 @@ impl Relay<'_> {
                 .map(Some);
         };
         let kind = self.prepared.get(&id).map_or(Kind::Work, |p| p.kind);
+        if kind == Kind::ClientXa {
+            // As over COM_QUERY: an XA END or XA COMMIT of the client's would end the
+            // branch under tandem.
+            return self
+                .refuse(Error::Unsupported {
+                    what: "the client's own XA statements inside a global transaction",
+                })
+                .map(Some);
+        }
         let mode = if self.xa.is_some() {
             Mode::Xa
         } else {
             self.binding.mode().unwrap_or(self.ctx.config.mode)
         };
+        if mode == Mode::Xa && matches!(kind, Kind::Begin | Kind::Commit | Kind::Rollback) {
+            // Over COM_QUERY these become the branch's XA START, or its XA END and
+            // PREPARE or ROLLBACK; run as prepared they would reach the server as they
+            // are, beside the branch.
+            return self
+                .refuse(Error::Unsupported {
+                    what: "a prepared START TRANSACTION, BEGIN, COMMIT or ROLLBACK inside a global transaction in XA mode (send it as a query, as drivers do)",
+                })
+                .map(Some);
+        }
         // Every execute goes through AT's analysis: what a statement does is not told
         // by its first word alone (a prepared SET autocommit = 1 commits).
         if mode == Mode::At {
@@ -739,7 +758,7 @@ impl Relay<'_> {
 
     /// START TRANSACTION in XA mode: the branch is registered and the transaction
     /// begins as `XA START` under its id (the client gets XA START's OK).
-    async fn xa_begin(&mut self) -> Result<Handled> {
+    async fn xa_begin(&mut self, sql: &[u8]) -> Result<Handled> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
@@ -755,6 +774,17 @@ impl Relay<'_> {
             Ok(None) => return Ok(Handled::Relay),
             Err(e) => return self.refuse(e),
         };
+        if starts_read_only(sql) {
+            // XA START takes no access mode: the client's applies to the transaction
+            // it starts, as SET TRANSACTION does to the next one.
+            if let Err(e) = self.run_own("SET TRANSACTION READ ONLY").await? {
+                // Registered, never started: the lockserver rolls the branch back with
+                // its global transaction.
+                self.xa = None;
+                put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message);
+                return Ok(Handled::Answer);
+            }
+        }
         let mut payload = Vec::with_capacity(1 + start.len());
         payload.push(command::QUERY);
         payload.extend_from_slice(start.as_bytes());
@@ -1082,6 +1112,13 @@ async fn serve_owned(
     }
     let _ = request.reply.send(outcome);
     Ok(())
+}
+
+/// Whether the START TRANSACTION `sql` asks for READ ONLY (among its other
+/// characteristics: `WITH CONSISTENT SNAPSHOT, READ ONLY`).
+fn starts_read_only(sql: &[u8]) -> bool {
+    tandem_undo::try_words(&tandem_undo::Mysql, &String::from_utf8_lossy(sql))
+        .is_some_and(|words| words.windows(2).any(|w| w[0] == "read" && w[1] == "only"))
 }
 
 #[cfg(test)]
