@@ -112,10 +112,12 @@ const INEXACT_KEY: &str = "WITH RECURSIVE parts(oid, nested, typmod) AS (
         CROSS JOIN LATERAL unnest(i.indcollation::oid[]) AS k(coll)
         JOIN pg_collation c ON c.oid = k.coll
         WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND NOT c.collisdeterministic)";
-/// A column whose values may not come back from their binary form (see
-/// `TableMeta::imageless_column`), with its type, followed through domains, arrays,
-/// ranges, multiranges and composite types.
-const IMAGELESS_COLUMN: &str = "WITH RECURSIVE parts(attname, oid) AS (
+/// `parts(attname, oid)`, for a `WITH RECURSIVE`: every type each column of the table
+/// `$1` is or holds, followed through domains, arrays, ranges, multiranges and
+/// composite types.
+macro_rules! column_types {
+    () => {
+        "parts(attname, oid) AS (
         SELECT a.attname::text, a.atttypid FROM pg_attribute a
         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
     UNION
@@ -128,37 +130,35 @@ const IMAGELESS_COLUMN: &str = "WITH RECURSIVE parts(attname, oid) AS (
                 WHERE attrelid = t.typrelid AND attnum > 0 AND NOT attisdropped
         ) AS part(oid)
         WHERE part.oid <> 0
-    )
-    SELECT p.attname, pg_catalog.format_type(t.oid, NULL) FROM parts p
+    )"
+    };
+}
+/// A column whose values may not come back from their binary form (see
+/// `TableMeta::imageless_column`), with its type, followed through domains, arrays,
+/// ranges, multiranges and composite types.
+const IMAGELESS_COLUMN: &str = concat!(
+    "WITH RECURSIVE ",
+    column_types!(),
+    " SELECT p.attname, pg_catalog.format_type(t.oid, NULL) FROM parts p
     JOIN pg_type t ON t.oid = p.oid
     WHERE t.typsend::oid = 0 OR t.typreceive::oid = 0
         OR (t.typnamespace = 'pg_catalog'::regnamespace AND t.typname IN ('int2vector',
             'oidvector', 'xml', 'pg_node_tree', 'pg_ndistinct', 'pg_dependencies',
             'pg_mcv_list', 'pg_brin_bloom_summary', 'pg_brin_minmax_multi_summary'))
-    LIMIT 1";
+    LIMIT 1"
+);
 /// A CHECK or foreign-key constraint not validated yet: the table's, its partitions',
 /// or a domain's that a column's type is or holds (followed through domains, arrays,
 /// ranges, multiranges and composite types).
-const UNVALIDATED: &str = "WITH RECURSIVE tree(oid) AS (SELECT to_regclass($1)
-        UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1))),
-    parts(oid) AS (
-        SELECT a.atttypid FROM pg_attribute a
-        WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-    UNION
-        SELECT part.oid FROM parts p JOIN pg_type t ON t.oid = p.oid
-        CROSS JOIN LATERAL (
-            SELECT t.typbasetype UNION ALL SELECT t.typelem
-            UNION ALL SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid
-            UNION ALL SELECT rngtypid FROM pg_range WHERE rngmultitypid = t.oid
-            UNION ALL SELECT atttypid FROM pg_attribute
-                WHERE attrelid = t.typrelid AND attnum > 0 AND NOT attisdropped
-        ) AS part(oid)
-        WHERE part.oid <> 0
-    )
-    SELECT conname::text FROM pg_constraint WHERE NOT convalidated
+const UNVALIDATED: &str = concat!(
+    "WITH RECURSIVE tree(oid) AS (SELECT to_regclass($1)
+        UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1))), ",
+    column_types!(),
+    " SELECT conname::text FROM pg_constraint WHERE NOT convalidated
     AND ((conrelid IN (SELECT oid FROM tree) AND contype IN ('c', 'f'))
         OR contypid IN (SELECT oid FROM parts))
-    ORDER BY conname LIMIT 1";
+    ORDER BY conname LIMIT 1"
+);
 /// Foreign keys with actions that reference the table's `with_tree`.
 const CASCADES: &str = concat!(
     with_tree!(),
