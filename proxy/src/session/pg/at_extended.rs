@@ -165,11 +165,13 @@ impl Relay<'_> {
             // Outside a block the batch is one implicit transaction: run piecewise, it
             // stays one inside a block of tandem's, ended at the client's Sync.
             (Some(_), super::Phase::Ready(TxStatus::Idle)) => match leading_statement(rest, max)? {
-                Some(batch) => {
+                // Not where the batch begins or ends a block (see begin_ahead.rs): its
+                // shape is then refused below.
+                Some(batch) if !self.batch_changes_the_block(rest)? => {
                     self.begin_implicit_batch().await?;
                     Some(batch)
                 }
-                None => None,
+                _ => None,
             },
             _ => None,
         };

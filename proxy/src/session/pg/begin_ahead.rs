@@ -190,6 +190,10 @@ impl Relay<'_> {
             return Ok(Extended::NotAWrite);
         }
         if self.phase == Phase::Ready(TxStatus::Idle) && !opens_block {
+            if self.batch_changes_the_block(rest)? {
+                // Its write comes between sync points, where it is refused.
+                return Ok(Extended::NotAWrite);
+            }
             // Out of a block the batch is one implicit transaction: piecewise, it stays
             // one in a block of tandem's, ended at the client's Sync.
             self.begin_implicit_batch().await?;
@@ -277,6 +281,31 @@ impl Relay<'_> {
                 }
             },
         )
+    }
+
+    /// Whether a statement of the batch at the head of `rest` (up to its Sync) begins,
+    /// ends or prepares a transaction block: in tandem's block standing for the
+    /// implicit transaction it would act on tandem's block instead (a BEGIN would only
+    /// warn, and the client's ROLLBACK behind the batch undo nothing), so such a batch
+    /// is not run in one.
+    pub(super) fn batch_changes_the_block(&self, rest: &[u8]) -> Result<bool> {
+        let max = self.ctx.config.max_message_bytes;
+        let mut at = 0;
+        while let Some(frame) = Frame::peek(&rest[at..], max)? {
+            match frame.tag {
+                frontend::SYNC => break,
+                frontend::PARSE | frontend::BIND
+                    if self
+                        .statement_sql(frame.tag, frame.body(&rest[at..]))
+                        .is_some_and(|sql| changes_the_block(&sql)) =>
+                {
+                    return Ok(true);
+                }
+                _ => {}
+            }
+            at += frame.wire_len;
+        }
+        Ok(false)
     }
 
     /// Whether any statement of the batch `after` (up to its Sync) may write.
@@ -447,6 +476,24 @@ fn keeps_block(sql: &[u8]) -> bool {
         .iter()
         .any(|keeps| w.eq_ignore_ascii_case(keeps)),
         None => false,
+    }
+}
+
+/// Whether `sql` begins, ends or prepares a transaction block (not ROLLBACK TO, nor a
+/// SQL-level PREPARE of a statement).
+fn changes_the_block(sql: &[u8]) -> bool {
+    let mut words = crate::control::leading_words(sql, false);
+    let Some(first) = words.next() else {
+        return false;
+    };
+    let second = words.next().unwrap_or_default();
+    let is = |word: &[u8]| first.eq_ignore_ascii_case(word);
+    match () {
+        _ if is(b"rollback") => !second.eq_ignore_ascii_case(b"to"),
+        _ if is(b"prepare") => second.eq_ignore_ascii_case(b"transaction"),
+        _ => [&b"begin"[..], b"start", b"commit", b"end", b"abort"]
+            .iter()
+            .any(|word| is(word)),
     }
 }
 

@@ -342,11 +342,13 @@ impl Relay<'_> {
             // in AT mode; XA mode's autocommit work has blocks of its own).
             super::Phase::Ready(TxStatus::Idle) if self.binding.xid().is_none() => {
                 match leading_statement(rest, max)? {
-                    Some(batch) => {
+                    // Not where the batch begins or ends a block (see begin_ahead.rs):
+                    // its shape is then refused below.
+                    Some(batch) if !self.batch_changes_the_block(rest)? => {
                         self.begin_implicit_batch().await?;
                         Some(batch)
                     }
-                    None => None,
+                    _ => None,
                 }
             }
             _ => None,

@@ -1555,6 +1555,31 @@ async fn what_runs_ahead_of_a_write_is_checked_as_its_bind_is() {
         ]))
         .await;
         batch_failed(&raw.recv_until(b'Z').await, "12DC12C1EZ", 8, "25P01", b'I');
+        // A batch that begins, ends or prepares a block is not run in tandem's (its
+        // BEGIN would only warn, its PREPARE TRANSACTION prepare tandem's block): the
+        // write in it is refused, and nothing stays.
+        for (batch, replies) in [
+            (
+                [
+                    "SELECT 1",
+                    "UPDATE accounts SET balance = 0 WHERE id = 1",
+                    "BEGIN",
+                ],
+                "12DC1EZ",
+            ),
+            (
+                [
+                    "UPDATE accounts SET balance = 0 WHERE id = 1",
+                    "SELECT 1",
+                    "PREPARE TRANSACTION 'read_ahead_checks'",
+                ],
+                "EZ",
+            ),
+        ] {
+            raw.send(&unnamed_batch(&batch)).await;
+            let got = raw.recv_until(b'Z').await;
+            batch_failed(&got, replies, replies.len() - 2, "0A000", b'I');
+        }
         rolled_back(&holder).await;
         if bound {
             let status = raw.simple("SELECT tandem_rollback()").await;
@@ -1568,6 +1593,15 @@ async fn what_runs_ahead_of_a_write_is_checked_as_its_bind_is() {
         .get(0);
     assert_eq!(logged, 0, "the function never ran");
     assert_eq!(balance(&direct, 1).await, 1000, "the write never stayed");
+    let prepared: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'read_ahead_checks'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0, "nothing prepared");
     finish(lockserver, [outside, global]).await;
 }
 
