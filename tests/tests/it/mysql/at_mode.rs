@@ -1492,6 +1492,68 @@ async fn every_type_rolls_back_bit_for_bit_under_another_time_zone_and_sql_mode(
     lockserver.stop().await;
 }
 
+/// The current database changes where no statement starts with USE: a USE inside a
+/// multi-statement query sent before the session was bound, or inside a comment the
+/// server runs. tandem asks the server which database is current before its next
+/// capture: the write's rows are read, locked and restored in the database the server
+/// wrote them in (they were put back into the other database's table of that name,
+/// and the write stayed). A prepared write keeps the tables of the database it was
+/// prepared in: executed under another, it is refused.
+#[tokio::test]
+async fn a_database_changed_where_tandem_cannot_see_it_is_asked_for_before_a_capture() {
+    let (home, other) = (prepare("at_use_home").await, prepare("at_use_other").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let (mut direct_home, mut direct_other) = (home.direct().await, other.direct().await);
+    let before = (
+        dump(&mut direct_home, "accounts").await,
+        dump(&mut direct_other, "accounts").await,
+    );
+    for change in [
+        format!("SELECT 1; USE `{}`", home.name),
+        format!("/*!USE `{}` */", home.name),
+    ] {
+        let mut conn = my::connect(&tandem, &other.name).await;
+        conn.query_drop(&change).await.unwrap();
+        text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+        conn.query_drop("UPDATE accounts SET balance = 7 WHERE id = 1")
+            .await
+            .unwrap();
+        assert_ne!(
+            dump(&mut direct_home, "accounts").await,
+            before.0,
+            "{change}: the write went to the home database"
+        );
+        rolled_back(&mut conn).await;
+        assert_eq!(
+            dump(&mut direct_home, "accounts").await,
+            before.0,
+            "{change}"
+        );
+        assert_eq!(
+            dump(&mut direct_other, "accounts").await,
+            before.1,
+            "{change}"
+        );
+    }
+    let mut conn = my::connect(&tandem, &home.name).await;
+    let update = conn
+        .prep("UPDATE accounts SET balance = ? WHERE id = 1")
+        .await
+        .unwrap();
+    conn.query_drop(format!("USE `{}`", other.name))
+        .await
+        .unwrap();
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    let e = conn.exec_drop(&update, (8,)).await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct_home, "accounts").await, before.0);
+    assert_eq!(dump(&mut direct_other, "accounts").await, before.1);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn prepared_statement_writes_are_captured_with_their_parameters() {
     let db = prepare("at_prepared").await;

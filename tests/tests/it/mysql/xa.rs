@@ -349,6 +349,16 @@ async fn prepared_xa_and_transaction_statements_never_end_the_branch_beside_tand
         let e = conn.exec_drop(&sql, ()).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");
     }
+    // Nor through SQL-level PREPARE and EXECUTE, or a comment the server runs.
+    for sql in [
+        format!("EXECUTE IMMEDIATE \"XA END 'tandem:{xid}'\""),
+        format!("PREPARE s FROM \"XA END 'tandem:{xid}'\""),
+        format!("/*!50000 XA END 'tandem:{xid}' */"),
+        format!("/*M! XA END 'tandem:{xid}' */"),
+    ] {
+        let e = conn.query_drop(&sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
     // The branch goes on, and ends as the global transaction decides.
     conn.query_drop("UPDATE accounts SET balance = 2 WHERE id = 2")
         .await

@@ -230,6 +230,9 @@ impl Relay<'_> {
         if self.prepared_under_another_charset(&prepared, &sql) {
             return self.refuse(CHARSET_MISREAD);
         }
+        if prepared.kind == super::control::Kind::Work && !self.prepared_here(&prepared).await? {
+            return self.refuse(PREPARED_ELSEWHERE);
+        }
         let source = Source::Execute {
             // This command alone: what the client sent after it is relayed in turn.
             packet: &packet[..header.wire_len()],
@@ -497,7 +500,7 @@ impl Relay<'_> {
     /// COM_INIT_DB may have changed it: tables the client names without a schema are
     /// there, and so are the branch's resource and undo_log. tandem's own statements
     /// prepared under another database are closed (they resolved their tables there).
-    async fn settle_database(&mut self) -> Result<Outcome<()>> {
+    pub(super) async fn settle_database(&mut self) -> Result<Outcome<()>> {
         if !self.database_uncertain {
             return Ok(Ok(()));
         }
@@ -521,6 +524,21 @@ impl Relay<'_> {
             })));
         }
         Ok(Ok(()))
+    }
+
+    /// Whether `prepared` runs in the session's current database: the one it was
+    /// prepared in (a USE since leaves its unqualified tables where they were, while
+    /// tandem would read and lock rows of the new one's).
+    pub(super) async fn prepared_here(
+        &mut self,
+        prepared: &super::control::Prepared,
+    ) -> Result<bool> {
+        // No database selected is a current database too.
+        let _ = self.settle_database().await?;
+        Ok(
+            !self.database_uncertain
+                && prepared.database.as_deref() == Some(self.database.as_str()),
+        )
     }
 
     /// The branch's local transaction ended without tandem (MariaDB rolls the whole
@@ -1484,6 +1502,11 @@ fn holds_several_statements(sql: &str) -> bool {
 }
 
 /// A statement the session's character set reads otherwise than tandem does.
+/// An execute of a write prepared under another current database than the session's.
+pub(super) const PREPARED_ELSEWHERE: Error = Error::Unsupported {
+    what: "executing a write prepared before the current database changed (USE), whose rows tandem must read (its unqualified tables are the old database's: prepare it again)",
+};
+
 const CHARSET_MISREAD: Error = Error::Unsupported {
     what: "a statement with a non-ASCII character before a backslash or a backtick from a session whose character_set_client is big5, cp932, gbk, sjis or gb18030 (the server may read them as one character, tandem reads the statement as UTF-8), in AT mode on MySQL",
 };

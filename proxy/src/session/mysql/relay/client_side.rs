@@ -248,6 +248,7 @@ impl Relay<'_> {
                 let mut prepared = super::control::Prepared::new(whole.then_some(sql));
                 prepared.charset_changes = self.charset_changes;
                 prepared.sets_charset = sets_charset;
+                prepared.database = (!self.database_uncertain).then(|| self.database.clone());
                 self.pending_prepares.push_back(prepared);
             }
             command::STMT_CLOSE => {

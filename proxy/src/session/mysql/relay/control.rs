@@ -71,6 +71,9 @@ pub(in crate::session::mysql) struct Prepared {
     pub charset_changes: u64,
     /// Each execute may set the session's character set (a prepared SET NAMES).
     pub sets_charset: bool,
+    /// The session's current database when it was prepared, where tandem knew it: its
+    /// unqualified tables are that database's, whatever USE runs since.
+    pub database: Option<String>,
 }
 
 impl Prepared {
@@ -85,6 +88,7 @@ impl Prepared {
             long_data: false,
             charset_changes: 0,
             sets_charset: false,
+            database: None,
         }
     }
 }
@@ -189,6 +193,36 @@ fn several_statements(sql: &[u8]) -> bool {
     sql.contains(&b';')
 }
 
+/// Whether `sql` runs a statement tandem does not read as such: SQL-level PREPARE,
+/// EXECUTE or EXECUTE IMMEDIATE, or an XA statement in a comment the server runs (an
+/// XA END there would end the branch under tandem).
+fn runs_unread_statement(sql: &[u8]) -> bool {
+    if first_word_is(sql, b"EXECUTE") || first_word_is(sql, b"PREPARE") {
+        return true;
+    }
+    let mut rest = sql;
+    while let Some(at) = rest.windows(2).position(|w| w == b"/*") {
+        let comment = &rest[at + 2..];
+        let body = comment
+            .strip_prefix(b"M!")
+            .or_else(|| comment.strip_prefix(b"!"));
+        if let Some(body) = body {
+            // A version number may come first: `/*!50000 XA END … */`.
+            let version = body.iter().take_while(|b| b.is_ascii_digit()).count();
+            if first_word_is(&body[version..], b"XA") {
+                return true;
+            }
+        }
+        rest = comment;
+    }
+    false
+}
+
+/// Whether `sql` may hold a comment the server runs (`/*! … */`, MariaDB's `/*M! … */`).
+fn executable_comment(sql: &[u8]) -> bool {
+    sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!")
+}
+
 pub(super) fn classify(sql: &[u8]) -> Kind {
     let (first, second) = first_two_words(sql);
     match (first.as_slice(), second.as_slice()) {
@@ -273,6 +307,11 @@ impl Relay<'_> {
             return self.bound_refresh();
         }
         let prepares = payload.first() == Some(&command::STMT_PREPARE);
+        if prepares && header.seq == 0 && self.database_uncertain && self.exchange.at_sync_point() {
+            // Its unqualified tables are those of the database current now
+            // (`Prepared::database`). No database at all is no failure here.
+            let _ = self.settle_database().await?;
+        }
         if (prepares || payload.first() == Some(&command::QUERY))
             && header.seq == 0
             && control::xid_hint(&payload[1..]).is_some()
@@ -315,8 +354,9 @@ impl Relay<'_> {
             return Ok(must_read.then_some(Handled::NeedMore));
         }
         let sql = &payload[1..];
-        if first_word_is(sql, b"USE") || (bound && several_statements(sql)) {
-            // The current database may change (a multi-statement may hold a USE).
+        if first_word_is(sql, b"USE") || several_statements(sql) || executable_comment(sql) {
+            // The current database may change (a multi-statement may hold a USE, and so
+            // may a comment the server runs).
             self.database_uncertain = true;
         }
         let parsed = control::parse(sql);
@@ -360,10 +400,10 @@ impl Relay<'_> {
             Kind::Passive if several => Kind::Work,
             kind => kind,
         };
-        if kind == Kind::ClientXa {
+        if kind == Kind::ClientXa || runs_unread_statement(sql) {
             return self
                 .refuse(Error::Unsupported {
-                    what: "the client's own XA statements inside a global transaction",
+                    what: "the client's own XA statements, or SQL-level PREPARE and EXECUTE (whose statement tandem does not read), inside a global transaction",
                 })
                 .map(Some);
         }

@@ -170,6 +170,10 @@ impl Relay<'_> {
             self.count_unchecked();
             return Ok(None);
         }
+        if !self.prepared_here(&prepared).await? {
+            // tandem would check rows of another database's table than it writes.
+            return self.refuse(super::at::PREPARED_ELSEWHERE).map(Some);
+        }
         let source = Source::Execute {
             packet: &packet[..header.wire_len()],
             values,
