@@ -288,17 +288,20 @@ impl Relay<'_> {
                 // What came before goes first: tandem may send statements of its own.
                 self.write_server(&buf[run_start..pos]).await?;
                 run_start = pos;
-                let intercepted = match self.intercept_query(body).await? {
-                    // tandem's block stands for the client's implicit transaction until
-                    // its Sync (a write behind a Flush ran in it): this Query's
-                    // ReadyForQuery would end it, committing what the client may still
-                    // roll back, or turning its BEGIN into a warning. Refused, the
-                    // implicit transaction fails, as an error in it would.
-                    _ if self.implicit_batch => {
-                        Intercepted::ReplaceAndHold(self.refusal_query(Error::Unsupported {
-                            what: "a simple Query sent behind a pipelined write with no Sync yet (tandem runs that batch in a block of its own until the client's Sync)",
-                        }))
-                    }
+                // tandem's block stands for the client's implicit transaction until its
+                // Sync (a write behind a Flush ran in it): this Query's ReadyForQuery
+                // would end it, committing what the client may still roll back, or
+                // turning its BEGIN into a warning. Refused before tandem acts on it (a
+                // COMMIT would commit the branch), the implicit transaction fails, as an
+                // error in it would.
+                let intercepted = if self.implicit_batch {
+                    Intercepted::ReplaceAndHold(self.refusal_query(Error::Unsupported {
+                        what: "a simple Query sent behind a pipelined write with no Sync yet (tandem runs that batch in a block of its own until the client's Sync)",
+                    }))
+                } else {
+                    self.intercept_query(body).await?
+                };
+                let intercepted = match intercepted {
                     // Bound or executed work since the last Sync: tandem's own Sync would
                     // commit it apart from this Query, and without one no sync point
                     // ever comes (the client waits for this Query's reply). Refused, as

@@ -1641,7 +1641,17 @@ async fn a_query_behind_a_flushed_write_is_refused_and_the_write_rolled_back() {
         let replies = raw.recv_until(b'Z').await;
         assert_eq!(tags(&replies), "Z", "bound {bound}: {replies:?}");
         if bound {
-            assert_eq!(tags(&raw.simple("SELECT tandem_rollback()").await), "TDCZ");
+            // A COMMIT as that Query is refused before tandem acts on it: the branch
+            // is not committed, and the write goes with the failed implicit transaction.
+            let mut behind = unnamed_batch(&["UPDATE accounts SET balance = 7 WHERE id = 1"]);
+            behind.truncate(behind.len() - 5);
+            behind.extend(frame(b'Q', b"COMMIT\0"));
+            raw.send(&behind).await;
+            let replies = raw.recv_until(b'Z').await;
+            batch_failed(&replies, "12CEZ", 3, "0A000", b'I');
+            let status = raw.simple("SELECT tandem_commit()").await;
+            assert!(format!("{status:?}").contains("Committed"), "{status:?}");
+            assert_eq!(balance(&direct, 1).await, 1000, "nothing committed");
         }
     }
     rolled_back(&a).await;
