@@ -1509,12 +1509,18 @@ async fn a_database_changed_where_tandem_cannot_see_it_is_asked_for_before_a_cap
         dump(&mut direct_home, "accounts").await,
         dump(&mut direct_other, "accounts").await,
     );
-    for change in [
-        format!("SELECT 1; USE `{}`", home.name),
-        format!("/*!USE `{}` */", home.name),
+    for (change, prepared) in [
+        (format!("SELECT 1; USE `{}`", home.name), false),
+        (format!("/*!USE `{}` */", home.name), false),
+        (format!("EXECUTE IMMEDIATE 'USE `{}`'", home.name), false),
+        (format!("USE `{}`", home.name), true),
     ] {
         let mut conn = my::connect(&tandem, &other.name).await;
-        conn.query_drop(&change).await.unwrap();
+        if prepared {
+            conn.exec_drop(&change, ()).await.unwrap();
+        } else {
+            conn.query_drop(&change).await.unwrap();
+        }
         text(&mut conn, "SELECT tandem_begin()").await.unwrap();
         conn.query_drop("UPDATE accounts SET balance = 7 WHERE id = 1")
             .await
@@ -1541,11 +1547,18 @@ async fn a_database_changed_where_tandem_cannot_see_it_is_asked_for_before_a_cap
         .prep("UPDATE accounts SET balance = ? WHERE id = 1")
         .await
         .unwrap();
+    let locking_read = conn
+        .prep("SELECT balance FROM accounts WHERE id = ? FOR UPDATE")
+        .await
+        .unwrap();
     conn.query_drop(format!("USE `{}`", other.name))
         .await
         .unwrap();
     text(&mut conn, "SELECT tandem_begin()").await.unwrap();
     let e = conn.exec_drop(&update, (8,)).await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    // Its rows would be checked against the other database's global locks.
+    let e = conn.exec_drop(&locking_read, (1,)).await.unwrap_err();
     assert_eq!(code(&e), 1235, "{e}");
     rolled_back(&mut conn).await;
     assert_eq!(dump(&mut direct_home, "accounts").await, before.0);

@@ -355,6 +355,8 @@ async fn prepared_xa_and_transaction_statements_never_end_the_branch_beside_tand
         format!("PREPARE s FROM \"XA END 'tandem:{xid}'\""),
         format!("/*!50000 XA END 'tandem:{xid}' */"),
         format!("/*M! XA END 'tandem:{xid}' */"),
+        format!("SELECT 1; XA END 'tandem:{xid}'"),
+        format!("/*!EXECUTE IMMEDIATE \"XA END 'tandem:{xid}'\" */"),
     ] {
         let e = conn.query_drop(&sql).await.unwrap_err();
         assert_eq!(code(&e), 1235, "{sql}: {e}");

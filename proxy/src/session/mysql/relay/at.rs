@@ -230,7 +230,13 @@ impl Relay<'_> {
         if self.prepared_under_another_charset(&prepared, &sql) {
             return self.refuse(CHARSET_MISREAD);
         }
-        if prepared.kind == super::control::Kind::Work && !self.prepared_here(&prepared).await? {
+        // A write, or a locking read (its rows are checked against global locks).
+        let reads_rows = prepared.kind == super::control::Kind::Work
+            || matches!(
+                self.ctx.analyses.analyze(&sql).as_deref(),
+                Ok([tandem_undo::Analysis::LockingRead(_)])
+            );
+        if reads_rows && !self.prepared_here(&prepared).await? {
             return self.refuse(PREPARED_ELSEWHERE);
         }
         let source = Source::Execute {

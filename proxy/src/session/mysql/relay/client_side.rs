@@ -446,13 +446,19 @@ impl Relay<'_> {
     pub(super) fn on_execute(&mut self, payload: &[u8]) {
         let Some(prepared) = statement_id(payload).and_then(|id| self.prepared.get_mut(&id)) else {
             // A statement tandem does not know (MariaDB's direct execute, id 0xffffffff,
-            // runs the one just prepared): it may have created a temporary table.
+            // runs the one just prepared): it may have created a temporary table, or
+            // be a USE.
             self.temporary_tables.clear();
+            self.database_uncertain = true;
             return;
         };
         let text = prepared.sql.as_deref().map(str::as_bytes);
         if text.is_none_or(super::control::may_change_temporary_tables) {
             self.temporary_tables.clear();
+        }
+        // A prepared USE changes the current database at each execute.
+        if text.is_none_or(super::control::may_change_database) {
+            self.database_uncertain = true;
         }
         // A prepared SET NAMES sets it at each execute.
         if prepared.sets_charset {

@@ -193,12 +193,36 @@ fn several_statements(sql: &[u8]) -> bool {
     sql.contains(&b';')
 }
 
+/// Whether `sql` (a COM_QUERY's, or a prepared statement's at each execute) may change
+/// the session's current database: a USE, or one hidden in a multi-statement query, in
+/// a comment the server runs, or in a statement SQL-level EXECUTE runs.
+pub(super) fn may_change_database(sql: &[u8]) -> bool {
+    first_word_is(sql, b"USE")
+        || first_word_is(sql, b"EXECUTE")
+        || several_statements(sql)
+        || executable_comment(sql)
+}
+
 /// Whether `sql` runs a statement tandem does not read as such: SQL-level PREPARE,
-/// EXECUTE or EXECUTE IMMEDIATE, or an XA statement in a comment the server runs (an
-/// XA END there would end the branch under tandem).
+/// EXECUTE or EXECUTE IMMEDIATE, or an XA statement, in any statement of a
+/// multi-statement query or in a comment the server runs (an XA END there would end
+/// the branch under tandem).
 fn runs_unread_statement(sql: &[u8]) -> bool {
-    if first_word_is(sql, b"EXECUTE") || first_word_is(sql, b"PREPARE") {
+    let unread = |statement: &[u8]| {
+        [&b"EXECUTE"[..], b"PREPARE", b"XA"]
+            .iter()
+            .any(|word| first_word_is(statement, word))
+    };
+    if unread(sql) {
         return true;
+    }
+    if several_statements(sql) {
+        let text = String::from_utf8_lossy(sql);
+        // Unsplittable: its first statement was read above.
+        let statements = tandem_undo::split_mysql_statements(&text).unwrap_or_default();
+        if statements.iter().any(|s| unread(s.as_bytes())) {
+            return true;
+        }
     }
     let mut rest = sql;
     while let Some(at) = rest.windows(2).position(|w| w == b"/*") {
@@ -209,7 +233,7 @@ fn runs_unread_statement(sql: &[u8]) -> bool {
         if let Some(body) = body {
             // A version number may come first: `/*!50000 XA END … */`.
             let version = body.iter().take_while(|b| b.is_ascii_digit()).count();
-            if first_word_is(&body[version..], b"XA") {
+            if unread(&body[version..]) {
                 return true;
             }
         }
@@ -354,9 +378,7 @@ impl Relay<'_> {
             return Ok(must_read.then_some(Handled::NeedMore));
         }
         let sql = &payload[1..];
-        if first_word_is(sql, b"USE") || several_statements(sql) || executable_comment(sql) {
-            // The current database may change (a multi-statement may hold a USE, and so
-            // may a comment the server runs).
+        if may_change_database(sql) {
             self.database_uncertain = true;
         }
         let parsed = control::parse(sql);
