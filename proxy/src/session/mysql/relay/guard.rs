@@ -249,6 +249,19 @@ impl Relay<'_> {
             // No other session sees its rows: no global transaction holds them.
             return Ok(None);
         }
+        let key_ordered = table.meta.pk.iter().all(|&i| {
+            let column = &table.meta.columns[i].name;
+            write.order_columns.iter().any(|c| c == column)
+        });
+        if write.limit.is_some() && !key_ordered {
+            // Among rows that tie, the check's read and the write may take others: the
+            // write could land on a held row the check never saw.
+            return self
+                .refuse(Error::Unsupported {
+                    what: "UPDATE or DELETE … LIMIT whose ORDER BY does not name every primary-key column, to a table that holds global locks (among rows that tie tandem cannot tell which it takes: add the key to its ORDER BY)",
+                })
+                .map(Some);
+        }
         if !matches!(self.charset_misreads(sql).await?, Ok(false)) {
             // Its rows are not those tandem reads: see the module comment.
             self.count_unchecked();
