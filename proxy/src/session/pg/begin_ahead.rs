@@ -487,13 +487,11 @@ fn changes_the_block(sql: &[u8]) -> bool {
         return false;
     };
     let second = words.next().unwrap_or_default();
-    let is = |word: &[u8]| first.eq_ignore_ascii_case(word);
-    match () {
-        _ if is(b"rollback") => !second.eq_ignore_ascii_case(b"to"),
-        _ if is(b"prepare") => second.eq_ignore_ascii_case(b"transaction"),
-        _ => [&b"begin"[..], b"start", b"commit", b"end", b"abort"]
-            .iter()
-            .any(|word| is(word)),
+    match first.to_ascii_lowercase().as_slice() {
+        b"rollback" => !second.eq_ignore_ascii_case(b"to"),
+        b"prepare" => second.eq_ignore_ascii_case(b"transaction"),
+        b"begin" | b"start" | b"commit" | b"end" | b"abort" => true,
+        _ => false,
     }
 }
 
@@ -747,6 +745,30 @@ mod tests {
             ("SELECT 1", None),
         ] {
             assert_eq!(needs_a_block(sql.as_bytes()), what, "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_that_begin_end_or_prepare_a_block_are_told_apart() {
+        for sql in [
+            "BEGIN",
+            "start transaction",
+            "/* x */ COMMIT AND CHAIN",
+            "end",
+            "ABORT",
+            "ROLLBACK",
+            "rollback prepared 'x'",
+            "PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(changes_the_block(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "ROLLBACK TO SAVEPOINT a",
+            "PREPARE s AS SELECT 1",
+            "SELECT 'BEGIN'",
+            "",
+        ] {
+            assert!(!changes_the_block(sql.as_bytes()), "{sql}");
         }
     }
 
