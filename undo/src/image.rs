@@ -154,6 +154,17 @@ pub struct TableMeta {
 }
 
 impl TableMeta {
+    /// Whether a write with a LIMIT takes its rows in an order of its own alone: its
+    /// ORDER BY names every primary-key column (MySQL; among rows that tie, two reads
+    /// of the same ORDER BY … LIMIT may take others). True for one without a LIMIT.
+    pub fn limit_takes_certain_rows(&self, write: &Write) -> bool {
+        write.limit.is_none()
+            || self.pk.iter().all(|&i| {
+                let column = &self.columns[i].name;
+                write.order_columns.iter().any(|c| c == column)
+            })
+    }
+
     /// Refuses a write to this table that AT mode cannot undo exactly.
     pub fn check_capturable(&self, dialect: &dyn Dialect, write: &Write) -> Result<(), Error> {
         let table = &self.table.name;

@@ -109,13 +109,7 @@ impl MysqlTable {
                 "UPDATE or DELETE … LIMIT whose rows are chosen by the time ({part}), which moves on between its before image and the write,"
             )));
         }
-        if write.limit.is_some()
-            && !self
-                .meta
-                .pk
-                .iter()
-                .all(|&i| write.order_columns.iter().any(|c| c == self.name(i)))
-        {
+        if !self.meta.limit_takes_certain_rows(write) {
             return Err(Error::unsupported(
                 "UPDATE or DELETE … LIMIT whose ORDER BY does not name every primary-key column (which rows it takes would not be certain)",
             ));

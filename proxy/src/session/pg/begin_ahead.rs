@@ -289,23 +289,7 @@ impl Relay<'_> {
     /// warn, and the client's ROLLBACK behind the batch undo nothing), so such a batch
     /// is not run in one.
     pub(super) fn batch_changes_the_block(&self, rest: &[u8]) -> Result<bool> {
-        let max = self.ctx.config.max_message_bytes;
-        let mut at = 0;
-        while let Some(frame) = Frame::peek(&rest[at..], max)? {
-            match frame.tag {
-                frontend::SYNC => break,
-                frontend::PARSE | frontend::BIND
-                    if self
-                        .statement_sql(frame.tag, frame.body(&rest[at..]))
-                        .is_some_and(|sql| changes_the_block(&sql)) =>
-                {
-                    return Ok(true);
-                }
-                _ => {}
-            }
-            at += frame.wire_len;
-        }
-        Ok(false)
+        self.some_statement(rest, changes_the_block)
     }
 
     /// Whether any statement of the batch `after` (up to its Sync) may write.
@@ -317,7 +301,9 @@ impl Relay<'_> {
     fn some_statement(&self, after: &[u8], wanted: impl Fn(&[u8]) -> bool) -> Result<bool> {
         let max = self.ctx.config.max_message_bytes;
         let mut at = 0;
-        while let Some(frame) = Frame::peek(&after[at..], max)? {
+        while let Some(frame) = Frame::peek(&after[at..], max)?
+            && frame.tag != frontend::SYNC
+        {
             if matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 && self
                     .statement_sql(frame.tag, frame.body(&after[at..]))

@@ -249,11 +249,7 @@ impl Relay<'_> {
             // No other session sees its rows: no global transaction holds them.
             return Ok(None);
         }
-        let key_ordered = table.meta.pk.iter().all(|&i| {
-            let column = &table.meta.columns[i].name;
-            write.order_columns.iter().any(|c| c == column)
-        });
-        if write.limit.is_some() && !key_ordered {
+        if !table.meta.limit_takes_certain_rows(write) {
             // Among rows that tie, the check's read and the write may take others: the
             // write could land on a held row the check never saw.
             return self
