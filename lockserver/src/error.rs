@@ -146,6 +146,20 @@ pub enum Error {
         /// What was corrupt.
         what: &'static str,
     },
+    /// The embedded store's log is damaged before records that were written after it:
+    /// truncating it there, as after a torn append, would lose acknowledged decisions.
+    #[error(
+        "{path} is damaged at byte {damaged_at}, and a batch of records written after the damage begins at byte {later_batch_at}: refusing to start rather than drop acknowledged decisions (restore the file; to accept losing everything from the damage on, truncate it: truncate -s {damaged_at} {path})",
+        path = path.display()
+    )]
+    DamagedLog {
+        /// The log file.
+        path: PathBuf,
+        /// Where its first damaged frame begins.
+        damaged_at: u64,
+        /// Where a later, complete batch begins.
+        later_batch_at: u64,
+    },
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),

@@ -55,6 +55,7 @@ pub fn to_status(e: Error) -> Status {
         Error::Rpc { code, .. } => *code,
         Error::Io { .. }
         | Error::Corrupt { .. }
+        | Error::DamagedLog { .. }
         | Error::Redis(_)
         | Error::Config { .. }
         | Error::Transport(_) => {

@@ -50,6 +50,7 @@ impl IntoResponse for ApiError {
             Error::Rpc { .. }
             | Error::Io { .. }
             | Error::Corrupt { .. }
+            | Error::DamagedLog { .. }
             | Error::Redis(_)
             | Error::Config { .. }
             | Error::Transport(_) => {

@@ -8,6 +8,16 @@
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload[len]`.
 //!
+//! Each batch the writer appends (one write, one `fdatasync`) ends with a batch-end
+//! frame that gives the offset where the batch began (its payload: a 0 byte, which no
+//! record begins with, then that offset as u64 LE). Recovery cuts a log back to the
+//! frames before its first damaged one, since a crash during an append leaves that
+//! batch torn anywhere (its sectors reach the disk in any order). Such damage can only
+//! be in the last batch, as the next batch is written only once this one is on disk.
+//! So a valid batch-end frame past the damage, of a batch that began past it, proves
+//! the damage is no torn append, and that cutting there would drop acknowledged
+//! records: recovery refuses instead (`Error::DamagedLog`).
+//!
 //! A log file is zero-filled ahead of its frames (`PREALLOCATE` at a time), and
 //! appends overwrite that space. An `fdatasync` of blocks that already exist in the
 //! file flushes only data; one that grows the file must also commit the new size
@@ -28,6 +38,9 @@ use crate::error::{Error, Result};
 /// (it can only come from corruption), and an append that large is refused.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const HEADER: usize = 8;
+/// First payload byte of a batch-end frame (records are JSON objects).
+const BATCH_END: u8 = 0;
+const BATCH_END_LEN: usize = 9;
 /// Zero-filled space a log file keeps ahead of its frames.
 const PREALLOCATE: u64 = 4 << 20;
 /// A batch with at least this many appends means the server is loaded: the
@@ -70,27 +83,66 @@ pub fn frame_in_place<E>(
     Ok(())
 }
 
-/// Splits `data` into payloads up to the first damaged or incomplete frame; returns
-/// them with the length of the clean prefix.
+/// Appends the frame that ends a batch which began at file offset `batch_at`.
+fn batch_end(buf: &mut Vec<u8>, batch_at: u64) {
+    let mut payload = [BATCH_END; BATCH_END_LEN];
+    payload[1..].copy_from_slice(&batch_at.to_le_bytes());
+    frame(buf, &payload);
+}
+
+/// Where the batch that `payload` ends began, if it is a batch-end frame's.
+fn batch_start(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [BATCH_END, offset @ ..] => Some(u64::from_le_bytes(offset.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// The payload of the whole, undamaged frame at `at`, if one is there.
+fn frame_at(data: &[u8], at: usize) -> Option<&[u8]> {
+    let header = data.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    // Length 0 is preallocated space: the end of the log.
+    if len == 0 || len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let payload = data.get(at + HEADER..at + HEADER + len)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// Splits `data` into record payloads (batch-end frames left out) up to the first
+/// damaged or incomplete frame; returns them with the length of the clean prefix.
 pub fn parse_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
-    while data.len() - at >= HEADER {
-        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
-        let start = at + HEADER;
-        // Length 0 is preallocated space: the end of the log.
-        if len == 0 || len > MAX_RECORD_BYTES || data.len() - start < len {
-            break;
+    while let Some(payload) = frame_at(data, at) {
+        if batch_start(payload).is_none() {
+            out.push(payload);
         }
-        let payload = &data[start..start + len];
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        out.push(payload);
-        at = start + len;
+        at += HEADER + payload.len();
     }
     (out, at)
+}
+
+/// Where a batch begins that was written whole after the damage at `damaged_at`, as
+/// a valid batch-end frame further on says (see the module comment).
+fn batch_begun_after(data: &[u8], damaged_at: usize) -> Option<u64> {
+    let mut at = damaged_at + 1;
+    while at + HEADER <= data.len() {
+        match frame_at(data, at) {
+            Some(payload) => {
+                if let Some(begun) = batch_start(payload)
+                    && begun > damaged_at as u64
+                {
+                    return Some(begun);
+                }
+                at += HEADER + payload.len();
+            }
+            None => at += 1,
+        }
+    }
+    None
 }
 
 /// `dir/log.<generation>`.
@@ -118,16 +170,24 @@ pub fn newest_generation(dir: &Path) -> Result<Option<u64>> {
 }
 
 /// Reads a log file and cuts it back to its clean prefix; returns the payloads.
+/// Refuses a log whose damage is followed by a batch written after it.
 pub fn recover_file(path: &Path) -> Result<Vec<Vec<u8>>> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(Error::io("read", path))?;
     let (frames, clean) = parse_frames(&data);
+    if let Some(later_batch_at) = batch_begun_after(&data, clean) {
+        return Err(Error::DamagedLog {
+            path: path.to_path_buf(),
+            damaged_at: clean as u64,
+            later_batch_at,
+        });
+    }
     let out = frames.into_iter().map(<[u8]>::to_vec).collect();
     if clean < data.len() {
         if data[clean..].iter().any(|b| *b != 0) {
-            tracing::warn!(path = %path.display(), clean, len = data.len(), "log has a damaged tail; truncating to its clean prefix");
+            tracing::warn!(path = %path.display(), clean, len = data.len(), "log has a damaged tail (an append a crash tore); truncating to its clean prefix");
         }
         let f = OpenOptions::new()
             .write(true)
@@ -461,8 +521,8 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             )
         };
         // Order on disk: appends from before the snapshot, the snapshot, then the rest.
-        if let Some(r) = rotate {
-            let _ = write_batch(m, &mut file, &r.before, r.before_waiters);
+        if let Some(mut r) = rotate {
+            let _ = write_batch(m, &mut file, &mut r.before, r.before_waiters);
             match write_generation(&dir, g + 1, &r.snapshot) {
                 Ok(f) => {
                     let old = log_path(&dir, g);
@@ -484,7 +544,7 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
             m.lock().unwrap_or_else(|p| p.into_inner()).rotating = false;
         }
         let batch = waiters.len();
-        spare_waiters = write_batch(m, &mut file, &bytes, waiters);
+        spare_waiters = write_batch(m, &mut file, &mut bytes, waiters);
         if let Err(e) = file.top_up() {
             // Not fatal: the next append tries again, and fails itself if it must.
             tracing::warn!(error = %e, "cannot preallocate log space");
@@ -507,17 +567,20 @@ fn writer_loop(shared: Arc<(Mutex<Queue>, Condvar)>, dir: PathBuf, mut g: u64, m
     }
 }
 
-/// Writes and fsyncs one batch, then tells its waiters. After a failure the log
-/// refuses every later append: what reached the disk is unknown.
-/// Returns `waiters` emptied, for reuse.
+/// Writes and fsyncs one batch (`bytes`, to which its batch-end frame is added), then
+/// tells its waiters. After a failure the log refuses every later append: what
+/// reached the disk is unknown. Returns `waiters` emptied, for reuse.
 fn write_batch(
     m: &Mutex<Queue>,
     file: &mut LogFile,
-    bytes: &[u8],
+    bytes: &mut Vec<u8>,
     mut waiters: Vec<Waiter>,
 ) -> Vec<Waiter> {
     if bytes.is_empty() && waiters.is_empty() {
         return waiters;
+    }
+    if !bytes.is_empty() {
+        batch_end(bytes, file.end);
     }
     let failed = m.lock().unwrap_or_else(|p| p.into_inner()).failed.clone();
     let res = match failed {
@@ -731,6 +794,84 @@ mod tests {
             "only zeros after the frames"
         );
         assert_eq!(recover_file(&path).unwrap(), expected);
+    }
+
+    /// Three batches through the writer; returns the file, each batch's payloads and
+    /// the offset where each batch began.
+    async fn three_batches(dir: &Path) -> (PathBuf, Vec<Vec<Vec<u8>>>, Vec<u64>) {
+        let file = write_generation(dir, 1, &[]).unwrap();
+        let w = Writer::start(dir.to_path_buf(), 1, file, 0);
+        let mut batches = Vec::new();
+        let mut begins = Vec::new();
+        for b in 0..3 {
+            let payloads: Vec<Vec<u8>> = (0..4)
+                .map(|i| {
+                    format!(
+                        "{{\"batch\":{b},\"record\":{i},\"pad\":\"{}\"}}",
+                        "p".repeat(700)
+                    )
+                    .into_bytes()
+                })
+                .collect();
+            let mut framed = Vec::new();
+            for p in &payloads {
+                frame(&mut framed, p);
+            }
+            begins.push(w.shared.0.lock().unwrap().file_bytes);
+            w.append(&framed).unwrap().await.unwrap().unwrap();
+            batches.push(payloads);
+        }
+        w.close();
+        (log_path(dir, 1), batches, begins)
+    }
+
+    #[tokio::test]
+    async fn damage_before_a_later_batch_refuses_recovery_and_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, begins) = three_batches(dir.path()).await;
+        let mut data = fs::read(&path).unwrap();
+        // A flipped bit in the first batch's second record: batches 2 and 3 were
+        // acknowledged after it, and cutting there would drop them.
+        let at = begins[0] as usize + 800;
+        data[at] ^= 0x10;
+        fs::write(&path, &data).unwrap();
+        match recover_file(&path) {
+            Err(Error::DamagedLog {
+                damaged_at,
+                later_batch_at,
+                ..
+            }) => {
+                assert!(damaged_at > begins[0] && damaged_at <= at as u64);
+                assert_eq!(later_batch_at, begins[1]);
+            }
+            other => panic!("expected DamagedLog, got {other:?}"),
+        }
+        assert_eq!(fs::read(&path).unwrap(), data, "the file is left as it was");
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_batch_is_cut_off_whatever_of_it_reached_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, batches, begins) = three_batches(dir.path()).await;
+        let whole = fs::read(&path).unwrap();
+        let (_, end) = parse_frames(&whole);
+        // A crash during the last append: one 512-byte sector of it never written
+        // (still zeros), anywhere in it, its batch-end frame included.
+        let last = begins[2] as usize;
+        for sector in (last / 512)..end.div_ceil(512) {
+            let mut data = whole.clone();
+            for b in &mut data[(sector * 512).max(last)..((sector + 1) * 512).min(end)] {
+                *b = 0;
+            }
+            fs::write(&path, &data).unwrap();
+            let got = recover_file(&path).unwrap();
+            let expected: Vec<Vec<u8>> = batches[..2].concat();
+            assert_eq!(got[..8], expected[..], "sector {sector}");
+            assert!(
+                got.len() < 12,
+                "sector {sector}: a record of the torn batch survived whole"
+            );
+        }
     }
 
     #[test]
