@@ -47,6 +47,15 @@ impl Relay<'_> {
                 self.write_client(&held);
                 run_start = pos;
             }
+            if frame.tag == backend::READY_FOR_QUERY {
+                // What tandem does at a ReadyForQuery may run statements of its own
+                // (its COMMIT), whose ParameterStatus and notifications reach the
+                // client as they come: the replies before it must be ahead of them, or
+                // a setting a script changed and tandem's COMMIT reverted would be
+                // heard in the wrong order, the stale value last.
+                self.write_client(&buf[run_start..pos]);
+                run_start = pos;
+            }
             if frame.tag == backend::ERROR_RESPONSE
                 && let Some(refusal) = self.tracked.take_refusal()
             {

@@ -812,3 +812,50 @@ async fn a_waiting_write_in_a_transaction_gives_way_to_a_rollback() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A checked write runs between statements of tandem's (its COMMIT, the read back of an
+/// INSERT's keys, a savepoint's release), each of which sets ROW_COUNT() anew: the
+/// client's next ROW_COUNT() still counts its own write, as it does directly.
+#[tokio::test]
+async fn row_count_after_a_checked_write_counts_the_write() {
+    let db = prepare("my_outside_row_count").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    // Row 1 held: the table holds global locks, and every write to it is checked.
+    let mut a = hold_row(&global, &db, 1).await;
+    let mut b = my::connect(&outside, &db.name).await;
+    for in_transaction in [false, true] {
+        if in_transaction {
+            b.query_drop("BEGIN").await.unwrap();
+        }
+        for (write, expected) in [
+            ("INSERT INTO accounts VALUES (70, 1, 'r'), (71, 1, 'r')", 2),
+            (
+                "INSERT IGNORE INTO accounts VALUES (70, 1, 'r'), (72, 1, 'r')",
+                1,
+            ),
+            ("REPLACE INTO accounts VALUES (70, 5, 'r')", 2),
+            (
+                "UPDATE accounts SET balance = balance + 1 WHERE id IN (70, 71)",
+                2,
+            ),
+            ("DELETE FROM accounts WHERE id IN (70, 71, 72)", 3),
+        ] {
+            b.query_drop(write).await.unwrap();
+            assert_eq!(b.affected_rows(), expected, "{write}");
+            assert_eq!(
+                b.query_first::<i64, _>("SELECT ROW_COUNT()").await.unwrap(),
+                Some(expected as i64),
+                "{write} (in a transaction: {in_transaction})"
+            );
+        }
+        if in_transaction {
+            b.query_drop("COMMIT").await.unwrap();
+        }
+    }
+    rolled_back(&mut a).await;
+    drop(b);
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}

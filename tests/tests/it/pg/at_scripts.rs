@@ -176,3 +176,62 @@ async fn a_savepoint_in_a_query_outside_a_block_fails_it_whole_as_without_tandem
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// tandem runs a script's statements one at a time, so a setting one of them changes
+/// is reported (ParameterStatus) after it, and again when tandem's COMMIT reverts it
+/// (SET LOCAL). The client must hear them in that order: a driver keeps the last value
+/// it heard (psycopg parses dates by DateStyle), and the server's is the reverted one.
+#[tokio::test]
+async fn settings_a_script_changes_and_reverts_are_reported_in_the_order_they_happened() {
+    use tandem_tests::raw_pg::RawPg;
+    let db = prepare("script_settings").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin()").await;
+    raw.recv_until(b'Z').await;
+    for (script, name) in [
+        (
+            "BEGIN; SET LOCAL DateStyle = 'SQL, DMY'; COMMIT",
+            "DateStyle",
+        ),
+        (
+            "BEGIN; UPDATE accounts SET balance = 7 WHERE id = 1; SET LOCAL application_name = 'y'; COMMIT",
+            "application_name",
+        ),
+        (
+            "SET LOCAL application_name = 'z'; UPDATE accounts SET balance = 8 WHERE id = 2",
+            "application_name",
+        ),
+    ] {
+        raw.query(script).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert!(
+            replies.iter().all(|m| m.tag != b'E'),
+            "{script}: {replies:?}"
+        );
+        let last_heard = replies
+            .iter()
+            .rfind(|m| m.tag == b'S' && m.strings()[0] == name)
+            .map(|m| m.strings()[1].clone());
+        raw.query(&format!("SHOW {name}")).await;
+        let shown = raw.recv_until(b'Z').await;
+        let server_has = shown
+            .iter()
+            .find(|m| m.tag == b'D')
+            .map(|m| String::from_utf8_lossy(&m.body[6..]).into_owned())
+            .expect("a row");
+        if let Some(heard) = last_heard {
+            assert_eq!(heard, server_has, "{script}: {replies:?}");
+        }
+    }
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

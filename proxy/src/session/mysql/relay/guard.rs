@@ -408,6 +408,8 @@ impl Relay<'_> {
                 Ok(committed) => {
                     ok.take_status_of(committed.status);
                     self.exchange.on_authenticated(committed.status);
+                    // tandem's COMMIT set ROW_COUNT() anew.
+                    self.row_count_after_write = Some(ok.affected_rows);
                     ok.put(&mut self.to_client, 1);
                 }
                 Err(e) => self.put_failure(&AtFailure::Server(e)),
@@ -560,6 +562,8 @@ impl Relay<'_> {
                         if let Some(status) = status {
                             ok.take_status_of(status);
                         }
+                        // tandem's statements after it set ROW_COUNT() anew.
+                        self.row_count_after_write = Some(ok.affected_rows);
                         ok.put(&mut self.to_client, 1);
                     }
                     // A COMMIT that failed undid the INSERT.
