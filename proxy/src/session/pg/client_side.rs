@@ -35,6 +35,31 @@ impl Relay<'_> {
                 }
                 .into());
             }
+            // Refused on its header, before its body is read into memory (which may be
+            // up to max_message_bytes): as PostgreSQL refuses an unknown type, or a
+            // message other than a password's, or one over its bound, during
+            // authentication.
+            if !is_frontend_message(frame.tag)
+                || (self.phase == Phase::Authenticating
+                    && !matches!(frame.tag, frontend::PASSWORD | frontend::TERMINATE))
+            {
+                return Err(Error::UnexpectedMessage {
+                    tag: frame.tag,
+                    context: if self.phase == Phase::Authenticating {
+                        "during authentication"
+                    } else {
+                        "from the client"
+                    },
+                });
+            }
+            if self.phase == Phase::Authenticating && frame.wire_len > 5 + AUTH_MESSAGE_BYTES {
+                return Err(crate::wire::pg::FrameError::TooLarge {
+                    tag: frame.tag,
+                    declared: frame.wire_len - 1,
+                    max: AUTH_MESSAGE_BYTES,
+                }
+                .into());
+            }
             if let Some(status) = self.skip_to_client_sync
                 && frame.tag != frontend::TERMINATE
             {
@@ -628,6 +653,30 @@ const LARGE_OBJECT_READS: [u32; 9] = [952, 953, 954, 956, 958, 3170, 3171, 3458,
 /// The length PostgreSQL allows a client message that carries no statement or data
 /// (PQ_SMALL_MESSAGE_LIMIT).
 const SMALL_MESSAGE_BYTES: usize = 10_000;
+
+/// The length PostgreSQL allows a password or SASL message (PG_MAX_AUTH_TOKEN_LENGTH).
+const AUTH_MESSAGE_BYTES: usize = 65_535;
+
+/// The message types a client may send once started.
+fn is_frontend_message(tag: u8) -> bool {
+    matches!(
+        tag,
+        frontend::BIND
+            | frontend::CLOSE
+            | frontend::COPY_DATA
+            | frontend::COPY_DONE
+            | frontend::COPY_FAIL
+            | frontend::DESCRIBE
+            | frontend::EXECUTE
+            | frontend::FLUSH
+            | frontend::FUNCTION_CALL
+            | frontend::PARSE
+            | frontend::PASSWORD
+            | frontend::QUERY
+            | frontend::SYNC
+            | frontend::TERMINATE
+    )
+}
 
 /// Close, Describe, Execute, Flush, Sync, Terminate, CopyDone and CopyFail: the
 /// messages PostgreSQL holds to `SMALL_MESSAGE_BYTES`.

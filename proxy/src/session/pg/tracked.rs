@@ -416,10 +416,15 @@ impl Tracked {
 
     /// Takes the first request that `done` matches off the queue, and the Executes and
     /// Describes ahead of it, whose replies came before (replies come in request
-    /// order). Nothing if another request is ahead.
+    /// order), and the CopyDone/CopyFail ahead of it (see `drop_answered_ahead`).
+    /// Nothing if another request is ahead.
     fn pop_done(&mut self, done: impl Fn(&Outstanding) -> bool) -> Option<Outstanding> {
         let at = self.outstanding.iter().position(|o| {
-            done(o) || !matches!(o, Outstanding::Execute { .. } | Outstanding::Describe)
+            done(o)
+                || !matches!(
+                    o,
+                    Outstanding::Execute { .. } | Outstanding::Describe | Outstanding::CopyEnd
+                )
         })?;
         if !done(&self.outstanding[at]) {
             return None;
@@ -428,11 +433,13 @@ impl Tracked {
     }
 
     /// The reply of a Parse, Bind or Close arrived: Executes and Describes ahead of it
-    /// in line are over.
+    /// in line are over. So is a CopyDone or CopyFail ahead of it: no CopyInResponse
+    /// took it off the queue, so no request before it started a COPY, and the backend
+    /// ignored it (as it does one sent outside copy-in mode, stray in a batch).
     fn drop_answered_ahead(&mut self) {
         while matches!(
             self.outstanding.front(),
-            Some(Outstanding::Execute { .. } | Outstanding::Describe)
+            Some(Outstanding::Execute { .. } | Outstanding::Describe | Outstanding::CopyEnd)
         ) {
             self.outstanding.pop_front();
         }

@@ -84,3 +84,61 @@ async fn md5_and_scram_pass_through_and_wrong_passwords_fail() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+/// While a client authenticates, only a password (or SASL) message of at most 65,535
+/// bytes may come, as PostgreSQL allows: anything else is refused on its header, before
+/// tandem reads (and holds in memory) a body the client has not even sent yet.
+#[tokio::test]
+async fn an_authenticating_client_is_refused_on_a_messages_header_past_postgres_bounds() {
+    use tandem_tests::raw_pg::{RawPg, startup_packet};
+    let db = TestDb::create("auth_bounds").await;
+    let admin = db.direct().await;
+    ensure_role(&admin, "tandem_md5", "md5", "md5 secret").await;
+    admin
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {} TO tandem_md5",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let tandem = Tandem::start().await;
+    for (tag, declared, sqlstate) in [
+        (b'p', 300i32 << 20, "54000"),
+        (b'p', 65_540, "54000"),
+        (b'Q', 1_000, "08P01"),
+        (b'y', 400 << 20, "08P01"),
+    ] {
+        let mut raw = RawPg::connect(tandem.pg).await;
+        raw.send(&startup_packet(&[
+            ("user", "tandem_md5"),
+            ("database", &db.name),
+        ]))
+        .await;
+        let asked = raw.recv().await.expect("an authentication request");
+        assert_eq!(asked.tag, b'R', "{asked:?}");
+        let mut header = vec![tag];
+        header.extend_from_slice(&declared.to_be_bytes());
+        header.extend_from_slice(b"the rest never comes");
+        raw.send(&header).await;
+        let replies = raw.recv_to_close().await;
+        let fatal = replies.iter().find(|m| m.tag == b'E');
+        assert_eq!(
+            fatal.and_then(|m| m.sqlstate()).as_deref(),
+            Some(sqlstate),
+            "{} of {declared} bytes: {replies:?}",
+            tag as char
+        );
+    }
+    // Past authentication, a type that does not exist is refused on its header too.
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.send(&[b'y', 0x18, 0, 0, 0, b'x']).await;
+    let replies = raw.recv_to_close().await;
+    let fatal = replies.iter().find(|m| m.tag == b'E');
+    assert_eq!(
+        fatal.and_then(|m| m.sqlstate()).as_deref(),
+        Some("08P01"),
+        "{replies:?}"
+    );
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}

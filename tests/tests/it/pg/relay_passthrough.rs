@@ -339,3 +339,52 @@ async fn a_unix_socket_upstream_relays_the_same() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+/// PostgreSQL ignores CopyDone and CopyFail outside copy-in mode, stray in the middle
+/// of an extended-protocol batch too: the batch runs, and the session goes on.
+#[tokio::test]
+async fn a_stray_copy_done_or_copy_fail_in_a_batch_is_ignored_as_directly() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{frame, reply_tags};
+    let db = TestDb::create("stray_copy_end").await;
+    let tandem = Tandem::start().await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    for stray in [frame(b'c', b""), frame(b'f', b"gone\0")] {
+        for at in 0..3 {
+            let mut batch = Vec::new();
+            for (i, message) in [
+                frame(b'P', &parse_body("", "SELECT 1")),
+                frame(b'B', &bind_body("")),
+                frame(b'E', b"\0\0\0\0\0"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                batch.extend(message);
+                if i == at {
+                    batch.extend(&stray);
+                }
+            }
+            batch.extend(frame(b'B', &bind_body("")));
+            batch.extend(frame(b'E', b"\0\0\0\0\0"));
+            batch.extend(frame(b'S', b""));
+            raw.send(&batch).await;
+            let replies = raw.recv_until(b'Z').await;
+            assert_eq!(
+                reply_tags(&replies).into_iter().collect::<String>(),
+                "12DC2DCZ",
+                "stray {:?} after message {at}: {replies:?}",
+                stray[0] as char
+            );
+        }
+    }
+    raw.query("SELECT 2").await;
+    assert_eq!(
+        reply_tags(&raw.recv_until(b'Z').await)
+            .into_iter()
+            .collect::<String>(),
+        "TDCZ"
+    );
+    drop(raw);
+    tandem.shutdown().await;
+}
