@@ -39,6 +39,12 @@ pub struct MysqlFrontend {
     /// Timeout for opening an upstream connection and reading its greeting, in
     /// milliseconds. Default 5000. The client then gets error 1053.
     pub connect_timeout_ms: u64,
+    /// How long a client has to answer the greeting (its HandshakeResponse, TLS
+    /// negotiation included), in milliseconds; then the connection is closed, as the
+    /// server closes it past its `connect_timeout`. Default 10000, the server's
+    /// default: a client that never answers would hold one of
+    /// `max_client_connections` for ever.
+    pub handshake_timeout_ms: u64,
     /// The branch mode of sessions that did not choose one with `tandem_mode`: `"at"`
     /// (default) captures each write's images and keeps an undo log; `"xa"` runs a
     /// bound session's transaction as an XA branch.
@@ -63,6 +69,7 @@ impl Default for MysqlFrontend {
             max_client_connections: 10_000,
             max_message_bytes: 1 << 30,
             connect_timeout_ms: 5_000,
+            handshake_timeout_ms: 10_000,
             mode: super::BranchMode::At,
             xa_recovery_interval_ms: 10_000,
             xa_orphan_after_ms: 600_000,
@@ -78,6 +85,10 @@ impl MysqlFrontend {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 
@@ -131,6 +142,9 @@ pub(super) fn validate(
         }
         if my.connect_timeout_ms == 0 {
             problems.push(format!("{at}.connect_timeout_ms must be at least 1"));
+        }
+        if my.handshake_timeout_ms == 0 {
+            problems.push(format!("{at}.handshake_timeout_ms must be at least 1"));
         }
         if let Some(tls) = &my.tls {
             for (what, path) in [("cert", &tls.cert), ("key", &tls.key)] {

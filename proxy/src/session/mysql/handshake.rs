@@ -120,7 +120,14 @@ pub async fn open(
         .write_all(&greeting_packet)
         .await
         .map_err(Error::ClientIo)?;
-    let (client, from_client, header) = match client_hello(ctx, client).await {
+    let hello = tokio::time::timeout(ctx.config.handshake_timeout(), client_hello(ctx, client));
+    let Ok(hello) = hello.await else {
+        // As the server does past its connect_timeout: closed, with no answer (the
+        // client's connection is dropped with the unfinished read).
+        tracing::debug!("no HandshakeResponse in time: closed");
+        return Ok(Opening::Closed);
+    };
+    let (client, from_client, header) = match hello {
         Ok(Some(hello)) => hello,
         Ok(None) => return Ok(Opening::Closed),
         Err((mut client, seq, e)) => return Err(refuse(&mut client, seq, e).await),

@@ -366,3 +366,25 @@ async fn an_upstream_that_never_greets_or_is_down_gives_a_clear_error() {
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;
 }
+
+/// A client that takes the greeting and never answers it is closed once
+/// `handshake_timeout_ms` has passed, as the server closes one past its
+/// connect_timeout: it does not hold a client slot (and a backend) for ever.
+#[tokio::test]
+async fn a_client_that_never_answers_the_greeting_is_closed() {
+    let tandem = my::start_with(|c| c.mysql[0].handshake_timeout_ms = 500).await;
+    let addr = my::addr(&tandem);
+    let mut silent = RawMy::connect(addr).await;
+    let (seq, greeting) = silent.recv().await.expect("the greeting");
+    assert_eq!((seq, greeting[0]), (0, 10), "protocol 10");
+    let started = std::time::Instant::now();
+    let after = silent.recv_to_close().await;
+    assert!(after.is_empty(), "closed without an answer: {after:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+}
