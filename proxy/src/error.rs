@@ -349,6 +349,15 @@ impl Error {
             // out, forgotten): not 1105, and not a code retries loop on.
             Error::Lockserver(e) if e.transaction_is_over() => MyErr::XaRmFail,
             Error::Lockserver(e) if e.is_limit() => MyErr::LockTableFull,
+            // A call's argument the lockserver refuses (an xid, a timeout out of range).
+            Error::Lockserver(
+                tandem_lockserver::Error::InvalidArgument { .. }
+                | tandem_lockserver::Error::BadLockKey(_)
+                | tandem_lockserver::Error::Rpc {
+                    code: tonic::Code::InvalidArgument | tonic::Code::OutOfRange,
+                    ..
+                },
+            ) => MyErr::WrongArguments,
             // The session's binding is not in the state the call needs.
             Error::BranchPrepared { .. }
             | Error::NotBound
@@ -637,7 +646,7 @@ mod tests {
         }));
         let expected = [
             1043, 1153, 1043, 1047, 1043, 1235, 1053, 1053, 1158, 1158, 1158, 1158, 1043, 1040,
-            1053, 1105, 1105, 1399, 1399, 1399, 1568, 1210, 1243, 1243, 1210, 1153, 1156,
+            1053, 1105, 1210, 1399, 1399, 1399, 1568, 1210, 1243, 1243, 1210, 1153, 1156,
         ];
         let got: Vec<_> = variants.iter().map(|e| e.mysql_error().code()).collect();
         assert_eq!(got, expected);
@@ -678,6 +687,7 @@ mod tests {
         assert_eq!(forgotten.mysql_error().code(), 1399);
         let bad = Error::Lockserver(tandem_lockserver::Error::InvalidArgument { what: "w" });
         assert_eq!(bad.sqlstate().code(), "22023");
+        assert_eq!(bad.mysql_error().code(), 1210);
     }
 
     #[test]

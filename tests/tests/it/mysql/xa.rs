@@ -109,6 +109,13 @@ async fn control_functions_answer_over_mysql_and_a_reset_unbinds() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), 1210, "bad arguments: {e}");
+    // Arguments only the lockserver can judge are bad arguments too.
+    let mut unbound = my::connect(&tandem, &db.name).await;
+    for call in ["SELECT tandem_join('')", "SELECT tandem_begin(99999999999)"] {
+        let e = text(&mut unbound, call).await.unwrap_err();
+        assert_eq!(code(&e), 1210, "{call}: {e}");
+    }
+    drop(unbound);
     let e = text(&mut conn, "SELECT tandem_begin()").await.unwrap_err();
     assert_eq!(code(&e), 1399, "already bound: {e}");
     let mut other = my::connect(&tandem, &db.name).await;
