@@ -3619,3 +3619,42 @@ async fn an_upsert_assigning_the_key_its_inserted_value_is_captured_where_no_key
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// AT refuses an execute whose parameters came as long data (1235). Directly, that
+/// execute would have used the long data up: tandem resets the statement, so the next
+/// execute (once the session has left the global transaction) runs as it would.
+#[tokio::test]
+async fn a_refused_long_data_execute_leaves_no_long_data_behind() {
+    let db = prepare("at_long_data").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let mut raw = raw_session(&tandem, &db.name).await;
+    assert_eq!(
+        raw_query(&mut raw, "SELECT tandem_begin()").await.len(),
+        4,
+        "tandem_begin"
+    );
+    let statement = raw_prepare_balance_update(&mut raw).await;
+    let mut long_data = vec![0x18];
+    long_data.extend_from_slice(&statement.to_le_bytes());
+    long_data.extend_from_slice(&0u16.to_le_bytes());
+    long_data.extend_from_slice(b"5");
+    raw.send(&my::packet(0, &long_data)).await;
+    raw.send(&balance_update(statement, 5, 1)).await;
+    let reply = raw_reply(&mut raw).await;
+    assert_eq!(my::err_code(&reply[0].1), Some(1235), "{reply:?}");
+    raw_rolled_back(&mut raw).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    raw.send(&balance_update(statement, 7, 1)).await;
+    let reply = raw_reply(&mut raw).await;
+    assert_eq!(reply[0].1[0], 0x00, "the next execute runs: {reply:?}");
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(1007));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -214,6 +214,14 @@ impl Relay<'_> {
             });
         };
         if prepared.long_data {
+            // The server holds the long data for the execute that never comes: the
+            // next one would meet it (1210), where directly this one used it up.
+            if let Some(id) = id
+                && self.own().reset_statement(id).await?.is_ok()
+                && let Some(prepared) = self.prepared.get_mut(&id)
+            {
+                prepared.long_data = false;
+            }
             return self.refuse(Error::Unsupported {
                 what: "COM_STMT_SEND_LONG_DATA parameters, in AT mode",
             });

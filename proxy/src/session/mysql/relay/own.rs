@@ -210,6 +210,21 @@ impl Own<'_> {
         self.read_ok().await
     }
 
+    /// Resets the client's prepared statement `id` (COM_STMT_RESET): its long data is
+    /// dropped. Reads its one reply, OK or ERR.
+    pub async fn reset_statement(
+        &mut self,
+        id: u32,
+    ) -> Result<std::result::Result<OkPacket, OwnError>> {
+        let mut payload = [0u8; 5];
+        payload[0] = command::STMT_RESET;
+        payload[1..].copy_from_slice(&id.to_le_bytes());
+        let mut packet = BytesMut::new();
+        put_message(&mut packet, 0, &payload);
+        self.write(&packet).await?;
+        self.read_ok().await
+    }
+
     /// Reads a reply that must be one OK or ERR.
     async fn read_ok(&mut self) -> Result<std::result::Result<OkPacket, OwnError>> {
         let reply = self.read_payload().await?;

@@ -147,10 +147,17 @@ pub fn put_err(out: &mut BytesMut, seq: u8, code: u16, sqlstate: &[u8; 5], messa
     put_message(out, seq, &payload);
 }
 
+/// The status a packet of tandem's own carries: `status` without
+/// SERVER_SESSION_STATE_CHANGED, whose session-state data such a packet never has (a
+/// client reading the flag reads that data, past the packet's end).
+fn own_status(status: StatusFlags) -> StatusFlags {
+    status - StatusFlags::SERVER_SESSION_STATE_CHANGED
+}
+
 /// Appends an OK packet with sequence id `seq` and no rows affected.
 pub fn put_ok(out: &mut BytesMut, seq: u8, status: StatusFlags) {
     let mut payload = vec![reply::OK, 0, 0];
-    payload.extend_from_slice(&status.bits().to_le_bytes());
+    payload.extend_from_slice(&own_status(status).bits().to_le_bytes());
     payload.extend_from_slice(&0u16.to_le_bytes());
     put_message(out, seq, &payload);
 }
@@ -166,6 +173,7 @@ pub fn put_single_value(
     value: Option<&str>,
     status: StatusFlags,
 ) {
+    let status = own_status(status);
     let mut seq = 1;
     let mut next = |out: &mut BytesMut, payload: &[u8]| {
         put_message(out, seq, payload);
@@ -265,6 +273,38 @@ mod tests {
         assert_eq!(PrepareOk::decode(b"\x00\x07"), None);
         assert_eq!(column_count(b"\x03"), Some(3));
         assert_eq!(column_count(b""), None);
+    }
+
+    /// tandem's own packets carry no session-state data, so never the flag that
+    /// announces it, whatever status the server last reported.
+    #[test]
+    fn tandems_own_ok_and_result_end_never_announce_session_state() {
+        let tracked = StatusFlags::SERVER_SESSION_STATE_CHANGED;
+        let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT | tracked;
+        let mut ok = BytesMut::new();
+        put_ok(&mut ok, 1, status);
+        let h = Header::peek(&ok).unwrap();
+        assert_eq!(
+            ok_status(h.payload(&ok)),
+            Some(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+        );
+        for deprecate_eof in [false, true] {
+            let mut out = BytesMut::new();
+            put_single_value(&mut out, deprecate_eof, false, "c", Some("v"), status);
+            let mut rest = &out[..];
+            while let Some(h) = Header::peek(rest) {
+                let payload = h.payload(rest);
+                if payload[0] == reply::EOF {
+                    // An EOF's status, and an OK-style terminator's with no rows
+                    // affected and no insert id, are at the same offset.
+                    assert_eq!(
+                        eof_status(payload),
+                        Some(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+                    );
+                }
+                rest = &rest[h.wire_len()..];
+            }
+        }
     }
 
     #[test]
