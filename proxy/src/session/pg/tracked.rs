@@ -18,7 +18,7 @@ use super::follow_up::FollowUp;
 use crate::wire::pg::messages::extended::{Bind, Close, Parse, Target};
 use crate::wire::pg::reader::Truncated;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// A prepared statement as the client parsed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,11 +143,28 @@ pub fn backend_name(name: &[u8]) -> &[u8] {
     &name[..name.len().min(NAME_BYTES)]
 }
 
+/// The Parses of one name in flight.
+#[derive(Debug)]
+struct ParsesInFlight {
+    count: usize,
+    /// The latest one's statement (they leave the queue in order, the latest last).
+    latest: Statement,
+    /// `sync_points_sent` when the latest was sent: it belongs to the next batch.
+    latest_after_batch: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Tracked {
     statements: HashMap<Bytes, Statement>,
     portals: HashMap<Bytes, Portal>,
     outstanding: VecDeque<Outstanding>,
+    /// The Parses in `outstanding`, by name: what a Bind sent now binds, found without
+    /// walking the queue (a pipeline of thousands of Binds behind one Parse walked it
+    /// for each). Kept by `push_parse` and `forget`.
+    parses_in_flight: HashMap<Bytes, ParsesInFlight>,
+    /// The batch numbers of the SyncPoints in `outstanding` (kept by
+    /// `on_sync_point_request` and `forget`).
+    sync_points_queued: BTreeSet<u64>,
     /// The backend is in copy-in mode and the client has not ended it yet.
     copy_in: bool,
     /// Sync, Query and FunctionCall messages sent: the number of the batch under way.
@@ -176,15 +193,10 @@ impl Tracked {
     /// flight (the backend runs messages in order), or else the recorded one.
     pub fn statement_for_bind(&self, name: &[u8]) -> Option<&Statement> {
         let name = backend_name(name);
-        let in_flight = self.outstanding.iter().rev().find_map(|o| match o {
-            Outstanding::Parse {
-                name: parsed,
-                statement,
-                ..
-            } if parsed.as_ref() == name => Some(statement),
-            _ => None,
-        });
-        in_flight.or_else(|| self.statements.get(name))
+        self.parses_in_flight
+            .get(name)
+            .map(|parses| &parses.latest)
+            .or_else(|| self.statements.get(name))
     }
 
     /// Whether a Bind of `name` sent now may run another statement than
@@ -196,19 +208,15 @@ impl Tracked {
     /// is right: if it does not take effect, the Bind is skipped with it.
     pub fn bind_statement_uncertain(&self, name: &[u8]) -> bool {
         let name = backend_name(name);
-        let mut definitions = usize::from(self.statements.contains_key(name));
-        let mut parse_in_an_earlier_batch = false;
-        for o in &self.outstanding {
-            match o {
-                Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name => {
-                    definitions += 1;
-                    parse_in_an_earlier_batch = false;
-                }
-                Outstanding::SyncPoint { .. } => parse_in_an_earlier_batch = definitions > 0,
-                _ => {}
-            }
-        }
-        parse_in_an_earlier_batch && definitions > 1
+        let Some(parses) = self.parses_in_flight.get(name) else {
+            return false;
+        };
+        let definitions = usize::from(self.statements.contains_key(name)) + parses.count;
+        let sync_point_after_it = self
+            .sync_points_queued
+            .last()
+            .is_some_and(|&batch| batch > parses.latest_after_batch);
+        sync_point_after_it && definitions > 1
     }
 
     /// Remembers the types the server inferred for the recorded statement `name` (not
@@ -246,18 +254,59 @@ impl Tracked {
 
     pub fn on_parse(&mut self, body: &[u8]) -> Result<(), Truncated> {
         let parse = Parse::decode(body)?;
+        let name = Bytes::copy_from_slice(backend_name(parse.name));
+        let statement = Statement {
+            sql: Bytes::copy_from_slice(parse.sql),
+            param_types: parse.param_types,
+            inferred: None,
+            known_in_epoch: 0,
+            stand_in: None,
+        };
+        let after_batch = self.sync_points_sent;
+        self.parses_in_flight
+            .entry(name.clone())
+            .and_modify(|parses| {
+                parses.count += 1;
+                parses.latest = statement.clone();
+                parses.latest_after_batch = after_batch;
+            })
+            .or_insert_with(|| ParsesInFlight {
+                count: 1,
+                latest: statement.clone(),
+                latest_after_batch: after_batch,
+            });
         self.outstanding.push_back(Outstanding::Parse {
-            name: Bytes::copy_from_slice(backend_name(parse.name)),
-            statement: Statement {
-                sql: Bytes::copy_from_slice(parse.sql),
-                param_types: parse.param_types,
-                inferred: None,
-                known_in_epoch: 0,
-                stand_in: None,
-            },
+            name,
+            statement,
             refused: None,
         });
         Ok(())
+    }
+
+    /// Takes the request at the head of the queue.
+    fn pop_front(&mut self) -> Option<Outstanding> {
+        let popped = self.outstanding.pop_front()?;
+        self.forget(&popped);
+        Some(popped)
+    }
+
+    /// Keeps `parses_in_flight` and `sync_points_queued` in step with a request that
+    /// left the queue.
+    fn forget(&mut self, left: &Outstanding) {
+        match left {
+            Outstanding::Parse { name, .. } => {
+                if let Some(parses) = self.parses_in_flight.get_mut(name) {
+                    parses.count -= 1;
+                    if parses.count == 0 {
+                        self.parses_in_flight.remove(name);
+                    }
+                }
+            }
+            Outstanding::SyncPoint { batch, .. } => {
+                self.sync_points_queued.remove(batch);
+            }
+            _ => {}
+        }
     }
 
     /// A statement tandem created on the backend itself for the client (the client's
@@ -429,7 +478,11 @@ impl Tracked {
         if !done(&self.outstanding[at]) {
             return None;
         }
-        self.outstanding.drain(..=at).last()
+        let mut last = None;
+        for _ in 0..=at {
+            last = self.pop_front();
+        }
+        last
     }
 
     /// The reply of a Parse, Bind or Close arrived: Executes and Describes ahead of it
@@ -441,7 +494,7 @@ impl Tracked {
             self.outstanding.front(),
             Some(Outstanding::Execute { .. } | Outstanding::Describe | Outstanding::CopyEnd)
         ) {
-            self.outstanding.pop_front();
+            self.pop_front();
         }
     }
 
@@ -452,6 +505,7 @@ impl Tracked {
             return false;
         }
         self.sync_points_sent += 1;
+        self.sync_points_queued.insert(self.sync_points_sent);
         self.outstanding.push_back(Outstanding::SyncPoint {
             kind,
             batch: self.sync_points_sent,
@@ -518,6 +572,7 @@ impl Tracked {
     pub fn on_copy_in_response(&mut self) -> u32 {
         let mut ignored = 0;
         let mut ended = false;
+        let queued = &mut self.sync_points_queued;
         self.outstanding.retain(|o| {
             if ended {
                 return true;
@@ -525,8 +580,10 @@ impl Tracked {
             match o {
                 Outstanding::SyncPoint {
                     kind: SyncKind::Sync,
+                    batch,
                     ..
                 } => {
+                    queued.remove(batch);
                     ignored += 1;
                     false
                 }
@@ -545,7 +602,14 @@ impl Tracked {
     /// Parse body) in its stead.
     pub fn stand_in_last(&mut self, stand_in: &[u8]) -> Result<(), Truncated> {
         let stand_in = Bytes::copy_from_slice(Parse::decode(stand_in)?.sql);
-        if let Some(Outstanding::Parse { statement, .. }) = self.outstanding.back_mut() {
+        if let Some(Outstanding::Parse {
+            name, statement, ..
+        }) = self.outstanding.back_mut()
+        {
+            // The latest Parse of its name: what a Bind of it now finds.
+            if let Some(parses) = self.parses_in_flight.get_mut(name) {
+                parses.latest.stand_in = Some(stand_in.clone());
+            }
             statement.stand_in = Some(stand_in);
         }
         Ok(())
@@ -570,7 +634,7 @@ impl Tracked {
             })
             | Some(Outstanding::Bind {
                 refused: Some(_), ..
-            }) => match self.outstanding.pop_front() {
+            }) => match self.pop_front() {
                 Some(Outstanding::Parse { refused, .. })
                 | Some(Outstanding::Bind { refused, .. }) => refused,
                 _ => None,
@@ -618,6 +682,7 @@ impl Tracked {
 
     fn skip_to_sync(&mut self) -> SkippedToSync {
         let mut skipped = SkippedToSync::default();
+        let queued = &mut self.sync_points_queued;
         self.outstanding.retain(|o| match o {
             _ if skipped.sync_queued => true,
             Outstanding::SyncPoint {
@@ -627,7 +692,8 @@ impl Tracked {
                 skipped.sync_queued = true;
                 true
             }
-            Outstanding::SyncPoint { .. } => {
+            Outstanding::SyncPoint { batch, .. } => {
+                queued.remove(batch);
                 skipped.sync_points += 1;
                 false
             }
@@ -640,7 +706,7 @@ impl Tracked {
 
     pub fn on_parse_complete(&mut self) -> Result<(), OutOfOrder> {
         self.drop_answered_ahead();
-        match self.outstanding.pop_front() {
+        match self.pop_front() {
             Some(Outstanding::Parse {
                 name,
                 mut statement,
@@ -658,7 +724,7 @@ impl Tracked {
 
     pub fn on_bind_complete(&mut self) -> Result<(), OutOfOrder> {
         self.drop_answered_ahead();
-        match self.outstanding.pop_front() {
+        match self.pop_front() {
             Some(Outstanding::Bind { name, portal, .. }) => {
                 self.portals.insert(name, portal);
                 Ok(())
@@ -669,7 +735,7 @@ impl Tracked {
 
     pub fn on_close_complete(&mut self) -> Result<(), OutOfOrder> {
         self.drop_answered_ahead();
-        match self.outstanding.pop_front() {
+        match self.pop_front() {
             Some(Outstanding::Close { target, name }) => {
                 match target {
                     Target::Statement => {
@@ -689,7 +755,7 @@ impl Tracked {
     /// answered were skipped after an error. Portals do not outlive their transaction.
     pub fn on_ready_for_query(&mut self, transaction_ended: bool) -> Result<(), OutOfOrder> {
         let answered = loop {
-            match self.outstanding.pop_front() {
+            match self.pop_front() {
                 Some(Outstanding::SyncPoint { kind, batch, .. }) => {
                     self.last_batch_answered = batch;
                     break kind;
@@ -705,7 +771,7 @@ impl Tracked {
         while answered == SyncKind::Query
             && matches!(self.outstanding.front(), Some(Outstanding::CopyEnd))
         {
-            self.outstanding.pop_front();
+            self.pop_front();
         }
         if answered == SyncKind::Query {
             // PostgreSQL runs a simple Query as if in the unnamed statement and portal,
@@ -772,9 +838,7 @@ impl Tracked {
 
     /// Whether a Parse of `name` (as the backend keeps it) awaits its reply.
     fn parse_in_flight(&self, name: &[u8]) -> bool {
-        self.outstanding.iter().any(
-            |o| matches!(o, Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name),
-        )
+        self.parses_in_flight.contains_key(name)
     }
 
     /// Whether the recorded statement `name` (none of that name in flight) may have
@@ -1132,6 +1196,113 @@ mod tests {
             b"insert into h values ($1)"
         );
         assert!(t.statement_for_bind(b"other").is_none());
+    }
+
+    /// What `statement_for_bind` and `bind_statement_uncertain` answer, worked out by
+    /// walking the whole queue as they once did.
+    fn walked(t: &Tracked, name: &[u8]) -> (Option<Bytes>, bool) {
+        let in_flight = t.outstanding.iter().rev().find_map(|o| match o {
+            Outstanding::Parse {
+                name: parsed,
+                statement,
+                ..
+            } if parsed.as_ref() == name => Some(statement),
+            _ => None,
+        });
+        let statement = in_flight
+            .or_else(|| t.statements.get(name))
+            .map(|s| s.sql.clone());
+        let mut definitions = usize::from(t.statements.contains_key(name));
+        let mut parse_in_an_earlier_batch = false;
+        for o in &t.outstanding {
+            match o {
+                Outstanding::Parse { name: parsed, .. } if parsed.as_ref() == name => {
+                    definitions += 1;
+                    parse_in_an_earlier_batch = false;
+                }
+                Outstanding::SyncPoint { .. } => parse_in_an_earlier_batch = definitions > 0,
+                _ => {}
+            }
+        }
+        (statement, parse_in_an_earlier_batch && definitions > 1)
+    }
+
+    /// Requests and replies in a random interleaving (replies in request order, some
+    /// Parses failing): the indexed answers always equal the walked ones.
+    #[test]
+    fn binds_find_their_statement_as_a_walk_of_the_queue_would() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["", "a", "b"];
+        for _ in 0..200 {
+            let mut t = Tracked::default();
+            let mut failed = false;
+            for step in 0..300 {
+                let name = names[next(3) as usize];
+                match next(10) {
+                    0..=1 => t
+                        .on_parse(&parse_body(name, &format!("select {step}")))
+                        .unwrap(),
+                    2..=3 => t.on_bind(&bind_body("", name, b"1"), None).unwrap(),
+                    4 => t.on_execute(b"\0\0\0\0\0"),
+                    5 => {
+                        t.on_sync_point_request(if next(4) == 0 {
+                            SyncKind::Query
+                        } else {
+                            SyncKind::Sync
+                        });
+                    }
+                    _ => match t.outstanding.front() {
+                        Some(Outstanding::Parse { .. }) if !failed && next(8) == 0 => {
+                            t.on_error_response();
+                            failed = true;
+                        }
+                        Some(Outstanding::Parse { .. }) if !failed => {
+                            t.on_parse_complete().unwrap()
+                        }
+                        Some(Outstanding::Bind { .. }) if !failed => t.on_bind_complete().unwrap(),
+                        Some(Outstanding::Execute { .. }) if !failed => {
+                            t.on_execute_done();
+                        }
+                        Some(Outstanding::SyncPoint { .. }) => {
+                            t.on_ready_for_query(next(2) == 0).unwrap();
+                            failed = false;
+                        }
+                        Some(_)
+                            if failed
+                                && t.outstanding
+                                    .iter()
+                                    .any(|o| matches!(o, Outstanding::SyncPoint { .. })) =>
+                        {
+                            // Skipped up to the Sync: its ReadyForQuery comes next.
+                            t.on_ready_for_query(false).unwrap();
+                            failed = false;
+                        }
+                        _ => {}
+                    },
+                }
+                for name in names {
+                    let indexed = (
+                        t.statement_for_bind(name.as_bytes()).map(|s| s.sql.clone()),
+                        t.bind_statement_uncertain(name.as_bytes()),
+                    );
+                    assert_eq!(
+                        indexed,
+                        walked(&t, name.as_bytes()),
+                        "step {step}, {name:?}"
+                    );
+                    assert_eq!(
+                        t.parse_in_flight(name.as_bytes()),
+                        t.outstanding.iter().any(|o| matches!(o, Outstanding::Parse { name: n, .. } if n.as_ref() == name.as_bytes()))
+                    );
+                }
+            }
+        }
     }
 
     #[test]
