@@ -859,3 +859,72 @@ async fn row_count_after_a_checked_write_counts_the_write() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// Under READ COMMITTED a locking read takes no gap locks: a row that begins to match
+/// behind the check's scan (here a global transaction's new row, inserted while the
+/// check waited on another row's lock) is not checked, and the write that follows
+/// would change it. Inside the client's transaction, as in autocommit, a write that
+/// changed more rows than were checked is undone and checked again: the held row is
+/// met (1205), and the holder's rollback is exact.
+#[tokio::test]
+async fn a_row_that_begins_to_match_after_the_check_is_checked_inside_a_transaction_too() {
+    let db = prepare("my_outside_phantom").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop("INSERT INTO accounts VALUES (10, 1000, 'x'), (20, 1000, 'y'), (30, 1000, 'z')")
+        .await
+        .unwrap();
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+    // Row 1 held (and out of the write's predicate): the table holds global locks.
+    let mut a = in_global_transaction(
+        &global,
+        &db,
+        "UPDATE accounts SET balance = 10 WHERE id = 1",
+    )
+    .await;
+    // Row 30 locked by a local transaction: the check's scan stops there and waits.
+    let mut blocker = db.direct().await;
+    blocker.query_drop("BEGIN").await.unwrap();
+    blocker
+        .query_drop("SELECT * FROM accounts WHERE id = 30 FOR UPDATE")
+        .await
+        .unwrap();
+    let mut b = my::connect(&outside, &db.name).await;
+    b.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .unwrap();
+    b.query_drop("BEGIN").await.unwrap();
+    let write = tokio::spawn(async move {
+        let r = b
+            .query_drop("UPDATE accounts SET balance = balance + 1 WHERE balance >= 1000")
+            .await;
+        (r, b)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "the check waits for row 30");
+    // Behind the check's scan, the global transaction inserts a row that matches.
+    a.query_drop("INSERT INTO accounts VALUES (15, 2000, 'new')")
+        .await
+        .unwrap();
+    blocker.query_drop("COMMIT").await.unwrap();
+    let (r, mut b) = write.await.unwrap();
+    let e = r.expect_err("row 15 is held by the global transaction");
+    assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    b.query_drop("COMMIT").await.unwrap();
+    assert_eq!(
+        direct
+            .query_first::<i64, _>("SELECT balance FROM accounts WHERE id = 15")
+            .await
+            .unwrap(),
+        Some(2000),
+        "the held row is as the global transaction left it"
+    );
+    rolled_back(&mut a).await;
+    assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
+    drop(b);
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}

@@ -11,10 +11,12 @@
 //! locked (`SELECT … FOR UPDATE` with the write's own predicate, or the rows an upsert
 //! collides with) and their keys asked of the lockserver. A held row makes the write
 //! wait (`lockserver.outside_writes = "wait"`, up to `lock_wait_ms`) or fail with 1205.
-//! Inside the client's transaction the write then runs as sent, its rows still locked.
-//! An autocommit write runs in a transaction tandem opens around the check, and commits
-//! after it; if it changed more rows than were checked (a row that began to match under
-//! READ COMMITTED), it is rolled back and checked again.
+//! Inside the client's transaction the write then runs after a savepoint of tandem's,
+//! its rows still locked; an autocommit write runs in a transaction tandem opens around
+//! the check, and commits after it. Either way, if it changed more rows than were
+//! checked (a row that began to match behind the check's scan, under READ COMMITTED,
+//! which takes no gap locks), it is undone (to the savepoint, or rolled back) and
+//! checked again.
 //!
 //! A plain INSERT (or INSERT IGNORE, or an upsert or REPLACE that gives its keys) has
 //! no rows to lock before it runs, but it may recreate a row a global transaction
@@ -304,7 +306,7 @@ impl Relay<'_> {
         let deadline = Instant::now() + self.ctx.lock_wait;
         if in_transaction(status) {
             return self
-                .check_in_transaction(&table, &capture.sql, &params, deadline)
+                .run_checked_in_transaction(&table, write, &capture.sql, &params, source, deadline)
                 .await;
         }
         if write.has_returning {
@@ -316,32 +318,113 @@ impl Relay<'_> {
             .await
     }
 
-    /// Inside the client's transaction: the rows stay locked (in that transaction)
-    /// while the write waits for their holder; then it runs as sent.
+    /// Inside the client's transaction: checked, then run after a savepoint of
+    /// tandem's, so that a write that changed more rows than were checked (a row that
+    /// began to match behind the check's scan, under READ COMMITTED) is undone alone
+    /// and checked again. With RETURNING (whose result set tandem cannot answer) it
+    /// runs as sent once checked.
+    async fn run_checked_in_transaction(
+        &mut self,
+        table: &AtTable,
+        write: &Write,
+        sql: &str,
+        params: &[crate::wire::mysql::messages::statement::Param<'_>],
+        source: &Source<'_>,
+        deadline: Instant,
+    ) -> Result<Option<Handled>> {
+        loop {
+            let checked = match self
+                .check_in_transaction(table, sql, params, deadline)
+                .await?
+            {
+                Ok(checked) => checked,
+                Err(refused) => return Ok(Some(refused)),
+            };
+            if write.has_returning {
+                return Ok(None);
+            }
+            if let Err(e) = self.own().query("SAVEPOINT tandem_guard").await? {
+                self.put_failure(&AtFailure::Server(e));
+                return Ok(Some(Handled::Answer));
+            }
+            let around = self.around_write(None, source, None).await?;
+            let mut ok = match around.write {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // The server undid the statement; a deadlock took the savepoint
+                    // with the transaction, and then the release fails, harmlessly.
+                    let _ = self.own().query("RELEASE SAVEPOINT tandem_guard").await?;
+                    self.put_failure(&AtFailure::Server(e));
+                    return Ok(Some(Handled::Answer));
+                }
+            };
+            let changed = match write.kind {
+                WriteKind::Update => ok.rows_matched().unwrap_or(ok.affected_rows),
+                WriteKind::Delete => ok.affected_rows,
+                // See `run_checked_autocommit`.
+                WriteKind::Insert => 0,
+            };
+            if changed > checked {
+                // A row began to match after the check: it was not checked. Its lock
+                // stays with the transaction (InnoDB keeps locks past a rollback to a
+                // savepoint), and the next check reads it.
+                let _ = self
+                    .own()
+                    .query("ROLLBACK TO SAVEPOINT tandem_guard")
+                    .await?;
+                let _ = self.own().query("RELEASE SAVEPOINT tandem_guard").await?;
+                if Instant::now() < deadline {
+                    continue;
+                }
+                let e = Error::Uncaptured {
+                    table: table.meta.table.name.clone(),
+                };
+                self.put_error(&e);
+                return Ok(Some(Handled::Answer));
+            }
+            match self.own().query("RELEASE SAVEPOINT tandem_guard").await? {
+                Ok(released) => {
+                    ok.take_status_of(released.status);
+                    self.exchange.on_authenticated(released.status);
+                }
+                // Gone with a transaction a deadlock ended: the write's own status says
+                // where the session stands.
+                Err(_) => self.exchange.on_authenticated(ok.status),
+            }
+            // tandem's RELEASE set ROW_COUNT() anew.
+            self.row_count_after_write = Some(ok.affected_rows);
+            ok.put(&mut self.to_client, 1);
+            return Ok(Some(Handled::Answer));
+        }
+    }
+
+    /// Locks the rows a write in the client's transaction would change (they stay
+    /// locked there while it waits for their holder) and checks them; how many it
+    /// found, or the refusal the client got.
     async fn check_in_transaction(
         &mut self,
         table: &AtTable,
         sql: &str,
         params: &[crate::wire::mysql::messages::statement::Param<'_>],
         deadline: Instant,
-    ) -> Result<Option<Handled>> {
-        let keys = match self.own_select(sql, params).await? {
-            Ok(rows) => self.keys_of(table, &rows).await,
+    ) -> Result<std::result::Result<u64, Handled>> {
+        let (found, keys) = match self.own_select(sql, params).await? {
+            Ok(rows) => (rows.len() as u64, self.keys_of(table, &rows).await),
             Err(e) => {
                 // The write would fail the same way (a deadlock has ended the
                 // transaction: running it would start afresh in autocommit).
                 self.put_failure(&AtFailure::Server(e));
-                return Ok(Some(Handled::Answer));
+                return Ok(Err(Handled::Answer));
             }
         };
         loop {
             let Check::Held(holder, rolling_back) = self.check(&keys).await else {
-                return Ok(None);
+                return Ok(Ok(found));
             };
             // A holder rolling back needs the rows this transaction holds locked: its
             // undo would wait until this wait gave up.
             if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline || rolling_back {
-                return Ok(Some(self.refuse_held(table, &holder, rolling_back)));
+                return Ok(Err(self.refuse_held(table, &holder, rolling_back)));
             }
             tokio::time::sleep(RECHECK).await;
         }
@@ -367,8 +450,8 @@ impl Relay<'_> {
                 self.put_failure(&AtFailure::Server(e));
                 return Ok(Some(Handled::Answer));
             }
-            let keys = match self.own_select(sql, params).await? {
-                Ok(rows) => self.keys_of(table, &rows).await,
+            let (found, keys) = match self.own_select(sql, params).await? {
+                Ok(rows) => (rows.len() as u64, self.keys_of(table, &rows).await),
                 Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
             };
             if let Check::Held(holder, _) = self.check(&keys).await {
@@ -392,7 +475,7 @@ impl Relay<'_> {
                 // key): it tells nothing of rows it was not checked for.
                 WriteKind::Insert => 0,
             };
-            if changed > keys.len() as u64 {
+            if changed > found {
                 // A row began to match after the check: it was not checked.
                 self.own_rollback().await?;
                 if Instant::now() < deadline {
