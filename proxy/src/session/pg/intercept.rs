@@ -172,13 +172,38 @@ pub(super) enum Intercepted {
 }
 
 /// The statement that makes the backend report a refused control statement with its
-/// SQLSTATE, in order with every other reply.
+/// SQLSTATE, in order with every other reply. Its error names the schema
+/// [`REFUSAL_SCHEMA`], by which the relay knows it for tandem's and sends it on without
+/// the PL/pgSQL context the DO block adds (`own_refusal`).
 pub(super) fn error_sql(sqlstate: &str, message: &str) -> String {
     let message = message.replace("$tandem$", "");
     format!(
-        "DO $tandem$ BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {}; END $tandem$",
+        "DO $tandem$ BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = {}, SCHEMA = chr(1) || 'tandem'; END $tandem$",
         quote_literal(&message)
     )
+}
+
+/// The schema the errors of `error_sql` name: no client's error names it (a control
+/// character first).
+pub(super) const REFUSAL_SCHEMA: &str = "\u{1}tandem";
+
+/// An error of tandem's `error_sql`, as the client gets it: its code and message alone,
+/// as if tandem had answered it itself (not the DO block's context, nor where in the
+/// server's source RAISE is).
+pub(super) fn own_refusal(
+    fields: &crate::wire::pg::messages::response::ErrorFields,
+) -> Option<BytesMut> {
+    if fields.schema != REFUSAL_SCHEMA {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    crate::wire::pg::messages::response::put_error(
+        &mut out,
+        crate::wire::pg::messages::response::Severity::Error,
+        &fields.code,
+        &fields.message,
+    );
+    Some(out)
 }
 
 /// `DISCARD ALL` and `RESET ALL`: what connection pools send when they hand a

@@ -369,6 +369,9 @@ impl Relay<'_> {
                 if let Some((_, failed)) = &mut self.commit_in_flight {
                     *failed = true;
                 }
+                if let Some(refusal) = super::intercept::own_refusal(&fields) {
+                    return Ok(Relayed::Rewritten(refusal));
+                }
             }
             backend::PARAMETER_STATUS => self.note_parameter_status(body)?,
             backend::COPY_IN_RESPONSE => {

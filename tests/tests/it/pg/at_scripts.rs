@@ -235,3 +235,46 @@ async fn settings_a_script_changes_and_reverts_are_reported_in_the_order_they_ha
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// tandem refuses a statement by having the backend raise its error (so the block fails
+/// in order with every other reply), from a DO block; the client gets the code and the
+/// message alone, as from any refusal, not the DO block's PL/pgSQL context. A client's
+/// own DO block keeps its context.
+#[tokio::test]
+async fn a_refusal_carries_no_context_of_the_do_block_that_raised_it() {
+    use tandem_tests::raw_pg::RawPg;
+    let db = prepare("refusal_fields").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.query("SELECT tandem_begin()").await;
+    raw.recv_until(b'Z').await;
+    raw.query("TRUNCATE accounts").await;
+    let replies = raw.recv_until(b'Z').await;
+    let refusal = replies.iter().find(|m| m.tag == b'E').expect("a refusal");
+    assert_eq!(refusal.sqlstate().as_deref(), Some("0A000"), "{refusal:?}");
+    for field in [b'W', b'F', b'L', b'R', b's'] {
+        assert_eq!(
+            refusal.field(field),
+            None,
+            "field {}: {refusal:?}",
+            field as char
+        );
+    }
+    raw.query("SELECT tandem_rollback()").await;
+    raw.recv_until(b'Z').await;
+    raw.query("DO $$ BEGIN RAISE EXCEPTION 'mine'; END $$")
+        .await;
+    let replies = raw.recv_until(b'Z').await;
+    let own = replies
+        .iter()
+        .find(|m| m.tag == b'E')
+        .expect("the client's error");
+    assert!(
+        own.field(b'W').is_some_and(|w| w.contains("PL/pgSQL")),
+        "{own:?}"
+    );
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

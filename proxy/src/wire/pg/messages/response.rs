@@ -46,6 +46,8 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    /// The schema the error names ('s'), if any.
+    pub schema: String,
 }
 
 impl ErrorFields {
@@ -64,6 +66,7 @@ impl ErrorFields {
                 b'S' if fields.severity.is_empty() => fields.severity = value,
                 b'C' => fields.code = value,
                 b'M' => fields.message = value,
+                b's' => fields.schema = value,
                 _ => {}
             }
         }
