@@ -146,10 +146,11 @@ pub enum Error {
         /// What was corrupt.
         what: &'static str,
     },
-    /// The embedded store's log is damaged before records that were written after it:
-    /// truncating it there, as after a torn append, would lose acknowledged decisions.
+    /// The embedded store's log is damaged where no crash could have torn it (before
+    /// the end of its snapshot, or of a batch written after the damage): truncating it
+    /// there, as after a torn append, would lose acknowledged decisions.
     #[error(
-        "{path} is damaged at byte {damaged_at}, and a batch of records written after the damage begins at byte {later_batch_at}: refusing to start rather than drop acknowledged decisions (restore the file; to accept losing everything from the damage on, truncate it: truncate -s {damaged_at} {path})",
+        "{path} is damaged at byte {damaged_at}, before records written whole (their end frame is at byte {proof_at}): refusing to start rather than drop acknowledged decisions (restore the file; to accept losing everything from the damage on, truncate it: truncate -s {damaged_at} {path})",
         path = path.display()
     )]
     DamagedLog {
@@ -157,8 +158,8 @@ pub enum Error {
         path: PathBuf,
         /// Where its first damaged frame begins.
         damaged_at: u64,
-        /// Where a later, complete batch begins.
-        later_batch_at: u64,
+        /// Where the end frame of a snapshot or a later batch, written whole, lies.
+        proof_at: u64,
     },
     /// Redis failed.
     #[error("redis: {0}")]

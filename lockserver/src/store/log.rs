@@ -16,7 +16,10 @@
 //! be in the last batch, as the next batch is written only once this one is on disk.
 //! So a valid batch-end frame past the damage, of a batch that began past it, proves
 //! the damage is no torn append, and that cutting there would drop acknowledged
-//! records: recovery refuses instead (`Error::DamagedLog`).
+//! records: recovery refuses instead (`Error::DamagedLog`). A generation's snapshot is
+//! written whole before the file is renamed into place, and ends with a snapshot-end
+//! frame (a 1 byte, then the snapshot's length): any damage before it is no torn
+//! append either.
 //!
 //! A log file is zero-filled ahead of its frames (`PREALLOCATE` at a time), and
 //! appends overwrite that space. An `fdatasync` of blocks that already exist in the
@@ -40,7 +43,10 @@ pub const MAX_RECORD_BYTES: usize = 64 << 20;
 const HEADER: usize = 8;
 /// First payload byte of a batch-end frame (records are JSON objects).
 const BATCH_END: u8 = 0;
-const BATCH_END_LEN: usize = 9;
+/// First payload byte of a snapshot-end frame.
+const SNAPSHOT_END: u8 = 1;
+/// Both end frames: that byte, then an offset or a length (u64 LE).
+const END_FRAME_LEN: usize = 9;
 /// Zero-filled space a log file keeps ahead of its frames.
 const PREALLOCATE: u64 = 4 << 20;
 /// A batch with at least this many appends means the server is loaded: the
@@ -83,17 +89,29 @@ pub fn frame_in_place<E>(
     Ok(())
 }
 
-/// Appends the frame that ends a batch which began at file offset `batch_at`.
-fn batch_end(buf: &mut Vec<u8>, batch_at: u64) {
-    let mut payload = [BATCH_END; BATCH_END_LEN];
-    payload[1..].copy_from_slice(&batch_at.to_le_bytes());
+/// Appends an end frame of `kind` ([`BATCH_END`], [`SNAPSHOT_END`]) carrying `offset`.
+fn end_frame(buf: &mut Vec<u8>, kind: u8, offset: u64) {
+    let mut payload = [kind; END_FRAME_LEN];
+    payload[1..].copy_from_slice(&offset.to_le_bytes());
     frame(buf, &payload);
 }
 
-/// Where the batch that `payload` ends began, if it is a batch-end frame's.
-fn batch_start(payload: &[u8]) -> Option<u64> {
-    match payload {
-        [BATCH_END, offset @ ..] => Some(u64::from_le_bytes(offset.try_into().ok()?)),
+/// A batch-end or snapshot-end frame's payload.
+#[derive(Debug, PartialEq, Eq)]
+enum EndFrame {
+    /// The batch began at this offset.
+    Batch(u64),
+    /// The snapshot (from offset 0) is this long.
+    Snapshot(u64),
+}
+
+/// What end frame `payload` is, if it is one (not a record).
+fn end_frame_of(payload: &[u8]) -> Option<EndFrame> {
+    let (&kind, offset) = payload.split_first()?;
+    let offset = u64::from_le_bytes(offset.try_into().ok()?);
+    match kind {
+        BATCH_END => Some(EndFrame::Batch(offset)),
+        SNAPSHOT_END => Some(EndFrame::Snapshot(offset)),
         _ => None,
     }
 }
@@ -117,7 +135,7 @@ pub fn parse_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(payload) = frame_at(data, at) {
-        if batch_start(payload).is_none() {
+        if end_frame_of(payload).is_none() {
             out.push(payload);
         }
         at += HEADER + payload.len();
@@ -125,17 +143,20 @@ pub fn parse_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
     (out, at)
 }
 
-/// Where a batch begins that was written whole after the damage at `damaged_at`, as
-/// a valid batch-end frame further on says (see the module comment).
-fn batch_begun_after(data: &[u8], damaged_at: usize) -> Option<u64> {
+/// Where a valid end frame lies that proves the damage at `damaged_at` no torn append
+/// (see the module comment): one of a batch that began past the damage, or of the
+/// snapshot, which is never torn.
+fn written_whole_after(data: &[u8], damaged_at: usize) -> Option<u64> {
     let mut at = damaged_at + 1;
     while at + HEADER <= data.len() {
         match frame_at(data, at) {
             Some(payload) => {
-                if let Some(begun) = batch_start(payload)
-                    && begun > damaged_at as u64
-                {
-                    return Some(begun);
+                match end_frame_of(payload) {
+                    Some(EndFrame::Batch(begun)) if begun > damaged_at as u64 => {
+                        return Some(at as u64);
+                    }
+                    Some(EndFrame::Snapshot(_)) => return Some(at as u64),
+                    _ => {}
                 }
                 at += HEADER + payload.len();
             }
@@ -177,11 +198,11 @@ pub fn recover_file(path: &Path) -> Result<Vec<Vec<u8>>> {
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(Error::io("read", path))?;
     let (frames, clean) = parse_frames(&data);
-    if let Some(later_batch_at) = batch_begun_after(&data, clean) {
+    if let Some(proof_at) = written_whole_after(&data, clean) {
         return Err(Error::DamagedLog {
             path: path.to_path_buf(),
             damaged_at: clean as u64,
-            later_batch_at,
+            proof_at,
         });
     }
     let out = frames.into_iter().map(<[u8]>::to_vec).collect();
@@ -206,17 +227,23 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::io("fsync directory", dir))
 }
 
-/// Writes `frames` as generation `g` atomically (tmp file, fsync, rename, fsync dir),
-/// with zero-filled space after them for the appends to come.
+/// Writes `frames` (a snapshot) as generation `g` atomically (tmp file, fsync,
+/// rename, fsync dir), ended by its snapshot-end frame, with zero-filled space after
+/// them for the appends to come.
 pub fn write_generation(dir: &Path, g: u64, frames: &[u8]) -> Result<LogFile> {
     let tmp = dir.join(format!("log.tmp.{g}"));
     let path = log_path(dir, g);
     let mut f = File::create(&tmp).map_err(Error::io("create", &tmp))?;
-    f.write_all(frames).map_err(Error::io("write", &tmp))?;
+    let mut end = Vec::with_capacity(HEADER + END_FRAME_LEN);
+    end_frame(&mut end, SNAPSHOT_END, frames.len() as u64);
+    f.write_all(frames)
+        .and_then(|()| f.write_all(&end))
+        .map_err(Error::io("write", &tmp))?;
+    let written = (frames.len() + end.len()) as u64;
     let mut log = LogFile {
         file: f,
-        end: frames.len() as u64,
-        allocated: frames.len() as u64,
+        end: written,
+        allocated: written,
     };
     // Synced by `preallocate` (frames and zeros alike) before the rename publishes it.
     log.preallocate(PREALLOCATE)
@@ -580,7 +607,7 @@ fn write_batch(
         return waiters;
     }
     if !bytes.is_empty() {
-        batch_end(bytes, file.end);
+        end_frame(bytes, BATCH_END, file.end);
     }
     let failed = m.lock().unwrap_or_else(|p| p.into_inner()).failed.clone();
     let res = match failed {
@@ -762,8 +789,8 @@ mod tests {
         let path = log_path(dir.path(), 1);
         assert_eq!(
             fs::metadata(&path).unwrap().len(),
-            snap.len() as u64 + PREALLOCATE,
-            "zeros follow the snapshot"
+            (snap.len() + HEADER + END_FRAME_LEN) as u64 + PREALLOCATE,
+            "zeros follow the snapshot and its end frame"
         );
         let w = Writer::start(dir.path().to_path_buf(), 1, file, snap.len() as u64);
         let small: Vec<Vec<u8>> = (0..50)
@@ -817,7 +844,8 @@ mod tests {
             for p in &payloads {
                 frame(&mut framed, p);
             }
-            begins.push(w.shared.0.lock().unwrap().file_bytes);
+            // The file begins with the (empty) snapshot's end frame.
+            begins.push(w.shared.0.lock().unwrap().file_bytes + (HEADER + END_FRAME_LEN) as u64);
             w.append(&framed).unwrap().await.unwrap().unwrap();
             batches.push(payloads);
         }
@@ -838,15 +866,46 @@ mod tests {
         match recover_file(&path) {
             Err(Error::DamagedLog {
                 damaged_at,
-                later_batch_at,
+                proof_at,
                 ..
             }) => {
                 assert!(damaged_at > begins[0] && damaged_at <= at as u64);
-                assert_eq!(later_batch_at, begins[1]);
+                assert!(
+                    proof_at > begins[1] && proof_at < begins[2],
+                    "the second batch's end frame: {proof_at} {begins:?}"
+                );
             }
             other => panic!("expected DamagedLog, got {other:?}"),
         }
         assert_eq!(fs::read(&path).unwrap(), data, "the file is left as it was");
+    }
+
+    /// A snapshot is written whole before its file is renamed into place: damage in it
+    /// is no torn append, whether or not batches follow it.
+    #[test]
+    fn damage_in_a_snapshot_refuses_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _, ends) = sample();
+        drop(write_generation(dir.path(), 1, &snapshot).unwrap());
+        let path = log_path(dir.path(), 1);
+        let whole = fs::read(&path).unwrap();
+        for at in [3, ends[0] + 10, ends[4] + 2, ends[5] - 1] {
+            let mut data = whole.clone();
+            data[at] ^= 0x04;
+            fs::write(&path, &data).unwrap();
+            match recover_file(&path) {
+                Err(Error::DamagedLog { proof_at, .. }) => {
+                    assert_eq!(proof_at, *ends.last().unwrap() as u64, "byte {at}");
+                }
+                other => panic!("byte {at}: expected DamagedLog, got {other:?}"),
+            }
+            assert_eq!(fs::read(&path).unwrap(), data, "left as it was");
+        }
+        // Its end frame damaged alone: every record before it is whole, none lost.
+        let mut data = whole.clone();
+        data[ends[5] + 9] ^= 0x04;
+        fs::write(&path, &data).unwrap();
+        assert_eq!(recover_file(&path).unwrap().len(), ends.len());
     }
 
     #[tokio::test]
