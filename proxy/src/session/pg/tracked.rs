@@ -485,6 +485,15 @@ impl Tracked {
         last
     }
 
+    /// A reply to a request arrived, and CopyDone/CopyFail are at the head of the
+    /// queue: no CopyInResponse took them off it, so no request before them started a
+    /// COPY, and the backend ignored them (as it does outside copy-in mode).
+    fn drop_stray_copy_ends(&mut self) {
+        while matches!(self.outstanding.front(), Some(Outstanding::CopyEnd)) {
+            self.pop_front();
+        }
+    }
+
     /// The reply of a Parse, Bind or Close arrived: Executes and Describes ahead of it
     /// in line are over. So is a CopyDone or CopyFail ahead of it: no CopyInResponse
     /// took it off the queue, so no request before it started a COPY, and the backend
@@ -570,6 +579,9 @@ impl Tracked {
     /// queued now was sent after the request that started the COPY, because the
     /// replies to earlier ones precede CopyInResponse on the wire.
     pub fn on_copy_in_response(&mut self) -> u32 {
+        // It answers the request at the head of the queue: a CopyDone or CopyFail
+        // ahead of that request came before any COPY, and the backend ignored it.
+        self.drop_stray_copy_ends();
         let mut ignored = 0;
         let mut ended = false;
         let queued = &mut self.sync_points_queued;
@@ -628,6 +640,7 @@ impl Tracked {
     /// An ErrorResponse arrived: if it answers a Parse tandem refused, that Parse is
     /// done and the client gets tandem's error in its place.
     pub fn take_refusal(&mut self) -> Option<Refusal> {
+        self.drop_stray_copy_ends();
         match self.outstanding.front() {
             Some(Outstanding::Parse {
                 refused: Some(_), ..
@@ -657,6 +670,7 @@ impl Tracked {
     /// first in line the error is the Query's own: nothing is forgotten then.)
     pub fn on_error_response(&mut self) -> SkippedToSync {
         self.copy_in = false;
+        self.drop_stray_copy_ends();
         let extended = matches!(
             self.outstanding.front(),
             Some(
@@ -1108,14 +1122,23 @@ mod tests {
         assert_eq!(t.on_copy_in_response(), 0);
         t.on_ready_for_query(true).unwrap();
         assert!(!t.has_outstanding());
-        // Behind a Sync, an Execute (untracked) may still start the COPY it ends.
+        // Behind a Sync, an Execute may still start the COPY it ends.
         t.on_sync_point_request(SyncKind::Sync);
+        t.on_execute(b"\0\0\0\0\0");
         t.on_copy_end();
         t.on_sync_point_request(SyncKind::Sync);
         t.on_ready_for_query(false).unwrap();
         assert_eq!(t.on_copy_in_response(), 0, "its own Sync is not ignored");
+        t.on_execute_done();
         t.on_ready_for_query(false).unwrap();
         assert!(!t.has_outstanding());
+        // Ahead of the request that starts a COPY, a CopyDone ends nothing: the
+        // backend ignored it, and the COPY's Sync is ignored in copy-in mode.
+        t.on_copy_end();
+        t.on_execute(b"\0\0\0\0\0");
+        t.on_sync_point_request(SyncKind::Sync);
+        assert_eq!(t.on_copy_in_response(), 1, "the Sync sent in copy-in mode");
+        assert!(t.copying_in());
     }
 
     #[test]

@@ -4320,3 +4320,106 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A stray CopyDone ahead of the Execute that starts a COPY is ignored by the backend:
+/// the COPY is ended by the CopyDone that follows its data, and the session goes on (a
+/// control call, which waits for every reply, is answered).
+#[tokio::test]
+async fn a_copy_done_ahead_of_the_execute_that_starts_a_copy_ends_nothing() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("stray_copy_done").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&["BEGIN"]).await;
+    let bind_portal = |portal: &str, statement: &str| {
+        let mut body = format!("{portal}\0").into_bytes();
+        body.extend_from_slice(&bind_body(statement)[1..]);
+        frame(b'B', &body)
+    };
+    let execute = |portal: &str| {
+        let mut body = format!("{portal}\0").into_bytes();
+        body.extend_from_slice(&0i32.to_be_bytes());
+        frame(b'E', &body)
+    };
+    let mut batch = Vec::new();
+    batch.extend(frame(b'P', &parse_body("", "SELECT 1")));
+    batch.extend(bind_portal("p1", ""));
+    batch.extend(frame(b'P', &parse_body("s2", "COPY c FROM STDIN")));
+    batch.extend(bind_portal("p2", "s2"));
+    batch.extend(frame(b'S', b""));
+    batch.extend(execute("p1"));
+    batch.extend(frame(b'c', b""));
+    batch.extend(execute("p2"));
+    batch.extend(frame(b'S', b""));
+    batch.extend(frame(b'd', b"31\ta\n"));
+    batch.extend(frame(b'c', b""));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let first = raw.recv_until(b'Z').await;
+    assert!(first.iter().all(|m| m.tag != b'E'), "{first:?}");
+    let second = raw.recv_until(b'Z').await;
+    assert!(second.iter().all(|m| m.tag != b'E'), "{second:?}");
+    assert!(
+        second
+            .iter()
+            .any(|m| m.tag == b'C' && m.strings()[0] == "COPY 1"),
+        "{second:?}"
+    );
+    raw.run_each(&["COMMIT"]).await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    raw.run_each(&["SELECT tandem_rollback()"]).await;
+    let copied: i64 = db
+        .direct()
+        .await
+        .query_one("SELECT count(*) FROM c WHERE id = 31", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 1);
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// In a global transaction, a COPY behind a stray CopyDone is refused as any COPY
+/// there is (0A000), not answered with an error about tandem's stand-in for it.
+#[tokio::test]
+async fn a_refusal_behind_a_stray_copy_done_is_tandems_own() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("stray_copy_refusal").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    raw.run_each(&["SELECT tandem_begin()"]).await;
+    let mut batch = Vec::new();
+    batch.extend(frame(b'P', &parse_body("", "SELECT 1")));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'c', b""));
+    batch.extend(frame(b'P', &parse_body("", "COPY c FROM STDIN")));
+    batch.extend(frame(b'B', &bind_body("")));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'S', b""));
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("a refusal");
+    assert_eq!(error.sqlstate().as_deref(), Some("0A000"), "{replies:?}");
+    raw.run_each(&["SELECT tandem_rollback()"]).await;
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
