@@ -52,7 +52,8 @@ impl Relay<'_> {
                     },
                 });
             }
-            if self.phase == Phase::Authenticating && frame.wire_len > 5 + AUTH_MESSAGE_BYTES {
+            // PostgreSQL's bound counts the length word, not the type byte.
+            if self.phase == Phase::Authenticating && frame.wire_len > 1 + AUTH_MESSAGE_BYTES {
                 return Err(crate::wire::pg::FrameError::TooLarge {
                     tag: frame.tag,
                     declared: frame.wire_len - 1,

@@ -852,6 +852,25 @@ async fn row_count_after_a_checked_write_counts_the_write() {
             b.query_drop("COMMIT").await.unwrap();
         }
     }
+    // A prepared write, its statement closed before the count is asked: the close runs
+    // no statement, and ROW_COUNT() is still the write's.
+    b.query_drop("INSERT INTO accounts VALUES (80, 1, 'p'), (81, 1, 'p')")
+        .await
+        .unwrap();
+    let statement = b
+        .prep("UPDATE accounts SET balance = balance + 1 WHERE id >= 80")
+        .await
+        .unwrap();
+    b.exec_drop(&statement, ()).await.unwrap();
+    b.close(statement).await.unwrap();
+    assert_eq!(
+        b.query_first::<i64, _>("SELECT ROW_COUNT()").await.unwrap(),
+        Some(2),
+        "after COM_STMT_CLOSE"
+    );
+    b.query_drop("DELETE FROM accounts WHERE id >= 80")
+        .await
+        .unwrap();
     rolled_back(&mut a).await;
     drop(b);
     no_locks_left(&lockserver).await;

@@ -105,6 +105,8 @@ async fn an_authenticating_client_is_refused_on_a_messages_header_past_postgres_
     for (tag, declared, sqlstate) in [
         (b'p', 300i32 << 20, "54000"),
         (b'p', 65_540, "54000"),
+        // The bound counts the length word: 65,536 is one byte over it.
+        (b'p', 65_536, "54000"),
         (b'Q', 1_000, "08P01"),
         (b'y', 400 << 20, "08P01"),
     ] {

@@ -297,7 +297,14 @@ impl Relay<'_> {
         {
             return Ok(Some(handled));
         }
+        // COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA run no statement (and get no
+        // reply): ROW_COUNT() is the write's still after them.
+        let runs_a_statement = !matches!(
+            payload.first(),
+            Some(&(command::STMT_CLOSE | command::STMT_SEND_LONG_DATA))
+        );
         if header.seq == 0
+            && runs_a_statement
             && let Some(row_count) = self.row_count_after_write.take()
             && let Some(handled) = self.with_row_count(header, packet, row_count).await?
         {
