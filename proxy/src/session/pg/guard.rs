@@ -767,6 +767,23 @@ impl Relay<'_> {
         let before = match super::at::before_image_query(meta, write) {
             Ok(Some(before)) => row_lock_of_the_write(before, write),
             Ok(None) => return Ok(None),
+            Err(_)
+                if write.upsert.is_some()
+                    && write
+                        .assigned
+                        .iter()
+                        .any(|c| meta.pk.iter().any(|&i| &meta.columns[i].name == c)) =>
+            {
+                // Its DO UPDATE may move the row it meets to another key: the rows it
+                // returns name the key it moved to, not the one it left, which a
+                // global transaction may hold.
+                return refused(
+                    Error::Unsupported {
+                        what: "an upsert whose DO UPDATE sets a primary-key column, into a table that holds global locks, on a conflict target other than the primary key (tandem cannot tell which row it moves)",
+                    },
+                    open,
+                );
+            }
             Err(_) if write.upsert.is_some() => {
                 // An upsert whose rows cannot be read in advance (its target is another
                 // unique key than the primary key): the rows it returns are checked

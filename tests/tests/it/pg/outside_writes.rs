@@ -1697,3 +1697,49 @@ async fn a_waiting_write_in_a_block_gives_way_to_a_rollback() {
     assert_eq!(balance(&direct, 5).await, 1000, "restored, and not written");
     finish(lockserver, [outside, global]).await;
 }
+
+/// An upsert on another unique key than the primary key cannot have its rows read in
+/// advance, and is checked by the rows it returns; one whose DO UPDATE sets the
+/// primary key would return only the key it moved a row to, not the held one it moved
+/// it from: refused (0A000) while the table holds global locks, and the holder's
+/// rollback is exact.
+#[tokio::test]
+async fn an_upsert_that_may_move_a_held_row_to_another_key_is_refused() {
+    let db = prepare("outside_upsert_moves_key").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE u (id int PRIMARY KEY, u int UNIQUE, v text); INSERT INTO u VALUES (1, 1, 'a'), (2, 2, 'b')")
+        .await
+        .unwrap();
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let a = global.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("UPDATE u SET v = 'held' WHERE id = 1")
+        .await
+        .unwrap();
+    let b = outside.connect(&db.name).await;
+    let e = b
+        .batch_execute(
+            "INSERT INTO u VALUES (7, 1, 'o') ON CONFLICT (u) DO UPDATE SET id = u.id + 1000",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e:?}");
+    // One that keeps the key is checked as ever: the held row is met.
+    let e = b
+        .batch_execute("INSERT INTO u VALUES (7, 1, 'o') ON CONFLICT (u) DO UPDATE SET v = 'o'")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{e:?}");
+    rolled_back(&a).await;
+    let rows: Vec<(i32, String)> = direct
+        .query("SELECT id, v FROM u ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(1, "a".to_owned()), (2, "b".to_owned())]);
+    drop((a, b));
+    finish(lockserver, [global, outside]).await;
+}
