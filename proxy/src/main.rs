@@ -136,8 +136,17 @@ async fn run(
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let configured = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sqlparser logs every statement it parses, literals and all, at debug: a
+    // `RUST_LOG=debug` to look at tandem would write every client's data to the log.
+    // Named explicitly (`sqlparser=debug`), it is the operator's choice.
+    if !configured.contains("sqlparser")
+        && let Ok(quiet) = "sqlparser=info".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();

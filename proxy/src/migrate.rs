@@ -191,9 +191,7 @@ pub async fn apply(url: &str) -> Result<Applied, MigrateError> {
     } else if url.starts_with("mysql://") {
         apply_mysql(url).await
     } else {
-        Err(MigrateError::UnknownScheme {
-            url: url.to_owned(),
-        })
+        Err(MigrateError::UnknownScheme { url: redact(url) })
     }
 }
 
@@ -350,12 +348,33 @@ async fn apply_mysql(url: &str) -> Result<Applied, MigrateError> {
         .exec(
             "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'undo_log' AND NON_UNIQUE = 0 \
+               AND SUB_PART IS NULL \
              ORDER BY INDEX_NAME, SEQ_IN_INDEX",
             (),
         )
         .await
         .map_err(err)?;
+    // The undo row must commit and roll back with the write it undoes.
+    let engine: Option<(String, String)> = conn
+        .query_first(
+            "SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t \
+             JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE \
+             WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = 'undo_log'",
+        )
+        .await
+        .map_err(err)?;
     conn.disconnect().await.map_err(err)?;
+    if let Some((engine, transactions)) = engine
+        && !transactions.eq_ignore_ascii_case("YES")
+    {
+        return Err(MigrateError::Shape {
+            url: redact(url),
+            schema,
+            problem: format!(
+                "undo_log uses engine {engine}, which has no transactions (the undo row must commit and roll back with the write it undoes): ALTER TABLE undo_log ENGINE=InnoDB"
+            ),
+        });
+    }
     let mut unique_keys: Vec<(String, Vec<String>)> = Vec::new();
     for (index, column) in key_columns {
         match unique_keys.last_mut() {
@@ -402,20 +421,24 @@ pub fn redact(url: &str) -> String {
 }
 
 fn redact_by_shape(url: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((url, query)) => (url, Some(query)),
-        None => (url, None),
-    };
-    let mut redacted = match (url.find("://"), url.rfind('@')) {
+    // The user info ends at the last `@`: a raw `?`, `/` or `@` may be in the password
+    // (an `@` in the options makes this hide more than the password, never less).
+    let (mut redacted, rest) = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
+            let head = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***@", &url[..scheme_end + 3]),
+                None => url[..=at].to_owned(),
+            };
+            (head, &url[at + 1..])
         }
-        _ => url.to_owned(),
+        _ => (String::new(), url),
     };
+    let (host_and_path, query) = match rest.split_once('?') {
+        Some((host_and_path, query)) => (host_and_path, Some(query)),
+        None => (rest, None),
+    };
+    redacted.push_str(host_and_path);
     if let Some(query) = query {
         let options: Vec<String> = query
             .split('&')
@@ -433,6 +456,30 @@ fn redact_by_shape(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_that_break_the_url_are_redacted_too() {
+        for (url, shown) in [
+            (
+                "mariadb://root:Sekr3tPW@127.0.0.1:3306/x",
+                "mariadb://root:***@127.0.0.1:3306/x",
+            ),
+            (
+                "mysql://root:pa?ss@127.0.0.1:3306/x",
+                "mysql://root:***@127.0.0.1:3306/x",
+            ),
+            (
+                "postgres://u:pa?ss@127.0.0.1:notaport/x",
+                "postgres://u:***@127.0.0.1:notaport/x",
+            ),
+            (
+                "postgres://u:a/b@c@h/db?password=x",
+                "postgres://u:***@h/db?password=***",
+            ),
+        ] {
+            assert_eq!(redact(url), shown);
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -823,6 +823,7 @@ async fn row_count_after_a_checked_write_counts_the_write() {
     // Row 1 held: the table holds global locks, and every write to it is checked.
     let mut a = hold_row(&global, &db, 1).await;
     let mut b = my::connect(&outside, &db.name).await;
+    let commands_before = outside.metric("tandem_mysql_commands_total").await;
     for in_transaction in [false, true] {
         if in_transaction {
             b.query_drop("BEGIN").await.unwrap();
@@ -871,6 +872,20 @@ async fn row_count_after_a_checked_write_counts_the_write() {
     b.query_drop("DELETE FROM accounts WHERE id >= 80")
         .await
         .unwrap();
+    // tandem's savepoint around a checked write in a transaction leaves the client's
+    // own alone, whatever its name.
+    b.query_drop("BEGIN").await.unwrap();
+    b.query_drop("SAVEPOINT tandem_guard").await.unwrap();
+    b.query_drop("UPDATE accounts SET balance = 77 WHERE id = 2")
+        .await
+        .unwrap();
+    b.query_drop("ROLLBACK TO tandem_guard").await.unwrap();
+    b.query_drop("COMMIT").await.unwrap();
+    assert_eq!(balance(&mut b, 2).await, Some(1000), "the update undone");
+    // Each write tandem ran itself (checked) is counted as a command, as relayed ones
+    // are: 2 × 5 writes and their 10 ROW_COUNT()s, BEGIN and COMMIT, the rest above.
+    let commands = outside.metric("tandem_mysql_commands_total").await - commands_before;
+    assert!(commands >= 24.0, "{commands} commands counted");
     rolled_back(&mut a).await;
     drop(b);
     no_locks_left(&lockserver).await;
@@ -942,6 +957,41 @@ async fn a_row_that_begins_to_match_after_the_check_is_checked_inside_a_transact
     rolled_back(&mut a).await;
     assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
     drop(b);
+    no_locks_left(&lockserver).await;
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A checked write in the client's transaction runs between statements of tandem's; the
+/// client still gets the write's own OK, status flags included (no index used, here).
+#[tokio::test]
+async fn a_checked_write_in_a_transaction_answers_with_its_own_status_flags() {
+    use super::at_mode::{raw_reply, raw_session};
+    const NO_INDEX_USED: u16 = 0x20;
+    let db = prepare("my_outside_status").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut a = hold_row(&global, &db, 1).await;
+    let status_of = |reply: &[my::Packet]| {
+        let ok = &reply[0].1;
+        assert_eq!(ok[0], 0x00, "{reply:?}");
+        // Affected rows and insert id are one byte each here.
+        u16::from_le_bytes([ok[3], ok[4]])
+    };
+    // The server sets the flag on an UPDATE that scans without an index.
+    let mut raw = raw_session(&outside, &db.name).await;
+    raw.send(&my::packet(0, b"\x03BEGIN")).await;
+    raw_reply(&mut raw).await;
+    raw.send(&my::packet(
+        0,
+        b"\x03UPDATE accounts SET note = 'n' WHERE balance = 1000",
+    ))
+    .await;
+    let status = status_of(&raw_reply(&mut raw).await);
+    assert_eq!(status & NO_INDEX_USED, NO_INDEX_USED, "{status:#x}");
+    raw.send(&my::packet(0, b"\x03ROLLBACK")).await;
+    raw_reply(&mut raw).await;
+    rolled_back(&mut a).await;
     no_locks_left(&lockserver).await;
     outside.shutdown().await;
     global.shutdown().await;

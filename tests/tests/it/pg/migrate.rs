@@ -176,4 +176,28 @@ async fn migrate_refuses_an_undo_log_of_another_shape() {
         .await
         .expect("migrate");
     assert_eq!(applied.schema, format!("database {}", my.name));
+    // The undo row must commit and roll back with its write, and (xid, branch_id) be
+    // unique whole, not by a prefix of xid.
+    direct
+        .query_drop("ALTER TABLE undo_log ENGINE=MyISAM")
+        .await
+        .unwrap();
+    let err = tandem_proxy::migrate::apply(&my_url).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("undo_log uses engine MyISAM, which has no transactions"),
+        "{err}"
+    );
+    direct
+        .query_drop(
+            "ALTER TABLE undo_log ENGINE=InnoDB, DROP KEY ux_undo_log, ADD UNIQUE KEY ux_prefix (xid(8), branch_id)",
+        )
+        .await
+        .unwrap();
+    let err = tandem_proxy::migrate::apply(&my_url).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no unique key on exactly (xid, branch_id)"),
+        "{err}"
+    );
 }

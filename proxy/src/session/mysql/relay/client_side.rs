@@ -77,6 +77,12 @@ impl Relay<'_> {
                     _ => self.intercept_query(header, packet).await?,
                 };
                 match (tandems, self.exchange.phase) {
+                    (Some(Handled::Answer), _) => {
+                        // A command tandem answered itself (a control call, a write it
+                        // captured or checked, a refusal) is a command all the same.
+                        self.ctx.metrics.mysql.commands.inc();
+                        Handled::Answer
+                    }
                     (Some(handled), _) => handled,
                     (None, Phase::ChangingUser { .. }) => {
                         self.on_change_user_packet(header, packet)?

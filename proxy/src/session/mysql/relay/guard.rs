@@ -343,17 +343,17 @@ impl Relay<'_> {
             if write.has_returning {
                 return Ok(None);
             }
-            if let Err(e) = self.own().query("SAVEPOINT tandem_guard").await? {
+            if let Err(e) = self.own().query(SET_GUARD).await? {
                 self.put_failure(&AtFailure::Server(e));
                 return Ok(Some(Handled::Answer));
             }
             let around = self.around_write(None, source, None).await?;
-            let mut ok = match around.write {
+            let ok = match around.write {
                 Ok(ok) => ok,
                 Err(e) => {
                     // The server undid the statement; a deadlock took the savepoint
                     // with the transaction, and then the release fails, harmlessly.
-                    let _ = self.own().query("RELEASE SAVEPOINT tandem_guard").await?;
+                    let _ = self.own().query(RELEASE_GUARD).await?;
                     self.put_failure(&AtFailure::Server(e));
                     return Ok(Some(Handled::Answer));
                 }
@@ -368,11 +368,8 @@ impl Relay<'_> {
                 // A row began to match after the check: it was not checked. Its lock
                 // stays with the transaction (InnoDB keeps locks past a rollback to a
                 // savepoint), and the next check reads it.
-                let _ = self
-                    .own()
-                    .query("ROLLBACK TO SAVEPOINT tandem_guard")
-                    .await?;
-                let _ = self.own().query("RELEASE SAVEPOINT tandem_guard").await?;
+                let _ = self.own().query(UNDO_TO_GUARD).await?;
+                let _ = self.own().query(RELEASE_GUARD).await?;
                 if Instant::now() < deadline {
                     continue;
                 }
@@ -382,11 +379,10 @@ impl Relay<'_> {
                 self.put_error(&e);
                 return Ok(Some(Handled::Answer));
             }
-            match self.own().query("RELEASE SAVEPOINT tandem_guard").await? {
-                Ok(released) => {
-                    ok.take_status_of(released.status);
-                    self.exchange.on_authenticated(released.status);
-                }
+            // The client gets the write's own OK (its status flags, such as no index
+            // used, and session-state data); the release changes no transaction state.
+            match self.own().query(RELEASE_GUARD).await? {
+                Ok(released) => self.exchange.on_authenticated(released.status),
                 // Gone with a transaction a deadlock ended: the write's own status says
                 // where the session stands.
                 Err(_) => self.exchange.on_authenticated(ok.status),
@@ -642,7 +638,11 @@ impl Relay<'_> {
             let Check::Held(holder, _) = self.check(&keys).await else {
                 match self.end_insert_scope(scope, false).await? {
                     Ok(status) => {
-                        if let Some(status) = status {
+                        // tandem's COMMIT ends the transaction it opened; a savepoint's
+                        // release changes nothing the write's own OK does not say.
+                        if let Some(status) = status
+                            && scope == InsertScope::OwnTransaction
+                        {
                             ok.take_status_of(status);
                         }
                         // tandem's statements after it set ROW_COUNT() anew.
@@ -676,13 +676,10 @@ impl Relay<'_> {
         if undo && scope == InsertScope::Savepoint {
             // An error here means the savepoint is gone with its transaction: nothing
             // of the INSERT is left to undo.
-            let _ = self
-                .own()
-                .query("ROLLBACK TO SAVEPOINT tandem_guard")
-                .await?;
+            let _ = self.own().query(UNDO_TO_GUARD).await?;
         }
         let end = match (scope, undo) {
-            (InsertScope::Savepoint, _) => "RELEASE SAVEPOINT tandem_guard",
+            (InsertScope::Savepoint, _) => RELEASE_GUARD,
             (InsertScope::OwnTransaction, false) => super::OWN_COMMIT,
             (InsertScope::OwnTransaction, true) => super::OWN_ROLLBACK,
         };
@@ -779,6 +776,13 @@ impl Relay<'_> {
     }
 }
 
+/// tandem's savepoint around a checked write in the client's transaction. MySQL keeps
+/// one savepoint per name: a client's of the same name would be replaced, then
+/// released. This one's name begins with a control character, which no client's does.
+const SET_GUARD: &str = "SAVEPOINT `\u{1}tandem_guard`";
+const RELEASE_GUARD: &str = "RELEASE SAVEPOINT `\u{1}tandem_guard`";
+const UNDO_TO_GUARD: &str = "ROLLBACK TO SAVEPOINT `\u{1}tandem_guard`";
+
 /// What a checked plain INSERT runs in, so that a held key can undo it alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum InsertScope {
@@ -791,7 +795,7 @@ enum InsertScope {
 impl InsertScope {
     fn open(self) -> &'static str {
         match self {
-            InsertScope::Savepoint => "SAVEPOINT tandem_guard",
+            InsertScope::Savepoint => SET_GUARD,
             InsertScope::OwnTransaction => "START TRANSACTION",
         }
     }
