@@ -358,13 +358,7 @@ impl Relay<'_> {
                     return Ok(Some(Handled::Answer));
                 }
             };
-            let changed = match write.kind {
-                WriteKind::Update => ok.rows_matched().unwrap_or(ok.affected_rows),
-                WriteKind::Delete => ok.affected_rows,
-                // See `run_checked_autocommit`.
-                WriteKind::Insert => 0,
-            };
-            if changed > checked {
+            if rows_changed(write, &ok) > checked {
                 // A row began to match after the check: it was not checked. Its lock
                 // stays with the transaction (InnoDB keeps locks past a rollback to a
                 // savepoint), and the next check reads it.
@@ -464,14 +458,7 @@ impl Relay<'_> {
                 Ok(ok) => ok,
                 Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
             };
-            let changed = match write.kind {
-                WriteKind::Update => ok.rows_matched().unwrap_or(ok.affected_rows),
-                WriteKind::Delete => ok.affected_rows,
-                // An upsert's count mixes rows inserted and updated (by any unique
-                // key): it tells nothing of rows it was not checked for.
-                WriteKind::Insert => 0,
-            };
-            if changed > found {
+            if rows_changed(write, &ok) > found {
                 // A row began to match after the check: it was not checked.
                 self.own_rollback().await?;
                 if Instant::now() < deadline {
@@ -773,6 +760,18 @@ impl Relay<'_> {
                 .exchange
                 .status()
                 .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
+    }
+}
+
+/// The rows a checked write changed, to compare with those its check found: an
+/// UPDATE's matched rows (changed or not), a DELETE's; none for an upsert, whose count
+/// mixes rows inserted and updated (by any unique key) and tells nothing of rows it was
+/// not checked for.
+fn rows_changed(write: &Write, ok: &crate::wire::mysql::messages::statement::OkPacket) -> u64 {
+    match write.kind {
+        WriteKind::Update => ok.rows_matched().unwrap_or(ok.affected_rows),
+        WriteKind::Delete => ok.affected_rows,
+        WriteKind::Insert => 0,
     }
 }
 
