@@ -15,7 +15,7 @@ use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 /// types ROW_COUNT() (BIGINT, never NULL). A call that is a whole select item without
 /// an alias keeps its column name (its own text) through one. None: no such call, or
 /// text that does not tokenize.
-pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
+pub fn with_row_count(sql: &str, row_count: i64) -> Option<String> {
     if !super::contains_ignore_case(sql.as_bytes(), b"row_count") {
         return None;
     }
@@ -32,10 +32,7 @@ pub fn with_row_count(sql: &str, row_count: u64) -> Option<String> {
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
         .collect();
     let offsets = Offsets::new(sql);
-    let value = format!(
-        "LEAST({}, 9223372036854775807)",
-        row_count.min(i64::MAX as u64)
-    );
+    let value = format!("LEAST({row_count}, 9223372036854775807)");
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     // For each open parenthesis, whether a query is inside it (a subquery, a derived
     // table): its select items are named as the top level's are. The statement itself
@@ -259,10 +256,15 @@ mod tests {
     }
 
     #[test]
-    fn the_count_is_clamped_to_bigint() {
+    fn the_count_is_a_bigint_and_may_be_minus_one() {
         assert_eq!(
-            with_row_count("SELECT ROW_COUNT() AS n", u64::MAX).as_deref(),
+            with_row_count("SELECT ROW_COUNT() AS n", i64::MAX).as_deref(),
             Some("SELECT LEAST(9223372036854775807, 9223372036854775807) AS n")
+        );
+        // After a statement that failed.
+        assert_eq!(
+            with_row_count("SELECT ROW_COUNT() AS n", -1).as_deref(),
+            Some("SELECT LEAST(-1, 9223372036854775807) AS n")
         );
     }
 }

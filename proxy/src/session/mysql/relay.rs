@@ -107,7 +107,7 @@ pub struct Relay<'a> {
     /// The rows the client's last command, a write AT captured, affected: the server's
     /// ROW_COUNT() now counts tandem's own statements after it, so the client's next
     /// command reads this instead (`row_count::with_row_count`).
-    pub(super) row_count_after_write: Option<u64>,
+    pub(super) row_count_after_write: Option<i64>,
     /// A `USE` or COM_INIT_DB passed since `database` was known: AT asks the server.
     pub(super) database_uncertain: bool,
     /// Whether a table (`database.table`) is one of this session's temporary tables, as

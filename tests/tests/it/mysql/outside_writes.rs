@@ -872,6 +872,26 @@ async fn row_count_after_a_checked_write_counts_the_write() {
     b.query_drop("DELETE FROM accounts WHERE id >= 80")
         .await
         .unwrap();
+    // After a checked write that failed, ROW_COUNT() is -1, as after any failed
+    // statement (tandem's ROLLBACK or savepoint release after it would say 0).
+    for in_transaction in [false, true] {
+        if in_transaction {
+            b.query_drop("BEGIN").await.unwrap();
+        }
+        let e = b
+            .query_drop("UPDATE accounts SET id = 2 WHERE id = 3")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), 1062, "{e}");
+        assert_eq!(
+            b.query_first::<i64, _>("SELECT ROW_COUNT()").await.unwrap(),
+            Some(-1),
+            "after a failed write (in a transaction: {in_transaction})"
+        );
+        if in_transaction {
+            b.query_drop("ROLLBACK").await.unwrap();
+        }
+    }
     // tandem's savepoint around a checked write in a transaction leaves the client's
     // own alone, whatever its name.
     b.query_drop("BEGIN").await.unwrap();

@@ -374,7 +374,7 @@ impl Relay<'_> {
         &mut self,
         header: crate::wire::mysql::Header,
         packet: &[u8],
-        row_count: u64,
+        row_count: i64,
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
         if payload.first() != Some(&command::QUERY)
@@ -665,7 +665,7 @@ impl Relay<'_> {
         match outcome {
             Ok(ok) => {
                 self.exchange.on_authenticated(ok.status);
-                self.row_count_after_write = Some(ok.affected_rows);
+                self.row_count_after_write = Some(ok.row_count());
                 ok.put(&mut self.to_client, 1);
             }
             Err(failure) => {
@@ -1400,7 +1400,10 @@ impl Relay<'_> {
                     // Asked before the session's next AT decision (reconcile_branch).
                     self.exchange.status_uncertain = true;
                 }
-                put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message)
+                put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message);
+                // tandem's statements after the failed one (a ROLLBACK, a savepoint's
+                // release) set ROW_COUNT() anew: after a failed statement it is -1.
+                self.row_count_after_write = Some(-1);
             }
         }
     }

@@ -382,7 +382,7 @@ impl Relay<'_> {
                 Err(_) => self.exchange.on_authenticated(ok.status),
             }
             // tandem's RELEASE set ROW_COUNT() anew.
-            self.row_count_after_write = Some(ok.affected_rows);
+            self.row_count_after_write = Some(ok.row_count());
             ok.put(&mut self.to_client, 1);
             return Ok(Some(Handled::Answer));
         }
@@ -475,7 +475,7 @@ impl Relay<'_> {
                     ok.take_status_of(committed.status);
                     self.exchange.on_authenticated(committed.status);
                     // tandem's COMMIT set ROW_COUNT() anew.
-                    self.row_count_after_write = Some(ok.affected_rows);
+                    self.row_count_after_write = Some(ok.row_count());
                     ok.put(&mut self.to_client, 1);
                 }
                 Err(e) => self.put_failure(&AtFailure::Server(e)),
@@ -633,7 +633,7 @@ impl Relay<'_> {
                             ok.take_status_of(status);
                         }
                         // tandem's statements after it set ROW_COUNT() anew.
-                        self.row_count_after_write = Some(ok.affected_rows);
+                        self.row_count_after_write = Some(ok.row_count());
                         ok.put(&mut self.to_client, 1);
                     }
                     // A COMMIT that failed undid the INSERT.

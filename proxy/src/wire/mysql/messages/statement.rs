@@ -305,6 +305,11 @@ impl OkPacket {
         })
     }
 
+    /// What ROW_COUNT() answers after the statement this OK ends: its affected rows.
+    pub fn row_count(&self) -> i64 {
+        i64::try_from(self.affected_rows).unwrap_or(i64::MAX)
+    }
+
     /// How many rows an UPDATE's WHERE matched, from its info (the affected rows count
     /// only those it changed, unless the client asked for found rows).
     pub fn rows_matched(&self) -> Option<u64> {
