@@ -11,7 +11,7 @@ use super::tracked::Refusal;
 use crate::control::{self, BadCall, quote_literal};
 use crate::error::{Error, Result};
 use crate::wire::pg::messages::extended::Parse;
-use crate::wire::pg::messages::response::TxStatus;
+use crate::wire::pg::messages::response::{ErrorFields, Severity, TxStatus, put_error};
 use crate::wire::pg::messages::simple::{Query, put_query};
 use bytes::BytesMut;
 
@@ -190,19 +190,12 @@ pub(super) const REFUSAL_SCHEMA: &str = "\u{1}tandem";
 /// An error of tandem's `error_sql`, as the client gets it: its code and message alone,
 /// as if tandem had answered it itself (not the DO block's context, nor where in the
 /// server's source RAISE is).
-pub(super) fn own_refusal(
-    fields: &crate::wire::pg::messages::response::ErrorFields,
-) -> Option<BytesMut> {
+pub(super) fn own_refusal(fields: &ErrorFields) -> Option<BytesMut> {
     if fields.schema != REFUSAL_SCHEMA {
         return None;
     }
     let mut out = BytesMut::new();
-    crate::wire::pg::messages::response::put_error(
-        &mut out,
-        crate::wire::pg::messages::response::Severity::Error,
-        &fields.code,
-        &fields.message,
-    );
+    put_error(&mut out, Severity::Error, &fields.code, &fields.message);
     Some(out)
 }
 

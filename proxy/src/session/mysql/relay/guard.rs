@@ -57,7 +57,7 @@ use crate::error::{Error, Result};
 use crate::session::outside::RECHECK;
 use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::StatusFlags;
-use crate::wire::mysql::messages::statement::BinaryRow;
+use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
 use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
 use tandem_undo::{Analysis, Capture, Mysql, OnDuplicate, Write, WriteKind};
@@ -767,7 +767,7 @@ impl Relay<'_> {
 /// UPDATE's matched rows (changed or not), a DELETE's; none for an upsert, whose count
 /// mixes rows inserted and updated (by any unique key) and tells nothing of rows it was
 /// not checked for.
-fn rows_changed(write: &Write, ok: &crate::wire::mysql::messages::statement::OkPacket) -> u64 {
+fn rows_changed(write: &Write, ok: &OkPacket) -> u64 {
     match write.kind {
         WriteKind::Update => ok.rows_matched().unwrap_or(ok.affected_rows),
         WriteKind::Delete => ok.affected_rows,
