@@ -63,13 +63,33 @@ async fn kill_query_with_tandems_id_stops_the_right_statement() {
     }
     let still: Option<i32> = victim.query_first("SELECT 7").await.unwrap();
     assert_eq!(still, Some(7), "KILL QUERY leaves the connection open");
+    // Spelled with a comment and the id in parentheses, as the server accepts it.
+    let sleeping = tokio::spawn(async move {
+        let r: Result<Option<i64>, _> = victim.query_first("SELECT SLEEP(30)").await;
+        (victim, r)
+    });
+    sleep_running(&db).await;
+    killer
+        .query_drop(format!("KILL /* runaway */ QUERY ({victim_id})"))
+        .await
+        .expect("KILL QUERY (id) with tandem's id");
+    let (mut victim, result) = sleeping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the second sleep was cut short"
+    );
+    assert!(
+        matches!(result, Ok(Some(1)))
+            || matches!(&result, Err(mysql_async::Error::Server(e)) if e.code == 1317),
+        "{result:?}"
+    );
     // The bystander's own backend thread is untouched.
     let again: Option<u64> = bystander
         .query_first("SELECT CONNECTION_ID()")
         .await
         .unwrap();
     assert_eq!(again, bystander_backend);
-    assert_eq!(tandem.metric("tandem_mysql_kills_mapped_total").await, 1.0);
+    assert_eq!(tandem.metric("tandem_mysql_kills_mapped_total").await, 2.0);
 
     // KILL CONNECTION with tandem's id ends that session; its next query fails.
     let bystander_id = bystander.id();

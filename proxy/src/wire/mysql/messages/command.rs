@@ -27,14 +27,21 @@ pub struct Kill {
 
 impl Kill {
     /// Recognises a whole COM_QUERY statement (its SQL text, after the command byte).
-    /// Whitespace around words and one trailing `;` are allowed; nothing else is.
+    /// Whitespace and comments around words, the id in parentheses and one trailing `;`
+    /// are allowed; nothing else is (an executable comment, whose text the server
+    /// runs, makes it not a kill tandem reads).
     pub fn parse(sql: &[u8]) -> Option<Kill> {
-        let mut words = sql
-            .strip_suffix(b";")
-            .or_else(|| sql.trim_ascii_end().strip_suffix(b";"))
-            .unwrap_or(sql)
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|w| !w.is_empty());
+        let tokens = kill_tokens(sql)?;
+        let tokens = match tokens.split_last() {
+            Some((&b";", rest)) => rest,
+            _ => &tokens[..],
+        };
+        let tokens: Vec<&[u8]> = match tokens {
+            // The id in parentheses, as the server reads an expression.
+            [head @ .., b"(", id, b")"] => head.iter().copied().chain([*id]).collect(),
+            _ => tokens.to_vec(),
+        };
+        let mut words = tokens.into_iter();
         if !words.next()?.eq_ignore_ascii_case(b"kill") {
             return None;
         }
@@ -83,6 +90,42 @@ impl Kill {
     }
 }
 
+/// The words of a KILL statement, and `(`, `)` and `;` each as one; whitespace and
+/// comments dropped. None: an executable comment, or a comment left open.
+fn kill_tokens(sql: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    while at < sql.len() {
+        let rest = &sql[at..];
+        if rest[0].is_ascii_whitespace() {
+            at += 1;
+        } else if rest.starts_with(b"/*") {
+            if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") {
+                return None;
+            }
+            let end = rest.windows(2).skip(2).position(|w| w == b"*/")?;
+            at += end + 4;
+        } else if rest[0] == b'#' || rest.starts_with(b"-- ") || rest.starts_with(b"--\t") {
+            at += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        } else if matches!(rest[0], b'(' | b')' | b';') {
+            tokens.push(&rest[..1]);
+            at += 1;
+        } else {
+            let len = rest
+                .iter()
+                .position(|&b| b.is_ascii_whitespace() || matches!(b, b'(' | b')' | b';' | b'#'))
+                .unwrap_or(rest.len());
+            let len = match rest[..len].windows(2).position(|w| w == b"/*") {
+                Some(comment) => comment,
+                None => len,
+            };
+            tokens.push(&rest[..len]);
+            at += len;
+        }
+    }
+    Some(tokens)
+}
+
 fn parse_id(word: &[u8]) -> Option<u64> {
     if word.is_empty() || word.len() > 20 || !word.iter().all(u8::is_ascii_digit) {
         return None;
@@ -111,6 +154,17 @@ mod tests {
             (k.scope, k.id, k.modifier),
             (KillScope::Connection, 7, Some("HARD"))
         );
+        // Comments, and the id in parentheses, as the server reads them.
+        for sql in [
+            &b"KILL /*c*/ QUERY 7"[..],
+            b"KILL QUERY (7)",
+            b"KILL QUERY ( 7 ) ;",
+            b"kill query 7 -- stop it",
+            b"KILL # why\nQUERY 7",
+        ] {
+            let k = Kill::parse(sql).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(sql)));
+            assert_eq!((k.scope, k.id), (KillScope::Query, 7));
+        }
         let k = Kill::parse(b"kill 9;").unwrap();
         assert_eq!((k.scope, k.id), (KillScope::Connection, 9));
         assert_eq!(k.to_sql(42), "KILL CONNECTION 42");
@@ -130,6 +184,11 @@ mod tests {
             b"KILL QUERY -1",
             b"KILL QUERY 99999999999999999999999",
             b"SELECT 'KILL QUERY 1'",
+            // The server runs an executable comment's text: not read by tandem.
+            b"KILL /*!50000 QUERY */ 5",
+            b"KILL QUERY 5 /* open",
+            b"KILL QUERY ((5))",
+            b"KILL QUERY 5;;",
             b"killer 1",
             b"",
         ] {
