@@ -1554,7 +1554,7 @@ fn read_before(
     }
 }
 
-fn uncaptured(meta: &tandem_undo::TableMeta) -> AtFailure {
+pub(super) fn uncaptured(meta: &tandem_undo::TableMeta) -> AtFailure {
     AtFailure::Uncaptured(Error::Uncaptured {
         table: meta.table.name.clone(),
     })

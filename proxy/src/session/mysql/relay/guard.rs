@@ -343,7 +343,8 @@ impl Relay<'_> {
             if write.has_returning {
                 return Ok(None);
             }
-            if let Err(e) = self.own().query(SET_GUARD).await? {
+            let scope = GuardScope::Savepoint;
+            if let Err(e) = self.own().query(scope.open()).await? {
                 self.put_failure(&AtFailure::Server(e));
                 return Ok(Some(Handled::Answer));
             }
@@ -353,7 +354,7 @@ impl Relay<'_> {
                 Err(e) => {
                     // The server undid the statement; a deadlock took the savepoint
                     // with the transaction, and then the release fails, harmlessly.
-                    let _ = self.own().query(RELEASE_GUARD).await?;
+                    let _ = self.end_guard_scope(scope, false).await?;
                     self.put_failure(&AtFailure::Server(e));
                     return Ok(Some(Handled::Answer));
                 }
@@ -362,24 +363,19 @@ impl Relay<'_> {
                 // A row began to match after the check: it was not checked. Its lock
                 // stays with the transaction (InnoDB keeps locks past a rollback to a
                 // savepoint), and the next check reads it.
-                let _ = self.own().query(UNDO_TO_GUARD).await?;
-                let _ = self.own().query(RELEASE_GUARD).await?;
+                let _ = self.end_guard_scope(scope, true).await?;
                 if Instant::now() < deadline {
                     continue;
                 }
-                let e = Error::Uncaptured {
-                    table: table.meta.table.name.clone(),
-                };
-                self.put_error(&e);
+                self.put_failure(&super::at::uncaptured(&table.meta));
                 return Ok(Some(Handled::Answer));
             }
             // The client gets the write's own OK (its status flags, such as no index
             // used, and session-state data); the release changes no transaction state.
-            match self.own().query(RELEASE_GUARD).await? {
-                Ok(released) => self.exchange.on_authenticated(released.status),
+            if !matches!(self.end_guard_scope(scope, false).await?, Ok(Some(_))) {
                 // Gone with a transaction a deadlock ended: the write's own status says
                 // where the session stands.
-                Err(_) => self.exchange.on_authenticated(ok.status),
+                self.exchange.on_authenticated(ok.status);
             }
             // tandem's RELEASE set ROW_COUNT() anew.
             self.row_count_after_write = Some(ok.row_count());
@@ -464,10 +460,7 @@ impl Relay<'_> {
                 if Instant::now() < deadline {
                     continue;
                 }
-                let e = Error::Uncaptured {
-                    table: table.meta.table.name.clone(),
-                };
-                self.put_error(&e);
+                self.put_failure(&super::at::uncaptured(&table.meta));
                 return Ok(Some(Handled::Answer));
             }
             match self.own().query(super::OWN_COMMIT).await? {
@@ -520,22 +513,22 @@ impl Relay<'_> {
         );
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         let mut scope = if in_transaction(status) {
-            InsertScope::Savepoint
+            GuardScope::Savepoint
         } else {
-            InsertScope::OwnTransaction
+            GuardScope::OwnTransaction
         };
         let deadline = Instant::now() + self.ctx.lock_wait;
         loop {
-            if scope == InsertScope::OwnTransaction
+            if scope == GuardScope::OwnTransaction
                 && let Some(refusal) = self.own_transaction_refused(&write.table).await?
             {
                 return self.refuse(refusal).map(Some);
             }
             match self.own().query(scope.open()).await? {
-                Ok(opened) if scope == InsertScope::Savepoint && !in_transaction(opened.status) => {
+                Ok(opened) if scope == GuardScope::Savepoint && !in_transaction(opened.status) => {
                     // The status tandem knew was stale (an ERR carries none): the
                     // session autocommits, and a savepoint there would undo nothing.
-                    scope = InsertScope::OwnTransaction;
+                    scope = GuardScope::OwnTransaction;
                     continue;
                 }
                 Ok(_) => {}
@@ -554,7 +547,7 @@ impl Relay<'_> {
             if !around.write_sent {
                 // The read back could not even be prepared (MySQL checks its privilege
                 // then): the INSERT runs as sent, unchecked.
-                let _ = self.end_insert_scope(scope, false).await?;
+                let _ = self.end_guard_scope(scope, false).await?;
                 self.count_unchecked();
                 return Ok(None);
             }
@@ -564,7 +557,7 @@ impl Relay<'_> {
                     // It changed nothing (MySQL undoes a failed statement); a savepoint
                     // a deadlock took with its transaction is gone already.
                     // The client gets the INSERT's own error, whatever ending says.
-                    let _ = self.end_insert_scope(scope, false).await?;
+                    let _ = self.end_guard_scope(scope, false).await?;
                     self.put_failure(&AtFailure::Server(e));
                     return Ok(Some(Handled::Answer));
                 }
@@ -580,7 +573,7 @@ impl Relay<'_> {
                 // stores 2.4 in an INT key as 2), so its key was never read back nor
                 // asked: each row read back or met accounts for at most one change
                 // (an upsert's update counts 2, but its row is both met and read back).
-                let _ = self.end_insert_scope(scope, true).await?;
+                let _ = self.end_guard_scope(scope, true).await?;
                 return self
                     .refuse(Error::Unsupported {
                         what: "an INSERT, upsert or REPLACE into a table that may hold global locks, whose rows tandem could not read back by the keys it gives (a value the column converts, as 2.4 into an INT key)",
@@ -610,7 +603,7 @@ impl Relay<'_> {
                 }
                 Some(Err(e)) if self.exchange.server.may_end_transaction(e.code) => {
                     // The server rolled the transaction back, the INSERT with it.
-                    let _ = self.end_insert_scope(scope, true).await?;
+                    let _ = self.end_guard_scope(scope, true).await?;
                     self.put_failure(&AtFailure::Server(e));
                     return Ok(Some(Handled::Answer));
                 }
@@ -623,12 +616,12 @@ impl Relay<'_> {
                 }
             };
             let Check::Held(holder, _) = self.check(&keys).await else {
-                match self.end_insert_scope(scope, false).await? {
+                match self.end_guard_scope(scope, false).await? {
                     Ok(status) => {
                         // tandem's COMMIT ends the transaction it opened; a savepoint's
                         // release changes nothing the write's own OK does not say.
                         if let Some(status) = status
-                            && scope == InsertScope::OwnTransaction
+                            && scope == GuardScope::OwnTransaction
                         {
                             ok.take_status_of(status);
                         }
@@ -642,7 +635,7 @@ impl Relay<'_> {
                 return Ok(Some(Handled::Answer));
             };
             // A ROLLBACK (TO SAVEPOINT) that fails has nothing left to undo.
-            let _ = self.end_insert_scope(scope, true).await?;
+            let _ = self.end_guard_scope(scope, true).await?;
             if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
                 tokio::time::sleep(RECHECK).await;
                 continue;
@@ -652,23 +645,23 @@ impl Relay<'_> {
         }
     }
 
-    /// Ends what `guard_plain_insert` opened around its INSERT, keeping the INSERT or
-    /// (`undo`) not; the status the server reports after it, or its error to tandem's
-    /// COMMIT or ROLLBACK.
-    async fn end_insert_scope(
+    /// Ends what a checked write was run in (`GuardScope`), keeping the write or
+    /// (`undo`) not; the status the server reports after it (None: the savepoint was
+    /// gone with its transaction), or its error to tandem's COMMIT or ROLLBACK.
+    async fn end_guard_scope(
         &mut self,
-        scope: InsertScope,
+        scope: GuardScope,
         undo: bool,
     ) -> Result<std::result::Result<Option<StatusFlags>, OwnError>> {
-        if undo && scope == InsertScope::Savepoint {
+        if undo && scope == GuardScope::Savepoint {
             // An error here means the savepoint is gone with its transaction: nothing
             // of the INSERT is left to undo.
             let _ = self.own().query(UNDO_TO_GUARD).await?;
         }
         let end = match (scope, undo) {
-            (InsertScope::Savepoint, _) => RELEASE_GUARD,
-            (InsertScope::OwnTransaction, false) => super::OWN_COMMIT,
-            (InsertScope::OwnTransaction, true) => super::OWN_ROLLBACK,
+            (GuardScope::Savepoint, _) => RELEASE_GUARD,
+            (GuardScope::OwnTransaction, false) => super::OWN_COMMIT,
+            (GuardScope::OwnTransaction, true) => super::OWN_ROLLBACK,
         };
         Ok(match self.own().query(end).await? {
             Ok(done) => {
@@ -676,7 +669,7 @@ impl Relay<'_> {
                 Ok(Some(done.status))
             }
             // A savepoint a deadlock or a rollback on timeout took along.
-            Err(_) if scope == InsertScope::Savepoint => Ok(None),
+            Err(_) if scope == GuardScope::Savepoint => Ok(None),
             Err(e) => Err(e),
         })
     }
@@ -782,20 +775,21 @@ const SET_GUARD: &str = "SAVEPOINT `\u{1}tandem_guard`";
 const RELEASE_GUARD: &str = "RELEASE SAVEPOINT `\u{1}tandem_guard`";
 const UNDO_TO_GUARD: &str = "ROLLBACK TO SAVEPOINT `\u{1}tandem_guard`";
 
-/// What a checked plain INSERT runs in, so that a held key can undo it alone.
+/// What a checked write runs in, so that it can be undone alone: a held key a plain
+/// INSERT recreated, a row that began to match behind an UPDATE's or DELETE's check.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum InsertScope {
+enum GuardScope {
     /// The client's transaction, after a savepoint of tandem's.
     Savepoint,
     /// tandem's own transaction around an autocommit INSERT.
     OwnTransaction,
 }
 
-impl InsertScope {
+impl GuardScope {
     fn open(self) -> &'static str {
         match self {
-            InsertScope::Savepoint => SET_GUARD,
-            InsertScope::OwnTransaction => "START TRANSACTION",
+            GuardScope::Savepoint => SET_GUARD,
+            GuardScope::OwnTransaction => "START TRANSACTION",
         }
     }
 }
