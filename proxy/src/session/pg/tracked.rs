@@ -18,7 +18,7 @@ use super::follow_up::FollowUp;
 use crate::wire::pg::messages::extended::{Bind, Close, Parse, Target};
 use crate::wire::pg::reader::Truncated;
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// A prepared statement as the client parsed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +131,16 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Takes sync point `batch` off `queued`: from the front, as replies come, or from
+/// where it stands when an error or a COPY means it gets no reply.
+fn forget_sync_point(queued: &mut VecDeque<u64>, batch: u64) {
+    if queued.front() == Some(&batch) {
+        queued.pop_front();
+    } else if let Some(at) = queued.iter().position(|&b| b == batch) {
+        queued.remove(at);
+    }
+}
+
 /// A reply did not match the request at the head of the queue.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OutOfOrder(pub &'static str);
@@ -164,7 +174,9 @@ pub struct Tracked {
     parses_in_flight: HashMap<Bytes, ParsesInFlight>,
     /// The batch numbers of the SyncPoints in `outstanding` (kept by
     /// `on_sync_point_request` and `forget`).
-    sync_points_queued: BTreeSet<u64>,
+    /// In the order they were sent (a queue, not a set: every Query adds one and its
+    /// ReadyForQuery takes it off the front, with no allocation in between).
+    sync_points_queued: VecDeque<u64>,
     /// The backend is in copy-in mode and the client has not ended it yet.
     copy_in: bool,
     /// Sync, Query and FunctionCall messages sent: the number of the batch under way.
@@ -214,7 +226,7 @@ impl Tracked {
         let definitions = usize::from(self.statements.contains_key(name)) + parses.count;
         let sync_point_after_it = self
             .sync_points_queued
-            .last()
+            .back()
             .is_some_and(|&batch| batch > parses.latest_after_batch);
         sync_point_after_it && definitions > 1
     }
@@ -303,7 +315,7 @@ impl Tracked {
                 }
             }
             Outstanding::SyncPoint { batch, .. } => {
-                self.sync_points_queued.remove(batch);
+                forget_sync_point(&mut self.sync_points_queued, *batch);
             }
             _ => {}
         }
@@ -514,7 +526,7 @@ impl Tracked {
             return false;
         }
         self.sync_points_sent += 1;
-        self.sync_points_queued.insert(self.sync_points_sent);
+        self.sync_points_queued.push_back(self.sync_points_sent);
         self.outstanding.push_back(Outstanding::SyncPoint {
             kind,
             batch: self.sync_points_sent,
@@ -595,7 +607,7 @@ impl Tracked {
                     batch,
                     ..
                 } => {
-                    queued.remove(batch);
+                    forget_sync_point(queued, *batch);
                     ignored += 1;
                     false
                 }
@@ -707,7 +719,7 @@ impl Tracked {
                 true
             }
             Outstanding::SyncPoint { batch, .. } => {
-                queued.remove(batch);
+                forget_sync_point(queued, *batch);
                 skipped.sync_points += 1;
                 false
             }

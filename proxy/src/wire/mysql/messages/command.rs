@@ -31,7 +31,12 @@ impl Kill {
     /// are allowed; nothing else is (an executable comment, whose text the server
     /// runs, makes it not a kill tandem reads).
     pub fn parse(sql: &[u8]) -> Option<Kill> {
-        let tokens = kill_tokens(sql)?;
+        // Runs on every short COM_QUERY: any other statement ends at its first word.
+        let mut tokens = KillTokens { sql, at: 0 };
+        if !tokens.next()??.eq_ignore_ascii_case(b"kill") {
+            return None;
+        }
+        let tokens: Vec<&[u8]> = tokens.collect::<Option<_>>()?;
         let tokens = match tokens.split_last() {
             Some((&b";", rest)) => rest,
             _ => &tokens[..],
@@ -42,9 +47,6 @@ impl Kill {
             _ => tokens.to_vec(),
         };
         let mut words = tokens.into_iter();
-        if !words.next()?.eq_ignore_ascii_case(b"kill") {
-            return None;
-        }
         let mut word = words.next()?;
         let modifier = if word.eq_ignore_ascii_case(b"hard") {
             Some("HARD")
@@ -91,39 +93,53 @@ impl Kill {
 }
 
 /// The words of a KILL statement, and `(`, `)` and `;` each as one; whitespace and
-/// comments dropped. None: an executable comment, or a comment left open.
-fn kill_tokens(sql: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut tokens = Vec::new();
-    let mut at = 0;
-    while at < sql.len() {
-        let rest = &sql[at..];
-        if rest[0].is_ascii_whitespace() {
-            at += 1;
-        } else if rest.starts_with(b"/*") {
-            if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") {
-                return None;
+/// comments skipped. `None` in their place: an executable comment, or a comment left
+/// open, which makes the statement not one tandem reads.
+struct KillTokens<'a> {
+    sql: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for KillTokens<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.at < self.sql.len() {
+            let rest = &self.sql[self.at..];
+            if rest[0].is_ascii_whitespace() {
+                self.at += 1;
+            } else if rest.starts_with(b"/*") {
+                if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") {
+                    self.at = self.sql.len();
+                    return Some(None);
+                }
+                let Some(end) = rest.windows(2).skip(2).position(|w| w == b"*/") else {
+                    self.at = self.sql.len();
+                    return Some(None);
+                };
+                self.at += end + 4;
+            } else if rest[0] == b'#' || rest.starts_with(b"-- ") || rest.starts_with(b"--\t") {
+                self.at += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            } else if matches!(rest[0], b'(' | b')' | b';') {
+                self.at += 1;
+                return Some(Some(&rest[..1]));
+            } else {
+                let len = rest
+                    .iter()
+                    .position(|&b| {
+                        b.is_ascii_whitespace() || matches!(b, b'(' | b')' | b';' | b'#')
+                    })
+                    .unwrap_or(rest.len());
+                let len = match rest[..len].windows(2).position(|w| w == b"/*") {
+                    Some(comment) => comment,
+                    None => len,
+                };
+                self.at += len;
+                return Some(Some(&rest[..len]));
             }
-            let end = rest.windows(2).skip(2).position(|w| w == b"*/")?;
-            at += end + 4;
-        } else if rest[0] == b'#' || rest.starts_with(b"-- ") || rest.starts_with(b"--\t") {
-            at += rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-        } else if matches!(rest[0], b'(' | b')' | b';') {
-            tokens.push(&rest[..1]);
-            at += 1;
-        } else {
-            let len = rest
-                .iter()
-                .position(|&b| b.is_ascii_whitespace() || matches!(b, b'(' | b')' | b';' | b'#'))
-                .unwrap_or(rest.len());
-            let len = match rest[..len].windows(2).position(|w| w == b"/*") {
-                Some(comment) => comment,
-                None => len,
-            };
-            tokens.push(&rest[..len]);
-            at += len;
         }
+        None
     }
-    Some(tokens)
 }
 
 fn parse_id(word: &[u8]) -> Option<u64> {
