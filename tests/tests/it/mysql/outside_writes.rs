@@ -73,9 +73,14 @@ async fn in_global_transaction(tandem: &Tandem, db: &MyTestDb, write: &str) -> C
     a
 }
 
-async fn no_locks_left(lockserver: &TestLockserver) {
+/// No global lock is left; the proxies and the lockserver stop.
+async fn finish(lockserver: TestLockserver, proxies: [Tandem; 2]) {
     let (_, locks) = lockserver.get("/v1/locks").await;
     assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    for proxy in proxies {
+        proxy.shutdown().await;
+    }
+    lockserver.stop().await;
 }
 
 #[tokio::test]
@@ -185,10 +190,7 @@ async fn an_outside_write_to_a_held_row_waits_for_the_rollback_then_applies_over
             (3, 1, "x".to_owned())
         ]
     );
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 #[tokio::test]
@@ -279,10 +281,7 @@ async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(balance(&mut direct, 2).await, Some(99));
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// tandem checks an autocommit write to a table that holds global locks in a
@@ -490,10 +489,7 @@ async fn an_outside_insert_that_recreates_a_held_row_fails_and_the_rollback_is_e
         before,
         "rolled back exactly"
     );
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// In wait mode the INSERT is undone while it waits (the holder's rollback may need
@@ -528,10 +524,7 @@ async fn an_outside_insert_of_a_held_key_waits_for_the_commit_then_goes_in() {
     let (r, _b) = insert.await.unwrap();
     r.expect("the insert goes in");
     assert_eq!(balance(&mut direct, 2).await, Some(7));
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// A role that may INSERT into a table but not read it still inserts into it while it
@@ -671,10 +664,7 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
             "{table} rolled back exactly"
         );
     }
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// A double-quoted VALUES key is a string to tandem and, under ANSI_QUOTES, a column to
@@ -769,10 +759,7 @@ async fn a_session_select_limit_caps_none_of_tandems_reads() {
     b.query_drop("ROLLBACK").await.unwrap();
     rolled_back(&mut holder).await;
     assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// A checked write inside the client's transaction holds its rows locked while it
@@ -807,10 +794,7 @@ async fn a_waiting_write_in_a_transaction_gives_way_to_a_rollback() {
         before,
         "restored, and not written"
     );
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// A checked write runs between statements of tandem's (its COMMIT, the read back of an
@@ -908,10 +892,7 @@ async fn row_count_after_a_checked_write_counts_the_write() {
     assert!(commands >= 24.0, "{commands} commands counted");
     rolled_back(&mut a).await;
     drop(b);
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// Under READ COMMITTED a locking read takes no gap locks: a row that begins to match
@@ -977,10 +958,7 @@ async fn a_row_that_begins_to_match_after_the_check_is_checked_inside_a_transact
     rolled_back(&mut a).await;
     assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
     drop(b);
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }
 
 /// A checked write in the client's transaction runs between statements of tandem's; the
@@ -1012,8 +990,5 @@ async fn a_checked_write_in_a_transaction_answers_with_its_own_status_flags() {
     raw.send(&my::packet(0, b"\x03ROLLBACK")).await;
     raw_reply(&mut raw).await;
     rolled_back(&mut a).await;
-    no_locks_left(&lockserver).await;
-    outside.shutdown().await;
-    global.shutdown().await;
-    lockserver.stop().await;
+    finish(lockserver, [outside, global]).await;
 }

@@ -4321,14 +4321,12 @@ async fn a_bind_of_a_statement_tandem_cannot_read_never_runs_uncaptured() {
     lockserver.stop().await;
 }
 
-/// A stray CopyDone ahead of the Execute that starts a COPY is ignored by the backend:
-/// the COPY is ended by the CopyDone that follows its data, and the session goes on (a
-/// control call, which waits for every reply, is answered).
-#[tokio::test]
-async fn a_copy_done_ahead_of_the_execute_that_starts_a_copy_ends_nothing() {
-    use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{RawPg, frame};
-    let db = prepare("stray_copy_done").await;
+/// A database with a table `c` to COPY into, a lockserver, a proxy of it, and a raw
+/// session of that proxy.
+async fn copy_session(
+    label: &str,
+) -> (TestDb, TestLockserver, Tandem, tandem_tests::raw_pg::RawPg) {
+    let db = prepare(label).await;
     db.direct()
         .await
         .batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text)")
@@ -4336,7 +4334,18 @@ async fn a_copy_done_ahead_of_the_execute_that_starts_a_copy_ends_nothing() {
         .unwrap();
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
-    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    let raw = tandem_tests::raw_pg::RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    (db, lockserver, tandem, raw)
+}
+
+/// A stray CopyDone ahead of the Execute that starts a COPY is ignored by the backend:
+/// the COPY is ended by the CopyDone that follows its data, and the session goes on (a
+/// control call, which waits for every reply, is answered).
+#[tokio::test]
+async fn a_copy_done_ahead_of_the_execute_that_starts_a_copy_ends_nothing() {
+    use super::control::{bind_body, parse_body};
+    use tandem_tests::raw_pg::frame;
+    let (db, lockserver, tandem, mut raw) = copy_session("stray_copy_done").await;
     raw.run_each(&["BEGIN"]).await;
     let bind_portal = |portal: &str, statement: &str| {
         let mut body = format!("{portal}\0").into_bytes();
@@ -4394,16 +4403,8 @@ async fn a_copy_done_ahead_of_the_execute_that_starts_a_copy_ends_nothing() {
 #[tokio::test]
 async fn a_refusal_behind_a_stray_copy_done_is_tandems_own() {
     use super::control::{bind_body, parse_body};
-    use tandem_tests::raw_pg::{RawPg, frame};
-    let db = prepare("stray_copy_refusal").await;
-    db.direct()
-        .await
-        .batch_execute("CREATE TABLE c (id int PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = Tandem::start_for(&lockserver).await;
-    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    use tandem_tests::raw_pg::frame;
+    let (_db, lockserver, tandem, mut raw) = copy_session("stray_copy_refusal").await;
     raw.run_each(&["SELECT tandem_begin()"]).await;
     let mut batch = Vec::new();
     batch.extend(frame(b'P', &parse_body("", "SELECT 1")));
