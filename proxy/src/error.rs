@@ -172,6 +172,14 @@ pub enum Error {
         rolling_back: bool,
     },
 
+    /// A write tandem cannot check row by row (TRUNCATE, MERGE, a write in a WITH
+    /// clause, a multi-statement query) outside a global transaction, to a table that
+    /// may hold global locks.
+    #[error(
+        "could not run a statement tandem cannot check against global locks (TRUNCATE, MERGE, a write in a WITH clause, a multi-statement query that updates or deletes): table {table} may hold locks of unfinished global transactions; send each UPDATE, DELETE or upsert as a statement of its own, or retry once those transactions have ended"
+    )]
+    UncheckedWriteLocked { table: String },
+
     #[error("tandem's own statement failed: {message}")]
     Injected { message: String },
 
@@ -294,7 +302,9 @@ impl Error {
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. } => SqlState::SerializationFailure,
-            Error::RowGloballyLocked { .. } => SqlState::LockNotAvailable,
+            Error::RowGloballyLocked { .. } | Error::UncheckedWriteLocked { .. } => {
+                SqlState::LockNotAvailable
+            }
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::InjectedTransient { state, .. } | Error::ServerError { state, .. } => *state,
             Error::RolledBackDuringCommit { .. } | Error::RolledBackAtCommit { .. } => {
@@ -382,6 +392,7 @@ impl Error {
             // still preparing): the wait ran out, retry.
             Error::GloballyLocked { .. }
             | Error::RowGloballyLocked { .. }
+            | Error::UncheckedWriteLocked { .. }
             | Error::Lockserver(
                 tandem_lockserver::Error::LockConflict { .. }
                 | tandem_lockserver::Error::PhaseOnePending { .. }
@@ -442,6 +453,7 @@ impl Error {
                 | Error::ImageUnread { .. }
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
+                | Error::UncheckedWriteLocked { .. }
                 | Error::Injected { .. }
                 | Error::InjectedTransient { .. }
                 | Error::ServerError { .. }
@@ -494,6 +506,7 @@ impl Error {
                 | Error::TableChanged { .. }
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
+                | Error::UncheckedWriteLocked { .. }
                 | Error::RolledBackAtCommit { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
@@ -536,7 +549,9 @@ impl Error {
             | Error::GloballyLocked { .. }
             | Error::RolledBackDuringCommit { .. }
             | Error::RolledBackAtCommit { .. } => "at_refused",
-            Error::RowGloballyLocked { .. } => "outside_write_locked",
+            Error::RowGloballyLocked { .. } | Error::UncheckedWriteLocked { .. } => {
+                "outside_write_locked"
+            }
             Error::Injected { .. } | Error::InjectedTransient { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }

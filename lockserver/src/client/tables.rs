@@ -259,6 +259,12 @@ impl TableLockView {
         })
     }
 
+    /// Whether the lockserver said it does not know which tables of `resource` hold
+    /// global locks (a Redis store): nothing can be told by a table alone.
+    pub fn untracked(&self, resource: &str) -> bool {
+        self.resource(resource).is_some_and(|r| r.read().unknown)
+    }
+
     /// Whether `table` of `resource` may hold global locks (true when the view is not
     /// trusted).
     pub fn may_be_locked(&self, resource: &str, table: &str) -> bool {

@@ -427,15 +427,17 @@ const LONGEST_KEY_PART: usize = 64;
 /// tables share a name (`"a.b".c` and `a."b.c"`); other names read as they always have.
 pub fn qualified_name(meta: &TableMeta) -> String {
     let table = meta.lock_table.as_ref().unwrap_or(&meta.table);
-    let part = |name: &str| {
-        if name.contains(['.', '"']) {
-            format!("\"{}\"", name.replace('"', "\"\""))
-        } else {
-            name.to_owned()
-        }
-    };
     let schema = table.schema.as_deref().unwrap_or("public");
-    format!("{}.{}", part(schema), part(&table.name))
+    format!("{}.{}", lock_name_part(schema), lock_name_part(&table.name))
+}
+
+/// A schema's or table's name as [`qualified_name`] writes it.
+pub fn lock_name_part(name: &str) -> String {
+    if name.contains(['.', '"']) {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    } else {
+        name.to_owned()
+    }
 }
 
 /// Bytes as lower-case hex.

@@ -7,11 +7,13 @@
 //! here, MySQL's in `mysql` (same types, MySQL's grammar and name rules).
 
 mod cache;
+mod changed;
 mod mysql;
 mod row_count;
 mod split;
 
 pub use cache::AnalysisCache;
+pub use changed::tables_changed;
 pub(crate) use mysql::bind_positionally;
 pub use row_count::with_row_count;
 pub use split::{count_mysql_statements, split_mysql_statements, split_statements, statement_body};

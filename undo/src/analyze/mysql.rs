@@ -22,7 +22,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
-const MYSQL_NAMES: Names = Names {
+pub(super) const MYSQL_NAMES: Names = Names {
     fold_tables: false,
     lower_columns: true,
     doubled_quotes: true,

@@ -56,7 +56,7 @@ use super::at::WriteInFlight;
 use super::at_extended::{Extended, Shape, leading_statement, read_batch, rest_len};
 use super::exchange::Param;
 use super::intercept::Intercepted;
-use crate::at::branch::{lock_key, qualified_name};
+use crate::at::branch::{lock_key, lock_name_part, qualified_name};
 use crate::error::{Error, Result};
 use crate::session::outside::RECHECK;
 use crate::wire::pg::codes::{backend, frontend};
@@ -67,7 +67,7 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_lockserver::client::{HeldLock, LockKey, Xid};
-use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze};
+use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed};
 
 impl Relay<'_> {
     /// A simple Query outside a global transaction, or XA-mode work in a transaction
@@ -80,12 +80,19 @@ impl Relay<'_> {
     ) -> Result<Intercepted> {
         // In a failed transaction block nothing runs: there is nothing to check. Only
         // at a sync point: a ROLLBACK TO SAVEPOINT still in flight may revive the block.
-        if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
+        if !some_statement_may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
             return Ok(Intercepted::Relay);
         }
         let (meta, write, inserted_keys) = match self.rows_to_check(sql, true).await {
             RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
             RowsToCheck::AtSyncPoint { .. } => return Ok(Intercepted::WaitForSyncPoint),
+            RowsToCheck::Refused(_) if !self.phase.at_sync_point() => {
+                return Ok(Intercepted::WaitForSyncPoint);
+            }
+            RowsToCheck::Refused(e) => {
+                let status = self.phase.tx_status().unwrap_or(TxStatus::Idle);
+                return self.refuse_query(Refused::of(&e, status)).await;
+            }
             RowsToCheck::Check(meta, write, inserted_keys) => (meta, *write, inserted_keys),
         };
         if !self.phase.at_sync_point() {
@@ -97,18 +104,7 @@ impl Relay<'_> {
             .check(&meta, &write, inserted_keys.as_deref(), &[], check_in)
             .await?
         {
-            Checked::Refused(refused) if refused.status == TxStatus::InTransaction => {
-                // The client's transaction must fail as the write would have made it fail.
-                let mut replacement = BytesMut::new();
-                put_query(
-                    &mut replacement,
-                    &super::intercept::error_sql(&refused.code, &refused.message),
-                );
-                Ok(Intercepted::Replace(replacement))
-            }
-            Checked::Refused(refused) => {
-                Ok(Intercepted::Answer(self.answer_refused(refused).await?))
-            }
+            Checked::Refused(refused) => self.refuse_query(refused).await,
             Checked::KeysUnread => Ok(Intercepted::Relay),
             Checked::Free(keys) if inserted_keys.is_some() => {
                 // Its keys are checked again when it is over: a global transaction
@@ -139,6 +135,20 @@ impl Relay<'_> {
         }
     }
 
+    /// The client's answer to a Query tandem refused: in a transaction block, the
+    /// block must fail as the write would have made it fail.
+    async fn refuse_query(&mut self, refused: Refused) -> Result<Intercepted> {
+        if refused.status == TxStatus::InTransaction {
+            let mut replacement = BytesMut::new();
+            put_query(
+                &mut replacement,
+                &super::intercept::error_sql(&refused.code, &refused.message),
+            );
+            return Ok(Intercepted::Replace(replacement));
+        }
+        Ok(Intercepted::Answer(self.answer_refused(refused).await?))
+    }
+
     /// An Execute outside a global transaction (or in XA mode) that opens a batch: its
     /// portal was bound in an earlier batch, whose guard is gone. A write through it to
     /// a table that may hold global locks cannot be checked here (its rows were never
@@ -166,7 +176,7 @@ impl Relay<'_> {
             }
             // As where it cannot be checked in its own batch (see guard_extended).
             RowsToCheck::Check(_, _, Some(_)) => return Ok(Extended::NotAWrite),
-            RowsToCheck::Check(..) | RowsToCheck::AtSyncPoint { .. } => {}
+            RowsToCheck::Check(..) | RowsToCheck::AtSyncPoint { .. } | RowsToCheck::Refused(_) => {}
         }
         let e = Error::Unsupported {
             what: "executing, in a later batch than its Bind, a portal that writes to a table holding global locks (bind and execute it in one batch)",
@@ -313,6 +323,7 @@ impl Relay<'_> {
             }
             // Only between sync points: handled as a check there.
             RowsToCheck::AtSyncPoint { plain_insert } => (None, plain_insert),
+            RowsToCheck::Refused(e) => return self.refuse_extended(rest, tag, e).await,
         };
         if plain_insert && self.phase.unsynced() {
             // An INSERT that cannot be checked runs unchecked, as it did before tandem
@@ -496,6 +507,29 @@ impl Relay<'_> {
         })
     }
 
+    /// A Parse or Bind of a write tandem cannot check, to a table that may hold global
+    /// locks: its batch is refused where the statement would run (preparing it runs
+    /// nothing), as a checked write's is where it cannot be checked.
+    async fn refuse_extended(&mut self, rest: &[u8], tag: u8, e: Error) -> Result<Extended> {
+        if let Some(instead) = self.unless_at_sync_point(
+            tag,
+            "a write tandem cannot check, to a table that holds global locks, in the middle of a pipelined batch",
+        ) {
+            return Ok(instead);
+        }
+        let max = self.ctx.config.max_message_bytes;
+        match read_batch(rest, max)? {
+            Shape::Incomplete => Ok(Extended::NeedMore),
+            Shape::PrepareOnly => Ok(Extended::NotAWrite),
+            Shape::Flushed if tag == frontend::PARSE => Ok(Extended::NotAWrite),
+            Shape::Flushed => Ok(Extended::RefuseBind(super::at_extended::refusal(e))),
+            Shape::Run(_) | Shape::Other(_) => {
+                let consumed = rest_len(rest, max)?;
+                self.answer_directly(consumed, e).await
+            }
+        }
+    }
+
     /// Counts (and now and then logs) a write that runs without its check.
     fn unchecked_outside_write(&self) {
         let metric = &self.ctx.metrics.outside_writes_unchecked;
@@ -514,32 +548,17 @@ impl Relay<'_> {
         Ok(out)
     }
 
-    /// Whether a write must have its rows checked before it runs (see `RowsToCheck`).
+    /// Whether a write must have its rows checked before it runs, and which: see
+    /// `RowsToCheck` (`Unchecked`: it runs as sent, under an unchecked guard held until
+    /// the sync point, or because tandem cannot name its rows: see the module comment).
     async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> RowsToCheck {
-        match self.rows_to_check_named(sql, runs).await {
-            Ok(Some((meta, write, inserted_keys))) => {
-                RowsToCheck::Check(meta, Box::new(write), inserted_keys)
-            }
-            Ok(None) => RowsToCheck::Unchecked,
-            Err(NotResolvedYet { plain_insert }) => RowsToCheck::AtSyncPoint { plain_insert },
-        }
-    }
-
-    /// The table and write whose rows must be checked before it runs; None: it runs as
-    /// sent (under an unchecked guard held until the sync point, or because tandem
-    /// cannot name its rows: see the module comment).
-    async fn rows_to_check_named(
-        &mut self,
-        sql: &[u8],
-        runs: bool,
-    ) -> std::result::Result<Option<(Arc<TableMeta>, Write, Option<String>)>, NotResolvedYet> {
         let tables = &self.ctx.outside.tables;
         if self.unchecked.covers(None) {
-            return Ok(None);
+            return RowsToCheck::Unchecked;
         }
         if let Some(guard) = tables.enter_unchecked(&self.resource, None) {
             self.unchecked.hold(guard, None);
-            return Ok(None);
+            return RowsToCheck::Unchecked;
         }
         if self.ctx.outside.failed_lately() {
             // The lockserver is unreachable: neither its notices nor its locks can be
@@ -551,14 +570,14 @@ impl Relay<'_> {
             // The rest of the batch goes the same way: a Parse let through this way
             // must not see its Bind refused because the pause ended in between.
             self.unchecked.pass_all();
-            return Ok(None);
+            return RowsToCheck::Unchecked;
         }
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
         let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
             Ok((1, Some(Analysis::Write(w)))) if !is_plain_insert(&w) || w.rows.is_some() => w,
             // Not one write tandem can name the rows of: see the module comment.
-            _ => return Ok(None),
+            _ => return self.unanalysed_write(&text).await,
         };
         if !self.phase.at_sync_point() && self.resolves_in_session(&write.table) {
             // Which schema's table the name means is asked of the backend, which is
@@ -577,26 +596,26 @@ impl Relay<'_> {
                 Err(_) => true,
             };
             let guard = tables
-                .enter_unchecked_by_name(&self.resource, &write.table.name)
+                .enter_unchecked_by_name(&self.resource, &lock_name_part(&write.table.name))
                 .filter(|_| !partition);
             return match guard {
                 Some(guard) => {
                     self.unchecked.hold_uncovering(guard);
-                    Ok(None)
+                    RowsToCheck::Unchecked
                 }
-                None => Err(NotResolvedYet {
+                None => RowsToCheck::AtSyncPoint {
                     plain_insert: is_plain_insert(&write),
-                }),
+                },
             };
         }
         let meta = match self.table_meta(&write.table).await {
             Ok(meta) => meta,
             // No such table, say: the write fails on its own.
-            Err(_) => return Ok(None),
+            Err(_) => return RowsToCheck::Unchecked,
         };
         if meta.pk.is_empty() {
             // Never captured, so never globally locked.
-            return Ok(None);
+            return RowsToCheck::Unchecked;
         }
         let inserted_keys = if is_plain_insert(&write) {
             match write
@@ -607,20 +626,101 @@ impl Relay<'_> {
                 Some(keys_sql) => Some(keys_sql),
                 // Keys the server generates are new; computed ones cannot be known
                 // before the INSERT runs.
-                None => return Ok(None),
+                None => return RowsToCheck::Unchecked,
             }
         } else {
             None
         };
         let table = qualified_name(&meta);
         if self.unchecked.covers(Some(&table)) {
-            return Ok(None);
+            return RowsToCheck::Unchecked;
         }
         if let Some(guard) = tables.enter_unchecked(&self.resource, Some(&table)) {
             self.unchecked.hold(guard, Some(table));
-            return Ok(None);
+            return RowsToCheck::Unchecked;
         }
-        Ok(Some((meta, write, inserted_keys)))
+        RowsToCheck::Check(meta, Box::new(write), inserted_keys)
+    }
+
+    /// A write tandem cannot check row by row (`tables_changed`): it runs under a guard
+    /// on each table whose rows it may update or delete; where one of them may hold
+    /// global locks it waits (as configured, outside a transaction block) until none
+    /// does, or is refused. Text that does not parse, plain INSERTs, XA-mode work and
+    /// a lockserver that tracks no tables (Redis) leave it unchecked (see the module
+    /// comment).
+    async fn unanalysed_write(&mut self, sql: &str) -> RowsToCheck {
+        if self.binding.xid().is_some() {
+            // XA mode's gap stays as README documents it: its scripts would otherwise
+            // be refused for as long as a table stays announced after AT work on it.
+            return RowsToCheck::Unchecked;
+        }
+        let changed = match tables_changed(&Postgres, sql) {
+            Some(changed) if !changed.is_empty() => changed,
+            _ => return RowsToCheck::Unchecked,
+        };
+        let tables = Arc::clone(&self.ctx.outside.tables);
+        if tables.untracked(&self.resource) {
+            return RowsToCheck::Unchecked;
+        }
+        let partitions = (self.ctx.partitions)
+            .get(&self.ctx.side, &self.database)
+            .await
+            .ok();
+        // In a block the client's earlier work may hold rows a rollback needs: it
+        // fails at once, as a checked write there does.
+        let waits = self.ctx.outside.waits() && self.phase == super::Phase::Ready(TxStatus::Idle);
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        let mut probed = false;
+        loop {
+            let mut guards = Vec::with_capacity(changed.len());
+            let mut locked = None;
+            for name in &changed {
+                // A partition's rows are locked under its root's name, which its own
+                // does not show.
+                let partition = partitions.as_ref().is_none_or(|p| p.contains(name));
+                let guard = tables
+                    .enter_unchecked_by_name(&self.resource, &lock_name_part(name))
+                    .filter(|_| !partition);
+                match guard {
+                    Some(guard) => guards.push(guard),
+                    None => {
+                        locked = Some(name);
+                        break;
+                    }
+                }
+            }
+            let Some(table) = locked else {
+                for guard in guards {
+                    self.unchecked.hold_uncovering(guard);
+                }
+                return RowsToCheck::Unchecked;
+            };
+            // Nothing is held while it waits: an announcement must not wait for it.
+            drop(guards);
+            if !probed {
+                // Announced, or the view is not current: a lockserver that does not
+                // answer lets it run, as it lets every write (see `held`).
+                probed = true;
+                let probe = LockKey::new(&self.resource, table, ["tandem_probe"]);
+                if self
+                    .ctx
+                    .outside
+                    .held(&self.ctx.lock, &[probe])
+                    .await
+                    .is_err()
+                {
+                    self.unchecked_outside_write();
+                    self.unchecked.pass_all();
+                    return RowsToCheck::Unchecked;
+                }
+            }
+            if !waits || Instant::now() + RECHECK > deadline {
+                return RowsToCheck::Refused(Error::UncheckedWriteLocked {
+                    table: table.clone(),
+                });
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
     }
 
     /// Whose transaction a check about to run is in, at a sync point.
@@ -884,11 +984,9 @@ enum RowsToCheck {
     Check(Arc<TableMeta>, Box<Write>, Option<String>),
     /// It may need a check, and which table it writes is known only at the sync point.
     AtSyncPoint { plain_insert: bool },
-}
-
-/// A table name the session has not resolved, met between sync points.
-struct NotResolvedYet {
-    plain_insert: bool,
+    /// It must not run: tandem cannot check it, and a table it may change may hold
+    /// global locks.
+    Refused(Error),
 }
 
 /// An INSERT without ON CONFLICT DO UPDATE: the rows it writes do not exist yet, so
@@ -984,14 +1082,32 @@ pub(super) fn may_write(sql: &[u8]) -> bool {
     let Some(word) = crate::control::leading_words(sql, false).next() else {
         return false;
     };
-    [&b"update"[..], b"delete", b"insert", b"merge", b"with"]
-        .iter()
-        .any(|w| word.eq_ignore_ascii_case(w))
+    [
+        &b"update"[..],
+        b"delete",
+        b"insert",
+        b"merge",
+        b"with",
+        b"truncate",
+    ]
+    .iter()
+    .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// As `may_write`, for every statement of a simple query (`SELECT 1; UPDATE t …`): the
+/// first word after each semicolon counts too (one in a literal or a comment only
+/// costs a closer look).
+pub(super) fn some_statement_may_write(sql: &[u8]) -> bool {
+    may_write(sql)
+        || sql
+            .iter()
+            .enumerate()
+            .any(|(at, &b)| b == b';' && may_write(&sql[at + 1..]))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Analysis, Postgres, may_write};
+    use super::{Analysis, Postgres, may_write, some_statement_may_write};
 
     #[test]
     fn an_update_locks_its_rows_no_harder_than_it_will() {
@@ -1015,6 +1131,11 @@ mod tests {
         assert!(may_write(b"UPDATE t SET v = 1"));
         assert!(may_write(b"  /* c */ delete from t"));
         assert!(may_write(b"-- x\ninsert into t values (1)"));
+        assert!(may_write(b"TRUNCATE t"));
+        assert!(!may_write(b"SELECT 1; UPDATE t SET v = 1"));
+        assert!(some_statement_may_write(b"SELECT 1; UPDATE t SET v = 1"));
+        assert!(some_statement_may_write(b"SELECT 1;\n  /* c */ truncate t"));
+        assert!(!some_statement_may_write(b"SELECT 1; SELECT 2;"));
         assert!(may_write(b"WITH d AS (DELETE FROM t RETURNING *) SELECT 1"));
         assert!(!may_write(b"SELECT 1"));
         assert!(!may_write(b"BEGIN"));

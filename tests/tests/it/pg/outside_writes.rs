@@ -234,6 +234,11 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     // Nothing listens on the lockserver endpoint.
     let tandem = Tandem::start_with(|c| c.lockserver.endpoint = "http://127.0.0.1:9".into()).await;
     let b = tandem.connect(&orders.name).await;
+    // A write tandem cannot check row by row runs too (it is not refused as where a
+    // table may hold global locks).
+    b.batch_execute("SELECT 1; UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
     b.batch_execute("UPDATE accounts SET balance = 5 WHERE id = 1")
         .await
         .unwrap();
@@ -242,6 +247,7 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
         .unwrap();
     let direct = orders.direct().await;
     assert_eq!(balance(&direct, 1).await, 5);
+    assert_eq!(balance(&direct, 3).await, 3);
     let left: i64 = direct
         .query_one("SELECT count(*) FROM accounts WHERE id = 2", &[])
         .await
@@ -252,7 +258,7 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
         tandem
             .metric("tandem_pg_outside_writes_unchecked_total")
             .await,
-        2.0
+        3.0
     );
     tandem.shutdown().await;
 }
@@ -1741,5 +1747,146 @@ async fn an_upsert_that_may_move_a_held_row_to_another_key_is_refused() {
         .collect();
     assert_eq!(rows, [(1, "a".to_owned()), (2, "b".to_owned())]);
     drop((a, b));
+    finish(lockserver, [global, outside]).await;
+}
+
+/// Every row of `accounts` as text, in key order.
+async fn accounts(client: &Client) -> Vec<String> {
+    client
+        .query("SELECT accounts::text FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Writes tandem cannot check row by row (TRUNCATE, MERGE, a write in a WITH clause, a
+/// multi-statement query that updates or deletes) fail with 55P03 while a table they
+/// may change holds global locks (`outside_writes = "fail"`), and change nothing; what
+/// only reads or inserts still runs, in the same shapes. With `"wait"` such a write
+/// waits until its table holds none, then runs over the restored row.
+#[tokio::test]
+async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_locks() {
+    let orders = prepare("outside_unanalysed").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE other (id int PRIMARY KEY, v int); INSERT INTO other VALUES (1, 1)",
+        )
+        .await
+        .unwrap();
+    let a = hold_row(&global, &orders.name, 4).await;
+    let held = accounts(&direct).await;
+
+    let b = outside.connect(&orders.name).await;
+    let refused = [
+        "TRUNCATE accounts",
+        "SELECT 1; UPDATE accounts SET balance = 99 WHERE id = 4",
+        "UPDATE other SET v = 2; DELETE FROM accounts WHERE id = 4",
+        "WITH gone AS (DELETE FROM accounts WHERE id = 4 RETURNING id) SELECT count(*) FROM gone",
+        "MERGE INTO accounts t USING (VALUES (4)) s(id) ON t.id = s.id WHEN MATCHED THEN UPDATE SET balance = 99",
+        "BEGIN; UPDATE accounts SET balance = 99 WHERE id = 4; COMMIT",
+        "INSERT INTO other VALUES (2, 2); TRUNCATE public.\"accounts\"",
+    ];
+    for sql in refused {
+        let err = b.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{sql}: {err:?}"
+        );
+        // The session goes on, outside any transaction block.
+        b.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
+    }
+    // Over the extended protocol: preparing runs nothing, executing is refused.
+    let truncate = b.prepare("TRUNCATE accounts").await.unwrap();
+    let err = b
+        .execute(&truncate, &[])
+        .await
+        .expect_err("extended TRUNCATE");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    let err = b
+        .execute(
+            "WITH gone AS (DELETE FROM accounts WHERE id = $1 RETURNING id) SELECT count(*) FROM gone",
+            &[&4i32],
+        )
+        .await
+        .expect_err("extended WITH … DELETE");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    // In the client's transaction block, the refusal fails the block.
+    b.batch_execute("BEGIN; UPDATE other SET v = 3")
+        .await
+        .unwrap();
+    let err = b
+        .batch_execute("TRUNCATE accounts")
+        .await
+        .expect_err("in a block");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    let err = b
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("the block failed");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    b.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        accounts(&direct).await,
+        held,
+        "nothing refused changed a row"
+    );
+    let other: i32 = direct
+        .query_one("SELECT v FROM other WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(other, 1, "the refused statements' other writes never ran");
+
+    // Reads and plain INSERTs still run, with writes to other tables, in one query.
+    b.batch_execute(
+        "SELECT 1; INSERT INTO accounts (id, balance) VALUES (100, 7); UPDATE other SET v = 5",
+    )
+    .await
+    .unwrap();
+    assert_eq!(balance(&direct, 100).await, 7);
+    direct
+        .batch_execute("DELETE FROM accounts WHERE id = 100")
+        .await
+        .unwrap();
+
+    // Waiting, it runs once its table holds no global locks, after the rollback.
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let patient = Tandem::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.outside_writes = OutsideWrites::Wait;
+        c.lockserver.lock_wait_ms = 60_000;
+    })
+    .await;
+    let c = patient.connect(&orders.name).await;
+    let waiting = tokio::spawn(async move {
+        c.batch_execute("SELECT 1; UPDATE accounts SET balance = balance + 1 WHERE id = 4")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "it waits for the global transaction"
+    );
+    assert_eq!(accounts(&direct).await, held);
+    rolled_back(&a).await;
+    waiting.await.unwrap().unwrap();
+    assert_eq!(
+        balance(&direct, 4).await,
+        1001,
+        "applied over the restored row"
+    );
+    // And now nothing holds the table: TRUNCATE runs at once, also where writes fail.
+    b.batch_execute("TRUNCATE accounts").await.unwrap();
+    assert!(accounts(&direct).await.is_empty());
+    patient.shutdown().await;
     finish(lockserver, [global, outside]).await;
 }
