@@ -4,7 +4,7 @@
 //! text or as a prepared statement, in autocommit or in the client's own transaction;
 //! rows nobody holds are written at once.
 
-use super::at_mode::{code, prepare, rolled_back, text};
+use super::at_mode::{code, dump, prepare, rolled_back, text};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use std::time::{Duration, Instant};
@@ -330,6 +330,11 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     // Nothing listens on the lockserver endpoint.
     let tandem = my::start_with(|c| c.lockserver.endpoint = "http://127.0.0.1:9".into()).await;
     let mut b = my::connect(&tandem, &db.name).await;
+    // A statement tandem cannot check row by row runs too (it is not refused as where
+    // a table may hold global locks).
+    b.query_drop("SELECT 1; UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
     b.query_drop("UPDATE accounts SET balance = 5 WHERE id = 1")
         .await
         .unwrap();
@@ -339,12 +344,13 @@ async fn without_a_reachable_lockserver_outside_writes_run_and_are_counted() {
     let mut direct = db.direct().await;
     assert_eq!(balance(&mut direct, 1).await, Some(5));
     assert_eq!(balance(&mut direct, 2).await, None);
+    assert_eq!(balance(&mut direct, 3).await, Some(3));
     let proxy = &tandem;
-    eventually("both writes are counted as unchecked", || async move {
+    eventually("every write is counted as unchecked", || async move {
         proxy
             .metric("tandem_mysql_outside_writes_unchecked_total")
             .await
-            == 2.0
+            == 3.0
     })
     .await;
     tandem.shutdown().await;
@@ -991,4 +997,90 @@ async fn a_checked_write_in_a_transaction_answers_with_its_own_status_flags() {
     raw_reply(&mut raw).await;
     rolled_back(&mut a).await;
     finish(lockserver, [outside, global]).await;
+}
+
+/// Statements tandem cannot check row by row (TRUNCATE, a multi-statement query that
+/// updates or deletes) fail with 1205 while a table they may change holds global locks
+/// (`outside_writes = "fail"`), and change nothing; what only reads or inserts still
+/// runs in the same shape. With `"wait"` such a statement waits until its table holds
+/// none, then runs over the restored row.
+#[tokio::test]
+async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_locks() {
+    let db = prepare("my_outside_unanalysed").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let held = dump(&mut direct, "accounts").await;
+    let items = dump(&mut direct, "items").await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    for sql in [
+        "TRUNCATE TABLE accounts",
+        "SELECT 1; UPDATE accounts SET balance = 99 WHERE id = 2",
+        "INSERT INTO items (name) VALUES ('x'); DELETE FROM accounts WHERE id = 2",
+        "UPDATE accounts SET balance = 99 WHERE id = 2; UPDATE accounts SET balance = 98 WHERE id = 3",
+    ] {
+        let err = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        // The session goes on.
+        b.query_drop("DO 1").await.unwrap();
+    }
+    // In the client's transaction the statement fails; the transaction goes on.
+    b.query_drop("START TRANSACTION").await.unwrap();
+    let err = b
+        .query_drop("SELECT 1; DELETE FROM accounts WHERE id = 2")
+        .await
+        .expect_err("in a transaction");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    b.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
+    assert_eq!(
+        dump(&mut direct, "items").await,
+        items,
+        "nothing ran before it"
+    );
+
+    // Reads and plain INSERTs still run, with writes to other tables.
+    b.query_drop("SELECT 1; INSERT INTO accounts VALUES (100, 7, 'n'); UPDATE items SET name = 'second' WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(balance(&mut direct, 100).await, Some(7));
+    direct
+        .query_drop("DELETE FROM accounts WHERE id = 100")
+        .await
+        .unwrap();
+
+    // Waiting, it runs once its table holds no global locks, after the rollback.
+    let patient = {
+        let endpoint = format!("http://{}", lockserver.grpc);
+        my::start_with(|c| {
+            c.lockserver.endpoint = endpoint;
+            c.lockserver.outside_writes = OutsideWrites::Wait;
+            c.lockserver.lock_wait_ms = 60_000;
+        })
+        .await
+    };
+    let mut c = my::connect(&patient, &db.name).await;
+    let waiting = tokio::spawn(async move {
+        c.query_drop("SELECT 1; UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "it waits for the global transaction"
+    );
+    assert_eq!(dump(&mut direct, "accounts").await, held);
+    rolled_back(&mut a).await;
+    waiting.await.unwrap().unwrap();
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        Some(1001),
+        "applied over the restored row"
+    );
+    // Now nothing holds the table: TRUNCATE runs at once, also where writes fail.
+    b.query_drop("TRUNCATE TABLE accounts").await.unwrap();
+    assert!(dump(&mut direct, "accounts").await.is_empty());
+    patient.shutdown().await;
+    finish(lockserver, [global, outside]).await;
 }

@@ -33,10 +33,9 @@
 //! Left unchecked, and so caught only as a dirty write when the global transaction
 //! rolls back: an UPDATE or DELETE whose rows are chosen by RAND(), UUID(), a sequence
 //! or a variable assignment (the rows checked need not be those it then changes; AT
-//! refuses such writes), an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA, a
-//! multi-statement query, CALL, writes in stored programs and triggers, statements
-//! tandem cannot analyse (a multi-table write to several tables among them) or could
-//! not read whole (16 MiB or more, long data), SQL-level PREPARE/EXECUTE, a
+//! refuses such writes), an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA,
+//! CALL, writes in stored programs and triggers, statements tandem could not read
+//! whole (16 MiB or more, long data), SQL-level PREPARE/EXECUTE, a
 //! write whose executable comment the server reads otherwise than tandem (which runs
 //! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an INSERT with a double-quoted value
@@ -45,13 +44,18 @@
 //! big5, sjis, cp932, gb18030), an autocommit write with RETURNING, and
 //! every write while the lockserver is unreachable (counted in
 //! `tandem_mysql_outside_writes_unchecked`).
+//!
+//! A statement tandem cannot check row by row (TRUNCATE, a multi-statement query, a
+//! write it cannot analyse, such as a multi-table write to several tables) is judged
+//! by the tables it may update or delete rows of: guarded while none may hold global
+//! locks, else it waits or fails as a held row does (`unanalysed_write`).
 
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
 use super::control::Kind;
 use super::own::OwnError;
 use super::{Relay, in_transaction};
-use crate::at::branch::qualified_name;
+use crate::at::branch::{lock_name_part, qualified_name};
 use crate::at::mysql::AtTable;
 use crate::error::{Error, Result};
 use crate::session::outside::RECHECK;
@@ -74,7 +78,7 @@ impl Relay<'_> {
     /// session inside its branch, read whole and not a control call. None: it goes on
     /// as sent.
     pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Option<Handled>> {
-        if !may_write(sql) || self.enter_unchecked_anywhere() {
+        if !some_statement_may_write(sql) || self.enter_unchecked_anywhere() {
             return Ok(None);
         }
         let Ok(text) = std::str::from_utf8(sql) else {
@@ -83,10 +87,10 @@ impl Relay<'_> {
         let write = match tandem_undo::analyze(&Mysql, text) {
             Ok(mut analyses) if analyses.len() == 1 => match analyses.pop() {
                 Some(Analysis::Write(write)) => write,
-                _ => return Ok(None),
+                _ => return self.unanalysed_write(text).await,
             },
-            // Several statements, or one tandem cannot read: see the module comment.
-            _ => return Ok(None),
+            // Several statements, or one tandem cannot read.
+            _ => return self.unanalysed_write(text).await,
         };
         if self.backslashes_misread(text) {
             return Ok(None);
@@ -94,12 +98,89 @@ impl Relay<'_> {
         self.guard_write(text, &write, &Source::Query(text)).await
     }
 
+    /// A statement tandem cannot check row by row (TRUNCATE, a multi-statement query
+    /// that updates or deletes, a write tandem cannot analyse): judged by the tables
+    /// `tables_changed` names. It runs under a guard on each; while one of them may
+    /// hold global locks it waits (as configured, in autocommit) until none does, or
+    /// is refused with 1205. Text that does not parse, plain INSERTs, XA-mode work
+    /// and a lockserver that tracks no tables (Redis) leave it unchecked (see the
+    /// module comment).
+    async fn unanalysed_write(&mut self, text: &str) -> Result<Option<Handled>> {
+        if self.xa.is_some() {
+            // XA mode's gap stays as README documents it (as on PostgreSQL).
+            return Ok(None);
+        }
+        let changed = match tandem_undo::tables_changed(&Mysql, text) {
+            Some(changed) if !changed.is_empty() => changed,
+            _ => return Ok(None),
+        };
+        let scope = self.ctx.xa.lock_scope();
+        let tables = std::sync::Arc::clone(&self.ctx.outside.tables);
+        if tables.untracked(&scope) {
+            return Ok(None);
+        }
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
+        }
+        // In the client's transaction its earlier work may hold rows a rollback
+        // needs: it fails at once, as a checked write there does.
+        let status = self.exchange.status().unwrap_or(StatusFlags::empty());
+        let waits = self.ctx.outside.waits() && !in_transaction(status);
+        let deadline = Instant::now() + self.ctx.lock_wait;
+        let mut probed = false;
+        loop {
+            let mut guards = Vec::with_capacity(changed.len());
+            let mut locked = None;
+            for name in &changed {
+                match tables.enter_unchecked_by_name(&scope, &lock_name_part(name)) {
+                    Some(guard) => guards.push(guard),
+                    None => {
+                        locked = Some(name);
+                        break;
+                    }
+                }
+            }
+            let Some(table) = locked else {
+                for guard in guards {
+                    self.unchecked.hold_uncovering(guard);
+                }
+                return Ok(None);
+            };
+            // Nothing is held while it waits: an announcement must not wait for it.
+            drop(guards);
+            if !probed {
+                // Announced, or the view is not current: a lockserver that does not
+                // answer lets it run, as it lets every write (see `check`).
+                probed = true;
+                let probe = LockKey::new(&scope, table, ["tandem_probe"]);
+                if self
+                    .ctx
+                    .outside
+                    .held(&self.ctx.lock, &[probe])
+                    .await
+                    .is_err()
+                {
+                    self.count_unchecked();
+                    self.unchecked.pass_all();
+                    return Ok(None);
+                }
+            }
+            if !waits || Instant::now() + RECHECK > deadline {
+                let e = Error::UncheckedWriteLocked {
+                    table: table.clone(),
+                };
+                return self.refuse(e).map(Some);
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
+    }
+
     /// The first bytes of a COM_QUERY of an unbound session that tandem does not read
     /// whole unless it must: whether it must (it may write, and some table of the
     /// server may hold global locks). One it cannot read whole (16 MiB or more) is let
     /// through unchecked.
     pub(super) fn must_read_outside_write(&mut self, header: Header, sql_start: &[u8]) -> bool {
-        if !may_write(sql_start) || self.enter_unchecked_anywhere() {
+        if !some_statement_may_write(sql_start) || self.enter_unchecked_anywhere() {
             return false;
         }
         if header.is_continued() {
@@ -819,14 +900,31 @@ fn may_write(sql: &[u8]) -> bool {
             None => tandem_undo::has_executable_comment(sql),
         };
     }
-    [&b"update"[..], b"delete", b"insert", b"replace"]
-        .iter()
-        .any(|w| word.eq_ignore_ascii_case(w))
+    [
+        &b"update"[..],
+        b"delete",
+        b"insert",
+        b"replace",
+        b"truncate",
+    ]
+    .iter()
+    .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// As `may_write`, for every statement of a multi-statement query (`SELECT 1; UPDATE
+/// t …`): the first word after each semicolon counts too (one in a literal or a
+/// comment only costs a closer look).
+fn some_statement_may_write(sql: &[u8]) -> bool {
+    may_write(sql)
+        || sql
+            .iter()
+            .enumerate()
+            .any(|(at, &b)| b == b';' && may_write(&sql[at + 1..]))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::may_write;
+    use super::{may_write, some_statement_may_write};
 
     #[test]
     fn first_word_decides() {
@@ -834,6 +932,10 @@ mod tests {
         assert!(may_write(b"  /* c */ delete from t"));
         assert!(may_write(b"# x\ninsert into t values (1)"));
         assert!(may_write(b"REPLACE INTO t VALUES (1)"));
+        assert!(may_write(b"truncate table t"));
+        assert!(!may_write(b"SELECT 1; DELETE FROM t"));
+        assert!(some_statement_may_write(b"SELECT 1; DELETE FROM t"));
+        assert!(!some_statement_may_write(b"SELECT 1; SELECT 2"));
         assert!(!may_write(b"SELECT 1"));
         assert!(!may_write(b"BEGIN"));
         assert!(!may_write(b"updated"));
