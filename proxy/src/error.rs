@@ -176,9 +176,18 @@ pub enum Error {
     /// clause, a multi-statement query) outside a global transaction, to a table that
     /// may hold global locks.
     #[error(
-        "could not run a statement tandem cannot check against global locks (TRUNCATE, MERGE, a write in a WITH clause, a multi-statement query that updates or deletes): table {table} may hold locks of unfinished global transactions; send each UPDATE, DELETE or upsert as a statement of its own, or retry once those transactions have ended"
+        "could not run a statement tandem cannot check row by row against global locks (such as TRUNCATE, or a multi-statement query that updates or deletes): {} may hold locks of unfinished global transactions; send each UPDATE or DELETE as a statement of its own, or retry once those transactions have ended",
+        named_table(table)
     )]
     UncheckedWriteLocked { table: String },
+
+    /// A write outside a global transaction whose foreign-key actions would change
+    /// rows of a table that may hold global locks (which tandem does not check row by
+    /// row).
+    #[error(
+        "could not change rows of {table}: foreign-key actions (ON DELETE / ON UPDATE CASCADE, SET NULL, SET DEFAULT) would change rows of {reached}, which may hold locks of unfinished global transactions; retry once those transactions have ended"
+    )]
+    CascadeLocked { table: String, reached: String },
 
     #[error("tandem's own statement failed: {message}")]
     Injected { message: String },
@@ -302,9 +311,9 @@ impl Error {
             | Error::TableChanged { .. }
             | Error::ImageUnread { .. }
             | Error::GloballyLocked { .. } => SqlState::SerializationFailure,
-            Error::RowGloballyLocked { .. } | Error::UncheckedWriteLocked { .. } => {
-                SqlState::LockNotAvailable
-            }
+            Error::RowGloballyLocked { .. }
+            | Error::UncheckedWriteLocked { .. }
+            | Error::CascadeLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::InjectedTransient { state, .. } | Error::ServerError { state, .. } => *state,
             Error::RolledBackDuringCommit { .. } | Error::RolledBackAtCommit { .. } => {
@@ -393,6 +402,7 @@ impl Error {
             Error::GloballyLocked { .. }
             | Error::RowGloballyLocked { .. }
             | Error::UncheckedWriteLocked { .. }
+            | Error::CascadeLocked { .. }
             | Error::Lockserver(
                 tandem_lockserver::Error::LockConflict { .. }
                 | tandem_lockserver::Error::PhaseOnePending { .. }
@@ -454,6 +464,7 @@ impl Error {
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
                 | Error::UncheckedWriteLocked { .. }
+                | Error::CascadeLocked { .. }
                 | Error::Injected { .. }
                 | Error::InjectedTransient { .. }
                 | Error::ServerError { .. }
@@ -507,6 +518,7 @@ impl Error {
                 | Error::GloballyLocked { .. }
                 | Error::RowGloballyLocked { .. }
                 | Error::UncheckedWriteLocked { .. }
+                | Error::CascadeLocked { .. }
                 | Error::RolledBackAtCommit { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
@@ -549,9 +561,9 @@ impl Error {
             | Error::GloballyLocked { .. }
             | Error::RolledBackDuringCommit { .. }
             | Error::RolledBackAtCommit { .. } => "at_refused",
-            Error::RowGloballyLocked { .. } | Error::UncheckedWriteLocked { .. } => {
-                "outside_write_locked"
-            }
+            Error::RowGloballyLocked { .. }
+            | Error::UncheckedWriteLocked { .. }
+            | Error::CascadeLocked { .. } => "outside_write_locked",
             Error::Injected { .. } | Error::InjectedTransient { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }
@@ -561,6 +573,16 @@ impl Error {
             | Error::BadControlCall(_)
             | Error::InFailedTransaction => "control",
         }
+    }
+}
+
+/// A table as an error names it; `*` (`tandem_undo::EVERY_TABLE`) is a statement that
+/// may change rows of any table.
+fn named_table(table: &str) -> String {
+    if table == tandem_undo::EVERY_TABLE {
+        "a table it may change (it cascades, or tandem cannot parse it)".to_owned()
+    } else {
+        format!("table {table}")
     }
 }
 

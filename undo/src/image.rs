@@ -84,6 +84,51 @@ pub struct Column {
     pub collation: Option<Collation>,
 }
 
+/// A foreign key that references a table and changes rows of its own table (cascades,
+/// or sets NULL or DEFAULT) when a referenced row is deleted or its key updated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cascade {
+    /// It acts when a referenced row is deleted.
+    pub on_delete: bool,
+    /// It acts when one of `columns` of a referenced row changes.
+    pub on_update: bool,
+    /// The referenced table's columns it names.
+    pub columns: Vec<String>,
+    /// The names (without schema) of its table and of every table foreign-key actions
+    /// reach from there: each may see rows changed.
+    pub reaches: Vec<String>,
+}
+
+impl Cascade {
+    /// The tables a write may change rows of through foreign-key actions: a DELETE's
+    /// through every `on_delete` key, an UPDATE's (an upsert's DO UPDATE too) through
+    /// the `on_update` keys whose columns it assigns.
+    pub fn reached_by<'a>(cascades: &'a [Cascade], write: &crate::Write) -> Vec<&'a str> {
+        use crate::WriteKind;
+        let acts = |c: &Cascade| match write.kind {
+            WriteKind::Delete => c.on_delete,
+            WriteKind::Update => {
+                c.on_update && c.columns.iter().any(|col| write.assigned.contains(col))
+            }
+            // Only an upsert's DO UPDATE changes rows that exist.
+            WriteKind::Insert => {
+                write.upsert.is_some()
+                    && c.on_update
+                    && c.columns.iter().any(|col| write.assigned.contains(col))
+            }
+        };
+        let mut reached: Vec<&str> = Vec::new();
+        for cascade in cascades.iter().filter(|c| acts(c)) {
+            for table in &cascade.reaches {
+                if !reached.contains(&table.as_str()) {
+                    reached.push(table);
+                }
+            }
+        }
+        reached
+    }
+}
+
 /// A character set and one of its collations, as MySQL names them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Collation {
@@ -107,6 +152,9 @@ pub struct TableMeta {
     /// A foreign key elsewhere cascades (or sets NULL/DEFAULT) on changes to this
     /// table: those changes would not be captured.
     pub has_cascades: bool,
+    /// The foreign keys with such actions, where the engine's catalog was read for
+    /// them (PostgreSQL): what a write outside a global transaction also changes.
+    pub cascades: Vec<Cascade>,
     /// The table's identity in the catalog where the engine has one (PostgreSQL's
     /// OID), 0 where it has none: a write checks that its table name still resolves
     /// to it.

@@ -24,13 +24,15 @@ pub mod record;
 pub mod replay;
 
 pub use analyze::{
-    Analysis, AnalysisCache, InsertRows, InsertValue, LockedRead, OnDuplicate, SavepointOp,
-    TableRef, Upsert, Write, WriteKind, analyze, called_functions, contains_ignore_case,
-    count_mysql_statements, has_executable_comment, resets_session, split_mysql_statements,
-    split_statements, statement_body, tables_changed, try_called_functions, try_words,
-    with_row_count,
+    Analysis, AnalysisCache, EVERY_TABLE, InsertRows, InsertValue, LockedRead, OnDuplicate,
+    SavepointOp, TableRef, Upsert, Write, WriteKind, analyze, called_functions,
+    contains_ignore_case, count_mysql_statements, has_executable_comment, resets_session,
+    split_mysql_statements, split_statements, statement_body, tables_changed, try_called_functions,
+    try_words, with_row_count,
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;
-pub use image::{Capture, Collation, Column, Row, TableMeta, Value, row_from_returned_image};
+pub use image::{
+    Capture, Cascade, Collation, Column, Row, TableMeta, Value, row_from_returned_image,
+};
 pub use record::{RowImages, TableUndo, UndoRecord};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::upstream::SidePools;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tandem_undo::{Column, Dialect, Postgres, TableMeta, TableRef};
+use tandem_undo::{Cascade, Column, Dialect, Postgres, TableMeta, TableRef};
 
 #[derive(Default)]
 pub struct MetaCache {
@@ -159,12 +159,24 @@ const UNVALIDATED: &str = concat!(
         OR contypid IN (SELECT oid FROM parts))
     ORDER BY conname LIMIT 1"
 );
-/// Foreign keys with actions that reference the table's `with_tree`.
-const CASCADES: &str = concat!(
-    with_tree!(),
-    " SELECT count(*) FROM pg_constraint WHERE confrelid IN (SELECT oid FROM tree) AND contype = 'f'
-    AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))"
-);
+/// Foreign keys with actions that reference the table's `with_tree`, one row each: whether
+/// it acts on DELETE and on UPDATE, the referenced columns, and the names of its table
+/// and of every table foreign-key actions reach from there.
+const CASCADES: &str = "WITH RECURSIVE tree(oid) AS (SELECT to_regclass($1)
+        UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1))),
+    acting AS (SELECT oid, conrelid, confrelid, confkey,
+            confdeltype IN ('c', 'n', 'd') AS on_delete,
+            confupdtype IN ('c', 'n', 'd') AS on_update
+        FROM pg_catalog.pg_constraint
+        WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))),
+    reach(fk, rel) AS (SELECT oid, conrelid FROM acting WHERE confrelid IN (SELECT oid FROM tree)
+        UNION SELECT r.fk, a.conrelid FROM reach r JOIN acting a ON a.confrelid = r.rel)
+    SELECT f.on_delete, f.on_update,
+        ARRAY(SELECT a.attname::text FROM unnest(f.confkey) k
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k),
+        ARRAY(SELECT DISTINCT c.relname::text FROM reach r
+            JOIN pg_catalog.pg_class c ON c.oid = r.rel WHERE r.fk = f.oid)
+    FROM acting f WHERE f.confrelid IN (SELECT oid FROM tree) ORDER BY f.oid";
 
 /// A cached entry still fresh; or, the first time one is found expired, None, with
 /// the entry made fresh for the others: the caller reads it again while the other
@@ -359,7 +371,17 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         .filter_map(|r| columns.iter().position(|c| c.name == r.get::<_, &str>(0)))
         .collect();
     let triggers: i64 = client.query_one(TRIGGERS, &[&name]).await?.get(0);
-    let cascades: i64 = client.query_one(CASCADES, &[&name]).await?.get(0);
+    let cascades: Vec<Cascade> = client
+        .query(CASCADES, &[&name])
+        .await?
+        .iter()
+        .map(|r| Cascade {
+            on_delete: r.get(0),
+            on_update: r.get(1),
+            columns: r.get(2),
+            reaches: r.get(3),
+        })
+        .collect();
     let (lock_table, root_without_key) = match client.query_opt(PARTITION_ROOT, &[&name]).await? {
         Some(r) => {
             let root = TableRef {
@@ -389,7 +411,8 @@ async fn load(side: &SidePools, database: &str, table: &TableRef) -> Result<Tabl
         columns,
         pk,
         has_triggers: triggers > 0,
-        has_cascades: cascades > 0,
+        has_cascades: !cascades.is_empty(),
+        cascades,
         oid,
         lock_table,
         inheritance: inheritance > 0,

@@ -3,66 +3,100 @@
 //! global transaction such a write cannot be checked row by row, so what matters is
 //! only whether any table it may change holds global locks.
 
-use super::{Names, POSTGRES_NAMES, RECURSION_LIMIT, mysql};
+use super::{
+    Names, POSTGRES_NAMES, RECURSION_LIMIT, mysql, split_mysql_statements, split_statements,
+};
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;
 use sqlparser::ast::{
-    FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Statement, TableFactor,
-    TableObject, TableWithJoins, Visit, Visitor,
+    CascadeOption, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Statement,
+    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
+/// What [`tables_changed`] names for a statement that may change rows of any table:
+/// `TRUNCATE … CASCADE` (every table referencing the named ones, at any depth), or a
+/// statement that reads as a write but does not parse.
+pub const EVERY_TABLE: &str = "*";
+
 /// The tables whose existing rows `sql` may update or delete, in any of its
-/// statements and at any depth (a WITH clause, EXPLAIN ANALYZE): UPDATE, DELETE,
-/// MERGE, TRUNCATE, an upsert's DO UPDATE or ON DUPLICATE KEY UPDATE, REPLACE. Each is
-/// named by its last part, as the server reads it (PostgreSQL folds unquoted names).
-/// A plain INSERT only adds rows and is not named. `None`: the text does not parse,
-/// and nothing can be said. Writes inside functions are not seen.
+/// statements and at any depth (a WITH clause, EXPLAIN ANALYZE, COPY's query):
+/// UPDATE, DELETE, MERGE, TRUNCATE, an upsert's DO UPDATE or ON DUPLICATE KEY UPDATE,
+/// REPLACE. Each is named by its last part, as the server reads it (PostgreSQL folds
+/// unquoted names); [`EVERY_TABLE`] where any table may be. A plain INSERT only adds
+/// rows and is not named. `None`: the text does not split into statements. Writes
+/// inside functions are not seen.
 pub fn tables_changed(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
-    let (statements, names) = match dialect.grammar() {
-        Grammar::PostgreSql => (
-            Parser::new(&PostgreSqlDialect {})
-                .with_recursion_limit(RECURSION_LIMIT)
-                .try_with_sql(sql)
-                .and_then(|mut p| p.parse_statements())
-                .ok()?,
-            POSTGRES_NAMES,
-        ),
-        Grammar::MySql => (
-            mysql::parse(sql, |message| Error::Parse {
-                dialect: dialect.name(),
-                excerpt: String::new(),
-                message,
-            })
-            .ok()?,
-            mysql::MYSQL_NAMES,
-        ),
+    let (pieces, names) = match dialect.grammar() {
+        Grammar::PostgreSql => (split_statements(dialect, sql).ok()?, POSTGRES_NAMES),
+        Grammar::MySql => (split_mysql_statements(sql).ok()?, mysql::MYSQL_NAMES),
     };
     let mut changed = Changed {
         names,
         tables: Vec::new(),
+        plans: 0,
     };
-    for statement in &statements {
-        let _ = statement.visit(&mut changed);
+    for piece in pieces {
+        match parse(dialect, piece) {
+            Some(statements) => {
+                for statement in &statements {
+                    let _ = statement.visit(&mut changed);
+                }
+            }
+            None if reads_as_a_write(dialect, piece) => changed.push(EVERY_TABLE.to_owned()),
+            None => {}
+        }
     }
-    changed.tables.dedup();
     Some(changed.tables)
+}
+
+/// The statements of one piece of text, None if it does not parse.
+fn parse(dialect: &dyn Dialect, sql: &str) -> Option<Vec<Statement>> {
+    match dialect.grammar() {
+        Grammar::PostgreSql => Parser::new(&PostgreSqlDialect {})
+            .with_recursion_limit(RECURSION_LIMIT)
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_statements())
+            .ok(),
+        Grammar::MySql => mysql::parse(sql, |message| Error::Parse {
+            dialect: dialect.name(),
+            excerpt: String::new(),
+            message,
+        })
+        .ok(),
+    }
+}
+
+/// Whether a statement's first word is one a write may begin with.
+fn reads_as_a_write(dialect: &dyn Dialect, sql: &str) -> bool {
+    const WRITES: [&str; 9] = [
+        "update", "delete", "insert", "replace", "merge", "with", "truncate", "copy", "explain",
+    ];
+    // Text that does not tokenize fails on the server too.
+    super::try_words(dialect, sql)
+        .and_then(|words| words.into_iter().next())
+        .is_some_and(|first| WRITES.contains(&first.as_str()))
 }
 
 struct Changed {
     names: Names,
     tables: Vec<String>,
+    /// How deep inside EXPLAIN without ANALYZE (which runs nothing) the visit is.
+    plans: usize,
 }
 
 impl Changed {
+    fn push(&mut self, table: String) {
+        if self.plans == 0 && !self.tables.contains(&table) {
+            self.tables.push(table);
+        }
+    }
+
     fn add(&mut self, name: &ObjectName) {
         if let Some(ObjectNamePart::Identifier(ident)) = name.0.last() {
-            let table = self.names.table(ident);
-            if !self.tables.contains(&table) {
-                self.tables.push(table);
-            }
+            self.push(self.names.table(ident));
         }
     }
 
@@ -123,8 +157,28 @@ impl Visitor for Changed {
                 for target in &truncate.table_names {
                     self.add(&target.name);
                 }
+                if matches!(truncate.cascade, Some(CascadeOption::Cascade)) {
+                    self.push(EVERY_TABLE.to_owned());
+                }
             }
+            Statement::Explain {
+                analyze: false,
+                options: None,
+                ..
+            } => self.plans += 1,
             _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if let Statement::Explain {
+            analyze: false,
+            options: None,
+            ..
+        } = statement
+        {
+            self.plans -= 1;
         }
         ControlFlow::Continue(())
     }
@@ -162,12 +216,28 @@ mod tests {
             some(&["t"])
         );
         assert_eq!(pg("EXPLAIN ANALYZE UPDATE t SET v = 1"), some(&["t"]));
+        assert_eq!(
+            pg("EXPLAIN UPDATE t SET v = 1; EXPLAIN (ANALYZE) DELETE FROM u"),
+            some(&["u"])
+        );
+        assert_eq!(
+            pg("COPY (UPDATE t SET v = 1 RETURNING *) TO STDOUT"),
+            some(&["t"])
+        );
+        assert_eq!(pg("TRUNCATE a CASCADE"), some(&["a", "*"]));
         // Only new rows, or none at all.
         assert_eq!(
             pg("INSERT INTO t VALUES (1); SELECT f(1); COPY t FROM STDIN"),
             some(&[])
         );
-        assert_eq!(pg("UPDATE t SET"), None);
+        // A statement that does not parse: any table if it reads as a write.
+        assert_eq!(pg("UPDATE t SET v = 1; CHECKPOINT"), some(&["t"]));
+        assert_eq!(pg("UPDATE t SET"), some(&["*"]));
+        assert_eq!(
+            pg("SELECT 1; UPDATE t SET v = 1 WHERE CURRENT OF c"),
+            some(&["*"])
+        );
+        assert_eq!(pg("SELECT 'unterminated"), None);
         assert_eq!(
             tables_changed(
                 &Mysql,

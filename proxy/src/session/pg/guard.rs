@@ -43,13 +43,20 @@
 //! autocommit on; inside a block each write of such a batch runs on its own under a
 //! Sync of tandem's, checked, and a BEGIN ahead of one statement, as pgJDBC sends it,
 //! runs first on its own: begin_ahead.rs), writes in a failed
-//! transaction block (they run nothing), multi-statement queries, statements tandem
-//! cannot analyse (MERGE, a data-modifying WITH, INSERT … SELECT … ON CONFLICT),
-//! statements whose first word is not a write's (EXPLAIN ANALYZE of a write, SQL-level
-//! EXECUTE, COPY … FROM), writes through a view (no key names its rows), writes inside
-//! functions (and a search_path a function changes), and every write while the lockserver is
-//! unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain traffic does not
-//! stop with the coordinator.
+//! transaction block (they run nothing), INSERT … SELECT … ON CONFLICT, statements
+//! whose first word is not a write's (SQL-level EXECUTE, CALL, DO), writes through a
+//! view (no key names its rows), writes inside functions (and a search_path a
+//! function changes), and every write while the lockserver is unreachable (counted in
+//! `tandem_pg_outside_writes_unchecked`): plain traffic does not stop with the
+//! coordinator.
+//!
+//! A statement tandem cannot check row by row (TRUNCATE, MERGE, a data-modifying WITH,
+//! a write in COPY's query or under EXPLAIN ANALYZE, a multi-statement query) is judged
+//! by the tables whose rows it may update or delete (`tables_changed`), and so are the
+//! tables a write's foreign-key actions reach (`Cascade::reached_by`): while none of
+//! them may hold global locks it runs under guards on them; otherwise it waits or
+//! fails as a held row does (`guard_tables`). TRUNCATE … CASCADE, and text that begins
+//! as a write but does not parse, count as naming every table.
 
 use super::Relay;
 use super::at::WriteInFlight;
@@ -67,7 +74,9 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_lockserver::client::{HeldLock, LockKey, Xid};
-use tandem_undo::{Analysis, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed};
+use tandem_undo::{
+    Analysis, Cascade, EVERY_TABLE, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed,
+};
 
 impl Relay<'_> {
     /// A simple Query outside a global transaction, or XA-mode work in a transaction
@@ -166,7 +175,7 @@ impl Relay<'_> {
             .tracked
             .portal_sql(portal)
             .map(|sql| sql.to_vec())
-            .filter(|sql| may_write(sql))
+            .filter(|sql| may_change_rows(sql))
         else {
             return Ok(Extended::NotAWrite);
         };
@@ -310,7 +319,7 @@ impl Relay<'_> {
         own_block_empty: bool,
     ) -> Result<Extended> {
         // As in guard_query: a batch that opens in a failed block runs nothing.
-        if !may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
+        if !may_change_rows(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
             return Ok(Extended::NotAWrite);
         }
         // A Parse runs nothing: only its Bind counts as a write.
@@ -613,6 +622,24 @@ impl Relay<'_> {
             // No such table, say: the write fails on its own.
             Err(_) => return RowsToCheck::Unchecked,
         };
+        // Rows foreign-key actions change in other tables are not the write's own:
+        // their tables are judged as a whole.
+        let cascaded: Vec<String> = Cascade::reached_by(&meta.cascades, &write)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if !cascaded.is_empty() {
+            match self.guard_tables(&cascaded).await {
+                Guarded::Yes => {}
+                Guarded::LockserverDown => return RowsToCheck::Unchecked,
+                Guarded::Locked(table) => {
+                    return RowsToCheck::Refused(Error::CascadeLocked {
+                        table: qualified_name(&meta),
+                        reached: table,
+                    });
+                }
+            }
+        }
         if meta.pk.is_empty() {
             // Never captured, so never globally locked.
             return RowsToCheck::Unchecked;
@@ -642,12 +669,10 @@ impl Relay<'_> {
         RowsToCheck::Check(meta, Box::new(write), inserted_keys)
     }
 
-    /// A write tandem cannot check row by row (`tables_changed`): it runs under a guard
-    /// on each table whose rows it may update or delete; where one of them may hold
-    /// global locks it waits (as configured, outside a transaction block) until none
-    /// does, or is refused. Text that does not parse, plain INSERTs, XA-mode work and
-    /// a lockserver that tracks no tables (Redis) leave it unchecked (see the module
-    /// comment).
+    /// A write tandem cannot check row by row (`tables_changed`): judged by the tables
+    /// whose rows it may update or delete (`guard_tables`). Text that does not parse,
+    /// plain INSERTs, XA-mode work and a lockserver that tracks no tables (Redis)
+    /// leave it unchecked (see the module comment).
     async fn unanalysed_write(&mut self, sql: &str) -> RowsToCheck {
         if self.binding.xid().is_some() {
             // XA mode's gap stays as README documents it: its scripts would otherwise
@@ -658,9 +683,20 @@ impl Relay<'_> {
             Some(changed) if !changed.is_empty() => changed,
             _ => return RowsToCheck::Unchecked,
         };
+        match self.guard_tables(&changed).await {
+            Guarded::Yes | Guarded::LockserverDown => RowsToCheck::Unchecked,
+            Guarded::Locked(table) => RowsToCheck::Refused(Error::UncheckedWriteLocked { table }),
+        }
+    }
+
+    /// Guards on the tables named `names` (in any schema), held until the sync point,
+    /// for a write that may change their rows unchecked. While one of them may hold
+    /// global locks it waits (as configured, outside a transaction block) until none
+    /// does; a lockserver that tracks no tables (Redis) leaves them unguarded.
+    async fn guard_tables(&mut self, names: &[String]) -> Guarded {
         let tables = Arc::clone(&self.ctx.outside.tables);
         if tables.untracked(&self.resource) {
-            return RowsToCheck::Unchecked;
+            return Guarded::Yes;
         }
         let partitions = (self.ctx.partitions)
             .get(&self.ctx.side, &self.database)
@@ -672,15 +708,19 @@ impl Relay<'_> {
         let deadline = Instant::now() + self.ctx.lock_wait;
         let mut probed = false;
         loop {
-            let mut guards = Vec::with_capacity(changed.len());
+            let mut guards = Vec::with_capacity(names.len());
             let mut locked = None;
-            for name in &changed {
+            for name in names {
                 // A partition's rows are locked under its root's name, which its own
                 // does not show.
                 let partition = partitions.as_ref().is_none_or(|p| p.contains(name));
-                let guard = tables
-                    .enter_unchecked_by_name(&self.resource, &lock_name_part(name))
-                    .filter(|_| !partition);
+                let guard = if name == EVERY_TABLE {
+                    tables.enter_unchecked(&self.resource, None)
+                } else {
+                    tables
+                        .enter_unchecked_by_name(&self.resource, &lock_name_part(name))
+                        .filter(|_| !partition)
+                };
                 match guard {
                     Some(guard) => guards.push(guard),
                     None => {
@@ -693,7 +733,7 @@ impl Relay<'_> {
                 for guard in guards {
                     self.unchecked.hold_uncovering(guard);
                 }
-                return RowsToCheck::Unchecked;
+                return Guarded::Yes;
             };
             // Nothing is held while it waits: an announcement must not wait for it.
             drop(guards);
@@ -711,13 +751,11 @@ impl Relay<'_> {
                 {
                     self.unchecked_outside_write();
                     self.unchecked.pass_all();
-                    return RowsToCheck::Unchecked;
+                    return Guarded::LockserverDown;
                 }
             }
             if !waits || Instant::now() + RECHECK > deadline {
-                return RowsToCheck::Refused(Error::UncheckedWriteLocked {
-                    table: table.clone(),
-                });
+                return Guarded::Locked(table.clone());
             }
             tokio::time::sleep(RECHECK).await;
         }
@@ -1006,6 +1044,16 @@ enum Checked {
     KeysUnread,
 }
 
+/// What `guard_tables` found.
+enum Guarded {
+    /// Guarded until the sync point (or the lockserver tracks no tables).
+    Yes,
+    /// The lockserver does not answer: the write runs unchecked, counted.
+    LockserverDown,
+    /// This table may still hold global locks.
+    Locked(String),
+}
+
 /// A write tandem did not let run: the error, and the transaction state the backend
 /// is in now (`InTransaction`: the client's transaction must still be made to fail).
 struct Refused {
@@ -1094,15 +1142,25 @@ pub(super) fn may_write(sql: &[u8]) -> bool {
     .any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// As `may_write`, for every statement of a simple query (`SELECT 1; UPDATE t …`): the
-/// first word after each semicolon counts too (one in a literal or a comment only
-/// costs a closer look).
-pub(super) fn some_statement_may_write(sql: &[u8]) -> bool {
+/// As `may_write`, and COPY and EXPLAIN, whose statement may write (`COPY (UPDATE …
+/// RETURNING *) TO`, `EXPLAIN ANALYZE DELETE …`): what a write outside a global
+/// transaction is looked at for.
+fn may_change_rows(sql: &[u8]) -> bool {
     may_write(sql)
+        || crate::control::leading_words(sql, false)
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"copy") || w.eq_ignore_ascii_case(b"explain"))
+}
+
+/// As `may_change_rows`, for every statement of a simple query (`SELECT 1; UPDATE t
+/// …`): the first word after each semicolon counts too (one in a literal or a comment
+/// only costs a closer look).
+pub(super) fn some_statement_may_write(sql: &[u8]) -> bool {
+    may_change_rows(sql)
         || sql
             .iter()
             .enumerate()
-            .any(|(at, &b)| b == b';' && may_write(&sql[at + 1..]))
+            .any(|(at, &b)| b == b';' && may_change_rows(&sql[at + 1..]))
 }
 
 #[cfg(test)]
@@ -1136,6 +1194,12 @@ mod tests {
         assert!(some_statement_may_write(b"SELECT 1; UPDATE t SET v = 1"));
         assert!(some_statement_may_write(b"SELECT 1;\n  /* c */ truncate t"));
         assert!(!some_statement_may_write(b"SELECT 1; SELECT 2;"));
+        assert!(some_statement_may_write(
+            b"COPY (DELETE FROM t RETURNING *) TO STDOUT"
+        ));
+        assert!(some_statement_may_write(
+            b"SELECT 1; explain analyze delete from t"
+        ));
         assert!(may_write(b"WITH d AS (DELETE FROM t RETURNING *) SELECT 1"));
         assert!(!may_write(b"SELECT 1"));
         assert!(!may_write(b"BEGIN"));

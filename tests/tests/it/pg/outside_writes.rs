@@ -1890,3 +1890,92 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
     patient.shutdown().await;
     finish(lockserver, [global, outside]).await;
 }
+
+/// What a statement changes beyond its own table is judged too: a DELETE whose
+/// foreign-key actions reach a table that holds global locks, `TRUNCATE … CASCADE`,
+/// a write in COPY's query, and a script with a statement tandem cannot parse fail
+/// with 55P03 and change nothing, while an UPDATE that sets no referenced column runs.
+#[tokio::test]
+async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail() {
+    let orders = prepare("outside_reaching").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY, n int);
+             INSERT INTO parent VALUES (1, 0), (2, 0);
+             CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent ON DELETE CASCADE, v int);
+             INSERT INTO child VALUES (1, 1, 1);",
+        )
+        .await
+        .unwrap();
+    let a = global.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute(
+        "UPDATE child SET v = 100 WHERE id = 1; UPDATE accounts SET balance = 1 WHERE id = 4",
+    )
+    .await
+    .unwrap();
+    let rows = |table: &'static str| {
+        let direct = &direct;
+        async move {
+            let rows = direct
+                .query(
+                    &format!("SELECT {table}::text FROM {table} ORDER BY id"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let held = (
+        rows("parent").await,
+        rows("child").await,
+        accounts(&direct).await,
+    );
+
+    let b = outside.connect(&orders.name).await;
+    for sql in [
+        "DELETE FROM parent WHERE id = 1",
+        "TRUNCATE parent CASCADE",
+        "COPY (UPDATE accounts SET balance = 5 WHERE id = 4 RETURNING id) TO STDOUT",
+        "UPDATE accounts SET balance = 5 WHERE id = 4; CHECKPOINT",
+    ] {
+        let err = b.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{sql}: {err:?}"
+        );
+    }
+    let err = b
+        .execute("DELETE FROM parent WHERE id = $1", &[&2i32])
+        .await
+        .expect_err("extended DELETE reaching a held table");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_eq!(
+        (
+            rows("parent").await,
+            rows("child").await,
+            accounts(&direct).await
+        ),
+        held,
+        "nothing refused changed a row"
+    );
+    // Its foreign key does not act on this UPDATE: it runs.
+    b.batch_execute("UPDATE parent SET n = 1 WHERE id = 2")
+        .await
+        .unwrap();
+
+    rolled_back(&a).await;
+    let child: i32 = direct
+        .query_one("SELECT v FROM child WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(child, 1, "rolled back exactly");
+    finish(lockserver, [global, outside]).await;
+}

@@ -48,7 +48,9 @@
 //! A statement tandem cannot check row by row (TRUNCATE, a multi-statement query, a
 //! write it cannot analyse, such as a multi-table write to several tables) is judged
 //! by the tables it may update or delete rows of: guarded while none may hold global
-//! locks, else it waits or fails as a held row does (`unanalysed_write`).
+//! locks, else it waits or fails as a held row does (`unanalysed_write`). Text that
+//! begins as a write but does not parse counts as naming every table. Foreign-key
+//! actions are not followed here (the catalog's are not read on MySQL).
 
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
@@ -132,7 +134,12 @@ impl Relay<'_> {
             let mut guards = Vec::with_capacity(changed.len());
             let mut locked = None;
             for name in &changed {
-                match tables.enter_unchecked_by_name(&scope, &lock_name_part(name)) {
+                let guard = if name == tandem_undo::EVERY_TABLE {
+                    tables.enter_unchecked(&scope, None)
+                } else {
+                    tables.enter_unchecked_by_name(&scope, &lock_name_part(name))
+                };
+                match guard {
                     Some(guard) => guards.push(guard),
                     None => {
                         locked = Some(name);
