@@ -8,6 +8,7 @@
 //! answer, writes run unchecked for `SKIP_CHECKS_AFTER_FAILURE` at a time (counted):
 //! plain traffic does not stop with the coordinator.
 
+use crate::at::branch::lock_name_part;
 use crate::config::OutsideWrites;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +82,84 @@ impl OutsideWriteChecks {
             }
         }
         Ok(None)
+    }
+}
+
+/// What [`OutsideWriteChecks::guard_tables`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TablesGuarded {
+    /// Every table is guarded until the sync point (or the lockserver tracks no tables,
+    /// and none can be).
+    Yes,
+    /// The lockserver does not answer: the write runs unchecked, and the rest of its
+    /// batch with it (the caller counts it).
+    LockserverDown,
+    /// This table may still hold global locks.
+    Locked(String),
+}
+
+impl OutsideWriteChecks {
+    /// Guards, held in `unchecked` until the sync point, on the tables named `names`
+    /// (in any schema; [`tandem_undo::EVERY_TABLE`]: all of them) for a write that may
+    /// change their rows unchecked. While one of them may hold global locks the write
+    /// waits (up to `wait_until`, if given) until none does, holding nothing meanwhile: an
+    /// announcement must not wait for it. `named_elsewhere`: a name whose table's locks
+    /// go by another name (a PostgreSQL partition's, by its root's), never guarded by
+    /// its own.
+    pub async fn guard_tables(
+        &self,
+        lock: &LockClient,
+        resource: &str,
+        names: &[String],
+        named_elsewhere: impl Fn(&str) -> bool,
+        wait_until: Option<Instant>,
+        unchecked: &mut UncheckedGuards,
+    ) -> TablesGuarded {
+        if self.tables.untracked(resource) {
+            return TablesGuarded::Yes;
+        }
+        let mut probed = false;
+        loop {
+            let mut guards = Vec::with_capacity(names.len());
+            let mut locked = None;
+            for name in names {
+                let guard = if name == tandem_undo::EVERY_TABLE {
+                    self.tables.enter_unchecked(resource, None)
+                } else {
+                    self.tables
+                        .enter_unchecked_by_name(resource, &lock_name_part(name))
+                        .filter(|_| !named_elsewhere(name))
+                };
+                match guard {
+                    Some(guard) => guards.push(guard),
+                    None => {
+                        locked = Some(name);
+                        break;
+                    }
+                }
+            }
+            let Some(table) = locked else {
+                for guard in guards {
+                    unchecked.hold_uncovering(guard);
+                }
+                return TablesGuarded::Yes;
+            };
+            drop(guards);
+            if !probed {
+                // Announced, or the view is not current: a lockserver that does not
+                // answer lets the write run, as it lets every write.
+                probed = true;
+                let probe = LockKey::new(resource, table, ["tandem_probe"]);
+                if self.held(lock, &[probe]).await.is_err() {
+                    unchecked.pass_all();
+                    return TablesGuarded::LockserverDown;
+                }
+            }
+            if wait_until.is_none_or(|deadline| Instant::now() + RECHECK > deadline) {
+                return TablesGuarded::Locked(table.clone());
+            }
+            tokio::time::sleep(RECHECK).await;
+        }
     }
 }
 

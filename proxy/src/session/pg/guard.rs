@@ -65,7 +65,7 @@ use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, lock_name_part, qualified_name};
 use crate::error::{Error, Result};
-use crate::session::outside::RECHECK;
+use crate::session::outside::{RECHECK, TablesGuarded};
 use crate::wire::pg::codes::{backend, frontend};
 use crate::wire::pg::messages::response::{Severity, TxStatus, put_error};
 use crate::wire::pg::messages::simple::put_query;
@@ -75,7 +75,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tandem_lockserver::client::{HeldLock, LockKey, Xid};
 use tandem_undo::{
-    Analysis, Cascade, EVERY_TABLE, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed,
+    Analysis, Cascade, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed,
 };
 
 impl Relay<'_> {
@@ -630,9 +630,9 @@ impl Relay<'_> {
             .collect();
         if !cascaded.is_empty() {
             match self.guard_tables(&cascaded).await {
-                Guarded::Yes => {}
-                Guarded::LockserverDown => return RowsToCheck::Unchecked,
-                Guarded::Locked(table) => {
+                TablesGuarded::Yes => {}
+                TablesGuarded::LockserverDown => return RowsToCheck::Unchecked,
+                TablesGuarded::Locked(table) => {
                     return RowsToCheck::Refused(Error::CascadeLocked {
                         table: qualified_name(&meta),
                         reached: table,
@@ -684,81 +684,42 @@ impl Relay<'_> {
             _ => return RowsToCheck::Unchecked,
         };
         match self.guard_tables(&changed).await {
-            Guarded::Yes | Guarded::LockserverDown => RowsToCheck::Unchecked,
-            Guarded::Locked(table) => RowsToCheck::Refused(Error::UncheckedWriteLocked { table }),
+            TablesGuarded::Yes | TablesGuarded::LockserverDown => RowsToCheck::Unchecked,
+            TablesGuarded::Locked(table) => {
+                RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
+            }
         }
     }
 
-    /// Guards on the tables named `names` (in any schema), held until the sync point,
-    /// for a write that may change their rows unchecked. While one of them may hold
-    /// global locks it waits (as configured, outside a transaction block) until none
-    /// does; a lockserver that tracks no tables (Redis) leaves them unguarded.
-    async fn guard_tables(&mut self, names: &[String]) -> Guarded {
-        let tables = Arc::clone(&self.ctx.outside.tables);
-        if tables.untracked(&self.resource) {
-            return Guarded::Yes;
-        }
+    /// Guards on the tables named `names` for a write that may change their rows
+    /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and
+    /// outside a transaction block, while one may hold global locks.
+    async fn guard_tables(&mut self, names: &[String]) -> TablesGuarded {
         let partitions = (self.ctx.partitions)
             .get(&self.ctx.side, &self.database)
             .await
             .ok();
+        // A partition's rows are locked under its root's name, which its own does not
+        // show.
+        let partition = |name: &str| partitions.as_ref().is_none_or(|p| p.contains(name));
         // In a block the client's earlier work may hold rows a rollback needs: it
         // fails at once, as a checked write there does.
         let waits = self.ctx.outside.waits() && self.phase == super::Phase::Ready(TxStatus::Idle);
         let deadline = Instant::now() + self.ctx.lock_wait;
-        let mut probed = false;
-        loop {
-            let mut guards = Vec::with_capacity(names.len());
-            let mut locked = None;
-            for name in names {
-                // A partition's rows are locked under its root's name, which its own
-                // does not show.
-                let partition = partitions.as_ref().is_none_or(|p| p.contains(name));
-                let guard = if name == EVERY_TABLE {
-                    tables.enter_unchecked(&self.resource, None)
-                } else {
-                    tables
-                        .enter_unchecked_by_name(&self.resource, &lock_name_part(name))
-                        .filter(|_| !partition)
-                };
-                match guard {
-                    Some(guard) => guards.push(guard),
-                    None => {
-                        locked = Some(name);
-                        break;
-                    }
-                }
-            }
-            let Some(table) = locked else {
-                for guard in guards {
-                    self.unchecked.hold_uncovering(guard);
-                }
-                return Guarded::Yes;
-            };
-            // Nothing is held while it waits: an announcement must not wait for it.
-            drop(guards);
-            if !probed {
-                // Announced, or the view is not current: a lockserver that does not
-                // answer lets it run, as it lets every write (see `held`).
-                probed = true;
-                let probe = LockKey::new(&self.resource, table, ["tandem_probe"]);
-                if self
-                    .ctx
-                    .outside
-                    .held(&self.ctx.lock, &[probe])
-                    .await
-                    .is_err()
-                {
-                    self.unchecked_outside_write();
-                    self.unchecked.pass_all();
-                    return Guarded::LockserverDown;
-                }
-            }
-            if !waits || Instant::now() + RECHECK > deadline {
-                return Guarded::Locked(table.clone());
-            }
-            tokio::time::sleep(RECHECK).await;
+        let guarded = (self.ctx.outside)
+            .guard_tables(
+                &self.ctx.lock,
+                &self.resource,
+                names,
+                partition,
+                waits.then_some(deadline),
+                &mut self.unchecked,
+            )
+            .await;
+        if guarded == TablesGuarded::LockserverDown {
+            self.unchecked_outside_write();
         }
+        guarded
     }
 
     /// Whose transaction a check about to run is in, at a sync point.
@@ -1042,16 +1003,6 @@ enum Checked {
     Refused(Refused),
     /// An INSERT whose keys could not be read: it runs unchecked.
     KeysUnread,
-}
-
-/// What `guard_tables` found.
-enum Guarded {
-    /// Guarded until the sync point (or the lockserver tracks no tables).
-    Yes,
-    /// The lockserver does not answer: the write runs unchecked, counted.
-    LockserverDown,
-    /// This table may still hold global locks.
-    Locked(String),
 }
 
 /// A write tandem did not let run: the error, and the transaction state the backend

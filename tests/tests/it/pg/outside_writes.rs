@@ -3,7 +3,7 @@
 //! for the global transaction, or fails with 55P03), and rows nobody holds are written
 //! at once.
 
-use super::at_mode::{one, prepare, rolled_back};
+use super::at_mode::{one, prepare, rolled_back, rows_of};
 use super::at_protocols::tags;
 use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
@@ -1256,10 +1256,7 @@ async fn a_statement_of_more_than_32767_parameters_is_read_whole() {
     let err = b.execute(&sql, &params).await.unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
     rolled_back(&a).await;
-    assert_eq!(
-        super::at_mode::rows_of(&direct, "big").await,
-        ["(5,kept,,,)"]
-    );
+    assert_eq!(rows_of(&direct, "big").await, ["(5,kept,,,)"]);
     finish(lockserver, [global, outside]).await;
 }
 
@@ -1750,17 +1747,6 @@ async fn an_upsert_that_may_move_a_held_row_to_another_key_is_refused() {
     finish(lockserver, [global, outside]).await;
 }
 
-/// Every row of `accounts` as text, in key order.
-async fn accounts(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT accounts::text FROM accounts ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// Writes tandem cannot check row by row (TRUNCATE, MERGE, a write in a WITH clause, a
 /// multi-statement query that updates or deletes) fail with 55P03 while a table they
 /// may change holds global locks (`outside_writes = "fail"`), and change nothing; what
@@ -1778,7 +1764,7 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
         .await
         .unwrap();
     let a = hold_row(&global, &orders.name, 4).await;
-    let held = accounts(&direct).await;
+    let held = rows_of(&direct, "accounts").await;
 
     let b = outside.connect(&orders.name).await;
     let refused = [
@@ -1835,7 +1821,7 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
     );
     b.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
-        accounts(&direct).await,
+        rows_of(&direct, "accounts").await,
         held,
         "nothing refused changed a row"
     );
@@ -1876,7 +1862,7 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
         !waiting.is_finished(),
         "it waits for the global transaction"
     );
-    assert_eq!(accounts(&direct).await, held);
+    assert_eq!(rows_of(&direct, "accounts").await, held);
     rolled_back(&a).await;
     waiting.await.unwrap().unwrap();
     assert_eq!(
@@ -1886,7 +1872,7 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
     );
     // And now nothing holds the table: TRUNCATE runs at once, also where writes fail.
     b.batch_execute("TRUNCATE accounts").await.unwrap();
-    assert!(accounts(&direct).await.is_empty());
+    assert!(rows_of(&direct, "accounts").await.is_empty());
     patient.shutdown().await;
     finish(lockserver, [global, outside]).await;
 }
@@ -1916,25 +1902,11 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
     )
     .await
     .unwrap();
-    let rows = |table: &'static str| {
-        let direct = &direct;
-        async move {
-            let rows = direct
-                .query(
-                    &format!("SELECT {table}::text FROM {table} ORDER BY id"),
-                    &[],
-                )
-                .await
-                .unwrap();
-            rows.iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
+    let rows = |table: &'static str| rows_of(&direct, table);
     let held = (
         rows("parent").await,
         rows("child").await,
-        accounts(&direct).await,
+        rows_of(&direct, "accounts").await,
     );
 
     let b = outside.connect(&orders.name).await;
@@ -1960,7 +1932,7 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
         (
             rows("parent").await,
             rows("child").await,
-            accounts(&direct).await
+            rows_of(&direct, "accounts").await
         ),
         held,
         "nothing refused changed a row"

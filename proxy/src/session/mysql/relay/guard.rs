@@ -57,10 +57,10 @@ use super::client_side::Handled;
 use super::control::Kind;
 use super::own::OwnError;
 use super::{Relay, in_transaction};
-use crate::at::branch::{lock_name_part, qualified_name};
+use crate::at::branch::qualified_name;
 use crate::at::mysql::AtTable;
 use crate::error::{Error, Result};
-use crate::session::outside::RECHECK;
+use crate::session::outside::{RECHECK, TablesGuarded};
 use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
@@ -117,8 +117,7 @@ impl Relay<'_> {
             _ => return Ok(None),
         };
         let scope = self.ctx.xa.lock_scope();
-        let tables = std::sync::Arc::clone(&self.ctx.outside.tables);
-        if tables.untracked(&scope) {
+        if self.ctx.outside.tables.untracked(&scope) {
             return Ok(None);
         }
         if !self.exchange.at_sync_point() {
@@ -129,56 +128,25 @@ impl Relay<'_> {
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         let waits = self.ctx.outside.waits() && !in_transaction(status);
         let deadline = Instant::now() + self.ctx.lock_wait;
-        let mut probed = false;
-        loop {
-            let mut guards = Vec::with_capacity(changed.len());
-            let mut locked = None;
-            for name in &changed {
-                let guard = if name == tandem_undo::EVERY_TABLE {
-                    tables.enter_unchecked(&scope, None)
-                } else {
-                    tables.enter_unchecked_by_name(&scope, &lock_name_part(name))
-                };
-                match guard {
-                    Some(guard) => guards.push(guard),
-                    None => {
-                        locked = Some(name);
-                        break;
-                    }
-                }
+        let guarded = (self.ctx.outside)
+            .guard_tables(
+                &self.ctx.lock,
+                &scope,
+                &changed,
+                |_| false,
+                waits.then_some(deadline),
+                &mut self.unchecked,
+            )
+            .await;
+        match guarded {
+            TablesGuarded::Yes => Ok(None),
+            TablesGuarded::LockserverDown => {
+                self.count_unchecked();
+                Ok(None)
             }
-            let Some(table) = locked else {
-                for guard in guards {
-                    self.unchecked.hold_uncovering(guard);
-                }
-                return Ok(None);
-            };
-            // Nothing is held while it waits: an announcement must not wait for it.
-            drop(guards);
-            if !probed {
-                // Announced, or the view is not current: a lockserver that does not
-                // answer lets it run, as it lets every write (see `check`).
-                probed = true;
-                let probe = LockKey::new(&scope, table, ["tandem_probe"]);
-                if self
-                    .ctx
-                    .outside
-                    .held(&self.ctx.lock, &[probe])
-                    .await
-                    .is_err()
-                {
-                    self.count_unchecked();
-                    self.unchecked.pass_all();
-                    return Ok(None);
-                }
+            TablesGuarded::Locked(table) => {
+                self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
             }
-            if !waits || Instant::now() + RECHECK > deadline {
-                let e = Error::UncheckedWriteLocked {
-                    table: table.clone(),
-                };
-                return self.refuse(e).map(Some);
-            }
-            tokio::time::sleep(RECHECK).await;
         }
     }
 
