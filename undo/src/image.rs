@@ -104,18 +104,21 @@ impl Cascade {
     /// through every `on_delete` key, an UPDATE's (an upsert's DO UPDATE too) through
     /// the `on_update` keys whose columns it assigns.
     pub fn reached_by<'a>(cascades: &'a [Cascade], write: &crate::Write) -> Vec<&'a str> {
-        use crate::WriteKind;
+        use crate::{OnDuplicate, WriteKind};
         let acts = |c: &Cascade| match write.kind {
             WriteKind::Delete => c.on_delete,
             WriteKind::Update => {
                 c.on_update && c.columns.iter().any(|col| write.assigned.contains(col))
             }
-            // Only an upsert's DO UPDATE changes rows that exist.
-            WriteKind::Insert => {
-                write.upsert.is_some()
-                    && c.on_update
-                    && c.columns.iter().any(|col| write.assigned.contains(col))
-            }
+            // REPLACE deletes the rows it collides with; an upsert's update changes
+            // them.
+            WriteKind::Insert => match write.on_duplicate {
+                OnDuplicate::Replace => c.on_delete,
+                _ if write.upsert.is_some() || write.on_duplicate == OnDuplicate::Update => {
+                    c.on_update && c.columns.iter().any(|col| write.assigned.contains(col))
+                }
+                _ => false,
+            },
         };
         let mut reached: Vec<&str> = Vec::new();
         for cascade in cascades.iter().filter(|c| acts(c)) {

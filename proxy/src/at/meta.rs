@@ -161,7 +161,8 @@ const UNVALIDATED: &str = concat!(
 );
 /// Foreign keys with actions that reference the table's `with_tree`, one row each: whether
 /// it acts on DELETE and on UPDATE, the referenced columns, and the names of its table
-/// and of every table foreign-key actions reach from there.
+/// and of every table foreign-key actions reach from there (a partition by its root's,
+/// which its global locks go by).
 const CASCADES: &str = "WITH RECURSIVE tree(oid) AS (SELECT to_regclass($1)
         UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1))),
     acting AS (SELECT oid, conrelid, confrelid, confkey,
@@ -174,8 +175,8 @@ const CASCADES: &str = "WITH RECURSIVE tree(oid) AS (SELECT to_regclass($1)
     SELECT f.on_delete, f.on_update,
         ARRAY(SELECT a.attname::text FROM unnest(f.confkey) k
             JOIN pg_catalog.pg_attribute a ON a.attrelid = f.confrelid AND a.attnum = k),
-        ARRAY(SELECT DISTINCT c.relname::text FROM reach r
-            JOIN pg_catalog.pg_class c ON c.oid = r.rel WHERE r.fk = f.oid)
+        ARRAY(SELECT DISTINCT c.relname::text FROM reach r JOIN pg_catalog.pg_class c
+            ON c.oid = coalesce(pg_catalog.pg_partition_root(r.rel), r.rel) WHERE r.fk = f.oid)
     FROM acting f WHERE f.confrelid IN (SELECT oid FROM tree) ORDER BY f.oid";
 
 /// A cached entry still fresh; or, the first time one is found expired, None, with

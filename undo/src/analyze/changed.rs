@@ -45,8 +45,11 @@ pub fn tables_changed(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
                     let _ = statement.visit(&mut changed);
                 }
             }
-            None if reads_as_a_write(dialect, piece) => changed.push(EVERY_TABLE.to_owned()),
-            None => {}
+            None => match unparsed_target(dialect, piece, names) {
+                Unparsed::NotAWrite => {}
+                Unparsed::Writes(table) => changed.push(table),
+                Unparsed::Unknown => changed.push(EVERY_TABLE.to_owned()),
+            },
         }
     }
     Some(changed.tables)
@@ -69,15 +72,81 @@ fn parse(dialect: &dyn Dialect, sql: &str) -> Option<Vec<Statement>> {
     }
 }
 
-/// Whether a statement's first word is one a write may begin with.
-fn reads_as_a_write(dialect: &dyn Dialect, sql: &str) -> bool {
+/// What the words of a statement that does not parse say it writes.
+enum Unparsed {
+    /// It does not begin as a write.
+    NotAWrite,
+    /// `UPDATE t …`, `DELETE FROM t …`, `INSERT INTO t …`, `MERGE INTO t …`,
+    /// `REPLACE INTO t …`, `TRUNCATE t`: this table (PostgreSQL's subscripted `SET
+    /// a[1] = …`, say, which the parser does not take).
+    Writes(String),
+    /// A write tandem cannot name the table of.
+    Unknown,
+}
+
+/// The table an unparsed statement writes, read from its first tokens.
+fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
+    use sqlparser::tokenizer::Token;
     const WRITES: [&str; 9] = [
         "update", "delete", "insert", "replace", "merge", "with", "truncate", "copy", "explain",
     ];
     // Text that does not tokenize fails on the server too.
-    super::try_words(dialect, sql)
-        .and_then(|words| words.into_iter().next())
-        .is_some_and(|first| WRITES.contains(&first.as_str()))
+    let Some(tokens) = super::tokens(dialect, sql) else {
+        return Unparsed::NotAWrite;
+    };
+    let mut words = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
+    let first = match words.next() {
+        Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
+        _ => return Unparsed::NotAWrite,
+    };
+    if !WRITES.contains(&first.as_str()) {
+        return Unparsed::NotAWrite;
+    }
+    // The words a write's table follows, and those that may stand between.
+    let (lead, optional): (&[&str], &[&str]) = match first.as_str() {
+        "update" => (&[], &["only", "low_priority", "ignore"]),
+        "delete" => (&["from"], &["only", "low_priority", "quick", "ignore"]),
+        "insert" | "replace" => (
+            &["into"],
+            &["low_priority", "delayed", "high_priority", "ignore"],
+        ),
+        "merge" => (&["into"], &[]),
+        "truncate" => (&[], &["table", "only"]),
+        _ => return Unparsed::Unknown,
+    };
+    let keyword = |t: &Token, set: &[&str]| {
+        matches!(t, Token::Word(w) if w.quote_style.is_none()
+            && set.iter().any(|k| w.value.eq_ignore_ascii_case(k)))
+    };
+    let mut next = words.next();
+    while next.is_some_and(|t| keyword(t, optional)) {
+        next = words.next();
+    }
+    for wanted in lead {
+        if !next.is_some_and(|t| keyword(t, &[wanted])) {
+            return Unparsed::Unknown;
+        }
+        next = words.next();
+        while next.is_some_and(|t| keyword(t, optional)) {
+            next = words.next();
+        }
+    }
+    // `name`, `schema.name`: the last part.
+    let mut table = None;
+    while let Some(Token::Word(w)) = next {
+        table = Some(names.table(&sqlparser::ast::Ident {
+            value: w.value.clone(),
+            quote_style: w.quote_style,
+            span: sqlparser::tokenizer::Span::empty(),
+        }));
+        match words.next() {
+            Some(Token::Period) => next = words.next(),
+            // A list of tables, or a name tandem cannot read whole.
+            Some(Token::Comma) => return Unparsed::Unknown,
+            _ => break,
+        }
+    }
+    table.map_or(Unparsed::Unknown, Unparsed::Writes)
 }
 
 struct Changed {
@@ -232,10 +301,27 @@ mod tests {
         );
         // A statement that does not parse: any table if it reads as a write.
         assert_eq!(pg("UPDATE t SET v = 1; CHECKPOINT"), some(&["t"]));
-        assert_eq!(pg("UPDATE t SET"), some(&["*"]));
+        assert_eq!(pg("UPDATE s.t SET"), some(&["t"]));
+        assert_eq!(pg("UPDATE w SET arr[1] = 5 WHERE id = 1"), some(&["w"]));
+        assert_eq!(
+            pg("DELETE FROM ONLY \"W\" WHERE CURRENT OF c"),
+            some(&["W"])
+        );
+        assert_eq!(
+            pg("WITH x AS (UPDATE t SET arr[1] = 1) SELECT 1"),
+            some(&["*"])
+        );
         assert_eq!(
             pg("SELECT 1; UPDATE t SET v = 1 WHERE CURRENT OF c"),
-            some(&["*"])
+            some(&["t"])
+        );
+        assert_eq!(
+            pg("TRUNCATE a, b CASCADE; CHECKPOINT"),
+            some(&["a", "b", "*"])
+        );
+        assert_eq!(
+            pg("COPY (WITH x AS (DELETE FROM t) SELECT 1) TO STDOUT"),
+            some(&["t"])
         );
         assert_eq!(pg("SELECT 'unterminated"), None);
         assert_eq!(

@@ -10,7 +10,7 @@
 use super::types;
 use crate::analyze::TableRef;
 use crate::error::Error;
-use crate::image::{Collation, Column, TableMeta};
+use crate::image::{Cascade, Collation, Column, TableMeta};
 
 /// Every query takes two parameters, in this order: the schema (NULL: the connection's
 /// current database) and the table name.
@@ -53,13 +53,35 @@ pub const TRIGGERS: &str = concat!(
     this_table!("EVENT_OBJECT_SCHEMA", "EVENT_OBJECT_TABLE")
 );
 
-/// How many foreign keys elsewhere cascade, or set NULL or a default, when this table's
-/// rows change: one row, one count.
+/// The foreign keys elsewhere that cascade, or set NULL or a default, when this table's
+/// rows change, one row each: `ON_DELETE, ON_UPDATE` (1 or 0), the referenced columns
+/// (lower case) and the names of the key's table and of every table foreign-key
+/// actions reach from there, each list separated by U+0001 (which no name holds in
+/// practice, and which needs no escape whatever the session's sql_mode).
 pub const CASCADES: &str = concat!(
-    "SELECT COUNT(*) FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE ",
-    this_table!("UNIQUE_CONSTRAINT_SCHEMA", "REFERENCED_TABLE_NAME"),
-    " AND (DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')",
-    " OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT'))"
+    "WITH RECURSIVE acting AS (SELECT CONSTRAINT_SCHEMA AS fk_schema, CONSTRAINT_NAME AS fk_name, \
+         TABLE_NAME AS child, UNIQUE_CONSTRAINT_SCHEMA AS parent_schema, \
+         REFERENCED_TABLE_NAME AS parent, \
+         DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT') AS on_delete, \
+         UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT') AS on_update \
+       FROM information_schema.REFERENTIAL_CONSTRAINTS \
+       WHERE DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT') \
+         OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')), \
+     here AS (SELECT * FROM acting WHERE ",
+    this_table!("parent_schema", "parent"),
+    "), \
+     reach (fk_schema, fk_name, child_schema, child) AS ( \
+       SELECT fk_schema, fk_name, fk_schema, child FROM here \
+       UNION SELECT r.fk_schema, r.fk_name, a.fk_schema, a.child FROM reach r \
+         JOIN acting a ON a.parent_schema = r.child_schema AND a.parent = r.child) \
+     SELECT h.on_delete, h.on_update, \
+       (SELECT GROUP_CONCAT(LOWER(k.REFERENCED_COLUMN_NAME) SEPARATOR '\u{1}') \
+         FROM information_schema.KEY_COLUMN_USAGE k WHERE k.CONSTRAINT_SCHEMA = h.fk_schema \
+         AND k.CONSTRAINT_NAME = h.fk_name AND k.TABLE_NAME = h.child \
+         AND k.REFERENCED_TABLE_NAME IS NOT NULL), \
+       (SELECT GROUP_CONCAT(DISTINCT r.child SEPARATOR '\u{1}') FROM reach r \
+         WHERE r.fk_schema = h.fk_schema AND r.fk_name = h.fk_name) \
+     FROM here h ORDER BY h.fk_schema, h.fk_name"
 );
 
 /// One result row, each value as text (None: NULL), as any driver returns it.
@@ -190,16 +212,31 @@ impl MysqlTable {
             Some((name, _)) if name == "PRIMARY" => keys.remove(0).1,
             _ => Vec::new(),
         };
+        let cascades = catalog
+            .cascades
+            .iter()
+            .map(|row| {
+                let list = |at, name| -> Result<Vec<String>, Error> {
+                    Ok(field(row, at, name)?
+                        .map(|l| l.split('\u{1}').map(str::to_owned).collect())
+                        .unwrap_or_default())
+                };
+                Ok(Cascade {
+                    on_delete: text(row, 0, "ON_DELETE")? == "1",
+                    on_update: text(row, 1, "ON_UPDATE")? == "1",
+                    columns: list(2, "COLUMNS")?,
+                    reaches: list(3, "REACHES")?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(MysqlTable {
             meta: TableMeta {
                 table: resolved,
                 columns,
                 pk,
                 has_triggers: count(&catalog.triggers, "TRIGGERS")? > 0,
-                has_cascades: count(&catalog.cascades, "CASCADES")? > 0,
-                // Not read on MySQL yet: writes outside global transactions do not
-                // follow foreign-key actions there (README).
-                cascades: Vec::new(),
+                has_cascades: !cascades.is_empty(),
+                cascades,
                 oid: 0,
                 // MySQL's partitions are no tables of their own, and it has no
                 // inheritance.

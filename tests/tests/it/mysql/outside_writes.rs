@@ -1084,3 +1084,62 @@ async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_glo
     patient.shutdown().await;
     finish(lockserver, [global, outside]).await;
 }
+
+/// A DELETE or REPLACE whose foreign-key actions reach a table that holds global locks
+/// fails with 1205 and changes nothing, text or prepared; an UPDATE that sets no
+/// referenced column runs; the rollback then restores the held row exactly.
+#[tokio::test]
+async fn writes_reaching_held_tables_through_foreign_keys_fail() {
+    let db = prepare("my_outside_reaching").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE parent (id INT PRIMARY KEY, n INT) ENGINE=InnoDB;
+             INSERT INTO parent VALUES (1, 0), (2, 0);
+             CREATE TABLE child (id INT PRIMARY KEY, p INT, v INT,
+                 FOREIGN KEY (p) REFERENCES parent (id) ON DELETE CASCADE) ENGINE=InnoDB;
+             INSERT INTO child VALUES (1, 1, 1);",
+        )
+        .await
+        .unwrap();
+    let mut a = in_global_transaction(&global, &db, "UPDATE child SET v = 100 WHERE id = 1").await;
+    let held = (
+        dump(&mut direct, "parent").await,
+        dump(&mut direct, "child").await,
+    );
+
+    let mut b = my::connect(&outside, &db.name).await;
+    for sql in [
+        "DELETE FROM parent WHERE id = 1",
+        "REPLACE INTO parent VALUES (1, 5)",
+    ] {
+        let err = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+    }
+    let err = b
+        .exec_drop("DELETE FROM parent WHERE id = ?", (2i32,))
+        .await
+        .expect_err("prepared DELETE reaching a held table");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_eq!(
+        (
+            dump(&mut direct, "parent").await,
+            dump(&mut direct, "child").await
+        ),
+        held,
+        "nothing refused changed a row"
+    );
+    // Its foreign key does not act on this UPDATE: it runs.
+    b.query_drop("UPDATE parent SET n = 1 WHERE id = 2")
+        .await
+        .unwrap();
+
+    rolled_back(&mut a).await;
+    let v: Option<i32> = direct
+        .query_first("SELECT v FROM child WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(1), "rolled back exactly");
+    finish(lockserver, [global, outside]).await;
+}

@@ -1880,7 +1880,9 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
 /// What a statement changes beyond its own table is judged too: a DELETE whose
 /// foreign-key actions reach a table that holds global locks, `TRUNCATE … CASCADE`,
 /// a write in COPY's query, and a script with a statement tandem cannot parse fail
-/// with 55P03 and change nothing, while an UPDATE that sets no referenced column runs.
+/// with 55P03 and change nothing, while an UPDATE that sets no referenced column, a
+/// DELETE whose actions reach only a partitioned table holding no lock, and an
+/// unparsed write to a table holding none run.
 #[tokio::test]
 async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail() {
     let orders = prepare("outside_reaching").await;
@@ -1891,7 +1893,15 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
             "CREATE TABLE parent (id int PRIMARY KEY, n int);
              INSERT INTO parent VALUES (1, 0), (2, 0);
              CREATE TABLE child (id int PRIMARY KEY, p int REFERENCES parent ON DELETE CASCADE, v int);
-             INSERT INTO child VALUES (1, 1, 1);",
+             INSERT INTO child VALUES (1, 1, 1);
+             CREATE TABLE other_parent (id int PRIMARY KEY);
+             INSERT INTO other_parent VALUES (1);
+             CREATE TABLE parted (id int, p int REFERENCES other_parent ON DELETE CASCADE,
+                 PRIMARY KEY (id)) PARTITION BY RANGE (id);
+             CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+             INSERT INTO parted VALUES (1, 1);
+             CREATE TABLE arrays (id int PRIMARY KEY, a int[]);
+             INSERT INTO arrays VALUES (1, '{1,2}');",
         )
         .await
         .unwrap();
@@ -1941,6 +1951,16 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
     b.batch_execute("UPDATE parent SET n = 1 WHERE id = 2")
         .await
         .unwrap();
+    // Actions that reach a partitioned table holding no lock run (its partitions' locks
+    // go by its name), and so does a write tandem cannot parse to a table holding none.
+    b.batch_execute("DELETE FROM other_parent WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(rows_of(&direct, "parted").await.is_empty());
+    b.batch_execute("UPDATE arrays SET a[1] = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&direct, "arrays").await, ["(1,\"{5,2}\")"]);
 
     rolled_back(&a).await;
     let child: i32 = direct

@@ -49,8 +49,9 @@
 //! write it cannot analyse, such as a multi-table write to several tables) is judged
 //! by the tables it may update or delete rows of: guarded while none may hold global
 //! locks, else it waits or fails as a held row does (`unanalysed_write`). Text that
-//! begins as a write but does not parse counts as naming every table. Foreign-key
-//! actions are not followed here (the catalog's are not read on MySQL).
+//! begins as a write but does not parse counts as naming every table. The tables a
+//! checked write's foreign-key actions reach (`Cascade::reached_by`) are judged the
+//! same way, before its rows are checked.
 
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
@@ -66,7 +67,7 @@ use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
 use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
-use tandem_undo::{Analysis, Capture, Mysql, OnDuplicate, Write, WriteKind};
+use tandem_undo::{Analysis, Capture, Cascade, Mysql, OnDuplicate, Write, WriteKind};
 
 /// What a checked write waits for: a lock holder, or the lockserver's silence.
 enum Check {
@@ -123,31 +124,38 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
+        match self.guard_tables(&changed).await {
+            TablesGuarded::Yes | TablesGuarded::LockserverDown => Ok(None),
+            TablesGuarded::Locked(table) => {
+                self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
+            }
+        }
+    }
+
+    /// Guards on the tables named `names` for a write that may change their rows
+    /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and in
+    /// autocommit, while one may hold global locks. At a sync point.
+    async fn guard_tables(&mut self, names: &[String]) -> TablesGuarded {
         // In the client's transaction its earlier work may hold rows a rollback
         // needs: it fails at once, as a checked write there does.
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
         let waits = self.ctx.outside.waits() && !in_transaction(status);
         let deadline = Instant::now() + self.ctx.lock_wait;
+        let scope = self.ctx.xa.lock_scope();
         let guarded = (self.ctx.outside)
             .guard_tables(
                 &self.ctx.lock,
                 &scope,
-                &changed,
+                names,
                 |_| false,
                 waits.then_some(deadline),
                 &mut self.unchecked,
             )
             .await;
-        match guarded {
-            TablesGuarded::Yes => Ok(None),
-            TablesGuarded::LockserverDown => {
-                self.count_unchecked();
-                Ok(None)
-            }
-            TablesGuarded::Locked(table) => {
-                self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
-            }
+        if guarded == TablesGuarded::LockserverDown {
+            self.count_unchecked();
         }
+        guarded
     }
 
     /// The first bytes of a COM_QUERY of an unbound session that tandem does not read
@@ -290,6 +298,25 @@ impl Relay<'_> {
         let Ok(table) = self.table_of(&write.table).await? else {
             return Ok(None);
         };
+        // Rows foreign-key actions change in other tables are not the write's own:
+        // their tables are judged as a whole.
+        let cascaded: Vec<String> = Cascade::reached_by(&table.meta.cascades, write)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if !cascaded.is_empty() {
+            match self.guard_tables(&cascaded).await {
+                TablesGuarded::Yes => {}
+                TablesGuarded::LockserverDown => return Ok(None),
+                TablesGuarded::Locked(reached) => {
+                    let e = Error::CascadeLocked {
+                        table: qualified_name(&table.meta),
+                        reached,
+                    };
+                    return self.refuse(e).map(Some);
+                }
+            }
+        }
         if table.meta.pk.is_empty() {
             // Never captured, so never globally locked.
             return Ok(None);
