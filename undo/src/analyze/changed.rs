@@ -84,7 +84,10 @@ enum Unparsed {
     Unknown,
 }
 
-/// The table an unparsed statement writes, read from its first tokens.
+/// The table an unparsed statement writes, read from its first tokens: only where they
+/// leave no doubt (one table, then what follows a single table's name in that kind of
+/// statement); anything else (a join, USING, a name the tokens do not spell whole such
+/// as `U&"t"`, a MySQL executable comment) is `Unknown`.
 fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
     use sqlparser::tokenizer::Token;
     const WRITES: [&str; 9] = [
@@ -94,7 +97,9 @@ fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
     let Some(tokens) = super::tokens(dialect, sql) else {
         return Unparsed::NotAWrite;
     };
-    let mut words = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon));
     let first = match words.next() {
         Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
         _ => return Unparsed::NotAWrite,
@@ -102,36 +107,46 @@ fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
     if !WRITES.contains(&first.as_str()) {
         return Unparsed::NotAWrite;
     }
-    // The words a write's table follows, and those that may stand between.
-    let (lead, optional): (&[&str], &[&str]) = match first.as_str() {
-        "update" => (&[], &["only", "low_priority", "ignore"]),
-        "delete" => (&["from"], &["only", "low_priority", "quick", "ignore"]),
+    if super::has_executable_comment(sql) {
+        // The server may read what tandem's tokens take for a comment, or the reverse.
+        return Unparsed::Unknown;
+    }
+    // The words a write's table follows, those that may stand between, and those that
+    // may follow a single table's name (and its alias).
+    let (lead, optional, follow): (&[&str], &[&str], &[&str]) = match first.as_str() {
+        "update" => (&[], &["only", "low_priority", "ignore"], &["set"]),
+        "delete" => (
+            &["from"],
+            &["only", "low_priority", "quick", "ignore"],
+            &["where", "order", "limit", "returning"],
+        ),
         "insert" | "replace" => (
             &["into"],
             &["low_priority", "delayed", "high_priority", "ignore"],
+            &["values", "value", "select", "set", "default", "overriding"],
         ),
-        "merge" => (&["into"], &[]),
-        "truncate" => (&[], &["table", "only"]),
+        "merge" => (&["into"], &[], &["using"]),
+        "truncate" => (&[], &["table", "only"], &[]),
         _ => return Unparsed::Unknown,
     };
-    let keyword = |t: &Token, set: &[&str]| {
-        matches!(t, Token::Word(w) if w.quote_style.is_none()
+    let keyword = |t: Option<&Token>, set: &[&str]| {
+        matches!(t, Some(Token::Word(w)) if w.quote_style.is_none()
             && set.iter().any(|k| w.value.eq_ignore_ascii_case(k)))
     };
     let mut next = words.next();
-    while next.is_some_and(|t| keyword(t, optional)) {
+    while keyword(next, optional) {
         next = words.next();
     }
     for wanted in lead {
-        if !next.is_some_and(|t| keyword(t, &[wanted])) {
+        if !keyword(next, &[wanted]) {
             return Unparsed::Unknown;
         }
         next = words.next();
-        while next.is_some_and(|t| keyword(t, optional)) {
+        while keyword(next, optional) {
             next = words.next();
         }
     }
-    // `name`, `schema.name`: the last part.
+    // `name` or `schema.name`: the last part.
     let mut table = None;
     while let Some(Token::Word(w)) = next {
         table = Some(names.table(&sqlparser::ast::Ident {
@@ -139,14 +154,32 @@ fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
             quote_style: w.quote_style,
             span: sqlparser::tokenizer::Span::empty(),
         }));
-        match words.next() {
-            Some(Token::Period) => next = words.next(),
-            // A list of tables, or a name tandem cannot read whole.
-            Some(Token::Comma) => return Unparsed::Unknown,
-            _ => break,
+        next = words.next();
+        if !matches!(next, Some(Token::Period)) {
+            break;
+        }
+        next = words.next();
+    }
+    let Some(table) = table else {
+        return Unparsed::Unknown;
+    };
+    // What follows: the end, or what follows one table (after an alias, if any).
+    let inserts = first == "insert" || first == "replace";
+    let follows = |t: Option<&Token>| {
+        t.is_none() || keyword(t, follow) || (inserts && matches!(t, Some(Token::LParen)))
+    };
+    if follows(next) {
+        return Unparsed::Writes(table);
+    }
+    if first != "truncate" {
+        if keyword(next, &["as"]) {
+            next = words.next();
+        }
+        if matches!(next, Some(Token::Word(_))) && follows(words.next()) {
+            return Unparsed::Writes(table);
         }
     }
-    table.map_or(Unparsed::Unknown, Unparsed::Writes)
+    Unparsed::Unknown
 }
 
 struct Changed {
@@ -310,6 +343,28 @@ mod tests {
         assert_eq!(
             pg("WITH x AS (UPDATE t SET arr[1] = 1) SELECT 1"),
             some(&["*"])
+        );
+        // Only what a single table's name leaves no doubt about.
+        assert_eq!(pg("UPDATE w AS x SET a[1] = 5"), some(&["w"]));
+        assert_eq!(pg("UPDATE U&\"r\" SET a[1] = 5"), some(&["*"]));
+        assert_eq!(
+            pg("DELETE FROM t x USING u WHERE CURRENT OF c"),
+            some(&["*"])
+        );
+        assert_eq!(pg("TRUNCATE t RESTART IDENTITY; CHECKPOINT"), some(&["t"]));
+        for sql in [
+            "UPDATE a JOIN h ON a.id = h.id SET h.v = 5 WHERE a.s SOUNDS LIKE 'x'",
+            "UPDATE a AS x JOIN h ON x.id = h.id SET h.v = 5 WHERE x.s SOUNDS LIKE 'x'",
+            "UPDATE a LEFT JOIN h USING (id) SET h.v = 5 WHERE a.s SOUNDS LIKE 'x'",
+            "DELETE FROM hh USING h AS hh WHERE hh.id = 1 AND hh.s SOUNDS LIKE 'x'",
+            "DELETE FROM hh.* USING h AS hh WHERE hh.id = 1 AND hh.s SOUNDS LIKE 'x'",
+            "UPDATE /*!99999 a */ h SET v = 5 WHERE s SOUNDS LIKE 'x'",
+        ] {
+            assert_eq!(tables_changed(&Mysql, sql), some(&["*"]), "{sql}");
+        }
+        assert_eq!(
+            tables_changed(&Mysql, "UPDATE h SET v = 5 WHERE s SOUNDS LIKE 'x'"),
+            some(&["h"])
         );
         assert_eq!(
             pg("SELECT 1; UPDATE t SET v = 1 WHERE CURRENT OF c"),

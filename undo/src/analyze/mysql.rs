@@ -89,11 +89,36 @@ fn comment_read_otherwise(tokens: &[TokenWithSpan]) -> bool {
     })
 }
 
+/// The version of a `/*!NNNNN … */` comment that MySQL and MariaDB may read
+/// differently: five digits from 50700 (MariaDB takes them for MySQL's and skips them),
+/// or six (a version MariaDB runs only up to its own). Text in literals counts too: it
+/// only makes tandem refuse.
+fn version_read_otherwise(sql: &str) -> Option<u32> {
+    sql.match_indices("/*!").find_map(|(at, _)| {
+        let digits: String = sql[at + 3..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .take(7)
+            .collect();
+        let version: u32 = digits.parse().ok()?;
+        match digits.len() {
+            5 if version >= 50700 => Some(version),
+            6 => Some(version),
+            _ => None,
+        }
+    })
+}
+
 /// The statement's text with each `?` numbered in order (`?1` …), `LOCK IN SHARE MODE`
 /// spelled `FOR SHARE`, UPDATE's and DELETE's modifiers (`LOW_PRIORITY`, `QUICK`,
 /// `IGNORE`: they never widen which rows are written) dropped, and the tables of
 /// `UPDATE a, b SET` joined with `CROSS JOIN`, which MySQL defines as the same join.
 fn respell(sql: &str, parse_error: &impl Fn(String) -> Error) -> Result<String, Error> {
+    if let Some(version) = version_read_otherwise(sql) {
+        return Err(Error::unsupported(format!(
+            "an executable comment for version {version} (MariaDB skips `/*!` comments for MySQL 5.7 and later, and for versions above its own; MySQL runs them: tandem cannot tell which server reads it)"
+        )));
+    }
     let tokens = Tokenizer::new(&MySqlDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| parse_error(e.to_string()))?;

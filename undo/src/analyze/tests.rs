@@ -197,6 +197,23 @@ fn executable_comments_are_found_whatever_they_hold() {
 }
 
 #[test]
+fn comments_mysql_and_mariadb_read_otherwise_are_refused() {
+    for sql in [
+        "UPDATE /*!99999 a */ h SET v = 5 WHERE id = 1",
+        "UPDATE /*!50700 a */ h SET v = 5 WHERE id = 1",
+        "DELETE FROM /*!100000 a USING a JOIN */ h WHERE id = 1",
+    ] {
+        assert!(analyze(&Mysql, sql).is_err(), "{sql}");
+    }
+    for sql in [
+        "UPDATE /*!50000 h */ SET v = 5 WHERE id = 1",
+        "UPDATE h SET v = 5 /*!40101 , w = 1 */ WHERE id = 1",
+    ] {
+        assert!(analyze(&Mysql, sql).is_ok(), "{sql}");
+    }
+}
+
+#[test]
 fn numbered_placeholders_bind_by_position() {
     let (sql, params) =
         bind_positionally("SELECT `a?` FROM t WHERE k = ?2 AND v = '?1' LIMIT ?3").unwrap();
