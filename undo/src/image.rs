@@ -103,28 +103,28 @@ impl Cascade {
     /// The tables a write may change rows of through foreign-key actions: a DELETE's
     /// through every `on_delete` key, an UPDATE's (an upsert's DO UPDATE too) through
     /// the `on_update` keys whose columns it assigns.
-    pub fn reached_by<'a>(cascades: &'a [Cascade], write: &crate::Write) -> Vec<&'a str> {
+    pub fn reached_by(cascades: &[Cascade], write: &crate::Write) -> Vec<String> {
         use crate::{OnDuplicate, WriteKind};
+        let updated =
+            |c: &Cascade| c.on_update && c.columns.iter().any(|col| write.assigned.contains(col));
         let acts = |c: &Cascade| match write.kind {
             WriteKind::Delete => c.on_delete,
-            WriteKind::Update => {
-                c.on_update && c.columns.iter().any(|col| write.assigned.contains(col))
-            }
+            WriteKind::Update => updated(c),
             // REPLACE deletes the rows it collides with; an upsert's update changes
             // them.
             WriteKind::Insert => match write.on_duplicate {
                 OnDuplicate::Replace => c.on_delete,
                 _ if write.upsert.is_some() || write.on_duplicate == OnDuplicate::Update => {
-                    c.on_update && c.columns.iter().any(|col| write.assigned.contains(col))
+                    updated(c)
                 }
                 _ => false,
             },
         };
-        let mut reached: Vec<&str> = Vec::new();
+        let mut reached: Vec<String> = Vec::new();
         for cascade in cascades.iter().filter(|c| acts(c)) {
             for table in &cascade.reaches {
-                if !reached.contains(&table.as_str()) {
-                    reached.push(table);
+                if !reached.contains(table) {
+                    reached.push(table.clone());
                 }
             }
         }

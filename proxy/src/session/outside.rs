@@ -85,6 +85,17 @@ impl OutsideWriteChecks {
     }
 }
 
+/// Whether `first_word_says` holds for some statement of a (multi-statement) text:
+/// the text itself, or what follows any of its semicolons (one in a literal or a
+/// comment only costs a closer look). Cheap enough for every query.
+pub fn some_statement(sql: &[u8], first_word_says: impl Fn(&[u8]) -> bool) -> bool {
+    first_word_says(sql)
+        || sql
+            .iter()
+            .enumerate()
+            .any(|(at, &b)| b == b';' && first_word_says(&sql[at + 1..]))
+}
+
 /// What [`OutsideWriteChecks::guard_tables`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TablesGuarded {

@@ -65,7 +65,7 @@ use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, lock_name_part, qualified_name};
 use crate::error::{Error, Result};
-use crate::session::outside::{RECHECK, TablesGuarded};
+use crate::session::outside::{RECHECK, TablesGuarded, some_statement};
 use crate::wire::pg::codes::{backend, frontend};
 use crate::wire::pg::messages::response::{Severity, TxStatus, put_error};
 use crate::wire::pg::messages::simple::put_query;
@@ -89,7 +89,9 @@ impl Relay<'_> {
     ) -> Result<Intercepted> {
         // In a failed transaction block nothing runs: there is nothing to check. Only
         // at a sync point: a ROLLBACK TO SAVEPOINT still in flight may revive the block.
-        if !some_statement_may_write(sql) || self.phase == super::Phase::Ready(TxStatus::Failed) {
+        if !some_statement(sql, may_change_rows)
+            || self.phase == super::Phase::Ready(TxStatus::Failed)
+        {
             return Ok(Intercepted::Relay);
         }
         let (meta, write, inserted_keys) = match self.rows_to_check(sql, true).await {
@@ -624,10 +626,7 @@ impl Relay<'_> {
         };
         // Rows foreign-key actions change in other tables are not the write's own:
         // their tables are judged as a whole.
-        let cascaded: Vec<String> = Cascade::reached_by(&meta.cascades, &write)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let cascaded = Cascade::reached_by(&meta.cascades, &write);
         if !cascaded.is_empty() {
             match self.guard_tables(&cascaded).await {
                 TablesGuarded::Yes => {}
@@ -1103,20 +1102,9 @@ fn may_change_rows(sql: &[u8]) -> bool {
             .is_some_and(|w| w.eq_ignore_ascii_case(b"copy") || w.eq_ignore_ascii_case(b"explain"))
 }
 
-/// As `may_change_rows`, for every statement of a simple query (`SELECT 1; UPDATE t
-/// …`): the first word after each semicolon counts too (one in a literal or a comment
-/// only costs a closer look).
-pub(super) fn some_statement_may_write(sql: &[u8]) -> bool {
-    may_change_rows(sql)
-        || sql
-            .iter()
-            .enumerate()
-            .any(|(at, &b)| b == b';' && may_change_rows(&sql[at + 1..]))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Analysis, Postgres, may_write, some_statement_may_write};
+    use super::{Analysis, Postgres, may_change_rows, may_write, some_statement};
 
     #[test]
     fn an_update_locks_its_rows_no_harder_than_it_will() {
@@ -1142,14 +1130,22 @@ mod tests {
         assert!(may_write(b"-- x\ninsert into t values (1)"));
         assert!(may_write(b"TRUNCATE t"));
         assert!(!may_write(b"SELECT 1; UPDATE t SET v = 1"));
-        assert!(some_statement_may_write(b"SELECT 1; UPDATE t SET v = 1"));
-        assert!(some_statement_may_write(b"SELECT 1;\n  /* c */ truncate t"));
-        assert!(!some_statement_may_write(b"SELECT 1; SELECT 2;"));
-        assert!(some_statement_may_write(
-            b"COPY (DELETE FROM t RETURNING *) TO STDOUT"
+        assert!(some_statement(
+            b"SELECT 1; UPDATE t SET v = 1",
+            may_change_rows
         ));
-        assert!(some_statement_may_write(
-            b"SELECT 1; explain analyze delete from t"
+        assert!(some_statement(
+            b"SELECT 1;\n  /* c */ truncate t",
+            may_change_rows
+        ));
+        assert!(!some_statement(b"SELECT 1; SELECT 2;", may_change_rows));
+        assert!(some_statement(
+            b"COPY (DELETE FROM t RETURNING *) TO STDOUT",
+            may_change_rows
+        ));
+        assert!(some_statement(
+            b"SELECT 1; explain analyze delete from t",
+            may_change_rows
         ));
         assert!(may_write(b"WITH d AS (DELETE FROM t RETURNING *) SELECT 1"));
         assert!(!may_write(b"SELECT 1"));

@@ -61,7 +61,7 @@ use super::{Relay, in_transaction};
 use crate::at::branch::qualified_name;
 use crate::at::mysql::AtTable;
 use crate::error::{Error, Result};
-use crate::session::outside::{RECHECK, TablesGuarded};
+use crate::session::outside::{RECHECK, TablesGuarded, some_statement};
 use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
@@ -81,7 +81,7 @@ impl Relay<'_> {
     /// session inside its branch, read whole and not a control call. None: it goes on
     /// as sent.
     pub(super) async fn guard_query(&mut self, sql: &[u8]) -> Result<Option<Handled>> {
-        if !some_statement_may_write(sql) || self.enter_unchecked_anywhere() {
+        if !some_statement(sql, may_write) || self.enter_unchecked_anywhere() {
             return Ok(None);
         }
         let Ok(text) = std::str::from_utf8(sql) else {
@@ -163,7 +163,7 @@ impl Relay<'_> {
     /// server may hold global locks). One it cannot read whole (16 MiB or more) is let
     /// through unchecked.
     pub(super) fn must_read_outside_write(&mut self, header: Header, sql_start: &[u8]) -> bool {
-        if !some_statement_may_write(sql_start) || self.enter_unchecked_anywhere() {
+        if !some_statement(sql_start, may_write) || self.enter_unchecked_anywhere() {
             return false;
         }
         if header.is_continued() {
@@ -300,10 +300,7 @@ impl Relay<'_> {
         };
         // Rows foreign-key actions change in other tables are not the write's own:
         // their tables are judged as a whole.
-        let cascaded: Vec<String> = Cascade::reached_by(&table.meta.cascades, write)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let cascaded = Cascade::reached_by(&table.meta.cascades, write);
         if !cascaded.is_empty() {
             match self.guard_tables(&cascaded).await {
                 TablesGuarded::Yes => {}
@@ -913,20 +910,9 @@ fn may_write(sql: &[u8]) -> bool {
     .any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// As `may_write`, for every statement of a multi-statement query (`SELECT 1; UPDATE
-/// t …`): the first word after each semicolon counts too (one in a literal or a
-/// comment only costs a closer look).
-fn some_statement_may_write(sql: &[u8]) -> bool {
-    may_write(sql)
-        || sql
-            .iter()
-            .enumerate()
-            .any(|(at, &b)| b == b';' && may_write(&sql[at + 1..]))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{may_write, some_statement_may_write};
+    use super::{may_write, some_statement};
 
     #[test]
     fn first_word_decides() {
@@ -936,8 +922,8 @@ mod tests {
         assert!(may_write(b"REPLACE INTO t VALUES (1)"));
         assert!(may_write(b"truncate table t"));
         assert!(!may_write(b"SELECT 1; DELETE FROM t"));
-        assert!(some_statement_may_write(b"SELECT 1; DELETE FROM t"));
-        assert!(!some_statement_may_write(b"SELECT 1; SELECT 2"));
+        assert!(some_statement(b"SELECT 1; DELETE FROM t", may_write));
+        assert!(!some_statement(b"SELECT 1; SELECT 2", may_write));
         assert!(!may_write(b"SELECT 1"));
         assert!(!may_write(b"BEGIN"));
         assert!(!may_write(b"updated"));
