@@ -189,6 +189,15 @@ pub enum Error {
     )]
     CascadeLocked { table: String, reached: String },
 
+    /// A write outside a global transaction through a view (or a table with rewrite
+    /// rules) that would change rows of a table that may hold global locks, which
+    /// tandem does not check row by row.
+    #[error(
+        "could not write through {relation}: it changes rows of {}, which may hold locks of unfinished global transactions; retry once those transactions have ended",
+        named_table(table)
+    )]
+    ReachedLocked { relation: String, table: String },
+
     #[error("tandem's own statement failed: {message}")]
     Injected { message: String },
 
@@ -313,7 +322,8 @@ impl Error {
             | Error::GloballyLocked { .. } => SqlState::SerializationFailure,
             Error::RowGloballyLocked { .. }
             | Error::UncheckedWriteLocked { .. }
-            | Error::CascadeLocked { .. } => SqlState::LockNotAvailable,
+            | Error::CascadeLocked { .. }
+            | Error::ReachedLocked { .. } => SqlState::LockNotAvailable,
             Error::Injected { .. } => SqlState::ObjectNotInPrerequisiteState,
             Error::InjectedTransient { state, .. } | Error::ServerError { state, .. } => *state,
             Error::RolledBackDuringCommit { .. } | Error::RolledBackAtCommit { .. } => {
@@ -403,6 +413,7 @@ impl Error {
             | Error::RowGloballyLocked { .. }
             | Error::UncheckedWriteLocked { .. }
             | Error::CascadeLocked { .. }
+            | Error::ReachedLocked { .. }
             | Error::Lockserver(
                 tandem_lockserver::Error::LockConflict { .. }
                 | tandem_lockserver::Error::PhaseOnePending { .. }
@@ -465,6 +476,7 @@ impl Error {
                 | Error::RowGloballyLocked { .. }
                 | Error::UncheckedWriteLocked { .. }
                 | Error::CascadeLocked { .. }
+                | Error::ReachedLocked { .. }
                 | Error::Injected { .. }
                 | Error::InjectedTransient { .. }
                 | Error::ServerError { .. }
@@ -519,6 +531,7 @@ impl Error {
                 | Error::RowGloballyLocked { .. }
                 | Error::UncheckedWriteLocked { .. }
                 | Error::CascadeLocked { .. }
+                | Error::ReachedLocked { .. }
                 | Error::RolledBackAtCommit { .. }
         ) || matches!(self, Error::Lockserver(e) if e.is_retryable())
     }
@@ -563,7 +576,8 @@ impl Error {
             | Error::RolledBackAtCommit { .. } => "at_refused",
             Error::RowGloballyLocked { .. }
             | Error::UncheckedWriteLocked { .. }
-            | Error::CascadeLocked { .. } => "outside_write_locked",
+            | Error::CascadeLocked { .. }
+            | Error::ReachedLocked { .. } => "outside_write_locked",
             Error::Injected { .. } | Error::InjectedTransient { .. } => "at_injected",
             Error::NotBound
             | Error::AlreadyBound { .. }

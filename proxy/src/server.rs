@@ -141,6 +141,7 @@ pub async fn run(
                 crate::at::meta::WRITING_FUNCTIONS,
             ),
             partitions: crate::at::meta::CatalogNames::new(crate::at::meta::PARTITIONS),
+            reached_through_rules: crate::at::meta::ReachedThroughRules::default(),
             analyses: tandem_undo::AnalysisCache::new(&tandem_undo::Postgres, ANALYSES_KEPT),
             phase2: crate::at::phase2::Phase2Registry::new(
                 lock.clone(),

@@ -250,28 +250,55 @@ pub const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_cat
 pub const PARTITIONS: &str =
     "SELECT DISTINCT relname::text FROM pg_catalog.pg_class WHERE relispartition";
 
+/// For each relation with rewrite rules (a view's `_RETURN`, a rule's `DO ALSO` or
+/// `DO INSTEAD`), by name in any schema: the tables a write through it may change
+/// besides or instead of it, followed through views and rules at any depth (a
+/// partition by its root's name, which its global locks go by). Tables a rule or view
+/// only reads are among them.
+pub const REACHED_THROUGH_RULES: &str = "WITH RECURSIVE reach(rel, via) AS (
+        SELECT c.oid, c.oid FROM pg_catalog.pg_class c WHERE c.relhasrules
+        AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+    UNION
+        SELECT d.refobjid, r.via FROM reach r
+        JOIN pg_catalog.pg_rewrite w ON w.ev_class = r.rel
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
+            AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass
+            AND d.refobjid <> w.ev_class)
+    SELECT v.relname::text, ARRAY(SELECT DISTINCT t.relname::text FROM reach r
+            JOIN pg_catalog.pg_class t ON t.oid = coalesce(pg_catalog.pg_partition_root(r.rel), r.rel)
+            WHERE r.via = v.oid AND r.rel <> v.oid AND t.relkind IN ('r', 'p'))
+    FROM pg_catalog.pg_class v WHERE v.oid IN (SELECT via FROM reach)";
+
 /// How long names are used before they are read again: one created on another
 /// connection is known within this.
 const NAMES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Sets of names by key (a database, say), each read at most every `NAMES_TTL`
-/// and after `invalidate`. A read that fails keeps the names read last, if any.
-#[derive(Default)]
-pub struct NamesCache {
+/// Sets of names (or what names map to) by key (a database, say), each read at most
+/// every `NAMES_TTL` and after `invalidate`. A read that fails keeps the names read
+/// last, if any.
+pub struct NamesCache<T = HashSet<String>> {
     // A std Mutex: held only to look up or insert, never across an await.
-    by_key: Mutex<HashMap<String, NamesRead>>,
+    by_key: Mutex<HashMap<String, NamesRead<T>>>,
+}
+
+impl<T> Default for NamesCache<T> {
+    fn default() -> Self {
+        NamesCache {
+            by_key: Mutex::default(),
+        }
+    }
 }
 
 /// When a key's names were read, and the names.
-type NamesRead = (std::time::Instant, Arc<HashSet<String>>);
+type NamesRead<T> = (std::time::Instant, Arc<T>);
 
-impl NamesCache {
+impl<T> NamesCache<T> {
     /// The names of `key`, from `read` if those held are older than `NAMES_TTL`.
     pub async fn get<E: std::fmt::Display>(
         &self,
         key: &str,
-        read: impl std::future::Future<Output = std::result::Result<HashSet<String>, E>>,
-    ) -> std::result::Result<Arc<HashSet<String>>, E> {
+        read: impl std::future::Future<Output = std::result::Result<T, E>>,
+    ) -> std::result::Result<Arc<T>, E> {
         let last = self.lock().get(key).cloned();
         if let Some((read_at, names)) = &last
             && read_at.elapsed() < NAMES_TTL
@@ -305,7 +332,7 @@ impl NamesCache {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NamesRead>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NamesRead<T>>> {
         self.by_key.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -335,6 +362,47 @@ impl CatalogNames {
     }
 
     /// DDL ran in `database`: read its names again.
+    pub fn invalidate(&self, database: &str) {
+        self.cache.invalidate(database);
+    }
+}
+
+/// Per database, what `REACHED_THROUGH_RULES` gives: the tables a write through a
+/// view (or a table with rules) may change in its stead or besides, by the name it
+/// was written through (read over a side connection, see `NamesCache`).
+#[derive(Default)]
+pub struct ReachedThroughRules {
+    cache: NamesCache<HashMap<String, Vec<String>>>,
+}
+
+impl ReachedThroughRules {
+    pub async fn get(
+        &self,
+        side: &SidePools,
+        database: &str,
+    ) -> Result<Arc<HashMap<String, Vec<String>>>> {
+        let read = async {
+            let client = side.get(database).await?;
+            let rows = client.query(REACHED_THROUGH_RULES, &[]).await?;
+            let mut reached: HashMap<String, Vec<String>> = HashMap::new();
+            for row in &rows {
+                let tables: Vec<String> = row.get(1);
+                if !tables.is_empty() {
+                    // One name in several schemas: what any of them reaches.
+                    let entry = reached.entry(row.get(0)).or_default();
+                    for table in tables {
+                        if !entry.contains(&table) {
+                            entry.push(table);
+                        }
+                    }
+                }
+            }
+            Ok::<_, Error>(reached)
+        };
+        self.cache.get(database, read).await
+    }
+
+    /// DDL ran in `database`: read it again.
     pub fn invalidate(&self, database: &str) {
         self.cache.invalidate(database);
     }

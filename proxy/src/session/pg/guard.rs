@@ -42,21 +42,22 @@
 //! batch of several outside a transaction block (a driver's executeBatch with
 //! autocommit on; inside a block each write of such a batch runs on its own under a
 //! Sync of tandem's, checked, and a BEGIN ahead of one statement, as pgJDBC sends it,
-//! runs first on its own: begin_ahead.rs), writes in a failed
-//! transaction block (they run nothing), INSERT … SELECT … ON CONFLICT, statements
-//! whose first word is not a write's (SQL-level EXECUTE, CALL, DO), writes through a
-//! view (no key names its rows), writes inside functions (and a search_path a
-//! function changes), and every write while the lockserver is unreachable (counted in
-//! `tandem_pg_outside_writes_unchecked`): plain traffic does not stop with the
+//! runs first on its own: begin_ahead.rs), writes in a failed transaction block (they
+//! run nothing), statements whose first word is not a write's (SQL-level EXECUTE,
+//! CALL, DO), plain INSERTs through a view, writes inside functions (and a search_path
+//! a function changes), and every write while the lockserver is unreachable (counted
+//! in `tandem_pg_outside_writes_unchecked`): plain traffic does not stop with the
 //! coordinator.
 //!
 //! A statement tandem cannot check row by row (TRUNCATE, MERGE, a data-modifying WITH,
 //! a write in COPY's query or under EXPLAIN ANALYZE, a multi-statement query) is judged
 //! by the tables whose rows it may update or delete (`tables_changed`), and so are the
-//! tables a write's foreign-key actions reach (`Cascade::reached_by`): while none of
-//! them may hold global locks it runs under guards on them; otherwise it waits or
-//! fails as a held row does (`guard_tables`). TRUNCATE … CASCADE, and text that begins
-//! as a write but does not parse, count as naming every table.
+//! tables a write's foreign-key actions reach (`Cascade::reached_by`) and those a
+//! write through a view or a table's rewrite rule reaches (`REACHED_THROUGH_RULES`:
+//! no key of the view names their rows): while none of them may hold global locks it
+//! runs under guards on them; otherwise it waits or fails as a held row does
+//! (`guard_tables`). TRUNCATE … CASCADE, and text that begins as a write but does not
+//! parse, count as naming every table.
 
 use super::Relay;
 use super::at::WriteInFlight;
@@ -596,7 +597,8 @@ impl Relay<'_> {
             // remembered one (a SET ahead in the same pipeline is not over yet). Only
             // if no schema's table of that name may hold global locks can it run now.
             // A partition's rows are locked under its root's name, which its own does
-            // not show: it waits for the sync point like a name that may be held.
+            // not show, and a view's are other tables' rows: either waits for the sync
+            // point like a name that may be held.
             let partition = match self
                 .ctx
                 .partitions
@@ -606,9 +608,11 @@ impl Relay<'_> {
                 Ok(partitions) => partitions.contains(&write.table.name),
                 Err(_) => true,
             };
+            let written_elsewhere = partition
+                || !matches!(self.reached_through_rules(&write.table.name).await, Some(r) if r.is_empty());
             let guard = tables
                 .enter_unchecked_by_name(&self.resource, &lock_name_part(&write.table.name))
-                .filter(|_| !partition);
+                .filter(|_| !written_elsewhere);
             return match guard {
                 Some(guard) => {
                     self.unchecked.hold_uncovering(guard);
@@ -636,6 +640,27 @@ impl Relay<'_> {
                         table: qualified_name(&meta),
                         reached: table,
                     });
+                }
+            }
+        }
+        // A write through a view (or a table's rule) changes other tables' rows, which
+        // no key of its own names: their tables are judged as a whole. A plain INSERT
+        // only adds rows, as in `tables_changed`.
+        if !is_plain_insert(&write) {
+            let reached = match self.reached_through_rules(&meta.table.name).await {
+                Some(reached) => reached,
+                None => vec![tandem_undo::EVERY_TABLE.to_owned()],
+            };
+            if !reached.is_empty() {
+                match self.guard_tables(&reached).await {
+                    TablesGuarded::Yes => {}
+                    TablesGuarded::LockserverDown => return RowsToCheck::Unchecked,
+                    TablesGuarded::Locked(table) => {
+                        return RowsToCheck::Refused(Error::ReachedLocked {
+                            relation: qualified_name(&meta),
+                            table,
+                        });
+                    }
                 }
             }
         }
@@ -698,6 +723,14 @@ impl Relay<'_> {
             .get(&self.ctx.side, &self.database)
             .await
             .ok();
+        // A view's (or a rule's) tables are written through its name.
+        let mut names = names.to_vec();
+        for name in names.clone() {
+            match self.reached_through_rules(&name).await {
+                Some(reached) => names.extend(reached),
+                None => names.push(tandem_undo::EVERY_TABLE.to_owned()),
+            }
+        }
         // A partition's rows are locked under its root's name, which its own does not
         // show.
         let partition = |name: &str| partitions.as_ref().is_none_or(|p| p.contains(name));
@@ -709,7 +742,7 @@ impl Relay<'_> {
             .guard_tables(
                 &self.ctx.lock,
                 &self.resource,
-                names,
+                &names,
                 partition,
                 waits.then_some(deadline),
                 &mut self.unchecked,
@@ -719,6 +752,20 @@ impl Relay<'_> {
             self.unchecked_outside_write();
         }
         guarded
+    }
+
+    /// The tables a write through the relation named `name` (in any schema) changes
+    /// besides or instead of it, by views and rewrite rules (`REACHED_THROUGH_RULES`);
+    /// None if the catalog could not be read.
+    async fn reached_through_rules(&self, name: &str) -> Option<Vec<String>> {
+        if name == tandem_undo::EVERY_TABLE {
+            return Some(Vec::new());
+        }
+        let reached = (self.ctx.reached_through_rules)
+            .get(&self.ctx.side, &self.database)
+            .await
+            .ok()?;
+        Some(reached.get(name).cloned().unwrap_or_default())
     }
 
     /// Whose transaction a check about to run is in, at a sync point.

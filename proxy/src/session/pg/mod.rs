@@ -68,6 +68,8 @@ pub struct PgFrontendContext {
     pub writing_functions: crate::at::meta::CatalogNames,
     /// Partitions' names, which a write checked mid-pipeline cannot map to a root.
     pub partitions: crate::at::meta::CatalogNames,
+    /// The tables writes through views (and tables with rules) reach.
+    pub reached_through_rules: crate::at::meta::ReachedThroughRules,
     /// What each prepared text does, analysed once (a Bind analyses its statement).
     pub analyses: tandem_undo::AnalysisCache,
     pub phase2: Phase2Registry,

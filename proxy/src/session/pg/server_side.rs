@@ -336,6 +336,7 @@ impl Relay<'_> {
                     self.ctx.meta.invalidate(&self.database);
                     self.ctx.writing_functions.invalidate(&self.database);
                     self.ctx.partitions.invalidate(&self.database);
+                    self.ctx.reached_through_rules.invalidate(&self.database);
                     self.forget_resolved_tables();
                 }
                 // What may have changed the session's search_path or role: SET and

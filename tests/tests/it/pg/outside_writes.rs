@@ -1971,3 +1971,85 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
     assert_eq!(child, 1, "rolled back exactly");
     finish(lockserver, [global, outside]).await;
 }
+
+/// A write through a view, or to a table whose rewrite rule writes elsewhere, changes
+/// rows of the tables under it, which no key of its own names: while one of them holds
+/// global locks it fails (55P03) and changes nothing, over either protocol, nested
+/// views and multi-statement queries included; through a view of tables holding none
+/// it runs. The rollback then restores the held row exactly.
+#[tokio::test]
+async fn writes_through_views_and_rules_fail_while_the_tables_under_them_hold_global_locks() {
+    let orders = prepare("outside_views").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE VIEW acc_view AS SELECT * FROM accounts;
+             CREATE VIEW acc_view2 AS SELECT * FROM acc_view WHERE balance >= 0;
+             CREATE TABLE notes (id int PRIMARY KEY, n int);
+             INSERT INTO notes VALUES (1, 0);
+             CREATE VIEW notes_view AS SELECT * FROM notes;
+             CREATE TABLE ruled (id int PRIMARY KEY, v int);
+             INSERT INTO ruled VALUES (1, 0);
+             CREATE RULE ruled_touch AS ON UPDATE TO ruled
+                 DO ALSO UPDATE accounts SET balance = balance + 1 WHERE id = 4;",
+        )
+        .await
+        .unwrap();
+    let original = rows_of(&direct, "accounts").await;
+    let a = global.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 4")
+        .await
+        .unwrap();
+    let held = (
+        rows_of(&direct, "accounts").await,
+        rows_of(&direct, "ruled").await,
+    );
+
+    let b = outside.connect(&orders.name).await;
+    for sql in [
+        "UPDATE acc_view SET balance = 5 WHERE id = 4",
+        "DELETE FROM acc_view2 WHERE id = 4",
+        "UPDATE ruled SET v = 2 WHERE id = 1",
+        "SELECT 1; UPDATE acc_view SET balance = 6 WHERE id = 4",
+    ] {
+        let err = b.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{sql}: {err:?}"
+        );
+    }
+    let err = b
+        .execute("UPDATE acc_view2 SET balance = $1 WHERE id = 4", &[&7i64])
+        .await
+        .expect_err("extended UPDATE through a view");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("acc_view2")),
+        "{message:?}"
+    );
+    assert_eq!(
+        (
+            rows_of(&direct, "accounts").await,
+            rows_of(&direct, "ruled").await
+        ),
+        held,
+        "nothing refused changed a row"
+    );
+    // Through a view of a table that holds no global lock: it runs.
+    b.execute("UPDATE notes_view SET n = $1 WHERE id = 1", &[&3i32])
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&direct, "notes").await, ["(1,3)"]);
+
+    rolled_back(&a).await;
+    assert_eq!(
+        rows_of(&direct, "accounts").await,
+        original,
+        "rolled back exactly"
+    );
+    finish(lockserver, [global, outside]).await;
+}
