@@ -42,6 +42,53 @@ pub struct MysqlMetaCache {
     tables: Mutex<Tables>,
     /// The server's stored functions (names lower-cased), under the key "".
     functions: super::meta::NamesCache,
+    /// The tables under each view of the server (`tables_under_views`), under the
+    /// key "".
+    views: super::meta::NamesCache<HashMap<String, Vec<String>>>,
+}
+
+/// Every view of the server with its definition (empty where the service user may
+/// not read it).
+const VIEWS: &str = "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA NOT IN ('sys', 'mysql', 'information_schema', 'performance_schema')";
+
+/// For each view name (in any database), the tables a write through it may change:
+/// every table its definition reads, followed through the views it reads, by their
+/// names. A definition tandem cannot read counts as reading every table.
+fn tables_under_views(views: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
+    let mut reads: HashMap<String, Vec<String>> = HashMap::new();
+    for (view, definition) in views {
+        let named = tandem_undo::tables_named(&tandem_undo::Mysql, &definition)
+            .filter(|named| !named.is_empty())
+            .unwrap_or_else(|| vec![tandem_undo::EVERY_TABLE.to_owned()]);
+        // One name in several databases: what any of them reads.
+        let entry = reads.entry(view).or_default();
+        for table in named {
+            if !entry.contains(&table) {
+                entry.push(table);
+            }
+        }
+    }
+    reads
+        .keys()
+        .map(|view| {
+            let mut under = Vec::new();
+            let mut to_visit = vec![view.as_str()];
+            let mut visited = vec![view.as_str()];
+            while let Some(next) = to_visit.pop() {
+                for table in reads.get(next).into_iter().flatten() {
+                    if reads.contains_key(table) {
+                        if !visited.contains(&table.as_str()) {
+                            visited.push(table);
+                            to_visit.push(table);
+                        }
+                    } else if !under.contains(table) {
+                        under.push(table.clone());
+                    }
+                }
+            }
+            (view.clone(), under)
+        })
+        .collect()
 }
 
 /// Every stored function of the server, by name. MySQL does not enforce `READS SQL
@@ -87,10 +134,29 @@ impl MysqlMetaCache {
         self.functions.get("", read).await
     }
 
-    /// DDL ran through this proxy: forget every table and function.
+    /// The tables under each view of the server, by view name (see
+    /// `tables_under_views`), read again every few seconds or after DDL.
+    pub async fn views(
+        &self,
+        pool: &mysql_async::Pool,
+    ) -> Result<Arc<HashMap<String, Vec<String>>>> {
+        let read = async {
+            let mut conn = pool.get_conn().await?;
+            let views: Vec<(String, Option<String>)> = conn.query(VIEWS).await?;
+            let views = views
+                .into_iter()
+                .map(|(name, definition)| (name, definition.unwrap_or_default()))
+                .collect();
+            Ok::<_, crate::error::Error>(tables_under_views(views))
+        };
+        self.views.get("", read).await
+    }
+
+    /// DDL ran through this proxy: forget every table, function and view.
     pub fn invalidate(&self) {
         self.lock().clear();
         self.functions.invalidate_all();
+        self.views.invalidate_all();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -651,5 +717,30 @@ mod tests {
             None
         );
         assert_eq!(undo_table("a`b"), "`a``b`.undo_log");
+    }
+
+    #[test]
+    fn a_view_reaches_the_tables_under_the_views_it_reads() {
+        let views = vec![
+            (
+                "top".to_owned(),
+                "select * from `d`.`mid` join `d`.`t1`".to_owned(),
+            ),
+            (
+                "mid".to_owned(),
+                "select * from `d`.`t2` where x in (select x from `e`.`top`)".to_owned(),
+            ),
+            ("hidden".to_owned(), String::new()),
+        ];
+        let under = super::tables_under_views(views);
+        let sorted = |name: &str| {
+            let mut tables = under[name].clone();
+            tables.sort();
+            tables
+        };
+        assert_eq!(sorted("top"), ["t1", "t2"]);
+        // By name: `e`.`top` is taken for the view `top` (and the loop ends).
+        assert_eq!(sorted("mid"), ["t1", "t2"]);
+        assert_eq!(sorted("hidden"), ["*"]);
     }
 }

@@ -55,6 +55,29 @@ pub fn tables_changed(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
     Some(changed.tables)
 }
 
+/// Every table (or view) `sql` names anywhere, by its last part as the server reads
+/// it: what a view's definition reads, and so what a write through it may change.
+/// `None`: it does not parse.
+pub fn tables_named(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
+    let names = match dialect.grammar() {
+        Grammar::PostgreSql => POSTGRES_NAMES,
+        Grammar::MySql => mysql::MYSQL_NAMES,
+    };
+    let mut named = Vec::new();
+    for statement in parse(dialect, sql)? {
+        let _ = sqlparser::ast::visit_relations(&statement, |relation| {
+            if let Some(ObjectNamePart::Identifier(ident)) = relation.0.last() {
+                let name = names.table(ident);
+                if !named.contains(&name) {
+                    named.push(name);
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    Some(named)
+}
+
 /// The statements of one piece of text, None if it does not parse.
 fn parse(dialect: &dyn Dialect, sql: &str) -> Option<Vec<Statement>> {
     match dialect.grammar() {
@@ -293,6 +316,19 @@ mod tests {
 
     fn pg(sql: &str) -> Option<Vec<String>> {
         tables_changed(&Postgres, sql)
+    }
+
+    #[test]
+    fn names_every_table_a_view_reads() {
+        let named = super::tables_named(
+            &Mysql,
+            "select `d`.`a`.`id` AS `id`,`b`.`v` AS `v` from (`d`.`a` join `e`.`B` `b` on(`b`.`id` = `d`.`a`.`id`)) where `d`.`a`.`id` in (select `c`.`id` from `d`.`c`)",
+        );
+        assert_eq!(
+            named,
+            Some(vec!["a".to_owned(), "B".to_owned(), "c".to_owned()])
+        );
+        assert_eq!(super::tables_named(&Mysql, "select from where"), None);
     }
 
     #[test]

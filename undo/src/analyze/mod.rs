@@ -13,7 +13,7 @@ mod row_count;
 mod split;
 
 pub use cache::AnalysisCache;
-pub use changed::{EVERY_TABLE, tables_changed};
+pub use changed::{EVERY_TABLE, tables_changed, tables_named};
 pub(crate) use mysql::bind_positionally;
 pub use row_count::with_row_count;
 pub use split::{count_mysql_statements, split_mysql_statements, split_statements, statement_body};

@@ -1143,3 +1143,60 @@ async fn writes_reaching_held_tables_through_foreign_keys_fail() {
     assert_eq!(v, Some(1), "rolled back exactly");
     finish(lockserver, [global, outside]).await;
 }
+
+/// A write through a view changes rows of the tables under it, which no key of the
+/// view names: while one of them holds global locks it fails with 1205 and changes
+/// nothing, text or prepared, through nested views and in multi-statement queries;
+/// through a view of a table holding none it runs. The rollback then restores the
+/// held row exactly.
+#[tokio::test]
+async fn writes_through_views_fail_while_the_tables_under_them_hold_global_locks() {
+    let db = prepare("my_outside_views").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE VIEW acc_view AS SELECT * FROM accounts;
+             CREATE VIEW acc_view2 AS SELECT a.* FROM acc_view a WHERE a.balance >= 0;
+             CREATE VIEW items_view AS SELECT * FROM items;",
+        )
+        .await
+        .unwrap();
+    let original = dump(&mut direct, "accounts").await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let held = dump(&mut direct, "accounts").await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    for sql in [
+        "UPDATE acc_view SET balance = 5 WHERE id = 2",
+        "DELETE FROM acc_view2 WHERE id = 2",
+        "SELECT 1; UPDATE acc_view2 SET balance = 6 WHERE id = 2",
+    ] {
+        let err = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        assert!(err.to_string().contains("table accounts"), "{sql}: {err}");
+    }
+    let err = b
+        .exec_drop("UPDATE acc_view2 SET balance = ? WHERE id = 2", (7,))
+        .await
+        .expect_err("prepared UPDATE through a view");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
+    // Through a view of a table that holds no global lock: it runs.
+    b.exec_drop("UPDATE items_view SET name = ? WHERE id = 1", ("renamed",))
+        .await
+        .unwrap();
+    let name: Option<String> = direct
+        .query_first("SELECT name FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("renamed"));
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        dump(&mut direct, "accounts").await,
+        original,
+        "rolled back exactly"
+    );
+    finish(lockserver, [global, outside]).await;
+}

@@ -51,7 +51,8 @@
 //! locks, else it waits or fails as a held row does (`unanalysed_write`). Text that
 //! begins as a write but does not parse counts as naming every table. The tables a
 //! checked write's foreign-key actions reach (`Cascade::reached_by`) are judged the
-//! same way, before its rows are checked.
+//! same way, before its rows are checked, and so are the tables under a view a write
+//! goes through (`tables_under_views`), whose rows no key of the view names.
 
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
@@ -136,6 +137,11 @@ impl Relay<'_> {
     /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and in
     /// autocommit, while one may hold global locks. At a sync point.
     async fn guard_tables(&mut self, names: &[String]) -> TablesGuarded {
+        // A view's tables are written through its name.
+        let mut names = names.to_vec();
+        for name in names.clone() {
+            names.extend(self.tables_under_view(&name).await);
+        }
         // In the client's transaction its earlier work may hold rows a rollback
         // needs: it fails at once, as a checked write there does.
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
@@ -146,7 +152,7 @@ impl Relay<'_> {
             .guard_tables(
                 &self.ctx.lock,
                 &scope,
-                names,
+                &names,
                 |_| false,
                 waits.then_some(deadline),
                 &mut self.unchecked,
@@ -156,6 +162,18 @@ impl Relay<'_> {
             self.count_unchecked();
         }
         guarded
+    }
+
+    /// The tables a write through the view named `name` (in any database) changes;
+    /// none if no view has that name, every table if the views could not be read.
+    async fn tables_under_view(&self, name: &str) -> Vec<String> {
+        if name == tandem_undo::EVERY_TABLE {
+            return Vec::new();
+        }
+        match self.ctx.at_meta.views(self.ctx.xa.pool()).await {
+            Ok(views) => views.get(name).cloned().unwrap_or_default(),
+            Err(_) => vec![tandem_undo::EVERY_TABLE.to_owned()],
+        }
     }
 
     /// The first bytes of a COM_QUERY of an unbound session that tandem does not read
@@ -293,6 +311,24 @@ impl Relay<'_> {
         }
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
+        }
+        // A write through a view changes rows of the tables under it, which no key of
+        // the view names: their tables are judged as a whole. A plain INSERT only adds
+        // rows, as in `tables_changed`.
+        if write.kind != WriteKind::Insert || upsert {
+            let reached = self.tables_under_view(&write.table.name).await;
+            if !reached.is_empty() {
+                match self.guard_tables(&reached).await {
+                    TablesGuarded::Yes => {}
+                    TablesGuarded::LockserverDown => return Ok(None),
+                    TablesGuarded::Locked(table) => {
+                        let relation = tandem_undo::Dialect::qualified(&Mysql, &write.table);
+                        return self
+                            .refuse(Error::ReachedLocked { relation, table })
+                            .map(Some);
+                    }
+                }
+            }
         }
         // No such table, no database selected: the write fails on its own.
         let Ok(table) = self.table_of(&write.table).await? else {
