@@ -1200,3 +1200,97 @@ async fn writes_through_views_fail_while_the_tables_under_them_hold_global_locks
     );
     finish(lockserver, [global, outside]).await;
 }
+
+/// MariaDB's INSERT, REPLACE and DELETE … RETURNING are checked as the same writes
+/// without it, in autocommit and in the client's transaction, text and prepared: a held
+/// row (or a held key an INSERT would recreate) fails with 1205 and nothing changes;
+/// other rows are written and the client gets the rows its RETURNING gives, with the
+/// status and ROW_COUNT() it would get from the server.
+#[tokio::test]
+async fn writes_with_returning_are_checked_and_answer_their_rows() {
+    let db = prepare("my_outside_returning").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let original = dump(&mut direct, "accounts").await;
+    let mut a = hold_row(&global, &db, 2).await;
+    a.query_drop("DELETE FROM accounts WHERE id = 3")
+        .await
+        .unwrap();
+    let held = dump(&mut direct, "accounts").await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    for sql in [
+        "DELETE FROM accounts WHERE id = 2 RETURNING id",
+        "DELETE FROM accounts WHERE id >= 2 RETURNING id, note",
+        "REPLACE INTO accounts VALUES (2, 5, 'r') RETURNING id",
+        "INSERT INTO accounts VALUES (3, 5, 'i') RETURNING id",
+    ] {
+        let err = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+    }
+    let err = b
+        .exec_drop(
+            "DELETE FROM accounts WHERE id = ? RETURNING id, balance",
+            (2,),
+        )
+        .await
+        .expect_err("prepared DELETE … RETURNING of a held row");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    b.query_drop("START TRANSACTION").await.unwrap();
+    let err = b
+        .query_drop("DELETE FROM accounts WHERE id = 2 RETURNING id")
+        .await
+        .expect_err("in a transaction");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    b.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
+
+    // Rows nobody holds: written, and their rows returned as the server gives them.
+    let deleted: Vec<(i32, String)> = b
+        .query("DELETE FROM accounts WHERE id = 1 RETURNING id, note")
+        .await
+        .unwrap();
+    assert_eq!(deleted, [(1, "a".to_owned())]);
+    let after: Vec<(i64, i64)> = b
+        .query("SELECT ROW_COUNT(), @@in_transaction")
+        .await
+        .unwrap();
+    assert_eq!(after, [(-1, 0)], "as after the DELETE, in autocommit");
+    let inserted: Vec<(i32, i64)> = b
+        .exec(
+            "INSERT INTO accounts VALUES (?, 7, 'p'), (41, 8, 'q') RETURNING id, balance",
+            (40,),
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, [(40, 7), (41, 8)]);
+    b.query_drop("START TRANSACTION").await.unwrap();
+    let replaced: Vec<(i32, String)> = b
+        .query("REPLACE INTO accounts VALUES (40, 9, 'x') RETURNING id, note")
+        .await
+        .unwrap();
+    assert_eq!(replaced, [(40, "x".to_owned())]);
+    let in_transaction: Option<i64> = b.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_transaction, Some(1));
+    b.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(balance(&mut direct, 1).await, None);
+    assert_eq!(
+        balance(&mut direct, 40).await,
+        Some(7),
+        "the REPLACE rolled back"
+    );
+    direct
+        .query_drop(
+            "DELETE FROM accounts WHERE id IN (40, 41); INSERT INTO accounts VALUES (1, 1000, 'a')",
+        )
+        .await
+        .unwrap();
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        dump(&mut direct, "accounts").await,
+        original,
+        "rolled back exactly"
+    );
+    finish(lockserver, [global, outside]).await;
+}

@@ -57,6 +57,18 @@ pub(super) enum Source<'a> {
 }
 
 impl Source<'_> {
+    /// Whether it is an execute that opens a cursor (its rows come with later
+    /// COM_STMT_FETCHes).
+    pub(super) fn opens_cursor(&self) -> bool {
+        match self {
+            Source::Query(_) => false,
+            // Header, command, statement id, then the cursor flags.
+            Source::Execute { packet, .. } => {
+                packet.get(4 + 1 + 4).is_some_and(|&flags| flags != 0)
+            }
+        }
+    }
+
     /// The parameters a capture binds: the statement's own, by index.
     pub(super) fn bind(&self, indexes: &[usize]) -> std::result::Result<Vec<Param<'_>>, AtFailure> {
         match self {

@@ -30,10 +30,14 @@
 //! hold a lock on the deleted row, and the holder's rollback then waits for the
 //! client's transaction to end. Keys the server generates are new, and need no check.
 //!
+//! MariaDB's RETURNING changes none of this: tandem reads the write's rows whole and
+//! holds them until its savepoint is released or its transaction committed, then
+//! answers them with the status the server reports then.
+//!
 //! Left unchecked, and so caught only as a dirty write when the global transaction
 //! rolls back: an UPDATE or DELETE whose rows are chosen by RAND(), UUID(), a sequence
 //! or a variable assignment (the rows checked need not be those it then changes; AT
-//! refuses such writes), an INSERT … SELECT, an INSERT with RETURNING, LOAD DATA,
+//! refuses such writes), an INSERT … SELECT, LOAD DATA,
 //! CALL, writes in stored programs and triggers, statements tandem could not read
 //! whole (16 MiB or more, long data), SQL-level PREPARE/EXECUTE, a
 //! write whose executable comment the server reads otherwise than tandem (which runs
@@ -41,8 +45,8 @@
 //! with a backslash under NO_BACKSLASH_ESCAPES, an INSERT with a double-quoted value
 //! under ANSI_QUOTES, a write with a non-ASCII character before a backslash or a
 //! backtick from a session whose character set may read them as one character (gbk,
-//! big5, sjis, cp932, gb18030), an autocommit write with RETURNING, and
-//! every write while the lockserver is unreachable (counted in
+//! big5, sjis, cp932, gb18030), an execute with RETURNING that opens a cursor (its
+//! rows would come after tandem's transaction had ended), and every write while the lockserver is unreachable (counted in
 //! `tandem_mysql_outside_writes_unchecked`).
 //!
 //! A statement tandem cannot check row by row (TRUNCATE, a multi-statement query, a
@@ -65,6 +69,7 @@ use crate::error::{Error, Result};
 use crate::session::outside::{RECHECK, TablesGuarded, some_statement};
 use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::StatusFlags;
+use crate::wire::mysql::messages::response::HeldResultSet;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
 use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
@@ -305,8 +310,10 @@ impl Relay<'_> {
             write.on_duplicate,
             OnDuplicate::Update | OnDuplicate::Replace
         );
-        if write.kind == WriteKind::Insert && !upsert && write.has_returning {
-            // Its result set cannot be answered by tandem: see the module comment.
+        if write.has_returning && source.opens_cursor() {
+            // Its rows come with later fetches, after tandem's transaction would have
+            // ended: see the module comment.
+            self.count_unchecked();
             return Ok(None);
         }
         if !self.exchange.at_sync_point() {
@@ -394,7 +401,7 @@ impl Relay<'_> {
         if write.kind == WriteKind::Insert {
             let plan = table.mysql.insert_plan(write);
             let gives_keys = plan.as_ref().is_ok_and(|plan| plan.after.is_some());
-            if !upsert || (!write.has_returning && gives_keys) {
+            if !upsert || gives_keys {
                 return match plan {
                     Ok(plan) => self.guard_plain_insert(&table, write, plan, source).await,
                     // Rows tandem does not see (INSERT … SELECT), say: see the module
@@ -425,11 +432,6 @@ impl Relay<'_> {
                 .run_checked_in_transaction(&table, write, &capture.sql, &params, source, deadline)
                 .await;
         }
-        if write.has_returning {
-            // Its result set cannot be answered by tandem: see the module comment.
-            self.count_unchecked();
-            return Ok(None);
-        }
         self.run_checked_autocommit(&table, write, &capture.sql, &params, source, deadline)
             .await
     }
@@ -437,8 +439,7 @@ impl Relay<'_> {
     /// Inside the client's transaction: checked, then run after a savepoint of
     /// tandem's, so that a write that changed more rows than were checked (a row that
     /// began to match behind the check's scan, under READ COMMITTED) is undone alone
-    /// and checked again. With RETURNING (whose result set tandem cannot answer) it
-    /// runs as sent once checked.
+    /// and checked again.
     async fn run_checked_in_transaction(
         &mut self,
         table: &AtTable,
@@ -456,9 +457,6 @@ impl Relay<'_> {
                 Ok(checked) => checked,
                 Err(refused) => return Ok(Some(refused)),
             };
-            if write.has_returning {
-                return Ok(None);
-            }
             let scope = GuardScope::Savepoint;
             if let Err(e) = self.own().query(scope.open()).await? {
                 self.put_failure(&AtFailure::Server(e));
@@ -494,8 +492,7 @@ impl Relay<'_> {
                 self.exchange.on_authenticated(ok.status);
             }
             // tandem's RELEASE set ROW_COUNT() anew.
-            self.row_count_after_write = Some(ok.row_count());
-            ok.put(&mut self.to_client, 1);
+            self.answer_write(&ok, around.returned);
             return Ok(Some(Handled::Answer));
         }
     }
@@ -584,8 +581,7 @@ impl Relay<'_> {
                     ok.take_status_of(committed.status);
                     self.exchange.on_authenticated(committed.status);
                     // tandem's COMMIT set ROW_COUNT() anew.
-                    self.row_count_after_write = Some(ok.row_count());
-                    ok.put(&mut self.to_client, 1);
+                    self.answer_write(&ok, around.returned);
                 }
                 Err(e) => self.put_failure(&AtFailure::Server(e)),
             }
@@ -742,8 +738,7 @@ impl Relay<'_> {
                             ok.take_status_of(status);
                         }
                         // tandem's statements after it set ROW_COUNT() anew.
-                        self.row_count_after_write = Some(ok.row_count());
-                        ok.put(&mut self.to_client, 1);
+                        self.answer_write(&ok, around.returned);
                     }
                     // A COMMIT that failed undid the INSERT.
                     Err(e) => self.put_failure(&AtFailure::Server(e)),
@@ -758,6 +753,24 @@ impl Relay<'_> {
             }
             tracing::debug!(parent: &self.span, holder = %holder, "outside insert refused: key globally locked");
             return Ok(Some(self.refuse_held(table, &holder, false)));
+        }
+    }
+
+    /// Answers a write tandem ran, once the transaction or savepoint tandem ran it in
+    /// is ended: its OK, or the rows its RETURNING gave, with the status `ok` has
+    /// taken from tandem's last statement. Either way ROW_COUNT() is answered as after
+    /// the write (-1 after rows), not after tandem's statement.
+    fn answer_write(&mut self, ok: &OkPacket, returned: Option<HeldResultSet>) {
+        match returned {
+            Some(mut rows) => {
+                rows.set_status(ok.status);
+                rows.put(&mut self.to_client, 1);
+                self.row_count_after_write = Some(-1);
+            }
+            None => {
+                self.row_count_after_write = Some(ok.row_count());
+                ok.put(&mut self.to_client, 1);
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::upstream::ServerStream;
 use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::{command, reply};
-use crate::wire::mysql::messages::response::{ErrPacket, PrepareOk, is_terminator};
+use crate::wire::mysql::messages::response::{ErrPacket, HeldResultSet, PrepareOk, is_terminator};
 use crate::wire::mysql::messages::statement::{
     BinaryRow, OkPacket, Param, binary_row, column_type, put_close, put_execute, put_prepare,
 };
@@ -87,6 +87,9 @@ impl OwnStatements {
 pub(in crate::session::mysql) struct AroundWrite {
     pub before: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
     pub write: std::result::Result<OkPacket, OwnError>,
+    /// The rows the write returned (RETURNING), held for the client; `write` then
+    /// stands for them, with the rows counted as affected and the terminator's status.
+    pub returned: Option<HeldResultSet>,
     pub after: Option<std::result::Result<Vec<BinaryRow>, OwnError>>,
     /// Whether the write reached the server (its error may be a read's, when not).
     pub write_sent: bool,
@@ -99,6 +102,7 @@ impl AroundWrite {
         AroundWrite {
             before: Some(Err(e.clone())),
             write: Err(e),
+            returned: None,
             after: None,
             write_sent: false,
         }
@@ -410,7 +414,7 @@ impl Own<'_> {
             ),
             _ => None,
         };
-        let write = self.read_ok().await?;
+        let (write, returned) = self.read_write_reply().await?;
         let after = match (after, staged[1]) {
             (Some((sql, _)), Some(staged)) => Some(
                 self.read_staged(statements, sql, staged, reuse, &mut closes)
@@ -423,9 +427,72 @@ impl Own<'_> {
         Ok(AroundWrite {
             before,
             write,
+            returned,
             after,
             write_sent: true,
         })
+    }
+
+    /// Reads the reply to the client's write: OK or ERR, or the rows its RETURNING
+    /// gives, read whole and held (an OK stands for them: the rows counted as
+    /// affected, the terminator's status and warnings). An ERR in the middle of the
+    /// rows is the write's error. Not for an execute that opens a cursor, whose rows
+    /// do not follow.
+    async fn read_write_reply(
+        &mut self,
+    ) -> Result<(
+        std::result::Result<OkPacket, OwnError>,
+        Option<HeldResultSet>,
+    )> {
+        let head = self.read_payload().await?;
+        match head.first() {
+            Some(&reply::OK) => {
+                let ok = OkPacket::decode(&head).ok_or(Error::UpstreamProtocol(
+                    "a malformed OK to a write tandem ran",
+                ))?;
+                return Ok((Ok(ok), None));
+            }
+            Some(&reply::ERR) => return Ok((Err(OwnError::decode(&head)?), None)),
+            _ => {}
+        }
+        let columns = crate::wire::mysql::messages::response::column_count(&head).ok_or(
+            Error::UpstreamProtocol("a malformed result to a write tandem ran"),
+        )?;
+        let mut held = HeldResultSet {
+            payloads: vec![head],
+            rows: 0,
+            deprecate_eof: self.deprecate_eof,
+        };
+        for _ in 0..columns {
+            held.payloads.push(self.read_payload().await?);
+        }
+        if !self.deprecate_eof {
+            held.payloads.push(self.read_payload().await?);
+        }
+        loop {
+            let payload = self.read_payload().await?;
+            let first = payload.first().copied().unwrap_or(0);
+            if first == reply::ERR {
+                return Ok((Err(OwnError::decode(&payload)?), None));
+            }
+            let ends = is_terminator(first, payload.len(), self.deprecate_eof);
+            held.payloads.push(payload);
+            if ends {
+                break;
+            }
+            held.rows += 1;
+        }
+        let (status, warnings) = held.terminator().ok_or(Error::UpstreamProtocol(
+            "a malformed end of rows to a write tandem ran",
+        ))?;
+        let ok = OkPacket {
+            affected_rows: held.rows,
+            last_insert_id: 0,
+            status,
+            warnings,
+            rest: Vec::new(),
+        };
+        Ok((Ok(ok), Some(held)))
     }
 
     /// A read could not be prepared: the write is not sent, and what was staged for

@@ -66,6 +66,60 @@ pub fn terminator_status(payload: &[u8], deprecate_eof: bool) -> Option<StatusFl
     }
 }
 
+/// A result set read whole (the rows a write's RETURNING gives), held to be sent on
+/// once tandem has ended the transaction it ran in: each packet's payload, in order,
+/// the terminator last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldResultSet {
+    pub payloads: Vec<Vec<u8>>,
+    /// How many rows it holds.
+    pub rows: u64,
+    pub deprecate_eof: bool,
+}
+
+impl HeldResultSet {
+    /// The terminator's status flags and warnings.
+    pub fn terminator(&self) -> Option<(StatusFlags, u16)> {
+        let last = self.payloads.last()?;
+        let mut r = Reader::new(last);
+        r.u8().ok()?;
+        if self.deprecate_eof {
+            r.lenenc().ok()?;
+            r.lenenc().ok()?;
+            let status = StatusFlags::from_bits_retain(r.u16().ok()?);
+            Some((status, r.u16().ok()?))
+        } else {
+            let warnings = r.u16().ok()?;
+            Some((StatusFlags::from_bits_retain(r.u16().ok()?), warnings))
+        }
+    }
+
+    /// Gives the terminator the status flags `status`: those of the statement that
+    /// ended the write's transaction.
+    pub fn set_status(&mut self, status: StatusFlags) {
+        let deprecate_eof = self.deprecate_eof;
+        let Some(last) = self.payloads.last_mut() else {
+            return;
+        };
+        let at = if deprecate_eof {
+            ok_status_offset(last)
+        } else {
+            (last.len() >= EOF_STATUS_OFFSET + 2).then_some(EOF_STATUS_OFFSET)
+        };
+        if let Some(at) = at {
+            last[at..at + 2].copy_from_slice(&status.bits().to_le_bytes());
+        }
+    }
+
+    /// Appends every packet, numbered from `seq` on as the server numbered them.
+    pub fn put(&self, out: &mut BytesMut, seq: u8) {
+        let mut seq = seq;
+        for payload in &self.payloads {
+            seq = put_message(out, seq, payload);
+        }
+    }
+}
+
 /// COM_STMT_PREPARE's OK: the statement id and how many definitions follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrepareOk {
@@ -227,6 +281,37 @@ const MYSQL_TYPE_VAR_STRING: u8 = 0xfd;
 mod tests {
     use super::*;
     use crate::wire::mysql::packet::Header;
+
+    #[test]
+    fn a_held_result_set_takes_the_status_of_the_statement_that_ended_its_transaction() {
+        let in_transaction = StatusFlags::SERVER_STATUS_IN_TRANS;
+        let autocommit = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        // A classic EOF (0xFE, warnings 2, status), and an OK as terminator (0xFE,
+        // affected rows, insert id, status, warnings 3).
+        let classic = vec![0xfe, 2, 0, in_transaction.bits() as u8, 0];
+        let mut as_ok = vec![0xfe, 0, 0];
+        as_ok.extend_from_slice(&in_transaction.bits().to_le_bytes());
+        as_ok.extend_from_slice(&[3, 0]);
+        for (terminator, deprecate_eof, warnings) in [(classic, false, 2), (as_ok, true, 3)] {
+            let mut held = HeldResultSet {
+                payloads: vec![vec![1], b"column".to_vec(), vec![1, b'7'], terminator],
+                rows: 1,
+                deprecate_eof,
+            };
+            assert_eq!(held.terminator(), Some((in_transaction, warnings)));
+            held.set_status(autocommit);
+            assert_eq!(held.terminator(), Some((autocommit, warnings)));
+            let mut out = BytesMut::new();
+            held.put(&mut out, 1);
+            let sequence: Vec<u8> = std::iter::successors(Some(&out[..]), |rest| {
+                let len = Header::peek(rest)?.wire_len();
+                Some(&rest[len..]).filter(|r| !r.is_empty())
+            })
+            .map(|packet| packet[3])
+            .collect();
+            assert_eq!(sequence, [1, 2, 3, 4]);
+        }
+    }
 
     #[test]
     fn ok_and_eof_status_flags() {
