@@ -3,6 +3,7 @@
 //! global transaction such a write cannot be checked row by row, so what matters is
 //! only whether any table it may change holds global locks.
 
+use super::prepared::{SqlLevel, sql_level};
 use super::{
     Names, POSTGRES_NAMES, RECURSION_LIMIT, mysql, split_mysql_statements, split_statements,
 };
@@ -14,6 +15,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 /// What [`tables_changed`] names for a statement that may change rows of any table:
@@ -29,30 +31,138 @@ pub const EVERY_TABLE: &str = "*";
 /// rows and is not named. `None`: the text does not split into statements. Writes
 /// inside functions are not seen.
 pub fn tables_changed(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
-    let (pieces, names) = match dialect.grammar() {
-        Grammar::PostgreSql => (split_statements(dialect, sql).ok()?, POSTGRES_NAMES),
-        Grammar::MySql => (split_mysql_statements(sql).ok()?, mysql::MYSQL_NAMES),
+    tables_changed_resolving(dialect, sql, &|_| None)
+}
+
+/// As [`tables_changed`], following SQL-level statements that run another statement's
+/// text: `EXECUTE name` runs what `prepared(name)` says the session prepared under that
+/// name (or a `PREPARE` earlier in `sql`), `EXECUTE IMMEDIATE` its literal, MariaDB's
+/// `ANALYZE` its statement. A text tandem does not know (a variable, a name
+/// `prepared` does not know) may change any table: [`EVERY_TABLE`].
+pub fn tables_changed_resolving(
+    dialect: &dyn Dialect,
+    sql: &str,
+    prepared: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<String>> {
+    let names = match dialect.grammar() {
+        Grammar::PostgreSql => POSTGRES_NAMES,
+        Grammar::MySql => mysql::MYSQL_NAMES,
     };
     let mut changed = Changed {
         names,
         tables: Vec::new(),
         plans: 0,
     };
-    for piece in pieces {
+    changed.statements_of(dialect, sql, prepared, 0)?;
+    Some(changed.tables)
+}
+
+/// How deep texts that run texts are followed (the servers refuse most nesting).
+const RUNS_OTHER_DEPTH: usize = 4;
+
+impl Changed {
+    /// Adds what every statement of `sql` may change; None if it does not split.
+    fn statements_of(
+        &mut self,
+        dialect: &dyn Dialect,
+        sql: &str,
+        prepared: &dyn Fn(&str) -> Option<String>,
+        depth: usize,
+    ) -> Option<()> {
+        let pieces = match dialect.grammar() {
+            Grammar::PostgreSql => split_statements(dialect, sql).ok()?,
+            Grammar::MySql => split_mysql_statements(sql).ok()?,
+        };
+        // What earlier statements of this text prepared (None: a text tandem cannot
+        // read), and whether one forgot every name.
+        let mut prepared_here: HashMap<String, Option<String>> = HashMap::new();
+        let mut forgot_all = false;
+        for piece in pieces {
+            let run = match sql_level(dialect, piece) {
+                Some(SqlLevel::Prepare(name, text)) => {
+                    prepared_here.insert(name, text);
+                    continue;
+                }
+                Some(SqlLevel::Deallocate(name)) => {
+                    // Its EXECUTE fails: it runs nothing.
+                    prepared_here.insert(name, Some(String::new()));
+                    continue;
+                }
+                Some(SqlLevel::ForgetAll) => {
+                    prepared_here.clear();
+                    forgot_all = true;
+                    continue;
+                }
+                Some(SqlLevel::Execute(name)) => Some((
+                    Some(name.clone()),
+                    match prepared_here.get(&name) {
+                        Some(text) => text.clone(),
+                        None if forgot_all => None,
+                        None => prepared(&name),
+                    },
+                )),
+                Some(SqlLevel::Immediate(text)) => Some((None, text)),
+                Some(SqlLevel::Analyze(text)) => Some((None, Some(text))),
+                None => None,
+            };
+            if let Some((name, text)) = run {
+                let followed =
+                    text.filter(|_| depth < RUNS_OTHER_DEPTH).and_then(|text| {
+                        match name.and_then(|name| self.prepare_of(dialect, &text, &name)) {
+                            Some(statement) => {
+                                let _ = statement.visit(self);
+                                Some(())
+                            }
+                            None => self.statements_of(dialect, &text, prepared, depth + 1),
+                        }
+                    });
+                if followed.is_none() {
+                    self.push(EVERY_TABLE.to_owned());
+                }
+                continue;
+            }
+            self.statement(dialect, piece);
+        }
+        Some(())
+    }
+
+    /// PostgreSQL lists a statement made by SQL-level PREPARE with the whole query that
+    /// made it, other statements and all: the statement `PREPARE name AS …` prepares,
+    /// if `text` holds one.
+    fn prepare_of(&self, dialect: &dyn Dialect, text: &str, name: &str) -> Option<Statement> {
+        if dialect.grammar() != Grammar::PostgreSql {
+            return None;
+        }
+        split_statements(dialect, text)
+            .ok()?
+            .into_iter()
+            .filter_map(|piece| parse(dialect, piece))
+            .flatten()
+            .find_map(|statement| match statement {
+                Statement::Prepare {
+                    name: prepared,
+                    statement,
+                    ..
+                } if self.names.table(&prepared) == name => Some(*statement),
+                _ => None,
+            })
+    }
+
+    /// Adds what one statement that runs no other text may change.
+    fn statement(&mut self, dialect: &dyn Dialect, piece: &str) {
         match parse(dialect, piece) {
             Some(statements) => {
                 for statement in &statements {
-                    let _ = statement.visit(&mut changed);
+                    let _ = statement.visit(self);
                 }
             }
-            None => match unparsed_target(dialect, piece, names) {
+            None => match unparsed_target(dialect, piece, self.names) {
                 Unparsed::NotAWrite => {}
-                Unparsed::Writes(table) => changed.push(table),
-                Unparsed::Unknown => changed.push(EVERY_TABLE.to_owned()),
+                Unparsed::Writes(table) => self.push(table),
+                Unparsed::Unknown => self.push(EVERY_TABLE.to_owned()),
             },
         }
     }
-    Some(changed.tables)
 }
 
 /// Every table (or view) `sql` names anywhere, by its last part as the server reads
@@ -208,7 +318,8 @@ fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
 struct Changed {
     names: Names,
     tables: Vec<String>,
-    /// How deep inside EXPLAIN without ANALYZE (which runs nothing) the visit is.
+    /// How deep inside EXPLAIN without ANALYZE or PREPARE (which run nothing) the visit
+    /// is.
     plans: usize,
 }
 
@@ -290,19 +401,22 @@ impl Visitor for Changed {
                 analyze: false,
                 options: None,
                 ..
-            } => self.plans += 1,
+            }
+            | Statement::Prepare { .. } => self.plans += 1,
             _ => {}
         }
         ControlFlow::Continue(())
     }
 
     fn post_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
-        if let Statement::Explain {
-            analyze: false,
-            options: None,
-            ..
-        } = statement
-        {
+        if matches!(
+            statement,
+            Statement::Explain {
+                analyze: false,
+                options: None,
+                ..
+            } | Statement::Prepare { .. }
+        ) {
             self.plans -= 1;
         }
         ControlFlow::Continue(())
@@ -316,6 +430,46 @@ mod tests {
 
     fn pg(sql: &str) -> Option<Vec<String>> {
         tables_changed(&Postgres, sql)
+    }
+
+    #[test]
+    fn follows_what_runs_another_statements_text() {
+        let some = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
+        let session = |name: &str| {
+            match name {
+            "upd" => Some("UPDATE t SET v = 1".to_owned()),
+            "sel" => Some("SELECT 1".to_owned()),
+            "pg" => Some(
+                "PREPARE other AS UPDATE t SET v = 1; PREPARE pg(int) AS DELETE FROM u WHERE id = $1"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+        };
+        let my = |sql: &str| super::tables_changed_resolving(&Mysql, sql, &session);
+        assert_eq!(my("EXECUTE upd"), some(&["t"]));
+        assert_eq!(my("EXECUTE sel USING @a"), some(&[]));
+        assert_eq!(my("EXECUTE unknown"), some(&["*"]));
+        assert_eq!(
+            my("PREPARE sel FROM 'DELETE FROM u'; EXECUTE sel"),
+            some(&["u"])
+        );
+        assert_eq!(my("CALL p(); EXECUTE upd"), some(&["*"]));
+        assert_eq!(my("DROP PREPARE upd; EXECUTE upd"), some(&[]));
+        assert_eq!(my("EXECUTE IMMEDIATE 'UPDATE w SET v = 1'"), some(&["w"]));
+        assert_eq!(my("EXECUTE IMMEDIATE @q"), some(&["*"]));
+        assert_eq!(my("ANALYZE UPDATE x SET v = 1 WHERE id = 2"), some(&["x"]));
+        assert_eq!(my("ANALYZE SELECT 1; ANALYZE TABLE x"), some(&[]));
+        assert_eq!(
+            super::tables_changed_resolving(&Postgres, "EXECUTE pg(1)", &session),
+            some(&["u"])
+        );
+        assert_eq!(
+            super::tables_changed(&Postgres, "PREPARE p AS UPDATE t SET v = 1"),
+            some(&[])
+        );
+        // Without a session's names: any table.
+        assert_eq!(tables_changed(&Mysql, "EXECUTE upd"), some(&["*"]));
     }
 
     #[test]

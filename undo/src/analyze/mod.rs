@@ -9,12 +9,14 @@
 mod cache;
 mod changed;
 mod mysql;
+mod prepared;
 mod row_count;
 mod split;
 
 pub use cache::AnalysisCache;
-pub use changed::{EVERY_TABLE, tables_changed, tables_named};
+pub use changed::{EVERY_TABLE, tables_changed, tables_changed_resolving, tables_named};
 pub(crate) use mysql::bind_positionally;
+pub use prepared::{PreparedChange, prepared_changes};
 pub use row_count::with_row_count;
 pub use split::{count_mysql_statements, split_mysql_statements, split_statements, statement_body};
 

@@ -113,6 +113,10 @@ pub struct Relay<'a> {
     /// Whether a table (`database.table`) is one of this session's temporary tables, as
     /// the server answered; forgotten after a statement that may create or drop one.
     pub(super) temporary_tables: std::collections::HashMap<String, bool>,
+    /// The texts of the session's SQL-level prepared statements by name (`PREPARE s
+    /// FROM '…'`; None: one tandem could not read), which an `EXECUTE` outside a
+    /// global transaction runs: a name not here may stand for any text.
+    pub(super) sql_prepared: std::collections::HashMap<String, Option<String>>,
     /// The session's statements named table locks (`control::may_take_table_locks`)
     /// since the server last said it holds none: tandem asks before it opens a
     /// transaction of its own, which would release them.
@@ -197,6 +201,7 @@ impl<'a> Relay<'a> {
             database: opened.database.clone(),
             database_uncertain: false,
             temporary_tables: std::collections::HashMap::new(),
+            sql_prepared: std::collections::HashMap::new(),
             may_hold_table_locks: false,
             charset_changes: 0,
             execute_forwarded: false,

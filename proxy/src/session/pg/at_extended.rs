@@ -627,9 +627,9 @@ const LIST_PREPARED_STATEMENTS: &str = "SELECT pg_catalog.encode(pg_catalog.conv
 const LIST_PREPARED_STATEMENTS_CONVERTED: &str = "SELECT pg_catalog.encode(pg_catalog.textsend(name), 'hex'), pg_catalog.textsend(statement) \
      FROM pg_catalog.pg_prepared_statements \
      WHERE NOT from_sql AND pg_catalog.encode(pg_catalog.textsend(name), 'hex') = ANY ($1)";
-const SAVEPOINT_VERIFY: &str = "SAVEPOINT tandem_verify_statements";
-const RELEASE_VERIFY: &str = "RELEASE SAVEPOINT tandem_verify_statements";
-const ROLLBACK_TO_VERIFY: &str = "ROLLBACK TO SAVEPOINT tandem_verify_statements";
+pub(super) const SAVEPOINT_VERIFY: &str = "SAVEPOINT tandem_verify_statements";
+pub(super) const RELEASE_VERIFY: &str = "RELEASE SAVEPOINT tandem_verify_statements";
+pub(super) const ROLLBACK_TO_VERIFY: &str = "ROLLBACK TO SAVEPOINT tandem_verify_statements";
 
 impl Relay<'_> {
     /// Asks the backend which unverified statements (`Tracked::unverified_names`) are

@@ -43,8 +43,8 @@
 //! autocommit on; inside a block each write of such a batch runs on its own under a
 //! Sync of tandem's, checked, and a BEGIN ahead of one statement, as pgJDBC sends it,
 //! runs first on its own: begin_ahead.rs), writes in a failed transaction block (they
-//! run nothing), statements whose first word is not a write's (SQL-level EXECUTE,
-//! CALL, DO), plain INSERTs through a view, writes inside functions (and a search_path
+//! run nothing), statements whose first word is not a write's (CALL, DO), plain
+//! INSERTs through a view, writes inside functions (and a search_path
 //! a function changes), and every write while the lockserver is unreachable (counted
 //! in `tandem_pg_outside_writes_unchecked`): plain traffic does not stop with the
 //! coordinator.
@@ -57,11 +57,15 @@
 //! no key of the view names their rows): while none of them may hold global locks it
 //! runs under guards on them; otherwise it waits or fails as a held row does
 //! (`guard_tables`). TRUNCATE … CASCADE, and text that begins as a write but does not
-//! parse, count as naming every table.
+//! parse, count as naming every table. An SQL-level EXECUTE is judged by the text of
+//! the statement it runs, which the backend lists (`prepared_texts`).
 
 use super::Relay;
 use super::at::WriteInFlight;
-use super::at_extended::{Extended, Shape, leading_statement, read_batch, rest_len};
+use super::at_extended::{
+    Extended, RELEASE_VERIFY, ROLLBACK_TO_VERIFY, SAVEPOINT_VERIFY, Shape, leading_statement,
+    read_batch, rest_len,
+};
 use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, lock_name_part, qualified_name};
@@ -76,7 +80,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tandem_lockserver::client::{HeldLock, LockKey, Xid};
 use tandem_undo::{
-    Analysis, Cascade, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed,
+    Analysis, Cascade, Postgres, TableMeta, Write, WriteKind, analyze, tables_changed_resolving,
 };
 
 impl Relay<'_> {
@@ -95,7 +99,7 @@ impl Relay<'_> {
         {
             return Ok(Intercepted::Relay);
         }
-        let (meta, write, inserted_keys) = match self.rows_to_check(sql, true).await {
+        let (meta, write, inserted_keys) = match self.rows_to_check(sql, true).await? {
             RowsToCheck::Unchecked => return Ok(Intercepted::Relay),
             RowsToCheck::AtSyncPoint { .. } => return Ok(Intercepted::WaitForSyncPoint),
             RowsToCheck::Refused(_) if !self.phase.at_sync_point() => {
@@ -182,7 +186,7 @@ impl Relay<'_> {
         else {
             return Ok(Extended::NotAWrite);
         };
-        match self.rows_to_check(&sql, true).await {
+        match self.rows_to_check(&sql, true).await? {
             RowsToCheck::Unchecked | RowsToCheck::AtSyncPoint { plain_insert: true } => {
                 return Ok(Extended::NotAWrite);
             }
@@ -327,7 +331,7 @@ impl Relay<'_> {
         }
         // A Parse runs nothing: only its Bind counts as a write.
         let runs = tag == frontend::BIND;
-        let (checked, plain_insert) = match self.rows_to_check(sql, runs).await {
+        let (checked, plain_insert) = match self.rows_to_check(sql, runs).await? {
             RowsToCheck::Unchecked => return Ok(Extended::NotAWrite),
             RowsToCheck::Check(meta, write, inserted_keys) => {
                 let plain_insert = inserted_keys.is_some();
@@ -563,14 +567,14 @@ impl Relay<'_> {
     /// Whether a write must have its rows checked before it runs, and which: see
     /// `RowsToCheck` (`Unchecked`: it runs as sent, under an unchecked guard held until
     /// the sync point, or because tandem cannot name its rows: see the module comment).
-    async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> RowsToCheck {
+    async fn rows_to_check(&mut self, sql: &[u8], runs: bool) -> Result<RowsToCheck> {
         let tables = &self.ctx.outside.tables;
         if self.unchecked.covers(None) {
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
         if let Some(guard) = tables.enter_unchecked(&self.resource, None) {
             self.unchecked.hold(guard, None);
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
         if self.ctx.outside.failed_lately() {
             // The lockserver is unreachable: neither its notices nor its locks can be
@@ -582,7 +586,7 @@ impl Relay<'_> {
             // The rest of the batch goes the same way: a Parse let through this way
             // must not see its Bind refused because the pause ended in between.
             self.unchecked.pass_all();
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
@@ -613,7 +617,7 @@ impl Relay<'_> {
             let guard = tables
                 .enter_unchecked_by_name(&self.resource, &lock_name_part(&write.table.name))
                 .filter(|_| !written_elsewhere);
-            return match guard {
+            return Ok(match guard {
                 Some(guard) => {
                     self.unchecked.hold_uncovering(guard);
                     RowsToCheck::Unchecked
@@ -621,12 +625,12 @@ impl Relay<'_> {
                 None => RowsToCheck::AtSyncPoint {
                     plain_insert: is_plain_insert(&write),
                 },
-            };
+            });
         }
         let meta = match self.table_meta(&write.table).await {
             Ok(meta) => meta,
             // No such table, say: the write fails on its own.
-            Err(_) => return RowsToCheck::Unchecked,
+            Err(_) => return Ok(RowsToCheck::Unchecked),
         };
         // Rows foreign-key actions change in other tables are not the write's own:
         // their tables are judged as a whole.
@@ -634,12 +638,12 @@ impl Relay<'_> {
         if !cascaded.is_empty() {
             match self.guard_tables(&cascaded).await {
                 TablesGuarded::Yes => {}
-                TablesGuarded::LockserverDown => return RowsToCheck::Unchecked,
+                TablesGuarded::LockserverDown => return Ok(RowsToCheck::Unchecked),
                 TablesGuarded::Locked(table) => {
-                    return RowsToCheck::Refused(Error::CascadeLocked {
+                    return Ok(RowsToCheck::Refused(Error::CascadeLocked {
                         table: qualified_name(&meta),
                         reached: table,
-                    });
+                    }));
                 }
             }
         }
@@ -654,19 +658,19 @@ impl Relay<'_> {
             if !reached.is_empty() {
                 match self.guard_tables(&reached).await {
                     TablesGuarded::Yes => {}
-                    TablesGuarded::LockserverDown => return RowsToCheck::Unchecked,
+                    TablesGuarded::LockserverDown => return Ok(RowsToCheck::Unchecked),
                     TablesGuarded::Locked(table) => {
-                        return RowsToCheck::Refused(Error::ReachedLocked {
+                        return Ok(RowsToCheck::Refused(Error::ReachedLocked {
                             relation: qualified_name(&meta),
                             table,
-                        });
+                        }));
                     }
                 }
             }
         }
         if meta.pk.is_empty() {
             // Never captured, so never globally locked.
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
         let inserted_keys = if is_plain_insert(&write) {
             match write
@@ -677,42 +681,135 @@ impl Relay<'_> {
                 Some(keys_sql) => Some(keys_sql),
                 // Keys the server generates are new; computed ones cannot be known
                 // before the INSERT runs.
-                None => return RowsToCheck::Unchecked,
+                None => return Ok(RowsToCheck::Unchecked),
             }
         } else {
             None
         };
         let table = qualified_name(&meta);
         if self.unchecked.covers(Some(&table)) {
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
         if let Some(guard) = tables.enter_unchecked(&self.resource, Some(&table)) {
             self.unchecked.hold(guard, Some(table));
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
-        RowsToCheck::Check(meta, Box::new(write), inserted_keys)
+        Ok(RowsToCheck::Check(meta, Box::new(write), inserted_keys))
     }
 
     /// A write tandem cannot check row by row (`tables_changed`): judged by the tables
-    /// whose rows it may update or delete (`guard_tables`). Text that does not parse,
-    /// plain INSERTs, XA-mode work and a lockserver that tracks no tables (Redis)
-    /// leave it unchecked (see the module comment).
-    async fn unanalysed_write(&mut self, sql: &str) -> RowsToCheck {
+    /// whose rows it may update or delete (`guard_tables`). An SQL-level EXECUTE is
+    /// judged by its statement's text, which the backend is asked for at a sync point
+    /// (elsewhere it may change any table). Text that does not parse, plain INSERTs,
+    /// XA-mode work and a lockserver that tracks no tables (Redis) leave it unchecked
+    /// (see the module comment).
+    async fn unanalysed_write(&mut self, sql: &str) -> Result<RowsToCheck> {
         if self.binding.xid().is_some() {
             // XA mode's gap stays as README documents it: its scripts would otherwise
             // be refused for as long as a table stays announced after AT work on it.
-            return RowsToCheck::Unchecked;
+            return Ok(RowsToCheck::Unchecked);
         }
-        let changed = match tables_changed(&Postgres, sql) {
-            Some(changed) if !changed.is_empty() => changed,
-            _ => return RowsToCheck::Unchecked,
+        // First without the texts, noting which names an EXECUTE runs.
+        let (mut changed, executed) = {
+            let executed = std::cell::RefCell::new(Vec::new());
+            let unresolved = |name: &str| {
+                executed.borrow_mut().push(name.to_owned());
+                None
+            };
+            let changed = tables_changed_resolving(&Postgres, sql, &unresolved);
+            (changed, executed.into_inner())
         };
-        match self.guard_tables(&changed).await {
+        if !executed.is_empty() {
+            let epoch = self.tracked.names_epoch();
+            if self.prepared_texts.0 != epoch {
+                self.prepared_texts = (epoch, Default::default());
+            }
+            let unknown: Vec<String> = executed
+                .into_iter()
+                .filter(|name| !self.prepared_texts.1.contains_key(name))
+                .collect();
+            // Asked at a sync point only (the Parse at a batch's head, say, for the
+            // Bind behind it); elsewhere a text not known yet may change any table.
+            if !unknown.is_empty() && self.phase.at_sync_point() {
+                let listed = self.prepared_texts(&unknown).await?;
+                if let Some(listed) = listed {
+                    for name in unknown {
+                        // Not listed: its EXECUTE fails, and runs nothing.
+                        let text = listed.get(&name).cloned().unwrap_or_default();
+                        self.prepared_texts.1.insert(name, text);
+                    }
+                }
+            }
+            let known = &self.prepared_texts.1;
+            let resolved = |name: &str| known.get(name).cloned();
+            changed = tables_changed_resolving(&Postgres, sql, &resolved);
+        }
+        let changed = match changed {
+            Some(changed) if !changed.is_empty() => changed,
+            _ => return Ok(RowsToCheck::Unchecked),
+        };
+        Ok(match self.guard_tables(&changed).await {
             TablesGuarded::Yes | TablesGuarded::LockserverDown => RowsToCheck::Unchecked,
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
             }
+        })
+    }
+
+    /// The texts of the session's prepared statements named `names` (made by SQL-level
+    /// PREPARE or over the protocol), as the backend lists them (a name it does not
+    /// list is missing); None if they could not be asked. In the client's block the
+    /// question runs under a savepoint of its own, so that its failure (a
+    /// statement_timeout, say) leaves the block as it was.
+    async fn prepared_texts(
+        &mut self,
+        names: &[String],
+    ) -> Result<Option<std::collections::HashMap<String, String>>> {
+        let mut texts = std::collections::HashMap::new();
+        let in_block = match self.phase {
+            super::Phase::Ready(TxStatus::Idle) => false,
+            super::Phase::Ready(TxStatus::InTransaction) => true,
+            _ => return Ok(None),
+        };
+        let params: Vec<[Param<'_>; 1]> = names
+            .iter()
+            .map(|name| {
+                [Param {
+                    type_oid: TEXT_OID,
+                    value: Some(name.as_bytes()),
+                    text: true,
+                }]
+            })
+            .collect();
+        let mut questions: Vec<(&str, &[Param<'_>], &[i16])> = Vec::new();
+        if in_block {
+            questions.push((SAVEPOINT_VERIFY, &[], &[]));
         }
+        for param in &params {
+            questions.push((PREPARED_TEXT, param, &[]));
+        }
+        if in_block {
+            questions.push((RELEASE_VERIFY, &[], &[]));
+        }
+        let answers = self.exchange_many(&questions).await?;
+        if answers.iter().any(|a| a.error.is_some()) {
+            if in_block {
+                let restored = self
+                    .exchange_many(&[(ROLLBACK_TO_VERIFY, &[], &[]), (RELEASE_VERIFY, &[], &[])])
+                    .await?;
+                if let Some(e) = restored.into_iter().find_map(|r| r.error) {
+                    return Err(Error::injected(&e.code, e.message));
+                }
+            }
+            return Ok(None);
+        }
+        let first = usize::from(in_block);
+        for (name, answer) in names.iter().zip(&answers[first..]) {
+            if let Some(Some(text)) = answer.rows.first().and_then(|row| row.first()) {
+                texts.insert(name.clone(), String::from_utf8_lossy(text).into_owned());
+            }
+        }
+        Ok(Some(texts))
     }
 
     /// Guards on the tables named `names` for a write that may change their rows
@@ -1121,6 +1218,11 @@ fn batch_end(rest: &[u8], max: usize) -> Result<BatchEnd> {
     Ok(BatchEnd::NotYet)
 }
 
+/// The text of one of the session's prepared statements, by name.
+const PREPARED_TEXT: &str =
+    "SELECT statement FROM pg_catalog.pg_prepared_statements WHERE name = $1";
+const TEXT_OID: u32 = 25;
+
 /// Whether a statement may change rows, from its first word: cheap enough for every
 /// statement of every session.
 pub(super) fn may_write(sql: &[u8]) -> bool {
@@ -1139,14 +1241,18 @@ pub(super) fn may_write(sql: &[u8]) -> bool {
     .any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// As `may_write`, and COPY and EXPLAIN, whose statement may write (`COPY (UPDATE …
-/// RETURNING *) TO`, `EXPLAIN ANALYZE DELETE …`): what a write outside a global
-/// transaction is looked at for.
+/// As `may_write`, and COPY, EXPLAIN and SQL-level EXECUTE, whose statement may write
+/// (`COPY (UPDATE … RETURNING *) TO`, `EXPLAIN ANALYZE DELETE …`, a prepared DELETE):
+/// what a write outside a global transaction is looked at for.
 fn may_change_rows(sql: &[u8]) -> bool {
     may_write(sql)
         || crate::control::leading_words(sql, false)
             .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case(b"copy") || w.eq_ignore_ascii_case(b"explain"))
+            .is_some_and(|w| {
+                [&b"copy"[..], b"explain", b"execute"]
+                    .iter()
+                    .any(|word| w.eq_ignore_ascii_case(word))
+            })
 }
 
 #[cfg(test)]

@@ -182,6 +182,10 @@ struct Relay<'a> {
     server_streaming: usize,
     phase: Phase,
     tracked: Tracked,
+    /// The texts of prepared statements the backend listed for an SQL-level EXECUTE
+    /// outside a global transaction (`guard::prepared_texts`; "" for a name it did not
+    /// list), good while `Tracked::names_epoch` is the one given.
+    prepared_texts: (u64, std::collections::HashMap<String, String>),
     /// ParameterStatus values the backend reported, latest first wins.
     server_params: Vec<(String, String)>,
     /// standard_conforming_strings was reported off at some point: a statement parsed
@@ -313,6 +317,7 @@ impl<'a> Relay<'a> {
             server_streaming: 0,
             phase: Phase::Authenticating,
             tracked: Tracked::default(),
+            prepared_texts: (0, std::collections::HashMap::new()),
             server_params: Vec::new(),
             escapes_seen: false,
             cancel: None,

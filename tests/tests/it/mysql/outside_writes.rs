@@ -1294,3 +1294,65 @@ async fn writes_with_returning_are_checked_and_answer_their_rows() {
     );
     finish(lockserver, [global, outside]).await;
 }
+
+/// What runs another statement's text is judged by that text's tables: an EXECUTE of a
+/// statement the session prepared from a literal, EXECUTE IMMEDIATE, MariaDB's ANALYZE
+/// of a write. While a table it may change holds global locks it fails with 1205 and
+/// changes nothing; a prepared read runs; a statement prepared from a variable may
+/// change any table.
+#[tokio::test]
+async fn sql_level_execute_and_analyze_are_judged_by_the_statement_they_run() {
+    let db = prepare("my_outside_execute").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let original = dump(&mut direct, "accounts").await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let held = dump(&mut direct, "accounts").await;
+
+    let mut b = my::connect(&outside, &db.name).await;
+    b.query_drop("PREPARE upd FROM 'UPDATE accounts SET balance = 5 WHERE id = 2'")
+        .await
+        .unwrap();
+    b.query_drop("SET @q = 'SELECT 1'; PREPARE dyn FROM @q")
+        .await
+        .unwrap();
+    for sql in [
+        "EXECUTE upd",
+        "SELECT 1; EXECUTE upd",
+        "EXECUTE dyn",
+        "EXECUTE IMMEDIATE 'DELETE FROM accounts WHERE id = 2'",
+        "ANALYZE UPDATE accounts SET balance = 7 WHERE id = 2",
+        "ANALYZE FORMAT=JSON DELETE FROM accounts WHERE id = 2",
+    ] {
+        let err = b.query_drop(sql).await.expect_err(sql);
+        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+    }
+    assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
+
+    // A prepared read runs, and so does a name prepared anew as one.
+    b.query_drop("PREPARE sel FROM 'SELECT balance FROM accounts WHERE id = ?'; SET @i = 3")
+        .await
+        .unwrap();
+    let read: Vec<i64> = b.query("EXECUTE sel USING @i").await.unwrap();
+    assert_eq!(read, [1000]);
+    b.query_drop("PREPARE upd FROM 'SELECT 2'").await.unwrap();
+    let read: Vec<i64> = b.query("EXECUTE upd").await.unwrap();
+    assert_eq!(read, [2]);
+    // Writes to a table that holds no global lock run.
+    b.query_drop("ANALYZE UPDATE items SET name = 'z' WHERE id = 1")
+        .await
+        .unwrap();
+    let name: Option<String> = direct
+        .query_first("SELECT name FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("z"));
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        dump(&mut direct, "accounts").await,
+        original,
+        "rolled back exactly"
+    );
+    finish(lockserver, [global, outside]).await;
+}

@@ -2053,3 +2053,86 @@ async fn writes_through_views_and_rules_fail_while_the_tables_under_them_hold_gl
     );
     finish(lockserver, [global, outside]).await;
 }
+
+/// An SQL-level EXECUTE is judged by the text of the statement it runs, as the backend
+/// lists it (made by PREPARE or over the protocol): while a table it may change holds
+/// global locks it fails with 55P03 and changes nothing, over either protocol and in a
+/// block; a prepared read runs, and so does a name prepared anew as one.
+#[tokio::test]
+async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let orders = prepare("outside_execute").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let original = rows_of(&direct, "accounts").await;
+    let a = hold_row(&global, &orders.name, 4).await;
+    let held = rows_of(&direct, "accounts").await;
+
+    let b = outside.connect(&orders.name).await;
+    b.batch_execute(
+        "PREPARE upd AS UPDATE accounts SET balance = 5 WHERE id = 4;
+         PREPARE sel AS SELECT balance FROM accounts WHERE id = $1",
+    )
+    .await
+    .unwrap();
+    for sql in ["EXECUTE upd", "SELECT 1; EXECUTE upd"] {
+        let err = b.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{sql}: {err:?}"
+        );
+    }
+    // A statement prepared over the protocol, run by SQL-level EXECUTE.
+    let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+    let mut parse = b"prot\0DELETE FROM accounts WHERE id = 4\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    raw.send(&[frame(b'P', &parse), frame(b'S', &[])].concat())
+        .await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z");
+    let replies = raw.simple("EXECUTE prot").await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    let err = b
+        .execute("EXECUTE upd", &[])
+        .await
+        .expect_err("extended EXECUTE");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    b.batch_execute("BEGIN").await.unwrap();
+    let err = b
+        .batch_execute("EXECUTE upd")
+        .await
+        .expect_err("in a block");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    b.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows_of(&direct, "accounts").await, held, "nothing changed");
+
+    // Reads run, over either protocol, and so does a name prepared anew as one.
+    let read = b.query("EXECUTE sel(3)", &[]).await.unwrap();
+    assert_eq!(read[0].get::<_, i64>(0), 1000);
+    b.batch_execute("DEALLOCATE upd; PREPARE upd AS SELECT 2")
+        .await
+        .unwrap();
+    let read: Vec<String> = b
+        .simple_query("EXECUTE upd")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(read, ["2"]);
+
+    rolled_back(&a).await;
+    assert_eq!(
+        rows_of(&direct, "accounts").await,
+        original,
+        "rolled back exactly"
+    );
+    finish(lockserver, [global, outside]).await;
+}

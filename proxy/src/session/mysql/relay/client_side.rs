@@ -502,8 +502,9 @@ impl Relay<'_> {
         self.own_statements.clear();
         // The reset session takes the server's max_allowed_packet anew.
         self.max_allowed_packet = None;
-        // And its temporary tables.
+        // And its temporary tables, and its SQL-level prepared statements.
         self.temporary_tables.clear();
+        self.sql_prepared.clear();
         // And its table locks.
         self.may_hold_table_locks = false;
     }

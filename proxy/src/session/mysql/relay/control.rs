@@ -10,10 +10,12 @@
 
 use super::Relay;
 use super::client_side::Handled;
+use super::guard::names_prepared;
 use super::own::{Own, OwnError};
 use crate::binding::Mode;
 use crate::control::{self, BadCall, Control};
 use crate::error::{Error, Result};
+use crate::session::outside::some_statement;
 use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags, command};
 use crate::wire::mysql::messages::response::{put_err, put_ok, put_single_value};
@@ -370,6 +372,8 @@ impl Relay<'_> {
         if header.is_continued() {
             // 16 MiB or more: relayed as it streams in (refused above when bound).
             self.must_read_outside_write(header, &payload[1..]);
+            // Its PREPAREs, if any, are not read.
+            self.sql_prepared.clear();
             return Ok(None);
         }
         if payload.len() < header.payload_len {
@@ -381,10 +385,18 @@ impl Relay<'_> {
                 || header.payload_len <= CONTROL_SQL_MAX
                 || (readable
                     && (payload.len() <= CONTROL_SQL_MAX
+                        || some_statement(&payload[1..], names_prepared)
                         || self.must_read_outside_write(header, &payload[1..])));
+            if !must_read {
+                // Its PREPAREs, if any, are not read.
+                self.sql_prepared.clear();
+            }
             return Ok(must_read.then_some(Handled::NeedMore));
         }
         let sql = &payload[1..];
+        if some_statement(sql, names_prepared) {
+            self.follow_sql_prepares(sql);
+        }
         if may_change_database(sql) {
             self.database_uncertain = true;
         }

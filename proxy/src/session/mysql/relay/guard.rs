@@ -39,7 +39,7 @@
 //! or a variable assignment (the rows checked need not be those it then changes; AT
 //! refuses such writes), an INSERT … SELECT, LOAD DATA,
 //! CALL, writes in stored programs and triggers, statements tandem could not read
-//! whole (16 MiB or more, long data), SQL-level PREPARE/EXECUTE, a
+//! whole (16 MiB or more, long data), a
 //! write whose executable comment the server reads otherwise than tandem (which runs
 //! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
 //! with a backslash under NO_BACKSLASH_ESCAPES, an INSERT with a double-quoted value
@@ -56,7 +56,10 @@
 //! begins as a write but does not parse counts as naming every table. The tables a
 //! checked write's foreign-key actions reach (`Cascade::reached_by`) are judged the
 //! same way, before its rows are checked, and so are the tables under a view a write
-//! goes through (`tables_under_views`), whose rows no key of the view names.
+//! goes through (`tables_under_views`), whose rows no key of the view names. What runs
+//! another statement's text (an SQL-level EXECUTE of what the session prepared under
+//! that name, EXECUTE IMMEDIATE, MariaDB's ANALYZE of a statement) is judged by that
+//! text's tables (`follow_sql_prepares`; a text tandem cannot read, by every table).
 
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
@@ -119,7 +122,9 @@ impl Relay<'_> {
             // XA mode's gap stays as README documents it (as on PostgreSQL).
             return Ok(None);
         }
-        let changed = match tandem_undo::tables_changed(&Mysql, text) {
+        let prepared = &self.sql_prepared;
+        let resolve = |name: &str| prepared.get(name).cloned().flatten();
+        let changed = match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve) {
             Some(changed) if !changed.is_empty() => changed,
             _ => return Ok(None),
         };
@@ -134,6 +139,25 @@ impl Relay<'_> {
             TablesGuarded::Yes | TablesGuarded::LockserverDown => Ok(None),
             TablesGuarded::Locked(table) => {
                 self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
+            }
+        }
+    }
+
+    /// Follows what the statements of `sql` (read whole) do to the names of the
+    /// session's SQL-level prepared statements (`sql_prepared`). A PREPARE whose
+    /// statement the server refuses leaves the name standing for nothing, which an
+    /// EXECUTE then fails on.
+    pub(super) fn follow_sql_prepares(&mut self, sql: &[u8]) {
+        let text = String::from_utf8_lossy(sql);
+        for change in tandem_undo::prepared_changes(&Mysql, &text) {
+            match change {
+                tandem_undo::PreparedChange::Prepared(name, text) => {
+                    self.sql_prepared.insert(name, text);
+                }
+                tandem_undo::PreparedChange::Forgotten(name) => {
+                    self.sql_prepared.remove(&name);
+                }
+                tandem_undo::PreparedChange::AllForgotten => self.sql_prepared.clear(),
             }
         }
     }
@@ -932,6 +956,18 @@ fn rows_of(table: &AtTable, write: &Write) -> std::result::Result<Option<Capture
     Ok(table.mysql.insert_plan(write)?.before)
 }
 
+/// Whether a statement may change what names of SQL-level prepared statements stand
+/// for (`PREPARE`, `DEALLOCATE PREPARE`, `DROP PREPARE`, `CALL`), from its first word.
+pub(super) fn names_prepared(sql: &[u8]) -> bool {
+    crate::control::leading_words(sql, true)
+        .next()
+        .is_some_and(|word| {
+            [&b"prepare"[..], b"deallocate", b"drop", b"call"]
+                .iter()
+                .any(|w| word.eq_ignore_ascii_case(w))
+        })
+}
+
 /// Whether a statement may change rows, from its first word: cheap enough for every
 /// statement of every session.
 fn may_write(sql: &[u8]) -> bool {
@@ -940,6 +976,21 @@ fn may_write(sql: &[u8]) -> bool {
         // An executable comment may hold a write (`leading_words` reads none there).
         return tandem_undo::has_executable_comment(sql);
     };
+    // What runs another statement's text: SQL-level EXECUTE (and EXECUTE IMMEDIATE),
+    // MariaDB's ANALYZE of a statement (not ANALYZE TABLE), MySQL's EXPLAIN ANALYZE.
+    if word.eq_ignore_ascii_case(b"EXECUTE") {
+        return true;
+    }
+    if word.eq_ignore_ascii_case(b"ANALYZE") {
+        return words
+            .next()
+            .is_none_or(|second| !second.eq_ignore_ascii_case(b"TABLE"));
+    }
+    if word.eq_ignore_ascii_case(b"EXPLAIN") {
+        return words
+            .next()
+            .is_some_and(|second| second.eq_ignore_ascii_case(b"ANALYZE"));
+    }
     // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR; the words stop at
     // an executable comment, which may hold STATEMENT.
     if word.eq_ignore_ascii_case(b"SET") {
