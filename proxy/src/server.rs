@@ -141,7 +141,12 @@ pub async fn run(
                 crate::at::meta::WRITING_FUNCTIONS,
             ),
             partitions: crate::at::meta::CatalogNames::new(crate::at::meta::PARTITIONS),
-            reached_through_rules: crate::at::meta::ReachedThroughRules::default(),
+            reached_through_rules: crate::at::meta::CatalogReach::new(
+                crate::at::meta::REACHED_THROUGH_RULES,
+            ),
+            reached_by_actions: crate::at::meta::CatalogReach::new(
+                crate::at::meta::REACHED_BY_ACTIONS,
+            ),
             analyses: tandem_undo::AnalysisCache::new(&tandem_undo::Postgres, ANALYSES_KEPT),
             phase2: crate::at::phase2::Phase2Registry::new(
                 lock.clone(),

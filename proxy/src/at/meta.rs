@@ -264,10 +264,28 @@ pub const REACHED_THROUGH_RULES: &str = "WITH RECURSIVE reach(rel, via) AS (
         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
             AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass
             AND d.refobjid <> w.ev_class)
-    SELECT v.relname::text, ARRAY(SELECT DISTINCT t.relname::text FROM reach r
+    SELECT (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = v.relnamespace)::text,
+        v.relname::text,
+        ARRAY(SELECT DISTINCT t.relname::text FROM reach r
             JOIN pg_catalog.pg_class t ON t.oid = coalesce(pg_catalog.pg_partition_root(r.rel), r.rel)
             WHERE r.via = v.oid AND r.rel <> v.oid AND t.relkind IN ('r', 'p'))
     FROM pg_catalog.pg_class v WHERE v.oid IN (SELECT via FROM reach)";
+
+/// For each table that foreign keys with actions (`ON DELETE` / `ON UPDATE` `CASCADE`,
+/// `SET NULL`, `SET DEFAULT`) reference, by name in any schema: the tables those
+/// actions may change, at any depth (a partition by its root's name). What a write
+/// tandem judges by the tables it names (`tables_changed`) changes besides them.
+pub const REACHED_BY_ACTIONS: &str = "WITH RECURSIVE acting AS (
+        SELECT conrelid, confrelid FROM pg_catalog.pg_constraint
+        WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))),
+    reach(root, rel) AS (SELECT confrelid, conrelid FROM acting
+        UNION SELECT r.root, a.conrelid FROM reach r JOIN acting a ON a.confrelid = r.rel)
+    SELECT (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = s.relnamespace)::text,
+        s.relname::text,
+        pg_catalog.array_agg(DISTINCT t.relname::text)
+    FROM reach r JOIN pg_catalog.pg_class s ON s.oid = r.root
+    JOIN pg_catalog.pg_class t ON t.oid = coalesce(pg_catalog.pg_partition_root(r.rel), r.rel)
+    GROUP BY s.relnamespace, s.relname";
 
 /// How long names are used before they are read again: one created on another
 /// connection is known within this.
@@ -367,15 +385,29 @@ impl CatalogNames {
     }
 }
 
-/// Per database, what `REACHED_THROUGH_RULES` gives: the tables a write through a
-/// view (or a table with rules) may change in its stead or besides, by the name it
-/// was written through (read over a side connection, see `NamesCache`).
-#[derive(Default)]
-pub struct ReachedThroughRules {
+/// How `CatalogReach` keys a relation of one schema (a name alone stands for that
+/// name in every schema): both as the catalog spells them.
+pub fn qualified_key(schema: &str, name: &str) -> String {
+    format!("{schema}\0{name}")
+}
+
+/// Per database, the tables a write through a name may change besides (or instead
+/// of) its own, as one catalog query gives them by name, and by schema and name
+/// (`qualified_key`) (`REACHED_THROUGH_RULES`, `REACHED_BY_ACTIONS`; read over a side
+/// connection, see `NamesCache`).
+pub struct CatalogReach {
+    query: &'static str,
     cache: NamesCache<HashMap<String, Vec<String>>>,
 }
 
-impl ReachedThroughRules {
+impl CatalogReach {
+    pub fn new(query: &'static str) -> Self {
+        CatalogReach {
+            query,
+            cache: NamesCache::default(),
+        }
+    }
+
     pub async fn get(
         &self,
         side: &SidePools,
@@ -383,17 +415,20 @@ impl ReachedThroughRules {
     ) -> Result<Arc<HashMap<String, Vec<String>>>> {
         let read = async {
             let client = side.get(database).await?;
-            let rows = client.query(REACHED_THROUGH_RULES, &[]).await?;
+            let rows = client.query(self.query, &[]).await?;
             let mut reached: HashMap<String, Vec<String>> = HashMap::new();
             for row in &rows {
-                let tables: Vec<String> = row.get(1);
-                if !tables.is_empty() {
-                    // One name in several schemas: what any of them reaches.
-                    let entry = reached.entry(row.get(0)).or_default();
-                    for table in tables {
-                        if !entry.contains(&table) {
-                            entry.push(table);
-                        }
+                let (schema, name): (String, String) = (row.get(0), row.get(1));
+                let tables: Vec<String> = row.get(2);
+                if tables.is_empty() {
+                    continue;
+                }
+                reached.insert(qualified_key(&schema, &name), tables.clone());
+                // By name alone, one name in several schemas: what any of them reaches.
+                let entry = reached.entry(name).or_default();
+                for table in tables {
+                    if !entry.contains(&table) {
+                        entry.push(table);
                     }
                 }
             }

@@ -45,6 +45,40 @@ pub struct MysqlMetaCache {
     /// The tables under each view of the server (`tables_under_views`), under the
     /// key "".
     views: super::meta::NamesCache<HashMap<String, Vec<String>>>,
+    /// The tables foreign-key actions reach from each table of the server
+    /// (`reached_by_actions`), under the key "".
+    actions: super::meta::NamesCache<HashMap<String, Vec<String>>>,
+}
+
+/// Each foreign key with actions: the table it references and its own.
+const ACTING_KEYS: &str = "SELECT REFERENCED_TABLE_NAME, TABLE_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE DELETE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT') OR UPDATE_RULE IN ('CASCADE', 'SET NULL', 'SET DEFAULT')";
+
+/// For each table (by name, in any database) that foreign keys with actions reference:
+/// every table those actions may change, at any depth.
+fn reached_by_actions(keys: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
+    let mut acting: HashMap<String, Vec<String>> = HashMap::new();
+    for (referenced, table) in keys {
+        let tables = acting.entry(referenced).or_default();
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
+    acting
+        .keys()
+        .map(|root| {
+            let mut reached: Vec<String> = Vec::new();
+            let mut to_visit = vec![root.as_str()];
+            while let Some(next) = to_visit.pop() {
+                for table in acting.get(next).into_iter().flatten() {
+                    if !reached.contains(table) {
+                        reached.push(table.clone());
+                        to_visit.push(table);
+                    }
+                }
+            }
+            (root.clone(), reached)
+        })
+        .collect()
 }
 
 /// Every view of the server with its definition (empty where the service user may
@@ -152,11 +186,26 @@ impl MysqlMetaCache {
         self.views.get("", read).await
     }
 
-    /// DDL ran through this proxy: forget every table, function and view.
+    /// The tables foreign-key actions reach from each table of the server, by name
+    /// (see `reached_by_actions`), read again every few seconds or after DDL.
+    pub async fn actions(
+        &self,
+        pool: &mysql_async::Pool,
+    ) -> Result<Arc<HashMap<String, Vec<String>>>> {
+        let read = async {
+            let mut conn = pool.get_conn().await?;
+            let keys: Vec<(String, String)> = conn.query(ACTING_KEYS).await?;
+            Ok::<_, crate::error::Error>(reached_by_actions(keys))
+        };
+        self.actions.get("", read).await
+    }
+
+    /// DDL ran through this proxy: forget every table, function, view and key.
     pub fn invalidate(&self) {
         self.lock().clear();
         self.functions.invalidate_all();
         self.views.invalidate_all();
+        self.actions.invalidate_all();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -717,6 +766,21 @@ mod tests {
             None
         );
         assert_eq!(undo_table("a`b"), "`a``b`.undo_log");
+    }
+
+    #[test]
+    fn actions_reach_every_table_at_any_depth() {
+        let keys = [("a", "b"), ("b", "c"), ("c", "a"), ("d", "b")]
+            .map(|(referenced, table)| (referenced.to_owned(), table.to_owned()));
+        let reached = super::reached_by_actions(keys.to_vec());
+        let sorted = |name: &str| {
+            let mut tables = reached[name].clone();
+            tables.sort();
+            tables
+        };
+        assert_eq!(sorted("a"), ["a", "b", "c"]);
+        assert_eq!(sorted("d"), ["a", "b", "c"]);
+        assert!(!reached.contains_key("e"));
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn tables_changed_resolving(
     let mut changed = Changed {
         names,
         tables: Vec::new(),
+        executes: Vec::new(),
         plans: 0,
     };
     changed.statements_of(dialect, sql, prepared, 0)?;
@@ -74,82 +75,141 @@ impl Changed {
             Grammar::MySql => split_mysql_statements(sql).ok()?,
         };
         // What earlier statements of this text prepared (None: a text tandem cannot
-        // read), and whether one forgot every name.
-        let mut prepared_here: HashMap<String, Option<String>> = HashMap::new();
-        let mut forgot_all = false;
+        // read), and whether one may have prepared or dropped names unseen.
+        let mut names = PreparedHere::default();
         for piece in pieces {
             let run = match sql_level(dialect, piece) {
                 Some(SqlLevel::Prepare(name, text)) => {
-                    prepared_here.insert(name, text);
+                    names.texts.insert(name, text);
                     continue;
                 }
                 Some(SqlLevel::Deallocate(name)) => {
                     // Its EXECUTE fails: it runs nothing.
-                    prepared_here.insert(name, Some(String::new()));
+                    names.texts.insert(name, Some(String::new()));
                     continue;
                 }
                 Some(SqlLevel::ForgetAll) => {
-                    prepared_here.clear();
-                    forgot_all = true;
+                    names.forget_all();
                     continue;
                 }
-                Some(SqlLevel::Execute(name)) => Some((
-                    Some(name.clone()),
-                    match prepared_here.get(&name) {
-                        Some(text) => text.clone(),
-                        None if forgot_all => None,
-                        None => prepared(&name),
-                    },
-                )),
-                Some(SqlLevel::Immediate(text)) => Some((None, text)),
-                Some(SqlLevel::Analyze(text)) => Some((None, Some(text))),
-                None => None,
-            };
-            if let Some((name, text)) = run {
-                let followed =
-                    text.filter(|_| depth < RUNS_OTHER_DEPTH).and_then(|text| {
-                        match name.and_then(|name| self.prepare_of(dialect, &text, &name)) {
-                            Some(statement) => {
-                                let _ = statement.visit(self);
-                                Some(())
-                            }
-                            None => self.statements_of(dialect, &text, prepared, depth + 1),
-                        }
-                    });
-                if followed.is_none() {
-                    self.push(EVERY_TABLE.to_owned());
+                Some(SqlLevel::Execute(name)) => Run::Named(name),
+                Some(SqlLevel::Immediate(text)) => Run::Text(text),
+                Some(SqlLevel::Analyze(text)) => Run::Text(Some(text)),
+                Some(SqlLevel::RunsUnknown) => Run::Text(None),
+                None => {
+                    self.statement(dialect, piece);
+                    for executed in std::mem::take(&mut self.executes) {
+                        let run = match executed {
+                            Some(name) => Run::Named(name),
+                            None => Run::Text(None),
+                        };
+                        self.run(dialect, run, &names, prepared, depth);
+                    }
+                    // A PostgreSQL function may prepare or drop statements (by
+                    // dynamic SQL), and so may DDL's event triggers.
+                    if dialect.grammar() == Grammar::PostgreSql
+                        && !matches!(super::try_called_functions(dialect, piece), Some(f) if f.is_empty())
+                    {
+                        names.forget_all();
+                    }
+                    continue;
                 }
-                continue;
-            }
-            self.statement(dialect, piece);
+            };
+            self.run(dialect, run, &names, prepared, depth);
         }
         Some(())
     }
 
-    /// PostgreSQL lists a statement made by SQL-level PREPARE with the whole query that
-    /// made it, other statements and all: the statement `PREPARE name AS …` prepares,
-    /// if `text` holds one.
-    fn prepare_of(&self, dialect: &dyn Dialect, text: &str, name: &str) -> Option<Statement> {
-        if dialect.grammar() != Grammar::PostgreSql {
-            return None;
+    /// Adds what a statement that runs another text (`run`) may change: what that text
+    /// may, or every table if tandem does not know it.
+    fn run(
+        &mut self,
+        dialect: &dyn Dialect,
+        run: Run,
+        names: &PreparedHere,
+        prepared: &dyn Fn(&str) -> Option<String>,
+        depth: usize,
+    ) {
+        let followed = match run {
+            Run::Named(name) => {
+                let text = match names.texts.get(&name) {
+                    Some(text) => text.clone(),
+                    None if names.forgot_all => None,
+                    None => prepared(&name),
+                };
+                text.filter(|_| depth < RUNS_OTHER_DEPTH).and_then(|text| {
+                    match self.prepare_of(dialect, &text, &name) {
+                        PreparedText::Statement(statement) => {
+                            let _ = statement.visit(self);
+                            Some(())
+                        }
+                        PreparedText::Plain => {
+                            self.statements_of(dialect, &text, prepared, depth + 1)
+                        }
+                        PreparedText::Unknown => None,
+                    }
+                })
+            }
+            Run::Text(text) => text
+                .filter(|_| depth < RUNS_OTHER_DEPTH)
+                .and_then(|text| self.statements_of(dialect, &text, prepared, depth + 1)),
+        };
+        if followed.is_none() {
+            self.push(EVERY_TABLE.to_owned());
         }
-        split_statements(dialect, text)
-            .ok()?
-            .into_iter()
-            .filter_map(|piece| parse(dialect, piece))
-            .flatten()
-            .find_map(|statement| match statement {
-                Statement::Prepare {
+    }
+
+    /// PostgreSQL lists a statement made by SQL-level PREPARE with the whole query that
+    /// made it, other statements and all: which statement `PREPARE name AS …` in
+    /// `text` prepares. Unknown where the text prepares the name more than once, or
+    /// holds a statement tandem cannot parse (which may be that PREPARE).
+    fn prepare_of(&self, dialect: &dyn Dialect, text: &str, name: &str) -> PreparedText {
+        if dialect.grammar() != Grammar::PostgreSql {
+            return PreparedText::Plain;
+        }
+        let Ok(pieces) = split_statements(dialect, text) else {
+            return PreparedText::Unknown;
+        };
+        let mut found = None;
+        let mut prepares = false;
+        for piece in pieces {
+            let Some(statements) = parse(dialect, piece) else {
+                return PreparedText::Unknown;
+            };
+            for statement in statements {
+                if let Statement::Prepare {
                     name: prepared,
                     statement,
                     ..
-                } if self.names.table(&prepared) == name => Some(*statement),
-                _ => None,
-            })
+                } = statement
+                {
+                    prepares = true;
+                    if self.names.table(&prepared) == name {
+                        if found.is_some() {
+                            return PreparedText::Unknown;
+                        }
+                        found = Some(*statement);
+                    }
+                }
+            }
+        }
+        match found {
+            Some(statement) => PreparedText::Statement(Box::new(statement)),
+            // A text that prepares only other names is not this one's.
+            None if prepares => PreparedText::Unknown,
+            None => PreparedText::Plain,
+        }
     }
 
-    /// Adds what one statement that runs no other text may change.
+    /// Adds what one statement that runs no other text may change; the statements it
+    /// runs by name (EXPLAIN ANALYZE EXECUTE) are left in `executes`.
     fn statement(&mut self, dialect: &dyn Dialect, piece: &str) {
+        if defines_a_view_or_rule(dialect, piece) {
+            // What a write behind it in the same text goes through is not in the
+            // catalog yet.
+            self.push(EVERY_TABLE.to_owned());
+            return;
+        }
         match parse(dialect, piece) {
             Some(statements) => {
                 for statement in &statements {
@@ -163,6 +223,56 @@ impl Changed {
             },
         }
     }
+}
+
+/// What one statement runs besides itself.
+enum Run {
+    /// A statement prepared under this name.
+    Named(String),
+    /// This text (None: one tandem cannot read).
+    Text(Option<String>),
+}
+
+/// The names earlier statements of one text prepared or dropped.
+#[derive(Default)]
+struct PreparedHere {
+    /// What each name stands for now (None: a text tandem cannot read; "": nothing).
+    texts: HashMap<String, Option<String>>,
+    /// A statement may have prepared or dropped names unseen: no earlier text holds.
+    forgot_all: bool,
+}
+
+impl PreparedHere {
+    fn forget_all(&mut self) {
+        self.texts.clear();
+        self.forgot_all = true;
+    }
+}
+
+/// Which statement a name's listed text prepares (`Changed::prepare_of`).
+enum PreparedText {
+    Statement(Box<Statement>),
+    /// Not made by SQL-level PREPARE: the text is the statement.
+    Plain,
+    Unknown,
+}
+
+/// `CREATE [OR REPLACE] VIEW`, `CREATE RULE`, `ALTER VIEW`…: a statement after which a
+/// name may stand for other tables than the catalog tandem read says.
+fn defines_a_view_or_rule(dialect: &dyn Dialect, piece: &str) -> bool {
+    use sqlparser::tokenizer::Token;
+    let Some(tokens) = super::tokens(dialect, piece) else {
+        return false;
+    };
+    let mut words = tokens.iter().filter_map(|t| match t {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
+        Token::Whitespace(_) => None,
+        _ => Some(String::new()),
+    });
+    if !matches!(words.next().as_deref(), Some("create" | "alter")) {
+        return false;
+    }
+    words.take(6).any(|w| matches!(w.as_str(), "view" | "rule"))
 }
 
 /// Every table (or view) `sql` names anywhere, by its last part as the server reads
@@ -318,6 +428,9 @@ fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
 struct Changed {
     names: Names,
     tables: Vec<String>,
+    /// The statements a visited one runs by name (EXPLAIN ANALYZE EXECUTE; None: one
+    /// tandem cannot name), for `statements_of` to follow.
+    executes: Vec<Option<String>>,
     /// How deep inside EXPLAIN without ANALYZE or PREPARE (which run nothing) the visit
     /// is.
     plans: usize,
@@ -389,6 +502,18 @@ impl Visitor for Changed {
                 }
             }
             Statement::Merge(merge) => self.add_factor(&merge.table),
+            Statement::Execute {
+                name, immediate, ..
+            } if self.plans == 0 => {
+                let named = match (name, immediate) {
+                    (Some(name), false) => match name.0.as_slice() {
+                        [ObjectNamePart::Identifier(ident)] => Some(self.names.table(ident)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                self.executes.push(named);
+            }
             Statement::Truncate(truncate) => {
                 for target in &truncate.table_names {
                     self.add(&target.name);
@@ -467,6 +592,67 @@ mod tests {
         assert_eq!(
             super::tables_changed(&Postgres, "PREPARE p AS UPDATE t SET v = 1"),
             some(&[])
+        );
+        // From review: what a text prepares, drops or may change unseen before its
+        // EXECUTE, and texts that name the statement unclearly.
+        let select = |name: &str| (name == "s").then(|| "SELECT 1".to_owned());
+        let pg = |sql: &str, session: &dyn Fn(&str) -> Option<String>| {
+            super::tables_changed_resolving(&Postgres, sql, session)
+        };
+        let none = |_: &str| None;
+        assert_eq!(
+            pg(
+                "PREPARE s AS UPDATE t SET v = 99 WHERE id = 1; EXECUTE s",
+                &none
+            ),
+            some(&["t"])
+        );
+        assert_eq!(
+            pg(
+                "DEALLOCATE s; PREPARE s AS UPDATE t SET v = 40; EXECUTE s",
+                &select
+            ),
+            some(&["t"])
+        );
+        assert_eq!(
+            pg("DO $$BEGIN NULL; END$$; EXECUTE s", &select),
+            some(&["*"])
+        );
+        assert_eq!(pg("SELECT pf('x'); EXECUTE s", &select), some(&["*"]));
+        assert_eq!(pg("SELECT 1; EXECUTE s", &select), some(&[]));
+        let listed = |text: &'static str| move |_: &str| Some(text.to_owned());
+        assert_eq!(
+            pg(
+                "EXECUTE s",
+                &listed("PREPARE s AS SELECT 1; DEALLOCATE s; PREPARE s AS UPDATE t SET v = 98")
+            ),
+            some(&["*"])
+        );
+        assert_eq!(
+            pg(
+                "EXECUTE s",
+                &listed("PREPARE s AS UPDATE t SET arr[1] = 7 WHERE id = 1")
+            ),
+            some(&["*"])
+        );
+        assert_eq!(
+            pg("EXECUTE s", &listed("PREPARE other AS SELECT 1")),
+            some(&["*"])
+        );
+        assert_eq!(pg("EXECUTE U&\"\\0073\"", &select), some(&["*"]));
+        assert_eq!(
+            pg(
+                "EXPLAIN ANALYZE EXECUTE s",
+                &listed("PREPARE s AS UPDATE t SET v = 1")
+            ),
+            some(&["t"])
+        );
+        assert_eq!(
+            pg(
+                "CREATE VIEW tv AS SELECT * FROM t; UPDATE tv SET v = 43",
+                &none
+            ),
+            some(&["*", "tv"])
         );
         // Without a session's names: any table.
         assert_eq!(tables_changed(&Mysql, "EXECUTE upd"), some(&["*"]));

@@ -10,15 +10,18 @@ use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 /// What one statement does with other statements' texts, read from its first tokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum SqlLevel {
-    /// `PREPARE name FROM …` (MySQL): the text, None when it is not a literal (a
-    /// variable, an expression).
+    /// `PREPARE name FROM …` (MySQL), `PREPARE name AS statement` (PostgreSQL): the
+    /// text, None when it is not a literal (a variable, an expression) or does not
+    /// parse.
     Prepare(String, Option<String>),
     /// `DEALLOCATE PREPARE name`, `DROP PREPARE name`.
     Deallocate(String),
     /// Something after which no name can be trusted to stand for the text last seen
     /// prepared under it: `CALL` (a procedure may prepare statements), PostgreSQL's
-    /// `DEALLOCATE ALL`.
+    /// `DO` and `DEALLOCATE ALL`.
     ForgetAll,
+    /// An `EXECUTE` whose statement tandem cannot name (`EXECUTE U&"…"`).
+    RunsUnknown,
     /// `EXECUTE name …`.
     Execute(String),
     /// MariaDB's `EXECUTE IMMEDIATE`: the text it runs, None when it is not a literal.
@@ -60,6 +63,14 @@ pub(super) fn sql_level(dialect: &dyn Dialect, piece: &str) -> Option<SqlLevel> 
         Some(Token::Word(w)) => Some(w.value.clone()),
         _ => None,
     };
+    // What may follow the name an EXECUTE runs: its parameters.
+    let ends_name = |i: usize| match words.get(i) {
+        None | Some(Token::LParen) => true,
+        Some(Token::Word(w)) => {
+            mysql && w.quote_style.is_none() && w.value.eq_ignore_ascii_case("using")
+        }
+        _ => false,
+    };
     let literal = |i: usize| match (words.get(i), words.get(i + 1)) {
         (Some(Token::SingleQuotedString(s) | Token::DoubleQuotedString(s)), None) if mysql => {
             Some(s.clone())
@@ -70,6 +81,26 @@ pub(super) fn sql_level(dialect: &dyn Dialect, piece: &str) -> Option<SqlLevel> 
         "prepare" if mysql && word(2).as_deref() == Some("from") => {
             Some(SqlLevel::Prepare(name(1)?, literal(3)))
         }
+        "prepare" if !mysql => {
+            let statement =
+                sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+                    .try_with_sql(piece)
+                    .and_then(|mut p| p.parse_statement())
+                    .ok();
+            match statement {
+                Some(sqlparser::ast::Statement::Prepare {
+                    name, statement, ..
+                }) => Some(SqlLevel::Prepare(
+                    super::fold(&name),
+                    Some(statement.to_string()),
+                )),
+                _ if ends_name(2) || word(2).as_deref() == Some("as") => {
+                    Some(SqlLevel::Prepare(name(1)?, None))
+                }
+                _ => Some(SqlLevel::ForgetAll),
+            }
+        }
+        "do" if !mysql => Some(SqlLevel::ForgetAll),
         "deallocate" if word(1).as_deref() == Some("all") && !mysql => Some(SqlLevel::ForgetAll),
         "deallocate" if word(1).as_deref() == Some("prepare") => {
             match (name(2), word(2).as_deref()) {
@@ -86,7 +117,10 @@ pub(super) fn sql_level(dialect: &dyn Dialect, piece: &str) -> Option<SqlLevel> 
         "execute" if mysql && word(1).as_deref() == Some("immediate") => {
             Some(SqlLevel::Immediate(literal(2)))
         }
-        "execute" => Some(SqlLevel::Execute(name(1)?)),
+        "execute" => match name(1) {
+            Some(name) if ends_name(2) => Some(SqlLevel::Execute(name)),
+            _ => Some(SqlLevel::RunsUnknown),
+        },
         "analyze" if mysql => {
             // Past `FORMAT = JSON`, if given: a write's first word, else ANALYZE TABLE.
             let at = if word(1).as_deref() == Some("format") {

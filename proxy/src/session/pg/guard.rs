@@ -69,6 +69,7 @@ use super::at_extended::{
 use super::exchange::Param;
 use super::intercept::Intercepted;
 use crate::at::branch::{lock_key, lock_name_part, qualified_name};
+use crate::at::meta::CatalogReach;
 use crate::error::{Error, Result};
 use crate::session::outside::{RECHECK, TablesGuarded, some_statement};
 use crate::wire::pg::codes::{backend, frontend};
@@ -636,7 +637,7 @@ impl Relay<'_> {
         // their tables are judged as a whole.
         let cascaded = Cascade::reached_by(&meta.cascades, &write);
         if !cascaded.is_empty() {
-            match self.guard_tables(&cascaded).await {
+            match self.guard_tables(&cascaded, Names::Tables).await {
                 TablesGuarded::Yes => {}
                 TablesGuarded::LockserverDown => return Ok(RowsToCheck::Unchecked),
                 TablesGuarded::Locked(table) => {
@@ -649,14 +650,15 @@ impl Relay<'_> {
         }
         // A write through a view (or a table's rule) changes other tables' rows, which
         // no key of its own names: their tables are judged as a whole. A plain INSERT
-        // only adds rows, as in `tables_changed`.
-        if !is_plain_insert(&write) {
-            let reached = match self.reached_through_rules(&meta.table.name).await {
+        // too: one through a view may recreate a key a global transaction deleted, and
+        // a rule may update rows.
+        {
+            let reached = match self.reached_by_relation(&meta.table).await {
                 Some(reached) => reached,
                 None => vec![tandem_undo::EVERY_TABLE.to_owned()],
             };
             if !reached.is_empty() {
-                match self.guard_tables(&reached).await {
+                match self.guard_tables(&reached, Names::Tables).await {
                     TablesGuarded::Yes => {}
                     TablesGuarded::LockserverDown => return Ok(RowsToCheck::Unchecked),
                     TablesGuarded::Locked(table) => {
@@ -720,9 +722,12 @@ impl Relay<'_> {
             (changed, executed.into_inner())
         };
         if !executed.is_empty() {
-            let epoch = self.tracked.names_epoch();
-            if self.prepared_texts.0 != epoch {
-                self.prepared_texts = (epoch, Default::default());
+            // What the backend listed holds for the batch it was asked in only (a Parse
+            // at its head asks for the Bind behind it): any message of a later one may
+            // prepare or drop names.
+            let batch = self.tracked.batch_being_sent();
+            if self.prepared_texts.0 != batch {
+                self.prepared_texts = (batch, Default::default());
             }
             let unknown: Vec<String> = executed
                 .into_iter()
@@ -732,13 +737,9 @@ impl Relay<'_> {
             // Bind behind it); elsewhere a text not known yet may change any table.
             if !unknown.is_empty() && self.phase.at_sync_point() {
                 let listed = self.prepared_texts(&unknown).await?;
-                if let Some(listed) = listed {
-                    for name in unknown {
-                        // Not listed: its EXECUTE fails, and runs nothing.
-                        let text = listed.get(&name).cloned().unwrap_or_default();
-                        self.prepared_texts.1.insert(name, text);
-                    }
-                }
+                // A name not listed stays unknown: its EXECUTE fails, unless something
+                // ahead of it in the same text prepares it.
+                self.prepared_texts.1.extend(listed.unwrap_or_default());
             }
             let known = &self.prepared_texts.1;
             let resolved = |name: &str| known.get(name).cloned();
@@ -748,7 +749,7 @@ impl Relay<'_> {
             Some(changed) if !changed.is_empty() => changed,
             _ => return Ok(RowsToCheck::Unchecked),
         };
-        Ok(match self.guard_tables(&changed).await {
+        Ok(match self.guard_tables(&changed, Names::AsWritten).await {
             TablesGuarded::Yes | TablesGuarded::LockserverDown => RowsToCheck::Unchecked,
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
@@ -815,19 +816,31 @@ impl Relay<'_> {
     /// Guards on the tables named `names` for a write that may change their rows
     /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and
     /// outside a transaction block, while one may hold global locks.
-    async fn guard_tables(&mut self, names: &[String]) -> TablesGuarded {
+    async fn guard_tables(&mut self, names: &[String], named: Names) -> TablesGuarded {
         let partitions = (self.ctx.partitions)
             .get(&self.ctx.side, &self.database)
             .await
             .ok();
-        // A view's (or a rule's) tables are written through its name.
+        // A view's (or a rule's) tables are written through its name, and what
+        // foreign-key actions change is changed with what they act on.
         let mut names = names.to_vec();
-        for name in names.clone() {
-            match self.reached_through_rules(&name).await {
-                Some(reached) => names.extend(reached),
-                None => names.push(tandem_undo::EVERY_TABLE.to_owned()),
+        let reaches = match named {
+            Names::AsWritten => &[
+                &self.ctx.reached_through_rules,
+                &self.ctx.reached_by_actions,
+            ][..],
+            Names::Tables => &[&self.ctx.reached_by_actions][..],
+        };
+        for reach in reaches {
+            for name in names.clone() {
+                match self.reached(reach, &name).await {
+                    Some(reached) => names.extend(reached),
+                    None => names.push(tandem_undo::EVERY_TABLE.to_owned()),
+                }
             }
         }
+        names.sort_unstable();
+        names.dedup();
         // A partition's rows are locked under its root's name, which its own does not
         // show.
         let partition = |name: &str| partitions.as_ref().is_none_or(|p| p.contains(name));
@@ -855,13 +868,31 @@ impl Relay<'_> {
     /// besides or instead of it, by views and rewrite rules (`REACHED_THROUGH_RULES`);
     /// None if the catalog could not be read.
     async fn reached_through_rules(&self, name: &str) -> Option<Vec<String>> {
-        if name == tandem_undo::EVERY_TABLE {
-            return Some(Vec::new());
-        }
+        self.reached(&self.ctx.reached_through_rules, name).await
+    }
+
+    /// The tables a write through the relation `table` (schema-qualified, as the
+    /// catalog names it) changes besides or instead of it, by views and rewrite rules;
+    /// None if the catalog could not be read.
+    async fn reached_by_relation(&self, table: &tandem_undo::TableRef) -> Option<Vec<String>> {
         let reached = (self.ctx.reached_through_rules)
             .get(&self.ctx.side, &self.database)
             .await
             .ok()?;
+        let key = match &table.schema {
+            Some(schema) => crate::at::meta::qualified_key(schema, &table.name),
+            None => table.name.clone(),
+        };
+        Some(reached.get(&key).cloned().unwrap_or_default())
+    }
+
+    /// What `reach` says a write through `name` also changes in this database; None if
+    /// the catalog could not be read.
+    async fn reached(&self, reach: &CatalogReach, name: &str) -> Option<Vec<String>> {
+        if name == tandem_undo::EVERY_TABLE {
+            return Some(Vec::new());
+        }
+        let reached = reach.get(&self.ctx.side, &self.database).await.ok()?;
         Some(reached.get(name).cloned().unwrap_or_default())
     }
 
@@ -1115,6 +1146,16 @@ enum CheckIn {
     EmptyOwnBlock,
     /// A block that holds other work (the client's, as a rule).
     Block,
+}
+
+/// What the names given to `guard_tables` are.
+#[derive(Clone, Copy)]
+enum Names {
+    /// As a statement wrote them: any may be a view, or a table with rules, in some
+    /// schema.
+    AsWritten,
+    /// Tables the catalog named (what views, rules or foreign-key actions reach).
+    Tables,
 }
 
 /// What a write outside a global transaction needs before it runs.

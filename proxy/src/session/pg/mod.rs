@@ -69,7 +69,10 @@ pub struct PgFrontendContext {
     /// Partitions' names, which a write checked mid-pipeline cannot map to a root.
     pub partitions: crate::at::meta::CatalogNames,
     /// The tables writes through views (and tables with rules) reach.
-    pub reached_through_rules: crate::at::meta::ReachedThroughRules,
+    pub reached_through_rules: crate::at::meta::CatalogReach,
+    /// The tables foreign-key actions reach from each table, for writes judged by the
+    /// tables they name.
+    pub reached_by_actions: crate::at::meta::CatalogReach,
     /// What each prepared text does, analysed once (a Bind analyses its statement).
     pub analyses: tandem_undo::AnalysisCache,
     pub phase2: Phase2Registry,
@@ -183,8 +186,8 @@ struct Relay<'a> {
     phase: Phase,
     tracked: Tracked,
     /// The texts of prepared statements the backend listed for an SQL-level EXECUTE
-    /// outside a global transaction (`guard::prepared_texts`; "" for a name it did not
-    /// list), good while `Tracked::names_epoch` is the one given.
+    /// outside a global transaction (`guard::prepared_texts`), good for the batch
+    /// (`Tracked::batch_being_sent`) they were asked in.
     prepared_texts: (u64, std::collections::HashMap<String, String>),
     /// ParameterStatus values the backend reported, latest first wins.
     server_params: Vec<(String, String)>,

@@ -337,6 +337,7 @@ impl Relay<'_> {
                     self.ctx.writing_functions.invalidate(&self.database);
                     self.ctx.partitions.invalidate(&self.database);
                     self.ctx.reached_through_rules.invalidate(&self.database);
+                    self.ctx.reached_by_actions.invalidate(&self.database);
                     self.forget_resolved_tables();
                 }
                 // What may have changed the session's search_path or role: SET and

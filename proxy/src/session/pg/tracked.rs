@@ -828,12 +828,6 @@ impl Tracked {
         self.statements.clear();
     }
 
-    /// What `names_epoch` counts: what tandem knows of named statements holds while
-    /// it stays the same.
-    pub fn names_epoch(&self) -> u64 {
-        self.names_epoch
-    }
-
     /// A statement that may have made, dropped or replaced named statements completed
     /// (`names_epoch`): its tag names none.
     pub fn on_names_may_have_changed(&mut self) {

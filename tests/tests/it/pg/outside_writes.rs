@@ -1922,6 +1922,10 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
     let b = outside.connect(&orders.name).await;
     for sql in [
         "DELETE FROM parent WHERE id = 1",
+        // Judged by the tables they name, and by what those tables' actions reach.
+        "SELECT 1; DELETE FROM parent WHERE id = 1",
+        "WITH d AS (DELETE FROM parent WHERE id = 1 RETURNING id) SELECT * FROM d",
+        "MERGE INTO parent p USING (VALUES (1)) v(id) ON p.id = v.id WHEN MATCHED THEN DELETE",
         "TRUNCATE parent CASCADE",
         "COPY (UPDATE accounts SET balance = 5 WHERE id = 4 RETURNING id) TO STDOUT",
         "UPDATE accounts SET balance = 5 WHERE id = 4; CHECKPOINT",
@@ -1992,7 +1996,9 @@ async fn writes_through_views_and_rules_fail_while_the_tables_under_them_hold_gl
              CREATE TABLE ruled (id int PRIMARY KEY, v int);
              INSERT INTO ruled VALUES (1, 0);
              CREATE RULE ruled_touch AS ON UPDATE TO ruled
-                 DO ALSO UPDATE accounts SET balance = balance + 1 WHERE id = 4;",
+                 DO ALSO UPDATE accounts SET balance = balance + 1 WHERE id = 4;
+             CREATE SCHEMA other;
+             CREATE VIEW other.notes AS SELECT * FROM accounts;",
         )
         .await
         .unwrap();
@@ -2044,6 +2050,11 @@ async fn writes_through_views_and_rules_fail_while_the_tables_under_them_hold_gl
         .await
         .unwrap();
     assert_eq!(rows_of(&direct, "notes").await, ["(1,3)"]);
+    // From review: a table named like a view of another schema is judged as itself.
+    b.batch_execute("UPDATE public.notes SET n = 4 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&direct, "notes").await, ["(1,4)"]);
 
     rolled_back(&a).await;
     assert_eq!(
@@ -2091,6 +2102,30 @@ async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
         .await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z");
     let replies = raw.simple("EXECUTE prot").await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    // From review: a name prepared in the same query, and one made anew over the
+    // protocol after the names were dropped, are the statements judged.
+    let replies = raw
+        .simple("PREPARE same AS UPDATE accounts SET balance = 99 WHERE id = 4; EXECUTE same")
+        .await;
+    assert_eq!(
+        replies[0].sqlstate().as_deref(),
+        Some("55P03"),
+        "{replies:?}"
+    );
+    assert_eq!(tags(&raw.simple("PREPARE q AS SELECT 1").await), "CZ");
+    assert_eq!(tags(&raw.simple("EXECUTE q").await), "TDCZ");
+    assert_eq!(tags(&raw.simple("DEALLOCATE ALL").await), "CZ");
+    let mut parse = b"q\0UPDATE accounts SET balance = 94 WHERE id = 4\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    raw.send(&[frame(b'P', &parse), frame(b'S', &[])].concat())
+        .await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z");
+    let replies = raw.simple("EXECUTE q").await;
     assert_eq!(
         replies[0].sqlstate().as_deref(),
         Some("55P03"),

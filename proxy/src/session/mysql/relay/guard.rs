@@ -166,11 +166,21 @@ impl Relay<'_> {
     /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and in
     /// autocommit, while one may hold global locks. At a sync point.
     async fn guard_tables(&mut self, names: &[String]) -> TablesGuarded {
-        // A view's tables are written through its name.
+        // A view's tables are written through its name, and what foreign-key actions
+        // change is changed with what they act on.
         let mut names = names.to_vec();
         for name in names.clone() {
             names.extend(self.tables_under_view(&name).await);
         }
+        let actions = self.ctx.at_meta.actions(self.ctx.xa.pool()).await;
+        for name in names.clone() {
+            match &actions {
+                Ok(actions) => names.extend(actions.get(&name).cloned().unwrap_or_default()),
+                Err(_) => names.push(tandem_undo::EVERY_TABLE.to_owned()),
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
         // In the client's transaction its earlier work may hold rows a rollback
         // needs: it fails at once, as a checked write there does.
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
