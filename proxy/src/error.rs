@@ -176,7 +176,7 @@ pub enum Error {
     /// clause, a multi-statement query) outside a global transaction, to a table that
     /// may hold global locks.
     #[error(
-        "could not run a statement tandem cannot check row by row against global locks (such as TRUNCATE, or a multi-statement query that updates or deletes): {} may hold locks of unfinished global transactions; send each UPDATE or DELETE as a statement of its own, or retry once those transactions have ended",
+        "could not run a statement tandem cannot check row by row against global locks (such as TRUNCATE, a multi-statement query that updates or deletes, or an EXECUTE of a statement tandem did not see prepared): {} may hold locks of unfinished global transactions; send each UPDATE or DELETE as a statement of its own, or retry once those transactions have ended",
         named_table(table)
     )]
     UncheckedWriteLocked { table: String },

@@ -27,8 +27,9 @@ pub use analyze::{
     Analysis, AnalysisCache, EVERY_TABLE, InsertRows, InsertValue, LockedRead, OnDuplicate,
     PreparedChange, SavepointOp, TableRef, Upsert, Write, WriteKind, analyze, called_functions,
     contains_ignore_case, count_mysql_statements, has_executable_comment, prepared_changes,
-    resets_session, split_mysql_statements, split_statements, statement_body, tables_changed,
-    tables_changed_resolving, tables_named, try_called_functions, try_words, with_row_count,
+    resets_session, runs_stored_code, split_mysql_statements, split_statements, statement_body,
+    tables_changed, tables_changed_resolving, tables_named, try_called_functions, try_words,
+    with_row_count,
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;

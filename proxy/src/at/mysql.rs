@@ -83,46 +83,49 @@ fn reached_by_actions(keys: Vec<(String, String)>) -> HashMap<String, Vec<String
 
 /// Every view of the server with its definition (empty where the service user may
 /// not read it).
-const VIEWS: &str = "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA NOT IN ('sys', 'mysql', 'information_schema', 'performance_schema')";
+const VIEWS: &str = "SELECT TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA NOT IN ('sys', 'mysql', 'information_schema', 'performance_schema')";
 
-/// For each view name (in any database), the tables a write through it may change:
-/// every table its definition reads, followed through the views it reads, by their
-/// names. A definition tandem cannot read counts as reading every table.
-fn tables_under_views(views: Vec<(String, String)>) -> HashMap<String, Vec<String>> {
+/// For each view, by database and name (`meta::qualified_key`) and by name alone (any
+/// database's view of that name), the tables a write through it may change: every
+/// name its definition reads, followed through the views of those names at any depth
+/// (a name that is a view somewhere may be a table elsewhere: it is kept too). A
+/// definition tandem cannot read counts as reading every table.
+fn tables_under_views(views: Vec<(String, String, String)>) -> HashMap<String, Vec<String>> {
     let mut reads: HashMap<String, Vec<String>> = HashMap::new();
-    for (view, definition) in views {
+    let mut qualified = Vec::with_capacity(views.len());
+    for (schema, view, definition) in views {
         let named = tandem_undo::tables_named(&tandem_undo::Mysql, &definition)
             .filter(|named| !named.is_empty())
             .unwrap_or_else(|| vec![tandem_undo::EVERY_TABLE.to_owned()]);
         // One name in several databases: what any of them reads.
-        let entry = reads.entry(view).or_default();
-        for table in named {
-            if !entry.contains(&table) {
-                entry.push(table);
+        let entry = reads.entry(view.clone()).or_default();
+        for table in &named {
+            if !entry.contains(table) {
+                entry.push(table.clone());
             }
         }
+        qualified.push((super::meta::qualified_key(&schema, &view), named));
     }
-    reads
-        .keys()
-        .map(|view| {
-            let mut under = Vec::new();
-            let mut to_visit = vec![view.as_str()];
-            let mut visited = vec![view.as_str()];
-            while let Some(next) = to_visit.pop() {
-                for table in reads.get(next).into_iter().flatten() {
-                    if reads.contains_key(table) {
-                        if !visited.contains(&table.as_str()) {
-                            visited.push(table);
-                            to_visit.push(table);
-                        }
-                    } else if !under.contains(table) {
-                        under.push(table.clone());
-                    }
-                }
+    let closure = |first: &[String]| {
+        let mut under: Vec<String> = Vec::new();
+        let mut to_visit: Vec<&String> = first.iter().collect();
+        while let Some(next) = to_visit.pop() {
+            if under.contains(next) {
+                continue;
             }
-            (view.clone(), under)
-        })
-        .collect()
+            under.push(next.clone());
+            to_visit.extend(reads.get(next).into_iter().flatten());
+        }
+        under
+    };
+    let mut under_views: HashMap<String, Vec<String>> = reads
+        .iter()
+        .map(|(view, named)| (view.clone(), closure(named)))
+        .collect();
+    for (key, named) in qualified {
+        under_views.insert(key, closure(&named));
+    }
+    under_views
 }
 
 /// Every stored function of the server, by name. MySQL does not enforce `READS SQL
@@ -176,10 +179,10 @@ impl MysqlMetaCache {
     ) -> Result<Arc<HashMap<String, Vec<String>>>> {
         let read = async {
             let mut conn = pool.get_conn().await?;
-            let views: Vec<(String, Option<String>)> = conn.query(VIEWS).await?;
+            let views: Vec<(String, String, Option<String>)> = conn.query(VIEWS).await?;
             let views = views
                 .into_iter()
-                .map(|(name, definition)| (name, definition.unwrap_or_default()))
+                .map(|(schema, name, definition)| (schema, name, definition.unwrap_or_default()))
                 .collect();
             Ok::<_, crate::error::Error>(tables_under_views(views))
         };
@@ -198,6 +201,12 @@ impl MysqlMetaCache {
             Ok::<_, crate::error::Error>(reached_by_actions(keys))
         };
         self.actions.get("", read).await
+    }
+
+    /// DDL may have run: read the server's views and acting keys again.
+    pub fn invalidate_names(&self) {
+        self.views.invalidate_all();
+        self.actions.invalidate_all();
     }
 
     /// DDL ran through this proxy: forget every table, function, view and key.
@@ -785,16 +794,20 @@ mod tests {
 
     #[test]
     fn a_view_reaches_the_tables_under_the_views_it_reads() {
+        let view = |schema: &str, name: &str, definition: &str| {
+            (schema.to_owned(), name.to_owned(), definition.to_owned())
+        };
         let views = vec![
-            (
-                "top".to_owned(),
-                "select * from `d`.`mid` join `d`.`t1`".to_owned(),
+            view("d", "top", "select * from `d`.`mid` join `d`.`t1`"),
+            view(
+                "d",
+                "mid",
+                "select * from `d`.`t2` where x in (select x from `e`.`top`)",
             ),
-            (
-                "mid".to_owned(),
-                "select * from `d`.`t2` where x in (select x from `e`.`top`)".to_owned(),
-            ),
-            ("hidden".to_owned(), String::new()),
+            view("d", "hidden", ""),
+            // From review: a view named like the table another view reads.
+            view("d", "v3a", "select * from `d`.`t3a`"),
+            view("e", "t3a", "select * from `d`.`t3a`"),
         ];
         let under = super::tables_under_views(views);
         let sorted = |name: &str| {
@@ -802,9 +815,17 @@ mod tests {
             tables.sort();
             tables
         };
-        assert_eq!(sorted("top"), ["t1", "t2"]);
-        // By name: `e`.`top` is taken for the view `top` (and the loop ends).
-        assert_eq!(sorted("mid"), ["t1", "t2"]);
+        // By name, views kept among the tables: `e`.`top` is taken for the view `top`
+        // too (and the loop ends).
+        assert_eq!(sorted("top"), ["mid", "t1", "t2", "top"]);
+        assert_eq!(sorted("mid"), ["mid", "t1", "t2", "top"]);
         assert_eq!(sorted("hidden"), ["*"]);
+        assert_eq!(sorted("v3a"), ["t3a"]);
+        assert_eq!(sorted("t3a"), ["t3a"]);
+        assert_eq!(
+            sorted(&crate::at::meta::qualified_key("d", "hidden")),
+            ["*"]
+        );
+        assert!(!under.contains_key(&crate::at::meta::qualified_key("d", "t3a")));
     }
 }

@@ -94,7 +94,7 @@ impl Changed {
                 }
                 Some(SqlLevel::Execute(name)) => Run::Named(name),
                 Some(SqlLevel::Immediate(text)) => Run::Text(text),
-                Some(SqlLevel::Analyze(text)) => Run::Text(Some(text)),
+                Some(SqlLevel::Runs(text)) => Run::Text(Some(text)),
                 Some(SqlLevel::RunsUnknown) => Run::Text(None),
                 None => {
                     self.statement(dialect, piece);

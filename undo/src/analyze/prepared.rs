@@ -26,8 +26,9 @@ pub(super) enum SqlLevel {
     Execute(String),
     /// MariaDB's `EXECUTE IMMEDIATE`: the text it runs, None when it is not a literal.
     Immediate(Option<String>),
-    /// MariaDB's `ANALYZE [FORMAT = JSON] statement` (which runs it): the statement.
-    Analyze(String),
+    /// What runs the statement in its text: MariaDB's `ANALYZE [FORMAT = JSON]
+    /// statement`, `SET STATEMENT … FOR statement`.
+    Runs(String),
 }
 
 /// A change a statement makes to the names of a session's SQL-level prepared
@@ -139,7 +140,18 @@ pub(super) fn sql_level(dialect: &dyn Dialect, piece: &str) -> Option<SqlLevel> 
                 .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
                 .nth(at)
                 .map(|(i, _)| i)?;
-            Some(SqlLevel::Analyze(text_from(piece, start)?))
+            Some(SqlLevel::Runs(text_from(piece, start)?))
+        }
+        "set" if mysql && word(1).as_deref() == Some("statement") => {
+            // The statement after the first FOR (the settings before it are values).
+            let significant: Vec<usize> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+                .map(|(i, _)| i)
+                .collect();
+            let at = (2..words.len()).find(|&i| word(i).as_deref() == Some("for"))?;
+            Some(SqlLevel::Runs(text_from(piece, *significant.get(at + 1)?)?))
         }
         _ => None,
     }
@@ -167,25 +179,88 @@ fn spelled(token: &Token) -> String {
     }
 }
 
-/// What `sql` (every statement of it, in order) does to the names of a session's
-/// SQL-level prepared statements. Text that does not split forgets every name.
-pub fn prepared_changes(dialect: &dyn Dialect, sql: &str) -> Vec<PreparedChange> {
-    let pieces = match dialect.grammar() {
-        Grammar::PostgreSql => super::split_statements(dialect, sql),
-        Grammar::MySql => super::split_mysql_statements(sql),
-    };
-    let Ok(pieces) = pieces else {
+/// What MySQL text `sql` (every statement of it, in order) does to the names of a
+/// session's SQL-level prepared statements; `known`: what the session knows a name
+/// stands for. Only a query of one statement is sure to have run what it says: in a
+/// longer one a statement after a failed one does not run, so its PREPARE and
+/// DEALLOCATE leave the name unknown. Whatever may run stored code or text tandem does
+/// not know (CALL, a compound statement, an executable comment, an EXECUTE of such a
+/// text or of an unknown one) forgets every name, as does text that does not split.
+pub fn prepared_changes(sql: &str, known: &dyn Fn(&str) -> Option<String>) -> Vec<PreparedChange> {
+    let Ok(pieces) = super::split_mysql_statements(sql) else {
         return vec![PreparedChange::AllForgotten];
     };
-    pieces
-        .into_iter()
-        .filter_map(|piece| match sql_level(dialect, piece)? {
-            SqlLevel::Prepare(name, text) => Some(PreparedChange::Prepared(name, text)),
-            SqlLevel::Deallocate(name) => Some(PreparedChange::Forgotten(name)),
-            SqlLevel::ForgetAll => Some(PreparedChange::AllForgotten),
-            _ => None,
-        })
-        .collect()
+    let alone = pieces.len() == 1;
+    let mut changes = Vec::new();
+    for piece in pieces {
+        if super::has_executable_comment(piece) {
+            changes.push(PreparedChange::AllForgotten);
+            continue;
+        }
+        let change = match sql_level(&crate::Mysql, piece) {
+            Some(SqlLevel::Prepare(name, text)) if alone => PreparedChange::Prepared(name, text),
+            // Known to stand for nothing: its EXECUTE fails.
+            Some(SqlLevel::Deallocate(name)) if alone => {
+                PreparedChange::Prepared(name, Some(String::new()))
+            }
+            Some(SqlLevel::Prepare(name, _) | SqlLevel::Deallocate(name)) => {
+                PreparedChange::Forgotten(name)
+            }
+            Some(SqlLevel::Execute(name)) => match known(&name) {
+                Some(text) if !runs_stored_code(&text) => continue,
+                _ => PreparedChange::AllForgotten,
+            },
+            Some(SqlLevel::Immediate(Some(text)) | SqlLevel::Runs(text)) => {
+                if !runs_stored_code(&text) {
+                    continue;
+                }
+                PreparedChange::AllForgotten
+            }
+            Some(SqlLevel::ForgetAll | SqlLevel::Immediate(None) | SqlLevel::RunsUnknown) => {
+                PreparedChange::AllForgotten
+            }
+            None if runs_stored_code(piece) => PreparedChange::AllForgotten,
+            None => continue,
+        };
+        changes.push(change);
+    }
+    changes
+}
+
+/// Whether MySQL statement text may run stored code or text tandem cannot see, which
+/// may prepare or drop SQL-level statements: CALL, a compound statement (BEGIN NOT
+/// ATOMIC, IF, CASE, LOOP, WHILE, REPEAT, FOR, a label), an executable comment,
+/// EXECUTE, or a statement that runs one of these (`SET STATEMENT … FOR CALL …`).
+pub fn runs_stored_code(sql: &str) -> bool {
+    const COMPOUND: [&str; 9] = [
+        "call", "begin", "if", "case", "loop", "while", "repeat", "for", "execute",
+    ];
+    if super::has_executable_comment(sql) {
+        return true;
+    }
+    let Ok(pieces) = super::split_mysql_statements(sql) else {
+        return true;
+    };
+    pieces.into_iter().any(|piece| {
+        let Some(tokens) = tokens(&crate::Mysql, piece) else {
+            return true;
+        };
+        let mut significant = tokens
+            .iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon));
+        let first = match significant.next() {
+            Some(Token::Word(w)) => w.value.to_ascii_lowercase(),
+            _ => return false,
+        };
+        if COMPOUND.contains(&first.as_str()) || significant.next() == Some(&Token::Colon) {
+            return true;
+        }
+        match sql_level(&crate::Mysql, piece) {
+            Some(SqlLevel::Runs(text)) => runs_stored_code(&text),
+            Some(SqlLevel::Prepare(..) | SqlLevel::Deallocate(_)) => true,
+            _ => false,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -227,13 +302,17 @@ mod tests {
         );
         assert_eq!(
             my("ANALYZE FORMAT=JSON UPDATE t SET v = 'a''b' /* c */ WHERE id = 1"),
-            Some(SqlLevel::Analyze(
+            Some(SqlLevel::Runs(
                 "UPDATE t SET v = 'a''b' /* c */ WHERE id = 1".into()
             ))
         );
         assert_eq!(
             my("analyze delete from t"),
-            Some(SqlLevel::Analyze("delete from t".into()))
+            Some(SqlLevel::Runs("delete from t".into()))
+        );
+        assert_eq!(
+            my("SET STATEMENT max_statement_time = 100 FOR EXECUTE s"),
+            Some(SqlLevel::Runs("EXECUTE s".into()))
         );
         assert_eq!(my("ANALYZE TABLE t"), None);
         assert_eq!(my("CALL p()"), Some(SqlLevel::ForgetAll));
@@ -258,21 +337,58 @@ mod tests {
 
     #[test]
     fn follows_prepares_in_order() {
+        let known = |name: &str| match name {
+            "sel" => Some("SELECT 1".to_owned()),
+            "proc" => Some("CALL p()".to_owned()),
+            _ => None,
+        };
+        let changes = |sql: &str| prepared_changes(sql, &known);
         assert_eq!(
-            prepared_changes(
-                &Mysql,
-                "PREPARE a FROM 'SELECT 1'; SELECT 2; DROP PREPARE b; CALL p(); PREPARE c FROM @x"
-            ),
+            changes("PREPARE a FROM 'SELECT 1'"),
+            [PreparedChange::Prepared(
+                "a".into(),
+                Some("SELECT 1".into())
+            )]
+        );
+        assert_eq!(
+            changes("PREPARE c FROM @x"),
+            [PreparedChange::Prepared("c".into(), None)]
+        );
+        assert_eq!(
+            changes("DROP PREPARE b"),
+            [PreparedChange::Prepared("b".into(), Some(String::new()))]
+        );
+        // Several statements: a later one may not have run.
+        assert_eq!(
+            changes("SELECT * FROM nosuch; PREPARE s FROM 'SELECT 1'; DROP PREPARE b"),
             [
-                PreparedChange::Prepared("a".into(), Some("SELECT 1".into())),
-                PreparedChange::Forgotten("b".into()),
-                PreparedChange::AllForgotten,
-                PreparedChange::Prepared("c".into(), None),
+                PreparedChange::Forgotten("s".into()),
+                PreparedChange::Forgotten("b".into())
             ]
         );
-        assert_eq!(
-            prepared_changes(&Mysql, "SELECT 'unterminated"),
-            [PreparedChange::AllForgotten]
-        );
+        for sql in [
+            "CALL p()",
+            "EXECUTE proc",
+            "EXECUTE unknown",
+            "EXECUTE IMMEDIATE 'CALL p()'",
+            "EXECUTE IMMEDIATE @q",
+            "SET STATEMENT max_statement_time = 1 FOR CALL p()",
+            "/*!CALL p() */",
+            "/*M!100000 CALL p() */",
+            "BEGIN NOT ATOMIC CALL p(); END",
+            "IF 1 = 1 THEN PREPARE s FROM 'UPDATE t SET v = 1'; END IF",
+            "lbl: LOOP LEAVE lbl; END LOOP",
+            "SELECT 'unterminated",
+        ] {
+            assert_eq!(changes(sql), [PreparedChange::AllForgotten], "{sql}");
+        }
+        for sql in [
+            "EXECUTE sel",
+            "EXECUTE IMMEDIATE 'SELECT 1'",
+            "SELECT 1",
+            "ANALYZE UPDATE t SET v = 1",
+        ] {
+            assert_eq!(changes(sql), [], "{sql}");
+        }
     }
 }

@@ -117,6 +117,10 @@ pub struct Relay<'a> {
     /// FROM '…'`; None: one tandem could not read), which an `EXECUTE` outside a
     /// global transaction runs: a name not here may stand for any text.
     pub(super) sql_prepared: std::collections::HashMap<String, Option<String>>,
+    /// The last command may have changed views or foreign keys (DDL, or a statement
+    /// that may run some): the server's views and acting keys are read again at the
+    /// next, once it has run.
+    pub(super) catalog_may_have_changed: bool,
     /// The session's statements named table locks (`control::may_take_table_locks`)
     /// since the server last said it holds none: tandem asks before it opens a
     /// transaction of its own, which would release them.
@@ -202,6 +206,7 @@ impl<'a> Relay<'a> {
             database_uncertain: false,
             temporary_tables: std::collections::HashMap::new(),
             sql_prepared: std::collections::HashMap::new(),
+            catalog_may_have_changed: false,
             may_hold_table_locks: false,
             charset_changes: 0,
             execute_forwarded: false,

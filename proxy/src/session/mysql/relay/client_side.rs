@@ -462,6 +462,15 @@ impl Relay<'_> {
         if text.is_none_or(super::control::may_change_temporary_tables) {
             self.temporary_tables.clear();
         }
+        // A prepared CALL (or one tandem cannot read) may prepare or drop SQL-level
+        // statements.
+        if prepared
+            .sql
+            .as_deref()
+            .is_none_or(tandem_undo::runs_stored_code)
+        {
+            self.sql_prepared.clear();
+        }
         // A prepared USE changes the current database at each execute.
         if text.is_none_or(super::control::may_change_database) {
             self.database_uncertain = true;

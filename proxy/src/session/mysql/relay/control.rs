@@ -10,7 +10,7 @@
 
 use super::Relay;
 use super::client_side::Handled;
-use super::guard::names_prepared;
+use super::guard::sql_level_prepare;
 use super::own::{Own, OwnError};
 use crate::binding::Mode;
 use crate::control::{self, BadCall, Control};
@@ -335,6 +335,12 @@ impl Relay<'_> {
             && (payload.len() < header.payload_len || may_change_temporary_tables(&payload[1..]))
         {
             self.temporary_tables.clear();
+            // It may define views or foreign keys too: read them again now, and once
+            // it has run (`catalog_may_have_changed`).
+            self.ctx.at_meta.invalidate_names();
+            self.catalog_may_have_changed = true;
+        } else if header.seq == 0 && std::mem::take(&mut self.catalog_may_have_changed) {
+            self.ctx.at_meta.invalidate_names();
         }
         if payload.first() == Some(&command::REFRESH) && header.seq == 0 && bound {
             return self.bound_refresh();
@@ -385,7 +391,7 @@ impl Relay<'_> {
                 || header.payload_len <= CONTROL_SQL_MAX
                 || (readable
                     && (payload.len() <= CONTROL_SQL_MAX
-                        || some_statement(&payload[1..], names_prepared)
+                        || some_statement(&payload[1..], sql_level_prepare)
                         || self.must_read_outside_write(header, &payload[1..])));
             if !must_read {
                 // Its PREPAREs, if any, are not read.
@@ -394,7 +400,8 @@ impl Relay<'_> {
             return Ok(must_read.then_some(Handled::NeedMore));
         }
         let sql = &payload[1..];
-        if some_statement(sql, names_prepared) {
+        // With no name known, nothing but a PREPARE can change what tandem knows.
+        if !self.sql_prepared.is_empty() || some_statement(sql, sql_level_prepare) {
             self.follow_sql_prepares(sql);
         }
         if may_change_database(sql) {

@@ -149,7 +149,8 @@ impl Relay<'_> {
     /// EXECUTE then fails on.
     pub(super) fn follow_sql_prepares(&mut self, sql: &[u8]) {
         let text = String::from_utf8_lossy(sql);
-        for change in tandem_undo::prepared_changes(&Mysql, &text) {
+        let known = |name: &str| self.sql_prepared.get(name).cloned().flatten();
+        for change in tandem_undo::prepared_changes(&text, &known) {
             match change {
                 tandem_undo::PreparedChange::Prepared(name, text) => {
                     self.sql_prepared.insert(name, text);
@@ -162,6 +163,15 @@ impl Relay<'_> {
         }
     }
 
+    /// A prepared statement that is not one write tandem can check row by row, but may
+    /// run one (MariaDB's ANALYZE of a write): judged by its tables, as text is.
+    async fn unanalysed_execute(&mut self, sql: &str) -> Result<Option<Handled>> {
+        if !some_statement(sql.as_bytes(), may_write) {
+            return Ok(None);
+        }
+        self.unanalysed_write(sql).await
+    }
+
     /// Guards on the tables named `names` for a write that may change their rows
     /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and in
     /// autocommit, while one may hold global locks. At a sync point.
@@ -170,7 +180,8 @@ impl Relay<'_> {
         // change is changed with what they act on.
         let mut names = names.to_vec();
         for name in names.clone() {
-            names.extend(self.tables_under_view(&name).await);
+            let view = tandem_undo::TableRef { schema: None, name };
+            names.extend(self.tables_under_view(&view).await);
         }
         let actions = self.ctx.at_meta.actions(self.ctx.xa.pool()).await;
         for name in names.clone() {
@@ -203,14 +214,19 @@ impl Relay<'_> {
         guarded
     }
 
-    /// The tables a write through the view named `name` (in any database) changes;
-    /// none if no view has that name, every table if the views could not be read.
-    async fn tables_under_view(&self, name: &str) -> Vec<String> {
-        if name == tandem_undo::EVERY_TABLE {
+    /// The tables a write through the view `view` changes (one without a database:
+    /// any view of that name, in any database); none if it names no view, every table
+    /// if the views could not be read.
+    async fn tables_under_view(&self, view: &tandem_undo::TableRef) -> Vec<String> {
+        if view.name == tandem_undo::EVERY_TABLE {
             return Vec::new();
         }
+        let key = match &view.schema {
+            Some(schema) => crate::at::meta::qualified_key(schema, &view.name),
+            None => view.name.clone(),
+        };
         match self.ctx.at_meta.views(self.ctx.xa.pool()).await {
-            Ok(views) => views.get(name).cloned().unwrap_or_default(),
+            Ok(views) => views.get(&key).cloned().unwrap_or_default(),
             Err(_) => vec![tandem_undo::EVERY_TABLE.to_owned()],
         }
     }
@@ -281,9 +297,9 @@ impl Relay<'_> {
         let write = match self.ctx.analyses.analyze(&sql) {
             Ok(analyses) => match analyses.into_iter().next() {
                 Some(Analysis::Write(write)) => write,
-                _ => return Ok(None),
+                _ => return self.unanalysed_execute(&sql).await,
             },
-            Err(_) => return Ok(None),
+            Err(_) => return self.unanalysed_execute(&sql).await,
         };
         if self.backslashes_misread(&sql) {
             return Ok(None);
@@ -353,28 +369,27 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
-        // A write through a view changes rows of the tables under it, which no key of
-        // the view names: their tables are judged as a whole. A plain INSERT only adds
-        // rows, as in `tables_changed`.
-        if write.kind != WriteKind::Insert || upsert {
-            let reached = self.tables_under_view(&write.table.name).await;
-            if !reached.is_empty() {
-                match self.guard_tables(&reached).await {
-                    TablesGuarded::Yes => {}
-                    TablesGuarded::LockserverDown => return Ok(None),
-                    TablesGuarded::Locked(table) => {
-                        let relation = tandem_undo::Dialect::qualified(&Mysql, &write.table);
-                        return self
-                            .refuse(Error::ReachedLocked { relation, table })
-                            .map(Some);
-                    }
-                }
-            }
-        }
         // No such table, no database selected: the write fails on its own.
         let Ok(table) = self.table_of(&write.table).await? else {
             return Ok(None);
         };
+        // A write through a view changes rows of the tables under it, which no key of
+        // the view names: their tables are judged as a whole (a plain INSERT too: it may
+        // recreate a key a global transaction deleted).
+        let reached = self.tables_under_view(&table.meta.table).await;
+        if !reached.is_empty() {
+            match self.guard_tables(&reached).await {
+                TablesGuarded::Yes => {}
+                TablesGuarded::LockserverDown => return Ok(None),
+                TablesGuarded::Locked(reached) => {
+                    let e = Error::ReachedLocked {
+                        relation: qualified_name(&table.meta),
+                        table: reached,
+                    };
+                    return self.refuse(e).map(Some);
+                }
+            }
+        }
         // Rows foreign-key actions change in other tables are not the write's own:
         // their tables are judged as a whole.
         let cascaded = Cascade::reached_by(&table.meta.cascades, write);
@@ -966,16 +981,11 @@ fn rows_of(table: &AtTable, write: &Write) -> std::result::Result<Option<Capture
     Ok(table.mysql.insert_plan(write)?.before)
 }
 
-/// Whether a statement may change what names of SQL-level prepared statements stand
-/// for (`PREPARE`, `DEALLOCATE PREPARE`, `DROP PREPARE`, `CALL`), from its first word.
-pub(super) fn names_prepared(sql: &[u8]) -> bool {
+/// Whether a statement is an SQL-level `PREPARE`, from its first word.
+pub(super) fn sql_level_prepare(sql: &[u8]) -> bool {
     crate::control::leading_words(sql, true)
         .next()
-        .is_some_and(|word| {
-            [&b"prepare"[..], b"deallocate", b"drop", b"call"]
-                .iter()
-                .any(|w| word.eq_ignore_ascii_case(w))
-        })
+        .is_some_and(|word| word.eq_ignore_ascii_case(b"prepare"))
 }
 
 /// Whether a statement may change rows, from its first word: cheap enough for every
