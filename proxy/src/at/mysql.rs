@@ -203,12 +203,6 @@ impl MysqlMetaCache {
         self.actions.get("", read).await
     }
 
-    /// DDL may have run: read the server's views and acting keys again.
-    pub fn invalidate_names(&self) {
-        self.views.invalidate_all();
-        self.actions.invalidate_all();
-    }
-
     /// DDL ran through this proxy: forget every table, function, view and key.
     pub fn invalidate(&self) {
         self.lock().clear();

@@ -31,18 +31,21 @@ pub const EVERY_TABLE: &str = "*";
 /// rows and is not named. `None`: the text does not split into statements. Writes
 /// inside functions are not seen.
 pub fn tables_changed(dialect: &dyn Dialect, sql: &str) -> Option<Vec<String>> {
-    tables_changed_resolving(dialect, sql, &|_| None)
+    tables_changed_resolving(dialect, sql, &|_| None, &|_| true)
 }
 
 /// As [`tables_changed`], following SQL-level statements that run another statement's
 /// text: `EXECUTE name` runs what `prepared(name)` says the session prepared under that
 /// name (or a `PREPARE` earlier in `sql`), `EXECUTE IMMEDIATE` its literal, MariaDB's
 /// `ANALYZE` its statement. A text tandem does not know (a variable, a name
-/// `prepared` does not know) may change any table: [`EVERY_TABLE`].
+/// `prepared` does not know) may change any table: [`EVERY_TABLE`], and so may an
+/// `EXECUTE` behind a call of a function that `prepares_names` says may prepare or
+/// drop statements (PostgreSQL: one of the database's own, by dynamic SQL).
 pub fn tables_changed_resolving(
     dialect: &dyn Dialect,
     sql: &str,
     prepared: &dyn Fn(&str) -> Option<String>,
+    prepares_names: &dyn Fn(&str) -> bool,
 ) -> Option<Vec<String>> {
     let names = match dialect.grammar() {
         Grammar::PostgreSql => POSTGRES_NAMES,
@@ -53,6 +56,8 @@ pub fn tables_changed_resolving(
         tables: Vec::new(),
         executes: Vec::new(),
         plans: 0,
+        prepares_names,
+        after_ddl: false,
     };
     changed.statements_of(dialect, sql, prepared, 0)?;
     Some(changed.tables)
@@ -61,7 +66,7 @@ pub fn tables_changed_resolving(
 /// How deep texts that run texts are followed (the servers refuse most nesting).
 const RUNS_OTHER_DEPTH: usize = 4;
 
-impl Changed {
+impl Changed<'_> {
     /// Adds what every statement of `sql` may change; None if it does not split.
     fn statements_of(
         &mut self,
@@ -106,9 +111,11 @@ impl Changed {
                         self.run(dialect, run, &names, prepared, depth);
                     }
                     // A PostgreSQL function may prepare or drop statements (by
-                    // dynamic SQL), and so may DDL's event triggers.
+                    // dynamic SQL).
+                    let prepares =
+                        |functions: Vec<String>| functions.iter().any(|f| (self.prepares_names)(f));
                     if dialect.grammar() == Grammar::PostgreSql
-                        && !matches!(super::try_called_functions(dialect, piece), Some(f) if f.is_empty())
+                        && super::try_called_functions(dialect, piece).is_none_or(prepares)
                     {
                         names.forget_all();
                     }
@@ -204,10 +211,10 @@ impl Changed {
     /// Adds what one statement that runs no other text may change; the statements it
     /// runs by name (EXPLAIN ANALYZE EXECUTE) are left in `executes`.
     fn statement(&mut self, dialect: &dyn Dialect, piece: &str) {
-        if defines_a_view_or_rule(dialect, piece) {
-            // What a write behind it in the same text goes through is not in the
-            // catalog yet.
-            self.push(EVERY_TABLE.to_owned());
+        if is_ddl(dialect, piece) {
+            // A view, rule or foreign key a write behind it in the same text goes
+            // through is not in the catalog tandem read.
+            self.after_ddl = true;
             return;
         }
         match parse(dialect, piece) {
@@ -257,22 +264,23 @@ enum PreparedText {
     Unknown,
 }
 
-/// `CREATE [OR REPLACE] VIEW`, `CREATE RULE`, `ALTER VIEW`…: a statement after which a
-/// name may stand for other tables than the catalog tandem read says.
-fn defines_a_view_or_rule(dialect: &dyn Dialect, piece: &str) -> bool {
+/// DDL (`CREATE`, `ALTER`, `DROP`, `RENAME`): a statement after which a name may
+/// stand for other tables than the catalog tandem read says (a view, a rule, a
+/// foreign key with actions).
+fn is_ddl(dialect: &dyn Dialect, piece: &str) -> bool {
     use sqlparser::tokenizer::Token;
     let Some(tokens) = super::tokens(dialect, piece) else {
         return false;
     };
-    let mut words = tokens.iter().filter_map(|t| match t {
-        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
+    let first = tokens.iter().find_map(|t| match t {
         Token::Whitespace(_) => None,
+        Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
         _ => Some(String::new()),
     });
-    if !matches!(words.next().as_deref(), Some("create" | "alter")) {
-        return false;
-    }
-    words.take(6).any(|w| matches!(w.as_str(), "view" | "rule"))
+    matches!(
+        first.as_deref(),
+        Some("create" | "alter" | "drop" | "rename")
+    )
 }
 
 /// Every table (or view) `sql` names anywhere, by its last part as the server reads
@@ -425,8 +433,13 @@ fn unparsed_target(dialect: &dyn Dialect, sql: &str, names: Names) -> Unparsed {
     Unparsed::Unknown
 }
 
-struct Changed {
+struct Changed<'a> {
     names: Names,
+    /// Whether a called function may prepare or drop statements.
+    prepares_names: &'a dyn Fn(&str) -> bool,
+    /// DDL ran ahead in the text: what the names written after it go through (a
+    /// view, a rule, a foreign key) is not what the catalog tandem read says.
+    after_ddl: bool,
     tables: Vec<String>,
     /// The statements a visited one runs by name (EXPLAIN ANALYZE EXECUTE; None: one
     /// tandem cannot name), for `statements_of` to follow.
@@ -436,10 +449,13 @@ struct Changed {
     plans: usize,
 }
 
-impl Changed {
+impl Changed<'_> {
     fn push(&mut self, table: String) {
         if self.plans == 0 && !self.tables.contains(&table) {
             self.tables.push(table);
+            if self.after_ddl {
+                self.push(EVERY_TABLE.to_owned());
+            }
         }
     }
 
@@ -467,7 +483,7 @@ impl Changed {
     }
 }
 
-impl Visitor for Changed {
+impl Visitor for Changed<'_> {
     type Break = ();
 
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
@@ -571,7 +587,7 @@ mod tests {
             _ => None,
         }
         };
-        let my = |sql: &str| super::tables_changed_resolving(&Mysql, sql, &session);
+        let my = |sql: &str| super::tables_changed_resolving(&Mysql, sql, &session, &|_| true);
         assert_eq!(my("EXECUTE upd"), some(&["t"]));
         assert_eq!(my("EXECUTE sel USING @a"), some(&[]));
         assert_eq!(my("EXECUTE unknown"), some(&["*"]));
@@ -586,7 +602,7 @@ mod tests {
         assert_eq!(my("ANALYZE UPDATE x SET v = 1 WHERE id = 2"), some(&["x"]));
         assert_eq!(my("ANALYZE SELECT 1; ANALYZE TABLE x"), some(&[]));
         assert_eq!(
-            super::tables_changed_resolving(&Postgres, "EXECUTE pg(1)", &session),
+            super::tables_changed_resolving(&Postgres, "EXECUTE pg(1)", &session, &|_| true),
             some(&["u"])
         );
         assert_eq!(
@@ -597,7 +613,7 @@ mod tests {
         // EXECUTE, and texts that name the statement unclearly.
         let select = |name: &str| (name == "s").then(|| "SELECT 1".to_owned());
         let pg = |sql: &str, session: &dyn Fn(&str) -> Option<String>| {
-            super::tables_changed_resolving(&Postgres, sql, session)
+            super::tables_changed_resolving(&Postgres, sql, session, &|f| f == "pf")
         };
         let none = |_: &str| None;
         assert_eq!(
@@ -620,6 +636,10 @@ mod tests {
         );
         assert_eq!(pg("SELECT pf('x'); EXECUTE s", &select), some(&["*"]));
         assert_eq!(pg("SELECT 1; EXECUTE s", &select), some(&[]));
+        assert_eq!(
+            pg("SELECT now(), count(*) FROM t; EXECUTE s", &select),
+            some(&[])
+        );
         let listed = |text: &'static str| move |_: &str| Some(text.to_owned());
         assert_eq!(
             pg(
@@ -652,7 +672,21 @@ mod tests {
                 "CREATE VIEW tv AS SELECT * FROM t; UPDATE tv SET v = 43",
                 &none
             ),
-            some(&["*", "tv"])
+            some(&["tv", "*"])
+        );
+        assert_eq!(
+            tables_changed(
+                &Mysql,
+                "ALTER TABLE c ADD FOREIGN KEY (p) REFERENCES p (id) ON DELETE CASCADE; DELETE FROM p WHERE id = 1"
+            ),
+            some(&["p", "*"])
+        );
+        assert_eq!(
+            tables_changed(
+                &Postgres,
+                "BEGIN; CREATE TEMP TABLE a (id int) ON COMMIT DROP; INSERT INTO a VALUES (1)"
+            ),
+            some(&[])
         );
         // Without a session's names: any table.
         assert_eq!(tables_changed(&Mysql, "EXECUTE upd"), some(&["*"]));

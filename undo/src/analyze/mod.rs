@@ -1082,12 +1082,13 @@ fn assigned_columns(assignments: &[Assignment], names: Names) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// PostgreSQL folds unquoted identifiers to lower case.
+/// PostgreSQL folds unquoted identifiers to lower case: ASCII letters only, in a
+/// multibyte encoding such as UTF8 (`Ś1` names the table `Ś1`).
 fn fold(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
-        ident.value.to_lowercase()
+        ident.value.to_ascii_lowercase()
     }
 }
 

@@ -594,7 +594,7 @@ impl Relay<'_> {
         let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
             Ok((1, Some(Analysis::Write(w)))) if !is_plain_insert(&w) || w.rows.is_some() => w,
             // Not one write tandem can name the rows of: see the module comment.
-            _ => return self.unanalysed_write(&text).await,
+            _ => return self.unanalysed_write(&text, runs).await,
         };
         if !self.phase.at_sync_point() && self.resolves_in_session(&write.table) {
             // Which schema's table the name means is asked of the backend, which is
@@ -705,7 +705,7 @@ impl Relay<'_> {
     /// (elsewhere it may change any table). Text that does not parse, plain INSERTs,
     /// XA-mode work and a lockserver that tracks no tables (Redis) leave it unchecked
     /// (see the module comment).
-    async fn unanalysed_write(&mut self, sql: &str) -> Result<RowsToCheck> {
+    async fn unanalysed_write(&mut self, sql: &str, runs: bool) -> Result<RowsToCheck> {
         if self.binding.xid().is_some() {
             // XA mode's gap stays as README documents it: its scripts would otherwise
             // be refused for as long as a table stays announced after AT work on it.
@@ -718,16 +718,19 @@ impl Relay<'_> {
                 executed.borrow_mut().push(name.to_owned());
                 None
             };
-            let changed = tables_changed_resolving(&Postgres, sql, &unresolved);
+            let changed = tables_changed_resolving(&Postgres, sql, &unresolved, &|_| true);
             (changed, executed.into_inner())
         };
         if !executed.is_empty() {
-            // What the backend listed holds for the batch it was asked in only (a Parse
-            // at its head asks for the Bind behind it): any message of a later one may
-            // prepare or drop names.
-            let batch = self.tracked.batch_being_sent();
-            if self.prepared_texts.0 != batch {
-                self.prepared_texts = (batch, Default::default());
+            // What the backend listed holds until another message may prepare or
+            // drop names (a Parse at a batch's head asks for the Bind behind it), and
+            // within the batch it was asked in.
+            let now = (
+                self.tracked.batch_being_sent(),
+                self.tracked.name_messages(),
+            );
+            if self.prepared_texts.0 != now {
+                self.prepared_texts = (now, Default::default());
             }
             let unknown: Vec<String> = executed
                 .into_iter()
@@ -740,10 +743,20 @@ impl Relay<'_> {
                 // A name not listed stays unknown: its EXECUTE fails, unless something
                 // ahead of it in the same text prepares it.
                 self.prepared_texts.1.extend(listed.unwrap_or_default());
+                // A Parse asking now is counted once it is sent, and its Bind follows.
+                self.prepared_texts.0.1 += u64::from(!runs);
             }
             let known = &self.prepared_texts.1;
             let resolved = |name: &str| known.get(name).cloned();
-            changed = tables_changed_resolving(&Postgres, sql, &resolved);
+            // A function of the database's own (not a built-in, not C) may prepare or
+            // drop statements by dynamic SQL; one the list cannot say of may too.
+            let writing = (self.ctx.writing_functions)
+                .get(&self.ctx.side, &self.database)
+                .await
+                .ok();
+            let prepares_names =
+                |function: &str| writing.as_ref().is_none_or(|w| w.contains(function));
+            changed = tables_changed_resolving(&Postgres, sql, &resolved, &prepares_names);
         }
         let changed = match changed {
             Some(changed) if !changed.is_empty() => changed,

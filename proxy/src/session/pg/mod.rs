@@ -186,9 +186,10 @@ struct Relay<'a> {
     phase: Phase,
     tracked: Tracked,
     /// The texts of prepared statements the backend listed for an SQL-level EXECUTE
-    /// outside a global transaction (`guard::prepared_texts`), good for the batch
-    /// (`Tracked::batch_being_sent`) they were asked in.
-    prepared_texts: (u64, std::collections::HashMap<String, String>),
+    /// outside a global transaction (`guard::prepared_texts`), good in the batch
+    /// (`Tracked::batch_being_sent`) they were asked in while no message that may
+    /// prepare or drop names followed (`Tracked::name_messages`).
+    prepared_texts: ((u64, u64), std::collections::HashMap<String, String>),
     /// ParameterStatus values the backend reported, latest first wins.
     server_params: Vec<(String, String)>,
     /// standard_conforming_strings was reported off at some point: a statement parsed
@@ -320,7 +321,7 @@ impl<'a> Relay<'a> {
             server_streaming: 0,
             phase: Phase::Authenticating,
             tracked: Tracked::default(),
-            prepared_texts: (0, std::collections::HashMap::new()),
+            prepared_texts: ((0, 0), std::collections::HashMap::new()),
             server_params: Vec::new(),
             escapes_seen: false,
             cancel: None,

@@ -193,6 +193,9 @@ pub struct Tracked {
     /// fails half-way keeps what it prepared). A named statement known in an earlier
     /// epoch is unverified (`statement_unverified`).
     names_epoch: u64,
+    /// Counts the Parse, Close, Query and FunctionCall messages sent: any of them may
+    /// make, drop or replace named statements.
+    name_messages: u64,
 }
 
 impl Tracked {
@@ -264,7 +267,14 @@ impl Tracked {
         !self.outstanding.is_empty()
     }
 
+    /// What `name_messages` counts: what tandem learned of named statements holds
+    /// while it stays the same.
+    pub fn name_messages(&self) -> u64 {
+        self.name_messages
+    }
+
     pub fn on_parse(&mut self, body: &[u8]) -> Result<(), Truncated> {
+        self.name_messages += 1;
         let parse = Parse::decode(body)?;
         let name = Bytes::copy_from_slice(backend_name(parse.name));
         let statement = Statement {
@@ -370,6 +380,7 @@ impl Tracked {
     }
 
     pub fn on_close(&mut self, body: &[u8]) -> Result<(), Truncated> {
+        self.name_messages += 1;
         if let Some(close) = Close::decode(body)? {
             self.outstanding.push_back(Outstanding::Close {
                 target: close.target,
@@ -522,6 +533,9 @@ impl Tracked {
     /// Sync, Query or FunctionCall was sent. Returns false for a Sync the backend will
     /// ignore because it arrives during copy-in mode.
     pub fn on_sync_point_request(&mut self, kind: SyncKind) -> bool {
+        if kind != SyncKind::Sync {
+            self.name_messages += 1;
+        }
         if self.copy_in && kind == SyncKind::Sync {
             return false;
         }

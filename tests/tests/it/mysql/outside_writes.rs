@@ -1099,11 +1099,18 @@ async fn writes_reaching_held_tables_through_foreign_keys_fail() {
              INSERT INTO parent VALUES (1, 0), (2, 0);
              CREATE TABLE child (id INT PRIMARY KEY, p INT, v INT,
                  FOREIGN KEY (p) REFERENCES parent (id) ON DELETE CASCADE) ENGINE=InnoDB;
-             INSERT INTO child VALUES (1, 1, 1);",
+             INSERT INTO child VALUES (1, 1, 1);
+             CREATE TABLE parent2 (id INT PRIMARY KEY) ENGINE=InnoDB;
+             INSERT INTO parent2 VALUES (1), (2), (3);
+             CREATE TABLE child2 (id INT PRIMARY KEY, p INT, v INT) ENGINE=InnoDB;
+             INSERT INTO child2 VALUES (1, 1, 1), (2, 2, 2);",
         )
         .await
         .unwrap();
     let mut a = in_global_transaction(&global, &db, "UPDATE child SET v = 100 WHERE id = 1").await;
+    a.query_drop("UPDATE child2 SET v = 100 WHERE id = 1")
+        .await
+        .unwrap();
     let held = (
         dump(&mut direct, "parent").await,
         dump(&mut direct, "child").await,
@@ -1137,6 +1144,46 @@ async fn writes_reaching_held_tables_through_foreign_keys_fail() {
     b.query_drop("UPDATE parent SET n = 1 WHERE id = 2")
         .await
         .unwrap();
+    // From review: a foreign key this session adds (over the binary protocol, by
+    // EXECUTE IMMEDIATE, ahead of the write in one query) is followed at once.
+    let child2 = dump(&mut direct, "child2").await;
+    b.query_drop(
+        "ALTER TABLE child2 ADD CONSTRAINT ahead FOREIGN KEY (p) REFERENCES parent2 (id) ON DELETE CASCADE; DELETE FROM parent2 WHERE id = 1",
+    )
+    .await
+    .expect_err("DDL ahead of the write in one query");
+    // The table's metadata read once more, with no foreign key.
+    b.query_drop("DELETE FROM parent2 WHERE id = 3")
+        .await
+        .unwrap();
+    b.exec_drop(
+        "ALTER TABLE child2 ADD CONSTRAINT prepared FOREIGN KEY (p) REFERENCES parent2 (id) ON DELETE CASCADE",
+        (),
+    )
+    .await
+    .unwrap();
+    let err = b
+        .query_drop("DELETE FROM parent2 WHERE id = 1")
+        .await
+        .expect_err("reaches the held child2 row");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    b.query_drop("ALTER TABLE child2 DROP FOREIGN KEY prepared")
+        .await
+        .unwrap();
+    b.query_drop("DELETE FROM parent2 WHERE id = 99")
+        .await
+        .unwrap();
+    b.query_drop(
+        "EXECUTE IMMEDIATE 'ALTER TABLE child2 ADD CONSTRAINT immediate FOREIGN KEY (p) REFERENCES parent2 (id) ON DELETE CASCADE'",
+    )
+    .await
+    .unwrap();
+    let err = b
+        .query_drop("DELETE FROM parent2 WHERE id = 1")
+        .await
+        .expect_err("reaches the held child2 row");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_eq!(dump(&mut direct, "child2").await, child2);
 
     rolled_back(&mut a).await;
     let v: Option<i32> = direct
@@ -1343,6 +1390,20 @@ async fn writes_with_returning_are_checked_and_answer_their_rows() {
     assert!(returned[0].1.iter().all(|&c| c == b'x'));
     let count: Option<i64> = large.query_first("SELECT COUNT(*) FROM big").await.unwrap();
     assert_eq!(count, Some(1));
+    // From review: a checked write whose row tandem reads is as large (it ended the
+    // session).
+    direct
+        .query_drop("INSERT INTO big VALUES (3, REPEAT('z', 16777209))")
+        .await
+        .unwrap();
+    large
+        .query_drop("UPDATE big SET b = 'q' WHERE id = 3")
+        .await
+        .unwrap();
+    large
+        .query_drop("DELETE FROM big WHERE id = 3")
+        .await
+        .unwrap();
 
     rolled_back(&mut a).await;
     assert_eq!(

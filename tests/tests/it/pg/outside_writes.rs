@@ -2131,6 +2131,20 @@ async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
         Some("55P03"),
         "{replies:?}"
     );
+    // From re-review: a name redefined behind its first EXECUTE in one pipelined batch.
+    assert_eq!(tags(&raw.simple("PREPARE piped AS SELECT 1").await), "CZ");
+    raw.send(&super::control::unnamed_batch(&[
+        "EXECUTE piped",
+        "DEALLOCATE piped",
+        "PREPARE piped AS UPDATE accounts SET balance = 16 WHERE id = 4",
+        "EXECUTE piped",
+    ]))
+    .await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies.iter().any(|m| m.sqlstate().is_some()),
+        "{replies:?}"
+    );
     let err = b
         .execute("EXECUTE upd", &[])
         .await
@@ -2166,6 +2180,41 @@ async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
     rolled_back(&a).await;
     assert_eq!(
         rows_of(&direct, "accounts").await,
+        original,
+        "rolled back exactly"
+    );
+    finish(lockserver, [global, outside]).await;
+}
+
+/// From re-review: PostgreSQL folds only ASCII letters of an unquoted name, so `Ś1`
+/// names the table `Ś1`. A global transaction writes it (tandem read `ś1`: 42P01),
+/// and a write outside one to its held row is refused.
+#[tokio::test]
+async fn a_table_named_with_a_non_ascii_capital_is_held_and_checked() {
+    let orders = prepare("outside_non_ascii").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE Ś1 (id int PRIMARY KEY, v int); INSERT INTO Ś1 VALUES (1, 1), (2, 2);",
+        )
+        .await
+        .unwrap();
+    let original = rows_of(&direct, "\"Ś1\"").await;
+    let a = global.connect(&orders.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute("UPDATE Ś1 SET v = 100 WHERE id = 1")
+        .await
+        .unwrap();
+    let b = outside.connect(&orders.name).await;
+    let err = b
+        .batch_execute("UPDATE Ś1 SET v = 50 WHERE id = 1")
+        .await
+        .expect_err("a held row");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    rolled_back(&a).await;
+    assert_eq!(
+        rows_of(&direct, "\"Ś1\"").await,
         original,
         "rolled back exactly"
     );

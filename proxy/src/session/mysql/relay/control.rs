@@ -335,12 +335,12 @@ impl Relay<'_> {
             && (payload.len() < header.payload_len || may_change_temporary_tables(&payload[1..]))
         {
             self.temporary_tables.clear();
-            // It may define views or foreign keys too: read them again now, and once
-            // it has run (`catalog_may_have_changed`).
-            self.ctx.at_meta.invalidate_names();
+            // It may define views or foreign keys too: read the catalog again now,
+            // and once it has run (`catalog_may_have_changed`).
+            self.ctx.at_meta.invalidate();
             self.catalog_may_have_changed = true;
         } else if header.seq == 0 && std::mem::take(&mut self.catalog_may_have_changed) {
-            self.ctx.at_meta.invalidate_names();
+            self.ctx.at_meta.invalidate();
         }
         if payload.first() == Some(&command::REFRESH) && header.seq == 0 && bound {
             return self.bound_refresh();

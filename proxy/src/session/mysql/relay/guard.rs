@@ -124,10 +124,12 @@ impl Relay<'_> {
         }
         let prepared = &self.sql_prepared;
         let resolve = |name: &str| prepared.get(name).cloned().flatten();
-        let changed = match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve) {
-            Some(changed) if !changed.is_empty() => changed,
-            _ => return Ok(None),
-        };
+        // MySQL's stored functions cannot prepare statements.
+        let changed =
+            match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
+                Some(changed) if !changed.is_empty() => changed,
+                _ => return Ok(None),
+            };
         let scope = self.ctx.xa.lock_scope();
         if self.ctx.outside.tables.untracked(&scope) {
             return Ok(None);

@@ -470,7 +470,7 @@ impl Own<'_> {
             held.payloads.push(self.read_payload().await?);
         }
         loop {
-            let payload = self.read_message(true).await?;
+            let payload = self.read_payload().await?;
             let first = payload.first().copied().unwrap_or(0);
             if first == reply::ERR {
                 return Ok((Err(OwnError::decode(&payload)?), None));
@@ -657,24 +657,14 @@ impl Own<'_> {
 
     /// The payload of the server's next packet. tandem's own results stay under 16 MiB
     /// a packet; a longer one fails the session rather than be misread.
+    /// The payload of the server's next message, put together from its packets: a row
+    /// (an image, or one the client's RETURNING gives) may be of 16 MiB or more.
     async fn read_payload(&mut self) -> Result<Vec<u8>> {
-        self.read_message(false).await
-    }
-
-    /// The payload of the server's next message, put together from its packets when
-    /// `joined` (a row the client's RETURNING gives may be of 16 MiB or more); else a
-    /// message of more than one packet fails the session.
-    async fn read_message(&mut self, joined: bool) -> Result<Vec<u8>> {
         let mut message = Vec::new();
         loop {
             if let Some(h) = Header::peek(self.from_server)
                 && self.from_server.len() >= h.wire_len()
             {
-                if h.is_continued() && !joined {
-                    return Err(Error::UpstreamProtocol(
-                        "a packet of 16 MiB or more in reply to tandem's own statement",
-                    ));
-                }
                 message.extend_from_slice(h.payload(self.from_server));
                 self.from_server.advance(h.wire_len());
                 if h.is_continued() {
