@@ -43,11 +43,10 @@
 //! autocommit on; inside a block each write of such a batch runs on its own under a
 //! Sync of tandem's, checked, and a BEGIN ahead of one statement, as pgJDBC sends it,
 //! runs first on its own: begin_ahead.rs), writes in a failed transaction block (they
-//! run nothing), statements whose first word is not a write's (CALL, DO), plain
-//! INSERTs through a view, writes inside functions (and a search_path
-//! a function changes), and every write while the lockserver is unreachable (counted
-//! in `tandem_pg_outside_writes_unchecked`): plain traffic does not stop with the
-//! coordinator.
+//! run nothing), statements whose first word is not a write's (CALL, DO), writes
+//! inside functions (and a search_path a function changes), and every write while the
+//! lockserver is unreachable (counted in `tandem_pg_outside_writes_unchecked`): plain
+//! traffic does not stop with the coordinator.
 //!
 //! A statement tandem cannot check row by row (TRUNCATE, MERGE, a data-modifying WITH,
 //! a write in COPY's query or under EXPLAIN ANALYZE, a multi-statement query) is judged
@@ -58,7 +57,9 @@
 //! runs under guards on them; otherwise it waits or fails as a held row does
 //! (`guard_tables`). TRUNCATE … CASCADE, and text that begins as a write but does not
 //! parse, count as naming every table. An SQL-level EXECUTE is judged by the text of
-//! the statement it runs, which the backend lists (`prepared_texts`).
+//! the statement it runs, which the backend lists (`prepared_texts`). Such statements
+//! follow the foreign-key actions of the tables they name too (`REACHED_BY_ACTIONS`),
+//! and DDL ahead of a write in one query makes what it changes count as every table.
 
 use super::Relay;
 use super::at::WriteInFlight;
@@ -1173,7 +1174,7 @@ enum Names {
 
 /// What a write outside a global transaction needs before it runs.
 enum RowsToCheck {
-    /// Nothing: it runs as sent (see `rows_to_check_named`).
+    /// Nothing: it runs as sent (see `rows_to_check`).
     Unchecked,
     /// Its rows must be checked; a plain INSERT's by the keys this query reads
     /// (`TableMeta::inserted_keys_query`).

@@ -46,8 +46,8 @@
 //! under ANSI_QUOTES, a write with a non-ASCII character before a backslash or a
 //! backtick from a session whose character set may read them as one character (gbk,
 //! big5, sjis, cp932, gb18030), an execute with RETURNING that opens a cursor (its
-//! rows would come after tandem's transaction had ended), and every write while the lockserver is unreachable (counted in
-//! `tandem_mysql_outside_writes_unchecked`).
+//! rows would come after tandem's transaction had ended), and every write while the
+//! lockserver is unreachable (counted in `tandem_mysql_outside_writes_unchecked`).
 //!
 //! A statement tandem cannot check row by row (TRUNCATE, a multi-statement query, a
 //! write it cannot analyse, such as a multi-table write to several tables) is judged
@@ -60,6 +60,9 @@
 //! another statement's text (an SQL-level EXECUTE of what the session prepared under
 //! that name, EXECUTE IMMEDIATE, MariaDB's ANALYZE of a statement) is judged by that
 //! text's tables (`follow_sql_prepares`; a text tandem cannot read, by every table).
+//! Such statements follow the foreign-key actions of the tables they name too
+//! (`MysqlMetaCache::actions`), and DDL ahead of a write in one query makes what it
+//! changes count as every table.
 
 use super::at::{AtFailure, Source, execute_parameters};
 use super::client_side::Handled;
