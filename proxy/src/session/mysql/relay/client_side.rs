@@ -461,17 +461,21 @@ impl Relay<'_> {
         let text = prepared.sql.as_deref().map(str::as_bytes);
         if text.is_none_or(super::control::may_change_temporary_tables) {
             self.temporary_tables.clear();
-            // Prepared DDL (or a CALL, an EXECUTE) may define views or foreign keys:
-            // the catalog is read again now, and once it has run.
+        }
+        if text.is_none_or(super::control::may_change_catalog) {
+            // Prepared DDL (or a CALL) may define views or foreign keys: the catalog
+            // is read again now, and once it has run.
             self.ctx.at_meta.invalidate();
             self.catalog_may_have_changed = true;
         }
         // A prepared CALL (or one tandem cannot read) may prepare or drop SQL-level
-        // statements.
-        if prepared
-            .sql
-            .as_deref()
-            .is_none_or(tandem_undo::runs_stored_code)
+        // statements. Asked only while some name is known: every execute of every
+        // session comes here.
+        if !self.sql_prepared.is_empty()
+            && prepared
+                .sql
+                .as_deref()
+                .is_none_or(tandem_undo::runs_stored_code)
         {
             self.sql_prepared.clear();
         }

@@ -119,6 +119,22 @@ pub(super) fn may_change_temporary_tables(sql: &[u8]) -> bool {
         || sql.windows(3).any(|w| w == b"/*!")
 }
 
+/// Statements that may define views or foreign keys (by their first word: DDL, or
+/// what may run some), which tandem reads from the catalog.
+pub(super) fn may_change_catalog(sql: &[u8]) -> bool {
+    [
+        &b"CREATE"[..],
+        b"ALTER",
+        b"DROP",
+        b"RENAME",
+        b"CALL",
+        b"EXECUTE",
+    ]
+    .iter()
+    .any(|word| first_word_is(sql, word))
+        || tandem_undo::has_executable_comment(sql)
+}
+
 /// Whether `sql` (a COM_QUERY's or COM_STMT_PREPARE's text; `whole`: all of it) may
 /// take table locks that a START TRANSACTION releases: it names `LOCK TABLE(S)`, or
 /// `READ LOCK` or `FOR EXPORT` (FLUSH TABLES), or runs an SQL-level prepared statement
@@ -335,12 +351,19 @@ impl Relay<'_> {
             && (payload.len() < header.payload_len || may_change_temporary_tables(&payload[1..]))
         {
             self.temporary_tables.clear();
-            // It may define views or foreign keys too: read the catalog again now,
-            // and once it has run (`catalog_may_have_changed`).
+        }
+        if header.seq == 0 && std::mem::take(&mut self.catalog_may_have_changed) {
+            // DDL the last command sent has run.
+            self.ctx.at_meta.invalidate();
+        }
+        if payload.first() == Some(&command::QUERY)
+            && header.seq == 0
+            && some_statement(&payload[1..], may_change_catalog)
+        {
+            // It may define views or foreign keys: the catalog is read again now, and
+            // once it has run (`catalog_may_have_changed`).
             self.ctx.at_meta.invalidate();
             self.catalog_may_have_changed = true;
-        } else if header.seq == 0 && std::mem::take(&mut self.catalog_may_have_changed) {
-            self.ctx.at_meta.invalidate();
         }
         if payload.first() == Some(&command::REFRESH) && header.seq == 0 && bound {
             return self.bound_refresh();
