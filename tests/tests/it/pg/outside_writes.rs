@@ -2109,8 +2109,11 @@ async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
     );
     // From review: a name prepared in the same query, and one made anew over the
     // protocol after the names were dropped, are the statements judged.
+    assert_eq!(tags(&raw.simple("PREPARE same AS SELECT 1").await), "CZ");
     let replies = raw
-        .simple("PREPARE same AS UPDATE accounts SET balance = 99 WHERE id = 4; EXECUTE same")
+        .simple(
+            "DEALLOCATE same; PREPARE same AS UPDATE accounts SET balance = 99 WHERE id = 4; EXECUTE same",
+        )
         .await;
     assert_eq!(
         replies[0].sqlstate().as_deref(),
