@@ -64,21 +64,24 @@ fn reached_by_actions(keys: Vec<(String, String)>) -> HashMap<String, Vec<String
         }
     }
     acting
-        .keys()
-        .map(|root| {
-            let mut reached: Vec<String> = Vec::new();
-            let mut to_visit = vec![root.as_str()];
-            while let Some(next) = to_visit.pop() {
-                for table in acting.get(next).into_iter().flatten() {
-                    if !reached.contains(table) {
-                        reached.push(table.clone());
-                        to_visit.push(table);
-                    }
-                }
-            }
-            (root.clone(), reached)
-        })
+        .iter()
+        .map(|(root, tables)| (root.clone(), reachable(&acting, tables)))
         .collect()
+}
+
+/// Every name `first` holds and every name reached from those through `next`, at any
+/// depth, each once.
+fn reachable(next: &HashMap<String, Vec<String>>, first: &[String]) -> Vec<String> {
+    let mut reached: Vec<String> = Vec::new();
+    let mut to_visit: Vec<&String> = first.iter().collect();
+    while let Some(name) = to_visit.pop() {
+        if reached.contains(name) {
+            continue;
+        }
+        reached.push(name.clone());
+        to_visit.extend(next.get(name).into_iter().flatten());
+    }
+    reached
 }
 
 /// Every view of the server with its definition (empty where the service user may
@@ -106,24 +109,12 @@ fn tables_under_views(views: Vec<(String, String, String)>) -> HashMap<String, V
         }
         qualified.push((super::meta::qualified_key(&schema, &view), named));
     }
-    let closure = |first: &[String]| {
-        let mut under: Vec<String> = Vec::new();
-        let mut to_visit: Vec<&String> = first.iter().collect();
-        while let Some(next) = to_visit.pop() {
-            if under.contains(next) {
-                continue;
-            }
-            under.push(next.clone());
-            to_visit.extend(reads.get(next).into_iter().flatten());
-        }
-        under
-    };
     let mut under_views: HashMap<String, Vec<String>> = reads
         .iter()
-        .map(|(view, named)| (view.clone(), closure(named)))
+        .map(|(view, named)| (view.clone(), reachable(&reads, named)))
         .collect();
     for (key, named) in qualified {
-        under_views.insert(key, closure(&named));
+        under_views.insert(key, reachable(&reads, &named));
     }
     under_views
 }

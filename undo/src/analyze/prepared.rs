@@ -47,10 +47,12 @@ pub enum PreparedChange {
 pub(super) fn sql_level(dialect: &dyn Dialect, piece: &str) -> Option<SqlLevel> {
     let mysql = dialect.grammar() == Grammar::MySql;
     let all = tokens(dialect, piece)?;
-    let words: Vec<&Token> = all
+    // The significant tokens, and where each stands among all of them.
+    let (at_token, words): (Vec<usize>, Vec<&Token>) = all
         .iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
-        .collect();
+        .enumerate()
+        .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .unzip();
     let word = |i: usize| match words.get(i) {
         Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
         _ => None,
@@ -134,24 +136,12 @@ pub(super) fn sql_level(dialect: &dyn Dialect, piece: &str) -> Option<SqlLevel> 
             if !writes.contains(&first.as_str()) {
                 return None;
             }
-            let start = all
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
-                .nth(at)
-                .map(|(i, _)| i)?;
-            Some(SqlLevel::Runs(text_from(piece, start)?))
+            Some(SqlLevel::Runs(text_from(piece, *at_token.get(at)?)?))
         }
         "set" if mysql && word(1).as_deref() == Some("statement") => {
             // The statement after the first FOR (the settings before it are values).
-            let significant: Vec<usize> = all
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
-                .map(|(i, _)| i)
-                .collect();
             let at = (2..words.len()).find(|&i| word(i).as_deref() == Some("for"))?;
-            Some(SqlLevel::Runs(text_from(piece, *significant.get(at + 1)?)?))
+            Some(SqlLevel::Runs(text_from(piece, *at_token.get(at + 1)?)?))
         }
         _ => None,
     }

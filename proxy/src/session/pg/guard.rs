@@ -78,6 +78,7 @@ use crate::wire::pg::messages::response::{Severity, TxStatus, put_error};
 use crate::wire::pg::messages::simple::put_query;
 use crate::wire::pg::messages::write::{put_empty, put_msg};
 use bytes::BytesMut;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_lockserver::client::{HeldLock, LockKey, Xid};
@@ -637,39 +638,27 @@ impl Relay<'_> {
         // Rows foreign-key actions change in other tables are not the write's own:
         // their tables are judged as a whole.
         let cascaded = Cascade::reached_by(&meta.cascades, &write);
-        if !cascaded.is_empty() {
-            match self.guard_tables(&cascaded, Names::Tables).await {
-                TablesGuarded::Yes => {}
-                TablesGuarded::LockserverDown => return Ok(RowsToCheck::Unchecked),
-                TablesGuarded::Locked(table) => {
-                    return Ok(RowsToCheck::Refused(Error::CascadeLocked {
-                        table: qualified_name(&meta),
-                        reached: table,
-                    }));
-                }
-            }
+        let refusal = |reached| Error::CascadeLocked {
+            table: qualified_name(&meta),
+            reached,
+        };
+        if let ControlFlow::Break(outcome) = self.guard_reached(&cascaded, refusal).await {
+            return Ok(outcome);
         }
         // A write through a view (or a table's rule) changes other tables' rows, which
         // no key of its own names: their tables are judged as a whole. A plain INSERT
         // too: one through a view may recreate a key a global transaction deleted, and
         // a rule may update rows.
-        {
-            let reached = match self.reached_by_relation(&meta.table).await {
-                Some(reached) => reached,
-                None => vec![tandem_undo::EVERY_TABLE.to_owned()],
-            };
-            if !reached.is_empty() {
-                match self.guard_tables(&reached, Names::Tables).await {
-                    TablesGuarded::Yes => {}
-                    TablesGuarded::LockserverDown => return Ok(RowsToCheck::Unchecked),
-                    TablesGuarded::Locked(table) => {
-                        return Ok(RowsToCheck::Refused(Error::ReachedLocked {
-                            relation: qualified_name(&meta),
-                            table,
-                        }));
-                    }
-                }
-            }
+        let reached = match self.reached_by_relation(&meta.table).await {
+            Some(reached) => reached,
+            None => vec![tandem_undo::EVERY_TABLE.to_owned()],
+        };
+        let refusal = |table| Error::ReachedLocked {
+            relation: qualified_name(&meta),
+            table,
+        };
+        if let ControlFlow::Break(outcome) = self.guard_reached(&reached, refusal).await {
+            return Ok(outcome);
         }
         if meta.pk.is_empty() {
             // Never captured, so never globally locked.
@@ -825,6 +814,27 @@ impl Relay<'_> {
             }
         }
         Ok(Some(texts))
+    }
+
+    /// Guards on the tables (as the catalog named them) a write changes besides its own
+    /// rows (`guard_tables`). Break: what the write then needs, to run unchecked (the
+    /// lockserver does not answer) or the refusal `refusal` makes of a table that may
+    /// hold global locks.
+    async fn guard_reached(
+        &mut self,
+        reached: &[String],
+        refusal: impl FnOnce(String) -> Error,
+    ) -> ControlFlow<RowsToCheck> {
+        if reached.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        match self.guard_tables(reached, Names::Tables).await {
+            TablesGuarded::Yes => ControlFlow::Continue(()),
+            TablesGuarded::LockserverDown => ControlFlow::Break(RowsToCheck::Unchecked),
+            TablesGuarded::Locked(table) => {
+                ControlFlow::Break(RowsToCheck::Refused(refusal(table)))
+            }
+        }
     }
 
     /// Guards on the tables named `names` for a write that may change their rows

@@ -77,6 +77,7 @@ use crate::wire::mysql::Header;
 use crate::wire::mysql::codes::StatusFlags;
 use crate::wire::mysql::messages::response::HeldResultSet;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
+use std::ops::ControlFlow;
 use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
 use tandem_undo::{Analysis, Capture, Cascade, Mysql, OnDuplicate, Write, WriteKind};
@@ -175,6 +176,25 @@ impl Relay<'_> {
             return Ok(None);
         }
         self.unanalysed_write(sql).await
+    }
+
+    /// Guards on the tables (as the catalog named them) a write changes besides its own
+    /// rows (`guard_tables`). Break: what the write then gets, to go on as sent (the
+    /// lockserver does not answer) or the refusal `refusal` makes of a table that may
+    /// hold global locks.
+    async fn guard_reached(
+        &mut self,
+        reached: &[String],
+        refusal: impl FnOnce(String) -> Error,
+    ) -> Result<ControlFlow<Option<Handled>>> {
+        if reached.is_empty() {
+            return Ok(ControlFlow::Continue(()));
+        }
+        Ok(match self.guard_tables(reached).await {
+            TablesGuarded::Yes => ControlFlow::Continue(()),
+            TablesGuarded::LockserverDown => ControlFlow::Break(None),
+            TablesGuarded::Locked(table) => ControlFlow::Break(Some(self.refuse(refusal(table))?)),
+        })
     }
 
     /// Guards on the tables named `names` for a write that may change their rows
@@ -382,34 +402,22 @@ impl Relay<'_> {
         // the view names: their tables are judged as a whole (a plain INSERT too: it may
         // recreate a key a global transaction deleted).
         let reached = self.tables_under_view(&table.meta.table).await;
-        if !reached.is_empty() {
-            match self.guard_tables(&reached).await {
-                TablesGuarded::Yes => {}
-                TablesGuarded::LockserverDown => return Ok(None),
-                TablesGuarded::Locked(reached) => {
-                    let e = Error::ReachedLocked {
-                        relation: qualified_name(&table.meta),
-                        table: reached,
-                    };
-                    return self.refuse(e).map(Some);
-                }
-            }
+        let refusal = |reached| Error::ReachedLocked {
+            relation: qualified_name(&table.meta),
+            table: reached,
+        };
+        if let ControlFlow::Break(handled) = self.guard_reached(&reached, refusal).await? {
+            return Ok(handled);
         }
         // Rows foreign-key actions change in other tables are not the write's own:
         // their tables are judged as a whole.
         let cascaded = Cascade::reached_by(&table.meta.cascades, write);
-        if !cascaded.is_empty() {
-            match self.guard_tables(&cascaded).await {
-                TablesGuarded::Yes => {}
-                TablesGuarded::LockserverDown => return Ok(None),
-                TablesGuarded::Locked(reached) => {
-                    let e = Error::CascadeLocked {
-                        table: qualified_name(&table.meta),
-                        reached,
-                    };
-                    return self.refuse(e).map(Some);
-                }
-            }
+        let refusal = |reached| Error::CascadeLocked {
+            table: qualified_name(&table.meta),
+            reached,
+        };
+        if let ControlFlow::Break(handled) = self.guard_reached(&cascaded, refusal).await? {
+            return Ok(handled);
         }
         if table.meta.pk.is_empty() {
             // Never captured, so never globally locked.
