@@ -555,6 +555,7 @@ impl LockClient {
     pub async fn held_lock(&self, keys: &[LockKey]) -> Result<Option<HeldLock>> {
         let req = pb::LockQueryRequest {
             lock_keys: keys.iter().map(|k| k.as_str().to_string()).collect(),
+            release_idle_tables: false,
         };
         let r = match self
             .call("lock_query", Duration::ZERO, pb::call::Op::LockQuery(req))
@@ -570,6 +571,35 @@ impl LockClient {
                 holder_rolling_back: c.holder_rolling_back,
             })),
             None => Ok(None),
+        }
+    }
+
+    /// Asks the lockserver to unannounce the tables `tables` of `resource` that hold no
+    /// global lock now, rather than after its `unannounce_after_ms` (the table view
+    /// hears of it by its notices, as of any unannouncement). Returns the ones that
+    /// stay announced: they hold locks, or are being announced (with Redis, all).
+    pub async fn release_idle_tables(
+        &self,
+        resource: &str,
+        tables: &[&str],
+    ) -> Result<Vec<String>> {
+        let req = pb::LockQueryRequest {
+            lock_keys: tables
+                .iter()
+                .map(|t| {
+                    LockKey::new(resource, t, ["tandem_release"])
+                        .as_str()
+                        .to_string()
+                })
+                .collect(),
+            release_idle_tables: true,
+        };
+        match self
+            .call("lock_query", Duration::ZERO, pb::call::Op::LockQuery(req))
+            .await?
+        {
+            pb::answer::Result::LockQuery(r) => Ok(r.tables_in_use),
+            _ => Err(unexpected()),
         }
     }
 

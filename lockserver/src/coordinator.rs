@@ -306,6 +306,20 @@ impl Coordinator {
         }
     }
 
+    /// Unannounces now the tables of `keys` that hold no lock ([`Tables::release_idle`]);
+    /// returns the table prefixes that stay announced (with Redis, every one).
+    pub fn release_idle_tables(&self, keys: &[LockKey]) -> Vec<String> {
+        let mut prefixes: Vec<&str> = keys.iter().map(LockKey::table_prefix).collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        match self.embedded() {
+            Some(store) => self
+                .tables
+                .release_idle(&prefixes, |p| store.tables_in_use(p)),
+            None => prefixes.into_iter().map(str::to_owned).collect(),
+        }
+    }
+
     /// Records a branch's phase-1 result: `cmd` is a [`Command::Report`], or a
     /// [`Command::Withdraw`] of a registration whose answer its caller never heard.
     pub async fn report(&self, cmd: Command) -> Result<()> {

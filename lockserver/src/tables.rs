@@ -597,29 +597,74 @@ impl Tables {
         if candidates.is_empty() {
             return;
         }
-        let mut map = self.write();
         let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
-        // Checked again under the write side: no registration is between its check
-        // and its apply now, and a later one finds the table unannounced and
-        // announces it again, in a notice queued after this one.
-        let used = in_use(&refs);
+        self.remove_unused(self.write(), &refs, in_use);
+    }
+
+    /// Unannounces at once the tables of `prefixes` that are announced, ready and hold
+    /// no lock (`in_use`, as for [`Self::unannounce_idle`]): a proxy asks before a
+    /// write it can judge only by its tables, which would otherwise be refused (or
+    /// wait) until the timer got to them. Returns the prefixes that stay announced:
+    /// tables holding locks or being announced; untracked, every one.
+    ///
+    /// A table being announced stays: its registration takes its locks under the
+    /// gate as soon as it is ready. One let go between its readiness and that
+    /// (another registration of the same announcement still on its way) is announced
+    /// again, as after the timer.
+    pub fn release_idle(
+        &self,
+        prefixes: &[&str],
+        in_use: impl Fn(&[&str]) -> Vec<bool>,
+    ) -> Vec<String> {
+        if !self.tracked {
+            return prefixes.iter().map(|p| (*p).to_owned()).collect();
+        }
+        let map = self.write();
+        let mut staying = Vec::new();
+        let mut candidates = Vec::new();
+        for p in prefixes {
+            match map.get(*p) {
+                None => {}
+                Some(t) if t.need.is_some() => staying.push((*p).to_owned()),
+                Some(_) => candidates.push(*p),
+            }
+        }
+        staying.extend(self.remove_unused(map, &candidates, in_use));
+        staying
+    }
+
+    /// Unannounces those of `candidates` that `in_use` says hold no lock, under the
+    /// write side `map` of the gate; returns the others.
+    fn remove_unused(
+        &self,
+        mut map: std::sync::RwLockWriteGuard<'_, Announced>,
+        candidates: &[&str],
+        in_use: impl Fn(&[&str]) -> Vec<bool>,
+    ) -> Vec<String> {
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        // Asked under the write side: no registration is between its check and its
+        // apply now, and a later one finds the table unannounced and announces it
+        // again, in a notice queued after this one.
+        let used = in_use(candidates);
         let mut gone: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (p, used) in refs.into_iter().zip(used) {
+        let mut staying = Vec::new();
+        for (p, used) in candidates.iter().zip(used) {
             if used {
+                staying.push((*p).to_owned());
                 continue;
             }
-            if let Some(t) = map.remove(p) {
+            if let Some(t) = map.remove(*p) {
                 tracing::debug!(resource = %t.resource, table = %t.table, "table unannounced");
                 gone.entry(t.resource).or_default().push(t.table);
             }
         }
-        if gone.is_empty() {
-            return;
+        if !gone.is_empty() {
+            let mut subs = self.subs();
+            let (send, _) = subs.notices(&gone, false);
+            subs.send(send, Instant::now());
         }
-        let mut subs = self.subs();
-        let (send, _) = subs.notices(&gone, false);
-        subs.send(send, Instant::now());
-        drop(subs);
-        drop(map);
+        staying
     }
 }

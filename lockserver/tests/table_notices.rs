@@ -333,6 +333,80 @@ async fn an_idle_table_is_unannounced() {
     s.shutdown().await;
 }
 
+/// A proxy about to run a write it can judge only by its tables asks the lockserver
+/// to let go of those holding no lock, rather than wait out `unannounce_after_ms`:
+/// only they are unannounced, and an unchecked write then holds up the next
+/// announcement as on any table never announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_holding_no_lock_is_let_go_when_a_proxy_asks() {
+    let s = start(|c| c.unannounce_after_ms = 600_000).await;
+    let view = TableLockView::new(Duration::from_millis(800));
+    let w = proxy(&s, Some(view.clone())).await;
+    let x = s.client.begin(None).await.unwrap();
+    s.client
+        .register_branch(&x, R, BranchKind::AT, &[key("public.t", 1)], Duration::ZERO)
+        .await
+        .unwrap();
+    s.register("public.u", &[1]).await.unwrap();
+    assert_eq!(view.announced(R, None).len(), 2);
+    assert_eq!(view.announced(R, Some("T")), vec!["public.t".to_owned()]);
+    let in_use = s
+        .client
+        .release_idle_tables(R, &["public.t", "public.u"])
+        .await
+        .unwrap();
+    assert_eq!(in_use, ["public.t", "public.u"], "both hold a lock");
+
+    s.client.commit(&x).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.client.locks_held(&[key("public.t", 1)]).await.unwrap() {
+        assert!(Instant::now() < deadline, "the commit's locks stay");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(view.may_be_locked(R, "public.t"), "still announced");
+    let in_use = s
+        .client
+        .release_idle_tables(R, &["public.t", "public.u", "public.never"])
+        .await
+        .unwrap();
+    assert_eq!(in_use, ["public.u"], "only the table holding a lock stays");
+    eventually("the view lets public.t go", || {
+        !view.may_be_locked(R, "public.t")
+    })
+    .await;
+    assert!(view.may_be_locked(R, "public.u"));
+
+    // A write let through unchecked now holds up public.t's next announcement, which
+    // is not let go while it waits for the acknowledgement.
+    let unchecked = view.enter_unchecked(R, Some("public.t")).unwrap();
+    let registering = {
+        let client = s.client.clone();
+        tokio::spawn(async move {
+            let x = client.begin(None).await.unwrap();
+            client
+                .register_branch(&x, R, BranchKind::AT, &[key("public.t", 2)], Duration::ZERO)
+                .await
+        })
+    };
+    eventually("public.t is announced again", || {
+        view.may_be_locked(R, "public.t")
+    })
+    .await;
+    let in_use = s
+        .client
+        .release_idle_tables(R, &["public.t"])
+        .await
+        .unwrap();
+    assert_eq!(in_use, ["public.t"], "being announced");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!registering.is_finished(), "waits for the unchecked write");
+    drop(unchecked);
+    registering.await.unwrap().unwrap();
+    assert!(s.client.locks_held(&[key("public.t", 2)]).await.unwrap());
+    w.shutdown().await;
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_recovered_at_start_are_announced() {
     let s = start(|_| {}).await;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::coordinator::Coordinator;
-use crate::core::locks::LockKey;
+use crate::core::locks::{LockKey, split_table_prefix};
 use crate::core::txn::{BranchKind, BranchStatus, Command, Phase2Outcome, Work, Xid};
 use crate::error::Error;
 use crate::proto::{self as pb, coordinator_server::CoordinatorServer};
@@ -440,13 +440,20 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         req: Request<pb::LockQueryRequest>,
     ) -> Result<Response<pb::LockQueryResponse>, Status> {
         let _p = self.coord.permit().map_err(to_status)?;
-        let held = self
-            .coord
-            .lock_query(&keys(&req.get_ref().lock_keys)?)
-            .await
-            .map_err(to_status)?;
+        let keys = keys(&req.get_ref().lock_keys)?;
+        let held = self.coord.lock_query(&keys).await.map_err(to_status)?;
+        let tables_in_use = if req.get_ref().release_idle_tables {
+            let staying = self.coord.release_idle_tables(&keys);
+            staying
+                .iter()
+                .filter_map(|p| split_table_prefix(p).map(|(_, table)| table.to_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::LockQueryResponse {
             held: held.map(|(k, x, rb)| conflict(k, x, rb)),
+            tables_in_use,
         }))
     }
 

@@ -259,6 +259,25 @@ impl TableLockView {
         })
     }
 
+    /// The announced tables of `resource` that keep a write to the table called `name`
+    /// (in any schema, compared as [`Self::enter_unchecked_by_name`] does; None: to any
+    /// table) from entering unchecked. Empty while the view is not trusted.
+    pub fn announced(&self, resource: &str, name: Option<&str>) -> Vec<String> {
+        let now = Instant::now();
+        let Some(r) = self.resource(resource) else {
+            return Vec::new();
+        };
+        let t = r.read();
+        if !self.trusted(&t, now) {
+            return Vec::new();
+        }
+        t.locked
+            .iter()
+            .filter(|qualified| name.is_none_or(|name| names(qualified, name)))
+            .cloned()
+            .collect()
+    }
+
     /// Whether the lockserver said it does not know which tables of `resource` hold
     /// global locks (a Redis store): nothing can be told by a table alone.
     pub fn untracked(&self, resource: &str) -> bool {

@@ -18,6 +18,13 @@ use tandem_lockserver::client::{HeldLock, LockClient, LockKey, TableLockView, Un
 /// How often a waiting write asks the lockserver again.
 pub const RECHECK: Duration = Duration::from_millis(20);
 
+/// How long a write waits for the view to show a table the lockserver let go for it
+/// ([`LockClient::release_idle_tables`]), in either mode: the notice is on its way.
+const NOTICE_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a write waiting for such a notice looks at the view again.
+const NOTICE_POLL: Duration = Duration::from_millis(2);
+
 /// After the lockserver failed to answer a check, writes run unchecked this long before
 /// one asks again: a lockserver that is down must not cost every write a failed call.
 const SKIP_CHECKS_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -114,7 +121,8 @@ impl OutsideWriteChecks {
     /// (in any schema; [`tandem_undo::EVERY_TABLE`]: all of them) for a write that may
     /// change their rows unchecked. While one of them may hold global locks the write
     /// waits (up to `wait_until`, if given) until none does, holding nothing meanwhile: an
-    /// announcement must not wait for it. `named_elsewhere`: a name whose table's locks
+    /// announcement must not wait for it. The lockserver is asked to let go of the
+    /// announced ones that hold no lock, in either mode, and their notices awaited. `named_elsewhere`: a name whose table's locks
     /// go by another name (a PostgreSQL partition's, by its root's), never guarded by
     /// its own.
     pub async fn guard_tables(
@@ -129,7 +137,10 @@ impl OutsideWriteChecks {
         if self.tables.untracked(resource) {
             return TablesGuarded::Yes;
         }
-        let mut probed = false;
+        // When the lockserver was last asked to let idle tables go; until when a table
+        // it let go may take to leave the view.
+        let mut asked: Option<Instant> = None;
+        let mut notice_until: Option<Instant> = None;
         loop {
             let mut guards = Vec::with_capacity(names.len());
             let mut locked = None;
@@ -149,27 +160,53 @@ impl OutsideWriteChecks {
                     }
                 }
             }
-            let Some(table) = locked else {
+            let Some(name) = locked else {
                 for guard in guards {
                     unchecked.hold_uncovering(guard);
                 }
                 return TablesGuarded::Yes;
             };
             drop(guards);
-            if !probed {
-                // Announced, or the view is not current: a lockserver that does not
-                // answer lets the write run, as it lets every write.
-                probed = true;
-                let probe = LockKey::new(resource, table, ["tandem_probe"]);
-                if self.held(lock, &[probe]).await.is_err() {
-                    unchecked.pass_all();
-                    return TablesGuarded::LockserverDown;
+            let now = Instant::now();
+            if asked.is_none_or(|at| now >= at + RECHECK) {
+                asked = Some(now);
+                // A table stays announced a while after its last lock: one holding
+                // none now is let go at once, and its notice lets the write in.
+                let by_name = (name != tandem_undo::EVERY_TABLE).then(|| lock_name_part(name));
+                let announced = self.tables.announced(resource, by_name.as_deref());
+                let answered = if announced.is_empty() {
+                    // The view is not current: a lockserver that does not answer lets
+                    // the write run, as it lets every write.
+                    let probe = LockKey::new(resource, name, ["tandem_probe"]);
+                    self.held(lock, &[probe]).await.map(|_| None)
+                } else {
+                    let tables: Vec<&str> = announced.iter().map(String::as_str).collect();
+                    lock.release_idle_tables(resource, &tables)
+                        .await
+                        .map(|in_use| Some(in_use.is_empty()))
+                };
+                match answered {
+                    Err(_) => {
+                        self.skip_for_a_while();
+                        unchecked.pass_all();
+                        return TablesGuarded::LockserverDown;
+                    }
+                    Ok(Some(true)) => {
+                        notice_until.get_or_insert(now + NOTICE_WAIT);
+                    }
+                    Ok(_) => notice_until = None,
                 }
             }
-            if wait_until.is_none_or(|deadline| Instant::now() + RECHECK > deadline) {
-                return TablesGuarded::Locked(table.clone());
+            let until = wait_until.max(notice_until);
+            if until.is_none_or(|until| Instant::now() + NOTICE_POLL > until) {
+                return TablesGuarded::Locked(name.clone());
             }
-            tokio::time::sleep(RECHECK).await;
+            tokio::time::sleep(if notice_until.is_some() {
+                NOTICE_POLL
+            } else {
+                RECHECK
+            })
+            .await;
         }
     }
 }

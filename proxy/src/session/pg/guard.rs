@@ -698,7 +698,7 @@ impl Relay<'_> {
     async fn unanalysed_write(&mut self, sql: &str, runs: bool) -> Result<RowsToCheck> {
         if self.binding.xid().is_some() {
             // XA mode's gap stays as README documents it: its scripts would otherwise
-            // be refused for as long as a table stays announced after AT work on it.
+            // be refused while AT work holds locks on their tables.
             return Ok(RowsToCheck::Unchecked);
         }
         // First without the texts, noting which names an EXECUTE runs.

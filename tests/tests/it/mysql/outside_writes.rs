@@ -1508,3 +1508,46 @@ async fn sql_level_execute_and_analyze_are_judged_by_the_statement_they_run() {
     );
     finish(lockserver, [global, outside]).await;
 }
+
+/// A table stays announced for `unannounce_after_ms` (10 s) after its last global
+/// lock. A write judged by its tables does not wait that out, in either mode: the
+/// lockserver lets go of a table holding no lock when the write asks. The next global
+/// transaction announces it again, and the write fails again while its row is held.
+#[tokio::test]
+async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
+    let db = prepare("my_outside_let_go").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let mut b = my::connect(&outside, &db.name).await;
+    let judged =
+        |id: i32| format!("SELECT 1; UPDATE accounts SET balance = balance + 1 WHERE id = {id}");
+    for (round, end) in ["SELECT tandem_rollback()", "SELECT tandem_commit()"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut a = hold_row(&global, &db, 2).await;
+        let held = dump(&mut direct, "accounts").await;
+        let err = b.query_drop(judged(2)).await.expect_err(end);
+        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{end}: {err}");
+        assert_eq!(dump(&mut direct, "accounts").await, held, "{end}");
+        text(&mut a, end).await.unwrap();
+        eventually("no global lock is left", || async {
+            let (_, locks) = lockserver.get("/v1/locks").await;
+            locks["locks"].as_array().map(Vec::len) == Some(0)
+        })
+        .await;
+        b.query_drop(judged(2)).await.unwrap();
+        let expected = [1001, 2][round];
+        assert_eq!(balance(&mut direct, 2).await, Some(expected), "after {end}");
+    }
+    // The table is announced again for the next global transaction, whose rollback
+    // is exact.
+    let before = dump(&mut direct, "accounts").await;
+    let mut a = hold_row(&global, &db, 3).await;
+    let err = b.query_drop(judged(3)).await.expect_err("held by the next");
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    rolled_back(&mut a).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    drop((a, b));
+    finish(lockserver, [global, outside]).await;
+}

@@ -2223,3 +2223,55 @@ async fn a_table_named_with_a_non_ascii_capital_is_held_and_checked() {
     );
     finish(lockserver, [global, outside]).await;
 }
+
+/// No global lock is held any more (a commit's phase 2 has run).
+async fn no_global_lock_left(lockserver: &TestLockserver) {
+    eventually("no global lock is left", || async {
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        locks["locks"].as_array().map(Vec::len) == Some(0)
+    })
+    .await;
+}
+
+/// A table stays announced for `unannounce_after_ms` (10 s) after its last global
+/// lock. A write judged by its tables does not wait that out, in either mode: the
+/// lockserver lets go of a table holding no lock when the write asks. The next global
+/// transaction announces it again, and the write is refused again while its row is
+/// held.
+#[tokio::test]
+async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
+    let orders = prepare("outside_let_go").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let b = outside.connect(&orders.name).await;
+    let judged =
+        |id: i32| format!("SELECT 1; UPDATE accounts SET balance = balance + 1 WHERE id = {id}");
+    for (round, end) in ["SELECT tandem_rollback()", "SELECT tandem_commit()"]
+        .into_iter()
+        .enumerate()
+    {
+        let a = hold_row(&global, &orders.name, 4).await;
+        let held = rows_of(&direct, "accounts").await;
+        let err = b.batch_execute(&judged(4)).await.expect_err(end);
+        assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        assert_eq!(rows_of(&direct, "accounts").await, held, "{end}");
+        one(&a, end).await.unwrap();
+        no_global_lock_left(&lockserver).await;
+        b.batch_execute(&judged(4)).await.unwrap();
+        let expected = [1001, 2][round];
+        assert_eq!(balance(&direct, 4).await, expected, "applied after {end}");
+    }
+    // The table is announced again for the next global transaction, whose rollback
+    // is exact.
+    let before = rows_of(&direct, "accounts").await;
+    let a = hold_row(&global, &orders.name, 5).await;
+    let err = b
+        .batch_execute(&judged(5))
+        .await
+        .expect_err("held by the next");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    rolled_back(&a).await;
+    assert_eq!(rows_of(&direct, "accounts").await, before);
+    drop((a, b));
+    finish(lockserver, [global, outside]).await;
+}
