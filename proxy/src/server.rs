@@ -140,7 +140,7 @@ pub async fn run(
             writing_functions: crate::at::meta::CatalogNames::new(
                 crate::at::meta::WRITING_FUNCTIONS,
             ),
-            partitions: crate::at::meta::CatalogNames::new(crate::at::meta::PARTITIONS),
+            partition_roots: crate::at::meta::CatalogReach::new(crate::at::meta::PARTITION_ROOTS),
             reached_through_rules: crate::at::meta::CatalogReach::new(
                 crate::at::meta::REACHED_THROUGH_RULES,
             ),

@@ -245,10 +245,14 @@ pub const WRITING_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_cat
     AND p.prorettype NOT IN ('pg_catalog.trigger'::regtype, 'pg_catalog.event_trigger'::regtype)
     AND p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)";
 
-/// Names of partitions, in any schema: a write that names one is checked under its
-/// partition tree's root, which a name alone does not show.
-pub const PARTITIONS: &str =
-    "SELECT DISTINCT relname::text FROM pg_catalog.pg_class WHERE relispartition";
+/// For each partition, by name in any schema: its partition tree's root, whose name
+/// its rows' global locks go by (a name alone does not show it).
+pub const PARTITION_ROOTS: &str = "SELECT
+        (SELECT nspname FROM pg_catalog.pg_namespace WHERE oid = c.relnamespace)::text,
+        c.relname::text,
+        ARRAY(SELECT r.relname::text FROM pg_catalog.pg_class r
+            WHERE r.oid = pg_catalog.pg_partition_root(c.oid))
+    FROM pg_catalog.pg_class c WHERE c.relispartition";
 
 /// For each relation with rewrite rules (a view's `_RETURN`, a rule's `DO ALSO` or
 /// `DO INSTEAD`), by name in any schema: the tables a write through it may change
@@ -355,8 +359,8 @@ impl<T> NamesCache<T> {
     }
 }
 
-/// Per database, a set of names one catalog query gives (`WRITING_FUNCTIONS`,
-/// `PARTITIONS`), read over a side connection (see `NamesCache`).
+/// Per database, a set of names one catalog query gives (`WRITING_FUNCTIONS`), read
+/// over a side connection (see `NamesCache`).
 pub struct CatalogNames {
     query: &'static str,
     cache: NamesCache,
@@ -393,7 +397,7 @@ pub fn qualified_key(schema: &str, name: &str) -> String {
 
 /// Per database, the tables a write through a name may change besides (or instead
 /// of) its own, as one catalog query gives them by name, and by schema and name
-/// (`qualified_key`) (`REACHED_THROUGH_RULES`, `REACHED_BY_ACTIONS`; read over a side
+/// (`qualified_key`) (`PARTITION_ROOTS`, `REACHED_THROUGH_RULES`, `REACHED_BY_ACTIONS`; read over a side
 /// connection, see `NamesCache`).
 pub struct CatalogReach {
     query: &'static str,

@@ -122,15 +122,13 @@ impl OutsideWriteChecks {
     /// change their rows unchecked. While one of them may hold global locks the write
     /// waits (up to `wait_until`, if given) until none does, holding nothing meanwhile: an
     /// announcement must not wait for it. The lockserver is asked to let go of the
-    /// announced ones that hold no lock, in either mode, and their notices awaited. `named_elsewhere`: a name whose table's locks
-    /// go by another name (a PostgreSQL partition's, by its root's), never guarded by
-    /// its own.
+    /// announced ones that hold no lock, in either mode, and their notices awaited;
+    /// so is a view not current yet (a database first served).
     pub async fn guard_tables(
         &self,
         lock: &LockClient,
         resource: &str,
         names: &[String],
-        named_elsewhere: impl Fn(&str) -> bool,
         wait_until: Option<Instant>,
         unchecked: &mut UncheckedGuards,
     ) -> TablesGuarded {
@@ -143,24 +141,20 @@ impl OutsideWriteChecks {
         let mut notice_until: Option<Instant> = None;
         loop {
             let mut guards = Vec::with_capacity(names.len());
-            let mut locked = None;
+            let mut blocked = Vec::new();
             for name in names {
                 let guard = if name == tandem_undo::EVERY_TABLE {
                     self.tables.enter_unchecked(resource, None)
                 } else {
                     self.tables
                         .enter_unchecked_by_name(resource, &lock_name_part(name))
-                        .filter(|_| !named_elsewhere(name))
                 };
                 match guard {
                     Some(guard) => guards.push(guard),
-                    None => {
-                        locked = Some(name);
-                        break;
-                    }
+                    None => blocked.push(name),
                 }
             }
-            let Some(name) = locked else {
+            let Some(&name) = blocked.first() else {
                 for guard in guards {
                     unchecked.hold_uncovering(guard);
                 }
@@ -172,18 +166,28 @@ impl OutsideWriteChecks {
                 asked = Some(now);
                 // A table stays announced a while after its last lock: one holding
                 // none now is let go at once, and its notice lets the write in.
-                let by_name = (name != tandem_undo::EVERY_TABLE).then(|| lock_name_part(name));
-                let announced = self.tables.announced(resource, by_name.as_deref());
+                let mut announced: Vec<String> = blocked
+                    .iter()
+                    .flat_map(|name| {
+                        let by_name =
+                            (*name != tandem_undo::EVERY_TABLE).then(|| lock_name_part(name));
+                        self.tables.announced(resource, by_name.as_deref())
+                    })
+                    .collect();
+                announced.sort_unstable();
+                announced.dedup();
+                // Ok(true): the view should let the write in shortly.
                 let answered = if announced.is_empty() {
-                    // The view is not current: a lockserver that does not answer lets
-                    // the write run, as it lets every write.
+                    // The view is not current (a stream for a database first served is
+                    // on its way, say): a lockserver that does not answer lets the
+                    // write run, as it lets every write; one that does sends the view.
                     let probe = LockKey::new(resource, name, ["tandem_probe"]);
-                    self.held(lock, &[probe]).await.map(|_| None)
+                    self.held(lock, &[probe]).await.map(|_| true)
                 } else {
                     let tables: Vec<&str> = announced.iter().map(String::as_str).collect();
                     lock.release_idle_tables(resource, &tables)
                         .await
-                        .map(|in_use| Some(in_use.is_empty()))
+                        .map(|in_use| in_use.is_empty())
                 };
                 match answered {
                     Err(_) => {
@@ -191,10 +195,10 @@ impl OutsideWriteChecks {
                         unchecked.pass_all();
                         return TablesGuarded::LockserverDown;
                     }
-                    Ok(Some(true)) => {
+                    Ok(true) => {
                         notice_until.get_or_insert(now + NOTICE_WAIT);
                     }
-                    Ok(_) => notice_until = None,
+                    Ok(false) => notice_until = None,
                 }
             }
             let until = wait_until.max(notice_until);

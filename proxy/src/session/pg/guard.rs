@@ -608,11 +608,11 @@ impl Relay<'_> {
             // point like a name that may be held.
             let partition = match self
                 .ctx
-                .partitions
+                .partition_roots
                 .get(&self.ctx.side, &self.database)
                 .await
             {
-                Ok(partitions) => partitions.contains(&write.table.name),
+                Ok(roots) => roots.contains_key(&write.table.name),
                 Err(_) => true,
             };
             let written_elsewhere = partition
@@ -841,15 +841,13 @@ impl Relay<'_> {
     /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and
     /// outside a transaction block, while one may hold global locks.
     async fn guard_tables(&mut self, names: &[String], named: Names) -> TablesGuarded {
-        let partitions = (self.ctx.partitions)
-            .get(&self.ctx.side, &self.database)
-            .await
-            .ok();
-        // A view's (or a rule's) tables are written through its name, and what
-        // foreign-key actions change is changed with what they act on.
+        // A partition's rows are locked under its root's name, a view's (or a rule's)
+        // tables are written through its name, and what foreign-key actions change is
+        // changed with what they act on.
         let mut names = names.to_vec();
         let reaches = match named {
             Names::AsWritten => &[
+                &self.ctx.partition_roots,
                 &self.ctx.reached_through_rules,
                 &self.ctx.reached_by_actions,
             ][..],
@@ -865,9 +863,6 @@ impl Relay<'_> {
         }
         names.sort_unstable();
         names.dedup();
-        // A partition's rows are locked under its root's name, which its own does not
-        // show.
-        let partition = |name: &str| partitions.as_ref().is_none_or(|p| p.contains(name));
         // In a block the client's earlier work may hold rows a rollback needs: it
         // fails at once, as a checked write there does.
         let waits = self.ctx.outside.waits() && self.phase == super::Phase::Ready(TxStatus::Idle);
@@ -877,7 +872,6 @@ impl Relay<'_> {
                 &self.ctx.lock,
                 &self.resource,
                 &names,
-                partition,
                 waits.then_some(deadline),
                 &mut self.unchecked,
             )

@@ -66,8 +66,9 @@ pub struct PgFrontendContext {
     pub meta: MetaCache,
     /// Functions a global transaction must not call (they may write uncaptured).
     pub writing_functions: crate::at::meta::CatalogNames,
-    /// Partitions' names, which a write checked mid-pipeline cannot map to a root.
-    pub partitions: crate::at::meta::CatalogNames,
+    /// Each partition's root, by the partition's name: writes judged by the tables
+    /// they name are judged by the roots, whose names global locks go by.
+    pub partition_roots: crate::at::meta::CatalogReach,
     /// The tables writes through views (and tables with rules) reach.
     pub reached_through_rules: crate::at::meta::CatalogReach,
     /// The tables foreign-key actions reach from each table, for writes judged by the

@@ -335,7 +335,7 @@ impl Relay<'_> {
                 {
                     self.ctx.meta.invalidate(&self.database);
                     self.ctx.writing_functions.invalidate(&self.database);
-                    self.ctx.partitions.invalidate(&self.database);
+                    self.ctx.partition_roots.invalidate(&self.database);
                     self.ctx.reached_through_rules.invalidate(&self.database);
                     self.ctx.reached_by_actions.invalidate(&self.database);
                     self.forget_resolved_tables();

@@ -2275,3 +2275,61 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
     drop((a, b));
     finish(lockserver, [global, outside]).await;
 }
+
+/// A write judged by its tables that names a partition is judged by its partition
+/// tree's root, whose name the tree's global locks go by: it runs while only other
+/// tables hold global locks, and fails while a row of the tree is held.
+#[tokio::test]
+async fn a_write_judged_by_its_tables_that_names_a_partition_is_judged_by_its_root() {
+    let orders = prepare("outside_partition").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE events (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+             CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (100);
+             CREATE TABLE events_2 PARTITION OF events FOR VALUES FROM (100) TO (200);
+             INSERT INTO events VALUES (1, 1), (2, 1), (150, 1)",
+        )
+        .await
+        .unwrap();
+    // Only accounts holds a global lock.
+    let a = hold_row(&global, &orders.name, 4).await;
+    let b = outside.connect(&orders.name).await;
+    b.batch_execute("SELECT 1; UPDATE events_1 SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    b.batch_execute("TRUNCATE events_2").await.unwrap();
+    let free = vec!["(1,2)".to_owned(), "(2,1)".to_owned()];
+    assert_eq!(rows_of(&direct, "events").await, free);
+    rolled_back(&a).await;
+
+    // A row of the tree is held, written through a partition's name.
+    let c = global.connect(&orders.name).await;
+    one(&c, "SELECT tandem_begin(60000)").await.unwrap();
+    c.batch_execute("UPDATE events_1 SET v = 7 WHERE id = 2")
+        .await
+        .unwrap();
+    let held = rows_of(&direct, "events").await;
+    for sql in [
+        "SELECT 1; UPDATE events_1 SET v = 9 WHERE id = 2",
+        "TRUNCATE events_1",
+        "SELECT 1; DELETE FROM events WHERE id = 2",
+    ] {
+        let err = b.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::LOCK_NOT_AVAILABLE),
+            "{sql}: {err:?}"
+        );
+    }
+    assert_eq!(
+        rows_of(&direct, "events").await,
+        held,
+        "nothing refused ran"
+    );
+    rolled_back(&c).await;
+    assert_eq!(rows_of(&direct, "events").await, free);
+    drop(b);
+    finish(lockserver, [global, outside]).await;
+}

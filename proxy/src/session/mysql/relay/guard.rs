@@ -228,7 +228,6 @@ impl Relay<'_> {
                 &self.ctx.lock,
                 &scope,
                 &names,
-                |_| false,
                 waits.then_some(deadline),
                 &mut self.unchecked,
             )
