@@ -68,6 +68,76 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     lockserver.stop().await;
 }
 
+/// What README tells an operator to do with a RollbackFailed global transaction works:
+/// put the row back as the branch left it and roll back again (the rollback then
+/// restores the row as it was before), or keep the row as it now is by deleting the
+/// branch's undo rows and rolling back again. Either way the transaction ends
+/// Rollbacked and its locks go.
+#[tokio::test]
+async fn an_operator_ends_a_rollback_failed_transaction_either_way() {
+    let orders = prepare("at_dirty_resolved").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    for keep_the_dirty_write in [false, true] {
+        let xid = one(&a, "SELECT tandem_begin(30000)")
+            .await
+            .unwrap()
+            .unwrap();
+        a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 5")
+            .await
+            .unwrap();
+        direct
+            .batch_execute("UPDATE accounts SET balance = 777 WHERE id = 5")
+            .await
+            .unwrap();
+        let status = one(&a, "SELECT tandem_rollback()").await.unwrap();
+        assert_eq!(status.as_deref(), Some("RollbackFailed"));
+        let expected = if keep_the_dirty_write {
+            direct
+                .execute("DELETE FROM undo_log WHERE xid = $1", &[&xid])
+                .await
+                .unwrap();
+            dump(&direct).await
+        } else {
+            direct
+                .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 5")
+                .await
+                .unwrap();
+            before.clone()
+        };
+        let (code, body) = lockserver
+            .post(&format!("/v1/transactions/{xid}/rollback"), None)
+            .await;
+        assert_eq!(
+            (code, body["status"].as_str()),
+            (200, Some("Rollbacked")),
+            "{body}"
+        );
+        assert_eq!(
+            dump(&direct).await,
+            expected,
+            "kept: {keep_the_dirty_write}"
+        );
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+        eventually("the undo rows are gone", || async {
+            undo_rows(&direct).await == 0
+        })
+        .await;
+    }
+    let balance: i64 = direct
+        .query_one("SELECT balance FROM accounts WHERE id = 5", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 777, "the dirty write the operator kept");
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryable_error() {
     let orders = prepare("at_conflict").await;
