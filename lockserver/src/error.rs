@@ -90,7 +90,7 @@ pub enum Error {
     /// `table_ack_timeout_ms`. Nothing was registered or locked; retrying may succeed.
     /// Reaches a client as `Rpc { code: Aborted, .. }`, as a conflict does.
     #[error(
-        "table {table} of {resource} may not be locked yet: not every proxy acknowledged its announcement within {waited_ms} ms (nothing registered; retry)"
+        "table {table} of {resource} may not be locked yet: not every proxy acknowledged its announcement within {waited_ms} ms (waited for {waiting_for}; nothing registered; retry)"
     )]
     Unacknowledged {
         /// The resource.
@@ -99,6 +99,9 @@ pub enum Error {
         table: String,
         /// How long the registration waited.
         waited_ms: u64,
+        /// What it waited for: which proxy's acknowledgement (its worker name and
+        /// address), or the lease of which closed stream.
+        waiting_for: String,
     },
     /// Too many requests in flight; try again.
     #[error("lockserver overloaded")]

@@ -86,6 +86,8 @@ struct Table {
 
 struct Sub {
     resources: Vec<String>,
+    /// Which proxy this is, for operators (its worker name and address).
+    name: String,
     /// The proxy's view (Hello.instance), across its streams; may be empty.
     instance: String,
     /// The seq of the last snapshot notice: acked, the view is fed by this stream.
@@ -99,6 +101,7 @@ struct Sub {
 
 struct Closed {
     resources: Vec<String>,
+    name: String,
     instance: String,
     at: Instant,
 }
@@ -125,6 +128,7 @@ impl Subs {
             id,
             Closed {
                 resources: s.resources,
+                name: s.name,
                 instance: s.instance,
                 at: now,
             },
@@ -194,26 +198,30 @@ impl Subs {
         resource: &str,
         now: Instant,
         lease: Duration,
-    ) -> Option<Option<Instant>> {
+    ) -> Option<(Option<Instant>, String)> {
         let mut wake: Option<Instant> = None;
-        let mut ack = false;
+        let mut unacked = None;
+        let mut lease_of = None;
         let closed = need.closed.iter();
         for id in need.acks.iter().map(|(id, _)| id).chain(closed) {
             if let Some(s) = self.live.get(id) {
-                if let Some((_, seq)) = need.acks.iter().find(|(a, _)| a == id) {
-                    ack |= s.acked < *seq;
+                if let Some((_, seq)) = need.acks.iter().find(|(a, _)| a == id)
+                    && s.acked < *seq
+                {
+                    unacked.get_or_insert(&s.name);
                 }
             } else if let Some(c) = self.closed.get(id) {
                 let end = c.at + lease;
                 if end > now && !self.superseded(c, resource) {
                     wake = Some(wake.map_or(end, |w| w.max(end)));
+                    lease_of.get_or_insert(&c.name);
                 }
             } // forgotten: closed more than a lease ago
         }
-        match (ack, wake) {
-            (false, None) => None,
-            (true, _) => Some(None),
-            (false, w) => Some(w),
+        match (unacked, lease_of) {
+            (Some(name), _) => Some((None, format!("the acknowledgement of {name}"))),
+            (None, Some(name)) => Some((wake, format!("the lease of {name}, whose stream closed"))),
+            (None, None) => None,
         }
     }
 }
@@ -282,8 +290,9 @@ enum Progress {
     Ready,
     /// A table was unannounced meanwhile: announce it again.
     Missing,
-    /// (resource, table) not ready yet; when time alone may make it so.
-    Waiting(String, String, Option<Instant>),
+    /// (resource, table) not ready yet; when time alone may make it so; what it
+    /// waits for, for operators.
+    Waiting(String, String, Option<Instant>, String),
 }
 
 impl Tables {
@@ -353,6 +362,7 @@ impl Tables {
         id: u64,
         resources: &[String],
         instance: &str,
+        name: &str,
     ) -> (mpsc::Receiver<Down>, CancellationToken) {
         let mut resources = resources.to_vec();
         resources.sort();
@@ -390,6 +400,7 @@ impl Tables {
             Sub {
                 resources,
                 instance: instance.to_owned(),
+                name: name.to_owned(),
                 snapshot_seq: sent,
                 tx,
                 kill: kill.clone(),
@@ -442,17 +453,19 @@ impl Tables {
                 let changed = self.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                let (resource, table, wake) = match self.progress(keys) {
+                let (resource, table, wake, waiting_for) = match self.progress(keys) {
                     Progress::Ready => return Ok(()),
                     Progress::Missing => break,
-                    Progress::Waiting(r, t, w) => (r, t, w),
+                    Progress::Waiting(r, t, w, on) => (r, t, w, on),
                 };
                 let at = Instant::now();
                 if at >= deadline {
+                    tracing::warn!(%resource, %table, %waiting_for, "a table announcement was not acknowledged in time: its registration fails");
                     return Err(Error::Unacknowledged {
                         resource,
                         table,
                         waited_ms: at.saturating_duration_since(started).as_millis() as u64,
+                        waiting_for,
                     });
                 }
                 let until = wake.map_or(deadline, |w| w.min(deadline));
@@ -466,6 +479,7 @@ impl Tables {
                     resource: r.to_owned(),
                     table: t.to_owned(),
                     waited_ms: self.ack_timeout.as_millis() as u64,
+                    waiting_for: "an announcement that was let go again and again".to_owned(),
                 });
             }
         }
@@ -548,10 +562,14 @@ impl Tables {
             };
             match subs.wait_for(need, &t.resource, now, self.lease) {
                 None => t.need = None,
-                Some(wake) => {
+                Some((wake, on)) => {
                     if waiting.is_none() {
-                        waiting =
-                            Some(Progress::Waiting(t.resource.clone(), t.table.clone(), wake));
+                        waiting = Some(Progress::Waiting(
+                            t.resource.clone(),
+                            t.table.clone(),
+                            wake,
+                            on,
+                        ));
                     }
                 }
             }

@@ -280,6 +280,12 @@ async fn a_proxy_that_never_acks_fails_the_registration_without_locking() {
     let r = s.register("public.t", &[1]).await;
     assert!(unacknowledged(&r), "{r:?}");
     assert!(started.elapsed() >= Duration::from_millis(350));
+    // The error names the proxy it waited for, for operators.
+    let said = format!("{}", r.unwrap_err());
+    assert!(
+        said.contains("the acknowledgement of proxy \"raw\" at 127.0.0.1:"),
+        "{said}"
+    );
     assert_eq!(
         s.client.lock_holder(&[key("public.t", 1)]).await.unwrap(),
         None

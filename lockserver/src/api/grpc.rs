@@ -496,6 +496,9 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
         &self,
         req: Request<Streaming<pb::Phase2Up>>,
     ) -> Result<Response<Self::Phase2Stream>, Status> {
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::Phase2Up {
@@ -514,9 +517,12 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
             .map_err(to_status)?;
         let guard = Connected(self.coord.clone(), id);
         let notices = hello.table_locks.then(|| {
-            self.coord
-                .tables
-                .subscribe(id, &hello.resource_ids, &hello.instance)
+            self.coord.tables.subscribe(
+                id,
+                &hello.resource_ids,
+                &hello.instance,
+                &format!("proxy {:?} at {peer}", hello.worker_name),
+            )
         });
         tracing::info!(worker = %hello.worker_name, resources = ?hello.resource_ids, table_locks = hello.table_locks, "phase-2 stream connected");
         let (coord, cancel) = (self.coord.clone(), self.cancel.clone());
