@@ -76,6 +76,23 @@ pub struct TestLockserver {
     config: Config,
 }
 
+/// A lockserver stopped by [`TestLockserver::stop_for_restart`].
+pub struct StoppedLockserver {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    config: Config,
+    dir: Option<PathBuf>,
+}
+
+impl StoppedLockserver {
+    /// Starts it again on the same addresses and the same store.
+    pub async fn start(self) -> TestLockserver {
+        let g = TcpListener::bind(self.grpc).await.expect("rebind grpc");
+        let h = TcpListener::bind(self.http).await.expect("rebind http");
+        TestLockserver::serve(g, h, self.config, self.dir).await
+    }
+}
+
 impl TestLockserver {
     /// Starts a lockserver with the test config for `kind`.
     pub async fn start(kind: Kind) -> Self {
@@ -95,13 +112,21 @@ impl TestLockserver {
 
     /// Stops this lockserver gracefully and starts it again on the same addresses and
     /// the same store: what a proxy sees when its lockserver restarts.
-    pub async fn restart(mut self) -> Self {
-        let (grpc, http, config, dir) =
-            (self.grpc, self.http, self.config.clone(), self.dir.take());
+    pub async fn restart(self) -> Self {
+        self.stop_for_restart().await.start().await
+    }
+
+    /// Stops this lockserver gracefully, keeping its addresses and store for
+    /// [`StoppedLockserver::start`]: proxies see it down meanwhile.
+    pub async fn stop_for_restart(mut self) -> StoppedLockserver {
+        let stopped = StoppedLockserver {
+            grpc: self.grpc,
+            http: self.http,
+            config: self.config.clone(),
+            dir: self.dir.take(),
+        };
         self.stop().await;
-        let g = TcpListener::bind(grpc).await.expect("rebind grpc");
-        let h = TcpListener::bind(http).await.expect("rebind http");
-        Self::serve(g, h, config, dir).await
+        stopped
     }
 
     async fn serve(g: TcpListener, h: TcpListener, config: Config, dir: Option<PathBuf>) -> Self {

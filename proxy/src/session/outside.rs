@@ -104,14 +104,15 @@ pub fn some_statement(sql: &[u8], first_word_says: impl Fn(&[u8]) -> bool) -> bo
 }
 
 /// What [`OutsideWriteChecks::guard_tables`] found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum TablesGuarded {
     /// Every table is guarded until the sync point (or the lockserver tracks no tables,
     /// and none can be).
     Yes,
-    /// The lockserver does not answer: the write runs unchecked, and the rest of its
-    /// batch with it (the caller counts it).
-    LockserverDown,
+    /// The lockserver does not answer: outside a global transaction the write runs
+    /// unchecked, and the rest of its batch with it (the caller counts it and lets the
+    /// batch pass); an XA branch's write fails with this.
+    LockserverDown(tandem_lockserver::Error),
     /// This table may still hold global locks.
     Locked(String),
 }
@@ -190,10 +191,9 @@ impl OutsideWriteChecks {
                         .map(|in_use| in_use.is_empty())
                 };
                 match answered {
-                    Err(_) => {
+                    Err(e) => {
                         self.skip_for_a_while();
-                        unchecked.pass_all();
-                        return TablesGuarded::LockserverDown;
+                        return TablesGuarded::LockserverDown(e);
                     }
                     Ok(true) => {
                         notice_until.get_or_insert(now + NOTICE_WAIT);

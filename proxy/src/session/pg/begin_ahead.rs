@@ -248,7 +248,7 @@ impl Relay<'_> {
     /// Outside a global transaction: whether some table of the database may hold global
     /// locks (so a write in the block may need its check at a sync point).
     pub(super) fn writes_may_need_a_check(&self) -> bool {
-        !self.ctx.outside.failed_lately()
+        !self.skips_checks()
             && self
                 .ctx
                 .outside

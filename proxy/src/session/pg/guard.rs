@@ -279,12 +279,16 @@ impl Relay<'_> {
         deadline: Instant,
         rows_locked: bool,
     ) -> Option<Error> {
-        if self.ctx.outside.failed_lately() {
+        if self.skips_checks() {
             return None;
         }
         let waits = self.ctx.outside.waits();
         loop {
-            let held = self.held(keys).await?;
+            let held = match self.held(keys).await {
+                Ok(Some(held)) => held,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            };
             let gives_way = rows_locked && held.holder_rolling_back;
             if !waits || Instant::now() + RECHECK > deadline || gives_way {
                 return Some(Error::RowGloballyLocked {
@@ -299,22 +303,31 @@ impl Relay<'_> {
 
     /// The unfinished global transaction holding any of `keys`, if one does (see
     /// `held`).
-    async fn holder_of(&mut self, keys: &[LockKey]) -> Option<Xid> {
-        self.held(keys).await.map(|held| held.holder)
+    async fn holder_of(&mut self, keys: &[LockKey]) -> Result<Option<Xid>> {
+        Ok(self.held(keys).await?.map(|held| held.holder))
     }
 
-    /// The first of `keys` an unfinished global transaction holds, if one does. A
-    /// lockserver that does not answer counts as none: the write runs, and so do the
-    /// next ones for a while without asking (see rows_to_check).
-    async fn held(&mut self, keys: &[LockKey]) -> Option<HeldLock> {
+    /// The first of `keys` an unfinished global transaction holds, if one does. Outside
+    /// a global transaction a lockserver that does not answer counts as none: the write
+    /// runs, and so do the next ones for a while without asking (see rows_to_check).
+    /// An XA branch's write fails instead (`Err`): the branch cannot end without the
+    /// lockserver anyway, and its write must not overwrite a row an AT branch holds.
+    async fn held(&mut self, keys: &[LockKey]) -> Result<Option<HeldLock>> {
         match self.ctx.outside.held(&self.ctx.lock, keys).await {
-            Ok(held) => held,
+            Ok(held) => Ok(held),
+            Err(e) if self.binding.xid().is_some() => Err(Error::Lockserver(e)),
             Err(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
                 self.unchecked_outside_write();
-                None
+                Ok(None)
             }
         }
+    }
+
+    /// Writes skip their check while the lockserver failed lately, outside global
+    /// transactions only (see `held`).
+    pub(super) fn skips_checks(&self) -> bool {
+        self.binding.xid().is_none() && self.ctx.outside.failed_lately()
     }
 
     /// A Parse or Bind outside a global transaction, or of XA-mode work in a transaction
@@ -579,7 +592,7 @@ impl Relay<'_> {
             self.unchecked.hold(guard, None);
             return Ok(RowsToCheck::Unchecked);
         }
-        if self.ctx.outside.failed_lately() {
+        if self.skips_checks() {
             // The lockserver is unreachable: neither its notices nor its locks can be
             // read. The write runs; one under a global lock is caught as a dirty write
             // when that transaction rolls back.
@@ -753,7 +766,7 @@ impl Relay<'_> {
             _ => return Ok(RowsToCheck::Unchecked),
         };
         Ok(match self.guard_tables(&changed, Names::AsWritten).await {
-            TablesGuarded::Yes | TablesGuarded::LockserverDown => RowsToCheck::Unchecked,
+            TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => RowsToCheck::Unchecked,
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
             }
@@ -830,7 +843,11 @@ impl Relay<'_> {
         }
         match self.guard_tables(reached, Names::Tables).await {
             TablesGuarded::Yes => ControlFlow::Continue(()),
-            TablesGuarded::LockserverDown => ControlFlow::Break(RowsToCheck::Unchecked),
+            // An XA branch's write is refused rather than run unchecked (see `held`).
+            TablesGuarded::LockserverDown(e) if self.binding.xid().is_some() => {
+                ControlFlow::Break(RowsToCheck::Refused(Error::Lockserver(e)))
+            }
+            TablesGuarded::LockserverDown(_) => ControlFlow::Break(RowsToCheck::Unchecked),
             TablesGuarded::Locked(table) => {
                 ControlFlow::Break(RowsToCheck::Refused(refusal(table)))
             }
@@ -876,8 +893,10 @@ impl Relay<'_> {
                 &mut self.unchecked,
             )
             .await;
-        if guarded == TablesGuarded::LockserverDown {
+        if matches!(guarded, TablesGuarded::LockserverDown(_)) && self.binding.xid().is_none() {
             self.unchecked_outside_write();
+            // The rest of the batch goes the same way (see `UncheckedGuards`).
+            self.unchecked.pass_all();
         }
         guarded
     }
@@ -1011,7 +1030,8 @@ impl Relay<'_> {
             .map(|key| lock_key(&self.resource, meta, key))
             .collect();
         if implicit {
-            if self.ctx.outside.failed_lately() || self.holder_of(&keys).await.is_none() {
+            // A lockserver that fails an XA branch's check fails it in the wait.
+            if self.skips_checks() || matches!(self.holder_of(&keys).await, Ok(None)) {
                 return Ok(Checked::Free(keys));
             }
             // tandem's transaction holds nothing yet: it is not kept open while waiting
@@ -1125,8 +1145,15 @@ impl Relay<'_> {
                     Some(e) => refused(e, open),
                 };
             }
-            let Some(holder) = self.holder_of(&keys).await else {
-                return Ok(None);
+            let holder = match self.holder_of(&keys).await {
+                Ok(None) => return Ok(None),
+                Ok(Some(holder)) => holder,
+                Err(e) => {
+                    if check_in == CheckIn::Autocommit {
+                        self.roll_back_local().await?;
+                    }
+                    return refused(e, open);
+                }
             };
             let waiting = waits && Instant::now() + RECHECK <= deadline;
             if waiting || check_in == CheckIn::Autocommit {

@@ -537,6 +537,62 @@ async fn a_lockserver_restart_between_xa_prepare_and_decision_loses_nothing() {
     lockserver.stop().await;
 }
 
+/// An XA branch's write while the lockserver is down is refused (XA mode on MySQL
+/// takes writes in the client's transaction only), rather than run unchecked as a
+/// write outside any global transaction is: it would overwrite a row an AT branch holds, and that
+/// branch's rollback would stop at the dirty write, its global transaction half undone.
+#[tokio::test]
+async fn an_xa_branchs_write_while_the_lockserver_is_down_is_refused() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_ls_down").await;
+    db.migrate().await;
+    let mut direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let before = balances(&mut direct).await;
+    let mut at = my::connect(&tandem, &db.name).await;
+    text(&mut at, "SELECT tandem_begin(60000)").await.unwrap();
+    at.query_drop("UPDATE accounts SET balance = 1 WHERE id = 3")
+        .await
+        .unwrap();
+    let held = balances(&mut direct).await;
+    let mut xa = my::connect(&tandem, &db.name).await;
+    text(&mut xa, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut xa, "SELECT tandem_begin(60000)").await.unwrap();
+
+    // The branch's transaction begins while the lockserver is up (XA START needs it).
+    xa.query_drop("START TRANSACTION").await.unwrap();
+    let stopped = lockserver.stop_for_restart().await;
+    let err = xa
+        .query_drop("UPDATE accounts SET balance = balance + 1 WHERE id = 3")
+        .await
+        .expect_err("the lockserver is down");
+    assert_eq!(code(&err), 1105, "{err}");
+    xa.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(balances(&mut direct).await, held, "nothing written");
+    let lockserver = stopped.start().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        match text(&mut at, "SELECT tandem_rollback()").await {
+            Ok(status) => break status,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "lockserver not back yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("tandem_rollback after the restart: {e}"),
+        }
+    };
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(
+        balances(&mut direct).await,
+        before,
+        "the AT branch undone exactly"
+    );
+    drop((at, xa));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// The bank-transfer test across engines: each transfer debits a PostgreSQL account
 /// (AT branch) and credits a MariaDB account (XA branch); a fifth are rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -434,6 +434,51 @@ async fn a_lockserver_restart_between_prepare_and_decision_loses_nothing() {
     lockserver.stop().await;
 }
 
+/// An XA branch's write while the lockserver is down is refused, in the client's block
+/// and in autocommit alike, rather than run unchecked as a write outside any global
+/// transaction is: it would overwrite a row an AT branch holds, and that branch's
+/// rollback would stop at the dirty write, its global transaction half undone.
+#[tokio::test]
+async fn an_xa_branchs_write_while_the_lockserver_is_down_is_refused() {
+    let db = prepare("xa_ls_down").await;
+    let direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let before = dump(&direct).await;
+    let at = tandem.connect(&db.name).await;
+    one(&at, "SELECT tandem_begin(60000)").await.unwrap();
+    at.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 5")
+        .await
+        .unwrap();
+    let held = dump(&direct).await;
+    let xa = tandem.connect(&db.name).await;
+    one(&xa, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&xa, "SELECT tandem_begin(60000)").await.unwrap();
+
+    let stopped = lockserver.stop_for_restart().await;
+    for (how, in_block) in [("in a block", true), ("in autocommit", false)] {
+        if in_block {
+            xa.batch_execute("BEGIN").await.unwrap();
+        }
+        let err = xa
+            .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 5")
+            .await
+            .expect_err(how);
+        assert_eq!(err.code(), Some(&SqlState::SYSTEM_ERROR), "{how}: {err:?}");
+        xa.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(dump(&direct).await, held, "{how}: nothing written");
+    }
+    let lockserver = stopped.start().await;
+    let status = eventually_ok(|| one(&at, "SELECT tandem_rollback()")).await;
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(dump(&direct).await, before, "the AT branch undone exactly");
+    let status = eventually_ok(|| one(&xa, "SELECT tandem_rollback()")).await;
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert!(tandem_prepared(&direct).await.is_empty());
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Retries `f` while it fails (a connection being re-made), for up to 10 s.
 async fn eventually_ok<T, F, Fut>(mut f: F) -> T
 where

@@ -87,6 +87,8 @@ enum Check {
     Free,
     /// By this transaction; `true`: it is rolling back.
     Held(Xid, bool),
+    /// The lockserver did not answer an XA branch's check: its write is refused.
+    Unanswered(tandem_lockserver::Error),
 }
 
 impl Relay<'_> {
@@ -142,7 +144,7 @@ impl Relay<'_> {
             return Ok(Some(Handled::Pause));
         }
         match self.guard_tables(&changed).await {
-            TablesGuarded::Yes | TablesGuarded::LockserverDown => Ok(None),
+            TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => Ok(None),
             TablesGuarded::Locked(table) => {
                 self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
             }
@@ -192,7 +194,11 @@ impl Relay<'_> {
         }
         Ok(match self.guard_tables(reached).await {
             TablesGuarded::Yes => ControlFlow::Continue(()),
-            TablesGuarded::LockserverDown => ControlFlow::Break(None),
+            // An XA branch's write is refused rather than run unchecked (see `check`).
+            TablesGuarded::LockserverDown(e) if self.xa.is_some() => {
+                ControlFlow::Break(Some(self.refuse(Error::Lockserver(e))?))
+            }
+            TablesGuarded::LockserverDown(_) => ControlFlow::Break(None),
             TablesGuarded::Locked(table) => ControlFlow::Break(Some(self.refuse(refusal(table))?)),
         })
     }
@@ -232,8 +238,10 @@ impl Relay<'_> {
                 &mut self.unchecked,
             )
             .await;
-        if guarded == TablesGuarded::LockserverDown {
+        if matches!(guarded, TablesGuarded::LockserverDown(_)) && self.xa.is_none() {
             self.count_unchecked();
+            // The rest of the batch goes the same way (see `UncheckedGuards`).
+            self.unchecked.pass_all();
         }
         guarded
     }
@@ -363,7 +371,7 @@ impl Relay<'_> {
             self.unchecked.hold(guard, None);
             return true;
         }
-        if self.ctx.outside.failed_lately() {
+        if self.ctx.outside.failed_lately() && self.xa.is_none() {
             self.count_unchecked();
             // The rest of the batch goes the same way (see `UncheckedGuards`).
             self.unchecked.pass_all();
@@ -578,8 +586,10 @@ impl Relay<'_> {
             }
         };
         loop {
-            let Check::Held(holder, rolling_back) = self.check(&keys).await else {
-                return Ok(Ok(found));
+            let (holder, rolling_back) = match self.check(&keys).await {
+                Check::Free => return Ok(Ok(found)),
+                Check::Held(holder, rolling_back) => (holder, rolling_back),
+                Check::Unanswered(e) => return Ok(Err(self.refuse(Error::Lockserver(e))?)),
             };
             // A holder rolling back needs the rows this transaction holds locked: its
             // undo would wait until this wait gave up.
@@ -614,7 +624,12 @@ impl Relay<'_> {
                 Ok(rows) => (rows.len() as u64, self.keys_of(table, &rows).await),
                 Err(e) => return self.end_own_transaction(AtFailure::Server(e)).await,
             };
-            if let Check::Held(holder, _) = self.check(&keys).await {
+            let check = self.check(&keys).await;
+            if let Check::Unanswered(e) = check {
+                self.own_rollback().await?;
+                return self.refuse(Error::Lockserver(e)).map(Some);
+            }
+            if let Check::Held(holder, _) = check {
                 self.own_rollback().await?;
                 if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
                     tokio::time::sleep(RECHECK).await;
@@ -788,7 +803,13 @@ impl Relay<'_> {
                     Vec::new()
                 }
             };
-            let Check::Held(holder, _) = self.check(&keys).await else {
+            let check = self.check(&keys).await;
+            if let Check::Unanswered(e) = check {
+                // Undone: the INSERT must not stay unchecked.
+                let _ = self.end_guard_scope(scope, true).await?;
+                return self.refuse(Error::Lockserver(e)).map(Some);
+            }
+            let Check::Held(holder, _) = check else {
                 match self.end_guard_scope(scope, false).await? {
                     Ok(status) => {
                         // tandem's COMMIT ends the transaction it opened; a savepoint's
@@ -894,8 +915,11 @@ impl Relay<'_> {
         }
     }
 
-    /// Who holds any of `keys`. A lockserver that does not answer counts as nobody:
-    /// the write runs, and so do the next ones for a while (see `session::outside`).
+    /// Who holds any of `keys`. Outside a global transaction a lockserver that does
+    /// not answer counts as nobody: the write runs, and so do the next ones for a
+    /// while (see `session::outside`). An XA branch's write must not overwrite a row an
+    /// AT branch holds, and the branch cannot end without the lockserver anyway: it is
+    /// refused.
     async fn check(&mut self, keys: &[LockKey]) -> Check {
         match self.ctx.outside.held(&self.ctx.lock, keys).await {
             // An XA-mode session's own global transaction holding the row (an AT
@@ -903,6 +927,7 @@ impl Relay<'_> {
             // and would wait on this XA branch's row lock if the XA branch came first.
             Ok(Some(held)) => Check::Held(held.holder, held.holder_rolling_back),
             Ok(None) => Check::Free,
+            Err(e) if self.xa.is_some() => Check::Unanswered(e),
             Err(e) => {
                 tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
                 self.count_unchecked();
