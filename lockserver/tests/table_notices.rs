@@ -413,6 +413,48 @@ async fn a_table_holding_no_lock_is_let_go_when_a_proxy_asks() {
     s.shutdown().await;
 }
 
+/// A stream replaced while its acknowledgement waits for an unchecked write (the proxy
+/// serves one more database, say, and restarts its stream): the new stream's snapshot
+/// is not acknowledged before that write ends either, so the table's first lock still
+/// waits for it. The aborted drain had moved its epoch on without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_replaced_while_its_ack_waits_still_waits_for_the_unchecked_write() {
+    let s = start(|_| {}).await;
+    let view = TableLockView::new(Duration::from_millis(800));
+    let first = proxy(&s, Some(view.clone())).await;
+    let unchecked = view.enter_unchecked(R, Some("public.t")).unwrap();
+    let registering = {
+        let client = s.client.clone();
+        tokio::spawn(async move {
+            let x = client.begin(None).await.unwrap();
+            client
+                .register_branch(&x, R, BranchKind::AT, &[key("public.t", 1)], Duration::ZERO)
+                .await
+        })
+    };
+    eventually("public.t is announced", || {
+        view.may_be_locked(R, "public.t")
+    })
+    .await;
+    let opts = WorkerOptions {
+        table_view: Some(view.clone()),
+        ..WorkerOptions::default()
+    };
+    let second = Phase2Worker::spawn(&s.client, vec![R.into()], Arc::new(Done), opts);
+    first.shutdown().await;
+    eventually("the second stream is up", || second.is_connected()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !registering.is_finished(),
+        "granted while the unchecked write ran: {registering:?}"
+    );
+    drop(unchecked);
+    registering.await.unwrap().unwrap();
+    assert!(s.client.locks_held(&[key("public.t", 1)]).await.unwrap());
+    second.shutdown().await;
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locks_recovered_at_start_are_announced() {
     let s = start(|_| {}).await;

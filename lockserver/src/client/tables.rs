@@ -13,7 +13,8 @@
 //! counter only goes down, so a drain ends even while new writes keep arriving; a
 //! single counter waited for "no write at all in flight", which a busy database
 //! may never show. Drains of one resource take turns, so a counter is empty again
-//! before its epoch comes back.
+//! before its epoch comes back; after a drain cut short (its stream went) the next one
+//! runs two rounds, since that drain's counter was not emptied.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -65,6 +66,9 @@ pub(super) struct ResourceView {
     drained: Notify,
     /// One drain at a time per resource (see the module docs).
     drain_turn: tokio::sync::Mutex<()>,
+    /// A drain began and did not end (its stream went, and its task with it): it moved
+    /// the epoch on, so writes it waited for now count with the newer ones.
+    drain_cut_short: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -120,6 +124,7 @@ impl ResourceView {
             draining: AtomicUsize::new(0),
             drained: Notify::new(),
             drain_turn: tokio::sync::Mutex::new(()),
+            drain_cut_short: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -134,6 +139,23 @@ impl ResourceView {
     /// Waits until every write that entered unchecked before this call has finished.
     pub(super) async fn drain(&self) {
         let _turn = self.drain_turn.lock().await;
+        // A drain cut short moved the epoch on without waiting: the writes it waited
+        // for share their counter with the epoch after the current one, which one
+        // round does not wait for. A second round does (each round waits only for
+        // writes that entered before it began).
+        let rounds = if self.drain_cut_short.swap(true, Ordering::SeqCst) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..rounds {
+            self.drain_round().await;
+        }
+        self.drain_cut_short.store(false, Ordering::SeqCst);
+    }
+
+    /// Moves the epoch on and waits until the writes counted in the old one finished.
+    async fn drain_round(&self) {
         let old = {
             let mut t = self.write();
             let old = (t.epoch % 2) as usize;
