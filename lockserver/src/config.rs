@@ -62,6 +62,13 @@ pub struct Config {
     /// `tick_interval_ms`) is unannounced, so proxies stop checking writes to it, in
     /// ms. Embedded store only (with Redis, proxies check every write). Default 10000.
     pub unannounce_after_ms: u64,
+    /// A write outside global transactions that tandem can judge only by its tables
+    /// (a multi-statement query, TRUNCATE, a write through a view) has the lockserver
+    /// unannounce a table holding no lock at once, rather than after
+    /// `unannounce_after_ms`, once no registration has used the table for this long,
+    /// in ms: a busy table stays announced, so that its global transactions do not
+    /// announce it again (and wait for every proxy) between one another. Default 1000.
+    pub release_after_idle_ms: u64,
     /// Phase-2 delivery.
     pub phase2: Phase2Config,
     /// Bounds.
@@ -200,6 +207,7 @@ impl Default for Config {
             table_heartbeat_ms: 1_000,
             table_lease_ms: 3_000,
             unannounce_after_ms: 10_000,
+            release_after_idle_ms: 1_000,
             phase2: Phase2Config::default(),
             limits: LimitsConfig::default(),
         }

@@ -277,7 +277,7 @@ impl Coordinator {
         let mut announcing = None;
         loop {
             let out = {
-                let gate = self.tables.gate();
+                let gate = self.tables.gate(self.now());
                 // The gate is held until the locks are in the table.
                 gate.covers(keys)
                     .then(|| self.exec_now(store, std::slice::from_ref(&cmd)))
@@ -315,7 +315,7 @@ impl Coordinator {
         match self.embedded() {
             Some(store) => self
                 .tables
-                .release_idle(&prefixes, |p| store.tables_in_use(p)),
+                .release_idle(&prefixes, self.now(), |p| store.tables_in_use(p)),
             None => prefixes.into_iter().map(str::to_owned).collect(),
         }
     }

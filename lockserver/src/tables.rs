@@ -82,6 +82,8 @@ struct Table {
     need: Option<Need>,
     /// When the table was first seen holding no lock (ms); 0 while it holds some.
     idle_since: AtomicU64,
+    /// When a registration last found the table ready (ms).
+    last_used: AtomicU64,
 }
 
 struct Sub {
@@ -249,6 +251,7 @@ pub struct Tables {
     lease: Duration,
     ack_timeout: Duration,
     unannounce_after_ms: u64,
+    release_after_idle_ms: u64,
     /// By [`LockKey::table_prefix`]. Also the gate between a registration's check and
     /// its apply (read) and unannouncing (write). Lock order: this, then `subs`.
     /// A std lock: never held across an `.await`.
@@ -260,12 +263,13 @@ pub struct Tables {
 }
 
 /// Held from a registration's check to its apply: while it is held no table is
-/// unannounced. Holds nothing when tables are not tracked.
-pub struct Gate<'a>(Option<RwLockReadGuard<'a, Announced>>);
+/// unannounced. Holds nothing when tables are not tracked. With the time it was taken.
+pub struct Gate<'a>(Option<RwLockReadGuard<'a, Announced>>, Millis);
 
 impl Gate<'_> {
     /// Whether locks on every table of `keys` may be granted now. The hot path: one
     /// hash lookup per run of keys on the same table, no allocation.
+    /// Each table found ready counts as used now ([`Tables::release_idle`]).
     pub fn covers(&self, keys: &[LockKey]) -> bool {
         let Some(map) = &self.0 else {
             return true;
@@ -276,9 +280,9 @@ impl Gate<'_> {
                 continue;
             }
             let p = k.table_prefix();
-            let ready = map.get(p).is_some_and(|t| t.need.is_none());
-            if !ready {
-                return false;
+            match map.get(p) {
+                Some(t) if t.need.is_none() => t.last_used.store(self.1, Ordering::Relaxed),
+                _ => return false,
             }
             last = Some(p);
         }
@@ -304,6 +308,7 @@ impl Tables {
             lease: Duration::from_millis(c.table_lease_ms),
             ack_timeout: Duration::from_millis(c.table_ack_timeout_ms),
             unannounce_after_ms: c.unannounce_after_ms,
+            release_after_idle_ms: c.release_after_idle_ms,
             announced: RwLock::default(),
             subs: Mutex::default(),
             changed: Notify::new(),
@@ -336,16 +341,19 @@ impl Tables {
                     table: t.to_owned(),
                     need: None,
                     idle_since: AtomicU64::new(0),
+                    last_used: AtomicU64::new(0),
                 },
             );
         }
     }
 
-    /// The gate a registration holds from [`Gate::covers`] to its apply.
-    pub fn gate(&self) -> Gate<'_> {
+    /// The gate a registration holds from [`Gate::covers`] to its apply; `now` for
+    /// the tables it covers.
+    pub fn gate(&self, now: Millis) -> Gate<'_> {
         Gate(
             self.tracked
                 .then(|| self.announced.read().unwrap_or_else(|p| p.into_inner())),
+            now,
         )
     }
 
@@ -537,6 +545,7 @@ impl Tables {
                     table: t.to_owned(),
                     need: Some(need),
                     idle_since: AtomicU64::new(now.max(1)),
+                    last_used: AtomicU64::new(now),
                 },
             );
         }
@@ -619,11 +628,13 @@ impl Tables {
         self.remove_unused(self.write(), &refs, in_use);
     }
 
-    /// Unannounces at once the tables of `prefixes` that are announced, ready and hold
-    /// no lock (`in_use`, as for [`Self::unannounce_idle`]): a proxy asks before a
-    /// write it can judge only by its tables, which would otherwise be refused (or
-    /// wait) until the timer got to them. Returns the prefixes that stay announced:
-    /// tables holding locks or being announced; untracked, every one.
+    /// Unannounces at once the tables of `prefixes` that are announced, ready, unused
+    /// by registrations for `release_after_idle_ms` and hold no lock (`in_use`, as for
+    /// [`Self::unannounce_idle`]): a proxy asks before a write it can judge only by its
+    /// tables, which would otherwise be refused (or wait) until the timer got to them.
+    /// Returns the prefixes that stay announced: tables holding locks, being announced
+    /// or used lately (a busy table's global transactions are not made to announce it
+    /// again between one another); untracked, every one.
     ///
     /// A table being announced stays: its registration takes its locks under the
     /// gate as soon as it is ready. One let go between its readiness and that
@@ -632,6 +643,7 @@ impl Tables {
     pub fn release_idle(
         &self,
         prefixes: &[&str],
+        now: Millis,
         in_use: impl Fn(&[&str]) -> Vec<bool>,
     ) -> Vec<String> {
         if !self.tracked {
@@ -643,7 +655,13 @@ impl Tables {
         for p in prefixes {
             match map.get(*p) {
                 None => {}
-                Some(t) if t.need.is_some() => staying.push((*p).to_owned()),
+                Some(t)
+                    if t.need.is_some()
+                        || now.saturating_sub(t.last_used.load(Ordering::Relaxed))
+                            < self.release_after_idle_ms =>
+                {
+                    staying.push((*p).to_owned());
+                }
                 Some(_) => candidates.push(*p),
             }
         }

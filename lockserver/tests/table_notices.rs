@@ -345,7 +345,11 @@ async fn an_idle_table_is_unannounced() {
 /// announcement as on any table never announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_holding_no_lock_is_let_go_when_a_proxy_asks() {
-    let s = start(|c| c.unannounce_after_ms = 600_000).await;
+    let s = start(|c| {
+        c.unannounce_after_ms = 600_000;
+        c.release_after_idle_ms = 1_500;
+    })
+    .await;
     let view = TableLockView::new(Duration::from_millis(800));
     let w = proxy(&s, Some(view.clone())).await;
     let x = s.client.begin(None).await.unwrap();
@@ -370,6 +374,17 @@ async fn a_table_holding_no_lock_is_let_go_when_a_proxy_asks() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(view.may_be_locked(R, "public.t"), "still announced");
+    let in_use = s
+        .client
+        .release_idle_tables(R, &["public.t"])
+        .await
+        .unwrap();
+    assert_eq!(
+        in_use,
+        ["public.t"],
+        "used lately: stays for its next registration"
+    );
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
     let in_use = s
         .client
         .release_idle_tables(R, &["public.t", "public.u", "public.never"])

@@ -31,12 +31,18 @@ pub fn redis_url() -> String {
 }
 
 /// A config suited to tests: fast timers and retries, given store.
+/// The test lockservers' `release_after_idle_ms`.
+pub const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(200);
+
 pub fn test_config(kind: Kind) -> (Config, Option<PathBuf>) {
     let mut c = Config {
         tick_interval_ms: 20,
         // Tests read "Rollbacked" from the rollback's own answer: a loaded 2-core CI
         // machine can take over a second to undo a branch.
         rollback_wait_ms: 3_000,
+        // A table-judged outside write lets a table go this long after its last
+        // registration (tests wait it out, see `RELEASE_AFTER_IDLE`).
+        release_after_idle_ms: RELEASE_AFTER_IDLE.as_millis() as u64,
         ..Config::default()
     };
     c.phase2.retry_initial_ms = 20;

@@ -127,7 +127,7 @@ pub(crate) async fn run(
         }
     }
     let (applied, announce) = {
-        let gate = coord.tables.gate();
+        let gate = coord.tables.gate(coord.now());
         let announce = take_unannounced(&gate, &mut ops, &mut cmds);
         // The gate is held until the locks are in the table.
         (coord.exec_now(store, &cmds), announce)

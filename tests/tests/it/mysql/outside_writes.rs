@@ -10,7 +10,7 @@ use mysql_async::prelude::Queryable;
 use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
 use tandem_tests::harness::{Tandem, eventually};
-use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::lockserver::{Kind, RELEASE_AFTER_IDLE, TestLockserver};
 use tandem_tests::mysql::{self as my, MyTestDb};
 
 /// ER_LOCK_WAIT_TIMEOUT.
@@ -1511,7 +1511,8 @@ async fn sql_level_execute_and_analyze_are_judged_by_the_statement_they_run() {
 
 /// A table stays announced for `unannounce_after_ms` (10 s) after its last global
 /// lock. A write judged by its tables does not wait that out, in either mode: the
-/// lockserver lets go of a table holding no lock when the write asks. The next global
+/// lockserver lets go of a table holding no lock, unused for `release_after_idle_ms`,
+/// when the write asks. The next global
 /// transaction announces it again, and the write fails again while its row is held.
 #[tokio::test]
 async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
@@ -1536,6 +1537,8 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
             locks["locks"].as_array().map(Vec::len) == Some(0)
         })
         .await;
+        // Unused for release_after_idle_ms.
+        tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
         b.query_drop(judged(2)).await.unwrap();
         let expected = [1001, 2][round];
         assert_eq!(balance(&mut direct, 2).await, Some(expected), "after {end}");

@@ -8,7 +8,7 @@ use super::at_protocols::tags;
 use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
 use tandem_tests::harness::{Tandem, eventually};
-use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::lockserver::{Kind, RELEASE_AFTER_IDLE, TestLockserver};
 use tandem_tests::raw_pg::Msg;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -2224,18 +2224,21 @@ async fn a_table_named_with_a_non_ascii_capital_is_held_and_checked() {
     finish(lockserver, [global, outside]).await;
 }
 
-/// No global lock is held any more (a commit's phase 2 has run).
+/// No global lock is held any more (a commit's phase 2 has run), and no registration
+/// used a table for `release_after_idle_ms`.
 async fn no_global_lock_left(lockserver: &TestLockserver) {
     eventually("no global lock is left", || async {
         let (_, locks) = lockserver.get("/v1/locks").await;
         locks["locks"].as_array().map(Vec::len) == Some(0)
     })
     .await;
+    tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
 }
 
 /// A table stays announced for `unannounce_after_ms` (10 s) after its last global
 /// lock. A write judged by its tables does not wait that out, in either mode: the
-/// lockserver lets go of a table holding no lock when the write asks. The next global
+/// lockserver lets go of a table holding no lock, unused for `release_after_idle_ms`,
+/// when the write asks. The next global
 /// transaction announces it again, and the write is refused again while its row is
 /// held.
 #[tokio::test]
