@@ -204,7 +204,7 @@ pub fn parse_call(sql: &[u8]) -> Result<Option<Call>, BadCall> {
 }
 
 /// The control functions, by their name after `tandem_`.
-const CONTROL_FUNCTIONS: [&str; 8] = [
+pub const CONTROL_FUNCTIONS: [&str; 8] = [
     "begin", "join", "commit", "rollback", "status", "leave", "xid", "mode",
 ];
 

@@ -199,6 +199,30 @@ pub(super) fn own_refusal(fields: &ErrorFields) -> Option<BytesMut> {
     Some(out)
 }
 
+/// The database's "function tandem_xid() does not exist" for one of tandem's control
+/// functions called inside another statement, which tandem relays as it is: said so
+/// plainly, still as 42883, for a reader who would take it for tandem not being there.
+pub(super) fn control_call_misplaced(fields: &ErrorFields) -> Option<BytesMut> {
+    if fields.code != "42883" {
+        return None;
+    }
+    let function = fields
+        .message
+        .strip_prefix("function tandem_")?
+        .split('(')
+        .next()?;
+    if !crate::control::CONTROL_FUNCTIONS.contains(&function) {
+        return None;
+    }
+    let message = format!(
+        "{}: tandem answers tandem_{function}() only as a statement of its own (SELECT tandem_{function}(…)), not inside another statement or beside others",
+        fields.message
+    );
+    let mut out = BytesMut::new();
+    put_error(&mut out, Severity::Error, &fields.code, &message);
+    Some(out)
+}
+
 /// `DISCARD ALL` and `RESET ALL`: what connection pools send when they hand a
 /// connection to someone else.
 pub(super) fn is_pool_reset(sql: &[u8]) -> bool {

@@ -371,7 +371,9 @@ impl Relay<'_> {
                 if let Some((_, failed)) = &mut self.commit_in_flight {
                     *failed = true;
                 }
-                if let Some(refusal) = super::intercept::own_refusal(&fields) {
+                if let Some(refusal) = super::intercept::own_refusal(&fields)
+                    .or_else(|| super::intercept::control_call_misplaced(&fields))
+                {
                     return Ok(Relayed::Rewritten(refusal));
                 }
             }

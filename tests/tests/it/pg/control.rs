@@ -419,6 +419,39 @@ async fn a_lockserver_that_is_down_is_an_error_not_a_broken_session() {
     tandem.shutdown().await;
 }
 
+/// A control function called inside another statement reaches the database, which has
+/// no such function: the client's 42883 says tandem answers it only as a statement of
+/// its own, and the session goes on. Functions merely named like them are left alone.
+#[tokio::test]
+async fn a_control_function_inside_another_statement_is_explained() {
+    let db = TestDb::create("control_misplaced").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let client = tandem.connect(&db.name).await;
+    for sql in [
+        "SELECT tandem_xid(), 1",
+        "SELECT 1; SELECT tandem_rollback()",
+        "SELECT * FROM tandem_join('x')",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(code(&err), &SqlState::UNDEFINED_FUNCTION, "{sql}: {err}");
+        let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+        assert!(
+            message.contains("tandem answers tandem_") && message.contains("of its own"),
+            "{sql}: {message}"
+        );
+    }
+    let err = client
+        .batch_execute("SELECT tandem_nothing(1), 1")
+        .await
+        .expect_err("no such function");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert_eq!(message, "function tandem_nothing(integer) does not exist");
+    assert_eq!(value(&client, "SELECT tandem_xid()").await, None);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A `tandem_commit()` whose answer never comes may have committed: the client hears
 /// 08007 (transaction_resolution_unknown), not an error it would take for a failure
 /// and retry its business operation on. It stays bound, and calling it again answers
