@@ -96,9 +96,17 @@ struct Sub {
     snapshot_seq: u64,
     tx: mpsc::Sender<Down>,
     kill: CancellationToken,
-    /// Last seq sent, and the highest acknowledged.
+    /// Last seq sent, and the highest up to which every one is acknowledged.
     sent: u64,
     acked: u64,
+    /// Acknowledged one by one, above `acked`.
+    acked_apart: std::collections::BTreeSet<u64>,
+}
+
+impl Sub {
+    fn has_acked(&self, seq: u64) -> bool {
+        seq <= self.acked || self.acked_apart.contains(&seq)
+    }
 }
 
 struct Closed {
@@ -208,7 +216,7 @@ impl Subs {
         for id in need.acks.iter().map(|(id, _)| id).chain(closed) {
             if let Some(s) = self.live.get(id) {
                 if let Some((_, seq)) = need.acks.iter().find(|(a, _)| a == id)
-                    && s.acked < *seq
+                    && !s.has_acked(*seq)
                 {
                     unacked.get_or_insert(&s.name);
                 }
@@ -414,6 +422,7 @@ impl Tables {
                 kill: kill.clone(),
                 sent,
                 acked: 0,
+                acked_apart: Default::default(),
             },
         );
         drop(map);
@@ -428,11 +437,18 @@ impl Tables {
         }
     }
 
-    /// Subscriber `id` acknowledged every notice up to `seq`.
-    pub fn ack(&self, id: u64, seq: u64) {
+    /// Subscriber `id` acknowledged every notice up to `seq`, and those of `apart`.
+    pub fn ack(&self, id: u64, seq: u64, apart: &[u64]) {
         if let Some(s) = self.subs().live.get_mut(&id) {
             // Acks of notices never sent count for nothing.
             s.acked = s.acked.max(seq.min(s.sent));
+            s.acked_apart
+                .extend(apart.iter().filter(|q| **q > s.acked && **q <= s.sent));
+            while s.acked_apart.remove(&(s.acked + 1)) {
+                s.acked += 1;
+            }
+            let acked = s.acked;
+            s.acked_apart.retain(|q| *q > acked);
         }
         self.changed.notify_waiters();
     }

@@ -181,7 +181,10 @@ impl RawSub {
     }
 
     async fn ack(&self, seq: u64) {
-        let msg = pb::phase2_up::Msg::TableAck(pb::TableAck { seq });
+        let msg = pb::phase2_up::Msg::TableAck(pb::TableAck {
+            seq,
+            seqs: Vec::new(),
+        });
         self.up.send(pb::Phase2Up { msg: Some(msg) }).await.unwrap();
     }
 }
@@ -467,6 +470,62 @@ async fn a_stream_replaced_while_its_ack_waits_still_waits_for_the_unchecked_wri
     registering.await.unwrap().unwrap();
     assert!(s.client.locks_held(&[key("public.t", 1)]).await.unwrap());
     second.shutdown().await;
+    s.shutdown().await;
+}
+
+/// A proxy serving two databases: an unchecked write in one holds up the
+/// acknowledgement of a table announced there, not that of a table of the other,
+/// whose first lock is granted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_holding_up_one_databases_announcement_does_not_hold_up_anothers() {
+    const OTHER: &str = "postgres://127.0.0.1:5432/other_tables";
+    let s = start(|_| {}).await;
+    let view = TableLockView::new(Duration::from_millis(800));
+    let opts = WorkerOptions {
+        table_view: Some(view.clone()),
+        ..WorkerOptions::default()
+    };
+    let w = Phase2Worker::spawn(
+        &s.client,
+        vec![R.into(), OTHER.into()],
+        Arc::new(Done),
+        opts,
+    );
+    eventually("the view is trusted", || {
+        view.enter_unchecked(R, Some("nothing")).is_some()
+            && view.enter_unchecked(OTHER, Some("nothing")).is_some()
+    })
+    .await;
+    let unchecked = view.enter_unchecked(R, Some("public.t")).unwrap();
+    let held_up = {
+        let client = s.client.clone();
+        tokio::spawn(async move {
+            let x = client.begin(None).await.unwrap();
+            client
+                .register_branch(&x, R, BranchKind::AT, &[key("public.t", 1)], Duration::ZERO)
+                .await
+        })
+    };
+    eventually("public.t is announced", || {
+        view.may_be_locked(R, "public.t")
+    })
+    .await;
+    let started = Instant::now();
+    let x = s.client.begin(None).await.unwrap();
+    let other = [LockKey::new(OTHER, "public.u", ["1"])];
+    s.client
+        .register_branch(&x, OTHER, BranchKind::AT, &other, Duration::ZERO)
+        .await
+        .expect("the other database's table is not held up");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!held_up.is_finished(), "waits for the unchecked write");
+    drop(unchecked);
+    held_up.await.unwrap().unwrap();
+    w.shutdown().await;
     s.shutdown().await;
 }
 

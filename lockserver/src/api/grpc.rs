@@ -534,7 +534,7 @@ impl pb::coordinator_server::Coordinator for GrpcApi {
                     Some(pb::phase2_up::Msg::Result(r)) => vec![r],
                     Some(pb::phase2_up::Msg::Results(rs)) => rs.results,
                     Some(pb::phase2_up::Msg::TableAck(a)) => {
-                        coord.tables.ack(id, a.seq);
+                        coord.tables.ack(id, a.seq, &a.seqs);
                         continue;
                     }
                     _ => continue,

@@ -389,7 +389,7 @@ impl TableLockView {
 const PENDING_ACKS: usize = 1024;
 
 /// The table-notice side of one phase-2 stream: applies notices to the shared view
-/// and acknowledges them in order once drained, on its own task so that draining
+/// and acknowledges each once its resource is drained, on its own task so that draining
 /// never holds up phase-2 work. Dropping it marks the stream down.
 pub(super) struct StreamTables {
     view: Arc<TableLockView>,
@@ -399,18 +399,31 @@ pub(super) struct StreamTables {
 }
 
 impl StreamTables {
-    /// The stream is up; acknowledgements go to `acks` (seq numbers, in order).
+    /// The stream is up; acknowledgements go to `acks` (seq numbers, each notice on its own).
     pub(super) fn start(view: Arc<TableLockView>, acks: mpsc::Sender<u64>) -> Self {
         let generation = view.stream_up();
         let (pending, mut rx) = mpsc::channel::<(u64, Arc<ResourceView>)>(PENDING_ACKS);
         let acker = tokio::spawn(async move {
-            // In order: an ack covers every earlier notice of the stream.
-            while let Some((seq, r)) = rx.recv().await {
-                r.drain().await;
-                if acks.send(seq).await.is_err() {
-                    return;
+            // Each notice is acknowledged on its own once its resource's writes are
+            // drained: a write holding up one database's announcement must not hold
+            // up another's. Drains of one resource take turns (`drain_turn`); each
+            // starts after its notice was applied, which is all its order needs.
+            // Dropped with this task (the stream ended), the drains are cut short.
+            let mut drains = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    next = rx.recv() => {
+                        let Some((seq, r)) = next else { break };
+                        let acks = acks.clone();
+                        drains.spawn(async move {
+                            r.drain().await;
+                            let _ = acks.send(seq).await;
+                        });
+                    }
+                    Some(_) = drains.join_next(), if !drains.is_empty() => {}
                 }
             }
+            while drains.join_next().await.is_some() {}
         });
         StreamTables {
             view,

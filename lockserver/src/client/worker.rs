@@ -293,9 +293,13 @@ async fn one_stream(
     let results = crate::api::grpc::batches(rx).map(|results| pb::Phase2Up {
         msg: Some(pb::phase2_up::Msg::Results(pb::Phase2Results { results })),
     });
-    // Acks travel as their own messages, beside the batched results.
+    // Acks travel as their own messages, beside the batched results, one notice each:
+    // notices are drained per resource, not in stream order.
     let acks = tokio_stream::wrappers::ReceiverStream::new(ack_rx).map(|seq| pb::Phase2Up {
-        msg: Some(pb::phase2_up::Msg::TableAck(pb::TableAck { seq })),
+        msg: Some(pb::phase2_up::Msg::TableAck(pb::TableAck {
+            seq: 0,
+            seqs: vec![seq],
+        })),
     });
     let outbound =
         futures::stream::once(async move { hello }).chain(futures::stream::select(results, acks));
