@@ -623,6 +623,11 @@ impl Tables {
                     let Some(t) = map.get(*p) else {
                         return false;
                     };
+                    // Being announced: its registration waits for it, and would only
+                    // announce it again.
+                    if t.need.is_some() {
+                        return false;
+                    }
                     if *used {
                         t.idle_since.store(0, Ordering::Relaxed);
                         return false;

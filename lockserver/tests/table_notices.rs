@@ -273,7 +273,12 @@ async fn an_announced_table_does_not_wait_and_old_proxies_are_not_waited_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_that_never_acks_fails_the_registration_without_locking() {
-    let s = start(|c| c.table_ack_timeout_ms = 400).await;
+    // The idle timer, faster than the wait, leaves a table being announced alone.
+    let s = start(|c| {
+        c.table_ack_timeout_ms = 400;
+        c.unannounce_after_ms = 100;
+    })
+    .await;
     let mut sub = raw_sub(s.addr, &[R]).await;
     let snap = sub.notices().await;
     assert_eq!(snap.len(), 1);

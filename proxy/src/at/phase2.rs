@@ -493,6 +493,9 @@ impl Phase2Registry {
             tandem_lockserver::client::WorkerOptions {
                 table_view: self.tables.clone(),
                 in_flight: self.in_flight.clone(),
+                // What the lockserver names this proxy by, with its address, when it
+                // waits for its acknowledgements: the process, on its host.
+                name: format!("tandem-proxy pid {}", std::process::id()),
                 ..Default::default()
             },
         );
