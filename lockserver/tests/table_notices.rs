@@ -98,6 +98,22 @@ impl Server {
     }
 }
 
+/// A registration of row `i` of `table` in a global transaction of its own, on its own
+/// task.
+fn spawn_registration(
+    s: &Server,
+    table: &'static str,
+    i: u32,
+) -> tokio::task::JoinHandle<tandem_lockserver::Result<u64>> {
+    let client = s.client.clone();
+    tokio::spawn(async move {
+        let x = client.begin(None).await.unwrap();
+        client
+            .register_branch(&x, R, BranchKind::AT, &[key(table, i)], Duration::ZERO)
+            .await
+    })
+}
+
 struct Done;
 impl BranchHandler for Done {
     fn commit(&self, _: Phase2Work) -> BoxFuture<'_, BranchOutcome> {
@@ -408,15 +424,7 @@ async fn a_table_holding_no_lock_is_let_go_when_a_proxy_asks() {
     // A write let through unchecked now holds up public.t's next announcement, which
     // is not let go while it waits for the acknowledgement.
     let unchecked = view.enter_unchecked(R, Some("public.t")).unwrap();
-    let registering = {
-        let client = s.client.clone();
-        tokio::spawn(async move {
-            let x = client.begin(None).await.unwrap();
-            client
-                .register_branch(&x, R, BranchKind::AT, &[key("public.t", 2)], Duration::ZERO)
-                .await
-        })
-    };
+    let registering = spawn_registration(&s, "public.t", 2);
     eventually("public.t is announced again", || {
         view.may_be_locked(R, "public.t")
     })
@@ -446,15 +454,7 @@ async fn a_stream_replaced_while_its_ack_waits_still_waits_for_the_unchecked_wri
     let view = TableLockView::new(Duration::from_millis(800));
     let first = proxy(&s, Some(view.clone())).await;
     let unchecked = view.enter_unchecked(R, Some("public.t")).unwrap();
-    let registering = {
-        let client = s.client.clone();
-        tokio::spawn(async move {
-            let x = client.begin(None).await.unwrap();
-            client
-                .register_branch(&x, R, BranchKind::AT, &[key("public.t", 1)], Duration::ZERO)
-                .await
-        })
-    };
+    let registering = spawn_registration(&s, "public.t", 1);
     eventually("public.t is announced", || {
         view.may_be_locked(R, "public.t")
     })
@@ -502,15 +502,7 @@ async fn a_write_holding_up_one_databases_announcement_does_not_hold_up_anothers
     })
     .await;
     let unchecked = view.enter_unchecked(R, Some("public.t")).unwrap();
-    let held_up = {
-        let client = s.client.clone();
-        tokio::spawn(async move {
-            let x = client.begin(None).await.unwrap();
-            client
-                .register_branch(&x, R, BranchKind::AT, &[key("public.t", 1)], Duration::ZERO)
-                .await
-        })
-    };
+    let held_up = spawn_registration(&s, "public.t", 1);
     eventually("public.t is announced", || {
         view.may_be_locked(R, "public.t")
     })

@@ -55,6 +55,22 @@ fn mysql_section(recovery_interval_ms: u64, orphan_after_ms: u64) -> String {
     )
 }
 
+/// Runs the control statement `sql` until the lockserver it needs answers again (for
+/// up to 10 s): its value.
+async fn once_the_lockserver_is_back(conn: &mut Conn, sql: &str) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match text(conn, sql).await {
+            Ok(value) => return value,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "lockserver not back yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sql} after the restart: {e}"),
+        }
+    }
+}
+
 async fn start(lockserver: &TestLockserver) -> Tandem {
     let endpoint = format!("http://{}", lockserver.grpc);
     my::start_with(|c| c.lockserver.endpoint = endpoint).await
@@ -514,17 +530,7 @@ async fn a_lockserver_restart_between_xa_prepare_and_decision_loses_nothing() {
 
     let lockserver = lockserver.restart().await;
     // The same connection commits the global transaction once the lockserver is back.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        match text(&mut conn, "SELECT tandem_commit()").await {
-            Ok(status) => break status,
-            Err(e) if std::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "lockserver not back yet");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("tandem_commit after the restart: {e}"),
-        }
-    };
+    let status = once_the_lockserver_is_back(&mut conn, "SELECT tandem_commit()").await;
     assert_eq!(status.as_deref(), Some("Committed"));
     eventually("the branch is committed", || async {
         let mut d = db.direct().await;
@@ -571,17 +577,7 @@ async fn an_xa_branchs_write_while_the_lockserver_is_down_is_refused() {
     xa.query_drop("ROLLBACK").await.unwrap();
     assert_eq!(balances(&mut direct).await, held, "nothing written");
     let lockserver = stopped.start().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        match text(&mut at, "SELECT tandem_rollback()").await {
-            Ok(status) => break status,
-            Err(e) if std::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "lockserver not back yet");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("tandem_rollback after the restart: {e}"),
-        }
-    };
+    let status = once_the_lockserver_is_back(&mut at, "SELECT tandem_rollback()").await;
     assert_eq!(status.as_deref(), Some("Rollbacked"));
     assert_eq!(
         balances(&mut direct).await,
