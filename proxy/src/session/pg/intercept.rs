@@ -214,8 +214,12 @@ pub(super) fn control_call_misplaced(fields: &ErrorFields) -> Option<BytesMut> {
     if !crate::control::CONTROL_FUNCTIONS.contains(&function) {
         return None;
     }
+    let arguments = match function {
+        "xid" | "commit" | "rollback" | "leave" => "",
+        _ => "…",
+    };
     let message = format!(
-        "{}: tandem answers tandem_{function}() only as a statement of its own (SELECT tandem_{function}(…)), not inside another statement or beside others",
+        "{}: tandem answers tandem_{function}() only as a statement of its own (SELECT tandem_{function}({arguments})), not inside another statement or beside others",
         fields.message
     );
     let mut out = BytesMut::new();
