@@ -16,6 +16,18 @@ use tandem_tests::mysql::{self as my, MyTestDb};
 /// ER_LOCK_WAIT_TIMEOUT.
 const LOCK_WAIT_TIMEOUT: u16 = 1205;
 
+/// A statement refused as a write that may change a held row is: with 1205 (`what`
+/// says which). Returns the error.
+#[track_caller]
+fn assert_lock_wait_timeout<T: std::fmt::Debug>(
+    result: Result<T, mysql_async::Error>,
+    what: &str,
+) -> mysql_async::Error {
+    let err = result.expect_err(what);
+    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{what}: {err}");
+    err
+}
+
 async fn balance(conn: &mut Conn, id: i32) -> Option<i64> {
     conn.exec_first("SELECT balance FROM accounts WHERE id = ?", (id,))
         .await
@@ -1020,18 +1032,17 @@ async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_glo
         "INSERT INTO items (name) VALUES ('x'); DELETE FROM accounts WHERE id = 2",
         "UPDATE accounts SET balance = 99 WHERE id = 2; UPDATE accounts SET balance = 98 WHERE id = 3",
     ] {
-        let err = b.query_drop(sql).await.expect_err(sql);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
         // The session goes on.
         b.query_drop("DO 1").await.unwrap();
     }
     // In the client's transaction the statement fails; the transaction goes on.
     b.query_drop("START TRANSACTION").await.unwrap();
-    let err = b
-        .query_drop("SELECT 1; DELETE FROM accounts WHERE id = 2")
-        .await
-        .expect_err("in a transaction");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.query_drop("SELECT 1; DELETE FROM accounts WHERE id = 2")
+            .await,
+        "in a transaction",
+    );
     b.query_drop("ROLLBACK").await.unwrap();
     assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
     assert_eq!(
@@ -1124,14 +1135,13 @@ async fn writes_reaching_held_tables_through_foreign_keys_fail() {
         "SELECT 1; DELETE FROM parent WHERE id = 1",
         "EXECUTE IMMEDIATE 'DELETE FROM parent WHERE id = 1'",
     ] {
-        let err = b.query_drop(sql).await.expect_err(sql);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
-    let err = b
-        .exec_drop("DELETE FROM parent WHERE id = ?", (2i32,))
-        .await
-        .expect_err("prepared DELETE reaching a held table");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.exec_drop("DELETE FROM parent WHERE id = ?", (2i32,))
+            .await,
+        "prepared DELETE reaching a held table",
+    );
     assert_eq!(
         (
             dump(&mut direct, "parent").await,
@@ -1162,11 +1172,10 @@ async fn writes_reaching_held_tables_through_foreign_keys_fail() {
     )
     .await
     .unwrap();
-    let err = b
-        .query_drop("DELETE FROM parent2 WHERE id = 1")
-        .await
-        .expect_err("reaches the held child2 row");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.query_drop("DELETE FROM parent2 WHERE id = 1").await,
+        "reaches the held child2 row",
+    );
     b.query_drop("ALTER TABLE child2 DROP FOREIGN KEY prepared")
         .await
         .unwrap();
@@ -1178,11 +1187,10 @@ async fn writes_reaching_held_tables_through_foreign_keys_fail() {
     )
     .await
     .unwrap();
-    let err = b
-        .query_drop("DELETE FROM parent2 WHERE id = 1")
-        .await
-        .expect_err("reaches the held child2 row");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.query_drop("DELETE FROM parent2 WHERE id = 1").await,
+        "reaches the held child2 row",
+    );
     assert_eq!(dump(&mut direct, "child2").await, child2);
 
     rolled_back(&mut a).await;
@@ -1222,15 +1230,14 @@ async fn writes_through_views_fail_while_the_tables_under_them_hold_global_locks
         "DELETE FROM acc_view2 WHERE id = 2",
         "SELECT 1; UPDATE acc_view2 SET balance = 6 WHERE id = 2",
     ] {
-        let err = b.query_drop(sql).await.expect_err(sql);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        let err = assert_lock_wait_timeout(b.query_drop(sql).await, sql);
         assert!(err.to_string().contains("table accounts"), "{sql}: {err}");
     }
-    let err = b
-        .exec_drop("UPDATE acc_view2 SET balance = ? WHERE id = 2", (7,))
-        .await
-        .expect_err("prepared UPDATE through a view");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.exec_drop("UPDATE acc_view2 SET balance = ? WHERE id = 2", (7,))
+            .await,
+        "prepared UPDATE through a view",
+    );
     assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
     // From review: a view of another database named like the table a view reads; a
     // view redefined by this session a moment ago.
@@ -1250,8 +1257,7 @@ async fn writes_through_views_fail_while_the_tables_under_them_hold_global_locks
         "UPDATE acc_view SET balance = 8 WHERE id = 2",
         "UPDATE items_view SET balance = 8 WHERE id = 2",
     ] {
-        let err = b.query_drop(sql).await.expect_err(sql);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
     assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
     b.query_drop("CREATE OR REPLACE VIEW items_view AS SELECT * FROM items")
@@ -1304,23 +1310,22 @@ async fn writes_with_returning_are_checked_and_answer_their_rows() {
         "REPLACE INTO accounts VALUES (2, 5, 'r') RETURNING id",
         "INSERT INTO accounts VALUES (3, 5, 'i') RETURNING id",
     ] {
-        let err = b.query_drop(sql).await.expect_err(sql);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
-    let err = b
-        .exec_drop(
+    assert_lock_wait_timeout(
+        b.exec_drop(
             "DELETE FROM accounts WHERE id = ? RETURNING id, balance",
             (2,),
         )
-        .await
-        .expect_err("prepared DELETE … RETURNING of a held row");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+        .await,
+        "prepared DELETE … RETURNING of a held row",
+    );
     b.query_drop("START TRANSACTION").await.unwrap();
-    let err = b
-        .query_drop("DELETE FROM accounts WHERE id = 2 RETURNING id")
-        .await
-        .expect_err("in a transaction");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.query_drop("DELETE FROM accounts WHERE id = 2 RETURNING id")
+            .await,
+        "in a transaction",
+    );
     b.query_drop("ROLLBACK").await.unwrap();
     assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
 
@@ -1445,14 +1450,13 @@ async fn sql_level_execute_and_analyze_are_judged_by_the_statement_they_run() {
         "SET STATEMENT max_statement_time = 100 FOR EXECUTE upd",
         "SET STATEMENT max_statement_time = 100 FOR ANALYZE UPDATE accounts SET balance = 7 WHERE id = 2",
     ] {
-        let err = b.query_drop(sql).await.expect_err(sql);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{sql}: {err}");
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
-    let err = b
-        .exec_drop("ANALYZE UPDATE accounts SET balance = ? WHERE id = 2", (7,))
-        .await
-        .expect_err("a prepared ANALYZE of a write");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(
+        b.exec_drop("ANALYZE UPDATE accounts SET balance = ? WHERE id = 2", (7,))
+            .await,
+        "a prepared ANALYZE of a write",
+    );
     // From review: a PREPARE behind a failed statement did not run, and a procedure
     // run by EXECUTE IMMEDIATE may prepare names.
     b.query_drop("PREPARE upd FROM 'UPDATE accounts SET balance = 5 WHERE id = 2'")
@@ -1461,11 +1465,7 @@ async fn sql_level_execute_and_analyze_are_judged_by_the_statement_they_run() {
     b.query_drop("SELECT * FROM no_such_table; PREPARE upd FROM 'SELECT 1'")
         .await
         .expect_err("the first statement fails");
-    let err = b
-        .query_drop("EXECUTE upd")
-        .await
-        .expect_err("still the UPDATE");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(b.query_drop("EXECUTE upd").await, "still the UPDATE");
     direct
         .query_drop(
             "CREATE PROCEDURE prepares() PREPARE later FROM 'UPDATE accounts SET balance = 9 WHERE id = 2'",
@@ -1476,8 +1476,7 @@ async fn sql_level_execute_and_analyze_are_judged_by_the_statement_they_run() {
     b.query_drop("EXECUTE IMMEDIATE 'CALL prepares()'")
         .await
         .unwrap();
-    let err = b.query_drop("EXECUTE later").await.expect_err("the UPDATE");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(b.query_drop("EXECUTE later").await, "the UPDATE");
     assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
 
     // A prepared read runs, and so does a name prepared anew as one.
@@ -1528,8 +1527,7 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
     {
         let mut a = hold_row(&global, &db, 2).await;
         let held = dump(&mut direct, "accounts").await;
-        let err = b.query_drop(judged(2)).await.expect_err(end);
-        assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{end}: {err}");
+        assert_lock_wait_timeout(b.query_drop(judged(2)).await, end);
         assert_eq!(dump(&mut direct, "accounts").await, held, "{end}");
         text(&mut a, end).await.unwrap();
         eventually("no global lock is left", || async {
@@ -1547,8 +1545,7 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
     // is exact.
     let before = dump(&mut direct, "accounts").await;
     let mut a = hold_row(&global, &db, 3).await;
-    let err = b.query_drop(judged(3)).await.expect_err("held by the next");
-    assert_eq!(code(&err), LOCK_WAIT_TIMEOUT, "{err}");
+    assert_lock_wait_timeout(b.query_drop(judged(3)).await, "held by the next");
     rolled_back(&mut a).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
     drop((a, b));

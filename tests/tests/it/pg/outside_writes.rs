@@ -13,6 +13,22 @@ use tandem_tests::raw_pg::Msg;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+/// A statement refused as a write that may change a held row is: with 55P03 (`what`
+/// says which). Returns the error.
+#[track_caller]
+fn assert_lock_not_available<T: std::fmt::Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    what: &str,
+) -> tokio_postgres::Error {
+    let err = result.expect_err(what);
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::LOCK_NOT_AVAILABLE),
+        "{what}: {err:?}"
+    );
+    err
+}
+
 async fn balance(client: &Client, id: i32) -> i64 {
     client
         .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
@@ -148,38 +164,36 @@ async fn an_outside_write_to_a_held_row_fails_with_55p03_when_configured_to_fail
 
     let b = outside.connect(&orders.name).await;
     let started = Instant::now();
-    let err = b
-        .batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
-        .await
-        .expect_err("a held row is not written");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(
+        b.batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
+            .await,
+        "a held row is not written",
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "it failed at once"
     );
-    let err = b
-        .execute("DELETE FROM accounts WHERE id = $1", &[&4i32])
-        .await
-        .expect_err("a held row is not deleted");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(
+        b.execute("DELETE FROM accounts WHERE id = $1", &[&4i32])
+            .await,
+        "a held row is not deleted",
+    );
     // An upsert without a column list names its key by the table's column order.
-    let err = b
+    assert_lock_not_available(b
         .batch_execute(
             "INSERT INTO accounts VALUES (4, 99, 'x') ON CONFLICT (id) DO UPDATE SET balance = excluded.balance",
         )
-        .await
-        .expect_err("a held row is not upserted");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        .await, "a held row is not upserted");
     // An upsert from a query (Django's multi-row one) names its keys by that query.
-    let err = b
-        .execute(
+    assert_lock_not_available(
+        b.execute(
             "INSERT INTO accounts (id, balance) SELECT * FROM UNNEST($1::int[], $2::int8[]) \
              ON CONFLICT (id) DO UPDATE SET balance = excluded.balance",
             &[&vec![5i32, 4], &vec![98i64, 99]],
         )
-        .await
-        .expect_err("a held row is not upserted from a query");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        .await,
+        "a held row is not upserted from a query",
+    );
     // The session goes on; autocommit writes elsewhere work.
     b.batch_execute("UPDATE accounts SET balance = 50 WHERE id = 5")
         .await
@@ -191,11 +205,11 @@ async fn an_outside_write_to_a_held_row_fails_with_55p03_when_configured_to_fail
     b.batch_execute("UPDATE accounts SET balance = 51 WHERE id = 5")
         .await
         .unwrap();
-    let err = b
-        .batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
-        .await
-        .expect_err("a held row is not written");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(
+        b.batch_execute("UPDATE accounts SET balance = 99 WHERE id = 4")
+            .await,
+        "a held row is not written",
+    );
     let err = b
         .batch_execute("SELECT 1")
         .await
@@ -671,21 +685,13 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
     let a = delete_held_row(&global, &orders.name, 2).await;
     let b = outside.connect(&orders.name).await;
 
-    let refused = |r: Result<u64, tokio_postgres::Error>, what: &str| {
-        let e = r.expect_err(what);
-        assert_eq!(
-            e.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{what}: {e:?}"
-        );
-    };
-    refused(
+    assert_lock_not_available(
         b.batch_execute("INSERT INTO accounts VALUES (2, 7, 'x')")
             .await
             .map(|()| 0),
         "simple",
     );
-    refused(
+    assert_lock_not_available(
         b.execute(
             "INSERT INTO accounts (balance, id) VALUES ($1, $2)",
             &[&7i64, &2i32],
@@ -693,7 +699,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
         .await,
         "extended",
     );
-    refused(
+    assert_lock_not_available(
         b.execute(
             "INSERT INTO accounts (id, balance) VALUES (50, 1), ('2'::int8, 1)",
             &[],
@@ -701,7 +707,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
         .await,
         "multi-row with a cast literal",
     );
-    refused(
+    assert_lock_not_available(
         b.execute(
             "INSERT INTO accounts (id, balance) VALUES ($1, 1) ON CONFLICT DO NOTHING",
             &[&2i32],
@@ -718,7 +724,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
     b.batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (51, 1)")
         .await
         .unwrap();
-    refused(
+    assert_lock_not_available(
         b.batch_execute("INSERT INTO accounts (id, balance) VALUES (2, 1)")
             .await
             .map(|()| 0),
@@ -734,7 +740,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
     b.batch_execute("INSERT INTO accounts (id, balance) VALUES (60, 6)")
         .await
         .expect("a free key goes in without SELECT on the table");
-    refused(
+    assert_lock_not_available(
         b.execute(
             "INSERT INTO accounts (id, balance) VALUES ($1, 1)",
             &[&2i32],
@@ -762,7 +768,7 @@ async fn an_outside_insert_of_a_key_a_global_transaction_deleted_fails_and_the_r
     b.batch_execute("SET search_path = pg_catalog")
         .await
         .unwrap();
-    refused(
+    assert_lock_not_available(
         b.batch_execute("INSERT INTO public.tags VALUES ('a', 2)")
             .await
             .map(|()| 0),
@@ -1110,14 +1116,10 @@ async fn a_search_path_set_by_set_config_is_followed_by_outside_writes() {
             .unwrap();
         b.batch_execute("BEGIN").await.unwrap();
         b.batch_execute(set).await.unwrap();
-        let err = b
-            .batch_execute("UPDATE t5 SET v = 'outside' WHERE id = 1")
-            .await
-            .expect_err("s2.t5's row 1 is held");
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{set}: {err:?}"
+        assert_lock_not_available(
+            b.batch_execute("UPDATE t5 SET v = 'outside' WHERE id = 1")
+                .await,
+            "s2.t5's row 1 is held",
         );
         b.batch_execute("ROLLBACK").await.unwrap();
     }
@@ -1156,11 +1158,10 @@ async fn an_outside_upsert_on_another_unique_key_is_checked_by_the_rows_it_chang
         if in_block {
             b.batch_execute("BEGIN").await.unwrap();
         }
-        let err = b
-            .batch_execute(&upsert("n4"))
-            .await
-            .expect_err("a held row is not upserted");
-        assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        assert_lock_not_available(
+            b.batch_execute(&upsert("n4")).await,
+            "a held row is not upserted",
+        );
         if in_block {
             b.batch_execute("ROLLBACK").await.unwrap();
         }
@@ -1777,39 +1778,24 @@ async fn writes_tandem_cannot_check_wait_or_fail_while_their_table_holds_global_
         "INSERT INTO other VALUES (2, 2); TRUNCATE public.\"accounts\"",
     ];
     for sql in refused {
-        let err = b.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{sql}: {err:?}"
-        );
+        assert_lock_not_available(b.batch_execute(sql).await, sql);
         // The session goes on, outside any transaction block.
         b.batch_execute("BEGIN; SELECT 1; COMMIT").await.unwrap();
     }
     // Over the extended protocol: preparing runs nothing, executing is refused.
     let truncate = b.prepare("TRUNCATE accounts").await.unwrap();
-    let err = b
-        .execute(&truncate, &[])
-        .await
-        .expect_err("extended TRUNCATE");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
-    let err = b
+    assert_lock_not_available(b.execute(&truncate, &[]).await, "extended TRUNCATE");
+    assert_lock_not_available(b
         .execute(
             "WITH gone AS (DELETE FROM accounts WHERE id = $1 RETURNING id) SELECT count(*) FROM gone",
             &[&4i32],
         )
-        .await
-        .expect_err("extended WITH … DELETE");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        .await, "extended WITH … DELETE");
     // In the client's transaction block, the refusal fails the block.
     b.batch_execute("BEGIN; UPDATE other SET v = 3")
         .await
         .unwrap();
-    let err = b
-        .batch_execute("TRUNCATE accounts")
-        .await
-        .expect_err("in a block");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(b.batch_execute("TRUNCATE accounts").await, "in a block");
     let err = b
         .batch_execute("SELECT 1")
         .await
@@ -1930,18 +1916,13 @@ async fn writes_reaching_held_tables_through_foreign_keys_or_unparsed_text_fail(
         "COPY (UPDATE accounts SET balance = 5 WHERE id = 4 RETURNING id) TO STDOUT",
         "UPDATE accounts SET balance = 5 WHERE id = 4; CHECKPOINT",
     ] {
-        let err = b.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{sql}: {err:?}"
-        );
+        assert_lock_not_available(b.batch_execute(sql).await, sql);
     }
-    let err = b
-        .execute("DELETE FROM parent WHERE id = $1", &[&2i32])
-        .await
-        .expect_err("extended DELETE reaching a held table");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(
+        b.execute("DELETE FROM parent WHERE id = $1", &[&2i32])
+            .await,
+        "extended DELETE reaching a held table",
+    );
     assert_eq!(
         (
             rows("parent").await,
@@ -2020,18 +2001,13 @@ async fn writes_through_views_and_rules_fail_while_the_tables_under_them_hold_gl
         "UPDATE ruled SET v = 2 WHERE id = 1",
         "SELECT 1; UPDATE acc_view SET balance = 6 WHERE id = 4",
     ] {
-        let err = b.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{sql}: {err:?}"
-        );
+        assert_lock_not_available(b.batch_execute(sql).await, sql);
     }
-    let err = b
-        .execute("UPDATE acc_view2 SET balance = $1 WHERE id = 4", &[&7i64])
-        .await
-        .expect_err("extended UPDATE through a view");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    let err = assert_lock_not_available(
+        b.execute("UPDATE acc_view2 SET balance = $1 WHERE id = 4", &[&7i64])
+            .await,
+        "extended UPDATE through a view",
+    );
     let message = err.as_db_error().map(|e| e.message().to_owned());
     assert!(
         message.as_deref().is_some_and(|m| m.contains("acc_view2")),
@@ -2087,12 +2063,7 @@ async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
     .await
     .unwrap();
     for sql in ["EXECUTE upd", "SELECT 1; EXECUTE upd"] {
-        let err = b.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{sql}: {err:?}"
-        );
+        assert_lock_not_available(b.batch_execute(sql).await, sql);
     }
     // A statement prepared over the protocol, run by SQL-level EXECUTE.
     let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
@@ -2148,17 +2119,9 @@ async fn sql_level_execute_is_judged_by_the_statement_it_runs() {
         replies.iter().any(|m| m.sqlstate().is_some()),
         "{replies:?}"
     );
-    let err = b
-        .execute("EXECUTE upd", &[])
-        .await
-        .expect_err("extended EXECUTE");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(b.execute("EXECUTE upd", &[]).await, "extended EXECUTE");
     b.batch_execute("BEGIN").await.unwrap();
-    let err = b
-        .batch_execute("EXECUTE upd")
-        .await
-        .expect_err("in a block");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(b.batch_execute("EXECUTE upd").await, "in a block");
     b.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(rows_of(&direct, "accounts").await, held, "nothing changed");
 
@@ -2210,11 +2173,10 @@ async fn a_table_named_with_a_non_ascii_capital_is_held_and_checked() {
         .await
         .unwrap();
     let b = outside.connect(&orders.name).await;
-    let err = b
-        .batch_execute("UPDATE Ś1 SET v = 50 WHERE id = 1")
-        .await
-        .expect_err("a held row");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(
+        b.batch_execute("UPDATE Ś1 SET v = 50 WHERE id = 1").await,
+        "a held row",
+    );
     rolled_back(&a).await;
     assert_eq!(
         rows_of(&direct, "\"Ś1\"").await,
@@ -2255,8 +2217,7 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
     {
         let a = hold_row(&global, &orders.name, 4).await;
         let held = rows_of(&direct, "accounts").await;
-        let err = b.batch_execute(&judged(4)).await.expect_err(end);
-        assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+        assert_lock_not_available(b.batch_execute(&judged(4)).await, end);
         assert_eq!(rows_of(&direct, "accounts").await, held, "{end}");
         one(&a, end).await.unwrap();
         no_global_lock_left(&lockserver).await;
@@ -2268,11 +2229,7 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
     // is exact.
     let before = rows_of(&direct, "accounts").await;
     let a = hold_row(&global, &orders.name, 5).await;
-    let err = b
-        .batch_execute(&judged(5))
-        .await
-        .expect_err("held by the next");
-    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err:?}");
+    assert_lock_not_available(b.batch_execute(&judged(5)).await, "held by the next");
     rolled_back(&a).await;
     assert_eq!(rows_of(&direct, "accounts").await, before);
     drop((a, b));
@@ -2319,12 +2276,7 @@ async fn a_write_judged_by_its_tables_that_names_a_partition_is_judged_by_its_ro
         "TRUNCATE events_1",
         "SELECT 1; DELETE FROM events WHERE id = 2",
     ] {
-        let err = b.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::LOCK_NOT_AVAILABLE),
-            "{sql}: {err:?}"
-        );
+        assert_lock_not_available(b.batch_execute(sql).await, sql);
     }
     assert_eq!(
         rows_of(&direct, "events").await,
