@@ -1,7 +1,7 @@
 //! AT mode and global locks: conflicts between global transactions, locking reads,
 //! dirty writes, and transactions abandoned by their client.
 
-use super::at_mode::{dump, one, prepare, rollback_begun, rolled_back, undo_rows};
+use super::at_mode::{balance, dump, one, prepare, rollback_begun, rolled_back, undo_rows};
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::error::SqlState;
@@ -46,12 +46,11 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
         ),
         "{status:?}"
     );
-    let balance: i64 = direct
-        .query_one("SELECT balance FROM accounts WHERE id = 5", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(balance, 777, "the dirty value is left alone");
+    assert_eq!(
+        balance(&direct, 5).await,
+        777,
+        "the dirty value is left alone"
+    );
     assert_eq!(
         undo_rows(&direct).await,
         1,
@@ -128,12 +127,11 @@ async fn an_operator_ends_a_rollback_failed_transaction_either_way() {
         })
         .await;
     }
-    let balance: i64 = direct
-        .query_one("SELECT balance FROM accounts WHERE id = 5", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(balance, 777, "the dirty write the operator kept");
+    assert_eq!(
+        balance(&direct, 5).await,
+        777,
+        "the dirty write the operator kept"
+    );
     tandem.shutdown().await;
     lockserver.stop().await;
 }
@@ -183,14 +181,7 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryabl
             .as_deref(),
         Some("Committed")
     );
-    let balance: i64 = orders
-        .direct()
-        .await
-        .query_one("SELECT balance FROM accounts WHERE id = 3", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(balance, 1011);
+    assert_eq!(balance(&orders.direct().await, 3).await, 1011);
 
     // Held past the wait bound: a retryable error, and the row is as the holder left it.
     one(&first, "SELECT tandem_begin(30000)").await.unwrap();
@@ -206,14 +197,7 @@ async fn a_conflicting_global_transaction_waits_then_succeeds_or_gets_a_retryabl
     assert_retryable_conflict(&err);
     rolled_back(&second).await;
     rolled_back(&first).await;
-    let balance: i64 = orders
-        .direct()
-        .await
-        .query_one("SELECT balance FROM accounts WHERE id = 4", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(balance, 1000);
+    assert_eq!(balance(&orders.direct().await, 4).await, 1000);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

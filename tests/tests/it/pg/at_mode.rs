@@ -1320,6 +1320,15 @@ async fn rows_of_each(client: &Client, tables: &[&str]) -> Vec<Vec<String>> {
 }
 
 /// Every row of `table` (schema-qualified or not) as text, in text order.
+/// The balance of account `id`.
+pub(crate) async fn balance(client: &Client, id: i32) -> i64 {
+    client
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 pub(crate) async fn rows_of(client: &Client, table: &str) -> Vec<String> {
     client
         .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])

@@ -3,7 +3,7 @@
 //! for the global transaction, or fails with 55P03), and rows nobody holds are written
 //! at once.
 
-use super::at_mode::{one, prepare, rolled_back, rows_of};
+use super::at_mode::{balance, one, prepare, rolled_back, rows_of};
 use super::at_protocols::tags;
 use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
@@ -27,14 +27,6 @@ fn assert_lock_not_available<T: std::fmt::Debug>(
         "{what}: {err:?}"
     );
     err
-}
-
-async fn balance(client: &Client, id: i32) -> i64 {
-    client
-        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// A batch's replies, `tags` in all, the one at `failed` an error of `sqlstate`, and

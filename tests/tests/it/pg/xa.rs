@@ -2,7 +2,7 @@
 //! tandem's branch id, the lockserver's decision runs COMMIT/ROLLBACK PREPARED, and a
 //! proxy that dies in between leaves a branch that recovery finishes.
 
-use super::at_mode::{dump, one, prepare, rolled_back, undo_rows};
+use super::at_mode::{balance, dump, one, prepare, rolled_back, undo_rows};
 use super::at_protocols::tags;
 use std::time::Duration;
 use tandem_tests::harness::{Tandem, TestDb, eventually};
@@ -24,14 +24,6 @@ async fn tandem_prepared(client: &Client) -> Vec<String> {
         .iter()
         .map(|r| r.get(0))
         .collect()
-}
-
-async fn balance(client: &Client, id: i32) -> i64 {
-    client
-        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]
