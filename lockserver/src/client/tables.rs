@@ -35,12 +35,13 @@ pub struct TableLockView {
     /// The lease in force, in ns: `lease`, or less when a lockserver's snapshot said
     /// its `table_lease_ms` is shorter (two thirds of that, leaving a margin for delay).
     lease_ns: AtomicU64,
-    /// Origin of `heard`.
+    /// Origin of each stream's `heard`.
     origin: Instant,
-    /// When the current stream last delivered anything, in ns since `origin`.
-    heard: AtomicU64,
-    /// Generation of the newest stream that is up; 0: none.
-    current: AtomicU64,
+    /// Generation of the newest stream that came up.
+    newest: AtomicU64,
+    /// What follows an older stream's snapshot is not trusted: the newest stream went
+    /// down before a newer one came up (a stream replaced by a newer one is not).
+    floor: AtomicU64,
     next_generation: AtomicU64,
     /// A std RwLock: never held across an `.await`; written only for a new resource.
     resources: RwLock<HashMap<String, Arc<ResourceView>>>,
@@ -50,7 +51,8 @@ impl std::fmt::Debug for TableLockView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TableLockView")
             .field("lease", &self.lease)
-            .field("current", &self.current.load(Ordering::Relaxed))
+            .field("newest", &self.newest.load(Ordering::Relaxed))
+            .field("floor", &self.floor.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -71,10 +73,19 @@ pub(super) struct ResourceView {
     drain_cut_short: std::sync::atomic::AtomicBool,
 }
 
+/// One phase-2 stream, as the view knows it.
+pub(super) struct StreamClock {
+    /// Grows with each stream up.
+    generation: u64,
+    /// When the stream last delivered anything, in ns since the view's `origin`; 0:
+    /// never.
+    heard: AtomicU64,
+}
+
 #[derive(Default)]
 struct Tables {
-    /// The stream whose snapshot this follows; 0: none yet.
-    generation: u64,
+    /// The stream whose snapshot this follows; none yet.
+    source: Option<Arc<StreamClock>>,
     unknown: bool,
     locked: HashSet<String>,
     /// Writes entering now count in `in_flight[epoch % 2]`.
@@ -187,8 +198,8 @@ impl TableLockView {
             lease,
             lease_ns: AtomicU64::new(lease.as_nanos() as u64),
             origin: Instant::now(),
-            heard: AtomicU64::new(0),
-            current: AtomicU64::new(0),
+            newest: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
             next_generation: AtomicU64::new(1),
             resources: RwLock::default(),
         })
@@ -223,12 +234,20 @@ impl TableLockView {
         now.saturating_duration_since(self.origin).as_nanos() as u64
     }
 
-    /// Whether `t` may be believed now.
+    /// Whether `t` may be believed now: the stream whose snapshot it follows was heard
+    /// from within the lease, and the newest stream did not go down since.
+    ///
+    /// A stream replaced by a newer one (a database first served) stays believed until
+    /// the newer one's snapshot arrives or its lease runs out: the lockserver waits out
+    /// the lease of a stream that closed unless a newer stream of this view acked its
+    /// snapshot, and every notice of the newer stream that adds tables is applied at
+    /// once. Writes judged meanwhile would otherwise all be checked, or refused.
     fn trusted(&self, t: &Tables, now: Instant) -> bool {
-        let current = self.current.load(Ordering::SeqCst);
-        let heard = self.heard.load(Ordering::SeqCst);
-        t.generation != 0
-            && t.generation == current
+        let Some(source) = &t.source else {
+            return false;
+        };
+        let heard = source.heard.load(Ordering::SeqCst);
+        source.generation >= self.floor.load(Ordering::SeqCst)
             && !t.unknown
             && heard != 0
             && self.since_origin(now).saturating_sub(heard) <= self.lease_ns.load(Ordering::SeqCst)
@@ -317,41 +336,50 @@ impl TableLockView {
         !self.trusted(&t, now) || t.locked.contains(table)
     }
 
-    /// A stream is up; it is the newest. Returns its generation.
-    pub(super) fn stream_up(&self) -> u64 {
-        let g = self.next_generation.fetch_add(1, Ordering::SeqCst);
-        self.current.store(g, Ordering::SeqCst);
-        g
+    /// A stream is up; it is the newest.
+    pub(super) fn stream_up(&self) -> Arc<StreamClock> {
+        let generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        self.newest.fetch_max(generation, Ordering::SeqCst);
+        Arc::new(StreamClock {
+            generation,
+            heard: AtomicU64::new(0),
+        })
     }
 
-    /// Stream `generation` ended: if it was the newest, nothing is trusted any more.
-    pub(super) fn stream_down(&self, generation: u64) {
-        let _ = self
-            .current
-            .compare_exchange(generation, 0, Ordering::SeqCst, Ordering::SeqCst);
-    }
-
-    /// Stream `generation` delivered a message.
-    pub(super) fn heard(&self, generation: u64) {
-        if self.current.load(Ordering::SeqCst) == generation {
-            let now = self.since_origin(Instant::now()).max(1);
-            self.heard.store(now, Ordering::SeqCst);
+    /// `stream` ended: if it was the newest, nothing it or an older stream fed is
+    /// trusted any more. A newer stream's snapshot is needed.
+    pub(super) fn stream_down(&self, stream: &StreamClock) {
+        if self.newest.load(Ordering::SeqCst) == stream.generation {
+            self.floor
+                .fetch_max(stream.generation + 1, Ordering::SeqCst);
         }
     }
 
-    /// Applies a notice of stream `generation`; returns the resource to drain before
+    /// `stream` delivered a message.
+    pub(super) fn heard(&self, stream: &StreamClock) {
+        let now = self.since_origin(Instant::now()).max(1);
+        stream.heard.store(now, Ordering::SeqCst);
+    }
+
+    /// Applies a notice of `stream`; returns the resource to drain before
     /// acknowledging it, if it needs an acknowledgement.
     ///
     /// Only the stream whose snapshot the resource follows may remove tables or
     /// replace the set (an older stream's notice may be late); any stream may add
     /// tables, which is always safe.
-    pub(super) fn apply(&self, generation: u64, n: pb::TableNotice) -> Option<Arc<ResourceView>> {
+    pub(super) fn apply(
+        &self,
+        stream: &Arc<StreamClock>,
+        n: pb::TableNotice,
+    ) -> Option<Arc<ResourceView>> {
         let r = self.resource_or_insert(&n.resource_id);
+        let generation = stream.generation;
         let drain = {
             let mut t = r.write();
+            let followed = t.source.as_ref().map_or(0, |s| s.generation);
             if n.unknown {
-                if generation >= t.generation {
-                    t.generation = generation;
+                if generation >= followed {
+                    t.source = Some(Arc::clone(stream));
                     t.unknown = true;
                 }
                 false
@@ -361,8 +389,8 @@ impl TableLockView {
                     let lease = self.lease.min(theirs).as_nanos() as u64;
                     self.lease_ns.store(lease, Ordering::SeqCst);
                 }
-                if generation >= t.generation {
-                    t.generation = generation;
+                if generation >= followed {
+                    t.source = Some(Arc::clone(stream));
                     t.unknown = false;
                     t.locked = n.locked.into_iter().collect();
                 } else {
@@ -372,7 +400,7 @@ impl TableLockView {
             } else {
                 let drain = !n.locked.is_empty();
                 t.locked.extend(n.locked);
-                if generation == t.generation {
+                if generation == followed {
                     for u in &n.unlocked {
                         t.locked.remove(u);
                     }
@@ -393,7 +421,7 @@ const PENDING_ACKS: usize = 1024;
 /// never holds up phase-2 work. Dropping it marks the stream down.
 pub(super) struct StreamTables {
     view: Arc<TableLockView>,
-    generation: u64,
+    stream: Arc<StreamClock>,
     pending: mpsc::Sender<(u64, Arc<ResourceView>)>,
     acker: tokio::task::JoinHandle<()>,
 }
@@ -401,7 +429,7 @@ pub(super) struct StreamTables {
 impl StreamTables {
     /// The stream is up; acknowledgements go to `acks` (seq numbers, each notice on its own).
     pub(super) fn start(view: Arc<TableLockView>, acks: mpsc::Sender<u64>) -> Self {
-        let generation = view.stream_up();
+        let stream = view.stream_up();
         let (pending, mut rx) = mpsc::channel::<(u64, Arc<ResourceView>)>(PENDING_ACKS);
         let acker = tokio::spawn(async move {
             // Each notice is acknowledged on its own once its resource's writes are
@@ -427,7 +455,7 @@ impl StreamTables {
         });
         StreamTables {
             view,
-            generation,
+            stream,
             pending,
             acker,
         }
@@ -436,11 +464,11 @@ impl StreamTables {
     /// A message arrived with these notices (none: a heartbeat or work). False when
     /// the stream must end: too many acknowledgements are pending.
     pub(super) fn on_message(&self, notices: Vec<pb::TableNotice>) -> bool {
-        self.view.heard(self.generation);
+        self.view.heard(&self.stream);
         let mut ok = true;
         for n in notices {
             let seq = n.seq;
-            if let Some(r) = self.view.apply(self.generation, n) {
+            if let Some(r) = self.view.apply(&self.stream, n) {
                 ok &= self.pending.try_send((seq, r)).is_ok();
             }
         }
@@ -450,7 +478,7 @@ impl StreamTables {
 
 impl Drop for StreamTables {
     fn drop(&mut self) {
-        self.view.stream_down(self.generation);
+        self.view.stream_down(&self.stream);
         self.acker.abort();
     }
 }

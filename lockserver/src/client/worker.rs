@@ -181,8 +181,16 @@ const ACKS_QUEUED: usize = 64;
 /// to a [`BranchHandler`] and sends back its outcome; reconnects with backoff.
 pub struct Phase2Worker {
     cancel: CancellationToken,
-    connected: Arc<AtomicBool>,
+    status: Arc<Status>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How far a worker's stream got, for its owner.
+struct Status {
+    /// The stream is open (the lockserver accepted `Hello`).
+    connected: AtomicBool,
+    /// A stream delivered its first message (with a table view: its snapshot is in).
+    delivered: tokio::sync::watch::Sender<bool>,
 }
 
 impl Phase2Worker {
@@ -194,25 +202,37 @@ impl Phase2Worker {
         opts: WorkerOptions,
     ) -> Self {
         let cancel = CancellationToken::new();
-        let connected = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Status {
+            connected: AtomicBool::new(false),
+            delivered: tokio::sync::watch::Sender::new(false),
+        });
         let run = worker_loop(
             client.rpc.clone(),
             resources,
             handler,
             opts,
             cancel.clone(),
-            connected.clone(),
+            status.clone(),
         );
         Phase2Worker {
             cancel,
-            connected,
+            status,
             task: tokio::spawn(run),
         }
     }
 
     /// Whether the stream is currently open (the lockserver has accepted `Hello`).
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.status.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until a stream of this worker delivered its first message: with a table
+    /// view, the lockserver's snapshot of the worker's resources is in the view.
+    pub fn delivered(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.status.delivered.subscribe();
+        async move {
+            let _ = rx.wait_for(|delivered| *delivered).await;
+        }
     }
 
     /// Stops the worker; items being handled are abandoned (the lockserver redelivers).
@@ -228,7 +248,7 @@ async fn worker_loop(
     handler: Arc<dyn BranchHandler>,
     opts: WorkerOptions,
     cancel: CancellationToken,
-    connected: Arc<AtomicBool>,
+    status: Arc<Status>,
 ) {
     let mut delay = opts.reconnect_initial;
     // An operator hears once that the lockserver cannot be reached (global
@@ -239,9 +259,9 @@ async fn worker_loop(
     while !cancel.is_cancelled() {
         let had_work = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = one_stream(rpc.clone(), &resources, &handler, &opts, &connected) => r,
+            r = one_stream(rpc.clone(), &resources, &handler, &opts, &status) => r,
         };
-        connected.store(false, Ordering::Relaxed);
+        status.connected.store(false, Ordering::Relaxed);
         if had_work {
             delay = opts.reconnect_initial;
             unreachable_since = None;
@@ -265,7 +285,7 @@ async fn worker_loop(
         }
         delay = (delay * 2).min(opts.reconnect_max);
     }
-    connected.store(false, Ordering::Relaxed);
+    status.connected.store(false, Ordering::Relaxed);
 }
 
 /// Runs one stream until it ends; returns whether it was ever established.
@@ -274,7 +294,7 @@ async fn one_stream(
     resources: &[String],
     handler: &Arc<dyn BranchHandler>,
     opts: &WorkerOptions,
-    connected: &AtomicBool,
+    status: &Status,
 ) -> bool {
     let (tx, rx) = mpsc::channel::<pb::Phase2Result>(opts.concurrency.max(1) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(ACKS_QUEUED);
@@ -310,7 +330,7 @@ async fn one_stream(
             return false;
         }
     };
-    connected.store(true, Ordering::Relaxed);
+    status.connected.store(true, Ordering::Relaxed);
     tracing::info!(resources = ?resources, "phase-2 stream established");
     // Dropped however this function ends (also when its future is dropped): the
     // stream's view goes down with it.
@@ -326,6 +346,9 @@ async fn one_stream(
             tracing::warn!("table notices pending acknowledgement overflowed; reconnecting");
             return true;
         }
+        status
+            .delivered
+            .send_if_modified(|delivered| !std::mem::replace(delivered, true));
         for w in msg.work {
             let Ok(xid) = Xid::parse(&w.xid) else {
                 continue;

@@ -11,6 +11,7 @@ use super::raw::Raw;
 use crate::upstream::SidePools;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 use tandem_lockserver::client::{BoxFuture, BranchHandler, BranchKind, BranchOutcome, Phase2Work};
 use tandem_undo::{Postgres, UndoRecord, replay};
 use tokio_postgres::error::SqlState;
@@ -431,6 +432,9 @@ impl BranchHandler for PgBranchHandler {
     }
 }
 
+/// How long a replaced phase-2 stream is kept for its successor's snapshot, at most.
+const REPLACED_STREAM_KEPT: Duration = Duration::from_secs(10);
+
 /// The resources this proxy serves phase 2 for, and the worker stream that announces
 /// them to the lockserver. A resource is added the first time a branch is registered
 /// on it, or at start-up for every database of the upstream.
@@ -500,7 +504,17 @@ impl Phase2Registry {
             },
         );
         if let Some(old) = state.1.replace(worker) {
-            tokio::spawn(old.shutdown());
+            // The old stream's view stands until the new one's snapshot is in, and it
+            // keeps acknowledging meanwhile: stopped at once, it would leave every
+            // database's view untrusted (all writes checked, some refused) for that
+            // moment. A new stream that never delivers does not keep it for good.
+            let new = state.1.as_ref().map(|w| w.delivered());
+            tokio::spawn(async move {
+                if let Some(delivered) = new {
+                    let _ = tokio::time::timeout(REPLACED_STREAM_KEPT, delivered).await;
+                }
+                old.shutdown().await;
+            });
         }
     }
 

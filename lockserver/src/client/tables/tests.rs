@@ -35,11 +35,11 @@ fn nothing_is_trusted_before_a_snapshot() {
     assert!(!enters(&v, Some("t")));
     assert!(v.may_be_locked(R, "t"));
     let g = v.stream_up();
-    v.heard(g);
+    v.heard(&g);
     assert!(!enters(&v, Some("t")), "stream up, but no snapshot yet");
     // A notice that is not a snapshot does not make the view trusted.
-    v.apply(g, notice(1, &["a"], &[]));
-    v.heard(g);
+    v.apply(&g, notice(1, &["a"], &[]));
+    v.heard(&g);
     assert!(!enters(&v, Some("t")));
 }
 
@@ -48,10 +48,10 @@ fn snapshot_then_notices_decide_which_writes_enter() {
     let v = TableLockView::new(Duration::from_secs(60));
     let g = v.stream_up();
     assert!(
-        v.apply(g, snapshot(1, &["a"])).is_some(),
+        v.apply(&g, snapshot(1, &["a"])).is_some(),
         "a snapshot is acked"
     );
-    v.heard(g);
+    v.heard(&g);
     assert!(enters(&v, Some("b")));
     assert!(!enters(&v, Some("a")), "announced table");
     assert!(!enters(&v, None), "unknown table while one is announced");
@@ -61,12 +61,12 @@ fn snapshot_then_notices_decide_which_writes_enter() {
     );
     assert!(v.may_be_locked(R, "a") && !v.may_be_locked(R, "b"));
     assert!(
-        v.apply(g, notice(2, &["b"], &[])).is_some(),
+        v.apply(&g, notice(2, &["b"], &[])).is_some(),
         "locked: acked"
     );
     assert!(!enters(&v, Some("b")));
     assert!(
-        v.apply(g, notice(3, &[], &["a", "b"])).is_none(),
+        v.apply(&g, notice(3, &[], &["a", "b"])).is_none(),
         "unlocked: nothing to ack"
     );
     assert!(enters(&v, Some("a")) && enters(&v, None));
@@ -76,8 +76,8 @@ fn snapshot_then_notices_decide_which_writes_enter() {
 fn a_table_known_by_name_only_enters_while_no_schema_has_it_announced() {
     let v = TableLockView::new(Duration::from_secs(60));
     let g = v.stream_up();
-    v.apply(g, snapshot(1, &["tenant.accounts", "public.my.table"]));
-    v.heard(g);
+    v.apply(&g, snapshot(1, &["tenant.accounts", "public.my.table"]));
+    v.heard(&g);
     let by_name = |name: &str| v.enter_unchecked_by_name(R, name).is_some();
     assert!(!by_name("accounts"), "announced in another schema");
     assert!(!by_name("Accounts"), "a doubt over case means a check");
@@ -97,23 +97,23 @@ fn a_table_known_by_name_only_enters_while_no_schema_has_it_announced() {
 fn unknown_lease_and_stream_end_withdraw_trust() {
     let v = TableLockView::new(Duration::from_millis(200));
     let g = v.stream_up();
-    v.apply(g, snapshot(1, &[]));
-    v.heard(g);
+    v.apply(&g, snapshot(1, &[]));
+    v.heard(&g);
     assert!(enters(&v, Some("t")));
     std::thread::sleep(Duration::from_millis(300));
     assert!(!enters(&v, Some("t")), "nothing heard within the lease");
     assert!(v.may_be_locked(R, "t"));
-    v.heard(g);
+    v.heard(&g);
     assert!(enters(&v, Some("t")), "a heartbeat renews it");
-    v.stream_down(g);
+    v.stream_down(&g);
     assert!(!enters(&v, Some("t")), "stream down");
 
     let g = v.stream_up();
-    v.apply(g, snapshot(1, &[]));
-    v.heard(g);
+    v.apply(&g, snapshot(1, &[]));
+    v.heard(&g);
     assert!(enters(&v, Some("t")));
     v.apply(
-        g,
+        &g,
         pb::TableNotice {
             unknown: true,
             ..notice(2, &[], &[])
@@ -128,49 +128,82 @@ fn a_lockserver_with_a_shorter_lease_shortens_the_trust() {
     let g = v.stream_up();
     // table_lease_ms = 300: trusted at most 200 ms after the last message.
     v.apply(
-        g,
+        &g,
         pb::TableNotice {
             lease_ms: 300,
             ..snapshot(1, &[])
         },
     );
-    v.heard(g);
+    v.heard(&g);
     assert!(enters(&v, Some("t")));
     std::thread::sleep(Duration::from_millis(250));
     assert!(
         !enters(&v, Some("t")),
         "past two thirds of the lockserver's lease"
     );
-    v.heard(g);
+    v.heard(&g);
     assert!(enters(&v, Some("t")), "heard again");
 }
 
 #[test]
-fn only_the_newest_stream_confers_trust_and_removes_tables() {
-    let v = TableLockView::new(Duration::from_secs(60));
+fn a_replaced_stream_is_believed_until_the_new_snapshot_and_only_adds_tables() {
+    let v = TableLockView::new(Duration::from_millis(300));
     let old = v.stream_up();
-    v.apply(old, snapshot(1, &["a"]));
-    v.heard(old);
+    v.apply(&old, snapshot(1, &["a"]));
+    v.heard(&old);
     let new = v.stream_up();
-    v.heard(new);
+    v.heard(&new);
+    assert!(
+        enters(&v, Some("b")) && !enters(&v, Some("a")),
+        "the new stream's snapshot is not in yet: the old one's stands"
+    );
+    // Still the old stream's set: a late notice of it may add tables.
+    v.apply(&old, notice(2, &["c"], &[]));
+    assert!(!enters(&v, Some("c")));
+    v.stream_down(&old);
+    assert!(
+        enters(&v, Some("b")),
+        "a replaced stream ending does not withdraw trust"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    v.heard(&new);
     assert!(
         !enters(&v, Some("b")),
-        "the new stream's snapshot is not in yet"
+        "the old stream's snapshot, past its lease"
     );
-    v.apply(new, snapshot(1, &["a"]));
-    assert!(enters(&v, Some("b")));
-    // A late notice of the old stream may add tables, never remove them.
-    v.apply(old, notice(2, &[], &["a"]));
+    v.apply(&new, snapshot(1, &["a"]));
+    assert!(enters(&v, Some("b")) && enters(&v, Some("c")));
+    // Once the new snapshot is in, a late notice of the old stream may add tables,
+    // never remove them.
+    v.apply(&old, notice(3, &[], &["a"]));
     assert!(!enters(&v, Some("a")));
-    v.apply(old, notice(3, &["c"], &[]));
-    assert!(!enters(&v, Some("c")));
-    v.stream_down(old);
+    v.apply(&old, notice(4, &["d"], &[]));
+    assert!(!enters(&v, Some("d")));
+    v.stream_down(&old);
     assert!(
         enters(&v, Some("b")),
         "the old stream ending changes nothing"
     );
-    v.stream_down(new);
+    v.stream_down(&new);
     assert!(!enters(&v, Some("b")));
+}
+
+#[test]
+fn after_the_newest_stream_went_down_only_a_newer_snapshot_is_believed() {
+    let v = TableLockView::new(Duration::from_secs(60));
+    let old = v.stream_up();
+    v.apply(&old, snapshot(1, &["a"]));
+    v.heard(&old);
+    v.stream_down(&old);
+    let new = v.stream_up();
+    v.heard(&new);
+    v.heard(&old);
+    assert!(
+        !enters(&v, Some("b")),
+        "the snapshot of a stream that went down as the newest"
+    );
+    v.apply(&new, snapshot(1, &[]));
+    assert!(enters(&v, Some("a")) && enters(&v, Some("b")));
 }
 
 async fn no_ack(acks: &mut mpsc::Receiver<u64>, what: &str) {

@@ -2280,3 +2280,65 @@ async fn a_write_judged_by_its_tables_that_names_a_partition_is_judged_by_its_ro
     drop(b);
     finish(lockserver, [global, outside]).await;
 }
+
+/// Serving one more database replaces the proxy's phase-2 stream. Until the new
+/// stream's snapshot arrives, the old one's view of the other databases still stands:
+/// a portal bound meanwhile in a transaction on one of them is written as before (it
+/// met 0A000, "batched with other messages", while nothing was believed).
+#[tokio::test]
+async fn serving_one_more_database_leaves_writes_to_the_others_as_they_were() {
+    let orders = prepare("outside_served").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    // Served, and its view current, before the writers start.
+    let first = outside.connect(&orders.name).await;
+    first
+        .execute("UPDATE accounts SET balance = 0 WHERE id = 5", &[])
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for id in 1..=4i32 {
+        let mut c = outside.connect(&orders.name).await;
+        let stop = stop.clone();
+        writers.spawn(async move {
+            let mut written = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let tx = c.transaction().await.unwrap();
+                let update = tx
+                    .prepare("UPDATE accounts SET balance = $2 WHERE id = $1 RETURNING id")
+                    .await
+                    .unwrap();
+                let portal = tx.bind(&update, &[&id, &(written + 1)]).await;
+                let rows = match portal {
+                    Ok(portal) => tx.query_portal(&portal, 0).await,
+                    Err(e) => Err(e),
+                };
+                match rows {
+                    Ok(rows) => assert_eq!(rows.len(), 1),
+                    Err(e) => return Err(format!("write {} of row {id}: {e:?}", written + 1)),
+                }
+                tx.commit().await.unwrap();
+                written += 1;
+            }
+            Ok((id, written))
+        });
+    }
+    let mut served = Vec::new();
+    for i in 0..10 {
+        let db = tandem_tests::harness::TestDb::create(&format!("outside_served_{i}")).await;
+        let c = outside.connect(&db.name).await;
+        one(&c, "SELECT 1").await.unwrap();
+        served.push((db, c));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let direct = orders.direct().await;
+    while let Some(done) = writers.join_next().await {
+        let (id, written) = done.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert!(written > 0, "row {id} was never written");
+        assert_eq!(balance(&direct, id).await, written, "row {id}");
+    }
+    drop(served);
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
