@@ -217,6 +217,9 @@ impl Relay<'_> {
         let sql = String::from_utf8_lossy(sql_bytes).into_owned();
         let analyses = match analyze(&Postgres, &sql) {
             Ok(a) => a,
+            Err(e @ tandem_undo::Error::Parse { .. }) => {
+                return self.refuse_unparsed(&sql, e).await;
+            }
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
         let ends_failed_block = matches!(
@@ -400,6 +403,23 @@ impl Relay<'_> {
                 }
         );
         failed_at_last_ready && !self.executed_in_batch
+    }
+
+    /// A Query tandem cannot parse (`e`): the server judges it first, without running
+    /// it. What it rejects fails as it would directly: a syntax error (42601, at its
+    /// position), an unknown table, 25P02 in a failed block. What it accepts is refused.
+    async fn refuse_unparsed(&mut self, sql: &str, e: tandem_undo::Error) -> Result<Intercepted> {
+        if !self.phase.at_sync_point() {
+            return Ok(Intercepted::WaitForSyncPoint);
+        }
+        let Some((response, status)) = self.server_rejects(sql).await? else {
+            return Ok(self.refuse(Error::Undo(e)));
+        };
+        tracing::debug!(parent: &self.span, error = %e, "statement tandem cannot parse, rejected by the server");
+        self.phase = super::Phase::Ready(status);
+        let mut out = BytesMut::from(&response[..]);
+        self.put_batch_end(&mut out, status).await?;
+        Ok(Intercepted::Answer(out))
     }
 
     pub(super) fn refuse(&self, e: Error) -> Intercepted {

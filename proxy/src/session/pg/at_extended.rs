@@ -140,7 +140,19 @@ impl Relay<'_> {
                 }
                 _ => return Ok(Extended::NotAWrite),
             },
-            // Unparseable or several statements: the Parse refusal deals with it.
+            // Bound, it runs here and now, whenever it was prepared: one prepared before
+            // the session was bound was never analysed, and a write tandem cannot read
+            // would change rows the rollback never restores.
+            Err(e) if tag == frontend::BIND => {
+                return Ok(Extended::RefuseBind(refusal(Error::Undo(e))));
+            }
+            Ok(a) if tag == frontend::BIND && a.len() > 1 => {
+                return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
+                    what: "a prepared statement of several statements inside a global transaction",
+                })));
+            }
+            // Prepared: the server judges it first (a syntax error fails as it would
+            // directly); if it prepares, it is refused when bound.
             _ => return Ok(Extended::NotAWrite),
         };
         if self.phase == super::Phase::Ready(TxStatus::Failed) {

@@ -37,6 +37,8 @@ pub struct Exchanged {
     pub status: Option<TxStatus>,
     /// The backend's error, if it failed.
     pub error: Option<ErrorFields>,
+    /// That error's ErrorResponse message, as the backend sent it.
+    pub error_response: Option<Vec<u8>>,
 }
 
 /// A parameter of an injected statement.
@@ -145,6 +147,47 @@ impl Relay<'_> {
         Ok(self.describe_reply.take().unwrap_or_default())
     }
 
+    /// Whether the server prepares `sql`, one of the client's statements that tandem
+    /// cannot parse: nothing runs (a Parse under tandem's statement name, then Sync).
+    /// `Some`: its error, the reply it would have given the statement had it run, as
+    /// sent, and the transaction status after it (a block fails as the statement would
+    /// have failed it). `None`: it prepares, or it holds several statements (which only
+    /// the simple protocol takes).
+    pub(super) async fn server_rejects(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<(Vec<u8>, TxStatus)>> {
+        let mut out = BytesMut::with_capacity(64 + sql.len());
+        put_close(&mut out, target::STATEMENT, STATEMENT);
+        let mut body = BytesMut::new();
+        put_cstr(&mut body, STATEMENT);
+        put_cstr(&mut body, sql.as_bytes());
+        body.put_u16(0);
+        put_msg(&mut out, frontend::PARSE, &body);
+        put_msg(&mut out, frontend::SYNC, &[]);
+        self.server
+            .write_all(&out)
+            .await
+            .map_err(Error::UpstreamIo)?;
+        let got = self
+            .read_exchange_replies(1)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let (Some(error), Some(response)) = (got.error, got.error_response) else {
+            return Ok(None);
+        };
+        if error.is_fatal() {
+            return Err(Error::injected(&error.code, error.message));
+        }
+        // "cannot insert multiple commands into a prepared statement": each of them
+        // parsed (a syntax error points at where it is).
+        if error.code == "42601" && error.position.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((response, got.status.unwrap_or(TxStatus::Failed))))
+    }
+
     /// Runs one of tandem's own statements that must succeed (BEGIN, ROLLBACK…); the
     /// backend's error becomes `Error::Injected`.
     pub(super) async fn exchange_required(&mut self, sql: &str) -> Result<()> {
@@ -221,6 +264,8 @@ impl Relay<'_> {
                         let fatal = error.is_fatal();
                         if completed < results.len() {
                             results[current].error = Some(error);
+                            results[current].error_response =
+                                Some(self.from_server[..frame.wire_len].to_vec());
                         } else {
                             // Every statement had completed (a cancel that came late, at
                             // the Sync): none of them failed, a COMMIT among them committed.

@@ -51,6 +51,10 @@ impl Relay<'_> {
         match self.ctx.analyses.analyze(&sql) {
             // XA mode captures nothing, so it needs no analysis of what it relays.
             Err(_) if self.branch_mode() == crate::binding::Mode::Xa => None,
+            // The server judges what tandem cannot parse: what it rejects fails as it
+            // would directly (a syntax error, 42601); what it prepares is refused when
+            // bound (at_extended.rs).
+            Err(tandem_undo::Error::Parse { .. }) => None,
             Err(e) => refuse(Error::Undo(e)),
             // Either mode commits a branch over the extended protocol at the COMMIT's
             // Bind (at_extended.rs, xa.rs).

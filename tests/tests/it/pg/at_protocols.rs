@@ -1,7 +1,7 @@
 //! AT mode across the ways a statement arrives: the extended protocol, XID hints,
 //! autocommit, and local transactions that fail.
 
-use super::at_mode::{dump, one, prepare, rolled_back, rows_of, undo_rows};
+use super::at_mode::{balance, dump, one, prepare, rolled_back, rows_of, undo_rows};
 use tandem_tests::harness::TestDb;
 
 /// `uniq(id, v)` whose unique `v` is checked at COMMIT: a way to make a local COMMIT
@@ -3120,10 +3120,9 @@ async fn a_query_behind_a_failed_extended_message_is_skipped_as_postgresql_skips
             raw.send(&batch).await;
             let replies = raw.recv_until(b'Z').await;
             assert_eq!(tags(&replies), "EZ", "{mode}, {skipped}: {replies:?}");
-            // AT mode refuses a statement it cannot parse before PostgreSQL sees it.
+            // PostgreSQL judges a statement tandem cannot parse, in AT mode too.
             let refused = replies[0].sqlstate();
-            let expected = if mode == "at" { "0A000" } else { "42601" };
-            assert_eq!(refused.as_deref(), Some(expected), "{mode}, {skipped}");
+            assert_eq!(refused.as_deref(), Some("42601"), "{mode}, {skipped}");
             let replies = raw.recv_until(b'Z').await;
             assert_eq!(tags(&replies), "12DCZ", "{mode}, {skipped}: {replies:?}");
             // An Execute that fails, and a Describe of no portal: the backend skips
@@ -4422,5 +4421,147 @@ async fn a_refusal_behind_a_stray_copy_done_is_tandems_own() {
     raw.run_each(&["SELECT tandem_rollback()"]).await;
     drop(raw);
     tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A statement tandem cannot parse (`BETWEEN SYMMETRIC`) that the client prepared
+/// before binding its session to a global transaction ran uncaptured when executed
+/// inside it: the rollback left its write in place. It is refused when bound.
+#[tokio::test]
+async fn a_statement_tandem_cannot_parse_prepared_before_the_binding_is_refused_when_bound() {
+    let db = prepare("at_unparsed_prepared").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let c = tandem.connect(&db.name).await;
+    let update = c
+        .prepare("UPDATE accounts SET balance = $1 WHERE id = 1 AND balance BETWEEN SYMMETRIC 100000 AND 0")
+        .await
+        .unwrap();
+    assert_eq!(c.execute(&update, &[&50i64]).await.unwrap(), 1);
+    let before = dump(&direct).await;
+    for in_block in [false, true] {
+        one(&c, "SELECT tandem_begin(30000)").await.unwrap();
+        if in_block {
+            c.batch_execute("BEGIN").await.unwrap();
+        }
+        c.execute("UPDATE accounts SET balance = 7 WHERE id = 2", &[])
+            .await
+            .unwrap();
+        let err = c
+            .execute(&update, &[&77i64])
+            .await
+            .expect_err("run uncaptured inside a global transaction");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{err:?}"
+        );
+        if in_block {
+            c.batch_execute("ROLLBACK").await.unwrap();
+        }
+        rolled_back(&c).await;
+        assert_eq!(dump(&direct).await, before, "in a block: {in_block}");
+    }
+    lockserver.stop().await;
+}
+
+/// A statement tandem cannot parse, inside a global transaction, is judged by
+/// PostgreSQL first: its errors are PostgreSQL's own (a syntax error's SQLSTATE,
+/// message and position, an unknown table), over either protocol; only what
+/// PostgreSQL accepts is refused (0A000). A block fails as the statement would have
+/// failed it, and the global rollback restores what the block wrote before.
+#[tokio::test]
+async fn statements_tandem_cannot_parse_fail_as_postgresql_fails_them() {
+    let db = prepare("at_unparsed").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let c = tandem.connect(&db.name).await;
+    let fields = |e: &tokio_postgres::Error| {
+        let db = e.as_db_error().expect("a server error");
+        (
+            db.code().clone(),
+            db.message().to_owned(),
+            format!("{:?}", db.position()),
+        )
+    };
+    one(&c, "SELECT tandem_begin(30000)").await.unwrap();
+    for sql in [
+        "UPDATE accounts SET balance = WHERE id = 1",
+        "UPDAT accounts SET balance = 1 WHERE id = 1",
+        "UPDATE nosuch SET balance = 1 WHERE balance BETWEEN SYMMETRIC 1 AND 2",
+        "UPDATE accounts SET balance = 1 WHERE id = 1; UPDATE accounts SET balance = WHERE id = 2",
+    ] {
+        let expected = direct.simple_query(sql).await.expect_err(sql);
+        let got = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(fields(&got), fields(&expected), "simple: {sql}");
+        if !sql.contains(';') {
+            let expected = direct.prepare(sql).await.expect_err(sql);
+            let got = c.prepare(sql).await.expect_err(sql);
+            assert_eq!(fields(&got), fields(&expected), "extended: {sql}");
+        }
+    }
+    // Accepted by PostgreSQL, not read by tandem: refused, alone or among others.
+    for sql in [
+        "UPDATE accounts SET balance = 1 WHERE balance BETWEEN SYMMETRIC 1 AND 2000",
+        "UPDATE accounts SET balance = 2 WHERE id = 2; UPDATE accounts SET balance = 1 WHERE balance BETWEEN SYMMETRIC 1 AND 2000",
+    ] {
+        let err = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {err:?}"
+        );
+    }
+    let statement = c
+        .prepare("UPDATE accounts SET balance = $1 WHERE balance BETWEEN SYMMETRIC 1 AND 2000")
+        .await
+        .expect("PostgreSQL prepares it");
+    let err = c.execute(&statement, &[&1i64]).await.expect_err("bound");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FEATURE_NOT_SUPPORTED),
+        "{err:?}"
+    );
+    // In a block: the syntax error fails it, as it would directly.
+    c.batch_execute("BEGIN; UPDATE accounts SET balance = 5 WHERE id = 5")
+        .await
+        .unwrap();
+    let err = c
+        .simple_query("UPDATE accounts SET balance = WHERE id = 1")
+        .await
+        .expect_err("syntax error");
+    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
+    let err = c.simple_query("SELECT 1").await.expect_err("block failed");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    // PostgreSQL parses before it looks at the block: a syntax error still.
+    let err = c
+        .simple_query("UPDATE accounts SET balance = WHERE id = 1")
+        .await
+        .expect_err("in the failed block");
+    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
+    let err = c
+        .simple_query("UPDATE accounts SET balance = 1 WHERE balance BETWEEN SYMMETRIC 1 AND 2000")
+        .await
+        .expect_err("in the failed block");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{err:?}"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // An autocommit write after all that is captured, and rolled back with the rest.
+    c.batch_execute("UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(balance(&direct, 3).await, 3);
+    rolled_back(&c).await;
+    assert_eq!(dump(&direct).await, before);
     lockserver.stop().await;
 }

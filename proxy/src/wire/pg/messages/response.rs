@@ -48,6 +48,8 @@ pub struct ErrorFields {
     pub message: String,
     /// The schema the error names ('s'), if any.
     pub schema: String,
+    /// Where in the statement's text ('P', 1-based), if the error points there.
+    pub position: String,
 }
 
 impl ErrorFields {
@@ -67,6 +69,7 @@ impl ErrorFields {
                 b'C' => fields.code = value,
                 b'M' => fields.message = value,
                 b's' => fields.schema = value,
+                b'P' => fields.position = value,
                 _ => {}
             }
         }
