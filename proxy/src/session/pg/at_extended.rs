@@ -98,6 +98,13 @@ impl Relay<'_> {
                 return Ok(Extended::RefuseBind(refusal(e)));
             }
         }
+        if tag == frontend::BIND && super::xa::is_two_phase_statement(sql) {
+            // Refused at its Parse inside a global transaction; this one was prepared
+            // before the session was bound.
+            return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
+                what: super::xa::TWO_PHASE_REFUSED,
+            })));
+        }
         let sql = String::from_utf8_lossy(sql).into_owned();
         if self.branch_mode() == crate::binding::Mode::Xa {
             return self.extended_in_xa(rest, tag, &sql).await;

@@ -44,7 +44,7 @@ impl Relay<'_> {
         self.binding.xid()?;
         if super::xa::is_two_phase_statement(sql) {
             return refuse(Error::Unsupported {
-                what: "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction",
+                what: super::xa::TWO_PHASE_REFUSED,
             });
         }
         let sql = String::from_utf8_lossy(sql);
@@ -110,7 +110,7 @@ impl Relay<'_> {
                 }
                 if super::xa::is_two_phase_statement(query.sql) {
                     return Ok(self.refuse(Error::Unsupported {
-                        what: "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction",
+                        what: super::xa::TWO_PHASE_REFUSED,
                     }));
                 }
                 let sql = query.sql.to_vec();

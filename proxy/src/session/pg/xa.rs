@@ -117,6 +117,10 @@ fn copies_from_client(sql: &str) -> bool {
         && sql.to_ascii_lowercase().contains("stdin")
 }
 
+/// What is refused, of [`is_two_phase_statement`]'s statements, inside a global
+/// transaction (at their Parse, Query or Bind).
+pub(super) const TWO_PHASE_REFUSED: &str = "the client's own two-phase commit (PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED) inside a global transaction";
+
 /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`: the client's own
 /// two-phase commit. Outside a global transaction they pass through untouched; inside
 /// one they would take the local transaction away from its branch.

@@ -4565,3 +4565,56 @@ async fn statements_tandem_cannot_parse_fail_as_postgresql_fails_them() {
     assert_eq!(dump(&direct).await, before);
     lockserver.stop().await;
 }
+
+/// The client's own PREPARE TRANSACTION, prepared before the session was bound and
+/// bound inside a global transaction's block: refused (0A000) in either mode, as when
+/// prepared inside it. Run, it left the block's write prepared outside the branch.
+#[tokio::test]
+async fn the_clients_own_two_phase_commit_prepared_before_the_binding_is_refused_when_bound() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("late_two_phase").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let gid = format!("{}_gid", db.name);
+    for mode in ["at", "xa"] {
+        let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+        let mut parse = frame(
+            b'P',
+            &parse_body("tp", &format!("PREPARE TRANSACTION '{gid}'")),
+        );
+        parse.extend(frame(b'S', b""));
+        raw.send(&parse).await;
+        assert_eq!(tags(&raw.recv_until(b'Z').await), "1Z", "{mode}");
+        let mode_call = format!("SELECT tandem_mode('{mode}')");
+        raw.run_each(&[
+            &mode_call,
+            "SELECT tandem_begin(30000)",
+            "BEGIN",
+            "UPDATE accounts SET balance = 9 WHERE id = 1",
+        ])
+        .await;
+        raw.send(&bind_and_run("tp")).await;
+        let replies = raw.recv_until(b'Z').await;
+        assert_eq!(tags(&replies), "EZ", "{mode}: {replies:?}");
+        assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"), "{mode}");
+        raw.run_each(&["ROLLBACK"]).await;
+        raw.run_each(&["SELECT tandem_rollback()"]).await;
+        let prepared = direct
+            .query("SELECT gid FROM pg_prepared_xacts WHERE gid = $1", &[&gid])
+            .await
+            .unwrap();
+        if !prepared.is_empty() {
+            direct
+                .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                .await
+                .unwrap();
+        }
+        assert!(prepared.is_empty(), "{mode}: prepared outside the branch");
+        assert_eq!(dump(&direct).await, before, "{mode}");
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
