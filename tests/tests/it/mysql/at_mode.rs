@@ -3658,3 +3658,63 @@ async fn a_refused_long_data_execute_leaves_no_long_data_behind() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A statement tandem cannot parse, inside a global transaction, is judged by the
+/// server first, without running it: a syntax error or a name that does not resolve
+/// comes back as the server gives it (code and message); only what the server accepts
+/// is refused (1235), and a query of several statements. The transaction goes on as
+/// it would, and the global rollback restores everything.
+#[tokio::test]
+async fn statements_tandem_cannot_parse_fail_as_the_server_fails_them() {
+    let db = prepare("at_unparsed").await;
+    let mut direct = db.direct().await;
+    let before = dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let server_error = |e: mysql_async::Error| match e {
+        mysql_async::Error::Server(s) => (s.code, s.state, s.message),
+        other => panic!("not a server error: {other}"),
+    };
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    for in_block in [false, true] {
+        if in_block {
+            run_each(
+                &mut conn,
+                &["BEGIN", "UPDATE accounts SET balance = 7 WHERE id = 2"],
+            )
+            .await;
+        }
+        for sql in [
+            "UPDATE accounts SET balance = WHERE id = 1",
+            "UPDAT accounts SET balance = 1 WHERE id = 1",
+            "UPDATE nosuch SET balance = 1 WHERE note SOUNDS LIKE 'a'",
+            "UPDATE accounts SET balance = 1 WHERE nosuch SOUNDS LIKE 'a'",
+        ] {
+            let expected = server_error(direct.query_drop(sql).await.unwrap_err());
+            let got = server_error(conn.query_drop(sql).await.unwrap_err());
+            assert_eq!(got, expected, "{sql}");
+        }
+        each_fails_with(
+            &mut conn,
+            1235,
+            &[
+                "UPDATE accounts SET balance = 1 WHERE note SOUNDS LIKE 'a'",
+                "UPDATE accounts SET balance = 5 WHERE id = 3; UPDATE accounts SET balance = WHERE id = 2",
+            ],
+        )
+        .await;
+        if in_block {
+            run_each(&mut conn, &["COMMIT"]).await;
+        }
+    }
+    // The block's write went on past the errors, and committed.
+    let balance: Option<i64> = direct
+        .query_first("SELECT balance FROM accounts WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(balance, Some(7));
+    run_each(&mut conn, &["UPDATE accounts SET balance = 3 WHERE id = 3"]).await;
+    rolled_back_to(&mut conn, &mut direct, "accounts", &before).await;
+    lockserver.stop().await;
+}

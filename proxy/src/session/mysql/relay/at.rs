@@ -98,6 +98,13 @@ impl From<tandem_undo::Error> for AtFailure {
     }
 }
 
+/// The errors a COM_STMT_PREPARE of a statement gives as its COM_QUERY would, before
+/// anything runs: its syntax (ER_PARSE_ERROR, ER_SYNTAX_ERROR) and the names it uses
+/// (no such table, column, database or function; none selected; ambiguous; not
+/// granted). Others (ER_UNSUPPORTED_PS, too many prepared statements…) say nothing of
+/// the statement itself.
+const JUDGED_AT_PREPARE: [u16; 10] = [1064, 1149, 1146, 1054, 1049, 1046, 1305, 1052, 1142, 1143];
+
 impl Relay<'_> {
     pub(super) fn own(&mut self) -> Own<'_> {
         self.backend().0
@@ -115,6 +122,31 @@ impl Relay<'_> {
             executes_last_prepared: self.executes_last_prepared,
         };
         (own, &mut self.own_statements)
+    }
+
+    /// A COM_QUERY tandem cannot parse (`e`): the server judges it first, without
+    /// running it (a COM_STMT_PREPARE of its text). A syntax error, or a name that
+    /// does not resolve, comes back as the server gives it (1064, 1146 …); what the
+    /// server prepares is refused (1235), and so is a query of several statements (the
+    /// server prepares one statement only, and would call the rest a syntax error).
+    async fn refuse_unparsed(&mut self, text: &str, e: tandem_undo::Error) -> Result<Handled> {
+        let one_statement =
+            tandem_undo::split_mysql_statements(text).is_ok_and(|pieces| pieces.len() == 1);
+        if one_statement
+            && let Some(rejected) = self.own().rejected_at_prepare(text).await?
+            && JUDGED_AT_PREPARE.contains(&rejected.code)
+        {
+            tracing::debug!(parent: &self.span, error = %e, "statement tandem cannot parse, rejected by the server");
+            put_err(
+                &mut self.to_client,
+                1,
+                rejected.code,
+                &rejected.sqlstate,
+                &rejected.message,
+            );
+            return Ok(Handled::Answer);
+        }
+        self.refuse(e.into())
     }
 
     /// A whole COM_QUERY of a session bound in AT mode.
@@ -136,6 +168,9 @@ impl Relay<'_> {
         }
         let analyses = match tandem_undo::analyze(&Mysql, text) {
             Ok(analyses) => analyses,
+            Err(e @ tandem_undo::Error::Parse { .. }) => {
+                return self.refuse_unparsed(text, e).await;
+            }
             Err(e) => return self.refuse(e.into()),
         };
         if analyses.len() > 1 {

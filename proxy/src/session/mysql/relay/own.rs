@@ -610,6 +610,19 @@ impl Own<'_> {
         }
     }
 
+    /// A COM_STMT_PREPARE of one of the client's statements, so that the server judges
+    /// it without running it; closed again at once. The server's error, if it rejects
+    /// it.
+    pub async fn rejected_at_prepare(&mut self, sql: &str) -> Result<Option<OwnError>> {
+        Ok(match self.prepare(sql).await? {
+            Ok(id) => {
+                put_close(self.pending_closes, id);
+                None
+            }
+            Err(e) => Some(e),
+        })
+    }
+
     /// COM_STMT_PREPARE of `sql`: its statement id, its definitions read and dropped.
     async fn prepare(&mut self, sql: &str) -> Result<std::result::Result<u32, OwnError>> {
         let mut out = BytesMut::new();
