@@ -449,6 +449,14 @@ impl Relay<'_> {
             // gives what rows its row limit left, or nothing.
             return None;
         }
+        if !bound.judged {
+            // Bound before the session was bound, it was never judged, and would run as
+            // bound: a write uncaptured (or, in XA mode, outside the branch), a
+            // function's writes unseen, whatever its statement.
+            return Some(Error::Unsupported {
+                what: "executing, inside a global transaction, a portal bound before the session was bound to it (bind it again)",
+            });
+        }
         // Its statement as it was at the Bind: closed or replaced since, the portal
         // still runs it.
         let Some(sql) = &bound.sql else {
@@ -598,8 +606,9 @@ impl Relay<'_> {
             }
             frontend::BIND => {
                 let follow_up = self.next_follow_up.take();
+                let judged = self.binding.xid().is_some();
                 self.tracked
-                    .on_bind(body, follow_up)
+                    .on_bind(body, follow_up, judged)
                     .map_err(|_| Error::Malformed { what: "Bind" })?;
                 false
             }

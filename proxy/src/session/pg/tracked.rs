@@ -55,6 +55,9 @@ pub struct Portal {
     follow_up: Option<FollowUp>,
     /// An Execute of it completed (not one the backend skipped): its statement ran.
     pub executed: bool,
+    /// Bound while the session was bound to a global transaction: tandem judged its
+    /// statement at the Bind.
+    pub judged: bool,
 }
 
 impl Portal {
@@ -350,8 +353,14 @@ impl Tracked {
         Ok(())
     }
 
-    /// `follow_up`: what the branch does once the portal has run.
-    pub fn on_bind(&mut self, body: &[u8], follow_up: Option<FollowUp>) -> Result<(), Truncated> {
+    /// `follow_up`: what the branch does once the portal has run; `judged`: the session
+    /// is bound (tandem judged the statement at this Bind).
+    pub fn on_bind(
+        &mut self,
+        body: &[u8],
+        follow_up: Option<FollowUp>,
+        judged: bool,
+    ) -> Result<(), Truncated> {
         let bind = Bind::decode(body)?;
         let name = Bytes::copy_from_slice(backend_name(bind.portal));
         let statement = Bytes::copy_from_slice(backend_name(bind.statement));
@@ -373,6 +382,7 @@ impl Tracked {
                 batch: self.sync_points_sent,
                 follow_up,
                 executed: false,
+                judged,
             },
             refused: None,
         });
@@ -995,7 +1005,7 @@ mod tests {
     fn an_error_of_an_execute_or_describe_skips_the_queries_behind_it() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("", "select 1/0")).unwrap();
-        t.on_bind(&bind_body("", "", b"x"), None).unwrap();
+        t.on_bind(&bind_body("", "", b"x"), None, true).unwrap();
         t.on_execute(b"\0\0\0\0\0");
         t.on_sync_point_request(SyncKind::Query);
         t.on_sync_point_request(SyncKind::Sync);
@@ -1056,7 +1066,7 @@ mod tests {
         use tandem_undo::SavepointOp;
         let rollback_to = FollowUp::Savepoint(SavepointOp::RollbackTo("s".into()));
         let mut t = Tracked::default();
-        t.on_bind(&bind_body("p", "rb", b""), Some(rollback_to.clone()))
+        t.on_bind(&bind_body("p", "rb", b""), Some(rollback_to.clone()), true)
             .unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         t.on_bind_complete().unwrap();
@@ -1075,12 +1085,13 @@ mod tests {
     #[test]
     fn a_skipped_execute_leaves_its_follow_up_with_the_portal() {
         let mut t = Tracked::default();
-        t.on_bind(&bind_body("p", "rb", b""), Some(FollowUp::RolledBack))
+        t.on_bind(&bind_body("p", "rb", b""), Some(FollowUp::RolledBack), true)
             .unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         t.on_bind_complete().unwrap();
         t.on_ready_for_query(false).unwrap();
-        t.on_bind(&bind_body("", "nosuch", b""), None).unwrap();
+        t.on_bind(&bind_body("", "nosuch", b""), None, true)
+            .unwrap();
         t.on_execute(b"p\0\0\0\0\0");
         t.on_sync_point_request(SyncKind::Sync);
         t.on_error_response();
@@ -1170,7 +1181,8 @@ mod tests {
     #[test]
     fn an_extended_error_skips_the_queries_up_to_the_next_sync() {
         let mut t = Tracked::default();
-        t.on_bind(&bind_body("", "nosuch", b""), None).unwrap();
+        t.on_bind(&bind_body("", "nosuch", b""), None, true)
+            .unwrap();
         t.on_sync_point_request(SyncKind::Query);
         t.on_sync_point_request(SyncKind::FunctionCall);
         t.on_sync_point_request(SyncKind::Sync);
@@ -1211,7 +1223,7 @@ mod tests {
         let mut t = Tracked::default();
         for name in ["", "s1"] {
             t.on_parse(&parse_body(name, "select 1")).unwrap();
-            t.on_bind(&bind_body(name, name, b""), None).unwrap();
+            t.on_bind(&bind_body(name, name, b""), None, true).unwrap();
         }
         t.on_sync_point_request(SyncKind::Sync);
         for _ in 0..2 {
@@ -1297,7 +1309,7 @@ mod tests {
                     0..=1 => t
                         .on_parse(&parse_body(name, &format!("select {step}")))
                         .unwrap(),
-                    2..=3 => t.on_bind(&bind_body("", name, b"1"), None).unwrap(),
+                    2..=3 => t.on_bind(&bind_body("", name, b"1"), None, true).unwrap(),
                     4 => t.on_execute(b"\0\0\0\0\0"),
                     5 => {
                         t.on_sync_point_request(if next(4) == 0 {
@@ -1358,7 +1370,7 @@ mod tests {
     fn requests_skipped_after_an_error_leave_no_trace() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("bad", "selec")).unwrap();
-        t.on_bind(&bind_body("", "bad", b"1"), None).unwrap();
+        t.on_bind(&bind_body("", "bad", b"1"), None, true).unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         // ErrorResponse, then ReadyForQuery: neither Parse nor Bind completed.
         t.on_ready_for_query(true).unwrap();
@@ -1371,7 +1383,7 @@ mod tests {
     fn portals_keep_their_parameters_until_the_transaction_ends() {
         let mut t = Tracked::default();
         t.on_parse(&parse_body("s", "update t set v = $1")).unwrap();
-        t.on_bind(&bind_body("p", "s", b"42"), None).unwrap();
+        t.on_bind(&bind_body("p", "s", b"42"), None, true).unwrap();
         t.on_sync_point_request(SyncKind::Sync);
         t.on_parse_complete().unwrap();
         t.on_bind_complete().unwrap();
@@ -1404,7 +1416,7 @@ mod tests {
     fn syncs_sent_during_copy_in_get_no_ready_for_query() {
         // tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone, Sync.
         let mut t = Tracked::default();
-        t.on_bind(&bind_body("", "s", b""), None).unwrap();
+        t.on_bind(&bind_body("", "s", b""), None, true).unwrap();
         assert!(t.on_sync_point_request(SyncKind::Sync));
         t.on_bind_complete().unwrap();
         assert_eq!(t.on_copy_in_response(), 1);

@@ -4618,3 +4618,66 @@ async fn the_clients_own_two_phase_commit_prepared_before_the_binding_is_refused
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A portal bound in a block before the session was bound, and first executed once it
+/// is: never judged, it ran as bound (a write uncaptured, a function's writes unseen,
+/// in XA mode outside the branch) and survived the rollback. Refused (0A000), whatever
+/// its statement, in either mode.
+#[tokio::test]
+async fn a_portal_bound_before_the_binding_is_refused_when_first_executed_inside() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{RawPg, frame};
+    let db = prepare("late_portal").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION w(i int) RETURNS int LANGUAGE sql VOLATILE
+               AS 'UPDATE accounts SET balance = balance + 1000 WHERE id = i RETURNING i'",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let before = dump(&direct).await;
+    let mut execute = frame(b'E', b"p\0\0\0\0\0");
+    execute.extend(frame(b'S', b""));
+    for mode in ["at", "xa"] {
+        for statement in [
+            "SELECT w(1)",
+            "UPDATE accounts SET balance = 7 WHERE id = 2",
+            "UPDATE accounts SET balance = 7 WHERE id = 2 AND balance BETWEEN SYMMETRIC 0 AND 5000",
+            "WITH x AS (UPDATE accounts SET balance = 7 WHERE id = 3 RETURNING id) SELECT id FROM x",
+        ] {
+            let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+            let mode_call = format!("SELECT tandem_mode('{mode}')");
+            raw.run_each(&[&mode_call, "BEGIN"]).await;
+            let mut bind = frame(b'P', &parse_body("s", statement));
+            bind.extend(named_bind("p", "s"));
+            bind.extend(frame(b'S', b""));
+            raw.send(&bind).await;
+            assert_eq!(
+                tags(&raw.recv_until(b'Z').await),
+                "12Z",
+                "{mode}: {statement}"
+            );
+            raw.run_each(&[
+                "SELECT tandem_begin(30000)",
+                "UPDATE accounts SET balance = 5 WHERE id = 5",
+            ])
+            .await;
+            raw.send(&execute).await;
+            let replies = raw.recv_until(b'Z').await;
+            assert_eq!(tags(&replies), "EZ", "{mode}: {statement}: {replies:?}");
+            assert_eq!(
+                replies[0].sqlstate().as_deref(),
+                Some("0A000"),
+                "{mode}: {statement}"
+            );
+            raw.run_each(&["ROLLBACK", "SELECT tandem_rollback()"])
+                .await;
+            assert_eq!(dump(&direct).await, before, "{mode}: {statement}");
+        }
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
