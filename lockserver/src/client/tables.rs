@@ -43,6 +43,10 @@ pub struct TableLockView {
     /// down before a newer one came up (a stream replaced by a newer one is not).
     floor: AtomicU64,
     next_generation: AtomicU64,
+    /// Held by a stream of this view from its request until it is up (the lockserver
+    /// subscribes it, and takes its snapshot, before it answers): generations then
+    /// follow the order in which the lockserver took the streams' snapshots.
+    pub(super) connecting: tokio::sync::Mutex<()>,
     /// A std RwLock: never held across an `.await`; written only for a new resource.
     resources: RwLock<HashMap<String, Arc<ResourceView>>>,
 }
@@ -201,6 +205,7 @@ impl TableLockView {
             newest: AtomicU64::new(0),
             floor: AtomicU64::new(0),
             next_generation: AtomicU64::new(1),
+            connecting: tokio::sync::Mutex::new(()),
             resources: RwLock::default(),
         })
     }
@@ -346,8 +351,10 @@ impl TableLockView {
         })
     }
 
-    /// `stream` ended: if it was the newest, nothing it or an older stream fed is
-    /// trusted any more. A newer stream's snapshot is needed.
+    /// `stream` ended unasked (not stopped by its worker): if it was the newest, nothing
+    /// it or an older stream fed is trusted any more. A newer stream's snapshot is
+    /// needed. (A stream stopped on purpose was replaced, or is not wanted: what
+    /// follows it stands until its lease runs out, as the lockserver's lease of it.)
     pub(super) fn stream_down(&self, stream: &StreamClock) {
         if self.newest.load(Ordering::SeqCst) == stream.generation {
             self.floor
@@ -418,17 +425,24 @@ const PENDING_ACKS: usize = 1024;
 
 /// The table-notice side of one phase-2 stream: applies notices to the shared view
 /// and acknowledges each once its resource is drained, on its own task so that draining
-/// never holds up phase-2 work. Dropping it marks the stream down.
+/// never holds up phase-2 work. Dropping it marks the stream down, unless its worker
+/// stopped it (`stopped`).
 pub(super) struct StreamTables {
     view: Arc<TableLockView>,
     stream: Arc<StreamClock>,
+    stopped: tokio_util::sync::CancellationToken,
     pending: mpsc::Sender<(u64, Arc<ResourceView>)>,
     acker: tokio::task::JoinHandle<()>,
 }
 
 impl StreamTables {
-    /// The stream is up; acknowledgements go to `acks` (seq numbers, each notice on its own).
-    pub(super) fn start(view: Arc<TableLockView>, acks: mpsc::Sender<u64>) -> Self {
+    /// The stream is up; acknowledgements go to `acks` (seq numbers, each notice on its
+    /// own). `stopped` fires when its worker stops it on purpose.
+    pub(super) fn start(
+        view: Arc<TableLockView>,
+        acks: mpsc::Sender<u64>,
+        stopped: tokio_util::sync::CancellationToken,
+    ) -> Self {
         let stream = view.stream_up();
         let (pending, mut rx) = mpsc::channel::<(u64, Arc<ResourceView>)>(PENDING_ACKS);
         let acker = tokio::spawn(async move {
@@ -456,6 +470,7 @@ impl StreamTables {
         StreamTables {
             view,
             stream,
+            stopped,
             pending,
             acker,
         }
@@ -478,7 +493,9 @@ impl StreamTables {
 
 impl Drop for StreamTables {
     fn drop(&mut self) {
-        self.view.stream_down(&self.stream);
+        if !self.stopped.is_cancelled() {
+            self.view.stream_down(&self.stream);
+        }
         self.acker.abort();
     }
 }

@@ -174,6 +174,10 @@ impl Default for WorkerOptions {
     }
 }
 
+/// How long a stream may take to be established (the lockserver subscribes it, then
+/// answers); others of its view wait for it meanwhile.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
 /// Acknowledgements queued towards the lockserver (the acking task waits when full).
 const ACKS_QUEUED: usize = 64;
 
@@ -191,6 +195,8 @@ struct Status {
     connected: AtomicBool,
     /// A stream delivered its first message (with a table view: its snapshot is in).
     delivered: tokio::sync::watch::Sender<bool>,
+    /// A stream that ends is not replaced ([`Phase2Worker::retire`]).
+    retired: AtomicBool,
 }
 
 impl Phase2Worker {
@@ -205,6 +211,7 @@ impl Phase2Worker {
         let status = Arc::new(Status {
             connected: AtomicBool::new(false),
             delivered: tokio::sync::watch::Sender::new(false),
+            retired: AtomicBool::new(false),
         });
         let run = worker_loop(
             client.rpc.clone(),
@@ -224,6 +231,19 @@ impl Phase2Worker {
     /// Whether the stream is currently open (the lockserver has accepted `Hello`).
     pub fn is_connected(&self) -> bool {
         self.status.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether a stream of this worker delivered its first message.
+    pub fn has_delivered(&self) -> bool {
+        *self.status.delivered.borrow()
+    }
+
+    /// From now on a stream of this worker that ends is not replaced: a newer worker
+    /// serves its resources, and this one is kept only until that one delivers. (A
+    /// stream it opened again would be its view's newest, and stopping it then would
+    /// leave the view following a stream gone.)
+    pub fn retire(&self) {
+        self.status.retired.store(true, Ordering::SeqCst);
     }
 
     /// Waits until a stream of this worker delivered its first message: with a table
@@ -259,9 +279,12 @@ async fn worker_loop(
     while !cancel.is_cancelled() {
         let had_work = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = one_stream(rpc.clone(), &resources, &handler, &opts, &status) => r,
+            r = one_stream(rpc.clone(), &resources, &handler, &opts, &status, &cancel) => r,
         };
         status.connected.store(false, Ordering::Relaxed);
+        if status.retired.load(Ordering::SeqCst) {
+            break;
+        }
         if had_work {
             delay = opts.reconnect_initial;
             unreachable_since = None;
@@ -295,6 +318,7 @@ async fn one_stream(
     handler: &Arc<dyn BranchHandler>,
     opts: &WorkerOptions,
     status: &Status,
+    stopped: &CancellationToken,
 ) -> bool {
     let (tx, rx) = mpsc::channel::<pb::Phase2Result>(opts.concurrency.max(1) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(ACKS_QUEUED);
@@ -323,10 +347,20 @@ async fn one_stream(
     });
     let outbound =
         futures::stream::once(async move { hello }).chain(futures::stream::select(results, acks));
-    let mut inbound = match rpc.phase2(outbound).await {
-        Ok(r) => r.into_inner(),
-        Err(e) => {
+    // One stream of a view at a time from its request until it is up: see
+    // `TableLockView::connecting`.
+    let connecting = match &opts.table_view {
+        Some(view) => Some(view.connecting.lock().await),
+        None => None,
+    };
+    let mut inbound = match tokio::time::timeout(CONNECT_WAIT, rpc.phase2(outbound)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "phase-2 stream not established");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!("phase-2 stream not established in time");
             return false;
         }
     };
@@ -337,7 +371,8 @@ async fn one_stream(
     let tables = opts
         .table_view
         .clone()
-        .map(|v| StreamTables::start(v, ack_tx));
+        .map(|v| StreamTables::start(v, ack_tx, stopped.clone()));
+    drop(connecting);
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     while let Ok(Some(msg)) = inbound.message().await {
         if let Some(t) = &tables

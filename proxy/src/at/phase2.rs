@@ -446,8 +446,22 @@ pub struct Phase2Registry {
     tables: Option<Arc<tandem_lockserver::client::TableLockView>>,
     /// Shared by the workers that replace one another as resources are added.
     in_flight: tandem_lockserver::client::InFlight,
-    // A std Mutex: never held across an await (the old worker is shut down in a task).
-    state: std::sync::Mutex<(Vec<String>, Option<tandem_lockserver::client::Phase2Worker>)>,
+    // A std Mutex: never held across an await (old workers are shut down in tasks).
+    state: Arc<std::sync::Mutex<Workers>>,
+}
+
+/// The workers of a [`Phase2Registry`].
+#[derive(Default)]
+struct Workers {
+    resources: Vec<String>,
+    /// The newest, for every resource.
+    current: Option<tandem_lockserver::client::Phase2Worker>,
+    /// Replaced ones whose snapshots the view may follow, retired, until `current`
+    /// delivers its own (stopped at once, every database's view would be untrusted
+    /// meanwhile: all writes checked, some refused).
+    kept: Vec<tandem_lockserver::client::Phase2Worker>,
+    /// Workers spawned so far; `current` is the last.
+    spawned: u64,
 }
 
 impl Phase2Registry {
@@ -461,17 +475,17 @@ impl Phase2Registry {
             handler,
             tables,
             in_flight: Default::default(),
-            state: std::sync::Mutex::new((Vec::new(), None)),
+            state: Default::default(),
         }
+    }
+
+    fn workers(&self) -> std::sync::MutexGuard<'_, Workers> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The resources phase 2 serves now.
     pub fn served(&self) -> Vec<String> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
+        self.workers().resources.clone()
     }
 
     /// Makes sure phase-2 work for `resource` reaches this proxy.
@@ -480,19 +494,19 @@ impl Phase2Registry {
     }
 
     pub fn serve_all(&self, resources: impl IntoIterator<Item = String>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let before = state.0.len();
+        let mut workers = self.workers();
+        let before = workers.resources.len();
         for r in resources {
-            if !state.0.contains(&r) {
-                state.0.push(r);
+            if !workers.resources.contains(&r) {
+                workers.resources.push(r);
             }
         }
-        if state.0.len() == before && state.1.is_some() {
+        if workers.resources.len() == before && workers.current.is_some() {
             return;
         }
         let worker = tandem_lockserver::client::Phase2Worker::spawn(
             &self.lock,
-            state.0.clone(),
+            workers.resources.clone(),
             Arc::clone(&self.handler),
             tandem_lockserver::client::WorkerOptions {
                 table_view: self.tables.clone(),
@@ -503,37 +517,52 @@ impl Phase2Registry {
                 ..Default::default()
             },
         );
-        if let Some(old) = state.1.replace(worker) {
-            // The old stream's view stands until the new one's snapshot is in, and it
-            // keeps acknowledging meanwhile: stopped at once, it would leave every
-            // database's view untrusted (all writes checked, some refused) for that
-            // moment. A new stream that never delivers does not keep it for good.
-            let new = state.1.as_ref().map(|w| w.delivered());
-            tokio::spawn(async move {
-                if let Some(delivered) = new {
-                    let _ = tokio::time::timeout(REPLACED_STREAM_KEPT, delivered).await;
-                }
-                old.shutdown().await;
-            });
+        let delivered = worker.delivered();
+        workers.spawned += 1;
+        let this = workers.spawned;
+        if let Some(old) = workers.current.replace(worker) {
+            if old.has_delivered() {
+                old.retire();
+                workers.kept.push(old);
+            } else {
+                // Nothing follows a snapshot it never delivered.
+                tokio::spawn(old.shutdown());
+            }
         }
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            // A new stream that never delivers does not keep the old ones for good.
+            let _ = tokio::time::timeout(REPLACED_STREAM_KEPT, delivered).await;
+            let kept = {
+                let mut workers = state.lock().unwrap_or_else(|p| p.into_inner());
+                if workers.spawned != this {
+                    // Replaced in turn: the newer worker's wait lets them go.
+                    return;
+                }
+                std::mem::take(&mut workers.kept)
+            };
+            for old in kept {
+                old.shutdown().await;
+            }
+        });
     }
 
     /// Whether phase-2 work reaches this proxy: its stream to the lockserver is
     /// established. None while it serves no resource (no stream is wanted).
     pub fn connected(&self) -> Option<bool> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.1.as_ref().map(|worker| worker.is_connected())
+        self.workers()
+            .current
+            .as_ref()
+            .map(|worker| worker.is_connected())
     }
 
-    /// Stops the worker (shutdown).
+    /// Stops the workers (shutdown).
     pub async fn shutdown(&self) {
-        let worker = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .take();
-        if let Some(worker) = worker {
+        let (current, kept) = {
+            let mut workers = self.workers();
+            (workers.current.take(), std::mem::take(&mut workers.kept))
+        };
+        for worker in current.into_iter().chain(kept) {
             worker.shutdown().await;
         }
     }

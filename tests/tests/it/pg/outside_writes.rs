@@ -2281,6 +2281,28 @@ async fn a_write_judged_by_its_tables_that_names_a_partition_is_judged_by_its_ro
     finish(lockserver, [global, outside]).await;
 }
 
+/// In a transaction, row `id` of `client`'s accounts is set to `balance` by a portal
+/// bound in one batch and executed in the next (tokio-postgres's `bind` and
+/// `query_portal`): a write tandem lets through only while it believes its view of the
+/// announced tables (otherwise 0A000, "batched with other messages").
+async fn portal_write(client: &mut Client, id: i32, balance: i64) -> Result<(), String> {
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let update = tx
+        .prepare("UPDATE accounts SET balance = $2 WHERE id = $1 RETURNING id")
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = match tx.bind(&update, &[&id, &balance]).await {
+        Ok(portal) => tx.query_portal(&portal, 0).await,
+        Err(e) => Err(e),
+    };
+    match rows {
+        Ok(rows) if rows.len() == 1 => {}
+        Ok(rows) => return Err(format!("{} rows written", rows.len())),
+        Err(e) => return Err(format!("{e:?}")),
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
 /// Serving one more database replaces the proxy's phase-2 stream. Until the new
 /// stream's snapshot arrives, the old one's view of the other databases still stands:
 /// a portal bound meanwhile in a transaction on one of them is written as before (it
@@ -2290,11 +2312,8 @@ async fn serving_one_more_database_leaves_writes_to_the_others_as_they_were() {
     let orders = prepare("outside_served").await;
     let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
     // Served, and its view current, before the writers start.
-    let first = outside.connect(&orders.name).await;
-    first
-        .execute("UPDATE accounts SET balance = 0 WHERE id = 5", &[])
-        .await
-        .unwrap();
+    let mut first = outside.connect(&orders.name).await;
+    portal_write(&mut first, 5, 0).await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
     for id in 1..=4i32 {
@@ -2303,24 +2322,12 @@ async fn serving_one_more_database_leaves_writes_to_the_others_as_they_were() {
         writers.spawn(async move {
             let mut written = 0i64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let tx = c.transaction().await.unwrap();
-                let update = tx
-                    .prepare("UPDATE accounts SET balance = $2 WHERE id = $1 RETURNING id")
+                portal_write(&mut c, id, written + 1)
                     .await
-                    .unwrap();
-                let portal = tx.bind(&update, &[&id, &(written + 1)]).await;
-                let rows = match portal {
-                    Ok(portal) => tx.query_portal(&portal, 0).await,
-                    Err(e) => Err(e),
-                };
-                match rows {
-                    Ok(rows) => assert_eq!(rows.len(), 1),
-                    Err(e) => return Err(format!("write {} of row {id}: {e:?}", written + 1)),
-                }
-                tx.commit().await.unwrap();
+                    .map_err(|e| format!("write {} of row {id}: {e}", written + 1))?;
                 written += 1;
             }
-            Ok((id, written))
+            Ok::<_, String>((id, written))
         });
     }
     let mut served = Vec::new();
@@ -2338,6 +2345,53 @@ async fn serving_one_more_database_leaves_writes_to_the_others_as_they_were() {
         assert_eq!(balance(&direct, id).await, written, "row {id}");
     }
     drop(served);
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// The lockserver's count of connected phase-2 streams.
+async fn phase2_streams(lockserver: &TestLockserver) -> f64 {
+    let (_, metrics) =
+        tandem_tests::lockserver::http_raw(lockserver.http, "GET", "/metrics", None).await;
+    String::from_utf8_lossy(&metrics)
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_lockserver_phase2_streams "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// Databases first served all at once each replace the proxy's phase-2 stream while
+/// the one before is still coming up. Once the replaced streams are gone, the view is
+/// believed again. (A replaced stream that came up after its successor was the view's
+/// newest; stopping it left every database's view untrusted until some later stream.)
+#[tokio::test]
+async fn databases_first_served_at_once_leave_the_view_believed() {
+    let orders = prepare("outside_burst").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut c = outside.connect(&orders.name).await;
+    let mut databases = Vec::new();
+    for round in 0..6 {
+        let created = futures::future::join_all((0..6).map(|i| async move {
+            tandem_tests::harness::TestDb::create(&format!("outside_burst_{round}_{i}")).await
+        }))
+        .await;
+        let connected =
+            futures::future::join_all(created.iter().map(|db| outside.connect(&db.name))).await;
+        // One stream per proxy again: the replaced ones are gone.
+        tandem_tests::harness::eventually_within(
+            "replaced streams gone",
+            Duration::from_secs(30),
+            || async { phase2_streams(&lockserver).await == 2.0 },
+        )
+        .await;
+        portal_write(&mut c, 1, round)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        databases.push((created, connected));
+    }
+    assert_eq!(balance(&orders.direct().await, 1).await, 5);
+    drop(databases);
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;
