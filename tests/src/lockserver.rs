@@ -190,6 +190,17 @@ impl TestLockserver {
         );
     }
 
+    /// The value of metric `name` on `/metrics` (its whole name, with its labels if it
+    /// has any), -1 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, metrics) = http_raw(self.http, "GET", "/metrics", None).await;
+        String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    }
+
     /// `POST path` with an optional body.
     pub async fn post(&self, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
         http(self.http, "POST", path, body).await

@@ -114,18 +114,9 @@ impl Relay<'_> {
         sql: &str,
         declared: &[u32],
     ) -> Result<Vec<u32>> {
-        let mut out = BytesMut::with_capacity(64 + sql.len());
-        put_close(&mut out, target::STATEMENT, STATEMENT);
-        let mut body = BytesMut::new();
-        put_cstr(&mut body, STATEMENT);
-        put_cstr(&mut body, sql.as_bytes());
         // As the client declared them: inference may need them (an overloaded call),
         // and a Parse that fails here would fail the client's transaction.
-        body.put_u16(declared.len() as u16);
-        for &oid in declared {
-            body.put_u32(oid);
-        }
-        put_msg(&mut out, frontend::PARSE, &body);
+        let mut out = own_statement_parsed(sql, declared);
         let mut body = BytesMut::new();
         body.put_u8(target::STATEMENT);
         put_cstr(&mut body, STATEMENT);
@@ -157,13 +148,7 @@ impl Relay<'_> {
         &mut self,
         sql: &str,
     ) -> Result<Option<(Vec<u8>, TxStatus)>> {
-        let mut out = BytesMut::with_capacity(64 + sql.len());
-        put_close(&mut out, target::STATEMENT, STATEMENT);
-        let mut body = BytesMut::new();
-        put_cstr(&mut body, STATEMENT);
-        put_cstr(&mut body, sql.as_bytes());
-        body.put_u16(0);
-        put_msg(&mut out, frontend::PARSE, &body);
+        let mut out = own_statement_parsed(sql, &[]);
         put_msg(&mut out, frontend::SYNC, &[]);
         self.server
             .write_all(&out)
@@ -417,6 +402,22 @@ enum ReplyEnd {
 /// Parse, Bind, Describe (portal) and Execute of a client's simple-protocol statement,
 /// unnamed, then Sync: the same replies as its Query, with ParseComplete and
 /// BindComplete ahead (the caller swallows them), results in text.
+/// A Close of tandem's own statement, then a Parse of `sql` into it with the
+/// parameter types `declared`.
+fn own_statement_parsed(sql: &str, declared: &[u32]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64 + sql.len());
+    put_close(&mut out, target::STATEMENT, STATEMENT);
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, STATEMENT);
+    put_cstr(&mut body, sql.as_bytes());
+    body.put_u16(declared.len() as u16);
+    for &oid in declared {
+        body.put_u32(oid);
+    }
+    put_msg(&mut out, frontend::PARSE, &body);
+    out
+}
+
 pub(super) fn put_as_extended(out: &mut BytesMut, sql: &str) {
     let mut body = BytesMut::with_capacity(sql.len() + 8);
     put_cstr(&mut body, b"");

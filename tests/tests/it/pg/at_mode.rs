@@ -1232,7 +1232,10 @@ async fn a_replay_waiting_on_row_3(
         .batch_execute("BEGIN; SELECT * FROM accounts WHERE id = 3 FOR UPDATE")
         .await
         .unwrap();
-    let sent = phase2_sent(lockserver).await;
+    let sent = lockserver
+        .metric("tandem_lockserver_phase2_sent_total")
+        .await
+        .max(0.0);
     assert_eq!(
         one(&a, "SELECT tandem_rollback()")
             .await
@@ -1267,16 +1270,6 @@ async fn rolled_back_once_released(a: &Client, xid: &str, holder: &Client, befor
     );
 }
 
-async fn phase2_sent(lockserver: &TestLockserver) -> f64 {
-    let (_, metrics) =
-        tandem_tests::lockserver::http_raw(lockserver.http, "GET", "/metrics", None).await;
-    String::from_utf8_lossy(&metrics)
-        .lines()
-        .find_map(|l| l.strip_prefix("tandem_lockserver_phase2_sent_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A rollback whose replay waits on a row another transaction holds is delivered again
 /// each `ack_timeout_ms`: the copies must not pile up beside it, each on a side
 /// connection of its own and waiting behind it, and then find its undo row gone and
@@ -1293,7 +1286,13 @@ async fn a_replay_waiting_on_a_row_lock_runs_once_however_often_it_is_delivered(
     tandem_tests::harness::eventually_within(
         "the branch delivered again",
         std::time::Duration::from_secs(30),
-        || async { phase2_sent(&lockserver).await >= sent + 4.0 },
+        || async {
+            lockserver
+                .metric("tandem_lockserver_phase2_sent_total")
+                .await
+                .max(0.0)
+                >= sent + 4.0
+        },
     )
     .await;
     let waiting: i64 = direct
@@ -1755,7 +1754,13 @@ async fn a_replay_outcome_outlives_the_stream_it_was_delivered_on() {
     tandem_tests::harness::eventually_within(
         "the branch delivered again",
         std::time::Duration::from_secs(30),
-        || async { phase2_sent(&lockserver).await >= sent + 4.0 },
+        || async {
+            lockserver
+                .metric("tandem_lockserver_phase2_sent_total")
+                .await
+                .max(0.0)
+                >= sent + 4.0
+        },
     )
     .await;
     rolled_back_once_released(&a, &xid, &holder, &before).await;

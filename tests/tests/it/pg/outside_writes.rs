@@ -2350,17 +2350,6 @@ async fn serving_one_more_database_leaves_writes_to_the_others_as_they_were() {
     lockserver.stop().await;
 }
 
-/// The lockserver's count of connected phase-2 streams.
-async fn phase2_streams(lockserver: &TestLockserver) -> f64 {
-    let (_, metrics) =
-        tandem_tests::lockserver::http_raw(lockserver.http, "GET", "/metrics", None).await;
-    String::from_utf8_lossy(&metrics)
-        .lines()
-        .find_map(|l| l.strip_prefix("tandem_lockserver_phase2_streams "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1.0)
-}
-
 /// Databases first served all at once each replace the proxy's phase-2 stream while
 /// the one before is still coming up. Once the replaced streams are gone, the view is
 /// believed again. (A replaced stream that came up after its successor was the view's
@@ -2382,7 +2371,7 @@ async fn databases_first_served_at_once_leave_the_view_believed() {
         tandem_tests::harness::eventually_within(
             "replaced streams gone",
             Duration::from_secs(30),
-            || async { phase2_streams(&lockserver).await == 2.0 },
+            || async { lockserver.metric("tandem_lockserver_phase2_streams").await == 2.0 },
         )
         .await;
         portal_write(&mut c, 1, round)
