@@ -329,9 +329,12 @@ impl Relay<'_> {
                     tracing::debug!(parent: &self.span, "DISCARD ALL: unbound");
                     self.binding.unbind();
                 }
+                // DO and CALL may have run DDL of their own (EXECUTE 'CREATE TRIGGER …'),
+                // which no tag shows.
                 if [&b"CREATE"[..], b"ALTER", b"DROP"]
                     .iter()
                     .any(|ddl| tag.starts_with(ddl))
+                    || matches!(tag, b"DO" | b"CALL")
                 {
                     self.ctx.meta.invalidate(&self.database);
                     self.ctx.writing_functions.invalidate(&self.database);

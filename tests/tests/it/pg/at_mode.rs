@@ -740,6 +740,67 @@ async fn triggers_and_cascading_foreign_keys_are_refused() {
     lockserver.stop().await;
 }
 
+/// A trigger created through the proxy by DDL that no command tag shows (EXECUTE in a
+/// DO block or a procedure) is seen at the session's next write, as after a CREATE
+/// TRIGGER: the write is refused. Unseen, it ran the trigger's write uncaptured, which
+/// the rollback left in place.
+#[tokio::test]
+async fn a_trigger_created_inside_do_or_call_is_seen_at_the_next_write() {
+    let orders = prepare("at_trig_do").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE audit_log (id serial PRIMARY KEY, note text);
+             CREATE FUNCTION log_it() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN INSERT INTO audit_log (note) VALUES ('row ' || NEW.id); RETURN NEW; END $$;
+             CREATE PROCEDURE add_trigger() LANGUAGE plpgsql AS $$
+               BEGIN EXECUTE 'CREATE TRIGGER by_call AFTER UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION log_it()'; END $$;",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    for (creates, drops) in [
+        (
+            "DO $$ BEGIN EXECUTE 'CREATE TRIGGER by_do AFTER UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION log_it()'; END $$",
+            "DROP TRIGGER by_do ON accounts",
+        ),
+        ("CALL add_trigger()", "DROP TRIGGER by_call ON accounts"),
+    ] {
+        // The table described (and the description cached) by a captured write.
+        one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+            .await
+            .unwrap();
+        rolled_back(&a).await;
+        a.batch_execute(creates).await.unwrap();
+        let before = dump(&direct).await;
+        one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        let err = a
+            .batch_execute("UPDATE accounts SET balance = 2 WHERE id = 2")
+            .await
+            .expect_err("a write that fires a trigger");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{creates}: {err:?}"
+        );
+        rolled_back(&a).await;
+        assert_eq!(dump(&direct).await, before, "{creates}");
+        let logged: i64 = direct
+            .query_one("SELECT count(*) FROM audit_log", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(logged, 0, "{creates}: the trigger wrote");
+        // Through the proxy: its DDL is seen at once.
+        a.batch_execute(drops).await.unwrap();
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_exactly() {
     let orders = prepare("at_joins").await;
