@@ -281,11 +281,15 @@ pub fn analyze(dialect: &dyn Dialect, sql: &str) -> Result<Vec<Analysis>, Error>
     };
     match dialect.grammar() {
         Grammar::PostgreSql => {
-            let statements = Parser::new(&PostgreSqlDialect {})
+            let statements = match Parser::new(&PostgreSqlDialect {})
                 .with_recursion_limit(RECURSION_LIMIT)
                 .try_with_sql(sql)
                 .and_then(|mut p| p.parse_statements())
-                .map_err(|e| parse_error(e.to_string()))?;
+            {
+                Ok(statements) => statements,
+                Err(_) if moves_a_cursor(sql) => return Ok(vec![Analysis::Other]),
+                Err(e) => return Err(parse_error(e.to_string())),
+            };
             let may_lock = may_lock_rows(sql);
             statements
                 .iter()
@@ -570,6 +574,23 @@ fn explain_analyze(
         Analysis::LockingRead(_) => Err(Error::unchecked("EXPLAIN ANALYZE of a locking read")),
         _ => Err(Error::unsupported("EXPLAIN ANALYZE of a write")),
     }
+}
+
+/// Whether `sql` is one FETCH or MOVE, which the parser reads only with FROM or IN
+/// before the cursor's name (`FETCH ALL c`, `MOVE 2 c` are PostgreSQL too): it runs
+/// no statement of its own (the cursor's query was judged when it was declared).
+fn moves_a_cursor(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return false;
+    };
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF));
+    let first = words.next();
+    let mut rest = words.skip_while(|t| !matches!(t, Token::SemiColon));
+    matches!(first, Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("fetch") || w.value.eq_ignore_ascii_case("move"))
+        && rest.all(|t| matches!(t, Token::SemiColon))
 }
 
 fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {

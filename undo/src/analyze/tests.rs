@@ -367,3 +367,19 @@ fn mysql_spaces_the_server_reads_as_name_characters_are_refused() {
     // PostgreSQL's `--` needs no space after it: nothing to refuse there.
     assert!(analyze(&Postgres, "UPDATE t SET v = 1 WHERE id = 3 --\u{a0}x").is_ok());
 }
+
+#[test]
+fn fetch_and_move_without_from_are_cursor_moves_not_parse_errors() {
+    for sql in ["FETCH ALL c", "fetch 2 c;", "MOVE 1 c", "FETCH ALL c ; ;"] {
+        assert_eq!(analyze(&Postgres, sql), Ok(vec![Analysis::Other]), "{sql}");
+    }
+    for sql in [
+        "FETCH ALL c; UPDATE t SET v = WHERE id = 1",
+        "UPDATE t SET v = WHERE id = 1; FETCH ALL c",
+    ] {
+        assert!(
+            matches!(analyze(&Postgres, sql), Err(Error::Parse { .. })),
+            "{sql}"
+        );
+    }
+}

@@ -4681,3 +4681,32 @@ async fn a_portal_bound_before_the_binding_is_refused_when_first_executed_inside
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// FETCH and MOVE without FROM or IN (which tandem's parser requires) are PostgreSQL
+/// too: inside a global transaction they fetch as they would directly.
+#[tokio::test]
+async fn fetch_without_from_reads_inside_a_global_transaction() {
+    let db = prepare("at_fetch").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let c = tandem.connect(&db.name).await;
+    one(&c, "SELECT tandem_begin(30000)").await.unwrap();
+    c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT id FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    let ids = |messages: Vec<SimpleQueryMessage>| -> Vec<String> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(ids(c.simple_query("FETCH 2 c").await.unwrap()), ["1", "2"]);
+    c.simple_query("MOVE 1 c").await.unwrap();
+    assert_eq!(ids(c.simple_query("FETCH ALL c").await.unwrap()), ["4", "5"]);
+    c.batch_execute("COMMIT").await.unwrap();
+    rolled_back(&c).await;
+    lockserver.stop().await;
+}
