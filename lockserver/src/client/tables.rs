@@ -351,10 +351,11 @@ impl TableLockView {
         })
     }
 
-    /// `stream` ended unasked (not stopped by its worker): if it was the newest, nothing
-    /// it or an older stream fed is trusted any more. A newer stream's snapshot is
-    /// needed. (A stream stopped on purpose was replaced, or is not wanted: what
-    /// follows it stands until its lease runs out, as the lockserver's lease of it.)
+    /// `stream` ended: if it was the newest, nothing it or an older stream fed is
+    /// trusted any more, and a newer stream's snapshot is needed. (Even stopped on
+    /// purpose: the lockserver's lease of it lives in its memory only, and a restarted
+    /// lockserver announces tables without waiting for it. A stream stopped once a
+    /// newer one delivered is not the newest.)
     pub(super) fn stream_down(&self, stream: &StreamClock) {
         if self.newest.load(Ordering::SeqCst) == stream.generation {
             self.floor
@@ -425,24 +426,18 @@ const PENDING_ACKS: usize = 1024;
 
 /// The table-notice side of one phase-2 stream: applies notices to the shared view
 /// and acknowledges each once its resource is drained, on its own task so that draining
-/// never holds up phase-2 work. Dropping it marks the stream down, unless its worker
-/// stopped it (`stopped`).
+/// never holds up phase-2 work. Dropping it marks the stream down.
 pub(super) struct StreamTables {
     view: Arc<TableLockView>,
     stream: Arc<StreamClock>,
-    stopped: tokio_util::sync::CancellationToken,
     pending: mpsc::Sender<(u64, Arc<ResourceView>)>,
     acker: tokio::task::JoinHandle<()>,
 }
 
 impl StreamTables {
     /// The stream is up; acknowledgements go to `acks` (seq numbers, each notice on its
-    /// own). `stopped` fires when its worker stops it on purpose.
-    pub(super) fn start(
-        view: Arc<TableLockView>,
-        acks: mpsc::Sender<u64>,
-        stopped: tokio_util::sync::CancellationToken,
-    ) -> Self {
+    /// own).
+    pub(super) fn start(view: Arc<TableLockView>, acks: mpsc::Sender<u64>) -> Self {
         let stream = view.stream_up();
         let (pending, mut rx) = mpsc::channel::<(u64, Arc<ResourceView>)>(PENDING_ACKS);
         let acker = tokio::spawn(async move {
@@ -470,7 +465,6 @@ impl StreamTables {
         StreamTables {
             view,
             stream,
-            stopped,
             pending,
             acker,
         }
@@ -493,9 +487,7 @@ impl StreamTables {
 
 impl Drop for StreamTables {
     fn drop(&mut self) {
-        if !self.stopped.is_cancelled() {
-            self.view.stream_down(&self.stream);
-        }
+        self.view.stream_down(&self.stream);
         self.acker.abort();
     }
 }

@@ -233,15 +233,10 @@ impl Phase2Worker {
         self.status.connected.load(Ordering::Relaxed)
     }
 
-    /// Whether a stream of this worker delivered its first message.
-    pub fn has_delivered(&self) -> bool {
-        *self.status.delivered.borrow()
-    }
-
-    /// From now on a stream of this worker that ends is not replaced: a newer worker
-    /// serves its resources, and this one is kept only until that one delivers. (A
-    /// stream it opened again would be its view's newest, and stopping it then would
-    /// leave the view following a stream gone.)
+    /// From now on this worker opens no stream, and one that ends is not replaced: a
+    /// newer worker serves its resources, and this one is kept only until that one
+    /// delivers. (A stream it opened now would be its view's newest, and stopping it
+    /// would leave the view following a stream gone.)
     pub fn retire(&self) {
         self.status.retired.store(true, Ordering::SeqCst);
     }
@@ -276,10 +271,10 @@ async fn worker_loop(
     // one started beside the proxy is still coming up.
     let mut unreachable_since: Option<std::time::Instant> = None;
     let mut said_unreachable = false;
-    while !cancel.is_cancelled() {
+    while !cancel.is_cancelled() && !status.retired.load(Ordering::SeqCst) {
         let had_work = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = one_stream(rpc.clone(), &resources, &handler, &opts, &status, &cancel) => r,
+            r = one_stream(rpc.clone(), &resources, &handler, &opts, &status) => r,
         };
         status.connected.store(false, Ordering::Relaxed);
         if status.retired.load(Ordering::SeqCst) {
@@ -318,7 +313,6 @@ async fn one_stream(
     handler: &Arc<dyn BranchHandler>,
     opts: &WorkerOptions,
     status: &Status,
-    stopped: &CancellationToken,
 ) -> bool {
     let (tx, rx) = mpsc::channel::<pb::Phase2Result>(opts.concurrency.max(1) * 2);
     let (ack_tx, ack_rx) = mpsc::channel::<u64>(ACKS_QUEUED);
@@ -368,10 +362,15 @@ async fn one_stream(
     tracing::info!(resources = ?resources, "phase-2 stream established");
     // Dropped however this function ends (also when its future is dropped): the
     // stream's view goes down with it.
+    if status.retired.load(Ordering::SeqCst) {
+        // Retired while it connected: it must not become its view's newest stream
+        // (its successor connects after it, under `connecting`).
+        return false;
+    }
     let tables = opts
         .table_view
         .clone()
-        .map(|v| StreamTables::start(v, ack_tx, stopped.clone()));
+        .map(|v| StreamTables::start(v, ack_tx));
     drop(connecting);
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     while let Ok(Some(msg)) = inbound.message().await {

@@ -456,9 +456,9 @@ struct Workers {
     resources: Vec<String>,
     /// The newest, for every resource.
     current: Option<tandem_lockserver::client::Phase2Worker>,
-    /// Replaced ones whose snapshots the view may follow, retired, until `current`
-    /// delivers its own (stopped at once, every database's view would be untrusted
-    /// meanwhile: all writes checked, some refused).
+    /// Replaced ones, retired, until `current` delivers its snapshot (the view follows
+    /// theirs until then; stopped at once, the newest of them would leave every
+    /// database's view untrusted meanwhile: all writes checked, some refused).
     kept: Vec<tandem_lockserver::client::Phase2Worker>,
     /// Workers spawned so far; `current` is the last.
     spawned: u64,
@@ -521,13 +521,8 @@ impl Phase2Registry {
         workers.spawned += 1;
         let this = workers.spawned;
         if let Some(old) = workers.current.replace(worker) {
-            if old.has_delivered() {
-                old.retire();
-                workers.kept.push(old);
-            } else {
-                // Nothing follows a snapshot it never delivered.
-                tokio::spawn(old.shutdown());
-            }
+            old.retire();
+            workers.kept.push(old);
         }
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {

@@ -222,7 +222,7 @@ async fn ack(acks: &mut mpsc::Receiver<u64>) -> u64 {
 async fn an_ack_waits_for_unchecked_writes_but_not_for_later_ones() {
     let v = TableLockView::new(Duration::from_secs(60));
     let (tx, mut acks) = mpsc::channel(8);
-    let stream = StreamTables::start(v.clone(), tx, Default::default());
+    let stream = StreamTables::start(v.clone(), tx);
     assert!(stream.on_message(vec![snapshot(1, &[])]));
     assert_eq!(ack(&mut acks).await, 1);
 
@@ -253,7 +253,7 @@ async fn an_ack_waits_for_unchecked_writes_but_not_for_later_ones() {
 async fn dropping_the_guard_wakes_the_waiting_ack() {
     let v = TableLockView::new(Duration::from_secs(60));
     let (tx, mut acks) = mpsc::channel(8);
-    let stream = StreamTables::start(v.clone(), tx, Default::default());
+    let stream = StreamTables::start(v.clone(), tx);
     assert!(stream.on_message(vec![snapshot(1, &[])]));
     assert_eq!(ack(&mut acks).await, 1);
     let guard = v.enter_unchecked(R, None).expect("nothing announced");
@@ -266,28 +266,4 @@ async fn dropping_the_guard_wakes_the_waiting_ack() {
     assert_eq!(ack(&mut acks).await, 2);
     assert!(started.elapsed() >= Duration::from_millis(40));
     dropper.await.unwrap();
-}
-
-#[tokio::test]
-async fn a_stream_stopped_on_purpose_leaves_its_view_to_its_lease() {
-    let v = TableLockView::new(Duration::from_millis(300));
-    let (tx, _acks) = mpsc::channel(8);
-    let stopped = tokio_util::sync::CancellationToken::new();
-    let stream = StreamTables::start(v.clone(), tx, stopped.clone());
-    assert!(stream.on_message(vec![snapshot(1, &[])]));
-    stopped.cancel();
-    drop(stream);
-    assert!(enters(&v, Some("t")), "replaced: believed within its lease");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!enters(&v, Some("t")), "past its lease");
-
-    let (tx, _acks) = mpsc::channel(8);
-    let stream = StreamTables::start(v.clone(), tx, Default::default());
-    assert!(stream.on_message(vec![snapshot(1, &[])]));
-    assert!(enters(&v, Some("t")));
-    drop(stream);
-    assert!(
-        !enters(&v, Some("t")),
-        "ended unasked as the newest: not believed"
-    );
 }

@@ -4705,7 +4705,10 @@ async fn fetch_without_from_reads_inside_a_global_transaction() {
     };
     assert_eq!(ids(c.simple_query("FETCH 2 c").await.unwrap()), ["1", "2"]);
     c.simple_query("MOVE 1 c").await.unwrap();
-    assert_eq!(ids(c.simple_query("FETCH ALL c").await.unwrap()), ["4", "5"]);
+    assert_eq!(
+        ids(c.simple_query("FETCH ALL c").await.unwrap()),
+        ["4", "5"]
+    );
     c.batch_execute("COMMIT").await.unwrap();
     rolled_back(&c).await;
     lockserver.stop().await;

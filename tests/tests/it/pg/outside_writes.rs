@@ -2385,3 +2385,53 @@ async fn databases_first_served_at_once_leave_the_view_believed() {
     global.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A replaced stream kept while its successor cannot come up (the lockserver's
+/// `max_phase2_streams` reached) is stopped after 10 s; the view must not go on
+/// believing it. The lockserver's lease of that stream lives in its memory only: one
+/// restarted in that moment announces a table at once, and a write through the proxy
+/// landed unchecked on the row a global transaction then held (RollbackFailed).
+#[tokio::test]
+async fn a_replaced_stream_stopped_before_its_successor_came_up_is_not_believed_after() {
+    let orders = prepare("outside_kept").await;
+    let (mut config, dir) =
+        tandem_tests::lockserver::test_config(tandem_tests::lockserver::Kind::Embedded);
+    config.limits.max_phase2_streams = 2;
+    let lockserver = TestLockserver::start_with(config, dir).await;
+    let global = Tandem::start_for(&lockserver).await;
+    let outside = outside_proxy(&lockserver, OutsideWrites::Fail).await;
+    let c = global.connect(&orders.name).await;
+    one(&c, "SELECT 1").await.unwrap();
+    let mut o = outside.connect(&orders.name).await;
+    portal_write(&mut o, 5, 0).await.unwrap();
+    let direct = orders.direct().await;
+    let before = super::at_mode::dump(&direct).await;
+    // First served now: its stream is refused (two streams already), the old one kept.
+    let other = tandem_tests::harness::TestDb::create("outside_kept_other").await;
+    let _served = outside.connect(&other.name).await;
+    tandem_tests::harness::eventually_within(
+        "the kept stream stopped",
+        Duration::from_secs(20),
+        || async { lockserver.metric("tandem_lockserver_phase2_streams").await < 2.0 },
+    )
+    .await;
+    let lockserver = lockserver.restart().await;
+    one(&c, "SELECT tandem_begin(60000)").await.unwrap();
+    c.batch_execute("UPDATE accounts SET balance = -1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_lock_not_available(
+        o.execute(
+            "UPDATE accounts SET balance = balance + 1 WHERE id = 1",
+            &[],
+        )
+        .await,
+        "an outside write to the held row",
+    );
+    rolled_back(&c).await;
+    assert_eq!(super::at_mode::dump(&direct).await, before);
+    drop((o, c));
+    outside.shutdown().await;
+    global.shutdown().await;
+    lockserver.stop().await;
+}
