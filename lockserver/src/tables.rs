@@ -222,7 +222,7 @@ impl Subs {
                 }
             } else if let Some(c) = self.closed.get(id) {
                 let end = c.at + lease;
-                if end > now && !self.superseded(c, resource) {
+                if end > now && !self.superseded(*id, c, resource) {
                     wake = Some(wake.map_or(end, |w| w.max(end)));
                     lease_of.get_or_insert(&c.name);
                 }
@@ -237,13 +237,17 @@ impl Subs {
 }
 
 impl Subs {
-    /// A live stream of the same view covers `resource` and acked its snapshot: the
-    /// view trusts only that stream now, and its acks wait for every write the closed
-    /// stream let through.
-    fn superseded(&self, closed: &Closed, resource: &str) -> bool {
+    /// A live stream of the same view, newer than the closed one (`closed_id`), covers
+    /// `resource` and acked its snapshot: the view follows that snapshot, taken after
+    /// anything the closed stream fed it, and its acks wait for every write the closed
+    /// stream let through. (A proxy brings its streams up one at a time, so ids follow
+    /// the order of its snapshots. An older stream's snapshot may be replaced in the
+    /// view by the closed one's, which missed what was announced since.)
+    fn superseded(&self, closed_id: u64, closed: &Closed, resource: &str) -> bool {
         !closed.instance.is_empty()
-            && self.live.values().any(|s| {
-                s.instance == closed.instance
+            && self.live.iter().any(|(id, s)| {
+                *id > closed_id
+                    && s.instance == closed.instance
                     && s.acked >= s.snapshot_seq
                     && s.resources.iter().any(|r| r == resource)
             })

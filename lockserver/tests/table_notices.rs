@@ -758,3 +758,42 @@ async fn a_registration_whose_caller_went_away_is_not_granted() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stream_is_superseded_only_by_a_newer_one_of_its_view() {
+    let s = start(|c| {
+        c.table_lease_ms = 1_000;
+        c.table_heartbeat_ms = 100;
+    })
+    .await;
+    // An older stream of view-a, live and caught up, and a newer one that closes.
+    let mut older = raw_sub_of(s.addr, &[R], "view-a").await;
+    older.notices().await;
+    older.ack(1).await;
+    let mut newer = raw_sub_of(s.addr, &[R, "other"], "view-a").await;
+    newer.notices().await;
+    newer.ack(2).await;
+    let closed = Instant::now();
+    drop(newer);
+    // The view may follow the newer stream's snapshot, which the older stream's acks
+    // say nothing of: its lease is waited out.
+    let register = tokio::spawn({
+        let client = s.client.clone();
+        async move {
+            let x = client.begin(None).await.unwrap();
+            let key = LockKey::new(R, "public.t", ["1"]);
+            client
+                .register_branch(&x, R, BranchKind::AT, &[key], Duration::ZERO)
+                .await
+        }
+    });
+    let notice = older.notices().await;
+    older.ack(notice[0].seq).await;
+    register.await.unwrap().expect("granted after the lease");
+    let waited = closed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "waited only {waited:?}"
+    );
+    s.shutdown().await;
+}
