@@ -777,16 +777,7 @@ async fn a_closed_stream_is_superseded_only_by_a_newer_one_of_its_view() {
     drop(newer);
     // The view may follow the newer stream's snapshot, which the older stream's acks
     // say nothing of: its lease is waited out.
-    let register = tokio::spawn({
-        let client = s.client.clone();
-        async move {
-            let x = client.begin(None).await.unwrap();
-            let key = LockKey::new(R, "public.t", ["1"]);
-            client
-                .register_branch(&x, R, BranchKind::AT, &[key], Duration::ZERO)
-                .await
-        }
-    });
+    let register = spawn_registration(&s, "t", 1);
     let notice = older.notices().await;
     older.ack(notice[0].seq).await;
     register.await.unwrap().expect("granted after the lease");
