@@ -358,21 +358,22 @@ async fn one_stream(
             return false;
         }
     };
-    status.connected.store(true, Ordering::Relaxed);
-    tracing::info!(resources = ?resources, "phase-2 stream established");
-    // Dropped however this function ends (also when its future is dropped): the
-    // stream's view goes down with it.
     if status.retired.load(Ordering::SeqCst) {
         // Retired while it connected: it must not become its view's newest stream
         // (its successor connects after it, under `connecting`).
         return false;
     }
+    status.connected.store(true, Ordering::Relaxed);
+    tracing::info!(resources = ?resources, "phase-2 stream established");
+    // Dropped however this function ends (also when its future is dropped): the
+    // stream's view goes down with it.
     let tables = opts
         .table_view
         .clone()
         .map(|v| StreamTables::start(v, ack_tx));
     drop(connecting);
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut delivered = false;
     while let Ok(Some(msg)) = inbound.message().await {
         if let Some(t) = &tables
             && !t.on_message(msg.tables)
@@ -380,9 +381,10 @@ async fn one_stream(
             tracing::warn!("table notices pending acknowledgement overflowed; reconnecting");
             return true;
         }
-        status
-            .delivered
-            .send_if_modified(|delivered| !std::mem::replace(delivered, true));
+        if !delivered {
+            delivered = true;
+            status.delivered.send_replace(true);
+        }
         for w in msg.work {
             let Ok(xid) = Xid::parse(&w.xid) else {
                 continue;

@@ -399,9 +399,6 @@ enum ReplyEnd {
     LastComplete,
 }
 
-/// Parse, Bind, Describe (portal) and Execute of a client's simple-protocol statement,
-/// unnamed, then Sync: the same replies as its Query, with ParseComplete and
-/// BindComplete ahead (the caller swallows them), results in text.
 /// A Close of tandem's own statement, then a Parse of `sql` into it with the
 /// parameter types `declared`.
 fn own_statement_parsed(sql: &str, declared: &[u32]) -> BytesMut {
@@ -418,6 +415,9 @@ fn own_statement_parsed(sql: &str, declared: &[u32]) -> BytesMut {
     out
 }
 
+/// Parse, Bind, Describe (portal) and Execute of a client's simple-protocol statement,
+/// unnamed, then Sync: the same replies as its Query, with ParseComplete and
+/// BindComplete ahead (the caller swallows them), results in text.
 pub(super) fn put_as_extended(out: &mut BytesMut, sql: &str) {
     let mut body = BytesMut::with_capacity(sql.len() + 8);
     put_cstr(&mut body, b"");
