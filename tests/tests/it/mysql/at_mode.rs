@@ -335,7 +335,7 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         "INSERT INTO items (id, name) VALUES (5, 'x') ON DUPLICATE KEY UPDATE id = 6",
         "UPDATE accounts SET balance = 0 LIMIT 1",
         "UPDATE accounts SET balance = 0; UPDATE accounts SET balance = 1",
-        "INSERT INTO accounts VALUES (9, 9, 'r') RETURNING id",
+        "REPLACE INTO accounts VALUES (9, 9, 'r') RETURNING id",
         "UPDATE accounts SET balance = 0 WHERE RAND() < 0.5",
         // Spaces, comments and quotes do not make it another function.
         "UPDATE accounts SET balance = 0 WHERE RAND /**/ () < 0.5",
@@ -1770,6 +1770,135 @@ async fn every_write_form_rolls_back_exactly() {
         after.push(dump(&mut direct, t).await);
     }
     assert_eq!(after, before);
+    eventually("undo rows gone", || {
+        let db = &db;
+        async move { undo_rows(&mut db.direct().await).await == 0 }
+    })
+    .await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// MariaDB's INSERT and DELETE … RETURNING (what SQLAlchemy 2 and Django send for ORM
+/// inserts there) are captured, text and prepared, autocommit and in a block: the
+/// client gets the rows its RETURNING gives, ROW_COUNT() is -1 after them as directly,
+/// a rollback restores every row and a commit keeps what they wrote. An upsert or
+/// REPLACE with RETURNING is refused (1235) and changes nothing.
+#[tokio::test]
+async fn inserts_and_deletes_with_returning_are_captured() {
+    let db = prepare("at_returning").await;
+    let mut direct = db.direct().await;
+    // Ids far from undo_log's own AUTO_INCREMENT, which also starts at 1.
+    direct
+        .query_drop("ALTER TABLE items AUTO_INCREMENT = 1000")
+        .await
+        .unwrap();
+    let tables = ["accounts", "items"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(dump(&mut direct, t).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+
+    let generated: Vec<(u64, String)> = conn
+        .query("INSERT INTO items (name) VALUES ('r1'), ('r2') RETURNING id, name")
+        .await
+        .unwrap();
+    assert_eq!(
+        generated,
+        [(1000, "r1".to_owned()), (1001, "r2".to_owned())],
+        "autocommit, text, generated keys"
+    );
+    let row_count: Option<i64> = conn.query_first("SELECT ROW_COUNT()").await.unwrap();
+    assert_eq!(row_count, Some(-1));
+    let given: Vec<(i32, i64, String)> = conn
+        .exec(
+            "INSERT INTO accounts VALUES (?, ?, ?), (5, 50, 'e') RETURNING id, balance, note",
+            (4, 40, "d"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        given,
+        [(4, 40, "d".to_owned()), (5, 50, "e".to_owned())],
+        "autocommit, prepared, given keys"
+    );
+    conn.query_drop("BEGIN").await.unwrap();
+    let ignored: Vec<i32> = conn
+        .query("INSERT IGNORE INTO accounts VALUES (1, 0, 'x'), (6, 60, 'f') RETURNING id")
+        .await
+        .unwrap();
+    assert_eq!(ignored, [6], "INSERT IGNORE returns the row it inserted");
+    let deleted: Vec<(i32, String)> = conn
+        .exec(
+            "DELETE FROM accounts WHERE id <= ? RETURNING id, note",
+            (2,),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, [(1, "a".to_owned()), (2, "b".to_owned())]);
+    let prepared_generated: Vec<u64> = conn
+        .exec("INSERT INTO items (name) VALUES (?) RETURNING id", ("r3",))
+        .await
+        .unwrap();
+    assert_eq!(prepared_generated, [1002]);
+    let deleted_text: Vec<String> = conn
+        .query("DELETE FROM items WHERE name = 'first' RETURNING name")
+        .await
+        .unwrap();
+    assert_eq!(deleted_text, ["first"]);
+    conn.query_drop("COMMIT").await.unwrap();
+    for sql in [
+        "INSERT INTO items (name) VALUES ('r1') ON DUPLICATE KEY UPDATE name = 'u' RETURNING id",
+        "REPLACE INTO accounts VALUES (3, 0, 'replaced') RETURNING id",
+    ] {
+        let e = conn.query_drop(sql).await.unwrap_err();
+        assert_eq!(code(&e), 1235, "{sql}: {e}");
+    }
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(ids, [3, 4, 5, 6], "what the branches wrote");
+    let names: Vec<String> = direct
+        .query("SELECT name FROM items ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(names, ["r1", "r2", "r3"], "what the branches wrote");
+
+    rolled_back(&mut conn).await;
+    let mut after = Vec::new();
+    for t in tables {
+        after.push(dump(&mut direct, t).await);
+    }
+    assert_eq!(after, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+
+    text(&mut conn, "SELECT tandem_begin()").await.unwrap();
+    let kept: Vec<(u64, String)> = conn
+        .query("INSERT INTO items (name) VALUES ('kept') RETURNING id, name")
+        .await
+        .unwrap();
+    let gone: Vec<i32> = conn
+        .query("DELETE FROM accounts WHERE id = 3 RETURNING id")
+        .await
+        .unwrap();
+    assert_eq!(gone, [3]);
+    let status = text(&mut conn, "SELECT tandem_commit()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Committed"));
+    let stored: Vec<(u64, String)> = direct
+        .query("SELECT id, name FROM items WHERE name = 'kept'")
+        .await
+        .unwrap();
+    assert_eq!(stored, kept);
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM accounts ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(ids, [1, 2]);
     eventually("undo rows gone", || {
         let db = &db;
         async move { undo_rows(&mut db.direct().await).await == 0 }

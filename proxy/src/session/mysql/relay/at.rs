@@ -17,6 +17,7 @@ use crate::at::mysql::{AtTable, undo_table, weigh_keys};
 use crate::error::{Error, Result};
 use crate::wire::mysql::codes::{CapabilityFlags, StatusFlags, command};
 use crate::wire::mysql::errcode::MyErr;
+use crate::wire::mysql::messages::response::HeldResultSet;
 use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
 use std::sync::Arc;
@@ -44,6 +45,33 @@ pub(super) enum AtFailure {
 }
 
 pub(super) type Outcome<T> = std::result::Result<T, AtFailure>;
+
+/// A captured write's reply: its OK, or the rows its RETURNING gave, held for the
+/// client until tandem's own statements after it are done (`ok` then stands for them:
+/// the rows counted as affected, the terminator's status).
+pub(super) struct Written {
+    ok: OkPacket,
+    returned: Option<HeldResultSet>,
+}
+
+/// Why a write with RETURNING cannot be captured, if it cannot. A capture checks
+/// what it read against the server's count of changed rows, and rows end such a
+/// reply instead of an OK with the count: they count the rows deleted or inserted,
+/// but not what an upsert did to each row or the rows a REPLACE deleted.
+fn returning_uncapturable(write: &Write, source: &Source<'_>) -> Option<&'static str> {
+    if source.opens_cursor() {
+        return Some(
+            "an execute with RETURNING that opens a cursor, in AT mode (its rows would come after tandem's statements)",
+        );
+    }
+    match (write.kind, write.on_duplicate) {
+        (WriteKind::Update, _) => Some("UPDATE … RETURNING (MariaDB has no such statement)"),
+        (WriteKind::Insert, OnDuplicate::Update | OnDuplicate::Replace) => Some(
+            "an upsert or REPLACE with RETURNING, in AT mode (its rows do not say what it did to each row)",
+        ),
+        _ => None,
+    }
+}
 
 /// Where a statement comes from: a COM_QUERY's text, or the client's COM_STMT_EXECUTE
 /// (its whole packet) with its parameter values and types.
@@ -673,10 +701,10 @@ impl Relay<'_> {
     /// An INSERT, UPDATE, DELETE or REPLACE in a global transaction, with its images.
     async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
         self.learn_lock_timeout_rule().await;
-        if write.has_returning {
-            return self.refuse(Error::Unsupported {
-                what: "a write with RETURNING, in AT mode on MySQL",
-            });
+        if write.has_returning
+            && let Some(what) = returning_uncapturable(write, source)
+        {
+            return self.refuse(Error::Unsupported { what });
         }
         let temporary = self.is_temporary(&write.table).await?;
         if matches!(temporary, Ok(true)) {
@@ -703,17 +731,16 @@ impl Relay<'_> {
             return Ok(Handled::Answer);
         }
         let mut outcome = self.capture_write(&table, write, source).await?;
-        if wrapped && let Ok(ok) = &mut outcome {
+        if wrapped && let Ok(written) = &mut outcome {
             match self.commit_branch(super::OWN_COMMIT).await? {
-                Ok(status) => ok.take_status_of(status),
+                Ok(status) => written.ok.take_status_of(status),
                 Err(failure) => outcome = Err(failure),
             }
         }
         match outcome {
-            Ok(ok) => {
-                self.exchange.on_authenticated(ok.status);
-                self.row_count_after_write = Some(ok.row_count());
-                ok.put(&mut self.to_client, 1);
+            Ok(written) => {
+                self.exchange.on_authenticated(written.ok.status);
+                self.answer_write(&written.ok, written.returned);
             }
             Err(failure) => {
                 let whole_transaction = match &failure {
@@ -740,7 +767,7 @@ impl Relay<'_> {
         table: &AtTable,
         write: &Write,
         source: &Source<'_>,
-    ) -> Result<Outcome<OkPacket>> {
+    ) -> Result<Outcome<Written>> {
         let meta = &table.meta;
         if write.rows.as_ref().is_some_and(|r| r.double_quoted) {
             match self.ansi_quotes().await? {
@@ -787,7 +814,10 @@ impl Relay<'_> {
                 return Ok(Err(uncaptured(meta)));
             }
             self.at_branch.forget_after(meta, &keys);
-            return Ok(Ok(ok));
+            return Ok(Ok(Written {
+                ok,
+                returned: around.returned,
+            }));
         }
         let plan = match table.mysql.insert_plan(write) {
             Ok(plan) => plan,
@@ -840,9 +870,18 @@ impl Relay<'_> {
             // Without the rows it inserted, the write cannot be undone.
             after.map_err(|_| uncaptured(meta))
         } else if inserts_generated {
-            self.generated_rows(table, ok.last_insert_id, plan.generated)
-                .await?
-                .map_err(AtFailure::Server)
+            let first = match &around.returned {
+                None => Ok(ok.last_insert_id),
+                // Rows end the reply, not an OK with the id: the server still has it.
+                Some(_) => self.last_insert_id().await?,
+            };
+            match first {
+                Ok(first) => self
+                    .generated_rows(table, first, plan.generated)
+                    .await?
+                    .map_err(AtFailure::Server),
+                Err(e) => Err(AtFailure::Server(e)),
+            }
         } else {
             Ok(Vec::new())
         };
@@ -939,7 +978,22 @@ impl Relay<'_> {
         self.at_branch.record_inserted(meta, inserted);
         self.at_branch
             .record_returned_after(meta, found.into_iter().map(|(row, key)| (key, Some(row))));
-        Ok(Ok(ok))
+        Ok(Ok(Written {
+            ok,
+            returned: around.returned,
+        }))
+    }
+
+    /// The first AUTO_INCREMENT key the session's last INSERT generated.
+    async fn last_insert_id(&mut self) -> Result<std::result::Result<u64, OwnError>> {
+        Ok(self
+            .own_select("SELECT LAST_INSERT_ID()", &[])
+            .await?
+            .map(|rows| {
+                first_value(rows)
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map_or(0, u64::from_le_bytes)
+            }))
     }
 
     /// Records the rows a write's before read found (none without a read); returns their

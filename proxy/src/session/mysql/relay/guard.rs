@@ -842,7 +842,7 @@ impl Relay<'_> {
     /// is ended: its OK, or the rows its RETURNING gave, with the status `ok` has
     /// taken from tandem's last statement. Either way ROW_COUNT() is answered as after
     /// the write (-1 after rows), not after tandem's statement.
-    fn answer_write(&mut self, ok: &OkPacket, returned: Option<HeldResultSet>) {
+    pub(super) fn answer_write(&mut self, ok: &OkPacket, returned: Option<HeldResultSet>) {
         match returned {
             Some(mut rows) => {
                 rows.set_status(ok.status);
