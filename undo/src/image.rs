@@ -359,7 +359,12 @@ impl TableMeta {
     }
 
     fn pk_list(&self, d: &dyn Dialect) -> String {
-        self.pk
+        self.names_of(d, &self.pk)
+    }
+
+    /// The columns at `indexes`, quoted, comma-separated.
+    fn names_of(&self, d: &dyn Dialect, indexes: &[usize]) -> String {
+        indexes
             .iter()
             .map(|&i| d.quote_ident(&self.columns[i].name))
             .collect::<Vec<_>>()
@@ -494,47 +499,68 @@ impl TableMeta {
         Capture::of(d, self.locked_keys_sql(d, read)?)
     }
 
-    /// The before image of an upsert: the existing rows whose primary key equals a
-    /// VALUES row's, locked. The conflict target must be the primary key (any other
-    /// unique key could update rows tandem cannot name in advance).
-    pub fn upsert_before_image_sql(&self, d: &dyn Dialect, write: &Write) -> Result<String, Error> {
+    /// Whether an upsert's conflict target is the primary key.
+    pub fn upsert_on_primary_key(&self, write: &Write) -> bool {
         let Some(upsert) = &write.upsert else {
-            return Err(Error::unsupported("an upsert without its VALUES"));
+            return false;
         };
-        let pk_names: Vec<&str> = self
+        let mut target: Vec<&str> = upsert.target.iter().map(String::as_str).collect();
+        target.sort_unstable();
+        let mut pk: Vec<&str> = self
             .pk
             .iter()
             .map(|&i| self.columns[i].name.as_str())
             .collect();
-        let mut target = upsert.target.clone();
-        target.sort();
-        let mut pk_sorted: Vec<String> = pk_names.iter().map(|s| s.to_string()).collect();
-        pk_sorted.sort();
-        if target != pk_sorted {
-            return Err(Error::unsupported(
-                "INSERT … ON CONFLICT DO UPDATE whose target is not the primary key",
-            ));
-        }
+        pk.sort_unstable();
+        target == pk
+    }
+
+    /// The before image of an upsert: the existing rows equal to a VALUES row in the
+    /// columns of its conflict target (the primary key or another unique key), locked.
+    /// The rows it then updates must be among them: a row the write returns as updated
+    /// that this did not read fails the write as uncaptured.
+    pub fn upsert_before_image_sql(&self, d: &dyn Dialect, write: &Write) -> Result<String, Error> {
+        let Some(upsert) = &write.upsert else {
+            return Err(Error::unsupported("an upsert without its VALUES"));
+        };
+        let target: Vec<usize> = upsert
+            .target
+            .iter()
+            .map(|name| self.columns.iter().position(|c| &c.name == name))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Error::unsupported(
+                    "INSERT … ON CONFLICT DO UPDATE whose target names a column the table does not have",
+                )
+            })?;
         // Without a column list, VALUES gives the table's columns in order.
         let listed: Vec<&str> = if upsert.columns.is_empty() {
             self.columns.iter().map(|c| c.name.as_str()).collect()
         } else {
             upsert.columns.iter().map(String::as_str).collect()
         };
-        let positions: Vec<usize> = pk_names
+        let positions: Vec<usize> = target
             .iter()
-            .map(|n| listed.iter().position(|c| c == n))
+            .map(|&i| listed.iter().position(|c| *c == self.columns[i].name))
             .collect::<Option<_>>()
             .ok_or_else(|| {
-                Error::unsupported("an upsert that does not give every primary-key column")
+                Error::unsupported(
+                    "an upsert that does not give every column of its conflict target",
+                )
             })?;
         let columns = self.column_list(d);
         let table = d.qualified(&write.table);
         if let Some(select) = &upsert.select {
             return self.upsert_from_select_before_image_sql(
-                d, select, &listed, &positions, &columns, &table,
+                d,
+                select,
+                listed.len(),
+                &target.iter().copied().zip(positions).collect::<Vec<_>>(),
+                &columns,
+                &table,
             );
         }
+        let target_list = self.names_of(d, &target);
         let rows = upsert
             .rows
             .iter()
@@ -557,7 +583,7 @@ impl TableMeta {
             .map(|values| {
                 let stored: Vec<String> = values
                     .iter()
-                    .zip(&self.pk)
+                    .zip(&target)
                     .map(|(value, &i)| match self.columns[i].sql_type.as_str() {
                         "" => value.to_string(),
                         sql_type => format!("CAST({value} AS {sql_type})"),
@@ -572,14 +598,15 @@ impl TableMeta {
             ));
         }
         Ok(format!(
-            "SELECT {columns} FROM {table} WHERE ({}) IN ({}) FOR UPDATE",
-            self.pk_list(d),
+            "SELECT {columns} FROM {table} WHERE ({target_list}) IN ({}) FOR UPDATE",
             tuples.join(", ")
         ))
     }
 
-    /// The before image of an `INSERT … SELECT … ON CONFLICT (primary key) DO UPDATE`:
-    /// the existing rows whose key one of the query's rows gives, locked. The query
+    /// The before image of an `INSERT … SELECT … ON CONFLICT (…) DO UPDATE`: the
+    /// existing rows whose conflict target's columns (`target`: each column's index,
+    /// and its position among the `listed` columns the query gives) one of the query's
+    /// rows gives, locked. The query
     /// runs twice, here and in the write: a query that may give other keys the second
     /// time (a volatile function's) is refused; one whose data changes in between
     /// updates a row tandem holds no image of, which the rows the write returns show
@@ -588,8 +615,8 @@ impl TableMeta {
         &self,
         d: &dyn Dialect,
         select: &str,
-        listed: &[&str],
-        positions: &[usize],
+        listed: usize,
+        target: &[(usize, usize)],
         columns: &str,
         table: &str,
     ) -> Result<String, Error> {
@@ -599,14 +626,13 @@ impl TableMeta {
             )));
         }
         let source = d.quote_ident("tandem_upsert_source");
-        let aliases: Vec<String> = (0..listed.len())
+        let aliases: Vec<String> = (0..listed)
             .map(|i| d.quote_ident(&format!("tandem_{i}")))
             .collect();
         // Each value as the INSERT stores it, as for VALUES.
-        let keys: Vec<String> = positions
+        let keys: Vec<String> = target
             .iter()
-            .zip(&self.pk)
-            .map(|(&p, &i)| {
+            .map(|&(i, p)| {
                 let value = format!("{source}.{}", aliases[p]);
                 match self.columns[i].sql_type.as_str() {
                     "" => value,
@@ -614,9 +640,9 @@ impl TableMeta {
                 }
             })
             .collect();
+        let target_list = self.names_of(d, &target.iter().map(|&(i, _)| i).collect::<Vec<_>>());
         Ok(format!(
-            "SELECT {columns} FROM {table} WHERE ({}) IN (SELECT {} FROM ({select}) AS {source}({})) FOR UPDATE",
-            self.pk_list(d),
+            "SELECT {columns} FROM {table} WHERE ({target_list}) IN (SELECT {} FROM ({select}) AS {source}({})) FOR UPDATE",
             keys.join(", "),
             aliases.join(", ")
         ))
@@ -904,6 +930,20 @@ mod tests {
             m.upsert_before_image_sql(&Postgres, &upsert).unwrap(),
             "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"id\") IN ((CAST(2.4 AS integer)), (CAST($1 AS integer))) FOR UPDATE"
         );
+        // Another unique key: the rows its values name there (every column of this
+        // meta is an integer).
+        let on_note = write(
+            "INSERT INTO accounts (note, id) VALUES ('q', 7) ON CONFLICT (note) DO UPDATE SET balance = 2",
+        );
+        assert!(!m.upsert_on_primary_key(&on_note));
+        assert_eq!(
+            m.upsert_before_image_sql(&Postgres, &on_note).unwrap(),
+            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"note\") IN ((CAST('q' AS integer))) FOR UPDATE"
+        );
+        let unlisted = write(
+            "INSERT INTO accounts (id) VALUES (7) ON CONFLICT (note) DO UPDATE SET balance = 2",
+        );
+        assert!(m.upsert_before_image_sql(&Postgres, &unlisted).is_err());
     }
 
     #[test]

@@ -1075,15 +1075,17 @@ impl Relay<'_> {
             TxStatus::InTransaction
         };
         let refused = |e: Error, status: TxStatus| Ok(Some(Refused::of(&e, status)));
-        let before = match super::at::before_image_query(meta, write) {
-            Ok(Some(before)) => row_lock_of_the_write(before, write),
-            Ok(None) => return Ok(None),
-            Err(_)
-                if write.upsert.is_some()
-                    && write
-                        .assigned
-                        .iter()
-                        .any(|c| meta.pk.iter().any(|&i| &meta.columns[i].name == c)) =>
+        // An upsert on another unique key than the primary key is checked by the rows it
+        // returns instead (below), which name every row it met, whatever key it met it by.
+        let in_advance = write.upsert.is_none() || meta.upsert_on_primary_key(write);
+        let before = match in_advance.then(|| super::at::before_image_query(meta, write)) {
+            Some(Ok(Some(before))) => row_lock_of_the_write(before, write),
+            Some(Ok(None)) => return Ok(None),
+            Some(Err(e)) if write.upsert.is_none() => return refused(Error::Undo(e), open),
+            _ if write
+                .assigned
+                .iter()
+                .any(|c| meta.pk.iter().any(|&i| &meta.columns[i].name == c)) =>
             {
                 // Its DO UPDATE may move the row it meets to another key: the rows it
                 // returns name the key it moved to, not the one it left, which a
@@ -1095,17 +1097,16 @@ impl Relay<'_> {
                     open,
                 );
             }
-            Err(_) if write.upsert.is_some() => {
-                // An upsert whose rows cannot be read in advance (its target is another
-                // unique key than the primary key): the rows it returns are checked
-                // once it has run (`finish_outside_write`), in tandem's transaction
-                // around an autocommit one.
+            _ => {
+                // An upsert not checked in advance (its target is another unique key
+                // than the primary key, or its rows cannot be read before it): the rows
+                // it returns are checked once it has run (`finish_outside_write`), in
+                // tandem's transaction around an autocommit one.
                 if implicit {
                     self.exchange_required("BEGIN").await?;
                 }
                 return Ok(None);
             }
-            Err(e) => return refused(Error::Undo(e), open),
         };
         let formats = super::at::image_formats(meta);
         let waits = self.ctx.outside.waits();
