@@ -178,7 +178,7 @@ impl PgBranchHandler {
         // (two rows swap their places in one UPDATE): restored row by row, they would
         // be refused in any order. Checked at the COMMIT, they hold as they held before.
         tx.batch_execute("SET CONSTRAINTS ALL DEFERRED").await?;
-        match run_steps(&tx, &types, replay::plan(&Postgres, &record), order).await? {
+        match run_steps(&tx, &types, &record, order).await? {
             Ran::Done => {}
             Ran::Stopped(outcome) => {
                 tracing::warn!(xid, branch, "dirty write found: rollback stopped");
@@ -233,9 +233,10 @@ enum Attempt {
 async fn run_steps(
     tx: &tokio_postgres::Transaction<'_>,
     types: &DeclaredTypes,
-    steps: Vec<replay::Step>,
+    record: &UndoRecord,
     order: Order,
 ) -> crate::Result<Ran> {
+    let steps = replay::plan(&Postgres, record);
     let careful =
         order == Order::Workable && steps.iter().filter(|s| s.apply.is_some()).count() > 1;
     let mut pending = steps;
@@ -277,9 +278,47 @@ async fn run_steps(
         }
         match refusal {
             None => return Ok(Ran::Done),
-            // No restore got through this pass: none ever will.
-            Some(e) if put_off.len() == tried => return Err(e.into()),
+            // No restore got through this pass: none ever will one at a time.
+            Some(e) if put_off.len() == tried => {
+                return match restore_together(tx, types, record, &put_off).await? {
+                    true => Ok(Ran::Done),
+                    false => Err(e.into()),
+                };
+            }
             Some(_) => pending = put_off,
+        }
+    }
+}
+
+/// Restores the rows of `stuck` (checked, and locked, by this pass) in one statement
+/// ([`replay::restore_together`]), under a savepoint; whether that got through.
+async fn restore_together(
+    tx: &tokio_postgres::Transaction<'_>,
+    types: &DeclaredTypes,
+    record: &UndoRecord,
+    stuck: &[replay::Step],
+) -> crate::Result<bool> {
+    let steps: Vec<&replay::Step> = stuck.iter().collect();
+    let Some(together) = replay::restore_together(&Postgres, record, &steps) else {
+        return Ok(false);
+    };
+    tx.batch_execute("SAVEPOINT tandem_restore").await?;
+    let params: Vec<Raw> = together.params.iter().cloned().map(Raw).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let restored = match types.prepare(tx, &together).await {
+        Ok(statement) => tx.execute(&statement, &refs).await,
+        Err(e) => Err(e),
+    };
+    match restored {
+        Ok(_) => {
+            tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?;
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, rows = stuck.len(), "rows that refuse one another's restores were not restored together either");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT tandem_restore")
+                .await?;
+            Ok(false)
         }
     }
 }

@@ -36,13 +36,15 @@ pub struct Step {
     /// The index in the record of the table whose row this is (`check` selects its
     /// columns, in table order, as the images hold them).
     pub table: usize,
+    /// The index of the row among that table's rows.
+    pub row: usize,
 }
 
 /// The steps that undo `record`, in the order to run them.
 pub fn plan(d: &dyn Dialect, record: &UndoRecord) -> Vec<Step> {
     let mut steps = Vec::new();
     for (index, table) in record.tables.iter().enumerate().rev() {
-        for row in table.rows.iter().rev() {
+        for (row_index, row) in table.rows.iter().enumerate().rev() {
             let Some(key_row) = row.after.as_ref().or(row.before.as_ref()) else {
                 continue;
             };
@@ -58,10 +60,75 @@ pub fn plan(d: &dyn Dialect, record: &UndoRecord) -> Vec<Step> {
                 expect: row.after.clone(),
                 apply,
                 table: index,
+                row: row_index,
             });
         }
     }
     steps
+}
+
+/// One statement that restores the rows of `steps` at once: rows whose restores, run
+/// one at a time, refuse one another in every order (two rows that swapped a unique
+/// value, rows that refer to each other). Every row the branch left is deleted first,
+/// then every before image inserted again, so no unique value is held twice on the way,
+/// and the foreign keys, checked at the end of the statement, find them all back (a
+/// referencing key with ON DELETE RESTRICT is checked at once, and still refuses).
+/// PostgreSQL's data-modifying WITH: None for a dialect without RETURNING, or for steps
+/// the record does not have.
+pub fn restore_together(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -> Option<Stmt> {
+    if !d.supports_returning() {
+        return None;
+    }
+    let mut stmt = empty();
+    let mut parts = Vec::new();
+    let mut deleted = Vec::new();
+    for step in steps {
+        let t = record.tables.get(step.table)?;
+        let Some(after) = &t.rows.get(step.row)?.after else {
+            continue;
+        };
+        let predicate = key_predicate(d, t, after, &mut stmt);
+        let name = format!("tandem_gone_{}", deleted.len());
+        parts.push(format!(
+            "{name} AS (DELETE FROM {} WHERE {predicate} RETURNING 1)",
+            qualified(d, t)
+        ));
+        deleted.push(format!("SELECT 1 FROM {name}"));
+    }
+    // Reading every deletion's rows before its first row makes each insertion wait
+    // until all of them are done: the parts of a WITH otherwise run in no set order.
+    let after_deletions = if deleted.is_empty() {
+        String::new()
+    } else {
+        parts.push(format!("tandem_gone AS ({})", deleted.join(" UNION ALL ")));
+        " WHERE (SELECT count(*) FROM tandem_gone) >= 0".to_owned()
+    };
+    let mut inserted = 0;
+    for step in steps {
+        let t = record.tables.get(step.table)?;
+        let Some(before) = &t.rows.get(step.row)?.before else {
+            continue;
+        };
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        for i in writable(t) {
+            names.push(d.quote_ident(&t.columns[i]));
+            values.push(stmt.bind_restored(d, t, before, i));
+        }
+        parts.push(format!(
+            "tandem_back_{inserted} AS (INSERT INTO {} ({}) {} SELECT {}{after_deletions} RETURNING 1)",
+            qualified(d, t),
+            names.join(", "),
+            d.insert_override(),
+            values.join(", ")
+        ));
+        inserted += 1;
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    stmt.sql = format!("WITH {} SELECT 1", parts.join(", "));
+    Some(stmt)
 }
 
 fn qualified(d: &dyn Dialect, t: &TableUndo) -> String {

@@ -76,6 +76,50 @@ async fn a_swap_under_a_deferrable_unique_key_rolls_back() {
     .await;
 }
 
+/// Two rows swap a value under a unique key that is checked at once (NOT DEFERRABLE),
+/// through a third value, as a reordering does: restored one at a time, each would meet
+/// the other in any order. They are put back together (deleted, then inserted again),
+/// while rows of another table still refer to them; identity and generated columns
+/// come back as they were.
+#[tokio::test]
+async fn rows_that_swapped_a_unique_value_roll_back_together() {
+    rolls_back_exactly(
+        "at_unique_swap",
+        "CREATE TABLE slots (id int PRIMARY KEY, pos int NOT NULL UNIQUE, note text,
+             seq int GENERATED ALWAYS AS IDENTITY, twice int GENERATED ALWAYS AS (pos * 2) STORED);
+         INSERT INTO slots (id, pos, note) VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 3, 'c');
+         CREATE TABLE items (id int PRIMARY KEY, slot int NOT NULL REFERENCES slots (id));
+         INSERT INTO items VALUES (10, 1), (11, 2);",
+        "slots",
+        "BEGIN;
+         UPDATE slots SET pos = 0 WHERE id = 1;
+         UPDATE slots SET pos = 1, note = 'b!' WHERE id = 2;
+         UPDATE slots SET pos = 2 WHERE id = 1;
+         COMMIT;",
+    )
+    .await;
+}
+
+/// Two rows that refer to each other, both deleted: put back one at a time, each would
+/// refer to a row not there yet. Inserted in one statement, whose end the foreign key
+/// is checked at, they are.
+#[tokio::test]
+async fn rows_that_refer_to_each_other_roll_back_together() {
+    rolls_back_exactly(
+        "at_reference_cycle",
+        "CREATE TABLE people (id int PRIMARY KEY, partner int REFERENCES people (id));
+         INSERT INTO people VALUES (1, NULL), (2, 1), (3, NULL);
+         UPDATE people SET partner = 2 WHERE id = 1;",
+        "people",
+        "BEGIN;
+         UPDATE people SET partner = NULL WHERE id = 1;
+         DELETE FROM people WHERE id = 2;
+         DELETE FROM people WHERE id = 1;
+         COMMIT;",
+    )
+    .await;
+}
+
 /// An exclusion constraint refuses a restore in the plan's order as a unique key does:
 /// the row is put off and restored once the other has moved back.
 #[tokio::test]
