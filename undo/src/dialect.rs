@@ -139,10 +139,14 @@ pub trait Dialect: Send + Sync {
     fn every_row(&self) -> Option<&'static str> {
         None
     }
-    /// Whether the UPDATE that restores a row assigns every column, not only those the
-    /// branch changed: where a column changes unassigned when others do (MySQL's ON
-    /// UPDATE CURRENT_TIMESTAMP), it must be assigned to keep its before value.
-    fn restores_unchanged_columns(&self) -> bool {
+    /// Whether the UPDATE that restores a row assigns a column of type `type_code` the
+    /// branch did not change: one that may change unassigned when others do (MySQL's
+    /// ON UPDATE CURRENT_TIMESTAMP, on TIMESTAMP and DATETIME columns) must be assigned
+    /// to keep its before value. No other is: a value the server would no longer take
+    /// (an ENUM's '' error value under a strict sql_mode, a row a CHECK added since
+    /// refuses) must not stop the restore of the columns the branch did change.
+    fn restores_unchanged(&self, type_code: u32) -> bool {
+        let _ = type_code;
         false
     }
 }
@@ -270,8 +274,11 @@ impl Dialect for Mysql {
         Some(format!("{left} <=> {right}"))
     }
 
-    fn restores_unchanged_columns(&self) -> bool {
-        true
+    fn restores_unchanged(&self, type_code: u32) -> bool {
+        matches!(
+            type_code & 0xff,
+            crate::mysql::types::TIMESTAMP | crate::mysql::types::DATETIME
+        )
     }
 
     fn every_row(&self) -> Option<&'static str> {

@@ -23,7 +23,7 @@ use tandem_undo::{Mysql, TableRef, UndoRecord, replay};
 /// What the replay connection runs first (undo/ARCHITECTURE.md, "MySQL and MariaDB"):
 /// parameters are binary strings, TIMESTAMP images are UTC, zero dates and key 0 go
 /// back as they were, and a value that does not fit fails.
-const REPLAY_SESSION: &str = "SET NAMES binary, time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,ALLOW_INVALID_DATES,NO_ENGINE_SUBSTITUTION'";
+const REPLAY_SESSION: &str = "SET NAMES binary, time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,ALLOW_INVALID_DATES,NO_ENGINE_SUBSTITUTION', foreign_key_checks = 1";
 
 /// A table as AT on MySQL needs it: what MySQL adds, and the metadata undo shares.
 pub struct AtTable {
@@ -543,8 +543,12 @@ async fn replay_branch(
         }
         match refusal {
             None => break,
-            // No restore got through this pass: none ever will.
-            Some(e) if put_off.len() == tried => return Err(e),
+            // No restore got through this pass: none ever will one at a time.
+            Some(e) if put_off.len() == tried => match moved_back(&mut tx, &record, put_off).await?
+            {
+                Some(rest) if rest.len() < tried => pending = rest,
+                _ => return Err(e),
+            },
             Some(_) => pending = put_off,
         }
     }
@@ -556,6 +560,67 @@ async fn replay_branch(
     .await?;
     tx.commit().await?;
     Ok(Some(BranchOutcome::Done))
+}
+
+/// Restores the rows of `stuck` that were there both before and after the branch
+/// (checked, and locked, by this pass) by deleting each as the branch left it, then
+/// inserting each as it was: rows that swapped a unique value refuse one another's
+/// UPDATEs in every order, and InnoDB checks unique keys row by row. Foreign keys are
+/// not checked meanwhile (InnoDB would refuse to delete a row others refer to, though
+/// it comes back with the same key at once); every row comes back with the key it
+/// had, so what refers to it still finds it. Under a savepoint: the steps left to
+/// restore (rows only inserted or only deleted by the branch), or None if that failed
+/// too.
+async fn moved_back(
+    tx: &mut mysql_async::Transaction<'_>,
+    record: &UndoRecord,
+    stuck: Vec<replay::Step>,
+) -> std::result::Result<Option<Vec<replay::Step>>, mysql_async::Error> {
+    let mut moves = Vec::new();
+    let mut rest = Vec::new();
+    for step in stuck {
+        match replay::moved_back(&Mysql, record, &step) {
+            Some(statements) => moves.push(statements),
+            None => rest.push(step),
+        }
+    }
+    if moves.is_empty() {
+        return Ok(None);
+    }
+    tx.query_drop("SAVEPOINT tandem_restore").await?;
+    tx.query_drop("SET SESSION foreign_key_checks = 0").await?;
+    let mut restored = Ok(());
+    for statement in moves
+        .iter()
+        .map(|(delete, _)| delete)
+        .chain(moves.iter().map(|(_, insert)| insert))
+    {
+        let params = match values(&statement.params, &statement.types) {
+            Ok(params) => params,
+            Err(reason) => {
+                tracing::warn!(%reason, "a row image that cannot be bound");
+                restored = Err(());
+                break;
+            }
+        };
+        if let Err(e) = tx.exec_drop(statement.sql.as_str(), params).await {
+            tracing::debug!(error = %e, "rows that refuse one another's restores were not moved back either");
+            restored = Err(());
+            break;
+        }
+    }
+    tx.query_drop("SET SESSION foreign_key_checks = 1").await?;
+    match restored {
+        Ok(()) => {
+            tx.query_drop("RELEASE SAVEPOINT tandem_restore").await?;
+            Ok(Some(rest))
+        }
+        Err(()) => {
+            tx.query_drop("ROLLBACK TO SAVEPOINT tandem_restore")
+                .await?;
+            Ok(None)
+        }
+    }
 }
 
 /// Each image as the parameter value whose type mysql_async sends is the one undo

@@ -131,6 +131,19 @@ pub fn restore_together(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -
     Some(stmt)
 }
 
+/// A restore of `step`'s row in two statements, for a dialect without
+/// [`restore_together`]: the DELETE of the row as the branch left it, then the INSERT
+/// of its before image. None unless the row was there both before and after the
+/// branch (its key, never changed by a branch, is the same in both).
+pub fn moved_back(d: &dyn Dialect, record: &UndoRecord, step: &Step) -> Option<(Stmt, Stmt)> {
+    let t = record.tables.get(step.table)?;
+    let images = t.rows.get(step.row)?;
+    match (&images.before, &images.after) {
+        (Some(before), Some(after)) => Some((delete(d, t, after), insert(d, t, before))),
+        _ => None,
+    }
+}
+
 fn qualified(d: &dyn Dialect, t: &TableUndo) -> String {
     d.qualified(&crate::TableRef {
         schema: t.schema.clone(),
@@ -212,8 +225,8 @@ fn writable(t: &TableUndo) -> impl Iterator<Item = usize> + '_ {
 }
 
 /// Assigns the columns the branch changed (PostgreSQL's GENERATED ALWAYS AS IDENTITY
-/// column may be assigned DEFAULT only, and the branch could not have changed it), or
-/// every one where the dialect needs that; every one, too, where none of them changed,
+/// column may be assigned DEFAULT only, and the branch could not have changed it), and
+/// those the dialect says may change unassigned; every one where none of them changed,
 /// so that a row that differs elsewhere fails loudly rather than stays as it is.
 fn update(d: &dyn Dialect, t: &TableUndo, before: &Row, after: &Row) -> Stmt {
     let mut stmt = empty();
@@ -223,10 +236,13 @@ fn update(d: &dyn Dialect, t: &TableUndo, before: &Row, after: &Row) -> Stmt {
         .copied()
         .filter(|&i| before[i] != after[i])
         .collect();
-    let assigned = if d.restores_unchanged_columns() || changed.is_empty() {
+    let assigned = if changed.is_empty() {
         assignable
     } else {
-        changed
+        assignable
+            .into_iter()
+            .filter(|&i| before[i] != after[i] || d.restores_unchanged(t.types[i]))
+            .collect()
     };
     let sets = assigned
         .into_iter()
@@ -441,14 +457,14 @@ mod tests {
 
             assert_eq!(steps[2].check.params, vec![v(1), v(1), v(11), v(5), v(7)]);
             assert_eq!(steps[2].check.types, types);
+            // `ts`, unchanged, is assigned (ON UPDATE CURRENT_TIMESTAMP would move it);
+            // `j`, unchanged and of no such type, is left alone.
             assert_eq!(
                 steps[2].apply,
                 Some(Stmt {
-                    sql: format!(
-                        "UPDATE {table} SET `v` = ?, `ts` = {TS}, `j` = CONVERT(? USING utf8mb4) WHERE `id` = ?"
-                    ),
-                    params: vec![v(10), None, None, v(7), v(1)],
-                    types: vec![BLOB, DATETIME, DATETIME, BLOB, LONG],
+                    sql: format!("UPDATE {table} SET `v` = ?, `ts` = {TS} WHERE `id` = ?"),
+                    params: vec![v(10), None, None, v(1)],
+                    types: vec![BLOB, DATETIME, DATETIME, LONG],
                 })
             );
         }
