@@ -30,7 +30,8 @@ pub struct Config {
     /// client asking for more gets this much. Default 10000.
     pub max_lock_wait_ms: u64,
     /// How long a rollback request waits for every branch to be undone before it
-    /// answers with the current (`*Retrying`) status, in ms. Default 5000.
+    /// answers with the current status (`Rollbacking` while attempts are under way,
+    /// `RollbackRetrying` once one has failed), in ms. Default 5000.
     pub rollback_wait_ms: u64,
     /// How often timeouts and retention are checked, in ms. Default 100.
     pub tick_interval_ms: u64,

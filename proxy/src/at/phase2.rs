@@ -448,7 +448,12 @@ where
         match attempt().await {
             Ok(Some(outcome)) => return outcome,
             Ok(None) => continue,
-            Err(e) => return retry(e.to_string()),
+            Err(e) => {
+                // Retrying may never clear it (a unique value another row took since):
+                // an operator must hear of it where the rows are.
+                tracing::warn!(xid = %work.xid, branch = work.branch_id, error = %e, "rollback of a branch failed; the lockserver retries it");
+                return retry(e.to_string());
+            }
         }
     }
     retry(format!(
