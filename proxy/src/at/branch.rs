@@ -56,8 +56,11 @@ impl Branch {
         self.savepoints.iter().any(|s| s == name)
     }
 
+    /// The rows of `meta`'s own table (a partitioned table and each partition have
+    /// their own: a replay restores each row through the table it was first captured
+    /// by, which holds it).
     fn table(&mut self, meta: &Arc<TableMeta>) -> &mut TableRows {
-        let at = match self.tables.iter().position(|t| same_rows(&t.meta, meta)) {
+        let at = match self.tables.iter().position(|t| t.meta.table == meta.table) {
             Some(at) => at,
             None => {
                 self.tables.push(TableRows {
@@ -73,22 +76,36 @@ impl Branch {
         &mut self.tables[at]
     }
 
+    /// Where the branch holds the row `key` of `meta`'s table: a table of the same rows
+    /// (`meta`'s own, or its partitioned table or a partition of it, through which the
+    /// row was first captured), with how a row in `meta`'s column order reads in that
+    /// table's. None if no table holds it.
+    fn holder(&self, meta: &TableMeta, key: &TextKey) -> Option<(usize, ColumnOrder)> {
+        self.tables.iter().enumerate().find_map(|(at, t)| {
+            if !t.rows.contains_key(key) {
+                return None;
+            }
+            column_order(&t.meta, meta).map(|order| (at, order))
+        })
+    }
+
     /// Rows read by a before-image query (binary row, text key), locked by it.
     pub fn record_before(&mut self, meta: &Arc<TableMeta>, rows: Vec<(Row, TextKey)>) {
         let depth = self.savepoints.len();
-        let table = self.table(meta);
         for (row, key) in rows {
-            if !table.rows.contains_key(&key) {
-                table.depth.insert(key.clone(), depth);
-                table.order.push(key.clone());
-                table.rows.insert(
-                    key,
-                    RowImages {
-                        before: Some(row),
-                        after: None,
-                    },
-                );
+            if self.holder(meta, &key).is_some() {
+                continue;
             }
+            let table = self.table(meta);
+            table.depth.insert(key.clone(), depth);
+            table.order.push(key.clone());
+            table.rows.insert(
+                key,
+                RowImages {
+                    before: Some(row),
+                    after: None,
+                },
+            );
         }
     }
 
@@ -99,10 +116,7 @@ impl Branch {
         meta: &Arc<TableMeta>,
         keys: &[TextKey],
     ) -> Result<(), Uncaptured> {
-        let known = self.tables.iter().find(|t| same_rows(&t.meta, meta));
-        let all = keys
-            .iter()
-            .all(|k| known.is_some_and(|t| t.rows.contains_key(k)));
+        let all = keys.iter().all(|k| self.holder(meta, k).is_some());
         if all {
             Ok(())
         } else {
@@ -116,19 +130,20 @@ impl Branch {
     /// branch itself deleted them earlier, whose before image stays).
     pub fn record_inserted(&mut self, meta: &Arc<TableMeta>, keys: Vec<TextKey>) {
         let depth = self.savepoints.len();
-        let table = self.table(meta);
         for key in keys {
-            if !table.rows.contains_key(&key) {
-                table.depth.insert(key.clone(), depth);
-                table.order.push(key.clone());
-                table.rows.insert(
-                    key,
-                    RowImages {
-                        before: None,
-                        after: None,
-                    },
-                );
+            if self.holder(meta, &key).is_some() {
+                continue;
             }
+            let table = self.table(meta);
+            table.depth.insert(key.clone(), depth);
+            table.order.push(key.clone());
+            table.rows.insert(
+                key,
+                RowImages {
+                    before: None,
+                    after: None,
+                },
+            );
         }
     }
 
@@ -139,10 +154,13 @@ impl Branch {
         meta: &Arc<TableMeta>,
         rows: impl IntoIterator<Item = (TextKey, Option<Row>)>,
     ) {
-        let table = self.table(meta);
         for (key, after) in rows {
+            let Some((at, order)) = self.holder(meta, &key) else {
+                continue;
+            };
+            let table = &mut self.tables[at];
             if let Some(images) = table.rows.get_mut(&key) {
-                images.after = after;
+                images.after = after.map(|row| order.apply(row));
                 table.after_known.insert(key);
             }
         }
@@ -150,9 +168,10 @@ impl Branch {
 
     /// Rows a write changed without returning them: COMMIT must read them again.
     pub fn forget_after(&mut self, meta: &Arc<TableMeta>, keys: &[TextKey]) {
-        let table = self.table(meta);
         for key in keys {
-            table.after_known.remove(key);
+            if let Some((at, _)) = self.holder(meta, key) {
+                self.tables[at].after_known.remove(key);
+            }
         }
     }
 
@@ -336,16 +355,58 @@ impl Branch {
     }
 }
 
-/// Whether two tables' rows are one set: the same table, or a partition and its root
-/// (written through both, a row keeps one pair of images). Only when their columns are
-/// alike: an image is in its table's column order, which an attached partition need
-/// not share. Kept apart, such a row's second pair of images fails the rollback's
-/// check, which leaves the data alone.
-fn same_rows(a: &TableMeta, b: &TableMeta) -> bool {
-    a.table == b.table
-        || (a.lock_table.as_ref().unwrap_or(&a.table) == b.lock_table.as_ref().unwrap_or(&b.table)
-            && a.columns == b.columns
-            && a.pk == b.pk)
+/// How a row of one table reads in another table of the same rows.
+#[derive(Debug, PartialEq, Eq)]
+enum ColumnOrder {
+    Same,
+    /// For each column of the holding table, its index in the written one.
+    Permuted(Vec<usize>),
+}
+
+impl ColumnOrder {
+    fn apply(&self, row: Row) -> Row {
+        match self {
+            ColumnOrder::Same => row,
+            ColumnOrder::Permuted(from) => from.iter().map(|&i| row[i].clone()).collect(),
+        }
+    }
+}
+
+/// Whether `written`'s rows are `holder`'s (the same table, or a partitioned table and
+/// a partition of it, whose row written through either keeps one pair of images), and
+/// if so how a row of `written` reads in `holder`'s column order: an image is in its
+/// table's order, which an attached partition need not share, so columns are matched
+/// by name and type. None where they cannot be (kept apart, such a row's second pair
+/// of images would fail the rollback's check, which leaves the data alone).
+fn column_order(holder: &TableMeta, written: &TableMeta) -> Option<ColumnOrder> {
+    if holder.table == written.table {
+        return Some(ColumnOrder::Same);
+    }
+    let root = |m: &TableMeta| m.lock_table.clone().unwrap_or_else(|| m.table.clone());
+    if root(holder) != root(written) || holder.columns.len() != written.columns.len() {
+        return None;
+    }
+    if holder.columns == written.columns && holder.pk == written.pk {
+        return Some(ColumnOrder::Same);
+    }
+    let from: Vec<usize> = holder
+        .columns
+        .iter()
+        .map(|c| {
+            written
+                .columns
+                .iter()
+                .position(|w| w.name == c.name && w.type_oid == c.type_oid)
+        })
+        .collect::<Option<_>>()?;
+    // The key's values, in the key's own order, name the row alike in both.
+    let same_key = holder.pk.len() == written.pk.len()
+        && holder
+            .pk
+            .iter()
+            .zip(&written.pk)
+            .all(|(&h, &w)| from[h] == w);
+    same_key.then_some(ColumnOrder::Permuted(from))
 }
 
 /// The global lock key of a row, from its binary key values: binary does not depend on
@@ -489,6 +550,66 @@ mod tests {
             oid: 0,
             ..Default::default()
         })
+    }
+
+    /// `meta()`'s table as partition `name` of `root`, its columns in `order`.
+    fn partition(name: &str, root: &str, order: &[usize]) -> Arc<TableMeta> {
+        let t = meta();
+        let columns: Vec<Column> = order.iter().map(|&i| t.columns[i].clone()).collect();
+        let pk = vec![order.iter().position(|&i| i == 0).unwrap_or(0)];
+        Arc::new(TableMeta {
+            table: TableRef {
+                schema: Some("public".into()),
+                name: name.into(),
+            },
+            lock_table: Some(TableRef {
+                schema: Some("public".into()),
+                name: root.into(),
+            }),
+            columns,
+            pk,
+            ..(*t).clone()
+        })
+    }
+
+    #[test]
+    fn rows_of_a_partitioned_table_read_in_the_column_order_of_the_table_holding_them() {
+        let leaf = partition("t_1", "t", &[0, 1]);
+        let reordered = partition("t_2", "t", &[1, 0]);
+        let mut root = (*meta()).clone();
+        root.lock_table = None;
+        let root = Arc::new(root);
+        assert_eq!(column_order(&root, &leaf), Some(ColumnOrder::Same));
+        assert_eq!(
+            column_order(&root, &reordered),
+            Some(ColumnOrder::Permuted(vec![1, 0]))
+        );
+        assert_eq!(
+            ColumnOrder::Permuted(vec![1, 0]).apply(row(7, "x")),
+            vec![Some(b"x".to_vec()), Some(vec![0, 0, 0, 7])]
+        );
+        let mut other = (*meta()).clone();
+        other.table.name = "elsewhere".into();
+        assert_eq!(column_order(&root, &other), None, "another table");
+
+        // A row captured through the reordered partition stays its: a write through
+        // the root returns it in the root's order, recorded in the partition's.
+        let mut b = Branch::default();
+        b.record_before(
+            &reordered,
+            vec![(vec![Some(b"v".to_vec()), Some(vec![0, 0, 0, 2])], key(2))],
+        );
+        b.record_returned_after(&root, vec![(key(2), Some(row(2, "root")))]);
+        assert!(b.check_captured(&root, &[key(2)]).is_ok());
+        b.record_before(&root, vec![(row(3, "c"), key(3))]);
+        let record = b.into_record();
+        assert_eq!(record.tables.len(), 2);
+        assert_eq!(record.tables[0].table, "t_2");
+        assert_eq!(
+            record.tables[0].rows[0].after,
+            Some(vec![Some(b"root".to_vec()), Some(vec![0, 0, 0, 2])])
+        );
+        assert_eq!(record.tables[1].table, "t");
     }
 
     #[test]
