@@ -493,6 +493,9 @@ async fn replay_branch(
         let tried = pending.len();
         let mut put_off = Vec::new();
         let mut refusal = None;
+        // Whether every refusal of this pass was a unique key's: only rows that hold
+        // one another's unique values may be moved back (`moved_back`).
+        let mut only_unique_keys = true;
         for step in pending {
             let params = match values(&step.check.params, &step.check.types) {
                 Ok(params) => params,
@@ -535,6 +538,7 @@ async fn replay_branch(
             match tx.exec_drop(apply.sql.as_str(), params).await {
                 Ok(()) => {}
                 Err(mysql_async::Error::Server(e)) if ORDER_DEPENDENT.contains(&e.code) => {
+                    only_unique_keys &= e.code == DUPLICATE_KEY;
                     refusal.get_or_insert(mysql_async::Error::Server(e));
                     put_off.push(step);
                 }
@@ -544,11 +548,13 @@ async fn replay_branch(
         match refusal {
             None => break,
             // No restore got through this pass: none ever will one at a time.
-            Some(e) if put_off.len() == tried => match moved_back(&mut tx, &record, put_off).await?
-            {
-                Some(rest) if rest.len() < tried => pending = rest,
-                _ => return Err(e),
-            },
+            Some(e) if put_off.len() == tried && !only_unique_keys => return Err(e),
+            Some(e) if put_off.len() == tried => {
+                match moved_back(&mut tx, database, &record, put_off).await? {
+                    Some(rest) if rest.len() < tried => pending = rest,
+                    _ => return Err(e),
+                }
+            }
             Some(_) => pending = put_off,
         }
     }
@@ -563,28 +569,33 @@ async fn replay_branch(
 }
 
 /// Restores the rows of `stuck` that were there both before and after the branch
-/// (checked, and locked, by this pass) by deleting each as the branch left it, then
-/// inserting each as it was: rows that swapped a unique value refuse one another's
-/// UPDATEs in every order, and InnoDB checks unique keys row by row. Foreign keys are
-/// not checked meanwhile (InnoDB would refuse to delete a row others refer to, though
-/// it comes back with the same key at once); every row comes back with the key it
-/// had, so what refers to it still finds it. Under a savepoint: the steps left to
-/// restore (rows only inserted or only deleted by the branch), or None if that failed
-/// too.
+/// (checked, and locked, by this pass), whose UPDATEs back a unique key refused, by
+/// deleting each as the branch left it, then inserting each as it was: rows that
+/// swapped a unique value refuse one another's UPDATEs in every order, and InnoDB
+/// checks unique keys row by row. Foreign keys are not checked meanwhile (InnoDB would
+/// refuse to delete a row others refer to, though it comes back at once), so the move
+/// is made only where none can be left dangling (`references_kept`). Under a
+/// savepoint: the steps left to restore (rows only inserted or only deleted by the
+/// branch), or None if that failed too or was not tried.
 async fn moved_back(
     tx: &mut mysql_async::Transaction<'_>,
+    database: &str,
     record: &UndoRecord,
     stuck: Vec<replay::Step>,
 ) -> std::result::Result<Option<Vec<replay::Step>>, mysql_async::Error> {
     let mut moves = Vec::new();
+    let mut moved = Vec::new();
     let mut rest = Vec::new();
     for step in stuck {
         match replay::moved_back(&Mysql, record, &step) {
-            Some(statements) => moves.push(statements),
+            Some(statements) => {
+                moves.push(statements);
+                moved.push(step);
+            }
             None => rest.push(step),
         }
     }
-    if moves.is_empty() {
+    if moves.is_empty() || !references_kept(tx, database, record, &moved).await? {
         return Ok(None);
     }
     tx.query_drop("SAVEPOINT tandem_restore").await?;
@@ -621,6 +632,140 @@ async fn moved_back(
             Ok(None)
         }
     }
+}
+
+/// Whether moving the rows of `moved` back (their before images for their after
+/// images, with foreign keys unchecked) leaves every foreign key as it holds now: a
+/// column of theirs that refers to another row must not change, and the values a
+/// column others refer to holds must be the same among the moved rows of its table
+/// before and after (they only change places, as swapped unique values do).
+async fn references_kept(
+    tx: &mut mysql_async::Transaction<'_>,
+    database: &str,
+    record: &UndoRecord,
+    moved: &[replay::Step],
+) -> std::result::Result<bool, mysql_async::Error> {
+    let mut tables: Vec<usize> = moved.iter().map(|s| s.table).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for t in tables {
+        let Some(table) = record.tables.get(t) else {
+            return Ok(false);
+        };
+        let schema = table.schema.as_deref().unwrap_or(database);
+        let keys: Vec<(String, String, String, String, String, String, String)> = tx
+            .exec(
+                "SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, \
+                 REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME \
+                 FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND ((TABLE_SCHEMA = ? AND TABLE_NAME = ?) \
+                 OR (REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?))",
+                (schema, &table.table, schema, &table.table),
+            )
+            .await?;
+        let rows: Vec<&tandem_undo::RowImages> = moved
+            .iter()
+            .filter(|s| s.table == t)
+            .filter_map(|s| table.rows.get(s.row))
+            .collect();
+        let at = |name: &str| {
+            table
+                .columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(name))
+        };
+        let image = |row: &Option<tandem_undo::Row>, at: usize| {
+            row.as_ref().and_then(|r| r.get(at)).cloned()
+        };
+        for (constraint, schema_from, from, column_from, schema_to, to, column_to) in &keys {
+            let is = |s: &str, name: &str| s == schema && name == table.table;
+            // A column of the moved rows that refers to another row keeps its value.
+            if is(schema_from, from) {
+                let Some(at) = at(column_from) else {
+                    return Ok(false);
+                };
+                if rows
+                    .iter()
+                    .any(|r| image(&r.before, at) != image(&r.after, at))
+                {
+                    return Ok(false);
+                }
+            }
+            if !is(schema_to, to) {
+                continue;
+            }
+            // A column others refer to: a value it holds now that no moved row gets back
+            // must be referred to by no row.
+            let Some(at) = at(column_to) else {
+                return Ok(false);
+            };
+            let mut back: Vec<_> = rows.iter().map(|r| image(&r.before, at)).collect();
+            let leaving: Vec<&&tandem_undo::RowImages> = rows
+                .iter()
+                .filter(|r| {
+                    let now = image(&r.after, at);
+                    match back.iter().position(|b| *b == now) {
+                        Some(i) => {
+                            back.swap_remove(i);
+                            false
+                        }
+                        None => now.is_some(),
+                    }
+                })
+                .collect();
+            if leaving.is_empty() {
+                continue;
+            }
+            let composite = keys
+                .iter()
+                .filter(|k| k.0 == *constraint && k.1 == *schema_from && k.2 == *from)
+                .count()
+                > 1;
+            if composite {
+                return Ok(false);
+            }
+            // Asked through the moved rows as they are now, by the key's own comparison.
+            let q = |name: &str| format!("`{}`", name.replace('`', "``"));
+            let key_columns: Vec<String> = table
+                .pk
+                .iter()
+                .map(|&i| format!("p.{}", q(&table.columns[i])))
+                .collect();
+            let one_key = format!("({})", vec!["?"; table.pk.len()].join(", "));
+            let mut images = Vec::new();
+            let mut types = Vec::new();
+            for r in &leaving {
+                for &i in &table.pk {
+                    images.push(image(&r.after, i).flatten());
+                    types.push(table.types[i]);
+                }
+            }
+            let params = match values(&images, &types) {
+                Ok(params) => params,
+                Err(_) => return Ok(false),
+            };
+            let referred: Option<i32> = tx
+                .exec_first(
+                    format!(
+                        "SELECT 1 FROM {}.{} AS c JOIN {}.{} AS p ON c.{} = p.{} WHERE ({}) IN ({}) LIMIT 1",
+                        q(schema_from),
+                        q(from),
+                        q(schema_to),
+                        q(to),
+                        q(column_from),
+                        q(column_to),
+                        key_columns.join(", "),
+                        vec![one_key; leaving.len()].join(", ")
+                    ),
+                    params,
+                )
+                .await?;
+            if referred.is_some() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Each image as the parameter value whose type mysql_async sends is the one undo

@@ -1153,6 +1153,116 @@ async fn rows_that_swapped_a_unique_value_roll_back_and_untouched_columns_stay_a
     lockserver.stop().await;
 }
 
+/// A restore a foreign key refuses is never moved back with the keys unchecked, nor
+/// is a swap whose moved rows would leave a reference dangling: another global
+/// transaction deleted the parent a branch's row pointed to before it (a row the
+/// branch never held), and another referred to a unique value the swapping branch
+/// gave a row. The rollback keeps retrying, with no row left dangling, and ends once
+/// the parent is back and the reference gone.
+#[tokio::test]
+async fn a_restore_a_foreign_key_refuses_is_never_forced() {
+    let db = prepare("at_fk_refused").await;
+    let mut direct = db.direct().await;
+    run_each(
+        &mut direct,
+        &[
+            "CREATE TABLE p (id INT PRIMARY KEY, u VARCHAR(5) NOT NULL UNIQUE, w VARCHAR(5) NOT NULL UNIQUE) ENGINE=InnoDB",
+            "CREATE TABLE c (id INT PRIMARY KEY, pid INT NOT NULL, FOREIGN KEY (pid) REFERENCES p (id)) ENGINE=InnoDB",
+            "CREATE TABLE cw (id INT PRIMARY KEY, pw VARCHAR(5) NOT NULL, FOREIGN KEY (pw) REFERENCES p (w)) ENGINE=InnoDB",
+            "INSERT INTO p VALUES (1, 'a', 'w1'), (2, 'b', 'w2'), (3, 'c', 'w3')",
+            "INSERT INTO c VALUES (10, 1)",
+        ],
+    )
+    .await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut a = my::connect(&tandem, &db.name).await;
+    let mut b = my::connect(&tandem, &db.name).await;
+    let dangling = async |direct: &mut Conn| -> usize {
+        let c: Option<usize> = direct
+            .query_first("SELECT COUNT(*) FROM c LEFT JOIN p ON p.id = c.pid WHERE p.id IS NULL")
+            .await
+            .unwrap();
+        let cw: Option<usize> = direct
+            .query_first("SELECT COUNT(*) FROM cw LEFT JOIN p ON p.w = cw.pw WHERE p.id IS NULL")
+            .await
+            .unwrap();
+        c.unwrap_or(0) + cw.unwrap_or(0)
+    };
+
+    let xid = text(&mut a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    run_each(&mut a, &["UPDATE c SET pid = 2 WHERE id = 10"]).await;
+    text(&mut b, "SELECT tandem_begin()").await.unwrap();
+    run_each(&mut b, &["DELETE FROM p WHERE id = 1"]).await;
+    assert_eq!(
+        text(&mut b, "SELECT tandem_commit()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Committed")
+    );
+    let status = text(&mut a, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("RollbackRetrying"));
+    assert_eq!(dangling(&mut direct).await, 0, "nothing forced back");
+    direct
+        .query_drop("INSERT INTO p VALUES (1, 'a', 'w1')")
+        .await
+        .unwrap();
+    let ended = async |xid: &str| {
+        eventually("the rollback ends", || async {
+            let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+            txn["status"] == "Rollbacked" || txn.is_null() || txn["status"].is_null()
+        })
+        .await;
+    };
+    ended(&xid).await;
+    let pid: Option<i32> = direct
+        .query_first("SELECT pid FROM c WHERE id = 10")
+        .await
+        .unwrap();
+    assert_eq!(pid, Some(1));
+
+    // A swap of u while w moves to a value another transaction then refers to.
+    let xid = text(&mut a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    run_each(
+        &mut a,
+        &[
+            "BEGIN",
+            "UPDATE p SET u = 'x' WHERE id = 2",
+            "UPDATE p SET u = 'b', w = 'new' WHERE id = 3",
+            "UPDATE p SET u = 'c' WHERE id = 2",
+            "COMMIT",
+        ],
+    )
+    .await;
+    direct
+        .query_drop("INSERT INTO cw VALUES (1, 'new')")
+        .await
+        .unwrap();
+    let status = text(&mut a, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("RollbackRetrying"));
+    assert_eq!(dangling(&mut direct).await, 0, "nothing forced back");
+    direct.query_drop("DELETE FROM cw").await.unwrap();
+    ended(&xid).await;
+    let p: Vec<(i32, String, String)> = direct.query("SELECT * FROM p ORDER BY id").await.unwrap();
+    assert_eq!(
+        p,
+        [
+            (1, "a".to_owned(), "w1".to_owned()),
+            (2, "b".to_owned(), "w2".to_owned()),
+            (3, "c".to_owned(), "w3".to_owned()),
+        ]
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// The user lock `hold_undo_rows` takes.
 fn undo_hold(db: &MyTestDb) -> String {
     format!("hold_{}", db.name)

@@ -95,9 +95,22 @@ impl HeldResultSet {
     }
 
     /// Gives the terminator the status flags `status`: those of the statement that
-    /// ended the write's transaction.
+    /// ended the write's transaction. The EOF after the column definitions (without
+    /// CLIENT_DEPRECATE_EOF) takes its IN_TRANS flag: a transaction tandem opened
+    /// around an autocommit write is none of the client's.
     pub fn set_status(&mut self, status: StatusFlags) {
         let deprecate_eof = self.deprecate_eof;
+        let columns = self.payloads.first().and_then(|head| column_count(head));
+        if !deprecate_eof
+            && let Some(eof) = columns.and_then(|n| self.payloads.get_mut(1 + n as usize))
+            && eof.first() == Some(&crate::wire::mysql::codes::reply::EOF)
+            && let Some(was) = eof_status(eof)
+        {
+            let in_trans = StatusFlags::SERVER_STATUS_IN_TRANS;
+            let now = (was - in_trans) | (status & in_trans);
+            eof[EOF_STATUS_OFFSET..EOF_STATUS_OFFSET + 2]
+                .copy_from_slice(&now.bits().to_le_bytes());
+        }
         let Some(last) = self.payloads.last_mut() else {
             return;
         };
@@ -311,6 +324,31 @@ mod tests {
             .collect();
             assert_eq!(sequence, [1, 2, 3, 4]);
         }
+    }
+
+    #[test]
+    fn the_eof_after_the_column_definitions_takes_the_in_trans_flag_of_the_end() {
+        let in_transaction = StatusFlags::SERVER_STATUS_IN_TRANS;
+        let autocommit = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        let eof = |status: StatusFlags| {
+            let mut eof = vec![0xfe, 0, 0];
+            eof.extend_from_slice(&status.bits().to_le_bytes());
+            eof
+        };
+        let mut held = HeldResultSet {
+            payloads: vec![
+                vec![1],
+                b"column".to_vec(),
+                eof(autocommit | in_transaction),
+                vec![1, b'7'],
+                eof(autocommit | in_transaction),
+            ],
+            rows: 1,
+            deprecate_eof: false,
+        };
+        held.set_status(autocommit);
+        assert_eq!(eof_status(&held.payloads[2]), Some(autocommit));
+        assert_eq!(held.terminator(), Some((autocommit, 0)));
     }
 
     #[test]
