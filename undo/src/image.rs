@@ -573,13 +573,19 @@ impl TableMeta {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::unsupported("a VALUES row shorter than its column list"))?;
         // A DEFAULT key is the server's to choose (a new identity value, usually): it is
-        // no value to look up, and SQL allows it in VALUES only. What such a row met, if
-        // anything, the check of the rows the write returns catches.
+        // no value to look up, and SQL allows it in VALUES only. Nor is one a volatile
+        // function gives (`nextval('s')`): evaluated here too, it would move on what the
+        // write then gets. What such a row met, if anything, the check of the rows the
+        // write returns catches.
         // Each value as the INSERT stores it (`2.4` is 2 in an int key, a timestamp a
         // date in a date key): the existing row it meets is the one with that key.
         let tuples: Vec<String> = rows
             .iter()
-            .filter(|values| !values.iter().any(|v| v.eq_ignore_ascii_case("DEFAULT")))
+            .filter(|values| {
+                !values
+                    .iter()
+                    .any(|v| v.eq_ignore_ascii_case("DEFAULT") || calls_volatile_function(d, v))
+            })
             .map(|values| {
                 let stored: Vec<String> = values
                     .iter()
@@ -939,6 +945,14 @@ mod tests {
         assert_eq!(
             m.upsert_before_image_sql(&Postgres, &on_note).unwrap(),
             "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE (\"note\") IN ((CAST('q' AS integer))) FOR UPDATE"
+        );
+        // A key nextval() gives looks up nothing: evaluated here, it would move on.
+        let sequenced = write(
+            "INSERT INTO accounts (id, note) VALUES (nextval('s'), 'q') ON CONFLICT (id) DO UPDATE SET note = 'u'",
+        );
+        assert_eq!(
+            m.upsert_before_image_sql(&Postgres, &sequenced).unwrap(),
+            "SELECT \"id\", \"balance\", \"note\" FROM \"accounts\" WHERE false FOR UPDATE"
         );
         let unlisted = write(
             "INSERT INTO accounts (id) VALUES (7) ON CONFLICT (note) DO UPDATE SET balance = 2",

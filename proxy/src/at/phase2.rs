@@ -302,6 +302,9 @@ async fn restore_together(
     let Some(together) = replay::restore_together(&Postgres, record, &steps) else {
         return Ok(false);
     };
+    if !deletable_as_captured(tx, record, stuck).await? {
+        return Ok(false);
+    }
     tx.batch_execute("SAVEPOINT tandem_restore").await?;
     let params: Vec<Raw> = together.params.iter().cloned().map(Raw).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -321,6 +324,50 @@ async fn restore_together(
             Ok(false)
         }
     }
+}
+
+/// Whether the tables of `stuck` are still as the branch captured them, so that
+/// deleting their rows and inserting them again changes nothing else: no foreign key
+/// whose ON DELETE action would reach rows the branch never held, no trigger, and no
+/// column the images lack (DDL since the branch wrote: a table like that is never
+/// captured, and a row put back by UPDATE keeps what the images do not name).
+async fn deletable_as_captured(
+    tx: &tokio_postgres::Transaction<'_>,
+    record: &UndoRecord,
+    stuck: &[replay::Step],
+) -> crate::Result<bool> {
+    let mut tables: Vec<usize> = stuck.iter().map(|s| s.table).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for t in tables {
+        let Some(table) = record.tables.get(t) else {
+            return Ok(false);
+        };
+        let name = tandem_undo::Dialect::qualified(
+            &Postgres,
+            &tandem_undo::TableRef {
+                schema: table.schema.clone(),
+                name: table.table.clone(),
+            },
+        );
+        let row = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE contype = 'f' \
+                   AND confdeltype IN ('c', 'n', 'd') AND confrelid = to_regclass($1)) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger \
+                   WHERE tgrelid = to_regclass($1) AND NOT tgisinternal), \
+                 ARRAY(SELECT attname::text FROM pg_catalog.pg_attribute \
+                   WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum)",
+                &[&name],
+            )
+            .await?;
+        let (acted_on, columns): (bool, Vec<String>) = (row.get(0), row.get(1));
+        if acted_on || columns != table.columns {
+            tracing::debug!(table = %name, "rows that refuse one another's restores are not put back together: the table changed since the branch wrote");
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A refusal that another order of restores may avoid: a row put back where another

@@ -100,6 +100,72 @@ async fn rows_that_swapped_a_unique_value_roll_back_together() {
     .await;
 }
 
+/// Rows that swapped a unique value are put back together only while their table is
+/// as the branch captured it: a foreign key given ON DELETE CASCADE since (DDL after
+/// the branch wrote) would delete the rows that refer to them. The rollback keeps
+/// retrying, nothing deleted, and ends once the key is as it was.
+#[tokio::test]
+async fn rows_are_not_put_back_together_through_a_cascade_added_since() {
+    let db = prepare("at_swap_cascade").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE slots (id int PRIMARY KEY, pos int NOT NULL UNIQUE);
+             INSERT INTO slots VALUES (1, 1), (2, 2);
+             CREATE TABLE uses (id int PRIMARY KEY, slot int NOT NULL CONSTRAINT uses_slot REFERENCES slots (id));
+             INSERT INTO uses VALUES (10, 1), (11, 2);",
+        )
+        .await
+        .unwrap();
+    let before = (rows(&direct, "slots").await, rows(&direct, "uses").await);
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    let xid = one(&a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute(
+        "BEGIN; UPDATE slots SET pos = 0 WHERE id = 1; UPDATE slots SET pos = 1 WHERE id = 2;
+         UPDATE slots SET pos = 2 WHERE id = 1; COMMIT;",
+    )
+    .await
+    .unwrap();
+    direct
+        .batch_execute(
+            "ALTER TABLE uses DROP CONSTRAINT uses_slot,
+               ADD CONSTRAINT uses_slot FOREIGN KEY (slot) REFERENCES slots (id) ON DELETE CASCADE",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("RollbackRetrying")
+    );
+    assert_eq!(rows(&direct, "uses").await, before.1, "nothing cascaded");
+    direct
+        .batch_execute(
+            "ALTER TABLE uses DROP CONSTRAINT uses_slot,
+               ADD CONSTRAINT uses_slot FOREIGN KEY (slot) REFERENCES slots (id)",
+        )
+        .await
+        .unwrap();
+    tandem_tests::harness::eventually("the rollback ends", || async {
+        let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+        txn["status"] == "Rollbacked"
+    })
+    .await;
+    assert_eq!(
+        (rows(&direct, "slots").await, rows(&direct, "uses").await),
+        before
+    );
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Two rows that refer to each other, both deleted: put back one at a time, each would
 /// refer to a row not there yet. Inserted in one statement, whose end the foreign key
 /// is checked at, they are.

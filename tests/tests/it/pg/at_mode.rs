@@ -908,7 +908,10 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
             "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, name text, visits int NOT NULL);
              INSERT INTO users VALUES (1, 'a@x', 'A', 0), (2, 'b@x', 'B', 0);
              CREATE TABLE tags (id int PRIMARY KEY, nick text UNIQUE NULLS NOT DISTINCT, v int);
-             INSERT INTO tags VALUES (1, NULL, 0);",
+             INSERT INTO tags VALUES (1, NULL, 0);
+             CREATE TABLE codes (id int PRIMARY KEY, code bigint UNIQUE, v int);
+             INSERT INTO codes VALUES (1, 1, 0), (2, 2, 0);
+             CREATE SEQUENCE code_seq;",
         )
         .await
         .unwrap();
@@ -993,6 +996,34 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
         .unwrap()
         .get(0);
     assert_eq!(tags, 0, "the uncaptured upsert was rolled back");
+    // A key nextval() gives is looked up by nothing but the write, which takes the
+    // sequence's next value once, as directly; the row it met had no before image.
+    let err = a
+        .batch_execute(
+            "INSERT INTO codes VALUES (5, nextval('code_seq'), 5) ON CONFLICT (code) DO UPDATE SET v = 9",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err:?}"
+    );
+    let (last, changed): (i64, i64) = {
+        let row = direct
+            .query_one(
+                "SELECT (SELECT last_value FROM code_seq), (SELECT count(*) FROM codes WHERE v <> 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (last, changed),
+        (1, 0),
+        "nextval() ran once, nothing changed"
+    );
     rolled_back(&a).await;
     assert_eq!(users(&direct).await, before);
     assert_eq!(undo_rows(&direct).await, 0);
