@@ -635,7 +635,8 @@ async fn moved_back(
 }
 
 /// Whether moving the rows of `moved` back (their before images for their after
-/// images, with foreign keys unchecked) leaves every foreign key as it holds now: a
+/// images, with foreign keys unchecked) changes nothing else: their tables have the
+/// columns the images have and no trigger, and every foreign key holds as now: a
 /// column of theirs that refers to another row must not change, and the values a
 /// column others refer to holds must be the same among the moved rows of its table
 /// before and after (they only change places, as swapped unique values do).
@@ -653,6 +654,30 @@ async fn references_kept(
             return Ok(false);
         };
         let schema = table.schema.as_deref().unwrap_or(database);
+        // The table as the branch captured it: DDL since could have added a column the
+        // images lack (an INSERT would give it its default) or a trigger.
+        let columns: Vec<String> = tx
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (schema, &table.table),
+            )
+            .await?;
+        let triggers: Option<i64> = tx
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+                 WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?",
+                (schema, &table.table),
+            )
+            .await?;
+        let same_columns = columns.len() == table.columns.len()
+            && columns
+                .iter()
+                .zip(&table.columns)
+                .all(|(now, then)| now.eq_ignore_ascii_case(then));
+        if !same_columns || triggers.unwrap_or(1) > 0 {
+            return Ok(false);
+        }
         let keys: Vec<(String, String, String, String, String, String, String)> = tx
             .exec(
                 "SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, \
