@@ -91,22 +91,29 @@ impl Branch {
 
     /// Rows read by a before-image query (binary row, text key), locked by it.
     pub fn record_before(&mut self, meta: &Arc<TableMeta>, rows: Vec<(Row, TextKey)>) {
-        let depth = self.savepoints.len();
         for (row, key) in rows {
-            if self.holder(meta, &key).is_some() {
-                continue;
-            }
-            let table = self.table(meta);
-            table.depth.insert(key.clone(), depth);
-            table.order.push(key.clone());
-            table.rows.insert(
-                key,
-                RowImages {
-                    before: Some(row),
-                    after: None,
-                },
-            );
+            self.capture(meta, key, Some(row));
         }
+    }
+
+    /// Takes row `key` into `meta`'s table with its before image (None: it did not
+    /// exist), unless a table of the same rows holds it already: its first before
+    /// image stays.
+    fn capture(&mut self, meta: &Arc<TableMeta>, key: TextKey, before: Option<Row>) {
+        if self.holder(meta, &key).is_some() {
+            return;
+        }
+        let depth = self.savepoints.len();
+        let table = self.table(meta);
+        table.depth.insert(key.clone(), depth);
+        table.order.push(key.clone());
+        table.rows.insert(
+            key,
+            RowImages {
+                before,
+                after: None,
+            },
+        );
     }
 
     /// Keys an UPDATE or DELETE returned: each must have a before image, or a row changed
@@ -129,21 +136,8 @@ impl Branch {
     /// Keys an INSERT returned: rows that did not exist before the branch (unless the
     /// branch itself deleted them earlier, whose before image stays).
     pub fn record_inserted(&mut self, meta: &Arc<TableMeta>, keys: Vec<TextKey>) {
-        let depth = self.savepoints.len();
         for key in keys {
-            if self.holder(meta, &key).is_some() {
-                continue;
-            }
-            let table = self.table(meta);
-            table.depth.insert(key.clone(), depth);
-            table.order.push(key.clone());
-            table.rows.insert(
-                key,
-                RowImages {
-                    before: None,
-                    after: None,
-                },
-            );
+            self.capture(meta, key, None);
         }
     }
 

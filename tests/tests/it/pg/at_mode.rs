@@ -881,17 +881,6 @@ async fn update_from_delete_using_and_insert_on_conflict_do_nothing_roll_back_ex
     lockserver.stop().await;
 }
 
-/// Every row of `users` as text, in key order.
-async fn users(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT t::text FROM users t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
 /// An upsert whose conflict target is another unique key than the primary key
 /// (Django's `bulk_create(update_conflicts=True, unique_fields=…)`, SQLAlchemy's
 /// `on_conflict_do_update(index_elements=…)`) is captured: the rows equal to its VALUES
@@ -915,7 +904,7 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
         )
         .await
         .unwrap();
-    let before = users(&direct).await;
+    let before = rows_of(&direct, "users").await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
     let a = tandem.connect(&db.name).await;
@@ -954,13 +943,14 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
     .await
     .unwrap();
     a.batch_execute("COMMIT").await.unwrap();
+    // In the order of their text, as rows_of reads them.
     let written = vec![
         "(1,a@x,A2,1)".to_owned(),
-        "(2,b@x,B,10)".to_owned(),
         "(11,c@x,C3,1)".to_owned(),
+        "(2,b@x,B,10)".to_owned(),
         "(21,d@x,D,5)".to_owned(),
     ];
-    assert_eq!(users(&direct).await, written);
+    assert_eq!(rows_of(&direct, "users").await, written);
     // Moving the row it meets to another key is a primary-key update.
     let err = a
         .batch_execute(
@@ -986,7 +976,7 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
         "{err:?}"
     );
     assert_eq!(
-        users(&direct).await,
+        rows_of(&direct, "users").await,
         written,
         "nothing changed by the refusals"
     );
@@ -1025,7 +1015,7 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
         "nextval() ran once, nothing changed"
     );
     rolled_back(&a).await;
-    assert_eq!(users(&direct).await, before);
+    assert_eq!(rows_of(&direct, "users").await, before);
     assert_eq!(undo_rows(&direct).await, 0);
 
     one(&a, "SELECT tandem_begin(30000)").await.unwrap();
@@ -1040,7 +1030,7 @@ async fn an_upsert_on_another_unique_key_is_captured_and_rolled_back() {
         Some("Committed")
     );
     assert_eq!(
-        users(&direct).await,
+        rows_of(&direct, "users").await,
         ["(1,a@x,A,0)", "(2,b@x,kept,0)", "(41,f@x,F,0)"]
     );
     eventually("undo rows gone", || {
