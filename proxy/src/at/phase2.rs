@@ -328,9 +328,10 @@ async fn restore_together(
 
 /// Whether the tables of `stuck` are still as the branch captured them, so that
 /// deleting their rows and inserting them again changes nothing else: no foreign key
-/// whose ON DELETE action would reach rows the branch never held, no trigger, and no
-/// column the images lack (DDL since the branch wrote: a table like that is never
-/// captured, and a row put back by UPDATE keeps what the images do not name).
+/// whose ON DELETE action would reach rows the branch never held, no trigger and no
+/// rewrite rule, on the table or any partition of it, and no column the images lack
+/// (DDL since the branch wrote: a table like that is never captured, and a row put
+/// back by UPDATE keeps what the images do not name).
 async fn deletable_as_captured(
     tx: &tokio_postgres::Transaction<'_>,
     record: &UndoRecord,
@@ -352,10 +353,14 @@ async fn deletable_as_captured(
         );
         let row = tx
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE contype = 'f' \
-                   AND confdeltype IN ('c', 'n', 'd') AND confrelid = to_regclass($1)) \
+                "WITH tree AS (SELECT to_regclass($1) AS r \
+                   UNION SELECT relid FROM pg_catalog.pg_partition_tree(to_regclass($1))) \
+                 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE contype = 'f' \
+                   AND confdeltype IN ('c', 'n', 'd') AND confrelid IN (SELECT r FROM tree)) \
                  OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger \
-                   WHERE tgrelid = to_regclass($1) AND NOT tgisinternal), \
+                   WHERE tgrelid IN (SELECT r FROM tree) AND NOT tgisinternal) \
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite \
+                   WHERE ev_class IN (SELECT r FROM tree) AND rulename <> '_RETURN'), \
                  ARRAY(SELECT attname::text FROM pg_catalog.pg_attribute \
                    WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum)",
                 &[&name],

@@ -100,23 +100,14 @@ async fn rows_that_swapped_a_unique_value_roll_back_together() {
     .await;
 }
 
-/// Rows that swapped a unique value are put back together only while their table is
-/// as the branch captured it: a foreign key given ON DELETE CASCADE since (DDL after
-/// the branch wrote) would delete the rows that refer to them. The rollback keeps
-/// retrying, nothing deleted, and ends once the key is as it was.
-#[tokio::test]
-async fn rows_are_not_put_back_together_through_a_cascade_added_since() {
-    let db = prepare("at_swap_cascade").await;
+/// Swaps `pos` between slots 1 and 2 in a global transaction (`setup` makes the
+/// tables: `slots` with a NOT DEFERRABLE unique `pos`, `uses` referring to it), runs
+/// `change` directly, and rolls back: the rollback must keep retrying with `slots` and
+/// `uses` untouched, and end, restoring them, once `change_back` has run.
+async fn not_put_back_together_after(label: &str, setup: &str, change: &str, change_back: &str) {
+    let db = prepare(label).await;
     let direct = db.direct().await;
-    direct
-        .batch_execute(
-            "CREATE TABLE slots (id int PRIMARY KEY, pos int NOT NULL UNIQUE);
-             INSERT INTO slots VALUES (1, 1), (2, 2);
-             CREATE TABLE uses (id int PRIMARY KEY, slot int NOT NULL CONSTRAINT uses_slot REFERENCES slots (id));
-             INSERT INTO uses VALUES (10, 1), (11, 2);",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(setup).await.unwrap();
     let before = (rows(&direct, "slots").await, rows(&direct, "uses").await);
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = Tandem::start_for(&lockserver).await;
@@ -131,28 +122,19 @@ async fn rows_are_not_put_back_together_through_a_cascade_added_since() {
     )
     .await
     .unwrap();
-    direct
-        .batch_execute(
-            "ALTER TABLE uses DROP CONSTRAINT uses_slot,
-               ADD CONSTRAINT uses_slot FOREIGN KEY (slot) REFERENCES slots (id) ON DELETE CASCADE",
-        )
-        .await
-        .unwrap();
+    let swapped = rows(&direct, "slots").await;
+    direct.batch_execute(change).await.unwrap();
     assert_eq!(
         one(&a, "SELECT tandem_rollback()")
             .await
             .unwrap()
             .as_deref(),
-        Some("RollbackRetrying")
+        Some("RollbackRetrying"),
+        "{change}"
     );
-    assert_eq!(rows(&direct, "uses").await, before.1, "nothing cascaded");
-    direct
-        .batch_execute(
-            "ALTER TABLE uses DROP CONSTRAINT uses_slot,
-               ADD CONSTRAINT uses_slot FOREIGN KEY (slot) REFERENCES slots (id)",
-        )
-        .await
-        .unwrap();
+    assert_eq!(rows(&direct, "uses").await, before.1, "{change}");
+    assert_eq!(rows(&direct, "slots").await, swapped, "{change}");
+    direct.batch_execute(change_back).await.unwrap();
     tandem_tests::harness::eventually("the rollback ends", || async {
         let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
         txn["status"] == "Rollbacked"
@@ -160,10 +142,53 @@ async fn rows_are_not_put_back_together_through_a_cascade_added_since() {
     .await;
     assert_eq!(
         (rows(&direct, "slots").await, rows(&direct, "uses").await),
-        before
+        before,
+        "{change}"
     );
     tandem.shutdown().await;
     lockserver.stop().await;
+}
+
+/// Rows that swapped a unique value are put back together only while their table (and
+/// each partition of it) is as the branch captured it: a foreign key given ON DELETE
+/// CASCADE since (DDL after the branch wrote), to the table or to the partition that
+/// holds the rows, would delete the rows that refer to them, and a rule added since
+/// would send the inserted rows elsewhere.
+#[tokio::test]
+async fn rows_are_not_put_back_together_through_what_was_added_since() {
+    let plain = "CREATE TABLE slots (id int PRIMARY KEY, pos int NOT NULL UNIQUE);
+                 INSERT INTO slots VALUES (1, 1), (2, 2);
+                 CREATE TABLE uses (id int PRIMARY KEY, slot int NOT NULL CONSTRAINT uses_slot REFERENCES slots (id));
+                 INSERT INTO uses VALUES (10, 1), (11, 2);";
+    not_put_back_together_after(
+        "at_swap_cascade",
+        plain,
+        "ALTER TABLE uses DROP CONSTRAINT uses_slot,
+           ADD CONSTRAINT uses_slot FOREIGN KEY (slot) REFERENCES slots (id) ON DELETE CASCADE",
+        "ALTER TABLE uses DROP CONSTRAINT uses_slot,
+           ADD CONSTRAINT uses_slot FOREIGN KEY (slot) REFERENCES slots (id)",
+    )
+    .await;
+    not_put_back_together_after(
+        "at_swap_rule",
+        plain,
+        "CREATE TABLE elsewhere (id int, pos int);
+         CREATE RULE diverted AS ON INSERT TO slots DO INSTEAD INSERT INTO elsewhere VALUES (NEW.*) RETURNING elsewhere.*",
+        "DROP RULE diverted ON slots",
+    )
+    .await;
+    not_put_back_together_after(
+        "at_swap_partition_cascade",
+        "CREATE TABLE slots (k int, id int, pos int NOT NULL, PRIMARY KEY (k, id), UNIQUE (k, pos))
+           PARTITION BY LIST (k);
+         CREATE TABLE slots_1 PARTITION OF slots FOR VALUES IN (1);
+         INSERT INTO slots VALUES (1, 1, 1), (1, 2, 2);
+         CREATE TABLE uses (id int PRIMARY KEY, k int NOT NULL, slot int NOT NULL);
+         INSERT INTO uses VALUES (10, 1, 1), (11, 1, 2);",
+        "ALTER TABLE uses ADD CONSTRAINT uses_slot FOREIGN KEY (k, slot) REFERENCES slots_1 (k, id) ON DELETE CASCADE",
+        "ALTER TABLE uses DROP CONSTRAINT uses_slot",
+    )
+    .await;
 }
 
 /// Two rows that refer to each other, both deleted: put back one at a time, each would
