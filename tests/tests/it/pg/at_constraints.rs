@@ -191,6 +191,72 @@ async fn rows_are_not_put_back_together_through_what_was_added_since() {
     .await;
 }
 
+/// A trigger added after the branch wrote (DDL the branch never saw) that changes what
+/// an UPDATE puts back: the restore returns the row it left, which is not the before
+/// image, so the rollback stops as at a dirty write (RollbackFailed), the row as the
+/// branch left it and the locks kept. Once the trigger is gone, an operator's rollback
+/// puts it back exactly. (It was reported Rollbacked, the row as the trigger made it.)
+#[tokio::test]
+async fn a_restore_a_trigger_added_since_would_change_stops_the_rollback() {
+    let db = prepare("at_trigger_since").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, v text);
+             INSERT INTO notes VALUES (1, 'one'), (2, 'two');",
+        )
+        .await
+        .unwrap();
+    let before = rows(&direct, "notes").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    let xid = one(&a, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap()
+        .unwrap();
+    a.batch_execute("UPDATE notes SET v = 'changed' WHERE id = 1")
+        .await
+        .unwrap();
+    let written = rows(&direct, "notes").await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION shout() RETURNS trigger LANGUAGE plpgsql AS
+               $$BEGIN NEW.v := upper(NEW.v); RETURN NEW; END$$;
+             CREATE TRIGGER shouting BEFORE UPDATE ON notes FOR EACH ROW EXECUTE FUNCTION shout();",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        one(&a, "SELECT tandem_rollback()")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("RollbackFailed")
+    );
+    assert_eq!(
+        rows(&direct, "notes").await,
+        written,
+        "left as the branch left it"
+    );
+    direct
+        .batch_execute("DROP TRIGGER shouting ON notes")
+        .await
+        .unwrap();
+    let (status, _) = lockserver
+        .post(&format!("/v1/transactions/{xid}/rollback"), None)
+        .await;
+    assert!(status < 300, "{status}");
+    tandem_tests::harness::eventually("the rollback ends", || async {
+        let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+        txn["status"] == "Rollbacked"
+    })
+    .await;
+    assert_eq!(rows(&direct, "notes").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Two rows that refer to each other, both deleted: put back one at a time, each would
 /// refer to a row not there yet. Inserted in one statement, whose end the foreign key
 /// is checked at, they are.
