@@ -258,14 +258,9 @@ async fn run_steps(
             let refs: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
             let applied = match types.prepare(tx, apply).await {
-                Ok(statement) => tx.query(&statement, &refs).await,
+                Ok(statement) => tx.execute(&statement, &refs).await,
                 Err(e) => Err(e),
             };
-            if let Ok(rows) = &applied
-                && let Some(outcome) = restored_otherwise(record, &step, apply, rows)?
-            {
-                return Ok(Ran::Stopped(outcome));
-            }
             match applied {
                 Ok(_) if careful => tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?,
                 Ok(_) => {}
@@ -293,44 +288,6 @@ async fn run_steps(
             Some(_) => pending = put_off,
         }
     }
-}
-
-/// A RollbackFailed outcome if the row a restore returned (see
-/// `replay::returning_image`) is not the branch's before image: something the branch
-/// never saw (a trigger, a rule) changed what was put back. The transaction rolls
-/// back, leaving the rows as they were, and the locks stay.
-fn restored_otherwise(
-    record: &UndoRecord,
-    step: &replay::Step,
-    apply: &replay::Stmt,
-    rows: &[tokio_postgres::Row],
-) -> crate::Result<Option<BranchOutcome>> {
-    let Some(before) = record
-        .tables
-        .get(step.table)
-        .and_then(|t| t.rows.get(step.row))
-        .and_then(|r| r.before.as_ref())
-    else {
-        return Ok(None);
-    };
-    let restored: Option<Vec<Option<Vec<u8>>>> = match rows {
-        [row] => Some(
-            (0..row.len())
-                .map(|i| row.try_get::<_, Raw>(i).map(|r| r.0))
-                .collect::<Result<_, _>>()?,
-        ),
-        _ => None,
-    };
-    if restored.as_ref() == Some(before) {
-        return Ok(None);
-    }
-    tracing::warn!(restore = %apply.sql, "a restored row is not the before image: rollback stopped");
-    Ok(Some(BranchOutcome::RollbackFailed {
-        reason: format!(
-            "the row put back is not as it was before the branch (a trigger or rule added since?): {}",
-            apply.sql
-        ),
-    }))
 }
 
 /// Restores the rows of `stuck` (checked, and locked, by this pass) in one statement

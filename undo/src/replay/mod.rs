@@ -253,26 +253,8 @@ fn update(d: &dyn Dialect, t: &TableUndo, before: &Row, after: &Row) -> Stmt {
         .collect::<Vec<_>>()
         .join(", ");
     let predicate = key_predicate(d, t, before, &mut stmt);
-    stmt.sql = format!(
-        "UPDATE {} SET {sets} WHERE {predicate}{}",
-        qualified(d, t),
-        returning_image(d, t)
-    );
+    stmt.sql = format!("UPDATE {} SET {sets} WHERE {predicate}", qualified(d, t));
     stmt
-}
-
-/// Where the dialect has RETURNING: the row as the restore left it, read as the images
-/// read it, which must equal the before image (a trigger or rule added since the
-/// branch wrote would make it differ).
-fn returning_image(d: &dyn Dialect, t: &TableUndo) -> String {
-    if !d.supports_returning() {
-        return String::new();
-    }
-    let columns = (0..t.columns.len())
-        .map(|i| captured(d, t, i))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(" RETURNING {columns}")
 }
 
 fn insert(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
@@ -289,10 +271,9 @@ fn insert(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
         clause => format!("{columns} {clause}"),
     };
     stmt.sql = format!(
-        "INSERT INTO {} {head} VALUES ({}){}",
+        "INSERT INTO {} {head} VALUES ({})",
         qualified(d, t),
-        values.join(", "),
-        returning_image(d, t)
+        values.join(", ")
     );
     stmt
 }
@@ -359,12 +340,8 @@ mod tests {
             vec![
                 None,
                 Some("DELETE FROM \"t\" WHERE \"id\" = $1"),
-                Some(
-                    "INSERT INTO \"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE VALUES ($1, $2) RETURNING \"id\", \"v\", \"g\""
-                ),
-                Some(
-                    "UPDATE \"t\" SET \"v\" = $1 WHERE \"id\" = $2 RETURNING \"id\", \"v\", \"g\""
-                ),
+                Some("INSERT INTO \"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE VALUES ($1, $2)"),
+                Some("UPDATE \"t\" SET \"v\" = $1 WHERE \"id\" = $2"),
             ]
         );
         assert_eq!(steps[2].apply.as_ref().unwrap().params, vec![v(2), None]);
@@ -391,11 +368,7 @@ mod tests {
         t.generated.push(false);
         let steps = plan(&Postgres, &r);
         let apply = steps[0].apply.as_ref().unwrap();
-        // Every column comes back, as the images read it: the row put back.
-        assert_eq!(
-            apply.sql,
-            "UPDATE \"t\" SET \"v\" = $1 WHERE \"id\" = $2 RETURNING \"id\", \"v\", \"g\", \"seq\""
-        );
+        assert_eq!(apply.sql, "UPDATE \"t\" SET \"v\" = $1 WHERE \"id\" = $2");
         assert_eq!(apply.params, vec![v(10), v(1)]);
     }
 
