@@ -245,7 +245,11 @@ async fn run_steps(
         let mut put_off = Vec::new();
         let mut refusal = None;
         for step in pending {
-            if let Some(outcome) = check_step(tx, types, &step).await? {
+            let column_types = record
+                .tables
+                .get(step.table)
+                .map_or(&[][..], |t| t.types.as_slice());
+            if let Some(outcome) = check_step(tx, types, &step, column_types).await? {
                 return Ok(Ran::Stopped(outcome));
             }
             let Some(apply) = &step.apply else {
@@ -452,6 +456,7 @@ async fn check_step(
     tx: &tokio_postgres::Transaction<'_>,
     types: &DeclaredTypes,
     step: &replay::Step,
+    column_types: &[u32],
 ) -> crate::Result<Option<BranchOutcome>> {
     let params: Vec<Raw> = step.check.params.iter().cloned().map(Raw).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
@@ -471,7 +476,7 @@ async fn check_step(
             }));
         }
     };
-    if now != step.expect {
+    if !same_row(now.as_deref(), step.expect.as_deref(), column_types) {
         // The row changed after the branch wrote it.
         return Ok(Some(BranchOutcome::RollbackFailed {
             reason: format!(
@@ -481,6 +486,65 @@ async fn check_step(
         }));
     }
     Ok(None)
+}
+
+/// Whether two binary rows hold the same values, column by column: byte for byte,
+/// except that a built-in array type's has-nulls flag is read from its elements. An
+/// array stored with a null bitmap but no NULL left (`a[2] = 5` on `'{1,NULL}'`, a
+/// slice) sends the flag 1; the same array written back by a restore is stored
+/// without the bitmap and sends 0, though nothing changed it.
+fn same_row(
+    a: Option<&[Option<Vec<u8>>]>,
+    b: Option<&[Option<Vec<u8>>]>,
+    column_types: &[u32],
+) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return a.is_none() && b.is_none();
+    };
+    a.len() == b.len()
+        && a.iter().zip(b).enumerate().all(|(i, (x, y))| {
+            x == y
+                || column_types
+                    .get(i)
+                    .and_then(|&oid| Type::from_oid(oid))
+                    .is_some_and(|t| matches!(t.kind(), Kind::Array(_)))
+                    && matches!((x, y), (Some(x), Some(y)) if array_flagged_as_is(x) == array_flagged_as_is(y))
+        })
+}
+
+/// A binary array with its has-nulls flag set as its elements say (unchanged if it is
+/// not a well-formed one-level-per-dimension array).
+fn array_flagged_as_is(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 4)
+            .map(|w| i32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let (Some(ndim), Some(flag)) = (word(0), word(4)) else {
+        return bytes.into();
+    };
+    if flag != 1 || !(0..=6).contains(&ndim) {
+        return bytes.into();
+    }
+    let mut at = 12 + 8 * ndim as usize;
+    let mut any_null = false;
+    while at < bytes.len() {
+        let Some(len) = word(at) else {
+            return bytes.into();
+        };
+        at += 4;
+        if len < 0 {
+            any_null = true;
+        } else {
+            at += len as usize;
+        }
+    }
+    if any_null || at != bytes.len() {
+        return bytes.into();
+    }
+    let mut cleared = bytes.to_vec();
+    cleared[4..8].copy_from_slice(&0i32.to_be_bytes());
+    cleared.into()
 }
 
 /// How many times a rollback looks for a branch's undo row before it leaves the branch
@@ -656,5 +720,51 @@ impl Phase2Registry {
         for worker in current.into_iter().chain(kept) {
             worker.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{array_flagged_as_is, same_row};
+
+    /// A one-dimensional int4 array in binary: has-nulls `flag`, elements (None: NULL).
+    fn int_array(flag: i32, elements: &[Option<i32>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for word in [1, flag, 23, elements.len() as i32, 1] {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        for e in elements {
+            match e {
+                Some(v) => {
+                    out.extend_from_slice(&4i32.to_be_bytes());
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_arrays_has_nulls_flag_is_read_from_its_elements() {
+        let flagged = int_array(1, &[Some(1)]);
+        assert_eq!(
+            &*array_flagged_as_is(&flagged),
+            &int_array(0, &[Some(1)])[..]
+        );
+        let with_null = int_array(1, &[Some(1), None]);
+        assert_eq!(&*array_flagged_as_is(&with_null), &with_null[..]);
+        assert_eq!(&*array_flagged_as_is(&[0, 0, 0]), &[0, 0, 0][..]);
+
+        let int4_array = 1007;
+        let row = |a: Vec<u8>| vec![Some(vec![0, 0, 0, 1]), Some(a)];
+        let (stored, put_back) = (row(flagged), row(int_array(0, &[Some(1)])));
+        assert!(same_row(Some(&stored), Some(&put_back), &[23, int4_array]));
+        // Not an array column: bytes must match.
+        assert!(!same_row(Some(&stored), Some(&put_back), &[23, 17]));
+        let other = row(int_array(0, &[Some(2)]));
+        assert!(!same_row(Some(&stored), Some(&other), &[23, int4_array]));
+        assert!(same_row(None, None, &[]));
+        assert!(!same_row(Some(&stored), None, &[23, int4_array]));
     }
 }

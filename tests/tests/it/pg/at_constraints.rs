@@ -191,6 +191,43 @@ async fn rows_are_not_put_back_together_through_what_was_added_since() {
     .await;
 }
 
+/// An array stored with a null bitmap but no NULL left (a slice of `'{1,NULL}'`, or
+/// `a[2] = 6` on `'{5,NULL}'`) is written by two branches of one global transaction
+/// (two autocommit writes). The later branch's restore puts it back without the bitmap,
+/// so its binary form no longer says "has nulls": the earlier branch's check must still
+/// see the value it left, not a dirty write. (It stopped the rollback: RollbackFailed.)
+#[tokio::test]
+async fn an_array_put_back_without_its_null_bitmap_is_the_same_array() {
+    let db = prepare("at_array_bitmap").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE arrays (id int PRIMARY KEY, a int[], b text);
+             INSERT INTO arrays VALUES (1, '{1,NULL}', 'x'), (2, '{5,NULL}', 'y');
+             UPDATE arrays SET a[2] = 6 WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    let before = rows(&direct, "arrays").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    for write in [
+        "UPDATE arrays SET a = a[1:1] WHERE id = 1",
+        "UPDATE arrays SET a = '{9}' WHERE id = 1",
+        "UPDATE arrays SET b = 'z' WHERE id = 2",
+        "UPDATE arrays SET a = '{7}' WHERE id = 2",
+    ] {
+        a.batch_execute(write).await.unwrap();
+    }
+    rolled_back(&a).await;
+    assert_eq!(rows(&direct, "arrays").await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Two rows that refer to each other, both deleted: put back one at a time, each would
 /// refer to a row not there yet. Inserted in one statement, whose end the foreign key
 /// is checked at, they are.
