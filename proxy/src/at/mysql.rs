@@ -750,7 +750,7 @@ async fn references_kept(
                 return Ok(false);
             }
             // Asked through the moved rows as they are now, by the key's own comparison.
-            let q = |name: &str| format!("`{}`", name.replace('`', "``"));
+            let q = |name: &str| tandem_undo::Dialect::quote_ident(&Mysql, name);
             let key_columns: Vec<String> = table
                 .pk
                 .iter()

@@ -258,14 +258,7 @@ async fn run_steps(
             if careful {
                 tx.batch_execute("SAVEPOINT tandem_restore").await?;
             }
-            let params: Vec<Raw> = apply.params.iter().cloned().map(Raw).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            let applied = match types.prepare(tx, apply).await {
-                Ok(statement) => tx.execute(&statement, &refs).await,
-                Err(e) => Err(e),
-            };
-            match applied {
+            match types.execute(tx, apply).await {
                 Ok(_) if careful => tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?,
                 Ok(_) => {}
                 Err(e) if refused_by_a_key(&e) && order == Order::Plan => {
@@ -310,13 +303,7 @@ async fn restore_together(
         return Ok(false);
     }
     tx.batch_execute("SAVEPOINT tandem_restore").await?;
-    let params: Vec<Raw> = together.params.iter().cloned().map(Raw).collect();
-    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let restored = match types.prepare(tx, &together).await {
-        Ok(statement) => tx.execute(&statement, &refs).await,
-        Err(e) => Err(e),
-    };
-    match restored {
+    match types.execute(tx, &together).await {
         Ok(_) => {
             tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?;
             Ok(true)
@@ -447,6 +434,19 @@ impl DeclaredTypes {
             })
             .collect();
         tx.prepare_typed(&stmt.sql, &types).await
+    }
+
+    /// Prepares `stmt` with its declared types and runs it with its binary parameters.
+    async fn execute(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        stmt: &replay::Stmt,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let params: Vec<Raw> = stmt.params.iter().cloned().map(Raw).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let statement = self.prepare(tx, stmt).await?;
+        tx.execute(&statement, &refs).await
     }
 }
 

@@ -109,18 +109,11 @@ pub fn restore_together(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -
         let Some(before) = &t.rows.get(step.row)?.before else {
             continue;
         };
-        let mut names = Vec::new();
-        let mut values = Vec::new();
-        for i in writable(t) {
-            names.push(d.quote_ident(&t.columns[i]));
-            values.push(stmt.bind_restored(d, t, before, i));
-        }
+        let (names, values) = insert_values(d, t, before, &mut stmt);
         parts.push(format!(
-            "tandem_back_{inserted} AS (INSERT INTO {} ({}) {} SELECT {}{after_deletions} RETURNING 1)",
+            "tandem_back_{inserted} AS (INSERT INTO {} ({names}) {} SELECT {values}{after_deletions} RETURNING 1)",
             qualified(d, t),
-            names.join(", "),
             d.insert_override(),
-            values.join(", ")
         ));
         inserted += 1;
     }
@@ -231,12 +224,7 @@ fn writable(t: &TableUndo) -> impl Iterator<Item = usize> + '_ {
 fn update(d: &dyn Dialect, t: &TableUndo, before: &Row, after: &Row) -> Stmt {
     let mut stmt = empty();
     let assignable: Vec<usize> = writable(t).filter(|i| !t.pk.contains(i)).collect();
-    let changed: Vec<usize> = assignable
-        .iter()
-        .copied()
-        .filter(|&i| before[i] != after[i])
-        .collect();
-    let assigned = if changed.is_empty() {
+    let assigned = if assignable.iter().all(|&i| before[i] == after[i]) {
         assignable
     } else {
         assignable
@@ -257,24 +245,31 @@ fn update(d: &dyn Dialect, t: &TableUndo, before: &Row, after: &Row) -> Stmt {
     stmt
 }
 
-fn insert(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
-    let mut stmt = empty();
+/// The columns an INSERT of `before` writes, and their values, bound to `stmt`.
+fn insert_values(
+    d: &dyn Dialect,
+    t: &TableUndo,
+    before: &Row,
+    stmt: &mut Stmt,
+) -> (String, String) {
     let mut names = Vec::new();
     let mut values = Vec::new();
     for i in writable(t) {
         names.push(d.quote_ident(&t.columns[i]));
         values.push(stmt.bind_restored(d, t, before, i));
     }
-    let columns = format!("({})", names.join(", "));
+    (names.join(", "), values.join(", "))
+}
+
+fn insert(d: &dyn Dialect, t: &TableUndo, before: &Row) -> Stmt {
+    let mut stmt = empty();
+    let (names, values) = insert_values(d, t, before, &mut stmt);
+    let columns = format!("({names})");
     let head = match d.insert_override() {
         "" => columns,
         clause => format!("{columns} {clause}"),
     };
-    stmt.sql = format!(
-        "INSERT INTO {} {head} VALUES ({})",
-        qualified(d, t),
-        values.join(", ")
-    );
+    stmt.sql = format!("INSERT INTO {} {head} VALUES ({values})", qualified(d, t));
     stmt
 }
 

@@ -989,11 +989,7 @@ impl Relay<'_> {
         Ok(self
             .own_select("SELECT LAST_INSERT_ID()", &[])
             .await?
-            .map(|rows| {
-                first_value(rows)
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                    .map_or(0, u64::from_le_bytes)
-            }))
+            .map(|rows| first_u64(rows).unwrap_or(0)))
     }
 
     /// Records the rows a write's before read found (none without a read); returns their
@@ -1179,10 +1175,7 @@ impl Relay<'_> {
                 .own_select("SELECT @@auto_increment_increment", &[])
                 .await?
             {
-                Ok(rows) => first_value(rows)
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                    .map(u64::from_le_bytes)
-                    .unwrap_or(1),
+                Ok(rows) => first_u64(rows).unwrap_or(1),
                 Err(e) => return Ok(Err(e)),
             }
         } else {
@@ -1681,6 +1674,13 @@ fn keyed(meta: &Arc<tandem_undo::TableMeta>, rows: Vec<BinaryRow>) -> Vec<(Row, 
 /// The first column of the first row of one of tandem's one-value SELECTs.
 fn first_value(rows: Vec<BinaryRow>) -> Option<Vec<u8>> {
     rows.into_iter().next()?.into_iter().next().flatten()
+}
+
+/// The first value of the first row as the BIGINT (UNSIGNED) the binary protocol sends.
+fn first_u64(rows: Vec<BinaryRow>) -> Option<u64> {
+    first_value(rows)
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_le_bytes)
 }
 
 /// Statements that never end a transaction implicitly, by their first word: what may
