@@ -548,7 +548,12 @@ async fn replay_branch(
         match refusal {
             None => break,
             // No restore got through this pass: none ever will one at a time.
-            Some(e) if put_off.len() == tried && !only_unique_keys => return Err(e),
+            Some(e) if put_off.len() == tried && !only_unique_keys => {
+                match restored_unchecked(&mut tx, database, &record, &put_off).await? {
+                    true => break,
+                    false => return Err(e),
+                }
+            }
             Some(e) if put_off.len() == tried => {
                 match moved_back(&mut tx, database, &record, put_off).await? {
                     Some(rest) if rest.len() < tried => pending = rest,
@@ -634,6 +639,398 @@ async fn moved_back(
     }
 }
 
+/// Restores the rows of `stuck` (checked, and locked, by this pass) with foreign keys
+/// unchecked: rows that refer to one another, which the branch inserted (an order and
+/// its latest event) or deleted, refuse one another's restores in every order, since
+/// InnoDB checks a foreign key at each row. Under a savepoint, kept only if then every
+/// foreign key holds for what the restores touched (`references_hold`), and only on
+/// tables as the branch captured them; whether that got through.
+async fn restored_unchecked(
+    tx: &mut mysql_async::Transaction<'_>,
+    database: &str,
+    record: &UndoRecord,
+    stuck: &[replay::Step],
+) -> std::result::Result<bool, mysql_async::Error> {
+    let mut tables: Vec<usize> = stuck.iter().map(|s| s.table).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    let mut keys = Vec::new();
+    let mut columns_now = Vec::new();
+    for &t in &tables {
+        let Some(table) = record.tables.get(t) else {
+            return Ok(false);
+        };
+        let schema = table.schema.as_deref().unwrap_or(database);
+        let Some(columns) = as_captured(tx, schema, table).await? else {
+            return Ok(false);
+        };
+        for key in foreign_keys(tx, schema, &table.table).await? {
+            // Values compared as the key compares them: integers and binary strings by
+            // their bytes, other strings under the columns' collation.
+            let comparable = key.columns(schema, &table.table).iter().all(|name| {
+                columns
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(name) && c.comparison().is_some())
+            });
+            if !comparable {
+                return Ok(false);
+            }
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        columns_now.push((t, columns));
+    }
+    tx.query_drop("SAVEPOINT tandem_restore").await?;
+    tx.query_drop("SET SESSION foreign_key_checks = 0").await?;
+    let mut restored = true;
+    for step in stuck {
+        let Some(apply) = &step.apply else { continue };
+        let params = match values(&apply.params, &apply.types) {
+            Ok(params) => params,
+            Err(reason) => {
+                tracing::warn!(%reason, "a row image that cannot be bound");
+                restored = false;
+                break;
+            }
+        };
+        if let Err(e) = tx.exec_drop(apply.sql.as_str(), params).await {
+            tracing::debug!(error = %e, "rows that refuse one another's restores were not restored with keys unchecked either");
+            restored = false;
+            break;
+        }
+    }
+    tx.query_drop("SET SESSION foreign_key_checks = 1").await?;
+    if restored {
+        restored = references_hold(tx, database, record, stuck, &keys, &columns_now).await?;
+    }
+    if restored {
+        tx.query_drop("RELEASE SAVEPOINT tandem_restore").await?;
+    } else {
+        tx.query_drop("ROLLBACK TO SAVEPOINT tandem_restore")
+            .await?;
+    }
+    Ok(restored)
+}
+
+/// A column of a table as information_schema describes it.
+struct ColumnNow {
+    name: String,
+    data_type: String,
+    charset: Option<String>,
+    collation: Option<String>,
+}
+
+impl ColumnNow {
+    /// How a parameter holding this column's image is compared with the column (or a
+    /// column a foreign key pairs it with: of the same type, character set and
+    /// collation): `?` for an integer or a binary string, whose bytes compare; a string
+    /// in its character set under its collation, which a binary parameter would not.
+    /// None for the types whose comparison with a bound image is not the key's own.
+    fn comparison(&self) -> Option<String> {
+        match self.data_type.to_ascii_lowercase().as_str() {
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "binary" | "varbinary" => {
+                Some("?".to_owned())
+            }
+            "char" | "varchar" => match (&self.charset, &self.collation) {
+                (Some(charset), Some(collation)) if safe_name(charset) && safe_name(collation) => {
+                    Some(format!("CONVERT(? USING {charset}) COLLATE {collation}"))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A character set's or collation's name, which SQL takes unquoted.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The columns of `table` now, if it still is as the branch captured it: the columns
+/// the images have, and no trigger (DDL since could have added a column the images
+/// lack, which an INSERT would give its default, or a trigger).
+async fn as_captured(
+    tx: &mut mysql_async::Transaction<'_>,
+    schema: &str,
+    table: &tandem_undo::TableUndo,
+) -> std::result::Result<Option<Vec<ColumnNow>>, mysql_async::Error> {
+    let columns: Vec<(String, String, Option<String>, Option<String>)> = tx
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLLATION_NAME \
+             FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (schema, &table.table),
+        )
+        .await?;
+    let triggers: Option<i64> = tx
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?",
+            (schema, &table.table),
+        )
+        .await?;
+    let same_columns = columns.len() == table.columns.len()
+        && columns
+            .iter()
+            .zip(&table.columns)
+            .all(|(now, then)| now.0.eq_ignore_ascii_case(then));
+    if !same_columns || triggers.unwrap_or(1) > 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        columns
+            .into_iter()
+            .map(|(name, data_type, charset, collation)| ColumnNow {
+                name,
+                data_type,
+                charset,
+                collation,
+            })
+            .collect(),
+    ))
+}
+
+/// One foreign key: `columns` of the referring table refer to `referenced` of the
+/// referenced one, each table as (schema, name).
+#[derive(Debug, PartialEq, Eq)]
+struct ForeignKey {
+    referring: (String, String),
+    columns: Vec<String>,
+    referenced_table: (String, String),
+    referenced: Vec<String>,
+}
+
+impl ForeignKey {
+    /// The columns of the key that belong to `schema`.`table` (both sides for a table
+    /// that refers to itself).
+    fn columns(&self, schema: &str, table: &str) -> Vec<&str> {
+        let mut columns = Vec::new();
+        if self.referring == (schema.to_owned(), table.to_owned()) {
+            columns.extend(self.columns.iter().map(String::as_str));
+        }
+        if self.referenced_table == (schema.to_owned(), table.to_owned()) {
+            columns.extend(self.referenced.iter().map(String::as_str));
+        }
+        columns
+    }
+}
+
+/// The foreign keys of `schema`.`table` and those that refer to it.
+async fn foreign_keys(
+    tx: &mut mysql_async::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<Vec<ForeignKey>, mysql_async::Error> {
+    let rows: Vec<(String, String, String, String, String, String, String)> = tx
+        .exec(
+            "SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, \
+             REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME \
+             FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE REFERENCED_TABLE_NAME IS NOT NULL AND ((TABLE_SCHEMA = ? AND TABLE_NAME = ?) \
+             OR (REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)) \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
+            (schema, table, schema, table),
+        )
+        .await?;
+    let mut keys: Vec<(String, ForeignKey)> = Vec::new();
+    for (constraint, schema_from, from, column, schema_to, to, referenced) in rows {
+        let referring = (schema_from, from);
+        match keys.last_mut() {
+            Some((name, key)) if *name == constraint && key.referring == referring => {
+                key.columns.push(column);
+                key.referenced.push(referenced);
+            }
+            _ => keys.push((
+                constraint,
+                ForeignKey {
+                    referring,
+                    columns: vec![column],
+                    referenced_table: (schema_to, to),
+                    referenced: vec![referenced],
+                },
+            )),
+        }
+    }
+    Ok(keys.into_iter().map(|(_, key)| key).collect())
+}
+
+/// Whether, after the restores of `restored`, every foreign key of `keys` holds for
+/// what they touched, read by locking reads (so that a row they find stays): each row
+/// put back refers to rows that are there, and no row refers to a value a restore
+/// took away (a row deleted, or a referenced column changed) that no row holds now.
+/// `columns`: each restored table's columns now, by its index in the record.
+async fn references_hold(
+    tx: &mut mysql_async::Transaction<'_>,
+    database: &str,
+    record: &UndoRecord,
+    restored: &[replay::Step],
+    keys: &[ForeignKey],
+    columns: &[(usize, Vec<ColumnNow>)],
+) -> std::result::Result<bool, mysql_async::Error> {
+    let q = |name: &str| tandem_undo::Dialect::quote_ident(&Mysql, name);
+    let qualified = |(schema, table): &(String, String)| format!("{}.{}", q(schema), q(table));
+    for (t, columns_now) in columns {
+        let t = *t;
+        let Some(table) = record.tables.get(t) else {
+            return Ok(false);
+        };
+        let here = (
+            table.schema.as_deref().unwrap_or(database).to_owned(),
+            table.table.clone(),
+        );
+        let rows: Vec<&tandem_undo::RowImages> = restored
+            .iter()
+            .filter(|s| s.table == t)
+            .filter_map(|s| table.rows.get(s.row))
+            .collect();
+        let at = |name: &str| {
+            table
+                .columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(name))
+        };
+        for key in keys {
+            let joined = |referring: &str, referenced: &str| {
+                key.columns
+                    .iter()
+                    .zip(&key.referenced)
+                    .map(|(c, r)| format!("{referenced}.{} = {referring}.{}", q(r), q(c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            if key.referring == here {
+                // The rows put back (those with a before image), by their keys.
+                let Some(positions) = key
+                    .columns
+                    .iter()
+                    .map(|c| at(c))
+                    .collect::<Option<Vec<_>>>()
+                else {
+                    return Ok(false);
+                };
+                let back: Vec<&tandem_undo::Row> = rows
+                    .iter()
+                    .filter_map(|r| r.before.as_ref())
+                    .filter(|row| {
+                        positions
+                            .iter()
+                            .all(|&i| row.get(i).is_some_and(Option::is_some))
+                    })
+                    .collect();
+                if !back.is_empty() {
+                    let mut images = Vec::new();
+                    let mut types = Vec::new();
+                    for row in &back {
+                        for &i in &table.pk {
+                            images.push(row.get(i).cloned().flatten());
+                            types.push(table.types[i]);
+                        }
+                    }
+                    let Ok(params) = values(&images, &types) else {
+                        return Ok(false);
+                    };
+                    let one_key = format!("({})", vec!["?"; table.pk.len()].join(", "));
+                    let key_columns: Vec<String> = table
+                        .pk
+                        .iter()
+                        .map(|&i| format!("c.{}", q(&table.columns[i])))
+                        .collect();
+                    let dangling: Option<i32> = tx
+                        .exec_first(
+                            format!(
+                                "SELECT 1 FROM {} AS c LEFT JOIN {} AS p ON {} WHERE ({}) IN ({}) AND p.{} IS NULL LIMIT 1 LOCK IN SHARE MODE",
+                                qualified(&here),
+                                qualified(&key.referenced_table),
+                                joined("c", "p"),
+                                key_columns.join(", "),
+                                vec![one_key; back.len()].join(", "),
+                                q(&key.referenced[0]),
+                            ),
+                            params,
+                        )
+                        .await?;
+                    if dangling.is_some() {
+                        return Ok(false);
+                    }
+                }
+            }
+            if key.referenced_table == here {
+                // Values a restore took away: a row deleted, or its referenced
+                // columns changed (as bytes; the check below compares as the key does).
+                let Some(positions) = key
+                    .referenced
+                    .iter()
+                    .map(|c| at(c))
+                    .collect::<Option<Vec<_>>>()
+                else {
+                    return Ok(false);
+                };
+                let value = |row: &tandem_undo::Row| -> Option<Vec<Option<Vec<u8>>>> {
+                    positions.iter().map(|&i| row.get(i).cloned()).collect()
+                };
+                let mut gone: Vec<Vec<Option<Vec<u8>>>> = Vec::new();
+                for r in &rows {
+                    let Some(now) = r.after.as_ref().and_then(value) else {
+                        continue;
+                    };
+                    let kept = r.before.as_ref().and_then(value).is_some_and(|b| b == now);
+                    if !kept && now.iter().all(Option::is_some) && !gone.contains(&now) {
+                        gone.push(now);
+                    }
+                }
+                if gone.is_empty() {
+                    continue;
+                }
+                let mut comparisons = Vec::new();
+                for name in &key.referenced {
+                    let Some(compared) = columns_now
+                        .iter()
+                        .find(|c| c.name.eq_ignore_ascii_case(name))
+                        .and_then(ColumnNow::comparison)
+                    else {
+                        return Ok(false);
+                    };
+                    comparisons.push(compared);
+                }
+                let one_value = format!("({})", comparisons.join(", "));
+                let mut images = Vec::new();
+                let mut types = Vec::new();
+                for value in &gone {
+                    for (image, &i) in value.iter().zip(&positions) {
+                        images.push(image.clone());
+                        types.push(table.types[i]);
+                    }
+                }
+                let Ok(params) = values(&images, &types) else {
+                    return Ok(false);
+                };
+                let referring: Vec<String> =
+                    key.columns.iter().map(|c| format!("c.{}", q(c))).collect();
+                let dangling: Option<i32> = tx
+                    .exec_first(
+                        format!(
+                            "SELECT 1 FROM {} AS c LEFT JOIN {} AS p ON {} WHERE ({}) IN ({}) AND p.{} IS NULL LIMIT 1 LOCK IN SHARE MODE",
+                            qualified(&key.referring),
+                            qualified(&here),
+                            joined("c", "p"),
+                            referring.join(", "),
+                            vec![one_value; gone.len()].join(", "),
+                            q(&key.referenced[0]),
+                        ),
+                        params,
+                    )
+                    .await?;
+                if dangling.is_some() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Whether moving the rows of `moved` back (their before images for their after
 /// images, with foreign keys unchecked) changes nothing else: their tables have the
 /// columns the images have and no trigger, and every foreign key holds as now: a
@@ -654,28 +1051,7 @@ async fn references_kept(
             return Ok(false);
         };
         let schema = table.schema.as_deref().unwrap_or(database);
-        // The table as the branch captured it: DDL since could have added a column the
-        // images lack (an INSERT would give it its default) or a trigger.
-        let columns: Vec<String> = tx
-            .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
-                (schema, &table.table),
-            )
-            .await?;
-        let triggers: Option<i64> = tx
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.TRIGGERS \
-                 WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?",
-                (schema, &table.table),
-            )
-            .await?;
-        let same_columns = columns.len() == table.columns.len()
-            && columns
-                .iter()
-                .zip(&table.columns)
-                .all(|(now, then)| now.eq_ignore_ascii_case(then));
-        if !same_columns || triggers.unwrap_or(1) > 0 {
+        if as_captured(tx, schema, table).await?.is_none() {
             return Ok(false);
         }
         let keys: Vec<(String, String, String, String, String, String, String)> = tx

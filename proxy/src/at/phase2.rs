@@ -288,7 +288,9 @@ async fn run_steps(
 }
 
 /// Restores the rows of `stuck` (checked, and locked, by this pass) in one statement
-/// ([`replay::restore_together`]), under a savepoint; whether that got through.
+/// ([`replay::restore_together`]), or through temporary tables where their images need
+/// more parameters than one statement binds, under a savepoint; whether that got
+/// through.
 async fn restore_together(
     tx: &tokio_postgres::Transaction<'_>,
     types: &DeclaredTypes,
@@ -302,8 +304,20 @@ async fn restore_together(
     if !deletable_as_captured(tx, record, stuck).await? {
         return Ok(false);
     }
+    let staged = if together.params.len() <= replay::MOST_PARAMS {
+        None
+    } else {
+        let Some(staged) = replay::restore_staged(&Postgres, record, &steps) else {
+            return Ok(false);
+        };
+        Some(staged)
+    };
     tx.batch_execute("SAVEPOINT tandem_restore").await?;
-    match types.execute(tx, &together).await {
+    let restored = match &staged {
+        None => types.execute(tx, &together).await,
+        Some(staged) => restore_staged(tx, types, staged).await,
+    };
+    match restored {
         Ok(_) => {
             tx.batch_execute("RELEASE SAVEPOINT tandem_restore").await?;
             Ok(true)
@@ -315,6 +329,19 @@ async fn restore_together(
             Ok(false)
         }
     }
+}
+
+/// [`replay::restore_staged`]: the rows of `steps` through temporary tables, for images
+/// that need more parameters than one statement binds.
+async fn restore_staged(
+    tx: &tokio_postgres::Transaction<'_>,
+    types: &DeclaredTypes,
+    staged: &replay::Staged,
+) -> Result<u64, tokio_postgres::Error> {
+    for statement in &staged.setup {
+        types.execute(tx, statement).await?;
+    }
+    types.execute(tx, &staged.together).await
 }
 
 /// Whether the tables of `stuck` are still as the branch captured them, so that

@@ -124,6 +124,147 @@ pub fn restore_together(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -
     Some(stmt)
 }
 
+/// The most parameters one statement binds: a Bind message counts them in two bytes.
+pub const MOST_PARAMS: usize = u16::MAX as usize;
+
+/// [`restore_together`] for rows whose images need more parameters than one statement
+/// binds ([`MOST_PARAMS`]): the keys of the rows the branch left and the before images
+/// are first copied, a statement at a time, into temporary tables made like the
+/// written ones (dropped at the commit, or by a rollback to before them); then one
+/// statement deletes and inserts from those, as [`restore_together`] does from its
+/// parameters. PostgreSQL only; None for steps the record does not have.
+pub fn restore_staged(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -> Option<Staged> {
+    if !d.supports_returning() {
+        return None;
+    }
+    // Table by table, in the record's order: the rows each restore takes out, and those
+    // it puts back.
+    let mut by_table: Vec<(usize, Vec<&Row>, Vec<&Row>)> = Vec::new();
+    for step in steps {
+        let images = record.tables.get(step.table)?.rows.get(step.row)?;
+        let at = match by_table.iter().position(|(table, ..)| *table == step.table) {
+            Some(at) => at,
+            None => {
+                by_table.push((step.table, Vec::new(), Vec::new()));
+                by_table.len() - 1
+            }
+        };
+        let (_, gone, back) = &mut by_table[at];
+        gone.extend(images.after.as_ref());
+        back.extend(images.before.as_ref());
+    }
+    by_table.sort_by_key(|(table, ..)| *table);
+    let mut setup = Vec::new();
+    let mut deletions = Vec::new();
+    let mut insertions = Vec::new();
+    for (index, gone, back) in &by_table {
+        let t = &record.tables[*index];
+        let table = qualified(d, t);
+        if !gone.is_empty() {
+            let stage = format!("pg_temp.tandem_stage_gone_{index}");
+            let key: Vec<usize> = t.pk.clone();
+            setup.extend(staging(d, t, &stage, &key, gone));
+            let on_key = key
+                .iter()
+                .map(|&i| {
+                    let column = d.quote_ident(&t.columns[i]);
+                    format!("tandem_row.{column} = tandem_key.{column}")
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let name = format!("tandem_gone_{index}");
+            deletions.push((
+                format!(
+                    "{name} AS (DELETE FROM {table} AS tandem_row USING {stage} AS tandem_key WHERE {on_key} RETURNING 1)"
+                ),
+                format!("SELECT 1 FROM {name}"),
+            ));
+        }
+        if !back.is_empty() {
+            let stage = format!("pg_temp.tandem_stage_back_{index}");
+            let columns: Vec<usize> = writable(t).collect();
+            setup.extend(staging(d, t, &stage, &columns, back));
+            insertions.push((table, stage, names(d, t, &columns)));
+        }
+    }
+    if deletions.is_empty() && insertions.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<String> = deletions.iter().map(|(part, _)| part.clone()).collect();
+    // As in restore_together: every insertion waits for every deletion.
+    let after_deletions = if deletions.is_empty() {
+        String::new()
+    } else {
+        let all: Vec<&str> = deletions.iter().map(|(_, read)| read.as_str()).collect();
+        parts.push(format!("tandem_gone AS ({})", all.join(" UNION ALL ")));
+        " WHERE (SELECT count(*) FROM tandem_gone) >= 0".to_owned()
+    };
+    for (n, (table, stage, names)) in insertions.iter().enumerate() {
+        parts.push(format!(
+            "tandem_back_{n} AS (INSERT INTO {table} ({names}) {} SELECT {names} FROM {stage}{after_deletions} RETURNING 1)",
+            d.insert_override(),
+        ));
+    }
+    let mut together = empty();
+    together.sql = format!("WITH {} SELECT 1", parts.join(", "));
+    Some(Staged { setup, together })
+}
+
+/// [`restore_staged`]'s statements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staged {
+    /// Make the temporary tables and fill them, in this order.
+    pub setup: Vec<Stmt>,
+    /// Restores every row from them.
+    pub together: Stmt,
+}
+
+/// The temporary table `stage`, made with `t`'s `columns` as they are declared, and
+/// the statements that fill it with those columns of `rows`, as many rows to a
+/// statement as [`MOST_PARAMS`] lets bind.
+fn staging(
+    d: &dyn Dialect,
+    t: &TableUndo,
+    stage: &str,
+    columns: &[usize],
+    rows: &[&Row],
+) -> Vec<Stmt> {
+    let names = names(d, t, columns);
+    let mut made = empty();
+    made.sql = format!(
+        "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {names} FROM {} WITH NO DATA",
+        qualified(d, t)
+    );
+    let mut statements = vec![made];
+    let per_row: usize = columns.iter().map(|&i| d.restore_binds(t.types[i])).sum();
+    let per_statement = (MOST_PARAMS / per_row.max(1)).max(1);
+    for chunk in rows.chunks(per_statement) {
+        let mut fill = empty();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|row| {
+                let placeholders: Vec<String> = columns
+                    .iter()
+                    .map(|&i| fill.bind_restored(d, t, row, i))
+                    .collect();
+                format!("({})", placeholders.join(", "))
+            })
+            .collect();
+        fill.sql = format!("INSERT INTO {stage} ({names}) VALUES {}", values.join(", "));
+        statements.push(fill);
+    }
+    statements
+}
+
+/// `columns` of `t`, quoted, in a list.
+fn names(d: &dyn Dialect, t: &TableUndo, columns: &[usize]) -> String {
+    columns
+        .iter()
+        .map(|&i| d.quote_ident(&t.columns[i]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A restore of `step`'s row in two statements, for a dialect without
 /// [`restore_together`]: the DELETE of the row as the branch left it, then the INSERT
 /// of its before image. None unless the row was there both before and after the
@@ -365,6 +506,57 @@ mod tests {
         let apply = steps[0].apply.as_ref().unwrap();
         assert_eq!(apply.sql, "UPDATE \"t\" SET \"v\" = $1 WHERE \"id\" = $2");
         assert_eq!(apply.params, vec![v(10), v(1)]);
+    }
+
+    #[test]
+    fn a_restore_staged_fills_its_tables_as_many_rows_to_a_statement_as_bind() {
+        // 70,000 rows that each took another's place: two writable columns a row, so
+        // 32,767 rows to a filling statement.
+        let rows: Vec<RowImages> = (0..70_000u32)
+            .map(|n| RowImages {
+                before: Some(vec![Some(n.to_be_bytes().to_vec()), v(1), v(0)]),
+                after: Some(vec![Some(n.to_be_bytes().to_vec()), v(2), v(0)]),
+            })
+            .collect();
+        let r = record(rows);
+        let steps = plan(&Postgres, &r);
+        let stuck: Vec<&Step> = steps.iter().collect();
+        let together = restore_together(&Postgres, &r, &stuck).unwrap();
+        assert!(together.params.len() > MOST_PARAMS);
+        let staged = restore_staged(&Postgres, &r, &stuck).unwrap();
+        let sql: Vec<&str> = staged.setup.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(sql.len(), 3 + 4);
+        assert_eq!(
+            sql[0],
+            "CREATE TEMPORARY TABLE pg_temp.tandem_stage_gone_0 ON COMMIT DROP AS SELECT \"id\" FROM \"t\" WITH NO DATA"
+        );
+        assert_eq!(
+            sql[3],
+            "CREATE TEMPORARY TABLE pg_temp.tandem_stage_back_0 ON COMMIT DROP AS SELECT \"id\", \"v\" FROM \"t\" WITH NO DATA"
+        );
+        let keys: Vec<usize> = staged.setup[1..3].iter().map(|s| s.params.len()).collect();
+        assert_eq!(keys, vec![MOST_PARAMS, 70_000 - MOST_PARAMS]);
+        let images: Vec<usize> = staged.setup[4..7].iter().map(|s| s.params.len()).collect();
+        assert_eq!(
+            images,
+            vec![32_767 * 2, 32_767 * 2, (70_000 - 2 * 32_767) * 2]
+        );
+        // Newest row first, as the plan runs.
+        assert_eq!(
+            staged.setup[4].params[0],
+            Some(69_999u32.to_be_bytes().to_vec())
+        );
+        assert_eq!(staged.setup[6].params[8_931], v(1));
+        assert!(staged.setup[1].sql.ends_with("($65534), ($65535)"));
+        assert_eq!(
+            staged.together.sql,
+            "WITH tandem_gone_0 AS (DELETE FROM \"t\" AS tandem_row USING pg_temp.tandem_stage_gone_0 AS tandem_key \
+             WHERE tandem_row.\"id\" = tandem_key.\"id\" RETURNING 1), \
+             tandem_gone AS (SELECT 1 FROM tandem_gone_0), \
+             tandem_back_0 AS (INSERT INTO \"t\" (\"id\", \"v\") OVERRIDING SYSTEM VALUE SELECT \"id\", \"v\" \
+             FROM pg_temp.tandem_stage_back_0 WHERE (SELECT count(*) FROM tandem_gone) >= 0 RETURNING 1) SELECT 1"
+        );
+        assert!(staged.together.params.is_empty());
     }
 
     mod mysql {

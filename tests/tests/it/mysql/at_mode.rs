@@ -1153,6 +1153,81 @@ async fn rows_that_swapped_a_unique_value_roll_back_and_untouched_columns_stay_a
     lockserver.stop().await;
 }
 
+/// Rows that refer to one another, which one branch inserted (an order and its latest
+/// event) or deleted (two partners), refuse one another's restores in every order:
+/// InnoDB checks a foreign key at each row. They are restored with the keys unchecked,
+/// then every reference the restores touched is checked by locking reads. (The
+/// rollback retried for ever.) While a row the branch did not write refers to one the
+/// rollback deletes, nothing is forced: it keeps retrying until that row is gone.
+#[tokio::test]
+async fn rows_that_refer_to_each_other_roll_back() {
+    let db = prepare("at_reference_cycle").await;
+    let mut direct = db.direct().await;
+    run_each(
+        &mut direct,
+        &[
+            "CREATE TABLE orders (id INT PRIMARY KEY, latest_event INT NULL) ENGINE=InnoDB",
+            "CREATE TABLE events (id INT PRIMARY KEY, order_id INT NOT NULL,              FOREIGN KEY (order_id) REFERENCES orders (id)) ENGINE=InnoDB",
+            "ALTER TABLE orders ADD FOREIGN KEY (latest_event) REFERENCES events (id)",
+            "INSERT INTO orders VALUES (1, NULL)",
+            "INSERT INTO events VALUES (10, 1)",
+            "UPDATE orders SET latest_event = 10 WHERE id = 1",
+            "CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR(10) NOT NULL UNIQUE,              partner VARCHAR(10) NULL, FOREIGN KEY (partner) REFERENCES people (name))              ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci",
+            "INSERT INTO people VALUES (1, 'ann', NULL), (2, 'bob', 'ANN'), (3, 'cy', NULL)",
+            "UPDATE people SET partner = 'Bob' WHERE id = 1",
+        ],
+    )
+    .await;
+    let tables = ["orders", "events", "people"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(dump(&mut direct, t).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "BEGIN",
+            "INSERT INTO orders VALUES (2, NULL)",
+            "INSERT INTO events VALUES (20, 2)",
+            "UPDATE orders SET latest_event = 20 WHERE id = 2",
+            "UPDATE people SET partner = NULL WHERE id = 1",
+            "DELETE FROM people WHERE id = 2",
+            "DELETE FROM people WHERE id = 1",
+            "COMMIT",
+        ],
+    )
+    .await;
+    run_each(&mut direct, &["INSERT INTO events VALUES (21, 2)"]).await;
+    let status = text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("RollbackRetrying"));
+    let kept: Option<i64> = direct
+        .query_first("SELECT COUNT(*) FROM orders WHERE id = 2")
+        .await
+        .unwrap();
+    assert_eq!(kept, Some(1), "no row left dangling");
+    run_each(&mut direct, &["DELETE FROM events WHERE id = 21"]).await;
+    eventually("the rollback ends", || async {
+        let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+        txn["status"] == "Rollbacked" || txn.is_null() || txn["status"].is_null()
+    })
+    .await;
+    let mut after = Vec::new();
+    for t in tables {
+        after.push(dump(&mut direct, t).await);
+    }
+    assert_eq!(after, before, "restored byte for byte");
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A restore a foreign key refuses is never moved back with the keys unchecked, nor
 /// is a swap whose moved rows would leave a reference dangling: another global
 /// transaction deleted the parent a branch's row pointed to before it (a row the

@@ -2,8 +2,10 @@
 //! to do: a rollback puts every row back byte for byte and ends, or the write it could
 //! not undo is refused up front (0A000) and changes nothing.
 
-use super::at_mode::{one, prepare, rolled_back, undo_rows};
+use super::at_mode::{one, prepare, rollback_begun, rolled_back, undo_rows};
+use std::time::Duration;
 use tandem_tests::harness::Tandem;
+use tandem_tests::harness::eventually_within;
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -98,6 +100,48 @@ async fn rows_that_swapped_a_unique_value_roll_back_together() {
          COMMIT;",
     )
     .await;
+}
+
+/// 700 rows rotate a unique value among themselves, so that every row's restore
+/// meets another's: put back together, their images need more parameters than one
+/// statement carries (a Bind holds at most 65,535), and the rollback retried for ever.
+#[tokio::test]
+async fn many_rows_that_rotated_a_unique_value_roll_back_together() {
+    let db = prepare("at_unique_ring").await;
+    let direct = db.direct().await;
+    let payload: Vec<String> = (1..=100).map(|i| format!("c{i} text")).collect();
+    let filled: Vec<String> = (1..=100).map(|i| format!("md5((g * {i})::text)")).collect();
+    direct
+        .batch_execute(&format!(
+            "CREATE TABLE ring (id int PRIMARY KEY, pos int NOT NULL UNIQUE, {});
+             INSERT INTO ring SELECT g, g, {} FROM generate_series(1, 700) g;",
+            payload.join(", "),
+            filled.join(", ")
+        ))
+        .await
+        .unwrap();
+    let before = rows(&direct, "ring").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute(
+        "UPDATE ring SET pos = pos + 700;
+         UPDATE ring SET pos = CASE WHEN pos = 1400 THEN 1 ELSE pos - 699 END;",
+    )
+    .await
+    .unwrap();
+    assert_ne!(rows(&direct, "ring").await, before, "the rotation ran");
+    rollback_begun(&a).await;
+    eventually_within("the ring rolled back", Duration::from_secs(120), || async {
+        undo_rows(&direct).await == 0
+    })
+    .await;
+    assert_eq!(rows(&direct, "ring").await, before);
+    let (_, locks) = lockserver.get("/v1/locks").await;
+    assert_eq!(locks["locks"].as_array().map(Vec::len), Some(0), "{locks}");
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }
 
 /// Swaps `pos` between slots 1 and 2 in a global transaction (`setup` makes the
