@@ -67,7 +67,7 @@ pub(super) struct Batch<'a> {
     pub(super) bind: Bind<'a>,
     pub(super) bind_frame: &'a [u8],
     pub(super) describe: Option<(u8, &'a [u8])>,
-    /// The Describe comes before the Bind (`read_answered_batch`).
+    /// The Describe, of the statement, comes before the Bind (see `read_batch`).
     pub(super) describe_before_bind: bool,
     /// The most rows its Execute asks for, 0 for all (pgJDBC asks for 1 when it wants
     /// none, asyncpg's fetchrow for 1): it matters only to a statement that returns
@@ -469,6 +469,18 @@ impl Relay<'_> {
             out.put_slice(frame);
             self.on_client_message(frontend::PARSE, &frame[5..])?;
         }
+        // The client's Describe of its own statement, where it sent it: described as
+        // the client prepared it.
+        let describe_statement = |out: &mut BytesMut, relay: &mut Self| -> Result<()> {
+            if let Some((_, describe)) = batch.describe {
+                out.put_slice(describe);
+                relay.on_client_message(frontend::DESCRIBE, &describe[5..])?;
+            }
+            Ok(())
+        };
+        if batch.describe_before_bind {
+            describe_statement(&mut out, self)?;
+        }
         // The client's Bind, pointed at tandem's statement, its columns in the formats
         // it asked for.
         let mut bind = BytesMut::new();
@@ -500,9 +512,9 @@ impl Relay<'_> {
         // Tracked as the client sent it: its portal is the client's statement's.
         self.on_client_message(frontend::BIND, &batch.bind_frame[5..])?;
         let rule = match batch.describe {
-            Some((kind, describe)) => {
-                out.put_slice(describe);
-                self.on_client_message(frontend::DESCRIBE, &describe[5..])?;
+            Some(_) if batch.describe_before_bind => RowDescriptionRule::Relay,
+            Some((kind, _)) => {
+                describe_statement(&mut out, self)?;
                 if kind == target::PORTAL {
                     if write.has_returning {
                         RowDescriptionRule::Strip
@@ -952,19 +964,12 @@ pub(super) enum Shape<'a> {
     Flushed,
 }
 
+/// The batch at the head of `rest`. Its Describe may also come between its Parse and
+/// its Bind, of the statement: pgJDBC sends `Parse Describe(statement) Bind Execute
+/// Sync` when it prepares a statement on the server (its fifth execution) while a
+/// parameter's type is left to the server (`setTimestamp`, `setObject` without a type,
+/// `stringtype=unspecified`).
 pub(super) fn read_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
-    read_batch_of(rest, max, false)
-}
-
-/// As [`read_batch`], also taking `Parse Describe(statement) Bind Execute Sync`: a
-/// batch tandem answers whole (a control call), whose Describe it can answer ahead of
-/// the Bind. pgJDBC sends it once a statement is server-prepared and a parameter's type
-/// is left to the server (`stringtype=unspecified`, `setObject(…, Types.OTHER)`).
-pub(super) fn read_answered_batch(rest: &[u8], max: usize) -> Result<Shape<'_>> {
-    read_batch_of(rest, max, true)
-}
-
-fn read_batch_of(rest: &[u8], max: usize, describe_first: bool) -> Result<Shape<'_>> {
     let mut frames = Vec::new();
     let mut at = 0;
     loop {
@@ -1033,7 +1038,7 @@ fn read_batch_of(rest: &[u8], max: usize, describe_first: bool) -> Result<Shape<
             frontend::BIND,
             frontend::EXECUTE,
             frontend::SYNC,
-        ] if describe_first => (Some(0), 2, Some(1)),
+        ] => (Some(0), 2, Some(1)),
         _ => return other(),
     };
     decode_batch(&frames, parse_at, bind_at, describe_at, at)
@@ -1122,6 +1127,8 @@ fn decode_batch<'a>(
         return other();
     }
     let describe = match describe_at {
+        // Ahead of the Bind, a Describe of a portal would describe another one.
+        Some(i) if i < bind_at && body(i).first() != Some(&target::STATEMENT) => return other(),
         Some(i) => {
             let kind = body(i).first().copied().unwrap_or(0);
             Some((kind, frames[i].1))

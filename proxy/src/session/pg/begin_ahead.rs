@@ -39,13 +39,10 @@ use bytes::{Buf, BytesMut};
 impl Relay<'_> {
     /// Whether `sql`, a Parse's or Bind's statement, may open a transaction block that
     /// more of its batch then runs in: BEGIN or START TRANSACTION in an idle session, at
-    /// a sync point, that is bound or may meet a write that needs a check.
+    /// a sync point (`begin_ahead` tells whether what follows it calls for that).
     pub(super) fn begins_a_block_ahead(&self, sql: &[u8]) -> bool {
         if self.phase != Phase::Ready(TxStatus::Idle) && !self.after_leading_closes(TxStatus::Idle)
         {
-            return false;
-        }
-        if self.binding.xid().is_none() && !self.writes_may_need_a_check() {
             return false;
         }
         is_begin(sql)
@@ -98,12 +95,14 @@ impl Relay<'_> {
     /// [Describe] Execute` ahead when more of the batch follows it; one alone in its
     /// batch, or in another shape, is relayed as usual.
     pub(super) async fn begin_ahead(&mut self, rest: &[u8], opens_block: bool) -> Result<Extended> {
-        // Only for the check: when some later statement may write (a read between
-        // them runs ahead in turn).
-        let behind = if self.runs_ahead_for_the_check_only() {
-            Behind::SomeWrite
-        } else {
-            Behind::Anything
+        // Unbound, or in an XA branch's block that holds work: for the check, when
+        // some later statement may write (a read between them runs ahead in turn), and
+        // for a control call behind it, which tandem answers at a sync point (pgJDBC
+        // with autocommit off sends `SELECT tandem_join(?)` behind its BEGIN).
+        let behind = match self.runs_ahead_for_the_check_only() {
+            false => Behind::Anything,
+            true if self.writes_may_need_a_check() => Behind::SomeWriteOrControlCall,
+            true => Behind::SomeControlCall,
         };
         self.run_ahead(rest, behind, opens_block, false).await
     }
@@ -182,9 +181,14 @@ impl Relay<'_> {
             Head::Split { head, batch } => (head, batch),
         };
         let after = &rest[begin_len..batch_len];
+        let calls = |sql: &[u8]| super::control_extended::maybe_control(sql).is_some();
         let wanted = match behind {
             Behind::Anything => true,
             Behind::SomeWrite => self.some_may_write(after)?,
+            Behind::SomeControlCall => self.some_statement(after, calls)?,
+            Behind::SomeWriteOrControlCall => {
+                self.some_may_write(after)? || self.some_statement(after, calls)?
+            }
         };
         if !wanted {
             return Ok(Extended::NotAWrite);
@@ -347,12 +351,14 @@ impl Relay<'_> {
 impl Relay<'_> {
     /// Whether the session may be brought to a sync point by a Sync of tandem's
     /// (`settle`) though the client sent none: since the last ReadyForQuery it has only
-    /// prepared, described and closed statements, then flushed, and every reply it
-    /// waited for is in, none an error (after one the backend skips the client's
-    /// messages up to its Sync, which tandem's would end early). asyncpg does this
-    /// ahead of every Bind, and its `prepare()` ahead of whatever comes next. Nothing
-    /// has run, so the Sync changes nothing the client can see: its statements outlive
-    /// it, and it bound no portal.
+    /// prepared, described and closed statements and portals, and no reply it was sent
+    /// was an error (after one the backend skips the client's messages up to its Sync,
+    /// which tandem's would end early; one among the replies still to come is read
+    /// before tandem goes on, and tandem skips likewise). asyncpg prepares, describes
+    /// and flushes ahead of every Bind, and its `prepare()` ahead of whatever comes
+    /// next; pgJDBC puts the Closes of statements it dropped ahead of its next batch.
+    /// Nothing has run, so the Sync changes nothing the client can see: its statements
+    /// outlive it, and it bound no portal.
     pub(super) fn may_settle(&self) -> bool {
         matches!(
             self.phase,
@@ -365,7 +371,6 @@ impl Relay<'_> {
         ) && !self.executed_in_batch
             && !self.bound_in_batch
             && !self.error_since_ready
-            && !self.tracked.has_outstanding()
             && self.server_streaming == 0
     }
 
@@ -561,6 +566,9 @@ enum Behind {
     Anything,
     /// Some later statement may write.
     SomeWrite,
+    /// Some later statement is a control call.
+    SomeControlCall,
+    SomeWriteOrControlCall,
 }
 
 /// The BEGIN's own messages at the head of a batch.

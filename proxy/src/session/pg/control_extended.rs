@@ -9,7 +9,7 @@
 //! stand-in takes it too, so that the backend describes it as it would the call.
 
 use super::Relay;
-use super::at_extended::{Extended, Shape, read_answered_batch, rest_len};
+use super::at_extended::{Extended, Shape, read_batch, rest_len};
 use crate::control::{self, BadCall, Call, ParameterKind};
 use crate::error::{Error, Result};
 use crate::wire::pg::codes::{backend, frontend, target};
@@ -44,7 +44,7 @@ impl Relay<'_> {
         let max = self.ctx.config.max_message_bytes;
         let column = parsed.as_ref().map(Call::column).unwrap_or("xid");
         let parameters = parsed.as_ref().map(Call::parameters).unwrap_or_default();
-        let batch = match read_answered_batch(rest, max)? {
+        let batch = match read_batch(rest, max)? {
             Shape::Incomplete => return Ok(Extended::NeedMore),
             Shape::PrepareOnly | Shape::Flushed if tag == frontend::PARSE => {
                 return Ok(Extended::ReplaceParse(stand_in_parse(

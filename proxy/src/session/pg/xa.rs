@@ -341,16 +341,23 @@ impl Relay<'_> {
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();
         self.forget_resolutions_of_ended_transaction();
-        put_empty(&mut out, backend::BIND_COMPLETE);
-        match batch.describe {
+        // COMMIT takes no parameter and returns no rows.
+        let put_description = |out: &mut BytesMut| match batch.describe {
             Some((target::STATEMENT, _)) => {
                 out.put_u8(backend::PARAMETER_DESCRIPTION);
                 out.put_i32(6);
                 out.put_i16(0);
-                put_empty(&mut out, backend::NO_DATA);
+                put_empty(out, backend::NO_DATA);
             }
-            Some(_) => put_empty(&mut out, backend::NO_DATA),
+            Some(_) => put_empty(out, backend::NO_DATA),
             None => {}
+        };
+        if batch.describe_before_bind {
+            put_description(&mut out);
+        }
+        put_empty(&mut out, backend::BIND_COMPLETE);
+        if !batch.describe_before_bind {
+            put_description(&mut out);
         }
         match outcome {
             Ok(()) => put_command_complete(&mut out, "COMMIT"),

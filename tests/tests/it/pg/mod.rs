@@ -24,6 +24,7 @@ mod migrate;
 mod notify;
 mod outside_writes;
 mod pgbench_tool;
+mod pgjdbc;
 mod relay_passthrough;
 mod shutdown;
 mod tls;
