@@ -1228,6 +1228,68 @@ async fn rows_that_refer_to_each_other_roll_back() {
     lockserver.stop().await;
 }
 
+/// Drivers that put parameters into the text (MariaDB Connector/J's default, PyMySQL,
+/// mysqlclient) send a byte array as `_binary'…'` with its bytes as they are: such a
+/// statement is not UTF-8, and is read, captured and rolled back exactly (it was
+/// refused with 1235). Bytes that are not UTF-8 outside such a literal still are.
+#[tokio::test]
+async fn binary_literals_holding_any_bytes_are_captured() {
+    let db = prepare("at_binary_literal").await;
+    let mut direct = db.direct().await;
+    run_each(
+        &mut direct,
+        &[
+            "CREATE TABLE blobs (id INT PRIMARY KEY, b VARBINARY(16), note VARCHAR(10)) ENGINE=InnoDB",
+            "INSERT INTO blobs VALUES (1, X'00FF1001', 'a'), (2, X'0102', 'b')",
+        ],
+    )
+    .await;
+    let before = dump(&mut direct, "blobs").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    let found: Vec<i32> = conn
+        .query(&b"SELECT id FROM blobs WHERE b = _binary'\\0\xff\x10\x01' FOR UPDATE"[..])
+        .await
+        .unwrap();
+    assert_eq!(found, [1]);
+    for sql in [
+        &b"UPDATE blobs SET b = _binary'\xfe\\0\\'\xc3(' WHERE id = 2"[..],
+        &b"DELETE FROM blobs WHERE b = _binary '\\0\xff' '\x10\x01'"[..],
+        &b"INSERT INTO blobs VALUES (3, _binary'\xff', 'c')"[..],
+    ] {
+        conn.query_drop(sql).await.unwrap();
+    }
+    let now: Vec<(i32, Option<String>)> = direct
+        .query("SELECT id, HEX(b) FROM blobs ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        now,
+        [
+            (2, Some("FE0027C328".to_owned())),
+            (3, Some("FF".to_owned()))
+        ]
+    );
+    let refused = conn
+        .query_drop(&b"UPDATE blobs SET note = '\xff' WHERE id = 2"[..])
+        .await;
+    assert!(
+        matches!(&refused, Err(mysql_async::Error::Server(e)) if e.code == 1235),
+        "{refused:?}"
+    );
+    rolled_back(&mut conn).await;
+    assert_eq!(
+        dump(&mut direct, "blobs").await,
+        before,
+        "restored byte for byte"
+    );
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A restore a foreign key refuses is never moved back with the keys unchecked, nor
 /// is a swap whose moved rows would leave a reference dangling: another global
 /// transaction deleted the parent a branch's row pointed to before it (a row the

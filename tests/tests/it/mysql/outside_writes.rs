@@ -233,6 +233,18 @@ async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail(
         .await
         .expect_err("a held row is not deleted");
     assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    // Text that is not UTF-8: in a binary literal (a driver's interpolated byte
+    // array), read; elsewhere, judged by its table. (Both ran unchecked.)
+    for sql in [
+        &b"DELETE FROM accounts WHERE id = 2 AND LENGTH(_binary'\xff') = 1"[..],
+        &b"UPDATE accounts SET balance = 99 WHERE id = 2 AND LENGTH('\xff') > 0"[..],
+    ] {
+        let e = b
+            .query_drop(sql)
+            .await
+            .expect_err("a held row is not written");
+        assert_eq!(code(&e), LOCK_WAIT_TIMEOUT, "{e}");
+    }
     // Ordered by a column whose values may tie, the check's read and the write may
     // take different rows: refused, whichever row it would take.
     for sql in [

@@ -183,10 +183,24 @@ impl Relay<'_> {
             return Ok(Handled::Pause);
         }
         self.reconcile_branch().await?;
-        let Ok(text) = std::str::from_utf8(sql) else {
-            return self.refuse(Error::Unsupported {
-                what: "a statement that is not UTF-8, in AT mode",
-            });
+        let hex_text;
+        let text = match std::str::from_utf8(sql) {
+            Ok(text) => text,
+            Err(_) => match self.binary_literals_as_hex(sql).await? {
+                Ok(Some(text)) => {
+                    hex_text = text;
+                    &hex_text
+                }
+                Ok(None) => {
+                    return self.refuse(Error::Unsupported {
+                        what: "a statement that is not UTF-8 outside its _binary'…' literals, in AT mode",
+                    });
+                }
+                Err(e) => {
+                    self.put_failure(&AtFailure::Server(e));
+                    return Ok(Handled::Answer);
+                }
+            },
         };
         if let Some(refusal) = self.refusal_before_analysis(text).await {
             return self.refuse(refusal);
@@ -1044,6 +1058,41 @@ impl Relay<'_> {
                         .iter()
                         .any(|set| name.eq_ignore_ascii_case(set))
                 })
+            }))
+    }
+
+    /// `sql`, not UTF-8, with its `_binary'…'` literals written in hexadecimal
+    /// (`tandem_undo::mysql::binary_literals`): the same statement, as UTF-8, which
+    /// tandem then analyses and runs. None where other bytes are not UTF-8, or the
+    /// session's character set may hide a quote in a character.
+    pub(super) async fn binary_literals_as_hex(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<std::result::Result<Option<String>, OwnError>> {
+        let backslash_escapes = !self
+            .exchange
+            .status()
+            .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES));
+        let Some(text) =
+            tandem_undo::mysql::binary_literals::binary_literals_as_hex(sql, backslash_escapes)
+        else {
+            return Ok(Ok(None));
+        };
+        if may_change_the_charset(sql) {
+            // A statement ahead in the text may set what reads the rest.
+            return Ok(Ok(None));
+        }
+        Ok(self
+            .own_select("SELECT @@SESSION.character_set_client", &[])
+            .await?
+            .map(|rows| {
+                let charset = first_value(rows);
+                let hides_quotes = charset.as_ref().is_none_or(|name| {
+                    ASCII_SECOND_BYTE_CHARSETS
+                        .iter()
+                        .any(|set| name.eq_ignore_ascii_case(set))
+                });
+                (!hides_quotes).then_some(text)
             }))
     }
 

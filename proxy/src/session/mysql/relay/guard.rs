@@ -99,8 +99,23 @@ impl Relay<'_> {
         if !some_statement(sql, may_write) || self.enter_unchecked_anywhere() {
             return Ok(None);
         }
-        let Ok(text) = std::str::from_utf8(sql) else {
-            return Ok(None);
+        let hex_text;
+        let text = match std::str::from_utf8(sql) {
+            Ok(text) => text,
+            Err(_) => {
+                if !self.exchange.at_sync_point() {
+                    return Ok(Some(Handled::Pause));
+                }
+                match self.binary_literals_as_hex(sql).await? {
+                    Ok(Some(text)) => {
+                        hex_text = text;
+                        &hex_text
+                    }
+                    // Judged by its tables (whose names are UTF-8), as a write tandem
+                    // cannot read.
+                    _ => return self.unanalysed_write(&String::from_utf8_lossy(sql)).await,
+                }
+            }
         };
         let write = match tandem_undo::analyze(&Mysql, text) {
             Ok(mut analyses) if analyses.len() == 1 => match analyses.pop() {
