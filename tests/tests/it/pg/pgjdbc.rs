@@ -136,9 +136,10 @@ async fn a_write_whose_statement_is_described_before_its_bind_runs() {
 }
 
 /// pgJDBC closes a statement it dropped (from its cache, or after an error) and a
-/// cursor it read to the end at the head of its next batch: a control call or a write
-/// behind those Closes is answered or captured as one without them. (Both were refused
-/// as in the middle of a pipelined batch, the local transaction failed.)
+/// cursor it read to the end at the head of its next batch, and postgres.js the
+/// statement it prepares again: a control call or a write behind those Closes is
+/// answered or captured as one without them. (All were refused as in the middle of a
+/// pipelined batch, the local transaction failed.)
 #[tokio::test]
 async fn closes_ahead_of_a_batch_leave_its_control_call_and_write_at_a_sync_point() {
     let db = prepare("jdbc_closes_first").await;
@@ -180,6 +181,22 @@ async fn closes_ahead_of_a_batch_leave_its_control_call_and_write_at_a_sync_poin
     raw.query("COMMIT").await;
     assert_eq!(tags(&raw.recv_until(b'Z').await), "CZ");
     assert_eq!(undo_rows(&direct).await, 2);
+
+    // postgres.js prepares a statement again behind its Close, described first.
+    let mut again = named(b'C', b'S', "S_1");
+    again.extend(parse(
+        "S_1",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+        1,
+    ));
+    again.extend(named(b'D', b'S', "S_1"));
+    again.extend(bind("", "S_1", &["5"]));
+    again.extend(execute("", 0));
+    again.extend(sync());
+    raw.send(&again).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "31tn2CZ", "{replies:?}");
+    assert_eq!(undo_rows(&direct).await, 3);
 
     // The rollback call behind the Close of a dropped statement.
     let mut call = named(b'C', b'S', "S_1");
