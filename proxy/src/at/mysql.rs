@@ -823,19 +823,10 @@ async fn foreign_keys(
     schema: &str,
     table: &str,
 ) -> std::result::Result<Vec<ForeignKey>, mysql_async::Error> {
-    let rows: Vec<(String, String, String, String, String, String, String)> = tx
-        .exec(
-            "SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, \
-             REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME \
-             FROM information_schema.KEY_COLUMN_USAGE \
-             WHERE REFERENCED_TABLE_NAME IS NOT NULL AND ((TABLE_SCHEMA = ? AND TABLE_NAME = ?) \
-             OR (REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)) \
-             ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
-            (schema, table, schema, table),
-        )
-        .await?;
     let mut keys: Vec<(String, ForeignKey)> = Vec::new();
-    for (constraint, schema_from, from, column, schema_to, to, referenced) in rows {
+    for (constraint, schema_from, from, column, schema_to, to, referenced) in
+        key_columns(tx, schema, table).await?
+    {
         let referring = (schema_from, from);
         match keys.last_mut() {
             Some((name, key)) if *name == constraint && key.referring == referring => {
@@ -854,6 +845,50 @@ async fn foreign_keys(
         }
     }
     Ok(keys.into_iter().map(|(_, key)| key).collect())
+}
+
+/// A column of a foreign key: the key's name, the referring table's schema and name and
+/// its column, the referenced table's schema and name and its column.
+type KeyColumn = (String, String, String, String, String, String, String);
+
+/// The columns of the foreign keys of `schema`.`table` and of those that refer to it,
+/// key by key, each key's in order.
+async fn key_columns(
+    tx: &mut mysql_async::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<Vec<KeyColumn>, mysql_async::Error> {
+    tx.exec(
+        "SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, \
+         REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME \
+         FROM information_schema.KEY_COLUMN_USAGE \
+         WHERE REFERENCED_TABLE_NAME IS NOT NULL AND ((TABLE_SCHEMA = ? AND TABLE_NAME = ?) \
+         OR (REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?)) \
+         ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
+        (schema, table, schema, table),
+    )
+    .await
+}
+
+/// The images of the rows of `steps` that belong to the record's table `t`.
+fn rows_of<'a>(
+    table: &'a tandem_undo::TableUndo,
+    steps: &[replay::Step],
+    t: usize,
+) -> Vec<&'a tandem_undo::RowImages> {
+    steps
+        .iter()
+        .filter(|s| s.table == t)
+        .filter_map(|s| table.rows.get(s.row))
+        .collect()
+}
+
+/// Where `table`'s images hold the column `name` (as MySQL compares names).
+fn column_at(table: &tandem_undo::TableUndo, name: &str) -> Option<usize> {
+    table
+        .columns
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// Whether, after the restores of `restored`, every foreign key of `keys` holds for
@@ -880,17 +915,8 @@ async fn references_hold(
             table.schema.as_deref().unwrap_or(database).to_owned(),
             table.table.clone(),
         );
-        let rows: Vec<&tandem_undo::RowImages> = restored
-            .iter()
-            .filter(|s| s.table == t)
-            .filter_map(|s| table.rows.get(s.row))
-            .collect();
-        let at = |name: &str| {
-            table
-                .columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name))
-        };
+        let rows = rows_of(table, restored, t);
+        let at = |name: &str| column_at(table, name);
         for key in keys {
             let joined = |referring: &str, referenced: &str| {
                 key.columns
@@ -1054,27 +1080,9 @@ async fn references_kept(
         if as_captured(tx, schema, table).await?.is_none() {
             return Ok(false);
         }
-        let keys: Vec<(String, String, String, String, String, String, String)> = tx
-            .exec(
-                "SELECT CONSTRAINT_NAME, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, \
-                 REFERENCED_TABLE_SCHEMA, REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME \
-                 FROM information_schema.KEY_COLUMN_USAGE \
-                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND ((TABLE_SCHEMA = ? AND TABLE_NAME = ?) \
-                 OR (REFERENCED_TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME = ?))",
-                (schema, &table.table, schema, &table.table),
-            )
-            .await?;
-        let rows: Vec<&tandem_undo::RowImages> = moved
-            .iter()
-            .filter(|s| s.table == t)
-            .filter_map(|s| table.rows.get(s.row))
-            .collect();
-        let at = |name: &str| {
-            table
-                .columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(name))
-        };
+        let keys = key_columns(tx, schema, &table.table).await?;
+        let rows = rows_of(table, moved, t);
+        let at = |name: &str| column_at(table, name);
         let image = |row: &Option<tandem_undo::Row>, at: usize| {
             row.as_ref().and_then(|r| r.get(at)).cloned()
         };
