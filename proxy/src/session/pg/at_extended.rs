@@ -269,15 +269,24 @@ impl Relay<'_> {
         ) {
             return Ok(instead);
         }
+        let max = self.ctx.config.max_message_bytes;
+        if matches!(read_batch(rest, max)?, Shape::Other(_)) {
+            // PostgreSQL ends the block at any COMMIT, one that fails too, and drivers
+            // count on it (postgres.js keeps a connection that is not idle): refused,
+            // the branch's work is rolled back and the session is idle, as after a
+            // COMMIT whose deferred constraint failed.
+            let e = Error::Unsupported {
+                what: "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
+            };
+            return self.abandon_commit(rest_len(rest, max)?, e).await;
+        }
         // Preparing COMMIT runs nothing; its Bind comes back here.
         let consumed = match self
             .batch_to_run(
                 rest,
                 tag,
                 "COMMIT of a branch followed by Flush before its Sync",
-                Some(
-                    "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
-                ),
+                None,
             )
             .await?
         {
@@ -361,7 +370,7 @@ impl Relay<'_> {
 
     /// A branch's COMMIT that cannot go ahead: the local transaction is rolled back and
     /// the client's batch is answered with `e`.
-    async fn abandon_commit(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+    pub(super) async fn abandon_commit(&mut self, consumed: usize, e: Error) -> Result<Extended> {
         self.branch = Branch::default();
         self.roll_back_local().await?;
         self.phase = super::Phase::Ready(TxStatus::Idle);

@@ -271,3 +271,56 @@ async fn a_control_call_batched_behind_its_begin_binds_the_block() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// A branch's COMMIT that tandem refuses for the batch it comes in (here followed by
+/// another statement before the Sync) ends the block as a failed COMMIT does, in AT
+/// and in XA mode: the branch's work is rolled back and the session is idle. It stayed
+/// failed ('E'), and postgres.js 3, which keeps a connection that is not idle, never
+/// gave it back.
+#[tokio::test]
+async fn a_commit_refused_for_its_batch_ends_the_block() {
+    for mode in ["at", "xa"] {
+        commit_refused_for_its_batch(mode).await;
+    }
+}
+
+async fn commit_refused_for_its_batch(mode: &str) {
+    let db = prepare("jdbc_commit_refused").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let mut raw = RawPg::startup(tandem.pg, "postgres", &db.name).await;
+    simple_value(&mut raw, &format!("SELECT tandem_mode('{mode}')")).await;
+    simple_value(&mut raw, "SELECT tandem_begin(30000)").await;
+    raw.run_each(&["BEGIN", "UPDATE accounts SET balance = 5 WHERE id = 1"])
+        .await;
+    let mut batch = parse("", "COMMIT", 0);
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute("", 0));
+    batch.extend(parse("", "SELECT 1", 0));
+    batch.extend(bind("", "", &[]));
+    batch.extend(execute("", 0));
+    batch.extend(sync());
+    raw.send(&batch).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "EZ", "{mode}: {replies:?}");
+    assert_eq!(replies[0].sqlstate().as_deref(), Some("0A000"));
+    assert_eq!(replies[1].body[..], b"I"[..], "{mode}: the block ended");
+    assert_eq!(
+        dump(&direct).await,
+        before,
+        "nothing of the branch committed"
+    );
+    assert_eq!(undo_rows(&direct).await, 0);
+    assert_eq!(simple_value(&mut raw, "SELECT 2").await, "2");
+    assert_eq!(
+        simple_value(&mut raw, "SELECT tandem_rollback()").await,
+        "Rollbacked"
+    );
+    assert_eq!(dump(&direct).await, before);
+    drop(raw);
+    tandem.assert_no_sessions_left().await;
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
