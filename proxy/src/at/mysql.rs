@@ -492,10 +492,10 @@ async fn replay_branch(
     loop {
         let tried = pending.len();
         let mut put_off = Vec::new();
+        // The steps a unique key refused (rows that hold one another's unique values
+        // may be moved back: `moved_back`), and those a foreign key refused.
+        let mut by_unique_key = Vec::new();
         let mut refusal = None;
-        // Whether every refusal of this pass was a unique key's: only rows that hold
-        // one another's unique values may be moved back (`moved_back`).
-        let mut only_unique_keys = true;
         for step in pending {
             let params = match values(&step.check.params, &step.check.types) {
                 Ok(params) => params,
@@ -538,29 +538,40 @@ async fn replay_branch(
             match tx.exec_drop(apply.sql.as_str(), params).await {
                 Ok(()) => {}
                 Err(mysql_async::Error::Server(e)) if ORDER_DEPENDENT.contains(&e.code) => {
-                    only_unique_keys &= e.code == DUPLICATE_KEY;
+                    let unique = e.code == DUPLICATE_KEY;
                     refusal.get_or_insert(mysql_async::Error::Server(e));
-                    put_off.push(step);
+                    match unique {
+                        true => by_unique_key.push(step),
+                        false => put_off.push(step),
+                    }
                 }
                 Err(e) => return Err(e),
             }
         }
-        match refusal {
-            None => break,
-            // No restore got through this pass: none ever will one at a time.
-            Some(e) if put_off.len() == tried && !only_unique_keys => {
-                match restored_unchecked(&mut tx, database, &record, &put_off).await? {
-                    true => break,
-                    false => return Err(e),
+        let Some(e) = refusal else { break };
+        let refused = by_unique_key.len() + put_off.len();
+        if refused < tried {
+            put_off.extend(by_unique_key);
+            pending = put_off;
+            continue;
+        }
+        // No restore got through this pass: none ever will one at a time. Rows that
+        // swapped unique values are moved back first (the foreign-key refusals may be
+        // theirs); then rows that only refer to one another are restored together.
+        let unique_refused = by_unique_key.len();
+        if unique_refused > 0 {
+            match moved_back(&mut tx, database, &record, by_unique_key).await? {
+                Some(rest) if rest.len() < unique_refused => {
+                    put_off.extend(rest);
+                    pending = put_off;
+                    continue;
                 }
+                _ => return Err(e),
             }
-            Some(e) if put_off.len() == tried => {
-                match moved_back(&mut tx, database, &record, put_off).await? {
-                    Some(rest) if rest.len() < tried => pending = rest,
-                    _ => return Err(e),
-                }
-            }
-            Some(_) => pending = put_off,
+        }
+        match restored_unchecked(&mut tx, database, &record, &put_off).await? {
+            true => break,
+            false => return Err(e),
         }
     }
     // Undone in the same local transaction as the replay: both happen, or neither.

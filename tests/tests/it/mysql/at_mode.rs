@@ -1157,8 +1157,9 @@ async fn rows_that_swapped_a_unique_value_roll_back_and_untouched_columns_stay_a
 /// event) or deleted (two partners), refuse one another's restores in every order:
 /// InnoDB checks a foreign key at each row. They are restored with the keys unchecked,
 /// then every reference the restores touched is checked by locking reads. (The
-/// rollback retried for ever.) While a row the branch did not write refers to one the
-/// rollback deletes, nothing is forced: it keeps retrying until that row is gone.
+/// rollback retried for ever, also once it could, when the same branch had rows swap
+/// a unique value.) While a row the branch did not write refers to one the rollback
+/// deletes, nothing is forced: it keeps retrying until that row is gone.
 #[tokio::test]
 async fn rows_that_refer_to_each_other_roll_back() {
     let db = prepare("at_reference_cycle").await;
@@ -1175,10 +1176,12 @@ async fn rows_that_refer_to_each_other_roll_back() {
             "CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR(10) NOT NULL UNIQUE,              partner VARCHAR(10) NULL, FOREIGN KEY (partner) REFERENCES people (name))              ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci",
             "INSERT INTO people VALUES (1, 'ann', NULL), (2, 'bob', 'ANN'), (3, 'cy', NULL)",
             "UPDATE people SET partner = 'Bob' WHERE id = 1",
+            "CREATE TABLE slots (id INT PRIMARY KEY, u INT NOT NULL UNIQUE) ENGINE=InnoDB",
+            "INSERT INTO slots VALUES (1, 100), (2, 200)",
         ],
     )
     .await;
-    let tables = ["orders", "events", "people"];
+    let tables = ["orders", "events", "people", "slots"];
     let mut before = Vec::new();
     for t in tables {
         before.push(dump(&mut direct, t).await);
@@ -1200,6 +1203,10 @@ async fn rows_that_refer_to_each_other_roll_back() {
             "UPDATE people SET partner = NULL WHERE id = 1",
             "DELETE FROM people WHERE id = 2",
             "DELETE FROM people WHERE id = 1",
+            // Two rows that swap a unique value in the same branch.
+            "UPDATE slots SET u = 0 WHERE id = 1",
+            "UPDATE slots SET u = 100 WHERE id = 2",
+            "UPDATE slots SET u = 200 WHERE id = 1",
             "COMMIT",
         ],
     )
@@ -1249,6 +1256,15 @@ async fn binary_literals_holding_any_bytes_are_captured() {
     let tandem = start(&lockserver).await;
     let mut conn = my::connect(&tandem, &db.name).await;
     text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    // tandem asks the session nothing first, which would reset FOUND_ROWS().
+    conn.query_drop("SELECT SQL_CALC_FOUND_ROWS id FROM blobs LIMIT 1")
+        .await
+        .unwrap();
+    let counted: Option<(i64, Vec<u8>)> = conn
+        .query_first(&b"SELECT FOUND_ROWS(), _binary'\xff'"[..])
+        .await
+        .unwrap();
+    assert_eq!(counted, Some((2, vec![0xff])));
     let found: Vec<i32> = conn
         .query(&b"SELECT id FROM blobs WHERE b = _binary'\\0\xff\x10\x01' FOR UPDATE"[..])
         .await
