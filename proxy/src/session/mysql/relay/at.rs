@@ -1064,7 +1064,8 @@ impl Relay<'_> {
     /// `sql`, not UTF-8, with its `_binary'…'` literals written in hexadecimal
     /// (`tandem_undo::mysql::binary_literals`): the same statement, as UTF-8, which
     /// tandem then analyses and runs. None where other bytes are not UTF-8, or the
-    /// session's character set may hide a quote in a character.
+    /// session's character set may read a backslash or a backtick as part of a
+    /// character (as `charset_misreads`).
     pub(super) async fn binary_literals_as_hex(
         &mut self,
         sql: &[u8],
@@ -1078,6 +1079,11 @@ impl Relay<'_> {
         else {
             return Ok(Ok(None));
         };
+        if !may_swallow_a_quote(sql) {
+            // No character of any set reads otherwise: no need to ask the session (a
+            // statement of tandem's there would reset FOUND_ROWS() and ROW_COUNT()).
+            return Ok(Ok(Some(text)));
+        }
         if may_change_the_charset(sql) {
             // A statement ahead in the text may set what reads the rest.
             return Ok(Ok(None));
