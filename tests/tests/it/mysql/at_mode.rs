@@ -1288,13 +1288,19 @@ async fn binary_literals_holding_any_bytes_are_captured() {
             (3, Some("FF".to_owned()))
         ]
     );
-    let refused = conn
-        .query_drop(&b"UPDATE blobs SET note = '\xff' WHERE id = 2"[..])
-        .await;
-    assert!(
-        matches!(&refused, Err(mysql_async::Error::Server(e)) if e.code == 1235),
-        "{refused:?}"
-    );
+    // Bytes that are not UTF-8 outside such a literal; a statement that sets
+    // sql_mode for the rest of its text, which then reads `'a\'` otherwise (the
+    // UPDATE ran uncaptured).
+    for sql in [
+        &b"UPDATE blobs SET note = '\xff' WHERE id = 2"[..],
+        &b"SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; UPDATE blobs SET note = 0x6861636b6564 WHERE id = 2; -- '"[..],
+    ] {
+        let refused = conn.query_drop(sql).await;
+        assert!(
+            matches!(&refused, Err(mysql_async::Error::Server(e)) if e.code == 1235),
+            "{refused:?}"
+        );
+    }
     rolled_back(&mut conn).await;
     assert_eq!(
         dump(&mut direct, "blobs").await,

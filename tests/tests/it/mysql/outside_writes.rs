@@ -238,6 +238,9 @@ async fn an_outside_write_to_a_held_row_fails_with_1205_when_configured_to_fail(
     for sql in [
         &b"DELETE FROM accounts WHERE id = 2 AND LENGTH(_binary'\xff') = 1"[..],
         &b"UPDATE accounts SET balance = 99 WHERE id = 2 AND LENGTH('\xff') > 0"[..],
+        // A statement that sets sql_mode for the rest of the text, which then reads
+        // `'a\'` otherwise: judged as naming every table (it ran unchecked).
+        &b"SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; UPDATE accounts SET balance = 99 WHERE id = 2; -- '"[..],
     ] {
         let e = b
             .query_drop(sql)

@@ -202,6 +202,11 @@ impl Relay<'_> {
                 }
             },
         };
+        if lexing_may_change_midway(sql) {
+            return self.refuse(Error::Unsupported {
+                what: "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
+            });
+        }
         if let Some(refusal) = self.refusal_before_analysis(text).await {
             return self.refuse(refusal);
         }
@@ -1651,6 +1656,16 @@ const ASCII_SECOND_BYTE_CHARSETS: [&[u8]; 5] = [b"big5", b"cp932", b"gbk", b"sji
 fn may_swallow_a_quote(sql: &[u8]) -> bool {
     sql.windows(2)
         .any(|pair| !pair[0].is_ascii() && matches!(pair[1], b'\\' | b'`'))
+}
+
+/// Whether a statement of the multi-statement `sql` may set sql_mode for those after
+/// it (NO_BACKSLASH_ESCAPES, ANSI_QUOTES), where a backslash or a double quote then
+/// ends a literal elsewhere than tandem, reading the text with the session's mode of
+/// now, takes it to.
+pub(super) fn lexing_may_change_midway(sql: &[u8]) -> bool {
+    sql.iter().any(|&b| b == b'\\' || b == b'"')
+        && tandem_undo::contains_ignore_case(sql, b"sql_mode")
+        && holds_several_statements(&String::from_utf8_lossy(sql))
 }
 
 /// Whether `sql` may set the session's character set for statements (SET NAMES, SET

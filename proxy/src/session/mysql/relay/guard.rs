@@ -99,6 +99,9 @@ impl Relay<'_> {
         if !some_statement(sql, may_write) || self.enter_unchecked_anywhere() {
             return Ok(None);
         }
+        if super::at::lexing_may_change_midway(sql) {
+            return self.unanalysed_write(&String::from_utf8_lossy(sql)).await;
+        }
         let hex_text;
         let text = match std::str::from_utf8(sql) {
             Ok(text) => text,
@@ -146,11 +149,15 @@ impl Relay<'_> {
         let prepared = &self.sql_prepared;
         let resolve = |name: &str| prepared.get(name).cloned().flatten();
         // MySQL's stored functions cannot prepare statements.
-        let changed =
+        let changed = if super::at::lexing_may_change_midway(text.as_bytes()) {
+            // Where its literals end, tandem cannot tell: any table may be written.
+            vec![tandem_undo::EVERY_TABLE.to_owned()]
+        } else {
             match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
                 Some(changed) if !changed.is_empty() => changed,
                 _ => return Ok(None),
-            };
+            }
+        };
         let scope = self.ctx.xa.lock_scope();
         if self.ctx.outside.tables.untracked(&scope) {
             return Ok(None);
