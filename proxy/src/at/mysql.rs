@@ -551,7 +551,9 @@ async fn replay_branch(
         let Some(e) = refusal else { break };
         let refused = by_unique_key.len() + put_off.len();
         if refused < tried {
+            // The other way round next (see phase2.rs, `run_steps`).
             put_off.extend(by_unique_key);
+            put_off.reverse();
             pending = put_off;
             continue;
         }

@@ -282,7 +282,14 @@ async fn run_steps(
                     false => Err(e.into()),
                 };
             }
-            Some(_) => pending = put_off,
+            // The other way round next: a row whose restore waits for the next
+            // one's (rows that each moved into the next one's unique value) is put
+            // off by one pass in the plan's order, and restored by the following
+            // one, where one pass a row would take as many passes as rows.
+            Some(_) => {
+                put_off.reverse();
+                pending = put_off;
+            }
         }
     }
 }

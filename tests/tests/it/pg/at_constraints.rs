@@ -144,6 +144,41 @@ async fn many_rows_that_rotated_a_unique_value_roll_back_together() {
     lockserver.stop().await;
 }
 
+/// 400 rows each move into the next one's unique value: restored one at a time, each
+/// row waits for the one before it. (In the plan's order a pass restored one row, and
+/// the rollback took as many passes as rows: minutes.)
+#[tokio::test]
+async fn rows_shifted_along_a_unique_value_roll_back_in_few_passes() {
+    let db = prepare("at_unique_shift").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE line (id int PRIMARY KEY, pos int NOT NULL UNIQUE, v text);
+             INSERT INTO line SELECT g, g, 'v' || g FROM generate_series(1, 400) g;",
+        )
+        .await
+        .unwrap();
+    let before = rows(&direct, "line").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&db.name).await;
+    one(&a, "SELECT tandem_begin(60000)").await.unwrap();
+    a.batch_execute(
+        "UPDATE line SET pos = pos + 100000;
+         UPDATE line SET pos = pos - 99999;",
+    )
+    .await
+    .unwrap();
+    rollback_begun(&a).await;
+    eventually_within("the line rolled back", Duration::from_secs(30), || async {
+        undo_rows(&direct).await == 0
+    })
+    .await;
+    assert_eq!(rows(&direct, "line").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Swaps `pos` between slots 1 and 2 in a global transaction (`setup` makes the
 /// tables: `slots` with a NOT DEFERRABLE unique `pos`, `uses` referring to it), runs
 /// `change` directly, and rolls back: the rollback must keep retrying with `slots` and
