@@ -333,6 +333,15 @@ impl Relay<'_> {
             _ if matches!(tag, frontend::BIND | frontend::PARSE) && self.may_settle() => {
                 Extended::SettleFirst
             }
+            // The same behind earlier batches still being answered (postgres.js
+            // pipelines its queries): once they are, tandem's Sync makes one.
+            super::Phase::Busy {
+                unsynced: true,
+                awaiting: 1..,
+                ..
+            } if tag == frontend::BIND && self.may_settle_once_answered() => {
+                Extended::WaitForSyncPoint
+            }
             super::Phase::Busy { unsynced: true, .. } if tag == frontend::BIND => {
                 Extended::RefuseBind(refusal(Error::Unsupported { what: mid_batch }))
             }

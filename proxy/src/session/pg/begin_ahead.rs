@@ -360,10 +360,15 @@ impl Relay<'_> {
     /// Nothing has run, so the Sync changes nothing the client can see: its statements
     /// outlive it, and it bound no portal.
     pub(super) fn may_settle(&self) -> bool {
+        matches!(self.phase, Phase::Busy { awaiting: 0, .. }) && self.may_settle_once_answered()
+    }
+
+    /// Whether the session may be settled (`may_settle`) once the batches before the
+    /// current one are answered.
+    pub(super) fn may_settle_once_answered(&self) -> bool {
         matches!(
             self.phase,
             Phase::Busy {
-                awaiting: 0,
                 unsynced: true,
                 copy: None,
                 ..

@@ -402,9 +402,12 @@ impl<'a> Relay<'a> {
                     // copy-in mode is relayed (see relay_from_client).
                     // So is one held while an error made the backend skip to the
                     // client's Sync (a refusal held behind it got no reply).
+                    // And one held until earlier batches were answered, when tandem may
+                    // now settle the session (`may_settle`).
                     let resumes = self.phase.at_sync_point()
                         || self.tracked.copying_in()
-                        || self.backend_skips_to_sync();
+                        || self.backend_skips_to_sync()
+                        || self.may_settle();
                     if self.client_paused && resumes && self.relay_from_client_then_buffered().await? {
                         return Ok(());
                     }

@@ -198,6 +198,28 @@ async fn closes_ahead_of_a_batch_leave_its_control_call_and_write_at_a_sync_poin
     assert_eq!(tags(&replies), "31tn2CZ", "{replies:?}");
     assert_eq!(undo_rows(&direct).await, 3);
 
+    // The same pipelined behind a batch still being answered, as postgres.js sends
+    // concurrent queries on one connection (it was refused mid-batch).
+    let mut pipelined = parse("", "SELECT 1", 0);
+    pipelined.extend(bind("", "", &[]));
+    pipelined.extend(execute("", 0));
+    pipelined.extend(sync());
+    pipelined.extend(named(b'C', b'S', "S_1"));
+    pipelined.extend(parse(
+        "S_1",
+        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+        1,
+    ));
+    pipelined.extend(named(b'D', b'S', "S_1"));
+    pipelined.extend(bind("", "S_1", &["3"]));
+    pipelined.extend(execute("", 0));
+    pipelined.extend(sync());
+    raw.send(&pipelined).await;
+    assert_eq!(tags(&raw.recv_until(b'Z').await), "12DCZ");
+    let replies = raw.recv_until(b'Z').await;
+    assert_eq!(tags(&replies), "31tn2CZ", "{replies:?}");
+    assert_eq!(undo_rows(&direct).await, 4);
+
     // The rollback call behind the Close of a dropped statement.
     let mut call = named(b'C', b'S', "S_1");
     call.extend(parse("", "select tandem_rollback()", 0));
