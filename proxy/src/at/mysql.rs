@@ -617,38 +617,52 @@ async fn moved_back(
         return Ok(None);
     }
     tx.query_drop("SAVEPOINT tandem_restore").await?;
-    tx.query_drop("SET SESSION foreign_key_checks = 0").await?;
-    let mut restored = Ok(());
-    for statement in moves
+    let statements: Vec<&replay::Stmt> = moves
         .iter()
         .map(|(delete, _)| delete)
         .chain(moves.iter().map(|(_, insert)| insert))
-    {
+        .collect();
+    let restored = ran_with_keys_unchecked(tx, &statements).await?;
+    end_restore(tx, restored).await?;
+    Ok(restored.then_some(rest))
+}
+
+/// Runs `statements` with foreign keys unchecked (their restores would refuse one
+/// another one at a time); whether each ran. After one that fails, none more.
+async fn ran_with_keys_unchecked(
+    tx: &mut mysql_async::Transaction<'_>,
+    statements: &[&replay::Stmt],
+) -> std::result::Result<bool, mysql_async::Error> {
+    tx.query_drop("SET SESSION foreign_key_checks = 0").await?;
+    let mut ran = true;
+    for statement in statements {
         let params = match values(&statement.params, &statement.types) {
             Ok(params) => params,
             Err(reason) => {
                 tracing::warn!(%reason, "a row image that cannot be bound");
-                restored = Err(());
+                ran = false;
                 break;
             }
         };
         if let Err(e) = tx.exec_drop(statement.sql.as_str(), params).await {
-            tracing::debug!(error = %e, "rows that refuse one another's restores were not moved back either");
-            restored = Err(());
+            tracing::debug!(error = %e, "rows that refuse one another's restores were not restored with foreign keys unchecked either");
+            ran = false;
             break;
         }
     }
     tx.query_drop("SET SESSION foreign_key_checks = 1").await?;
+    Ok(ran)
+}
+
+/// Ends the savepoint a restore with foreign keys unchecked ran under: kept if it
+/// `restored` the rows, else undone.
+async fn end_restore(
+    tx: &mut mysql_async::Transaction<'_>,
+    restored: bool,
+) -> std::result::Result<(), mysql_async::Error> {
     match restored {
-        Ok(()) => {
-            tx.query_drop("RELEASE SAVEPOINT tandem_restore").await?;
-            Ok(Some(rest))
-        }
-        Err(()) => {
-            tx.query_drop("ROLLBACK TO SAVEPOINT tandem_restore")
-                .await?;
-            Ok(None)
-        }
+        true => tx.query_drop("RELEASE SAVEPOINT tandem_restore").await,
+        false => tx.query_drop("ROLLBACK TO SAVEPOINT tandem_restore").await,
     }
 }
 
@@ -695,34 +709,10 @@ async fn restored_unchecked(
         columns_now.push((t, columns));
     }
     tx.query_drop("SAVEPOINT tandem_restore").await?;
-    tx.query_drop("SET SESSION foreign_key_checks = 0").await?;
-    let mut restored = true;
-    for step in stuck {
-        let Some(apply) = &step.apply else { continue };
-        let params = match values(&apply.params, &apply.types) {
-            Ok(params) => params,
-            Err(reason) => {
-                tracing::warn!(%reason, "a row image that cannot be bound");
-                restored = false;
-                break;
-            }
-        };
-        if let Err(e) = tx.exec_drop(apply.sql.as_str(), params).await {
-            tracing::debug!(error = %e, "rows that refuse one another's restores were not restored with keys unchecked either");
-            restored = false;
-            break;
-        }
-    }
-    tx.query_drop("SET SESSION foreign_key_checks = 1").await?;
-    if restored {
-        restored = references_hold(tx, database, record, stuck, &keys, &columns_now).await?;
-    }
-    if restored {
-        tx.query_drop("RELEASE SAVEPOINT tandem_restore").await?;
-    } else {
-        tx.query_drop("ROLLBACK TO SAVEPOINT tandem_restore")
-            .await?;
-    }
+    let applies: Vec<&replay::Stmt> = stuck.iter().filter_map(|s| s.apply.as_ref()).collect();
+    let restored = ran_with_keys_unchecked(tx, &applies).await?
+        && references_hold(tx, database, record, stuck, &keys, &columns_now).await?;
+    end_restore(tx, restored).await?;
     Ok(restored)
 }
 
@@ -917,8 +907,6 @@ async fn references_hold(
     keys: &[ForeignKey],
     columns: &[(usize, Vec<ColumnNow>)],
 ) -> std::result::Result<bool, mysql_async::Error> {
-    let q = |name: &str| tandem_undo::Dialect::quote_ident(&Mysql, name);
-    let qualified = |(schema, table): &(String, String)| format!("{}.{}", q(schema), q(table));
     for (t, columns_now) in columns {
         let t = *t;
         let Some(table) = record.tables.get(t) else {
@@ -931,14 +919,6 @@ async fn references_hold(
         let rows = rows_of(table, restored, t);
         let at = |name: &str| column_at(table, name);
         for key in keys {
-            let joined = |referring: &str, referenced: &str| {
-                key.columns
-                    .iter()
-                    .zip(&key.referenced)
-                    .map(|(c, r)| format!("{referenced}.{} = {referring}.{}", q(r), q(c)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            };
             if key.referring == here {
                 // The rows put back (those with a before image), by their keys.
                 let Some(positions) = key
@@ -971,26 +951,13 @@ async fn references_hold(
                         return Ok(false);
                     };
                     let one_key = format!("({})", vec!["?"; table.pk.len()].join(", "));
-                    let key_columns: Vec<String> = table
+                    let key_columns: Vec<&str> = table
                         .pk
                         .iter()
-                        .map(|&i| format!("c.{}", q(&table.columns[i])))
+                        .map(|&i| table.columns[i].as_str())
                         .collect();
-                    let dangling: Option<i32> = tx
-                        .exec_first(
-                            format!(
-                                "SELECT 1 FROM {} AS c LEFT JOIN {} AS p ON {} WHERE ({}) IN ({}) AND p.{} IS NULL LIMIT 1 LOCK IN SHARE MODE",
-                                qualified(&here),
-                                qualified(&key.referenced_table),
-                                joined("c", "p"),
-                                key_columns.join(", "),
-                                vec![one_key; back.len()].join(", "),
-                                q(&key.referenced[0]),
-                            ),
-                            params,
-                        )
-                        .await?;
-                    if dangling.is_some() {
+                    let among = vec![one_key; back.len()].join(", ");
+                    if refers_to_nothing(tx, key, &key_columns, &among, params).await? {
                         return Ok(false);
                     }
                 }
@@ -1045,29 +1012,50 @@ async fn references_hold(
                 let Ok(params) = values(&images, &types) else {
                     return Ok(false);
                 };
-                let referring: Vec<String> =
-                    key.columns.iter().map(|c| format!("c.{}", q(c))).collect();
-                let dangling: Option<i32> = tx
-                    .exec_first(
-                        format!(
-                            "SELECT 1 FROM {} AS c LEFT JOIN {} AS p ON {} WHERE ({}) IN ({}) AND p.{} IS NULL LIMIT 1 LOCK IN SHARE MODE",
-                            qualified(&key.referring),
-                            qualified(&here),
-                            joined("c", "p"),
-                            referring.join(", "),
-                            vec![one_value; gone.len()].join(", "),
-                            q(&key.referenced[0]),
-                        ),
-                        params,
-                    )
-                    .await?;
-                if dangling.is_some() {
+                let referring: Vec<&str> = key.columns.iter().map(String::as_str).collect();
+                let among = vec![one_value; gone.len()].join(", ");
+                if refers_to_nothing(tx, key, &referring, &among, params).await? {
                     return Ok(false);
                 }
             }
         }
     }
     Ok(true)
+}
+
+/// Whether a row of `key`'s referring table whose `columns` are among the tuples
+/// `among` (bound by `params`) refers to no row of its referenced table, read by a
+/// locking read (so that the rows it finds stay).
+async fn refers_to_nothing(
+    tx: &mut mysql_async::Transaction<'_>,
+    key: &ForeignKey,
+    columns: &[&str],
+    among: &str,
+    params: mysql_async::Params,
+) -> std::result::Result<bool, mysql_async::Error> {
+    let q = |name: &str| tandem_undo::Dialect::quote_ident(&Mysql, name);
+    let qualified = |(schema, table): &(String, String)| format!("{}.{}", q(schema), q(table));
+    let joined = key
+        .columns
+        .iter()
+        .zip(&key.referenced)
+        .map(|(c, r)| format!("p.{} = c.{}", q(r), q(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let columns: Vec<String> = columns.iter().map(|c| format!("c.{}", q(c))).collect();
+    let dangling: Option<i32> = tx
+        .exec_first(
+            format!(
+                "SELECT 1 FROM {} AS c LEFT JOIN {} AS p ON {joined} WHERE ({}) IN ({among}) AND p.{} IS NULL LIMIT 1 LOCK IN SHARE MODE",
+                qualified(&key.referring),
+                qualified(&key.referenced_table),
+                columns.join(", "),
+                q(&key.referenced[0]),
+            ),
+            params,
+        )
+        .await?;
+    Ok(dangling.is_some())
 }
 
 /// Whether moving the rows of `moved` back (their before images for their after

@@ -11,6 +11,7 @@
 use crate::dialect::Dialect;
 use crate::image::{Row, Value};
 use crate::record::{TableUndo, UndoRecord};
+use std::collections::BTreeMap;
 
 /// One statement with its binary parameters and their types (PostgreSQL: type OIDs;
 /// MySQL: COM_STMT_EXECUTE parameter types, see [`crate::mysql::types`]).
@@ -95,14 +96,7 @@ pub fn restore_together(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -
         ));
         deleted.push(format!("SELECT 1 FROM {name}"));
     }
-    // Reading every deletion's rows before its first row makes each insertion wait
-    // until all of them are done: the parts of a WITH otherwise run in no set order.
-    let after_deletions = if deleted.is_empty() {
-        String::new()
-    } else {
-        parts.push(format!("tandem_gone AS ({})", deleted.join(" UNION ALL ")));
-        " WHERE (SELECT count(*) FROM tandem_gone) >= 0".to_owned()
-    };
+    let after_deletions = after_deletions(&mut parts, &deleted);
     let mut inserted = 0;
     for step in steps {
         let t = record.tables.get(step.table)?;
@@ -139,46 +133,36 @@ pub fn restore_staged(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -> 
     }
     // Table by table, in the record's order: the rows each restore takes out, and those
     // it puts back.
-    let mut by_table: Vec<(usize, Vec<&Row>, Vec<&Row>)> = Vec::new();
+    let mut by_table: BTreeMap<usize, (Vec<&Row>, Vec<&Row>)> = BTreeMap::new();
     for step in steps {
         let images = record.tables.get(step.table)?.rows.get(step.row)?;
-        let at = match by_table.iter().position(|(table, ..)| *table == step.table) {
-            Some(at) => at,
-            None => {
-                by_table.push((step.table, Vec::new(), Vec::new()));
-                by_table.len() - 1
-            }
-        };
-        let (_, gone, back) = &mut by_table[at];
+        let (gone, back) = by_table.entry(step.table).or_default();
         gone.extend(images.after.as_ref());
         back.extend(images.before.as_ref());
     }
-    by_table.sort_by_key(|(table, ..)| *table);
     let mut setup = Vec::new();
     let mut deletions = Vec::new();
+    let mut deleted = Vec::new();
     let mut insertions = Vec::new();
-    for (index, gone, back) in &by_table {
+    for (index, (gone, back)) in &by_table {
         let t = &record.tables[*index];
         let table = qualified(d, t);
         if !gone.is_empty() {
             let stage = format!("pg_temp.tandem_stage_gone_{index}");
-            let key: Vec<usize> = t.pk.clone();
-            setup.extend(staging(d, t, &stage, &key, gone));
-            let on_key = key
-                .iter()
-                .map(|&i| {
-                    let column = d.quote_ident(&t.columns[i]);
-                    format!("tandem_row.{column} = tandem_key.{column}")
-                })
-                .collect::<Vec<_>>()
-                .join(" AND ");
+            setup.extend(staging(d, t, &stage, &t.pk, gone));
+            let on_key =
+                t.pk.iter()
+                    .map(|&i| {
+                        let column = d.quote_ident(&t.columns[i]);
+                        format!("tandem_row.{column} = tandem_key.{column}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
             let name = format!("tandem_gone_{index}");
-            deletions.push((
-                format!(
-                    "{name} AS (DELETE FROM {table} AS tandem_row USING {stage} AS tandem_key WHERE {on_key} RETURNING 1)"
-                ),
-                format!("SELECT 1 FROM {name}"),
+            deletions.push(format!(
+                "{name} AS (DELETE FROM {table} AS tandem_row USING {stage} AS tandem_key WHERE {on_key} RETURNING 1)"
             ));
+            deleted.push(format!("SELECT 1 FROM {name}"));
         }
         if !back.is_empty() {
             let stage = format!("pg_temp.tandem_stage_back_{index}");
@@ -190,15 +174,8 @@ pub fn restore_staged(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -> 
     if deletions.is_empty() && insertions.is_empty() {
         return None;
     }
-    let mut parts: Vec<String> = deletions.iter().map(|(part, _)| part.clone()).collect();
-    // As in restore_together: every insertion waits for every deletion.
-    let after_deletions = if deletions.is_empty() {
-        String::new()
-    } else {
-        let all: Vec<&str> = deletions.iter().map(|(_, read)| read.as_str()).collect();
-        parts.push(format!("tandem_gone AS ({})", all.join(" UNION ALL ")));
-        " WHERE (SELECT count(*) FROM tandem_gone) >= 0".to_owned()
-    };
+    let mut parts = deletions;
+    let after_deletions = after_deletions(&mut parts, &deleted);
     for (n, (table, stage, names)) in insertions.iter().enumerate() {
         parts.push(format!(
             "tandem_back_{n} AS (INSERT INTO {table} ({names}) {} SELECT {names} FROM {stage}{after_deletions} RETURNING 1)",
@@ -208,6 +185,17 @@ pub fn restore_staged(d: &dyn Dialect, record: &UndoRecord, steps: &[&Step]) -> 
     let mut together = empty();
     together.sql = format!("WITH {} SELECT 1", parts.join(", "));
     Some(Staged { setup, together })
+}
+
+/// The condition that makes each insertion of a restore's WITH wait for every deletion
+/// (`deleted`: a read of each one's rows), whose reads it adds to `parts`: reading them
+/// all before its first row. The parts of a WITH otherwise run in no set order.
+fn after_deletions(parts: &mut Vec<String>, deleted: &[String]) -> String {
+    if deleted.is_empty() {
+        return String::new();
+    }
+    parts.push(format!("tandem_gone AS ({})", deleted.join(" UNION ALL ")));
+    " WHERE (SELECT count(*) FROM tandem_gone) >= 0".to_owned()
 }
 
 /// [`restore_staged`]'s statements.

@@ -203,7 +203,7 @@ impl Relay<'_> {
                     rest,
                     tag,
                     "a write followed by Flush before its Sync inside a global transaction",
-                    None,
+                    false,
                 )
                 .await?
             {
@@ -269,24 +269,13 @@ impl Relay<'_> {
         ) {
             return Ok(instead);
         }
-        let max = self.ctx.config.max_message_bytes;
-        if matches!(read_batch(rest, max)?, Shape::Other(_)) {
-            // PostgreSQL ends the block at any COMMIT, one that fails too, and drivers
-            // count on it (postgres.js keeps a connection that is not idle): refused,
-            // the branch's work is rolled back and the session is idle, as after a
-            // COMMIT whose deferred constraint failed.
-            let e = Error::Unsupported {
-                what: "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
-            };
-            return self.abandon_commit(rest_len(rest, max)?, e).await;
-        }
         // Preparing COMMIT runs nothing; its Bind comes back here.
         let consumed = match self
             .batch_to_run(
                 rest,
                 tag,
                 "COMMIT of a branch followed by Flush before its Sync",
-                None,
+                true,
             )
             .await?
         {
@@ -354,13 +343,15 @@ impl Relay<'_> {
     /// (`[Parse] Bind [Describe] Execute Sync`), or else what to do instead: wait for
     /// the rest; relay a Parse that runs nothing (prepared only, or followed by Flush);
     /// refuse a Bind followed by Flush with `flushed`; answer any other shape whole with
-    /// `other`, or with the shape's own error.
+    /// the shape's own error, or, for a branch's COMMIT (`commit`), end the block as a
+    /// failed COMMIT does: PostgreSQL ends it at any COMMIT, and drivers count on it
+    /// (postgres.js keeps a connection that is not idle).
     pub(super) async fn batch_to_run<'b>(
         &mut self,
         rest: &'b [u8],
         tag: u8,
         flushed: &'static str,
-        other: Option<&'static str>,
+        commit: bool,
     ) -> Result<std::result::Result<Batch<'b>, Extended>> {
         let max = self.ctx.config.max_message_bytes;
         let instead = match read_batch(rest, max)? {
@@ -369,18 +360,22 @@ impl Relay<'_> {
             Shape::PrepareOnly => Extended::NotAWrite,
             Shape::Flushed if tag == frontend::PARSE => Extended::NotAWrite,
             Shape::Flushed => Extended::RefuseBind(refusal(Error::Unsupported { what: flushed })),
-            Shape::Other(e) => {
-                let e = other.map_or(e, |what| Error::Unsupported { what });
-                self.answer_directly(rest_len(rest, max)?, e).await?
+            Shape::Other(_) if commit => {
+                let e = Error::Unsupported {
+                    what: "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
+                };
+                self.abandon_commit(rest_len(rest, max)?, e).await?
             }
+            Shape::Other(e) => self.answer_directly(rest_len(rest, max)?, e).await?,
         };
         Ok(Err(instead))
     }
 
-    /// A branch's COMMIT that cannot go ahead: the local transaction is rolled back and
-    /// the client's batch is answered with `e`.
-    pub(super) async fn abandon_commit(&mut self, consumed: usize, e: Error) -> Result<Extended> {
+    /// A branch's COMMIT that cannot go ahead: the local transaction is rolled back (the
+    /// branch's work, AT or XA) and the client's batch is answered with `e`.
+    async fn abandon_commit(&mut self, consumed: usize, e: Error) -> Result<Extended> {
         self.branch = Branch::default();
+        self.xa = super::xa::XaBranch::None;
         self.roll_back_local().await?;
         self.phase = super::Phase::Ready(TxStatus::Idle);
         self.binding.on_local_transaction_end();

@@ -309,27 +309,13 @@ impl Relay<'_> {
         ) {
             return Ok(instead);
         }
-        let max = self.ctx.config.max_message_bytes;
-        if matches!(
-            super::at_extended::read_batch(rest, max)?,
-            super::at_extended::Shape::Other(_)
-        ) {
-            // As in AT mode (`commit_extended`): the block ends, its work rolled back.
-            self.xa = XaBranch::None;
-            let e = Error::Unsupported {
-                what: "COMMIT of a branch batched with other messages over the extended protocol (send it as [Parse] Bind [Describe] Execute Sync)",
-            };
-            return self
-                .abandon_commit(super::at_extended::rest_len(rest, max)?, e)
-                .await;
-        }
         // Preparing COMMIT runs nothing (relayed); its Bind comes back here.
         let batch = match self
             .batch_to_run(
                 rest,
                 tag,
                 "COMMIT of a branch followed by Flush before its Sync",
-                None,
+                true,
             )
             .await?
         {

@@ -183,6 +183,11 @@ impl Relay<'_> {
             return Ok(Handled::Pause);
         }
         self.reconcile_branch().await?;
+        if lexing_may_change_midway(sql) {
+            return self.refuse(Error::Unsupported {
+                what: "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
+            });
+        }
         let hex_text;
         let text = match std::str::from_utf8(sql) {
             Ok(text) => text,
@@ -202,11 +207,6 @@ impl Relay<'_> {
                 }
             },
         };
-        if lexing_may_change_midway(sql) {
-            return self.refuse(Error::Unsupported {
-                what: "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
-            });
-        }
         if let Some(refusal) = self.refusal_before_analysis(text).await {
             return self.refuse(refusal);
         }

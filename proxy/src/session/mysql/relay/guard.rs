@@ -100,7 +100,10 @@ impl Relay<'_> {
             return Ok(None);
         }
         if super::at::lexing_may_change_midway(sql) {
-            return self.unanalysed_write(&String::from_utf8_lossy(sql)).await;
+            // Where its literals end, tandem cannot tell: any table may be written.
+            return self
+                .guard_changed_tables(vec![tandem_undo::EVERY_TABLE.to_owned()])
+                .await;
         }
         let hex_text;
         let text = match std::str::from_utf8(sql) {
@@ -142,22 +145,24 @@ impl Relay<'_> {
     /// and a lockserver that tracks no tables (Redis) leave it unchecked (see the
     /// module comment).
     async fn unanalysed_write(&mut self, text: &str) -> Result<Option<Handled>> {
+        let prepared = &self.sql_prepared;
+        let resolve = |name: &str| prepared.get(name).cloned().flatten();
+        // MySQL's stored functions cannot prepare statements.
+        let changed =
+            match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
+                Some(changed) if !changed.is_empty() => changed,
+                _ => return Ok(None),
+            };
+        self.guard_changed_tables(changed).await
+    }
+
+    /// A write tandem cannot check row by row, by the tables it may change (`changed`):
+    /// see `unanalysed_write`.
+    async fn guard_changed_tables(&mut self, changed: Vec<String>) -> Result<Option<Handled>> {
         if self.xa.is_some() {
             // XA mode's gap stays as README documents it (as on PostgreSQL).
             return Ok(None);
         }
-        let prepared = &self.sql_prepared;
-        let resolve = |name: &str| prepared.get(name).cloned().flatten();
-        // MySQL's stored functions cannot prepare statements.
-        let changed = if super::at::lexing_may_change_midway(text.as_bytes()) {
-            // Where its literals end, tandem cannot tell: any table may be written.
-            vec![tandem_undo::EVERY_TABLE.to_owned()]
-        } else {
-            match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
-                Some(changed) if !changed.is_empty() => changed,
-                _ => return Ok(None),
-            }
-        };
         let scope = self.ctx.xa.lock_scope();
         if self.ctx.outside.tables.untracked(&scope) {
             return Ok(None);
