@@ -262,7 +262,8 @@ async fn an_announced_table_does_not_wait_and_old_proxies_are_not_waited_for() {
     let old = proxy(&s, None).await;
     let started = Instant::now();
     s.register("public.a", &[1]).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // Under table_ack_timeout_ms (2 s): a wait would have ended in an error anyway.
+    assert!(started.elapsed() < Duration::from_millis(1_500));
 
     let view = TableLockView::new(Duration::from_millis(800));
     let w = proxy(&s, Some(view.clone())).await;
@@ -278,7 +279,7 @@ async fn an_announced_table_does_not_wait_and_old_proxies_are_not_waited_for() {
     s.register("public.t", &[2, 3]).await.unwrap();
     s.register("public.a", &[2]).await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_millis(1_500),
         "waited {:?}",
         started.elapsed()
     );
@@ -324,18 +325,18 @@ async fn a_proxy_that_never_acks_fails_the_registration_without_locking() {
     // Still not acked: the table stays announced, and a retry waits again.
     assert!(unacknowledged(&s.register("public.t", &[1]).await));
     sub.ack(n[0].seq).await;
-    let started = Instant::now();
+    // Granted, not failed: it did not wait out table_ack_timeout_ms.
     s.register("public.t", &[1])
         .await
         .expect("taken once acked");
-    assert!(started.elapsed() < Duration::from_millis(350));
     assert!(s.client.locks_held(&[key("public.t", 1)]).await.unwrap());
     s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_table_is_unannounced() {
-    let s = start(|c| c.unannounce_after_ms = 200).await;
+    let unannounce_after = Duration::from_millis(1_000);
+    let s = start(|c| c.unannounce_after_ms = unannounce_after.as_millis() as u64).await;
     let view = TableLockView::new(Duration::from_millis(800));
     let w = proxy(&s, Some(view.clone())).await;
     let x = s.client.begin(None).await.unwrap();
@@ -344,13 +345,16 @@ async fn an_idle_table_is_unannounced() {
         .await
         .unwrap();
     // Held longer than unannounce_after_ms: still announced.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(unannounce_after + Duration::from_millis(300)).await;
     assert!(view.may_be_locked(R, "public.t"));
+    let locks_may_go_from = Instant::now();
     s.client.commit(&x).await.unwrap();
-    assert!(
-        view.may_be_locked(R, "public.t"),
-        "not unannounced the moment its locks go"
-    );
+    let announced = view.may_be_locked(R, "public.t");
+    // On a loaded machine the commit itself may outlast the window; only a check
+    // made inside it can tell an early unannouncement from a late one.
+    if locks_may_go_from.elapsed() < unannounce_after {
+        assert!(announced, "not unannounced the moment its locks go");
+    }
     eventually("the table is unannounced", || {
         !view.may_be_locked(R, "public.t")
     })
@@ -579,7 +583,8 @@ async fn a_closed_proxy_delays_announcements_until_its_lease_passes() {
         )
         .await
         .unwrap();
-    assert!(closed.elapsed() < Duration::from_millis(500));
+    // Bounded by the lease itself, not a guess at how fast a loaded machine is.
+    assert!(closed.elapsed() < Duration::from_millis(1_000));
     s.register("public.t", &[1]).await.unwrap();
     let waited = closed.elapsed();
     assert!(
@@ -590,7 +595,7 @@ async fn a_closed_proxy_delays_announcements_until_its_lease_passes() {
     // Past the lease: a new table is announced at once.
     let started = Instant::now();
     s.register("public.u", &[1]).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_millis(1_000));
     s.shutdown().await;
 }
 
