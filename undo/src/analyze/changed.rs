@@ -75,6 +75,13 @@ impl Changed<'_> {
         prepared: &dyn Fn(&str) -> Option<String>,
         depth: usize,
     ) -> Option<()> {
+        if dialect.grammar() == Grammar::MySql
+            && crate::mysql::reading::comments_read_otherwise(sql.as_bytes())
+        {
+            // Where its statements begin and end, tandem cannot tell.
+            self.push(EVERY_TABLE.to_owned());
+            return Some(());
+        }
         let pieces = match dialect.grammar() {
             Grammar::PostgreSql => split_statements(dialect, sql).ok()?,
             Grammar::MySql => split_mysql_statements(sql).ok()?,
@@ -769,6 +776,12 @@ mod tests {
             "DELETE FROM hh USING h AS hh WHERE hh.id = 1 AND hh.s SOUNDS LIKE 'x'",
             "DELETE FROM hh.* USING h AS hh WHERE hh.id = 1 AND hh.s SOUNDS LIKE 'x'",
             "UPDATE /*!99999 a */ h SET v = 5 WHERE s SOUNDS LIKE 'x'",
+            // Comments the server reads otherwise, before statements tandem would
+            // have read as none, or as a read.
+            "/*!99999 /* x */ */ UPDATE t SET v = 1",
+            "/*M!999999 /* x */ */ UPDATE t SET v = 1",
+            "/*M!100000 UPDATE t SET v = 1 */",
+            "/*!99999 SELECT */ UPDATE t SET v = 1",
         ] {
             assert_eq!(tables_changed(&Mysql, sql), some(&["*"]), "{sql}");
         }

@@ -23,14 +23,7 @@ pub fn binary_literals_as_hex(sql: &[u8], backslash_escapes: bool) -> Option<Str
         let rest = &sql[at..];
         let taken = match rest[0] {
             quote @ (b'\'' | b'"' | b'`') => quoted_len(rest, quote, backslash_escapes)?,
-            b'#' => line_len(rest),
-            b'-' if rest.starts_with(b"--")
-                && rest
-                    .get(2)
-                    .is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
-            {
-                line_len(rest)
-            }
+            _ if opens_line_comment(rest) => line_len(rest),
             b'/' if rest.starts_with(b"/*") => {
                 find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4)
             }
@@ -109,7 +102,7 @@ fn binary_value(rest: &[u8], backslash_escapes: bool) -> Option<(Vec<u8>, usize)
 
 /// The length of the quoted run at the head of `rest` (both quotes included); None if
 /// it does not end.
-fn quoted_len(rest: &[u8], quote: u8, backslash_escapes: bool) -> Option<usize> {
+pub(super) fn quoted_len(rest: &[u8], quote: u8, backslash_escapes: bool) -> Option<usize> {
     let mut at = 1;
     while at < rest.len() {
         match rest[at] {
@@ -155,11 +148,21 @@ fn unescape(content: &[u8], backslash_escapes: bool, value: &mut Vec<u8>) {
     }
 }
 
-fn line_len(rest: &[u8]) -> usize {
+/// Whether a `#` or `-- ` comment (to the end of the line) starts at the head of
+/// `rest`: MySQL wants a space or a control character after `--`.
+pub(super) fn opens_line_comment(rest: &[u8]) -> bool {
+    rest.first() == Some(&b'#')
+        || rest.starts_with(b"--")
+            && rest
+                .get(2)
+                .is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+pub(super) fn line_len(rest: &[u8]) -> usize {
     rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 

@@ -4,6 +4,7 @@
 pub mod binary_literals;
 pub mod capture;
 pub mod catalog;
+pub mod reading;
 pub mod types;
 
 pub use capture::InsertPlan;

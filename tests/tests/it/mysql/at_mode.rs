@@ -1312,6 +1312,66 @@ async fn binary_literals_holding_any_bytes_are_captured() {
     lockserver.stop().await;
 }
 
+/// A session whose sql_mode (set by an earlier statement) ends a literal or a
+/// double-quoted name at a backslash that tandem reads as an escape: tandem read other
+/// rows than the write took, or a statement as part of a literal. Such a text is
+/// refused (1235), whatever it is; the session goes on, and the rollback is exact.
+#[tokio::test]
+async fn a_literal_the_sql_mode_ends_early_hides_no_write() {
+    let db = prepare("at_sql_mode_literal").await;
+    let mut direct = db.direct().await;
+    run_each(
+        &mut direct,
+        &[
+            r"CREATE TABLE odd (id INT PRIMARY KEY, `a\` INT, v INT) ENGINE=InnoDB",
+            "INSERT INTO odd VALUES (1, 0, 0), (2, 0, 0)",
+        ],
+    )
+    .await;
+    let before = dump(&mut direct, "odd").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    conn.query_drop("UPDATE odd SET v = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    for (mode, hidden) in [
+        // `"a"` is the column here; tandem read a string, and the rows of `id = 2`
+        // went uncaptured.
+        (
+            "ANSI_QUOTES",
+            r#"UPDATE odd SET v = 7 WHERE "a\" = 1 OR id = 2 -- ""#,
+        ),
+        (
+            "ANSI_QUOTES",
+            r#"SELECT 1 AS "a\"; UPDATE odd SET v = 7 WHERE id = 2; -- ""#,
+        ),
+        (
+            "NO_BACKSLASH_ESCAPES",
+            r"SELECT 'a\'; UPDATE odd SET v = 7 WHERE id = 2; -- '",
+        ),
+    ] {
+        conn.query_drop(format!("SET sql_mode = '{mode}'"))
+            .await
+            .unwrap();
+        let refused = conn.query_drop(hidden).await;
+        assert!(
+            matches!(&refused, Err(mysql_async::Error::Server(e)) if e.code == 1235),
+            "{mode}: {refused:?}"
+        );
+        // What the mode reads as tandem does runs.
+        let read: Option<String> = conn.query_first(r"SELECT 'a\\b'").await.unwrap();
+        assert!(read.is_some(), "{mode}");
+    }
+    conn.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    rolled_back(&mut conn).await;
+    assert_eq!(dump(&mut direct, "odd").await, before, "restored exactly");
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A restore a foreign key refuses is never moved back with the keys unchecked, nor
 /// is a swap whose moved rows would leave a reference dangling: another global
 /// transaction deleted the parent a branch's row pointed to before it (a row the

@@ -701,12 +701,14 @@ async fn a_held_key_holds_every_spelling_its_collation_calls_equal() {
 }
 
 /// A double-quoted VALUES key is a string to tandem and, under ANSI_QUOTES, a column to
-/// the server: such an INSERT is let through unchecked (and counted), never checked by
-/// the wrong key; without ANSI_QUOTES it is checked as any INSERT.
+/// the server: such an INSERT is never checked by the wrong key, but judged by its
+/// table (1205 while it holds global locks; it ran unchecked). Without ANSI_QUOTES it
+/// is checked as any INSERT.
 #[tokio::test]
 async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
     let db = prepare("my_outside_ansi_quotes").await;
     let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
     let mut a = delete_held_row(&global, &db, 2).await;
     let mut b = my::connect(&outside, &db.name).await;
     let e = b
@@ -714,24 +716,35 @@ async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), 1205, "{e}");
-    assert_eq!(
-        outside
-            .metric("tandem_mysql_outside_writes_unchecked_total")
-            .await,
-        0.0
-    );
     b.query_drop("SET sql_mode = 'ANSI_QUOTES'").await.unwrap();
     // `"note"` is the column itself here (NULL in a new row).
-    b.query_drop(r#"INSERT INTO accounts (id, balance, note) VALUES (7, 7, "note")"#)
+    let column_valued = r#"INSERT INTO accounts (id, balance, note) VALUES (7, 7, "note")"#;
+    assert_lock_wait_timeout(b.query_drop(column_valued).await, column_valued);
+    assert_eq!(balance(&mut direct, 7).await, None);
+    // Another table goes on.
+    b.query_drop(r#"INSERT INTO items (name) VALUES ("name")"#)
         .await
         .unwrap();
     assert_eq!(
         outside
             .metric("tandem_mysql_outside_writes_unchecked_total")
             .await,
-        1.0
+        0.0
     );
     rolled_back(&mut a).await;
+    eventually("no global lock is left", || async {
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        locks["locks"].as_array().map(Vec::len) == Some(0)
+    })
+    .await;
+    // Unused for release_after_idle_ms.
+    tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
+    b.query_drop(column_valued).await.unwrap();
+    let note: Option<Option<String>> = direct
+        .query_first("SELECT note FROM accounts WHERE id = 7")
+        .await
+        .unwrap();
+    assert_eq!(note, Some(None));
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;
@@ -1108,6 +1121,78 @@ async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_glo
     b.query_drop("TRUNCATE TABLE accounts").await.unwrap();
     assert!(dump(&mut direct, "accounts").await.is_empty());
     patient.shutdown().await;
+    finish(lockserver, [global, outside]).await;
+}
+
+/// Text the server reads otherwise than tandem's tokenizer: an executable comment
+/// holding a nested comment, one MariaDB runs and tandem took for a comment (`/*M!`),
+/// one whose version MariaDB skips; a backslash that the session's sql_mode
+/// (ANSI_QUOTES, NO_BACKSLASH_ESCAPES) makes end a literal. Each hid a write on a held
+/// row, or took other rows than tandem checked, and ran unchecked; each is now judged
+/// as a write to every table (1205 while any holds global locks) and runs once none
+/// does.
+#[tokio::test]
+async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
+    let db = prepare("my_outside_read_otherwise").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let held = dump(&mut direct, "accounts").await;
+    let mut b = my::connect(&outside, &db.name).await;
+    let by_comments = [
+        "/*!99999 /* x */ */ UPDATE accounts SET balance = 99 WHERE id = 2",
+        "/*M!999999 /* x */ */ UPDATE accounts SET balance = 99 WHERE id = 2",
+        "/*!99999 SELECT */ UPDATE accounts SET balance = 99 WHERE id = 2",
+        "UPDATE accounts SET balance = 99 WHERE id = 3 /*M!100000 OR id = 2 */",
+    ];
+    for sql in by_comments {
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
+    }
+    let by_sql_mode = [
+        (
+            "ANSI_QUOTES",
+            r#"SELECT 1 AS "a\"; UPDATE accounts SET balance = 99 WHERE id = 2; -- ""#,
+        ),
+        (
+            "NO_BACKSLASH_ESCAPES",
+            r"SELECT 'a\'; UPDATE accounts SET balance = 99 WHERE id = 2; -- '",
+        ),
+        (
+            "NO_BACKSLASH_ESCAPES",
+            r"UPDATE accounts SET balance = 99 WHERE note = '\' OR id = 2 -- '",
+        ),
+    ];
+    for (mode, sql) in by_sql_mode {
+        b.query_drop(format!("SET sql_mode = '{mode}'"))
+            .await
+            .unwrap();
+        assert_lock_wait_timeout(b.query_drop(sql).await, sql);
+        // Prepared, the same.
+        let prepared = b.prep(sql).await;
+        if let Ok(statement) = prepared {
+            assert_lock_wait_timeout(b.exec_drop(&statement, ()).await, sql);
+        }
+    }
+    b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    assert_eq!(dump(&mut direct, "accounts").await, held, "nothing changed");
+    // The rest of the session goes on, reads and checked writes alike.
+    b.query_drop("UPDATE accounts SET balance = 33 WHERE id = 3")
+        .await
+        .unwrap();
+    rolled_back(&mut a).await;
+    eventually("no global lock is left", || async {
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        locks["locks"].as_array().map(Vec::len) == Some(0)
+    })
+    .await;
+    // Unused for release_after_idle_ms.
+    tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
+    // Nothing holds a table now: they run, as the server reads them.
+    b.query_drop("SET sql_mode = 'ANSI_QUOTES'").await.unwrap();
+    b.query_drop(by_sql_mode[0].1).await.unwrap();
+    b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    b.query_drop(by_comments[0]).await.unwrap();
+    assert_eq!(balance(&mut direct, 2).await, Some(99));
     finish(lockserver, [global, outside]).await;
 }
 

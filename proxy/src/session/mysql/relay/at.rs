@@ -22,6 +22,7 @@ use crate::wire::mysql::messages::response::put_err;
 use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket, Param};
 use std::sync::Arc;
 use tandem_lockserver::client::{BranchKind, LockKey};
+use tandem_undo::mysql::reading::{QuotedReading, Quoting, quoted_reading};
 use tandem_undo::mysql::types;
 use tandem_undo::{
     Analysis, Dialect, LockedRead, Mysql, OnDuplicate, Row, SavepointOp, Write, WriteKind,
@@ -186,6 +187,12 @@ impl Relay<'_> {
         if lexing_may_change_midway(sql) {
             return self.refuse(Error::Unsupported {
                 what: "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
+            });
+        }
+        if self.quoted_reading(sql).await? == Some(QuotedReading::BoundariesDiffer) {
+            // A statement tandem reads as part of a literal could run without its undo.
+            return self.refuse(Error::Unsupported {
+                what: "a backslash that ends a literal or a double-quoted name under the session's sql_mode (NO_BACKSLASH_ESCAPES, ANSI_QUOTES) where tandem reads it as an escape, in AT mode",
             });
         }
         let hex_text;
@@ -1038,6 +1045,32 @@ impl Relay<'_> {
                         .any(|m| m.eq_ignore_ascii_case(b"ANSI_QUOTES"))
                 })
             }))
+    }
+
+    /// How the server reads the quoted runs of `sql` under the session's sql_mode,
+    /// beside tandem's reading (`tandem_undo::mysql::reading`). sql_mode is asked only
+    /// where ANSI_QUOTES would change something, and only at a sync point: None, ask
+    /// again there. An error asking counts as `BoundariesDiffer`.
+    pub(super) async fn quoted_reading(&mut self, sql: &[u8]) -> Result<Option<QuotedReading>> {
+        let mut quoting = Quoting {
+            no_backslash_escapes: self
+                .exchange
+                .status()
+                .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES)),
+            ansi_quotes: true,
+        };
+        let if_ansi_quotes = quoted_reading(sql, quoting);
+        if if_ansi_quotes == QuotedReading::Same {
+            return Ok(Some(QuotedReading::Same));
+        }
+        if !self.exchange.at_sync_point() {
+            return Ok(None);
+        }
+        quoting.ansi_quotes = match self.ansi_quotes().await? {
+            Ok(ansi_quotes) => ansi_quotes,
+            Err(_) => return Ok(Some(QuotedReading::BoundariesDiffer)),
+        };
+        Ok(Some(quoted_reading(sql, quoting)))
     }
 
     /// Whether the session's character set for statements reads `sql` otherwise than

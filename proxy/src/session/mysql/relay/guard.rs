@@ -39,11 +39,7 @@
 //! or a variable assignment (the rows checked need not be those it then changes; AT
 //! refuses such writes), an INSERT … SELECT, LOAD DATA,
 //! CALL, writes in stored programs and triggers, statements tandem could not read
-//! whole (16 MiB or more, long data), a
-//! write whose executable comment the server reads otherwise than tandem (which runs
-//! every `/*! … */` and no `/*M! … */`; MariaDB skips MySQL's from 5.7 on), a write
-//! with a backslash under NO_BACKSLASH_ESCAPES, an INSERT with a double-quoted value
-//! under ANSI_QUOTES, a write with a non-ASCII character before a backslash or a
+//! whole (16 MiB or more, long data), a write with a non-ASCII character before a backslash or a
 //! backtick from a session whose character set may read them as one character (gbk,
 //! big5, sjis, cp932, gb18030), an execute with RETURNING that opens a cursor (its
 //! rows would come after tandem's transaction had ended), and every write while the
@@ -53,7 +49,12 @@
 //! write it cannot analyse, such as a multi-table write to several tables) is judged
 //! by the tables it may update or delete rows of: guarded while none may hold global
 //! locks, else it waits or fails as a held row does (`unanalysed_write`). Text that
-//! begins as a write but does not parse counts as naming every table. The tables a
+//! begins as a write but does not parse counts as naming every table, and so does
+//! text the server reads otherwise than tandem (`tandem_undo::mysql::reading`): an
+//! executable comment MariaDB skips, runs or ends elsewhere, a backslash the
+//! session's sql_mode reads as itself (NO_BACKSLASH_ESCAPES, ANSI_QUOTES). An INSERT
+//! with a double-quoted value under ANSI_QUOTES, a column to the server, is judged by
+//! its table. The tables a
 //! checked write's foreign-key actions reach (`Cascade::reached_by`) are judged the
 //! same way, before its rows are checked, and so are the tables under a view a write
 //! goes through (`tables_under_views`), whose rows no key of the view names. What runs
@@ -80,6 +81,7 @@ use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
 use std::ops::ControlFlow;
 use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
+use tandem_undo::mysql::reading::{QuotedReading, comments_read_otherwise};
 use tandem_undo::{Analysis, Capture, Cascade, Mysql, OnDuplicate, Write, WriteKind};
 
 /// What a checked write waits for: a lock holder, or the lockserver's silence.
@@ -99,11 +101,17 @@ impl Relay<'_> {
         if !some_statement(sql, may_write) || self.enter_unchecked_anywhere() {
             return Ok(None);
         }
-        if super::at::lexing_may_change_midway(sql) {
-            // Where its literals end, tandem cannot tell: any table may be written.
-            return self
-                .guard_changed_tables(vec![tandem_undo::EVERY_TABLE.to_owned()])
-                .await;
+        if super::at::lexing_may_change_midway(sql) || comments_read_otherwise(sql) {
+            // Where its literals or comments end, tandem cannot tell: any table may be
+            // written.
+            return self.guard_every_table().await;
+        }
+        match self.quoted_reading(sql).await? {
+            None => return Ok(Some(Handled::Pause)),
+            Some(QuotedReading::Same) => {}
+            // Another statement may follow where tandem reads a literal, or the write
+            // may take other rows than tandem would check.
+            Some(_) => return self.guard_every_table().await,
         }
         let hex_text;
         let text = match std::str::from_utf8(sql) {
@@ -131,9 +139,6 @@ impl Relay<'_> {
             // Several statements, or one tandem cannot read.
             _ => return self.unanalysed_write(text).await,
         };
-        if self.backslashes_misread(text) {
-            return Ok(None);
-        }
         self.guard_write(text, &write, &Source::Query(text)).await
     }
 
@@ -150,10 +155,19 @@ impl Relay<'_> {
         // MySQL's stored functions cannot prepare statements.
         let changed =
             match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
-                Some(changed) if !changed.is_empty() => changed,
-                _ => return Ok(None),
+                Some(changed) if changed.is_empty() => return Ok(None),
+                Some(changed) => changed,
+                // Text tandem's tokenizer cannot read may still run (a literal tandem
+                // reads as unended that the session's sql_mode ends).
+                None => vec![tandem_undo::EVERY_TABLE.to_owned()],
             };
         self.guard_changed_tables(changed).await
+    }
+
+    /// A write that may change any table: see `unanalysed_write`.
+    async fn guard_every_table(&mut self) -> Result<Option<Handled>> {
+        self.guard_changed_tables(vec![tandem_undo::EVERY_TABLE.to_owned()])
+            .await
     }
 
     /// A write tandem cannot check row by row, by the tables it may change (`changed`):
@@ -353,6 +367,16 @@ impl Relay<'_> {
                 return Ok(None);
             }
         };
+        // Read as the session's sql_mode reads it now, which is mostly the one it was
+        // prepared under.
+        if comments_read_otherwise(sql.as_bytes())
+            || !matches!(
+                self.quoted_reading(sql.as_bytes()).await?,
+                Some(QuotedReading::Same)
+            )
+        {
+            return self.guard_every_table().await;
+        }
         let write = match self.ctx.analyses.analyze(&sql) {
             Ok(analyses) => match analyses.into_iter().next() {
                 Some(Analysis::Write(write)) => write,
@@ -360,9 +384,6 @@ impl Relay<'_> {
             },
             Err(_) => return self.unanalysed_execute(&sql).await,
         };
-        if self.backslashes_misread(&sql) {
-            return Ok(None);
-        }
         if self.prepared_under_another_charset(&prepared, &sql) {
             // Its rows are not those tandem reads: see the module comment.
             self.count_unchecked();
@@ -487,9 +508,10 @@ impl Relay<'_> {
         if write.rows.as_ref().is_some_and(|r| r.double_quoted)
             && !matches!(self.ansi_quotes().await?, Ok(false))
         {
-            // Its keys are not what tandem reads: see the module comment.
-            self.count_unchecked();
-            return Ok(None);
+            // Its keys are not what tandem reads, its table is.
+            return self
+                .guard_changed_tables(vec![write.table.name.clone()])
+                .await;
         }
         // An upsert or REPLACE that gives its keys may recreate a row a global
         // transaction deleted, as a plain INSERT may: it is checked the same way, the
@@ -985,16 +1007,6 @@ impl Relay<'_> {
         {
             tracing::warn!(parent: &self.span, "writes outside global transactions run unchecked");
         }
-    }
-
-    /// tandem reads literals with MySQL's default escapes: under NO_BACKSLASH_ESCAPES a
-    /// backslash would end a literal elsewhere, and the check would read other rows.
-    fn backslashes_misread(&self, sql: &str) -> bool {
-        sql.contains('\\')
-            && self
-                .exchange
-                .status()
-                .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
     }
 }
 

@@ -1,0 +1,247 @@
+//! Where MariaDB may read a statement's text otherwise than tandem's tokenizer.
+//! tandem reads literals as MySQL's default sql_mode does, takes the text of every
+//! `/*!` comment for code up to the first `*/` after it, and every `/*M!` comment for
+//! a comment. The server reads literals by the session's sql_mode, skips `/*!`
+//! comments for versions it does not run, runs `/*M!` ones up to its own version, and
+//! lets an executable comment hold one nested `/* … */`. Past a place they read
+//! otherwise, what tandem takes for the end of a statement, a literal or a comment need
+//! not be the server's: a caller judges such a text by every table, or refuses it.
+//!
+//! A byte lexer of its own, as [`super::binary_literals`]: it must follow the server's
+//! rules where sqlparser's tokenizer follows others.
+
+use super::binary_literals::{find, line_len, opens_line_comment, quoted_len};
+
+/// The sql_mode flags that change where a MySQL literal ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quoting {
+    /// A backslash is itself in a literal (NO_BACKSLASH_ESCAPES).
+    pub no_backslash_escapes: bool,
+    /// `"…"` is a name, in which a backslash is itself (ANSI_QUOTES).
+    pub ansi_quotes: bool,
+}
+
+impl Quoting {
+    /// Whether a backslash escapes inside a run quoted by `quote`.
+    fn escapes(self, quote: u8) -> bool {
+        match quote {
+            b'\'' => !self.no_backslash_escapes,
+            b'"' => !self.no_backslash_escapes && !self.ansi_quotes,
+            _ => false,
+        }
+    }
+}
+
+/// How the server reads a text's quoted runs under a [`Quoting`], beside tandem's
+/// reading under the default one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotedReading {
+    /// Run for run the same.
+    Same,
+    /// Every run ends where tandem reads it end, but a backslash in one stands for
+    /// itself: its value (or name) is not the one tandem reads.
+    ValuesDiffer,
+    /// A run ends elsewhere, or does not end: what follows it may be other
+    /// statements than tandem reads.
+    BoundariesDiffer,
+}
+
+/// How the server reads the quoted runs of `sql` under `quoting` (tandem reads them
+/// under the default). Text inside a plain comment is skipped; an executable comment's
+/// is read as code (see [`comments_read_otherwise`] for where that is not so).
+pub fn quoted_reading(sql: &[u8], quoting: Quoting) -> QuotedReading {
+    let default = Quoting::default();
+    let mut reading = QuotedReading::Same;
+    let mut at = 0;
+    while at < sql.len() {
+        let rest = &sql[at..];
+        at += match rest[0] {
+            quote @ (b'\'' | b'"' | b'`') => {
+                let ours = quoted_len(rest, quote, default.escapes(quote));
+                let servers = quoted_len(rest, quote, quoting.escapes(quote));
+                match (ours, servers) {
+                    (Some(ours), Some(servers)) if ours == servers => {
+                        if quoting.escapes(quote) != default.escapes(quote)
+                            && rest[..ours].contains(&b'\\')
+                        {
+                            reading = QuotedReading::ValuesDiffer;
+                        }
+                        ours
+                    }
+                    _ => return QuotedReading::BoundariesDiffer,
+                }
+            }
+            _ if opens_line_comment(rest) => line_len(rest),
+            b'/' if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") => 3,
+            b'/' if rest.starts_with(b"/*") => {
+                find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4)
+            }
+            _ => 1,
+        };
+    }
+    reading
+}
+
+/// Whether the server may read an executable comment of `sql` otherwise than tandem:
+/// a `/*M!` one (which tandem never runs), a `/*!` one whose version MariaDB may skip
+/// (five digits from 50700, which it takes for MySQL's, or any other count of digits
+/// but none), or one whose end tandem reads elsewhere (a nested comment, a literal
+/// holding `*/`, a line comment inside it). Text inside literals counts too: it only
+/// makes a caller more careful.
+pub fn comments_read_otherwise(sql: &[u8]) -> bool {
+    if find(sql, b"/*M!").is_some() {
+        return true;
+    }
+    let mut from = 0;
+    while let Some(found) = find(&sql[from..], b"/*!") {
+        let opened = from + found;
+        let body = &sql[opened + 3..];
+        let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
+        let version_run_by_both = match digits {
+            0 => true,
+            5 => &body[..5] < b"50700".as_slice(),
+            _ => false,
+        };
+        if !version_run_by_both {
+            return true;
+        }
+        // tandem's reading: the first `*/` after the opening ends it.
+        let Some(ours) = find(body, b"*/") else {
+            return true;
+        };
+        match servers_comment_end(&body[digits..]) {
+            Some(servers) if servers + digits == ours => from = opened + 3 + ours + 2,
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// Where the server reads a run executable comment's body (`body`, after its version)
+/// end: the offset of its `*/`. None where it holds what tandem reads otherwise (a
+/// nested comment, a line comment) or does not end.
+fn servers_comment_end(body: &[u8]) -> Option<usize> {
+    let default = Quoting::default();
+    let mut at = 0;
+    while at < body.len() {
+        let rest = &body[at..];
+        if rest.starts_with(b"*/") {
+            return Some(at);
+        }
+        if rest.starts_with(b"/*") || opens_line_comment(rest) {
+            return None;
+        }
+        at += match rest[0] {
+            quote @ (b'\'' | b'"' | b'`') => quoted_len(rest, quote, default.escapes(quote))?,
+            _ => 1,
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_BACKSLASH_ESCAPES: Quoting = Quoting {
+        no_backslash_escapes: true,
+        ansi_quotes: false,
+    };
+    const ANSI_QUOTES: Quoting = Quoting {
+        no_backslash_escapes: false,
+        ansi_quotes: true,
+    };
+
+    #[test]
+    fn a_backslash_before_a_quote_moves_where_a_literal_ends() {
+        use QuotedReading::*;
+        let hidden = br#"SELECT 1 AS "a\"; UPDATE t SET v = 1; -- ""#;
+        assert_eq!(quoted_reading(hidden, ANSI_QUOTES), BoundariesDiffer);
+        assert_eq!(
+            quoted_reading(hidden, NO_BACKSLASH_ESCAPES),
+            BoundariesDiffer
+        );
+        assert_eq!(quoted_reading(hidden, Quoting::default()), Same);
+        let single = br"SELECT '\'; DELETE FROM t; -- '";
+        assert_eq!(
+            quoted_reading(single, NO_BACKSLASH_ESCAPES),
+            BoundariesDiffer
+        );
+        assert_eq!(
+            quoted_reading(single, ANSI_QUOTES),
+            Same,
+            "single quotes keep"
+        );
+        // Ends in the same place, but stands for another value.
+        assert_eq!(
+            quoted_reading(br"UPDATE t SET v = 'a\\b'", NO_BACKSLASH_ESCAPES),
+            ValuesDiffer
+        );
+        assert_eq!(
+            quoted_reading(br#"UPDATE t SET v = "a\\b""#, ANSI_QUOTES),
+            ValuesDiffer
+        );
+        // JSON in a single-quoted literal: its double quotes are not runs of their own.
+        assert_eq!(
+            quoted_reading(br#"UPDATE t SET j = '{"a": "x\\ny"}'"#, ANSI_QUOTES),
+            Same
+        );
+        // Not inside a comment; inside an executable one, yes.
+        assert_eq!(
+            quoted_reading(br#"UPDATE t SET v = 1 /* "\" */"#, ANSI_QUOTES),
+            Same
+        );
+        assert_eq!(
+            quoted_reading(
+                br#"UPDATE t SET v = 1 -- "\"
+"#,
+                ANSI_QUOTES
+            ),
+            Same
+        );
+        assert_eq!(
+            quoted_reading(
+                br#"SELECT /*! "\" */ 1; UPDATE t SET v = 1; -- ""#,
+                ANSI_QUOTES
+            ),
+            BoundariesDiffer
+        );
+        // A literal that never ends, under either reading.
+        assert_eq!(
+            quoted_reading(br"SELECT 'a", Quoting::default()),
+            BoundariesDiffer
+        );
+    }
+
+    #[test]
+    fn executable_comments_read_otherwise_by_the_server() {
+        for sql in [
+            // Nested: the server's comment ends at the second `*/`.
+            "/*!99999 /* x */ */ UPDATE t SET v = 1",
+            "/*!50000 /* x */ */ UPDATE t SET v = 1",
+            "SELECT 1 /*!40000 # x */ */; UPDATE t SET v = 1",
+            // MariaDB may run it; tandem never does.
+            "UPDATE t SET v = 1 WHERE id = 1 /*M!100000 OR 1 = 1 */",
+            "/*M!999999 x */ UPDATE t SET v = 1",
+            // Versions MariaDB may skip, or reads otherwise.
+            "/*!99999 SELECT */ UPDATE t SET v = 1",
+            "/*!100000 SELECT */ UPDATE t SET v = 1",
+            "UPDATE t SET v = 1 WHERE id IN (/*!1,*/ 2)",
+            // A literal holding `*/`: tandem's comment ends inside it.
+            "SELECT /*!40000 '*/' */ 1; UPDATE t SET v = 1",
+            // Never ends.
+            "SELECT /*!40000 1",
+        ] {
+            assert!(comments_read_otherwise(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "/*!40101 SET NAMES utf8mb4 */",
+            "/*!40103 SET TIME_ZONE='+00:00' */; UPDATE t SET v = 1",
+            "UPDATE /*! LOW_PRIORITY */ t SET v = 1",
+            "SELECT /*!40001 SQL_NO_CACHE */ 1 /* a plain /* comment */",
+            "UPDATE t SET v = '/*M' WHERE id = 1",
+        ] {
+            assert!(!comments_read_otherwise(sql.as_bytes()), "{sql}");
+        }
+    }
+}
