@@ -722,19 +722,30 @@ struct ColumnNow {
     data_type: String,
     charset: Option<String>,
     collation: Option<String>,
+    /// A DECIMAL's precision and scale.
+    precision: Option<u64>,
+    scale: Option<u64>,
 }
 
 impl ColumnNow {
     /// How a parameter holding this column's image is compared with the column (or a
     /// column a foreign key pairs it with: of the same type, character set and
-    /// collation): `?` for an integer or a binary string, whose bytes compare; a string
-    /// in its character set under its collation, which a binary parameter would not.
-    /// None for the types whose comparison with a bound image is not the key's own.
+    /// collation): `?` for an integer or a binary string, whose bytes compare, and for
+    /// a temporal value, bound as one (`image_value`, in the replay session's time
+    /// zone, as its restore is); a string in its character set under its collation,
+    /// which a binary parameter would not; a DECIMAL's digits as that DECIMAL, which a
+    /// string compared with it would be read as a DOUBLE. None for the types whose
+    /// comparison with a bound image is not the key's own.
     fn comparison(&self) -> Option<String> {
         match self.data_type.to_ascii_lowercase().as_str() {
-            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "binary" | "varbinary" => {
-                Some("?".to_owned())
-            }
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "binary" | "varbinary"
+            | "year" | "date" | "datetime" | "timestamp" | "time" => Some("?".to_owned()),
+            "decimal" => match (self.precision, self.scale) {
+                (Some(precision), Some(scale)) if precision <= 65 && scale <= 38 => {
+                    Some(format!("CAST(? AS DECIMAL({precision}, {scale}))"))
+                }
+                _ => None,
+            },
             "char" | "varchar" => match (&self.charset, &self.collation) {
                 (Some(charset), Some(collation)) if safe_name(charset) && safe_name(collation) => {
                     Some(format!("CONVERT(? USING {charset}) COLLATE {collation}"))
@@ -751,6 +762,16 @@ fn safe_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// A row of information_schema.COLUMNS as `as_captured` reads it.
+type ColumnRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+);
+
 /// The columns of `table` now, if it still is as the branch captured it: the columns
 /// the images have, and no trigger (DDL since could have added a column the images
 /// lack, which an INSERT would give its default, or a trigger).
@@ -759,9 +780,10 @@ async fn as_captured(
     schema: &str,
     table: &tandem_undo::TableUndo,
 ) -> std::result::Result<Option<Vec<ColumnNow>>, mysql_async::Error> {
-    let columns: Vec<(String, String, Option<String>, Option<String>)> = tx
+    let columns: Vec<ColumnRow> = tx
         .exec(
-            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLLATION_NAME \
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
+             NUMERIC_PRECISION, NUMERIC_SCALE \
              FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (schema, &table.table),
@@ -785,12 +807,16 @@ async fn as_captured(
     Ok(Some(
         columns
             .into_iter()
-            .map(|(name, data_type, charset, collation)| ColumnNow {
-                name,
-                data_type,
-                charset,
-                collation,
-            })
+            .map(
+                |(name, data_type, charset, collation, precision, scale)| ColumnNow {
+                    name,
+                    data_type,
+                    charset,
+                    collation,
+                    precision,
+                    scale,
+                },
+            )
             .collect(),
     ))
 }

@@ -1235,6 +1235,69 @@ async fn rows_that_refer_to_each_other_roll_back() {
     lockserver.stop().await;
 }
 
+/// The same cycles on DECIMAL and temporal keys: the references the restores touched
+/// are read back comparing as the keys do (a DECIMAL's digits as that DECIMAL, a
+/// DATETIME as a DATETIME). Such rows were never restored: the rollback retried for
+/// ever.
+#[tokio::test]
+async fn rows_that_refer_to_each_other_by_decimal_and_temporal_keys_roll_back() {
+    let db = prepare("at_reference_cycle_typed").await;
+    let mut direct = db.direct().await;
+    run_each(
+        &mut direct,
+        &[
+            "CREATE TABLE orders (id DECIMAL(20,4) PRIMARY KEY, latest_event DECIMAL(20,4) NULL) ENGINE=InnoDB",
+            "CREATE TABLE events (id DECIMAL(20,4) PRIMARY KEY, order_id DECIMAL(20,4) NOT NULL, FOREIGN KEY (order_id) REFERENCES orders (id)) ENGINE=InnoDB",
+            "ALTER TABLE orders ADD FOREIGN KEY (latest_event) REFERENCES events (id)",
+            "INSERT INTO orders VALUES (1, NULL)",
+            "CREATE TABLE shifts (id INT PRIMARY KEY, starts DATETIME(6) NOT NULL UNIQUE, follows DATETIME(6) NULL, FOREIGN KEY (follows) REFERENCES shifts (starts)) ENGINE=InnoDB",
+            "INSERT INTO shifts VALUES (1, '2024-02-29 08:00:00.000001', NULL), (2, '2024-02-29 16:00:00.5', '2024-02-29 08:00:00.000001')",
+            "UPDATE shifts SET follows = '2024-02-29 16:00:00.5' WHERE id = 1",
+        ],
+    )
+    .await;
+    let tables = ["orders", "events", "shifts"];
+    let mut before = Vec::new();
+    for t in tables {
+        before.push(dump(&mut direct, t).await);
+    }
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut conn, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    run_each(
+        &mut conn,
+        &[
+            "BEGIN",
+            "INSERT INTO orders VALUES (1234567890123456.0001, NULL)",
+            "INSERT INTO events VALUES (2.5, 1234567890123456.0001)",
+            "UPDATE orders SET latest_event = 2.5 WHERE id = 1234567890123456.0001",
+            "UPDATE shifts SET follows = NULL WHERE id = 1",
+            "DELETE FROM shifts WHERE id = 2",
+            "DELETE FROM shifts WHERE id = 1",
+            "COMMIT",
+        ],
+    )
+    .await;
+    text(&mut conn, "SELECT tandem_rollback()").await.unwrap();
+    eventually("the rollback ends", || async {
+        let (_, txn) = lockserver.get(&format!("/v1/transactions/{xid}")).await;
+        txn["status"] == "Rollbacked" || txn.is_null() || txn["status"].is_null()
+    })
+    .await;
+    let mut after = Vec::new();
+    for t in tables {
+        after.push(dump(&mut direct, t).await);
+    }
+    assert_eq!(after, before, "restored byte for byte");
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// Drivers that put parameters into the text (MariaDB Connector/J's default, PyMySQL,
 /// mysqlclient) send a byte array as `_binary'…'` with its bytes as they are: such a
 /// statement is not UTF-8, and is read, captured and rolled back exactly (it was
