@@ -85,6 +85,17 @@ async fn in_global_transaction(tandem: &Tandem, db: &MyTestDb, write: &str) -> C
     a
 }
 
+/// Once no global lock is left and the tables have gone unused for
+/// release_after_idle_ms: a write judged by its tables then runs.
+async fn no_table_held(lockserver: &TestLockserver) {
+    eventually("no global lock is left", || async {
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        locks["locks"].as_array().map(Vec::len) == Some(0)
+    })
+    .await;
+    tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
+}
+
 /// No global lock is left; the proxies and the lockserver stop.
 async fn finish(lockserver: TestLockserver, proxies: [Tandem; 2]) {
     let (_, locks) = lockserver.get("/v1/locks").await;
@@ -732,13 +743,7 @@ async fn a_double_quoted_key_is_checked_unless_ansi_quotes_makes_it_a_column() {
         0.0
     );
     rolled_back(&mut a).await;
-    eventually("no global lock is left", || async {
-        let (_, locks) = lockserver.get("/v1/locks").await;
-        locks["locks"].as_array().map(Vec::len) == Some(0)
-    })
-    .await;
-    // Unused for release_after_idle_ms.
-    tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
+    no_table_held(&lockserver).await;
     b.query_drop(column_valued).await.unwrap();
     let note: Option<Option<String>> = direct
         .query_first("SELECT note FROM accounts WHERE id = 7")
@@ -1180,13 +1185,7 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
         .await
         .unwrap();
     rolled_back(&mut a).await;
-    eventually("no global lock is left", || async {
-        let (_, locks) = lockserver.get("/v1/locks").await;
-        locks["locks"].as_array().map(Vec::len) == Some(0)
-    })
-    .await;
-    // Unused for release_after_idle_ms.
-    tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
+    no_table_held(&lockserver).await;
     // Nothing holds a table now: they run, as the server reads them.
     b.query_drop("SET sql_mode = 'ANSI_QUOTES'").await.unwrap();
     b.query_drop(by_sql_mode[0].1).await.unwrap();
@@ -1630,13 +1629,7 @@ async fn a_write_judged_by_its_tables_runs_once_they_hold_no_global_lock() {
         assert_lock_wait_timeout(b.query_drop(judged(2)).await, end);
         assert_eq!(dump(&mut direct, "accounts").await, held, "{end}");
         text(&mut a, end).await.unwrap();
-        eventually("no global lock is left", || async {
-            let (_, locks) = lockserver.get("/v1/locks").await;
-            locks["locks"].as_array().map(Vec::len) == Some(0)
-        })
-        .await;
-        // Unused for release_after_idle_ms.
-        tokio::time::sleep(RELEASE_AFTER_IDLE + Duration::from_millis(100)).await;
+        no_table_held(&lockserver).await;
         b.query_drop(judged(2)).await.unwrap();
         let expected = [1001, 2][round];
         assert_eq!(balance(&mut direct, 2).await, Some(expected), "after {end}");
