@@ -414,7 +414,7 @@ pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
     let mut rest = sql;
     std::iter::from_fn(move || {
         loop {
-            rest = rest.trim_ascii_start();
+            rest = past_spaces(rest, mysql);
             let line_comment = rest
                 .strip_prefix(b"--")
                 .or_else(|| rest.strip_prefix(b"#").filter(|_| mysql));
@@ -444,6 +444,17 @@ pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
         rest = after;
         Some(word)
     })
+}
+
+/// `sql` past the spaces the server reads as such: ASCII's, a vertical tab too (which
+/// Rust's `is_ascii_whitespace` leaves out), and on MySQL the byte 0xA0 (a space in
+/// latin1; in another character set a byte the server refuses there anyway).
+fn past_spaces(sql: &[u8], mysql: bool) -> &[u8] {
+    let start = sql
+        .iter()
+        .position(|&b| !(b.is_ascii_whitespace() || b == 0x0b || (mysql && b == 0xa0)))
+        .unwrap_or(sql.len());
+    &sql[start..]
 }
 
 /// What follows a block comment whose text (after its `/*`) starts `after`; `nested`:
@@ -506,6 +517,12 @@ mod tests {
             "words stop there"
         );
         assert_eq!(first("# note\nCOMMIT", true).as_deref(), Some("COMMIT"));
+        // A vertical tab is a space to both servers; 0xA0 to MySQL's latin1.
+        assert_eq!(first("\x0bUPDATE t", false).as_deref(), Some("UPDATE"));
+        assert_eq!(
+            leading_words(b"\xa0\x0bUPDATE t", true).next(),
+            Some(&b"UPDATE"[..])
+        );
         assert_eq!(
             first("/*!50000 UPDATE t */", false),
             None,

@@ -82,37 +82,82 @@ pub fn quoted_reading(sql: &[u8], quoting: Quoting) -> QuotedReading {
     reading
 }
 
-/// Whether the server may read an executable comment of `sql` otherwise than tandem:
-/// a `/*M!` one (which tandem never runs), a `/*!` one whose version MariaDB may skip
-/// (five digits from 50700, which it takes for MySQL's, or any other count of digits
-/// but none), or one whose end tandem reads elsewhere (a nested comment, a literal
-/// holding `*/`, a line comment inside it). Text inside literals counts too: it only
-/// makes a caller more careful.
+/// Whether the server may read a comment of `sql` otherwise than tandem: a `/*M!`
+/// one that MariaDB may run (tandem never does; one for a version from 900000, such
+/// as mariadb-dump's sandbox line, is skipped by both), a `/*!` one whose version
+/// MariaDB may skip (five digits from 50700, which it takes for MySQL's, or any other
+/// count of digits but none), an executable one whose end tandem reads elsewhere (a
+/// nested comment, a literal holding `*/`, a line comment inside it), or `--`
+/// followed by a space that is not ASCII's (a comment to tandem's tokenizer, none to
+/// the server). Text inside literals counts too: it only makes a caller more careful.
 pub fn comments_read_otherwise(sql: &[u8]) -> bool {
-    if find(sql, b"/*M!").is_some() {
-        return true;
-    }
     let mut from = 0;
-    while let Some(found) = find(&sql[from..], b"/*!") {
+    while let Some(found) = find(&sql[from..], b"/*") {
         let opened = from + found;
-        let body = &sql[opened + 3..];
-        let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
-        let version_run_by_both = match digits {
-            0 => true,
-            5 => &body[..5] < b"50700".as_slice(),
-            _ => false,
+        let rest = &sql[opened + 2..];
+        let read_alike = if let Some(body) = rest.strip_prefix(b"M!") {
+            skipped_by_both(body).map(|len| 2 + len)
+        } else if let Some(body) = rest.strip_prefix(b"!") {
+            run_by_both(body).map(|len| 1 + len)
+        } else {
+            Some(0)
         };
-        if !version_run_by_both {
+        match read_alike {
+            Some(len) => from = opened + 2 + len,
+            None => return true,
+        }
+    }
+    dashes_read_otherwise(sql)
+}
+
+/// The length of a `/*M!` comment's `body` up to its end, if both readers skip it
+/// whole: a version no MariaDB reaches, and no nested comment (MariaDB's skipping
+/// follows one; tandem's comment ends at the first `*/`).
+fn skipped_by_both(body: &[u8]) -> Option<usize> {
+    let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits != 6 || &body[..6] < b"900000".as_slice() {
+        return None;
+    }
+    let end = find(body, b"*/")?;
+    (find(&body[..end], b"/*").is_none()).then_some(end + 2)
+}
+
+/// The length of a `/*!` comment's `body` up to its end, if both readers run it and
+/// end it in the same place.
+fn run_by_both(body: &[u8]) -> Option<usize> {
+    let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
+    let version_run_by_both = match digits {
+        0 => true,
+        5 => &body[..5] < b"50700".as_slice(),
+        _ => false,
+    };
+    if !version_run_by_both {
+        return None;
+    }
+    // tandem's reading: the first `*/` after the opening ends it.
+    let ours = find(body, b"*/")?;
+    let servers = servers_comment_end(&body[digits..])?;
+    (servers + digits == ours).then_some(ours + 2)
+}
+
+/// Whether `--` is followed somewhere by a character that is a space to Rust (and so
+/// to sqlparser's tokenizer, which reads a comment there) but not ASCII's, which the
+/// server does not read as one.
+fn dashes_read_otherwise(sql: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(found) = find(&sql[from..], b"--") {
+        let after = from + found + 2;
+        let next = &sql[after..sql.len().min(after + 4)];
+        let first = match std::str::from_utf8(next) {
+            Ok(text) => text.chars().next(),
+            Err(e) => std::str::from_utf8(&next[..e.valid_up_to()])
+                .ok()
+                .and_then(|text| text.chars().next()),
+        };
+        if first.is_some_and(|c| !c.is_ascii() && c.is_whitespace()) {
             return true;
         }
-        // tandem's reading: the first `*/` after the opening ends it.
-        let Some(ours) = find(body, b"*/") else {
-            return true;
-        };
-        match servers_comment_end(&body[digits..]) {
-            Some(servers) if servers + digits == ours => from = opened + 3 + ours + 2,
-            _ => return true,
-        }
+        from = after - 1;
     }
     false
 }
@@ -137,6 +182,26 @@ fn servers_comment_end(body: &[u8]) -> Option<usize> {
         };
     }
     None
+}
+
+/// `bytes` as MySQL's latin1 (Windows' cp1252) reads them. Its five bytes cp1252
+/// leaves undefined are read as the C1 controls of the same value, as MySQL does; none
+/// of those is a space (U+0085, one to Rust, is 0x85's `…` here).
+pub fn decode_cp1252(bytes: &[u8]) -> String {
+    const HIGH: [char; 32] = [
+        '\u{20ac}', '\u{81}', '\u{201a}', '\u{192}', '\u{201e}', '\u{2026}', '\u{2020}',
+        '\u{2021}', '\u{2c6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8d}', '\u{17d}',
+        '\u{8f}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}', '\u{201d}', '\u{2022}', '\u{2013}',
+        '\u{2014}', '\u{2dc}', '\u{2122}', '\u{161}', '\u{203a}', '\u{153}', '\u{9d}', '\u{17e}',
+        '\u{178}',
+    ];
+    bytes
+        .iter()
+        .map(|&b| match b {
+            0x80..=0x9f => HIGH[usize::from(b - 0x80)],
+            _ => char::from(b),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -214,6 +279,16 @@ mod tests {
     }
 
     #[test]
+    fn latin1_reads_as_cp1252() {
+        assert_eq!(decode_cp1252(b"caf\xe9\xa0\x80\x85"), "café\u{a0}€…");
+        assert!(
+            decode_cp1252(&(0x80..=0x9f).collect::<Vec<u8>>())
+                .chars()
+                .all(|c| !c.is_whitespace())
+        );
+    }
+
+    #[test]
     fn executable_comments_read_otherwise_by_the_server() {
         for sql in [
             // Nested: the server's comment ends at the second `*/`.
@@ -222,7 +297,6 @@ mod tests {
             "SELECT 1 /*!40000 # x */ */; UPDATE t SET v = 1",
             // MariaDB may run it; tandem never does.
             "UPDATE t SET v = 1 WHERE id = 1 /*M!100000 OR 1 = 1 */",
-            "/*M!999999 x */ UPDATE t SET v = 1",
             // Versions MariaDB may skip, or reads otherwise.
             "/*!99999 SELECT */ UPDATE t SET v = 1",
             "/*!100000 SELECT */ UPDATE t SET v = 1",
@@ -231,6 +305,11 @@ mod tests {
             "SELECT /*!40000 '*/' */ 1; UPDATE t SET v = 1",
             // Never ends.
             "SELECT /*!40000 1",
+            // A comment to sqlparser, two minus signs to the server.
+            "SELECT 1 --\u{a0} x; UPDATE t SET v = 1",
+            "SELECT 1 --\u{2003}; UPDATE t SET v = 1",
+            // Skipped by both, but nested: MariaDB's skipping ends at the second `*/`.
+            "/*M!999999 /* x */ */ UPDATE t SET v = 1",
         ] {
             assert!(comments_read_otherwise(sql.as_bytes()), "{sql}");
         }
@@ -240,6 +319,10 @@ mod tests {
             "UPDATE /*! LOW_PRIORITY */ t SET v = 1",
             "SELECT /*!40001 SQL_NO_CACHE */ 1 /* a plain /* comment */",
             "UPDATE t SET v = '/*M' WHERE id = 1",
+            // mariadb-dump's first line.
+            "/*M!999999\\- enable the sandbox mode */\nREPLACE INTO u VALUES (1, 'x')",
+            "/*M!999999 x */ UPDATE t SET v = 1",
+            "SELECT 1 -- \u{a0}; UPDATE t SET v = 1",
         ] {
             assert!(!comments_read_otherwise(sql.as_bytes()), "{sql}");
         }

@@ -1149,10 +1149,45 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
         "/*M!999999 /* x */ */ UPDATE accounts SET balance = 99 WHERE id = 2",
         "/*!99999 SELECT */ UPDATE accounts SET balance = 99 WHERE id = 2",
         "UPDATE accounts SET balance = 99 WHERE id = 3 /*M!100000 OR id = 2 */",
+        // A space to the server that tandem's first words did not skip, and `--`
+        // before a space that is not ASCII's: a comment to tandem's tokenizer only.
+        "\x0bUPDATE accounts SET balance = 99 WHERE id = 2",
+        "SELECT 1;\x0bDELETE FROM accounts WHERE id = 2",
+        "SELECT 1 --\u{a0} FROM (SELECT 2 AS `\u{a0}`) d; UPDATE accounts SET balance = 99 WHERE id = 2",
     ];
     for sql in by_comments {
         assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
+    // In latin1, 0xA0 is a space too.
+    b.query_drop("SET NAMES latin1").await.unwrap();
+    let latin1 = &b"\xa0UPDATE accounts SET balance = 99 WHERE id = 2"[..];
+    assert_lock_wait_timeout(b.query_drop(latin1).await, "latin1");
+    let prepared = b.prep(latin1).await.unwrap();
+    assert_lock_wait_timeout(b.exec_drop(&prepared, ()).await, "latin1, prepared");
+    // Judged by its tables, read as latin1: another table's write runs.
+    b.query_drop(&b"UPDATE items SET name = 'caf\xe9' WHERE id = 1"[..])
+        .await
+        .unwrap();
+    b.query_drop("SET NAMES utf8mb4").await.unwrap();
+    // Read alike, or only values read otherwise: judged by their own tables, they run.
+    for sql in [
+        "/*M!999999\\- enable the sandbox mode */\nUPDATE items SET name = 'sandboxed' WHERE id = 1",
+        r#"/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE */; UPDATE items SET name = '{"a":"x\"y"}' WHERE id = 1"#,
+    ] {
+        b.query_drop(sql).await.unwrap();
+    }
+    b.query_drop("SET sql_mode = 'NO_BACKSLASH_ESCAPES'")
+        .await
+        .unwrap();
+    b.query_drop(r"UPDATE items SET name = 'C:\Users\x' WHERE id = 1")
+        .await
+        .unwrap();
+    b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    let name: Option<String> = direct
+        .query_first("SELECT name FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(name.as_deref(), Some(r"C:\Users\x"));
     let by_sql_mode = [
         (
             "ANSI_QUOTES",

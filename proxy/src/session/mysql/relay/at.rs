@@ -1073,6 +1073,25 @@ impl Relay<'_> {
         Ok(Some(quoted_reading(sql, quoting)))
     }
 
+    /// `sql` as the session reads it if its character set for statements is latin1
+    /// (MariaDB's latin1 is cp1252, whose 0xA0 is a space); None for another set, or
+    /// where a statement ahead may set it. For judging by tables only: the text the
+    /// server runs stays the client's bytes.
+    pub(super) async fn as_latin1(&mut self, sql: &[u8]) -> Result<Option<String>> {
+        if may_change_the_charset(sql) {
+            return Ok(None);
+        }
+        let latin1 = self
+            .own_select("SELECT @@SESSION.character_set_client", &[])
+            .await?
+            .ok()
+            .and_then(first_value)
+            .is_some_and(|name| name.eq_ignore_ascii_case(b"latin1"));
+        // A space to latin1, a letter to sqlparser's MySQL tokenizer. (In a quoted
+        // name it is the name's own: such a name is misread.)
+        Ok(latin1.then(|| tandem_undo::mysql::reading::decode_cp1252(sql).replace('\u{a0}', " ")))
+    }
+
     /// Whether the session's character set for statements reads `sql` otherwise than
     /// tandem does: asked only of a statement where it may (`may_swallow_a_quote`).
     pub(super) async fn charset_misreads(
@@ -1696,8 +1715,16 @@ fn may_swallow_a_quote(sql: &[u8]) -> bool {
 /// ends a literal elsewhere than tandem, reading the text with the session's mode of
 /// now, takes it to.
 pub(super) fn lexing_may_change_midway(sql: &[u8]) -> bool {
-    sql.iter().any(|&b| b == b'\\' || b == b'"')
-        && tandem_undo::contains_ignore_case(sql, b"sql_mode")
+    tandem_undo::contains_ignore_case(sql, b"sql_mode")
+        && [(true, false), (false, true), (true, true)]
+            .into_iter()
+            .any(|(no_backslash_escapes, ansi_quotes)| {
+                let quoting = Quoting {
+                    no_backslash_escapes,
+                    ansi_quotes,
+                };
+                quoted_reading(sql, quoting) == QuotedReading::BoundariesDiffer
+            })
         && holds_several_statements(&String::from_utf8_lossy(sql))
 }
 

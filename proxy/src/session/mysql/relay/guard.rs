@@ -106,13 +106,13 @@ impl Relay<'_> {
             // written.
             return self.guard_every_table().await;
         }
-        match self.quoted_reading(sql).await? {
+        let values_differ = match self.quoted_reading(sql).await? {
             None => return Ok(Some(Handled::Pause)),
-            Some(QuotedReading::Same) => {}
-            // Another statement may follow where tandem reads a literal, or the write
-            // may take other rows than tandem would check.
-            Some(_) => return self.guard_every_table().await,
-        }
+            Some(QuotedReading::Same) => false,
+            Some(QuotedReading::ValuesDiffer) => true,
+            // Another statement may follow where tandem reads a literal.
+            Some(QuotedReading::BoundariesDiffer) => return self.guard_every_table().await,
+        };
         let hex_text;
         let text = match std::str::from_utf8(sql) {
             Ok(text) => text,
@@ -125,12 +125,23 @@ impl Relay<'_> {
                         hex_text = text;
                         &hex_text
                     }
-                    // Judged by its tables (whose names are UTF-8), as a write tandem
-                    // cannot read.
-                    _ => return self.unanalysed_write(&String::from_utf8_lossy(sql)).await,
+                    // Judged by its tables, as a write tandem cannot read: read as the
+                    // session's latin1 reads it, or else as naming every table (a
+                    // character tandem would take for part of a name may be a space).
+                    _ => {
+                        return match self.as_latin1(sql).await? {
+                            Some(text) => self.unanalysed_write(&text).await,
+                            None => self.guard_every_table().await,
+                        };
+                    }
                 }
             }
         };
+        if values_differ {
+            // Its literals end where tandem reads them end, but hold other values: its
+            // rows are not those tandem would check, its tables are.
+            return self.unanalysed_write(text).await;
+        }
         let write = match tandem_undo::analyze(&Mysql, text) {
             Ok(mut analyses) if analyses.len() == 1 => match analyses.pop() {
                 Some(Analysis::Write(write)) => write,
@@ -338,8 +349,8 @@ impl Relay<'_> {
         {
             return Ok(None);
         }
-        // A statement tandem did not see prepared or could not read, long data, or an
-        // execute of 16 MiB or more: see the module comment.
+        // A statement tandem did not see prepared, long data, or an execute of 16 MiB
+        // or more: see the module comment.
         let Some(prepared) = self
             .prepared
             .get(&id)
@@ -348,15 +359,17 @@ impl Relay<'_> {
         else {
             return Ok(None);
         };
-        let Some(sql) = prepared.sql.clone() else {
-            return Ok(None);
-        };
         if payload.len() < header.payload_len {
             return Ok(Some(Handled::NeedMore));
         }
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
+        let Some(sql) = prepared.sql.clone() else {
+            // Its text is not UTF-8 (a latin1 space may begin it), or was not read
+            // whole: any table may be written.
+            return self.guard_every_table().await;
+        };
         let (values, types) = match execute_parameters(payload, &prepared) {
             Ok(Some(parameters)) => parameters,
             Ok(None) => return Ok(None),
@@ -369,13 +382,13 @@ impl Relay<'_> {
         };
         // Read as the session's sql_mode reads it now, which is mostly the one it was
         // prepared under.
-        if comments_read_otherwise(sql.as_bytes())
-            || !matches!(
-                self.quoted_reading(sql.as_bytes()).await?,
-                Some(QuotedReading::Same)
-            )
-        {
+        if comments_read_otherwise(sql.as_bytes()) {
             return self.guard_every_table().await;
+        }
+        match self.quoted_reading(sql.as_bytes()).await? {
+            Some(QuotedReading::Same) => {}
+            Some(QuotedReading::ValuesDiffer) => return self.unanalysed_write(&sql).await,
+            _ => return self.guard_every_table().await,
         }
         let write = match self.ctx.analyses.analyze(&sql) {
             Ok(analyses) => match analyses.into_iter().next() {
