@@ -419,9 +419,10 @@ pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
                 .strip_prefix(b"--")
                 .or_else(|| rest.strip_prefix(b"#").filter(|_| mysql));
             if let Some(after) = line_comment {
+                // PostgreSQL ends one at a carriage return too.
                 let end = after
                     .iter()
-                    .position(|&b| b == b'\n')
+                    .position(|&b| b == b'\n' || b == b'\r')
                     .unwrap_or(after.len());
                 rest = &after[end..];
             } else if let Some(after) = rest.strip_prefix(b"/*") {
@@ -517,6 +518,7 @@ mod tests {
             "words stop there"
         );
         assert_eq!(first("# note\nCOMMIT", true).as_deref(), Some("COMMIT"));
+        assert_eq!(first("-- c\rUPDATE t", false).as_deref(), Some("UPDATE"));
         // A vertical tab is a space to both servers; 0xA0 to MySQL's latin1.
         assert_eq!(first("\x0bUPDATE t", false).as_deref(), Some("UPDATE"));
         assert_eq!(

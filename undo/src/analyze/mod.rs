@@ -406,7 +406,23 @@ pub fn has_executable_comment(sql: impl AsRef<[u8]>) -> bool {
     sql.windows(3).any(|w| w == b"/*!") || sql.windows(4).any(|w| w == b"/*M!")
 }
 
-/// The names `sql` calls as functions: each word right before a `(`, the last part of
+/// Whether tandem's PostgreSQL tokenizer reads an operator on through `--` or `/*`
+/// (`#--`, `</*`), which the server ends the operator before, reading a comment: the
+/// text after it, a literal to tandem, may be statements to the server. False for text
+/// that does not tokenize (its callers refuse that anyway).
+pub fn operator_swallows_comment(sql: &str) -> bool {
+    use sqlparser::tokenizer::Token;
+    if !(sql.contains("--") || sql.contains("/*")) {
+        return false;
+    }
+    tokens(&crate::Postgres, sql).is_some_and(|tokens| {
+        tokens.iter().any(|t| {
+            matches!(t, Token::CustomBinaryOperator(op) if op.contains("--") || op.contains("/*"))
+        })
+    })
+}
+
+/// The names `sql` calls as functions: each word right before a `(`, the last part of/// The names `sql` calls as functions: each word right before a `(`, the last part of
 /// a qualified name, as the dialect folds it (PostgreSQL folds unquoted names to lower
 /// case and keeps quoted ones; MySQL's function names ignore case). Keywords before a
 /// parenthesis (`IN (`, `VALUES (`) come too: callers look the names up. Text that

@@ -383,3 +383,21 @@ fn fetch_and_move_without_from_are_cursor_moves_not_parse_errors() {
         );
     }
 }
+
+#[test]
+fn an_operator_read_on_through_a_comment_opener_is_flagged() {
+    for sql in [
+        "SELECT 2 #-- '\n 3; UPDATE t SET v = 5; --'",
+        "SELECT 2 </* '*/ 3; UPDATE t SET v = 5; -- '",
+    ] {
+        assert!(super::operator_swallows_comment(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT 1 +-- c\n 2",
+        "SELECT '<!-- html -->', 1 -- ---\n",
+        "SELECT 2 /* a *//* b */ + 1",
+        "SELECT a #> '{x}' FROM t",
+    ] {
+        assert!(!super::operator_swallows_comment(sql), "{sql}");
+    }
+}

@@ -466,6 +466,16 @@ impl Relay<'_> {
             .collect()
     }
 
+    /// Whether the session's text and values come as UTF8: its client_encoding is
+    /// UTF8, or SQL_ASCII (no conversion) on a UTF8 database.
+    pub(super) fn reads_utf8(&self) -> bool {
+        let utf8 = |e: &str| e.eq_ignore_ascii_case("UTF8") || e.eq_ignore_ascii_case("UNICODE");
+        let client = self.server_param("client_encoding");
+        utf8(client)
+            || (client.eq_ignore_ascii_case("SQL_ASCII")
+                && utf8(self.server_param("server_encoding")))
+    }
+
     /// Refuses a write whose images or keys the session would print so that tandem's
     /// phase 2 reads them otherwise:
     /// - images are the row's binary form in the session's client_encoding, and phase 2
@@ -478,12 +488,7 @@ impl Relay<'_> {
     ///
     /// Notes the settings at a branch's first write.
     pub(super) fn check_session_for_images(&mut self, meta: &TableMeta) -> Result<()> {
-        let utf8 = |e: &str| e.eq_ignore_ascii_case("UTF8") || e.eq_ignore_ascii_case("UNICODE");
-        let client = self.server_param("client_encoding");
-        if !(utf8(client)
-            || (client.eq_ignore_ascii_case("SQL_ASCII")
-                && utf8(self.server_param("server_encoding"))))
-        {
+        if !self.reads_utf8() {
             return Err(Error::Unsupported {
                 what: "a write in a global transaction from a session whose client_encoding is not UTF8 (tandem's images are read in it, and phase 2 replays them as UTF8)",
             });
@@ -538,11 +543,27 @@ impl Relay<'_> {
     ///   session that ever reported it off is not trusted (`escapes_seen`, which the
     ///   setting's being off now implies);
     /// - a dollar-quote tag may hold any non-ASCII character for the server, only
-    ///   letters and digits for tandem's parser (`$€$ … $€$`).
+    ///   letters and digits for tandem's parser (`$€$ … $€$`);
+    /// - the server reads text in a client_encoding other than UTF8 converted, where
+    ///   a byte of a multibyte character (SJIS's, GBK's, BIG5's) may be a quote or a
+    ///   backslash to tandem, which reads the bytes as they came (ASCII text reads
+    ///   the same in every encoding);
+    /// - tandem's tokenizer reads an operator on through `--` or `/*`, where the
+    ///   server ends it and reads a comment (`SELECT 2 #-- '…`).
     pub(super) fn text_misread(&self, sql: &[u8]) -> Option<Error> {
         if sql.contains(&b'\\') && self.escapes_seen {
             return Some(Error::Unsupported {
                 what: "a statement with a backslash in its text inside a global transaction from a session that turned standard_conforming_strings off (tandem reads string literals as the SQL standard does)",
+            });
+        }
+        if !sql.is_ascii() && !self.reads_utf8() {
+            return Some(Error::Unsupported {
+                what: "a statement with a character other than ASCII's from a session whose client_encoding is not UTF8 (tandem reads the bytes as they came, the server converted), inside a global transaction or outside one where it may write",
+            });
+        }
+        if tandem_undo::operator_swallows_comment(&String::from_utf8_lossy(sql)) {
+            return Some(Error::Unsupported {
+                what: "an operator written against `--` or `/*` (the server ends the operator there and reads a comment; tandem's parser reads the operator on): put a space between them",
             });
         }
         dollar_tag_misread(sql).then_some(Error::Unsupported {

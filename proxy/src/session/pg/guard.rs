@@ -604,6 +604,11 @@ impl Relay<'_> {
             self.unchecked.pass_all();
             return Ok(RowsToCheck::Unchecked);
         }
+        if self.text_misread(sql).is_some() {
+            // Where its literals or comments end, tandem cannot tell: any table may be
+            // written.
+            return self.guard_every_table().await;
+        }
         // Some table of the database may hold global locks: which one does this write?
         let text = String::from_utf8_lossy(sql);
         let write = match analyze(&Postgres, &text).map(|mut a| (a.len(), a.pop())) {
@@ -762,10 +767,27 @@ impl Relay<'_> {
             changed = tables_changed_resolving(&Postgres, sql, &resolved, &prepares_names);
         }
         let changed = match changed {
-            Some(changed) if !changed.is_empty() => changed,
-            _ => return Ok(RowsToCheck::Unchecked),
+            Some(changed) if changed.is_empty() => return Ok(RowsToCheck::Unchecked),
+            Some(changed) => changed,
+            // Text tandem's tokenizer cannot read may still run (`U&'\' UESCAPE '!'`).
+            None => vec![tandem_undo::EVERY_TABLE.to_owned()],
         };
-        Ok(match self.guard_tables(&changed, Names::AsWritten).await {
+        self.guard_changed(&changed).await
+    }
+
+    /// A write that may change any table: see `unanalysed_write`.
+    async fn guard_every_table(&mut self) -> Result<RowsToCheck> {
+        if self.binding.xid().is_some() {
+            // XA mode refuses such text itself (`text_misread`, before it gets here).
+            return Ok(RowsToCheck::Unchecked);
+        }
+        self.guard_changed(&[tandem_undo::EVERY_TABLE.to_owned()])
+            .await
+    }
+
+    /// Guards on the tables `changed` names, as written (see `unanalysed_write`).
+    async fn guard_changed(&mut self, changed: &[String]) -> Result<RowsToCheck> {
+        Ok(match self.guard_tables(changed, Names::AsWritten).await {
             TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => RowsToCheck::Unchecked,
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })

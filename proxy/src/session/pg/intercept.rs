@@ -101,8 +101,11 @@ impl Relay<'_> {
         }
         let control = match control::parse(query.sql) {
             Ok(None) if self.binding.xid().is_some() => {
-                if query.sql.contains(&b'\\') && !self.phase.at_sync_point() {
-                    // The setting it is read under may be changing in what is in flight.
+                if (query.sql.contains(&b'\\') || !query.sql.is_ascii())
+                    && !self.phase.at_sync_point()
+                {
+                    // The settings it is read under (standard_conforming_strings,
+                    // client_encoding) may be changing in what is in flight.
                     return Ok(Intercepted::WaitForSyncPoint);
                 }
                 if let Some(e) = self.text_misread(query.sql) {

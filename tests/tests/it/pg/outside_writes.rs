@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tandem_proxy::config::OutsideWrites;
 use tandem_tests::harness::{Tandem, eventually};
 use tandem_tests::lockserver::{Kind, RELEASE_AFTER_IDLE, TestLockserver};
-use tandem_tests::raw_pg::Msg;
+use tandem_tests::raw_pg::{Msg, RawPg};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -2441,4 +2441,73 @@ async fn a_replaced_stream_stopped_before_its_successor_came_up_is_not_believed_
     outside.shutdown().await;
     global.shutdown().await;
     lockserver.stop().await;
+}
+
+/// Text PostgreSQL reads otherwise than tandem's tokenizer: a `--` comment ended by a
+/// carriage return, an operator written against `--` or `/*` (the server ends the
+/// operator there), `U&'…' UESCAPE` that tandem's tokenizer cannot read, a backslash
+/// under standard_conforming_strings off, bytes of SJIS characters. Each hid a write
+/// on a held row, which ran unchecked; each is now judged as a write to every table
+/// (55P03 while one holds global locks). Inside a global transaction the same texts
+/// are refused (0A000; two of them ran a write uncaptured), and the rollback is exact.
+#[tokio::test]
+async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
+    let orders = prepare("outside_read_otherwise").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let direct = orders.direct().await;
+    let a = hold_row(&global, &orders.name, 2).await;
+    let held = rows_of(&direct, "accounts").await;
+    let b = outside.connect(&orders.name).await;
+    let hidden = [
+        "-- c\rUPDATE accounts SET balance = 99 WHERE id = 2",
+        "SELECT 2 #-- '\n 3; UPDATE accounts SET balance = 99 WHERE id = 2; --'",
+        "SELECT 2 </* '*/ 3; UPDATE accounts SET balance = 99 WHERE id = 2; -- '",
+        r"UPDATE accounts SET balance = 99 WHERE id = 2 AND U&'\' UESCAPE '!' = '\'",
+    ];
+    for sql in hidden {
+        assert_lock_not_available(b.batch_execute(sql).await, sql);
+    }
+    b.batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    let escaped = r"SELECT 'a\''; UPDATE accounts SET balance = 99 WHERE id = 2; --'";
+    assert_lock_not_available(b.batch_execute(escaped).await, escaped);
+    // Bytes no UTF-8 client can send: a raw session in SJIS, where 0x95 0x5C is one
+    // character (not a backslash) and the literal ends after it.
+    let sjis = &b"SELECT E'\x95\x5c'; UPDATE accounts SET balance = 99 WHERE id = 2; --'"[..];
+    let mut raw = RawPg::startup(outside.pg, "postgres", &orders.name).await;
+    raw.simple("SET client_encoding = 'SJIS'").await;
+    raw.send_msg(b'Q', &[sjis, b"\0"].concat()).await;
+    let replies = raw.recv_until(b'Z').await;
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.sqlstate().as_deref() == Some("55P03")),
+        "{replies:?}"
+    );
+    assert_eq!(rows_of(&direct, "accounts").await, held, "nothing changed");
+
+    // Inside a global transaction: refused, the rollback exact.
+    rolled_back(&a).await;
+    let restored = rows_of(&direct, "accounts").await;
+    let c = global.connect(&orders.name).await;
+    one(&c, "SELECT tandem_begin(60000)").await.unwrap();
+    c.batch_execute("UPDATE accounts SET balance = balance - 1 WHERE id = 1")
+        .await
+        .unwrap();
+    for sql in &hidden[1..3] {
+        let e = c.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {e:?}"
+        );
+    }
+    rolled_back(&c).await;
+    assert_eq!(
+        rows_of(&direct, "accounts").await,
+        restored,
+        "restored exactly"
+    );
+    finish(lockserver, [global, outside]).await;
 }
