@@ -90,6 +90,12 @@ impl Changed<'_> {
         // read), and whether one may have prepared or dropped names unseen.
         let mut names = PreparedHere::default();
         for piece in pieces {
+            if dialect.grammar() == Grammar::MySql && opens_compound(piece) {
+                // Its statements run as one, split by tandem where the server does
+                // not: any table may be written.
+                self.push(EVERY_TABLE.to_owned());
+                continue;
+            }
             let run = match sql_level(dialect, piece) {
                 Some(SqlLevel::Prepare(name, text)) => {
                     names.texts.insert(name, text);
@@ -269,6 +275,30 @@ enum PreparedText {
     /// Not made by SQL-level PREPARE: the text is the statement.
     Plain,
     Unknown,
+}
+
+/// Whether a MySQL statement opens a compound statement: BEGIN NOT ATOMIC, IF, CASE,
+/// a loop, and under sql_mode ORACLE an anonymous block (`DECLARE …`, `BEGIN UPDATE
+/// …`). A BEGIN alone or with WORK starts a transaction.
+fn opens_compound(piece: &str) -> bool {
+    use sqlparser::tokenizer::Token;
+    let Some(tokens) = super::tokens(&crate::Mysql, piece) else {
+        return false;
+    };
+    let mut words = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
+            _ => String::new(),
+        });
+    match words.next().as_deref() {
+        Some("if" | "case" | "loop" | "while" | "repeat" | "for" | "declare") => true,
+        Some("begin") => words
+            .next()
+            .is_some_and(|second| second != "work" && !second.is_empty()),
+        _ => false,
+    }
 }
 
 /// DDL (`CREATE`, `ALTER`, `DROP`, `RENAME`): a statement after which a name may
@@ -782,6 +812,10 @@ mod tests {
             "/*M!999999 /* x */ */ UPDATE t SET v = 1",
             "/*M!100000 UPDATE t SET v = 1 */",
             "/*!99999 SELECT */ UPDATE t SET v = 1",
+            // Compound statements.
+            "BEGIN NOT ATOMIC UPDATE t SET v = 1; END",
+            "IF 1 THEN UPDATE t SET v = 1; END IF",
+            "DECLARE x INT; BEGIN UPDATE t SET v = 1; END",
         ] {
             assert_eq!(tables_changed(&Mysql, sql), some(&["*"]), "{sql}");
         }

@@ -19,6 +19,8 @@ pub struct Quoting {
     pub no_backslash_escapes: bool,
     /// `"…"` is a name, in which a backslash is itself (ANSI_QUOTES).
     pub ansi_quotes: bool,
+    /// `[…]` is a name too (MariaDB's sql_mode MSSQL).
+    pub brackets: bool,
 }
 
 impl Quoting {
@@ -71,6 +73,10 @@ pub fn quoted_reading(sql: &[u8], quoting: Quoting) -> QuotedReading {
                     _ => return QuotedReading::BoundariesDiffer,
                 }
             }
+            b'[' if quoting.brackets => match bracketed_len(rest) {
+                Some(len) => len,
+                None => return QuotedReading::BoundariesDiffer,
+            },
             _ if opens_line_comment(rest) => line_len(rest),
             b'/' if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") => 3,
             b'/' if rest.starts_with(b"/*") => {
@@ -82,32 +88,56 @@ pub fn quoted_reading(sql: &[u8], quoting: Quoting) -> QuotedReading {
     reading
 }
 
+/// The length of the `[…]` name at the head of `rest` (`]]` stands for `]`), if
+/// tandem, which reads its text as code, finds no literal, comment or statement end
+/// in it either.
+fn bracketed_len(rest: &[u8]) -> Option<usize> {
+    let mut at = 1;
+    while at < rest.len() {
+        match rest[at] {
+            b']' if rest.get(at + 1) == Some(&b']') => at += 2,
+            b']' => return Some(at + 1),
+            b'\'' | b'"' | b'`' | b'#' | b';' => return None,
+            b'-' if rest.get(at + 1) == Some(&b'-') => return None,
+            b'/' if rest.get(at + 1) == Some(&b'*') => return None,
+            _ => at += 1,
+        }
+    }
+    None
+}
+
 /// Whether the server may read a comment of `sql` otherwise than tandem: a `/*M!`
 /// one that MariaDB may run (tandem never does; one for a version from 900000, such
 /// as mariadb-dump's sandbox line, is skipped by both), a `/*!` one whose version
 /// MariaDB may skip (five digits from 50700, which it takes for MySQL's, or any other
 /// count of digits but none), an executable one whose end tandem reads elsewhere (a
-/// nested comment, a literal holding `*/`, a line comment inside it), or `--`
-/// followed by a space that is not ASCII's (a comment to tandem's tokenizer, none to
-/// the server). Text inside literals counts too: it only makes a caller more careful.
+/// nested comment, a literal holding `*/`, a line comment inside it), or `--` before
+/// a character that only one of them takes for the start of a comment (a space that
+/// is not ASCII's: tandem's tokenizer does; an ASCII control character: the server
+/// does). Literals are skipped as the default sql_mode ends them (where the session's
+/// ends them elsewhere, `quoted_reading` tells); one that does not end counts.
 pub fn comments_read_otherwise(sql: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(found) = find(&sql[from..], b"/*") {
-        let opened = from + found;
-        let rest = &sql[opened + 2..];
-        let read_alike = if let Some(body) = rest.strip_prefix(b"M!") {
-            skipped_by_both(body).map(|len| 2 + len)
-        } else if let Some(body) = rest.strip_prefix(b"!") {
-            run_by_both(body).map(|len| 1 + len)
-        } else {
-            Some(0)
+    let default = Quoting::default();
+    let mut at = 0;
+    while at < sql.len() {
+        let rest = &sql[at..];
+        let read_alike = match rest[0] {
+            quote @ (b'\'' | b'"' | b'`') => quoted_len(rest, quote, default.escapes(quote)),
+            b'-' if rest.starts_with(b"--") && dashes_read_otherwise(&rest[2..]) => None,
+            _ if opens_line_comment(rest) => Some(line_len(rest)),
+            b'/' if rest.starts_with(b"/*M!") => skipped_by_both(&rest[4..]).map(|len| 4 + len),
+            b'/' if rest.starts_with(b"/*!") => run_by_both(&rest[3..]).map(|len| 3 + len),
+            b'/' if rest.starts_with(b"/*") => {
+                find(&rest[2..], b"*/").map_or(Some(rest.len()), |end| Some(end + 4))
+            }
+            _ => Some(1),
         };
         match read_alike {
-            Some(len) => from = opened + 2 + len,
+            Some(len) => at += len,
             None => return true,
         }
     }
-    dashes_read_otherwise(sql)
+    false
 }
 
 /// The length of a `/*M!` comment's `body` up to its end, if both readers skip it
@@ -140,26 +170,24 @@ fn run_by_both(body: &[u8]) -> Option<usize> {
     (servers + digits == ours).then_some(ours + 2)
 }
 
-/// Whether `--` is followed somewhere by a character that is a space to Rust (and so
-/// to sqlparser's tokenizer, which reads a comment there) but not ASCII's, which the
-/// server does not read as one.
-fn dashes_read_otherwise(sql: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(found) = find(&sql[from..], b"--") {
-        let after = from + found + 2;
-        let next = &sql[after..sql.len().min(after + 4)];
-        let first = match std::str::from_utf8(next) {
-            Ok(text) => text.chars().next(),
-            Err(e) => std::str::from_utf8(&next[..e.valid_up_to()])
-                .ok()
-                .and_then(|text| text.chars().next()),
-        };
-        if first.is_some_and(|c| !c.is_ascii() && c.is_whitespace()) {
-            return true;
-        }
-        from = after - 1;
+/// Whether `--` followed by `after` opens a comment for only one of tandem's tokenizer
+/// (a space to Rust after it) and the server (an ASCII space or control character).
+fn dashes_read_otherwise(after: &[u8]) -> bool {
+    let Some(&first) = after.first() else {
+        return false;
+    };
+    if first.is_ascii() {
+        let to_server = first.is_ascii_whitespace() || first.is_ascii_control();
+        return to_server != char::from(first).is_whitespace();
     }
-    false
+    let next = &after[..after.len().min(4)];
+    let decoded = match std::str::from_utf8(next) {
+        Ok(text) => text.chars().next(),
+        Err(e) => std::str::from_utf8(&next[..e.valid_up_to()])
+            .ok()
+            .and_then(|text| text.chars().next()),
+    };
+    decoded.is_some_and(char::is_whitespace)
 }
 
 /// Where the server reads a run executable comment's body (`body`, after its version)
@@ -173,7 +201,10 @@ fn servers_comment_end(body: &[u8]) -> Option<usize> {
         if rest.starts_with(b"*/") {
             return Some(at);
         }
-        if rest.starts_with(b"/*") || opens_line_comment(rest) {
+        if rest.starts_with(b"/*")
+            || opens_line_comment(rest)
+            || rest.starts_with(b"--") && dashes_read_otherwise(&rest[2..])
+        {
             return None;
         }
         at += match rest[0] {
@@ -211,10 +242,12 @@ mod tests {
     const NO_BACKSLASH_ESCAPES: Quoting = Quoting {
         no_backslash_escapes: true,
         ansi_quotes: false,
+        brackets: false,
     };
     const ANSI_QUOTES: Quoting = Quoting {
         no_backslash_escapes: false,
         ansi_quotes: true,
+        brackets: false,
     };
 
     #[test]
@@ -271,6 +304,20 @@ mod tests {
             ),
             BoundariesDiffer
         );
+        // sql_mode MSSQL's `[…]` names.
+        let mssql = Quoting {
+            brackets: true,
+            ..Quoting::default()
+        };
+        assert_eq!(
+            quoted_reading(
+                b"SELECT 1 AS [']; UPDATE t SET v = 5; SELECT 1 AS [']",
+                mssql
+            ),
+            BoundariesDiffer
+        );
+        assert_eq!(quoted_reading(b"UPDATE [t] SET [v]]w] = 5", mssql), Same);
+        assert_eq!(quoted_reading(b"SELECT 1 AS [x", mssql), BoundariesDiffer);
         // A literal that never ends, under either reading.
         assert_eq!(
             quoted_reading(br"SELECT 'a", Quoting::default()),
@@ -308,6 +355,11 @@ mod tests {
             // A comment to sqlparser, two minus signs to the server.
             "SELECT 1 --\u{a0} x; UPDATE t SET v = 1",
             "SELECT 1 --\u{2003}; UPDATE t SET v = 1",
+            // A comment to the server only.
+            "SELECT 1 --\x01 '\n; UPDATE t SET v = 1; -- '",
+            "SELECT 1 --\x7f '\n; UPDATE t SET v = 1; -- '",
+            // A literal that does not end.
+            "SELECT 'a",
             // Skipped by both, but nested: MariaDB's skipping ends at the second `*/`.
             "/*M!999999 /* x */ */ UPDATE t SET v = 1",
         ] {
@@ -319,6 +371,10 @@ mod tests {
             "UPDATE /*! LOW_PRIORITY */ t SET v = 1",
             "SELECT /*!40001 SQL_NO_CACHE */ 1 /* a plain /* comment */",
             "UPDATE t SET v = '/*M' WHERE id = 1",
+            // Comment-like text inside a literal.
+            "UPDATE u SET s = 'prix --\u{a0}10 €' WHERE id = 1",
+            "UPDATE u SET s = '/*!80016 DEFAULT ENCRYPTION=''N'' */' WHERE id = 1",
+            "INSERT INTO u VALUES (7, '/*M!100616 SET NOTE_VERBOSITY=0 */')",
             // mariadb-dump's first line.
             "/*M!999999\\- enable the sandbox mode */\nREPLACE INTO u VALUES (1, 'x')",
             "/*M!999999 x */ UPDATE t SET v = 1",

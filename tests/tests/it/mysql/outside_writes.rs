@@ -1154,10 +1154,21 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
         "\x0bUPDATE accounts SET balance = 99 WHERE id = 2",
         "SELECT 1;\x0bDELETE FROM accounts WHERE id = 2",
         "SELECT 1 --\u{a0} FROM (SELECT 2 AS `\u{a0}`) d; UPDATE accounts SET balance = 99 WHERE id = 2",
+        // `--` before a control character: a comment to the server only.
+        "SELECT 1 --\x01 '\n; UPDATE accounts SET balance = 99 WHERE id = 2; -- '",
+        // Compound statements, whose statements tandem split apart.
+        "BEGIN NOT ATOMIC UPDATE accounts SET balance = 99 WHERE id = 2; END",
+        "IF 1 THEN UPDATE accounts SET balance = 99 WHERE id = 2; END IF",
     ];
     for sql in by_comments {
         assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
+    // sql_mode MSSQL's `[…]` names.
+    b.query_drop("SET sql_mode = 'MSSQL'").await.unwrap();
+    let bracketed =
+        "SELECT 1 AS [']; UPDATE accounts SET balance = 99 WHERE id = 2; SELECT 1 AS [']";
+    assert_lock_wait_timeout(b.query_drop(bracketed).await, bracketed);
+    b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
     // In latin1, 0xA0 is a space too.
     b.query_drop("SET NAMES latin1").await.unwrap();
     let latin1 = &b"\xa0UPDATE accounts SET balance = 99 WHERE id = 2"[..];
@@ -1171,6 +1182,8 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
     b.query_drop("SET NAMES utf8mb4").await.unwrap();
     // Read alike, or only values read otherwise: judged by their own tables, they run.
     for sql in [
+        "UPDATE items SET name = 'prix --\u{a0}10' WHERE id = 1",
+        "UPDATE items SET name = '/*M!100616 x */' WHERE id = 1",
         "/*M!999999\\- enable the sandbox mode */\nUPDATE items SET name = 'sandboxed' WHERE id = 1",
         r#"/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE */; UPDATE items SET name = '{"a":"x\"y"}' WHERE id = 1"#,
     ] {

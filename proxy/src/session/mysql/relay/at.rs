@@ -1037,13 +1037,28 @@ impl Relay<'_> {
     /// then as a column.
     pub(super) async fn ansi_quotes(&mut self) -> Result<std::result::Result<bool, OwnError>> {
         Ok(self
+            .sql_mode_has(&[b"ANSI_QUOTES"])
+            .await?
+            .map(|has| has[0]))
+    }
+
+    /// Which of `modes` the session's sql_mode holds, in their order.
+    async fn sql_mode_has(
+        &mut self,
+        modes: &[&[u8]],
+    ) -> Result<std::result::Result<Vec<bool>, OwnError>> {
+        Ok(self
             .own_select("SELECT @@SESSION.sql_mode", &[])
             .await?
             .map(|rows| {
-                first_value(rows).is_some_and(|mode| {
-                    mode.split(|&b| b == b',')
-                        .any(|m| m.eq_ignore_ascii_case(b"ANSI_QUOTES"))
-                })
+                let mode = first_value(rows).unwrap_or_default();
+                modes
+                    .iter()
+                    .map(|wanted| {
+                        mode.split(|&b| b == b',')
+                            .any(|m| m.eq_ignore_ascii_case(wanted))
+                    })
+                    .collect()
             }))
     }
 
@@ -1058,18 +1073,19 @@ impl Relay<'_> {
                 .status()
                 .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES)),
             ansi_quotes: true,
+            brackets: true,
         };
-        let if_ansi_quotes = quoted_reading(sql, quoting);
-        if if_ansi_quotes == QuotedReading::Same {
+        if quoted_reading(sql, quoting) == QuotedReading::Same {
             return Ok(Some(QuotedReading::Same));
         }
         if !self.exchange.at_sync_point() {
             return Ok(None);
         }
-        quoting.ansi_quotes = match self.ansi_quotes().await? {
-            Ok(ansi_quotes) => ansi_quotes,
-            Err(_) => return Ok(Some(QuotedReading::BoundariesDiffer)),
-        };
+        (quoting.ansi_quotes, quoting.brackets) =
+            match self.sql_mode_has(&[b"ANSI_QUOTES", b"MSSQL"]).await? {
+                Ok(has) => (has[0], has[1]),
+                Err(_) => return Ok(Some(QuotedReading::BoundariesDiffer)),
+            };
         Ok(Some(quoted_reading(sql, quoting)))
     }
 
@@ -1722,6 +1738,7 @@ pub(super) fn lexing_may_change_midway(sql: &[u8]) -> bool {
                 let quoting = Quoting {
                     no_backslash_escapes,
                     ansi_quotes,
+                    brackets: ansi_quotes,
                 };
                 quoted_reading(sql, quoting) == QuotedReading::BoundariesDiffer
             })

@@ -1100,6 +1100,28 @@ fn may_write(sql: &[u8]) -> bool {
             .next()
             .is_some_and(|second| second.eq_ignore_ascii_case(b"ANALYZE"));
     }
+    // A compound statement (BEGIN NOT ATOMIC, IF, a loop; under sql_mode ORACLE an
+    // anonymous block, `DECLARE … BEGIN` or `BEGIN UPDATE …`) runs the statements in
+    // it. A BEGIN that starts a transaction is alone, or followed by WORK.
+    if [
+        &b"if"[..],
+        b"case",
+        b"loop",
+        b"while",
+        b"repeat",
+        b"for",
+        b"declare",
+    ]
+    .iter()
+    .any(|w| word.eq_ignore_ascii_case(w))
+    {
+        return true;
+    }
+    if word.eq_ignore_ascii_case(b"BEGIN") {
+        return words
+            .next()
+            .is_some_and(|second| !second.eq_ignore_ascii_case(b"WORK"));
+    }
     // MariaDB's `SET STATEMENT … FOR` runs the statement after FOR; the words stop at
     // an executable comment, which may hold STATEMENT.
     if word.eq_ignore_ascii_case(b"SET") {
@@ -1126,6 +1148,10 @@ mod tests {
     #[test]
     fn first_word_decides() {
         assert!(may_write(b"UPDATE t SET v = 1"));
+        assert!(may_write(b"BEGIN NOT ATOMIC UPDATE t SET v = 1; END"));
+        assert!(may_write(b"IF 1 THEN DELETE FROM t; END IF"));
+        assert!(!may_write(b"BEGIN"));
+        assert!(!may_write(b"BEGIN WORK"));
         assert!(may_write(b"  /* c */ delete from t"));
         assert!(may_write(b"# x\ninsert into t values (1)"));
         assert!(may_write(b"REPLACE INTO t VALUES (1)"));
