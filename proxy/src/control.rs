@@ -419,10 +419,11 @@ pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
                 .strip_prefix(b"--")
                 .or_else(|| rest.strip_prefix(b"#").filter(|_| mysql));
             if let Some(after) = line_comment {
-                // PostgreSQL ends one at a carriage return too.
+                // PostgreSQL ends one at a carriage return too; MySQL only at a
+                // newline.
                 let end = after
                     .iter()
-                    .position(|&b| b == b'\n' || b == b'\r')
+                    .position(|&b| b == b'\n' || (b == b'\r' && !mysql))
                     .unwrap_or(after.len());
                 rest = &after[end..];
             } else if let Some(after) = rest.strip_prefix(b"/*") {
@@ -448,12 +449,15 @@ pub fn leading_words(sql: &[u8], mysql: bool) -> impl Iterator<Item = &[u8]> {
 }
 
 /// `sql` past the spaces the server reads as such: ASCII's, a vertical tab too (which
-/// Rust's `is_ascii_whitespace` leaves out), and on MySQL the byte 0xA0 (a space in
-/// latin1; in another character set a byte the server refuses there anyway).
+/// Rust's `is_ascii_whitespace` leaves out), and on MySQL the bytes 0xA0 and 0xFF (a
+/// space in latin1, cp1250 and the like, or in cp866, cp852 and keybcs2; in another
+/// character set a byte the server refuses there anyway).
 fn past_spaces(sql: &[u8], mysql: bool) -> &[u8] {
     let start = sql
         .iter()
-        .position(|&b| !(b.is_ascii_whitespace() || b == 0x0b || (mysql && b == 0xa0)))
+        .position(|&b| {
+            !(b.is_ascii_whitespace() || b == 0x0b || (mysql && (b == 0xa0 || b == 0xff)))
+        })
         .unwrap_or(sql.len());
     &sql[start..]
 }
@@ -519,6 +523,15 @@ mod tests {
         );
         assert_eq!(first("# note\nCOMMIT", true).as_deref(), Some("COMMIT"));
         assert_eq!(first("-- c\rUPDATE t", false).as_deref(), Some("UPDATE"));
+        assert_eq!(
+            first("# x\rSELECT 1\nUPDATE t", true).as_deref(),
+            Some("UPDATE"),
+            "MySQL's ends at a newline only"
+        );
+        assert_eq!(
+            leading_words(b"\xffUPDATE t", true).next(),
+            Some(&b"UPDATE"[..])
+        );
         // A vertical tab is a space to both servers; 0xA0 to MySQL's latin1.
         assert_eq!(first("\x0bUPDATE t", false).as_deref(), Some("UPDATE"));
         assert_eq!(

@@ -416,9 +416,25 @@ pub fn operator_swallows_comment(sql: &str) -> bool {
         return false;
     }
     tokens(&crate::Postgres, sql).is_some_and(|tokens| {
-        tokens.iter().any(|t| {
+        let inside = tokens.iter().any(|t| {
             matches!(t, Token::CustomBinaryOperator(op) if op.contains("--") || op.contains("/*"))
-        })
+        });
+        // An operator token of the tokenizer's own that ends in `-` or `/` right
+        // before a `-` or `*` (`?-` then `-`): the server reads `?` and a comment.
+        let across = tokens.windows(2).any(|pair| {
+            let (before, after) = (pair[0].to_string(), pair[1].to_string());
+            let operator = !matches!(
+                pair[0],
+                Token::Word(_)
+                    | Token::Number(..)
+                    | Token::SingleQuotedString(_)
+                    | Token::Whitespace(_)
+            );
+            operator
+                && (before.ends_with('-') && after.starts_with('-')
+                    || before.ends_with('/') && after.starts_with('*'))
+        });
+        inside || across
     })
 }
 

@@ -389,6 +389,7 @@ fn an_operator_read_on_through_a_comment_opener_is_flagged() {
     for sql in [
         "SELECT 2 #-- '\n 3; UPDATE t SET v = 5; --'",
         "SELECT 2 </* '*/ 3; UPDATE t SET v = 5; -- '",
+        "SELECT '{}'::jsonb ?-- '\n''; UPDATE t SET v = 5 -- '",
     ] {
         assert!(super::operator_swallows_comment(sql), "{sql}");
     }

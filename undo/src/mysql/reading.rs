@@ -170,24 +170,21 @@ fn run_by_both(body: &[u8]) -> Option<usize> {
     (servers + digits == ours).then_some(ours + 2)
 }
 
-/// Whether `--` followed by `after` opens a comment for only one of tandem's tokenizer
-/// (a space to Rust after it) and the server (an ASCII space or control character).
+/// Whether `--` followed by `after` may open a comment for only one of tandem's
+/// tokenizer (a space to Rust after it) and the server (a space or control character
+/// of the session's character set).
 fn dashes_read_otherwise(after: &[u8]) -> bool {
     let Some(&first) = after.first() else {
         return false;
     };
-    if first.is_ascii() {
-        let to_server = first.is_ascii_whitespace() || first.is_ascii_control();
-        return to_server != char::from(first).is_whitespace();
+    if !first.is_ascii() {
+        // A space to Rust (U+00A0, U+2003), or a byte the session's character set
+        // may call a control character (macroman's 0xCB): either reader may take it
+        // for a comment's start.
+        return true;
     }
-    let next = &after[..after.len().min(4)];
-    let decoded = match std::str::from_utf8(next) {
-        Ok(text) => text.chars().next(),
-        Err(e) => std::str::from_utf8(&next[..e.valid_up_to()])
-            .ok()
-            .and_then(|text| text.chars().next()),
-    };
-    decoded.is_some_and(char::is_whitespace)
+    let to_server = first.is_ascii_whitespace() || first.is_ascii_control();
+    to_server != char::from(first).is_whitespace()
 }
 
 /// Where the server reads a run executable comment's body (`body`, after its version)
@@ -213,6 +210,102 @@ fn servers_comment_end(body: &[u8]) -> Option<usize> {
         };
     }
     None
+}
+
+/// Where in `sql` a statement may first set a sql_mode that changes where literals
+/// end (NO_BACKSLASH_ESCAPES, ANSI_QUOTES or MSSQL, or a combination that holds one:
+/// ANSI, ORACLE, DB2, POSTGRESQL, MAXDB): an assignment to `sql_mode` of a literal
+/// naming one, or of anything else (a variable, DEFAULT, an expression), or spelled so
+/// that tandem cannot tell. A read of it (`@@SQL_MODE,`) and a name that only ends in
+/// it (`@OLD_SQL_MODE`) set nothing.
+pub fn quoting_sql_mode_set_at(sql: &[u8]) -> Option<usize> {
+    const QUOTING_MODES: [&[u8]; 7] = [
+        b"NO_BACKSLASH_ESCAPES",
+        b"ANSI",
+        b"ORACLE",
+        b"DB2",
+        b"POSTGRESQL",
+        b"MAXDB",
+        b"MSSQL",
+    ];
+    let name = b"sql_mode";
+    let skip_spaces = |rest: &[u8]| -> usize {
+        rest.iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len())
+    };
+    let mut from = 0;
+    while from + name.len() <= sql.len() {
+        let found = sql[from..]
+            .windows(name.len())
+            .position(|w| w.eq_ignore_ascii_case(name))?;
+        let at = from + found;
+        from = at + name.len();
+        let part_of_a_name =
+            at > 0 && (sql[at - 1].is_ascii_alphanumeric() || matches!(sql[at - 1], b'_' | b'$'));
+        if part_of_a_name {
+            continue;
+        }
+        let mut rest = &sql[from..];
+        rest = &rest[skip_spaces(rest)..];
+        if rest.is_empty() || matches!(rest[0], b',' | b';' | b')') || rest.starts_with(b"*/") {
+            continue;
+        }
+        let Some(value) = rest.strip_prefix(b":=").or_else(|| rest.strip_prefix(b"=")) else {
+            return Some(at);
+        };
+        let value = &value[skip_spaces(value)..];
+        let Some(len) = value
+            .first()
+            .filter(|q| matches!(q, b'\'' | b'"'))
+            .and_then(|&q| quoted_len(value, q, true))
+        else {
+            return Some(at);
+        };
+        let literal = &value[..len];
+        let names_one = QUOTING_MODES.iter().any(|mode| {
+            literal
+                .windows(mode.len())
+                .any(|w| w.eq_ignore_ascii_case(mode))
+        });
+        if names_one {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// `sql` with each byte other than ASCII's inside a literal (`'…'`, `"…"`) or a plain
+/// comment made an `x`, if there is none elsewhere: a text in a character set whose
+/// characters hold no ASCII byte, whose tables tandem can then name. None if such a
+/// byte stands in a name or in code, or a literal does not end.
+pub fn literals_blanked(sql: &[u8]) -> Option<String> {
+    let default = Quoting::default();
+    let mut out = sql.to_vec();
+    let mut at = 0;
+    while at < sql.len() {
+        let rest = &sql[at..];
+        let (len, blank) = match rest[0] {
+            quote @ (b'\'' | b'"') => (quoted_len(rest, quote, default.escapes(quote))?, true),
+            _ if opens_line_comment(rest) => (line_len(rest), true),
+            b'/' if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") => (3, false),
+            b'/' if rest.starts_with(b"/*") => (
+                find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4),
+                true,
+            ),
+            b if !b.is_ascii() => return None,
+            _ => (1, false),
+        };
+        if blank {
+            for byte in &mut out[at..at + len] {
+                if !byte.is_ascii() {
+                    *byte = b'x';
+                }
+            }
+        }
+        at += len;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `bytes` as MySQL's latin1 (Windows' cp1252) reads them. Its five bytes cp1252
@@ -323,6 +416,47 @@ mod tests {
             quoted_reading(br"SELECT 'a", Quoting::default()),
             BoundariesDiffer
         );
+    }
+
+    #[test]
+    fn only_a_sql_mode_that_moves_literal_ends_counts() {
+        let header = b"/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;";
+        assert_eq!(quoting_sql_mode_set_at(header), None);
+        assert_eq!(
+            quoting_sql_mode_set_at(
+                b"SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO'; INSERT INTO u VALUES ('It\\'s')"
+            ),
+            None
+        );
+        for sql in [
+            &b"SET sql_mode = 'ANSI_QUOTES'; SELECT 1"[..],
+            b"SET SESSION sql_mode='oracle'",
+            b"SET sql_mode = @OLD_SQL_MODE",
+            b"SET @@sql_mode := CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
+            b"SET sql_mode = DEFAULT",
+            b"SET sql_mode /* x */ = ''",
+            b"SET `sql_mode` = 'MSSQL'",
+        ] {
+            assert!(
+                quoting_sql_mode_set_at(sql).is_some(),
+                "{}",
+                String::from_utf8_lossy(sql)
+            );
+        }
+        let trailer = b"INSERT INTO u VALUES ('a\\'b'); /*!40101 SET SQL_MODE=@OLD_SQL_MODE */;";
+        let set_back = find(trailer, b"SQL_MODE=@");
+        assert_eq!(quoting_sql_mode_set_at(trailer), set_back, "after the data");
+    }
+
+    #[test]
+    fn bytes_in_literals_are_blanked_and_elsewhere_refused() {
+        assert_eq!(
+            literals_blanked(b"UPDATE u SET s = '\xe8\x9a' /* \xff */ WHERE id = 1").as_deref(),
+            Some("UPDATE u SET s = 'xx' /* x */ WHERE id = 1")
+        );
+        assert_eq!(literals_blanked(b"UPDATE \xe8 SET s = 1"), None);
+        assert_eq!(literals_blanked(b"\xffUPDATE u SET s = 1"), None);
+        assert_eq!(literals_blanked(b"UPDATE u SET s = '\xe8"), None);
     }
 
     #[test]

@@ -466,6 +466,24 @@ impl Relay<'_> {
             .collect()
     }
 
+    /// Whether the session's client_encoding has multibyte characters whose later
+    /// bytes may be ASCII's (a quote, a backslash).
+    fn encoding_hides_ascii(&self) -> bool {
+        const ASCII_TRAILING: [&str; 7] = [
+            "SJIS",
+            "SHIFT_JIS_2004",
+            "BIG5",
+            "GBK",
+            "UHC",
+            "GB18030",
+            "JOHAB",
+        ];
+        let client = self.server_param("client_encoding");
+        ASCII_TRAILING
+            .iter()
+            .any(|name| client.eq_ignore_ascii_case(name))
+    }
+
     /// Whether the session's text and values come as UTF8: its client_encoding is
     /// UTF8, or SQL_ASCII (no conversion) on a UTF8 database.
     pub(super) fn reads_utf8(&self) -> bool {
@@ -544,10 +562,10 @@ impl Relay<'_> {
     ///   setting's being off now implies);
     /// - a dollar-quote tag may hold any non-ASCII character for the server, only
     ///   letters and digits for tandem's parser (`$€$ … $€$`);
-    /// - the server reads text in a client_encoding other than UTF8 converted, where
-    ///   a byte of a multibyte character (SJIS's, GBK's, BIG5's) may be a quote or a
+    /// - the server reads text converted from the client_encoding, where a later
+    ///   byte of a multibyte character (SJIS's, GBK's, BIG5's) may be a quote or a
     ///   backslash to tandem, which reads the bytes as they came (ASCII text reads
-    ///   the same in every encoding);
+    ///   the same in every encoding, and so does any text in the others);
     /// - tandem's tokenizer reads an operator on through `--` or `/*`, where the
     ///   server ends it and reads a comment (`SELECT 2 #-- '…`).
     pub(super) fn text_misread(&self, sql: &[u8]) -> Option<Error> {
@@ -556,9 +574,9 @@ impl Relay<'_> {
                 what: "a statement with a backslash in its text inside a global transaction from a session that turned standard_conforming_strings off (tandem reads string literals as the SQL standard does)",
             });
         }
-        if !sql.is_ascii() && !self.reads_utf8() {
+        if !sql.is_ascii() && self.encoding_hides_ascii() {
             return Some(Error::Unsupported {
-                what: "a statement with a character other than ASCII's from a session whose client_encoding is not UTF8 (tandem reads the bytes as they came, the server converted), inside a global transaction or outside one where it may write",
+                what: "a statement with a character other than ASCII's from a session whose client_encoding (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) lets a quote or a backslash end a character (tandem reads the bytes as they came, the server converted)",
             });
         }
         if tandem_undo::operator_swallows_comment(&String::from_utf8_lossy(sql)) {

@@ -1156,6 +1156,8 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
         "SELECT 1 --\u{a0} FROM (SELECT 2 AS `\u{a0}`) d; UPDATE accounts SET balance = 99 WHERE id = 2",
         // `--` before a control character: a comment to the server only.
         "SELECT 1 --\x01 '\n; UPDATE accounts SET balance = 99 WHERE id = 2; -- '",
+        // A `#` comment runs to the newline, past a carriage return.
+        "# x\rSELECT 1\nUPDATE accounts SET balance = 99 WHERE id = 2",
         // Compound statements, whose statements tandem split apart.
         "BEGIN NOT ATOMIC UPDATE accounts SET balance = 99 WHERE id = 2; END",
         "IF 1 THEN UPDATE accounts SET balance = 99 WHERE id = 2; END IF",
@@ -1169,6 +1171,13 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
         "SELECT 1 AS [']; UPDATE accounts SET balance = 99 WHERE id = 2; SELECT 1 AS [']";
     assert_lock_wait_timeout(b.query_drop(bracketed).await, bracketed);
     b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    // In cp866, 0xFF is a space; in macroman, 0xCB after `--` opens a comment.
+    b.query_drop("SET NAMES cp866").await.unwrap();
+    let cp866 = &b"\xffUPDATE accounts SET balance = 99 WHERE id = 2"[..];
+    assert_lock_wait_timeout(b.query_drop(cp866).await, "cp866");
+    b.query_drop("SET NAMES macroman").await.unwrap();
+    let macroman = "SELECT 1 --\u{2c6} '\n; UPDATE accounts SET balance = 99 WHERE id = 2; -- '";
+    assert_lock_wait_timeout(b.query_drop(macroman).await, "macroman");
     // In latin1, 0xA0 is a space too.
     b.query_drop("SET NAMES latin1").await.unwrap();
     let latin1 = &b"\xa0UPDATE accounts SET balance = 99 WHERE id = 2"[..];
@@ -1179,11 +1188,19 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
     b.query_drop(&b"UPDATE items SET name = 'caf\xe9' WHERE id = 1"[..])
         .await
         .unwrap();
+    // In cp1250, judged by its tables too: its bytes other than ASCII's are in a
+    // literal.
+    b.query_drop("SET NAMES cp1250").await.unwrap();
+    b.query_drop(&b"UPDATE items SET name = '\xe8' WHERE id = 1"[..])
+        .await
+        .unwrap();
     b.query_drop("SET NAMES utf8mb4").await.unwrap();
     // Read alike, or only values read otherwise: judged by their own tables, they run.
     for sql in [
         "UPDATE items SET name = 'prix --\u{a0}10' WHERE id = 1",
         "UPDATE items SET name = '/*M!100616 x */' WHERE id = 1",
+        // A sql_mode that moves no literal's end, ahead of a backslash.
+        r"SET SQL_MODE='NO_AUTO_VALUE_ON_ZERO'; UPDATE items SET name = 'It\'s' WHERE id = 1; SET SQL_MODE = DEFAULT",
         "/*M!999999\\- enable the sandbox mode */\nUPDATE items SET name = 'sandboxed' WHERE id = 1",
         r#"/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE */; UPDATE items SET name = '{"a":"x\"y"}' WHERE id = 1"#,
     ] {

@@ -1089,23 +1089,38 @@ impl Relay<'_> {
         Ok(Some(quoted_reading(sql, quoting)))
     }
 
-    /// `sql` as the session reads it if its character set for statements is latin1
-    /// (MariaDB's latin1 is cp1252, whose 0xA0 is a space); None for another set, or
-    /// where a statement ahead may set it. For judging by tables only: the text the
-    /// server runs stays the client's bytes.
-    pub(super) async fn as_latin1(&mut self, sql: &[u8]) -> Result<Option<String>> {
+    /// Text that is not UTF-8, for judging by its tables only (the text the server
+    /// runs stays the client's bytes): as the session reads it if its character set
+    /// for statements is latin1 (MariaDB's latin1 is cp1252, whose 0xA0 is a space);
+    /// in another set whose characters hold no ASCII byte, with the bytes other than
+    /// ASCII's inside literals blanked, if there are none elsewhere (in a name they
+    /// would be misread). None otherwise, or where a statement ahead may set the set.
+    pub(super) async fn readable_text(&mut self, sql: &[u8]) -> Result<Option<String>> {
         if may_change_the_charset(sql) {
             return Ok(None);
         }
-        let latin1 = self
+        let Some(charset) = self
             .own_select("SELECT @@SESSION.character_set_client", &[])
             .await?
             .ok()
             .and_then(first_value)
-            .is_some_and(|name| name.eq_ignore_ascii_case(b"latin1"));
-        // A space to latin1, a letter to sqlparser's MySQL tokenizer. (In a quoted
-        // name it is the name's own: such a name is misread.)
-        Ok(latin1.then(|| tandem_undo::mysql::reading::decode_cp1252(sql).replace('\u{a0}', " ")))
+        else {
+            return Ok(None);
+        };
+        if charset.eq_ignore_ascii_case(b"latin1") {
+            // A space to latin1, a letter to sqlparser's MySQL tokenizer. (In a
+            // quoted name it is the name's own: such a name is misread.)
+            return Ok(Some(
+                tandem_undo::mysql::reading::decode_cp1252(sql).replace('\u{a0}', " "),
+            ));
+        }
+        if ASCII_SECOND_BYTE_CHARSETS
+            .iter()
+            .any(|set| charset.eq_ignore_ascii_case(set))
+        {
+            return Ok(None);
+        }
+        Ok(tandem_undo::mysql::reading::literals_blanked(sql))
     }
 
     /// Whether the session's character set for statements reads `sql` otherwise than
@@ -1731,17 +1746,21 @@ fn may_swallow_a_quote(sql: &[u8]) -> bool {
 /// ends a literal elsewhere than tandem, reading the text with the session's mode of
 /// now, takes it to.
 pub(super) fn lexing_may_change_midway(sql: &[u8]) -> bool {
-    tandem_undo::contains_ignore_case(sql, b"sql_mode")
-        && [(true, false), (false, true), (true, true)]
-            .into_iter()
-            .any(|(no_backslash_escapes, ansi_quotes)| {
-                let quoting = Quoting {
-                    no_backslash_escapes,
-                    ansi_quotes,
-                    brackets: ansi_quotes,
-                };
-                quoted_reading(sql, quoting) == QuotedReading::BoundariesDiffer
-            })
+    // Only what follows the change may read otherwise.
+    let Some(from) = tandem_undo::mysql::reading::quoting_sql_mode_set_at(sql) else {
+        return false;
+    };
+    let after = &sql[from..];
+    [(true, false), (false, true), (true, true)]
+        .into_iter()
+        .any(|(no_backslash_escapes, ansi_quotes)| {
+            let quoting = Quoting {
+                no_backslash_escapes,
+                ansi_quotes,
+                brackets: ansi_quotes,
+            };
+            quoted_reading(after, quoting) == QuotedReading::BoundariesDiffer
+        })
         && holds_several_statements(&String::from_utf8_lossy(sql))
 }
 

@@ -126,10 +126,11 @@ impl Relay<'_> {
                         &hex_text
                     }
                     // Judged by its tables, as a write tandem cannot read: read as the
-                    // session's latin1 reads it, or else as naming every table (a
-                    // character tandem would take for part of a name may be a space).
+                    // session's character set reads it, or else as naming every table
+                    // (a character tandem would take for part of a name may be a
+                    // space).
                     _ => {
-                        return match self.as_latin1(sql).await? {
+                        return match self.readable_text(sql).await? {
                             Some(text) => self.unanalysed_write(&text).await,
                             None => self.guard_every_table().await,
                         };
