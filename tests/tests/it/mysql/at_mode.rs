@@ -1428,6 +1428,15 @@ async fn a_literal_the_sql_mode_ends_early_hides_no_write() {
         assert!(read.is_some(), "{mode}");
     }
     conn.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    // In macroman, 0xCB after `--` opens a comment to the server only.
+    conn.query_drop("SET NAMES macroman").await.unwrap();
+    let hidden = "SELECT 1 --\u{2c6} '\n; UPDATE odd SET v = 7 WHERE id = 2; -- '";
+    let refused = conn.query_drop(hidden).await;
+    assert!(
+        matches!(&refused, Err(mysql_async::Error::Server(e)) if e.code == 1235),
+        "macroman: {refused:?}"
+    );
+    conn.query_drop("SET NAMES utf8mb4").await.unwrap();
     rolled_back(&mut conn).await;
     assert_eq!(dump(&mut direct, "odd").await, before, "restored exactly");
     assert_eq!(undo_rows(&mut direct).await, 0);

@@ -189,6 +189,13 @@ impl Relay<'_> {
                 what: "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
             });
         }
+        if tandem_undo::mysql::reading::comments_read_otherwise(sql) {
+            // A statement tandem reads as part of a comment, or the reverse, could run
+            // without its undo.
+            return self.refuse(Error::Unsupported {
+                what: "a comment the server reads otherwise than tandem (`--` before a character other than ASCII's or a control character, or an executable comment), in AT mode",
+            });
+        }
         if self.quoted_reading(sql).await? == Some(QuotedReading::BoundariesDiffer) {
             // A statement tandem reads as part of a literal could run without its undo.
             return self.refuse(Error::Unsupported {
