@@ -263,12 +263,18 @@ pub fn quoting_sql_mode_set_at(sql: &[u8]) -> Option<usize> {
             return Some(at);
         };
         let literal = &value[..len];
+        let after = &value[len..];
+        let joined = after[skip_spaces(after)..]
+            .first()
+            .is_some_and(|b| matches!(b, b'\'' | b'"'));
         let names_one = QUOTING_MODES.iter().any(|mode| {
             literal
                 .windows(mode.len())
                 .any(|w| w.eq_ignore_ascii_case(mode))
         });
-        if names_one {
+        // An escape (`'AN\SI_QUOTES'`) or a literal joined to the next may spell a
+        // mode's name otherwise.
+        if names_one || joined || literal.contains(&b'\\') {
             return Some(at);
         }
     }
@@ -287,6 +293,14 @@ pub fn literals_blanked(sql: &[u8]) -> Option<String> {
         let rest = &sql[at..];
         let (len, blank) = match rest[0] {
             quote @ (b'\'' | b'"') => (quoted_len(rest, quote, default.escapes(quote))?, true),
+            b'`' => {
+                // A name: one with such a byte would be misread.
+                let len = quoted_len(rest, b'`', false)?;
+                if !rest[..len].is_ascii() {
+                    return None;
+                }
+                (len, false)
+            }
             _ if opens_line_comment(rest) => (line_len(rest), true),
             b'/' if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") => (3, false),
             b'/' if rest.starts_with(b"/*") => (
@@ -436,6 +450,8 @@ mod tests {
             b"SET sql_mode = DEFAULT",
             b"SET sql_mode /* x */ = ''",
             b"SET `sql_mode` = 'MSSQL'",
+            b"SET sql_mode = 'AN\\SI_QUOTES'",
+            b"SET sql_mode = 'AN' 'SI_QUOTES'",
         ] {
             assert!(
                 quoting_sql_mode_set_at(sql).is_some(),
@@ -455,6 +471,11 @@ mod tests {
             Some("UPDATE u SET s = 'xx' /* x */ WHERE id = 1")
         );
         assert_eq!(literals_blanked(b"UPDATE \xe8 SET s = 1"), None);
+        // A quote inside a backtick name opens no literal.
+        assert_eq!(
+            literals_blanked(b"SELECT 1 AS `'`; UPDATE t\xa0zz SET v = 5; SELECT 1 AS `'`"),
+            None
+        );
         assert_eq!(literals_blanked(b"\xffUPDATE u SET s = 1"), None);
         assert_eq!(literals_blanked(b"UPDATE u SET s = '\xe8"), None);
     }

@@ -1414,6 +1414,11 @@ async fn a_literal_the_sql_mode_ends_early_hides_no_write() {
             "NO_BACKSLASH_ESCAPES",
             r"SELECT 'a\'; UPDATE odd SET v = 7 WHERE id = 2; -- '",
         ),
+        // Set ahead in the same text, spelled with an escape.
+        (
+            "",
+            r#"SET sql_mode = 'AN\SI_QUOTES'; SELECT 1 AS "a\"; UPDATE odd SET v = 7 WHERE id = 2; -- ""#,
+        ),
     ] {
         conn.query_drop(format!("SET sql_mode = '{mode}'"))
             .await

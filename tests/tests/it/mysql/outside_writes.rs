@@ -1165,6 +1165,10 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
     for sql in by_comments {
         assert_lock_wait_timeout(b.query_drop(sql).await, sql);
     }
+    // A sql_mode spelled with an escape, set ahead in the same text.
+    let escaped_mode = r#"SET sql_mode = 'AN\SI_QUOTES'; SELECT 1 AS "a\"; UPDATE accounts SET balance = 99 WHERE id = 2; -- ""#;
+    assert_lock_wait_timeout(b.query_drop(escaped_mode).await, escaped_mode);
+    b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
     // sql_mode MSSQL's `[…]` names.
     b.query_drop("SET sql_mode = 'MSSQL'").await.unwrap();
     let bracketed =
@@ -1194,6 +1198,10 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
     b.query_drop(&b"UPDATE items SET name = '\xe8' WHERE id = 1"[..])
         .await
         .unwrap();
+    // A quote in a backtick name opens no literal: the 0xA0 (a space) is in code.
+    let spaced =
+        &b"SELECT 1 AS `'`; UPDATE accounts\xa0zz SET balance = 99 WHERE id = 2; SELECT 1 AS `'`"[..];
+    assert_lock_wait_timeout(b.query_drop(spaced).await, "cp1250 space");
     b.query_drop("SET NAMES utf8mb4").await.unwrap();
     // Read alike, or only values read otherwise: judged by their own tables, they run.
     for sql in [
