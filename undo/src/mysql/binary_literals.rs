@@ -24,9 +24,7 @@ pub fn binary_literals_as_hex(sql: &[u8], backslash_escapes: bool) -> Option<Str
         let taken = match rest[0] {
             quote @ (b'\'' | b'"' | b'`') => quoted_len(rest, quote, backslash_escapes)?,
             _ if opens_line_comment(rest) => line_len(rest),
-            b'/' if rest.starts_with(b"/*") => {
-                find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4)
-            }
+            b'/' if rest.starts_with(b"/*") => block_comment_len(rest),
             b'_' if starts_binary_literal(sql, at) => {
                 let (bytes, len) = binary_value(rest, backslash_escapes)?;
                 out.extend_from_slice(b"_binary X'");
@@ -156,6 +154,12 @@ pub(super) fn opens_line_comment(rest: &[u8]) -> bool {
             && rest
                 .get(2)
                 .is_none_or(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+/// The length of the `/* … */` comment at the head of `rest` (MySQL's do not nest;
+/// one that does not end runs to the end of the text).
+pub(super) fn block_comment_len(rest: &[u8]) -> usize {
+    find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4)
 }
 
 pub(super) fn line_len(rest: &[u8]) -> usize {

@@ -10,7 +10,7 @@
 //! A byte lexer of its own, as [`super::binary_literals`]: it must follow the server's
 //! rules where sqlparser's tokenizer follows others.
 
-use super::binary_literals::{find, line_len, opens_line_comment, quoted_len};
+use super::binary_literals::{block_comment_len, find, line_len, opens_line_comment, quoted_len};
 
 /// The sql_mode flags that change where a MySQL literal ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,9 +79,7 @@ pub fn quoted_reading(sql: &[u8], quoting: Quoting) -> QuotedReading {
             },
             _ if opens_line_comment(rest) => line_len(rest),
             b'/' if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") => 3,
-            b'/' if rest.starts_with(b"/*") => {
-                find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4)
-            }
+            b'/' if rest.starts_with(b"/*") => block_comment_len(rest),
             _ => 1,
         };
     }
@@ -127,9 +125,7 @@ pub fn comments_read_otherwise(sql: &[u8]) -> bool {
             _ if opens_line_comment(rest) => Some(line_len(rest)),
             b'/' if rest.starts_with(b"/*M!") => skipped_by_both(&rest[4..]).map(|len| 4 + len),
             b'/' if rest.starts_with(b"/*!") => run_by_both(&rest[3..]).map(|len| 3 + len),
-            b'/' if rest.starts_with(b"/*") => {
-                find(&rest[2..], b"*/").map_or(Some(rest.len()), |end| Some(end + 4))
-            }
+            b'/' if rest.starts_with(b"/*") => Some(block_comment_len(rest)),
             _ => Some(1),
         };
         match read_alike {
@@ -303,10 +299,7 @@ pub fn literals_blanked(sql: &[u8]) -> Option<String> {
             }
             _ if opens_line_comment(rest) => (line_len(rest), true),
             b'/' if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") => (3, false),
-            b'/' if rest.starts_with(b"/*") => (
-                find(&rest[2..], b"*/").map_or(rest.len(), |end| end + 4),
-                true,
-            ),
+            b'/' if rest.starts_with(b"/*") => (block_comment_len(rest), true),
             b if !b.is_ascii() => return None,
             _ => (1, false),
         };

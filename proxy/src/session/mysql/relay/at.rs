@@ -184,23 +184,10 @@ impl Relay<'_> {
             return Ok(Handled::Pause);
         }
         self.reconcile_branch().await?;
-        if lexing_may_change_midway(sql) {
-            return self.refuse(Error::Unsupported {
-                what: "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
-            });
-        }
-        if tandem_undo::mysql::reading::comments_read_otherwise(sql) {
-            // A statement tandem reads as part of a comment, or the reverse, could run
+        if let Some(TextReading::Otherwise(what)) = self.text_reading(sql).await? {
+            // A statement tandem reads as part of a literal or a comment could run
             // without its undo.
-            return self.refuse(Error::Unsupported {
-                what: "a comment the server reads otherwise than tandem (`--` before a character other than ASCII's or a control character, or an executable comment), in AT mode",
-            });
-        }
-        if self.quoted_reading(sql).await? == Some(QuotedReading::BoundariesDiffer) {
-            // A statement tandem reads as part of a literal could run without its undo.
-            return self.refuse(Error::Unsupported {
-                what: "a backslash that ends a literal or a double-quoted name under the session's sql_mode (NO_BACKSLASH_ESCAPES, ANSI_QUOTES) where tandem reads it as an escape, in AT mode",
-            });
+            return self.refuse(Error::Unsupported { what });
         }
         let hex_text;
         let text = match std::str::from_utf8(sql) {
@@ -1069,11 +1056,35 @@ impl Relay<'_> {
             }))
     }
 
+    /// How the server reads `sql` beside tandem's tokenizer: a sql_mode set midway,
+    /// its comments (`comments_read_otherwise`), then its literals under the
+    /// session's sql_mode (`quoted_reading`). None: sql_mode must be asked, and this
+    /// is no sync point.
+    pub(super) async fn text_reading(&mut self, sql: &[u8]) -> Result<Option<TextReading>> {
+        if lexing_may_change_midway(sql) {
+            return Ok(Some(TextReading::Otherwise(
+                "a multi-statement query that sets sql_mode ahead of a backslash or a double quote, in AT mode (where a literal ends depends on it: send its statements one at a time)",
+            )));
+        }
+        if tandem_undo::mysql::reading::comments_read_otherwise(sql) {
+            return Ok(Some(TextReading::Otherwise(
+                "a comment the server reads otherwise than tandem (`--` before a character other than ASCII's or a control character, or an executable comment), in AT mode",
+            )));
+        }
+        Ok(self.quoted_reading(sql).await?.map(|reading| match reading {
+            QuotedReading::Same => TextReading::Same,
+            QuotedReading::ValuesDiffer => TextReading::ValuesDiffer,
+            QuotedReading::BoundariesDiffer => TextReading::Otherwise(
+                "a backslash that ends a literal or a double-quoted name under the session's sql_mode (NO_BACKSLASH_ESCAPES, ANSI_QUOTES) where tandem reads it as an escape, in AT mode",
+            ),
+        }))
+    }
+
     /// How the server reads the quoted runs of `sql` under the session's sql_mode,
     /// beside tandem's reading (`tandem_undo::mysql::reading`). sql_mode is asked only
     /// where ANSI_QUOTES would change something, and only at a sync point: None, ask
     /// again there. An error asking counts as `BoundariesDiffer`.
-    pub(super) async fn quoted_reading(&mut self, sql: &[u8]) -> Result<Option<QuotedReading>> {
+    async fn quoted_reading(&mut self, sql: &[u8]) -> Result<Option<QuotedReading>> {
         let mut quoting = Quoting {
             no_backslash_escapes: self
                 .exchange
@@ -1106,12 +1117,7 @@ impl Relay<'_> {
         if may_change_the_charset(sql) {
             return Ok(None);
         }
-        let Some(charset) = self
-            .own_select("SELECT @@SESSION.character_set_client", &[])
-            .await?
-            .ok()
-            .and_then(first_value)
-        else {
+        let Ok(Some(charset)) = self.client_charset().await? else {
             return Ok(None);
         };
         if charset.eq_ignore_ascii_case(b"latin1") {
@@ -1121,10 +1127,7 @@ impl Relay<'_> {
                 tandem_undo::mysql::reading::decode_cp1252(sql).replace('\u{a0}', " "),
             ));
         }
-        if ASCII_SECOND_BYTE_CHARSETS
-            .iter()
-            .any(|set| charset.eq_ignore_ascii_case(set))
-        {
+        if hides_ascii(&charset) {
             return Ok(None);
         }
         Ok(tandem_undo::mysql::reading::literals_blanked(sql))
@@ -1145,15 +1148,17 @@ impl Relay<'_> {
             return Ok(Ok(true));
         }
         Ok(self
+            .client_charset()
+            .await?
+            .map(|charset| charset.is_some_and(|name| hides_ascii(&name))))
+    }
+
+    /// The session's character set for statements (character_set_client).
+    async fn client_charset(&mut self) -> Result<std::result::Result<Option<Vec<u8>>, OwnError>> {
+        Ok(self
             .own_select("SELECT @@SESSION.character_set_client", &[])
             .await?
-            .map(|rows| {
-                first_value(rows).is_some_and(|name| {
-                    ASCII_SECOND_BYTE_CHARSETS
-                        .iter()
-                        .any(|set| name.eq_ignore_ascii_case(set))
-                })
-            }))
+            .map(first_value))
     }
 
     /// `sql`, not UTF-8, with its `_binary'…'` literals written in hexadecimal
@@ -1183,18 +1188,10 @@ impl Relay<'_> {
             // A statement ahead in the text may set what reads the rest.
             return Ok(Ok(None));
         }
-        Ok(self
-            .own_select("SELECT @@SESSION.character_set_client", &[])
-            .await?
-            .map(|rows| {
-                let charset = first_value(rows);
-                let hides_quotes = charset.as_ref().is_none_or(|name| {
-                    ASCII_SECOND_BYTE_CHARSETS
-                        .iter()
-                        .any(|set| name.eq_ignore_ascii_case(set))
-                });
-                (!hides_quotes).then_some(text)
-            }))
+        Ok(self.client_charset().await?.map(|charset| {
+            let hides_quotes = charset.as_deref().is_none_or(hides_ascii);
+            (!hides_quotes).then_some(text)
+        }))
     }
 
     /// Whether `prepared` (its text `sql`) was read by the server under a character set
@@ -1741,6 +1738,13 @@ pub(super) fn execute_parameters(
 /// statement as UTF-8) takes them to.
 const ASCII_SECOND_BYTE_CHARSETS: [&[u8]; 5] = [b"big5", b"cp932", b"gbk", b"sjis", b"gb18030"];
 
+/// Whether character set `name` is one of `ASCII_SECOND_BYTE_CHARSETS`.
+fn hides_ascii(name: &[u8]) -> bool {
+    ASCII_SECOND_BYTE_CHARSETS
+        .iter()
+        .any(|set| name.eq_ignore_ascii_case(set))
+}
+
 /// Whether `sql` has a non-ASCII byte right before a backslash or a backtick, which one
 /// of [`ASCII_SECOND_BYTE_CHARSETS`] may read as one character with it.
 fn may_swallow_a_quote(sql: &[u8]) -> bool {
@@ -1748,11 +1752,24 @@ fn may_swallow_a_quote(sql: &[u8]) -> bool {
         .any(|pair| !pair[0].is_ascii() && matches!(pair[1], b'\\' | b'`'))
 }
 
+/// How the server reads a statement's text beside tandem's tokenizer
+/// (`Relay::text_reading`).
+pub(super) enum TextReading {
+    /// Token for token the same.
+    Same,
+    /// Every literal ends where tandem reads it end, but holds another value: the
+    /// statement's tables are those tandem reads, its rows need not be.
+    ValuesDiffer,
+    /// A literal, a comment or a statement ends elsewhere (why, for a refusal): a
+    /// statement tandem does not see may run.
+    Otherwise(&'static str),
+}
+
 /// Whether a statement of the multi-statement `sql` may set sql_mode for those after
 /// it (NO_BACKSLASH_ESCAPES, ANSI_QUOTES), where a backslash or a double quote then
 /// ends a literal elsewhere than tandem, reading the text with the session's mode of
 /// now, takes it to.
-pub(super) fn lexing_may_change_midway(sql: &[u8]) -> bool {
+fn lexing_may_change_midway(sql: &[u8]) -> bool {
     // Only what follows the change may read otherwise.
     let Some(from) = tandem_undo::mysql::reading::quoting_sql_mode_set_at(sql) else {
         return false;

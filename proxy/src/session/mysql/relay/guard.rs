@@ -65,7 +65,7 @@
 //! (`MysqlMetaCache::actions`), and DDL ahead of a write in one query makes what it
 //! changes count as every table.
 
-use super::at::{AtFailure, Source, execute_parameters};
+use super::at::{AtFailure, Source, TextReading, execute_parameters};
 use super::client_side::Handled;
 use super::control::Kind;
 use super::own::OwnError;
@@ -81,7 +81,6 @@ use crate::wire::mysql::messages::statement::{BinaryRow, OkPacket};
 use std::ops::ControlFlow;
 use std::time::Instant;
 use tandem_lockserver::client::{LockKey, Xid};
-use tandem_undo::mysql::reading::{QuotedReading, comments_read_otherwise};
 use tandem_undo::{Analysis, Capture, Cascade, Mysql, OnDuplicate, Write, WriteKind};
 
 /// What a checked write waits for: a lock holder, or the lockserver's silence.
@@ -101,17 +100,13 @@ impl Relay<'_> {
         if !some_statement(sql, may_write) || self.enter_unchecked_anywhere() {
             return Ok(None);
         }
-        if super::at::lexing_may_change_midway(sql) || comments_read_otherwise(sql) {
+        let values_differ = match self.text_reading(sql).await? {
+            None => return Ok(Some(Handled::Pause)),
+            Some(TextReading::Same) => false,
+            Some(TextReading::ValuesDiffer) => true,
             // Where its literals or comments end, tandem cannot tell: any table may be
             // written.
-            return self.guard_every_table().await;
-        }
-        let values_differ = match self.quoted_reading(sql).await? {
-            None => return Ok(Some(Handled::Pause)),
-            Some(QuotedReading::Same) => false,
-            Some(QuotedReading::ValuesDiffer) => true,
-            // Another statement may follow where tandem reads a literal.
-            Some(QuotedReading::BoundariesDiffer) => return self.guard_every_table().await,
+            Some(TextReading::Otherwise(_)) => return self.guard_every_table().await,
         };
         let hex_text;
         let text = match std::str::from_utf8(sql) {
@@ -383,12 +378,9 @@ impl Relay<'_> {
         };
         // Read as the session's sql_mode reads it now, which is mostly the one it was
         // prepared under.
-        if comments_read_otherwise(sql.as_bytes()) {
-            return self.guard_every_table().await;
-        }
-        match self.quoted_reading(sql.as_bytes()).await? {
-            Some(QuotedReading::Same) => {}
-            Some(QuotedReading::ValuesDiffer) => return self.unanalysed_write(&sql).await,
+        match self.text_reading(sql.as_bytes()).await? {
+            Some(TextReading::Same) => {}
+            Some(TextReading::ValuesDiffer) => return self.unanalysed_write(&sql).await,
             _ => return self.guard_every_table().await,
         }
         let write = match self.ctx.analyses.analyze(&sql) {
