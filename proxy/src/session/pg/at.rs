@@ -82,6 +82,10 @@ pub(super) struct WriteInFlight {
     /// through (None: no limit). tandem's own Execute asks for every row: it needs
     /// each one's key. At Some(0) the limit was reached.
     rows_left_for_client: Option<u32>,
+    /// The portal the client's Execute named, and the rows past its limit, held for
+    /// its later Executes (held_rows.rs).
+    portal: Vec<u8>,
+    held_for_client: VecDeque<BytesMut>,
     keys: Vec<TextKey>,
     /// The statement returns each row's after image first among tandem's columns.
     image: bool,
@@ -125,6 +129,8 @@ impl WriteInFlight {
             kind: write.kind,
             client_returning: write.has_returning,
             rows_left_for_client: None,
+            portal: Vec::new(),
+            held_for_client: VecDeque::new(),
             keys: Vec::new(),
             image,
             images: Vec::new(),
@@ -136,9 +142,10 @@ impl WriteInFlight {
         }
     }
 
-    /// The client's Execute asked for at most `max_rows` rows (0: all).
-    pub(super) fn pass_on_at_most(&mut self, max_rows: u32) {
+    /// The client's Execute of `portal` asked for at most `max_rows` rows (0: all).
+    pub(super) fn pass_on_at_most(&mut self, portal: &[u8], max_rows: u32) {
         self.rows_left_for_client = (max_rows != 0).then_some(max_rows);
+        self.portal = portal.to_vec();
     }
 
     /// An autocommit write outside a global transaction that tandem runs in its own
@@ -154,6 +161,8 @@ impl WriteInFlight {
             kind: WriteKind::Update,
             client_returning: true,
             rows_left_for_client: None,
+            portal: Vec::new(),
+            held_for_client: VecDeque::new(),
             keys: Vec::new(),
             image: false,
             images: Vec::new(),
@@ -897,14 +906,6 @@ impl Relay<'_> {
         if !w.client_returning {
             return Ok(Some(BytesMut::new()));
         }
-        if let Some(left) = w.rows_left_for_client.as_mut() {
-            if *left == 0 {
-                // Withheld: only a later Execute of the portal would have had it.
-                self.unnamed_portal_spent = true;
-                return Ok(Some(BytesMut::new()));
-            }
-            *left -= 1;
-        }
         let mut out = BytesMut::new();
         out.put_u8(b'D');
         let len: usize = 4
@@ -924,20 +925,30 @@ impl Relay<'_> {
                 None => out.put_i32(-1),
             }
         }
+        if let Some(left) = w.rows_left_for_client.as_mut() {
+            if *left == 0 {
+                // Past the client's limit: a later Execute of the portal takes it.
+                w.held_for_client.push_back(out);
+                return Ok(Some(BytesMut::new()));
+            }
+            *left -= 1;
+        }
         Ok(Some(out))
     }
 
-    /// CommandComplete of the write in flight: PortalSuspended instead when the
-    /// client's row limit was reached, even by the last row (the backend did not look
-    /// for more, so it suspends the portal, as without tandem). The backend runs a
+    /// CommandComplete (`body`) of the write in flight: PortalSuspended instead when
+    /// the client's row limit was reached, even by the last row (the backend did not
+    /// look for more, so it suspends the portal, as without tandem). The backend runs a
     /// write with RETURNING whole under a row limit too, and keeps the rest for a later
-    /// Execute of the portal, which tandem's portal no longer has: only the unnamed
-    /// portal, which the client's next Bind replaces, gets a limit (`rewrite_batch`).
-    pub(super) fn on_write_command_complete(&mut self) -> Option<BytesMut> {
-        let w = self.write_in_flight.as_ref()?;
+    /// Execute of the portal; tandem's Execute took them all, so tandem keeps them.
+    pub(super) fn on_write_command_complete(&mut self, body: &[u8]) -> Option<BytesMut> {
+        let w = self.write_in_flight.as_mut()?;
         if w.rows_left_for_client != Some(0) {
             return None;
         }
+        let tag = body.strip_suffix(b"\0").unwrap_or(body);
+        let rows = std::mem::take(&mut w.held_for_client);
+        self.held_rows.hold(&w.portal, rows, tag);
         let mut out = BytesMut::new();
         put_empty(&mut out, backend::PORTAL_SUSPENDED);
         Some(out)

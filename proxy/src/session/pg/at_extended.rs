@@ -559,14 +559,6 @@ impl Relay<'_> {
         let meta = self.captured_table_meta(&write.table).await?;
         meta.check_capturable(&Postgres, &write)?;
         self.check_session_for_images(&meta)?;
-        if write.has_returning && batch.max_rows != 0 && !batch.bind.portal.is_empty() {
-            // tandem's Execute takes every row: a later Execute of the portal, which
-            // the backend would answer with the rows past the limit, would get none.
-            // (The unnamed portal's is refused when it comes: `unnamed_portal_spent`.)
-            return Err(Error::Unsupported {
-                what: "a write with RETURNING executed into a named portal with a row limit inside a global transaction",
-            });
-        }
         let param_types = self.batch_param_types(sql, &batch).await?;
         let implicit = self.phase.tx_status() == Some(TxStatus::Idle);
         let before = super::at::before_image_query(&meta, &write).map_err(Error::Undo)?;
@@ -584,7 +576,7 @@ impl Relay<'_> {
                 crate::wire::pg::codes::backend::PARSE_COMPLETE,
             ]),
         );
-        in_flight.pass_on_at_most(batch.max_rows);
+        in_flight.pass_on_at_most(batch.bind.portal, batch.max_rows);
         // BEGIN (for an autocommit write), the before image and the batch go in one
         // round trip and under the batch's Sync, as over the simple protocol: the image
         // is read before the batch's replies, which follow it. If the image fails, the

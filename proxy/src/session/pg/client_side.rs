@@ -147,10 +147,11 @@ impl Relay<'_> {
             // those outside are: guard.rs).
             let execute_outside = frame.tag == frontend::EXECUTE
                 && (self.binding.xid().is_none() || self.branch_mode() == crate::binding::Mode::Xa);
-            // An Execute of the unnamed portal (its name, empty, is the body's first byte).
-            let execute_spent = frame.tag == frontend::EXECUTE
-                && self.unnamed_portal_spent
-                && body.first() == Some(&0);
+            // An Execute of a portal whose rows past an earlier limit tandem holds.
+            let execute_held = frame.tag == frontend::EXECUTE
+                && crate::wire::pg::reader::Reader::new(body)
+                    .cstr()
+                    .is_ok_and(|portal| self.held_rows.holds(portal));
             if matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 && (self.after_leading_closes(TxStatus::Idle)
                     || (self.after_leading_closes(TxStatus::InTransaction)
@@ -168,7 +169,7 @@ impl Relay<'_> {
             if control.is_some()
                 || matches!(frame.tag, frontend::PARSE | frontend::BIND)
                 || execute_outside
-                || execute_spent
+                || execute_held
                 || names_own
                 || describes_tandems
                 || late_execute.is_some()
@@ -192,10 +193,9 @@ impl Relay<'_> {
                         self.intercept_control(&buf[pos..], frame.tag, body, parsed)
                             .await?
                     }
-                    None if execute_spent => {
-                        Extended::RefuseExecute(super::at_extended::refusal(Error::Unsupported {
-                            what: "executing again, for the rows past its row limit, a write with RETURNING inside a global transaction (tandem ran it whole; take its rows in one Execute)",
-                        }))
+                    None if execute_held => {
+                        self.execute_held(body, frame.wire_len, run_start == pos)
+                            .await?
                     }
                     None if execute_outside => self.guard_execute(&buf[pos..], body).await?,
                     None => {
@@ -554,13 +554,22 @@ impl Relay<'_> {
             }
             frontend::BIND => {
                 self.bound_in_batch = true;
-                // A new unnamed portal replaces the spent one.
-                self.unnamed_portal_spent &= body.first() != Some(&0);
+                if let Ok(portal) = crate::wire::pg::reader::Reader::new(body).cstr() {
+                    self.held_rows.on_bind(portal);
+                }
             }
-            frontend::CLOSE if body.starts_with(b"P\0") => self.unnamed_portal_spent = false,
+            frontend::CLOSE => {
+                if let Some(portal) = body.strip_prefix(b"P")
+                    && let Ok(portal) = crate::wire::pg::reader::Reader::new(portal).cstr()
+                {
+                    self.held_rows.on_close(portal);
+                }
+            }
             frontend::SYNC | frontend::QUERY | frontend::FUNCTION_CALL => {
-                // A Query replaces the unnamed portal.
-                self.unnamed_portal_spent &= tag != frontend::QUERY;
+                if tag == frontend::QUERY {
+                    // A Query replaces the unnamed portal.
+                    self.held_rows.on_query();
+                }
                 self.executed_in_batch = false;
                 self.bound_in_batch = false;
                 self.block_may_have_ended = false;

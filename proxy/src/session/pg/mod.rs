@@ -14,6 +14,7 @@ mod control_extended;
 mod exchange;
 mod follow_up;
 mod guard;
+mod held_rows;
 mod intercept;
 mod phase;
 mod pool_reset;
@@ -257,10 +258,9 @@ struct Relay<'a> {
     /// The backend reported an error since its last ReadyForQuery: it skips what the
     /// client sends up to the next Sync.
     error_since_ready: bool,
-    /// The unnamed portal holds a write with RETURNING that tandem ran whole under the
-    /// client's row limit (see `on_write_command_complete`): executed again, it would
-    /// give none of the rows past the limit, so such an Execute is refused.
-    unnamed_portal_spent: bool,
+    /// Rows past the client's row limit of writes with RETURNING that tandem ran
+    /// whole (see `on_write_command_complete`), for later Executes of their portals.
+    held_rows: held_rows::HeldRows,
     /// Pool resets (RESET ALL, DISCARD ALL) the client sent, on their way to
     /// unbinding the session.
     pool_resets: pool_reset::PoolResets,
@@ -349,7 +349,7 @@ impl<'a> Relay<'a> {
             block_may_have_ended: false,
             unnamed_portal_keeps_block: false,
             error_since_ready: false,
-            unnamed_portal_spent: false,
+            held_rows: held_rows::HeldRows::default(),
             pool_resets: pool_reset::PoolResets::default(),
             closes_only_in_batch: true,
             commit_in_flight: None,

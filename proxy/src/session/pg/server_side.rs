@@ -134,10 +134,12 @@ impl Relay<'_> {
                         .on_write_row_description(body)?
                         .inspect(|_| self.tracked.on_describe_done()),
                     backend::DATA_ROW => self.on_write_data_row(body)?,
-                    backend::COMMAND_COMPLETE => self.on_write_command_complete().inspect(|_| {
-                        // A write's portal carries no follow-up.
-                        let _ = self.tracked.on_execute_done();
-                    }),
+                    backend::COMMAND_COMPLETE => {
+                        self.on_write_command_complete(body).inspect(|_| {
+                            // A write's portal carries no follow-up.
+                            let _ = self.tracked.on_execute_done();
+                        })
+                    }
                     backend::ERROR_RESPONSE => {
                         self.on_write_error();
                         // The backend's own bookkeeping of the error still applies.
@@ -266,7 +268,7 @@ impl Relay<'_> {
                     // the transaction's savepoints.
                     self.branch = at_branch::Branch::default();
                     // Portals end with their transaction.
-                    self.unnamed_portal_spent = false;
+                    self.held_rows.on_transaction_end();
                     self.binding.on_local_transaction_end();
                     self.forget_resolutions_of_ended_transaction();
                     if self.xa == xa::XaBranch::Open {
@@ -319,7 +321,15 @@ impl Relay<'_> {
                     // savepoint): the session stays bound. And a rollback to a
                     // savepoint drops the portals made since.
                     self.binding.keep_after_rollback();
-                    self.unnamed_portal_spent = false;
+                    self.held_rows.on_portals_may_be_gone();
+                }
+                if tag.starts_with(b"CLOSE CURSOR") {
+                    // SQL's CLOSE names portals too (CLOSE ALL closes every one).
+                    self.held_rows.on_portals_may_be_gone();
+                } else if tag == b"COMMIT" {
+                    // COMMIT AND CHAIN ends the transaction, its portals with it,
+                    // though the session stays in a block.
+                    self.held_rows.on_transaction_end();
                 }
                 if tag == b"DISCARD ALL" && self.binding.xid().is_some() {
                     // A pool's reset, however it was sent (the extended protocol, a

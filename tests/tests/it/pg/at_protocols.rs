@@ -1611,9 +1611,9 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     raw.query("COMMIT").await;
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "CZ", "{replies:?}");
-    // In a block the unnamed portal outlives the Sync, but the rows past the limit
-    // are gone (tandem ran the write whole): executing it again is refused, not
-    // answered with none of them.
+    // In a block the unnamed portal outlives the Sync: executing it again gives the
+    // rows past the limit (tandem ran the write whole and kept them), then the
+    // CommandComplete counting the rows of that Execute, as the backend would.
     raw.query("BEGIN").await;
     raw.recv_until(b'Z').await;
     raw.send(&limited(
@@ -1627,11 +1627,8 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     again.extend(frame(b'S', b""));
     raw.send(&again).await;
     let replies = raw.recv_until(b'Z').await;
-    assert_eq!(
-        replies[0].sqlstate().as_deref(),
-        Some("0A000"),
-        "{replies:?}"
-    );
+    assert_eq!(tags(&replies), "DCZ", "{replies:?}");
+    assert_eq!(replies[1].strings()[0], "UPDATE 1");
     raw.query("ROLLBACK").await;
     raw.recv_until(b'Z').await;
     // Exactly as many rows as the limit: none withheld, so executing it again is
@@ -1670,7 +1667,8 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     let replies = raw.recv_until(b'Z').await;
     assert_eq!(tags(&replies), "12DsZ", "{replies:?}");
     assert_eq!(replies[2].body[..], b"\0\x01\0\0\0\x03one"[..]);
-    // A named portal, which the client could Execute again for the rest: refused.
+    // A named portal, in autocommit: its rows past the limit end with the implicit
+    // transaction at the Sync.
     let mut named = frame(
         b'P',
         &parse_body(
@@ -1685,18 +1683,161 @@ async fn a_returning_write_under_a_row_limit_passes_on_that_many_rows() {
     named.extend(frame(b'S', b""));
     raw.send(&named).await;
     let replies = raw.recv_until(b'Z').await;
-    assert!(
-        replies
-            .iter()
-            .any(|m| m.sqlstate().as_deref() == Some("0A000")),
-        "{replies:?}"
-    );
+    assert_eq!(tags(&replies), "12DsZ", "{replies:?}");
     let changed = dump(&direct).await;
     assert_ne!(changed, before);
 
     raw.query("SELECT tandem_rollback()").await;
     raw.recv_until(b'Z').await;
     assert_eq!(dump(&direct).await, before, "all five rows restored");
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(raw);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// pgJDBC with a fetch size inside a transaction (defaultRowFetchSize, getGeneratedKeys
+/// included) binds a write with RETURNING to a named portal and fetches it an Execute
+/// and a Sync at a time. tandem runs the write whole (it needs every row's image) and
+/// answers the later Executes from the rows it kept: the client gets the very messages
+/// the server gives without tandem. After a ROLLBACK TO SAVEPOINT, which may have
+/// dropped the portal, an Execute of it is refused rather than answered with nothing.
+#[tokio::test]
+async fn a_returning_write_fetched_from_a_named_portal_gives_what_the_server_would() {
+    use super::control::parse_body;
+    use tandem_tests::raw_pg::{Msg, RawPg, frame};
+    let db = prepare("returning_named_portal").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let upstream = tokio::net::lookup_host(tandem_tests::env::pg_upstream())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let write = "UPDATE accounts SET balance = balance + id, note = note || '+' WHERE id <= 5 RETURNING id, balance, note";
+    let bound = |portal: &str| {
+        let mut batch = frame(b'P', &parse_body("", write));
+        let mut bind = format!("{portal}\0\0").into_bytes();
+        bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        batch.extend(frame(b'B', &bind));
+        batch.extend(frame(b'D', format!("P{portal}\0").as_bytes()));
+        batch
+    };
+    let execute = |portal: &str, max_rows: i32| {
+        let mut body = format!("{portal}\0").into_bytes();
+        body.extend_from_slice(&max_rows.to_be_bytes());
+        let mut out = frame(b'E', &body);
+        out.extend(frame(b'S', b""));
+        out
+    };
+    // Each reply as the client sees it, up to ReadyForQuery.
+    async fn fetch(raw: &mut RawPg, messages: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        raw.send(messages).await;
+        let replies: Vec<Msg> = raw.recv_until(b'Z').await;
+        replies
+            .into_iter()
+            .map(|m| (m.tag, m.body.to_vec()))
+            .collect()
+    }
+    // In a block: bind the write to C_1 and take two rows, then three more Executes.
+    let mut fetched = Vec::new();
+    for through_tandem in [false, true] {
+        let addr = if through_tandem { tandem.pg } else { upstream };
+        let mut raw = RawPg::startup(addr, "postgres", &db.name).await;
+        if through_tandem {
+            raw.run_each(&["SELECT tandem_begin(30000)"]).await;
+        }
+        raw.run_each(&["BEGIN"]).await;
+        let mut all = vec![fetch(&mut raw, &[bound("C_1"), execute("C_1", 2)].concat()).await];
+        for _ in 0..3 {
+            all.push(fetch(&mut raw, &execute("C_1", 2)).await);
+        }
+        if through_tandem {
+            raw.run_each(&["COMMIT"]).await;
+        } else {
+            raw.run_each(&["ROLLBACK"]).await;
+            assert_eq!(dump(&direct).await, before);
+        }
+        fetched.push((raw, all));
+    }
+    let (mut raw, seen_through_tandem) = fetched.pop().unwrap();
+    let (_, seen_directly) = fetched.pop().unwrap();
+    let tags_of = |all: &[Vec<(u8, Vec<u8>)>]| -> Vec<String> {
+        all.iter()
+            .map(|replies| replies.iter().map(|(t, _)| *t as char).collect())
+            .collect()
+    };
+    assert_eq!(
+        tags_of(&seen_through_tandem),
+        ["12TDDsZ", "DDsZ", "DCZ", "CZ"],
+        "{seen_through_tandem:?}"
+    );
+    assert_eq!(tags_of(&seen_through_tandem), tags_of(&seen_directly));
+    let sorted = |all: &[Vec<(u8, Vec<u8>)>]| {
+        let mut rows: Vec<Vec<u8>> = all
+            .iter()
+            .flatten()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| b.clone())
+            .collect();
+        rows.sort();
+        let others: Vec<(u8, Vec<u8>)> = all
+            .iter()
+            .flatten()
+            .filter(|(t, _)| *t != b'D')
+            .cloned()
+            .collect();
+        (rows, others)
+    };
+    assert_eq!(
+        sorted(&seen_through_tandem),
+        sorted(&seen_directly),
+        "the same rows, RowDescription, tags (UPDATE 1, then UPDATE 0) and statuses"
+    );
+    assert_ne!(dump(&direct).await, before);
+
+    // A portal bound before a savepoint that is rolled back to: refused, not emptied.
+    raw.run_each(&["BEGIN"]).await;
+    let replies = fetch(&mut raw, &[bound("C_2"), execute("C_2", 1)].concat()).await;
+    assert_eq!(
+        tags_of(std::slice::from_ref(&replies)),
+        ["12TDsZ"],
+        "{replies:?}"
+    );
+    raw.run_each(&["SAVEPOINT s", "ROLLBACK TO SAVEPOINT s"])
+        .await;
+    let replies = fetch(&mut raw, &execute("C_2", 1)).await;
+    assert!(
+        replies
+            .iter()
+            .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"0A000")),
+        "{replies:?}"
+    );
+    raw.run_each(&["ROLLBACK"]).await;
+    // Closed, the portal is the backend's again: an Execute of it fails as without
+    // tandem (34000, no such portal).
+    raw.run_each(&["BEGIN"]).await;
+    fetch(&mut raw, &[bound("C_3"), execute("C_3", 1)].concat()).await;
+    let mut close = frame(b'C', b"PC_3\0");
+    close.extend(frame(b'S', b""));
+    fetch(&mut raw, &close).await;
+    let replies = fetch(&mut raw, &execute("C_3", 1)).await;
+    assert!(
+        replies
+            .iter()
+            .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"34000")),
+        "{replies:?}"
+    );
+    raw.run_each(&["ROLLBACK"]).await;
+
+    raw.run_each(&["SELECT tandem_rollback()"]).await;
+    assert_eq!(
+        dump(&direct).await,
+        before,
+        "every row the write changed restored"
+    );
     assert_eq!(undo_rows(&direct).await, 0);
     drop(raw);
     tandem.shutdown().await;
