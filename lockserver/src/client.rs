@@ -454,6 +454,43 @@ impl LockClient {
         wait: Duration,
     ) -> Result<u64> {
         let token = rand::random::<u64>().max(1);
+        self.register_with_token(xid, resource_id, kind, keys, wait, token)
+            .await
+    }
+
+    /// [`LockClient::register_branch`], given up once `stop` resolves (the client
+    /// cancelled its statement): `Ok(None)` then, and the registration is withdrawn, so
+    /// that it holds nothing should the lockserver grant it after all.
+    pub async fn register_branch_unless(
+        &self,
+        xid: &Xid,
+        resource_id: &str,
+        kind: BranchKind,
+        keys: &[LockKey],
+        wait: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<u64>> {
+        let token = rand::random::<u64>().max(1);
+        tokio::select! {
+            registered = self.register_with_token(xid, resource_id, kind, keys, wait, token) => {
+                registered.map(Some)
+            }
+            () = stop => {
+                self.withdraw_in_background(xid, resource_id, kind, token);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn register_with_token(
+        &self,
+        xid: &Xid,
+        resource_id: &str,
+        kind: BranchKind,
+        keys: &[LockKey],
+        wait: Duration,
+        token: u64,
+    ) -> Result<u64> {
         let req = pb::RegisterRequest {
             xid: xid.to_string(),
             resource_id: resource_id.to_string(),

@@ -7,7 +7,10 @@
 
 use crate::wire::pg::messages::startup::CancelKey;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CancelTarget {
@@ -15,6 +18,66 @@ pub struct CancelTarget {
     pub upstream: Arc<str>,
     /// The key the backend itself sent.
     pub backend: CancelKey,
+    /// The session's own waits, which a cancel ends too.
+    pub interrupt: Interrupt,
+}
+
+/// A client's cancel, as it reaches the waits tandem itself makes for a statement (for
+/// a global lock, before or after the statement ran): while tandem waits, the backend
+/// is idle and ignores the cancel, so the session must hear it itself.
+///
+/// Like PostgreSQL's, a cancel ends what is waiting when it comes, and nothing later:
+/// a wait hears only the cancels sent since its statement's `mark`.
+#[derive(Clone, Debug, Default)]
+pub struct Interrupt(Arc<InterruptInner>);
+
+#[derive(Debug, Default)]
+struct InterruptInner {
+    cancels: AtomicU64,
+    notify: Notify,
+}
+
+impl PartialEq for Interrupt {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Interrupt {}
+
+impl Interrupt {
+    /// The client cancelled.
+    pub fn interrupt(&self) {
+        self.0.cancels.fetch_add(1, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Where a wait starts: later cancels end it.
+    pub fn mark(&self) -> u64 {
+        self.0.cancels.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the client cancels after `mark` (at once if it already has).
+    pub async fn cancelled_since(&self, mark: u64) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a cancel between the two still wakes it.
+            notified.as_mut().enable();
+            if self.0.cancels.load(Ordering::SeqCst) != mark {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sleeps for `pause`; false if the client cancelled after `mark` (at once, then).
+    pub async fn pause(&self, mark: u64, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => self.mark() == mark,
+            () = self.cancelled_since(mark) => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +158,7 @@ mod tests {
         let target = CancelTarget {
             upstream: "127.0.0.1:5432".into(),
             backend: CancelKey { pid: 1, secret: 2 },
+            interrupt: Interrupt::default(),
         };
         let reg = registry.register(target.clone());
         assert_eq!(registry.lookup(&reg.key), Some(target));
@@ -107,5 +171,27 @@ mod tests {
         drop(reg);
         assert_eq!(registry.lookup(&key), None);
         assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wait_hears_the_cancels_sent_since_its_mark_only() {
+        let interrupt = Interrupt::default();
+        interrupt.interrupt();
+        let mark = interrupt.mark();
+        // The cancel before the mark is not this wait's.
+        assert!(interrupt.pause(mark, Duration::from_millis(5)).await);
+        let waiting = {
+            let interrupt = interrupt.clone();
+            tokio::spawn(async move { interrupt.pause(mark, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        interrupt.interrupt();
+        let finished = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the cancel ends the wait")
+            .unwrap();
+        assert!(!finished);
+        // Sent before a wait began but after its mark: it ends that wait at once.
+        assert!(!interrupt.pause(mark, Duration::from_secs(30)).await);
     }
 }

@@ -159,6 +159,10 @@ pub enum Error {
     #[error("a row is locked by unfinished global transaction {holder}; retry the transaction")]
     GloballyLocked { holder: String },
 
+    /// The client cancelled its statement while tandem waited for a global lock.
+    #[error("canceling statement due to user request (while waiting for a global lock)")]
+    Cancelled,
+
     #[error(
         "could not change a row of {table}: unfinished global transaction {holder} holds it{}",
         if *rolling_back { ROLLING_BACK_HINT } else { "" }
@@ -283,6 +287,7 @@ impl Error {
     /// The SQLSTATE a PostgreSQL client sees for this error.
     pub fn sqlstate(&self) -> SqlState {
         match self {
+            Error::Cancelled => SqlState::QueryCanceled,
             Error::Frame(FrameError::TooLarge { .. })
             | Error::MysqlPacket(MysqlPacketError::TooLarge { .. }) => {
                 SqlState::ProgramLimitExceeded
@@ -365,6 +370,7 @@ impl Error {
     /// The MySQL error a MySQL client sees for this error (`wire::mysql::errcode`).
     pub fn mysql_error(&self) -> MyErr {
         match self {
+            Error::Cancelled => MyErr::QueryInterrupted,
             Error::MysqlPacket(MysqlPacketError::TooLarge { .. })
             | Error::Frame(FrameError::TooLarge { .. }) => MyErr::PacketTooLarge,
             Error::MysqlPacket(MysqlPacketError::OutOfOrder { .. }) => MyErr::PacketsOutOfOrder,
@@ -505,6 +511,7 @@ impl Error {
                 | Error::LocalTransactionOpen { .. }
                 | Error::BranchPrepared { .. }
                 | Error::BadControlCall(_)
+                | Error::Cancelled
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::UnknownStatement { .. }
@@ -539,6 +546,7 @@ impl Error {
     /// The metrics label of this error's kind.
     pub fn kind(&self) -> &'static str {
         match self {
+            Error::Cancelled => "cancelled",
             Error::Frame(_)
             | Error::MysqlPacket(_)
             | Error::Malformed { .. }

@@ -58,12 +58,14 @@ pub fn read_lock_wait(
 /// A locking read's check in a global transaction: the rows it locks (`keys`) must not
 /// be held by another unfinished global transaction. Waits up to `wait` for such a
 /// lock, then fails (`GloballyLocked`); gives way at once to a holder that is rolling
-/// back, whose undo needs the rows the read now holds locked locally.
+/// back, whose undo needs the rows the read now holds locked locally. A cancel of the
+/// client's since `cancels_seen` ends the wait (`Cancelled`).
 pub async fn wait_for_read_locks(
     lock: &tandem_lockserver::client::LockClient,
     keys: &[tandem_lockserver::client::LockKey],
     xid: &tandem_lockserver::client::Xid,
     wait: std::time::Duration,
+    (interrupt, cancels_seen): (&crate::cancel::Interrupt, u64),
 ) -> crate::error::Result<()> {
     if keys.is_empty() {
         return Ok(());
@@ -77,7 +79,12 @@ pub async fn wait_for_read_locks(
                         holder: held.holder.to_string(),
                     });
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if !interrupt
+                    .pause(cancels_seen, std::time::Duration::from_millis(20))
+                    .await
+                {
+                    return Err(crate::error::Error::Cancelled);
+                }
             }
             _ => return Ok(()),
         }

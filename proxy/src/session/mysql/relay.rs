@@ -77,6 +77,10 @@ pub struct Relay<'a> {
     pub(super) nonce: Vec<u8>,
     pub(super) client_tls: bool,
     pub(super) thread_id: u32,
+    /// A KILL QUERY of this session's, as tandem's own waits hear it, and where the
+    /// command being handled began among them.
+    pub(super) interrupt: crate::cancel::Interrupt,
+    pub(super) cancels_seen: u64,
     /// Reading from the client waits for the next sync point (a command tandem answers
     /// itself, or COM_CHANGE_USER, arrived behind commands in flight).
     pub(super) client_paused: bool,
@@ -192,6 +196,8 @@ impl<'a> Relay<'a> {
             nonce: opened.nonce,
             client_tls: opened.client_tls,
             thread_id: opened.thread_id,
+            interrupt: crate::cancel::Interrupt::default(),
+            cancels_seen: 0,
             client_paused: false,
             client_lost: false,
             backend_said_fatal: false,

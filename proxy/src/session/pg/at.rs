@@ -1113,7 +1113,8 @@ impl Relay<'_> {
             .map(|key| crate::at::branch::lock_key(&resource, &meta, key))
             .collect();
         let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
-        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait).await
+        let cancels = (&self.interrupt, self.cancels_seen);
+        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, cancels).await
     }
 
     /// ReadyForQuery after a branch's COMMIT failed but left its block open (an error
@@ -1316,9 +1317,18 @@ impl Relay<'_> {
         let registered = self
             .ctx
             .lock
-            .register_branch(&xid, &resource, BranchKind::AT, &keys, self.ctx.lock_wait)
+            .register_branch_unless(
+                &xid,
+                &resource,
+                BranchKind::AT,
+                &keys,
+                self.ctx.lock_wait,
+                self.interrupt.cancelled_since(self.cancels_seen),
+            )
             .await;
-        let branch_id = registered.inspect_err(|e| self.binding.on_registration_refused(e))?;
+        let branch_id = registered
+            .inspect_err(|e| self.binding.on_registration_refused(e))?
+            .ok_or(Error::Cancelled)?;
         tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
         Ok(Some(UndoRow {
             id: crate::at::undo_row_id(xid.as_str(), branch_id).to_be_bytes(),

@@ -21,6 +21,10 @@ impl Relay<'_> {
         let mut run_start = 0;
         let mut terminated = false;
         self.client_paused = false;
+        if self.phase.at_sync_point() {
+            // A new request: a cancel from now on is meant for it.
+            self.cancels_seen = self.interrupt.mark();
+        }
         while self.client_streaming == 0 {
             let Some(frame) = Frame::header(&buf[pos..], max)? else {
                 break;

@@ -297,7 +297,9 @@ impl Relay<'_> {
                     rolling_back: gives_way,
                 });
             }
-            tokio::time::sleep(RECHECK).await;
+            if !self.interrupt.pause(self.cancels_seen, RECHECK).await {
+                return Some(Error::Cancelled);
+            }
         }
     }
 
@@ -1188,8 +1190,14 @@ impl Relay<'_> {
                 if check_in == CheckIn::EmptyOwnBlock && statements.len() == 1 {
                     statements.insert(0, ("BEGIN", &[], &[]));
                 }
-                tokio::time::sleep(RECHECK).await;
-                continue;
+                if self.interrupt.pause(self.cancels_seen, RECHECK).await {
+                    continue;
+                }
+                if check_in == CheckIn::EmptyOwnBlock {
+                    // Refused as when it does not wait: in tandem's block, which it fails.
+                    self.exchange_required("BEGIN").await?;
+                }
+                return refused(Error::Cancelled, open);
             }
             // tandem's own block is still open here, as its caller left it (the refusal
             // fails it): it is ended only to wait, and each wait begins it again.

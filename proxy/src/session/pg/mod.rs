@@ -199,6 +199,10 @@ struct Relay<'a> {
     /// with a backslash is not trusted from then on (`text_misread`).
     escapes_seen: bool,
     cancel: Option<Registration>,
+    /// The client's cancels, as tandem's own waits hear them, and where the request
+    /// being handled began among them.
+    interrupt: crate::cancel::Interrupt,
+    cancels_seen: u64,
     request_started: Option<Instant>,
     /// The backend already told the client why it is closing (a FATAL ErrorResponse).
     backend_said_fatal: bool,
@@ -326,6 +330,8 @@ impl<'a> Relay<'a> {
             server_params: Vec::new(),
             escapes_seen: false,
             cancel: None,
+            interrupt: crate::cancel::Interrupt::default(),
+            cancels_seen: 0,
             request_started: None,
             backend_said_fatal: false,
             fatal_before_tandems_replies: false,

@@ -440,6 +440,7 @@ impl Relay<'_> {
         let registration = self.ctx.cancels.register(CancelTarget {
             upstream: Arc::clone(&self.ctx.upstream),
             backend,
+            interrupt: self.interrupt.clone(),
         });
         let mut out = BytesMut::new();
         put_backend_key(&mut out, registration.key);

@@ -153,10 +153,15 @@ pub async fn forward_cancel(ctx: &PgFrontendContext, key: CancelKey) -> Result<(
         tracing::debug!("cancel request with an unknown key");
         return Ok(());
     };
-    upstream::send_cancel(
+    let forwarded = upstream::send_cancel(
         &target.upstream,
         target.backend,
         ctx.config.connect_timeout(),
     )
-    .await
+    .await;
+    // While tandem itself waits (for a global lock), the backend is idle and ignores
+    // the cancel: the session hears it too. After the backend has it, so that it less
+    // likely meets the statements tandem sends once its wait ends.
+    target.interrupt.interrupt();
+    forwarded
 }

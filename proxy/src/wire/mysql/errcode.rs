@@ -60,6 +60,8 @@ pub enum MyErr {
     /// 1243 ER_UNKNOWN_STMT_HANDLER, HY000: an execute of a statement id never
     /// prepared (or closed).
     UnknownStmtHandler,
+    /// 1317 ER_QUERY_INTERRUPTED, 70100: the statement was killed while tandem waited.
+    QueryInterrupted,
 }
 
 impl MyErr {
@@ -87,6 +89,7 @@ impl MyErr {
             MyErr::WrongArguments => 1210,
             MyErr::NoSuchTable => 1146,
             MyErr::UnknownStmtHandler => 1243,
+            MyErr::QueryInterrupted => 1317,
         }
     }
 
@@ -107,6 +110,7 @@ impl MyErr {
             MyErr::XaRbRollback => b"XA100",
             MyErr::TransactionInProgress => b"25001",
             MyErr::NoSuchTable => b"42S02",
+            MyErr::QueryInterrupted => b"70100",
             MyErr::Unknown
             | MyErr::TransactionTooLarge
             | MyErr::LockTableFull

@@ -997,3 +997,85 @@ async fn begun_in_a_block(
         .unwrap();
     (client, xid, pid)
 }
+
+/// A client's cancel (JDBC's query timeout, psycopg's `cancel()`) ends tandem's own
+/// wait for a global lock, as it ends a wait for a row lock in PostgreSQL: 57014 at
+/// once, not the lock error when `lock_wait_ms` runs out. While tandem waits the
+/// backend is idle, so the cancel forwarded to it alone would end nothing. Three waits:
+/// a locking read's check, a write outside a global transaction, and a branch's
+/// registration at its COMMIT, whose transaction is rolled back, leaving nothing held.
+#[tokio::test]
+async fn a_cancel_ends_a_wait_for_a_global_lock() {
+    let orders = prepare("at_cancel_wait").await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 20_000;
+    })
+    .await;
+    let holder = tandem.connect(&orders.name).await;
+    one(&holder, "SELECT tandem_begin(60000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    let waiter = tandem.connect(&orders.name).await;
+    let token = waiter.cancel_token();
+    let cancel_soon = || {
+        let token = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        })
+    };
+    async fn cancelled(waiter: &tokio_postgres::Client, sql: &str) {
+        let started = std::time::Instant::now();
+        let err = waiter.batch_execute(sql).await.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{sql}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "{sql}: the wait ran on for {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Outside a global transaction: an autocommit write of the held row.
+    let cancel = cancel_soon();
+    cancelled(&waiter, "UPDATE accounts SET balance = 8 WHERE id = 1").await;
+    cancel.await.unwrap();
+    // A locking read in a global transaction; its block fails, as after any error.
+    one(&waiter, "SELECT tandem_begin(60000)").await.unwrap();
+    waiter.batch_execute("BEGIN").await.unwrap();
+    let cancel = cancel_soon();
+    cancelled(&waiter, "SELECT * FROM accounts WHERE id = 1 FOR UPDATE").await;
+    cancel.await.unwrap();
+    let err = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    waiter.batch_execute("ROLLBACK").await.unwrap();
+    // A branch's COMMIT waiting to register the held row.
+    waiter.batch_execute("BEGIN").await.unwrap();
+    waiter
+        .batch_execute("UPDATE accounts SET balance = 9 WHERE id = 1")
+        .await
+        .unwrap();
+    let cancel = cancel_soon();
+    cancelled(&waiter, "COMMIT").await;
+    cancel.await.unwrap();
+    assert_eq!(
+        balance(&direct, 1).await,
+        7,
+        "the waiter's write rolled back"
+    );
+    assert_eq!(undo_rows(&direct).await, 1, "the holder's undo row only");
+    // The session goes on; its abandoned branch holds nothing and costs its global
+    // transaction nothing but the branch's failure.
+    let status = one(&waiter, "SELECT tandem_rollback()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    rolled_back(&holder).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}

@@ -1612,7 +1612,8 @@ impl Relay<'_> {
             Err(e) => return self.refuse(e),
         };
         let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
-        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait).await {
+        let cancels = (&self.interrupt, self.cancels_seen);
+        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, cancels).await {
             Ok(()) => Ok(Handled::Relay),
             Err(e) => self.refuse(e),
         }
