@@ -23,9 +23,10 @@ pub use split::{count_mysql_statements, split_mysql_statements, split_statements
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, InsertOverriding,
-    ObjectName, ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Query, SetExpr, Statement,
-    TableFactor, TableObject, TableWithJoins, UnaryOperator, UpdateTableFromKind, Value,
+    Assignment, AssignmentTarget, ConflictTarget, CopySource, CopyTarget, Expr, FromTable, Ident,
+    InsertOverriding, ObjectName, ObjectNamePart, OnConflict, OnConflictAction, OnInsert, Query,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator,
+    UpdateTableFromKind, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -801,6 +802,29 @@ fn analyze_statement(statement: &Statement) -> Result<Analysis, Error> {
         | Statement::NOTIFY { .. }
         | Statement::UNLISTEN { .. } => Analysis::Other,
         Statement::Truncate { .. } => return Err(Error::unsupported("TRUNCATE")),
+        // Out to the client, COPY reads: what a table or a query holds, as a SELECT
+        // reads it. Into a table, or out of a write's RETURNING, it writes.
+        Statement::Copy {
+            to: true,
+            target: CopyTarget::Stdout,
+            source,
+            ..
+        } => match source {
+            CopySource::Table { .. } => Analysis::Read,
+            CopySource::Query(query) if only_reads(&query.body) => {
+                match analyze_query(query, POSTGRES_NAMES)? {
+                    Analysis::Read => Analysis::Read,
+                    _ => {
+                        return Err(Error::unsupported(
+                            "COPY of a locking read (SELECT … FOR UPDATE)",
+                        ));
+                    }
+                }
+            }
+            CopySource::Query(_) => {
+                return Err(Error::unsupported("COPY of a write's RETURNING"));
+            }
+        },
         Statement::Copy { .. } => return Err(Error::unsupported("COPY")),
         Statement::Merge { .. } => return Err(Error::unsupported("MERGE")),
         Statement::CreateTable { .. }
@@ -854,6 +878,18 @@ fn analyze_query(query: &Query, names: Names) -> Result<Analysis, Error> {
         _ => None,
     };
     Ok(Analysis::LockingRead(single))
+}
+
+/// Whether a query body only reads: no INSERT, UPDATE, DELETE or MERGE as (a part of)
+/// it, at any depth of parentheses and set operations (a data-modifying CTE is refused
+/// by `analyze_query`).
+fn only_reads(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(_) | SetExpr::Values(_) | SetExpr::Table(_) => true,
+        SetExpr::Query(query) => only_reads(&query.body),
+        SetExpr::SetOperation { left, right, .. } => only_reads(left) && only_reads(right),
+        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => false,
+    }
 }
 
 /// PostgreSQL's `SELECT … INTO t` is `CREATE TABLE t AS SELECT …` (MySQL's INTO names

@@ -68,3 +68,69 @@ async fn copy_in_then_copy_out_returns_the_same_bytes() {
     tandem.assert_no_sessions_left().await;
     tandem.shutdown().await;
 }
+
+/// Inside a global transaction COPY out to the client is a read, and passes whole (a
+/// report or an export in the middle of a transaction): the same bytes as directly.
+/// COPY into a table, or out of a write's RETURNING, writes, and is refused before it
+/// runs.
+#[tokio::test]
+async fn copy_out_reads_inside_a_global_transaction_and_copy_that_writes_is_refused() {
+    use super::at_mode::{dump, one, prepare, rolled_back};
+    use tandem_tests::lockserver::{Kind, TestLockserver};
+    let db = prepare("copy_global").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    async fn copied(client: &tokio_postgres::Client, sql: &str) -> Vec<u8> {
+        let stream = client.copy_out(sql).await.unwrap();
+        futures::pin_mut!(stream);
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    let copies = [
+        "COPY accounts TO STDOUT",
+        "COPY (SELECT id, note FROM accounts ORDER BY id) TO STDOUT WITH (FORMAT csv)",
+    ];
+    for sql in copies {
+        assert_eq!(
+            copied(&client, sql).await,
+            copied(&direct, sql).await,
+            "{sql}"
+        );
+    }
+    // It reads inside the client's transaction, as any read there.
+    client
+        .batch_execute("UPDATE accounts SET note = 'in the transaction' WHERE id = 2")
+        .await
+        .unwrap();
+    for sql in copies {
+        let through_tandem = String::from_utf8(copied(&client, sql).await).unwrap();
+        assert!(through_tandem.contains("in the transaction"), "{sql}");
+    }
+    for sql in [
+        "COPY (UPDATE accounts SET balance = 0 WHERE id = 3 RETURNING id) TO STDOUT",
+        "COPY accounts FROM STDIN",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {err}"
+        );
+        client.batch_execute("ROLLBACK").await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+    }
+    client.batch_execute("COMMIT").await.unwrap();
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
