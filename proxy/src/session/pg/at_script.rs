@@ -47,8 +47,18 @@ impl Relay<'_> {
             Err(e) => return Ok(self.refuse(Error::Undo(e))),
         };
         let last = analyses.len() - 1;
+        // `ROLLBACK; BEGIN; …` ends the block (a failed one too) and opens the next: the
+        // rest runs in that block, as it would sent on its own. A ROLLBACK followed by
+        // anything else would leave the rest in one implicit transaction, which tandem
+        // does not open behind it.
+        let rolls_back_first = matches!(
+            analyses.as_slice(),
+            [Analysis::Rollback, Analysis::Begin, ..]
+        );
         for (i, a) in analyses.iter().enumerate() {
             let refused = match a {
+                Analysis::Begin if i == 1 && rolls_back_first => None,
+                Analysis::Rollback if i == 0 && rolls_back_first => None,
                 Analysis::Begin if i != 0 => Some("BEGIN after the first statement of a query"),
                 Analysis::Commit if i != last => {
                     Some("COMMIT before the last statement of a query")
@@ -65,7 +75,9 @@ impl Relay<'_> {
                 _ => None,
             };
             if let Some(what) = refused {
-                return Ok(self.refuse(Error::Unsupported { what }));
+                // In a failed block the backend would answer a refusal's query with
+                // 25P02: tandem answers it itself.
+                return Ok(self.refuse_or_answer(Error::Unsupported { what }));
             }
         }
         if !self.phase.at_sync_point() {
@@ -84,7 +96,7 @@ impl Relay<'_> {
         if commit_at_end {
             rest.pop_back();
         }
-        let opens_block = matches!(rest.front(), Some((_, Analysis::Begin)));
+        let opens_block = rolls_back_first || matches!(rest.front(), Some((_, Analysis::Begin)));
         let implicit = status == Some(TxStatus::Idle) && !opens_block;
         if implicit
             && let Some(statement) = rest.iter().find_map(|(_, a)| match a {

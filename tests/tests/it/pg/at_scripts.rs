@@ -278,3 +278,63 @@ async fn a_refusal_carries_no_context_of_the_do_block_that_raised_it() {
     tandem.shutdown().await;
     lockserver.stop().await;
 }
+
+/// `ROLLBACK; BEGIN; …` in one query (a framework starting over after an error) ends
+/// the block, a failed one too, and runs the rest in a new one, captured: as sent
+/// directly, not 25P02. A ROLLBACK followed by anything but BEGIN is refused with
+/// tandem's own error, also in a failed block.
+#[tokio::test]
+async fn rollback_then_begin_in_one_query_starts_over_in_a_new_block() {
+    let db = prepare("script_rollback_begin").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = db.direct().await;
+    let before = dump(&direct).await;
+    let client = tandem.connect(&db.name).await;
+    one(&client, "SELECT tandem_begin(30000)").await.unwrap();
+    // From a block holding a captured write, then from a failed one.
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .batch_execute("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    client
+        .batch_execute("ROLLBACK; BEGIN; UPDATE accounts SET balance = 2 WHERE id = 2")
+        .await
+        .unwrap();
+    client.batch_execute("SELECT 1/0").await.unwrap_err();
+    let replies = client
+        .simple_query("ROLLBACK; BEGIN; UPDATE accounts SET balance = 3 WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(counts(&replies), [0, 0, 1]);
+    client.batch_execute("COMMIT").await.unwrap();
+    let balances: Vec<i64> = direct
+        .query(
+            "SELECT balance FROM accounts WHERE id <= 3 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(balances, [1000, 1000, 3], "only the last block's write");
+    assert_eq!(undo_rows(&direct).await, 1);
+
+    client.batch_execute("BEGIN").await.unwrap();
+    client.batch_execute("SELECT 1/0").await.unwrap_err();
+    let err = client
+        .batch_execute("ROLLBACK; UPDATE accounts SET balance = 4 WHERE id = 4")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+
+    rolled_back(&client).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
