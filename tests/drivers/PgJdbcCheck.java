@@ -270,6 +270,50 @@ public class PgJdbcCheck {
                 check("Rollbacked".equals(one(holder, "SELECT tandem_rollback()")), "the holder rolls back");
                 check(balance(d, 1) == held - 1, "the holder rolled back exactly");
             }
+
+            // A fetch size inside a transaction (as defaultRowFetchSize sets it) makes
+            // pgJDBC read a statement's rows from a named portal a few at a time, the
+            // generated keys of an INSERT and an UPDATE's RETURNING included: every row
+            // arrives, and every row is captured.
+            c.setAutoCommit(true);
+            try (Statement s = d.createStatement()) {
+                s.execute("DROP TABLE IF EXISTS jdbc_items");
+                s.execute("CREATE TABLE jdbc_items (id bigserial PRIMARY KEY, name text NOT NULL)");
+            }
+            one(c, "SELECT tandem_begin(30000)");
+            c.setAutoCommit(false);
+            int keys = 0;
+            try (PreparedStatement insert = c.prepareStatement(
+                    "INSERT INTO jdbc_items (name) VALUES (?), (?), (?), (?), (?)",
+                    Statement.RETURN_GENERATED_KEYS)) {
+                insert.setFetchSize(2);
+                for (int i = 1; i <= 5; i++) {
+                    insert.setString(i, "item " + i);
+                }
+                insert.executeUpdate();
+                try (ResultSet r = insert.getGeneratedKeys()) {
+                    while (r.next()) {
+                        keys++;
+                    }
+                }
+            }
+            check(keys == 5, "five generated keys, two at a time: " + keys);
+            int renamed = 0;
+            try (PreparedStatement rename = c.prepareStatement(
+                    "UPDATE jdbc_items SET name = name || '!' RETURNING name")) {
+                rename.setFetchSize(2);
+                try (ResultSet r = rename.executeQuery()) {
+                    while (r.next()) {
+                        check(r.getString(1).endsWith("!"), "a renamed row: " + r.getString(1));
+                        renamed++;
+                    }
+                }
+            }
+            check(renamed == 5, "five rows returned, two at a time: " + renamed);
+            c.commit();
+            c.setAutoCommit(true);
+            check("Rollbacked".equals(one(c, "SELECT tandem_rollback()")), "fetched writes roll back");
+            check("0".equals(one(d, "SELECT count(*) FROM jdbc_items")), "every fetched write undone");
         }
         System.out.println("all checks passed");
     }

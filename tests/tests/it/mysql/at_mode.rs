@@ -3644,6 +3644,13 @@ async fn a_large_value_written_over_a_large_value_neither_hangs_nor_loses_its_im
         "both rows restored"
     );
     assert_eq!(undo_rows(&mut check).await, 0);
+    // The rows are back before the lockserver hears it: until then the next global
+    // transaction's COMMIT meets their locks, held by a rollback (1213 at once).
+    eventually("the rollback's locks released", || async {
+        let (_, locks) = lockserver.get("/v1/locks").await;
+        locks["locks"].as_array().map(Vec::len) == Some(0)
+    })
+    .await;
 
     // Both rows in one branch: an undo row past max_allowed_packet (16 MB) is refused
     // at COMMIT with 1197, the local transaction rolled back and the branch reported
