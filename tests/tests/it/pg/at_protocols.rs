@@ -1808,13 +1808,15 @@ async fn a_returning_write_fetched_from_a_named_portal_gives_what_the_server_wou
     );
     raw.run_each(&["SAVEPOINT s", "ROLLBACK TO SAVEPOINT s"])
         .await;
-    let replies = fetch(&mut raw, &execute("C_2", 1)).await;
-    assert!(
+    // Whether the replies hold an ErrorResponse with SQLSTATE `code`.
+    let failed_with = |replies: &[(u8, Vec<u8>)], code: &str| {
+        let field = format!("C{code}\0");
         replies
             .iter()
-            .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"0A000")),
-        "{replies:?}"
-    );
+            .any(|(t, b)| *t == b'E' && b.windows(field.len()).any(|w| w == field.as_bytes()))
+    };
+    let replies = fetch(&mut raw, &execute("C_2", 1)).await;
+    assert!(failed_with(&replies, "0A000"), "{replies:?}");
     raw.run_each(&["ROLLBACK"]).await;
     // Closed, the portal is the backend's again: an Execute of it fails as without
     // tandem (34000, no such portal).
@@ -1824,12 +1826,7 @@ async fn a_returning_write_fetched_from_a_named_portal_gives_what_the_server_wou
     close.extend(frame(b'S', b""));
     fetch(&mut raw, &close).await;
     let replies = fetch(&mut raw, &execute("C_3", 1)).await;
-    assert!(
-        replies
-            .iter()
-            .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"34000")),
-        "{replies:?}"
-    );
+    assert!(failed_with(&replies, "34000"), "{replies:?}");
     raw.run_each(&["ROLLBACK"]).await;
 
     raw.run_each(&["SELECT tandem_rollback()"]).await;
