@@ -1,8 +1,9 @@
 // MariaDB Connector/J through tandem, as a Java service uses it: global transactions in
 // AT and XA mode around transactions with autocommit off (the driver sends SET
 // autocommit = 0 and no START TRANSACTION: in XA mode the first statement opens the
-// branch), with client-side or (useServerPrepStmts) server-side prepared statements, and
-// a batch of inserts outside any global transaction.
+// branch), with client-side or (useServerPrepStmts) server-side prepared statements, a
+// batch of inserts outside any global transaction, and batches the driver rewrites into
+// one multi-statement query (rewriteBatchedStatements), inside and outside one.
 //
 // Usage: java -cp /usr/share/java/mariadb-java-client.jar MyJdbcCheck.java PROXY_URL DIRECT_URL
 // Exits non-zero with the failed check if anything differs.
@@ -73,6 +74,71 @@ public class MyJdbcCheck {
         c.setAutoCommit(true);
     }
 
+    /** A batch of `UPDATE jdbc_accounts SET balance = balance + ? WHERE id = ?`, one per id. */
+    static int[] addToEach(Connection c, int[] ids, long amount) throws SQLException {
+        try (PreparedStatement add = c.prepareStatement(
+                "UPDATE jdbc_accounts SET balance = balance + ? WHERE id = ?")) {
+            for (int id : ids) {
+                add.setLong(1, amount);
+                add.setInt(2, id);
+                add.addBatch();
+            }
+            return add.executeBatch();
+        }
+    }
+
+    static String balances(Connection direct) throws SQLException {
+        StringBuilder all = new StringBuilder();
+        try (Statement s = direct.createStatement();
+                ResultSet r = s.executeQuery("SELECT id, balance FROM jdbc_accounts ORDER BY id")) {
+            while (r.next()) {
+                all.append(r.getInt(1)).append('=').append(r.getLong(2)).append(' ');
+            }
+        }
+        return all.toString();
+    }
+
+    /**
+     * rewriteBatchedStatements: the driver sends an UPDATE or DELETE batch as one
+     * multi-statement query. In an AT global transaction it is captured statement by
+     * statement and rolled back exactly; outside one, rows no global transaction holds
+     * are written at once while another row of the table is held.
+     */
+    static void rewrittenBatches(String proxy, Connection d) throws SQLException {
+        String before = balances(d);
+        try (Connection r = DriverManager.getConnection(proxy + "&rewriteBatchedStatements=true");
+                Connection holder = DriverManager.getConnection(proxy)) {
+            one(r, "SELECT tandem_begin(30000)");
+            r.setAutoCommit(false);
+            int[] counts = addToEach(r, new int[] {10, 11, 12, 13}, 5);
+            check(counts.length == 4, "four counts, not " + counts.length);
+            try (PreparedStatement delete = r.prepareStatement("DELETE FROM jdbc_accounts WHERE id = ?")) {
+                for (int id = 20; id < 23; id++) {
+                    delete.setInt(1, id);
+                    delete.addBatch();
+                }
+                check(delete.executeBatch().length == 3, "three deletes");
+            }
+            r.commit();
+            check(balance(d, 12) == 17 && one(d, "SELECT count(*) FROM jdbc_accounts WHERE id BETWEEN 20 AND 22").equals("0"),
+                    "the rewritten batches committed locally: " + balances(d));
+            check("Rollbacked".equals(one(r, "SELECT tandem_rollback()")), "rewritten batch rollback");
+            r.setAutoCommit(true);
+            check(balances(d).equals(before), "the rewritten batches rolled back exactly: " + balances(d));
+
+            // Outside a global transaction, beside a row another one holds.
+            one(holder, "SELECT tandem_begin(30000)");
+            try (Statement s = holder.createStatement()) {
+                check(s.executeUpdate("UPDATE jdbc_accounts SET balance = 0 WHERE id = 30") == 1, "held row");
+            }
+            counts = addToEach(r, new int[] {31, 32, 33}, 1);
+            check(counts.length == 3, "three counts outside");
+            check(balance(d, 32) == 33, "the batch outside ran");
+            check("Rollbacked".equals(one(holder, "SELECT tandem_rollback()")), "holder rollback");
+            check(balance(d, 30) == 30, "the held row restored");
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         String proxy = args[0];
         String direct = args[1];
@@ -140,6 +206,7 @@ public class MyJdbcCheck {
             c.commit();
             c.setAutoCommit(true);
             check(one(d, "SELECT count(*) FROM jdbc_accounts WHERE id >= 10").equals("50"), "the batch");
+            rewrittenBatches(proxy, d);
         }
         System.out.println("all checks passed");
     }

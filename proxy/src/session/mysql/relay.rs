@@ -8,6 +8,7 @@
 //! `session::mysql`, the bytes written to each side are the bytes read from the other.
 
 mod at;
+mod batch;
 mod client_side;
 mod control;
 mod guard;

@@ -334,7 +334,7 @@ async fn writes_that_cannot_be_captured_are_refused_with_1235_and_change_nothing
         "INSERT INTO accounts SELECT id + 10, balance, note FROM accounts",
         "INSERT INTO items (id, name) VALUES (5, 'x') ON DUPLICATE KEY UPDATE id = 6",
         "UPDATE accounts SET balance = 0 LIMIT 1",
-        "UPDATE accounts SET balance = 0; UPDATE accounts SET balance = 1",
+        "UPDATE accounts SET balance = 0 WHERE id = 1; SET @refused = 1",
         "REPLACE INTO accounts VALUES (9, 9, 'r') RETURNING id",
         "UPDATE accounts SET balance = 0 WHERE RAND() < 0.5",
         // Spaces, comments and quotes do not make it another function.

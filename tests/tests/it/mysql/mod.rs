@@ -4,6 +4,7 @@ mod at_mode;
 mod auth;
 mod bad_input;
 mod bank_transfer;
+mod batches;
 mod drivers;
 mod kill;
 mod outside_writes;

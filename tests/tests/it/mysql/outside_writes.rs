@@ -1045,7 +1045,7 @@ async fn a_checked_write_in_a_transaction_answers_with_its_own_status_flags() {
 }
 
 /// Statements tandem cannot check row by row (TRUNCATE, a multi-statement query that
-/// updates or deletes) fail with 1205 while a table they may change holds global locks
+/// updates or deletes beside other statements) fail with 1205 while a table they may change holds global locks
 /// (`outside_writes = "fail"`), and change nothing; what only reads or inserts still
 /// runs in the same shape. With `"wait"` such a statement waits until its table holds
 /// none, then runs over the restored row.
@@ -1062,7 +1062,9 @@ async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_glo
     for sql in [
         "TRUNCATE TABLE accounts",
         "SELECT 1; UPDATE accounts SET balance = 99 WHERE id = 2",
-        "INSERT INTO items (name) VALUES ('x'); DELETE FROM accounts WHERE id = 2",
+        // Not writes alone: judged whole, so its INSERT never runs either.
+        "SELECT 1; INSERT INTO items (name) VALUES ('x'); DELETE FROM accounts WHERE id = 2",
+        // Writes alone: checked one by one, the first meets the held row.
         "UPDATE accounts SET balance = 99 WHERE id = 2; UPDATE accounts SET balance = 98 WHERE id = 3",
     ] {
         assert_lock_wait_timeout(b.query_drop(sql).await, sql);
@@ -1127,6 +1129,87 @@ async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_glo
     assert!(dump(&mut direct, "accounts").await.is_empty());
     patient.shutdown().await;
     finish(lockserver, [global, outside]).await;
+}
+
+/// A multi-statement query of writes alone (a driver's rewritten batch) is checked
+/// statement by statement while its table holds global locks: rows no global
+/// transaction holds are written at once, each statement in autocommit its own
+/// transaction as directly; the first statement that meets a held row fails with 1205
+/// and ends the query, and what came before it stays. Inside the client's transaction
+/// the failure leaves the transaction to the client. The global rollback then restores
+/// the held row exactly.
+#[tokio::test]
+async fn a_batch_of_writes_is_checked_statement_by_statement() {
+    let db = prepare("my_outside_batch").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let held_before = balance(&mut direct, 2).await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let mut b = my::connect(&outside, &db.name).await;
+
+    let mut raw = super::at_mode::raw_session(&outside, &db.name).await;
+    let reply = super::batches::multi_query(
+        &mut raw,
+        "UPDATE accounts SET balance = 5 WHERE id = 1; UPDATE accounts SET balance = 6 WHERE id = 3",
+    )
+    .await;
+    let oks: Vec<(u8, Option<u16>)> = reply
+        .iter()
+        .map(|(seq, payload)| (*seq, super::batches::ok_status(payload)))
+        .collect();
+    // Numbered on; the first says more results follow, the last that none do.
+    assert_eq!(
+        oks,
+        [(1, Some(0x0002 | 0x0008)), (2, Some(0x0002))],
+        "one OK per statement, in autocommit: {reply:?}"
+    );
+    assert_eq!(
+        (balance(&mut direct, 1).await, balance(&mut direct, 3).await),
+        (Some(5), Some(6))
+    );
+
+    let failed = b
+        .query_drop(
+            "UPDATE accounts SET balance = 7 WHERE id = 1; UPDATE accounts SET balance = 8 WHERE id = 2; UPDATE accounts SET balance = 9 WHERE id = 3",
+        )
+        .await;
+    assert_lock_wait_timeout(failed, "the held row");
+    assert_eq!(
+        (
+            balance(&mut direct, 1).await,
+            balance(&mut direct, 2).await,
+            balance(&mut direct, 3).await
+        ),
+        (Some(7), Some(1), Some(6)),
+        "the first committed, the held row kept, the last never ran"
+    );
+    // The session goes on in step.
+    let one: Option<i64> = b.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+
+    b.query_drop("START TRANSACTION").await.unwrap();
+    assert_lock_wait_timeout(
+        b.query_drop(
+            "UPDATE accounts SET balance = 10 WHERE id = 1; DELETE FROM accounts WHERE id = 2",
+        )
+        .await,
+        "in a transaction",
+    );
+    assert_eq!(
+        balance(&mut b, 1).await,
+        Some(10),
+        "the first ran in the transaction"
+    );
+    b.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(balance(&mut direct, 1).await, Some(7));
+
+    rolled_back(&mut a).await;
+    assert_eq!(
+        balance(&mut direct, 2).await,
+        held_before,
+        "restored exactly"
+    );
+    finish(lockserver, [outside, global]).await;
 }
 
 /// Text the server reads otherwise than tandem's tokenizer: an executable comment
@@ -1265,6 +1348,44 @@ async fn text_the_server_reads_otherwise_is_judged_by_every_table() {
     b.query_drop("SET sql_mode = DEFAULT").await.unwrap();
     b.query_drop(by_comments[0]).await.unwrap();
     assert_eq!(balance(&mut direct, 2).await, Some(99));
+    finish(lockserver, [global, outside]).await;
+}
+
+/// A write to a table no global transaction has locked yet holds that table's guard
+/// while it runs. In a batch whose next statement tandem checks, tandem runs it itself
+/// and answers the whole query, so no reply of the server's ends it: the guard ends
+/// with the answer, and a global transaction's first lock on that table is not kept
+/// waiting by the idle session.
+#[tokio::test]
+async fn a_write_tandem_answered_holds_no_table_guard_past_its_answer() {
+    let db = prepare("my_outside_guard_ends").await;
+    let (lockserver, global, outside) = proxies(OutsideWrites::Fail).await;
+    let mut direct = db.direct().await;
+    let items_before = dump(&mut direct, "items").await;
+    let mut a = hold_row(&global, &db, 2).await;
+    let mut b = my::connect(&outside, &db.name).await;
+    b.query_drop(
+        "UPDATE items SET name = 'by b' WHERE id = 1; UPDATE accounts SET balance = 5 WHERE id = 1",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    a.query_drop("UPDATE items SET name = 'by a' WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the first global lock on items waited {:?} for the idle session",
+        started.elapsed()
+    );
+    rolled_back(&mut a).await;
+    assert_eq!(
+        dump(&mut direct, "items").await,
+        ["[Int(1), Bytes(\"by b\")]"],
+        "the global write undone to b's"
+    );
+    assert_ne!(dump(&mut direct, "items").await, items_before);
+    drop(b);
     finish(lockserver, [global, outside]).await;
 }
 

@@ -257,8 +257,15 @@ impl Relay<'_> {
                 self.at_branch.forget_all_after();
                 return Ok(Handled::Relay);
             }
+            if self.sends_multi_statements()
+                && let Some(writes) = super::batch::writes_alone(text, analyses)
+            {
+                return self
+                    .writes_in_turn(super::batch::Statementwise::Captured, writes)
+                    .await;
+            }
             return self.refuse(Error::Unsupported {
-                what: "a multi-statement query that writes or may end a transaction, in AT mode on MySQL (send its statements one at a time)",
+                what: "a multi-statement query that writes beside statements other than writes, or may end a transaction, in AT mode on MySQL (send its statements one at a time)",
             });
         }
         let Some(analysis) = analyses.into_iter().next() else {
@@ -719,7 +726,7 @@ impl Relay<'_> {
     }
 
     /// An INSERT, UPDATE, DELETE or REPLACE in a global transaction, with its images.
-    async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
+    pub(super) async fn at_write(&mut self, write: &Write, source: &Source<'_>) -> Result<Handled> {
         self.learn_lock_timeout_rule().await;
         if write.has_returning
             && let Some(what) = returning_uncapturable(write, source)

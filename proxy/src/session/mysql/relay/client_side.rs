@@ -114,6 +114,12 @@ impl Relay<'_> {
                         self.hold_answer_to_the_last_packet(header, staged);
                     }
                     self.flush_staged().await?;
+                    if matches!(handled, Handled::Answer) && self.exchange.at_sync_point() {
+                        // Nothing of the session's runs on the server: each write let
+                        // through unchecked is over (one tandem ran itself, or ahead of
+                        // an answer, gets no reply that would say so).
+                        self.unchecked.release();
+                    }
                     self.client_message.on_packet(header, max)?;
                     self.last_seq = header.seq;
                     // What has not arrived of the packet, and the command's later

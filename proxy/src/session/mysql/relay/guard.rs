@@ -45,8 +45,11 @@
 //! rows would come after tandem's transaction had ended), and every write while the
 //! lockserver is unreachable (counted in `tandem_mysql_outside_writes_unchecked`).
 //!
-//! A statement tandem cannot check row by row (TRUNCATE, a multi-statement query, a
-//! write it cannot analyse, such as a multi-table write to several tables) is judged
+//! A multi-statement query of writes alone (a driver's rewritten batch) is checked
+//! statement by statement (`batch`) while one of its tables may hold global locks.
+//! A statement tandem cannot check row by row (TRUNCATE, any other multi-statement
+//! query, a write it cannot analyse, such as a multi-table write to several tables) is
+//! judged
 //! by the tables it may update or delete rows of: guarded while none may hold global
 //! locks, else it waits or fails as a held row does (`unanalysed_write`). Text that
 //! begins as a write but does not parse counts as naming every table, and so does
@@ -143,6 +146,7 @@ impl Relay<'_> {
                 Some(Analysis::Write(write)) => write,
                 _ => return self.unanalysed_write(text).await,
             },
+            Ok(analyses) if analyses.len() > 1 => return self.guard_several(text, analyses).await,
             // Several statements, or one tandem cannot read.
             _ => return self.unanalysed_write(text).await,
         };
@@ -157,18 +161,57 @@ impl Relay<'_> {
     /// and a lockserver that tracks no tables (Redis) leave it unchecked (see the
     /// module comment).
     async fn unanalysed_write(&mut self, text: &str) -> Result<Option<Handled>> {
+        match self.tables_changed(text) {
+            Some(changed) => self.guard_changed_tables(changed).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The tables the statements of `text` may update or delete rows of; None if
+    /// none.
+    fn tables_changed(&self, text: &str) -> Option<Vec<String>> {
         let prepared = &self.sql_prepared;
         let resolve = |name: &str| prepared.get(name).cloned().flatten();
         // MySQL's stored functions cannot prepare statements.
-        let changed =
-            match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
-                Some(changed) if changed.is_empty() => return Ok(None),
-                Some(changed) => changed,
-                // Text tandem's tokenizer cannot read may still run (a literal tandem
-                // reads as unended that the session's sql_mode ends).
-                None => vec![tandem_undo::EVERY_TABLE.to_owned()],
-            };
-        self.guard_changed_tables(changed).await
+        match tandem_undo::tables_changed_resolving(&Mysql, text, &resolve, &|_| false) {
+            Some(changed) if changed.is_empty() => None,
+            Some(changed) => Some(changed),
+            // Text tandem's tokenizer cannot read may still run (a literal tandem
+            // reads as unended that the session's sql_mode ends).
+            None => Some(vec![tandem_undo::EVERY_TABLE.to_owned()]),
+        }
+    }
+
+    /// A multi-statement query: judged by its tables (`unanalysed_write`), unless one
+    /// of them may hold global locks and every statement is a write tandem can read;
+    /// then each is checked row by row in turn (`batch`), rather than waiting for
+    /// every global lock on its tables.
+    async fn guard_several(
+        &mut self,
+        text: &str,
+        analyses: Vec<Analysis>,
+    ) -> Result<Option<Handled>> {
+        let writes = match super::batch::writes_alone(text, analyses) {
+            Some(writes) if self.xa.is_none() && self.sends_multi_statements() => writes,
+            _ => return self.unanalysed_write(text).await,
+        };
+        let Some(changed) = self.tables_changed(text) else {
+            return Ok(None);
+        };
+        let scope = self.ctx.xa.lock_scope();
+        if self.ctx.outside.tables.untracked(&scope) {
+            return Ok(None);
+        }
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
+        }
+        match self.guard_tables(&changed, false).await {
+            TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => Ok(None),
+            TablesGuarded::Locked(_) => self
+                .writes_in_turn(super::batch::Statementwise::Checked, writes)
+                .await
+                .map(Some),
+        }
     }
 
     /// A write that may change any table: see `unanalysed_write`.
@@ -191,7 +234,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
-        match self.guard_tables(&changed).await {
+        match self.guard_tables(&changed, true).await {
             TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => Ok(None),
             TablesGuarded::Locked(table) => {
                 self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
@@ -240,7 +283,7 @@ impl Relay<'_> {
         if reached.is_empty() {
             return Ok(ControlFlow::Continue(()));
         }
-        Ok(match self.guard_tables(reached).await {
+        Ok(match self.guard_tables(reached, true).await {
             TablesGuarded::Yes => ControlFlow::Continue(()),
             // An XA branch's write is refused rather than run unchecked (see `check`).
             TablesGuarded::LockserverDown(e) if self.xa.is_some() => {
@@ -252,9 +295,9 @@ impl Relay<'_> {
     }
 
     /// Guards on the tables named `names` for a write that may change their rows
-    /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and in
-    /// autocommit, while one may hold global locks. At a sync point.
-    async fn guard_tables(&mut self, names: &[String]) -> TablesGuarded {
+    /// unchecked (`OutsideWriteChecks::guard_tables`): if `may_wait`, it waits, as
+    /// configured and in autocommit, while one may hold global locks. At a sync point.
+    async fn guard_tables(&mut self, names: &[String], may_wait: bool) -> TablesGuarded {
         // A view's tables are written through its name, and what foreign-key actions
         // change is changed with what they act on.
         let mut names = names.to_vec();
@@ -274,7 +317,7 @@ impl Relay<'_> {
         // In the client's transaction its earlier work may hold rows a rollback
         // needs: it fails at once, as a checked write there does.
         let status = self.exchange.status().unwrap_or(StatusFlags::empty());
-        let waits = self.ctx.outside.waits() && !in_transaction(status);
+        let waits = may_wait && self.ctx.outside.waits() && !in_transaction(status);
         let deadline = Instant::now() + self.ctx.lock_wait;
         let scope = self.ctx.xa.lock_scope();
         let guarded = (self.ctx.outside)
@@ -436,7 +479,7 @@ impl Relay<'_> {
 
     /// Checks the rows `write` will change (see the module comment). None: the write
     /// goes on as sent; `Answer`: tandem ran it, or refused it.
-    async fn guard_write(
+    pub(super) async fn guard_write(
         &mut self,
         sql: &str,
         write: &Write,

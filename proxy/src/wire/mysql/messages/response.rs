@@ -5,7 +5,7 @@
 //! reads at most the first `CLASSIFY_BYTES` bytes of a payload.
 
 use super::super::codes::{StatusFlags, reply};
-use super::super::packet::{MAX_PAYLOAD, put_message};
+use super::super::packet::{HEADER_LEN, Header, MAX_PAYLOAD, put_message, renumber};
 use super::super::reader::Reader;
 use bytes::BytesMut;
 
@@ -131,6 +131,72 @@ impl HeldResultSet {
             seq = put_message(out, seq, payload);
         }
     }
+}
+
+/// One statement's whole reply (an OK, an ERR or a result set, numbered from 1 as
+/// the reply to a command of its own), made a part of a multi-statement query's reply:
+/// numbered on from `seq`, and, when `more` statements follow, flagged
+/// SERVER_MORE_RESULTS_EXISTS where the server flags it (the OK, or both EOFs of a
+/// result set, or its terminator under CLIENT_DEPRECATE_EOF). Returns the sequence id
+/// after it, and whether it was an ERR: the server runs nothing after a failed
+/// statement, so that ends the reply.
+pub fn continue_multi_result(
+    reply: &mut [u8],
+    seq: u8,
+    more: bool,
+    deprecate_eof: bool,
+) -> (u8, bool) {
+    let next = renumber(reply, seq);
+    let mut offsets = Vec::new();
+    let mut pos = 0;
+    while let Some(header) = reply.get(pos..).and_then(Header::peek) {
+        offsets.push((pos + HEADER_LEN, header.payload_len));
+        pos += header.wire_len();
+    }
+    let first = offsets.first().and_then(|&(at, _)| reply.get(at)).copied();
+    if first == Some(reply::ERR) {
+        return (next, true);
+    }
+    if !more {
+        return (next, false);
+    }
+    let status_at = |payload: &[u8], ok_form: bool| {
+        if ok_form {
+            ok_status_offset(payload)
+        } else {
+            (payload.len() >= EOF_STATUS_OFFSET + 2).then_some(EOF_STATUS_OFFSET)
+        }
+    };
+    let mut flagged = Vec::new();
+    match (first, offsets.as_slice()) {
+        (Some(reply::OK), [(at, len)]) => flagged.push((*at, *len, true)),
+        (Some(_), [(head, head_len), ..]) => {
+            let columns = column_count(&reply[*head..*head + *head_len]).unwrap_or(0);
+            if !deprecate_eof
+                && let Some(&(at, len)) = usize::try_from(columns)
+                    .ok()
+                    .and_then(|n| offsets.get(1 + n))
+            {
+                flagged.push((at, len, false));
+            }
+            if let Some(&(at, len)) = offsets.last() {
+                flagged.push((at, len, deprecate_eof));
+            }
+        }
+        _ => {}
+    }
+    for (at, len, ok_form) in flagged {
+        let end = (at + len).min(reply.len());
+        let payload = &mut reply[at..end];
+        if let Some(offset) = status_at(payload, ok_form) {
+            let status = StatusFlags::from_bits_retain(u16::from_le_bytes([
+                payload[offset],
+                payload[offset + 1],
+            ])) | StatusFlags::SERVER_MORE_RESULTS_EXISTS;
+            payload[offset..offset + 2].copy_from_slice(&status.bits().to_le_bytes());
+        }
+    }
+    (next, false)
 }
 
 /// COM_STMT_PREPARE's OK: the statement id and how many definitions follow.
@@ -324,6 +390,92 @@ mod tests {
             .collect();
             assert_eq!(sequence, [1, 2, 3, 4]);
         }
+    }
+
+    /// The seq ids and status flags of each packet of `out`.
+    fn packets(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        std::iter::successors(Some(out), |rest| {
+            let len = Header::peek(rest)?.wire_len();
+            Some(&rest[len..]).filter(|r| !r.is_empty())
+        })
+        .filter_map(|packet| {
+            let header = Header::peek(packet)?;
+            Some((header.seq, packet[HEADER_LEN..header.wire_len()].to_vec()))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_statements_reply_continues_a_multi_statement_reply_as_the_server_numbers_and_flags_it() {
+        let more = StatusFlags::SERVER_MORE_RESULTS_EXISTS;
+        let in_transaction = StatusFlags::SERVER_STATUS_IN_TRANS;
+        let mut ok = BytesMut::new();
+        put_ok(&mut ok, 1, in_transaction);
+        let (next, failed) = continue_multi_result(&mut ok, 4, true, false);
+        assert_eq!((next, failed), (5, false));
+        let [(seq, payload)] = &packets(&ok)[..] else {
+            panic!("one packet");
+        };
+        assert_eq!(*seq, 4);
+        assert_eq!(ok_status(payload), Some(in_transaction | more));
+        // The last statement's OK is left as it is.
+        let mut last = BytesMut::new();
+        put_ok(&mut last, 1, in_transaction);
+        assert_eq!(
+            continue_multi_result(&mut last, 2, false, false),
+            (3, false)
+        );
+        assert_eq!(ok_status(&packets(&last)[0].1), Some(in_transaction));
+        // A result set: both classic EOFs carry the flag; under DEPRECATE_EOF its
+        // terminator does.
+        for deprecate_eof in [false, true] {
+            let mut payloads = vec![vec![1], b"column".to_vec()];
+            if !deprecate_eof {
+                payloads.push(vec![0xfe, 0, 0, in_transaction.bits() as u8, 0]);
+            }
+            payloads.push(vec![1, b'7']);
+            payloads.push(if deprecate_eof {
+                vec![0xfe, 0, 0, in_transaction.bits() as u8, 0, 0, 0]
+            } else {
+                vec![0xfe, 0, 0, in_transaction.bits() as u8, 0]
+            });
+            let held = HeldResultSet {
+                payloads,
+                rows: 1,
+                deprecate_eof,
+            };
+            let mut out = BytesMut::new();
+            held.put(&mut out, 1);
+            let count = held.payloads.len() as u8;
+            assert_eq!(
+                continue_multi_result(&mut out, 2, true, deprecate_eof),
+                (2 + count, false)
+            );
+            let sent = packets(&out);
+            assert_eq!(
+                sent.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+                (2..2 + count).collect::<Vec<_>>()
+            );
+            let statuses: Vec<Option<StatusFlags>> = sent
+                .iter()
+                .map(|(_, p)| {
+                    (p[0] == 0xfe)
+                        .then(|| terminator_status(p, deprecate_eof))
+                        .flatten()
+                })
+                .collect();
+            let flagged = in_transaction | more;
+            if deprecate_eof {
+                assert_eq!(statuses, [None, None, None, Some(flagged)]);
+            } else {
+                assert_eq!(statuses, [None, None, Some(flagged), None, Some(flagged)]);
+            }
+        }
+        // An ERR ends the reply, flagged or not.
+        let mut err = BytesMut::new();
+        put_err(&mut err, 1, 1146, b"42S02", "no such table");
+        assert_eq!(continue_multi_result(&mut err, 3, true, false), (4, true));
+        assert_eq!(packets(&err)[0].0, 3);
     }
 
     #[test]
