@@ -115,6 +115,9 @@ pub enum TablesGuarded {
     LockserverDown(tandem_lockserver::Error),
     /// This table may still hold global locks.
     Locked(String),
+    /// The client cancelled (a PostgreSQL CancelRequest, a MySQL KILL QUERY) while the
+    /// write waited.
+    Cancelled,
 }
 
 impl OutsideWriteChecks {
@@ -124,13 +127,15 @@ impl OutsideWriteChecks {
     /// waits (up to `wait_until`, if given) until none does, holding nothing meanwhile: an
     /// announcement must not wait for it. The lockserver is asked to let go of the
     /// announced ones that hold no lock, in either mode, and their notices awaited;
-    /// so is a view not current yet (a database first served).
+    /// so is a view not current yet (a database first served). A cancel of the
+    /// client's since `cancels_seen` ends the wait.
     pub async fn guard_tables(
         &self,
         lock: &LockClient,
         resource: &str,
         names: &[String],
         wait_until: Option<Instant>,
+        (interrupt, cancels_seen): (&crate::cancel::Interrupt, u64),
         unchecked: &mut UncheckedGuards,
     ) -> TablesGuarded {
         if self.tables.untracked(resource) {
@@ -205,12 +210,14 @@ impl OutsideWriteChecks {
             if until.is_none_or(|until| Instant::now() + NOTICE_POLL > until) {
                 return TablesGuarded::Locked(name.clone());
             }
-            tokio::time::sleep(if notice_until.is_some() {
+            let pause = if notice_until.is_some() {
                 NOTICE_POLL
             } else {
                 RECHECK
-            })
-            .await;
+            };
+            if !interrupt.pause(cancels_seen, pause).await {
+                return TablesGuarded::Cancelled;
+            }
         }
     }
 }

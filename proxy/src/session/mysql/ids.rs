@@ -1,10 +1,11 @@
 //! Connection ids: the id tandem shows each MySQL client (in its greeting, and so in
 //! `mysql_thread_id()` and drivers' `id()`), and the backend thread behind it.
 //!
-//! Owns the id map. Never forwards anything itself: the session rewrites a
-//! `KILL [QUERY] id` for one of tandem's ids into a kill of the backend thread and sends
-//! it on the client's own backend connection, so the server still checks that the user
-//! may kill that thread. Invariant: an id is in the map exactly while its session's
+//! Owns the id map. Never forwards anything itself: the session runs a
+//! `KILL [QUERY] id` for one of tandem's ids as a kill of the backend thread, on the
+//! client's own backend connection, so the server still checks that the user may kill
+//! that thread; once the server has, the killed session's own waits end too
+//! (`Backend::interrupt`). Invariant: an id is in the map exactly while its session's
 //! registration guard lives.
 //!
 //! tandem's ids start at `FIRST_ID` (2^30), far above the thread ids servers hand out,
@@ -25,6 +26,10 @@ pub struct Backend {
     pub upstream: Arc<str>,
     /// The server's own id for the connection (its greeting's connection id).
     pub thread_id: u32,
+    /// What ends the session's own waits for global locks when a KILL of it comes:
+    /// while tandem waits, its backend thread is idle, and the server's kill of it
+    /// stops nothing.
+    pub interrupt: crate::cancel::Interrupt,
 }
 
 pub struct ConnectionIds {
@@ -116,6 +121,7 @@ mod tests {
         let backend = Backend {
             upstream: "127.0.0.1:3306".into(),
             thread_id: 17,
+            interrupt: crate::cancel::Interrupt::default(),
         };
         a.bind(backend.clone());
         assert_eq!(ids.lookup(a.id), Some(backend));

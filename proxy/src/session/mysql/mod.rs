@@ -5,7 +5,7 @@
 //! packets listed in `wire::mysql::messages`. Invariant: every byte from one side
 //! reaches the other in order, except what tandem rewrites on purpose (its connection id
 //! and the relayable capabilities in the greeting and the response, a KILL of one of
-//! its ids, and the RSA exchange `auth` adds).
+//! its ids, which tandem runs itself, and the RSA exchange `auth` adds).
 
 mod auth;
 mod handshake;
@@ -107,12 +107,13 @@ async fn run(
         tls = opened.client_tls,
         "authenticated"
     );
+    let mut relay = relay::Relay::new(ctx, *opened, span.clone());
     registration.bind(Backend {
         upstream: Arc::clone(&ctx.upstream),
-        thread_id: opened.thread_id,
+        thread_id: relay.thread_id,
+        interrupt: relay.interrupt.clone(),
     });
     ctx.metrics.mysql.backends_active.inc();
-    let mut relay = relay::Relay::new(ctx, *opened, span.clone());
     let result = relay.run().await;
     if let Err(e) = &result {
         relay.report(e).await;

@@ -794,6 +794,7 @@ impl Relay<'_> {
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
             }
+            TablesGuarded::Cancelled => RowsToCheck::Refused(Error::Cancelled),
         })
     }
 
@@ -875,6 +876,7 @@ impl Relay<'_> {
             TablesGuarded::Locked(table) => {
                 ControlFlow::Break(RowsToCheck::Refused(refusal(table)))
             }
+            TablesGuarded::Cancelled => ControlFlow::Break(RowsToCheck::Refused(Error::Cancelled)),
         }
     }
 
@@ -914,6 +916,7 @@ impl Relay<'_> {
                 &self.resource,
                 &names,
                 waits.then_some(deadline),
+                (&self.interrupt, self.cancels_seen),
                 &mut self.unchecked,
             )
             .await;

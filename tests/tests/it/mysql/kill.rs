@@ -2,6 +2,7 @@
 //! of that session; a backend thread id (from SHOW PROCESSLIST) still works; a client
 //! that disconnects mid-query leaves no statement running.
 
+use mysql_async::Conn;
 use mysql_async::prelude::*;
 use std::time::{Duration, Instant};
 use tandem_tests::harness::eventually;
@@ -135,4 +136,180 @@ async fn a_client_that_leaves_mid_query_leaves_no_statement_running() {
     .await;
     my::assert_no_sessions_left(&tandem).await;
     tandem.shutdown().await;
+}
+
+/// Sends `sql` on `victim` in the background, waits until it has waited a while (in
+/// tandem: the server runs nothing meanwhile), then kills its query with tandem's id
+/// from `killer`; the statement must fail with `expected` at once, not at its wait's
+/// end.
+async fn killed_while_waiting(
+    victim: Conn,
+    killer: &mut Conn,
+    sql: &'static str,
+    expected: u16,
+) -> Conn {
+    let victim_id = victim.id();
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let mut victim = victim;
+        let result = victim.query_drop(sql).await;
+        (victim, result)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "{sql}: waits for the global lock");
+    killer
+        .query_drop(format!("KILL QUERY {victim_id}"))
+        .await
+        .expect("KILL QUERY with tandem's id");
+    let (victim, result) = waiting.await.unwrap();
+    let e = result.expect_err(sql);
+    assert!(
+        matches!(&e, mysql_async::Error::Server(s) if s.code == expected),
+        "{sql}: {e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{sql}: ended by the kill, after {:?}",
+        started.elapsed()
+    );
+    victim
+}
+
+/// KILL QUERY (JDBC's setQueryTimeout sends one over another connection) ends the
+/// waits tandem makes itself for another global transaction's row locks, where the
+/// backend is idle and the server's kill stops nothing: a locking read's check and a
+/// branch's registration at COMMIT in a global transaction, and a write outside one,
+/// checked by its rows or judged by its table. Each ends with 1317 at once, as a
+/// server lock wait does; the session goes on, nothing of the killed statement stays,
+/// and the holder's rollback is exact. A user the server does not let kill the thread
+/// gets the server's error, and the wait goes on.
+#[tokio::test]
+async fn kill_query_ends_tandems_own_waits_for_global_locks() {
+    use tandem_tests::lockserver::{Kind, TestLockserver};
+    let db = super::at_mode::prepare("kill_waits").await;
+    let mut direct = db.direct().await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.outside_writes = tandem_proxy::config::OutsideWrites::Wait;
+        c.lockserver.lock_wait_ms = 20_000;
+    })
+    .await;
+    let mut holder = my::connect(&tandem, &db.name).await;
+    super::at_mode::text(&mut holder, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap();
+    holder
+        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let mut killer = my::connect(&tandem, &db.name).await;
+
+    let mut victim = my::connect(&tandem, &db.name).await;
+    super::at_mode::text(&mut victim, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap();
+    victim.query_drop("START TRANSACTION").await.unwrap();
+    let mut victim = killed_while_waiting(
+        victim,
+        &mut killer,
+        "SELECT * FROM accounts WHERE id = 1 FOR UPDATE",
+        1317,
+    )
+    .await;
+    victim
+        .query_drop("UPDATE accounts SET balance = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    // The local transaction is rolled back with the registration: 1213 says so (after
+    // 1317 a client would take its transaction to be still open).
+    let mut victim = killed_while_waiting(victim, &mut killer, "COMMIT", 1213).await;
+    let in_transaction: Option<i64> = victim.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_transaction, Some(0));
+    super::at_mode::rolled_back(&mut victim).await;
+
+    // Outside a global transaction: a write checked by its rows, and one judged by its
+    // table.
+    let victim = killed_while_waiting(
+        victim,
+        &mut killer,
+        "UPDATE accounts SET balance = 8 WHERE id = 1",
+        1317,
+    )
+    .await;
+    let mut victim = killed_while_waiting(
+        victim,
+        &mut killer,
+        "SELECT 1; UPDATE accounts SET balance = 9 WHERE id = 2",
+        1317,
+    )
+    .await;
+    let one: Option<i64> = victim.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
+
+    // A user who may not kill the victim's thread: the server's refusal, and the wait
+    // goes on to the kill of one who may.
+    let user = format!("{}_k", db.name);
+    for host in ["%", "localhost", "127.0.0.1"] {
+        direct
+            .query_drop(format!(
+                "CREATE USER '{user}'@'{host}'; GRANT ALL ON `{}`.* TO '{user}'@'{host}'",
+                db.name
+            ))
+            .await
+            .unwrap();
+    }
+    let mut unprivileged = Conn::new(
+        my::opts(&tandem, &db.name)
+            .user(Some(user.clone()))
+            .pass(None::<String>),
+    )
+    .await
+    .expect("the unprivileged user connects through tandem");
+    let victim_id = victim.id();
+    let waiting = tokio::spawn(async move {
+        let result = victim
+            .query_drop("UPDATE accounts SET balance = 10 WHERE id = 1")
+            .await;
+        (victim, result)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = unprivileged
+        .query_drop(format!("KILL QUERY {victim_id}"))
+        .await
+        .expect_err("not the owner of the thread");
+    assert!(
+        matches!(&e, mysql_async::Error::Server(s) if s.code == 1095),
+        "{e}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the refused kill ended nothing");
+    killer
+        .query_drop(format!("KILL QUERY {victim_id}"))
+        .await
+        .unwrap();
+    let (victim, result) = waiting.await.unwrap();
+    assert!(
+        matches!(&result, Err(mysql_async::Error::Server(s)) if s.code == 1317),
+        "{result:?}"
+    );
+
+    super::at_mode::rolled_back(&mut holder).await;
+    assert_eq!(
+        super::at_mode::dump(&mut direct, "accounts").await,
+        before,
+        "nothing of the killed statements stayed; the holder's write undone"
+    );
+    drop(unprivileged);
+    for host in ["%", "localhost", "127.0.0.1"] {
+        direct
+            .query_drop(format!("DROP USER '{user}'@'{host}'"))
+            .await
+            .unwrap();
+    }
+    drop((victim, holder, killer));
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }

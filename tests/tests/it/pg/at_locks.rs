@@ -1001,9 +1001,10 @@ async fn begun_in_a_block(
 /// A client's cancel (JDBC's query timeout, psycopg's `cancel()`) ends tandem's own
 /// wait for a global lock, as it ends a wait for a row lock in PostgreSQL: 57014 at
 /// once, not the lock error when `lock_wait_ms` runs out. While tandem waits the
-/// backend is idle, so the cancel forwarded to it alone would end nothing. Three waits:
-/// a locking read's check, a write outside a global transaction, and a branch's
-/// registration at its COMMIT, whose transaction is rolled back, leaving nothing held.
+/// backend is idle, so the cancel forwarded to it alone would end nothing. Four waits:
+/// a locking read's check, a write outside a global transaction (checked by its rows,
+/// or judged by its table), and a branch's registration at its COMMIT, whose
+/// transaction is rolled back, leaving nothing held.
 #[tokio::test]
 async fn a_cancel_ends_a_wait_for_a_global_lock() {
     let orders = prepare("at_cancel_wait").await;
@@ -1044,6 +1045,10 @@ async fn a_cancel_ends_a_wait_for_a_global_lock() {
     // Outside a global transaction: an autocommit write of the held row.
     let cancel = cancel_soon();
     cancelled(&waiter, "UPDATE accounts SET balance = 8 WHERE id = 1").await;
+    cancel.await.unwrap();
+    // One judged by its table, which waits until the table holds no global lock.
+    let cancel = cancel_soon();
+    cancelled(&waiter, "TRUNCATE accounts").await;
     cancel.await.unwrap();
     // A locking read in a global transaction; its block fails, as after any error.
     one(&waiter, "SELECT tandem_begin(60000)").await.unwrap();

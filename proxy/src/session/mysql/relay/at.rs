@@ -1417,15 +1417,23 @@ impl Relay<'_> {
             .flat_map(|(meta, keys)| keys.iter().map(|key| lock_key(&scope, meta, key)))
             .collect();
         ctx.xa.serve(&resource);
-        let register =
-            ctx.lock
-                .register_branch(&xid, &resource, BranchKind::AT, &keys, ctx.lock_wait);
+        // A KILL QUERY of the session's ends the wait for other branches' row locks;
+        // a registration granted late is withdrawn, holding nothing.
+        let interrupt = self.interrupt.clone();
+        let register = ctx.lock.register_branch_unless(
+            &xid,
+            &resource,
+            BranchKind::AT,
+            &keys,
+            ctx.lock_wait,
+            interrupt.cancelled_since(self.cancels_seen),
+        );
         let (mut own, statements) = self.backend();
         let (results, registered) = tokio::join!(own.select_many(statements, &queries), register);
         let results = match results {
             Ok(results) => results,
             Err(e) => {
-                if let Ok(branch_id) = registered {
+                if let Ok(Some(branch_id)) = registered {
                     self.report_phase_one_failed(&xid, branch_id);
                 }
                 return Err(e);
@@ -1433,7 +1441,8 @@ impl Relay<'_> {
         };
         drop(queries);
         let branch_id = match registered {
-            Ok(id) => id,
+            Ok(Some(id)) => id,
+            Ok(None) => return self.abandon(AtFailure::Refused(Error::Cancelled)).await,
             Err(e) => {
                 self.binding.on_registration_refused(&e);
                 return self.abandon(AtFailure::Refused(e.into())).await;

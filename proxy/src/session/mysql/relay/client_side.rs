@@ -1,8 +1,8 @@
-//! The client's side of the relay: commands (with the KILL rewrite and the commands
-//! tandem refuses), packets of a LOCAL INFILE upload, and the client half of
+//! The client's side of the relay: commands (with the KILLs of tandem's ids, and the
+//! commands tandem refuses), packets of a LOCAL INFILE upload, and the client half of
 //! COM_CHANGE_USER.
 //!
-//! Never writes to the client except to answer what it refused.
+//! Never writes to the client except to answer what it refused or ran itself.
 
 use super::{Relay, skip_streaming};
 use crate::error::{Error, Result};
@@ -12,7 +12,8 @@ use crate::session::mysql::phase::{CommandKind, Phase, command_kind};
 use crate::wire::mysql::codes::{StatusFlags, command};
 use crate::wire::mysql::messages::command::{Kill, process_kill_id};
 use crate::wire::mysql::messages::handshake::ChangeUser;
-use crate::wire::mysql::packet::{HEADER_LEN, put_message, renumber};
+use crate::wire::mysql::messages::response::put_err;
+use crate::wire::mysql::packet::{HEADER_LEN, renumber};
 use crate::wire::mysql::{Header, PacketError};
 use bytes::Buf;
 
@@ -279,11 +280,10 @@ impl Relay<'_> {
             _ => {}
         }
         self.command_in_progress = Some(kind);
-        let handled = self.rewrite_kill(byte, payload, whole);
         if !header.is_continued() {
             self.on_command_complete(header.seq);
         }
-        Ok(handled)
+        Ok(Handled::Relay)
     }
 
     /// A command of several packets that tandem answers at its first: the client reads
@@ -336,48 +336,58 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// `KILL [QUERY] id` and COM_PROCESS_KILL with one of tandem's connection ids become
-    /// a kill of the backend thread behind it, sent on this client's own connection so
-    /// the server decides whether this user may kill that thread. Other ids pass through
-    /// (a thread id from SHOW PROCESSLIST reaches its thread as before).
-    fn rewrite_kill(&mut self, byte: u8, payload: &[u8], whole: bool) -> Handled {
+    /// `KILL [QUERY] id` and COM_PROCESS_KILL with one of tandem's connection ids run
+    /// as a kill of the backend thread behind it, on this client's own connection, so
+    /// that the server decides whether this user may kill that thread. Once it has
+    /// allowed it, the killed session's own waits for global locks end too: while
+    /// tandem waits its backend is idle, and the server's kill stops nothing. Other
+    /// ids pass through (a thread id from SHOW PROCESSLIST reaches its thread as
+    /// before). None: not such a kill.
+    pub(super) async fn kill_of_tandem_id(
+        &mut self,
+        header: Header,
+        payload: &[u8],
+    ) -> Result<Option<Handled>> {
+        if header.seq != 0 || payload.len() != header.payload_len {
+            return Ok(None);
+        }
         let rest = payload.get(1..).unwrap_or(&[]);
-        let replacement = match byte {
-            command::QUERY if whole => Kill::parse(rest).and_then(|kill| {
-                let target = u32::try_from(kill.id)
-                    .ok()
-                    .and_then(|id| self.backend_of(id))?;
-                let mut sql = vec![command::QUERY];
-                sql.extend_from_slice(kill.to_sql(target).as_bytes());
-                Some(sql)
-            }),
-            command::PROCESS_KILL => process_kill_id(rest)
-                .and_then(|id| self.backend_of(id))
-                .map(|target| {
-                    let mut p = vec![command::PROCESS_KILL];
-                    p.extend_from_slice(&target.to_le_bytes());
-                    p
+        let kill = match payload.first() {
+            Some(&command::QUERY) if header.payload_len <= KILL_SQL_MAX => Kill::parse(rest)
+                .and_then(|kill| {
+                    let target = self.backend_of(u32::try_from(kill.id).ok()?)?;
+                    Some((kill.to_sql(target.thread_id), target))
                 }),
+            Some(&command::PROCESS_KILL) => process_kill_id(rest)
+                .and_then(|id| self.backend_of(id))
+                .map(|target| (format!("KILL CONNECTION {}", target.thread_id), target)),
             _ => None,
         };
-        match replacement {
-            Some(p) => {
-                self.ctx.metrics.mysql.kills_mapped.inc();
-                put_message(&mut self.to_server, 0, &p);
-                Handled::Replace
-            }
-            None => Handled::Relay,
+        let Some((sql, target)) = kill else {
+            return Ok(None);
+        };
+        if !self.exchange.at_sync_point() {
+            return Ok(Some(Handled::Pause));
         }
+        self.ctx.metrics.mysql.kills_mapped.inc();
+        match self.own().query(&sql).await? {
+            Ok(ok) => {
+                target.interrupt.interrupt();
+                self.exchange.on_authenticated(ok.status);
+                ok.put(&mut self.to_client, 1);
+            }
+            Err(e) => put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message),
+        }
+        Ok(Some(Handled::Answer))
     }
 
-    /// The backend thread behind tandem connection id `id`, if it is on this front
-    /// end's server.
-    fn backend_of(&self, id: u32) -> Option<u32> {
+    /// The backend connection behind tandem connection id `id`, if it is on this
+    /// front end's server.
+    fn backend_of(&self, id: u32) -> Option<crate::session::mysql::ids::Backend> {
         self.ctx
             .ids
             .lookup(id)
             .filter(|backend| backend.upstream == self.ctx.upstream)
-            .map(|backend| backend.thread_id)
     }
 
     /// Answers a command tandem does not relay with ERR 1235 or 1047 (at a sync point).

@@ -310,6 +310,13 @@ impl Relay<'_> {
         packet: &[u8],
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
+        if header.seq == 0 {
+            // Where this command's waits start hearing KILL QUERY.
+            self.cancels_seen = self.interrupt.mark();
+        }
+        if let Some(handled) = self.kill_of_tandem_id(header, payload).await? {
+            return Ok(Some(handled));
+        }
         if header.seq == 0
             && let Some(handled) = self.refuse_own_statement(payload)?
         {

@@ -211,6 +211,7 @@ impl Relay<'_> {
                 .writes_in_turn(super::batch::Statementwise::Checked, writes)
                 .await
                 .map(Some),
+            TablesGuarded::Cancelled => self.refuse(Error::Cancelled).map(Some),
         }
     }
 
@@ -239,6 +240,7 @@ impl Relay<'_> {
             TablesGuarded::Locked(table) => {
                 self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
             }
+            TablesGuarded::Cancelled => self.refuse(Error::Cancelled).map(Some),
         }
     }
 
@@ -291,6 +293,7 @@ impl Relay<'_> {
             }
             TablesGuarded::LockserverDown(_) => ControlFlow::Break(None),
             TablesGuarded::Locked(table) => ControlFlow::Break(Some(self.refuse(refusal(table))?)),
+            TablesGuarded::Cancelled => ControlFlow::Break(Some(self.refuse(Error::Cancelled)?)),
         })
     }
 
@@ -326,6 +329,7 @@ impl Relay<'_> {
                 &scope,
                 &names,
                 waits.then_some(deadline),
+                (&self.interrupt, self.cancels_seen),
                 &mut self.unchecked,
             )
             .await;
@@ -694,7 +698,9 @@ impl Relay<'_> {
             if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline || rolling_back {
                 return Ok(Err(self.refuse_held(table, &holder, rolling_back)));
             }
-            tokio::time::sleep(RECHECK).await;
+            if !self.pause_for_holder().await {
+                return Ok(Err(self.refuse(Error::Cancelled)?));
+            }
         }
     }
 
@@ -730,7 +736,9 @@ impl Relay<'_> {
             if let Check::Held(holder, _) = check {
                 self.own_rollback().await?;
                 if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
-                    tokio::time::sleep(RECHECK).await;
+                    if !self.pause_for_holder().await {
+                        return self.refuse(Error::Cancelled).map(Some);
+                    }
                     continue;
                 }
                 tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
@@ -928,12 +936,21 @@ impl Relay<'_> {
             // A ROLLBACK (TO SAVEPOINT) that fails has nothing left to undo.
             let _ = self.end_guard_scope(scope, true).await?;
             if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
-                tokio::time::sleep(RECHECK).await;
+                if !self.pause_for_holder().await {
+                    return self.refuse(Error::Cancelled).map(Some);
+                }
                 continue;
             }
             tracing::debug!(parent: &self.span, holder = %holder, "outside insert refused: key globally locked");
             return Ok(Some(self.refuse_held(table, &holder, false)));
         }
+    }
+
+    /// Waits a moment before a held row's check again; false if a KILL QUERY of the
+    /// session's came since its command began (the write is then refused, as the
+    /// server's own lock wait ends).
+    async fn pause_for_holder(&self) -> bool {
+        self.interrupt.pause(self.cancels_seen, RECHECK).await
     }
 
     /// Answers a write tandem ran, once the transaction or savepoint tandem ran it in
