@@ -160,6 +160,11 @@ pub async fn send_cancel(upstream: &str, backend: CancelKey, timeout: Duration) 
             addr: upstream.to_owned(),
         })?
         .map_err(Error::UpstreamIo)?;
+    // The server closes the connection once it has signalled the backend (as libpq's
+    // PQcancel waits for): a cancel still on its way would otherwise cancel whatever
+    // the session sends next, tandem's statements after a wait the cancel ended too.
+    let mut closed = [0u8; 1];
+    let _ = tokio::time::timeout(timeout, stream.read(&mut closed)).await;
     Ok(())
 }
 

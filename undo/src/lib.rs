@@ -26,9 +26,9 @@ pub mod replay;
 pub use analyze::{
     Analysis, AnalysisCache, EVERY_TABLE, InsertRows, InsertValue, LockedRead, OnDuplicate,
     PreparedChange, SavepointOp, TableRef, Upsert, Write, WriteKind, analyze, called_functions,
-    contains_ignore_case, count_mysql_statements, has_executable_comment,
-    operator_swallows_comment, prepared_changes, resets_session, runs_stored_code,
-    split_mysql_statements, split_statements, statement_body, tables_changed,
+    contains_ignore_case, count_mysql_statements, has_empty_mysql_statement,
+    has_executable_comment, operator_swallows_comment, prepared_changes, resets_session,
+    runs_stored_code, split_mysql_statements, split_statements, statement_body, tables_changed,
     tables_changed_resolving, tables_named, try_called_functions, try_words, with_row_count,
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};

@@ -18,7 +18,10 @@ pub use changed::{EVERY_TABLE, tables_changed, tables_changed_resolving, tables_
 pub(crate) use mysql::bind_positionally;
 pub use prepared::{PreparedChange, prepared_changes, runs_stored_code};
 pub use row_count::with_row_count;
-pub use split::{count_mysql_statements, split_mysql_statements, split_statements, statement_body};
+pub use split::{
+    count_mysql_statements, has_empty_mysql_statement, split_mysql_statements, split_statements,
+    statement_body,
+};
 
 use crate::dialect::{Dialect, Grammar};
 use crate::error::Error;

@@ -112,6 +112,36 @@ pub fn statement_body(sql: &str) -> &str {
         .map_or(trimmed, |end| &sql[..end])
 }
 
+/// Whether a MySQL query holds a statement of nothing but whitespace and comments
+/// before one of its semicolons (`a; ; b`, `;a`), or a comment after its last: the
+/// server stops at the first with a syntax error, and answers the second as a statement
+/// of its own, where [`split_mysql_statements`] drops both. Semicolons and whitespace
+/// after the last statement are none. Text that does not tokenize counts as holding
+/// one.
+pub fn has_empty_mysql_statement(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    let Ok(tokens) = Tokenizer::new(&sqlparser::dialect::MySqlDialect {}, sql).tokenize() else {
+        return true;
+    };
+    let mut empty = true;
+    let mut commented = false;
+    for t in &tokens {
+        match t {
+            Token::SemiColon if empty => return true,
+            Token::SemiColon => {
+                empty = true;
+                commented = false;
+            }
+            Token::Whitespace(
+                Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_),
+            ) => commented = true,
+            Token::Whitespace(_) => {}
+            _ => empty = false,
+        }
+    }
+    empty && commented
+}
+
 /// How many statements a MySQL query holds (semicolons between statements, not those
 /// inside quotes, backticks or comments, MySQL's tokenizer rules).
 pub fn count_mysql_statements(sql: &str) -> Result<usize, Error> {

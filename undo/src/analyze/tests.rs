@@ -286,6 +286,31 @@ fn mysql_statements_split_by_mysql_rules() {
 }
 
 #[test]
+fn empty_mysql_statements_are_found_where_the_server_would_meet_them() {
+    use crate::analyze::has_empty_mysql_statement as empty;
+    for sql in [
+        "UPDATE t SET v = 1;; UPDATE t SET v = 2",
+        "UPDATE t SET v = 1; ; UPDATE t SET v = 2",
+        "; UPDATE t SET v = 1",
+        "UPDATE t SET v = 1; /* nothing */; UPDATE t SET v = 2",
+        "UPDATE t SET v = 1; UPDATE t SET v = 2; -- done",
+        "UPDATE t SET v = 1; # done\n",
+        "UPDATE t SET v = 'unended",
+    ] {
+        assert!(empty(sql), "{sql}");
+    }
+    for sql in [
+        "UPDATE t SET v = 1; UPDATE t SET v = 2",
+        "UPDATE t SET v = 1; UPDATE t SET v = 2;",
+        "UPDATE t SET v = 1; UPDATE t SET v = 2 ;\n  ",
+        "/* hibernate */ UPDATE t SET v = 1; /* again */ UPDATE t SET v = ';;'",
+        "UPDATE t SET v = 1 -- trailing\n; UPDATE `a;;b` SET v = 2",
+    ] {
+        assert!(!empty(sql), "{sql}");
+    }
+}
+
+#[test]
 fn mysql_statements_are_counted_by_mysql_rules() {
     use crate::analyze::count_mysql_statements as n;
     assert_eq!(n("UPDATE t SET v = 'a\\'; b' WHERE id = 1").unwrap(), 1);

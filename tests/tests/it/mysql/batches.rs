@@ -226,6 +226,13 @@ async fn a_failed_statement_ends_the_batch_as_the_server_ends_it() {
             }
             let got = multi_query(&mut raw, &batch).await;
             assert_eq!(got.len(), 2, "{failing}, {opening:?}: {got:?}");
+            // After the failed statement, as after the server's own error (from
+            // review: tandem's answer left the first statement's count).
+            let count = multi_query(&mut raw, "SELECT ROW_COUNT()").await;
+            assert!(
+                count.iter().any(|(_, p)| p == b"\x02-1"),
+                "{failing}, {opening:?}: ROW_COUNT() {count:?}"
+            );
             // The same ERR: its number, code and SQLSTATE (tandem says in its own
             // words that a table does not exist).
             let head = |(seq, payload): &Packet| (*seq, payload[..9].to_vec());
@@ -263,7 +270,8 @@ async fn a_failed_statement_ends_the_batch_as_the_server_ends_it() {
 }
 
 /// What is not writes alone stays refused whole, before anything of it runs: a batch
-/// that mixes writes with a SET or a read, one that holds DDL, and one that commits.
+/// with an empty statement or a trailing comment, one that mixes writes with a SET or
+/// a read, one that holds DDL, and one that commits.
 #[tokio::test]
 async fn a_batch_of_writes_with_other_statements_is_refused_whole() {
     let db = prepare("my_batch_mixed").await;
@@ -274,6 +282,10 @@ async fn a_batch_of_writes_with_other_statements_is_refused_whole() {
     let mut conn = my::connect(&tandem, &db.name).await;
     text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
     for batch in [
+        // An empty statement, where the server stops with 1064, and a comment after the
+        // last, which the server answers as a statement of its own (from review).
+        "UPDATE accounts SET balance = 1 WHERE id = 1;; UPDATE accounts SET balance = 2 WHERE id = 2",
+        "UPDATE accounts SET balance = 1 WHERE id = 1; UPDATE accounts SET balance = 2 WHERE id = 2; -- done",
         "UPDATE accounts SET balance = 1 WHERE id = 1; SET @a = 1",
         "UPDATE accounts SET balance = 1 WHERE id = 1; SELECT 1",
         "UPDATE accounts SET balance = 1 WHERE id = 1; CREATE TABLE t_batch (id INT PRIMARY KEY)",

@@ -1086,13 +1086,22 @@ async fn statements_tandem_cannot_check_wait_or_fail_while_their_table_holds_glo
         "nothing ran before it"
     );
 
-    // Reads and plain INSERTs still run, with writes to other tables.
-    b.query_drop("SELECT 1; INSERT INTO accounts VALUES (100, 7, 'n'); UPDATE items SET name = 'second' WHERE id = 1")
+    // A plain INSERT beside a read is judged by its table too: it could recreate a row
+    // a global transaction deleted (from review).
+    assert_lock_wait_timeout(
+        b.query_drop("SELECT 1; INSERT INTO accounts VALUES (100, 7, 'n')")
+            .await,
+        "an INSERT into a table holding global locks",
+    );
+    assert_eq!(balance(&mut direct, 100).await, None);
+    // Reads and writes to tables that hold no global lock still run.
+    b.query_drop("SELECT 1; INSERT INTO items (name) VALUES ('third'); UPDATE items SET name = 'second' WHERE id = 1")
         .await
         .unwrap();
-    assert_eq!(balance(&mut direct, 100).await, Some(7));
     direct
-        .query_drop("DELETE FROM accounts WHERE id = 100")
+        .query_drop(
+            "DELETE FROM items WHERE name = 'third'; UPDATE items SET name = 'first' WHERE id = 1",
+        )
         .await
         .unwrap();
 
@@ -1186,6 +1195,28 @@ async fn a_batch_of_writes_is_checked_statement_by_statement() {
     // The session goes on in step.
     let one: Option<i64> = b.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
+
+    // A batch of INSERTs that would recreate a row a global transaction deleted: the
+    // INSERT of that key fails as it does sent alone (from review: it ran unchecked,
+    // and the deleting transaction's rollback then failed).
+    let mut c = delete_held_row(&global, &db, 3).await;
+    assert_lock_wait_timeout(
+        b.query_drop("INSERT INTO accounts VALUES (50, 50, 'n'); INSERT INTO accounts VALUES (3, 3, 'again')")
+            .await,
+        "recreating the deleted row",
+    );
+    assert_eq!(balance(&mut direct, 3).await, None, "still deleted");
+    assert_eq!(balance(&mut direct, 50).await, Some(50), "the first ran");
+    rolled_back(&mut c).await;
+    assert_eq!(
+        balance(&mut direct, 3).await,
+        Some(6),
+        "the deleted row back"
+    );
+    direct
+        .query_drop("DELETE FROM accounts WHERE id = 50")
+        .await
+        .unwrap();
 
     b.query_drop("START TRANSACTION").await.unwrap();
     assert_lock_wait_timeout(

@@ -31,6 +31,11 @@ pub(super) enum Statementwise {
 /// The statements of the multi-statement query `text`, each with its write, if every one
 /// is a write; None otherwise, or if the texts do not split as `analyses` counts them.
 pub(super) fn writes_alone(text: &str, analyses: Vec<Analysis>) -> Option<Vec<(&str, Write)>> {
+    if tandem_undo::has_empty_mysql_statement(text) {
+        // The server stops at an empty statement (or answers a trailing comment) where
+        // the split statements say nothing.
+        return None;
+    }
     let texts = tandem_undo::split_mysql_statements(text).ok()?;
     if texts.len() != analyses.len() {
         return None;
@@ -91,6 +96,8 @@ impl Relay<'_> {
             reply.extend_from_slice(&answer);
             seq = next;
             if failed {
+                // After a failed statement ROW_COUNT() is -1, whoever failed it.
+                self.row_count_after_write = Some(-1);
                 break;
             }
         }

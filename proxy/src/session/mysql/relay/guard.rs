@@ -46,10 +46,11 @@
 //! lockserver is unreachable (counted in `tandem_mysql_outside_writes_unchecked`).
 //!
 //! A multi-statement query of writes alone (a driver's rewritten batch) is checked
-//! statement by statement (`batch`) while one of its tables may hold global locks.
+//! statement by statement (`batch`) while one of its tables (those it inserts into
+//! too) may hold global locks.
 //! A statement tandem cannot check row by row (TRUNCATE, any other multi-statement
-//! query, a write it cannot analyse, such as a multi-table write to several tables) is
-//! judged
+//! query, counting the tables its INSERTs name, a write it cannot analyse, such as a
+//! multi-table write to several tables) is judged
 //! by the tables it may update or delete rows of: guarded while none may hold global
 //! locks, else it waits or fails as a held row does (`unanalysed_write`). Text that
 //! begins as a write but does not parse counts as naming every table, and so does
@@ -182,22 +183,37 @@ impl Relay<'_> {
         }
     }
 
-    /// A multi-statement query: judged by its tables (`unanalysed_write`), unless one
-    /// of them may hold global locks and every statement is a write tandem can read;
-    /// then each is checked row by row in turn (`batch`), rather than waiting for
-    /// every global lock on its tables.
+    /// A multi-statement query: judged by its tables (`unanalysed_write`, and the
+    /// tables it inserts into), unless one of them may hold global locks and every
+    /// statement is a write tandem can read; then each is checked row by row in turn
+    /// (`batch`), rather than waiting for every global lock on its tables.
     async fn guard_several(
         &mut self,
         text: &str,
         analyses: Vec<Analysis>,
     ) -> Result<Option<Handled>> {
+        // An INSERT's table counts too: it may recreate a row a global transaction
+        // deleted and still holds.
+        let targets: Vec<String> = analyses
+            .iter()
+            .filter_map(|analysis| match analysis {
+                Analysis::Write(write) => Some(write.table.name.clone()),
+                _ => None,
+            })
+            .collect();
         let writes = match super::batch::writes_alone(text, analyses) {
             Some(writes) if self.xa.is_none() && self.sends_multi_statements() => writes,
-            _ => return self.unanalysed_write(text).await,
+            _ => {
+                let mut changed = self.tables_changed(text).unwrap_or_default();
+                changed.extend(targets);
+                if changed.is_empty() {
+                    return Ok(None);
+                }
+                return self.guard_changed_tables(changed).await;
+            }
         };
-        let Some(changed) = self.tables_changed(text) else {
-            return Ok(None);
-        };
+        let mut changed = self.tables_changed(text).unwrap_or_default();
+        changed.extend(targets);
         let scope = self.ctx.xa.lock_scope();
         if self.ctx.outside.tables.untracked(&scope) {
             return Ok(None);
