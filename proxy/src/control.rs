@@ -307,7 +307,7 @@ impl Cursor<'_> {
         }
         loop {
             self.skip_space();
-            args.push(self.literal()?);
+            args.push(self.argument()?);
             self.skip_space();
             if self.eat(')') {
                 return Ok(args);
@@ -316,6 +316,27 @@ impl Cursor<'_> {
                 return Err("arguments must be literals separated by commas");
             }
         }
+    }
+
+    /// A literal, as written, or as a driver that writes its parameters into the text
+    /// does (pgJDBC's `preferQueryMode=simple`): in parentheses, cast to its type
+    /// (`('30000'::int4)`, `('x'::varchar)`).
+    fn argument(&mut self) -> Result<Arg, &'static str> {
+        let parenthesized = self.eat('(');
+        self.skip_space();
+        let mut arg = self.literal()?;
+        self.skip_space();
+        if let Some(rest) = self.rest.strip_prefix("::") {
+            self.rest = rest;
+            self.skip_space();
+            let type_name = self.identifier().ok_or("a cast must name a type")?;
+            arg = cast(arg, type_name)?;
+            self.skip_space();
+        }
+        if parenthesized && !self.eat(')') {
+            return Err("an argument in parentheses must be one literal");
+        }
+        Ok(arg)
     }
 
     fn literal(&mut self) -> Result<Arg, &'static str> {
@@ -356,6 +377,26 @@ impl Cursor<'_> {
             .parse()
             .map(Arg::Int)
             .map_err(|_| "integer argument out of range")
+    }
+}
+
+/// `arg` cast to the type named `type_name`: to an integer or a string type, as the
+/// server would read the cast.
+fn cast(arg: Arg, type_name: &str) -> Result<Arg, &'static str> {
+    const INTEGERS: [&str; 6] = ["int2", "int4", "int8", "smallint", "integer", "bigint"];
+    const STRINGS: [&str; 5] = ["text", "varchar", "bpchar", "char", "name"];
+    let is = |names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(type_name));
+    match arg {
+        Arg::Parameter => Ok(Arg::Parameter),
+        Arg::Int(n) if is(&INTEGERS) => Ok(Arg::Int(n)),
+        Arg::Int(n) if is(&STRINGS) => Ok(Arg::Text(n.to_string())),
+        Arg::Text(text) if is(&STRINGS) => Ok(Arg::Text(text)),
+        Arg::Text(text) if is(&INTEGERS) => text
+            .trim()
+            .parse()
+            .map(Arg::Int)
+            .map_err(|_| "an integer argument that is not a non-negative integer"),
+        _ => Err("arguments may be cast to integer or string types only"),
     }
 }
 
@@ -584,6 +625,45 @@ mod tests {
             ok("SELECT tandem_mode('XA')"),
             Some(Control::Mode { mode: "xa".into() })
         );
+    }
+
+    #[test]
+    fn parameters_a_driver_writes_into_the_text_are_read_as_their_values() {
+        // pgJDBC's preferQueryMode=simple.
+        assert_eq!(
+            ok("SELECT tandem_begin(('30000'::int4))"),
+            Some(Control::Begin {
+                timeout_ms: Some(30000)
+            })
+        );
+        assert_eq!(
+            ok("SELECT tandem_begin(( '30000' :: INT8 ))"),
+            Some(Control::Begin {
+                timeout_ms: Some(30000)
+            })
+        );
+        assert_eq!(
+            ok("SELECT tandem_join(('ab''1'))"),
+            Some(Control::Join { xid: "ab'1".into() })
+        );
+        assert_eq!(
+            ok("SELECT tandem_join(('ab-1'::varchar))"),
+            Some(Control::Join { xid: "ab-1".into() })
+        );
+        assert_eq!(
+            ok("SELECT tandem_mode('at'::text)"),
+            Some(Control::Mode { mode: "at".into() })
+        );
+        for bad in [
+            "SELECT tandem_begin(('x'::int4))",
+            "SELECT tandem_begin(('-5'::int4))",
+            "SELECT tandem_join(('x'::bytea))",
+            "SELECT tandem_join((('x')))",
+            "SELECT tandem_join(('x')",
+            "SELECT tandem_join(('x'::))",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

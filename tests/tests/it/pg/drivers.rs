@@ -136,7 +136,8 @@ async fn psycopg_pipelines_work_in_global_transactions() {
 /// transactions in AT and XA mode around transactions with autocommit off, where the
 /// driver sends BEGIN in one batch with the first statement, every Execute with a row
 /// limit of 1, and COMMIT over the extended protocol; statements past its
-/// prepareThreshold run server-side prepared. Then again with `autosave=always`.
+/// prepareThreshold run server-side prepared. Then again with `autosave=always`, and
+/// with `preferQueryMode=simple`.
 #[tokio::test]
 async fn pgjdbc_works_through_the_proxy() {
     let (db, lockserver, tandem) = global_transactions("pgjdbc").await;
@@ -148,8 +149,9 @@ async fn pgjdbc_works_through_the_proxy() {
             db.name
         )
     };
-    // `autosave` adds a SAVEPOINT, sent as a Query, ahead of every statement in a block.
-    for options in ["", "&autosave=always"] {
+    // `autosave` adds a SAVEPOINT, sent as a Query, ahead of every statement in a block;
+    // `preferQueryMode=simple` writes parameters into the text of simple Queries.
+    for options in ["", "&autosave=always", "&preferQueryMode=simple"] {
         let output = tokio::process::Command::new("java")
             .args(["-cp", "/usr/share/java/postgresql.jar", program])
             .arg(url(&tandem.pg.to_string()) + options)
