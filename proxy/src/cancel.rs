@@ -80,6 +80,72 @@ impl Interrupt {
     }
 }
 
+/// What ends a statement's waits of tandem's own for a global lock before their own
+/// bound: the client's cancel since the statement began (`mark`), and the statement's
+/// own time limit (MariaDB's `SET STATEMENT max_statement_time = … FOR`), both of which
+/// end a wait in the server too.
+#[derive(Clone, Debug)]
+pub struct WaitsEnd {
+    pub interrupt: Interrupt,
+    pub mark: u64,
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl WaitsEnd {
+    /// A wait only a cancel ends.
+    pub fn on_cancel(interrupt: &Interrupt, mark: u64) -> Self {
+        WaitsEnd {
+            interrupt: interrupt.clone(),
+            mark,
+            deadline: None,
+        }
+    }
+
+    /// Sleeps for `pause`, or less if the deadline comes first; the statement's error
+    /// once the client has cancelled or its time is up.
+    pub async fn pause(&self, pause: Duration) -> Result<(), crate::error::Error> {
+        let pause = match self.deadline {
+            Some(deadline) => {
+                pause.min(deadline.saturating_duration_since(std::time::Instant::now()))
+            }
+            None => pause,
+        };
+        if !self.interrupt.pause(self.mark, pause).await {
+            return Err(crate::error::Error::Cancelled);
+        }
+        match self.deadline {
+            Some(deadline) if std::time::Instant::now() >= deadline => {
+                Err(crate::error::Error::StatementTimeout)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves once the wait must end (see [`WaitsEnd::why`]).
+    pub async fn ended(&self) {
+        let deadline = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.interrupt.cancelled_since(self.mark) => {}
+            () = deadline => {}
+        }
+    }
+
+    /// Why a wait that [`WaitsEnd::ended`] stopped ended.
+    pub fn why(&self) -> crate::error::Error {
+        match self.deadline {
+            Some(deadline) if std::time::Instant::now() >= deadline => {
+                crate::error::Error::StatementTimeout
+            }
+            _ => crate::error::Error::Cancelled,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct CancelRegistry {
     // A std Mutex: no lock is held across an await.

@@ -383,19 +383,35 @@ impl Cursor<'_> {
 /// `arg` cast to the type named `type_name`: to an integer or a string type, as the
 /// server would read the cast.
 fn cast(arg: Arg, type_name: &str) -> Result<Arg, &'static str> {
-    const INTEGERS: [&str; 6] = ["int2", "int4", "int8", "smallint", "integer", "bigint"];
+    // Each integer type with the largest value it holds.
+    const INTEGERS: [(&str, u64); 6] = [
+        ("int2", i16::MAX as u64),
+        ("smallint", i16::MAX as u64),
+        ("int4", i32::MAX as u64),
+        ("integer", i32::MAX as u64),
+        ("int8", i64::MAX as u64),
+        ("bigint", i64::MAX as u64),
+    ];
     const STRINGS: [&str; 5] = ["text", "varchar", "bpchar", "char", "name"];
-    let is = |names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(type_name));
+    let integer_max = INTEGERS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(type_name))
+        .map(|&(_, max)| max);
+    let string = STRINGS.iter().any(|n| n.eq_ignore_ascii_case(type_name));
+    let in_range = |n: u64| match integer_max {
+        Some(max) if n <= max => Ok(Arg::Int(n)),
+        _ => Err("an integer argument out of its type's range"),
+    };
     match arg {
         Arg::Parameter => Ok(Arg::Parameter),
-        Arg::Int(n) if is(&INTEGERS) => Ok(Arg::Int(n)),
-        Arg::Int(n) if is(&STRINGS) => Ok(Arg::Text(n.to_string())),
-        Arg::Text(text) if is(&STRINGS) => Ok(Arg::Text(text)),
-        Arg::Text(text) if is(&INTEGERS) => text
+        Arg::Int(n) if integer_max.is_some() => in_range(n),
+        Arg::Int(n) if string => Ok(Arg::Text(n.to_string())),
+        Arg::Text(text) if string => Ok(Arg::Text(text)),
+        Arg::Text(text) if integer_max.is_some() => text
             .trim()
             .parse()
-            .map(Arg::Int)
-            .map_err(|_| "an integer argument that is not a non-negative integer"),
+            .map_err(|_| "an integer argument that is not a non-negative integer")
+            .and_then(in_range),
         _ => Err("arguments may be cast to integer or string types only"),
     }
 }
@@ -657,6 +673,8 @@ mod tests {
         for bad in [
             "SELECT tandem_begin(('x'::int4))",
             "SELECT tandem_begin(('-5'::int4))",
+            "SELECT tandem_begin(('40000'::int2))",
+            "SELECT tandem_begin(('99999999999'::int4))",
             "SELECT tandem_join(('x'::bytea))",
             "SELECT tandem_join((('x')))",
             "SELECT tandem_join(('x')",

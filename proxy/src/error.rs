@@ -163,6 +163,14 @@ pub enum Error {
     #[error("canceling statement due to user request (while waiting for a global lock)")]
     Cancelled,
 
+    /// The statement's own time limit (MariaDB's `SET STATEMENT max_statement_time = …
+    /// FOR`, how Connector/J sets a query timeout) ran out while tandem waited for a
+    /// global lock.
+    #[error(
+        "Query execution was interrupted (max_statement_time exceeded while waiting for a global lock)"
+    )]
+    StatementTimeout,
+
     #[error(
         "could not change a row of {table}: unfinished global transaction {holder} holds it{}",
         if *rolling_back { ROLLING_BACK_HINT } else { "" }
@@ -287,7 +295,7 @@ impl Error {
     /// The SQLSTATE a PostgreSQL client sees for this error.
     pub fn sqlstate(&self) -> SqlState {
         match self {
-            Error::Cancelled => SqlState::QueryCanceled,
+            Error::Cancelled | Error::StatementTimeout => SqlState::QueryCanceled,
             Error::Frame(FrameError::TooLarge { .. })
             | Error::MysqlPacket(MysqlPacketError::TooLarge { .. }) => {
                 SqlState::ProgramLimitExceeded
@@ -367,10 +375,22 @@ impl Error {
         }
     }
 
+    /// The message a MySQL client reads for this error: the server's own words where
+    /// tandem answers as the server would (a killed wait), else the error's text.
+    pub fn mysql_message(&self) -> String {
+        match self {
+            Error::Cancelled => {
+                "Query execution was interrupted (while waiting for a global lock)".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The MySQL error a MySQL client sees for this error (`wire::mysql::errcode`).
     pub fn mysql_error(&self) -> MyErr {
         match self {
             Error::Cancelled => MyErr::QueryInterrupted,
+            Error::StatementTimeout => MyErr::StatementTimeout,
             Error::MysqlPacket(MysqlPacketError::TooLarge { .. })
             | Error::Frame(FrameError::TooLarge { .. }) => MyErr::PacketTooLarge,
             Error::MysqlPacket(MysqlPacketError::OutOfOrder { .. }) => MyErr::PacketsOutOfOrder,
@@ -512,6 +532,7 @@ impl Error {
                 | Error::BranchPrepared { .. }
                 | Error::BadControlCall(_)
                 | Error::Cancelled
+                | Error::StatementTimeout
                 | Error::Undo(_)
                 | Error::UnknownTable { .. }
                 | Error::UnknownStatement { .. }
@@ -546,7 +567,7 @@ impl Error {
     /// The metrics label of this error's kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Cancelled => "cancelled",
+            Error::Cancelled | Error::StatementTimeout => "cancelled",
             Error::Frame(_)
             | Error::MysqlPacket(_)
             | Error::Malformed { .. }

@@ -134,6 +134,21 @@ public class MyJdbcCheck {
             counts = addToEach(r, new int[] {31, 32, 33}, 1);
             check(counts.length == 3, "three counts outside");
             check(balance(d, 32) == 33, "the batch outside ran");
+            // A query timeout, which the driver sends to MariaDB as SET STATEMENT
+            // max_statement_time = … FOR, ends the wait for the held row as it ends a
+            // lock wait in the server (not after lockserver.lock_wait_ms).
+            try (Statement s = r.createStatement()) {
+                s.setQueryTimeout(1);
+                long started = System.nanoTime();
+                try {
+                    s.executeUpdate("UPDATE jdbc_accounts SET balance = 1 WHERE id = 30");
+                    check(false, "a write of the held row times out");
+                } catch (SQLException e) {
+                    long ms = (System.nanoTime() - started) / 1_000_000;
+                    check(e.getErrorCode() == 1969 && ms < 3000,
+                            "the query timeout ended the wait: " + e.getErrorCode() + " after " + ms + " ms");
+                }
+            }
             check("Rollbacked".equals(one(holder, "SELECT tandem_rollback()")), "holder rollback");
             check(balance(d, 30) == 30, "the held row restored");
         }

@@ -348,8 +348,16 @@ pub fn err_code(payload: &[u8]) -> Option<u16> {
 /// A minimal HandshakeResponse41 for `user` with an empty password
 /// (mysql_native_password), as the raw client's login.
 pub fn login_packet(user: &str) -> Vec<u8> {
-    let caps: u32 =
-        0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0100_0000 | 0x0001_0000 | 0x0002_0000;
+    login_packet_with(user, CLIENT_MULTI_STATEMENTS)
+}
+
+/// CLIENT_MULTI_STATEMENTS, which [`login_packet`] asks for.
+pub const CLIENT_MULTI_STATEMENTS: u32 = 0x0001_0000;
+
+/// As [`login_packet`], asking for the capabilities `extra` beside protocol 4.1,
+/// secure connection, plugin auth, DEPRECATE_EOF and multi-results.
+pub fn login_packet_with(user: &str, extra: u32) -> Vec<u8> {
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0100_0000 | 0x0002_0000 | extra;
     let mut p = caps.to_le_bytes().to_vec();
     p.extend_from_slice(&(16u32 << 20).to_le_bytes());
     p.push(45);

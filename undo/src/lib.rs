@@ -28,8 +28,9 @@ pub use analyze::{
     PreparedChange, SavepointOp, TableRef, Upsert, Write, WriteKind, analyze, called_functions,
     contains_ignore_case, count_mysql_statements, has_empty_mysql_statement,
     has_executable_comment, operator_swallows_comment, prepared_changes, resets_session,
-    runs_stored_code, split_mysql_statements, split_statements, statement_body, tables_changed,
-    tables_changed_resolving, tables_named, try_called_functions, try_words, with_row_count,
+    runs_stored_code, split_mysql_statements, split_statements, statement_body,
+    statement_time_limit, tables_changed, tables_changed_resolving, tables_named,
+    try_called_functions, try_words, with_row_count,
 };
 pub use dialect::{Dialect, Grammar, Mysql, Postgres};
 pub use error::Error;

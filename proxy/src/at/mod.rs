@@ -59,13 +59,13 @@ pub fn read_lock_wait(
 /// be held by another unfinished global transaction. Waits up to `wait` for such a
 /// lock, then fails (`GloballyLocked`); gives way at once to a holder that is rolling
 /// back, whose undo needs the rows the read now holds locked locally. A cancel of the
-/// client's since `cancels_seen` ends the wait (`Cancelled`).
+/// client's, or the statement's own time limit, ends the wait (`ends`).
 pub async fn wait_for_read_locks(
     lock: &tandem_lockserver::client::LockClient,
     keys: &[tandem_lockserver::client::LockKey],
     xid: &tandem_lockserver::client::Xid,
     wait: std::time::Duration,
-    (interrupt, cancels_seen): (&crate::cancel::Interrupt, u64),
+    ends: &crate::cancel::WaitsEnd,
 ) -> crate::error::Result<()> {
     if keys.is_empty() {
         return Ok(());
@@ -79,12 +79,7 @@ pub async fn wait_for_read_locks(
                         holder: held.holder.to_string(),
                     });
                 }
-                if !interrupt
-                    .pause(cancels_seen, std::time::Duration::from_millis(20))
-                    .await
-                {
-                    return Err(crate::error::Error::Cancelled);
-                }
+                ends.pause(std::time::Duration::from_millis(20)).await?;
             }
             _ => return Ok(()),
         }

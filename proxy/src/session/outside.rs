@@ -115,9 +115,9 @@ pub enum TablesGuarded {
     LockserverDown(tandem_lockserver::Error),
     /// This table may still hold global locks.
     Locked(String),
-    /// The client cancelled (a PostgreSQL CancelRequest, a MySQL KILL QUERY) while the
-    /// write waited.
-    Cancelled,
+    /// The client cancelled (a PostgreSQL CancelRequest, a MySQL KILL QUERY), or the
+    /// statement's own time limit ran out, while the write waited: its error.
+    Ended(crate::error::Error),
 }
 
 impl OutsideWriteChecks {
@@ -128,14 +128,14 @@ impl OutsideWriteChecks {
     /// announcement must not wait for it. The lockserver is asked to let go of the
     /// announced ones that hold no lock, in either mode, and their notices awaited;
     /// so is a view not current yet (a database first served). A cancel of the
-    /// client's since `cancels_seen` ends the wait.
+    /// client's, or the statement's own time limit, ends the wait (`ends`).
     pub async fn guard_tables(
         &self,
         lock: &LockClient,
         resource: &str,
         names: &[String],
         wait_until: Option<Instant>,
-        (interrupt, cancels_seen): (&crate::cancel::Interrupt, u64),
+        ends: &crate::cancel::WaitsEnd,
         unchecked: &mut UncheckedGuards,
     ) -> TablesGuarded {
         if self.tables.untracked(resource) {
@@ -215,8 +215,8 @@ impl OutsideWriteChecks {
             } else {
                 RECHECK
             };
-            if !interrupt.pause(cancels_seen, pause).await {
-                return TablesGuarded::Cancelled;
+            if let Err(e) = ends.pause(pause).await {
+                return TablesGuarded::Ended(e);
             }
         }
     }

@@ -16,6 +16,7 @@ mod split;
 pub use cache::AnalysisCache;
 pub use changed::{EVERY_TABLE, tables_changed, tables_changed_resolving, tables_named};
 pub(crate) use mysql::bind_positionally;
+pub use mysql::statement_time_limit;
 pub use prepared::{PreparedChange, prepared_changes, runs_stored_code};
 pub use row_count::with_row_count;
 pub use split::{

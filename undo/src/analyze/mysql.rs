@@ -291,6 +291,59 @@ fn settings_for_one_statement(tokens: &[&TokenWithSpan], set: usize) -> Result<u
     ))
 }
 
+/// The time limit MariaDB's `SET STATEMENT max_statement_time = s FOR …` gives the
+/// statement `sql` (Connector/J's query timeout comes so); None without one, or for 0,
+/// which the server reads as no limit.
+pub fn statement_time_limit(sql: &str) -> Option<std::time::Duration> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql).tokenize().ok()?;
+    let mut tokens = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_)));
+    let word = |t: Option<&Token>| match t {
+        Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+        _ => None,
+    };
+    if word(tokens.next()).as_deref() != Some("SET")
+        || word(tokens.next()).as_deref() != Some("STATEMENT")
+    {
+        return None;
+    }
+    // Where the reading is: at a setting's name, at its `=`, or in its value.
+    #[derive(PartialEq)]
+    enum At {
+        Name,
+        Equals,
+        Value,
+    }
+    let mut at = At::Name;
+    let mut limit = None;
+    let mut depth = 0usize;
+    let mut setting = String::new();
+    for t in tokens {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon => return None,
+            _ if depth > 0 => {}
+            Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("FOR") => {
+                return limit;
+            }
+            Token::Word(w) if at == At::Name => {
+                setting = w.value.to_ascii_uppercase();
+                at = At::Equals;
+            }
+            Token::Eq if at == At::Equals => at = At::Value,
+            Token::Number(n, _) if at == At::Value && setting == "MAX_STATEMENT_TIME" => {
+                let seconds: f64 = n.parse().ok()?;
+                limit = (seconds > 0.0)
+                    .then(|| std::time::Duration::try_from_secs_f64(seconds).ok())
+                    .flatten();
+            }
+            Token::Comma => at = At::Name,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// An unquoted word, upper case.
 fn plain_word(t: &TokenWithSpan) -> Option<String> {
     match &t.token {

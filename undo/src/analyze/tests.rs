@@ -286,6 +286,32 @@ fn mysql_statements_split_by_mysql_rules() {
 }
 
 #[test]
+fn a_statements_own_time_limit_is_read_from_set_statement() {
+    use crate::analyze::statement_time_limit as limit;
+    use std::time::Duration;
+    assert_eq!(
+        limit("SET STATEMENT max_statement_time=5 FOR SELECT 1"),
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(
+        limit(
+            "set statement lock_wait_timeout = 2, MAX_STATEMENT_TIME = 0.25, optimizer_switch = 'index_merge=off' for UPDATE t SET v = 1"
+        ),
+        Some(Duration::from_millis(250))
+    );
+    for none in [
+        "SET STATEMENT max_statement_time = 0 FOR SELECT 1",
+        "SET STATEMENT lock_wait_timeout = 5 FOR SELECT 1",
+        "SELECT 1",
+        "SET max_statement_time = 5",
+        "SET STATEMENT max_statement_time = 5; SELECT 1",
+        "UPDATE t SET max_statement_time = 5",
+    ] {
+        assert_eq!(limit(none), None, "{none}");
+    }
+}
+
+#[test]
 fn empty_mysql_statements_are_found_where_the_server_would_meet_them() {
     use crate::analyze::has_empty_mysql_statement as empty;
     for sql in [

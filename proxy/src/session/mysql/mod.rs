@@ -134,14 +134,14 @@ async fn report(client: &mut ClientStream, seq: u8, before_greeting: bool, error
     let mut out = BytesMut::new();
     let code = error.mysql_error();
     if before_greeting {
-        put_err_before_greeting(&mut out, code.code(), &error.to_string());
+        put_err_before_greeting(&mut out, code.code(), &error.mysql_message());
     } else {
         put_err(
             &mut out,
             seq,
             code.code(),
             code.sqlstate(),
-            &error.to_string(),
+            &error.mysql_message(),
         );
     }
     let _ = client.write_all(&out).await;

@@ -75,6 +75,10 @@ pub struct Relay<'a> {
     /// COM_CHANGE_USER's authentication exchange, while it runs.
     pub(super) change_user: Option<AuthExchange>,
     pub(super) capabilities: CapabilityFlags,
+    /// Whether the server takes several statements in one COM_QUERY from this client:
+    /// CLIENT_MULTI_STATEMENTS at connect, then as COM_SET_OPTION last set it (MySQL
+    /// Connector/J turns it on around a rewritten batch).
+    pub(super) multi_statements: bool,
     pub(super) nonce: Vec<u8>,
     pub(super) client_tls: bool,
     pub(super) thread_id: u32,
@@ -82,6 +86,9 @@ pub struct Relay<'a> {
     /// command being handled began among them.
     pub(super) interrupt: crate::cancel::Interrupt,
     pub(super) cancels_seen: u64,
+    /// When the command being handled must end by its own time limit (MariaDB's
+    /// `SET STATEMENT max_statement_time = … FOR`), for tandem's own waits in it.
+    pub(super) statement_deadline: Option<std::time::Instant>,
     /// Reading from the client waits for the next sync point (a command tandem answers
     /// itself, or COM_CHANGE_USER, arrived behind commands in flight).
     pub(super) client_paused: bool,
@@ -194,11 +201,15 @@ impl<'a> Relay<'a> {
             exchange,
             change_user: None,
             capabilities: opened.capabilities,
+            multi_statements: opened
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
             nonce: opened.nonce,
             client_tls: opened.client_tls,
             thread_id: opened.thread_id,
             interrupt: crate::cancel::Interrupt::default(),
             cancels_seen: 0,
+            statement_deadline: None,
             client_paused: false,
             client_lost: false,
             backend_said_fatal: false,
@@ -303,6 +314,15 @@ impl<'a> Relay<'a> {
                     }
                 }
             }
+        }
+    }
+
+    /// What ends the waits of tandem's own in the command being handled.
+    pub(super) fn waits_end(&self) -> crate::cancel::WaitsEnd {
+        crate::cancel::WaitsEnd {
+            interrupt: self.interrupt.clone(),
+            mark: self.cancels_seen,
+            deadline: self.statement_deadline,
         }
     }
 

@@ -1113,8 +1113,8 @@ impl Relay<'_> {
             .map(|key| crate::at::branch::lock_key(&resource, &meta, key))
             .collect();
         let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
-        let cancels = (&self.interrupt, self.cancels_seen);
-        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, cancels).await
+        let ends = crate::cancel::WaitsEnd::on_cancel(&self.interrupt, self.cancels_seen);
+        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, &ends).await
     }
 
     /// ReadyForQuery after a branch's COMMIT failed but left its block open (an error

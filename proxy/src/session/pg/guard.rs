@@ -794,7 +794,7 @@ impl Relay<'_> {
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
             }
-            TablesGuarded::Cancelled => RowsToCheck::Refused(Error::Cancelled),
+            TablesGuarded::Ended(e) => RowsToCheck::Refused(e),
         })
     }
 
@@ -876,7 +876,7 @@ impl Relay<'_> {
             TablesGuarded::Locked(table) => {
                 ControlFlow::Break(RowsToCheck::Refused(refusal(table)))
             }
-            TablesGuarded::Cancelled => ControlFlow::Break(RowsToCheck::Refused(Error::Cancelled)),
+            TablesGuarded::Ended(e) => ControlFlow::Break(RowsToCheck::Refused(e)),
         }
     }
 
@@ -916,7 +916,7 @@ impl Relay<'_> {
                 &self.resource,
                 &names,
                 waits.then_some(deadline),
-                (&self.interrupt, self.cancels_seen),
+                &crate::cancel::WaitsEnd::on_cancel(&self.interrupt, self.cancels_seen),
                 &mut self.unchecked,
             )
             .await;

@@ -62,6 +62,9 @@ pub enum MyErr {
     UnknownStmtHandler,
     /// 1317 ER_QUERY_INTERRUPTED, 70100: the statement was killed while tandem waited.
     QueryInterrupted,
+    /// 1969 ER_STATEMENT_TIMEOUT, 70100: the statement's max_statement_time ran out
+    /// while tandem waited.
+    StatementTimeout,
 }
 
 impl MyErr {
@@ -90,6 +93,7 @@ impl MyErr {
             MyErr::NoSuchTable => 1146,
             MyErr::UnknownStmtHandler => 1243,
             MyErr::QueryInterrupted => 1317,
+            MyErr::StatementTimeout => 1969,
         }
     }
 
@@ -110,7 +114,7 @@ impl MyErr {
             MyErr::XaRbRollback => b"XA100",
             MyErr::TransactionInProgress => b"25001",
             MyErr::NoSuchTable => b"42S02",
-            MyErr::QueryInterrupted => b"70100",
+            MyErr::QueryInterrupted | MyErr::StatementTimeout => b"70100",
             MyErr::Unknown
             | MyErr::TransactionTooLarge
             | MyErr::LockTableFull

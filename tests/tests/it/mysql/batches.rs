@@ -99,12 +99,17 @@ async fn start(lockserver: &TestLockserver) -> Tandem {
     my::start_with(|c| c.lockserver.endpoint = endpoint).await
 }
 
+/// Every row of the two tables the batches write, accounts and items.
+async fn tables(direct: &mut mysql_async::Conn) -> (Vec<String>, Vec<String>) {
+    (dump(direct, "accounts").await, dump(direct, "items").await)
+}
+
 /// The rows of accounts and items after `batch`, run directly in a transaction then
 /// rolled back (a failed statement ends it, as through tandem).
 async fn rows_after(direct: &mut mysql_async::Conn, batch: &str) -> (Vec<String>, Vec<String>) {
     direct.query_drop("START TRANSACTION").await.unwrap();
     let _ = direct.query_drop(batch).await;
-    let rows = (dump(direct, "accounts").await, dump(direct, "items").await);
+    let rows = tables(direct).await;
     direct.query_drop("ROLLBACK").await.unwrap();
     rows
 }
@@ -130,10 +135,7 @@ async fn a_batch_of_writes_is_captured_statement_by_statement_and_answers_as_dir
     let mut direct = db.direct().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = start(&lockserver).await;
-    let before = (
-        dump(&mut direct, "accounts").await,
-        dump(&mut direct, "items").await,
-    );
+    let before = tables(&mut direct).await;
     let batch = "UPDATE accounts SET balance = balance - 10 WHERE id = 1;\n\
                  UPDATE accounts SET note = 'z' WHERE id IN (2, 3); \
                  DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (7, 'seventh') ; \
@@ -170,16 +172,10 @@ async fn a_batch_of_writes_is_captured_statement_by_statement_and_answers_as_dir
             1,
             "{one:?}"
         );
-        let now = (
-            dump(&mut direct, "accounts").await,
-            dump(&mut direct, "items").await,
-        );
+        let now = tables(&mut direct).await;
         assert_eq!(now, expected_rows, "{opening:?}");
         raw_rolled_back(&mut raw).await;
-        let after = (
-            dump(&mut direct, "accounts").await,
-            dump(&mut direct, "items").await,
-        );
+        let after = tables(&mut direct).await;
         assert_eq!(after, before, "{opening:?}: restored byte for byte");
         assert_eq!(undo_rows(&mut direct).await, 0);
     }
@@ -196,10 +192,7 @@ async fn a_failed_statement_ends_the_batch_as_the_server_ends_it() {
     let mut direct = db.direct().await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
     let tandem = start(&lockserver).await;
-    let before = (
-        dump(&mut direct, "accounts").await,
-        dump(&mut direct, "items").await,
-    );
+    let before = tables(&mut direct).await;
     // A duplicate key (the server's error, after the write ran), and a table that does
     // not exist.
     for failing in [
@@ -257,10 +250,7 @@ async fn a_failed_statement_ends_the_batch_as_the_server_ends_it() {
                 "{failing}, {opening:?}: the first ran, the last did not"
             );
             raw_rolled_back(&mut raw).await;
-            let after = (
-                dump(&mut direct, "accounts").await,
-                dump(&mut direct, "items").await,
-            );
+            let after = tables(&mut direct).await;
             assert_eq!(after, before, "{failing}, {opening:?}: restored");
             assert_eq!(undo_rows(&mut direct).await, 0);
         }
@@ -299,6 +289,53 @@ async fn a_batch_of_writes_with_other_statements_is_refused_whole() {
     assert_eq!(a, Some(None), "nothing of the refused query ran");
     rolled_back(&mut conn).await;
     assert_eq!(dump(&mut direct, "accounts").await, before);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// A client that did not ask for CLIENT_MULTI_STATEMENTS at connect and turns it on
+/// with COM_SET_OPTION, as MySQL Connector/J does around a rewritten batch: tandem
+/// follows the option (its batch was refused), and refuses again once it is off.
+#[tokio::test]
+async fn multi_statements_follow_com_set_option() {
+    let db = prepare("my_batch_set_option").await;
+    let mut direct = db.direct().await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let before = dump(&mut direct, "accounts").await;
+    let mut raw = RawMy::connect(my::addr(&tandem)).await;
+    raw.recv().await.expect("greeting");
+    let user = my::admin_opts().user().unwrap_or("root").to_owned();
+    raw.send(&my::login_packet_with(&user, 0)).await;
+    let (_, ok) = raw.recv().await.expect("login reply");
+    assert_eq!(ok.first(), Some(&0), "login: {ok:?}");
+    let mut init_db = vec![0x02];
+    init_db.extend_from_slice(db.name.as_bytes());
+    raw.send(&my::packet(0, &init_db)).await;
+    assert_eq!(raw_reply(&mut raw).await[0].1[0], 0x00, "COM_INIT_DB");
+    raw_ok(&mut raw, "SELECT tandem_begin(30000)").await;
+    let batch = "UPDATE accounts SET balance = 1 WHERE id = 1; UPDATE accounts SET balance = 2 WHERE id = 2";
+    let set_option = |on: bool| my::packet(0, &[0x1b, u8::from(!on), 0]);
+
+    assert_eq!(errors(&multi_query(&mut raw, batch).await), [1235], "off");
+    raw.send(&set_option(true)).await;
+    let (_, reply) = raw.recv().await.expect("COM_SET_OPTION's reply");
+    assert_ne!(reply.first(), Some(&0xff), "{reply:?}");
+    let reply = multi_query(&mut raw, batch).await;
+    assert_eq!(reply.len(), 2, "one OK per statement: {reply:?}");
+    assert_eq!(errors(&reply), Vec::<u16>::new());
+    assert_ne!(dump(&mut direct, "accounts").await, before);
+    raw.send(&set_option(false)).await;
+    raw.recv().await.expect("COM_SET_OPTION's reply");
+    assert_eq!(
+        errors(&multi_query(&mut raw, batch).await),
+        [1235],
+        "off again"
+    );
+
+    raw_rolled_back(&mut raw).await;
+    assert_eq!(dump(&mut direct, "accounts").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -138,6 +138,50 @@ async fn a_client_that_leaves_mid_query_leaves_no_statement_running() {
     tandem.shutdown().await;
 }
 
+/// A database whose accounts row 1 a global transaction holds, through a tandem whose
+/// writes outside global transactions wait for it, up to 20 s.
+struct Held {
+    db: MyTestDb,
+    direct: Conn,
+    /// The accounts rows before the holder's write.
+    before: Vec<String>,
+    lockserver: tandem_tests::lockserver::TestLockserver,
+    tandem: tandem_tests::harness::Tandem,
+    /// The session of the global transaction that holds row 1.
+    holder: Conn,
+}
+
+async fn row_one_held(label: &str) -> Held {
+    use tandem_tests::lockserver::{Kind, TestLockserver};
+    let db = super::at_mode::prepare(label).await;
+    let mut direct = db.direct().await;
+    let before = super::at_mode::dump(&mut direct, "accounts").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let endpoint = format!("http://{}", lockserver.grpc);
+    let tandem = my::start_with(|c| {
+        c.lockserver.endpoint = endpoint;
+        c.lockserver.outside_writes = tandem_proxy::config::OutsideWrites::Wait;
+        c.lockserver.lock_wait_ms = 20_000;
+    })
+    .await;
+    let mut holder = my::connect(&tandem, &db.name).await;
+    super::at_mode::text(&mut holder, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap();
+    holder
+        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    Held {
+        db,
+        direct,
+        before,
+        lockserver,
+        tandem,
+        holder,
+    }
+}
+
 /// Sends `sql` on `victim` in the background, waits until it has waited a while (in
 /// tandem: the server runs nothing meanwhile), then kills its query with tandem's id
 /// from `killer`; the statement must fail with `expected` at once, not at its wait's
@@ -164,7 +208,8 @@ async fn killed_while_waiting(
     let (victim, result) = waiting.await.unwrap();
     let e = result.expect_err(sql);
     assert!(
-        matches!(&e, mysql_async::Error::Server(s) if s.code == expected),
+        matches!(&e, mysql_async::Error::Server(s) if s.code == expected
+            && (expected != 1317 || s.message.starts_with("Query execution was interrupted"))),
         "{sql}: {e}"
     );
     assert!(
@@ -185,26 +230,14 @@ async fn killed_while_waiting(
 /// gets the server's error, and the wait goes on.
 #[tokio::test]
 async fn kill_query_ends_tandems_own_waits_for_global_locks() {
-    use tandem_tests::lockserver::{Kind, TestLockserver};
-    let db = super::at_mode::prepare("kill_waits").await;
-    let mut direct = db.direct().await;
-    let before = super::at_mode::dump(&mut direct, "accounts").await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let endpoint = format!("http://{}", lockserver.grpc);
-    let tandem = my::start_with(|c| {
-        c.lockserver.endpoint = endpoint;
-        c.lockserver.outside_writes = tandem_proxy::config::OutsideWrites::Wait;
-        c.lockserver.lock_wait_ms = 20_000;
-    })
-    .await;
-    let mut holder = my::connect(&tandem, &db.name).await;
-    super::at_mode::text(&mut holder, "SELECT tandem_begin(60000)")
-        .await
-        .unwrap();
-    holder
-        .query_drop("UPDATE accounts SET balance = 1 WHERE id = 1")
-        .await
-        .unwrap();
+    let Held {
+        db,
+        mut direct,
+        before,
+        lockserver,
+        tandem,
+        mut holder,
+    } = row_one_held("kill_waits").await;
     let mut killer = my::connect(&tandem, &db.name).await;
 
     let mut victim = my::connect(&tandem, &db.name).await;
@@ -280,8 +313,10 @@ async fn kill_query_ends_tandems_own_waits_for_global_locks() {
         .query_drop(format!("KILL QUERY {victim_id}"))
         .await
         .expect_err("not the owner of the thread");
+    // In the server's words, naming the thread by the id the client gave.
     assert!(
-        matches!(&e, mysql_async::Error::Server(s) if s.code == 1095),
+        matches!(&e, mysql_async::Error::Server(s) if s.code == 1095
+            && s.message.ends_with(&format!("thread {victim_id}"))),
         "{e}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -310,6 +345,71 @@ async fn kill_query_ends_tandems_own_waits_for_global_locks() {
             .unwrap();
     }
     drop((victim, holder, killer));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// MariaDB's per-statement time limit (`SET STATEMENT max_statement_time = s FOR …`,
+/// how Connector/J sends a query timeout to MariaDB) ends tandem's own waits for a
+/// global lock as it ends the server's: 1969 after about `s`, not the lock error after
+/// `lock_wait_ms`. Text and prepared, in a global transaction and outside one; the
+/// session goes on and the holder's rollback is exact.
+#[tokio::test]
+async fn a_statements_own_time_limit_ends_tandems_waits() {
+    let Held {
+        db,
+        mut direct,
+        before,
+        lockserver,
+        tandem,
+        mut holder,
+    } = row_one_held("kill_time_limit").await;
+
+    let mut conn = my::connect(&tandem, &db.name).await;
+    let timed_out = |result: Result<(), mysql_async::Error>, what: &str, started: Instant| {
+        let e = result.expect_err(what);
+        assert!(
+            matches!(&e, mysql_async::Error::Server(s) if s.code == 1969 && s.state == "70100"),
+            "{what}: {e}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+            "{what}: ended after {took:?}"
+        );
+    };
+    // Outside a global transaction, text and prepared.
+    let started = Instant::now();
+    let result = conn
+        .query_drop("SET STATEMENT max_statement_time = 0.5 FOR UPDATE accounts SET balance = 8 WHERE id = 1")
+        .await;
+    timed_out(result, "outside, text", started);
+    let started = Instant::now();
+    let result = conn
+        .exec_drop(
+            "SET STATEMENT max_statement_time = 0.5 FOR UPDATE accounts SET balance = ? WHERE id = ?",
+            (9, 1),
+        )
+        .await;
+    timed_out(result, "outside, prepared", started);
+    // A locking read in a global transaction.
+    super::at_mode::text(&mut conn, "SELECT tandem_begin(60000)")
+        .await
+        .unwrap();
+    conn.query_drop("START TRANSACTION").await.unwrap();
+    let started = Instant::now();
+    let result = conn
+        .query_drop("SET STATEMENT max_statement_time = 0.5 FOR SELECT * FROM accounts WHERE id = 1 FOR UPDATE")
+        .await;
+    timed_out(result, "a locking read", started);
+    // Without a limit, the next statement is not held to the last one's.
+    conn.query_drop("SELECT SLEEP(0.6)").await.unwrap();
+    conn.query_drop("ROLLBACK").await.unwrap();
+    super::at_mode::rolled_back(&mut conn).await;
+
+    super::at_mode::rolled_back(&mut holder).await;
+    assert_eq!(super::at_mode::dump(&mut direct, "accounts").await, before);
+    drop((conn, holder));
     tandem.shutdown().await;
     lockserver.stop().await;
 }

@@ -1417,16 +1417,17 @@ impl Relay<'_> {
             .flat_map(|(meta, keys)| keys.iter().map(|key| lock_key(&scope, meta, key)))
             .collect();
         ctx.xa.serve(&resource);
-        // A KILL QUERY of the session's ends the wait for other branches' row locks;
-        // a registration granted late is withdrawn, holding nothing.
-        let interrupt = self.interrupt.clone();
+        // A KILL QUERY of the session's (or the statement's own time limit) ends the
+        // wait for other branches' row locks; a registration granted late is
+        // withdrawn, holding nothing.
+        let ends = self.waits_end();
         let register = ctx.lock.register_branch_unless(
             &xid,
             &resource,
             BranchKind::AT,
             &keys,
             ctx.lock_wait,
-            interrupt.cancelled_since(self.cancels_seen),
+            ends.ended(),
         );
         let (mut own, statements) = self.backend();
         let (results, registered) = tokio::join!(own.select_many(statements, &queries), register);
@@ -1442,7 +1443,7 @@ impl Relay<'_> {
         drop(queries);
         let branch_id = match registered {
             Ok(Some(id)) => id,
-            Ok(None) => return self.abandon(AtFailure::Refused(Error::Cancelled)).await,
+            Ok(None) => return self.abandon(AtFailure::Refused(ends.why())).await,
             Err(e) => {
                 self.binding.on_registration_refused(&e);
                 return self.abandon(AtFailure::Refused(e.into())).await;
@@ -1628,8 +1629,8 @@ impl Relay<'_> {
             Err(e) => return self.refuse(e),
         };
         let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
-        let cancels = (&self.interrupt, self.cancels_seen);
-        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, cancels).await {
+        let ends = self.waits_end();
+        match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, &ends).await {
             Ok(()) => Ok(Handled::Relay),
             Err(e) => self.refuse(e),
         }
@@ -1692,7 +1693,7 @@ impl Relay<'_> {
     /// back all the same.
     fn put_commit_failure(&mut self, failure: &AtFailure) {
         let cause = match failure {
-            AtFailure::Refused(e) | AtFailure::Uncaptured(e) => e.to_string(),
+            AtFailure::Refused(e) | AtFailure::Uncaptured(e) => e.mysql_message(),
             AtFailure::Server(e) => format!("{} ({})", e.message, e.code),
         };
         tracing::debug!(parent: &self.span, %cause, "COMMIT of a branch failed");

@@ -14,7 +14,6 @@ use super::Relay;
 use super::at::Source;
 use super::client_side::Handled;
 use crate::error::Result;
-use crate::wire::mysql::codes::CapabilityFlags;
 use crate::wire::mysql::messages::response::continue_multi_result;
 use bytes::BytesMut;
 use tandem_undo::{Analysis, Write};
@@ -51,11 +50,10 @@ pub(super) fn writes_alone(text: &str, analyses: Vec<Analysis>) -> Option<Vec<(&
 }
 
 impl Relay<'_> {
-    /// Whether the client may send several statements in one query: without
-    /// CLIENT_MULTI_STATEMENTS the server fails such a query whole, and so must tandem.
+    /// Whether the client may send several statements in one query: otherwise the
+    /// server fails such a query whole, and so must tandem.
     pub(super) fn sends_multi_statements(&self) -> bool {
-        self.capabilities
-            .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS)
+        self.multi_statements
     }
 
     /// Runs `statements` (a multi-statement query's, at a sync point) one at a time

@@ -270,6 +270,12 @@ impl Relay<'_> {
                 }
             }
             command::STMT_EXECUTE => self.on_execute(payload),
+            // MYSQL_OPTION_MULTI_STATEMENTS_ON (0) or _OFF (1); the server takes either.
+            command::SET_OPTION => match payload.get(1..3) {
+                Some([0, 0]) => self.multi_statements = true,
+                Some([1, 0]) => self.multi_statements = false,
+                _ => {}
+            },
             command::STMT_SEND_LONG_DATA | command::STMT_RESET => {
                 if let Some(prepared) =
                     statement_id(payload).and_then(|id| self.prepared.get_mut(&id))
@@ -355,15 +361,17 @@ impl Relay<'_> {
         let kill = match payload.first() {
             Some(&command::QUERY) if header.payload_len <= KILL_SQL_MAX => Kill::parse(rest)
                 .and_then(|kill| {
-                    let target = self.backend_of(u32::try_from(kill.id).ok()?)?;
-                    Some((kill.to_sql(target.thread_id), target))
+                    let id = u32::try_from(kill.id).ok()?;
+                    let target = self.backend_of(id)?;
+                    Some((kill.to_sql(target.thread_id), id, target))
                 }),
-            Some(&command::PROCESS_KILL) => process_kill_id(rest)
-                .and_then(|id| self.backend_of(id))
-                .map(|target| (format!("KILL CONNECTION {}", target.thread_id), target)),
+            Some(&command::PROCESS_KILL) => process_kill_id(rest).and_then(|id| {
+                let target = self.backend_of(id)?;
+                Some((format!("KILL CONNECTION {}", target.thread_id), id, target))
+            }),
             _ => None,
         };
-        let Some((sql, target)) = kill else {
+        let Some((sql, id, target)) = kill else {
             return Ok(None);
         };
         if !self.exchange.at_sync_point() {
@@ -376,7 +384,13 @@ impl Relay<'_> {
                 self.exchange.on_authenticated(ok.status);
                 ok.put(&mut self.to_client, 1);
             }
-            Err(e) => put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message),
+            Err(e) => {
+                // "You are not owner of thread …" names the thread the client named.
+                let message = e
+                    .message
+                    .replace(&target.thread_id.to_string(), &id.to_string());
+                put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &message);
+            }
         }
         Ok(Some(Handled::Answer))
     }

@@ -311,8 +311,12 @@ impl Relay<'_> {
     ) -> Result<Option<Handled>> {
         let payload = header.payload(packet);
         if header.seq == 0 {
-            // Where this command's waits start hearing KILL QUERY.
+            // Where this command's waits start hearing KILL QUERY, and until when its
+            // own time limit lets them run.
             self.cancels_seen = self.interrupt.mark();
+            self.statement_deadline = self
+                .statement_time_limit(payload)
+                .map(|limit| std::time::Instant::now() + limit);
         }
         if let Some(handled) = self.kill_of_tandem_id(header, payload).await? {
             return Ok(Some(handled));
@@ -854,6 +858,29 @@ impl Relay<'_> {
         }
     }
 
+    /// The time limit a command's statement gives itself (MariaDB's `SET STATEMENT
+    /// max_statement_time = … FOR`, text or prepared): read only where its first words
+    /// are SET STATEMENT, so that other statements cost nothing.
+    fn statement_time_limit(&self, payload: &[u8]) -> Option<Duration> {
+        let sql = match payload.first() {
+            Some(&command::QUERY) => std::str::from_utf8(payload.get(1..)?).ok()?,
+            Some(&command::STMT_EXECUTE) => {
+                let id = super::client_side::statement_id(payload)?;
+                self.prepared.get(&id)?.sql.as_deref()?
+            }
+            _ => return None,
+        };
+        let mut words = control::leading_words(sql.as_bytes(), true);
+        let set_statement = words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
+            && words
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"statement"));
+        if !set_statement {
+            return None;
+        }
+        tandem_undo::statement_time_limit(sql)
+    }
+
     pub(super) fn refuse(&mut self, e: Error) -> Result<Handled> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
@@ -870,7 +897,7 @@ impl Relay<'_> {
             1,
             code.code(),
             code.sqlstate(),
-            &e.to_string(),
+            &e.mysql_message(),
         );
     }
 

@@ -227,7 +227,7 @@ impl Relay<'_> {
                 .writes_in_turn(super::batch::Statementwise::Checked, writes)
                 .await
                 .map(Some),
-            TablesGuarded::Cancelled => self.refuse(Error::Cancelled).map(Some),
+            TablesGuarded::Ended(e) => self.refuse(e).map(Some),
         }
     }
 
@@ -256,7 +256,7 @@ impl Relay<'_> {
             TablesGuarded::Locked(table) => {
                 self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
             }
-            TablesGuarded::Cancelled => self.refuse(Error::Cancelled).map(Some),
+            TablesGuarded::Ended(e) => self.refuse(e).map(Some),
         }
     }
 
@@ -309,7 +309,7 @@ impl Relay<'_> {
             }
             TablesGuarded::LockserverDown(_) => ControlFlow::Break(None),
             TablesGuarded::Locked(table) => ControlFlow::Break(Some(self.refuse(refusal(table))?)),
-            TablesGuarded::Cancelled => ControlFlow::Break(Some(self.refuse(Error::Cancelled)?)),
+            TablesGuarded::Ended(e) => ControlFlow::Break(Some(self.refuse(e)?)),
         })
     }
 
@@ -345,7 +345,7 @@ impl Relay<'_> {
                 &scope,
                 &names,
                 waits.then_some(deadline),
-                (&self.interrupt, self.cancels_seen),
+                &self.waits_end(),
                 &mut self.unchecked,
             )
             .await;
@@ -714,8 +714,8 @@ impl Relay<'_> {
             if !self.ctx.outside.waits() || Instant::now() + RECHECK > deadline || rolling_back {
                 return Ok(Err(self.refuse_held(table, &holder, rolling_back)));
             }
-            if !self.pause_for_holder().await {
-                return Ok(Err(self.refuse(Error::Cancelled)?));
+            if let Err(e) = self.pause_for_holder().await {
+                return Ok(Err(self.refuse(e)?));
             }
         }
     }
@@ -752,8 +752,8 @@ impl Relay<'_> {
             if let Check::Held(holder, _) = check {
                 self.own_rollback().await?;
                 if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
-                    if !self.pause_for_holder().await {
-                        return self.refuse(Error::Cancelled).map(Some);
+                    if let Err(e) = self.pause_for_holder().await {
+                        return self.refuse(e).map(Some);
                     }
                     continue;
                 }
@@ -952,8 +952,8 @@ impl Relay<'_> {
             // A ROLLBACK (TO SAVEPOINT) that fails has nothing left to undo.
             let _ = self.end_guard_scope(scope, true).await?;
             if self.ctx.outside.waits() && Instant::now() + RECHECK <= deadline {
-                if !self.pause_for_holder().await {
-                    return self.refuse(Error::Cancelled).map(Some);
+                if let Err(e) = self.pause_for_holder().await {
+                    return self.refuse(e).map(Some);
                 }
                 continue;
             }
@@ -962,11 +962,12 @@ impl Relay<'_> {
         }
     }
 
-    /// Waits a moment before a held row's check again; false if a KILL QUERY of the
-    /// session's came since its command began (the write is then refused, as the
-    /// server's own lock wait ends).
-    async fn pause_for_holder(&self) -> bool {
-        self.interrupt.pause(self.cancels_seen, RECHECK).await
+    /// Waits a moment before a held row's check again; the error that refuses the
+    /// write instead if a KILL QUERY of the session's came since its command began, or
+    /// the statement's own time limit ran out, as either ends the server's own lock
+    /// wait.
+    async fn pause_for_holder(&self) -> Result<()> {
+        self.waits_end().pause(RECHECK).await
     }
 
     /// Answers a write tandem ran, once the transaction or savepoint tandem ran it in
