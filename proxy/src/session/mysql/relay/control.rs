@@ -863,14 +863,14 @@ impl Relay<'_> {
     /// are SET STATEMENT, so that other statements cost nothing.
     fn statement_time_limit(&self, payload: &[u8]) -> Option<Duration> {
         let sql = match payload.first() {
-            Some(&command::QUERY) => std::str::from_utf8(payload.get(1..)?).ok()?,
+            Some(&command::QUERY) => payload.get(1..)?,
             Some(&command::STMT_EXECUTE) => {
                 let id = super::client_side::statement_id(payload)?;
-                self.prepared.get(&id)?.sql.as_deref()?
+                self.prepared.get(&id)?.sql.as_deref()?.as_bytes()
             }
             _ => return None,
         };
-        let mut words = control::leading_words(sql.as_bytes(), true);
+        let mut words = control::leading_words(sql, true);
         let set_statement = words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
             && words
                 .next()
@@ -878,7 +878,7 @@ impl Relay<'_> {
         if !set_statement {
             return None;
         }
-        tandem_undo::statement_time_limit(sql)
+        tandem_undo::statement_time_limit(std::str::from_utf8(sql).ok()?)
     }
 
     pub(super) fn refuse(&mut self, e: Error) -> Result<Handled> {
