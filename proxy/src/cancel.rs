@@ -113,12 +113,16 @@ impl WaitsEnd {
         if !self.interrupt.pause(self.mark, pause).await {
             return Err(crate::error::Error::Cancelled);
         }
-        match self.deadline {
-            Some(deadline) if std::time::Instant::now() >= deadline => {
-                Err(crate::error::Error::StatementTimeout)
-            }
-            _ => Ok(()),
+        if self.out_of_time() {
+            return Err(crate::error::Error::StatementTimeout);
         }
+        Ok(())
+    }
+
+    /// The statement's own time limit has run out.
+    fn out_of_time(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| std::time::Instant::now() >= deadline)
     }
 
     /// Resolves once the wait must end (see [`WaitsEnd::why`]).
@@ -137,11 +141,10 @@ impl WaitsEnd {
 
     /// Why a wait that [`WaitsEnd::ended`] stopped ended.
     pub fn why(&self) -> crate::error::Error {
-        match self.deadline {
-            Some(deadline) if std::time::Instant::now() >= deadline => {
-                crate::error::Error::StatementTimeout
-            }
-            _ => crate::error::Error::Cancelled,
+        if self.out_of_time() {
+            crate::error::Error::StatementTimeout
+        } else {
+            crate::error::Error::Cancelled
         }
     }
 }

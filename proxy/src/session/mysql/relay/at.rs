@@ -257,7 +257,9 @@ impl Relay<'_> {
                 self.at_branch.forget_all_after();
                 return Ok(Handled::Relay);
             }
-            if self.sends_multi_statements()
+            // Without multi-statements the server fails such a query whole, and so
+            // must tandem.
+            if self.multi_statements
                 && let Some(writes) = super::batch::writes_alone(text, analyses)
             {
                 return self

@@ -50,12 +50,6 @@ pub(super) fn writes_alone(text: &str, analyses: Vec<Analysis>) -> Option<Vec<(&
 }
 
 impl Relay<'_> {
-    /// Whether the client may send several statements in one query: otherwise the
-    /// server fails such a query whole, and so must tandem.
-    pub(super) fn sends_multi_statements(&self) -> bool {
-        self.multi_statements
-    }
-
     /// Runs `statements` (a multi-statement query's, at a sync point) one at a time
     /// and answers with their replies as one (see the module comment).
     pub(super) async fn writes_in_turn(

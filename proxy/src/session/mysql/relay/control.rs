@@ -76,6 +76,8 @@ pub(in crate::session::mysql) struct Prepared {
     /// The session's current database when it was prepared, where tandem knew it: its
     /// unqualified tables are that database's, whatever USE runs since.
     pub database: Option<String>,
+    /// The time limit each execute gives itself (`statement_time_limit`), read once.
+    pub time_limit: Option<Duration>,
 }
 
 impl Prepared {
@@ -91,8 +93,24 @@ impl Prepared {
             charset_changes: 0,
             sets_charset: false,
             database: None,
+            time_limit: sql.and_then(statement_time_limit),
         }
     }
+}
+
+/// The time limit a statement gives itself (MariaDB's `SET STATEMENT
+/// max_statement_time = … FOR`): read only where its first words are SET STATEMENT, so
+/// that other statements cost nothing.
+pub(super) fn statement_time_limit(sql: &[u8]) -> Option<Duration> {
+    let mut words = control::leading_words(sql, true);
+    let set_statement = words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
+        && words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"statement"));
+    if !set_statement {
+        return None;
+    }
+    tandem_undo::statement_time_limit(std::str::from_utf8(sql).ok()?)
 }
 
 fn first_word_is(sql: &[u8], word: &[u8]) -> bool {
@@ -315,7 +333,7 @@ impl Relay<'_> {
             // own time limit lets them run.
             self.cancels_seen = self.interrupt.mark();
             self.statement_deadline = self
-                .statement_time_limit(payload)
+                .command_time_limit(payload)
                 .map(|limit| std::time::Instant::now() + limit);
         }
         if let Some(handled) = self.kill_of_tandem_id(header, payload).await? {
@@ -858,27 +876,17 @@ impl Relay<'_> {
         }
     }
 
-    /// The time limit a command's statement gives itself (MariaDB's `SET STATEMENT
-    /// max_statement_time = … FOR`, text or prepared): read only where its first words
-    /// are SET STATEMENT, so that other statements cost nothing.
-    fn statement_time_limit(&self, payload: &[u8]) -> Option<Duration> {
-        let sql = match payload.first() {
-            Some(&command::QUERY) => payload.get(1..)?,
+    /// The time limit a command's statement gives itself (`statement_time_limit`),
+    /// text or prepared.
+    fn command_time_limit(&self, payload: &[u8]) -> Option<Duration> {
+        match payload.first() {
+            Some(&command::QUERY) => statement_time_limit(payload.get(1..)?),
             Some(&command::STMT_EXECUTE) => {
                 let id = super::client_side::statement_id(payload)?;
-                self.prepared.get(&id)?.sql.as_deref()?.as_bytes()
+                self.prepared.get(&id)?.time_limit
             }
-            _ => return None,
-        };
-        let mut words = control::leading_words(sql, true);
-        let set_statement = words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
-            && words
-                .next()
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"statement"));
-        if !set_statement {
-            return None;
+            _ => None,
         }
-        tandem_undo::statement_time_limit(std::str::from_utf8(sql).ok()?)
     }
 
     pub(super) fn refuse(&mut self, e: Error) -> Result<Handled> {

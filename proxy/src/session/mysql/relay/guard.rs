@@ -163,7 +163,7 @@ impl Relay<'_> {
     /// module comment).
     async fn unanalysed_write(&mut self, text: &str) -> Result<Option<Handled>> {
         match self.tables_changed(text) {
-            Some(changed) => self.guard_changed_tables(changed).await,
+            Some(changed) => self.guard_changed_tables(changed, None).await,
             None => Ok(None),
         }
     }
@@ -201,45 +201,30 @@ impl Relay<'_> {
                 _ => None,
             })
             .collect();
-        let writes = match super::batch::writes_alone(text, analyses) {
-            Some(writes) if self.xa.is_none() && self.sends_multi_statements() => writes,
-            _ => {
-                let mut changed = self.tables_changed(text).unwrap_or_default();
-                changed.extend(targets);
-                if changed.is_empty() {
-                    return Ok(None);
-                }
-                return self.guard_changed_tables(changed).await;
-            }
-        };
         let mut changed = self.tables_changed(text).unwrap_or_default();
         changed.extend(targets);
-        let scope = self.ctx.xa.lock_scope();
-        if self.ctx.outside.tables.untracked(&scope) {
+        if changed.is_empty() {
             return Ok(None);
         }
-        if !self.exchange.at_sync_point() {
-            return Ok(Some(Handled::Pause));
-        }
-        match self.guard_tables(&changed, false).await {
-            TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => Ok(None),
-            TablesGuarded::Locked(_) => self
-                .writes_in_turn(super::batch::Statementwise::Checked, writes)
-                .await
-                .map(Some),
-            TablesGuarded::Ended(e) => self.refuse(e).map(Some),
-        }
+        let in_turn = super::batch::writes_alone(text, analyses).filter(|_| self.multi_statements);
+        self.guard_changed_tables(changed, in_turn).await
     }
 
     /// A write that may change any table: see `unanalysed_write`.
     async fn guard_every_table(&mut self) -> Result<Option<Handled>> {
-        self.guard_changed_tables(vec![tandem_undo::EVERY_TABLE.to_owned()])
+        self.guard_changed_tables(vec![tandem_undo::EVERY_TABLE.to_owned()], None)
             .await
     }
 
     /// A write tandem cannot check row by row, by the tables it may change (`changed`):
-    /// see `unanalysed_write`.
-    async fn guard_changed_tables(&mut self, changed: Vec<String>) -> Result<Option<Handled>> {
+    /// see `unanalysed_write`. A batch of writes alone (`in_turn`) does not wait while
+    /// one of them may hold global locks: its statements are checked row by row in
+    /// turn instead (`batch`).
+    async fn guard_changed_tables(
+        &mut self,
+        changed: Vec<String>,
+        in_turn: Option<Vec<(&str, Write)>>,
+    ) -> Result<Option<Handled>> {
         if self.xa.is_some() {
             // XA mode's gap stays as README documents it (as on PostgreSQL).
             return Ok(None);
@@ -251,12 +236,21 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Some(Handled::Pause));
         }
-        match self.guard_tables(&changed, true).await {
-            TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => Ok(None),
-            TablesGuarded::Locked(table) => {
+        match (
+            self.guard_tables(&changed, in_turn.is_none()).await,
+            in_turn,
+        ) {
+            (TablesGuarded::Yes | TablesGuarded::LockserverDown(_), _) => Ok(None),
+            // Boxed: a statement of the batch may be judged by its table in turn.
+            (TablesGuarded::Locked(_), Some(writes)) => {
+                Box::pin(self.writes_in_turn(super::batch::Statementwise::Checked, writes))
+                    .await
+                    .map(Some)
+            }
+            (TablesGuarded::Locked(table), None) => {
                 self.refuse(Error::UncheckedWriteLocked { table }).map(Some)
             }
-            TablesGuarded::Ended(e) => self.refuse(e).map(Some),
+            (TablesGuarded::Ended(e), _) => self.refuse(e).map(Some),
         }
     }
 
@@ -579,7 +573,7 @@ impl Relay<'_> {
         {
             // Its keys are not what tandem reads, its table is.
             return self
-                .guard_changed_tables(vec![write.table.name.clone()])
+                .guard_changed_tables(vec![write.table.name.clone()], None)
                 .await;
         }
         // An upsert or REPLACE that gives its keys may recreate a row a global
