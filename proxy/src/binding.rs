@@ -29,9 +29,15 @@ pub struct LocalTransaction {
     pub fresh: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Binding {
     xid: Option<Xid>,
+    /// The session's span.
+    session_span: tracing::Span,
+    /// The session's span while unbound; while bound, a `global` span under it that
+    /// carries the xid, so that every event of the session's part in a global
+    /// transaction names it.
+    span: tracing::Span,
     mode: Option<Mode>,
     /// The binding came from a `/*+ XID('…') */` hint: it ends with the statement, or
     /// with the local transaction the statement runs in.
@@ -48,6 +54,19 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// An unbound session whose events go under `session_span`.
+    pub fn new(session_span: tracing::Span) -> Self {
+        Binding {
+            xid: None,
+            span: session_span.clone(),
+            session_span,
+            mode: None,
+            from_hint: false,
+            reset_at_transaction_end: false,
+            over: false,
+        }
+    }
+
     pub fn xid(&self) -> Option<&Xid> {
         self.xid.as_ref()
     }
@@ -69,7 +88,29 @@ impl Binding {
     /// binding is not over, whatever the old one was.
     fn set_xid(&mut self, xid: Option<Xid>) -> Option<Xid> {
         self.over = false;
+        if xid != self.xid {
+            self.span = match &xid {
+                Some(xid) => tracing::info_span!(parent: &self.session_span, "global", %xid),
+                None => self.session_span.clone(),
+            };
+        }
         std::mem::replace(&mut self.xid, xid)
+    }
+
+    /// The span for the session's events: the session's, under a `global` span naming
+    /// the xid while the session is bound.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// A span for the events of one branch of `xid`: under the session's `global`
+    /// span when the session is bound to `xid`, else under a new one.
+    pub fn branch_span(&self, xid: &Xid, branch_id: u64) -> tracing::Span {
+        let global = match &self.xid {
+            Some(bound) if bound == xid => self.span.clone(),
+            _ => tracing::info_span!(parent: &self.session_span, "global", %xid),
+        };
+        tracing::info_span!(parent: &global, "branch", branch = branch_id)
     }
 
     /// A branch registration was refused: if because the global transaction is over
@@ -279,5 +320,75 @@ impl Binding {
                 Ok(Some(mode))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The formatted events written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let out = out.clone();
+            move || Capture(out.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = out.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut out) = self.0.lock() {
+                out.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_bound_sessions_events_name_the_xid_and_a_branchs_the_branch() {
+        let xid = Xid::parse("0123456789abcdef-7").unwrap();
+        let other = Xid::parse("0123456789abcdef-8").unwrap();
+        let log = logged(|| {
+            let mut binding = Binding::new(tracing::info_span!("session", session = 41));
+            tracing::info!(parent: binding.span(), "unbound");
+            binding.set_xid(Some(xid.clone()));
+            tracing::info!(parent: binding.span(), "bound");
+            tracing::info!(parent: &binding.branch_span(&xid, 3), "registered");
+            tracing::info!(parent: &binding.branch_span(&other, 4), "elsewhere");
+            binding.unbind();
+            tracing::info!(parent: binding.span(), "left");
+        });
+        let line = |message: &str| {
+            log.lines()
+                .find(|l| l.ends_with(&format!(": {message}")))
+                .unwrap_or_else(|| panic!("no event {message:?} in {log}"))
+                .to_owned()
+        };
+        assert!(line("unbound").contains("session{session=41}: "));
+        assert!(!line("unbound").contains("global"));
+        assert!(line("bound").contains("session{session=41}:global{xid=0123456789abcdef-7}: "));
+        assert!(
+            line("registered")
+                .contains("session{session=41}:global{xid=0123456789abcdef-7}:branch{branch=3}: ")
+        );
+        assert!(
+            line("elsewhere")
+                .contains("session{session=41}:global{xid=0123456789abcdef-8}:branch{branch=4}: ")
+        );
+        assert!(!line("left").contains("global"));
     }
 }

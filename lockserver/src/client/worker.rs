@@ -418,7 +418,10 @@ async fn one_stream(
                 return true;
             };
             let (handler, tx, in_flight) = (handler.clone(), tx.clone(), opts.in_flight.clone());
-            tokio::spawn(async move {
+            // The handler's events (a dirty write found, a retry) name the branch.
+            let span =
+                tracing::info_span!("phase2", xid = %work.xid, branch = work.branch_id, commit);
+            let handled = async move {
                 let (xid, branch_id) = (work.xid.to_string(), work.branch_id);
                 let outcome = if commit {
                     handler.commit(work).await
@@ -448,7 +451,8 @@ async fn one_stream(
                 let _ = tx.send(r).await;
                 drop(claim);
                 drop(permit);
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(handled, span));
         }
     }
     true

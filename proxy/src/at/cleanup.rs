@@ -152,7 +152,7 @@ impl Cleanup {
             };
         }
         absent.remove(&key);
-        tracing::info!(%database, %xid, branch = branch_id, "committed branch has no undo row: its local transaction never committed, or an earlier delivery deleted the row");
+        tracing::info!(%database, "committed branch has no undo row: its local transaction never committed, or an earlier delivery deleted the row");
         BranchOutcome::Done
     }
 

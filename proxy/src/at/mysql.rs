@@ -520,7 +520,7 @@ async fn replay_branch(
             if let Some(difference) = difference {
                 // A dirty write: the row changed after the branch. Leave everything as
                 // it is (the transaction rolls back on drop) and keep the locks.
-                tracing::warn!(%xid, branch, check = %step.check.sql, %difference, "dirty write found: rollback stopped");
+                tracing::warn!(check = %step.check.sql, %difference, "dirty write found: rollback stopped");
                 return Ok(Some(BranchOutcome::RollbackFailed {
                     reason: format!(
                         "a row of {} changed after the branch wrote it: {difference}",

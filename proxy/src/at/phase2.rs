@@ -181,7 +181,7 @@ impl PgBranchHandler {
         match run_steps(&tx, &types, &record, order).await? {
             Ran::Done => {}
             Ran::Stopped(outcome) => {
-                tracing::warn!(xid, branch, "dirty write found: rollback stopped");
+                tracing::warn!("dirty write found: rollback stopped");
                 return Ok(Attempt::Outcome(Some(outcome)));
             }
             Ran::OrderRefused => return Ok(Attempt::OrderRefused),
@@ -601,7 +601,7 @@ where
             Err(e) => {
                 // Retrying may never clear it (a unique value another row took since):
                 // an operator must hear of it where the rows are.
-                tracing::warn!(xid = %work.xid, branch = work.branch_id, error = %e, "rollback of a branch failed; the lockserver retries it");
+                tracing::warn!(error = %e, "rollback of a branch failed; the lockserver retries it");
                 return retry(e.to_string());
             }
         }

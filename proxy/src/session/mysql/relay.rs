@@ -163,7 +163,6 @@ pub struct Relay<'a> {
     pub(super) deferred_autocommit: bool,
     /// Writes outside a global transaction let through unchecked and not yet over.
     pub(super) unchecked: crate::session::outside::UncheckedGuards,
-    pub(super) span: tracing::Span,
 }
 
 impl<'a> Relay<'a> {
@@ -215,7 +214,7 @@ impl<'a> Relay<'a> {
             backend_said_fatal: false,
             draining: false,
             last_seq: 0,
-            binding: crate::binding::Binding::default(),
+            binding: crate::binding::Binding::new(span),
             own_statements: own::OwnStatements::default(),
             at_branch: crate::at::branch::Branch::default(),
             max_allowed_packet: None,
@@ -239,7 +238,6 @@ impl<'a> Relay<'a> {
             prepared: std::collections::HashMap::new(),
             pending_prepares: std::collections::VecDeque::new(),
             unchecked: crate::session::outside::UncheckedGuards::default(),
-            span,
         }
     }
 
@@ -358,7 +356,7 @@ impl<'a> Relay<'a> {
             super::Phase::Ready { .. } | super::Phase::Quitting
         );
         if running {
-            super::side::kill_query(&self.ctx.config, self.thread_id, &self.span).await;
+            super::side::kill_query(&self.ctx.config, self.thread_id, self.binding.span()).await;
         }
         if !matches!(self.exchange.phase, super::Phase::Quitting) {
             let mut quit = BytesMut::with_capacity(5);
@@ -371,7 +369,7 @@ impl<'a> Relay<'a> {
     /// `UncheckedGuards::outlive`).
     pub async fn outlive_unchecked_writes(&mut self) {
         self.unchecked
-            .outlive(&mut self.server, self.ctx.lock_wait, &self.span)
+            .outlive(&mut self.server, self.ctx.lock_wait, self.binding.span())
             .await;
     }
 

@@ -385,10 +385,10 @@ impl Relay<'_> {
     /// `tag` (follow_up.rs).
     pub(super) fn follow_bound_statement(&mut self, follow_up: FollowUp, tag: &[u8]) {
         if !follow_up.completes_with(tag) {
-            tracing::warn!(parent: &self.span, ?follow_up, tag = %String::from_utf8_lossy(tag), "a bound statement completed with another statement's tag: not followed");
+            tracing::warn!(parent: self.binding.span(), ?follow_up, tag = %String::from_utf8_lossy(tag), "a bound statement completed with another statement's tag: not followed");
             return;
         }
-        tracing::debug!(parent: &self.span, ?follow_up, "bound statement ran");
+        tracing::debug!(parent: self.binding.span(), ?follow_up, "bound statement ran");
         match follow_up {
             FollowUp::Savepoint(op) => self.branch.on_savepoint(&op, true),
             // The transaction's writes are undone; with AND CHAIN the next one begins
@@ -424,7 +424,7 @@ impl Relay<'_> {
         let Some((response, status)) = self.server_rejects(sql).await? else {
             return Ok(self.refuse(Error::Undo(e)));
         };
-        tracing::debug!(parent: &self.span, error = %e, "statement tandem cannot parse, rejected by the server");
+        tracing::debug!(parent: self.binding.span(), error = %e, "statement tandem cannot parse, rejected by the server");
         self.phase = super::Phase::Ready(status);
         let mut out = BytesMut::from(&response[..]);
         self.put_batch_end(&mut out, status).await?;
@@ -441,7 +441,7 @@ impl Relay<'_> {
         if self.phase.tx_status() != Some(TxStatus::Failed) {
             return self.refuse(e);
         }
-        tracing::debug!(parent: &self.span, error = %e, "statement refused in a failed block");
+        tracing::debug!(parent: self.binding.span(), error = %e, "statement refused in a failed block");
         let mut out = BytesMut::new();
         super::control_extended::put_refusal(&mut out, &e, TxStatus::Failed);
         Intercepted::Answer(out)
@@ -449,7 +449,7 @@ impl Relay<'_> {
 
     /// The Query that fails on the backend as `e`, sent in place of a refused one.
     pub(super) fn refusal_query(&self, e: Error) -> BytesMut {
-        tracing::debug!(parent: &self.span, error = %e, "statement refused in a global transaction");
+        tracing::debug!(parent: self.binding.span(), error = %e, "statement refused in a global transaction");
         let mut replacement = BytesMut::new();
         put_query(
             &mut replacement,
@@ -813,7 +813,7 @@ impl Relay<'_> {
             swallow.extend([backend::PARSE_COMPLETE, backend::BIND_COMPLETE]);
             let mut results = self.exchange_many_then(&statements, &then).await?;
             if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
-                tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
+                tracing::debug!(parent: self.binding.span(), error = %e.message, "before image failed");
             } else if before.is_some()
                 && let Some(got) = results.pop()
             {
@@ -1094,7 +1094,7 @@ impl Relay<'_> {
         let sql = meta.locked_keys_sql(&Postgres, read)?;
         let got = self.exchange(&sql, params, &[1]).await?;
         if let Some(e) = got.error {
-            tracing::debug!(parent: &self.span, error = %e.message, "locking read check failed");
+            tracing::debug!(parent: self.binding.span(), error = %e.message, "locking read check failed");
             if got.status == Some(TxStatus::Failed) {
                 // In a block, the check's failure (a deadlock, a lock or statement
                 // timeout) failed it: the read would only get 25P02. The client hears
@@ -1187,7 +1187,7 @@ impl Relay<'_> {
         self.exchange_required("BEGIN").await?;
         self.phase = super::Phase::Ready(TxStatus::InTransaction);
         self.implicit_batch = true;
-        tracing::debug!(parent: &self.span, "batch outside a transaction block run in tandem's");
+        tracing::debug!(parent: self.binding.span(), "batch outside a transaction block run in tandem's");
         Ok(())
     }
 
@@ -1329,7 +1329,7 @@ impl Relay<'_> {
         let branch_id = registered
             .inspect_err(|e| self.binding.on_registration_refused(e))?
             .ok_or(Error::Cancelled)?;
-        tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, "branch registered");
+        tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), "branch registered");
         Ok(Some(UndoRow {
             id: crate::at::undo_row_id(xid.as_str(), branch_id).to_be_bytes(),
             branch: (branch_id as i64).to_be_bytes(),
@@ -1468,10 +1468,10 @@ impl Relay<'_> {
         };
         let branch_id = u64::from_be_bytes(undo.branch);
         let lock = self.ctx.lock.clone();
-        let span = self.span.clone();
+        let span = self.binding.branch_span(&xid, branch_id);
         tokio::spawn(async move {
             if let Err(e) = lock.report(&xid, branch_id, false).await {
-                tracing::debug!(parent: &span, error = %e, branch = branch_id, "phase-1 failure not reported");
+                tracing::debug!(parent: &span, error = %e, "phase-1 failure not reported");
             }
         });
     }

@@ -596,7 +596,7 @@ impl Relay<'_> {
         }
         let mut results = self.exchange_many_then(&statements, &out).await?;
         if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
-            tracing::debug!(parent: &self.span, error = %e.message, "before image failed");
+            tracing::debug!(parent: self.binding.span(), error = %e.message, "before image failed");
         } else if before.is_some()
             && let Some(got) = results.pop()
         {

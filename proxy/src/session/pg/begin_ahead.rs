@@ -220,7 +220,7 @@ impl Relay<'_> {
         let (to_client, failed, status) = self.read_to_ready().await?;
         self.write_client(&to_client);
         if !failed {
-            tracing::debug!(parent: &self.span, opens_block, "statement run ahead of its batch");
+            tracing::debug!(parent: self.binding.span(), opens_block, "statement run ahead of its batch");
             return Ok(Extended::Handled {
                 consumed: begin_len,
                 to_backend: None,
@@ -393,7 +393,7 @@ impl Relay<'_> {
         if failed {
             self.skip_to_client_sync = Some(status);
         }
-        tracing::debug!(parent: &self.span, ?status, "unsynced stretch settled by tandem's Sync");
+        tracing::debug!(parent: self.binding.span(), ?status, "unsynced stretch settled by tandem's Sync");
         Ok(())
     }
 

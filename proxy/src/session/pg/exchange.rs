@@ -255,7 +255,7 @@ impl Relay<'_> {
                             // Every statement had completed (a cancel that came late, at
                             // the Sync): none of them failed, a COMMIT among them committed.
                             // The status at ReadyForQuery says where the session stands.
-                            tracing::debug!(parent: &self.span, code = %error.code, "an error after every statement of tandem's completed");
+                            tracing::debug!(parent: self.binding.span(), code = %error.code, "an error after every statement of tandem's completed");
                         }
                         if end == ReplyEnd::LastComplete {
                             // Left for the relay: the client's reply (see exchange_many_then).

@@ -319,7 +319,7 @@ impl Relay<'_> {
             Ok(held) => Ok(held),
             Err(e) if self.binding.xid().is_some() => Err(Error::Lockserver(e)),
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                tracing::debug!(parent: self.binding.span(), error = %e, "outside write not checked");
                 self.unchecked_outside_write();
                 Ok(None)
             }
@@ -568,7 +568,7 @@ impl Relay<'_> {
     fn unchecked_outside_write(&self) {
         let metric = &self.ctx.metrics.outside_writes_unchecked;
         if metric.inc().is_multiple_of(1000) {
-            tracing::warn!(parent: &self.span, "writes outside global transactions run unchecked: the lockserver is unreachable");
+            tracing::warn!(parent: self.binding.span(), "writes outside global transactions run unchecked: the lockserver is unreachable");
         }
     }
 
@@ -1036,7 +1036,7 @@ impl Relay<'_> {
             // INSERT runs unchecked. Anything else (a cancel, a serialization failure)
             // is the INSERT's answer.
             if matches!(&e.0[..2], "42" | "22") {
-                tracing::debug!(parent: &self.span, error = %e.1, "outside INSERT not checked: its keys could not be read");
+                tracing::debug!(parent: self.binding.span(), error = %e.1, "outside INSERT not checked: its keys could not be read");
                 return Ok(Checked::KeysUnread);
             }
             let status = if implicit {
@@ -1204,7 +1204,7 @@ impl Relay<'_> {
             }
             // tandem's own block is still open here, as its caller left it (the refusal
             // fails it): it is ended only to wait, and each wait begins it again.
-            tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
+            tracing::debug!(parent: self.binding.span(), holder = %holder, "outside write refused: row globally locked");
             let e = Error::RowGloballyLocked {
                 table: qualified_name(meta),
                 holder: holder.to_string(),

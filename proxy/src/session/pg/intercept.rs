@@ -153,7 +153,7 @@ impl Relay<'_> {
         match answer {
             Ok((value, column)) => put_simple_answer(&mut out, column, value.as_deref(), status),
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "control statement refused");
+                tracing::debug!(parent: self.binding.span(), error = %e, "control statement refused");
                 put_refusal(&mut out, &e, status);
             }
         }

@@ -296,7 +296,6 @@ struct Relay<'a> {
     resolved_tables: std::collections::HashMap<String, (tandem_undo::TableRef, u32)>,
     /// A SET or RESET ran in the current transaction: its end forgets `resolved_tables`.
     resolutions_end_with_transaction: bool,
-    span: tracing::Span,
 }
 
 /// What to do with one backend message.
@@ -338,7 +337,7 @@ impl<'a> Relay<'a> {
             client_lost: false,
             draining: false,
             client_paused: false,
-            binding: Binding::default(),
+            binding: Binding::new(span),
             resource: crate::at::resource_id(&ctx.server, &database),
             database,
             unchecked: crate::session::outside::UncheckedGuards::default(),
@@ -366,7 +365,6 @@ impl<'a> Relay<'a> {
             describe_reply: None,
             resolved_tables: std::collections::HashMap::new(),
             resolutions_end_with_transaction: false,
-            span,
         }
     }
 
@@ -487,7 +485,7 @@ impl<'a> Relay<'a> {
     /// `UncheckedGuards::outlive`).
     async fn outlive_unchecked_writes(&mut self) {
         self.unchecked
-            .outlive(&mut self.server, self.ctx.lock_wait, &self.span)
+            .outlive(&mut self.server, self.ctx.lock_wait, self.binding.span())
             .await;
     }
 
@@ -515,7 +513,7 @@ impl<'a> Relay<'a> {
         {
             let timeout = self.ctx.config.connect_timeout();
             if let Err(e) = upstream::send_cancel(&target.upstream, target.backend, timeout).await {
-                tracing::debug!(parent: &self.span, error = %e, "could not cancel the running request");
+                tracing::debug!(parent: self.binding.span(), error = %e, "could not cancel the running request");
             }
         }
         let _ = self.server.write_all(&TERMINATE_MESSAGE).await;

@@ -254,7 +254,7 @@ impl Relay<'_> {
                 match verdict {
                     pool_reset::Verdict::Keep => {}
                     pool_reset::Verdict::Unbind => {
-                        tracing::debug!(parent: &self.span, "pool reset: unbound");
+                        tracing::debug!(parent: self.binding.span(), "pool reset: unbound");
                         self.binding.unbind();
                     }
                     pool_reset::Verdict::UnbindAtTransactionEnd => {
@@ -336,7 +336,7 @@ impl Relay<'_> {
                     // comment before it): the next user of the connection must not
                     // write inside this global transaction. It never runs inside a
                     // transaction block, so nothing of the branch is left open.
-                    tracing::debug!(parent: &self.span, "DISCARD ALL: unbound");
+                    tracing::debug!(parent: self.binding.span(), "DISCARD ALL: unbound");
                     self.binding.unbind();
                 }
                 // DO and CALL may have run DDL of their own (EXECUTE 'CREATE TRIGGER …'),
@@ -445,7 +445,7 @@ impl Relay<'_> {
         let mut out = BytesMut::new();
         put_backend_key(&mut out, registration.key);
         self.cancel = Some(registration);
-        tracing::debug!(parent: &self.span, backend_pid = backend.pid, "backend key");
+        tracing::debug!(parent: self.binding.span(), backend_pid = backend.pid, "backend key");
         Ok(Relayed::Rewritten(out))
     }
 

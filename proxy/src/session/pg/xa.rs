@@ -286,7 +286,7 @@ impl Relay<'_> {
         self.exchange_required("BEGIN").await?;
         self.phase = super::Phase::Ready(TxStatus::InTransaction);
         self.xa = XaBranch::Implicit;
-        tracing::debug!(parent: &self.span, "autocommit work runs in tandem's block");
+        tracing::debug!(parent: self.binding.span(), "autocommit work runs in tandem's block");
         Ok(())
     }
 
@@ -458,7 +458,7 @@ impl Relay<'_> {
                 .await?
                 .error
             {
-                tracing::warn!(parent: &self.span, xid = %xid, branch = branch_id, error = %e.message, "ROLLBACK PREPARED of a branch its transaction ended without failed");
+                tracing::warn!(parent: &self.binding.branch_span(&xid, branch_id), error = %e.message, "ROLLBACK PREPARED of a branch its transaction ended without failed");
             }
         }
         match prepared.error {
@@ -470,11 +470,11 @@ impl Relay<'_> {
                         .err()
                         .unwrap_or(tandem_lockserver::Error::ShuttingDown),
                 );
-                tracing::warn!(parent: &self.span, xid = %xid, branch = branch_id, error = %e, "phase-1 report failed");
+                tracing::warn!(parent: &self.binding.branch_span(&xid, branch_id), error = %e, "phase-1 report failed");
                 Ok(Err((e.sqlstate().code().to_owned(), e.to_string())))
             }
             None => {
-                tracing::debug!(parent: &self.span, xid = %xid, branch = branch_id, %gid, "XA branch prepared");
+                tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), %gid, "XA branch prepared");
                 Ok(Ok(()))
             }
             // A failed PREPARE TRANSACTION rolls the transaction back.

@@ -165,7 +165,7 @@ impl Relay<'_> {
             && let Some(rejected) = self.own().rejected_at_prepare(text).await?
             && JUDGED_AT_PREPARE.contains(&rejected.code)
         {
-            tracing::debug!(parent: &self.span, error = %e, "statement tandem cannot parse, rejected by the server");
+            tracing::debug!(parent: self.binding.span(), error = %e, "statement tandem cannot parse, rejected by the server");
             put_err(
                 &mut self.to_client,
                 1,
@@ -631,7 +631,7 @@ impl Relay<'_> {
             .map(|name| String::from_utf8_lossy(&name).into_owned())
             .unwrap_or_default();
         if current != self.database {
-            tracing::debug!(parent: &self.span, database = %current, "current database changed");
+            tracing::debug!(parent: self.binding.span(), database = %current, "current database changed");
             self.database = current;
             let closes = self.own_statements.drain_closes();
             self.write_server(&closes).await?;
@@ -674,7 +674,7 @@ impl Relay<'_> {
             .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_IN_TRANS));
         if !in_transaction {
             if !self.at_branch.is_empty() {
-                tracing::debug!(parent: &self.span, "the branch's local transaction was rolled back by the server");
+                tracing::debug!(parent: self.binding.span(), "the branch's local transaction was rolled back by the server");
             }
             // Its savepoints went with it, even where the branch held no rows.
             self.at_branch = Branch::default();
@@ -696,7 +696,7 @@ impl Relay<'_> {
                 ))
             }
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e.message, "transaction status unread");
+                tracing::debug!(parent: self.binding.span(), error = %e.message, "transaction status unread");
                 Ok(None)
             }
         }
@@ -1451,7 +1451,7 @@ impl Relay<'_> {
                 return self.abandon(AtFailure::Refused(e.into())).await;
             }
         };
-        tracing::debug!(parent: &self.span, %xid, branch = branch_id, "branch registered");
+        tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), "branch registered");
         for ((meta, ..), result) in reads.iter().zip(results) {
             match result {
                 Ok(rows) => self.at_branch.record_after(meta, keyed(meta, rows)),
@@ -1585,10 +1585,10 @@ impl Relay<'_> {
     fn report_phase_one_failed(&self, xid: &tandem_lockserver::client::Xid, branch_id: u64) {
         let lock = self.ctx.lock.clone();
         let xid = xid.clone();
-        let span = self.span.clone();
+        let span = self.binding.branch_span(&xid, branch_id);
         tokio::spawn(async move {
             if let Err(e) = lock.report(&xid, branch_id, false).await {
-                tracing::debug!(parent: &span, error = %e, branch = branch_id, "phase-1 failure not reported");
+                tracing::debug!(parent: &span, error = %e, "phase-1 failure not reported");
             }
         });
     }
@@ -1653,7 +1653,7 @@ impl Relay<'_> {
     pub(super) fn put_failure(&mut self, failure: &AtFailure) {
         match failure {
             AtFailure::Refused(e) | AtFailure::Uncaptured(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "AT statement failed");
+                tracing::debug!(parent: self.binding.span(), error = %e, "AT statement failed");
                 self.put_error(e);
             }
             AtFailure::Server(e) => {
@@ -1682,7 +1682,7 @@ impl Relay<'_> {
             Ok(on) => self.exchange.server.timeout_ends_transaction = on,
             // The metadata read over the same pool fails next and says why.
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "innodb_rollback_on_timeout unread")
+                tracing::debug!(parent: self.binding.span(), error = %e, "innodb_rollback_on_timeout unread")
             }
         }
     }
@@ -1698,7 +1698,7 @@ impl Relay<'_> {
             AtFailure::Refused(e) | AtFailure::Uncaptured(e) => e.mysql_message(),
             AtFailure::Server(e) => format!("{} ({})", e.message, e.code),
         };
-        tracing::debug!(parent: &self.span, %cause, "COMMIT of a branch failed");
+        tracing::debug!(parent: self.binding.span(), %cause, "COMMIT of a branch failed");
         // Unless the global transaction is over: running it again would fail again
         // (until the session leaves it), and 1213 is what deadlock retries loop on.
         let code = match failure {

@@ -439,7 +439,7 @@ impl Relay<'_> {
         self.on_session_reset("COM_CHANGE_USER");
         self.database_uncertain = true;
         self.prepared.clear();
-        tracing::debug!(parent: &self.span, user = %String::from_utf8_lossy(&change.user), "change user");
+        tracing::debug!(parent: self.binding.span(), user = %String::from_utf8_lossy(&change.user), "change user");
         let mut exchange = AuthExchange::new(
             0,
             0,
@@ -534,14 +534,14 @@ impl Relay<'_> {
     /// leaves its global transaction, as DESIGN.md's "Connection-pool resets unbind"
     /// asks, and forgets what the server forgot with it.
     fn on_session_reset(&mut self, what: &'static str) {
-        tracing::debug!(parent: &self.span, what, "session reset: unbound");
+        tracing::debug!(parent: self.binding.span(), what, "session reset: unbound");
         self.charset_changes += 1;
         self.binding.unbind();
         // The server rolls back an open XA branch with the session. It stays registered,
         // never prepared: a global commit waits for it, then fails, as when its
         // connection is lost (reported failed, the commit would go on without it).
         if self.xa.take().is_some() {
-            tracing::debug!(parent: &self.span, "the open XA branch ended with the reset");
+            tracing::debug!(parent: self.binding.span(), "the open XA branch ended with the reset");
         }
         // The server ends the local transaction with the session: nothing of it stays,
         // and it drops every prepared statement, tandem's too.

@@ -683,7 +683,7 @@ impl Relay<'_> {
         {
             Ok(status) => self.exchange.on_authenticated(status),
             Err(e) => {
-                tracing::warn!(parent: &self.span, code = e.code, message = %e.message, "the client's SET autocommit = 1, answered while the connection held a prepared XA branch, failed when run");
+                tracing::warn!(parent: self.binding.span(), code = e.code, message = %e.message, "the client's SET autocommit = 1, answered while the connection held a prepared XA branch, failed when run");
             }
         }
         Ok(())
@@ -830,7 +830,7 @@ impl Relay<'_> {
                 status,
             ),
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "control statement refused");
+                tracing::debug!(parent: self.binding.span(), error = %e, "control statement refused");
                 self.put_error(&e);
             }
         }
@@ -864,7 +864,7 @@ impl Relay<'_> {
             })),
             // 1142 where the user's grants are per table: the server checks them first.
             Err(e) if e.code != ER_NO_SUCH_TABLE => {
-                tracing::debug!(parent: &self.span, code = e.code, message = %e.message, "table-lock probe inconclusive");
+                tracing::debug!(parent: self.binding.span(), code = e.code, message = %e.message, "table-lock probe inconclusive");
                 Ok(Some(Error::Unsupported {
                     what: "an autocommit write that tandem must wrap in a transaction of its own after the session's statements named table locks (LOCK TABLES), which tandem could not ask the server about (starting that transaction would release them: send UNLOCK TABLES first)",
                 }))
@@ -893,7 +893,7 @@ impl Relay<'_> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
-        tracing::debug!(parent: &self.span, error = %e, "statement refused in a global transaction");
+        tracing::debug!(parent: self.binding.span(), error = %e, "statement refused in a global transaction");
         self.put_error(&e);
         Ok(Handled::Answer)
     }
@@ -1018,7 +1018,7 @@ impl Relay<'_> {
                 }));
             }
             Err(e) => {
-                tracing::warn!(parent: &self.span, error = %e, "could not ask the server's version");
+                tracing::warn!(parent: self.binding.span(), error = %e, "could not ask the server's version");
                 return Ok(Err(Error::Unsupported {
                     what: "XA mode while tandem's side connection to the server fails",
                 }));
@@ -1042,7 +1042,7 @@ impl Relay<'_> {
             }
         };
         let start = format!("XA START {}", crate::xa::mysql::xa_id(&xid, branch_id));
-        tracing::debug!(parent: &self.span, %xid, branch = branch_id, "XA branch started");
+        tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), "XA branch started");
         self.xa = Some(XaBranch { xid, branch_id });
         Ok(Ok(Some(start)))
     }
@@ -1086,7 +1086,7 @@ impl Relay<'_> {
             .report(&branch.xid, branch.branch_id, commit && outcome.is_ok())
             .await;
         if let Err(e) = &reported {
-            tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %e, "phase-1 report failed");
+            tracing::warn!(parent: self.binding.span(), xid = %branch.xid, branch = branch.branch_id, error = %e, "phase-1 report failed");
         }
         if commit
             && outcome.is_ok()
@@ -1100,7 +1100,7 @@ impl Relay<'_> {
                 xid: branch.xid.to_string(),
             };
             if let Err(rollback) = self.run_own(&format!("XA ROLLBACK {id}")).await? {
-                tracing::warn!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed: the connection is closed, and recovery finishes the branch");
+                tracing::warn!(parent: self.binding.span(), xid = %branch.xid, branch = branch.branch_id, error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed: the connection is closed, and recovery finishes the branch");
                 return Err(e);
             }
             self.put_error(&e);
@@ -1132,7 +1132,7 @@ impl Relay<'_> {
                 // The branch is detached from the session now (prepared or rolled back):
                 // the client's transaction is over, whatever the server's flag says.
                 let status = status - StatusFlags::SERVER_STATUS_IN_TRANS;
-                tracing::debug!(parent: &self.span, xid = %branch.xid, branch = branch.branch_id, commit, "XA branch ended");
+                tracing::debug!(parent: self.binding.span(), xid = %branch.xid, branch = branch.branch_id, commit, "XA branch ended");
                 return self.answer_ok(status);
             }
             Err(e) => {

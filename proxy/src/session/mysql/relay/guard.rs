@@ -751,7 +751,7 @@ impl Relay<'_> {
                     }
                     continue;
                 }
-                tracing::debug!(parent: &self.span, holder = %holder, "outside write refused: row globally locked");
+                tracing::debug!(parent: self.binding.span(), holder = %holder, "outside write refused: row globally locked");
                 return Ok(Some(self.refuse_held(table, &holder, false)));
             }
             let around = self.around_write(None, source, None).await?;
@@ -951,7 +951,7 @@ impl Relay<'_> {
                 }
                 continue;
             }
-            tracing::debug!(parent: &self.span, holder = %holder, "outside insert refused: key globally locked");
+            tracing::debug!(parent: self.binding.span(), holder = %holder, "outside insert refused: key globally locked");
             return Ok(Some(self.refuse_held(table, &holder, false)));
         }
     }
@@ -1034,7 +1034,7 @@ impl Relay<'_> {
         match self.lock_keys(&table.meta, keys).await {
             Ok(weighed) => weighed,
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "outside write not checked: its keys could not be weighed");
+                tracing::debug!(parent: self.binding.span(), error = %e, "outside write not checked: its keys could not be weighed");
                 self.count_unchecked();
                 Vec::new()
             }
@@ -1055,7 +1055,7 @@ impl Relay<'_> {
             Ok(None) => Check::Free,
             Err(e) if self.xa.is_some() => Check::Unanswered(e),
             Err(e) => {
-                tracing::debug!(parent: &self.span, error = %e, "outside write not checked");
+                tracing::debug!(parent: self.binding.span(), error = %e, "outside write not checked");
                 self.count_unchecked();
                 Check::Free
             }
@@ -1082,7 +1082,7 @@ impl Relay<'_> {
             .inc()
             .is_multiple_of(1000)
         {
-            tracing::warn!(parent: &self.span, "writes outside global transactions run unchecked");
+            tracing::warn!(parent: self.binding.span(), "writes outside global transactions run unchecked");
         }
     }
 }
