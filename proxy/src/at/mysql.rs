@@ -438,9 +438,12 @@ async fn replay_branch(
     let undo_log = undo_table(database);
     let xid = work.xid.as_str();
     let branch = work.branch_id;
-    let mut tx = conn
-        .start_transaction(mysql_async::TxOpts::default())
-        .await?;
+    // READ COMMITTED: a check that a row is absent, or the look for an undo row that is
+    // not there, then locks no gap, so inserts by other sessions (another branch's undo
+    // row, a new row of the table) do not wait for this replay, or deadlock with it.
+    let mut opts = mysql_async::TxOpts::default();
+    opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+    let mut tx = conn.start_transaction(opts).await?;
     let row: Option<(Vec<u8>, i32)> = tx
         .exec_first(
             format!(

@@ -704,6 +704,123 @@ async fn a_dirty_write_stops_the_rollback_and_keeps_the_locks() {
     lockserver.stop().await;
 }
 
+/// Whether a locking read of the absent row 30 of `spaced` locks the end of the table
+/// under REPEATABLE READ, as it does once InnoDB has purged the deleted row (until
+/// then, it locks the deleted record alone).
+async fn absent_row_30_locks_the_end(db: &MyTestDb) -> bool {
+    let mut reader = db.direct().await;
+    run_each(
+        &mut reader,
+        &["BEGIN", "SELECT * FROM spaced WHERE id = 30 FOR UPDATE"],
+    )
+    .await;
+    // Rolled back, not deleted: a deleted row 40 would stay until purged, and change
+    // which gaps lock.
+    let mut writer = db.direct().await;
+    writer.query_drop("BEGIN").await.unwrap();
+    let blocked = writer
+        .query_drop(
+            "SET STATEMENT innodb_lock_wait_timeout = 0 FOR INSERT INTO spaced VALUES (40, 5)",
+        )
+        .await
+        .is_err();
+    writer.query_drop("ROLLBACK").await.unwrap();
+    reader.query_drop("ROLLBACK").await.unwrap();
+    blocked
+}
+
+/// A global rollback that waits for a row takes no gap locks meanwhile: a new row of
+/// the table, or another branch's undo row, goes in without waiting for it (under
+/// REPEATABLE READ, the check that a deleted row is still absent locked the gap around
+/// it, up to the end of the table, and inserts there timed out or deadlocked with the
+/// replay).
+#[tokio::test]
+async fn a_rollback_waiting_for_a_row_keeps_no_insert_waiting() {
+    let db = prepare("at_replay_gaps").await;
+    let mut direct = db.direct().await;
+    direct
+        .query_drop(
+            "CREATE TABLE spaced (id INT PRIMARY KEY, v INT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO spaced VALUES (10, 1), (20, 2), (30, 3);",
+        )
+        .await
+        .unwrap();
+    let before = dump(&mut direct, "spaced").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut conn = my::connect(&tandem, &db.name).await;
+    text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+    // One branch, replayed newest first: row 30 is put back (its absence checked), then
+    // row 10.
+    run_each(
+        &mut conn,
+        &[
+            "BEGIN",
+            "UPDATE spaced SET v = 100 WHERE id = 10",
+            "DELETE FROM spaced WHERE id = 30",
+            "COMMIT",
+        ],
+    )
+    .await;
+    eventually("row 30 purged", || absent_row_30_locks_the_end(&db)).await;
+    // Someone holds row 10 without changing it: the replay's check of it waits.
+    let mut holder = db.direct().await;
+    run_each(
+        &mut holder,
+        &["BEGIN", "SELECT * FROM spaced WHERE id = 10 FOR UPDATE"],
+    )
+    .await;
+    let rollback = tokio::spawn(async move {
+        let status = text(&mut conn, "SELECT tandem_rollback()").await;
+        (status, conn)
+    });
+    // InnoDB refreshes what information_schema shows of locks only once it has not been
+    // read for 100 ms: asked more often, it never changes.
+    let mut watch = db.direct().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let waiting: Option<i64> = watch
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w \
+                 JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id \
+                 WHERE l.lock_table = ?",
+                (format!("`{}`.`spaced`", db.name),),
+            )
+            .await
+            .unwrap();
+        if waiting == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay never waited for row 10"
+        );
+    }
+    // After row 30, which the replay has checked is absent and put back: a new row at
+    // the end of the table, as AUTO_INCREMENT adds them.
+    let mut inserter = db.direct().await;
+    run_each(
+        &mut inserter,
+        &[
+            "SET SESSION innodb_lock_wait_timeout = 1",
+            "INSERT INTO spaced VALUES (40, 5)",
+        ],
+    )
+    .await;
+    holder.query_drop("ROLLBACK").await.unwrap();
+    let (status, _conn) = rollback.await.unwrap();
+    assert_eq!(status.unwrap().as_deref(), Some("Rollbacked"));
+    inserter
+        .query_drop("DELETE FROM spaced WHERE id = 40")
+        .await
+        .unwrap();
+    assert_eq!(dump(&mut direct, "spaced").await, before);
+    assert_eq!(undo_rows(&mut direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn rows_captured_after_a_savepoint_leave_the_branch_when_it_is_rolled_back_to() {
     let db = prepare("at_savepoint").await;
