@@ -74,7 +74,7 @@ impl Relay<'_> {
             self.on_pool_reset_sent();
             return Ok(Intercepted::Relay);
         }
-        if self.binding.xid().is_some()
+        if (self.binding.xid().is_some() || self.binding.mode().is_some())
             && tandem_undo::resets_session(&String::from_utf8_lossy(query.sql))
         {
             // A pool's reset among other statements: they go through as bound ones do,

@@ -331,11 +331,14 @@ impl Relay<'_> {
                     // though the session stays in a block.
                     self.held_rows.on_transaction_end();
                 }
-                if tag == b"DISCARD ALL" && self.binding.xid().is_some() {
+                if tag == b"DISCARD ALL"
+                    && (self.binding.xid().is_some() || self.binding.mode().is_some())
+                {
                     // A pool's reset, however it was sent (the extended protocol, a
                     // comment before it): the next user of the connection must not
-                    // write inside this global transaction. It never runs inside a
-                    // transaction block, so nothing of the branch is left open.
+                    // write inside this global transaction, nor in the mode this user
+                    // chose. It never runs inside a transaction block, so nothing of
+                    // the branch is left open.
                     tracing::debug!(parent: self.binding.span(), "DISCARD ALL: unbound");
                     self.binding.unbind();
                 }

@@ -128,6 +128,42 @@ async fn xa_branches_are_prepared_at_commit_and_follow_the_global_decision() {
     lockserver.stop().await;
 }
 
+/// A pool reset ends the mode a session chose with `tandem_mode`, bound or not: the
+/// next user of the connection gets the front end's mode (AT here), as on a new
+/// connection, and as COM_RESET_CONNECTION does on MySQL.
+#[tokio::test]
+async fn a_pool_reset_ends_the_mode_the_session_chose() {
+    let orders = prepare("xa_mode_reset").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    for reset in [
+        "DISCARD ALL",
+        "/* pool */ DISCARD ALL",
+        "RESET ALL",
+        "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+    ] {
+        let a = tandem.connect(&orders.name).await;
+        one(&a, "SELECT tandem_mode('xa')").await.unwrap();
+        a.batch_execute(reset).await.unwrap();
+        one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+        a.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+            .await
+            .unwrap();
+        assert_eq!(
+            tandem_prepared(&direct).await,
+            Vec::<String>::new(),
+            "{reset}"
+        );
+        assert_eq!(undo_rows(&direct).await, 1, "{reset}: an AT branch");
+        rolled_back(&a).await;
+        assert_eq!(dump(&direct).await, before);
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_global_transaction_can_mix_at_and_xa_branches() {
     let (at_db, xa_db) = (prepare("mix_at").await, prepare("mix_xa").await);
