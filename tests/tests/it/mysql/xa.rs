@@ -890,8 +890,9 @@ async fn a_deadlocked_xa_branch_rolls_back_on_the_clients_rollback() {
 }
 
 /// With autocommit off (what JDBC's `setAutoCommit(false)` sends) no START TRANSACTION
-/// comes: the statement that opens the transaction, a read or a write, text or
-/// prepared, opens the XA branch first, and COMMIT prepares it.
+/// comes: the statement that opens the transaction, a read (a SET or EXPLAIN that reads
+/// a table too) or a write, text or prepared, opens the XA branch first, and COMMIT
+/// prepares it.
 #[tokio::test]
 async fn with_autocommit_off_the_first_statement_opens_the_xa_branch() {
     let _server = XA_SERVER.lock().await;
@@ -900,7 +901,18 @@ async fn with_autocommit_off_the_first_statement_opens_the_xa_branch() {
     let tandem = start(&lockserver).await;
     let mut direct = db.direct().await;
     let before = balances(&mut direct).await;
-    for (decision, read_first) in [("rollback", true), ("commit", false)] {
+    for (decision, opener) in [
+        (
+            "rollback",
+            Some("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE"),
+        ),
+        (
+            "rollback",
+            Some("SET @b = (SELECT balance FROM accounts WHERE id = 3)"),
+        ),
+        ("rollback", Some("EXPLAIN SELECT * FROM accounts")),
+        ("commit", None),
+    ] {
         let mut conn = my::connect(&tandem, &db.name).await;
         assert_eq!(
             text(&mut conn, "SELECT tandem_mode('xa')")
@@ -914,12 +926,8 @@ async fn with_autocommit_off_the_first_statement_opens_the_xa_branch() {
             .unwrap()
             .unwrap();
         conn.query_drop("SET autocommit = 0").await.unwrap();
-        if read_first {
-            let balance: Option<i64> = conn
-                .query_first("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE")
-                .await
-                .unwrap();
-            assert_eq!(balance, Some(1000));
+        if let Some(opener) = opener {
+            conn.query_drop(opener).await.unwrap();
         }
         conn.query_drop("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
             .await
@@ -931,7 +939,7 @@ async fn with_autocommit_off_the_first_statement_opens_the_xa_branch() {
         .await
         .unwrap();
         conn.query_drop("COMMIT").await.unwrap();
-        assert_eq!(tandem_prepared(&mut direct, &xid).await, 1, "{decision}");
+        assert_eq!(tandem_prepared(&mut direct, &xid).await, 1, "{opener:?}");
         assert_eq!(
             balances(&mut direct).await,
             before,
@@ -1364,6 +1372,51 @@ async fn autocommit_and_an_empty_rollback_after_an_xa_commit_are_answered_ok() {
             "after {decision}"
         );
         drop(conn);
+    }
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
+/// `SET autocommit = 1` inside an open XA branch with autocommit off (JDBC's
+/// `setAutoCommit(true)` in the middle of a transaction) commits the transaction, as
+/// on the server: the branch is prepared, autocommit is on once the branch is finished,
+/// and the global decision applies or undoes its work. MariaDB refuses the SET inside
+/// the branch itself (1399).
+#[tokio::test]
+async fn turning_autocommit_on_inside_an_xa_branch_commits_it() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_autocommit_on").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    for (decision, balance_after) in [
+        ("SELECT tandem_rollback()", 1000),
+        ("SELECT tandem_commit()", 990),
+    ] {
+        let mut conn = my::connect(&tandem, &db.name).await;
+        text(&mut conn, "SELECT tandem_mode('xa')").await.unwrap();
+        text(&mut conn, "SELECT tandem_begin(30000)").await.unwrap();
+        for sql in [
+            "SET autocommit = 0",
+            "UPDATE accounts SET balance = balance - 10 WHERE id = 1",
+            "SET autocommit = 1",
+        ] {
+            conn.query_drop(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let decided = text(&mut conn, decision).await.unwrap();
+        assert!(
+            matches!(decided.as_deref(), Some("Committed" | "Rollbacked")),
+            "{decided:?}"
+        );
+        let autocommit: Option<i64> = conn.query_first("SELECT @@autocommit").await.unwrap();
+        assert_eq!(autocommit, Some(1), "after {decision}");
+        assert_eq!(
+            balances(&mut direct).await,
+            [(1, balance_after), (2, 1000), (3, 1000)],
+            "after {decision}"
+        );
     }
     tandem.shutdown().await;
     lockserver.stop().await;

@@ -519,6 +519,19 @@ impl Relay<'_> {
                 handled => Some(handled),
             });
         }
+        if self.xa.is_some()
+            && BesideHeldBranch::of(sql) == Some(BesideHeldBranch::Autocommit(true))
+            && !self
+                .exchange
+                .status()
+                .is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT))
+        {
+            // Turning autocommit on commits the open transaction (JDBC's
+            // setAutoCommit(true)), which MariaDB refuses in an XA branch (1399): it is
+            // the branch's COMMIT, and the SET then waits for the prepared branch as
+            // one sent beside it does.
+            return self.xa_end(XaEnd::CommitThenAutocommit).await.map(Some);
+        }
         let kind = self
             .work_if_it_calls_a_function(kind, &String::from_utf8_lossy(sql))
             .await;
@@ -531,8 +544,8 @@ impl Relay<'_> {
         }
         match kind {
             Kind::Begin => self.xa_begin(sql).await.map(Some),
-            Kind::Commit if self.xa.is_some() => self.xa_end(true).await.map(Some),
-            Kind::Rollback if self.xa.is_some() => self.xa_end(false).await.map(Some),
+            Kind::Commit if self.xa.is_some() => self.xa_end(XaEnd::Commit).await.map(Some),
+            Kind::Rollback if self.xa.is_some() => self.xa_end(XaEnd::Rollback).await.map(Some),
             _ if self.opens_xa_branch_implicitly(kind, Some(sql)) => {
                 match self.xa_begin_implicitly().await? {
                     Handled::Relay if kind == Kind::Work => self.guard_query(sql).await,
@@ -994,12 +1007,14 @@ impl Relay<'_> {
         }
         match kind {
             Kind::Work => true,
-            // Reads of tables open a transaction too (SET, SHOW and the like do not).
+            // Reads of tables open a transaction too (SET, SHOW and the like do not,
+            // unless they read a table: `SET @a = (SELECT …)`, `EXPLAIN SELECT …`).
             Kind::Passive => sql.is_some_and(|sql| {
                 control::leading_words(sql, true).next().is_some_and(|w| {
-                    [&b"select"[..], b"with", b"table", b"values"]
-                        .iter()
-                        .any(|read| w.eq_ignore_ascii_case(read))
+                    let is = |words: &[&[u8]]| words.iter().any(|v| w.eq_ignore_ascii_case(v));
+                    is(&[b"select", b"with", b"table", b"values"])
+                        || (is(&[b"set", b"explain", b"describe", b"desc", b"do"])
+                            && may_read_a_table(sql))
                 })
             }),
             _ => false,
@@ -1048,10 +1063,11 @@ impl Relay<'_> {
     }
 
     /// COMMIT (prepare the branch) or ROLLBACK of the open XA branch, answered by tandem.
-    async fn xa_end(&mut self, commit: bool) -> Result<Handled> {
+    async fn xa_end(&mut self, end: XaEnd) -> Result<Handled> {
         if !self.exchange.at_sync_point() {
             return Ok(Handled::Pause);
         }
+        let commit = end != XaEnd::Rollback;
         let Some(branch) = self.xa.take() else {
             return Ok(Handled::Relay);
         };
@@ -1086,7 +1102,7 @@ impl Relay<'_> {
             .report(&branch.xid, branch.branch_id, commit && outcome.is_ok())
             .await;
         if let Err(e) = &reported {
-            tracing::warn!(parent: self.binding.span(), xid = %branch.xid, branch = branch.branch_id, error = %e, "phase-1 report failed");
+            tracing::warn!(parent: &self.binding.branch_span(&branch.xid, branch.branch_id), error = %e, "phase-1 report failed");
         }
         if commit
             && outcome.is_ok()
@@ -1100,7 +1116,7 @@ impl Relay<'_> {
                 xid: branch.xid.to_string(),
             };
             if let Err(rollback) = self.run_own(&format!("XA ROLLBACK {id}")).await? {
-                tracing::warn!(parent: self.binding.span(), xid = %branch.xid, branch = branch.branch_id, error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed: the connection is closed, and recovery finishes the branch");
+                tracing::warn!(parent: &self.binding.branch_span(&branch.xid, branch.branch_id), error = %rollback.message, "XA ROLLBACK of a branch its transaction ended without failed: the connection is closed, and recovery finishes the branch");
                 return Err(e);
             }
             self.put_error(&e);
@@ -1132,7 +1148,12 @@ impl Relay<'_> {
                 // The branch is detached from the session now (prepared or rolled back):
                 // the client's transaction is over, whatever the server's flag says.
                 let status = status - StatusFlags::SERVER_STATUS_IN_TRANS;
-                tracing::debug!(parent: self.binding.span(), xid = %branch.xid, branch = branch.branch_id, commit, "XA branch ended");
+                tracing::debug!(parent: &self.binding.branch_span(&branch.xid, branch.branch_id), commit, "XA branch ended");
+                if end == XaEnd::CommitThenAutocommit {
+                    // See `autocommit_beside_held_branch`.
+                    self.deferred_autocommit = true;
+                    return self.answer_ok(status | StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+                }
                 return self.answer_ok(status);
             }
             Err(e) => {
@@ -1176,6 +1197,24 @@ impl Relay<'_> {
         }
         Ok(false)
     }
+}
+
+/// Whether a statement that reads no table by itself (SET, EXPLAIN …) may read one
+/// through a query in it: it names SELECT anywhere (in a literal too, which only costs
+/// a branch opened early).
+fn may_read_a_table(sql: &[u8]) -> bool {
+    sql.windows(6).any(|w| w.eq_ignore_ascii_case(b"select"))
+}
+
+/// How the client ends its open XA branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum XaEnd {
+    /// COMMIT: the branch is prepared.
+    Commit,
+    /// `SET autocommit = 1` with autocommit off: COMMIT, then the SET, run once the
+    /// connection holds no prepared branch.
+    CommitThenAutocommit,
+    Rollback,
 }
 
 /// A statement a connection holding prepared XA branches takes at once, where every
