@@ -321,7 +321,7 @@ impl Relay<'_> {
                 }
             }
             Some(Analysis::LockingRead(None)) => Ok(self.refuse(Error::Unsupported {
-                what: "SELECT … FOR UPDATE over several tables inside a global transaction",
+                what: "SELECT … FOR UPDATE over a join or a derived table inside a global transaction (lock the rows of one table, choosing them with a subquery: WHERE id IN (SELECT …))",
             })),
             Some(Analysis::Other) => {
                 self.branch.forget_all_after();

@@ -142,7 +142,7 @@ impl Relay<'_> {
                 }
                 Analysis::LockingRead(None) if tag == frontend::BIND => {
                     return Ok(Extended::RefuseBind(refusal(Error::Unsupported {
-                        what: "SELECT … FOR UPDATE over several tables inside a global transaction",
+                        what: "SELECT … FOR UPDATE over a join or a derived table inside a global transaction (lock the rows of one table, choosing them with a subquery: WHERE id IN (SELECT …))",
                     })));
                 }
                 _ => return Ok(Extended::NotAWrite),

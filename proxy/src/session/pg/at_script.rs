@@ -69,9 +69,9 @@ impl Relay<'_> {
                     Some("COMMIT AND CHAIN in a multi-statement query (send it alone)")
                 }
                 Analysis::Rollback => Some("ROLLBACK in a multi-statement query"),
-                Analysis::LockingRead(None) => {
-                    Some("SELECT … FOR UPDATE over several tables inside a global transaction")
-                }
+                Analysis::LockingRead(None) => Some(
+                    "SELECT … FOR UPDATE over a join or a derived table inside a global transaction (lock the rows of one table, choosing them with a subquery: WHERE id IN (SELECT …))",
+                ),
                 _ => None,
             };
             if let Some(what) = refused {

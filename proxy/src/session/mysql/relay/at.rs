@@ -464,7 +464,7 @@ impl Relay<'_> {
             }
             Analysis::Commit => self.at_commit(text).await,
             Analysis::LockingRead(None) => self.refuse(Error::Unsupported {
-                what: "SELECT … FOR UPDATE or LOCK IN SHARE MODE over several tables in a global transaction",
+                what: "SELECT … FOR UPDATE or LOCK IN SHARE MODE over a join or a derived table in a global transaction (lock the rows of one table, choosing them with a subquery: WHERE id IN (SELECT …))",
             }),
             Analysis::LockingRead(Some(read)) => self.at_locking_read(&read, source).await,
             Analysis::Write(write) => self.at_write(&write, source).await,
