@@ -5,6 +5,7 @@
 //! a client can only cancel its own sessions' queries. Invariant: a key is in the map
 //! exactly while its session's registration guard lives.
 
+use crate::upstream::BackendWatch;
 use crate::wire::pg::messages::startup::CancelKey;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,12 +84,14 @@ impl Interrupt {
 /// What ends a statement's waits of tandem's own for a global lock before their own
 /// bound: the client's cancel since the statement began (`mark`), and the statement's
 /// own time limit (MariaDB's `SET STATEMENT max_statement_time = … FOR`), both of which
-/// end a wait in the server too.
-#[derive(Clone, Debug)]
+/// end a wait in the server too; and, while the backend is idle, its closing the
+/// connection (`backend`), after which the statement could never run.
+#[derive(Clone)]
 pub struct WaitsEnd {
     pub interrupt: Interrupt,
     pub mark: u64,
     pub deadline: Option<std::time::Instant>,
+    pub backend: Option<Arc<BackendWatch>>,
 }
 
 impl WaitsEnd {
@@ -98,7 +101,13 @@ impl WaitsEnd {
             interrupt: interrupt.clone(),
             mark,
             deadline: None,
+            backend: None,
         }
+    }
+
+    /// The same, ended also when the idle backend closes the connection.
+    pub fn watching(self, backend: Option<Arc<BackendWatch>>) -> Self {
+        WaitsEnd { backend, ..self }
     }
 
     /// Sleeps for `pause`, or less if the deadline comes first; the statement's error
@@ -110,7 +119,13 @@ impl WaitsEnd {
             }
             None => pause,
         };
-        if !self.interrupt.pause(self.mark, pause).await {
+        let paused = tokio::select! {
+            paused = self.interrupt.pause(self.mark, pause) => paused,
+            () = backend_closing(self.backend.as_deref()) => {
+                return Err(crate::error::Error::UpstreamClosed);
+            }
+        };
+        if !paused {
             return Err(crate::error::Error::Cancelled);
         }
         if self.out_of_time() {
@@ -136,16 +151,27 @@ impl WaitsEnd {
         tokio::select! {
             () = self.interrupt.cancelled_since(self.mark) => {}
             () = deadline => {}
+            () = backend_closing(self.backend.as_deref()) => {}
         }
     }
 
     /// Why a wait that [`WaitsEnd::ended`] stopped ended.
     pub fn why(&self) -> crate::error::Error {
-        if self.out_of_time() {
+        if self.backend.as_ref().is_some_and(|b| b.closed()) {
+            crate::error::Error::UpstreamClosed
+        } else if self.out_of_time() {
             crate::error::Error::StatementTimeout
         } else {
             crate::error::Error::Cancelled
         }
+    }
+}
+
+/// Resolves once `backend` is closing; never without one.
+async fn backend_closing(backend: Option<&BackendWatch>) {
+    match backend {
+        Some(backend) => backend.closing().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -55,7 +55,64 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<ServerStream> {
     Ok(ServerStream::Tcp(stream))
 }
 
+/// A second handle on a backend connection's socket that only peeks, for tandem's own
+/// waits while the backend is idle (a global lock the statement waits for before it is
+/// sent): a backend that speaks then is closing the connection (a KILL CONNECTION,
+/// `pg_terminate_backend`, a shutdown), and the wait ends at once instead of running
+/// to its bound.
+pub struct BackendWatch {
+    socket: TcpStream,
+    /// The first byte of the message an idle backend sends as it closes the connection
+    /// (PostgreSQL's ErrorResponse), beside messages it sends anyway (a notification);
+    /// None where an idle backend sends nothing else (MySQL).
+    closing: Option<u8>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl BackendWatch {
+    /// Resolves once the idle backend is closing the connection. Pending for ever once
+    /// it has sent something else, which the relay passes on after the wait.
+    pub async fn closing(&self) {
+        let mut first = [0u8; 1];
+        let closing = match self.socket.peek(&mut first).await {
+            Ok(0) | Err(_) => true,
+            Ok(_) => self.closing.is_none_or(|closing| first[0] == closing),
+        };
+        if !closing {
+            return std::future::pending().await;
+        }
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`BackendWatch::closing`] has seen the backend closing.
+    pub fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl ServerStream {
+    /// A watch on this connection (see [`BackendWatch`]); `closing` as there. None over
+    /// a unix socket, which tokio cannot peek at.
+    pub fn watch(&self, closing: Option<u8>) -> Option<BackendWatch> {
+        match self {
+            #[cfg(unix)]
+            ServerStream::Tcp(s) => {
+                use std::os::fd::AsFd;
+                let fd = s.as_fd().try_clone_to_owned().ok()?;
+                let socket = std::net::TcpStream::from(fd);
+                // The duplicate shares the original's flags: non-blocking already.
+                let socket = TcpStream::from_std(socket).ok()?;
+                Some(BackendWatch {
+                    socket,
+                    closing,
+                    closed: std::sync::atomic::AtomicBool::new(false),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Writes all of `bytes` while reading what the server sends meanwhile into
     /// `received`. The server answers a flight of statements one by one: once nobody
     /// reads its reply to an earlier one (a before image of a large row), it blocks on

@@ -163,6 +163,8 @@ pub struct Relay<'a> {
     pub(super) deferred_autocommit: bool,
     /// Writes outside a global transaction let through unchecked and not yet over.
     pub(super) unchecked: crate::session::outside::UncheckedGuards,
+    /// A watch on the backend connection for waits while it is idle, made at the first.
+    backend_watch: std::sync::OnceLock<Option<std::sync::Arc<crate::upstream::BackendWatch>>>,
 }
 
 impl<'a> Relay<'a> {
@@ -238,6 +240,7 @@ impl<'a> Relay<'a> {
             prepared: std::collections::HashMap::new(),
             pending_prepares: std::collections::VecDeque::new(),
             unchecked: crate::session::outside::UncheckedGuards::default(),
+            backend_watch: std::sync::OnceLock::new(),
         }
     }
 
@@ -321,7 +324,18 @@ impl<'a> Relay<'a> {
             interrupt: self.interrupt.clone(),
             mark: self.cancels_seen,
             deadline: self.statement_deadline,
+            backend: None,
         }
+    }
+
+    /// As [`Relay::waits_end`], for a wait while the backend is idle (nothing of the
+    /// session's is in flight on it): anything the server sends then says why it is
+    /// closing the connection (a KILL CONNECTION, a shutdown), which ends the wait.
+    pub(super) fn waits_end_while_idle(&self) -> crate::cancel::WaitsEnd {
+        let watch = self
+            .backend_watch
+            .get_or_init(|| self.server.watch(None).map(std::sync::Arc::new));
+        self.waits_end().watching(watch.clone())
     }
 
     pub(super) fn client_failed(&mut self, e: std::io::Error) -> Error {

@@ -1113,8 +1113,12 @@ impl Relay<'_> {
             .map(|key| crate::at::branch::lock_key(&resource, &meta, key))
             .collect();
         let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
-        let ends = crate::cancel::WaitsEnd::on_cancel(&self.interrupt, self.cancels_seen);
-        crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, &ends).await
+        let ends = self.waits_end_while_idle();
+        let waited = crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, &ends).await;
+        if let Err(e) = &waited {
+            self.on_wait_ended(e).await;
+        }
+        waited
     }
 
     /// ReadyForQuery after a branch's COMMIT failed but left its block open (an error
@@ -1314,6 +1318,9 @@ impl Relay<'_> {
         let resource = self.resource.clone();
         let (record, keys) = std::mem::take(&mut self.branch).finish(&resource);
         self.ctx.phase2.serve(&resource);
+        // A cancel, or the backend's closing (it is idle meanwhile), withdraws the
+        // registration.
+        let ends = self.waits_end_while_idle();
         let registered = self
             .ctx
             .lock
@@ -1323,12 +1330,16 @@ impl Relay<'_> {
                 BranchKind::AT,
                 &keys,
                 self.ctx.lock_wait,
-                self.interrupt.cancelled_since(self.cancels_seen),
+                ends.ended(),
             )
             .await;
-        let branch_id = registered
-            .inspect_err(|e| self.binding.on_registration_refused(e))?
-            .ok_or(Error::Cancelled)?;
+        let Some(branch_id) =
+            registered.inspect_err(|e| self.binding.on_registration_refused(e))?
+        else {
+            let e = ends.why();
+            self.on_wait_ended(&e).await;
+            return Err(e);
+        };
         tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), "branch registered");
         Ok(Some(UndoRow {
             id: crate::at::undo_row_id(xid.as_str(), branch_id).to_be_bytes(),

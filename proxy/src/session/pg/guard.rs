@@ -297,8 +297,9 @@ impl Relay<'_> {
                     rolling_back: gives_way,
                 });
             }
-            if !self.interrupt.pause(self.cancels_seen, RECHECK).await {
-                return Some(Error::Cancelled);
+            if let Err(e) = self.waits_end_while_idle().pause(RECHECK).await {
+                self.on_wait_ended(&e).await;
+                return Some(e);
             }
         }
     }
@@ -916,10 +917,13 @@ impl Relay<'_> {
                 &self.resource,
                 &names,
                 waits.then_some(deadline),
-                &crate::cancel::WaitsEnd::on_cancel(&self.interrupt, self.cancels_seen),
+                &self.waits_end_while_idle(),
                 &mut self.unchecked,
             )
             .await;
+        if let TablesGuarded::Ended(e) = &guarded {
+            self.on_wait_ended(e).await;
+        }
         if matches!(guarded, TablesGuarded::LockserverDown(_)) && self.binding.xid().is_none() {
             self.unchecked_outside_write();
             // The rest of the batch goes the same way (see `UncheckedGuards`).
@@ -1193,14 +1197,15 @@ impl Relay<'_> {
                 if check_in == CheckIn::EmptyOwnBlock && statements.len() == 1 {
                     statements.insert(0, ("BEGIN", &[], &[]));
                 }
-                if self.interrupt.pause(self.cancels_seen, RECHECK).await {
+                let Err(e) = self.waits_end_while_idle().pause(RECHECK).await else {
                     continue;
-                }
+                };
+                self.on_wait_ended(&e).await;
                 if check_in == CheckIn::EmptyOwnBlock {
                     // Refused as when it does not wait: in tandem's block, which it fails.
                     self.exchange_required("BEGIN").await?;
                 }
-                return refused(Error::Cancelled, open);
+                return refused(e, open);
             }
             // tandem's own block is still open here, as its caller left it (the refusal
             // fails it): it is ended only to wait, and each wait begins it again.

@@ -222,6 +222,8 @@ struct Relay<'a> {
     resource: String,
     /// Writes outside a global transaction let through unchecked and not yet over.
     unchecked: crate::session::outside::UncheckedGuards,
+    /// A watch on the backend connection for waits while it is idle, made at the first.
+    backend_watch: std::sync::OnceLock<Option<std::sync::Arc<crate::upstream::BackendWatch>>>,
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     /// The settings that change how the server prints a key (`at::KEY_SETTINGS`), as
@@ -341,6 +343,7 @@ impl<'a> Relay<'a> {
             resource: crate::at::resource_id(&ctx.server, &database),
             database,
             unchecked: crate::session::outside::UncheckedGuards::default(),
+            backend_watch: std::sync::OnceLock::new(),
             branch: at_branch::Branch::default(),
             branch_settings: Vec::new(),
             write_in_flight: None,
@@ -365,6 +368,28 @@ impl<'a> Relay<'a> {
             describe_reply: None,
             resolved_tables: std::collections::HashMap::new(),
             resolutions_end_with_transaction: false,
+        }
+    }
+
+    /// What ends a wait of tandem's own while the backend is idle (the statement waits
+    /// for a global lock before it is sent): the client's cancel, or the backend's
+    /// FATAL ErrorResponse as it closes the connection (`pg_terminate_backend`, a
+    /// shutdown), which the relay then passes on.
+    fn waits_end_while_idle(&self) -> crate::cancel::WaitsEnd {
+        let watch = self.backend_watch.get_or_init(|| {
+            self.server
+                .watch(Some(crate::wire::pg::codes::backend::ERROR_RESPONSE))
+                .map(std::sync::Arc::new)
+        });
+        crate::cancel::WaitsEnd::on_cancel(&self.interrupt, self.cancels_seen)
+            .watching(watch.clone())
+    }
+
+    /// A wait of tandem's that the backend's closing ended: its FATAL goes on to the
+    /// client, in the server's words (the session's own report then adds nothing).
+    async fn on_wait_ended(&mut self, e: &Error) {
+        if matches!(e, Error::UpstreamClosed) {
+            self.backend_ended_unasked().await;
         }
     }
 

@@ -349,6 +349,85 @@ async fn kill_query_ends_tandems_own_waits_for_global_locks() {
     lockserver.stop().await;
 }
 
+/// A new session of `held` runs `setup`, then sends `sql`, which waits for the held
+/// row in tandem; meanwhile its backend connection is killed on the server directly
+/// (an operator's KILL CONNECTION, a restart). The statement must fail at once, not
+/// at its wait's end (20 s), and the session ends.
+async fn backend_killed_while_waiting(held: &mut Held, setup: &[&str], sql: &'static str) {
+    let mut victim = my::connect(&held.tandem, &held.db.name).await;
+    for statement in setup {
+        victim.query_drop(*statement).await.unwrap();
+    }
+    let backend: Option<u64> = victim.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let result = victim.query_drop(sql).await;
+        (victim, result)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "{sql}: waits for the global lock");
+    held.direct
+        .query_drop(format!("KILL CONNECTION {}", backend.unwrap()))
+        .await
+        .unwrap();
+    let (mut victim, result) = waiting.await.unwrap();
+    assert!(result.is_err(), "{sql}: {result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{sql}: ended when its backend went, not after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        victim.query_drop("SELECT 1").await.is_err(),
+        "{sql}: the session ended with its backend"
+    );
+}
+
+/// A session whose backend connection is killed while it waits in tandem for a global
+/// lock (the backend idle meanwhile) hears of it at once: a locking read's check in a
+/// global transaction, and a write outside one, checked by its rows or judged by its
+/// table. Before, each waited out `lock_wait_ms`, then got 1205 on a dead connection,
+/// which invites a retry.
+#[tokio::test]
+async fn a_backend_killed_during_tandems_wait_ends_the_wait() {
+    let mut held = row_one_held("kill_backend").await;
+    backend_killed_while_waiting(
+        &mut held,
+        &["SELECT tandem_begin(60000)", "START TRANSACTION"],
+        "SELECT * FROM accounts WHERE id = 1 FOR UPDATE",
+    )
+    .await;
+    backend_killed_while_waiting(
+        &mut held,
+        &[],
+        "UPDATE accounts SET balance = 8 WHERE id = 1",
+    )
+    .await;
+    backend_killed_while_waiting(
+        &mut held,
+        &[],
+        "SELECT 1; UPDATE accounts SET balance = 9 WHERE id = 2",
+    )
+    .await;
+    let Held {
+        mut direct,
+        before,
+        lockserver,
+        tandem,
+        mut holder,
+        ..
+    } = held;
+    super::at_mode::rolled_back(&mut holder).await;
+    assert_eq!(
+        super::at_mode::dump(&mut direct, "accounts").await,
+        before,
+        "nothing of the killed statements stayed; the holder's write undone"
+    );
+    drop(holder);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// MariaDB's per-statement time limit (`SET STATEMENT max_statement_time = s FOR …`,
 /// how Connector/J sends a query timeout to MariaDB) ends tandem's own waits for a
 /// global lock as it ends the server's: 1969 after about `s`, not the lock error after

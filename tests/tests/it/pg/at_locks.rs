@@ -998,6 +998,85 @@ async fn begun_in_a_block(
     (client, xid, pid)
 }
 
+/// A session whose backend is terminated while it waits in tandem for a global lock
+/// (the backend idle meanwhile) hears of it at once, in the server's words (57P01):
+/// a locking read's check and a branch's registration at COMMIT in a global
+/// transaction, and a write outside one, checked by its rows or judged by its table.
+/// Before, each waited out `lock_wait_ms` first.
+#[tokio::test]
+async fn a_backend_terminated_during_tandems_wait_ends_the_wait() {
+    let orders = prepare("at_terminated_wait").await;
+    let direct = orders.direct().await;
+    let before = dump(&direct).await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_with(|c| {
+        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
+        c.lockserver.lock_wait_ms = 20_000;
+    })
+    .await;
+    let holder = tandem.connect(&orders.name).await;
+    one(&holder, "SELECT tandem_begin(60000)").await.unwrap();
+    holder
+        .batch_execute("UPDATE accounts SET balance = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&[], "UPDATE accounts SET balance = 8 WHERE id = 1"),
+        (&[], "TRUNCATE accounts"),
+        (
+            &["SELECT tandem_begin(60000)", "BEGIN"],
+            "SELECT * FROM accounts WHERE id = 1 FOR UPDATE",
+        ),
+        (
+            &[
+                "SELECT tandem_begin(60000)",
+                "BEGIN",
+                "UPDATE accounts SET balance = 9 WHERE id = 1",
+            ],
+            "COMMIT",
+        ),
+    ];
+    for (setup, sql) in cases {
+        let waiter = tandem.connect(&orders.name).await;
+        for statement in setup {
+            waiter.simple_query(statement).await.unwrap();
+        }
+        let pid: i32 = waiter
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let started = std::time::Instant::now();
+        let waiting = tokio::spawn(async move {
+            let result = waiter.batch_execute(sql).await;
+            (waiter, result)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "{sql}: waits for the global lock");
+        direct
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        let (waiter, result) = waiting.await.unwrap();
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{sql}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{sql}: ended when its backend went, not after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            waiter.batch_execute("SELECT 1").await.is_err(),
+            "{sql}: the session ended with its backend"
+        );
+    }
+    rolled_back(&holder).await;
+    assert_eq!(dump(&direct).await, before);
+    assert_eq!(undo_rows(&direct).await, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// A client's cancel (JDBC's query timeout, psycopg's `cancel()`) ends tandem's own
 /// wait for a global lock, as it ends a wait for a row lock in PostgreSQL: 57014 at
 /// once, not the lock error when `lock_wait_ms` runs out. While tandem waits the

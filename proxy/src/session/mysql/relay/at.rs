@@ -1631,7 +1631,7 @@ impl Relay<'_> {
             Err(e) => return self.refuse(e),
         };
         let wait = crate::at::read_lock_wait(read, self.ctx.lock_wait);
-        let ends = self.waits_end();
+        let ends = self.waits_end_while_idle();
         match crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, &ends).await {
             Ok(()) => Ok(Handled::Relay),
             Err(e) => self.refuse(e),

@@ -339,7 +339,7 @@ impl Relay<'_> {
                 &scope,
                 &names,
                 waits.then_some(deadline),
-                &self.waits_end(),
+                &self.waits_end_while_idle(),
                 &mut self.unchecked,
             )
             .await;
@@ -961,7 +961,7 @@ impl Relay<'_> {
     /// the statement's own time limit ran out, as either ends the server's own lock
     /// wait.
     async fn pause_for_holder(&self) -> Result<()> {
-        self.waits_end().pause(RECHECK).await
+        self.waits_end_while_idle().pause(RECHECK).await
     }
 
     /// Answers a write tandem ran, once the transaction or savepoint tandem ran it in
