@@ -202,7 +202,7 @@ impl Relay<'_> {
                 let mut out = BytesMut::new();
                 match outcome {
                     Ok(()) => put_command_complete(&mut out, "COMMIT"),
-                    Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+                    Err(failure) => failure.put(&mut out),
                 }
                 put_ready_for_query(&mut out, TxStatus::Idle);
                 self.phase = super::Phase::Ready(TxStatus::Idle);
@@ -359,7 +359,7 @@ impl Relay<'_> {
         }
         match outcome {
             Ok(()) => put_command_complete(&mut out, "COMMIT"),
-            Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+            Err(failure) => failure.put(&mut out),
         }
         put_ready_for_query(&mut out, TxStatus::Idle);
         self.answered(&out, batch.len).await
@@ -392,7 +392,7 @@ impl Relay<'_> {
         } else if status == TxStatus::InTransaction {
             match self.prepare_xa_branch().await? {
                 Ok(()) => out.extend_from_slice(held_complete.as_deref().unwrap_or_default()),
-                Err((code, message)) => put_error(&mut out, Severity::Error, &code, &message),
+                Err(failure) => failure.put(&mut out),
             }
         } else {
             // The statement failed (the client has its error): nothing to prepare.
@@ -408,13 +408,12 @@ impl Relay<'_> {
 
     /// Registers the branch and prepares the local transaction under its id. Either
     /// way the local transaction is over afterwards. `Ok(Err(..))` is the error the
-    /// client gets for its COMMIT (SQLSTATE and message).
-    async fn prepare_xa_branch(&mut self) -> Result<std::result::Result<(), (String, String)>> {
+    /// client gets for its COMMIT.
+    async fn prepare_xa_branch(&mut self) -> Result<std::result::Result<(), CommitFailure>> {
         self.xa = XaBranch::None;
         let Some(xid) = self.binding.xid().cloned() else {
             self.roll_back_local().await?;
-            let e = Error::NotBound;
-            return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
+            return Ok(Err(CommitFailure::of(&Error::NotBound)));
         };
         let resource = self.resource.clone();
         self.ctx.phase2.serve(&resource);
@@ -428,8 +427,7 @@ impl Relay<'_> {
             Err(e) => {
                 self.binding.on_registration_refused(&e);
                 self.roll_back_local().await?;
-                let e = Error::from(e);
-                return Ok(Err((e.sqlstate().code().to_owned(), e.to_string())));
+                return Ok(Err(CommitFailure::of(&Error::from(e))));
             }
         };
         let gid = crate::xa::gid(&xid, branch_id);
@@ -471,14 +469,42 @@ impl Relay<'_> {
                         .unwrap_or(tandem_lockserver::Error::ShuttingDown),
                 );
                 tracing::warn!(parent: &self.binding.branch_span(&xid, branch_id), error = %e, "phase-1 report failed");
-                Ok(Err((e.sqlstate().code().to_owned(), e.to_string())))
+                Ok(Err(CommitFailure::of(&e)))
             }
             None => {
                 tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), %gid, "XA branch prepared");
                 Ok(Ok(()))
             }
-            // A failed PREPARE TRANSACTION rolls the transaction back.
-            Some(e) => Ok(Err((e.code, e.message))),
+            // A failed PREPARE TRANSACTION rolls the transaction back. The client gets
+            // the server's error whole: a deferred constraint names itself in it, as
+            // the COMMIT would have, for ORMs that map errors by constraint.
+            Some(e) => Ok(Err(match prepared.error_response {
+                Some(whole) => CommitFailure::Server(whole),
+                None => CommitFailure::Tandem(e.code, e.message),
+            })),
+        }
+    }
+}
+
+/// Why a branch's COMMIT failed, as the client gets it.
+enum CommitFailure {
+    /// The server's own ErrorResponse, whole (DETAIL, constraint, table and all).
+    Server(Vec<u8>),
+    /// tandem's: SQLSTATE and message.
+    Tandem(String, String),
+}
+
+impl CommitFailure {
+    fn of(e: &Error) -> Self {
+        CommitFailure::Tandem(e.sqlstate().code().to_owned(), e.to_string())
+    }
+
+    fn put(&self, out: &mut BytesMut) {
+        match self {
+            CommitFailure::Server(whole) => out.extend_from_slice(whole),
+            CommitFailure::Tandem(code, message) => {
+                put_error(out, Severity::Error, code, message);
+            }
         }
     }
 }

@@ -164,6 +164,52 @@ async fn a_pool_reset_ends_the_mode_the_session_chose() {
     lockserver.stop().await;
 }
 
+/// A branch whose PREPARE TRANSACTION fails (a deferred unique key, checked then)
+/// answers its COMMIT with the server's error whole, as the COMMIT itself would have:
+/// SQLSTATE, DETAIL and the constraint's name, which ORMs map errors by. Nothing is
+/// prepared, and the global transaction rolls back.
+#[tokio::test]
+async fn a_failed_prepare_answers_with_the_servers_whole_error() {
+    let orders = prepare("xa_prepare_fails").await;
+    let direct = orders.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE deferred_u (id int PRIMARY KEY, u int, \
+             CONSTRAINT deferred_u_key UNIQUE (u) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .unwrap();
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = Tandem::start_for(&lockserver).await;
+    let a = tandem.connect(&orders.name).await;
+    one(&a, "SELECT tandem_mode('xa')").await.unwrap();
+    one(&a, "SELECT tandem_begin(30000)").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("INSERT INTO deferred_u VALUES (1, 2), (2, 2)")
+        .await
+        .unwrap();
+    let err = a.batch_execute("COMMIT").await.unwrap_err();
+    let db_error = err.as_db_error().expect("the server's error");
+    assert_eq!(db_error.code(), &SqlState::UNIQUE_VIOLATION, "{err}");
+    assert_eq!(db_error.constraint(), Some("deferred_u_key"));
+    assert_eq!(db_error.table(), Some("deferred_u"));
+    assert!(
+        db_error.detail().is_some_and(|d| d.contains("(u)=(2)")),
+        "{:?}",
+        db_error.detail()
+    );
+    assert_eq!(tandem_prepared(&direct).await, Vec::<String>::new());
+    rolled_back(&a).await;
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM deferred_u", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 #[tokio::test]
 async fn a_global_transaction_can_mix_at_and_xa_branches() {
     let (at_db, xa_db) = (prepare("mix_at").await, prepare("mix_xa").await);
