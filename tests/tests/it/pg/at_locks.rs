@@ -2,7 +2,7 @@
 //! dirty writes, and transactions abandoned by their client.
 
 use super::at_mode::{balance, dump, one, prepare, rollback_begun, rolled_back, undo_rows};
-use tandem_tests::harness::{Tandem, eventually};
+use tandem_tests::harness::{Tandem, TestDb, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
 use tokio_postgres::error::SqlState;
 
@@ -998,14 +998,19 @@ async fn begun_in_a_block(
     (client, xid, pid)
 }
 
-/// A session whose backend is terminated while it waits in tandem for a global lock
-/// (the backend idle meanwhile) hears of it at once, in the server's words (57P01):
-/// a locking read's check and a branch's registration at COMMIT in a global
-/// transaction, and a write outside one, checked by its rows or judged by its table.
-/// Before, each waited out `lock_wait_ms` first.
-#[tokio::test]
-async fn a_backend_terminated_during_tandems_wait_ends_the_wait() {
-    let orders = prepare("at_terminated_wait").await;
+/// A global transaction holding row 1 of `accounts` (its balance 7) through a tandem
+/// whose waits for global locks last 20 s, with the rows as they were before.
+struct HeldRow {
+    orders: TestDb,
+    direct: tokio_postgres::Client,
+    before: Vec<String>,
+    lockserver: TestLockserver,
+    tandem: Tandem,
+    holder: tokio_postgres::Client,
+}
+
+async fn row_one_held(label: &str) -> HeldRow {
+    let orders = prepare(label).await;
     let direct = orders.direct().await;
     let before = dump(&direct).await;
     let lockserver = TestLockserver::start(Kind::Embedded).await;
@@ -1020,6 +1025,31 @@ async fn a_backend_terminated_during_tandems_wait_ends_the_wait() {
         .batch_execute("UPDATE accounts SET balance = 7 WHERE id = 1")
         .await
         .unwrap();
+    HeldRow {
+        orders,
+        direct,
+        before,
+        lockserver,
+        tandem,
+        holder,
+    }
+}
+
+/// A session whose backend is terminated while it waits in tandem for a global lock
+/// (the backend idle meanwhile) hears of it at once, in the server's words (57P01):
+/// a locking read's check and a branch's registration at COMMIT in a global
+/// transaction, and a write outside one, checked by its rows or judged by its table.
+/// Before, each waited out `lock_wait_ms` first.
+#[tokio::test]
+async fn a_backend_terminated_during_tandems_wait_ends_the_wait() {
+    let HeldRow {
+        orders,
+        direct,
+        before,
+        lockserver,
+        tandem,
+        holder,
+    } = row_one_held("at_terminated_wait").await;
     let cases: [(&[&str], &str); 4] = [
         (&[], "UPDATE accounts SET balance = 8 WHERE id = 1"),
         (&[], "TRUNCATE accounts"),
@@ -1086,21 +1116,14 @@ async fn a_backend_terminated_during_tandems_wait_ends_the_wait() {
 /// transaction is rolled back, leaving nothing held.
 #[tokio::test]
 async fn a_cancel_ends_a_wait_for_a_global_lock() {
-    let orders = prepare("at_cancel_wait").await;
-    let direct = orders.direct().await;
-    let before = dump(&direct).await;
-    let lockserver = TestLockserver::start(Kind::Embedded).await;
-    let tandem = Tandem::start_with(|c| {
-        c.lockserver.endpoint = format!("http://{}", lockserver.grpc);
-        c.lockserver.lock_wait_ms = 20_000;
-    })
-    .await;
-    let holder = tandem.connect(&orders.name).await;
-    one(&holder, "SELECT tandem_begin(60000)").await.unwrap();
-    holder
-        .batch_execute("UPDATE accounts SET balance = 7 WHERE id = 1")
-        .await
-        .unwrap();
+    let HeldRow {
+        orders,
+        direct,
+        before,
+        lockserver,
+        tandem,
+        holder,
+    } = row_one_held("at_cancel_wait").await;
     let waiter = tandem.connect(&orders.name).await;
     let token = waiter.cancel_token();
     let cancel_soon = || {
