@@ -1377,6 +1377,43 @@ async fn autocommit_and_an_empty_rollback_after_an_xa_commit_are_answered_ok() {
     lockserver.stop().await;
 }
 
+/// In XA mode an autocommit write of a session still bound to a global transaction
+/// that ended elsewhere gets 1399, as its START TRANSACTION would, naming the
+/// transaction's end; while the transaction is open it gets 1235, which says to start a
+/// transaction. Neither runs.
+#[tokio::test]
+async fn an_autocommit_write_of_a_session_bound_to_an_ended_transaction_says_so() {
+    let _server = XA_SERVER.lock().await;
+    let db = bank("xa_bound_ended").await;
+    let lockserver = TestLockserver::start(Kind::Embedded).await;
+    let tandem = start(&lockserver).await;
+    let mut direct = db.direct().await;
+    let mut a = my::connect(&tandem, &db.name).await;
+    let mut b = my::connect(&tandem, &db.name).await;
+    let xid = text(&mut a, "SELECT tandem_begin(30000)")
+        .await
+        .unwrap()
+        .unwrap();
+    text(&mut b, "SELECT tandem_mode('xa')").await.unwrap();
+    text(&mut b, &format!("SELECT tandem_join('{xid}')"))
+        .await
+        .unwrap();
+    let write = "UPDATE accounts SET balance = 1 WHERE id = 1";
+    let e = b.query_drop(write).await.unwrap_err();
+    assert_eq!(code(&e), 1235, "{e}");
+    rolled_back(&mut a).await;
+    let e = b.query_drop(write).await.unwrap_err();
+    assert_eq!(code(&e), 1399, "{e}");
+    assert!(e.to_string().contains("Rollbacked"), "{e}");
+    assert_eq!(
+        balances(&mut direct).await,
+        [(1, 1000), (2, 1000), (3, 1000)]
+    );
+    drop((a, b));
+    tandem.shutdown().await;
+    lockserver.stop().await;
+}
+
 /// `SET autocommit = 1` inside an open XA branch with autocommit off (JDBC's
 /// `setAutoCommit(true)` in the middle of a transaction) commits the transaction, as
 /// on the server: the branch is prepared, autocommit is on once the branch is finished,

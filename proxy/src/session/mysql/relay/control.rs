@@ -553,11 +553,15 @@ impl Relay<'_> {
                     handled => Ok(Some(handled)),
                 }
             }
-            Kind::Work if self.xa.is_none() => self
-                .refuse(Error::Unsupported {
-                    what: "a write outside START TRANSACTION … COMMIT in XA mode on MySQL (start the transaction inside the global one, or turn autocommit off)",
-                })
-                .map(Some),
+            Kind::Work if self.xa.is_none() => {
+                let e = match self.bound_transaction_over().await {
+                    Some(over) => over,
+                    None => Error::Unsupported {
+                        what: "a write outside START TRANSACTION … COMMIT in XA mode on MySQL (start the transaction inside the global one, or turn autocommit off)",
+                    },
+                };
+                self.refuse(e).map(Some)
+            }
             // Inside the branch: its rows must not be ones an AT-mode global
             // transaction holds, whose rollback would then stop at them. Checked as a
             // write outside a global transaction is, inside the client's transaction.
@@ -991,6 +995,24 @@ impl Relay<'_> {
                 put_err(&mut self.to_client, 1, e.code, &e.sqlstate, &e.message);
                 Ok(Handled::Answer)
             }
+        }
+    }
+
+    /// The error for a session still bound to a global transaction that has ended
+    /// (decided or timed out elsewhere), as a START TRANSACTION there gets (1399); None
+    /// while it is open, or when the lockserver cannot say. Asked only on the way to a
+    /// refusal, whose advice (start a transaction) would not help such a session.
+    async fn bound_transaction_over(&self) -> Option<Error> {
+        let xid = self.binding.xid()?;
+        match self.ctx.lock.status(xid).await {
+            Ok(status) if status != tandem_lockserver::client::GlobalStatus::Begin => {
+                Some(Error::NotJoinable {
+                    xid: xid.to_string(),
+                    status: status.as_str().to_owned(),
+                })
+            }
+            Err(e) if e.transaction_is_over() => Some(e.into()),
+            _ => None,
         }
     }
 
