@@ -1116,7 +1116,7 @@ impl Relay<'_> {
         let ends = self.waits_end_while_idle();
         let waited = crate::at::wait_for_read_locks(&self.ctx.lock, &keys, &xid, wait, &ends).await;
         if let Err(e) = &waited {
-            self.on_wait_ended(e).await;
+            self.on_wait_ended(e).await?;
         }
         waited
     }
@@ -1337,7 +1337,7 @@ impl Relay<'_> {
             registered.inspect_err(|e| self.binding.on_registration_refused(e))?
         else {
             let e = ends.why();
-            self.on_wait_ended(&e).await;
+            self.on_wait_ended(&e).await?;
             return Err(e);
         };
         tracing::debug!(parent: &self.binding.branch_span(&xid, branch_id), "branch registered");

@@ -243,7 +243,7 @@ impl Relay<'_> {
             .map(|row| lock_key(&self.resource, &w.meta, &w.meta.key_of(row)));
         let keys: Vec<_> = returned.chain(w.inserted_keys.iter().cloned()).collect();
         let deadline = Instant::now() + self.ctx.lock_wait;
-        if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline, true).await {
+        if let Some(e) = self.wait_until_free(&w.meta, &keys, deadline, true).await? {
             let refused = (e.sqlstate().code().to_owned(), e.to_string());
             if w.implicit {
                 self.roll_back_local().await?;
@@ -278,28 +278,28 @@ impl Relay<'_> {
         keys: &[LockKey],
         deadline: Instant,
         rows_locked: bool,
-    ) -> Option<Error> {
+    ) -> Result<Option<Error>> {
         if self.skips_checks() {
-            return None;
+            return Ok(None);
         }
         let waits = self.ctx.outside.waits();
         loop {
             let held = match self.held(keys).await {
                 Ok(Some(held)) => held,
-                Ok(None) => return None,
-                Err(e) => return Some(e),
+                Ok(None) => return Ok(None),
+                Err(e) => return Ok(Some(e)),
             };
             let gives_way = rows_locked && held.holder_rolling_back;
             if !waits || Instant::now() + RECHECK > deadline || gives_way {
-                return Some(Error::RowGloballyLocked {
+                return Ok(Some(Error::RowGloballyLocked {
                     table: qualified_name(meta),
                     holder: held.holder.to_string(),
                     rolling_back: gives_way,
-                });
+                }));
             }
             if let Err(e) = self.waits_end_while_idle().pause(RECHECK).await {
-                self.on_wait_ended(&e).await;
-                return Some(e);
+                self.on_wait_ended(&e).await?;
+                return Ok(Some(e));
             }
         }
     }
@@ -663,7 +663,7 @@ impl Relay<'_> {
             table: qualified_name(&meta),
             reached,
         };
-        if let ControlFlow::Break(outcome) = self.guard_reached(&cascaded, refusal).await {
+        if let ControlFlow::Break(outcome) = self.guard_reached(&cascaded, refusal).await? {
             return Ok(outcome);
         }
         // A write through a view (or a table's rule) changes other tables' rows, which
@@ -678,7 +678,7 @@ impl Relay<'_> {
             relation: qualified_name(&meta),
             table,
         };
-        if let ControlFlow::Break(outcome) = self.guard_reached(&reached, refusal).await {
+        if let ControlFlow::Break(outcome) = self.guard_reached(&reached, refusal).await? {
             return Ok(outcome);
         }
         if meta.pk.is_empty() {
@@ -790,7 +790,7 @@ impl Relay<'_> {
 
     /// Guards on the tables `changed` names, as written (see `unanalysed_write`).
     async fn guard_changed(&mut self, changed: &[String]) -> Result<RowsToCheck> {
-        Ok(match self.guard_tables(changed, Names::AsWritten).await {
+        Ok(match self.guard_tables(changed, Names::AsWritten).await? {
             TablesGuarded::Yes | TablesGuarded::LockserverDown(_) => RowsToCheck::Unchecked,
             TablesGuarded::Locked(table) => {
                 RowsToCheck::Refused(Error::UncheckedWriteLocked { table })
@@ -863,11 +863,11 @@ impl Relay<'_> {
         &mut self,
         reached: &[String],
         refusal: impl FnOnce(String) -> Error,
-    ) -> ControlFlow<RowsToCheck> {
+    ) -> Result<ControlFlow<RowsToCheck>> {
         if reached.is_empty() {
-            return ControlFlow::Continue(());
+            return Ok(ControlFlow::Continue(()));
         }
-        match self.guard_tables(reached, Names::Tables).await {
+        Ok(match self.guard_tables(reached, Names::Tables).await? {
             TablesGuarded::Yes => ControlFlow::Continue(()),
             // An XA branch's write is refused rather than run unchecked (see `held`).
             TablesGuarded::LockserverDown(e) if self.binding.xid().is_some() => {
@@ -878,13 +878,13 @@ impl Relay<'_> {
                 ControlFlow::Break(RowsToCheck::Refused(refusal(table)))
             }
             TablesGuarded::Ended(e) => ControlFlow::Break(RowsToCheck::Refused(e)),
-        }
+        })
     }
 
     /// Guards on the tables named `names` for a write that may change their rows
     /// unchecked (`OutsideWriteChecks::guard_tables`): it waits, as configured and
     /// outside a transaction block, while one may hold global locks.
-    async fn guard_tables(&mut self, names: &[String], named: Names) -> TablesGuarded {
+    async fn guard_tables(&mut self, names: &[String], named: Names) -> Result<TablesGuarded> {
         // A partition's rows are locked under its root's name, a view's (or a rule's)
         // tables are written through its name, and what foreign-key actions change is
         // changed with what they act on.
@@ -922,14 +922,14 @@ impl Relay<'_> {
             )
             .await;
         if let TablesGuarded::Ended(e) = &guarded {
-            self.on_wait_ended(e).await;
+            self.on_wait_ended(e).await?;
         }
         if matches!(guarded, TablesGuarded::LockserverDown(_)) && self.binding.xid().is_none() {
             self.unchecked_outside_write();
             // The rest of the batch goes the same way (see `UncheckedGuards`).
             self.unchecked.pass_all();
         }
-        guarded
+        Ok(guarded)
     }
 
     /// The tables a write through the relation named `name` (in any schema) changes
@@ -1069,7 +1069,7 @@ impl Relay<'_> {
             // (idle_in_transaction_session_timeout), and opens again for the INSERT.
             self.roll_back_local().await?;
             return Ok(
-                match self.wait_until_free(meta, &keys, deadline, false).await {
+                match self.wait_until_free(meta, &keys, deadline, false).await? {
                     None => {
                         self.exchange_required("BEGIN").await?;
                         Checked::Free(keys)
@@ -1079,7 +1079,7 @@ impl Relay<'_> {
             );
         }
         Ok(
-            match self.wait_until_free(meta, &keys, deadline, false).await {
+            match self.wait_until_free(meta, &keys, deadline, false).await? {
                 None => Checked::Free(keys),
                 Some(e) => Checked::Refused(Refused::of(&e, TxStatus::InTransaction)),
             },
@@ -1172,7 +1172,7 @@ impl Relay<'_> {
                 .collect();
             if check_in == CheckIn::Block {
                 // Its other work keeps the block: the rows stay locked while waiting.
-                return match self.wait_until_free(meta, &keys, deadline, true).await {
+                return match self.wait_until_free(meta, &keys, deadline, true).await? {
                     None => Ok(None),
                     Some(e) => refused(e, open),
                 };
@@ -1200,7 +1200,7 @@ impl Relay<'_> {
                 let Err(e) = self.waits_end_while_idle().pause(RECHECK).await else {
                     continue;
                 };
-                self.on_wait_ended(&e).await;
+                self.on_wait_ended(&e).await?;
                 if check_in == CheckIn::EmptyOwnBlock {
                     // Refused as when it does not wait: in tandem's block, which it fails.
                     self.exchange_required("BEGIN").await?;

@@ -385,12 +385,18 @@ impl<'a> Relay<'a> {
             .watching(watch.clone())
     }
 
-    /// A wait of tandem's that the backend's closing ended: its FATAL goes on to the
-    /// client, in the server's words (the session's own report then adds nothing).
-    async fn on_wait_ended(&mut self, e: &Error) {
-        if matches!(e, Error::UpstreamClosed) {
-            self.backend_ended_unasked().await;
+    /// A wait of tandem's ended by `e`. If the backend's closing ended it, the session
+    /// ends here (the error): its FATAL goes on to the client, in the server's words,
+    /// and nothing of tandem's follows it (the session's report then adds nothing).
+    async fn on_wait_ended(&mut self, e: &Error) -> Result<()> {
+        if !matches!(e, Error::UpstreamClosed) {
+            return Ok(());
         }
+        if self.backend_ended_unasked().await {
+            // Passed on: it must not go again with what the session ends on.
+            self.from_server.clear();
+        }
+        Err(Error::UpstreamClosed)
     }
 
     async fn run(&mut self) -> Result<()> {

@@ -4,6 +4,7 @@
 use super::at_mode::{balance, dump, one, prepare, rollback_begun, rolled_back, undo_rows};
 use tandem_tests::harness::{Tandem, TestDb, eventually};
 use tandem_tests::lockserver::{Kind, TestLockserver};
+use tandem_tests::raw_pg::{RawPg, reply_tags};
 use tokio_postgres::error::SqlState;
 
 /// A global lock held past the wait bound: the error a client retries (40001 or
@@ -1067,38 +1068,32 @@ async fn a_backend_terminated_during_tandems_wait_ends_the_wait() {
         ),
     ];
     for (setup, sql) in cases {
-        let waiter = tandem.connect(&orders.name).await;
-        for statement in setup {
-            waiter.simple_query(statement).await.unwrap();
-        }
-        let pid: i32 = waiter
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        // A raw client, to see every message tandem sends after the FATAL (none).
+        let mut waiter = RawPg::startup(tandem.pg, "postgres", &orders.name).await;
+        waiter.run_each(setup).await;
+        let replies = waiter.simple("SELECT pg_backend_pid()").await;
+        let pid: i32 = replies
+            .iter()
+            .find(|m| m.tag == b'D')
+            .and_then(|row| std::str::from_utf8(&row.body[6..]).ok()?.parse().ok())
+            .expect("the backend's pid");
         let started = std::time::Instant::now();
-        let waiting = tokio::spawn(async move {
-            let result = waiter.batch_execute(sql).await;
-            (waiter, result)
-        });
+        waiter.query(sql).await;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        assert!(!waiting.is_finished(), "{sql}: waits for the global lock");
         direct
             .execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await
             .unwrap();
-        let (waiter, result) = waiting.await.unwrap();
-        let err = result.unwrap_err();
-        assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{sql}: {err}");
+        let replies = waiter.recv_to_close().await;
         assert!(
             started.elapsed() < std::time::Duration::from_secs(5),
             "{sql}: ended when its backend went, not after {:?}",
             started.elapsed()
         );
-        assert!(
-            waiter.batch_execute("SELECT 1").await.is_err(),
-            "{sql}: the session ended with its backend"
-        );
+        // The server's FATAL, then the close: nothing of tandem's behind it (a
+        // ReadyForQuery would keep the connection looking alive to a pool).
+        assert_eq!(reply_tags(&replies), ['E'], "{sql}: {replies:?}");
+        assert_eq!(replies[0].sqlstate().as_deref(), Some("57P01"), "{sql}");
     }
     rolled_back(&holder).await;
     assert_eq!(dump(&direct).await, before);
