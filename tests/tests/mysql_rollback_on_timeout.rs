@@ -1,8 +1,9 @@
-//! AT mode on a MariaDB started with `innodb_rollback_on_timeout = ON`, where a lock
-//! wait timeout (1205) rolls back the whole transaction instead of the statement. A test
-//! binary of its own because it starts a private server (the option is fixed at start,
-//! so the shared one cannot have it): `mariadb-install-db` and `mariadbd` from the
-//! MariaDB that `tests/setup-services.sh` installs.
+//! AT mode on MariaDB servers started with options fixed at start, which the shared
+//! server cannot have: `innodb_rollback_on_timeout = ON`, where a lock wait timeout
+//! (1205) rolls back the whole transaction instead of the statement, and a binary log
+//! in STATEMENT format. A test binary of its own because it starts private servers:
+//! `mariadb-install-db` and `mariadbd` from the MariaDB that `tests/setup-services.sh`
+//! installs.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -160,6 +161,12 @@ async fn setup() -> Setup {
         .await
         .unwrap();
     assert_eq!(on, Some(1), "server in {}", server.dir().display());
+    setup_on(server).await
+}
+
+/// As [`setup`], on `server`.
+async fn setup_on(server: PrivateMariadb) -> Setup {
+    let mut admin = Conn::new(server.opts(None)).await.unwrap();
     admin
         .query_drop(
             "CREATE DATABASE bank;
@@ -333,4 +340,59 @@ async fn a_metadata_lock_timeout_keeps_the_transaction_and_its_branch() {
     tandem.shutdown().await;
     lockserver.stop().await;
     drop(server);
+}
+
+/// With the binary log on in STATEMENT format InnoDB refuses writes under READ
+/// COMMITTED (1665): tandem's own transactions that write (a branch's rollback, the
+/// deletion of committed branches' undo rows) keep the server's isolation there, and a
+/// global rollback restores the row and a global commit clears its undo row.
+#[tokio::test]
+async fn a_statement_binary_log_takes_tandems_rollbacks_and_cleanups() {
+    let server = PrivateMariadb::start(&["--log-bin=binlog", "--binlog-format=STATEMENT"]).await;
+    let mut admin = Conn::new(server.opts(None)).await.unwrap();
+    let logged: Option<(i64, String)> = admin
+        .query_first("SELECT @@log_bin, @@binlog_format")
+        .await
+        .unwrap();
+    assert_eq!(logged, Some((1, "STATEMENT".to_owned())));
+    let Setup {
+        server: _server,
+        lockserver,
+        tandem,
+        mut client,
+        mut direct,
+    } = setup_on(server).await;
+    client
+        .query_drop("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await
+        .unwrap();
+    let status: Option<String> = client
+        .query_first("SELECT tandem_rollback()")
+        .await
+        .unwrap();
+    assert_eq!(status.as_deref(), Some("Rollbacked"));
+    assert_eq!(balances(&mut direct).await, [(1, 100), (2, 200), (3, 300)]);
+    let xid: Option<String> = client
+        .query_first("SELECT tandem_begin(30000)")
+        .await
+        .unwrap();
+    assert!(xid.is_some());
+    client
+        .query_drop("UPDATE accounts SET balance = 150 WHERE id = 1")
+        .await
+        .unwrap();
+    let status: Option<String> = client.query_first("SELECT tandem_commit()").await.unwrap();
+    assert_eq!(status.as_deref(), Some("Committed"));
+    tandem_tests::harness::eventually("the committed branch's undo row is deleted", || {
+        let opts = _server.opts(Some("bank"));
+        async move {
+            let mut conn = Conn::new(opts).await.unwrap();
+            undo_rows(&mut conn).await == Some(0)
+        }
+    })
+    .await;
+    assert_eq!(balances(&mut direct).await, [(1, 150), (2, 200), (3, 300)]);
+    drop(client);
+    tandem.shutdown().await;
+    lockserver.stop().await;
 }

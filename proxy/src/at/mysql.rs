@@ -355,11 +355,36 @@ pub fn database_of<'a>(resource: &'a str, upstream: &str) -> Option<&'a str> {
         .strip_prefix('/')
 }
 
+/// A transaction of tandem's own that writes under READ COMMITTED, whose locking reads
+/// lock no gap, where the server takes writes under it: not with the binary log on in
+/// STATEMENT format, where InnoDB refuses every write under READ COMMITTED (1665) and
+/// the server's own isolation stays.
+async fn gapless_writes(
+    conn: &mut mysql_async::Conn,
+) -> std::result::Result<mysql_async::TxOpts, mysql_async::Error> {
+    let logged: Option<(Option<i64>, Option<String>)> = conn
+        .query_first("SELECT @@log_bin, @@binlog_format")
+        .await?;
+    let (log_bin, format) = logged.unwrap_or_default();
+    let mut opts = mysql_async::TxOpts::default();
+    if read_committed_takes_writes(log_bin == Some(1), format.as_deref()) {
+        opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+    }
+    Ok(opts)
+}
+
+/// Whether InnoDB takes writes under READ COMMITTED with the binary log `log_bin` and
+/// `binlog_format`.
+fn read_committed_takes_writes(log_bin: bool, binlog_format: Option<&str>) -> bool {
+    !(log_bin && binlog_format.is_some_and(|f| f.eq_ignore_ascii_case("STATEMENT")))
+}
+
 /// MySQL's undo rows, deleted in batches (`at::cleanup`) over the side pool: one
 /// transaction, so one commit, per batch. The locking read names the rows the DELETE
 /// then removes (MySQL's DELETE has no RETURNING); a row inserted by a local COMMIT
 /// still on its way is waited for, or, not inserted yet, is found by a later delivery.
-/// READ COMMITTED, so that the read locks no gap a branch's undo row would go into.
+/// READ COMMITTED (`gapless_writes`), so that the read locks no gap a branch's undo
+/// row would go into.
 pub struct MysqlDelete(pub mysql_async::Pool);
 
 impl super::cleanup::BatchDelete for MysqlDelete {
@@ -380,8 +405,7 @@ impl super::cleanup::BatchDelete for MysqlDelete {
             let undo_log = undo_table(database);
             let delete = async {
                 let mut conn = self.0.get_conn().await?;
-                let mut opts = mysql_async::TxOpts::default();
-                opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+                let opts = gapless_writes(&mut conn).await?;
                 let mut tx = conn.start_transaction(opts).await?;
                 let found: Vec<(String, i64)> = tx
                     .exec(
@@ -438,11 +462,11 @@ async fn replay_branch(
     let undo_log = undo_table(database);
     let xid = work.xid.as_str();
     let branch = work.branch_id;
-    // READ COMMITTED: a check that a row is absent, or the look for an undo row that is
-    // not there, then locks no gap, so inserts by other sessions (another branch's undo
-    // row, a new row of the table) do not wait for this replay, or deadlock with it.
-    let mut opts = mysql_async::TxOpts::default();
-    opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+    // READ COMMITTED where the server allows it: a check that a row is absent, or the
+    // look for an undo row that is not there, then locks no gap, so inserts by other
+    // sessions (another branch's undo row, a new row of the table) do not wait for this
+    // replay, or deadlock with it.
+    let opts = gapless_writes(&mut conn).await?;
     let mut tx = conn.start_transaction(opts).await?;
     let row: Option<(Vec<u8>, i32)> = tx
         .exec_first(
@@ -1333,6 +1357,15 @@ fn same_value(now: &Value, image: &Option<Vec<u8>>, type_code: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_committed_is_kept_off_only_under_a_statement_binary_log() {
+        assert!(read_committed_takes_writes(false, Some("STATEMENT")));
+        assert!(read_committed_takes_writes(true, Some("ROW")));
+        assert!(read_committed_takes_writes(true, Some("MIXED")));
+        assert!(!read_committed_takes_writes(true, Some("STATEMENT")));
+        assert!(!read_committed_takes_writes(true, Some("statement")));
+    }
 
     #[test]
     fn images_bind_as_the_values_of_their_type() {
