@@ -65,7 +65,7 @@ pub struct BackendWatch {
     /// The first byte of the message an idle backend sends as it closes the connection
     /// (PostgreSQL's ErrorResponse), beside messages it sends anyway (a notification);
     /// None where an idle backend sends nothing else (MySQL).
-    closing: Option<u8>,
+    last_word: Option<u8>,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -76,7 +76,7 @@ impl BackendWatch {
         let mut first = [0u8; 1];
         let closing = match self.socket.peek(&mut first).await {
             Ok(0) | Err(_) => true,
-            Ok(_) => self.closing.is_none_or(|closing| first[0] == closing),
+            Ok(_) => self.last_word.is_none_or(|last_word| first[0] == last_word),
         };
         if !closing {
             return std::future::pending().await;
@@ -91,10 +91,29 @@ impl BackendWatch {
     }
 }
 
+/// A session's [`BackendWatch`], made at its first wait while the backend is idle, and
+/// kept for the next.
+#[derive(Default)]
+pub struct IdleWatch(std::sync::OnceLock<Option<std::sync::Arc<BackendWatch>>>);
+
+impl IdleWatch {
+    /// The watch on `server` (`last_word` as in [`BackendWatch`]); None where it cannot
+    /// be made.
+    pub fn of(
+        &self,
+        server: &ServerStream,
+        last_word: Option<u8>,
+    ) -> Option<std::sync::Arc<BackendWatch>> {
+        self.0
+            .get_or_init(|| server.watch(last_word).map(std::sync::Arc::new))
+            .clone()
+    }
+}
+
 impl ServerStream {
-    /// A watch on this connection (see [`BackendWatch`]); `closing` as there. None over
-    /// a unix socket, which tokio cannot peek at.
-    pub fn watch(&self, closing: Option<u8>) -> Option<BackendWatch> {
+    /// A watch on this connection (see [`BackendWatch`]); `last_word` as there. None
+    /// over a unix socket, which tokio cannot peek at.
+    fn watch(&self, last_word: Option<u8>) -> Option<BackendWatch> {
         match self {
             #[cfg(unix)]
             ServerStream::Tcp(s) => {
@@ -105,7 +124,7 @@ impl ServerStream {
                 let socket = TcpStream::from_std(socket).ok()?;
                 Some(BackendWatch {
                     socket,
-                    closing,
+                    last_word,
                     closed: std::sync::atomic::AtomicBool::new(false),
                 })
             }

@@ -163,8 +163,8 @@ pub struct Relay<'a> {
     pub(super) deferred_autocommit: bool,
     /// Writes outside a global transaction let through unchecked and not yet over.
     pub(super) unchecked: crate::session::outside::UncheckedGuards,
-    /// A watch on the backend connection for waits while it is idle, made at the first.
-    backend_watch: std::sync::OnceLock<Option<std::sync::Arc<crate::upstream::BackendWatch>>>,
+    /// A watch on the backend connection for waits while it is idle.
+    backend_watch: crate::upstream::IdleWatch,
 }
 
 impl<'a> Relay<'a> {
@@ -240,7 +240,7 @@ impl<'a> Relay<'a> {
             prepared: std::collections::HashMap::new(),
             pending_prepares: std::collections::VecDeque::new(),
             unchecked: crate::session::outside::UncheckedGuards::default(),
-            backend_watch: std::sync::OnceLock::new(),
+            backend_watch: crate::upstream::IdleWatch::default(),
         }
     }
 
@@ -332,10 +332,8 @@ impl<'a> Relay<'a> {
     /// session's is in flight on it): anything the server sends then says why it is
     /// closing the connection (a KILL CONNECTION, a shutdown), which ends the wait.
     pub(super) fn waits_end_while_idle(&self) -> crate::cancel::WaitsEnd {
-        let watch = self
-            .backend_watch
-            .get_or_init(|| self.server.watch(None).map(std::sync::Arc::new));
-        self.waits_end().watching(watch.clone())
+        self.waits_end()
+            .watching(self.backend_watch.of(&self.server, None))
     }
 
     pub(super) fn client_failed(&mut self, e: std::io::Error) -> Error {

@@ -222,8 +222,8 @@ struct Relay<'a> {
     resource: String,
     /// Writes outside a global transaction let through unchecked and not yet over.
     unchecked: crate::session::outside::UncheckedGuards,
-    /// A watch on the backend connection for waits while it is idle, made at the first.
-    backend_watch: std::sync::OnceLock<Option<std::sync::Arc<crate::upstream::BackendWatch>>>,
+    /// A watch on the backend connection for waits while it is idle.
+    backend_watch: crate::upstream::IdleWatch,
     /// The rows this session's current local transaction changed in its global one.
     branch: at_branch::Branch,
     /// The settings that change how the server prints a key (`at::KEY_SETTINGS`), as
@@ -343,7 +343,7 @@ impl<'a> Relay<'a> {
             resource: crate::at::resource_id(&ctx.server, &database),
             database,
             unchecked: crate::session::outside::UncheckedGuards::default(),
-            backend_watch: std::sync::OnceLock::new(),
+            backend_watch: crate::upstream::IdleWatch::default(),
             branch: at_branch::Branch::default(),
             branch_settings: Vec::new(),
             write_in_flight: None,
@@ -376,13 +376,9 @@ impl<'a> Relay<'a> {
     /// FATAL ErrorResponse as it closes the connection (`pg_terminate_backend`, a
     /// shutdown), which the relay then passes on.
     fn waits_end_while_idle(&self) -> crate::cancel::WaitsEnd {
-        let watch = self.backend_watch.get_or_init(|| {
-            self.server
-                .watch(Some(crate::wire::pg::codes::backend::ERROR_RESPONSE))
-                .map(std::sync::Arc::new)
-        });
+        let last_word = Some(crate::wire::pg::codes::backend::ERROR_RESPONSE);
         crate::cancel::WaitsEnd::on_cancel(&self.interrupt, self.cancels_seen)
-            .watching(watch.clone())
+            .watching(self.backend_watch.of(&self.server, last_word))
     }
 
     /// A wait of tandem's ended by `e`. If the backend's closing ended it, the session
